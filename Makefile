@@ -1,0 +1,19 @@
+# The two commands of the README. Both set everything up on a fresh machine and are cached
+# under ~/.cache/traintel/ so a warm machine pays once.
+.PHONY: demo test bench dashboards
+
+## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
+demo:
+	@scripts/venv.sh traintel demo $(ARGS)
+
+## The whole test suite: installs the native stack programs (once), then runs pytest.
+test:
+	@scripts/venv.sh scripts/test.sh $(ARGS)
+
+## Side-by-side benchmarks (writes benchmarks/results/*.json).
+bench:
+	@TRAINTEL_EXTRAS=dev,bench scripts/venv.sh python -m benchmarks $(ARGS)
+
+## Regenerate grafana/dashboards/*.json from code.
+dashboards:
+	@scripts/venv.sh python -m traintel.dashboards

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run a command inside traintel's cached virtual environment, creating it first if needed.
+#
+# The environment lives under ~/.cache/traintel/venvs/, keyed by a hash of pyproject.toml and the
+# Python version, so a warm machine pays for the install once and a fresh clone reuses it: only
+# the (instant) editable install of this checkout is redone when the checkout moves.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${TRAINTEL_CACHE:-$HOME/.cache/traintel}
+python=${PYTHON:-python3}
+extras=${TRAINTEL_EXTRAS:-dev}
+key=$({ cat "$root/pyproject.toml"; echo "$extras"; "$python" -VV; } | sha256sum | cut -c1-12)
+venv=$cache/venvs/$extras-$key
+export PIP_CACHE_DIR=$cache/pip PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -f "$venv/.complete" ]; then
+  echo "traintel: creating the Python environment in $venv (once per machine; torch is large)" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  if ! "$venv/bin/pip" install -q -e "$root[$extras]" >&2; then
+    echo "traintel: pip could not install the environment; see the error above" >&2
+    exit 1
+  fi
+  touch "$venv/.complete"
+fi
+if [ "$("$venv/bin/python" -c 'import traintel, os; print(os.path.dirname(os.path.dirname(os.path.dirname(traintel.__file__))))' 2>/dev/null)" != "$root" ]; then
+  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+fi
+export PATH=$venv/bin:$PATH VIRTUAL_ENV=$venv
+exec "$@"

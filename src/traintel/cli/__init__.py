@@ -1,0 +1,43 @@
+"""The ``traintel`` command line. One module per command group; commands load lazily so that
+``traintel logs ...`` on a login node does not pay for importing OpenTelemetry or torch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+#: command name -> "module:attribute" of its click command or group
+COMMANDS: dict[str, str] = {
+    "demo": "traintel.cli.demo:demo",
+    "stack": "traintel.cli.stack:stack",
+    "logs": "traintel.cli.logs:logs",
+    "doctor": "traintel.cli.doctor:doctor",
+    "report": "traintel.cli.report:report",
+    "status": "traintel.cli.status:status",
+    "debug": "traintel.cli.status:debug",
+    "docs": "traintel.cli.docs:docs",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if _available(name))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+def _available(name: str) -> bool:
+    module = COMMANDS[name].split(":")[0]
+    return importlib.util.find_spec(module) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="traintel")
+def main() -> None:
+    """traintel: OpenTelemetry-native observability for ML training."""
