@@ -13,6 +13,9 @@ key=$({ cat "$root/pyproject.toml"; echo "$extras"; "$python" -VV; } | sha256sum
 venv=$cache/venvs/$extras-$key
 export PIP_CACHE_DIR=$cache/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 
+mkdir -p "$cache/venvs"
+exec 9>"$cache/venvs/.lock"
+flock 9   # one installer at a time: parallel test runs share the environment
 if [ ! -f "$venv/.complete" ]; then
   echo "traintel: creating the Python environment in $venv (once per machine; torch is large)" >&2
   rm -rf "$venv"
@@ -27,5 +30,6 @@ fi
 if [ "$("$venv/bin/python" -c 'import traintel, os; print(os.path.dirname(os.path.dirname(os.path.dirname(traintel.__file__))))' 2>/dev/null)" != "$root" ]; then
   "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
 fi
+exec 9>&-
 export PATH=$venv/bin:$PATH VIRTUAL_ENV=$venv
 exec "$@"

@@ -1,0 +1,44 @@
+"""traintel: OpenTelemetry-native observability for ML training.
+
+    import traintel
+    with traintel.init(project="cifar", name="resnet18", config=cfg, total_epochs=10) as run:
+        for epoch in run.epochs():
+            for batch in run.track(loader):
+                loss = train_step(batch)
+                run.log(loss=loss, lr=lr, samples=len(batch))
+            run.log_eval(val_loss=evaluate())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def init(project: str = "default", name: str | None = None, config: Any = None,
+         **options: Any) -> "Run":
+    """Start a run. See ``traintel.settings.Settings`` for every option; unknown options are
+    refused with the closest valid name. ``OTEL_*`` variables configure export."""
+    from .run import Run
+    from .settings import settings_from
+
+    return Run(settings_from({"project": project, "name": name, "config": config, **options}))
+
+
+def current_run() -> "Run | None":
+    """The active run in this process, if any."""
+    from .run import current_run as _current
+
+    return _current()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Run":  # imported lazily: `import traintel` stays cheap for the CLI
+        from .run import Run
+
+        return Run
+    raise AttributeError(f"module 'traintel' has no attribute {name!r}")
+
+
+__all__ = ["init", "current_run", "Run", "__version__"]

@@ -1,0 +1,55 @@
+"""`traintel demo`: the instrumented demo training run."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps-per-epoch", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--dir", "run_dir", default=None, help="Where run records go [./traintel-runs].")
+@click.option("--project", default="demo", show_default=True)
+@click.option("--name", default="mlp-synthetic", show_default=True)
+@click.option("--pause-at-step", type=int, default=None, help="Stall once at this step.")
+@click.option("--pause-seconds", type=float, default=0.0, help="How long the stall lasts.")
+@click.option("--nan-at-step", type=int, default=None, help="Inject a NaN loss at this step.")
+@click.option("--step-sleep", type=float, default=0.0, help="Extra seconds per step.")
+@click.option("--http-port", type=int, default=None,
+              help="Serve /metrics, /status, /events on 127.0.0.1:PORT (0: any free port).")
+@click.option("--sample-interval", type=float, default=5.0, show_default=True)
+def demo(epochs, steps_per_epoch, batch_size, run_dir, project, name, pause_at_step,
+         pause_seconds, nan_at_step, step_sleep, http_port, sample_interval) -> None:
+    """Train a small PyTorch model on synthetic data with traintel on.
+
+    Leaves a complete run record under ./traintel-runs/ and exports to the OpenTelemetry
+    collector at $OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) when one listens.
+    """
+    from rich.console import Console
+
+    from ..demo import DemoConfig, collector_endpoint, collector_listening, train
+
+    console = Console(stderr=True)
+    endpoint = collector_endpoint()
+    if collector_listening(endpoint):
+        console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
+                      "and traces[/green]")
+    else:
+        console.print(f"[yellow]no collector at {endpoint}: local record only (start the "
+                      "stack with `docker compose up -d` or `traintel stack up`)[/yellow]")
+    cfg = DemoConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                     pause_at_step=pause_at_step, pause_s=pause_seconds,
+                     nan_at_step=nan_at_step, step_sleep_s=step_sleep)
+    options = {"project": project, "name": name, "sample_interval": sample_interval}
+    if run_dir:
+        options["dir"] = run_dir
+    if http_port is not None:
+        options["http_port"] = http_port
+    run = train(cfg, **options)
+    summary = run.summary
+    console.print(f"[bold]run {run.id}[/bold] {summary['status']}: {summary['steps']} steps, "
+                  f"final loss {summary['loss']['final']:.4f}, best val_loss "
+                  f"{summary['eval']['val_loss']['best']:.4f}, "
+                  f"{summary['throughput']['samples_per_s']:.0f} samples/s")
+    console.print(f"record: {run.dir}  (try `traintel logs summary {run.dir}`)")

@@ -1,0 +1,18 @@
+"""`traintel docs`: reference documents generated from code."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def docs() -> None:
+    """Print generated reference documentation."""
+
+
+@docs.command()
+def metrics() -> None:
+    """The metric reference (docs/metrics.md) rendered from traintel.catalog."""
+    from ..catalog import render_markdown
+
+    click.echo(render_markdown(), nl=False)

@@ -1,0 +1,113 @@
+"""The demo training run: a small PyTorch MLP on synthetic data, fully instrumented.
+
+It is the README's first command and the end-to-end tests' workload, so it exercises every
+feature: progress, per-step metrics, eval with best tracking, spans, events, custom instruments,
+checkpoints, and (on request) a stall or a non-finite loss for the alert tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from urllib.parse import urlparse
+
+import traintel
+
+
+@dataclass
+class DemoConfig:
+    epochs: int = 3
+    steps_per_epoch: int = 100
+    batch_size: int = 64
+    lr: float = 3e-3
+    hidden: int = 128
+    seed: int = 0
+    #: sleep this long at step ``pause_at_step`` (to exercise the stalled-run alert)
+    pause_at_step: int | None = None
+    pause_s: float = 0.0
+    #: inject a NaN loss at this step (to exercise the non-finite loss path)
+    nan_at_step: int | None = None
+    #: sleep this long every step (to simulate a slow rank or a slower model)
+    step_sleep_s: float = 0.0
+
+
+def collector_endpoint() -> str:
+    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+
+
+def collector_listening(endpoint: str, timeout: float = 0.5) -> bool:
+    import socket
+
+    parsed = urlparse(endpoint)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", parsed.port or 4318),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def train(cfg: DemoConfig, **init_options) -> traintel.Run:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(cfg.seed)
+    features, classes = 32, 4
+    weights = torch.randn(features, classes)
+    data_x = torch.randn(cfg.steps_per_epoch * cfg.batch_size, features)
+    data_y = (data_x @ weights).argmax(dim=1)
+    val_x = torch.randn(512, features)
+    val_y = (val_x @ weights).argmax(dim=1)
+    dataset = torch.utils.data.TensorDataset(data_x, data_y)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
+    model = nn.Sequential(nn.Linear(features, cfg.hidden), nn.ReLU(),
+                          nn.Linear(cfg.hidden, classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
+                                                    total_steps=cfg.epochs * len(loader))
+    loss_fn = nn.CrossEntropyLoss()
+    checkpoint_dir = tempfile.mkdtemp(prefix="traintel-demo-ckpt-")
+
+    options = {"project": "demo", "name": "mlp-synthetic", "total_epochs": cfg.epochs,
+               **init_options}
+    with traintel.init(config=asdict(cfg), **options) as run:
+        data_log = run.logger("data")
+        data_log.info("synthetic dataset: %d samples, %d features, %d classes",
+                      len(dataset), features, classes)
+        forward = run.timer("forward_backward")
+        for epoch in run.epochs():
+            model.train()
+            for x, y in run.track(loader):
+                with forward:
+                    loss = loss_fn(model(x), y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                    optimizer.step()
+                scheduler.step()
+                step = run.state.step + 1
+                if cfg.nan_at_step == step:
+                    loss = torch.tensor(float("nan"))
+                if cfg.pause_at_step == step and cfg.pause_s:
+                    run.logger("model").warning("pausing %.0fs at step %d (demo stall)",
+                                                cfg.pause_s, step)
+                    time.sleep(cfg.pause_s)
+                if cfg.step_sleep_s:
+                    time.sleep(cfg.step_sleep_s)
+                run.log(loss=loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                        samples=len(x), tokens=len(x) * features)
+            with run.span("eval", epoch=epoch):
+                model.eval()
+                with torch.no_grad():
+                    logits = model(val_x)
+                    val_loss = loss_fn(logits, val_y).item()
+                    accuracy = (logits.argmax(dim=1) == val_y).float().mean().item()
+            best = run.log_eval(val_loss=val_loss, accuracy=accuracy)
+            if best["val_loss"]:
+                with run.span("checkpoint", epoch=epoch):
+                    path = os.path.join(checkpoint_dir, "best.pt")
+                    torch.save(model.state_dict(), path)
+                run.event("checkpoint", path=path, epoch=epoch, val_loss=val_loss)
+    return run

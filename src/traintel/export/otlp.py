@@ -1,0 +1,179 @@
+"""OTLP export: metrics, traces and logs to an OpenTelemetry Collector.
+
+Providers are private to the run (never the global ones, which belong to the application), read
+the standard ``OTEL_*`` variables through the SDK, and are shut down with a hard time bound so an
+unreachable collector cannot hold the process at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from .. import __version__
+from ..catalog import DURATION_BUCKETS, METRICS
+from ..state import RunState
+from .readings import HISTOGRAM_FOR, LABEL_FOR, Reader, readers
+
+log = logging.getLogger("traintel.export")
+
+_SEVERITY = {logging.DEBUG: SeverityNumber.DEBUG, logging.INFO: SeverityNumber.INFO,
+             logging.WARNING: SeverityNumber.WARN, logging.ERROR: SeverityNumber.ERROR,
+             logging.CRITICAL: SeverityNumber.FATAL}
+
+
+@dataclass
+class Sinks:
+    """Where the three signals go. Default: OTLP/HTTP exporters configured by ``OTEL_*``;
+    ``traintel.testing`` swaps in the SDK's in-memory reader and exporters."""
+
+    metric_reader: MetricReader | None = None
+    span_exporter: SpanExporter | None = None
+    log_exporter: LogRecordExporter | None = None
+    extra_readers: list[MetricReader] = field(default_factory=list)
+
+    @classmethod
+    def otlp(cls) -> Sinks:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return cls(metric_reader=PeriodicExportingMetricReader(OTLPMetricExporter()),
+                   span_exporter=OTLPSpanExporter(), log_exporter=OTLPLogExporter())
+
+
+def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
+    """service.name etc. from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the SDK reads them),
+    plus the run's identity so that logs and traces can be found by run in Loki and Tempo."""
+    ours = {"service.name": "traintel", "service.version": __version__,
+            "service.instance.id": f"{labels['run']}/{labels['rank']}", "host.name": host,
+            "traintel.run_name": run_name, **labels}
+    detected = Resource.create({})
+    if detected.attributes.get("service.name", "").startswith("unknown_service"):
+        detected = Resource.create({"service.name": "traintel"})
+    return Resource.create(ours).merge(detected)
+
+
+class OtlpExport:
+    def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
+                 resource: Resource, sinks: Sinks) -> None:
+        self.state = state
+        self.labels = labels
+        self._providers: list[Any] = []
+        self._histograms: dict[str, Any] = {}
+        self.tracer = trace.NoOpTracer()
+        self._logger = None
+
+        readers_ = [r for r in [sinks.metric_reader, *sinks.extra_readers] if r is not None]
+        if readers_:
+            self.meter_provider = MeterProvider(resource=resource, metric_readers=readers_,
+                                                shutdown_on_exit=False)
+            self._providers.append(self.meter_provider)
+            self._register_instruments(readers(run_info))
+        if sinks.span_exporter is not None:
+            tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+            tracer_provider.add_span_processor(BatchSpanProcessor(sinks.span_exporter))
+            self._providers.append(tracer_provider)
+            self.tracer = tracer_provider.get_tracer("traintel", __version__)
+        if sinks.log_exporter is not None:
+            logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+            logger_provider.add_log_record_processor(BatchLogRecordProcessor(sinks.log_exporter))
+            self._providers.append(logger_provider)
+            self._logger = logger_provider.get_logger("traintel", __version__)
+
+    # -- metrics --------------------------------------------------------------------------
+    def _register_instruments(self, table: dict[str, Reader]) -> None:
+        meter = self.meter_provider.get_meter("traintel", __version__)
+        for metric in METRICS:
+            if metric.kind == "histogram":
+                self._histograms[metric.name] = meter.create_histogram(
+                    metric.name, unit=metric.unit, description=metric.description,
+                    explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+                continue
+            create = (meter.create_observable_counter if metric.kind == "counter"
+                      else meter.create_observable_gauge)
+            create(metric.name, callbacks=[self._callback(table[metric.name])], unit=metric.unit,
+                   description=metric.description)
+
+    def _callback(self, reader: Reader):
+        labels = self.labels
+        state = self.state
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, {**labels, **extra} if extra else labels)
+                    for value, extra in reader(state)]
+        return observe
+
+    def observe(self, kind: str, name: str | None, value: float) -> None:
+        """Record-writer listener: feed the histograms (runs on the writer thread)."""
+        instrument = self._histograms.get(HISTOGRAM_FOR[kind]) if self._providers else None
+        if instrument is not None:
+            attributes = {**self.labels, LABEL_FOR[kind]: name} if kind in LABEL_FOR \
+                else self.labels
+            instrument.record(value, attributes)
+
+    # -- logs -----------------------------------------------------------------------------
+    def emit_log(self, record: logging.LogRecord, body: str, attributes: dict[str, Any],
+                 span: Any = None) -> None:
+        if self._logger is None:
+            return
+        self._logger.emit(
+            timestamp=int(record.created * 1e9),
+            context=trace.set_span_in_context(span) if span is not None else None,
+            severity_number=_SEVERITY.get(record.levelno, SeverityNumber.INFO),
+            severity_text=record.levelname, body=body,
+            attributes={k: v for k, v in attributes.items() if _attribute_ok(v)},
+            event_name=attributes.get("event"))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def shutdown(self, timeout: float) -> bool:
+        """Flush and stop every provider, waiting at most ``timeout`` seconds in total.
+
+        The SDK's own shutdown can wait for retries against a dead collector; it runs on a
+        daemon thread here so the training process is never held longer than the bound.
+        """
+        if not self._providers:
+            return True
+        deadline_ms = max(1, int(timeout * 1000))
+
+        def stop() -> None:
+            for provider in self._providers:
+                try:
+                    if hasattr(provider, "force_flush"):
+                        provider.force_flush(deadline_ms)
+                    provider.shutdown()
+                except Exception:  # export failures are reported by the exporters themselves
+                    log.debug("provider shutdown failed", exc_info=True)
+
+        started = time.monotonic()
+        worker = threading.Thread(target=stop, name="traintel-otlp-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        done = not worker.is_alive()
+        if not done:
+            log.warning("traintel: telemetry export did not finish within %.1fs (collector "
+                        "unreachable or slow); unsent data is dropped, the local record is "
+                        "complete", time.monotonic() - started)
+        self._providers = []
+        return done
+
+
+def _attribute_ok(value: Any) -> bool:
+    return isinstance(value, (str, bool, int, float)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (str, bool, int, float))
+                                                 for v in value))

@@ -1,0 +1,67 @@
+"""The pull path: a prometheus-client collector that reads the run state at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..catalog import METRICS
+from ..state import RunState
+from .readings import Histograms, Reader, readers
+
+
+class RunCollector(Collector):
+    """Every catalog metric of one run, in the names and labels the OTLP path produces."""
+
+    def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
+                 histograms: Histograms) -> None:
+        self.state = state
+        self.labels = labels
+        self.table: dict[str, Reader] = readers(run_info)
+        self.histograms = histograms
+
+    def collect(self) -> Iterator[Metric]:
+        base_names = list(self.labels)
+        base_values = list(self.labels.values())
+        histogram_series = self.histograms.snapshot()
+        for metric in METRICS:
+            names = list(metric.all_labels)
+            if metric.kind == "histogram":
+                family = HistogramMetricFamily(metric.name, metric.description, labels=names)
+                found = False
+                for name, label, counts, total in histogram_series:
+                    if name != metric.name:
+                        continue
+                    found = True
+                    buckets, running = [], 0
+                    for bound, count in zip([*self.histograms.bounds, float("inf")], counts):
+                        running += count
+                        buckets.append((_le(bound), running))
+                    extra = [label] if metric.labels else []
+                    family.add_metric(base_values + extra, buckets, total)
+                if found:
+                    yield family
+                continue
+            family = (CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
+                metric.name, metric.description, labels=names)
+            found = False
+            for value, extra in self.table[metric.name](self.state):
+                found = True
+                family.add_metric(base_values + [extra.get(n, "") for n in names[len(base_names):]],
+                                  value)
+            if found:
+                yield family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def registry_for(collector: RunCollector) -> CollectorRegistry:
+    """A registry of our own: several runs in one process never collide in the global one."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

@@ -1,0 +1,144 @@
+"""What each catalog metric reads from the run state at collection time.
+
+Both export paths (OTel observable instruments, the Prometheus collector) call the same readers,
+so a value logged once appears on both. Histograms are not read here: the record writer feeds them
+(see ``Histograms``) because they need every observation, not the latest one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterator
+
+from ..catalog import DURATION_BUCKETS
+from ..state import KNOWN_KEYS, RunState
+
+Reading = tuple[float, dict[str, str]]
+Reader = Callable[[RunState], Iterator[Reading]]
+
+STATUSES = ("running", "finished", "failed", "interrupted")
+NO_LABELS: dict[str, str] = {}
+
+
+def _value(getter: Callable[[RunState], float | None]) -> Reader:
+    def read(state: RunState) -> Iterator[Reading]:
+        value = getter(state)
+        if value is not None:
+            yield float(value), NO_LABELS
+    return read
+
+
+def _latest(key: str) -> Reader:
+    aliases = [k for k, name in KNOWN_KEYS.items() if name == KNOWN_KEYS[key]]
+
+    def read(state: RunState) -> Iterator[Reading]:
+        for alias in aliases:
+            if alias in state.latest:
+                yield state.latest[alias], NO_LABELS
+                return
+    return read
+
+
+def _by(label: str, mapping: Callable[[RunState], dict[str, float]]) -> Reader:
+    def read(state: RunState) -> Iterator[Reading]:
+        for key, value in list(mapping(state).items()):
+            yield value, {label: key}
+    return read
+
+
+def _status(state: RunState) -> Iterator[Reading]:
+    for status in STATUSES:
+        yield (1.0 if state.status == status else 0.0), {"status": status}
+
+
+def _user_metrics(state: RunState) -> Iterator[Reading]:
+    latest = state.latest
+    for key in list(state.user_keys):
+        if key in latest:
+            yield latest[key], {"metric": key}
+
+
+def _errors(state: RunState) -> Iterator[Reading]:
+    for (error_type, severity), count in list(state.errors.items()):
+        yield count, {"error_type": error_type, "severity": severity}
+
+
+def _hardware(name: str) -> Reader:
+    def read(state: RunState) -> Iterator[Reading]:
+        for (metric, labels), value in list(state.readings.items()):
+            if metric == name:
+                yield value, dict(labels)
+    return read
+
+
+def readers(run_info: dict[str, str]) -> dict[str, Reader]:
+    """Catalog metric name -> reader, for every non-histogram metric."""
+    table: dict[str, Reader] = {
+        "traintel_run_info": lambda state: iter([(1.0, run_info)]),
+        "traintel_run_status": _status,
+        "traintel_run_start_time_seconds": _value(lambda s: s.start_ts),
+        "traintel_run_progress_ratio": _value(RunState.progress),
+        "traintel_run_eta_seconds": _value(RunState.eta_seconds),
+        "traintel_run_steps_planned": _value(lambda s: s.total_steps),
+        "traintel_epoch": _value(lambda s: s.epoch),
+        "traintel_last_step_timestamp_seconds": _value(lambda s: s.last_step_ts),
+        "traintel_steps_total": _value(lambda s: s.step),
+        "traintel_samples_total": _value(lambda s: s.samples),
+        "traintel_tokens_total": _value(lambda s: s.tokens),
+        "traintel_steps_per_second": _value(lambda s: s.rates.get("steps_per_second")),
+        "traintel_samples_per_second": _value(lambda s: s.rates.get("samples_per_second")),
+        "traintel_tokens_per_second": _value(lambda s: s.rates.get("tokens_per_second")),
+        "traintel_loss": _latest("loss"),
+        "traintel_learning_rate": _latest("lr"),
+        "traintel_grad_norm": _latest("grad_norm"),
+        "traintel_nonfinite_loss_total": _value(lambda s: s.nonfinite_losses),
+        "traintel_data_wait_seconds_total": _value(lambda s: s.data_wait_total),
+        "traintel_compute_seconds_total": _value(lambda s: s.compute_total),
+        "traintel_metric": _user_metrics,
+        "traintel_eval_value": _by("metric", lambda s: s.eval_latest),
+        "traintel_eval_best": _by("metric", lambda s: s.eval_best),
+        "traintel_user_counter_total": _by("metric", lambda s: s.counters),
+        "traintel_user_gauge": _by("metric", lambda s: s.gauges),
+        "traintel_events_total": _by("event", lambda s: s.events),
+        "traintel_errors_total": _errors,
+        "traintel_record_dropped_total": _value(lambda s: s.dropped),
+        "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
+    }
+    from ..catalog import METRICS  # hardware metrics: whatever the samplers reported
+    for metric in METRICS:
+        if metric.group in ("gpu", "cuda", "system") and metric.kind != "histogram":
+            table[metric.name] = _hardware(metric.name)
+    return table
+
+
+#: histogram metric fed by each kind of observation the record writer reports
+HISTOGRAM_FOR = {"step": "traintel_step_duration_seconds",
+                 "histogram": "traintel_user_histogram",
+                 "timer": "traintel_user_timer_seconds",
+                 "operation": "traintel_operation_duration_seconds"}
+LABEL_FOR = {"histogram": "metric", "timer": "metric", "operation": "operation"}
+
+
+class Histograms:
+    """Cumulative bucket counts for the Prometheus path, fed by the record writer's listener."""
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.bounds = bounds
+        self._lock = threading.Lock()
+        #: (metric, label value or None) -> [bucket counts..., +Inf count], sum
+        self.series: dict[tuple[str, str | None], tuple[list[int], list[float]]] = {}
+
+    def observe(self, kind: str, name: str | None, value: float) -> None:
+        key = (HISTOGRAM_FOR[kind], name)
+        with self._lock:
+            entry = self.series.get(key)
+            if entry is None:
+                entry = self.series[key] = ([0] * (len(self.bounds) + 1), [0.0])
+            entry[0][bisect.bisect_left(self.bounds, value)] += 1
+            entry[1][0] += value
+
+    def snapshot(self) -> list[tuple[str, str | None, list[int], float]]:
+        with self._lock:
+            return [(metric, label, list(counts), total[0])
+                    for (metric, label), (counts, total) in self.series.items()]

@@ -1,0 +1,101 @@
+"""Custom instruments for user code: counters, gauges, histograms and a timer.
+
+Counters and gauges live in the run state (read at export time); histogram and timer observations
+are queued for the record writer, which feeds the exported histograms and the p50/p95/p99 of the
+run summary.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from contextlib import ContextDecorator
+from typing import TYPE_CHECKING
+
+from .record import OBSERVE
+
+if TYPE_CHECKING:
+    from .run import Run
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,99}$")
+
+
+def check_name(what: str, name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{what}: name {name!r} is not valid; use 1-100 characters of letters, "
+                         "digits, '_', '.', ':', '/' or '-', starting with a letter or '_'")
+    return name
+
+
+def check_value(what: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} {name!r}: value must be a number, got "
+                        f"{type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} {name!r}: value must be finite, got {value!r}")
+    return float(value)
+
+
+class Counter:
+    """A monotonically increasing count, e.g. skipped batches."""
+
+    def __init__(self, run: Run, name: str) -> None:
+        self.name = name
+        self._counters = run.state.counters
+        self._counters.setdefault(name, 0.0)
+
+    def inc(self, amount: float = 1.0) -> None:
+        amount = check_value("counter", self.name, amount)
+        if amount < 0:
+            raise ValueError(f"counter {self.name!r}: counters only go up; got {amount}. "
+                             "Use run.gauge() for values that go down.")
+        self._counters[self.name] += amount
+
+    @property
+    def value(self) -> float:
+        return self._counters[self.name]
+
+
+class Gauge:
+    """A value that goes up and down, e.g. queue length."""
+
+    def __init__(self, run: Run, name: str) -> None:
+        self.name = name
+        self._gauges = run.state.gauges
+
+    def set(self, value: float) -> None:
+        self._gauges[self.name] = check_value("gauge", self.name, value)
+
+
+class Histogram:
+    """A distribution, e.g. sequence lengths; summarised with p50/p95/p99."""
+
+    kind = "histogram"
+
+    def __init__(self, run: Run, name: str) -> None:
+        self.name = name
+        self._queue = run._writer.queue
+
+    def observe(self, value: float) -> None:
+        self._queue.append((OBSERVE, self.kind, self.name,
+                            check_value(self.kind, self.name, value)))
+
+
+class Timer(Histogram, ContextDecorator):
+    """``with run.timer("forward"):`` or ``@run.timer("forward")``: seconds per call."""
+
+    kind = "timer"
+
+    def __init__(self, run: Run, name: str) -> None:
+        super().__init__(run, name)
+        self._starts: list[float] = []  # a stack: the same timer may be nested or reused
+
+    def __enter__(self) -> Timer:
+        self._starts.append(time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        elapsed = time.perf_counter() - self._starts.pop()
+        self._queue.append((OBSERVE, "timer", self.name, elapsed))
+        return False

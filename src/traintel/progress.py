@@ -1,0 +1,103 @@
+"""Progress display: a ``rich`` bar on a terminal, plain periodic lines in batch-job logs.
+
+The training loop calls ``refresh`` at most every ``REFRESH_S`` seconds (it checks a float, not a
+clock); rendering happens on rich's own refresh thread or as one printed line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .state import RunState
+
+MILESTONES = (25, 50, 75, 90, 100)
+REFRESH_S = 0.1
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def describe(state: RunState, total_epochs: int | None) -> str:
+    """One human line: epoch, step, percent, rate, loss, ETA."""
+    epochs = f"/{total_epochs}" if total_epochs else ""
+    steps = f"/{state.total_steps}" if state.total_steps else ""
+    progress = state.progress()
+    percent = f" ({progress * 100:.1f}%)" if progress is not None else ""
+    rate = state.rates.get("steps_per_second")
+    parts = [f"epoch {state.epoch + 1}{epochs}", f"step {state.step}{steps}{percent}"]
+    if rate:
+        parts.append(f"{rate:.1f} steps/s")
+    loss = state.latest.get("loss")
+    if loss is not None:
+        parts.append(f"loss {loss:.4g}")
+    if state.total_steps:
+        parts.append(f"eta {format_duration(state.eta_seconds())}")
+    return " | ".join(parts)
+
+
+class ProgressDisplay:
+    def __init__(self, state: RunState, *, mode: str, title: str, total_epochs: int | None,
+                 interval: float, stream: TextIO | None = None) -> None:
+        self.state = state
+        self.total_epochs = total_epochs
+        self.interval = interval
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "lines"
+        self.mode = mode
+        self.title = title
+        self._bar = None
+        self._task = None
+        self._next_line = time.monotonic() + interval
+
+    def start(self) -> None:
+        if self.mode != "bar":
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                             TaskProgressColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                             TimeElapsedColumn(), TimeRemainingColumn(),
+                             console=Console(file=self.stream), refresh_per_second=4)
+        self._task = self._bar.add_task(self.title, total=self.state.total_steps, info="")
+        self._bar.start()
+
+    def refresh(self) -> None:
+        state = self.state
+        if self._bar is not None:
+            rate = state.rates.get("steps_per_second")
+            loss = state.latest.get("loss")
+            info = " ".join(x for x in (f"ep {state.epoch + 1}",
+                                        f"{rate:.1f} it/s" if rate else "",
+                                        f"loss {loss:.4g}" if loss is not None else "") if x)
+            self._bar.update(self._task, completed=state.step, total=state.total_steps, info=info)
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if now >= self._next_line:
+                self._next_line = now + self.interval
+                self.line(describe(state, self.total_epochs))
+
+    def line(self, text: str) -> None:
+        """A plain progress line (also used for milestones in every mode)."""
+        if self.mode == "off":
+            return
+        if self._bar is not None:
+            self._bar.console.print(f"[traintel] {text}", markup=False, highlight=False)
+        else:
+            print(f"[traintel] {text}", file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self.refresh()
+            self._bar.stop()
+            self._bar = None

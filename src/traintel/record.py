@@ -1,0 +1,296 @@
+"""The local run record: ``events.jsonl`` written by one background thread.
+
+The training thread appends tuples to a deque (an atomic, lock-free append in CPython); this
+thread wakes every ``flush_interval`` seconds, turns them into JSON lines, writes them with one
+system call, rotates by size, and folds each line into the aggregates that become
+``summary.json``. A disk that is full or unwritable costs one warning and a dropped-line count,
+never an exception in training.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .state import RateWindow, RunState
+from .stats import RunningStats
+
+log = logging.getLogger("traintel.record")
+
+STEP = "step"
+LINE = "line"
+OBSERVE = "observe"
+
+#: a listener gets ("step", None, step_seconds) for each step and (kind, name, value) for each
+#: user histogram/timer observation, on the writer thread
+Listener = Callable[[str, "str | None", float], None]
+
+
+class Aggregates:
+    """What ``summary.json`` needs, folded line by line as the record is written."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.steps = 0
+        self.samples = 0
+        self.tokens = 0
+        self.loss = RunningStats()
+        self.nonfinite_loss = 0
+        self.step_time = RunningStats()
+        self.data_wait = 0.0
+        self.timed = 0.0
+        self.first_step_ts: float | None = None
+        self.last_step_ts: float | None = None
+        self.errors: dict[str, int] = {}
+        self.instruments: dict[tuple[str, str], RunningStats] = {}
+
+    def fold_step(self, ts: float, step_s: float | None, data_wait_s: float | None,
+                  metrics: dict[str, Any]) -> None:
+        self.steps += 1
+        if self.first_step_ts is None:
+            self.first_step_ts = ts - (step_s or 0.0)
+        self.last_step_ts = ts
+        if step_s is not None:
+            self.step_time.add(step_s)
+            self.timed += step_s
+            if data_wait_s is not None:
+                self.data_wait += data_wait_s
+        loss = metrics.get("loss")
+        if loss is not None:
+            if isinstance(loss, str):
+                self.nonfinite_loss += 1
+            else:
+                self.loss.add(loss)
+        samples = metrics.get("samples")
+        if samples is not None:
+            self.samples += int(samples)
+        tokens = metrics.get("tokens")
+        if tokens is not None:
+            self.tokens += int(tokens)
+
+    def fold_observation(self, kind: str, name: str, value: float) -> None:
+        stats = self.instruments.get((kind, name))
+        if stats is None:
+            stats = self.instruments[(kind, name)] = RunningStats()
+        stats.add(value)
+
+
+class RecordWriter:
+    def __init__(self, directory: Path | None, state: RunState, base: dict[str, Any], *,
+                 flush_interval: float = 1.0, max_bytes: int = 256 * 1024 * 1024,
+                 rates: RateWindow | None = None) -> None:
+        self.directory = directory
+        self.path = directory / "events.jsonl" if directory else None
+        self.state = state
+        self.base = base
+        self.flush_interval = flush_interval
+        self.max_bytes = max_bytes
+        self.queue: deque[tuple] = deque()
+        self.aggregates = Aggregates()
+        self.listeners: list[Listener] = []
+        self.rates = rates or RateWindow()
+        self._file: Any = None
+        self._size = 0
+        self._failed_at: float | None = None
+        self._warned = False
+        self._wake = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()  # one drain at a time (thread or final flush)
+        self._thread = threading.Thread(target=self._loop, name="traintel-record", daemon=True)
+
+    # -- producer side (any thread) -------------------------------------------------------
+    def line(self, record: dict[str, Any]) -> None:
+        """Queue a ready-made record line (rare events: config, eval, errors, logs)."""
+        self.queue.append((LINE, record))
+
+    def flush_soon(self) -> None:
+        self._wake.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._open()
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued and stop the thread."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._drain()
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def flush(self) -> None:
+        """Write everything queued now, on the caller's thread (crash and signal paths)."""
+        self._drain()
+
+    # -- writer thread --------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self._drain()
+            except Exception:  # never let the writer die: count and carry on
+                log.exception("traintel record writer failed; continuing")
+
+    def _drain(self) -> None:
+        with self._lock:
+            queue = self.queue
+            self.state.queue_depth = len(queue)
+            if not queue:
+                return
+            chunks: list[bytes] = []
+            dumps = orjson.dumps
+            agg = self.aggregates
+            base = self.base
+            while queue:
+                item = queue.popleft()
+                kind = item[0]
+                if kind == STEP:
+                    _, ts, step, epoch, step_s, data_wait_s, metrics = item
+                    agg.fold_step(ts, step_s, data_wait_s, metrics)
+                    for listener in self.listeners:
+                        if step_s is not None:
+                            listener(STEP, None, step_s)
+                    record = {"ts": ts, "type": "step", "level": "info", **base, "step": step,
+                              "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
+                              "metrics": metrics}
+                elif kind == OBSERVE:
+                    _, obs_kind, name, value = item
+                    agg.fold_observation(obs_kind, name, value)
+                    for listener in self.listeners:
+                        listener(obs_kind, name, value)
+                    continue
+                else:
+                    record = item[1]
+                    for key, value in base.items():
+                        record.setdefault(key, value)
+                    if record.get("type") == "error":
+                        error_type = record.get("error_type", "other")
+                        agg.errors[error_type] = agg.errors.get(error_type, 0) + 1
+                try:
+                    chunks.append(dumps(record, option=orjson.OPT_NON_STR_KEYS,
+                                        default=_json_default))
+                except (TypeError, orjson.JSONEncodeError) as exc:
+                    chunks.append(dumps({"ts": record.get("ts", time.time()), "type": "event",
+                                         "level": "warning", **base, "event": "unserializable",
+                                         "fields": {"error": str(exc)[:500]}}))
+            agg.lines += len(chunks)
+            if agg.last_step_ts is not None:
+                self.rates.add(agg.last_step_ts, agg.steps, agg.samples, agg.tokens)
+                self.state.rates = self.rates.rates()
+            self._write(chunks)
+
+    def _write(self, chunks: list[bytes]) -> None:
+        """Write lines, rotating whenever the next line would take the file past max_bytes."""
+        if self._file is None and not self._reopen():
+            self.state.dropped += len(chunks)
+            return
+        batch: list[bytes] = []
+        size = self._size
+        for index, chunk in enumerate(chunks):
+            if size > 0 and size + len(chunk) + 1 > self.max_bytes:
+                if batch and not self._write_batch(batch, len(chunks) - index + len(batch)):
+                    return
+                batch = []
+                self._rotate()
+                size = 0
+            batch.append(chunk)
+            size += len(chunk) + 1
+        if batch:
+            self._write_batch(batch, len(batch))
+
+    def _write_batch(self, batch: list[bytes], at_stake: int) -> bool:
+        """Write lines with as few system calls as possible; on failure keep the complete
+        lines that made it and cut the file back to the last of them (no torn line)."""
+        data = b"\n".join(batch) + b"\n"
+        written = 0
+        try:
+            while written < len(data):
+                count = self._file.write(data[written:] if written else data)
+                if not count:
+                    raise OSError(errno.ENOSPC, "no progress writing the run record")
+                written += count
+            self._size += len(data)
+            return True
+        except OSError as exc:
+            keep = data.rfind(b"\n", 0, written) + 1
+            self.state.dropped += at_stake - data.count(b"\n", 0, keep)
+            try:
+                os.ftruncate(self._file.fileno(), self._size + keep)
+                self._size += keep
+            except OSError:
+                pass
+            self._fail(exc)
+            return False
+
+    def _open(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab", buffering=0)
+            self._size = self._file.tell()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _reopen(self) -> bool:
+        """After a failure, try again at most every 30 s (the disk may have been cleaned)."""
+        if self.path is None or (self._failed_at and time.monotonic() - self._failed_at < 30):
+            return False
+        self._open()
+        return self._file is not None
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed_at = time.monotonic()
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        if not self._warned:
+            self._warned = True
+            reason = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was hit",
+                      errno.EACCES: "permission denied", errno.EROFS: "read-only filesystem"}
+            log.warning("traintel cannot write the run record %s (%s: %s); training and "
+                        "telemetry export continue, lines are counted as dropped",
+                        self.path, reason.get(exc.errno, "I/O error"), exc.strerror or exc)
+
+    def _rotate(self) -> None:
+        """events.jsonl -> events.jsonl.1 -> .2 ...: nothing is deleted."""
+        self._file.close()
+        existing = sorted((int(p.suffix[1:]) for p in self.directory.glob("events.jsonl.*")
+                           if p.suffix[1:].isdigit()), reverse=True)
+        for n in existing:
+            os.replace(self.directory / f"events.jsonl.{n}",
+                       self.directory / f"events.jsonl.{n + 1}")
+        os.replace(self.path, self.directory / "events.jsonl.1")
+        self._file = open(self.path, "ab", buffering=0)
+        self._size = 0
+
+
+def _json_default(value: Any) -> Any:
+    """Last resort for values orjson does not know (paths, sets, tensors in user fields)."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)

@@ -1,0 +1,124 @@
+"""The hot path: the latest values and counters of a run, kept in plain Python objects.
+
+Recording a step only stores numbers here and appends one tuple to the record queue; nothing is
+serialized, hashed or exported on the caller's thread. Exporters read this state when *they* are
+asked for data (OTel observable instruments at collection time, the Prometheus collector at scrape
+time), so a value logged once appears on every path.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections import deque
+from typing import Any
+
+#: run.log keys with a dedicated catalog metric; other keys become traintel_metric{metric=...}
+KNOWN_KEYS = {"loss": "traintel_loss", "lr": "traintel_learning_rate",
+              "learning_rate": "traintel_learning_rate", "grad_norm": "traintel_grad_norm"}
+COUNTED_KEYS = ("samples", "tokens")
+
+
+def to_number(key: str, value: Any) -> float | int:
+    """Coerce a Python/NumPy/torch scalar to a Python number, or raise a clear error naming the key.
+
+    Only called for values that are not already ``float``/``int``: the common case pays nothing.
+    """
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)
+    if item is not None and callable(item):
+        numel = getattr(value, "numel", None)
+        size = numel() if callable(numel) else getattr(value, "size", 1)
+        if size != 1:
+            shape = tuple(getattr(value, "shape", ()))
+            raise ValueError(f"run.log: {key!r} is a tensor/array of shape {shape}; log a scalar "
+                             f"(e.g. {key}=value.mean().item())")
+        result = item()
+        if isinstance(result, (int, float)) and not isinstance(result, complex):
+            return result
+    raise TypeError(f"run.log: {key!r} must be a number (int, float, NumPy scalar or 0-d tensor), "
+                    f"got {type(value).__name__}; log text with run.event() instead")
+
+
+def nonfinite_text(value: float) -> str:
+    """How a non-finite value is written to the JSON record (JSON has no NaN)."""
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+class RunState:
+    """Everything the exporters and the progress display read. Written by the training thread."""
+
+    __slots__ = (
+        "status", "start_ts", "epoch", "step", "samples", "tokens", "data_wait_total",
+        "compute_total", "nonfinite_losses", "last_step_ts", "latest", "user_keys", "eval_latest",
+        "eval_best", "events", "errors", "counters", "gauges", "total_steps", "rates",
+        "readings", "queue_depth", "dropped",
+    )
+
+    def __init__(self) -> None:
+        self.status = "running"
+        self.start_ts = time.time()
+        self.epoch = 0
+        self.step = 0
+        self.samples = 0
+        self.tokens = 0
+        self.data_wait_total = 0.0
+        self.compute_total = 0.0
+        self.nonfinite_losses = 0
+        self.last_step_ts: float | None = None
+        #: latest finite value of every key passed to run.log
+        self.latest: dict[str, float] = {}
+        #: run.log keys that are not in KNOWN_KEYS/COUNTED_KEYS (bounded by max_metric_names)
+        self.user_keys: set[str] = set()
+        self.eval_latest: dict[str, float] = {}
+        self.eval_best: dict[str, float] = {}
+        self.events: dict[str, int] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.counters: dict[str, float] = {}
+        self.gauges: dict[str, float] = {}
+        self.total_steps: int | None = None
+        #: recent rates computed off the hot path by the record writer
+        self.rates: dict[str, float] = {}
+        #: latest hardware readings from the samplers: (metric, labels) -> value
+        self.readings: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.queue_depth = 0
+        self.dropped = 0
+
+    def progress(self) -> float | None:
+        if not self.total_steps:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+    def eta_seconds(self) -> float | None:
+        rate = self.rates.get("steps_per_second")
+        if not self.total_steps or not rate:
+            return None
+        return max(0.0, (self.total_steps - self.step) / rate)
+
+
+class RateWindow:
+    """Steps/samples/tokens per second over a sliding time window, fed by the record writer."""
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        self.window_s = window_s
+        self._points: deque[tuple[float, int, int, int]] = deque()
+
+    def add(self, ts: float, steps: int, samples: int, tokens: int) -> None:
+        self._points.append((ts, steps, samples, tokens))
+        while len(self._points) > 2 and ts - self._points[0][0] > self.window_s:
+            self._points.popleft()
+
+    def rates(self) -> dict[str, float]:
+        if len(self._points) < 2:
+            return {}
+        t0, s0, n0, k0 = self._points[0]
+        t1, s1, n1, k1 = self._points[-1]
+        dt = t1 - t0
+        if dt <= 0:
+            return {}
+        return {"steps_per_second": (s1 - s0) / dt, "samples_per_second": (n1 - n0) / dt,
+                "tokens_per_second": (k1 - k0) / dt}

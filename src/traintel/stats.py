@@ -1,0 +1,78 @@
+"""Running statistics with bounded memory: mean/std/min/max exactly, percentiles from a reservoir."""
+
+from __future__ import annotations
+
+import math
+import random
+
+
+class RunningStats:
+    """Count, total, mean, std (Welford), min, max and p50/p95/p99 of a stream of numbers.
+
+    Percentiles are exact up to ``reservoir`` values and estimated from a uniform reservoir
+    sample beyond that, so memory stays bounded on runs of any length.
+    """
+
+    __slots__ = ("count", "total", "_mean", "_m2", "min", "max", "last", "_sample", "_cap",
+                 "_rng")
+
+    def __init__(self, reservoir: int = 20_000) -> None:
+        self.count = 0
+        self.total = 0.0
+        self._mean = 0.0
+        self._m2 = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.last: float | None = None
+        self._sample: list[float] = []
+        self._cap = reservoir
+        self._rng = random.Random(0)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        delta = value - self._mean
+        self._mean += delta / self.count
+        self._m2 += delta * (value - self._mean)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        self.last = value
+        if len(self._sample) < self._cap:
+            self._sample.append(value)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < self._cap:
+                self._sample[slot] = value
+
+    @property
+    def mean(self) -> float | None:
+        return self._mean if self.count else None
+
+    @property
+    def std(self) -> float | None:
+        return math.sqrt(self._m2 / self.count) if self.count else None
+
+    def percentile(self, q: float) -> float | None:
+        """Linear-interpolated percentile, q in [0, 100]."""
+        return quantile(sorted(self._sample), q) if self._sample else None
+
+    def summary(self) -> dict[str, float | int | None]:
+        if not self.count:
+            return {"count": 0}
+        ordered = sorted(self._sample)
+        out: dict[str, float | int | None] = {
+            "count": self.count, "total": self.total, "mean": self._mean, "std": self.std,
+            "min": self.min, "max": self.max, "last": self.last}
+        for q in (50, 95, 99):
+            out[f"p{q}"] = quantile(ordered, q)
+        return out
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted, non-empty list; q in [0, 100]."""
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)

@@ -1,0 +1,74 @@
+"""summary.json: the run's figures, built from the aggregates the record writer folded line by
+line, so they equal what a reader recomputes from events.jsonl."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from .run import Run
+
+log = logging.getLogger("traintel.record")
+
+
+def build_summary(run: Run, end_ts: float) -> dict[str, Any]:
+    state = run.state
+    agg = run._writer.aggregates
+    loss = agg.loss
+    active = (agg.last_step_ts - agg.first_step_ts) if agg.steps and agg.first_step_ts else 0.0
+    per_second = (lambda n: n / active if active > 0 else None)
+    step_time = agg.step_time.summary()
+    evals = {}
+    for name, last in state.eval_latest.items():
+        evals[name] = {"last": last, "best": state.eval_best.get(name)}
+    errors_by_type: dict[str, int] = {}
+    for (error_type, _severity), count in state.errors.items():
+        errors_by_type[error_type] = errors_by_type.get(error_type, 0) + count
+    instruments = {name: {"kind": kind, **stats.summary()}
+                   for (kind, name), stats in agg.instruments.items()}
+    for name, value in state.counters.items():
+        instruments[name] = {"kind": "counter", "total": value}
+    for name, value in state.gauges.items():
+        instruments[name] = {"kind": "gauge", "last": value}
+    return {
+        "run": run.id, "project": run.project, "name": run.name, "rank": run.rank,
+        "world_size": run.world_size, "status": state.status, "start_ts": state.start_ts,
+        "end_ts": end_ts, "duration_s": end_ts - state.start_ts,
+        "steps": agg.steps, "epochs": state.epoch + 1 if agg.steps else 0,
+        "samples": agg.samples, "tokens": agg.tokens,
+        "loss": {"final": loss.last, "best": loss.min if loss.count else None,
+                 "min": loss.min if loss.count else None,
+                 "max": loss.max if loss.count else None, "mean": loss.mean, "std": loss.std,
+                 "count": loss.count, "nonfinite": agg.nonfinite_loss},
+        "eval": evals,
+        "throughput": {"steps_per_s": per_second(agg.steps),
+                       "samples_per_s": per_second(agg.samples),
+                       "tokens_per_s": per_second(agg.tokens)},
+        "step_time": {"mean_s": step_time.get("mean"), "p50_s": step_time.get("p50"),
+                      "p95_s": step_time.get("p95"), "p99_s": step_time.get("p99"),
+                      "data_wait_fraction": agg.data_wait / agg.timed if agg.timed else None},
+        "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type},
+        "instruments": instruments,
+        "record": {"lines": agg.lines, "dropped": state.dropped},
+        "config_hash": run.config_hash,
+    }
+
+
+def write_json(path: Path, data: Any, quiet: bool = False) -> bool:
+    """Write ``path`` atomically (temp file + rename); a failure is a warning, not an error."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+                                     default=str))
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        if not quiet:
+            log.warning("traintel could not write %s: %s", path, exc)
+        return False

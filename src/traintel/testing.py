@@ -1,0 +1,91 @@
+"""Helpers for users' own tests: capture what a run emits in memory.
+
+    from traintel.testing import capture
+    with capture() as telemetry:
+        with traintel.init(project="t", progress="off") as run:
+            run.log(loss=1.0)
+    assert telemetry.metric("traintel_loss") == [1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from . import run as run_module
+from .export.otlp import Sinks
+
+
+@dataclass
+class Telemetry:
+    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
+    spans: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+    logs: InMemoryLogRecordExporter = field(default_factory=InMemoryLogRecordExporter)
+    _collected: list[Any] = field(default_factory=list)
+
+    def collect(self) -> None:
+        """Take a metric snapshot now (the run must still be open)."""
+        data = self.reader.get_metrics_data()
+        if data is not None:
+            self._collected.append(data)
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        """(attributes, point) of every data point of ``name`` in the latest snapshot."""
+        for data in reversed(self._collected):
+            found = [(dict(point.attributes), point)
+                     for resource in data.resource_metrics
+                     for scope in resource.scope_metrics
+                     for metric in scope.metrics if metric.name == name
+                     for point in metric.data.data_points]
+            if found:
+                return found
+        return []
+
+    def metric(self, name: str) -> list[float]:
+        return [getattr(point, "value", None) for _, point in self.points(name)]
+
+    def span_names(self) -> list[str]:
+        return [span.name for span in self.spans.get_finished_spans()]
+
+    def log_records(self) -> list[Any]:
+        return [entry.log_record for entry in self.logs.get_finished_logs()]
+
+
+@contextmanager
+def capture() -> Iterator[Telemetry]:
+    """Runs created inside send metrics, spans and logs to memory instead of OTLP.
+
+    Metrics are snapshotted when a run finishes (and whenever ``Telemetry.collect`` is called).
+    """
+    telemetry = Telemetry()
+    previous = run_module._sinks_override
+    run_module._sinks_override = _Sinks(telemetry)
+    try:
+        yield telemetry
+    finally:
+        run_module._sinks_override = previous
+
+
+class _Sinks(Sinks):
+    def __init__(self, telemetry: Telemetry) -> None:
+        super().__init__(metric_reader=_SnapshotOnShutdown(telemetry),
+                         span_exporter=telemetry.spans, log_exporter=telemetry.logs)
+
+
+class _SnapshotOnShutdown(InMemoryMetricReader):
+    """An in-memory reader that keeps the final snapshot taken when the run shuts down."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        super().__init__()
+        self._telemetry = telemetry
+        telemetry.reader = self
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._telemetry.collect()
+        super().shutdown(timeout_millis=timeout_millis, **kwargs)

@@ -1,0 +1,185 @@
+"""What a run emits: metrics on both paths, spans, logs, OTel environment variables.
+
+Assertions use the OTel SDK's in-memory reader and exporters (traintel.testing.capture) and the
+prometheus-client exposition of the run's own registry.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.exposition import generate_latest
+
+from traintel import catalog
+from traintel.testing import capture
+
+from core_helpers import quiet_run
+
+
+def _prometheus_samples(run) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(run.registry).decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _train(run, steps=10):
+    for i, _ in enumerate(run.track(range(steps))):
+        time.sleep(0.001)
+        run.log(loss=1.0 / (i + 1), lr=0.01, grad_norm=3.0, samples=16, tokens=64, custom=7.0)
+    run.log_eval(val_loss=0.3)
+    run.counter("skipped").inc(2)
+    run.histogram("seq_len").observe(12.0)
+    run.event("checkpoint", path="x")
+
+
+def test_a_value_logged_once_appears_on_both_paths(tmp_path):
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None) as run:
+            _train(run)
+            run._writer.flush()
+            telemetry.collect()
+            prom = _prometheus_samples(run)
+    base = {"project": "test", "run": run.id, "rank": "0"}
+    key = tuple(sorted(base.items()))
+    expected = {"traintel_loss": 0.1, "traintel_learning_rate": 0.01, "traintel_grad_norm": 3.0,
+                "traintel_steps_total": 10.0, "traintel_samples_total": 160.0,
+                "traintel_tokens_total": 640.0}
+    for name, value in expected.items():
+        otel = telemetry.points(name)
+        assert [(attrs, point.value) for attrs, point in otel] == [(base, pytest.approx(value))]
+        assert prom[(name, key)] == pytest.approx(value)
+    custom = tuple(sorted({**base, "metric": "custom"}.items()))
+    assert prom[("traintel_metric", custom)] == 7.0
+    assert [p.value for a, p in telemetry.points("traintel_metric") if a["metric"] == "custom"] \
+        == [7.0]
+    eval_key = tuple(sorted({**base, "metric": "val_loss"}.items()))
+    assert prom[("traintel_eval_best", eval_key)] == 0.3
+    assert prom[("traintel_step_duration_seconds_count", key)] == 10
+    steps = telemetry.points("traintel_step_duration_seconds")
+    assert steps[0][1].count == 10 and steps[0][1].sum == pytest.approx(
+        prom[("traintel_step_duration_seconds_sum", key)])
+    assert prom[("traintel_run_status", tuple(sorted({**base, "status": "running"}.items())))] == 1
+
+
+def test_every_exported_name_is_in_the_catalog(tmp_path):
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None, sample_interval=0.05) as run:
+            _train(run)
+            time.sleep(0.2)
+            run._writer.flush()
+            telemetry.collect()
+            prom = _prometheus_samples(run)
+    otel_names = {metric.name
+                  for data in telemetry._collected for rm in data.resource_metrics
+                  for sm in rm.scope_metrics for metric in sm.metrics}
+    assert otel_names <= set(catalog.BY_NAME)
+    assert "traintel_process_memory_rss_bytes" in otel_names  # from the system sampler
+    series = {name for name, _ in prom}
+    allowed = {n for m in catalog.METRICS for n in catalog.prometheus_series_names(m)}
+    assert series <= allowed | {n + "_total" for n in allowed} | {
+        n.removesuffix("_total") + "_created" for n in allowed}
+    for (name, labels) in prom:
+        label_names = {k for k, _ in labels}
+        assert {"project", "run", "rank"} <= label_names, name
+
+
+def test_final_status_is_exported_at_shutdown(tmp_path):
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None) as run:
+            run.log(loss=1.0)
+    statuses = {a["status"]: p.value for a, p in telemetry.points("traintel_run_status")}
+    assert statuses == {"running": 0, "finished": 1, "failed": 0, "interrupted": 0}
+
+
+def test_spans_run_epoch_sampled_steps_and_user_spans(tmp_path):
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None, step_span_every=4, total_epochs=2) as run:
+            for _ in run.epochs():
+                for _ in run.track(range(6)):
+                    run.log(loss=1.0)
+                with run.span("eval"):
+                    pass
+
+            @run.span("checkpoint")
+            def save():
+                return "ok"
+
+            assert save() == "ok"
+    spans = telemetry.spans.get_finished_spans()
+    names = [s.name for s in spans]
+    assert names.count("train_step") == 3  # steps 4, 8, 12 of 12
+    assert names.count("epoch") == 2 and names.count("eval") == 2
+    assert "checkpoint" in names and names[-1] == "training_run"
+    root = spans[-1]
+    assert all(s.context.trace_id == root.context.trace_id for s in spans)
+    epoch = next(s for s in spans if s.name == "epoch")
+    assert epoch.parent.span_id == root.context.span_id
+    step = next(s for s in spans if s.name == "train_step")
+    assert step.parent.span_id in {s.context.span_id for s in spans if s.name == "epoch"}
+    assert dict(step.attributes)["step"] == 4
+
+
+def test_exception_in_span_sets_status_records_event_and_error(tmp_path):
+    from opentelemetry.trace import StatusCode
+
+    with capture() as telemetry:
+        with pytest.raises(OSError):
+            with quiet_run(tmp_path, otlp=None) as run:
+                with run.span("checkpoint"):
+                    raise PermissionError("read-only checkpoint dir")
+    span = next(s for s in telemetry.spans.get_finished_spans() if s.name == "checkpoint")
+    assert span.status.status_code is StatusCode.ERROR
+    assert any(e.name == "exception" for e in span.events)
+    errors = {(a["error_type"], a["severity"]): p.value
+              for a, p in telemetry.points("traintel_errors_total")}
+    assert errors == {("checkpoint_io", "high"): 1}
+    assert run.errors[0]["operation"] == "checkpoint"
+
+
+def test_logs_travel_over_otlp_with_trace_context(tmp_path):
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None) as run:
+            with run.span("load"):
+                run.logger("data").warning("missing shard", extra={"shard": 4})
+            run.event("early_stopping", patience=3)
+    records = telemetry.log_records()
+    warning = next(r for r in records if r.body == "missing shard")
+    assert warning.severity_text == "WARNING"
+    assert warning.trace_id and warning.span_id
+    assert warning.attributes["logger"] == "traintel.data"
+    event = next(r for r in records if (r.attributes or {}).get("event") == "early_stopping")
+    assert event.attributes["type"] == "event"
+    assert event.trace_id  # correlated with the run's trace even outside a user span
+
+
+def test_otel_environment_variables_are_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "my-trainer")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=vision,deployment.environment=dev")
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None) as run:
+            run.log(loss=1.0)
+    resource = telemetry.spans.get_finished_spans()[0].resource.attributes
+    assert resource["service.name"] == "my-trainer"
+    assert resource["team"] == "vision" and resource["deployment.environment"] == "dev"
+    assert resource["run"] == run.id and resource["project"] == "test"
+
+
+def test_otel_sdk_disabled_turns_export_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    with quiet_run(tmp_path, otlp=None) as run:
+        run.log(loss=1.0)
+    assert run.otlp is None
+    assert run.summary["steps"] == 1  # the local record is unaffected
+
+
+def test_shutdown_with_unreachable_collector_is_bounded(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # discard port
+    run = quiet_run(tmp_path, otlp=True, shutdown_timeout=0.5)
+    run.log(loss=1.0)
+    run.finish()
+    assert run.summary["steps"] == 1
+    assert run.otlp._providers == []
