@@ -10,7 +10,9 @@ never an exception in training.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import math
 import os
 import threading
 import time
@@ -21,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .state import RateWindow, RunState
+from .state import RateWindow, RunState, nonfinite_text
 from .stats import RunningStats
 
 log = logging.getLogger("traintel.record")
@@ -181,13 +183,7 @@ class RecordWriter:
                     if record.get("type") == "error":
                         error_type = record.get("error_type", "other")
                         agg.errors[error_type] = agg.errors.get(error_type, 0) + 1
-                try:
-                    chunks.append(dumps(record, option=orjson.OPT_NON_STR_KEYS,
-                                        default=_json_default))
-                except (TypeError, orjson.JSONEncodeError) as exc:
-                    chunks.append(dumps({"ts": record.get("ts", time.time()), "type": "event",
-                                         "level": "warning", **base, "event": "unserializable",
-                                         "fields": {"error": str(exc)[:500]}}))
+                chunks.append(_serialize(record, base))
             agg.lines += len(chunks)
             if agg.last_step_ts is not None:
                 self.rates.add(agg.last_step_ts, agg.steps, agg.samples, agg.tokens)
@@ -281,6 +277,41 @@ class RecordWriter:
         os.replace(self.path, self.directory / "events.jsonl.1")
         self._file = open(self.path, "ab", buffering=0)
         self._size = 0
+
+
+def encode(value: Any, *, sort_keys: bool = False, indent: bool = False) -> bytes:
+    """JSON bytes for anything traintel writes: orjson first, the stdlib for what orjson
+    refuses (integers beyond 64 bits), ``str()`` for objects neither knows."""
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0) | (
+        orjson.OPT_INDENT_2 if indent else 0)
+    try:
+        return orjson.dumps(value, option=option, default=_json_default)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(_text_for_nonfinite(value), default=_json_default, ensure_ascii=False,
+                          allow_nan=False, sort_keys=sort_keys, indent=2 if indent else None
+                          ).encode("utf-8", "surrogatepass")
+
+
+def _text_for_nonfinite(value: Any) -> Any:
+    """NaN/Inf as "nan"/"inf" text, as the record format says (orjson would write null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return nonfinite_text(value)
+    if isinstance(value, dict):
+        return {k: _text_for_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_text_for_nonfinite(v) for v in value]
+    return value
+
+
+def _serialize(record: dict[str, Any], base: dict[str, Any]) -> bytes:
+    """One record line; a warning line in its place if nothing can encode it, so one bad
+    value never breaks the file."""
+    try:
+        return encode(record)
+    except (TypeError, ValueError) as exc:
+        return orjson.dumps({"ts": record.get("ts", time.time()), "type": "event",
+                             "level": "warning", **base, "event": "unserializable",
+                             "fields": {"error": str(exc)[:500]}})
 
 
 def _json_default(value: Any) -> Any:

@@ -20,12 +20,12 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ContextDecorator
 from pathlib import Path
 from typing import Any
 
-import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -37,7 +37,7 @@ from .export.readings import Histograms
 from .instruments import Counter, Gauge, Histogram, Timer, check_name
 from .logs import RECORD_ATTR, ROOT, RunLogHandler, console_handler, quiet_export_errors
 from .progress import MILESTONES, REFRESH_S, ProgressDisplay, describe
-from .record import OBSERVE, STEP, RecordWriter
+from .record import OBSERVE, STEP, RecordWriter, encode
 from .redact import Scrubber, secret_values
 from .settings import Settings, hostname, shared_run_id
 from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text, to_number
@@ -47,6 +47,7 @@ _events_log = logging.getLogger("traintel.events")
 _errors_log = logging.getLogger("traintel.errors")
 
 _current: Run | None = None
+_live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 #: set by traintel.testing to capture telemetry in memory instead of exporting it
 _sinks_override: Sinks | None = None
 _LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "ppl", "wer", "cer", "mse", "mae",
@@ -136,6 +137,7 @@ class Run:
         self._install_handlers()
         self._reschedule()
         self.progress.start()
+        _live_runs.add(self)
         _current = self
 
     # ------------------------------------------------------------------------------------
@@ -577,6 +579,7 @@ class Run:
             self.server.stop()
         self._teardown_logging()
         self._remove_handlers()
+        _live_runs.discard(self)
         if _current is self:
             _current = None
 
@@ -600,8 +603,7 @@ class Run:
 
     # -- start-up pieces ------------------------------------------------------------------
     def _write_start(self) -> None:
-        config_hash = "sha256:" + hashlib.sha256(
-            orjson.dumps(self.config, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+        config_hash = "sha256:" + hashlib.sha256(encode(self.config, sort_keys=True)).hexdigest()
         self.config_hash = config_hash
         now = time.time()
         self._writer.line({"ts": now, "type": "run_start", "level": "info",
@@ -788,6 +790,24 @@ class _Span(ContextDecorator):
         return False
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (a data-loader worker) inherits the parent's runs but not their threads:
+    it must neither write the parent's record nor finish the parent's run at exit."""
+    global _current
+    for run in list(_live_runs):
+        run._finished = True
+        run._writer.queue.clear()
+        atexit.unregister(run._atexit)
+        if sys.excepthook == run._excepthook:
+            sys.excepthook = run._previous_excepthook
+    _live_runs.clear()
+    _current = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -812,6 +832,8 @@ def _normalise_value(value: Any) -> Any:
         return _normalise_config(value)
     if isinstance(value, (list, tuple)):
         return [_normalise_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return nonfinite_text(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)

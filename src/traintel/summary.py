@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
+from .record import encode
 
 if TYPE_CHECKING:
     from .run import Run
@@ -64,8 +64,7 @@ def write_json(path: Path, data: Any, quiet: bool = False) -> bool:
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-                                     default=str))
+        tmp.write_bytes(encode(data, indent=True))
         os.replace(tmp, path)
         return True
     except OSError as exc:
