@@ -31,6 +31,8 @@ class DemoConfig:
     nan_at_step: int | None = None
     #: sleep this long every step (to simulate a slow rank or a slower model)
     step_sleep_s: float = 0.0
+    #: at this step, a corrupt sample is caught, recorded as a data error and skipped
+    error_at_step: int | None = None
 
 
 def collector_endpoint() -> str:
@@ -88,6 +90,11 @@ def train(cfg: DemoConfig, **init_options) -> traintel.Run:
                     optimizer.step()
                 scheduler.step()
                 step = run.state.step + 1
+                if cfg.error_at_step == step:
+                    try:
+                        raise ValueError(f"corrupt sample in batch {step}: cannot decode record")
+                    except ValueError as exc:
+                        run.error(exc, operation="data_loading", context={"batch": step})
                 if cfg.nan_at_step == step:
                     loss = torch.tensor(float("nan"))
                 if cfg.pause_at_step == step and cfg.pause_s:

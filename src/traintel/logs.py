@@ -128,6 +128,8 @@ class EveryNSeconds(logging.Filter):
         self._last = -float("inf")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if any(part in str(record.msg) for part in _SHUTDOWN_CHATTER):
+            return False  # our bounded shutdown aborting retries on purpose
         now = time.monotonic()
         if now - self._last < self.interval:
             return False
@@ -148,6 +150,7 @@ def _summary(record: logging.LogRecord) -> str:
         return str(record.msg)[:300]
 
 
+_SHUTDOWN_CHATTER = ("already shutdown", "Shutdown in progress", "max retries or shutdown")
 _EXPORT_LOGGERS = ("opentelemetry.exporter.otlp.proto.http",
                    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
                    "opentelemetry.exporter.otlp.proto.http.trace_exporter",

@@ -16,11 +16,13 @@ import click
 @click.option("--pause-seconds", type=float, default=0.0, help="How long the stall lasts.")
 @click.option("--nan-at-step", type=int, default=None, help="Inject a NaN loss at this step.")
 @click.option("--step-sleep", type=float, default=0.0, help="Extra seconds per step.")
+@click.option("--error-at-step", type=int, default=None,
+              help="Record (and survive) a corrupt-sample data error at this step.")
 @click.option("--http-port", type=int, default=None,
               help="Serve /metrics, /status, /events on 127.0.0.1:PORT (0: any free port).")
 @click.option("--sample-interval", type=float, default=5.0, show_default=True)
 def demo(epochs, steps_per_epoch, batch_size, run_dir, project, name, pause_at_step,
-         pause_seconds, nan_at_step, step_sleep, http_port, sample_interval) -> None:
+         pause_seconds, nan_at_step, step_sleep, error_at_step, http_port, sample_interval) -> None:
     """Train a small PyTorch model on synthetic data with traintel on.
 
     Leaves a complete run record under ./traintel-runs/ and exports to the OpenTelemetry
@@ -40,7 +42,8 @@ def demo(epochs, steps_per_epoch, batch_size, run_dir, project, name, pause_at_s
                       "stack with `docker compose up -d` or `traintel stack up`)[/yellow]")
     cfg = DemoConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                      pause_at_step=pause_at_step, pause_s=pause_seconds,
-                     nan_at_step=nan_at_step, step_sleep_s=step_sleep)
+                     nan_at_step=nan_at_step, step_sleep_s=step_sleep,
+                     error_at_step=error_at_step)
     options = {"project": project, "name": name, "sample_interval": sample_interval}
     if run_dir:
         options["dir"] = run_dir

@@ -75,6 +75,8 @@ class OtlpExport:
         self.state = state
         self.labels = labels
         self._providers: list[Any] = []
+        self._exporters = [e for e in (getattr(sinks.metric_reader, "_exporter", None),
+                                       sinks.span_exporter, sinks.log_exporter) if e is not None]
         self._histograms: dict[str, Any] = {}
         self.tracer = trace.NoOpTracer()
         self._logger = None
@@ -142,14 +144,16 @@ class OtlpExport:
 
     # -- lifecycle ------------------------------------------------------------------------
     def shutdown(self, timeout: float) -> bool:
-        """Flush and stop every provider, waiting at most ``timeout`` seconds in total.
+        """Flush and stop every provider within ``timeout`` seconds in total.
 
-        The SDK's own shutdown can wait for retries against a dead collector; it runs on a
-        daemon thread here so the training process is never held longer than the bound.
+        The SDK's shutdown retries against a dead collector for as long as its export timeout;
+        it runs on a daemon thread here, and when the deadline is near the exporters are shut
+        down directly, which aborts their retry loops, so no export thread outlives the run.
         """
         if not self._providers:
             return True
         deadline_ms = max(1, int(timeout * 1000))
+        abort_s = min(0.5, timeout / 4)
 
         def stop() -> None:
             for provider in self._providers:
@@ -163,9 +167,15 @@ class OtlpExport:
         started = time.monotonic()
         worker = threading.Thread(target=stop, name="traintel-otlp-shutdown", daemon=True)
         worker.start()
-        worker.join(timeout)
+        worker.join(timeout - abort_s)
         done = not worker.is_alive()
         if not done:
+            for exporter in self._exporters:
+                try:
+                    exporter.shutdown()
+                except Exception:
+                    log.debug("exporter shutdown failed", exc_info=True)
+            worker.join(abort_s)
             log.warning("traintel: telemetry export did not finish within %.1fs (collector "
                         "unreachable or slow); unsent data is dropped, the local record is "
                         "complete", time.monotonic() - started)
