@@ -546,6 +546,9 @@ class Run:
         state = self.state
         status = status or ("failed" if self._failed else "finished")
         state.status = status
+        if self._pending is not None:  # a step logged but not yet closed by run.track
+            metrics, self._pending = self._pending, None
+            self._end_step(None, None, metrics, None)
         self.progress.stop()
         if self.samplers is not None:
             self.samplers.stop()
@@ -587,6 +590,8 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._finished:  # e.g. the SIGTERM handler already finished the run
+            return False
         if exc is None:
             self.finish()
         elif isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or (
