@@ -1,62 +1,94 @@
 """Diagnostic reports: what a bug report or a 3 a.m. post-mortem needs, in one JSON document.
 
 The same report is written as ``crash-report.json`` when a run fails and produced on demand by
-``traintel report`` for a run directory or for the current machine.
+``traintel report`` for a run directory or for the current machine. Each section is gathered on
+its own: one that fails (a wedged driver, a broken record) says why and the others still arrive.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import platform
+import socket
 import sys
 import time
 import uuid
-from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from . import __version__
+from .analysis import describe, iso, num
+from .records import Records, RecordNotFound, last_records, rank_dirs
+from .redact import redact_mapping
 
 if TYPE_CHECKING:
     from .run import Run
 
 LAST_EVENTS = 50
+#: environment variables that explain GPU, distributed and export behaviour (secret-looking
+#: names among them are redacted all the same)
+_ENV_PREFIXES = ("CUDA_", "NCCL_", "PYTORCH_", "TORCH_", "TRAINTEL_", "OMP_NUM_THREADS")
+_ENV_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_JOB_ID",
+              "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME")
 
 
 def versions() -> dict[str, Any]:
-    """Python, traintel, torch, CUDA and driver versions; torch only if already imported."""
+    """Python, traintel, torch, CUDA and driver versions. torch is not imported for this: its
+    installed version is read from package metadata when the program has not imported it."""
     out: dict[str, Any] = {"python": sys.version.split()[0], "traintel": __version__,
                            "platform": platform.platform()}
     torch = sys.modules.get("torch")
     if torch is not None:
         out["torch"] = getattr(torch, "__version__", None)
-        out["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+        out["torch_cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+    else:
+        try:
+            out["torch"] = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            out["torch"] = None
+        out["torch_cuda"] = None
+    out["nvidia_driver"] = out["cuda_driver"] = None
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        try:
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            out["nvidia_driver"] = driver.decode() if isinstance(driver, bytes) else driver
-        finally:
-            pynvml.nvmlShutdown()
     except Exception:  # no driver, no library: that is an answer, not an error
-        out["nvidia_driver"] = None
+        return out
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        out["nvidia_driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        out["cuda_driver"] = f"{cuda // 1000}.{cuda % 1000 // 10}"
+    finally:
+        pynvml.nvmlShutdown()
     return out
 
 
+def host() -> dict[str, Any]:
+    return {"hostname": socket.gethostname(), "pid": os.getpid(), "cpus": os.cpu_count(),
+            "python_executable": sys.executable, "cwd": os.getcwd()}
+
+
+def environment() -> dict[str, str]:
+    chosen = {k: v for k, v in os.environ.items()
+              if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES}
+    return redact_mapping(dict(sorted(chosen.items())))
+
+
 def memory_state() -> dict[str, Any]:
+    """Host and process memory, and the CUDA allocator's figures if CUDA is already in use
+    (a report never creates a CUDA context)."""
     import psutil
 
-    process = psutil.Process()
     virtual = psutil.virtual_memory()
-    out: dict[str, Any] = {"process_rss_bytes": process.memory_info().rss,
-                           "host_total_bytes": virtual.total, "host_available_bytes":
-                           virtual.available}
+    out: dict[str, Any] = {"process_rss_bytes": psutil.Process().memory_info().rss,
+                           "host_total_bytes": virtual.total,
+                           "host_available_bytes": virtual.available}
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_initialized():
         out["cuda"] = [{"device": i, "allocated_bytes": torch.cuda.memory_allocated(i),
                         "reserved_bytes": torch.cuda.memory_reserved(i),
                         "peak_allocated_bytes": torch.cuda.max_memory_allocated(i)}
@@ -86,47 +118,63 @@ def gpus() -> list[dict[str, Any]]:
     return list(by_gpu.values())
 
 
-def tail_events(run_dir: Path, n: int = LAST_EVENTS) -> list[dict[str, Any]]:
-    """The last ``n`` parseable lines of the run record (torn lines skipped)."""
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    out: deque[dict[str, Any]] = deque(maxlen=n)
-    with open(path, "rb") as handle:
-        for raw in handle:
-            try:
-                out.append(orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                continue
-    return list(out)
-
-
 def build_report(run: Run | None = None, run_dir: Path | None = None) -> dict[str, Any]:
-    """A diagnostic report for a live run, a finished run's directory, or (neither) this host."""
+    """A diagnostic report for a live run, a run's directory, or (neither) this machine.
+
+    Host sections describe the machine making the report; for a run directory read elsewhere,
+    ``run`` (its run_start line) says where the run itself ran.
+    """
     report: dict[str, Any] = {
-        "report_id": str(uuid.uuid4()), "created": time.time(), "versions": versions(),
-        "host": {"hostname": platform.node(), "pid": os.getpid(), "cpus": os.cpu_count()},
-        "gpus": gpus(), "memory": memory_state()}
+        "report_id": str(uuid.uuid4()), "created": time.time(), "versions": _safe(versions),
+        "host": _safe(host), "environment": _safe(environment), "gpus": _safe(gpus),
+        "memory": _safe(memory_state)}
     if run is not None:
         run_dir = run.dir
         report["run"] = run.status_dict()
+        report["summary"] = getattr(run, "summary", None)
         report["config"] = run.config
+        report["readings"] = [{"name": name, "labels": dict(labels), "value": value}
+                              for (name, labels), value in list(run.state.readings.items())]
         report["errors"] = run.errors
     elif run_dir is not None:
-        for name in ("summary.json", "config.json"):
-            path = run_dir / name
-            if path.exists():
-                report[name.removesuffix(".json") if name != "summary.json" else "run"] = \
-                    orjson.loads(path.read_bytes())
-        report["errors"] = [e for e in _all_events(run_dir) if e.get("type") == "error"]
+        report.update(_from_directory(run_dir))
     if run_dir is not None:
         report["run_dir"] = str(run_dir)
-        report["last_events"] = tail_events(run_dir)
+        report["last_events"] = _safe(lambda: last_records(Records(run_dir), LAST_EVENTS))
     return report
 
 
-def _all_events(run_dir: Path) -> list[dict[str, Any]]:
-    return tail_events(run_dir, n=10**9)
+def _from_directory(run_dir: Path) -> dict[str, Any]:
+    """Run, summary, config and every error from what a run left on disk."""
+    meta = (rank_dirs(run_dir) or [run_dir])[0]
+    out: dict[str, Any] = {"run": None, "summary": read_json(meta / "summary.json"),
+                           "config": (read_json(meta / "config.json") or {}).get("config"),
+                           "errors": []}
+    try:
+        records = Records(run_dir)
+    except RecordNotFound:
+        return out
+    for record in records:
+        if record.get("type") == "run_start" and out["run"] is None:
+            out["run"] = record
+        elif record.get("type") == "error":
+            out["errors"].append(record)
+    return out
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or torn."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _safe(section: Callable[[], Any]) -> Any:
+    try:
+        return section()
+    except Exception as exc:
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
 
 
 def write_crash_report(run: Run) -> Path | None:
@@ -134,3 +182,62 @@ def write_crash_report(run: Run) -> Path | None:
 
     path = run.dir / "crash-report.json"
     return path if write_json(path, build_report(run)) else None
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report for humans and issue trackers."""
+    lines = [f"# traintel report {report['report_id']}", "", f"Created {iso(report['created'])}."]
+    run = report.get("run") or {}
+    summary = report.get("summary") or {}
+    if "run_dir" in report:
+        lines += _section("Run", {
+            "run": run.get("run") or summary.get("run"),
+            "project": run.get("project") or summary.get("project"),
+            "name": run.get("name") or summary.get("name"),
+            "status": run.get("status") or summary.get("status") or "no summary (still running, "
+                                                                   "or killed)",
+            "host": run.get("host"), "steps": run.get("step", summary.get("steps")),
+            "directory": report["run_dir"]})
+    lines += _section("Versions", report["versions"])
+    lines += _section("Host", report["host"])
+    gpu_list = report["gpus"]
+    lines += ["", "## GPUs", ""]
+    if isinstance(gpu_list, list) and gpu_list:
+        lines += [f"- GPU {g.get('index')}: {g.get('name')} ({g.get('uuid')}), " + ", ".join(
+            f"{k}={num(v)}" for k, v in g.items() if k not in ("index", "name", "uuid"))
+            for g in gpu_list]
+    else:
+        lines.append("None." if gpu_list == [] else str(gpu_list))
+    lines += _section("Memory", {k: v for k, v in report["memory"].items() if k != "cuda"})
+    for device in report["memory"].get("cuda", []):
+        lines.append(f"- CUDA device {device['device']}: " + ", ".join(
+            f"{k}={num(v)}" for k, v in device.items() if k != "device"))
+    lines += _section("Environment", report["environment"])
+    if report.get("config") is not None:
+        lines += ["", "## Config", "", "```json", json.dumps(report["config"], indent=2,
+                                                             default=str), "```"]
+    if "errors" in report:
+        lines += ["", f"## Errors ({len(report['errors'])})", ""]
+        if not report["errors"]:
+            lines.append("None.")
+        for error in report["errors"]:
+            lines += [f"### {iso(error.get('ts'))} {error.get('error_type')} "
+                      f"({error.get('severity')}): {error.get('exc_type')}", "",
+                      str(error.get("message")).replace("\n", " "), ""]
+            lines += [f"- {hint}" for hint in error.get("hints") or []]
+            if error.get("traceback"):
+                lines += ["", "```", str(error["traceback"]).rstrip(), "```"]
+    if isinstance(report.get("last_events"), list):
+        lines += ["", f"## Last {len(report['last_events'])} events", "", "```"]
+        lines += [f"{iso(r.get('ts'))} {str(r.get('level', '')).upper():8} {r.get('type')}: "
+                  f"{describe(r)}" for r in report["last_events"]]
+        lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def _section(title: str, values: dict[str, Any]) -> list[str]:
+    if not values:
+        return ["", f"## {title}", "", "None."]
+    rows = [f"| {k} | {'-' if v is None else str(v).replace('|', '/')} |"
+            for k, v in values.items()]
+    return ["", f"## {title}", "", "| | |", "|---|---|", *rows]

@@ -76,9 +76,10 @@ HINTS: dict[str, tuple[str, ...]] = {
               "a bug report.",),
 }
 
-#: (error type, severity, exception type names, message pattern, operation pattern)
+#: (error type, severity, exception type names, message pattern, operation pattern); all given
+#: parts must match, the first matching rule wins, so specific rules come before broad ones.
 _RULES: tuple[tuple[str, str, tuple[str, ...], str | None, str | None], ...] = (
-    ("interrupted", "low", ("KeyboardInterrupt", "RunInterrupted"), None, None),
+    ("interrupted", "low", ("KeyboardInterrupt", "RunInterrupted", "SystemExit"), None, None),
     ("oom", "critical", ("OutOfMemoryError", "MemoryError"), None, None),
     ("oom", "critical", (), r"out of memory|CUBLAS_STATUS_ALLOC_FAILED", None),
     ("distributed", "high", ("DistBackendError", "DistError", "DistStoreError",
@@ -92,19 +93,25 @@ _RULES: tuple[tuple[str, str, tuple[str, ...], str | None, str | None], ...] = (
     ("nonfinite_loss", "high", (), r"\b(loss|gradient)s?\b.*\b(nan|inf)\b|non-?finite", None),
     ("model_loading", "high", (), r"state_dict|Missing key\(s\)|Unexpected key\(s\)|"
                                   r"from_pretrained|size mismatch for", None),
-    ("checkpoint_io", "high", ("OSError", "PermissionError", "FileNotFoundError",
-                               "IsADirectoryError", "PicklingError", "UnpicklingError"),
-     None, r"checkpoint|save|load"),
-    ("data", "medium", (), None, r"data|load|batch|preprocess"),
+    # the operation says most about what failed: run.track reports "data_loading"
+    ("checkpoint_io", "high", (), None, r"checkpoint|ckpt|save|restore|resume"),
+    ("data", "medium", (), None, r"data|batch|loader|collate|preprocess|augment"),
+    ("model_loading", "high", (), None, r"model.*load|load.*model|pretrained|weights"),
+    ("config", "medium", (), None, r"config|setup|args|hparams"),
+    ("checkpoint_io", "high", (), r"PytorchStream(Reader|Writer)|Weights only load failed|"
+                                  r"Parent directory .* does not exist", None),
+    ("checkpoint_io", "high", ("OSError", "PicklingError", "UnpicklingError"),
+     r"checkpoint|ckpt|\.(pt|pth|safetensors)\b", None),
     ("data", "medium", ("UnicodeDecodeError", "UnidentifiedImageError", "DecodeError"), None,
      None),
-    ("data", "medium", (), r"DataLoader worker|shapes? .* (cannot be multiplied|mismatch)|"
-                           r"size mismatch|Expected .*(dtype|shape|size)|must match the size|"
-                           r"expected scalar type|dimension", None),
-    ("timeout", "high", ("TimeoutError",), None, None),
-    ("network", "medium", ("ConnectionError", "ConnectionRefusedError", "ConnectionResetError",
-                           "HTTPError", "URLError", "SSLError", "gaierror", "ProxyError"),
-     None, None),
+    ("data", "medium", (), r"DataLoader worker|shapes cannot be multiplied|must have the same "
+                           r"dtype|must match the size of tensor|Expected input batch_size|"
+                           r"is invalid for input of size|expected scalar type|"
+                           r"Expected .*(dtype|shape|size|channels)|Dimension out of range", None),
+    # a bare timeout in training is almost always a collective waiting for a lost rank
+    ("distributed", "high", ("TimeoutError",), None, None),
+    ("network", "medium", ("ConnectionError", "HTTPError", "URLError", "SSLError", "gaierror",
+                           "ProxyError", "Timeout"), None, None),
     ("config", "medium", ("ConfigError", "ConfigurationError", "ValidationError"), None, None),
     ("config", "medium", ("ValueError", "TypeError", "KeyError"), r"config|hyperparam|argument",
      None),
@@ -125,8 +132,6 @@ def classify(exc: BaseException, operation: str | None = None) -> Classification
             continue
         if op_pattern and not (operation and re.search(op_pattern, operation, re.IGNORECASE)):
             continue
-        if error_type == "timeout":  # a bare timeout in training is almost always a collective
-            error_type = "distributed"
         return Classification(error_type, severity, HINTS[error_type])
     return Classification("other", "medium", HINTS["other"])
 

@@ -427,11 +427,12 @@ class Run:
         """One record line that also travels as a log record (console, OTLP/Loki)."""
         line.setdefault("ts", time.time())
         line.setdefault("level", logging.getLevelName(level).lower())
-        line["message"] = self._scrubber.text(message)
+        message = self._scrubber.text(message)
+        line.setdefault("message", message)  # an error line keeps the exception's own text
         if event is not None:
             self.state.events[event] = self.state.events.get(event, 0) + 1
         if logger.isEnabledFor(level):
-            logger.log(level, "%s", line["message"], extra={RECORD_ATTR: line})
+            logger.log(level, "%s", message, extra={RECORD_ATTR: line})
         else:
             self._writer.line(line)
 

@@ -1,0 +1,70 @@
+"""``traintel doctor``: check the collector, the backends, the run directory, GPUs and the clock.
+
+The checks live in :mod:`traintel.doctor`; this module reads options (each with an environment
+variable) and prints a pass/warn/fail table or JSON. It exits 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from traintel.cli.output import table
+from traintel.doctor import DEFAULTS, Endpoints, as_json, run_checks
+from traintel.records import runs_dir
+
+_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+
+def _url(name: str, envvar: str, what: str):
+    return click.option(f"--{name}", default=DEFAULTS[name], envvar=envvar, show_default=True,
+                        metavar="URL", help=f"{what} (env {envvar}).")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="json is for scripts.")
+@click.option("--collector", "collectors", multiple=True, default=[DEFAULTS["collector"]],
+              envvar="OTEL_EXPORTER_OTLP_ENDPOINT", show_default=True, metavar="URL",
+              help="OTLP/HTTP endpoint of a collector; repeat for several "
+                   "(env OTEL_EXPORTER_OTLP_ENDPOINT).")
+@click.option("--collector-health", "collector_health", multiple=True, metavar="URL",
+              envvar="TRAINTEL_COLLECTOR_HEALTH_URL",
+              help="health_check extension URL (default: each collector's host, port 13133; "
+                   "env TRAINTEL_COLLECTOR_HEALTH_URL).")
+@_url("prometheus", "TRAINTEL_PROMETHEUS_URL", "Prometheus")
+@_url("alertmanager", "TRAINTEL_ALERTMANAGER_URL", "Alertmanager")
+@_url("loki", "TRAINTEL_LOKI_URL", "Loki")
+@_url("tempo", "TRAINTEL_TEMPO_URL", "Tempo")
+@_url("grafana", "TRAINTEL_GRAFANA_URL", "Grafana")
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+              help="where runs write their records (default: $TRAINTEL_DIR or ./traintel-runs).")
+@click.option("--timeout", default=3.0, show_default=True, help="seconds per HTTP check.")
+def doctor(fmt: str, collectors: tuple[str, ...], collector_health: tuple[str, ...],
+           prometheus: str, alertmanager: str, loki: str, tempo: str, grafana: str,
+           run_dir: Path | None, timeout: float) -> None:
+    """Is everything a run's telemetry passes through up and sane?
+
+    Required: the collector (OTLP/HTTP and health check), Prometheus (ready and scraping) and
+    Alertmanager; Loki, Tempo and Grafana only warn when absent. Also the run directory's
+    space and writability, NVIDIA GPUs and the clock against Prometheus's.
+    """
+    checks = run_checks(Endpoints(collectors=collectors, collector_health=collector_health,
+                                  prometheus=prometheus, alertmanager=alertmanager, loki=loki,
+                                  tempo=tempo, grafana=grafana, run_dir=run_dir or runs_dir()),
+                        timeout=timeout)
+    result = as_json(checks)
+    if fmt == "json":
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        tty = sys.stdout.isatty()
+        table(["check", "status", "target", "detail"],
+               [[c.name, f"[{_COLOURS[c.status]}]{c.status}[/]" if tty else c.status, c.target,
+                 c.detail] for c in checks])
+        failed = sum(c.status == "fail" for c in checks)
+        warned = sum(c.status == "warn" for c in checks)
+        click.echo(f"{len(checks) - failed - warned} passed, {warned} warned, {failed} failed")
+    sys.exit(0 if result["ok"] else 1)

@@ -1,0 +1,40 @@
+"""Terminal output shared by the commands: Rich tables on a terminal, plain text when piped."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A Rich table on a terminal, turned on its side when too wide for it; aligned plain text
+    otherwise. Blank column names: no header."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.measure import Measurement
+        from rich.table import Table
+
+        console = Console()
+        for cols, body in ((columns, rows), _transposed(columns, rows)):
+            table = Table(*cols, title=title, title_justify="left", show_header=any(cols))
+            for row in body:
+                table.add_row(*row)
+            natural = Measurement.get(console, console.options.update_width(10_000), table)
+            if natural.maximum <= console.width:
+                break
+        console.print(table)
+        return
+    click.echo((f"{title}\n" if title else "") + _plain(columns, rows), nl=False)
+
+
+def _transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """One column per row, headed by its first cell (a run's name, say)."""
+    return [columns[0], *(row[0] for row in rows)], [
+        [name, *(row[i] for row in rows)] for i, name in enumerate(columns) if i]
+
+
+def _plain(columns: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows)]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n"
+                   for row in ([columns] if any(columns) else []) + rows)

@@ -1,0 +1,81 @@
+"""Property-based tests: whatever users pass, traintel records it or refuses it with a clear
+error naming the key; the process never crashes and the record stays parseable."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import traintel
+from traintel.records import Records
+
+from core_helpers import QUIET, read_record
+
+keys = st.text(min_size=1, max_size=40)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                    st.text(max_size=200), st.binary(max_size=50))
+nested = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=20), inner, max_size=5)),
+    max_leaves=20)
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = traintel.init(project="fuzz", dir=str(tmp_path_factory.mktemp("fuzz")), **QUIET,
+                        max_metric_names=10_000)
+    yield run
+    run.finish()
+    for line in read_record(run.dir):  # every line written under fuzzing parses
+        assert line["type"]
+
+
+@SETTINGS
+@given(values=st.dictionaries(keys, st.one_of(scalars, nested), min_size=1, max_size=8))
+def test_log_records_or_refuses_naming_the_key(run, values):
+    try:
+        run.log(**values)
+    except (TypeError, ValueError) as exc:
+        assert any(repr(k) in str(exc) for k in values), str(exc)
+    else:
+        for key, value in values.items():
+            assert isinstance(value, (bool, int, float)), (key, value)
+            if math.isfinite(value):
+                assert run.state.latest[key] == value
+
+
+@SETTINGS
+@given(name=st.text(max_size=120), fields=st.dictionaries(st.text(min_size=1, max_size=30)
+                                                          .filter(lambda k: k.isidentifier()
+                                                                  and k not in ("level", "name")),
+                                                          nested, max_size=6))
+def test_event_records_or_refuses(run, name, fields):
+    try:
+        run.event(name, **fields)
+    except ValueError as exc:
+        assert repr(name) in str(exc)
+
+
+@SETTINGS
+@given(config=st.dictionaries(st.text(max_size=30), nested, max_size=10))
+def test_init_config_records_any_json_like_config(tmp_path, config):
+    with traintel.init(project="fuzz", dir=str(tmp_path), config=config, **QUIET) as run:
+        pass
+    written = orjson.loads((run.dir / "config.json").read_bytes())
+    assert set(written["config"]) == {str(k) for k in config}
+
+
+@SETTINGS
+@given(garbage=st.lists(st.binary(max_size=200), max_size=20))
+def test_record_reader_skips_what_it_cannot_parse(tmp_path, garbage):
+    path = tmp_path / f"events-{os.getpid()}.jsonl"
+    good = [orjson.dumps({"ts": 1.0, "type": "step", "step": i}) for i in range(3)]
+    path.write_bytes(b"\n".join(good[:1] + garbage + good[1:]) + b"\n")
+    parsed = [r for r in Records(path) if r.get("type") == "step"]
+    assert [r["step"] for r in parsed][-2:] == [1, 2]
