@@ -16,10 +16,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def init(project: str = "default", name: str | None = None, config: Any = None,
+def init(project: str | None = None, name: str | None = None, config: Any = None,
          **options: Any) -> "Run":
     """Start a run. See ``traintel.settings.Settings`` for every option; unknown options are
-    refused with the closest valid name. ``OTEL_*`` variables configure export."""
+    refused with the closest valid name. ``OTEL_*`` variables configure export; ``project``
+    defaults to ``$TRAINTEL_PROJECT``, then "default"."""
     from .run import Run
     from .settings import settings_from
 

@@ -83,7 +83,8 @@ def train(cfg: DemoConfig, **init_options) -> traintel.Run:
             model.train()
             for x, y in run.track(loader):
                 with forward:
-                    loss = loss_fn(model(x), y)
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
                     optimizer.zero_grad()
                     loss.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -104,7 +105,8 @@ def train(cfg: DemoConfig, **init_options) -> traintel.Run:
                 if cfg.step_sleep_s:
                     time.sleep(cfg.step_sleep_s)
                 run.log(loss=loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                        samples=len(x), tokens=len(x) * features)
+                        samples=len(x), tokens=len(x) * features,
+                        batch_accuracy=(logits.argmax(dim=1) == y).float().mean())
             with run.span("eval", epoch=epoch):
                 model.eval()
                 with torch.no_grad():

@@ -13,9 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
+#: key names that hold secrets; "token" only as the last word (hf_token, not pad_token_id or
+#: num_tokens), "pass" only as a word (db_pass, not num_passes)
 _SECRET_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|"
-    r"authorization|^key$|_key$|-key$|cookie|session[_-]?id|dsn)",
+    r"(password|passwd|(^|[_.-])pass$|secret|(^|[_.-])token$|api[_-]?key|access[_-]?key|"
+    r"private[_-]?key|credential|authorization|^key$|[_.-]key$|cookie|session[_-]?id|"
+    r"(^|[_.-])dsn$)",
     re.IGNORECASE,
 )
 #: shorter values are too likely to occur by chance in ordinary text

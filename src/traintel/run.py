@@ -39,7 +39,8 @@ from .logs import RECORD_ATTR, ROOT, RunLogHandler, console_handler, quiet_expor
 from .progress import MILESTONES, REFRESH_S, ProgressDisplay, describe
 from .record import OBSERVE, STEP, RecordWriter, encode
 from .redact import Scrubber, secret_values
-from .settings import Settings, hostname, shared_run_id
+from .distributed import agree_run_id
+from .settings import Settings, hostname
 from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text, to_number
 
 log = logging.getLogger("traintel.run")
@@ -65,7 +66,7 @@ class Run:
     def __init__(self, settings: Settings) -> None:
         global _current
         self.settings = settings
-        self.id = settings.run_id or shared_run_id() or _new_run_id()
+        self.id = settings.run_id or agree_run_id(_new_run_id(), settings.world_size or 1)
         self.project = settings.project
         self.name = settings.name or self.id
         self.rank = settings.rank or 0
@@ -143,11 +144,12 @@ class Run:
     # ------------------------------------------------------------------------------------
     # the hot path
     # ------------------------------------------------------------------------------------
-    def log(self, step: int | None = None, **values: Any) -> None:
+    def log(self, step: int | None = None, step_s: float | None = None, **values: Any) -> None:
         """Record metrics for the current step: ``run.log(loss=l, lr=lr, samples=32)``.
 
         Inside ``run.track`` the values belong to the step being timed; outside it, each call
-        is one step. Non-finite values are counted and flagged, never raised.
+        is one step, timed by ``step_s`` when the caller measured it (framework callbacks).
+        Non-finite values are counted and flagged, never raised.
         """
         if not values:
             raise ValueError("run.log() needs at least one metric, e.g. run.log(loss=0.5)")
@@ -179,7 +181,10 @@ class Run:
             else:
                 pending.update(values)
         else:
-            self._end_step(None, None, values, step)
+            if step_s is not None:
+                step_s = _duration(step_s)
+                state.compute_total += step_s
+            self._end_step(step_s, None, values, step)
 
     def track(self, iterable: Iterable[Any], total: int | None = None) -> Iterator[Any]:
         """Iterate over batches, timing data wait vs compute and counting one step per batch."""
@@ -189,7 +194,7 @@ class Run:
             except TypeError:
                 total = None
         if total is not None and self.total_epochs and self.settings.total_steps is None:
-            self._set_total_steps(self.total_epochs * total)
+            self.set_total_steps(self.total_epochs * total)
         return self._track(iter(iterable))
 
     def _track(self, iterator: Iterator[Any]) -> Iterator[Any]:
@@ -276,7 +281,10 @@ class Run:
                     "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)},
                    event="milestone")
 
-    def _set_total_steps(self, total: int) -> None:
+    def set_total_steps(self, total: int) -> None:
+        """The planned number of steps (progress, ETA, milestones), once it is known."""
+        if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
+            raise ValueError(f"run.set_total_steps: total must be a positive int, got {total!r}")
         self.state.total_steps = total
         self._reschedule()
 
@@ -316,13 +324,14 @@ class Run:
             self.total_epochs = self.progress.total_epochs = n
         total = self.total_epochs
         for epoch in (range(start, total) if total else itertools.count(start)):
-            self._begin_epoch(epoch)
+            self.begin_epoch(epoch)
             try:
                 yield epoch
             finally:
-                self._end_epoch()
+                self.end_epoch()
 
-    def _begin_epoch(self, epoch: int) -> None:
+    def begin_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (for frameworks that report epochs by callback)."""
         self.state.epoch = epoch
         self._epoch_span = self.tracer.start_span("epoch", context=self._run_context,
                                                   attributes={"epoch": epoch})
@@ -330,7 +339,8 @@ class Run:
         self._epoch_started = time.perf_counter()
         self._epoch_first_step = self.state.step
 
-    def _end_epoch(self) -> None:
+    def end_epoch(self) -> None:
+        """End the current epoch: its span and its record line."""
         if self._epoch_span is None:
             return
         state = self.state
@@ -509,6 +519,13 @@ class Run:
     def timer(self, name: str) -> Timer:
         return self._instrument(Timer, name)
 
+    def watch(self, model: Any, grad_norm: bool = True) -> Any:
+        """Log the model's parameter counts and, with ``grad_norm``, the global gradient norm of
+        every optimizer step (see ``traintel.watch``)."""
+        from .watch import watch
+
+        return watch(self, model, grad_norm=grad_norm)
+
     def logger(self, component: str) -> logging.Logger:
         """A component logger (``traintel.data``, ``traintel.model``) whose records reach the run
         record, the console and Loki, correlated with the current trace."""
@@ -553,7 +570,7 @@ class Run:
         self.progress.stop()
         if self.samplers is not None:
             self.samplers.stop()
-        self._end_epoch()
+        self.end_epoch()
         if status != "finished":
             self._run_span.set_status(Status(StatusCode.ERROR, status))
         self._run_span.set_attribute("status", status)
@@ -794,6 +811,12 @@ class _Span(ContextDecorator):
         self.run._queue_append((OBSERVE, "operation", self.name, elapsed))
         manager.__exit__(exc_type, exc, tb)
         return False
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"run.log: step_s must be a non-negative number of seconds, got {value!r}")
+    return float(value)
 
 
 def _after_fork_in_child() -> None:

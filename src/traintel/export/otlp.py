@@ -8,6 +8,7 @@ unreachable collector cannot hold the process at exit.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -63,10 +64,12 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
     ours = {"service.name": "traintel", "service.version": __version__,
             "service.instance.id": f"{labels['run']}/{labels['rank']}", "host.name": host,
             "traintel.run_name": run_name, **labels}
-    detected = Resource.create({})
-    if detected.attributes.get("service.name", "").startswith("unknown_service"):
-        detected = Resource.create({"service.name": "traintel"})
-    return Resource.create(ours).merge(detected)
+    detected = dict(Resource.create({}).attributes)
+    if str(detected.get("service.name", "")).startswith("unknown_service"):
+        del detected["service.name"]
+    if "service.instance.id" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        detected.pop("service.instance.id", None)  # the SDK's random one; ours names run/rank
+    return Resource.create(ours).merge(Resource(detected))
 
 
 class OtlpExport:

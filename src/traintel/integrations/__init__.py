@@ -1,0 +1,74 @@
+"""Framework integrations: ``traintel.integrations.huggingface`` (Trainer callback) and
+``traintel.integrations.lightning`` (Logger and Callback). Import the one you use; this package
+imports neither framework.
+
+What they share: attaching to the active run or starting one, and turning a framework's several
+reports about one training step into one record line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..run import Run
+
+#: the framework's names for traintel's known per-step keys
+KNOWN = {"loss": "loss", "train_loss": "loss", "learning_rate": "lr", "lr": "lr",
+         "grad_norm": "grad_norm"}
+
+
+def start_run(source: str, config: dict[str, Any], total_steps: int | None,
+              init_options: dict[str, Any]) -> tuple[Run, bool]:
+    """The active run, or a new one; and whether we started it (then we also finish it).
+
+    A run's config is fixed when it starts, so an existing run gets the framework's
+    configuration as a ``framework_config`` event instead.
+    """
+    import traintel
+
+    run = traintel.current_run()
+    if run is not None:
+        run.event("framework_config", source=source, config=config)
+        if total_steps and run.state.total_steps is None:
+            run.set_total_steps(total_steps)
+        return run, False
+    options = {k: v for k, v in init_options.items() if v is not None}
+    options.setdefault("total_steps", total_steps or None)
+    return traintel.init(config=config, **options), True
+
+
+def metric_name(name: str) -> str:
+    """A framework metric name as a ``run.log`` key: ``train/acc`` -> ``train_acc``."""
+    name = re.sub(r"\W", "_", name)
+    return name if name[:1].isalpha() or name[:1] == "_" else f"_{name}"
+
+
+class StepBuffer:
+    """One record line per training step, although a framework reports a step's values in
+    several calls (Trainer: ``on_step_end`` then ``on_log``). Values for a step already written
+    become a ``metrics`` event rather than a second line for the same step."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.step: int | None = None
+        self.values: dict[str, Any] = {}
+        self.written = -1
+
+    def add(self, step: int, values: dict[str, Any]) -> None:
+        if step != self.step:
+            self.flush()
+            if step <= self.written:
+                if values:
+                    self.run.event("metrics", step=step, **values)
+                return
+            self.step = step
+        self.values.update(values)
+
+    def flush(self) -> None:
+        if self.step is not None and self.values:
+            self.run.log(step=self.step, **self.values)
+            self.written = self.step
+        self.step = None
+        self.values = {}
