@@ -72,12 +72,18 @@ class RunLogHandler(logging.Handler):
             else:
                 line.setdefault("trace_id", trace_id)
                 line.setdefault("span_id", span_id)
+            # attributes first: once queued, the line belongs to the writer thread
+            attributes = _flat_attributes(line) if self.otlp is not None else None
+            body = line.get("message") or self.scrubber.text(record.getMessage())
             self.writer.line(line)
             if self.otlp is not None:
-                self.otlp.emit_log(record, line.get("message") or self.scrubber.text(
-                    record.getMessage()), _flat_attributes(line), span)
+                self.otlp.emit_log(record, body, attributes, span)
         except Exception:  # logging must never raise into training
             self.handleError(record)
+
+
+#: the body, the timestamp, and the run's identity (already resource attributes)
+_NOT_ATTRIBUTES = {"message", "ts", "run", "rank", "project"}
 
 
 def _flat_attributes(line: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def _flat_attributes(line: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, value in line.items():
-        if key in ("message", "ts"):
+        if key in _NOT_ATTRIBUTES:
             continue
         if value is None:
             continue

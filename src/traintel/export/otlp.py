@@ -54,7 +54,10 @@ class Sinks:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return cls(metric_reader=PeriodicExportingMetricReader(OTLPMetricExporter()),
+        # the SDK's default of 60 s is too coarse for step curves and stall alerts
+        interval = None if os.environ.get("OTEL_METRIC_EXPORT_INTERVAL") else 15_000
+        return cls(metric_reader=PeriodicExportingMetricReader(
+                       OTLPMetricExporter(), export_interval_millis=interval),
                    span_exporter=OTLPSpanExporter(), log_exporter=OTLPLogExporter())
 
 
