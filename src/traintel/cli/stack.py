@@ -1,0 +1,128 @@
+"""``traintel stack install|up|down|status``: the observability stack without Docker.
+
+``install`` builds the programs once into ~/.cache/traintel/bin (see traintel.stack.install);
+``up`` starts them natively on 127.0.0.1 with the repo's configs (traintel.stack.native).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from traintel.stack import install as installer
+from traintel.stack.components import COMPONENTS
+from traintel.stack.native import NativeStack, StackError, default_run_dir
+
+_RUN_DIR = click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="configs, data, logs, pid files (default: $TRAINTEL_STACK_DIR or ~/.cache/traintel/stack)",
+)
+
+
+@click.group()
+def stack() -> None:
+    """Build and run the collector, Prometheus, Alertmanager and Loki natively."""
+
+
+@stack.command()
+@click.option("--retry", is_flag=True, help="retry optional programs whose build failed before")
+@click.option(
+    "--only", multiple=True, type=click.Choice(sorted(COMPONENTS)), help="just these programs"
+)
+def install(retry: bool, only: tuple[str, ...]) -> None:
+    """Build the stack's programs (once per version; a warm machine returns at once).
+
+    Exits non-zero only when a required program (collector, Prometheus, Alertmanager) is
+    missing; Loki and Tempo are optional and tests that need them skip, saying why."""
+    status = installer.install(
+        list(only) or None, retry=retry, say=lambda line: click.echo(line, err=True)
+    )
+    ready = [f"{e['name']} {e['version']}" for e in status.values() if e["ok"]]
+    missing = [e for e in status.values() if not e["ok"] and (not only or e["name"] in only)]
+    line = "traintel stack: ready: " + ", ".join(ready)
+    if missing:
+        line += "; unavailable: " + ", ".join(f"{e['name']} {e['version']}" for e in missing)
+        line += f" (reasons in {installer.status_path()})"
+    click.echo(line, err=True)
+    failed = [e for e in missing if e["required"]]
+    for entry in failed:
+        click.echo(
+            f"traintel stack: required program {entry['name']} failed:\n{entry['reason']}", err=True
+        )
+    sys.exit(1 if failed else 0)
+
+
+@stack.command()
+@_RUN_DIR
+@click.option("--foreground", is_flag=True, help="stay attached; stop everything on SIGTERM/Ctrl-C")
+@click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for each program")
+def up(run_dir: Path | None, foreground: bool, timeout: float) -> None:
+    """Start the stack on 127.0.0.1 (compose's ports; Tempo's OTLP ports move up by 10000)."""
+    native = NativeStack(run_dir or default_run_dir())
+    try:
+        native.up(timeout=timeout, say=click.echo)
+    except StackError as error:
+        native.down()
+        raise click.ClickException(str(error)) from None
+    for name, url in native.endpoints.items():
+        click.echo(f"  {name:<30} {url}")
+    if not foreground:
+        click.echo(f"stop with: traintel stack down --run-dir {native.run_dir}")
+        return
+    _stay_up(native)
+
+
+def _stay_up(native: NativeStack) -> None:
+    """Block until a signal; exit 1 when a required program dies so a supervisor restarts us."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    running = [n for n in native.status() if native.pid(n)]
+    while not stopping:
+        dead = [n for n in running if not native.pid(n)]
+        if any(COMPONENTS[n].required for n in dead):
+            click.echo(f"traintel stack: {', '.join(dead)} exited; stopping", err=True)
+            native.down()
+            sys.exit(1)
+        time.sleep(2)
+    native.down()
+
+
+@stack.command()
+@_RUN_DIR
+def down(run_dir: Path | None) -> None:
+    """Stop the programs that `up` started in this run directory (and nothing else)."""
+    run_dir = run_dir or default_run_dir()
+    if not (run_dir / "stack.json").exists():
+        click.echo(f"no stack was started in {run_dir}")
+        return
+    NativeStack.load(run_dir).down()
+    click.echo("stopped")
+
+
+@stack.command()
+@_RUN_DIR
+def status(run_dir: Path | None) -> None:
+    """Which programs are running and ready, where, and what is not installed."""
+    run_dir = run_dir or default_run_dir()
+    installed = installer.load_status()
+    native = (
+        NativeStack.load(run_dir) if (run_dir / "stack.json").exists() else NativeStack(run_dir)
+    )
+    for name, state in native.status().items():
+        entry = installed.get(name, {})
+        if not entry.get("ok"):
+            why = (
+                entry.get("reason") or "not installed: run `traintel stack install`"
+            ).splitlines()[0]
+            click.echo(f"{name:<13} -        {why}")
+            continue
+        up_text = "ready" if state["ready"] else ("starting" if state["pid"] else "down")
+        pid = state["pid"] or "-"
+        click.echo(f"{name:<13} {up_text:<8} {entry['version']:<8} {state['url']}  pid={pid}")

@@ -1,0 +1,190 @@
+"""The one table of the stack's programs: versions, how each is obtained, binaries, ports.
+
+docker-compose.yml pins the same versions as image tags (``Component.image``), so what the
+native test stack runs is what compose runs. Change a version here and in the compose file
+together; ``traintel stack install`` rebuilds whatever changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: The collector release: every v0.x collector module and the OCB builder use it; the confmap
+#: providers use the paired stable v1.(N-94).0. Also the contrib image tag in docker-compose.yml.
+OTELCOL_VERSION = "0.159.0"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    #: the upstream release (what the compose image tag names)
+    version: str
+    #: "ocb": OpenTelemetry Collector Builder (``packages[0]``) with ``manifest``;
+    #: "go-wrapper": ``go build`` of ``packages`` inside our wrapper module ``wrapper``
+    #: (needed where upstream's go.mod has replace directives, which ``go install`` refuses);
+    #: "go-module": ``go build`` inside a copy of ``module`` with ``extra_files`` added;
+    #: "none": cannot be had on these machines, ``unavailable`` says why.
+    method: str
+    binaries: tuple[str, ...]
+    #: container image pinned in docker-compose.yml
+    image: str
+    #: name -> port the program listens on in compose (and natively unless told otherwise)
+    ports: dict[str, int]
+    #: (port name, path) of the readiness endpoint (HTTP 200 when ready)
+    ready: tuple[str, str] | None = None
+    #: a failure of a required component fails ``traintel stack install``
+    required: bool = True
+    packages: tuple[str, ...] = ()
+    module_version: str = ""
+    manifest: str = ""
+    wrapper: str = ""
+    build_tags: str = ""
+    #: Go variable that upstream's release build sets to the version (``--version``, buildinfo)
+    version_var: str = ""
+    #: hostnames under which the other programs reach this one in compose
+    hosts: tuple[str, ...] = ()
+    #: why a component is not obtainable here (method "none")
+    unavailable: str = ""
+    #: extra files (repo-relative) whose content is part of the build key
+    inputs: tuple[str, ...] = field(default=())
+    #: Debian packages providing ``binaries`` (older versions) when the Go build fails, and
+    #: the Debian names of binaries that Debian renames
+    apt: tuple[str, ...] = ()
+    apt_names: dict[str, str] = field(default_factory=dict)
+    #: for "go-module": the Go module of ``packages`` and files to add to its copy (path in the
+    #: module -> content), for generated files that its module zip lacks
+    module: str = ""
+    extra_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Directory name under the cache's bin/: one per version, so versions coexist."""
+        return f"{self.name}-{self.version}"
+
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component(
+            name="otelcol",
+            version=OTELCOL_VERSION,
+            method="ocb",
+            binaries=("traintel-otelcol",),
+            image=f"otel/opentelemetry-collector-contrib:{OTELCOL_VERSION}",
+            ports={
+                "otlp_grpc": 4317,
+                "otlp_http": 4318,
+                "health": 13133,
+                "metrics": 8888,
+                "prom_exporter": 8889,
+            },
+            ready=("health", "/"),
+            packages=("go.opentelemetry.io/collector/cmd/builder",),
+            module_version=f"v{OTELCOL_VERSION}",
+            manifest="otel-collector/builder-config.yaml",
+            inputs=("otel-collector/builder-config.yaml",),
+            hosts=("otel-collector", "otelcol", "collector"),
+        ),
+        Component(
+            name="prometheus",
+            version="3.14.0",
+            method="go-wrapper",
+            binaries=("prometheus", "promtool"),
+            image="prom/prometheus:v3.14.0",
+            ports={"web": 9090},
+            ready=("web", "/-/ready"),
+            packages=(
+                "github.com/prometheus/prometheus/cmd/prometheus",
+                "github.com/prometheus/prometheus/cmd/promtool",
+            ),
+            # Prometheus 3.x releases are Go module versions v0.3xx.y.
+            module_version="v0.314.0",
+            wrapper="stack/go/prometheus",
+            inputs=("stack/go/prometheus/go.mod", "stack/go/prometheus/go.sum"),
+            # We only scrape static targets: leave out the cloud/Kubernetes discovery SDKs.
+            build_tags="remove_all_sd",
+            version_var="github.com/prometheus/common/version.Version",
+            hosts=("prometheus",),
+            apt=("prometheus",),
+        ),
+        Component(
+            name="alertmanager",
+            version="0.34.0",
+            method="go-module",
+            binaries=("alertmanager", "amtool"),
+            image="prom/alertmanager:v0.34.0",
+            ports={"web": 9093},
+            ready=("web", "/-/ready"),
+            packages=(
+                "github.com/prometheus/alertmanager/cmd/alertmanager",
+                "github.com/prometheus/alertmanager/cmd/amtool",
+            ),
+            module_version="v0.34.0",
+            # The web UI (ui/app/dist) is built by npm in Alertmanager's release process and is
+            # not in the Go module, so `go install` fails on its go:embed. The API and amtool are
+            # what the stack uses: build a copy of the module with a placeholder page instead.
+            module="github.com/prometheus/alertmanager",
+            version_var="github.com/prometheus/common/version.Version",
+            extra_files={
+                "ui/app/dist/index.html": (
+                    "<!doctype html><title>Alertmanager</title><p>This Alertmanager was built "
+                    "by traintel without its web UI. Use the API (/api/v2/alerts), amtool, or "
+                    "Grafana.</p>\n"
+                ),
+            },
+            hosts=("alertmanager",),
+            apt=("prometheus-alertmanager",),
+            apt_names={"alertmanager": "prometheus-alertmanager"},
+        ),
+        Component(
+            name="loki",
+            version="3.7.6",
+            method="go-wrapper",
+            binaries=("loki",),
+            image="grafana/loki:3.7.6",
+            ports={"http": 3100, "grpc": 9095},
+            ready=("http", "/ready"),
+            required=False,
+            packages=("github.com/grafana/loki/v3/cmd/loki",),
+            module_version="v3.7.6",
+            wrapper="stack/go/loki",
+            version_var="github.com/grafana/loki/v3/pkg/util/build.Version",
+            inputs=("stack/go/loki/go.mod", "stack/go/loki/go.sum"),
+            hosts=("loki",),
+        ),
+        Component(
+            name="tempo",
+            version="3.0.3",
+            method="none",
+            binaries=("tempo",),
+            image="grafana/tempo:3.0.3",
+            # In compose Tempo receives OTLP on 4317/4318 inside its own container; natively
+            # those would clash with the collector's, so they get ports of their own.
+            ports={"http": 3200, "grpc": 9095, "otlp_grpc": 4317, "otlp_http": 4318},
+            ready=("http", "/ready"),
+            required=False,
+            hosts=("tempo",),
+            unavailable=(
+                "Tempo cannot be built here: the Go module proxy refuses github.com/grafana/tempo "
+                "(403 Forbidden, 'This module version is not available'), and there is no "
+                "Debian package; traces are checked through the collector's file exporter instead"
+            ),
+        ),
+        Component(
+            name="grafana",
+            version="13.2.0",
+            method="none",
+            binaries=("grafana",),
+            image="grafana/grafana:13.2.0",
+            ports={"http": 3000},
+            ready=("http", "/api/health"),
+            required=False,
+            hosts=("grafana",),
+            unavailable=(
+                "no Grafana binary can be had here (no Debian package; building it needs its "
+                "frontend toolchain); dashboards are validated as code and their queries run "
+                "against the real Prometheus and Loki instead"
+            ),
+        ),
+    )
+}

@@ -1,0 +1,347 @@
+"""Build (once) the stack's programs into ``~/.cache/traintel/bin/<name>-<version>/``.
+
+Every machine here is Docker-less, so the tests run the real collector, Prometheus, Alertmanager
+and Loki natively. Building them from Go modules takes tens of minutes cold on 2 cores, so each
+build is keyed by its version and inputs (manifest, wrapper go.mod/go.sum, Go version) and a
+warm machine does nothing. Go's module and build caches live under ``~/.cache/traintel/go/``.
+
+Outcomes go to ``bin/status.json``: a component that could not be had is recorded with the
+reason, so tests that need it skip saying why instead of the whole install failing. Optional
+components that failed are not retried until their inputs change (``retry=True`` forces it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import yaml
+
+from traintel.stack.components import COMPONENTS, Component
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRAINTEL_CACHE", "~/.cache/traintel")).expanduser()
+
+
+def bin_root() -> Path:
+    return cache_dir() / "bin"
+
+
+def status_path() -> Path:
+    return bin_root() / "status.json"
+
+
+def load_status() -> dict[str, dict]:
+    try:
+        return json.loads(status_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def binary(component: str, name: str | None = None) -> Path | None:
+    """Path of an installed program (``name`` defaults to the component's first binary)."""
+    entry = load_status().get(component)
+    if not entry or not entry.get("ok"):
+        return None
+    path = Path(entry["dir"]) / (name or COMPONENTS[component].binaries[0])
+    return path if os.access(path, os.X_OK) else None
+
+
+def missing_reason(component: str) -> str | None:
+    """None when the component is installed, else why not (for pytest skips)."""
+    if binary(component):
+        return None
+    entry = load_status().get(component)
+    if entry and entry.get("reason"):
+        return f"{component} {entry['version']} is not available: {entry['reason']}"
+    return f"{component} is not installed: run `traintel stack install`"
+
+
+class BuildError(Exception):
+    """A build step failed; the message names the step and ends with the log's tail."""
+
+
+def install(
+    names: list[str] | None = None,
+    retry: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Make every component (or ``names``) available; returns the status of each.
+
+    Never raises for a failed build: the failure is recorded with its reason."""
+    bin_root().mkdir(parents=True, exist_ok=True)
+    with _lock(bin_root() / ".lock"):
+        status = load_status()
+        for component in COMPONENTS.values():
+            if names and component.name not in names:
+                continue
+            key = _build_key(component)
+            entry = status.get(component.name, {})
+            if entry.get("build_key") == key:
+                if entry.get("ok") and all(
+                    os.access(Path(entry["dir"]) / b, os.X_OK) for b in component.binaries
+                ):
+                    continue
+                if not entry.get("ok") and not component.required and not retry:
+                    continue
+            status[component.name] = _provide(component, key, say)
+            _write_status(status)
+    return status
+
+
+def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict:
+    entry = {
+        "name": component.name,
+        "version": component.version,
+        "required": component.required,
+        "build_key": key,
+        "ok": False,
+        "dir": "",
+        "source": "",
+        "seconds": 0.0,
+        "reason": "",
+    }
+    if component.method == "none":
+        entry["reason"] = component.unavailable
+        say(f"stack: {component.name} {component.version}: unavailable ({component.unavailable})")
+        return entry
+    dest = bin_root() / component.key
+    log = bin_root() / "logs" / f"{component.key}.log"
+    log.parent.mkdir(exist_ok=True)
+    say(f"stack: building {component.name} {component.version} ({component.method}; log {log})")
+    started = time.monotonic()
+    try:
+        _go_build(component, dest, log)
+        entry.update(ok=True, dir=str(dest), source="go")
+    except Exception as error:  # noqa: BLE001  (one program's failure must not stop the others)
+        entry["reason"] = (
+            str(error) if isinstance(error, BuildError) else f"{type(error).__name__}: {error}"
+        )
+        if component.apt:
+            say(f"stack: {component.name}: Go build failed, trying Debian packages {component.apt}")
+            try:
+                entry.update(_apt_install(component, log), ok=True, source="apt")
+            except BuildError as apt_error:
+                entry["reason"] += f"; Debian fallback: {apt_error}"
+    entry["seconds"] = round(time.monotonic() - started, 1)
+    if entry["ok"]:
+        skew = (
+            f" (Debian {entry['version']}, not {component.version})"
+            if entry["source"] == "apt"
+            else ""
+        )
+        say(f"stack: {component.name} ready in {entry['seconds']:.0f}s{skew}")
+    else:
+        say(f"stack: {component.name} {component.version} FAILED: {entry['reason']}")
+    return entry
+
+
+def _go_build(component: Component, dest: Path, log: Path) -> None:
+    if not shutil.which("go"):
+        raise BuildError("`go` is not on PATH (Go >= 1.26 is needed to build the stack)")
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ldflags = "-s -w"
+    if component.version_var:
+        ldflags += f" -X {component.version_var}={component.version}"
+    flags = ["-trimpath", f"-ldflags={ldflags}"]
+    if component.build_tags:
+        flags += ["-tags", component.build_tags]
+    log.write_text("")
+    if component.method == "go-wrapper":
+        _run(
+            ["go", "build", *flags, "-o", f"{tmp}{os.sep}", *component.packages],
+            log,
+            cwd=REPO / component.wrapper,
+        )
+    elif component.method == "go-module":
+        _run(
+            ["go", "build", *flags, "-o", f"{tmp}{os.sep}", *component.packages],
+            log,
+            cwd=_module_copy(component),
+        )
+    elif component.method == "ocb":
+        _build_collector(component, tmp, log)
+    else:
+        raise BuildError(f"unknown build method {component.method!r}")
+    missing = [b for b in component.binaries if not (tmp / b).is_file()]
+    if missing:
+        raise BuildError(f"the build produced no {', '.join(missing)} (see {log})")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def _module_copy(component: Component) -> Path:
+    """A writable copy of the component's Go module with ``extra_files`` added: building
+    inside it makes it the main module, so its own go.mod and go.sum apply."""
+    spec = f"{component.module}@{component.module_version}"
+    found = subprocess.run(
+        ["go", "mod", "download", "-json", spec],
+        capture_output=True,
+        text=True,
+        cwd=cache_dir(),
+        env={**os.environ, **_go_env()},
+    )
+    if found.returncode != 0:
+        raise BuildError(f"`go mod download {spec}` failed:\n{found.stdout}{found.stderr}")
+    copy = cache_dir() / "go" / "src" / component.key
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(json.loads(found.stdout)["Dir"], copy)
+    subprocess.run(["chmod", "-R", "u+w", str(copy)], check=True)  # the module cache is read-only
+    for rel, content in component.extra_files.items():
+        path = copy / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return copy
+
+
+def _build_collector(component: Component, out: Path, log: Path) -> None:
+    """Install the OCB builder at the collector's release, then build our manifest with it."""
+    builder_dir = cache_dir() / "go" / "bin" / f"builder-{component.module_version}"
+    builder = builder_dir / "builder"
+    if not builder.exists():
+        _run(
+            ["go", "install", f"{component.packages[0]}@{component.module_version}"],
+            log,
+            cwd=out,
+            env={"GOBIN": str(builder_dir)},
+        )
+    manifest = yaml.safe_load((REPO / component.manifest).read_text())
+    source = out / "src"
+    manifest["dist"]["output_path"] = str(source)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, delete=False) as f:
+        yaml.safe_dump(manifest, f)
+    # Strict versioning: fail when a module would drag in another release instead of building
+    # a mixed-version collector.
+    _run([str(builder), "--skip-strict-versioning=false", "--config", f.name], log, cwd=out)
+    name = manifest["dist"]["name"]
+    (source / name).rename(out / name)
+    shutil.rmtree(source)
+    os.unlink(f.name)
+
+
+def _apt_install(component: Component, log: Path) -> dict:
+    """Debian's (older) packages, linked into the component's directory; records the skew."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BuildError("needs root and apt-get")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    _run(
+        ["apt-get", "install", "-y", "--no-install-recommends", *component.apt],
+        log,
+        env=env,
+        retry_with=["apt-get", "update"],
+    )
+    version = (
+        subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", component.apt[0]], capture_output=True, text=True
+        )
+        .stdout.split("+")[0]
+        .split("-")[0]
+    )
+    dest = bin_root() / f"{component.name}-debian-{version}"
+    dest.mkdir(exist_ok=True)
+    for b in component.binaries:
+        path = shutil.which(component.apt_names.get(b, b))
+        if not path:
+            raise BuildError(f"Debian package {component.apt} has no {b}")
+        link = dest / b
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+    return {"dir": str(dest), "version": version}
+
+
+def _run(
+    argv: list[str],
+    log: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    retry_with: list[str] | None = None,
+) -> None:
+    """Run one build step, its output appended to ``log``; BuildError with the tail on failure."""
+    full_env = {**os.environ, **_go_env(), **(env or {})}
+    for attempt in range(2):
+        with log.open("a") as out:
+            out.write(f"$ {' '.join(argv)}\n")
+            out.flush()
+            code = subprocess.run(
+                argv, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT
+            ).returncode
+        if code == 0:
+            return
+        if attempt == 0 and retry_with:
+            with log.open("a") as out:
+                subprocess.run(retry_with, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+            continue
+        break
+    tail = log.read_text(errors="replace").strip().splitlines()[-12:]
+    raise BuildError(
+        f"`{' '.join(argv[:3])} ...` exited {code}; last lines:\n"
+        + "\n".join(tail)
+        + f"\n(full log: {log})"
+    )
+
+
+def _go_env() -> dict[str, str]:
+    go = cache_dir() / "go"
+    flags = os.environ.get("GOFLAGS", "")
+    return {
+        "GOMODCACHE": str(go / "mod"),
+        "GOCACHE": str(go / "build"),
+        # Module cache files are read-only by default, which makes `rm -rf ~/.cache` fail.
+        "GOFLAGS": f"{flags} -modcacherw".strip(),
+    }
+
+
+def _build_key(component: Component) -> str:
+    """Changes whenever the build would produce something different."""
+    h = hashlib.sha256()
+    h.update(
+        repr(
+            (
+                component.version,
+                component.method,
+                component.packages,
+                component.module_version,
+                component.build_tags,
+                component.extra_files,
+                component.version_var,
+            )
+        ).encode()
+    )
+    for rel in component.inputs:
+        with contextlib.suppress(OSError):
+            h.update((REPO / rel).read_bytes())
+    if component.method != "none" and shutil.which("go"):
+        h.update(
+            subprocess.run(
+                ["go", "env", "GOVERSION"], capture_output=True, text=True
+            ).stdout.encode()
+        )
+    return h.hexdigest()[:16]
+
+
+def _write_status(status: dict[str, dict]) -> None:
+    tmp = status_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
+    tmp.replace(status_path())
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """One installer at a time per machine: parallel test runs share the cache."""
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -1,0 +1,533 @@
+"""Run the stack natively on one host: the repo's own configs, adapted, on 127.0.0.1.
+
+There is no Docker here, so ``traintel stack up`` and the test fixture start the programs built
+by ``traintel stack install`` directly. The configs are the ones docker-compose.yml mounts, with
+small rewrites instead of copies, so the tests check what compose runs:
+
+- ``host:port`` strings naming a compose service (``prometheus:9090``) or a bind-all/loopback
+  address become ``127.0.0.1:<port>`` from the port map (distinct ports per program, free
+  ports in tests); ``*port*`` integers and ``*address*``/``host`` strings likewise;
+- container paths (``/etc/prometheus/...``, ``/loki``) become repo or run-directory paths,
+  from the compose file's volume mounts where it exists;
+- a few settings that only matter when everything shares one host (collector self-metrics
+  port, Loki's ring in memory, Prometheus/Alertmanager listen flags).
+
+Each program logs to ``<run dir>/<name>/<name>.log``; its pid goes to ``<name>.pid`` and
+``down`` stops only the pids it started (checked against the binary before signalling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traintel.stack import install
+from traintel.stack.components import COMPONENTS
+
+REPO = install.REPO
+
+#: the order programs start in (exporters' targets first); ``down`` goes in reverse. Tempo
+#: cannot be built here (see components.py) but keeps its ports so that configs naming it
+#: still render.
+ORDER = ("loki", "tempo", "prometheus", "alertmanager", "otelcol")
+
+#: repo-relative config file of each program (first that exists)
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "otelcol": ("otel-collector/config.yaml",),
+    "prometheus": ("prometheus/prometheus.yml",),
+    "alertmanager": ("alertmanager/alertmanager.yml",),
+    "loki": ("loki/loki.yaml", "loki/config.yaml", "loki/local-config.yaml"),
+}
+
+#: container paths of the official images, used where docker-compose.yml does not say
+#: (value: ("repo", path) for config mounts, ("data", "") for data volumes)
+DEFAULT_MOUNTS: dict[str, dict[str, tuple[str, str]]] = {
+    "otelcol": {
+        "/etc/otelcol-contrib": ("repo", "otel-collector"),
+        "/etc/otelcol": ("repo", "otel-collector"),
+        "/var/lib/otelcol": ("data", ""),
+    },
+    "prometheus": {"/etc/prometheus": ("repo", "prometheus"), "/prometheus": ("data", "")},
+    "alertmanager": {
+        "/etc/alertmanager": ("repo", "alertmanager"),
+        "/alertmanager": ("data", ""),
+    },
+    "loki": {"/etc/loki": ("repo", "loki"), "/loki": ("data", ""), "/tmp/loki": ("data", "")},
+}
+
+LOCAL_HOSTS = {"", "0.0.0.0", "localhost", "127.0.0.1", "::", "[::]"}
+ADDRESS = re.compile(
+    r"(?:^|(?<=[/\s\"'@,=\[(]))(?P<host>[A-Za-z0-9_.-]*|\[::\]):(?P<port>\d{2,5})(?=$|[/\s\"',\])?#])"
+)
+
+
+class StackError(Exception):
+    """Something the user must fix (missing config or binary, a program that would not start)."""
+
+
+def default_ports() -> dict[str, dict[str, int]]:
+    """Compose's ports, except that a port already taken by an earlier program moves up by
+    10000 (Tempo's OTLP 4317 -> 14317), since everything shares one host natively."""
+    taken: set[int] = set()
+    ports: dict[str, dict[str, int]] = {}
+    for name in COMPONENTS:  # the collector first: its OTLP ports are the ones users know
+        ports[name] = {}
+        for port_name, port in COMPONENTS[name].ports.items():
+            while port in taken:
+                port += 10000
+            taken.add(port)
+            ports[name][port_name] = port
+    return ports
+
+
+def free_ports() -> dict[str, dict[str, int]]:
+    """A free loopback port for every program's every port (tests: no clash with a user's stack)."""
+    sockets = []
+    ports: dict[str, dict[str, int]] = {}
+    for name in COMPONENTS:
+        ports[name] = {}
+        for port_name in COMPONENTS[name].ports:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            ports[name][port_name] = s.getsockname()[1]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("TRAINTEL_STACK_DIR") or install.cache_dir() / "stack")
+
+
+@dataclass
+class NativeStack:
+    run_dir: Path
+    ports: dict[str, dict[str, int]] = field(default_factory=default_ports)
+    #: also write everything the collector receives to <run dir>/otelcol/tap-*.json
+    tap: bool = False
+    #: program -> why it is not running (binary or config missing)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    #: the processes this object started, reaped on stop (no zombies in a long test session)
+    _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir).resolve()
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def url(self, name: str, port: str | None = None) -> str:
+        port = port or (COMPONENTS[name].ready or ("", ""))[0] or next(iter(self.ports[name]))
+        return f"http://127.0.0.1:{self.ports[name][port]}"
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {
+            "otlp_http": self.url("otelcol", "otlp_http"),
+            "otlp_grpc": f"127.0.0.1:{self.ports['otelcol']['otlp_grpc']}",
+            "collector_health": self.url("otelcol", "health"),
+            "collector_metrics": self.url("otelcol", "metrics"),
+            "collector_prometheus_exporter": self.url("otelcol", "prom_exporter"),
+            "prometheus": self.url("prometheus", "web"),
+            "alertmanager": self.url("alertmanager", "web"),
+            "loki": self.url("loki", "http"),
+            "tempo": self.url("tempo", "http"),
+        }
+
+    def tap_file(self, signal_name: str) -> Path:
+        """Where the tap writes ``traces``, ``metrics`` or ``logs`` (OTLP JSON lines)."""
+        return self.run_dir / "otelcol" / f"tap-{signal_name}.json"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def up(
+        self,
+        names: tuple[str, ...] = ORDER,
+        timeout: float = 90.0,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        """Start every available program (skipping running ones) and wait until each is ready.
+
+        Raises StackError when a required program is unavailable or does not get ready."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._save_state()
+        for name in ORDER:
+            if name not in names:
+                continue
+            reason = self._why_unavailable(name)
+            if reason:
+                self.unavailable[name] = reason
+                if COMPONENTS[name].required:
+                    raise StackError(reason)
+                say(f"{name}: skipped ({reason})")
+                continue
+            self.start(name, timeout=timeout)
+            say(f"{name}: ready at {self.url(name)}")
+        self._save_state()
+
+    def down(self) -> None:
+        for name in reversed(ORDER):
+            self.stop(name)
+
+    def start(self, name: str, timeout: float = 90.0) -> None:
+        """Render the config, start the program and wait for its readiness endpoint."""
+        if self.pid(name):
+            return
+        busy = [
+            f"{port_name} {port}" for port_name, port in self.ports[name].items() if _in_use(port)
+        ]
+        if busy:
+            raise StackError(
+                f"{name}: port {', '.join(busy)} on 127.0.0.1 is in use (another "
+                "stack running? stop it, or use another --run-dir with other ports)"
+            )
+        argv, env, _ = self.render(name)
+        work = self.run_dir / name
+        log = work / f"{name}.log"
+        with log.open("a") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=work,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        self._procs[name] = proc
+        (work / f"{name}.pid").write_text(f"{proc.pid}\n{argv[0]}\n")
+        self._wait_ready(name, proc, log, timeout)
+
+    def stop(self, name: str, timeout: float = 15.0) -> None:
+        """Stop the program if this run directory started it (SIGTERM, then SIGKILL)."""
+        pid = self.pid(name)
+        pid_file = self.run_dir / name / f"{name}.pid"
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if name in self._procs:
+            self._procs.pop(name).wait()
+        pid_file.unlink(missing_ok=True)
+
+    def pid(self, name: str) -> int | None:
+        """The running pid from the pid file, if it still is the binary we started."""
+        try:
+            pid_text, exe = (self.run_dir / name / f"{name}.pid").read_text().split("\n")[:2]
+            pid = int(pid_text)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, ValueError):
+            return None
+        return pid if cmdline == exe and _alive(pid) else None
+
+    def ready(self, name: str) -> bool:
+        spec = COMPONENTS[name].ready
+        if not spec:
+            return self.pid(name) is not None
+        return _http_ok(f"{self.url(name, spec[0])}{spec[1]}")
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "pid": self.pid(name),
+                "ready": bool(self.pid(name)) and self.ready(name),
+                "url": self.url(name),
+                "log": str(self.run_dir / name / f"{name}.log"),
+            }
+            for name in ORDER
+        }
+
+    @classmethod
+    def load(cls, run_dir: Path) -> NativeStack:
+        """The stack a previous ``up`` started in ``run_dir`` (its ports come from stack.json)."""
+        state = json.loads((Path(run_dir) / "stack.json").read_text())
+        return cls(run_dir=run_dir, ports=state["ports"], tap=state.get("tap", False))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        state = {
+            "ports": self.ports,
+            "tap": self.tap,
+            "endpoints": self.endpoints,
+            "unavailable": self.unavailable,
+        }
+        (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2))
+
+    def _why_unavailable(self, name: str) -> str | None:
+        reason = install.missing_reason(name)
+        if reason:
+            return reason
+        if not _config_path(name):
+            return f"config not yet written: {' or '.join(CONFIGS[name])}"
+        return None
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode} on start:\n{_tail(log)}")
+            if self.ready(name):
+                return
+            time.sleep(0.25)
+        raise StackError(f"{name} not ready after {timeout:.0f}s (log {log}):\n{_tail(log)}")
+
+    def render(
+        self, name: str, source: Path | None = None
+    ) -> tuple[list[str], dict[str, str], Path]:
+        """Write ``<run dir>/<name>/rendered-<file>`` from the repo's config (or ``source``);
+        return the command line, the environment and the rendered file."""
+        source = source or _config_path(name)
+        if source is None:
+            raise StackError(f"config not yet written: {' or '.join(CONFIGS[name])}")
+        work = self.run_dir / name
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        compose = _compose_service(name)
+        mounts = self._mounts(name, compose)
+        config = self._rewrite(yaml.safe_load(source.read_text()) or {}, name, mounts)
+        env = {k: self._rewrite(v, name, mounts) for k, v in _compose_env(compose).items()}
+        out = work / f"rendered-{source.name}"
+        argv = getattr(self, f"_adapt_{name}")(config, source, out)
+        out.write_text(yaml.safe_dump(config, sort_keys=False))
+        return argv, env, out
+
+    def _adapt_otelcol(self, config: dict, source: Path, out: Path) -> list[str]:
+        ports = self.ports["otelcol"]
+        for rid, receiver in (config.get("receivers") or {}).items():
+            if rid.split("/")[0] == "otlp":
+                protocols = receiver.setdefault("protocols", {})
+                for proto in ("grpc", "http"):
+                    if proto in protocols:
+                        protocols[proto] = protocols[proto] or {}
+                        protocols[proto]["endpoint"] = f"127.0.0.1:{ports['otlp_' + proto]}"
+        for eid, ext in (config.get("extensions") or {}).items():
+            kind = eid.split("/")[0]
+            if kind == "health_check":
+                config["extensions"][eid] = {
+                    **(ext or {}),
+                    "endpoint": f"127.0.0.1:{ports['health']}",
+                }
+            elif kind == "file_storage":
+                directory = out.parent / "data" / eid.replace("/", "_")
+                directory.mkdir(exist_ok=True)
+                config["extensions"][eid] = {**(ext or {}), "directory": str(directory)}
+        for xid, exporter in (config.get("exporters") or {}).items():
+            if xid.split("/")[0] == "file" and exporter and "path" in exporter:
+                exporter["path"] = str(out.parent / "data" / Path(exporter["path"]).name)
+        telemetry = config.setdefault("service", {}).setdefault("telemetry", {})
+        metrics = telemetry.get("metrics") or {}
+        metrics.pop("address", None)
+        metrics["readers"] = [
+            {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": ports["metrics"]}}}}
+        ]
+        telemetry["metrics"] = metrics
+        if self.tap:
+            self._add_tap(config)
+        return [str(install.binary("otelcol")), "--config", str(out)]
+
+    def _add_tap(self, config: dict) -> None:
+        """A file exporter on every pipeline: tests read what the collector received."""
+        exporters = config.setdefault("exporters", {})
+        for pid, pipeline in (config.get("service", {}).get("pipelines") or {}).items():
+            signal_name = pid.split("/")[0]
+            if signal_name not in ("traces", "metrics", "logs"):
+                continue
+            tap = f"file/traintel_tap_{signal_name}"
+            exporters[tap] = {"path": str(self.tap_file(signal_name)), "flush_interval": "100ms"}
+            pipeline.setdefault("exporters", [])
+            if tap not in pipeline["exporters"]:
+                pipeline["exporters"].append(tap)
+
+    def _adapt_prometheus(self, config: dict, source: Path, out: Path) -> list[str]:
+        config["rule_files"] = [_absolute(p, source) for p in config.get("rule_files") or []]
+        # Scraping a program that cannot run here (Tempo, Grafana) would fire StackComponentDown
+        # for the whole session, and that alert inhibits others: scrape only what can run.
+        absent = {
+            f"127.0.0.1:{port}"
+            for name in COMPONENTS
+            if install.missing_reason(name)
+            for port in self.ports[name].values()
+        }
+        jobs = []
+        for job in config.get("scrape_configs") or []:
+            for static in job.get("static_configs") or []:
+                static["targets"] = [t for t in static.get("targets") or [] if t not in absent]
+            if not job.get("static_configs") or any(s["targets"] for s in job["static_configs"]):
+                jobs.append(job)
+        config["scrape_configs"] = jobs
+        if config.get("scrape_config_files"):
+            config["scrape_config_files"] = [
+                _absolute(p, source) for p in config["scrape_config_files"]
+            ]
+        argv = [
+            str(install.binary("prometheus")),
+            f"--config.file={out}",
+            f"--storage.tsdb.path={out.parent / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.ports['prometheus']['web']}",
+            "--web.enable-remote-write-receiver",
+            "--web.enable-lifecycle",
+            "--enable-feature=exemplar-storage",
+        ]
+        if not install.load_status().get("prometheus", {}).get("version", "").startswith("2."):
+            argv.append("--web.enable-otlp-receiver")
+        return argv
+
+    def _adapt_alertmanager(self, config: dict, source: Path, out: Path) -> list[str]:
+        if config.get("templates"):
+            config["templates"] = [_absolute(p, source) for p in config["templates"]]
+        return [
+            str(install.binary("alertmanager")),
+            f"--config.file={out}",
+            f"--storage.path={out.parent / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.ports['alertmanager']['web']}",
+            "--cluster.listen-address=",  # no gossip port: a single native instance
+        ]
+
+    def _adapt_loki(self, config: dict, source: Path, out: Path) -> list[str]:
+        ports = self.ports["loki"]
+        config.setdefault("server", {}).update(
+            http_listen_address="127.0.0.1",
+            http_listen_port=ports["http"],
+            grpc_listen_address="127.0.0.1",
+            grpc_listen_port=ports["grpc"],
+        )
+        common = config.setdefault("common", {})
+        common["instance_addr"] = "127.0.0.1"
+        common.setdefault("ring", {})["kvstore"] = {"store": "inmemory"}
+        common["ring"]["instance_addr"] = "127.0.0.1"
+        config.pop("memberlist", None)
+        config.setdefault("analytics", {})["reporting_enabled"] = False
+        return [str(install.binary("loki")), f"-config.file={out}", "-target=all"]
+
+    def _mounts(self, name: str, compose: dict) -> list[tuple[str, str]]:
+        """(container path, host path) pairs, longest container path first."""
+        mounts = {
+            target: str(REPO / rel if kind == "repo" else self.run_dir / name / "data")
+            for target, (kind, rel) in DEFAULT_MOUNTS.get(name, {}).items()
+        }
+        for volume in compose.get("volumes") or []:
+            if isinstance(volume, dict):
+                src, target = volume.get("source", ""), volume.get("target", "")
+            else:
+                src, target = (volume.split(":") + [""])[:2]
+            if not target:
+                continue
+            if src.startswith((".", "/")):
+                mounts[target] = str((REPO / src).resolve())
+            else:
+                mounts[target] = str(self.run_dir / name / "data")
+        return sorted(mounts.items(), key=lambda kv: -len(kv[0]))
+
+    def _rewrite(self, value: Any, owner: str, mounts: list[tuple[str, str]], key: str = "") -> Any:
+        """Adapt one config value (recursively) to this host: addresses, ports, paths."""
+        if isinstance(value, dict):
+            return {k: self._rewrite(v, owner, mounts, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._rewrite(v, owner, mounts, key) for v in value]
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and "port" in key.lower():
+            return self._port(owner, value) or value
+        if not isinstance(value, str):
+            return value
+        if value in LOCAL_HOSTS and any(w in key.lower() for w in ("addr", "host")):
+            return "127.0.0.1"
+        for target, host_path in mounts:
+            if value == target or value.startswith(target.rstrip("/") + "/"):
+                return host_path + value[len(target.rstrip("/")) :]
+        return ADDRESS.sub(lambda m: self._address(owner, m), value)
+
+    def _address(self, owner: str, match: re.Match) -> str:
+        host, port = match["host"], int(match["port"])
+        if host in LOCAL_HOSTS:
+            target = owner
+        else:
+            target = next((n for n, c in COMPONENTS.items() if host in c.hosts), "")
+            if not target:
+                return match[0]
+        return f"127.0.0.1:{self._port(target, port) or port}"
+
+    def _port(self, name: str, port: int) -> int | None:
+        for port_name, default in COMPONENTS[name].ports.items():
+            if default == port:
+                return self.ports[name][port_name]
+        return None
+
+
+def _config_path(name: str) -> Path | None:
+    return next((REPO / p for p in CONFIGS[name] if (REPO / p).is_file()), None)
+
+
+def _compose_service(name: str) -> dict:
+    """The docker-compose.yml service of a program ({} when there is no compose file)."""
+    try:
+        services = (yaml.safe_load((REPO / "docker-compose.yml").read_text()) or {}).get(
+            "services"
+        ) or {}
+    except OSError:
+        return {}
+    by_name = [s for n, s in services.items() if n in COMPONENTS[name].hosts]
+    by_image = [
+        s
+        for s in services.values()
+        if str(s.get("image", "")).split(":")[0] == COMPONENTS[name].image.split(":")[0]
+    ]
+    return (by_name or by_image or [{}])[0]
+
+
+def _compose_env(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict((item.split("=", 1) + [""])[:2] for item in env)
+    return {str(k): str(v) for k, v in env.items() if v is not None}
+
+
+def _absolute(path: str, source: Path) -> str:
+    return path if os.path.isabs(path) else str(source.parent / path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited child not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,180 @@
+"""Multi-process runs: one run id for all ranks, per-rank records and series, real gloo failures,
+and the straggler alert on per-rank step times. torchrun runs tests/dist_train.py on CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+import torch.distributed as dist
+import yaml
+
+import traintel
+from traintel.distributed import agree_run_id
+from traintel.errors import classify
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "dist_train.py"
+LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess:
+    """Two ranks of dist_train.py; this checkout's traintel, no launcher run id."""
+    environment = {k: v for k, v in os.environ.items() if k not in LAUNCHER_IDS}
+    environment.update({"TRAINTEL_DIR": str(tmp_path / "runs"), "OTEL_SDK_DISABLED": "true",
+                        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                       os.environ.get("PYTHONPATH", "")]),
+                        **(env or {})})
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(SCRIPT), *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def rank_records(tmp_path: Path) -> dict[int, tuple[str, list[dict]]]:
+    """rank -> (run id from the directory, events.jsonl lines)."""
+    found = {}
+    for events in sorted((tmp_path / "runs").glob("*/rank-*/events.jsonl")):
+        lines = [json.loads(line) for line in events.read_text().splitlines()]
+        found[int(events.parent.name.removeprefix("rank-"))] = (events.parent.parent.name, lines)
+    return found
+
+
+# -- agreeing on a run id -------------------------------------------------------------------
+def test_the_launchers_run_id_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in LAUNCHER_IDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "rdzv-42")
+    assert agree_run_id("mine", world_size=8) == "rdzv-42"
+    monkeypatch.setenv("TRAINTEL_RUN_ID", "chosen")
+    assert agree_run_id("mine", world_size=8) == "chosen"
+
+
+def test_without_launcher_or_process_group_ranks_are_warned(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    for name in LAUNCHER_IDS:
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.WARNING, logger="traintel.distributed"):
+        assert agree_run_id("mine") == "mine"
+        assert not caplog.records
+        assert agree_run_id("mine", world_size=4) == "mine"
+    assert "no shared run id" in caplog.text
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_run_id_and_keep_separate_records(tmp_path: Path) -> None:
+    result = torchrun(tmp_path, "--steps", "12", "--sync")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = rank_records(tmp_path)
+    assert sorted(records) == [0, 1]
+    (run_id,) = {run_id for run_id, _ in records.values()}
+    for rank, (_, lines) in records.items():
+        assert {line["run"] for line in lines} == {run_id}
+        assert {line["rank"] for line in lines} == {rank}
+        assert [line["step"] for line in lines if line["type"] == "step"] == list(range(1, 13))
+        (start,) = [line for line in lines if line["type"] == "run_start"]
+        assert start["world_size"] == 2 and start["local_rank"] == rank
+        summary = json.loads((tmp_path / "runs" / run_id / f"rank-{rank}" /
+                              "summary.json").read_text())
+        assert (summary["run"], summary["rank"], summary["steps"]) == (run_id, rank, 12)
+        assert summary["status"] == "finished"
+
+
+# -- real gloo failures ---------------------------------------------------------------------
+def test_a_missing_peer_is_a_classified_distributed_error(tmp_path: Path) -> None:
+    store = dist.TCPStore("127.0.0.1", 0, world_size=2, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=1))
+    with traintel.init(project="dist", dir=str(tmp_path), otlp=False, progress="off",
+                       sample_interval=0, console_logs=False) as run:
+        with pytest.raises(dist.DistError) as failure:
+            with run.span("init_process_group"):
+                dist.ProcessGroupGloo(store, 0, 2, timedelta(seconds=1))  # rank 1 never comes
+    assert classify(failure.value).error_type == "distributed"
+    (error,) = run.errors
+    assert (error["error_type"], error["severity"], error["operation"]) == \
+        ("distributed", "high", "init_process_group")
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_joins_times_out_the_collective(tmp_path: Path) -> None:
+    result = torchrun(tmp_path, "--steps", "5", "--hang-rank", "1", "--timeout", "3")
+    assert result.returncode != 0
+    records = rank_records(tmp_path)
+    (error,) = [line for line in records[0][1] if line["type"] == "error"]
+    assert (error["error_type"], error["severity"]) == ("distributed", "high")
+    assert "Timed out" in error["traceback"] and "gloo" in error["traceback"]
+    assert [line["status"] for line in records[0][1] if line["type"] == "run_end"] == ["failed"]
+    # torchrun stops the rank that hung when the other fails: recorded as an interruption
+    assert [line["status"] for line in records[1][1] if line["type"] == "run_end"] == \
+        ["interrupted"]
+
+
+# -- through the stack ----------------------------------------------------------------------
+def prometheus_query(stack, query: str) -> list[dict]:
+    response = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query",
+                            params={"query": query}, timeout=10)
+    response.raise_for_status()
+    return response.json()["data"]["result"]
+
+
+def poll(fetch, what: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = fetch()
+        if result:
+            return result
+        time.sleep(2)
+    pytest.fail(f"{what} did not appear within {timeout:.0f}s")
+
+
+def straggler_expr() -> str:
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "alerts.yml").read_text())
+    (expr,) = [rule["expr"] for group in rules["groups"] for rule in group["rules"]
+               if rule.get("alert") == "StragglerRank"]
+    return expr
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+def test_per_rank_series_and_the_straggler_alert(stack, tmp_path: Path) -> None:
+    """Rank 1 sleeps 40 ms more per step than rank 0 (no per-step collective: in synchronous
+    data parallelism the collective makes every rank's step as slow as the slowest)."""
+    project = f"straggler{os.getpid()}"
+    result = torchrun(tmp_path, "--project", project, "--seconds", "15", "--step-sleep", "0.01",
+                      "--slow-rank", "1", "--slow-sleep", "0.04", timeout=180, env={
+                          "OTEL_SDK_DISABLED": "false",
+                          "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+                          "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_id,) = {run_id for run_id, _ in rank_records(tmp_path).values()}
+
+    def both_ranks():
+        series = prometheus_query(
+            stack, f'traintel_steps_total{{project="{project}", run="{run_id}"}}')
+        return series if len(series) == 2 else None
+
+    steps = poll(both_ranks, "traintel_steps_total of both ranks")
+    assert sorted(s["metric"]["rank"] for s in steps) == ["0", "1"]
+
+    # the recording rules the expression reads are evaluated every 15 s
+    stragglers = poll(lambda: [s for s in prometheus_query(stack, straggler_expr())
+                               if s["metric"].get("project") == project],
+                      "a StragglerRank result", timeout=120)
+    assert [s["metric"]["rank"] for s in stragglers] == ["1"]
+    assert float(stragglers[0]["value"][1]) > 1.25

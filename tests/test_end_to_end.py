@@ -1,0 +1,258 @@
+"""The proof of the stack: a real demo training run through the real collector into the real
+Prometheus (and Loki where built); every dashboard query and recording rule returns data for that
+run, the values match the run's local record, and a stalled run's alert reaches Alertmanager."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from traintel import catalog, dashboards
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[1]
+#: metrics that have no series on a machine without an NVIDIA GPU ("no series", not an error)
+GPU_ONLY = {m.name for m in catalog.METRICS if m.group in ("gpu", "cuda")}
+
+
+def _eventually(probe, timeout: float = 90.0, interval: float = 1.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: last {last!r}")
+
+
+def promql(stack, expr: str) -> list[dict]:
+    response = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query",
+                            params={"query": expr}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def _demo_env(stack, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_BSP_SCHEDULE_DELAY": "500",
+            "OTEL_BLRP_SCHEDULE_DELAY": "500", "TRAINTEL_DIR": str(tmp_path),
+            "TRAINTEL_PROGRESS": "lines"}
+
+
+@pytest.fixture(scope="module")
+def fast_rules(stack, tmp_path_factory):
+    """Evaluate rules every second and add the stalled-run alert with a 3 s threshold, so a real
+    stall can be seen firing within a test. The expression is the shipped one; only the
+    threshold and `for` change. Prometheus reloads its config on SIGHUP."""
+    rules = yaml.safe_load((ROOT / "prometheus/rules/alerts.yml").read_text())
+    stalled = next(r for g in rules["groups"] for r in g["rules"]
+                   if r.get("alert") == "TrainingRunStalled")
+    fast = dict(stalled, expr=re.sub(r">\s*900\b", "> 3", stalled["expr"]), **{"for": "0s"})
+    assert fast["expr"] != stalled["expr"], "threshold not found in TrainingRunStalled"
+    rule_file = tmp_path_factory.mktemp("rules") / "fast-stall.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "test-fast", "rules": [fast]}]}))
+    config_path = stack.run_dir / "prometheus" / "rendered-prometheus.yml"
+    config = yaml.safe_load(config_path.read_text())
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [*config.get("rule_files", []), str(rule_file)]
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.kill(stack.pid("prometheus"), signal.SIGHUP)
+
+    def loaded():
+        groups = requests.get(f"{stack.endpoints['prometheus']}/api/v1/rules",
+                              timeout=5).json()["data"]["groups"]
+        return any(g["name"] == "test-fast" for g in groups)
+
+    _eventually(loaded, 30, what="Prometheus to load the test rule file")
+    return rule_file
+
+
+@pytest.fixture(scope="module")
+def demo(stack, fast_rules, tmp_path_factory):
+    """One real demo run (CLI, subprocess) exporting to the native stack."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "demo", "--epochs", "2", "--steps-per-epoch",
+         "40", "--batch-size", "16", "--project", "e2e", "--name", "proof", "--nan-at-step",
+         "10", "--error-at-step", "15", "--step-sleep", "0.05", "--sample-interval", "1"],
+        env=_demo_env(stack, runs), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next(runs.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    selector = f'{{run="{summary["run"]}"}}'
+
+    def arrived():
+        result = promql(stack, f"traintel_steps_total{selector}")
+        return result and float(result[0]["value"][1]) == summary["steps"]
+
+    _eventually(arrived, what="the run's final step count in Prometheus")
+    return summary, run_dir
+
+
+def _scalar(stack, expr):
+    result = promql(stack, expr)
+    assert len(result) == 1, (expr, result)
+    return float(result[0]["value"][1])
+
+
+def test_values_in_prometheus_match_the_local_record(stack, demo):
+    summary, _ = demo
+    run = f'run="{summary["run"]}"'
+    assert _scalar(stack, f"traintel_steps_total{{{run}}}") == summary["steps"] == 80
+    assert _scalar(stack, f"traintel_samples_total{{{run}}}") == summary["samples"]
+    assert _scalar(stack, f"traintel_tokens_total{{{run}}}") == summary["tokens"]
+    assert _scalar(stack, f"traintel_loss{{{run}}}") == pytest.approx(summary["loss"]["final"])
+    assert _scalar(stack, f"traintel_nonfinite_loss_total{{{run}}}") == 1
+    assert _scalar(stack, f'traintel_eval_best{{{run},metric="val_loss"}}') == pytest.approx(
+        summary["eval"]["val_loss"]["best"])
+    assert _scalar(stack, f'traintel_run_status{{{run},status="finished"}}') == 1
+    assert _scalar(stack, f'traintel_errors_total{{{run},error_type="data"}}') == 1
+    assert _scalar(stack, f"traintel_step_duration_seconds_count{{{run}}}") == summary["steps"]
+    labels = promql(stack, f"traintel_loss{{{run}}}")[0]["metric"]
+    assert {labels["project"], labels["rank"]} == {"e2e", "0"}
+
+
+def _recording_rules() -> dict[str, str]:
+    rules = yaml.safe_load((ROOT / "prometheus/rules/recording.yml").read_text())
+    return {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+
+
+def _expected_empty(expr: str) -> bool:
+    """True for queries that only read GPU metrics (directly or through recording rules)."""
+    recorded = _recording_rules()
+    for name in set(re.findall(r"traintel:[a-z0-9_:]+", expr)) & set(recorded):
+        expr = expr.replace(name, recorded[name])
+    names = set(re.findall(r"traintel_[a-z0-9_]+", expr))
+    return bool(names) and names <= GPU_ONLY | {n + s for n in GPU_ONLY
+                                                for s in ("_bucket", "_sum", "_count")}
+
+
+def _data_or_none(stack, expr: str):
+    """The query's result; span metrics are flushed every 15 s, so give slow ones time."""
+    try:
+        return _eventually(lambda: promql(stack, expr), 60, interval=3, what=expr)
+    except AssertionError:
+        return None
+
+
+def test_every_dashboard_prometheus_query_returns_data_for_the_run(stack, demo):
+    summary, _ = demo
+    values = {"project": "e2e", "run": summary["run"], "runs": summary["run"]}
+    empty, checked = [], 0
+    for query in dashboards.queries():
+        if query.datasource != "prometheus":
+            continue
+        expr = dashboards.expand(query.expr, values)
+        if query.kind == "variable":
+            match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", expr.strip())
+            assert match, query
+            response = requests.get(
+                f"{stack.endpoints['prometheus']}/api/v1/label/{match[2]}/values",
+                params={"match[]": match[1]}, timeout=10).json()
+            result = response["data"]
+        elif _expected_empty(expr):
+            result = promql(stack, expr)
+            assert result == [], f"{query.title}: GPU series on a machine without GPU?"
+        else:
+            result = _data_or_none(stack, expr)
+        checked += 1
+        if not result and not _expected_empty(expr):
+            empty.append(f"{query.dashboard} / {query.title}: {expr}")
+    assert checked > 20
+    assert not empty, "queries with no data:\n" + "\n".join(empty)
+
+
+def test_every_recording_rule_returns_data_for_the_run(stack, demo):
+    summary, _ = demo
+    missing = [name for name, rule in _recording_rules().items()
+               if not _expected_empty(rule)
+               and _data_or_none(stack, f'{name}{{run="{summary["run"]}"}}') is None]
+    assert not missing, f"recording rules without data for the run: {missing}"
+
+
+@pytest.fixture(scope="module")
+def crashed(stack, tmp_path_factory):
+    """A run that fails, for the panels that show crashes."""
+    runs = tmp_path_factory.mktemp("crash")
+    script = ("import traintel\n"
+              "run = traintel.init(project='e2e', name='crash', progress='off', "
+              "sample_interval=0)\n"
+              "run.log(loss=1.0)\n"
+              "raise RuntimeError('boom')\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=_demo_env(stack, runs),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
+    return next(runs.iterdir()).name
+
+
+def _loki(stack, expr: str) -> list:
+    response = requests.get(f"{stack.endpoints['loki']}/loki/api/v1/query_range",
+                            params={"query": expr, "start": int((time.time() - 3600) * 1e9),
+                                    "end": int(time.time() * 1e9), "limit": 1000},
+                            timeout=20).json()
+    assert response["status"] == "success", (expr, response)
+    return response["data"]["result"]
+
+
+def test_every_loki_panel_shows_the_runs_logs(stack, demo, crashed):
+    """A finished run and a crashed one, selected together as the run picker would."""
+    from stack_fixture import require
+
+    require(stack, "loki")
+    summary, _ = demo
+    runs = f"{summary['run']}|{crashed}"
+    values = {"project": "e2e", "run": runs, "runs": runs}
+    panels: dict[str, bool] = {}
+    for query in dashboards.queries():
+        if query.datasource != "loki" or query.kind == "variable":
+            continue
+        key = f"{query.dashboard} / {query.kind} {query.title}"
+        if panels.get(key):
+            continue  # a panel shows data when any of its queries does
+        expr = dashboards.expand(query.expr, values)
+        try:
+            _eventually(lambda: _loki(stack, expr), 30, interval=2, what=expr)
+            panels[key] = True
+        except AssertionError:
+            panels.setdefault(key, False)
+    empty = [key for key, found in panels.items() if not found]
+    assert panels and not empty, f"Loki panels with no data: {empty}"
+
+
+def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "traintel.cli", "demo", "--epochs", "1", "--steps-per-epoch",
+         "50", "--batch-size", "16", "--project", "e2e", "--name", "stall", "--pause-at-step",
+         "5", "--pause-seconds", "120", "--sample-interval", "1"],
+        env=_demo_env(stack, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        run_dir = _eventually(lambda: next(tmp_path.iterdir(), None), 60, what="the run dir")
+        run_id = run_dir.name
+
+        def alert():
+            alerts = requests.get(f"{stack.endpoints['alertmanager']}/api/v2/alerts",
+                                  params={"filter": f'run="{run_id}"'}, timeout=5).json()
+            return [a for a in alerts if a["labels"]["alertname"] == "TrainingRunStalled"]
+
+        fired = _eventually(alert, 90, what="TrainingRunStalled in Alertmanager")
+        labels = fired[0]["labels"]
+        assert labels["severity"] == "critical" and labels["project"] == "e2e"
+        assert fired[0]["annotations"]["runbook_url"].endswith("#trainingrunstalled")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] >= 4
