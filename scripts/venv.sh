@@ -28,7 +28,11 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 if [ "$("$venv/bin/python" -c 'import traintel, os; print(os.path.dirname(os.path.dirname(os.path.dirname(traintel.__file__))))' 2>/dev/null)" != "$root" ]; then
-  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+  if ! out=$("$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" 2>&1); then
+    echo "$out" >&2
+    echo "traintel: could not install this checkout into $venv" >&2
+    exit 1
+  fi
 fi
 exec 9>&-
 export PATH=$venv/bin:$PATH VIRTUAL_ENV=$venv
