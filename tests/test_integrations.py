@@ -103,6 +103,7 @@ def test_huggingface_trainer_run_is_recorded_completely(tmp_path: Path) -> None:
 
     assert summary["status"] == "finished"
     assert summary["steps"] == 20 and summary["samples"] == 80 and summary["tokens"] == 640
+    assert summary["step_time"]["mean_s"] > 0  # timed from on_step_begin to on_step_end
     assert summary["loss"]["count"] == 4
     assert set(summary["eval"]) == {"eval_loss"}
 
@@ -222,6 +223,7 @@ def test_lightning_callback_records_every_step(tmp_path: Path) -> None:
     assert all(s["metrics"]["samples"] == 8 and s["metrics"]["lr"] == 0.05
                for s in of_type(lines, "step"))
     assert summary["samples"] == 64
+    assert summary["step_time"]["mean_s"] > 0  # timed from the first micro-batch's start
     assert telemetry.metric("traintel_samples_total") == [64]
     assert telemetry.metric("traintel_learning_rate") == [0.05]
 

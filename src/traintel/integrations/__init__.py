@@ -54,9 +54,10 @@ class StepBuffer:
         self.run = run
         self.step: int | None = None
         self.values: dict[str, Any] = {}
+        self.step_s: float | None = None
         self.written = -1
 
-    def add(self, step: int, values: dict[str, Any]) -> None:
+    def add(self, step: int, values: dict[str, Any], step_s: float | None = None) -> None:
         if step != self.step:
             self.flush()
             if step <= self.written:
@@ -65,10 +66,13 @@ class StepBuffer:
                 return
             self.step = step
         self.values.update(values)
+        if step_s is not None:
+            self.step_s = step_s
 
     def flush(self) -> None:
         if self.step is not None and self.values:
-            self.run.log(step=self.step, **self.values)
+            self.run.log(step=self.step, step_s=self.step_s, **self.values)
             self.written = self.step
         self.step = None
         self.values = {}
+        self.step_s = None

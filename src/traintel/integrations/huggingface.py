@@ -51,6 +51,7 @@ class TraintelCallback(TrainerCallback):
         self._steps: StepBuffer | None = None
         self._samples_per_step = 0
         self._tokens_seen = 0
+        self._step_started: float | None = None
         self._last_callback = time.perf_counter()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -86,15 +87,21 @@ class TraintelCallback(TrainerCallback):
             self.run.end_epoch()
 
     # -- steps ----------------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._step_started is None:  # the first micro-batch of this optimizer step
+            self._step_started = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.run is None:
             return
+        step_s = None if self._step_started is None else time.perf_counter() - self._step_started
+        self._step_started = None
         values: dict[str, Any] = {"samples": self._samples_per_step}
         seen = state.num_input_tokens_seen
         if seen > self._tokens_seen:
             values["tokens"] = (seen - self._tokens_seen) // max(1, args.world_size)
             self._tokens_seen = seen
-        self._steps.add(state.global_step, values)
+        self._steps.add(state.global_step, values, step_s)
         if not control.should_log:  # no on_log follows for this step: write it now
             self._steps.flush()
         self._last_callback = time.perf_counter()

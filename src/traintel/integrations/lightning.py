@@ -144,6 +144,7 @@ class TraintelCallback(Callback):
         self._created = False
         self._samples = 0
         self._last_step = 0
+        self._step_started: float | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if any(isinstance(logger, TraintelLogger) for logger in trainer.loggers):
@@ -169,6 +170,10 @@ class TraintelCallback(Callback):
         if self.run is not None:
             self.run.end_epoch()
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._step_started is None:  # the first micro-batch of this optimizer step
+            self._step_started = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.run is None:
             return
@@ -176,6 +181,8 @@ class TraintelCallback(Callback):
         if trainer.global_step == self._last_step:
             return  # gradient accumulation: the optimizer has not stepped yet
         self._last_step = trainer.global_step
+        step_s = None if self._step_started is None else time.perf_counter() - self._step_started
+        self._step_started = None
         values: dict[str, Any] = {"samples": self._samples}
         self._samples = 0
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -183,7 +190,7 @@ class TraintelCallback(Callback):
             values["loss"] = loss
         if trainer.optimizers and trainer.optimizers[0].param_groups:
             values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        self.run.log(step=trainer.global_step, **values)
+        self.run.log(step=trainer.global_step, step_s=step_s, **values)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.run is None or trainer.sanity_checking or not trainer.is_global_zero:
