@@ -9,7 +9,10 @@ Fault tests stop and start single programs with ``stack.stop(name)`` / ``stack.s
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import requests
 
 from traintel.stack import install, native
 
@@ -53,3 +56,25 @@ def require(stack: native.NativeStack, *names: str) -> None:
     for name in names:
         if name in stack.unavailable:
             pytest.skip(stack.unavailable[name])
+
+
+def eventually(probe, timeout: float = 90.0, interval: float = 1.0, what: str = ""):
+    """Call ``probe`` until it returns something truthy and return that; fail naming ``what``
+    (data crosses the collector's batches and export intervals before a backend has it)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: last {last!r}")
+
+
+def promql(stack: native.NativeStack, expr: str) -> list[dict]:
+    """An instant query against the stack's Prometheus; a failed query fails the test."""
+    response = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query",
+                            params={"query": expr}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]

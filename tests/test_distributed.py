@@ -22,6 +22,8 @@ import traintel
 from traintel.distributed import agree_run_id
 from traintel.errors import classify
 
+from stack_fixture import eventually, promql
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "dist_train.py"
 LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
@@ -126,23 +128,6 @@ def test_a_rank_that_never_joins_times_out_the_collective(tmp_path: Path) -> Non
 
 
 # -- through the stack ----------------------------------------------------------------------
-def prometheus_query(stack, query: str) -> list[dict]:
-    response = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query",
-                            params={"query": query}, timeout=10)
-    response.raise_for_status()
-    return response.json()["data"]["result"]
-
-
-def poll(fetch, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = fetch()
-        if result:
-            return result
-        time.sleep(2)
-    pytest.fail(f"{what} did not appear within {timeout:.0f}s")
-
-
 def straggler_expr() -> str:
     rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "alerts.yml").read_text())
     (expr,) = [rule["expr"] for group in rules["groups"] for rule in group["rules"]
@@ -165,16 +150,16 @@ def test_per_rank_series_and_the_straggler_alert(stack, tmp_path: Path) -> None:
     (run_id,) = {run_id for run_id, _ in rank_records(tmp_path).values()}
 
     def both_ranks():
-        series = prometheus_query(
+        series = promql(
             stack, f'traintel_steps_total{{project="{project}", run="{run_id}"}}')
         return series if len(series) == 2 else None
 
-    steps = poll(both_ranks, "traintel_steps_total of both ranks")
+    steps = eventually(both_ranks, what="traintel_steps_total of both ranks")
     assert sorted(s["metric"]["rank"] for s in steps) == ["0", "1"]
 
     # the recording rules the expression reads are evaluated every 15 s
-    stragglers = poll(lambda: [s for s in prometheus_query(stack, straggler_expr())
-                               if s["metric"].get("project") == project],
-                      "a StragglerRank result", timeout=120)
+    stragglers = eventually(lambda: [s for s in promql(stack, straggler_expr())
+                                     if s["metric"].get("project") == project],
+                            120, 2, what="a StragglerRank result")
     assert [s["metric"]["rank"] for s in stragglers] == ["1"]
     assert float(stragglers[0]["value"][1]) > 1.25

@@ -19,29 +19,12 @@ import yaml
 
 from traintel import catalog, dashboards
 
+from stack_fixture import eventually, promql, require
+
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[1]
 #: metrics that have no series on a machine without an NVIDIA GPU ("no series", not an error)
 GPU_ONLY = {m.name for m in catalog.METRICS if m.group in ("gpu", "cuda")}
-
-
-def _eventually(probe, timeout: float = 90.0, interval: float = 1.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: last {last!r}")
-
-
-def promql(stack, expr: str) -> list[dict]:
-    response = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query",
-                            params={"query": expr}, timeout=10)
-    body = response.json()
-    assert body["status"] == "success", (expr, body)
-    return body["data"]["result"]
 
 
 def _demo_env(stack, tmp_path: Path) -> dict[str, str]:
@@ -75,7 +58,7 @@ def fast_rules(stack, tmp_path_factory):
                               timeout=5).json()["data"]["groups"]
         return any(g["name"] == "test-fast" for g in groups)
 
-    _eventually(loaded, 30, what="Prometheus to load the test rule file")
+    eventually(loaded, 30, what="Prometheus to load the test rule file")
     return rule_file
 
 
@@ -97,7 +80,7 @@ def demo(stack, fast_rules, tmp_path_factory):
         result = promql(stack, f"traintel_steps_total{selector}")
         return result and float(result[0]["value"][1]) == summary["steps"]
 
-    _eventually(arrived, what="the run's final step count in Prometheus")
+    eventually(arrived, what="the run's final step count in Prometheus")
     return summary, run_dir
 
 
@@ -142,7 +125,7 @@ def _expected_empty(expr: str) -> bool:
 def _data_or_none(stack, expr: str):
     """The query's result; span metrics are flushed every 15 s, so give slow ones time."""
     try:
-        return _eventually(lambda: promql(stack, expr), 60, interval=3, what=expr)
+        return eventually(lambda: promql(stack, expr), 60, interval=3, what=expr)
     except AssertionError:
         return None
 
@@ -208,8 +191,6 @@ def _loki(stack, expr: str) -> list:
 
 def test_every_loki_panel_shows_the_runs_logs(stack, demo, crashed):
     """A finished run and a crashed one, selected together as the run picker would."""
-    from stack_fixture import require
-
     require(stack, "loki")
     summary, _ = demo
     runs = f"{summary['run']}|{crashed}"
@@ -223,7 +204,7 @@ def test_every_loki_panel_shows_the_runs_logs(stack, demo, crashed):
             continue  # a panel shows data when any of its queries does
         expr = dashboards.expand(query.expr, values)
         try:
-            _eventually(lambda: _loki(stack, expr), 30, interval=2, what=expr)
+            eventually(lambda: _loki(stack, expr), 30, interval=2, what=expr)
             panels[key] = True
         except AssertionError:
             panels.setdefault(key, False)
@@ -239,7 +220,7 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
         env=_demo_env(stack, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     try:
-        run_dir = _eventually(lambda: next(tmp_path.iterdir(), None), 60, what="the run dir")
+        run_dir = eventually(lambda: next(tmp_path.iterdir(), None), 60, what="the run dir")
         run_id = run_dir.name
 
         def alert():
@@ -247,7 +228,7 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
                                   params={"filter": f'run="{run_id}"'}, timeout=5).json()
             return [a for a in alerts if a["labels"]["alertname"] == "TrainingRunStalled"]
 
-        fired = _eventually(alert, 90, what="TrainingRunStalled in Alertmanager")
+        fired = eventually(alert, 90, what="TrainingRunStalled in Alertmanager")
         labels = fired[0]["labels"]
         assert labels["severity"] == "critical" and labels["project"] == "e2e"
         assert fired[0]["annotations"]["runbook_url"].endswith("#trainingrunstalled")

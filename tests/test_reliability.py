@@ -22,7 +22,8 @@ from traintel.testing import capture
 
 from core_helpers import QUIET, of_type, read_record
 from reliability_log import record
-from test_end_to_end import _demo_env, _eventually, promql
+from stack_fixture import eventually, promql, require
+from test_end_to_end import _demo_env
 
 #: a step this much slower than the loop's own pace means export blocked training
 STALL_BUDGET_S = 0.5
@@ -72,9 +73,9 @@ def _steps_in_prometheus(stack, run_id: str) -> float:
 def test_collector_killed_and_restarted_mid_run(stack, tmp_path):
     proc = _run_demo(stack, tmp_path, "--epochs", "1", "--steps-per-epoch", "200",
                      "--batch-size", "8", "--step-sleep", "0.05")
-    run_dir = _eventually(lambda: next(tmp_path.iterdir(), None), 60, what="run dir")
+    run_dir = eventually(lambda: next(tmp_path.iterdir(), None), 60, what="run dir")
     try:
-        _eventually(lambda: _steps_in_prometheus(stack, run_dir.name) > 0, 60,
+        eventually(lambda: _steps_in_prometheus(stack, run_dir.name) > 0, 60,
                     what="first steps in Prometheus")
         stack.stop("otelcol")
         down_at = time.monotonic()
@@ -90,7 +91,7 @@ def test_collector_killed_and_restarted_mid_run(stack, tmp_path):
     assert summary["steps"] == len(steps) == 200
     worst = max(s["step_s"] for s in steps)
     assert worst < 0.05 + STALL_BUDGET_S + 0.5  # model step + sleep + budget
-    _eventually(lambda: _steps_in_prometheus(stack, run_dir.name) == 200, 60,
+    eventually(lambda: _steps_in_prometheus(stack, run_dir.name) == 200, 60,
                 what="the final step count after the collector restarted")
     record("collector killed and restarted mid-run",
            "training completes; record complete; new data reaches Prometheus after restart",
@@ -114,7 +115,7 @@ def test_prometheus_down_behind_a_healthy_collector_loses_nothing(stack, tmp_pat
         stack.start("prometheus")
     run_dir = next(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
-    final = _eventually(lambda: _steps_in_prometheus(stack, run_dir.name) == summary["steps"],
+    final = eventually(lambda: _steps_in_prometheus(stack, run_dir.name) == summary["steps"],
                         120, what="data accepted during the outage to arrive")
     samples = _count_samples(stack, run_dir.name)
     duration = summary["duration_s"]
@@ -128,8 +129,6 @@ def test_prometheus_down_behind_a_healthy_collector_loses_nothing(stack, tmp_pat
 
 @pytest.mark.stack
 def test_loki_down_behind_a_healthy_collector_loses_nothing(stack, tmp_path):
-    from stack_fixture import require
-
     require(stack, "loki")
     stack.stop("loki")
     try:
@@ -150,7 +149,7 @@ def test_loki_down_behind_a_healthy_collector_loses_nothing(stack, tmp_path):
         got = sum(len(s["values"]) for s in response.get("data", {}).get("result", []))
         return got if got >= len(expected) else None
 
-    got = _eventually(arrived, 120, what="log records accepted during the Loki outage")
+    got = eventually(arrived, 120, what="log records accepted during the Loki outage")
     record("Loki down for the whole run, collector healthy",
            "after Loki returns, the log records the collector accepted arrive",
            f"{got} of {len(expected)} eval/milestone records found in Loki after recovery")

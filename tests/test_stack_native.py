@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from stack_fixture import require
+from stack_fixture import eventually, require
 
 from traintel.stack import install
 from traintel.stack.components import COMPONENTS
@@ -31,17 +31,6 @@ def _resource(test_id: str):
     from opentelemetry.sdk.resources import Resource
 
     return Resource.create({"service.name": SERVICE, "service.instance.id": test_id})
-
-
-def _poll(fetch, what: str, timeout: float = 60.0):
-    """Call ``fetch`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = fetch()
-        if result:
-            return result
-        time.sleep(1)
-    pytest.fail(f"{what} did not arrive within {timeout:.0f}s")
 
 
 @pytest.mark.stack
@@ -74,7 +63,7 @@ def test_metrics_reach_prometheus_by_remote_write(stack: NativeStack) -> None:
         )
         return response.json()["data"]["result"]
 
-    (series,) = _poll(query, "the counter in Prometheus")
+    (series,) = eventually(query, 60, what="the counter in Prometheus")
     assert float(series["value"][1]) == 7
     assert series["metric"]["project"] == "stacktest"
 
@@ -114,7 +103,7 @@ def test_logs_reach_loki(stack: NativeStack) -> None:
         )
         return response.json().get("data", {}).get("result")
 
-    (stream,) = _poll(query, "the log line in Loki")
+    (stream,) = eventually(query, 60, what="the log line in Loki")
     assert stream["values"][0][1] == f"stack test {test_id}"
 
 
@@ -149,7 +138,7 @@ def test_traces_reach_the_collector_pipeline(stack: NativeStack) -> None:
                     found += [s for s in ss["spans"] if s["traceId"] == trace_id]
         return found
 
-    (span,) = _poll(spans, "the span in the collector's traces pipeline", timeout=30)
+    (span,) = eventually(spans, 30, what="the span in the collector's traces pipeline")
     assert span["name"] == f"epoch-{test_id}"
 
 
@@ -162,7 +151,7 @@ def test_traces_reach_tempo(stack: NativeStack) -> None:
         response = requests.get(f"{stack.endpoints['tempo']}/api/v2/traces/{trace_id}", timeout=5)
         return response.status_code == 200 and response.json()
 
-    _poll(fetch, "the trace in Tempo")
+    eventually(fetch, 60, what="the trace in Tempo")
 
 
 @pytest.mark.stack

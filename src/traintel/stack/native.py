@@ -413,6 +413,9 @@ class NativeStack:
         common["ring"]["instance_addr"] = "127.0.0.1"
         config.pop("memberlist", None)
         config.setdefault("analytics", {})["reporting_enabled"] = False
+        # A lone ingester has no ring peers to settle with: ready after 1s instead of 15s.
+        lifecycler = config.setdefault("ingester", {}).setdefault("lifecycler", {})
+        lifecycler.setdefault("min_ready_duration", "1s")
         return [str(install.binary("loki")), f"-config.file={out}", "-target=all"]
 
     def _mounts(self, name: str, compose: dict) -> list[tuple[str, str]]:
