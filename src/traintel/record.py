@@ -31,6 +31,8 @@ log = logging.getLogger("traintel.record")
 STEP = "step"
 LINE = "line"
 OBSERVE = "observe"
+#: lines serialized and written per system call at most
+DRAIN_BATCH = 4096
 
 #: a listener gets ("step", None, step_seconds) for each step and (kind, name, value) for each
 #: user histogram/timer observation, on the writer thread
@@ -149,16 +151,23 @@ class RecordWriter:
                 log.exception("traintel record writer failed; continuing")
 
     def _drain(self) -> None:
+        """Write everything queued, in batches of at most DRAIN_BATCH lines so a backlog (a
+        tight loop outpacing the disk) never becomes one giant buffer."""
+        while self._drain_batch():
+            pass
+
+    def _drain_batch(self) -> bool:
+        """Write up to DRAIN_BATCH queued items; True if more are waiting."""
         with self._lock:
             queue = self.queue
             self.state.queue_depth = len(queue)
             if not queue:
-                return
+                return False
             chunks: list[bytes] = []
             dumps = orjson.dumps
             agg = self.aggregates
             base = self.base
-            while queue:
+            for _ in range(min(len(queue), DRAIN_BATCH)):
                 item = queue.popleft()
                 kind = item[0]
                 if kind == STEP:
@@ -189,6 +198,7 @@ class RecordWriter:
                 self.rates.add(agg.last_step_ts, agg.steps, agg.samples, agg.tokens)
                 self.state.rates = self.rates.rates()
             self._write(chunks)
+            return bool(queue)
 
     def _write(self, chunks: list[bytes]) -> None:
         """Write lines, rotating whenever the next line would take the file past max_bytes."""

@@ -171,9 +171,11 @@ class OtlpExport:
                     log.debug("provider shutdown failed", exc_info=True)
 
         started = time.monotonic()
+        # leave a little of the budget for the interpreter's own exit
+        deadline = started + max(0.05, timeout - min(0.1, timeout / 10))
         worker = threading.Thread(target=stop, name="traintel-otlp-shutdown", daemon=True)
         worker.start()
-        worker.join(timeout - abort_s)
+        worker.join(max(0.0, deadline - abort_s - time.monotonic()))
         done = not worker.is_alive()
         if not done:
             for exporter in self._exporters:
@@ -181,7 +183,7 @@ class OtlpExport:
                     exporter.shutdown()
                 except Exception:
                     log.debug("exporter shutdown failed", exc_info=True)
-            worker.join(abort_s)
+            worker.join(max(0.0, deadline - time.monotonic()))
             log.warning("traintel: telemetry export did not finish within %.1fs (collector "
                         "unreachable or slow); unsent data is dropped, the local record is "
                         "complete", time.monotonic() - started)
