@@ -326,5 +326,5 @@ def test_spanmetrics_buckets_match_the_collector_config() -> None:
     import yaml
 
     config = yaml.safe_load((DOCS.parent / "otel-collector" / "config.yaml").read_text())
-    buckets = config["connectors"]["spanmetrics"]["histogram"]["explicit"]["buckets"]
+    buckets = config["connectors"]["span_metrics"]["histogram"]["explicit"]["buckets"]
     assert capacity.SPANMETRICS_BUCKETS == len(buckets)
