@@ -66,13 +66,19 @@ def _train(run) -> None:
     run.error(ValueError("corrupt sample 17 skipped"), operation="data_loading")
 
 
-def test_events_stream_progress_milestones_and_errors_while_training(tmp_path):
-    run = quiet_run(tmp_path, http_port=0)
+def _follow_events(run) -> tuple[threading.Thread, list[tuple[str, dict]]]:
+    """A real HTTP client reading the run's /events stream on a thread, once connected."""
     events: list[tuple[str, dict]] = []
     connected = threading.Event()
     reader = threading.Thread(target=_read_events, args=(_url(run), events, connected))
     reader.start()
     assert connected.wait(10)
+    return reader, events
+
+
+def test_events_stream_progress_milestones_and_errors_while_training(tmp_path):
+    run = quiet_run(tmp_path, http_port=0)
+    reader, events = _follow_events(run)
     trainer = threading.Thread(target=_train, args=(run,))
     trainer.start()
     trainer.join(60)
@@ -198,11 +204,7 @@ def test_stop_leaves_no_threads_or_sockets(tmp_path):
     quiet_run(tmp_path).finish()  # warm-up: lazy imports and logging set-up open nothing later
     threads, fds = threading.active_count(), _open_fds()
     run = quiet_run(tmp_path, http_port=0)
-    events: list[tuple[str, dict]] = []
-    connected = threading.Event()
-    reader = threading.Thread(target=_read_events, args=(_url(run), events, connected))
-    reader.start()
-    assert connected.wait(10)
+    reader, events = _follow_events(run)
     idle = socket.create_connection(("127.0.0.1", run.server.port))  # says nothing at all
     requests.get(f"{_url(run)}/status", timeout=5)
     run.log(loss=1.0)

@@ -115,11 +115,11 @@ def _from_environment() -> dict[str, Any]:
     if env.get("TRAINTEL_PROJECT"):
         out["project"] = env["TRAINTEL_PROJECT"]
     if env.get("TRAINTEL_HTTP_PORT"):
-        out["http_port"] = _env_int("TRAINTEL_HTTP_PORT")
+        out["http_port"] = _env_number("TRAINTEL_HTTP_PORT", int)
     if env.get("TRAINTEL_PROGRESS"):
         out["progress"] = env["TRAINTEL_PROGRESS"]
     if env.get("TRAINTEL_SAMPLE_INTERVAL"):
-        out["sample_interval"] = _env_float("TRAINTEL_SAMPLE_INTERVAL")
+        out["sample_interval"] = _env_number("TRAINTEL_SAMPLE_INTERVAL")
     if env.get("TRAINTEL_LOG_LEVEL"):
         out["log_level"] = env["TRAINTEL_LOG_LEVEL"].upper()
     out.update(_distributed_environment())
@@ -165,17 +165,9 @@ def _check_str(key: str, value: Any) -> None:
                          "(it becomes a label on every series)")
 
 
-def _env_int(name: str) -> int:
+def _env_number(name: str, kind: type = float):
     try:
-        return int(os.environ[name])
+        return kind(os.environ[name])
     except ValueError:
-        raise ValueError(f"environment variable {name}={os.environ[name]!r} must be an integer") \
-            from None
-
-
-def _env_float(name: str) -> float:
-    try:
-        return float(os.environ[name])
-    except ValueError:
-        raise ValueError(f"environment variable {name}={os.environ[name]!r} must be a number") \
-            from None
+        raise ValueError(f"environment variable {name}={os.environ[name]!r} must be "
+                         f"{'an integer' if kind is int else 'a number'}") from None
