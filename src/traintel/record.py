@@ -54,7 +54,6 @@ class Aggregates:
         self.timed = 0.0
         self.first_step_ts: float | None = None
         self.last_step_ts: float | None = None
-        self.errors: dict[str, int] = {}
         self.instruments: dict[tuple[str, str], RunningStats] = {}
 
     def fold_step(self, ts: float, step_s: float | None, data_wait_s: float | None,
@@ -189,9 +188,6 @@ class RecordWriter:
                     record = item[1]
                     for key, value in base.items():
                         record.setdefault(key, value)
-                    if record.get("type") == "error":
-                        error_type = record.get("error_type", "other")
-                        agg.errors[error_type] = agg.errors.get(error_type, 0) + 1
                 chunks.append(_serialize(record, base))
             agg.lines += len(chunks)
             if agg.last_step_ts is not None:

@@ -54,10 +54,6 @@ class RunningStats:
     def std(self) -> float | None:
         return math.sqrt(self._m2 / self.count) if self.count else None
 
-    def percentile(self, q: float) -> float | None:
-        """Linear-interpolated percentile, q in [0, 100]."""
-        return quantile(sorted(self._sample), q) if self._sample else None
-
     def summary(self) -> dict[str, float | int | None]:
         if not self.count:
             return {"count": 0}
