@@ -172,8 +172,8 @@ class RecordWriter:
                 if kind == STEP:
                     _, ts, step, epoch, step_s, data_wait_s, metrics = item
                     agg.fold_step(ts, step_s, data_wait_s, metrics)
-                    for listener in self.listeners:
-                        if step_s is not None:
+                    if step_s is not None:
+                        for listener in self.listeners:
                             listener(STEP, None, step_s)
                     record = {"ts": ts, "type": "step", "level": "info", **base, "step": step,
                               "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
