@@ -1,0 +1,137 @@
+"""Stalls: does telemetry export ever make a paced training loop late?
+
+A loop runs at ``rate_hz`` steps a second for ``seconds``: each step holds the GIL for
+``work_ms`` of Python work (busy-wait), logs the 8 metrics, then sleeps until the next step is
+due. A step is late by (its start - (the previous step's start + period)), so one pause counts
+once. Each scenario runs in a fresh process, in interleaved rounds:
+
+- ``bare``: the loop without traintel (the machine's own noise);
+- ``control``: traintel without export (``otlp=False``): the no-export control;
+- ``unreachable`` / ``slow`` / ``healthy``: OTLP export to a closed port, to a collector
+  that answers after 2 s, to a working collector (see ``harness.collector``), stressed: a span
+  every step (``step_span_every=1``) and metrics and spans exported every second
+  (``OTEL_METRIC_EXPORT_INTERVAL`` and ``OTEL_BSP_SCHEDULE_DELAY`` = 1000 ms);
+- ``healthy_defaults``: a working collector with traintel's and the SDK's default settings
+  (a span every 100 steps, their export intervals).
+
+On a shared machine most late steps are other tenants' doing. To tell them apart, each step also
+notes the CPU time the process's *other* threads (ours: record writer, exporters, samplers) used
+since the previous step; a late step during which they used at least ``BUSY_MS`` is counted as
+"late while our threads ran" as well: a stall they may have caused by holding the GIL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any
+
+from benchmarks import harness
+
+LATE_MS = 5.0
+BUSY_MS = 1.0
+EXPORT_INTERVAL_MS = 1000
+#: scenario -> (traintel on, collector kind or None for no export, stressed export)
+SCENARIOS: dict[str, tuple[bool, str | None, bool]] = {
+    "bare": (False, None, False), "control": (True, None, True),
+    "unreachable": (True, "unreachable", True), "slow": (True, "slow", True),
+    "healthy": (True, "healthy", True), "healthy_defaults": (True, "healthy", False)}
+
+
+def loop(seconds: float, rate_hz: float, work_ms: float, observe: bool, otlp: bool,
+         step_span_every: int) -> dict:
+    """The paced loop (runs in a child process): for every step, how late it started and the
+    CPU the process's other threads used since the previous step, both in ms."""
+    period, work = 1.0 / rate_hz, work_ms / 1e3
+    clock, sleep, process_cpu, main_cpu = (time.perf_counter, time.sleep, time.process_time,
+                                           time.thread_time)
+    with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp:
+        run = harness.traintel_run(tmp, otlp=otlp, step_span_every=step_span_every) \
+            if observe else None
+        batches = run.track(itertools.count()) if run else itertools.count()
+        late_ms, others_ms = [], []
+        start = due = clock()
+        others = process_cpu() - main_cpu()
+        for i in batches:
+            now = clock()
+            late_ms.append((now - due) * 1e3)
+            others, before = process_cpu() - main_cpu(), others
+            others_ms.append((others - before) * 1e3)
+            while clock() < now + work:
+                pass
+            values = harness.step_values(i)
+            if run:
+                run.log(**values)
+            due = now + period
+            if now - start >= seconds:
+                break
+            sleep(max(0.0, due - clock()))
+        if run:
+            run.finish()
+    return {"late_ms": late_ms, "others_ms": others_ms}
+
+
+def run(seconds: float, rounds: int, rate_hz: float = 100.0, work_ms: float = 2.0,
+        scenarios: list[str] | None = None) -> dict[str, Any]:
+    """``seconds`` per scenario in all, split over ``rounds`` interleaved rounds."""
+    names = scenarios or list(SCENARIOS)
+    table: dict[str, dict[str, Any]] = {
+        name: {"steps": 0, "late": [], "late_while_ours_ran": [], "worst_ms": 0.0}
+        for name in names}
+    for _, name in harness.interleaved(names, rounds):
+        observe, kind, stress = SCENARIOS[name]
+        with harness.collector(kind) if kind else nullcontext(("", "no export")) as (url, what):
+            env = harness.otlp_env(url, EXPORT_INTERVAL_MS if stress else None) if kind else {}
+            out = harness.in_child("benchmarks.stalls:loop", env=env, seconds=seconds / rounds,
+                                   rate_hz=rate_hz, work_ms=work_ms, observe=observe,
+                                   otlp=bool(kind), step_span_every=1 if stress else 100)
+        late = [(ms, other) for ms, other in zip(out["late_ms"], out["others_ms"])
+                if ms > LATE_MS]
+        row = table[name]
+        row["collector"] = what
+        row["steps"] += len(out["late_ms"])
+        row["late"].append(len(late))
+        row["late_while_ours_ran"].append(sum(1 for _, other in late if other >= BUSY_MS))
+        row["worst_ms"] = max(row["worst_ms"], *out["late_ms"])
+    for row in table.values():
+        row["late_per_30s"] = sum(row["late"]) * 30.0 / seconds
+        row["late_while_ours_ran_per_30s"] = sum(row["late_while_ours_ran"]) * 30.0 / seconds
+    allowed = table["control"]["late_per_30s"] + 1
+    return {"seconds": seconds, "rounds": rounds, "rate_hz": rate_hz, "work_ms": work_ms,
+            "late_threshold_ms": LATE_MS, "busy_threshold_ms": BUSY_MS,
+            "export_interval_ms": EXPORT_INTERVAL_MS, "scenarios": table,
+            "targets": [harness.target(f"{name}: steps > {LATE_MS:g} ms late per 30 s <= "
+                                       f"control + 1 ({allowed:.1f})", row["late_per_30s"],
+                                       row["late_per_30s"] <= allowed)
+                        for name, row in table.items() if SCENARIOS[name][1]]}
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    lines = [f"| scenario | steps | late > {result['late_threshold_ms']:g} ms per 30 s (per round) "
+             f"| of which our threads ran >= {result['busy_threshold_ms']:g} ms | worst | "
+             "collector |", "|---|---|---|---|---|---|"]
+    for name, row in result["scenarios"].items():
+        lines.append(f"| {name} | {row['steps']} | {row['late_per_30s']:.1f} "
+                     f"({', '.join(map(str, row['late']))}) | "
+                     f"{row['late_while_ours_ran_per_30s']:.1f} "
+                     f"({', '.join(map(str, row['late_while_ours_ran']))}) | "
+                     f"{row['worst_ms']:.1f} ms | {row['collector']} |")
+    return lines + ["", f"{result['rate_hz']:g} steps/s for {result['seconds']:g} s per scenario "
+                        f"({result['rounds']} interleaved rounds, a fresh process each), "
+                        f"{result['work_ms']:g} ms of GIL-holding work per step. Stressed "
+                        f"scenarios: a span every step, export every "
+                        f"{result['export_interval_ms']} ms; healthy_defaults: a span every 100 "
+                        "steps, default export intervals."]
+
+
+BENCHMARK = harness.Benchmark(
+    name="stalls",
+    title="Stalls of a paced loop (100 steps/s) while exporting",
+    profiles={"full": {"seconds": 30.0, "rounds": 6}, "quick": {"seconds": 10.0, "rounds": 2},
+              "tiny": {"seconds": 0.3, "rounds": 1,
+                       "scenarios": ["bare", "control", "unreachable"]}},
+    run=run,
+    render=render,
+)
