@@ -8,6 +8,7 @@ SIGTERM) is not a crash: it gets summary.json with status "interrupted" and no c
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import signal
 import socket
@@ -104,6 +105,14 @@ def _cuda_oom(run):
 
 def _bad_device(run):
     torch.zeros(1, device=f"cuda:{torch.cuda.device_count() + 7}")
+
+
+@pytest.fixture(autouse=True)
+def _reap_data_loader_workers():
+    """A failed DataLoader iterator lives on in its traceback until garbage collection, and its
+    __del__ joins the worker processes: collect it here, not inside a later test's run."""
+    yield
+    gc.collect()
 
 
 CASES = [  # provoke, error type, severity, operation

@@ -31,6 +31,8 @@ log = logging.getLogger("traintel.record")
 STEP = "step"
 LINE = "line"
 OBSERVE = "observe"
+#: a deferred call, run on the writer thread (work taken off the training thread)
+CALL = "call"
 #: lines serialized and written per system call at most
 DRAIN_BATCH = 4096
 
@@ -178,6 +180,9 @@ class RecordWriter:
                     record = {"ts": ts, "type": "step", "level": "info", **base, "step": step,
                               "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
                               "metrics": metrics}
+                elif kind == CALL:
+                    item[1](*item[2])
+                    continue
                 elif kind == OBSERVE:
                     _, obs_kind, name, value = item
                     agg.fold_observation(obs_kind, name, value)

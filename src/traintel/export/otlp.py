@@ -121,9 +121,17 @@ class OtlpExport:
     def _callback(self, reader: Reader):
         labels = self.labels
         state = self.state
+        merged: dict[tuple, dict[str, str]] = {}  # attribute dicts built once per series
+
+        def attributes(extra: dict[str, str]) -> dict[str, str]:
+            key = tuple(extra.items())
+            found = merged.get(key)
+            if found is None:
+                found = merged[key] = {**labels, **extra}
+            return found
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(value, {**labels, **extra} if extra else labels)
+            return [Observation(value, attributes(extra) if extra else labels)
                     for value, extra in reader(state)]
         return observe
 
