@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 from traintel.demo import DemoConfig, train
+from traintel.testing import capture
 
 from core_helpers import QUIET, of_type, quiet_run, read_record
 
@@ -71,14 +72,22 @@ def test_demo_summary_equals_what_the_record_says(demo_run):
 def test_secrets_never_reach_the_record(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "env-secret-value-123")
     config = {"lr": 0.1, "db": {"password": "hunter2hunter2"}, "hf_token": "hf_abcdefghij"}
-    with pytest.raises(RuntimeError):
-        with quiet_run(tmp_path, config=config) as run:
-            run.logger("data").info("connecting with hunter2hunter2")
-            run.event("login", token="hf_abcdefghij", note="key is env-secret-value-123")
-            raise RuntimeError("auth failed for hf_abcdefghij")
+    with capture() as telemetry:
+        with pytest.raises(RuntimeError):
+            with quiet_run(tmp_path, config=config, otlp=None) as run:
+                run.logger("data").info("connecting with hunter2hunter2")
+                run.event("login", token="hf_abcdefghij", note="key is env-secret-value-123")
+                with run.span("connect"):
+                    raise RuntimeError("auth failed for hf_abcdefghij")
     written = "".join(p.read_text() for p in run.dir.iterdir())
+    assert (run.dir / "crash-report.json").exists()
+    exported = repr([(r.body, dict(r.attributes or {})) for r in telemetry.log_records()]) + repr(
+        [(s.name, dict(s.attributes), [(e.name, dict(e.attributes)) for e in s.events],
+          s.status.description) for s in telemetry.spans.get_finished_spans()])
+    assert "auth failed for" in exported and "connecting with" in exported
     for secret in ("hunter2hunter2", "hf_abcdefghij", "env-secret-value-123"):
         assert secret not in written
+        assert secret not in exported
     assert "[REDACTED]" in (run.dir / "config.json").read_text()
     assert run.config["lr"] == 0.1
 

@@ -479,7 +479,9 @@ class Run:
         span = trace.get_current_span()
         for target in {id(s): s for s in (span, self._epoch_span, self._run_span)
                        if s is not None and s.is_recording()}.values():
-            target.record_exception(exc, attributes={"error_type": kind.error_type})
+            target.record_exception(exc, attributes={  # ours replace the SDK's raw text
+                "error_type": kind.error_type, "exception.message": line["message"],
+                "exception.stacktrace": line["traceback"]})
             target.set_status(Status(StatusCode.ERROR, f"{kind.error_type}: {type(exc).__name__}"))
         self._emit(_errors_log, logging.CRITICAL if severity == "critical" else logging.ERROR,
                    f"{kind.error_type} ({severity}) in {operation or 'training'}: "
