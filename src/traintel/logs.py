@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from opentelemetry import trace
 
 if TYPE_CHECKING:
@@ -88,8 +89,6 @@ _NOT_ATTRIBUTES = {"message", "ts", "run", "rank", "project"}
 
 def _flat_attributes(line: dict[str, Any]) -> dict[str, Any]:
     """Record line -> OTLP attributes: scalars as they are, nested values as compact JSON."""
-    import orjson
-
     out: dict[str, Any] = {}
     for key, value in line.items():
         if key in _NOT_ATTRIBUTES:

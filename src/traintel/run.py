@@ -588,16 +588,16 @@ class Run:
         self._run_span.end()
         now = time.time()
         self._writer.flush()  # histogram/timer observations still queued count in the summary
-        for line in self._instrument_lines(now):
-            self._writer.line(line)
+        from .summary import build_summary, instrument_summaries, write_json
+
+        for entry in instrument_summaries(self):
+            self._writer.line({"ts": now, "type": "instrument", "level": "info", **entry})
         self._emit(log, logging.INFO if status == "finished" else logging.WARNING,
                    f"run {status} after {state.step} steps in "
                    f"{now - state.start_ts:.1f}s; record in {self.dir}",
                    {"type": "run_end", "status": status, "duration_s": now - state.start_ts,
                     "steps": state.step})
         self._writer.close()
-        from .summary import build_summary, write_json
-
         self.summary = build_summary(self, now)
         write_json(self.dir / "summary.json", self.summary)
         if status == "failed":
@@ -775,24 +775,6 @@ class Run:
 
     def _atexit(self) -> None:
         self.finish()
-
-    def _instrument_lines(self, now: float) -> list[dict[str, Any]]:
-        lines = []
-        for key, instrument in self._instruments.items():
-            kind = type(instrument).__name__.lower()
-            if kind == "counter":
-                stats = {"count": None, "total": instrument.value, "last": instrument.value}
-            elif kind == "gauge":
-                value = self.state.gauges.get(instrument.name)
-                stats = {"count": None, "total": None, "last": value}
-            else:
-                continue  # histograms and timers are summarised from the record's aggregates
-            lines.append({"ts": now, "type": "instrument", "level": "info", "kind": kind,
-                          "name": instrument.name, **stats})
-        for (kind, name), stats in self._writer.aggregates.instruments.items():
-            lines.append({"ts": now, "type": "instrument", "level": "info", "kind": kind,
-                          "name": name, **stats.summary()})
-        return lines
 
 
 class _Span(ContextDecorator):

@@ -29,12 +29,7 @@ def build_summary(run: Run, end_ts: float) -> dict[str, Any]:
     errors_by_type: dict[str, int] = {}
     for (error_type, _severity), count in state.errors.items():
         errors_by_type[error_type] = errors_by_type.get(error_type, 0) + count
-    instruments = {name: {"kind": kind, **stats.summary()}
-                   for (kind, name), stats in agg.instruments.items()}
-    for name, value in state.counters.items():
-        instruments[name] = {"kind": "counter", "total": value}
-    for name, value in state.gauges.items():
-        instruments[name] = {"kind": "gauge", "last": value}
+    instruments = {entry.pop("name"): entry for entry in instrument_summaries(run)}
     return {
         "run": run.id, "project": run.project, "name": run.name, "rank": run.rank,
         "world_size": run.world_size, "status": state.status, "start_ts": state.start_ts,
@@ -57,6 +52,19 @@ def build_summary(run: Run, end_ts: float) -> dict[str, Any]:
         "record": {"lines": agg.lines, "dropped": state.dropped},
         "config_hash": run.config_hash,
     }
+
+
+def instrument_summaries(run: Run) -> list[dict[str, Any]]:
+    """Every custom instrument, summarised once for both the record's ``instrument`` lines and
+    summary.json: histograms, timers and operations from the writer's aggregates (p50/p95/p99),
+    counters by their total, gauges by their last value."""
+    entries = [{"name": name, "kind": kind, **stats.summary()}
+               for (kind, name), stats in run._writer.aggregates.instruments.items()]
+    entries += [{"name": name, "kind": "counter", "total": value}
+                for name, value in run.state.counters.items()]
+    entries += [{"name": name, "kind": "gauge", "last": value}
+                for name, value in run.state.gauges.items()]
+    return entries
 
 
 def write_json(path: Path, data: Any, quiet: bool = False) -> bool:
