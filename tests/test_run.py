@@ -118,6 +118,17 @@ def test_nonfinite_loss_is_counted_flagged_and_kept_out_of_averages(tmp_path):
     assert run.state.latest["loss"] == 3.0
 
 
+def test_nonfinite_counts_are_flagged_not_counted(tmp_path):
+    with quiet_run(tmp_path) as run:
+        run.log(loss=1.0, samples=32, tokens=100)
+        run.log(loss=1.0, samples=float("nan"), tokens=float("inf"))
+        run.log(loss=1.0, samples=32, tokens=100)
+    assert run.state.samples == run.summary["samples"] == 64
+    assert run.state.tokens == run.summary["tokens"] == 200
+    steps = of_type(read_record(run.dir), "step")
+    assert steps[1]["metrics"]["samples"] == "nan" and steps[1]["metrics"]["tokens"] == "inf"
+
+
 def test_track_splits_data_wait_from_compute(tmp_path):
     def slow_loader():
         for i in range(3):

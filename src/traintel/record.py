@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .state import RateWindow, RunState, nonfinite_text
+from .state import COUNTED_KEYS, RateWindow, RunState, nonfinite_text
 from .stats import RunningStats
 
 log = logging.getLogger("traintel.record")
@@ -75,12 +75,10 @@ class Aggregates:
                 self.nonfinite_loss += 1
             else:
                 self.loss.add(loss)
-        samples = metrics.get("samples")
-        if samples is not None:
-            self.samples += int(samples)
-        tokens = metrics.get("tokens")
-        if tokens is not None:
-            self.tokens += int(tokens)
+        for key in COUNTED_KEYS:  # non-finite counts are written as text and not counted
+            value = metrics.get(key)
+            if value is not None and not isinstance(value, str):
+                setattr(self, key, getattr(self, key) + int(value))
 
     def fold_observation(self, kind: str, name: str, value: float) -> None:
         stats = self.instruments.get((kind, name))

@@ -171,10 +171,10 @@ class Run:
         else:
             state.latest.update(values)
         samples = values.get("samples")
-        if samples is not None:
+        if samples is not None and samples.__class__ is not str:  # str: flagged non-finite
             state.samples += samples
         tokens = values.get("tokens")
-        if tokens is not None:
+        if tokens is not None and tokens.__class__ is not str:
             state.tokens += tokens
         if self._in_track and step is None:
             pending = self._pending
