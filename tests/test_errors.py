@@ -187,6 +187,33 @@ def test_oom_error_carries_allocator_figures(tmp_path):
     assert crash["memory"]["cuda"] and crash["gpus"]
 
 
+def test_an_oom_in_the_loop_is_recorded_with_its_details_and_re_raised(tmp_path):
+    """torch's own exception type and message, raised by hand: no GPU here to run out of."""
+    oom = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
+        "of which 1.06 GiB is free. Of the allocated memory 76.02 GiB is allocated by PyTorch, "
+        "and 1.20 GiB is reserved by PyTorch but unallocated.")
+    with pytest.raises(torch.OutOfMemoryError) as raised:
+        with quiet_run(tmp_path) as run:
+            for _ in run.track(range(3)):
+                run.log(loss=1.0)
+                if run.state.step == 1:
+                    raise oom
+    assert raised.value is oom
+    (line,) = of_type(read_record(run.dir), "error")
+    # the second step failed: it was logged before the error, so it is counted and named
+    assert (line["error_type"], line["severity"], line["step"]) == ("oom", "critical", 2)
+    assert line["hints"] == list(HINTS["oom"])
+    context = line["context"]
+    assert (context["requested_bytes"], context["device"]) == (20 * 1024**3, 0)
+    assert set(context) >= {"capacity_bytes", "free_bytes", "allocated_bytes", "reserved_bytes",
+                            "reserved_unallocated_bytes", "peak_allocated_since_start_bytes",
+                            "num_alloc_retries", "num_ooms", "memory_summary"}
+    assert any("expandable_segments" in hint for hint in context["hints"])
+    crash = json.loads((run.dir / "crash-report.json").read_text())
+    assert [e["error_type"] for e in crash["errors"]] == ["oom"]
+
+
 @pytest.mark.parametrize("message, error_type", [
     # what failures that cannot be provoked on one CPU machine say, word for word
     ("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)", "oom"),

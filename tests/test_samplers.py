@@ -9,12 +9,14 @@ import sys
 import threading
 import time
 
+import pynvml as real_nvml
 import pytest
 
 from traintel import catalog
 from traintel.samplers import LOCK_WAIT_S, MAX_FAILURES, SamplerThread, default_samplers
 from traintel.samplers.cuda import CudaSampler, cuda_sampler, oom_details, readings_from_stats
-from traintel.samplers.gpu import THROTTLE_REASONS, decode_throttle, gpu_sampler, select_gpus
+from traintel.samplers.gpu import (MAX_FIELD_FAILURES, THROTTLE_REASONS, decode_throttle,
+                                   gpu_sampler, select_gpus)
 from traintel.samplers.system import SystemSampler
 
 GiB = 1024**3
@@ -33,23 +35,14 @@ def assert_catalog(readings):
 # --- NVML through a stand-in ---------------------------------------------------------------
 
 
-class NVMLError(Exception):
-    pass
-
-
-class NVMLError_NotSupported(NVMLError):
-    pass
-
-
 class FakeNvml:
     """Stand-in for the pynvml module (NVML cannot run without a GPU: see test_gpu_real.py).
 
-    Raw values in NVML's own units; ``unsupported`` holds (gpu index, function name) pairs
-    that raise NotSupported; ``calls`` counts calls per function name.
+    Raw values in NVML's own units; ``errors`` maps (gpu index, field name) to the NVML error
+    code its read fails with, raised as the real bindings' error; ``calls`` counts calls per field.
     """
 
-    NVMLError = NVMLError
-    NVMLError_NotSupported = NVMLError_NotSupported
+    NVMLError = real_nvml.NVMLError
     NVML_TEMPERATURE_GPU = 0
     NVML_CLOCK_SM = 1
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
@@ -57,15 +50,21 @@ class FakeNvml:
     NVML_PCIE_UTIL_TX_BYTES = 0
     NVML_PCIE_UTIL_RX_BYTES = 1
 
-    def __init__(self, count=4, unsupported=(), throttle=0x4 | 0x1):
-        self.count, self.unsupported, self.throttle = count, set(unsupported), throttle
+    def __init__(self, count=4, throttle=0x4 | 0x1):
+        self.count, self.throttle = count, throttle
+        self.errors: dict[tuple[int, str], int] = {}
         self.calls: dict[str, int] = {}
         self.initialised = 0
 
+    def __getattr__(self, name):
+        if name.startswith("NVML_ERROR_"):  # the error codes, as the bindings define them
+            return getattr(real_nvml, name)
+        raise AttributeError(name)
+
     def _read(self, name, handle, value):
         self.calls[name] = self.calls.get(name, 0) + 1
-        if (handle, name) in self.unsupported:
-            raise NVMLError_NotSupported()
+        if (handle, name) in self.errors:
+            raise real_nvml.NVMLError(self.errors[handle, name])  # builds the code's subclass
         return value
 
     def nvmlInit(self):
@@ -160,7 +159,8 @@ def test_nvml_readings_units_labels_and_catalog(nvml):
 
 def test_nvml_unsupported_field_dropped_for_that_gpu_only_and_not_retried(nvml):
     # NVML stand-in: no GPU here.
-    nvml.unsupported = {(1, "power"), (1, "ecc")}
+    nvml.errors = {(1, "power"): real_nvml.NVML_ERROR_NOT_SUPPORTED,
+                   (1, "ecc"): real_nvml.NVML_ERROR_NO_PERMISSION}
     sampler = gpu_sampler(local_rank=None)
     for _ in range(3):
         readings = sampler.sample()
@@ -170,6 +170,49 @@ def test_nvml_unsupported_field_dropped_for_that_gpu_only_and_not_retried(nvml):
     assert ("traintel_gpu_power_watts", None) in by_name(readings, "0")
     assert nvml.calls["power"] == 3 * 3 + 1  # three healthy GPUs every time, GPU 1 once
     assert nvml.calls["temperature"] == 4 * 3
+
+
+def test_nvml_passing_failure_skips_one_sample_and_repeated_ones_drop_the_field(nvml):
+    # NVML stand-in: no GPU here.
+    sampler = gpu_sampler(local_rank=None)
+    nvml.errors = {(0, "temperature"): real_nvml.NVML_ERROR_TIMEOUT}
+    assert ("traintel_gpu_temperature_celsius", None) not in by_name(sampler.sample())
+    nvml.errors = {}
+    assert ("traintel_gpu_temperature_celsius", None) in by_name(sampler.sample())  # retried
+    nvml.errors = {(0, "temperature"): real_nvml.NVML_ERROR_UNKNOWN}
+    for _ in range(MAX_FIELD_FAILURES + 2):
+        sampler.sample()
+    calls = nvml.calls["temperature"]
+    nvml.errors = {}
+    assert ("traintel_gpu_temperature_celsius", None) not in by_name(sampler.sample())
+    assert nvml.calls["temperature"] == calls + 3  # the three other GPUs only: GPU 0's dropped
+    # one success between failures starts the count again
+    nvml.errors = {(1, "sm_clock"): real_nvml.NVML_ERROR_TIMEOUT}
+    for _ in range(MAX_FIELD_FAILURES - 1):
+        sampler.sample()
+    nvml.errors = {}
+    sampler.sample()
+    nvml.errors = {(1, "sm_clock"): real_nvml.NVML_ERROR_TIMEOUT}
+    sampler.sample()
+    nvml.errors = {}
+    assert ("traintel_gpu_sm_clock_hertz", None) in by_name(sampler.sample(), "1")
+
+
+def test_a_lost_gpu_is_one_warning_and_no_longer_sampled(nvml, caplog):
+    # NVML stand-in: no GPU here.
+    sampler = gpu_sampler(local_rank=None)
+    nvml.errors = {(2, "utilization"): real_nvml.NVML_ERROR_GPU_IS_LOST}
+    with caplog.at_level(logging.DEBUG, "traintel.samplers"):
+        first = sampler.sample()
+        calls = dict(nvml.calls)
+        second = sampler.sample()
+    assert by_name(first, "2") == {("traintel_gpu_memory_used_bytes", None): 2 * GiB,
+                                   ("traintel_gpu_memory_total_bytes", None): 80 * GiB}
+    assert not by_name(second, "2") and by_name(second, "3")
+    assert nvml.calls["memory"] == calls["memory"] + 3
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith(f"GPU 2 (NVIDIA H100 80GB HBM3, {UUIDS[2]}) is lost")
+    assert "Xid" in warning.getMessage()
 
 
 def test_no_nvml_library_is_one_info_line(caplog):

@@ -1,8 +1,11 @@
 """NVIDIA GPU telemetry through NVML (``nvidia-ml-py``, module ``pynvml``), imported lazily.
 
 Only the GPUs this process uses are sampled by default (``CUDA_VISIBLE_DEVICES`` and the local
-rank), so that eight ranks on one host do not each report all eight GPUs. A field the GPU or the
-driver does not support is dropped for that GPU after its first failure and never retried.
+rank), so that eight ranks on one host do not each report all eight GPUs. NVML's answer decides
+what a failed read means: a field the GPU or driver does not support is dropped for that GPU at
+once; a passing failure (a timeout, "unknown") skips that field for one sample and drops it only
+after ``MAX_FIELD_FAILURES`` in a row; a GPU that is lost (fallen off the bus, needing a reset) is
+reported once as a warning and no longer sampled.
 """
 
 from __future__ import annotations
@@ -15,6 +18,15 @@ from typing import Any
 from traintel.samplers import Reading
 
 log = logging.getLogger("traintel.samplers")
+
+#: NVML errors meaning "this GPU or driver will never give this field" (names from nvml.h).
+UNSUPPORTED_ERRORS = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION",
+                      "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT",
+                      "NVML_ERROR_ARGUMENT_VERSION_MISMATCH", "NVML_ERROR_DEPRECATED")
+#: NVML errors meaning the GPU itself is gone until it is reset.
+LOST_ERRORS = ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED", "NVML_ERROR_GPU_NOT_FOUND")
+#: Passing failures of one field in a row after which it is dropped for the rest of the run.
+MAX_FIELD_FAILURES = 3
 
 #: Clock event ("throttle") reason bits from nvml.h, idle (0x1) left out on purpose: an idle GPU
 #: is not a slow one. Bits not named here are reported together as ``other``.
@@ -80,7 +92,8 @@ class _Gpu:
     index: int
     handle: Any
     labels: dict[str, str]
-    dropped: set[str] = field(default_factory=set)  # fields that failed once: not retried
+    dropped: set[str] = field(default_factory=set)  # fields not read again
+    failures: dict[str, int] = field(default_factory=dict)  # passing failures in a row
 
 
 def _memory(nvml: Any, handle: Any) -> list[tuple]:
@@ -146,26 +159,50 @@ class NvmlSampler:
     def __init__(self, nvml: Any, gpus: list[_Gpu]) -> None:
         self.nvml = nvml
         self.gpus = gpus
+        self._unsupported = _codes(nvml, UNSUPPORTED_ERRORS)
+        self._lost = _codes(nvml, LOST_ERRORS)
 
     def sample(self) -> list[Reading]:
         readings: list[Reading] = []
-        for gpu in self.gpus:
+        for gpu in list(self.gpus):
             for name, read in FIELDS.items():
                 if name in gpu.dropped:
                     continue
                 try:
                     values = read(self.nvml, gpu.handle)
                 except self.nvml.NVMLError as exc:
-                    gpu.dropped.add(name)
-                    log.debug("GPU %d: %s unavailable (%s): dropped", gpu.index, name,
-                              type(exc).__name__)
+                    if not self._failed(gpu, name, exc):
+                        break  # the GPU is lost: none of its fields can be read
                     continue
+                gpu.failures.pop(name, None)
                 for metric, value, extra in values:
                     readings.append((metric, float(value), {**gpu.labels, **extra}))
         return readings
 
+    def _failed(self, gpu: _Gpu, name: str, exc: Exception) -> bool:
+        """Note a failed read; False when the whole GPU is lost and was taken off the list."""
+        code = getattr(exc, "value", None)
+        if code in self._lost:
+            self.gpus.remove(gpu)
+            log.warning("GPU %d (%s, %s) is lost to NVML (%s): its telemetry stops. Look for Xid "
+                        "errors in the kernel log (`dmesg | grep -i xid`) and at `nvidia-smi`; "
+                        "the GPU needs a reset or the node a drain", gpu.index,
+                        gpu.labels["gpu_name"], gpu.labels["gpu_uuid"], exc)
+            return False
+        failures = gpu.failures[name] = gpu.failures.get(name, 0) + 1
+        if code in self._unsupported or failures >= MAX_FIELD_FAILURES:
+            gpu.dropped.add(name)
+            log.debug("GPU %d: %s unavailable (%s, %d failure(s)): dropped", gpu.index, name,
+                      exc, failures)
+        return True
+
     def close(self) -> None:
         self.nvml.nvmlShutdown()
+
+
+def _codes(nvml: Any, names: tuple[str, ...]) -> set[int]:
+    """The error codes of ``names`` that these bindings know (older ones lack the newest)."""
+    return {getattr(nvml, name) for name in names if hasattr(nvml, name)}
 
 
 def gpu_sampler(*, local_rank: int | None, all_gpus: bool = False) -> NvmlSampler | None:
