@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from opentelemetry.sdk.metrics.export import AggregationTemporality
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.exposition import generate_latest
 
@@ -63,6 +64,46 @@ def test_a_value_logged_once_appears_on_both_paths(tmp_path):
     assert steps[0][1].count == 10 and steps[0][1].sum == pytest.approx(
         prom[("traintel_step_duration_seconds_sum", key)])
     assert prom[("traintel_run_status", tuple(sorted({**base, "status": "running"}.items())))] == 1
+
+
+def test_otlp_histograms_carry_the_same_buckets_as_prometheus(tmp_path):
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None) as run:
+            _train(run)
+            for seconds in (0.002, 0.02, 0.2):
+                with run.operation("save"):
+                    time.sleep(seconds)
+            run.histogram("seq_len").observe(700.0)  # beyond the last bound: the +Inf bucket
+            run._writer.flush()
+            prom = _prometheus_samples(run)
+            telemetry.collect()
+    base = {"project": "test", "run": run.id, "rank": "0"}
+    for name, extra in [("traintel_step_duration_seconds", {}),
+                        ("traintel_operation_duration_seconds", {"operation": "save"}),
+                        ("traintel_user_histogram", {"metric": "seq_len"})]:
+        (attributes, point), = telemetry.points(name)
+        assert attributes == {**base, **extra}
+        labels = {**base, **extra}
+        buckets = sorted((float(dict(key)["le"]), value) for (series, key), value in prom.items()
+                         if series == name + "_bucket" and
+                         {k: v for k, v in key if k != "le"} == labels)
+        assert [bound for bound, _ in buckets[:-1]] == list(point.explicit_bounds)
+        cumulative = [sum(point.bucket_counts[:i + 1]) for i in range(len(point.bucket_counts))]
+        assert cumulative == [count for _, count in buckets], name
+        key = tuple(sorted(labels.items()))
+        assert point.count == prom[(name + "_count", key)]
+        assert point.sum == prom[(name + "_sum", key)]
+        assert point.min <= point.sum / point.count <= point.max
+    (_, seq_len), = telemetry.points("traintel_user_histogram")
+    assert (seq_len.count, seq_len.min, seq_len.max) == (2, 12.0, 700.0)
+    assert seq_len.bucket_counts[-1] == 1
+    (_, save), = telemetry.points("traintel_operation_duration_seconds")
+    assert save.min >= 0.002 and save.max >= 0.2 and save.count == 3
+    metric = next(m for d in telemetry._collected for rm in d.resource_metrics
+                  for sm in rm.scope_metrics for m in sm.metrics
+                  if m.name == "traintel_step_duration_seconds")
+    assert metric.data.aggregation_temporality == AggregationTemporality.CUMULATIVE
+    assert metric.unit == catalog.BY_NAME[metric.name].unit
 
 
 def test_every_exported_name_is_in_the_catalog(tmp_path):

@@ -102,8 +102,8 @@ class Run:
         if sinks is not None:
             quiet_export_errors()
             self.otlp = OtlpExport(state, self.labels, run_info,
-                                   resource_for(self.labels, self.name, self.host), sinks)
-            self._writer.listeners.append(self.otlp.observe)
+                                   resource_for(self.labels, self.name, self.host), sinks,
+                                   self.histograms)
         self.tracer = self.otlp.tracer if self.otlp else trace.NoOpTracer()
 
         # -- mutable per-step state (hot path) --

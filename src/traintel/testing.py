@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from . import run as run_module
@@ -24,16 +25,16 @@ from .export.otlp import Sinks
 
 @dataclass
 class Telemetry:
-    reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
     spans: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
     logs: InMemoryLogRecordExporter = field(default_factory=InMemoryLogRecordExporter)
-    _collected: list[Any] = field(default_factory=list)
+    _collected: list[MetricsData] = field(default_factory=list)
 
     def collect(self) -> None:
-        """Take a metric snapshot now (the run must still be open)."""
-        data = self.reader.get_metrics_data()
-        if data is not None:
-            self._collected.append(data)
+        """Take a metric snapshot of the current run now (it must still be open)."""
+        run = run_module.current_run()
+        if run is None or run.otlp is None:
+            raise RuntimeError("Telemetry.collect() needs an open run created inside capture()")
+        run.otlp.meter_provider.force_flush()
 
     def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
         """(attributes, point) of every data point of ``name`` in the latest snapshot."""
@@ -61,31 +62,34 @@ class Telemetry:
 def capture() -> Iterator[Telemetry]:
     """Runs created inside send metrics, spans and logs to memory instead of OTLP.
 
-    Metrics are snapshotted when a run finishes (and whenever ``Telemetry.collect`` is called).
+    Metrics are snapshotted when a run finishes (and whenever ``Telemetry.collect`` is called),
+    through the same export path as OTLP, histograms included.
     """
     telemetry = Telemetry()
     previous = run_module._sinks_override
-    run_module._sinks_override = _Sinks(telemetry)
+    run_module._sinks_override = Sinks(
+        metric_exporter=_Snapshots(telemetry), metric_interval_ms=math.inf,  # on demand only
+        span_exporter=telemetry.spans, log_exporter=telemetry.logs)
     try:
         yield telemetry
     finally:
         run_module._sinks_override = previous
 
 
-class _Sinks(Sinks):
-    def __init__(self, telemetry: Telemetry) -> None:
-        super().__init__(metric_reader=_SnapshotOnShutdown(telemetry),
-                         span_exporter=telemetry.spans, log_exporter=telemetry.logs)
-
-
-class _SnapshotOnShutdown(InMemoryMetricReader):
-    """An in-memory reader that keeps the final snapshot taken when the run shuts down."""
+class _Snapshots(MetricExporter):
+    """Keeps every exported snapshot (cumulative, as the OTLP exporter's default)."""
 
     def __init__(self, telemetry: Telemetry) -> None:
         super().__init__()
         self._telemetry = telemetry
-        telemetry.reader = self
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        self._telemetry._collected.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self._telemetry.collect()
-        super().shutdown(timeout_millis=timeout_millis, **kwargs)
+        pass

@@ -32,16 +32,17 @@ class RunCollector(Collector):
             if metric.kind == "histogram":
                 family = HistogramMetricFamily(metric.name, metric.description, labels=names)
                 found = False
-                for name, label, counts, total in histogram_series:
-                    if name != metric.name:
+                for series in histogram_series:
+                    if series.metric != metric.name:
                         continue
                     found = True
                     buckets, running = [], 0
-                    for bound, count in zip([*self.histograms.bounds, float("inf")], counts):
+                    for bound, count in zip([*self.histograms.bounds, float("inf")],
+                                            series.counts):
                         running += count
                         buckets.append((_le(bound), running))
-                    extra = [label] if metric.labels else []
-                    family.add_metric(base_values + extra, buckets, total)
+                    extra = [series.label] if metric.labels else []
+                    family.add_metric(base_values + extra, buckets, series.sum)
                 if found:
                     yield family
                 continue
