@@ -13,7 +13,11 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.exposition import generate_latest
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from traintel import catalog
+from traintel import run as run_module
+from traintel.export.otlp import EXPORT_BATCH, Sinks
 from traintel.testing import capture
 
 from core_helpers import quiet_run
@@ -208,6 +212,33 @@ def test_otel_environment_variables_are_honoured(tmp_path, monkeypatch):
     assert resource["service.name"] == "my-trainer"
     assert resource["team"] == "vision" and resource["deployment.environment"] == "dev"
     assert resource["run"] == run.id and resource["project"] == "test"
+
+
+class _Batches(InMemorySpanExporter):
+    """Keeps the size of every export request."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def export(self, spans):
+        self.sizes.append(len(spans))
+        return super().export(spans)
+
+
+@pytest.mark.parametrize("env, largest", [({}, EXPORT_BATCH),
+                                          ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 100)])
+def test_spans_are_exported_in_small_batches_unless_the_user_says(tmp_path, monkeypatch, env,
+                                                                  largest):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    batches = _Batches()
+    monkeypatch.setattr(run_module, "_sinks_override", Sinks(span_exporter=batches))
+    with quiet_run(tmp_path, otlp=None, step_span_every=1) as run:
+        for _ in run.track(range(150)):
+            run.log(loss=1.0)
+    assert sum(batches.sizes) == 151  # a span per step and the run's
+    assert max(batches.sizes) == largest
 
 
 def test_otel_sdk_disabled_turns_export_off(tmp_path, monkeypatch):
