@@ -237,3 +237,18 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
         proc.wait(timeout=30)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] >= 4
+
+
+def test_the_demo_without_a_collector_keeps_a_full_record_and_tries_no_export(tmp_path):
+    """No stack needed: the collector's port is closed, so the demo records locally only."""
+    result = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "demo", "--epochs", "1", "--steps-per-epoch",
+         "20", "--batch-size", "8", "--sample-interval", "0"],
+        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+             "TRAINTEL_DIR": str(tmp_path), "TRAINTEL_PROGRESS": "lines"},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no collector at http://127.0.0.1:9: local record only" in result.stderr
+    assert "telemetry export" not in result.stderr, result.stderr  # no failures, no wait
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 20

@@ -250,6 +250,16 @@ def test_eta_from_recent_rate():
     assert state.progress() == 0.4 and state.eta_seconds() == 6.0
 
 
+def test_eta_before_a_recent_rate_is_the_average_so_far():
+    state = RunState()
+    state.total_steps = 100
+    assert state.eta_seconds() is None  # no step yet
+    state.step, state.last_step_ts = 40, state.start_ts + 8.0  # 5 steps/s so far
+    assert state.eta_seconds() == 12.0
+    state.rates = {"steps_per_second": 10.0}  # the recent rate wins once measured
+    assert state.eta_seconds() == 6.0
+
+
 def test_unknown_init_argument_names_the_closest_valid_one(tmp_path):
     with pytest.raises(TypeError, match="'totl_epochs'; did you mean 'total_epochs'"):
         traintel.init(project="p", totl_epochs=3)

@@ -94,8 +94,15 @@ class RunState:
         return min(1.0, self.step / self.total_steps)
 
     def eta_seconds(self) -> float | None:
+        """Seconds to the planned end at the recent step rate; until the record writer has
+        measured one (the run's first second or two), at the run's average rate so far."""
+        if not self.total_steps:
+            return None
         rate = self.rates.get("steps_per_second")
-        if not self.total_steps or not rate:
+        if not rate and self.step and self.last_step_ts is not None:
+            elapsed = self.last_step_ts - self.start_ts
+            rate = self.step / elapsed if elapsed > 0 else None
+        if not rate:
             return None
         return max(0.0, (self.total_steps - self.step) / rate)
 

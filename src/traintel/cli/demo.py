@@ -34,7 +34,8 @@ def demo(epochs, steps_per_epoch, batch_size, run_dir, project, name, pause_at_s
 
     console = Console(stderr=True)
     endpoint = collector_endpoint()
-    if collector_listening(endpoint):
+    exporting = collector_listening(endpoint)
+    if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
                       "and traces[/green]")
     else:
@@ -44,7 +45,9 @@ def demo(epochs, steps_per_epoch, batch_size, run_dir, project, name, pause_at_s
                      pause_at_step=pause_at_step, pause_s=pause_seconds,
                      nan_at_step=nan_at_step, step_sleep_s=step_sleep,
                      error_at_step=error_at_step)
-    options = {"project": project, "name": name, "sample_interval": sample_interval}
+    # nothing to export to: no export threads, retries or shutdown wait in a one-second demo
+    options = {"project": project, "name": name, "sample_interval": sample_interval,
+               "otlp": None if exporting else False}
     if run_dir:
         options["dir"] = run_dir
     if http_port is not None:
