@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -232,6 +234,25 @@ def test_progress_milestones_and_plain_lines_when_not_a_tty(tmp_path):
     text = stream.getvalue()
     assert "\x1b[" not in text  # not a TTY: no escape codes
     assert "[traintel] 25% reached" in text and "step 20/20 (100.0%)" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_log_lines_go_through_the_progress_bars_console(tmp_path, monkeypatch):
+    """Lines printed through the bar's own rich Console scroll above the bar; a second Console
+    on the same terminal wrote them into the bar's line."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    with quiet_run(tmp_path, progress="bar", console_logs=True, total_steps=3) as run:
+        (handler,) = [h for h in logging.getLogger("traintel").handlers if hasattr(h, "console")]
+        assert handler.console is run.progress.console
+        for _ in run.track(range(3)):
+            run.log(loss=1.0)
+        run.logger("data").info("shard 7 loaded")
+    assert "shard 7 loaded" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
 
 
 def test_total_steps_learned_from_loader_length(tmp_path):

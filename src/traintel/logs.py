@@ -108,12 +108,18 @@ def _not_milestone(record: logging.LogRecord) -> bool:
     return not (line and line.get("type") == "milestone")
 
 
-def console_handler() -> logging.Handler:
-    """Rich, coloured lines on a terminal; plain timestamped lines in batch-job logs."""
-    if sys.stderr.isatty():
+def console_handler(console: Any = None) -> logging.Handler:
+    """Rich, coloured lines on a terminal; plain timestamped lines in batch-job logs.
+
+    ``console`` is the progress bar's rich Console while one is shown: lines go through it so
+    that they scroll above the bar rather than through it.
+    """
+    if console is not None or sys.stderr.isatty():
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, markup=False,
+        handler: logging.Handler = RichHandler(console=console or Console(stderr=True),
+                                               show_path=False, markup=False,
                                                rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:

@@ -54,6 +54,13 @@ class ProgressDisplay:
             mode = "bar" if self.stream.isatty() else "lines"
         self.mode = mode
         self.title = title
+        #: the terminal's Console while a bar is shown: log lines printed through it appear
+        #: above the bar instead of through it
+        self.console = None
+        if mode == "bar":
+            from rich.console import Console
+
+            self.console = Console(file=self.stream)
         self._bar = None
         self._task = None
         self._next_line = time.monotonic() + interval
@@ -61,14 +68,13 @@ class ProgressDisplay:
     def start(self) -> None:
         if self.mode != "bar":
             return
-        from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
                                    TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                              TaskProgressColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                              TimeElapsedColumn(), TimeRemainingColumn(),
-                             console=Console(file=self.stream), refresh_per_second=4)
+                             console=self.console, refresh_per_second=4)
         self._task = self._bar.add_task(self.title, total=self.state.total_steps, info="")
         self._bar.start()
 

@@ -119,6 +119,11 @@ class Run:
         self._failed = False
         self._lock = threading.RLock()
 
+        show_progress = settings.progress != "off" and self.rank == 0
+        self.progress = ProgressDisplay(state, mode=settings.progress if show_progress else "off",
+                                        title=f"{self.project}/{self.name}",
+                                        total_epochs=self.total_epochs,
+                                        interval=settings.progress_interval)
         self._writer.start()
         self._setup_logging()
         self._run_span = self.tracer.start_span(
@@ -129,11 +134,6 @@ class Run:
         self._epoch_started = 0.0
         self._epoch_first_step = 0
 
-        show_progress = settings.progress != "off" and self.rank == 0
-        self.progress = ProgressDisplay(state, mode=settings.progress if show_progress else "off",
-                                        title=f"{self.project}/{self.name}",
-                                        total_epochs=self.total_epochs,
-                                        interval=settings.progress_interval)
         self._write_start()
         self.server = self._start_server()
         self.samplers = self._start_samplers()
@@ -660,7 +660,7 @@ class Run:
                                           self._active_span)
         handlers: list[logging.Handler] = [self._log_handler]
         if self.settings.console_logs:
-            handlers.append(console_handler())
+            handlers.append(console_handler(self.progress.console))
             handlers[-1].setLevel(logging.INFO)
         root.handlers = handlers
         root.setLevel(self.settings.log_level)
