@@ -66,9 +66,9 @@ def hf_trainer(tmp_path: Path, callbacks=None, **args):
         vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32))
     arguments = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=20, logging_steps=5, eval_strategy="steps",
+        output_dir=str(tmp_path / "out"), logging_steps=5, eval_strategy="steps",
         eval_steps=10, save_steps=10, use_cpu=True, per_device_train_batch_size=4,
-        disable_tqdm=True, **{"report_to": [], **args})
+        **{"max_steps": 20, "report_to": [], "disable_tqdm": True, **args})
     return Trainer(model=model, args=arguments, train_dataset=Tokens(64, 0),
                    eval_dataset=Tokens(16, 1), callbacks=callbacks)
 
@@ -114,6 +114,26 @@ def test_huggingface_trainer_run_is_recorded_completely(tmp_path: Path) -> None:
         evals[-1]["metrics"]["eval_loss"]
     assert point(telemetry, "traintel_events_total", event="checkpoint") == 2
     assert telemetry.span_names().count("epoch") == 2
+
+
+@pytest.mark.parametrize("trainer_bar, asked, shown", [
+    (True, None, "off"),  # one live bar per terminal: the Trainer's
+    (False, None, "lines"),  # the Trainer shows none: traintel's (lines: not a terminal here)
+    (True, "lines", "lines"),  # the user asked for traintel's too
+])
+def test_huggingface_progress_bar_is_left_to_the_trainer(tmp_path: Path, trainer_bar, asked,
+                                                          shown) -> None:
+    from traintel.integrations.huggingface import TraintelCallback
+
+    class Spy(TraintelCallback):
+        def on_train_begin(self, *args, **kwargs):
+            super().on_train_begin(*args, **kwargs)
+            self.shown = self.run.progress.mode
+
+    spy = Spy(project="hf", dir=str(tmp_path / "runs"), sample_interval=0, console_logs=False,
+              progress=asked)
+    hf_trainer(tmp_path, [spy], disable_tqdm=not trainer_bar, max_steps=2).train()
+    assert spy.shown == shown
 
 
 def test_huggingface_report_to_joins_the_active_run(tmp_path: Path) -> None:
@@ -168,9 +188,9 @@ def lightning_fit(tmp_path: Path, **trainer_args) -> None:
 
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path / "pl"),
-                        **trainer_args)
+    trainer = L.Trainer(**{"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False,
+                           "enable_model_summary": False,
+                           "default_root_dir": str(tmp_path / "pl"), **trainer_args})
     trainer.fit(Regression(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
 
 
@@ -226,6 +246,34 @@ def test_lightning_callback_records_every_step(tmp_path: Path) -> None:
     assert summary["step_time"]["mean_s"] > 0  # timed from the first micro-batch's start
     assert telemetry.metric("traintel_samples_total") == [64]
     assert telemetry.metric("traintel_learning_rate") == [0.05]
+
+
+@pytest.mark.parametrize("enable_progress_bar, shown", [(True, "off"), (False, "lines")])
+def test_lightning_progress_bar_is_left_to_the_trainer(tmp_path: Path, enable_progress_bar,
+                                                        shown) -> None:
+    from traintel.integrations.lightning import TraintelCallback
+
+    class Spy(TraintelCallback):
+        def on_train_start(self, trainer, pl_module):
+            super().on_train_start(trainer, pl_module)
+            self.shown = self.run.progress.mode
+
+    spy = Spy(project="pl", dir=str(tmp_path / "runs"), sample_interval=0, console_logs=False)
+    lightning_fit(tmp_path, logger=False, callbacks=[spy], enable_progress_bar=enable_progress_bar)
+    assert spy.shown == shown
+
+
+def test_lightning_logger_leaves_the_progress_bar_to_lightning(tmp_path: Path) -> None:
+    from traintel.integrations.lightning import TraintelLogger
+
+    class Spy(TraintelLogger):
+        def log_hyperparams(self, params, *args, **kwargs):
+            super().log_hyperparams(params, *args, **kwargs)
+            self.shown = self.run.progress.mode
+
+    spy = Spy(project="pl", dir=str(tmp_path / "runs"), sample_interval=0, console_logs=False)
+    lightning_fit(tmp_path, logger=spy)
+    assert spy.shown == "off"  # a Logger cannot see enable_progress_bar; Lightning's default
 
 
 def test_lightning_logger_and_callback_together_are_refused(tmp_path: Path) -> None:

@@ -8,11 +8,15 @@ reports about one training step into one record line.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..run import Run
+
+log = logging.getLogger("traintel.integrations")
 
 #: the framework's names for traintel's known per-step keys
 KNOWN = {"loss": "loss", "train_loss": "loss", "learning_rate": "lr", "lr": "lr",
@@ -20,11 +24,13 @@ KNOWN = {"loss": "loss", "train_loss": "loss", "learning_rate": "lr", "lr": "lr"
 
 
 def start_run(source: str, config: dict[str, Any], total_steps: int | None,
-              init_options: dict[str, Any]) -> tuple[Run, bool]:
+              init_options: dict[str, Any], framework_bar: bool = False) -> tuple[Run, bool]:
     """The active run, or a new one; and whether we started it (then we also finish it).
 
     A run's config is fixed when it starts, so an existing run gets the framework's
-    configuration as a ``framework_config`` event instead.
+    configuration as a ``framework_config`` event instead. When the framework draws its own
+    progress bar (``framework_bar``), a run started here shows none, unless the user asked for
+    one: two live bars on one terminal overwrite each other.
     """
     import traintel
 
@@ -36,7 +42,15 @@ def start_run(source: str, config: dict[str, Any], total_steps: int | None,
         return run, False
     options = {k: v for k, v in init_options.items() if v is not None}
     options.setdefault("total_steps", total_steps or None)
-    return traintel.init(config=config, **options), True
+    quiet_bar = framework_bar and "progress" not in options and \
+        not os.environ.get("TRAINTEL_PROGRESS")
+    if quiet_bar:
+        options["progress"] = "off"
+    run = traintel.init(config=config, **options)
+    if quiet_bar:
+        log.info("%s shows its own progress bar, so traintel's is off (progress='lines' or "
+                 "TRAINTEL_PROGRESS=lines adds traintel's progress lines)", source)
+    return run, True
 
 
 def metric_name(name: str) -> str:

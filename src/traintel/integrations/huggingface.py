@@ -64,7 +64,7 @@ class TraintelCallback(TrainerCallback):
         if options.get("name") is None and args.run_name and args.run_name != args.output_dir:
             options["name"] = args.run_name
         self.run, self._created = start_run("transformers", config, state.max_steps or None,
-                                            options)
+                                            options, framework_bar=not args.disable_tqdm)
         self._steps = StepBuffer(self.run)
         batch = state.train_batch_size or args.per_device_train_batch_size
         self._samples_per_step = batch * args.gradient_accumulation_steps

@@ -87,7 +87,9 @@ class TraintelLogger(Logger):
 
     def _ensure_run(self, config: dict[str, Any]):
         if self.run is None:
-            self.run, self._created = start_run("lightning", config, None, self.init_options)
+            # a Logger cannot see the Trainer's enable_progress_bar: Lightning's default is on
+            self.run, self._created = start_run("lightning", config, None, self.init_options,
+                                                framework_bar=True)
             self._steps = StepBuffer(self.run)
         return self.run
 
@@ -159,7 +161,8 @@ class TraintelCallback(Callback):
                               "precision": str(trainer.precision),
                               "world_size": trainer.world_size}}
         self.run, self._created = start_run(
-            "lightning", config, int(total) if total != float("inf") else None, self.init_options)
+            "lightning", config, int(total) if total != float("inf") else None, self.init_options,
+            framework_bar=trainer.progress_bar_callback is not None)
         self._last_step = trainer.global_step
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
