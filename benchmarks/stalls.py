@@ -129,7 +129,7 @@ def render(result: dict[str, Any]) -> list[str]:
 BENCHMARK = harness.Benchmark(
     name="stalls",
     title="Stalls of a paced loop (100 steps/s) while exporting",
-    profiles={"full": {"seconds": 30.0, "rounds": 6}, "quick": {"seconds": 10.0, "rounds": 2},
+    profiles={"full": {"seconds": 120.0, "rounds": 8}, "quick": {"seconds": 10.0, "rounds": 2},
               "tiny": {"seconds": 0.3, "rounds": 1,
                        "scenarios": ["bare", "control", "unreachable"]}},
     run=run,
