@@ -129,6 +129,7 @@ def render(result: dict[str, Any]) -> list[str]:
 BENCHMARK = harness.Benchmark(
     name="stalls",
     title="Stalls of a paced loop (100 steps/s) while exporting",
+    # full: 120 s per scenario, since 30 s totals were at the machine's noise level (0-2)
     profiles={"full": {"seconds": 120.0, "rounds": 8}, "quick": {"seconds": 10.0, "rounds": 2},
               "tiny": {"seconds": 0.3, "rounds": 1,
                        "scenarios": ["bare", "control", "unreachable"]}},
