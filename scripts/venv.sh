@@ -2,8 +2,9 @@
 # Run a command inside traintel's cached virtual environment, creating it first if needed.
 #
 # The environment lives under ~/.cache/traintel/venvs/, keyed by a hash of pyproject.toml and the
-# Python version, so a warm machine pays for the install once and a fresh clone reuses it: only
-# the (instant) editable install of this checkout is redone when the checkout moves.
+# Python version, so a warm machine pays for the install once and a fresh clone reuses it. The
+# running checkout's sources go first on PYTHONPATH, so several checkouts (a fresh clone, a git
+# worktree) share one environment at the same time without re-installing anything.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${TRAINTEL_CACHE:-$HOME/.cache/traintel}
@@ -27,13 +28,6 @@ if [ ! -f "$venv/.complete" ]; then
   fi
   touch "$venv/.complete"
 fi
-if [ "$("$venv/bin/python" -c 'import traintel, os; print(os.path.dirname(os.path.dirname(os.path.dirname(traintel.__file__))))' 2>/dev/null)" != "$root" ]; then
-  if ! out=$("$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" 2>&1); then
-    echo "$out" >&2
-    echo "traintel: could not install this checkout into $venv" >&2
-    exit 1
-  fi
-fi
 exec 9>&-
-export PATH=$venv/bin:$PATH VIRTUAL_ENV=$venv
+export PATH=$venv/bin:$PATH VIRTUAL_ENV=$venv PYTHONPATH=$root/src${PYTHONPATH:+:$PYTHONPATH}
 exec "$@"

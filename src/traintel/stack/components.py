@@ -139,18 +139,17 @@ COMPONENTS: dict[str, Component] = {
         Component(
             name="loki",
             version="3.7.6",
-            method="go-wrapper",
+            method="none",
             binaries=("loki",),
             image="grafana/loki:3.7.6",
             ports={"http": 3100, "grpc": 9095},
             ready=("http", "/ready"),
             required=False,
-            packages=("github.com/grafana/loki/v3/cmd/loki",),
-            module_version="v3.7.6",
-            wrapper="stack/go/loki",
-            version_var="github.com/grafana/loki/v3/pkg/util/build.Version",
-            inputs=("stack/go/loki/go.mod", "stack/go/loki/go.sum"),
             hosts=("loki",),
+            unavailable=(
+                "Loki is AGPL-licensed: traintel never downloads or builds its Go module; run it "
+                "from the compose file's image, or supply your own binary"
+            ),
         ),
         Component(
             name="tempo",
