@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test bench dashboards
+.PHONY: demo test bench dashboards rules
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -17,3 +17,7 @@ bench:
 ## Regenerate grafana/dashboards/*.json from code.
 dashboards:
 	@scripts/venv.sh python -m traintel.dashboards
+
+## Regenerate prometheus/rules/*.yml from traintel.rules.Config.
+rules:
+	@scripts/venv.sh python -m traintel.rules $(ARGS)

@@ -36,8 +36,10 @@ METRIC_NAME = re.compile(
 #: Label names in matchers and in by/on/without/group_left/group_right clauses.
 MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"")
 GROUPING = re.compile(r"\b(?:by|on|without|group_left|group_right)\s*\(([^)]*)\)")
-#: Labels Prometheus and the collector add, besides the catalog's.
-OTHER_LABELS = {"job", "instance", "le", "exporter", "data_type", "__name__", "span_name"}
+#: Labels Prometheus, the collector and Alertmanager add, besides the catalog's (`integration`:
+#: Alertmanager's notification metrics, read by AlertmanagerNotificationsFailing).
+OTHER_LABELS = {"job", "instance", "le", "exporter", "data_type", "__name__", "span_name",
+                "integration"}
 
 BOARDS = dashboards.build()
 QUERIES = dashboards.queries(BOARDS)
