@@ -62,6 +62,13 @@ def test_committed_dashboards_are_generated_from_code() -> None:
             f"grafana/dashboards/{name}.json is stale: run `make dashboards`"
 
 
+def test_dashboards_are_at_the_schema_version_of_the_pinned_grafana() -> None:
+    """Grafana 13.2 (docker-compose.yml) reads classic dashboard JSON up to schemaVersion 42."""
+    assert "grafana/grafana:13.2." in (REPO / "docker-compose.yml").read_text()
+    assert {data["schemaVersion"] for data in BOARDS.values()} == {dashboards.SCHEMA_VERSION} \
+        == {42}
+
+
 def test_metric_names_exist() -> None:
     known = {name for metric in catalog.METRICS for name in catalog.prometheus_series_names(metric)}
     known |= {rule["record"] for rule in _rules() if "record" in rule}

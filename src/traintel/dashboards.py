@@ -48,6 +48,12 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+#: Classic dashboard JSON schema version of the Grafana that docker-compose.yml pins (13.2): 42,
+#: the last version of the v1 dashboard API's migrations. The generator's newest build still
+#: writes 41, so it is set here (Grafana migrates a dashboard up to its own version on load,
+#: never down: a version at most Grafana's is what matters).
+SCHEMA_VERSION = 42
+
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
 LOKI = DataSourceRef(type_val="loki", uid="loki")
 #: The committed dashboards, in the repository next to the provisioning files.
@@ -185,6 +191,7 @@ def _dashboard(uid: str, title: str, description: str, variables: list, rows: li
 def _json(board) -> dict:
     """The builder's output as plain JSON data, with panel ids and annotation extras filled in."""
     data = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    data["schemaVersion"] = SCHEMA_VERSION  # the SDK's model has no setter for it
     for number, panel in enumerate(data["panels"], start=1):
         panel["id"] = number
     for annotation in data["annotations"]["list"]:
