@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test bench dashboards
+.PHONY: demo test bench dashboards manifests
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -17,3 +17,8 @@ bench:
 ## Regenerate grafana/dashboards/*.json from code.
 dashboards:
 	@scripts/venv.sh python -m traintel.dashboards
+
+## Plain Kubernetes manifests from the Helm chart, for clusters without Helm (docs/kubernetes.md):
+## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"
+manifests:
+	@scripts/venv.sh python scripts/render_manifests.py $(ARGS)
