@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test bench dashboards rules
+.PHONY: demo test bench dashboards rules manifests
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -21,3 +21,8 @@ dashboards:
 ## Regenerate prometheus/rules/*.yml from traintel.rules.Config.
 rules:
 	@scripts/venv.sh python -m traintel.rules $(ARGS)
+
+## Plain Kubernetes manifests from the Helm chart, for clusters without Helm (docs/kubernetes.md):
+## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"
+manifests:
+	@scripts/venv.sh python scripts/render_manifests.py $(ARGS)

@@ -23,6 +23,7 @@ class Component:
     #: "go-wrapper": ``go build`` of ``packages`` inside our wrapper module ``wrapper``
     #: (needed where upstream's go.mod has replace directives, which ``go install`` refuses);
     #: "go-module": ``go build`` inside a copy of ``module`` with ``extra_files`` added;
+    #: "apt": Debian's packages ``apt`` (a tool that is no Go program);
     #: "none": cannot be had on these machines, ``unavailable`` says why.
     method: str
     binaries: tuple[str, ...]
@@ -184,6 +185,53 @@ COMPONENTS: dict[str, Component] = {
                 "frontend toolchain); dashboards are validated as code and their queries run "
                 "against the real Prometheus and Loki instead"
             ),
+        ),
+    )
+}
+
+
+#: Programs that check the deployment files in deploy/ (the Helm chart, the Kubernetes and SLURM
+#: examples). Built by the same installer as the stack, but on demand (``install(names,
+#: table=DEPLOY_TOOLS)``, called by the tests that need them), not by ``traintel stack install``:
+#: they are not part of the stack. Helm and kubeconform are Apache-2.0 Go programs, built from
+#: their modules; shellcheck (for deploy/slurm) is Debian's package.
+DEPLOY_TOOLS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component(
+            name="helm",
+            version="4.3.1",
+            method="go-module",
+            binaries=("helm",),
+            image="",
+            ports={},
+            required=False,
+            module="helm.sh/helm/v4",
+            module_version="v4.3.1",
+            packages=("helm.sh/helm/v4/cmd/helm",),
+        ),
+        Component(
+            name="kubeconform",
+            version="0.8.0",
+            method="go-module",
+            binaries=("kubeconform",),
+            image="",
+            ports={},
+            required=False,
+            module="github.com/yannh/kubeconform",
+            module_version="v0.8.0",
+            packages=("github.com/yannh/kubeconform/cmd/kubeconform",),
+            version_var="main.version",
+        ),
+        Component(
+            name="shellcheck",
+            version="0.9.0",
+            method="apt",
+            binaries=("shellcheck",),
+            image="",
+            ports={},
+            required=False,
+            apt=("shellcheck",),
         ),
     )
 }

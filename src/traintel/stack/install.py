@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from traintel.stack.components import COMPONENTS, Component
+from traintel.stack.components import COMPONENTS, DEPLOY_TOOLS, Component
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -55,7 +55,8 @@ def binary(component: str, name: str | None = None) -> Path | None:
     entry = load_status().get(component)
     if not entry or not entry.get("ok"):
         return None
-    path = Path(entry["dir"]) / (name or COMPONENTS[component].binaries[0])
+    spec = COMPONENTS.get(component) or DEPLOY_TOOLS[component]
+    path = Path(entry["dir"]) / (name or spec.binaries[0])
     return path if os.access(path, os.X_OK) else None
 
 
@@ -77,14 +78,15 @@ def install(
     names: list[str] | None = None,
     retry: bool = False,
     say: Callable[[str], None] = print,
+    table: dict[str, Component] = COMPONENTS,
 ) -> dict[str, dict]:
-    """Make every component (or ``names``) available; returns the status of each.
+    """Make every component of ``table`` (or ``names``) available; returns the status of each.
 
     Never raises for a failed build: the failure is recorded with its reason."""
     bin_root().mkdir(parents=True, exist_ok=True)
     with _lock(bin_root() / ".lock"):
         status = load_status()
-        for component in COMPONENTS.values():
+        for component in table.values():
             if names and component.name not in names:
                 continue
             key = _build_key(component)
@@ -123,13 +125,16 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
     say(f"stack: building {component.name} {component.version} ({component.method}; log {log})")
     started = time.monotonic()
     try:
-        _go_build(component, dest, log)
-        entry.update(ok=True, dir=str(dest), source="go")
+        if component.method == "apt":
+            entry.update(_apt_install(component, log), ok=True, source="apt")
+        else:
+            _go_build(component, dest, log)
+            entry.update(ok=True, dir=str(dest), source="go")
     except Exception as error:  # noqa: BLE001  (one program's failure must not stop the others)
         entry["reason"] = (
             str(error) if isinstance(error, BuildError) else f"{type(error).__name__}: {error}"
         )
-        if component.apt:
+        if component.apt and component.method != "apt":
             say(f"stack: {component.name}: Go build failed, trying Debian packages {component.apt}")
             try:
                 entry.update(_apt_install(component, log), ok=True, source="apt")
@@ -139,7 +144,7 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
     if entry["ok"]:
         skew = (
             f" (Debian {entry['version']}, not {component.version})"
-            if entry["source"] == "apt"
+            if entry["source"] == "apt" and entry["version"] != component.version
             else ""
         )
         say(f"stack: {component.name} ready in {entry['seconds']:.0f}s{skew}")
@@ -187,7 +192,22 @@ def _go_build(component: Component, dest: Path, log: Path) -> None:
 def _module_copy(component: Component) -> Path:
     """A writable copy of the component's Go module with ``extra_files`` added: building
     inside it makes it the main module, so its own go.mod and go.sum apply."""
-    spec = f"{component.module}@{component.module_version}"
+    copy = cache_dir() / "go" / "src" / component.key
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(module_dir(component.module, component.module_version), copy)
+    subprocess.run(["chmod", "-R", "u+w", str(copy)], check=True)  # the module cache is read-only
+    for rel, content in component.extra_files.items():
+        path = copy / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return copy
+
+
+def module_dir(module: str, version: str) -> Path:
+    """The read-only source of a Go module version, downloaded once into the cache's module
+    cache (also how the tests get the CRDs and API schemas that operators publish in theirs)."""
+    spec = f"{module}@{version}"
+    cache_dir().mkdir(parents=True, exist_ok=True)
     found = subprocess.run(
         ["go", "mod", "download", "-json", spec],
         capture_output=True,
@@ -197,15 +217,7 @@ def _module_copy(component: Component) -> Path:
     )
     if found.returncode != 0:
         raise BuildError(f"`go mod download {spec}` failed:\n{found.stdout}{found.stderr}")
-    copy = cache_dir() / "go" / "src" / component.key
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(json.loads(found.stdout)["Dir"], copy)
-    subprocess.run(["chmod", "-R", "u+w", str(copy)], check=True)  # the module cache is read-only
-    for rel, content in component.extra_files.items():
-        path = copy / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return copy
+    return Path(json.loads(found.stdout)["Dir"])
 
 
 def _build_collector(component: Component, out: Path, log: Path) -> None:
