@@ -184,6 +184,23 @@ def test_compare_shows_only_differing_config(runs, tmp_path):
     assert table[0].split()[:3] == ["run", "status", "config.lr"] and len(table) == 4
 
 
+def _writes_output(command: str) -> bool:
+    return any("--output" in getattr(param, "opts", ()) for param in logs.commands[command].params)
+
+
+@pytest.mark.parametrize("command", [c for c in sorted(logs.commands) if _writes_output(c)])
+def test_every_output_option_writes_its_file(runs, tmp_path, command):
+    """Each subcommand with --output, in its default format (the plain table of `compare` once
+    raised NameError here): the file holds what standard output would, and stdout stays empty."""
+    out = tmp_path / f"{command}.out"
+    targets = [runs / "run-a", runs / "run-b"] if command == "compare" else [runs / "run-a"]
+    result = invoke(command, *targets, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and f"wrote {out}" in result.stderr
+    expected = invoke(command, *targets).stdout
+    assert out.read_text() == expected and expected.strip()
+
+
 # --- tail, monitor ------------------------------------------------------------------------------
 
 def test_tail_shows_the_last_records(runs):

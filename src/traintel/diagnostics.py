@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import env
+from .version import __version__
 from .analysis import describe, iso, num
 from .records import Records, RecordNotFound, last_records, rank_dirs
 from .redact import redact_mapping
@@ -73,7 +74,7 @@ def host() -> dict[str, Any]:
 
 
 def environment() -> dict[str, str]:
-    chosen = {k: v for k, v in os.environ.items()
+    chosen = {k: v for k, v in env.snapshot().items()
               if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES}
     return redact_mapping(dict(sorted(chosen.items())))
 

@@ -11,7 +11,7 @@ import math
 import re
 import time
 from contextlib import ContextDecorator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .record import OBSERVE
 
@@ -95,7 +95,7 @@ class Timer(Histogram, ContextDecorator):
         self._starts.append(time.perf_counter())
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         elapsed = time.perf_counter() - self._starts.pop()
         self._queue.append((OBSERVE, "timer", self.name, elapsed))
         return False

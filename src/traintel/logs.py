@@ -77,7 +77,7 @@ class RunLogHandler(logging.Handler):
             attributes = _flat_attributes(line) if self.otlp is not None else None
             body = line.get("message") or self.scrubber.text(record.getMessage())
             self.writer.line(line)
-            if self.otlp is not None:
+            if self.otlp is not None and attributes is not None:
                 self.otlp.emit_log(record, body, attributes, span)
         except Exception:  # logging must never raise into training
             self.handleError(record)

@@ -88,16 +88,16 @@ class Aggregates:
 
 
 class RecordWriter:
-    def __init__(self, directory: Path | None, state: RunState, base: dict[str, Any], *,
+    def __init__(self, directory: Path, state: RunState, base: dict[str, Any], *,
                  flush_interval: float = 1.0, max_bytes: int = 256 * 1024 * 1024,
                  rates: RateWindow | None = None) -> None:
         self.directory = directory
-        self.path = directory / "events.jsonl" if directory else None
+        self.path = directory / "events.jsonl"
         self.state = state
         self.base = base
         self.flush_interval = flush_interval
         self.max_bytes = max_bytes
-        self.queue: deque[tuple] = deque()
+        self.queue: deque[tuple[Any, ...]] = deque()
         self.aggregates = Aggregates()
         self.listeners: list[Listener] = []
         self.rates = rates or RateWindow()
@@ -243,8 +243,6 @@ class RecordWriter:
             return False
 
     def _open(self) -> None:
-        if self.path is None:
-            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab", buffering=0)
@@ -254,7 +252,7 @@ class RecordWriter:
 
     def _reopen(self) -> bool:
         """After a failure, try again at most every 30 s (the disk may have been cleaned)."""
-        if self.path is None or (self._failed_at and time.monotonic() - self._failed_at < 30):
+        if self._failed_at and time.monotonic() - self._failed_at < 30:
             return False
         self._open()
         return self._file is not None
@@ -273,7 +271,7 @@ class RecordWriter:
                       errno.EACCES: "permission denied", errno.EROFS: "read-only filesystem"}
             log.warning("traintel cannot write the run record %s (%s: %s); training and "
                         "telemetry export continue, lines are counted as dropped",
-                        self.path, reason.get(exc.errno, "I/O error"), exc.strerror or exc)
+                        self.path, reason.get(exc.errno or 0, "I/O error"), exc.strerror or exc)
 
     def _rotate(self) -> None:
         """events.jsonl -> events.jsonl.1 -> .2 ...: nothing is deleted."""

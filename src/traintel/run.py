@@ -24,12 +24,14 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ContextDecorator
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
-from . import __version__
+from .version import __version__
 from .errors import NonFiniteLossError, RunInterrupted, classify, format_traceback
 from .export.otlp import OtlpExport, Sinks, resource_for
 from .export.prometheus import RunCollector, registry_for
@@ -43,7 +45,13 @@ from .distributed import agree_run_id
 from .settings import Settings, hostname
 from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text, to_number
 
+if TYPE_CHECKING:
+    from .samplers import SamplerThread
+    from .samplers.base import Reading
+    from .server import StatusServer
+
 log = logging.getLogger("traintel.run")
+_I = TypeVar("_I", Counter, Gauge, Histogram, Timer)
 _events_log = logging.getLogger("traintel.events")
 _errors_log = logging.getLogger("traintel.errors")
 
@@ -129,8 +137,8 @@ class Run:
         self._run_span = self.tracer.start_span(
             "training_run", attributes={**self.labels, "run_name": self.name})
         self._run_context = trace.set_span_in_context(self._run_span)
-        self._epoch_span = None
-        self._epoch_context = None
+        self._epoch_span: trace.Span | None = None
+        self._epoch_context: Context | None = None
         self._epoch_started = 0.0
         self._epoch_first_step = 0
 
@@ -505,7 +513,7 @@ class Run:
             raise exc
         return value
 
-    def _instrument(self, cls: type, name: str) -> Any:
+    def _instrument(self, cls: type[_I], name: str) -> _I:
         check_name(f"run.{cls.__name__.lower()}", name)
         key = f"{cls.__name__}:{name}"
         existing = self._instruments.get(key)
@@ -515,6 +523,7 @@ class Run:
                                  f"{self.settings.max_metric_names}); reuse instruments instead "
                                  "of creating one per item")
             existing = self._instruments[key] = cls(self, name)
+        assert isinstance(existing, cls)
         return existing
 
     def counter(self, name: str) -> Counter:
@@ -617,7 +626,8 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         if self._finished:  # e.g. the SIGTERM handler already finished the run
             return False
         if exc is None:
@@ -690,7 +700,7 @@ class Run:
     def debug(self) -> bool:
         return logging.getLogger(ROOT).level == logging.DEBUG
 
-    def _start_server(self):
+    def _start_server(self) -> StatusServer | None:
         if self.settings.http_port is None:
             return None
         from .server import StatusServer
@@ -701,14 +711,14 @@ class Run:
                  server.host, server.port)
         return server
 
-    def _start_samplers(self):
+    def _start_samplers(self) -> SamplerThread | None:
         if not self.settings.sample_interval:
             return None
         from .samplers import SamplerThread, default_samplers
 
         readings = self.state.readings
 
-        def store(batch) -> None:
+        def store(batch: list[Reading]) -> None:
             for name, value, labels in batch:
                 readings[(name, tuple(sorted(labels.items())))] = value
 
@@ -727,7 +737,7 @@ class Run:
         if not self.settings.handle_signals or \
                 threading.current_thread() is not threading.main_thread():
             return
-        handlers = {signal.SIGTERM: self._on_sigterm}
+        handlers: dict[int, signal._HANDLER] = {signal.SIGTERM: self._on_sigterm}
         if hasattr(signal, "SIGUSR1"):
             handlers[signal.SIGUSR1] = self._on_sigusr1
         if hasattr(signal, "SIGXFSZ"):  # a file-size limit must fail a write, not kill training
@@ -762,7 +772,8 @@ class Run:
     def _on_sigusr1(self, signum: int, frame: Any) -> None:
         self.set_debug(not self.debug, source="SIGUSR1")
 
-    def _excepthook(self, exc_type, exc, tb) -> None:
+    def _excepthook(self, exc_type: type[BaseException], exc: BaseException,
+                    tb: TracebackType | None) -> None:
         if not self._finished:
             if isinstance(exc, KeyboardInterrupt):
                 self.error(exc)
@@ -795,7 +806,8 @@ class _Span(ContextDecorator):
         self._stack.append((manager, span, time.perf_counter()))
         return span
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         manager, span, started = self._stack.pop()
         elapsed = time.perf_counter() - started
         if exc is not None and isinstance(exc, Exception):

@@ -20,8 +20,12 @@ def build_summary(run: Run, end_ts: float) -> dict[str, Any]:
     state = run.state
     agg = run._writer.aggregates
     loss = agg.loss
-    active = (agg.last_step_ts - agg.first_step_ts) if agg.steps and agg.first_step_ts else 0.0
-    per_second = (lambda n: n / active if active > 0 else None)
+    active = (agg.last_step_ts - agg.first_step_ts) \
+        if agg.last_step_ts is not None and agg.first_step_ts else 0.0
+
+    def per_second(n: float) -> float | None:
+        return n / active if active > 0 else None
+
     step_time = agg.step_time.summary()
     evals = {}
     for name, last in state.eval_latest.items():

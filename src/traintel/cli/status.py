@@ -16,6 +16,7 @@ import click
 import orjson
 import psutil
 
+from traintel import env
 from traintel.analysis import duration, iso, num
 from traintel.cli.output import table
 from traintel.diagnostics import read_json
@@ -44,7 +45,7 @@ def local_status(path: Path) -> dict[str, Any]:
     records = Records(path, waiting=True)
     start = next((r for r in records if r.get("type") == "run_start"), {})
     recent = last_records(records, TAIL_LINES)
-    step = next((r for r in reversed(recent) if r.get("type") == "step"), {})
+    step: dict[str, Any] = next((r for r in reversed(recent) if r.get("type") == "step"), {})
     updated = recent[-1].get("ts") if recent else None
     return {"run": start.get("run", path.name), "project": start.get("project"),
             "name": start.get("name"), "status": _liveness(start, updated),
@@ -79,7 +80,8 @@ def _live(url: str) -> dict[str, Any]:
         response = fetch(f"{url.rstrip('/')}/status")
         if response.status != 200:
             raise click.ClickException(f"{url}/status answered HTTP {response.status}")
-        return response.json()
+        status: dict[str, Any] = response.json()
+        return status
     except OSError as exc:
         raise click.ClickException(f"no run answers at {url} ({exc}); is it running with "
                                    "traintel.init(http_port=...)?") from None
@@ -89,7 +91,7 @@ def _live(url: str) -> dict[str, Any]:
 @click.argument("target", metavar="[RUN_DIR]", required=False)
 @click.option("--all", "all_runs", is_flag=True,
               help="Every run under $TRAINTEL_DIR or ./traintel-runs.")
-@click.option("--url", metavar="URL", envvar="TRAINTEL_URL",
+@click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
@@ -132,7 +134,7 @@ def _cell(key: str, value: Any) -> str:
 
 @click.command()
 @click.argument("state", type=click.Choice(["on", "off"]))
-@click.option("--url", metavar="URL", envvar="TRAINTEL_URL", required=True,
+@click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name, required=True,
               help="The run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 def debug(state: str, url: str) -> None:
     """Switch a live run's traintel logging to DEBUG (on) or back (off).
