@@ -16,7 +16,7 @@ from records_factory import T0, RecordWriter, write_run
 
 from traintel import analysis
 from traintel.cli.logs import logs
-from traintel.records import Records
+from traintel.record.reader import Records
 
 TRAINTEL = str(Path(sys.executable).with_name("traintel"))  # the installed entry point
 

@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from traintel.records import RawLine, Records
+from traintel.record.format import END_STATUSES, LEVELS, RawLine
+from traintel.record.reader import Records
 from traintel.stats import quantile
 
-LEVELS = ("debug", "info", "warning", "error", "critical")
-_RANK = {name: i for i, name in enumerate(LEVELS)}
+_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 _COMMON = ("ts", "type", "level", "run", "rank")
-_STATUSES = ("failed", "interrupted", "finished")
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -169,7 +168,7 @@ class Summary:
             "name": self.info.get("name"), "host": self.info.get("host"),
             "ranks": sorted(self.ranks | set(self.training)),
             # the worst rank's; a run without run_end is still going or was killed
-            "status": next((s for s in _STATUSES if s in self.statuses), "unknown"),
+            "status": next((s for s in END_STATUSES if s in self.statuses), "unknown"),
             "start_ts": self.start_ts, "end_ts": self.end_ts,
             "duration_s": self.run_s or _span(self.start_ts, self.end_ts),
             "events": self.events,
@@ -190,7 +189,7 @@ def _span(start: float | None, end: float | None) -> float | None:
 
 
 def summarize(records: Records, *others: Collector) -> dict[str, Any]:
-    """:class:`Summary` of a :class:`traintel.records.Records`, with where it came from and how
+    """:class:`Summary` of :class:`traintel.record.reader.Records`, with where it came from and how
     many lines could not be read; ``others`` are collectors fed in the same pass."""
     summary = Summary()
     scan(records, summary, *others)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from . import env
 from .version import __version__
 from .analysis import describe, iso, num
-from .records import Records, RecordNotFound, last_records, rank_dirs
+from .record.reader import Records, RecordNotFound, last_records, rank_dirs
+from .record.files import read_json, write_json
 from .redact import redact_mapping
 
 if TYPE_CHECKING:
@@ -163,14 +164,6 @@ def _from_directory(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or torn."""
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-
-
 def _safe(section: Callable[[], Any]) -> Any:
     try:
         return section()
@@ -179,8 +172,6 @@ def _safe(section: Callable[[], Any]) -> Any:
 
 
 def write_crash_report(run: Run) -> Path | None:
-    from .summary import write_json
-
     path = run.dir / "crash-report.json"
     return path if write_json(path, build_report(run)) else None
 

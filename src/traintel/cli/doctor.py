@@ -17,7 +17,7 @@ import orjson
 from traintel import env
 from traintel.cli.output import table
 from traintel.doctor import DEFAULTS, Endpoints, as_json, run_checks
-from traintel.records import runs_dir
+from traintel.record.reader import runs_dir
 
 _COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
 FC = TypeVar("FC", bound=Callable[..., object])

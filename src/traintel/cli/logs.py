@@ -1,7 +1,7 @@
 """``traintel logs``: read run records from the command line.
 
-A thin layer over :mod:`traintel.records` (reading) and :mod:`traintel.analysis` (computing): it
-parses options and presents results, as Rich tables and colour on a terminal, plain text when
+A thin layer over :mod:`traintel.record.reader` (reading) and :mod:`traintel.analysis`
+(computing): it parses options and presents results, as Rich tables and colour on a terminal, plain text when
 piped, JSON with ``--format json``. It must stay free of OpenTelemetry and torch imports so that it
 starts quickly on a login node.
 """
@@ -22,8 +22,9 @@ import orjson
 
 from traintel import analysis
 from traintel.analysis import describe, duration, iso, num
-from traintel.records import RawLine, Records, find_run, is_run, last_records
-from traintel.records import follow as follow_records
+from traintel.record.format import LEVELS, RawLine
+from traintel.record.reader import Records, find_run, is_run, last_records
+from traintel.record.reader import follow as follow_records
 
 from .output import plain_table, table
 
@@ -207,7 +208,7 @@ def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @click.argument("target", metavar="RUN")
 @click.option("--event", "events", multiple=True, metavar="E",
               help="Only records of this type (step, error, log...) or event name (checkpoint...).")
-@click.option("--level", type=click.Choice(analysis.LEVELS), help="Only this level and above.")
+@click.option("--level", type=click.Choice(LEVELS), help="Only this level and above.")
 @click.option("--since", callback=_time, metavar="T", help="ISO time, Unix seconds or age (10m).")
 @click.option("--until", callback=_time, metavar="T", help="ISO time, Unix seconds or age (10m).")
 @_text_or_json

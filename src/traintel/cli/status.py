@@ -19,9 +19,10 @@ import psutil
 from traintel import env
 from traintel.analysis import duration, iso, num
 from traintel.cli.output import table
-from traintel.diagnostics import read_json
+from traintel.record.files import read_json
+from traintel.record.format import RawLine
 from traintel.doctor import fetch
-from traintel.records import (Records, RecordNotFound, find_run, is_run, last_records, rank_dirs,
+from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records, rank_dirs,
                               runs_dir)
 
 #: a run without a line for this long is reported as stale
@@ -43,7 +44,7 @@ def local_status(path: Path) -> dict[str, Any]:
                 "errors": (summary.get("errors") or {}).get("total"),
                 "updated": summary.get("end_ts"), "dir": str(path)}
     records = Records(path, waiting=True)
-    start = next((r for r in records if r.get("type") == "run_start"), {})
+    start: RawLine = next((r for r in records if r.get("type") == "run_start"), {})
     recent = last_records(records, TAIL_LINES)
     step: dict[str, Any] = next((r for r in reversed(recent) if r.get("type") == "step"), {})
     updated = recent[-1].get("ts") if recent else None

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 from ..catalog import DURATION_BUCKETS
+from ..record.format import STATUSES
 from ..state import KNOWN_KEYS, RunState
 
 Reading = tuple[float, dict[str, str]]
 Reader = Callable[[RunState], Iterator[Reading]]
 
-STATUSES = ("running", "finished", "failed", "interrupted")
 NO_LABELS: dict[str, str] = {}
 
 

@@ -33,6 +33,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.data import extract_batch_size
 
+from ..record.format import EndStatus
 from . import KNOWN, StepBuffer, metric_name, start_run
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 _EVAL = re.compile(r"^(val|valid|validation|eval|test)([_/.-]|$)", re.IGNORECASE)
 #: Lightning's ``finalize`` statuses -> traintel's
-_STATUS = {"success": "finished", "finished": "finished", "failed": "failed"}
+_STATUS: dict[str, EndStatus] = {"success": "finished", "finished": "finished", "failed": "failed"}
 
 
 def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:

@@ -16,16 +16,13 @@ import time
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
-from . import env
+from .. import env
+from .format import EVENTS_FILE, RawLine
 
-#: a line as read back: whatever the file holds, checked by its readers
-RawLine = dict[str, Any]
-
-EVENTS = "events.jsonl"
 _ROTATED = re.compile(r"events\.jsonl\.(\d+)$")
 _RANK = re.compile(r"rank-(\d+)$")
 _BLOCK = 1 << 20
@@ -52,7 +49,7 @@ def find_run(target: str | os.PathLike[str]) -> Path:
 
 
 def is_run(path: Path) -> bool:
-    return path.is_file() or bool(rank_dirs(path)) or bool(rotation_set(path / EVENTS))
+    return path.is_file() or bool(rank_dirs(path)) or bool(rotation_set(path / EVENTS_FILE))
 
 
 def rank_dirs(path: Path) -> list[Path]:
@@ -81,9 +78,9 @@ def streams(path: Path) -> list[list[Path]]:
     ``events.jsonl`` given as a file brings its rotations along, any other file is read alone.
     """
     if path.is_file():
-        return [rotation_set(path) if path.name == EVENTS else [path]]
+        return [rotation_set(path) if path.name == EVENTS_FILE else [path]]
     dirs = rank_dirs(path) or [path]
-    return [files for d in dirs if (files := rotation_set(d / EVENTS))]
+    return [files for d in dirs if (files := rotation_set(d / EVENTS_FILE))]
 
 
 class Records:
@@ -102,9 +99,9 @@ class Records:
             self.path = Path(target) if os.sep in str(target) else runs_dir() / str(target)
         self.streams = streams(self.path) if self.path.exists() else []
         if not self.streams and waiting and not self.path.is_file():
-            self.streams = [[self.path / EVENTS]]
+            self.streams = [[self.path / EVENTS_FILE]]
         if not self.streams:
-            raise RecordNotFound(f"no {EVENTS} under {self.path}")
+            raise RecordNotFound(f"no {EVENTS_FILE} under {self.path}")
         self.bad = 0
 
     def __iter__(self) -> Iterator[RawLine]:
@@ -294,5 +291,5 @@ def follow(records: Records, last: int | None = 0, poll_s: float = 0.2) -> Itera
 def _current(files: list[Path]) -> tuple[Path, list[Path]]:
     """The file being written and the rotated ones before it."""
     if _ROTATED.match(files[-1].name):
-        return files[-1].parent / EVENTS, files
+        return files[-1].parent / EVENTS_FILE, files
     return files[-1], files[:-1]
