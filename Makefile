@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test bench dashboards rules manifests
+.PHONY: demo test typecheck bench dashboards rules manifests
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -9,6 +9,10 @@ demo:
 ## The whole test suite: installs the native stack programs (once), then runs pytest.
 test:
 	@scripts/venv.sh scripts/test.sh $(ARGS)
+
+## mypy over src/ (also part of `make test`).
+typecheck:
+	@scripts/venv.sh python -m mypy
 
 ## Side-by-side benchmarks (writes benchmarks/results/*.json).
 bench:

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 
 from traintel import analysis
-from traintel.records import Records
+from traintel.record.reader import Records
 
 RESULTS = Path(__file__).parent / "results" / "logs_summary.json"
 

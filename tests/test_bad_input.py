@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import traintel
-from traintel.records import Records
+from traintel.record.reader import Records
 
 from core_helpers import QUIET, read_record
 

@@ -16,7 +16,7 @@ from records_factory import T0, RecordWriter, write_run
 
 from traintel import analysis
 from traintel.cli.logs import logs
-from traintel.records import Records
+from traintel.record.reader import Records
 
 TRAINTEL = str(Path(sys.executable).with_name("traintel"))  # the installed entry point
 
@@ -182,6 +182,23 @@ def test_compare_shows_only_differing_config(runs, tmp_path):
     assert [line.split(",")[0] for line in lines[1:]] == ["multi", "run-a", "run-b"]
     table = invoke("compare", runs).stdout.splitlines()
     assert table[0].split()[:3] == ["run", "status", "config.lr"] and len(table) == 4
+
+
+def _writes_output(command: str) -> bool:
+    return any("--output" in getattr(param, "opts", ()) for param in logs.commands[command].params)
+
+
+@pytest.mark.parametrize("command", [c for c in sorted(logs.commands) if _writes_output(c)])
+def test_every_output_option_writes_its_file(runs, tmp_path, command):
+    """Each subcommand with --output, in its default format (the plain table of `compare` once
+    raised NameError here): the file holds what standard output would, and stdout stays empty."""
+    out = tmp_path / f"{command}.out"
+    targets = [runs / "run-a", runs / "run-b"] if command == "compare" else [runs / "run-a"]
+    result = invoke(command, *targets, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and f"wrote {out}" in result.stderr
+    expected = invoke(command, *targets).stdout
+    assert out.read_text() == expected and expected.strip()
 
 
 # --- tail, monitor ------------------------------------------------------------------------------

@@ -247,7 +247,8 @@ def test_log_lines_go_through_the_progress_bars_console(tmp_path, monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     with quiet_run(tmp_path, progress="bar", console_logs=True, total_steps=3) as run:
-        (handler,) = [h for h in logging.getLogger("traintel").handlers if hasattr(h, "console")]
+        (pipeline,) = logging.getLogger("traintel").handlers  # the run's event pipeline
+        handler = pipeline.sinks[-1].handler  # its console sink
         assert handler.console is run.progress.console
         for _ in run.track(range(3)):
             run.log(loss=1.0)

@@ -11,13 +11,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
+
+if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command line
+    import argparse
+    from collections.abc import Mapping
+    from typing import Union
+
+    from _typeshed import DataclassInstance
+    from typing_extensions import TypeAlias, Unpack
+
+    from .run import Run
+    from .settings import InitOptions
+
+    #: what ``config=`` accepts: a mapping, a dataclass instance or parsed arguments
+    ConfigInput: TypeAlias = Union[Mapping[str, object], DataclassInstance, argparse.Namespace,
+                                   None]
 
 
-def init(project: str | None = None, name: str | None = None, config: Any = None,
-         **options: Any) -> "Run":
+def init(project: str | None = None, name: str | None = None, config: ConfigInput = None,
+         **options: Unpack[InitOptions]) -> Run:
     """Start a run. See ``traintel.settings.Settings`` for every option; unknown options are
     refused with the closest valid name. ``OTEL_*`` variables configure export; ``project``
     defaults to ``$TRAINTEL_PROJECT``, then "default"."""
@@ -27,7 +42,7 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
     return Run(settings_from({"project": project, "name": name, "config": config, **options}))
 
 
-def current_run() -> "Run | None":
+def current_run() -> Run | None:
     """The active run in this process, if any."""
     from .run import current_run as _current
 

@@ -14,18 +14,25 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from traintel.record.format import END_STATUSES, LEVELS, RawLine
+from traintel.record.reader import Records
 from traintel.stats import quantile
 
-LEVELS = ("debug", "info", "warning", "error", "critical")
-_RANK = {name: i for i, name in enumerate(LEVELS)}
+_RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 _COMMON = ("ts", "type", "level", "run", "rank")
-_STATUSES = ("failed", "interrupted", "finished")
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-def scan(records: Iterable[dict], *collectors) -> None:
+class Collector(Protocol):
+    """One aggregate over records: fed every record in turn, asked for its result at the end."""
+
+    def add(self, record: RawLine) -> None:
+        ...
+
+
+def scan(records: Iterable[RawLine], *collectors: Collector) -> None:
     """Feed every record to every collector in one pass."""
     adds = [c.add for c in collectors]
     for record in records:
@@ -33,8 +40,8 @@ def scan(records: Iterable[dict], *collectors) -> None:
             add(record)
 
 
-def level_at_least(record: dict, level: str) -> bool:
-    return _RANK.get(record.get("level"), 1) >= _RANK[level]
+def level_at_least(record: RawLine, level: str) -> bool:
+    return _RANK.get(str(record.get("level")), 1) >= _RANK[level]
 
 
 class _Training:
@@ -45,11 +52,15 @@ class _Training:
 
     def __init__(self) -> None:
         self.steps = self.lines = self.nonfinite = self.timed = 0
-        self.first_ts = self.last_ts = self.loss = self.best = None
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+        self.loss: float | None = None
+        self.best: float | None = None
         self.samples = self.tokens = self.step_s = 0.0
 
-    def add(self, r: dict) -> None:
-        ts, step_s = r.get("ts"), r.get("step_s")
+    def add(self, r: RawLine) -> None:
+        ts: float = r.get("ts") or 0.0
+        step_s: float | None = r.get("step_s")
         if self.first_ts is None:
             # the first step's own duration belongs to the training time
             self.first_ts = ts - (step_s or 0.0)
@@ -74,8 +85,9 @@ class _Training:
             if self.best is None or loss < self.best:
                 self.best = loss
 
-    def result(self) -> dict:
-        elapsed = (self.last_ts - self.first_ts) if self.lines else 0.0
+    def result(self) -> dict[str, Any]:
+        elapsed = (self.last_ts - self.first_ts) \
+            if self.last_ts is not None and self.first_ts is not None else 0.0
 
         def rate(n: float) -> float | None:
             return n / elapsed if elapsed > 0 and n else None
@@ -100,21 +112,22 @@ class Summary:
         self.by_type: dict[str, int] = {}
         self.by_level: dict[str, int] = {}
         self.errors_by_type: dict[str, int] = {}
-        self.start_ts = self.end_ts = None
+        self.start_ts: float | None = None
+        self.end_ts: float | None = None
         self.training: dict[int, _Training] = {}
-        self.evals: dict[str, dict] = {}
+        self.evals: dict[str, dict[str, Any]] = {}
         self.info: dict[str, Any] = {}
-        self.config: dict | None = None
-        self.epochs: set = set()
+        self.config: dict[str, Any] | None = None
+        self.epochs: set[object] = set()
         self.ranks: set[int] = set()
         self.statuses: set[str] = set()
         self.run_s: float | None = None
 
-    def add(self, r: dict) -> None:
+    def add(self, r: RawLine) -> None:
         self.events += 1
-        kind = r.get("type")
+        kind = str(r.get("type"))
         self.by_type[kind] = self.by_type.get(kind, 0) + 1
-        level = r.get("level")
+        level = str(r.get("level"))
         self.by_level[level] = self.by_level.get(level, 0) + 1
         ts = r.get("ts")
         if ts is not None:
@@ -142,10 +155,10 @@ class Summary:
             self.ranks.add(r.get("rank", 0))
             self.info.update({k: r.get(k) for k in ("run", "project", "name", "host")})
         elif kind == "run_end":
-            self.statuses.add(r.get("status"))
+            self.statuses.add(str(r.get("status")))
             self.run_s = max(self.run_s or 0.0, r.get("duration_s") or 0.0)
 
-    def result(self) -> dict:
+    def result(self) -> dict[str, Any]:
         first = min(self.training) if self.training else None
         training = self.training[first].result() if first is not None else _Training().result()
         training["steps"] = max((t.steps for t in self.training.values()), default=0)
@@ -155,7 +168,7 @@ class Summary:
             "name": self.info.get("name"), "host": self.info.get("host"),
             "ranks": sorted(self.ranks | set(self.training)),
             # the worst rank's; a run without run_end is still going or was killed
-            "status": next((s for s in _STATUSES if s in self.statuses), "unknown"),
+            "status": next((s for s in END_STATUSES if s in self.statuses), "unknown"),
             "start_ts": self.start_ts, "end_ts": self.end_ts,
             "duration_s": self.run_s or _span(self.start_ts, self.end_ts),
             "events": self.events,
@@ -175,8 +188,8 @@ def _span(start: float | None, end: float | None) -> float | None:
     return end - start if start is not None and end is not None else None
 
 
-def summarize(records, *others) -> dict:
-    """:class:`Summary` of a :class:`traintel.records.Records`, with where it came from and how
+def summarize(records: Records, *others: Collector) -> dict[str, Any]:
+    """:class:`Summary` of :class:`traintel.record.reader.Records`, with where it came from and how
     many lines could not be read; ``others`` are collectors fed in the same pass."""
     summary = Summary()
     scan(records, summary, *others)
@@ -188,14 +201,14 @@ class Problems:
     record type."""
 
     def __init__(self) -> None:
-        self.records: list[dict] = []
+        self.records: list[dict[str, Any]] = []
 
-    def add(self, r: dict) -> None:
+    def add(self, r: RawLine) -> None:
         if level_at_least(r, "warning") or r.get("type") == "error":
             self.records.append(r)
 
-    def result(self) -> dict:
-        groups: dict[tuple, dict] = {}
+    def result(self) -> dict[str, Any]:
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for r in self.records:
             key = (r.get("type"), _problem_kind(r))
             group = groups.get(key)
@@ -204,13 +217,13 @@ class Problems:
                                        "count": 0, "first_ts": r.get("ts"), "message": describe(r)}
             group["count"] += 1
             group["last_ts"] = r.get("ts")
-            if _RANK.get(r.get("level"), 0) > _RANK.get(group["level"], 0):
+            if _RANK.get(str(r.get("level")), 0) > _RANK.get(group["level"], 0):
                 group["level"] = r.get("level")
         ordered = sorted(groups.values(), key=lambda g: (-_RANK.get(g["level"], 0), -g["count"]))
         return {"groups": ordered, "records": self.records}
 
 
-def _problem_kind(r: dict) -> str:
+def _problem_kind(r: RawLine) -> str:
     return r.get("error_type") or r.get("event") or r.get("logger") or r.get("type") or "?"
 
 
@@ -219,13 +232,13 @@ class Instruments:
 
     def __init__(self, kind: str | None = None) -> None:
         self.kind = kind
-        self.found: dict[tuple, dict] = {}
+        self.found: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def add(self, r: dict) -> None:
+    def add(self, r: RawLine) -> None:
         if r.get("type") == "instrument" and (self.kind is None or r.get("kind") == self.kind):
             self.found[(r.get("rank", 0), r.get("name"))] = r
 
-    def result(self) -> list[dict]:
+    def result(self) -> list[dict[str, Any]]:
         keys = ("rank", "kind", "name", "count", "total", "mean", "p50", "p95", "p99", "min", "max",
                 "last")
         ordered = sorted(self.found.items(), key=lambda item: (item[0][0], str(item[0][1])))
@@ -248,7 +261,7 @@ class Series:
         self.step_s: list[float] = []
         self.memory: dict[str, list[tuple[int, float]]] = {}
 
-    def add(self, r: dict) -> None:
+    def add(self, r: RawLine) -> None:
         if r.get("type") != "step":
             return
         rank = r.get("rank", 0)
@@ -289,9 +302,9 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
-def grep(records: Iterable[dict], pattern: str, events: Iterable[str] = (),
+def grep(records: Iterable[RawLine], pattern: str, events: Iterable[str] = (),
          level: str | None = None, since: float | None = None,
-         until: float | None = None) -> Iterator[dict]:
+         until: float | None = None) -> Iterator[RawLine]:
     """Records whose ``key=value`` text (all fields but the time, nested keys dotted) matches the
     regex, narrowed by record type or event name, minimum level and time window."""
     regex = re.compile(pattern)
@@ -308,12 +321,12 @@ def grep(records: Iterable[dict], pattern: str, events: Iterable[str] = (),
             yield r
 
 
-def searchable(record: dict) -> str:
+def searchable(record: RawLine) -> str:
     """What patterns match against: ``key=value`` for every field but the time."""
     return " ".join(f"{k}={v}" for k, v in flatten(record) if k != "ts")
 
 
-def alert_rule(rule: str) -> Callable[[dict], bool]:
+def alert_rule(rule: str) -> Callable[[RawLine], bool]:
     """A level name alerts at that level and above; anything else is a regex over
     :func:`searchable`."""
     if rule.lower() in _RANK:
@@ -371,11 +384,11 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"
 
 
-def _pairs(d: dict | None) -> str:
+def _pairs(d: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={num(v)}" for k, v in (d or {}).items())
 
 
-def describe(r: dict) -> str:
+def describe(r: RawLine) -> str:
     """One line saying what a record is about, without its time, level or run."""
     kind = r.get("type")
     if kind == "step":
@@ -414,7 +427,7 @@ def describe(r: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in r.items() if k not in _COMMON)
 
 
-def compare(summaries: list[dict]) -> list[dict]:
+def compare(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per run: the config keys whose values differ between runs, then the results."""
     configs = [dict(flatten(s.get("config") or {})) for s in summaries]
     keys = sorted({k for c in configs for k in c})
@@ -436,7 +449,8 @@ def compare(summaries: list[dict]) -> list[dict]:
     return rows
 
 
-def report_markdown(summary: dict, problems: dict, instruments: list[dict], step_time: dict,
+def report_markdown(summary: dict[str, Any], problems: dict[str, Any],
+                    instruments: list[dict[str, Any]], step_time: dict[str, float | None],
                     plots: dict[str, Path] | None = None, base: Path | None = None) -> str:
     """The Markdown report: overview, errors (the first of each kind in full) and performance;
     plot paths are made relative to ``base`` (the report's directory)."""
@@ -464,11 +478,11 @@ def report_markdown(summary: dict, problems: dict, instruments: list[dict], step
         lines += [f"| {g['level']} | {g['type']} | {g['kind']} | {g['count']} "
                   f"| {iso(g['first_ts'])} | {iso(g['last_ts'])} | {_cell(g['message'])} |"
                   for g in problems["groups"]]
-        shown = set()
+        shown_kinds = set()
         for r in problems["records"]:
-            if r.get("type") != "error" or _problem_kind(r) in shown:
+            if r.get("type") != "error" or _problem_kind(r) in shown_kinds:
                 continue  # the first error of each kind, in full
-            shown.add(_problem_kind(r))
+            shown_kinds.add(_problem_kind(r))
             lines += ["", f"### {iso(r.get('ts'))} {r.get('error_type')}: {r.get('exc_type')}", "",
                       _cell(str(r.get("message")))]
             lines += [f"- {hint}" for hint in r.get("hints") or []]
@@ -506,7 +520,7 @@ def figures(series: Series) -> dict[str, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    def figure(ylabel: str, title: str):
+    def figure(ylabel: str, title: str) -> tuple[Figure, Any]:
         fig = Figure(figsize=(8, 4), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .catalog import DURATION_BUCKETS, METRICS, Metric
-from .export.readings import STATUSES
+from .record.format import STATUSES
 from .progress import MILESTONES
 from .samplers.gpu import THROTTLE_REASONS
 

@@ -44,7 +44,8 @@ class Metric:
         return BASE_LABELS + self.labels
 
 
-def _m(name, kind, unit, description, labels=(), group="training", semconv=None) -> Metric:
+def _m(name: str, kind: Kind, unit: str, description: str, labels: tuple[str, ...] = (),
+       group: str = "training", semconv: str | None = None) -> Metric:
     return Metric(name, kind, unit, description, tuple(labels), group, semconv)
 
 

@@ -11,9 +11,11 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import traintel
+from traintel import env
 
 
 @dataclass
@@ -36,7 +38,7 @@ class DemoConfig:
 
 
 def collector_endpoint() -> str:
-    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+    return env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or "http://localhost:4318"
 
 
 def collector_listening(endpoint: str, timeout: float = 0.5) -> bool:
@@ -51,7 +53,7 @@ def collector_listening(endpoint: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def train(cfg: DemoConfig, **init_options) -> traintel.Run:
+def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
     import torch
     from torch import nn
 

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import env
+from .version import __version__
 from .analysis import describe, iso, num
-from .records import Records, RecordNotFound, last_records, rank_dirs
+from .record.reader import Records, RecordNotFound, last_records, rank_dirs
+from .record.files import read_json, write_json
 from .redact import redact_mapping
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ def host() -> dict[str, Any]:
 
 
 def environment() -> dict[str, str]:
-    chosen = {k: v for k, v in os.environ.items()
+    chosen = {k: v for k, v in env.snapshot().items()
               if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES}
     return redact_mapping(dict(sorted(chosen.items())))
 
@@ -162,14 +164,6 @@ def _from_directory(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or torn."""
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-
-
 def _safe(section: Callable[[], Any]) -> Any:
     try:
         return section()
@@ -178,8 +172,6 @@ def _safe(section: Callable[[], Any]) -> Any:
 
 
 def write_crash_report(run: Run) -> Path | None:
-    from .summary import write_json
-
     path = run.dir / "crash-report.json"
     return path if write_json(path, build_report(run)) else None
 

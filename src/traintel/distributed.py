@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from .settings import shared_run_id
 
@@ -37,7 +38,7 @@ def agree_run_id(candidate: str, world_size: int = 1) -> str:
     return candidate
 
 
-def _process_group():
+def _process_group() -> Any:
     """``torch.distributed`` when a default group of more than one process is up; torch is not
     imported for this (a process group means the user imported it)."""
     torch = sys.modules.get("torch")

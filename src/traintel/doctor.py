@@ -24,12 +24,13 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 #: the compose stack's endpoints on this machine
-DEFAULTS = {
-    "collector": "http://127.0.0.1:4318", "collector_health_port": 13133,
-    "prometheus": "http://127.0.0.1:9090", "loki": "http://127.0.0.1:3100",
-    "tempo": "http://127.0.0.1:3200", "alertmanager": "http://127.0.0.1:9093",
-    "grafana": "http://127.0.0.1:3000",
+DEFAULTS: dict[str, str] = {
+    "collector": "http://127.0.0.1:4318", "prometheus": "http://127.0.0.1:9090",
+    "loki": "http://127.0.0.1:3100", "tempo": "http://127.0.0.1:3200",
+    "alertmanager": "http://127.0.0.1:9093", "grafana": "http://127.0.0.1:3000",
 }
+#: the port of the collector's health_check extension
+COLLECTOR_HEALTH_PORT = 13133
 #: free space on the run directory's disk below which a check warns / fails
 WARN_FREE_BYTES = 1 << 30
 FAIL_FREE_BYTES = 100 << 20
@@ -84,7 +85,7 @@ class Endpoints:
         if self.collector_health:
             return self.collector_health
         return tuple(f"{urlsplit(c).scheme or 'http'}://{urlsplit(c).hostname}:"
-                     f"{DEFAULTS['collector_health_port']}/" for c in self.collectors)
+                     f"{COLLECTOR_HEALTH_PORT}/" for c in self.collectors)
 
 
 def run_checks(endpoints: Endpoints, timeout: float = 3.0) -> list[Check]:

@@ -11,9 +11,10 @@ import math
 import re
 import time
 from contextlib import ContextDecorator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from .record import OBSERVE
+from .record.format import ObservationKind
+from .record.queue import Observe
 
 if TYPE_CHECKING:
     from .run import Run
@@ -71,21 +72,21 @@ class Gauge:
 class Histogram:
     """A distribution, e.g. sequence lengths; summarised with p50/p95/p99."""
 
-    kind = "histogram"
+    kind: ObservationKind = "histogram"
 
     def __init__(self, run: Run, name: str) -> None:
         self.name = name
         self._queue = run._writer.queue
 
     def observe(self, value: float) -> None:
-        self._queue.append((OBSERVE, self.kind, self.name,
-                            check_value(self.kind, self.name, value)))
+        self._queue.append(Observe(self.kind, self.name,
+                                   check_value(self.kind, self.name, value)))
 
 
 class Timer(Histogram, ContextDecorator):
     """``with run.timer("forward"):`` or ``@run.timer("forward")``: seconds per call."""
 
-    kind = "timer"
+    kind: ObservationKind = "timer"
 
     def __init__(self, run: Run, name: str) -> None:
         super().__init__(run, name)
@@ -95,7 +96,7 @@ class Timer(Histogram, ContextDecorator):
         self._starts.append(time.perf_counter())
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         elapsed = time.perf_counter() - self._starts.pop()
-        self._queue.append((OBSERVE, "timer", self.name, elapsed))
+        self._queue.append(Observe("timer", self.name, elapsed))
         return False

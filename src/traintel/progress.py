@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .state import RunState
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 MILESTONES = (25, 50, 75, 90, 100)
 REFRESH_S = 0.1
@@ -56,13 +60,13 @@ class ProgressDisplay:
         self.title = title
         #: the terminal's Console while a bar is shown: log lines printed through it appear
         #: above the bar instead of through it
-        self.console = None
+        self.console: Console | None = None
         if mode == "bar":
             from rich.console import Console
 
             self.console = Console(file=self.stream)
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
         self._next_line = time.monotonic() + interval
 
     def start(self) -> None:
@@ -80,7 +84,7 @@ class ProgressDisplay:
 
     def refresh(self) -> None:
         state = self.state
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             rate = state.rates.get("steps_per_second")
             loss = state.latest.get("loss")
             info = " ".join(x for x in (f"ep {state.epoch + 1}",

@@ -7,10 +7,11 @@ as exception messages and log lines, where no key tells us they are secret.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from . import env
 
 REDACTED = "[REDACTED]"
 #: key names that hold secrets; "token" only as the last word (hf_token, not pad_token_id or
@@ -29,9 +30,10 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(str(key)))
 
 
-def redact_mapping(value: Any) -> Any:
-    """A deep copy of ``value`` with every secret-keyed entry replaced by ``[REDACTED]``."""
-    return Scrubber().deep(value)
+def redact_mapping(values: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``values`` with every secret-keyed entry replaced by ``[REDACTED]``."""
+    return {key: REDACTED if is_secret_key(key) and value else value
+            for key, value in values.items()}
 
 
 def secret_values(config: Any, environ: Mapping[str, str] | None = None) -> set[str]:
@@ -51,7 +53,7 @@ def secret_values(config: Any, environ: Mapping[str, str] | None = None) -> set[
                 walk(v)
 
     walk(config)
-    walk(dict(os.environ if environ is None else environ))
+    walk(env.snapshot() if environ is None else dict(environ))
     return found
 
 

@@ -24,26 +24,40 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ContextDecorator
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
-from . import __version__
+from .version import __version__
 from .errors import NonFiniteLossError, RunInterrupted, classify, format_traceback
 from .export.otlp import OtlpExport, Sinks, resource_for
 from .export.prometheus import RunCollector, registry_for
 from .export.readings import Histograms
 from .instruments import Counter, Gauge, Histogram, Timer, check_name
-from .logs import RECORD_ATTR, ROOT, RunLogHandler, console_handler, quiet_export_errors
+from .logging_bridge import ROOT, console_handler, quiet_export_errors
 from .progress import MILESTONES, REFRESH_S, ProgressDisplay, describe
-from .record import CALL, OBSERVE, STEP, RecordWriter, encode
+from .record.files import encode, write_json
+from .record.format import EndStatus
+from .record.pipeline import (Console, Identity, OtlpLogs, Pipeline, Scrub, Sink, TraceIds,
+                              stamp)
+from .record.queue import Call, Line, Observe, Step
+from .record.summary import build_summary, instrument_summaries
+from .record.writer import RecordWriter
 from .redact import Scrubber, secret_values
 from .distributed import agree_run_id
 from .settings import Settings, hostname
 from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text, to_number
 
+if TYPE_CHECKING:
+    from .samplers import SamplerThread
+    from .samplers.base import Reading
+    from .server import StatusServer
+
 log = logging.getLogger("traintel.run")
+_I = TypeVar("_I", Counter, Gauge, Histogram, Timer)
 _events_log = logging.getLogger("traintel.events")
 _errors_log = logging.getLogger("traintel.errors")
 
@@ -88,7 +102,8 @@ class Run:
         self.config = self._scrubber.deep(config)
         self.seed = settings.seed if settings.seed is not None else _seed_from(self.config)
 
-        self._writer = RecordWriter(self.dir, state, {"run": self.id, "rank": self.rank},
+        self.identity = {"run": self.id, "rank": self.rank}
+        self._writer = RecordWriter(self.dir, state, self.identity,
                                     flush_interval=settings.flush_interval,
                                     max_bytes=settings.max_record_bytes)
         self._queue_append = self._writer.queue.append
@@ -129,8 +144,8 @@ class Run:
         self._run_span = self.tracer.start_span(
             "training_run", attributes={**self.labels, "run_name": self.name})
         self._run_context = trace.set_span_in_context(self._run_span)
-        self._epoch_span = None
-        self._epoch_context = None
+        self._epoch_span: trace.Span | None = None
+        self._epoch_context: Context | None = None
         self._epoch_started = 0.0
         self._epoch_first_step = 0
 
@@ -239,7 +254,7 @@ class Run:
         state.step = step
         now = time.time()
         state.last_step_ts = now
-        self._queue_append((STEP, now, step, state.epoch, step_s, data_wait_s, metrics))
+        self._queue_append(_new(Step, (now, step, state.epoch, step_s, data_wait_s, metrics)))
         if step >= self._next_check or now >= self._next_refresh:
             self._periodic(step, now, step_s)
 
@@ -250,7 +265,7 @@ class Run:
         every = self.settings.step_span_every
         if every and step % every == 0 and step_s is not None:
             # span creation costs ~0.1-0.3 ms: done on the writer thread, with the step's times
-            self._queue_append((CALL, self._step_span, (
+            self._queue_append(Call(self._step_span, (
                 now - step_s, now, step, self.state.epoch,
                 self._epoch_context or self._run_context)))
         if len(self._writer.queue) > QUEUE_HIGH_WATER:
@@ -355,7 +370,7 @@ class Run:
         self._epoch_span.set_attribute("steps", state.step - self._epoch_first_step)
         self._epoch_span.end()
         self._epoch_span = self._epoch_context = None
-        self._writer.line({"ts": time.time(), "type": "epoch", "level": "info",
+        self.pipeline.write({"ts": time.time(), "type": "epoch", "level": "info",
                            "epoch": state.epoch, "step": state.step,
                            "steps": state.step - self._epoch_first_step,
                            "duration_s": time.perf_counter() - self._epoch_started})
@@ -434,25 +449,17 @@ class Run:
                              f"{self.settings.max_metric_names}. Put varying parts in fields, "
                              "not in the name")
         step = fields.pop("step", self.state.step)
-        fields = self._scrubber.deep(fields)
         line = {"type": "event", "event": name, "fields": fields, "step": step,
                 "epoch": self.state.epoch}
-        detail = " ".join(f"{k}={v}" for k, v in fields.items())
-        self._emit(_events_log, levelno, f"{name} {detail}".strip(), line, event=name)
+        # composed when the pipeline reads it, after its Scrub processor redacted the fields
+        self._emit(_events_log, levelno, _EventText(line), line, event=name)
 
-    def _emit(self, logger: logging.Logger, level: int, message: str, line: dict[str, Any],
+    def _emit(self, logger: logging.Logger, level: int, message: object, line: dict[str, Any],
               event: str | None = None) -> None:
         """One record line that also travels as a log record (console, OTLP/Loki)."""
-        line.setdefault("ts", time.time())
-        line.setdefault("level", logging.getLevelName(level).lower())
-        message = self._scrubber.text(message)
-        line.setdefault("message", message)  # an error line keeps the exception's own text
         if event is not None:
             self.state.events[event] = self.state.events.get(event, 0) + 1
-        if logger.isEnabledFor(level):
-            logger.log(level, "%s", message, extra={RECORD_ATTR: line})
-        else:
-            self._writer.line(line)
+        self.pipeline.submit(logger, level, message, line)
 
     def error(self, exc: BaseException, context: Mapping[str, Any] | None = None,
               operation: str | None = None, severity: str | None = None) -> dict[str, Any]:
@@ -470,22 +477,23 @@ class Run:
             details.update(oom_details(exc) or {})
         line = {"type": "error", "level": "critical" if severity == "critical" else "error",
                 "error_type": kind.error_type, "severity": severity,
-                "exc_type": type(exc).__name__, "message": self._scrubber.text(str(exc)),
-                "operation": operation, "traceback": self._scrubber.text(format_traceback(exc)),
-                "context": self._scrubber.deep(details), "hints": list(kind.hints),
+                "exc_type": type(exc).__name__, "message": str(exc),
+                "operation": operation, "traceback": format_traceback(exc),
+                "context": details, "hints": list(kind.hints),
                 "step": self.state.step, "epoch": self.state.epoch}
         key = (kind.error_type, severity)
         self.state.errors[key] = self.state.errors.get(key, 0) + 1
         span = trace.get_current_span()
+        self._emit(_errors_log, logging.CRITICAL if severity == "critical" else logging.ERROR,
+                   f"{kind.error_type} ({severity}) in {operation or 'training'}: "
+                   f"{type(exc).__name__}: {exc}", line)
+        # after the pipeline: its processors scrubbed the message and traceback in place
         for target in {id(s): s for s in (span, self._epoch_span, self._run_span)
                        if s is not None and s.is_recording()}.values():
             target.record_exception(exc, attributes={  # ours replace the SDK's raw text
                 "error_type": kind.error_type, "exception.message": line["message"],
                 "exception.stacktrace": line["traceback"]})
             target.set_status(Status(StatusCode.ERROR, f"{kind.error_type}: {type(exc).__name__}"))
-        self._emit(_errors_log, logging.CRITICAL if severity == "critical" else logging.ERROR,
-                   f"{kind.error_type} ({severity}) in {operation or 'training'}: "
-                   f"{type(exc).__name__}: {exc}", line)
         if len(self.errors) < 1000:
             self.errors.append(line)
         try:
@@ -505,7 +513,7 @@ class Run:
             raise exc
         return value
 
-    def _instrument(self, cls: type, name: str) -> Any:
+    def _instrument(self, cls: type[_I], name: str) -> _I:
         check_name(f"run.{cls.__name__.lower()}", name)
         key = f"{cls.__name__}:{name}"
         existing = self._instruments.get(key)
@@ -515,6 +523,7 @@ class Run:
                                  f"{self.settings.max_metric_names}); reuse instruments instead "
                                  "of creating one per item")
             existing = self._instruments[key] = cls(self, name)
+        assert isinstance(existing, cls)
         return existing
 
     def counter(self, name: str) -> Counter:
@@ -560,7 +569,7 @@ class Run:
     # ------------------------------------------------------------------------------------
     # lifecycle
     # ------------------------------------------------------------------------------------
-    def finish(self, status: str | None = None) -> None:
+    def finish(self, status: EndStatus | None = None) -> None:
         """End the run: flush the record, write summary.json, export the last telemetry within
         ``shutdown_timeout`` seconds. Safe to call more than once."""
         global _current
@@ -588,17 +597,21 @@ class Run:
         self._run_span.end()
         now = time.time()
         self._writer.flush()  # histogram/timer observations still queued count in the summary
-        from .summary import build_summary, instrument_summaries, write_json
-
-        for entry in instrument_summaries(self):
-            self._writer.line({"ts": now, "type": "instrument", "level": "info", **entry})
+        instruments = instrument_summaries(self._writer.observations, state.counters,
+                                           state.gauges)
+        for name, figures in instruments:
+            self.pipeline.write({"ts": now, "type": "instrument", "level": "info", "name": name,
+                                 **figures})
         self._emit(log, logging.INFO if status == "finished" else logging.WARNING,
                    f"run {status} after {state.step} steps in "
                    f"{now - state.start_ts:.1f}s; record in {self.dir}",
                    {"type": "run_end", "status": status, "duration_s": now - state.start_ts,
                     "steps": state.step})
         self._writer.close()
-        self.summary = build_summary(self, now)
+        self.summary = build_summary(
+            {"run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
+             "world_size": self.world_size, "config_hash": self.config_hash},
+            state, self._writer.figures, self._writer.lines, instruments, now)
         write_json(self.dir / "summary.json", self.summary)
         if status == "failed":
             from .diagnostics import write_crash_report
@@ -617,7 +630,8 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         if self._finished:  # e.g. the SIGTERM handler already finished the run
             return False
         if exc is None:
@@ -639,16 +653,14 @@ class Run:
         config_hash = "sha256:" + hashlib.sha256(encode(self.config, sort_keys=True)).hexdigest()
         self.config_hash = config_hash
         now = time.time()
-        self._writer.line({"ts": now, "type": "run_start", "level": "info",
+        self.pipeline.write({"ts": now, "type": "run_start", "level": "info",
                            "project": self.project, "name": self.name, "host": self.host,
                            "pid": os.getpid(), "world_size": self.world_size,
                            "local_rank": self.local_rank, "traintel_version": __version__,
                            "total_epochs": self.total_epochs,
                            "total_steps": self.state.total_steps})
-        self._writer.line({"ts": now, "type": "config", "level": "info", "config": self.config,
+        self.pipeline.write({"ts": now, "type": "config", "level": "info", "config": self.config,
                            "config_hash": config_hash, "seed": self.seed})
-        from .summary import write_json
-
         write_json(self.dir / "config.json", {"config": self.config, "config_hash": config_hash,
                                               "seed": self.seed}, quiet=True)
         log.info("run %s (%s/%s) recording to %s", self.id, self.project, self.name, self.dir)
@@ -656,13 +668,20 @@ class Run:
     def _setup_logging(self) -> None:
         root = logging.getLogger(ROOT)
         self._saved_logging = (root.level, root.propagate, list(root.handlers))
-        self._log_handler = RunLogHandler(self._writer, self.otlp, self._scrubber,
-                                          self._active_span)
-        handlers: list[logging.Handler] = [self._log_handler]
+        append = self._writer.queue.append
+        sinks: list[Sink] = []
+        if self.otlp is not None:
+            sinks.append(OtlpLogs(self.otlp, self._active_span))
+        self.console: Console | None = None
         if self.settings.console_logs:
-            handlers.append(console_handler(self.progress.console))
-            handlers[-1].setLevel(logging.INFO)
-        root.handlers = handlers
+            handler = console_handler(self.progress.console)
+            handler.setLevel(logging.INFO)
+            self.console = Console(handler)
+            sinks.append(self.console)
+        self.pipeline = Pipeline(
+            [Scrub(self._scrubber), stamp, Identity(self.identity), TraceIds(self._active_span)],
+            file=lambda line, record: append(Line(line)), sinks=sinks)
+        root.handlers = [self.pipeline]
         root.setLevel(self.settings.log_level)
         root.propagate = False
 
@@ -681,16 +700,15 @@ class Run:
         """Switch traintel's log verbosity to DEBUG (or back) while the run goes on."""
         level = logging.DEBUG if enabled else logging.getLevelName(self.settings.log_level)
         logging.getLogger(ROOT).setLevel(level)
-        for handler in logging.getLogger(ROOT).handlers:
-            if handler is not self._log_handler:
-                handler.setLevel(logging.DEBUG if enabled else logging.INFO)
+        if self.console is not None:
+            self.console.handler.setLevel(logging.DEBUG if enabled else logging.INFO)
         self.event("debug_mode", enabled=enabled, source=source)
 
     @property
     def debug(self) -> bool:
         return logging.getLogger(ROOT).level == logging.DEBUG
 
-    def _start_server(self):
+    def _start_server(self) -> StatusServer | None:
         if self.settings.http_port is None:
             return None
         from .server import StatusServer
@@ -701,14 +719,14 @@ class Run:
                  server.host, server.port)
         return server
 
-    def _start_samplers(self):
+    def _start_samplers(self) -> SamplerThread | None:
         if not self.settings.sample_interval:
             return None
         from .samplers import SamplerThread, default_samplers
 
         readings = self.state.readings
 
-        def store(batch) -> None:
+        def store(batch: list[Reading]) -> None:
             for name, value, labels in batch:
                 readings[(name, tuple(sorted(labels.items())))] = value
 
@@ -727,7 +745,7 @@ class Run:
         if not self.settings.handle_signals or \
                 threading.current_thread() is not threading.main_thread():
             return
-        handlers = {signal.SIGTERM: self._on_sigterm}
+        handlers: dict[int, signal._HANDLER] = {signal.SIGTERM: self._on_sigterm}
         if hasattr(signal, "SIGUSR1"):
             handlers[signal.SIGUSR1] = self._on_sigusr1
         if hasattr(signal, "SIGXFSZ"):  # a file-size limit must fail a write, not kill training
@@ -762,7 +780,8 @@ class Run:
     def _on_sigusr1(self, signum: int, frame: Any) -> None:
         self.set_debug(not self.debug, source="SIGUSR1")
 
-    def _excepthook(self, exc_type, exc, tb) -> None:
+    def _excepthook(self, exc_type: type[BaseException], exc: BaseException,
+                    tb: TracebackType | None) -> None:
         if not self._finished:
             if isinstance(exc, KeyboardInterrupt):
                 self.error(exc)
@@ -795,14 +814,34 @@ class _Span(ContextDecorator):
         self._stack.append((manager, span, time.perf_counter()))
         return span
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         manager, span, started = self._stack.pop()
         elapsed = time.perf_counter() - started
         if exc is not None and isinstance(exc, Exception):
             self.run.error(exc, operation=self.name)
-        self.run._queue_append((OBSERVE, "operation", self.name, elapsed))
+        self.run._queue_append(Observe("operation", self.name, elapsed))
         manager.__exit__(exc_type, exc, tb)
         return False
+
+
+class _EventText:
+    """An event's text for people, ``name key=value ...``, composed when it is read: by then the
+    pipeline's Scrub processor has redacted the fields, so a value under a secret-looking key
+    never reaches the text."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, line: dict[str, Any]) -> None:
+        self.line = line
+
+    def __str__(self) -> str:
+        detail = " ".join(f"{k}={v}" for k, v in self.line["fields"].items())
+        return f"{self.line['event']} {detail}".strip()
+
+
+#: builds a Step without the NamedTuple's Python-level __new__ (see traintel.record.queue)
+_new = tuple.__new__
 
 
 def _duration(value: Any) -> float:
@@ -817,7 +856,6 @@ def _after_fork_in_child() -> None:
     global _current
     for run in list(_live_runs):
         run._finished = True
-        run._writer.queue.clear()
         atexit.unregister(run._atexit)
         if sys.excepthook == run._excepthook:
             sys.excepthook = run._previous_excepthook

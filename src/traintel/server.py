@@ -1,10 +1,10 @@
 """The live status endpoint: /metrics, /healthz, /status, /debug and /events on 127.0.0.1.
 
 Built on the standard library's ``ThreadingHTTPServer``: one daemon thread accepts, one thread per
-request answers. Live events reach ``/events`` through :class:`EventHub`, a handler on the
-``traintel`` logger that passes on the record lines events, milestones, evaluations and errors
-already carry: the training thread pays one ``deque.append`` per subscriber, and serialising and
-sending happen on the subscriber's own thread.
+request answers. Live events reach ``/events`` through :class:`EventHub`, a sink of the run's event
+pipeline that passes on the lines of events, milestones, evaluations and errors: the training
+thread pays one ``deque.append`` per subscriber, and serialising and sending happen on the
+subscriber's own thread.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .logs import RECORD_ATTR, ROOT
+from .record.format import EventDict
 
 if TYPE_CHECKING:
     from .run import Run
@@ -40,19 +40,16 @@ class Subscription:
         self.wake = threading.Event()
 
 
-class EventHub(logging.Handler):
-    """Fans the run's record lines out to /events subscribers."""
+class EventHub:
+    """Fans the run's own lines (not its component log lines) out to /events subscribers."""
 
     def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
         self.subscribers: set[Subscription] = set()
         self.closed = False
 
-    def emit(self, record: logging.LogRecord) -> None:
-        line = getattr(record, RECORD_ATTR, None)
-        if line is None:
+    def __call__(self, line: EventDict, record: logging.LogRecord) -> None:
+        if line.get("type") == "log":
             return
-        line = dict(line)  # the record writer adds fields to the original on its own thread
         for subscriber in list(self.subscribers):
             subscriber.lines.append(line)
             subscriber.wake.set()
@@ -69,7 +66,6 @@ class EventHub(logging.Handler):
         self.closed = True
         for subscriber in list(self.subscribers):
             subscriber.wake.set()
-        super().close()
 
 
 class _Server(ThreadingHTTPServer):
@@ -124,12 +120,12 @@ class StatusServer:
             "poll_interval": 0.2}, name="traintel-http", daemon=True)
 
     def start(self) -> None:
-        logging.getLogger(ROOT).addHandler(self.hub)
+        self.run.pipeline.add_sink(self.hub)
         self._thread.start()
 
     def stop(self) -> None:
         """End /events streams, stop accepting, close the socket and join every thread."""
-        logging.getLogger(ROOT).removeHandler(self.hub)
+        self.run.pipeline.remove_sink(self.hub)
         self.hub.close()
         if self._thread.is_alive():
             self._server.shutdown()

@@ -1,59 +1,82 @@
-"""Run settings: ``traintel.init`` keyword arguments and environment variables, validated in one place.
+"""Run settings: ``traintel.init`` keyword arguments over environment defaults, validated in one
+place.
 
-Environment variables are read here and nowhere else (the OTel SDK reads its own ``OTEL_*``
-exporter variables; we read the ones that change what traintel itself does).
+Each option is a field of :class:`Settings` with its meaning (``docs/configuration.md`` is rendered
+from them and from ``traintel.env``); :class:`InitOptions` types the same options for users' type
+checkers. Environment variables are read through ``traintel.env``.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import socket
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Literal, TypedDict
+
+from . import env
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+ProgressMode = Literal["auto", "bar", "lines", "off"]
+PROGRESS_MODES: tuple[ProgressMode, ...] = ("auto", "bar", "lines", "off")
+
+
+def _option(default: Any, doc: str, variable: env.Variable | None = None) -> Any:
+    """A settings field with its documentation and, if any, the variable it defaults from."""
+    meta = {"doc": doc, "env": variable}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Settings:
-    project: str = "default"
-    name: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    total_epochs: int | None = None
-    total_steps: int | None = None
-    seed: int | None = None
-    run_id: str | None = None
-    dir: str = "traintel-runs"
-    #: export over OTLP (None: yes unless OTEL_SDK_DISABLED=true)
-    otlp: bool | None = None
-    #: serve /metrics, /healthz, /status, /events on this port (0: any free port; None: off)
-    http_port: int | None = None
-    http_host: str = "127.0.0.1"
-    allow_remote_http: bool = False
-    #: one span every N steps (0: no step spans)
-    step_span_every: int = 100
-    #: background hardware sampling interval in seconds (0: off)
-    sample_interval: float = 5.0
-    all_gpus: bool = False
-    #: progress display: "auto" (bar on a TTY, lines otherwise), "bar", "lines", "off"
-    progress: str = "auto"
-    progress_interval: float = 30.0
-    #: seconds between record flushes
-    flush_interval: float = 1.0
-    #: rotate events.jsonl past this size
-    max_record_bytes: int = 256 * 1024 * 1024
-    #: upper bound on shutdown time when the collector is unreachable
-    shutdown_timeout: float = 2.0
-    #: how many distinct user metric names / label values a run may create
-    max_metric_names: int = 256
-    log_level: str = "INFO"
-    console_logs: bool = True
-    #: rank detection (None: from torchrun / SLURM / MPI environment variables)
-    rank: int | None = None
-    local_rank: int | None = None
-    world_size: int | None = None
-    handle_signals: bool = True
+    project: str = _option("default", "Groups runs; a label on every series.",
+                           env.TRAINTEL_PROJECT)
+    name: str | None = _option(None, "A name for people (default: the run id).")
+    config: dict[str, Any] = _option(
+        {}, "The run's configuration: a dict, dataclass or argparse.Namespace; recorded with "
+            "secrets redacted, hashed, its `seed` kept.")
+    total_epochs: int | None = _option(None, "Planned epochs (`run.epochs()` iterates them).")
+    total_steps: int | None = _option(
+        None, "Planned steps: progress, ETA, milestones (learned from `len(loader)` when "
+              "`total_epochs` is given).")
+    seed: int | None = _option(None, "The run's seed (default: `config['seed']`).")
+    run_id: str | None = _option(
+        None, "The run id (default: the launcher's shared id, else a new one).")
+    dir: str = _option("traintel-runs", "Where run records go: `<dir>/<run-id>/`.",
+                       env.TRAINTEL_DIR)
+    otlp: bool | None = _option(
+        None, "Export over OTLP (None: yes unless OTEL_SDK_DISABLED=true).")
+    http_port: int | None = _option(
+        None, "Serve /metrics, /healthz, /status, /events on this port (0: any free port; "
+              "None: off).", env.TRAINTEL_HTTP_PORT)
+    http_host: str = _option("127.0.0.1", "The address the endpoint binds.")
+    allow_remote_http: bool = _option(
+        False, "Allow an `http_host` beyond loopback (the endpoint switches debug logging).")
+    step_span_every: int = _option(100, "One span every N steps (0: no step spans).")
+    sample_interval: float = _option(
+        5.0, "Seconds between GPU, CUDA and system samples (0: off).",
+        env.TRAINTEL_SAMPLE_INTERVAL)
+    all_gpus: bool = _option(False, "Sample every GPU of the host, not only this process's.")
+    progress: ProgressMode = _option(
+        "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or off.",
+        env.TRAINTEL_PROGRESS)
+    progress_interval: float = _option(30.0, "Seconds between plain progress lines.")
+    flush_interval: float = _option(1.0, "Seconds between writes of the run record.")
+    max_record_bytes: int = _option(256 * 1024 * 1024,
+                                    "Rotate events.jsonl past this size (bytes).")
+    shutdown_timeout: float = _option(
+        2.0, "Upper bound in seconds on exporting the last telemetry at the end of a run.")
+    max_metric_names: int = _option(
+        256, "How many distinct metric, event and instrument names a run may create.")
+    log_level: str = _option("INFO", "Level of traintel's own logs.", env.TRAINTEL_LOG_LEVEL)
+    console_logs: bool = _option(True, "Print traintel's logs on the console.")
+    rank: int | None = _option(None, "This process's rank (None: from torchrun, SLURM or MPI).")
+    local_rank: int | None = _option(None, "The rank on this node (None: from the launcher).")
+    world_size: int | None = _option(None, "The number of ranks (None: from the launcher).")
+    handle_signals: bool = _option(
+        True, "Finish the run on SIGTERM; SIGUSR1 toggles debug logging.")
 
     def __post_init__(self) -> None:
         _check_str("project", self.project)
@@ -74,7 +97,7 @@ class Settings:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"traintel.init: {key} must be a non-negative number of "
                                  f"seconds, got {value!r}")
-        if self.progress not in ("auto", "bar", "lines", "off"):
+        if self.progress not in PROGRESS_MODES:
             raise ValueError(f"traintel.init: progress must be one of auto, bar, lines, off; "
                              f"got {self.progress!r}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
@@ -90,7 +113,38 @@ class Settings:
     def otlp_enabled(self) -> bool:
         if self.otlp is not None:
             return self.otlp
-        return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+        return not env.OTEL_SDK_DISABLED.is_true()
+
+
+class InitOptions(TypedDict, total=False):
+    """``traintel.init``'s keyword options, for type checkers (``**options: Unpack[InitOptions]``).
+    Each is a :class:`Settings` field; None means "not given": the environment or the default
+    applies. A test keeps the two in step."""
+
+    total_epochs: int | None
+    total_steps: int | None
+    seed: int | None
+    run_id: str | None
+    dir: str | None
+    otlp: bool | None
+    http_port: int | None
+    http_host: str | None
+    allow_remote_http: bool | None
+    step_span_every: int | None
+    sample_interval: float | None
+    all_gpus: bool | None
+    progress: ProgressMode | None
+    progress_interval: float | None
+    flush_interval: float | None
+    max_record_bytes: int | None
+    shutdown_timeout: float | None
+    max_metric_names: int | None
+    log_level: str | None
+    console_logs: bool | None
+    rank: int | None
+    local_rank: int | None
+    world_size: int | None
+    handle_signals: bool | None
 
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
@@ -108,48 +162,53 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
 
 
 def _from_environment() -> dict[str, Any]:
-    env = os.environ
     out: dict[str, Any] = {}
-    if env.get("TRAINTEL_DIR"):
-        out["dir"] = env["TRAINTEL_DIR"]
-    if env.get("TRAINTEL_PROJECT"):
-        out["project"] = env["TRAINTEL_PROJECT"]
-    if env.get("TRAINTEL_HTTP_PORT"):
-        out["http_port"] = _env_number("TRAINTEL_HTTP_PORT", int)
-    if env.get("TRAINTEL_PROGRESS"):
-        out["progress"] = env["TRAINTEL_PROGRESS"]
-    if env.get("TRAINTEL_SAMPLE_INTERVAL"):
-        out["sample_interval"] = _env_number("TRAINTEL_SAMPLE_INTERVAL")
-    if env.get("TRAINTEL_LOG_LEVEL"):
-        out["log_level"] = env["TRAINTEL_LOG_LEVEL"].upper()
+    for option in fields(Settings):
+        variable: env.Variable | None = option.metadata.get("env")
+        if variable is None or variable.get() is None:
+            continue
+        if option.name == "http_port":
+            out[option.name] = variable.integer()
+        elif option.name == "sample_interval":
+            out[option.name] = variable.real()
+        elif option.name == "log_level":
+            out[option.name] = (variable.get() or "").upper()
+        else:
+            out[option.name] = variable.get()
     out.update(_distributed_environment())
     return out
 
 
+#: (rank, local rank, world size) as each launcher publishes them, first match wins
+_LAUNCHERS = ((env.RANK, env.LOCAL_RANK, env.WORLD_SIZE),
+              (env.SLURM_PROCID, env.SLURM_LOCALID, env.SLURM_NTASKS),
+              (env.OMPI_COMM_WORLD_RANK, env.OMPI_COMM_WORLD_LOCAL_RANK, env.OMPI_COMM_WORLD_SIZE),
+              (env.PMI_RANK, env.MPI_LOCALRANKID, env.PMI_SIZE))
+
+
 def _distributed_environment() -> dict[str, Any]:
-    """Rank, local rank and world size as torchrun, SLURM or Open MPI publish them."""
-    env = os.environ
-    for rank, local, world in (("RANK", "LOCAL_RANK", "WORLD_SIZE"),
-                               ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),
-                               ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-                                "OMPI_COMM_WORLD_SIZE"),
-                               ("PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE")):
-        if env.get(rank, "").isdigit():
-            return {"rank": int(env[rank]),
-                    "local_rank": int(env[local]) if env.get(local, "").isdigit() else None,
-                    "world_size": int(env[world]) if env.get(world, "").isdigit() else None}
+    """Rank, local rank and world size as torchrun, SLURM or MPI publish them."""
+    for rank, local, world in _LAUNCHERS:
+        if (rank.get() or "").isdigit():
+            return {"rank": _digits(rank), "local_rank": _digits(local),
+                    "world_size": _digits(world)}
     return {}
+
+
+def _digits(variable: env.Variable) -> int | None:
+    value = variable.get() or ""
+    return int(value) if value.isdigit() else None
 
 
 def shared_run_id() -> str | None:
     """A run id every rank of one job agrees on, from the launcher's environment."""
-    env = os.environ
-    if env.get("TRAINTEL_RUN_ID"):
-        return env["TRAINTEL_RUN_ID"]
-    if env.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
-        return env["TORCHELASTIC_RUN_ID"]
-    if env.get("SLURM_JOB_ID"):
-        return f"slurm-{env['SLURM_JOB_ID']}-{env.get('SLURM_STEP_ID', '0')}"
+    if env.TRAINTEL_RUN_ID.get():
+        return env.TRAINTEL_RUN_ID.get()
+    torchelastic = env.TORCHELASTIC_RUN_ID.get()
+    if torchelastic not in (None, "none"):
+        return torchelastic
+    if env.SLURM_JOB_ID.get():
+        return f"slurm-{env.SLURM_JOB_ID.get()}-{env.SLURM_STEP_ID.get() or '0'}"
     return None
 
 
@@ -165,9 +224,25 @@ def _check_str(key: str, value: Any) -> None:
                          "(it becomes a label on every series)")
 
 
-def _env_number(name: str, kind: type = float):
-    try:
-        return kind(os.environ[name])
-    except ValueError:
-        raise ValueError(f"environment variable {name}={os.environ[name]!r} must be "
-                         f"{'an integer' if kind is int else 'a number'}") from None
+def _default_text(option: Field[Any]) -> str:
+    if option.default is not MISSING:
+        return f"`{option.default!r}`"
+    return "`{}`"
+
+
+def render_markdown() -> str:
+    """docs/configuration.md: every ``traintel.init`` option and every environment variable,
+    generated from :class:`Settings` and ``traintel.env`` so that the page cannot drift."""
+    lines = ["# Configuration", "",
+             "Generated from `src/traintel/settings.py` and `src/traintel/env.py` by "
+             "`traintel docs configuration`; do not edit.", "",
+             "## `traintel.init` options", "",
+             "Keyword arguments win over the environment; an unknown one is refused with the "
+             "closest valid name.", "",
+             "| option | default | environment | meaning |", "|---|---|---|---|"]
+    for option in fields(Settings):
+        variable = option.metadata["env"]
+        lines.append(f"| `{option.name}` | {_default_text(option)} | "
+                     f"{f'`{variable.name}`' if variable else '-'} | {option.metadata['doc']} |")
+    lines += ["", "## Environment variables", "", env.variables_markdown()]
+    return "\n".join(lines)

@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Any
 
+from .record.format import RunStatus
+
 #: run.log keys with a dedicated catalog metric; other keys become traintel_metric{metric=...}
 KNOWN_KEYS = {"loss": "traintel_loss", "lr": "traintel_learning_rate",
               "learning_rate": "traintel_learning_rate", "grad_norm": "traintel_grad_norm"}
@@ -60,7 +62,7 @@ class RunState:
     )
 
     def __init__(self) -> None:
-        self.status = "running"
+        self.status: RunStatus = "running"
         self.start_ts = time.time()
         self.epoch = 0
         self.step = 0

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import math
 import random
+from typing import TypedDict
+
+
+class Statistics(TypedDict, total=False):
+    """What :meth:`RunningStats.summary` reports (only ``count`` when nothing was added)."""
+
+    count: int
+    total: float
+    mean: float | None
+    std: float | None
+    min: float
+    max: float
+    last: float | None
+    p50: float
+    p95: float
+    p99: float
 
 
 class RunningStats:
     """Count, total, mean, std (Welford), min, max and p50/p95/p99 of a stream of numbers.
 
     Percentiles are exact up to ``reservoir`` values and estimated from a uniform reservoir
-    sample beyond that, so memory stays bounded on runs of any length.
+    sample beyond that, so memory stays bounded on runs of any length; ``reservoir=0`` keeps no
+    sample (no percentiles) where only the moments are wanted.
     """
 
     __slots__ = ("count", "total", "_mean", "_m2", "min", "max", "last", "_sample", "_cap",
@@ -41,7 +58,7 @@ class RunningStats:
         self.last = value
         if len(self._sample) < self._cap:
             self._sample.append(value)
-        else:
+        elif self._cap:
             slot = self._rng.randrange(self.count)
             if slot < self._cap:
                 self._sample[slot] = value
@@ -54,15 +71,19 @@ class RunningStats:
     def std(self) -> float | None:
         return math.sqrt(self._m2 / self.count) if self.count else None
 
-    def summary(self) -> dict[str, float | int | None]:
+    def quantiles(self) -> dict[int, float]:
+        """p50, p95 and p99 of the sample (empty without one)."""
+        ordered = sorted(self._sample)
+        return {q: quantile(ordered, q) for q in (50, 95, 99)} if ordered else {}
+
+    def summary(self) -> Statistics:
         if not self.count:
             return {"count": 0}
-        ordered = sorted(self._sample)
-        out: dict[str, float | int | None] = {
-            "count": self.count, "total": self.total, "mean": self._mean, "std": self.std,
-            "min": self.min, "max": self.max, "last": self.last}
-        for q in (50, 95, 99):
-            out[f"p{q}"] = quantile(ordered, q)
+        out: Statistics = {"count": self.count, "total": self.total, "mean": self._mean,
+                           "std": self.std, "min": self.min, "max": self.max, "last": self.last}
+        quantiles = self.quantiles()
+        if quantiles:
+            out["p50"], out["p95"], out["p99"] = quantiles[50], quantiles[95], quantiles[99]
         return out
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry._logs import LogRecord
+from opentelemetry.sdk.metrics.export import (DataPointT, MetricExporter, MetricExportResult,
+                                              MetricsData, NumberDataPoint)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from . import run as run_module
@@ -36,10 +38,10 @@ class Telemetry:
             raise RuntimeError("Telemetry.collect() needs an open run created inside capture()")
         run.otlp.meter_provider.force_flush()
 
-    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+    def points(self, name: str) -> list[tuple[dict[str, Any], DataPointT]]:
         """(attributes, point) of every data point of ``name`` in the latest snapshot."""
         for data in reversed(self._collected):
-            found = [(dict(point.attributes), point)
+            found = [(dict(point.attributes or {}), point)
                      for resource in data.resource_metrics
                      for scope in resource.scope_metrics
                      for metric in scope.metrics if metric.name == name
@@ -49,12 +51,14 @@ class Telemetry:
         return []
 
     def metric(self, name: str) -> list[float]:
-        return [getattr(point, "value", None) for _, point in self.points(name)]
+        """The values of a counter's or gauge's data points in the latest snapshot."""
+        return [point.value for _, point in self.points(name)
+                if isinstance(point, NumberDataPoint)]
 
     def span_names(self) -> list[str]:
         return [span.name for span in self.spans.get_finished_spans()]
 
-    def log_records(self) -> list[Any]:
+    def log_records(self) -> list[LogRecord]:
         return [entry.log_record for entry in self.logs.get_finished_logs()]
 
 

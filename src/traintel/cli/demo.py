@@ -21,8 +21,10 @@ import click
 @click.option("--http-port", type=int, default=None,
               help="Serve /metrics, /status, /events on 127.0.0.1:PORT (0: any free port).")
 @click.option("--sample-interval", type=float, default=5.0, show_default=True)
-def demo(epochs, steps_per_epoch, batch_size, run_dir, project, name, pause_at_step,
-         pause_seconds, nan_at_step, step_sleep, error_at_step, http_port, sample_interval) -> None:
+def demo(epochs: int, steps_per_epoch: int, batch_size: int, run_dir: str | None, project: str,
+         name: str, pause_at_step: int | None, pause_seconds: float, nan_at_step: int | None,
+         step_sleep: float, error_at_step: int | None, http_port: int | None,
+         sample_interval: float) -> None:
     """Train a small PyTorch model on synthetic data with traintel on.
 
     Leaves a complete run record under ./traintel-runs/ and exports to the OpenTelemetry

@@ -16,3 +16,11 @@ def metrics() -> None:
     from ..catalog import render_markdown
 
     click.echo(render_markdown(), nl=False)
+
+
+@docs.command()
+def configuration() -> None:
+    """The configuration reference (docs/configuration.md): init options, environment variables."""
+    from ..settings import render_markdown
+
+    click.echo(render_markdown(), nl=False)

@@ -7,39 +7,43 @@ variable) and prints a pass/warn/fail table or JSON. It exits 1 when any check f
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import orjson
 
+from traintel import env
 from traintel.cli.output import table
 from traintel.doctor import DEFAULTS, Endpoints, as_json, run_checks
-from traintel.records import runs_dir
+from traintel.record.reader import runs_dir
 
 _COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
+FC = TypeVar("FC", bound=Callable[..., object])
 
 
-def _url(name: str, envvar: str, what: str):
-    return click.option(f"--{name}", default=DEFAULTS[name], envvar=envvar, show_default=True,
-                        metavar="URL", help=f"{what} (env {envvar}).")
+def _url(name: str, variable: env.Variable, what: str) -> Callable[[FC], FC]:
+    return click.option(f"--{name}", default=DEFAULTS[name], envvar=variable.name,
+                        show_default=True, metavar="URL", help=f"{what} (env {variable.name}).")
 
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="json is for scripts.")
 @click.option("--collector", "collectors", multiple=True, default=[DEFAULTS["collector"]],
-              envvar="OTEL_EXPORTER_OTLP_ENDPOINT", show_default=True, metavar="URL",
+              envvar=env.OTEL_EXPORTER_OTLP_ENDPOINT.name, show_default=True, metavar="URL",
               help="OTLP/HTTP endpoint of a collector; repeat for several "
                    "(env OTEL_EXPORTER_OTLP_ENDPOINT).")
 @click.option("--collector-health", "collector_health", multiple=True, metavar="URL",
-              envvar="TRAINTEL_COLLECTOR_HEALTH_URL",
+              envvar=env.TRAINTEL_COLLECTOR_HEALTH_URL.name,
               help="health_check extension URL (default: each collector's host, port 13133; "
                    "env TRAINTEL_COLLECTOR_HEALTH_URL).")
-@_url("prometheus", "TRAINTEL_PROMETHEUS_URL", "Prometheus")
-@_url("alertmanager", "TRAINTEL_ALERTMANAGER_URL", "Alertmanager")
-@_url("loki", "TRAINTEL_LOKI_URL", "Loki")
-@_url("tempo", "TRAINTEL_TEMPO_URL", "Tempo")
-@_url("grafana", "TRAINTEL_GRAFANA_URL", "Grafana")
+@_url("prometheus", env.TRAINTEL_PROMETHEUS_URL, "Prometheus")
+@_url("alertmanager", env.TRAINTEL_ALERTMANAGER_URL, "Alertmanager")
+@_url("loki", env.TRAINTEL_LOKI_URL, "Loki")
+@_url("tempo", env.TRAINTEL_TEMPO_URL, "Tempo")
+@_url("grafana", env.TRAINTEL_GRAFANA_URL, "Grafana")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
               help="where runs write their records (default: $TRAINTEL_DIR or ./traintel-runs).")
 @click.option("--timeout", default=3.0, show_default=True, help="seconds per HTTP check.")

@@ -1,7 +1,7 @@
 """``traintel logs``: read run records from the command line.
 
-A thin layer over :mod:`traintel.records` (reading) and :mod:`traintel.analysis` (computing): it
-parses options and presents results, as Rich tables and colour on a terminal, plain text when
+A thin layer over :mod:`traintel.record.reader` (reading) and :mod:`traintel.analysis`
+(computing): it parses options and presents results, as Rich tables and colour on a terminal, plain text when
 piped, JSON with ``--format json``. It must stay free of OpenTelemetry and torch imports so that it
 starts quickly on a login node.
 """
@@ -13,24 +13,28 @@ import io
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import orjson
 
 from traintel import analysis
 from traintel.analysis import describe, duration, iso, num
-from traintel.records import Records, find_run, is_run, last_records
-from traintel.records import follow as follow_records
+from traintel.record.format import LEVELS, RawLine
+from traintel.record.reader import Records, find_run, is_run, last_records
+from traintel.record.reader import follow as follow_records
 
-from .output import table
+from .output import plain_table, table
 
 _COLOURS = {"debug": "bright_black", "info": None, "warning": "yellow", "error": "red",
             "critical": "bright_red"}
+FC = TypeVar("FC", bound=Callable[..., object])
 _KINDS = {"timers": "timer", "counters": "counter", "gauges": "gauge", "histograms": "histogram"}
 
 
-def _format(*choices: str, default: str = "text"):
+def _format(*choices: str, default: str = "text") -> Callable[[FC], FC]:
     return click.option("--format", "fmt", type=click.Choice(choices), default=default,
                         show_default=True, help="Output format; json is for scripts.")
 
@@ -38,11 +42,11 @@ def _format(*choices: str, default: str = "text"):
 _text_or_json = _format("text", "json")
 
 
-def _dumps(value) -> str:
+def _dumps(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n"
 
 
-def _json(value) -> None:
+def _json(value: object) -> None:
     click.echo(_dumps(value), nl=False)
 
 
@@ -55,7 +59,7 @@ def _emit(text: str, output: Path | None, *also: Path) -> None:
         click.echo(f"wrote {', '.join(map(str, (output, *also)))}", err=True)
 
 
-def _json_line(record: dict) -> None:
+def _json_line(record: RawLine) -> None:
     click.echo(orjson.dumps(record).decode())
 
 
@@ -70,7 +74,7 @@ def _note_waiting(records: Records) -> None:
         click.echo(f"waiting for {', '.join(map(str, waiting))} to appear", err=True)
 
 
-def _line(record: dict, prefix: str = "") -> None:
+def _line(record: RawLine, prefix: str = "") -> None:
     """One record as ``time level [rank] text``, the level coloured on a terminal."""
     level = record.get("level") or "info"
     rank = f" rank {record['rank']}" if record.get("rank") else ""
@@ -83,7 +87,7 @@ class _Group(click.Group):
     """A run that cannot be found or read is a one-line error, not a traceback; so is a closed
     pipe (``... | head``), quietly."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
@@ -124,7 +128,7 @@ def summary(targets: tuple[str, ...], fmt: str) -> None:
         _json(results[0] if len(results) == 1 else results)
 
 
-def _print_summary(s: dict) -> None:
+def _print_summary(s: dict[str, Any]) -> None:
     loss, rate = s["loss"], s["throughput"]
     rows = [
         ("run", s["run"] or "-"), ("record", s["path"]), ("status", s["status"]),
@@ -149,7 +153,7 @@ def _print_summary(s: dict) -> None:
     table(["", ""], [list(r) for r in rows], title=f"Run {s['run'] or s['path']}")
 
 
-def _counts(counts: dict) -> str:
+def _counts(counts: RawLine) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
@@ -183,7 +187,7 @@ def errors(target: str, verbose: bool, fmt: str) -> None:
     _report_skipped(records)
 
 
-def _details(r: dict) -> None:
+def _details(r: RawLine) -> None:
     for key, value in analysis.flatten(r.get("context") or r.get("fields") or {}):
         click.echo(f"    {key}: {value}")
     for hint in r.get("hints") or []:
@@ -192,7 +196,7 @@ def _details(r: dict) -> None:
         click.echo("    " + str(r["traceback"]).rstrip().replace("\n", "\n    "))
 
 
-def _time(ctx, param, value: str | None) -> float | None:
+def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     try:
         return None if value is None else analysis.parse_time(value)
     except ValueError as exc:
@@ -204,11 +208,12 @@ def _time(ctx, param, value: str | None) -> float | None:
 @click.argument("target", metavar="RUN")
 @click.option("--event", "events", multiple=True, metavar="E",
               help="Only records of this type (step, error, log...) or event name (checkpoint...).")
-@click.option("--level", type=click.Choice(analysis.LEVELS), help="Only this level and above.")
+@click.option("--level", type=click.Choice(LEVELS), help="Only this level and above.")
 @click.option("--since", callback=_time, metavar="T", help="ISO time, Unix seconds or age (10m).")
 @click.option("--until", callback=_time, metavar="T", help="ISO time, Unix seconds or age (10m).")
 @_text_or_json
-def grep(pattern: str, target: str, events, level, since, until, fmt: str) -> None:
+def grep(pattern: str, target: str, events: tuple[str, ...], level: str | None,
+         since: float | None, until: float | None, fmt: str) -> None:
     """Search records by regex, type, level and time.
 
     PATTERN is matched against each record as key=value text (nested keys dotted, e.g.
@@ -239,7 +244,7 @@ def metrics(target: str, kind: str | None, fmt: str) -> None:
     Read from the instrument lines a run writes when it ends.
     """
     records = Records(target)
-    instruments = analysis.Instruments(_KINDS.get(kind))
+    instruments = analysis.Instruments(_KINDS.get(kind) if kind else None)
     analysis.scan(records, instruments)
     found = instruments.result()
     if fmt == "json":
@@ -289,7 +294,7 @@ def compare(targets: tuple[str, ...], fmt: str, output: Path | None) -> None:
         table(list(rows[0]), [[num(v) for v in row.values()] for row in rows])
         return
     else:
-        text = _plain(list(rows[0]), [[num(v) for v in row.values()] for row in rows])
+        text = plain_table(list(rows[0]), [[num(v) for v in row.values()] for row in rows])
     _emit(text, output)
 
 

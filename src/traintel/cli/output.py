@@ -25,7 +25,7 @@ def table(columns: list[str], rows: list[list[str]], title: str | None = None) -
                 break
         console.print(table)
         return
-    click.echo((f"{title}\n" if title else "") + _plain(columns, rows), nl=False)
+    click.echo((f"{title}\n" if title else "") + plain_table(columns, rows), nl=False)
 
 
 def _transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
@@ -34,7 +34,7 @@ def _transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], l
         [name, *(row[i] for row in rows)] for i, name in enumerate(columns) if i]
 
 
-def _plain(columns: list[str], rows: list[list[str]]) -> str:
+def plain_table(columns: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(columns, *rows)]
     return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n"
                    for row in ([columns] if any(columns) else []) + rows)

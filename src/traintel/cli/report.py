@@ -8,7 +8,7 @@ import click
 import orjson
 
 from traintel.diagnostics import build_report, markdown
-from traintel.records import RecordNotFound, find_run
+from traintel.record.reader import RecordNotFound, find_run
 
 
 @click.command()

@@ -16,11 +16,13 @@ import click
 import orjson
 import psutil
 
+from traintel import env
 from traintel.analysis import duration, iso, num
 from traintel.cli.output import table
-from traintel.diagnostics import read_json
+from traintel.record.files import read_json
+from traintel.record.format import RawLine
 from traintel.doctor import fetch
-from traintel.records import (Records, RecordNotFound, find_run, is_run, last_records, rank_dirs,
+from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records, rank_dirs,
                               runs_dir)
 
 #: a run without a line for this long is reported as stale
@@ -42,9 +44,9 @@ def local_status(path: Path) -> dict[str, Any]:
                 "errors": (summary.get("errors") or {}).get("total"),
                 "updated": summary.get("end_ts"), "dir": str(path)}
     records = Records(path, waiting=True)
-    start = next((r for r in records if r.get("type") == "run_start"), {})
+    start: RawLine = next((r for r in records if r.get("type") == "run_start"), {})
     recent = last_records(records, TAIL_LINES)
-    step = next((r for r in reversed(recent) if r.get("type") == "step"), {})
+    step: dict[str, Any] = next((r for r in reversed(recent) if r.get("type") == "step"), {})
     updated = recent[-1].get("ts") if recent else None
     return {"run": start.get("run", path.name), "project": start.get("project"),
             "name": start.get("name"), "status": _liveness(start, updated),
@@ -79,7 +81,8 @@ def _live(url: str) -> dict[str, Any]:
         response = fetch(f"{url.rstrip('/')}/status")
         if response.status != 200:
             raise click.ClickException(f"{url}/status answered HTTP {response.status}")
-        return response.json()
+        status: dict[str, Any] = response.json()
+        return status
     except OSError as exc:
         raise click.ClickException(f"no run answers at {url} ({exc}); is it running with "
                                    "traintel.init(http_port=...)?") from None
@@ -89,7 +92,7 @@ def _live(url: str) -> dict[str, Any]:
 @click.argument("target", metavar="[RUN_DIR]", required=False)
 @click.option("--all", "all_runs", is_flag=True,
               help="Every run under $TRAINTEL_DIR or ./traintel-runs.")
-@click.option("--url", metavar="URL", envvar="TRAINTEL_URL",
+@click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
@@ -132,7 +135,7 @@ def _cell(key: str, value: Any) -> str:
 
 @click.command()
 @click.argument("state", type=click.Choice(["on", "off"]))
-@click.option("--url", metavar="URL", envvar="TRAINTEL_URL", required=True,
+@click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name, required=True,
               help="The run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 def debug(state: str, url: str) -> None:
     """Switch a live run's traintel logging to DEBUG (on) or back (off).

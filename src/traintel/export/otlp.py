@@ -8,7 +8,6 @@ unreachable collector cannot hold the process at exit.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -16,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry._logs import SeverityNumber
+from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
@@ -30,7 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .. import __version__
+from .. import env
+from ..version import __version__
 from ..catalog import BY_NAME, METRICS
 from ..state import RunState
 from .readings import Histograms, Reader, readers
@@ -65,7 +65,7 @@ class Sinks:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         # the SDK's default of 60 s is too coarse for step curves and stall alerts
-        interval = None if os.environ.get("OTEL_METRIC_EXPORT_INTERVAL") else 15_000
+        interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else 15_000
         return cls(metric_exporter=OTLPMetricExporter(), metric_interval_ms=interval,
                    span_exporter=OTLPSpanExporter(), log_exporter=OTLPLogExporter())
 
@@ -121,7 +121,7 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
     detected = dict(Resource.create({}).attributes)
     if str(detected.get("service.name", "")).startswith("unknown_service"):
         del detected["service.name"]
-    if "service.instance.id" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+    if "service.instance.id" not in (env.OTEL_RESOURCE_ATTRIBUTES.get() or ""):
         detected.pop("service.instance.id", None)  # the SDK's random one; ours names run/rank
     return Resource.create(ours).merge(Resource(detected))
 
@@ -135,9 +135,9 @@ class OtlpExport:
         self._providers: list[Any] = []
         self._exporters = [e for e in (sinks.metric_exporter, sinks.span_exporter,
                                        sinks.log_exporter) if e is not None]
-        self._attribute_dicts: dict[tuple, dict[str, str]] = {}
-        self.tracer = trace.NoOpTracer()
-        self._logger = None
+        self._attribute_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self._logger: Logger | None = None
 
         if sinks.metric_exporter is not None:
             reader = PeriodicExportingMetricReader(
@@ -150,13 +150,15 @@ class OtlpExport:
         if sinks.span_exporter is not None:
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             tracer_provider.add_span_processor(BatchSpanProcessor(
-                sinks.span_exporter, max_export_batch_size=_export_batch("BSP")))
+                sinks.span_exporter, max_export_batch_size=_export_batch(
+                env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BSP_MAX_QUEUE_SIZE)))
             self._providers.append(tracer_provider)
             self.tracer = tracer_provider.get_tracer("traintel", __version__)
         if sinks.log_exporter is not None:
             logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-                sinks.log_exporter, max_export_batch_size=_export_batch("BLRP")))
+                sinks.log_exporter, max_export_batch_size=_export_batch(
+                env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BLRP_MAX_QUEUE_SIZE)))
             self._providers.append(logger_provider)
             self._logger = logger_provider.get_logger("traintel", __version__)
 
@@ -181,7 +183,7 @@ class OtlpExport:
             found = self._attribute_dicts[key] = {**self.labels, **extra}
         return found
 
-    def _callback(self, reader: Reader):
+    def _callback(self, reader: Reader) -> Callable[[CallbackOptions], Iterable[Observation]]:
         state = self.state
         attributes = self._attributes
 
@@ -197,7 +199,7 @@ class OtlpExport:
         points: dict[str, list[HistogramDataPoint]] = {}
         for series in self.histograms.snapshot():
             label_names = BY_NAME[series.metric].labels
-            extra = {label_names[0]: series.label} if label_names else {}
+            extra = {label_names[0]: series.label or ""} if label_names else {}
             points.setdefault(series.metric, []).append(HistogramDataPoint(
                 attributes=self._attributes(extra), start_time_unix_nano=start,
                 time_unix_nano=now, count=sum(series.counts), sum=series.sum,
@@ -271,10 +273,9 @@ def _attribute_ok(value: Any) -> bool:
                                                  for v in value))
 
 
-def _export_batch(processor: str) -> int | None:
-    """``EXPORT_BATCH``, unless ``OTEL_<processor>_MAX_EXPORT_BATCH_SIZE`` or ``..._MAX_QUEUE_SIZE``
-    is set: then None, and the SDK applies the user's settings and its own checks."""
-    if any(os.environ.get(f"OTEL_{processor}_{name}")
-           for name in ("MAX_EXPORT_BATCH_SIZE", "MAX_QUEUE_SIZE")):
+def _export_batch(*settings: env.Variable) -> int | None:
+    """``EXPORT_BATCH``, unless the user set the processor's batch or queue size: then None, and
+    the SDK applies the user's settings and its own checks."""
+    if any(variable.get() for variable in settings):
         return None
     return EXPORT_BATCH

@@ -30,21 +30,22 @@ class RunCollector(Collector):
         for metric in METRICS:
             names = list(metric.all_labels)
             if metric.kind == "histogram":
-                family = HistogramMetricFamily(metric.name, metric.description, labels=names)
+                histogram = HistogramMetricFamily(metric.name, metric.description, labels=names)
                 found = False
                 for series in histogram_series:
                     if series.metric != metric.name:
                         continue
                     found = True
-                    buckets, running = [], 0
+                    buckets: list[tuple[str, float]] = []
+                    running = 0
                     for bound, count in zip([*self.histograms.bounds, float("inf")],
                                             series.counts):
                         running += count
                         buckets.append((_le(bound), running))
-                    extra = [series.label] if metric.labels else []
-                    family.add_metric(base_values + extra, buckets, series.sum)
+                    label = [series.label or ""] if metric.labels else []
+                    histogram.add_metric(base_values + label, buckets, series.sum)
                 if found:
-                    yield family
+                    yield histogram
                 continue
             family = (CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
                 metric.name, metric.description, labels=names)

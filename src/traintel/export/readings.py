@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 from ..catalog import DURATION_BUCKETS
+from ..record.format import STATUSES
 from ..state import KNOWN_KEYS, RunState
 
 Reading = tuple[float, dict[str, str]]
 Reader = Callable[[RunState], Iterator[Reading]]
 
-STATUSES = ("running", "finished", "failed", "interrupted")
 NO_LABELS: dict[str, str] = {}
 
 
@@ -41,7 +41,7 @@ def _latest(key: str) -> Reader:
     return read
 
 
-def _by(label: str, mapping: Callable[[RunState], dict[str, float]]) -> Reader:
+def _by(label: str, mapping: Callable[[RunState], Mapping[str, float]]) -> Reader:
     def read(state: RunState) -> Iterator[Reading]:
         for key, value in list(mapping(state).items()):
             yield value, {label: key}

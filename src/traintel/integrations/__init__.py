@@ -9,9 +9,10 @@ reports about one training step into one record line.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import TYPE_CHECKING, Any
+
+from .. import env
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -43,7 +44,7 @@ def start_run(source: str, config: dict[str, Any], total_steps: int | None,
     options = {k: v for k, v in init_options.items() if v is not None}
     options.setdefault("total_steps", total_steps or None)
     quiet_bar = framework_bar and "progress" not in options and \
-        not os.environ.get("TRAINTEL_PROGRESS")
+        not env.TRAINTEL_PROGRESS.get()
     if quiet_bar:
         options["progress"] = "off"
     run = traintel.init(config=config, **options)

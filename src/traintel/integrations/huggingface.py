@@ -26,9 +26,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ..run import Run
 
 from . import KNOWN, StepBuffer, metric_name, start_run
 
@@ -45,17 +50,23 @@ class TraintelCallback(TrainerCallback):
 
     def __init__(self, project: str | None = None, name: str | None = None,
                  **init_options: Any) -> None:
-        self.init_options = {"project": project, "name": name, **init_options}
-        self.run = None
+        self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
         self._created = False
+        #: the run being recorded and its step lines; None outside training
         self._steps: StepBuffer | None = None
         self._samples_per_step = 0
         self._tokens_seen = 0
         self._step_started: float | None = None
         self._last_callback = time.perf_counter()
 
+    @property
+    def run(self) -> Run | None:
+        """The run being recorded (None outside training)."""
+        return self._steps.run if self._steps is not None else None
+
     # -- lifecycle ------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
         config: dict[str, Any] = {"training_args": args.to_dict()}
         model_config = getattr(model, "config", None)
         if model_config is not None and hasattr(model_config, "to_dict"):
@@ -63,36 +74,43 @@ class TraintelCallback(TrainerCallback):
         options = dict(self.init_options)
         if options.get("name") is None and args.run_name and args.run_name != args.output_dir:
             options["name"] = args.run_name
-        self.run, self._created = start_run("transformers", config, state.max_steps or None,
-                                            options, framework_bar=not args.disable_tqdm)
-        self._steps = StepBuffer(self.run)
+        run, self._created = start_run("transformers", config, state.max_steps or None,
+                                       options, framework_bar=not args.disable_tqdm)
+        self._steps = StepBuffer(run)
         batch = state.train_batch_size or args.per_device_train_batch_size
         self._samples_per_step = batch * args.gradient_accumulation_steps
         self._tokens_seen = state.num_input_tokens_seen
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.run is None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: Any) -> None:
+        steps = self._steps
+        if steps is None:
             return
-        self._steps.flush()
+        steps.flush()
         if self._created:
-            self.run.finish()
-        self.run = None
+            steps.run.finish()
+        self._steps = None
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if self.run is not None:
-            self.run.begin_epoch(math.floor((state.epoch or 0) + 1e-6))
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: Any) -> None:
+        if self._steps is not None:
+            self._steps.run.begin_epoch(math.floor((state.epoch or 0) + 1e-6))
 
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self.run is not None:
-            self.run.end_epoch()
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: Any) -> None:
+        if self._steps is not None:
+            self._steps.run.end_epoch()
 
     # -- steps ----------------------------------------------------------------------------
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState,
+                      control: TrainerControl, **kwargs: Any) -> None:
         if self._step_started is None:  # the first micro-batch of this optimizer step
             self._step_started = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.run is None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        steps = self._steps
+        if steps is None:
             return
         step_s = None if self._step_started is None else time.perf_counter() - self._step_started
         self._step_started = None
@@ -101,18 +119,20 @@ class TraintelCallback(TrainerCallback):
         if seen > self._tokens_seen:
             values["tokens"] = (seen - self._tokens_seen) // max(1, args.world_size)
             self._tokens_seen = seen
-        self._steps.add(state.global_step, values, step_s)
+        steps.add(state.global_step, values, step_s)
         if not control.should_log:  # no on_log follows for this step: write it now
-            self._steps.flush()
+            steps.flush()
         self._last_callback = time.perf_counter()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.run is None or not logs:
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        steps = self._steps
+        if steps is None or not logs:
             return
         if any(key in logs for key in _SUMMARY_KEYS):
             if state.is_world_process_zero:
-                self._steps.flush()
-                self.run.event("trainer_summary", **_numbers(logs))
+                steps.flush()
+                steps.run.event("trainer_summary", level="info", **_numbers(logs))
             return
         values = {}
         for key, value in _numbers(logs).items():
@@ -120,30 +140,35 @@ class TraintelCallback(TrainerCallback):
                 continue  # evals arrive in on_evaluate
             values[KNOWN.get(key) or metric_name(key)] = value
         if values:
-            self._steps.add(state.global_step, values)
-        self._steps.flush()
+            steps.add(state.global_step, values)
+        steps.flush()
         self._last_callback = time.perf_counter()
 
     # -- evaluation and checkpoints -------------------------------------------------------
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.run is None:
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        steps = self._steps
+        if steps is None:
             return
-        self._steps.flush()
+        steps.flush()
         evals = {key: value for key, value in _numbers(metrics or {}).items()
                  if key not in _LOOP_KEYS and not key.endswith(_LOOP_SUFFIXES)}
         if evals and state.is_world_process_zero:
-            self.run.log_eval(step=state.global_step, **evals)
+            steps.run.log_eval(step=state.global_step, goals=None, **evals)
         self._last_callback = time.perf_counter()
 
-    def on_save(self, args, state, control, **kwargs):
-        if self.run is None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        steps = self._steps
+        if steps is None:
             return
-        self._steps.flush()
+        steps.flush()
         # the Trainer saves right before this call and right after the previous one
         took = time.perf_counter() - self._last_callback
         if state.is_world_process_zero:
-            self.run.event("checkpoint", step=state.global_step, duration_s=round(took, 3),
-                           path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+            steps.run.event("checkpoint", step=state.global_step, duration_s=round(took, 3),
+                            path=os.path.join(args.output_dir,
+                                              f"checkpoint-{state.global_step}"))
         self._last_callback = time.perf_counter()
 
 

@@ -27,17 +27,23 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.data import extract_batch_size
 
+from ..record.format import EndStatus
 from . import KNOWN, StepBuffer, metric_name, start_run
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+
+    from ..run import Run
 
 _EVAL = re.compile(r"^(val|valid|validation|eval|test)([_/.-]|$)", re.IGNORECASE)
 #: Lightning's ``finalize`` statuses -> traintel's
-_STATUS = {"success": "finished", "finished": "finished", "failed": "failed"}
+_STATUS: dict[str, EndStatus] = {"success": "finished", "finished": "finished", "failed": "failed"}
 
 
 def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
@@ -63,12 +69,17 @@ class TraintelLogger(Logger):
     def __init__(self, project: str | None = None, name: str | None = None,
                  **init_options: Any) -> None:
         super().__init__()
-        self.init_options = {"project": project, "name": name, **init_options}
-        self.run = None
+        self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
         self._created = False
+        #: the run being recorded and its step lines; None before it starts and after the end
         self._steps: StepBuffer | None = None
         self._epoch: int | None = None
         self._version: str | None = None
+
+    @property
+    def run(self) -> Run | None:
+        """The run being recorded (None before the first report and after ``finalize``)."""
+        return self._steps.run if self._steps is not None else None
 
     @property
     def name(self) -> str:
@@ -79,32 +90,33 @@ class TraintelLogger(Logger):
         """Names the checkpoint directory (``<root>/traintel/<version>/checkpoints``). Lightning
         asks before it passes the hyperparameters that start the run, so until a run exists this
         is the time the logger was first asked."""
-        if self.run is not None:
-            return self.run.id
+        if self._steps is not None:
+            return self._steps.run.id
         if self._version is None:
             self._version = time.strftime("%Y%m%d-%H%M%S")
         return self._version
 
-    def _ensure_run(self, config: dict[str, Any]):
-        if self.run is None:
+    def _ensure_steps(self, config: dict[str, Any]) -> StepBuffer:
+        if self._steps is None:
             # a Logger cannot see the Trainer's enable_progress_bar: Lightning's default is on
-            self.run, self._created = start_run("lightning", config, None, self.init_options,
-                                                framework_bar=True)
-            self._steps = StepBuffer(self.run)
-        return self.run
+            run, self._created = start_run("lightning", config, None, self.init_options,
+                                           framework_bar=True)
+            self._steps = StepBuffer(run)
+        return self._steps
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         params = vars(params) if isinstance(params, argparse.Namespace) else dict(params)
-        if self.run is None:
-            self._ensure_run(params)
+        if self._steps is None:
+            self._ensure_steps(params)
         else:
-            self.run.event("framework_config", source="lightning", config=params)
+            self._steps.run.event("framework_config", source="lightning", config=params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        run = self._ensure_run({})
+        steps = self._ensure_steps({})
+        run = steps.run
         epoch = metrics.get("epoch")
         if epoch is not None and int(epoch) != self._epoch:
-            self._steps.flush()
+            steps.flush()
             if self._epoch is not None:
                 run.end_epoch()
             self._epoch = int(epoch)
@@ -113,26 +125,27 @@ class TraintelLogger(Logger):
         # Lightning passes the optimizer steps done before this one; traintel counts completed ones
         done = run.state.step + 1 if step is None else step + 1
         if evals:
-            self._steps.flush()
+            steps.flush()
             if run.rank == 0:
-                run.log_eval(step=done, **evals)
+                run.log_eval(step=done, goals=None, **evals)
         if values:
-            self._steps.add(done, values)
+            steps.add(done, values)
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if self.run is not None:
+        if self._steps is not None:
             self._steps.flush()
-            self.run.event("checkpoint", path=_saved_path(checkpoint_callback))
+            self._steps.run.event("checkpoint", path=_saved_path(checkpoint_callback))
 
     def finalize(self, status: str) -> None:
-        if self.run is None:
+        steps = self._steps
+        if steps is None:
             return
-        self._steps.flush()
+        steps.flush()
         if self._created:
-            self.run.finish(_STATUS.get(status, "finished"))
+            steps.run.finish(_STATUS.get(status, "finished"))
         elif self._epoch is not None:
-            self.run.end_epoch()
-        self.run = None
+            steps.run.end_epoch()
+        self._steps = None
 
 
 class TraintelCallback(Callback):
@@ -141,19 +154,19 @@ class TraintelCallback(Callback):
 
     def __init__(self, project: str | None = None, name: str | None = None,
                  **init_options: Any) -> None:
-        self.init_options = {"project": project, "name": name, **init_options}
-        self.run = None
+        self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
+        self.run: Run | None = None
         self._created = False
         self._samples = 0
         self._last_step = 0
         self._step_started: float | None = None
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if any(isinstance(logger, TraintelLogger) for logger in trainer.loggers):
             raise ValueError("traintel: use TraintelLogger or TraintelCallback, not both (each "
                              "would record the same steps)")
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         total = trainer.estimated_stepping_batches
         config = {"hparams": dict(pl_module.hparams),
                   "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
@@ -165,19 +178,21 @@ class TraintelCallback(Callback):
             framework_bar=trainer.progress_bar_callback is not None)
         self._last_step = trainer.global_step
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.run is not None:
             self.run.begin_epoch(trainer.current_epoch)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.run is not None:
             self.run.end_epoch()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self._step_started is None:  # the first micro-batch of this optimizer step
             self._step_started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
         if self.run is None:
             return
         self._samples += extract_batch_size(batch)
@@ -195,18 +210,20 @@ class TraintelCallback(Callback):
             values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         self.run.log(step=trainer.global_step, step_s=step_s, **values)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.run is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         _, evals = split_metrics(trainer.callback_metrics)
         if evals:
-            self.run.log_eval(step=trainer.global_step, **evals)
+            self.run.log_eval(step=trainer.global_step, goals=None, **evals)
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         if self.run is not None and trainer.is_global_zero:
             self.run.event("checkpoint", step=trainer.global_step)
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
+                     exception: BaseException) -> None:
         if self.run is None:
             return
         self.run.error(exception)
@@ -215,7 +232,7 @@ class TraintelCallback(Callback):
                             else "failed")
         self.run = None
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.run is not None and self._created:
             self.run.finish()
         self.run = None

@@ -11,26 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-#: (catalog metric name, value, extra labels beyond project/run/rank).
-Reading = tuple[str, float, dict[str, str]]
+from .base import Reading, Sampler
 
 #: Consecutive failures after which a sampler is switched off for the rest of the run.
 MAX_FAILURES = 3
 #: Longest sample_now waits for a sample already under way on the thread.
 LOCK_WAIT_S = 2.0
-
-
-class Sampler(Protocol):
-    name: str
-
-    def sample(self) -> list[Reading]:
-        """Current readings; may raise (the thread handles it)."""
-        ...
-
-    def close(self) -> None:
-        ...
 
 
 class SamplerThread:
@@ -125,9 +112,9 @@ class SamplerThread:
 def default_samplers(run_dir: str, *, local_rank: int | None,
                      all_gpus: bool = False) -> list[Sampler]:
     """System, NVML and CUDA-allocator samplers, leaving out those this machine cannot run."""
-    from traintel.samplers.cuda import cuda_sampler
-    from traintel.samplers.gpu import gpu_sampler
-    from traintel.samplers.system import SystemSampler
+    from .cuda import cuda_sampler
+    from .gpu import gpu_sampler
+    from .system import SystemSampler
 
     samplers: list[Sampler] = [SystemSampler(run_dir)]
     for sampler in (gpu_sampler(local_rank=local_rank, all_gpus=all_gpus), cuda_sampler()):

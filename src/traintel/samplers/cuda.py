@@ -20,7 +20,7 @@ import re
 import sys
 from typing import Any
 
-from traintel.samplers import Reading
+from .base import Reading
 
 log = logging.getLogger("traintel.samplers")
 
@@ -94,7 +94,7 @@ def cuda_sampler() -> CudaSampler | None:
     return CudaSampler()
 
 
-def oom_details(exc: BaseException, device: int | None = None) -> dict | None:
+def oom_details(exc: BaseException, device: int | None = None) -> dict[str, Any] | None:
     """What a CUDA out-of-memory error needs for diagnosis, or None for other errors.
 
     Looks along the exception's cause/context chain. Never raises: a figure that cannot be read
@@ -139,7 +139,7 @@ def _requested(message: str) -> int | None:
 
 
 def _device_figures(device: int | None) -> dict[str, Any]:
-    torch = sys.modules.get("torch")
+    torch: Any = sys.modules.get("torch")
     ready = torch is not None and torch.cuda.is_initialized()
     if ready and device is None:
         device = _try(torch.cuda.current_device)

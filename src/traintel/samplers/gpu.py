@@ -11,11 +11,12 @@ reported once as a warning and no longer sampled.
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from traintel.samplers import Reading
+from .. import env
+from .base import Reading
 
 log = logging.getLogger("traintel.samplers")
 
@@ -96,19 +97,19 @@ class _Gpu:
     failures: dict[str, int] = field(default_factory=dict)  # passing failures in a row
 
 
-def _memory(nvml: Any, handle: Any) -> list[tuple]:
+def _memory(nvml: Any, handle: Any) -> list[Reading]:
     info = nvml.nvmlDeviceGetMemoryInfo(handle)
     return [("traintel_gpu_memory_used_bytes", info.used, {}),
             ("traintel_gpu_memory_total_bytes", info.total, {})]
 
 
-def _utilization(nvml: Any, handle: Any) -> list[tuple]:
+def _utilization(nvml: Any, handle: Any) -> list[Reading]:
     rates = nvml.nvmlDeviceGetUtilizationRates(handle)  # percent
     return [("traintel_gpu_utilization_ratio", rates.gpu / 100.0, {}),
             ("traintel_gpu_memory_utilization_ratio", rates.memory / 100.0, {})]
 
 
-def _throttle(nvml: Any, handle: Any) -> list[tuple]:
+def _throttle(nvml: Any, handle: Any) -> list[Reading]:
     # The "event" name replaced the deprecated "throttle" one (driver 535); same bits.
     read = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
         nvml.nvmlDeviceGetCurrentClocksThrottleReasons
@@ -116,7 +117,7 @@ def _throttle(nvml: Any, handle: Any) -> list[tuple]:
             for reason, active in decode_throttle(read(handle)).items()]
 
 
-def _pcie(nvml: Any, handle: Any) -> list[tuple]:
+def _pcie(nvml: Any, handle: Any) -> list[Reading]:
     # NVML reports KB/s (read as KiB/s, as nvidia-smi does), averaged over a 20 ms window.
     read = nvml.nvmlDeviceGetPcieThroughput
     return [("traintel_gpu_pcie_bytes_per_second",
@@ -125,7 +126,7 @@ def _pcie(nvml: Any, handle: Any) -> list[tuple]:
              read(handle, nvml.NVML_PCIE_UTIL_RX_BYTES) * 1024.0, {"direction": "rx"})]
 
 
-def _scalar(metric: str, read: Any) -> Any:
+def _scalar(metric: str, read: Callable[[Any, Any], float]) -> Callable[[Any, Any], list[Reading]]:
     return lambda nvml, handle: [(metric, read(nvml, handle), {})]
 
 
@@ -225,7 +226,7 @@ def gpu_sampler(*, local_rank: int | None, all_gpus: bool = False) -> NvmlSample
         log.info("NVML could not list the GPUs: GPU metrics off (%s)", exc)
         _shutdown(pynvml)
         return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = env.CUDA_VISIBLE_DEVICES.raw()
     chosen = select_gpus(uuids, visible, local_rank, all_gpus)
     if not chosen:
         log.info("no NVIDIA GPU for this process (%d on the host, CUDA_VISIBLE_DEVICES=%r): "

@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from traintel.samplers import Reading
+from .base import Reading
 
 #: Child processes that are multiprocessing or torch.compile helpers, not data-loader workers.
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
@@ -78,7 +78,7 @@ class SystemSampler:
 
 
 def _busy(times: Any) -> float:
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def _host_times() -> tuple[float, float]:

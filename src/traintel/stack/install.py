@@ -23,16 +23,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from traintel import env as environment
 from traintel.stack.components import COMPONENTS, DEPLOY_TOOLS, Component
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRAINTEL_CACHE", "~/.cache/traintel")).expanduser()
+    return Path(environment.TRAINTEL_CACHE.get() or "~/.cache/traintel").expanduser()
 
 
 def bin_root() -> Path:
@@ -104,7 +106,7 @@ def install(
 
 
 def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict:
-    entry = {
+    entry: dict[str, Any] = {
         "name": component.name,
         "version": component.version,
         "required": component.required,
@@ -213,7 +215,7 @@ def module_dir(module: str, version: str) -> Path:
         capture_output=True,
         text=True,
         cwd=cache_dir(),
-        env={**os.environ, **_go_env()},
+        env={**environment.snapshot(), **_go_env()},
     )
     if found.returncode != 0:
         raise BuildError(f"`go mod download {spec}` failed:\n{found.stdout}{found.stderr}")
@@ -283,7 +285,7 @@ def _run(
     retry_with: list[str] | None = None,
 ) -> None:
     """Run one build step, its output appended to ``log``; BuildError with the tail on failure."""
-    full_env = {**os.environ, **_go_env(), **(env or {})}
+    full_env = {**environment.snapshot(), **_go_env(), **(env or {})}
     for attempt in range(2):
         with log.open("a") as out:
             out.write(f"$ {' '.join(argv)}\n")
@@ -308,7 +310,7 @@ def _run(
 
 def _go_env() -> dict[str, str]:
     go = cache_dir() / "go"
-    flags = os.environ.get("GOFLAGS", "")
+    flags = environment.GOFLAGS.get() or ""
     return {
         "GOMODCACHE": str(go / "mod"),
         "GOCACHE": str(go / "build"),

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from traintel import env as environment
 from traintel.stack import install
 from traintel.stack.components import COMPONENTS
 
@@ -110,7 +111,7 @@ def free_ports() -> dict[str, dict[str, int]]:
 
 
 def default_run_dir() -> Path:
-    return Path(os.environ.get("TRAINTEL_STACK_DIR") or install.cache_dir() / "stack")
+    return Path(environment.TRAINTEL_STACK_DIR.get() or install.cache_dir() / "stack")
 
 
 @dataclass
@@ -204,7 +205,7 @@ class NativeStack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
+                env={**environment.snapshot(), **env},
                 start_new_session=True,
             )
         self._procs[name] = proc

@@ -16,10 +16,13 @@ import time
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
+from typing import IO
 
 import orjson
 
-EVENTS = "events.jsonl"
+from .. import env
+from .format import EVENTS_FILE, RawLine
+
 _ROTATED = re.compile(r"events\.jsonl\.(\d+)$")
 _RANK = re.compile(r"rank-(\d+)$")
 _BLOCK = 1 << 20
@@ -31,10 +34,10 @@ class RecordNotFound(FileNotFoundError):
 
 def runs_dir() -> Path:
     """Where runs are written when ``traintel.init`` is given no ``dir``."""
-    return Path(os.environ.get("TRAINTEL_DIR") or "traintel-runs")
+    return Path(env.TRAINTEL_DIR.get() or "traintel-runs")
 
 
-def find_run(target: str | os.PathLike) -> Path:
+def find_run(target: str | os.PathLike[str]) -> Path:
     """A run directory or events file from a path or a run id (looked up under :func:`runs_dir`)."""
     path = Path(target)
     if path.exists():
@@ -46,7 +49,7 @@ def find_run(target: str | os.PathLike) -> Path:
 
 
 def is_run(path: Path) -> bool:
-    return path.is_file() or bool(rank_dirs(path)) or bool(rotation_set(path / EVENTS))
+    return path.is_file() or bool(rank_dirs(path)) or bool(rotation_set(path / EVENTS_FILE))
 
 
 def rank_dirs(path: Path) -> list[Path]:
@@ -75,9 +78,9 @@ def streams(path: Path) -> list[list[Path]]:
     ``events.jsonl`` given as a file brings its rotations along, any other file is read alone.
     """
     if path.is_file():
-        return [rotation_set(path) if path.name == EVENTS else [path]]
+        return [rotation_set(path) if path.name == EVENTS_FILE else [path]]
     dirs = rank_dirs(path) or [path]
-    return [files for d in dirs if (files := rotation_set(d / EVENTS))]
+    return [files for d in dirs if (files := rotation_set(d / EVENTS_FILE))]
 
 
 class Records:
@@ -87,7 +90,7 @@ class Records:
     its first line, or not even made its directory, is accepted: followers wait for it.
     """
 
-    def __init__(self, target: str | os.PathLike, waiting: bool = False):
+    def __init__(self, target: str | os.PathLike[str], waiting: bool = False):
         try:
             self.path = find_run(target)
         except RecordNotFound:
@@ -96,18 +99,18 @@ class Records:
             self.path = Path(target) if os.sep in str(target) else runs_dir() / str(target)
         self.streams = streams(self.path) if self.path.exists() else []
         if not self.streams and waiting and not self.path.is_file():
-            self.streams = [[self.path / EVENTS]]
+            self.streams = [[self.path / EVENTS_FILE]]
         if not self.streams:
-            raise RecordNotFound(f"no {EVENTS} under {self.path}")
+            raise RecordNotFound(f"no {EVENTS_FILE} under {self.path}")
         self.bad = 0
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[RawLine]:
         if len(self.streams) == 1:
             return self.read(self.streams[0])
         # each rank's file is in time order; merging keeps the whole run in time order
         return heapq.merge(*(self.read(s) for s in self.streams), key=_ts)
 
-    def read(self, files: Iterable[Path]) -> Iterator[dict]:
+    def read(self, files: Iterable[Path]) -> Iterator[RawLine]:
         """The records of files in turn; a file that has gone since it was listed is passed over."""
         for file in files:
             try:
@@ -117,7 +120,7 @@ class Records:
             with f:
                 yield from self.parse(f)
 
-    def parse(self, lines: Iterable[bytes]) -> Iterator[dict]:
+    def parse(self, lines: Iterable[bytes]) -> Iterator[RawLine]:
         loads = orjson.loads
         for line in lines:
             try:
@@ -132,18 +135,18 @@ class Records:
                 self.bad += 1
 
 
-def _ts(record: dict) -> float:
+def _ts(record: RawLine) -> float:
     ts = record.get("ts")
     return ts if isinstance(ts, (int, float)) else 0.0
 
 
-def last_records(records: Records, n: int, ends: dict[Path, int] | None = None) -> list[dict]:
+def last_records(records: Records, n: int, ends: dict[Path, int] | None = None) -> list[RawLine]:
     """The last ``n`` records, reading each stream backwards from its end rather than whole;
     ``ends`` stops some files at a byte offset instead of their current end."""
-    recent: list[dict] = []
+    recent: list[RawLine] = []
     ends = ends or {}
     for files in records.streams if n > 0 else ():
-        found: list[dict] = []
+        found: list[RawLine] = []
         existing = [f for f in reversed(files) if f.exists()]
         for line in chain.from_iterable(_reversed_lines(f, ends.get(f)) for f in existing):
             found += records.parse([line])
@@ -180,32 +183,35 @@ class Follower:
     def __init__(self, path: Path, records: Records, from_start: bool = False):
         self.path = path
         self.records = records
-        self._file = None
-        self._inode = None
+        self._file: IO[bytes] | None = None
+        self._inode: int | None = None
+        self._rest = b""
         self._from_start = from_start
-        self._late = not self._open()
+        self._late = self._open() is None
 
     @property
     def position(self) -> int:
         """Where reading starts or goes on in the file open now (0 before it exists)."""
         return self._file.tell() if self._file else 0
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list[RawLine]:
         """New records, a block at a time so that a long backlog does not fill memory."""
-        if self._file is None:
-            if not self._open():
+        file = self._file
+        if file is None:
+            file = self._open()
+            if file is None:
                 return []
             if self._late:  # it appeared while we waited, and may have been rotated already
                 self._late = False
                 return list(self.records.read(self._others()[0]))
-        data = self._file.read(_BLOCK)
-        if data or not self._moved():
+        data = file.read(_BLOCK)
+        if data or not self._moved(file):
             return self._complete(data)
         # rotated or truncated: finish the old file, then any rotated after it, then the new one
-        out = self._complete(self._file.read())
+        out = self._complete(file.read())
         if self._rest:
             out += self.records.parse([self._rest])
-        self._file.close()
+        file.close()
         out += self.records.read(self._others()[1])
         self._from_start = True
         self._open()
@@ -215,25 +221,26 @@ class Follower:
         if self._file is not None:
             self._file.close()
 
-    def _open(self) -> bool:
+    def _open(self) -> IO[bytes] | None:
+        """Open the live file (None while it does not exist)."""
         self._rest = b""
         try:
-            self._file = open(self.path, "rb")
+            file = self._file = open(self.path, "rb")
         except FileNotFoundError:
             self._file = None
             self._from_start = True  # whatever appears later is new
-            return False
-        self._inode = os.fstat(self._file.fileno()).st_ino
+            return None
+        self._inode = os.fstat(file.fileno()).st_ino
         if not self._from_start:
-            self._file.seek(0, os.SEEK_END)
-        return True
+            file.seek(0, os.SEEK_END)
+        return file
 
-    def _moved(self) -> bool:
+    def _moved(self, file: IO[bytes]) -> bool:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False  # between the writer's rename and create
-        return st.st_ino != self._inode or st.st_size < self._file.tell()
+        return st.st_ino != self._inode or st.st_size < file.tell()
 
     def _others(self) -> tuple[list[Path], list[Path]]:
         """The files rotated before ours and those rotated after it (the writer may rotate more
@@ -245,7 +252,7 @@ class Follower:
         i = inodes.index(self._inode)
         return files[:i], [p for p in files[i + 1:] if p != self.path]
 
-    def _complete(self, data: bytes) -> list[dict]:
+    def _complete(self, data: bytes) -> list[RawLine]:
         complete, _, self._rest = (self._rest + data).rpartition(b"\n")
         return list(self.records.parse(complete.split(b"\n"))) if complete else []
 
@@ -257,7 +264,7 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def follow(records: Records, last: int | None = 0, poll_s: float = 0.2) -> Iterator[dict]:
+def follow(records: Records, last: int | None = 0, poll_s: float = 0.2) -> Iterator[RawLine]:
     """Records as they are written, forever: first the last ``last`` already written (every one
     when None), then the new ones. The caller decides when to stop.
 
@@ -284,5 +291,5 @@ def follow(records: Records, last: int | None = 0, poll_s: float = 0.2) -> Itera
 def _current(files: list[Path]) -> tuple[Path, list[Path]]:
     """The file being written and the rotated ones before it."""
     if _ROTATED.match(files[-1].name):
-        return files[-1].parent / EVENTS, files
+        return files[-1].parent / EVENTS_FILE, files
     return files[-1], files[:-1]

@@ -1,0 +1,214 @@
+"""Every environment variable traintel reads, in one place.
+
+As ``opentelemetry.sdk.environment_variables`` does for the SDK: one constant per variable with its
+default and meaning. Readers import the constant and call :meth:`Variable.get`; this module is the
+only one in ``src/`` that touches ``os.environ`` (a test fails on a stray read elsewhere).
+``docs/configuration.md`` is rendered from it with the ``traintel.init`` options
+(``traintel.settings.render_markdown``; a test fails when the committed page drifts). The
+``OTEL_*`` variables here are those traintel reads itself; the OpenTelemetry SDK reads the rest
+(``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_*``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+Group = Literal["run", "export", "launcher", "cli", "stack", "development"]
+_N = TypeVar("_N", int, float)
+
+#: headings of docs/configuration.md, in order
+GROUPS: dict[Group, str] = {
+    "run": "Runs (`traintel.init`)",
+    "export": "OpenTelemetry variables traintel reads itself",
+    "launcher": "Launchers: ranks, shared run id, GPUs",
+    "cli": "Command line",
+    "stack": "The native stack (`traintel stack`)",
+    "development": "Development scripts (`make`)",
+}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, what it does, and what applies when it is unset."""
+
+    name: str
+    group: Group
+    meaning: str
+    #: what applies when unset, as documentation text (None: nothing, the feature is off)
+    default: str | None = None
+
+    def get(self) -> str | None:
+        """The value, or None when the variable is unset or empty."""
+        return os.environ.get(self.name) or None
+
+    def raw(self) -> str | None:
+        """The value as set, an empty one included (None only when unset): for variables where
+        empty means something, as ``CUDA_VISIBLE_DEVICES=`` means no GPU."""
+        return os.environ.get(self.name)
+
+    def integer(self) -> int | None:
+        """The value as an int; a clear error naming the variable when it is not one."""
+        return self._convert(int, "an integer")
+
+    def real(self) -> float | None:
+        """The value as a float; a clear error naming the variable when it is not a number."""
+        return self._convert(float, "a number")
+
+    def _convert(self, kind: Callable[[str], _N], expected: str) -> _N | None:
+        text = self.get()
+        if text is None:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"environment variable {self.name}={text!r} must be "
+                             f"{expected}") from None
+
+    def is_true(self) -> bool:
+        """True when set to ``true`` (any case), as the OpenTelemetry specification reads flags."""
+        return (self.get() or "").strip().lower() == "true"
+
+
+def snapshot() -> dict[str, str]:
+    """A copy of the whole environment, for the few readers that need all of it: the diagnostic
+    report (filtered, secrets redacted), secret detection, and child processes of the stack."""
+    return dict(os.environ)
+
+
+# -- runs ------------------------------------------------------------------------------------
+TRAINTEL_DIR = Variable(
+    "TRAINTEL_DIR", "run",
+    "Where runs write their records (`dir=`); `traintel logs`, `status`, `doctor` look there too.",
+    "./traintel-runs")
+TRAINTEL_PROJECT = Variable(
+    "TRAINTEL_PROJECT", "run", "The project of runs started without `project=`.", "default")
+TRAINTEL_HTTP_PORT = Variable(
+    "TRAINTEL_HTTP_PORT", "run",
+    "Serve /metrics, /healthz, /status, /events on 127.0.0.1:PORT (`http_port=`; 0: any free "
+    "port).")
+TRAINTEL_PROGRESS = Variable(
+    "TRAINTEL_PROGRESS", "run",
+    "Progress display: auto (a bar on a terminal, lines otherwise), bar, lines or off "
+    "(`progress=`); it also wins over an integration turning traintel's bar off.", "auto")
+TRAINTEL_SAMPLE_INTERVAL = Variable(
+    "TRAINTEL_SAMPLE_INTERVAL", "run",
+    "Seconds between GPU, CUDA allocator and system samples (`sample_interval=`; 0: off).", "5.0")
+TRAINTEL_LOG_LEVEL = Variable(
+    "TRAINTEL_LOG_LEVEL", "run", "Level of traintel's own logs (`log_level=`).", "INFO")
+TRAINTEL_RUN_ID = Variable(
+    "TRAINTEL_RUN_ID", "run",
+    "A run id that every rank of a job shares (wins over the launchers' ids below).")
+
+# -- OpenTelemetry -----------------------------------------------------------------------------
+OTEL_SDK_DISABLED = Variable(
+    "OTEL_SDK_DISABLED", "export",
+    "`true` turns OTLP export off (the local record and /metrics are unaffected).", "false")
+OTEL_EXPORTER_OTLP_ENDPOINT = Variable(
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "export",
+    "The collector; the SDK exports there, `traintel demo` checks that something listens and "
+    "`traintel doctor` checks it.", "http://localhost:4318")
+OTEL_METRIC_EXPORT_INTERVAL = Variable(
+    "OTEL_METRIC_EXPORT_INTERVAL", "export",
+    "Milliseconds between metric exports. Unset, traintel exports every 15000 (the SDK's 60000 "
+    "is too coarse for step curves and stall alerts).", "15000")
+OTEL_RESOURCE_ATTRIBUTES = Variable(
+    "OTEL_RESOURCE_ATTRIBUTES", "export",
+    "Extra resource attributes (the SDK reads them); traintel keeps a `service.instance.id` "
+    "given here instead of its own `run/rank`.")
+OTEL_BSP_MAX_EXPORT_BATCH_SIZE = Variable(
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "export",
+    "Spans per export request. Unset (and OTEL_BSP_MAX_QUEUE_SIZE unset), traintel sends 32: "
+    "encoding the SDK's 512 at once delayed a paced loop by up to 23 ms.", "32")
+OTEL_BSP_MAX_QUEUE_SIZE = Variable(
+    "OTEL_BSP_MAX_QUEUE_SIZE", "export",
+    "Spans queued for export; set, the SDK's defaults and checks apply to the batch size too.",
+    "2048")
+OTEL_BLRP_MAX_EXPORT_BATCH_SIZE = Variable(
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "export",
+    "Log records per export request; traintel's default is 32, as for spans.", "32")
+OTEL_BLRP_MAX_QUEUE_SIZE = Variable(
+    "OTEL_BLRP_MAX_QUEUE_SIZE", "export",
+    "Log records queued for export; set, the SDK's defaults apply to the batch size too.", "2048")
+
+# -- launchers -------------------------------------------------------------------------------
+RANK = Variable("RANK", "launcher", "torchrun: this process's global rank.")
+LOCAL_RANK = Variable("LOCAL_RANK", "launcher", "torchrun: the rank on this node.")
+WORLD_SIZE = Variable("WORLD_SIZE", "launcher", "torchrun: the number of processes.")
+TORCHELASTIC_RUN_ID = Variable(
+    "TORCHELASTIC_RUN_ID", "launcher", "torchrun's `--rdzv-id`: the shared run id.")
+SLURM_PROCID = Variable("SLURM_PROCID", "launcher", "SLURM: the global rank.")
+SLURM_LOCALID = Variable("SLURM_LOCALID", "launcher", "SLURM: the rank on this node.")
+SLURM_NTASKS = Variable("SLURM_NTASKS", "launcher", "SLURM: the number of processes.")
+SLURM_JOB_ID = Variable(
+    "SLURM_JOB_ID", "launcher", "SLURM: with SLURM_STEP_ID, the shared run id slurm-JOB-STEP.")
+SLURM_STEP_ID = Variable("SLURM_STEP_ID", "launcher", "SLURM: the job step.", "0")
+OMPI_COMM_WORLD_RANK = Variable("OMPI_COMM_WORLD_RANK", "launcher", "Open MPI: the global rank.")
+OMPI_COMM_WORLD_LOCAL_RANK = Variable(
+    "OMPI_COMM_WORLD_LOCAL_RANK", "launcher", "Open MPI: the rank on this node.")
+OMPI_COMM_WORLD_SIZE = Variable(
+    "OMPI_COMM_WORLD_SIZE", "launcher", "Open MPI: the number of processes.")
+PMI_RANK = Variable("PMI_RANK", "launcher", "MPICH / Intel MPI: the global rank.")
+MPI_LOCALRANKID = Variable("MPI_LOCALRANKID", "launcher", "MPICH / Intel MPI: the rank on this node.")
+PMI_SIZE = Variable("PMI_SIZE", "launcher", "MPICH / Intel MPI: the number of processes.")
+CUDA_VISIBLE_DEVICES = Variable(
+    "CUDA_VISIBLE_DEVICES", "launcher",
+    "The GPUs this process may use: GPU telemetry samples these (the local rank's own when "
+    "several are visible) unless `all_gpus=True`.", "every GPU")
+
+# -- command line ----------------------------------------------------------------------------
+TRAINTEL_URL = Variable(
+    "TRAINTEL_URL", "cli", "A live run's endpoint for `traintel status --url` and `traintel "
+    "debug`, http://127.0.0.1:PORT.")
+TRAINTEL_COLLECTOR_HEALTH_URL = Variable(
+    "TRAINTEL_COLLECTOR_HEALTH_URL", "cli",
+    "`traintel doctor`: the collector's health_check URL.", "each collector's host, port 13133")
+TRAINTEL_PROMETHEUS_URL = Variable(
+    "TRAINTEL_PROMETHEUS_URL", "cli", "`traintel doctor`: Prometheus.", "http://127.0.0.1:9090")
+TRAINTEL_ALERTMANAGER_URL = Variable(
+    "TRAINTEL_ALERTMANAGER_URL", "cli", "`traintel doctor`: Alertmanager.",
+    "http://127.0.0.1:9093")
+TRAINTEL_LOKI_URL = Variable(
+    "TRAINTEL_LOKI_URL", "cli", "`traintel doctor`: Loki.", "http://127.0.0.1:3100")
+TRAINTEL_TEMPO_URL = Variable(
+    "TRAINTEL_TEMPO_URL", "cli", "`traintel doctor`: Tempo.", "http://127.0.0.1:3200")
+TRAINTEL_GRAFANA_URL = Variable(
+    "TRAINTEL_GRAFANA_URL", "cli", "`traintel doctor`: Grafana.", "http://127.0.0.1:3000")
+
+# -- stack -----------------------------------------------------------------------------------
+TRAINTEL_CACHE = Variable(
+    "TRAINTEL_CACHE", "stack",
+    "traintel's cache: built stack programs, Go caches, the Python environments of `make`.",
+    "~/.cache/traintel")
+TRAINTEL_STACK_DIR = Variable(
+    "TRAINTEL_STACK_DIR", "stack",
+    "Where `traintel stack up` keeps rendered configs, data, logs and pid files.",
+    "$TRAINTEL_CACHE/stack")
+GOFLAGS = Variable(
+    "GOFLAGS", "stack", "Go flags for `traintel stack install`; `-modcacherw` is added.")
+
+# -- development -----------------------------------------------------------------------------
+TRAINTEL_EXTRAS = Variable(
+    "TRAINTEL_EXTRAS", "development",
+    "The pyproject extras `scripts/venv.sh` installs (`make bench` uses dev,bench).", "dev")
+PYTHON = Variable(
+    "PYTHON", "development", "The interpreter `scripts/venv.sh` builds the environment with.",
+    "python3")
+
+#: every variable, in documentation order
+VARIABLES: tuple[Variable, ...] = tuple(
+    value for value in list(globals().values()) if isinstance(value, Variable))
+BY_NAME: dict[str, Variable] = {variable.name: variable for variable in VARIABLES}
+
+
+def variables_markdown() -> str:
+    """The environment variables as Markdown tables, one per group (docs/configuration.md)."""
+    lines: list[str] = []
+    for group, title in GROUPS.items():
+        lines += [f"### {title}", "", "| variable | default | meaning |", "|---|---|---|"]
+        lines += [f"| `{v.name}` | {f'`{v.default}`' if v.default else '-'} | {v.meaning} |"
+                  for v in VARIABLES if v.group == group]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""The run record's format as types: every line a TypedDict, statuses and levels Literals.
+
+``docs/record-format.md`` describes the same lines for people. The writer side builds these
+types; what a reader gets back from a file is a :data:`RawLine` (anything a crashed or foreign
+writer may have left), which readers check key by key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict, Union
+
+from ..stats import Statistics
+
+#: the live file of a record (rotated ones are ``events.jsonl.1``, ``.2``, ...)
+EVENTS_FILE = "events.jsonl"
+
+RunStatus = Literal["running", "finished", "failed", "interrupted"]
+EndStatus = Literal["finished", "failed", "interrupted"]
+#: every status, in the order the ``traintel_run_status`` state set exports them
+STATUSES: tuple[RunStatus, ...] = ("running", "finished", "failed", "interrupted")
+#: the statuses a run ends with, worst first (a multi-rank run's status is its worst rank's)
+END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "finished")
+
+Level = Literal["debug", "info", "warning", "error", "critical"]
+LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error", "critical")
+
+Severity = Literal["critical", "high", "medium", "low"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+ErrorType = Literal["oom", "cuda", "distributed", "nonfinite_loss", "data", "config",
+                    "model_loading", "network", "checkpoint_io", "interrupted", "other"]
+
+InstrumentKind = Literal["counter", "gauge", "histogram", "timer", "operation"]
+#: the kinds of observation the record writer folds (and exports as histograms)
+ObservationKind = Literal["histogram", "timer", "operation"]
+
+LineType = Literal["run_start", "config", "step", "eval", "epoch", "event", "milestone", "error",
+                   "log", "instrument", "run_end"]
+
+#: a step's metrics: numbers, and "nan"/"inf"/"-inf" text for non-finite values (JSON has none)
+Metrics = dict[str, Union[float, int, str]]
+#: a line as read back from a file: whatever is there, checked by its readers
+RawLine = dict[str, Any]
+#: a line while the event pipeline's processors work on it (structlog's ``EventDict``)
+EventDict = dict[str, Any]
+
+
+class _Stamped(TypedDict, total=False):
+    """Keys the event pipeline adds to every line (the writer adds ts, level, run and rank to
+    step lines itself); ``message`` where there is text for people."""
+
+    ts: float
+    level: Level
+    run: str
+    rank: int
+    message: str
+    trace_id: str | None
+    span_id: str | None
+
+
+class RunStartLine(_Stamped):
+    type: Literal["run_start"]
+    project: str
+    name: str
+    host: str
+    pid: int
+    world_size: int
+    local_rank: int | None
+    traintel_version: str
+    total_epochs: int | None
+    total_steps: int | None
+
+
+class ConfigLine(_Stamped):
+    type: Literal["config"]
+    config: dict[str, Any]
+    config_hash: str
+    seed: int | None
+
+
+class StepLine(_Stamped):
+    type: Literal["step"]
+    step: int
+    epoch: int
+    step_s: float | None
+    data_wait_s: float | None
+    metrics: Metrics
+
+
+class EvalLine(_Stamped):
+    type: Literal["eval"]
+    step: int
+    epoch: int
+    metrics: Metrics
+    is_best: dict[str, bool]
+    best: dict[str, float | None]
+
+
+class EpochLine(_Stamped):
+    type: Literal["epoch"]
+    epoch: int
+    step: int
+    steps: int
+    duration_s: float
+
+
+class EventLine(_Stamped):
+    type: Literal["event"]
+    event: str
+    fields: dict[str, Any]
+    step: int
+    epoch: int
+
+
+class MilestoneLine(_Stamped):
+    type: Literal["milestone"]
+    percent: int
+    step: int
+    elapsed_s: float
+    eta_s: float | None
+
+
+class ErrorLine(_Stamped):
+    type: Literal["error"]
+    error_type: ErrorType
+    severity: Severity
+    exc_type: str
+    operation: str | None
+    traceback: str
+    context: dict[str, Any]
+    hints: list[str]
+    step: int
+    epoch: int
+
+
+class _LogFields(TypedDict, total=False):
+    #: the ``extra`` a component log call passed (secrets scrubbed)
+    fields: dict[str, Any]
+
+
+class LogLine(_Stamped, _LogFields):
+    type: Literal["log"]
+    logger: str
+
+
+class InstrumentLine(_Stamped, Statistics):
+    type: Literal["instrument"]
+    kind: InstrumentKind
+    name: str
+
+
+class RunEndLine(_Stamped):
+    type: Literal["run_end"]
+    status: EndStatus
+    duration_s: float
+    steps: int
+
+
+RecordLine = Union[RunStartLine, ConfigLine, StepLine, EvalLine, EpochLine, EventLine,
+                   MilestoneLine, ErrorLine, LogLine, InstrumentLine, RunEndLine]

@@ -1,0 +1,233 @@
+"""What happens to a record line, in one place: processors, then sinks.
+
+As in structlog, a line passes through a list of processors, each a small callable that takes the
+line (and the stdlib ``LogRecord`` it travels with) and returns it: :func:`stamp` (time, level,
+text), :class:`Scrub` (secrets), :class:`Identity` (run and rank), :class:`TraceIds` (the trace
+and span it belongs to). Then every sink gets the finished line: the record file, OTLP logs
+(:class:`OtlpLogs`), the live ``/events`` stream (``traintel.server.EventHub``) and the console
+(:class:`Console`).
+
+Lines come from three doors. The run's own events (evals, events, errors, milestones, the end of
+the run) enter through :meth:`Pipeline.submit` as a stdlib ``LogRecord`` carrying the line, so
+that ``logging`` levels and handlers apply; below the logger's level they reach the record file
+alone. Records of the ``traintel`` logger tree (``run.logger("data").info(...)``) reach the
+pipeline as its ``logging.Handler`` and become ``log`` lines. Lines for the record alone
+(``run_start``, ``config``, ``epoch``, ``instrument``) enter through :meth:`Pipeline.write`.
+Steps are the exception: the hot path queues them for the record writer, which stamps them with
+the same identity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+from opentelemetry import trace
+
+from ..redact import Scrubber
+from .format import EventDict, Level
+
+if TYPE_CHECKING:
+    from ..export.otlp import OtlpExport
+
+#: LogRecord attribute carrying a run's own line (events, errors, milestones, evals)
+RECORD_ATTR = "traintel_record"
+
+Processor = Callable[[EventDict, logging.LogRecord], EventDict]
+Sink = Callable[[EventDict, logging.LogRecord], None]
+#: the span a line belongs to when the caller has none (the epoch's, else the run's)
+FallbackSpan = Callable[[], "trace.Span | None"]
+
+_LEVELS: dict[int, Level] = {logging.DEBUG: "debug", logging.INFO: "info",
+                             logging.WARNING: "warning", logging.ERROR: "error",
+                             logging.CRITICAL: "critical"}
+#: attributes every LogRecord has: anything else a log call passed (``extra=``) is a field
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "taskName", RECORD_ATTR}
+_FORMATTER = logging.Formatter()
+
+
+# -- processors --------------------------------------------------------------------------------
+def stamp(line: EventDict, record: logging.LogRecord) -> EventDict:
+    """Time, level and the text people read, from the log record, unless the line has its own
+    (an error line keeps the exception's own text as its message)."""
+    line.setdefault("ts", record.created)
+    line.setdefault("level", _LEVELS.get(record.levelno, "info"))
+    if "message" not in line and record.msg:
+        line["message"] = record.getMessage()
+    return line
+
+
+class Scrub:
+    """Secrets out of everything people or backends read: the message and traceback as text,
+    fields and context deeply (values under secret-looking keys redacted), and the log record's
+    own text and exception, which the console prints."""
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        self.scrubber = scrubber
+
+    def __call__(self, line: EventDict, record: logging.LogRecord) -> EventDict:
+        text = self.scrubber.text
+        for key in ("message", "traceback"):
+            if isinstance(line.get(key), str):
+                line[key] = text(line[key])
+        for key in ("fields", "context"):
+            if key in line:
+                line[key] = self.scrubber.deep(line[key])
+        record.msg, record.args = text(record.getMessage()), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = text(_FORMATTER.formatException(record.exc_info))
+        return line
+
+
+class Identity:
+    """The run's identity (run id and rank) on every line."""
+
+    def __init__(self, fields: Mapping[str, object]) -> None:
+        self.fields = dict(fields)
+
+    def __call__(self, line: EventDict, record: logging.LogRecord) -> EventDict:
+        for key, value in self.fields.items():
+            line.setdefault(key, value)
+        return line
+
+
+def current_span(fallback: FallbackSpan | None = None) -> trace.Span:
+    """The caller's span, or the run's own (the epoch's or the run's) when the caller has none."""
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid and fallback is not None:
+        span = fallback() or span
+    return span
+
+
+class TraceIds:
+    """The trace and span a line belongs to (hex, as Loki and Tempo show them), so that a log
+    line leads to its trace."""
+
+    def __init__(self, fallback: FallbackSpan | None = None) -> None:
+        self.fallback = fallback
+
+    def __call__(self, line: EventDict, record: logging.LogRecord) -> EventDict:
+        context = current_span(self.fallback).get_span_context()
+        valid = context.is_valid
+        line.setdefault("trace_id", format(context.trace_id, "032x") if valid else None)
+        line.setdefault("span_id", format(context.span_id, "016x") if valid else None)
+        return line
+
+
+# -- sinks -------------------------------------------------------------------------------------
+#: the body, the timestamp, and the run's identity (already resource attributes)
+_NOT_ATTRIBUTES = {"message", "ts", "run", "rank", "project"}
+
+
+def flat_attributes(line: Mapping[str, Any]) -> dict[str, Any]:
+    """Record line -> OTLP attributes: scalars as they are, nested values as compact JSON."""
+    out: dict[str, Any] = {}
+    for key, value in line.items():
+        if key in _NOT_ATTRIBUTES or value is None:
+            continue
+        if isinstance(value, (dict, list)):
+            out[key] = orjson.dumps(value, default=str).decode()
+        else:
+            out[key] = value
+    return out
+
+
+class OtlpLogs:
+    """Each line as an OTLP log record, in the trace context of the span it belongs to."""
+
+    def __init__(self, otlp: OtlpExport, fallback: FallbackSpan | None = None) -> None:
+        self.otlp = otlp
+        self.fallback = fallback
+
+    def __call__(self, line: EventDict, record: logging.LogRecord) -> None:
+        self.otlp.emit_log(record, line.get("message") or record.getMessage(),
+                           flat_attributes(line), current_span(self.fallback))
+
+
+class Console:
+    """Lines for people through a stdlib handler (rich on a terminal, plain in batch logs) at its
+    level. Milestones are left out: the progress display already shows them."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.handler = handler
+
+    def __call__(self, line: EventDict, record: logging.LogRecord) -> None:
+        if record.levelno >= self.handler.level and line.get("type") != "milestone":
+            self.handler.handle(record)
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+def log_line(record: logging.LogRecord) -> EventDict:
+    """A ``log`` line for a record of the ``traintel`` logger tree; ``extra=`` becomes fields."""
+    message = record.getMessage()
+    if record.exc_info:
+        message += "\n" + _FORMATTER.formatException(record.exc_info)
+    line: EventDict = {"ts": record.created, "type": "log", "logger": record.name,
+                       "message": message}
+    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    if fields:
+        line["fields"] = fields
+    return line
+
+
+class Pipeline(logging.Handler):
+    """Processors, then sinks, for every line but steps. It is the one handler of the
+    ``traintel`` logger tree while a run is active; ``file`` (the record) is the first sink and
+    the only one of lines below the log level."""
+
+    def __init__(self, processors: Sequence[Processor], file: Sink,
+                 sinks: Sequence[Sink] = ()) -> None:
+        super().__init__(logging.DEBUG)
+        self.processors = list(processors)
+        self.file = file
+        self.sinks: list[Sink] = [file, *sinks]
+
+    def submit(self, logger: logging.Logger, level: int, text: object,
+               line: Mapping[str, object]) -> None:
+        """One of the run's own lines (a ``RecordLine``), with the text people read (any object,
+        turned into text when read): through stdlib logging when ``logger`` takes ``level``
+        (then every sink), else to the record alone."""
+        record = logger.makeRecord(logger.name, level, "traintel", 0, text, (), None,
+                                   extra={RECORD_ATTR: line})
+        if logger.isEnabledFor(level):
+            logger.handle(record)
+        else:
+            self._to_file(record)
+
+    def write(self, line: Mapping[str, object]) -> None:
+        """A line (a ``RecordLine``) for the record alone: ``run_start``, ``config``, ``epoch``,
+        ``instrument``."""
+        record = logging.LogRecord("traintel", logging.INFO, "traintel", 0, "", (), None)
+        setattr(record, RECORD_ATTR, line)
+        self._to_file(record)
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self._process(record)
+            for sink in list(self.sinks):
+                sink(line, record)
+        except Exception:  # logging must never raise into training
+            self.handleError(record)
+
+    def _process(self, record: logging.LogRecord) -> EventDict:
+        attached = getattr(record, RECORD_ATTR, None)
+        line = cast(EventDict, attached) if attached is not None else log_line(record)
+        for process in self.processors:
+            line = process(line, record)
+        return line
+
+    def _to_file(self, record: logging.LogRecord) -> None:
+        try:
+            self.file(self._process(record), record)
+        except Exception:
+            self.handleError(record)
