@@ -449,7 +449,11 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _minutes(duration: str) -> float:
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", duration).groups()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", duration)
+    if match is None:
+        raise ValueError(f"rules: duration {duration!r} must be a number and one of s, m, h, d "
+                         "(e.g. '10m')")
+    number, unit = match.groups()
     return float(number) * {"s": 1 / 60, "m": 1, "h": 60, "d": 1440}[unit]
 
 
