@@ -449,7 +449,10 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _minutes(duration: str) -> float:
-    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", duration).groups()
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", duration)
+    if found is None:
+        raise ValueError(f"{duration!r} is not a duration like 30s, 5m, 1h or 1d")
+    number, unit = found.groups()
     return float(number) * {"s": 1 / 60, "m": 1, "h": 60, "d": 1440}[unit]
 
 
