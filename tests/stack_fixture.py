@@ -38,7 +38,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     if reasons:
         pytest.skip("; ".join(reasons))
     running = native.NativeStack(
-        tmp_path_factory.mktemp("stack"), ports=native.free_ports(), tap=True
+        tmp_path_factory.mktemp("stack"), ports=native.free_ports(), tap=True, sink=True
     )
     try:
         running.up()

@@ -1,6 +1,7 @@
 """The proof of the stack: a real demo training run through the real collector into the real
-Prometheus (and Loki where built); every dashboard query and recording rule returns data for that
-run, the values match the run's local record, and a stalled run's alert reaches Alertmanager."""
+Prometheus (and into Loki's OTLP endpoint: a real Loki where one is supplied, else the sink);
+every dashboard query and recording rule returns data for that run, the values match the run's
+local record, and a stalled run's alert reaches Alertmanager."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import yaml
 
 from traintel import catalog, dashboards, rules
 
+import loki_model
 from stack_fixture import eventually, promql, require
 
 pytestmark = pytest.mark.stack
@@ -208,6 +210,41 @@ def test_every_loki_panel_shows_the_runs_logs(stack, demo, crashed):
             panels.setdefault(key, False)
     empty = [key for key, found in panels.items() if not found]
     assert panels and not empty, f"Loki panels with no data: {empty}"
+
+
+def test_every_loki_query_selects_the_runs_logs_as_loki_would_store_them(stack, demo, crashed):
+    """Without a Loki binary: the records our collector sent to Loki's OTLP endpoint (received
+    by the sink), mapped as Loki 3.7's documented OTLP mapping stores them. Every dashboard and
+    annotation query, parsed by Grafana's LogQL grammar, names only fields these records have,
+    and each Loki panel selects lines of the two runs, as the run picker would show them."""
+    if "loki" not in stack.sink_covers:
+        pytest.skip("a real Loki runs: test_every_loki_panel_shows_the_runs_logs queries it")
+    summary, _ = demo
+    runs = {summary["run"], crashed}
+    values = {"project": "e2e", "run": "|".join(sorted(runs)), "runs": "|".join(sorted(runs))}
+    queries = [(q, dashboards.expand(q.expr, values)) for q in dashboards.queries()
+               if q.datasource == "loki" and q.kind != "variable"]
+    parsed = loki_model.parse([expr for _, expr in queries])
+
+    def arrived():
+        entries = [e for e in loki_model.entries(stack.sink_file("logs"))
+                   if e.labels.get("run") in runs]
+        ended = {e.labels["run"] for e in entries if e.metadata.get("type") == "run_end"}
+        return entries if ended == runs else None
+
+    entries = eventually(arrived, 90, interval=2, what="both runs' final log records at Loki")
+    fields = {name for e in entries for name in e.fields}
+    assert {"service_name", "project", "run", "rank", "severity_text", "trace_id"} <= fields
+    panels: dict[str, bool] = {}
+    for (query, expr), tree in zip(queries, parsed):
+        assert tree["errors"] == [], expr
+        used = {m["label"] for m in tree["matchers"]} | set(tree["grouping"])
+        assert used <= fields, f"{query.title}: {sorted(used - fields)} never reach Loki"
+        key = f"{query.dashboard} / {query.kind} {query.title}"
+        selected = [e for e in entries if loki_model.selects(tree, e)]
+        panels[key] = panels.get(key, False) or bool(selected)
+    empty = [key for key, found in panels.items() if not found]
+    assert len(panels) >= 7 and not empty, f"Loki panels that would show nothing: {empty}"
 
 
 def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_path):

@@ -449,11 +449,10 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _minutes(duration: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", duration)
-    if match is None:
-        raise ValueError(f"rules: duration {duration!r} must be a number and one of s, m, h, d "
-                         "(e.g. '10m')")
-    number, unit = match.groups()
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", duration)
+    if found is None:
+        raise ValueError(f"{duration!r} is not a duration like 30s, 5m, 1h or 1d")
+    number, unit = found.groups()
     return float(number) * {"s": 1 / 60, "m": 1, "h": 60, "d": 1440}[unit]
 
 

@@ -27,7 +27,9 @@ _RUN_DIR = click.option(
 
 @click.group()
 def stack() -> None:
-    """Build and run the collector, Prometheus, Alertmanager and Loki natively."""
+    """Build and run the collector, Prometheus and Alertmanager natively (and Loki, Tempo and
+    Grafana from binaries you supply: TRAINTEL_LOKI_BIN, TRAINTEL_TEMPO_BIN, TRAINTEL_GRAFANA_BIN
+    or on PATH)."""
 
 
 @stack.command()
@@ -39,7 +41,9 @@ def install(retry: bool, only: tuple[str, ...]) -> None:
     """Build the stack's programs (once per version; a warm machine returns at once).
 
     Exits non-zero only when a required program (collector, Prometheus, Alertmanager) is
-    missing; Loki and Tempo are optional and tests that need them skip, saying why."""
+    missing. Loki, Tempo and Grafana are AGPL-licensed and never built: a binary you supply is
+    used (its version recorded), otherwise they are skipped with the reason and how to get them.
+    Also installs the LogQL grammar the tests parse queries with (npm)."""
     status = installer.install(
         list(only) or None, retry=retry, say=lambda line: click.echo(line, err=True)
     )
@@ -116,13 +120,11 @@ def status(run_dir: Path | None) -> None:
         NativeStack.load(run_dir) if (run_dir / "stack.json").exists() else NativeStack(run_dir)
     )
     for name, state in native.status().items():
-        entry = installed.get(name, {})
-        if not entry.get("ok"):
-            why = (
-                entry.get("reason") or "not installed: run `traintel stack install`"
-            ).splitlines()[0]
-            click.echo(f"{name:<13} -        {why}")
+        why = installer.missing_reason("otelcol" if name == "sink" else name)
+        if why:
+            click.echo(f"{name:<13} -        {why.splitlines()[0]}")
             continue
+        version = installed.get(name, {}).get("version") or "yours"
         up_text = "ready" if state["ready"] else ("starting" if state["pid"] else "down")
         pid = state["pid"] or "-"
-        click.echo(f"{name:<13} {up_text:<8} {entry['version']:<8} {state['url']}  pid={pid}")
+        click.echo(f"{name:<13} {up_text:<8} {version:<8} {state['url']}  pid={pid}")

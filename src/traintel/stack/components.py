@@ -24,10 +24,11 @@ class Component:
     #: (needed where upstream's go.mod has replace directives, which ``go install`` refuses);
     #: "go-module": ``go build`` inside a copy of ``module`` with ``extra_files`` added;
     #: "apt": Debian's packages ``apt`` (a tool that is no Go program);
+    #: "npm": ``npm ci`` of the Node.js package in ``wrapper`` (a tool the tests use);
     #: "none": cannot be had on these machines, ``unavailable`` says why.
     method: str
     binaries: tuple[str, ...]
-    #: container image pinned in docker-compose.yml
+    #: container image pinned in docker-compose.yml ("" for a tool that is no service)
     image: str
     #: name -> port the program listens on in compose (and natively unless told otherwise)
     ports: dict[str, int]
@@ -44,8 +45,11 @@ class Component:
     version_var: str = ""
     #: hostnames under which the other programs reach this one in compose
     hosts: tuple[str, ...] = ()
-    #: why a component is not obtainable here (method "none")
+    #: why a component is not obtainable here (method "none"), and how a user gets it instead
     unavailable: str = ""
+    #: method "none": the environment variable naming a binary the user supplies (else the
+    #: first of ``binaries`` on PATH is used); see ``traintel.stack.install.user_binary``
+    bin_env: str = ""
     #: extra files (repo-relative) whose content is part of the build key
     inputs: tuple[str, ...] = field(default=())
     #: Debian packages providing ``binaries`` (older versions) when the Go build fails, and
@@ -147,9 +151,11 @@ COMPONENTS: dict[str, Component] = {
             ready=("http", "/ready"),
             required=False,
             hosts=("loki",),
+            bin_env="TRAINTEL_LOKI_BIN",
             unavailable=(
-                "Loki is AGPL-licensed: traintel never downloads or builds its Go module; run it "
-                "from the compose file's image, or supply your own binary"
+                "Loki is AGPL-licensed: traintel never downloads or builds it. Put a Loki 3.7.6 "
+                "release binary on PATH as `loki` or name it in TRAINTEL_LOKI_BIN "
+                "(from Loki's GitHub releases), or run the compose file's grafana/loki image"
             ),
         ),
         Component(
@@ -160,14 +166,15 @@ COMPONENTS: dict[str, Component] = {
             image="grafana/tempo:3.0.3",
             # In compose Tempo receives OTLP on 4317/4318 inside its own container; natively
             # those would clash with the collector's, so they get ports of their own.
-            ports={"http": 3200, "grpc": 9095, "otlp_grpc": 4317, "otlp_http": 4318},
+            ports={"http": 3200, "grpc": 9096, "otlp_grpc": 4317, "otlp_http": 4318},
             ready=("http", "/ready"),
             required=False,
             hosts=("tempo",),
+            bin_env="TRAINTEL_TEMPO_BIN",
             unavailable=(
-                "Tempo cannot be built here: the Go module proxy refuses github.com/grafana/tempo "
-                "(403 Forbidden, 'This module version is not available'), and there is no "
-                "Debian package; traces are checked through the collector's file exporter instead"
+                "Tempo is AGPL-licensed: traintel never downloads or builds it. Put a Tempo 3.0.3 "
+                "release binary on PATH as `tempo` or name it in TRAINTEL_TEMPO_BIN "
+                "(from Tempo's GitHub releases), or run the compose file's grafana/tempo image"
             ),
         ),
         Component(
@@ -180,11 +187,28 @@ COMPONENTS: dict[str, Component] = {
             ready=("http", "/api/health"),
             required=False,
             hosts=("grafana",),
+            bin_env="TRAINTEL_GRAFANA_BIN",
             unavailable=(
-                "no Grafana binary can be had here (no Debian package; building it needs its "
-                "frontend toolchain); dashboards are validated as code and their queries run "
-                "against the real Prometheus and Loki instead"
+                "Grafana is AGPL-licensed: traintel never downloads or builds it. Unpack a Grafana "
+                "13.2.0 release (grafana.com/grafana/download) and name its bin/grafana in "
+                "TRAINTEL_GRAFANA_BIN (or put it on PATH), or run the compose file's "
+                "grafana/grafana image"
             ),
+        ),
+        Component(
+            name="logql",
+            version="0.4.2",
+            method="npm",
+            # check.mjs parses LogQL with @grafana/lezer-logql (Apache-2.0), the grammar Grafana's
+            # Loki query editor uses: the tests check every LogQL query of the dashboards, alert
+            # docs and data source links with it. Not a service: no image, no ports.
+            binaries=("check.mjs",),
+            image="",
+            ports={},
+            required=False,
+            wrapper="tools/logql",
+            inputs=("tools/logql/package.json", "tools/logql/package-lock.json",
+                    "tools/logql/check.mjs"),
         ),
     )
 }

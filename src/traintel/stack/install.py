@@ -1,7 +1,8 @@
 """Build (once) the stack's programs into ``~/.cache/traintel/bin/<name>-<version>/``.
 
-Every machine here is Docker-less, so the tests run the real collector, Prometheus, Alertmanager
-and Loki natively. Building them from Go modules takes tens of minutes cold on 2 cores, so each
+Every machine here is Docker-less, so the tests run the real collector, Prometheus and
+Alertmanager natively. Loki, Tempo and Grafana are AGPL-licensed: traintel never downloads or
+builds them, and uses a binary the user supplies (``TRAINTEL_LOKI_BIN`` or ``loki`` on PATH, ...). Building them from Go modules takes tens of minutes cold on 2 cores, so each
 build is keyed by its version and inputs (manifest, wrapper go.mod/go.sum, Go version) and a
 warm machine does nothing. Go's module and build caches live under ``~/.cache/traintel/go/``.
 
@@ -17,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -53,20 +55,50 @@ def load_status() -> dict[str, dict]:
 
 
 def binary(component: str, name: str | None = None) -> Path | None:
-    """Path of an installed program (``name`` defaults to the component's first binary)."""
+    """Path of an installed program (``name`` defaults to the component's first binary).
+
+    Programs traintel does not build (method "none": Loki, Tempo, Grafana) are looked up now,
+    where the user put them (:func:`user_binary`), so a binary supplied after ``install`` counts.
+    """
+    spec = _spec(component)
+    if spec.method == "none":
+        return user_binary(spec, name)
     entry = load_status().get(component)
     if not entry or not entry.get("ok"):
         return None
-    spec = COMPONENTS.get(component) or DEPLOY_TOOLS[component]
     path = Path(entry["dir"]) / (name or spec.binaries[0])
     return path if os.access(path, os.X_OK) else None
 
 
+def _spec(name: str) -> Component:
+    return COMPONENTS.get(name) or DEPLOY_TOOLS[name]
+
+
+def user_binary(component: Component, name: str | None = None) -> Path | None:
+    """The binary a user supplies for a program traintel never builds: the file named by
+    ``component.bin_env`` (``TRAINTEL_LOKI_BIN``, ...), else ``name`` found on PATH."""
+    name = name or component.binaries[0]
+    named = os.environ.get(component.bin_env, "") if component.bin_env else ""
+    if named and name == component.binaries[0]:
+        path = Path(named).expanduser()
+        return path if path.is_file() and os.access(path, os.X_OK) else None
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
 def missing_reason(component: str) -> str | None:
-    """None when the component is installed, else why not (for pytest skips)."""
+    """None when the component is installed, else why not and how to get it (for pytest skips
+    and ``traintel stack up/status``)."""
     if binary(component):
         return None
+    spec = _spec(component)
+    named = os.environ.get(spec.bin_env, "") if spec.bin_env else ""
+    if named:
+        return (f"{component}: {spec.bin_env}={named} is not an executable file "
+                f"({spec.unavailable})")
     entry = load_status().get(component)
+    if spec.method == "none":
+        return f"{component} {spec.version} is not available: {spec.unavailable}"
     if entry and entry.get("reason"):
         return f"{component} {entry['version']} is not available: {entry['reason']}"
     return f"{component} is not installed: run `traintel stack install`"
@@ -118,8 +150,16 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
         "reason": "",
     }
     if component.method == "none":
-        entry["reason"] = component.unavailable
-        say(f"stack: {component.name} {component.version}: unavailable ({component.unavailable})")
+        supplied = user_binary(component)
+        if supplied is None:
+            entry["reason"] = missing_reason(component.name) or component.unavailable
+            say(f"stack: {component.name} {component.version}: skipped ({entry['reason']})")
+            return entry
+        version = _reported_version(supplied) or "unknown"
+        skew = "" if version == component.version else f", not {component.version}"
+        entry.update(ok=True, dir=str(supplied.parent), source="user", version=version,
+                     path=str(supplied))
+        say(f"stack: {component.name}: using your binary {supplied} (version {version}{skew})")
         return entry
     dest = bin_root() / component.key
     log = bin_root() / "logs" / f"{component.key}.log"
@@ -129,6 +169,9 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
     try:
         if component.method == "apt":
             entry.update(_apt_install(component, log), ok=True, source="apt")
+        elif component.method == "npm":
+            _npm_install(component, dest, log)
+            entry.update(ok=True, dir=str(dest), source="npm")
         else:
             _go_build(component, dest, log)
             entry.update(ok=True, dir=str(dest), source="go")
@@ -153,6 +196,17 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
     else:
         say(f"stack: {component.name} {component.version} FAILED: {entry['reason']}")
     return entry
+
+
+def _reported_version(path: Path) -> str:
+    """``X.Y.Z`` from ``<binary> --version`` (Loki, Tempo and Grafana all print one), or ""."""
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = re.search(r"version\s+v?(\d+\.\d+\.\d+)", out.stdout + out.stderr)
+    return found.group(1) if found else ""
 
 
 def _go_build(component: Component, dest: Path, log: Path) -> None:
@@ -187,6 +241,23 @@ def _go_build(component: Component, dest: Path, log: Path) -> None:
     missing = [b for b in component.binaries if not (tmp / b).is_file()]
     if missing:
         raise BuildError(f"the build produced no {', '.join(missing)} (see {log})")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def _npm_install(component: Component, dest: Path, log: Path) -> None:
+    """``npm ci`` of the package in ``component.wrapper`` (its lock file pins every version),
+    in a copy under the cache; no install scripts run. npm's cache lives in the cache too."""
+    if not shutil.which("npm"):
+        raise BuildError("`npm` is not on PATH (Node.js >= 20 with npm is needed)")
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for rel in component.inputs:
+        shutil.copy2(REPO / rel, tmp / Path(rel).name)
+    log.write_text("")
+    _run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], log, cwd=tmp,
+         env={"npm_config_cache": str(cache_dir() / "npm"), "npm_config_update_notifier": "false"})
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
@@ -338,7 +409,11 @@ def _build_key(component: Component) -> str:
     for rel in component.inputs:
         with contextlib.suppress(OSError):
             h.update((REPO / rel).read_bytes())
-    if component.method != "none" and shutil.which("go"):
+    if component.method == "none":  # a binary the user supplies (or replaces) is looked at anew
+        supplied = user_binary(component)
+        with contextlib.suppress(OSError):
+            h.update(f"{supplied}:{supplied.stat().st_mtime_ns}".encode() if supplied else b"")
+    if component.method in ("ocb", "go-wrapper", "go-module") and shutil.which("go"):
         h.update(
             subprocess.run(
                 ["go", "env", "GOVERSION"], capture_output=True, text=True

@@ -36,14 +36,33 @@ import yaml
 
 from traintel import env as environment
 from traintel.stack import install
-from traintel.stack.components import COMPONENTS
+from traintel.stack.components import COMPONENTS, OTELCOL_VERSION, Component
 
 REPO = install.REPO
 
-#: the order programs start in (exporters' targets first); ``down`` goes in reverse. Tempo
-#: cannot be built here (see components.py) but keeps its ports so that configs naming it
-#: still render.
-ORDER = ("loki", "tempo", "prometheus", "alertmanager", "otelcol")
+#: The test bed's stand-in for Loki and Tempo (stack/sink/collector.yaml): a second
+#: traintel-otelcol listening where their OTLP endpoints are, writing what it receives to files.
+#: Not a program of the stack (never in compose, never installed on its own); only a
+#: ``NativeStack(sink=True)`` starts it, for whichever of Loki and Tempo has no binary.
+SINK = Component(
+    name="sink",
+    version=OTELCOL_VERSION,
+    method="none",
+    binaries=("traintel-otelcol",),
+    image="",
+    ports={"health": 13134},
+    ready=("health", "/"),
+    required=False,
+)
+#: every program a NativeStack can run, by name
+PROGRAMS: dict[str, Component] = {**COMPONENTS, SINK.name: SINK}
+#: what the sink stands in for, and the signal it receives for each
+SINK_SIGNALS = {"loki": "logs", "tempo": "traces"}
+
+#: the order programs start in (exporters' targets first); ``down`` goes in reverse. Loki, Tempo
+#: and Grafana run when the user supplies their binaries (components.py says how); they keep
+#: their ports either way, so that configs naming them still render.
+ORDER = ("loki", "tempo", "sink", "prometheus", "alertmanager", "otelcol", "grafana")
 
 #: repo-relative config file of each program (first that exists)
 CONFIGS: dict[str, tuple[str, ...]] = {
@@ -51,6 +70,11 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "prometheus": ("prometheus/prometheus.yml",),
     "alertmanager": ("alertmanager/alertmanager.yml",),
     "loki": ("loki/loki.yaml", "loki/config.yaml", "loki/local-config.yaml"),
+    "tempo": ("tempo/tempo.yaml",),
+    "sink": ("stack/sink/collector.yaml",),
+    # Grafana has no config file of ours: it is configured by its provisioning files (the data
+    # sources rendered here, the dashboards provider next to them) and GF_* variables.
+    "grafana": ("grafana/provisioning/datasources/datasources.yaml",),
 }
 
 #: container paths of the official images, used where docker-compose.yml does not say
@@ -67,6 +91,9 @@ DEFAULT_MOUNTS: dict[str, dict[str, tuple[str, str]]] = {
         "/alertmanager": ("data", ""),
     },
     "loki": {"/etc/loki": ("repo", "loki"), "/loki": ("data", ""), "/tmp/loki": ("data", "")},
+    "tempo": {"/etc/tempo": ("repo", "tempo"), "/var/tempo": ("data", "")},
+    "sink": {"/var/lib/otelcol-sink": ("data", "")},
+    "grafana": {"/var/lib/grafana": ("data", "")},
 }
 
 LOCAL_HOSTS = {"", "0.0.0.0", "localhost", "127.0.0.1", "::", "[::]"}
@@ -84,9 +111,9 @@ def default_ports() -> dict[str, dict[str, int]]:
     10000 (Tempo's OTLP 4317 -> 14317), since everything shares one host natively."""
     taken: set[int] = set()
     ports: dict[str, dict[str, int]] = {}
-    for name in COMPONENTS:  # the collector first: its OTLP ports are the ones users know
+    for name in PROGRAMS:  # the collector first: its OTLP ports are the ones users know
         ports[name] = {}
-        for port_name, port in COMPONENTS[name].ports.items():
+        for port_name, port in PROGRAMS[name].ports.items():
             while port in taken:
                 port += 10000
             taken.add(port)
@@ -98,9 +125,9 @@ def free_ports() -> dict[str, dict[str, int]]:
     """A free loopback port for every program's every port (tests: no clash with a user's stack)."""
     sockets = []
     ports: dict[str, dict[str, int]] = {}
-    for name in COMPONENTS:
+    for name in PROGRAMS:
         ports[name] = {}
-        for port_name in COMPONENTS[name].ports:
+        for port_name in PROGRAMS[name].ports:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             sockets.append(s)
@@ -120,6 +147,9 @@ class NativeStack:
     ports: dict[str, dict[str, int]] = field(default_factory=default_ports)
     #: also write everything the collector receives to <run dir>/otelcol/tap-*.json
     tap: bool = False
+    #: start the sink (a second collector) where Loki and Tempo would listen, for whichever of
+    #: them has no binary: what the collector sends them lands in :meth:`sink_file`
+    sink: bool = False
     #: program -> why it is not running (binary or config missing)
     unavailable: dict[str, str] = field(default_factory=dict)
     #: the processes this object started, reaped on stop (no zombies in a long test session)
@@ -131,7 +161,7 @@ class NativeStack:
     # -- endpoints ------------------------------------------------------------------------
 
     def url(self, name: str, port: str | None = None) -> str:
-        port = port or (COMPONENTS[name].ready or ("", ""))[0] or next(iter(self.ports[name]))
+        port = port or (PROGRAMS[name].ready or ("", ""))[0] or next(iter(self.ports[name]))
         return f"http://127.0.0.1:{self.ports[name][port]}"
 
     @property
@@ -146,11 +176,24 @@ class NativeStack:
             "alertmanager": self.url("alertmanager", "web"),
             "loki": self.url("loki", "http"),
             "tempo": self.url("tempo", "http"),
+            "tempo_otlp_grpc": f"127.0.0.1:{self.ports['tempo']['otlp_grpc']}",
+            "grafana": self.url("grafana", "http"),
         }
 
     def tap_file(self, signal_name: str) -> Path:
         """Where the tap writes ``traces``, ``metrics`` or ``logs`` (OTLP JSON lines)."""
         return self.run_dir / "otelcol" / f"tap-{signal_name}.json"
+
+    def sink_file(self, signal_name: str) -> Path:
+        """Where the sink writes what reached "Loki" (``logs``) or "Tempo" (``traces``)."""
+        return self.run_dir / "sink" / "data" / f"{signal_name}.json"
+
+    @property
+    def sink_covers(self) -> tuple[str, ...]:
+        """The programs the sink stands in for: those of Loki and Tempo without a binary."""
+        if not self.sink:
+            return ()
+        return tuple(name for name in SINK_SIGNALS if install.missing_reason(name))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -166,17 +209,21 @@ class NativeStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._save_state()
         for name in ORDER:
-            if name not in names:
+            if name not in names or (name == SINK.name and not self.sink_covers):
                 continue
             reason = self._why_unavailable(name)
             if reason:
                 self.unavailable[name] = reason
-                if COMPONENTS[name].required:
+                if PROGRAMS[name].required:
                     raise StackError(reason)
                 say(f"{name}: skipped ({reason})")
                 continue
             self.start(name, timeout=timeout)
-            say(f"{name}: ready at {self.url(name)}")
+            if name == SINK.name:
+                say(f"{name}: standing in for {' and '.join(self.sink_covers)} "
+                    f"(files in {self.sink_file('logs').parent})")
+            else:
+                say(f"{name}: ready at {self.url(name)}")
         self._save_state()
 
     def down(self) -> None:
@@ -238,7 +285,7 @@ class NativeStack:
         return pid if cmdline == exe and _alive(pid) else None
 
     def ready(self, name: str) -> bool:
-        spec = COMPONENTS[name].ready
+        spec = PROGRAMS[name].ready
         if not spec:
             return self.pid(name) is not None
         return _http_ok(f"{self.url(name, spec[0])}{spec[1]}")
@@ -252,13 +299,16 @@ class NativeStack:
                 "log": str(self.run_dir / name / f"{name}.log"),
             }
             for name in ORDER
+            if name != SINK.name or self.pid(name)
         }
 
     @classmethod
     def load(cls, run_dir: Path) -> NativeStack:
         """The stack a previous ``up`` started in ``run_dir`` (its ports come from stack.json)."""
         state = json.loads((Path(run_dir) / "stack.json").read_text())
-        return cls(run_dir=run_dir, ports=state["ports"], tap=state.get("tap", False))
+        ports = {**default_ports(), **state["ports"]}  # a stack.json of an older version
+        return cls(run_dir=run_dir, ports=ports, tap=state.get("tap", False),
+                   sink=state.get("sink", False))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -266,17 +316,21 @@ class NativeStack:
         state = {
             "ports": self.ports,
             "tap": self.tap,
+            "sink": self.sink,
             "endpoints": self.endpoints,
             "unavailable": self.unavailable,
         }
         (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
     def _why_unavailable(self, name: str) -> str | None:
-        reason = install.missing_reason(name)
+        reason = install.missing_reason("otelcol" if name == SINK.name else name)
         if reason:
             return reason
         if not _config_path(name):
             return f"config not yet written: {' or '.join(CONFIGS[name])}"
+        if name == "grafana" and not os.environ.get("GRAFANA_ADMIN_PASSWORD"):
+            return ("grafana: set GRAFANA_ADMIN_PASSWORD (and optionally GRAFANA_ADMIN_USER), as "
+                    "in .env for compose: traintel never starts Grafana with a default password")
         return None
 
     def _wait_ready(self, name: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -302,11 +356,13 @@ class NativeStack:
         compose = _compose_service(name)
         mounts = self._mounts(name, compose)
         config = self._rewrite(yaml.safe_load(source.read_text()) or {}, name, mounts)
-        env = {k: self._rewrite(v, name, mounts) for k, v in _compose_env(compose).items()}
+        env = {k: self._rewrite(_interpolate(v), name, mounts)
+               for k, v in _compose_env(compose).items()}
         out = work / f"rendered-{source.name}"
-        argv = getattr(self, f"_adapt_{name}")(config, source, out)
+        adapted = getattr(self, f"_adapt_{name}")(config, source, out)
+        argv, more_env = adapted if isinstance(adapted, tuple) else (adapted, {})
         out.write_text(yaml.safe_dump(config, sort_keys=False))
-        return argv, env, out
+        return argv, {**env, **more_env}, out
 
     def _adapt_otelcol(self, config: dict, source: Path, out: Path) -> list[str]:
         ports = self.ports["otelcol"]
@@ -384,6 +440,9 @@ class NativeStack:
             "--web.enable-remote-write-receiver",
             "--web.enable-lifecycle",
             "--enable-feature=exemplar-storage",
+            # How much the TSDB keeps, exactly as compose says (time and size).
+            *(flag for flag in _compose_service("prometheus").get("command") or []
+              if str(flag).startswith("--storage.tsdb.retention.")),
         ]
         if not install.load_status().get("prometheus", {}).get("version", "").startswith("2."):
             argv.append("--web.enable-otlp-receiver")
@@ -401,13 +460,7 @@ class NativeStack:
         ]
 
     def _adapt_loki(self, config: dict, source: Path, out: Path) -> list[str]:
-        ports = self.ports["loki"]
-        config.setdefault("server", {}).update(
-            http_listen_address="127.0.0.1",
-            http_listen_port=ports["http"],
-            grpc_listen_address="127.0.0.1",
-            grpc_listen_port=ports["grpc"],
-        )
+        self._serve_on_loopback(config, "loki")
         common = config.setdefault("common", {})
         common["instance_addr"] = "127.0.0.1"
         common.setdefault("ring", {})["kvstore"] = {"store": "inmemory"}
@@ -418,6 +471,63 @@ class NativeStack:
         lifecycler = config.setdefault("ingester", {}).setdefault("lifecycler", {})
         lifecycler.setdefault("min_ready_duration", "1s")
         return [str(install.binary("loki")), f"-config.file={out}", "-target=all"]
+
+    def _serve_on_loopback(self, config: dict, name: str) -> None:
+        """Loki's and Tempo's ``server`` block (dskit's): HTTP and gRPC on our loopback ports."""
+        ports = self.ports[name]
+        config.setdefault("server", {}).update(
+            http_listen_address="127.0.0.1",
+            http_listen_port=ports["http"],
+            grpc_listen_address="127.0.0.1",
+            grpc_listen_port=ports["grpc"],
+        )
+
+    def _adapt_sink(self, config: dict, source: Path, out: Path) -> list[str]:
+        """Keep the receivers of the programs the sink stands in for; files in the run dir."""
+        for program, signal_name in SINK_SIGNALS.items():
+            if program not in self.sink_covers:
+                config.get("receivers", {}).pop(f"otlp/{program}", None)
+                config.get("exporters", {}).pop(f"file/{signal_name}", None)
+                config.get("service", {}).get("pipelines", {}).pop(signal_name, None)
+        for signal_name in SINK_SIGNALS.values():
+            exporter = config.get("exporters", {}).get(f"file/{signal_name}")
+            if exporter:
+                exporter["path"] = str(self.sink_file(signal_name))
+        return [str(install.binary("otelcol")), "--config", str(out)]
+
+    def _adapt_tempo(self, config: dict, source: Path, out: Path) -> list[str]:
+        """A user-supplied Tempo (traintel cannot run one itself: untested here)."""
+        self._serve_on_loopback(config, "tempo")
+        config.setdefault("usage_report", {})["reporting_enabled"] = False
+        return [str(install.binary("tempo")), f"-config.file={out}", "-target=all"]
+
+    def _adapt_grafana(
+        self, config: dict, source: Path, out: Path
+    ) -> tuple[list[str], dict[str, str]]:
+        """A user-supplied Grafana (untested here), provisioned like compose's: the rendered
+        data sources, the dashboards provider pointing at grafana/dashboards, GF_* paths."""
+        work = out.parent
+        provisioning = work / "provisioning"
+        mounts = self._mounts("grafana", _compose_service("grafana"))
+        for kind, data in (
+            ("datasources", config),
+            ("dashboards", self._rewrite(yaml.safe_load(
+                (REPO / "grafana/provisioning/dashboards/dashboards.yaml").read_text()),
+                "grafana", mounts)),
+        ):
+            (provisioning / kind).mkdir(parents=True, exist_ok=True)
+            (provisioning / kind / f"{kind}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        grafana = install.binary("grafana")
+        home = grafana.parent.parent if grafana else work
+        env = {
+            "GF_PATHS_PROVISIONING": str(provisioning),
+            "GF_PATHS_DATA": str(work / "data"),
+            "GF_PATHS_LOGS": str(work / "data" / "log"),
+            "GF_PATHS_PLUGINS": str(work / "data" / "plugins"),
+            "GF_SERVER_HTTP_ADDR": "127.0.0.1",
+            "GF_SERVER_HTTP_PORT": str(self.ports["grafana"]["http"]),
+        }
+        return [str(grafana), "server", f"--homepath={home}"], env
 
     def _mounts(self, name: str, compose: dict) -> list[tuple[str, str]]:
         """(container path, host path) pairs, longest container path first."""
@@ -462,13 +572,13 @@ class NativeStack:
         if host in LOCAL_HOSTS:
             target = owner
         else:
-            target = next((n for n, c in COMPONENTS.items() if host in c.hosts), "")
+            target = next((n for n, c in PROGRAMS.items() if host in c.hosts), "")
             if not target:
                 return match[0]
         return f"127.0.0.1:{self._port(target, port) or port}"
 
     def _port(self, name: str, port: int) -> int | None:
-        for port_name, default in COMPONENTS[name].ports.items():
+        for port_name, default in PROGRAMS[name].ports.items():
             if default == port:
                 return self.ports[name][port_name]
         return None
@@ -486,11 +596,12 @@ def _compose_service(name: str) -> dict:
         ) or {}
     except OSError:
         return {}
-    by_name = [s for n, s in services.items() if n in COMPONENTS[name].hosts]
+    spec = PROGRAMS[name]
+    by_name = [s for n, s in services.items() if n in spec.hosts]
     by_image = [
         s
         for s in services.values()
-        if str(s.get("image", "")).split(":")[0] == COMPONENTS[name].image.split(":")[0]
+        if spec.image and str(s.get("image", "")).split(":")[0] == spec.image.split(":")[0]
     ]
     return (by_name or by_image or [{}])[0]
 
@@ -500,6 +611,18 @@ def _compose_env(service: dict) -> dict[str, str]:
     if isinstance(env, list):
         env = dict((item.split("=", 1) + [""])[:2] for item in env)
     return {str(k): str(v) for k, v in env.items() if v is not None}
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` from this environment (an
+    unset required variable becomes empty; ``_why_unavailable`` says what to set)."""
+
+    def one(match: re.Match) -> str:
+        name, op, fallback = match.group(1), match.group(2) or "", match.group(3) or ""
+        found = os.environ.get(name, "")
+        return found if found or op != ":-" else fallback
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
 
 
 def _absolute(path: str, source: Path) -> str:
