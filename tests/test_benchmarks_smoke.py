@@ -33,6 +33,8 @@ EXPECTED = {
     "memory": ("variants", "steps", "collector"),
     "sampler_cost": ("real", "scaled", "samplers"),
     "logs_summary": ("traintel_cli_s", "jq_best_s", "ratio_jq_over_traintel_cli"),
+    "collector_load": ("ranks", "series_per_rank", "active_series", "bytes_per_series", "metrics",
+                       "logs"),
 }
 ANCHORS = [name for name, case in step_cost.CASES.items() if case.needs]
 
@@ -102,3 +104,14 @@ def test_summary_lists_each_result(results):
     for name in EXPECTED:
         if (results / f"{name}.json").exists():
             assert f"(`{name}`)" in summary
+
+
+def test_collector_load_measured_what_it_sent(results):
+    """The tiny load reached Prometheus and the Loki stand-in, and every number is positive."""
+    result = json.loads((results / "collector_load.json").read_text())
+    if "metrics" not in result:
+        pytest.skip(result.get("skipped", "the stack programs are not installed"))
+    metrics, logs = result["metrics"], result["logs"]
+    assert result["series_per_rank"] > 20 and metrics["requests_refused"] == 0
+    assert metrics["samples_per_s"] > 0 and metrics["collector_samples_per_core_s"] > 0
+    assert logs["log_records_per_s"] > 0 and logs["collector_log_records_per_core_s"] > 0

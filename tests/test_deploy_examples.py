@@ -309,8 +309,9 @@ def test_pytorchjob_environment_gives_ranks_one_run_id_and_pod_attributes(
 
 # --- SLURM --------------------------------------------------------------------------------------
 
-#: Stand-ins for SLURM's client commands (no SLURM controller can run on these machines): srun
-#: starts its command once per node of the step, here, with the variables SLURM gives a task.
+#: Stand-ins for SLURM's client commands (the tests start no slurmctld/slurmd/munge, and one
+#: machine is one node): srun starts its command once per node of the step, here, with the
+#: variables SLURM gives a task.
 SRUN = r"""#!/bin/bash
 nodes=$SLURM_JOB_NUM_NODES
 while [[ $1 == -* ]]; do
