@@ -186,6 +186,24 @@ TRAINTEL_STACK_DIR = Variable(
     "TRAINTEL_STACK_DIR", "stack",
     "Where `traintel stack up` keeps rendered configs, data, logs and pid files.",
     "$TRAINTEL_CACHE/stack")
+TRAINTEL_LOKI_BIN = Variable(
+    "TRAINTEL_LOKI_BIN", "stack",
+    "A Loki binary for the native stack (traintel never builds Loki: it is AGPL-licensed).",
+    "`loki` on PATH")
+TRAINTEL_TEMPO_BIN = Variable(
+    "TRAINTEL_TEMPO_BIN", "stack",
+    "A Tempo binary for the native stack (traintel never builds Tempo: it is AGPL-licensed).",
+    "`tempo` on PATH")
+TRAINTEL_GRAFANA_BIN = Variable(
+    "TRAINTEL_GRAFANA_BIN", "stack",
+    "A Grafana server binary for the native stack (traintel never builds Grafana: it is "
+    "AGPL-licensed).", "`grafana` on PATH")
+GRAFANA_ADMIN_USER = Variable(
+    "GRAFANA_ADMIN_USER", "stack", "Grafana's admin user, for compose (`.env`) and the native "
+    "stack.", "admin")
+GRAFANA_ADMIN_PASSWORD = Variable(
+    "GRAFANA_ADMIN_PASSWORD", "stack", "Grafana's admin password, for compose (`.env`) and the "
+    "native stack: there is no default, and Grafana does not start without one.")
 GOFLAGS = Variable(
     "GOFLAGS", "stack", "Go flags for `traintel stack install`; `-modcacherw` is added.")
 

@@ -328,7 +328,7 @@ class NativeStack:
             return reason
         if not _config_path(name):
             return f"config not yet written: {' or '.join(CONFIGS[name])}"
-        if name == "grafana" and not os.environ.get("GRAFANA_ADMIN_PASSWORD"):
+        if name == "grafana" and not environment.GRAFANA_ADMIN_PASSWORD.get():
             return ("grafana: set GRAFANA_ADMIN_PASSWORD (and optionally GRAFANA_ADMIN_USER), as "
                     "in .env for compose: traintel never starts Grafana with a default password")
         return None
@@ -617,9 +617,11 @@ def _interpolate(value: str) -> str:
     """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` from this environment (an
     unset required variable becomes empty; ``_why_unavailable`` says what to set)."""
 
+    variables = environment.snapshot()
+
     def one(match: re.Match) -> str:
         name, op, fallback = match.group(1), match.group(2) or "", match.group(3) or ""
-        found = os.environ.get(name, "")
+        found = variables.get(name, "")
         return found if found or op != ":-" else fallback
 
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
