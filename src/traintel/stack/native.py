@@ -328,7 +328,7 @@ class NativeStack:
             return reason
         if not _config_path(name):
             return f"config not yet written: {' or '.join(CONFIGS[name])}"
-        if name == "grafana" and not os.environ.get("GRAFANA_ADMIN_PASSWORD"):
+        if name == "grafana" and not environment.GRAFANA_ADMIN_PASSWORD.get():
             return ("grafana: set GRAFANA_ADMIN_PASSWORD (and optionally GRAFANA_ADMIN_USER), as "
                     "in .env for compose: traintel never starts Grafana with a default password")
         return None
@@ -619,7 +619,7 @@ def _interpolate(value: str) -> str:
 
     def one(match: re.Match) -> str:
         name, op, fallback = match.group(1), match.group(2) or "", match.group(3) or ""
-        found = os.environ.get(name, "")
+        found = environment.snapshot().get(name, "")
         return found if found or op != ":-" else fallback
 
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
