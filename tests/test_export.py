@@ -45,7 +45,7 @@ def test_a_value_logged_once_appears_on_both_paths(tmp_path):
     with capture() as telemetry:
         with quiet_run(tmp_path, otlp=None) as run:
             _train(run)
-            run._writer.flush()
+            run.flush()
             telemetry.collect()
             prom = _prometheus_samples(run)
     base = {"project": "test", "run": run.id, "rank": "0"}
@@ -78,7 +78,7 @@ def test_otlp_histograms_carry_the_same_buckets_as_prometheus(tmp_path):
                 with run.operation("save"):
                     time.sleep(seconds)
             run.histogram("seq_len").observe(700.0)  # beyond the last bound: the +Inf bucket
-            run._writer.flush()
+            run.flush()
             prom = _prometheus_samples(run)
             telemetry.collect()
     base = {"project": "test", "run": run.id, "rank": "0"}
@@ -115,7 +115,7 @@ def test_every_exported_name_is_in_the_catalog(tmp_path):
         with quiet_run(tmp_path, otlp=None, sample_interval=0.05) as run:
             _train(run)
             time.sleep(0.2)
-            run._writer.flush()
+            run.flush()
             telemetry.collect()
             prom = _prometheus_samples(run)
     otel_names = {metric.name
@@ -233,7 +233,7 @@ def test_spans_are_exported_in_small_batches_unless_the_user_says(tmp_path, monk
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     batches = _Batches()
-    monkeypatch.setattr(run_module, "_sinks_override", Sinks(span_exporter=batches))
+    monkeypatch.setattr(run_module, "sinks_override", Sinks(span_exporter=batches))
     with quiet_run(tmp_path, otlp=None, step_span_every=1) as run:
         for _ in run.track(range(150)):
             run.log(loss=1.0)

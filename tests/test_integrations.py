@@ -336,7 +336,7 @@ def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path) -> None:
                        **QUIET) as run:
         for _ in run.track(range(4)):
             run.log(loss=0.5, lr=0.1, grad_norm=1.0, samples=2, tokens=10, acc=0.5, f1=0.4)
-            run._writer.flush()  # rates (and so the ETA) need the record writer to have run
+            run.flush()  # rates (and so the ETA) need the record writer to have run
         run.log_eval(val_loss=0.3)
         run.counter("retries").inc()
         run.gauge("queue").set(3)
@@ -345,7 +345,7 @@ def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path) -> None:
             pass
         run.event("checkpoint")
         run.error(ValueError("bad value"))
-        run._writer.flush()
+        run.flush()
         exposed = {family.name: len(family.samples) for family in
                    text_string_to_metric_families(generate_latest(run.registry).decode())}
     # prometheus-client drops the _total suffix from counter family names

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import traintel
-from traintel.progress import ProgressDisplay
 from traintel.state import RunState
 
 from core_helpers import of_type, quiet_run, read_record
@@ -221,11 +220,10 @@ def test_instrument_input_is_validated(tmp_path):
             run.counter("bad name")
 
 
-def test_progress_milestones_and_plain_lines_when_not_a_tty(tmp_path):
-    with quiet_run(tmp_path, total_steps=20) as run:
-        stream = io.StringIO()
-        run.progress = ProgressDisplay(run.state, mode="auto", title="t", total_epochs=None,
-                                       interval=0.0, stream=stream)
+def test_progress_milestones_and_plain_lines_when_not_a_tty(tmp_path, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)
+    with quiet_run(tmp_path, total_steps=20, progress="auto", progress_interval=0.0) as run:
         for _ in run.track(range(20)):
             run.log(loss=1.0)
     milestones = of_type(read_record(run.dir), "milestone")

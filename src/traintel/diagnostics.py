@@ -15,9 +15,9 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypedDict
 
 from . import env
 from .version import __version__
@@ -25,9 +25,7 @@ from .analysis import describe, iso, num
 from .record.reader import Records, RecordNotFound, last_records, rank_dirs
 from .record.files import read_json, write_json
 from .redact import redact_mapping
-
-if TYPE_CHECKING:
-    from .run import Run
+from .state import RunState
 
 LAST_EVENTS = 50
 #: environment variables that explain GPU, distributed and export behaviour (secret-looking
@@ -120,8 +118,29 @@ def gpus() -> list[dict[str, Any]]:
     return list(by_gpu.values())
 
 
-def build_report(run: Run | None = None, run_dir: Path | None = None) -> dict[str, Any]:
-    """A diagnostic report for a live run, a run's directory, or (neither) this machine.
+class LiveSnapshot(TypedDict):
+    """What a live run adds to its report (a crash report is written while the run ends)."""
+
+    run: Mapping[str, object]
+    summary: Mapping[str, object] | None
+    config: Mapping[str, object]
+    readings: list[dict[str, object]]
+    errors: Sequence[Mapping[str, object]]
+
+
+def snapshot(status: Mapping[str, object], summary: Mapping[str, object] | None,
+             config: Mapping[str, object], state: RunState,
+             errors: Sequence[Mapping[str, object]]) -> LiveSnapshot:
+    """A live run's status, summary, config, latest hardware readings and errors."""
+    return {"run": status, "summary": summary, "config": config, "errors": errors,
+            "readings": [{"name": name, "labels": dict(labels), "value": value}
+                         for (name, labels), value in list(state.readings.items())]}
+
+
+def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None
+                 ) -> dict[str, Any]:
+    """A diagnostic report for a live run (with its directory), a run's directory, or (neither)
+    this machine.
 
     Host sections describe the machine making the report; for a run directory read elsewhere,
     ``run`` (its run_start line) says where the run itself ran.
@@ -130,14 +149,8 @@ def build_report(run: Run | None = None, run_dir: Path | None = None) -> dict[st
         "report_id": str(uuid.uuid4()), "created": time.time(), "versions": _safe(versions),
         "host": _safe(host), "environment": _safe(environment), "gpus": _safe(gpus),
         "memory": _safe(memory_state)}
-    if run is not None:
-        run_dir = run.dir
-        report["run"] = run.status_dict()
-        report["summary"] = getattr(run, "summary", None)
-        report["config"] = run.config
-        report["readings"] = [{"name": name, "labels": dict(labels), "value": value}
-                              for (name, labels), value in list(run.state.readings.items())]
-        report["errors"] = run.errors
+    if live is not None:
+        report.update(live)
     elif run_dir is not None:
         report.update(_from_directory(run_dir))
     if run_dir is not None:
@@ -171,9 +184,10 @@ def _safe(section: Callable[[], Any]) -> Any:
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
 
 
-def write_crash_report(run: Run) -> Path | None:
-    path = run.dir / "crash-report.json"
-    return path if write_json(path, build_report(run)) else None
+def write_crash_report(run_dir: Path, live: LiveSnapshot) -> Path | None:
+    """crash-report.json in the run's directory: the report of the run that just failed."""
+    path = run_dir / "crash-report.json"
+    return path if write_json(path, build_report(live, run_dir)) else None
 
 
 def markdown(report: dict[str, Any]) -> str:

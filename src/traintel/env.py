@@ -72,6 +72,11 @@ class Variable:
         return (self.get() or "").strip().lower() == "true"
 
 
+def variable(name: str) -> Variable:
+    """The registered variable ``name`` (a KeyError for one that is not: register it below)."""
+    return BY_NAME[name]
+
+
 def snapshot() -> dict[str, str]:
     """A copy of the whole environment, for the few readers that need all of it: the diagnostic
     report (filtered, secrets redacted), secret detection, and child processes of the stack."""
@@ -151,7 +156,8 @@ OMPI_COMM_WORLD_LOCAL_RANK = Variable(
 OMPI_COMM_WORLD_SIZE = Variable(
     "OMPI_COMM_WORLD_SIZE", "launcher", "Open MPI: the number of processes.")
 PMI_RANK = Variable("PMI_RANK", "launcher", "MPICH / Intel MPI: the global rank.")
-MPI_LOCALRANKID = Variable("MPI_LOCALRANKID", "launcher", "MPICH / Intel MPI: the rank on this node.")
+MPI_LOCALRANKID = Variable(
+    "MPI_LOCALRANKID", "launcher", "MPICH / Intel MPI: the rank on this node.")
 PMI_SIZE = Variable("PMI_SIZE", "launcher", "MPICH / Intel MPI: the number of processes.")
 CUDA_VISIBLE_DEVICES = Variable(
     "CUDA_VISIBLE_DEVICES", "launcher",
@@ -186,26 +192,24 @@ TRAINTEL_STACK_DIR = Variable(
     "TRAINTEL_STACK_DIR", "stack",
     "Where `traintel stack up` keeps rendered configs, data, logs and pid files.",
     "$TRAINTEL_CACHE/stack")
-TRAINTEL_LOKI_BIN = Variable(
-    "TRAINTEL_LOKI_BIN", "stack",
-    "A Loki binary for the native stack (traintel never builds Loki: it is AGPL-licensed).",
-    "`loki` on PATH")
-TRAINTEL_TEMPO_BIN = Variable(
-    "TRAINTEL_TEMPO_BIN", "stack",
-    "A Tempo binary for the native stack (traintel never builds Tempo: it is AGPL-licensed).",
-    "`tempo` on PATH")
-TRAINTEL_GRAFANA_BIN = Variable(
-    "TRAINTEL_GRAFANA_BIN", "stack",
-    "A Grafana server binary for the native stack (traintel never builds Grafana: it is "
-    "AGPL-licensed).", "`grafana` on PATH")
-GRAFANA_ADMIN_USER = Variable(
-    "GRAFANA_ADMIN_USER", "stack", "Grafana's admin user, for compose (`.env`) and the native "
-    "stack.", "admin")
-GRAFANA_ADMIN_PASSWORD = Variable(
-    "GRAFANA_ADMIN_PASSWORD", "stack", "Grafana's admin password, for compose (`.env`) and the "
-    "native stack: there is no default, and Grafana does not start without one.")
 GOFLAGS = Variable(
     "GOFLAGS", "stack", "Go flags for `traintel stack install`; `-modcacherw` is added.")
+TRAINTEL_LOKI_BIN = Variable(
+    "TRAINTEL_LOKI_BIN", "stack",
+    "A Loki binary for `traintel stack up` (traintel never builds Loki: AGPL).", "`loki` on PATH")
+TRAINTEL_TEMPO_BIN = Variable(
+    "TRAINTEL_TEMPO_BIN", "stack",
+    "A Tempo binary for `traintel stack up` (never built: AGPL).", "`tempo` on PATH")
+TRAINTEL_GRAFANA_BIN = Variable(
+    "TRAINTEL_GRAFANA_BIN", "stack",
+    "A Grafana server binary for `traintel stack up` (never built: AGPL).",
+    "`grafana` on PATH")
+GRAFANA_ADMIN_PASSWORD = Variable(
+    "GRAFANA_ADMIN_PASSWORD", "stack",
+    "Grafana's admin password, as in compose's .env: without it the native stack does not start "
+    "Grafana (there is no default password).")
+GRAFANA_ADMIN_USER = Variable(
+    "GRAFANA_ADMIN_USER", "stack", "Grafana's admin user, as in compose's .env.", "admin")
 
 # -- development -----------------------------------------------------------------------------
 TRAINTEL_EXTRAS = Variable(

@@ -11,17 +11,17 @@ import re
 import traceback as tb
 from dataclasses import dataclass
 
-SEVERITIES = ("critical", "high", "medium", "low")
+from .record.format import ErrorType, Severity
 
 
 @dataclass(frozen=True)
 class Classification:
-    error_type: str
-    severity: str
+    error_type: ErrorType
+    severity: Severity
     hints: tuple[str, ...]
 
 
-HINTS: dict[str, tuple[str, ...]] = {
+HINTS: dict[ErrorType, tuple[str, ...]] = {
     "oom": (
         "Reduce the batch size (or use gradient accumulation to keep the effective batch).",
         "Enable gradient checkpointing for large models (activation recomputation).",
@@ -78,7 +78,7 @@ HINTS: dict[str, tuple[str, ...]] = {
 
 #: (error type, severity, exception type names, message pattern, operation pattern); all given
 #: parts must match, the first matching rule wins, so specific rules come before broad ones.
-_RULES: tuple[tuple[str, str, tuple[str, ...], str | None, str | None], ...] = (
+_RULES: tuple[tuple[ErrorType, Severity, tuple[str, ...], str | None, str | None], ...] = (
     ("interrupted", "low", ("KeyboardInterrupt", "RunInterrupted", "SystemExit"), None, None),
     ("oom", "critical", ("OutOfMemoryError", "MemoryError"), None, None),
     ("oom", "critical", (), r"out of memory|CUBLAS_STATUS_ALLOC_FAILED", None),

@@ -1,4 +1,5 @@
-"""Custom instruments for user code: counters, gauges, histograms and a timer.
+"""Custom instruments for user code: counters, gauges, histograms and a timer, and the registry
+that makes and bounds them (``run.counter("skipped")`` returns the same counter every time).
 
 Counters and gauges live in the run state (read at export time); histogram and timer observations
 are queued for the record writer, which feeds the exported histograms and the p50/p95/p99 of the
@@ -11,13 +12,11 @@ import math
 import re
 import time
 from contextlib import ContextDecorator
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, TypeVar
 
 from .record.format import ObservationKind
-from .record.queue import Observe
-
-if TYPE_CHECKING:
-    from .run import Run
+from .record.queue import Observe, RecordQueue
+from .state import RunState
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,99}$")
 
@@ -41,10 +40,10 @@ def check_value(what: str, name: str, value: object) -> float:
 class Counter:
     """A monotonically increasing count, e.g. skipped batches."""
 
-    def __init__(self, run: Run, name: str) -> None:
+    def __init__(self, counters: dict[str, float], name: str) -> None:
         self.name = name
-        self._counters = run.state.counters
-        self._counters.setdefault(name, 0.0)
+        self._counters = counters
+        counters.setdefault(name, 0.0)
 
     def inc(self, amount: float = 1.0) -> None:
         amount = check_value("counter", self.name, amount)
@@ -61,9 +60,9 @@ class Counter:
 class Gauge:
     """A value that goes up and down, e.g. queue length."""
 
-    def __init__(self, run: Run, name: str) -> None:
+    def __init__(self, gauges: dict[str, float], name: str) -> None:
         self.name = name
-        self._gauges = run.state.gauges
+        self._gauges = gauges
 
     def set(self, value: float) -> None:
         self._gauges[self.name] = check_value("gauge", self.name, value)
@@ -74,9 +73,9 @@ class Histogram:
 
     kind: ObservationKind = "histogram"
 
-    def __init__(self, run: Run, name: str) -> None:
+    def __init__(self, queue: RecordQueue, name: str) -> None:
         self.name = name
-        self._queue = run._writer.queue
+        self._queue = queue
 
     def observe(self, value: float) -> None:
         self._queue.append(Observe(self.kind, self.name,
@@ -88,8 +87,8 @@ class Timer(Histogram, ContextDecorator):
 
     kind: ObservationKind = "timer"
 
-    def __init__(self, run: Run, name: str) -> None:
-        super().__init__(run, name)
+    def __init__(self, queue: RecordQueue, name: str) -> None:
+        super().__init__(queue, name)
         self._starts: list[float] = []  # a stack: the same timer may be nested or reused
 
     def __enter__(self) -> Timer:
@@ -100,3 +99,44 @@ class Timer(Histogram, ContextDecorator):
         elapsed = time.perf_counter() - self._starts.pop()
         self._queue.append(Observe("timer", self.name, elapsed))
         return False
+
+
+_I = TypeVar("_I", Counter, Gauge, Histogram, Timer)
+
+
+class Instruments:
+    """A run's custom instruments by kind and name, at most ``max_names`` of them (each is a
+    series on every export path)."""
+
+    def __init__(self, state: RunState, queue: RecordQueue, max_names: int) -> None:
+        self._state = state
+        self._queue = queue
+        self._max_names = max_names
+        self._made: dict[str, Counter | Gauge | Histogram | Timer] = {}
+
+    def counter(self, name: str) -> Counter:
+        return self._get(Counter, name) or self._add(Counter(self._state.counters, name))
+
+    def gauge(self, name: str) -> Gauge:
+        return self._get(Gauge, name) or self._add(Gauge(self._state.gauges, name))
+
+    def histogram(self, name: str) -> Histogram:
+        return self._get(Histogram, name) or self._add(Histogram(self._queue, name))
+
+    def timer(self, name: str) -> Timer:
+        return self._get(Timer, name) or self._add(Timer(self._queue, name))
+
+    def _get(self, kind: type[_I], name: str) -> _I | None:
+        check_name(f"run.{kind.__name__.lower()}", name)
+        found = self._made.get(f"{kind.__name__}:{name}")
+        if found is None:
+            if len(self._made) >= self._max_names:
+                raise ValueError(f"too many custom instruments (limit {self._max_names}); reuse "
+                                 "instruments instead of creating one per item")
+            return None
+        assert type(found) is kind  # keyed by kind
+        return found
+
+    def _add(self, instrument: _I) -> _I:
+        self._made[f"{type(instrument).__name__}:{instrument.name}"] = instrument
+        return instrument

@@ -19,6 +19,45 @@ if TYPE_CHECKING:
 ROOT = "traintel"
 
 
+class LoggerTree:
+    """The ``traintel`` logger tree during a run: its one handler is the run's event pipeline, at
+    the run's level, not propagating to the application's root logger; what was there comes
+    back when the run ends. ``console`` is the pipeline's console handler, whose level follows
+    debug mode."""
+
+    def __init__(self, pipeline: logging.Handler, level: str,
+                 console: logging.Handler | None) -> None:
+        self.pipeline = pipeline
+        self.level = level
+        self.console = console
+        self._saved: tuple[int, bool, list[logging.Handler]] | None = None
+
+    def install(self) -> None:
+        root = logging.getLogger(ROOT)
+        self._saved = (root.level, root.propagate, list(root.handlers))
+        root.handlers = [self.pipeline]
+        root.setLevel(self.level)
+        root.propagate = False
+
+    def restore(self) -> None:
+        if self._saved is not None:
+            root = logging.getLogger(ROOT)
+            root.setLevel(self._saved[0])
+            root.propagate = self._saved[1]
+            root.handlers = self._saved[2]
+            self._saved = None
+
+    def set_debug(self, enabled: bool) -> None:
+        """traintel's logs at DEBUG (or back at the run's level), the console's too."""
+        logging.getLogger(ROOT).setLevel(logging.DEBUG if enabled else self.level)
+        if self.console is not None:
+            self.console.setLevel(logging.DEBUG if enabled else logging.INFO)
+
+    @property
+    def debug(self) -> bool:
+        return logging.getLogger(ROOT).level == logging.DEBUG
+
+
 def console_handler(console: Console | None = None) -> logging.Handler:
     """Rich, coloured lines on a terminal; plain timestamped lines in batch-job logs.
 

@@ -16,7 +16,8 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -24,7 +25,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from .record.format import EventDict
 
 if TYPE_CHECKING:
-    from .run import Run
+    from prometheus_client.registry import CollectorRegistry
+
+    from .record.pipeline import Pipeline
+
+log = logging.getLogger("traintel.server")
 
 #: events a slow /events client may fall behind by before the oldest are dropped
 QUEUE_SIZE = 1000
@@ -38,6 +43,26 @@ class Subscription:
     def __init__(self, size: int = QUEUE_SIZE) -> None:
         self.lines: deque[dict[str, Any]] = deque(maxlen=size)
         self.wake = threading.Event()
+
+
+class LiveRun(Protocol):
+    """What the endpoint needs of a run (``traintel.run.Run`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
+
+    @property
+    def debug(self) -> bool: ...
+
+    def status_dict(self) -> Mapping[str, object]: ...
+
+    def set_debug(self, enabled: bool, source: str = ...) -> None: ...
 
 
 class EventHub:
@@ -72,7 +97,7 @@ class _Server(ThreadingHTTPServer):
     """Request threads are daemons, so an open /events stream never keeps Python from exiting,
     yet ``server_close`` ends and joins them (the standard mixin joins only non-daemons)."""
 
-    run: Run
+    run: LiveRun
     hub: EventHub
 
     def __init__(self, *args: Any) -> None:
@@ -108,7 +133,7 @@ class _Server6(_Server):
 class StatusServer:
     """The run's HTTP endpoint. ``port=0`` picks a free port; ``.port`` says which."""
 
-    def __init__(self, run: Run, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, run: LiveRun, host: str = "127.0.0.1", port: int = 0) -> None:
         self.run = run
         self.host = host
         self.hub = EventHub()
@@ -119,9 +144,12 @@ class StatusServer:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={
             "poll_interval": 0.2}, name="traintel-http", daemon=True)
 
-    def start(self) -> None:
+    def start(self) -> StatusServer:
         self.run.pipeline.add_sink(self.hub)
         self._thread.start()
+        log.info("status endpoint on http://%s:%d (/metrics /healthz /status /events)",
+                 self.host, self.port)
+        return self
 
     def stop(self) -> None:
         """End /events streams, stop accepting, close the socket and join every thread."""

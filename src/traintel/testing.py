@@ -70,14 +70,14 @@ def capture() -> Iterator[Telemetry]:
     through the same export path as OTLP, histograms included.
     """
     telemetry = Telemetry()
-    previous = run_module._sinks_override
-    run_module._sinks_override = Sinks(
+    previous = run_module.sinks_override
+    run_module.sinks_override = Sinks(
         metric_exporter=_Snapshots(telemetry), metric_interval_ms=math.inf,  # on demand only
         span_exporter=telemetry.spans, log_exporter=telemetry.logs)
     try:
         yield telemetry
     finally:
-        run_module._sinks_override = previous
+        run_module.sinks_override = previous
 
 
 class _Snapshots(MetricExporter):

@@ -25,12 +25,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
 
 if TYPE_CHECKING:
     import torch
 
-    from .run import Run
+    from .instruments import Gauge
+    from .record.format import Level
+    from .state import RunState
+
+
+class Watched(Protocol):
+    """What ``watch`` needs of a run (``traintel.run.Run`` is one)."""
+
+    @property
+    def state(self) -> RunState: ...
+
+    @property
+    def in_track(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def event(self, name: str, level: Level = ..., **fields: object) -> None: ...
+
+    def gauge(self, name: str) -> Gauge: ...
+
+    def log(self, step: int | None = ..., step_s: float | None = ...,
+            **values: SupportsFloat) -> None: ...
 
 
 @dataclass
@@ -48,7 +70,7 @@ class Watch:
             self._handle = None
 
 
-def watch(run: Run, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
+def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
     """Record ``model``'s parameter counts (a ``model_parameters`` event and three gauges) and,
     with ``grad_norm``, its global L2 gradient norm at every optimizer step."""
     import torch
@@ -68,9 +90,7 @@ def watch(run: Run, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
         owned = {id(p) for p in trainable}
 
         def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            import traintel
-
-            if traintel.current_run() is not run:  # the run ended: stop watching
+            if run.finished:  # stop watching
                 watched.remove()
                 return
             group = optimizer.param_groups[0]["params"] if optimizer.param_groups else []
@@ -80,7 +100,7 @@ def watch(run: Run, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
             if not grads:
                 return
             norm = torch.nn.utils.get_total_norm(grads).item()
-            if run._in_track:
+            if run.in_track:
                 run.log(grad_norm=norm)
             elif math.isfinite(norm):
                 run.state.latest["grad_norm"] = norm

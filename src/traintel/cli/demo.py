@@ -56,6 +56,8 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, run_dir: str | None
         options["http_port"] = http_port
     run = train(cfg, **options)
     summary = run.summary
+    if summary is None:  # the run ended without its summary: the record says why
+        raise click.ClickException(f"the demo run ended without a summary; see {run.dir}")
     console.print(f"[bold]run {run.id}[/bold] {summary['status']}: {summary['steps']} steps, "
                   f"final loss {summary['loss']['final']:.4f}, best val_loss "
                   f"{summary['eval']['val_loss']['best']:.4f}, "

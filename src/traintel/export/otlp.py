@@ -32,6 +32,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from .. import env
 from ..version import __version__
 from ..catalog import BY_NAME, METRICS
+from ..forks import reset_in_child
+from ..logging_bridge import quiet_export_errors
 from ..state import RunState
 from .readings import Histograms, Reader, readers
 
@@ -84,9 +86,13 @@ class HistogramsExporter(MetricExporter):
                          preferred_aggregation=exporter._preferred_aggregation)
         self.exporter = exporter
         self.metrics = metrics
+        #: False in a forked child: its copy of the run's state is the parent's, frozen
+        self.active = True
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
+        if not self.active:
+            return MetricExportResult.SUCCESS
         return self.exporter.export(self._with_histograms(metrics_data),
                                     timeout_millis=timeout_millis, **kwargs)
 
@@ -112,6 +118,16 @@ class HistogramsExporter(MetricExporter):
         self.exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
+def start_export(sinks: Sinks | None, state: RunState, labels: dict[str, str],
+                 run_info: dict[str, str], histograms: Histograms) -> OtlpExport | None:
+    """The run's export to ``sinks`` (None: no export), the SDK's retry chatter quieted."""
+    if sinks is None:
+        return None
+    quiet_export_errors()
+    resource = resource_for(labels, run_info["run_name"], run_info["host"])
+    return OtlpExport(state, labels, run_info, resource, sinks, histograms)
+
+
 def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
     """service.name etc. from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the SDK reads them),
     plus the run's identity so that logs and traces can be found by run in Loki and Tempo."""
@@ -127,6 +143,12 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
 
 
 class OtlpExport:
+    """The run's own OTel providers (metrics, traces, logs) reading the run state.
+
+    In a forked child (a data-loader worker) the SDK restarts its export threads; the child's
+    copy of the state is the parent's at the fork, frozen, so the child exports nothing of it
+    (the same series from several processes would contradict each other)."""
+
     def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
                  resource: Resource, sinks: Sinks, histograms: Histograms) -> None:
         self.state = state
@@ -138,11 +160,13 @@ class OtlpExport:
         self._attribute_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._logger: Logger | None = None
+        self._metric_exporter: HistogramsExporter | None = None
 
         if sinks.metric_exporter is not None:
+            self._metric_exporter = HistogramsExporter(sinks.metric_exporter,
+                                                       self._histogram_metrics)
             reader = PeriodicExportingMetricReader(
-                HistogramsExporter(sinks.metric_exporter, self._histogram_metrics),
-                export_interval_millis=sinks.metric_interval_ms)
+                self._metric_exporter, export_interval_millis=sinks.metric_interval_ms)
             self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader],
                                                 shutdown_on_exit=False)
             self._providers.append(self.meter_provider)
@@ -161,6 +185,13 @@ class OtlpExport:
                 env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BLRP_MAX_QUEUE_SIZE)))
             self._providers.append(logger_provider)
             self._logger = logger_provider.get_logger("traintel", __version__)
+        reset_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        if self._metric_exporter is not None:
+            self._metric_exporter.active = False
+        self._logger = None
+        self._providers, self._exporters = [], []  # the parent shuts them down
 
     # -- metrics --------------------------------------------------------------------------
     def _register_instruments(self, table: dict[str, Reader]) -> None:

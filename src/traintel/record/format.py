@@ -25,7 +25,6 @@ Level = Literal["debug", "info", "warning", "error", "critical"]
 LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error", "critical")
 
 Severity = Literal["critical", "high", "medium", "low"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
 ErrorType = Literal["oom", "cuda", "distributed", "nonfinite_loss", "data", "config",
                     "model_loading", "network", "checkpoint_io", "interrupted", "other"]
 

@@ -28,6 +28,7 @@ from opentelemetry import trace
 
 from ..redact import Scrubber
 from .format import EventDict, Level
+from .queue import Line, RecordQueue
 
 if TYPE_CHECKING:
     from ..export.otlp import OtlpExport
@@ -184,6 +185,21 @@ class Pipeline(logging.Handler):
         self.processors = list(processors)
         self.file = file
         self.sinks: list[Sink] = [file, *sinks]
+
+    @classmethod
+    def for_run(cls, queue: RecordQueue, scrubber: Scrubber, identity: Mapping[str, object],
+                active_span: FallbackSpan, otlp: OtlpExport | None = None,
+                console: logging.Handler | None = None) -> Pipeline:
+        """A run's pipeline: Scrub, stamp, Identity, TraceIds; then the record (queued for the
+        writer), OTLP logs and the console where the run has them."""
+        append = queue.append
+        sinks: list[Sink] = []
+        if otlp is not None:
+            sinks.append(OtlpLogs(otlp, active_span))
+        if console is not None:
+            sinks.append(Console(console))
+        return cls([Scrub(scrubber), stamp, Identity(identity), TraceIds(active_span)],
+                   file=lambda line, record: append(Line(line)), sinks=sinks)
 
     def submit(self, logger: logging.Logger, level: int, text: object,
                line: Mapping[str, object]) -> None:

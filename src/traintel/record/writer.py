@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO, Literal, Union
 
 import orjson
 
+from ..forks import reset_in_child
 from ..state import RateWindow, RunState
 from ..stats import RunningStats
 from .files import encode
@@ -74,9 +74,7 @@ class RecordWriter:
         self._stopping = False
         self._lock = threading.Lock()  # one drain at a time (thread or final flush)
         self._thread = threading.Thread(target=self._loop, name="traintel-record", daemon=True)
-        if hasattr(os, "register_at_fork"):  # as the OTel SDK's batch processors do
-            reset = weakref.WeakMethod(self._after_fork_in_child)
-            os.register_at_fork(after_in_child=lambda: _call(reset))
+        reset_in_child(self._after_fork_in_child)
 
     # -- producer side (any thread) -------------------------------------------------------
     def line(self, line: Mapping[str, object]) -> None:
@@ -277,11 +275,3 @@ def _serialize(line: Mapping[str, object], identity: Mapping[str, object]) -> by
         return orjson.dumps({"ts": line.get("ts", time.time()), "type": "event",
                              "level": "warning", **identity, "event": "unserializable",
                              "fields": {"error": str(exc)[:500]}})
-
-
-def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
-    """Call a weakly held method unless its object is gone (the at-fork hooks of dead writers
-    stay registered: ``os.register_at_fork`` has no way to remove one)."""
-    bound = method()
-    if bound is not None:
-        bound()

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from ..forks import reset_in_child
 from .base import Reading, Sampler
 
 #: Consecutive failures after which a sampler is switched off for the rest of the run.
@@ -39,6 +40,7 @@ class SamplerThread:
         self._lock = threading.Lock()  # sample_now from another thread vs. the sampler thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="traintel-samplers", daemon=True)
+        reset_in_child(self._after_fork_in_child)
 
     def start(self) -> None:
         self._thread.start()
@@ -54,6 +56,12 @@ class SamplerThread:
             for sampler in self.samplers:
                 self._close(sampler)
             self.samplers = []
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has no sampler thread and must not touch the parent's NVML handles."""
+        self._lock = threading.Lock()  # the thread may have held it at the fork
+        self._stop.set()
+        self.samplers = []
 
     def sample_now(self) -> list[Reading]:
         """Read every enabled sampler once, synchronously (tests, crash reports).
@@ -109,6 +117,22 @@ class SamplerThread:
                 return
 
 
+def start_sampling(readings: dict[tuple[str, tuple[tuple[str, str], ...]], float], run_dir: str,
+                   interval_s: float, *, local_rank: int | None,
+                   all_gpus: bool = False) -> SamplerThread:
+    """A started sampler thread of the default samplers, keeping the latest value of each
+    (metric, labels) in ``readings`` (the run state's, read by the exporters)."""
+
+    def store(batch: list[Reading]) -> None:
+        for name, value, labels in batch:
+            readings[(name, tuple(sorted(labels.items())))] = value
+
+    thread = SamplerThread(default_samplers(run_dir, local_rank=local_rank, all_gpus=all_gpus),
+                           interval_s=interval_s, on_readings=store)
+    thread.start()
+    return thread
+
+
 def default_samplers(run_dir: str, *, local_rank: int | None,
                      all_gpus: bool = False) -> list[Sampler]:
     """System, NVML and CUDA-allocator samplers, leaving out those this machine cannot run."""
@@ -123,4 +147,5 @@ def default_samplers(run_dir: str, *, local_rank: int | None,
     return samplers
 
 
-__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Reading", "Sampler", "SamplerThread", "default_samplers"]
+__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Reading", "Sampler", "SamplerThread", "default_samplers",
+           "start_sampling"]

@@ -78,7 +78,7 @@ def user_binary(component: Component, name: str | None = None) -> Path | None:
     """The binary a user supplies for a program traintel never builds: the file named by
     ``component.bin_env`` (``TRAINTEL_LOKI_BIN``, ...), else ``name`` found on PATH."""
     name = name or component.binaries[0]
-    named = environment.BY_NAME[component.bin_env].get() if component.bin_env else None
+    named = (environment.variable(component.bin_env).get() or "") if component.bin_env else ""
     if named and name == component.binaries[0]:
         path = Path(named).expanduser()
         return path if path.is_file() and os.access(path, os.X_OK) else None
@@ -92,7 +92,7 @@ def missing_reason(component: str) -> str | None:
     if binary(component):
         return None
     spec = _spec(component)
-    named = environment.BY_NAME[spec.bin_env].get() if spec.bin_env else None
+    named = (environment.variable(spec.bin_env).get() or "") if spec.bin_env else ""
     if named:
         return (f"{component}: {spec.bin_env}={named} is not an executable file "
                 f"({spec.unavailable})")

@@ -617,11 +617,9 @@ def _interpolate(value: str) -> str:
     """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` from this environment (an
     unset required variable becomes empty; ``_why_unavailable`` says what to set)."""
 
-    variables = environment.snapshot()
-
     def one(match: re.Match) -> str:
         name, op, fallback = match.group(1), match.group(2) or "", match.group(3) or ""
-        found = variables.get(name, "")
+        found = environment.snapshot().get(name, "")
         return found if found or op != ":-" else fallback
 
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)

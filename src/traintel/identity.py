@@ -1,0 +1,92 @@
+"""Who a run is: its id, names, rank and host, the directory it records to, and the labels and
+resource attributes every exported series and signal carries."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+from .distributed import agree_run_id
+from .record.format import RunStatus
+from .settings import Settings, hostname
+from .state import RunState
+
+
+class LiveStatus(TypedDict):
+    """A running run as ``/status`` serves it and ``traintel status --url`` prints it."""
+
+    run: str
+    project: str
+    name: str
+    rank: int
+    status: RunStatus
+    epoch: int
+    total_epochs: int | None
+    step: int
+    total_steps: int | None
+    progress: float | None
+    eta_s: float | None
+    rates: dict[str, float]
+    latest: dict[str, float]
+    eval_best: dict[str, float]
+    #: error counts by "error_type/severity"
+    errors: dict[str, int]
+    dir: str
+    started: float
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    id: str
+    project: str
+    name: str
+    rank: int
+    local_rank: int | None
+    world_size: int
+    host: str
+    #: where the record goes: ``<dir>/<run-id>/``, or ``.../rank-<N>/`` when there are ranks
+    dir: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunIdentity:
+        world_size = settings.world_size or 1
+        run_id = settings.run_id or agree_run_id(new_run_id(), world_size)
+        rank = settings.rank or 0
+        base = Path(settings.dir) / run_id
+        return cls(id=run_id, project=settings.project, name=settings.name or run_id, rank=rank,
+                   local_rank=settings.local_rank, world_size=world_size, host=hostname(),
+                   dir=base / f"rank-{rank}" if world_size > 1 else base)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels of every series: project, run, rank."""
+        return {"project": self.project, "run": self.id, "rank": str(self.rank)}
+
+    @property
+    def info(self) -> dict[str, str]:
+        """What ``traintel_run_info`` says besides the labels."""
+        return {"run_name": self.name, "host": self.host, "world_size": str(self.world_size)}
+
+    @property
+    def record_fields(self) -> dict[str, object]:
+        """What every record line says about whose it is."""
+        return {"run": self.id, "rank": self.rank}
+
+    def status(self, state: RunState, total_epochs: int | None) -> LiveStatus:
+        """The run now, from its state."""
+        return {"run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
+                "status": state.status, "epoch": state.epoch, "total_epochs": total_epochs,
+                "step": state.step, "total_steps": state.total_steps,
+                "progress": state.progress(), "eta_s": state.eta_seconds(),
+                "rates": dict(state.rates), "latest": dict(state.latest),
+                "eval_best": dict(state.eval_best),
+                "errors": {f"{t}/{s}": n for (t, s), n in state.errors.items()},
+                "dir": str(self.dir), "started": state.start_ts}
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: ``20261130-094108-6dc28f``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)

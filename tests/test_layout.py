@@ -1,0 +1,130 @@
+"""The house's layout: arrows one way (no import cycle, the command line above the core, `import
+traintel` cheap), no module reading another's private attributes, a thin Run, and a README that
+names every module."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "traintel"
+
+
+def _import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+import_graph = _import_graph()
+EDGES = import_graph.graph()
+#: private attributes of other libraries read on purpose, with the reason
+FOREIGN_PRIVATE = {
+    ("export/otlp.py", "_preferred_temporality"):
+        "the OTel SDK has no public accessor; its own PeriodicExportingMetricReader reads it",
+    ("export/otlp.py", "_preferred_aggregation"): "as _preferred_temporality",
+}
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    assert len(EDGES) > 50 and sum(map(len, EDGES.values())) > 100  # it sees the whole package
+    assert import_graph.cycles(EDGES) == []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert import_graph.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
+        ["a", "b", "c"]]
+    assert import_graph.cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_a_lazy_import_is_an_edge_too(tmp_path: Path) -> None:
+    package = tmp_path / "traintel"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from . import b\n")
+    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                  "    from .a import f\n")
+    assert import_graph.cycles(import_graph.graph(tmp_path)) == [["traintel.a", "traintel.b"]]
+
+
+def test_the_core_never_imports_the_command_line() -> None:
+    upward = {(module, target) for module, targets in EDGES.items() for target in targets
+              if not module.startswith("traintel.cli") and target.startswith("traintel.cli")}
+    assert upward == set()
+
+
+def test_import_traintel_stays_cheap() -> None:
+    code = ("import sys, traintel\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'opentelemetry', 'torch', 'rich', 'prometheus_client', 'orjson', 'psutil'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _defined(tree: ast.AST) -> set[str]:
+    """Names a module defines or assigns: functions, classes, variables, attributes."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def _private_reads(path: Path, where: str) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    own = _defined(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                not node.attr.startswith("__") and node.attr not in own and \
+                not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")) and \
+                (where, node.attr) not in FOREIGN_PRIVATE:
+            found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_reads_another_modules_private_attributes() -> None:
+    found = [read for path in sorted(SRC.rglob("*.py"))
+             for read in _private_reads(path, path.relative_to(SRC).as_posix())]
+    assert found == [], "use (or add) a public name instead:\n" + "\n".join(found)
+
+
+def test_the_private_read_check_finds_reads(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("class A:\n    def f(self, run):\n        self._mine = 1\n"
+                      "        return run._writer, other._mine, self._x\n")
+    assert [line.split(": ", 1)[1] for line in _private_reads(sample, "sample.py")] == [
+        "run._writer"]
+
+
+def test_run_stays_a_thin_facade() -> None:
+    lines = (SRC / "run.py").read_text().count("\n")
+    assert lines < 300, f"run.py has {lines} lines: give the new work a part of its own"
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = re.search(r"^## Layout\n(.*?)^## ", readme, re.S | re.M)
+    assert layout, "README.md lost its Layout section"
+    named = set(re.findall(r"^\| `([\w/]+(?:\.py|/))` \|", layout.group(1), re.M))
+    expected = set()
+    for path in SRC.rglob("*.py"):
+        relative = path.relative_to(SRC)
+        if path.name == "__init__.py":
+            expected.add(f"{relative.parent.as_posix()}/" if relative.parent.parts else "__init__.py")
+        else:
+            expected.add(relative.as_posix())
+    assert expected - named == set(), "add these to README.md's Layout section"
+    assert named - expected == set(), "README.md's Layout names modules that do not exist"
