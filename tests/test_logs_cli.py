@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from records_factory import T0, RecordWriter, write_run
 
-from traintel import analysis
+from traintel import analysis, render
 from traintel.cli.logs import logs
 from traintel.record.reader import Records
 
@@ -139,7 +139,7 @@ def test_grep_filters(runs):
     errors = invoke("grep", ".", run, "--level", "error", "--format", "json").stdout.splitlines()
     assert [json.loads(line)["type"] for line in errors] == ["error"]
     steps = step_lines(run)
-    since, until = (analysis.iso(steps[i]["ts"]).replace(" ", "T") for i in (1, 3))
+    since, until = (render.iso(steps[i]["ts"]).replace(" ", "T") for i in (1, 3))
     window = invoke("grep", ".", run, "--event", "step", "--since", since, "--until", until,
                     "--format", "json")
     assert [json.loads(line)["step"] for line in window.stdout.splitlines()] == [2, 3, 4]
@@ -153,7 +153,7 @@ def test_parse_time():
     assert analysis.parse_time("10m", now=1000.0) == 400.0
     assert analysis.parse_time("1.5h", now=10_000.0) == 4600.0
     assert analysis.parse_time("1700000000") == 1_700_000_000.0
-    assert analysis.parse_time(analysis.iso(1_700_000_000.0)) == 1_700_000_000.0
+    assert analysis.parse_time(render.iso(1_700_000_000.0)) == 1_700_000_000.0
     assert analysis.parse_time("2023-11-14T22:13:20+00:00") == 1_700_000_000.0
 
 
@@ -306,7 +306,7 @@ def test_report_markdown_and_plots(runs, tmp_path):
 def test_plot_figures_have_the_right_axes(runs):
     series = analysis.Series()
     analysis.scan(Records(runs / "multi"), series)
-    figs = analysis.figures(series)
+    figs = render.figures(series)
     axes = {name: fig.axes[0] for name, fig in figs.items()}
     assert {n: (a.get_xlabel(), a.get_ylabel()) for n, a in axes.items()} == {
         "loss": ("step", "loss"), "throughput": ("step", "samples/s"), "memory": ("step", "memory")}

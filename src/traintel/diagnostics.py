@@ -8,7 +8,6 @@ its own: one that fails (a wedged driver, a broken record) says why and the othe
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import socket
@@ -21,7 +20,6 @@ from typing import Any, TypedDict
 
 from . import env
 from .version import __version__
-from .analysis import describe, iso, num
 from .record.reader import Records, RecordNotFound, last_records, rank_dirs
 from .record.files import read_json, write_json
 from .redact import redact_mapping
@@ -188,62 +186,3 @@ def write_crash_report(run_dir: Path, live: LiveSnapshot) -> Path | None:
     """crash-report.json in the run's directory: the report of the run that just failed."""
     path = run_dir / "crash-report.json"
     return path if write_json(path, build_report(live, run_dir)) else None
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report for humans and issue trackers."""
-    lines = [f"# traintel report {report['report_id']}", "", f"Created {iso(report['created'])}."]
-    run = report.get("run") or {}
-    summary = report.get("summary") or {}
-    if "run_dir" in report:
-        lines += _section("Run", {
-            "run": run.get("run") or summary.get("run"),
-            "project": run.get("project") or summary.get("project"),
-            "name": run.get("name") or summary.get("name"),
-            "status": run.get("status") or summary.get("status") or "no summary (still running, "
-                                                                   "or killed)",
-            "host": run.get("host"), "steps": run.get("step", summary.get("steps")),
-            "directory": report["run_dir"]})
-    lines += _section("Versions", report["versions"])
-    lines += _section("Host", report["host"])
-    gpu_list = report["gpus"]
-    lines += ["", "## GPUs", ""]
-    if isinstance(gpu_list, list) and gpu_list:
-        lines += [f"- GPU {g.get('index')}: {g.get('name')} ({g.get('uuid')}), " + ", ".join(
-            f"{k}={num(v)}" for k, v in g.items() if k not in ("index", "name", "uuid"))
-            for g in gpu_list]
-    else:
-        lines.append("None." if gpu_list == [] else str(gpu_list))
-    lines += _section("Memory", {k: v for k, v in report["memory"].items() if k != "cuda"})
-    for device in report["memory"].get("cuda", []):
-        lines.append(f"- CUDA device {device['device']}: " + ", ".join(
-            f"{k}={num(v)}" for k, v in device.items() if k != "device"))
-    lines += _section("Environment", report["environment"])
-    if report.get("config") is not None:
-        lines += ["", "## Config", "", "```json", json.dumps(report["config"], indent=2,
-                                                             default=str), "```"]
-    if "errors" in report:
-        lines += ["", f"## Errors ({len(report['errors'])})", ""]
-        if not report["errors"]:
-            lines.append("None.")
-        for error in report["errors"]:
-            lines += [f"### {iso(error.get('ts'))} {error.get('error_type')} "
-                      f"({error.get('severity')}): {error.get('exc_type')}", "",
-                      str(error.get("message")).replace("\n", " "), ""]
-            lines += [f"- {hint}" for hint in error.get("hints") or []]
-            if error.get("traceback"):
-                lines += ["", "```", str(error["traceback"]).rstrip(), "```"]
-    if isinstance(report.get("last_events"), list):
-        lines += ["", f"## Last {len(report['last_events'])} events", "", "```"]
-        lines += [f"{iso(r.get('ts'))} {str(r.get('level', '')).upper():8} {r.get('type')}: "
-                  f"{describe(r)}" for r in report["last_events"]]
-        lines.append("```")
-    return "\n".join(lines) + "\n"
-
-
-def _section(title: str, values: dict[str, Any]) -> list[str]:
-    if not values:
-        return ["", f"## {title}", "", "None."]
-    rows = [f"| {k} | {'-' if v is None else str(v).replace('|', '/')} |"
-            for k, v in values.items()]
-    return ["", f"## {title}", "", "| | |", "|---|---|", *rows]

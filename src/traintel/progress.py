@@ -10,6 +10,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from .render import num, progress_text
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -18,33 +19,6 @@ if TYPE_CHECKING:
 
 MILESTONES = (25, 50, 75, 90, 100)
 REFRESH_S = 0.1
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def describe(state: RunState, total_epochs: int | None) -> str:
-    """One human line: epoch, step, percent, rate, loss, ETA."""
-    epochs = f"/{total_epochs}" if total_epochs else ""
-    steps = f"/{state.total_steps}" if state.total_steps else ""
-    progress = state.progress()
-    percent = f" ({progress * 100:.1f}%)" if progress is not None else ""
-    rate = state.rates.get("steps_per_second")
-    parts = [f"epoch {state.epoch + 1}{epochs}", f"step {state.step}{steps}{percent}"]
-    if rate:
-        parts.append(f"{rate:.1f} steps/s")
-    loss = state.latest.get("loss")
-    if loss is not None:
-        parts.append(f"loss {loss:.4g}")
-    if state.total_steps:
-        parts.append(f"eta {format_duration(state.eta_seconds())}")
-    return " | ".join(parts)
 
 
 class ProgressDisplay:
@@ -76,8 +50,9 @@ class ProgressDisplay:
                                    TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                             TaskProgressColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), TimeRemainingColumn(),
+                             TaskProgressColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                             TimeRemainingColumn(),
                              console=self.console, refresh_per_second=4)
         self._task = self._bar.add_task(self.title, total=self.state.total_steps, info="")
         self._bar.start()
@@ -89,13 +64,13 @@ class ProgressDisplay:
             loss = state.latest.get("loss")
             info = " ".join(x for x in (f"ep {state.epoch + 1}",
                                         f"{rate:.1f} it/s" if rate else "",
-                                        f"loss {loss:.4g}" if loss is not None else "") if x)
+                                        f"loss {num(loss)}" if loss is not None else "") if x)
             self._bar.update(self._task, completed=state.step, total=state.total_steps, info=info)
         elif self.mode == "lines":
             now = time.monotonic()
             if now >= self._next_line:
                 self._next_line = now + self.interval
-                self.line(describe(state, self.total_epochs))
+                self.line(progress_text(state, self.total_epochs))
 
     def line(self, text: str) -> None:
         """A plain progress line (also used for milestones in every mode)."""

@@ -1,4 +1,5 @@
-"""Running statistics with bounded memory: mean/std/min/max exactly, percentiles from a reservoir."""
+"""Running statistics with bounded memory: mean, std, min and max exactly, percentiles from a
+reservoir."""
 
 from __future__ import annotations
 

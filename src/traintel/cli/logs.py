@@ -1,9 +1,9 @@
 """``traintel logs``: read run records from the command line.
 
 A thin layer over :mod:`traintel.record.reader` (reading) and :mod:`traintel.analysis`
-(computing): it parses options and presents results, as Rich tables and colour on a terminal, plain text when
-piped, JSON with ``--format json``. It must stay free of OpenTelemetry and torch imports so that it
-starts quickly on a login node.
+(computing), presented by :mod:`traintel.render`: it parses options and prints results, as Rich
+tables and colour on a terminal, plain text when piped, JSON with ``--format json``. It must
+stay free of OpenTelemetry and torch imports so that it starts quickly on a login node.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from traintel import analysis
-from traintel.analysis import describe, duration, iso, num
+from traintel import analysis, render
 from traintel.record.format import LEVELS, RawLine
 from traintel.record.reader import Records, find_run, is_run, last_records
 from traintel.record.reader import follow as follow_records
 
-from .output import plain_table, table
+from traintel.render import describe, duration, iso, num
+
+from .output import table
 
 _COLOURS = {"debug": "bright_black", "info": None, "warning": "yellow", "error": "red",
             "critical": "bright_red"}
@@ -144,7 +145,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("loss", f"final {num(loss['final'])}, best {num(loss['best'])}"
                  + (f", {loss['nonfinite']} non-finite" if loss["nonfinite"] else "")),
         ("throughput", ", ".join(f"{num(v)} {k.replace('_per_s', '/s')}" for k, v in rate.items()
-                                 if v is not None) or "-"),
+                                 if v) or "-"),
         ("step time", f"mean {num(s['step_time_mean_s'])}s"),
     ]
     rows += [(f"eval {k}", f"last {num(v['last'])}, best {num(v['best'])}")
@@ -294,7 +295,7 @@ def compare(targets: tuple[str, ...], fmt: str, output: Path | None) -> None:
         table(list(rows[0]), [[num(v) for v in row.values()] for row in rows])
         return
     else:
-        text = plain_table(list(rows[0]), [[num(v) for v in row.values()] for row in rows])
+        text = render.text_table(list(rows[0]), [[num(v) for v in row.values()] for row in rows])
     _emit(text, output)
 
 
@@ -375,25 +376,26 @@ def report(target: str, output: Path | None, plot: bool, fmt: str) -> None:
     """
     records = Records(target)
     problems, instruments, series = analysis.Problems(), analysis.Instruments(), analysis.Series()
-    summary = analysis.summarize(records, problems, instruments, series)
+    summarizer = analysis.Summary(percentiles=True)
+    summary = analysis.summarize(records, problems, instruments, series, summary=summarizer)
+    step_time = summarizer.step_time()
     plots: dict[str, Path] = {}
     if plot:
         try:
-            figures = analysis.figures(series)
+            figures = render.figures(series)
         except ImportError:
             raise click.ClickException(
                 "--plot needs matplotlib: pip install 'traintel[plots]'") from None
         directory = output.parent if output else Path.cwd()
         prefix = f"{output.stem}-" if output else f"{summary['run'] or 'report'}-"
-        plots = analysis.save_figures(figures, directory, prefix)
+        plots = render.save_figures(figures, directory, prefix)
     if fmt == "json":
-        result = {"summary": summary, "step_time": series.step_time(),
+        result = {"summary": summary, "step_time": step_time,
                   "errors": problems.result()["groups"], "instruments": instruments.result(),
                   "plots": {name: str(path) for name, path in plots.items()}}
         text = _dumps(result)
     else:
-        text = analysis.report_markdown(summary, problems.result(), instruments.result(),
-                                        series.step_time(), plots,
-                                        base=output.parent if output else Path.cwd())
+        text = render.run_report(summary, problems.result(), instruments.result(), step_time,
+                                 plots, base=output.parent if output else Path.cwd())
     _emit(text, output, *plots.values())
     _report_skipped(records)

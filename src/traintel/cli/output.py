@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from traintel.render import text_table
+
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
     """A Rich table on a terminal, turned on its side when too wide for it; aligned plain text
@@ -25,16 +27,10 @@ def table(columns: list[str], rows: list[list[str]], title: str | None = None) -
                 break
         console.print(table)
         return
-    click.echo((f"{title}\n" if title else "") + plain_table(columns, rows), nl=False)
+    click.echo((f"{title}\n" if title else "") + text_table(columns, rows), nl=False)
 
 
 def _transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
     """One column per row, headed by its first cell (a run's name, say)."""
     return [columns[0], *(row[0] for row in rows)], [
         [name, *(row[i] for row in rows)] for i, name in enumerate(columns) if i]
-
-
-def plain_table(columns: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows)]
-    return "".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n"
-                   for row in ([columns] if any(columns) else []) + rows)

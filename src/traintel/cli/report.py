@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 import orjson
 
-from traintel.diagnostics import build_report, markdown
+from traintel.diagnostics import build_report
 from traintel.record.reader import RecordNotFound, find_run
+from traintel.render import diagnostic_report
 
 
 @click.command()
@@ -31,7 +32,7 @@ def report(target: str | None, fmt: str, output: Path | None) -> None:
             raise click.ClickException(str(exc)) from None
     data = build_report(run_dir=run_dir)
     if fmt == "md":
-        text = markdown(data)
+        text = diagnostic_report(data)
     else:
         text = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
                             default=str).decode() + "\n"

@@ -17,13 +17,13 @@ import orjson
 import psutil
 
 from traintel import env
-from traintel.analysis import duration, iso, num
 from traintel.cli.output import table
 from traintel.record.files import read_json
 from traintel.record.format import RawLine
 from traintel.doctor import fetch
-from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records, rank_dirs,
-                              runs_dir)
+from traintel.render import duration, iso, num
+from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records,
+                                    rank_dirs, runs_dir)
 
 #: a run without a line for this long is reported as stale
 STALE_S = 600
