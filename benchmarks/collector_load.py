@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import re
 import struct
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -43,9 +44,12 @@ from typing import Any
 from benchmarks import harness
 
 PROFILES = {
-    "full": {"ranks": 3000, "interval_s": 5.0, "seconds": 90.0, "senders": 2, "log_batches": 2},
-    "quick": {"ranks": 1000, "interval_s": 5.0, "seconds": 40.0, "senders": 1, "log_batches": 4},
-    "tiny": {"ranks": 4, "interval_s": 1.0, "seconds": 4.0, "senders": 1, "log_batches": 1},
+    "full": {"ranks": 3000, "interval_s": 5.0, "seconds": 90.0, "senders": 2, "log_batches": 2,
+             "collector_limit_mib": 4096},
+    "quick": {"ranks": 1000, "interval_s": 5.0, "seconds": 40.0, "senders": 1, "log_batches": 4,
+              "collector_limit_mib": 4096},
+    "tiny": {"ranks": 4, "interval_s": 1.0, "seconds": 4.0, "senders": 1, "log_batches": 1,
+             "collector_limit_mib": None},
 }
 #: rounds before the measurement window opens (series creation, queues filling)
 WARMUP_ROUNDS = 3
@@ -231,6 +235,36 @@ def sender(endpoint: str, signal: str, template: bytes, run_id: str, ranks: rang
     out.put({"sent": sent, "refused": refused, "rounds": rounds, "max_late_s": round(late_s, 3)})
 
 
+class _Stack:
+    """The native stack, with the collector's memory_limiter raised to ``limit_mib`` (None: the
+    repository's configuration as it is)."""
+
+    def __new__(cls, run_dir: Path, ports: dict, limit_mib: int | None) -> Any:
+        from traintel.stack import native
+
+        class Stack(native.NativeStack):
+            def render(self, name: str, source: Path | None = None) -> Any:
+                if name == "otelcol" and limit_mib is not None and source is None:
+                    source = _raised_limit(limit_mib, run_dir.parent)
+                return super().render(name, source)
+
+        return Stack(run_dir, ports=ports, tap=False)
+
+
+def _raised_limit(limit_mib: int, directory: Path) -> Path:
+    import yaml
+
+    from traintel.stack import native
+
+    source = native._config_path("otelcol")
+    config = yaml.safe_load(source.read_text())
+    limiter = config["processors"]["memory_limiter"]
+    limiter["limit_mib"] = limit_mib
+    out = directory / source.name
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
 # --- what the programs did ----------------------------------------------------------------------
 
 def _cpu_seconds(pid: int) -> float:
@@ -246,12 +280,55 @@ def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
-def _io_chars(pid: int) -> tuple[int, int]:
-    """Bytes the process read and wrote through system calls (sockets included)."""
-    import psutil
+def _sockets(pid: int, port: int) -> dict[str, int] | None:
+    """local address -> bytes sent, for each TCP connection of process ``pid`` to
+    127.0.0.1:``port`` (``ss -ti``: the kernel's per-socket counters); None without ``ss``."""
+    try:
+        listing = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found, current = {}, None
+    for line in listing.splitlines():
+        if not line.startswith((" ", "\t")):  # a socket; its details follow on the next line
+            fields = line.split()
+            current = (fields[2] if len(fields) >= 5 and fields[3] == f"127.0.0.1:{port}"
+                       and f"pid={pid}," in line else None)
+        elif current:
+            match = re.search(r"bytes_sent:(\d+)", line)
+            found[current] = int(match.group(1)) if match else 0
+    return found
 
-    io = psutil.Process(pid).io_counters()
-    return io.read_chars, io.write_chars
+
+class _SentBytes:
+    """Bytes a process sends to a port over a window, summed over its connections while they
+    come and go (polled: the last poll interval of a connection closed in between is missed)."""
+
+    def __init__(self, pid: int, port: int, every_s: float = 0.5) -> None:
+        import threading
+
+        self.pid, self.port, self.every_s = pid, port, every_s
+        self.total: int | None = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        last = _sockets(self.pid, self.port)
+        if last is None:
+            self.total = None
+            return
+        while not self._stop.wait(self.every_s):
+            now = _sockets(self.pid, self.port) or {}
+            self.total = (self.total or 0) + sum(
+                sent - last.get(local, 0) if sent >= last.get(local, 0) else sent
+                for local, sent in now.items())
+            last = now
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.total
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -276,10 +353,13 @@ def snapshot(stack: Any) -> dict[str, Any]:
         "t": time.monotonic(),
         "cpu": {name: _cpu_seconds(pid) for name, pid in pids.items()},
         "rss": {name: _rss(pid) for name, pid in pids.items()},
-        "collector_io": _io_chars(pids["otelcol"]),
         "samples": prometheus.get("prometheus_tsdb_head_samples_appended_total", 0.0),
         "series": prometheus.get("prometheus_tsdb_head_series", 0.0),
         "heap_inuse": prometheus.get("go_memstats_heap_inuse_bytes", 0.0),
+        "collector_heap": collector.get("otelcol_process_runtime_heap_alloc_bytes", 0.0),
+        "wal_written": collector.get("otelcol_exporter_prometheusremotewrite_wal_bytes_written",
+                                     0.0),
+        "wal_read": collector.get("otelcol_exporter_prometheusremotewrite_wal_bytes_read", 0.0),
         "points_in": collector.get("otelcol_receiver_accepted_metric_points", 0.0),
         "points_refused": collector.get("otelcol_receiver_refused_metric_points", 0.0),
         "points_out": collector.get("otelcol_exporter_sent_metric_points", 0.0),
@@ -313,7 +393,9 @@ def _phase(stack: Any, signal: str, template: bytes, run_id: str, ranks: int, in
         proc.start()
     time.sleep(max(0.0, start + min(WARMUP_ROUNDS * interval_s, seconds / 3) - time.monotonic()))
     before = snapshot(stack)
+    sent = _SentBytes(stack.pid("otelcol"), stack.ports["prometheus"]["web"])
     time.sleep(max(0.0, deadline - 0.5 - time.monotonic()))
+    remote_write_bytes = sent.stop()
     after = snapshot(stack)
     reports = [queue.get(timeout=120) for _ in procs]
     for proc in procs:
@@ -333,19 +415,19 @@ def _phase(stack: Any, signal: str, template: bytes, run_id: str, ranks: int, in
     }
     if signal == "metrics":
         samples_s = (after["samples"] - before["samples"]) / elapsed
+        wal_s = (after["wal_written"] - before["wal_written"]) / elapsed
+        remote_write_s = (remote_write_bytes or 0) / elapsed
         result.update({
             "samples_per_s": round(samples_s, 1),
             "otlp_points_per_s": round((after["points_in"] - before["points_in"]) / elapsed, 1),
             "points_refused": after["points_refused"] - before["points_refused"],
             "points_send_failed": after["points_failed"] - before["points_failed"],
             "collector_samples_per_core_s": _per(samples_s, cores["otelcol"]),
-            # what the collector read (OTLP from the senders) and wrote (remote write, mostly)
-            "otlp_in_bytes_per_sample": _per(
-                (after["collector_io"][0] - before["collector_io"][0]) / elapsed, samples_s),
-            "remote_write_bytes_per_s": round(
-                (after["collector_io"][1] - before["collector_io"][1]) / elapsed),
-            "remote_write_bytes_per_sample": _per(
-                (after["collector_io"][1] - before["collector_io"][1]) / elapsed, samples_s),
+            # what the collector sent to Prometheus (remote-write requests, HTTP included), and
+            # what its remote-write WAL wrote to disk
+            "remote_write_bytes_per_s": round(remote_write_s),
+            "remote_write_bytes_per_sample": _per(remote_write_s, samples_s),
+            "wal_bytes_per_sample": _per(wal_s, samples_s),
             "prometheus_samples_per_core_s": _per(samples_s, cores["prometheus"]),
         })
     else:
@@ -362,8 +444,8 @@ def _per(rate: float, cores: float) -> float:
     return round(rate / cores, 1) if cores > 0 else 0.0
 
 
-def run(ranks: int, interval_s: float, seconds: float, senders: int,
-        log_batches: int) -> dict[str, Any]:
+def run(ranks: int, interval_s: float, seconds: float, senders: int, log_batches: int,
+        collector_limit_mib: int | None) -> dict[str, Any]:
     from traintel.stack import install, native
 
     for name in ("otelcol", "prometheus", "alertmanager"):
@@ -373,12 +455,10 @@ def run(ranks: int, interval_s: float, seconds: float, senders: int,
     with tempfile.TemporaryDirectory(prefix="traintel-load-") as tmp:
         metrics, logs, shape = capture_template(tmp)
         ports = native.free_ports()
-        stack = native.NativeStack(Path(tmp) / "stack", ports=ports, tap=False)
+        stack = _Stack(Path(tmp) / "stack", ports, collector_limit_mib)
         loki_config = Path(tmp) / "loki-standin.yaml"
         loki_config.write_text(LOKI_STANDIN.format(port=ports["loki"]["http"]))
         with (Path(tmp) / "loki-standin.log").open("w") as loki_log:
-            import subprocess
-
             loki = subprocess.Popen([str(install.binary("otelcol")), "--config", str(loki_config)],
                                     stdout=loki_log, stderr=subprocess.STDOUT)
             try:
@@ -400,14 +480,16 @@ def run(ranks: int, interval_s: float, seconds: float, senders: int,
               for name in end["rss"]}
     return {
         "ranks": ranks, "interval_s": interval_s, "seconds": seconds, "senders": senders,
-        "log_batches": log_batches, **shape,
+        "log_batches": log_batches, "collector_limit_mib": collector_limit_mib, **shape,
         "template_bytes": {"metrics": len(metrics), "logs": len(logs)},
         "series_per_rank": round(series / ranks, 1),
         "active_series": int(series),
         "bytes_per_series": {"prometheus_rss": memory["prometheus"],
                              "prometheus_heap_inuse": _per(
                                  end["heap_inuse"] - baseline["heap_inuse"], series),
-                             "collector_rss": memory["otelcol"]},
+                             "collector_rss": memory["otelcol"],
+                             "collector_heap": _per(
+                                 end["collector_heap"] - baseline["collector_heap"], series)},
         "rss_mb": {name: round(end["rss"][name] / 2**20, 1) for name in end["rss"]},
         "metrics": metric_phase,
         "logs": log_phase,
@@ -419,7 +501,9 @@ def render(result: dict[str, Any]) -> list[str]:
     return [
         f"{result['ranks']} ranks x {result['series_per_rank']} series each "
         f"({result['active_series']} active series), one export per rank every "
-        f"{result['interval_s']:g} s, {result['senders']} sender processes.",
+        f"{result['interval_s']:g} s, {result['senders']} sender processes; collector "
+        + (f"memory_limiter raised to {result['collector_limit_mib']} MiB."
+           if result.get("collector_limit_mib") else "configuration as in the repository."),
         "",
         "| signal | rate | collector per core | Prometheus per core | cores used "
         "(collector / Prometheus) | refused |",
@@ -436,13 +520,14 @@ def render(result: dict[str, Any]) -> list[str]:
         "",
         f"Memory per active series: Prometheus {b['prometheus_rss']:,.0f} B resident "
         f"({b['prometheus_heap_inuse']:,.0f} B Go heap in use), collector "
-        f"{b['collector_rss']:,.0f} B resident; resident sets at the end "
+        f"{b['collector_rss']:,.0f} B resident ({b['collector_heap']:,.0f} B Go heap); resident "
+        f"sets at the end "
         f"{result['rss_mb']['prometheus']:,.0f} MB and {result['rss_mb']['otelcol']:,.0f} MB. "
         f"Machine CPU busy {m['cpu_busy_fraction']:.0%} during the metrics window.",
         "",
-        f"Bytes: {m['otlp_in_bytes_per_sample']:.1f} B of OTLP/HTTP in and "
-        f"{m['remote_write_bytes_per_sample']:.1f} B written out (remote write) per sample; "
-        f"{m['remote_write_bytes_per_s'] / 2**20:.1f} MiB/s out at this rate.",
+        f"Remote write: {m['remote_write_bytes_per_sample']:.1f} B per sample "
+        f"({m['remote_write_bytes_per_s'] / 2**20:.1f} MiB/s at this rate); the collector's "
+        f"remote-write WAL wrote {m['wal_bytes_per_sample']:.1f} B per sample to disk.",
     ]
 
 
@@ -458,8 +543,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=PROFILES["full"]["seconds"])
     parser.add_argument("--senders", type=int, default=PROFILES["full"]["senders"])
     parser.add_argument("--log-batches", type=int, default=PROFILES["full"]["log_batches"])
+    parser.add_argument("--collector-limit-mib", type=int,
+                        default=PROFILES["full"]["collector_limit_mib"],
+                        help="raise the collector's memory_limiter (0: the repository's value)")
     args = parser.parse_args()
-    result = run(args.ranks, args.interval, args.seconds, args.senders, args.log_batches)
+    result = run(args.ranks, args.interval, args.seconds, args.senders, args.log_batches,
+                 args.collector_limit_mib or None)
     print(json.dumps(result, indent=2))
     print("\n".join(render(result)))
 

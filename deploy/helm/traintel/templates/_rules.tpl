@@ -1,5 +1,6 @@
-{{/* The rule groups of prometheus/rules/*.yml (files/rules links there), with the alerts'
-     runbook_url made absolute when prometheusRule.runbookBaseURL is set. */}}
+{{/* The rule groups of prometheus/rules/*.yml (files/rules links there); when
+     prometheusRule.runbookBaseURL is set, each alert's runbook_url becomes
+     <base>docs/runbooks.md#<alert>. */}}
 {{- define "traintel.ruleGroups" -}}
 {{- $base := .Values.prometheusRule.runbookBaseURL -}}
 {{- $groups := list -}}
@@ -8,7 +9,7 @@
 {{- if $base }}
 {{- range .rules }}
 {{- if and .annotations .annotations.runbook_url }}
-{{- $_ := set .annotations "runbook_url" (printf "%s%s" $base .annotations.runbook_url) }}
+{{- $_ := set .annotations "runbook_url" (regexReplaceAll "^.*?(docs/runbooks\\.md#)" .annotations.runbook_url (printf "%s${1}" $base)) }}
 {{- end }}
 {{- end }}
 {{- end }}
