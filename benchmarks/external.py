@@ -41,7 +41,17 @@ def render_sampler_cost(result: dict[str, Any]) -> list[str]:
             f"| {', '.join(result['samplers'])} | {result['readings_per_sample']} | "
             f"{result['sample_wall_ms_median']:.2f} / {result['sample_wall_ms_max']:.2f} ms | "
             f"{real['pct_of_one_core']:.3f} % of a core ({real['batches']} samples at "
-            f"{real['interval_s']:g} s) | {scaled['pct_of_one_core']:.3f} % |"]
+            f"{real['interval_s']:g} s) | {scaled['pct_of_one_core']:.3f} % |",
+            "", _render_nvml(result.get("nvml") or {"skipped": "not measured"})]
+
+
+def _render_nvml(nvml: dict[str, Any]) -> str:
+    if "fields" not in nvml:
+        return f"NVML fields: {nvml['skipped']}."
+    costs = {**nvml["fields"], "xid_poll": nvml["xid_poll"]}
+    return f"NVML fields on {nvml['gpu']} (median ms wall / CPU): " + "; ".join(
+        f"{name} {cost}" if isinstance(cost, str) else
+        f"{name} {cost['wall_ms']:.3f} / {cost['cpu_ms']:.3f}" for name, cost in costs.items())
 
 
 def logs_summary(size_mb: int) -> dict[str, Any]:

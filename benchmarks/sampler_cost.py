@@ -12,6 +12,11 @@ It also times ``sample_now`` (wall, in this thread): on a GPU machine the NVML P
 wait about 20 ms each. If torch is installed and CUDA is available, CUDA is initialised with a
 small tensor first so that the allocator sampler does real work, as in a training program.
 
+Where an NVIDIA GPU is present, ``nvml`` breaks one NVML sample down by field (median wall and
+CPU time of 20 rounds on the first GPU): the GPM activity field (two GPM samples and a metrics
+query), the one field-values call shared by temperatures, remapping, NVLink and PCIe replays,
+and the Xid poll. Without a GPU it says so.
+
     python benchmarks/sampler_cost.py --seconds 60
 """
 
@@ -36,6 +41,36 @@ TARGET_PCT = 1.0
 def samplers_for(run_dir: str) -> list:
     local_rank = os.environ.get("LOCAL_RANK")
     return default_samplers(run_dir, local_rank=int(local_rank) if local_rank else None)
+
+
+def nvml_costs(samplers: list, rounds: int = 20) -> dict:
+    """Median wall and CPU milliseconds of each NVML field of the first GPU, and of the Xid poll."""
+    from traintel.samplers.gpu import NvmlSampler
+
+    nvml = next((s for s in samplers if isinstance(s, NvmlSampler)), None)
+    if nvml is None:
+        return {"skipped": "no NVIDIA GPU here (NVML sampler not running)"}
+    device = next(d for d in nvml.devices if d.parent is None)
+
+    def timed(call) -> dict | str:
+        walls, cpus = [], []
+        for _ in range(rounds):
+            start, cpu = time.perf_counter(), time.thread_time()
+            try:
+                call()
+            except nvml.nvml.NVMLError as exc:
+                return f"not read: {exc}"
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.thread_time() - cpu)
+        return {"wall_ms": statistics.median(walls) * 1e3, "cpu_ms": statistics.median(cpus) * 1e3}
+
+    fields = {}
+    for name, read in device.fields.items():
+        def call(read=read):
+            device.values = None  # a field-values field pays for the shared call here
+            read(nvml.nvml, device)
+        fields[name] = timed(call)
+    return {"gpu": device.title, "fields": fields, "xid_poll": timed(nvml.watcher.poll)}
 
 
 def thread_cpu(run_dir: str, interval_s: float, seconds: float) -> dict:
@@ -75,6 +110,7 @@ def main() -> None:
             start = time.perf_counter()
             counts.append(len(probe.sample_now()))
             walls.append(time.perf_counter() - start)
+        nvml = nvml_costs(probe.samplers)
         probe.stop()
         scaled = thread_cpu(run_dir, 0.05, 5.0)
         per_sample = scaled["thread_cpu_s"] / (scaled["batches"] - 1)
@@ -95,6 +131,7 @@ def main() -> None:
                    "cpu_s_per_min_extrapolated": per_min_scaled,
                    "pct_of_one_core": per_min_scaled / 60 * 100},
         "target_pct_of_one_core": TARGET_PCT,
+        "nvml": nvml,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count()},
     }
@@ -109,6 +146,13 @@ def main() -> None:
     print(f"scaled ({scaled['batches']} batches at 50 ms): {per_sample * 1e3:.3f} ms CPU per "
           f"sample -> {per_min_scaled * 1e3:.1f} ms per minute = "
           f"{result['scaled']['pct_of_one_core']:.4f} % of one core (target < {TARGET_PCT} %)")
+    if "fields" in nvml:
+        print(f"NVML on {nvml['gpu']} (median ms wall / CPU):")
+        for name, cost in {**nvml["fields"], "xid_poll": nvml["xid_poll"]}.items():
+            print(f"  {name}: " + (cost if isinstance(cost, str) else
+                                   f"{cost['wall_ms']:.3f} / {cost['cpu_ms']:.3f}"))
+    else:
+        print(f"NVML: {nvml['skipped']}")
     print(f"wrote {RESULTS}")
 
 

@@ -19,8 +19,11 @@ Kind = Literal["counter", "gauge", "histogram"]
 
 #: Labels on every series traintel emits.
 BASE_LABELS: tuple[str, ...] = ("project", "run", "rank")
-#: Labels naming one GPU.
-GPU_LABELS: tuple[str, ...] = ("gpu", "gpu_uuid", "gpu_name")
+#: Labels naming one GPU: dcgm-exporter's, so that series join on ``UUID`` (``gpu`` is the NVML
+#: index, ``modelName`` the product name, ``pci_bus_id`` NVML's ``00000000:3B:00.0`` form).
+GPU_LABELS: tuple[str, ...] = ("gpu", "UUID", "modelName", "pci_bus_id", "Hostname")
+#: Labels naming one MIG instance: its GPU's, plus DCGM's GPU-instance id and profile (1g.10gb).
+MIG_LABELS: tuple[str, ...] = GPU_LABELS + ("GPU_I_ID", "GPU_I_PROFILE")
 
 #: Bucket boundaries (seconds) for step and operation durations: 1 ms to 10 min.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -37,7 +40,10 @@ class Metric:
     description: str
     labels: tuple[str, ...] = ()
     group: str = "training"
+    #: OpenTelemetry semantic-convention metric of the same meaning ("none" where there is none)
     semconv: str | None = None
+    #: the dcgm-exporter field of the same meaning (GPU metrics only)
+    dcgm: str | None = None
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -47,6 +53,16 @@ class Metric:
 def _m(name: str, kind: Kind, unit: str, description: str, labels: tuple[str, ...] = (),
        group: str = "training", semconv: str | None = None) -> Metric:
     return Metric(name, kind, unit, description, tuple(labels), group, semconv)
+
+
+def _gpu(name: str, kind: Kind, unit: str, description: str, labels: tuple[str, ...] = (), *,
+         dcgm: str, semconv: str = "none") -> Metric:
+    return Metric(name, kind, unit, description, GPU_LABELS + labels, "gpu", semconv, dcgm)
+
+
+def _mig(name: str, kind: Kind, unit: str, description: str, *, dcgm: str,
+         semconv: str = "none") -> Metric:
+    return Metric(name, kind, unit, description, MIG_LABELS, "gpu", semconv, dcgm)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -101,30 +117,98 @@ METRICS: tuple[Metric, ...] = (
        ("event",), "errors"),
     _m("traintel_errors_total", "counter", "", "Errors captured, by classification.",
        ("error_type", "severity"), "errors"),
-    # --- GPU (NVML) ---
-    _m("traintel_gpu_memory_used_bytes", "gauge", "By", "GPU framebuffer memory in use.",
-       GPU_LABELS, "gpu", "hw.gpu.memory.usage"),
-    _m("traintel_gpu_memory_total_bytes", "gauge", "By", "GPU framebuffer memory size.",
-       GPU_LABELS, "gpu", "hw.gpu.memory.limit"),
-    _m("traintel_gpu_utilization_ratio", "gauge", "1", "GPU (SM) utilisation, 0-1.", GPU_LABELS,
-       "gpu", "hw.gpu.utilization"),
-    _m("traintel_gpu_memory_utilization_ratio", "gauge", "1",
-       "Fraction of time GPU memory was read or written, 0-1.", GPU_LABELS, "gpu"),
-    _m("traintel_gpu_power_watts", "gauge", "W", "GPU power draw.", GPU_LABELS, "gpu"),
-    _m("traintel_gpu_power_limit_watts", "gauge", "W", "GPU enforced power limit.", GPU_LABELS,
-       "gpu"),
-    _m("traintel_gpu_energy_joules_total", "counter", "J",
-       "GPU energy consumed since the driver loaded.", GPU_LABELS, "gpu", "hw.energy"),
-    _m("traintel_gpu_temperature_celsius", "gauge", "Cel", "GPU core temperature.", GPU_LABELS,
-       "gpu", "hw.temperature"),
-    _m("traintel_gpu_sm_clock_hertz", "gauge", "Hz", "GPU SM clock.", GPU_LABELS, "gpu"),
-    _m("traintel_gpu_throttled", "gauge", "",
-       "1 while the GPU clocks are held down for this reason (idle excluded).",
-       GPU_LABELS + ("reason",), "gpu"),
-    _m("traintel_gpu_ecc_errors_uncorrected_total", "counter", "",
-       "Uncorrected (double-bit) ECC errors, volatile count.", GPU_LABELS, "gpu"),
-    _m("traintel_gpu_pcie_bytes_per_second", "gauge", "By/s", "PCIe throughput.",
-       GPU_LABELS + ("direction",), "gpu"),
+    # --- GPU (NVML): dcgm-exporter's labels; see docs/gpu.md for each field's NVML source ---
+    _gpu("traintel_gpu_info", "gauge", "",
+         "Always 1 for each whole GPU this process uses: the device to join dcgm-exporter "
+         "series with (on UUID).", ("driver_version",), dcgm="none"),
+    _gpu("traintel_gpu_memory_used_bytes", "gauge", "By", "GPU framebuffer memory in use.",
+         dcgm="DCGM_FI_DEV_FB_USED (MiB)", semconv="hw.gpu.memory.usage"),
+    _gpu("traintel_gpu_memory_total_bytes", "gauge", "By", "GPU framebuffer memory size.",
+         dcgm="DCGM_FI_DEV_FB_TOTAL (MiB)", semconv="hw.gpu.memory.limit"),
+    _gpu("traintel_gpu_utilization_ratio", "gauge", "1",
+         "Fraction of time a kernel ran on the GPU, 0-1 (not how many SMs were busy).",
+         dcgm="DCGM_FI_DEV_GPU_UTIL (%)", semconv="hw.gpu.utilization"),
+    _gpu("traintel_gpu_memory_controller_utilization_ratio", "gauge", "1",
+         "Fraction of time GPU memory was read or written, 0-1 (memory-controller busy time, "
+         "not memory used).", dcgm="DCGM_FI_DEV_MEM_COPY_UTIL (%)"),
+    _gpu("traintel_gpu_power_watts", "gauge", "W", "GPU power draw.",
+         dcgm="DCGM_FI_DEV_POWER_USAGE", semconv="hw.power"),
+    _gpu("traintel_gpu_power_limit_watts", "gauge", "W", "GPU enforced power limit.",
+         dcgm="DCGM_FI_DEV_ENFORCED_POWER_LIMIT"),
+    _gpu("traintel_gpu_energy_joules_total", "counter", "J",
+         "GPU energy consumed since the driver loaded.",
+         dcgm="DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION (mJ)", semconv="hw.energy"),
+    _gpu("traintel_gpu_temperature_celsius", "gauge", "Cel", "GPU core temperature.",
+         dcgm="DCGM_FI_DEV_GPU_TEMP", semconv="hw.temperature"),
+    _gpu("traintel_gpu_memory_temperature_celsius", "gauge", "Cel",
+         "GPU memory (HBM) temperature.", dcgm="DCGM_FI_DEV_MEMORY_TEMP",
+         semconv="hw.temperature"),
+    _gpu("traintel_gpu_sm_clock_hertz", "gauge", "Hz", "GPU SM clock.",
+         dcgm="DCGM_FI_DEV_SM_CLOCK (MHz)"),
+    _gpu("traintel_gpu_memory_clock_hertz", "gauge", "Hz", "GPU memory clock.",
+         dcgm="DCGM_FI_DEV_MEM_CLOCK (MHz)"),
+    _gpu("traintel_gpu_throttled", "gauge", "",
+         "1 while the GPU clocks are held down for this reason (idle excluded).", ("reason",),
+         dcgm="DCGM_FI_DEV_CLOCKS_EVENT_REASONS (a bit mask)"),
+    _gpu("traintel_gpu_ecc_errors_uncorrected_total", "counter", "",
+         "Uncorrected (double-bit) ECC errors, volatile count.",
+         dcgm="DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", semconv="hw.errors"),
+    _gpu("traintel_gpu_remapped_rows_total", "counter", "",
+         "Memory rows remapped to spares, by the kind of error that caused it.", ("cause",),
+         dcgm="DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS, DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS"),
+    _gpu("traintel_gpu_row_remap_pending", "gauge", "",
+         "1 while a row remapping waits for the next GPU reset.",
+         dcgm="DCGM_FI_DEV_ROW_REMAP_PENDING"),
+    _gpu("traintel_gpu_row_remap_failed", "gauge", "",
+         "1 once a row remapping has failed: the GPU should be replaced.",
+         dcgm="DCGM_FI_DEV_ROW_REMAP_FAILURE"),
+    _gpu("traintel_gpu_recovery_action", "gauge", "",
+         "The recovery NVML asks for: 0 none, 1 GPU reset, 2 node reboot, 3 drain peer-to-peer, "
+         "4 drain and reset.", dcgm="DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION"),
+    _gpu("traintel_gpu_xid_errors_total", "counter", "",
+         "NVIDIA Xid errors by code, seen while the run sampled the GPU.", ("xid",),
+         dcgm="DCGM_FI_DEV_XID_ERRORS (the last code, a gauge)", semconv="hw.errors"),
+    _gpu("traintel_gpu_pcie_bytes_per_second", "gauge", "By/s",
+         "PCIe throughput (a 20 ms average at sampling time).", ("direction",),
+         dcgm="DCGM_FI_PROF_PCIE_TX_BYTES, DCGM_FI_PROF_PCIE_RX_BYTES",
+         semconv="hw.gpu.io"),
+    _gpu("traintel_gpu_pcie_replays_total", "counter", "",
+         "PCIe replays (link-level retries): a rising count means a degraded link.",
+         dcgm="DCGM_FI_DEV_PCIE_REPLAY_COUNTER", semconv="hw.errors"),
+    _gpu("traintel_gpu_nvlink_bytes_total", "counter", "By",
+         "NVLink data bytes over all links (protocol overhead excluded).", ("direction",),
+         dcgm="DCGM_FI_PROF_NVLINK_TX_BYTES, DCGM_FI_PROF_NVLINK_RX_BYTES (rates)"),
+    _gpu("traintel_gpu_nvlink_errors_total", "counter", "",
+         "NVLink errors over all links, by type (crc_flit, crc_data, replay, recovery).",
+         ("type",), dcgm="DCGM_FI_DEV_NVLINK_{CRC_FLIT,CRC_DATA,REPLAY,RECOVERY}"
+                         "_ERROR_COUNT_TOTAL", semconv="hw.errors"),
+    _gpu("traintel_gpu_engine_active_ratio", "gauge", "1",
+         "Fraction of time the graphics/compute engine was active, 0-1 (NVML GPM, Hopper+).",
+         dcgm="DCGM_FI_PROF_GR_ENGINE_ACTIVE"),
+    _gpu("traintel_gpu_sm_active_ratio", "gauge", "1",
+         "Fraction of SM cycles with at least one warp resident, 0-1 (NVML GPM, Hopper+).",
+         dcgm="DCGM_FI_PROF_SM_ACTIVE"),
+    _gpu("traintel_gpu_sm_occupancy_ratio", "gauge", "1",
+         "Resident warps over the SMs' maximum, 0-1 (NVML GPM, Hopper+).",
+         dcgm="DCGM_FI_PROF_SM_OCCUPANCY"),
+    _gpu("traintel_gpu_tensor_active_ratio", "gauge", "1",
+         "Fraction of cycles a tensor pipe was active, 0-1 (NVML GPM, Hopper+).",
+         dcgm="DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"),
+    _gpu("traintel_gpu_dram_active_ratio", "gauge", "1",
+         "Fraction of peak memory bandwidth used, 0-1 (NVML GPM, Hopper+).",
+         dcgm="DCGM_FI_PROF_DRAM_ACTIVE"),
+    # --- MIG instances (labels of their GPU plus GPU_I_ID and GPU_I_PROFILE, as DCGM's) ---
+    _mig("traintel_gpu_mig_info", "gauge", "",
+         "Always 1 for each MIG instance this process uses: join DCGM on UUID and GPU_I_ID.",
+         dcgm="none"),
+    _mig("traintel_gpu_mig_memory_used_bytes", "gauge", "By",
+         "Memory in use in the MIG instance.", dcgm="DCGM_FI_DEV_FB_USED (MiB)",
+         semconv="hw.gpu.memory.usage"),
+    _mig("traintel_gpu_mig_memory_total_bytes", "gauge", "By", "Memory of the MIG instance.",
+         dcgm="DCGM_FI_DEV_FB_TOTAL (MiB)", semconv="hw.gpu.memory.limit"),
+    _mig("traintel_gpu_mig_engine_active_ratio", "gauge", "1",
+         "Fraction of time the instance's engine was active, 0-1 (NVML GPM, Hopper+).",
+         dcgm="DCGM_FI_PROF_GR_ENGINE_ACTIVE"),
     # --- CUDA caching allocator (torch) ---
     _m("traintel_cuda_memory_allocated_bytes", "gauge", "By",
        "Memory held by live tensors (torch.cuda.memory_allocated).", ("device",), "cuda"),
@@ -201,9 +285,11 @@ def render_markdown() -> str:
                   "|---|---|---|---|---|"]
         for m in metrics:
             labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
-            semconv = f" (semconv: `{m.semconv}`)" if m.semconv else ""
-            lines.append(
-                f"| `{m.name}` | {m.kind} | {m.unit or '-'} | {labels} | {m.description}{semconv} |"
-            )
+            semconv = "" if not m.semconv else " (semconv: none)" if m.semconv == "none" else \
+                f" (semconv: `{m.semconv}`)"
+            dcgm = "" if not m.dcgm else " (DCGM: none)" if m.dcgm == "none" else \
+                f" (DCGM: `{m.dcgm}`)"
+            lines.append(f"| `{m.name}` | {m.kind} | {m.unit or '-'} | {labels} | "
+                         f"{m.description}{semconv}{dcgm} |")
         lines.append("")
     return "\n".join(lines)

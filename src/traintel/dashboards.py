@@ -155,6 +155,7 @@ def _annotations() -> list:
         from_logs("Milestones", "blue", 'type="milestone"'),
         from_logs("Checkpoints", "green", 'event="checkpoint"'),
         from_logs("Errors", "red", 'type="error"'),
+        from_logs("GPU Xid errors", "orange", 'event="gpu_xid"'),
         # A best value changed, or appeared (the first eval is the first best).
         dashboard.AnnotationQuery().name("Best evals").datasource(PROMETHEUS).enable(True)
         .icon_color("purple")
@@ -168,6 +169,7 @@ _ANNOTATION_EXTRAS = {
     "Milestones": {"tagKeys": "run,rank", "titleFormat": "Milestone"},
     "Checkpoints": {"tagKeys": "run,rank", "titleFormat": "Checkpoint"},
     "Errors": {"tagKeys": "run,rank,error_type", "titleFormat": "Error"},
+    "GPU Xid errors": {"tagKeys": "run,rank,gpu", "titleFormat": "GPU Xid"},
     "Best evals": {"tagKeys": "run,metric", "titleFormat": "New best {{metric}}", "step": "1m"},
 }
 
@@ -284,7 +286,9 @@ def gpu_and_system() -> dict:
     return _dashboard(
         "traintel-gpu-system", "GPU and system",
         "Per rank and GPU: memory, utilisation, power, temperature, clocks and throttling; "
-        "the CUDA caching allocator; CPU, memory and disk of the training process and host.",
+        "profiling activity next to step time; NVLink, PCIe, ECC and Xid errors; MIG "
+        "instances and the cluster's dcgm-exporter fields; the CUDA caching allocator; CPU, "
+        "memory and disk of the training process and host.",
         _variables(runs_multi=False),
         [
             ("GPU", [
@@ -295,32 +299,118 @@ def gpu_and_system() -> dict:
                        _prom(f"traintel_gpu_memory_used_bytes{{{RANKS}}}", f"used {gpu}"),
                        _prom(f"traintel_gpu_memory_total_bytes{{{RANKS}}}", f"total {gpu}")),
                 _graph("GPU utilisation", "percentunit",
-                       _prom(f"traintel_gpu_utilization_ratio{{{RANKS}}}", f"SM {gpu}"),
-                       _prom(f"traintel_gpu_memory_utilization_ratio{{{RANKS}}}",
-                             f"memory {gpu}"),
-                       description="SM: time a kernel ran; memory: time memory was read or "
-                                   "written."),
+                       _prom(f"traintel_gpu_utilization_ratio{{{RANKS}}}", f"kernel {gpu}"),
+                       _prom(f"traintel_gpu_memory_controller_utilization_ratio{{{RANKS}}}",
+                             f"memory controller {gpu}"),
+                       description="Kernel: share of time any kernel ran (a busy GPU can still "
+                                   "use few of its SMs: see Profiling activity); memory "
+                                   "controller: share of time memory was read or written."),
                 _graph("Power", "watt",
                        _prom(f"traintel_gpu_power_watts{{{RANKS}}}", f"draw {gpu}"),
                        _prom(f"traintel_gpu_power_limit_watts{{{RANKS}}}", f"limit {gpu}")),
                 _graph("Temperature", "celsius",
-                       _prom(f"traintel_gpu_temperature_celsius{{{RANKS}}}", gpu)),
-                _graph("SM clock", "hertz", _prom(f"traintel_gpu_sm_clock_hertz{{{RANKS}}}", gpu)),
+                       _prom(f"traintel_gpu_temperature_celsius{{{RANKS}}}", f"core {gpu}"),
+                       _prom(f"traintel_gpu_memory_temperature_celsius{{{RANKS}}}",
+                             f"memory {gpu}"),
+                       description="Core and memory (HBM) temperature; HBM throttles near 95°C."),
+                _graph("Clocks", "hertz",
+                       _prom(f"traintel_gpu_sm_clock_hertz{{{RANKS}}}", f"SM {gpu}"),
+                       _prom(f"traintel_gpu_memory_clock_hertz{{{RANKS}}}", f"memory {gpu}")),
                 _graph("Throttle reasons", "none",
                        _prom(f"traintel_gpu_throttled{{{RANKS}}} == 1", f"{gpu} {{{{reason}}}}"),
                        description="1 while the clocks are held down for that reason. "
                                    "sw_power_cap is normal at full load; thermal and hardware "
                                    "slowdowns are not."),
-                _graph("PCIe throughput", "Bps",
-                       _prom(f"traintel_gpu_pcie_bytes_per_second{{{RANKS}}}",
-                             f"{{{{direction}}}} {gpu}")),
-                _graph("Uncorrected ECC errors", "none",
-                       _prom(f"increase(traintel_gpu_ecc_errors_uncorrected_total{{{RANKS}}}"
-                             "[$__rate_interval])", gpu)),
                 _graph("Energy", "joule",
                        _prom(f"increase(traintel_gpu_energy_joules_total{{{RANKS}}}"
                              "[$__rate_interval])", gpu),
                        description="Energy used per interval."),
+            ]),
+            ("Profiling activity (NVML GPM, Hopper and newer)", [
+                _graph("Step time and tensor-core time", "s",
+                       _prom(f"traintel:step_seconds:mean_rate2m{{{RANKS}}}",
+                             "step rank {{rank}}"),
+                       _prom(f"traintel:step_seconds:mean_rate2m{{{RANKS}}}\n"
+                             "* on (project, run, rank)\n"
+                             f"avg by (project, run, rank) (traintel_gpu_tensor_active_ratio"
+                             f"{{{RANKS}}})", "tensor pipes busy rank {{rank}}"),
+                       description="Mean step time, and the part of it the tensor pipes were "
+                                   "busy (step time times tensor activity). A widening gap is "
+                                   "time the matrix units wait: input, kernel launches, "
+                                   "communication or non-matmul work."),
+                _graph("Profiling activity", "percentunit",
+                       _prom(f"traintel_gpu_engine_active_ratio{{{RANKS}}}", f"engine {gpu}"),
+                       _prom(f"traintel_gpu_sm_active_ratio{{{RANKS}}}", f"SM active {gpu}"),
+                       _prom(f"traintel_gpu_sm_occupancy_ratio{{{RANKS}}}",
+                             f"SM occupancy {gpu}"),
+                       _prom(f"traintel_gpu_tensor_active_ratio{{{RANKS}}}", f"tensor {gpu}"),
+                       _prom(f"traintel_gpu_dram_active_ratio{{{RANKS}}}", f"DRAM {gpu}"),
+                       description="Means over each sampling interval (NVML GPM, as DCGM's "
+                                   "profiling fields). Low tensor and SM activity with a busy "
+                                   "engine: launch- or latency-bound; high DRAM: memory-bound."),
+            ]),
+            ("Links and errors", [
+                _graph("NVLink throughput", "Bps",
+                       _prom(f"rate(traintel_gpu_nvlink_bytes_total{{{RANKS}}}"
+                             "[$__rate_interval])", f"{{{{direction}}}} {gpu}"),
+                       description="Data bytes over all NVLinks, protocol overhead excluded."),
+                _graph("NVLink errors", "none",
+                       _prom(f"increase(traintel_gpu_nvlink_errors_total{{{RANKS}}}"
+                             "[$__rate_interval]) > 0", f"{{{{type}}}} {gpu}"),
+                       description="CRC errors are corrected by replays; a steady stream, or "
+                                   "recoveries, mean a degrading link."),
+                _graph("PCIe throughput", "Bps",
+                       _prom(f"traintel_gpu_pcie_bytes_per_second{{{RANKS}}}",
+                             f"{{{{direction}}}} {gpu}")),
+                _graph("ECC errors and PCIe replays", "none",
+                       _prom(f"increase(traintel_gpu_ecc_errors_uncorrected_total{{{RANKS}}}"
+                             "[$__rate_interval])", f"uncorrected ECC {gpu}"),
+                       _prom(f"increase(traintel_gpu_pcie_replays_total{{{RANKS}}}"
+                             "[$__rate_interval])", f"PCIe replays {gpu}")),
+                _graph("Xid errors", "none",
+                       _prom(f"increase(traintel_gpu_xid_errors_total{{{RANKS}}}"
+                             "[$__rate_interval]) > 0", f"Xid {{{{xid}}}} {gpu}"),
+                       description="NVIDIA driver errors by code; the Xid events below give "
+                                   "each one's meaning and NVIDIA's action."),
+                _graph("Recovery action and row remapping", "none",
+                       _prom(f"traintel_gpu_recovery_action{{{RANKS}}}",
+                             f"recovery action {gpu}"),
+                       _prom(f"traintel_gpu_row_remap_pending{{{RANKS}}}",
+                             f"remap pending {gpu}"),
+                       _prom(f"traintel_gpu_row_remap_failed{{{RANKS}}}", f"remap failed {gpu}"),
+                       _prom(f"traintel_gpu_remapped_rows_total{{{RANKS}}}",
+                             f"remapped rows ({{{{cause}}}}) {gpu}"),
+                       description="Recovery action: 0 none, 1 reset the GPU, 2 reboot the "
+                                   "node, 3 drain peer-to-peer, 4 drain and reset. A pending "
+                                   "remap waits for a GPU reset; a failed one means replace."),
+                _logs("Xid events", _logql(f'{LOG_LINES} | rank=~"$rank" | event="gpu_xid"'),
+                      description="Each Xid with its code, meaning, NVIDIA's action and the "
+                                  "GPU's labels.", height=8),
+            ]),
+            ("MIG instances and dcgm-exporter", [
+                _graph("MIG instance memory", "bytes",
+                       _prom(f"traintel_gpu_mig_memory_used_bytes{{{RANKS}}}",
+                             "used rank {{rank}} gpu {{gpu}} GI {{GPU_I_ID}}"),
+                       _prom(f"traintel_gpu_mig_memory_total_bytes{{{RANKS}}}",
+                             "total rank {{rank}} gpu {{gpu}} GI {{GPU_I_ID}}"),
+                       description="Empty unless the run uses MIG instances."),
+                _graph("MIG instance activity", "percentunit",
+                       _prom(f"traintel_gpu_mig_engine_active_ratio{{{RANKS}}}",
+                             "rank {{rank}} gpu {{gpu}} GI {{GPU_I_ID}} ({{GPU_I_PROFILE}})")),
+                _graph("dcgm-exporter: tensor and DRAM activity", "percentunit",
+                       _prom("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE\n* on (UUID, GPU_I_ID) group_left "
+                             f"(project, run, rank)\ntraintel:gpu_run:info{{{RANKS}}}",
+                             "tensor rank {{rank}} gpu {{gpu}}"),
+                       _prom("DCGM_FI_PROF_DRAM_ACTIVE\n* on (UUID, GPU_I_ID) group_left "
+                             f"(project, run, rank)\ntraintel:gpu_run:info{{{RANKS}}}",
+                             "DRAM rank {{rank}} gpu {{gpu}}"),
+                       description="The cluster's dcgm-exporter fields of the GPUs this run "
+                                   "uses, joined on UUID (docs/gpu.md). Empty without "
+                                   "dcgm-exporter in the same Prometheus."),
+                _graph("dcgm-exporter: GPU utilisation", "percent",
+                       _prom("DCGM_FI_DEV_GPU_UTIL\n* on (UUID, GPU_I_ID) group_left "
+                             f"(project, run, rank)\ntraintel:gpu_run:info{{{RANKS}}}",
+                             "rank {{rank}} gpu {{gpu}}")),
             ]),
             ("CUDA caching allocator", [
                 _graph("Allocator memory", "bytes",

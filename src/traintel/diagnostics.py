@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from . import env
+from . import catalog, env
 from .version import __version__
 from .record.reader import Records, RecordNotFound, last_records, rank_dirs
 from .record.files import read_json, write_json
@@ -106,12 +106,15 @@ def gpus() -> list[dict[str, Any]]:
     finally:
         sampler.close()
     by_gpu: dict[str, dict[str, Any]] = {}
+    naming = set(catalog.GPU_LABELS)
     for name, value, labels in readings:
         entry = by_gpu.setdefault(labels.get("gpu", "?"), {
-            "index": labels.get("gpu"), "uuid": labels.get("gpu_uuid"),
-            "name": labels.get("gpu_name")})
-        suffix = "_".join(v for k, v in sorted(labels.items())
-                          if k not in ("gpu", "gpu_uuid", "gpu_name"))
+            "index": labels.get("gpu"), "uuid": labels.get("UUID"),
+            "name": labels.get("modelName"), "pci_bus_id": labels.get("pci_bus_id")})
+        if name == "traintel_gpu_info":
+            entry["driver_version"] = labels.get("driver_version")
+            continue
+        suffix = "_".join(v for k, v in sorted(labels.items()) if k not in naming)
         entry[name.removeprefix("traintel_gpu_") + (f"_{suffix}" if suffix else "")] = value
     return list(by_gpu.values())
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
+from .samplers.xid import NEEDS_RESET
+
 #: Rate window of the recording rules, part of their names (``traintel:...:rate2m``, which the
 #: dashboards read): at least two samples at traintel's 15 s export interval, and at the SDK's
 #: default of 60 s.
@@ -84,6 +86,13 @@ class Config:
     #: busy less than this share of the time while steps complete: idle
     gpu_idle_utilization: float = 0.3
     gpu_idle_for: str = "15m"
+    #: Xid codes meaning the GPU is lost or must be reset (or the node rebooted): by default
+    #: those NVIDIA's Xid catalog sends to a GPU reset or a reboot (traintel.samplers.xid)
+    gpu_xid_reset_codes: tuple[int, ...] = NEEDS_RESET
+    gpu_xid_window: str = "15m"
+    #: NVLink errors (CRC, replay, recovery) of one type on one GPU within the window
+    gpu_nvlink_error_count: int = 100
+    gpu_nvlink_window: str = "10m"
 
     # -- the stack ---------------------------------------------------------------------------
     #: an exporter's sending queue fuller than this
@@ -123,10 +132,14 @@ class Group(NamedTuple):
 # --- the rules ----------------------------------------------------------------------------------
 
 RUN = "project, run, rank"
+#: dcgm-exporter's labels naming a GPU, which traintel's GPU series carry too
+GPU = "gpu, UUID, modelName, pci_bus_id, Hostname"
 
 
 def recording(c: Config) -> list[Group]:
     w = RATE_WINDOW
+    running = (f"and on ({RUN})\n"
+               f"(max by ({RUN}) (traintel_run_status{{status=\"running\"}}) == 1)")
     per_rank = f"sum by ({RUN})"
     return [Group("traintel-recording", [
         Rule(f"traintel:steps_per_second:rate{w}", f"{per_rank} (rate(traintel_steps_total[{w}]))",
@@ -164,9 +177,18 @@ def recording(c: Config) -> list[Group]:
              "Each rank's mean step time over the median of its run's ranks: 1 for a balanced "
              "run."),
         Rule("traintel:gpu_memory_used:ratio",
-             f"max by ({RUN}, gpu, gpu_uuid, gpu_name) (traintel_gpu_memory_used_bytes)\n/\n"
-             f"(max by ({RUN}, gpu, gpu_uuid, gpu_name) (traintel_gpu_memory_total_bytes) > 0)",
+             f"max by ({RUN}, {GPU}) (traintel_gpu_memory_used_bytes)\n/\n"
+             f"(max by ({RUN}, {GPU}) (traintel_gpu_memory_total_bytes) > 0)",
              "--- GPU ---"),
+        Rule("traintel:gpu_run:info",
+             f"max by ({RUN}, {GPU}) (traintel_gpu_info)\n{running}\nor\n"
+             f"max by ({RUN}, {GPU}, GPU_I_ID, GPU_I_PROFILE) (traintel_gpu_mig_info)\n"
+             f"{running}",
+             "Joining dcgm-exporter (docs/gpu.md): which run and rank use each GPU (or MIG "
+             "instance) now, labelled as dcgm-exporter labels its series: "
+             "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE * on (UUID, GPU_I_ID) group_left (project, run, "
+             "rank) traintel:gpu_run:info puts the run and rank next to a DCGM field. Running "
+             "runs only, so that a finished run's last samples never claim the GPU."),
     ])]
 
 
@@ -174,6 +196,7 @@ def alerts(c: Config) -> list[Group]:
     running = (f"and on ({RUN})\n"
                f"max by ({RUN}) (traintel_run_status{{status=\"running\"}}) == 1")
     w = RATE_WINDOW
+    xids = f"xid=~\"{'|'.join(map(str, c.gpu_xid_reset_codes))}\""
     return [
         Group("traintel-runs", [
             Rule("TrainingRunStalled",
@@ -325,6 +348,43 @@ def alerts(c: Config) -> list[Group]:
                  "{{ $value | humanizePercentage }} busy while training",
                  "Steps complete, but the data pipeline, CPU-side work or a small batch keeps the "
                  "GPU waiting."),
+            Rule("GPUXidNeedsReset",
+                 f"sum by ({RUN}, {GPU}, xid) (increase(traintel_gpu_xid_errors_total{{{xids}}}"
+                 f"[{c.gpu_xid_window}])) > 0\nor\n"
+                 f"sum by ({RUN}, {GPU}, xid) (traintel_gpu_xid_errors_total{{{xids}}} unless "
+                 f"traintel_gpu_xid_errors_total{{{xids}}} offset {c.gpu_xid_window}) > 0",
+                 "An Xid error that NVIDIA's Xid catalog answers with a GPU reset or a node "
+                 "reboot (the GPU fell off the bus, an uncontained ECC error, firmware stopped "
+                 "answering...). The second line catches a counter whose first sample is already "
+                 "above zero.",
+                 "", "critical",
+                 "GPU {{ $labels.gpu }} on {{ $labels.Hostname }} (run {{ $labels.run }} rank "
+                 "{{ $labels.rank }}) reported Xid {{ $labels.xid }}: it needs a reset",
+                 "The training on this GPU is lost or will be: drain the node, reset the GPU "
+                 "(or reboot), and restart the run from its last checkpoint. "
+                 "`traintel logs grep gpu_xid {{ $labels.run }}` shows the Xid's meaning."),
+            Rule("GPUNVLinkErrors",
+                 f"sum by ({RUN}, {GPU}, type) (increase(traintel_gpu_nvlink_errors_total"
+                 f"[{c.gpu_nvlink_window}])) > {c.gpu_nvlink_error_count}",
+                 f"More than {c.gpu_nvlink_error_count} NVLink errors of one type (CRC, replay, "
+                 f"recovery) on one GPU in {_duration_words(c.gpu_nvlink_window)}: a degrading "
+                 "link slows every collective of the run.",
+                 "", "warning",
+                 "NVLink of GPU {{ $labels.gpu }} on {{ $labels.Hostname }} (run "
+                 "{{ $labels.run }} rank {{ $labels.rank }}) logs {{ $labels.type }} errors",
+                 f"More than {c.gpu_nvlink_error_count} {{{{ $labels.type }}}} errors in "
+                 f"{_duration_words(c.gpu_nvlink_window)}: check the link with "
+                 "`nvidia-smi nvlink -e` and plan to drain the node."),
+            Rule("GPURowRemapFailed",
+                 f"max by ({RUN}, {GPU}) (traintel_gpu_row_remap_failed) == 1",
+                 "The GPU could not remap a failing memory row to a spare: NVIDIA's RMA "
+                 "condition.",
+                 "", "critical",
+                 "GPU {{ $labels.gpu }} ({{ $labels.UUID }}) on {{ $labels.Hostname }} failed to "
+                 "remap a memory row",
+                 "Its memory is failing and cannot be repaired in the field: drain the node and "
+                 "replace the GPU. Run {{ $labels.run }} should resume elsewhere from its last "
+                 "checkpoint."),
         ]),
         Group("traintel-pipeline", [
             Rule("TelemetryPipelineFailing",
@@ -379,7 +439,7 @@ _HEADERS = {
     "recording": (
         "Recording rules: the dashboards' and alerts' heavier expressions, precomputed every\n"
         "evaluation. Names follow level:metric:operation; every result keeps the labels project,\n"
-        "run and rank (GPU ratios also gpu, gpu_uuid, gpu_name)."),
+        "run and rank (GPU ones also dcgm-exporter's gpu, UUID, modelName, pci_bus_id and Hostname)."),
     "alerts": (
         "Alerts for a training team. Each has a severity label (critical: the run is lost or\n"
         "wasting its GPUs now; warning: it is slower or riskier than it should be), a summary, a\n"

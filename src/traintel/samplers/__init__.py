@@ -4,6 +4,8 @@ Samplers are read on one daemon thread every few seconds, never on the training 
 sampler returns readings named by the catalog; the thread hands every batch to a callback (the
 core keeps the latest batch and the exporters read it at collection time). A sampler can fail in
 any way: the thread logs it once, disables it after a few consecutive failures, and carries on.
+Samplers that notice events (an NVIDIA Xid error) hand them over after each sample, and the
+thread passes them to a second callback (the core records each as a run event).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..forks import reset_in_child
-from .base import Reading, Sampler
+from .base import EventSource, Reading, Sampler, SamplerEvent
 
 #: Consecutive failures after which a sampler is switched off for the rest of the run.
 MAX_FAILURES = 3
@@ -30,10 +32,14 @@ class SamplerThread:
         interval_s: float = 5.0,
         on_readings: Callable[[list[Reading]], None] = lambda readings: None,
         logger: logging.Logger = logging.getLogger("traintel.samplers"),
+        on_events: Callable[[list[SamplerEvent]], None] = lambda events: None,
     ) -> None:
         self.samplers = list(samplers)
         self.interval_s = interval_s
         self.on_readings = on_readings
+        self.on_events = on_events
+        #: events collected by sample_now, handed to on_events by the thread's next round
+        self._events: list[SamplerEvent] = []
         self.log = logger
         self._failures = {id(s): 0 for s in self.samplers}
         self._logged: set[int] = set()  # samplers (and the callback, id(self)) already logged
@@ -76,6 +82,8 @@ class SamplerThread:
             for sampler in list(self.samplers):
                 try:
                     readings.extend(sampler.sample())
+                    if isinstance(sampler, EventSource):
+                        self._events.extend(sampler.events())
                 except Exception:
                     self._failed(sampler)
                 else:
@@ -106,8 +114,12 @@ class SamplerThread:
     def _loop(self) -> None:
         while True:
             readings = self.sample_now()
+            with self._lock:
+                events, self._events = self._events, []
             try:
                 self.on_readings(readings)
+                if events:
+                    self.on_events(events)
             except Exception:
                 if id(self) not in self._logged:
                     self._logged.add(id(self))
@@ -118,17 +130,19 @@ class SamplerThread:
 
 
 def start_sampling(readings: dict[tuple[str, tuple[tuple[str, str], ...]], float], run_dir: str,
-                   interval_s: float, *, local_rank: int | None,
-                   all_gpus: bool = False) -> SamplerThread:
+                   interval_s: float, *, local_rank: int | None, all_gpus: bool = False,
+                   on_events: Callable[[list[SamplerEvent]], None] = lambda events: None,
+                   ) -> SamplerThread:
     """A started sampler thread of the default samplers, keeping the latest value of each
-    (metric, labels) in ``readings`` (the run state's, read by the exporters)."""
+    (metric, labels) in ``readings`` (the run state's, read by the exporters) and handing
+    events (an Xid error) to ``on_events``."""
 
     def store(batch: list[Reading]) -> None:
         for name, value, labels in batch:
             readings[(name, tuple(sorted(labels.items())))] = value
 
     thread = SamplerThread(default_samplers(run_dir, local_rank=local_rank, all_gpus=all_gpus),
-                           interval_s=interval_s, on_readings=store)
+                           interval_s=interval_s, on_readings=store, on_events=on_events)
     thread.start()
     return thread
 
@@ -147,5 +161,5 @@ def default_samplers(run_dir: str, *, local_rank: int | None,
     return samplers
 
 
-__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Reading", "Sampler", "SamplerThread", "default_samplers",
-           "start_sampling"]
+__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Reading", "Sampler", "SamplerEvent", "SamplerThread",
+           "default_samplers", "start_sampling"]

@@ -1,14 +1,25 @@
-"""What a sampler is: a name, ``sample()`` returning readings named by the catalog, ``close()``.
+"""What a sampler is: a name, ``sample()`` returning readings named by the catalog, ``close()``;
+and what a sampler that also sees events (an NVIDIA Xid error) hands over besides.
 
 Kept apart from the package's ``__init__`` (the sampler thread) so that each sampler module
 imports only this, never the package that imports it."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 #: (catalog metric name, value, extra labels beyond project/run/rank).
 Reading = tuple[str, float, dict[str, str]]
+
+
+class SamplerEvent(NamedTuple):
+    """Something that happened between two samples, for the run's record and logs
+    (``run.event(name, level, **fields)``)."""
+
+    name: str
+    #: debug, info, warning, error or critical
+    level: str
+    fields: dict[str, str | int | float]
 
 
 class Sampler(Protocol):
@@ -19,4 +30,13 @@ class Sampler(Protocol):
         ...
 
     def close(self) -> None:
+        ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """A sampler that also notices events; the thread collects them after each sample."""
+
+    def events(self) -> list[SamplerEvent]:
+        """The events seen since the last call (then forgotten); never raises."""
         ...
