@@ -25,6 +25,7 @@ from .record.pipeline import Pipeline
 from .record.summary import RunAbout, RunSummary, build_summary, instrument_summaries
 from .record.writer import RecordWriter
 from .runconfig import RunConfig
+from .samplers.base import SamplerEvent
 from .spans import RunSpans
 from .state import RunState, nonfinite_text, to_number
 from .version import __version__
@@ -72,6 +73,11 @@ class EventRecorder:
                            "epoch": self.state.epoch}
         # composed when the pipeline reads it, after its Scrub processor redacted the fields
         self._emit(_events_log, levelno, _EventText(line), line, event=name)
+
+    def sampler_events(self, events: list[SamplerEvent]) -> None:
+        """What the samplers noticed between two samples (an NVIDIA Xid error), as run events."""
+        for event in events:
+            self.event(event.name, event.level, dict(event.fields))
 
     def log_eval(self, step: int | None, goals: Mapping[str, Goal] | None,
                  metrics: Mapping[str, SupportsFloat]) -> dict[str, bool]:

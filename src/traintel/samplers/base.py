@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from ..record.format import Level
+
 #: (catalog metric name, value, extra labels beyond project/run/rank).
 Reading = tuple[str, float, dict[str, str]]
 
@@ -17,8 +19,7 @@ class SamplerEvent(NamedTuple):
     (``run.event(name, level, **fields)``)."""
 
     name: str
-    #: debug, info, warning, error or critical
-    level: str
+    level: Level
     fields: dict[str, str | int | float]
 
 

@@ -18,6 +18,8 @@ import ctypes
 import logging
 from typing import Any, NamedTuple
 
+from ..record.format import Level
+
 log = logging.getLogger("traintel.samplers")
 
 
@@ -128,7 +130,7 @@ def describe(code: int) -> Xid:
                                  "NVIDIA's Xid catalog", "UNKNOWN")
 
 
-def level(xid: Xid) -> str:
+def level(xid: Xid) -> Level:
     """The run-event level of an Xid: critical when the GPU needs a reset, warning when NVIDIA
     says it can be ignored, error otherwise (the application must restart, or look closer)."""
     if xid.needs_reset:
