@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal, SupportsFloat
+from typing import Literal, SupportsFloat, cast
 
 from .errors import NonFiniteLossError, classify, format_traceback
 from .instruments import check_name
@@ -24,6 +24,7 @@ from .record.format import (ConfigLine, EndStatus, ErrorLine, EvalLine, EventLin
 from .record.pipeline import Pipeline
 from .record.summary import RunAbout, RunSummary, build_summary, instrument_summaries
 from .record.writer import RecordWriter
+from .samplers.base import SamplerEvent
 from .runconfig import RunConfig
 from .spans import RunSpans
 from .state import RunState, nonfinite_text, to_number
@@ -52,6 +53,11 @@ class EventRecorder:
         self.flush_soon = flush_soon
         #: the first errors of the run, as recorded (the crash report lists them)
         self.errors: list[ErrorLine] = []
+
+    def from_samplers(self, events: list[SamplerEvent]) -> None:
+        """What the samplers noticed (an NVIDIA Xid error), as run events."""
+        for event in events:
+            self.event(event.name, cast(Level, event.level), dict(event.fields))
 
     def event(self, name: str, level: Level = "info", fields: dict[str, object] | None = None
               ) -> None:

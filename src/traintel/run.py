@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, SupportsFloat, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, SupportsFloat, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
@@ -29,7 +29,7 @@ from .record.format import EndStatus, ErrorLine, Level, Severity
 from .record.pipeline import Pipeline
 from .record.summary import RunSummary
 from .record.writer import RecordWriter
-from .samplers import SamplerEvent, start_sampling
+from .samplers import start_sampling
 from .runconfig import RunConfig
 from .settings import Settings
 from .spans import RunSpans, Span
@@ -98,8 +98,7 @@ class Run:
             state, writer.queue, spans=spans, events=self._events, pipeline=self.pipeline,
             progress=self.progress, flush_soon=writer.flush_soon,
             total_epochs=settings.total_epochs, planned_steps=settings.total_steps,
-            step_span_every=settings.step_span_every,
-            max_metric_names=settings.max_metric_names)
+            step_span_every=settings.step_span_every, max_metric_names=settings.max_metric_names)
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
         self._instruments = Instruments(state, writer.queue, settings.max_metric_names)
         self.summary: RunSummary | None = None
@@ -113,7 +112,7 @@ class Run:
             self.server = StatusServer(self, settings.http_host, settings.http_port).start()
         self.samplers = start_sampling(
             state.readings, str(self.dir), settings.sample_interval, local_rank=self.local_rank,
-            all_gpus=settings.all_gpus, on_events=self._sampler_events,
+            all_gpus=settings.all_gpus, on_events=self._events.from_samplers,
         ) if settings.sample_interval else None
         self._hooks = ProcessHooks(
             on_sigterm=self._on_sigterm, on_sigusr1=lambda: self.set_debug(not self.debug,
@@ -176,11 +175,6 @@ class Run:
     def event(self, name: str, level: Level = "info", **fields: object) -> None:
         """A structured event: ``run.event("early_stopping", patience=5)``."""
         self._events.event(name, level, fields)
-
-    def _sampler_events(self, events: list[SamplerEvent]) -> None:
-        """What the samplers noticed (an NVIDIA Xid error), as run events."""
-        for event in events:
-            self._events.event(event.name, cast(Level, event.level), dict(event.fields))
 
     def error(self, exc: BaseException, context: Mapping[str, object] | None = None,
               operation: str | None = None, severity: Severity | None = None
