@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal, SupportsFloat
+from typing import Literal, SupportsFloat, cast
 
 from .errors import NonFiniteLossError, classify, format_traceback
 from .instruments import check_name
@@ -24,6 +24,7 @@ from .record.format import (ConfigLine, EndStatus, ErrorLine, EvalLine, EventLin
 from .record.pipeline import Pipeline
 from .record.summary import RunAbout, RunSummary, build_summary, instrument_summaries
 from .record.writer import RecordWriter
+from .samplers.base import SamplerEvent
 from .runconfig import RunConfig
 from .samplers.base import SamplerEvent
 from .spans import RunSpans
@@ -54,6 +55,11 @@ class EventRecorder:
         #: the first errors of the run, as recorded (the crash report lists them)
         self.errors: list[ErrorLine] = []
 
+    def from_samplers(self, events: list[SamplerEvent]) -> None:
+        """What the samplers noticed (an NVIDIA Xid error), as run events."""
+        for event in events:
+            self.event(event.name, cast(Level, event.level), dict(event.fields))
+
     def event(self, name: str, level: Level = "info", fields: dict[str, object] | None = None
               ) -> None:
         check_name("run.event", name)
@@ -73,11 +79,6 @@ class EventRecorder:
                            "epoch": self.state.epoch}
         # composed when the pipeline reads it, after its Scrub processor redacted the fields
         self._emit(_events_log, levelno, _EventText(line), line, event=name)
-
-    def sampler_events(self, events: list[SamplerEvent]) -> None:
-        """What the samplers noticed between two samples (an NVIDIA Xid error), as run events."""
-        for event in events:
-            self.event(event.name, event.level, dict(event.fields))
 
     def log_eval(self, step: int | None, goals: Mapping[str, Goal] | None,
                  metrics: Mapping[str, SupportsFloat]) -> dict[str, bool]:

@@ -98,8 +98,7 @@ class Run:
             state, writer.queue, spans=spans, events=self._events, pipeline=self.pipeline,
             progress=self.progress, flush_soon=writer.flush_soon,
             total_epochs=settings.total_epochs, planned_steps=settings.total_steps,
-            step_span_every=settings.step_span_every,
-            max_metric_names=settings.max_metric_names)
+            step_span_every=settings.step_span_every, max_metric_names=settings.max_metric_names)
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
         self._instruments = Instruments(state, writer.queue, settings.max_metric_names)
         self.summary: RunSummary | None = None
@@ -113,7 +112,7 @@ class Run:
             self.server = StatusServer(self, settings.http_host, settings.http_port).start()
         self.samplers = start_sampling(
             state.readings, str(self.dir), settings.sample_interval, local_rank=self.local_rank,
-            all_gpus=settings.all_gpus, on_events=self._events.sampler_events,
+            all_gpus=settings.all_gpus, on_events=self._events.from_samplers,
         ) if settings.sample_interval else None
         self._hooks = ProcessHooks(
             on_sigterm=self._on_sigterm, on_sigusr1=lambda: self.set_debug(not self.debug,
