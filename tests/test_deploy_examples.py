@@ -18,7 +18,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any

@@ -296,7 +296,6 @@ def test_credentials_come_from_secrets_only(rendered: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize(("values", "message"), [
     (["--set", "collector.agentMode=node"], "agentMode must be daemonset or sidecar"),
-    (["--set", "collector.agentMode=sidecar"], "needs collector.sidecar.namespaces"),
     (["--set", "collector.remoteWrite.endpoint="], "collector.remoteWrite.endpoint is required"),
     (["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
      "secretName is required"),

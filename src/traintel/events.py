@@ -24,7 +24,6 @@ from .record.format import (ConfigLine, EndStatus, ErrorLine, EvalLine, EventLin
 from .record.pipeline import Pipeline
 from .record.summary import RunAbout, RunSummary, build_summary, instrument_summaries
 from .record.writer import RecordWriter
-from .samplers.base import SamplerEvent
 from .runconfig import RunConfig
 from .samplers.base import SamplerEvent
 from .spans import RunSpans
