@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal, SupportsFloat, cast
+from typing import Literal, SupportsFloat
 
 from .errors import NonFiniteLossError, classify, format_traceback
 from .instruments import check_name
@@ -57,7 +57,7 @@ class EventRecorder:
     def from_samplers(self, events: list[SamplerEvent]) -> None:
         """What the samplers noticed (an NVIDIA Xid error), as run events."""
         for event in events:
-            self.event(event.name, cast(Level, event.level), dict(event.fields))
+            self.event(event.name, event.level, dict(event.fields))
 
     def event(self, name: str, level: Level = "info", fields: dict[str, object] | None = None
               ) -> None:
