@@ -216,7 +216,7 @@ def test_instrument_input_is_validated(tmp_path):
             run.gauge("g").set("x")
         with pytest.raises(ValueError, match="must be finite"):
             run.histogram("h").observe(float("nan"))
-        with pytest.raises(ValueError, match="name 'bad name' is not valid"):
+        with pytest.raises(ValueError, match="name 'bad name' is refused: ' ' is not allowed"):
             run.counter("bad name")
 
 

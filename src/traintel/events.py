@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Literal, SupportsFloat
 
 from .errors import NonFiniteLossError, classify, format_traceback
-from .instruments import check_name
 from .identity import RunIdentity
 from .record.files import write_json
 from .record.format import (ConfigLine, EndStatus, ErrorLine, EvalLine, EventLine, Level,
@@ -28,6 +27,7 @@ from .runconfig import RunConfig
 from .samplers.base import SamplerEvent
 from .spans import RunSpans
 from .state import RunState, nonfinite_text, to_number
+from .validate import check_name
 from .version import __version__
 
 Goal = Literal["min", "max"]

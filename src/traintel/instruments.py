@@ -9,7 +9,6 @@ run summary.
 from __future__ import annotations
 
 import math
-import re
 import time
 from contextlib import ContextDecorator
 from typing import Literal, TypeVar
@@ -17,15 +16,7 @@ from typing import Literal, TypeVar
 from .record.format import ObservationKind
 from .record.queue import Observe, RecordQueue
 from .state import RunState
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,99}$")
-
-
-def check_name(what: str, name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"{what}: name {name!r} is not valid; use 1-100 characters of letters, "
-                         "digits, '_', '.', ':', '/' or '-', starting with a letter or '_'")
-    return name
+from .validate import check_name
 
 
 def check_value(what: str, name: str, value: object) -> float:

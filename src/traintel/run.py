@@ -22,7 +22,7 @@ from .export import RunExport
 from .export.otlp import Sinks
 from .hooks import ProcessHooks
 from .identity import LiveStatus, RunIdentity
-from .instruments import Counter, Gauge, Histogram, Instruments, Timer, check_name
+from .instruments import Counter, Gauge, Histogram, Instruments, Timer
 from .logging_bridge import ROOT, LoggerTree, console_handler
 from .progress import ProgressDisplay
 from .record.format import EndStatus, ErrorLine, Level, Severity
@@ -35,6 +35,7 @@ from .settings import Settings
 from .spans import RunSpans, Span
 from .state import RunState
 from .steps import StepRecorder
+from .validate import check_name
 
 if TYPE_CHECKING:
     import torch
@@ -166,7 +167,6 @@ class Run:
 
     def span(self, name: str, **attributes: AttributeValue) -> Span:
         """A span around a block or function, timed; an exception inside is recorded."""
-        check_name("run.span", name)
         return self.spans.span(name, attributes, lambda exc, op: self.error(exc, operation=op))
 
     #: the same thing, named for code that reads better as an operation
@@ -207,8 +207,7 @@ class Run:
 
     def logger(self, component: str) -> logging.Logger:
         """A logger (``traintel.data``) whose records reach the record, console and Loki."""
-        check_name("run.logger", component)
-        return logging.getLogger(f"{ROOT}.{component}")
+        return logging.getLogger(f"{ROOT}.{check_name('run.logger', component)}")
 
     # -- status and debugging ---------------------------------------------------------------------
     def status_dict(self) -> LiveStatus:

@@ -21,6 +21,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .record.format import EndStatus
 from .record.queue import Call, Observe, RecordQueue
+from .validate import check_name
 
 #: called with an exception that escaped a user span, and the span's name (the operation)
 OnError = Callable[[Exception, str], object]
@@ -89,7 +90,7 @@ class RunSpans:
 
     # -- the user's spans ------------------------------------------------------------------
     def span(self, name: str, attributes: dict[str, AttributeValue], on_error: OnError) -> Span:
-        return Span(self, self._queue, name, attributes, on_error)
+        return Span(self, self._queue, check_name("run.span", name), attributes, on_error)
 
 
 class Span(ContextDecorator):

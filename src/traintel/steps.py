@@ -25,6 +25,7 @@ from .record.queue import RecordQueue, Step
 from .render import progress_text
 from .spans import RunSpans
 from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text, to_number
+from .validate import check_name
 
 T = TypeVar("T")
 
@@ -217,8 +218,7 @@ class StepRecorder:
         self._reschedule()
 
     def _new_key(self, key: str) -> None:
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ValueError(f"run.log: metric name {key!r} must be a valid identifier")
+        check_name("run.log", key)
         user_keys = self.state.user_keys
         if len(user_keys) >= self._max_names:
             raise ValueError(
