@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
-    collector_load, external, harness, memory, real_loop, shutdown, stalls, step_cost,
+    collector_load, curve_export, external, harness, memory, real_loop, shutdown, stalls,
+    step_cost,
 )
 
 RESULTS = Path(__file__).parent / "results"
 BENCHMARKS: dict[str, harness.Benchmark] = {b.name: b for b in (
     step_cost.BENCHMARK, stalls.BENCHMARK, shutdown.BENCHMARK, real_loop.BENCHMARK,
-    memory.BENCHMARK, external.SAMPLER_COST, external.LOGS_SUMMARY, collector_load.BENCHMARK)}
+    memory.BENCHMARK, external.SAMPLER_COST, external.LOGS_SUMMARY, collector_load.BENCHMARK,
+    curve_export.BENCHMARK)}
 
 
 def run(names: list[str], profile: str = "full", out: Path = RESULTS) -> dict[str, dict[str, Any]]:

@@ -35,6 +35,7 @@ EXPECTED = {
     "logs_summary": ("traintel_cli_s", "jq_best_s", "ratio_jq_over_traintel_cli"),
     "collector_load": ("ranks", "series_per_rank", "active_series", "bytes_per_series", "metrics",
                        "logs"),
+    "curve_export": ("keys", "interval_s", "rows", "writer_us_per_step"),
 }
 ANCHORS = [name for name, case in step_cost.CASES.items() if case.needs]
 

@@ -109,6 +109,112 @@ def test_values_in_prometheus_match_the_local_record(stack, demo):
     assert {labels["project"], labels["rank"]} == {"e2e", "0"}
 
 
+def _script_run(stack, tmp_path: Path, name: str, body: str) -> str:
+    """A small training script exporting to the stack (1 s export interval); its run id."""
+    script = ("import traintel\n"
+              f"run = traintel.init(project='e2e', name={name!r}, progress='off', "
+              "sample_interval=0)\n" + body + "run.finish()\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=_demo_env(stack, tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return next(p.name for p in tmp_path.iterdir() if (p / "summary.json").exists())
+
+
+def test_a_spike_and_a_nan_between_two_exports_reach_prometheus(stack, tmp_path):
+    """Within one export interval: a loss spike and a NaN, then back to normal. The latest
+    value alone (traintel_loss) never shows either; the interval's max and the non-finite
+    count do, in the real Prometheus."""
+    run_id = _script_run(stack, tmp_path, "spike", (
+        "import time\n"
+        "for i in range(20):\n"
+        "    run.log(loss=1.0 + i / 100)\n"
+        "    time.sleep(0.1)\n"
+        "for loss in (1.0, 100.0, float('nan'), 1.0):\n"  # microseconds apart
+        "    run.log(loss=loss)\n"
+        "time.sleep(2)\n"))
+    selector = f'{{run="{run_id}", metric="loss"}}'
+    # the last export counts all 24 values; exports arrive in order (the collector's WAL), so
+    # once it is in Prometheus every earlier window is too
+    eventually(lambda: promql(stack, f"traintel_logged_values_total{selector} == 24"),
+               what="the run's last export in Prometheus")
+    spike = promql(stack, f"max_over_time(traintel_logged_max{selector}[10m])")
+    assert float(spike[0]["value"][1]) == 100.0
+    nans = promql(stack, f"traintel_logged_nonfinite_total{selector}")
+    assert float(nans[0]["value"][1]) == 1
+    assert _scalar(stack, f'traintel_nonfinite_loss_total{{run="{run_id}"}}') == 1
+    latest = _scalar(stack, f'max_over_time(traintel_loss{{run="{run_id}"}}[10m])')
+    assert latest < 2, "the latest-value series alone saw the spike: the test proves nothing"
+
+
+@pytest.fixture(scope="module")
+def two_runs(stack, tmp_path_factory):
+    """Two runs whose losses differ at every step, for the by-step panels."""
+    ids = []
+    for name, scale in (("by-step-a", 1.0), ("by-step-b", 2.0)):
+        ids.append(_script_run(stack, tmp_path_factory.mktemp(name), name, (
+            "import time\n"
+            "for i in range(1, 61):\n"
+            f"    run.log(loss={scale} / i, lr=0.01, grad_norm={scale})\n"
+            "    if i % 20 == 0:\n"
+            f"        run.log_eval(val_loss={scale} / i)\n"
+            "    time.sleep(0.1)\n")))
+    for run_id in ids:  # both runs' final exports are in before any panel is queried
+        eventually(lambda: promql(stack, f'traintel_steps_total{{run="{run_id}"}} == 60'),
+                   what=f"run {run_id}'s last step in Prometheus")
+    return ids
+
+
+def _range(stack, expr: str, seconds: int = 600, end: int | None = None) -> list[dict]:
+    """A range query at 1 s resolution ending at ``end`` (whole seconds: one grid for all)."""
+    end = end or int(time.time())
+    body = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query_range",
+                        params={"query": expr, "start": end - seconds, "end": end, "step": "1s"},
+                        timeout=30).json()
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def test_by_step_panels_return_the_step_axis_and_the_values_for_two_runs(stack, two_runs):
+    """Each by-step panel's queries, run as Grafana runs them (range, one sample per second),
+    then joined as its transformations do (rows merged on time and labels, partitioned by run):
+    every run gets a rising step axis from 1 to its last step, with a value at each step."""
+    board = dashboards.load()["run-comparison"]
+    panels = [p for p in board["panels"] if p["type"] == "xychart"]
+    assert {p["title"] for p in panels} >= {"Loss by step", "Learning rate by step",
+                                           "Gradient norm by step", "Eval metrics by step"}
+    values = {"project": "e2e", "run": "|".join(two_runs)}
+    for panel in panels:
+        by = panel["transformations"][-1]["options"]["fields"]
+        tables = []
+        for target in panel["targets"]:
+            assert target["format"] == "table" and target["range"]
+            eventually(lambda: _range(stack, dashboards.expand(target["expr"], values)), 60,
+                       what=f"{panel['title']}: {target['refId']}")
+        end = int(time.time())  # every query of the panel on the same time grid, as Grafana does
+        for target in panel["targets"]:
+            rows = {}
+            for series in _range(stack, dashboards.expand(target["expr"], values), end=end):
+                key = tuple(series["metric"].get(label, "") for label in by)
+                for ts, value in series["values"]:
+                    rows[(ts, key)] = float(value)
+            tables.append(rows)
+        steps, *curves = tables
+        for run_id in two_runs:
+            joined = sorted((ts, steps[(ts, key)], [c.get((ts, key)) for c in curves])
+                            for (ts, key) in steps if key[0] == run_id)
+            joined = [row for row in joined if all(v is not None for v in row[2])]
+            assert len(joined) >= 3, f"{panel['title']}: {run_id} has {len(joined)} points"
+            axis = [step for _, step, _ in joined]
+            assert axis == sorted(axis) and axis[-1] == 60, (panel["title"], axis[-5:])
+            assert all(v == v for _, _, vs in joined for v in vs)  # no NaN on the curve
+    loss = dashboards.expand(next(p for p in panels if p["title"] == "Loss by step")
+                             ["targets"][1]["expr"], {**values, "smooth": "1s"})
+    final = {s["metric"]["run"]: float(s["values"][-1][1]) for s in _range(stack, loss)}
+    # the last export's loss (an average with the one before when both fall in one second)
+    assert final == {two_runs[0]: pytest.approx(1 / 60, rel=0.05),
+                     two_runs[1]: pytest.approx(2 / 60, rel=0.05)}
+
+
 def _recording_rules() -> dict[str, str]:
     rules = yaml.safe_load((ROOT / "prometheus/rules/recording.yml").read_text())
     return {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
@@ -134,7 +240,9 @@ def _data_or_none(stack, expr: str):
 
 def test_every_dashboard_prometheus_query_returns_data_for_the_run(stack, demo):
     summary, _ = demo
-    values = {"project": "e2e", "run": summary["run"], "runs": summary["run"]}
+    # By-step panels are range queries smoothed over $smooth; evaluated once, now, their window
+    # must reach back over the run (test_by_step_panels_... runs them as range queries).
+    values = {"project": "e2e", "run": summary["run"], "runs": summary["run"], "smooth": "30m"}
     empty, checked = [], 0
     for query in dashboards.queries():
         if query.datasource != "prometheus":

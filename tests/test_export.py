@@ -70,6 +70,48 @@ def test_a_value_logged_once_appears_on_both_paths(tmp_path):
     assert prom[("traintel_run_status", tuple(sorted({**base, "status": "running"}.items())))] == 1
 
 
+def _window(telemetry, name: str) -> dict[str, float]:
+    return {attrs["metric"]: point.value for attrs, point in telemetry.points(name)}
+
+
+def test_every_value_between_two_exports_is_represented_on_both_paths(tmp_path):
+    """Between two exports: a spike and a NaN. The latest value alone hides both; the window's
+    max and the non-finite count show them, on the OTLP path and on the scrape path alike, and
+    the next window starts afresh."""
+    with capture() as telemetry:
+        with quiet_run(tmp_path, otlp=None) as run:
+            for loss in (1.0, 0.9, 100.0, float("nan"), 0.8):
+                run.log(loss=loss, learning_rate=0.1, custom=2.0 if loss == 100 else loss)
+            run._writer.flush()
+            telemetry.collect()
+            scraped = _prometheus_samples(run)
+            assert telemetry.metric("traintel_loss") == [0.8]  # the latest: no trace of either
+            assert _window(telemetry, "traintel_logged_max") == {
+                "loss": 100.0, "lr": 0.1, "custom": 2.0}
+            assert _window(telemetry, "traintel_logged_min") == {
+                "loss": 0.8, "lr": 0.1, "custom": 0.8}
+            assert _window(telemetry, "traintel_logged_nonfinite_total") == {
+                "loss": 1, "lr": 0, "custom": 1}
+            assert _window(telemetry, "traintel_logged_values_total") == {
+                "loss": 5, "lr": 5, "custom": 5}
+            base = {"project": "test", "run": run.id, "rank": "0"}
+
+            def key(metric: str) -> tuple:
+                return tuple(sorted({**base, "metric": metric}.items()))
+
+            assert scraped[("traintel_logged_max", key("loss"))] == 100.0
+            assert scraped[("traintel_logged_min", key("loss"))] == 0.8
+            assert scraped[("traintel_logged_nonfinite_total", key("loss"))] == 1
+            run.log(loss=0.5)
+            run._writer.flush()
+            telemetry.collect()
+            assert _window(telemetry, "traintel_logged_max") == {"loss": 0.5}
+            assert _window(telemetry, "traintel_logged_values_total")["loss"] == 6
+            scraped = _prometheus_samples(run)
+            assert scraped[("traintel_logged_max", key("loss"))] == 0.5
+            assert ("traintel_logged_max", key("lr")) not in scraped  # nothing logged since
+
+
 def test_otlp_histograms_carry_the_same_buckets_as_prometheus(tmp_path):
     with capture() as telemetry:
         with quiet_run(tmp_path, otlp=None) as run:

@@ -17,6 +17,9 @@ from .samplers.gpu import THROTTLE_REASONS
 
 #: log records every rank sends whatever it does: "recording to ..." at start, run_end at finish
 LOGS_PER_RANK = 2
+#: run.log keys with a catalog metric of their own that a training loop logs (loss, lr,
+#: grad_norm): each also has its traintel_logged_* series
+LOGGED_BUILTIN_KEYS = ("loss", "lr", "grad_norm")
 #: span names every rank uses: training_run, epoch, train_step
 BUILTIN_SPANS = 3
 #: duration buckets of the collector's spanmetrics connector (otel-collector/config.yaml)
@@ -50,7 +53,11 @@ class Workload:
 def _label_values(metric: Metric, label: str, w: Workload) -> int:
     """How many values ``label`` takes on ``metric`` in one rank (labels that only describe
     another label, such as gpu_uuid for gpu, count 1)."""
+    # the traintel_logged_* series: every run.log key, loss, lr and grad_norm included
+    logged = w.user_metrics + len(LOGGED_BUILTIN_KEYS)
     by_metric = {"traintel_metric": w.user_metrics, "traintel_eval_value": w.eval_metrics,
+                 "traintel_logged_min": logged, "traintel_logged_max": logged,
+                 "traintel_logged_values_total": logged, "traintel_logged_nonfinite_total": logged,
                  "traintel_eval_best": w.eval_metrics, "traintel_user_counter_total": w.counters,
                  "traintel_user_gauge": w.gauges, "traintel_user_histogram": w.histograms,
                  "traintel_user_timer_seconds": w.timers}

@@ -101,6 +101,19 @@ METRICS: tuple[Metric, ...] = (
        "Time spent in the loop body (forward, backward, optimizer)."),
     _m("traintel_metric", "gauge", "", "Latest value of a user metric passed to run.log().",
        ("metric",)),
+    # Every value between two exports, not only the latest: `metric` is the run.log key (loss,
+    # lr, grad_norm or a user metric). Min and max cover the values logged since the previous
+    # export; the counts are cumulative (per interval: increase()).
+    _m("traintel_logged_min", "gauge", "",
+       "Smallest finite value of a run.log() key since the previous export.", ("metric",)),
+    _m("traintel_logged_max", "gauge", "",
+       "Largest finite value of a run.log() key since the previous export: a spike between two "
+       "exports shows here.", ("metric",)),
+    _m("traintel_logged_values_total", "counter", "",
+       "Values logged for a run.log() key, finite or not.", ("metric",)),
+    _m("traintel_logged_nonfinite_total", "counter", "",
+       "NaN or infinite values logged for a run.log() key: a NaN between two exports shows "
+       "here.", ("metric",)),
     # --- evaluation ---
     _m("traintel_eval_value", "gauge", "", "Latest value of an eval metric.", ("metric",), "eval"),
     _m("traintel_eval_best", "gauge", "", "Best value so far of an eval metric.", ("metric",),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from grafana_foundation_sdk.builders import common, dashboard, logs, loki, prometheus, stat, table
-from grafana_foundation_sdk.builders import timeseries
+from grafana_foundation_sdk.builders import timeseries, xychart
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import (
     BigValueColorMode,
@@ -43,10 +43,13 @@ from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DashboardLinkType,
     DataSourceRef,
+    DataTransformerConfig,
+    VariableOption,
     VariableRefresh,
     VariableSort,
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+from grafana_foundation_sdk.models.xychart import SeriesMapping, XYShowMode
 
 #: Classic dashboard JSON schema version of the Grafana that docker-compose.yml pins (13.2): 42,
 #: the last version of the v1 dashboard API's migrations. The generator's newest build still
@@ -62,15 +65,23 @@ DEFAULT_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
 #: Label matchers for the selected runs, and for the selected ranks of those runs.
 RUNS = 'project=~"$project", run=~"$run"'
 RANKS = RUNS + ', rank=~"$rank"'
+#: Window of the moving average the by-step panels apply ($smooth): 15s is one export interval,
+#: i.e. no smoothing; longer windows average that many exports.
+SMOOTHING = ("15s", "1m", "5m", "15m")
+#: The step axis of the by-step panels: the step count of each run at each export.
+STEP_AXIS = f"max by (run) (traintel_steps_total{{{RUNS}}})"
 #: The selected runs' log lines in Loki.
 LOG_LINES = '{service_name="traintel"} | project=~"$project" | run=~"$run"'
 
 
 # --- small builders -----------------------------------------------------------------------------
 
-def _prom(expr: str, legend: str = "", table: bool = False, exemplar: bool = False):
+def _prom(expr: str, legend: str = "", table: bool = False, exemplar: bool = False,
+          range_table: bool = False):
     query = prometheus.Dataquery().expr(expr).datasource(PROMETHEUS).legend_format(legend)
-    if table:
+    if range_table:  # every sample in the time range, as a table (one row per time and series)
+        query = query.range().format(PromQueryFormat.TABLE)
+    elif table:
         query = query.instant().format(PromQueryFormat.TABLE)
     return query.exemplar(True) if exemplar else query
 
@@ -98,6 +109,39 @@ def _graph(title: str, unit: str, *targets, description: str = "", stacked: bool
                      .display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)))
     if stacked:
         panel = panel.stacking(common.StackingConfig().mode(StackingMode.NORMAL))
+    return _with_targets(panel, targets)
+
+
+def _by_step(title: str, unit: str, *values: tuple[str, str], description: str = "",
+             by: tuple[str, ...] = ("run",), width: int = 12, height: int = 8):
+    """An XY chart with the step on the x axis, one line per run (and per ``values`` series).
+
+    Prometheus stores values against time. The step axis is query A (each run's step count at
+    each export), the ``values`` (PromQL grouped ``by (run)``, name) are B, C, ...; all come back
+    as tables with one row per (time, run). Grafana then merges the tables on (Time, run), so
+    a row holds the step and the values of one export, names the value columns, and partitions
+    the rows by run: one frame per run, whose first number (the step) is the x axis. Values
+    grouped by more than the run (``by``, e.g. eval metrics by metric) get the step axis with
+    the same labels, so that the tables still merge row by row."""
+    axis = STEP_AXIS
+    if by != ("run",):
+        axis = f"{STEP_AXIS} * on (run) group_right () (0 * {values[0][0]} + 1)"
+    targets = [_prom(axis, table=True, range_table=True)]
+    targets += [_prom(expr, table=True, range_table=True) for expr, _ in values]
+    names = {f"Value #{ref}": name
+             for ref, name in zip("ABCDEFGHIJ", ["step", *(name for _, name in values)])}
+    panel = (xychart.Panel().title(title).description(description).unit(unit)
+             .span(width).height(height)
+             .mapping(SeriesMapping.AUTO).show(XYShowMode.LINES).line_width(1)
+             .axis_label("")
+             .legend(common.VizLegendOptions().show_legend(True)
+                     .display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM))
+             .with_transformation(DataTransformerConfig(id_val="merge", options={}))
+             .with_transformation(DataTransformerConfig(
+                 id_val="organize", options={"excludeByName": {"Time": True},
+                                             "renameByName": names}))
+             .with_transformation(DataTransformerConfig(
+                 id_val="partitionByValues", options={"fields": list(by), "keepFields": False})))
     return _with_targets(panel, targets)
 
 
@@ -129,6 +173,13 @@ def _variable(name: str, label: str, query: str, multi: bool = True, include_all
                 .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(sort).multi(multi)
                 .include_all(include_all))
     return variable.all_value(".*") if include_all else variable
+
+
+def _smoothing():
+    return (dashboard.CustomVariable("smooth").label("Smoothing").values(",".join(SMOOTHING))
+            .current(VariableOption(text=SMOOTHING[0], value=SMOOTHING[0], selected=True))
+            .description("Moving average over this window in the by-step panels; 15s (one "
+                         "export interval) shows every export unsmoothed."))
 
 
 def _variables(runs_multi: bool, ranks: bool = True) -> list:
@@ -174,14 +225,15 @@ _ANNOTATION_EXTRAS = {
 }
 
 
-def _dashboard(uid: str, title: str, description: str, variables: list, rows: list) -> dict:
+def _dashboard(uid: str, title: str, description: str, variables: list, rows: list,
+               smoothing: bool = False) -> dict:
     board = (dashboard.Dashboard(f"traintel: {title}").uid(uid).description(description)
              .tags(["traintel"]).refresh("30s").time("now-6h", "now").timezone("browser")
              .tooltip(DashboardCursorSync.CROSSHAIR)
              .link(dashboard.DashboardLink("traintel dashboards").type(DashboardLinkType.DASHBOARDS)
                    .tags(["traintel"]).as_dropdown(True).include_vars(True).keep_time(True))
              .annotations(_annotations()))
-    for variable in variables:
+    for variable in [*variables, *([_smoothing()] if smoothing else [])]:
         board = board.with_variable(variable)
     for row_title, panels in rows:
         board = board.with_row(dashboard.Row(row_title))
@@ -206,7 +258,8 @@ def _json(board) -> dict:
 def training_overview() -> dict:
     return _dashboard(
         "traintel-training-overview", "Training overview",
-        "One run: progress, optimisation, throughput, step time and evaluation.",
+        "One run: progress; loss, learning rate, gradient norm and evals against the step "
+        "(with the min and max of every export interval); throughput and step time over time.",
         _variables(runs_multi=False),
         [
             ("Run", [
@@ -224,16 +277,38 @@ def training_overview() -> dict:
                 _stat("Running for", "s",
                       _prom(f"time() - min(traintel_run_start_time_seconds{{{RANKS}}})")),
             ]),
-            ("Optimisation", [
-                _graph("Loss", "none", _prom(f"traintel_loss{{{RANKS}}}", "rank {{rank}}"),
-                       description="Latest finite training loss; NaN and inf are counted apart."),
-                _graph("Learning rate", "none",
-                       _prom(f"traintel_learning_rate{{{RANKS}}}", "rank {{rank}}")),
-                _graph("Gradient norm", "none",
-                       _prom(f"traintel_grad_norm{{{RANKS}}}", "rank {{rank}}")),
-                _graph("Logged metrics", "none",
-                       _prom(f"traintel_metric{{{RANKS}}}", "{{metric}} rank {{rank}}"),
-                       description="Other numbers passed to run.log()."),
+            ("Optimisation, by step", [
+                _by_step("Loss by step", "none",
+                         (f"avg by (run) (avg_over_time(traintel_loss{{{RANKS}}}[$smooth]))",
+                          "loss"),
+                         (f"max by (run) (max_over_time(traintel_logged_max{{{RANKS}, "
+                          f"metric=\"loss\"}}[$smooth]))", "max"),
+                         (f"min by (run) (min_over_time(traintel_logged_min{{{RANKS}, "
+                          f"metric=\"loss\"}}[$smooth]))", "min"),
+                         description="The latest finite loss at each export (averaged over "
+                                     "$smooth), and the largest and smallest value logged "
+                                     "between exports: a spike shows in max even when it falls "
+                                     "between two exports. Ranks averaged."),
+                _by_step("Learning rate by step", "none",
+                         (f"avg by (run) (traintel_learning_rate{{{RANKS}}})", "lr")),
+                _by_step("Gradient norm by step", "none",
+                         (f"avg by (run) (avg_over_time(traintel_grad_norm{{{RANKS}}}"
+                          "[$smooth]))", "grad norm"),
+                         (f"max by (run) (max_over_time(traintel_logged_max{{{RANKS}, "
+                          f"metric=\"grad_norm\"}}[$smooth]))", "max"),
+                         description="Latest and largest gradient norm of each export."),
+                _by_step("Logged metrics by step", "none",
+                         (f"avg by (run, metric) (avg_over_time(traintel_metric{{{RANKS}}}"
+                          "[$smooth]))", "value"), by=("run", "metric"),
+                         description="Other numbers passed to run.log(), one line each."),
+                _by_step("Eval metrics by step", "none",
+                         (f"max by (run, metric) (traintel_eval_value{{{RANKS}}})", "value"),
+                         by=("run", "metric")),
+                _graph("Non-finite values logged", "none",
+                       _prom(f"sum by (metric) (increase(traintel_logged_nonfinite_total"
+                             f"{{{RANKS}}}[$__rate_interval]))", "{{metric}}"),
+                       description="NaN and inf passed to run.log(), per key: kept out of the "
+                                   "curves, counted here (a NaN between two exports shows)."),
             ]),
             ("Throughput and step time", [
                 _graph("Samples and tokens per second", "none",
@@ -278,7 +353,7 @@ def training_overview() -> dict:
                       text=BigValueTextMode.VALUE_AND_NAME, width=12,
                       description="Best value so far of each eval metric (min or max by metric)."),
             ]),
-        ])
+        ], smoothing=True)
 
 
 def gpu_and_system() -> dict:
@@ -534,8 +609,9 @@ def errors_and_logs() -> dict:
 def run_comparison() -> dict:
     return _dashboard(
         "traintel-run-comparison", "Run comparison",
-        "Several runs overlaid: pick them in the Run variable. Each line is one run "
-        "(ranks averaged or summed).",
+        "Several runs compared: pick them in the Run variable. Loss, learning rate, gradient "
+        "norm and evals against each run's step (smoothing: $smooth); speed and GPU over time. "
+        "Each line is one run (ranks averaged or summed).",
         _variables(runs_multi=True, ranks=False),
         [
             ("Runs", [
@@ -544,15 +620,20 @@ def run_comparison() -> dict:
                              f"(traintel_run_info{{{RUNS}}})", table=True),
                        description="Run name, host and world size of each selected run."),
             ]),
-            ("Optimisation", [
-                _graph("Loss", "none", _prom(f"avg by (run) (traintel_loss{{{RUNS}}})", "{{run}}")),
-                _graph("Learning rate", "none",
-                       _prom(f"avg by (run) (traintel_learning_rate{{{RUNS}}})", "{{run}}")),
-                _graph("Gradient norm", "none",
-                       _prom(f"avg by (run) (traintel_grad_norm{{{RUNS}}})", "{{run}}")),
-                _graph("Eval metrics", "none",
-                       _prom(f"max by (run, metric) (traintel_eval_value{{{RUNS}}})",
-                             "{{run}} {{metric}}")),
+            ("Optimisation, by step", [
+                _by_step("Loss by step", "none",
+                         (f"avg by (run) (avg_over_time(traintel_loss{{{RUNS}}}[$smooth]))",
+                          "loss"),
+                         description="Each run's loss against its own step (ranks averaged), "
+                                     "smoothed over $smooth."),
+                _by_step("Learning rate by step", "none",
+                         (f"avg by (run) (traintel_learning_rate{{{RUNS}}})", "lr")),
+                _by_step("Gradient norm by step", "none",
+                         (f"avg by (run) (avg_over_time(traintel_grad_norm{{{RUNS}}}"
+                          "[$smooth]))", "grad norm")),
+                _by_step("Eval metrics by step", "none",
+                         (f"max by (run, metric) (traintel_eval_value{{{RUNS}}})", "value"),
+                         by=("run", "metric")),
                 _table("Best eval values",
                        _prom(f"max by (run, metric) (traintel_eval_best{{{RUNS}}})", table=True),
                        width=12, height=8),
@@ -579,7 +660,7 @@ def run_comparison() -> dict:
                        _prom(f"max by (run) (traintel:gpu_memory_used:ratio{{{RUNS}}})",
                              "{{run}}")),
             ]),
-        ])
+        ], smoothing=True)
 
 
 #: file name (without .json) -> builder
@@ -651,8 +732,9 @@ def queries(dashboards: Mapping[str, dict] | None = None) -> list[Query]:
     return out
 
 
-#: Values :func:`expand` uses for Grafana's built-in variables.
-BUILTINS = {"__rate_interval": "4m", "__interval": "1m", "__auto": "1m", "__range": "1h"}
+#: Values :func:`expand` uses for Grafana's built-in variables, and the defaults of ours.
+BUILTINS = {"__rate_interval": "4m", "__interval": "1m", "__auto": "1m", "__range": "1h",
+            "smooth": SMOOTHING[0]}
 
 
 def expand(expr: str, values: Mapping[str, str] | None = None) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .record.format import RunStatus
@@ -20,6 +22,9 @@ from .record.format import RunStatus
 KNOWN_KEYS = {"loss": "traintel_loss", "lr": "traintel_learning_rate",
               "learning_rate": "traintel_learning_rate", "grad_norm": "traintel_grad_norm"}
 COUNTED_KEYS = ("samples", "tokens")
+#: the name under which a run.log key is counted and windowed (``metric`` label of the
+#: traintel_logged_* series): aliases of one catalog metric share one name
+LOGGED_NAME = {"learning_rate": "lr"}
 
 
 def to_number(key: str, value: Any) -> float | int:
@@ -58,7 +63,7 @@ class RunState:
         "status", "start_ts", "epoch", "step", "samples", "tokens", "data_wait_total",
         "compute_total", "nonfinite_losses", "last_step_ts", "latest", "user_keys", "eval_latest",
         "eval_best", "events", "errors", "counters", "gauges", "total_steps", "rates",
-        "readings", "queue_depth", "dropped",
+        "readings", "queue_depth", "dropped", "logged",
     )
 
     def __init__(self) -> None:
@@ -89,6 +94,8 @@ class RunState:
         self.readings: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.queue_depth = 0
         self.dropped = 0
+        #: every value passed to run.log, reduced per key and export interval (record writer)
+        self.logged = IntervalStats()
 
     def progress(self) -> float | None:
         if not self.total_steps:
@@ -131,3 +138,61 @@ class RateWindow:
             return {}
         return {"steps_per_second": (s1 - s0) / dt, "samples_per_second": (n1 - n0) / dt,
                 "tokens_per_second": (k1 - k0) / dt}
+
+
+class IntervalStats:
+    """Every value passed to run.log, reduced to what one export interval needs: per key, the
+    smallest and largest finite value since each reader last asked, and cumulative counts of the
+    values logged and of those that were NaN or infinite.
+
+    An export carries the latest value of a key; a spike or a NaN between two exports would
+    vanish. The record writer folds each step's values in here (off the training thread, which
+    pays nothing more), and each export path takes its own window when it exports, so that every
+    value lands in exactly one export's min/max and in the counts. Counts are counters (per
+    interval: ``increase``), min and max are gauges of that window.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: one window per reader: key -> [min, max] of the finite values since it last took
+        self._windows: list[dict[str, list[float]]] = []
+        #: key -> [values logged, of which non-finite], since the run began
+        self.counts: dict[str, list[int]] = {}
+
+    def reader(self) -> Callable[[], dict[str, tuple[float, float]]]:
+        """A window of its own: each call returns ``{key: (min, max)}`` since the previous call
+        (keys with no finite value in between are left out) and starts a new window."""
+        with self._lock:
+            index = len(self._windows)
+            self._windows.append({})
+
+        def take() -> dict[str, tuple[float, float]]:
+            with self._lock:
+                window, self._windows[index] = self._windows[index], {}
+            return {key: (float(low), float(high)) for key, (low, high) in window.items()}
+
+        return take
+
+    def fold(self, metrics: dict[str, Any]) -> None:
+        """One step's run.log values; non-finite ones arrive as text ("nan", "inf")."""
+        with self._lock:
+            windows, counts = self._windows, self.counts
+            for key, value in metrics.items():
+                if key in COUNTED_KEYS:
+                    continue
+                key = LOGGED_NAME.get(key, key)
+                count = counts.get(key)
+                if count is None:
+                    count = counts[key] = [0, 0]
+                count[0] += 1
+                if value.__class__ is str:
+                    count[1] += 1
+                    continue
+                for window in windows:
+                    bounds = window.get(key)
+                    if bounds is None:
+                        window[key] = [value, value]
+                    elif value < bounds[0]:
+                        bounds[0] = value
+                    elif value > bounds[1]:
+                        bounds[1] = value

@@ -20,9 +20,9 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (AggregationTemporality, Histogram,
+from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram,
                                               HistogramDataPoint, Metric, MetricExporter,
-                                              MetricExportResult, MetricsData,
+                                              MetricExportResult, MetricsData, NumberDataPoint,
                                               PeriodicExportingMetricReader, ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -35,7 +35,7 @@ from ..catalog import BY_NAME, METRICS
 from ..forks import reset_in_child
 from ..logging_bridge import quiet_export_errors
 from ..state import RunState
-from .readings import Histograms, Reader, readers
+from .readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 log = logging.getLogger("traintel.export")
 
@@ -73,7 +73,9 @@ class Sinks:
 
 
 class HistogramsExporter(MetricExporter):
-    """Adds the run's histograms, built from ``Histograms``' bucket counts, to every export.
+    """Adds to every export what observable instruments cannot carry: the run's histograms,
+    built from ``Histograms``' bucket counts, and the min/max of the values logged since the
+    previous export (``RunState.logged``, taken once per export).
 
     The OTel API has no observable histogram, and one ``Histogram.record`` per step would cost
     the record writer 7 µs where the bucket count it keeps anyway costs 0.4 µs. The points are
@@ -163,8 +165,9 @@ class OtlpExport:
         self._metric_exporter: HistogramsExporter | None = None
 
         if sinks.metric_exporter is not None:
+            self._take_window = state.logged.reader()
             self._metric_exporter = HistogramsExporter(sinks.metric_exporter,
-                                                       self._histogram_metrics)
+                                                       self._added_metrics)
             reader = PeriodicExportingMetricReader(
                 self._metric_exporter, export_interval_millis=sinks.metric_interval_ms)
             self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader],
@@ -197,8 +200,8 @@ class OtlpExport:
     def _register_instruments(self, table: dict[str, Reader]) -> None:
         meter = self.meter_provider.get_meter("traintel", __version__)
         for metric in METRICS:
-            if metric.kind == "histogram":
-                continue  # exported from the bucket counts: HistogramsExporter
+            if metric.kind == "histogram" or metric.name in WINDOWED:
+                continue  # added to each export by HistogramsExporter
             create = (meter.create_observable_counter if metric.kind == "counter"
                       else meter.create_observable_gauge)
             create(metric.name, callbacks=[self._callback(table[metric.name])], unit=metric.unit,
@@ -221,6 +224,20 @@ class OtlpExport:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(value, attributes(extra)) for value, extra in reader(state)]
         return observe
+
+    def _added_metrics(self) -> list[Metric]:
+        return [*self._histogram_metrics(), *self._window_metrics()]
+
+    def _window_metrics(self) -> list[Metric]:
+        """Min and max of each run.log key since the previous export, as gauges."""
+        now = time.time_ns()
+        return [Metric(name=name, description=BY_NAME[name].description, unit=BY_NAME[name].unit,
+                       data=Gauge(data_points=[
+                           NumberDataPoint(attributes=self._attributes(extra),
+                                           start_time_unix_nano=0, time_unix_nano=now,
+                                           value=value)
+                           for value, extra in readings]))
+                for name, readings in window_readings(self._take_window()).items() if readings]
 
     def _histogram_metrics(self) -> list[Metric]:
         """The histograms' cumulative points now, one ``Metric`` per catalog histogram."""

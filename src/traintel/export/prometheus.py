@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..catalog import METRICS
 from ..state import RunState
-from .readings import Histograms, Reader, readers
+from .readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 
 class RunCollector(Collector):
@@ -22,11 +22,14 @@ class RunCollector(Collector):
         self.labels = labels
         self.table: dict[str, Reader] = readers(run_info)
         self.histograms = histograms
+        #: a window of its own: min/max of the values logged since the previous scrape
+        self.take_window = state.logged.reader()
 
     def collect(self) -> Iterator[Metric]:
         base_names = list(self.labels)
         base_values = list(self.labels.values())
         histogram_series = self.histograms.snapshot()
+        windowed = window_readings(self.take_window())
         for metric in METRICS:
             names = list(metric.all_labels)
             if metric.kind == "histogram":
@@ -50,7 +53,9 @@ class RunCollector(Collector):
             family = (CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
                 metric.name, metric.description, labels=names)
             found = False
-            for value, extra in self.table[metric.name](self.state):
+            readings = (windowed[metric.name] if metric.name in WINDOWED
+                        else self.table[metric.name](self.state))
+            for value, extra in readings:
                 found = True
                 family.add_metric(base_values + [extra.get(n, "") for n in names[len(base_names):]],
                                   value)

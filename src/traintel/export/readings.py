@@ -73,8 +73,20 @@ def _hardware(name: str) -> Reader:
     return read
 
 
+#: Gauges of one export interval's window (``RunState.logged``), position in its (min, max):
+#: each export path takes its window once per export and adds these itself (a window read by
+#: two observable instruments would be taken twice).
+WINDOWED = {"traintel_logged_min": 0, "traintel_logged_max": 1}
+
+
+def window_readings(window: dict[str, tuple[float, float]]) -> dict[str, list[Reading]]:
+    """The WINDOWED gauges' readings from one taken window (``IntervalStats.reader()()``)."""
+    return {name: [(bounds[i], {"metric": key}) for key, bounds in window.items()]
+            for name, i in WINDOWED.items()}
+
+
 def readers(run_info: dict[str, str]) -> dict[str, Reader]:
-    """Catalog metric name -> reader, for every non-histogram metric."""
+    """Catalog metric name -> reader, for every metric but histograms and WINDOWED gauges."""
     table: dict[str, Reader] = {
         "traintel_run_info": lambda state: iter([(1.0, run_info)]),
         "traintel_run_status": _status,
@@ -103,6 +115,10 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_user_gauge": _by("metric", lambda s: s.gauges),
         "traintel_events_total": _by("event", lambda s: s.events),
         "traintel_errors_total": _errors,
+        "traintel_logged_values_total": _by("metric", lambda s: {
+            key: counts[0] for key, counts in list(s.logged.counts.items())}),
+        "traintel_logged_nonfinite_total": _by("metric", lambda s: {
+            key: counts[1] for key, counts in list(s.logged.counts.items())}),
         "traintel_record_dropped_total": _value(lambda s: s.dropped),
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
     }

@@ -138,12 +138,14 @@ class RecordWriter:
                 return False
             chunks: list[bytes] = []
             figures = self.figures
+            logged = self.state.logged  # min/max/counts of every value, for the exporters
             identity = self.identity
             for _ in range(min(len(queue), DRAIN_BATCH)):
                 item = queue.popleft()
                 if type(item) is Step:
                     ts, step, epoch, step_s, data_wait_s, metrics = item
                     figures.add(ts, step_s, data_wait_s, metrics)
+                    logged.fold(metrics)
                     if step_s is not None:
                         for listener in self.listeners:
                             listener("step", None, step_s)
