@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -496,16 +497,10 @@ def _quote(text: str) -> str:
 
 
 def _wrap(text: str, width: int) -> list[str]:
+    """A comment's lines; a ``---`` separator line stays whole."""
     if text.startswith("---"):
         return [text]
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return [*lines, line]
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def _minutes(duration: str) -> float:
