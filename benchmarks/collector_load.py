@@ -440,8 +440,14 @@ def _phase(stack: Any, signal: str, template: bytes, run_id: str, ranks: int, in
     return result
 
 
-def _per(rate: float, cores: float) -> float:
-    return round(rate / cores, 1) if cores > 0 else 0.0
+def _per(rate: float, amount: float) -> float | None:
+    """``rate`` per unit of ``amount``; None when nothing was measured (a tiny run can finish
+    inside one CPU-accounting tick)."""
+    return round(rate / amount, 1) if amount > 0 else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def run(ranks: int, interval_s: float, seconds: float, senders: int, log_batches: int,
@@ -509,25 +515,25 @@ def render(result: dict[str, Any]) -> list[str]:
         "(collector / Prometheus) | refused |",
         "|---|---|---|---|---|---|",
         f"| metrics | {m['samples_per_s']:,.0f} samples/s | "
-        f"{m['collector_samples_per_core_s']:,.0f} samples/s | "
-        f"{m['prometheus_samples_per_core_s']:,.0f} samples/s | "
+        f"{_fmt(m['collector_samples_per_core_s'])} samples/s | "
+        f"{_fmt(m['prometheus_samples_per_core_s'])} samples/s | "
         f"{m['cores_used']['otelcol']:.2f} / {m['cores_used']['prometheus']:.2f} | "
         f"{m['requests_refused']} requests, {m['points_refused']:.0f} points |",
         f"| logs | {lg['log_records_per_s']:,.0f} records/s | "
-        f"{lg['collector_log_records_per_core_s']:,.0f} records/s | - | "
+        f"{_fmt(lg['collector_log_records_per_core_s'])} records/s | - | "
         f"{lg['cores_used']['otelcol']:.2f} / {lg['cores_used']['prometheus']:.2f} | "
         f"{lg['requests_refused']} requests |",
         "",
-        f"Memory per active series: Prometheus {b['prometheus_rss']:,.0f} B resident "
-        f"({b['prometheus_heap_inuse']:,.0f} B Go heap in use), collector "
-        f"{b['collector_rss']:,.0f} B resident ({b['collector_heap']:,.0f} B Go heap); resident "
+        f"Memory per active series: Prometheus {_fmt(b['prometheus_rss'])} B resident "
+        f"({_fmt(b['prometheus_heap_inuse'])} B Go heap in use), collector "
+        f"{_fmt(b['collector_rss'])} B resident ({_fmt(b['collector_heap'])} B Go heap); resident "
         f"sets at the end "
         f"{result['rss_mb']['prometheus']:,.0f} MB and {result['rss_mb']['otelcol']:,.0f} MB. "
         f"Machine CPU busy {m['cpu_busy_fraction']:.0%} during the metrics window.",
         "",
-        f"Remote write: {m['remote_write_bytes_per_sample']:.1f} B per sample "
+        f"Remote write: {_fmt(m['remote_write_bytes_per_sample'])} B per sample "
         f"({m['remote_write_bytes_per_s'] / 2**20:.1f} MiB/s at this rate); the collector's "
-        f"remote-write WAL wrote {m['wal_bytes_per_sample']:.1f} B per sample to disk.",
+        f"remote-write WAL wrote {_fmt(m['wal_bytes_per_sample'])} B per sample to disk.",
     ]
 
 

@@ -108,11 +108,15 @@ def test_summary_lists_each_result(results):
 
 
 def test_collector_load_measured_what_it_sent(results):
-    """The tiny load reached Prometheus and the Loki stand-in, and every number is positive."""
+    """The tiny load reached Prometheus and the Loki stand-in. Per-core figures may be None at
+    this size (the collector can use less than one CPU-accounting tick), never zero or less."""
     result = json.loads((results / "collector_load.json").read_text())
     if "metrics" not in result:
         pytest.skip(result.get("skipped", "the stack programs are not installed"))
     metrics, logs = result["metrics"], result["logs"]
     assert result["series_per_rank"] > 20 and metrics["requests_refused"] == 0
-    assert metrics["samples_per_s"] > 0 and metrics["collector_samples_per_core_s"] > 0
-    assert logs["log_records_per_s"] > 0 and logs["collector_log_records_per_core_s"] > 0
+    assert metrics["samples_per_s"] > 0 and logs["log_records_per_s"] > 0
+    for per_core in (metrics["collector_samples_per_core_s"],
+                     metrics["prometheus_samples_per_core_s"],
+                     logs["collector_log_records_per_core_s"]):
+        assert per_core is None or per_core > 0
