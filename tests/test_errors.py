@@ -228,7 +228,16 @@ def test_messages_of_failures_that_need_hardware(message, error_type):
     assert classify(RuntimeError(message)).error_type == error_type
 
 
-def test_keyboard_interrupt_is_interrupted_without_a_crash_report(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler, also where the suite runs as a shell's background job
+    (such a job starts with SIGINT ignored, and raise_signal would then do nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_keyboard_interrupt_is_interrupted_without_a_crash_report(tmp_path, ctrl_c_raises):
     with capture() as telemetry:
         with pytest.raises(KeyboardInterrupt):
             with quiet_run(tmp_path) as run:
