@@ -1,10 +1,63 @@
-"""Shared pytest fixtures and hooks (each part lives in its own module, imported here)."""
+"""Shared fixtures and hooks: quiet runs and their records (here), the native stack
+(``stack_fixture``), and what the reliability tests measured (``reliability_log``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import traintel
 
 from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
 
 import reliability_log  # noqa: E402
 
+#: init options for runs that show, sample and export nothing, and write their record quickly
+QUIET = {"progress": "off", "console_logs": False, "sample_interval": 0, "otlp": False,
+         "flush_interval": 0.05}
 
-def pytest_sessionfinish(session, exitstatus):
+
+class Lines(list):  # type: ignore[type-arg]  # a plain list of record lines, with a filter
+    """A run's record lines, oldest first."""
+
+    def of(self, kind: str, event: str | None = None) -> list[dict[str, Any]]:
+        """The lines of one type (and, for events, one event name)."""
+        return [line for line in self if line["type"] == kind and
+                (event is None or line.get("event") == event)]
+
+
+def read_lines(run_dir: Path) -> Lines:
+    """Every line of the record in ``run_dir``, rotated files first; a torn line fails the test."""
+    files = sorted(Path(run_dir).glob("events.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+    return Lines(orjson.loads(raw) for path in [*files, Path(run_dir) / "events.jsonl"]
+                 for raw in path.read_bytes().splitlines())
+
+
+@pytest.fixture(scope="session")
+def quiet() -> dict[str, Any]:
+    """``traintel.init`` options for a run that shows, samples and exports nothing."""
+    return dict(QUIET)
+
+
+@pytest.fixture
+def quiet_run(tmp_path: Path, quiet: dict[str, Any]) -> Callable[..., traintel.Run]:
+    """Start a quiet run recording under the test's ``tmp_path``: ``quiet_run(name="x")``."""
+
+    def start(**options: Any) -> traintel.Run:
+        return traintel.init(**{"project": "test", "dir": str(tmp_path), **quiet, **options})
+    return start
+
+
+@pytest.fixture(scope="session")
+def recorded() -> Callable[[Path], Lines]:
+    """Read a run's record: ``recorded(run.dir).of("step")``."""
+    return read_lines
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Keep what the reliability tests measured for docs/reliability.md."""
     reliability_log.write()

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 import traintel
 from traintel.record.reader import Records
 
-from core_helpers import QUIET, read_record
 
 keys = st.text(min_size=1, max_size=40)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
@@ -27,12 +26,12 @@ SETTINGS = settings(max_examples=60, deadline=None,
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run = traintel.init(project="fuzz", dir=str(tmp_path_factory.mktemp("fuzz")), **QUIET,
+def run(tmp_path_factory, recorded, quiet):
+    run = traintel.init(project="fuzz", dir=str(tmp_path_factory.mktemp("fuzz")), **quiet,
                         max_metric_names=10_000)
     yield run
     run.finish()
-    for line in read_record(run.dir):  # every line written under fuzzing parses
+    for line in recorded(run.dir):  # every line written under fuzzing parses
         assert line["type"]
 
 
@@ -64,8 +63,8 @@ def test_event_records_or_refuses(run, name, fields):
 
 @SETTINGS
 @given(config=st.dictionaries(st.text(max_size=30), nested, max_size=10))
-def test_init_config_records_any_json_like_config(tmp_path, config):
-    with traintel.init(project="fuzz", dir=str(tmp_path), config=config, **QUIET) as run:
+def test_init_config_records_any_json_like_config(tmp_path, config, quiet):
+    with traintel.init(project="fuzz", dir=str(tmp_path), config=config, **quiet) as run:
         pass
     written = orjson.loads((run.dir / "config.json").read_bytes())
     assert set(written["config"]) == {str(k) for k in config}

@@ -22,7 +22,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from core_helpers import of_type, quiet_run, read_record
 from traintel.cli import main
 from traintel.errors import HINTS, classify
 from traintel.testing import capture
@@ -134,16 +133,16 @@ CASES = [  # provoke, error type, severity, operation
 
 
 @pytest.mark.parametrize("provoke, error_type, severity, operation", CASES)
-def test_a_real_failure_is_classified_and_reaches_every_output(tmp_path, provoke, error_type,
-                                                                severity, operation):
+def test_a_real_failure_is_classified_and_reaches_every_output(provoke, error_type, severity,
+                                                                operation, quiet_run, recorded):
     with capture() as telemetry:
         with pytest.raises(Exception) as raised:
-            with quiet_run(tmp_path, config={"lr": 0.1, "api_key": "sk-very-secret-123"}) as run:
+            with quiet_run(config={"lr": 0.1, "api_key": "sk-very-secret-123"}) as run:
                 run.log(loss=1.0)
                 provoke(run)
     assert run.state.status == "failed"
 
-    (line,) = of_type(read_record(run.dir), "error")
+    (line,) = recorded(run.dir).of("error")
     assert (line["error_type"], line["severity"], line["operation"]) == \
         (error_type, severity, operation)
     assert line["exc_type"] == type(raised.value).__name__
@@ -177,30 +176,30 @@ def test_a_real_failure_is_classified_and_reaches_every_output(tmp_path, provoke
 
 @pytest.mark.gpu
 @no_gpu
-def test_oom_error_carries_allocator_figures(tmp_path):
+def test_oom_error_carries_allocator_figures(quiet_run, recorded):
     with pytest.raises(torch.OutOfMemoryError):
-        with quiet_run(tmp_path) as run:
+        with quiet_run() as run:
             _cuda_oom(run)
-    (line,) = of_type(read_record(run.dir), "error")
+    (line,) = recorded(run.dir).of("error")
     assert line["error_type"] == "oom" and line["context"]
     crash = json.loads((run.dir / "crash-report.json").read_text())
     assert crash["memory"]["cuda"] and crash["gpus"]
 
 
-def test_an_oom_in_the_loop_is_recorded_with_its_details_and_re_raised(tmp_path):
+def test_an_oom_in_the_loop_is_recorded_with_its_details_and_re_raised(quiet_run, recorded):
     """torch's own exception type and message, raised by hand: no GPU here to run out of."""
     oom = torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
         "of which 1.06 GiB is free. Of the allocated memory 76.02 GiB is allocated by PyTorch, "
         "and 1.20 GiB is reserved by PyTorch but unallocated.")
     with pytest.raises(torch.OutOfMemoryError) as raised:
-        with quiet_run(tmp_path) as run:
+        with quiet_run() as run:
             for _ in run.track(range(3)):
                 run.log(loss=1.0)
                 if run.state.step == 1:
                     raise oom
     assert raised.value is oom
-    (line,) = of_type(read_record(run.dir), "error")
+    (line,) = recorded(run.dir).of("error")
     # the second step failed: it was logged before the error, so it is counted and named
     assert (line["error_type"], line["severity"], line["step"]) == ("oom", "critical", 2)
     assert line["hints"] == list(HINTS["oom"])
@@ -237,13 +236,13 @@ def ctrl_c_raises():
     signal.signal(signal.SIGINT, previous)
 
 
-def test_keyboard_interrupt_is_interrupted_without_a_crash_report(tmp_path, ctrl_c_raises):
+def test_keyboard_interrupt_is_interrupted_without_a_crash_report(quiet_run, recorded, ctrl_c_raises):
     with capture() as telemetry:
         with pytest.raises(KeyboardInterrupt):
-            with quiet_run(tmp_path) as run:
+            with quiet_run() as run:
                 run.log(loss=1.0)
                 signal.raise_signal(signal.SIGINT)  # what Ctrl-C does
-    (line,) = of_type(read_record(run.dir), "error")
+    (line,) = recorded(run.dir).of("error")
     assert (line["error_type"], line["severity"]) == ("interrupted", "low")
     assert json.loads((run.dir / "summary.json").read_text())["status"] == "interrupted"
     assert not (run.dir / "crash-report.json").exists()
@@ -253,7 +252,7 @@ def test_keyboard_interrupt_is_interrupted_without_a_crash_report(tmp_path, ctrl
     assert not run_span.status.is_ok and run_span.attributes["status"] == "interrupted"
 
 
-def test_sigterm_interrupts_a_real_run_in_a_subprocess(tmp_path):
+def test_sigterm_interrupts_a_real_run_in_a_subprocess(tmp_path, recorded):
     script = textwrap.dedent(f"""
         import itertools, time, traintel
         with traintel.init(project="t", dir={str(tmp_path)!r}, progress="off", otlp=False,
@@ -273,16 +272,16 @@ def test_sigterm_interrupts_a_real_run_in_a_subprocess(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] >= 20
     assert summary["errors"] == {"total": 1, "by_type": {"interrupted": 1}}
-    lines = read_record(run_dir)
-    (line,) = of_type(lines, "error")
+    lines = recorded(run_dir)
+    (line,) = lines.of("error")
     assert line["error_type"] == "interrupted" and line["context"] == {"signal": "SIGTERM"}
     assert lines[-1]["type"] == "run_end" and lines[-1]["status"] == "interrupted"
     assert not (run_dir / "crash-report.json").exists()
 
 
-def test_crash_report_has_every_section(tmp_path):
+def test_crash_report_has_every_section(quiet_run):
     with pytest.raises(ZeroDivisionError):
-        with quiet_run(tmp_path, config={"token": "abcdef123456", "layers": 4}) as run:
+        with quiet_run(config={"token": "abcdef123456", "layers": 4}) as run:
             for _ in run.track(range(80)):
                 run.log(loss=0.5)
             run.error(ValueError("a first, handled problem"))
@@ -302,9 +301,9 @@ def test_crash_report_has_every_section(tmp_path):
     assert "abcdef123456" not in (run.dir / "crash-report.json").read_text()
 
 
-def test_report_command_for_a_run_directory_and_for_this_machine(tmp_path):
+def test_report_command_for_a_run_directory_and_for_this_machine(tmp_path, quiet_run):
     with pytest.raises(ZeroDivisionError):
-        with quiet_run(tmp_path, config={"password": "hunter22hunter"}) as run:
+        with quiet_run(config={"password": "hunter22hunter"}) as run:
             run.log(loss=0.5)
             1 / 0
     crash_id = json.loads((run.dir / "crash-report.json").read_text())["report_id"]

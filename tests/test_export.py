@@ -20,7 +20,6 @@ from traintel import run as run_module
 from traintel.export.otlp import EXPORT_BATCH, Sinks
 from traintel.testing import capture
 
-from core_helpers import quiet_run
 
 
 def _prometheus_samples(run) -> dict[tuple[str, tuple], float]:
@@ -41,9 +40,9 @@ def _train(run, steps=10):
     run.event("checkpoint", path="x")
 
 
-def test_a_value_logged_once_appears_on_both_paths(tmp_path):
+def test_a_value_logged_once_appears_on_both_paths(quiet_run):
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None) as run:
+        with quiet_run(otlp=None) as run:
             _train(run)
             run.flush()
             telemetry.collect()
@@ -74,12 +73,12 @@ def _window(telemetry, name: str) -> dict[str, float]:
     return {attrs["metric"]: point.value for attrs, point in telemetry.points(name)}
 
 
-def test_every_value_between_two_exports_is_represented_on_both_paths(tmp_path):
+def test_every_value_between_two_exports_is_represented_on_both_paths(quiet_run):
     """Between two exports: a spike and a NaN. The latest value alone hides both; the window's
     max and the non-finite count show them, on the OTLP path and on the scrape path alike, and
     the next window starts afresh."""
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None) as run:
+        with quiet_run(otlp=None) as run:
             for loss in (1.0, 0.9, 100.0, float("nan"), 0.8):
                 run.log(loss=loss, learning_rate=0.1, custom=2.0 if loss == 100 else loss)
             run._writer.flush()
@@ -112,9 +111,9 @@ def test_every_value_between_two_exports_is_represented_on_both_paths(tmp_path):
             assert ("traintel_logged_max", key("lr")) not in scraped  # nothing logged since
 
 
-def test_otlp_histograms_carry_the_same_buckets_as_prometheus(tmp_path):
+def test_otlp_histograms_carry_the_same_buckets_as_prometheus(quiet_run):
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None) as run:
+        with quiet_run(otlp=None) as run:
             _train(run)
             for seconds in (0.002, 0.02, 0.2):
                 with run.operation("save"):
@@ -152,9 +151,9 @@ def test_otlp_histograms_carry_the_same_buckets_as_prometheus(tmp_path):
     assert metric.unit == catalog.BY_NAME[metric.name].unit
 
 
-def test_every_exported_name_is_in_the_catalog(tmp_path):
+def test_every_exported_name_is_in_the_catalog(quiet_run):
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None, sample_interval=0.05) as run:
+        with quiet_run(otlp=None, sample_interval=0.05) as run:
             _train(run)
             time.sleep(0.2)
             run.flush()
@@ -174,17 +173,17 @@ def test_every_exported_name_is_in_the_catalog(tmp_path):
         assert {"project", "run", "rank"} <= label_names, name
 
 
-def test_final_status_is_exported_at_shutdown(tmp_path):
+def test_final_status_is_exported_at_shutdown(quiet_run):
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None) as run:
+        with quiet_run(otlp=None) as run:
             run.log(loss=1.0)
     statuses = {a["status"]: p.value for a, p in telemetry.points("traintel_run_status")}
     assert statuses == {"running": 0, "finished": 1, "failed": 0, "interrupted": 0}
 
 
-def test_spans_run_epoch_sampled_steps_and_user_spans(tmp_path):
+def test_spans_run_epoch_sampled_steps_and_user_spans(quiet_run):
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None, step_span_every=4, total_epochs=2) as run:
+        with quiet_run(otlp=None, step_span_every=4, total_epochs=2) as run:
             for _ in run.epochs():
                 for _ in run.track(range(6)):
                     run.log(loss=1.0)
@@ -211,12 +210,12 @@ def test_spans_run_epoch_sampled_steps_and_user_spans(tmp_path):
     assert dict(step.attributes)["step"] == 4
 
 
-def test_exception_in_span_sets_status_records_event_and_error(tmp_path):
+def test_exception_in_span_sets_status_records_event_and_error(quiet_run):
     from opentelemetry.trace import StatusCode
 
     with capture() as telemetry:
         with pytest.raises(OSError):
-            with quiet_run(tmp_path, otlp=None) as run:
+            with quiet_run(otlp=None) as run:
                 with run.span("checkpoint"):
                     raise PermissionError("read-only checkpoint dir")
     span = next(s for s in telemetry.spans.get_finished_spans() if s.name == "checkpoint")
@@ -228,9 +227,9 @@ def test_exception_in_span_sets_status_records_event_and_error(tmp_path):
     assert run.errors[0]["operation"] == "checkpoint"
 
 
-def test_logs_travel_over_otlp_with_trace_context(tmp_path):
+def test_logs_travel_over_otlp_with_trace_context(quiet_run):
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None) as run:
+        with quiet_run(otlp=None) as run:
             with run.span("load"):
                 run.logger("data").warning("missing shard", extra={"shard": 4})
             run.event("early_stopping", patience=3)
@@ -244,11 +243,11 @@ def test_logs_travel_over_otlp_with_trace_context(tmp_path):
     assert event.trace_id  # correlated with the run's trace even outside a user span
 
 
-def test_otel_environment_variables_are_honoured(tmp_path, monkeypatch):
+def test_otel_environment_variables_are_honoured(monkeypatch, quiet_run):
     monkeypatch.setenv("OTEL_SERVICE_NAME", "my-trainer")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=vision,deployment.environment=dev")
     with capture() as telemetry:
-        with quiet_run(tmp_path, otlp=None) as run:
+        with quiet_run(otlp=None) as run:
             run.log(loss=1.0)
     resource = telemetry.spans.get_finished_spans()[0].resource.attributes
     assert resource["service.name"] == "my-trainer"
@@ -270,30 +269,30 @@ class _Batches(InMemorySpanExporter):
 
 @pytest.mark.parametrize("env, largest", [({}, EXPORT_BATCH),
                                           ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 100)])
-def test_spans_are_exported_in_small_batches_unless_the_user_says(tmp_path, monkeypatch, env,
-                                                                  largest):
+def test_spans_are_exported_in_small_batches_unless_the_user_says(monkeypatch, env,
+                                                                  largest, quiet_run):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     batches = _Batches()
     monkeypatch.setattr(run_module, "sinks_override", Sinks(span_exporter=batches))
-    with quiet_run(tmp_path, otlp=None, step_span_every=1) as run:
+    with quiet_run(otlp=None, step_span_every=1) as run:
         for _ in run.track(range(150)):
             run.log(loss=1.0)
     assert sum(batches.sizes) == 151  # a span per step and the run's
     assert max(batches.sizes) == largest
 
 
-def test_otel_sdk_disabled_turns_export_off(tmp_path, monkeypatch):
+def test_otel_sdk_disabled_turns_export_off(monkeypatch, quiet_run):
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    with quiet_run(tmp_path, otlp=None) as run:
+    with quiet_run(otlp=None) as run:
         run.log(loss=1.0)
     assert run.otlp is None
     assert run.summary["steps"] == 1  # the local record is unaffected
 
 
-def test_shutdown_with_unreachable_collector_is_bounded(tmp_path, monkeypatch, caplog):
+def test_shutdown_with_unreachable_collector_is_bounded(monkeypatch, caplog, quiet_run):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # discard port
-    run = quiet_run(tmp_path, otlp=True, shutdown_timeout=0.5)
+    run = quiet_run(otlp=True, shutdown_timeout=0.5)
     run.log(loss=1.0)
     run.finish()
     assert run.summary["steps"] == 1

@@ -13,7 +13,6 @@ import pytest
 import traintel
 from traintel.testing import capture
 
-from core_helpers import QUIET, of_type, read_record
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -38,11 +37,11 @@ def _in_child(check) -> dict:
     return report["ok"]
 
 
-def test_a_forked_child_leaves_the_parents_run_alone(tmp_path):
+def test_a_forked_child_leaves_the_parents_run_alone(tmp_path, recorded, quiet):
     excepthook = sys.excepthook
     with capture() as telemetry:
         with traintel.init(project="forks", dir=str(tmp_path),
-                           **{**QUIET, "otlp": None, "sample_interval": 60}) as run:
+                           **{**quiet, "otlp": None, "sample_interval": 60}) as run:
             run.log(loss=1.0)
             run.flush()
             size = (run.dir / "events.jsonl").stat().st_size
@@ -65,7 +64,7 @@ def test_a_forked_child_leaves_the_parents_run_alone(tmp_path):
                                         "finished_it": False, "current": False,
                                         "sampling": False, "hooked": False}
             run.log(loss=3.0)
-    steps = of_type(read_record(run.dir), "step")
+    steps = recorded(run.dir).of("step")
     assert [s["metrics"]["loss"] for s in steps] == [1.0, 3.0]
-    assert not [e for e in of_type(read_record(run.dir), "event") if e["event"] == "from_the_child"]
+    assert not [e for e in recorded(run.dir).of("event") if e["event"] == "from_the_child"]
     assert run.summary["steps"] == 2 and run.summary["status"] == "finished"

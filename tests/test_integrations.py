@@ -20,19 +20,22 @@ from traintel.testing import capture
 from traintel.watch import watch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-QUIET = {"progress": "off", "sample_interval": 0, "console_logs": False}
 
 
-def record(directory: Path) -> tuple[list[dict], dict]:
-    """(events.jsonl lines, summary.json) of the one run under ``directory``."""
-    (run_dir,) = [p.parent for p in directory.rglob("summary.json")]
-    lines = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return lines, json.loads((run_dir / "summary.json").read_text())
+@pytest.fixture
+def options(quiet):
+    """Quiet runs that still export: capture() takes what the integrations send."""
+    return {**quiet, "otlp": None}
 
 
-def of_type(lines: list[dict], kind: str, event: str | None = None) -> list[dict]:
-    return [line for line in lines if line["type"] == kind and
-            (event is None or line.get("event") == event)]
+@pytest.fixture
+def finished(recorded):
+    """(record lines, summary.json) of the one run under a directory."""
+
+    def read(directory: Path) -> tuple[list[dict], dict]:
+        (run_dir,) = [p.parent for p in directory.rglob("summary.json")]
+        return recorded(run_dir), json.loads((run_dir / "summary.json").read_text())
+    return read
 
 
 def point(telemetry, name: str, **labels: str) -> float:
@@ -73,33 +76,33 @@ def hf_trainer(tmp_path: Path, callbacks=None, **args):
                    eval_dataset=Tokens(16, 1), callbacks=callbacks)
 
 
-def test_huggingface_trainer_run_is_recorded_completely(tmp_path: Path) -> None:
+def test_huggingface_trainer_run_is_recorded_completely(tmp_path: Path, options, finished) -> None:
     from traintel.integrations.huggingface import TraintelCallback
 
-    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **QUIET)
+    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **options)
     with capture() as telemetry:
         hf_trainer(tmp_path, [callback], include_num_input_tokens_seen="all").train()
     assert traintel.current_run() is None  # the callback started the run, so it finished it
 
-    lines, summary = record(tmp_path / "runs")
-    steps = of_type(lines, "step")
+    lines, summary = finished(tmp_path / "runs")
+    steps = lines.of("step")
     assert [s["step"] for s in steps] == list(range(1, 21))
     assert all(s["metrics"]["samples"] == 4 and s["metrics"]["tokens"] == 32 for s in steps)
     logged = {s["step"]: s["metrics"] for s in steps if "loss" in s["metrics"]}
     assert sorted(logged) == [5, 10, 15, 20]
     assert all({"lr", "grad_norm"} <= set(m) for m in logged.values())
     assert {s["epoch"] for s in steps} == {0, 1}  # 16 batches per epoch
-    evals = of_type(lines, "eval")
+    evals = lines.of("eval")
     assert [(e["step"], list(e["metrics"])) for e in evals] == [(10, ["eval_loss"]),
                                                                 (20, ["eval_loss"])]
-    checkpoints = of_type(lines, "event", "checkpoint")
+    checkpoints = lines.of("event", "checkpoint")
     assert [c["step"] for c in checkpoints] == [10, 20]
     assert all(Path(c["fields"]["path"]).is_dir() for c in checkpoints)
-    assert of_type(lines, "event", "trainer_summary")[0]["fields"]["train_loss"] > 0
-    config = of_type(lines, "config")[0]["config"]
+    assert lines.of("event", "trainer_summary")[0]["fields"]["train_loss"] > 0
+    config = lines.of("config")[0]["config"]
     assert config["training_args"]["max_steps"] == 20
     assert config["model_config"]["hidden_size"] == 16
-    assert of_type(lines, "run_start")[0]["total_steps"] == 20
+    assert lines.of("run_start")[0]["total_steps"] == 20
 
     assert summary["status"] == "finished"
     assert summary["steps"] == 20 and summary["samples"] == 80 and summary["tokens"] == 640
@@ -136,14 +139,15 @@ def test_huggingface_progress_bar_is_left_to_the_trainer(tmp_path: Path, trainer
     assert spy.shown == shown
 
 
-def test_huggingface_report_to_joins_the_active_run(tmp_path: Path) -> None:
+def test_huggingface_report_to_joins_the_active_run(tmp_path: Path, options, finished) -> None:
     from transformers.integrations import integration_utils
 
     from traintel.integrations.huggingface import TraintelCallback, register
 
     register()
     try:
-        with traintel.init(project="hf", dir=str(tmp_path / "runs"), otlp=False, **QUIET) as run:
+        with traintel.init(project="hf", dir=str(tmp_path / "runs"),
+                           **{**options, "otlp": False}) as run:
             trainer = hf_trainer(tmp_path, report_to="traintel")
             assert any(isinstance(c, TraintelCallback) for c in trainer.callback_handler.callbacks)
             trainer.train()
@@ -152,9 +156,9 @@ def test_huggingface_report_to_joins_the_active_run(tmp_path: Path) -> None:
     finally:
         integration_utils.INTEGRATION_TO_CALLBACK.pop("traintel", None)
 
-    lines, summary = record(tmp_path / "runs")
-    assert of_type(lines, "config")[0]["config"] == {}
-    (framework,) = of_type(lines, "event", "framework_config")
+    lines, summary = finished(tmp_path / "runs")
+    assert lines.of("config")[0]["config"] == {}
+    (framework,) = lines.of("event", "framework_config")
     assert framework["fields"]["source"] == "transformers"
     assert framework["fields"]["config"]["training_args"]["logging_steps"] == 5
     assert summary["steps"] == 20 and set(summary["eval"]) == {"eval_loss", "test_accuracy"}
@@ -195,53 +199,53 @@ def lightning_fit(tmp_path: Path, **trainer_args) -> None:
 
 
 def check_lightning_record(lines: list[dict], summary: dict) -> None:
-    steps = of_type(lines, "step")
+    steps = lines.of("step")
     assert [s["step"] for s in steps] == list(range(1, 9))  # 4 batches x 2 epochs
     assert [s["epoch"] for s in steps] == [0] * 4 + [1] * 4
     assert all("loss" in s["metrics"] for s in steps)
-    evals = of_type(lines, "eval")
+    evals = lines.of("eval")
     assert [(e["step"], list(e["metrics"])) for e in evals] == [(4, ["val_loss"]),
                                                                 (8, ["val_loss"])]
-    assert [c["step"] for c in of_type(lines, "event", "checkpoint")] == [4, 8]
-    assert len(of_type(lines, "epoch")) == 2
+    assert [c["step"] for c in lines.of("event", "checkpoint")] == [4, 8]
+    assert len(lines.of("epoch")) == 2
     assert summary["status"] == "finished" and summary["steps"] == 8
 
 
-def test_lightning_logger_records_a_fit(tmp_path: Path) -> None:
+def test_lightning_logger_records_a_fit(tmp_path: Path, options, finished) -> None:
     from traintel.integrations.lightning import TraintelLogger
 
     with capture() as telemetry:
         lightning_fit(tmp_path, log_every_n_steps=1,
-                      logger=TraintelLogger(project="pl", dir=str(tmp_path / "runs"), **QUIET))
+                      logger=TraintelLogger(project="pl", dir=str(tmp_path / "runs"), **options))
     assert traintel.current_run() is None
 
-    lines, summary = record(tmp_path / "runs")
+    lines, summary = finished(tmp_path / "runs")
     check_lightning_record(lines, summary)
-    assert of_type(lines, "config")[0]["config"] == {"lr": 0.05}
-    assert all("train_abs_error" in s["metrics"] for s in of_type(lines, "step"))
-    checkpoint = of_type(lines, "event", "checkpoint")[-1]["fields"]["path"]
+    assert lines.of("config")[0]["config"] == {"lr": 0.05}
+    assert all("train_abs_error" in s["metrics"] for s in lines.of("step"))
+    checkpoint = lines.of("event", "checkpoint")[-1]["fields"]["path"]
     assert checkpoint.endswith("epoch=1-step=8.ckpt") and Path(checkpoint).is_file()
     # the per-epoch aggregate arrives after the epoch's last step was written
-    assert "train_loss_epoch" in of_type(lines, "event", "metrics")[0]["fields"]
+    assert "train_loss_epoch" in lines.of("event", "metrics")[0]["fields"]
     assert telemetry.metric("traintel_steps_total") == [8]
     assert point(telemetry, "traintel_metric", metric="train_abs_error") > 0
     assert point(telemetry, "traintel_eval_best", metric="val_loss") == \
-        min(e["metrics"]["val_loss"] for e in of_type(lines, "eval"))
+        min(e["metrics"]["val_loss"] for e in lines.of("eval"))
 
 
-def test_lightning_callback_records_every_step(tmp_path: Path) -> None:
+def test_lightning_callback_records_every_step(tmp_path: Path, options, finished) -> None:
     from traintel.integrations.lightning import TraintelCallback
 
     with capture() as telemetry:
         lightning_fit(tmp_path, logger=False, log_every_n_steps=50, callbacks=[
-            TraintelCallback(project="pl", dir=str(tmp_path / "runs"), **QUIET)])
+            TraintelCallback(project="pl", dir=str(tmp_path / "runs"), **options)])
 
-    lines, summary = record(tmp_path / "runs")
+    lines, summary = finished(tmp_path / "runs")
     check_lightning_record(lines, summary)
-    assert of_type(lines, "config")[0]["config"]["hparams"] == {"lr": 0.05}
-    assert of_type(lines, "run_start")[0]["total_steps"] == 8
+    assert lines.of("config")[0]["config"]["hparams"] == {"lr": 0.05}
+    assert lines.of("run_start")[0]["total_steps"] == 8
     assert all(s["metrics"]["samples"] == 8 and s["metrics"]["lr"] == 0.05
-               for s in of_type(lines, "step"))
+               for s in lines.of("step"))
     assert summary["samples"] == 64
     assert summary["step_time"]["mean_s"] > 0  # timed from the first micro-batch's start
     assert telemetry.metric("traintel_samples_total") == [64]
@@ -276,18 +280,19 @@ def test_lightning_logger_leaves_the_progress_bar_to_lightning(tmp_path: Path) -
     assert spy.shown == "off"  # a Logger cannot see enable_progress_bar; Lightning's default
 
 
-def test_lightning_logger_and_callback_together_are_refused(tmp_path: Path) -> None:
+def test_lightning_logger_and_callback_together_are_refused(tmp_path: Path, options) -> None:
     from traintel.integrations.lightning import TraintelCallback, TraintelLogger
 
     with pytest.raises(ValueError, match="not both"):
-        lightning_fit(tmp_path, logger=TraintelLogger(dir=str(tmp_path / "runs"), **QUIET),
-                      callbacks=[TraintelCallback(dir=str(tmp_path / "runs"), **QUIET)])
+        lightning_fit(tmp_path, logger=TraintelLogger(dir=str(tmp_path / "runs"), **options),
+                      callbacks=[TraintelCallback(dir=str(tmp_path / "runs"), **options)])
 
 
 # ------------------------------------------------------------------------------------------
 # watch
 # ------------------------------------------------------------------------------------------
-def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path: Path) -> None:
+def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path: Path, options,
+                                                                finished) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     model[0].bias.requires_grad_(False)
@@ -296,7 +301,7 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path: Path) -
     other_optimizer = torch.optim.SGD(other.parameters(), lr=0.01)
     expected = []
     with capture() as telemetry:
-        with traintel.init(project="watch", dir=str(tmp_path), **QUIET) as run:
+        with traintel.init(project="watch", dir=str(tmp_path), **options) as run:
             watched = watch(run, model)
             for _ in run.track(range(3)):
                 optimizer.zero_grad()
@@ -310,11 +315,11 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path: Path) -
     total = 8 * 16 + 16 + 16 * 1 + 1
     assert (watched.parameters, watched.trainable, watched.bytes) == (total, total - 16, total * 4)
 
-    lines, _ = record(tmp_path)
-    (event,) = of_type(lines, "event", "model_parameters")
+    lines, _ = finished(tmp_path)
+    (event,) = lines.of("event", "model_parameters")
     assert event["fields"] == {"model": "Sequential", "parameters": total,
                                "trainable": total - 16, "bytes": total * 4}
-    norms = [s["metrics"]["grad_norm"] for s in of_type(lines, "step")]
+    norms = [s["metrics"]["grad_norm"] for s in lines.of("step")]
     assert norms == pytest.approx(expected)
     assert telemetry.metric("traintel_grad_norm") == [pytest.approx(expected[-1])]
     assert point(telemetry, "traintel_user_gauge", metric="model_trainable_parameters") == \
@@ -327,13 +332,13 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path: Path) -
 # ------------------------------------------------------------------------------------------
 # capacity
 # ------------------------------------------------------------------------------------------
-def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path) -> None:
+def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path, options) -> None:
     workload = capacity.Workload(user_metrics=2, eval_metrics=1, counters=1, gauges=1,
                                  histograms=1, timers=1, operations=1, error_kinds=1,
                                  system=False,
                                  events=4)  # milestone, eval, best_eval, checkpoint
-    with traintel.init(project="cap", dir=str(tmp_path), otlp=False, total_steps=4,
-                       **QUIET) as run:
+    with traintel.init(project="cap", dir=str(tmp_path), total_steps=4,
+                       **{**options, "otlp": False}) as run:
         for _ in run.track(range(4)):
             run.log(loss=0.5, lr=0.1, grad_norm=1.0, samples=2, tokens=10, acc=0.5, f1=0.4)
             run.flush()  # rates (and so the ETA) need the record writer to have run

@@ -16,7 +16,8 @@ SRC = ROOT / "src" / "traintel"
 
 
 def _import_graph():
-    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+    spec = importlib.util.spec_from_file_location("import_graph",
+                                                  ROOT / "scripts" / "import_graph.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -123,7 +124,8 @@ def test_the_readme_layout_names_every_module() -> None:
     for path in SRC.rglob("*.py"):
         relative = path.relative_to(SRC)
         if path.name == "__init__.py":
-            expected.add(f"{relative.parent.as_posix()}/" if relative.parent.parts else "__init__.py")
+            expected.add(f"{relative.parent.as_posix()}/" if relative.parent.parts
+                         else "__init__.py")
         else:
             expected.add(relative.as_posix())
     assert expected - named == set(), "add these to README.md's Layout section"

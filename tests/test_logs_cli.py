@@ -149,14 +149,6 @@ def test_grep_filters(runs):
     assert invoke("grep", ".", run, "--since", "yesterday").exit_code == 2
 
 
-def test_parse_time():
-    assert analysis.parse_time("10m", now=1000.0) == 400.0
-    assert analysis.parse_time("1.5h", now=10_000.0) == 4600.0
-    assert analysis.parse_time("1700000000") == 1_700_000_000.0
-    assert analysis.parse_time(render.iso(1_700_000_000.0)) == 1_700_000_000.0
-    assert analysis.parse_time("2023-11-14T22:13:20+00:00") == 1_700_000_000.0
-
-
 def test_metrics(runs):
     found = as_json(invoke("metrics", runs / "run-a", "--filter", "timers", "--format", "json"))
     assert [(i["name"], i["kind"], i["count"], i["p95"]) for i in found] == [

@@ -31,7 +31,8 @@ def lines() -> Lines:
 @pytest.fixture
 def logger(lines: Lines):
     """A `traintel.pipeline-test` logger tree whose one handler is a pipeline writing to `lines`."""
-    pipeline = Pipeline([Scrub(Scrubber({"s3cr3t-value"})), stamp, Identity({"run": "r", "rank": 0})],
+    pipeline = Pipeline([Scrub(Scrubber({"s3cr3t-value"})), stamp,
+                         Identity({"run": "r", "rank": 0})],
                         file=lambda line, record: lines.append(line))
     root = logging.getLogger("traintel.pipeline-test")
     root.handlers, root.propagate, root.level = [pipeline], False, logging.INFO

@@ -21,7 +21,6 @@ import traintel
 from traintel.testing import capture
 
 import loki_model
-from core_helpers import QUIET, of_type, read_record
 from reliability_log import record
 from stack_fixture import eventually, promql, require
 from test_end_to_end import _demo_env
@@ -41,15 +40,15 @@ def _train_steps(run, steps: int, pace: float = 0.01) -> float:
     return worst
 
 
-def test_collector_down_from_the_start(tmp_path, monkeypatch):
+def test_collector_down_from_the_start(tmp_path, monkeypatch, recorded, quiet):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
-    options = {**QUIET, "otlp": True, "step_span_every": 5}
+    options = {**quiet, "otlp": True, "step_span_every": 5}
     started = time.perf_counter()
     with traintel.init(project="faults", dir=str(tmp_path), **options) as run:
         worst = _train_steps(run, 200)
     finish_s = time.perf_counter() - started
-    steps = of_type(read_record(run.dir), "step")
+    steps = recorded(run.dir).of("step")
     assert [s["step"] for s in steps] == list(range(1, 201))
     worst_step = max(s["step_s"] for s in steps)
     assert worst_step < 0.01 + STALL_BUDGET_S
@@ -71,7 +70,7 @@ def _steps_in_prometheus(stack, run_id: str) -> float:
 
 
 @pytest.mark.stack
-def test_collector_killed_and_restarted_mid_run(stack, tmp_path):
+def test_collector_killed_and_restarted_mid_run(stack, tmp_path, recorded):
     proc = _run_demo(stack, tmp_path, "--epochs", "1", "--steps-per-epoch", "200",
                      "--batch-size", "8", "--step-sleep", "0.05")
     run_dir = eventually(lambda: next(tmp_path.iterdir(), None), 60, what="run dir")
@@ -88,7 +87,7 @@ def test_collector_killed_and_restarted_mid_run(stack, tmp_path):
         if proc.poll() is None:
             proc.kill()
     summary = json.loads((run_dir / "summary.json").read_text())
-    steps = of_type(read_record(run_dir), "step")
+    steps = recorded(run_dir).of("step")
     assert summary["steps"] == len(steps) == 200
     worst = max(s["step_s"] for s in steps)
     assert worst < 0.05 + STALL_BUDGET_S + 0.5  # model step + sleep + budget
@@ -129,7 +128,7 @@ def test_prometheus_down_behind_a_healthy_collector_loses_nothing(stack, tmp_pat
 
 
 @pytest.mark.stack
-def test_loki_down_behind_a_healthy_collector_loses_nothing(stack, tmp_path):
+def test_loki_down_behind_a_healthy_collector_loses_nothing(stack, tmp_path, recorded):
     """With a supplied Loki, Loki itself is stopped; without one, the sink on Loki's endpoint."""
     backend = "sink" if "loki" in stack.sink_covers else "loki"
     if backend == "loki":
@@ -142,7 +141,7 @@ def test_loki_down_behind_a_healthy_collector_loses_nothing(stack, tmp_path):
     finally:
         stack.start(backend)
     run_dir = next(tmp_path.iterdir())
-    expected = [line for line in read_record(run_dir) if line["type"] in ("eval", "milestone")]
+    expected = [line for line in recorded(run_dir) if line["type"] in ("eval", "milestone")]
 
     def in_loki() -> int:
         response = requests.get(
@@ -167,7 +166,7 @@ def test_loki_down_behind_a_healthy_collector_loses_nothing(stack, tmp_path):
            f"{got} of {len(expected)} eval/milestone records arrived {where} after recovery")
 
 
-def test_sigkill_leaves_a_parseable_record_that_logs_summary_reads(tmp_path):
+def test_sigkill_leaves_a_parseable_record_that_logs_summary_reads(tmp_path, recorded):
     script = (f"import time, traintel\n"
               f"run = traintel.init(project='faults', dir={str(tmp_path)!r}, progress='off', "
               f"otlp=False, sample_interval=0, console_logs=False, flush_interval=0.1)\n"
@@ -180,8 +179,8 @@ def test_sigkill_leaves_a_parseable_record_that_logs_summary_reads(tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    lines = read_record(run_dir)  # raises if any line is torn
-    steps = of_type(lines, "step")
+    lines = recorded(run_dir)  # raises if any line is torn
+    steps = lines.of("step")
     assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and len(steps) > 300
     out = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary", str(run_dir),
                           "--format", "json"], capture_output=True, text=True, timeout=60)
@@ -191,9 +190,9 @@ def test_sigkill_leaves_a_parseable_record_that_logs_summary_reads(tmp_path):
            f"{len(steps)} steps, {len(lines)} lines, all parse; `traintel logs summary` exit 0")
 
 
-def test_unwritable_run_directory_warns_and_export_continues(caplog):
+def test_unwritable_run_directory_warns_and_export_continues(caplog, quiet):
     with capture() as telemetry:
-        with traintel.init(project="faults", dir="/dev/null/runs", **{**QUIET, "otlp": None}
+        with traintel.init(project="faults", dir="/dev/null/runs", **{**quiet, "otlp": None}
                            ) as run:
             for _ in range(20):
                 run.log(loss=1.0)
@@ -206,7 +205,7 @@ def test_unwritable_run_directory_warns_and_export_continues(caplog):
            f"{run.state.dropped} record lines counted as dropped")
 
 
-def test_a_failing_sampler_is_logged_once_and_never_kills_training(tmp_path):
+def test_a_failing_sampler_is_logged_once_and_never_kills_training(tmp_path, recorded, quiet):
     from traintel import samplers
 
     class Broken:
@@ -222,11 +221,11 @@ def test_a_failing_sampler_is_logged_once_and_never_kills_training(tmp_path):
     samplers.default_samplers = lambda *a, **k: [Broken()]
     try:
         with traintel.init(project="faults", dir=str(tmp_path),
-                           **{**QUIET, "sample_interval": 0.02}) as run:
+                           **{**quiet, "sample_interval": 0.02}) as run:
             worst = _train_steps(run, 30)
     finally:
         samplers.default_samplers = original
-    messages = [line["message"] for line in of_type(read_record(run.dir), "log")
+    messages = [line["message"] for line in recorded(run.dir).of("log")
                 if line["logger"] == "traintel.samplers" and "broken" in line["message"]]
     assert run.summary["steps"] == 30
     assert 1 <= len(messages) <= 2  # the failure once, then "disabled" once
@@ -239,12 +238,12 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_repeated_runs_and_forked_workers_leak_nothing(tmp_path):
+def test_repeated_runs_and_forked_workers_leak_nothing(tmp_path, recorded, quiet):
     import torch
 
     def one_run():
         loader = torch.utils.data.DataLoader(list(range(32)), batch_size=4, num_workers=2)
-        with traintel.init(project="faults", dir=str(tmp_path), **{**QUIET,
+        with traintel.init(project="faults", dir=str(tmp_path), **{**quiet,
                            "sample_interval": 0.05, "http_port": 0, "otlp": None}) as run:
             for batch in run.track(loader):
                 run.log(loss=float(batch.sum()))
@@ -258,8 +257,8 @@ def test_repeated_runs_and_forked_workers_leak_nothing(tmp_path):
     assert run.summary["steps"] == 8
     assert threading.active_count() == threads, [t.name for t in threading.enumerate()]
     assert _fds() <= fds
-    lines = read_record(run.dir)
-    assert len(of_type(lines, "run_start")) == 1 and len(of_type(lines, "run_end")) == 1
+    lines = recorded(run.dir)
+    assert len(lines.of("run_start")) == 1 and len(lines.of("run_end")) == 1
     record("two runs in one process; forked data-loader workers",
            "no leaked threads, fds or handlers; workers don't write the parent's record",
            f"threads {threads} -> {threading.active_count()}, fds {fds} -> {_fds()}; "

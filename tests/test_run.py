@@ -19,49 +19,47 @@ import pytest
 import torch
 
 import traintel
-from traintel.state import RunState
-
-from core_helpers import of_type, quiet_run, read_record
 
 
-def test_with_block_finishes_and_records_lifecycle(tmp_path):
-    with quiet_run(tmp_path, name="lifecycle", total_epochs=2) as run:
+
+def test_with_block_finishes_and_records_lifecycle(quiet_run, recorded):
+    with quiet_run(name="lifecycle", total_epochs=2) as run:
         assert run.state.status == "running"
         for _ in run.epochs():
             for _ in run.track(range(5)):
                 run.log(loss=0.5)
-    lines = read_record(run.dir)
+    lines = recorded(run.dir)
     assert lines[0]["type"] == "run_start" and lines[0]["name"] == "lifecycle"
     assert lines[-1]["type"] == "run_end" and lines[-1]["status"] == "finished"
-    assert len(of_type(lines, "step")) == 10
-    assert [e["epoch"] for e in of_type(lines, "epoch")] == [0, 1]
+    assert len(lines.of("step")) == 10
+    assert [e["epoch"] for e in lines.of("epoch")] == [0, 1]
     summary = json.loads((run.dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 10
     assert traintel.current_run() is None
 
 
-def test_exception_in_with_block_marks_failed_records_and_reraises(tmp_path):
+def test_exception_in_with_block_marks_failed_records_and_reraises(quiet_run, recorded):
     with pytest.raises(ZeroDivisionError):
-        with quiet_run(tmp_path) as run:
+        with quiet_run() as run:
             run.log(loss=1.0)
             1 / 0
-    lines = read_record(run.dir)
-    errors = of_type(lines, "error")
+    lines = recorded(run.dir)
+    errors = lines.of("error")
     assert len(errors) == 1 and errors[0]["exc_type"] == "ZeroDivisionError"
     assert "ZeroDivisionError" in errors[0]["traceback"]
     assert lines[-1]["status"] == "failed"
     assert (run.dir / "crash-report.json").exists()
 
 
-def test_keyboard_interrupt_marks_interrupted(tmp_path):
+def test_keyboard_interrupt_marks_interrupted(quiet_run, recorded):
     with pytest.raises(KeyboardInterrupt):
-        with quiet_run(tmp_path) as run:
+        with quiet_run() as run:
             raise KeyboardInterrupt
     assert run.state.status == "interrupted"
-    assert of_type(read_record(run.dir), "error")[0]["error_type"] == "interrupted"
+    assert recorded(run.dir).of("error")[0]["error_type"] == "interrupted"
 
 
-def test_sigterm_flushes_and_marks_interrupted(tmp_path):
+def test_sigterm_flushes_and_marks_interrupted(tmp_path, recorded):
     script = textwrap.dedent(f"""
         import time, traintel
         run = traintel.init(project="t", dir={str(tmp_path)!r}, progress="off", otlp=False,
@@ -80,9 +78,9 @@ def test_sigterm_flushes_and_marks_interrupted(tmp_path):
     run_dir = first[1]
     summary = json.loads(open(os.path.join(run_dir, "summary.json")).read())
     assert summary["status"] == "interrupted" and summary["steps"] > 50
-    lines = read_record(__import__("pathlib").Path(run_dir))
-    assert len(of_type(lines, "step")) == summary["steps"]
-    assert of_type(lines, "error")[0]["error_type"] == "interrupted"
+    lines = recorded(__import__("pathlib").Path(run_dir))
+    assert len(lines.of("step")) == summary["steps"]
+    assert lines.of("error")[0]["error_type"] == "interrupted"
 
 
 def test_atexit_finishes_a_run_left_open(tmp_path):
@@ -94,53 +92,53 @@ def test_atexit_finishes_a_run_left_open(tmp_path):
     assert json.loads(open(os.path.join(out, "summary.json")).read())["status"] == "finished"
 
 
-def test_log_accepts_python_numpy_and_torch_scalars(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_log_accepts_python_numpy_and_torch_scalars(quiet_run, recorded):
+    with quiet_run() as run:
         run.log(loss=torch.tensor(0.25), lr=np.float32(0.5), grad_norm=np.float64(2.0),
                 samples=np.int64(8), flag=True)
         with pytest.raises(ValueError, match="'loss' is a tensor/array of shape"):
             run.log(loss=torch.ones(3))
         with pytest.raises(TypeError, match="'note' must be a number"):
             run.log(note="hello")
-    step = of_type(read_record(run.dir), "step")[0]
+    step = recorded(run.dir).of("step")[0]
     assert step["metrics"] == {"loss": 0.25, "lr": 0.5, "grad_norm": 2.0, "samples": 8,
                                "flag": 1}
 
 
-def test_nonfinite_loss_is_counted_flagged_and_kept_out_of_averages(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_nonfinite_loss_is_counted_flagged_and_kept_out_of_averages(quiet_run, recorded):
+    with quiet_run() as run:
         for value in (1.0, float("nan"), 3.0, float("inf")):
             run.log(loss=value)
     assert run.state.nonfinite_losses == 2
-    lines = read_record(run.dir)
-    assert [s["metrics"]["loss"] for s in of_type(lines, "step")] == [1.0, "nan", 3.0, "inf"]
-    assert [e["event"] for e in of_type(lines, "event")] == ["nonfinite_loss"] * 2
+    lines = recorded(run.dir)
+    assert [s["metrics"]["loss"] for s in lines.of("step")] == [1.0, "nan", 3.0, "inf"]
+    assert [e["event"] for e in lines.of("event")] == ["nonfinite_loss"] * 2
     assert run.summary["loss"]["mean"] == 2.0 and run.summary["loss"]["nonfinite"] == 2
     assert run.state.latest["loss"] == 3.0
 
 
-def test_nonfinite_counts_are_flagged_not_counted(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_nonfinite_counts_are_flagged_not_counted(quiet_run, recorded):
+    with quiet_run() as run:
         run.log(loss=1.0, samples=32, tokens=100)
         run.log(loss=1.0, samples=float("nan"), tokens=float("inf"))
         run.log(loss=1.0, samples=32, tokens=100)
     assert run.state.samples == run.summary["samples"] == 64
     assert run.state.tokens == run.summary["tokens"] == 200
-    steps = of_type(read_record(run.dir), "step")
+    steps = recorded(run.dir).of("step")
     assert steps[1]["metrics"]["samples"] == "nan" and steps[1]["metrics"]["tokens"] == "inf"
 
 
-def test_track_splits_data_wait_from_compute(tmp_path):
+def test_track_splits_data_wait_from_compute(quiet_run, recorded):
     def slow_loader():
         for i in range(3):
             time.sleep(0.05)
             yield i
 
-    with quiet_run(tmp_path) as run:
+    with quiet_run() as run:
         for _ in run.track(slow_loader()):
             time.sleep(0.01)
             run.log(loss=1.0)
-    steps = of_type(read_record(run.dir), "step")
+    steps = recorded(run.dir).of("step")
     assert len(steps) == 3
     for step in steps:
         assert step["data_wait_s"] > step["step_s"] - step["data_wait_s"]
@@ -148,8 +146,8 @@ def test_track_splits_data_wait_from_compute(tmp_path):
     assert run.summary["step_time"]["data_wait_fraction"] > 0.5
 
 
-def test_leaving_track_early_keeps_the_logged_step(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_leaving_track_early_keeps_the_logged_step(quiet_run):
+    with quiet_run() as run:
         for i, _ in enumerate(run.track(range(10))):
             run.log(loss=float(i))
             if i == 3:
@@ -157,8 +155,8 @@ def test_leaving_track_early_keeps_the_logged_step(tmp_path):
     assert run.summary["steps"] == 4
 
 
-def test_samples_and_tokens_give_throughput(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_samples_and_tokens_give_throughput(quiet_run):
+    with quiet_run() as run:
         for _ in run.track(range(20)):
             time.sleep(0.002)
             run.log(loss=1.0, samples=32, tokens=320)
@@ -168,19 +166,19 @@ def test_samples_and_tokens_give_throughput(tmp_path):
     assert tp["tokens_per_s"] == pytest.approx(tp["steps_per_s"] * 320)
 
 
-def test_eval_best_tracking_min_for_losses_max_otherwise(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_eval_best_tracking_min_for_losses_max_otherwise(quiet_run, recorded):
+    with quiet_run() as run:
         assert run.log_eval(val_loss=1.0, accuracy=0.5) == {"val_loss": True, "accuracy": True}
         assert run.log_eval(val_loss=0.8, accuracy=0.4) == {"val_loss": True, "accuracy": False}
         assert run.log_eval(val_loss=0.9, bleu=10.0, goals={"bleu": "max"})["val_loss"] is False
     assert run.state.eval_best == {"val_loss": 0.8, "accuracy": 0.5, "bleu": 10.0}
-    evals = of_type(read_record(run.dir), "eval")
+    evals = recorded(run.dir).of("eval")
     assert evals[1]["is_best"] == {"val_loss": True, "accuracy": False}
     assert run.summary["eval"]["val_loss"] == {"last": 0.9, "best": 0.8}
 
 
-def test_custom_instruments_summarised_with_percentiles(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_custom_instruments_summarised_with_percentiles(quiet_run, recorded):
+    with quiet_run() as run:
         hist = run.histogram("seq_len")
         for value in range(1, 101):
             hist.observe(float(value))
@@ -204,12 +202,12 @@ def test_custom_instruments_summarised_with_percentiles(tmp_path):
     assert inst["decorated"]["count"] == 1
     assert inst["skipped"] == {"kind": "counter", "total": 3.0}
     assert inst["queue"] == {"kind": "gauge", "last": 7.0}
-    lines = of_type(read_record(run.dir), "instrument")
+    lines = recorded(run.dir).of("instrument")
     assert {line["name"] for line in lines} == {"seq_len", "io", "decorated", "skipped", "queue"}
 
 
-def test_instrument_input_is_validated(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_instrument_input_is_validated(quiet_run):
+    with quiet_run() as run:
         with pytest.raises(ValueError, match="counters only go up"):
             run.counter("c").inc(-1)
         with pytest.raises(TypeError, match="must be a number"):
@@ -220,13 +218,13 @@ def test_instrument_input_is_validated(tmp_path):
             run.counter("bad name")
 
 
-def test_progress_milestones_and_plain_lines_when_not_a_tty(tmp_path, monkeypatch):
+def test_progress_milestones_and_plain_lines_when_not_a_tty(monkeypatch, quiet_run, recorded):
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stdout", stream)
-    with quiet_run(tmp_path, total_steps=20, progress="auto", progress_interval=0.0) as run:
+    with quiet_run(total_steps=20, progress="auto", progress_interval=0.0) as run:
         for _ in run.track(range(20)):
             run.log(loss=1.0)
-    milestones = of_type(read_record(run.dir), "milestone")
+    milestones = recorded(run.dir).of("milestone")
     assert [m["percent"] for m in milestones] == [25, 50, 75, 90, 100]
     assert [m["step"] for m in milestones] == [5, 10, 15, 18, 20]
     text = stream.getvalue()
@@ -239,12 +237,12 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_log_lines_go_through_the_progress_bars_console(tmp_path, monkeypatch):
+def test_log_lines_go_through_the_progress_bars_console(monkeypatch, quiet_run):
     """Lines printed through the bar's own rich Console scroll above the bar; a second Console
     on the same terminal wrote them into the bar's line."""
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
-    with quiet_run(tmp_path, progress="bar", console_logs=True, total_steps=3) as run:
+    with quiet_run(progress="bar", console_logs=True, total_steps=3) as run:
         (pipeline,) = logging.getLogger("traintel").handlers  # the run's event pipeline
         handler = pipeline.sinks[-1].handler  # its console sink
         assert handler.console is run.progress.console
@@ -254,8 +252,8 @@ def test_log_lines_go_through_the_progress_bars_console(tmp_path, monkeypatch):
     assert "shard 7 loaded" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
 
 
-def test_total_steps_learned_from_loader_length(tmp_path):
-    with quiet_run(tmp_path, total_epochs=3) as run:
+def test_total_steps_learned_from_loader_length(quiet_run):
+    with quiet_run(total_epochs=3) as run:
         for _ in run.epochs():
             for _ in run.track(list(range(4))):
                 run.log(loss=1.0)
@@ -263,46 +261,8 @@ def test_total_steps_learned_from_loader_length(tmp_path):
     assert run.state.progress() == 1.0
 
 
-def test_eta_from_recent_rate():
-    state = RunState()
-    state.total_steps, state.step = 100, 40
-    state.rates = {"steps_per_second": 10.0}
-    assert state.progress() == 0.4 and state.eta_seconds() == 6.0
-
-
-def test_eta_before_a_recent_rate_is_the_average_so_far():
-    state = RunState()
-    state.total_steps = 100
-    assert state.eta_seconds() is None  # no step yet
-    state.step, state.last_step_ts = 40, state.start_ts + 8.0  # 5 steps/s so far
-    assert state.eta_seconds() == 12.0
-    state.rates = {"steps_per_second": 10.0}  # the recent rate wins once measured
-    assert state.eta_seconds() == 6.0
-
-
-def test_unknown_init_argument_names_the_closest_valid_one(tmp_path):
-    with pytest.raises(TypeError, match="'totl_epochs'; did you mean 'total_epochs'"):
-        traintel.init(project="p", totl_epochs=3)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"total_epochs": 0}, "total_epochs must be positive"),
-    ({"total_epochs": "3"}, "total_epochs must be an int"),
-    ({"project": ""}, "project must be a non-empty string"),
-    ({"progress": "fancy"}, "progress must be one of"),
-    ({"http_host": "0.0.0.0", "http_port": 0}, "allow_remote_http=True"),
-    ({"config": [1, 2]}, "config must be a dict"),
-])
-def test_init_validates_arguments(tmp_path, kwargs, message):
-    with pytest.raises((TypeError, ValueError), match=message):
-        traintel.init(**{"dir": str(tmp_path), **QUIET_ARGS, **kwargs})
-
-
-QUIET_ARGS = {"progress": "off", "console_logs": False, "sample_interval": 0, "otlp": False}
-
-
-def test_metric_name_cardinality_is_bounded(tmp_path):
-    with quiet_run(tmp_path, max_metric_names=5) as run:
+def test_metric_name_cardinality_is_bounded(quiet_run):
+    with quiet_run(max_metric_names=5) as run:
         for i in range(5):
             run.log(**{f"m{i}": 1.0})
         with pytest.raises(ValueError, match="'m5' would be metric name number 6; the limit is 5"):
@@ -312,27 +272,27 @@ def test_metric_name_cardinality_is_bounded(tmp_path):
                 run.event(f"e{i}")
 
 
-def test_log_needs_a_metric(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_log_needs_a_metric(quiet_run):
+    with quiet_run() as run:
         with pytest.raises(ValueError, match="needs at least one metric"):
             run.log()
 
 
-def test_explicit_steps_outside_track(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_explicit_steps_outside_track(quiet_run, recorded):
+    with quiet_run() as run:
         run.log(step=10, loss=1.0)
         run.log(loss=2.0)
         with pytest.raises(TypeError, match="step must be a non-negative int"):
             run.log(step=-1, loss=1.0)
-    assert [s["step"] for s in of_type(read_record(run.dir), "step")] == [10, 11]
+    assert [s["step"] for s in recorded(run.dir).of("step")] == [10, 11]
 
 
-def test_component_loggers_reach_the_record_with_trace_ids(tmp_path):
-    with quiet_run(tmp_path, otlp=None) as run:
+def test_component_loggers_reach_the_record_with_trace_ids(quiet_run, recorded):
+    with quiet_run(otlp=None) as run:
         run.logger("data").warning("shard %d missing", 3, extra={"shard": 3})
         with run.span("load"):
             run.logger("model").info("inside")
-    logs = of_type(read_record(run.dir), "log")
+    logs = recorded(run.dir).of("log")
     data = next(line for line in logs if line["logger"] == "traintel.data")
     assert data["level"] == "warning" and data["message"] == "shard 3 missing"
     assert data["fields"] == {"shard": 3}
@@ -340,18 +300,18 @@ def test_component_loggers_reach_the_record_with_trace_ids(tmp_path):
     assert inside["trace_id"] and inside["span_id"]
 
 
-def test_events_carry_their_name_and_fields(tmp_path):
-    with quiet_run(tmp_path) as run:
+def test_events_carry_their_name_and_fields(quiet_run, recorded):
+    with quiet_run() as run:
         run.event("early_stopping", patience=5, metric_name="val_loss")
         with pytest.raises(ValueError, match="level must be"):
             run.event("x", level="loud")
-    event = of_type(read_record(run.dir), "event")[0]
+    event = recorded(run.dir).of("event")[0]
     assert event["event"] == "early_stopping" and event["fields"]["patience"] == 5
     assert run.state.events["early_stopping"] == 1
 
 
-def test_finish_is_idempotent_and_validates_status(tmp_path):
-    run = quiet_run(tmp_path)
+def test_finish_is_idempotent_and_validates_status(quiet_run):
+    run = quiet_run()
     with pytest.raises(ValueError, match="status must be finished, failed or interrupted"):
         run.finish("done")
     run.finish()
@@ -359,12 +319,12 @@ def test_finish_is_idempotent_and_validates_status(tmp_path):
     assert run.state.status == "finished"
 
 
-def test_two_runs_in_sequence_leave_no_threads_behind(tmp_path):
+def test_two_runs_in_sequence_leave_no_threads_behind(quiet_run):
     import threading
 
     before = threading.active_count()
     for _ in range(2):
-        with quiet_run(tmp_path, sample_interval=0.05) as run:
+        with quiet_run(sample_interval=0.05) as run:
             run.log(loss=1.0)
     time.sleep(0.1)
     assert threading.active_count() == before

@@ -23,7 +23,6 @@ import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from core_helpers import of_type, quiet_run, read_record
 from traintel.catalog import METRICS
 from traintel.cli import main
 from traintel.server import StatusServer
@@ -76,8 +75,8 @@ def _follow_events(run) -> tuple[threading.Thread, list[tuple[str, dict]]]:
     return reader, events
 
 
-def test_events_stream_progress_milestones_and_errors_while_training(tmp_path):
-    run = quiet_run(tmp_path, http_port=0)
+def test_events_stream_progress_milestones_and_errors_while_training(quiet_run):
+    run = quiet_run(http_port=0)
     reader, events = _follow_events(run)
     trainer = threading.Thread(target=_train, args=(run,))
     trainer.start()
@@ -98,8 +97,8 @@ def test_events_stream_progress_milestones_and_errors_while_training(tmp_path):
     assert kinds[-1] == "run_end" and events[-1][1]["status"] == "finished"
 
 
-def test_status_healthz_and_metrics(tmp_path):
-    with quiet_run(tmp_path, http_port=0, total_steps=10) as run:
+def test_status_healthz_and_metrics(quiet_run):
+    with quiet_run(http_port=0, total_steps=10) as run:
         for _ in run.track(range(4)):
             run.log(loss=0.5, lr=0.1, samples=2)
         run.log_eval(val_loss=0.25)
@@ -131,8 +130,8 @@ def test_status_healthz_and_metrics(tmp_path):
         assert requests.get(f"{url}/nope", timeout=5).status_code == 404
 
 
-def test_debug_toggles_over_http(tmp_path):
-    with quiet_run(tmp_path, http_port=0) as run:
+def test_debug_toggles_over_http(quiet_run, recorded):
+    with quiet_run(http_port=0) as run:
         url = f"{_url(run)}/debug"
         assert requests.get(url, timeout=5).json() == {"enabled": False}
         assert requests.post(url, json={"enabled": True}, timeout=5).json() == {"enabled": True}
@@ -142,12 +141,12 @@ def test_debug_toggles_over_http(tmp_path):
         assert requests.post(url, json={"enabled": "yes"}, timeout=5).status_code == 400
         assert requests.post(url, data=b"not json", timeout=5).status_code == 400
         assert requests.post(f"{_url(run)}/status", json={}, timeout=5).status_code == 404
-    events = of_type(read_record(run.dir), "event")
+    events = recorded(run.dir).of("event")
     assert [(e["fields"]["enabled"], e["fields"]["source"]) for e in events
             if e["event"] == "debug_mode"] == [(True, "http"), (False, "http")]
 
 
-def test_sigusr1_toggles_debug_in_a_running_process(tmp_path):
+def test_sigusr1_toggles_debug_in_a_running_process(tmp_path, recorded):
     script = textwrap.dedent(f"""
         import itertools, time, traintel
         with traintel.init(project="t", dir={str(tmp_path)!r}, progress="off", otlp=False,
@@ -167,7 +166,7 @@ def test_sigusr1_toggles_debug_in_a_running_process(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    events = of_type(read_record(Path(run_dir)), "event")
+    events = recorded(Path(run_dir)).of("event")
     assert [(e["fields"]["enabled"], e["fields"]["source"]) for e in events
             if e["event"] == "debug_mode"] == [(True, "SIGUSR1")]
 
@@ -180,13 +179,13 @@ def _non_loopback_ipv4() -> str | None:
     return None
 
 
-def test_remote_bind_needs_consent_and_remote_clients_cannot_switch_debug(tmp_path):
+def test_remote_bind_needs_consent_and_remote_clients_cannot_switch_debug(quiet_run):
     with pytest.raises(ValueError, match="allow_remote_http=True"):
-        quiet_run(tmp_path, http_port=0, http_host="0.0.0.0")
+        quiet_run(http_port=0, http_host="0.0.0.0")
     address = _non_loopback_ipv4()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to connect from")
-    with quiet_run(tmp_path, http_port=0, http_host="0.0.0.0", allow_remote_http=True) as run:
+    with quiet_run(http_port=0, http_host="0.0.0.0", allow_remote_http=True) as run:
         remote = f"http://{address}:{run.server.port}"
         assert requests.get(f"{remote}/status", timeout=5).json()["run"] == run.id
         refused = requests.post(f"{remote}/debug", json={"enabled": True}, timeout=5)
@@ -200,10 +199,10 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def test_stop_leaves_no_threads_or_sockets(tmp_path):
-    quiet_run(tmp_path).finish()  # warm-up: lazy imports and logging set-up open nothing later
+def test_stop_leaves_no_threads_or_sockets(quiet_run):
+    quiet_run().finish()  # warm-up: lazy imports and logging set-up open nothing later
     threads, fds = threading.active_count(), _open_fds()
-    run = quiet_run(tmp_path, http_port=0)
+    run = quiet_run(http_port=0)
     reader, events = _follow_events(run)
     idle = socket.create_connection(("127.0.0.1", run.server.port))  # says nothing at all
     requests.get(f"{_url(run)}/status", timeout=5)
@@ -217,8 +216,8 @@ def test_stop_leaves_no_threads_or_sockets(tmp_path):
         requests.get(f"{_url(run)}/healthz", timeout=2)
 
 
-def test_status_server_reports_the_port_it_got(tmp_path):
-    run = quiet_run(tmp_path)
+def test_status_server_reports_the_port_it_got(quiet_run):
+    run = quiet_run()
     server = StatusServer(run, "127.0.0.1", 0)
     try:
         server.start()
@@ -229,16 +228,16 @@ def test_status_server_reports_the_port_it_got(tmp_path):
         run.finish()
 
 
-def test_status_and_debug_commands(tmp_path, monkeypatch):
+def test_status_and_debug_commands(tmp_path, monkeypatch, quiet_run, recorded):
     monkeypatch.setenv("TRAINTEL_DIR", str(tmp_path))
     runner = CliRunner()
-    with quiet_run(tmp_path, name="done") as finished:
+    with quiet_run(name="done") as finished:
         finished.log(loss=0.5)
-    with quiet_run(tmp_path, name="live", http_port=0) as live:
+    with quiet_run(name="live", http_port=0) as live:
         for _ in live.track(range(3)):
             live.log(loss=0.25)
         url = _url(live)
-        _until(lambda: len(of_type(read_record(live.dir), "step")) == 3)
+        _until(lambda: len(recorded(live.dir).of("step")) == 3)
 
         result = runner.invoke(main, ["status", "--url", url, "--format", "json"])
         assert result.exit_code == 0, result.output

@@ -7,6 +7,7 @@ import typing
 
 import pytest
 
+import traintel
 from traintel import settings
 from traintel.settings import InitOptions, Settings, settings_from
 
@@ -64,3 +65,25 @@ def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TRAINTEL_HTTP_PORT", "80a")
     with pytest.raises(ValueError, match="TRAINTEL_HTTP_PORT='80a' must be an integer"):
         settings_from({})
+
+
+def test_unknown_init_argument_names_the_closest_valid_one() -> None:
+    with pytest.raises(TypeError, match="'totl_epochs'; did you mean 'total_epochs'"):
+        traintel.init(project="p", totl_epochs=3)  # type: ignore[call-arg]  # the point
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"total_epochs": 0}, "total_epochs must be positive"),
+    ({"total_epochs": "3"}, "total_epochs must be an int"),
+    ({"project": ""}, "project must be a non-empty string"),
+    ({"progress": "fancy"}, "progress must be one of"),
+    ({"http_host": "0.0.0.0", "http_port": 0}, "allow_remote_http=True"),
+    ({"config": [1, 2]}, "config must be a dict"),
+    ({"sample_interval": -1}, "sample_interval must be a non-negative number of seconds"),
+    ({"step_span_every": -1}, "step_span_every must be >= 0"),
+    ({"http_port": 70000}, "http_port must be 0-65535"),
+    ({"name": "x" * 201}, "keep it under 200"),
+])
+def test_init_validates_arguments(tmp_path, quiet, kwargs, message) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        traintel.init(**{"dir": str(tmp_path), **quiet, **kwargs})

@@ -76,16 +76,16 @@ class Summary:
         self.by_type[kind] = self.by_type.get(kind, 0) + 1
         level = str(r.get("level"))
         self.by_level[level] = self.by_level.get(level, 0) + 1
-        ts = r.get("ts")
+        ts = _seconds(r.get("ts"))  # None on a torn or foreign line: no time, no step figures
         if ts is not None:
             if self.start_ts is None or ts < self.start_ts:
                 self.start_ts = ts
             if self.end_ts is None or ts > self.end_ts:
                 self.end_ts = ts
         if kind == "step":
-            if type(ts) is not float and type(ts) is not int:
-                return  # a torn or foreign line: no time, no step figures
-            rank = r.get("rank", 0)
+            if ts is None:
+                return
+            rank = _rank(r)
             figures = self.training.get(rank)
             if figures is None:
                 figures = self.training[rank] = StepFigures(percentiles=self.percentiles)
@@ -93,21 +93,23 @@ class Summary:
             figures.add(ts, _seconds(r.get("step_s")), _seconds(r.get("data_wait_s")),
                         metrics if type(metrics) is dict else None)
         elif kind == "error":
-            name = r.get("error_type") or "other"
+            name = str(r.get("error_type") or "other")
             self.errors_by_type[name] = self.errors_by_type.get(name, 0) + 1
         elif kind == "eval":
-            for name, value in (r.get("metrics") or {}).items():
-                self.evals[name] = {"last": value, "best": (r.get("best") or {}).get(name, value)}
+            metrics, best = r.get("metrics"), r.get("best")
+            for name, value in (metrics.items() if type(metrics) is dict else ()):
+                self.evals[name] = {"last": value, "best": best.get(name, value)
+                                    if type(best) is dict else value}
         elif kind == "epoch":
-            self.epochs.add(r.get("epoch"))
+            self.epochs.add(repr(r.get("epoch")))
         elif kind == "config":
             self.config = r.get("config")
         elif kind == "run_start":
-            self.ranks.add(r.get("rank", 0))
+            self.ranks.add(_rank(r))
             self.info.update({k: r.get(k) for k in ("run", "project", "name", "host")})
         elif kind == "run_end":
             self.statuses.add(str(r.get("status")))
-            self.run_s = max(self.run_s or 0.0, r.get("duration_s") or 0.0)
+            self.run_s = max(self.run_s or 0.0, _seconds(r.get("duration_s")) or 0.0)
 
     def figures(self) -> StepFigures:
         """The step figures of the lowest rank (empty ones when there are no steps)."""
@@ -156,7 +158,13 @@ def _span(start: float | None, end: float | None) -> float | None:
 
 
 def _seconds(value: object) -> float | None:
+    """A number of seconds from a record, None for anything else."""
     return float(value) if type(value) is float or type(value) is int else None
+
+
+def _rank(r: RawLine) -> int:
+    rank = r.get("rank", 0)
+    return rank if type(rank) is int else 0
 
 
 def summarize(records: Records, *others: Collector, summary: Summary | None = None

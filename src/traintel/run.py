@@ -29,8 +29,8 @@ from .record.format import EndStatus, ErrorLine, Level, Severity
 from .record.pipeline import Pipeline
 from .record.summary import RunSummary
 from .record.writer import RecordWriter
-from .samplers import start_sampling
 from .runconfig import RunConfig
+from .samplers import start_sampling
 from .settings import Settings
 from .spans import RunSpans, Span
 from .state import RunState

@@ -1,0 +1,70 @@
+"""The run state (traintel.state): what the hot path accepts as a number, how non-finite values
+are written, progress and ETA, and the recent-rate window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from traintel.state import RateWindow, RunState, nonfinite_text, to_number
+
+
+@pytest.mark.parametrize("value, expected", [
+    (True, 1), (np.float32(0.5), 0.5), (np.int64(7), 7.0), (torch.tensor(2.5), 2.5),
+    (torch.tensor(3), 3), (np.array(4.0), 4.0)])
+def test_numbers_from_python_numpy_and_torch(value, expected) -> None:
+    got = to_number("x", value)
+    assert got == expected and type(got) in (int, float)
+
+
+@pytest.mark.parametrize("value, error, message", [
+    ("1.0", TypeError, "'x' must be a number"),
+    (None, TypeError, "got NoneType"),
+    (torch.ones(2), ValueError, r"tensor/array of shape \(2,\); log a scalar"),
+    (np.zeros((2, 2)), ValueError, r"shape \(2, 2\)"),
+    (1 + 2j, TypeError, "must be a number")])
+def test_anything_else_is_refused_naming_the_key(value, error, message) -> None:
+    with pytest.raises(error, match=message):
+        to_number("x", value)
+
+
+def test_nonfinite_values_are_written_as_text() -> None:
+    assert [nonfinite_text(v) for v in (math.nan, math.inf, -math.inf)] == ["nan", "inf", "-inf"]
+
+
+def test_eta_from_recent_rate() -> None:
+    state = RunState()
+    state.total_steps, state.step = 100, 40
+    state.rates = {"steps_per_second": 10.0}
+    assert state.progress() == 0.4 and state.eta_seconds() == 6.0
+
+
+def test_eta_before_a_recent_rate_is_the_average_so_far() -> None:
+    state = RunState()
+    state.total_steps = 100
+    assert state.eta_seconds() is None  # no step yet
+    state.step, state.last_step_ts = 40, state.start_ts + 8.0  # 5 steps/s so far
+    assert state.eta_seconds() == 12.0
+    state.rates = {"steps_per_second": 10.0}  # the recent rate wins once measured
+    assert state.eta_seconds() == 6.0
+
+
+def test_without_a_plan_there_is_no_progress_or_eta() -> None:
+    state = RunState()
+    state.step = 10
+    assert (state.progress(), state.eta_seconds()) == (None, None)
+    state.total_steps, state.step = 5, 10  # past the plan: done, not 200 %
+    assert state.progress() == 1.0
+
+
+def test_rates_over_a_sliding_window() -> None:
+    window = RateWindow(window_s=10.0)
+    assert window.rates() == {}
+    for second in range(31):  # 2 steps, 64 samples, 0 tokens per second
+        window.add(1000.0 + second, 2 * second, 64 * second, 0)
+    assert window.rates() == {"steps_per_second": 2.0, "samples_per_second": 64.0,
+                              "tokens_per_second": 0.0}
+    assert len(window._points) <= 12  # only the last 10 s (and one before) are kept

@@ -1,0 +1,67 @@
+"""The suite's own rules: every test asserts something (directly, through a helper it calls, or
+with pytest.raises), so that no test can pass by merely running."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _functions() -> dict[str, dict[str, ast.FunctionDef]]:
+    """Every function of every test module and helper module, by file and name."""
+    found: dict[str, dict[str, ast.FunctionDef]] = {}
+    for path in sorted(TESTS.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        found[path.name] = {node.name: node for node in ast.walk(tree)
+                            if isinstance(node, ast.FunctionDef)}
+    return found
+
+
+def _checks(node: ast.AST) -> bool:
+    """An assert, a raise of AssertionError, or pytest.raises/warns/fail in the function."""
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Assert):
+            return True
+        if isinstance(inner, ast.Raise) and "AssertionError" in ast.unparse(inner):
+            return True
+        if isinstance(inner, ast.Call) and ast.unparse(inner.func) in (
+                "pytest.raises", "pytest.warns", "pytest.fail"):
+            return True
+    return False
+
+
+def _called(node: ast.AST) -> set[str]:
+    return {inner.func.id for inner in ast.walk(node)
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name)}
+
+
+def _asserting(functions: dict[str, dict[str, ast.FunctionDef]]) -> set[str]:
+    """Names of the functions that assert, directly or through helpers they call (by name,
+    across the test directory: helpers live in test modules and helper modules alike)."""
+    by_name = {name: node for module in functions.values() for name, node in module.items()}
+    asserting = {name for name, node in by_name.items() if _checks(node)}
+    changed = True
+    while changed:
+        grown = {name for name, node in by_name.items() if _called(node) & asserting}
+        changed = not grown <= asserting
+        asserting |= grown
+    return asserting
+
+
+def test_every_test_asserts_something() -> None:
+    functions = _functions()
+    asserting = _asserting(functions)
+    silent = [f"{module}::{name}" for module, found in functions.items() for name, node in
+              found.items() if name.startswith("test_") and name not in asserting]
+    assert sum(name.startswith("test_") for found in functions.values() for name in found) > 300
+    assert silent == [], "these tests can pass without checking anything"
+
+
+def test_the_check_spots_a_test_that_only_runs(tmp_path: Path) -> None:
+    module = ast.parse("def helper():\n    assert True\n\ndef test_runs():\n    print(1)\n\n"
+                       "def test_calls():\n    helper()\n")
+    functions = {"m.py": {node.name: node for node in ast.walk(module)
+                          if isinstance(node, ast.FunctionDef)}}
+    assert _asserting(functions) == {"helper", "test_calls"}
