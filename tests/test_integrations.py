@@ -335,7 +335,7 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path: Path, o
 def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path, options) -> None:
     workload = capacity.Workload(user_metrics=2, eval_metrics=1, counters=1, gauges=1,
                                  histograms=1, timers=1, operations=1, error_kinds=1,
-                                 system=False,
+                                 system=False, otlp=False,
                                  events=4)  # milestone, eval, best_eval, checkpoint
     with traintel.init(project="cap", dir=str(tmp_path), total_steps=4,
                        **{**options, "otlp": False}) as run:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from traintel.record.pipeline import (RECORD_ATTR, Console, Identity, Pipeline, Scrub, TraceIds,
+from traintel.record.pipeline import (RECORD_ATTR, Console, Identity, Pipeline, Redact, TraceIds,
                                       flat_attributes, log_line, stamp)
-from traintel.redact import Scrubber
+from traintel.redact import Redactor
 from traintel.server import EventHub
 
 Lines = list[dict[str, Any]]
@@ -31,7 +31,7 @@ def lines() -> Lines:
 @pytest.fixture
 def logger(lines: Lines):
     """A `traintel.pipeline-test` logger tree whose one handler is a pipeline writing to `lines`."""
-    pipeline = Pipeline([Scrub(Scrubber({"s3cr3t-value"})), stamp,
+    pipeline = Pipeline([Redact(Redactor({"s3cr3t-value"})), stamp,
                          Identity({"run": "r", "rank": 0})],
                         file=lambda line, record: lines.append(line))
     root = logging.getLogger("traintel.pipeline-test")
@@ -48,9 +48,9 @@ def test_stamp_takes_time_level_and_text_from_the_log_record() -> None:
     assert (kept["message"], kept["level"]) == ("the exception's own", "critical")
 
 
-def test_scrub_redacts_text_fields_and_the_records_own_text() -> None:
+def test_redact_redacts_text_fields_and_the_records_own_text() -> None:
     record = _record("uses s3cr3t-value")
-    line = Scrub(Scrubber({"s3cr3t-value"}))(
+    line = Redact(Redactor({"s3cr3t-value"}))(
         {"message": "s3cr3t-value!", "traceback": "at s3cr3t-value", "fields": {
             "token": "abc", "note": "s3cr3t-value"}, "context": {"password": 1}}, record)
     assert line == {"message": "[REDACTED]!", "traceback": "at [REDACTED]",
@@ -109,7 +109,7 @@ def test_console_prints_the_scrubbed_text_at_its_level_and_leaves_milestones_out
     handler.setLevel(logging.INFO)
     console = Console(handler)
     record = _record("uses s3cr3t-value")
-    Scrub(Scrubber({"s3cr3t-value"}))({}, record)
+    Redact(Redactor({"s3cr3t-value"}))({}, record)
     console({"type": "event"}, record)
     console({"type": "milestone"}, _record("25% reached"))
     console({"type": "log"}, _record("detail", logging.DEBUG))

@@ -139,11 +139,14 @@ def test_debug_toggles_over_http(quiet_run, recorded):
         assert requests.put(url, json={"enabled": False}, timeout=5).json() == {"enabled": False}
         assert not run.debug
         assert requests.post(url, json={"enabled": "yes"}, timeout=5).status_code == 400
-        assert requests.post(url, data=b"not json", timeout=5).status_code == 400
+        assert requests.post(url, data=b"not json", timeout=5,
+                             headers={"Content-Type": "application/json"}).status_code == 400
+        assert requests.post(url, data=b'{"enabled": true}', timeout=5).status_code == 415
         assert requests.post(f"{_url(run)}/status", json={}, timeout=5).status_code == 404
     events = recorded(run.dir).of("event")
     assert [(e["fields"]["enabled"], e["fields"]["source"]) for e in events
-            if e["event"] == "debug_mode"] == [(True, "http"), (False, "http")]
+            if e["event"] == "debug_mode"] == [(True, "http from 127.0.0.1"),
+                                               (False, "http from 127.0.0.1")]
 
 
 def test_sigusr1_toggles_debug_in_a_running_process(tmp_path, recorded):

@@ -73,16 +73,16 @@ def test_unknown_init_argument_names_the_closest_valid_one() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"total_epochs": 0}, "total_epochs must be positive"),
+    ({"total_epochs": 0}, "total_epochs must be an int of at least 1, got 0"),
     ({"total_epochs": "3"}, "total_epochs must be an int"),
     ({"project": ""}, "project must be a non-empty string"),
     ({"progress": "fancy"}, "progress must be one of"),
     ({"http_host": "0.0.0.0", "http_port": 0}, "allow_remote_http=True"),
     ({"config": [1, 2]}, "config must be a dict"),
-    ({"sample_interval": -1}, "sample_interval must be a non-negative number of seconds"),
-    ({"step_span_every": -1}, "step_span_every must be >= 0"),
-    ({"http_port": 70000}, "http_port must be 0-65535"),
-    ({"name": "x" * 201}, "keep it under 200"),
+    ({"sample_interval": -1}, r"sample_interval must be a number of seconds from 0.01 to 3600 \(0 turns sampling off\), got -1"),
+    ({"step_span_every": -1}, "step_span_every must be an int of at least 0"),
+    ({"http_port": 70000}, "http_port must be an int from 0 to 65535, got 70000"),
+    ({"name": "x" * 201}, "name is 201 characters; keep it to 100"),
 ])
 def test_init_validates_arguments(tmp_path, quiet, kwargs, message) -> None:
     with pytest.raises((TypeError, ValueError), match=message):

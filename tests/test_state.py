@@ -1,34 +1,11 @@
-"""The run state (traintel.state): what the hot path accepts as a number, how non-finite values
-are written, progress and ETA, and the recent-rate window."""
+"""The run state (traintel.state): how non-finite values are written, progress and ETA, and
+the recent-rate window."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-import pytest
-import torch
-
-from traintel.state import RateWindow, RunState, nonfinite_text, to_number
-
-
-@pytest.mark.parametrize("value, expected", [
-    (True, 1), (np.float32(0.5), 0.5), (np.int64(7), 7.0), (torch.tensor(2.5), 2.5),
-    (torch.tensor(3), 3), (np.array(4.0), 4.0)])
-def test_numbers_from_python_numpy_and_torch(value, expected) -> None:
-    got = to_number("x", value)
-    assert got == expected and type(got) in (int, float)
-
-
-@pytest.mark.parametrize("value, error, message", [
-    ("1.0", TypeError, "'x' must be a number"),
-    (None, TypeError, "got NoneType"),
-    (torch.ones(2), ValueError, r"tensor/array of shape \(2,\); log a scalar"),
-    (np.zeros((2, 2)), ValueError, r"shape \(2, 2\)"),
-    (1 + 2j, TypeError, "must be a number")])
-def test_anything_else_is_refused_naming_the_key(value, error, message) -> None:
-    with pytest.raises(error, match=message):
-        to_number("x", value)
+from traintel.state import RateWindow, RunState, nonfinite_text
 
 
 def test_nonfinite_values_are_written_as_text() -> None:

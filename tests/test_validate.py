@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from traintel.validate import NAME_PATTERN, check_name, check_step, suggest_name
+from traintel.validate import NAME_PATTERN, check_name, check_step, suggest_name, to_number
 
 
 @pytest.mark.parametrize("name", ["loss", "train/loss", "eval.top1", "val/acc@1", "_x",
@@ -61,3 +61,22 @@ def test_integer_like_steps_are_steps(step):
 def test_other_steps_are_refused_with_the_accepted_form(step, error, text):
     with pytest.raises(error, match=text):
         check_step("run.log", step)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (True, 1), (np.float32(0.5), 0.5), (np.int64(7), 7.0), (torch.tensor(2.5), 2.5),
+    (torch.tensor(3), 3), (np.array(4.0), 4.0)])
+def test_numbers_from_python_numpy_and_torch(value, expected) -> None:
+    got = to_number("run.log", "x", value)
+    assert got == expected and type(got) in (int, float)
+
+
+@pytest.mark.parametrize("value, error, message", [
+    ("1.0", TypeError, "'x' must be a number"),
+    (None, TypeError, "got NoneType"),
+    (torch.ones(2), ValueError, r"tensor/array of shape \(2,\); log a scalar"),
+    (np.zeros((2, 2)), ValueError, r"shape \(2, 2\)"),
+    (1 + 2j, TypeError, "must be a number")])
+def test_anything_else_is_refused_naming_the_key(value, error, message) -> None:
+    with pytest.raises(error, match=message):
+        to_number("run.log", "x", value)

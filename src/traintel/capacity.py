@@ -46,6 +46,8 @@ class Workload:
     events: int = 0
     #: distinct (error type, severity) pairs seen
     error_kinds: int = 0
+    #: the run exports over OTLP (an export-failure counter per signal, zero while all goes out)
+    otlp: bool = True
     #: the psutil sampler runs (sample_interval > 0)
     system: bool = True
 
@@ -67,7 +69,7 @@ def _label_values(metric: Metric, label: str, w: Workload) -> int:
             "reason": len(THROTTLE_REASONS) + 1,  # + "other"
             "direction": 2, "device": 1 if w.gpus_per_rank else 0,
             "operation": w.operations, "event": w.events, "error_type": w.error_kinds,
-            }.get(label, 1)
+            "signal": 3 if w.otlp else 0}.get(label, 1)
 
 
 def series_by_metric(w: Workload) -> dict[str, int]:

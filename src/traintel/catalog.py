@@ -254,8 +254,11 @@ METRICS: tuple[Metric, ...] = (
        "system"),
     # --- traintel's own health ---
     _m("traintel_record_dropped_total", "counter", "",
-       "Record lines that could not be written (disk full, unwritable directory).", (),
-       "telemetry"),
+       "Record lines that could not be written (disk full, unwritable or deleted directory).",
+       (), "telemetry"),
+    _m("traintel_export_failures_total", "counter", "",
+       "OTLP exports that failed (refused, no answer, throttled by Retry-After, rejected).",
+       ("signal",), "telemetry"),
     _m("traintel_record_queue_depth", "gauge", "", "Records waiting for the background writer.",
        (), "telemetry"),
 )

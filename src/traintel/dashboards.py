@@ -533,7 +533,14 @@ def gpu_and_system() -> dict:
                        _prom(f"increase(traintel_record_dropped_total{{{RANKS}}}"
                              "[$__rate_interval])", "dropped rank {{rank}}"),
                        description="Lines waiting for the background writer, and lines lost "
-                                   "(disk full, unwritable directory)."),
+                                   "(disk full, unwritable or deleted directory)."),
+                _graph("OTLP export failures", "none",
+                       _prom(f"increase(traintel_export_failures_total{{{RANKS}}}"
+                             "[$__rate_interval])", "{{signal}} rank {{rank}}"),
+                       description="Exports that failed: collector refused, hung, throttled "
+                                   "(429/503 with Retry-After) or rejected the data. The "
+                                   "count arrives with the first export that succeeds again; a "
+                                   "run's /metrics has it at once."),
             ]),
         ])
 

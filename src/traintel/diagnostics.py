@@ -22,7 +22,7 @@ from . import catalog, env
 from .version import __version__
 from .record.reader import Records, RecordNotFound, last_records, rank_dirs
 from .record.files import read_json, write_json
-from .redact import redact_mapping
+from .redact import Redactor
 from .state import RunState
 
 LAST_EVENTS = 50
@@ -71,9 +71,10 @@ def host() -> dict[str, Any]:
 
 
 def environment() -> dict[str, str]:
-    chosen = {k: v for k, v in env.snapshot().items()
-              if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES}
-    return redact_mapping(dict(sorted(chosen.items())))
+    """The variables that explain GPU, distributed and export behaviour (redacted with the rest
+    of the report)."""
+    return dict(sorted((k, v) for k, v in env.snapshot().items()
+                       if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES))
 
 
 def memory_state() -> dict[str, Any]:
@@ -138,10 +139,11 @@ def snapshot(status: Mapping[str, object], summary: Mapping[str, object] | None,
                          for (name, labels), value in list(state.readings.items())]}
 
 
-def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None
-                 ) -> dict[str, Any]:
+def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None,
+                 redactor: Redactor | None = None) -> dict[str, Any]:
     """A diagnostic report for a live run (with its directory), a run's directory, or (neither)
-    this machine.
+    this machine, redacted whole by ``redactor`` (the run's; by default one that knows the
+    environment's secrets).
 
     Host sections describe the machine making the report; for a run directory read elsewhere,
     ``run`` (its run_start line) says where the run itself ran.
@@ -157,7 +159,8 @@ def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None
     if run_dir is not None:
         report["run_dir"] = str(run_dir)
         report["last_events"] = _safe(lambda: last_records(Records(run_dir), LAST_EVENTS))
-    return report
+    redacted: dict[str, Any] = (redactor or Redactor.for_environment()).deep(report)
+    return redacted
 
 
 def _from_directory(run_dir: Path) -> dict[str, Any]:
@@ -185,7 +188,7 @@ def _safe(section: Callable[[], Any]) -> Any:
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
 
 
-def write_crash_report(run_dir: Path, live: LiveSnapshot) -> Path | None:
+def write_crash_report(run_dir: Path, live: LiveSnapshot, redactor: Redactor) -> Path | None:
     """crash-report.json in the run's directory: the report of the run that just failed."""
     path = run_dir / "crash-report.json"
-    return path if write_json(path, build_report(live, run_dir)) else None
+    return path if write_json(path, build_report(live, run_dir, redactor)) else None

@@ -137,6 +137,21 @@ OTEL_BLRP_MAX_EXPORT_BATCH_SIZE = Variable(
 OTEL_BLRP_MAX_QUEUE_SIZE = Variable(
     "OTEL_BLRP_MAX_QUEUE_SIZE", "export",
     "Log records queued for export; set, the SDK's defaults apply to the batch size too.", "2048")
+OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER = Variable(
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "export",
+    "An entry point giving the OTLP/HTTP exporters an authenticated `requests.Session`; set "
+    "(or one of the per-signal `..._HTTP_TRACES/METRICS/LOGS_CREDENTIAL_PROVIDER`), the "
+    "exporters use it instead of traintel's session, and export failures are reported with the "
+    "SDK's own reason.")
+OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER = Variable(
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "export",
+    "The credential provider of the traces exporter alone.")
+OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER = Variable(
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER", "export",
+    "The credential provider of the metrics exporter alone.")
+OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER = Variable(
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER", "export",
+    "The credential provider of the logs exporter alone.")
 
 # -- launchers -------------------------------------------------------------------------------
 RANK = Variable("RANK", "launcher", "torchrun: this process's global rank.")

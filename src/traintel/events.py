@@ -13,21 +13,24 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Literal, SupportsFloat
 
 from .errors import NonFiniteLossError, classify, format_traceback
 from .identity import RunIdentity
 from .record.files import write_json
-from .record.format import (ConfigLine, EndStatus, ErrorLine, EvalLine, EventLine, Level,
-                            MilestoneLine, RunEndLine, RunStartLine, Severity)
+from .record.format import (LEVELS, SEVERITIES, ConfigLine, EndStatus, ErrorLine, EvalLine,
+                            EventLine, Level, MilestoneLine, RunEndLine, RunStartLine, Severity)
 from .record.pipeline import Pipeline
-from .record.summary import RunAbout, RunSummary, build_summary, instrument_summaries
+from .record.summary import (RunAbout, RunSummary, build_summary, export_figures,
+                             instrument_summaries)
 from .record.writer import RecordWriter
 from .runconfig import RunConfig
 from .samplers.base import SamplerEvent
 from .spans import RunSpans
-from .state import RunState, nonfinite_text, to_number
-from .validate import check_name
+from .state import RunState, nonfinite_text
+from .validate import (MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown,
+                       to_number)
 from .version import __version__
 
 Goal = Literal["min", "max"]
@@ -38,66 +41,73 @@ _run_log = logging.getLogger("traintel.run")
 #: names that look like these are better when lower (the default goal of an eval metric)
 _LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "ppl", "wer", "cer", "mse", "mae",
                     "rmse", "time", "latency")
+_LEVELNO: dict[Level, int] = {"debug": logging.DEBUG, "info": logging.INFO,
+                             "warning": logging.WARNING, "error": logging.ERROR,
+                             "critical": logging.CRITICAL}
 #: errors kept in memory for the crash report (all are in the record)
 MAX_KEPT_ERRORS = 1000
 
 
 class EventRecorder:
     def __init__(self, state: RunState, pipeline: Pipeline, spans: RunSpans, *, run_id: str,
-                 max_names: int, flush_soon: Callable[[], None]) -> None:
+                 budget: NameBudget, flush_soon: Callable[[], None]) -> None:
         self.state = state
         self.pipeline = pipeline
         self.spans = spans
         self.run_id = run_id
-        self.max_names = max_names
+        self.budget = budget
         self.flush_soon = flush_soon
         #: the first errors of the run, as recorded (the crash report lists them)
         self.errors: list[ErrorLine] = []
 
     def from_samplers(self, events: list[SamplerEvent]) -> None:
         """What the samplers noticed (an NVIDIA Xid error), as run events."""
-        for event in events:
-            self.event(event.name, event.level, dict(event.fields))
+        for event in events:  # traintel's own names: not in the user's name budget
+            self._event(event.name, _LEVELNO[event.level], dict(event.fields))
 
     def event(self, name: str, level: Level = "info", fields: dict[str, object] | None = None
               ) -> None:
-        check_name("run.event", name)
-        levelno = logging.getLevelName(str(level).upper())
-        if not isinstance(levelno, int):
-            raise ValueError(f"run.event: level must be debug, info, warning, error or "
-                             f"critical, got {level!r}")
-        events = self.state.events
-        if name not in events and len(events) >= self.max_names:
-            raise ValueError(f"run.event: {name!r} would be event name number "
-                             f"{len(events) + 1}; the limit is {self.max_names}. Put varying "
-                             "parts in fields, not in the name")
+        self._check_live("run.event")
+        levelno = _LEVELNO[check_choice("run.event: level", level, LEVELS)]
+        self.budget.admit("run.event", "events", name, "Put varying parts in fields, not in the "
+                          "name")
+        self._event(name, levelno, fields)
+
+    def _event(self, name: str, levelno: int, fields: dict[str, object] | None) -> None:
+        """An event of the user's or of traintel's own (those names are not in the budget)."""
         fields = dict(fields or {})
-        step = fields.pop("step", self.state.step)
-        line: EventLine = {"type": "event", "event": name, "fields": fields,
-                           "step": step,  # type: ignore[typeddict-item]  # a caller's own step
+        step = check_step("run.event", fields.pop("step", self.state.step))
+        line: EventLine = {"type": "event", "event": name, "fields": fields, "step": step,
                            "epoch": self.state.epoch}
-        # composed when the pipeline reads it, after its Scrub processor redacted the fields
+        # composed when the pipeline reads it, after its Redact processor redacted the fields
         self._emit(_events_log, levelno, _EventText(line), line, event=name)
 
     def log_eval(self, step: int | None, goals: Mapping[str, Goal] | None,
                  metrics: Mapping[str, SupportsFloat]) -> dict[str, bool]:
+        self._check_live("run.log_eval")
         if not metrics:
             raise ValueError("run.log_eval() needs at least one metric, e.g. val_loss=0.3")
+        if goals is not None and not isinstance(goals, Mapping):
+            raise TypeError(f"run.log_eval: goals must be a mapping of metric name to 'min' or "
+                            f"'max', e.g. goals={{'acc': 'max'}}; got {shown(goals)}")
         chosen = dict(goals or {})
         for name, goal in chosen.items():
-            if goal not in ("min", "max"):
-                raise ValueError(f"run.log_eval: goal for {name!r} must be 'min' or 'max', "
-                                 f"got {goal!r}")
+            check_choice(f"run.log_eval: the goal for {shown(name)}", goal, ("min", "max"))
+        if step is not None:
+            step = check_step("run.log_eval", step)
+        for name in metrics:
+            self.budget.admit("run.log_eval", "evals", name, "Log per-item values with "
+                              "run.histogram()")
         state = self.state
         is_best: dict[str, bool] = {}
         written: dict[str, float | int | str] = {}
         for name, raw in metrics.items():
-            check_name("run.log_eval", name)
-            value = raw if type(raw) is float or type(raw) is int else to_number(name, raw)
+            value = raw if type(raw) is float else to_number("run.log_eval", name, raw)
             if not math.isfinite(value):
                 written[name] = nonfinite_text(value)
                 is_best[name] = False
-                self.event("nonfinite_eval", "warning", {"metric": name, "value": written[name]})
+                self._event("nonfinite_eval", logging.WARNING,
+                            {"metric": name, "value": written[name]})
                 continue
             written[name] = value
             lower = chosen.get(name, "min" if any(w in name.lower() for w in _LOWER_IS_BETTER)
@@ -127,6 +137,10 @@ class EventRecorder:
             raise TypeError(f"run.error expects an exception, got {type(exc).__name__}")
         if getattr(exc, "_traintel_recorded", None) == self.run_id:
             return None  # already recorded (re-raised through another span or the with block)
+        if severity is not None:
+            check_choice("run.error: severity", severity, SEVERITIES)
+        if operation is not None:
+            operation = clean_text(str(operation))[:MAX_NAME_LENGTH]
         kind = classify(exc, operation)
         severity = severity or kind.severity
         details = dict(context or {})
@@ -146,7 +160,7 @@ class EventRecorder:
         self._emit(_errors_log, logging.CRITICAL if severity == "critical" else logging.ERROR,
                    f"{kind.error_type} ({severity}) in {operation or 'training'}: "
                    f"{type(exc).__name__}: {exc}", line)
-        # after the pipeline: its Scrub processor has redacted the message and traceback in place
+        # after the pipeline: its Redact processor has redacted the message and traceback in place
         self.spans.mark_error(exc, kind.error_type, line["message"], line["traceback"])
         if len(self.errors) < MAX_KEPT_ERRORS:
             self.errors.append(line)
@@ -159,7 +173,7 @@ class EventRecorder:
         return line
 
     def check_finite(self, loss: SupportsFloat) -> float:
-        value = to_number("loss", loss)
+        value = to_number("run.check_finite", "loss", loss)
         if not math.isfinite(value):
             exc = NonFiniteLossError(f"loss is {nonfinite_text(value)} at step {self.state.step}")
             self.error(exc, context={"loss": nonfinite_text(value)})
@@ -168,8 +182,8 @@ class EventRecorder:
 
     def nonfinite(self, metric: str, text: str) -> None:
         """A NaN or infinite value passed to ``run.log``: a warning event, never an exception."""
-        self.event("nonfinite_loss" if metric == "loss" else "nonfinite_value", "warning",
-                   {"metric": metric, "value": text, "step": self.state.step + 1})
+        self._event("nonfinite_loss" if metric == "loss" else "nonfinite_value", logging.WARNING,
+                    {"metric": metric, "value": text, "step": self.state.step + 1})
 
     def milestone(self, percent: int) -> None:
         state = self.state
@@ -222,6 +236,19 @@ class EventRecorder:
         write_json(writer.directory / "summary.json", summary)
         return summary
 
+    def _check_live(self, what: str) -> None:
+        """Refuse a call on an ended run (in a forked child the run is the parent's and still
+        "running" there: calls go nowhere, quietly, as data-loader workers expect)."""
+        if self.state.status != "running":
+            raise RuntimeError(ended(what, self.run_id))
+
+    @staticmethod
+    def after_export(summary: RunSummary | None, state: RunState, directory: Path) -> None:
+        """summary.json again when the run's last export (after it was written) failed."""
+        if summary is not None and summary["export"] != export_figures(state):
+            summary["export"] = export_figures(state)
+            write_json(directory / "summary.json", summary, quiet=True)
+
     def _emit(self, logger: logging.Logger, level: int, text: object,
               line: Mapping[str, object], event: str | None = None) -> None:
         if event is not None:
@@ -229,9 +256,15 @@ class EventRecorder:
         self.pipeline.submit(logger, level, text, line)
 
 
+def ended(what: str, run_id: str) -> str:
+    """Why ``what`` was refused: its run has finished."""
+    return (f"{what}: run {run_id} has finished (run.finish() or the end of its with block); "
+            "nothing more can be recorded in it. Start a new run with traintel.init()")
+
+
 class _EventText:
     """An event's text for people, ``name key=value ...``, composed when it is read: by then the
-    pipeline's Scrub processor has redacted the fields, so that a value under a secret-looking
+    pipeline's Redact processor has redacted the fields, so that a value under a secret-looking
     key never reaches the text."""
 
     __slots__ = ("line",)

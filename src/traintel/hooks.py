@@ -1,8 +1,9 @@
 """A run's hooks into the process: SIGTERM (preemption, a time limit) finishes it as
 interrupted, SIGUSR1 toggles debug logging, SIGXFSZ is ignored (a file-size limit must fail a
 write, not kill training), an uncaught exception finishes it as failed, and interpreter exit
-finishes it. Each is chained to what was installed before and removed when the run ends; a
-forked child drops them, so that it never finishes the parent's run."""
+finishes it (the traceback printed redacted). Each is chained to what was installed before and
+removed when the run ends; a forked child drops them, so that it never finishes the parent's
+run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import atexit
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
@@ -22,15 +24,18 @@ SignalHandler = Callable[[int, "FrameType | None"], Any]
 class ProcessHooks:
     def __init__(self, *, on_sigterm: Callable[[], None], on_sigusr1: Callable[[], None],
                  on_uncaught: Callable[[BaseException], None], on_exit: Callable[[], None],
-                 on_fork_child: Callable[[], None], signals: bool = True) -> None:
+                 on_fork_child: Callable[[], None], redact: Callable[[str], str],
+                 signals: bool = True) -> None:
         self._on_sigterm = on_sigterm
         self._on_sigusr1 = on_sigusr1
         self._on_uncaught = on_uncaught
         self._on_exit = on_exit
         self._on_fork_child = on_fork_child
+        self._redact = redact
         self._signals = signals
         self._previous_signals: dict[int, Any] = {}
         self._previous_excepthook = sys.excepthook
+        self._removed = False
 
     def install(self) -> None:
         self._previous_excepthook = sys.excepthook
@@ -50,8 +55,11 @@ class ProcessHooks:
             except (ValueError, OSError):
                 pass
 
-    def remove(self) -> None:
-        self._release()
+    def remove(self, keep_excepthook: bool = False) -> None:
+        """Give everything back. ``keep_excepthook``: the run ended by an exception that is on its
+        way to the top (``with traintel.init()`` around a crash): the excepthook stays to print
+        it redacted, and gives itself back when it has."""
+        self._release(keep_excepthook)
         if threading.current_thread() is threading.main_thread():
             for signum, previous in self._previous_signals.items():
                 try:
@@ -60,9 +68,10 @@ class ProcessHooks:
                     pass
         self._previous_signals = {}
 
-    def _release(self) -> None:
+    def _release(self, keep_excepthook: bool = False) -> None:
         """Give back the excepthook and the exit hook."""
-        if sys.excepthook == self._excepthook:
+        self._removed = True
+        if sys.excepthook == self._excepthook and not keep_excepthook:
             sys.excepthook = self._previous_excepthook
         atexit.unregister(self._on_exit)
 
@@ -78,8 +87,20 @@ class ProcessHooks:
 
     def _excepthook(self, exc_type: type[BaseException], exc: BaseException,
                     tb: TracebackType | None) -> None:
+        """Record the exception, then print it as Python would, redacted: the default hook
+        would print secrets from the message or the traceback's source lines. A hook someone
+        else installed (IPython, an error reporter) is called as it was."""
         self._on_uncaught(exc)
-        self._previous_excepthook(exc_type, exc, tb)
+        if self._removed and sys.excepthook == self._excepthook:
+            sys.excepthook = self._previous_excepthook  # kept for this one exception only
+        if self._previous_excepthook is not sys.__excepthook__:
+            self._previous_excepthook(exc_type, exc, tb)
+            return
+        try:
+            sys.stderr.write(self._redact("".join(traceback.format_exception(exc_type, exc, tb))))
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed: nothing can be printed
+            pass
 
     def _after_fork_in_child(self) -> None:
         self._release()

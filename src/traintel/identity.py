@@ -11,8 +11,11 @@ from typing import TypedDict
 
 from .distributed import agree_run_id
 from .record.format import RunStatus
+from .record.summary import ExportFigures, export_figures
 from .settings import Settings, hostname
+from .redact import Redactor
 from .state import RunState
+from .validate import check_run_id
 
 
 class LiveStatus(TypedDict):
@@ -34,6 +37,9 @@ class LiveStatus(TypedDict):
     eval_best: dict[str, float]
     #: error counts by "error_type/severity"
     errors: dict[str, int]
+    #: record lines that could not be written
+    record_dropped: int
+    export: ExportFigures
     dir: str
     started: float
 
@@ -53,7 +59,9 @@ class RunIdentity:
     @classmethod
     def from_settings(cls, settings: Settings) -> RunIdentity:
         world_size = settings.world_size or 1
-        run_id = settings.run_id or agree_run_id(new_run_id(), world_size)
+        run_id = settings.run_id or check_run_id(
+            "the launcher's run id (TRAINTEL_RUN_ID, TORCHELASTIC_RUN_ID or SLURM_JOB_ID)",
+            agree_run_id(new_run_id(), world_size))
         rank = settings.rank or 0
         base = Path(settings.dir) / run_id
         return cls(id=run_id, project=settings.project, name=settings.name or run_id, rank=rank,
@@ -75,16 +83,18 @@ class RunIdentity:
         """What every record line says about whose it is."""
         return {"run": self.id, "rank": self.rank}
 
-    def status(self, state: RunState, total_epochs: int | None) -> LiveStatus:
-        """The run now, from its state."""
-        return {"run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
+    def status(self, state: RunState, total_epochs: int | None, redactor: Redactor) -> LiveStatus:
+        """The run now, from its state, redacted as every exit is."""
+        status: LiveStatus = redactor.deep({"run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
                 "status": state.status, "epoch": state.epoch, "total_epochs": total_epochs,
                 "step": state.step, "total_steps": state.total_steps,
                 "progress": state.progress(), "eta_s": state.eta_seconds(),
                 "rates": dict(state.rates), "latest": dict(state.latest),
                 "eval_best": dict(state.eval_best),
                 "errors": {f"{t}/{s}": n for (t, s), n in state.errors.items()},
-                "dir": str(self.dir), "started": state.start_ts}
+                "record_dropped": state.dropped, "export": export_figures(state),
+                "dir": str(self.dir), "started": state.start_ts})
+        return status
 
 
 def new_run_id() -> str:

@@ -8,7 +8,6 @@ run summary.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import ContextDecorator
 from typing import Literal, TypeVar
@@ -16,16 +15,7 @@ from typing import Literal, TypeVar
 from .record.format import ObservationKind
 from .record.queue import Observe, RecordQueue
 from .state import RunState
-from .validate import check_name
-
-
-def check_value(what: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} {name!r}: value must be a number, got "
-                        f"{type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{what} {name!r}: value must be finite, got {value!r}")
-    return float(value)
+from .validate import NameBudget, finite_number
 
 
 class Counter:
@@ -37,7 +27,7 @@ class Counter:
         counters.setdefault(name, 0.0)
 
     def inc(self, amount: float = 1.0) -> None:
-        amount = check_value("counter", self.name, amount)
+        amount = finite_number("counter", self.name, amount)
         if amount < 0:
             raise ValueError(f"counter {self.name!r}: counters only go up; got {amount}. "
                              "Use run.gauge() for values that go down.")
@@ -56,7 +46,7 @@ class Gauge:
         self._gauges = gauges
 
     def set(self, value: float) -> None:
-        self._gauges[self.name] = check_value("gauge", self.name, value)
+        self._gauges[self.name] = finite_number("gauge", self.name, value)
 
 
 class Histogram:
@@ -70,7 +60,7 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         self._queue.append(Observe(self.kind, self.name,
-                                   check_value(self.kind, self.name, value)))
+                                   finite_number(self.kind, self.name, value)))
 
 
 class Timer(Histogram, ContextDecorator):
@@ -96,13 +86,13 @@ _I = TypeVar("_I", Counter, Gauge, Histogram, Timer)
 
 
 class Instruments:
-    """A run's custom instruments by kind and name, at most ``max_names`` of them (each is a
-    series on every export path)."""
+    """A run's custom instruments by kind and name, each name admitted by the run's name budget
+    (each is a series on every export path)."""
 
-    def __init__(self, state: RunState, queue: RecordQueue, max_names: int) -> None:
+    def __init__(self, state: RunState, queue: RecordQueue, budget: NameBudget) -> None:
         self._state = state
         self._queue = queue
-        self._max_names = max_names
+        self._budget = budget
         self._made: dict[str, Counter | Gauge | Histogram | Timer] = {}
 
     def counter(self, name: str) -> Counter:
@@ -118,12 +108,10 @@ class Instruments:
         return self._get(Timer, name) or self._add(Timer(self._queue, name))
 
     def _get(self, kind: type[_I], name: str) -> _I | None:
-        check_name(f"run.{kind.__name__.lower()}", name)
         found = self._made.get(f"{kind.__name__}:{name}")
         if found is None:
-            if len(self._made) >= self._max_names:
-                raise ValueError(f"too many custom instruments (limit {self._max_names}); reuse "
-                                 "instruments instead of creating one per item")
+            self._budget.admit(f"run.{kind.__name__.lower()}", f"{kind.__name__.lower()}s",
+                               name, "Reuse instruments instead of creating one per item")
             return None
         assert type(found) is kind  # keyed by kind
         return found

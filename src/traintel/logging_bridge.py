@@ -1,5 +1,5 @@
-"""traintel's place in stdlib ``logging``: the ``traintel`` logger tree, the console handler,
-and the OpenTelemetry SDK's export errors kept to one line every few minutes.
+"""traintel's place in stdlib ``logging``: the ``traintel`` logger tree and the console handler
+(the OpenTelemetry SDK's export lines are ``traintel.export.health``'s).
 
 While a run is active the tree's one handler is the run's event pipeline
 (``traintel.record.pipeline``): component loggers (``run.logger("data")``) and the run's own
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -77,55 +76,3 @@ def console_handler(console: Console | None = None) -> logging.Handler:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     return handler
-
-
-class EveryNSeconds(logging.Filter):
-    """Lets one record through per interval: a dead collector is reported, not repeated."""
-
-    def __init__(self, interval: float = 300.0) -> None:
-        super().__init__()
-        self.interval = interval
-        self._last = -float("inf")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if any(part in str(record.msg) for part in _SHUTDOWN_CHATTER):
-            return False  # our bounded shutdown aborting retries on purpose
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            return False
-        self._last = now
-        original = _summary(record)
-        record.msg = ("traintel: telemetry export failed (%s); retrying in the background, "
-                      "the local run record is complete. Check the collector with "
-                      "`traintel doctor`.")
-        record.args = (original,)
-        record.exc_info = None
-        return True
-
-
-def _summary(record: logging.LogRecord) -> str:
-    try:
-        return str(record.msg % record.args if record.args else record.msg)[:300]
-    except (TypeError, ValueError):
-        return str(record.msg)[:300]
-
-
-_SHUTDOWN_CHATTER = ("already shutdown", "Shutdown in progress", "max retries or shutdown")
-_EXPORT_LOGGERS = ("opentelemetry.exporter.otlp.proto.http",
-                   "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-                   "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-                   "opentelemetry.exporter.otlp.proto.http._log_exporter",
-                   "opentelemetry.sdk._shared_internal",
-                   "opentelemetry.sdk.metrics._internal.export")
-_quieted = False
-
-
-def quiet_export_errors() -> None:
-    """Rate-limit the SDK's per-attempt export errors to one friendly line every 5 minutes."""
-    global _quieted
-    if _quieted:
-        return
-    _quieted = True
-    shared = EveryNSeconds()
-    for name in _EXPORT_LOGGERS:
-        logging.getLogger(name).addFilter(shared)

@@ -76,10 +76,13 @@ class ProgressDisplay:
         """A plain progress line (also used for milestones in every mode)."""
         if self.mode == "off":
             return
-        if self._bar is not None:
-            self._bar.console.print(f"[traintel] {text}", markup=False, highlight=False)
-        else:
-            print(f"[traintel] {text}", file=self.stream, flush=True)
+        try:
+            if self._bar is not None:
+                self._bar.console.print(f"[traintel] {text}", markup=False, highlight=False)
+            else:
+                print(f"[traintel] {text}", file=self.stream, flush=True)
+        except (OSError, ValueError):  # `train.py | head`: the reader is gone, training is not
+            self.mode = "off"
 
     def stop(self) -> None:
         if self._bar is not None:

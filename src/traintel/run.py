@@ -25,7 +25,7 @@ from .identity import LiveStatus, RunIdentity
 from .instruments import Counter, Gauge, Histogram, Instruments, Timer
 from .logging_bridge import ROOT, LoggerTree, console_handler
 from .progress import ProgressDisplay
-from .record.format import EndStatus, ErrorLine, Level, Severity
+from .record.format import END_STATUSES, EndStatus, ErrorLine, Level, Severity
 from .record.pipeline import Pipeline
 from .record.summary import RunSummary
 from .record.writer import RecordWriter
@@ -35,7 +35,7 @@ from .settings import Settings
 from .spans import RunSpans, Span
 from .state import RunState
 from .steps import StepRecorder
-from .validate import check_name
+from .validate import NameBudget, check_choice
 
 if TYPE_CHECKING:
     import torch
@@ -68,11 +68,13 @@ class Run:
         self.host, self.dir, self.labels = identity.host, identity.dir, identity.labels
         config = RunConfig.from_input(settings.config, settings.seed)
         self.config, self.config_hash, self.seed = config.values, config.hash, config.seed
+        self.redactor = config.redactor  # the one redaction of all this run writes or exports
         self.state = state = RunState()
         state.total_steps = settings.total_steps
         writer = self._writer = RecordWriter(self.dir, state, identity.record_fields,
                                              flush_interval=settings.flush_interval,
-                                             max_bytes=settings.max_record_bytes)
+                                             max_bytes=settings.max_record_bytes,
+                                             shutdown_s=settings.shutdown_timeout)
         export = self.export = RunExport.start(
             state, self.labels, identity.info,
             sinks_override or (Sinks.otlp() if settings.otlp_enabled else None))
@@ -84,24 +86,24 @@ class Run:
             title=f"{self.project}/{self.name}", total_epochs=settings.total_epochs,
             interval=settings.progress_interval)
         writer.start()
+        self.names = NameBudget(settings.max_metric_names)  # of every API that takes a name
         self.spans = spans = RunSpans(self.tracer, {**self.labels, "run_name": self.name},
-                                      writer.queue)
+                                      writer.queue, self.names, self.redactor)
         console = console_handler(self.progress.console) if settings.console_logs else None
-        self.pipeline = Pipeline.for_run(writer.queue, config.scrubber, identity.record_fields,
+        self.pipeline = Pipeline.for_run(writer.queue, self.redactor, identity.record_fields,
                                          spans.active, self.otlp, console)
         self._logging = LoggerTree(self.pipeline, settings.log_level, console)
         self._logging.install()
         self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id,
-                                     max_names=settings.max_metric_names,
-                                     flush_soon=writer.flush_soon)
+                                     budget=self.names, flush_soon=writer.flush_soon)
         self.errors: list[ErrorLine] = self._events.errors
         self._steps = StepRecorder(
             state, writer.queue, spans=spans, events=self._events, pipeline=self.pipeline,
             progress=self.progress, flush_soon=writer.flush_soon,
             total_epochs=settings.total_epochs, planned_steps=settings.total_steps,
-            step_span_every=settings.step_span_every, max_metric_names=settings.max_metric_names)
+            step_span_every=settings.step_span_every, budget=self.names)
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
-        self._instruments = Instruments(state, writer.queue, settings.max_metric_names)
+        self._instruments = Instruments(state, writer.queue, self.names)
         self.summary: RunSummary | None = None
         self._finished = False
         self._lock = threading.Lock()
@@ -119,7 +121,7 @@ class Run:
             on_sigterm=self._on_sigterm, on_sigusr1=lambda: self.set_debug(not self.debug,
                                                                            source="SIGUSR1"),
             on_uncaught=self._end_by, on_exit=self.finish, on_fork_child=self._forked,
-            signals=settings.handle_signals)
+            redact=self.redactor.text, signals=settings.handle_signals)
         self._hooks.install()
         self.progress.start()
         _current = self
@@ -207,12 +209,12 @@ class Run:
 
     def logger(self, component: str) -> logging.Logger:
         """A logger (``traintel.data``) whose records reach the record, console and Loki."""
-        return logging.getLogger(f"{ROOT}.{check_name('run.logger', component)}")
+        return logging.getLogger(f"{ROOT}.{self.names.admit('run.logger', 'loggers', component)}")
 
     # -- status and debugging ---------------------------------------------------------------------
     def status_dict(self) -> LiveStatus:
-        """What /status serves and `traintel status` prints."""
-        return self.identity.status(self.state, self.total_epochs)
+        """What /status serves and `traintel status` prints (redacted, as every exit is)."""
+        return self.identity.status(self.state, self.total_epochs, self.redactor)
 
     def set_debug(self, enabled: bool, source: str = "api") -> None:
         """Switch traintel's log verbosity to DEBUG (or back) while the run goes on."""
@@ -235,16 +237,14 @@ class Run:
     def finish(self, status: EndStatus | None = None) -> None:
         """End the run: the record, summary.json, the last export (within shutdown_timeout)."""
         global _current
-        if status not in (None, "finished", "failed", "interrupted"):
-            raise ValueError(f"run.finish: status must be finished, failed or interrupted, "
-                             f"got {status!r}")
+        check_choice("run.finish: status", status, (None, *END_STATUSES))
         with self._lock:
             if self._finished:
                 return
             self._finished = True
         state = self.state
         state.status = status = status or "finished"
-        self._steps.close()  # a step logged but not yet closed by run.track
+        self.log = self._steps.seal(self.id)  # type: ignore[method-assign]  # a pending step kept
         self.progress.stop()
         if self.samplers is not None:
             self.samplers.stop()
@@ -257,13 +257,14 @@ class Run:
             from .diagnostics import snapshot, write_crash_report
 
             write_crash_report(self.dir, snapshot(self.status_dict(), self.summary, self.config,
-                                                  state, self.errors))
+                                                  state, self.errors), self.redactor)
         if self.otlp is not None:
             self.otlp.shutdown(self.settings.shutdown_timeout)
+            self._events.after_export(self.summary, state, self.dir)
         if self.server is not None:
             self.server.stop()
         self._logging.restore()
-        self._hooks.remove()
+        self._hooks.remove(keep_excepthook=status != "finished")
         if _current is self:
             _current = None
 

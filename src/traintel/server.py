@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .record.files import encode
 from .record.format import EventDict
 
 if TYPE_CHECKING:
@@ -33,6 +34,13 @@ log = logging.getLogger("traintel.server")
 
 #: events a slow /events client may fall behind by before the oldest are dropped
 QUEUE_SIZE = 1000
+#: the largest request body accepted (``{"enabled": false}`` is 18 bytes)
+MAX_BODY_BYTES = 1024
+#: /events streams open at once (each holds a thread)
+MAX_SUBSCRIBERS = 16
+#: the names a browser may use for this machine's loopback: any other Host header on a loopback
+#: endpoint is a DNS-rebinding page talking to it through the victim's browser
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: seconds between progress snapshots on /events
 PROGRESS_EVERY_S = 1.0
 
@@ -79,7 +87,10 @@ class EventHub:
             subscriber.lines.append(line)
             subscriber.wake.set()
 
-    def subscribe(self) -> Subscription:
+    def subscribe(self) -> Subscription | None:
+        """A new subscription, or None when MAX_SUBSCRIBERS streams are open already."""
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            return None
         subscription = Subscription()
         self.subscribers.add(subscription)
         return subscription
@@ -99,6 +110,8 @@ class _Server(ThreadingHTTPServer):
 
     run: LiveRun
     hub: EventHub
+    #: whether Host headers are checked (a loopback bind; allow_remote_http binds are not)
+    check_host: bool
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -115,6 +128,11 @@ class _Server(ThreadingHTTPServer):
             self.process_request_thread(request, client_address)
         finally:
             self.requests.pop(threading.current_thread(), None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that broke its handler (a client gone mid-answer, a malformed request) is
+        a debug line, never a traceback on the training process's stderr."""
+        log.debug("status endpoint: request from %s failed", client_address, exc_info=True)
 
     def server_close(self) -> None:
         super().server_close()
@@ -140,6 +158,7 @@ class StatusServer:
         server_class = _Server6 if ":" in host else _Server
         self._server = server_class((host, port), _Handler)
         self._server.run, self._server.hub = run, self.hub
+        self._server.check_host = _is_loopback_host(host)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={
             "poll_interval": 0.2}, name="traintel-http", daemon=True)
@@ -162,6 +181,11 @@ class StatusServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Reads for anyone on this machine; the one state change (``/debug``) only for requests a
+    browser page cannot forge: JSON content, no foreign Origin, a loopback Host (checked on every
+    request, against DNS rebinding), a body of at most MAX_BODY_BYTES. Each accepted change is an
+    event in the record, with who asked."""
+
     server: _Server
     server_version = "traintel"
     #: a client that connects and says nothing gives its thread back after this many seconds
@@ -171,7 +195,19 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.run, self.hub = self.server.run, self.server.hub
 
+    def _host_refused(self) -> bool:
+        """A Host header that does not name this machine's loopback: answered 421."""
+        host = self.headers.get("Host")
+        if not self.server.check_host or host is None or _host_name(host) in LOOPBACK_NAMES \
+                or _host_name(host).endswith(".localhost"):
+            return False
+        self._json(421, {"error": "this endpoint answers requests for localhost, 127.0.0.1 or "
+                                  "[::1] only (the Host header names another server)"})
+        return True
+
     def do_GET(self) -> None:
+        if self._host_refused():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._send(200, generate_latest(self.run.registry), CONTENT_TYPE_LATEST)
@@ -187,28 +223,69 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no {path}; try /metrics /healthz /status /events /debug"})
 
     def do_POST(self) -> None:
+        if self._host_refused():
+            return
         if self.path.split("?", 1)[0] != "/debug":
             self._json(404, {"error": "only /debug accepts POST or PUT"})
             return
         if not _loopback(self.client_address[0]):
             self._json(403, {"error": "debug mode can only be switched from this machine"})
             return
+        refusal = self._unsafe_change()
+        if refusal is not None:
+            self._json(*refusal)
+            return
+        body = self._body()
+        if body is None:
+            return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            enabled = orjson.loads(self.rfile.read(length) or b"{}")["enabled"]
+            enabled = orjson.loads(body or b"{}")["enabled"]
             if not isinstance(enabled, bool):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             self._json(400, {"error": 'send {"enabled": true} or {"enabled": false}'})
             return
-        self.run.set_debug(enabled, source="http")
+        self.run.set_debug(enabled, source=f"http from {self.client_address[0]}")
         self._json(200, {"enabled": self.run.debug})
 
     do_PUT = do_POST
 
+    def _unsafe_change(self) -> tuple[int, dict[str, str]] | None:
+        """Why this state change is refused, or None. A page in a browser can send a "simple"
+        cross-site POST (text/plain, no preflight): JSON content and a same-origin (or absent)
+        Origin are what such a page cannot produce."""
+        media_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            return 415, {"error": "send Content-Type: application/json"}
+        origin = self.headers.get("Origin")
+        host = self.headers.get("Host")
+        if origin is not None and (host is None or origin.rstrip("/") not in (
+                f"http://{host}", f"https://{host}")):
+            return 403, {"error": "cross-origin requests cannot change this run"}
+        return None
+
+    def _body(self) -> bytes | None:
+        """The request body, at most MAX_BODY_BYTES; None (and the answer sent) otherwise."""
+        if self.headers.get("Transfer-Encoding"):
+            self._json(411, {"error": "send a Content-Length, not a chunked body"})
+            return None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._json(400, {"error": "Content-Length must be a non-negative integer"})
+            return None
+        if length > MAX_BODY_BYTES:
+            self._json(413, {"error": f"the body is limited to {MAX_BODY_BYTES} bytes"})
+            return None
+        return self.rfile.read(length)
     def _events(self) -> None:
         """Server-sent events: record lines as they happen, a progress snapshot every second."""
         subscription = self.hub.subscribe()
+        if subscription is None:
+            self._json(503, {"error": f"{MAX_SUBSCRIBERS} /events streams are open already"})
+            return
         try:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -240,6 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         self.wfile.write(body)
 
@@ -248,7 +326,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _dumps(data: Any) -> bytes:
-    return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return encode(data)
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header without its port (``[::1]:8080`` -> ``::1``), lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback_host(host: str) -> bool:
+    return host in LOOPBACK_NAMES or _loopback(host)
 
 
 def _loopback(address: str) -> bool:

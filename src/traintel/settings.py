@@ -9,13 +9,16 @@ checkers. Environment variables are read through ``traintel.env``.
 from __future__ import annotations
 
 import difflib
+import os
 import socket
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 from . import env
+from .validate import check_choice, check_label, check_run_id, shown
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 ProgressMode = Literal["auto", "bar", "lines", "off"]
 PROGRESS_MODES: tuple[ProgressMode, ...] = ("auto", "bar", "lines", "off")
@@ -79,35 +82,47 @@ class Settings:
         True, "Finish the run on SIGTERM; SIGUSR1 toggles debug logging.")
 
     def __post_init__(self) -> None:
-        _check_str("project", self.project)
+        """Every option checked against its range; a refusal names the option, the range, the
+        value given and the fix."""
+        self.project = check_label("traintel.init: project", self.project)
         if self.name is not None:
-            _check_str("name", self.name)
-        for key in ("total_epochs", "total_steps", "seed", "http_port", "rank", "local_rank",
-                    "world_size"):
+            self.name = check_label("traintel.init: name", self.name)
+        if self.run_id is not None:
+            check_run_id("traintel.init: run_id", self.run_id)
+        for key, low in (("total_epochs", 1), ("total_steps", 1), ("world_size", 1),
+                         ("rank", 0), ("local_rank", 0), ("http_port", 0), ("seed", None)):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise TypeError(f"traintel.init: {key} must be an int or None, got "
-                                f"{type(value).__name__} {value!r}")
-        for key in ("total_epochs", "total_steps", "world_size"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"traintel.init: {key} must be positive, got {value}")
-        for key in ("sample_interval", "progress_interval", "flush_interval", "shutdown_timeout"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"traintel.init: {key} must be a non-negative number of "
-                                 f"seconds, got {value!r}")
-        if self.progress not in PROGRESS_MODES:
-            raise ValueError(f"traintel.init: progress must be one of auto, bar, lines, off; "
-                             f"got {self.progress!r}")
-        if self.http_port is not None and not 0 <= self.http_port <= 65535:
-            raise ValueError(f"traintel.init: http_port must be 0-65535, got {self.http_port}")
+            if value is not None:
+                _whole(key, value, low, 65535 if key == "http_port" else None)
+        _whole("step_span_every", self.step_span_every, 0, None,
+               "(0 turns step spans off)")
+        _whole("max_record_bytes", self.max_record_bytes, 1024, None,
+               "(events.jsonl rotates past this size; 256 MiB by default)")
+        _whole("max_metric_names", self.max_metric_names, 1, 1_000_000,
+               "(each name is a series on every export path)")
+        _seconds("flush_interval", self.flush_interval, 0.01, 3600.0,
+                 "(0 would keep the record writer spinning)")
+        _seconds("shutdown_timeout", self.shutdown_timeout, 0.0, 600.0,
+                 "(the longest finish() may wait for the last export)")
+        _seconds("progress_interval", self.progress_interval, 0.0, 86400.0, "")
+        if self.sample_interval != 0:
+            _seconds("sample_interval", self.sample_interval, 0.01, 3600.0, "(0 turns sampling off)")
+        for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f"traintel.init: {key} must be True or False, got "
+                                f"{shown(getattr(self, key))}")
+        if self.otlp is not None and not isinstance(self.otlp, bool):
+            raise TypeError(f"traintel.init: otlp must be True, False or None, got "
+                            f"{shown(self.otlp)}")
+        check_choice("traintel.init: progress", self.progress, PROGRESS_MODES)
+        self.log_level = check_choice("traintel.init: log_level",
+                                      str(self.log_level).upper(), _LOG_LEVELS)
+        if not isinstance(self.dir, (str, os.PathLike)) or not str(self.dir):
+            raise TypeError(f"traintel.init: dir must be a path, got {shown(self.dir)}")
         if self.http_host not in _LOOPBACK and not self.allow_remote_http:
             raise ValueError(
                 f"traintel.init: http_host={self.http_host!r} would expose the run's status and "
                 "debug controls beyond this machine; pass allow_remote_http=True if you mean it")
-        if self.step_span_every < 0:
-            raise ValueError("traintel.init: step_span_every must be >= 0 (0 turns step spans off)")
 
     @property
     def otlp_enabled(self) -> bool:
@@ -216,12 +231,26 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def _check_str(key: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise TypeError(f"traintel.init: {key} must be a non-empty string, got {value!r}")
-    if len(value) > 200:
-        raise ValueError(f"traintel.init: {key} is {len(value)} characters; keep it under 200 "
-                         "(it becomes a label on every series)")
+def _whole(key: str, value: object, low: int | None, high: int | None, why: str = "") -> None:
+    """An int option in [low, high]: refused with the range, the value given and the fix."""
+    bounds = (f"from {low} to {high}" if low is not None and high is not None
+              else f"of at least {low}" if low is not None else "")
+    rule = " ".join(filter(None, (f"traintel.init: {key} must be an int", bounds, why)))
+    if not isinstance(value, int) or isinstance(value, bool):
+        example = f" (pass {key}={int(value)})" if isinstance(value, str) and value.isdigit() \
+            else ""
+        raise TypeError(f"{rule}, got {type(value).__name__} {shown(value)}{example}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{rule}, got {shown(value)}")
+
+
+def _seconds(key: str, value: object, low: float, high: float, why: str) -> None:
+    """A number of seconds in [low, high]: refused with the range, the value and the fix."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not low <= value <= high:
+        rule = " ".join(filter(None, (f"traintel.init: {key} must be a number of seconds from "
+                                      f"{low:g} to {high:g}", why)))
+        raise ValueError(f"{rule}, got {shown(value)}")
 
 
 def _default_text(option: Field[Any]) -> str:

@@ -21,7 +21,8 @@ from opentelemetry.util.types import AttributeValue
 
 from .record.format import EndStatus
 from .record.queue import Call, Observe, RecordQueue
-from .validate import check_name
+from .redact import Redactor
+from .validate import NameBudget
 
 #: called with an exception that escaped a user span, and the span's name (the operation)
 OnError = Callable[[Exception, str], object]
@@ -31,9 +32,11 @@ class RunSpans:
     """The run's and the epochs' spans, and what other parts need of them."""
 
     def __init__(self, tracer: trace.Tracer, attributes: dict[str, AttributeValue],
-                 queue: RecordQueue) -> None:
+                 queue: RecordQueue, names: NameBudget, redactor: Redactor) -> None:
         self.tracer = tracer
         self._queue = queue
+        self._names = names
+        self._redactor = redactor
         self.run = tracer.start_span("training_run", attributes=attributes)
         self._run_context = trace.set_span_in_context(self.run)
         self.epoch: trace.Span | None = None
@@ -90,7 +93,10 @@ class RunSpans:
 
     # -- the user's spans ------------------------------------------------------------------
     def span(self, name: str, attributes: dict[str, AttributeValue], on_error: OnError) -> Span:
-        return Span(self, self._queue, check_name("run.span", name), attributes, on_error)
+        """A user's span: its name is an operation label, admitted by the run's name budget; its
+        attributes are exported, redacted."""
+        self._names.admit("run.span", "spans", name, "Put varying parts in attributes")
+        return Span(self, self._queue, name, self._redactor.deep(attributes), on_error)
 
 
 class Span(ContextDecorator):

@@ -9,7 +9,6 @@ time), so a value logged once appears on every path.
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 import time
 from collections import deque
@@ -27,30 +26,6 @@ COUNTED_KEYS = ("samples", "tokens")
 LOGGED_NAME = {"learning_rate": "lr"}
 
 
-def to_number(key: str, value: Any) -> float | int:
-    """Coerce a Python/NumPy/torch scalar to a Python number, or raise a clear error naming the key.
-
-    Only called for values that are not already ``float``/``int``: the common case pays nothing.
-    """
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    item = getattr(value, "item", None)
-    if item is not None and callable(item):
-        numel = getattr(value, "numel", None)
-        size = numel() if callable(numel) else getattr(value, "size", 1)
-        if size != 1:
-            shape = tuple(getattr(value, "shape", ()))
-            raise ValueError(f"run.log: {key!r} is a tensor/array of shape {shape}; log a scalar "
-                             f"(e.g. {key}=value.mean().item())")
-        result = item()
-        if isinstance(result, (int, float)) and not isinstance(result, complex):
-            return result
-    raise TypeError(f"run.log: {key!r} must be a number (int, float, NumPy scalar or 0-d tensor), "
-                    f"got {type(value).__name__}; log text with run.event() instead")
-
-
 def nonfinite_text(value: float) -> str:
     """How a non-finite value is written to the JSON record (JSON has no NaN)."""
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -63,7 +38,7 @@ class RunState:
         "status", "start_ts", "epoch", "step", "samples", "tokens", "data_wait_total",
         "compute_total", "nonfinite_losses", "last_step_ts", "latest", "user_keys", "eval_latest",
         "eval_best", "events", "errors", "counters", "gauges", "total_steps", "rates",
-        "readings", "queue_depth", "dropped", "logged",
+        "readings", "queue_depth", "dropped", "logged", "export_failures", "export_error",
     )
 
     def __init__(self) -> None:
@@ -96,6 +71,9 @@ class RunState:
         self.dropped = 0
         #: every value passed to run.log, reduced per key and export interval (record writer)
         self.logged = IntervalStats()
+        #: failed OTLP exports by signal (metrics, traces, logs), and the last reason
+        self.export_failures: dict[str, int] = {}
+        self.export_error: str | None = None
 
     def progress(self) -> float | None:
         if not self.total_steps:

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, SupportsFloat, TypeVar
 
-from .events import EventRecorder
+from .events import EventRecorder, ended
 from .progress import MILESTONES, REFRESH_S, ProgressDisplay
 from .record.pipeline import Pipeline
 from .record.queue import RecordQueue, Step
 from .render import progress_text
 from .spans import RunSpans
-from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text, to_number
-from .validate import check_name
+from .state import COUNTED_KEYS, KNOWN_KEYS, RunState, nonfinite_text
+from .validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class StepRecorder:
     def __init__(self, state: RunState, queue: RecordQueue, *, spans: RunSpans,
                  events: EventRecorder, pipeline: Pipeline, progress: ProgressDisplay,
                  flush_soon: Callable[[], None], total_epochs: int | None,
-                 planned_steps: int | None, step_span_every: int, max_metric_names: int) -> None:
+                 planned_steps: int | None, step_span_every: int, budget: NameBudget) -> None:
         self.state = state
         self._queue = queue
         self._append = queue.append
@@ -55,7 +55,7 @@ class StepRecorder:
         #: the total_steps the user gave (then run.track does not work it out)
         self._planned_steps = planned_steps
         self._span_every = step_span_every
-        self._max_names = max_metric_names
+        self._budget = budget
         #: a step's values logged inside run.track, written when the step ends
         self._pending: dict[str, Any] | None = None
         self.in_track = False
@@ -84,8 +84,8 @@ class StepRecorder:
         numbers: dict[str, Any] = values
         for key, value in numbers.items():
             cls = type(value)
-            if cls is not float and cls is not int:
-                value = numbers[key] = to_number(key, value)
+            if cls is not float and (cls is not int or not INT64_MIN <= value <= INT64_MAX):
+                value = numbers[key] = to_number("run.log", key, value)
             if value - value != 0:
                 nonfinite = True
             if key not in seen:
@@ -159,6 +159,19 @@ class StepRecorder:
             self.in_track = False
             self.close()
 
+    def seal(self, run_id: str) -> Callable[..., None]:
+        """The run's end: a step logged but not yet closed is written (:meth:`close`), then every
+        way to a new step (``log``, ``run.track``) raises instead of queueing for a writer that
+        is gone. Costs the hot path nothing: it swaps the queue's ``append`` the step calls
+        anyway. Returns the refusing ``log``."""
+        self.close()
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise RuntimeError(ended("run.log", run_id))
+
+        self._append = refuse
+        return refuse
+
     def close(self) -> None:
         """Write a step that was logged but not closed (the loop was left, the run ended)."""
         if self._pending is not None:
@@ -218,15 +231,8 @@ class StepRecorder:
         self._reschedule()
 
     def _new_key(self, key: str) -> None:
-        check_name("run.log", key)
-        user_keys = self.state.user_keys
-        if len(user_keys) >= self._max_names:
-            raise ValueError(
-                f"run.log: {key!r} would be metric name number {len(user_keys) + 1}; "
-                f"the limit is {self._max_names} (each name is a series on every "
-                "export path). Log per-item values with run.histogram(), or raise "
-                "traintel.init(max_metric_names=...) if you really need more")
-        user_keys.add(key)
+        self._budget.admit("run.log", "metrics", key, "Log per-item values with run.histogram()")
+        self.state.user_keys.add(key)
         self._seen_keys.add(key)
 
     def _flag_nonfinite(self, values: dict[str, Any]) -> None:
@@ -242,9 +248,10 @@ class StepRecorder:
 
     # -- epochs ----------------------------------------------------------------------------
     def epochs(self, n: int | None = None, start: int = 0) -> Iterator[int]:
+        start = check_step("run.epochs", start, "start")
         if n is not None:
-            if not isinstance(n, int) or n <= 0:
-                raise ValueError(f"run.epochs: n must be a positive int, got {n!r}")
+            if not check_step("run.epochs", n, "n"):
+                raise ValueError("run.epochs: n must be at least 1 (or None: total_epochs)")
             self.total_epochs = self._progress.total_epochs = n
         total = self.total_epochs
         for epoch in (range(start, total) if total else itertools.count(start)):
@@ -255,7 +262,7 @@ class StepRecorder:
                 self.end_epoch()
 
     def begin_epoch(self, epoch: int) -> None:
-        self.state.epoch = epoch
+        self.state.epoch = check_step("run.begin_epoch", epoch, "epoch")
         self._spans.begin_epoch(epoch)
         self._epoch_started = time.perf_counter()
         self._epoch_first_step = self.state.step
@@ -272,6 +279,6 @@ class StepRecorder:
 
 
 def _duration(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ValueError(f"run.log: step_s must be a non-negative number of seconds, got {value!r}")
     return float(value)

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry import trace
@@ -32,9 +32,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from .. import env
 from ..version import __version__
 from ..catalog import BY_NAME, METRICS
+from ..redact import Redactor
 from ..forks import reset_in_child
-from ..logging_bridge import quiet_export_errors
 from ..state import RunState
+from .health import (ExportGate, ExportHealth, ExportSession, GatedLogExporter,
+                     GatedSpanExporter, Signal, quiet_sdk_export_lines)
 from .readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 log = logging.getLogger("traintel.export")
@@ -59,6 +61,9 @@ class Sinks:
     metric_interval_ms: float | None = None
     span_exporter: SpanExporter | None = None
     log_exporter: LogRecordExporter | None = None
+    #: each signal's HTTP session, when traintel made it: reasons for failures, Retry-After,
+    #: connections cut at shutdown (see ``traintel.export.health``)
+    sessions: dict[Signal, ExportSession] = field(default_factory=dict)
 
     @classmethod
     def otlp(cls) -> Sinks:
@@ -68,8 +73,20 @@ class Sinks:
 
         # the SDK's default of 60 s is too coarse for step curves and stall alerts
         interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else 15_000
-        return cls(metric_exporter=OTLPMetricExporter(), metric_interval_ms=interval,
-                   span_exporter=OTLPSpanExporter(), log_exporter=OTLPLogExporter())
+        sessions = {signal: ExportSession() for signal, provider in _CREDENTIAL_PROVIDERS.items()
+                    if not (provider.get() or
+                            env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get())}
+        return cls(metric_exporter=OTLPMetricExporter(session=sessions.get("metrics")),
+                   metric_interval_ms=interval,
+                   span_exporter=OTLPSpanExporter(session=sessions.get("traces")),
+                   log_exporter=OTLPLogExporter(session=sessions.get("logs")), sessions=sessions)
+
+
+#: the SDK's per-signal credential-provider variables: a session of the user's own wins
+_CREDENTIAL_PROVIDERS: dict[Signal, env.Variable] = {
+    "metrics": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER,
+    "traces": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
+    "logs": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER}
 
 
 class HistogramsExporter(MetricExporter):
@@ -83,20 +100,20 @@ class HistogramsExporter(MetricExporter):
     rest (it is what the counts hold, and what Prometheus needs).
     """
 
-    def __init__(self, exporter: MetricExporter, metrics: Callable[[], list[Metric]]) -> None:
+    def __init__(self, exporter: MetricExporter, metrics: Callable[[], list[Metric]],
+                 gate: ExportGate) -> None:
         super().__init__(preferred_temporality=exporter._preferred_temporality,
                          preferred_aggregation=exporter._preferred_aggregation)
         self.exporter = exporter
         self.metrics = metrics
-        #: False in a forked child: its copy of the run's state is the parent's, frozen
-        self.active = True
+        #: counts failures; closed in a forked child (its copy of the run's state is frozen)
+        self.gate = gate
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
-        if not self.active:
-            return MetricExportResult.SUCCESS
-        return self.exporter.export(self._with_histograms(metrics_data),
-                                    timeout_millis=timeout_millis, **kwargs)
+        return self.gate.run(lambda: self.exporter.export(
+            self._with_histograms(metrics_data), timeout_millis=timeout_millis, **kwargs),
+            MetricExportResult.SUCCESS, MetricExportResult.FAILURE)
 
     def _with_histograms(self, data: MetricsData) -> MetricsData:
         histograms = self.metrics()
@@ -125,7 +142,7 @@ def start_export(sinks: Sinks | None, state: RunState, labels: dict[str, str],
     """The run's export to ``sinks`` (None: no export), the SDK's retry chatter quieted."""
     if sinks is None:
         return None
-    quiet_export_errors()
+    quiet_sdk_export_lines()
     resource = resource_for(labels, run_info["run_name"], run_info["host"])
     return OtlpExport(state, labels, run_info, resource, sinks, histograms)
 
@@ -141,7 +158,8 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
         del detected["service.name"]
     if "service.instance.id" not in (env.OTEL_RESOURCE_ATTRIBUTES.get() or ""):
         detected.pop("service.instance.id", None)  # the SDK's random one; ours names run/rank
-    return Resource.create(ours).merge(Resource(detected))
+    # OTEL_RESOURCE_ATTRIBUTES is the user's text: it goes out with every signal, redacted
+    return Resource.create(ours).merge(Resource(Redactor.for_environment().deep(detected)))
 
 
 class OtlpExport:
@@ -159,6 +177,8 @@ class OtlpExport:
         self._providers: list[Any] = []
         self._exporters = [e for e in (sinks.metric_exporter, sinks.span_exporter,
                                        sinks.log_exporter) if e is not None]
+        self._sessions = list(sinks.sessions.values())
+        health = ExportHealth(state)
         self._attribute_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._logger: Logger | None = None
@@ -166,8 +186,9 @@ class OtlpExport:
 
         if sinks.metric_exporter is not None:
             self._take_window = state.logged.reader()
-            self._metric_exporter = HistogramsExporter(sinks.metric_exporter,
-                                                       self._added_metrics)
+            self._metric_exporter = HistogramsExporter(
+                sinks.metric_exporter, self._added_metrics,
+                ExportGate("metrics", health, sinks.sessions.get("metrics")))
             reader = PeriodicExportingMetricReader(
                 self._metric_exporter, export_interval_millis=sinks.metric_interval_ms)
             self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader],
@@ -177,24 +198,27 @@ class OtlpExport:
         if sinks.span_exporter is not None:
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             tracer_provider.add_span_processor(BatchSpanProcessor(
-                sinks.span_exporter, max_export_batch_size=_export_batch(
+                GatedSpanExporter(sinks.span_exporter, ExportGate(
+                    "traces", health, sinks.sessions.get("traces"))),
+                max_export_batch_size=_export_batch(
                 env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BSP_MAX_QUEUE_SIZE)))
             self._providers.append(tracer_provider)
             self.tracer = tracer_provider.get_tracer("traintel", __version__)
         if sinks.log_exporter is not None:
             logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-                sinks.log_exporter, max_export_batch_size=_export_batch(
+                GatedLogExporter(sinks.log_exporter, ExportGate(
+                    "logs", health, sinks.sessions.get("logs"))),
+                max_export_batch_size=_export_batch(
                 env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BLRP_MAX_QUEUE_SIZE)))
             self._providers.append(logger_provider)
             self._logger = logger_provider.get_logger("traintel", __version__)
         reset_in_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
-        if self._metric_exporter is not None:
-            self._metric_exporter.active = False
+        """The gates close themselves (nothing is sent); what is left here is the parent's."""
         self._logger = None
-        self._providers, self._exporters = [], []  # the parent shuts them down
+        self._providers, self._exporters, self._sessions = [], [], []
 
     # -- metrics --------------------------------------------------------------------------
     def _register_instruments(self, table: dict[str, Reader]) -> None:
@@ -307,6 +331,8 @@ class OtlpExport:
                     exporter.shutdown()
                 except Exception:
                     log.debug("exporter shutdown failed", exc_info=True)
+            for session in self._sessions:  # a hung collector: cut the reads in flight
+                session.abort()
             worker.join(max(0.0, deadline - time.monotonic()))
             log.warning("traintel: telemetry export did not finish within %.1fs (collector "
                         "unreachable or slow); unsent data is dropped, the local record is "

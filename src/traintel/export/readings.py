@@ -121,6 +121,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
             key: counts[1] for key, counts in list(s.logged.counts.items())}),
         "traintel_record_dropped_total": _value(lambda s: s.dropped),
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
+        "traintel_export_failures_total": _by("signal", lambda s: s.export_failures),
     }
     from ..catalog import METRICS  # hardware metrics: whatever the samplers reported
     for metric in METRICS:

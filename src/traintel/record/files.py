@@ -6,40 +6,28 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..state import nonfinite_text
+from ..validate import json_safe
 
 log = logging.getLogger("traintel.record")
 
 
 def encode(value: Any, *, sort_keys: bool = False, indent: bool = False) -> bytes:
-    """JSON bytes for anything traintel writes: orjson first, the stdlib for what orjson
-    refuses (integers beyond 64 bits), ``str()`` for objects neither knows."""
+    """JSON bytes for anything traintel writes. orjson first; what it refuses (an integer beyond
+    64 bits, text with lone surrogates, nesting deeper than 255, a circular reference) is made
+    JSON-safe by :func:`traintel.validate.json_safe` and encoded again, so that one odd value
+    costs that value, not its line."""
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0) | (
         orjson.OPT_INDENT_2 if indent else 0)
     try:
         return orjson.dumps(value, option=option, default=_json_default)
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(_text_for_nonfinite(value), default=_json_default, ensure_ascii=False,
-                          allow_nan=False, sort_keys=sort_keys, indent=2 if indent else None
-                          ).encode("utf-8", "surrogatepass")
-
-
-def _text_for_nonfinite(value: Any) -> Any:
-    """NaN/Inf as "nan"/"inf" text, as the record format says (orjson would write null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return nonfinite_text(value)
-    if isinstance(value, dict):
-        return {k: _text_for_nonfinite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_text_for_nonfinite(v) for v in value]
-    return value
+    except (TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError
+        return orjson.dumps(json_safe(value), option=option)
 
 
 def _json_default(value: Any) -> Any:

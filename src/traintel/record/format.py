@@ -13,6 +13,9 @@ from ..stats import Statistics
 
 #: the live file of a record (rotated ones are ``events.jsonl.1``, ``.2``, ...)
 EVENTS_FILE = "events.jsonl"
+#: the longest line a writer writes and a reader reads: a longer one is replaced by a line saying
+#: what was dropped (writer), or skipped and counted (reader), never held whole in memory
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 RunStatus = Literal["running", "finished", "failed", "interrupted"]
 EndStatus = Literal["finished", "failed", "interrupted"]
@@ -25,6 +28,7 @@ Level = Literal["debug", "info", "warning", "error", "critical"]
 LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error", "critical")
 
 Severity = Literal["critical", "high", "medium", "low"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
 ErrorType = Literal["oom", "cuda", "distributed", "nonfinite_loss", "data", "config",
                     "model_loading", "network", "checkpoint_io", "interrupted", "other"]
 

@@ -2,7 +2,7 @@
 
 As in structlog, a line passes through a list of processors, each a small callable that takes the
 line (and the stdlib ``LogRecord`` it travels with) and returns it: :func:`stamp` (time, level,
-text), :class:`Scrub` (secrets), :class:`Identity` (run and rank), :class:`TraceIds` (the trace
+text), :class:`Redact` (secrets, encodable text), :class:`Identity` (run and rank), :class:`TraceIds` (the trace
 and span it belongs to). Then every sink gets the finished line: the record file, OTLP logs
 (:class:`OtlpLogs`), the live ``/events`` stream (``traintel.server.EventHub``) and the console
 (:class:`Console`).
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from opentelemetry import trace
 
-from ..redact import Scrubber
+from ..redact import Redactor
 from .format import EventDict, Level
 from .queue import Line, RecordQueue
 
@@ -61,25 +61,26 @@ def stamp(line: EventDict, record: logging.LogRecord) -> EventDict:
     return line
 
 
-class Scrub:
-    """Secrets out of everything people or backends read: the message and traceback as text,
-    fields and context deeply (values under secret-looking keys redacted), and the log record's
-    own text and exception, which the console prints."""
+class Redact:
+    """The door of every line but steps: each value made encodable and every secret redacted
+    (``traintel.redact``), text deeply, so that the record, OTLP, ``/events`` and the console get
+    the same safe line; and the log record's own text and exception, which the console prints."""
 
-    def __init__(self, scrubber: Scrubber) -> None:
-        self.scrubber = scrubber
+    #: keys whose values traintel sets itself from validated names and enumerations
+    TRUSTED = frozenset({"ts", "type", "level", "run", "rank", "event", "logger", "error_type",
+                         "severity", "step", "epoch", "trace_id", "span_id"})
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
 
     def __call__(self, line: EventDict, record: logging.LogRecord) -> EventDict:
-        text = self.scrubber.text
-        for key in ("message", "traceback"):
-            if isinstance(line.get(key), str):
-                line[key] = text(line[key])
-        for key in ("fields", "context"):
-            if key in line:
-                line[key] = self.scrubber.deep(line[key])
-        record.msg, record.args = text(record.getMessage()), ()
+        redactor = self.redactor
+        for key, value in line.items():
+            if key not in self.TRUSTED and isinstance(value, (str, dict, list)):
+                line[key] = redactor.deep(value)
+        record.msg, record.args = redactor.text(record.getMessage()), ()
         if record.exc_info and not record.exc_text:
-            record.exc_text = text(_FORMATTER.formatException(record.exc_info))
+            record.exc_text = redactor.text(_FORMATTER.formatException(record.exc_info))
         return line
 
 
@@ -187,10 +188,10 @@ class Pipeline(logging.Handler):
         self.sinks: list[Sink] = [file, *sinks]
 
     @classmethod
-    def for_run(cls, queue: RecordQueue, scrubber: Scrubber, identity: Mapping[str, object],
+    def for_run(cls, queue: RecordQueue, redactor: Redactor, identity: Mapping[str, object],
                 active_span: FallbackSpan, otlp: OtlpExport | None = None,
                 console: logging.Handler | None = None) -> Pipeline:
-        """A run's pipeline: Scrub, stamp, Identity, TraceIds; then the record (queued for the
+        """A run's pipeline: Redact, stamp, Identity, TraceIds; then the record (queued for the
         writer), OTLP logs and the console where the run has them."""
         append = queue.append
         sinks: list[Sink] = []
@@ -198,7 +199,7 @@ class Pipeline(logging.Handler):
             sinks.append(OtlpLogs(otlp, active_span))
         if console is not None:
             sinks.append(Console(console))
-        return cls([Scrub(scrubber), stamp, Identity(identity), TraceIds(active_span)],
+        return cls([Redact(redactor), stamp, Identity(identity), TraceIds(active_span)],
                    file=lambda line, record: append(Line(line)), sinks=sinks)
 
     def submit(self, logger: logging.Logger, level: int, text: object,

@@ -132,6 +132,13 @@ class RecordHealth(TypedDict):
     dropped: int
 
 
+class ExportFigures(TypedDict):
+    """Failed OTLP exports by signal, and the last reason (None: export off or all went out)."""
+
+    failures: dict[str, int]
+    last_error: str | None
+
+
 class InstrumentFigures(Statistics):
     """One custom instrument: histograms, timers and operations with their statistics, counters
     by their total, gauges by their last value."""
@@ -162,6 +169,7 @@ class RunSummary(TypedDict):
     errors: ErrorCounts
     instruments: dict[str, InstrumentFigures]
     record: RecordHealth
+    export: ExportFigures
     config_hash: str
 
 
@@ -195,6 +203,7 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
         "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type},
         "instruments": dict(instruments),
         "record": {"lines": lines, "dropped": state.dropped},
+        "export": export_figures(state),
         "config_hash": about["config_hash"],
     }
 
@@ -210,3 +219,8 @@ def instrument_summaries(observations: Mapping[tuple[ObservationKind, str], Runn
     entries += [(name, {"kind": "counter", "total": value}) for name, value in counters.items()]
     entries += [(name, {"kind": "gauge", "last": value}) for name, value in gauges.items()]
     return entries
+
+
+def export_figures(state: RunState) -> ExportFigures:
+    """The run's export failures as summary.json and ``/status`` say them."""
+    return {"failures": dict(state.export_failures), "last_error": state.export_error}

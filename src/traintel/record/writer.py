@@ -3,8 +3,15 @@
 The training thread appends typed items (``traintel.record.queue``) to a deque; this thread wakes
 every ``flush_interval`` seconds, turns them into JSON lines, writes them with one system call,
 rotates by size, and folds each step into the figures that become ``summary.json``
-(``StepFigures``, the same fold ``traintel logs summary`` runs on what it reads). A disk that is
-full or unwritable costs one warning and a dropped-line count, never an exception in training.
+(``StepFigures``, the same fold ``traintel logs summary`` runs on what it reads).
+
+Nothing is lost without a word. A value no encoder takes costs its line, which is replaced by a
+``record_line_dropped`` line saying what it was. A disk that is full or unwritable costs one
+warning; the lines wait in memory (up to ``MAX_PENDING_BYTES``) and are written when the disk has
+room again, tried every flush; what did not fit is counted and said in a ``record_gap`` line. A
+run directory deleted under a running writer is noticed at the next flush: the directory is made
+again, starting with the record's first lines, and a ``record_gap`` line says how many lines went
+with it. ``close`` retries for up to ``shutdown_s`` before it counts what is left as dropped.
 A forked child (a data-loader worker) inherits the writer but not its thread: it resets itself
 there and never writes the parent's record.
 """
@@ -21,13 +28,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Literal, Union
 
-import orjson
-
 from ..forks import reset_in_child
 from ..state import RateWindow, RunState
 from ..stats import RunningStats
 from .files import encode
-from .format import EVENTS_FILE, ObservationKind
+from .format import EVENTS_FILE, MAX_LINE_BYTES, ObservationKind
 from .queue import Call, Line, Observe, RecordQueue, Step
 from .summary import StepFigures
 
@@ -35,6 +40,13 @@ log = logging.getLogger("traintel.record")
 
 #: lines serialized and written per system call at most
 DRAIN_BATCH = 4096
+#: lines kept in memory while the record cannot be written (a full disk), oldest dropped first
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+#: the record's first lines, written again at the top of a run directory made anew
+HEAD_TYPES = ("run_start", "config")
+_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EFBIG: "the file size limit was hit", errno.EACCES: "permission denied",
+            errno.EROFS: "read-only filesystem", errno.ENOTDIR: "a path part is not a directory"}
 
 #: what a listener hears about: a step's duration, or an instrument's observation
 Heard = Union[Literal["step"], ObservationKind]
@@ -49,26 +61,38 @@ class RecordWriter:
 
     def __init__(self, directory: Path, state: RunState, identity: Mapping[str, object], *,
                  flush_interval: float = 1.0, max_bytes: int = 256 * 1024 * 1024,
-                 rates: RateWindow | None = None) -> None:
+                 shutdown_s: float = 2.0, rates: RateWindow | None = None) -> None:
         self.directory = directory
         self.path = directory / EVENTS_FILE
         self.state = state
         self.identity = dict(identity)
         self.flush_interval = flush_interval
         self.max_bytes = max_bytes
+        self.shutdown_s = shutdown_s
         self.queue: RecordQueue = deque()
         #: what summary.json says of the steps, folded as they are written
         self.figures = StepFigures()
         #: histogram, timer and operation observations by (kind, name)
         self.observations: dict[tuple[ObservationKind, str], RunningStats] = {}
-        #: lines serialized so far (written or counted as dropped)
+        #: lines serialized so far (written, waiting, or counted as dropped)
         self.lines = 0
         self.listeners: list[Listener] = []
         self.rates = rates or RateWindow()
         self._file: IO[bytes] | None = None
         self._size = 0
-        self._failed_at: float | None = None
-        self._warned = False
+        #: complete lines in the live file, and in the directory's rotated files
+        self._in_file = 0
+        self._in_rotated = 0
+        #: the record's first lines (run_start, config), written again into a directory made anew
+        self._head: list[bytes] = []
+        #: lines not yet written because the record could not be (a full disk), oldest first
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        #: while writing fails: since when, why, and how many lines were dropped meanwhile
+        self._outage: tuple[float, str] | None = None
+        self._gap_lost = 0
+        self._gap_reasons: list[str] = []
+        self._warned: set[str] = set()
         self._forked = False
         self._wake = threading.Event()
         self._stopping = False
@@ -90,13 +114,26 @@ class RecordWriter:
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write everything queued and stop the thread."""
+        """Write everything queued and stop the thread. Lines that cannot be written yet (a
+        full disk) are retried for up to ``shutdown_s``, then counted as dropped and said."""
         self._stopping = True
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._drain()
+        deadline = time.monotonic() + self.shutdown_s
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            self._drain()
         with self._lock:
+            if self._pending:
+                lost = len(self._pending)
+                self._pending.clear()
+                self._pending_bytes = 0
+                self._count_lost(lost)
+                log.warning("traintel: %d run record lines could not be written before the run "
+                            "ended (%s); they are lost, and counted in summary.json's "
+                            "record.dropped", lost, self._outage[1] if self._outage else "I/O error")
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -111,6 +148,7 @@ class RecordWriter:
         self._forked = self._stopping = True
         self._lock = threading.Lock()
         self.queue.clear()
+        self._pending.clear()
         self._file = None  # the parent's descriptor: the parent closes it
 
     # -- writer thread --------------------------------------------------------------------
@@ -125,8 +163,13 @@ class RecordWriter:
 
     def _drain(self) -> None:
         """Write everything queued, in batches of at most DRAIN_BATCH lines so a backlog (a
-        tight loop outpacing the disk) never becomes one giant buffer."""
-        while not self._forked and self._drain_batch():
+        tight loop outpacing the disk) never becomes one giant buffer. Once per drain, the live
+        file is checked: deleted under us, its lines are gone and the record starts again."""
+        if self._forked:
+            return
+        with self._lock:
+            self._check_file()
+        while self._drain_batch():
             pass
 
     def _drain_batch(self) -> bool:
@@ -134,7 +177,7 @@ class RecordWriter:
         with self._lock:
             queue = self.queue
             self.state.queue_depth = len(queue)
-            if not queue:
+            if not queue and not self._pending:
                 return False
             chunks: list[bytes] = []
             figures = self.figures
@@ -142,33 +185,59 @@ class RecordWriter:
             identity = self.identity
             for _ in range(min(len(queue), DRAIN_BATCH)):
                 item = queue.popleft()
-                if type(item) is Step:
-                    ts, step, epoch, step_s, data_wait_s, metrics = item
-                    figures.add(ts, step_s, data_wait_s, metrics)
-                    logged.fold(metrics)
-                    if step_s is not None:
-                        for listener in self.listeners:
-                            listener("step", None, step_s)
-                    line: Mapping[str, object] = {
-                        "ts": ts, "type": "step", "level": "info", **identity, "step": step,
-                        "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
-                        "metrics": metrics}
-                elif type(item) is Call:
-                    item.fn(*item.args)
-                    continue
-                elif type(item) is Observe:
-                    self._observe(*item)
-                    continue
-                else:
-                    assert type(item) is Line
-                    line = item.line
-                chunks.append(_serialize(line, identity))
+                try:
+                    if type(item) is Step:
+                        ts, step, epoch, step_s, data_wait_s, metrics = item
+                        figures.add(ts, step_s, data_wait_s, metrics)
+                        logged.fold(metrics)
+                        if step_s is not None:
+                            for listener in self.listeners:
+                                listener("step", None, step_s)
+                        line: Mapping[str, object] = {
+                            "ts": ts, "type": "step", "level": "info", **identity, "step": step,
+                            "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
+                            "metrics": metrics}
+                    elif type(item) is Call:
+                        item.fn(*item.args)
+                        continue
+                    elif type(item) is Observe:
+                        self._observe(*item)
+                        continue
+                    else:
+                        assert type(item) is Line
+                        line = item.line
+                        if line.get("type") in HEAD_TYPES and len(self._head) < len(HEAD_TYPES):
+                            self._head.append(encode(line))
+                    chunk = encode(line)
+                    if len(chunk) > MAX_LINE_BYTES:
+                        chunk = self._dropped_line(item, f"the line is {len(chunk)} bytes, over "
+                                                         f"the {MAX_LINE_BYTES}-byte limit")
+                except Exception as exc:  # one bad item never costs its batch
+                    if type(item) in (Call, Observe):
+                        self._warn_once("item", "traintel: the record writer skipped work it "
+                                        "could not do (%s: %s); continuing", type(exc).__name__,
+                                        exc)
+                        continue
+                    chunk = self._dropped_line(item, f"{type(exc).__name__}: {exc}")
+                chunks.append(chunk)
             self.lines += len(chunks)
             if figures.last_ts is not None:
                 self.rates.add(figures.last_ts, figures.steps, figures.samples, figures.tokens)
                 self.state.rates = self.rates.rates()
             self._write(chunks)
             return bool(queue)
+
+    def _dropped_line(self, item: object, reason: str) -> bytes:
+        """The line that stands for one that could not be written, saying what it was."""
+        self.state.dropped += 1
+        line = getattr(item, "line", None)
+        what = {"type": "step", "step": item[1]} if type(item) is Step else {
+            "type": line.get("type"), "event": line.get("event")} if isinstance(line, Mapping) \
+            else {"type": type(item).__name__}
+        return encode({"ts": time.time(), "type": "event", "level": "error", **self.identity,
+                       "event": "record_line_dropped", "step": self.state.step,
+                       "epoch": self.state.epoch,
+                       "fields": {**what, "reason": reason[:500]}})
 
     def _observe(self, kind: ObservationKind, name: str, value: float) -> None:
         stats = self.observations.get((kind, name))
@@ -178,29 +247,119 @@ class RecordWriter:
         for listener in self.listeners:
             listener(kind, name, value)
 
-    def _write(self, chunks: list[bytes]) -> None:
-        """Write lines, rotating whenever the next line would take the file past max_bytes."""
-        file = self._file or self._reopen()
+    # -- the file ---------------------------------------------------------------------------
+    def _check_file(self) -> None:
+        """Notice a live file (or the whole directory) deleted since the last drain: its lines
+        are lost; say how many and start the record again with its first lines."""
+        file = self._file
         if file is None:
-            self.state.dropped += len(chunks)
             return
+        try:
+            deleted = os.fstat(file.fileno()).st_nlink == 0
+        except OSError:
+            deleted = True
+        if not deleted:
+            return
+        directory_gone = not self.directory.is_dir()
+        lost = self._in_file + (self._in_rotated if directory_gone else 0)
+        what = "the run directory was deleted" if directory_gone else f"{EVENTS_FILE} was deleted"
+        file.close()
+        self._file = None
+        self._in_file = 0
+        if directory_gone:
+            self._in_rotated = 0
+        self._count_lost(lost, what)
+        log.warning("traintel: %s while the run was recording; %d lines written before were "
+                    "lost with it. The record goes on in %s", what, lost, self.directory)
+        restart = [*self._head, self._gap_line()]
+        self._pending.extendleft(reversed(restart))
+        self._pending_bytes += sum(len(c) + 1 for c in restart)
+
+    def _count_lost(self, lost: int, reason: str | None = None) -> None:
+        """Lines that will never be written: counted (summary.json's record.dropped, the
+        exported traintel_record_dropped_total) and said in the next gap line."""
+        reason = reason or (self._outage[1] if self._outage else "I/O error")
+        self.state.dropped += lost
+        self._gap_lost += lost
+        if reason not in self._gap_reasons:
+            self._gap_reasons.append(reason)
+
+    def _write(self, chunks: list[bytes]) -> None:
+        """Write what waits and then ``chunks``; what cannot be written waits for the next
+        drain (bounded), so a disk that frees up within a flush loses nothing."""
+        if self._pending:
+            chunks = [*self._pending, *chunks]
+            self._pending.clear()
+            self._pending_bytes = 0
+        if self._gap_lost and chunks:
+            chunks.insert(0, self._gap_line())
+        if not chunks:
+            return
+        file = self._file or self._open()
+        written = 0 if file is None else self._write_rotating(file, chunks)
+        if written < len(chunks):
+            self._keep(chunks[written:])
+        elif self._outage is not None:
+            since, reason = self._outage
+            self._outage = None
+            self._warned.discard("outage")
+            log.warning("traintel: the run record is writable again after %.1fs (%s before)",
+                        time.monotonic() - since, reason)
+
+    def _gap_line(self) -> bytes:
+        """The line that says how many lines are missing before it, and why."""
+        line = encode({"ts": time.time(), "type": "event", "level": "error", **self.identity,
+                       "event": "record_gap", "step": self.state.step, "epoch": self.state.epoch,
+                       "fields": {"lost_lines": self._gap_lost,
+                                  "reason": "; ".join(self._gap_reasons)}})
+        self._gap_lost = 0
+        self._gap_reasons = []
+        return line
+
+    def _keep(self, chunks: list[bytes]) -> None:
+        """Lines to write at the next drain, within MAX_PENDING_BYTES (oldest dropped first,
+        counted, and said in the gap line)."""
+        pending = self._pending
+        for chunk in chunks:
+            pending.append(chunk)
+            self._pending_bytes += len(chunk) + 1
+        dropped = 0
+        while self._pending_bytes > MAX_PENDING_BYTES and pending:
+            self._pending_bytes -= len(pending.popleft()) + 1
+            dropped += 1
+        if dropped:
+            self._count_lost(dropped)
+
+    def _write_rotating(self, file: IO[bytes], chunks: list[bytes]) -> int:
+        """Write lines, rotating whenever the next line would take the file past max_bytes;
+        the number of lines written."""
         batch: list[bytes] = []
         size = self._size
-        for index, chunk in enumerate(chunks):
+        done = 0
+        for chunk in chunks:
             if size > 0 and size + len(chunk) + 1 > self.max_bytes:
-                if batch and not self._write_batch(file, batch, len(chunks) - index + len(batch)):
-                    return
+                if batch:
+                    written = self._write_batch(file, batch)
+                    done += written
+                    if written < len(batch):
+                        return done
                 batch = []
-                file = self._rotate(file)
+                try:
+                    file = self._rotate(file)
+                except OSError as exc:
+                    self._fail(exc)
+                    return done
                 size = 0
             batch.append(chunk)
             size += len(chunk) + 1
         if batch:
-            self._write_batch(file, batch, len(batch))
+            done += self._write_batch(file, batch)
+        return done
 
-    def _write_batch(self, file: IO[bytes], batch: list[bytes], at_stake: int) -> bool:
+    def _write_batch(self, file: IO[bytes], batch: list[bytes]) -> int:
         """Write lines with as few system calls as possible; on failure keep the complete
-        lines that made it and cut the file back to the last of them (no torn line)."""
+        lines that made it and cut the file back to the last of them (no torn line). The number
+        of lines written."""
         data = b"\n".join(batch) + b"\n"
         written = 0
         try:
@@ -210,17 +369,19 @@ class RecordWriter:
                     raise OSError(errno.ENOSPC, "no progress writing the run record")
                 written += count
             self._size += len(data)
-            return True
+            self._in_file += len(batch)
+            return len(batch)
         except OSError as exc:
             keep = data.rfind(b"\n", 0, written) + 1
-            self.state.dropped += at_stake - data.count(b"\n", 0, keep)
+            complete = data.count(b"\n", 0, keep)
             try:
                 os.ftruncate(file.fileno(), self._size + keep)
                 self._size += keep
             except OSError:
-                pass
+                complete = 0  # the torn tail may stay: its lines are written again later
+            self._in_file += complete
             self._fail(exc)
-            return False
+            return complete
 
     def _open(self) -> IO[bytes] | None:
         try:
@@ -232,48 +393,41 @@ class RecordWriter:
             self._fail(exc)
             return None
 
-    def _reopen(self) -> IO[bytes] | None:
-        """After a failure, try again at most every 30 s (the disk may have been cleaned)."""
-        if self._failed_at and time.monotonic() - self._failed_at < 30:
-            return None
-        return self._open()
-
     def _fail(self, exc: OSError) -> None:
-        self._failed_at = time.monotonic()
+        """Writing failed: close the file (the next drain opens it again) and say so once per
+        outage."""
+        reason = _REASONS.get(exc.errno or 0, "I/O error")
+        if self._outage is None:
+            self._outage = (time.monotonic(), reason)
         if self._file is not None:
             try:
                 self._file.close()
             except OSError:
                 pass
             self._file = None
-        if not self._warned:
-            self._warned = True
-            reason = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was hit",
-                      errno.EACCES: "permission denied", errno.EROFS: "read-only filesystem"}
-            log.warning("traintel cannot write the run record %s (%s: %s); training and "
-                        "telemetry export continue, lines are counted as dropped",
-                        self.path, reason.get(exc.errno or 0, "I/O error"), exc.strerror or exc)
+        self._warn_once("outage", "traintel cannot write the run record %s (%s: %s); training "
+                        "and telemetry export continue. Lines wait in memory (up to %d MiB) "
+                        "and are written when it can be written again; what does not fit is "
+                        "counted as dropped", self.path, reason, exc.strerror or exc,
+                        MAX_PENDING_BYTES >> 20)
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
 
     def _rotate(self, file: IO[bytes]) -> IO[bytes]:
         """events.jsonl -> events.jsonl.1 -> .2 ...: nothing is deleted."""
         file.close()
+        self._file = None
         existing = sorted((int(p.suffix[1:]) for p in self.directory.glob(f"{EVENTS_FILE}.*")
                            if p.suffix[1:].isdigit()), reverse=True)
         for n in existing:
             os.replace(self.directory / f"{EVENTS_FILE}.{n}",
                        self.directory / f"{EVENTS_FILE}.{n + 1}")
         os.replace(self.path, self.directory / f"{EVENTS_FILE}.1")
+        self._in_rotated += self._in_file
+        self._in_file = 0
         new = self._file = open(self.path, "ab", buffering=0)
         self._size = 0
         return new
-
-
-def _serialize(line: Mapping[str, object], identity: Mapping[str, object]) -> bytes:
-    """One record line; a warning line in its place if nothing can encode it, so one bad
-    value never breaks the file."""
-    try:
-        return encode(line)
-    except (TypeError, ValueError) as exc:
-        return orjson.dumps({"ts": line.get("ts", time.time()), "type": "event",
-                             "level": "warning", **identity, "event": "unserializable",
-                             "fields": {"error": str(exc)[:500]}})

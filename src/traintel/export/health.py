@@ -1,0 +1,331 @@
+"""Export health: every failed export counted and said, whatever the failure, and nothing exported
+from a forked child.
+
+The OTLP/HTTP exporters fail in several ways: the collector refuses the connection, accepts it
+and never answers, answers 429/503 with a ``Retry-After`` longer than the export timeout, or
+rejects the payload (4xx). The SDK retries some of these and then logs a line that is easy to
+miss, or none that says why. Here each signal's exporter is wrapped by an :class:`ExportGate`:
+
+- a failed export (a FAILURE result, or an exception) is counted per signal in the run state
+  (``traintel_export_failures_total{signal}`` on ``/metrics``, ``/status``, summary.json) and
+  said in one warning with the reason, then at most once every ``WARN_EVERY_S`` with the count;
+- the reason comes from the exporter's :class:`ExportSession` (a ``requests.Session`` the SDK
+  accepts by its constructor), which sees every response and connection error: "HTTP 429, retry
+  after 120 s", "no answer within 10 s", "connection refused by collector:4318". Only host and
+  port are named, never the URL (it may carry credentials);
+- a ``Retry-After`` from a 429/503 is honoured: until it passes, exports fail at once, counted,
+  without sending;
+- in a forked child (a data-loader worker) the gate closes: the child's copy of the run state is
+  the parent's at the fork, and exporting it under the same run and rank labels would make the
+  exported counters jump backwards;
+- at shutdown, :meth:`ExportSession.abort` cuts the connections of exports still in flight, so
+  that a hung collector cannot keep export threads alive after ``finish()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from ..forks import reset_in_child
+from ..state import RunState
+
+log = logging.getLogger("traintel.export")
+
+Signal = Literal["metrics", "traces", "logs"]
+SIGNALS: tuple[Signal, ...] = ("metrics", "traces", "logs")
+#: seconds between repeated export warnings (the first failure is said at once)
+WARN_EVERY_S = 300.0
+#: the longest Retry-After honoured (a collector asking for an hour is asking for too much)
+MAX_RETRY_AFTER_S = 600.0
+_R = TypeVar("_R")
+
+
+class Throttled(requests.RequestException):
+    """An export not sent because the collector asked to wait (Retry-After)."""
+
+
+class ExportSession(requests.Session):
+    """The HTTP session of one signal's exporter: says why an export failed, honours
+    ``Retry-After``, and can cut the connections in flight (:meth:`abort`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: why the last request failed (None after a success)
+        self.reason: str | None = None
+        self._wait_until = 0.0
+        self._throttled_by = ""
+        self._cut = False
+        self._adapter = _TrackingAdapter()
+        self.mount("http://", self._adapter)
+        self.mount("https://", self._adapter)
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:
+        where = _where(url)
+        if self._cut:  # the run has ended: no new connection (the SDK retries once at once)
+            self.reason = (f"no answer from {where} before the run's end cut the export (a hung "
+                           "or overloaded collector)")
+            raise requests.ConnectionError(self.reason)
+        wait = self._wait_until - time.monotonic()
+        if wait > 0:
+            self.reason = f"{self._throttled_by}; not sent, {wait:.0f} s of the wait left"
+            raise Throttled(self.reason)
+        try:
+            response = super().request(method, url, *args, **kwargs)
+        except requests.Timeout:
+            self.reason = (f"no answer from {where} within {kwargs.get('timeout') or '?'} s "
+                           "(a hung or overloaded collector)")
+            raise
+        except requests.ConnectionError as exc:
+            self.reason = (f"no answer from {where} before the run's end cut the export (a hung "
+                           "or overloaded collector)") if self._cut else \
+                f"cannot connect to {where} ({_cause(exc)})"
+            raise
+        if response.status_code < 400:
+            self.reason = None
+            return response
+        self.reason = f"{where} answered HTTP {response.status_code} {response.reason or ''}"
+        after = retry_after(response.headers)
+        if response.status_code in (429, 503) and after is not None:
+            self._wait_until = time.monotonic() + min(after, MAX_RETRY_AFTER_S)
+            self.reason += f", Retry-After {after:.0f} s"
+            self._throttled_by = self.reason
+        return response
+
+    def abort(self) -> None:
+        """Cut every connection, those in flight included: a blocked read returns at once."""
+        self._cut = True
+        self._adapter.abort()
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """Remembers the connections it makes (urllib3's pool classes, subclassed per adapter) so
+    that :meth:`abort` can shut their sockets down, which a pool's ``close`` does not do for a
+    connection in use. A connection that was still being opened when :meth:`abort` ran is shut
+    as soon as it is open."""
+
+    def __init__(self) -> None:
+        self.connections: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        self.aborted = False
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _tracked(HTTPConnectionPool, HTTPConnection, self),
+            "https": _tracked(HTTPSConnectionPool, HTTPSConnection, self)}
+
+    def abort(self) -> None:
+        self.aborted = True
+        for connection in list(self.connections):
+            _shut(connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _tracked(pool: type[HTTPConnectionPool], connection: type[HTTPConnection],
+             adapter: _TrackingAdapter) -> type[HTTPConnectionPool]:
+    def connect(self: HTTPConnection) -> None:
+        adapter.connections.add(self)
+        connection.connect(self)
+        if adapter.aborted:  # abort() ran while this one was being opened
+            _shut(self)
+
+    tracked = type(f"Tracked{connection.__name__}", (connection,), {"connect": connect})
+    return type(f"Tracked{pool.__name__}", (pool,), {"ConnectionCls": tracked})
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """A ``Retry-After`` header in seconds (delay-seconds or an HTTP date), or None."""
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+
+
+def _where(url: str | bytes) -> str:
+    """``host:port`` of a URL: never the URL itself, which may carry credentials."""
+    parts = urlsplit(url.decode() if isinstance(url, bytes) else url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.hostname or '?'}:{port or ('443' if parts.scheme == 'https' else '80')}"
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error, short (``connection refused``)."""
+    while exc.__context__ is not None and not isinstance(exc, OSError):
+        exc = exc.__context__
+    text = getattr(exc, "strerror", None) or str(exc).split(": ")[-1]
+    return str(text).strip("()'\"").lower()[:120]
+
+
+class ExportHealth:
+    """A run's export failures: counted in the run state, said in rate-limited warnings."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self._lock = threading.Lock()
+        self._warned_at = -float("inf")
+        self._unsaid = 0
+
+    def failed(self, signal: Signal, reason: str) -> None:
+        state = self.state
+        with self._lock:
+            state.export_failures[signal] = state.export_failures.get(signal, 0) + 1
+            state.export_error = f"{signal}: {reason}"
+            now = time.monotonic()
+            if now - self._warned_at < WARN_EVERY_S:
+                self._unsaid += 1
+                return
+            since, self._unsaid, self._warned_at = self._unsaid, 0, now
+        total = sum(state.export_failures.values())
+        log.warning("traintel: OTLP export of %s failed: %s. %d export(s) failed in this run "
+                    "so far%s; the local record is complete. Check the collector with "
+                    "`traintel doctor`", signal, reason, total,
+                    f" ({since} since the last warning)" if since else "")
+
+
+class ExportGate:
+    """In front of one signal's exporter: closed in a forked child; failures counted with their
+    reason (the session's, else the SDK's last log line, else the exception)."""
+
+    def __init__(self, signal: Signal, health: ExportHealth,
+                 session: ExportSession | None = None) -> None:
+        self.signal = signal
+        self.health = health
+        self.session = session
+        # zero from the start, so that rate() and dashboards see the series before any failure
+        health.state.export_failures.setdefault(signal, 0)
+        #: False in a forked child: nothing it holds is its own to export
+        self.open = True
+        reset_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self.open = False
+
+    def run(self, export: Callable[[], _R], success: _R, failure: _R) -> _R:
+        if not self.open:
+            return success
+        try:
+            result = export()
+        except Exception as exc:  # an exporter may raise; the SDK's processors log it raw
+            self.health.failed(self.signal, self._reason() or f"{type(exc).__name__}: {exc}")
+            return failure
+        if result != success:
+            self.health.failed(self.signal, self._reason() or "the exporter reported failure")
+        return result
+
+    def _reason(self) -> str | None:
+        if self.session is not None and self.session.reason:
+            return self.session.reason
+        return SDK_MESSAGES.get(self.signal)
+
+
+class GatedSpanExporter(SpanExporter):
+    def __init__(self, exporter: SpanExporter, gate: ExportGate) -> None:
+        self.exporter = exporter
+        self.gate = gate
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.gate.run(lambda: self.exporter.export(spans), SpanExportResult.SUCCESS,
+                             SpanExportResult.FAILURE)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class GatedLogExporter(LogRecordExporter):
+    def __init__(self, exporter: LogRecordExporter, gate: ExportGate) -> None:
+        self.exporter = exporter
+        self.gate = gate
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        return self.gate.run(lambda: self.exporter.export(batch), LogRecordExportResult.SUCCESS,
+                             LogRecordExportResult.FAILURE)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+# -- the SDK's own lines about export --------------------------------------------------------
+#: the SDK's last line about a failed export, per signal: a reason where the session saw none
+SDK_MESSAGES: dict[Signal, str] = {}
+#: the SDK's loggers that speak about exports, and the signal each speaks for
+_SDK_LOGGERS: dict[str, Signal | None] = {
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter": "metrics",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter": "traces",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter": "logs",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter": "metrics",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": "traces",
+    "opentelemetry.exporter.otlp.proto.grpc._log_exporter": "logs",
+    "opentelemetry.exporter.otlp.common.http": None,
+}
+
+
+class SdkExportLines(logging.Filter):
+    """Keeps the SDK's per-attempt export lines off the console (they repeat every few seconds
+    and can print the collector's URL, credentials included); the gates say what failed, once,
+    and this filter keeps the SDK's text as the reason when the session has none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            signal = _SDK_LOGGERS.get(record.name)
+            if signal is not None:
+                try:
+                    SDK_MESSAGES[signal] = str(record.getMessage())[:300]
+                except (TypeError, ValueError):
+                    pass
+        return False
+
+
+_quieted = False
+
+
+def quiet_sdk_export_lines() -> None:
+    """Install :class:`SdkExportLines` on the SDK's export loggers (once per process)."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    chatter = SdkExportLines()
+    for name in _SDK_LOGGERS:
+        logging.getLogger(name).addFilter(chatter)
