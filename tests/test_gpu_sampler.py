@@ -22,7 +22,6 @@ from traintel.samplers.nvml_fields import FIELD_VALUES
 from traintel.samplers.xid import NEEDS_RESET, XIDS, describe, level
 from traintel.testing import capture
 
-from core_helpers import QUIET, of_type, read_record
 from fake_nvml import GPM_VALUES, NAME, UUIDS, FakeNvml, GiB
 
 GPU_METRICS = {m.name for m in catalog.METRICS if m.group == "gpu"}
@@ -365,17 +364,17 @@ def test_xid_table():
     assert describe(150).mnemonic == "NVLINK_MSE_ERROR"
 
 
-def test_xid_reaches_the_record_the_logs_and_the_counter(nvml, tmp_path):
+def test_xid_reaches_the_record_the_logs_and_the_counter(nvml, tmp_path, quiet, recorded):
     # NVML stand-in: no GPU here; the rest is a real run.
     with capture() as telemetry:
         with traintel.init(project="t", dir=str(tmp_path),
-                           **{**QUIET, "otlp": True, "sample_interval": 0.02}) as run:
+                           **{**quiet, "otlp": True, "sample_interval": 0.02}) as run:
             nvml.xid(0, 79)
             deadline = time.monotonic() + 10
             while not run.state.events.get("gpu_xid") and time.monotonic() < deadline:
                 time.sleep(0.02)
             telemetry.collect()
-    (line,) = [e for e in of_type(read_record(run.dir), "event") if e["event"] == "gpu_xid"]
+    (line,) = recorded(run.dir).of("event", "gpu_xid")
     assert line["level"] == "critical"
     assert line["fields"]["xid"] == 79 and line["fields"]["UUID"] == UUIDS[0]
     assert line["fields"]["meaning"] == "GPU has fallen off the bus"

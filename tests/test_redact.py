@@ -1,15 +1,15 @@
 """Redaction (traintel.redact): which keys hold secrets, which values are found, and how text and
-nested values are scrubbed."""
+nested values are redacted."""
 
 from __future__ import annotations
 
 import pytest
 
-from traintel.redact import REDACTED, Scrubber, is_secret_key, redact_mapping, secret_values
+from traintel.redact import REDACTED, Redactor, is_secret_key, secret_values
 
 
 @pytest.mark.parametrize("key", ["password", "DB_PASSWORD", "db_pass", "hf_token", "api_key",
-                                 "apiKey", "aws_secret_access_key", "private-key", "key",
+                                 "apiKey", "aws_secret_access_key", "private-key",
                                  "ssh.key", "Authorization", "session_id", "sentry_dsn",
                                  "credentials", "cookie"])
 def test_secret_keys(key: str) -> None:
@@ -30,15 +30,15 @@ def test_secret_values_come_from_secret_keys_in_config_and_environment() -> None
 
 
 def test_text_is_scrubbed_longest_secret_first() -> None:
-    scrubber = Scrubber({"abcdef", "abcdefgh"})
+    scrubber = Redactor({"abcdef", "abcdefgh"})
     assert scrubber.text("x abcdefgh y abcdef") == f"x {REDACTED} y {REDACTED}"
-    assert Scrubber().text("nothing to do") == "nothing to do"
-    scrubber.update({"zzzzzz"})
+    assert Redactor().text("nothing to do") == "nothing to do"
+    scrubber.add({"zzzzzz"})
     assert scrubber.text("zzzzzz abcdef") == f"{REDACTED} {REDACTED}"
 
 
 def test_deep_scrubs_nested_values_and_redacts_secret_keys() -> None:
-    scrubber = Scrubber({"s3cr3t-value"})
+    scrubber = Redactor({"s3cr3t-value"})
     value = {"token": "anything", "empty_password": "", "nested": [{"note": "is s3cr3t-value"}],
              7: ("a", "s3cr3t-value")}
     assert scrubber.deep(value) == {"token": REDACTED, "empty_password": "",
@@ -46,6 +46,6 @@ def test_deep_scrubs_nested_values_and_redacts_secret_keys() -> None:
                                     "7": ["a", REDACTED]}
 
 
-def test_redact_mapping_for_the_environment_section() -> None:
-    assert redact_mapping({"NCCL_DEBUG": "INFO", "HF_TOKEN": "hf_x", "EMPTY_TOKEN": ""}) == {
+def test_a_mapping_of_environment_variables_is_redacted_by_key() -> None:
+    assert Redactor().deep({"NCCL_DEBUG": "INFO", "HF_TOKEN": "hf_x", "EMPTY_TOKEN": ""}) == {
         "NCCL_DEBUG": "INFO", "HF_TOKEN": REDACTED, "EMPTY_TOKEN": ""}
