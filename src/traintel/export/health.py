@@ -116,35 +116,46 @@ class ExportSession(requests.Session):
 
 
 class _TrackingAdapter(HTTPAdapter):
-    """Remembers the connections it makes (urllib3's pool classes, subclassed per adapter) so
-    that :meth:`abort` can shut their sockets down, which a pool's ``close`` does not do for a
-    connection in use."""
+    """Remembers the sockets of the connections it makes (urllib3's pool classes, subclassed per
+    adapter) so that :meth:`abort` can shut them down, which a pool's ``close`` does not do for a
+    connection in use. The socket is taken when the connection is made: some urllib3 builds
+    (urllib3-future) do not keep it on the connection while a response is awaited."""
 
     def __init__(self) -> None:
-        self.connections: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.aborted = False
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
-            "http": _tracked(HTTPConnectionPool, HTTPConnection, self.connections),
-            "https": _tracked(HTTPSConnectionPool, HTTPSConnection, self.connections)}
+            "http": _tracked(HTTPConnectionPool, HTTPConnection, self),
+            "https": _tracked(HTTPSConnectionPool, HTTPSConnection, self)}
+
+    def made(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            self.sockets.add(sock)
+            if self.aborted:  # connected after the abort: cut at once
+                _shut(sock)
 
     def abort(self) -> None:
-        for connection in list(self.connections):
-            sock = getattr(connection, "sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        self.aborted = True
+        for sock in list(self.sockets):
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _tracked(pool: type[HTTPConnectionPool], connection: type[HTTPConnection],
-             made: weakref.WeakSet[HTTPConnection]) -> type[HTTPConnectionPool]:
+             adapter: _TrackingAdapter) -> type[HTTPConnectionPool]:
     def connect(self: HTTPConnection) -> None:
-        made.add(self)
         connection.connect(self)
+        adapter.made(getattr(self, "sock", None))
 
     tracked = type(f"Tracked{connection.__name__}", (connection,), {"connect": connect})
     return type(f"Tracked{pool.__name__}", (pool,), {"ConnectionCls": tracked})
