@@ -104,18 +104,29 @@ def _flag(match: re.Match[str]) -> str:
     return _hide_value(match, match.group("key"))
 
 
-def _pair(match: re.Match[str]) -> str:
-    """``key=value``, ``"key": "value"``: the value redacted when the key before the separator
-    names a secret. The key is read backwards from the separator, which keeps the pattern
-    anchored on ``:``/``=`` (Python's regex engine scans fast for a character set, and slowly for
-    a pattern that may start with any word)."""
-    text, end = match.string, match.start()
-    while end > 0 and text[end - 1] in " \t\"'":
-        end -= 1
-    start = end
-    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_.-"):
-        start -= 1
-    return _hide_value(match, text[start:end])
+def _pairs(text: str) -> str:
+    """``key=value``, ``"key": "value"``: each value redacted whose key (read backwards from the
+    separator) names a secret. A separator whose key is no secret is stepped over one character
+    at a time, so that ``note: password=x`` finds ``password`` inside what looked like the first
+    value. Anchored on ``:``/``=``: Python's regex engine scans fast for a character set, and
+    slowly for a pattern that may start at any word."""
+    out: list[str] = []
+    done = start = 0
+    while (match := _SEPARATOR.search(text, start)) is not None:
+        end = match.start()
+        while end > 0 and text[end - 1] in " \t\"'":
+            end -= 1
+        begin = end
+        while begin > 0 and (text[begin - 1].isalnum() or text[begin - 1] in "_.-"):
+            begin -= 1
+        value = match.group("value")
+        if begin < end and REDACTED not in value and is_secret_key(text[begin:end]):
+            quote = value[0] if value[:1] in ("'", '"') else ""
+            out += [text[done:match.start("value")], quote, REDACTED, quote]
+            done = start = match.end()
+        else:
+            start = match.start() + 1
+    return "".join(out) + text[done:] if out else text
 
 
 def _hide_value(match: re.Match[str], key: str) -> str:
@@ -173,10 +184,8 @@ _SHAPES: tuple[tuple[Callable[[str, str], bool], re.Pattern[str], Replacement], 
     # --hf-token VALUE, --password=VALUE
     (lambda t, low: "-" in t and any(word in low for word in _SECRETISH),
      re.compile(r"--?(?P<key>[A-Za-z][\w-]*)(?:=|[ \t]+)(?!-)" + _VALUE), _flag),
-    # password=VALUE, "api_key": "VALUE", Authorization: VALUE
-    (lambda t, low: any(word in low for word in _SECRETISH),
-     re.compile(r"[\"']?[ \t]*[:=][ \t]*" + _VALUE), _pair),
 )
+_SEPARATOR = re.compile(r"[\"']?[ \t]*[:=][ \t]*" + _VALUE)
 _FLAG = re.compile(r"--?[A-Za-z][\w-]*")
 
 
@@ -214,7 +223,8 @@ class Redactor:
         for needed, pattern, replacement in _SHAPES:
             if needed(text, low):
                 text = pattern.sub(replacement, text)
-        return text
+        # password=VALUE, "api_key": "VALUE", Authorization: VALUE
+        return _pairs(text) if any(word in low for word in _SECRETISH) else text
 
     def deep(self, value: Any) -> Any:
         """``value`` with every string redacted, values under secret keys replaced, and the

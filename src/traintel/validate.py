@@ -77,9 +77,9 @@ def check_name(what: str, name: object) -> str:
     else:
         reason = f"it starts with {name[0]!r}"
     suggestion = suggest_name(name)
-    fix = f"; e.g. {suggestion!r}" if suggestion else ""  # at most 100 characters
+    fix = f"; e.g. {suggestion!r}" if suggestion else ""
     # a 5,000-character name is not repeated whole: its start says which one it is
-    named = shown(name, 2 * MAX_NAME_LENGTH)
+    named = repr(name) if len(name) <= 4 * MAX_NAME_LENGTH else shown(name, 2 * MAX_NAME_LENGTH)
     raise ValueError(f"{what}: name {named} is refused: {reason}. A name is {NAME_RULE}{fix}")
 
 

@@ -96,7 +96,7 @@ def test_no_secret_reaches_any_output_channel(stack, tmp_path):
     config = orjson.loads((run_dir / "config.json").read_bytes())["config"]
     assert {k: config[k] for k in LOOK_ALIKE_CONFIG} == LOOK_ALIKE_CONFIG
     assert set(SECRET_CONFIG) <= set(config)
-    record("secrets corpus (29 secrets: config keys, token formats, URL credentials, bearer/basic"
+    record("secrets corpus (27 secrets: config keys, token formats, URL credentials, bearer/basic"
            " auth, signed URLs, --hf-token argv, PEM keys, env) through a real failing run",
            "no secret in any output channel; look-alikes (sort_key, pad_token, rng_key...) kept",
            f"0 secrets in {len(channels)} channels: {len(files_under(run_dir))} files, stdout, "

@@ -116,13 +116,13 @@ class ExportSession(requests.Session):
 
 
 class _TrackingAdapter(HTTPAdapter):
-    """Remembers the connections it makes (urllib3's pool classes, subclassed per adapter) so
-    that :meth:`abort` can shut their sockets down, which a pool's ``close`` does not do for a
-    connection in use. A connection that was still being opened when :meth:`abort` ran is shut
-    as soon as it is open."""
+    """Remembers the sockets of the connections it makes (urllib3's pool classes, subclassed per
+    adapter) so that :meth:`abort` can shut them down, which a pool's ``close`` does not do for a
+    connection in use. The socket is taken when the connection is made: some urllib3 builds
+    (urllib3-future) do not keep it on the connection while a response is awaited."""
 
     def __init__(self) -> None:
-        self.connections: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self.aborted = False
         super().__init__()
 
@@ -132,28 +132,30 @@ class _TrackingAdapter(HTTPAdapter):
             "http": _tracked(HTTPConnectionPool, HTTPConnection, self),
             "https": _tracked(HTTPSConnectionPool, HTTPSConnection, self)}
 
+    def made(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            self.sockets.add(sock)
+            if self.aborted:  # connected after the abort: cut at once
+                _shut(sock)
+
     def abort(self) -> None:
         self.aborted = True
-        for connection in list(self.connections):
-            _shut(connection)
+        for sock in list(self.sockets):
+            _shut(sock)
 
 
-def _shut(connection: HTTPConnection) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _tracked(pool: type[HTTPConnectionPool], connection: type[HTTPConnection],
              adapter: _TrackingAdapter) -> type[HTTPConnectionPool]:
     def connect(self: HTTPConnection) -> None:
-        adapter.connections.add(self)
         connection.connect(self)
-        if adapter.aborted:  # abort() ran while this one was being opened
-            _shut(self)
+        adapter.made(getattr(self, "sock", None))
 
     tracked = type(f"Tracked{connection.__name__}", (connection,), {"connect": connect})
     return type(f"Tracked{pool.__name__}", (pool,), {"ConnectionCls": tracked})
