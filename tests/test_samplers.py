@@ -145,7 +145,9 @@ def test_stop_gives_up_on_a_stuck_sampler_without_closing_it():
 
 def test_system_sampler_plausible_real_values(tmp_path):
     sampler = SystemSampler(str(tmp_path / "not-yet-created" / "run"))
-    sum(i * i for i in range(300_000))  # some CPU between construction and the sample
+    started = time.process_time()
+    while time.process_time() - started < 0.05:  # CPU the sample must see: 5 clock ticks
+        sum(i * i for i in range(10_000))
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         readings = sampler.sample()
