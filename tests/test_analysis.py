@@ -33,8 +33,9 @@ def test_training_figures_come_from_the_lowest_rank_and_counts_from_all() -> Non
                "duration_s": 8.5, "rank": 0}]
     result = summary_of(lines).result()
     assert result["steps"] == 5  # the rank with the most steps
-    assert (result["samples"], result["loss"]) == (32, {"final": 1.0, "best": 1.0,
-                                                        "nonfinite": 0})
+    loss = result["loss"]
+    assert (result["samples"], loss["final"], loss["best"], loss["nonfinite"]) == (32, 1.0, 1.0,
+                                                                                   0)
     assert result["throughput"]["steps_per_s"] == pytest.approx(4 / 4.0)  # rank 0, first step too
     assert (result["status"], result["duration_s"]) == ("interrupted", 9.0)  # the worst rank's
     assert result["ranks"] == [0, 1] and result["by_type"] == {"step": 9, "run_end": 2}

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .record.format import END_STATUSES, LEVELS, RawLine
 from .record.reader import Records
-from .record.summary import StepFigures
+from .record.summary import RecordFold, Segment, StepFigures
 from .render import describe
 
 _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
@@ -60,13 +60,9 @@ class Summary:
         self.errors_by_type: dict[str, int] = {}
         self.start_ts: float | None = None
         self.end_ts: float | None = None
-        #: the step figures of each rank
-        self.training: dict[int, StepFigures] = {}
-        self.evals: dict[str, dict[str, Any]] = {}
+        #: what each rank's lines say, folded as summary.json is (``RecordFold``)
+        self.ranks: dict[int, RecordFold] = {}
         self.info: dict[str, Any] = {}
-        self.config: dict[str, Any] | None = None
-        self.epochs: set[object] = set()
-        self.ranks: set[int] = set()
         self.statuses: set[str] = set()
         self.run_s: float | None = None
 
@@ -82,38 +78,26 @@ class Summary:
                 self.start_ts = ts
             if self.end_ts is None or ts > self.end_ts:
                 self.end_ts = ts
-        if kind == "step":
-            if ts is None:
-                return
-            rank = _rank(r)
-            figures = self.training.get(rank)
-            if figures is None:
-                figures = self.training[rank] = StepFigures(percentiles=self.percentiles)
-            metrics = r.get("metrics")
-            figures.add(ts, _seconds(r.get("step_s")), _seconds(r.get("data_wait_s")),
-                        metrics if type(metrics) is dict else None)
-        elif kind == "error":
+        rank = _rank(r)
+        fold = self.ranks.get(rank)
+        if fold is None:
+            fold = self.ranks[rank] = RecordFold(percentiles=self.percentiles)
+        fold.add(r)
+        if kind == "error":
             name = str(r.get("error_type") or "other")
             self.errors_by_type[name] = self.errors_by_type.get(name, 0) + 1
-        elif kind == "eval":
-            metrics, best = r.get("metrics"), r.get("best")
-            for name, value in (metrics.items() if type(metrics) is dict else ()):
-                self.evals[name] = {"last": value, "best": best.get(name, value)
-                                    if type(best) is dict else value}
-        elif kind == "epoch":
-            self.epochs.add(repr(r.get("epoch")))
-        elif kind == "config":
-            self.config = r.get("config")
-        elif kind == "run_start":
-            self.ranks.add(_rank(r))
+        elif kind == "run_start" and not self.info:
             self.info.update({k: r.get(k) for k in ("run", "project", "name", "host")})
         elif kind == "run_end":
             self.statuses.add(str(r.get("status")))
-            self.run_s = max(self.run_s or 0.0, _seconds(r.get("duration_s")) or 0.0)
+
+    def fold(self) -> RecordFold:
+        """What the lowest rank's lines say (an empty fold when there are none)."""
+        return self.ranks[min(self.ranks)] if self.ranks else RecordFold(False)
 
     def figures(self) -> StepFigures:
-        """The step figures of the lowest rank (empty ones when there are no steps)."""
-        return self.training[min(self.training)] if self.training else StepFigures(False)
+        """The step figures of the lowest rank."""
+        return self.fold().figures
 
     def step_time(self) -> dict[str, float | None]:
         """Mean, percentiles and maximum of the lowest rank's step times, in seconds (the
@@ -125,36 +109,50 @@ class Summary:
                 "p99": times["p99_s"], "max": longest if figures.step_time.count else None}
 
     def result(self) -> dict[str, Any]:
-        figures = self.figures()
+        fold = self.fold()
+        figures = fold.figures
         loss = figures.loss_figures()
         by_level = self.by_level
+        durations = [_duration(f.segments) for f in self.ranks.values()]
         return {
             "run": self.info.get("run"), "project": self.info.get("project"),
             "name": self.info.get("name"), "host": self.info.get("host"),
-            "ranks": sorted(self.ranks | set(self.training)),
+            "tags": fold.tags, "group": fold.group, "notes": fold.notes,
+            "ranks": sorted(self.ranks),
             # the worst rank's; a run without run_end is still going or was killed
             "status": next((s for s in END_STATUSES if s in self.statuses), "unknown"),
             "start_ts": self.start_ts, "end_ts": self.end_ts,
-            "duration_s": self.run_s or _span(self.start_ts, self.end_ts),
+            # the longest rank's: its segments added up (the gaps between them not counted)
+            "duration_s": max((d for d in durations if d is not None),
+                              default=_span(self.start_ts, self.end_ts)),
+            "segments": fold.segments,
             "events": self.events,
             "by_type": dict(sorted(self.by_type.items(), key=lambda kv: -kv[1])),
             "by_level": {k: by_level[k] for k in LEVELS if k in by_level},
             "errors": by_level.get("error", 0) + by_level.get("critical", 0),
             "warnings": by_level.get("warning", 0),
             "errors_by_type": self.errors_by_type,
-            "epochs": len(self.epochs),
-            "steps": max((f.steps for f in self.training.values()), default=0),
+            "epochs": fold.epochs, "epoch": fold.epoch,
+            "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
+            "last_step": figures.last_step if figures.steps else None,
             "samples": figures.samples, "tokens": figures.tokens,
-            "loss": {"final": loss["final"], "best": loss["best"], "nonfinite": loss["nonfinite"]},
+            "loss": loss, "nonfinite": fold.nonfinite,
             "throughput": figures.throughput(),
             "step_time_mean_s": figures.step_times()["mean_s"],
-            "eval": self.evals,
-            "config": self.config,
+            "eval": fold.evals,
+            "config": fold.config,
         }
 
 
 def _span(start: float | None, end: float | None) -> float | None:
     return end - start if start is not None and end is not None else None
+
+
+def _duration(segments: list[Segment]) -> float | None:
+    """A rank's segments added up, or None while one of them has not ended."""
+    durations = [s["duration_s"] for s in segments]
+    return sum(d for d in durations if d is not None) if durations and None not in durations \
+        else None
 
 
 def _seconds(value: object) -> float | None:
