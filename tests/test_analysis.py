@@ -3,7 +3,6 @@ summary across ranks, problems, instruments, plot series, search and comparison.
 
 from __future__ import annotations
 
-import math
 
 import pytest
 from hypothesis import given, settings
@@ -81,9 +80,9 @@ def test_series_follow_the_lowest_rank_even_when_it_comes_later() -> None:
     series = analysis.Series()
     analysis.scan([step(1, 1, loss=9.0), step(1, 0, loss="inf", samples=4, mem_gb=1.5),
                    step(2, 0, loss=0.5, samples=4), step(2, 1, loss=8.0)], series)
-    assert (series.rank, series.step, series.rate_unit) == (0, [1, 2], "samples/s")
-    assert math.isinf(series.loss[0]) and series.loss[1] == 0.5
-    assert series.rate == [4.0, 4.0] and series.memory == {"mem_gb": [(1, 1.5)]}
+    assert (series.rank, series.rate_unit) == (0, "samples/s")
+    assert series.loss == [(2, 0.5)] and series.nonfinite == [1]  # the inf step marked apart
+    assert series.rate == [(1, 4.0), (2, 4.0)] and series.memory == {"mem_gb": [(1, 1.5)]}
 
 
 def test_grep_and_alert_rules_match_key_value_text() -> None:

@@ -23,6 +23,8 @@ except ImportError:  # Windows: no flock; records are not shared between process
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
+#: how long ``acquire`` retries: a reader's probe (``is_held``) holds the lock for microseconds
+ACQUIRE_S = 1.0
 
 
 class RecordLocked(RuntimeError):
@@ -48,9 +50,15 @@ class RecordLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
             return self
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + ACQUIRE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RecordLocked(
@@ -68,6 +76,28 @@ class RecordLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
+
+    @staticmethod
+    def is_held(directory: Path) -> bool | None:
+        """Whether a live process records into ``directory`` now (a shared lock is refused);
+        None when that cannot be known here (no lock file: a record from before locks, or a
+        filesystem without them)."""
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _after_fork_in_child(self) -> None:
         """A forked child (a data-loader worker) must not keep the parent's record locked after

@@ -303,6 +303,8 @@ class RecordFold:
         self.notes: str | None = None
         self.group: str | None = None
         self.start: RawLine = {}
+        #: the latest segment's run_start line
+        self.last_start: RawLine = {}
         self.epoch: int | None = None
         self.epochs = 0
 
@@ -347,6 +349,7 @@ class RecordFold:
             self.figures.new_segment()
         if not self.start:
             self.start = line
+        self.last_start = line
         ts = _number(line.get("ts")) or 0.0
         self.segments.append({"segment": len(self.segments) + 1, "start_ts": ts, "end_ts": ts,
                               "duration_s": None, "status": None, "steps": 0,
