@@ -24,7 +24,10 @@ STATIC = """
 
 | fault or input | test |
 |---|---|
-| SIGTERM mid-run: status `interrupted`, summary written, every step in the record | tests/test_run.py::test_sigterm_flushes_and_marks_interrupted |
+| SIGTERM mid-run without a handler: status `preempted`, exit 143, summary written, every step in the record | tests/test_run.py::test_sigterm_without_a_handler_finishes_preempted_and_exits_143 |
+| SIGTERM under `timeout -s TERM` with the job's own handler: checkpoint, exit 0, `preempted`, then a resumed process continues the run | tests/test_preemption.py::test_a_preempted_job_checkpoints_exits_0_and_resumes_the_same_run |
+| SIGTERM, SIGINT and two signals during finish() with 200,000 queued steps: summary.json and every step kept | tests/test_preemption.py::test_signals_during_finish_keep_the_summary_and_every_queued_step |
+| two live processes claiming one run id: the second refused, naming the first | tests/test_resume.py::test_two_live_processes_cannot_record_one_run |
 | file-size limit (RLIMIT_FSIZE, as a full disk): one warning, training continues, no torn line | tests/test_record.py::test_file_size_limit_warns_once_and_training_continues |
 | random types, NaN/Inf, huge and nested values, unicode, many keys (hypothesis) | tests/test_bad_input.py, tests/adversarial/test_adv_values.py |
 | every number kind (int of any size, NumPy, 0-d tensors, Fraction, Decimal) at run.log and the instruments; names at every name-taking API; enumerations (hypothesis) | tests/adversarial/test_adv_values.py |

@@ -122,9 +122,9 @@ def test_a_rank_that_never_joins_times_out_the_collective(tmp_path: Path) -> Non
     assert (error["error_type"], error["severity"]) == ("distributed", "high")
     assert "Timed out" in error["traceback"] and "gloo" in error["traceback"]
     assert [line["status"] for line in records[0][1] if line["type"] == "run_end"] == ["failed"]
-    # torchrun stops the rank that hung when the other fails: recorded as an interruption
+    # torchrun stops the rank that hung with SIGTERM when the other fails: ended by SIGTERM
     assert [line["status"] for line in records[1][1] if line["type"] == "run_end"] == \
-        ["interrupted"]
+        ["preempted"]
 
 
 # -- through the stack ----------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_keyboard_interrupt_is_interrupted_without_a_crash_report(quiet_run, rec
     assert not run_span.status.is_ok and run_span.attributes["status"] == "interrupted"
 
 
-def test_sigterm_interrupts_a_real_run_in_a_subprocess(tmp_path, recorded):
+def test_sigterm_preempts_a_real_run_in_a_subprocess(tmp_path, recorded):
     script = textwrap.dedent(f"""
         import itertools, time, traintel
         with traintel.init(project="t", dir={str(tmp_path)!r}, progress="off", otlp=False,
@@ -270,12 +270,12 @@ def test_sigterm_interrupts_a_real_run_in_a_subprocess(tmp_path, recorded):
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stderr.read()
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["steps"] >= 20
-    assert summary["errors"] == {"total": 1, "by_type": {"interrupted": 1}}
+    assert summary["status"] == "preempted" and summary["steps"] >= 20
+    assert summary["errors"] == {"total": 0, "by_type": {}}  # a preemption is no error
     lines = recorded(run_dir)
-    (line,) = lines.of("error")
-    assert line["error_type"] == "interrupted" and line["context"] == {"signal": "SIGTERM"}
-    assert lines[-1]["type"] == "run_end" and lines[-1]["status"] == "interrupted"
+    (line,) = lines.of("event", "signal")
+    assert line["level"] == "warning" and line["fields"]["signal"] == "SIGTERM"
+    assert lines[-1]["type"] == "run_end" and lines[-1]["status"] == "preempted"
     assert not (run_dir / "crash-report.json").exists()
 
 

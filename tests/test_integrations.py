@@ -222,13 +222,13 @@ def test_lightning_logger_records_a_fit(tmp_path: Path, options, finished) -> No
     lines, summary = finished(tmp_path / "runs")
     check_lightning_record(lines, summary)
     assert lines.of("config")[0]["config"] == {"lr": 0.05}
-    assert all("train_abs_error" in s["metrics"] for s in lines.of("step"))
+    assert all("train/abs_error" in s["metrics"] for s in lines.of("step"))  # as named
     checkpoint = lines.of("event", "checkpoint")[-1]["fields"]["path"]
     assert checkpoint.endswith("epoch=1-step=8.ckpt") and Path(checkpoint).is_file()
     # the per-epoch aggregate arrives after the epoch's last step was written
-    assert "train_loss_epoch" in lines.of("event", "metrics")[0]["fields"]
+    assert "train_loss_epoch" in lines.of("values")[0]["metrics"]
     assert telemetry.metric("traintel_steps_total") == [8]
-    assert point(telemetry, "traintel_metric", metric="train_abs_error") > 0
+    assert point(telemetry, "traintel_metric", metric="train/abs_error") > 0
     assert point(telemetry, "traintel_eval_best", metric="val_loss") == \
         min(e["metrics"]["val_loss"] for e in lines.of("eval"))
 

@@ -56,9 +56,12 @@ def test_tables() -> None:
 
 def test_the_progress_line() -> None:
     state = RunState()
-    state.total_steps, state.step, state.epoch = 200, 50, 1
+    state.total_steps, state.step, state.epoch, state.epochs_ended = 200, 50, 1, 1
     state.rates = {"steps_per_second": 10.0}
     state.latest["loss"] = 0.123456
+    # the epoch as the loop numbers it (as the record does), then which of how many it is
     assert render.progress_text(state, total_epochs=4) == (
-        "epoch 2/4 | step 50/200 (25.0%) | 10.0 steps/s | loss 0.1235 | eta 15.0s")
-    assert render.progress_text(RunState(), None) == "epoch 1 | step 0"
+        "epoch 1 (2/4) | step 50/200 (25.0%) | 10.0 steps/s | loss 0.1235 | eta 15.0s")
+    assert render.progress_text(RunState(), None) == "epoch 0 | step 0"
+    state.latest["loss"] = float("nan")  # shown as it is, not the last finite one
+    assert "| loss nan |" in render.progress_text(state, total_epochs=4)

@@ -267,7 +267,7 @@ def test_status_and_debug_commands(tmp_path, monkeypatch, quiet_run, recorded):
     assert dead.exit_code != 0 and "no run answers" in dead.output
 
 
-def test_status_of_a_killed_run_is_dead(tmp_path):
+def test_status_of_a_killed_run_is_crashed(tmp_path):
     script = (f"import traintel, time; r = traintel.init(project='t', dir={str(tmp_path)!r}, "
               "progress='off', otlp=False, sample_interval=0, console_logs=False, "
               "flush_interval=0.05); r.log(loss=1.0); print(r.dir, flush=True); time.sleep(60)")
@@ -278,4 +278,4 @@ def test_status_of_a_killed_run_is_dead(tmp_path):
     proc.wait(timeout=10)
     result = CliRunner().invoke(main, ["status", run_dir, "--format", "json"])
     status = json.loads(result.output)
-    assert (status["status"], status["step"]) == ("dead", 1)
+    assert (status["status"], status["step"]) == ("crashed", 1)

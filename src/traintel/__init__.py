@@ -44,9 +44,9 @@ def init(project: str | None = None, name: str | None = None, config: ConfigInpu
 
 def current_run() -> Run | None:
     """The active run in this process, if any."""
-    from .run import current_run as _current
+    from .live import current_run as _current
 
-    return _current()
+    return _current()  # type: ignore[return-value]  # every live run is a Run
 
 
 def __getattr__(name: str) -> Any:

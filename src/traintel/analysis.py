@@ -12,18 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from .record.format import END_STATUSES, LEVELS, RawLine
-from .record.reader import Records
-from .record.summary import StepFigures
+from .record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
+from .record.lock import RecordLock
+from .record.reader import Records, rank_directories
+from .record.summary import RecordFold, Segment, StepFigures
 from .render import describe
 
 _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 class Collector(Protocol):
@@ -45,6 +46,49 @@ def level_at_least(record: RawLine, level: str) -> bool:
     return _RANK.get(str(record.get("level")), 1) >= _RANK[level]
 
 
+#: a record that has not grown for this long, from a process this host cannot check, is stale
+STALE_S = 600
+#: every status a reader reports, worst first: a multi-rank run's is its worst rank's
+STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
+                                          "stale", "running", "finished")
+
+
+def run_status(ended: object, directory: Path | None, start: RawLine,
+               last_ts: float | None, now: float | None = None) -> RecordStatus:
+    """How a run's latest segment stands, in the one vocabulary of every command (``status``,
+    ``logs summary``, ``logs errors``, ``report``): as its ``run_end`` says (``finished``,
+    ``preempted``, ``interrupted``, ``failed``), else ``running`` while a live process holds the
+    record's lock, ``crashed`` once none does (SIGKILL, the OOM killer, a lost node). A record
+    without a lock file (older, or a filesystem without locks) is asked of its process when it
+    ran on this host, else it is ``stale`` when it has not grown for ``STALE_S``."""
+    held = RecordLock.is_held(directory) if directory is not None else None
+    if ended in END_STATUSES and not held:
+        return ended
+    if held is not None:
+        return "running" if held else "crashed"
+    pid, host = start.get("pid"), start.get("host")
+    if host == socket.gethostname() and isinstance(pid, int):
+        return "running" if _alive(pid, start.get("ts")) else "crashed"
+    if last_ts is not None and (time.time() if now is None else now) - last_ts > STALE_S:
+        return "stale"
+    return "running"
+
+
+def worst(statuses: Iterable[RecordStatus]) -> RecordStatus:
+    found = set(statuses)
+    return next((s for s in STATUS_ORDER if s in found), "running")
+
+
+def _alive(pid: int, started: object) -> bool:
+    import psutil  # only here: `traintel logs` starts without it
+
+    try:  # a process started after the run did has the run's pid by reuse
+        return psutil.Process(pid).create_time() <= (started if isinstance(
+            started, (int, float)) else 0.0) + 1
+    except psutil.Error:
+        return False
+
+
 class Summary:
     """The headline numbers of a run: time range, counts, steps, loss, throughput, status.
 
@@ -60,15 +104,9 @@ class Summary:
         self.errors_by_type: dict[str, int] = {}
         self.start_ts: float | None = None
         self.end_ts: float | None = None
-        #: the step figures of each rank
-        self.training: dict[int, StepFigures] = {}
-        self.evals: dict[str, dict[str, Any]] = {}
+        #: what each rank's lines say, folded as summary.json is (``RecordFold``)
+        self.ranks: dict[int, RecordFold] = {}
         self.info: dict[str, Any] = {}
-        self.config: dict[str, Any] | None = None
-        self.epochs: set[object] = set()
-        self.ranks: set[int] = set()
-        self.statuses: set[str] = set()
-        self.run_s: float | None = None
 
     def add(self, r: RawLine) -> None:
         self.events += 1
@@ -82,38 +120,24 @@ class Summary:
                 self.start_ts = ts
             if self.end_ts is None or ts > self.end_ts:
                 self.end_ts = ts
-        if kind == "step":
-            if ts is None:
-                return
-            rank = _rank(r)
-            figures = self.training.get(rank)
-            if figures is None:
-                figures = self.training[rank] = StepFigures(percentiles=self.percentiles)
-            metrics = r.get("metrics")
-            figures.add(ts, _seconds(r.get("step_s")), _seconds(r.get("data_wait_s")),
-                        metrics if type(metrics) is dict else None)
-        elif kind == "error":
+        rank = _rank(r)
+        fold = self.ranks.get(rank)
+        if fold is None:
+            fold = self.ranks[rank] = RecordFold(percentiles=self.percentiles)
+        fold.add(r)
+        if kind == "error":
             name = str(r.get("error_type") or "other")
             self.errors_by_type[name] = self.errors_by_type.get(name, 0) + 1
-        elif kind == "eval":
-            metrics, best = r.get("metrics"), r.get("best")
-            for name, value in (metrics.items() if type(metrics) is dict else ()):
-                self.evals[name] = {"last": value, "best": best.get(name, value)
-                                    if type(best) is dict else value}
-        elif kind == "epoch":
-            self.epochs.add(repr(r.get("epoch")))
-        elif kind == "config":
-            self.config = r.get("config")
-        elif kind == "run_start":
-            self.ranks.add(_rank(r))
+        elif kind == "run_start" and not self.info:
             self.info.update({k: r.get(k) for k in ("run", "project", "name", "host")})
-        elif kind == "run_end":
-            self.statuses.add(str(r.get("status")))
-            self.run_s = max(self.run_s or 0.0, _seconds(r.get("duration_s")) or 0.0)
+
+    def fold(self) -> RecordFold:
+        """What the lowest rank's lines say (an empty fold when there are none)."""
+        return self.ranks[min(self.ranks)] if self.ranks else RecordFold(False)
 
     def figures(self) -> StepFigures:
-        """The step figures of the lowest rank (empty ones when there are no steps)."""
-        return self.training[min(self.training)] if self.training else StepFigures(False)
+        """The step figures of the lowest rank."""
+        return self.fold().figures
 
     def step_time(self) -> dict[str, float | None]:
         """Mean, percentiles and maximum of the lowest rank's step times, in seconds (the
@@ -124,37 +148,59 @@ class Summary:
         return {"mean": times["mean_s"], "p50": times["p50_s"], "p95": times["p95_s"],
                 "p99": times["p99_s"], "max": longest if figures.step_time.count else None}
 
-    def result(self) -> dict[str, Any]:
-        figures = self.figures()
+    def status(self, directories: Mapping[int, Path] | None = None) -> RecordStatus:
+        """The run's status (``run_status``): its worst rank's. ``directories``: each rank's
+        record directory, whose lock says whether a process still writes it."""
+        return worst(run_status(f.segments[-1]["status"] if f.segments else None,
+                                (directories or {}).get(rank), f.last_start, self.end_ts)
+                     for rank, f in self.ranks.items())
+
+    def result(self, directories: Mapping[int, Path] | None = None) -> dict[str, Any]:
+        fold = self.fold()
+        figures = fold.figures
         loss = figures.loss_figures()
         by_level = self.by_level
+        durations = [_duration(f.segments) for f in self.ranks.values()]
         return {
             "run": self.info.get("run"), "project": self.info.get("project"),
             "name": self.info.get("name"), "host": self.info.get("host"),
-            "ranks": sorted(self.ranks | set(self.training)),
-            # the worst rank's; a run without run_end is still going or was killed
-            "status": next((s for s in END_STATUSES if s in self.statuses), "unknown"),
+            "tags": fold.tags, "group": fold.group, "notes": fold.notes,
+            "ranks": sorted(self.ranks),
+            "status": self.status(directories),
             "start_ts": self.start_ts, "end_ts": self.end_ts,
-            "duration_s": self.run_s or _span(self.start_ts, self.end_ts),
+            # the longest rank's: its segments added up (the gaps between them not counted)
+            "duration_s": max((d for d in durations if d is not None),
+                              default=_span(self.start_ts, self.end_ts)),
+            "segments": fold.segments,
             "events": self.events,
             "by_type": dict(sorted(self.by_type.items(), key=lambda kv: -kv[1])),
             "by_level": {k: by_level[k] for k in LEVELS if k in by_level},
-            "errors": by_level.get("error", 0) + by_level.get("critical", 0),
+            # one set of counts for every command: errors are `error` lines (classified, with
+            # hints), as in summary.json; warnings are lines at warning level
+            "errors": self.by_type.get("error", 0),
             "warnings": by_level.get("warning", 0),
             "errors_by_type": self.errors_by_type,
-            "epochs": len(self.epochs),
-            "steps": max((f.steps for f in self.training.values()), default=0),
+            "epochs": fold.epochs, "epoch": fold.epoch,
+            "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
+            "last_step": figures.last_step if figures.steps else None,
             "samples": figures.samples, "tokens": figures.tokens,
-            "loss": {"final": loss["final"], "best": loss["best"], "nonfinite": loss["nonfinite"]},
+            "loss": loss, "nonfinite": fold.nonfinite,
             "throughput": figures.throughput(),
             "step_time_mean_s": figures.step_times()["mean_s"],
-            "eval": self.evals,
-            "config": self.config,
+            "eval": fold.evals,
+            "config": fold.config,
         }
 
 
 def _span(start: float | None, end: float | None) -> float | None:
     return end - start if start is not None and end is not None else None
+
+
+def _duration(segments: list[Segment]) -> float | None:
+    """A rank's segments added up, or None while one of them has not ended."""
+    durations = [s["duration_s"] for s in segments]
+    return sum(d for d in durations if d is not None) if durations and None not in durations \
+        else None
 
 
 def _seconds(value: object) -> float | None:
@@ -173,7 +219,8 @@ def summarize(records: Records, *others: Collector, summary: Summary | None = No
     many lines could not be read; ``others`` are collectors fed in the same pass."""
     summary = summary or Summary()
     scan(records, summary, *others)
-    return {"path": str(records.path), **summary.result(), "skipped_lines": records.bad}
+    return {"path": str(records.path), **summary.result(rank_directories(records.path)),
+            "skipped_lines": records.bad}
 
 
 class Problems:
@@ -225,38 +272,61 @@ class Instruments:
         return [{k: r.get(k) for k in keys} for _, r in ordered]
 
 
+Point = tuple[int, float]
+
+
 class Series:
-    """Per-step values of the lowest rank, for plots: loss, throughput and memory-like metrics."""
+    """Per-step values of the lowest rank, for plots: the loss as points (so that a loss logged
+    every 500 steps draws), the steps where it was not finite, evaluations, throughput and
+    memory-like metrics; and the run's name for the titles."""
 
     def __init__(self) -> None:
+        self.title = ""
         self._restart(None)
 
     def _restart(self, rank: int | None) -> None:
         """Ranks interleave in time; a lower one seen later replaces what was kept so far."""
         self.rank = rank
-        self.step: list[int] = []
-        self.loss: list[float] = []
-        self.rate: list[float] = []
+        self.loss: list[Point] = []
+        self.nonfinite: list[int] = []
+        self.rate: list[Point] = []
         self.rate_unit = "steps/s"
-        self.memory: dict[str, list[tuple[int, float]]] = {}
+        self.memory: dict[str, list[Point]] = {}
+        self.evals: dict[str, list[Point]] = {}
 
     def add(self, r: RawLine) -> None:
-        if r.get("type") != "step":
+        kind = r.get("type")
+        if kind == "run_start" and not self.title:
+            run, name = r.get("run"), r.get("name")
+            self.title = f"{name} ({run})" if name and name != run else str(run or "")
+        if kind not in ("step", "eval"):
             return
-        rank = r.get("rank", 0)
+        rank, step = r.get("rank", 0), r.get("step")
+        if type(rank) is not int or type(step) is not int:
+            return
         if self.rank is None or rank < self.rank:
             self._restart(rank)
         elif rank != self.rank:
             return
-        metrics, step_s = r.get("metrics") or {}, r.get("step_s")
-        if not self.step and metrics.get("samples"):
+        metrics = r.get("metrics")
+        if type(metrics) is not dict:
+            return
+        if kind == "eval":
+            for name, value in metrics.items():
+                if type(value) is float or type(value) is int:
+                    self.evals.setdefault(name, []).append((step, value))
+            return
+        step_s = r.get("step_s")
+        if not self.loss and not self.rate and metrics.get("samples"):
             self.rate_unit = "samples/s"  # decided by the first step: one unit per plot
-        step = r.get("step") or len(self.step) + 1
-        self.step.append(step)
         loss = metrics.get("loss")
-        self.loss.append(math.nan if loss is None else _NONFINITE.get(loss, loss))
+        if type(loss) is float or type(loss) is int:
+            self.loss.append((step, loss))
+        elif type(loss) is str:  # NaN and infinities are written as text
+            self.nonfinite.append(step)
         work = metrics.get("samples") if self.rate_unit == "samples/s" else 1
-        self.rate.append(work / step_s if step_s and work else math.nan)
+        if step_s and work and (type(work) is int or type(work) is float):
+            self.rate.append((step, work / step_s))
         for name, value in metrics.items():
             if "mem" in name.lower() and isinstance(value, (int, float)):
                 self.memory.setdefault(name, []).append((step, value))

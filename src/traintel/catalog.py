@@ -67,8 +67,8 @@ def _mig(name: str, kind: Kind, unit: str, description: str, *, dcgm: str,
 
 METRICS: tuple[Metric, ...] = (
     # --- run lifecycle and progress ---
-    _m("traintel_run_info", "gauge", "", "Always 1; labels describe the run.",
-       ("run_name", "host", "world_size"), "run"),
+    _m("traintel_run_info", "gauge", "", "Always 1; labels describe the run (`tags` "
+       "comma-joined).", ("run_name", "host", "world_size", "group", "tags"), "run"),
     _m("traintel_run_status", "gauge", "",
        "1 for the run's current status, 0 for the others (a Prometheus state set).",
        ("status",), "run"),

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from .render import num, progress_text
+from .render import epoch_text, num, progress_text
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class ProgressDisplay:
         if self._bar is not None and self._task is not None:
             rate = state.rates.get("steps_per_second")
             loss = state.latest.get("loss")
-            info = " ".join(x for x in (f"ep {state.epoch + 1}",
+            info = " ".join(x for x in (epoch_text(state, self.total_epochs),
                                         f"{rate:.1f} it/s" if rate else "",
                                         f"loss {num(loss)}" if loss is not None else "") if x)
             self._bar.update(self._task, completed=state.step, total=state.total_steps, info=info)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,13 +24,15 @@ if TYPE_CHECKING:
 
 
 class PlotSeries(Protocol):
-    """Per-step values to plot (``traintel.analysis.Series`` collects them)."""
+    """Per-step values to plot (``traintel.analysis.Series`` collects them): (step, value)."""
 
-    step: list[int]
-    loss: list[float]
-    rate: list[float]
+    title: str
+    loss: list[tuple[int, float]]
+    nonfinite: list[int]
+    rate: list[tuple[int, float]]
     rate_unit: str
     memory: dict[str, list[tuple[int, float]]]
+    evals: dict[str, list[tuple[int, float]]]
 
 #: fields every record line has: left out when a line is described by its other fields
 _COMMON = ("ts", "type", "level", "run", "rank")
@@ -165,18 +166,26 @@ def run_report(summary: Mapping[str, Any], problems: Mapping[str, Any],
     s = summary
     title = s["name"] or s["run"] or Path(s["path"]).name
     lines = [f"# Run report: {title}"]
+    loss = s["loss"]
     lines += _section("Overview", {
         "run": s["run"], "project": s["project"], "status": s["status"],
+        "segments": ", ".join(f"{seg['status'] or 'running'} ({num(seg['steps'])} steps)"
+                              for seg in s["segments"]) or "-",
+        "tags": ", ".join(s["tags"]) or "-", "group": s["group"] or "-",
         "ranks": ", ".join(map(str, s["ranks"])) or "-", "host": s["host"],
         "start": iso(s["start_ts"]), "end": iso(s["end_ts"]),
         "duration": duration(s["duration_s"]), "steps": num(s["steps"]),
-        "epochs": num(s["epochs"]), "final loss": num(s["loss"]["final"]),
-        "best loss": num(s["loss"]["best"]), "non-finite losses": num(s["loss"]["nonfinite"]),
+        "last step": num(s["last_step"]), "epochs": num(s["epochs"]),
+        "final loss": num(loss["final"]), "best loss": num(loss["best"]),
+        "non-finite losses": num(loss["nonfinite"]) + (
+            f", from step {loss['first_nonfinite_step']}" if loss["nonfinite"] else ""),
+        "errors": num(s["errors"]), "warnings": num(s["warnings"]),
         "events": num(s["events"]), "unreadable lines skipped": num(s["skipped_lines"])})
     if s["eval"]:
         lines += ["", "### Evaluation", "", *markdown_table(
-            ["metric", "last", "best"],
-            [[k, num(v["last"]), num(v["best"])] for k, v in s["eval"].items()])]
+            ["metric", "last", "best", "at step", "direction"],
+            [[k, num(v["last"]), num(v["best"]), num(v["best_step"]),
+              v["mode"] or "unknown: pass goals="] for k, v in s["eval"].items()])]
     lines += ["", "## Errors and warnings", ""]
     if problems["groups"]:
         lines += markdown_table(
@@ -195,8 +204,8 @@ def run_report(summary: Mapping[str, Any], problems: Mapping[str, Any],
     lines += _section("Performance", {
         "steps/s": num(t["steps_per_s"]), "samples/s": num(t["samples_per_s"]),
         "tokens/s": num(t["tokens_per_s"]),
-        **{f"step time {k} (s)": num(step_time[k]) for k in ("mean", "p50", "p95", "p99",
-                                                              "max")}})
+        **{f"step time {k} (s)": num(step_time[k]) if step_time[k] is not None
+           else "not measured" for k in ("mean", "p50", "p95", "p99", "max")}})
     if instruments:
         stats = ("count", "total", "mean", "p50", "p95", "p99", "min", "max")
         lines += ["", "### Instruments", "", *markdown_table(
@@ -256,8 +265,10 @@ def diagnostic_report(report: Mapping[str, Any]) -> str:
 
 # -- plots -------------------------------------------------------------------------------------
 def figures(series: PlotSeries) -> dict[str, Figure]:
-    """matplotlib figures (Agg canvas, no pyplot state) of loss, throughput and memory per step;
-    a figure is left out when the record has nothing for it."""
+    """matplotlib figures (Agg canvas, no pyplot state) of the loss, evaluations, throughput and
+    memory per step, titled with the run; a figure is left out when the record has nothing for
+    it. Series are drawn point to point, with markers when they are sparse (a loss logged every
+    500 steps draws, not a row of gaps); steps whose loss was not finite are marked in red."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -267,21 +278,35 @@ def figures(series: PlotSeries) -> dict[str, Figure]:
         ax = fig.add_subplot()
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(f"{title}: {series.title}" if series.title else title)
         ax.grid(alpha=0.3)
         return fig, ax
 
+    def draw(ax: Any, points: Sequence[tuple[int, float]], label: str, **style: Any) -> None:
+        ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1, label=label,
+                marker="o" if len(points) <= 200 else None, markersize=3, **style)
+
     out = {}
-    if any(math.isfinite(v) for v in series.loss):
+    if series.loss or series.nonfinite:
         out["loss"], ax = figure("loss", "Training loss")
-        ax.plot(series.step, series.loss, linewidth=1)
-    if any(math.isfinite(v) for v in series.rate):
+        if series.loss:
+            draw(ax, series.loss, "loss")
+        for index, step in enumerate(series.nonfinite):
+            ax.axvline(step, color="red", alpha=0.3, linewidth=1,
+                       label=f"non-finite loss ({len(series.nonfinite)})" if index == 0 else None)
+        ax.legend()
+    if series.evals:
+        out["eval"], ax = figure("value", "Evaluation")
+        for name, points in series.evals.items():
+            draw(ax, points, name, linestyle="--")
+        ax.legend()
+    if series.rate:
         out["throughput"], ax = figure(series.rate_unit, "Throughput")
-        ax.plot(series.step, series.rate, linewidth=1)
+        draw(ax, series.rate, series.rate_unit)
     if series.memory:
         out["memory"], ax = figure("memory", "Memory")
         for name, points in series.memory.items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1, label=name)
+            draw(ax, points, name)
         ax.legend()
     return out
 
@@ -296,14 +321,21 @@ def save_figures(figs: Mapping[str, Figure], directory: Path, prefix: str = ""
 
 
 # -- the progress line -------------------------------------------------------------------------
+def epoch_text(state: RunState, total_epochs: int | None) -> str:
+    """The epoch as the loop numbers it (the record's number), and which of how many it is:
+    ``epoch 0 (1/10)`` for ``run.epochs()``, ``epoch 1 (1/3)`` for a loop counting from 1."""
+    if total_epochs:
+        return f"epoch {state.epoch} ({state.epochs_ended + 1}/{total_epochs})"
+    return f"epoch {state.epoch}"
+
+
 def progress_text(state: RunState, total_epochs: int | None) -> str:
     """One line of a run's progress: epoch, step, percent, rate, loss, ETA."""
-    epochs = f"/{total_epochs}" if total_epochs else ""
     steps = f"/{state.total_steps}" if state.total_steps else ""
     progress = state.progress()
     percent = f" ({progress * 100:.1f}%)" if progress is not None else ""
     rate = state.rates.get("steps_per_second")
-    parts = [f"epoch {state.epoch + 1}{epochs}", f"step {state.step}{steps}{percent}"]
+    parts = [epoch_text(state, total_epochs), f"step {state.step}{steps}{percent}"]
     if rate:
         parts.append(f"{rate:.1f} steps/s")
     loss = state.latest.get("loss")

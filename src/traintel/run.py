@@ -1,23 +1,25 @@
 """The run: a façade that wires the parts and owns the lifecycle (start, ``with``, finish).
 
-Each part has its module and gets what it needs, not the run: steps and epochs (``steps``), spans
-(``spans``), events, evaluations and errors (``events``), instruments, process hooks (``hooks``),
-the record and its event pipeline (``record``), export, samplers, the status endpoint.
+Each part has its module and gets what it needs, not the run: the step model (``steps``), spans
+(``spans``), events and errors (``events``), evaluations (``evals``), instruments, process hooks
+and signals (``hooks``), continuing a record (``resume``), the record and its event pipeline
+(``record``), export, samplers, the status endpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, SupportsFloat, TypeVar
+from typing import TYPE_CHECKING, Literal, SupportsFloat
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from .errors import RunInterrupted
-from .events import EventRecorder, Goal
+from . import live
+from .evals import Evaluations
+from .events import EventRecorder
 from .export import RunExport
 from .export.otlp import Sinks
 from .hooks import ProcessHooks
@@ -25,16 +27,17 @@ from .identity import LiveStatus, RunIdentity
 from .instruments import Counter, Gauge, Histogram, Instruments, Timer
 from .logging_bridge import ROOT, LoggerTree, console_handler
 from .progress import ProgressDisplay
-from .record.format import END_STATUSES, EndStatus, ErrorLine, Level, Severity
+from .record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
 from .record.pipeline import Pipeline
 from .record.summary import RunSummary
 from .record.writer import RecordWriter
-from .runconfig import RunConfig
+from .resume import Continuation, open_record
+from .runconfig import ConfigView, RunConfig
 from .samplers import start_sampling
 from .settings import Settings
 from .spans import RunSpans, Span
 from .state import RunState
-from .steps import StepRecorder
+from .steps import StepMethods, StepRecorder
 from .validate import NameBudget, check_choice
 
 if TYPE_CHECKING:
@@ -43,38 +46,45 @@ if TYPE_CHECKING:
     from .server import StatusServer
     from .watch import Watch
 
-T = TypeVar("T")
-
-_current: Run | None = None
 #: set by traintel.testing to capture telemetry in memory instead of exporting it
 sinks_override: Sinks | None = None
 
 
-def current_run() -> Run | None:
-    """The active run in this process, if any (integrations attach to it)."""
-    return _current
-
-
-class Run:
+class Run(StepMethods):
     """One training run. Create it with ``traintel.init()``."""
 
     def __init__(self, settings: Settings) -> None:
-        global _current
+        live.make_room(settings.reinit)
         self.settings = settings
         identity = self.identity = RunIdentity.from_settings(settings)
         self.id, self.project, self.name = identity.id, identity.project, identity.name
         self.rank, self.local_rank, self.world_size = (identity.rank, identity.local_rank,
                                                        identity.world_size)
         self.host, self.dir, self.labels = identity.host, identity.dir, identity.labels
+        self._continuation = open_record(identity, settings.resume)  # the record's lock
+        try:
+            self._start(settings, identity, self._continuation)
+        except BaseException:
+            self._continuation.release()
+            raise
+        live.started(self)
+
+    def _start(self, settings: Settings, identity: RunIdentity,
+               continuation: Continuation) -> None:
+        identity = self.identity = continuation.carried(identity)
         config = RunConfig.from_input(settings.config, settings.seed)
-        self.config, self.config_hash, self.seed = config.values, config.hash, config.seed
+        self.config = ConfigView(config, lambda new, changed: self._events.config(
+            new, "update", changed, self.dir))
+        self.seed = config.seed
         self.redactor = config.redactor  # the one redaction of all this run writes or exports
         self.state = state = RunState()
         state.total_steps = settings.total_steps
-        writer = self._writer = RecordWriter(self.dir, state, identity.record_fields,
-                                             flush_interval=settings.flush_interval,
-                                             max_bytes=settings.max_record_bytes,
-                                             shutdown_s=settings.shutdown_timeout)
+        continuation.restore(state)
+        before = continuation.before
+        writer = self._writer = RecordWriter(
+            self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
+            max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
+            figures=before.figures if before else None)
         export = self.export = RunExport.start(
             state, self.labels, identity.info,
             sinks_override or (Sinks.otlp() if settings.otlp_enabled else None))
@@ -96,18 +106,24 @@ class Run:
         self._logging.install()
         self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id,
                                      budget=self.names, flush_soon=writer.flush_soon)
+        self._evals = Evaluations(state, self._events, settings.goals)
         self.errors: list[ErrorLine] = self._events.errors
         self._steps = StepRecorder(
             state, writer.queue, spans=spans, events=self._events, pipeline=self.pipeline,
             progress=self.progress, flush_soon=writer.flush_soon,
             total_epochs=settings.total_epochs, planned_steps=settings.total_steps,
-            step_span_every=settings.step_span_every, budget=self.names)
+            step_span_every=settings.step_span_every, budget=self.names,
+            halt_on_nonfinite=settings.halt_on_nonfinite,
+            milestones_done=before.milestones if before else (),
+            resumed_at=state.step if before else None)
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
-        self._instruments = Instruments(state, writer.queue, self.names)
+        instruments = Instruments(state, writer.queue, self.names)
+        self.counter, self.gauge = instruments.counter, instruments.gauge
+        self.histogram, self.timer = instruments.histogram, instruments.timer
         self.summary: RunSummary | None = None
         self._finished = False
         self._lock = threading.Lock()
-        self._events.run_start(identity, config, settings.total_epochs, settings.total_steps)
+        self._events.run_start(identity, config, continuation, settings.total_epochs)
         self.server: StatusServer | None = None
         if settings.http_port is not None:
             from .server import StatusServer  # http.server and the exposition: when asked for
@@ -118,54 +134,29 @@ class Run:
             all_gpus=settings.all_gpus, on_events=self._events.from_samplers,
         ) if settings.sample_interval else None
         self._hooks = ProcessHooks(
-            on_sigterm=self._on_sigterm, on_sigusr1=lambda: self.set_debug(not self.debug,
-                                                                           source="SIGUSR1"),
+            on_signal=self._events.signal, on_sigusr1=lambda: self.set_debug(not self.debug,
+                                                                             source="SIGUSR1"),
             on_uncaught=self._end_by, on_exit=self.finish, on_fork_child=self._forked,
-            redact=self.redactor.text, signals=settings.handle_signals)
+            redact=self.redactor.text, signals=settings.handle_signals, sigterm=settings.sigterm)
         self._hooks.install()
+        self._steps.periodic.append(lambda now: self._hooks.adopt())
         self.progress.start()
-        _current = self
-
-    # -- steps and epochs (the hot path is the step recorder's own) -------------------------------
-    def log(self, step: int | None = None, step_s: float | None = None,
-            **values: SupportsFloat) -> None:
-        """``run.log(loss=l, lr=lr, samples=32)``: see StepRecorder.log, which runs hand out."""
-        self._steps.log(step, step_s, **values)
-
-    def track(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
-        """Iterate over batches, timing data wait vs compute and counting one step per batch."""
-        return self._steps.track(iterable, total)
-
-    def epochs(self, n: int | None = None, start: int = 0) -> Iterator[int]:
-        """Iterate over epochs (``n`` or ``total_epochs``; forever if neither is known)."""
-        return self._steps.epochs(n, start)
-
-    def begin_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (for frameworks that report epochs by callback)."""
-        self._steps.begin_epoch(epoch)
-
-    def end_epoch(self) -> None:
-        """End the current epoch: its span and its record line."""
-        self._steps.end_epoch()
-
-    def set_total_steps(self, total: int) -> None:
-        """The planned number of steps (progress, ETA, milestones), once it is known."""
-        self._steps.set_total_steps(total)
 
     @property
-    def total_epochs(self) -> int | None:
-        return self._steps.total_epochs
+    def config_hash(self) -> str:
+        """``sha256:`` of the configuration as recorded now (it follows ``run.config.update``)."""
+        return self.config.current.hash
 
     @property
-    def in_track(self) -> bool:
-        """Whether a ``run.track`` loop is timing a step now."""
-        return self._steps.in_track
+    def stop_requested(self) -> bool:
+        """Whether SIGTERM (preemption, a time limit) asked the run to stop: checkpoint, stop."""
+        return self._hooks.stop_signal is not None
 
     # -- evaluation, spans, events, errors --------------------------------------------------------
     def log_eval(self, step: int | None = None, goals: Mapping[str, Goal] | None = None,
                  **metrics: SupportsFloat) -> dict[str, bool]:
-        """Record eval metrics; ``{name: is_best}`` (losses and errors min, else max; or goals)."""
-        return self._events.log_eval(step, goals, metrics)
+        """Record eval metrics; ``{name: is_best}`` by ``goals`` or by name (``evals``)."""
+        return self._evals.log(step, goals, metrics)
 
     def span(self, name: str, **attributes: AttributeValue) -> Span:
         """A span around a block or function, timed; an exception inside is recorded."""
@@ -188,18 +179,11 @@ class Run:
         """Raise ``NonFiniteLossError`` (recorded) if ``loss`` is NaN/Inf; return it as float."""
         return self._events.check_finite(loss)
 
-    # -- custom instruments, the model, loggers ---------------------------------------------------
-    def counter(self, name: str) -> Counter:
-        return self._instruments.counter(name)
-
-    def gauge(self, name: str) -> Gauge:
-        return self._instruments.gauge(name)
-
-    def histogram(self, name: str) -> Histogram:
-        return self._instruments.histogram(name)
-
-    def timer(self, name: str) -> Timer:
-        return self._instruments.timer(name)
+    # -- custom instruments (bound at start: ``run.counter("skipped")``), the model, loggers -----
+    counter: Callable[[str], Counter]
+    gauge: Callable[[str], Gauge]
+    histogram: Callable[[str], Histogram]
+    timer: Callable[[str], Timer]
 
     def watch(self, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
         """The model's parameter counts and its gradient norm each step (``traintel.watch``)."""
@@ -214,7 +198,8 @@ class Run:
     # -- status and debugging ---------------------------------------------------------------------
     def status_dict(self) -> LiveStatus:
         """What /status serves and `traintel status` prints (redacted, as every exit is)."""
-        return self.identity.status(self.state, self.total_epochs, self.redactor)
+        return self.identity.status(self.state, self.total_epochs, self.redactor,
+                                    self.stop_requested)
 
     def set_debug(self, enabled: bool, source: str = "api") -> None:
         """Switch traintel's log verbosity to DEBUG (or back) while the run goes on."""
@@ -235,38 +220,45 @@ class Run:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def finish(self, status: EndStatus | None = None) -> None:
-        """End the run: the record, summary.json, the last export (within shutdown_timeout)."""
-        global _current
+        """End the run: summary.json, the record to its last line, the last export (within
+        shutdown_timeout). SIGTERM and SIGINT wait until it is done (``hooks``). The status is
+        ``preempted`` after SIGTERM, else ``finished``, unless given."""
         check_choice("run.finish: status", status, (None, *END_STATUSES))
         with self._lock:
             if self._finished:
                 return
             self._finished = True
+        with self._hooks.deferring():
+            self._finish(status or ("preempted" if self.stop_requested else "finished"))
+        self._hooks.redeliver()
+
+    def _finish(self, status: EndStatus) -> None:
         state = self.state
-        state.status = status = status or "finished"
+        state.status = status
         self.log = self._steps.seal(self.id)  # type: ignore[method-assign]  # a pending step kept
         self.progress.stop()
         if self.samplers is not None:
             self.samplers.stop()
         self.end_epoch()
         self.spans.finish(status, state.step)
-        self.summary = self._events.run_end(status, self._writer, {
-            "run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
-            "world_size": self.world_size, "config_hash": self.config_hash})
+        config = self.config.current
+        self.summary = self._events.run_end(status, self._writer, self.identity.about(
+            config.hash), self._continuation)
         if status == "failed":
             from .diagnostics import snapshot, write_crash_report
 
-            write_crash_report(self.dir, snapshot(self.status_dict(), self.summary, self.config,
-                                                  state, self.errors), self.redactor)
-        if self.otlp is not None:
-            self.otlp.shutdown(self.settings.shutdown_timeout)
+            write_crash_report(self.dir, snapshot(self.status_dict(), self.summary,
+                                                  config.values, state, self.errors),
+                               self.redactor)
+        if self.otlp is not None:  # cut short when a signal waits: it asked to end now
+            self.otlp.shutdown(0.2 if self._hooks.deferred else self.settings.shutdown_timeout)
             self._events.after_export(self.summary, state, self.dir)
         if self.server is not None:
             self.server.stop()
         self._logging.restore()
-        self._hooks.remove(keep_excepthook=status != "finished")
-        if _current is self:
-            _current = None
+        self._hooks.remove(keep_excepthook=status not in ("finished", "preempted"))
+        self._continuation.release()
+        live.ended(self)
 
     def __enter__(self) -> Run:
         return self
@@ -277,23 +269,18 @@ class Run:
         return False
 
     def _end_by(self, exc: BaseException) -> None:
-        """An exception ended the run: interrupted (Ctrl-C, SIGTERM, exit code), else failed."""
-        if self._finished:  # e.g. the SIGTERM handler finished it already
+        """An exception ended the run: preempted (an exit after SIGTERM), interrupted (Ctrl-C,
+        an exit code), else failed."""
+        if self._finished:
             return
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
+        if isinstance(exc, SystemExit) and (exc.code in (0, None) or self.stop_requested):
             self.finish()
             return
         self.error(exc)
         self.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit))
                     else "failed")
 
-    def _on_sigterm(self) -> None:
-        self.error(RunInterrupted("SIGTERM received (preemption, time limit or kill)"),
-                   context={"signal": "SIGTERM"})
-        self.finish("interrupted")
-
     def _forked(self) -> None:
         """In a forked child: this run belongs to the parent; the child never finishes it."""
-        global _current
         self._finished = True
-        _current = None
+        live.ended(self)

@@ -12,23 +12,27 @@ import difflib
 import os
 import socket
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, Union
 
 from . import env
-from .validate import check_choice, check_label, check_run_id, shown
+from .record.format import Goal
+from .validate import check_choice, check_label, check_run_id, check_tags, shown
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 ProgressMode = Literal["auto", "bar", "lines", "off"]
 PROGRESS_MODES: tuple[ProgressMode, ...] = ("auto", "bar", "lines", "off")
+SigtermMode = Literal["exit", "flag"]
+ReinitMode = Literal["finish_previous", "create_new"]
+ResumeMode = Union[bool, Literal["allow", "must", "never"], None]
 
 
 def _option(default: Any, doc: str, variable: env.Variable | None = None) -> Any:
     """A settings field with its documentation and, if any, the variable it defaults from."""
     meta = {"doc": doc, "env": variable}
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata=meta)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -79,7 +83,32 @@ class Settings:
     local_rank: int | None = _option(None, "The rank on this node (None: from the launcher).")
     world_size: int | None = _option(None, "The number of ranks (None: from the launcher).")
     handle_signals: bool = _option(
-        True, "Finish the run on SIGTERM; SIGUSR1 toggles debug logging.")
+        True, "Record SIGTERM (preemption) and act on it (`sigterm`); SIGUSR1 toggles debug "
+              "logging.")
+    sigterm: SigtermMode = _option(
+        "exit", "What SIGTERM does when no handler of yours decides: `exit` finishes the run "
+                "(`preempted`) and exits 143; `flag` only sets `run.stop_requested`, so that "
+                "the loop can checkpoint and stop.")
+    resume: ResumeMode = _option(
+        None, "Continue the record of `run_id`: True/`allow` (continue or start), `must` "
+              "(continue, else refuse), False/`never` (refuse an existing record); None "
+              "continues an existing one with a warning.")
+    reinit: ReinitMode = _option(
+        "finish_previous", "A live run in this process when `init` is called again: "
+                           "`finish_previous` finishes it (with a warning), `create_new` keeps "
+                           "both.")
+    tags: list[str] = _option(
+        [], "Tags (recorded, in summary.json, a `traintel_run_info` label, filterable with "
+            "`traintel status --tag`).")
+    notes: str | None = _option(None, "Free text about the run (recorded, in summary.json).")
+    group: str | None = _option(
+        None, "A group of related runs (a sweep, a job's restarts): recorded, exported, "
+              "filterable.")
+    goals: dict[str, Goal] = _option(
+        {}, "Which way each eval metric improves, e.g. `{'bleu': 'max'}` (default: from the "
+            "metric's name; unknown names get no best).")
+    halt_on_nonfinite: bool = _option(
+        False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf `loss`.")
 
     def __post_init__(self) -> None:
         """Every option checked against its range; a refusal names the option, the range, the
@@ -107,7 +136,8 @@ class Settings:
         _seconds("progress_interval", self.progress_interval, 0.0, 86400.0, "")
         if self.sample_interval != 0:
             _seconds("sample_interval", self.sample_interval, 0.01, 3600.0, "(0 turns sampling off)")
-        for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals"):
+        for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals",
+                    "halt_on_nonfinite"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"traintel.init: {key} must be True or False, got "
                                 f"{shown(getattr(self, key))}")
@@ -115,6 +145,20 @@ class Settings:
             raise TypeError(f"traintel.init: otlp must be True, False or None, got "
                             f"{shown(self.otlp)}")
         check_choice("traintel.init: progress", self.progress, PROGRESS_MODES)
+        check_choice("traintel.init: sigterm", self.sigterm, ("exit", "flag"))
+        check_choice("traintel.init: reinit", self.reinit, ("finish_previous", "create_new"))
+        check_choice("traintel.init: resume", self.resume, (True, False, "allow", "must",
+                                                            "never", None))
+        self.tags = check_tags("traintel.init", self.tags)
+        if self.group is not None:
+            self.group = check_label("traintel.init: group", self.group)
+        if self.notes is not None and (not isinstance(self.notes, str) or
+                                       len(self.notes) > 10_000):
+            raise TypeError(f"traintel.init: notes must be a string of at most 10,000 "
+                            f"characters, got {shown(self.notes)}")
+        if not isinstance(self.goals, dict):
+            raise TypeError(f"traintel.init: goals must be a dict like {{'bleu': 'max'}}, got "
+                            f"{shown(self.goals)}")
         self.log_level = check_choice("traintel.init: log_level",
                                       str(self.log_level).upper(), _LOG_LEVELS)
         if not isinstance(self.dir, (str, os.PathLike)) or not str(self.dir):
@@ -160,6 +204,14 @@ class InitOptions(TypedDict, total=False):
     local_rank: int | None
     world_size: int | None
     handle_signals: bool | None
+    sigterm: SigtermMode | None
+    resume: ResumeMode
+    reinit: ReinitMode | None
+    tags: list[str] | None
+    notes: str | None
+    group: str | None
+    goals: dict[str, Goal] | None
+    halt_on_nonfinite: bool | None
 
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
@@ -256,7 +308,8 @@ def _seconds(key: str, value: object, low: float, high: float, why: str) -> None
 def _default_text(option: Field[Any]) -> str:
     if option.default is not MISSING:
         return f"`{option.default!r}`"
-    return "`{}`"
+    factory: Any = option.default_factory  # a dict or a list
+    return f"`{factory()!r}`"
 
 
 def render_markdown() -> str:

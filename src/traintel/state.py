@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .record.format import RunStatus
+from .record.format import Goal, RunStatus
 
 #: run.log keys with a dedicated catalog metric; other keys become traintel_metric{metric=...}
 KNOWN_KEYS = {"loss": "traintel_loss", "lr": "traintel_learning_rate",
@@ -24,6 +24,21 @@ COUNTED_KEYS = ("samples", "tokens")
 #: the name under which a run.log key is counted and windowed (``metric`` label of the
 #: traintel_logged_* series): aliases of one catalog metric share one name
 LOGGED_NAME = {"learning_rate": "lr"}
+#: run.log keys that are the training loss (summary figures, non-finite loss counts, halting)
+LOSS_KEYS = ("loss",)
+
+
+class NonFinite:
+    """Non-finite values of one key: how many, the first and the last step, and how many the
+    last warning did not yet mention (warnings are rate-limited)."""
+
+    __slots__ = ("count", "first_step", "last_step", "unreported", "next_report")
+
+    def __init__(self, step: int) -> None:
+        self.count = 0
+        self.first_step = self.last_step = step
+        self.unreported = 0
+        self.next_report = 0.0
 
 
 def nonfinite_text(value: float) -> str:
@@ -35,29 +50,41 @@ class RunState:
     """Everything the exporters and the progress display read. Written by the training thread."""
 
     __slots__ = (
-        "status", "start_ts", "epoch", "step", "samples", "tokens", "data_wait_total",
-        "compute_total", "nonfinite_losses", "last_step_ts", "latest", "user_keys", "eval_latest",
-        "eval_best", "events", "errors", "counters", "gauges", "total_steps", "rates",
-        "readings", "queue_depth", "dropped", "logged", "export_failures", "export_error",
+        "status", "start_ts", "epoch", "epochs_ended", "step", "steps_taken", "samples",
+        "tokens", "data_wait_total", "compute_total", "nonfinite_losses", "nonfinite",
+        "last_step_ts", "latest", "user_keys", "eval_latest", "eval_best", "eval_best_step",
+        "goals", "events", "errors", "counters", "gauges", "total_steps", "rates", "readings",
+        "queue_depth", "dropped", "logged", "export_failures", "export_error",
     )
 
     def __init__(self) -> None:
         self.status: RunStatus = "running"
         self.start_ts = time.time()
         self.epoch = 0
+        #: epochs that ended (``run.epochs``, ``run.end_epoch``)
+        self.epochs_ended = 0
+        #: the number of the last step written, on the loop's own step axis (0 before any)
         self.step = 0
+        #: steps taken: a step line k steps after the previous one stands for k of them
+        self.steps_taken = 0
         self.samples = 0
         self.tokens = 0
         self.data_wait_total = 0.0
         self.compute_total = 0.0
         self.nonfinite_losses = 0
+        #: non-finite values by key: count and first, last step (``traintel.events``)
+        self.nonfinite: dict[str, NonFinite] = {}
         self.last_step_ts: float | None = None
-        #: latest finite value of every key passed to run.log
+        #: the latest value of every key passed to run.log, as logged: NaN stays NaN
         self.latest: dict[str, float] = {}
         #: run.log keys that are not in KNOWN_KEYS/COUNTED_KEYS (bounded by max_metric_names)
         self.user_keys: set[str] = set()
         self.eval_latest: dict[str, float] = {}
+        #: best so far of each eval metric whose direction is known, and the step it came at
         self.eval_best: dict[str, float] = {}
+        self.eval_best_step: dict[str, int] = {}
+        #: the direction of each eval metric: from goals=, else from its name, else None
+        self.goals: dict[str, Goal | None] = {}
         self.events: dict[str, int] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.counters: dict[str, float] = {}
@@ -79,6 +106,13 @@ class RunState:
         if not self.total_steps:
             return None
         return min(1.0, self.step / self.total_steps)
+
+    def latest_loss(self) -> float | None:
+        """The training loss as last logged, NaN included."""
+        for key in LOSS_KEYS:
+            if key in self.latest:
+                return self.latest[key]
+        return None
 
     def eta_seconds(self) -> float | None:
         """Seconds to the planned end at the recent step rate; until the record writer has
@@ -102,6 +136,8 @@ class RateWindow:
         self._points: deque[tuple[float, int, int, int]] = deque()
 
     def add(self, ts: float, steps: int, samples: int, tokens: int) -> None:
+        if self._points and self._points[-1][0] == ts:
+            return  # no step since the last point: nothing new (and no zero-length window)
         self._points.append((ts, steps, samples, tokens))
         while len(self._points) > 2 and ts - self._points[0][0] > self.window_s:
             self._points.popleft()
@@ -114,8 +150,13 @@ class RateWindow:
         dt = t1 - t0
         if dt <= 0:
             return {}
-        return {"steps_per_second": (s1 - s0) / dt, "samples_per_second": (n1 - n0) / dt,
-                "tokens_per_second": (k1 - k0) / dt}
+        rates = {"steps_per_second": (s1 - s0) / dt}
+        if n1:  # a rate of what was never logged is unknown, not zero
+            rates["samples_per_second"] = (n1 - n0) / dt
+        if k1:
+            rates["tokens_per_second"] = (k1 - k0) / dt
+        return rates
+
 
 
 class IntervalStats:

@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import (DataPointT, MetricExporter, Metric
                                               MetricsData, NumberDataPoint)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from . import current_run
 from . import run as run_module
 from .export.otlp import Sinks
 
@@ -33,7 +34,7 @@ class Telemetry:
 
     def collect(self) -> None:
         """Take a metric snapshot of the current run now (it must still be open)."""
-        run = run_module.current_run()
+        run = current_run()
         if run is None or run.otlp is None:
             raise RuntimeError("Telemetry.collect() needs an open run created inside capture()")
         run.otlp.meter_provider.force_flush()

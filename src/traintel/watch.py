@@ -17,14 +17,14 @@ waits for the backward pass to finish, so the CPU cannot queue the optimizer ste
 pass ``grad_norm=False`` where that matters. Under FSDP or tensor parallelism each rank sees its
 shard's gradients, so the value is the shard's norm, not the global one.
 
-Inside ``run.track`` the norm joins the step being timed (record, metrics, summary). Outside it
-each ``run.log`` call is a step of its own, so the norm only updates ``traintel_grad_norm``.
+The norm is logged with ``commit=False``: it joins the step under way (the one ``run.track``
+is timing, or the one the loop's next ``run.log`` ends), never a step of its own.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
 
 if TYPE_CHECKING:
@@ -51,8 +51,9 @@ class Watched(Protocol):
 
     def gauge(self, name: str) -> Gauge: ...
 
-    def log(self, step: int | None = ..., step_s: float | None = ...,
-            **values: SupportsFloat) -> None: ...
+    def log(self, values: Mapping[str, SupportsFloat] | None = ..., /, step: int | None = ...,
+            *, commit: bool = ..., step_s: float | None = ...,
+            **metrics: SupportsFloat) -> None: ...
 
 
 @dataclass
@@ -100,10 +101,7 @@ def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch
             if not grads:
                 return
             norm = torch.nn.utils.get_total_norm(grads).item()
-            if run.in_track:
-                run.log(grad_norm=norm)
-            elif math.isfinite(norm):
-                run.state.latest["grad_norm"] = norm
+            run.log(grad_norm=norm, commit=False)  # a value of the step under way
 
         watched._handle = register_optimizer_step_pre_hook(before_step)
     return watched

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 
 import click
 
@@ -38,7 +39,18 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+class _Notes(logging.Handler):
+    """What the record readers have to say (``traintel.record``: which of several runs named
+    alike was read) as ``note:`` lines on standard error, not through the logging setup."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="traintel")
 def main() -> None:
     """traintel: OpenTelemetry-native observability for ML training."""
+    readers = logging.getLogger("traintel.record")
+    if not any(isinstance(h, _Notes) for h in readers.handlers):
+        readers.addHandler(_Notes(logging.WARNING))

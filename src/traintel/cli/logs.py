@@ -131,8 +131,16 @@ def summary(targets: tuple[str, ...], fmt: str) -> None:
 
 def _print_summary(s: dict[str, Any]) -> None:
     loss, rate = s["loss"], s["throughput"]
+    segments = s["segments"]
     rows = [
-        ("run", s["run"] or "-"), ("record", s["path"]), ("status", s["status"]),
+        ("run", s["run"] or "-"), ("name", s["name"] or "-"), ("record", s["path"]),
+        ("status", s["status"]),
+        *((("segments", f"{len(segments)}: " + ", ".join(
+            f"{seg['status'] or 'running'} ({num(seg['steps'])} steps)" for seg in segments)),)
+          if len(segments) > 1 else ()),
+        *((("tags", ", ".join(s["tags"])),) if s["tags"] else ()),
+        *((("group", s["group"]),) if s["group"] else ()),
+        *((("notes", s["notes"]),) if s["notes"] else ()),
         ("ranks", ", ".join(map(str, s["ranks"])) or "-"),
         ("time", f"{iso(s['start_ts'])} .. {iso(s['end_ts'])}"),
         ("duration", duration(s["duration_s"])),
@@ -141,17 +149,32 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("errors", f"{s['errors']} ({_counts(s['errors_by_type'])})" if s["errors_by_type"]
          else str(s["errors"])),
         ("warnings", str(s["warnings"])),
-        ("steps", f"{num(s['steps'])} in {s['epochs']} epoch(s)"),
-        ("loss", f"final {num(loss['final'])}, best {num(loss['best'])}"
-                 + (f", {loss['nonfinite']} non-finite" if loss["nonfinite"] else "")),
+        ("steps", f"{num(s['steps'])}" + (f" (last step {num(s['last_step'])})"
+                                          if s["last_step"] is not None else "")
+         + (f" in {s['epochs']} epoch(s)" if s["epochs"] else "")),
+        ("loss", _loss(loss)),
         ("throughput", ", ".join(f"{num(v)} {k.replace('_per_s', '/s')}" for k, v in rate.items()
                                  if v) or "-"),
-        ("step time", f"mean {num(s['step_time_mean_s'])}s"),
+        ("step time", f"mean {num(s['step_time_mean_s'])}s" if s["step_time_mean_s"] is not None
+         else "not measured"),
     ]
-    rows += [(f"eval {k}", f"last {num(v['last'])}, best {num(v['best'])}")
+    rows += [(f"non-finite {k}", f"{v['count']} from step {v['first_step']} to {v['last_step']}")
+             for k, v in s["nonfinite"].items() if k != "loss"]
+    rows += [(f"eval {k}", f"last {num(v['last'])}, best {num(v['best'])}"
+              + (f" at step {v['best_step']} ({v['mode']})" if v["best"] is not None else
+                 " (no direction: pass goals=)"))
              for k, v in s["eval"].items()]
     rows += [("skipped lines", str(s["skipped_lines"]))] if s["skipped_lines"] else []
     table(["", ""], [list(r) for r in rows], title=f"Run {s['run'] or s['path']}")
+
+
+def _loss(loss: dict[str, Any]) -> str:
+    """The loss as logged, its best, and where it stopped being finite."""
+    text = f"final {num(loss['final'])}, best {num(loss['best'])}"
+    if loss["nonfinite"]:
+        text += (f", {loss['nonfinite']} non-finite from step {loss['first_nonfinite_step']}"
+                 f" (last finite {num(loss['last_finite'])})")
+    return text
 
 
 def _counts(counts: RawLine) -> str:
@@ -169,11 +192,15 @@ def errors(target: str, verbose: bool, fmt: str) -> None:
     """
     records = Records(target)
     problems = analysis.Problems()
-    analysis.scan(records, problems)
+    summary = analysis.summarize(records, problems)
+    # the run's status and counts as every other command says them
+    counts = {key: summary[key] for key in ("run", "status", "errors", "warnings")}
     result = problems.result()
     if fmt == "json":
-        _json({**result, "skipped_lines": records.bad})
+        _json({**counts, **result, "skipped_lines": records.bad})
         return
+    click.echo(f"Run {counts['run'] or records.path}: {counts['status']}, "
+               f"{counts['errors']} error(s), {counts['warnings']} warning(s)")
     if not result["records"]:
         click.echo("No errors or warnings.")
     else:

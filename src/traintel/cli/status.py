@@ -2,71 +2,69 @@
 
 Local runs are read from disk (summary.json when a run has ended, else the tail of its record),
 so this works for runs on shared storage and for runs that were killed; ``--url`` asks a live
-run's status endpoint (``traintel.init(http_port=...)``) instead.
+run's status endpoint (``traintel.init(http_port=...)``) instead. Statuses and counts are those
+of every other command: ``traintel.analysis.run_status``, errors as ``error`` lines.
 """
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-import psutil
 
 from traintel import env
+from traintel.analysis import run_status, worst
 from traintel.cli.output import table
+from traintel.doctor import fetch
 from traintel.record.files import read_json
 from traintel.record.format import RawLine
-from traintel.doctor import fetch
+from traintel.record.reader import (Records, RecordNotFound, count_type, find_run,
+                                    first_record, is_run, last_records, rank_directories,
+                                    runs_dir)
 from traintel.render import duration, iso, num
-from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records,
-                                    rank_dirs, runs_dir)
 
-#: a run without a line for this long is reported as stale
-STALE_S = 600
-#: how much of a live run's record is read for its latest step and recent errors
+#: how much of a live run's record is read for its latest step
 TAIL_LINES = 1000
 
 
 def local_status(path: Path) -> dict[str, Any]:
-    """One run's state from its directory: finished, failed or interrupted (summary.json),
-    running, stale (no line for 10 minutes) or dead (its process is gone without a summary)."""
-    meta = (rank_dirs(path) or [path])[0]
-    summary = read_json(meta / "summary.json")
-    if summary is not None:
-        return {"run": summary.get("run"), "project": summary.get("project"),
-                "name": summary.get("name"), "status": summary.get("status"),
-                "step": summary.get("steps"), "epochs": summary.get("epochs"),
-                "loss": (summary.get("loss") or {}).get("final"),
-                "errors": (summary.get("errors") or {}).get("total"),
-                "updated": summary.get("end_ts"), "dir": str(path)}
-    records = Records(path, waiting=True)
-    start: RawLine = next((r for r in records if r.get("type") == "run_start"), {})
+    """One run from its directory, every rank's record read: its status (the worst rank's),
+    the lowest rank's step and loss, every rank's errors."""
+    ranks = [_rank_status(directory) for directory in rank_directories(path).values()]
+    if not ranks:
+        raise RecordNotFound(f"no run record in {path}")
+    first = ranks[0]
+    return {**first, "status": worst(r["status"] for r in ranks),
+            "errors": sum(r["errors"] or 0 for r in ranks), "dir": str(path)}
+
+
+def _rank_status(directory: Path) -> dict[str, Any]:
+    records = Records(directory, waiting=True)
     recent = last_records(records, TAIL_LINES)
-    step: dict[str, Any] = next((r for r in reversed(recent) if r.get("type") == "step"), {})
+    marks = [r for r in recent if r.get("type") in ("run_start", "run_end")]
+    start: RawLine = next((r for r in reversed(marks) if r["type"] == "run_start"), {}) or \
+        first_record(records) or {}
+    ended = marks[-1].get("status") if marks and marks[-1]["type"] == "run_end" else None
     updated = recent[-1].get("ts") if recent else None
-    return {"run": start.get("run", path.name), "project": start.get("project"),
-            "name": start.get("name"), "status": _liveness(start, updated),
-            "step": step.get("step"), "epochs": None if step.get("epoch") is None
-            else step["epoch"] + 1, "loss": (step.get("metrics") or {}).get("loss"),
-            "errors": sum(r.get("type") == "error" for r in recent), "updated": updated,
-            "dir": str(path)}
-
-
-def _liveness(start: dict[str, Any], updated: float | None) -> str:
-    pid, started = start.get("pid"), start.get("ts")
-    if start.get("host") == socket.gethostname() and isinstance(pid, int):
-        try:
-            if psutil.Process(pid).create_time() > (started or 0) + 1:  # the pid was reused
-                return "dead"
-        except psutil.Error:
-            return "dead"
-    if updated is not None and time.time() - updated > STALE_S:
-        return "stale"
-    return "running"
+    status = run_status(ended, directory, start, updated)
+    summary = read_json(directory / "summary.json") if ended else None
+    if isinstance(summary, dict):  # the run ended: what it says of every segment
+        loss = summary.get("loss") or {}
+        return {"run": summary.get("run"), "project": summary.get("project"),
+                "name": summary.get("name"), "status": status, "group": summary.get("group"),
+                "tags": summary.get("tags") or [], "step": summary.get("last_step"),
+                "steps": summary.get("steps"), "epoch": summary.get("epoch"),
+                "loss": loss.get("final"), "errors": (summary.get("errors") or {}).get("total"),
+                "updated": summary.get("end_ts")}
+    step: RawLine = next((r for r in reversed(recent) if r.get("type") == "step"), {})
+    tags = [*((first_record(records) or {}).get("tags") or []), *(start.get("tags") or [])]
+    return {"run": start.get("run", directory.name), "project": start.get("project"),
+            "name": start.get("name"), "status": status, "group": start.get("group"),
+            "tags": list(dict.fromkeys(tags)), "step": step.get("step"), "steps": None,
+            "epoch": step.get("epoch"), "loss": (step.get("metrics") or {}).get("loss"),
+            "errors": count_type(records, "error"), "updated": updated}
 
 
 def _all_runs(root: Path) -> list[Path]:
@@ -89,20 +87,29 @@ def _live(url: str) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("target", metavar="[RUN_DIR]", required=False)
+@click.argument("target", metavar="[RUN]", required=False)
 @click.option("--all", "all_runs", is_flag=True,
               help="Every run under $TRAINTEL_DIR or ./traintel-runs.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="Only runs with this tag (repeat: all of them).")
+@click.option("--group", metavar="GROUP", help="Only runs of this group.")
+@click.option("--status", "statuses", multiple=True, metavar="STATUS",
+              help="Only runs in this status (running, finished, failed, preempted, "
+                   "interrupted, crashed, stale; repeat for several).")
 @click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
-def status(target: str | None, all_runs: bool, url: str | None, fmt: str) -> None:
-    """Status of a run (RUN_DIR or run id; default: the latest), of every run (--all), or of a
-    live run's endpoint (--url)."""
+def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str | None,
+           statuses: tuple[str, ...], url: str | None, fmt: str) -> None:
+    """Status of a run (RUN: a directory, a run id or a run name; default: the latest), of every
+    run (--all, filtered by --tag, --group, --status), or of a live run's endpoint (--url)."""
     if url:
         results: Any = _live(url)
-    elif all_runs:
-        results = [local_status(p) for p in _all_runs(runs_dir())]
+    elif all_runs or tags or group or statuses:
+        results = [r for r in map(local_status, _all_runs(runs_dir()))
+                   if set(tags) <= set(r["tags"]) and group in (None, r["group"])
+                   and (not statuses or r["status"] in statuses)]
     else:
         try:
             path = find_run(target) if target else _all_runs(runs_dir())[-1]
@@ -114,10 +121,10 @@ def status(target: str | None, all_runs: bool, url: str | None, fmt: str) -> Non
     if fmt == "json":
         click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     elif isinstance(results, list):
-        table(["run", "name", "status", "step", "epochs", "loss", "errors", "updated"],
+        table(["run", "name", "status", "step", "epoch", "loss", "errors", "tags", "updated"],
                [[str(r["run"]), str(r["name"] or "-"), str(r["status"]), num(r["step"]),
-                 num(r["epochs"]), num(r["loss"]), num(r["errors"]), iso(r["updated"])]
-                for r in results])
+                 num(r["epoch"]), num(r["loss"]), num(r["errors"]),
+                 ",".join(r["tags"]) or "-", iso(r["updated"])] for r in results])
     else:
         rows = [[key, _cell(key, value)] for key, value in results.items()]
         table(["", ""], rows)
@@ -130,6 +137,8 @@ def _cell(key: str, value: Any) -> str:
         return duration(value)
     if isinstance(value, dict):
         return ", ".join(f"{k}={num(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
     return num(value)
 
 

@@ -9,10 +9,10 @@ reports about one training step into one record line.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from .. import env
+from ..validate import NAME_PATTERN, suggest_name
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -55,15 +55,17 @@ def start_run(source: str, config: dict[str, Any], total_steps: int | None,
 
 
 def metric_name(name: str) -> str:
-    """A framework metric name as a ``run.log`` key: ``train/acc`` -> ``train_acc``."""
-    name = re.sub(r"\W", "_", name)
-    return name if name[:1].isalpha() or name[:1] == "_" else f"_{name}"
+    """A framework metric name as a ``run.log`` key: as it is when traintel's name grammar
+    takes it (``train/acc``), else the nearest name it takes (``val acc`` -> ``val_acc``)."""
+    if NAME_PATTERN.fullmatch(name):
+        return name
+    return suggest_name(name) or "_"
 
 
 class StepBuffer:
     """One record line per training step, although a framework reports a step's values in
     several calls (Trainer: ``on_step_end`` then ``on_log``). Values for a step already written
-    become a ``metrics`` event rather than a second line for the same step."""
+    (a per-epoch aggregate) become a ``values`` line (``run.log_values``), not a second step."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -77,7 +79,7 @@ class StepBuffer:
             self.flush()
             if step <= self.written:
                 if values:
-                    self.run.event("metrics", step=step, **values)
+                    self.run.log_values(values, step=step)
                 return
             self.step = step
         self.values.update(values)

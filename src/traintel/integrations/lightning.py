@@ -11,8 +11,8 @@ logs; the module's other ``self.log`` values stay with your logger.
 
 Both map the same way otherwise. Names starting with ``val``, ``valid``, ``eval`` or ``test``
 are evaluation metrics (``run.log_eval``); ``train_loss``/``train/loss`` is ``loss`` and
-``lr``/``learning_rate`` is ``lr``; other names become run.log keys (``train/acc`` ->
-``train_acc``). A saved checkpoint is a ``checkpoint`` event. Evaluations and checkpoints are
+``lr``/``learning_rate`` is ``lr``; other names become run.log keys as they are (``train/acc``).
+A saved checkpoint is a ``checkpoint`` event. Evaluations and checkpoints are
 recorded on global rank 0 only; steps on every rank.
 
 The run's config is fixed when it starts, so both start it lazily: the logger when Lightning

@@ -17,12 +17,24 @@ EVENTS_FILE = "events.jsonl"
 #: what was dropped (writer), or skipped and counted (reader), never held whole in memory
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
-RunStatus = Literal["running", "finished", "failed", "interrupted"]
-EndStatus = Literal["finished", "failed", "interrupted"]
+RunStatus = Literal["running", "finished", "failed", "preempted", "interrupted"]
+#: how a run ends: ``preempted`` after SIGTERM (a scheduler's preemption or time limit, the
+#: signal a resumable run expects), ``interrupted`` by Ctrl-C or an exit code, ``failed`` by an
+#: exception, else ``finished``
+EndStatus = Literal["finished", "failed", "preempted", "interrupted"]
 #: every status, in the order the ``traintel_run_status`` state set exports them
-STATUSES: tuple[RunStatus, ...] = ("running", "finished", "failed", "interrupted")
+STATUSES: tuple[RunStatus, ...] = ("running", "finished", "failed", "preempted", "interrupted")
 #: the statuses a run ends with, worst first (a multi-rank run's status is its worst rank's)
-END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "finished")
+END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "preempted", "finished")
+
+#: what a reader says of a run from its record (one vocabulary for every command): how it ended,
+#: ``running``, ``crashed`` (its process is gone without saying how: SIGKILL, the OOM killer, a
+#: lost node) or ``stale`` (no line for a long time, from a process this host cannot check)
+RecordStatus = Literal["running", "finished", "failed", "preempted", "interrupted", "crashed",
+                       "stale"]
+
+#: the direction of an eval metric for best-so-far
+Goal = Literal["min", "max"]
 
 Level = Literal["debug", "info", "warning", "error", "critical"]
 LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error", "critical")
@@ -36,8 +48,8 @@ InstrumentKind = Literal["counter", "gauge", "histogram", "timer", "operation"]
 #: the kinds of observation the record writer folds (and exports as histograms)
 ObservationKind = Literal["histogram", "timer", "operation"]
 
-LineType = Literal["run_start", "config", "step", "eval", "epoch", "event", "milestone", "error",
-                   "log", "instrument", "run_end"]
+LineType = Literal["run_start", "config", "step", "values", "eval", "epoch", "event", "milestone",
+                   "error", "log", "instrument", "run_end"]
 
 #: a step's metrics: numbers, and "nan"/"inf"/"-inf" text for non-finite values (JSON has none)
 Metrics = dict[str, Union[float, int, str]]
@@ -61,6 +73,9 @@ class _Stamped(TypedDict, total=False):
 
 
 class RunStartLine(_Stamped):
+    """The start of a segment: a run's first, or a resumed run's next (``segment`` counts from
+    1; ``resumed`` says whether ``resume=`` asked for it)."""
+
     type: Literal["run_start"]
     project: str
     name: str
@@ -71,13 +86,26 @@ class RunStartLine(_Stamped):
     traintel_version: str
     total_epochs: int | None
     total_steps: int | None
+    segment: int
+    resumed: bool
+    tags: list[str]
+    notes: str | None
+    group: str | None
+
+
+ConfigReason = Literal["start", "resume", "update"]
 
 
 class ConfigLine(_Stamped):
+    """The whole configuration: at start, on resume and after ``run.config.update``;
+    ``changed`` names the keys whose values differ from the configuration before."""
+
     type: Literal["config"]
     config: dict[str, Any]
     config_hash: str
     seed: int | None
+    reason: ConfigReason
+    changed: list[str]
 
 
 class StepLine(_Stamped):
@@ -89,6 +117,16 @@ class StepLine(_Stamped):
     metrics: Metrics
 
 
+class ValuesLine(_Stamped):
+    """Values that are not a step: ``run.log_values`` (epoch-level figures) and values logged
+    for a step already written. They neither count nor time a step."""
+
+    type: Literal["values"]
+    step: int
+    epoch: int
+    metrics: Metrics
+
+
 class EvalLine(_Stamped):
     type: Literal["eval"]
     step: int
@@ -96,6 +134,9 @@ class EvalLine(_Stamped):
     metrics: Metrics
     is_best: dict[str, bool]
     best: dict[str, float | None]
+    best_step: dict[str, int | None]
+    #: the direction each metric's best is taken in; None: unknown, no best is claimed
+    mode: dict[str, Goal | None]
 
 
 class EpochLine(_Stamped):
@@ -152,11 +193,14 @@ class InstrumentLine(_Stamped, Statistics):
 
 
 class RunEndLine(_Stamped):
+    """The end of a segment: its status, duration, the steps it took and its last step."""
+
     type: Literal["run_end"]
     status: EndStatus
     duration_s: float
     steps: int
+    last_step: int
 
 
-RecordLine = Union[RunStartLine, ConfigLine, StepLine, EvalLine, EpochLine, EventLine,
-                   MilestoneLine, ErrorLine, LogLine, InstrumentLine, RunEndLine]
+RecordLine = Union[RunStartLine, ConfigLine, StepLine, ValuesLine, EvalLine, EpochLine,
+                   EventLine, MilestoneLine, ErrorLine, LogLine, InstrumentLine, RunEndLine]

@@ -10,6 +10,7 @@ to start.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import re
 import time
@@ -26,6 +27,7 @@ from .format import EVENTS_FILE, RawLine
 _ROTATED = re.compile(r"events\.jsonl\.(\d+)$")
 _RANK = re.compile(r"rank-(\d+)$")
 _BLOCK = 1 << 20
+log = logging.getLogger("traintel.record")
 
 
 class RecordNotFound(FileNotFoundError):
@@ -38,14 +40,77 @@ def runs_dir() -> Path:
 
 
 def find_run(target: str | os.PathLike[str]) -> Path:
-    """A run directory or events file from a path or a run id (looked up under :func:`runs_dir`)."""
+    """A run directory or events file from a path, a run id or a run's name (looked up under
+    :func:`runs_dir`; of several runs with one name, the latest, with a note saying so)."""
     path = Path(target)
     if path.exists():
         return path
     by_id = runs_dir() / str(target)
     if by_id.is_dir():
         return by_id
-    raise RecordNotFound(f"no run record at {path} and no run {str(target)!r} in {runs_dir()}")
+    named = runs_named(str(target))
+    if named:
+        if len(named) > 1:
+            log.warning("%d runs are named %r; the latest is %s (give a run id or a path for "
+                        "another: %s)", len(named), str(target), named[-1].name,
+                        ", ".join(p.name for p in named[:-1]))
+        return named[-1]
+    raise RecordNotFound(f"no run record at {path}, and no run with the id or name "
+                         f"{str(target)!r} in {runs_dir()}")
+
+
+def runs_named(name: str) -> list[Path]:
+    """The runs under :func:`runs_dir` whose name (their first line's) is ``name``, oldest
+    first."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        files = streams(path) if path.is_dir() else []
+        if files and (_first_line(files[0]) or {}).get("name") == name:
+            found.append(path)
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def first_record(records: Records) -> RawLine | None:
+    """The first line of a record's lowest rank (its ``run_start``), without reading the rest."""
+    return _first_line(records.streams[0]) if records.streams else None
+
+
+def _first_line(files: list[Path]) -> RawLine | None:
+    for file in files:
+        try:
+            with open(file, "rb") as f:
+                line = f.readline(1 << 16)
+        except OSError:
+            continue
+        try:
+            parsed = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return None
+        return parsed if type(parsed) is dict else None
+    return None
+
+
+def count_type(records: Records, kind: str) -> int:
+    """How many lines of a type a record holds, counted in the bytes as traintel writes them
+    (``"type":"error"``; quotes inside strings are escaped, so text never matches), without
+    parsing: fast enough for every run of ``traintel status --all``."""
+    needle = orjson.dumps({"type": kind})[1:-1]
+    count = 0
+    for files in records.streams:
+        for file in files:
+            try:
+                with open(file, "rb") as f:
+                    rest = b""
+                    while block := f.read(_BLOCK):
+                        data = rest + block
+                        count += data.count(needle)
+                        rest = data[1 - len(needle):]  # a match split between two blocks
+            except OSError:
+                continue
+    return count
 
 
 def is_run(path: Path) -> bool:
@@ -59,6 +124,14 @@ def rank_dirs(path: Path) -> list[Path]:
     ranks = [(int(m.group(1)), p) for p in path.iterdir()
              if (m := _RANK.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(ranks)]
+
+
+def rank_directories(path: Path) -> dict[int, Path]:
+    """Each rank's record directory: ``rank-N`` ones, else the run's own (rank 0), else the
+    directory of a record file."""
+    if path.is_file():
+        return {0: path.parent} if path.name.startswith(EVENTS_FILE) else {}
+    return {int(d.name.split("-")[1]): d for d in rank_dirs(path)} or {0: path}
 
 
 def rotation_set(current: Path) -> list[Path]:

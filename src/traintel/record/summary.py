@@ -6,15 +6,21 @@ them, so the two always agree.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import Any, Literal, TypedDict
 
 from ..stats import RunningStats, Statistics
-from ..state import RunState
-from .format import InstrumentKind, Metrics, ObservationKind, RunStatus
+from ..state import RunState, nonfinite_text
+from .format import (END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind,
+                     RawLine, RunStatus)
 
 
 class LossFigures(TypedDict):
-    final: float | None
+    """The training loss. ``final`` is the last value logged, as logged: ``"nan"``, ``"inf"`` or
+    ``"-inf"`` when it was not finite (``last_finite`` is the last finite one); the statistics
+    cover finite values only, ``nonfinite`` counts the others, from ``first_nonfinite_step``."""
+
+    final: float | str | None
+    last_finite: float | None
     best: float | None
     min: float | None
     max: float | None
@@ -22,6 +28,7 @@ class LossFigures(TypedDict):
     std: float | None
     count: int
     nonfinite: int
+    first_nonfinite_step: int | None
 
 
 class Throughput(TypedDict):
@@ -39,87 +46,150 @@ class StepTime(TypedDict):
 
 
 class StepFigures:
-    """Steps, samples, tokens, loss, throughput and step times of one rank, folded step by step.
+    """Steps, samples, tokens, loss, throughput and step times of one rank, folded step line by
+    step line, segment by segment (a resumed run's record holds several).
 
-    ``percentiles`` keeps a bounded reservoir of step times for p50/p95/p99 (summary.json, the
-    report); without it a step costs a few additions, which matters when ``traintel logs``
-    reads a record of millions of lines. Values a record cannot hold as numbers (non-finite
-    ones are text) are counted apart or left out, so a foreign or torn record never raises.
+    A step line ``k`` steps after the previous one of its segment stands for ``k`` steps (a loop
+    that logs every ``k`` iterations): steps, samples and tokens count ``k`` times. A run's first
+    line counts once; a resumed segment's first line stands for the steps since the last step
+    of the segment before, when it comes after it (else once: the loop went back to a
+    checkpoint). Rates are the steps (samples, tokens) inside the timed span over
+    its length, summed over segments: from the start of each segment's first timed step to the
+    end of its last, so the gaps between segments never count. ``percentiles`` keeps a bounded
+    reservoir of step times for p50/p95/p99 (summary.json, the report); without it a step costs
+    a few additions, which matters when ``traintel logs`` reads a record of millions of lines.
+    Values a record cannot hold as numbers (non-finite ones are text) are counted apart or left
+    out, so a foreign or torn record never raises.
     """
 
-    __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "loss", "nonfinite_loss",
-                 "step_time", "data_wait")
+    __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "last_step", "loss",
+                 "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
+                 "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start")
 
     def __init__(self, percentiles: bool = True) -> None:
         self.steps = 0
         self.samples = 0
         self.tokens = 0
-        #: when the first step started (its own time counts as training) and the last ended
+        #: when the first step started and the last ended
         self.first_ts: float | None = None
         self.last_ts: float | None = None
+        #: the number of the last step line of the segment being folded
+        self.last_step: int | None = None
+        #: the last step before the segment being folded (None in a run's first segment)
+        self._base: int | None = None
         self.loss = RunningStats(reservoir=0)
+        self.final_loss: float | str | None = None
         self.nonfinite_loss = 0
+        self.first_nonfinite_step: int | None = None
         self.step_time = RunningStats() if percentiles else RunningStats(reservoir=0)
         self.data_wait = 0.0
+        #: step time of the steps whose data wait was measured (``run.track``)
+        self.waited = 0.0
+        #: steps, samples and tokens inside the timed spans
+        self._timed = [0, 0, 0]
+        self._active_before = 0.0
+        self._segment_start: float | None = None
 
-    def add(self, ts: float, step_s: float | None, data_wait_s: float | None,
+    def new_segment(self) -> None:
+        """A resumed run's next segment begins: its steps number on from wherever it starts."""
+        self._active_before = self.active_s()
+        self._segment_start = None
+        if self.last_step is not None:
+            self._base = self.last_step
+        self.last_step = None
+
+    def add(self, ts: float, step: int, step_s: float | None, data_wait_s: float | None,
             metrics: Metrics | None) -> None:
-        self.steps += 1
-        if self.first_ts is None:
-            self.first_ts = ts - (step_s or 0.0)
+        last = self.last_step
+        if last is None:
+            base = self._base
+            covers = step - base if base is not None and step > base else 1
+        else:
+            covers = step - last if step > last else 1
+        self.last_step = step
+        self.steps += covers
+        timed = self._timed
+        if self._segment_start is None:
+            # a segment's first line is timed only when it says how long its one step took
+            counted = step_s is not None and covers == 1
+            self._segment_start = ts - step_s if counted and step_s is not None else ts
+            if self.first_ts is None:
+                self.first_ts = self._segment_start
+        else:
+            counted = True
+        if counted:
+            timed[0] += covers
         self.last_ts = ts
         if step_s is not None:
             self.step_time.add(step_s)
             if data_wait_s is not None:
                 self.data_wait += data_wait_s
+                self.waited += step_s
         if not metrics:
             return
         loss = metrics.get("loss")
-        if type(loss) is float or type(loss) is int:
-            self.loss.add(loss)
-        elif type(loss) is str:  # NaN and infinities are written as text
-            self.nonfinite_loss += 1
+        if loss is not None:
+            self.final_loss = loss
+            if type(loss) is float or type(loss) is int:
+                self.loss.add(loss)
+            elif type(loss) is str:  # NaN and infinities are written as text
+                self.nonfinite_loss += 1
+                if self.first_nonfinite_step is None:
+                    self.first_nonfinite_step = step
         samples = metrics.get("samples")
         if type(samples) is int or type(samples) is float:
-            self.samples += int(samples)
+            self.samples += int(samples * covers)
+            if counted:
+                timed[1] += int(samples * covers)
         tokens = metrics.get("tokens")
         if type(tokens) is int or type(tokens) is float:
-            self.tokens += int(tokens)
+            self.tokens += int(tokens * covers)
+            if counted:
+                timed[2] += int(tokens * covers)
 
     def active_s(self) -> float:
-        """Seconds from the start of the first step to the end of the last."""
-        if self.first_ts is None or self.last_ts is None:
-            return 0.0
-        return self.last_ts - self.first_ts
+        """Seconds of training: each segment from the start of its first timed step to the end
+        of its last step."""
+        if self._segment_start is None or self.last_ts is None:
+            return self._active_before
+        return self._active_before + self.last_ts - self._segment_start
 
     def per_second(self, count: float) -> float | None:
         active = self.active_s()
-        return count / active if active > 0 else None
+        return count / active if active > 0 and count else None
 
     def loss_figures(self) -> LossFigures:
         loss = self.loss
         counted = loss.count > 0
-        return {"final": loss.last, "best": loss.min if counted else None,
+        return {"final": self.final_loss, "last_finite": loss.last,
+                "best": loss.min if counted else None,
                 "min": loss.min if counted else None, "max": loss.max if counted else None,
                 "mean": loss.mean, "std": loss.std, "count": loss.count,
-                "nonfinite": self.nonfinite_loss}
+                "nonfinite": self.nonfinite_loss,
+                "first_nonfinite_step": self.first_nonfinite_step}
 
     def throughput(self) -> Throughput:
-        return {"steps_per_s": self.per_second(self.steps),
-                "samples_per_s": self.per_second(self.samples),
-                "tokens_per_s": self.per_second(self.tokens)}
+        steps, samples, tokens = self._timed
+        return {"steps_per_s": self.per_second(steps),
+                "samples_per_s": self.per_second(samples),
+                "tokens_per_s": self.per_second(tokens)}
 
     def step_times(self) -> StepTime:
         times = self.step_time
         quantiles = times.quantiles() if times.count else {}
         return {"mean_s": times.mean, "p50_s": quantiles.get(50), "p95_s": quantiles.get(95),
                 "p99_s": quantiles.get(99),
-                "data_wait_fraction": self.data_wait / times.total if times.total else None}
+                "data_wait_fraction": self.data_wait / self.waited if self.waited else None}
 
 
 class EvalFigures(TypedDict):
-    last: float
+    """One eval metric: its last value, its best so far and the step of it, and the direction
+    the best is taken in (None: unknown from its name and no ``goals=``, so no best)."""
+
+    last: float | str | None
     best: float | None
+    best_step: int | None
+    mode: Goal | None
 
 
 class ErrorCounts(TypedDict):
@@ -139,6 +209,25 @@ class ExportFigures(TypedDict):
     last_error: str | None
 
 
+class NonFiniteFigures(TypedDict):
+    count: int
+    first_step: int
+    last_step: int
+
+
+class Segment(TypedDict):
+    """One process's part of a run (a resumed run has several). ``status`` is None while it
+    runs; ``crashed`` for one whose process ended without saying how (SIGKILL, a lost node)."""
+
+    segment: int
+    start_ts: float
+    end_ts: float | None
+    duration_s: float | None
+    status: EndStatus | Literal["crashed"] | None
+    steps: int
+    last_step: int | None
+
+
 class InstrumentFigures(Statistics):
     """One custom instrument: histograms, timers and operations with their statistics, counters
     by their total, gauges by their last value."""
@@ -155,14 +244,21 @@ class RunSummary(TypedDict):
     rank: int
     world_size: int
     status: RunStatus
+    tags: list[str]
+    notes: str | None
+    group: str | None
     start_ts: float
     end_ts: float
     duration_s: float
+    segments: list[Segment]
     steps: int
+    last_step: int | None
+    epoch: int | None
     epochs: int
     samples: int
     tokens: int
     loss: LossFigures
+    nonfinite: dict[str, NonFiniteFigures]
     eval: dict[str, EvalFigures]
     throughput: Throughput
     step_time: StepTime
@@ -182,23 +278,170 @@ class RunAbout(TypedDict):
     rank: int
     world_size: int
     config_hash: str
+    tags: list[str]
+    notes: str | None
+    group: str | None
+
+
+class RecordFold:
+    """What summary.json says, folded from a record's lines (one rank's): step figures, segments,
+    evaluations, errors, events, milestones, non-finite values, configuration, tags. A resumed
+    run starts from it; ``traintel logs`` reads a record with it. Lines are checked key by key:
+    a torn or foreign line is passed over, never raised on."""
+
+    def __init__(self, percentiles: bool = True) -> None:
+        self.figures = StepFigures(percentiles)
+        self.segments: list[Segment] = []
+        self.evals: dict[str, EvalFigures] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.events: dict[str, int] = {}
+        self.milestones: set[int] = set()
+        self.nonfinite: dict[str, NonFiniteFigures] = {}
+        self.config: dict[str, Any] | None = None
+        self.config_hash: str | None = None
+        self.tags: list[str] = []
+        self.notes: str | None = None
+        self.group: str | None = None
+        self.start: RawLine = {}
+        #: the latest segment's run_start line
+        self.last_start: RawLine = {}
+        self.epoch: int | None = None
+        self.epochs = 0
+
+    def add(self, line: RawLine) -> None:
+        kind = line.get("type")
+        if kind == "step":
+            self._step(line)
+        elif kind == "eval":
+            self._eval(line)
+        elif kind == "run_start":
+            self._start(line)
+        elif kind == "run_end":
+            if not self.segments:  # a record without its run_start (cut, or written by hand)
+                ts, took = _number(line.get("ts")), _number(line.get("duration_s"))
+                if ts is not None:
+                    self._start({"ts": ts - (took or 0.0)})
+            segment = self.segments[-1] if self.segments else None
+            status = line.get("status")
+            if segment is not None and status in END_STATUSES:
+                segment["status"] = status
+                segment["end_ts"] = _number(line.get("ts")) or segment["end_ts"]
+                segment["duration_s"] = _number(line.get("duration_s"))
+        elif kind == "error":
+            key = (str(line.get("error_type") or "other"), str(line.get("severity") or "medium"))
+            self.errors[key] = self.errors.get(key, 0) + 1
+        elif kind == "event" and isinstance(line.get("event"), str):
+            name = line["event"]
+            self.events[name] = self.events.get(name, 0) + 1
+            if name in ("nonfinite_loss", "nonfinite_value"):
+                self._nonfinite(line)
+        elif kind == "milestone" and isinstance(line.get("percent"), int):
+            self.milestones.add(line["percent"])
+        elif kind == "epoch":
+            self.epochs += 1
+            if isinstance(line.get("epoch"), int):
+                self.epoch = line["epoch"]
+        elif kind == "config" and isinstance(line.get("config"), dict):
+            self.config, self.config_hash = line["config"], line.get("config_hash")
+
+    def _start(self, line: RawLine) -> None:
+        if self.segments:
+            self.figures.new_segment()
+        if not self.start:
+            self.start = line
+        self.last_start = line
+        ts = _number(line.get("ts")) or 0.0
+        self.segments.append({"segment": len(self.segments) + 1, "start_ts": ts, "end_ts": ts,
+                              "duration_s": None, "status": None, "steps": 0,
+                              "last_step": None})
+        tags = line.get("tags")
+        if isinstance(tags, list):
+            self.tags += [t for t in tags if isinstance(t, str) and t not in self.tags]
+        for key in ("notes", "group"):
+            if isinstance(line.get(key), str):
+                setattr(self, key, line[key])
+
+    def _step(self, line: RawLine) -> None:
+        ts, step, metrics = line.get("ts"), line.get("step"), line.get("metrics")
+        if type(ts) is not float and type(ts) is not int or type(step) is not int:
+            return
+        if type(metrics) is not dict:
+            metrics = None
+        figures = self.figures
+        before = figures.steps
+        figures.add(ts, step, _number(line.get("step_s")), _number(line.get("data_wait_s")),
+                    metrics)
+        if isinstance(line.get("epoch"), int):
+            self.epoch = line["epoch"] if self.epoch is None else max(self.epoch, line["epoch"])
+        if self.segments:
+            segment = self.segments[-1]
+            segment["steps"] += figures.steps - before
+            segment["last_step"], segment["end_ts"] = step, ts
+
+    def _nonfinite(self, line: RawLine) -> None:
+        """Non-finite values by metric, from their warnings: the first of a metric, then counts
+        of the ones since (``traintel.events``); a count a killed process never reported is
+        missing here, while the loss's are counted from the steps themselves."""
+        fields, step = line.get("fields"), line.get("step")
+        if type(fields) is not dict or type(step) is not int:
+            return
+        metric, count = fields.get("metric"), fields.get("count", 1)
+        if not isinstance(metric, str) or type(count) is not int:
+            return
+        seen = self.nonfinite.get(metric)
+        if seen is None:
+            self.nonfinite[metric] = {"count": count, "first_step": step, "last_step": step}
+        else:
+            seen["count"] += count
+            seen["last_step"] = step
+
+    def _eval(self, line: RawLine) -> None:
+        metrics, best = line.get("metrics"), line.get("best")
+        if type(metrics) is not dict:
+            return
+        best_step, modes = line.get("best_step"), line.get("mode")
+        for name, value in metrics.items():
+            self.evals[name] = {
+                "last": value if isinstance(value, (int, float, str)) else None,
+                "best": _number(best.get(name)) if type(best) is dict else None,
+                "best_step": (best_step.get(name) if type(best_step) is dict
+                              and type(best_step.get(name)) is int else None),
+                "mode": (modes.get(name) if type(modes) is dict
+                         and modes.get(name) in ("min", "max") else None)}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if type(value) is float or type(value) is int else None
 
 
 def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines: int,
-                  instruments: list[tuple[str, InstrumentFigures]], end_ts: float) -> RunSummary:
-    """summary.json from the figures the record writer folded line by line, so that they equal
-    what a reader recomputes from events.jsonl; evaluations and errors from the run state."""
+                  instruments: list[tuple[str, InstrumentFigures]], end_ts: float,
+                  segments: list[Segment], epochs: int) -> RunSummary:
+    """summary.json from the figures the record writer folded line by line (a resumed run's
+    from its whole record), so that they equal what a reader recomputes from events.jsonl;
+    evaluations, errors and non-finite counts from the run state (restored on resume)."""
     errors_by_type: dict[str, int] = {}
     for (error_type, _severity), count in state.errors.items():
         errors_by_type[error_type] = errors_by_type.get(error_type, 0) + count
-    evals: dict[str, EvalFigures] = {name: {"last": last, "best": state.eval_best.get(name)}
-                                     for name, last in state.eval_latest.items()}
+    evals: dict[str, EvalFigures] = {
+        name: {"last": nonfinite_text(last) if last - last != 0 else last,
+               "best": state.eval_best.get(name), "best_step": state.eval_best_step.get(name),
+               "mode": state.goals.get(name)}
+        for name, last in state.eval_latest.items()}
+    start_ts = segments[0]["start_ts"] if segments else state.start_ts
     return {
         "run": about["run"], "project": about["project"], "name": about["name"],
         "rank": about["rank"], "world_size": about["world_size"], "status": state.status,
-        "start_ts": state.start_ts, "end_ts": end_ts, "duration_s": end_ts - state.start_ts,
-        "steps": figures.steps, "epochs": state.epoch + 1 if figures.steps else 0,
+        "tags": about["tags"], "notes": about["notes"], "group": about["group"],
+        "start_ts": start_ts, "end_ts": end_ts,
+        "duration_s": sum(s["duration_s"] or 0.0 for s in segments),
+        "segments": segments,
+        "steps": figures.steps, "last_step": state.step if figures.steps else None,
+        "epoch": state.epoch if epochs else None, "epochs": epochs,
         "samples": figures.samples, "tokens": figures.tokens, "loss": figures.loss_figures(),
+        "nonfinite": {key: {"count": seen.count, "first_step": seen.first_step,
+                            "last_step": seen.last_step}
+                      for key, seen in state.nonfinite.items()},
         "eval": evals, "throughput": figures.throughput(), "step_time": figures.step_times(),
         "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type},
         "instruments": dict(instruments),

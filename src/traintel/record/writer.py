@@ -3,7 +3,9 @@
 The training thread appends typed items (``traintel.record.queue``) to a deque; this thread wakes
 every ``flush_interval`` seconds, turns them into JSON lines, writes them with one system call,
 rotates by size, and folds each step into the figures that become ``summary.json``
-(``StepFigures``, the same fold ``traintel logs summary`` runs on what it reads).
+(``StepFigures``, the same fold ``traintel logs summary`` runs on what it reads). At the end of a
+run the queue is folded first (:meth:`RecordWriter.fold`), so that summary.json can be written
+before the last lines are (:meth:`RecordWriter.close`).
 
 Nothing is lost without a word. A value no encoder takes costs its line, which is replaced by a
 ``record_line_dropped`` line saying what it was. A disk that is full or unwritable costs one
@@ -61,7 +63,8 @@ class RecordWriter:
 
     def __init__(self, directory: Path, state: RunState, identity: Mapping[str, object], *,
                  flush_interval: float = 1.0, max_bytes: int = 256 * 1024 * 1024,
-                 shutdown_s: float = 2.0, rates: RateWindow | None = None) -> None:
+                 shutdown_s: float = 2.0, rates: RateWindow | None = None,
+                 figures: StepFigures | None = None) -> None:
         self.directory = directory
         self.path = directory / EVENTS_FILE
         self.state = state
@@ -70,8 +73,11 @@ class RecordWriter:
         self.max_bytes = max_bytes
         self.shutdown_s = shutdown_s
         self.queue: RecordQueue = deque()
-        #: what summary.json says of the steps, folded as they are written
-        self.figures = StepFigures()
+        #: what summary.json says of the steps, folded as they are written (a resumed run's
+        #: go on from what its record held: this is the record's next segment)
+        self.figures = figures or StepFigures()
+        if figures is not None:
+            figures.new_segment()
         #: histogram, timer and operation observations by (kind, name)
         self.observations: dict[tuple[ObservationKind, str], RunningStats] = {}
         #: lines serialized so far (written, waiting, or counted as dropped)
@@ -88,6 +94,8 @@ class RecordWriter:
         #: lines not yet written because the record could not be (a full disk), oldest first
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
+        #: lines folded and serialized at the end of a run, written by close()
+        self._unwritten: list[bytes] = []
         #: while writing fails: since when, why, and how many lines were dropped meanwhile
         self._outage: tuple[float, str] | None = None
         self._gap_lost = 0
@@ -113,13 +121,36 @@ class RecordWriter:
         self._open()
         self._thread.start()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write everything queued and stop the thread. Lines that cannot be written yet (a
-        full disk) are retried for up to ``shutdown_s``, then counted as dropped and said."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; what is still queued stays queued (for :meth:`fold` and
+        :meth:`close`)."""
         self._stopping = True
         self._wake.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def fold(self) -> None:
+        """Fold everything queued into the figures and serialize it, without writing it yet:
+        the end of a run writes summary.json from the figures first, then the lines
+        (:meth:`close`), so that a kill during a long final write never loses the summary."""
+        if self._forked:
+            return
+        with self._lock:
+            queue = self.queue
+            while queue:
+                self._unwritten += self._fold_batch(len(queue))
+
+    def close(self) -> int:
+        """Write everything folded or still queued, then close the file; the number of lines
+        that could not be written (counted in ``state.dropped`` and said). Lines that cannot be
+        written yet (a full disk) are retried for up to ``shutdown_s``."""
+        self.stop()
+        self.fold()
+        dropped = self.state.dropped
+        with self._lock:
+            unwritten, self._unwritten = self._unwritten, []
+            for start in range(0, len(unwritten), DRAIN_BATCH):
+                self._write(unwritten[start:start + DRAIN_BATCH])
         self._drain()
         deadline = time.monotonic() + self.shutdown_s
         while self._pending and time.monotonic() < deadline:
@@ -137,6 +168,7 @@ class RecordWriter:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+        return self.state.dropped - dropped
 
     def flush(self) -> None:
         """Write everything queued now, on the caller's thread (crash and signal paths)."""
@@ -179,53 +211,59 @@ class RecordWriter:
             self.state.queue_depth = len(queue)
             if not queue and not self._pending:
                 return False
-            chunks: list[bytes] = []
-            figures = self.figures
-            logged = self.state.logged  # min/max/counts of every value, for the exporters
-            identity = self.identity
-            for _ in range(min(len(queue), DRAIN_BATCH)):
-                item = queue.popleft()
-                try:
-                    if type(item) is Step:
-                        ts, step, epoch, step_s, data_wait_s, metrics = item
-                        figures.add(ts, step_s, data_wait_s, metrics)
-                        logged.fold(metrics)
-                        if step_s is not None:
-                            for listener in self.listeners:
-                                listener("step", None, step_s)
-                        line: Mapping[str, object] = {
-                            "ts": ts, "type": "step", "level": "info", **identity, "step": step,
-                            "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
-                            "metrics": metrics}
-                    elif type(item) is Call:
-                        item.fn(*item.args)
-                        continue
-                    elif type(item) is Observe:
-                        self._observe(*item)
-                        continue
-                    else:
-                        assert type(item) is Line
-                        line = item.line
-                        if line.get("type") in HEAD_TYPES and len(self._head) < len(HEAD_TYPES):
-                            self._head.append(encode(line))
-                    chunk = encode(line)
-                    if len(chunk) > MAX_LINE_BYTES:
-                        chunk = self._dropped_line(item, f"the line is {len(chunk)} bytes, over "
-                                                         f"the {MAX_LINE_BYTES}-byte limit")
-                except Exception as exc:  # one bad item never costs its batch
-                    if type(item) in (Call, Observe):
-                        self._warn_once("item", "traintel: the record writer skipped work it "
-                                        "could not do (%s: %s); continuing", type(exc).__name__,
-                                        exc)
-                        continue
-                    chunk = self._dropped_line(item, f"{type(exc).__name__}: {exc}")
-                chunks.append(chunk)
-            self.lines += len(chunks)
-            if figures.last_ts is not None:
-                self.rates.add(figures.last_ts, figures.steps, figures.samples, figures.tokens)
-                self.state.rates = self.rates.rates()
-            self._write(chunks)
+            self._write(self._fold_batch(DRAIN_BATCH))
             return bool(queue)
+
+    def _fold_batch(self, most: int) -> list[bytes]:
+        """Take up to ``most`` queued items: fold steps into the figures and observations into
+        their statistics, run calls, and serialize the lines (the caller holds the lock)."""
+        queue = self.queue
+        chunks: list[bytes] = []
+        figures = self.figures
+        logged = self.state.logged  # min/max/counts of every value, for the exporters
+        identity = self.identity
+        for _ in range(min(len(queue), most)):
+            item = queue.popleft()
+            try:
+                if type(item) is Step:
+                    ts, step, epoch, step_s, data_wait_s, metrics = item
+                    figures.add(ts, step, step_s, data_wait_s, metrics)
+                    logged.fold(metrics)
+                    if step_s is not None:
+                        for listener in self.listeners:
+                            listener("step", None, step_s)
+                    line: Mapping[str, object] = {
+                        "ts": ts, "type": "step", "level": "info", **identity, "step": step,
+                        "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
+                        "metrics": metrics}
+                elif type(item) is Call:
+                    item.fn(*item.args)
+                    continue
+                elif type(item) is Observe:
+                    self._observe(*item)
+                    continue
+                else:
+                    assert type(item) is Line
+                    line = item.line
+                    if line.get("type") in HEAD_TYPES and len(self._head) < len(HEAD_TYPES):
+                        self._head.append(encode(line))
+                chunk = encode(line)
+                if len(chunk) > MAX_LINE_BYTES:
+                    chunk = self._dropped_line(item, f"the line is {len(chunk)} bytes, over "
+                                                     f"the {MAX_LINE_BYTES}-byte limit")
+            except Exception as exc:  # one bad item never costs its batch
+                if type(item) in (Call, Observe):
+                    self._warn_once("item", "traintel: the record writer skipped work it "
+                                    "could not do (%s: %s); continuing", type(exc).__name__,
+                                    exc)
+                    continue
+                chunk = self._dropped_line(item, f"{type(exc).__name__}: {exc}")
+            chunks.append(chunk)
+        self.lines += len(chunks)
+        if figures.last_ts is not None:
+            self.rates.add(figures.last_ts, figures.steps, figures.samples, figures.tokens)
+            self.state.rates = self.rates.rates()
+        return chunks
 
     def _dropped_line(self, item: object, reason: str) -> bytes:
         """The line that stands for one that could not be written, saying what it was."""

@@ -1,0 +1,188 @@
+"""Preemption and signals, with real processes: SIGTERM is recorded and left to the handler that
+was there first (the user's, installed before or after init), run.stop_requested says so, the
+default still finishes and exits 143, and a signal during finish() never costs summary.json or a
+queued step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_lines
+
+LOOPS = Path(__file__).parent / "loops"
+ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
+
+
+def events_named(lines, name):
+    return [e for e in lines.of("event") if e["event"] == name]
+
+
+def test_a_preempted_job_checkpoints_exits_0_and_resumes_the_same_run(tmp_path):
+    script = str(LOOPS / "preemptible.py")
+    # 30 s: the signal must come after traintel.init, and importing torch takes seconds on a
+    # loaded machine (a signal before init is the user's alone: the run does not exist yet)
+    first = subprocess.run(["timeout", "--preserve-status", "-s", "TERM", "30", sys.executable,
+                            script, str(tmp_path), "100000"], capture_output=True, text=True,
+                           timeout=180, env=ENV)
+    assert first.returncode == 0, first.stderr[-2000:]  # the handler's exit, not the signal's
+    (said,) = [line for line in first.stdout.splitlines() if line.startswith("checkpointed")]
+    checkpointed = json.loads(said.split(" ", 1)[1])
+    assert checkpointed["stop_requested"] is True
+    assert (tmp_path / "ckpt.pt").exists()
+    run_dir = tmp_path / "job-42"
+    lines = read_lines(run_dir)
+    (signal_event,) = events_named(lines, "signal")
+    assert signal_event["fields"] == {"signal": "SIGTERM", "decided_by": "user_handler"}
+    assert lines[-1]["type"] == "run_end" and lines[-1]["status"] == "preempted"
+    assert lines.of("step")[-1]["step"] == checkpointed["step"]  # every step recorded
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["steps"] == checkpointed["step"]
+
+    done = checkpointed["step"] + 30
+    second = subprocess.run([sys.executable, script, str(tmp_path), str(done)],
+                            capture_output=True, text=True, timeout=120, env=ENV)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"started {checkpointed['step']}" in second.stdout
+    lines = read_lines(run_dir)
+    starts = lines.of("run_start")
+    assert [(s["segment"], s["resumed"]) for s in starts] == [(1, False), (2, True)]
+    assert [s["step"] for s in lines.of("step")] == list(range(1, done + 1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert (summary["steps"], summary["last_step"]) == (done, done)
+    assert [(s["segment"], s["status"], s["steps"], s["last_step"])
+            for s in summary["segments"]] == [
+        (1, "preempted", checkpointed["step"], checkpointed["step"]), (2, "finished", 30, done)]
+    assert summary["duration_s"] == pytest.approx(sum(s["duration_s"]
+                                                      for s in summary["segments"]))
+    assert summary["loss"]["count"] == done  # the loss figures cover both segments
+
+
+def _started(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline()
+    assert line.startswith("ready"), line + proc.stderr.read()
+    return line.split()[1]
+
+
+def test_a_handler_installed_after_init_still_decides_and_the_signal_is_recorded(tmp_path):
+    script = textwrap.dedent(f"""
+        import signal, sys, time, traintel
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, progress="off",
+                            sample_interval=0, console_logs=False)
+        stop = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+        for step in range(1, 100000):
+            run.log(loss=1.0)
+            time.sleep(0.002)
+            if step == 1000:
+                print("ready", run.dir, flush=True)
+            if stop:
+                run.finish()
+                sys.exit(0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    run_dir = Path(_started(proc))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    lines = read_lines(run_dir)
+    (event,) = events_named(lines, "signal")
+    assert event["fields"]["decided_by"] == "user_handler"
+    assert lines[-1]["status"] == "preempted"
+
+
+def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
+    script = textwrap.dedent(f"""
+        import time, traintel
+        with traintel.init(project="t", dir={str(tmp_path)!r}, progress="off",
+                           sample_interval=0, console_logs=False, sigterm="flag") as run:
+            step = 0
+            while not run.stop_requested:
+                step += 1
+                run.log(loss=1.0)
+                time.sleep(0.002)
+                if step == 200:
+                    print("ready", run.dir, flush=True)
+            print("stopping at", step, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    run_dir = Path(_started(proc))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    stopped_at = int(proc.stdout.read().split()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["steps"] == stopped_at
+    (event,) = events_named(read_lines(run_dir), "signal")
+    assert event["fields"]["decided_by"] == "loop"
+
+
+BACKLOG = textwrap.dedent("""
+    import sys, traintel
+    run = traintel.init(project="b", dir=sys.argv[1], run_id="b1", progress="off",
+                        sample_interval=0, console_logs=False, flush_interval=3600)
+    for _ in range(int(sys.argv[2])):
+        run.log(loss=1.0, lr=0.1, samples=8)
+    print("finishing", flush=True)
+    run.finish()
+    print("finished", flush=True)
+""")
+
+
+@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGINT"], ["SIGTERM", "SIGTERM"],
+                                     ["SIGINT", "SIGTERM"]])
+def test_signals_during_finish_keep_the_summary_and_every_queued_step(tmp_path, signals):
+    """200,000 steps still queued when finish() starts (the writer sleeps an hour between
+    flushes): the signals arrive while it writes them."""
+    steps = 200_000
+    proc = subprocess.Popen([sys.executable, "-c", BACKLOG, str(tmp_path), str(steps)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline().strip() == "finishing", proc.stderr.read()
+    time.sleep(0.05)
+    for name in signals:
+        proc.send_signal(getattr(signal, name))
+        time.sleep(0.05)
+    returncode = proc.wait(timeout=120)
+    # the signals waited for the end of the run, then did what they do: SIGINT raises
+    # KeyboardInterrupt, SIGTERM's default ends the process
+    expected = -signal.SIGINT if signals[0] == "SIGINT" else -signal.SIGTERM
+    assert returncode == expected, proc.stderr.read()
+    run_dir = tmp_path / "b1"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    written = len(read_lines(run_dir).of("step"))
+    assert summary["steps"] == steps
+    assert written + summary["record"]["dropped"] == steps
+    assert written == steps  # nothing was lost: the final write completed
+
+
+def test_a_second_sigterm_while_a_preempted_run_ends_keeps_everything(tmp_path):
+    script = textwrap.dedent(f"""
+        import traintel
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", progress="off",
+                            sample_interval=0, console_logs=False, flush_interval=3600)
+        for step in range(10**9):
+            run.log(loss=1.0)
+            if step == 150_000:
+                print("ready", run.dir, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    run_dir = Path(_started(proc))
+    proc.send_signal(signal.SIGTERM)  # finishes the run: a large backlog to write
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) in (143, -signal.SIGTERM), proc.stderr.read()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = read_lines(run_dir)
+    assert summary["status"] == "preempted"
+    assert len(lines.of("step")) == summary["steps"] > 150_000
+    assert lines[-1]["type"] == "run_end"
