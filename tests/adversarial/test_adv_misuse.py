@@ -76,8 +76,8 @@ def test_step_and_epoch_arguments_are_checked(tmp_path, quiet_run):
         run.begin_epoch(np.int64(2))  # integer-like: accepted
         with pytest.raises(ValueError, match="run.log_eval: step must be a non-negative integer"):
             run.log_eval(step=-7, acc=0.5)
-        with pytest.raises(TypeError, match=r"goals must be a mapping of metric name to 'min' or "
-                                            r"'max', e.g. goals=\{'acc': 'max'\}; got \['acc'\]"):
+        with pytest.raises(TypeError, match=r"run.log_eval: goals must be a dict like "
+                                            r"\{'bleu': 'max'\}, got list \['acc'\]"):
             run.log_eval(goals=["acc"], acc=0.5)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="the goal for 'acc' must be one of 'min', 'max'"):
             run.log_eval(goals={"acc": "up"}, acc=0.5)  # type: ignore[dict-item]
