@@ -79,7 +79,7 @@ def test_step_and_epoch_arguments_are_checked(tmp_path, quiet_run):
         with pytest.raises(TypeError, match=r"run.log_eval: goals must be a dict like "
                                             r"\{'bleu': 'max'\}, got list \['acc'\]"):
             run.log_eval(goals=["acc"], acc=0.5)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="the goal for 'acc' must be one of 'min', 'max'"):
+        with pytest.raises(ValueError, match="the goal of 'acc' must be one of 'min', 'max'; got 'up'"):
             run.log_eval(goals={"acc": "up"}, acc=0.5)  # type: ignore[dict-item]
         with pytest.raises(ValueError, match="step_s must be a non-negative number"):
             run.log(loss=1.0, step_s=math.inf)
