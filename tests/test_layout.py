@@ -119,7 +119,9 @@ def test_the_readme_layout_names_every_module() -> None:
     readme = (ROOT / "README.md").read_text()
     layout = re.search(r"^## Layout\n(.*?)^## ", readme, re.S | re.M)
     assert layout, "README.md lost its Layout section"
-    named = set(re.findall(r"^\| `([\w/]+(?:\.py|/))` \|", layout.group(1), re.M))
+    rows = re.findall(r"^\| `([\w/]+(?:\.py|/))` \|", layout.group(1), re.M)
+    named = set(rows)
+    assert len(rows) == len(named), "a module has two rows in README.md's Layout section"
     expected = set()
     for path in SRC.rglob("*.py"):
         relative = path.relative_to(SRC)

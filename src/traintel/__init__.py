@@ -33,9 +33,9 @@ if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command l
 
 def init(project: str | None = None, name: str | None = None, config: ConfigInput = None,
          **options: Unpack[InitOptions]) -> Run:
-    """Start a run. See ``traintel.settings.Settings`` for every option; unknown options are
-    refused with the closest valid name. ``OTEL_*`` variables configure export; ``project``
-    defaults to ``$TRAINTEL_PROJECT``, then "default"."""
+    """Start a run. Every option, its default and its environment variable:
+    ``docs/configuration.md`` (from ``traintel.settings.Settings``); unknown options are refused
+    with the closest valid name. ``OTEL_*`` variables configure export."""
     from .run import Run
     from .settings import settings_from
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry._logs import LogRecord
+from opentelemetry.util.types import AttributeValue
 from opentelemetry.sdk.metrics.export import (DataPointT, MetricExporter, MetricExportResult,
                                               MetricsData, NumberDataPoint)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -39,7 +40,7 @@ class Telemetry:
             raise RuntimeError("Telemetry.collect() needs an open run created inside capture()")
         run.otlp.meter_provider.force_flush()
 
-    def points(self, name: str) -> list[tuple[dict[str, Any], DataPointT]]:
+    def points(self, name: str) -> list[tuple[dict[str, AttributeValue], DataPointT]]:
         """(attributes, point) of every data point of ``name`` in the latest snapshot."""
         for data in reversed(self._collected):
             found = [(dict(point.attributes or {}), point)

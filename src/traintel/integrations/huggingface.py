@@ -32,8 +32,10 @@ from transformers import TrainerCallback
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
+    from typing_extensions import Unpack
 
     from ..run import Run
+    from ..settings import InitOptions
 
 from . import KNOWN, StepBuffer, metric_name, start_run
 
@@ -49,7 +51,7 @@ class TraintelCallback(TrainerCallback):
     callback starts the run (``project``, ``name``, ``dir``, ...)."""
 
     def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Any) -> None:
+                 **init_options: Unpack[InitOptions]) -> None:
         self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
         self._created = False
         #: the run being recorded and its step lines; None outside training

@@ -38,8 +38,10 @@ from . import KNOWN, StepBuffer, metric_name, start_run
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
+    from typing_extensions import Unpack
 
     from ..run import Run
+    from ..settings import InitOptions
 
 _EVAL = re.compile(r"^(val|valid|validation|eval|test)([_/.-]|$)", re.IGNORECASE)
 #: Lightning's ``finalize`` statuses -> traintel's
@@ -67,7 +69,7 @@ class TraintelLogger(Logger):
     """Lightning's logger slot. Keyword arguments go to ``traintel.init`` when it starts the run."""
 
     def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Any) -> None:
+                 **init_options: Unpack[InitOptions]) -> None:
         super().__init__()
         self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
         self._created = False
@@ -153,7 +155,7 @@ class TraintelCallback(Callback):
     Keyword arguments go to ``traintel.init`` when it starts the run."""
 
     def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Any) -> None:
+                 **init_options: Unpack[InitOptions]) -> None:
         self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
         self.run: Run | None = None
         self._created = False
