@@ -160,6 +160,8 @@ def test_config_extended_after_init(quiet_run):
     assert "sk-abcdefghijklmnop" not in written
     saved = json.loads((run.dir / "config.json").read_text())
     assert saved["config"]["lr"] == 0.2 and len(saved["history"]) == 4
+    with pytest.raises(RuntimeError, match="run.config.update: run .* has finished"):
+        run.config.update(late=1)
 
 
 def test_tags_notes_and_group_are_recorded_and_exported(quiet_run):

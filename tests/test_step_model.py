@@ -82,6 +82,8 @@ def test_log_values_neither_counts_nor_times_a_step(quiet_run):
         (3, 0, {"train_acc": 0.5}), (6, 1, {"train_acc": 0.6})]
     assert [e["steps"] for e in lines.of("epoch")] == [3, 3]
     assert (run.summary["epochs"], run.summary["epoch"]) == (2, 1)
+    with pytest.raises(RuntimeError, match="run.log_values: run .* has finished"):
+        run.log_values(late=1.0)
 
 
 def test_logging_every_n_steps_counts_every_step_and_its_samples(quiet_run):

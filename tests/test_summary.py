@@ -49,6 +49,16 @@ def test_what_a_record_cannot_hold_as_a_number_is_left_out() -> None:
         ("steps_per_s", "samples_per_s", "tokens_per_s"))
 
 
+def test_counts_beyond_float64_never_break_the_fold() -> None:
+    """A step line 10 steps after the last multiplies its per-step counts by 10: a float that
+    overflows is no count, an int stays exact, and a rate it cannot have is None."""
+    figures = StepFigures()
+    figures.add(1.0, 0, 1.0, None, {"samples": 1e308, "tokens": 10**400})
+    figures.add(2.0, 10, 1.0, None, {"samples": 1e308, "tokens": 10**400})
+    assert figures.samples == int(1e308) and figures.tokens == 11 * 10**400
+    assert figures.throughput()["tokens_per_s"] is None
+
+
 def test_instruments_are_summarised_once_for_lines_and_summary() -> None:
     timer = RunningStats()
     for value in (0.1, 0.2, 0.3):

@@ -234,6 +234,8 @@ class EventRecorder:
                directory: Path) -> None:
         """The whole configuration as a record line, and config.json with its history (every
         start, resume and update with the keys it changed)."""
+        if reason == "update":
+            self.check_live("run.config.update")
         now = time.time()
         line: ConfigLine = {"ts": now, "type": "config", "level": "info",
                             "config": config.values, "config_hash": config.hash,

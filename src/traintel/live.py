@@ -21,6 +21,9 @@ class LiveRun(Protocol):
     @property
     def id(self) -> str: ...
 
+    @property
+    def finished(self) -> bool: ...
+
     def finish(self) -> None: ...
 
 
@@ -32,8 +35,11 @@ def current_run() -> LiveRun | None:
     return _live[-1] if _live else None
 
 
+
 def make_room(reinit: ReinitMode) -> None:
     """Before a new run starts: finish the live ones unless ``reinit`` keeps them."""
+    for gone in [run for run in _live if run.finished]:  # its finish() failed on the way
+        _live.remove(gone)
     if reinit == "create_new":
         return
     for previous in list(_live):

@@ -229,7 +229,11 @@ class Run(StepMethods):
                 return
             self._finished = True
         with self._hooks.deferring():
-            self._finish(status or ("preempted" if self.stop_requested else "finished"))
+            try:
+                self._finish(status or ("preempted" if self.stop_requested else "finished"))
+            finally:  # even when the end went wrong: the record and the process are free
+                self._continuation.release()
+                live.ended(self)
         self._hooks.redeliver()
 
     def _finish(self, status: EndStatus) -> None:
@@ -257,8 +261,6 @@ class Run(StepMethods):
             self.server.stop()
         self._logging.restore()
         self._hooks.remove(keep_excepthook=status not in ("finished", "preempted"))
-        self._continuation.release()
-        live.ended(self)
 
     def __enter__(self) -> Run:
         return self

@@ -151,10 +151,12 @@ class RateWindow:
         if dt <= 0:
             return {}
         rates = {"steps_per_second": (s1 - s0) / dt}
-        if n1:  # a rate of what was never logged is unknown, not zero
-            rates["samples_per_second"] = (n1 - n0) / dt
-        if k1:
-            rates["tokens_per_second"] = (k1 - k0) / dt
+        for name, first, last in (("samples_per_second", n0, n1), ("tokens_per_second", k0, k1)):
+            if last:  # a rate of what was never logged is unknown, not zero
+                try:
+                    rates[name] = (last - first) / dt
+                except OverflowError:  # counts beyond float64: no rate to say
+                    pass
         return rates
 
 

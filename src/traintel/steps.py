@@ -193,6 +193,7 @@ class StepRecorder:
         """Values that are not a training step (epoch-level figures, values for a step already
         written): a ``values`` line at ``step`` (default: the current one) that neither counts
         nor times a step. Names, numbers and non-finite values as in ``run.log``."""
+        self._events.check_live("run.log_values")
         if values is not None:
             metrics = _merged(values, metrics)
         if not metrics:

@@ -136,16 +136,16 @@ class StepFigures:
                 self.nonfinite_loss += 1
                 if self.first_nonfinite_step is None:
                     self.first_nonfinite_step = step
-        samples = metrics.get("samples")
-        if type(samples) is int or type(samples) is float:
-            self.samples += int(samples * covers)
+        samples = _count(metrics.get("samples"), covers)
+        if samples:
+            self.samples += samples
             if counted:
-                timed[1] += int(samples * covers)
-        tokens = metrics.get("tokens")
-        if type(tokens) is int or type(tokens) is float:
-            self.tokens += int(tokens * covers)
+                timed[1] += samples
+        tokens = _count(metrics.get("tokens"), covers)
+        if tokens:
+            self.tokens += tokens
             if counted:
-                timed[2] += int(tokens * covers)
+                timed[2] += tokens
 
     def active_s(self) -> float:
         """Seconds of training: each segment from the start of its first timed step to the end
@@ -156,7 +156,10 @@ class StepFigures:
 
     def per_second(self, count: float) -> float | None:
         active = self.active_s()
-        return count / active if active > 0 and count else None
+        try:
+            return count / active if active > 0 and count else None
+        except OverflowError:  # a count beyond float64 (a user's): no rate to say
+            return None
 
     def loss_figures(self) -> LossFigures:
         loss = self.loss
@@ -408,6 +411,18 @@ class RecordFold:
                               and type(best_step.get(name)) is int else None),
                 "mode": (modes.get(name) if type(modes) is dict
                          and modes.get(name) in ("min", "max") else None)}
+
+
+def _count(value: object, covers: int) -> int:
+    """Samples (tokens) a step line stands for: its per-step count ``covers`` times; 0 for what
+    is no count (text, a non-finite or overflowing number)."""
+    if type(value) is int:
+        return value * covers
+    if type(value) is float:
+        total = value * covers
+        if total - total == 0:
+            return int(total)
+    return 0
 
 
 def _number(value: object) -> float | None:
