@@ -197,3 +197,31 @@ def test_a_line_of_the_wrong_shape_never_reaches_the_figures(tmp_path):
     assert lines[1]["metrics"] == {"acc": 0.5} and "ts" not in lines[2]
     assert records.fixed == {"metrics value not a number": 1, "ts not a time": 1}
     assert last_records(Records(run), 2)[-1]["step"] in (2, 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.one_of(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+                               st.integers(0, 200).map(lambda n: b"x" * n)), max_size=30),
+       newline_at_end=st.booleans())
+def test_forward_and_backward_reading_agree_with_split_at_every_block_edge(data, newline_at_end,
+                                                                            tmp_path_factory):
+    """Both readers on tiny blocks and a tiny line limit: every block edge and every overlong
+    line is a case (the same code reads 1 MiB blocks and 16 MiB lines)."""
+    import io
+    from unittest import mock
+
+    from traintel.record import reader
+
+    raw = b"\n".join(data) + (b"\n" if newline_at_end and data else b"")
+    expected = raw.split(b"\n")
+    if expected and expected[-1] == b"":
+        expected.pop()
+    expected = [line if len(line) <= 50 else None for line in expected]
+    path = tmp_path_factory.mktemp("lines") / "events.jsonl"
+    path.write_bytes(raw)
+    with mock.patch.object(reader, "MAX_LINE_BYTES", 50), mock.patch.object(reader, "_BLOCK", 7):
+        forwards = list(reader.bounded_lines(io.BytesIO(raw)))
+        backwards = list(reader._reversed_lines(path))
+    assert forwards == expected
+    assert [line for line in reversed(backwards) if line != b""] == \
+        [line for line in expected if line != b""]

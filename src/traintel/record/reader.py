@@ -241,13 +241,14 @@ class Records:
             if type(record) is not dict:
                 self.skip("not a JSON object")
                 continue
-            # exactly what the writer writes for a step: anything else takes the full check
-            ts, metrics = record.get("ts"), record.get("metrics")
-            if ts.__class__ is float and 0.0 <= ts <= MAX_TS and record.get("type") == "step" \
-                    and record.get("level") == "info" and record.get("step").__class__ is int \
-                    and record.get("epoch").__class__ is int \
-                    and record.get("rank", 0).__class__ is int \
-                    and record.get("step_s").__class__ in _SECONDS_CLASSES \
+            # exactly what the writer writes for a step (about 0.5 us, half of decoding it):
+            # anything else takes the full check
+            get = record.get
+            ts, metrics = get("ts"), get("metrics")
+            if ts.__class__ is float and 0.0 <= ts <= MAX_TS and get("type") == "step" \
+                    and get("level") == "info" and (get("step").__class__, get(
+                        "epoch").__class__, get("rank", 0).__class__) == _THREE_INTS \
+                    and get("step_s").__class__ in _SECONDS_CLASSES \
                     and metrics.__class__ is dict \
                     and _NUMBER_CLASSES.issuperset(map(type, metrics.values())):
                 yield record
@@ -291,6 +292,7 @@ _OVERLONG = f"over {MAX_LINE_BYTES >> 20} MiB"
 _NONFINITE_TEXT = frozenset({"nan", "inf", "-inf"})
 _LEVELS = frozenset(LEVELS)
 _NUMBER_CLASSES = frozenset({float, int})
+_THREE_INTS = (int, int, int)
 _SECONDS_CLASSES = frozenset({float, type(None)})
 _INT64_MAX = 2**63 - 1
 
@@ -362,16 +364,29 @@ def _reasons(counts: dict[str, int]) -> str:
 
 def bounded_lines(file: IO[bytes]) -> Iterator[bytes | None]:
     """The lines of a file, each at most MAX_LINE_BYTES: a longer one is read past, not held,
-    and stands as None."""
-    limit = MAX_LINE_BYTES + 1
-    readline = file.readline
-    while line := readline(limit):
-        if len(line) == limit and not line.endswith(b"\n"):
-            while (more := readline(limit)) and not more.endswith(b"\n"):
-                pass
-            yield None
-        else:
-            yield line
+    and stands as None. Blocks are split in C and their lines handed on as a list, so this costs
+    less per line than iterating the file itself."""
+    pieces: list[bytes] = []  # the line that goes on into the next block, while it fits
+    size = 0  # its length so far (0: no line goes on)
+    while block := file.read(_BLOCK):
+        lines: list[bytes | None] = block.split(b"\n")  # type: ignore[assignment]  # bytes
+        last = lines.pop()  # goes on in the next block (b"": the block ended a line)
+        if lines:
+            if size:
+                head = lines[0]
+                assert head is not None
+                size += len(head)
+                lines[0] = b"".join([*pieces, head]) if size <= MAX_LINE_BYTES else None
+                pieces, size = [], 0
+            yield from lines
+        if last:
+            size += len(last)
+            if size <= MAX_LINE_BYTES:
+                pieces.append(last)
+            else:
+                pieces.clear()
+    if size:
+        yield b"".join(pieces) if size <= MAX_LINE_BYTES else None
 
 
 def _ts(record: RawLine) -> float:
