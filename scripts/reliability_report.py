@@ -35,6 +35,7 @@ STATIC = """
 | secrets by key-name tokens and value shapes, look-alikes kept (a corpus, and hypothesis text around it) | tests/adversarial/test_adv_redaction.py |
 | misuse: settings out of range, run ids that are paths, circular config, begin_epoch(None), meta tensors, goals=["acc"], 5,000-character names, recording after finish, a crash printed redacted | tests/adversarial/test_adv_misuse.py |
 | hostile HTTP requests at the live endpoint (hypothesis) | tests/adversarial/test_adv_http.py |
+| hostile record lines through every `traintel logs`/`report`/`status` command (hypothesis) | tests/adversarial/test_adv_records.py |
 | compose ports bound to 127.0.0.1, no default Grafana password | tests/test_prometheus_rules.py |
 | status endpoint loopback-only by default; debug refused from other addresses | tests/test_server.py |
 """

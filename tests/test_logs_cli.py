@@ -91,7 +91,7 @@ def test_summary_text_reports_skipped_lines_without_a_traceback(runs):
     assert "Traceback" not in result.output
     for text in ("run-a", "finished", "step 20", "oom 1", "final 1, best 1"):
         assert text in result.stdout
-    assert "skipped 1 unreadable line(s)" in result.stderr
+    assert "skipped 1 line(s) (1 not JSON)" in result.stderr
 
 
 def test_a_run_is_found_by_id_or_events_file(runs):

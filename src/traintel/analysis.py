@@ -220,7 +220,7 @@ def summarize(records: Records, *others: Collector, summary: Summary | None = No
     summary = summary or Summary()
     scan(records, summary, *others)
     return {"path": str(records.path), **summary.result(rank_directories(records.path)),
-            "skipped_lines": records.bad}
+            "skipped_lines": records.bad, "unreadable": records.problems()}
 
 
 class Problems:

@@ -40,10 +40,14 @@ _COMMON = ("ts", "type", "level", "run", "rank")
 
 # -- values ------------------------------------------------------------------------------------
 def iso(ts: float | None) -> str:
-    """Local time, to the second."""
+    """Local time, to the second; "-" for none, "?" for what is no time (a hostile or foreign
+    summary.json: out of range, text)."""
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+    try:
+        return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def num(value: Any) -> str:
@@ -53,6 +57,9 @@ def num(value: Any) -> str:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int) and abs(value) >= 10**30:  # str() of a 4,300-digit int raises
+        return f"{'-' if value < 0 else ''}2**{value.bit_length() - 1}+" if \
+            value.bit_length() > 1000 else f"{float(value):.4g}"
     if isinstance(value, int) or value.is_integer() and abs(value) < 1e15:
         return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
     return f"{value:.4g}"
@@ -62,6 +69,9 @@ def duration(seconds: float | None, unknown: str = "-") -> str:
     """``5.0s``, ``2m05s``, ``1h02m05s``; ``unknown`` for None."""
     if seconds is None:
         return unknown
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+            not 0 <= seconds < 1e15:
+        return "?"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, s = divmod(int(seconds), 60)

@@ -33,10 +33,12 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, run_dir: str | None
     from rich.console import Console
 
     from ..demo import DemoConfig, collector_endpoint, collector_listening, train
+    from ..redact import Redactor
 
     console = Console(stderr=True)
     endpoint = collector_endpoint()
     exporting = collector_listening(endpoint)
+    endpoint = Redactor.for_environment().text(endpoint)  # it may carry credentials
     if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
                       "and traces[/green]")

@@ -18,6 +18,7 @@ from traintel import env
 from traintel.cli.output import table
 from traintel.doctor import DEFAULTS, Endpoints, as_json, run_checks
 from traintel.record.reader import runs_dir
+from traintel.redact import Redactor
 
 _COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
 FC = TypeVar("FC", bound=Callable[..., object])
@@ -60,14 +61,15 @@ def doctor(fmt: str, collectors: tuple[str, ...], collector_health: tuple[str, .
                                   prometheus=prometheus, alertmanager=alertmanager, loki=loki,
                                   tempo=tempo, grafana=grafana, run_dir=run_dir or runs_dir()),
                         timeout=timeout)
-    result = as_json(checks)
+    # the collector's URL may carry credentials (https://user:token@host): redacted, as every exit
+    result = Redactor.for_environment().deep(as_json(checks))
     if fmt == "json":
         click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
         tty = sys.stdout.isatty()
         table(["check", "status", "target", "detail"],
-               [[c.name, f"[{_COLOURS[c.status]}]{c.status}[/]" if tty else c.status, c.target,
-                 c.detail] for c in checks])
+               [[c["name"], f"[{_COLOURS[c['status']]}]{c['status']}[/]" if tty else c["status"],
+                 c["target"], c["detail"]] for c in result["checks"]])
         failed = sum(c.status == "fail" for c in checks)
         warned = sum(c.status == "warn" for c in checks)
         click.echo(f"{len(checks) - failed - warned} passed, {warned} warned, {failed} failed")

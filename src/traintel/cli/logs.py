@@ -13,7 +13,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ import orjson
 
 from traintel import analysis, render
 from traintel.record.format import LEVELS, RawLine
-from traintel.record.reader import Records, find_run, is_run, last_records
+from traintel.record.reader import Records, RecordNotFound, find_run, is_run, last_records
 from traintel.record.reader import follow as follow_records
 
 from traintel.render import describe, duration, iso, num
@@ -65,8 +65,23 @@ def _json_line(record: RawLine) -> None:
 
 
 def _report_skipped(records: Records) -> None:
-    if records.bad:
-        click.echo(f"note: skipped {records.bad} unreadable line(s) in {records.path}", err=True)
+    """What could not be read, in one line on standard error."""
+    problems = records.problems()
+    if problems:
+        click.echo(f"note: {records.path}: {problems}", err=True)
+
+
+def _readable(targets: Iterable[str]) -> list[Records]:
+    """The records of each target that can be read; one that cannot is a one-line note, the
+    others go on, and the command ends with status 1 (:func:`_exit_status`)."""
+    found = []
+    for target in targets:
+        try:
+            found.append(Records(target))
+        except (RecordNotFound, OSError) as exc:
+            click.echo(f"note: {target}: {exc}", err=True)
+            click.get_current_context().meta["traintel.unreadable"] = True
+    return found
 
 
 def _note_waiting(records: Records) -> None:
@@ -86,11 +101,15 @@ def _line(record: RawLine, prefix: str = "") -> None:
 
 class _Group(click.Group):
     """A run that cannot be found or read is a one-line error, not a traceback; so is a closed
-    pipe (``... | head``), quietly."""
+    pipe (``... | head``), quietly. A command that went on past a run it could not read ends
+    with status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            if ctx.meta.get("traintel.unreadable"):
+                ctx.exit(1)
+            return result
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
             sys.exit(1)
@@ -117,15 +136,14 @@ def summary(targets: tuple[str, ...], fmt: str) -> None:
     throughput and duration. With --format json: one object, or a list for several runs.
     """
     results = []
-    for target in targets:
-        records = Records(target)
+    for records in _readable(targets):
         results.append(analysis.summarize(records))
         if fmt == "text":
             if len(results) > 1:
                 click.echo()
             _print_summary(results[-1])
             _report_skipped(records)
-    if fmt == "json":
+    if fmt == "json" and results:
         _json(results[0] if len(results) == 1 else results)
 
 
@@ -164,7 +182,7 @@ def _print_summary(s: dict[str, Any]) -> None:
               + (f" at step {v['best_step']} ({v['mode']})" if v["best"] is not None else
                  " (no direction: pass goals=)"))
              for k, v in s["eval"].items()]
-    rows += [("skipped lines", str(s["skipped_lines"]))] if s["skipped_lines"] else []
+    rows += [("unreadable", s["unreadable"])] if s["unreadable"] else []
     table(["", ""], [list(r) for r in rows], title=f"Run {s['run'] or s['path']}")
 
 
@@ -305,10 +323,11 @@ def compare(targets: tuple[str, ...], fmt: str, output: Path | None) -> None:
         if not targets:
             raise click.ClickException(f"no runs in {path}")
     summaries = []
-    for target in targets:
-        records = Records(target)
+    for records in _readable(targets):
         summaries.append(analysis.summarize(records))
         _report_skipped(records)
+    if not summaries:
+        return
     rows = analysis.compare(summaries)
     if fmt == "json":
         text = _dumps(rows)

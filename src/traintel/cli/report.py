@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import orjson
 
 from traintel.diagnostics import build_report
+from traintel.record.files import encode
 from traintel.record.reader import RecordNotFound, find_run
 from traintel.render import diagnostic_report
 
@@ -34,8 +34,7 @@ def report(target: str | None, fmt: str, output: Path | None) -> None:
     if fmt == "md":
         text = diagnostic_report(data)
     else:
-        text = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-                            default=str).decode() + "\n"
+        text = encode(data, indent=True).decode() + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -18,7 +18,7 @@ from traintel import env
 from traintel.analysis import run_status, worst
 from traintel.cli.output import table
 from traintel.doctor import fetch
-from traintel.record.files import read_json
+from traintel.record.files import encode, read_json
 from traintel.record.format import RawLine
 from traintel.record.reader import (Records, RecordNotFound, count_type, find_run,
                                     first_record, is_run, last_records, rank_directories,
@@ -37,7 +37,9 @@ def local_status(path: Path) -> dict[str, Any]:
         raise RecordNotFound(f"no run record in {path}")
     first = ranks[0]
     return {**first, "status": worst(r["status"] for r in ranks),
-            "errors": sum(r["errors"] or 0 for r in ranks), "dir": str(path)}
+            "errors": sum(r["errors"] if isinstance(r["errors"], int) else 0 for r in ranks),
+            "unreadable": "; ".join(r["unreadable"] for r in ranks if r.get("unreadable")) or None,
+            "dir": str(path)}
 
 
 def _rank_status(directory: Path) -> dict[str, Any]:
@@ -50,28 +52,56 @@ def _rank_status(directory: Path) -> dict[str, Any]:
     updated = recent[-1].get("ts") if recent else None
     status = run_status(ended, directory, start, updated)
     summary = read_json(directory / "summary.json") if ended else None
-    if isinstance(summary, dict):  # the run ended: what it says of every segment
-        loss = summary.get("loss") or {}
+    if summary is not None:  # the run ended: what it says of every segment (each field looked at)
         return {"run": summary.get("run"), "project": summary.get("project"),
                 "name": summary.get("name"), "status": status, "group": summary.get("group"),
-                "tags": summary.get("tags") or [], "step": summary.get("last_step"),
+                "tags": _tags(summary.get("tags")), "step": summary.get("last_step"),
                 "steps": summary.get("steps"), "epoch": summary.get("epoch"),
-                "loss": loss.get("final"), "errors": (summary.get("errors") or {}).get("total"),
-                "updated": summary.get("end_ts")}
+                "loss": _inner(summary, "loss", "final"),
+                "errors": _inner(summary, "errors", "total"), "updated": summary.get("end_ts")}
     step: RawLine = next((r for r in reversed(recent) if r.get("type") == "step"), {})
-    tags = [*((first_record(records) or {}).get("tags") or []), *(start.get("tags") or [])]
+    tags = [*_tags((first_record(records) or {}).get("tags")), *_tags(start.get("tags"))]
     return {"run": start.get("run", directory.name), "project": start.get("project"),
             "name": start.get("name"), "status": status, "group": start.get("group"),
             "tags": list(dict.fromkeys(tags)), "step": step.get("step"), "steps": None,
             "epoch": step.get("epoch"), "loss": (step.get("metrics") or {}).get("loss"),
-            "errors": count_type(records, "error"), "updated": updated}
+            "errors": count_type(records, "error"), "updated": updated,
+            "unreadable": records.problems()}
+
+
+def _inner(document: dict[str, Any], key: str, inner: str) -> object:
+    value = document.get(key)
+    return value.get(inner) if isinstance(value, dict) else None
+
+
+def _tags(value: object) -> list[str]:
+    return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []
+
+
+def _statuses(paths: list[Path]) -> list[dict[str, Any]]:
+    """Each run's status for a listing; a run that cannot be read is a one-line note on standard
+    error, and the listing goes on."""
+    found = []
+    for path in paths:
+        try:
+            found.append(local_status(path))
+        except (OSError, RecordNotFound, ValueError, TypeError, AttributeError) as exc:
+            click.echo(f"note: {path}: not listed, it cannot be read ({exc})", err=True)
+    return found
 
 
 def _all_runs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and is_run(p)]
-    return sorted(runs, key=lambda p: p.stat().st_mtime)
+    return sorted(runs, key=_mtime)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # gone since it was listed
+        return 0.0
 
 
 def _live(url: str) -> dict[str, Any]:
@@ -107,7 +137,7 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
     if url:
         results: Any = _live(url)
     elif all_runs or tags or group or statuses:
-        results = [r for r in map(local_status, _all_runs(runs_dir()))
+        results = [r for r in _statuses(_all_runs(runs_dir()))
                    if set(tags) <= set(r["tags"]) and group in (None, r["group"])
                    and (not statuses or r["status"] in statuses)]
     else:
@@ -118,8 +148,11 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
             raise click.ClickException(f"no runs in {runs_dir()}") from None
         except RecordNotFound as exc:
             raise click.ClickException(str(exc)) from None
+    for result in results if isinstance(results, list) else [results]:
+        if result.get("unreadable"):  # what could not be read, in one line
+            click.echo(f"note: {result.get('dir')}: {result['unreadable']}", err=True)
     if fmt == "json":
-        click.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        click.echo(encode(results, indent=True).decode())
     elif isinstance(results, list):
         table(["run", "name", "status", "step", "epoch", "loss", "errors", "tags", "updated"],
                [[str(r["run"]), str(r["name"] or "-"), str(r["status"]), num(r["step"]),

@@ -57,9 +57,11 @@ def write_json(path: Path, data: Any, quiet: bool = False) -> bool:
         return False
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or torn."""
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's content (config.json, summary.json, crash-report.json), or None when
+    it is missing, unreadable, torn, nested beyond reason or not an object."""
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+    return value if isinstance(value, dict) else None
