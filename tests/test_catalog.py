@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -44,3 +45,56 @@ def test_unknown_metric_is_a_clear_error():
 def test_metrics_doc_is_generated_from_the_catalog():
     committed = (ROOT / "docs" / "metrics.md").read_text()
     assert committed == catalog.render_markdown(), "run `traintel docs metrics > docs/metrics.md`"
+
+
+def _semantic_conventions() -> dict[str, tuple[str, str]]:
+    """Every metric the installed semantic-conventions package defines: name -> (instrument,
+    unit), read from the docstring under each constant (``Instrument: gauge`` / ``Unit: By``)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import opentelemetry.semconv._incubating.metrics as incubating
+    import opentelemetry.semconv.metrics as stable
+
+    found = {}
+    for package in (incubating, stable):
+        for info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            body = ast.parse(inspect.getsource(module)).body
+            for node, after in zip(body, body[1:]):
+                if isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant) \
+                        and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                    doc = str(after.value.value)
+                    kind = re.search(r"^Instrument: (\w+)$", doc, re.MULTILINE)
+                    unit = re.search(r"^Unit: (\S+)$", doc, re.MULTILINE)
+                    if kind and unit:
+                        found[str(node.value.value)] = (kind.group(1), unit.group(1))
+    return found
+
+
+def test_every_metric_names_its_semantic_convention_or_none():
+    conventions = _semantic_conventions()
+    assert len(conventions) > 200 and "process.cpu.utilization" in conventions
+    # Prometheus kinds an OTel instrument may become
+    kinds = {"counter": {"counter"}, "gauge": {"gauge", "updowncounter"},
+             "histogram": {"histogram"}}
+    for metric in catalog.METRICS:
+        assert metric.semconv, metric.name
+        if metric.group == "gpu":
+            assert metric.dcgm, f"{metric.name}: name its dcgm-exporter field, or 'none'"
+        if metric.semconv == "none":
+            continue
+        assert metric.semconv in conventions, f"{metric.name}: no convention {metric.semconv}"
+        kind, unit = conventions[metric.semconv]
+        assert kind in kinds[metric.kind], (metric.name, metric.semconv, kind)
+        # dimensionless: "" here, "1" or an annotation such as "{error}" there
+        dimensionless = {"", "1"} | ({unit} if unit.startswith("{") else set())
+        assert metric.unit == unit or {metric.unit, unit} <= dimensionless, \
+            (metric.name, metric.unit, metric.semconv, unit)
+
+
+def test_no_metric_name_carries_its_type():
+    """promtool's lint: a name must not say what type it is (``_counter``, ``_gauge``, ...)."""
+    for metric in catalog.METRICS:
+        assert not re.search(rf"_{metric.kind}(_|$)", metric.name), metric.name

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from traintel import catalog, dashboards
+from traintel import catalog, dashboards, rules
 from traintel.stack.native import NativeStack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,8 @@ GROUPING = re.compile(r"\b(?:by|on|without|group_left|group_right)\s*\(([^)]*)\)
 #: Alertmanager's notification metrics, read by AlertmanagerNotificationsFailing).
 OTHER_LABELS = {"job", "instance", "le", "exporter", "data_type", "__name__", "span_name",
                 "integration"}
+#: dcgm-exporter's spelling of the GPU labels: its series, and traintel:gpu_run:info that joins them
+OTHER_LABELS |= set(rules.DCGM_SPELLING.values())
 
 BOARDS = dashboards.build()
 QUERIES = dashboards.queries(BOARDS)

@@ -69,9 +69,10 @@ def demo(stack, fast_rules, tmp_path_factory):
     """One real demo run (CLI, subprocess) exporting to the native stack."""
     runs = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "demo", "--epochs", "2", "--steps-per-epoch",
-         "40", "--batch-size", "16", "--project", "e2e", "--name", "proof", "--nan-at-step",
-         "10", "--error-at-step", "15", "--step-sleep", "0.05", "--sample-interval", "1"],
+        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "2",
+         "--steps-per-epoch", "40", "--batch-size", "16", "--project", "e2e", "--name", "proof",
+         "--nan-at-step", "10", "--error-at-step", "15", "--step-sleep", "0.05",
+         "--sample-interval", "1"],
         env=_demo_env(stack, runs), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(runs.iterdir())
@@ -362,9 +363,9 @@ def test_every_loki_query_selects_the_runs_logs_as_loki_would_store_them(stack, 
 
 def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "traintel.cli", "demo", "--epochs", "1", "--steps-per-epoch",
-         "50", "--batch-size", "16", "--project", "e2e", "--name", "stall", "--pause-at-step",
-         "5", "--pause-seconds", "120", "--sample-interval", "1"],
+        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "1",
+         "--steps-per-epoch", "50", "--batch-size", "16", "--project", "e2e", "--name", "stall",
+         "--pause-at-step", "5", "--pause-seconds", "120", "--sample-interval", "1"],
         env=_demo_env(stack, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     try:
@@ -391,8 +392,8 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
 def test_the_demo_without_a_collector_keeps_a_full_record_and_tries_no_export(tmp_path):
     """No stack needed: the collector's port is closed, so the demo records locally only."""
     result = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "demo", "--epochs", "1", "--steps-per-epoch",
-         "20", "--batch-size", "8", "--sample-interval", "0"],
+        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "1",
+         "--steps-per-epoch", "20", "--batch-size", "8", "--sample-interval", "0"],
         env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
              "TRAINTEL_DIR": str(tmp_path), "TRAINTEL_PROGRESS": "lines"},
         capture_output=True, text=True, timeout=120)

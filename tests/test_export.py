@@ -118,14 +118,14 @@ def test_otlp_histograms_carry_the_same_buckets_as_prometheus(quiet_run):
             for seconds in (0.002, 0.02, 0.2):
                 with run.operation("save"):
                     time.sleep(seconds)
-            run.histogram("seq_len").observe(700.0)  # beyond the last bound: the +Inf bucket
+            run.histogram("seq_len").observe(20000.0)  # beyond the last bound: the +Inf bucket
             run.flush()
             prom = _prometheus_samples(run)
             telemetry.collect()
     base = {"project": "test", "run": run.id, "rank": "0"}
     for name, extra in [("traintel_step_duration_seconds", {}),
                         ("traintel_operation_duration_seconds", {"operation": "save"}),
-                        ("traintel_user_histogram", {"metric": "seq_len"})]:
+                        ("traintel_user_observations", {"metric": "seq_len"})]:
         (attributes, point), = telemetry.points(name)
         assert attributes == {**base, **extra}
         labels = {**base, **extra}
@@ -139,8 +139,8 @@ def test_otlp_histograms_carry_the_same_buckets_as_prometheus(quiet_run):
         assert point.count == prom[(name + "_count", key)]
         assert point.sum == prom[(name + "_sum", key)]
         assert point.min <= point.sum / point.count <= point.max
-    (_, seq_len), = telemetry.points("traintel_user_histogram")
-    assert (seq_len.count, seq_len.min, seq_len.max) == (2, 12.0, 700.0)
+    (_, seq_len), = telemetry.points("traintel_user_observations")
+    assert (seq_len.count, seq_len.min, seq_len.max) == (2, 12.0, 20000.0)
     assert seq_len.bucket_counts[-1] == 1
     (_, save), = telemetry.points("traintel_operation_duration_seconds")
     assert save.min >= 0.002 and save.max >= 0.2 and save.count == 3

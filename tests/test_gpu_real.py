@@ -47,13 +47,13 @@ def _gpu0_readings(torch, sampler):
     """Readings of the GPU torch calls cuda:0 (matched by UUID; the only one if UUIDs differ)."""
     readings = sampler.sample()
     uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", ""))
-    gpus = {labels["UUID"] for name, _, labels in readings if "GPU_I_ID" not in labels}
+    gpus = {labels["uuid"] for name, _, labels in readings if "gpu_i_id" not in labels}
     mine = {u for u in gpus if uuid and u.endswith(uuid)} or gpus
     assert len(mine) == 1, gpus
     naming = set(catalog.GPU_LABELS) | {"driver_version"}
     return {(name, next((v for k, v in labels.items() if k not in naming), None)): value
             for name, value, labels in readings
-            if labels["UUID"] in mine and "GPU_I_ID" not in labels}
+            if labels["uuid"] in mine and "gpu_i_id" not in labels}
 
 
 def test_nvml_values_plausible(torch):
@@ -150,7 +150,7 @@ def test_added_fields_plausible_under_load(torch):
         _busy(torch, 3.0)
         got = _gpu0_readings(torch, sampler)
         devices = [d for d in sampler.devices if d.parent is None]
-        notes = {d.labels["UUID"]: d.unsupported for d in devices}
+        notes = {d.labels["uuid"]: d.unsupported for d in devices}
         xid_watched = sampler.watcher.event_set is not None
         assert sampler.events() == []  # no Xid is expected on a healthy GPU
     finally:
@@ -207,7 +207,7 @@ def test_mig_instances_where_the_gpu_is_in_mig_mode(torch):
         readings = sampler.sample()
     finally:
         sampler.close()
-    mig = [(n, v, labels) for n, v, labels in readings if "GPU_I_ID" in labels]
+    mig = [(n, v, labels) for n, v, labels in readings if "gpu_i_id" in labels]
     print(json.dumps(mig, indent=1))
     assert {n for n, _, _ in mig} >= {"traintel_gpu_mig_info", "traintel_gpu_mig_memory_used_bytes",
                                       "traintel_gpu_mig_memory_total_bytes"}

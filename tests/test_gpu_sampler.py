@@ -51,7 +51,7 @@ def by_name(readings, gpu="0"):
     naming = set(catalog.MIG_LABELS)
     out = {}
     for name, value, labels in readings:
-        if labels["gpu"] == gpu and "GPU_I_ID" not in labels:
+        if labels["gpu"] == gpu and "gpu_i_id" not in labels:
             extra = [v for k, v in labels.items() if k not in naming and k != "driver_version"]
             out[name, extra[0] if extra else None] = value
     return out
@@ -74,8 +74,8 @@ def test_every_field_units_labels_and_catalog(nvml):
     assert {labels["gpu"] for _, _, labels in readings} == {"0", "1", "2", "3"}
     labels = readings[0][2]
     assert {k: labels[k] for k in catalog.GPU_LABELS} == {
-        "gpu": "0", "UUID": UUIDS[0], "modelName": NAME, "pci_bus_id": "00000000:18:00.0",
-        "Hostname": socket.gethostname()}
+        "gpu": "0", "uuid": UUIDS[0], "model_name": NAME, "pci_bus_id": "00000000:18:00.0",
+        "hostname": socket.gethostname()}
     got = by_name(readings)
     assert got == {
         ("traintel_gpu_info", None): 1.0,
@@ -335,7 +335,7 @@ def test_an_xid_of_a_mig_instance_names_the_instance(monkeypatch):
     fake.xid(1, 94, gpu_instance=3)
     sampler.sample()
     (event,) = sampler.events()
-    assert (event.fields["gpu"], event.fields["GPU_I_ID"], event.level) == ("1", "3", "error")
+    assert (event.fields["gpu"], event.fields["gpu_i_id"], event.level) == ("1", "3", "error")
 
 
 def test_xid_polling_that_keeps_failing_stops_with_one_note(nvml, caplog):
@@ -376,7 +376,7 @@ def test_xid_reaches_the_record_the_logs_and_the_counter(nvml, tmp_path, quiet, 
             telemetry.collect()
     (line,) = recorded(run.dir).of("event", "gpu_xid")
     assert line["level"] == "critical"
-    assert line["fields"]["xid"] == 79 and line["fields"]["UUID"] == UUIDS[0]
+    assert line["fields"]["xid"] == 79 and line["fields"]["uuid"] == UUIDS[0]
     assert line["fields"]["meaning"] == "GPU has fallen off the bus"
     (log,) = [r for r in telemetry.log_records() if "gpu_xid" in str(r.body)]
     assert str(log.body).startswith("gpu_xid xid=79 meaning=GPU has fallen off the bus "
@@ -433,8 +433,8 @@ def test_bindings_without_gpm_drop_activity(nvml, monkeypatch):
 
 
 def mig_labels(readings):
-    return {(name, labels["GPU_I_ID"]): value for name, value, labels in readings
-            if "GPU_I_ID" in labels}
+    return {(name, labels["gpu_i_id"]): value for name, value, labels in readings
+            if "gpu_i_id" in labels}
 
 
 def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog):
@@ -452,8 +452,8 @@ def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog):
         ("traintel_gpu_mig_memory_used_bytes", "5"): 3 * GiB,
         ("traintel_gpu_mig_memory_total_bytes", "5"): 10 * GiB,
         ("traintel_gpu_mig_engine_active_ratio", "5"): 0.9}
-    instance = next(labels for _, _, labels in readings if "GPU_I_ID" in labels)
-    assert instance["GPU_I_PROFILE"] == "1g.10gb" and instance["UUID"] == UUIDS[1]
+    instance = next(labels for _, _, labels in readings if "gpu_i_id" in labels)
+    assert instance["gpu_i_profile"] == "1g.10gb" and instance["uuid"] == UUIDS[1]
     gpu = by_name(readings, "1")  # the instance's GPU, for what only the whole GPU has
     assert gpu[("traintel_gpu_power_watts", None)] == 300.0
     assert ("traintel_gpu_info", None) not in gpu  # not used whole
@@ -514,7 +514,7 @@ def test_cuda_visible_devices_and_local_rank_pick_the_labelled_gpu(nvml, monkeyp
     # NVML stand-in: no GPU here.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-dddd4444-0000,GPU-bbbb2222-0000")
     readings = gpu_sampler(local_rank=1).sample()
-    assert {(labels["gpu"], labels["UUID"]) for _, _, labels in readings} == {("1", UUIDS[1])}
+    assert {(labels["gpu"], labels["uuid"]) for _, _, labels in readings} == {("1", UUIDS[1])}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with caplog.at_level(logging.INFO, "traintel.samplers"):
         assert gpu_sampler(local_rank=None) is None

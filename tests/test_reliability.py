@@ -59,8 +59,8 @@ def test_collector_down_from_the_start(tmp_path, monkeypatch, recorded, quiet):
 
 def _run_demo(stack, tmp_path, *args):
     return subprocess.Popen(
-        [sys.executable, "-m", "traintel.cli", "demo", "--project", "faults",
-         "--sample-interval", "1", *args], env=_demo_env(stack, tmp_path),
+        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--project",
+         "faults", "--sample-interval", "1", *args], env=_demo_env(stack, tmp_path),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

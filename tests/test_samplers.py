@@ -156,7 +156,7 @@ def test_system_sampler_plausible_real_values(tmp_path):
         child.wait()
     assert_catalog(readings)
     got = {name: value for name, value, _ in readings}
-    assert 0 < got["traintel_process_cpu_utilization_ratio"] < 64
+    assert 0 < got["traintel_process_cpu_utilization_ratio"] <= 1  # over the usable CPUs
     assert 0 <= got["traintel_host_cpu_utilization_ratio"] <= 1
     assert 10 * 1024**2 < got["traintel_process_memory_rss_bytes"] < got[
         "traintel_host_memory_total_bytes"]

@@ -23,8 +23,9 @@ from stack_fixture import eventually, require
 
 from traintel.stack import install
 from traintel.stack.components import COMPONENTS
-from traintel.stack.native import REPO, NativeStack, StackError
+from traintel.stack.native import NativeStack, StackError
 
+REPO = Path(__file__).resolve().parents[1]
 SERVICE = "traintel-stack-test"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .catalog import DURATION_BUCKETS, METRICS, Metric
+from .catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS, METRICS, Metric
 from .record.format import STATUSES
 from .progress import MILESTONES
 from .samplers.gpu import THROTTLE_REASONS
@@ -60,8 +60,8 @@ def _label_values(metric: Metric, label: str, w: Workload) -> int:
     by_metric = {"traintel_metric": w.user_metrics, "traintel_eval_value": w.eval_metrics,
                  "traintel_logged_min": logged, "traintel_logged_max": logged,
                  "traintel_logged_values_total": logged, "traintel_logged_nonfinite_total": logged,
-                 "traintel_eval_best": w.eval_metrics, "traintel_user_counter_total": w.counters,
-                 "traintel_user_gauge": w.gauges, "traintel_user_histogram": w.histograms,
+                 "traintel_eval_best": w.eval_metrics, "traintel_user_total": w.counters,
+                 "traintel_user_value": w.gauges, "traintel_user_observations": w.histograms,
                  "traintel_user_timer_seconds": w.timers}
     if label == "metric":
         return by_metric[metric.name]
@@ -83,8 +83,10 @@ def series_by_metric(w: Workload) -> dict[str, int]:
         n = 1
         for label in metric.labels:
             n *= _label_values(metric, label, w)
-        if metric.kind == "histogram":
-            n *= len(DURATION_BUCKETS) + 1 + 2  # buckets, +Inf, _sum, _count
+        if metric.kind == "histogram":  # user histograms: the default buckets (their own vary)
+            bounds = (DEFAULT_HISTOGRAM_BUCKETS if metric.name == "traintel_user_observations"
+                      else DURATION_BUCKETS)
+            n *= len(bounds) + 1 + 2  # buckets, +Inf, _sum, _count
         counts[metric.name] = n
     return counts
 

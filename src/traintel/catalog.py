@@ -4,10 +4,14 @@ The catalog is the contract between the library, the collector pipeline, the Pro
 the Grafana dashboards: exporters register instruments from it, the rules and dashboards are
 checked against it, and ``docs/metrics.md`` is rendered from it.
 
-Names are Prometheus names (``_total`` for counters, base units as suffixes). The OTel instrument
-carries the same name and a UCUM unit chosen so that the collector's Prometheus translation
-(which appends a unit suffix and ``_total`` unless already present) leaves the name unchanged.
-Where an OpenTelemetry semantic convention exists it is recorded in ``semconv``.
+Names are Prometheus names (``_total`` for counters, base units as suffixes, no type in the name:
+``promtool check metrics`` passes on a run's /metrics). The OTel instrument carries the same name
+and a UCUM unit chosen so that the collector's Prometheus translation (which appends a unit suffix
+and ``_total`` unless already present) leaves the name unchanged. Every metric records the
+OpenTelemetry semantic-convention metric of the same meaning, unit and kind in ``semconv``
+("none" where there is none: the conventions define nothing for training runs), and GPU metrics
+the dcgm-exporter field in ``dcgm``; a test checks each claimed name against the semantic
+conventions package.
 """
 
 from __future__ import annotations
@@ -19,16 +23,24 @@ Kind = Literal["counter", "gauge", "histogram"]
 
 #: Labels on every series traintel emits.
 BASE_LABELS: tuple[str, ...] = ("project", "run", "rank")
-#: Labels naming one GPU: dcgm-exporter's, so that series join on ``UUID`` (``gpu`` is the NVML
-#: index, ``modelName`` the product name, ``pci_bus_id`` NVML's ``00000000:3B:00.0`` form).
-GPU_LABELS: tuple[str, ...] = ("gpu", "UUID", "modelName", "pci_bus_id", "Hostname")
+#: Labels naming one GPU: dcgm-exporter's, in Prometheus's snake_case (``gpu`` is the NVML index,
+#: ``uuid`` DCGM's ``UUID``, ``model_name`` its ``modelName``, ``pci_bus_id`` NVML's
+#: ``00000000:3B:00.0`` form, ``hostname`` its ``Hostname``). The recording rule
+#: ``traintel:gpu_run:info`` spells them as DCGM does, so DCGM's series join it on ``UUID``.
+GPU_LABELS: tuple[str, ...] = ("gpu", "uuid", "model_name", "pci_bus_id", "hostname")
 #: Labels naming one MIG instance: its GPU's, plus DCGM's GPU-instance id and profile (1g.10gb).
-MIG_LABELS: tuple[str, ...] = GPU_LABELS + ("GPU_I_ID", "GPU_I_PROFILE")
+MIG_LABELS: tuple[str, ...] = GPU_LABELS + ("gpu_i_id", "gpu_i_profile")
 
 #: Bucket boundaries (seconds) for step and operation durations: 1 ms to 10 min.
 DURATION_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0,
+)
+#: Bucket boundaries of a ``run.histogram`` given none of its own: the OpenTelemetry SDK's default
+#: explicit bucket boundaries (the metrics SDK specification's), for values of any kind.
+DEFAULT_HISTOGRAM_BUCKETS: tuple[float, ...] = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
 )
 
 
@@ -41,8 +53,8 @@ class Metric:
     labels: tuple[str, ...] = ()
     group: str = "training"
     #: OpenTelemetry semantic-convention metric of the same meaning ("none" where there is none)
-    semconv: str | None = None
-    #: the dcgm-exporter field of the same meaning (GPU metrics only)
+    semconv: str = "none"
+    #: the dcgm-exporter field of the same meaning (GPU metrics only; "none" where there is none)
     dcgm: str | None = None
 
     @property
@@ -51,7 +63,7 @@ class Metric:
 
 
 def _m(name: str, kind: Kind, unit: str, description: str, labels: tuple[str, ...] = (),
-       group: str = "training", semconv: str | None = None) -> Metric:
+       group: str = "training", semconv: str = "none") -> Metric:
     return Metric(name, kind, unit, description, tuple(labels), group, semconv)
 
 
@@ -118,11 +130,15 @@ METRICS: tuple[Metric, ...] = (
     _m("traintel_eval_value", "gauge", "", "Latest value of an eval metric.", ("metric",), "eval"),
     _m("traintel_eval_best", "gauge", "", "Best value so far of an eval metric.", ("metric",),
        "eval"),
-    # --- user instruments (run.counter / run.gauge / run.histogram / run.timer) ---
-    _m("traintel_user_counter_total", "counter", "", "A user counter.", ("metric",), "custom"),
-    _m("traintel_user_gauge", "gauge", "", "A user gauge.", ("metric",), "custom"),
-    _m("traintel_user_histogram", "histogram", "", "A user histogram.", ("metric",), "custom"),
-    _m("traintel_user_timer_seconds", "histogram", "s", "A user timer.", ("metric",), "custom"),
+    # --- user instruments (run.counter / run.gauge / run.histogram / run.timer), by name ---
+    _m("traintel_user_total", "counter", "", "A user counter (run.counter).", ("metric",),
+       "custom"),
+    _m("traintel_user_value", "gauge", "", "A user gauge (run.gauge).", ("metric",), "custom"),
+    _m("traintel_user_observations", "histogram", "",
+       "Values observed by a user histogram (run.histogram), in its own buckets.", ("metric",),
+       "custom"),
+    _m("traintel_user_timer_seconds", "histogram", "s", "Seconds per call of a user timer "
+       "(run.timer).", ("metric",), "custom"),
     _m("traintel_operation_duration_seconds", "histogram", "s",
        "Duration of a run.operation()/run.span() block.", ("operation",), "custom"),
     # --- events and errors ---
@@ -133,7 +149,7 @@ METRICS: tuple[Metric, ...] = (
     # --- GPU (NVML): dcgm-exporter's labels; see docs/gpu.md for each field's NVML source ---
     _gpu("traintel_gpu_info", "gauge", "",
          "Always 1 for each whole GPU this process uses: the device to join dcgm-exporter "
-         "series with (on UUID).", ("driver_version",), dcgm="none"),
+         "series with (traintel:gpu_run:info).", ("driver_version",), dcgm="none"),
     _gpu("traintel_gpu_memory_used_bytes", "gauge", "By", "GPU framebuffer memory in use.",
          dcgm="DCGM_FI_DEV_FB_USED (MiB)", semconv="hw.gpu.memory.usage"),
     _gpu("traintel_gpu_memory_total_bytes", "gauge", "By", "GPU framebuffer memory size.",
@@ -181,10 +197,10 @@ METRICS: tuple[Metric, ...] = (
     _gpu("traintel_gpu_xid_errors_total", "counter", "",
          "NVIDIA Xid errors by code, seen while the run sampled the GPU.", ("xid",),
          dcgm="DCGM_FI_DEV_XID_ERRORS (the last code, a gauge)", semconv="hw.errors"),
+    # A rate sampled by NVML, not hw.gpu.io (a cumulative byte counter): no convention matches.
     _gpu("traintel_gpu_pcie_bytes_per_second", "gauge", "By/s",
          "PCIe throughput (a 20 ms average at sampling time).", ("direction",),
-         dcgm="DCGM_FI_PROF_PCIE_TX_BYTES, DCGM_FI_PROF_PCIE_RX_BYTES",
-         semconv="hw.gpu.io"),
+         dcgm="DCGM_FI_PROF_PCIE_TX_BYTES, DCGM_FI_PROF_PCIE_RX_BYTES"),
     _gpu("traintel_gpu_pcie_replays_total", "counter", "",
          "PCIe replays (link-level retries): a rising count means a degraded link.",
          dcgm="DCGM_FI_DEV_PCIE_REPLAY_COUNTER", semconv="hw.errors"),
@@ -212,7 +228,8 @@ METRICS: tuple[Metric, ...] = (
          dcgm="DCGM_FI_PROF_DRAM_ACTIVE"),
     # --- MIG instances (labels of their GPU plus GPU_I_ID and GPU_I_PROFILE, as DCGM's) ---
     _mig("traintel_gpu_mig_info", "gauge", "",
-         "Always 1 for each MIG instance this process uses: join DCGM on UUID and GPU_I_ID.",
+         "Always 1 for each MIG instance this process uses (DCGM's join: "
+         "traintel:gpu_run:info).",
          dcgm="none"),
     _mig("traintel_gpu_mig_memory_used_bytes", "gauge", "By",
          "Memory in use in the MIG instance.", dcgm="DCGM_FI_DEV_FB_USED (MiB)",
@@ -237,19 +254,22 @@ METRICS: tuple[Metric, ...] = (
        "cuda"),
     # --- system (psutil) ---
     _m("traintel_process_cpu_utilization_ratio", "gauge", "1",
-       "Training process CPU use, in cores (can exceed 1).", (), "system",
-       "process.cpu.utilization"),
+       "Training process CPU time over elapsed time and the CPUs it may run on, 0-1.", (),
+       "system", "process.cpu.utilization"),
     _m("traintel_process_memory_rss_bytes", "gauge", "By", "Training process resident memory.", (),
        "system", "process.memory.usage"),
     _m("traintel_host_cpu_utilization_ratio", "gauge", "1", "Host CPU use, 0-1.", (), "system",
        "system.cpu.utilization"),
     _m("traintel_host_memory_used_bytes", "gauge", "By", "Host memory in use.", (), "system",
        "system.memory.usage"),
-    _m("traintel_host_memory_total_bytes", "gauge", "By", "Host memory size.", (), "system"),
+    _m("traintel_host_memory_total_bytes", "gauge", "By", "Host memory size.", (), "system",
+       "system.memory.limit"),
     _m("traintel_disk_used_bytes", "gauge", "By",
-       "Used space on the filesystem holding the run directory.", (), "system"),
+       "Used space on the filesystem holding the run directory.", (), "system",
+       "system.filesystem.usage"),
     _m("traintel_disk_total_bytes", "gauge", "By",
-       "Size of the filesystem holding the run directory.", (), "system"),
+       "Size of the filesystem holding the run directory.", (), "system",
+       "system.filesystem.limit"),
     _m("traintel_dataloader_workers", "gauge", "", "Live data-loader worker processes.", (),
        "system"),
     # --- traintel's own health ---
@@ -291,21 +311,28 @@ def render_markdown() -> str:
         "",
         "Generated from `src/traintel/catalog.py` by `traintel docs metrics`; do not edit.",
         f"Every series carries the labels {', '.join(f'`{label}`' for label in BASE_LABELS)}.",
+        "Each metric names the OpenTelemetry semantic-convention metric of the same meaning, unit "
+        "and kind (none: the conventions define none), and each GPU metric the dcgm-exporter "
+        "field it corresponds to.",
         "",
     ]
     groups: dict[str, list[Metric]] = {}
     for metric in METRICS:
         groups.setdefault(metric.group, []).append(metric)
     for group, metrics in groups.items():
-        lines += [f"## {group}", "", "| name | type | unit | extra labels | description |",
-                  "|---|---|---|---|---|"]
+        gpu = any(m.dcgm for m in metrics)
+        lines += [f"## {group}", "",
+                  "| name | type | unit | extra labels | description | semantic convention |"
+                  + (" DCGM |" if gpu else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if gpu else "")]
         for m in metrics:
             labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
-            semconv = "" if not m.semconv else " (semconv: none)" if m.semconv == "none" else \
-                f" (semconv: `{m.semconv}`)"
-            dcgm = "" if not m.dcgm else " (DCGM: none)" if m.dcgm == "none" else \
-                f" (DCGM: `{m.dcgm}`)"
-            lines.append(f"| `{m.name}` | {m.kind} | {m.unit or '-'} | {labels} | "
-                         f"{m.description}{semconv}{dcgm} |")
+            row = (f"| `{m.name}` | {m.kind} | {m.unit or '-'} | {labels} | {m.description} | "
+                   f"{_code(m.semconv)} |")
+            lines.append(row + (f" {_code(m.dcgm or 'none')} |" if gpu else ""))
         lines.append("")
     return "\n".join(lines)
+
+
+def _code(name: str) -> str:
+    return "none" if name == "none" else f"`{name}`"

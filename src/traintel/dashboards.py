@@ -215,6 +215,15 @@ def _annotations() -> list:
     ]
 
 
+#: Annotations that ``traintel.annotations`` posts into Grafana's own store (opt-in:
+#: ``grafana_annotations=True``), shown by their tag; added to the JSON as is (the SDK's model of
+#: a Grafana-store annotation query is incomplete).
+GRAFANA_ANNOTATIONS = {
+    "name": "Grafana annotations", "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+    "enable": True, "hide": False, "iconColor": "yellow",
+    "target": {"limit": 100, "matchAny": False, "tags": ["traintel"], "type": "tags"},
+}
+
 #: Per-annotation fields added to the JSON: how Grafana titles and tags the markers.
 _ANNOTATION_EXTRAS = {
     "Milestones": {"tagKeys": "run,rank", "titleFormat": "Milestone"},
@@ -250,6 +259,7 @@ def _json(board) -> dict:
         panel["id"] = number
     for annotation in data["annotations"]["list"]:
         annotation.update(_ANNOTATION_EXTRAS.get(annotation["name"], {}))
+    data["annotations"]["list"].append(dict(GRAFANA_ANNOTATIONS))
     return data
 
 
@@ -465,13 +475,13 @@ def gpu_and_system() -> dict:
             ("MIG instances and dcgm-exporter", [
                 _graph("MIG instance memory", "bytes",
                        _prom(f"traintel_gpu_mig_memory_used_bytes{{{RANKS}}}",
-                             "used rank {{rank}} gpu {{gpu}} GI {{GPU_I_ID}}"),
+                             "used rank {{rank}} gpu {{gpu}} GI {{gpu_i_id}}"),
                        _prom(f"traintel_gpu_mig_memory_total_bytes{{{RANKS}}}",
-                             "total rank {{rank}} gpu {{gpu}} GI {{GPU_I_ID}}"),
+                             "total rank {{rank}} gpu {{gpu}} GI {{gpu_i_id}}"),
                        description="Empty unless the run uses MIG instances."),
                 _graph("MIG instance activity", "percentunit",
                        _prom(f"traintel_gpu_mig_engine_active_ratio{{{RANKS}}}",
-                             "rank {{rank}} gpu {{gpu}} GI {{GPU_I_ID}} ({{GPU_I_PROFILE}})")),
+                             "rank {{rank}} gpu {{gpu}} GI {{gpu_i_id}} ({{gpu_i_profile}})")),
                 _graph("dcgm-exporter: tensor and DRAM activity", "percentunit",
                        _prom("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE\n* on (UUID, GPU_I_ID) group_left "
                              f"(project, run, rank)\ntraintel:gpu_run:info{{{RANKS}}}",
@@ -510,10 +520,11 @@ def gpu_and_system() -> dict:
                                    "before out-of-memory errors."),
             ]),
             ("System", [
-                _graph("CPU", "none",
+                _graph("CPU", "percentunit",
                        _prom(f"traintel_process_cpu_utilization_ratio{{{RANKS}}}",
-                             "process cores rank {{rank}}"),
-                       description="Training process CPU use in cores (can exceed 1)."),
+                             "process rank {{rank}}"),
+                       description="Training process CPU use over the CPUs it may run on (its "
+                                   "affinity), 0-100 %."),
                 _graph("Host CPU", "percentunit",
                        _prom(f"traintel_host_cpu_utilization_ratio{{{RANKS}}}", "rank {{rank}}")),
                 _graph("Memory", "bytes",
@@ -730,6 +741,8 @@ def queries(dashboards: Mapping[str, dict] | None = None) -> list[Query]:
                 source = target.get("datasource") or panel["datasource"]
                 out.append(Query(name, "panel", panel["title"], source["uid"], target["expr"]))
         for annotation in data["annotations"]["list"]:
+            if annotation["datasource"]["type"] == "grafana":
+                continue  # Grafana's own annotation store, by tag: no query of a data source
             out.append(Query(name, "annotation", annotation["name"],
                              annotation["datasource"]["uid"], annotation["expr"]))
         for variable in data["templating"]["list"]:

@@ -7,6 +7,7 @@ checkpoints, and (on request) a stall or a non-finite loss for the alert tests.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -35,10 +36,37 @@ class DemoConfig:
     step_sleep_s: float = 0.0
     #: at this step, a corrupt sample is caught, recorded as a data error and skipped
     error_at_step: int | None = None
+    #: spread the steps evenly over about this many seconds (0: as fast as the CPU goes); with
+    #: a collector listening, `traintel demo` paces 300 steps over two minutes, so that every
+    #: dashboard panel gets several exports' worth of points instead of one
+    duration_s: float = 0.0
 
 
 def collector_endpoint() -> str:
     return env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or "http://localhost:4318"
+
+
+def stack_urls(endpoint: str) -> dict[str, str]:
+    """Prometheus's and Grafana's URLs for the stack behind ``endpoint``: a native stack's
+    (``traintel stack up`` records its ports), else ``TRAINTEL_PROMETHEUS_URL`` /
+    ``TRAINTEL_GRAFANA_URL``, else compose's."""
+    from traintel.stack.native import default_run_dir
+
+    urls = {"prometheus": env.TRAINTEL_PROMETHEUS_URL.get() or "http://127.0.0.1:9090",
+            "grafana": env.TRAINTEL_GRAFANA_URL.get() or "http://127.0.0.1:3000"}
+    try:
+        native = json.loads((default_run_dir() / "stack.json").read_text())["endpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return urls
+    if _host_port(native.get("otlp_http", "")) == _host_port(endpoint):
+        urls.update({name: native[name] for name in urls if native.get(name)})
+    return urls
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    return ("127.0.0.1" if host == "localhost" else host), parsed.port
 
 
 def collector_listening(endpoint: str, timeout: float = 0.5) -> bool:
@@ -51,6 +79,24 @@ def collector_listening(endpoint: str, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+class Pace:
+    """Spreads ``steps`` steps over ``duration_s`` seconds: ``wait()`` after each step sleeps
+    until that step's share of the time is over (never to catch up: a slow step is not followed
+    by a burst)."""
+
+    def __init__(self, duration_s: float, steps: int) -> None:
+        self.interval = duration_s / steps if duration_s > 0 and steps > 0 else 0.0
+        self.next = time.monotonic() + self.interval
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if now < self.next:
+            time.sleep(self.next - now)
+        self.next = max(self.next, now) + self.interval
 
 
 def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
@@ -81,6 +127,7 @@ def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
         data_log.info("synthetic dataset: %d samples, %d features, %d classes",
                       len(dataset), features, classes)
         forward = run.timer("forward_backward")
+        pace = Pace(cfg.duration_s, cfg.epochs * len(loader))
         for epoch in run.epochs():
             model.train()
             for x, y in run.track(loader):
@@ -106,6 +153,7 @@ def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
                     time.sleep(cfg.pause_s)
                 if cfg.step_sleep_s:
                     time.sleep(cfg.step_sleep_s)
+                pace.wait()
                 run.log(loss=loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                         samples=len(x), tokens=len(x) * features,
                         batch_accuracy=(logits.argmax(dim=1) == y).float().mean())

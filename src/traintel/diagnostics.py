@@ -110,8 +110,8 @@ def gpus() -> list[dict[str, Any]]:
     naming = set(catalog.GPU_LABELS)
     for name, value, labels in readings:
         entry = by_gpu.setdefault(labels.get("gpu", "?"), {
-            "index": labels.get("gpu"), "uuid": labels.get("UUID"),
-            "name": labels.get("modelName"), "pci_bus_id": labels.get("pci_bus_id")})
+            "index": labels.get("gpu"), "uuid": labels.get("uuid"),
+            "name": labels.get("model_name"), "pci_bus_id": labels.get("pci_bus_id")})
         if name == "traintel_gpu_info":
             entry["driver_version"] = labels.get("driver_version")
             continue

@@ -6,7 +6,7 @@ only one in ``src/`` that touches ``os.environ`` (a test fails on a stray read e
 ``docs/configuration.md`` is rendered from it with the ``traintel.init`` options
 (``traintel.settings.render_markdown``; a test fails when the committed page drifts). The
 ``OTEL_*`` variables here are those traintel reads itself; the OpenTelemetry SDK reads the rest
-(``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_*``, ...).
+(``OTEL_SERVICE_NAME``, the OTLP exporters' endpoints, headers, compression, certificates, ...).
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ TRAINTEL_SAMPLE_INTERVAL = Variable(
     "Seconds between GPU, CUDA allocator and system samples (`sample_interval=`; 0: off).", "5.0")
 TRAINTEL_LOG_LEVEL = Variable(
     "TRAINTEL_LOG_LEVEL", "run", "Level of traintel's own logs (`log_level=`).", "INFO")
+TRAINTEL_GRAFANA_ANNOTATIONS = Variable(
+    "TRAINTEL_GRAFANA_ANNOTATIONS", "run",
+    "`true`: mark the run's start, end, failures, errors, best evaluations and checkpoints as "
+    "annotations in the Grafana at GRAFANA_URL (`grafana_annotations=`).", "false")
 TRAINTEL_RUN_ID = Variable(
     "TRAINTEL_RUN_ID", "run",
     "A run id that every rank of a job shares (wins over the launchers' ids below).")
@@ -153,6 +157,65 @@ OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER = Variable(
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER", "export",
     "The credential provider of the logs exporter alone.")
 
+OTEL_TRACES_EXPORTER = Variable(
+    "OTEL_TRACES_EXPORTER", "export",
+    "Span exporters, comma-separated: otlp, console, none, or one a package registers (zipkin).",
+    "otlp")
+OTEL_METRICS_EXPORTER = Variable(
+    "OTEL_METRICS_EXPORTER", "export",
+    "Metric exporters: otlp, console, prometheus (traintel's own /metrics on "
+    "OTEL_EXPORTER_PROMETHEUS_HOST:PORT), none.", "otlp")
+OTEL_LOGS_EXPORTER = Variable(
+    "OTEL_LOGS_EXPORTER", "export", "Log record exporters: otlp, console, none.", "otlp")
+OTEL_EXPORTER_OTLP_PROTOCOL = Variable(
+    "OTEL_EXPORTER_OTLP_PROTOCOL", "export",
+    "OTLP transport: http/protobuf or grpc (the `traintel[grpc]` extra). The OTLP exporters read "
+    "the endpoint, headers, compression, certificate and insecure settings themselves.",
+    "http/protobuf")
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = Variable(
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "export", "The spans' OTLP transport.",
+    "OTEL_EXPORTER_OTLP_PROTOCOL")
+OTEL_EXPORTER_OTLP_METRICS_PROTOCOL = Variable(
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "export", "The metrics' OTLP transport.",
+    "OTEL_EXPORTER_OTLP_PROTOCOL")
+OTEL_EXPORTER_OTLP_LOGS_PROTOCOL = Variable(
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "export", "The log records' OTLP transport.",
+    "OTEL_EXPORTER_OTLP_PROTOCOL")
+OTEL_EXPORTER_OTLP_TIMEOUT = Variable(
+    "OTEL_EXPORTER_OTLP_TIMEOUT", "export",
+    "Milliseconds an OTLP export may take, as the specification says (opentelemetry-python "
+    "itself reads seconds: traintel converts).", "10000")
+OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = Variable(
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "export", "The spans' OTLP timeout (milliseconds).",
+    "OTEL_EXPORTER_OTLP_TIMEOUT")
+OTEL_EXPORTER_OTLP_METRICS_TIMEOUT = Variable(
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "export", "The metrics' OTLP timeout (milliseconds).",
+    "OTEL_EXPORTER_OTLP_TIMEOUT")
+OTEL_EXPORTER_OTLP_LOGS_TIMEOUT = Variable(
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "export",
+    "The log records' OTLP timeout (milliseconds).", "OTEL_EXPORTER_OTLP_TIMEOUT")
+OTEL_EXPORTER_OTLP_CERTIFICATE = Variable(
+    "OTEL_EXPORTER_OTLP_CERTIFICATE", "export",
+    "The CA file that verifies the collector's TLS certificate (the OTLP exporters read it; over "
+    "HTTP traintel makes it win over REQUESTS_CA_BUNDLE, which requests would otherwise apply).")
+OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE = Variable(
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "export", "The spans' CA file.",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE")
+OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE = Variable(
+    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "export", "The metrics' CA file.",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE")
+OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE = Variable(
+    "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "export", "The log records' CA file.",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE")
+OTEL_EXPORTER_PROMETHEUS_HOST = Variable(
+    "OTEL_EXPORTER_PROMETHEUS_HOST", "export",
+    "With OTEL_METRICS_EXPORTER=prometheus: the address /metrics binds (loopback unless "
+    "`allow_remote_http=True`).", "localhost")
+OTEL_EXPORTER_PROMETHEUS_PORT = Variable(
+    "OTEL_EXPORTER_PROMETHEUS_PORT", "export",
+    "With OTEL_METRICS_EXPORTER=prometheus: the port of /metrics (TRAINTEL_HTTP_PORT wins).",
+    "9464")
+
 # -- launchers -------------------------------------------------------------------------------
 RANK = Variable("RANK", "launcher", "torchrun: this process's global rank.")
 LOCAL_RANK = Variable("LOCAL_RANK", "launcher", "torchrun: the rank on this node.")
@@ -187,16 +250,31 @@ TRAINTEL_COLLECTOR_HEALTH_URL = Variable(
     "TRAINTEL_COLLECTOR_HEALTH_URL", "cli",
     "`traintel doctor`: the collector's health_check URL.", "each collector's host, port 13133")
 TRAINTEL_PROMETHEUS_URL = Variable(
-    "TRAINTEL_PROMETHEUS_URL", "cli", "`traintel doctor`: Prometheus.", "http://127.0.0.1:9090")
+    "TRAINTEL_PROMETHEUS_URL", "cli",
+    "Prometheus for `traintel doctor`, and the URL `traintel grafana push` gives Grafana.",
+    "http://127.0.0.1:9090")
 TRAINTEL_ALERTMANAGER_URL = Variable(
     "TRAINTEL_ALERTMANAGER_URL", "cli", "`traintel doctor`: Alertmanager.",
     "http://127.0.0.1:9093")
 TRAINTEL_LOKI_URL = Variable(
-    "TRAINTEL_LOKI_URL", "cli", "`traintel doctor`: Loki.", "http://127.0.0.1:3100")
+    "TRAINTEL_LOKI_URL", "cli",
+    "Loki for `traintel doctor`, and the URL `traintel grafana push` gives Grafana.",
+    "http://127.0.0.1:3100")
 TRAINTEL_TEMPO_URL = Variable(
-    "TRAINTEL_TEMPO_URL", "cli", "`traintel doctor`: Tempo.", "http://127.0.0.1:3200")
+    "TRAINTEL_TEMPO_URL", "cli",
+    "Tempo for `traintel doctor`, and the URL `traintel grafana push` gives Grafana.",
+    "http://127.0.0.1:3200")
 TRAINTEL_GRAFANA_URL = Variable(
     "TRAINTEL_GRAFANA_URL", "cli", "`traintel doctor`: Grafana.", "http://127.0.0.1:3000")
+
+GRAFANA_URL = Variable(
+    "GRAFANA_URL", "cli",
+    "A running Grafana for `traintel grafana push` (or `--url`) and for Grafana annotations "
+    "(grafana-client's own name for it).")
+GRAFANA_TOKEN = Variable(
+    "GRAFANA_TOKEN", "cli",
+    "The Grafana service account token of `traintel grafana push` and Grafana annotations; read "
+    "from the environment only, never a command-line flag (shell history).")
 
 # -- stack -----------------------------------------------------------------------------------
 TRAINTEL_CACHE = Variable(

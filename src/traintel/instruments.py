@@ -3,14 +3,17 @@ that makes and bounds them (``run.counter("skipped")`` returns the same counter 
 
 Counters and gauges live in the run state (read at export time); histogram and timer observations
 are queued for the record writer, which feeds the exported histograms and the p50/p95/p99 of the
-run summary.
+run summary. A histogram takes its own bucket bounds (``run.histogram("seq_len",
+buckets=[64, 128, 256, 512])``); without them it gets the OpenTelemetry SDK's defaults, a timer
+the duration buckets.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from .record.format import ObservationKind
 from .record.queue import Observe, RecordQueue
@@ -49,18 +52,45 @@ class Gauge:
         self._gauges[self.name] = finite_number("gauge", self.name, value)
 
 
+#: bucket bounds a histogram may have at most (each bucket is a series on every export path)
+MAX_BUCKETS = 64
+
+
+def check_buckets(name: str, buckets: object) -> tuple[float, ...]:
+    """Bucket upper bounds as given to ``run.histogram``: finite, increasing, 1-64 of them."""
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
+        raise TypeError(f"histogram {name!r}: buckets must be a list of numbers, got "
+                        f"{type(buckets).__name__} {buckets!r}")
+    bounds = tuple(finite_number("histogram bucket", name, bound) for bound in buckets)
+    if not 1 <= len(bounds) <= MAX_BUCKETS:
+        raise ValueError(f"histogram {name!r}: give 1 to {MAX_BUCKETS} bucket bounds, got "
+                         f"{len(bounds)}")
+    if any(lower >= upper for lower, upper in zip(bounds, bounds[1:])):
+        raise ValueError(f"histogram {name!r}: bucket bounds must increase, got {list(bounds)}")
+    return bounds
+
+
 class Histogram:
-    """A distribution, e.g. sequence lengths; summarised with p50/p95/p99."""
+    """A distribution, e.g. sequence lengths; summarised with p50/p95/p99 and exported in
+    ``buckets`` (None: the defaults)."""
 
     kind: ObservationKind = "histogram"
 
-    def __init__(self, queue: RecordQueue, name: str) -> None:
+    def __init__(self, queue: RecordQueue, name: str,
+                 buckets: tuple[float, ...] | None = None) -> None:
         self.name = name
+        self.buckets = buckets
         self._queue = queue
 
     def observe(self, value: float) -> None:
         self._queue.append(Observe(self.kind, self.name,
                                    finite_number(self.kind, self.name, value)))
+
+
+class HistogramMaker(Protocol):
+    """``run.histogram``: the histogram ``name``, with its own bucket bounds if given."""
+
+    def __call__(self, name: str, buckets: Iterable[float] | None = None) -> Histogram: ...
 
 
 class Timer(Histogram, ContextDecorator):
@@ -89,10 +119,14 @@ class Instruments:
     """A run's custom instruments by kind and name, each name admitted by the run's name budget
     (each is a series on every export path)."""
 
-    def __init__(self, state: RunState, queue: RecordQueue, budget: NameBudget) -> None:
+    def __init__(self, state: RunState, queue: RecordQueue, budget: NameBudget,
+                 define_buckets: Callable[[str, str, tuple[float, ...]], None] = lambda *_: None,
+                 ) -> None:
         self._state = state
         self._queue = queue
         self._budget = budget
+        #: tells the exported histograms a histogram's own bounds (before its first value)
+        self._define_buckets = define_buckets
         self._made: dict[str, Counter | Gauge | Histogram | Timer] = {}
 
     def counter(self, name: str) -> Counter:
@@ -101,8 +135,19 @@ class Instruments:
     def gauge(self, name: str) -> Gauge:
         return self._get(Gauge, name) or self._add(Gauge(self._state.gauges, name))
 
-    def histogram(self, name: str) -> Histogram:
-        return self._get(Histogram, name) or self._add(Histogram(self._queue, name))
+    def histogram(self, name: str, buckets: Iterable[float] | None = None) -> Histogram:
+        """The histogram ``name``; ``buckets`` (upper bounds) are fixed by its first call."""
+        bounds = None if buckets is None else check_buckets(name, buckets)
+        found = self._get(Histogram, name)
+        if found is not None:
+            if bounds is not None and bounds != found.buckets:
+                raise ValueError(f"histogram {name!r} already has buckets "
+                                 f"{list(found.buckets or ()) or 'by default'}; a histogram "
+                                 "keeps the buckets it was made with")
+            return found
+        if bounds is not None:
+            self._define_buckets("histogram", name, bounds)
+        return self._add(Histogram(self._queue, name, bounds))
 
     def timer(self, name: str) -> Timer:
         return self._get(Timer, name) or self._add(Timer(self._queue, name))

@@ -133,8 +133,22 @@ class Group(NamedTuple):
 # --- the rules ----------------------------------------------------------------------------------
 
 RUN = "project, run, rank"
-#: dcgm-exporter's labels naming a GPU, which traintel's GPU series carry too
-GPU = "gpu, UUID, modelName, pci_bus_id, Hostname"
+#: the labels naming a GPU on traintel's GPU series: dcgm-exporter's, in Prometheus's snake_case
+GPU = "gpu, uuid, model_name, pci_bus_id, hostname"
+#: dcgm-exporter's spelling of each of them (and of a MIG instance's): traintel:gpu_run:info
+#: carries these, so that DCGM's series join it on (UUID, GPU_I_ID) as they are
+DCGM_SPELLING = {"uuid": "UUID", "model_name": "modelName", "hostname": "Hostname",
+                 "gpu_i_id": "GPU_I_ID", "gpu_i_profile": "GPU_I_PROFILE"}
+
+
+def _dcgm_labels(expr: str, labels: str) -> str:
+    """``max by (<labels in DCGM's spelling>)`` of ``expr`` with each snake_case GPU label copied
+    to dcgm-exporter's name (``label_replace``), so the result has DCGM's label names only."""
+    for ours, theirs in DCGM_SPELLING.items():
+        if ours in labels.split(", "):
+            expr = f'label_replace({expr}, "{theirs}", "$1", "{ours}", "(.*)")'
+    spelled = ", ".join(DCGM_SPELLING.get(label, label) for label in labels.split(", "))
+    return f"max by ({spelled}) (\n  {expr}\n)"
 
 
 def recording(c: Config) -> list[Group]:
@@ -182,11 +196,13 @@ def recording(c: Config) -> list[Group]:
              f"(max by ({RUN}, {GPU}) (traintel_gpu_memory_total_bytes) > 0)",
              "--- GPU ---"),
         Rule("traintel:gpu_run:info",
-             f"max by ({RUN}, {GPU}) (traintel_gpu_info)\n{running}\nor\n"
-             f"max by ({RUN}, {GPU}, GPU_I_ID, GPU_I_PROFILE) (traintel_gpu_mig_info)\n"
-             f"{running}",
+             f"{_dcgm_labels('traintel_gpu_info', f'{RUN}, {GPU}')}\n{running}\nor\n"
+             f"{_dcgm_labels('traintel_gpu_mig_info', f'{RUN}, {GPU}, gpu_i_id, gpu_i_profile')}"
+             f"\n{running}",
              "Joining dcgm-exporter (docs/gpu.md): which run and rank use each GPU (or MIG "
-             "instance) now, labelled as dcgm-exporter labels its series: "
+             "instance) now, labelled as dcgm-exporter labels its series (UUID, modelName, "
+             "Hostname, GPU_I_ID, GPU_I_PROFILE, where traintel's own series say uuid, "
+             "model_name, ...): "
              "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE * on (UUID, GPU_I_ID) group_left (project, run, "
              "rank) traintel:gpu_run:info puts the run and rank next to a DCGM field. Running "
              "runs only, so that a finished run's last samples never claim the GPU."),
@@ -359,7 +375,7 @@ def alerts(c: Config) -> list[Group]:
                  "answering...). The second line catches a counter whose first sample is already "
                  "above zero.",
                  "", "critical",
-                 "GPU {{ $labels.gpu }} on {{ $labels.Hostname }} (run {{ $labels.run }} rank "
+                 "GPU {{ $labels.gpu }} on {{ $labels.hostname }} (run {{ $labels.run }} rank "
                  "{{ $labels.rank }}) reported Xid {{ $labels.xid }}: it needs a reset",
                  "The training on this GPU is lost or will be: drain the node, reset the GPU "
                  "(or reboot), and restart the run from its last checkpoint. "
@@ -371,7 +387,7 @@ def alerts(c: Config) -> list[Group]:
                  f"recovery) on one GPU in {_duration_words(c.gpu_nvlink_window)}: a degrading "
                  "link slows every collective of the run.",
                  "", "warning",
-                 "NVLink of GPU {{ $labels.gpu }} on {{ $labels.Hostname }} (run "
+                 "NVLink of GPU {{ $labels.gpu }} on {{ $labels.hostname }} (run "
                  "{{ $labels.run }} rank {{ $labels.rank }}) logs {{ $labels.type }} errors",
                  f"More than {c.gpu_nvlink_error_count} {{{{ $labels.type }}}} errors in "
                  f"{_duration_words(c.gpu_nvlink_window)}: check the link with "
@@ -381,7 +397,7 @@ def alerts(c: Config) -> list[Group]:
                  "The GPU could not remap a failing memory row to a spare: NVIDIA's RMA "
                  "condition.",
                  "", "critical",
-                 "GPU {{ $labels.gpu }} ({{ $labels.UUID }}) on {{ $labels.Hostname }} failed to "
+                 "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.hostname }} failed to "
                  "remap a memory row",
                  "Its memory is failing and cannot be repaired in the field: drain the node and "
                  "replace the GPU. Run {{ $labels.run }} should resume elsewhere from its last "
@@ -440,7 +456,7 @@ _HEADERS = {
     "recording": (
         "Recording rules: the dashboards' and alerts' heavier expressions, precomputed every\n"
         "evaluation. Names follow level:metric:operation; every result keeps the labels project,\n"
-        "run and rank (GPU ones also dcgm-exporter's gpu, UUID, modelName, pci_bus_id and Hostname)."),
+        "run and rank (GPU ones also gpu, uuid, model_name, pci_bus_id and hostname)."),
     "alerts": (
         "Alerts for a training team. Each has a severity label (critical: the run is lost or\n"
         "wasting its GPUs now; warning: it is slower or riskier than it should be), a summary, a\n"

@@ -24,8 +24,9 @@ from .export import RunExport
 from .export.otlp import Sinks
 from .hooks import ProcessHooks
 from .identity import LiveStatus, RunIdentity
-from .instruments import Counter, Gauge, Histogram, Instruments, Timer
+from .instruments import Counter, Gauge, Histogram, HistogramMaker, Instruments, Timer
 from .logging_bridge import ROOT, LoggerTree, console_handler
+from .outlets import Outlets
 from .progress import ProgressDisplay
 from .record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
 from .record.pipeline import Pipeline
@@ -117,18 +118,15 @@ class Run(StepMethods):
             milestones_done=before.milestones if before else (),
             resumed_at=state.step if before else None)
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
-        instruments = Instruments(state, writer.queue, self.names)
+        instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
         self.counter, self.gauge = instruments.counter, instruments.gauge
         self.histogram, self.timer = instruments.histogram, instruments.timer
         self.summary: RunSummary | None = None
         self._finished = False
         self._lock = threading.Lock()
         self._events.run_start(identity, config, continuation, settings.total_epochs)
-        self.server: StatusServer | None = None
-        if settings.http_port is not None:
-            from .server import StatusServer  # http.server and the exposition: when asked for
-
-            self.server = StatusServer(self, settings.http_host, settings.http_port).start()
+        self.outlets = Outlets.start(self, identity, settings, state.start_ts)  # HTTP, Grafana
+        self.server: StatusServer | None = self.outlets.server
         self.samplers = start_sampling(
             state.readings, str(self.dir), settings.sample_interval, local_rank=self.local_rank,
             all_gpus=settings.all_gpus, on_events=self._events.from_samplers,
@@ -182,7 +180,7 @@ class Run(StepMethods):
     # -- custom instruments (bound at start: ``run.counter("skipped")``), the model, loggers -----
     counter: Callable[[str], Counter]
     gauge: Callable[[str], Gauge]
-    histogram: Callable[[str], Histogram]
+    histogram: HistogramMaker  # (name, buckets=None)
     timer: Callable[[str], Timer]
 
     def watch(self, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
@@ -257,8 +255,7 @@ class Run(StepMethods):
         if self.otlp is not None:  # cut short when a signal waits: it asked to end now
             self.otlp.shutdown(0.2 if self._hooks.deferred else self.settings.shutdown_timeout)
             self._events.after_export(self.summary, state, self.dir)
-        if self.server is not None:
-            self.server.stop()
+        self.outlets.stop()
         self._logging.restore()
         self._hooks.remove(keep_excepthook=status not in ("finished", "preempted"))
 

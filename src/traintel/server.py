@@ -9,6 +9,7 @@ subscriber's own thread.
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import logging
 import socket
@@ -18,9 +19,10 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from .record.files import encode
 from .record.format import EventDict
@@ -210,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, generate_latest(self.run.registry), CONTENT_TYPE_LATEST)
+            self._metrics()
         elif path == "/healthz":
             self._json(200, {"status": "ok", "run": self.run.id})
         elif path == "/status":
@@ -280,6 +282,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(413, {"error": f"the body is limited to {MAX_BODY_BYTES} bytes"})
             return None
         return self.rfile.read(length)
+
+    def _metrics(self) -> None:
+        """The exposition as prometheus-client's own handlers answer: the format the scraper's
+        ``Accept`` asks for (OpenMetrics or the text format), gzip when ``Accept-Encoding``
+        allows it, and only the families named by ``name[]`` parameters when there are any."""
+        encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
+        registry: Any = self.run.registry
+        names = parse_qs(urlsplit(self.path).query).get("name[]")
+        if names:
+            registry = registry.restricted_registry(names)
+        body = encoder(registry)
+        encoding = None
+        if gzip_accepted(self.headers.get("Accept-Encoding") or ""):
+            body, encoding = gzip.compress(body), "gzip"
+        self._send(200, body, content_type, encoding)
+
     def _events(self) -> None:
         """Server-sent events: record lines as they happen, a progress snapshot every second."""
         subscription = self.hub.subscribe()
@@ -313,9 +331,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, data: Any) -> None:
         self._send(code, _dumps(data), "application/json")
 
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
+    def _send(self, code: int, body: bytes, content_type: str,
+              encoding: str | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()

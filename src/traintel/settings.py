@@ -109,6 +109,10 @@ class Settings:
             "metric's name; unknown names get no best).")
     halt_on_nonfinite: bool = _option(
         False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf `loss`.")
+    grafana_annotations: bool = _option(
+        False, "Mark run events as annotations in the Grafana at GRAFANA_URL (token in "
+               "GRAFANA_TOKEN; the `traintel[grafana]` extra), posted off the training thread.",
+        env.TRAINTEL_GRAFANA_ANNOTATIONS)
 
     def __post_init__(self) -> None:
         """Every option checked against its range; a refusal names the option, the range, the
@@ -212,6 +216,7 @@ class InitOptions(TypedDict, total=False):
     group: str | None
     goals: dict[str, Goal] | None
     halt_on_nonfinite: bool | None
+    grafana_annotations: bool | None
 
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
@@ -240,9 +245,17 @@ def _from_environment() -> dict[str, Any]:
             out[option.name] = variable.real()
         elif option.name == "log_level":
             out[option.name] = (variable.get() or "").upper()
+        elif option.name == "grafana_annotations":
+            out[option.name] = variable.is_true()
         else:
             out[option.name] = variable.get()
     out.update(_distributed_environment())
+    if "http_port" not in out and "prometheus" in [
+            name.strip().lower() for name in (env.OTEL_METRICS_EXPORTER.get() or "").split(",")]:
+        # the specification's Prometheus exporter is traintel's own /metrics (the pull path)
+        out["http_port"] = env.OTEL_EXPORTER_PROMETHEUS_PORT.integer() or 9464
+        host = env.OTEL_EXPORTER_PROMETHEUS_HOST.get() or "localhost"
+        out["http_host"] = "127.0.0.1" if host == "localhost" else host
     return out
 
 

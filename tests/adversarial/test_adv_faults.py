@@ -99,7 +99,7 @@ print(json.dumps({"finish_s": finish_s, "status": status["export"], "dir": str(r
 
 CASES = {
     "refused": ({}, None, "cannot connect to 127.0.0.1"),
-    "hung": ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10"}, ("hang",), "no answer from 127.0.0.1"),
+    "hung": ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, ("hang",), "no answer from 127.0.0.1"),
     "429 with Retry-After": ({}, ("answer", 429, {"Retry-After": "120"}),
                              "answered HTTP 429 Too Many Requests, Retry-After 120 s"),
     "503 with Retry-After": ({}, ("answer", 503, {"Retry-After": "120"}),
@@ -115,7 +115,8 @@ def test_every_kind_of_export_failure_is_counted_and_said_once(tmp_path, case):
     endpoint = server.url if server else "http://127.0.0.1:9"  # nothing listens on port 9
     env = script_env(**{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
                         "OTEL_METRIC_EXPORT_INTERVAL": "300", "OTEL_BSP_SCHEDULE_DELAY": "200",
-                        "OTEL_BLRP_SCHEDULE_DELAY": "200", "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+                        "OTEL_BLRP_SCHEDULE_DELAY": "200",
+                        "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",  # milliseconds, as specified
                         **environ})
     try:
         started = time.monotonic()

@@ -6,8 +6,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from typing import Any
 
 import click
+
+from traintel.extras import MissingExtra
 
 #: command name -> "module:attribute" of its click command or group
 COMMANDS: dict[str, str] = {
@@ -19,10 +22,20 @@ COMMANDS: dict[str, str] = {
     "status": "traintel.cli.status:status",
     "debug": "traintel.cli.status:debug",
     "docs": "traintel.cli.docs:docs",
+    "grafana": "traintel.cli.grafana:grafana",
 }
 
 
 class LazyGroup(click.Group):
+    """Loads a command's module only when it runs; an optional dependency a command needs and
+    does not find ends it with the ``pip install 'traintel[...]'`` that fixes it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as missing:
+            raise click.ClickException(str(missing)) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if _available(name))
 

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import click
 
+from traintel import extras
+
+#: how long the demo runs by default when a collector listens: long enough for several metric
+#: exports (every 15 s), so that every dashboard panel has points and rates
+DEFAULT_DURATION_S = 120.0
+
 
 @click.command()
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--steps-per-epoch", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Spread the steps over about this many seconds [120 with a collector "
+                   "listening, so the dashboards fill; 0 without one]. 0: as fast as possible.")
 @click.option("--dir", "run_dir", default=None, help="Where run records go [./traintel-runs].")
 @click.option("--project", default="demo", show_default=True)
 @click.option("--name", default="mlp-synthetic", show_default=True)
@@ -21,34 +30,42 @@ import click
 @click.option("--http-port", type=int, default=None,
               help="Serve /metrics, /status, /events on 127.0.0.1:PORT (0: any free port).")
 @click.option("--sample-interval", type=float, default=5.0, show_default=True)
-def demo(epochs: int, steps_per_epoch: int, batch_size: int, run_dir: str | None, project: str,
-         name: str, pause_at_step: int | None, pause_seconds: float, nan_at_step: int | None,
-         step_sleep: float, error_at_step: int | None, http_port: int | None,
-         sample_interval: float) -> None:
+def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | None,
+         run_dir: str | None, project: str, name: str, pause_at_step: int | None,
+         pause_seconds: float, nan_at_step: int | None, step_sleep: float,
+         error_at_step: int | None, http_port: int | None, sample_interval: float) -> None:
     """Train a small PyTorch model on synthetic data with traintel on.
 
     Leaves a complete run record under ./traintel-runs/ and exports to the OpenTelemetry
-    collector at $OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) when one listens.
+    collector at $OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) when one listens;
+    then it paces its steps over about two minutes and says where to watch them.
     """
+    extras.require("traintel demo", "torch")
     from rich.console import Console
 
-    from ..demo import DemoConfig, collector_endpoint, collector_listening, train
+    from ..demo import DemoConfig, collector_endpoint, collector_listening, stack_urls, train
     from ..redact import Redactor
 
     console = Console(stderr=True)
     endpoint = collector_endpoint()
     exporting = collector_listening(endpoint)
+    if duration is None:
+        duration = DEFAULT_DURATION_S if exporting else 0.0
+    urls = stack_urls(endpoint)
     endpoint = Redactor.for_environment().text(endpoint)  # it may carry credentials
     if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
-                      "and traces[/green]")
+                      f"and traces over about {duration:.0f}s (--duration to change)[/green]")
+        console.print(f"watch it: Grafana {urls['grafana']}/d/traintel-training-overview  "
+                      f"Prometheus {urls['prometheus']}/query?g0.expr=traintel_loss")
     else:
         console.print(f"[yellow]no collector at {endpoint}: local record only (start the "
-                      "stack with `docker compose up -d` or `traintel stack up`)[/yellow]")
+                      "stack with `traintel stack init` and `docker compose up -d`, or "
+                      "`traintel stack up`)[/yellow]")
     cfg = DemoConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                      pause_at_step=pause_at_step, pause_s=pause_seconds,
                      nan_at_step=nan_at_step, step_sleep_s=step_sleep,
-                     error_at_step=error_at_step)
+                     error_at_step=error_at_step, duration_s=duration)
     # nothing to export to: no export threads, retries or shutdown wait in a one-second demo
     options = {"project": project, "name": name, "sample_interval": sample_interval,
                "otlp": None if exporting else False}
@@ -65,3 +82,6 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, run_dir: str | None
                   f"{summary['eval']['val_loss']['best']:.4f}, "
                   f"{summary['throughput']['samples_per_s']:.0f} samples/s")
     console.print(f"record: {run.dir}  (try `traintel logs summary {run.dir}`)")
+    if exporting:
+        console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview"
+                      f"?var-project={project}&var-run={run.id}")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from traintel import analysis, render
+from traintel import analysis, extras, render
 from traintel.record.format import LEVELS, RawLine
 from traintel.record.reader import Records, RecordNotFound, find_run, is_run, last_records
 from traintel.record.reader import follow as follow_records
@@ -430,8 +430,7 @@ def report(target: str, output: Path | None, plot: bool, fmt: str) -> None:
         try:
             figures = render.figures(series)
         except ImportError:
-            raise click.ClickException(
-                "--plot needs matplotlib: pip install 'traintel[plots]'") from None
+            raise click.ClickException(extras.hint("--plot", "plots")) from None
         directory = output.parent if output else Path.cwd()
         prefix = f"{output.stem}-" if output else f"{summary['run'] or 'report'}-"
         plots = render.save_figures(figures, directory, prefix)

@@ -1,7 +1,8 @@
-"""``traintel stack install|up|down|status``: the observability stack without Docker.
+"""``traintel stack init|install|up|down|status``: the observability stack, with or without Docker.
 
-``install`` builds the programs once into ~/.cache/traintel/bin (see traintel.stack.install);
-``up`` starts them natively on 127.0.0.1 with the repo's configs (traintel.stack.native).
+``init`` writes a ready compose project (traintel.stack.files); ``install`` builds the programs once
+into ~/.cache/traintel/bin (traintel.stack.install); ``up`` starts them natively on 127.0.0.1 with
+the installed traintel's configs, or those of an ``init`` directory (traintel.stack.native).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import click
 
+from traintel.stack import files
 from traintel.stack import install as installer
 from traintel.stack.components import COMPONENTS
-from traintel.stack.native import NativeStack, StackError, default_run_dir
+from traintel.stack.native import (ORDER, NativeStack, StackError, default_ports,
+                                   default_run_dir, free_ports)
 
 _RUN_DIR = click.option(
     "--run-dir",
@@ -27,9 +30,35 @@ _RUN_DIR = click.option(
 
 @click.group()
 def stack() -> None:
-    """Build and run the collector, Prometheus and Alertmanager natively (and Loki, Tempo and
-    Grafana from binaries you supply: TRAINTEL_LOKI_BIN, TRAINTEL_TEMPO_BIN, TRAINTEL_GRAFANA_BIN
-    or on PATH)."""
+    """The observability stack: `init` writes a compose project for `docker compose up -d`;
+    without Docker, `install` builds and `up` runs the collector, Prometheus and Alertmanager
+    natively (and Loki, Tempo and Grafana from binaries you supply: TRAINTEL_LOKI_BIN,
+    TRAINTEL_TEMPO_BIN, TRAINTEL_GRAFANA_BIN or on PATH)."""
+
+
+@stack.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False),
+                default="traintel-stack")
+@click.option("--force", is_flag=True,
+              help="replace files you changed (an existing .env is always kept)")
+def init(directory: Path, force: bool) -> None:
+    """Write a ready compose project into DIRECTORY (default ./traintel-stack): the compose file,
+    every config, the alert rules and their tests, the dashboards and Grafana's provisioning, a
+    systemd unit for the native stack, and a .env with a generated Grafana admin password."""
+    try:
+        result = files.init(directory, force=force)
+    except files.StackFilesError as error:
+        raise click.ClickException(str(error)) from None
+    where = result.directory
+    click.echo(f"traintel stack: {len(result.written)} files written to {where}"
+               + (f" ({len(result.unchanged)} already up to date)" if result.unchanged else ""))
+    if result.password is not None:
+        click.echo(f"Grafana admin password (shown once; it is in {where / '.env'}): "
+                   f"{result.password}")
+    else:
+        click.echo(f"kept the existing {where / '.env'} (and its Grafana password)")
+    click.echo(f"next: cd {where} && docker compose up -d\n"
+               f"without Docker: traintel stack install && traintel stack up --configs {where}")
 
 
 @stack.command()
@@ -64,11 +93,28 @@ def install(retry: bool, only: tuple[str, ...]) -> None:
 
 @stack.command()
 @_RUN_DIR
+@click.option("--configs", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              default=None,
+              help="a `traintel stack init` directory whose configs to run (default: this "
+                   "traintel's own)")
+@click.option("--free-ports", "free_ports_", is_flag=True,
+              help="any free loopback ports instead of compose's (another stack runs here); "
+                   "`traintel stack status` lists them")
 @click.option("--foreground", is_flag=True, help="stay attached; stop everything on SIGTERM/Ctrl-C")
 @click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for each program")
-def up(run_dir: Path | None, foreground: bool, timeout: float) -> None:
+def up(run_dir: Path | None, configs: Path | None, free_ports_: bool, foreground: bool,
+       timeout: float) -> None:
     """Start the stack on 127.0.0.1 (compose's ports; Tempo's OTLP ports move up by 10000)."""
-    native = NativeStack(run_dir or default_run_dir())
+    run_dir = run_dir or default_run_dir()
+    try:
+        native = NativeStack(run_dir, ports=free_ports() if free_ports_ else default_ports(),
+                             configs=configs or files.root())
+    except files.StackFilesError as error:
+        raise click.ClickException(str(error)) from None
+    if (run_dir / "stack.json").exists():  # programs still running keep their ports
+        previous = NativeStack.load(run_dir)
+        if any(previous.pid(name) for name in ORDER):
+            native.ports = previous.ports
     try:
         native.up(timeout=timeout, say=click.echo)
     except StackError as error:

@@ -109,6 +109,15 @@ class ExportSession(requests.Session):
             self._throttled_by = self.reason
         return response
 
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> Any:
+        """As requests merges, but the CA file the exporter set (OTEL_EXPORTER_OTLP_CERTIFICATE)
+        is not replaced by REQUESTS_CA_BUNDLE (``traintel.export.selection``)."""
+        from .selection import keep_own_ca
+
+        return keep_own_ca(self, super().merge_environment_settings(
+            url, proxies, stream, verify, cert), verify)
+
     def abort(self) -> None:
         """Cut every connection, those in flight included: a blocked read returns at once."""
         self._cut = True

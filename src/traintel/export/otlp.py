@@ -53,8 +53,9 @@ _SEVERITY = {logging.DEBUG: SeverityNumber.DEBUG, logging.INFO: SeverityNumber.I
 
 @dataclass
 class Sinks:
-    """Where the three signals go. Default: OTLP/HTTP exporters configured by ``OTEL_*``;
-    ``traintel.testing`` swaps in in-memory exporters."""
+    """Where the three signals go. Default: the exporters the ``OTEL_*`` variables choose
+    (``traintel.export.selection``: OTLP/HTTP unless told otherwise); ``traintel.testing`` swaps
+    in in-memory exporters."""
 
     metric_exporter: MetricExporter | None = None
     #: milliseconds between metric exports; None: the SDK's (``OTEL_METRIC_EXPORT_INTERVAL``)
@@ -67,19 +68,25 @@ class Sinks:
 
     @classmethod
     def otlp(cls) -> Sinks:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from . import selection as chosen
 
         # the SDK's default of 60 s is too coarse for step curves and stall alerts
         interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else 15_000
+        # a session of traintel's for each OTLP/HTTP exporter (failure reasons, Retry-After,
+        # cut at shutdown), unless the user gives the SDK a credential provider of their own
         sessions = {signal: ExportSession() for signal, provider in _CREDENTIAL_PROVIDERS.items()
-                    if not (provider.get() or
-                            env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get())}
-        return cls(metric_exporter=OTLPMetricExporter(session=sessions.get("metrics")),
-                   metric_interval_ms=interval,
-                   span_exporter=OTLPSpanExporter(session=sessions.get("traces")),
-                   log_exporter=OTLPLogExporter(session=sessions.get("logs")), sessions=sessions)
+                    if chosen.over_http(signal) and not (
+                        provider.get() or
+                        env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get())}
+        return cls(
+            metric_exporter=chosen.combined(chosen.exporters("metrics", sessions.get("metrics")),
+                                            chosen.FanOutMetricExporter),
+            metric_interval_ms=interval,
+            span_exporter=chosen.combined(chosen.exporters("traces", sessions.get("traces")),
+                                          chosen.FanOutSpanExporter),
+            log_exporter=chosen.combined(chosen.exporters("logs", sessions.get("logs")),
+                                         chosen.FanOutLogExporter),
+            sessions=sessions)
 
 
 #: the SDK's per-signal credential-provider variables: a session of the user's own wins
@@ -267,7 +274,6 @@ class OtlpExport:
         """The histograms' cumulative points now, one ``Metric`` per catalog histogram."""
         start = int(self.state.start_ts * 1e9)
         now = time.time_ns()
-        bounds = self.histograms.bounds
         points: dict[str, list[HistogramDataPoint]] = {}
         for series in self.histograms.snapshot():
             label_names = BY_NAME[series.metric].labels
@@ -275,7 +281,7 @@ class OtlpExport:
             points.setdefault(series.metric, []).append(HistogramDataPoint(
                 attributes=self._attributes(extra), start_time_unix_nano=start,
                 time_unix_nano=now, count=sum(series.counts), sum=series.sum,
-                bucket_counts=series.counts, explicit_bounds=bounds, min=series.min,
+                bucket_counts=series.counts, explicit_bounds=series.bounds, min=series.min,
                 max=series.max))
         return [Metric(name=name, description=BY_NAME[name].description,
                        unit=BY_NAME[name].unit,

@@ -25,6 +25,14 @@ class RunCollector(Collector):
         #: a window of its own: min/max of the values logged since the previous scrape
         self.take_window = state.logged.reader()
 
+    def describe(self) -> Iterator[Metric]:
+        """Every family this collector may yield, without samples: the registry learns the
+        names from it, so that ``/metrics?name[]=...`` finds this collector."""
+        for metric in METRICS:
+            kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                    "histogram": HistogramMetricFamily}[metric.kind]
+            yield kind(metric.name, metric.description, labels=list(metric.all_labels))
+
     def collect(self) -> Iterator[Metric]:
         base_names = list(self.labels)
         base_values = list(self.labels.values())
@@ -41,8 +49,7 @@ class RunCollector(Collector):
                     found = True
                     buckets: list[tuple[str, float]] = []
                     running = 0
-                    for bound, count in zip([*self.histograms.bounds, float("inf")],
-                                            series.counts):
+                    for bound, count in zip([*series.bounds, float("inf")], series.counts):
                         running += count
                         buckets.append((_le(bound), running))
                     label = [series.label or ""] if metric.labels else []

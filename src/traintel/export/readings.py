@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
-from ..catalog import DURATION_BUCKETS
+from ..catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS
 from ..record.format import STATUSES
 from ..state import KNOWN_KEYS, RunState
 
@@ -111,8 +111,8 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_metric": _user_metrics,
         "traintel_eval_value": _by("metric", lambda s: s.eval_latest),
         "traintel_eval_best": _by("metric", lambda s: s.eval_best),
-        "traintel_user_counter_total": _by("metric", lambda s: s.counters),
-        "traintel_user_gauge": _by("metric", lambda s: s.gauges),
+        "traintel_user_total": _by("metric", lambda s: s.counters),
+        "traintel_user_value": _by("metric", lambda s: s.gauges),
         "traintel_events_total": _by("event", lambda s: s.events),
         "traintel_errors_total": _errors,
         "traintel_logged_values_total": _by("metric", lambda s: {
@@ -132,15 +132,21 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
 
 #: histogram metric fed by each kind of observation the record writer reports
 HISTOGRAM_FOR = {"step": "traintel_step_duration_seconds",
-                 "histogram": "traintel_user_histogram",
+                 "histogram": "traintel_user_observations",
                  "timer": "traintel_user_timer_seconds",
                  "operation": "traintel_operation_duration_seconds"}
+#: bucket bounds of each kind unless the user gave a histogram its own: durations in seconds, and
+#: for ``run.histogram`` (sequence lengths, batch sizes, anything) the OpenTelemetry SDK's
+#: default explicit bounds, the ecosystem's general-purpose choice
+DEFAULT_BOUNDS = {"step": DURATION_BUCKETS, "histogram": DEFAULT_HISTOGRAM_BUCKETS,
+                  "timer": DURATION_BUCKETS, "operation": DURATION_BUCKETS}
 
 
 class HistogramSeries(NamedTuple):
     metric: str
     label: str | None  # the value of the metric's one extra label, if it has one
-    counts: list[int]  # per bucket of ``Histograms.bounds``, then the +Inf bucket; not cumulative
+    bounds: tuple[float, ...]  # upper bounds of the buckets but the last (+Inf)
+    counts: list[int]  # per bucket of ``bounds``, then the +Inf bucket; not cumulative
     sum: float
     min: float
     max: float
@@ -151,22 +157,32 @@ class Histograms:
 
     One bisect per observation here is far cheaper than the OTel SDK's ``Histogram.record``
     (0.4 µs against 7 µs on the writer thread), so the OTLP path exports these counts too.
+    Each series has its bounds: its kind's default, or those given to :meth:`define`.
     """
 
-    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
-        self.bounds = bounds
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: (metric, label value or None) -> [bucket counts..., +Inf count], [sum, min, max]
-        self.series: dict[tuple[str, str | None], tuple[list[int], list[float]]] = {}
+        #: (metric, label value or None) -> bounds, [bucket counts..., +Inf count], [sum, min, max]
+        self.series: dict[tuple[str, str | None],
+                          tuple[tuple[float, ...], list[int], list[float]]] = {}
+        #: bounds given before the first observation, by (metric, label value)
+        self._defined: dict[tuple[str, str | None], tuple[float, ...]] = {}
+
+    def define(self, kind: str, name: str, bounds: tuple[float, ...]) -> None:
+        """Use ``bounds`` for the series of ``name`` (``run.histogram(name, buckets=...)``)."""
+        with self._lock:
+            self._defined[(HISTOGRAM_FOR[kind], name)] = bounds
 
     def observe(self, kind: str, name: str | None, value: float) -> None:
         key = (HISTOGRAM_FOR[kind], name)
         with self._lock:
             entry = self.series.get(key)
             if entry is None:
-                entry = self.series[key] = ([0] * (len(self.bounds) + 1), [0.0, value, value])
-            entry[0][bisect.bisect_left(self.bounds, value)] += 1
-            figures = entry[1]
+                bounds = self._defined.get(key) or DEFAULT_BOUNDS[kind]
+                entry = self.series[key] = (bounds, [0] * (len(bounds) + 1),
+                                            [0.0, value, value])
+            entry[1][bisect.bisect_left(entry[0], value)] += 1
+            figures = entry[2]
             figures[0] += value
             if value < figures[1]:
                 figures[1] = value
@@ -175,5 +191,5 @@ class Histograms:
 
     def snapshot(self) -> list[HistogramSeries]:
         with self._lock:
-            return [HistogramSeries(metric, label, list(counts), *figures)
-                    for (metric, label), (counts, figures) in self.series.items()]
+            return [HistogramSeries(metric, label, bounds, list(counts), *figures)
+                    for (metric, label), (bounds, counts, figures) in self.series.items()]

@@ -28,7 +28,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from transformers import TrainerCallback
+from ..extras import require
+
+require("traintel.integrations.huggingface", "integrations", "transformers")
+
+from transformers import TrainerCallback  # noqa: E402  (after the check that names the extra)
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments

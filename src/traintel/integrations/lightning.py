@@ -29,9 +29,14 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import Callback
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities.data import extract_batch_size
+from ..extras import require
+
+require("traintel.integrations.lightning", "integrations", "lightning")
+
+# after the check that names the extra
+from lightning.pytorch import Callback  # noqa: E402
+from lightning.pytorch.loggers import Logger  # noqa: E402
+from lightning.pytorch.utilities.data import extract_batch_size  # noqa: E402
 
 from ..record.format import EndStatus
 from . import KNOWN, StepBuffer, metric_name, start_run

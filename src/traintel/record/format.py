@@ -170,7 +170,7 @@ class ErrorLine(_Stamped):
     exc_type: str
     operation: str | None
     traceback: str
-    context: dict[str, Any]
+    context: dict[str, object]
     hints: list[str]
     step: int
     epoch: int

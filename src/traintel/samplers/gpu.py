@@ -3,9 +3,10 @@
 Only the devices this process uses are sampled by default (``CUDA_VISIBLE_DEVICES`` and the local
 rank), so that eight ranks on one host do not each report all eight GPUs. A device is a whole GPU
 or a MIG instance; a MIG instance brings its GPU along for the fields only the whole GPU has
-(power, temperature, clocks, errors). Labels are dcgm-exporter's (``gpu``, ``UUID``,
-``modelName``, ``pci_bus_id``, ``Hostname``; ``GPU_I_ID`` and ``GPU_I_PROFILE`` on a MIG
-instance), so that traintel's series join DCGM's on ``UUID``.
+(power, temperature, clocks, errors). Labels are dcgm-exporter's in Prometheus's snake_case
+(``gpu``, ``uuid``, ``model_name``, ``pci_bus_id``, ``hostname``; ``gpu_i_id`` and
+``gpu_i_profile`` on a MIG instance); the recording rule ``traintel:gpu_run:info`` spells them as
+DCGM does, so that DCGM's series join traintel's on ``UUID``.
 
 NVML's answer decides what a failed read means: a field the GPU or driver does not support is
 dropped for that device at once, with one note per device listing them; a passing failure (a
@@ -17,14 +18,16 @@ waiting at each sample, and leave as run events and a counter (:mod:`.xid`).
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .. import env
+from .. import env, extras
 from .base import Reading, SamplerEvent
 from .gpm import ACTIVITY, MIG_ACTIVITY, GpmReader
 from .nvml_fields import FIELD_VALUES, Key, key, read_all
@@ -137,9 +140,9 @@ class _Device:
     @property
     def title(self) -> str:
         if self.parent is None:
-            return f"GPU {self.index} ({self.labels['modelName']}, {self.labels['UUID']})"
-        return (f"GPU {self.index} MIG instance {self.labels['GPU_I_ID']} "
-                f"({self.labels['GPU_I_PROFILE']})")
+            return f"GPU {self.index} ({self.labels['model_name']}, {self.labels['uuid']})"
+        return (f"GPU {self.index} MIG instance {self.labels['gpu_i_id']} "
+                f"({self.labels['gpu_i_profile']})")
 
 
 #: reads one field of a device: (catalog metric, value, extra labels) tuples
@@ -337,7 +340,7 @@ class NvmlSampler:
                     "xid": code, "meaning": xid.meaning, "action": xid.action,
                     "mnemonic": xid.mnemonic, **self._xid_labels[index]}
                 if instance != NO_INSTANCE:
-                    fields["GPU_I_ID"] = str(instance)
+                    fields["gpu_i_id"] = str(instance)
                 self._events.append(SamplerEvent("gpu_xid", level(xid), fields))
         return [("traintel_gpu_xid_errors_total", float(count),
                  {**self._xid_labels[index], "xid": str(code)})
@@ -403,7 +406,7 @@ def gpu_sampler(*, local_rank: int | None, all_gpus: bool = False) -> NvmlSample
     try:
         import pynvml
     except ImportError:
-        log.info("no NVIDIA driver: GPU metrics off (nvidia-ml-py is not installed)")
+        _without_bindings()
         return None
     try:
         pynvml.nvmlInit()
@@ -425,6 +428,29 @@ def gpu_sampler(*, local_rank: int | None, all_gpus: bool = False) -> NvmlSample
         pynvml.nvmlSystemGetDriverVersion()), ""))
 
 
+#: whether the missing-bindings hint was given in this process (once is enough)
+_hinted: list[bool] = []
+
+
+def _without_bindings() -> None:
+    """GPU metrics are off because ``pynvml`` is missing: say so, loudly where there is a driver
+    (the GPU is there, its metrics are not), quietly where there is none."""
+    if not driver_present():
+        log.info("no NVIDIA driver: GPU metrics off")
+        return
+    if not _hinted:
+        _hinted.append(True)
+        log.warning("traintel: %s", extras.hint("the GPU sampler", "gpu"))
+
+
+def driver_present() -> bool:
+    """An NVIDIA kernel driver is loaded, or its NVML library is installed (found without NVML's
+    Python bindings: the file the driver publishes, or the linker's cache)."""
+    if Path("/proc/driver/nvidia/version").exists():
+        return True
+    return ctypes.util.find_library("nvidia-ml") is not None
+
+
 def _devices(nvml: Any, local_rank: int | None, all_gpus: bool) -> list[_Device]:
     """The devices this process uses, MIG instances after their GPU."""
     handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
@@ -440,11 +466,11 @@ def _devices(nvml: Any, local_rank: int | None, all_gpus: bool) -> list[_Device]
     host = socket.gethostname()
     devices = []
     for index in sorted(whole | {migs[uuid] for uuid in wanted}):
-        labels = {"gpu": str(index), "UUID": uuids[index],
-                  "modelName": _text(nvml.nvmlDeviceGetName(handles[index])),
+        labels = {"gpu": str(index), "uuid": uuids[index],
+                  "model_name": _text(nvml.nvmlDeviceGetName(handles[index])),
                   "pci_bus_id": _optional(lambda: _text(
                       nvml.nvmlDeviceGetPciInfo(handles[index]).busId), "unknown"),
-                  "Hostname": host}
+                  "hostname": host}
         # a GPU in MIG mode is used through its instances, never whole
         used_whole = index in whole and not instances[index]
         gpu = _Device(index, handles[index], labels, FIELDS,
@@ -452,8 +478,8 @@ def _devices(nvml: Any, local_rank: int | None, all_gpus: bool) -> list[_Device]
         devices.append(gpu)
         for uuid, handle, gpu_instance, profile in instances[index]:
             if uuid in wanted:
-                devices.append(_Device(index, handle, {**labels, "GPU_I_ID": str(gpu_instance),
-                                                       "GPU_I_PROFILE": profile},
+                devices.append(_Device(index, handle, {**labels, "gpu_i_id": str(gpu_instance),
+                                                       "gpu_i_profile": profile},
                                        MIG_FIELDS, "traintel_gpu_mig_info", gpu, gpu_instance))
     return devices
 

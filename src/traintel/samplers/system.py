@@ -48,9 +48,9 @@ class SystemSampler:
             ("traintel_disk_total_bytes", float(disk.total), {}),
             ("traintel_dataloader_workers", float(self._workers()), {}),
         ]
-        if now > then:
+        if now > then:  # process.cpu.utilization: over the CPUs this process may run on
             readings.append(("traintel_process_cpu_utilization_ratio",
-                             (busy - busy_then) / (now - then), {}))
+                             (busy - busy_then) / (now - then) / _usable_cpus(), {}))
         if host_total > 0:
             readings.append(("traintel_host_cpu_utilization_ratio", host_busy / host_total, {}))
         return readings
@@ -75,6 +75,15 @@ class SystemSampler:
             if not any(helper in cmdline for helper in _HELPERS):
                 count += 1
         return count
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: taskset, SLURM's binding), else the
+    host's logical CPUs."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return psutil.cpu_count() or 1
 
 
 def _busy(times: Any) -> float:

@@ -218,7 +218,8 @@ COMPONENTS: dict[str, Component] = {
 #: examples). Built by the same installer as the stack, but on demand (``install(names,
 #: table=DEPLOY_TOOLS)``, called by the tests that need them), not by ``traintel stack install``:
 #: they are not part of the stack. Helm and kubeconform are Apache-2.0 Go programs, built from
-#: their modules; shellcheck (for deploy/slurm) is Debian's package.
+#: their modules; compose-check is ours (stack/go/compose-check) around compose-go; shellcheck
+#: (for deploy/slurm) is Debian's package.
 DEPLOY_TOOLS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -246,6 +247,22 @@ DEPLOY_TOOLS: dict[str, Component] = {
             module_version="v0.8.0",
             packages=("github.com/yannh/kubeconform/cmd/kubeconform",),
             version_var="main.version",
+        ),
+        Component(
+            # `docker compose config` without Docker: compose-go (Apache-2.0), the loader Docker
+            # Compose is built on, checks `traintel stack init`'s project (schema, .env).
+            name="compose-check",
+            version="2.16.2",
+            method="go-wrapper",
+            binaries=("compose-check",),
+            image="",
+            ports={},
+            required=False,
+            packages=(".",),
+            module_version="v2.16.2",
+            wrapper="stack/go/compose-check",
+            inputs=("stack/go/compose-check/go.mod", "stack/go/compose-check/go.sum",
+                    "stack/go/compose-check/main.go"),
         ),
         Component(
             name="shellcheck",

@@ -30,9 +30,8 @@ from typing import Any
 import yaml
 
 from traintel import env as environment
+from traintel.stack import files
 from traintel.stack.components import COMPONENTS, DEPLOY_TOOLS, Component
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 def cache_dir() -> Path:
@@ -226,7 +225,7 @@ def _go_build(component: Component, dest: Path, log: Path) -> None:
         _run(
             ["go", "build", *flags, "-o", f"{tmp}{os.sep}", *component.packages],
             log,
-            cwd=REPO / component.wrapper,
+            cwd=files.root() / component.wrapper,
         )
     elif component.method == "go-module":
         _run(
@@ -254,7 +253,7 @@ def _npm_install(component: Component, dest: Path, log: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for rel in component.inputs:
-        shutil.copy2(REPO / rel, tmp / Path(rel).name)
+        shutil.copy2(files.root() / rel, tmp / Path(rel).name)
     log.write_text("")
     _run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], log, cwd=tmp,
          env={"npm_config_cache": str(cache_dir() / "npm"), "npm_config_update_notifier": "false"})
@@ -304,7 +303,7 @@ def _build_collector(component: Component, out: Path, log: Path) -> None:
             cwd=out,
             env={"GOBIN": str(builder_dir)},
         )
-    manifest = yaml.safe_load((REPO / component.manifest).read_text())
+    manifest = yaml.safe_load((files.root() / component.manifest).read_text())
     source = out / "src"
     manifest["dist"]["output_path"] = str(source)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, delete=False) as f:
@@ -408,7 +407,7 @@ def _build_key(component: Component) -> str:
     )
     for rel in component.inputs:
         with contextlib.suppress(OSError):
-            h.update((REPO / rel).read_bytes())
+            h.update((files.root() / rel).read_bytes())
     if component.method == "none":  # a binary the user supplies (or replaces) is looked at anew
         supplied = user_binary(component)
         with contextlib.suppress(OSError):

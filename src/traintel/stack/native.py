@@ -1,4 +1,4 @@
-"""Run the stack natively on one host: the repo's own configs, adapted, on 127.0.0.1.
+"""Run the stack natively on one host: the stack's own configs, adapted, on 127.0.0.1.
 
 There is no Docker here, so ``traintel stack up`` and the test fixture start the programs built
 by ``traintel stack install`` directly. The configs are the ones docker-compose.yml mounts, with
@@ -7,7 +7,7 @@ small rewrites instead of copies, so the tests check what compose runs:
 - ``host:port`` strings naming a compose service (``prometheus:9090``) or a bind-all/loopback
   address become ``127.0.0.1:<port>`` from the port map (distinct ports per program, free
   ports in tests); ``*port*`` integers and ``*address*``/``host`` strings likewise;
-- container paths (``/etc/prometheus/...``, ``/loki``) become repo or run-directory paths,
+- container paths (``/etc/prometheus/...``, ``/loki``) become config or run-directory paths,
   from the compose file's volume mounts where it exists;
 - a few settings that only matter when everything shares one host (collector self-metrics
   port, Loki's ring in memory, Prometheus/Alertmanager listen flags).
@@ -35,10 +35,8 @@ from typing import Any
 import yaml
 
 from traintel import env as environment
-from traintel.stack import install
+from traintel.stack import files, install
 from traintel.stack.components import COMPONENTS, OTELCOL_VERSION, Component
-
-REPO = install.REPO
 
 #: The test bed's stand-in for Loki and Tempo (stack/sink/collector.yaml): a second
 #: traintel-otelcol listening where their OTLP endpoints are, writing what it receives to files.
@@ -64,7 +62,7 @@ SINK_SIGNALS = {"loki": "logs", "tempo": "traces"}
 #: their ports either way, so that configs naming them still render.
 ORDER = ("loki", "tempo", "sink", "prometheus", "alertmanager", "otelcol", "grafana")
 
-#: repo-relative config file of each program (first that exists)
+#: config file of each program relative to the stack's files (first that exists)
 CONFIGS: dict[str, tuple[str, ...]] = {
     "otelcol": ("otel-collector/config.yaml",),
     "prometheus": ("prometheus/prometheus.yml",),
@@ -152,11 +150,15 @@ class NativeStack:
     sink: bool = False
     #: program -> why it is not running (binary or config missing)
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: the stack's files: the installed traintel's (default), or a ``traintel stack init``
+    #: directory whose configs an operator edited
+    configs: Path = field(default_factory=files.root)
     #: the processes this object started, reaped on stop (no zombies in a long test session)
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
+        self.configs = Path(self.configs).resolve()
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -308,7 +310,8 @@ class NativeStack:
         state = json.loads((Path(run_dir) / "stack.json").read_text())
         ports = {**default_ports(), **state["ports"]}  # a stack.json of an older version
         return cls(run_dir=run_dir, ports=ports, tap=state.get("tap", False),
-                   sink=state.get("sink", False))
+                   sink=state.get("sink", False),
+                   configs=Path(state.get("configs") or files.root()))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -319,6 +322,7 @@ class NativeStack:
             "sink": self.sink,
             "endpoints": self.endpoints,
             "unavailable": self.unavailable,
+            "configs": str(self.configs),
         }
         (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
@@ -326,7 +330,7 @@ class NativeStack:
         reason = install.missing_reason("otelcol" if name == SINK.name else name)
         if reason:
             return reason
-        if not _config_path(name):
+        if not self._config_path(name):
             return f"config not yet written: {' or '.join(CONFIGS[name])}"
         if name == "grafana" and not environment.GRAFANA_ADMIN_PASSWORD.get():
             return ("grafana: set GRAFANA_ADMIN_PASSWORD (and optionally GRAFANA_ADMIN_USER), as "
@@ -346,14 +350,14 @@ class NativeStack:
     def render(
         self, name: str, source: Path | None = None
     ) -> tuple[list[str], dict[str, str], Path]:
-        """Write ``<run dir>/<name>/rendered-<file>`` from the repo's config (or ``source``);
+        """Write ``<run dir>/<name>/rendered-<file>`` from the program's config (or ``source``);
         return the command line, the environment and the rendered file."""
-        source = source or _config_path(name)
+        source = source or self._config_path(name)
         if source is None:
             raise StackError(f"config not yet written: {' or '.join(CONFIGS[name])}")
         work = self.run_dir / name
         (work / "data").mkdir(parents=True, exist_ok=True)
-        compose = _compose_service(name)
+        compose = self._compose_service(name)
         mounts = self._mounts(name, compose)
         config = self._rewrite(yaml.safe_load(source.read_text()) or {}, name, mounts)
         env = {k: self._rewrite(_interpolate(v), name, mounts)
@@ -441,7 +445,7 @@ class NativeStack:
             "--web.enable-lifecycle",
             "--enable-feature=exemplar-storage",
             # How much the TSDB keeps, exactly as compose says (time and size).
-            *(flag for flag in _compose_service("prometheus").get("command") or []
+            *(flag for flag in self._compose_service("prometheus").get("command") or []
               if str(flag).startswith("--storage.tsdb.retention.")),
         ]
         if not install.load_status().get("prometheus", {}).get("version", "").startswith("2."):
@@ -508,11 +512,11 @@ class NativeStack:
         data sources, the dashboards provider pointing at grafana/dashboards, GF_* paths."""
         work = out.parent
         provisioning = work / "provisioning"
-        mounts = self._mounts("grafana", _compose_service("grafana"))
+        mounts = self._mounts("grafana", self._compose_service("grafana"))
         for kind, data in (
             ("datasources", config),
             ("dashboards", self._rewrite(yaml.safe_load(
-                (REPO / "grafana/provisioning/dashboards/dashboards.yaml").read_text()),
+                (self.configs / "grafana/provisioning/dashboards/dashboards.yaml").read_text()),
                 "grafana", mounts)),
         ):
             (provisioning / kind).mkdir(parents=True, exist_ok=True)
@@ -529,10 +533,32 @@ class NativeStack:
         }
         return [str(grafana), "server", f"--homepath={home}"], env
 
+    def _config_path(self, name: str) -> Path | None:
+        """The program's config under :attr:`configs`; the test sink's always from traintel's
+        own files (it is no part of a compose project)."""
+        base = files.root() if name == SINK.name else self.configs
+        return next((base / p for p in CONFIGS[name] if (base / p).is_file()), None)
+
+    def _compose_service(self, name: str) -> dict:
+        """The docker-compose.yml service of a program ({} when there is no compose file)."""
+        try:
+            services = (yaml.safe_load((self.configs / "docker-compose.yml").read_text())
+                        or {}).get("services") or {}
+        except OSError:
+            return {}
+        spec = PROGRAMS[name]
+        by_name = [s for n, s in services.items() if n in spec.hosts]
+        by_image = [
+            s
+            for s in services.values()
+            if spec.image and str(s.get("image", "")).split(":")[0] == spec.image.split(":")[0]
+        ]
+        return (by_name or by_image or [{}])[0]
+
     def _mounts(self, name: str, compose: dict) -> list[tuple[str, str]]:
         """(container path, host path) pairs, longest container path first."""
         mounts = {
-            target: str(REPO / rel if kind == "repo" else self.run_dir / name / "data")
+            target: str(self.configs / rel if kind == "repo" else self.run_dir / name / "data")
             for target, (kind, rel) in DEFAULT_MOUNTS.get(name, {}).items()
         }
         for volume in compose.get("volumes") or []:
@@ -543,7 +569,7 @@ class NativeStack:
             if not target:
                 continue
             if src.startswith((".", "/")):
-                mounts[target] = str((REPO / src).resolve())
+                mounts[target] = str((self.configs / src).resolve())
             else:
                 mounts[target] = str(self.run_dir / name / "data")
         return sorted(mounts.items(), key=lambda kv: -len(kv[0]))
@@ -584,26 +610,6 @@ class NativeStack:
         return None
 
 
-def _config_path(name: str) -> Path | None:
-    return next((REPO / p for p in CONFIGS[name] if (REPO / p).is_file()), None)
-
-
-def _compose_service(name: str) -> dict:
-    """The docker-compose.yml service of a program ({} when there is no compose file)."""
-    try:
-        services = (yaml.safe_load((REPO / "docker-compose.yml").read_text()) or {}).get(
-            "services"
-        ) or {}
-    except OSError:
-        return {}
-    spec = PROGRAMS[name]
-    by_name = [s for n, s in services.items() if n in spec.hosts]
-    by_image = [
-        s
-        for s in services.values()
-        if spec.image and str(s.get("image", "")).split(":")[0] == spec.image.split(":")[0]
-    ]
-    return (by_name or by_image or [{}])[0]
 
 
 def _compose_env(service: dict) -> dict[str, str]:
