@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,11 @@ def fresh_venv(directory: Path, wheel: Path) -> Path:
     purelib = subprocess.run([str(python), "-c", "import sysconfig; "
                               "print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    (Path(purelib) / "shared-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # the wheel first, and without PYTHONPATH: with the shared environment or a checkout's src/
+    # (an editable install's egg-info) on the path, pip finds traintel "already installed" and
+    # installs nothing
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                    "--no-index", "--quiet", str(wheel)], check=True, timeout=300)
+                    "--no-index", "--quiet", str(wheel)], check=True, timeout=300, env=clean)
+    (Path(purelib) / "shared-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return directory
