@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 import traintel
+from traintel import catalog
 
 from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
 
@@ -50,6 +51,20 @@ def quiet_run(tmp_path: Path, quiet: dict[str, Any]) -> Callable[..., traintel.R
     def start(**options: Any) -> traintel.Run:
         return traintel.init(**{"project": "test", "dir": str(tmp_path), **quiet, **options})
     return start
+
+
+@pytest.fixture(scope="session")
+def assert_catalog() -> Callable[[list[tuple[str, float, dict[str, str]]]], None]:
+    """Check samplers' readings: each a catalog metric with exactly its extra labels (the run
+    adds the base labels)."""
+
+    def check(readings: list[tuple[str, float, dict[str, str]]]) -> None:
+        assert readings
+        for name, value, labels in readings:
+            metric = catalog.BY_NAME[name]
+            assert set(labels) == set(metric.all_labels) - set(catalog.BASE_LABELS), name
+            assert isinstance(value, float) and all(isinstance(v, str) for v in labels.values())
+    return check
 
 
 @pytest.fixture(scope="session")

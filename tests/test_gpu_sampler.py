@@ -28,15 +28,6 @@ GPU_METRICS = {m.name for m in catalog.METRICS if m.group == "gpu"}
 MIG_METRICS = {name for name in GPU_METRICS if name.startswith("traintel_gpu_mig_")}
 
 
-def assert_catalog(readings):
-    """Every reading is a catalog metric with exactly its extra labels (the core adds the base)."""
-    assert readings
-    for name, value, labels in readings:
-        metric = catalog.BY_NAME[name]
-        assert set(labels) == set(metric.all_labels) - set(catalog.BASE_LABELS), name
-        assert isinstance(value, float) and all(isinstance(v, str) for v in labels.values())
-
-
 @pytest.fixture
 def nvml(monkeypatch):
     """A FakeNvml installed as ``pynvml`` (no GPU on this machine)."""
@@ -64,7 +55,7 @@ def info_lines(caplog):
 # --- every field, its unit and labels ---------------------------------------------------------
 
 
-def test_every_field_units_labels_and_catalog(nvml):
+def test_every_field_units_labels_and_catalog(nvml, assert_catalog):
     # NVML stand-in: no GPU here.
     sampler = gpu_sampler(local_rank=None)
     sampler.sample()  # GPM measures between two samples
@@ -437,7 +428,7 @@ def mig_labels(readings):
             if "gpu_i_id" in labels}
 
 
-def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog):
+def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog, assert_catalog):
     # NVML stand-in: no GPU here. GPU 1 in MIG mode with GPU instances 3 and 5.
     fake = FakeNvml(mig={1: [3, 5]})
     monkeypatch.setitem(sys.modules, "pynvml", fake)

@@ -19,15 +19,6 @@ from traintel.samplers.system import SystemSampler
 GiB = 1024**3
 
 
-def assert_catalog(readings):
-    """Every reading is a catalog metric with exactly its extra labels (the core adds the base)."""
-    assert readings
-    for name, value, labels in readings:
-        metric = catalog.BY_NAME[name]
-        assert set(labels) == set(metric.all_labels) - set(catalog.BASE_LABELS), name
-        assert isinstance(value, float) and all(isinstance(v, str) for v in labels.values())
-
-
 # --- the sampler thread ---------------------------------------------------------------------
 
 
@@ -143,7 +134,7 @@ def test_stop_gives_up_on_a_stuck_sampler_without_closing_it():
 # --- system sampler (real psutil) -----------------------------------------------------------
 
 
-def test_system_sampler_plausible_real_values(tmp_path):
+def test_system_sampler_plausible_real_values(tmp_path, assert_catalog):
     sampler = SystemSampler(str(tmp_path / "not-yet-created" / "run"))
     started = time.process_time()
     while time.process_time() - started < 0.05:  # CPU the sample must see: 5 clock ticks
@@ -171,7 +162,7 @@ def test_system_sampler_plausible_real_values(tmp_path):
 
 # --- CUDA allocator (real torch, no GPU) ----------------------------------------------------
 
-def test_allocator_readings_from_stats():
+def test_allocator_readings_from_stats(assert_catalog):
     stats = {"allocated_bytes.all.current": 3 * GiB, "reserved_bytes.all.current": 4 * GiB,
              "allocated_bytes.all.peak": 5 * GiB, "num_alloc_retries": 2, "num_ooms": 1}
     readings = readings_from_stats(1, stats, peak=6 * GiB)
