@@ -46,6 +46,25 @@ def _loader_worker_fails(run):
         run.log(loss=1.0)
 
 
+class _Labels(torch.utils.data.Dataset):
+    """A dataset with a label its own check refuses, as a corrupt annotation file makes."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        if index == 2:
+            raise ValueError(f"label -1 of sample {index} is not a class")
+        return index
+
+
+def _dataset_refuses_a_sample(run):
+    """A framework's own loop (the Trainer, Lightning, Accelerate) iterates the loader: no
+    run.track says that the batch failed; the traceback does."""
+    for _ in torch.utils.data.DataLoader(_Labels(), batch_size=1):
+        run.log(loss=1.0)
+
+
 def _undecodable_text(run):
     b"caf\xe9 \xff\xfe".decode("utf-8")
 
@@ -116,6 +135,8 @@ def _reap_data_loader_workers():
 
 CASES = [  # provoke, error type, severity, operation
     pytest.param(_loader_worker_fails, "data", "medium", "data_loading", id="data_loader"),
+    pytest.param(_dataset_refuses_a_sample, "data", "medium", "data_loading",
+                 id="dataset_in_a_framework_loop"),
     pytest.param(_undecodable_text, "data", "medium", None, id="decode"),
     pytest.param(_shape_mismatch, "data", "medium", "forward", id="shape"),
     pytest.param(_dtype_mismatch, "data", "medium", None, id="dtype"),

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 import traintel
+from traintel.analysis import summarize
 from traintel.record.lock import RecordLocked
+from traintel.record.reader import Records
 from traintel.testing import capture
 
 from conftest import read_lines
@@ -53,6 +55,20 @@ def test_resume_continues_one_record_with_a_summary_over_every_segment(quiet_run
     assert summary["eval"]["val_loss"]["best"] == 1 / 41  # best over both segments
     assert summary["tags"] == ["base", "lr-halved"]
     assert (summary["group"], summary["notes"]) == ("sweep-1", "first try")
+
+
+def test_the_last_value_of_every_key_is_in_the_summary_over_every_segment(quiet_run):
+    """Epoch-level figures (run.log_values, Lightning's *_epoch aggregates) and other keys are
+    in summary.json as their last value, as a reader of the record folds them, across a
+    resume; a NaN is said as "nan"."""
+    with quiet_run(run_id="r") as run:
+        run.log(step=1, loss=0.5, **{"train/acc": 0.25})
+        run.log_values({"train/acc_epoch": 0.3, "grad_scale": float("nan")})
+    with quiet_run(run_id="r", resume=True) as run:
+        run.log(step=2, loss=0.4)
+    expected = {"loss": 0.4, "train/acc": 0.25, "train/acc_epoch": 0.3, "grad_scale": "nan"}
+    assert run.summary["metrics"] == expected
+    assert summarize(Records(run.dir))["metrics"] == expected
 
 
 def test_an_existing_id_without_resume_warns_and_continues(quiet_run, caplog):

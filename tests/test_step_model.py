@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from traintel.analysis import Summary, scan
+from traintel.record.reader import Records
 from traintel.record.summary import StepFigures
 
 from conftest import read_lines
@@ -166,6 +168,33 @@ def test_rates_from_step_numbers_equal_rates_from_every_step():
     assert sparse.steps == every.steps == 60 and sparse.samples == every.samples == 960
     assert sparse.throughput() == pytest.approx(every.throughput())
     assert every.throughput()["steps_per_s"] == pytest.approx(100)
+
+
+def test_a_loop_that_says_where_its_steps_start_counts_its_first_line_in_full(quiet_run):
+    """A framework's global step counts from 1 and a loop may log every N of them from N
+    (Accelerate's per-epoch ``accelerator.log(step=completed_steps)``): ``initial_step=0`` makes
+    the first line at step 10 stand for steps 1-10, in the live state, summary.json and a
+    reader's fold alike."""
+    with quiet_run(initial_step=0, total_steps=30) as run:
+        for step in (10, 20, 30):
+            time.sleep(0.01)
+            run.log(step=step, loss=1.0, samples=4)
+        assert run.state.steps_taken == 30 and run.state.samples == 120
+    assert (run.summary["steps"], run.summary["samples"]) == (30, 120)
+    (start,) = read_lines(run.dir).of("run_start")
+    assert start["initial_step"] == 0
+    summary = Summary()
+    scan(Records(run.dir), summary)
+    assert (summary.result()["steps"], summary.result()["samples"]) == (30, 120)
+
+
+def test_initial_step_is_where_the_loop_numbers_on_from(quiet_run):
+    with quiet_run(initial_step=500) as run:
+        assert run.state.step == 500
+        run.log(loss=1.0)  # unnumbered: the next after the initial step
+        run.log(step=510, loss=1.0)
+    assert [s["step"] for s in steps_of(run)] == [501, 510]
+    assert run.summary["steps"] == 10
 
 
 def test_segments_count_from_where_the_last_one_ended():

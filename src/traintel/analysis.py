@@ -184,7 +184,7 @@ class Summary:
             "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
             "last_step": figures.last_step if figures.steps else None,
             "samples": figures.samples, "tokens": figures.tokens,
-            "loss": loss, "nonfinite": fold.nonfinite,
+            "loss": loss, "metrics": fold.metrics, "nonfinite": fold.nonfinite,
             "throughput": figures.throughput(),
             "step_time_mean_s": figures.step_times()["mean_s"],
             "eval": fold.evals,

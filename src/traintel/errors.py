@@ -136,6 +136,24 @@ def classify(exc: BaseException, operation: str | None = None) -> Classification
     return Classification("other", "medium", HINTS["other"])
 
 
+#: frames of PyTorch's data loading: an exception whose traceback passes through them was raised
+#: while a batch was made (a dataset's ``__getitem__``, a collate function, a sampler)
+_DATA_LOADING_FRAMES = re.compile(r"[/\\]torch[/\\]utils[/\\]data[/\\]")
+
+
+def operation_of(exc: BaseException) -> str | None:
+    """The operation an exception escaped from, read from its traceback when nobody named one:
+    ``data_loading`` when it passed through PyTorch's data loading. Frameworks that iterate the
+    loader themselves (the Hugging Face Trainer, Lightning, Accelerate) never say where a batch
+    failed, and a ``ValueError`` from a dataset is a data error there as under ``run.track``."""
+    frame = exc.__traceback__
+    while frame is not None:
+        if _DATA_LOADING_FRAMES.search(frame.tb_frame.f_code.co_filename):
+            return "data_loading"
+        frame = frame.tb_next
+    return None
+
+
 def format_traceback(exc: BaseException, limit: int = 50) -> str:
     return "".join(tb.format_exception(type(exc), exc, exc.__traceback__, limit=limit))
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, SupportsFloat
 
-from .errors import NonFiniteLossError, classify, format_traceback
+from .errors import NonFiniteLossError, classify, format_traceback, operation_of
 from .identity import RunIdentity
 from .record.files import read_json, write_json
 from .record.format import (LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine,
@@ -97,6 +97,8 @@ class EventRecorder:
             check_choice("run.error: severity", severity, SEVERITIES)
         if operation is not None:
             operation = clean_text(str(operation))[:MAX_NAME_LENGTH]
+        else:
+            operation = operation_of(exc)
         kind = classify(exc, operation)
         severity = severity or kind.severity
         details = dict(context or {})
@@ -204,7 +206,7 @@ class EventRecorder:
         self.emit(_events_log, logging.INFO, f"milestone {percent}%", line, event="milestone")
 
     def run_start(self, identity: RunIdentity, config: RunConfig, continuation: Continuation,
-                  total_epochs: int | None) -> None:
+                  total_epochs: int | None, initial_step: int | None = None) -> None:
         """A segment's first lines (who, where, what version, which segment; the
         configuration, with the keys that changed since the record's last) and config.json."""
         before = continuation.before
@@ -214,7 +216,7 @@ class EventRecorder:
             "pid": os.getpid(), "world_size": identity.world_size,
             "local_rank": identity.local_rank, "traintel_version": __version__,
             "total_epochs": total_epochs, "total_steps": self.state.total_steps,
-            "segment": continuation.segment, "resumed": continuation.resumed,
+            "initial_step": initial_step, "segment": continuation.segment, "resumed": continuation.resumed,
             "tags": list(identity.tags), "notes": identity.notes, "group": identity.group}
         self.pipeline.write(start)
         if before is None:

@@ -87,6 +87,8 @@ class Continuation:
                 state.eval_best[name] = figures_of["best"]
                 if figures_of["best_step"] is not None:
                     state.eval_best_step[name] = figures_of["best_step"]
+        # the last value of each key, as summary.json says it over every segment ("nan" as text)
+        state.latest.update({key: float(value) for key, value in before.metrics.items()})
         state.errors.update(before.errors)
         state.events.update(before.events)
         for key, seen in before.nonfinite.items():

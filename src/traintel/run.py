@@ -30,7 +30,7 @@ from .outlets import Outlets
 from .progress import ProgressDisplay
 from .record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
 from .record.pipeline import Pipeline
-from .record.summary import RunSummary
+from .record.summary import RunSummary, StepFigures
 from .record.writer import RecordWriter
 from .resume import Continuation, open_record
 from .runconfig import ConfigView, RunConfig
@@ -82,10 +82,14 @@ class Run(StepMethods):
         state.total_steps = settings.total_steps
         continuation.restore(state)
         before = continuation.before
+        #: the step this segment's steps begin after: the record's last, or the loop's own
+        initial_step = state.step if before else settings.initial_step
+        if initial_step is not None:
+            state.step = initial_step
         writer = self._writer = RecordWriter(
             self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
             max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
-            figures=before.figures if before else None)
+            figures=before.figures if before else StepFigures(initial_step=initial_step))
         export = self.export = RunExport.start(
             state, self.labels, identity.info,
             sinks_override or (Sinks.otlp() if settings.otlp_enabled else None))
@@ -116,7 +120,7 @@ class Run(StepMethods):
             step_span_every=settings.step_span_every, budget=self.names,
             halt_on_nonfinite=settings.halt_on_nonfinite,
             milestones_done=before.milestones if before else (),
-            resumed_at=state.step if before else None)
+            resumed_at=initial_step)
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
         instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
         self.counter, self.gauge = instruments.counter, instruments.gauge
@@ -124,7 +128,8 @@ class Run(StepMethods):
         self.summary: RunSummary | None = None
         self._finished = False
         self._lock = threading.Lock()
-        self._events.run_start(identity, config, continuation, settings.total_epochs)
+        self._events.run_start(identity, config, continuation, settings.total_epochs,
+                               initial_step)
         self.outlets = Outlets.start(self, identity, settings, state.start_ts)  # HTTP, Grafana
         self.server: StatusServer | None = self.outlets.server
         self.samplers = start_sampling(

@@ -48,6 +48,11 @@ class Settings:
     total_steps: int | None = _option(
         None, "Planned steps: progress, ETA, milestones (learned from `len(loader)` when "
               "`total_epochs` is given).")
+    initial_step: int | None = _option(
+        None, "The step the loop starts after (0 for a loop counting its steps from 1; the "
+              "restored step of a checkpoint): the first step line at `k` then stands for "
+              "`k - initial_step` steps. None: unknown, the first line counts once. A resumed "
+              "run starts after the record's last step instead.")
     seed: int | None = _option(None, "The run's seed (default: `config['seed']`).")
     run_id: str | None = _option(
         None, "The run id (default: the launcher's shared id, else a new one).")
@@ -122,7 +127,8 @@ class Settings:
             self.name = check_label("traintel.init: name", self.name)
         if self.run_id is not None:
             check_run_id("traintel.init: run_id", self.run_id)
-        for key, low in (("total_epochs", 1), ("total_steps", 1), ("world_size", 1),
+        for key, low in (("total_epochs", 1), ("total_steps", 1), ("initial_step", 0),
+                         ("world_size", 1),
                          ("rank", 0), ("local_rank", 0), ("http_port", 0), ("seed", None)):
             value = getattr(self, key)
             if value is not None:
@@ -186,6 +192,7 @@ class InitOptions(TypedDict, total=False):
 
     total_epochs: int | None
     total_steps: int | None
+    initial_step: int | None
     seed: int | None
     run_id: str | None
     dir: str | None

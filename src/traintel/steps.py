@@ -354,7 +354,8 @@ class StepRecorder:
         """Write step ``step`` (None: the next number); True if it was written. A number not
         after the last step written is no new step: its values are kept as a ``values`` line.
 
-        A step ``k`` after the last one stands for ``k`` steps; a run's first step for one; a
+        A step ``k`` after the last one stands for ``k`` steps; a run's first step for one (or
+        for the steps since ``initial_step``); a
         resumed run's first for the steps since the record's last one, when it comes after it.
         ``span_s``/``span_wait_s``: the wall time (data wait) the step line covers, measured
         by ``run.track``; else ``step_s`` as given, else the time since the last step line."""

@@ -86,6 +86,9 @@ class RunStartLine(_Stamped):
     traintel_version: str
     total_epochs: int | None
     total_steps: int | None
+    #: the step this segment's steps begin after (``initial_step=``; on resume the record's last
+    #: step), None when unknown: then its first step line counts once
+    initial_step: int | None
     segment: int
     resumed: bool
     tags: list[str]

@@ -51,7 +51,8 @@ class StepFigures:
 
     A step line ``k`` steps after the previous one of its segment stands for ``k`` steps (a loop
     that logs every ``k`` iterations): steps, samples and tokens count ``k`` times. A run's first
-    line counts once; a resumed segment's first line stands for the steps since the last step
+    line counts once (or, when its run_start says ``initial_step``, the steps since that one); a
+    resumed segment's first line stands for the steps since the last step
     of the segment before, when it comes after it (else once: the loop went back to a
     checkpoint). Rates are the steps (samples, tokens) inside the timed span over
     its length, summed over segments: from the start of each segment's first timed step to the
@@ -66,7 +67,7 @@ class StepFigures:
                  "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
                  "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start")
 
-    def __init__(self, percentiles: bool = True) -> None:
+    def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
         self.steps = 0
         self.samples = 0
         self.tokens = 0
@@ -75,8 +76,9 @@ class StepFigures:
         self.last_ts: float | None = None
         #: the number of the last step line of the segment being folded
         self.last_step: int | None = None
-        #: the last step before the segment being folded (None in a run's first segment)
-        self._base: int | None = None
+        #: the last step before the segment being folded (in a run's first segment: the
+        #: ``initial_step`` it declared, else None)
+        self._base: int | None = initial_step
         self.loss = RunningStats(reservoir=0)
         self.final_loss: float | str | None = None
         self.nonfinite_loss = 0
@@ -89,6 +91,11 @@ class StepFigures:
         self._timed = [0, 0, 0]
         self._active_before = 0.0
         self._segment_start: float | None = None
+
+    def begin_after(self, step: int) -> None:
+        """The run's first segment starts after step ``step`` (its ``initial_step``)."""
+        if self.last_step is None:
+            self._base = step
 
     def new_segment(self) -> None:
         """A resumed run's next segment begins: its steps number on from wherever it starts."""
@@ -261,6 +268,7 @@ class RunSummary(TypedDict):
     samples: int
     tokens: int
     loss: LossFigures
+    metrics: dict[str, float | str]
     nonfinite: dict[str, NonFiniteFigures]
     eval: dict[str, EvalFigures]
     throughput: Throughput
@@ -296,6 +304,8 @@ class RecordFold:
         self.figures = StepFigures(percentiles)
         self.segments: list[Segment] = []
         self.evals: dict[str, EvalFigures] = {}
+        #: the last value of every key of step and values lines, as written
+        self.metrics: dict[str, float | str] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.events: dict[str, int] = {}
         self.milestones: set[int] = set()
@@ -315,6 +325,8 @@ class RecordFold:
         kind = line.get("type")
         if kind == "step":
             self._step(line)
+        elif kind == "values":
+            self._values(line.get("metrics"))
         elif kind == "eval":
             self._eval(line)
         elif kind == "run_start":
@@ -350,6 +362,8 @@ class RecordFold:
     def _start(self, line: RawLine) -> None:
         if self.segments:
             self.figures.new_segment()
+        elif type(line.get("initial_step")) is int:
+            self.figures.begin_after(line["initial_step"])
         if not self.start:
             self.start = line
         self.last_start = line
@@ -370,6 +384,8 @@ class RecordFold:
             return
         if type(metrics) is not dict:
             metrics = None
+        else:
+            self._values(metrics)
         figures = self.figures
         before = figures.steps
         figures.add(ts, step, _number(line.get("step_s")), _number(line.get("data_wait_s")),
@@ -380,6 +396,12 @@ class RecordFold:
             segment = self.segments[-1]
             segment["steps"] += figures.steps - before
             segment["last_step"], segment["end_ts"] = step, ts
+
+    def _values(self, metrics: object) -> None:
+        if type(metrics) is dict:
+            for key, value in metrics.items():
+                if type(value) in (float, int, str) and isinstance(key, str):
+                    self.metrics[key] = value
 
     def _nonfinite(self, line: RawLine) -> None:
         """Non-finite values by metric, from their warnings: the first of a metric, then counts
@@ -454,6 +476,8 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
         "steps": figures.steps, "last_step": state.step if figures.steps else None,
         "epoch": state.epoch if epochs else None, "epochs": epochs,
         "samples": figures.samples, "tokens": figures.tokens, "loss": figures.loss_figures(),
+        "metrics": {key: nonfinite_text(value) if value - value != 0 else value
+                    for key, value in state.latest.items()},
         "nonfinite": {key: {"count": seen.count, "first_step": seen.first_step,
                             "last_step": seen.last_step}
                       for key, seen in state.nonfinite.items()},
