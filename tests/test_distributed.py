@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,13 +14,14 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import torch.distributed as dist
 import yaml
 
 import traintel
-from traintel.distributed import agree_run_id
+from traintel.distributed import agree_run_id, launcher_run_id
 from traintel.errors import classify
 
 from stack_fixture import eventually, promql
@@ -27,6 +29,8 @@ from stack_fixture import eventually, promql
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "dist_train.py"
 LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+#: the run ids traintel makes (docs/distributed.md): start time and six hex digits
+RUN_ID_FORM = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
 def free_port() -> int:
@@ -68,6 +72,30 @@ def test_the_launchers_run_id_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert agree_run_id("mine", world_size=8) == "chosen"
 
 
+def test_slurm_names_the_job_and_torchruns_placeholder_is_no_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in LAUNCHER_IDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    assert launcher_run_id() == "slurm-77-0"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's placeholder
+    assert launcher_run_id() == "slurm-77-0"
+
+
+def test_torchruns_made_up_uuid_becomes_the_documented_form(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--standalone's rendezvous id is a random UUID: every rank turns it into the same
+    YYYYMMDD-HHMMSS-xxxxxx from it and their parent's (the agent's) start time."""
+    for name in LAUNCHER_IDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "3f2c9a1e-5b7d-4c8e-9f00-1a2b3c4d5e6f")
+    started = psutil.Process(os.getppid()).create_time()
+    expected = time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + "-3f2c9a"
+    assert launcher_run_id() == expected == launcher_run_id()
+    assert RUN_ID_FORM.fullmatch(expected)
+
+
 def test_without_launcher_or_process_group_ranks_are_warned(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     for name in LAUNCHER_IDS:
@@ -86,6 +114,11 @@ def test_torchrun_ranks_share_one_run_id_and_keep_separate_records(tmp_path: Pat
     records = rank_records(tmp_path)
     assert sorted(records) == [0, 1]
     (run_id,) = {run_id for run_id, _ in records.values()}
+    assert RUN_ID_FORM.fullmatch(run_id)  # rank 0's, broadcast over the process group
+    job = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert (job["ranks"], job["complete"], job["samples"]) == ([0, 1], True, 2 * 12 * 8)
+    assert job["throughput"]["samples_per_s"] == pytest.approx(
+        sum(rank["throughput"]["samples_per_s"] for rank in job["by_rank"].values()))
     for rank, (_, lines) in records.items():
         assert {line["run"] for line in lines} == {run_id}
         assert {line["rank"] for line in lines} == {rank}

@@ -51,16 +51,6 @@ def test_ranks_come_from_the_first_launcher_that_sets_them(
     assert (chosen.rank, chosen.local_rank, chosen.world_size) == (3, 1, 8)
 
 
-def test_a_launcher_run_id_is_shared(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_JOB_ID", "77")
-    monkeypatch.delenv("SLURM_STEP_ID", raising=False)
-    assert settings.shared_run_id() == "slurm-77-0"
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's placeholder
-    assert settings.shared_run_id() == "slurm-77-0"
-
-
 def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINTEL_HTTP_PORT", "80a")
     with pytest.raises(ValueError, match="TRAINTEL_HTTP_PORT='80a' must be an integer"):

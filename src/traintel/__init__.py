@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .integrations import registration as _registration
 from .version import __version__
 
 if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command line
@@ -56,5 +57,8 @@ def __getattr__(name: str) -> Any:
         return Run
     raise AttributeError(f"module 'traintel' has no attribute {name!r}")
 
+
+#: TrainingArguments(report_to="traintel") works in any process that imported traintel
+_registration.install()
 
 __all__ = ["init", "current_run", "Run", "__version__"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
+from .record.job import job_throughput
 from .record.lock import RecordLock
 from .record.reader import Records, rank_directories
 from .record.summary import RecordFold, Segment, StepFigures
@@ -185,7 +186,11 @@ class Summary:
             "last_step": figures.last_step if figures.steps else None,
             "samples": figures.samples, "tokens": figures.tokens,
             "loss": loss, "metrics": fold.metrics, "nonfinite": fold.nonfinite,
-            "throughput": figures.throughput(),
+            # the job's: samples and tokens per second summed over the ranks (record.job)
+            "throughput": job_throughput({rank: f.figures.throughput()
+                                          for rank, f in self.ranks.items()}),
+            "throughput_by_rank": {str(rank): f.figures.throughput()
+                                   for rank, f in sorted(self.ranks.items())},
             "step_time_mean_s": figures.step_times()["mean_s"],
             "eval": fold.evals,
             "config": fold.config,

@@ -221,7 +221,9 @@ RANK = Variable("RANK", "launcher", "torchrun: this process's global rank.")
 LOCAL_RANK = Variable("LOCAL_RANK", "launcher", "torchrun: the rank on this node.")
 WORLD_SIZE = Variable("WORLD_SIZE", "launcher", "torchrun: the number of processes.")
 TORCHELASTIC_RUN_ID = Variable(
-    "TORCHELASTIC_RUN_ID", "launcher", "torchrun's `--rdzv-id`: the shared run id.")
+    "TORCHELASTIC_RUN_ID", "launcher",
+    "torchrun's `--rdzv-id`: the shared run id (the random UUID torchrun makes up under "
+    "`--standalone` becomes traintel's form, `YYYYMMDD-HHMMSS-xxxxxx`).")
 SLURM_PROCID = Variable("SLURM_PROCID", "launcher", "SLURM: the global rank.")
 SLURM_LOCALID = Variable("SLURM_LOCALID", "launcher", "SLURM: the rank on this node.")
 SLURM_NTASKS = Variable("SLURM_NTASKS", "launcher", "SLURM: the number of processes.")

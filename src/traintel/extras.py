@@ -18,7 +18,7 @@ Extra = Literal["torch", "gpu", "integrations", "plots", "grpc", "grafana"]
 EXTRAS: dict[Extra, tuple[tuple[str, ...], str]] = {
     "torch": (("torch",), "PyTorch"),
     "gpu": (("pynvml",), "nvidia-ml-py"),
-    "integrations": (("transformers", "lightning"), "the training frameworks"),
+    "integrations": (("transformers", "lightning", "accelerate"), "the training frameworks"),
     "plots": (("matplotlib",), "matplotlib"),
     "grpc": (("opentelemetry.exporter.otlp.proto.grpc",),
              "the OTLP/gRPC exporter (opentelemetry-exporter-otlp-proto-grpc)"),

@@ -3,13 +3,11 @@ resource attributes every exported series and signal carries."""
 
 from __future__ import annotations
 
-import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from .distributed import agree_run_id
+from .distributed import agree_run_id, new_run_id
 from .record.format import RunStatus
 from .record.summary import ExportFigures, RunAbout, export_figures
 from .redact import Redactor
@@ -125,8 +123,3 @@ class RunIdentity:
                 "record_dropped": state.dropped, "export": export_figures(state),
                 "dir": str(self.dir), "started": state.start_ts})
         return status
-
-
-def new_run_id() -> str:
-    """A run id that sorts by start time: ``20261130-094108-6dc28f``."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)

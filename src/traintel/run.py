@@ -29,6 +29,7 @@ from .logging_bridge import ROOT, LoggerTree, console_handler
 from .outlets import Outlets
 from .progress import ProgressDisplay
 from .record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
+from .record.job import write_job_summary
 from .record.pipeline import Pipeline
 from .record.summary import RunSummary, StepFigures
 from .record.writer import RecordWriter
@@ -251,6 +252,8 @@ class Run(StepMethods):
         config = self.config.current
         self.summary = self._events.run_end(status, self._writer, self.identity.about(
             config.hash), self._continuation)
+        if self.world_size > 1:  # the job's figures over every rank that has ended so far
+            write_job_summary(self.dir.parent)
         if status == "failed":
             from .diagnostics import snapshot, write_crash_report
 

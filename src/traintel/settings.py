@@ -287,18 +287,6 @@ def _digits(variable: env.Variable) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def shared_run_id() -> str | None:
-    """A run id every rank of one job agrees on, from the launcher's environment."""
-    if env.TRAINTEL_RUN_ID.get():
-        return env.TRAINTEL_RUN_ID.get()
-    torchelastic = env.TORCHELASTIC_RUN_ID.get()
-    if torchelastic not in (None, "none"):
-        return torchelastic
-    if env.SLURM_JOB_ID.get():
-        return f"slurm-{env.SLURM_JOB_ID.get()}-{env.SLURM_STEP_ID.get() or '0'}"
-    return None
-
-
 def hostname() -> str:
     return socket.gethostname()
 

@@ -147,6 +147,10 @@ def summary(targets: tuple[str, ...], fmt: str) -> None:
         _json(results[0] if len(results) == 1 else results)
 
 
+def _rates(rates: dict[str, float | None]) -> str:
+    return ", ".join(f"{num(v)} {k.replace('_per_s', '/s')}" for k, v in rates.items() if v) or "-"
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     loss, rate = s["loss"], s["throughput"]
     segments = s["segments"]
@@ -171,8 +175,10 @@ def _print_summary(s: dict[str, Any]) -> None:
                                           if s["last_step"] is not None else "")
          + (f" in {s['epochs']} epoch(s)" if s["epochs"] else "")),
         ("loss", _loss(loss)),
-        ("throughput", ", ".join(f"{num(v)} {k.replace('_per_s', '/s')}" for k, v in rate.items()
-                                 if v) or "-"),
+        ("throughput" + (f" (job: {len(s['ranks'])} ranks)" if len(s["ranks"]) > 1 else ""),
+         _rates(rate)),
+        *((f"  rank {rank}", _rates(rates)) for rank, rates in s["throughput_by_rank"].items()
+          if len(s["ranks"]) > 1),
         ("step time", f"mean {num(s['step_time_mean_s'])}s" if s["step_time_mean_s"] is not None
          else "not measured"),
     ]

@@ -1,32 +1,40 @@
-"""PyTorch Lightning integration: a ``Logger`` and a ``Callback``; use one of them.
+"""PyTorch Lightning integration: a ``Logger`` and a ``Callback``; use one of them
+(docs/lightning.md).
 
-    Trainer(logger=TraintelLogger(project="mnist"), log_every_n_steps=1)   # Lightning's logger slot
-    Trainer(callbacks=[TraintelCallback(project="mnist")])                 # keeps your own logger
+    Trainer(logger=TraintelLogger(project="mnist"))             # Lightning's logger slot
+    Trainer(callbacks=[TraintelCallback(project="mnist")])      # keeps your own logger
 
-``TraintelLogger`` sees what Lightning hands to loggers: the hyperparameters and the values the
-module logs with ``self.log``, every ``log_every_n_steps`` (set it to 1 for a line per step).
-``TraintelCallback`` sees the loop itself: a line for every optimizer step with ``loss`` (the
-``training_step`` output), ``lr`` and ``samples`` (the batch size), however often Lightning
-logs; the module's other ``self.log`` values stay with your logger.
+Both record one run per training job, with what Lightning's loop knows: a line per optimizer
+step with ``samples`` (the micro-batches' sizes added up), ``lr`` (the first optimizer's first
+parameter group) and its time from the first micro-batch to the optimizer step; epochs; the
+exception of a failed run, classified, with a crash report; checkpoints; evaluations. The run
+stays open after ``fit`` so that ``validate``, ``test`` and ``predict`` land in it at the global
+step; it ends at the end of the process, at ``.finish()``, or (the callback) at the next
+``fit``.
 
-Both map the same way otherwise. Names starting with ``val``, ``valid``, ``eval`` or ``test``
-are evaluation metrics (``run.log_eval``); ``train_loss``/``train/loss`` is ``loss`` and
-``lr``/``learning_rate`` is ``lr``; other names become run.log keys as they are (``train/acc``).
-A saved checkpoint is a ``checkpoint`` event. Evaluations and checkpoints are
-recorded on global rank 0 only; steps on every rank.
+``TraintelLogger`` records what the module logs with ``self.log`` (every ``log_every_n_steps``,
+50 by default): ``train_loss``/``train/loss`` as ``loss``, per-epoch aggregates (``*_epoch``) as
+epoch-level values, validation and test metrics as evaluations. It sees the loop through a
+callback it adds to the Trainer when Lightning shows it the module (``log_graph``); its
+``version`` is the run id, so the checkpoint directory is ``<root>/traintel/<run-id>/``. As
+Lightning's own loggers keep one version, a logger is one run: a second ``fit`` with it (from a
+checkpoint, ``ckpt_path=``) goes on in the same run; a new job takes a new logger.
+``TraintelCallback`` records the loss the module computed (``training_step``'s return value,
+unscaled by ``accumulate_grad_batches``, averaged over the micro-batches of the step) every step,
+however often Lightning logs, and validation and test metrics from ``trainer.callback_metrics``;
+the module's other ``self.log`` values stay with your logger.
 
-The run's config is fixed when it starts, so both start it lazily: the logger when Lightning
-passes the hyperparameters (or at the first metrics if there are none), the callback when
-training starts, with ``pl_module.hparams``. If a run is already active (``traintel.init``
-before ``trainer.fit``), they record into it and the hyperparameters become a
-``framework_config`` event. They finish only runs they started.
+Names are mapped as in every integration (``traintel.integrations.base.split``). Evaluations and
+checkpoints are recorded on global rank 0 only; steps on every rank.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 import time
+import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..extras import require
@@ -38,171 +46,69 @@ from lightning.pytorch import Callback  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from lightning.pytorch.utilities.data import extract_batch_size  # noqa: E402
 
-from ..record.format import EndStatus
-from . import KNOWN, StepBuffer, metric_name, start_run
+from ..distributed import agree_run_id, launcher_run_id, new_run_id  # noqa: E402
+from .base import Integration, split  # noqa: E402
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
     from typing_extensions import Unpack
 
-    from ..run import Run
     from ..settings import InitOptions
 
-_EVAL = re.compile(r"^(val|valid|validation|eval|test)([_/.-]|$)", re.IGNORECASE)
-#: Lightning's ``finalize`` statuses -> traintel's
-_STATUS: dict[str, EndStatus] = {"success": "finished", "finished": "finished", "failed": "failed"}
+def _config(trainer: Trainer, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    return {"hparams": dict(hparams),
+            "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
+                        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                        "precision": str(trainer.precision), "world_size": trainer.world_size,
+                        "log_every_n_steps": trainer.log_every_n_steps}}
 
 
-def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """(step values, eval values) from Lightning metric names and tensor or number values."""
-    steps: dict[str, float] = {}
-    evals: dict[str, float] = {}
-    for name, value in metrics.items():
-        if name == "epoch":
-            continue
-        value = float(value)
-        if _EVAL.match(name):
-            evals[name] = value
-        else:
-            base = re.sub(r"_step$", "", name)  # Lightning's suffix for per-step-and-epoch values
-            plain = re.sub(r"^train[_/]", "", base)
-            steps[KNOWN.get(base) or KNOWN.get(plain) or metric_name(base)] = value
-    return steps, evals
+def _planned_steps(trainer: Trainer) -> int | None:
+    total = trainer.estimated_stepping_batches
+    return int(total) if total != float("inf") else None
 
 
-class TraintelLogger(Logger):
-    """Lightning's logger slot. Keyword arguments go to ``traintel.init`` when it starts the run."""
+class _LoopRecorder(Callback):
+    """What Lightning's loop knows, for an integration: steps with samples, lr and step time,
+    epochs, failures, checkpoints, and (``losses=True``) the loss ``training_step`` returned
+    and the validation and test metrics. Both the callback and the logger use it."""
 
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
-        super().__init__()
-        self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
-        self._created = False
-        #: the run being recorded and its step lines; None before it starts and after the end
-        self._steps: StepBuffer | None = None
-        self._epoch: int | None = None
-        self._version: str | None = None
-
-    @property
-    def run(self) -> Run | None:
-        """The run being recorded (None before the first report and after ``finalize``)."""
-        return self._steps.run if self._steps is not None else None
-
-    @property
-    def name(self) -> str:
-        return "traintel"
-
-    @property
-    def version(self) -> str:
-        """Names the checkpoint directory (``<root>/traintel/<version>/checkpoints``). Lightning
-        asks before it passes the hyperparameters that start the run, so until a run exists this
-        is the time the logger was first asked."""
-        if self._steps is not None:
-            return self._steps.run.id
-        if self._version is None:
-            self._version = time.strftime("%Y%m%d-%H%M%S")
-        return self._version
-
-    def _ensure_steps(self, config: dict[str, Any]) -> StepBuffer:
-        if self._steps is None:
-            # a Logger cannot see the Trainer's enable_progress_bar: Lightning's default is on
-            run, self._created = start_run("lightning", config, None, self.init_options,
-                                           framework_bar=True)
-            self._steps = StepBuffer(run)
-        return self._steps
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        params = vars(params) if isinstance(params, argparse.Namespace) else dict(params)
-        if self._steps is None:
-            self._ensure_steps(params)
-        else:
-            self._steps.run.event("framework_config", source="lightning", config=params)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        steps = self._ensure_steps({})
-        run = steps.run
-        epoch = metrics.get("epoch")
-        if epoch is not None and int(epoch) != self._epoch:
-            steps.flush()
-            if self._epoch is not None:
-                run.end_epoch()
-            self._epoch = int(epoch)
-            run.begin_epoch(self._epoch)
-        values, evals = split_metrics(metrics)
-        # Lightning passes the optimizer steps done before this one; traintel counts completed ones
-        done = run.state.step + 1 if step is None else step + 1
-        if evals:
-            steps.flush()
-            if run.rank == 0:
-                run.log_eval(step=done, goals=None, **evals)
-        if values:
-            steps.add(done, values)
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if self._steps is not None:
-            self._steps.flush()
-            self._steps.run.event("checkpoint", path=_saved_path(checkpoint_callback))
-
-    def finalize(self, status: str) -> None:
-        steps = self._steps
-        if steps is None:
-            return
-        steps.flush()
-        if self._created:
-            steps.run.finish(_STATUS.get(status, "finished"))
-        elif self._epoch is not None:
-            steps.run.end_epoch()
-        self._steps = None
-
-
-class TraintelCallback(Callback):
-    """Every optimizer step, epochs, evaluations and checkpoints, from the training loop.
-    Keyword arguments go to ``traintel.init`` when it starts the run."""
-
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
-        self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
-        self.run: Run | None = None
-        self._created = False
+    def __init__(self, owner: Integration, losses: bool) -> None:
+        self.owner = owner
+        self.losses = losses
         self._samples = 0
-        self._last_step = 0
+        self._micro_losses: list[float] = []
+        self._last_step: int | None = None
         self._step_started: float | None = None
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if any(isinstance(logger, TraintelLogger) for logger in trainer.loggers):
-            raise ValueError("traintel: use TraintelLogger or TraintelCallback, not both (each "
-                             "would record the same steps)")
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        total = trainer.estimated_stepping_batches
-        config = {"hparams": dict(pl_module.hparams),
-                  "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                              "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                              "precision": str(trainer.precision),
-                              "world_size": trainer.world_size}}
-        self.run, self._created = start_run(
-            "lightning", config, int(total) if total != float("inf") else None, self.init_options,
-            framework_bar=trainer.progress_bar_callback is not None)
-        self._last_step = trainer.global_step
-
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.run is not None:
-            self.run.begin_epoch(trainer.current_epoch)
+        run = self.owner.run
+        if run is not None:
+            run.begin_epoch(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.run is not None:
-            self.run.end_epoch()
+        run = self.owner.run
+        if run is not None:
+            self.owner.flush()
+            run.end_epoch()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        if self._last_step is None:
+            self._last_step = trainer.global_step
         if self._step_started is None:  # the first micro-batch of this optimizer step
             self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.run is None:
+        if self.owner.run is None:
             return
         self._samples += extract_batch_size(batch)
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if self.losses and loss is not None:
+            # automatic optimization divides training_step's loss by accumulate_grad_batches
+            scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+            self._micro_losses.append(float(loss) * scale)
         if trainer.global_step == self._last_step:
             return  # gradient accumulation: the optimizer has not stepped yet
         self._last_step = trainer.global_step
@@ -210,39 +116,179 @@ class TraintelCallback(Callback):
         self._step_started = None
         values: dict[str, Any] = {"samples": self._samples}
         self._samples = 0
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            values["loss"] = loss
+        if self._micro_losses:
+            values["loss"] = sum(self._micro_losses) / len(self._micro_losses)
+            self._micro_losses = []
         if trainer.optimizers and trainer.optimizers[0].param_groups:
             values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        self.run.log(step=trainer.global_step, step_s=step_s, **values)
+        self.owner.step(trainer.global_step, values, step_s)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.run is None or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        _, evals = split_metrics(trainer.callback_metrics)
-        if evals:
-            self.run.log_eval(step=trainer.global_step, goals=None, **evals)
+        if self.losses and not trainer.sanity_checking:
+            self._evaluated(trainer)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.losses:
+            self._evaluated(trainer)
+
+    def _evaluated(self, trainer: Trainer) -> None:
+        report = split(trainer.callback_metrics)
+        self.owner.evaluate(trainer.global_step, report.evals,
+                            main_process=trainer.is_global_zero)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self.run is not None and trainer.is_global_zero:
-            self.run.event("checkpoint", step=trainer.global_step)
+        run = self.owner.run
+        if run is not None and trainer.is_global_zero:
+            self.owner.flush()
+            run.event("checkpoint", step=trainer.global_step)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
-        if self.run is None:
-            return
-        self.run.error(exception)
-        if self._created:
-            self.run.finish("interrupted" if isinstance(exception, KeyboardInterrupt)
-                            else "failed")
-        self.run = None
+        self.owner.failed(exception)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.run is not None and self._created:
-            self.run.finish()
-        self.run = None
+
+class TraintelLogger(Logger, Integration):
+    """Lightning's logger slot. Keyword arguments go to ``traintel.init`` when it starts the
+    run (``project``, ``name``, ``dir``, ...)."""
+
+    source = "lightning"
+
+    def __init__(self, project: str | None = None, name: str | None = None,
+                 **init_options: Unpack[InitOptions]) -> None:
+        Logger.__init__(self)
+        Integration.__init__(self, project, name, **init_options)
+        self._hparams: dict[str, Any] = {}
+        #: the run id chosen before the run starts (Lightning asks ``version`` first)
+        self._chosen_id: str | None = None
+        self._trainer: weakref.ref[Trainer] | None = None
+
+    @property
+    def name(self) -> str:
+        return "traintel"
+
+    @property
+    def version(self) -> str:
+        """The run id, which names the checkpoint directory
+        (``<root>/traintel/<run-id>/checkpoints``). Lightning asks before the run starts, so
+        the id is chosen then: the user's ``run_id=``, the launcher's, or a new one (in a
+        multi-rank job without a launcher id, rank 0's wins when the run starts; Lightning
+        saves checkpoints from rank 0)."""
+        run = self.run
+        if run is not None:
+            return run.id
+        if self._chosen_id is None:
+            self._chosen_id = self.init_options.get("run_id") or launcher_run_id() or \
+                new_run_id()
+        return self._chosen_id
+
+    def _start(self, trainer: Trainer | None) -> None:
+        """Start (or join) the run, once Lightning has shown the Trainer (or first reports)."""
+        if trainer is None:
+            self.open_run({"hparams": self._hparams})
+            return
+        fitting = trainer.state.fn == "fit"
+        run_id = self.init_options.get("run_id") or agree_run_id(self.version,
+                                                                 trainer.world_size)
+        self.open_run(_config(trainer, self._hparams),
+                      total_steps=_planned_steps(trainer) if fitting else None,
+                      framework_bar=trainer.progress_bar_callback is not None,
+                      initial_step=trainer.global_step, run_id=run_id)
+        if not any(isinstance(c, _LoopRecorder) and c.owner is self for c in trainer.callbacks):
+            trainer.callbacks.append(_LoopRecorder(self, losses=False))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        params = vars(params) if isinstance(params, argparse.Namespace) else dict(params)
+        run = self.run
+        if run is None:
+            self._hparams = params  # the run starts when Lightning shows the Trainer next
+        else:
+            run.event("framework_config", source=self.source, config=params)
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Lightning calls this with the module right after the hyperparameters, on every rank
+        and for every stage (fit, validate, test, predict): the Trainer is then known."""
+        try:
+            trainer = model.trainer
+        except (AttributeError, RuntimeError):  # a module not attached to a Trainer
+            trainer = None
+        if trainer is not None:
+            self._trainer = weakref.ref(trainer)
+            self._start(trainer)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        trainer = self._trainer() if self._trainer is not None else None
+        if self.run is None:
+            self._start(trainer)
+        run = self.run
+        if run is None:
+            return
+        # the global step after the optimizer step; Lightning passes the steps before it during
+        # fit and after it in validate/test, so its own number is off by one in one of them
+        at = trainer.global_step if trainer is not None else \
+            (run.state.step + 1 if step is None else step + 1)
+        report = split(metrics)
+        if report.evals:
+            self.evaluate(at, report.evals, main_process=run.rank == 0)
+        if report.steps:
+            self.step(at, report.steps)
+        if report.epoch:
+            self.values(at, report.epoch)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        run = self.run
+        if run is not None:
+            self.flush()
+            run.event("checkpoint", path=_saved_path(checkpoint_callback))
+
+    def finalize(self, status: str) -> None:
+        """Lightning's end of a stage: the run stays open for the next stage (``validate``
+        after ``fit``); ``failed`` records the exception being handled (Lightning calls this
+        from its ``except`` block, before the exception reaches anyone else)."""
+        if status == "failed":
+            exc = sys.exc_info()[1]
+            if exc is not None:
+                self.failed(exc)
+            else:
+                self.finish("failed")
+            return
+        self.flush()
+
+
+class TraintelCallback(_LoopRecorder, Integration):
+    """Every optimizer step with the loss ``training_step`` returned, epochs, evaluations,
+    checkpoints and failures, from the training loop. Keyword arguments go to
+    ``traintel.init`` when it starts the run."""
+
+    source = "lightning"
+
+    def __init__(self, project: str | None = None, name: str | None = None,
+                 **init_options: Unpack[InitOptions]) -> None:
+        _LoopRecorder.__init__(self, self, losses=True)
+        Integration.__init__(self, project, name, **init_options)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if any(isinstance(logger, TraintelLogger) for logger in trainer.loggers):
+            raise ValueError("traintel: use TraintelLogger or TraintelCallback, not both (each "
+                             "would record the same steps)")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._open(trainer, pl_module, fitting=True)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.run is None and not trainer.sanity_checking:
+            self._open(trainer, pl_module, fitting=False)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.run is None:
+            self._open(trainer, pl_module, fitting=False)
+
+    def _open(self, trainer: Trainer, pl_module: LightningModule, fitting: bool) -> None:
+        self.open_run(_config(trainer, pl_module.hparams),
+                      total_steps=_planned_steps(trainer) if fitting else None,
+                      framework_bar=trainer.progress_bar_callback is not None,
+                      initial_step=trainer.global_step, new_job=fitting)
+        self._last_step = trainer.global_step
 
 
 def _saved_path(checkpoint_callback: Any) -> str | None:
@@ -250,3 +296,6 @@ def _saved_path(checkpoint_callback: Any) -> str | None:
     a Lightning change cannot break a save)."""
     return getattr(checkpoint_callback, "_last_checkpoint_saved", None) or \
         getattr(checkpoint_callback, "best_model_path", None)
+
+
+__all__ = ["TraintelCallback", "TraintelLogger"]

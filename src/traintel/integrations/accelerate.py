@@ -1,0 +1,105 @@
+"""Hugging Face Accelerate integration: a tracker for ``Accelerator(log_with=...)``
+(docs/accelerate.md).
+
+    from traintel.integrations.accelerate import TraintelTracker
+    accelerator = Accelerator(log_with=TraintelTracker(project="clm"))
+    accelerator.init_trackers("clm", config=vars(args))      # the run starts here
+    ...
+    accelerator.log({"train_loss": loss, "epoch": epoch}, step=completed_steps)
+    accelerator.end_training()                                # the run ends here
+
+Accelerate takes a tracker by name only for the trackers it ships (``LoggerType``); any other
+is passed as an instance of its ``GeneralTracker`` (``log_with=TraintelTracker()``, alone or in a
+list with the names of others). Accelerate hands ``init_trackers``' project name to the trackers
+it builds itself, not to instances, so the project is ``TraintelTracker(project=...)``
+(or ``TRAINTEL_PROJECT``).
+
+Ranks as Accelerate has them: a tracker works on the main process only
+(``main_process_only``, as every Accelerate tracker), and ``accelerator.log`` is called there
+only, so the run is the main process's; its run id is taken without talking to the other ranks
+(the launcher's, else a new one). Each ``accelerator.log(values, step=n)`` is a step line at step
+``n`` (values for a step already written become a ``values`` line), its evaluation metrics an
+``eval`` line at the same step, sorted by name as every integration does
+(``traintel.integrations.base.split``): in the ``*_no_trainer.py`` examples' end-of-epoch call,
+``eval_loss`` and ``perplexity`` are evaluations, ``train_loss`` the loss. The run starts at
+``init_trackers`` with step 0 behind it, so a first ``accelerator.log`` at step 48 stands for 48
+steps; a script that resumes from a checkpoint passes ``TraintelTracker(run_id=..., resume=True)``
+or ``initial_step=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..extras import require
+
+require("traintel.integrations.accelerate", "integrations", "accelerate")
+
+# after the check that names the extra
+from accelerate.tracking import GeneralTracker, on_main_process  # noqa: E402
+
+from ..distributed import launcher_run_id, new_run_id  # noqa: E402
+from .base import Integration, split  # noqa: E402
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..run import Run
+    from ..settings import InitOptions
+
+
+class TraintelTracker(GeneralTracker, Integration):
+    """An Accelerate tracker that records into a traintel run. Keyword arguments go to
+    ``traintel.init`` (``project``, ``name``, ``dir``, ``run_id``, ...)."""
+
+    name = "traintel"
+    requires_logging_directory = False
+    main_process_only = True
+    source = "accelerate"
+
+    def __init__(self, project: str | None = None, name: str | None = None,
+                 **init_options: Unpack[InitOptions]) -> None:
+        GeneralTracker.__init__(self)
+        Integration.__init__(self, project, name, **init_options)
+        self._config: dict[str, Any] = {}
+
+    @property
+    def tracker(self) -> Run | None:
+        """The traintel run (Accelerate's ``get_tracker("traintel", unwrap=True)``)."""
+        return self.run
+
+    @on_main_process
+    def start(self) -> None:
+        """Accelerate's ``init_trackers``: the run starts with the configuration, which comes
+        next (``store_init_configuration``), or at the first ``log`` without one."""
+
+    @on_main_process
+    def store_init_configuration(self, values: dict[str, Any]) -> None:
+        if self.run is None:
+            self._open(values)
+        else:
+            self.run.config.update(dict(values))
+
+    @on_main_process
+    def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
+        run = self.run or self._open({})
+        at = step if step is not None else run.state.step + 1
+        report = split(values)
+        if report.steps:
+            self.step(at, report.steps, flush=True)
+        if report.evals:
+            self.evaluate(at, report.evals)
+        if report.epoch:
+            self.values(at, report.epoch)
+
+    def _open(self, config: Mapping[str, Any]) -> Run:
+        # only the main process records: its run id is taken without a collective, which the
+        # other ranks would never join
+        run_id = self.init_options.get("run_id") or launcher_run_id() or new_run_id()
+        return self.open_run(config, initial_step=0, run_id=run_id)
+
+    @on_main_process
+    def finish(self, status: Any = None) -> None:
+        """Accelerate's ``end_training``: a run the tracker started ends."""
+        Integration.finish(self, status)

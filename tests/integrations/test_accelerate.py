@@ -1,0 +1,60 @@
+"""The Accelerate tracker, beyond the contract every integration keeps (test_all.py): the
+``*_no_trainer.py`` examples' shape (one ``accelerator.log`` per epoch with the evaluation, the
+epoch's mean training loss and the step), the tracker as Accelerate hands it out, and the main
+process alone recording."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import read_lines
+from drivers import no_run_left_open  # noqa: F401
+
+
+def test_one_log_per_epoch_counts_every_step_and_sorts_the_evaluation(tmp_path, quiet):
+    from accelerate import Accelerator
+
+    from traintel.integrations.accelerate import TraintelTracker
+
+    tracker = TraintelTracker(project="clm", dir=str(tmp_path / "runs"), **quiet)
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(torch.randn(48, 4), torch.randn(48, 1)), batch_size=4)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.init_trackers("clm", config={"learning_rate": 0.05, "num_train_epochs": 2})
+    assert accelerator.get_tracker("traintel", unwrap=True) is tracker.run
+    completed_steps, logged = 0, []
+    for epoch in range(2):
+        total_loss = 0.0
+        for x, y in loader:
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            completed_steps += 1
+            total_loss += loss.item()
+        eval_loss = total_loss / len(loader) * 1.1
+        logged.append({"perplexity": 2.0 ** eval_loss, "eval_loss": eval_loss,
+                       "train_loss": total_loss / len(loader), "epoch": epoch,
+                       "step": completed_steps})
+        accelerator.log(logged[-1], step=completed_steps)
+    run = tracker.run
+    accelerator.end_training()
+    assert run.finished
+
+    lines = read_lines(run.dir)
+    assert lines.of("config")[0]["config"] == {"learning_rate": 0.05, "num_train_epochs": 2}
+    assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
+        (12, {"loss": logged[0]["train_loss"]}), (24, {"loss": logged[1]["train_loss"]})]
+    assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
+        (12, {"perplexity": logged[0]["perplexity"], "eval_loss": logged[0]["eval_loss"]}),
+        (24, {"perplexity": logged[1]["perplexity"], "eval_loss": logged[1]["eval_loss"]})]
+    summary = json.loads((run.dir / "summary.json").read_text())
+    # the run started before the first step: the first line at step 12 stands for 12 steps
+    assert (summary["steps"], summary["last_step"], summary["status"]) == (24, 24, "finished")
+    assert summary["eval"]["perplexity"]["mode"] == "min"
