@@ -197,6 +197,19 @@ def test_initial_step_is_where_the_loop_numbers_on_from(quiet_run):
     assert run.summary["steps"] == 10
 
 
+def test_beginning_an_epoch_ends_the_open_one(quiet_run):
+    """A loop that calls only run.begin_epoch(n) at the top of each epoch (pytorch/examples'
+    `for epoch in range(1, epochs + 1)`) gets every epoch's line, not just the last."""
+    with quiet_run() as run:
+        for epoch in (1, 2, 3):
+            run.begin_epoch(epoch)
+            run.log(loss=1.0)
+            run.log(loss=0.5)
+    assert [(e["epoch"], e["steps"]) for e in read_lines(run.dir).of("epoch")] == \
+        [(1, 2), (2, 2), (3, 2)]
+    assert run.summary["epochs"] == 3
+
+
 def test_segments_count_from_where_the_last_one_ended():
     figures = StepFigures()
     for step in (100, 110, 120):  # a loop numbering from 100: its first line is one step

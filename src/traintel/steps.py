@@ -487,7 +487,9 @@ class StepRecorder:
                 self.end_epoch()
 
     def begin_epoch(self, epoch: int) -> None:
-        self.state.epoch = check_step("run.begin_epoch", epoch, "epoch")
+        number = check_step("run.begin_epoch", epoch, "epoch")
+        self.end_epoch()  # a loop that only says where epochs begin: the open one ends here
+        self.state.epoch = number
         self._spans.begin_epoch(epoch)
         self._epoch_started = time.perf_counter()
         self._epoch_first_step = self.state.steps_taken

@@ -20,8 +20,10 @@ only, so the run is the main process's; its run id is taken without talking to t
 (the launcher's, else a new one). Each ``accelerator.log(values, step=n)`` is a step line at step
 ``n`` (values for a step already written become a ``values`` line), its evaluation metrics an
 ``eval`` line at the same step, sorted by name as every integration does
-(``traintel.integrations.base.split``): in the ``*_no_trainer.py`` examples' end-of-epoch call,
-``eval_loss`` and ``perplexity`` are evaluations, ``train_loss`` the loss. The run starts at
+(``traintel.integrations.base.split``); Accelerate has no call of its own for evaluations, so a
+call that names its training values ``train_*`` holds evaluations in its other names: in the
+``*_no_trainer.py`` examples' end-of-epoch call ``eval_loss`` and ``perplexity`` are evaluations
+and ``train_loss`` the loss, in Accelerate's ``tracking.py`` ``accuracy`` and ``f1``. The run starts at
 ``init_trackers`` with step 0 behind it, so a first ``accelerator.log`` at step 48 stands for 48
 steps; a script that resumes from a checkpoint passes ``TraintelTracker(run_id=..., resume=True)``
 or ``initial_step=``.
@@ -85,7 +87,7 @@ class TraintelTracker(GeneralTracker, Integration):
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         run = self.run or self._open({})
         at = step if step is not None else run.state.step + 1
-        report = split(values)
+        report = split(values, train_marks_evals=True)
         if report.steps:
             self.step(at, report.steps, flush=True)
         if report.evals:

@@ -78,16 +78,22 @@ def record_name(name: str) -> str:
     return name if NAME_PATTERN.fullmatch(name) else suggest_name(name) or "_"
 
 
-def split(report: Mapping[str, Any]) -> Split:
+def split(report: Mapping[str, Any], train_marks_evals: bool = False) -> Split:
     """Sort a report: loop keys (``epoch``, ``step``, runtimes, rates) and non-numbers are left
     out; names ending ``_epoch`` are epoch aggregates; names starting ``val``, ``valid``,
     ``eval`` or ``test`` are evaluation metrics, and so is every other name of a report that
     carries them unless it starts with ``train`` or is a known step key (``perplexity`` logged
-    with ``eval_loss``); the rest are step values, with Lightning's ``_step`` suffix dropped."""
+    with ``eval_loss``); the rest are step values, with Lightning's ``_step`` suffix dropped.
+
+    ``train_marks_evals``: a report that names its training values ``train_*`` holds
+    evaluations in its other names (Accelerate's one ``accelerator.log`` per epoch with
+    ``train_loss``, ``accuracy`` and ``f1``); for a framework without a call of its own for
+    evaluations."""
     numbers = {key: float(value) for key, value in report.items()
                if key not in LOOP_KEYS and not key.endswith(LOOP_SUFFIXES)
                and _is_number(value)}
-    evaluating = any(_EVAL.match(key) for key in numbers)
+    evaluating = any(_EVAL.match(key) or (train_marks_evals and _TRAIN.match(key))
+                     for key in numbers)
     out = Split({}, {}, {})
     for key, value in numbers.items():
         if key.endswith("_epoch") and not _EVAL.match(key):

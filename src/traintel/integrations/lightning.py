@@ -6,7 +6,8 @@
 
 Both record one run per training job, with what Lightning's loop knows: a line per optimizer
 step with ``samples`` (the micro-batches' sizes added up), ``lr`` (the first optimizer's first
-parameter group) and its time from the first micro-batch to the optimizer step; epochs; the
+parameter group, as the step used it: read before Lightning steps the schedulers) and its
+time from the first micro-batch to the optimizer step; epochs; the
 exception of a failed run, classified, with a crash report; checkpoints; evaluations. The run
 stays open after ``fit`` so that ``validate``, ``test`` and ``predict`` land in it at the global
 step; it ends at the end of the process, at ``.finish()``, or (the callback) at the next
@@ -80,6 +81,8 @@ class _LoopRecorder(Callback):
         self._micro_losses: list[float] = []
         self._last_step: int | None = None
         self._step_started: float | None = None
+        #: the learning rate this optimizer step uses (read before the schedulers step)
+        self._lr: float | None = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run = self.owner.run
@@ -98,6 +101,8 @@ class _LoopRecorder(Callback):
             self._last_step = trainer.global_step
         if self._step_started is None:  # the first micro-batch of this optimizer step
             self._step_started = time.perf_counter()
+            if trainer.optimizers and trainer.optimizers[0].param_groups:
+                self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -119,8 +124,8 @@ class _LoopRecorder(Callback):
         if self._micro_losses:
             values["loss"] = sum(self._micro_losses) / len(self._micro_losses)
             self._micro_losses = []
-        if trainer.optimizers and trainer.optimizers[0].param_groups:
-            values["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        if self._lr is not None:
+            values["lr"] = self._lr
         self.owner.step(trainer.global_step, values, step_s)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

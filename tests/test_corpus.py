@@ -1,0 +1,284 @@
+"""The corpus (tests/corpus/): public training scripts, each adapted minimally and run as its
+own process the way its README says, with the few lines of traintel a user adds. Each prints
+what it computed itself as JSON on its last line; what traintel recorded (steps, losses, best
+values, evaluations, errors, throughput within 10 %, status) must equal it.
+
+Each script's first line cites its source (repository, path, commit, licence). Seconds each
+takes on the project's 2-core machine are in docs/distributed.md's note on the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from traintel.analysis import Series, summarize
+from traintel.record.reader import Records
+
+from conftest import read_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "corpus"
+#: the run ids traintel makes (docs/distributed.md): start time and six hex digits
+RUN_ID_FORM = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_IDS}
+    env.update({"TRAINTEL_DIR": str(tmp_path / "runs"), "OTEL_SDK_DISABLED": "true",
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])})
+    return env
+
+
+def run(tmp_path: Path, script: str, *args: str, launcher: tuple[str, ...] = (),
+        timeout: float = 300) -> list[dict[str, Any]]:
+    """Run a corpus script in ``tmp_path``; the JSON lines it printed (one per process)."""
+    done = subprocess.run([*(launcher or (sys.executable,)), str(CORPUS / script), *args],
+                          cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return [found for line in done.stdout.splitlines() if (found := _json(line)) is not None]
+
+
+def _json(line: str) -> dict[str, Any] | None:
+    """A line the script printed as its figures (frameworks print dicts too, not as JSON)."""
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and "run_dir" in found or \
+        isinstance(found, dict) and "global_step" in found else None
+
+
+def summary_of(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def own_rate(log_times: list[list[float]]) -> float:
+    """The script's own rate, from (step, time, per-step count) at each logged step: what the
+    steps after the first logged one processed, over the time between the first and the last."""
+    first, last = log_times[0], log_times[-1]
+    counted = sum((b[0] - a[0]) * b[2] for a, b in zip(log_times, log_times[1:]))
+    return counted / (last[1] - first[1])
+
+
+def by_step(values: dict[str, Any]) -> dict[int, Any]:
+    return {int(step): value for step, value in values.items()}
+
+
+def test_the_corpus_cites_its_sources() -> None:
+    scripts = sorted(CORPUS.glob("*.py"))
+    assert len(scripts) >= 8
+    for script in scripts:
+        first = script.read_text().splitlines()[0]
+        assert re.match(r"# Source: https://github\.com/[\w.-]+/[\w.-]+/blob/[0-9a-f]{40}/\S+ "
+                        r"(\S.* )?\((BSD-3-Clause|MIT|Apache-2\.0)", first), script.name
+
+
+def test_pytorch_examples_mnist(tmp_path: Path) -> None:
+    (measured,) = run(tmp_path, "mnist.py", "--epochs", "2")
+    summary, losses = summary_of(measured["run_dir"]), by_step(measured["losses"])
+    lines = read_lines(Path(measured["run_dir"]))
+    assert {s["step"]: s["metrics"]["loss"] for s in lines.of("step")} == losses
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 42, 41)
+    assert summary["samples"] == 42 * 64 and summary["epochs"] == 2
+    assert (summary["loss"]["final"], summary["loss"]["best"]) == (losses[41], min(losses.values()))
+    tests = by_step(measured["tests"])
+    assert {e["step"]: e["metrics"] for e in lines.of("eval")} == tests
+    assert summary["eval"]["test_loss"]["best"] == min(t["test_loss"] for t in tests.values())
+    assert summary["eval"]["accuracy"]["mode"] == "max"
+    assert summary["throughput"]["samples_per_s"] == pytest.approx(
+        own_rate(measured["log_times"]), rel=0.1)
+
+
+def test_pytorch_examples_word_language_model(tmp_path: Path) -> None:
+    (measured,) = run(tmp_path, "word_language_model.py", "--save", str(tmp_path / "model.pt"))
+    summary, losses = summary_of(measured["run_dir"]), by_step(measured["losses"])
+    # numbered from 1 with initial_step=0: the first log, at batch 5, stands for 6 batches
+    assert (summary["steps"], summary["last_step"]) == (measured["batches"],) * 2
+    assert {s["step"]: s["metrics"]["loss"] for s in
+            read_lines(Path(measured["run_dir"])).of("step")} == losses
+    assert summary["loss"]["best"] == min(losses.values())
+    assert summary["eval"]["val_loss"]["best"] == measured["best_val_loss"]
+    assert summary["eval"]["test_loss"]["last"] == measured["test_loss"]
+    assert summary["eval"]["val_ppl"]["mode"] == "min"
+    assert summary["throughput"]["tokens_per_s"] == pytest.approx(
+        own_rate(measured["log_times"]), rel=0.1)
+
+
+def test_nanogpt(tmp_path: Path) -> None:
+    (measured,) = run(tmp_path, "nanogpt.py")
+    summary, losses = summary_of(measured["run_dir"]), by_step(measured["losses"])
+    iterations = measured["iterations"]
+    assert (summary["steps"], summary["last_step"]) == (iterations, iterations - 1)
+    assert {s["step"]: s["metrics"]["loss"] for s in
+            read_lines(Path(measured["run_dir"])).of("step")} == losses
+    assert summary["loss"]["final"] == losses[iterations - 1]
+    evals = by_step(measured["evals"])
+    best_step = min(evals, key=evals.get)
+    assert summary["eval"]["val/loss"] == {"last": evals[max(evals)], "best": evals[best_step],
+                                           "best_step": best_step, "mode": "min"}
+    assert evals[best_step] == pytest.approx(measured["best_val_loss"])
+    assert summary["throughput"]["tokens_per_s"] == pytest.approx(
+        own_rate(measured["log_times"]), rel=0.1)
+
+
+@pytest.mark.slow
+def test_huggingface_run_glue_with_its_defaults_resumed_evaluated_and_plotted(
+        tmp_path: Path) -> None:
+    """`--report_to traintel` after `import traintel`; the Trainer's defaults (a loss every 500
+    steps, a checkpoint every 500 steps and at the end); evaluate() and predict() after
+    training in the same run; the job started again resumes from the last checkpoint and
+    continues the run."""
+    arguments = ["--output_dir", str(tmp_path / "out"), "--do_train", "--do_eval", "--do_predict",
+                 "--report_to", "traintel", "--use_cpu", "--disable_tqdm", "true"]
+    (first,) = run(tmp_path, "run_glue.py", *arguments, "--max_steps", "600")
+    (second,) = run(tmp_path, "run_glue.py", *arguments, "--max_steps", "1100")
+    assert second["resumed_from"].endswith("checkpoint-600")
+    (run_dir,) = (tmp_path / "runs").iterdir()  # one run: the resumed job continued it
+    summary, lines = summary_of(run_dir), read_lines(run_dir)
+    assert [(s["status"], s["steps"]) for s in summary["segments"]] == [("finished", 600),
+                                                                       ("finished", 500)]
+    assert (summary["steps"], summary["last_step"], summary["samples"]) == (1100, 1100, 8800)
+    logged = {h["step"]: h["loss"] for h in second["log_history"] if "loss" in h}
+    assert {s["step"]: s["metrics"]["loss"] for s in lines.of("step")
+            if "loss" in s["metrics"]} == logged == {500: logged[500], 1000: logged[1000]}
+    assert (summary["loss"]["final"], summary["loss"]["count"]) == (logged[1000], 2)
+    evals = {(e["step"], name): value for e in lines.of("eval")
+             for name, value in e["metrics"].items()}
+    for step, figures in ((600, first), (1100, second)):
+        for name in ("eval_loss", "eval_accuracy", "predict_loss", "predict_accuracy"):
+            metrics = figures["eval" if name.startswith("eval") else "predict"]
+            assert evals[(step, name)] == metrics[name]
+    assert summary["eval"]["eval_loss"]["best"] == min(first["eval"]["eval_loss"],
+                                                       second["eval"]["eval_loss"])
+    trainer_rate = (600 + 500) * 8 / (first["train"]["train_runtime"] +
+                                      second["train"]["train_runtime"])
+    assert summary["throughput"]["samples_per_s"] == pytest.approx(trainer_rate, rel=0.1)
+
+    # the loss logged every 500 steps still plots: two points, drawn with markers
+    done = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "report", str(run_dir),
+                           "--plot", "--output", str(tmp_path / "report.md")],
+                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (plot,) = tmp_path.glob("*loss.png")
+    assert plot.stat().st_size > 0
+    series = Series()
+    summarize(Records(run_dir), series)
+    assert series.loss == [(500, logged[500]), (1000, logged[1000])]
+
+
+def test_accelerate_tracking_example(tmp_path: Path) -> None:
+    (measured,) = run(tmp_path, "accelerate_tracking.py", "--cpu", "--with_tracking")
+    logged = measured["logged"]
+    summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
+    # the example logs once per epoch with step=epoch: three points on its step axis
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 3, 2)
+    assert [s["metrics"] for s in lines.of("step")] == [{"loss": e["train_loss"]} for e in logged]
+    assert [e["metrics"] for e in lines.of("eval")] == [
+        {"accuracy": e["accuracy"], "f1": e["f1"]} for e in logged]
+    assert summary["eval"]["f1"]["best"] == max(e["f1"] for e in logged)
+    times = measured["log_times"]
+    assert summary["throughput"]["steps_per_s"] == pytest.approx(
+        (len(times) - 1) / (times[-1] - times[0]), rel=0.1)
+
+
+@pytest.mark.parametrize("integration", ["logger", "callback"])
+def test_lightning_readme_autoencoder(tmp_path: Path, integration: str) -> None:
+    """Validation, a StepLR scheduler, accumulate_grad_batches=2 and the default
+    log_every_n_steps (50): 640 samples in batches of 8 are 40 optimizer steps an epoch."""
+    (measured,) = run(tmp_path, "lightning_autoencoder.py", "--traintel", integration)
+    summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
+    computed, steps = measured["train"], lines.of("step")
+    assert (summary["status"], summary["steps"]) == ("finished", measured["global_step"]) == \
+        ("finished", 80)
+    assert all(s["metrics"]["samples"] == 16 for s in steps)
+    assert [s["metrics"]["lr"] for s in steps] == [1e-3] * 40 + [5e-4] * 40  # as each step used
+    if integration == "callback":  # the loss training_step returned, unscaled, every step
+        assert [s["metrics"]["loss"] for s in steps] == [
+            (computed[i] + computed[i + 1]) / 2 for i in range(0, 160, 2)]
+    else:  # what the module logged, every log_every_n_steps: the step's last micro-batch
+        assert {s["step"]: s["metrics"]["loss"] for s in steps if "loss" in s["metrics"]} == \
+            {50: pytest.approx(computed[99])}
+        checkpoint = lines.of("event", "checkpoint")[-1]["fields"]["path"]
+        assert Path(checkpoint).parent.parent.name == Path(measured["run_dir"]).name
+    val = {}
+    for step, loss in measured["val"]:
+        val.setdefault(step, []).append(loss)
+    assert {e["step"]: e["metrics"]["val_loss"] for e in lines.of("eval")} == {
+        step: pytest.approx(sum(v) / len(v)) for step, v in val.items()}
+
+
+@pytest.mark.slow
+def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
+    """torchrun --standalone --nproc_per_node 2 (gloo): the documented run id form on both
+    ranks (torchrun's made-up UUID is not it), each rank's steps, and the job's throughput
+    summed over the ranks in summary.json and the command line."""
+    measured = run(tmp_path, "ddp_torchrun.py", "3", "1", "--snapshot_path",
+                   str(tmp_path / "snapshot.pt"),
+                   launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2"), timeout=300)
+    ranks = {m["rank"]: m for m in measured}
+    assert sorted(ranks) == [0, 1]
+    (run_id,) = {m["run_id"] for m in measured}
+    assert RUN_ID_FORM.fullmatch(run_id)
+    rates = {}
+    for rank, m in ranks.items():
+        summary = summary_of(m["run_dir"])
+        assert (summary["status"], summary["steps"], summary["samples"]) == \
+            ("finished", m["batches"], m["samples"])
+        assert summary["loss"]["final"] == m["losses"][-1]
+        rates[rank] = (m["samples"] - m["first_batch_samples"]) / \
+            (m["last_batch_end"] - m["first_batch_end"])
+        assert summary["throughput"]["samples_per_s"] == pytest.approx(rates[rank], rel=0.1)
+    job = summary_of(tmp_path / "runs" / run_id)
+    assert (job["ranks"], job["complete"], job["status"]) == ([0, 1], True, "finished")
+    assert job["samples"] == sum(m["samples"] for m in measured)
+    assert job["throughput"]["samples_per_s"] == pytest.approx(sum(rates.values()), rel=0.1)
+    done = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary",
+                           str(tmp_path / "runs" / run_id), "--format", "json"],
+                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    shown = json.loads(done.stdout)
+    assert shown["throughput"]["samples_per_s"] == pytest.approx(
+        job["throughput"]["samples_per_s"], rel=0.01)
+    assert set(shown["throughput_by_rank"]) == {"0", "1"}
+
+
+def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> None:
+    """SIGTERM during epoch 1: the script ends the epoch, writes its checkpoint and exits 0; the
+    requeued job starts with --resume and continues the same run to the end."""
+    script = [sys.executable, "-u", str(CORPUS / "imagenet_preemptible.py")]
+    first = subprocess.Popen(script, cwd=tmp_path, env=environment(tmp_path),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    output = []
+    for line in first.stdout:  # type: ignore[union-attr]
+        output.append(line)
+        if line.startswith("Epoch: [1]") and len([o for o in output if "Epoch: [1]" in o]) == 1:
+            first.send_signal(signal.SIGTERM)  # once, as a scheduler does
+    assert first.wait(timeout=120) == 0
+    stopped = json.loads(output[-1])
+    assert stopped["stopped_after_epoch"] == 1
+    (second,) = run(tmp_path, "imagenet_preemptible.py", "--resume", "checkpoint.pth.tar")
+    summary, lines = summary_of(second["run_dir"]), read_lines(Path(second["run_dir"]))
+    assert [(s["status"], s["steps"]) for s in summary["segments"]] == [("preempted", 40),
+                                                                       ("finished", 40)]
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 80, 80)
+    (sigterm,) = lines.of("event", "signal")
+    assert sigterm["fields"]["decided_by"] == "loop"
+    losses = {**by_step(stopped["losses"]), **by_step(second["losses"])}
+    assert {s["step"]: s["metrics"]["loss"] for s in lines.of("step")} == losses
+    assert summary["loss"]["best"] == min(losses.values())
+    acc1 = {**by_step(stopped["acc1"]), **by_step(second["acc1"])}
+    assert {e["step"]: e["metrics"]["acc1"] for e in lines.of("eval")} == acc1
+    assert summary["eval"]["acc1"]["best"] == second["best_acc1"] == max(acc1.values())
+    assert summary["errors"]["total"] == 0
