@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -129,6 +130,42 @@ def test_torchrun_ranks_share_one_run_id_and_keep_separate_records(tmp_path: Pat
                               "summary.json").read_text())
         assert (summary["run"], summary["rank"], summary["steps"]) == (run_id, rank, 12)
         assert summary["status"] == "finished"
+
+
+def test_mpi_ranks_agree_on_the_documented_form(tmp_path: Path) -> None:
+    """Two processes with Open MPI's environment (a stand-in for mpirun, which this machine does
+    not have): ranks from OMPI_COMM_WORLD_*, a gloo group over env://, then traintel.init:
+    rank 0's id in the documented form, on both ranks."""
+    script = textwrap.dedent("""
+        import os, torch.distributed as dist, traintel
+        rank, size = int(os.environ["OMPI_COMM_WORLD_RANK"]), int(os.environ["OMPI_COMM_WORLD_SIZE"])
+        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+        with traintel.init(project="mpi", progress="off", sample_interval=0) as run:
+            run.log(loss=1.0)
+            print(run.id, run.rank, run.world_size)
+        dist.destroy_process_group()
+    """)
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k not in LAUNCHER_IDS + (
+        "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    environment.update({"TRAINTEL_DIR": str(tmp_path / "runs"), "OTEL_SDK_DISABLED": "true",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                        "OMPI_COMM_WORLD_SIZE": "2",
+                        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                       os.environ.get("PYTHONPATH", "")])})
+    ranks = [subprocess.Popen([sys.executable, "-c", script], text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env={**environment, "OMPI_COMM_WORLD_RANK": str(rank),
+                                   "OMPI_COMM_WORLD_LOCAL_RANK": str(rank)})
+             for rank in (0, 1)]
+    outputs = [process.communicate(timeout=120) for process in ranks]
+    assert all(process.returncode == 0 for process in ranks), outputs
+    said = sorted(tuple(out.split()) for out, _ in outputs)
+    (run_id,) = {run_id for run_id, _, _ in said}
+    assert RUN_ID_FORM.fullmatch(run_id)
+    assert [(rank, size) for _, rank, size in said] == [("0", "2"), ("1", "2")]
+    assert sorted(p.name for p in (tmp_path / "runs" / run_id).glob("rank-*")) == \
+        ["rank-0", "rank-1"]
 
 
 # -- real gloo failures ---------------------------------------------------------------------

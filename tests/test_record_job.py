@@ -5,12 +5,14 @@ ends, complete once the last has; the same figures in ``traintel logs summary``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from traintel.analysis import summarize
-from traintel.record.job import job_summary, job_throughput
+from traintel.record.job import JobSummary, job_summary, job_throughput
 from traintel.record.reader import Records
 
 
@@ -57,3 +59,11 @@ def test_every_rank_ending_writes_the_jobs_summary(tmp_path: Path, quiet) -> Non
         job["throughput"]["samples_per_s"])
     assert shown["throughput_by_rank"]["1"]["samples_per_s"] == pytest.approx(
         ranks[1]["throughput"]["samples_per_s"])
+
+
+def test_the_documented_job_summary_is_what_is_written() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "record-format.md").read_text()
+    table = doc.split("## The job's `summary.json`")[1]
+    names = {name.split(".")[0] for row in re.findall(r"^\| (.*?) \|", table, re.M)
+             for name in re.findall(r"`([^`]+)`", row)}
+    assert names == set(get_type_hints(JobSummary))

@@ -163,6 +163,12 @@ def recording(c: Config) -> list[Group]:
              f"{per_rank} (rate(traintel_samples_total[{w}]))"),
         Rule(f"traintel:tokens_per_second:rate{w}",
              f"{per_rank} (rate(traintel_tokens_total[{w}]))"),
+        Rule(f"traintel:samples_per_second:job_rate{w}",
+             f"sum by (project, run) (traintel:samples_per_second:rate{w})",
+             "The job's throughput: every rank's rate added up, as each rank processes its own "
+             "share of the data (rules of one group run in order: these read the ones above)."),
+        Rule(f"traintel:tokens_per_second:job_rate{w}",
+             f"sum by (project, run) (traintel:tokens_per_second:rate{w})"),
         Rule(f"traintel:step_seconds:mean_rate{w}",
              f"{per_rank} (rate(traintel_step_duration_seconds_sum[{w}]))\n/\n"
              f"({per_rank} (rate(traintel_step_duration_seconds_count[{w}])) > 0)",

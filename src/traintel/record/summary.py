@@ -304,8 +304,8 @@ class RecordFold:
         self.figures = StepFigures(percentiles)
         self.segments: list[Segment] = []
         self.evals: dict[str, EvalFigures] = {}
-        #: the last value of every key of step and values lines, as written
-        self.metrics: dict[str, float | str] = {}
+        #: the last value of every key of step and values lines, as read (``metrics``)
+        self._last: dict[str, Any] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.events: dict[str, int] = {}
         self.milestones: set[int] = set()
@@ -326,7 +326,8 @@ class RecordFold:
         if kind == "step":
             self._step(line)
         elif kind == "values":
-            self._values(line.get("metrics"))
+            if type(line.get("metrics")) is dict:
+                self._last.update(line["metrics"])
         elif kind == "eval":
             self._eval(line)
         elif kind == "run_start":
@@ -385,7 +386,7 @@ class RecordFold:
         if type(metrics) is not dict:
             metrics = None
         else:
-            self._values(metrics)
+            self._last.update(metrics)  # one C-level update per line: readers fold millions
         figures = self.figures
         before = figures.steps
         figures.add(ts, step, _number(line.get("step_s")), _number(line.get("data_wait_s")),
@@ -397,11 +398,12 @@ class RecordFold:
             segment["steps"] += figures.steps - before
             segment["last_step"], segment["end_ts"] = step, ts
 
-    def _values(self, metrics: object) -> None:
-        if type(metrics) is dict:
-            for key, value in metrics.items():
-                if type(value) in (float, int, str) and isinstance(key, str):
-                    self.metrics[key] = value
+    @property
+    def metrics(self) -> dict[str, float | str]:
+        """The last value of every key of the step and values lines, as written (a number, or
+        ``"nan"``/``"inf"`` text); anything else a foreign line held is left out."""
+        return {key: value for key, value in self._last.items()
+                if type(value) is float or type(value) is int or type(value) is str}
 
     def _nonfinite(self, line: RawLine) -> None:
         """Non-finite values by metric, from their warnings: the first of a metric, then counts
