@@ -53,7 +53,7 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path, options
     norms = [s["metrics"]["grad_norm"] for s in lines.of("step")]
     assert norms == pytest.approx(expected)
     assert telemetry.metric("traintel_grad_norm") == [pytest.approx(expected[-1])]
-    assert point(telemetry, "traintel_user_gauge", metric="model_trainable_parameters") == \
+    assert point(telemetry, "traintel_user_value", metric="model_trainable_parameters") == \
         total - 16
     # the run is over: the hook takes itself out at the next step
     optimizer.step()
