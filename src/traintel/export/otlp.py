@@ -332,13 +332,15 @@ class OtlpExport:
         worker.join(max(0.0, deadline - abort_s - time.monotonic()))
         done = not worker.is_alive()
         if not done:
+            # a hung collector: cut the reads in flight first, so that they fail as cut (an
+            # exporter's shutdown closes its session, which fails a read as a bad socket)
+            for session in self._sessions:
+                session.abort()
             for exporter in self._exporters:
                 try:
                     exporter.shutdown()
                 except Exception:
                     log.debug("exporter shutdown failed", exc_info=True)
-            for session in self._sessions:  # a hung collector: cut the reads in flight
-                session.abort()
             worker.join(max(0.0, deadline - time.monotonic()))
             log.warning("traintel: telemetry export did not finish within %.1fs (collector "
                         "unreachable or slow); unsent data is dropped, the local record is "
