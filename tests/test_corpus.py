@@ -64,6 +64,14 @@ def summary_of(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
+def cli(tmp_path: Path, *args: str) -> Any:
+    """What `traintel ARGS --format json` prints, parsed."""
+    done = subprocess.run([sys.executable, "-m", "traintel.cli", *args, "--format", "json"],
+                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
 def own_rate(log_times: list[list[float]]) -> float:
     """The script's own rate, from (step, time, per-step count) at each logged step: what the
     steps after the first logged one processed, over the time between the first and the last."""
@@ -86,19 +94,30 @@ def test_the_corpus_cites_its_sources() -> None:
 
 
 def test_pytorch_examples_mnist(tmp_path: Path) -> None:
+    """A loss every 10 batches of 21 an epoch (the last batch of each logged), epochs counted
+    from 1, a test loss and accuracy after each; then `traintel logs summary`."""
     (measured,) = run(tmp_path, "mnist.py", "--epochs", "2")
     summary, losses = summary_of(measured["run_dir"]), by_step(measured["losses"])
     lines = read_lines(Path(measured["run_dir"]))
     assert {s["step"]: s["metrics"]["loss"] for s in lines.of("step")} == losses
+    assert [e["epoch"] for e in lines.of("epoch")] == [1, 2]  # the script's own numbers
+    assert [e["steps"] for e in lines.of("epoch")] == [21, 21]
     assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 42, 41)
-    assert summary["samples"] == 42 * 64 and summary["epochs"] == 2
+    assert summary["samples"] == 42 * 64 and (summary["epochs"], summary["epoch"]) == (2, 2)
     assert (summary["loss"]["final"], summary["loss"]["best"]) == (losses[41], min(losses.values()))
     tests = by_step(measured["tests"])
     assert {e["step"]: e["metrics"] for e in lines.of("eval")} == tests
+    assert summary["eval"]["test_loss"]["mode"] == "min"
     assert summary["eval"]["test_loss"]["best"] == min(t["test_loss"] for t in tests.values())
     assert summary["eval"]["accuracy"]["mode"] == "max"
-    assert summary["throughput"]["samples_per_s"] == pytest.approx(
-        own_rate(measured["log_times"]), rel=0.1)
+    assert summary["eval"]["accuracy"]["best"] == max(t["accuracy"] for t in tests.values())
+    samples_rate = own_rate(measured["log_times"])
+    assert summary["throughput"]["samples_per_s"] == pytest.approx(samples_rate, rel=0.1)
+    assert summary["throughput"]["steps_per_s"] == pytest.approx(samples_rate / 64, rel=0.1)
+
+    shown = cli(tmp_path, "logs", "summary", measured["run_dir"])
+    assert (shown["steps"], shown["samples"], shown["epochs"]) == (42, 42 * 64, 2)
+    assert shown["throughput"]["samples_per_s"] == pytest.approx(samples_rate, rel=0.1)
 
 
 def test_pytorch_examples_word_language_model(tmp_path: Path) -> None:
@@ -117,20 +136,49 @@ def test_pytorch_examples_word_language_model(tmp_path: Path) -> None:
 
 
 def test_nanogpt(tmp_path: Path) -> None:
+    """max_iters 240, a loss and lr every 10 iterations, val/loss every 40; /status read by the
+    script at iteration 120 and at the end; then `traintel logs summary`."""
     (measured,) = run(tmp_path, "nanogpt.py")
     summary, losses = summary_of(measured["run_dir"]), by_step(measured["losses"])
-    iterations = measured["iterations"]
-    assert (summary["steps"], summary["last_step"]) == (iterations, iterations - 1)
-    assert {s["step"]: s["metrics"]["loss"] for s in
-            read_lines(Path(measured["run_dir"])).of("step")} == losses
+    iterations, tokens_per_iter = measured["iterations"], measured["log_times"][0][2]
+    steps = read_lines(Path(measured["run_dir"])).of("step")
+    assert (summary["steps"], summary["last_step"]) == (iterations, iterations - 1) == (241, 240)
+    assert {s["step"]: s["metrics"]["loss"] for s in steps} == losses
+    assert {s["step"]: s["metrics"]["lr"] for s in steps} == by_step(measured["lrs"])
+    assert summary["tokens"] == iterations * tokens_per_iter
     assert summary["loss"]["final"] == losses[iterations - 1]
     evals = by_step(measured["evals"])
     best_step = min(evals, key=evals.get)
     assert summary["eval"]["val/loss"] == {"last": evals[max(evals)], "best": evals[best_step],
                                            "best_step": best_step, "mode": "min"}
     assert evals[best_step] == pytest.approx(measured["best_val_loss"])
-    assert summary["throughput"]["tokens_per_s"] == pytest.approx(
-        own_rate(measured["log_times"]), rel=0.1)
+    # log_eval says whether each evaluation is the best so far
+    assert by_step(measured["best"]) == {
+        step: evals[step] == min(evals[s] for s in evals if s <= step) for step in evals}
+    tokens_rate = own_rate(measured["log_times"])
+    assert summary["throughput"]["tokens_per_s"] == pytest.approx(tokens_rate, rel=0.1)
+    assert summary["throughput"]["steps_per_s"] == pytest.approx(
+        tokens_rate / tokens_per_iter, rel=0.1)
+
+    half = measured["status_at_half"]
+    assert (half["step"], half["steps"], half["total_steps"]) == (120, 121, 240)
+    assert half["latest"]["loss"] == losses[120]
+    # the script's own ETA: the iterations left at its mean time per iteration so far
+    (at_half,) = [t for step, t, _ in measured["log_times"] if step == 120]
+    assert half["eta_s"] == pytest.approx(
+        (240 - 120) * (at_half - measured["started"]) / 121, rel=0.1)
+    end = measured["status"]
+    assert (end["step"], end["steps"]) == (240, 241)
+    assert end["rates"]["steps_per_second"] == pytest.approx(
+        tokens_rate / tokens_per_iter, rel=0.1)
+
+    shown = cli(tmp_path, "logs", "summary", measured["run_dir"])
+    assert (shown["steps"], shown["last_step"], shown["tokens"]) == \
+        (241, 240, iterations * tokens_per_iter)
+    assert shown["throughput"]["steps_per_s"] == pytest.approx(
+        tokens_rate / tokens_per_iter, rel=0.1)
+    assert shown["loss"]["final"] == losses[240]
+    assert shown["eval"]["val/loss"] == summary["eval"]["val/loss"]
 
 
 @pytest.mark.slow
@@ -245,10 +293,7 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
     assert (job["ranks"], job["complete"], job["status"]) == ([0, 1], True, "finished")
     assert job["samples"] == sum(m["samples"] for m in measured)
     assert job["throughput"]["samples_per_s"] == pytest.approx(sum(rates.values()), rel=0.1)
-    done = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary",
-                           str(tmp_path / "runs" / run_id), "--format", "json"],
-                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
-    shown = json.loads(done.stdout)
+    shown = cli(tmp_path, "logs", "summary", str(tmp_path / "runs" / run_id))
     assert shown["throughput"]["samples_per_s"] == pytest.approx(
         job["throughput"]["samples_per_s"], rel=0.01)
     assert set(shown["throughput_by_rank"]) == {"0", "1"}

@@ -1,16 +1,18 @@
 # Source: https://github.com/karpathy/nanoGPT/blob/3adf61e154c3fe3fca428ad6bc3818b27a3b8291/train.py (MIT, Copyright (c) 2022 Andrej Karpathy)
 # Adapted: config/train_shakespeare_char.py's settings scaled down (log_interval 10,
-# eval_interval 20) as configurator.py would set them; a character-level corpus from the text of
+# eval_interval 40, max_iters 240) as configurator.py would set them; a character-level corpus from the text of
 # Python's argparse module in memory instead of data/*.bin; model.py's GPT replaced by
 # transformers' GPT2LMHeadModel built from a tiny GPT2Config (no download); CPU, float32, no
-# compile, no DDP, no MFU estimate, no checkpoint; "# traintel" marks the lines a user adds; the
-# last line prints the figures the script measured itself, as JSON.
+# compile, no DDP, no MFU estimate, no checkpoint; "# traintel" marks the lines a user adds and
+# those that read the run's /status at half the run and at its end; the last line prints the
+# figures the script measured itself, as JSON.
 import argparse
 import inspect
 import json  # traintel: the script's own figures, printed last
 import math
 import os
 import time
+import urllib.request  # traintel: the script reads /status as a dashboard would
 from contextlib import nullcontext
 
 import numpy as np
@@ -24,7 +26,7 @@ import traintel  # traintel
 # default config values designed to train a gpt2 (124M) on OpenWebText
 # I/O
 out_dir = 'out'
-eval_interval = 20
+eval_interval = 40
 log_interval = 10
 eval_iters = 4
 # data
@@ -38,7 +40,7 @@ n_embd = 32
 dropout = 0.0 # for pretraining 0 is good, for finetuning try 0.1+
 # adamw optimizer
 learning_rate = 1e-3 # max learning rate
-max_iters = 60 # total number of training iterations
+max_iters = 240 # total number of training iterations
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.99
@@ -46,7 +48,7 @@ grad_clip = 1.0 # clip gradients at this value, or disable if == 0.0
 # learning rate decay settings
 decay_lr = True # whether to decay the learning rate
 warmup_iters = 10 # how many steps to warm up for
-lr_decay_iters = 60 # should be ~= max_iters per Chinchilla
+lr_decay_iters = 240 # should be ~= max_iters per Chinchilla
 min_lr = 1e-4 # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
 # system
 device = 'cpu' # examples: 'cpu', 'cuda', 'cuda:0', 'cuda:1' etc., or try 'mps' on macbooks
@@ -140,12 +142,18 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 # logging
-run = traintel.init(project="nanogpt", config=config, total_steps=max_iters)  # traintel
-measured = {"losses": {}, "evals": {}, "log_times": []}  # traintel: what the script saw
+run = traintel.init(project="nanogpt", config=config, total_steps=max_iters, http_port=0)  # traintel
+measured = {"losses": {}, "lrs": {}, "evals": {}, "best": {}, "log_times": []}  # traintel: what the script saw
+
+def status():  # traintel: the run's /status, flushed up to this iteration
+    run.flush()  # traintel
+    with urllib.request.urlopen(f"http://127.0.0.1:{run.server.port}/status") as response:  # traintel
+        return json.load(response)  # traintel
 
 # training loop
 X, Y = get_batch('train') # fetch the very first batch
 t0 = time.time()
+measured["started"] = t0  # traintel
 local_iter_num = 0 # number of iterations in the lifetime of this process
 raw_model = model
 while True:
@@ -159,8 +167,9 @@ while True:
     if iter_num % eval_interval == 0 and master_process:
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        run.log_eval(step=iter_num, **{"val/loss": losses['val']})  # traintel
+        best = run.log_eval(step=iter_num, **{"val/loss": losses['val']})  # traintel
         measured["evals"][iter_num] = losses['val'].item()  # traintel
+        measured["best"][iter_num] = best["val/loss"]  # traintel
         if losses['val'] < best_val_loss:
             best_val_loss = losses['val']
 
@@ -190,8 +199,10 @@ while True:
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms")
         run.log({"loss": lossf, "lr": lr}, step=iter_num, step_s=dt,  # traintel
                 tokens=tokens_per_iter)  # traintel
-        measured["losses"][iter_num] = lossf  # traintel
+        measured["losses"][iter_num], measured["lrs"][iter_num] = lossf, lr  # traintel
         measured["log_times"].append((iter_num, time.time(), tokens_per_iter))  # traintel
+    if iter_num == max_iters // 2:  # traintel
+        measured["status_at_half"] = status()  # traintel
     iter_num += 1
     local_iter_num += 1
 
@@ -199,6 +210,7 @@ while True:
     if iter_num > max_iters:
         break
 
+measured["status"] = status()  # traintel
 run.finish()  # traintel
 print(json.dumps({"run_dir": str(run.dir), "iterations": iter_num,  # traintel
                   "best_val_loss": best_val_loss.item(), **measured}))  # traintel
