@@ -301,7 +301,8 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
 
 def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> None:
     """SIGTERM during epoch 1: the script ends the epoch, writes its checkpoint and exits 0; the
-    requeued job starts with --resume and continues the same run to the end."""
+    requeued job starts with --resume and continues the same run to the end: two segments, every
+    step once, the epochs and the script's per-epoch training averages across the requeue."""
     script = [sys.executable, "-u", str(CORPUS / "imagenet_preemptible.py")]
     first = subprocess.Popen(script, cwd=tmp_path, env=environment(tmp_path),
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -313,16 +314,31 @@ def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> Non
     assert first.wait(timeout=120) == 0
     stopped = json.loads(output[-1])
     assert stopped["stopped_after_epoch"] == 1
+    preempted = summary_of(stopped["run_dir"])
+    assert (preempted["status"], preempted["steps"]) == ("preempted", 40)  # every step recorded
     (second,) = run(tmp_path, "imagenet_preemptible.py", "--resume", "checkpoint.pth.tar")
     summary, lines = summary_of(second["run_dir"]), read_lines(Path(second["run_dir"]))
-    assert [(s["status"], s["steps"]) for s in summary["segments"]] == [("preempted", 40),
-                                                                       ("finished", 40)]
+    assert [(s["segment"], s["resumed"]) for s in lines.of("run_start")] == [(1, False),
+                                                                           (2, True)]
+    assert [e["status"] for e in lines.of("run_end")] == ["preempted", "finished"]
+    assert [(s["segment"], s["status"], s["steps"], s["last_step"])
+            for s in summary["segments"]] == [(1, "preempted", 40, 40), (2, "finished", 40, 80)]
+    assert summary["duration_s"] == pytest.approx(sum(s["duration_s"]
+                                                      for s in summary["segments"]))
     assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 80, 80)
     (sigterm,) = lines.of("event", "signal")
-    assert sigterm["fields"]["decided_by"] == "loop"
+    assert sigterm["fields"] == {"signal": "SIGTERM", "decided_by": "loop"}
+    assert [s["step"] for s in lines.of("step")] == list(range(1, 81))
     losses = {**by_step(stopped["losses"]), **by_step(second["losses"])}
     assert {s["step"]: s["metrics"]["loss"] for s in lines.of("step")} == losses
     assert summary["loss"]["best"] == min(losses.values())
+    assert summary["loss"]["count"] == 80  # the loss figures cover both segments
+    # the epochs, numbered by the script from 0, and each epoch's training averages as a values
+    # line (no step), across the requeue
+    assert [(e["epoch"], e["steps"]) for e in lines.of("epoch")] == [(0, 20), (1, 20), (2, 20),
+                                                                     (3, 20)]
+    train = {**by_step(stopped["train"]), **by_step(second["train"])}
+    assert [(v["epoch"], v["metrics"]) for v in lines.of("values")] == sorted(train.items())
     acc1 = {**by_step(stopped["acc1"]), **by_step(second["acc1"])}
     assert {e["step"]: e["metrics"]["acc1"] for e in lines.of("eval")} == acc1
     assert summary["eval"]["acc1"]["best"] == second["best_acc1"] == max(acc1.values())

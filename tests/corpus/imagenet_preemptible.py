@@ -43,7 +43,7 @@ parser.add_argument('--seed', default=0, type=int,
 parser.add_argument('--job-id', default='imagenet-job', help='traintel: the job, across requeues')  # traintel
 
 best_acc1 = 0
-measured = {"losses": {}, "acc1": {}, "log_times": []}  # traintel: what the script saw
+measured = {"losses": {}, "acc1": {}, "train": {}, "log_times": []}  # traintel: what the script saw
 
 
 def main():
@@ -180,6 +180,8 @@ def train(train_loader, model, criterion, optimizer, epoch, device, args, run):
         if i % args.print_freq == 0:
             progress.display(i + 1)
             sys.stdout.flush()  # adapted: the test waits for these lines
+    run.log_values(train_loss=losses.avg, train_acc1=top1.avg.item())  # traintel: the epoch's averages
+    measured["train"][epoch] = {"train_loss": losses.avg, "train_acc1": top1.avg.item()}  # traintel
 
 
 def validate(val_loader, model, criterion, args):
