@@ -1,13 +1,18 @@
 """A gradient-accumulation loop over run.track with the loop's own step numbers.
 
-Adapted from huggingface/transformers examples/pytorch/language-modeling/run_clm_no_trainer.py
-(Apache-2.0 licence): the loop over `enumerate(train_dataloader)` per epoch, an optimizer step
-every `gradient_accumulation_steps` batches, `completed_steps` counted after it and logged with
-the loss (once per optimizer step, as in `if accelerator.sync_gradients:`), `max_train_steps`
-ending the run. Accelerate is left out (one CPU process) and the model is a small MLP on random
-data; a 4 ms sleep per batch stands in for a larger one. Each batch goes through run.track, so
-traintel times data wait and compute; the batches between two logged step numbers belong to the
-next one. Prints what the loop measured itself as one JSON line (`MEASURED {...}`).
+Not a public script, and so not in the corpus (tests/corpus/, where each script is a public one
+adapted minimally): it has the shape of the loop in huggingface/transformers
+examples/pytorch/language-modeling/run_clm_no_trainer.py (Apache-2.0 licence): `enumerate` over
+the dataloader per epoch, an optimizer step every `gradient_accumulation_steps` batches,
+`completed_steps` counted after it, `max_train_steps` ending the run. But the model, the data and
+Accelerate are replaced (a small MLP on random data in one CPU process, a 4 ms sleep per batch
+for a larger model) and it logs every optimizer step, where the script logs once an epoch through
+accelerator.log. No corpus script wraps its loader in run.track with accumulation (Accelerate's
+tracking example logs through the tracker, without accumulation at its defaults), so the pattern
+is tested here: each batch goes through run.track, which times data wait and compute; the
+batches between two logged step numbers belong to the next one. A minimal adaptation of
+run_clm_no_trainer.py itself in the corpus would replace this file. Prints what the loop measured
+itself as one JSON line (`MEASURED {...}`).
 
     python accelerate_style.py OUT_DIR
 """
