@@ -142,7 +142,8 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 # logging
-run = traintel.init(project="nanogpt", config=config, total_steps=max_iters, http_port=0)  # traintel
+run = traintel.init(project="nanogpt", config=config, total_steps=max_iters, http_port=0,  # traintel
+                    flush_interval=0.2)  # traintel: rates over most of this short run
 measured = {"losses": {}, "lrs": {}, "evals": {}, "best": {}, "log_times": []}  # traintel: what the script saw
 
 def status():  # traintel: the run's /status, flushed up to this iteration
@@ -153,7 +154,6 @@ def status():  # traintel: the run's /status, flushed up to this iteration
 # training loop
 X, Y = get_batch('train') # fetch the very first batch
 t0 = time.time()
-measured["started"] = t0  # traintel
 local_iter_num = 0 # number of iterations in the lifetime of this process
 raw_model = model
 while True:
