@@ -20,6 +20,10 @@ flock 9   # one installer at a time: parallel test runs share the environment
 if [ ! -f "$venv/.complete" ]; then
   echo "traintel: creating the Python environment in $venv (once per machine; torch is large)" >&2
   rm -rf "$venv"
+  # each environment is ~6 GB: those no checkout has used for two days go (a changed
+  # pyproject.toml makes a new one, and the old ones would fill the disk)
+  find "$cache/venvs" -mindepth 2 -maxdepth 2 -name .used -mtime +1 -printf '%h\0' |
+    xargs -0 -r rm -rf
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2
   if ! "$venv/bin/pip" install -q -e "$root[$extras]" >&2; then
@@ -28,6 +32,7 @@ if [ ! -f "$venv/.complete" ]; then
   fi
   touch "$venv/.complete"
 fi
+touch "$venv/.used"
 exec 9>&-
 export PATH=$venv/bin:$PATH VIRTUAL_ENV=$venv PYTHONPATH=$root/src${PYTHONPATH:+:$PYTHONPATH}
 exec "$@"

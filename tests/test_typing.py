@@ -78,7 +78,8 @@ def test_the_public_api_types_as_what_it_returns(tmp_path: Path) -> None:
     revealed = re.findall(r'Revealed type is "([^"]+)"', done.stdout)
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert errors == [], done.stdout
-    assert len(revealed) == len(EXPECTED), done.stdout
+    assert len(revealed) == len(EXPECTED), f"mypy exited {done.returncode}:\n{done.stdout}" \
+        f"\n{done.stderr[-3000:]}"
     for shown, expected in zip(revealed, EXPECTED):
         assert shown == expected or expected.startswith("TypedDict(") and \
             shown.startswith(expected + ","), (shown[:200], expected)

@@ -23,8 +23,11 @@ def build_wheel(out: Path) -> Path:
         if (REPO / rel).is_file() or (REPO / rel).is_symlink():
             (source / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, source / rel, follow_symlinks=False)
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
-                    str(out), str(source)], check=True, capture_output=True, timeout=300)
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
+                            "--outdir", str(out), str(source)], capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, f"the wheel did not build:\n{built.stdout[-3000:]}" \
+        f"\n{built.stderr[-3000:]}"
     return next(out.glob("traintel-*.whl"))
 
 
