@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from traintel.export.otlp import flat_attributes
 from traintel.record.pipeline import (RECORD_ATTR, Console, Identity, Pipeline, Redact, TraceIds,
-                                      flat_attributes, log_line, stamp)
+                                      log_line, stamp)
 from traintel.redact import Redactor
 from traintel.server import EventHub
 

@@ -107,6 +107,10 @@ TRAINTEL_GRAFANA_ANNOTATIONS = Variable(
     "TRAINTEL_GRAFANA_ANNOTATIONS", "run",
     "`true`: mark the run's start, end, failures, errors, best evaluations and checkpoints as "
     "annotations in the Grafana at GRAFANA_URL (`grafana_annotations=`).", "false")
+TRAINTEL_MODE = Variable(
+    "TRAINTEL_MODE", "run",
+    "`online`: export over OTLP as the run goes; `offline`: record everything, export nothing, "
+    "send it later with `traintel sync` (`mode=`; docs/offline.md).", "online")
 TRAINTEL_RUN_ID = Variable(
     "TRAINTEL_RUN_ID", "run",
     "A run id that every rank of a job shares (wins over the launchers' ids below).")
@@ -114,7 +118,9 @@ TRAINTEL_RUN_ID = Variable(
 # -- OpenTelemetry -----------------------------------------------------------------------------
 OTEL_SDK_DISABLED = Variable(
     "OTEL_SDK_DISABLED", "export",
-    "`true` turns OTLP export off (the local record and /metrics are unaffected).", "false")
+    "`true` turns the OpenTelemetry SDK off, as the specification says: no export, no spans, no "
+    "trace ids (the local record and /metrics are unaffected). For a run to sync later, use "
+    "TRAINTEL_MODE=offline instead: it records spans and trace ids.", "false")
 OTEL_EXPORTER_OTLP_ENDPOINT = Variable(
     "OTEL_EXPORTER_OTLP_ENDPOINT", "export",
     "The collector; the SDK exports there, `traintel demo` checks that something listens and "

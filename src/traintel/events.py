@@ -20,7 +20,8 @@ from .errors import NonFiniteLossError, classify, format_traceback, operation_of
 from .identity import RunIdentity
 from .record.files import read_json, write_json
 from .record.format import (LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine,
-                            EventLine, Level, MilestoneLine, RunEndLine, RunStartLine, Severity)
+                            EventLine, Level, MilestoneLine, RunEndLine, RunStartLine,
+                            RunTelemetry, Severity)
 from .record.pipeline import Pipeline
 from .record.summary import (RunAbout, RunSummary, Segment, build_summary, export_figures,
                              instrument_summaries)
@@ -206,9 +207,11 @@ class EventRecorder:
         self.emit(_events_log, logging.INFO, f"milestone {percent}%", line, event="milestone")
 
     def run_start(self, identity: RunIdentity, config: RunConfig, continuation: Continuation,
-                  total_epochs: int | None, initial_step: int | None = None) -> None:
-        """A segment's first lines (who, where, what version, which segment; the
-        configuration, with the keys that changed since the record's last) and config.json."""
+                  total_epochs: int | None, telemetry: RunTelemetry,
+                  initial_step: int | None = None) -> None:
+        """A segment's first lines (who, where, what version, which segment, what its telemetry
+        did; the configuration, with the keys that changed since the record's last) and
+        config.json."""
         before = continuation.before
         start: RunStartLine = {
             "ts": self.state.start_ts, "type": "run_start", "level": "info",
@@ -216,8 +219,11 @@ class EventRecorder:
             "pid": os.getpid(), "world_size": identity.world_size,
             "local_rank": identity.local_rank, "traintel_version": __version__,
             "total_epochs": total_epochs, "total_steps": self.state.total_steps,
-            "initial_step": initial_step, "segment": continuation.segment, "resumed": continuation.resumed,
-            "tags": list(identity.tags), "notes": identity.notes, "group": identity.group}
+            "initial_step": initial_step, "segment": continuation.segment,
+            "resumed": continuation.resumed,
+            "tags": list(identity.tags), "notes": identity.notes, "group": identity.group,
+            "export": telemetry["export"], "export_interval_s": telemetry["export_interval_s"],
+            "log_level": telemetry["log_level"], "resource": telemetry["resource"]}
         self.pipeline.write(start)
         if before is None:
             self.config(config, "start", [], identity.dir)

@@ -126,6 +126,14 @@ def describe(r: RawLine) -> str:
                 f"{r.get('steps')} steps")
     if kind == "config":
         return f"config {r.get('config_hash')} seed={r.get('seed')}"
+    if kind == "span":
+        start, end = r.get("start_ns"), r.get("end_ns")
+        took = (end - start) / 1e9 if isinstance(start, int) and isinstance(end, int) else None
+        return (f"span {r.get('name')} {duration(took)} {r.get('status')} "
+                f"span_id={r.get('span_id')}")
+    if kind == "export":
+        return (f"{r.get('signal')} export {'delivered' if r.get('ok') else 'failed'}: "
+                f"{r.get('count')} item(s)")
     return " ".join(f"{k}={v}" for k, v in r.items() if k not in _COMMON)
 
 

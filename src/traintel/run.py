@@ -91,9 +91,8 @@ class Run(StepMethods):
             self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
             max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
             figures=before.figures if before else StepFigures(initial_step=initial_step))
-        export = self.export = RunExport.start(
-            state, self.labels, identity.info,
-            sinks_override or (Sinks.otlp() if settings.otlp_enabled else None))
+        export = self.export = RunExport.start(state, self.labels, identity.info,
+                                               settings.export_mode, writer.note, sinks_override)
         writer.listeners.append(export.histograms.observe)
         self.registry, self.otlp = export.registry, export.otlp
         self.tracer = self.otlp.tracer if self.otlp else trace.NoOpTracer()
@@ -130,7 +129,7 @@ class Run(StepMethods):
         self._finished = False
         self._lock = threading.Lock()
         self._events.run_start(identity, config, continuation, settings.total_epochs,
-                               initial_step)
+                               export.telemetry(settings.log_level), initial_step)
         self.outlets = Outlets.start(self, identity, settings, state.start_ts)  # HTTP, Grafana
         self.server: StatusServer | None = self.outlets.server
         self.samplers = start_sampling(

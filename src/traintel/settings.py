@@ -15,7 +15,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Literal, TypedDict, Union
 
 from . import env
-from .record.format import Goal
+from .record.format import ExportMode, Goal
 from .validate import check_choice, check_label, check_run_id, check_tags, shown
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -26,6 +26,8 @@ PROGRESS_MODES: tuple[ProgressMode, ...] = ("auto", "bar", "lines", "off")
 SigtermMode = Literal["exit", "flag"]
 ReinitMode = Literal["finish_previous", "create_new"]
 ResumeMode = Union[bool, Literal["allow", "must", "never"], None]
+Mode = Literal["online", "offline"]
+MODES: tuple[Mode, ...] = ("online", "offline")
 
 
 def _option(default: Any, doc: str, variable: env.Variable | None = None) -> Any:
@@ -58,8 +60,13 @@ class Settings:
         None, "The run id (default: the launcher's shared id, else a new one).")
     dir: str = _option("traintel-runs", "Where run records go: `<dir>/<run-id>/`.",
                        env.TRAINTEL_DIR)
+    mode: Mode = _option(
+        "online", "`online`: export over OTLP as the run goes; `offline`: record everything "
+                  "(spans and trace ids included), export nothing; `traintel sync` sends the "
+                  "record later (docs/offline.md).", env.TRAINTEL_MODE)
     otlp: bool | None = _option(
-        None, "Export over OTLP (None: yes unless OTEL_SDK_DISABLED=true).")
+        None, "Export over OTLP (None: as `mode` says, unless OTEL_SDK_DISABLED=true; False is "
+              "`mode='offline'`).")
     http_port: int | None = _option(
         None, "Serve /metrics, /healthz, /status, /events on this port (0: any free port; "
               "None: off).", env.TRAINTEL_HTTP_PORT)
@@ -154,6 +161,10 @@ class Settings:
         if self.otlp is not None and not isinstance(self.otlp, bool):
             raise TypeError(f"traintel.init: otlp must be True, False or None, got "
                             f"{shown(self.otlp)}")
+        check_choice("traintel.init: mode", self.mode, MODES)
+        if self.mode == "offline" and self.otlp:
+            raise ValueError("traintel.init: mode='offline' exports nothing, but otlp=True asks "
+                             "for export; pass one of them")
         check_choice("traintel.init: progress", self.progress, PROGRESS_MODES)
         check_choice("traintel.init: sigterm", self.sigterm, ("exit", "flag"))
         check_choice("traintel.init: reinit", self.reinit, ("finish_previous", "create_new"))
@@ -179,10 +190,21 @@ class Settings:
                 "debug controls beyond this machine; pass allow_remote_http=True if you mean it")
 
     @property
+    def export_mode(self) -> ExportMode:
+        """``otlp`` (live export), ``offline`` (spans recorded, nothing exported: sync later) or
+        ``disabled`` (OTEL_SDK_DISABLED=true: no OpenTelemetry, as the specification says, unless
+        ``otlp=True`` asks for export in so many words)."""
+        if self.otlp:
+            return "otlp"
+        if env.OTEL_SDK_DISABLED.is_true():
+            return "disabled"
+        if self.mode == "offline" or self.otlp is False:
+            return "offline"
+        return "otlp"
+
+    @property
     def otlp_enabled(self) -> bool:
-        if self.otlp is not None:
-            return self.otlp
-        return not env.OTEL_SDK_DISABLED.is_true()
+        return self.export_mode == "otlp"
 
 
 class InitOptions(TypedDict, total=False):
@@ -196,6 +218,7 @@ class InitOptions(TypedDict, total=False):
     seed: int | None
     run_id: str | None
     dir: str | None
+    mode: Mode | None
     otlp: bool | None
     http_port: int | None
     http_host: str | None

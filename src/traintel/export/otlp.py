@@ -10,30 +10,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 from opentelemetry import trace
-from opentelemetry._logs import Logger, SeverityNumber
+from opentelemetry._logs import Logger, LogRecord, SeverityNumber
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import (BatchLogRecordProcessor, LogRecordExporter,
+                                            LogRecordExportResult)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram,
                                               HistogramDataPoint, Metric, MetricExporter,
                                               MetricExportResult, MetricsData, NumberDataPoint,
                                               PeriodicExportingMetricReader, ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from .. import env
 from ..version import __version__
 from ..catalog import BY_NAME, METRICS
 from ..redact import Redactor
 from ..forks import reset_in_child
+from ..record.format import ExportLine
+from ..record.spans import RecordSpans, Write
 from ..state import RunState
 from .health import (ExportGate, ExportHealth, ExportSession, GatedLogExporter,
                      GatedSpanExporter, Signal, quiet_sdk_export_lines)
@@ -46,9 +52,16 @@ log = logging.getLogger("traintel.export")
 #: late by up to 23 ms, 32 at a time kept it on time (benchmarks/stalls.py).
 EXPORT_BATCH = 32
 
-_SEVERITY = {logging.DEBUG: SeverityNumber.DEBUG, logging.INFO: SeverityNumber.INFO,
-             logging.WARNING: SeverityNumber.WARN, logging.ERROR: SeverityNumber.ERROR,
-             logging.CRITICAL: SeverityNumber.FATAL}
+#: a record line's level as OTLP severity (number, text)
+_SEVERITY: dict[str, tuple[SeverityNumber, str]] = {
+    "debug": (SeverityNumber.DEBUG, "DEBUG"), "info": (SeverityNumber.INFO, "INFO"),
+    "warning": (SeverityNumber.WARN, "WARNING"), "error": (SeverityNumber.ERROR, "ERROR"),
+    "critical": (SeverityNumber.FATAL, "CRITICAL")}
+#: a record line's fields that are not log attributes: the body, the timestamp and the run's
+#: identity (already resource attributes)
+_NOT_ATTRIBUTES = {"message", "ts", "run", "rank", "project"}
+#: a sampled span context: what the SDK's default sampler gives every span
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 @dataclass
@@ -71,7 +84,7 @@ class Sinks:
         from . import selection as chosen
 
         # the SDK's default of 60 s is too coarse for step curves and stall alerts
-        interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else 15_000
+        interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else DEFAULT_INTERVAL_S * 1000
         # a session of traintel's for each OTLP/HTTP exporter (failure reasons, Retry-After,
         # cut at shutdown), unless the user gives the SDK a credential provider of their own
         sessions = {signal: ExportSession() for signal, provider in _CREDENTIAL_PROVIDERS.items()
@@ -96,6 +109,16 @@ _CREDENTIAL_PROVIDERS: dict[Signal, env.Variable] = {
     "logs": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER}
 
 
+#: seconds between metric exports unless OTEL_METRIC_EXPORT_INTERVAL says otherwise
+DEFAULT_INTERVAL_S = 15.0
+
+
+def metric_interval_s() -> float:
+    """Seconds between metric exports: ``OTEL_METRIC_EXPORT_INTERVAL`` (ms), else 15."""
+    interval = env.OTEL_METRIC_EXPORT_INTERVAL.real()
+    return interval / 1000 if interval and interval > 0 else DEFAULT_INTERVAL_S
+
+
 class HistogramsExporter(MetricExporter):
     """Adds to every export what observable instruments cannot carry: the run's histograms,
     built from ``Histograms``' bucket counts, and the min/max of the values logged since the
@@ -108,19 +131,25 @@ class HistogramsExporter(MetricExporter):
     """
 
     def __init__(self, exporter: MetricExporter, metrics: Callable[[], list[Metric]],
-                 gate: ExportGate) -> None:
+                 gate: ExportGate, notes: ExportNotes | None = None) -> None:
         super().__init__(preferred_temporality=exporter._preferred_temporality,
                          preferred_aggregation=exporter._preferred_aggregation)
         self.exporter = exporter
         self.metrics = metrics
         #: counts failures; closed in a forked child (its copy of the run's state is frozen)
         self.gate = gate
+        self.notes = notes or ExportNotes()
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
-        return self.gate.run(lambda: self.exporter.export(
-            self._with_histograms(metrics_data), timeout_millis=timeout_millis, **kwargs),
+        data = self._with_histograms(metrics_data)
+        result = self.gate.run(lambda: self.exporter.export(
+            data, timeout_millis=timeout_millis, **kwargs),
             MetricExportResult.SUCCESS, MetricExportResult.FAILURE)
+        count, latest = _points(data)
+        self.notes("metrics", result is MetricExportResult.SUCCESS, count,
+                   at=latest / 1e9 if latest else None)
+        return result
 
     def _with_histograms(self, data: MetricsData) -> MetricsData:
         histograms = self.metrics()
@@ -144,14 +173,143 @@ class HistogramsExporter(MetricExporter):
         self.exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
+#: writes an ``export`` line to the record, during the run or after it ended
+#: (``RecordWriter.note``)
+Note = Callable[[Mapping[str, object]], None]
+
+
+class ExportNotes:
+    """The outcome of every live export, noted in the record as an ``export`` line: metrics by
+    the time their points were collected, logs by their timestamps, spans by their ids, so that
+    ``traintel sync`` sends only what never arrived (docs/offline.md)."""
+
+    def __init__(self, write: Note | None = None) -> None:
+        self.write = write
+
+    def __call__(self, signal: Signal, ok: bool, count: int, at: float | None = None,
+                 delivered: list[int] | list[str] | None = None) -> None:
+        write = self.write
+        if write is None:
+            return
+        line: ExportLine = {"ts": time.time(), "type": "export", "level": "debug",
+                            "trace_id": None, "span_id": None, "signal": signal, "ok": ok,
+                            "count": count, "at": at, "delivered": delivered or []}
+        try:
+            write(line)
+        except Exception:  # noting must never break an export thread
+            log.debug("could not note an export outcome", exc_info=True)
+
+
+class NotedSpanExporter(SpanExporter):
+    """A span exporter whose every outcome is noted (the ids of the spans delivered)."""
+
+    def __init__(self, exporter: SpanExporter, notes: ExportNotes) -> None:
+        self.exporter = exporter
+        self.notes = notes
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = SpanExportResult.FAILURE
+        try:
+            result = self.exporter.export(spans)
+        finally:
+            ok = result is SpanExportResult.SUCCESS
+            self.notes("traces", ok, len(spans), delivered=[
+                format(span.context.span_id, "016x") for span in spans
+                if span.context is not None] if ok else [])
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class NotedLogExporter(LogRecordExporter):
+    """A log exporter whose every outcome is noted (the timestamps of the records delivered)."""
+
+    def __init__(self, exporter: LogRecordExporter, notes: ExportNotes) -> None:
+        self.exporter = exporter
+        self.notes = notes
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        result = LogRecordExportResult.FAILURE
+        try:
+            result = self.exporter.export(batch)
+        finally:
+            ok = result is LogRecordExportResult.SUCCESS
+            self.notes("logs", ok, len(batch), delivered=[
+                entry.log_record.timestamp or 0 for entry in batch] if ok else [])
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK's is untyped
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+def _points(data: MetricsData) -> tuple[int, int]:
+    """How many data points, and the latest point time (ns) among them."""
+    count = latest = 0
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    count += 1
+                    latest = max(latest, point.time_unix_nano)
+    return count, latest
+
+
+def log_record(line: Mapping[str, Any]) -> LogRecord:
+    """A record line as an OTLP log record, for the live export and for ``traintel sync``
+    alike: the line's time (observed then too), its level, its text as the body, its other
+    fields as attributes, and the trace and span the line names."""
+    ts = int(line["ts"] * 1e9)
+    severity, text = _SEVERITY.get(str(line.get("level")), _SEVERITY["info"])
+    attributes = {key: value for key, value in flat_attributes(line).items()
+                  if _attribute_ok(value)}
+    return LogRecord(timestamp=ts, observed_timestamp=ts, context=_trace_context(line),
+                     severity_number=severity, severity_text=text,
+                     body=str(line.get("message") or ""), attributes=attributes,
+                     event_name=attributes.get("event"))
+
+
+def flat_attributes(line: Mapping[str, Any]) -> dict[str, Any]:
+    """Record line -> OTLP attributes: scalars as they are, nested values as compact JSON."""
+    out: dict[str, Any] = {}
+    for key, value in line.items():
+        if key in _NOT_ATTRIBUTES or value is None:
+            continue
+        if isinstance(value, (dict, list)):
+            out[key] = orjson.dumps(value, default=str).decode()
+        else:
+            out[key] = value
+    return out
+
+
+def _trace_context(line: Mapping[str, Any]) -> Context | None:
+    """The span a line names (hex ``trace_id`` and ``span_id``), as a context."""
+    trace_id, span_id = line.get("trace_id"), line.get("span_id")
+    if not isinstance(trace_id, str) or not isinstance(span_id, str):
+        return None
+    try:
+        context = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False,
+                              trace_flags=_SAMPLED)
+    except ValueError:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(context)) if context.is_valid else None
+
+
 def start_export(sinks: Sinks | None, state: RunState, labels: dict[str, str],
-                 run_info: dict[str, str], histograms: Histograms) -> OtlpExport | None:
-    """The run's export to ``sinks`` (None: no export), the SDK's retry chatter quieted."""
+                 run_info: dict[str, str], histograms: Histograms, resource: Resource,
+                 note: Note | None = None) -> OtlpExport | None:
+    """The run's export to ``sinks`` (None: no OpenTelemetry at all; empty sinks: spans made
+    and recorded, nothing exported), the SDK's retry chatter quieted."""
     if sinks is None:
         return None
     quiet_sdk_export_lines()
-    resource = resource_for(labels, run_info["run_name"], run_info["host"])
-    return OtlpExport(state, labels, run_info, resource, sinks, histograms)
+    return OtlpExport(state, labels, run_info, resource, sinks, histograms, note)
 
 
 def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
@@ -172,12 +330,15 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
 class OtlpExport:
     """The run's own OTel providers (metrics, traces, logs) reading the run state.
 
+    The tracer provider exists whenever the run uses OpenTelemetry, exporting or not: an offline
+    run's spans and trace ids are recorded (``traintel.record.spans``) for ``traintel sync``.
     In a forked child (a data-loader worker) the SDK restarts its export threads; the child's
     copy of the state is the parent's at the fork, frozen, so the child exports nothing of it
     (the same series from several processes would contradict each other)."""
 
     def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
-                 resource: Resource, sinks: Sinks, histograms: Histograms) -> None:
+                 resource: Resource, sinks: Sinks, histograms: Histograms,
+                 note: Note | None = None) -> None:
         self.state = state
         self.labels = labels
         self.histograms = histograms
@@ -190,32 +351,34 @@ class OtlpExport:
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._logger: Logger | None = None
         self._metric_exporter: HistogramsExporter | None = None
+        #: every live export's outcome, in the record
+        self.notes = ExportNotes(note)
 
         if sinks.metric_exporter is not None:
             self._take_window = state.logged.reader()
             self._metric_exporter = HistogramsExporter(
                 sinks.metric_exporter, self._added_metrics,
-                ExportGate("metrics", health, sinks.sessions.get("metrics")))
+                ExportGate("metrics", health, sinks.sessions.get("metrics")), self.notes)
             reader = PeriodicExportingMetricReader(
                 self._metric_exporter, export_interval_millis=sinks.metric_interval_ms)
             self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader],
                                                 shutdown_on_exit=False)
             self._providers.append(self.meter_provider)
             self._register_instruments(readers(run_info))
+        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         if sinks.span_exporter is not None:
-            tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-            tracer_provider.add_span_processor(BatchSpanProcessor(
-                GatedSpanExporter(sinks.span_exporter, ExportGate(
-                    "traces", health, sinks.sessions.get("traces"))),
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(
+                NotedSpanExporter(GatedSpanExporter(sinks.span_exporter, ExportGate(
+                    "traces", health, sinks.sessions.get("traces"))), self.notes),
                 max_export_batch_size=_export_batch(
                 env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BSP_MAX_QUEUE_SIZE)))
-            self._providers.append(tracer_provider)
-            self.tracer = tracer_provider.get_tracer("traintel", __version__)
+        self._providers.append(self.tracer_provider)
+        self.tracer = self.tracer_provider.get_tracer("traintel", __version__)
         if sinks.log_exporter is not None:
             logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-                GatedLogExporter(sinks.log_exporter, ExportGate(
-                    "logs", health, sinks.sessions.get("logs"))),
+                NotedLogExporter(GatedLogExporter(sinks.log_exporter, ExportGate(
+                    "logs", health, sinks.sessions.get("logs"))), self.notes),
                 max_export_batch_size=_export_batch(
                 env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BLRP_MAX_QUEUE_SIZE)))
             self._providers.append(logger_provider)
@@ -289,18 +452,20 @@ class OtlpExport:
                                       aggregation_temporality=AggregationTemporality.CUMULATIVE))
                 for name, data_points in points.items()]
 
+    def record_spans(self, write: Write, redactor: Redactor) -> None:
+        """Every span the run ends in the record, exported or not, through ``write`` (the
+        event pipeline's record-only door), for ``traintel sync``."""
+        self.tracer_provider.add_span_processor(RecordSpans(write, redactor))
+
     # -- logs -----------------------------------------------------------------------------
-    def emit_log(self, record: logging.LogRecord, body: str, attributes: dict[str, Any],
-                 span: Any = None) -> None:
-        if self._logger is None:
-            return
-        self._logger.emit(
-            timestamp=int(record.created * 1e9),
-            context=trace.set_span_in_context(span) if span is not None else None,
-            severity_number=_SEVERITY.get(record.levelno, SeverityNumber.INFO),
-            severity_text=record.levelname, body=body,
-            attributes={k: v for k, v in attributes.items() if _attribute_ok(v)},
-            event_name=attributes.get("event"))
+    @property
+    def exports_logs(self) -> bool:
+        return self._logger is not None
+
+    def emit_log(self, line: Mapping[str, Any]) -> None:
+        """A finished record line as an OTLP log record (``log_record``)."""
+        if self._logger is not None:
+            self._logger.emit(log_record(line))
 
     # -- lifecycle ------------------------------------------------------------------------
     def shutdown(self, timeout: float) -> bool:

@@ -49,7 +49,16 @@ InstrumentKind = Literal["counter", "gauge", "histogram", "timer", "operation"]
 ObservationKind = Literal["histogram", "timer", "operation"]
 
 LineType = Literal["run_start", "config", "step", "values", "eval", "epoch", "event", "milestone",
-                   "error", "log", "instrument", "run_end"]
+                   "error", "log", "instrument", "span", "export", "run_end"]
+
+#: what a run did with its telemetry besides the record: ``otlp`` exported it live (and notes
+#: each export's outcome in ``export`` lines), ``offline`` exported nothing (``traintel sync``
+#: sends it later), ``disabled``: ``OTEL_SDK_DISABLED=true``, no OpenTelemetry at all (no spans,
+#: no trace ids)
+ExportMode = Literal["otlp", "offline", "disabled"]
+#: the signals an ``export`` line speaks of (OpenTelemetry's names)
+Signal = Literal["metrics", "logs", "traces"]
+SpanStatus = Literal["unset", "ok", "error"]
 
 #: a step's metrics: numbers, and "nan"/"inf"/"-inf" text for non-finite values (JSON has none)
 Metrics = dict[str, Union[float, int, str]]
@@ -72,7 +81,20 @@ class _Stamped(TypedDict, total=False):
     span_id: str | None
 
 
-class RunStartLine(_Stamped):
+class RunTelemetry(TypedDict):
+    """What a run did with its telemetry, in its ``run_start`` line (``traintel sync`` reads
+    it)."""
+
+    export: ExportMode
+    #: seconds between metric exports (live), or between the points a sync sends (offline)
+    export_interval_s: float
+    #: the level of traintel's logs: lines below it reached the record alone, not OTLP
+    log_level: str
+    #: the OpenTelemetry resource the run's telemetry carries (or would have carried)
+    resource: dict[str, Any]
+
+
+class RunStartLine(_Stamped, RunTelemetry):
     """The start of a segment: a run's first, or a resumed run's next (``segment`` counts from
     1; ``resumed`` says whether ``resume=`` asked for it)."""
 
@@ -195,6 +217,43 @@ class InstrumentLine(_Stamped, Statistics):
     name: str
 
 
+class SpanEvent(TypedDict):
+    """An event on a span (an exception, recorded with its scrubbed text)."""
+
+    name: str
+    time_ns: int
+    attributes: dict[str, Any]
+
+
+class SpanLine(_Stamped):
+    """A span that ended (its own ``trace_id`` and ``span_id`` are the stamped ones): what
+    ``traintel sync`` sends to Tempo for a run that did not export it live."""
+
+    type: Literal["span"]
+    name: str
+    parent_span_id: str | None
+    kind: str
+    start_ns: int
+    end_ns: int
+    status: SpanStatus
+    status_message: str | None
+    attributes: dict[str, Any]
+    events: list[SpanEvent]
+
+
+class ExportLine(_Stamped):
+    """One live export's outcome, so that ``traintel sync`` sends only what never arrived:
+    for metrics the time their points were collected (``at``), for logs the timestamps (ns) of
+    the log records delivered, for spans their ids."""
+
+    type: Literal["export"]
+    signal: Signal
+    ok: bool
+    count: int
+    at: float | None
+    delivered: list[int] | list[str]
+
+
 class RunEndLine(_Stamped):
     """The end of a segment: its status, duration, the steps it took and its last step."""
 
@@ -206,4 +265,5 @@ class RunEndLine(_Stamped):
 
 
 RecordLine = Union[RunStartLine, ConfigLine, StepLine, ValuesLine, EvalLine, EpochLine,
-                   EventLine, MilestoneLine, ErrorLine, LogLine, InstrumentLine, RunEndLine]
+                   EventLine, MilestoneLine, ErrorLine, LogLine, InstrumentLine, SpanLine,
+                   ExportLine, RunEndLine]

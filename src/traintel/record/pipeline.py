@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
 from opentelemetry import trace
 
 from ..redact import Redactor
@@ -120,33 +119,16 @@ class TraceIds:
 
 
 # -- sinks -------------------------------------------------------------------------------------
-#: the body, the timestamp, and the run's identity (already resource attributes)
-_NOT_ATTRIBUTES = {"message", "ts", "run", "rank", "project"}
-
-
-def flat_attributes(line: Mapping[str, Any]) -> dict[str, Any]:
-    """Record line -> OTLP attributes: scalars as they are, nested values as compact JSON."""
-    out: dict[str, Any] = {}
-    for key, value in line.items():
-        if key in _NOT_ATTRIBUTES or value is None:
-            continue
-        if isinstance(value, (dict, list)):
-            out[key] = orjson.dumps(value, default=str).decode()
-        else:
-            out[key] = value
-    return out
-
-
 class OtlpLogs:
-    """Each line as an OTLP log record, in the trace context of the span it belongs to."""
+    """Each line as an OTLP log record, in the trace context of the span it names (the
+    ``TraceIds`` processor's): built from the finished line alone, as ``traintel sync`` builds
+    it from the record."""
 
-    def __init__(self, otlp: OtlpExport, fallback: FallbackSpan | None = None) -> None:
+    def __init__(self, otlp: OtlpExport) -> None:
         self.otlp = otlp
-        self.fallback = fallback
 
     def __call__(self, line: EventDict, record: logging.LogRecord) -> None:
-        self.otlp.emit_log(record, line.get("message") or record.getMessage(),
-                           flat_attributes(line), current_span(self.fallback))
+        self.otlp.emit_log(line)
 
 
 class Console:
@@ -192,15 +174,19 @@ class Pipeline(logging.Handler):
                 active_span: FallbackSpan, otlp: OtlpExport | None = None,
                 console: logging.Handler | None = None) -> Pipeline:
         """A run's pipeline: Redact, stamp, Identity, TraceIds; then the record (queued for the
-        writer), OTLP logs and the console where the run has them."""
+        writer), OTLP logs and the console where the run has them. Its record-only door takes
+        every span the run ends too (``OtlpExport.record_spans``)."""
         append = queue.append
         sinks: list[Sink] = []
-        if otlp is not None:
-            sinks.append(OtlpLogs(otlp, active_span))
+        if otlp is not None and otlp.exports_logs:
+            sinks.append(OtlpLogs(otlp))
         if console is not None:
             sinks.append(Console(console))
-        return cls([Redact(redactor), stamp, Identity(identity), TraceIds(active_span)],
-                   file=lambda line, record: append(Line(line)), sinks=sinks)
+        pipeline = cls([Redact(redactor), stamp, Identity(identity), TraceIds(active_span)],
+                       file=lambda line, record: append(Line(line)), sinks=sinks)
+        if otlp is not None:
+            otlp.record_spans(pipeline.write, redactor)
+        return pipeline
 
     def submit(self, logger: logging.Logger, level: int, text: object,
                line: Mapping[str, object]) -> None:

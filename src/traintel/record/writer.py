@@ -113,6 +113,23 @@ class RecordWriter:
         """Queue a ready-made record line (rare: config, evals, events, errors, logs)."""
         self.queue.append(Line(line))
 
+    def note(self, line: Mapping[str, object]) -> None:
+        """A line from another thread that may come after the record was closed: the outcome
+        of a live export (the last ones happen as the run ends, after ``run_end``). Queued while
+        the writer runs; after it stopped, appended to the file at once. Whose it is (run,
+        rank) is added here."""
+        line = {**line, **self.identity}
+        if not self._stopping:
+            self.queue.append(Line(line))
+            return
+        if self._forked:
+            return
+        with self._lock:
+            self._write([encode(line)])
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
     def flush_soon(self) -> None:
         self._wake.set()
 
