@@ -125,6 +125,16 @@ OTEL_EXPORTER_OTLP_ENDPOINT = Variable(
     "OTEL_EXPORTER_OTLP_ENDPOINT", "export",
     "The collector; the SDK exports there, `traintel demo` checks that something listens and "
     "`traintel doctor` checks it.", "http://localhost:4318")
+OTEL_EXPORTER_OTLP_METRICS_ENDPOINT = Variable(
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "export",
+    "The metrics endpoint as a full URL (…/v1/metrics), over OTEL_EXPORTER_OTLP_ENDPOINT; the SDK "
+    "reads it, `traintel sync` names it.")
+OTEL_EXPORTER_OTLP_LOGS_ENDPOINT = Variable(
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "export",
+    "The logs endpoint as a full URL (…/v1/logs), over OTEL_EXPORTER_OTLP_ENDPOINT.")
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = Variable(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "export",
+    "The traces endpoint as a full URL (…/v1/traces), over OTEL_EXPORTER_OTLP_ENDPOINT.")
 OTEL_METRIC_EXPORT_INTERVAL = Variable(
     "OTEL_METRIC_EXPORT_INTERVAL", "export",
     "Milliseconds between metric exports. Unset, traintel exports every 15000 (the SDK's 60000 "

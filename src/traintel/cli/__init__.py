@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "debug": "traintel.cli.status:debug",
     "docs": "traintel.cli.docs:docs",
     "grafana": "traintel.cli.grafana:grafana",
+    "sync": "traintel.cli.sync:sync",
 }
 
 

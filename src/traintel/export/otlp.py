@@ -22,11 +22,12 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (BatchLogRecordProcessor, LogRecordExporter,
                                             LogRecordExportResult)
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram,
                                               HistogramDataPoint, Metric, MetricExporter,
-                                              MetricExportResult, MetricsData, NumberDataPoint,
-                                              PeriodicExportingMetricReader, ScopeMetrics)
+                                              MetricExportResult, MetricReader, MetricsData,
+                                              NumberDataPoint, PeriodicExportingMetricReader,
+                                              ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -130,19 +131,20 @@ class HistogramsExporter(MetricExporter):
     rest (it is what the counts hold, and what Prometheus needs).
     """
 
-    def __init__(self, exporter: MetricExporter, metrics: Callable[[], list[Metric]],
-                 gate: ExportGate, notes: ExportNotes | None = None) -> None:
+    def __init__(self, exporter: MetricExporter, gate: ExportGate,
+                 notes: ExportNotes | None = None) -> None:
         super().__init__(preferred_temporality=exporter._preferred_temporality,
                          preferred_aggregation=exporter._preferred_aggregation)
         self.exporter = exporter
-        self.metrics = metrics
+        #: what each export adds (``RunMetrics.added``), set once the instruments exist
+        self.added: Callable[[int], list[Metric]] = lambda now_ns: []
         #: counts failures; closed in a forked child (its copy of the run's state is frozen)
         self.gate = gate
         self.notes = notes or ExportNotes()
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
-        data = self._with_histograms(metrics_data)
+        data = with_added(metrics_data, self.added(time.time_ns()))
         result = self.gate.run(lambda: self.exporter.export(
             data, timeout_millis=timeout_millis, **kwargs),
             MetricExportResult.SUCCESS, MetricExportResult.FAILURE)
@@ -151,26 +153,109 @@ class HistogramsExporter(MetricExporter):
                    at=latest / 1e9 if latest else None)
         return result
 
-    def _with_histograms(self, data: MetricsData) -> MetricsData:
-        histograms = self.metrics()
-        if not histograms or not data.resource_metrics:
-            return data
-        resource, *others = data.resource_metrics  # one provider: one resource
-        scopes = list(resource.scope_metrics)
-        for i, scope in enumerate(scopes):
-            if scope.scope.name == "traintel":
-                scopes[i] = replace(scope, metrics=[*scope.metrics, *histograms])
-                break
-        else:
-            scopes.append(ScopeMetrics(scope=InstrumentationScope("traintel", __version__),
-                                       metrics=histograms, schema_url=""))
-        return replace(data, resource_metrics=[replace(resource, scope_metrics=scopes), *others])
-
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self.exporter.force_flush(timeout_millis=timeout_millis)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def with_added(data: MetricsData, added: list[Metric]) -> MetricsData:
+    """``data`` with ``added`` (``RunMetrics.added``) in its ``traintel`` scope."""
+    if not added or not data.resource_metrics:
+        return data
+    resource, *others = data.resource_metrics  # one provider: one resource
+    scopes = list(resource.scope_metrics)
+    for i, scope in enumerate(scopes):
+        if scope.scope.name == "traintel":
+            scopes[i] = replace(scope, metrics=[*scope.metrics, *added])
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=InstrumentationScope("traintel", __version__),
+                                   metrics=added, schema_url=""))
+    return replace(data, resource_metrics=[replace(resource, scope_metrics=scopes), *others])
+
+
+class RunMetrics:
+    """The run's metric instruments: every catalog metric registered on a meter provider of its
+    own, reading the run state whenever ``reader`` collects, plus what observable instruments
+    cannot carry (:meth:`added`). The live export's reader collects periodically; ``traintel
+    sync``'s collects at the record's times, over a state it replays from the record: one code
+    for both, so a synced point is what the live export would have sent."""
+
+    def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
+                 histograms: Histograms, resource: Resource, reader: MetricReader,
+                 version: str = __version__) -> None:
+        self.state = state
+        self.labels = labels
+        self.histograms = histograms
+        self._attribute_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        #: a window of its own: min/max of the values logged since the previous collection
+        self._take_window = state.logged.reader()
+        # no exemplars: observable instruments have none, and looking costs a sync's replay
+        self.provider = MeterProvider(resource=resource, metric_readers=[reader],
+                                      shutdown_on_exit=False,
+                                      exemplar_filter=AlwaysOffExemplarFilter())
+        meter = self.provider.get_meter("traintel", version)
+        table = readers(run_info)
+        for metric in METRICS:
+            if metric.kind == "histogram" or metric.name in WINDOWED:
+                continue  # added to each collection: see ``added``
+            create = (meter.create_observable_counter if metric.kind == "counter"
+                      else meter.create_observable_gauge)
+            create(metric.name, callbacks=[self._callback(table[metric.name])], unit=metric.unit,
+                   description=metric.description)
+
+    def added(self, now_ns: int) -> list[Metric]:
+        """The histograms' cumulative points and the min/max of each run.log key since the
+        previous collection (taken now), as of ``now_ns``."""
+        return [*self._histogram_metrics(now_ns), *self._window_metrics(now_ns)]
+
+    def _attributes(self, extra: dict[str, str]) -> dict[str, str]:
+        """The run's labels plus ``extra``, one dict per series, built once."""
+        if not extra:
+            return self.labels
+        key = tuple(extra.items())
+        found = self._attribute_dicts.get(key)
+        if found is None:
+            found = self._attribute_dicts[key] = {**self.labels, **extra}
+        return found
+
+    def _callback(self, reader: Reader) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        state = self.state
+        attributes = self._attributes
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, attributes(extra)) for value, extra in reader(state)]
+        return observe
+
+    def _window_metrics(self, now_ns: int) -> list[Metric]:
+        """Min and max of each run.log key since the previous collection, as gauges."""
+        return [Metric(name=name, description=BY_NAME[name].description, unit=BY_NAME[name].unit,
+                       data=Gauge(data_points=[
+                           NumberDataPoint(attributes=self._attributes(extra),
+                                           start_time_unix_nano=0, time_unix_nano=now_ns,
+                                           value=value)
+                           for value, extra in readings]))
+                for name, readings in window_readings(self._take_window()).items() if readings]
+
+    def _histogram_metrics(self, now_ns: int) -> list[Metric]:
+        """The histograms' cumulative points, one ``Metric`` per catalog histogram."""
+        start = int(self.state.start_ts * 1e9)
+        points: dict[str, list[HistogramDataPoint]] = {}
+        for series in self.histograms.snapshot():
+            label_names = BY_NAME[series.metric].labels
+            extra = {label_names[0]: series.label or ""} if label_names else {}
+            points.setdefault(series.metric, []).append(HistogramDataPoint(
+                attributes=self._attributes(extra), start_time_unix_nano=start,
+                time_unix_nano=now_ns, count=sum(series.counts), sum=series.sum,
+                bucket_counts=series.counts, explicit_bounds=series.bounds, min=series.min,
+                max=series.max))
+        return [Metric(name=name, description=BY_NAME[name].description,
+                       unit=BY_NAME[name].unit,
+                       data=Histogram(data_points=data_points,
+                                      aggregation_temporality=AggregationTemporality.CUMULATIVE))
+                for name, data_points in points.items()]
 
 
 #: writes an ``export`` line to the record, during the run or after it ended
@@ -200,53 +285,48 @@ class ExportNotes:
             log.debug("could not note an export outcome", exc_info=True)
 
 
-class NotedSpanExporter(SpanExporter):
-    """A span exporter whose every outcome is noted (the ids of the spans delivered)."""
+class _Noted:
+    """An exporter wrapped so that every outcome is noted, with the keys of what was
+    delivered (``key`` of each item)."""
 
-    def __init__(self, exporter: SpanExporter, notes: ExportNotes) -> None:
+    def __init__(self, exporter: Any, notes: ExportNotes, signal: Signal, success: Any,
+                 key: Callable[[Any], Any]) -> None:
         self.exporter = exporter
         self.notes = notes
+        self._signal, self._success, self._key = signal, success, key
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = SpanExportResult.FAILURE
+    def export(self, items: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        result = None
         try:
-            result = self.exporter.export(spans)
+            result = self.exporter.export(items, *args, **kwargs)
         finally:
-            ok = result is SpanExportResult.SUCCESS
-            self.notes("traces", ok, len(spans), delivered=[
-                format(span.context.span_id, "016x") for span in spans
-                if span.context is not None] if ok else [])
+            ok = result is self._success
+            self.notes(self._signal, ok, len(items),
+                       delivered=[self._key(item) for item in items] if ok else [])
         return result
 
     def shutdown(self) -> None:
         self.exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
+        return bool(self.exporter.force_flush(timeout_millis))
 
 
-class NotedLogExporter(LogRecordExporter):
+# _Noted.export takes what either base's export takes: mypy cannot see that one method fits both
+class NotedSpanExporter(_Noted, SpanExporter):  # type: ignore[misc]
+    """A span exporter whose every outcome is noted (the ids of the spans delivered)."""
+
+    def __init__(self, exporter: SpanExporter, notes: ExportNotes) -> None:
+        super().__init__(exporter, notes, "traces", SpanExportResult.SUCCESS,
+                         lambda span: format(span.context.span_id, "016x"))
+
+
+class NotedLogExporter(_Noted, LogRecordExporter):  # type: ignore[misc]
     """A log exporter whose every outcome is noted (the timestamps of the records delivered)."""
 
     def __init__(self, exporter: LogRecordExporter, notes: ExportNotes) -> None:
-        self.exporter = exporter
-        self.notes = notes
-
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        result = LogRecordExportResult.FAILURE
-        try:
-            result = self.exporter.export(batch)
-        finally:
-            ok = result is LogRecordExportResult.SUCCESS
-            self.notes("logs", ok, len(batch), delivered=[
-                entry.log_record.timestamp or 0 for entry in batch] if ok else [])
-        return result
-
-    def shutdown(self) -> None:
-        self.exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK's is untyped
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
+        super().__init__(exporter, notes, "logs", LogRecordExportResult.SUCCESS,
+                         lambda entry: entry.log_record.timestamp or 0)
 
 
 def _points(data: MetricsData) -> tuple[int, int]:
@@ -347,7 +427,6 @@ class OtlpExport:
                                        sinks.log_exporter) if e is not None]
         self._sessions = list(sinks.sessions.values())
         health = ExportHealth(state)
-        self._attribute_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._logger: Logger | None = None
         self._metric_exporter: HistogramsExporter | None = None
@@ -355,16 +434,15 @@ class OtlpExport:
         self.notes = ExportNotes(note)
 
         if sinks.metric_exporter is not None:
-            self._take_window = state.logged.reader()
-            self._metric_exporter = HistogramsExporter(
-                sinks.metric_exporter, self._added_metrics,
+            exporter = self._metric_exporter = HistogramsExporter(
+                sinks.metric_exporter,
                 ExportGate("metrics", health, sinks.sessions.get("metrics")), self.notes)
-            reader = PeriodicExportingMetricReader(
-                self._metric_exporter, export_interval_millis=sinks.metric_interval_ms)
-            self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader],
-                                                shutdown_on_exit=False)
+            metrics = RunMetrics(state, labels, run_info, histograms, resource,
+                                 PeriodicExportingMetricReader(
+                                     exporter, export_interval_millis=sinks.metric_interval_ms))
+            exporter.added = metrics.added
+            self.meter_provider = metrics.provider
             self._providers.append(self.meter_provider)
-            self._register_instruments(readers(run_info))
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         if sinks.span_exporter is not None:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
@@ -389,68 +467,6 @@ class OtlpExport:
         """The gates close themselves (nothing is sent); what is left here is the parent's."""
         self._logger = None
         self._providers, self._exporters, self._sessions = [], [], []
-
-    # -- metrics --------------------------------------------------------------------------
-    def _register_instruments(self, table: dict[str, Reader]) -> None:
-        meter = self.meter_provider.get_meter("traintel", __version__)
-        for metric in METRICS:
-            if metric.kind == "histogram" or metric.name in WINDOWED:
-                continue  # added to each export by HistogramsExporter
-            create = (meter.create_observable_counter if metric.kind == "counter"
-                      else meter.create_observable_gauge)
-            create(metric.name, callbacks=[self._callback(table[metric.name])], unit=metric.unit,
-                   description=metric.description)
-
-    def _attributes(self, extra: dict[str, str]) -> dict[str, str]:
-        """The run's labels plus ``extra``, one dict per series, built once."""
-        if not extra:
-            return self.labels
-        key = tuple(extra.items())
-        found = self._attribute_dicts.get(key)
-        if found is None:
-            found = self._attribute_dicts[key] = {**self.labels, **extra}
-        return found
-
-    def _callback(self, reader: Reader) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        state = self.state
-        attributes = self._attributes
-
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(value, attributes(extra)) for value, extra in reader(state)]
-        return observe
-
-    def _added_metrics(self) -> list[Metric]:
-        return [*self._histogram_metrics(), *self._window_metrics()]
-
-    def _window_metrics(self) -> list[Metric]:
-        """Min and max of each run.log key since the previous export, as gauges."""
-        now = time.time_ns()
-        return [Metric(name=name, description=BY_NAME[name].description, unit=BY_NAME[name].unit,
-                       data=Gauge(data_points=[
-                           NumberDataPoint(attributes=self._attributes(extra),
-                                           start_time_unix_nano=0, time_unix_nano=now,
-                                           value=value)
-                           for value, extra in readings]))
-                for name, readings in window_readings(self._take_window()).items() if readings]
-
-    def _histogram_metrics(self) -> list[Metric]:
-        """The histograms' cumulative points now, one ``Metric`` per catalog histogram."""
-        start = int(self.state.start_ts * 1e9)
-        now = time.time_ns()
-        points: dict[str, list[HistogramDataPoint]] = {}
-        for series in self.histograms.snapshot():
-            label_names = BY_NAME[series.metric].labels
-            extra = {label_names[0]: series.label or ""} if label_names else {}
-            points.setdefault(series.metric, []).append(HistogramDataPoint(
-                attributes=self._attributes(extra), start_time_unix_nano=start,
-                time_unix_nano=now, count=sum(series.counts), sum=series.sum,
-                bucket_counts=series.counts, explicit_bounds=series.bounds, min=series.min,
-                max=series.max))
-        return [Metric(name=name, description=BY_NAME[name].description,
-                       unit=BY_NAME[name].unit,
-                       data=Histogram(data_points=data_points,
-                                      aggregation_temporality=AggregationTemporality.CUMULATIVE))
-                for name, data_points in points.items()]
 
     def record_spans(self, write: Write, redactor: Redactor) -> None:
         """Every span the run ends in the record, exported or not, through ``write`` (the

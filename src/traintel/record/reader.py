@@ -389,6 +389,40 @@ def bounded_lines(file: IO[bytes]) -> Iterator[bytes | None]:
         yield b"".join(pieces) if size <= MAX_LINE_BYTES else None
 
 
+def positioned(files: Iterable[Path], start: int = 0) -> Iterator[tuple[int, int, RawLine | None]]:
+    """The complete lines of files read in turn as one stream of bytes, from byte ``start`` on:
+    (where the line starts, where it ends, the line, or None when it is not a JSON object).
+    Offsets count across the files, so they stay valid when the writer rotates (oldest files
+    first; nothing is deleted). A last line without its newline is being written, or was torn
+    by a crash: it is left out. Blank lines are passed over."""
+    loads = orjson.loads
+    base = 0
+    for path in files:
+        try:
+            file = open(path, "rb")
+        except FileNotFoundError:
+            continue
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            if base + size <= start:
+                base += size
+                continue
+            at = max(0, start - base)
+            file.seek(at)
+            for raw in file:
+                begin, at = base + at, at + len(raw)
+                if not raw.endswith(b"\n"):
+                    break
+                if not raw.strip():
+                    continue
+                try:
+                    line = loads(raw)
+                except orjson.JSONDecodeError:
+                    line = None
+                yield begin, base + at, line if type(line) is dict else None
+            base += max(size, at)  # the live file may have grown while it was read
+
+
 def _ts(record: RawLine) -> float:
     ts = record.get("ts")
     return ts if isinstance(ts, (int, float)) else 0.0

@@ -1,0 +1,166 @@
+"""The collector ``traintel sync`` sends to: the OpenTelemetry SDK's OTLP/HTTP exporters,
+configured as a live run's are (``OTEL_EXPORTER_OTLP_*``: endpoints per signal, headers,
+timeout, compression, certificates), or at ``--endpoint``.
+
+The SDK retries what is worth retrying (429, 502-504, connection errors) within its timeout;
+what fails after that stops the sync with an error that says which signal and why, in the
+words a live run's export failures use (``traintel.export.health.ExportSession``: the
+connection error, or the HTTP status, here with the collector's own words; host and port, never
+a URL, which may carry credentials). A probe (an empty export per signal, short timeout) says
+so before anything is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from .. import env
+from ..export import selection
+from ..export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
+from ..record.format import Signal
+
+#: the path of each signal under an OTLP/HTTP base URL, as the specification gives it
+PATHS: dict[Signal, str] = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
+_PER_SIGNAL = {"metrics": env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+               "logs": env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT,
+               "traces": env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT}
+_DEFAULT_BASE = "http://localhost:4318"
+_SUCCESS = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
+#: seconds the probe waits for each signal's endpoint
+PROBE_TIMEOUT = 3.0
+
+
+class SyncError(RuntimeError):
+    """What stopped a sync, for people: the signal and the reason."""
+
+
+class SyncSession(ExportSession):
+    """A live export's session (reasons for failures, Retry-After honoured) that also counts
+    the request bytes acknowledged and keeps what a refusing collector said."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes_sent = 0
+        self.said = ""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:
+        response = super().request(method, url, *args, **kwargs)
+        if response.status_code < 400:
+            body = kwargs.get("data")
+            self.bytes_sent += len(body) if isinstance(body, (bytes, str)) else 0
+            self.said = ""
+        else:
+            self.said = " ".join(response.text.split())[:300]
+        return response
+
+
+class Target:
+    """A collector's OTLP/HTTP endpoints and the exporters that send to them."""
+
+    def __init__(self, endpoint: str | None = None,
+                 exporters: dict[Signal, Any] | None = None) -> None:
+        """``exporters`` replace the OTLP/HTTP ones (tests send to memory)."""
+        base = (endpoint or "").rstrip("/")
+        self._explicit = bool(base)
+        grpc = [signal for signal in PATHS if selection.protocol(signal) == "grpc"]
+        if grpc and not base and exporters is None:
+            raise SyncError(f"OTEL_EXPORTER_OTLP_PROTOCOL says grpc for {', '.join(grpc)}: "
+                            "traintel sync speaks OTLP/HTTP; pass the collector's HTTP endpoint "
+                            "(--endpoint http://collector:4318)")
+        #: each signal's URL (``--endpoint``, else the OTEL_* variables as the SDK reads them)
+        self.urls: dict[Signal, str] = {
+            signal: f"{base}/{path}" if base else _from_environment(signal)
+            for signal, path in PATHS.items()}
+        self.sessions: dict[Signal, SyncSession] = {signal: SyncSession() for signal in PATHS}
+        quiet_sdk_export_lines()  # the SDK's per-attempt lines: a sync says failures once
+        self._exporters = exporters or self._make(timeout=None)
+
+    @property
+    def key(self) -> str:
+        """What names this target in a cursor: its URLs, without credentials."""
+        return " ".join(_plain(self.urls[signal]) for signal in PATHS)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(session.bytes_sent for session in self.sessions.values())
+
+    def probe(self) -> None:
+        """An empty request per signal with a short timeout: :class:`SyncError` for a collector
+        that cannot be reached or refuses OTLP, before anything is read."""
+        quick = self._make(timeout=PROBE_TIMEOUT)
+        try:
+            for signal, exporter in quick.items():
+                self._send(signal, exporter,
+                           MetricsData(resource_metrics=[]) if signal == "metrics" else [])
+        finally:
+            for exporter in quick.values():
+                exporter.shutdown()
+
+    def send(self, signal: Signal, items: Any) -> None:
+        """Send one batch; :class:`SyncError` unless the collector acknowledged it."""
+        self._send(signal, self._exporters[signal], items)
+
+    def close(self) -> None:
+        for exporter in self._exporters.values():
+            exporter.shutdown()
+        for session in self.sessions.values():
+            session.close()
+
+    def _make(self, timeout: float | None) -> dict[Signal, Any]:
+        urls: dict[Signal, str | None] = dict(self.urls) if self._explicit else {
+            signal: None for signal in PATHS}  # None: the SDK reads OTEL_* itself
+        sessions = self.sessions
+        # the timeout as a live run's: OTEL_EXPORTER_OTLP_*TIMEOUT in milliseconds, as specified
+        timeouts = {signal: timeout or selection.timeout_s(signal) for signal in PATHS}
+        return {"metrics": OTLPMetricExporter(endpoint=urls["metrics"],
+                                              session=sessions["metrics"],
+                                              timeout=timeouts["metrics"]),
+                "logs": OTLPLogExporter(endpoint=urls["logs"], session=sessions["logs"],
+                                        timeout=timeouts["logs"]),
+                "traces": OTLPSpanExporter(endpoint=urls["traces"], session=sessions["traces"],
+                                           timeout=timeouts["traces"])}
+
+    def _send(self, signal: Signal, exporter: Any, items: Any) -> None:
+        session = self.sessions[signal]
+        session.reason = None
+        SDK_MESSAGES.pop(signal, None)
+        if exporter.export(items) in _SUCCESS:
+            return
+        reason = session.reason or SDK_MESSAGES.get(signal) or "the exporter reported failure"
+        if session.said:
+            raise SyncError(f"the collector refused the {signal}: {reason}: {session.said}")
+        raise SyncError(f"the collector did not take the {signal}: {reason}. Is it running "
+                        "(`traintel stack status`)? Point traintel sync at it with --endpoint "
+                        "or OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def _from_environment(signal: Signal) -> str:
+    """A signal's URL as the SDK resolves it: the per-signal variable as it is, else the
+    general one with the signal's path, else localhost:4318."""
+    own = _PER_SIGNAL[signal].get()
+    if own:
+        return own
+    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or _DEFAULT_BASE).rstrip("/")
+    return f"{base}/{PATHS[signal]}"
+
+
+def _plain(url: str) -> str:
+    """A URL without user and password."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or ""
+    return urlunsplit((parts.scheme, f"{host}:{port}" if port else host, parts.path,
+                       parts.query, parts.fragment))

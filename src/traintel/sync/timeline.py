@@ -1,0 +1,82 @@
+"""When ``traintel sync`` sends a segment's metrics: the times whose state never arrived.
+
+Prometheus keeps what it received, so a sync must add points without contradicting any live
+one. Counters are the delicate part: a counter that goes down, even by a rounding error, is a
+reset to Prometheus, and ``rate()`` turns it into a spike. Three rules follow.
+
+- A segment that exported nothing (``offline``, ``disabled``) gets the live export's cadence:
+  a point every ``export_interval_s`` from its start, and one at its last line.
+- A segment that exported live notes every export's outcome (``export`` lines). A point goes
+  just after each failed export (:data:`NUDGE`, so never on a live sample's millisecond, which
+  would be a duplicate with another value and make Prometheus refuse the whole write). Its
+  state holds every line up to then, and the next live export, one interval later, holds at
+  least as much: the sequence stays monotonic, while the live export's histograms and counts
+  lag the training thread by up to a record flush (a second).
+- Where the record does not say (after the last noted export, or a record written before
+  export notes existed) a point goes midway between the live export's ticks, as far as
+  possible from any live sample, and one at the segment's last line.
+
+Times are whole milliseconds (Prometheus's resolution), increasing, and the same on every sync
+of the same record: a repeated sync sends identical samples, which Prometheus ignores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+#: after a failed export, the sync's point: past the live sample's millisecond, whatever the
+#: float rounding of its time
+NUDGE = 0.002
+#: points of one segment at most (a month at the default 15 s is 173,000; a sync collects about
+#: 1,000 a second): beyond, the cadence widens
+MAX_POINTS = 200_000
+
+
+def metric_times(mode: str | None, interval: float, start: float, last: float,
+                 exports: Iterable[tuple[float, bool]], resend: bool = False) -> list[int]:
+    """The times (Unix milliseconds) at which a sync sends one segment's metrics.
+
+    ``mode``: the segment's ``run_start`` ``export`` (None for records before it was written);
+    ``interval``: seconds between live exports; ``start``/``last``: the segment's first and last
+    line (its ``run_start``, its last); ``exports``: (collection time, delivered) of each live
+    export the record notes;
+    ``resend`` (``--all``): also after the exports that were delivered.
+    """
+    if not (math.isfinite(interval) and interval > 0):
+        interval = 15.0
+    if not (math.isfinite(start) and math.isfinite(last)) or last < start:
+        return []
+    interval = max(interval, (last - start) / MAX_POINTS)
+    if mode in ("offline", "disabled"):
+        return _milliseconds([*_grid(start + interval, interval, last), last])
+    times: list[float] = []
+    anchor = start
+    known = sorted((at, ok) for at, ok in exports if math.isfinite(at) and at >= start)
+    for at, ok in known:
+        if at - anchor > 2.5 * interval:  # exports the record does not note: fill midway
+            times += _grid(anchor + interval / 2, interval, at - interval / 2)
+        if resend or not ok:
+            times.append(at + NUDGE)
+        anchor = at
+    if not (known and known[-1][0] >= last):  # no export after the last line: unknown
+        times += _grid(anchor + interval / 2, interval, last)
+        times.append(last)
+    return _milliseconds(times)
+
+
+def _grid(first: float, step: float, end: float) -> list[float]:
+    """``first``, ``first + step``, ... while before ``end``."""
+    count = max(0, math.ceil((end - first) / step)) if end > first else 0
+    return [first + i * step for i in range(count)]
+
+
+def _milliseconds(times: Iterable[float]) -> list[int]:
+    """Whole milliseconds (rounded up: a point holds every line up to its time), increasing,
+    one point per millisecond."""
+    out: list[int] = []
+    for t in sorted(times):
+        ms = math.ceil(t * 1000)
+        if not out or ms > out[-1]:
+            out.append(ms)
+    return out

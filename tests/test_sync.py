@@ -1,0 +1,431 @@
+"""``traintel sync`` without a stack: the replayed state against the live one, where metric
+points go, the cursor (repeated and interrupted syncs), what a live export delivered, garbage
+records, the command line. The real collector, Prometheus and the sink are in
+test_sync_stack.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.metrics.export import (HistogramDataPoint, InMemoryMetricReader,
+                                              MetricExportResult, MetricsData)
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+import traintel
+from traintel import catalog
+from traintel.export.otlp import RunMetrics, with_added
+from traintel.redact import Redactor
+from traintel.sync import payload
+from traintel.sync.deliver import Interrupted, Sync
+from traintel.sync.plan import Options, identity_of
+from traintel.sync.replay import NOT_IN_RECORD, REBUILT, Replay
+from traintel.sync.source import LOGGED_TYPES, Record, find_records
+from traintel.sync.target import Target
+from traintel.sync.timeline import NUDGE, metric_times
+from traintel.testing import capture
+
+from conftest import read_lines
+
+#: rates and the ETA come from a sliding window the writer feeds per flush, not per line: a
+#: replay gets close, not equal; min/max are per export window (each path takes its own)
+APPROXIMATE = {"traintel_steps_per_second", "traintel_samples_per_second",
+               "traintel_tokens_per_second", "traintel_run_eta_seconds", "traintel_logged_min",
+               "traintel_logged_max"}
+
+
+class Memory:
+    """An exporter of any signal that keeps what it is given, and can refuse."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.refuse = False
+        self.got: list[Any] = []
+
+    def export(self, items: Any, **kwargs: Any) -> Any:
+        if self.refuse:
+            return type(self.result).FAILURE
+        self.got.append(items)
+        return self.result
+
+    def shutdown(self, **kwargs: Any) -> None:
+        pass
+
+
+def memory_target() -> tuple[Target, dict[str, Memory]]:
+    exporters = {"metrics": Memory(MetricExportResult.SUCCESS),
+                 "logs": Memory(LogRecordExportResult.SUCCESS),
+                 "traces": Memory(SpanExportResult.SUCCESS)}
+    return Target("http://collector.invalid:4318", exporters=exporters), exporters  # type: ignore[arg-type]
+
+
+def sent_points(exporter: Memory) -> dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, Any]]]:
+    """(metric, labels) -> [(time ns, value)] of everything a memory exporter got."""
+    series: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, Any]]] = {}
+    for data in exporter.got:
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        key = (metric.name, frozenset(dict(point.attributes).items()))
+                        value = (point.count, point.sum, tuple(point.bucket_counts)) \
+                            if isinstance(point, HistogramDataPoint) else point.value
+                        series.setdefault(key, []).append((point.time_unix_nano, value))
+    return series
+
+
+def snapshot(data: MetricsData) -> dict[tuple[str, frozenset[tuple[str, str]]], Any]:
+    out = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = (point.count, point.sum, tuple(point.bucket_counts)) \
+                        if isinstance(point, HistogramDataPoint) else point.value
+                    out[(metric.name, frozenset(dict(point.attributes).items()))] = value
+    return out
+
+
+def train(run: traintel.Run, sleep: float = 0.0) -> None:
+    """A loop that touches every rebuilt metric: run.track (data wait), run.log outside it
+    with step_s, user keys, samples and tokens, a NaN loss, evaluations with bests, events,
+    an error, milestones (total_steps), epochs."""
+    for epoch in run.epochs(2):
+        for i in run.track(range(10)):
+            run.log(loss=1.0 / (i + 1) if i != 3 else float("nan"), lr=0.1 * (epoch + 1),
+                    grad_norm=2.0, samples=8, tokens=1024, acc=0.5 + i / 100)
+            if sleep:
+                time.sleep(sleep)
+        run.log(loss=0.5, step_s=0.02, extra_key=3)
+        run.log_eval(val_loss=0.5 / (epoch + 1), accuracy=0.7)
+        run.event("checkpoint_saved", path="/ckpt")
+    run.error(ValueError("a bad shard"), context={"shard": 3})
+
+
+def replayed(run_dir: Path) -> MetricsData:
+    """The record replayed to its end and collected as the live export collects."""
+    record = Record(find_records([str(run_dir)])[0][0].files)
+    record.scan()
+    segment = record.segments[0]
+    replay = Replay(segment.start)
+    start = segment.start
+    labels, run_info = identity_of(start, record.directory)
+    reader = InMemoryMetricReader()
+    metrics = RunMetrics(replay.state, labels, run_info, replay.histograms,
+                         payload.resource(start, Redactor()), reader)
+    for _begin, _end, line in record.lines():
+        if line is not None and line.get("type") != "export":
+            replay.apply(line)
+    data = reader.get_metrics_data()
+    return with_added(data, metrics.added(time.time_ns()))
+
+
+def test_every_catalog_group_is_rebuilt_or_said_not_to_be():
+    groups = {metric.group for metric in catalog.METRICS}
+    assert groups - set(NOT_IN_RECORD), "no catalog metric would be synced"
+    assert set(NOT_IN_RECORD) <= groups, "NOT_IN_RECORD names a group the catalog lost"
+    assert {"traintel_steps_total", "traintel_loss", "traintel_eval_value",
+            "traintel_errors_total"} <= REBUILT
+
+
+def test_the_replayed_state_exports_what_the_live_run_exported(quiet_run, tmp_path):
+    """The contract that makes a sync equal to the live export: the record replayed, read by
+    the live export code, gives every rebuilt metric the values the live run's last export
+    had."""
+    with capture() as telemetry:
+        with quiet_run(otlp=None, total_steps=22) as run:
+            train(run, sleep=0.002)
+    live = snapshot(telemetry._collected[-1])
+    again = snapshot(replayed(run.dir))
+    names = {name for name, _ in live}
+    assert {"traintel_data_wait_seconds_total", "traintel_step_duration_seconds",
+            "traintel_logged_nonfinite_total", "traintel_events_total",
+            "traintel_run_progress_ratio"} <= names
+    compared = 0
+    for key, value in live.items():
+        name = key[0]
+        if name not in REBUILT:
+            continue
+        assert key in again, f"{name} {dict(key[1])} was not rebuilt"
+        if name in APPROXIMATE:
+            continue
+        assert again[key] == value, f"{name} {dict(key[1])}: live {value}, replayed {again[key]}"
+        compared += 1
+    assert compared > 40
+    exact = REBUILT - APPROXIMATE
+    assert {key for key in again if key[0] in exact} == {key for key in live if key[0] in exact}
+
+
+# -- where points go -------------------------------------------------------------------------
+def test_an_offline_segment_gets_the_live_cadence_and_its_last_line():
+    assert metric_times("offline", 15, 100.0, 160.0, []) == [115000, 130000, 145000, 160000]
+    assert metric_times("offline", 15, 100.0, 100.0, []) == [100000]
+    assert metric_times("offline", 15, 100.0, 99.0, []) == []
+
+
+def test_points_go_just_after_failed_exports_and_midway_where_the_record_is_silent():
+    exports = [(115.0, True), (130.0, False), (145.0, False), (160.5, True)]
+    times = metric_times("otlp", 15, 100.0, 160.0, exports)
+    assert times[0] >= 130002 and times[1] >= 145002 and len(times) == 2
+    assert all(t - at * 1000 <= 3 for t, (at, _) in zip(times, exports[1:]))
+    # the last delivered export was before the end: the rest is unknown, filled midway
+    assert metric_times("otlp", 15, 100.0, 160.0, [(115.0, True), (130.0, True)]) == [
+        137500, 152500, 160000]
+    # a record with no notes (older traintel): midway between the live ticks, then the end
+    assert metric_times(None, 15, 100.0, 160.0, []) == [107500, 122500, 137500, 152500, 160000]
+    # --all: after every export
+    assert len(metric_times("otlp", 15, 100.0, 160.0, exports, resend=True)) == 4
+
+
+def test_points_are_whole_distinct_milliseconds_never_on_a_live_sample():
+    at = 1_800_000_000.123456
+    times = metric_times("otlp", 15, at - 20, at, [(at, False)])
+    assert times == [math.ceil((at + NUDGE) * 1000)]
+    assert times[0] > math.floor(at * 1000) + 1
+    dense = metric_times("offline", 0.0004, 100.0, 100.01, [])
+    assert dense == sorted(set(dense))
+
+
+# -- sending ---------------------------------------------------------------------------------
+def _offline_run(quiet_run, monkeypatch, steps: int = 30, sleep: float = 0.01,
+                 **options: Any) -> traintel.Run:
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")  # a point every 50 ms
+    with quiet_run(otlp=None, mode="offline", step_span_every=3, **options) as run:
+        for i in run.track(range(steps)):
+            run.log(loss=1.0 / (i + 1), samples=4)
+            if i % 5 == 0:
+                run.event("tick", i=i)
+            time.sleep(sleep)
+        run.log_eval(val_loss=0.3)
+    return run
+
+
+def _loggable(lines: list[dict]) -> list[int]:
+    return sorted(int(line["ts"] * 1e9) for line in lines if line["type"] in LOGGED_TYPES
+                  and line.get("level") != "debug")
+
+
+def test_a_sync_sends_everything_once_and_a_repeat_sends_nothing(quiet_run, tmp_path, monkeypatch):
+    run = _offline_run(quiet_run, monkeypatch)
+    lines = read_lines(run.dir)
+    records, _ = find_records([str(run.dir)])
+    target, got = memory_target()
+    outcome = Sync(records, target, Options(max_age=None)).run()[0]
+    logs = sorted(r.log_record.timestamp for batch in got["logs"].got for r in batch)
+    assert logs == _loggable(lines)
+    spans = [format(s.context.span_id, "016x") for batch in got["traces"].got for s in batch]
+    assert sorted(spans) == sorted(s["span_id"] for s in lines.of("span"))
+    steps = sent_points(got["metrics"])[("traintel_steps_total", frozenset(
+        {"project": "test", "run": run.id, "rank": "0"}.items()))]
+    start = lines[0]["ts"]
+    step_ts = [line["ts"] for line in lines.of("step")]
+    assert len(steps) >= 5, "an offline run gets a point per export interval"
+    for time_ns, value in steps:
+        assert value == sum(ts * 1e9 <= time_ns for ts in step_ts)
+        assert time_ns >= start * 1e9
+    assert steps[-1][1] == 30 and outcome.tally.sent["metrics"] > 0
+    # again: the cursor says it all arrived
+    target, again = memory_target()
+    outcome = Sync(find_records([str(run.dir)])[0], target, Options(max_age=None)).run()[0]
+    assert not any(exporter.got for exporter in again.values())
+    assert outcome.tally.before["logs"] == len(logs) and outcome.tally.before["traces"] == len(spans)
+
+
+def test_an_interrupted_sync_resumes_where_the_collector_stopped_acknowledging(quiet_run, tmp_path,
+                                                                             monkeypatch):
+    run = _offline_run(quiet_run, monkeypatch)
+    options = Options(max_age=None, batch={"logs": 2, "traces": 2, "metrics": 40})
+    target, first = memory_target()
+    batches = []
+
+    def stop_after_three() -> bool:
+        batches.append(1)
+        return len(batches) > 3
+
+    with pytest.raises(Interrupted):
+        Sync(find_records([str(run.dir)])[0], target, options, stop=stop_after_three).run()
+    target, rest = memory_target()
+    rest["logs"].refuse = True  # the collector refuses logs now: the cursor keeps them
+    from traintel.sync.target import SyncError
+
+    with pytest.raises(SyncError, match="did not take the logs"):
+        Sync(find_records([str(run.dir)])[0], target, options).run()
+    rest["logs"].refuse = False
+    Sync(find_records([str(run.dir)])[0], target, options).run()
+    lines = read_lines(run.dir)
+    logs = sorted(r.log_record.timestamp for exporter in (first["logs"], rest["logs"])
+                  for batch in exporter.got for r in batch)
+    assert logs == _loggable(lines), "every log line exactly once"
+    spans = [s.context.span_id for exporter in (first["traces"], rest["traces"])
+             for batch in exporter.got for s in batch]
+    assert len(spans) == len(set(spans)) == len(lines.of("span"))
+    points = {**sent_points(first["metrics"])}
+    for key, values in sent_points(rest["metrics"]).items():
+        points[key] = points.get(key, []) + values
+    for values in points.values():
+        stamps = [t for t, _ in values]
+        assert len(stamps) == len(set(stamps)), "a point sent twice"
+
+
+def test_what_the_live_export_delivered_is_not_sent_again(quiet_run, tmp_path, monkeypatch):
+    """A live run whose collector refused everything for a while: the sync sends the metric
+    points of the failed exports, and the log lines and spans that never arrived, nothing
+    else."""
+    monkeypatch.setenv("OTEL_BLRP_SCHEDULE_DELAY", "20")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+    with capture() as telemetry:
+        refusing = Refusing()
+        with quiet_run(otlp=None, step_span_every=2) as run:
+            for i in run.track(range(30)):
+                run.log(loss=1.0)
+                run.event("tick", i=i)
+                refusing.on = 10 <= i < 20
+                time.sleep(0.03)
+                if i % 3 == 2:
+                    run.otlp.meter_provider.force_flush()
+    lines = read_lines(run.dir)
+    notes = lines.of("export")
+    assert any(not n["ok"] for n in notes) and any(n["ok"] for n in notes)
+    target, got = memory_target()
+    Sync(find_records([str(run.dir)])[0], target, Options(max_age=None)).run()
+    live_logs = [r.timestamp for r in telemetry.log_records()]
+    synced_logs = [r.log_record.timestamp for batch in got["logs"].got for r in batch]
+    assert synced_logs, "the refused lines are sent"
+    assert sorted(live_logs + synced_logs) == _loggable(lines), "every line once"
+    live_spans = {s.context.span_id for s in telemetry.spans.get_finished_spans()}
+    synced = [s.context.span_id for batch in got["traces"].got for s in batch]
+    assert synced and not live_spans & set(synced)
+    assert len(live_spans) + len(synced) == len(lines.of("span"))
+    failed = sorted(n["at"] for n in notes if n["signal"] == "metrics" and not n["ok"])
+    times = sorted({t for values in sent_points(got["metrics"]).values() for t, _ in values})
+    assert failed and len(times) == len(failed)
+    for at, sent in zip(failed, times):
+        assert 0 < sent / 1e9 - at < 0.004, "a point just after each failed export"
+
+
+class Refusing:
+    """capture()'s exporters, refusing everything while ``on``."""
+
+    def __init__(self) -> None:
+        from traintel import run as run_module
+
+        self.on = False
+        sinks = run_module.sinks_override
+        for exporter, failure in ((sinks.metric_exporter, MetricExportResult.FAILURE),
+                                  (sinks.span_exporter, SpanExportResult.FAILURE),
+                                  (sinks.log_exporter, LogRecordExportResult.FAILURE)):
+            exporter.export = self._guard(exporter.export, failure)
+
+    def _guard(self, export: Any, failure: Any) -> Any:
+        def guarded(items: Any, *args: Any, **kwargs: Any) -> Any:
+            return failure if self.on else export(items, *args, **kwargs)
+        return guarded
+
+
+def test_what_is_sent_is_scrubbed_again(tmp_path):
+    """A record from elsewhere (an older traintel, another machine) with a secret under a
+    secret-looking key: the synced log attributes say [REDACTED]."""
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    start = {"ts": 1.0e9 + time.time() % 1, "type": "run_start", "level": "info", "run": "r1",
+             "rank": 0, "project": "p", "name": "r1", "host": "h", "pid": 1, "world_size": 1,
+             "local_rank": None, "traintel_version": "0.0", "total_epochs": None,
+             "total_steps": None, "export": "offline", "export_interval_s": 15.0,
+             "log_level": "INFO", "resource": {"service.name": "traintel"}}
+    event = {"ts": start["ts"] + 1, "type": "event", "level": "info", "run": "r1", "rank": 0,
+             "event": "login", "fields": {"api_key": "sk-verysecretvalue"}, "step": 0,
+             "epoch": 0, "message": "login"}
+    (run_dir / "events.jsonl").write_bytes(b"\n".join(map(orjson.dumps, (start, event))) + b"\n")
+    target, got = memory_target()
+    Sync(find_records([str(run_dir)])[0], target, Options(max_age=None)).run()
+    record = got["logs"].got[0][0].log_record
+    assert "verysecret" not in str(record.attributes) and "[REDACTED]" in str(record.attributes)
+
+
+def test_too_old_data_is_counted_and_left_out(quiet_run, tmp_path, monkeypatch):
+    run = _offline_run(quiet_run, monkeypatch, steps=5, sleep=0)
+    target, got = memory_target()
+    outcome = Sync(find_records([str(run.dir)])[0], target, Options(max_age=1e-9)).run()[0]
+    assert not got["metrics"].got and not got["logs"].got
+    assert outcome.tally.too_old["metrics"] > 0 and outcome.tally.too_old["logs"] > 0
+
+
+# -- garbage ---------------------------------------------------------------------------------
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) |
+                     st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+_KEYS = ["ts", "type", "level", "run", "rank", "step", "epoch", "metrics", "step_s",
+         "data_wait_s", "event", "fields", "best", "is_best", "error_type", "severity",
+         "status", "trace_id", "span_id", "parent_span_id", "start_ns", "end_ns", "name",
+         "attributes", "events", "signal", "ok", "at", "delivered", "message", "project",
+         "resource", "export", "export_interval_s", "log_level", "traintel_version"]
+_TYPES = ["run_start", "step", "eval", "event", "milestone", "error", "log", "span", "export",
+          "run_end", "epoch", "config", "instrument", "nonsense"]
+_LINE = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(_TYPES)},
+                          optional={key: _JSON for key in _KEYS if key != "type"}),
+    _JSON.map(lambda value: value),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINE, max_size=25), junk=st.lists(st.binary(max_size=40), max_size=3))
+def test_garbage_records_never_crash_a_sync(tmp_path_factory, lines, junk):
+    """Whatever a crashed, foreign or hostile writer left: bad lines are skipped and counted,
+    the rest is sent (to memory here), nothing raises."""
+    run_dir = tmp_path_factory.mktemp("garbage")
+    start = {"ts": time.time() - 5, "type": "run_start", "run": "g", "rank": 0, "project": "p",
+             "name": "g", "host": "h", "world_size": 1, "export": "offline"}
+    encoded = [orjson.dumps(start)]
+    for line in lines:
+        try:
+            encoded.append(orjson.dumps(line))
+        except (TypeError, orjson.JSONEncodeError):
+            encoded.append(json.dumps(line, default=str).encode())
+    encoded += [b.replace(b"\n", b" ") for b in junk]
+    (run_dir / "events.jsonl").write_bytes(b"\n".join(encoded) + b"\n")
+    for dry_run in (True, False):
+        target, _ = memory_target()
+        outcomes = Sync(find_records([str(run_dir)])[0], target, Options(max_age=None),
+                        dry_run=dry_run).run()
+        assert outcomes[0].tally.bad >= 0
+
+
+# -- the command line ------------------------------------------------------------------------
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "traintel.cli", "sync", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_dry_run_says_what_would_be_sent_and_sends_nothing(quiet_run, tmp_path, monkeypatch):
+    run = _offline_run(quiet_run, monkeypatch, steps=5, sleep=0)
+    proc = _cli("--dry-run", "--endpoint", "http://127.0.0.1:9", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "would send" in proc.stdout and run.id in proc.stdout
+    assert not (run.dir / "sync-cursor.json").exists()
+
+
+def test_an_unreachable_collector_is_a_clear_error_and_exit_1(quiet_run, tmp_path, monkeypatch):
+    run = _offline_run(quiet_run, monkeypatch, steps=3, sleep=0)
+    proc = _cli("--endpoint", "http://127.0.0.1:9", str(run.dir))
+    assert proc.returncode == 1
+    assert "the collector did not take the metrics: cannot connect to 127.0.0.1:9" in proc.stderr
+    assert "connection refused" in proc.stderr
+
+
+def test_missing_runs_and_bad_durations_are_refused(tmp_path):
+    proc = _cli("--dry-run", str(tmp_path / "nope"))
+    assert proc.returncode == 1 and "no run record" in proc.stderr
+    proc = _cli("--dry-run", "--max-age", "soon", str(tmp_path))
+    assert proc.returncode == 2 and "--max-age" in proc.stderr
