@@ -16,14 +16,14 @@ from typing import Any
 
 from benchmarks import (
     collector_load, curve_export, external, harness, memory, real_loop, shutdown, stalls,
-    step_cost,
+    step_cost, sync_throughput,
 )
 
 RESULTS = Path(__file__).parent / "results"
 BENCHMARKS: dict[str, harness.Benchmark] = {b.name: b for b in (
     step_cost.BENCHMARK, stalls.BENCHMARK, shutdown.BENCHMARK, real_loop.BENCHMARK,
     memory.BENCHMARK, external.SAMPLER_COST, external.LOGS_SUMMARY, collector_load.BENCHMARK,
-    curve_export.BENCHMARK)}
+    curve_export.BENCHMARK, sync_throughput.BENCHMARK)}
 
 
 def run(names: list[str], profile: str = "full", out: Path = RESULTS) -> dict[str, dict[str, Any]]:

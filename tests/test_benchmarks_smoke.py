@@ -36,6 +36,8 @@ EXPECTED = {
     "collector_load": ("ranks", "series_per_rank", "active_series", "bytes_per_series", "metrics",
                        "logs"),
     "curve_export": ("keys", "interval_s", "rows", "writer_us_per_step"),
+    "sync_throughput": ("steps", "record_lines", "points", "log_records", "spans",
+                        "lines_per_s", "points_per_s"),
 }
 ANCHORS = [name for name, case in step_cost.CASES.items() if case.needs]
 
