@@ -159,6 +159,9 @@ def test_the_replayed_state_exports_what_the_live_run_exported(quiet_run, tmp_pa
         assert key in again, f"{name} {dict(key[1])} was not rebuilt"
         if name in APPROXIMATE:
             continue
+        if name in NEARLY:  # a batch's time added up, or a step line's mean times its steps
+            assert again[key] == pytest.approx(value, rel=1e-9), name
+            continue
         assert again[key] == value, f"{name} {dict(key[1])}: live {value}, replayed {again[key]}"
         compared += 1
     assert compared > 40

@@ -252,7 +252,7 @@ class StepRecorder:
                 done = perf()
                 wait = fetched - started
                 state.data_wait_total += wait
-                state.compute_total += (done - started) - wait  # as a replay of the record adds it
+                state.compute_total += done - fetched
                 metrics = self._pending
                 number = self._pending_step
                 numbered = self._numbered
