@@ -31,7 +31,7 @@ from traintel.sync.deliver import Interrupted, Sync
 from traintel.sync.plan import Options, identity_of
 from traintel.sync.replay import NEARLY, NOT_IN_RECORD, REBUILT, Replay
 from traintel.sync.source import LOGGED_TYPES, Record, find_records
-from traintel.sync.target import Target
+from traintel.sync.target import SyncError, Target
 from traintel.sync.timeline import NUDGE, metric_times
 from traintel.testing import capture
 
@@ -259,7 +259,6 @@ def test_an_interrupted_sync_resumes_where_the_collector_stopped_acknowledging(q
         Sync(find_records([str(run.dir)])[0], target, options, stop=stop_after_three).run()
     target, rest = memory_target()
     rest["logs"].refuse = True  # the collector refuses logs now: the cursor keeps them
-    from traintel.sync.target import SyncError
 
     with pytest.raises(SyncError, match="did not take the logs"):
         Sync(find_records([str(run.dir)])[0], target, options).run()
@@ -425,6 +424,14 @@ def test_an_unreachable_collector_is_a_clear_error_and_exit_1(quiet_run, tmp_pat
     assert proc.returncode == 1
     assert "the collector did not take the metrics: cannot connect to 127.0.0.1:9" in proc.stderr
     assert "connection refused" in proc.stderr
+
+
+def test_a_grpc_only_configuration_is_refused_with_the_way_out(monkeypatch):
+    """A live run may export over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL); a sync speaks OTLP/HTTP."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(SyncError, match="--endpoint http://collector:4318"):
+        Target()
+    assert Target("http://collector:4318").urls["logs"] == "http://collector:4318/v1/logs"
 
 
 def test_missing_runs_and_bad_durations_are_refused(tmp_path):
