@@ -179,6 +179,41 @@ def test_per_signal_protocol_and_endpoint(tmp_path, protocol):
         rest_probe.close()
 
 
+def test_a_sync_reads_the_variables_a_live_run_reads(tmp_path):
+    """``traintel sync`` without ``--endpoint``: the general and per-signal endpoints and
+    headers, and the timeout in milliseconds, as a live export reads them."""
+    metrics_probe, rest_probe = Probe(tmp_path / "m"), Probe(tmp_path / "r")
+    try:
+        variables = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(rest_probe, "http/protobuf"),
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT":
+                _endpoint(metrics_probe, "http/protobuf") + "/v1/metrics",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-traintel-probe=general",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-traintel-probe=traces-only",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "5000"}
+        _run(tmp_path, {**variables, "TRAINTEL_MODE": "offline"})
+        time.sleep(0.5)
+        assert not any(probe.received(signal) for probe in (metrics_probe, rest_probe)
+                       for signal in selection.SIGNALS), "an offline run exported"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        done = subprocess.run([sys.executable, "-m", "traintel.cli", "sync",
+                               str(tmp_path / "runs")], env={**clean, **variables},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
+        eventually(lambda: rest_probe.received("traces") and rest_probe.received("logs"), 20,
+                   0.2, "traces and logs")
+        assert not rest_probe.received("metrics") and not metrics_probe.received("logs")
+        headers = {signal: {r["attributes"].get("probe.header")
+                            for r in (metrics_probe if signal == "metrics" else rest_probe)
+                            .received(signal)} for signal in selection.SIGNALS}
+        assert headers == {"traces": {"traces-only"}, "metrics": {"general"},
+                           "logs": {"general"}}
+    finally:
+        metrics_probe.close()
+        rest_probe.close()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_exporter_selection_none_and_console(probe, tmp_path, protocol):
     done = _run(tmp_path, _to(probe, protocol, OTEL_TRACES_EXPORTER="none",

@@ -154,13 +154,9 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
             except extras.MissingExtra as missing:
                 _warn(f"{missing}; no {signal} are exported")
                 return None
-        module, attribute = _OTLP[transport][signal]
-        exporter_class = getattr(__import__(module, fromlist=[attribute]), attribute)
-        options: dict[str, Any] = {"timeout": timeout_s(signal)}
         if transport == "http/protobuf":
-            options["session"] = session or (session_keeping_its_ca()
-                                             if _certificate(signal) else None)
-        return exporter_class(**options)
+            return otlp_http(signal, session)
+        return _otlp_class(transport, signal)(timeout=timeout_s(signal))
     if name in ("console", "logging"):  # "logging": the specification's deprecated alias
         return _CONSOLE[signal]()
     if name == "prometheus" and signal == "metrics":
@@ -176,6 +172,21 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
     except Exception as error:  # a third-party exporter that fails to start
         _warn(f"{variable}: exporter {name!r} could not be made ({error})")
         return None
+
+
+def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
+              timeout: float | None = None) -> Any:
+    """``signal``'s OTLP/HTTP exporter as a live run makes it: the timeout from the variables'
+    milliseconds, a session that keeps its CA file; ``endpoint`` and ``timeout`` (seconds)
+    replace the variables' (``traintel sync --endpoint`` and its probe)."""
+    return _otlp_class("http/protobuf", signal)(
+        endpoint=endpoint, timeout=timeout or timeout_s(signal),
+        session=session or (session_keeping_its_ca() if _certificate(signal) else None))
+
+
+def _otlp_class(transport: str, signal: Signal) -> Any:
+    module, attribute = _OTLP[transport][signal]
+    return getattr(__import__(module, fromlist=[attribute]), attribute)
 
 
 def _certificate(signal: Signal) -> bool:

@@ -1,6 +1,7 @@
-"""The collector ``traintel sync`` sends to: the OpenTelemetry SDK's OTLP/HTTP exporters,
-configured as a live run's are (``OTEL_EXPORTER_OTLP_*``: endpoints per signal, headers,
-timeout, compression, certificates), or at ``--endpoint``.
+"""The collector ``traintel sync`` sends to: the OpenTelemetry SDK's OTLP/HTTP exporters, made
+and configured as a live run's are (``traintel.export.selection.otlp_http``; the
+``OTEL_EXPORTER_OTLP_*`` variables: endpoints per signal, headers, timeout in milliseconds,
+compression, certificates), or at ``--endpoint``.
 
 The SDK retries what is worth retrying (429, 502-504, connection errors) within its timeout;
 what fails after that stops the sync with an error that says which signal and why, in the
@@ -16,9 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -117,18 +115,12 @@ class Target:
             session.close()
 
     def _make(self, timeout: float | None) -> dict[Signal, Any]:
-        urls: dict[Signal, str | None] = dict(self.urls) if self._explicit else {
-            signal: None for signal in PATHS}  # None: the SDK reads OTEL_* itself
-        sessions = self.sessions
-        # the timeout as a live run's: OTEL_EXPORTER_OTLP_*TIMEOUT in milliseconds, as specified
-        timeouts = {signal: timeout or selection.timeout_s(signal) for signal in PATHS}
-        return {"metrics": OTLPMetricExporter(endpoint=urls["metrics"],
-                                              session=sessions["metrics"],
-                                              timeout=timeouts["metrics"]),
-                "logs": OTLPLogExporter(endpoint=urls["logs"], session=sessions["logs"],
-                                        timeout=timeouts["logs"]),
-                "traces": OTLPSpanExporter(endpoint=urls["traces"], session=sessions["traces"],
-                                           timeout=timeouts["traces"])}
+        """The exporters a live run makes (``traintel.export.selection``), on this target's
+        sessions; with ``--endpoint`` at its URLs, else at those the SDK reads from OTEL_*."""
+        return {signal: selection.otlp_http(signal, self.sessions[signal],
+                                            self.urls[signal] if self._explicit else None,
+                                            timeout)
+                for signal in PATHS}
 
     def _send(self, signal: Signal, exporter: Any, items: Any) -> None:
         session = self.sessions[signal]
