@@ -169,6 +169,21 @@ def test_the_replayed_state_exports_what_the_live_run_exported(quiet_run, tmp_pa
     assert {key for key in again if key[0] in exact} == {key for key in live if key[0] in exact}
 
 
+def test_a_loop_that_starts_after_step_k_is_replayed_from_k(quiet_run):
+    """``initial_step`` (a framework's restored global step): the first line at ``k + 5``
+    stands for five steps' samples, live and replayed."""
+    with capture() as telemetry:
+        with quiet_run(otlp=None, initial_step=100) as run:
+            for step in range(105, 130, 5):
+                run.log(step=step, loss=1.0 / step, samples=8, step_s=0.01)
+    live = snapshot(telemetry._collected[-1])
+    again = snapshot(replayed(run.dir))
+    for name in ("traintel_steps_total", "traintel_samples_total"):
+        [key] = [key for key in live if key[0] == name]
+        assert again[key] == live[key], name
+    assert live[next(key for key in live if key[0] == "traintel_samples_total")] == 8 * 25
+
+
 # -- where points go -------------------------------------------------------------------------
 def test_an_offline_segment_gets_the_live_cadence_and_its_last_line():
     assert metric_times("offline", 15, 100.0, 160.0, []) == [115000, 130000, 145000, 160000]

@@ -62,13 +62,17 @@ class Replay:
         total = start.get("total_steps")
         state.total_steps = total if isinstance(total, int) and total > 0 else None
         Continuation(before=before).restore(state)
-        #: the last step number this segment wrote; the number a resumed run's first step
-        #: counts from (``StepRecorder``'s base)
+        #: the last step number this segment wrote; the number its first step counts from
+        #: (``StepRecorder``'s base: a resumed run's last step, else the loop's ``initial_step``)
         self.last: int | None = None
-        self.base = state.step if before is not None else None
+        initial = start.get("initial_step")
+        self.base = state.step if before is not None else (
+            initial if type(initial) is int and initial >= 0 else None)
+        if self.base is not None:
+            state.step = self.base
         self.histograms = Histograms()
         #: what the record writer folds for its rates
-        self.figures = StepFigures(percentiles=False)
+        self.figures = StepFigures(percentiles=False, initial_step=self.base)
         self.rates = RateWindow()
 
     def apply(self, line: RawLine) -> None:
