@@ -433,6 +433,22 @@ def test_dry_run_says_what_would_be_sent_and_sends_nothing(quiet_run, tmp_path, 
     assert not (run.dir / "sync-cursor.json").exists()
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_says_what_was_read_and_sent(monkeypatch, capsys, terminal):
+    """On a terminal a rich bar (read, speed, ETA, what was sent), else plain lines."""
+    from traintel.cli import sync as command
+    from traintel.sync.deliver import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.setattr(command, "PLAIN_EVERY", 0.0)
+    with command._progress(2_000_000) as show:
+        show(Progress(total=2_000_000, read=1_000_000, bytes_sent=3_000_000, record="run-1",
+                      sent={"metrics": 1200, "logs": 340, "traces": 5}))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "run-1" in said and "1,200 points, 340 log lines, 5 spans, 3 MB sent" in said
+    assert ("1.0/2.0" in said) if terminal else ("50% read" in said), said
+
+
 def test_an_unreachable_collector_is_a_clear_error_and_exit_1(quiet_run, tmp_path, monkeypatch):
     run = _offline_run(quiet_run, monkeypatch, steps=3, sleep=0)
     proc = _cli("--endpoint", "http://127.0.0.1:9", str(run.dir))

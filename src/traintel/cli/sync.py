@@ -179,7 +179,7 @@ def _progress(total: int) -> Iterator[Callable[[Progress], None]]:
 
 def _sent(sent: dict[str, int]) -> str:
     return (f"{sent['metrics']:,} points, {sent['logs']:,} log lines, "
-            f"{sent['spans']:,} spans")
+            f"{sent['traces']:,} spans")
 
 
 def _size(files: list[Path]) -> int:
