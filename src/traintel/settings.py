@@ -202,10 +202,6 @@ class Settings:
             return "offline"
         return "otlp"
 
-    @property
-    def otlp_enabled(self) -> bool:
-        return self.export_mode == "otlp"
-
 
 class InitOptions(TypedDict, total=False):
     """``traintel.init``'s keyword options, for type checkers (``**options: Unpack[InitOptions]``).
