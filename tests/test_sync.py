@@ -465,6 +465,37 @@ def test_a_grpc_only_configuration_is_refused_with_the_way_out(monkeypatch):
     assert Target("http://collector:4318").urls["logs"] == "http://collector:4318/v1/logs"
 
 
+def test_a_credential_provider_gives_the_session_as_for_a_live_run(monkeypatch):
+    """OTEL_PYTHON_EXPORTER_OTLP_HTTP_*_CREDENTIAL_PROVIDER: the user's session (an entry point
+    the SDK loads), where traintel's would otherwise be."""
+    import opentelemetry.exporter.otlp.proto.http._common as common
+    import requests
+
+    asked: list[str] = []
+
+    class Theirs(requests.Session):
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+            asked.append(url)
+            return super().request(method, url, *args, **kwargs)
+
+    class EntryPoint:
+        def load(self) -> type[Theirs]:
+            return Theirs
+
+    monkeypatch.setattr(common, "entry_points",
+                        lambda group, name: [EntryPoint()] if name == "vault" else [])
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER", "vault")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")  # milliseconds: no long retries
+    target = Target("http://127.0.0.1:9")
+    try:
+        assert set(target.sessions) == {"metrics", "traces"}
+        with pytest.raises(SyncError, match="did not take the logs"):
+            target.send("logs", [])
+        assert asked and set(asked) == {"http://127.0.0.1:9/v1/logs"}
+    finally:
+        target.close()
+
+
 def test_missing_runs_and_bad_durations_are_refused(tmp_path):
     proc = _cli("--dry-run", str(tmp_path / "nope"))
     assert proc.returncode == 1 and "no run record" in proc.stderr

@@ -88,10 +88,8 @@ class Sinks:
         interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else DEFAULT_INTERVAL_S * 1000
         # a session of traintel's for each OTLP/HTTP exporter (failure reasons, Retry-After,
         # cut at shutdown), unless the user gives the SDK a credential provider of their own
-        sessions = {signal: ExportSession() for signal, provider in _CREDENTIAL_PROVIDERS.items()
-                    if chosen.over_http(signal) and not (
-                        provider.get() or
-                        env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get())}
+        sessions = {signal: ExportSession() for signal in chosen.SIGNALS
+                    if chosen.over_http(signal) and not chosen.users_session(signal)}
         return cls(
             metric_exporter=chosen.combined(chosen.exporters("metrics", sessions.get("metrics")),
                                             chosen.FanOutMetricExporter),
@@ -101,13 +99,6 @@ class Sinks:
             log_exporter=chosen.combined(chosen.exporters("logs", sessions.get("logs")),
                                          chosen.FanOutLogExporter),
             sessions=sessions)
-
-
-#: the SDK's per-signal credential-provider variables: a session of the user's own wins
-_CREDENTIAL_PROVIDERS: dict[Signal, env.Variable] = {
-    "metrics": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER,
-    "traces": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
-    "logs": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER}
 
 
 #: seconds between metric exports unless OTEL_METRIC_EXPORT_INTERVAL says otherwise

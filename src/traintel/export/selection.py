@@ -63,6 +63,12 @@ TIMEOUTS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
     "metrics": env.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
     "logs": env.OTEL_EXPORTER_OTLP_LOGS_TIMEOUT}
+#: the SDK's per-signal credential-provider variables (over the general one): a requests session
+#: of the user's own, from an entry point, for the OTLP/HTTP exporter
+CREDENTIAL_PROVIDERS: dict[Signal, env.Variable] = {
+    "traces": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
+    "metrics": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER,
+    "logs": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER}
 PROTOCOL_NAMES = ("http/protobuf", "grpc")
 #: the specification's default OTLP timeout
 DEFAULT_TIMEOUT_MS = 10_000.0
@@ -121,6 +127,13 @@ def timeout_s(signal: Signal) -> float:
             _warn(f"{variable.name}={value:g} must be a positive number of milliseconds; "
                   "using the next setting")
     return DEFAULT_TIMEOUT_MS / 1000
+
+
+def users_session(signal: Signal) -> bool:
+    """Whether the user gives ``signal``'s OTLP/HTTP exporter a session of their own (a
+    credential provider): the SDK then makes it, and traintel's session stands aside."""
+    return bool(env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get()
+                or CREDENTIAL_PROVIDERS[signal].get())
 
 
 def over_http(signal: Signal) -> bool:

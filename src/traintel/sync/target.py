@@ -79,7 +79,10 @@ class Target:
         self.urls: dict[Signal, str] = {
             signal: f"{base}/{path}" if base else _from_environment(signal)
             for signal, path in PATHS.items()}
-        self.sessions: dict[Signal, SyncSession] = {signal: SyncSession() for signal in PATHS}
+        #: traintel's session of each signal, unless the user's credential provider gives one
+        #: (its requests are then neither counted nor explained beyond the SDK's words)
+        self.sessions: dict[Signal, SyncSession] = {
+            signal: SyncSession() for signal in PATHS if not selection.users_session(signal)}
         quiet_sdk_export_lines()  # the SDK's per-attempt lines: a sync says failures once
         self._exporters = exporters or self._make(timeout=None)
 
@@ -117,19 +120,21 @@ class Target:
     def _make(self, timeout: float | None) -> dict[Signal, Any]:
         """The exporters a live run makes (``traintel.export.selection``), on this target's
         sessions; with ``--endpoint`` at its URLs, else at those the SDK reads from OTEL_*."""
-        return {signal: selection.otlp_http(signal, self.sessions[signal],
+        return {signal: selection.otlp_http(signal, self.sessions.get(signal),
                                             self.urls[signal] if self._explicit else None,
                                             timeout)
                 for signal in PATHS}
 
     def _send(self, signal: Signal, exporter: Any, items: Any) -> None:
-        session = self.sessions[signal]
-        session.reason = None
+        session = self.sessions.get(signal)
+        if session is not None:
+            session.reason = None
         SDK_MESSAGES.pop(signal, None)
         if exporter.export(items) in _SUCCESS:
             return
-        reason = session.reason or SDK_MESSAGES.get(signal) or "the exporter reported failure"
-        if session.said:
+        reason = (session and session.reason) or SDK_MESSAGES.get(signal) or \
+            "the exporter reported failure"
+        if session is not None and session.said:
             raise SyncError(f"the collector refused the {signal}: {reason}: {session.said}")
         raise SyncError(f"the collector did not take the {signal}: {reason}. Is it running "
                         "(`traintel stack status`)? Point traintel sync at it with --endpoint "
