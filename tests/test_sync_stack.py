@@ -254,7 +254,7 @@ OUTAGE = textwrap.dedent("""\
 def test_a_run_whose_collector_was_down_for_its_middle_third_has_no_gap(stack, tmp_path):
     _needs_sink(stack)
     env = _env(stack, tmp_path, OTEL_BSP_SCHEDULE_DELAY="200", OTEL_BLRP_SCHEDULE_DELAY="200",
-               OTEL_EXPORTER_OTLP_TIMEOUT="2")
+               OTEL_EXPORTER_OTLP_TIMEOUT="2000")  # ms
     proc = subprocess.Popen([sys.executable, "-c", OUTAGE], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
