@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 import traintel
 from traintel import settings
@@ -55,6 +58,39 @@ def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TRAINTEL_HTTP_PORT", "80a")
     with pytest.raises(ValueError, match="TRAINTEL_HTTP_PORT='80a' must be an integer"):
         settings_from({})
+
+
+@pytest.mark.parametrize("variable, value, option, expected", [
+    ("TRAINTEL_MODE", " Offline", "mode", "offline"),
+    ("TRAINTEL_PROGRESS", "LINES", "progress", "lines"),
+    ("TRAINTEL_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+])
+def test_a_choice_in_the_environment_is_read_in_any_case(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, option: str,
+        expected: str) -> None:
+    """As the OpenTelemetry specification reads enumerations in environment variables."""
+    monkeypatch.setenv(variable, value)
+    assert getattr(settings_from({}), option) == expected
+
+
+CHOICE_VARIABLES = ("TRAINTEL_MODE", "TRAINTEL_PROGRESS", "TRAINTEL_LOG_LEVEL")
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(variable=st.sampled_from(CHOICE_VARIABLES), value=st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1))
+def test_any_text_in_a_choice_variable_is_taken_or_refused_naming_it(variable: str,
+                                                                     value: str) -> None:
+    with mock.patch.dict(os.environ, {variable: value}):
+        try:
+            chosen = settings_from({})
+        except ValueError as exc:
+            assert f"environment variable {variable}=" in str(exc) and "must be one of" in \
+                str(exc), str(exc)
+        else:
+            option = {"TRAINTEL_MODE": "mode", "TRAINTEL_PROGRESS": "progress",
+                      "TRAINTEL_LOG_LEVEL": "log_level"}[variable]
+            assert getattr(chosen, option).lower() == value.strip().lower()
 
 
 def test_unknown_init_argument_names_the_closest_valid_one() -> None:

@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 
 Group = Literal["run", "export", "launcher", "cli", "stack", "development"]
 _N = TypeVar("_N", int, float)
+_S = TypeVar("_S", bound=str)
 
 #: headings of docs/configuration.md, in order
 GROUPS: dict[Group, str] = {
@@ -66,6 +67,18 @@ class Variable:
         except ValueError:
             raise ValueError(f"environment variable {self.name}={text!r} must be "
                              f"{expected}") from None
+
+    def choice(self, allowed: tuple[_S, ...]) -> _S | None:
+        """One of ``allowed``, matched in any case as the OpenTelemetry specification reads
+        enumerations; a clear error naming the variable and the choices otherwise."""
+        text = self.get()
+        if text is None:
+            return None
+        for value in allowed:
+            if value.lower() == text.strip().lower():
+                return value
+        raise ValueError(f"environment variable {self.name}={text!r} must be one of "
+                         f"{', '.join(allowed)}")
 
     def is_true(self) -> bool:
         """True when set to ``true`` (any case), as the OpenTelemetry specification reads flags."""

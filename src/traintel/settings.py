@@ -259,6 +259,11 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
     return Settings(**merged)
 
 
+#: the options whose variable names one of a few values (any case, as OTel reads enumerations)
+_CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "progress": PROGRESS_MODES,
+                                        "log_level": _LOG_LEVELS}
+
+
 def _from_environment() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for option in fields(Settings):
@@ -269,8 +274,8 @@ def _from_environment() -> dict[str, Any]:
             out[option.name] = variable.integer()
         elif option.name == "sample_interval":
             out[option.name] = variable.real()
-        elif option.name == "log_level":
-            out[option.name] = (variable.get() or "").upper()
+        elif option.name in _CHOICES:
+            out[option.name] = variable.choice(_CHOICES[option.name])
         elif option.name == "grafana_annotations":
             out[option.name] = variable.is_true()
         else:
