@@ -259,6 +259,21 @@ def test_a_sync_sends_everything_once_and_a_repeat_sends_nothing(quiet_run, tmp_
     assert outcome.tally.before["logs"] == len(logs) and outcome.tally.before["traces"] == len(spans)
 
 
+def test_the_cursor_names_its_target_without_credentials(quiet_run, monkeypatch):
+    """The cursor beside the record keys each target by its URLs; a password or a signed query
+    in them is redacted there as in every other file, and the same collector keeps its key."""
+    run = _offline_run(quiet_run, monkeypatch)
+    memory = memory_target()[1]
+    for password in ("hunter2-first", "hunter2-second"):
+        target = Target(f"https://alice:{password}@collector.invalid:4318/otlp?api-key="
+                        f"sk-{password}-0123456789", exporters=memory)  # type: ignore[arg-type]
+        Sync(find_records([str(run.dir)])[0], target, Options(max_age=None)).run()
+    cursor = (run.dir / "sync-cursor.json").read_text()
+    assert "hunter2" not in cursor
+    assert len(json.loads(cursor)["targets"]) == 1, cursor  # the second sync found the first's
+    assert sum(len(batch) for batch in memory["logs"].got) == len(_loggable(read_lines(run.dir)))
+
+
 def test_an_interrupted_sync_resumes_where_the_collector_stopped_acknowledging(quiet_run, tmp_path,
                                                                              monkeypatch):
     run = _offline_run(quiet_run, monkeypatch)

@@ -14,7 +14,6 @@ so before anything is read.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from opentelemetry.sdk._logs.export import LogRecordExportResult
@@ -25,6 +24,7 @@ from .. import env
 from ..export import selection
 from ..export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
 from ..record.format import Signal
+from ..redact import Redactor
 
 #: the path of each signal under an OTLP/HTTP base URL, as the specification gives it
 PATHS: dict[Signal, str] = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
@@ -88,8 +88,10 @@ class Target:
 
     @property
     def key(self) -> str:
-        """What names this target in a cursor: its URLs, without credentials."""
-        return " ".join(_plain(self.urls[signal]) for signal in PATHS)
+        """What names this target in a cursor: its URLs with any credentials in them (a
+        password, a signed query) redacted, as everywhere a URL is written."""
+        redactor = Redactor()
+        return " ".join(redactor.text(self.urls[signal]) for signal in PATHS)
 
     @property
     def bytes_sent(self) -> int:
@@ -150,14 +152,3 @@ def _from_environment(signal: Signal) -> str:
     base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or _DEFAULT_BASE).rstrip("/")
     return f"{base}/{PATHS[signal]}"
 
-
-def _plain(url: str) -> str:
-    """A URL without user and password."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    host = parts.hostname or ""
-    return urlunsplit((parts.scheme, f"{host}:{port}" if port else host, parts.path,
-                       parts.query, parts.fragment))
