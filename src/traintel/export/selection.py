@@ -48,6 +48,15 @@ SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
 EXPORTERS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_TRACES_EXPORTER, "metrics": env.OTEL_METRICS_EXPORTER,
     "logs": env.OTEL_LOGS_EXPORTER}
+#: the per-signal endpoint variables (over OTEL_EXPORTER_OTLP_ENDPOINT), full URLs
+ENDPOINTS: dict[Signal, env.Variable] = {
+    "traces": env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    "metrics": env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    "logs": env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT}
+#: the path of each signal under an OTLP/HTTP base URL, as the specification gives it
+PATHS: dict[Signal, str] = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
+#: the specification's default OTLP/HTTP base URL
+DEFAULT_HTTP_BASE = "http://localhost:4318"
 #: the per-signal protocol variables (over OTEL_EXPORTER_OTLP_PROTOCOL)
 PROTOCOLS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
@@ -111,6 +120,16 @@ def protocol(signal: Signal) -> str:
         if value is not None:
             return value.strip()
     return "http/protobuf"
+
+
+def http_url(signal: Signal) -> str:
+    """The OTLP/HTTP URL of ``signal`` as the SDK resolves it: the per-signal variable as it is,
+    else the general one with the signal's path, else localhost:4318."""
+    own = ENDPOINTS[signal].get()
+    if own:
+        return own
+    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or DEFAULT_HTTP_BASE).rstrip("/")
+    return f"{base}/{PATHS[signal]}"
 
 
 def timeout_s(signal: Signal) -> float:

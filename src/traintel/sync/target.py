@@ -20,18 +20,12 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from .. import env
 from ..export import selection
+from ..export.selection import PATHS
 from ..export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
 from ..record.format import Signal
 from ..redact import Redactor
 
-#: the path of each signal under an OTLP/HTTP base URL, as the specification gives it
-PATHS: dict[Signal, str] = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
-_PER_SIGNAL = {"metrics": env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-               "logs": env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT,
-               "traces": env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT}
-_DEFAULT_BASE = "http://localhost:4318"
 _SUCCESS = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
 #: seconds the probe waits for each signal's endpoint
 PROBE_TIMEOUT = 3.0
@@ -77,7 +71,7 @@ class Target:
                             "(--endpoint http://collector:4318)")
         #: each signal's URL (``--endpoint``, else the OTEL_* variables as the SDK reads them)
         self.urls: dict[Signal, str] = {
-            signal: f"{base}/{path}" if base else _from_environment(signal)
+            signal: f"{base}/{path}" if base else selection.http_url(signal)
             for signal, path in PATHS.items()}
         #: traintel's session of each signal, unless the user's credential provider gives one
         #: (its requests are then neither counted nor explained beyond the SDK's words)
@@ -141,14 +135,4 @@ class Target:
         raise SyncError(f"the collector did not take the {signal}: {reason}. Is it running "
                         "(`traintel stack status`)? Point traintel sync at it with --endpoint "
                         "or OTEL_EXPORTER_OTLP_ENDPOINT")
-
-
-def _from_environment(signal: Signal) -> str:
-    """A signal's URL as the SDK resolves it: the per-signal variable as it is, else the
-    general one with the signal's path, else localhost:4318."""
-    own = _PER_SIGNAL[signal].get()
-    if own:
-        return own
-    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or _DEFAULT_BASE).rstrip("/")
-    return f"{base}/{PATHS[signal]}"
 
