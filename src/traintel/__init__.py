@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .integrations import registration as _registration
-from .version import __version__
+from traintel.integrations import registration as _registration
+from traintel.version import __version__
 
 if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command line
     import argparse
@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command l
     from _typeshed import DataclassInstance
     from typing_extensions import TypeAlias, Unpack
 
-    from .run import Run
-    from .settings import InitOptions
+    from traintel.run import Run
+    from traintel.settings import InitOptions
 
     #: what ``config=`` accepts: a mapping, a dataclass instance or parsed arguments
     ConfigInput: TypeAlias = Union[Mapping[str, object], DataclassInstance, argparse.Namespace,
@@ -37,22 +37,22 @@ def init(project: str | None = None, name: str | None = None, config: ConfigInpu
     """Start a run. Every option, its default and its environment variable:
     ``docs/configuration.md`` (from ``traintel.settings.Settings``); unknown options are refused
     with the closest valid name. ``OTEL_*`` variables configure export."""
-    from .run import Run
-    from .settings import settings_from
+    from traintel.run import Run
+    from traintel.settings import settings_from
 
     return Run(settings_from({"project": project, "name": name, "config": config, **options}))
 
 
 def current_run() -> Run | None:
     """The active run in this process, if any."""
-    from .live import current_run as _current
+    from traintel.live import current_run as _current
 
     return _current()  # type: ignore[return-value]  # every live run is a Run
 
 
 def __getattr__(name: str) -> Any:
     if name == "Run":  # imported lazily: `import traintel` stays cheap for the CLI
-        from .run import Run
+        from traintel.run import Run
 
         return Run
     raise AttributeError(f"module 'traintel' has no attribute {name!r}")

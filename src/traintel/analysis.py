@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from .record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
-from .record.job import job_throughput
-from .record.lock import RecordLock
-from .record.reader import Records, rank_directories
-from .record.summary import RecordFold, Segment, StepFigures
-from .render import describe
+from traintel.record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
+from traintel.record.job import job_throughput
+from traintel.record.lock import RecordLock
+from traintel.record.reader import Records, rank_directories
+from traintel.record.summary import RecordFold, Segment, StepFigures
+from traintel.render import describe
 
 _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 

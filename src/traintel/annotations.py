@@ -18,12 +18,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from . import env, extras
-from .grafana import ANNOTATION_TAG, GrafanaClient, GrafanaError, connect
-from .record.format import EventDict
+from traintel import env, extras
+from traintel.grafana import ANNOTATION_TAG, GrafanaClient, GrafanaError, connect
+from traintel.record.format import EventDict
 
 if TYPE_CHECKING:
-    from .record.pipeline import Pipeline
+    from traintel.record.pipeline import Pipeline
 
 log = logging.getLogger("traintel.annotations")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS, METRICS, Metric
-from .record.format import STATUSES
-from .progress import MILESTONES
-from .samplers.gpu import THROTTLE_REASONS
+from traintel.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS, METRICS, Metric
+from traintel.record.format import STATUSES
+from traintel.progress import MILESTONES
+from traintel.samplers.gpu import THROTTLE_REASONS
 
 #: log records every rank sends whatever it does: "recording to ..." at start, run_end at finish
 LOGS_PER_RANK = 2

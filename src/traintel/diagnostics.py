@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from . import catalog, env
-from .version import __version__
-from .record.reader import Records, RecordNotFound, last_records, rank_dirs
-from .record.files import read_json, write_json
-from .redact import Redactor
-from .state import RunState
+from traintel import catalog, env
+from traintel.version import __version__
+from traintel.record.reader import Records, RecordNotFound, last_records, rank_dirs
+from traintel.record.files import read_json, write_json
+from traintel.redact import Redactor
+from traintel.state import RunState
 
 LAST_EVENTS = 50
 #: environment variables that explain GPU, distributed and export behaviour (secret-looking
@@ -97,7 +97,7 @@ def memory_state() -> dict[str, Any]:
 
 def gpus() -> list[dict[str, Any]]:
     """Every GPU on the host with its current NVML readings (empty without a driver)."""
-    from .samplers.gpu import gpu_sampler
+    from traintel.samplers.gpu import gpu_sampler
 
     sampler = gpu_sampler(local_rank=None, all_gpus=True)
     if sampler is None:

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from . import env
+from traintel import env
 
 log = logging.getLogger("traintel.distributed")
 

@@ -11,7 +11,7 @@ import re
 import traceback as tb
 from dataclasses import dataclass
 
-from .record.format import ErrorType, Severity
+from traintel.record.format import ErrorType, Severity
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import re
 from collections.abc import Mapping
 from typing import SupportsFloat
 
-from .events import EventRecorder
-from .record.format import EvalLine, Goal
-from .state import RunState, nonfinite_text
-from .validate import check_choice, check_name, check_step, shown, to_number
+from traintel.events import EventRecorder
+from traintel.record.format import EvalLine, Goal
+from traintel.state import RunState, nonfinite_text
+from traintel.validate import check_choice, check_name, check_step, shown, to_number
 
 log = logging.getLogger("traintel.events")
 

@@ -16,26 +16,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, SupportsFloat
 
-from .errors import NonFiniteLossError, classify, format_traceback, operation_of
-from .identity import RunIdentity
-from .record.files import read_json, write_json
-from .record.format import (LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine,
-                            EventLine, Level, MilestoneLine, RunEndLine, RunStartLine,
-                            RunTelemetry, Severity)
-from .record.pipeline import Pipeline
-from .record.summary import (RunAbout, RunSummary, Segment, build_summary, export_figures,
-                             instrument_summaries)
-from .record.writer import RecordWriter
-from .runconfig import RunConfig, changed_keys
-from .samplers.base import SamplerEvent
-from .spans import RunSpans
-from .state import LOSS_KEYS, NonFinite, RunState, nonfinite_text
-from .validate import (MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown,
-                       to_number)
-from .version import __version__
+from traintel.errors import NonFiniteLossError, classify, format_traceback, operation_of
+from traintel.identity import RunIdentity
+from traintel.record.files import read_json, write_json
+from traintel.record.format import LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine, EventLine, Level, MilestoneLine, RunEndLine, RunStartLine, RunTelemetry, Severity
+from traintel.record.pipeline import Pipeline
+from traintel.record.summary import RunAbout, RunSummary, Segment, build_summary, export_figures, instrument_summaries
+from traintel.record.writer import RecordWriter
+from traintel.runconfig import RunConfig, changed_keys
+from traintel.samplers.base import SamplerEvent
+from traintel.spans import RunSpans
+from traintel.state import LOSS_KEYS, NonFinite, RunState, nonfinite_text
+from traintel.validate import MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown, to_number
+from traintel.version import __version__
 
 if TYPE_CHECKING:
-    from .resume import Continuation
+    from traintel.resume import Continuation
 
 _events_log = logging.getLogger("traintel.events")
 _errors_log = logging.getLogger("traintel.errors")
@@ -104,7 +100,7 @@ class EventRecorder:
         severity = severity or kind.severity
         details = dict(context or {})
         if kind.error_type == "oom":
-            from .samplers.cuda import oom_details
+            from traintel.samplers.cuda import oom_details
 
             details.update(oom_details(exc) or {})
         state = self.state

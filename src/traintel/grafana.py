@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from . import env, extras
-from .version import __version__
+from traintel import env, extras
+from traintel.version import __version__
 
 #: a grafana-client ``GrafanaApi`` (the library is not annotated: its calls are typed Any)
 GrafanaClient = Any

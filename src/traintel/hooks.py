@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, Literal
 
-from .forks import reset_in_child
+from traintel.forks import reset_in_child
 
 SignalHandler = Callable[[int, "FrameType | None"], Any]
 #: who decides what SIGTERM does (recorded with the signal)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from .distributed import agree_run_id, new_run_id
-from .record.format import RunStatus
-from .record.summary import ExportFigures, RunAbout, export_figures
-from .redact import Redactor
-from .settings import Settings, hostname
-from .state import RunState, nonfinite_text
-from .validate import check_run_id
+from traintel.distributed import agree_run_id, new_run_id
+from traintel.record.format import RunStatus
+from traintel.record.summary import ExportFigures, RunAbout, export_figures
+from traintel.redact import Redactor
+from traintel.settings import Settings, hostname
+from traintel.state import RunState, nonfinite_text
+from traintel.validate import check_run_id
 
 
 class NonFiniteStatus(TypedDict):

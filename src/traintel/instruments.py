@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
 from typing import Literal, Protocol, TypeVar
 
-from .record.format import ObservationKind
-from .record.queue import Observe, RecordQueue
-from .state import RunState
-from .validate import NameBudget, finite_number
+from traintel.record.format import ObservationKind
+from traintel.record.queue import Observe, RecordQueue
+from traintel.state import RunState
+from traintel.validate import NameBudget, finite_number
 
 
 class Counter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from .settings import ReinitMode
+from traintel.settings import ReinitMode
 
 log = logging.getLogger("traintel.run")
 

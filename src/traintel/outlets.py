@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .annotations import GrafanaAnnotations
-    from .identity import RunIdentity
-    from .server import LiveRun, StatusServer
-    from .settings import Settings
+    from traintel.annotations import GrafanaAnnotations
+    from traintel.identity import RunIdentity
+    from traintel.server import LiveRun, StatusServer
+    from traintel.settings import Settings
 
 
 @dataclass
@@ -24,11 +24,11 @@ class Outlets:
               start_ts: float) -> Outlets:
         outlets = cls()
         if settings.http_port is not None:
-            from .server import StatusServer
+            from traintel.server import StatusServer
 
             outlets.server = StatusServer(run, settings.http_host, settings.http_port).start()
         if settings.grafana_annotations:
-            from .annotations import GrafanaAnnotations
+            from traintel.annotations import GrafanaAnnotations
 
             outlets.annotations = GrafanaAnnotations.start(
                 run.pipeline, identity.project, identity.id, identity.name, start_ts,

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from .render import epoch_text, num, progress_text
-from .state import RunState
+from traintel.render import epoch_text, num, progress_text
+from traintel.state import RunState
 
 if TYPE_CHECKING:
     from rich.console import Console

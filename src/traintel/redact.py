@@ -25,8 +25,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
-from . import env
-from .validate import clean_text
+from traintel import env
+from traintel.validate import clean_text
 
 REDACTED = "[REDACTED]"
 #: known secret values shorter than this are too likely to occur by chance in ordinary text

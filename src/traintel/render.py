@@ -15,12 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .record.format import RawLine
+from traintel.record.format import RawLine
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .state import RunState
+    from traintel.state import RunState
 
 
 class PlotSeries(Protocol):

@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-from .identity import RunIdentity
-from .record.format import EVENTS_FILE
-from .record.lock import RecordLock
-from .record.reader import Records, rotation_set
-from .record.summary import RecordFold, Segment
-from .settings import ResumeMode
-from .state import LOSS_KEYS, NonFinite, RunState
+from traintel.identity import RunIdentity
+from traintel.record.format import EVENTS_FILE
+from traintel.record.lock import RecordLock
+from traintel.record.reader import Records, rotation_set
+from traintel.record.summary import RecordFold, Segment
+from traintel.settings import ResumeMode
+from traintel.state import LOSS_KEYS, NonFinite, RunState
 
 log = logging.getLogger("traintel.run")
 

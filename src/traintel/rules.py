@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from .samplers.xid import NEEDS_RESET
+from traintel.samplers.xid import NEEDS_RESET
 
 #: Rate window of the recording rules, part of their names (``traintel:...:rate2m``, which the
 #: dashboards read): at least two samples at traintel's 15 s export interval, and at the SDK's

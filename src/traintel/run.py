@@ -17,36 +17,36 @@ from typing import TYPE_CHECKING, Literal, SupportsFloat
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from . import live
-from .evals import Evaluations
-from .events import EventRecorder
-from .export import RunExport
-from .export.otlp import Sinks
-from .hooks import ProcessHooks
-from .identity import LiveStatus, RunIdentity
-from .instruments import Counter, Gauge, Histogram, HistogramMaker, Instruments, Timer
-from .logging_bridge import ROOT, LoggerTree, console_handler
-from .outlets import Outlets
-from .progress import ProgressDisplay
-from .record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
-from .record.job import write_job_summary
-from .record.pipeline import Pipeline
-from .record.summary import RunSummary, StepFigures
-from .record.writer import RecordWriter
-from .resume import Continuation, open_record
-from .runconfig import ConfigView, RunConfig
-from .samplers import start_sampling
-from .settings import Settings
-from .spans import RunSpans, Span
-from .state import RunState
-from .steps import StepMethods, StepRecorder
-from .validate import NameBudget, check_choice
+from traintel import live
+from traintel.evals import Evaluations
+from traintel.events import EventRecorder
+from traintel.export import RunExport
+from traintel.export.otlp import Sinks
+from traintel.hooks import ProcessHooks
+from traintel.identity import LiveStatus, RunIdentity
+from traintel.instruments import Counter, Gauge, Histogram, HistogramMaker, Instruments, Timer
+from traintel.logging_bridge import ROOT, LoggerTree, console_handler
+from traintel.outlets import Outlets
+from traintel.progress import ProgressDisplay
+from traintel.record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
+from traintel.record.job import write_job_summary
+from traintel.record.pipeline import Pipeline
+from traintel.record.summary import RunSummary, StepFigures
+from traintel.record.writer import RecordWriter
+from traintel.resume import Continuation, open_record
+from traintel.runconfig import ConfigView, RunConfig
+from traintel.samplers import start_sampling
+from traintel.settings import Settings
+from traintel.spans import RunSpans, Span
+from traintel.state import RunState
+from traintel.steps import StepMethods, StepRecorder
+from traintel.validate import NameBudget, check_choice
 
 if TYPE_CHECKING:
     import torch
 
-    from .server import StatusServer
-    from .watch import Watch
+    from traintel.server import StatusServer
+    from traintel.watch import Watch
 
 #: set by traintel.testing to capture telemetry in memory instead of exporting it
 sinks_override: Sinks | None = None
@@ -190,7 +190,7 @@ class Run(StepMethods):
 
     def watch(self, model: torch.nn.Module, grad_norm: bool = True) -> Watch:
         """The model's parameter counts and its gradient norm each step (``traintel.watch``)."""
-        from .watch import watch
+        from traintel.watch import watch
 
         return watch(self, model, grad_norm=grad_norm)
 
@@ -254,7 +254,7 @@ class Run(StepMethods):
         if self.world_size > 1:  # the job's figures over every rank that has ended so far
             write_job_summary(self.dir.parent)
         if status == "failed":
-            from .diagnostics import snapshot, write_crash_report
+            from traintel.diagnostics import snapshot, write_crash_report
 
             write_crash_report(self.dir, snapshot(self.status_dict(), self.summary,
                                                   config.values, state, self.errors),

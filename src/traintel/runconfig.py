@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .record.files import encode
-from .redact import Redactor, secret_values
-from .validate import json_safe
+from traintel.record.files import encode
+from traintel.redact import Redactor, secret_values
+from traintel.validate import json_safe
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from .record.files import encode
-from .record.format import EventDict
+from traintel.record.files import encode
+from traintel.record.format import EventDict
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from .record.pipeline import Pipeline
+    from traintel.record.pipeline import Pipeline
 
 log = logging.getLogger("traintel.server")
 

@@ -14,9 +14,9 @@ import socket
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Literal, TypedDict, Union
 
-from . import env
-from .record.format import ExportMode, Goal
-from .validate import check_choice, check_label, check_run_id, check_tags, shown
+from traintel import env
+from traintel.record.format import ExportMode, Goal
+from traintel.validate import check_choice, check_label, check_run_id, check_tags, shown
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -19,10 +19,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from .record.format import EndStatus
-from .record.queue import Call, Observe, RecordQueue
-from .redact import Redactor
-from .validate import NameBudget
+from traintel.record.format import EndStatus
+from traintel.record.queue import Call, Observe, RecordQueue
+from traintel.redact import Redactor
+from traintel.validate import NameBudget
 
 #: called with an exception that escaped a user span, and the span's name (the operation)
 OnError = Callable[[Exception, str], object]

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .record.format import Goal, RunStatus
+from traintel.record.format import Goal, RunStatus
 
 #: run.log keys with a dedicated catalog metric; other keys become traintel_metric{metric=...}
 KNOWN_KEYS = {"loss": "traintel_loss", "lr": "traintel_learning_rate",

@@ -41,15 +41,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, SupportsFloat, TypeVar
 
-from .events import EventRecorder, ended
-from .progress import MILESTONES, REFRESH_S, ProgressDisplay
-from .record.format import ValuesLine
-from .record.pipeline import Pipeline
-from .record.queue import RecordQueue, Step
-from .render import progress_text
-from .spans import RunSpans
-from .state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, nonfinite_text
-from .validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
+from traintel.events import EventRecorder, ended
+from traintel.progress import MILESTONES, REFRESH_S, ProgressDisplay
+from traintel.record.format import ValuesLine
+from traintel.record.pipeline import Pipeline
+from traintel.record.queue import RecordQueue, Step
+from traintel.render import progress_text
+from traintel.spans import RunSpans
+from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, nonfinite_text
+from traintel.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ from opentelemetry.sdk.metrics.export import (DataPointT, MetricExporter, Metric
                                               MetricsData, NumberDataPoint)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from . import current_run
-from . import run as run_module
-from .export.otlp import Sinks
+from traintel import current_run
+from traintel import run as run_module
+from traintel.export.otlp import Sinks
 
 
 @dataclass

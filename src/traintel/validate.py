@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from .state import nonfinite_text
+from traintel.state import nonfinite_text
 
 #: the range of the integers every export path can carry (OTLP ``as_int``, JSON readers)
 INT64_MIN = -(2**63)

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
 if TYPE_CHECKING:
     import torch
 
-    from .instruments import Gauge
-    from .record.format import Level
-    from .state import RunState
+    from traintel.instruments import Gauge
+    from traintel.record.format import Level
+    from traintel.state import RunState
 
 
 class Watched(Protocol):

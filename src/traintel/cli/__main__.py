@@ -1,5 +1,5 @@
 """`python -m traintel.cli` (the same as the `traintel` command)."""
 
-from . import main
+from traintel.cli import main
 
 main()

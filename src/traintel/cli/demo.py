@@ -43,8 +43,8 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     extras.require("traintel demo", "torch")
     from rich.console import Console
 
-    from ..demo import DemoConfig, collector_endpoint, collector_listening, stack_urls, train
-    from ..redact import Redactor
+    from traintel.demo import DemoConfig, collector_endpoint, collector_listening, stack_urls, train
+    from traintel.redact import Redactor
 
     console = Console(stderr=True)
     endpoint = collector_endpoint()

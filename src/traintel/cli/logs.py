@@ -27,7 +27,7 @@ from traintel.record.reader import follow as follow_records
 
 from traintel.render import describe, duration, iso, num
 
-from .output import table
+from traintel.cli.output import table
 
 _COLOURS = {"debug": "bright_black", "info": None, "warning": "yellow", "error": "red",
             "critical": "bright_red"}

@@ -22,7 +22,7 @@ import click
 
 from traintel.render import num
 
-from .output import table
+from traintel.cli.output import table
 
 if TYPE_CHECKING:
     from traintel.sync.deliver import Outcome, Progress

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from opentelemetry.sdk.resources import Resource
 from prometheus_client.registry import CollectorRegistry
 
-from ..record.format import ExportMode, RunTelemetry
-from ..state import RunState
-from .otlp import Note, OtlpExport, Sinks, metric_interval_s, resource_for, start_export
-from .prometheus import RunCollector, registry_for
-from .readings import Histograms
+from traintel.record.format import ExportMode, RunTelemetry
+from traintel.state import RunState
+from traintel.export.otlp import Note, OtlpExport, Sinks, metric_interval_s, resource_for, start_export
+from traintel.export.prometheus import RunCollector, registry_for
+from traintel.export.readings import Histograms
 
 
 @dataclass(frozen=True)

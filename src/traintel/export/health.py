@@ -43,8 +43,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from ..forks import reset_in_child
-from ..state import RunState
+from traintel.forks import reset_in_child
+from traintel.state import RunState
 
 log = logging.getLogger("traintel.export")
 
@@ -113,7 +113,7 @@ class ExportSession(requests.Session):
                                    cert: Any) -> Any:
         """As requests merges, but the CA file the exporter set (OTEL_EXPORTER_OTLP_CERTIFICATE)
         is not replaced by REQUESTS_CA_BUNDLE (``traintel.export.selection``)."""
-        from .selection import keep_own_ca
+        from traintel.export.selection import keep_own_ca
 
         return keep_own_ca(self, super().merge_environment_settings(
             url, proxies, stream, verify, cert), verify)

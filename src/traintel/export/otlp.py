@@ -34,17 +34,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from .. import env
-from ..version import __version__
-from ..catalog import BY_NAME, METRICS
-from ..redact import Redactor
-from ..forks import reset_in_child
-from ..record.format import ExportLine
-from ..record.spans import RecordSpans, Write
-from ..state import RunState
-from .health import (ExportGate, ExportHealth, ExportSession, GatedLogExporter,
-                     GatedSpanExporter, Signal, quiet_sdk_export_lines)
-from .readings import WINDOWED, Histograms, Reader, readers, window_readings
+from traintel import env
+from traintel.version import __version__
+from traintel.catalog import BY_NAME, METRICS
+from traintel.redact import Redactor
+from traintel.forks import reset_in_child
+from traintel.record.format import ExportLine
+from traintel.record.spans import RecordSpans, Write
+from traintel.state import RunState
+from traintel.export.health import ExportGate, ExportHealth, ExportSession, GatedLogExporter, GatedSpanExporter, Signal, quiet_sdk_export_lines
+from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 log = logging.getLogger("traintel.export")
 
@@ -82,7 +81,7 @@ class Sinks:
 
     @classmethod
     def otlp(cls) -> Sinks:
-        from . import selection as chosen
+        from traintel.export import selection as chosen
 
         # the SDK's default of 60 s is too coarse for step curves and stall alerts
         interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else DEFAULT_INTERVAL_S * 1000

@@ -8,9 +8,9 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..catalog import METRICS
-from ..state import RunState
-from .readings import WINDOWED, Histograms, Reader, readers, window_readings
+from traintel.catalog import METRICS
+from traintel.state import RunState
+from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 
 class RunCollector(Collector):

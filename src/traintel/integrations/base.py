@@ -27,16 +27,16 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from .. import env
-from ..live import current_run as _live_run
-from ..validate import NAME_PATTERN, suggest_name
+from traintel import env
+from traintel.live import current_run as _live_run
+from traintel.validate import NAME_PATTERN, suggest_name
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ..record.format import EndStatus
-    from ..run import Run
-    from ..settings import InitOptions
+    from traintel.record.format import EndStatus
+    from traintel.run import Run
+    from traintel.settings import InitOptions
 
 
 def current_run() -> Run | None:
@@ -216,8 +216,8 @@ class Integration:
     def _join_or_start(self, config: Mapping[str, Any], total_steps: int | None,
                        framework_bar: bool, initial_step: int | None,
                        options: Mapping[str, Any]) -> Run:
-        from ..run import Run
-        from ..settings import settings_from
+        from traintel.run import Run
+        from traintel.settings import settings_from
 
         run = current_run()
         if run is not None:  # the user's: joined, and left for the user to finish

@@ -33,20 +33,20 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..extras import require
+from traintel.extras import require
 
 require("traintel.integrations.huggingface", "integrations", "transformers")
 
 # after the check that names the extra
 from transformers import TrainerCallback, trainer_callback  # noqa: E402
 
-from .base import Integration, split  # noqa: E402
+from traintel.integrations.base import Integration, split  # noqa: E402
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
     from typing_extensions import Unpack
 
-    from ..settings import InitOptions
+    from traintel.settings import InitOptions
 
 #: transformers' base for callbacks whose state goes into checkpoints (4.41 and later)
 ExportableState: type = getattr(trainer_callback, "ExportableState", object)
@@ -100,7 +100,7 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
                 args.run_name != args.output_dir:
             options["name"] = args.run_name
         if self.init_options.get("project") is None and getattr(args, "project", None):
-            from .. import env
+            from traintel import env
 
             if not env.TRAINTEL_PROJECT.get():
                 options["project"] = args.project  # TrainingArguments(project=...), 5.x

@@ -28,7 +28,7 @@ TRANSFORMERS_REGISTRY = "transformers.integrations.integration_utils"
 
 def register_report_to(module: ModuleType) -> None:
     """Add ``"traintel"`` to transformers' ``report_to`` names, kept in ``module``."""
-    from .huggingface import register
+    from traintel.integrations.huggingface import register
 
     register(module)
 

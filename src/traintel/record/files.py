@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..validate import json_safe
+from traintel.validate import json_safe
 
 log = logging.getLogger("traintel.record")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict, Union
 
-from ..stats import Statistics
+from traintel.stats import Statistics
 
 #: the live file of a record (rotated ones are ``events.jsonl.1``, ``.2``, ...)
 EVENTS_FILE = "events.jsonl"

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
-from .files import read_json, write_json
-from .format import RecordStatus
-from .summary import Throughput
+from traintel.record.files import read_json, write_json
+from traintel.record.format import RecordStatus
+from traintel.record.summary import Throughput
 
 log = logging.getLogger("traintel.record")
 

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..forks import reset_in_child
+from traintel.forks import reset_in_child
 
 try:
     import fcntl

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import trace
 
-from ..redact import Redactor
-from .format import EventDict, Level
-from .queue import Line, RecordQueue
+from traintel.redact import Redactor
+from traintel.record.format import EventDict, Level
+from traintel.record.queue import Line, RecordQueue
 
 if TYPE_CHECKING:
-    from ..export.otlp import OtlpExport
+    from traintel.export.otlp import OtlpExport
 
 #: LogRecord attribute carrying a run's own line (events, errors, milestones, evals)
 RECORD_ATTR = "traintel_record"

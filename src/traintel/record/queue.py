@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Union
 
-from .format import Metrics, ObservationKind
+from traintel.record.format import Metrics, ObservationKind
 
 
 class Step(NamedTuple):

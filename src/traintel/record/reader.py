@@ -24,8 +24,8 @@ from typing import IO
 
 import orjson
 
-from .. import env
-from .format import EVENTS_FILE, LEVELS, MAX_LINE_BYTES, RawLine
+from traintel import env
+from traintel.record.format import EVENTS_FILE, LEVELS, MAX_LINE_BYTES, RawLine
 
 _ROTATED = re.compile(r"events\.jsonl\.(\d+)$")
 _RANK = re.compile(r"rank-(\d+)$")

@@ -16,8 +16,8 @@ from typing import Any, cast
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from ..redact import Redactor
-from .format import SpanEvent, SpanLine, SpanStatus
+from traintel.redact import Redactor
+from traintel.record.format import SpanEvent, SpanLine, SpanStatus
 
 #: writes a line to the record alone (``Pipeline.write``)
 Write = Callable[[Mapping[str, object]], None]

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
-from ..stats import RunningStats, Statistics
-from ..state import RunState, nonfinite_text
-from .format import (END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind,
-                     RawLine, RunStatus)
+from traintel.stats import RunningStats, Statistics
+from traintel.state import RunState, nonfinite_text
+from traintel.record.format import END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind, RawLine, RunStatus
 
 
 class LossFigures(TypedDict):

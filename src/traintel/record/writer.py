@@ -30,13 +30,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Literal, Union
 
-from ..forks import reset_in_child
-from ..state import RateWindow, RunState
-from ..stats import RunningStats
-from .files import encode
-from .format import EVENTS_FILE, MAX_LINE_BYTES, ObservationKind
-from .queue import Call, Line, Observe, RecordQueue, Step
-from .summary import StepFigures
+from traintel.forks import reset_in_child
+from traintel.state import RateWindow, RunState
+from traintel.stats import RunningStats
+from traintel.record.files import encode
+from traintel.record.format import EVENTS_FILE, MAX_LINE_BYTES, ObservationKind
+from traintel.record.queue import Call, Line, Observe, RecordQueue, Step
+from traintel.record.summary import StepFigures
 
 log = logging.getLogger("traintel.record")
 

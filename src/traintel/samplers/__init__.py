@@ -14,8 +14,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from ..forks import reset_in_child
-from .base import EventSource, Reading, Sampler, SamplerEvent
+from traintel.forks import reset_in_child
+from traintel.samplers.base import EventSource, Reading, Sampler, SamplerEvent
 
 #: Consecutive failures after which a sampler is switched off for the rest of the run.
 MAX_FAILURES = 3
@@ -150,9 +150,9 @@ def start_sampling(readings: dict[tuple[str, tuple[tuple[str, str], ...]], float
 def default_samplers(run_dir: str, *, local_rank: int | None,
                      all_gpus: bool = False) -> list[Sampler]:
     """System, NVML and CUDA-allocator samplers, leaving out those this machine cannot run."""
-    from .cuda import cuda_sampler
-    from .gpu import gpu_sampler
-    from .system import SystemSampler
+    from traintel.samplers.cuda import cuda_sampler
+    from traintel.samplers.gpu import gpu_sampler
+    from traintel.samplers.system import SystemSampler
 
     samplers: list[Sampler] = [SystemSampler(run_dir)]
     for sampler in (gpu_sampler(local_rank=local_rank, all_gpus=all_gpus), cuda_sampler()):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from ..record.format import Level
+from traintel.record.format import Level
 
 #: (catalog metric name, value, extra labels beyond project/run/rank).
 Reading = tuple[str, float, dict[str, str]]

@@ -20,7 +20,7 @@ import re
 import sys
 from typing import Any
 
-from .base import Reading
+from traintel.samplers.base import Reading
 
 log = logging.getLogger("traintel.samplers")
 

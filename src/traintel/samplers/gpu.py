@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import env, extras
-from .base import Reading, SamplerEvent
-from .gpm import ACTIVITY, MIG_ACTIVITY, GpmReader
-from .nvml_fields import FIELD_VALUES, Key, key, read_all
-from .xid import NO_INSTANCE, XidWatcher, describe, level
+from traintel import env, extras
+from traintel.samplers.base import Reading, SamplerEvent
+from traintel.samplers.gpm import ACTIVITY, MIG_ACTIVITY, GpmReader
+from traintel.samplers.nvml_fields import FIELD_VALUES, Key, key, read_all
+from traintel.samplers.xid import NO_INSTANCE, XidWatcher, describe, level
 
 log = logging.getLogger("traintel.samplers")
 

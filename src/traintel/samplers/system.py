@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from .base import Reading
+from traintel.samplers.base import Reading
 
 #: Child processes that are multiprocessing or torch.compile helpers, not data-loader workers.
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",

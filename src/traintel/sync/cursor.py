@@ -24,8 +24,8 @@ from typing import IO, Any
 
 import orjson
 
-from ..record.files import encode, read_json
-from ..record.format import RawLine
+from traintel.record.files import encode, read_json
+from traintel.record.format import RawLine
 
 CURSOR_FILE = "sync-cursor.json"
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..redact import Redactor
-from .cursor import Cursor, Position, fingerprint
-from .plan import Options, Tally, batches
-from .source import Record
-from .target import Target
+from traintel.redact import Redactor
+from traintel.sync.cursor import Cursor, Position, fingerprint
+from traintel.sync.plan import Options, Tally, batches
+from traintel.sync.source import Record
+from traintel.sync.target import Target
 
 
 @dataclass

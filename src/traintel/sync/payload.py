@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from ..export.otlp import log_record
-from ..record.format import RawLine
-from ..redact import Redactor
-from .replay import REBUILT, BadLine, number, text
+from traintel.export.otlp import log_record
+from traintel.record.format import RawLine
+from traintel.redact import Redactor
+from traintel.sync.replay import REBUILT, BadLine, number, text
 
 CUMULATIVE = AggregationTemporality.CUMULATIVE
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)

@@ -21,16 +21,16 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
-from ..export.otlp import RunMetrics, resource_for, with_added
-from ..identity import RunIdentity
-from ..record.format import RawLine, Signal
-from ..record.summary import RecordFold
-from ..redact import Redactor
-from . import payload
-from .cursor import Position
-from .replay import NEARLY, BadLine, Replay
-from .source import LOGGED_TYPES, Record, Segment, plausible
-from .timeline import metric_times
+from traintel.export.otlp import RunMetrics, resource_for, with_added
+from traintel.identity import RunIdentity
+from traintel.record.format import RawLine, Signal
+from traintel.record.summary import RecordFold
+from traintel.redact import Redactor
+from traintel.sync import payload
+from traintel.sync.cursor import Position
+from traintel.sync.replay import NEARLY, BadLine, Replay
+from traintel.sync.source import LOGGED_TYPES, Record, Segment, plausible
+from traintel.sync.timeline import metric_times
 
 #: items per request: log records, spans, metric points (a 15 s interval has ~50 points)
 BATCH = {"logs": 512, "traces": 512, "metrics": 4096}

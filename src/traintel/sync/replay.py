@@ -21,12 +21,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..catalog import METRICS, get
-from ..export.readings import Histograms
-from ..record.format import END_STATUSES, RawLine
-from ..record.summary import RecordFold, StepFigures
-from ..resume import Continuation
-from ..state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
+from traintel.catalog import METRICS, get
+from traintel.export.readings import Histograms
+from traintel.record.format import END_STATUSES, RawLine
+from traintel.record.summary import RecordFold, StepFigures
+from traintel.resume import Continuation
+from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
 
 #: catalog groups whose metrics the record cannot rebuild, and why
 NOT_IN_RECORD: dict[str, str] = {

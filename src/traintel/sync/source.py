@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
-from ..record.format import RawLine
-from ..record.reader import RecordNotFound, find_run, is_run, positioned, streams
+from traintel.record.format import RawLine
+from traintel.record.reader import RecordNotFound, find_run, is_run, positioned, streams
 
 #: record lines a live run sends as OTLP logs: ``log`` lines always, the others at or above the
 #: run's log level (below it they reach the record alone)

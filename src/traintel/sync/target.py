@@ -20,11 +20,11 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from ..export import selection
-from ..export.selection import PATHS
-from ..export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
-from ..record.format import Signal
-from ..redact import Redactor
+from traintel.export import selection
+from traintel.export.selection import PATHS
+from traintel.export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
+from traintel.record.format import Signal
+from traintel.redact import Redactor
 
 _SUCCESS = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
 #: seconds the probe waits for each signal's endpoint
