@@ -20,11 +20,11 @@ bench:
 
 ## Regenerate grafana/dashboards/*.json from code.
 dashboards:
-	@scripts/venv.sh python -m traintel.dashboards
+	@scripts/venv.sh python -m traintel.stack.dashboards
 
-## Regenerate prometheus/rules/*.yml from traintel.rules.Config.
+## Regenerate prometheus/rules/*.yml from traintel.stack.rules.Config.
 rules:
-	@scripts/venv.sh python -m traintel.rules $(ARGS)
+	@scripts/venv.sh python -m traintel.stack.rules $(ARGS)
 
 ## Plain Kubernetes manifests from the Helm chart, for clusters without Helm (docs/kubernetes.md):
 ## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"

@@ -58,7 +58,7 @@ def _timed(fn, repeats: int) -> tuple[float, Any]:
 
 def run(rates: tuple[float, ...] = (1, 10, 100, 1000), repeats: int = 5,
         fold_steps: int = 20_000) -> dict[str, Any]:
-    from traintel.state import IntervalStats
+    from traintel.core.state import IntervalStats
 
     base = {"project": "bench", "run": "r1", "rank": "0"}
     labelled = {key: {**base, "metric": key} for key in KEYS}

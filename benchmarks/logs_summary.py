@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from traintel import analysis
+from traintel.reports import analysis
 from traintel.record.reader import Records
 
 RESULTS = Path(__file__).parent / "results" / "logs_summary.json"

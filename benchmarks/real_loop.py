@@ -106,12 +106,12 @@ def accounted(bare: dict[str, float], ours: dict[str, float]) -> float:
 
 def observed(stack: ExitStack, directory: Path):
     """A run with everything on, its /metrics scraped; finished when ``stack`` closes."""
-    has_server = importlib.util.find_spec("traintel.server") is not None
+    has_server = importlib.util.find_spec("traintel.export.server") is not None
     run = harness.traintel_run(directory, otlp=True, http_port=0 if has_server else None)
     stack.callback(run.finish)
     if has_server:
         port = run.server.port
-    else:  # stand-in until traintel.server exists: the same registry over prometheus-client
+    else:  # stand-in until traintel.export.server exists: the same registry over prometheus-client
         from prometheus_client import start_http_server
 
         server, _ = start_http_server(0, addr="127.0.0.1", registry=run.registry)
@@ -148,9 +148,9 @@ def run(steps: int, rounds: int, step_ms: float = 10.0, warmup: int = 50,
                 for clock in CLOCKS}
     overhead["accounted"] = [accounted(bare, ours) for bare, ours in pairs]
     summary = {name: harness.spread(values) for name, values in overhead.items()}
-    metrics_server = ("traintel (http_port=0)" if importlib.util.find_spec("traintel.server")
+    metrics_server = ("traintel (http_port=0)" if importlib.util.find_spec("traintel.export.server")
                       else "stand-in: prometheus_client.start_http_server on run.registry "
-                           "(traintel.server not present)")
+                           "(traintel.export.server not present)")
     return {"batch": batch, "steps": steps, "rounds": rounds, "step_ms_target": step_ms,
             "step_ms": {mode: {clock: harness.spread(r[clock] for r in each)
                                for clock in [*CLOCKS, "outside_step"]}

@@ -10,7 +10,20 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${TRAINTEL_CACHE:-$HOME/.cache/traintel}
 python=${PYTHON:-python3}
 extras=${TRAINTEL_EXTRAS:-dev}
-key=$({ cat "$root/pyproject.toml"; echo "$extras"; "$python" -VV; } | sha256sum | cut -c1-12)
+# keyed by what pip installs (dependencies, extras, entry points), not by the whole file: editing
+# pyproject.toml's tool settings (mypy, ruff, the package list) reuses the environment
+key=$({ "$python" - "$root/pyproject.toml" <<'PY'
+import json, sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the whole file, as before
+    print(open(sys.argv[1]).read())
+    raise SystemExit
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(json.dumps([project.get(k) for k in ("dependencies", "optional-dependencies", "scripts",
+                                           "requires-python")], sort_keys=True))
+PY
+  echo "$extras"; "$python" -VV; } | sha256sum | cut -c1-12)
 venv=$cache/venvs/$extras-$key
 export PIP_CACHE_DIR=$cache/pip PIP_DISABLE_PIP_VERSION_CHECK=1
 

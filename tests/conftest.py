@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 import traintel
-from traintel import catalog
+from traintel.core import catalog
 
 from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
 

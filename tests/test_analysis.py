@@ -1,4 +1,4 @@
-"""What `traintel logs` computes (traintel.analysis), on record lines built in the test: the
+"""What `traintel logs` computes (traintel.reports.analysis), on record lines built in the test: the
 summary across ranks, problems, instruments, plot series, search and comparison."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from traintel import analysis
+from traintel.reports import analysis
 
 T0 = 1_700_000_000.0
 

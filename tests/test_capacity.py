@@ -1,4 +1,4 @@
-"""The capacity calculator (traintel.capacity) against a real run's series and
+"""The capacity calculator (traintel.stack.capacity) against a real run's series and
 docs/scaling.md."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import traintel
-from traintel import capacity
+from traintel.stack import capacity
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

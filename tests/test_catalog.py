@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from traintel import catalog
+from traintel.core import catalog
 from traintel.export.readings import WINDOWED, readers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_every_metric_has_a_reader_or_is_added_per_export():
 
 
 def test_unknown_metric_is_a_clear_error():
-    with pytest.raises(KeyError, match="must be declared in traintel.catalog.METRICS"):
+    with pytest.raises(KeyError, match="must be declared in traintel.core.catalog.METRICS"):
         catalog.get("traintel_nope")
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from traintel import analysis, render
+from traintel.reports import analysis, render
 from traintel.cli import main
 from traintel.record.reader import Records
-from traintel.state import RunState
+from traintel.core.state import RunState
 
 ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 

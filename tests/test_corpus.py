@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from traintel.analysis import Series, summarize
+from traintel.reports.analysis import Series, summarize
 from traintel.record.reader import Records
 
 from conftest import read_lines

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from traintel import catalog, dashboards, rules
+from traintel.core import catalog
+from traintel.stack import dashboards, rules
 from traintel.stack.native import NativeStack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def test_metric_names_exist() -> None:
     known |= {rule["record"] for rule in _rules() if "record" in rule}
     known |= COLLECTOR_METRICS | SPAN_METRICS
     unknown = {name for expr in _promql() for name in METRIC_NAME.findall(expr)} - known
-    assert unknown == set(), "not in traintel.catalog, the recording rules or the collector's"
+    assert unknown == set(), "not in traintel.core.catalog, the recording rules or the collector's"
 
 
 def test_label_names_exist() -> None:

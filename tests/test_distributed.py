@@ -22,8 +22,8 @@ import torch.distributed as dist
 import yaml
 
 import traintel
-from traintel.distributed import agree_run_id, launcher_run_id
-from traintel.errors import classify
+from traintel.run.distributed import agree_run_id, launcher_run_id
+from traintel.core.errors import classify
 
 from stack_fixture import eventually, promql
 
@@ -101,7 +101,7 @@ def test_without_launcher_or_process_group_ranks_are_warned(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     for name in LAUNCHER_IDS:
         monkeypatch.delenv(name, raising=False)
-    with caplog.at_level(logging.WARNING, logger="traintel.distributed"):
+    with caplog.at_level(logging.WARNING, logger="traintel.run.distributed"):
         assert agree_run_id("mine") == "mine"
         assert not caplog.records
         assert agree_run_id("mine", world_size=4) == "mine"

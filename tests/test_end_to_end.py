@@ -18,7 +18,8 @@ import pytest
 import requests
 import yaml
 
-from traintel import catalog, dashboards, rules
+from traintel.core import catalog
+from traintel.stack import dashboards, rules
 
 import loki_model
 from stack_fixture import eventually, promql, require
@@ -41,7 +42,7 @@ def _demo_env(stack, tmp_path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def fast_rules(stack, tmp_path_factory):
     """Evaluate rules every second and add the stalled-run alert rendered with a 3 s threshold
-    and no `for` (traintel.rules.Config), so a real stall can be seen firing within a test.
+    and no `for` (traintel.stack.rules.Config), so a real stall can be seen firing within a test.
     Prometheus reloads its config on SIGHUP."""
     config = rules.Config(stall_seconds=3, stall_for="0s")
     groups = yaml.safe_load(rules.render("alerts", config))["groups"]

@@ -1,4 +1,4 @@
-"""The registry of environment variables (traintel.env): the only reader of the environment, every
+"""The registry of environment variables (traintel.core.env): the only reader of the environment, every
 variable the code or the scripts name is in it, and docs/configuration.md is rendered from it."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from traintel import env, settings
+from traintel.core import env
+from traintel.run import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "traintel"
@@ -18,7 +19,7 @@ ENVIRON = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
 
 
 def _sources() -> list[Path]:
-    return sorted(p for p in SRC.rglob("*.py") if p != SRC / "env.py")
+    return sorted(p for p in SRC.rglob("*.py") if p != SRC / "core" / "env.py")
 
 
 def _environment_reads(path: Path) -> list[str]:
@@ -39,7 +40,7 @@ def _environment_reads(path: Path) -> list[str]:
 
 def test_only_the_registry_reads_the_environment() -> None:
     stray = [read for path in _sources() for read in _environment_reads(path)]
-    assert stray == [], "read variables through traintel.env (add them there):\n" + \
+    assert stray == [], "read variables through traintel.core.env (add them there):\n" + \
         "\n".join(stray)
 
 

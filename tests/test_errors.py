@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from traintel.cli import main
-from traintel.errors import HINTS, classify
+from traintel.core.errors import HINTS, classify
 from traintel.testing import capture
 
 no_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no NVIDIA GPU")

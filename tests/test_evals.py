@@ -1,4 +1,4 @@
-"""Best-so-far by meaning (traintel.evals): a metric's direction from goals=, else from the whole
+"""Best-so-far by meaning (traintel.run.evals): a metric's direction from goals=, else from the whole
 tokens of its name; no best claim for a name that says nothing; the direction written into the
 record and summary.json."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from traintel.evals import goal_from_name
+from traintel.run.evals import goal_from_name
 
 from conftest import read_lines
 

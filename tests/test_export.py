@@ -15,8 +15,8 @@ from prometheus_client.exposition import generate_latest
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from traintel import catalog
-from traintel import run as run_module
+from traintel.core import catalog
+from traintel.run import facade as run_module
 from traintel.export.otlp import EXPORT_BATCH, Sinks
 from traintel.testing import capture
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fake_nvml import FakeNvml
 import traintel
-from traintel.catalog import METRICS
+from traintel.core.catalog import METRICS
 from traintel.stack import install
 from traintel.testing import capture
 
@@ -164,7 +164,7 @@ def test_histogram_buckets_are_checked_at_the_door(quiet_run):
     st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans(), st.text(),
     st.none()), max_size=70)))
 def test_garbage_buckets_are_refused_or_well_formed(garbage):
-    from traintel.instruments import MAX_BUCKETS, check_buckets
+    from traintel.run.instruments import MAX_BUCKETS, check_buckets
 
     try:
         bounds = check_buckets("h", garbage)

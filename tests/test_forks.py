@@ -1,5 +1,5 @@
 """A forked child (a data-loader worker) inherits a live run but none of its threads: each worker
-resets itself there (traintel.forks), so the child never writes the parent's record, exports the
+resets itself there (traintel.core.forks), so the child never writes the parent's record, exports the
 parent's telemetry, samples its GPUs or finishes its run."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from traintel import catalog
+from traintel.core import catalog
 
 
 def _gpu_present() -> bool:

@@ -13,7 +13,7 @@ import pynvml as real_nvml
 import pytest
 
 import traintel
-from traintel import catalog
+from traintel.core import catalog
 from traintel.samplers import SamplerThread
 from traintel.samplers.base import SamplerEvent
 from traintel.samplers.gpu import (FIELDS, MAX_FIELD_FAILURES, THROTTLE_REASONS, decode_throttle,

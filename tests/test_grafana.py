@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from grafana_standin import GrafanaStandIn
-from traintel import grafana
+from traintel.export import grafana
 from traintel.cli import main
-from traintel.stack import files
+from traintel.stack import project
 
 TOKEN = "glsa_standin_token_0123456789"
 
@@ -35,7 +35,7 @@ def _push(standin: GrafanaStandIn, token: str = TOKEN, *options: str):
 def test_push_imports_dashboards_and_data_sources_and_a_second_push_changes_nothing(standin):
     first = _push(standin, TOKEN, "--prometheus-url", "http://prom.example:9090")
     assert first.exit_code == 0, first.output
-    boards = grafana.load_dashboards(files.root() / "grafana/dashboards")
+    boards = grafana.load_dashboards(project.root() / "grafana/dashboards")
     assert set(standin.dashboards) == {b["uid"] for b in boards.values()}
     for stored in standin.dashboards.values():
         assert stored["meta"]["folderUid"] == "traintel"
@@ -140,7 +140,7 @@ def test_annotations_without_grafana_settings_are_one_warning(quiet_run, recorde
 
 
 def test_the_dashboards_show_grafanas_traintel_annotations():
-    boards = grafana.load_dashboards(files.root() / "grafana/dashboards")
+    boards = grafana.load_dashboards(project.root() / "grafana/dashboards")
     for board in boards.values():
         layers = [a for a in board["annotations"]["list"]
                   if a.get("datasource", {}).get("type") == "grafana"]

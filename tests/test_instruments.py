@@ -1,4 +1,4 @@
-"""Custom instruments (traintel.instruments) on their own: what they store or queue, what they
+"""Custom instruments (traintel.run.instruments) on their own: what they store or queue, what they
 refuse, and the registry that returns the same instrument for a name, each name admitted by the
 run's name budget."""
 
@@ -8,10 +8,10 @@ from collections import deque
 
 import pytest
 
-from traintel.instruments import Counter, Instruments, Timer
+from traintel.run.instruments import Counter, Instruments, Timer
 from traintel.record.queue import Observe
-from traintel.state import RunState
-from traintel.validate import NameBudget
+from traintel.core.state import RunState
+from traintel.core.validate import NameBudget
 
 
 @pytest.fixture

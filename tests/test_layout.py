@@ -114,8 +114,67 @@ def test_the_private_read_check_finds_reads(tmp_path: Path) -> None:
 
 
 def test_run_stays_a_thin_facade() -> None:
-    lines = (SRC / "run.py").read_text().count("\n")
-    assert lines < 300, f"run.py has {lines} lines: give the new work a part of its own"
+    lines = (SRC / "run" / "facade.py").read_text().count("\n")
+    assert lines < 300, f"run/facade.py has {lines} lines: give the new work a part of its own"
+
+
+#: the layers, bottom first: a module may import its own package and the layers below it, never
+#: a layer above, nor another package of its own layer. The top layer (the public face and the
+#: command line) may import itself.
+LAYERS: list[set[str]] = [
+    {"core", "version"},
+    {"record"},
+    {"export", "samplers"},
+    {"reports"},
+    {"run"},
+    {"integrations", "stack", "sync"},
+    {"cli", "__init__", "__main__", "demo", "testing"},
+]
+#: at most this many modules at the top of src/traintel: the rest live in the layers' packages
+MAX_TOP_LEVEL = 10
+
+
+def _layer_of(module: str) -> tuple[int, str]:
+    parts = module.split(".")
+    package = parts[1] if len(parts) > 1 else "__init__"
+    for depth, layer in enumerate(LAYERS):
+        if package in layer:
+            return depth, package
+    raise AssertionError(f"{module}: add its package to LAYERS in tests/test_layout.py")
+
+
+def _against_the_layers(edges: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(edges.items()):
+        depth, package = _layer_of(module)
+        for target in sorted(targets):
+            target_depth, target_package = _layer_of(target)
+            upward = target_depth > depth
+            sideways = (target_depth == depth and target_package != package
+                        and depth != len(LAYERS) - 1)
+            if upward or sideways:
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_no_import_runs_back_up_a_layer() -> None:
+    assert _against_the_layers(EDGES) == []
+
+
+def test_the_layer_check_finds_an_upward_and_a_sideways_import() -> None:
+    edges = {"traintel.core.state": {"traintel.record.format"},
+             "traintel.reports.render": {"traintel.core.stats"},
+             "traintel.sync.plan": {"traintel.stack.rules"}}
+    assert _against_the_layers(edges) == ["traintel.core.state -> traintel.record.format",
+                                          "traintel.sync.plan -> traintel.stack.rules"]
+
+
+def test_at_most_ten_modules_at_the_top() -> None:
+    top = sorted(path.name for path in SRC.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL, f"move some of these into a layer's package: {top}"
+    packages = {path.name for path in SRC.iterdir()
+                if path.is_dir() and (path / "__init__.py").exists()}
+    assert packages <= set().union(*LAYERS), "add the new package to LAYERS"
 
 
 def test_the_readme_layout_names_every_module() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from traintel import dashboards
+from traintel.stack import dashboards
 from loki_model import INDEX_LABELS, label_name, parse
 
 REPO = Path(__file__).resolve().parents[1]

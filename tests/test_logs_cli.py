@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from records_factory import T0, RecordWriter, write_run
 
-from traintel import analysis, render
+from traintel.reports import analysis, render
 from traintel.cli.logs import logs
 from traintel.record.reader import Records
 

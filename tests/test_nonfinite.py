@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from traintel.errors import NonFiniteLossError
-from traintel.render import progress_text
+from traintel.core.errors import NonFiniteLossError
+from traintel.reports.render import progress_text
 
 from conftest import read_lines
 
@@ -44,7 +44,7 @@ def test_a_diverged_run_shows_nan_everywhere_not_its_last_finite_loss(quiet_run)
 
 
 def test_nonfinite_warnings_are_the_first_then_a_count(quiet_run, monkeypatch):
-    import traintel.events as events
+    import traintel.run.events as events
 
     with quiet_run() as run:
         for step in range(1, 1001):

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import traintel
-from traintel import run as run_module
+from traintel.run import facade as run_module
 from traintel.export.otlp import log_record
 from traintel.testing import capture
 

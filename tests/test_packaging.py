@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from traintel import extras
+from traintel.core import extras
 from wheel_build import build_wheel
 from traintel.cli import main
 from traintel.samplers import gpu
-from traintel.stack import files
+from traintel.stack import project
 from traintel.stack.components import COMPONENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,9 +80,9 @@ def test_init_writes_a_compose_project_with_a_generated_password(tmp_path: Path)
     result = CliRunner().invoke(main, ["stack", "init", str(target)])
     assert result.exit_code == 0, result.output
     written = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert written == sorted([*files.project_files(), files.UNIT, ".env"])
-    for rel in files.project_files():
-        assert (target / rel).read_bytes() == (files.root() / rel).read_bytes()
+    assert written == sorted([*project.project_files(), project.UNIT, ".env"])
+    for rel in project.project_files():
+        assert (target / rel).read_bytes() == (project.root() / rel).read_bytes()
     env_file = target / ".env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     password = next(line.split("=", 1)[1] for line in env_file.read_text().splitlines()
@@ -90,7 +90,7 @@ def test_init_writes_a_compose_project_with_a_generated_password(tmp_path: Path)
     assert len(password) >= 20 and password in result.output
     assert result.output.count(password) == 1
     assert f"cd {target.resolve()} && docker compose up -d" in result.output
-    unit = (target / files.UNIT).read_text()
+    unit = (target / project.UNIT).read_text()
     assert f"ExecStart={sys.executable} -m traintel stack up --foreground --configs " \
            f"{target.resolve()} " in unit
     assert f"WorkingDirectory={target.resolve()}\n" in unit
@@ -115,11 +115,11 @@ def test_init_never_overwrites_an_edited_config_unless_forced(tmp_path: Path) ->
     assert edited.read_text().endswith("# my receiver\n")
     forced = CliRunner().invoke(main, ["stack", "init", "--force", str(tmp_path)])
     assert forced.exit_code == 0
-    assert edited.read_bytes() == (files.root() / "alertmanager/alertmanager.yml").read_bytes()
+    assert edited.read_bytes() == (project.root() / "alertmanager/alertmanager.yml").read_bytes()
 
 
 def test_the_example_env_file_has_no_password() -> None:
-    example = (files.root() / ".env.example").read_text()
+    example = (project.root() / ".env.example").read_text()
     assert "GRAFANA_ADMIN_PASSWORD=\n" in example
 
 

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from traintel.export.otlp import flat_attributes
 from traintel.record.pipeline import (RECORD_ATTR, Console, Identity, Pipeline, Redact, TraceIds,
                                       log_line, stamp)
-from traintel.redact import Redactor
-from traintel.server import EventHub
+from traintel.core.redact import Redactor
+from traintel.export.server import EventHub
 
 Lines = list[dict[str, Any]]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from traintel import rules
+from traintel.stack import rules
 from traintel.stack import install
 from traintel.stack.components import COMPONENTS
 

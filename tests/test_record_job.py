@@ -11,7 +11,7 @@ from typing import get_type_hints
 
 import pytest
 
-from traintel.analysis import summarize
+from traintel.reports.analysis import summarize
 from traintel.record.job import JobSummary, job_summary, job_throughput
 from traintel.record.reader import Records
 

@@ -1,11 +1,11 @@
-"""Redaction (traintel.redact): which keys hold secrets, which values are found, and how text and
+"""Redaction (traintel.core.redact): which keys hold secrets, which values are found, and how text and
 nested values are redacted."""
 
 from __future__ import annotations
 
 import pytest
 
-from traintel.redact import REDACTED, Redactor, is_secret_key, secret_values
+from traintel.core.redact import REDACTED, Redactor, is_secret_key, secret_values
 
 
 @pytest.mark.parametrize("key", ["password", "DB_PASSWORD", "db_pass", "hf_token", "api_key",

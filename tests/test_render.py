@@ -1,4 +1,4 @@
-"""Presenting (traintel.render): numbers, durations, record lines, tables and the progress line."""
+"""Presenting (traintel.reports.render): numbers, durations, record lines, tables and the progress line."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from traintel import render
-from traintel.state import RunState
+from traintel.reports import render
+from traintel.core.state import RunState
 
 
 @pytest.mark.parametrize("value, text", [

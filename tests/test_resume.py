@@ -1,4 +1,4 @@
-"""Continuing a run (traintel.resume), its lock, one live run per process, tags, notes and
+"""Continuing a run (traintel.run.resume), its lock, one live run per process, tags, notes and
 group, and the configuration extended after init."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import traintel
-from traintel.analysis import summarize
+from traintel.reports.analysis import summarize
 from traintel.record.lock import RecordLocked
 from traintel.record.reader import Records
 from traintel.testing import capture

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from traintel import catalog
+from traintel.core import catalog
 from traintel.samplers import LOCK_WAIT_S, MAX_FAILURES, SamplerThread, default_samplers
 from traintel.samplers.cuda import CudaSampler, cuda_sampler, oom_details, readings_from_stats
 from traintel.samplers.system import SystemSampler

@@ -1,4 +1,4 @@
-"""docs/scaling.md sizes a 1,000- and a 10,000-GPU job from `traintel.capacity`: when the catalog
+"""docs/scaling.md sizes a 1,000- and a 10,000-GPU job from `traintel.stack.capacity`: when the catalog
 changes what a GPU rank exports, the sizing must change with it (as the capacity table does)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from traintel import capacity
+from traintel.stack import capacity
 
 DOC = (Path(__file__).resolve().parents[1] / "docs/scaling.md").read_text()
 #: recording-rule series per rank that the sizing adds (prometheus/rules/recording.yml)

@@ -23,9 +23,9 @@ import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from traintel.catalog import METRICS
+from traintel.core.catalog import METRICS
 from traintel.cli import main
-from traintel.server import StatusServer
+from traintel.export.server import StatusServer
 
 
 def _until(fetch, timeout: float = 10.0):

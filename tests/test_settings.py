@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 import traintel
-from traintel import settings
-from traintel.settings import InitOptions, Settings, settings_from
+from traintel.run import settings
+from traintel.run.settings import InitOptions, Settings, settings_from
 
 
 def test_init_options_type_every_setting() -> None:

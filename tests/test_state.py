@@ -1,11 +1,11 @@
-"""The run state (traintel.state): how non-finite values are written, progress and ETA, and
+"""The run state (traintel.core.state): how non-finite values are written, progress and ETA, and
 the recent-rate window."""
 
 from __future__ import annotations
 
 import math
 
-from traintel.state import RateWindow, RunState, nonfinite_text
+from traintel.core.state import RateWindow, RunState, nonfinite_text
 
 
 def test_nonfinite_values_are_written_as_text() -> None:

@@ -1,4 +1,4 @@
-"""RunningStats (traintel.stats): exact moments, exact percentiles up to the reservoir and close
+"""RunningStats (traintel.core.stats): exact moments, exact percentiles up to the reservoir and close
 ones beyond it, bounded memory, and nothing kept when only the moments are wanted."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from traintel.stats import RunningStats, quantile
+from traintel.core.stats import RunningStats, quantile
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 

@@ -1,4 +1,4 @@
-"""The step model (traintel.steps): a step is a point on the loop's step axis, not a call.
+"""The step model (traintel.run.steps): a step is a point on the loop's step axis, not a call.
 
 Keywords or a dict, integer-like step numbers, commit=False, values for a step already written,
 run.log_values, run.track counting batches or taking the loop's numbers, logging every N steps:
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from traintel.analysis import Summary, scan
+from traintel.reports.analysis import Summary, scan
 from traintel.record.reader import Records
 from traintel.record.summary import StepFigures
 

@@ -14,8 +14,8 @@ from traintel.record.summary import (ErrorCounts, EvalFigures, ExportFigures,
                                      InstrumentFigures, LossFigures, RecordHealth, RunSummary,
                                      StepFigures, StepTime, Throughput, build_summary,
                                      instrument_summaries)
-from traintel.state import RunState
-from traintel.stats import RunningStats
+from traintel.core.state import RunState
+from traintel.core.stats import RunningStats
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

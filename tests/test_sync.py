@@ -23,9 +23,9 @@ from opentelemetry.sdk.metrics.export import (HistogramDataPoint, InMemoryMetric
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 import traintel
-from traintel import catalog
+from traintel.core import catalog
 from traintel.export.otlp import RunMetrics, with_added
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 from traintel.sync import payload
 from traintel.sync.deliver import Interrupted, Sync
 from traintel.sync.plan import Options, identity_of
@@ -349,7 +349,7 @@ class Refusing:
     """capture()'s exporters, refusing everything while ``on``."""
 
     def __init__(self) -> None:
-        from traintel import run as run_module
+        from traintel.run import facade as run_module
 
         self.on = False
         sinks = run_module.sinks_override

@@ -1,4 +1,4 @@
-"""The rules at the door (traintel.validate): one name grammar for every API, step numbers as the
+"""The rules at the door (traintel.core.validate): one name grammar for every API, step numbers as the
 loop has them, each refusal with its reason and the accepted form."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from traintel.validate import NAME_PATTERN, check_name, check_step, suggest_name, to_number
+from traintel.core.validate import NAME_PATTERN, check_name, check_step, suggest_name, to_number
 
 
 @pytest.mark.parametrize("name", ["loss", "train/loss", "eval.top1", "val/acc@1", "_x",

@@ -7,7 +7,7 @@ import torch
 
 import traintel
 from traintel.testing import capture
-from traintel.watch import watch
+from traintel.run.watch import watch
 
 
 @pytest.fixture

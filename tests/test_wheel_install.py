@@ -64,7 +64,7 @@ def _check(*argv: str, cwd: Path | None = None) -> str:
 
 
 def test_traintel_comes_from_the_wheel(venv, user_dir):
-    code = ("import traintel, traintel.stack.files as f; "
+    code = ("import traintel, traintel.stack.project as f; "
             "print(traintel.__file__); print(f.root())")
     done = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=user_dir,
                           env=_env(), capture_output=True, text=True, check=True)

@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command l
     from _typeshed import DataclassInstance
     from typing_extensions import TypeAlias, Unpack
 
-    from traintel.run import Run
-    from traintel.settings import InitOptions
+    from traintel.run.facade import Run
+    from traintel.run.settings import InitOptions
 
     #: what ``config=`` accepts: a mapping, a dataclass instance or parsed arguments
     ConfigInput: TypeAlias = Union[Mapping[str, object], DataclassInstance, argparse.Namespace,
@@ -35,24 +35,24 @@ if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command l
 def init(project: str | None = None, name: str | None = None, config: ConfigInput = None,
          **options: Unpack[InitOptions]) -> Run:
     """Start a run. Every option, its default and its environment variable:
-    ``docs/configuration.md`` (from ``traintel.settings.Settings``); unknown options are refused
+    ``docs/configuration.md`` (from ``traintel.run.settings.Settings``); unknown options are refused
     with the closest valid name. ``OTEL_*`` variables configure export."""
-    from traintel.run import Run
-    from traintel.settings import settings_from
+    from traintel.run.facade import Run
+    from traintel.run.settings import settings_from
 
     return Run(settings_from({"project": project, "name": name, "config": config, **options}))
 
 
 def current_run() -> Run | None:
     """The active run in this process, if any."""
-    from traintel.live import current_run as _current
+    from traintel.run.live import newest
 
-    return _current()  # type: ignore[return-value]  # every live run is a Run
+    return newest()  # type: ignore[return-value]  # every live run is a Run
 
 
 def __getattr__(name: str) -> Any:
     if name == "Run":  # imported lazily: `import traintel` stays cheap for the CLI
-        from traintel.run import Run
+        from traintel.run.facade import Run
 
         return Run
     raise AttributeError(f"module 'traintel' has no attribute {name!r}")

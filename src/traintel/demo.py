@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import traintel
-from traintel import env
+from traintel.core import env
 
 
 @dataclass

@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import (DataPointT, MetricExporter, Metric
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from traintel import current_run
-from traintel import run as run_module
+from traintel.run import facade as run_module
 from traintel.export.otlp import Sinks
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import traintel
-from traintel.server import MAX_BODY_BYTES
+from traintel.export.server import MAX_BODY_BYTES
 
 from reliability_log import record
 

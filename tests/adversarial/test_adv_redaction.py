@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from traintel.redact import REDACTED, Redactor, is_secret_key, secret_values
+from traintel.core.redact import REDACTED, Redactor, is_secret_key, secret_values
 
 from adv_helpers import leaks
 from secrets_corpus import (ARGV, ARGV_TOKEN, GITHUB_TOKEN, HF_TOKEN, JWT, LOOK_ALIKE_CONFIG,

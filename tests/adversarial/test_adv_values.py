@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 
 import traintel
-from traintel.validate import INT64_MAX, INT64_MIN, MAX_NAME_LENGTH
+from traintel.core.validate import INT64_MAX, INT64_MIN, MAX_NAME_LENGTH
 
 from reliability_log import record
 

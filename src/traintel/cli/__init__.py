@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from traintel.extras import MissingExtra
+from traintel.core.extras import MissingExtra
 
 #: command name -> "module:attribute" of its click command or group
 COMMANDS: dict[str, str] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from traintel import extras
+from traintel.core import extras
 
 #: how long the demo runs by default when a collector listens: long enough for several metric
 #: exports (every 15 s), so that every dashboard panel has points and rates
@@ -44,7 +44,7 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     from rich.console import Console
 
     from traintel.demo import DemoConfig, collector_endpoint, collector_listening, stack_urls, train
-    from traintel.redact import Redactor
+    from traintel.core.redact import Redactor
 
     console = Console(stderr=True)
     endpoint = collector_endpoint()

@@ -12,8 +12,8 @@ def docs() -> None:
 
 @docs.command()
 def metrics() -> None:
-    """The metric reference (docs/metrics.md) rendered from traintel.catalog."""
-    from traintel.catalog import render_markdown
+    """The metric reference (docs/metrics.md) rendered from traintel.core.catalog."""
+    from traintel.core.catalog import render_markdown
 
     click.echo(render_markdown(), nl=False)
 
@@ -21,6 +21,6 @@ def metrics() -> None:
 @docs.command()
 def configuration() -> None:
     """The configuration reference (docs/configuration.md): init options, environment variables."""
-    from traintel.settings import render_markdown
+    from traintel.run.settings import render_markdown
 
     click.echo(render_markdown(), nl=False)

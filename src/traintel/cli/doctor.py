@@ -1,6 +1,6 @@
 """``traintel doctor``: check the collector, the backends, the run directory, GPUs and the clock.
 
-The checks live in :mod:`traintel.doctor`; this module reads options (each with an environment
+The checks live in :mod:`traintel.reports.doctor`; this module reads options (each with an environment
 variable) and prints a pass/warn/fail table or JSON. It exits 1 when any check fails.
 """
 
@@ -14,11 +14,11 @@ from typing import TypeVar
 import click
 import orjson
 
-from traintel import env
+from traintel.core import env
 from traintel.cli.output import table
-from traintel.doctor import DEFAULTS, Endpoints, as_json, run_checks
+from traintel.reports.doctor import DEFAULTS, Endpoints, as_json, run_checks
 from traintel.record.reader import runs_dir
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 
 _COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
 FC = TypeVar("FC", bound=Callable[..., object])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from traintel import env
+from traintel.core import env
 
 #: data source uid -> the variable (and its default) of its URL when no option gives one
 _URLS = {"prometheus": env.TRAINTEL_PROMETHEUS_URL, "loki": env.TRAINTEL_LOKI_URL,
@@ -32,14 +32,14 @@ def push(url: str | None, prometheus_url: str | None, loki_url: str | None,
     """Import traintel's dashboards into the folder "traintel" and create or update the data
     sources they need (Prometheus, Loki, Tempo, with the uids the dashboards use). Run it again
     after an upgrade: only what differs is changed."""
-    from traintel import grafana as pushing
-    from traintel.stack import files
+    from traintel.export import grafana as pushing
+    from traintel.stack import project
 
     target = url or env.GRAFANA_URL.get()
     if not target:
         raise click.UsageError("give --url or set GRAFANA_URL")
     given = {"prometheus": prometheus_url, "loki": loki_url, "tempo": tempo_url}
-    root = files.root()
+    root = project.root()
     dashboards = pushing.load_dashboards(root / "grafana/dashboards")
     sources = pushing.datasources_needed(dashboards, pushing.load_datasources(
         root / "grafana/provisioning/datasources/datasources.yaml"))

@@ -1,7 +1,7 @@
 """``traintel logs``: read run records from the command line.
 
-A thin layer over :mod:`traintel.record.reader` (reading) and :mod:`traintel.analysis`
-(computing), presented by :mod:`traintel.render`: it parses options and prints results, as Rich
+A thin layer over :mod:`traintel.record.reader` (reading) and :mod:`traintel.reports.analysis`
+(computing), presented by :mod:`traintel.reports.render`: it parses options and prints results, as Rich
 tables and colour on a terminal, plain text when piped, JSON with ``--format json``. It must
 stay free of OpenTelemetry and torch imports so that it starts quickly on a login node.
 """
@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from traintel import analysis, extras, render
+from traintel.reports import analysis, render
+from traintel.core import extras
 from traintel.record.format import LEVELS, RawLine
 from traintel.record.reader import Records, RecordNotFound, find_run, is_run, last_records
 from traintel.record.reader import follow as follow_records
 
-from traintel.render import describe, duration, iso, num
+from traintel.reports.render import describe, duration, iso, num
 
 from traintel.cli.output import table
 

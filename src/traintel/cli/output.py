@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from traintel.render import text_table
+from traintel.reports.render import text_table
 
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:

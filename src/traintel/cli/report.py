@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from traintel.diagnostics import build_report
+from traintel.reports.diagnostics import build_report
 from traintel.record.files import encode
 from traintel.record.reader import RecordNotFound, find_run
-from traintel.render import diagnostic_report
+from traintel.reports.render import diagnostic_report
 
 
 @click.command()

@@ -1,6 +1,6 @@
 """``traintel stack init|install|up|down|status``: the observability stack, with or without Docker.
 
-``init`` writes a ready compose project (traintel.stack.files); ``install`` builds the programs once
+``init`` writes a ready compose project (traintel.stack.project); ``install`` builds the programs once
 into ~/.cache/traintel/bin (traintel.stack.install); ``up`` starts them natively on 127.0.0.1 with
 the installed traintel's configs, or those of an ``init`` directory (traintel.stack.native).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from traintel.stack import files
+from traintel.stack import project
 from traintel.stack import install as installer
 from traintel.stack.components import COMPONENTS
 from traintel.stack.native import (ORDER, NativeStack, StackError, default_ports,
@@ -46,8 +46,8 @@ def init(directory: Path, force: bool) -> None:
     every config, the alert rules and their tests, the dashboards and Grafana's provisioning, a
     systemd unit for the native stack, and a .env with a generated Grafana admin password."""
     try:
-        result = files.init(directory, force=force)
-    except files.StackFilesError as error:
+        result = project.init(directory, force=force)
+    except project.StackFilesError as error:
         raise click.ClickException(str(error)) from None
     where = result.directory
     click.echo(f"traintel stack: {len(result.written)} files written to {where}"
@@ -108,8 +108,8 @@ def up(run_dir: Path | None, configs: Path | None, free_ports_: bool, foreground
     run_dir = run_dir or default_run_dir()
     try:
         native = NativeStack(run_dir, ports=free_ports() if free_ports_ else default_ports(),
-                             configs=configs or files.root())
-    except files.StackFilesError as error:
+                             configs=configs or project.root())
+    except project.StackFilesError as error:
         raise click.ClickException(str(error)) from None
     if (run_dir / "stack.json").exists():  # programs still running keep their ports
         previous = NativeStack.load(run_dir)

@@ -3,7 +3,7 @@
 Local runs are read from disk (summary.json when a run has ended, else the tail of its record),
 so this works for runs on shared storage and for runs that were killed; ``--url`` asks a live
 run's status endpoint (``traintel.init(http_port=...)``) instead. Statuses and counts are those
-of every other command: ``traintel.analysis.run_status``, errors as ``error`` lines.
+of every other command: ``traintel.reports.analysis.run_status``, errors as ``error`` lines.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import Any
 import click
 import orjson
 
-from traintel import env
-from traintel.analysis import run_status, worst
+from traintel.core import env
+from traintel.reports.analysis import run_status, worst
 from traintel.cli.output import table
-from traintel.doctor import fetch
+from traintel.reports.doctor import fetch
 from traintel.record.files import encode, read_json
 from traintel.record.format import RawLine
 from traintel.record.reader import (Records, RecordNotFound, count_type, find_run,
                                     first_record, is_run, last_records, rank_directories,
                                     runs_dir)
-from traintel.render import duration, iso, num
+from traintel.reports.render import duration, iso, num
 
 #: how much of a live run's record is read for its latest step
 TAIL_LINES = 1000

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from traintel.render import num
+from traintel.reports.render import num
 
 from traintel.cli.output import table
 

@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client.registry import CollectorRegistry
 
 from traintel.record.format import ExportMode, RunTelemetry
-from traintel.state import RunState
+from traintel.core.state import RunState
 from traintel.export.otlp import Note, OtlpExport, Sinks, metric_interval_s, resource_for, start_export
 from traintel.export.prometheus import RunCollector, registry_for
 from traintel.export.readings import Histograms

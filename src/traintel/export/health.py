@@ -43,8 +43,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from traintel.forks import reset_in_child
-from traintel.state import RunState
+from traintel.core.forks import reset_in_child
+from traintel.core.state import RunState
 
 log = logging.getLogger("traintel.export")
 

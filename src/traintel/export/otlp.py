@@ -34,14 +34,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from traintel import env
+from traintel.core import env
 from traintel.version import __version__
-from traintel.catalog import BY_NAME, METRICS
-from traintel.redact import Redactor
-from traintel.forks import reset_in_child
+from traintel.core.catalog import BY_NAME, METRICS
+from traintel.core.redact import Redactor
+from traintel.core.forks import reset_in_child
 from traintel.record.format import ExportLine
-from traintel.record.spans import RecordSpans, Write
-from traintel.state import RunState
+from traintel.record.span_lines import RecordSpans, Write
+from traintel.core.state import RunState
 from traintel.export.health import ExportGate, ExportHealth, ExportSession, GatedLogExporter, GatedSpanExporter, Signal, quiet_sdk_export_lines
 from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 
@@ -401,7 +401,7 @@ class OtlpExport:
     """The run's own OTel providers (metrics, traces, logs) reading the run state.
 
     The tracer provider exists whenever the run uses OpenTelemetry, exporting or not: an offline
-    run's spans and trace ids are recorded (``traintel.record.spans``) for ``traintel sync``.
+    run's spans and trace ids are recorded (``traintel.record.span_lines``) for ``traintel sync``.
     In a forked child (a data-loader worker) the SDK restarts its export threads; the child's
     copy of the state is the parent's at the fork, frozen, so the child exports nothing of it
     (the same series from several processes would contradict each other)."""

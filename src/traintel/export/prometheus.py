@@ -8,8 +8,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from traintel.catalog import METRICS
-from traintel.state import RunState
+from traintel.core.catalog import METRICS
+from traintel.core.state import RunState
 from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 

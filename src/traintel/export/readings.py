@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
-from traintel.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS
+from traintel.core.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS
 from traintel.record.format import STATUSES
-from traintel.state import KNOWN_KEYS, RunState
+from traintel.core.state import KNOWN_KEYS, RunState
 
 Reading = tuple[float, dict[str, str]]
 Reader = Callable[[RunState], Iterator[Reading]]
@@ -123,7 +123,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
         "traintel_export_failures_total": _by("signal", lambda s: s.export_failures),
     }
-    from traintel.catalog import METRICS  # hardware metrics: whatever the samplers reported
+    from traintel.core.catalog import METRICS  # hardware metrics: whatever the samplers reported
     for metric in METRICS:
         if metric.group in ("gpu", "cuda", "system") and metric.kind != "histogram":
             table[metric.name] = _hardware(metric.name)

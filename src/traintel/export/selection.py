@@ -37,7 +37,7 @@ from opentelemetry.sdk.metrics.export import (ConsoleMetricExporter, MetricExpor
                                               MetricExportResult, MetricsData)
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
-from traintel import env, extras
+from traintel.core import env, extras
 
 log = logging.getLogger("traintel.export")
 

@@ -34,21 +34,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from traintel.extras import require
+from traintel.core.extras import require
 
 require("traintel.integrations.accelerate", "integrations", "accelerate")
 
 # after the check that names the extra
 from accelerate.tracking import GeneralTracker, on_main_process  # noqa: E402
 
-from traintel.distributed import launcher_run_id, new_run_id  # noqa: E402
+from traintel.run.distributed import launcher_run_id, new_run_id  # noqa: E402
 from traintel.integrations.base import Integration, split  # noqa: E402
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from traintel.run import Run
-    from traintel.settings import InitOptions
+    from traintel.run.facade import Run
+    from traintel.run.settings import InitOptions
 
 
 class TraintelTracker(GeneralTracker, Integration):

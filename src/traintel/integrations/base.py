@@ -25,23 +25,19 @@ import logging
 import re
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
-from traintel import env
-from traintel.live import current_run as _live_run
-from traintel.validate import NAME_PATTERN, suggest_name
+from traintel.core import env
+from traintel.run.live import newest
+from traintel.core.validate import NAME_PATTERN, suggest_name
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from traintel.record.format import EndStatus
-    from traintel.run import Run
-    from traintel.settings import InitOptions
+    from traintel.run.facade import Run
+    from traintel.run.settings import InitOptions
 
-
-def current_run() -> Run | None:
-    """The newest live run in this process (every live run is a ``Run``)."""
-    return _live_run()  # type: ignore[return-value]  # live.py knows runs by a Protocol
 
 log = logging.getLogger("traintel.integrations")
 
@@ -198,7 +194,7 @@ class Integration:
             self.finish()  # the framework trains again: the last job's run ends
             run = None
         if run is None:
-            live = current_run()
+            live = cast("Run | None", newest())  # every live run is a Run
             if live is not None and live in Integration.opened:
                 # another integration's job (another Trainer) left its run open for evaluation
                 if new_job and wanted != live.id:
@@ -216,10 +212,10 @@ class Integration:
     def _join_or_start(self, config: Mapping[str, Any], total_steps: int | None,
                        framework_bar: bool, initial_step: int | None,
                        options: Mapping[str, Any]) -> Run:
-        from traintel.run import Run
-        from traintel.settings import settings_from
+        from traintel.run.facade import Run
+        from traintel.run.settings import settings_from
 
-        run = current_run()
+        run = cast("Run | None", newest())
         if run is not None:  # the user's: joined, and left for the user to finish
             run.event("framework_config", source=self.source, config=dict(config))
             if total_steps and run.state.total_steps is None:

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from traintel.extras import require
+from traintel.core.extras import require
 
 require("traintel.integrations.huggingface", "integrations", "transformers")
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
     from typing_extensions import Unpack
 
-    from traintel.settings import InitOptions
+    from traintel.run.settings import InitOptions
 
 #: transformers' base for callbacks whose state goes into checkpoints (4.41 and later)
 ExportableState: type = getattr(trainer_callback, "ExportableState", object)
@@ -100,7 +100,7 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
                 args.run_name != args.output_dir:
             options["name"] = args.run_name
         if self.init_options.get("project") is None and getattr(args, "project", None):
-            from traintel import env
+            from traintel.core import env
 
             if not env.TRAINTEL_PROJECT.get():
                 options["project"] = args.project  # TrainingArguments(project=...), 5.x

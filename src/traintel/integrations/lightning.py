@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from traintel.extras import require
+from traintel.core.extras import require
 
 require("traintel.integrations.lightning", "integrations", "lightning")
 
@@ -47,14 +47,14 @@ from lightning.pytorch import Callback  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from lightning.pytorch.utilities.data import extract_batch_size  # noqa: E402
 
-from traintel.distributed import agree_run_id, launcher_run_id, new_run_id  # noqa: E402
+from traintel.run.distributed import agree_run_id, launcher_run_id, new_run_id  # noqa: E402
 from traintel.integrations.base import Integration, split  # noqa: E402
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
     from typing_extensions import Unpack
 
-    from traintel.settings import InitOptions
+    from traintel.run.settings import InitOptions
 
 def _config(trainer: Trainer, hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {"hparams": dict(hparams),

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from traintel.validate import json_safe
+from traintel.core.validate import json_safe
 
 log = logging.getLogger("traintel.record")
 
@@ -20,7 +20,7 @@ log = logging.getLogger("traintel.record")
 def encode(value: Any, *, sort_keys: bool = False, indent: bool = False) -> bytes:
     """JSON bytes for anything traintel writes. orjson first; what it refuses (an integer beyond
     64 bits, text with lone surrogates, nesting deeper than 255, a circular reference) is made
-    JSON-safe by :func:`traintel.validate.json_safe` and encoded again, so that one odd value
+    JSON-safe by :func:`traintel.core.validate.json_safe` and encoded again, so that one odd value
     costs that value, not its line."""
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0) | (
         orjson.OPT_INDENT_2 if indent else 0)

@@ -9,56 +9,32 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict, Union
 
-from traintel.stats import Statistics
+from traintel.core.stats import Statistics
+# the shared vocabulary, re-exported: readers and writers of the record import it from here
+from traintel.core.vocabulary import (
+    RunStatus as RunStatus,
+    EndStatus as EndStatus,
+    STATUSES as STATUSES,
+    END_STATUSES as END_STATUSES,
+    RecordStatus as RecordStatus,
+    Goal as Goal,
+    Level as Level,
+    LEVELS as LEVELS,
+    Severity as Severity,
+    SEVERITIES as SEVERITIES,
+    ErrorType as ErrorType,
+    InstrumentKind as InstrumentKind,
+    ObservationKind as ObservationKind,
+    ExportMode as ExportMode,
+    Signal as Signal,
+    SpanStatus as SpanStatus,
+)
 
 #: the live file of a record (rotated ones are ``events.jsonl.1``, ``.2``, ...)
 EVENTS_FILE = "events.jsonl"
 #: the longest line a writer writes and a reader reads: a longer one is replaced by a line saying
 #: what was dropped (writer), or skipped and counted (reader), never held whole in memory
 MAX_LINE_BYTES = 16 * 1024 * 1024
-
-RunStatus = Literal["running", "finished", "failed", "preempted", "interrupted"]
-#: how a run ends: ``preempted`` after SIGTERM (a scheduler's preemption or time limit, the
-#: signal a resumable run expects), ``interrupted`` by Ctrl-C or an exit code, ``failed`` by an
-#: exception, else ``finished``
-EndStatus = Literal["finished", "failed", "preempted", "interrupted"]
-#: every status, in the order the ``traintel_run_status`` state set exports them
-STATUSES: tuple[RunStatus, ...] = ("running", "finished", "failed", "preempted", "interrupted")
-#: the statuses a run ends with, worst first (a multi-rank run's status is its worst rank's)
-END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "preempted", "finished")
-
-#: what a reader says of a run from its record (one vocabulary for every command): how it ended,
-#: ``running``, ``crashed`` (its process is gone without saying how: SIGKILL, the OOM killer, a
-#: lost node) or ``stale`` (no line for a long time, from a process this host cannot check)
-RecordStatus = Literal["running", "finished", "failed", "preempted", "interrupted", "crashed",
-                       "stale"]
-
-#: the direction of an eval metric for best-so-far
-Goal = Literal["min", "max"]
-
-Level = Literal["debug", "info", "warning", "error", "critical"]
-LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error", "critical")
-
-Severity = Literal["critical", "high", "medium", "low"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
-ErrorType = Literal["oom", "cuda", "distributed", "nonfinite_loss", "data", "config",
-                    "model_loading", "network", "checkpoint_io", "interrupted", "other"]
-
-InstrumentKind = Literal["counter", "gauge", "histogram", "timer", "operation"]
-#: the kinds of observation the record writer folds (and exports as histograms)
-ObservationKind = Literal["histogram", "timer", "operation"]
-
-LineType = Literal["run_start", "config", "step", "values", "eval", "epoch", "event", "milestone",
-                   "error", "log", "instrument", "span", "export", "run_end"]
-
-#: what a run did with its telemetry besides the record: ``otlp`` exported it live (and notes
-#: each export's outcome in ``export`` lines), ``offline`` exported nothing (``traintel sync``
-#: sends it later), ``disabled``: ``OTEL_SDK_DISABLED=true``, no OpenTelemetry at all (no spans,
-#: no trace ids)
-ExportMode = Literal["otlp", "offline", "disabled"]
-#: the signals an ``export`` line speaks of (OpenTelemetry's names)
-Signal = Literal["metrics", "logs", "traces"]
-SpanStatus = Literal["unset", "ok", "error"]
 
 #: a step's metrics: numbers, and "nan"/"inf"/"-inf" text for non-finite values (JSON has none)
 Metrics = dict[str, Union[float, int, str]]

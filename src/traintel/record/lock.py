@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from traintel.forks import reset_in_child
+from traintel.core.forks import reset_in_child
 
 try:
     import fcntl

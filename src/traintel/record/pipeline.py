@@ -4,7 +4,7 @@ As in structlog, a line passes through a list of processors, each a small callab
 line (and the stdlib ``LogRecord`` it travels with) and returns it: :func:`stamp` (time, level,
 text), :class:`Redact` (secrets, encodable text), :class:`Identity` (run and rank), :class:`TraceIds` (the trace
 and span it belongs to). Then every sink gets the finished line: the record file, OTLP logs
-(:class:`OtlpLogs`), the live ``/events`` stream (``traintel.server.EventHub``) and the console
+(:class:`OtlpLogs`), the live ``/events`` stream (``traintel.export.server.EventHub``) and the console
 (:class:`Console`).
 
 Lines come from three doors. The run's own events (evals, events, errors, milestones, the end of
@@ -21,19 +21,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from opentelemetry import trace
 
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 from traintel.record.format import EventDict, Level
 from traintel.record.queue import Line, RecordQueue
-
-if TYPE_CHECKING:
-    from traintel.export.otlp import OtlpExport
+from traintel.record.span_lines import Write
 
 #: LogRecord attribute carrying a run's own line (events, errors, milestones, evals)
 RECORD_ATTR = "traintel_record"
+
+
+
+class LogExport(Protocol):
+    """What the pipeline needs of the run's OTLP export (``traintel.export.otlp.OtlpExport``),
+    named here so that the record, a layer below export, does not import it."""
+
+    @property
+    def exports_logs(self) -> bool: ...
+
+    def emit_log(self, line: Mapping[str, Any]) -> None: ...
+
+    def record_spans(self, write: Write, redactor: Redactor) -> None: ...
+
 
 Processor = Callable[[EventDict, logging.LogRecord], EventDict]
 Sink = Callable[[EventDict, logging.LogRecord], None]
@@ -62,7 +74,7 @@ def stamp(line: EventDict, record: logging.LogRecord) -> EventDict:
 
 class Redact:
     """The door of every line but steps: each value made encodable and every secret redacted
-    (``traintel.redact``), text deeply, so that the record, OTLP, ``/events`` and the console get
+    (``traintel.core.redact``), text deeply, so that the record, OTLP, ``/events`` and the console get
     the same safe line; and the log record's own text and exception, which the console prints."""
 
     #: keys whose values traintel sets itself from validated names and enumerations
@@ -124,7 +136,7 @@ class OtlpLogs:
     ``TraceIds`` processor's): built from the finished line alone, as ``traintel sync`` builds
     it from the record."""
 
-    def __init__(self, otlp: OtlpExport) -> None:
+    def __init__(self, otlp: LogExport) -> None:
         self.otlp = otlp
 
     def __call__(self, line: EventDict, record: logging.LogRecord) -> None:
@@ -171,7 +183,7 @@ class Pipeline(logging.Handler):
 
     @classmethod
     def for_run(cls, queue: RecordQueue, redactor: Redactor, identity: Mapping[str, object],
-                active_span: FallbackSpan, otlp: OtlpExport | None = None,
+                active_span: FallbackSpan, otlp: LogExport | None = None,
                 console: logging.Handler | None = None) -> Pipeline:
         """A run's pipeline: Redact, stamp, Identity, TraceIds; then the record (queued for the
         writer), OTLP logs and the console where the run has them. Its record-only door takes

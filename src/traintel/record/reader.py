@@ -24,7 +24,7 @@ from typing import IO
 
 import orjson
 
-from traintel import env
+from traintel.core import env
 from traintel.record.format import EVENTS_FILE, LEVELS, MAX_LINE_BYTES, RawLine
 
 _ROTATED = re.compile(r"events\.jsonl\.(\d+)$")

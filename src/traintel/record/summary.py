@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
-from traintel.stats import RunningStats, Statistics
-from traintel.state import RunState, nonfinite_text
+from traintel.core.stats import RunningStats, Statistics
+from traintel.core.state import RunState, nonfinite_text
 from traintel.record.format import END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind, RawLine, RunStatus
 
 
@@ -406,7 +406,7 @@ class RecordFold:
 
     def _nonfinite(self, line: RawLine) -> None:
         """Non-finite values by metric, from their warnings: the first of a metric, then counts
-        of the ones since (``traintel.events``); a count a killed process never reported is
+        of the ones since (``traintel.run.events``); a count a killed process never reported is
         missing here, while the loss's are counted from the steps themselves."""
         fields, step = line.get("fields"), line.get("step")
         if type(fields) is not dict or type(step) is not int:

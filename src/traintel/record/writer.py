@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Literal, Union
 
-from traintel.forks import reset_in_child
-from traintel.state import RateWindow, RunState
-from traintel.stats import RunningStats
+from traintel.core.forks import reset_in_child
+from traintel.core.state import RateWindow, RunState
+from traintel.core.stats import RunningStats
 from traintel.record.files import encode
 from traintel.record.format import EVENTS_FILE, MAX_LINE_BYTES, ObservationKind
 from traintel.record.queue import Call, Line, Observe, RecordQueue, Step

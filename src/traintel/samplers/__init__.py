@@ -14,8 +14,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from traintel.forks import reset_in_child
-from traintel.samplers.base import EventSource, Reading, Sampler, SamplerEvent
+from traintel.core.forks import reset_in_child
+from traintel.samplers.base import EventSource, Sample, Sampler, SamplerEvent
 
 #: Consecutive failures after which a sampler is switched off for the rest of the run.
 MAX_FAILURES = 3
@@ -30,7 +30,7 @@ class SamplerThread:
         self,
         samplers: Sequence[Sampler],
         interval_s: float = 5.0,
-        on_readings: Callable[[list[Reading]], None] = lambda readings: None,
+        on_readings: Callable[[list[Sample]], None] = lambda readings: None,
         logger: logging.Logger = logging.getLogger("traintel.samplers"),
         on_events: Callable[[list[SamplerEvent]], None] = lambda events: None,
     ) -> None:
@@ -69,13 +69,13 @@ class SamplerThread:
         self._stop.set()
         self.samplers = []
 
-    def sample_now(self) -> list[Reading]:
+    def sample_now(self) -> list[Sample]:
         """Read every enabled sampler once, synchronously (tests, crash reports).
 
         Returns nothing if the sampler thread has been inside a sample for ``LOCK_WAIT_S``: a hung
         driver call must not hang a crash report too.
         """
-        readings: list[Reading] = []
+        readings: list[Sample] = []
         if not self._lock.acquire(timeout=LOCK_WAIT_S):
             return readings
         try:
@@ -137,7 +137,7 @@ def start_sampling(readings: dict[tuple[str, tuple[tuple[str, str], ...]], float
     (metric, labels) in ``readings`` (the run state's, read by the exporters) and handing
     events (an Xid error) to ``on_events``."""
 
-    def store(batch: list[Reading]) -> None:
+    def store(batch: list[Sample]) -> None:
         for name, value, labels in batch:
             readings[(name, tuple(sorted(labels.items())))] = value
 
@@ -161,5 +161,5 @@ def default_samplers(run_dir: str, *, local_rank: int | None,
     return samplers
 
 
-__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Reading", "Sampler", "SamplerEvent", "SamplerThread",
+__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Sample", "Sampler", "SamplerEvent", "SamplerThread",
            "default_samplers", "start_sampling"]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from traintel.record.format import Level
+from traintel.core.vocabulary import Level
 
-#: (catalog metric name, value, extra labels beyond project/run/rank).
-Reading = tuple[str, float, dict[str, str]]
+#: one sampled value: (catalog metric name, value, extra labels beyond project/run/rank); the
+#: export side's ``traintel.export.readings.Reading`` is a value read from the state, without a name
+Sample = tuple[str, float, dict[str, str]]
 
 
 class SamplerEvent(NamedTuple):
@@ -26,7 +27,7 @@ class SamplerEvent(NamedTuple):
 class Sampler(Protocol):
     name: str
 
-    def sample(self) -> list[Reading]:
+    def sample(self) -> list[Sample]:
         """Current readings; may raise (the thread handles it)."""
         ...
 

@@ -20,7 +20,7 @@ import re
 import sys
 from typing import Any
 
-from traintel.samplers.base import Reading
+from traintel.samplers.base import Sample
 
 log = logging.getLogger("traintel.samplers")
 
@@ -41,7 +41,7 @@ _REQUEST = re.compile(r"Tried to allocate ([\d.]+) ?(bytes|B|KiB|MiB|GiB|TiB)")
 _GPU = re.compile(r"\bGPU (\d+)")
 
 
-def readings_from_stats(device: int, stats: dict[str, Any], peak: float) -> list[Reading]:
+def readings_from_stats(device: int, stats: dict[str, Any], peak: float) -> list[Sample]:
     """Catalog readings for one device from ``torch.cuda.memory_stats(device)``."""
     labels = {"device": str(device)}
     allocated = stats.get("allocated_bytes.all.current", 0)
@@ -64,11 +64,11 @@ class CudaSampler:
     def __init__(self) -> None:
         self._peaks: dict[int, float] = {}
 
-    def sample(self) -> list[Reading]:
+    def sample(self) -> list[Sample]:
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_initialized():
             return []
-        readings: list[Reading] = []
+        readings: list[Sample] = []
         for device in range(torch.cuda.device_count()):
             stats = torch.cuda.memory_stats(device)
             if not stats.get("reserved_bytes.all.peak"):

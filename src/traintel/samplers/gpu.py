@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traintel import env, extras
-from traintel.samplers.base import Reading, SamplerEvent
+from traintel.core import env, extras
+from traintel.samplers.base import Sample, SamplerEvent
 from traintel.samplers.gpm import ACTIVITY, MIG_ACTIVITY, GpmReader
 from traintel.samplers.nvml_fields import FIELD_VALUES, Key, key, read_all
 from traintel.samplers.xid import NO_INSTANCE, XidWatcher, describe, level
@@ -146,22 +146,22 @@ class _Device:
 
 
 #: reads one field of a device: (catalog metric, value, extra labels) tuples
-FieldReader = Callable[[Any, _Device], list[Reading]]
+FieldReader = Callable[[Any, _Device], list[Sample]]
 
 
-def _memory(nvml: Any, device: _Device) -> list[Reading]:
+def _memory(nvml: Any, device: _Device) -> list[Sample]:
     info = nvml.nvmlDeviceGetMemoryInfo(device.handle)
     return [("traintel_gpu_memory_used_bytes", info.used, {}),
             ("traintel_gpu_memory_total_bytes", info.total, {})]
 
 
-def _utilization(nvml: Any, device: _Device) -> list[Reading]:
+def _utilization(nvml: Any, device: _Device) -> list[Sample]:
     rates = nvml.nvmlDeviceGetUtilizationRates(device.handle)  # percent
     return [("traintel_gpu_utilization_ratio", rates.gpu / 100.0, {}),
             ("traintel_gpu_memory_controller_utilization_ratio", rates.memory / 100.0, {})]
 
 
-def _throttle(nvml: Any, device: _Device) -> list[Reading]:
+def _throttle(nvml: Any, device: _Device) -> list[Sample]:
     # The "event" name replaced the deprecated "throttle" one (driver 535); same bits.
     read = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
         nvml.nvmlDeviceGetCurrentClocksThrottleReasons
@@ -169,7 +169,7 @@ def _throttle(nvml: Any, device: _Device) -> list[Reading]:
             for reason, active in decode_throttle(read(device.handle)).items()]
 
 
-def _pcie(nvml: Any, device: _Device) -> list[Reading]:
+def _pcie(nvml: Any, device: _Device) -> list[Sample]:
     # NVML reports KB/s (read as KiB/s, as nvidia-smi does), averaged over a 20 ms window.
     read = nvml.nvmlDeviceGetPcieThroughput
     return [("traintel_gpu_pcie_bytes_per_second",
@@ -184,7 +184,7 @@ def _scalar(metric: str, read: Callable[[Any, Any], float]) -> FieldReader:
 
 def _field_values(name: str) -> FieldReader:
     """A reader of one FIELD_VALUES entry, from the device's one batch call of this sample."""
-    def read(nvml: Any, device: _Device) -> list[Reading]:
+    def read(nvml: Any, device: _Device) -> list[Sample]:
         try:
             keys = [key(nvml, value) for value in FIELD_VALUES[name]]
         except AttributeError:  # bindings older than the field
@@ -196,7 +196,7 @@ def _field_values(name: str) -> FieldReader:
                 device.values = exc  # the batch failed: so does each of its fields
         if isinstance(device.values, Exception):
             raise device.values
-        out: list[Reading] = []
+        out: list[Sample] = []
         for value, k in zip(FIELD_VALUES[name], keys):
             code, number = device.values.get(k, (nvml.NVML_ERROR_UNKNOWN, 0.0))
             if code != nvml.NVML_SUCCESS:
@@ -219,7 +219,7 @@ def _batch(nvml: Any, device: _Device) -> list[Key]:
 
 def _activity(metrics: dict[str, str]) -> FieldReader:
     """GPM activity of a GPU or MIG instance (its reader is made on first use)."""
-    def read(nvml: Any, device: _Device) -> list[Reading]:
+    def read(nvml: Any, device: _Device) -> list[Sample]:
         if device.gpm is None:
             if device.parent is None:
                 device.gpm = GpmReader(nvml, device.handle, metrics)
@@ -291,7 +291,7 @@ class NvmlSampler:
                 else:
                     self._xid_labels[device.index] = device.labels
 
-    def sample(self) -> list[Reading]:
+    def sample(self) -> list[Sample]:
         readings = self._read_xids()
         for device in list(self.devices):
             if device not in self.devices:
@@ -319,7 +319,7 @@ class NvmlSampler:
         events, self._events = self._events, []
         return events
 
-    def _read_xids(self) -> list[Reading]:
+    def _read_xids(self) -> list[Sample]:
         """Xid events waiting now, as run events; the counters of every Xid seen, as readings."""
         if self.watcher.event_set is not None:
             try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from traintel.samplers.base import Reading
+from traintel.samplers.base import Sample
 
 #: Child processes that are multiprocessing or torch.compile helpers, not data-loader workers.
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
@@ -30,7 +30,7 @@ class SystemSampler:
         self._last_process = (time.monotonic(), _busy(self.process.cpu_times()))
         self._last_host = _host_times()
 
-    def sample(self) -> list[Reading]:
+    def sample(self) -> list[Sample]:
         now, busy = time.monotonic(), _busy(self.process.cpu_times())
         then, busy_then = self._last_process
         self._last_process = (now, busy)
@@ -40,7 +40,7 @@ class SystemSampler:
         self._last_host = host
         memory = psutil.virtual_memory()
         disk = psutil.disk_usage(_existing(self.run_dir))
-        readings: list[Reading] = [
+        readings: list[Sample] = [
             ("traintel_process_memory_rss_bytes", float(self.process.memory_info().rss), {}),
             ("traintel_host_memory_used_bytes", float(memory.total - memory.available), {}),
             ("traintel_host_memory_total_bytes", float(memory.total), {}),

@@ -18,7 +18,7 @@ import ctypes
 import logging
 from typing import Any, NamedTuple
 
-from traintel.record.format import Level
+from traintel.core.vocabulary import Level
 
 log = logging.getLogger("traintel.samplers")
 

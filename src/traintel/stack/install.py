@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from traintel import env as environment
-from traintel.stack import files
+from traintel.core import env as environment
+from traintel.stack import project
 from traintel.stack.components import COMPONENTS, DEPLOY_TOOLS, Component
 
 
@@ -46,9 +46,10 @@ def status_path() -> Path:
     return bin_root() / "status.json"
 
 
-def load_status() -> dict[str, dict]:
+def load_status() -> dict[str, dict[str, Any]]:
     try:
-        return json.loads(status_path().read_text())
+        loaded: dict[str, dict[str, Any]] = json.loads(status_path().read_text())
+        return loaded
     except (OSError, ValueError):
         return {}
 
@@ -112,7 +113,7 @@ def install(
     retry: bool = False,
     say: Callable[[str], None] = print,
     table: dict[str, Component] = COMPONENTS,
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """Make every component of ``table`` (or ``names``) available; returns the status of each.
 
     Never raises for a failed build: the failure is recorded with its reason."""
@@ -136,7 +137,7 @@ def install(
     return status
 
 
-def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict:
+def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": component.name,
         "version": component.version,
@@ -225,7 +226,7 @@ def _go_build(component: Component, dest: Path, log: Path) -> None:
         _run(
             ["go", "build", *flags, "-o", f"{tmp}{os.sep}", *component.packages],
             log,
-            cwd=files.root() / component.wrapper,
+            cwd=project.root() / component.wrapper,
         )
     elif component.method == "go-module":
         _run(
@@ -253,7 +254,7 @@ def _npm_install(component: Component, dest: Path, log: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for rel in component.inputs:
-        shutil.copy2(files.root() / rel, tmp / Path(rel).name)
+        shutil.copy2(project.root() / rel, tmp / Path(rel).name)
     log.write_text("")
     _run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], log, cwd=tmp,
          env={"npm_config_cache": str(cache_dir() / "npm"), "npm_config_update_notifier": "false"})
@@ -303,7 +304,7 @@ def _build_collector(component: Component, out: Path, log: Path) -> None:
             cwd=out,
             env={"GOBIN": str(builder_dir)},
         )
-    manifest = yaml.safe_load((files.root() / component.manifest).read_text())
+    manifest = yaml.safe_load((project.root() / component.manifest).read_text())
     source = out / "src"
     manifest["dist"]["output_path"] = str(source)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, delete=False) as f:
@@ -317,7 +318,7 @@ def _build_collector(component: Component, out: Path, log: Path) -> None:
     os.unlink(f.name)
 
 
-def _apt_install(component: Component, log: Path) -> dict:
+def _apt_install(component: Component, log: Path) -> dict[str, Any]:
     """Debian's (older) packages, linked into the component's directory; records the skew."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise BuildError("needs root and apt-get")
@@ -407,7 +408,7 @@ def _build_key(component: Component) -> str:
     )
     for rel in component.inputs:
         with contextlib.suppress(OSError):
-            h.update((files.root() / rel).read_bytes())
+            h.update((project.root() / rel).read_bytes())
     if component.method == "none":  # a binary the user supplies (or replaces) is looked at anew
         supplied = user_binary(component)
         with contextlib.suppress(OSError):
@@ -421,7 +422,7 @@ def _build_key(component: Component) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_status(status: dict[str, dict]) -> None:
+def _write_status(status: dict[str, dict[str, Any]]) -> None:
     tmp = status_path().with_suffix(".tmp")
     tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
     tmp.replace(status_path())

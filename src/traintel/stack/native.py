@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from traintel import env as environment
-from traintel.stack import files, install
+from traintel.core import env as environment
+from traintel.stack import install, project
 from traintel.stack.components import COMPONENTS, OTELCOL_VERSION, Component
 
 #: The test bed's stand-in for Loki and Tempo (stack/sink/collector.yaml): a second
@@ -152,9 +152,9 @@ class NativeStack:
     unavailable: dict[str, str] = field(default_factory=dict)
     #: the stack's files: the installed traintel's (default), or a ``traintel stack init``
     #: directory whose configs an operator edited
-    configs: Path = field(default_factory=files.root)
+    configs: Path = field(default_factory=project.root)
     #: the processes this object started, reaped on stop (no zombies in a long test session)
-    _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir).resolve()
@@ -311,7 +311,7 @@ class NativeStack:
         ports = {**default_ports(), **state["ports"]}  # a stack.json of an older version
         return cls(run_dir=run_dir, ports=ports, tap=state.get("tap", False),
                    sink=state.get("sink", False),
-                   configs=Path(state.get("configs") or files.root()))
+                   configs=Path(state.get("configs") or project.root()))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -337,7 +337,7 @@ class NativeStack:
                     "in .env for compose: traintel never starts Grafana with a default password")
         return None
 
-    def _wait_ready(self, name: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -363,12 +363,17 @@ class NativeStack:
         env = {k: self._rewrite(_interpolate(v), name, mounts)
                for k, v in _compose_env(compose).items()}
         out = work / f"rendered-{source.name}"
-        adapted = getattr(self, f"_adapt_{name}")(config, source, out)
+        adapters = {
+            "otelcol": self._adapt_otelcol, "prometheus": self._adapt_prometheus,
+            "alertmanager": self._adapt_alertmanager, "loki": self._adapt_loki,
+            "sink": self._adapt_sink, "tempo": self._adapt_tempo, "grafana": self._adapt_grafana,
+        }
+        adapted = adapters[name](config, source, out)
         argv, more_env = adapted if isinstance(adapted, tuple) else (adapted, {})
         out.write_text(yaml.safe_dump(config, sort_keys=False))
         return argv, {**env, **more_env}, out
 
-    def _adapt_otelcol(self, config: dict, source: Path, out: Path) -> list[str]:
+    def _adapt_otelcol(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         ports = self.ports["otelcol"]
         for rid, receiver in (config.get("receivers") or {}).items():
             if rid.split("/")[0] == "otlp":
@@ -402,7 +407,7 @@ class NativeStack:
             self._add_tap(config)
         return [str(install.binary("otelcol")), "--config", str(out)]
 
-    def _add_tap(self, config: dict) -> None:
+    def _add_tap(self, config: dict[str, Any]) -> None:
         """A file exporter on every pipeline: tests read what the collector received."""
         exporters = config.setdefault("exporters", {})
         for pid, pipeline in (config.get("service", {}).get("pipelines") or {}).items():
@@ -415,7 +420,7 @@ class NativeStack:
             if tap not in pipeline["exporters"]:
                 pipeline["exporters"].append(tap)
 
-    def _adapt_prometheus(self, config: dict, source: Path, out: Path) -> list[str]:
+    def _adapt_prometheus(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         config["rule_files"] = [_absolute(p, source) for p in config.get("rule_files") or []]
         # Scraping a program that cannot run here (Tempo, Grafana) would fire StackComponentDown
         # for the whole session, and that alert inhibits others: scrape only what can run.
@@ -452,7 +457,7 @@ class NativeStack:
             argv.append("--web.enable-otlp-receiver")
         return argv
 
-    def _adapt_alertmanager(self, config: dict, source: Path, out: Path) -> list[str]:
+    def _adapt_alertmanager(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         if config.get("templates"):
             config["templates"] = [_absolute(p, source) for p in config["templates"]]
         return [
@@ -463,7 +468,7 @@ class NativeStack:
             "--cluster.listen-address=",  # no gossip port: a single native instance
         ]
 
-    def _adapt_loki(self, config: dict, source: Path, out: Path) -> list[str]:
+    def _adapt_loki(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         self._serve_on_loopback(config, "loki")
         common = config.setdefault("common", {})
         common["instance_addr"] = "127.0.0.1"
@@ -476,7 +481,7 @@ class NativeStack:
         lifecycler.setdefault("min_ready_duration", "1s")
         return [str(install.binary("loki")), f"-config.file={out}", "-target=all"]
 
-    def _serve_on_loopback(self, config: dict, name: str) -> None:
+    def _serve_on_loopback(self, config: dict[str, Any], name: str) -> None:
         """Loki's and Tempo's ``server`` block (dskit's): HTTP and gRPC on our loopback ports."""
         ports = self.ports[name]
         config.setdefault("server", {}).update(
@@ -486,7 +491,7 @@ class NativeStack:
             grpc_listen_port=ports["grpc"],
         )
 
-    def _adapt_sink(self, config: dict, source: Path, out: Path) -> list[str]:
+    def _adapt_sink(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         """Keep the receivers of the programs the sink stands in for; files in the run dir."""
         for program, signal_name in SINK_SIGNALS.items():
             if program not in self.sink_covers:
@@ -499,14 +504,14 @@ class NativeStack:
                 exporter["path"] = str(self.sink_file(signal_name))
         return [str(install.binary("otelcol")), "--config", str(out)]
 
-    def _adapt_tempo(self, config: dict, source: Path, out: Path) -> list[str]:
+    def _adapt_tempo(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         """A user-supplied Tempo (traintel cannot run one itself: untested here)."""
         self._serve_on_loopback(config, "tempo")
         config.setdefault("usage_report", {})["reporting_enabled"] = False
         return [str(install.binary("tempo")), f"-config.file={out}", "-target=all"]
 
     def _adapt_grafana(
-        self, config: dict, source: Path, out: Path
+        self, config: dict[str, Any], source: Path, out: Path
     ) -> tuple[list[str], dict[str, str]]:
         """A user-supplied Grafana (untested here), provisioned like compose's: the rendered
         data sources, the dashboards provider pointing at grafana/dashboards, GF_* paths."""
@@ -536,10 +541,10 @@ class NativeStack:
     def _config_path(self, name: str) -> Path | None:
         """The program's config under :attr:`configs`; the test sink's always from traintel's
         own files (it is no part of a compose project)."""
-        base = files.root() if name == SINK.name else self.configs
+        base = project.root() if name == SINK.name else self.configs
         return next((base / p for p in CONFIGS[name] if (base / p).is_file()), None)
 
-    def _compose_service(self, name: str) -> dict:
+    def _compose_service(self, name: str) -> dict[str, Any]:
         """The docker-compose.yml service of a program ({} when there is no compose file)."""
         try:
             services = (yaml.safe_load((self.configs / "docker-compose.yml").read_text())
@@ -553,9 +558,10 @@ class NativeStack:
             for s in services.values()
             if spec.image and str(s.get("image", "")).split(":")[0] == spec.image.split(":")[0]
         ]
-        return (by_name or by_image or [{}])[0]
+        found: dict[str, Any] = (by_name or by_image or [{}])[0]
+        return found
 
-    def _mounts(self, name: str, compose: dict) -> list[tuple[str, str]]:
+    def _mounts(self, name: str, compose: dict[str, Any]) -> list[tuple[str, str]]:
         """(container path, host path) pairs, longest container path first."""
         mounts = {
             target: str(self.configs / rel if kind == "repo" else self.run_dir / name / "data")
@@ -593,7 +599,7 @@ class NativeStack:
                 return host_path + value[len(target.rstrip("/")) :]
         return ADDRESS.sub(lambda m: self._address(owner, m), value)
 
-    def _address(self, owner: str, match: re.Match) -> str:
+    def _address(self, owner: str, match: re.Match[str]) -> str:
         host, port = match["host"], int(match["port"])
         if host in LOCAL_HOSTS:
             target = owner
@@ -612,7 +618,7 @@ class NativeStack:
 
 
 
-def _compose_env(service: dict) -> dict[str, str]:
+def _compose_env(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict((item.split("=", 1) + [""])[:2] for item in env)
@@ -623,7 +629,7 @@ def _interpolate(value: str) -> str:
     """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` from this environment (an
     unset required variable becomes empty; ``_why_unavailable`` says what to set)."""
 
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         name, op, fallback = match.group(1), match.group(2) or "", match.group(3) or ""
         found = environment.snapshot().get(name, "")
         return found if found or op != ":-" else fallback
@@ -654,7 +660,7 @@ def _in_use(port: int) -> bool:
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 

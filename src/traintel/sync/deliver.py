@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 from traintel.sync.cursor import Cursor, Position, fingerprint
 from traintel.sync.plan import Options, Tally, batches
 from traintel.sync.source import Record

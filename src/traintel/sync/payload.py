@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from traintel.export.otlp import log_record
 from traintel.record.format import RawLine
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 from traintel.sync.replay import REBUILT, BadLine, number, text
 
 CUMULATIVE = AggregationTemporality.CUMULATIVE

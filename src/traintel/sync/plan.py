@@ -22,10 +22,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
 from traintel.export.otlp import RunMetrics, resource_for, with_added
-from traintel.identity import RunIdentity
+from traintel.run.identity import RunIdentity
 from traintel.record.format import RawLine, Signal
 from traintel.record.summary import RecordFold
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 from traintel.sync import payload
 from traintel.sync.cursor import Position
 from traintel.sync.replay import NEARLY, BadLine, Replay

@@ -1,8 +1,8 @@
 """A run's state rebuilt from its record, line by line, as the live export saw it.
 
 ``traintel sync`` does not compute metrics a second way: it replays the record into the same
-:class:`~traintel.state.RunState`, :class:`~traintel.export.readings.Histograms` and
-:class:`~traintel.state.IntervalStats` the live run kept, and the live export code reads them
+:class:`~traintel.core.state.RunState`, :class:`~traintel.export.readings.Histograms` and
+:class:`~traintel.core.state.IntervalStats` the live run kept, and the live export code reads them
 (``traintel.export.otlp.RunMetrics``). :class:`Replay` does, for each line, what the training
 thread and the record writer did when the line was made: a step sets the step, counts, latest
 values, data-wait and compute totals, the values' interval statistics and the step-duration
@@ -21,12 +21,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from traintel.catalog import METRICS, get
+from traintel.core.catalog import METRICS, get
 from traintel.export.readings import Histograms
 from traintel.record.format import END_STATUSES, RawLine
 from traintel.record.summary import RecordFold, StepFigures
-from traintel.resume import Continuation
-from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
+from traintel.run.resume import Continuation
+from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
 
 #: catalog groups whose metrics the record cannot rebuild, and why
 NOT_IN_RECORD: dict[str, str] = {
@@ -54,7 +54,7 @@ class Replay:
     """One segment's state (a process: from its ``run_start`` line on), rebuilt line by line.
 
     ``before`` is what the record held before the segment (a resumed run): the state starts
-    from it as the resumed process's did (``traintel.resume.Continuation.restore``)."""
+    from it as the resumed process's did (``traintel.run.resume.Continuation.restore``)."""
 
     def __init__(self, start: RawLine, before: RecordFold | None = None) -> None:
         self.state = state = RunState()

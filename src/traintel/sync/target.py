@@ -24,7 +24,7 @@ from traintel.export import selection
 from traintel.export.selection import PATHS
 from traintel.export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
 from traintel.record.format import Signal
-from traintel.redact import Redactor
+from traintel.core.redact import Redactor
 
 _SUCCESS = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
 #: seconds the probe waits for each signal's endpoint

@@ -1,0 +1,1 @@
+"""A run and its parts: the façade (``facade.Run``) and what it wires (steps, spans, events, evals, instruments, hooks, progress, resume). Internal: the public API is ``traintel.init`` and ``traintel.Run``."""

@@ -1,0 +1,166 @@
+"""Custom instruments for user code: counters, gauges, histograms and a timer, and the registry
+that makes and bounds them (``run.counter("skipped")`` returns the same counter every time).
+
+Counters and gauges live in the run state (read at export time); histogram and timer observations
+are queued for the record writer, which feeds the exported histograms and the p50/p95/p99 of the
+run summary. A histogram takes its own bucket bounds (``run.histogram("seq_len",
+buckets=[64, 128, 256, 512])``); without them it gets the OpenTelemetry SDK's defaults, a timer
+the duration buckets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import ContextDecorator
+from typing import Literal, Protocol, TypeVar
+
+from traintel.record.format import ObservationKind
+from traintel.record.queue import Observe, RecordQueue
+from traintel.core.state import RunState
+from traintel.core.validate import NameBudget, finite_number
+
+
+class Counter:
+    """A monotonically increasing count, e.g. skipped batches."""
+
+    def __init__(self, counters: dict[str, float], name: str) -> None:
+        self.name = name
+        self._counters = counters
+        counters.setdefault(name, 0.0)
+
+    def inc(self, amount: float = 1.0) -> None:
+        amount = finite_number("counter", self.name, amount)
+        if amount < 0:
+            raise ValueError(f"counter {self.name!r}: counters only go up; got {amount}. "
+                             "Use run.gauge() for values that go down.")
+        self._counters[self.name] += amount
+
+    @property
+    def value(self) -> float:
+        return self._counters[self.name]
+
+
+class Gauge:
+    """A value that goes up and down, e.g. queue length."""
+
+    def __init__(self, gauges: dict[str, float], name: str) -> None:
+        self.name = name
+        self._gauges = gauges
+
+    def set(self, value: float) -> None:
+        self._gauges[self.name] = finite_number("gauge", self.name, value)
+
+
+#: bucket bounds a histogram may have at most (each bucket is a series on every export path)
+MAX_BUCKETS = 64
+
+
+def check_buckets(name: str, buckets: object) -> tuple[float, ...]:
+    """Bucket upper bounds as given to ``run.histogram``: finite, increasing, 1-64 of them."""
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
+        raise TypeError(f"histogram {name!r}: buckets must be a list of numbers, got "
+                        f"{type(buckets).__name__} {buckets!r}")
+    bounds = tuple(finite_number("histogram bucket", name, bound) for bound in buckets)
+    if not 1 <= len(bounds) <= MAX_BUCKETS:
+        raise ValueError(f"histogram {name!r}: give 1 to {MAX_BUCKETS} bucket bounds, got "
+                         f"{len(bounds)}")
+    if any(lower >= upper for lower, upper in zip(bounds, bounds[1:])):
+        raise ValueError(f"histogram {name!r}: bucket bounds must increase, got {list(bounds)}")
+    return bounds
+
+
+class Histogram:
+    """A distribution, e.g. sequence lengths; summarised with p50/p95/p99 and exported in
+    ``buckets`` (None: the defaults)."""
+
+    kind: ObservationKind = "histogram"
+
+    def __init__(self, queue: RecordQueue, name: str,
+                 buckets: tuple[float, ...] | None = None) -> None:
+        self.name = name
+        self.buckets = buckets
+        self._queue = queue
+
+    def observe(self, value: float) -> None:
+        self._queue.append(Observe(self.kind, self.name,
+                                   finite_number(self.kind, self.name, value)))
+
+
+class HistogramMaker(Protocol):
+    """``run.histogram``: the histogram ``name``, with its own bucket bounds if given."""
+
+    def __call__(self, name: str, buckets: Iterable[float] | None = None) -> Histogram: ...
+
+
+class Timer(Histogram, ContextDecorator):
+    """``with run.timer("forward"):`` or ``@run.timer("forward")``: seconds per call."""
+
+    kind: ObservationKind = "timer"
+
+    def __init__(self, queue: RecordQueue, name: str) -> None:
+        super().__init__(queue, name)
+        self._starts: list[float] = []  # a stack: the same timer may be nested or reused
+
+    def __enter__(self) -> Timer:
+        self._starts.append(time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        elapsed = time.perf_counter() - self._starts.pop()
+        self._queue.append(Observe("timer", self.name, elapsed))
+        return False
+
+
+_I = TypeVar("_I", Counter, Gauge, Histogram, Timer)
+
+
+class Instruments:
+    """A run's custom instruments by kind and name, each name admitted by the run's name budget
+    (each is a series on every export path)."""
+
+    def __init__(self, state: RunState, queue: RecordQueue, budget: NameBudget,
+                 define_buckets: Callable[[str, str, tuple[float, ...]], None] = lambda *_: None,
+                 ) -> None:
+        self._state = state
+        self._queue = queue
+        self._budget = budget
+        #: tells the exported histograms a histogram's own bounds (before its first value)
+        self._define_buckets = define_buckets
+        self._made: dict[str, Counter | Gauge | Histogram | Timer] = {}
+
+    def counter(self, name: str) -> Counter:
+        return self._get(Counter, name) or self._add(Counter(self._state.counters, name))
+
+    def gauge(self, name: str) -> Gauge:
+        return self._get(Gauge, name) or self._add(Gauge(self._state.gauges, name))
+
+    def histogram(self, name: str, buckets: Iterable[float] | None = None) -> Histogram:
+        """The histogram ``name``; ``buckets`` (upper bounds) are fixed by its first call."""
+        bounds = None if buckets is None else check_buckets(name, buckets)
+        found = self._get(Histogram, name)
+        if found is not None:
+            if bounds is not None and bounds != found.buckets:
+                raise ValueError(f"histogram {name!r} already has buckets "
+                                 f"{list(found.buckets or ()) or 'by default'}; a histogram "
+                                 "keeps the buckets it was made with")
+            return found
+        if bounds is not None:
+            self._define_buckets("histogram", name, bounds)
+        return self._add(Histogram(self._queue, name, bounds))
+
+    def timer(self, name: str) -> Timer:
+        return self._get(Timer, name) or self._add(Timer(self._queue, name))
+
+    def _get(self, kind: type[_I], name: str) -> _I | None:
+        found = self._made.get(f"{kind.__name__}:{name}")
+        if found is None:
+            self._budget.admit(f"run.{kind.__name__.lower()}", f"{kind.__name__.lower()}s",
+                               name, "Reuse instruments instead of creating one per item")
+            return None
+        assert type(found) is kind  # keyed by kind
+        return found
+
+    def _add(self, instrument: _I) -> _I:
+        self._made[f"{type(instrument).__name__}:{instrument.name}"] = instrument
+        return instrument

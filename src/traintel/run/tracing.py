@@ -1,0 +1,134 @@
+"""The run's traces: one ``training_run`` span for the whole run, an ``epoch`` span per epoch, a
+``train_step`` span every N steps, and the user's own spans (``run.span("checkpoint")``).
+
+Step spans are made on the record writer's thread from the step's times (creating one costs
+0.1-0.3 ms, too much for the training thread); a span the user opens outside any other belongs to
+the current epoch, else to the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ContextDecorator
+from types import TracebackType
+from typing import Literal
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from traintel.record.format import EndStatus
+from traintel.record.queue import Call, Observe, RecordQueue
+from traintel.core.redact import Redactor
+from traintel.core.validate import NameBudget
+
+#: called with an exception that escaped a user span, and the span's name (the operation)
+OnError = Callable[[Exception, str], object]
+
+
+class RunSpans:
+    """The run's and the epochs' spans, and what other parts need of them."""
+
+    def __init__(self, tracer: trace.Tracer, attributes: dict[str, AttributeValue],
+                 queue: RecordQueue, names: NameBudget, redactor: Redactor) -> None:
+        self.tracer = tracer
+        self._queue = queue
+        self._names = names
+        self._redactor = redactor
+        self.run = tracer.start_span("training_run", attributes=attributes)
+        self._run_context = trace.set_span_in_context(self.run)
+        self.epoch: trace.Span | None = None
+        self._epoch_context: Context | None = None
+
+    def parent(self) -> Context:
+        """Where spans without a parent of their own go: the current epoch, else the run."""
+        return self._epoch_context or self._run_context
+
+    def active(self) -> trace.Span:
+        """The span a log line belongs to when the caller has none: the epoch, else the run."""
+        return self.epoch or self.run
+
+    # -- epochs and steps ------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = self.tracer.start_span("epoch", context=self._run_context,
+                                            attributes={"epoch": epoch})
+        self._epoch_context = trace.set_span_in_context(self.epoch)
+
+    def end_epoch(self, steps: int) -> None:
+        if self.epoch is not None:
+            self.epoch.set_attribute("steps", steps)
+            self.epoch.end()
+        self.epoch = self._epoch_context = None
+
+    def step(self, start: float, end: float, step: int, epoch: int) -> None:
+        """A ``train_step`` span from the step's own times, made on the record writer's thread."""
+        self._queue.append(Call(self._step_span, (start, end, step, epoch, self.parent())))
+
+    def _step_span(self, start: float, end: float, step: int, epoch: int,
+                   parent: Context) -> None:
+        span = self.tracer.start_span("train_step", context=parent, start_time=int(start * 1e9),
+                                      attributes={"step": step, "epoch": epoch})
+        span.end(end_time=int(end * 1e9))
+
+    # -- errors and the end ----------------------------------------------------------------
+    def mark_error(self, exc: BaseException, error_type: str, message: str,
+                   traceback: str) -> None:
+        """An exception event and an error status on the caller's span, the epoch's and the
+        run's, with traintel's scrubbed text in place of the SDK's raw one."""
+        spans = (trace.get_current_span(), self.epoch, self.run)
+        for span in {id(s): s for s in spans if s is not None and s.is_recording()}.values():
+            span.record_exception(exc, attributes={
+                "error_type": error_type, "exception.message": message,
+                "exception.stacktrace": traceback})
+            span.set_status(Status(StatusCode.ERROR, f"{error_type}: {type(exc).__name__}"))
+
+    def finish(self, status: EndStatus, steps: int) -> None:
+        if status != "finished":
+            self.run.set_status(Status(StatusCode.ERROR, status))
+        self.run.set_attribute("status", status)
+        self.run.set_attribute("steps", steps)
+        self.run.end()
+
+    # -- the user's spans ------------------------------------------------------------------
+    def span(self, name: str, attributes: dict[str, AttributeValue], on_error: OnError) -> Span:
+        """A user's span: its name is an operation label, admitted by the run's name budget; its
+        attributes are exported, redacted."""
+        self._names.admit("run.span", "spans", name, "Put varying parts in attributes")
+        return Span(self, self._queue, name, self._redactor.deep(attributes), on_error)
+
+
+class Span(ContextDecorator):
+    """``with run.span("checkpoint"):`` or ``@run.span("checkpoint")``: a span around the block,
+    its duration observed as an operation, an exception recorded as a classified error."""
+
+    def __init__(self, spans: RunSpans, queue: RecordQueue, name: str,
+                 attributes: dict[str, AttributeValue], on_error: OnError) -> None:
+        self._spans = spans
+        self._queue = queue
+        self.name = name
+        self.attributes = attributes
+        self._on_error = on_error
+        #: a stack: the same span object may be entered again while open (recursion)
+        self._open: list[tuple[AbstractContextManager[trace.Span], float]] = []
+
+    def __enter__(self) -> trace.Span:
+        spans = self._spans
+        parent = None if trace.get_current_span().is_recording() else spans.parent()
+        manager = spans.tracer.start_as_current_span(
+            self.name, context=parent, attributes=self.attributes, record_exception=False,
+            set_status_on_exception=False)
+        span = manager.__enter__()
+        self._open.append((manager, time.perf_counter()))
+        return span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        manager, started = self._open.pop()
+        elapsed = time.perf_counter() - started
+        if isinstance(exc, Exception):
+            self._on_error(exc, self.name)
+        self._queue.append(Observe("operation", self.name, elapsed))
+        manager.__exit__(exc_type, exc, tb)
+        return False
