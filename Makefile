@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test typecheck bench dashboards rules manifests
+.PHONY: demo test typecheck bench generate manifests
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -18,13 +18,11 @@ typecheck:
 bench:
 	@TRAINTEL_EXTRAS=dev,bench scripts/venv.sh python -m benchmarks $(ARGS)
 
-## Regenerate grafana/dashboards/*.json from code.
-dashboards:
-	@scripts/venv.sh python -m traintel.stack.dashboards
-
-## Regenerate prometheus/rules/*.yml from traintel.stack.rules.Config.
-rules:
-	@scripts/venv.sh python -m traintel.stack.rules $(ARGS)
+## Regenerate every generated file from its one source (scripts/generate.py lists them: rules,
+## dashboards, docs/metrics.md, docs/configuration.md, docs/scaling.md's tables); a test fails
+## when one is stale.
+generate:
+	@scripts/venv.sh python scripts/generate.py
 
 ## Plain Kubernetes manifests from the Helm chart, for clusters without Helm (docs/kubernetes.md):
 ## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"

@@ -98,3 +98,26 @@ def test_no_metric_name_carries_its_type():
     """promtool's lint: a name must not say what type it is (``_counter``, ``_gauge``, ...)."""
     for metric in catalog.METRICS:
         assert not re.search(rf"_{metric.kind}(_|$)", metric.name), metric.name
+
+
+def test_the_tables_of_logged_keys_derive_from_the_catalog(monkeypatch) -> None:
+    """One declaration per metric: a catalog entry with ``keys`` is all the state, the exporters,
+    the integrations and the capacity calculator need to know a run.log key (CONTRIBUTING.md)."""
+    import dataclasses
+
+    from traintel.core import state
+    from traintel.export import readings
+    from traintel.integrations import base
+    from traintel.stack import capacity
+
+    with_keys = [m for m in catalog.METRICS if m.keys]
+    assert {key: m.name for m in with_keys for key in m.keys} == state.KNOWN_KEYS
+    assert base.KNOWN == {key: m.keys[0] for m in with_keys for key in m.keys}
+    assert capacity.LOGGED_BUILTIN_KEYS == tuple(m.keys[0] for m in with_keys)
+    # a new per-step metric, declared once, is read from the state by the exporters
+    new = catalog.Metric("traintel_weight_norm", "gauge", "", "Latest weight norm.",
+                         keys=("weight_norm",))
+    monkeypatch.setattr(catalog, "METRICS", (*catalog.METRICS, dataclasses.replace(new)))
+    run_state = state.RunState()
+    run_state.latest["weight_norm"] = 3.5
+    assert list(readings.readers({})["traintel_weight_norm"](run_state)) == [(3.5, {})]

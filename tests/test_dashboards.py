@@ -59,10 +59,10 @@ def _promql() -> list[str]:
 
 def test_committed_dashboards_are_generated_from_code() -> None:
     committed = {p.stem: p.read_text() for p in dashboards.DEFAULT_DIR.glob("*.json")}
-    assert sorted(committed) == sorted(BOARDS), "run `make dashboards`"
+    assert sorted(committed) == sorted(BOARDS), "run `make generate`"
     for name, data in BOARDS.items():
         assert committed[name] == dashboards.render(data), \
-            f"grafana/dashboards/{name}.json is stale: run `make dashboards`"
+            f"grafana/dashboards/{name}.json is stale: run `make generate`"
 
 
 def test_dashboards_are_at_the_schema_version_of_the_pinned_grafana() -> None:

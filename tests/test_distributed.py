@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ import yaml
 import traintel
 from traintel.run.distributed import agree_run_id, launcher_run_id
 from traintel.core.errors import classify
+from traintel.stack.native import free_port
 
 from stack_fixture import eventually, promql
 
@@ -33,11 +33,6 @@ LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
 #: the run ids traintel makes (docs/distributed.md): start time and six hex digits
 RUN_ID_FORM = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(tmp_path: Path, *args: str, env: dict[str, str] | None = None,

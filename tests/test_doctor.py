@@ -6,7 +6,6 @@ stack the developer runs on the default ports does not change the results.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,17 +16,13 @@ from click.testing import CliRunner
 from stack_fixture import require
 
 from traintel.cli import main
+from traintel.stack.native import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nothing() -> dict[str, str]:
     """An endpoint option for every service, each a port nobody listens on."""
-    urls = {name: f"http://127.0.0.1:{_free_port()}" for name in
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in
             ("collector", "collector-health", "prometheus", "alertmanager", "loki", "tempo",
              "grafana")}
     urls["collector-health"] += "/"
@@ -124,7 +119,7 @@ def _stack_urls(stack) -> dict[str, str]:
     """The stack's URLs; Grafana's, and Loki's where the sink (not Loki) listens on its port,
     are ports where nothing answers, as on a host without them."""
     e = stack.endpoints
-    nowhere = {name: f"http://127.0.0.1:{_free_port()}" for name in ("loki", "grafana")}
+    nowhere = {name: f"http://127.0.0.1:{free_port()}" for name in ("loki", "grafana")}
     return {"collector": e["otlp_http"], "collector-health": e["collector_health"],
             "prometheus": e["prometheus"], "alertmanager": e["alertmanager"],
             "loki": nowhere["loki"] if "loki" in stack.sink_covers else e["loki"],

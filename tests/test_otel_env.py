@@ -26,6 +26,7 @@ from stack_fixture import eventually
 from traintel.export import selection
 from traintel.export.otlp import Sinks
 from traintel.stack import install
+from traintel.stack.native import free_port
 
 PROTOCOLS = ("http/protobuf", "grpc")
 RUN = """
@@ -41,11 +42,6 @@ pytestmark = pytest.mark.skipif(install.binary("otelcol") is None,
                                 reason=install.missing_reason("otelcol") or "no collector")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Probe:
     """A collector receiving OTLP on free loopback ports and writing each signal to a file."""
@@ -53,7 +49,7 @@ class Probe:
     def __init__(self, directory: Path, tls: dict[str, str] | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.grpc, self.http, self.health = _free_port(), _free_port(), _free_port()
+        self.grpc, self.http, self.health = free_port(), free_port(), free_port()
         receiver: dict = {"include_metadata": True}
         if tls:
             receiver["tls"] = tls
@@ -369,7 +365,7 @@ def test_certificates_server_and_client(tmp_path, protocol):
 
 
 def test_prometheus_as_metrics_exporter_serves_traintels_own_metrics(tmp_path):
-    port = _free_port()
+    port = free_port()
     code = ("import sys, time, urllib.request, traintel\n"
             "with traintel.init(project='p', dir=sys.argv[1], sample_interval=0, progress='off',"
             " console_logs=False) as run:\n"

@@ -107,7 +107,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 def test_committed_rules_are_rendered_from_the_config() -> None:
     for name in rules.FILES:
         committed = (REPO / f"prometheus/rules/{name}.yml").read_text()
-        assert committed == rules.render(name), f"prometheus/rules/{name}.yml: run `make rules`"
+        assert committed == rules.render(name), f"prometheus/rules/{name}.yml: run `make generate`"
     assert [p.stem for p in RULE_FILES] == sorted(rules.FILES)
 
 

@@ -56,6 +56,10 @@ class Metric:
     semconv: str = "none"
     #: the dcgm-exporter field of the same meaning (GPU metrics only; "none" where there is none)
     dcgm: str | None = None
+    #: the ``run.log`` keys this metric shows the latest value of, its own name first, aliases
+    #: after (``lr``, ``learning_rate``): the one declaration the state, the exporters, the
+    #: integrations and the capacity calculator derive their tables from
+    keys: tuple[str, ...] = ()
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -63,8 +67,8 @@ class Metric:
 
 
 def _m(name: str, kind: Kind, unit: str, description: str, labels: tuple[str, ...] = (),
-       group: str = "training", semconv: str = "none") -> Metric:
-    return Metric(name, kind, unit, description, tuple(labels), group, semconv)
+       group: str = "training", semconv: str = "none", keys: tuple[str, ...] = ()) -> Metric:
+    return Metric(name, kind, unit, description, tuple(labels), group, semconv, keys=keys)
 
 
 def _gpu(name: str, kind: Kind, unit: str, description: str, labels: tuple[str, ...] = (), *,
@@ -100,9 +104,10 @@ METRICS: tuple[Metric, ...] = (
     _m("traintel_steps_per_second", "gauge", "", "Step rate over the recent window."),
     _m("traintel_samples_per_second", "gauge", "", "Sample throughput over the recent window."),
     _m("traintel_tokens_per_second", "gauge", "", "Token throughput over the recent window."),
-    _m("traintel_loss", "gauge", "", "Latest finite training loss."),
-    _m("traintel_learning_rate", "gauge", "", "Latest learning rate."),
-    _m("traintel_grad_norm", "gauge", "", "Latest global gradient norm."),
+    _m("traintel_loss", "gauge", "", "Latest finite training loss.", keys=("loss",)),
+    _m("traintel_learning_rate", "gauge", "", "Latest learning rate.",
+       keys=("lr", "learning_rate")),
+    _m("traintel_grad_norm", "gauge", "", "Latest global gradient norm.", keys=("grad_norm",)),
     _m("traintel_nonfinite_loss_total", "counter", "",
        "Loss values that were NaN or infinite (kept out of averages)."),
     _m("traintel_step_duration_seconds", "histogram", "s",
@@ -284,6 +289,11 @@ METRICS: tuple[Metric, ...] = (
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+#: ``run.log`` key (aliases included) -> the catalog metric that shows its latest value
+METRIC_FOR_KEY: dict[str, str] = {key: m.name for m in METRICS for key in m.keys}
+#: ``run.log`` key -> the name it is counted and windowed under (the ``metric`` label of the
+#: ``traintel_logged_*`` series): every alias of a metric shares its first key
+LOGGED_NAME_FOR_KEY: dict[str, str] = {key: m.keys[0] for m in METRICS for key in m.keys}
 
 
 def get(name: str) -> Metric:

@@ -15,15 +15,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from traintel.core.catalog import LOGGED_NAME_FOR_KEY, METRIC_FOR_KEY
 from traintel.core.vocabulary import Goal, RunStatus
 
-#: run.log keys with a dedicated catalog metric; other keys become traintel_metric{metric=...}
-KNOWN_KEYS = {"loss": "traintel_loss", "lr": "traintel_learning_rate",
-              "learning_rate": "traintel_learning_rate", "grad_norm": "traintel_grad_norm"}
+#: run.log keys with a dedicated catalog metric (from the catalog's ``keys``); other keys become
+#: traintel_metric{metric=...}
+KNOWN_KEYS = METRIC_FOR_KEY
 COUNTED_KEYS = ("samples", "tokens")
 #: the name under which a run.log key is counted and windowed (``metric`` label of the
 #: traintel_logged_* series): aliases of one catalog metric share one name
-LOGGED_NAME = {"learning_rate": "lr"}
+LOGGED_NAME = {key: name for key, name in LOGGED_NAME_FOR_KEY.items() if key != name}
 #: run.log keys that are the training loss (summary figures, non-finite loss counts, halting)
 LOSS_KEYS = ("loss",)
 

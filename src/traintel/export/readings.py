@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from traintel.core.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS
 from traintel.record.format import STATUSES
-from traintel.core.state import KNOWN_KEYS, RunState
+from traintel.core.state import RunState
 
 Reading = tuple[float, dict[str, str]]
 Reader = Callable[[RunState], Iterator[Reading]]
@@ -30,11 +30,11 @@ def _value(getter: Callable[[RunState], float | None]) -> Reader:
     return read
 
 
-def _latest(key: str) -> Reader:
-    aliases = [k for k, name in KNOWN_KEYS.items() if name == KNOWN_KEYS[key]]
-
+def _latest(keys: tuple[str, ...]) -> Reader:
+    """The latest value logged under the first of ``keys`` (a metric's name and its aliases)
+    the run has logged."""
     def read(state: RunState) -> Iterator[Reading]:
-        for alias in aliases:
+        for alias in keys:
             if alias in state.latest:
                 yield state.latest[alias], NO_LABELS
                 return
@@ -102,9 +102,6 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_steps_per_second": _value(lambda s: s.rates.get("steps_per_second")),
         "traintel_samples_per_second": _value(lambda s: s.rates.get("samples_per_second")),
         "traintel_tokens_per_second": _value(lambda s: s.rates.get("tokens_per_second")),
-        "traintel_loss": _latest("loss"),
-        "traintel_learning_rate": _latest("lr"),
-        "traintel_grad_norm": _latest("grad_norm"),
         "traintel_nonfinite_loss_total": _value(lambda s: s.nonfinite_losses),
         "traintel_data_wait_seconds_total": _value(lambda s: s.data_wait_total),
         "traintel_compute_seconds_total": _value(lambda s: s.compute_total),
@@ -123,9 +120,12 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
         "traintel_export_failures_total": _by("signal", lambda s: s.export_failures),
     }
-    from traintel.core.catalog import METRICS  # hardware metrics: whatever the samplers reported
+    from traintel.core.catalog import METRICS
     for metric in METRICS:
-        if metric.group in ("gpu", "cuda", "system") and metric.kind != "histogram":
+        if metric.keys:  # the latest value of the run.log keys the catalog names
+            table[metric.name] = _latest(metric.keys)
+        elif metric.group in ("gpu", "cuda", "system") and metric.kind != "histogram":
+            # hardware metrics: whatever the samplers reported
             table[metric.name] = _hardware(metric.name)
     return table
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from traintel.core import env
+from traintel.core.catalog import LOGGED_NAME_FOR_KEY
 from traintel.run.live import newest
 from traintel.core.validate import NAME_PATTERN, suggest_name
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("traintel.integrations")
 
 #: the frameworks' names for traintel's known per-step keys (after a ``train`` prefix is dropped)
-KNOWN = {"loss": "loss", "learning_rate": "lr", "lr": "lr", "grad_norm": "grad_norm"}
+KNOWN = LOGGED_NAME_FOR_KEY
 #: keys about the loop rather than the model: traintel counts steps and epochs itself
 LOOP_KEYS = frozenset({"epoch", "step", "global_step", "iter", "num_input_tokens_seen"})
 #: suffixes of loop figures (throughput, runtimes): traintel measures them itself

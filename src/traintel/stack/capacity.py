@@ -8,7 +8,7 @@ series. ``docs/scaling.md`` tabulates these functions (a test keeps the table eq
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace, dataclass
 
 from traintel.core.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS, METRICS, Metric
 from traintel.record.format import STATUSES
@@ -19,7 +19,7 @@ from traintel.samplers.gpu import THROTTLE_REASONS
 LOGS_PER_RANK = 2
 #: run.log keys with a catalog metric of their own that a training loop logs (loss, lr,
 #: grad_norm): each also has its traintel_logged_* series
-LOGGED_BUILTIN_KEYS = ("loss", "lr", "grad_norm")
+LOGGED_BUILTIN_KEYS = tuple(metric.keys[0] for metric in METRICS if metric.keys)
 #: span names every rank uses: training_run, epoch, train_step
 BUILTIN_SPANS = 3
 #: duration buckets of the collector's spanmetrics connector (otel-collector/config.yaml)
@@ -159,3 +159,35 @@ def render_table(steps: int = 100_000, epochs: int = 10, evals: int = 100,
             f"| {log_records_per_run(w, evals, checkpoints):,} "
             f"| {spans_per_run(w, steps, epochs):,} |")
     return "\n".join(lines)
+
+
+#: recording-rule series per rank that a sizing adds (prometheus/rules/recording.yml)
+RECORDING_SERIES_PER_RANK = 11
+#: the job sizes docs/scaling.md sizes: 1,000 and 10,000 GPUs, one rank per GPU
+SIZED_GPUS = (1_000, 10_000)
+
+
+def sizing_series(gpus: int, export_interval_s: float = 15.0) -> tuple[int, int, int, float]:
+    """Active series of a job of ``gpus`` ranks of the table's standard workload (catalog, span
+    metrics, recording rules) and its samples per second at ``export_interval_s``."""
+    workload = replace(dict(TABLE)["64 nodes, 512 GPUs"], ranks=gpus)
+    catalog = series_per_run(workload)
+    spans = spanmetrics_series_per_run(workload)
+    rules = RECORDING_SERIES_PER_RANK * gpus
+    return catalog, spans, rules, (catalog + spans + rules) / export_interval_s
+
+
+def render_sizing_rows() -> str:
+    """The two derived rows of docs/scaling.md's sizing table (series and samples/s), rounded as
+    the table shows them: to 1,000 series and 100 samples/s."""
+    def rounded(n: float, to: int) -> str:
+        return f"{int(round(n / to) * to):,}"
+
+    series, samples = [], []
+    for gpus in SIZED_GPUS:
+        catalog, spans, rules, per_second = sizing_series(gpus)
+        series.append(f"{rounded(catalog, 1000)} + {rounded(spans, 1000)} + {rounded(rules, 1000)}"
+                      f" = {rounded(catalog + spans + rules, 1000)}")
+        samples.append(rounded(per_second, 100))
+    return (f"| active series (catalog + span metrics + recording rules) | {series[0]} | "
+            f"{series[1]} |\n| samples/s | {samples[0]} | {samples[1]} |")

@@ -1,6 +1,6 @@
 """Grafana dashboards as code.
 
-``python -m traintel.stack.dashboards [DIR]`` (``make dashboards``) writes ``grafana/dashboards/*.json``
+``python -m traintel.stack.dashboards [DIR]`` (``make generate``) writes ``grafana/dashboards/*.json``
 from the builders below; the JSON is committed, provisioned into Grafana by docker compose, and
 importable into any Grafana that has data sources with the uids ``prometheus`` and ``loki``.
 Building needs the dev extra (``grafana-foundation-sdk``).

@@ -119,6 +119,13 @@ def default_ports() -> dict[str, dict[str, int]]:
     return ports
 
 
+def free_port() -> int:
+    """A loopback port free now (the kernel's choice): for one program started beside the stack."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_ports() -> dict[str, dict[str, int]]:
     """A free loopback port for every program's every port (tests: no clash with a user's stack)."""
     sockets = []
