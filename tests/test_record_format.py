@@ -89,3 +89,25 @@ def test_every_documented_field_is_written_and_every_written_field_documented(qu
     segment_fields = re.search(r"each segment: (.*?) \|", DOC).group(1)
     assert set(summary["segments"][0]) == set(re.findall(r"`(\w+)`", segment_fields)) - {
         "crashed"}
+
+
+def test_every_line_written_is_its_record_format_type(quiet_run):
+    """Writer and reader cannot drift from ``traintel.record.format``: every line of a record
+    using every feature, read back, has each required key of its line type's TypedDict and no
+    key that type does not declare."""
+    import typing
+
+    from traintel.record import format as record_format
+
+    by_type = {}
+    for line_type in typing.get_args(record_format.RecordLine):
+        (name,) = typing.get_args(typing.get_type_hints(line_type)["type"])
+        by_type[name] = line_type
+    lines, _ = a_record_using_everything(quiet_run)
+    assert {line["type"] for line in lines} == set(by_type)
+    for line in lines:
+        line_type = by_type[line["type"]]
+        declared = line_type.__required_keys__ | line_type.__optional_keys__
+        assert line_type.__required_keys__ - {"ts", "level", "run", "rank"} <= set(line), \
+            (line["type"], line_type.__required_keys__ - set(line))
+        assert set(line) <= declared, (line["type"], set(line) - declared)

@@ -57,6 +57,14 @@ class _Stamped(TypedDict, total=False):
     span_id: str | None
 
 
+class Whose(TypedDict):
+    """Whose a line is: every line carries it (the pipeline stamps it, the writer puts it on the
+    step lines it builds)."""
+
+    run: str
+    rank: int
+
+
 class RunTelemetry(TypedDict):
     """What a run did with its telemetry, in its ``run_start`` line (``traintel sync`` reads
     it)."""

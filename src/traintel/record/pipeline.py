@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 from opentelemetry import trace
 
 from traintel.core.redact import Redactor
-from traintel.record.format import EventDict, Level
+from traintel.record.format import EventDict, Level, LogLine, RecordLine
 from traintel.record.queue import Line, RecordQueue
 from traintel.record.span_lines import Write
 
@@ -156,13 +156,13 @@ class Console:
 
 
 # -- the pipeline ------------------------------------------------------------------------------
-def log_line(record: logging.LogRecord) -> EventDict:
+def log_line(record: logging.LogRecord) -> LogLine:
     """A ``log`` line for a record of the ``traintel`` logger tree; ``extra=`` becomes fields."""
     message = record.getMessage()
     if record.exc_info:
         message += "\n" + _FORMATTER.formatException(record.exc_info)
-    line: EventDict = {"ts": record.created, "type": "log", "logger": record.name,
-                       "message": message}
+    line: LogLine = {"ts": record.created, "type": "log", "logger": record.name,
+                     "message": message}
     fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
     if fields:
         line["fields"] = fields
@@ -212,7 +212,7 @@ class Pipeline(logging.Handler):
         else:
             self._to_file(record)
 
-    def write(self, line: Mapping[str, object]) -> None:
+    def write(self, line: RecordLine) -> None:
         """A line (a ``RecordLine``) for the record alone: ``run_start``, ``config``, ``epoch``,
         ``instrument``."""
         record = logging.LogRecord("traintel", logging.INFO, "traintel", 0, "", (), None)
@@ -236,7 +236,8 @@ class Pipeline(logging.Handler):
 
     def _process(self, record: logging.LogRecord) -> EventDict:
         attached = getattr(record, RECORD_ATTR, None)
-        line = cast(EventDict, attached) if attached is not None else log_line(record)
+        # processors work on the line as a plain dict (structlog's EventDict), typed where made
+        line = cast(EventDict, attached if attached is not None else log_line(record))
         for process in self.processors:
             line = process(line, record)
         return line

@@ -20,7 +20,7 @@ from traintel.core.redact import Redactor
 from traintel.record.format import SpanEvent, SpanLine, SpanStatus
 
 #: writes a line to the record alone (``Pipeline.write``)
-Write = Callable[[Mapping[str, object]], None]
+Write = Callable[[SpanLine], None]
 
 
 class RecordSpans(SpanProcessor):

@@ -34,7 +34,14 @@ from traintel.core.forks import reset_in_child
 from traintel.core.state import RateWindow, RunState
 from traintel.core.stats import RunningStats
 from traintel.record.files import encode
-from traintel.record.format import EVENTS_FILE, MAX_LINE_BYTES, ObservationKind
+from traintel.record.format import (
+    EVENTS_FILE,
+    MAX_LINE_BYTES,
+    EventLine,
+    ObservationKind,
+    StepLine,
+    Whose,
+)
 from traintel.record.queue import Call, Line, Observe, RecordQueue, Step
 from traintel.record.summary import StepFigures
 
@@ -61,14 +68,14 @@ class RecordWriter:
     """Drains the queue into ``events.jsonl``; ``identity`` (run id, rank) goes on step lines,
     which are built here (the event pipeline puts it on every other line)."""
 
-    def __init__(self, directory: Path, state: RunState, identity: Mapping[str, object], *,
+    def __init__(self, directory: Path, state: RunState, identity: Whose, *,
                  flush_interval: float = 1.0, max_bytes: int = 256 * 1024 * 1024,
                  shutdown_s: float = 2.0, rates: RateWindow | None = None,
                  figures: StepFigures | None = None) -> None:
         self.directory = directory
         self.path = directory / EVENTS_FILE
         self.state = state
-        self.identity = dict(identity)
+        self.identity: Whose = {"run": identity["run"], "rank": identity["rank"]}
         self.flush_interval = flush_interval
         self.max_bytes = max_bytes
         self.shutdown_s = shutdown_s
@@ -249,10 +256,11 @@ class RecordWriter:
                     if step_s is not None:
                         for listener in self.listeners:
                             listener("step", None, step_s)
-                    line: Mapping[str, object] = {
-                        "ts": ts, "type": "step", "level": "info", **identity, "step": step,
-                        "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
-                        "metrics": metrics}
+                    step_line: StepLine = {
+                        "ts": ts, "type": "step", "level": "info", "run": identity["run"],
+                        "rank": identity["rank"], "step": step, "epoch": epoch,
+                        "step_s": step_s, "data_wait_s": data_wait_s, "metrics": metrics}
+                    line: Mapping[str, object] = step_line
                 elif type(item) is Call:
                     item.fn(*item.args)
                     continue
@@ -289,10 +297,13 @@ class RecordWriter:
         what = {"type": "step", "step": item[1]} if type(item) is Step else {
             "type": line.get("type"), "event": line.get("event")} if isinstance(line, Mapping) \
             else {"type": type(item).__name__}
-        return encode({"ts": time.time(), "type": "event", "level": "error", **self.identity,
-                       "event": "record_line_dropped", "step": self.state.step,
-                       "epoch": self.state.epoch,
-                       "fields": {**what, "reason": reason[:500]}})
+        return encode(self._event_line("record_line_dropped", {**what, "reason": reason[:500]}))
+
+    def _event_line(self, event: str, fields: dict[str, object]) -> EventLine:
+        """An error-level event line the writer itself writes about the record."""
+        return {"ts": time.time(), "type": "event", "level": "error",
+                "run": self.identity["run"], "rank": self.identity["rank"], "event": event,
+                "step": self.state.step, "epoch": self.state.epoch, "fields": fields}
 
     def _observe(self, kind: ObservationKind, name: str, value: float) -> None:
         stats = self.observations.get((kind, name))
@@ -363,10 +374,8 @@ class RecordWriter:
 
     def _gap_line(self) -> bytes:
         """The line that says how many lines are missing before it, and why."""
-        line = encode({"ts": time.time(), "type": "event", "level": "error", **self.identity,
-                       "event": "record_gap", "step": self.state.step, "epoch": self.state.epoch,
-                       "fields": {"lost_lines": self._gap_lost,
-                                  "reason": "; ".join(self._gap_reasons)}})
+        line = encode(self._event_line("record_gap", {"lost_lines": self._gap_lost,
+                                                      "reason": "; ".join(self._gap_reasons)}))
         self._gap_lost = 0
         self._gap_reasons = []
         return line

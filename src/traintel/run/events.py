@@ -14,12 +14,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, SupportsFloat
+from typing import cast, TYPE_CHECKING, SupportsFloat
 
 from traintel.core.errors import NonFiniteLossError, classify, format_traceback, operation_of
 from traintel.run.identity import RunIdentity
 from traintel.record.files import read_json, write_json
-from traintel.record.format import LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine, EventLine, Level, MilestoneLine, RunEndLine, RunStartLine, RunTelemetry, Severity
+from traintel.record.format import LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine, EventLine, InstrumentLine, Level, MilestoneLine, RunEndLine, RunStartLine, RunTelemetry, Severity
 from traintel.record.pipeline import Pipeline
 from traintel.record.summary import RunAbout, RunSummary, Segment, build_summary, export_figures, instrument_summaries
 from traintel.record.writer import RecordWriter
@@ -272,8 +272,10 @@ class EventRecorder:
         now = time.time()
         instruments = instrument_summaries(writer.observations, state.counters, state.gauges)
         for name, figures in instruments:
-            self.pipeline.write({"ts": now, "type": "instrument", "level": "info", "name": name,
-                                 **figures})
+            # mypy cannot check a TypedDict spread into one with optional keys (_Stamped's)
+            instrument = cast(InstrumentLine, {"ts": now, "type": "instrument", "level": "info",
+                                               "name": name, **figures})
+            self.pipeline.write(instrument)
         duration = now - state.start_ts
         line: RunEndLine = {"type": "run_end", "status": status, "duration_s": duration,
                             "steps": segment_steps, "last_step": state.step}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from traintel.run.distributed import agree_run_id, new_run_id
-from traintel.record.format import RunStatus
+from traintel.record.format import RunStatus, Whose
 from traintel.record.summary import ExportFigures, RunAbout, export_figures
 from traintel.core.redact import Redactor
 from traintel.run.settings import Settings, hostname
@@ -100,7 +100,7 @@ class RunIdentity:
                 "tags": list(self.tags), "notes": self.notes, "group": self.group}
 
     @property
-    def record_fields(self) -> dict[str, object]:
+    def record_fields(self) -> Whose:
         """What every record line says about whose it is."""
         return {"run": self.id, "rank": self.rank}
 

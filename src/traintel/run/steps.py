@@ -43,7 +43,7 @@ from typing import Any, SupportsFloat, TypeVar
 
 from traintel.run.events import EventRecorder, ended
 from traintel.run.progress import MILESTONES, REFRESH_S, ProgressDisplay
-from traintel.record.format import ValuesLine
+from traintel.record.format import EpochLine, ValuesLine
 from traintel.record.pipeline import Pipeline
 from traintel.record.queue import RecordQueue, Step
 from traintel.reports.render import progress_text
@@ -501,9 +501,10 @@ class StepRecorder:
         steps = state.steps_taken - self._epoch_first_step
         state.epochs_ended += 1
         self._spans.end_epoch(steps)
-        self._pipeline.write({"ts": time.time(), "type": "epoch", "level": "info",
-                              "epoch": state.epoch, "step": state.step, "steps": steps,
-                              "duration_s": time.perf_counter() - self._epoch_started})
+        line: EpochLine = {"ts": time.time(), "type": "epoch", "level": "info",
+                           "epoch": state.epoch, "step": state.step, "steps": steps,
+                           "duration_s": time.perf_counter() - self._epoch_started}
+        self._pipeline.write(line)
 
 
 def _merged(values: object, metrics: dict[str, Any]) -> dict[str, Any]:
