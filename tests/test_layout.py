@@ -194,3 +194,30 @@ def test_the_readme_layout_names_every_module() -> None:
             expected.add(relative.as_posix())
     assert expected - named == set(), "add these to README.md's Layout section"
     assert named - expected == set(), "README.md's Layout names modules that do not exist"
+
+
+def test_every_public_call_a_user_makes_has_a_docstring() -> None:
+    """What a user calls (the run, its instruments, ``traintel.testing``, the public functions)
+    says what it does where an editor shows it."""
+    import inspect
+
+    import traintel
+    from traintel import testing
+    from traintel.run import facade, instruments
+
+    owners: list[type] = [facade.Run, testing.Telemetry]
+    owners += [cls for _, cls in inspect.getmembers(instruments, inspect.isclass)
+               if cls.__module__ == instruments.__name__ and not cls.__name__.startswith("_")]
+    missing = [f"traintel.{name}" for name in ("init", "current_run")
+               if not getattr(traintel, name).__doc__]
+    missing += [f"testing.{name}" for name, fn in inspect.getmembers(testing, inspect.isfunction)
+                if fn.__module__ == testing.__name__ and not name.startswith("_")
+                and not fn.__doc__]
+    for owner in owners:
+        if not owner.__doc__:
+            missing.append(owner.__qualname__)
+        for name, member in vars(owner).items():
+            target = member.fget if isinstance(member, property) else member
+            if not name.startswith("_") and callable(target) and not target.__doc__:
+                missing.append(f"{owner.__qualname__}.{name}")
+    assert missing == []

@@ -58,9 +58,11 @@ class Telemetry:
                 if isinstance(point, NumberDataPoint)]
 
     def span_names(self) -> list[str]:
+        """The names of the spans that ended, oldest first."""
         return [span.name for span in self.spans.get_finished_spans()]
 
     def log_records(self) -> list[LogRecord]:
+        """The OpenTelemetry log records emitted, oldest first."""
         return [entry.log_record for entry in self.logs.get_finished_logs()]
 
 

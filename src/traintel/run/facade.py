@@ -211,6 +211,7 @@ class Run(StepMethods):
 
     @property
     def debug(self) -> bool:
+        """Whether debug logging is on (``traintel debug on``, ``/debug`` or ``set_debug``)."""
         return self._logging.debug
 
     def flush(self) -> None:
@@ -219,6 +220,7 @@ class Run(StepMethods):
 
     @property
     def finished(self) -> bool:
+        """Whether the run has ended (``finish()``, the ``with`` block, or interpreter exit)."""
         return self._finished
 
     # -- lifecycle --------------------------------------------------------------------------------

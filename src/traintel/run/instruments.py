@@ -30,6 +30,7 @@ class Counter:
         counters.setdefault(name, 0.0)
 
     def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (1 by default; counters only go up)."""
         amount = finite_number("counter", self.name, amount)
         if amount < 0:
             raise ValueError(f"counter {self.name!r}: counters only go up; got {amount}. "
@@ -38,6 +39,7 @@ class Counter:
 
     @property
     def value(self) -> float:
+        """The total so far."""
         return self._counters[self.name]
 
 
@@ -49,6 +51,7 @@ class Gauge:
         self._gauges = gauges
 
     def set(self, value: float) -> None:
+        """Set the gauge to ``value``; the last value set is exported and summarised."""
         self._gauges[self.name] = finite_number("gauge", self.name, value)
 
 
@@ -83,6 +86,8 @@ class Histogram:
         self._queue = queue
 
     def observe(self, value: float) -> None:
+        """Record one value: counted into the histogram's buckets and summarised (p50/p95/p99)
+        off the training thread."""
         self._queue.append(Observe(self.kind, self.name,
                                    finite_number(self.kind, self.name, value)))
 
@@ -130,9 +135,11 @@ class Instruments:
         self._made: dict[str, Counter | Gauge | Histogram | Timer] = {}
 
     def counter(self, name: str) -> Counter:
+        """The counter ``name`` (the same object every time: made on first use)."""
         return self._get(Counter, name) or self._add(Counter(self._state.counters, name))
 
     def gauge(self, name: str) -> Gauge:
+        """The gauge ``name`` (the same object every time: made on first use)."""
         return self._get(Gauge, name) or self._add(Gauge(self._state.gauges, name))
 
     def histogram(self, name: str, buckets: Iterable[float] | None = None) -> Histogram:
@@ -150,6 +157,7 @@ class Instruments:
         return self._add(Histogram(self._queue, name, bounds))
 
     def timer(self, name: str) -> Timer:
+        """The timer ``name``: ``with run.timer("forward"):`` times the block."""
         return self._get(Timer, name) or self._add(Timer(self._queue, name))
 
     def _get(self, kind: type[_I], name: str) -> _I | None:
