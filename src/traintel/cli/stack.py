@@ -174,3 +174,6 @@ def status(run_dir: Path | None) -> None:
         up_text = "ready" if state["ready"] else ("starting" if state["pid"] else "down")
         pid = state["pid"] or "-"
         click.echo(f"{name:<13} {up_text:<8} {version:<8} {state['url']}  pid={pid}")
+    click.echo("endpoints (also in {}):".format(run_dir / "stack.json"))
+    for name, url in native.endpoints.items():
+        click.echo(f"  {name:<30} {url}")

@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import (ConsoleMetricExporter, MetricExpor
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from traintel import env, extras
+from traintel.stack import discovery
 
 log = logging.getLogger("traintel.export")
 
@@ -124,12 +125,19 @@ def protocol(signal: Signal) -> str:
 
 def http_url(signal: Signal) -> str:
     """The OTLP/HTTP URL of ``signal`` as the SDK resolves it: the per-signal variable as it is,
-    else the general one with the signal's path, else localhost:4318."""
+    else the general one with the signal's path, else a running native stack's (``traintel
+    stack up`` records its ports), else localhost:4318."""
     own = ENDPOINTS[signal].get()
     if own:
         return own
-    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or DEFAULT_HTTP_BASE).rstrip("/")
+    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or discovery.otlp_http_base()
+            or DEFAULT_HTTP_BASE).rstrip("/")
     return f"{base}/{PATHS[signal]}"
+
+
+def _unset(signal: Signal) -> bool:
+    """Whether no variable gives ``signal``'s OTLP endpoint (a native stack's then applies)."""
+    return not (ENDPOINTS[signal].get() or env.OTEL_EXPORTER_OTLP_ENDPOINT.get())
 
 
 def timeout_s(signal: Signal) -> float:
@@ -188,7 +196,8 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
                 return None
         if transport == "http/protobuf":
             return otlp_http(signal, session)
-        return _otlp_class(transport, signal)(timeout=timeout_s(signal))
+        grpc_endpoint = discovery.otlp_grpc_endpoint() if _unset(signal) else None
+        return _otlp_class(transport, signal)(endpoint=grpc_endpoint, timeout=timeout_s(signal))
     if name in ("console", "logging"):  # "logging": the specification's deprecated alias
         return _CONSOLE[signal]()
     if name == "prometheus" and signal == "metrics":
@@ -210,7 +219,11 @@ def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
               timeout: float | None = None) -> Any:
     """``signal``'s OTLP/HTTP exporter as a live run makes it: the timeout from the variables'
     milliseconds, a session that keeps its CA file; ``endpoint`` and ``timeout`` (seconds)
-    replace the variables' (``traintel sync --endpoint`` and its probe)."""
+    replace the variables' (``traintel sync --endpoint`` and its probe). With no endpoint
+    variable set, a running native stack's collector is the endpoint (``traintel stack up
+    --free-ports`` may have put it anywhere)."""
+    if endpoint is None and _unset(signal) and discovery.otlp_http_base():
+        endpoint = http_url(signal)
     return _otlp_class("http/protobuf", signal)(
         endpoint=endpoint, timeout=timeout or timeout_s(signal),
         session=session or (session_keeping_its_ca() if _certificate(signal) else None))
