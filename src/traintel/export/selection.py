@@ -179,8 +179,34 @@ def exporters(signal: Signal, session: Any = None) -> list[Any]:
     return made
 
 
+class EmptyMeansUnset(logging.Filter):
+    """Drops the SDK's "Invalid value for OTEL_...: , using ..." for a variable set to the empty
+    string: the specification reads an empty value as unset, and the SDK then uses the default
+    it names anyway (OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, ..._DEFAULT_HISTOGRAM_
+    AGGREGATION in opentelemetry-python 1.45 warn for it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Invalid value for %s: %s")
+                    and len(args) >= 2 and not str(args[1]).strip())
+
+
+#: the SDK loggers that read OTEL_* variables when an exporter is made
+_SDK_VARIABLE_LOGGERS = ("opentelemetry.exporter.otlp.common._aggregation",
+                         "opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder")
+_EMPTY_MEANS_UNSET = EmptyMeansUnset()
+
+
+def _empty_means_unset() -> None:
+    for name in _SDK_VARIABLE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _EMPTY_MEANS_UNSET not in logger.filters:
+            logger.addFilter(_EMPTY_MEANS_UNSET)
+
+
 def _make(signal: Signal, name: str, session: Any = None) -> Any:
     variable = EXPORTERS[signal].name
+    _empty_means_unset()
     if name == "otlp":
         transport = protocol(signal)
         if transport not in PROTOCOL_NAMES:
