@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,12 @@ from traintel.core import catalog
 from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
 
 import reliability_log  # noqa: E402
+
+# A native stack the developer runs in the default run directory (`traintel stack up`) would be
+# found by every run, sync and doctor of the suite (traintel.core.discovery): tests see none
+# unless they name one.
+if "TRAINTEL_STACK_DIR" not in os.environ:
+    os.environ["TRAINTEL_STACK_DIR"] = tempfile.mkdtemp(prefix="traintel-test-no-stack-")
 
 #: init options for runs that show, sample and export nothing, and write their record quickly
 QUIET = {"progress": "off", "console_logs": False, "sample_interval": 0, "otlp": False,

@@ -7,6 +7,7 @@ from it, so the document states what the tests actually measured.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -19,9 +20,13 @@ def record(fault: str, expected: str, measured: str) -> None:
 
 
 def write() -> None:
+    """Merge this process's rows into the file, under a lock: each pytest-xdist worker writes
+    its own rows at the end of its session."""
     if not ROWS:
         return
     OUT.parent.mkdir(exist_ok=True)
-    previous = json.loads(OUT.read_text()) if OUT.exists() else []
-    merged = {row["fault"]: row for row in previous + ROWS}
-    OUT.write_text(json.dumps(sorted(merged.values(), key=lambda r: r["fault"]), indent=1))
+    with open(OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = json.loads(OUT.read_text()) if OUT.exists() else []
+        merged = {row["fault"]: row for row in previous + ROWS}
+        OUT.write_text(json.dumps(sorted(merged.values(), key=lambda r: r["fault"]), indent=1))

@@ -6,9 +6,13 @@ stack the developer runs on the default ports does not change the results.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +178,21 @@ def test_doctor_warns_only_when_loki_is_stopped(stack, tmp_path):
     finally:
         stack.start("loki")
     assert checks["loki"]["status"] == "warn"
+
+
+@pytest.mark.skipif(Path("/proc/driver/nvidia/version").exists(), reason="a driver is loaded")
+def test_no_driver_is_said_as_the_run_says_it_not_as_a_missing_package():
+    """A wheel installed without the gpu extra on a machine with no NVIDIA driver: installing
+    nvidia-ml-py would not help, so doctor does not ask for it."""
+    from traintel.reports.doctor import gpus_visible
+    from traintel.samplers.gpu import driver_present
+
+    if driver_present():
+        pytest.skip("NVML's library is installed here")
+    code = ("import sys; sys.modules['pynvml'] = None\n"  # as if nvidia-ml-py were not installed
+            "from traintel.reports.doctor import gpus_visible; print(gpus_visible().detail)")
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout
+    assert said.startswith("no NVIDIA driver")
+    assert "nvidia-ml-py" not in said
+    assert gpus_visible().status == "warn"

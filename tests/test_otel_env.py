@@ -419,3 +419,56 @@ def test_unset_means_otlp_over_http_protobuf(monkeypatch):
     for found in made.values():
         for exporter in found:
             exporter.shutdown()
+
+
+def _metric_points(probe: Probe, name: str) -> list[tuple[int, dict]]:
+    """(aggregation temporality, data point) of every point of histogram ``name`` received."""
+    return [(metric["histogram"]["aggregationTemporality"], point)
+            for resource in probe.received("metrics")
+            for scope in resource["body"].get("scopeMetrics", [])
+            for metric in scope.get("metrics", []) if metric["name"] == name
+            for point in metric["histogram"]["dataPoints"]]
+
+
+@pytest.mark.parametrize("preference, temporality", [("delta", 1), ("", 2), ("cumulative", 2)])
+def test_histograms_follow_the_temporality_preference(probe, tmp_path, preference, temporality):
+    """Delta (1) under ``delta``, as the specification's table says for histograms; cumulative
+    (2) otherwise. An empty value is unset: the default, without the SDK's 'Invalid value'."""
+    done = _run(tmp_path, _to(probe, "http/protobuf", OTEL_METRIC_EXPORT_INTERVAL="100",
+                              OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=preference,
+                              OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=""))
+    points = eventually(lambda: _metric_points(probe, "traintel_step_duration_seconds"), 30,
+                        0.2, "the step-time histogram")
+    assert {t for t, _ in points} == {temporality}
+    counts = [int(point["count"]) for _, point in points]
+    if temporality == 1:  # each point holds its interval only: together, the three steps
+        assert sum(counts) == 3
+    else:
+        assert max(counts) == 3
+    assert "Invalid value" not in done.stderr
+
+
+def _resource_and_labels(probe: Probe) -> tuple[dict, dict]:
+    resource = eventually(lambda: probe.received("metrics"), 30, 0.2, "metrics")[0]
+    point = next(p for scope in resource["body"]["scopeMetrics"] for m in scope["metrics"]
+                 if m["name"] == "traintel_steps_total" for p in m["sum"]["dataPoints"])
+    labels = {a["key"]: next(iter(a["value"].values())) for a in point["attributes"]}
+    return resource["attributes"], labels
+
+
+def test_a_malformed_resource_attributes_value_is_discarded_whole(probe, tmp_path):
+    done = _run(tmp_path, _to(probe, "http/protobuf",
+                              OTEL_RESOURCE_ATTRIBUTES="team=vision,no-equals-sign"))
+    resource, _ = _resource_and_labels(probe)
+    assert "team" not in resource
+    assert "OTEL_RESOURCE_ATTRIBUTES: 'no-equals-sign' is no key=value pair: the whole value " \
+           "is discarded" in done.stderr
+
+
+def test_the_runs_own_labels_win_on_the_resource_as_on_the_points(probe, tmp_path):
+    done = _run(tmp_path, _to(probe, "http/protobuf",
+                              OTEL_RESOURCE_ATTRIBUTES="project=other,team=vision%2Cnlp"))
+    resource, labels = _resource_and_labels(probe)
+    assert resource["project"] == labels["project"] == "otel"
+    assert resource["team"] == "vision,nlp"  # percent-decoded, as the specification says
+    assert "OTEL_RESOURCE_ATTRIBUTES sets project" in done.stderr

@@ -80,7 +80,8 @@ def test_init_writes_a_compose_project_with_a_generated_password(tmp_path: Path)
     result = CliRunner().invoke(main, ["stack", "init", str(target)])
     assert result.exit_code == 0, result.output
     written = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert written == sorted([*project.project_files(), project.UNIT, ".env"])
+    assert written == sorted([*project.project_files(), project.UNIT, ".env", ".gitignore"])
+    assert ".env" in (target / ".gitignore").read_text().splitlines()
     for rel in project.project_files():
         assert (target / rel).read_bytes() == (project.root() / rel).read_bytes()
     env_file = target / ".env"
@@ -94,6 +95,7 @@ def test_init_writes_a_compose_project_with_a_generated_password(tmp_path: Path)
     assert f"ExecStart={sys.executable} -m traintel stack up --foreground --configs " \
            f"{target.resolve()} " in unit
     assert f"WorkingDirectory={target.resolve()}\n" in unit
+    assert f"EnvironmentFile=-{target.resolve()}/.env\n" in unit  # Grafana's password too
 
     again = CliRunner().invoke(main, ["stack", "init", str(target)])
     assert again.exit_code == 0 and password not in again.output

@@ -119,7 +119,7 @@ def test_thresholds_and_durations_come_from_the_config() -> None:
                for rule in group["rules"]}
     assert re.search(r"\) > 60\n", by_name["TrainingRunStalled"]["expr"])
     assert by_name["TrainingRunStalled"]["for"] == "0s"
-    assert "> 3 * avg by" in by_name["LossDiverging"]["expr"]
+    assert "> 3 * min by" in by_name["LossDiverging"]["expr"]
     assert "more than 3 times its minimum" in by_name["LossDiverging"]["annotations"]["description"]
     assert "Above 80°C" in by_name["GPUHot"]["annotations"]["description"]
     assert by_name["ErrorRateHigh"]["expr"].endswith("[1m])) > 2")

@@ -7,7 +7,6 @@ checkpoints, and (on request) a stall or a non-finite loss for the alert tests.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -43,24 +42,26 @@ class DemoConfig:
 
 
 def collector_endpoint() -> str:
-    return env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or "http://localhost:4318"
+    """The collector the demo exports to: ``OTEL_EXPORTER_OTLP_ENDPOINT``, else a running native
+    stack's (``traintel stack up`` records its ports), else compose's."""
+    from traintel.core import discovery
+
+    return discovery.endpoint("otlp_http", env.OTEL_EXPORTER_OTLP_ENDPOINT.get())
 
 
 def stack_urls(endpoint: str) -> dict[str, str]:
-    """Prometheus's and Grafana's URLs for the stack behind ``endpoint``: a native stack's
-    (``traintel stack up`` records its ports), else ``TRAINTEL_PROMETHEUS_URL`` /
-    ``TRAINTEL_GRAFANA_URL``, else compose's."""
-    from traintel.stack.native import default_run_dir
+    """Prometheus's, Alertmanager's and Grafana's URLs for the stack behind ``endpoint``:
+    ``TRAINTEL_PROMETHEUS_URL`` / ``TRAINTEL_ALERTMANAGER_URL`` / ``TRAINTEL_GRAFANA_URL``, else
+    the running native stack's when ``endpoint`` is its collector, else compose's."""
+    from traintel.core import discovery
 
-    urls = {"prometheus": env.TRAINTEL_PROMETHEUS_URL.get() or "http://127.0.0.1:9090",
-            "grafana": env.TRAINTEL_GRAFANA_URL.get() or "http://127.0.0.1:3000"}
-    try:
-        native = json.loads((default_run_dir() / "stack.json").read_text())["endpoints"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return urls
-    if _host_port(native.get("otlp_http", "")) == _host_port(endpoint):
-        urls.update({name: native[name] for name in urls if native.get(name)})
-    return urls
+    given = {"prometheus": env.TRAINTEL_PROMETHEUS_URL.get(),
+             "alertmanager": env.TRAINTEL_ALERTMANAGER_URL.get(),
+             "grafana": env.TRAINTEL_GRAFANA_URL.get()}
+    native = discovery.running() or {}
+    ours = _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
+    return {name: value or (native.get(name) if ours else None) or discovery.COMPOSE[name]
+            for name, value in given.items()}
 
 
 def _host_port(url: str) -> tuple[str, int | None]:
@@ -118,11 +119,11 @@ def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
                                                     total_steps=cfg.epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
-    checkpoint_dir = tempfile.mkdtemp(prefix="traintel-demo-ckpt-")
-
     options = {"project": "demo", "name": "mlp-synthetic", "total_epochs": cfg.epochs,
                **init_options}
-    with traintel.init(config=asdict(cfg), **options) as run:
+    # the checkpoints are the demo's own: removed when it ends (a demo leaves only its record)
+    with tempfile.TemporaryDirectory(prefix="traintel-demo-ckpt-") as checkpoint_dir, \
+            traintel.init(config=asdict(cfg), **options) as run:
         data_log = run.logger("data")
         data_log.info("synthetic dataset: %d samples, %d features, %d classes",
                       len(dataset), features, classes)

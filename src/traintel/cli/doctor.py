@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import click
 import orjson
@@ -19,26 +21,30 @@ from traintel.cli.output import table
 from traintel.reports.doctor import DEFAULTS, Endpoints, as_json, run_checks
 from traintel.record.reader import runs_dir
 from traintel.core.redact import Redactor
+from traintel.core import discovery
 
 _COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
 FC = TypeVar("FC", bound=Callable[..., object])
 
 
 def _url(name: str, variable: env.Variable, what: str) -> Callable[[FC], FC]:
-    return click.option(f"--{name}", default=DEFAULTS[name], envvar=variable.name,
-                        show_default=True, metavar="URL", help=f"{what} (env {variable.name}).")
+    return click.option(f"--{name}", default=None, envvar=variable.name, metavar="URL",
+                        help=f"{what} (env {variable.name}; default: the running native "
+                             f"stack's, else {DEFAULTS[name]}).")
 
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="json is for scripts.")
-@click.option("--collector", "collectors", multiple=True, default=[DEFAULTS["collector"]],
-              envvar=env.OTEL_EXPORTER_OTLP_ENDPOINT.name, show_default=True, metavar="URL",
+@click.option("--collector", "collectors", multiple=True,
+              envvar=env.OTEL_EXPORTER_OTLP_ENDPOINT.name, metavar="URL",
               help="OTLP/HTTP endpoint of a collector; repeat for several "
-                   "(env OTEL_EXPORTER_OTLP_ENDPOINT).")
+                   "(env OTEL_EXPORTER_OTLP_ENDPOINT; default: the running native stack's, "
+                   f"else {DEFAULTS['collector']}).")
 @click.option("--collector-health", "collector_health", multiple=True, metavar="URL",
               envvar=env.TRAINTEL_COLLECTOR_HEALTH_URL.name,
-              help="health_check extension URL (default: each collector's host, port 13133; "
+              help="health_check extension URL (default: the native stack's when the "
+                   "collector is its, else each collector's host, port 13133; "
                    "env TRAINTEL_COLLECTOR_HEALTH_URL).")
 @_url("prometheus", env.TRAINTEL_PROMETHEUS_URL, "Prometheus")
 @_url("alertmanager", env.TRAINTEL_ALERTMANAGER_URL, "Alertmanager")
@@ -57,10 +63,9 @@ def doctor(fmt: str, collectors: tuple[str, ...], collector_health: tuple[str, .
     Alertmanager; Loki, Tempo and Grafana only warn when absent. Also the run directory's
     space and writability, NVIDIA GPUs and the clock against Prometheus's.
     """
-    checks = run_checks(Endpoints(collectors=collectors, collector_health=collector_health,
-                                  prometheus=prometheus, alertmanager=alertmanager, loki=loki,
-                                  tempo=tempo, grafana=grafana, run_dir=run_dir or runs_dir()),
-                        timeout=timeout)
+    endpoints = discovered(collectors, collector_health, prometheus=prometheus,
+                           alertmanager=alertmanager, loki=loki, tempo=tempo, grafana=grafana)
+    checks = run_checks(replace(endpoints, run_dir=run_dir or runs_dir()), timeout=timeout)
     # the collector's URL may carry credentials (https://user:token@host): redacted, as every exit
     result = Redactor.for_environment().deep(as_json(checks))
     if fmt == "json":
@@ -74,3 +79,28 @@ def doctor(fmt: str, collectors: tuple[str, ...], collector_health: tuple[str, .
         warned = sum(c.status == "warn" for c in checks)
         click.echo(f"{len(checks) - failed - warned} passed, {warned} warned, {failed} failed")
     sys.exit(0 if result["ok"] else 1)
+
+
+def discovered(collectors: tuple[str, ...], collector_health: tuple[str, ...],
+               **urls: str | None) -> Endpoints:
+    """What the user gave, else the running native stack's endpoints (its stack.json: any ports
+    `traintel stack up --free-ports` chose), else compose's. The collector's health URL is the
+    stack's own when the collector checked is the stack's (its health port moves with it)."""
+    stack = discovery.running() or {}
+    collectors = collectors or (stack.get("otlp_http") or DEFAULTS["collector"],)
+    if not collector_health and stack.get("collector_health") and all(
+            _same(c, stack["otlp_http"]) for c in collectors):
+        collector_health = (stack["collector_health"].rstrip("/") + "/",)
+    url = {name: given or stack.get(name) or DEFAULTS[name] for name, given in urls.items()}
+    return Endpoints(collectors=collectors, collector_health=collector_health,
+                     prometheus=url["prometheus"], alertmanager=url["alertmanager"],
+                     loki=url["loki"], tempo=url["tempo"], grafana=url["grafana"])
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two URLs name the same host and port (localhost is 127.0.0.1)."""
+    def key(url: str) -> tuple[str, int | None]:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        return ("127.0.0.1" if host == "localhost" else host), parts.port
+    return key(a) == key(b)

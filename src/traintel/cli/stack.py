@@ -41,12 +41,31 @@ def stack() -> None:
                 default="traintel-stack")
 @click.option("--force", is_flag=True,
               help="replace files you changed (an existing .env is always kept)")
-def init(directory: Path, force: bool) -> None:
+@click.option("--slack-webhook", metavar="URL",
+              help="send alerts to this Slack incoming webhook (kept in .env, not the YAML)")
+@click.option("--webhook", metavar="URL",
+              help="send alerts to your endpoint as Alertmanager's JSON webhook (kept in .env)")
+@click.option("--email", metavar="ADDR", help="send alerts to this address")
+@click.option("--smtp-smarthost", default="localhost:25", show_default=True, metavar="HOST:PORT",
+              help="the mail relay for --email")
+@click.option("--email-from", default="traintel-alertmanager@localhost", show_default=True,
+              metavar="ADDR", help="the sender for --email")
+def init(directory: Path, force: bool, slack_webhook: str | None, webhook: str | None,
+         email: str | None, smtp_smarthost: str, email_from: str) -> None:
     """Write a ready compose project into DIRECTORY (default ./traintel-stack): the compose file,
     every config, the alert rules and their tests, the dashboards and Grafana's provisioning, a
-    systemd unit for the native stack, and a .env with a generated Grafana admin password."""
+    systemd unit for the native stack, and a .env with a generated Grafana admin password.
+
+    Alerts go nowhere until a receiver is set: --slack-webhook, --webhook and --email write
+    Alertmanager's `team` receiver (URLs go into .env; compose and `stack up` hand them to
+    Alertmanager as files)."""
+    for url in (slack_webhook, webhook):
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise click.BadParameter(f"{url!r} is not an http(s) URL")
+    receivers = project.Receivers(slack_webhook=slack_webhook, webhook=webhook, email=email,
+                                smarthost=smtp_smarthost, email_from=email_from)
     try:
-        result = project.init(directory, force=force)
+        result = project.init(directory, force=force, receivers=receivers)
     except project.StackFilesError as error:
         raise click.ClickException(str(error)) from None
     where = result.directory
@@ -57,6 +76,14 @@ def init(directory: Path, force: bool) -> None:
                    f"{result.password}")
     else:
         click.echo(f"kept the existing {where / '.env'} (and its Grafana password)")
+    if receivers:
+        sent = [what for what, given in (("Slack", slack_webhook), ("your webhook", webhook),
+                                         (f"e-mail to {email}", email)) if given]
+        click.echo(f"alerts go to {', '.join(sent)} (alertmanager/alertmanager.yml; "
+                   f"URLs in {where / '.env'})")
+    else:
+        click.echo("alerts reach no one yet: pass --slack-webhook, --webhook or --email (or "
+                   "edit alertmanager/alertmanager.yml); `traintel status` shows what fires")
     click.echo(f"next: cd {where} && docker compose up -d\n"
                f"without Docker: traintel stack install && traintel stack up --configs {where}")
 
@@ -174,3 +201,13 @@ def status(run_dir: Path | None) -> None:
         up_text = "ready" if state["ready"] else ("starting" if state["pid"] else "down")
         pid = state["pid"] or "-"
         click.echo(f"{name:<13} {up_text:<8} {version:<8} {state['url']}  pid={pid}")
+    click.echo("endpoints (also in {}):".format(run_dir / "stack.json"))
+    for name, url in native.endpoints.items():
+        click.echo(f"  {name:<30} {url}")
+    if native.pid("prometheus") or native.pid("alertmanager"):
+        from traintel.stack import alerts
+
+        click.echo("alerts:")
+        found = alerts.active(native.endpoints["prometheus"], native.endpoints["alertmanager"])
+        for line in alerts.lines(found):
+            click.echo(f"  {line}")

@@ -130,10 +130,15 @@ def _live(url: str) -> dict[str, Any]:
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
+@click.option("--alerts/--no-alerts", "show_alerts", default=True, show_default=True,
+              help="Also the pending and firing alerts, from Prometheus and Alertmanager "
+                   "(TRAINTEL_PROMETHEUS_URL / TRAINTEL_ALERTMANAGER_URL, else the running "
+                   "native stack's, else compose's); the table only.")
 def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str | None,
-           statuses: tuple[str, ...], url: str | None, fmt: str) -> None:
+           statuses: tuple[str, ...], url: str | None, fmt: str, show_alerts: bool) -> None:
     """Status of a run (RUN: a directory, a run id or a run name; default: the latest), of every
-    run (--all, filtered by --tag, --group, --status), or of a live run's endpoint (--url)."""
+    run (--all, filtered by --tag, --group, --status), or of a live run's endpoint (--url);
+    then what is alerting."""
     if url:
         results: Any = _live(url)
     elif all_runs or tags or group or statuses:
@@ -161,6 +166,24 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
     else:
         rows = [[key, _cell(key, value)] for key, value in results.items()]
         table(["", ""], rows)
+    if show_alerts and fmt == "table":
+        _alerts()
+
+
+def _alerts() -> None:
+    """The stack's pending and firing alerts; nothing when no Prometheus or Alertmanager
+    answers (a run without a stack is normal)."""
+    from traintel.stack import alerts
+    from traintel.core import discovery
+
+    found = alerts.active(discovery.endpoint("prometheus", env.TRAINTEL_PROMETHEUS_URL.get()),
+                          discovery.endpoint("alertmanager",
+                                             env.TRAINTEL_ALERTMANAGER_URL.get()), timeout=2.0)
+    if len(found.problems) == 2 and not found.alerts:
+        return
+    click.echo("alerts:")
+    for line in alerts.lines(found):
+        click.echo(f"  {line}")
 
 
 def _cell(key: str, value: Any) -> str:

@@ -152,10 +152,17 @@ OTEL_METRIC_EXPORT_INTERVAL = Variable(
     "OTEL_METRIC_EXPORT_INTERVAL", "export",
     "Milliseconds between metric exports. Unset, traintel exports every 15000 (the SDK's 60000 "
     "is too coarse for step curves and stall alerts).", "15000")
+OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE = Variable(
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "export",
+    "`cumulative`, `delta` or `lowmemory` (the SDK reads it): under `delta` counters and "
+    "traintel's histograms are delta (each point: since the previous export), as the "
+    "specification's table says; empty means unset.", "cumulative")
 OTEL_RESOURCE_ATTRIBUTES = Variable(
     "OTEL_RESOURCE_ATTRIBUTES", "export",
-    "Extra resource attributes (the SDK reads them); traintel keeps a `service.instance.id` "
-    "given here instead of its own `run/rank`.")
+    "Extra resource attributes (`key=value,...`, values percent-encoded; a malformed value is "
+    "discarded whole, with a warning). Yours win over traintel's (`service.instance.id`, "
+    "`host.name`, ...) except the run's labels (`project`, `run`, `rank`), which every data "
+    "point carries too: traintel.init's, on the resource as on the points.")
 OTEL_BSP_MAX_EXPORT_BATCH_SIZE = Variable(
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "export",
     "Spans per export request. Unset (and OTEL_BSP_MAX_QUEUE_SIZE unset), traintel sends 32: "

@@ -23,6 +23,7 @@ from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (BatchLogRecordProcessor, LogRecordExporter,
                                             LogRecordExportResult)
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics import Histogram as OtelHistogram
 from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram,
                                               HistogramDataPoint, Metric, MetricExporter,
                                               MetricExportResult, MetricReader, MetricsData,
@@ -117,14 +118,18 @@ class HistogramsExporter(MetricExporter):
 
     The OTel API has no observable histogram, and one ``Histogram.record`` per step would cost
     the record writer 7 µs where the bucket count it keeps anyway costs 0.4 µs. The points are
-    cumulative since the run began, whatever temporality the wrapped exporter prefers for the
-    rest (it is what the counts hold, and what Prometheus needs).
+    cumulative since the run began (what the counts hold, and what Prometheus needs) unless the
+    wrapped exporter prefers delta histograms
+    (``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta`` or ``lowmemory``): then each
+    point holds what was observed since the previous export, as the specification says.
     """
 
     def __init__(self, exporter: MetricExporter, gate: ExportGate,
                  notes: ExportNotes | None = None) -> None:
         super().__init__(preferred_temporality=exporter._preferred_temporality,
                          preferred_aggregation=exporter._preferred_aggregation)
+        self.delta = DeltaHistograms() if (exporter._preferred_temporality or {}).get(
+            OtelHistogram) == AggregationTemporality.DELTA else None
         self.exporter = exporter
         #: what each export adds (``RunMetrics.added``), set once the instruments exist
         self.added: Callable[[int], list[Metric]] = lambda now_ns: []
@@ -134,7 +139,8 @@ class HistogramsExporter(MetricExporter):
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
-        data = with_added(metrics_data, self.added(time.time_ns()))
+        added = self.added(time.time_ns())
+        data = with_added(metrics_data, self.delta(added) if self.delta else added)
         result = self.gate.run(lambda: self.exporter.export(
             data, timeout_millis=timeout_millis, **kwargs),
             MetricExportResult.SUCCESS, MetricExportResult.FAILURE)
@@ -148,6 +154,46 @@ class HistogramsExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+class DeltaHistograms:
+    """Cumulative histogram points made delta: each export's point minus the previous one of
+    its series (start time: the previous export). A series with nothing new is left out, as the
+    SDK leaves out a delta point without measurements. Min and max are exact where the interval
+    set them (the running minimum fell, the running maximum rose) and absent otherwise: the
+    bucket counts cannot say what the smallest value of an interval was."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, frozenset[tuple[str, Any]]], HistogramDataPoint] = {}
+
+    def __call__(self, metrics: list[Metric]) -> list[Metric]:
+        out = []
+        for metric in metrics:
+            if not isinstance(metric.data, Histogram):
+                out.append(metric)
+                continue
+            points = [p for p in map(lambda point: self._delta(metric.name, point),
+                                     metric.data.data_points) if p is not None]
+            if points:
+                out.append(replace(metric, data=Histogram(
+                    data_points=points, aggregation_temporality=AggregationTemporality.DELTA)))
+        return out
+
+    def _delta(self, name: str, point: HistogramDataPoint) -> HistogramDataPoint | None:
+        key = (name, frozenset((point.attributes or {}).items()))
+        last = self._last.get(key)
+        self._last[key] = point
+        if last is None:
+            return point
+        count = point.count - last.count
+        if count <= 0:
+            return None
+        return replace(point, start_time_unix_nano=last.time_unix_nano, count=count,
+                       sum=point.sum - last.sum,
+                       bucket_counts=[a - b for a, b in zip(point.bucket_counts,
+                                                            last.bucket_counts)],
+                       min=point.min if point.min < last.min else None,  # type: ignore[arg-type]
+                       max=point.max if point.max > last.max else None)  # type: ignore[arg-type]
 
 
 def with_added(data: MetricsData, added: list[Metric]) -> MetricsData:
@@ -384,17 +430,72 @@ def start_export(sinks: Sinks | None, state: RunState, labels: dict[str, str],
 
 def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
     """service.name etc. from OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the SDK reads them),
-    plus the run's identity so that logs and traces can be found by run in Loki and Tempo."""
+    plus the run's identity so that logs and traces can be found by run in Loki and Tempo.
+
+    One precedence: an attribute that is also a label of every data point (``project``, ``run``,
+    ``rank``: traintel.init's arguments) is traintel's on the resource as on the points, and
+    OTEL_RESOURCE_ATTRIBUTES setting it is said once and ignored; every other attribute the user
+    sets wins over traintel's (``service.name``, ``host.name``, ``service.instance.id``), as the
+    SDK lets OTEL_* win over its defaults. A malformed OTEL_RESOURCE_ATTRIBUTES is discarded
+    whole, with a warning, as the specification says (the SDK keeps the well-formed pairs)."""
     ours = {"service.name": "traintel", "service.version": __version__,
             "service.instance.id": f"{labels['run']}/{labels['rank']}", "host.name": host,
             "traintel.run_name": run_name, **labels}
     detected = dict(Resource.create({}).attributes)
     if str(detected.get("service.name", "")).startswith("unknown_service"):
         del detected["service.name"]
-    if "service.instance.id" not in (env.OTEL_RESOURCE_ATTRIBUTES.get() or ""):
+    text = env.OTEL_RESOURCE_ATTRIBUTES.get() or ""
+    pairs, malformed = resource_attribute_pairs(text)
+    if malformed:
+        _warn_once(f"OTEL_RESOURCE_ATTRIBUTES: {malformed}: the whole value is discarded, as the "
+                   "OpenTelemetry specification says (write key=value pairs separated by commas, "
+                   "with ',', '=' and '%' in values percent-encoded)")
+        for key, value in pairs.items():  # what the SDK took of it (OTEL_SERVICE_NAME's differs)
+            if detected.get(key) == value:
+                del detected[key]
+        pairs = {}
+    if "service.instance.id" not in pairs:
         detected.pop("service.instance.id", None)  # the SDK's random one; ours names run/rank
+    clashing = sorted(key for key in labels if key in detected and detected[key] != labels[key])
+    if clashing:
+        _warn_once(f"OTEL_RESOURCE_ATTRIBUTES sets {', '.join(clashing)}, which label every data "
+                   "point and come from traintel.init (project=, or TRAINTEL_PROJECT): "
+                   "traintel's are kept on the resource too, so that both agree")
+        for key in clashing:
+            del detected[key]
     # OTEL_RESOURCE_ATTRIBUTES is the user's text: it goes out with every signal, redacted
-    return Resource.create(ours).merge(Resource(Redactor.for_environment().deep(detected)))
+    # (Resource, not Resource.create: that would read OTEL_RESOURCE_ATTRIBUTES once more)
+    return Resource(ours).merge(Resource(Redactor.for_environment().deep(detected)))
+
+
+def resource_attribute_pairs(text: str) -> tuple[dict[str, str], str]:
+    """OTEL_RESOURCE_ATTRIBUTES as the specification reads it: ``key=value`` pairs separated by
+    commas, values percent-decoded. Returns the pairs and, when one is malformed, the first
+    malformed one ("" when all are well formed; an empty or blank value is unset)."""
+    from urllib.parse import unquote
+
+    pairs: dict[str, str] = {}
+    if not text.strip():
+        return pairs, ""
+    for raw in text.split(","):
+        key, sep, value = raw.partition("=")
+        if not sep or not key.strip():
+            return pairs, f"{raw.strip()!r} is no key=value pair"
+        try:
+            pairs[key.strip()] = unquote(value.strip(), errors="strict")
+        except UnicodeDecodeError:
+            return pairs, f"{raw.strip()!r} is not valid percent-encoding"
+    return pairs, ""
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A configuration problem, said once per process (every run would repeat it)."""
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("traintel.export").warning("traintel: %s", message)
 
 
 class OtlpExport:

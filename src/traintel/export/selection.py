@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import (ConsoleMetricExporter, MetricExpor
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from traintel.core import env, extras
+from traintel.core import discovery
 
 log = logging.getLogger("traintel.export")
 
@@ -124,12 +125,19 @@ def protocol(signal: Signal) -> str:
 
 def http_url(signal: Signal) -> str:
     """The OTLP/HTTP URL of ``signal`` as the SDK resolves it: the per-signal variable as it is,
-    else the general one with the signal's path, else localhost:4318."""
+    else the general one with the signal's path, else a running native stack's (``traintel
+    stack up`` records its ports), else localhost:4318."""
     own = ENDPOINTS[signal].get()
     if own:
         return own
-    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or DEFAULT_HTTP_BASE).rstrip("/")
+    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or discovery.otlp_http_base()
+            or DEFAULT_HTTP_BASE).rstrip("/")
     return f"{base}/{PATHS[signal]}"
+
+
+def _unset(signal: Signal) -> bool:
+    """Whether no variable gives ``signal``'s OTLP endpoint (a native stack's then applies)."""
+    return not (ENDPOINTS[signal].get() or env.OTEL_EXPORTER_OTLP_ENDPOINT.get())
 
 
 def timeout_s(signal: Signal) -> float:
@@ -171,8 +179,34 @@ def exporters(signal: Signal, session: Any = None) -> list[Any]:
     return made
 
 
+class EmptyMeansUnset(logging.Filter):
+    """Drops the SDK's "Invalid value for OTEL_...: , using ..." for a variable set to the empty
+    string: the specification reads an empty value as unset, and the SDK then uses the default
+    it names anyway (OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, ..._DEFAULT_HISTOGRAM_
+    AGGREGATION in opentelemetry-python 1.45 warn for it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Invalid value for %s: %s")
+                    and len(args) >= 2 and not str(args[1]).strip())
+
+
+#: the SDK loggers that read OTEL_* variables when an exporter is made
+_SDK_VARIABLE_LOGGERS = ("opentelemetry.exporter.otlp.common._aggregation",
+                         "opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder")
+_EMPTY_MEANS_UNSET = EmptyMeansUnset()
+
+
+def _empty_means_unset() -> None:
+    for name in _SDK_VARIABLE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _EMPTY_MEANS_UNSET not in logger.filters:
+            logger.addFilter(_EMPTY_MEANS_UNSET)
+
+
 def _make(signal: Signal, name: str, session: Any = None) -> Any:
     variable = EXPORTERS[signal].name
+    _empty_means_unset()
     if name == "otlp":
         transport = protocol(signal)
         if transport not in PROTOCOL_NAMES:
@@ -188,7 +222,8 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
                 return None
         if transport == "http/protobuf":
             return otlp_http(signal, session)
-        return _otlp_class(transport, signal)(timeout=timeout_s(signal))
+        grpc_endpoint = discovery.otlp_grpc_endpoint() if _unset(signal) else None
+        return _otlp_class(transport, signal)(endpoint=grpc_endpoint, timeout=timeout_s(signal))
     if name in ("console", "logging"):  # "logging": the specification's deprecated alias
         return _CONSOLE[signal]()
     if name == "prometheus" and signal == "metrics":
@@ -210,7 +245,11 @@ def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
               timeout: float | None = None) -> Any:
     """``signal``'s OTLP/HTTP exporter as a live run makes it: the timeout from the variables'
     milliseconds, a session that keeps its CA file; ``endpoint`` and ``timeout`` (seconds)
-    replace the variables' (``traintel sync --endpoint`` and its probe)."""
+    replace the variables' (``traintel sync --endpoint`` and its probe). With no endpoint
+    variable set, a running native stack's collector is the endpoint (``traintel stack up
+    --free-ports`` may have put it anywhere)."""
+    if endpoint is None and _unset(signal) and discovery.otlp_http_base():
+        endpoint = http_url(signal)
     return _otlp_class("http/protobuf", signal)(
         endpoint=endpoint, timeout=timeout or timeout_s(signal),
         session=session or (session_keeping_its_ca() if _certificate(signal) else None))

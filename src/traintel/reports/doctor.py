@@ -218,9 +218,14 @@ def run_directory(path: Path) -> Check:
 def gpus_visible() -> Check:
     """NVIDIA GPUs through NVML. None at all is a warning (CPU training is legitimate); device
     files without a working NVML mean a broken driver, which fails."""
+    from traintel.samplers.gpu import driver_present
+
     try:
         import pynvml
     except ImportError:
+        if not driver_present():  # as the run says it: the bindings would not help here
+            return Check("gpus", "warn", "no NVIDIA driver: no GPU metrics (CPU training is "
+                         "fine)")
         return Check("gpus", "warn", "nvidia-ml-py is not installed: no GPU metrics "
                      "(pip install 'traintel[gpu]')")
     try:

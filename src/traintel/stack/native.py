@@ -467,6 +467,7 @@ class NativeStack:
     def _adapt_alertmanager(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         if config.get("templates"):
             config["templates"] = [_absolute(p, source) for p in config["templates"]]
+        self._write_secrets(config, out.parent / "secrets")
         return [
             str(install.binary("alertmanager")),
             f"--config.file={out}",
@@ -474,6 +475,36 @@ class NativeStack:
             f"--web.listen-address=127.0.0.1:{self.ports['alertmanager']['web']}",
             "--cluster.listen-address=",  # no gossip port: a single native instance
         ]
+
+    def _write_secrets(self, value: Any, directory: Path) -> Any:
+        """As compose's secrets from .env (``stack init --slack-webhook``...): every
+        ``*_file: /run/secrets/NAME`` of the config reads a private file holding the variable
+        ``NAME`` upper-cased, from this environment or the project's .env."""
+        if isinstance(value, list):
+            return [self._write_secrets(item, directory) for item in value]
+        if not isinstance(value, dict):
+            return value
+        for key, item in value.items():
+            if (isinstance(item, str) and str(key).endswith("_file")
+                    and item.startswith(project.SECRETS_DIR + "/")):
+                name = item.rsplit("/", 1)[1]
+                variable = name.upper()
+                secret = (environment.snapshot().get(variable)
+                          or project.read_env(self.configs / ".env").get(variable))
+                if not secret:
+                    raise StackError(f"alertmanager: {key} names the secret {name}: set "
+                                     f"{variable} in {self.configs / '.env'} (as `traintel stack "
+                                     "init` does) or in the environment")
+                directory.mkdir(mode=0o700, exist_ok=True)
+                path = directory / name
+                path.unlink(missing_ok=True)
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as out:
+                    out.write(secret)
+                value[key] = str(path)
+            else:
+                self._write_secrets(item, directory)
+        return value
 
     def _adapt_loki(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:
         self._serve_on_loopback(config, "loki")

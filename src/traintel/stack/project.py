@@ -70,6 +70,90 @@ def project_files(source: Path | None = None) -> list[str]:
     return sorted(found)
 
 
+#: where Alertmanager reads a secret given as a compose secret (a file, never the YAML itself)
+SECRETS_DIR = "/run/secrets"
+#: the compose file ``init`` adds when it writes receivers (compose merges it automatically)
+OVERRIDE = "docker-compose.override.yml"
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Where alerts go (``traintel stack init --slack-webhook / --email / --webhook``)."""
+    slack_webhook: str | None = None
+    webhook: str | None = None
+    email: str | None = None
+    #: the mail relay and sender for ``email``
+    smarthost: str = "localhost:25"
+    email_from: str = "traintel-alertmanager@localhost"
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """compose secret name -> value; each is in .env as the name upper-cased."""
+        found = {"alertmanager_slack_webhook_url": self.slack_webhook,
+                 "alertmanager_webhook_url": self.webhook}
+        return {name: value for name, value in found.items() if value}
+
+    def __bool__(self) -> bool:
+        return bool(self.slack_webhook or self.webhook or self.email)
+
+
+def receiver_yaml(receivers: Receivers) -> str:
+    """The ``receivers:`` section of alertmanager.yml for ``receivers``: URLs are read from files
+    (``url_file``, ``api_url_file``), which compose makes from .env (:func:`override_yaml`)."""
+    lines = ["receivers:", "  - name: team",
+             "    # Written by `traintel stack init`. The webhook URLs are secrets: they are in .env",
+             f"    # and reach Alertmanager as files in {SECRETS_DIR}/ (made by compose from",
+             f"    # {OVERRIDE}, and by `traintel stack up` natively)."]
+    if receivers.webhook:
+        lines += ["    webhook_configs:",
+                  f"      - url_file: {SECRETS_DIR}/alertmanager_webhook_url",
+                  "        send_resolved: true"]
+    if receivers.slack_webhook:
+        lines += ["    slack_configs:",
+                  f"      - api_url_file: {SECRETS_DIR}/alertmanager_slack_webhook_url",
+                  "        send_resolved: true",
+                  "        title: '{{ .CommonLabels.severity | toUpper }}: "
+                  "{{ .CommonAnnotations.summary }}'",
+                  "        text: '{{ range .Alerts }}{{ .Annotations.description }}"
+                  "{{ \"\\n\" }}{{ end }}'"]
+    if receivers.email:
+        local = receivers.smarthost.split(":")[0] in ("localhost", "127.0.0.1")
+        lines += ["    email_configs:",
+                  f"      - to: {_quoted(receivers.email)}",
+                  f"        from: {_quoted(receivers.email_from)}",
+                  f"        smarthost: {_quoted(receivers.smarthost)}",
+                  # a local relay on port 25 rarely offers STARTTLS; anything else must
+                  f"        require_tls: {'false' if local else 'true'}",
+                  "        send_resolved: true"]
+    return "\n".join(lines) + "\n"
+
+
+def override_yaml(receivers: Receivers) -> str:
+    """A compose override handing Alertmanager the receivers' secrets from .env as files."""
+    names = sorted(receivers.secrets)
+    lines = ["# Written by `traintel stack init`: Alertmanager reads the alert receivers' URLs from",
+             f"# files in {SECRETS_DIR}/, which compose makes from the variables in .env (so that",
+             "# alertmanager.yml holds no secret). Compose reads this file with docker-compose.yml.",
+             "services:", "  alertmanager:", "    secrets:",
+             *(f"      - {name}" for name in names), "secrets:"]
+    for name in names:
+        lines += [f"  {name}:", f"    environment: {name.upper()}"]
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(value: str) -> str:
+    """A YAML double-quoted scalar (an address may hold characters YAML reads otherwise)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def with_receivers(alertmanager_yml: str, receivers: Receivers) -> str:
+    """alertmanager.yml with its ``receivers:`` section (the file's last) replaced."""
+    head, found, _ = alertmanager_yml.partition("\nreceivers:\n")
+    if not found:
+        raise StackFilesError("alertmanager.yml has no top-level `receivers:` section to fill in")
+    return head + "\n" + receiver_yaml(receivers)
+
+
 @dataclass(frozen=True)
 class InitResult:
     directory: Path
@@ -79,8 +163,12 @@ class InitResult:
     password: str | None
 
 
-def init(directory: Path, *, force: bool = False) -> InitResult:
+def init(directory: Path, *, force: bool = False,
+         receivers: Receivers = Receivers()) -> InitResult:
     """Write a compose project into ``directory``: :data:`PROJECT`, a ``.env`` and a unit.
+
+    With ``receivers``, alertmanager.yml's ``team`` receiver sends there; the secret URLs go
+    into ``.env`` (added to an existing one) and :data:`OVERRIDE` hands them to Alertmanager.
 
     A file that exists with other content is an error naming it, unless ``force`` (then it is
     replaced); an identical one is left alone, so ``init`` of a checkout writes only ``.env``. An
@@ -92,6 +180,13 @@ def init(directory: Path, *, force: bool = False) -> InitResult:
     unchanged: list[str] = []
     planned = {rel: (source / rel).read_bytes() for rel in project_files(source)}
     planned[UNIT] = systemd_unit((source / UNIT_SOURCE).read_text(), directory).encode()
+    if receivers:
+        rel = "alertmanager/alertmanager.yml"
+        planned[rel] = with_receivers(planned[rel].decode(), receivers).encode()
+        if receivers.secrets:
+            planned[OVERRIDE] = override_yaml(receivers).encode()
+    if not (directory / ".gitignore").exists():  # .env holds passwords; never replace the user's
+        planned[".gitignore"] = b"# written by `traintel stack init`: .env holds passwords\n.env\n"
     conflicts = [rel for rel, content in planned.items()
                  if (directory / rel).is_file() and (directory / rel).read_bytes() != content]
     if conflicts and not force:
@@ -112,7 +207,44 @@ def init(directory: Path, *, force: bool = False) -> InitResult:
         password = secrets.token_urlsafe(18)
         _write_private(env_file, env_text((source / ".env.example").read_text(), password))
         written.append(".env")
+    if receivers.secrets:
+        set_env(env_file, {name.upper(): value for name, value in receivers.secrets.items()})
+        if ".env" not in written:
+            written.append(".env")
     return InitResult(directory, written, unchanged, password)
+
+
+def set_env(path: Path, values: dict[str, str]) -> None:
+    """Set ``values`` in the .env file ``path`` (replacing their lines, keeping the others),
+    readable by its owner only."""
+    lines = path.read_text().splitlines()
+    for key, value in values.items():
+        if "\n" in value or "\r" in value:
+            raise StackFilesError(f"{key}: a value for .env cannot span lines")
+        line = f"{key}={value}"
+        index = next((i for i, old in enumerate(lines) if old.startswith(f"{key}=")), None)
+        if index is None:
+            lines.append(line)
+        else:
+            lines[index] = line
+    descriptor = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write("\n".join(lines) + "\n")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file, as compose reads the simple ones (no interpolation)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            found[key.strip()] = value.strip().strip("'\"")
+    return found
 
 
 def env_text(example: str, password: str) -> str:
@@ -131,6 +263,8 @@ def systemd_unit(template: str, directory: Path) -> str:
     command = (f"{sys.executable} -m traintel stack up --foreground --configs {directory} "
                "--run-dir %h/.local/state/traintel/stack")
     text = re.sub(r"(?m)^WorkingDirectory=.*$", f"WorkingDirectory={directory}", template)
+    # the project's .env (Grafana's password, the alert receivers' URLs), as compose reads it
+    text = re.sub(r"(?m)^EnvironmentFile=.*$", f"EnvironmentFile=-{directory}/.env", text)
     return re.sub(r"(?m)^ExecStart=.*$", f"ExecStart={command}", text)
 
 

@@ -272,18 +272,22 @@ def alerts(c: Config) -> list[Group]:
                  "rate, exploding gradients, fp16 overflow or a bad batch. See "
                  "`traintel logs grep nonfinite {{ $labels.run }}`."),
             Rule("LossDiverging",
-                 f"avg by ({RUN}) (avg_over_time(traintel_loss[{c.divergence_window}]))\n"
-                 f"> {c.divergence_factor:g} * avg by ({RUN}) "
-                 f"(min_over_time(traintel_loss[{c.divergence_baseline}]) > 0)",
-                 f"The {_duration_words(c.divergence_window, adjective=True)} mean loss is more "
-                 f"than {_times(c.divergence_factor)} its lowest value of the last "
-                 f"{_duration_words(c.divergence_baseline, single=True)}. Only for positive "
-                 "losses.",
+                 f"min by ({RUN}) (min_over_time(traintel_loss[{c.divergence_window}]))\n"
+                 f"> {c.divergence_factor:g} * min by ({RUN}) "
+                 f"(min_over_time(traintel_loss[{c.divergence_baseline}] offset "
+                 f"{c.divergence_window}) > 0)",
+                 f"Every loss of the last {_duration_words(c.divergence_window)} is more than "
+                 f"{_times(c.divergence_factor)} the lowest of the "
+                 f"{_duration_words(c.divergence_baseline, single=True)} before. Only for "
+                 "positive losses. The baseline ends where the recent window starts, so a loss "
+                 "that falls fast (its recent mean far above its newest, lowest value) never "
+                 "counts; the recent minimum, not the mean, so one spike does not either.",
                  c.divergence_for, "warning",
                  "Loss of run {{ $labels.run }} rank {{ $labels.rank }} is diverging",
-                 f"{_duration_words(c.divergence_window, adjective=True).capitalize()} mean loss "
-                 f"{{{{ $value | humanize }}}}, more than {_times(c.divergence_factor)} its "
-                 f"minimum of the last {_duration_words(c.divergence_baseline, single=True)}."),
+                 f"Loss at least {{{{ $value | humanize }}}} for "
+                 f"{_duration_words(c.divergence_window)}, more than "
+                 f"{_times(c.divergence_factor)} its minimum of the "
+                 f"{_duration_words(c.divergence_baseline, single=True)} before."),
             Rule("ThroughputDropped",
                  "(\n"
                  f"  max by ({RUN}) (traintel_samples_per_second)\n"
