@@ -1,0 +1,243 @@
+"""TensorBoard event files from run records (``traintel tensorboard``).
+
+Users compare runs in TensorBoard: every logged step per tag, runs overlaid, the HParams table.
+The record holds every step (Prometheus keeps one point per scrape), so the event files are
+written from it: one TensorBoard run per traintel run and rank (``<project>/<name>-<id>``, with
+``/rank-N`` for a job of several ranks), each step's metrics under their own names at their step
+and time, ``step_s`` and ``data_wait_s`` under ``traintel/``, evaluations under ``eval/`` (their
+bests under ``best/eval/``), epoch-level values under their names, epochs under ``epoch/``,
+events and errors as text, and the run's configuration as hyperparameters of the HParams plugin
+(its metrics: the run's scalars, final and best).
+
+Only ``tensorboard``'s protocol buffers and event-file writer are used (no TensorFlow, no torch):
+the ``traintel[tensorboard]`` extra.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traintel import extras
+from traintel.record.format import RawLine
+from traintel.record.reader import Records, rank_directories
+
+#: the text of one event or error, at most (TensorBoard shows text as markdown)
+TEXT_CHARS = 4000
+#: hyperparameters from the configuration, at most (a config of thousands of keys is not a table)
+MAX_HPARAMS = 200
+_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.")
+
+
+@dataclass
+class Written:
+    """What one TensorBoard run received."""
+
+    run: str
+    logdir: Path
+    steps: int = 0
+    scalars: int = 0
+    texts: int = 0
+    hparams: dict[str, object] = field(default_factory=dict)
+
+
+def write_runs(runs: Iterable[Path], logdir: Path) -> list[Written]:
+    """Event files for each rank of each run directory under ``logdir``; a rank's earlier
+    event files there are replaced, so writing again gives the same files, never doubled
+    points."""
+    extras.require("traintel tensorboard", "tensorboard")
+    out = []
+    for run_dir in runs:
+        ranks = rank_directories(run_dir)
+        for rank, directory in sorted(ranks.items()):
+            out.append(write_rank(directory, logdir, rank if len(ranks) > 1 else None))
+    return out
+
+
+def write_rank(directory: Path, logdir: Path, rank: int | None) -> Written:
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    lines = list(Records(directory))
+    start = next((line for line in lines if line.get("type") == "run_start"), {})
+    run_id = str(start.get("run") or directory.name)
+    name = f"{_safe(start.get('project') or 'traintel')}/{_safe(start.get('name') or run_id)}" \
+           f"-{_safe(run_id)}" + (f"/rank-{rank}" if rank is not None else "")
+    target = logdir / name
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.iterdir():  # a second export replaces the first
+        if _EVENT_FILE.match(old.name) and (old.is_file() or old.is_symlink()):
+            old.unlink()
+    written = Written(name, target)
+    writer = EventFileWriter(str(target), max_queue_size=1000, flush_secs=3600)
+    try:
+        for event in _events(lines, written):
+            writer.add_event(event)
+    finally:
+        writer.close()
+    return written
+
+
+def _events(lines: list[RawLine], written: Written) -> Iterator[Any]:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    def event(ts: object, step: object, *values: Any) -> Any:
+        return event_pb2.Event(wall_time=float(ts) if isinstance(ts, (int, float)) else 0.0,
+                               step=step if isinstance(step, int) else 0,
+                               summary=summary_pb2.Summary(value=list(values)))
+
+    def scalar(tag: str, value: object) -> Any | None:
+        number = _number(value)
+        if number is None:
+            return None
+        written.scalars += 1
+        return summary_pb2.Summary.Value(tag=tag, simple_value=number)
+
+    def scalars(ts: object, step: object, values: Mapping[str, object]) -> Iterator[Any]:
+        found = [v for tag, value in values.items() if (v := scalar(tag, value)) is not None]
+        if found:
+            yield event(ts, step, *found)
+
+    config: dict[str, Any] = {}
+    best: dict[str, tuple[float, int]] = {}
+    first_ts = next((line["ts"] for line in lines if isinstance(line.get("ts"), (int, float))),
+                    0.0)
+    status, last_ts, last_step = "running", first_ts, 0
+    for line in lines:
+        kind, ts, step = line.get("type"), line.get("ts"), line.get("step")
+        last_ts = ts if isinstance(ts, (int, float)) else last_ts
+        last_step = step if isinstance(step, int) else last_step
+        metrics: dict[str, Any] = line["metrics"] if isinstance(line.get("metrics"),
+                                                                dict) else {}
+        if kind == "step":
+            written.steps += 1
+            yield from scalars(ts, step, {**metrics, "traintel/step_s": line.get("step_s"),
+                                          "traintel/data_wait_s": line.get("data_wait_s")})
+        elif kind == "values":
+            yield from scalars(ts, step, metrics)
+        elif kind == "eval":
+            yield from scalars(ts, step, {f"eval/{k}": v for k, v in metrics.items()})
+            for key, value in (line.get("best") or {}).items():
+                at = (line.get("best_step") or {}).get(key)
+                if _number(value) is not None and isinstance(at, int):
+                    best[key] = (float(value), at)
+        elif kind == "epoch":
+            yield from scalars(ts, step, {"epoch/duration_s": line.get("duration_s"),
+                                          "epoch/steps": line.get("steps"),
+                                          "epoch/epoch": line.get("epoch")})
+        elif kind == "config" and isinstance(line.get("config"), dict):
+            config = line["config"]
+        elif kind in ("event", "milestone", "error", "run_start", "run_end"):
+            tag = "errors" if kind == "error" else "events"
+            written.texts += 1
+            yield event(ts, step, _text(tag, _describe(line)))
+            if kind == "run_end" and isinstance(line.get("status"), str):
+                status = line["status"]
+    # bests at their step, under best/eval/: a metric of the HParams table
+    for key, (value, at) in best.items():
+        if (v := scalar(f"best/eval/{key}", value)) is not None:
+            yield event(last_ts, at, v)
+    written.hparams = hparams(config)
+    yield from _hparams_events(written.hparams, first_ts, last_ts, status, written.run)
+
+
+def hparams(config: Mapping[str, Any]) -> dict[str, object]:
+    """The configuration as hyperparameters: nested keys joined with ``.``, numbers, text and
+    booleans as they are, anything else as its JSON-ish text; at most MAX_HPARAMS."""
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if len(out) >= MAX_HPARAMS:
+            return
+        if isinstance(value, Mapping) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, bool) or isinstance(value, str):
+            out[prefix] = value
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            out[prefix] = float(value)
+        elif value is not None and prefix:  # (an empty config is no hyperparameter)
+            out[prefix] = str(value)[:200]
+
+    walk("", config)
+    return out
+
+
+def _hparams_events(values: Mapping[str, object], start: float, end: float, status: str,
+                    group: str) -> Iterator[Any]:
+    """The HParams plugin's session start (the hyperparameters) and end (how the run ended);
+    the experiment itself (which columns) TensorBoard infers over every run's sessions."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    start_info = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=start)
+    for key, value in values.items():
+        if isinstance(value, bool):
+            start_info.hparams[key].bool_value = value
+        elif isinstance(value, float):
+            start_info.hparams[key].number_value = value
+        else:
+            start_info.hparams[key].string_value = str(value)
+    end_status = {"finished": "STATUS_SUCCESS", "running": "STATUS_RUNNING",
+                  "failed": "STATUS_FAILURE"}.get(status, "STATUS_ABORTED")
+    end_info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(end_status),
+                                              end_time_secs=end)
+    for tag, info, ts in (
+            (metadata.SESSION_START_INFO_TAG,
+             plugin_data_pb2.HParamsPluginData(session_start_info=start_info,
+                                               version=metadata.PLUGIN_DATA_VERSION), start),
+            (metadata.SESSION_END_INFO_TAG,
+             plugin_data_pb2.HParamsPluginData(session_end_info=end_info,
+                                               version=metadata.PLUGIN_DATA_VERSION), end)):
+        summary_metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                plugin_name=metadata.PLUGIN_NAME, content=info.SerializeToString()))
+        value = summary_pb2.Summary.Value(tag=tag, metadata=summary_metadata)
+        yield event_pb2.Event(wall_time=ts, summary=summary_pb2.Summary(value=[value]))
+
+
+def _text(tag: str, text: str) -> Any:
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                    string_val=[text[:TEXT_CHARS].encode()],
+                                    tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    summary_metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+    return summary_pb2.Summary.Value(tag=tag, metadata=summary_metadata, tensor=tensor)
+
+
+def _describe(line: RawLine) -> str:
+    kind = line.get("type")
+    if kind == "error":
+        hints = "".join(f"\n- hint: {h}" for h in line.get("hints") or [])
+        return (f"**{line.get('error_type')}/{line.get('severity')}** {line.get('exc_type')}: "
+                f"{line.get('message', '')}{hints}")
+    if kind == "event":
+        fields = line.get("fields") or {}
+        extra = ", ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(
+            fields, dict) else ""
+        return f"**{line.get('event')}** {extra}".rstrip()
+    if kind == "milestone":
+        return f"**{line.get('percent')}%** at step {line.get('step')}"
+    if kind == "run_start":
+        return f"**run started** on {line.get('host')} (segment {line.get('segment')})"
+    return f"**run ended**: {line.get('status')} after {line.get('steps')} steps"
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value in ("nan", "inf", "-inf"):  # non-finite values as the record writes them
+        return float(str(value))
+    return None
+
+
+def _safe(text: object) -> str:
+    """A path part from a project or run name: no separators, no dot-dot."""
+    return re.sub(r"[^\w.=+-]", "_", str(text)).lstrip(".") or "_"
