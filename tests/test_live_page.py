@@ -99,6 +99,29 @@ def test_the_live_page_shows_every_step_of_the_record_and_follows_the_run(quiet_
         run.finish()
 
 
+def test_status_prints_the_live_page_address(quiet_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from traintel.cli import main
+
+    monkeypatch.setenv("TRAINTEL_DIR", str(tmp_path))
+    runner = CliRunner()
+    with quiet_run(name="addressed", http_port=0) as run:
+        _train(run, 3)
+        url = run.server.url
+        shown = runner.invoke(main, ["status", str(run.dir), "--format", "json"])
+        assert json.loads(shown.output)["page"] == url
+        opened = runner.invoke(main, ["status", "--open"])
+        assert opened.exit_code == 0 and opened.output.strip() == url
+        with urllib.request.urlopen(opened.output.strip(), timeout=5) as response:
+            assert b"/page.js" in response.read()
+        live = runner.invoke(main, ["status", "--url", url.rstrip("/"), "--open"])
+        assert live.output.strip() == url
+    ended = runner.invoke(main, ["status", str(run.dir), "--open"])
+    assert ended.exit_code != 0 and "no live page" in ended.output
+    assert not (Path(run.dir) / live_page.PAGE_FILE).exists()
+
+
 def test_the_page_reports_an_error_with_its_class_and_hint(quiet_run, page):
     with quiet_run(name="errors", http_port=0) as run:
         _train(run, 5)

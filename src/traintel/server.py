@@ -50,9 +50,6 @@ MAX_SUBSCRIBERS = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: seconds between progress snapshots on /events
 PROGRESS_EVERY_S = 1.0
-#: the file in the run's directory that tells `traintel status` where its live page is (removed
-#: when the endpoint stops)
-PAGE_FILE = "live-page.json"
 #: seconds between reads of the record for a live page's stream (the writer flushes every second)
 RECORD_POLL_S = 0.25
 
@@ -181,7 +178,7 @@ class StatusServer:
     def start(self) -> StatusServer:
         self.run.pipeline.add_sink(self.hub)
         self._thread.start()
-        write_json(Path(self.run.dir) / PAGE_FILE, {"url": self.url, "pid": os.getpid()},
+        write_json(Path(self.run.dir) / page.PAGE_FILE, {"url": self.url, "pid": os.getpid()},
                    quiet=True)
         log.info("live page on %s (/metrics /healthz /status /events)", self.url)
         return self
@@ -197,7 +194,7 @@ class StatusServer:
         self.run.pipeline.remove_sink(self.hub)
         self.hub.close()
         try:
-            (Path(self.run.dir) / PAGE_FILE).unlink()
+            (Path(self.run.dir) / page.PAGE_FILE).unlink()
         except OSError:
             pass
         if self._thread.is_alive():

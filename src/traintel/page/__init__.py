@@ -23,6 +23,9 @@ from traintel import env
 from traintel.record.format import EVENTS_FILE, RawLine
 from traintel.record.reader import Follower, Records
 
+#: the file in the run's directory that tells `traintel status` where its live page is (written
+#: when the endpoint starts, removed when it stops)
+PAGE_FILE = "live-page.json"
 #: the files of the page: URL path -> (file in this package, Content-Type)
 FILES: dict[str, tuple[str, str]] = {
     "/": ("index.html", "text/html; charset=utf-8"),
