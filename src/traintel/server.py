@@ -51,7 +51,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: seconds between progress snapshots on /events
 PROGRESS_EVERY_S = 1.0
 #: seconds between reads of the record for a live page's stream (the writer flushes every second)
-RECORD_POLL_S = 0.25
+RECORD_POLL_S = 0.5
 
 
 class Subscription:
