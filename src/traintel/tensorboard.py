@@ -72,76 +72,98 @@ def write_rank(directory: Path, logdir: Path, rank: int | None) -> Written:
         if _EVENT_FILE.match(old.name) and (old.is_file() or old.is_symlink()):
             old.unlink()
     written = Written(name, target)
+    convert = Converter(written)
     writer = EventFileWriter(str(target), max_queue_size=1000, flush_secs=3600)
     try:
-        for event in _events(lines, written):
+        for line in lines:
+            for event in convert.feed(line):
+                writer.add_event(event)
+        for event in convert.end():
             writer.add_event(event)
     finally:
         writer.close()
     return written
 
 
-def _events(lines: list[RawLine], written: Written) -> Iterator[Any]:
-    from tensorboard.compat.proto import event_pb2, summary_pb2
+class Converter:
+    """Record lines in, TensorBoard events out, one line at a time: the export of a record and
+    the live writer (``traintel.init(tensorboard=True)``) share it. The HParams session starts
+    with the run's first configuration; ``end`` adds the bests and how the run ended."""
 
-    def event(ts: object, step: object, *values: Any) -> Any:
-        return event_pb2.Event(wall_time=float(ts) if isinstance(ts, (int, float)) else 0.0,
-                               step=step if isinstance(step, int) else 0,
-                               summary=summary_pb2.Summary(value=list(values)))
+    def __init__(self, written: Written) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
 
-    def scalar(tag: str, value: object) -> Any | None:
+        self.written = written
+        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+        self.best: dict[str, tuple[float, int]] = {}
+        self.status = "running"
+        self.first_ts: float | None = None
+        self.last_ts = 0.0
+        self.started = False
+
+    def event(self, ts: object, step: object, *values: Any) -> Any:
+        return self._event_pb2.Event(
+            wall_time=float(ts) if isinstance(ts, (int, float)) else self.last_ts,
+            step=step if isinstance(step, int) else 0,
+            summary=self._summary_pb2.Summary(value=list(values)))
+
+    def scalar(self, tag: str, value: object) -> Any | None:
         number = _number(value)
         if number is None:
             return None
-        written.scalars += 1
-        return summary_pb2.Summary.Value(tag=tag, simple_value=number)
+        self.written.scalars += 1
+        return self._summary_pb2.Summary.Value(tag=tag, simple_value=number)
 
-    def scalars(ts: object, step: object, values: Mapping[str, object]) -> Iterator[Any]:
-        found = [v for tag, value in values.items() if (v := scalar(tag, value)) is not None]
+    def scalars(self, ts: object, step: object, values: Mapping[str, object]) -> Iterator[Any]:
+        found = [v for tag, value in values.items() if (v := self.scalar(tag, value)) is not None]
         if found:
-            yield event(ts, step, *found)
+            yield self.event(ts, step, *found)
 
-    config: dict[str, Any] = {}
-    best: dict[str, tuple[float, int]] = {}
-    first_ts = next((line["ts"] for line in lines if isinstance(line.get("ts"), (int, float))),
-                    0.0)
-    status, last_ts, last_step = "running", first_ts, 0
-    for line in lines:
+    def feed(self, line: RawLine) -> Iterator[Any]:
         kind, ts, step = line.get("type"), line.get("ts"), line.get("step")
-        last_ts = ts if isinstance(ts, (int, float)) else last_ts
-        last_step = step if isinstance(step, int) else last_step
+        if isinstance(ts, (int, float)):
+            self.last_ts = float(ts)
+            self.first_ts = self.last_ts if self.first_ts is None else self.first_ts
         metrics: dict[str, Any] = line["metrics"] if isinstance(line.get("metrics"),
                                                                 dict) else {}
         if kind == "step":
-            written.steps += 1
-            yield from scalars(ts, step, {**metrics, "traintel/step_s": line.get("step_s"),
-                                          "traintel/data_wait_s": line.get("data_wait_s")})
+            self.written.steps += 1
+            yield from self.scalars(ts, step, {
+                **metrics, "traintel/step_s": line.get("step_s"),
+                "traintel/data_wait_s": line.get("data_wait_s")})
         elif kind == "values":
-            yield from scalars(ts, step, metrics)
+            yield from self.scalars(ts, step, metrics)
         elif kind == "eval":
-            yield from scalars(ts, step, {f"eval/{k}": v for k, v in metrics.items()})
-            for key, value in (line.get("best") or {}).items():
-                at = (line.get("best_step") or {}).get(key)
+            yield from self.scalars(ts, step, {f"eval/{k}": v for k, v in metrics.items()})
+            best, best_step = line.get("best"), line.get("best_step")
+            for key, value in (best.items() if isinstance(best, dict) else ()):
+                at = best_step.get(key) if isinstance(best_step, dict) else None
                 if _number(value) is not None and isinstance(at, int):
-                    best[key] = (float(value), at)
+                    self.best[key] = (float(str(value)), at)
         elif kind == "epoch":
-            yield from scalars(ts, step, {"epoch/duration_s": line.get("duration_s"),
-                                          "epoch/steps": line.get("steps"),
-                                          "epoch/epoch": line.get("epoch")})
-        elif kind == "config" and isinstance(line.get("config"), dict):
-            config = line["config"]
+            yield from self.scalars(ts, step, {"epoch/duration_s": line.get("duration_s"),
+                                               "epoch/steps": line.get("steps"),
+                                               "epoch/epoch": line.get("epoch")})
+        elif kind == "config" and isinstance(line.get("config"), dict) and not self.started:
+            self.started = True  # the configuration the run started with
+            self.written.hparams = hparams(line["config"])
+            yield _session_start(self.written.hparams, self.last_ts, self.written.run)
         elif kind in ("event", "milestone", "error", "run_start", "run_end"):
             tag = "errors" if kind == "error" else "events"
-            written.texts += 1
-            yield event(ts, step, _text(tag, _describe(line)))
+            self.written.texts += 1
+            yield self.event(ts, step, _text(tag, _describe(line)))
             if kind == "run_end" and isinstance(line.get("status"), str):
-                status = line["status"]
-    # bests at their step, under best/eval/: a metric of the HParams table
-    for key, (value, at) in best.items():
-        if (v := scalar(f"best/eval/{key}", value)) is not None:
-            yield event(last_ts, at, v)
-    written.hparams = hparams(config)
-    yield from _hparams_events(written.hparams, first_ts, last_ts, status, written.run)
+                self.status = line["status"]
+
+    def end(self) -> Iterator[Any]:
+        """The bests at their step, under ``best/eval/`` (metrics of the HParams table), and
+        the session's end."""
+        for key, (value, at) in self.best.items():
+            if (v := self.scalar(f"best/eval/{key}", value)) is not None:
+                yield self.event(self.last_ts, at, v)
+        if not self.started:  # a record without its config line: the table still lists it
+            yield _session_start({}, self.first_ts or self.last_ts, self.written.run)
+        yield _session_end(self.status, self.last_ts)
 
 
 def hparams(config: Mapping[str, Any]) -> dict[str, object]:
@@ -166,37 +188,43 @@ def hparams(config: Mapping[str, Any]) -> dict[str, object]:
     return out
 
 
-def _hparams_events(values: Mapping[str, object], start: float, end: float, status: str,
-                    group: str) -> Iterator[Any]:
-    """The HParams plugin's session start (the hyperparameters) and end (how the run ended);
-    the experiment itself (which columns) TensorBoard infers over every run's sessions."""
+def _plugin_event(tag: str, data: Any, ts: float) -> Any:
     from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import metadata
 
-    start_info = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=start)
+    summary_metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()))
+    value = summary_pb2.Summary.Value(tag=tag, metadata=summary_metadata)
+    return event_pb2.Event(wall_time=ts, summary=summary_pb2.Summary(value=[value]))
+
+
+def _session_start(values: Mapping[str, object], ts: float, group: str) -> Any:
+    """The HParams plugin's session start: the hyperparameters (the experiment itself, which
+    columns, TensorBoard infers over every run's sessions)."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    info = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=ts)
     for key, value in values.items():
         if isinstance(value, bool):
-            start_info.hparams[key].bool_value = value
+            info.hparams[key].bool_value = value
         elif isinstance(value, float):
-            start_info.hparams[key].number_value = value
+            info.hparams[key].number_value = value
         else:
-            start_info.hparams[key].string_value = str(value)
-    end_status = {"finished": "STATUS_SUCCESS", "running": "STATUS_RUNNING",
-                  "failed": "STATUS_FAILURE"}.get(status, "STATUS_ABORTED")
-    end_info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(end_status),
-                                              end_time_secs=end)
-    for tag, info, ts in (
-            (metadata.SESSION_START_INFO_TAG,
-             plugin_data_pb2.HParamsPluginData(session_start_info=start_info,
-                                               version=metadata.PLUGIN_DATA_VERSION), start),
-            (metadata.SESSION_END_INFO_TAG,
-             plugin_data_pb2.HParamsPluginData(session_end_info=end_info,
-                                               version=metadata.PLUGIN_DATA_VERSION), end)):
-        summary_metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(
-                plugin_name=metadata.PLUGIN_NAME, content=info.SerializeToString()))
-        value = summary_pb2.Summary.Value(tag=tag, metadata=summary_metadata)
-        yield event_pb2.Event(wall_time=ts, summary=summary_pb2.Summary(value=[value]))
+            info.hparams[key].string_value = str(value)
+    return _plugin_event(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+        session_start_info=info, version=metadata.PLUGIN_DATA_VERSION), ts)
+
+
+def _session_end(status: str, ts: float) -> Any:
+    """How the run ended, as the HParams plugin's session status."""
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    name = {"finished": "STATUS_SUCCESS", "running": "STATUS_RUNNING",
+            "failed": "STATUS_FAILURE"}.get(status, "STATUS_ABORTED")
+    info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(name), end_time_secs=ts)
+    return _plugin_event(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+        session_end_info=info, version=metadata.PLUGIN_DATA_VERSION), ts)
 
 
 def _text(tag: str, text: str) -> Any:
