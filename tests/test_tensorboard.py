@@ -176,3 +176,61 @@ def test_hparams_flatten_the_config():
     assert hparams({"a": {"b": 1, "c": "x"}, "d": True, "e": [1, 2], "f": None}) == {
         "a.b": 1.0, "a.c": "x", "d": True, "e": "[1, 2]"}
     assert hparams({}) == {}
+
+
+def _scalars(logdir: Path, tag: str) -> list[Any]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return list(acc.Scalars(tag)) if tag in acc.Tags()["scalars"] else []
+
+
+def test_a_live_run_writes_its_event_files_as_it_goes(quiet_run):
+    """``traintel.init(tensorboard=True)``: the steps reach ``<run dir>/tensorboard/`` while the
+    run goes on, every one of them, and the session ends with the run's status."""
+    run = quiet_run(name="live-tb", tensorboard=True, config=CONFIG)
+    logdir = Path(run.dir) / "tensorboard"
+    try:
+        for i in run.track(range(50)):
+            run.log(loss=1.0 / (1 + i))
+        run.flush()
+        deadline = time.monotonic() + 30
+        while len(_scalars(logdir, "loss")) < 50 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(_scalars(logdir, "loss")) == 50  # before the run ends
+        for i in run.track(range(50, 80)):
+            run.log(loss=1.0 / (1 + i))
+        run.log_eval(val_loss=0.5)
+    finally:
+        run.finish()
+    steps = read_lines(run.dir).of("step")
+    assert [e.step for e in _scalars(logdir, "loss")] == [s["step"] for s in steps]
+    assert [e.value for e in _scalars(logdir, "loss")] == pytest.approx(
+        [s["metrics"]["loss"] for s in steps])
+    assert [e.value for e in _scalars(logdir, "best/eval/val_loss")] == [0.5]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    contents = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(
+        contents[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["optimizer.name"].string_value == "adamw"
+    end = metadata.parse_session_end_info_plugin_data(contents[metadata.SESSION_END_INFO_TAG])
+    assert end.status == 1  # STATUS_SUCCESS
+
+
+def test_a_live_run_without_tensorboard_warns_once_and_goes_on(quiet_run, monkeypatch):
+    from traintel import extras
+
+    monkeypatch.setattr(extras, "missing", lambda extra, module=None: "tensorboard")
+    with quiet_run(name="no-tb", tensorboard=True) as run:
+        run.log(loss=1.0)
+    warnings = [line["message"] for line in read_lines(run.dir).of("log")
+                if line["level"] == "warning" and "tensorboard" in line["message"]]
+    assert len(warnings) == 1 and "pip install 'traintel[tensorboard]'" in warnings[0]
+    assert not (Path(run.dir) / "tensorboard").exists()
+    assert run.summary is not None and run.summary["status"] == "finished"

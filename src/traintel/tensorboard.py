@@ -15,8 +15,10 @@ the ``traintel[tensorboard]`` extra.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,8 @@ from typing import Any
 from traintel import extras
 from traintel.record.format import RawLine
 from traintel.record.reader import Records, rank_directories
+
+log = logging.getLogger("traintel.tensorboard")
 
 #: the text of one event or error, at most (TensorBoard shows text as markdown)
 TEXT_CHARS = 4000
@@ -269,3 +273,72 @@ def _number(value: object) -> float | None:
 def _safe(text: object) -> str:
     """A path part from a project or run name: no separators, no dot-dot."""
     return re.sub(r"[^\w.=+-]", "_", str(text)).lstrip(".") or "_"
+
+
+class LiveWriter:
+    """Event files as the run goes (``traintel.init(tensorboard=True)``): a daemon thread
+    follows the record (``traintel.page.RecordTail``, as the live page does) and converts each
+    new line into ``<run dir>/tensorboard/``; the training thread does nothing for it. Anything
+    that goes wrong is one warning, and the run goes on."""
+
+    #: seconds between looks at the record (the writer flushes it every second)
+    INTERVAL_S = 2.0
+    #: the longest ``stop`` waits for the last lines
+    STOP_S = 10.0
+
+    def __init__(self, directory: Path, project: str, name: str, run_id: str) -> None:
+        from traintel.page import RecordTail
+
+        self.directory = directory
+        self.logdir = directory / "tensorboard"
+        self.written = Written(f"{project}/{name}-{run_id}", self.logdir)
+        self._tail = RecordTail.open(directory)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traintel-tensorboard",
+                                        daemon=True)
+
+    @classmethod
+    def start(cls, directory: Path, project: str, name: str, run_id: str) -> LiveWriter | None:
+        """The writer, running; None (and one warning naming the extra) without TensorBoard."""
+        if extras.missing("tensorboard") is not None:
+            log.warning("%s; the run goes on without it",
+                        extras.hint("traintel.init(tensorboard=True)", "tensorboard"))
+            return None
+        writer = cls(Path(directory), project, name, run_id)
+        writer._thread.start()
+        return writer
+
+    def stop(self) -> None:
+        """After the record's last line: convert what is left, end the session, close."""
+        self._stop.set()
+        self._thread.join(self.STOP_S)
+
+    def _run(self) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        try:
+            self.logdir.mkdir(exist_ok=True)
+            writer = EventFileWriter(str(self.logdir), max_queue_size=1000, flush_secs=3600)
+            convert = Converter(self.written)
+            try:
+                while True:
+                    stopping = self._stop.wait(self.INTERVAL_S)
+                    for line in self._drain():
+                        for event in convert.feed(line):
+                            writer.add_event(event)
+                    if stopping:
+                        break
+                    writer.flush()
+                for event in convert.end():
+                    writer.add_event(event)
+            finally:
+                writer.close()
+                self._tail.close()
+        except Exception as exc:  # telemetry never ends a run: one warning, then nothing
+            log.warning("traintel: TensorBoard event files stopped (%s: %s); the record keeps "
+                        "everything: `traintel tensorboard %s` writes them later",
+                        type(exc).__name__, exc, self.directory)
+
+    def _drain(self) -> Iterator[RawLine]:
+        while lines := self._tail.poll():
+            yield from lines
