@@ -122,9 +122,16 @@ def test_status_prints_the_live_page_address(quiet_run, tmp_path, monkeypatch):
     assert not (Path(run.dir) / live_page.PAGE_FILE).exists()
 
 
+MARKUP = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
+
+
 def test_the_page_reports_an_error_with_its_class_and_hint(quiet_run, page):
+    """Errors with their class and hints; what a run records is shown as text, never as markup
+    (an event field, a log line, an exception message with HTML in them)."""
     with quiet_run(name="errors", http_port=0) as run:
         _train(run, 5)
+        run.event("checkpoint_saved", path=MARKUP)
+        run.logger("data").warning("bad sample %s", MARKUP)
         try:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         except RuntimeError as exc:
@@ -135,6 +142,10 @@ def test_the_page_reports_an_error_with_its_class_and_hint(quiet_run, page):
         text = page.inner_text("#errors")
         assert error is not None and error["error_type"] in text
         assert error["hints"] and error["hints"][0] in text
+        page.wait_for_function("() => document.getElementById('logs').textContent"
+                               ".includes('bad sample')", timeout=20_000)
+        assert MARKUP in page.inner_text("#events") and MARKUP in page.inner_text("#logs")
+        assert page.evaluate("() => window.pwned") is None
 
 
 class _SiteHandler(http.server.BaseHTTPRequestHandler):
@@ -239,4 +250,8 @@ def test_links_name_only_what_is_configured(monkeypatch):
     assert live_page.links() == {}
     monkeypatch.setenv("TRAINTEL_GRAFANA_URL", "http://grafana.example:3000/")
     assert live_page.links() == {"grafana": "http://grafana.example:3000/dashboards"}
+    monkeypatch.setenv("TRAINTEL_PROMETHEUS_URL", "javascript:alert(1)")
+    assert "prometheus" not in live_page.links()
+    monkeypatch.setenv("TRAINTEL_PROMETHEUS_URL", "http://admin:hunter2@prom.example:9090")
+    assert "hunter2" not in live_page.links()["prometheus"]
 

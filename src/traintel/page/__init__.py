@@ -22,6 +22,7 @@ from typing import Any
 from traintel import env
 from traintel.record.format import EVENTS_FILE, RawLine
 from traintel.record.reader import Follower, Records
+from traintel.redact import Redactor
 
 #: the file in the run's directory that tells `traintel status` where its live page is (written
 #: when the endpoint starts, removed when it stops)
@@ -67,11 +68,11 @@ def links() -> dict[str, str]:
     Grafana nor Prometheus's UI: a default address would link to pages that do not exist)."""
     out = {}
     grafana = env.TRAINTEL_GRAFANA_URL.get() or env.GRAFANA_URL.get()
-    if grafana:
-        out["grafana"] = grafana.rstrip("/") + "/dashboards"
     prometheus = env.TRAINTEL_PROMETHEUS_URL.get()
-    if prometheus:
-        out["prometheus"] = prometheus.rstrip("/") + "/graph"
+    for name, url, page in (("grafana", grafana, "/dashboards"),
+                            ("prometheus", prometheus, "/graph")):
+        if url and url.lower().startswith(("http://", "https://")):  # never javascript: ...
+            out[name] = Redactor.for_environment().text(url.rstrip("/")) + page
     return out
 
 
