@@ -92,11 +92,16 @@ def test_the_live_page_shows_every_step_of_the_record_and_follows_the_run(quiet_
         assert shown["loss"][1] == pytest.approx([s["metrics"]["loss"] for s in steps])
         page.wait_for_function("() => document.getElementById('step').textContent == '260'",
                                timeout=10_000)
+        assert "offline" in page.inner_text("#export")  # the quiet run exports nothing
         shot = shots_dir() / "live-page.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")
     finally:
         run.finish()
+    # the run ended: the page keeps what it showed and says how the run ended
+    page.wait_for_function("() => document.getElementById('status').textContent == 'finished'",
+                           timeout=20_000)
+    assert _shown(page)["steps"] == 260
 
 
 def test_status_prints_the_live_page_address(quiet_run, tmp_path, monkeypatch):

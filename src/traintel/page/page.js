@@ -108,7 +108,7 @@ const charts = {
 };
 
 // What the page has read, for the numbers shown (and for tests that compare them to the record).
-const state = { steps: 0, lastLoss: null, evals: {}, values: {}, milestones: [], debug: null };
+const state = { steps: 0, lastLoss: null, evals: {}, values: {}, milestones: [], debug: null, ended: null, exportMode: null };
 window.traintelPage = { charts, state };
 
 function onLine(l) {
@@ -138,10 +138,13 @@ function onLine(l) {
       addEvent(l, `epoch ${l.epoch} done: ${l.steps} steps in ${duration(l.duration_s)}`);
       break;
     case "run_start":
+      state.ended = null;
+      state.exportMode = l.export;
       $("title").textContent = `${l.project}/${l.name}`;
       addEvent(l, `run started on ${l.host} (segment ${l.segment})`);
       break;
     case "run_end":
+      state.ended = l.status;
       addEvent(l, `run ended: ${l.status} after ${l.steps} steps`);
       break;
     case "config":
@@ -199,6 +202,7 @@ function onProgress(s) {
   $("bar").style.width = s.progress != null ? `${Math.min(100, s.progress * 100)}%` : "0";
   const ex = s.export || {};
   const rows = Object.entries(ex.failures || {}).map(([k, v]) => [`${k} exports failed`, String(v)]);
+  rows.unshift(["export", state.exportMode === "otlp" ? "OTLP, live" : state.exportMode === "offline" ? "offline: record only (traintel sync sends it later)" : String(state.exportMode || "-")]);
   rows.push(["last export error", ex.last_error || "none"], ["record lines dropped", String(s.record_dropped ?? 0)]);
   table($("export"), rows);
   showDebug(s.debug);
@@ -238,4 +242,12 @@ source.addEventListener("open", () => { // the stream (re)starts at the record's
 });
 source.addEventListener("record", (e) => { for (const l of JSON.parse(e.data)) onLine(l); soon(); });
 source.addEventListener("progress", (e) => onProgress(JSON.parse(e.data)));
-source.addEventListener("error", () => { $("status").textContent = "disconnected (retrying)"; });
+source.addEventListener("error", () => {
+  if (state.ended) { // the run is over and its endpoint gone: the page keeps what it showed
+    source.close();
+    $("status").textContent = state.ended;
+    $("status").className = "badge " + state.ended;
+  } else {
+    $("status").textContent = "disconnected (retrying)";
+  }
+});
