@@ -234,3 +234,22 @@ def test_a_live_run_without_tensorboard_warns_once_and_goes_on(quiet_run, monkey
     assert len(warnings) == 1 and "pip install 'traintel[tensorboard]'" in warnings[0]
     assert not (Path(run.dir) / "tensorboard").exists()
     assert run.summary is not None and run.summary["status"] == "finished"
+
+
+def test_one_tensorboard_run_per_rank(quiet_run, tmp_path):
+    """A job of two ranks: one TensorBoard run per rank, each with that rank's steps."""
+    run_id = "20261207-120000-abc123"
+    for rank in (0, 1):
+        with quiet_run(name="job", run_id=run_id, rank=rank, local_rank=rank,
+                       world_size=2) as run:
+            for i in run.track(range(10 + rank)):
+                run.log(loss=float(rank * 100 + i))
+    job = Path(run.dir).parent
+    result = CliRunner().invoke(main, ["tensorboard", str(job), "--logdir", str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output
+    for rank in (0, 1):
+        logdir = tmp_path / "tb" / "test" / f"job-{run_id}" / f"rank-{rank}"
+        steps = read_lines(job / f"rank-{rank}").of("step")
+        assert len(steps) == 10 + rank
+        assert [e.value for e in _scalars(logdir, "loss")] == [s["metrics"]["loss"]
+                                                               for s in steps]
