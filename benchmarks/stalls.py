@@ -12,7 +12,10 @@ once. Each scenario runs in a fresh process, in interleaved rounds:
   every step (``step_span_every=1``) and metrics and spans exported every second
   (``OTEL_METRIC_EXPORT_INTERVAL`` and ``OTEL_BSP_SCHEDULE_DELAY`` = 1000 ms);
 - ``healthy_defaults``: a working collector with traintel's and the SDK's default settings
-  (a span every 100 steps, their export intervals).
+  (a span every 100 steps, their export intervals);
+- ``pages``: the control with the live page open ten times: ten ``/events?record=1`` streams
+  read by another process, as ten browser tabs would (the endpoint's threads read the record
+  and send it inside the training process).
 
 On a shared machine most late steps are other tenants' doing. To tell them apart, each step also
 notes the CPU time the process's *other* threads (ours: record writer, exporters, samplers) used
@@ -23,6 +26,8 @@ since the previous step; a late step during which they used at least ``BUSY_MS``
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -37,19 +42,38 @@ EXPORT_INTERVAL_MS = 1000
 SCENARIOS: dict[str, tuple[bool, str | None, bool]] = {
     "bare": (False, None, False), "control": (True, None, True),
     "unreachable": (True, "unreachable", True), "slow": (True, "slow", True),
-    "healthy": (True, "healthy", True), "healthy_defaults": (True, "healthy", False)}
+    "healthy": (True, "healthy", True), "healthy_defaults": (True, "healthy", False),
+    "pages": (True, None, True)}
+#: scenario -> live pages open on the run's endpoint
+PAGES = {"pages": 10}
+#: the pages' reader (another process): each stream read to its end, as a browser does
+_READER = """
+import sys, threading, urllib.request
+def read():
+    with urllib.request.urlopen(sys.argv[1], timeout=60) as stream:
+        while stream.read1(65536):
+            pass
+threads = [threading.Thread(target=read) for _ in range(int(sys.argv[2]))]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
 
 
 def loop(seconds: float, rate_hz: float, work_ms: float, observe: bool, otlp: bool,
-         step_span_every: int) -> dict:
+         step_span_every: int, pages: int = 0) -> dict:
     """The paced loop (runs in a child process): for every step, how late it started and the
     CPU the process's other threads used since the previous step, both in ms."""
     period, work = 1.0 / rate_hz, work_ms / 1e3
     clock, sleep, process_cpu, main_cpu = (time.perf_counter, time.sleep, time.process_time,
                                            time.thread_time)
     with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp:
-        run = harness.traintel_run(tmp, otlp=otlp, step_span_every=step_span_every) \
-            if observe else None
+        run = harness.traintel_run(tmp, otlp=otlp, step_span_every=step_span_every,
+                                   **({"http_port": 0} if pages else {})) if observe else None
+        readers = subprocess.Popen([sys.executable, "-c", _READER,
+                                    f"{run.server.url}events?record=1", str(pages)]) \
+            if pages and run and run.server else None
+        if readers:
+            time.sleep(1.0)  # the pages are open before the loop starts
         batches = run.track(itertools.count()) if run else itertools.count()
         late_ms, others_ms = [], []
         start = due = clock()
@@ -70,6 +94,8 @@ def loop(seconds: float, rate_hz: float, work_ms: float, observe: bool, otlp: bo
             sleep(max(0.0, due - clock()))
         if run:
             run.finish()
+        if readers:
+            readers.wait(30)
     return {"late_ms": late_ms, "others_ms": others_ms}
 
 
@@ -86,11 +112,13 @@ def run(seconds: float, rounds: int, rate_hz: float = 100.0, work_ms: float = 2.
             env = harness.otlp_env(url, EXPORT_INTERVAL_MS if stress else None) if kind else {}
             out = harness.in_child("benchmarks.stalls:loop", env=env, seconds=seconds / rounds,
                                    rate_hz=rate_hz, work_ms=work_ms, observe=observe,
-                                   otlp=bool(kind), step_span_every=1 if stress else 100)
+                                   otlp=bool(kind), step_span_every=1 if stress else 100,
+                                   pages=PAGES.get(name, 0))
         late = [(ms, other) for ms, other in zip(out["late_ms"], out["others_ms"])
                 if ms > LATE_MS]
         row = table[name]
-        row["collector"] = what
+        row["collector"] = f"no export; {PAGES[name]} live pages open" if name in PAGES \
+            else what
         row["steps"] += len(out["late_ms"])
         row["late"].append(len(late))
         row["late_while_ours_ran"].append(sum(1 for _, other in late if other >= BUSY_MS))
@@ -105,7 +133,7 @@ def run(seconds: float, rounds: int, rate_hz: float = 100.0, work_ms: float = 2.
             "targets": [harness.target(f"{name}: steps > {LATE_MS:g} ms late per 30 s <= "
                                        f"control + 1 ({allowed:.1f})", row["late_per_30s"],
                                        row["late_per_30s"] <= allowed)
-                        for name, row in table.items() if SCENARIOS[name][1]]}
+                        for name, row in table.items() if SCENARIOS[name][1] or name in PAGES]}
 
 
 def render(result: dict[str, Any]) -> list[str]:

@@ -65,6 +65,16 @@ def test_the_wheel_has_every_package_under_src(wheel: Path) -> None:
     assert "traintel/py.typed" in names
 
 
+def test_the_wheel_carries_the_live_page_and_its_uplot_with_its_licence(wheel: Path) -> None:
+    """The page works offline: its files, the vendored uPlot and uPlot's licence are in the
+    wheel, equal to the repository's."""
+    page = REPO / "src/traintel/export/page"
+    with zipfile.ZipFile(wheel) as archive:
+        for name in ("index.html", "page.js", "uPlot.iife.min.js", "uPlot.min.css",
+                     "uPlot.LICENSE"):
+            assert archive.read(f"traintel/export/page/{name}") == (page / name).read_bytes(), name
+
+
 def test_pyproject_lists_every_package() -> None:
     """setuptools' `packages` is explicit (the bundle is mapped from the top level): a new
     subpackage must be added there."""

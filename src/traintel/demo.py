@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -100,7 +101,9 @@ class Pace:
         self.next = max(self.next, now) + self.interval
 
 
-def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
+def train(cfg: DemoConfig, on_start: Callable[[str], None] | None = None,
+          **init_options: Any) -> traintel.Run:
+    """The demo's training; ``on_start`` gets the live page's address (with ``http_port``)."""
     import torch
     from torch import nn
 
@@ -124,6 +127,8 @@ def train(cfg: DemoConfig, **init_options: Any) -> traintel.Run:
     # the checkpoints are the demo's own: removed when it ends (a demo leaves only its record)
     with tempfile.TemporaryDirectory(prefix="traintel-demo-ckpt-") as checkpoint_dir, \
             traintel.init(config=asdict(cfg), **options) as run:
+        if on_start is not None and run.server is not None:
+            on_start(run.server.url)
         data_log = run.logger("data")
         data_log.info("synthetic dataset: %d samples, %d features, %d classes",
                       len(dataset), features, classes)

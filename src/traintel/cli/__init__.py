@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "docs": "traintel.cli.docs:docs",
     "grafana": "traintel.cli.grafana:grafana",
     "sync": "traintel.cli.sync:sync",
+    "tensorboard": "traintel.cli.tensorboard:tensorboard",
 }
 
 

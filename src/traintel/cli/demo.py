@@ -27,13 +27,14 @@ DEFAULT_DURATION_S = 120.0
 @click.option("--step-sleep", type=float, default=0.0, help="Extra seconds per step.")
 @click.option("--error-at-step", type=int, default=None,
               help="Record (and survive) a corrupt-sample data error at this step.")
-@click.option("--http-port", type=int, default=None,
-              help="Serve /metrics, /status, /events on 127.0.0.1:PORT (0: any free port).")
+@click.option("--http-port", type=int, default=0, show_default=True,
+              help="Serve the live page (and /metrics, /status, /events) on 127.0.0.1:PORT "
+                   "(0: any free port; -1: none).")
 @click.option("--sample-interval", type=float, default=5.0, show_default=True)
 def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | None,
          run_dir: str | None, project: str, name: str, pause_at_step: int | None,
          pause_seconds: float, nan_at_step: int | None, step_sleep: float,
-         error_at_step: int | None, http_port: int | None, sample_interval: float) -> None:
+         error_at_step: int | None, http_port: int, sample_interval: float) -> None:
     """Train a small PyTorch model on synthetic data with traintel on.
 
     Leaves a complete run record under ./traintel-runs/ and exports to the OpenTelemetry
@@ -52,12 +53,13 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     if duration is None:
         duration = DEFAULT_DURATION_S if exporting else 0.0
     urls = stack_urls(endpoint)
+    grafana = exporting and _serves_grafana(urls["grafana"])
     endpoint = Redactor.for_environment().text(endpoint)  # it may carry credentials
     if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
                       f"and traces over about {duration:.0f}s (--duration to change)[/green]")
-        console.print(f"watch it: Grafana {urls['grafana']}/d/traintel-training-overview  "
-                      f"Prometheus {urls['prometheus']}/query?g0.expr=traintel_loss")
+        if grafana:  # a native stack serves no Grafana: no link to a page that is not there
+            console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview")
     else:
         console.print(f"[yellow]no collector at {endpoint}: local record only (start the "
                       "stack with `traintel stack init` and `docker compose up -d`, or "
@@ -71,9 +73,9 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
                "otlp": None if exporting else False}
     if run_dir:
         options["dir"] = run_dir
-    if http_port is not None:
+    if http_port >= 0:
         options["http_port"] = http_port
-    run = train(cfg, **options)
+    run = train(cfg, on_start=lambda url: console.print(f"live page: {url}"), **options)
     summary = run.summary
     if summary is None:  # the run ended without its summary: the record says why
         raise click.ClickException(f"the demo run ended without a summary; see {run.dir}")
@@ -82,6 +84,16 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
                   f"{summary['eval']['val_loss']['best']:.4f}, "
                   f"{summary['throughput']['samples_per_s']:.0f} samples/s")
     console.print(f"record: {run.dir}  (try `traintel logs summary {run.dir}`)")
-    if exporting:
+    if grafana:
         console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview"
                       f"?var-project={project}&var-run={run.id}")
+
+
+def _serves_grafana(url: str) -> bool:
+    """Whether a Grafana answers at ``url`` (its /api/health), within a second."""
+    from traintel.reports.doctor import fetch
+
+    try:
+        return fetch(f"{url.rstrip('/')}/api/health", timeout=1.0).status == 200
+    except OSError:
+        return False

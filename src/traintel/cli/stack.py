@@ -147,12 +147,38 @@ def up(run_dir: Path | None, configs: Path | None, free_ports_: bool, foreground
     except StackError as error:
         native.down()
         raise click.ClickException(str(error)) from None
-    for name, url in native.endpoints.items():
-        click.echo(f"  {name:<30} {url}")
+    _started(native)
     if not foreground:
         click.echo(f"stop with: traintel stack down --run-dir {native.run_dir}")
         return
     _stay_up(native)
+
+
+#: which program serves each endpoint `traintel stack up` may print
+_SERVED_BY = {"otlp_http": "otelcol", "otlp_grpc": "otelcol", "collector_health": "otelcol",
+              "collector_metrics": "otelcol", "collector_prometheus_exporter": "otelcol",
+              "prometheus": "prometheus", "alertmanager": "alertmanager", "loki": "loki",
+              "tempo": "tempo", "tempo_otlp_grpc": "tempo", "grafana": "grafana"}
+
+#: the natively built Prometheus and Alertmanager carry no web UI (/ answers 500 and 404): their
+#: HTTP APIs are what a reader can open
+_API = {"prometheus": "  (HTTP API: /api/v1/query; no web UI in this build)",
+        "alertmanager": "  (HTTP API: /api/v2/alerts; no web UI in this build)"}
+
+
+def _started(native: NativeStack) -> None:
+    """Only what was started (a program never started serves no page), where traintel's sink
+    stands in for Loki or Tempo it says so, and the one variable a training job needs."""
+    sink = native.pid("sink") is not None
+    for name, url in native.endpoints.items():
+        program = _SERVED_BY.get(name, name)
+        if native.pid(program):
+            click.echo(f"  {name:<30} {url}{_API.get(name, '')}")
+        elif sink and program in native.sink_covers:
+            click.echo(f"  {name:<30} {url}  (traintel's sink stands in: it keeps what arrives)")
+    click.echo(f"export OTEL_EXPORTER_OTLP_ENDPOINT={native.endpoints['otlp_http']}")
+    click.echo("a run's curves: traintel.init(http_port=0) serves its live page; "
+               "`traintel status --open` says where")
 
 
 def _stay_up(native: NativeStack) -> None:

@@ -60,13 +60,24 @@ def _rank_status(directory: Path) -> dict[str, Any]:
                 "loss": _inner(summary, "loss", "final"),
                 "errors": _inner(summary, "errors", "total"), "updated": summary.get("end_ts")}
     step: RawLine = next((r for r in reversed(recent) if r.get("type") == "step"), {})
+    page = _page(directory) if status == "running" else None
     tags = [*_tags((first_record(records) or {}).get("tags")), *_tags(start.get("tags"))]
     return {"run": start.get("run", directory.name), "project": start.get("project"),
             "name": start.get("name"), "status": status, "group": start.get("group"),
             "tags": list(dict.fromkeys(tags)), "step": step.get("step"), "steps": None,
             "epoch": step.get("epoch"), "loss": (step.get("metrics") or {}).get("loss"),
             "errors": count_type(records, "error"), "updated": updated,
-            "unreadable": records.problems()}
+            "unreadable": records.problems(), **({"page": page} if page else {})}
+
+
+def _page(directory: Path) -> str | None:
+    """The live page of a running run (``traintel.init(http_port=...)``), as its endpoint wrote
+    it into the run's directory."""
+    from traintel.export.page import PAGE_FILE
+
+    found = read_json(directory / PAGE_FILE)
+    url = found.get("url") if found else None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
 def _inner(document: dict[str, Any], key: str, inner: str) -> object:
@@ -134,13 +145,17 @@ def _live(url: str) -> dict[str, Any]:
               help="Also the pending and firing alerts, from Prometheus and Alertmanager "
                    "(TRAINTEL_PROMETHEUS_URL / TRAINTEL_ALERTMANAGER_URL, else the running "
                    "native stack's, else compose's); the table only.")
+@click.option("--open", "open_page", is_flag=True,
+              help="Print the run's live page address (a run with http_port) and open it in "
+                   "a browser when there is one.")
 def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str | None,
-           statuses: tuple[str, ...], url: str | None, fmt: str, show_alerts: bool) -> None:
+           statuses: tuple[str, ...], url: str | None, fmt: str, show_alerts: bool,
+           open_page: bool) -> None:
     """Status of a run (RUN: a directory, a run id or a run name; default: the latest), of every
     run (--all, filtered by --tag, --group, --status), or of a live run's endpoint (--url);
     then what is alerting."""
     if url:
-        results: Any = _live(url)
+        results: Any = {**_live(url), "page": url.rstrip("/") + "/"}
     elif all_runs or tags or group or statuses:
         results = [r for r in _statuses(_all_runs(runs_dir()))
                    if set(tags) <= set(r["tags"]) and group in (None, r["group"])
@@ -153,6 +168,9 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
             raise click.ClickException(f"no runs in {runs_dir()}") from None
         except RecordNotFound as exc:
             raise click.ClickException(str(exc)) from None
+    if open_page:
+        _open(results)
+        return
     for result in results if isinstance(results, list) else [results]:
         if result.get("unreadable"):  # what could not be read, in one line
             click.echo(f"note: {result.get('dir')}: {result['unreadable']}", err=True)
@@ -184,6 +202,23 @@ def _alerts() -> None:
     click.echo("alerts:")
     for line in alerts.lines(found):
         click.echo(f"  {line}")
+
+
+def _open(results: Any) -> None:
+    """The live page's address on standard output; a browser opens it when one is at hand (a
+    terminal's user, not a script or a login node without a display)."""
+    import sys
+    import webbrowser
+
+    pages = [r["page"] for r in (results if isinstance(results, list) else [results])
+             if r.get("page")]
+    if not pages:
+        raise click.ClickException("no live page: the run is not running, or was started "
+                                   "without traintel.init(http_port=...)")
+    for page in pages:
+        click.echo(page)
+        if sys.stdout.isatty():
+            webbrowser.open(page)
 
 
 def _cell(key: str, value: Any) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Literal
 
-Extra = Literal["torch", "gpu", "integrations", "plots", "grpc", "grafana"]
+Extra = Literal["torch", "gpu", "integrations", "plots", "grpc", "grafana", "tensorboard"]
 
 #: extra -> (the modules it provides, what a person would call it)
 EXTRAS: dict[Extra, tuple[tuple[str, ...], str]] = {
@@ -23,6 +23,7 @@ EXTRAS: dict[Extra, tuple[tuple[str, ...], str]] = {
     "grpc": (("opentelemetry.exporter.otlp.proto.grpc",),
              "the OTLP/gRPC exporter (opentelemetry-exporter-otlp-proto-grpc)"),
     "grafana": (("grafana_client",), "grafana-client"),
+    "tensorboard": (("tensorboard",), "TensorBoard"),
 }
 
 

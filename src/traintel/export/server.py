@@ -1,10 +1,12 @@
-"""The live status endpoint: /metrics, /healthz, /status, /debug and /events on 127.0.0.1.
+"""The live status endpoint: the live page (/), /metrics, /healthz, /status, /debug and /events on
+127.0.0.1.
 
 Built on the standard library's ``ThreadingHTTPServer``: one daemon thread accepts, one thread per
 request answers. Live events reach ``/events`` through :class:`EventHub`, a sink of the run's event
 pipeline that passes on the lines of events, milestones, evaluations and errors: the training
 thread pays one ``deque.append`` per subscriber, and serialising and sending happen on the
-subscriber's own thread.
+subscriber's own thread. The live page (``traintel.export.page``) asks ``/events?record=1``: the same
+stream with every line of the run's record, read from the files on that thread.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from traintel.record.files import encode
+from traintel.export import page
+from traintel.record.files import encode, write_json
 from traintel.record.format import EventDict
 
 if TYPE_CHECKING:
@@ -45,6 +50,8 @@ MAX_SUBSCRIBERS = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: seconds between progress snapshots on /events
 PROGRESS_EVERY_S = 1.0
+#: seconds between reads of the record for a live page's stream (the writer flushes every second)
+RECORD_POLL_S = 0.5
 
 
 class Subscription:
@@ -69,6 +76,9 @@ class ServedRun(Protocol):
 
     @property
     def debug(self) -> bool: ...
+
+    @property
+    def dir(self) -> Path: ...
 
     def status_dict(self) -> Mapping[str, object]: ...
 
@@ -168,14 +178,25 @@ class StatusServer:
     def start(self) -> StatusServer:
         self.run.pipeline.add_sink(self.hub)
         self._thread.start()
-        log.info("status endpoint on http://%s:%d (/metrics /healthz /status /events)",
-                 self.host, self.port)
+        write_json(Path(self.run.dir) / page.PAGE_FILE, {"url": self.url, "pid": os.getpid()},
+                   quiet=True)
+        log.info("live page on %s (/metrics /healthz /status /events)", self.url)
         return self
+
+    @property
+    def url(self) -> str:
+        """The live page's address (``[::1]`` in brackets; a wildcard bind as 127.0.0.1)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
     def stop(self) -> None:
         """End /events streams, stop accepting, close the socket and join every thread."""
         self.run.pipeline.remove_sink(self.hub)
         self.hub.close()
+        try:
+            (Path(self.run.dir) / page.PAGE_FILE).unlink()
+        except OSError:
+            pass
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join()
@@ -211,7 +232,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self._host_refused():
             return
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        file = page.page_file(path)
+        if file is not None:
+            self._send(200, *file, headers={"Content-Security-Policy": page.CSP,
+                                            "X-Frame-Options": "DENY",
+                                            "Referrer-Policy": "no-referrer"})
+        elif path == "/page.json":
+            self._json(200, {"links": page.links(), "debug": self.run.debug, "run": self.run.id})
+        elif path == "/metrics":
             self._metrics()
         elif path == "/healthz":
             self._json(200, {"status": "ok", "run": self.run.id})
@@ -222,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/events":
             self._events()
         else:
-            self._json(404, {"error": f"no {path}; try /metrics /healthz /status /events /debug"})
+            self._json(404, {"error": f"no {path}; try / /metrics /healthz /status /events /debug"})
 
     def do_POST(self) -> None:
         if self._host_refused():
@@ -299,16 +327,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body, content_type, encoding)
 
     def _events(self) -> None:
-        """Server-sent events: record lines as they happen, a progress snapshot every second."""
+        """Server-sent events: record lines as they happen, a progress snapshot every second;
+        with ``?record=1`` (the live page) the record's lines from its first, in ``record``
+        events (lists of lines), instead of the hub's."""
         subscription = self.hub.subscribe()
         if subscription is None:
             self._json(503, {"error": f"{MAX_SUBSCRIBERS} /events streams are open already"})
             return
+        if parse_qs(urlsplit(self.path).query).get("record") == ["1"]:
+            try:
+                self._record_events(subscription)
+            finally:
+                self.hub.unsubscribe(subscription)
+            return
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
+            self._stream_headers()
             next_progress = 0.0
             while not self.hub.closed:
                 if time.monotonic() >= next_progress:
@@ -324,6 +357,36 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.hub.unsubscribe(subscription)
 
+    def _record_events(self, subscription: Subscription) -> None:
+        """The live page's stream: the record read on this thread, never the training one."""
+        tail = page.RecordTail.open(Path(self.run.dir))
+        try:
+            self._stream_headers()
+            next_progress = 0.0
+            while not self.hub.closed:
+                if time.monotonic() >= next_progress:
+                    self._event("progress", {**self.run.status_dict(), "debug": self.run.debug})
+                    next_progress = time.monotonic() + PROGRESS_EVERY_S
+                lines = tail.poll()
+                if lines:
+                    self._event("record", lines)
+                    continue
+                subscription.lines.clear()  # the hub's copies: the record has them all
+                subscription.wake.wait(RECORD_POLL_S)
+                subscription.wake.clear()
+            for lines in iter(tail.poll, []):  # the run's last lines, once it has ended
+                self._event("record", lines)
+        except OSError:  # the client went away
+            pass
+        finally:
+            tail.close()
+
+    def _stream_headers(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+
     def _event(self, name: str, data: Any) -> None:
         self.wfile.write(b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n")
         self.wfile.flush()
@@ -332,11 +395,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, _dumps(data), "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str,
-              encoding: str | None = None) -> None:
+              encoding: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         if encoding:
             self.send_header("Content-Encoding", encoding)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()

@@ -1,6 +1,6 @@
 """The run's optional outlets beside the record and OTLP, each started only when asked for (and
-its modules imported only then): the HTTP endpoint (/metrics, /status, /events) and Grafana
-annotations of the run's events."""
+its modules imported only then): the HTTP endpoint (the live page, /metrics, /status, /events),
+Grafana annotations of the run's events, and TensorBoard event files written as the run goes."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     from traintel.run.identity import RunIdentity
     from traintel.export.server import ServedRun, StatusServer
     from traintel.run.settings import Settings
+    from traintel.export.tensorboard import LiveWriter
 
 
 @dataclass
 class Outlets:
     server: StatusServer | None = None
     annotations: GrafanaAnnotations | None = None
+    tensorboard: LiveWriter | None = None
 
     @classmethod
     def start(cls, run: ServedRun, identity: RunIdentity, settings: Settings,
@@ -33,11 +35,18 @@ class Outlets:
             outlets.annotations = GrafanaAnnotations.start(
                 run.pipeline, identity.project, identity.id, identity.name, start_ts,
                 settings.shutdown_timeout)
+        if settings.tensorboard:
+            from traintel.export.tensorboard import LiveWriter
+
+            outlets.tensorboard = LiveWriter.start(run.dir, identity.project, identity.name,
+                                                   identity.id)
         return outlets
 
     def stop(self) -> None:
         """After the run's last line: the annotations post it, the endpoint ends its streams."""
         if self.annotations is not None:
             self.annotations.stop()
+        if self.tensorboard is not None:
+            self.tensorboard.stop()
         if self.server is not None:
             self.server.stop()

@@ -125,6 +125,10 @@ class Settings:
         False, "Mark run events as annotations in the Grafana at GRAFANA_URL (token in "
                "GRAFANA_TOKEN; the `traintel[grafana]` extra), posted off the training thread.",
         env.TRAINTEL_GRAFANA_ANNOTATIONS)
+    tensorboard: bool = _option(
+        False, "Write TensorBoard event files into `<run dir>/tensorboard/` as the run goes, "
+               "from its record, off the training thread (the `traintel[tensorboard]` extra); "
+               "`tensorboard --logdir traintel-runs` shows every run.")
 
     def __post_init__(self) -> None:
         """Every option checked against its range; a refusal names the option, the range, the
@@ -154,7 +158,7 @@ class Settings:
         if self.sample_interval != 0:
             _seconds("sample_interval", self.sample_interval, 0.01, 3600.0, "(0 turns sampling off)")
         for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals",
-                    "halt_on_nonfinite"):
+                    "halt_on_nonfinite", "tensorboard"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"traintel.init: {key} must be True or False, got "
                                 f"{shown(getattr(self, key))}")
@@ -243,6 +247,7 @@ class InitOptions(TypedDict, total=False):
     goals: dict[str, Goal] | None
     halt_on_nonfinite: bool | None
     grafana_annotations: bool | None
+    tensorboard: bool | None
 
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
