@@ -38,13 +38,26 @@ def _called(node: ast.AST) -> set[str]:
 
 
 def _asserting(functions: dict[str, dict[str, ast.FunctionDef]]) -> set[str]:
-    """Names of the functions that assert, directly or through helpers they call (by name,
-    across the test directory: helpers live in test modules and helper modules alike)."""
-    by_name = {name: node for module in functions.values() for name, node in module.items()}
-    asserting = {name for name, node in by_name.items() if _checks(node)}
+    """``module::name`` of the functions that assert, directly or through helpers they call. A
+    call resolves to the caller's own module's function of that name, else to that name in any
+    test or helper module (helpers live in both): two modules' ``_run`` never stand for each
+    other."""
+    def key(module: str, name: str) -> str:
+        return f"{module}::{name}"
+
+    asserting = {key(module, name) for module, names in functions.items()
+                 for name, node in names.items() if _checks(node)}
+
+    def resolves(module: str, name: str) -> bool:
+        if name in functions[module]:
+            return key(module, name) in asserting
+        return any(key(other, name) in asserting for other in functions if name in functions[other])
+
     changed = True
     while changed:
-        grown = {name for name, node in by_name.items() if _called(node) & asserting}
+        grown = {key(module, name) for module, names in functions.items()
+                 for name, node in names.items()
+                 if any(resolves(module, called) for called in _called(node))}
         changed = not grown <= asserting
         asserting |= grown
     return asserting
@@ -66,7 +79,7 @@ def _tests() -> dict[str, list[str]]:
 def test_every_test_asserts_something() -> None:
     asserting = _asserting(_functions())
     silent = [f"{module}::{name}" for module, names in _tests().items() for name in names
-              if name not in asserting]
+              if f"{module}::{name}" not in asserting]
     assert sum(len(names) for names in _tests().values()) > 300
     assert silent == [], "these tests can pass without checking anything"
 
@@ -76,4 +89,8 @@ def test_the_check_spots_a_test_that_only_runs(tmp_path: Path) -> None:
                        "def test_calls():\n    helper()\n")
     functions = {"m.py": {node.name: node for node in ast.walk(module)
                           if isinstance(node, ast.FunctionDef)}}
-    assert _asserting(functions) == {"helper", "test_calls"}
+    assert _asserting(functions) == {"m.py::helper", "m.py::test_calls"}
+    other = ast.parse("def helper():\n    print(2)\n\ndef test_other():\n    helper()\n")
+    functions["n.py"] = {node.name: node for node in ast.walk(other)
+                         if isinstance(node, ast.FunctionDef)}
+    assert "n.py::test_other" not in _asserting(functions)  # its own helper does not assert
