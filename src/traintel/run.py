@@ -9,6 +9,7 @@ and signals (``hooks``), continuing a record (``resume``), the record and its ev
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -244,6 +245,9 @@ class Run(StepMethods):
         state.status = status
         self.log = self._steps.seal(self.id)  # type: ignore[method-assign]  # a pending step kept
         self.progress.stop()
+        watching = sys.modules.get("traintel.watch")
+        if watching is not None:  # its optimizer hooks go now, outside any step (optim_hooks)
+            watching.release(self)
         if self.samplers is not None:
             self.samplers.stop()
         self.end_epoch()
