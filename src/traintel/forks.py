@@ -1,24 +1,47 @@
 """Resets after ``fork()``: a forked child (a data-loader worker) inherits the run's objects but
 not their threads, and must never write the parent's record, export its telemetry or finish its
 run. Each background worker registers its own reset here, held weakly, as the OpenTelemetry SDK's
-batch processors do (``os.register_at_fork`` cannot unregister, so dead objects are skipped)."""
+batch processors do.
+
+``os.register_at_fork`` cannot unregister, so this module registers with it once per process
+and keeps the resets in its own list, from which dead objects drop: a registration per worker
+(four per run) grew the process by ~24 KB and 42 objects per run, ~24 MB per 1,000 trials.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Callable
 
+_lock = threading.Lock()
+_resets: list[weakref.WeakMethod[Callable[[], None]]] = []
+_registered = False
 
-def reset_in_child(method: Callable[[], None]) -> None:
-    """Call the bound ``method`` in every child forked from now on, while its object lives."""
-    if not hasattr(os, "register_at_fork"):
-        return
-    weak = weakref.WeakMethod(method)
 
-    def after_in_child() -> None:
+def _after_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    for weak in list(_resets):
         bound = weak()
         if bound is not None:
             bound()
 
-    os.register_at_fork(after_in_child=after_in_child)
+
+def reset_in_child(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in every child forked from now on, while its object lives."""
+    global _registered
+    if not hasattr(os, "register_at_fork"):
+        return
+    with _lock:
+        _resets[:] = [weak for weak in _resets if weak() is not None]
+        _resets.append(weakref.WeakMethod(method))
+        if not _registered:
+            os.register_at_fork(after_in_child=_after_in_child)
+            _registered = True
+
+
+def pending() -> int:
+    """How many live objects have a reset registered (for tests)."""
+    return sum(1 for weak in _resets if weak() is not None)

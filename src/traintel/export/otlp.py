@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, His
                                               NumberDataPoint, PeriodicExportingMetricReader,
                                               ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -38,6 +38,7 @@ from traintel import env
 from traintel.version import __version__
 from traintel.catalog import BY_NAME, METRICS
 from traintel.redact import Redactor
+from traintel.export.tracing import RunTracerProvider
 from traintel.forks import reset_in_child
 from traintel.record.format import ExportLine
 from traintel.record.spans import RecordSpans, Write
@@ -433,7 +434,7 @@ class OtlpExport:
             exporter.added = metrics.added
             self.meter_provider = metrics.provider
             self._providers.append(self.meter_provider)
-        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        self.tracer_provider = RunTracerProvider(resource)  # its at-fork reset is the process's
         if sinks.span_exporter is not None:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
                 NotedSpanExporter(GatedSpanExporter(sinks.span_exporter, ExportGate(
