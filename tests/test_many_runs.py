@@ -36,3 +36,36 @@ def test_memory_and_objects_stay_flat_over_a_thousand_runs(tmp_path, quiet) -> N
     assert grown_objects < 1000, grown_objects
     assert grown_memory < 256 * 1024, grown_memory
     assert forks.pending() < 10  # the ended runs' resets are gone, not only dead
+
+
+def test_a_sweep_with_its_collector_down_warns_once_and_counts_every_trial(
+        tmp_path, quiet, monkeypatch, caplog) -> None:
+    """No collector listens on the port (a real refused connection, nothing stands in): the
+    first trial finds it down and says so; the next ones neither wait for it again nor warn
+    again (each waited 1.4 s and warned twice), yet every trial counts its failed exports."""
+    import logging
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    caplog.set_level(logging.WARNING, logger="traintel")
+    export_logger = logging.getLogger("traintel.export")
+    export_logger.addHandler(caplog.handler)  # the run's logging tree may stop propagation
+    try:
+        summaries = []
+        for trial in range(30):
+            with traintel.init(project="down", dir=str(tmp_path), group="sweep",
+                               **{**quiet, "otlp": True}) as run:
+                run.log(loss=1.0 / (trial + 1))
+            summaries.append(run.summary)
+    finally:
+        export_logger.removeHandler(caplog.handler)
+    said = {r.getMessage() for r in caplog.records if r.name.startswith("traintel.export")}
+    assert len(said) == 1, said
+    (warning,) = said
+    assert f"127.0.0.1:{port}" in warning and "connection refused" in warning
+    assert not any("did not finish within" in text for text in said)
+    for summary in summaries:
+        assert summary is not None and sum(summary["export"]["failures"].values()) >= 1

@@ -484,6 +484,8 @@ class OtlpExport:
         """
         if not self._providers:
             return True
+        for session in self._sessions:  # a collector found down is not waited for (health)
+            session.ending = True
         deadline_ms = max(1, int(timeout * 1000))
         abort_s = min(0.5, timeout / 4)
 
