@@ -9,7 +9,6 @@ and signals (``hooks``), continuing a record (``resume``), the record and its ev
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -41,6 +40,7 @@ from traintel.settings import Settings
 from traintel.spans import RunSpans, Span
 from traintel.state import RunState
 from traintel.steps import StepMethods, StepRecorder
+from traintel.sweeps import early_end
 from traintel.validate import NameBudget, check_choice
 
 if TYPE_CHECKING:
@@ -245,9 +245,6 @@ class Run(StepMethods):
         state.status = status
         self.log = self._steps.seal(self.id)  # type: ignore[method-assign]  # a pending step kept
         self.progress.stop()
-        watching = sys.modules.get("traintel.watch")
-        if watching is not None:  # its optimizer hooks go now, outside any step (optim_hooks)
-            watching.release(self)
         if self.samplers is not None:
             self.samplers.stop()
         self.end_epoch()
@@ -268,7 +265,7 @@ class Run(StepMethods):
             self._events.after_export(self.summary, state, self.dir)
         self.outlets.stop()
         self._logging.restore()
-        self._hooks.remove(keep_excepthook=status not in ("finished", "preempted"))
+        self._hooks.remove(keep_excepthook=status in ("failed", "interrupted"))
 
     def __enter__(self) -> Run:
         return self
@@ -279,10 +276,13 @@ class Run(StepMethods):
         return False
 
     def _end_by(self, exc: BaseException) -> None:
-        """An exception ended the run: preempted (an exit after SIGTERM), interrupted (Ctrl-C,
-        an exit code), else failed."""
+        """An exception ended the run: pruned or stopped (a search ended the trial), preempted
+        (an exit after SIGTERM), interrupted (Ctrl-C, an exit code), else failed."""
         if self._finished:
             return
+        if (early := early_end(exc)) is not None:  # a search ended the trial (traintel.sweeps)
+            self.event(f"trial_{early}", reason=str(exc)[:500] or type(exc).__name__)
+            return self.finish(early)
         if isinstance(exc, SystemExit) and (exc.code in (0, None) or self.stop_requested):
             self.finish()
             return

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
 
+from traintel import live
+
 if TYPE_CHECKING:
     import torch
 
@@ -114,11 +116,15 @@ def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch
 _watches: weakref.WeakKeyDictionary[Watched, list[Watch]] = weakref.WeakKeyDictionary()
 
 
-def release(run: Watched) -> None:
-    """Take out ``run``'s hooks (at its end), so that they leave the process as they found it
-    and the next run in the same process watches the same model, or another, afresh."""
-    for watched in _watches.pop(run, ()):
+def release(run: object) -> None:
+    """Take out ``run``'s hooks (at its end: ``traintel.live.on_end``), so that they leave the
+    process as they found it and the next run in the same process watches the same model, or
+    another, afresh."""
+    for watched in _watches.pop(run, ()):  # type: ignore[call-overload]  # any run: a no-op
         watched.remove()
+
+
+live.on_end.append(release)
 
 
 def model_class(model: object) -> str:

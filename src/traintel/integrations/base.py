@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from traintel import env
 from traintel.live import current_run as _live_run
+from traintel.sweeps import early_end
 from traintel.validate import NAME_PATTERN, suggest_name
 
 if TYPE_CHECKING:
@@ -275,6 +276,13 @@ class Integration:
         if run is None:
             return
         self.flush()
+        early = early_end(exc)  # a pruned or stopped trial: no failure (traintel.sweeps)
+        if early is not None:
+            if self.created:
+                run.event(f"trial_{early}", reason=str(exc)[:500] or type(exc).__name__)
+                run.finish(early)
+            self._buffer = None
+            return
         run.error(exc)
         if self.created:
             run.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit))
