@@ -35,6 +35,7 @@ from traintel.state import RateWindow, RunState
 from traintel.stats import RunningStats
 from traintel.record.files import encode
 from traintel.record.format import EVENTS_FILE, MAX_LINE_BYTES, ObservationKind
+from traintel.record import tensors
 from traintel.record.queue import Call, Line, Observe, RecordQueue, Step
 from traintel.record.summary import StepFigures
 
@@ -244,6 +245,8 @@ class RecordWriter:
             try:
                 if type(item) is Step:
                     ts, step, epoch, step_s, data_wait_s, metrics = item
+                    if tensors.waiting:  # accelerator tensors become numbers here, in order
+                        tensors.resolve(metrics, step)
                     figures.add(ts, step, step_s, data_wait_s, metrics)
                     logged.fold(metrics)
                     if step_s is not None:
