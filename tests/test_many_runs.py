@@ -69,3 +69,34 @@ def test_a_sweep_with_its_collector_down_warns_once_and_counts_every_trial(
     assert not any("did not finish within" in text for text in said)
     for summary in summaries:
         assert summary is not None and sum(summary["export"]["failures"].values()) >= 1
+
+
+def test_a_hung_collector_is_waited_for_by_the_first_trial_only(tmp_path, quiet, monkeypatch,
+                                                                 caplog) -> None:
+    """A collector that accepts connections and never answers (a real listening socket that
+    reads nothing): the first trial's end cuts its export after shutdown_timeout; the next
+    trials know it is down and neither wait nor warn again."""
+    import logging
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    export_logger = logging.getLogger("traintel.export")
+    caplog.set_level(logging.WARNING, logger="traintel")
+    export_logger.addHandler(caplog.handler)
+    try:
+        reasons = []
+        for trial in range(4):
+            with traintel.init(project="hung", dir=str(tmp_path), group="sweep",
+                               **{**quiet, "otlp": True, "shutdown_timeout": 0.5}) as run:
+                run.log(loss=1.0)
+            reasons.append(run.summary["export"]["last_error"] or "")
+    finally:
+        export_logger.removeHandler(caplog.handler)
+        listener.close()
+    said = {r.getMessage() for r in caplog.records if r.name.startswith("traintel.export")}
+    assert 1 <= len(said) <= 2, said  # the cut export, and the shutdown that cut it
+    assert all("not tried again" in reason for reason in reasons[1:]), reasons

@@ -142,12 +142,13 @@ class ExportSession(requests.Session):
             _refused[where], _causes[where] = time.monotonic(), self.reason
             raise
         except requests.ConnectionError as exc:
-            self.unreachable = not self._cut
+            # refused, or in flight until the run's end cut it (a hung collector): either way
+            # the next run of this process does not wait for it again
+            self.unreachable = True
             self.reason = (f"no answer from {where} before the run's end cut the export (a hung "
                            "or overloaded collector)") if self._cut else \
                 f"cannot connect to {where} ({_cause(exc)})"
-            if self.unreachable:
-                _refused[where], _causes[where] = time.monotonic(), self.reason
+            _refused[where], _causes[where] = time.monotonic(), self.reason
             raise
         _down.pop(where, None)  # it answered
         _refused.pop(where, None)
