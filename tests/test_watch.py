@@ -154,3 +154,45 @@ def test_watch_names_the_compiled_models_own_class(tmp_path, quiet, recorded) ->
         run.watch(torch.compile(model), grad_norm=False)
     (event,) = recorded(run.dir).of("event", "model_parameters")
     assert event["fields"]["model"] == "Sequential"
+
+
+def test_torch_compile_sees_no_graph_break_from_a_run_logged_outside(tmp_path, quiet,
+                                                                     recorded) -> None:
+    """What the README says of torch.compile: with run.watch and run.log outside the compiled
+    function, one graph and no break; run.log inside it breaks the graph (values still right).
+    The eager backend: dynamo's tracing is what is checked, no compiler needed."""
+    import torch._dynamo as dynamo
+
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with traintel.init(project="compiled", dir=str(tmp_path), **quiet) as run:
+        run.watch(model)
+
+        @torch.compile(backend="eager")
+        def outside(x):
+            return model(x).pow(2).mean()
+
+        @torch.compile(backend="eager")
+        def inside(x):
+            loss = model(x).pow(2).mean()
+            run.log(loss=loss)
+            return loss
+
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        logged = []
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = outside(torch.randn(8, 4))
+            loss.backward()
+            optimizer.step()
+            run.log(loss=loss)
+            logged.append(loss.item())
+        assert sum(dynamo.utils.counters["graph_break"].values()) == 0
+        dynamo.utils.counters.clear()
+        optimizer.zero_grad()
+        logged.append(inside(torch.randn(8, 4)).item())
+        assert sum(dynamo.utils.counters["graph_break"].values()) >= 1
+    steps = recorded(run.dir).of("step")
+    assert [s["metrics"]["loss"] for s in steps] == pytest.approx(logged)
+    assert all(s["metrics"].get("grad_norm", 1) > 0 for s in steps[:3])
