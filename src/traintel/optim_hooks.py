@@ -17,6 +17,7 @@ many runs come and go.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,15 @@ StepCallback = Callable[[Any, Any, Any], None]
 _lock = threading.Lock()
 _callbacks: tuple[StepCallback, ...] = ()
 _torch_handle: Any = None
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):  # once per process
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _dispatch(optimizer: Any, args: Any, kwargs: Any) -> None:
