@@ -179,7 +179,7 @@ def test_final_status_is_exported_at_shutdown(quiet_run):
             run.log(loss=1.0)
     statuses = {a["status"]: p.value for a, p in telemetry.points("traintel_run_status")}
     assert statuses == {"running": 0, "finished": 1, "failed": 0, "preempted": 0,
-                        "interrupted": 0}
+                        "interrupted": 0, "pruned": 0, "stopped": 0}
 
 
 def test_spans_run_epoch_sampled_steps_and_user_spans(quiet_run):

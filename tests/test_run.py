@@ -325,7 +325,7 @@ def test_events_carry_their_name_and_fields(quiet_run, recorded):
 def test_finish_is_idempotent_and_validates_status(quiet_run):
     run = quiet_run()
     with pytest.raises(ValueError, match="status must be one of None, 'failed', 'interrupted', "
-                                         "'preempted', 'finished'"):
+                                         "'preempted', 'stopped', 'pruned', 'finished'"):
         run.finish("done")
     run.finish()
     run.finish()

@@ -23,7 +23,8 @@ import orjson
 from traintel.reports import analysis, render
 from traintel.core import extras
 from traintel.record.format import LEVELS, RawLine
-from traintel.record.reader import Records, RecordNotFound, find_run, is_run, last_records
+from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records,
+                                    runs_dir)
 from traintel.record.reader import follow as follow_records
 
 from traintel.reports.render import describe, duration, iso, num
@@ -314,28 +315,52 @@ def metrics(target: str, kind: str | None, fmt: str) -> None:
 
 
 @logs.command()
-@click.argument("targets", metavar="RUN...|DIR", nargs=-1, required=True)
+@click.argument("targets", metavar="RUN...|DIR", nargs=-1)
+@click.option("--group", metavar="GROUP",
+              help="The runs of this group (a sweep, a study): under DIR, else $TRAINTEL_DIR or "
+                   "./traintel-runs; ranked by --by.")
+@click.option("--by", "by", metavar="METRIC",
+              help="Rank by this eval metric's last value, best first, in its direction "
+                   "(default with --group: objective, as traintel.integrations.optuna records "
+                   "it). Finished runs are ranked; pruned, stopped and failed ones follow.")
 @_format("table", "csv", "json", default="table")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write here instead of standard output.")
-def compare(targets: tuple[str, ...], fmt: str, output: Path | None) -> None:
+def compare(targets: tuple[str, ...], group: str | None, by: str | None, fmt: str,
+            output: Path | None) -> None:
     """Compare runs side by side.
 
     One row per run: the config keys that differ between runs, final and best metrics, steps,
     duration, throughput and error counts. A single directory that is not itself a run stands for
-    the runs inside it.
+    the runs inside it; --group picks a sweep's trials and ranks them.
     """
+    if group is not None and not targets:
+        targets = (str(runs_dir()),)
+    if not targets:
+        raise click.UsageError("name the runs to compare, a directory of runs, or --group")
     if len(targets) == 1 and not is_run(path := find_run(targets[0])):
         targets = tuple(str(p) for p in sorted(path.iterdir()) if p.is_dir() and is_run(p))
         if not targets:
             raise click.ClickException(f"no runs in {path}")
     summaries = []
     for records in _readable(targets):
-        summaries.append(analysis.summarize(records))
+        summary = analysis.summarize(records)
+        if group is None or summary.get("group") == group:
+            summaries.append(summary)
         _report_skipped(records)
     if not summaries:
+        if group is not None:
+            raise click.ClickException(f"no runs of group {group!r} in {', '.join(targets)}")
         return
     rows = analysis.compare(summaries)
+    if by is not None or group is not None:
+        metric = by or "objective"
+        if not any(metric in s["eval"] for s in summaries):
+            recorded = sorted({name for s in summaries for name in s["eval"]})
+            raise click.ClickException(
+                f"no run recorded the eval metric {metric!r} (run.log_eval); rank by one they "
+                f"did: {', '.join(f'--by {n}' for n in recorded) or '--by NAME'}")
+        rows = analysis.rank_by(summaries, rows, metric)
     if fmt == "json":
         text = _dumps(rows)
     elif fmt == "csv":

@@ -8,6 +8,8 @@ of every other command: ``traintel.reports.analysis.run_status``, errors as ``er
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import click
 import orjson
 
 from traintel.core import env
-from traintel.reports.analysis import run_status, worst
+from traintel.reports.analysis import STATUS_ORDER, run_status, worst
 from traintel.cli.output import table
 from traintel.reports.doctor import fetch
 from traintel.record.files import encode, read_json
@@ -136,7 +138,7 @@ def _live(url: str) -> dict[str, Any]:
 @click.option("--group", metavar="GROUP", help="Only runs of this group.")
 @click.option("--status", "statuses", multiple=True, metavar="STATUS",
               help="Only runs in this status (running, finished, failed, preempted, "
-                   "interrupted, crashed, stale; repeat for several).")
+                   "interrupted, pruned, stopped, crashed, stale; repeat for several).")
 @click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
@@ -181,6 +183,8 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
                [[str(r["run"]), str(r["name"] or "-"), str(r["status"]), num(r["step"]),
                  num(r["epoch"]), num(r["loss"]), num(r["errors"]),
                  ",".join(r["tags"]) or "-", iso(r["updated"])] for r in results])
+        if len(results) > 1:  # a sweep's pruned trials counted apart from its failures
+            click.echo(tally(r["status"] for r in results))
     else:
         rows = [[key, _cell(key, value)] for key, value in results.items()]
         table(["", ""], rows)
@@ -219,6 +223,14 @@ def _open(results: Any) -> None:
         click.echo(page)
         if sys.stdout.isatty():
             webbrowser.open(page)
+
+
+def tally(statuses: Iterable[str]) -> str:
+    """``30 runs: 1 failed, 12 pruned, 17 finished`` (in the readers' order, worst first)."""
+    counts = Counter(statuses)
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts) - set(STATUS_ORDER))
+    total = sum(counts.values())
+    return f"{total} runs: " + ", ".join(f"{counts[s]} {s}" for s in order)
 
 
 def _cell(key: str, value: Any) -> str:

@@ -1,24 +1,52 @@
 """Resets after ``fork()``: a forked child (a data-loader worker) inherits the run's objects but
 not their threads, and must never write the parent's record, export its telemetry or finish its
 run. Each background worker registers its own reset here, held weakly, as the OpenTelemetry SDK's
-batch processors do (``os.register_at_fork`` cannot unregister, so dead objects are skipped)."""
+batch processors do.
+
+``os.register_at_fork`` cannot unregister, so this module registers with it once per process
+and keeps the resets in its own table, which an object leaves when it dies: a registration per worker
+(four per run) grew the process by ~24 KB and 42 objects per run, ~24 MB per 1,000 trials.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Callable
 
+_lock = threading.Lock()
+#: the live objects' resets, in registration order; an entry leaves when its object dies
+_resets: dict[int, weakref.WeakMethod[Callable[[], None]]] = {}
+_registered = False
 
-def reset_in_child(method: Callable[[], None]) -> None:
-    """Call the bound ``method`` in every child forked from now on, while its object lives."""
-    if not hasattr(os, "register_at_fork"):
-        return
-    weak = weakref.WeakMethod(method)
 
-    def after_in_child() -> None:
+def _after_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    for weak in list(_resets.values()):
         bound = weak()
         if bound is not None:
             bound()
 
-    os.register_at_fork(after_in_child=after_in_child)
+
+def _gone(weak: weakref.WeakMethod[Callable[[], None]]) -> None:
+    _resets.pop(id(weak), None)  # atomic: safe from the collector, in any thread
+
+
+def reset_in_child(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in every child forked from now on, while its object lives."""
+    global _registered
+    if not hasattr(os, "register_at_fork"):
+        return
+    weak = weakref.WeakMethod(method, _gone)
+    _resets[id(weak)] = weak
+    with _lock:
+        if not _registered:
+            os.register_at_fork(after_in_child=_after_in_child)
+            _registered = True
+
+
+def pending() -> int:
+    """How many live objects have a reset registered (for tests)."""
+    return len(_resets)

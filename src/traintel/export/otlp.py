@@ -30,7 +30,7 @@ from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, His
                                               NumberDataPoint, PeriodicExportingMetricReader,
                                               ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -40,6 +40,7 @@ from traintel.version import __version__
 from traintel.core.catalog import BY_NAME, METRICS
 from traintel.core.redact import Redactor
 from traintel.core.forks import reset_in_child
+from traintel.export.tracer import RunTracerProvider
 from traintel.record.format import ExportLine
 from traintel.record.span_lines import RecordSpans, Write
 from traintel.core.state import RunState
@@ -534,7 +535,7 @@ class OtlpExport:
             exporter.added = metrics.added
             self.meter_provider = metrics.provider
             self._providers.append(self.meter_provider)
-        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        self.tracer_provider = RunTracerProvider(resource)  # its at-fork reset is the process's
         if sinks.span_exporter is not None:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
                 NotedSpanExporter(GatedSpanExporter(sinks.span_exporter, ExportGate(
@@ -584,6 +585,8 @@ class OtlpExport:
         """
         if not self._providers:
             return True
+        for session in self._sessions:  # a collector found down is not waited for (health)
+            session.ending = True
         deadline_ms = max(1, int(timeout * 1000))
         abort_s = min(0.5, timeout / 4)
 

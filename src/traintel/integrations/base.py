@@ -31,6 +31,7 @@ from traintel.core import env
 from traintel.core.catalog import LOGGED_NAME_FOR_KEY
 from traintel.run.live import newest
 from traintel.core.validate import NAME_PATTERN, suggest_name
+from traintel.run.sweeps import early_end
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -272,6 +273,13 @@ class Integration:
         if run is None:
             return
         self.flush()
+        early = early_end(exc)  # a pruned or stopped trial: no failure (traintel.run.sweeps)
+        if early is not None:
+            if self.created:
+                run.event(f"trial_{early}", reason=str(exc)[:500] or type(exc).__name__)
+                run.finish(early)
+            self._buffer = None
+            return
         run.error(exc)
         if self.created:
             run.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit))

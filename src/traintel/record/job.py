@@ -28,7 +28,7 @@ log = logging.getLogger("traintel.record")
 JOB_SUMMARY = "summary.json"
 #: worst first: the job's status is its worst rank's
 _STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
-                                           "stale", "running", "finished")
+                                           "stale", "running", "stopped", "pruned", "finished")
 
 
 class RankFigures(TypedDict):

@@ -42,6 +42,7 @@ from traintel.record.format import (
     StepLine,
     Whose,
 )
+from traintel.record import tensors
 from traintel.record.queue import Call, Line, Observe, RecordQueue, Step
 from traintel.record.summary import StepFigures
 
@@ -251,6 +252,8 @@ class RecordWriter:
             try:
                 if type(item) is Step:
                     ts, step, epoch, step_s, data_wait_s, metrics = item
+                    if tensors.waiting:  # accelerator tensors become numbers here, in order
+                        tensors.resolve(metrics, step)
                     figures.add(ts, step, step_s, data_wait_s, metrics)
                     logged.fold(metrics)
                     if step_s is not None:

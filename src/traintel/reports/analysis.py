@@ -51,7 +51,7 @@ def level_at_least(record: RawLine, level: str) -> bool:
 STALE_S = 600
 #: every status a reader reports, worst first: a multi-rank run's is its worst rank's
 STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
-                                          "stale", "running", "finished")
+                                          "stale", "running", "stopped", "pruned", "finished")
 
 
 def run_status(ended: object, directory: Path | None, start: RawLine,
@@ -420,3 +420,27 @@ def compare(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row.update({"errors": s["errors"], "warnings": s["warnings"]})
         rows.append(row)
     return rows
+
+
+def rank_by(summaries: list[dict[str, Any]], rows: list[dict[str, Any]],
+            metric: str) -> list[dict[str, Any]]:
+    """``compare``'s rows ranked by eval ``metric``'s last value in its direction (a sweep's
+    objective), best first: finished runs get ``rank`` 1..n; pruned, stopped, failed or
+    running ones follow, unranked (their value is an intermediate one), best first as well."""
+
+    def value(summary: dict[str, Any]) -> float | None:
+        last = summary["eval"].get(metric, {}).get("last")
+        return float(last) if isinstance(last, (int, float)) and last == last else None
+
+    modes = {s["eval"][metric].get("mode") for s in summaries if metric in s["eval"]}
+    sign = -1.0 if modes == {"max"} else 1.0
+    order = sorted(range(len(rows)), key=lambda i: (
+        summaries[i]["status"] != "finished", value(summaries[i]) is None,
+        sign * (value(summaries[i]) or 0.0)))
+    ranked, place = [], 0
+    for i in order:
+        done = summaries[i]["status"] == "finished" and value(summaries[i]) is not None
+        place += done
+        ranked.append({"rank": place if done else None, metric: value(summaries[i]),
+                       **rows[i]})
+    return ranked

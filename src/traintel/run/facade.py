@@ -41,6 +41,7 @@ from traintel.run.tracing import RunSpans, Span
 from traintel.core.state import RunState
 from traintel.run.steps import StepMethods, StepRecorder
 from traintel.core.validate import NameBudget, check_choice
+from traintel.run.sweeps import early_end
 
 if TYPE_CHECKING:
     import torch
@@ -266,7 +267,7 @@ class Run(StepMethods):
             self._events.after_export(self.summary, state, self.dir)
         self.outlets.stop()
         self._logging.restore()
-        self._hooks.remove(keep_excepthook=status not in ("finished", "preempted"))
+        self._hooks.remove(keep_excepthook=status in ("failed", "interrupted"))
 
     def __enter__(self) -> Run:
         return self
@@ -277,10 +278,13 @@ class Run(StepMethods):
         return False
 
     def _end_by(self, exc: BaseException) -> None:
-        """An exception ended the run: preempted (an exit after SIGTERM), interrupted (Ctrl-C,
-        an exit code), else failed."""
+        """An exception ended the run: pruned or stopped (a search ended the trial), preempted
+        (an exit after SIGTERM), interrupted (Ctrl-C, an exit code), else failed."""
         if self._finished:
             return
+        if (early := early_end(exc)) is not None:  # a search ended the trial (traintel.run.sweeps)
+            self.event(f"trial_{early}", reason=str(exc)[:500] or type(exc).__name__)
+            return self.finish(early)
         if isinstance(exc, SystemExit) and (exc.code in (0, None) or self.stop_requested):
             self.finish()
             return

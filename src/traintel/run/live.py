@@ -8,6 +8,7 @@ behind the new one; ``reinit="create_new"`` keeps both (the newest is the curren
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from traintel.run.settings import ReinitMode
@@ -28,6 +29,9 @@ class LiveRun(Protocol):
 
 
 _live: list[LiveRun] = []
+#: called with each run that ends (its last step), e.g. to take out the hooks it put into
+#: torch (``traintel.run.watch``); a listener that fails is logged, never raised
+on_end: list[Callable[[LiveRun], None]] = []
 
 
 def newest() -> LiveRun | None:
@@ -55,3 +59,8 @@ def started(run: LiveRun) -> None:
 def ended(run: LiveRun) -> None:
     if run in _live:
         _live.remove(run)
+    for listener in list(on_end):
+        try:
+            listener(run)
+        except Exception:
+            log.warning("traintel: cleaning up after run %s failed", run.id, exc_info=True)

@@ -39,6 +39,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, SupportsFloat, TypeVar
 
 from traintel.run.events import EventRecorder, ended
@@ -50,6 +51,7 @@ from traintel.reports.render import progress_text
 from traintel.run.tracing import RunSpans
 from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, nonfinite_text
 from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
+from traintel.record.tensors import Deferred, defer, resolve
 
 T = TypeVar("T")
 
@@ -88,6 +90,10 @@ class StepRecorder:
         self._span_every = step_span_every
         self._budget = budget
         self._halt = halt_on_nonfinite
+        #: 0-d accelerator tensors read off the training thread, unless a non-finite loss must
+        #: halt at once (record.tensors)
+        self._defer: Callable[[str, Any], Deferred | None] | None = None if halt_on_nonfinite \
+            else partial(defer, on_nonfinite=events.nonfinite, latest=state.latest)
         #: the open step's values (logged with commit=False, or inside run.track) and number
         self._pending: dict[str, Any] | None = None
         self._pending_step: int | None = None
@@ -133,13 +139,19 @@ class StepRecorder:
         if not metrics:
             raise ValueError("run.log() needs at least one metric, e.g. run.log(loss=0.5) or "
                              "run.log({'train/loss': 0.5})")
-        nonfinite = False
+        nonfinite = deferred = False
         seen = self._seen_keys
         numbers: dict[str, Any] = metrics
         for key, value in numbers.items():
             cls = type(value)
             if cls is not float and (cls is not int or not INT64_MIN <= value <= INT64_MAX):
-                value = numbers[key] = to_number("run.log", key, value)
+                later = self._defer(key, value) if self._defer is not None else None
+                if later is None:
+                    value = numbers[key] = to_number("run.log", key, value)
+                else:  # an accelerator tensor: read by the writer, no sync (record.tensors)
+                    numbers[key] = later
+                    deferred = True
+                    value = 0.0
             if value - value != 0:
                 nonfinite = True
             if key not in seen:
@@ -150,7 +162,8 @@ class StepRecorder:
             self._numbered = True
         elif commit and self._numbered is None:
             self._numbered = False
-        self.state.latest.update(numbers)
+        self.state.latest.update(numbers if not deferred else {
+            k: v for k, v in numbers.items() if type(v) is not Deferred})
         halt = nonfinite and self._flag_nonfinite(numbers, step)
         if self.in_track:
             if step is not None:
@@ -404,6 +417,7 @@ class StepRecorder:
         self._write_values(step, metrics)
 
     def _write_values(self, step: int, metrics: dict[str, Any]) -> None:
+        resolve(metrics, step)  # a rare line: an accelerator tensor in it is read here
         line: ValuesLine = {"ts": time.time(), "type": "values", "level": "info", "step": step,
                             "epoch": self.state.epoch, "metrics": metrics}
         self._pipeline.write(line)
@@ -458,7 +472,7 @@ class StepRecorder:
             step = self._pending_step if self._pending_step is not None else self.state.step + 1
         halt = False
         for key, value in list(values.items()):
-            if value - value != 0:
+            if type(value) is not Deferred and value - value != 0:
                 values[key] = nonfinite_text(value)
                 self._events.nonfinite(key, values[key], step)
                 halt = halt or self._halt and key in LOSS_KEYS

@@ -23,9 +23,12 @@ is timing, or the one the loop's next ``run.log`` ends), never a step of its own
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
+
+from traintel.run import live
 
 if TYPE_CHECKING:
     import torch
@@ -75,14 +78,15 @@ def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch
     """Record ``model``'s parameter counts (a ``model_parameters`` event and three gauges) and,
     with ``grad_norm``, its global L2 gradient norm at every optimizer step."""
     import torch
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from traintel.run.optim_hooks import on_optimizer_step
 
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     watched = Watch(parameters=sum(p.numel() for p in params),
                     trainable=sum(p.numel() for p in trainable),
                     bytes=sum(p.numel() * p.element_size() for p in params))
-    run.event("model_parameters", model=type(model).__name__, parameters=watched.parameters,
+    run.event("model_parameters", model=model_class(model), parameters=watched.parameters,
               trainable=watched.trainable, bytes=watched.bytes)
     run.gauge("model_parameters").set(watched.parameters)
     run.gauge("model_trainable_parameters").set(watched.trainable)
@@ -91,7 +95,7 @@ def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch
         owned = {id(p) for p in trainable}
 
         def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            if run.finished:  # stop watching
+            if run.finished:  # stop watching (safe here: traintel.run.optim_hooks)
                 watched.remove()
                 return
             group = optimizer.param_groups[0]["params"] if optimizer.param_groups else []
@@ -103,5 +107,35 @@ def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch
             norm = torch.nn.utils.get_total_norm(grads).item()
             run.log(grad_norm=norm, commit=False)  # a value of the step under way
 
-        watched._handle = register_optimizer_step_pre_hook(before_step)
+        watched._handle = on_optimizer_step(before_step)
+        _watches.setdefault(run, []).append(watched)
     return watched
+
+
+#: each run's watches, taken out when it ends (``release``)
+_watches: weakref.WeakKeyDictionary[Watched, list[Watch]] = weakref.WeakKeyDictionary()
+
+
+def release(run: object) -> None:
+    """Take out ``run``'s hooks (at its end: ``traintel.run.live.on_end``), so that they leave the
+    process as they found it and the next run in the same process watches the same model, or
+    another, afresh."""
+    for watched in _watches.pop(run, ()):  # type: ignore[call-overload]  # any run: a no-op
+        watched.remove()
+
+
+live.on_end.append(release)
+
+
+def model_class(model: object) -> str:
+    """The model's own class name, also through ``torch.compile``'s ``OptimizedModule`` (and
+    DDP/FSDP-style wrappers that keep the model as ``module``), not the wrapper's."""
+    for _ in range(4):
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__ in ("DistributedDataParallel",
+                                                       "DataParallel"):
+            inner = getattr(model, "module", None)
+        if inner is None:
+            break
+        model = inner
+    return type(model).__name__

@@ -284,7 +284,9 @@ def training_overview() -> dict[str, Any]:
                       _prom(f"count by (status) (traintel_run_status{{{RANKS}}} == 1)",
                             "{{status}}"),
                       text=BigValueTextMode.NAME,
-                      description="running, finished, failed or interrupted (ranks counted)."),
+                      description="running, finished, failed, preempted or interrupted; pruned "
+                                  "or stopped for a trial a hyperparameter search ended early "
+                                  "(ranks counted)."),
                 _stat("Progress", "percentunit",
                       _prom(f"min(traintel_run_progress_ratio{{{RANKS}}})"),
                       description="Planned steps done; empty while the total is unknown."),
@@ -650,6 +652,12 @@ def run_comparison() -> dict[str, Any]:
                        _prom(f"max by (project, run, run_name, host, world_size) "
                              f"(traintel_run_info{{{RUNS}}})", table=True),
                        description="Run name, host and world size of each selected run."),
+                _stat("Runs by status", "none",
+                      _prom(f"count by (status) (max by (run, status) "
+                            f"(traintel_run_status{{{RUNS}}}) == 1)", "{{status}}"),
+                      text=BigValueTextMode.VALUE_AND_NAME,
+                      description="The selected runs by status: a sweep's pruned and stopped "
+                                  "trials apart from its failures."),
             ]),
             ("Optimisation, by step", [
                 _by_step("Loss by step", "none",

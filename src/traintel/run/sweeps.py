@@ -1,0 +1,36 @@
+"""Trials that a hyperparameter search ends early: ``pruned`` and ``stopped``, not ``failed``.
+
+Optuna's pruners end a trial by ``raise optuna.TrialPruned()`` inside the objective, through the
+user's ``with run:`` block; Ray Tune's schedulers (ASHA, PBT, a stopper) end a function
+trainable by ``sys.exit(0)`` from inside ``train.report`` / ``tune.report`` (Ray's session). Both
+are a search doing its job: recorded as an event, counted apart from failures in the summary,
+``traintel status --all`` and the ``traintel_run_status`` state set (so that ``RunFailed`` does
+not fire), with no error line and no crash report. Recognised by the exception's class and the
+frame it came from, so that neither Optuna nor Ray is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+EarlyEnd = Literal["pruned", "stopped"]
+
+#: the files of Ray's session whose sys.exit(0) is a scheduler stopping the trial
+_RAY_SESSION = re.compile(r"[/\\]ray[/\\](train|air|tune)[/\\]")
+
+
+def early_end(exc: BaseException) -> EarlyEnd | None:
+    """``pruned`` for Optuna's ``TrialPruned`` (and any subclass), ``stopped`` for Ray Tune's
+    stop, else None (the exception ends the run as it did before)."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "TrialPruned" and cls.__module__.split(".")[0] == "optuna":
+            return "pruned"
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
+        frame = exc.__traceback__
+        raised_in = None
+        while frame is not None:
+            raised_in, frame = frame.tb_frame.f_code.co_filename, frame.tb_next
+        if raised_in is not None and _RAY_SESSION.search(raised_in):
+            return "stopped"
+    return None
