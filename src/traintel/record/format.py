@@ -133,7 +133,12 @@ class ConfigLine(_Stamped):
     changed: list[str]
 
 
-class StepLine(_Stamped):
+class _Joined(TypedDict, total=False):
+    #: the keys that came from ``run.log(..., commit=False)`` calls (absent when none)
+    uncommitted: list[str]
+
+
+class StepLine(_Stamped, _Joined):
     type: Literal["step"]
     step: int
     epoch: int
@@ -142,7 +147,7 @@ class StepLine(_Stamped):
     metrics: Metrics
 
 
-class ValuesLine(_Stamped):
+class ValuesLine(_Stamped, _Joined):
     """Values that are not a step: ``run.log_values`` (epoch-level figures) and values logged
     for a step already written. They neither count nor time a step."""
 

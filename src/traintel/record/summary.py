@@ -64,7 +64,8 @@ class StepFigures:
 
     __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "last_step", "loss",
                  "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
-                 "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start")
+                 "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start",
+                 "_covers")
 
     def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
         self.steps = 0
@@ -90,6 +91,8 @@ class StepFigures:
         self._timed = [0, 0, 0]
         self._active_before = 0.0
         self._segment_start: float | None = None
+        #: how many steps the last step line stood for
+        self._covers = 1
 
     def begin_after(self, step: int) -> None:
         """The run's first segment starts after step ``step`` (its ``initial_step``)."""
@@ -113,6 +116,7 @@ class StepFigures:
         else:
             covers = step - last if step > last else 1
         self.last_step = step
+        self._covers = covers
         self.steps += covers
         timed = self._timed
         if self._segment_start is None:
@@ -131,8 +135,20 @@ class StepFigures:
             if data_wait_s is not None:
                 self.data_wait += data_wait_s
                 self.waited += step_s
-        if not metrics:
-            return
+        if metrics:
+            self._fold(step, covers, counted, metrics)
+
+    def join(self, line: Mapping[str, Any]) -> None:
+        """A ``values`` line that holds ``commit=False`` values (``uncommitted``) for the step
+        just written: they were that step's (W&B merges them into it), so its loss, samples and
+        tokens count as the step's. Any other values line neither counts nor times a step."""
+        metrics, step = line.get("metrics"), self.last_step
+        if line.get("uncommitted") and type(metrics) is dict and step is not None and (
+                line.get("step") == step):
+            self._fold(step, self._covers, True, metrics)
+
+    def _fold(self, step: int, covers: int, counted: bool, metrics: Metrics) -> None:
+        timed = self._timed
         loss = metrics.get("loss")
         if loss is not None:
             self.final_loss = loss
@@ -327,6 +343,8 @@ class RecordFold:
         elif kind == "values":
             if type(line.get("metrics")) is dict:
                 self._last.update(line["metrics"])
+                if "uncommitted" in line:
+                    self.figures.join(line)
         elif kind == "eval":
             self._eval(line)
         elif kind == "run_start":

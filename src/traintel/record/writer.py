@@ -243,7 +243,8 @@ class RecordWriter:
             item = queue.popleft()
             try:
                 if type(item) is Step:
-                    ts, step, epoch, step_s, data_wait_s, metrics = item
+                    ts, step, epoch, step_s, data_wait_s, metrics = (
+                        item if len(item) == 6 else item[:6])
                     figures.add(ts, step, step_s, data_wait_s, metrics)
                     logged.fold(metrics)
                     if step_s is not None:
@@ -253,6 +254,8 @@ class RecordWriter:
                         "ts": ts, "type": "step", "level": "info", **identity, "step": step,
                         "epoch": epoch, "step_s": step_s, "data_wait_s": data_wait_s,
                         "metrics": metrics}
+                    if len(item) > 6:  # values from commit=False calls (Step.uncommitted)
+                        line = {**line, "uncommitted": list(item[6])}
                 elif type(item) is Call:
                     item.fn(*item.args)
                     continue
@@ -262,6 +265,8 @@ class RecordWriter:
                 else:
                     assert type(item) is Line
                     line = item.line
+                    if "uncommitted" in line and line.get("type") == "values":
+                        figures.join(line)
                     if line.get("type") in HEAD_TYPES and len(self._head) < len(HEAD_TYPES):
                         self._head.append(encode(line))
                 chunk = encode(line)
