@@ -26,7 +26,7 @@ from traintel.record.writer import RecordWriter
 from traintel.runconfig import RunConfig, changed_keys
 from traintel.samplers.base import SamplerEvent
 from traintel.spans import RunSpans
-from traintel.state import LOSS_KEYS, NonFinite, RunState, nonfinite_text
+from traintel.state import NonFinite, RunState, nonfinite_text
 from traintel.validate import MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown, to_number
 from traintel.version import __version__
 
@@ -152,13 +152,14 @@ class EventRecorder:
         step for the rest of its life). Never an exception."""
         state = self.state
         seen = state.nonfinite.get(metric)
-        if metric in LOSS_KEYS:
+        loss = state.is_loss(metric)
+        if loss:
             state.nonfinite_losses += 1
         if seen is None:
             seen = state.nonfinite[metric] = NonFinite(step)
             seen.count = 1
             seen.next_report = time.time() + NONFINITE_REPORT_S
-            self.own_event(_nonfinite_event(metric), logging.WARNING, {
+            self.own_event("nonfinite_loss" if loss else "nonfinite_value", logging.WARNING, {
                 "metric": metric, "value": text, "step": step, "first": True},
                 text=f"{metric} is {text} at step {step}: the first non-finite {metric} "
                      f"(later ones are counted, reported every {NONFINITE_REPORT_S:.0f} s)")
@@ -178,8 +179,9 @@ class EventRecorder:
                 self._report_nonfinite(metric, seen, now)
 
     def _report_nonfinite(self, metric: str, seen: NonFinite, now: float) -> None:
-        self.own_event(_nonfinite_event(metric), logging.WARNING, {
-            "metric": metric, "count": seen.unreported, "total": seen.count,
+        self.own_event(
+            "nonfinite_loss" if self.state.is_loss(metric) else "nonfinite_value",
+            logging.WARNING, {"metric": metric, "count": seen.unreported, "total": seen.count,
             "first_step": seen.first_step, "step": seen.last_step},
             text=f"{metric} was non-finite {seen.unreported} more time(s), {seen.count} since "
                  f"step {seen.first_step} (the last at step {seen.last_step})")
@@ -204,7 +206,7 @@ class EventRecorder:
 
     def run_start(self, identity: RunIdentity, config: RunConfig, continuation: Continuation,
                   total_epochs: int | None, telemetry: RunTelemetry,
-                  initial_step: int | None = None) -> None:
+                  initial_step: int | None = None, loss_key: str | None = None) -> None:
         """A segment's first lines (who, where, what version, which segment, what its telemetry
         did; the configuration, with the keys that changed since the record's last) and
         config.json."""
@@ -215,7 +217,8 @@ class EventRecorder:
             "pid": os.getpid(), "world_size": identity.world_size,
             "local_rank": identity.local_rank, "traintel_version": __version__,
             "total_epochs": total_epochs, "total_steps": self.state.total_steps,
-            "initial_step": initial_step, "segment": continuation.segment,
+            "initial_step": initial_step, "loss_key": loss_key,
+            "segment": continuation.segment,
             "resumed": continuation.resumed,
             "tags": list(identity.tags), "notes": identity.notes, "group": identity.group,
             "export": telemetry["export"], "export_interval_s": telemetry["export_interval_s"],
@@ -330,10 +333,6 @@ _DECIDED = {"user_handler": "your handler decides what happens (run.stop_request
             "ignored": "ignored (SIG_IGN); run.stop_requested is set",
             "loop": "run.stop_requested is set; the loop decides (sigterm='flag')",
             "traintel": "finishing the run (preempted) and exiting with 143"}
-
-
-def _nonfinite_event(metric: str) -> str:
-    return "nonfinite_loss" if metric in LOSS_KEYS else "nonfinite_value"
 
 
 class _EventText:

@@ -356,7 +356,7 @@ def progress_text(state: RunState, total_epochs: int | None) -> str:
     parts = [epoch_text(state, total_epochs), f"step {state.step}{steps}{percent}"]
     if rate:
         parts.append(f"{rate:.1f} steps/s")
-    loss = state.latest.get("loss")
+    loss = state.latest_loss()
     if loss is not None:
         parts.append(f"loss {num(loss)}")
     if state.total_steps:

@@ -24,7 +24,7 @@ from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rotation_set
 from traintel.record.summary import RecordFold, Segment
 from traintel.settings import ResumeMode
-from traintel.state import LOSS_KEYS, NonFinite, RunState
+from traintel.state import NonFinite, RunState
 
 log = logging.getLogger("traintel.run")
 
@@ -91,10 +91,12 @@ class Continuation:
         state.latest.update({key: float(value) for key, value in before.metrics.items()})
         state.errors.update(before.errors)
         state.events.update(before.events)
+        if state.loss_key is None:
+            state.loss_key = before.figures.loss_key
         for key, seen in before.nonfinite.items():
             restored = state.nonfinite[key] = NonFinite(seen["first_step"])
             restored.count, restored.last_step = seen["count"], seen["last_step"]
-            if key in LOSS_KEYS:
+            if state.is_loss(key):
                 state.nonfinite_losses += seen["count"]
 
 

@@ -81,6 +81,7 @@ class Run(StepMethods):
         self.redactor = config.redactor  # the one redaction of all this run writes or exports
         self.state = state = RunState()
         state.total_steps = settings.total_steps
+        state.loss_key = settings.loss  # declared, else the first loss name a step logs
         continuation.restore(state)
         before = continuation.before
         #: the step this segment's steps begin after: the record's last, or the loop's own
@@ -91,6 +92,8 @@ class Run(StepMethods):
             self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
             max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
             figures=before.figures if before else StepFigures(initial_step=initial_step))
+        if settings.loss is not None:
+            writer.figures.loss_key = settings.loss
         export = self.export = RunExport.start(state, self.labels, identity.info,
                                                settings.export_mode, writer.note, sinks_override)
         writer.listeners.append(export.histograms.observe)
@@ -129,7 +132,8 @@ class Run(StepMethods):
         self._finished = False
         self._lock = threading.Lock()
         self._events.run_start(identity, config, continuation, settings.total_epochs,
-                               export.telemetry(settings.log_level), initial_step)
+                               export.telemetry(settings.log_level), initial_step,
+                               settings.loss)
         self.outlets = Outlets.start(self, identity, settings, state.start_ts)  # HTTP, Grafana
         self.server: StatusServer | None = self.outlets.server
         self.samplers = start_sampling(

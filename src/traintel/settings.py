@@ -120,7 +120,11 @@ class Settings:
         {}, "Which way each eval metric improves, e.g. `{'bleu': 'max'}` (default: from the "
             "metric's name; unknown names get no best).")
     halt_on_nonfinite: bool = _option(
-        False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf `loss`.")
+        False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf loss.")
+    loss: str | None = _option(
+        None, "The name of the training loss among the values `run.log` gets (summary, "
+              "progress, `traintel_loss`, non-finite handling); default: the first of `loss`, "
+              "`train/loss`, `train_loss`, `training_loss`, `loss/train`, ... a step logs.")
     grafana_annotations: bool = _option(
         False, "Mark run events as annotations in the Grafana at GRAFANA_URL (token in "
                "GRAFANA_TOKEN; the `traintel[grafana]` extra), posted off the training thread.",
@@ -177,6 +181,9 @@ class Settings:
                                        len(self.notes) > 10_000):
             raise TypeError(f"traintel.init: notes must be a string of at most 10,000 "
                             f"characters, got {shown(self.notes)}")
+        if self.loss is not None and (not isinstance(self.loss, str) or not self.loss):
+            raise TypeError(f"traintel.init: loss must be the name the loss is logged under, "
+                            f"e.g. loss='train/loss', got {shown(self.loss)}")
         if not isinstance(self.goals, dict):
             raise TypeError(f"traintel.init: goals must be a dict like {{'bleu': 'max'}}, got "
                             f"{shown(self.goals)}")
@@ -242,6 +249,7 @@ class InitOptions(TypedDict, total=False):
     group: str | None
     goals: dict[str, Goal] | None
     halt_on_nonfinite: bool | None
+    loss: str | None
     grafana_annotations: bool | None
 
 

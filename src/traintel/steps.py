@@ -48,7 +48,7 @@ from traintel.record.pipeline import Pipeline
 from traintel.record.queue import RecordQueue, Step
 from traintel.render import progress_text
 from traintel.spans import RunSpans
-from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, nonfinite_text
+from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_NAMES, RunState, nonfinite_text
 from traintel.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
 
 T = TypeVar("T")
@@ -105,7 +105,8 @@ class StepRecorder:
         #: ``run.log``; None until then
         self._numbered: bool | None = None
         self.in_track = False
-        self._seen_keys: set[str] = set(KNOWN_KEYS) | set(COUNTED_KEYS)
+        #: keys whose first sighting was handled (``loss`` among them once a step logged it)
+        self._seen_keys: set[str] = (set(KNOWN_KEYS) | set(COUNTED_KEYS)) - set(LOSS_NAMES)
         self._warned_repeat = False
         self._next_check = 0
         self._next_refresh = 0.0
@@ -507,9 +508,17 @@ class StepRecorder:
         self._reschedule()
 
     def _new_key(self, what: str, key: str) -> None:
+        state = self.state
+        if state.loss_key is None and key in LOSS_NAMES:
+            if what == "run.log":
+                state.loss_key = key  # the first loss name a step logs is the loss
+            # else (run.log_values: an epoch figure) it stays unseen: a step may still log it
+        else:
+            self._seen_keys.add(key)
+        if key in KNOWN_KEYS:
+            return  # a catalog metric of its own: no name of the budget, no user key
         self._budget.admit(what, "metrics", key, "Log per-item values with run.histogram()")
-        self.state.user_keys.add(key)
-        self._seen_keys.add(key)
+        state.user_keys.add(key)
 
     def _flag_nonfinite(self, values: dict[str, Any], step: int | None) -> bool:
         """NaN/Inf values: written as text (JSON has none), counted, flagged with rate-limited
@@ -522,13 +531,13 @@ class StepRecorder:
             if value - value != 0:
                 values[key] = nonfinite_text(value)
                 self._events.nonfinite(key, values[key], step)
-                halt = halt or self._halt and key in LOSS_KEYS
+                halt = halt or self._halt and self.state.is_loss(key)
         return halt
 
     def _halt_now(self, values: dict[str, Any], step: int | None) -> None:
         """``halt_on_nonfinite``: the step with the non-finite loss is written, then the
         error is recorded and raised."""
-        key = next(k for k in LOSS_KEYS if values.get(k).__class__ is str)
+        key = next(k for k in values if values[k].__class__ is str and self.state.is_loss(k))
         self.close()
         self._events.halt_nonfinite(key, values[key], self.state.step if step is None else step)
 

@@ -102,7 +102,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_steps_per_second": _value(lambda s: s.rates.get("steps_per_second")),
         "traintel_samples_per_second": _value(lambda s: s.rates.get("samples_per_second")),
         "traintel_tokens_per_second": _value(lambda s: s.rates.get("tokens_per_second")),
-        "traintel_loss": _latest("loss"),
+        "traintel_loss": _value(RunState.latest_loss),  # the loss by its name (LOSS_NAMES)
         "traintel_learning_rate": _latest("lr"),
         "traintel_grad_norm": _latest("grad_norm"),
         "traintel_nonfinite_loss_total": _value(lambda s: s.nonfinite_losses),

@@ -111,6 +111,8 @@ class RunStartLine(_Stamped, RunTelemetry):
     #: the step this segment's steps begin after (``initial_step=``; on resume the record's last
     #: step), None when unknown: then its first step line counts once
     initial_step: int | None
+    #: ``traintel.init(loss=...)``: the name of the training loss, None: by its name
+    loss_key: str | None
     segment: int
     resumed: bool
     tags: list[str]

@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 from traintel.stats import RunningStats, Statistics
-from traintel.state import RunState, nonfinite_text
+from traintel.state import RunState, find_loss, nonfinite_text
 from traintel.record.format import END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind, RawLine, RunStatus
 
 
 class LossFigures(TypedDict):
+    #: the name the loss was logged under (``train/loss``, ...; see ``LOSS_NAMES``)
+    key: str | None
     """The training loss. ``final`` is the last value logged, as logged: ``"nan"``, ``"inf"`` or
     ``"-inf"`` when it was not finite (``last_finite`` is the last finite one); the statistics
     cover finite values only, ``nonfinite`` counts the others, from ``first_nonfinite_step``."""
@@ -65,7 +67,7 @@ class StepFigures:
     __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "last_step", "loss",
                  "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
                  "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start",
-                 "_covers")
+                 "_covers", "loss_key")
 
     def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
         self.steps = 0
@@ -93,6 +95,9 @@ class StepFigures:
         self._segment_start: float | None = None
         #: how many steps the last step line stood for
         self._covers = 1
+        #: the name of the loss: declared (the run_start's ``loss_key``), else the first of
+        #: ``LOSS_NAMES`` a step line holds, as the run itself picks it (``RunState.is_loss``)
+        self.loss_key: str | None = None
 
     def begin_after(self, step: int) -> None:
         """The run's first segment starts after step ``step`` (its ``initial_step``)."""
@@ -149,7 +154,10 @@ class StepFigures:
 
     def _fold(self, step: int, covers: int, counted: bool, metrics: Metrics) -> None:
         timed = self._timed
-        loss = metrics.get("loss")
+        key = self.loss_key
+        if key is None:
+            key = self.loss_key = find_loss(metrics)
+        loss = None if key is None else metrics.get(key)
         if loss is not None:
             self.final_loss = loss
             if type(loss) is float or type(loss) is int:
@@ -186,7 +194,7 @@ class StepFigures:
     def loss_figures(self) -> LossFigures:
         loss = self.loss
         counted = loss.count > 0
-        return {"final": self.final_loss, "last_finite": loss.last,
+        return {"key": self.loss_key, "final": self.final_loss, "last_finite": loss.last,
                 "best": loss.min if counted else None,
                 "min": loss.min if counted else None, "max": loss.max if counted else None,
                 "mean": loss.mean, "std": loss.std, "count": loss.count,
@@ -382,6 +390,8 @@ class RecordFold:
             self.figures.new_segment()
         elif type(line.get("initial_step")) is int:
             self.figures.begin_after(line["initial_step"])
+        if isinstance(line.get("loss_key"), str):  # declared: traintel.init(loss=...)
+            self.figures.loss_key = line["loss_key"]
         if not self.start:
             self.start = line
         self.last_start = line

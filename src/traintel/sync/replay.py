@@ -26,7 +26,7 @@ from traintel.export.readings import Histograms
 from traintel.record.format import END_STATUSES, RawLine
 from traintel.record.summary import RecordFold, StepFigures
 from traintel.resume import Continuation
-from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
+from traintel.state import COUNTED_KEYS, KNOWN_KEYS, RateWindow, RunState, find_loss
 
 #: catalog groups whose metrics the record cannot rebuild, and why
 NOT_IN_RECORD: dict[str, str] = {
@@ -114,6 +114,8 @@ class Replay:
         step_s = optional_number(line.get("step_s"))
         data_wait_s = optional_number(line.get("data_wait_s"))
         values = _values(metrics)
+        if state.loss_key is None:
+            state.loss_key = find_loss(metrics)
         last = self.last
         if last is None:
             covers = step - self.base if self.base is not None and step > self.base else 1
@@ -154,7 +156,7 @@ class Replay:
         for key, value in values.items():
             if key not in KNOWN_KEYS and key not in COUNTED_KEYS:
                 state.user_keys.add(key)
-            if key in LOSS_KEYS and not math.isfinite(value):
+            if not math.isfinite(value) and state.is_loss(key):
                 state.nonfinite_losses += 1
         state.latest.update(values)
 
