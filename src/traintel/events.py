@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, SupportsFloat
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 from traintel.errors import NonFiniteLossError, classify, format_traceback, operation_of
 from traintel.identity import RunIdentity
@@ -260,7 +260,8 @@ class EventRecorder:
             "history": [*(history if isinstance(history, list) else []), entry]}, quiet=True)
 
     def run_end(self, status: EndStatus, writer: RecordWriter, about: RunAbout,
-                continuation: Continuation) -> RunSummary:
+                continuation: Continuation,
+                user: Callable[[], dict[str, Any]] | None = None) -> RunSummary:
         """The segment's last lines (each custom instrument summarised, then ``run_end``),
         summary.json from what the writer folded, then the record written to its end.
 
@@ -292,9 +293,14 @@ class EventRecorder:
         path = writer.directory / "summary.json"
         write_json(path, summary)
         lost = writer.close()
+        kept = user() if user is not None else {}
+        if kept:  # run.summary: its defined metrics are read from the whole record
+            summary["summary"] = kept
         if lost:
             summary["record"]["dropped"] = state.dropped
+        if lost or kept:
             write_json(path, summary)
+        if lost:
             _run_log.warning("run %s: %d line(s) of the record could not be written (counted "
                              "in summary.json's record.dropped)", about["run"], lost)
         return summary

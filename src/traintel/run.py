@@ -31,10 +31,11 @@ from traintel.progress import ProgressDisplay
 from traintel.record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
 from traintel.record.job import write_job_summary
 from traintel.record.pipeline import Pipeline
-from traintel.record.summary import RunSummary, StepFigures
+from traintel.record.summary import StepFigures
 from traintel.record.writer import RecordWriter
 from traintel.resume import Continuation, open_record
 from traintel.runconfig import ConfigView, RunConfig
+from traintel.usersummary import RunSummaryValues, SummaryGoal
 from traintel.samplers import start_sampling
 from traintel.settings import Settings
 from traintel.spans import RunSpans, Span
@@ -128,7 +129,9 @@ class Run(StepMethods):
         instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
         self.counter, self.gauge = instruments.counter, instruments.gauge
         self.histogram, self.timer = instruments.histogram, instruments.timer
-        self.summary: RunSummary | None = None
+        #: ``run.summary``: the user's figures (summary.json's ``summary``); after the end it
+        #: also reads the computed summary (``run.summary["steps"]``)
+        self.summary = RunSummaryValues(state.summary)
         self._finished = False
         self._lock = threading.Lock()
         self._events.run_start(identity, config, continuation, settings.total_epochs,
@@ -164,6 +167,11 @@ class Run(StepMethods):
                  **metrics: SupportsFloat) -> dict[str, bool]:
         """Record eval metrics; ``{name: is_best}`` by ``goals`` or by name (``evals``)."""
         return self._evals.log(step, goals, metrics)
+
+    def define_metric(self, name: str, summary: SummaryGoal = "last") -> None:
+        """W&B's ``define_metric(name, summary=...)``: summary.json's ``summary`` keeps the
+        ``min``, ``max`` or ``last`` value of ``name`` (logged, values or eval)."""
+        self.summary.define(name, summary)
 
     def span(self, name: str, **attributes: AttributeValue) -> Span:
         """A span around a block or function, timed; an exception inside is recorded."""
@@ -253,19 +261,20 @@ class Run(StepMethods):
         self.end_epoch()
         self.spans.finish(status, state.step)
         config = self.config.current
-        self.summary = self._events.run_end(status, self._writer, self.identity.about(
-            config.hash), self._continuation)
+        summary = self._events.run_end(status, self._writer, self.identity.about(
+            config.hash), self._continuation, lambda: self.summary.for_json(self.dir))
+        self.summary.final = summary
         if self.world_size > 1:  # the job's figures over every rank that has ended so far
             write_job_summary(self.dir.parent)
         if status == "failed":
             from traintel.diagnostics import snapshot, write_crash_report
 
-            write_crash_report(self.dir, snapshot(self.status_dict(), self.summary,
+            write_crash_report(self.dir, snapshot(self.status_dict(), summary,
                                                   config.values, state, self.errors),
                                self.redactor)
         if self.otlp is not None:  # cut short when a signal waits: it asked to end now
             self.otlp.shutdown(0.2 if self._hooks.deferred else self.settings.shutdown_timeout)
-            self._events.after_export(self.summary, state, self.dir)
+            self._events.after_export(summary, state, self.dir)
         self.outlets.stop()
         self._logging.restore()
         self._hooks.remove(keep_excepthook=status not in ("finished", "preempted"))

@@ -70,6 +70,7 @@ class RunState:
         "last_step_ts", "latest", "user_keys", "eval_latest", "eval_best", "eval_best_step",
         "goals", "events", "errors", "counters", "gauges", "total_steps", "rates", "readings",
         "queue_depth", "dropped", "logged", "export_failures", "export_error", "loss_key",
+        "summary",
     )
 
     def __init__(self) -> None:
@@ -77,6 +78,8 @@ class RunState:
         #: the name of the training loss among the logged values (``is_loss``), None until a
         #: step logs one or ``traintel.init(loss=...)`` names it
         self.loss_key: str | None = None
+        #: the numbers of ``run.summary`` (``traintel_summary_value``)
+        self.summary: dict[str, float] = {}
         self.start_ts = time.time()
         self.epoch = 0
         #: epochs that ended (``run.epochs``, ``run.end_epoch``)

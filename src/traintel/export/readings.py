@@ -109,6 +109,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_data_wait_seconds_total": _value(lambda s: s.data_wait_total),
         "traintel_compute_seconds_total": _value(lambda s: s.compute_total),
         "traintel_metric": _user_metrics,
+        "traintel_summary_value": _by("key", lambda s: s.summary),
         "traintel_eval_value": _by("metric", lambda s: s.eval_latest),
         "traintel_eval_best": _by("metric", lambda s: s.eval_best),
         "traintel_user_total": _by("metric", lambda s: s.counters),

@@ -268,7 +268,12 @@ class InstrumentFigures(Statistics):
     kind: InstrumentKind
 
 
-class RunSummary(TypedDict):
+class _UserFigures(TypedDict, total=False):
+    #: ``run.summary``: the user's own figures and the defined metrics (absent when none)
+    summary: dict[str, Any]
+
+
+class RunSummary(_UserFigures):
     """summary.json (docs/record-format.md)."""
 
     run: str
