@@ -35,7 +35,7 @@ from traintel.record.summary import StepFigures
 from traintel.record.writer import RecordWriter
 from traintel.resume import Continuation, open_record
 from traintel.runconfig import ConfigView, RunConfig
-from traintel.usersummary import RunSummaryValues, SummaryGoal
+from traintel.usersummary import RunSummaryValues
 from traintel.samplers import start_sampling
 from traintel.settings import Settings
 from traintel.spans import RunSpans, Span
@@ -93,8 +93,7 @@ class Run(StepMethods):
             self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
             max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
             figures=before.figures if before else StepFigures(initial_step=initial_step))
-        if settings.loss is not None:
-            writer.figures.loss_key = settings.loss
+        writer.figures.loss_key = settings.loss or writer.figures.loss_key
         export = self.export = RunExport.start(state, self.labels, identity.info,
                                                settings.export_mode, writer.note, sinks_override)
         writer.listeners.append(export.histograms.observe)
@@ -129,9 +128,8 @@ class Run(StepMethods):
         instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
         self.counter, self.gauge = instruments.counter, instruments.gauge
         self.histogram, self.timer = instruments.histogram, instruments.timer
-        #: ``run.summary``: the user's figures (summary.json's ``summary``); after the end it
-        #: also reads the computed summary (``run.summary["steps"]``)
-        self.summary = RunSummaryValues(state.summary)
+        self.summary = RunSummaryValues(state.summary)  # traintel.usersummary
+        self.define_metric = self.summary.define  # W&B's define_metric(name, summary="max")
         self._finished = False
         self._lock = threading.Lock()
         self._events.run_start(identity, config, continuation, settings.total_epochs,
@@ -167,11 +165,6 @@ class Run(StepMethods):
                  **metrics: SupportsFloat) -> dict[str, bool]:
         """Record eval metrics; ``{name: is_best}`` by ``goals`` or by name (``evals``)."""
         return self._evals.log(step, goals, metrics)
-
-    def define_metric(self, name: str, summary: SummaryGoal = "last") -> None:
-        """W&B's ``define_metric(name, summary=...)``: summary.json's ``summary`` keeps the
-        ``min``, ``max`` or ``last`` value of ``name`` (logged, values or eval)."""
-        self.summary.define(name, summary)
 
     def span(self, name: str, **attributes: AttributeValue) -> Span:
         """A span around a block or function, timed; an exception inside is recorded."""

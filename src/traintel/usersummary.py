@@ -75,7 +75,9 @@ class RunSummaryValues(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         return f"RunSummaryValues({dict(self)!r})"
 
-    def define(self, name: str, summary: SummaryGoal) -> None:
+    def define(self, name: str, summary: SummaryGoal = "last") -> None:
+        """``run.define_metric``: summary.json's ``summary`` keeps the ``min``, ``max`` or
+        ``last`` value of ``name`` (from step, values and eval lines)."""
         if summary not in GOALS:
             log.warning("run.define_metric(%r): summary must be one of %s, got %r; not kept",
                         name, ", ".join(GOALS), summary)
