@@ -35,6 +35,7 @@ from traintel.record.summary import StepFigures
 from traintel.record.writer import RecordWriter
 from traintel.resume import Continuation, open_record
 from traintel.runconfig import ConfigView, RunConfig
+from traintel.userlogs import for_run as user_logs
 from traintel.usersummary import RunSummaryValues
 from traintel.samplers import start_sampling
 from traintel.settings import Settings
@@ -82,7 +83,6 @@ class Run(StepMethods):
         self.redactor = config.redactor  # the one redaction of all this run writes or exports
         self.state = state = RunState()
         state.total_steps = settings.total_steps
-        state.loss_key = settings.loss  # declared, else the first loss name a step logs
         continuation.restore(state)
         before = continuation.before
         #: the step this segment's steps begin after: the record's last, or the loop's own
@@ -93,7 +93,7 @@ class Run(StepMethods):
             self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
             max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
             figures=before.figures if before else StepFigures(initial_step=initial_step))
-        writer.figures.loss_key = settings.loss or writer.figures.loss_key
+        state.loss_key = writer.figures.loss_key = settings.loss or writer.figures.loss_key
         export = self.export = RunExport.start(state, self.labels, identity.info,
                                                settings.export_mode, writer.note, sinks_override)
         writer.listeners.append(export.histograms.observe)
@@ -110,7 +110,8 @@ class Run(StepMethods):
         console = console_handler(self.progress.console) if settings.console_logs else None
         self.pipeline = Pipeline.for_run(writer.queue, self.redactor, identity.record_fields,
                                          spans.active, self.otlp, console)
-        self._logging = LoggerTree(self.pipeline, settings.log_level, console)
+        self._logging = LoggerTree(self.pipeline, settings.log_level, console,
+                                   user_logs(settings, self.pipeline, state, self.error))
         self._logging.install()
         self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id,
                                      budget=self.names, flush_soon=writer.flush_soon)

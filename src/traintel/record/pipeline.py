@@ -207,6 +207,20 @@ class Pipeline(logging.Handler):
         setattr(record, RECORD_ATTR, line)
         self._to_file(record)
 
+    def foreign(self, record: logging.LogRecord, step: int) -> None:
+        """A record of the user's own loggers (``traintel.userlogs``): a ``log`` line at
+        ``step``, to every sink but the console (the user's own handlers print it)."""
+        try:
+            line = log_line(record)
+            line["step"] = step
+            for process in self.processors:
+                line = process(line, record)
+            for sink in list(self.sinks):
+                if type(sink) is not Console:
+                    sink(line, record)
+        except Exception:  # logging must never raise into training
+            self.handleError(record)
+
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
 
