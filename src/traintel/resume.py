@@ -22,7 +22,7 @@ from traintel.identity import RunIdentity
 from traintel.record.format import EVENTS_FILE
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rotation_set
-from traintel.record.summary import RecordFold, Segment
+from traintel.record.summary import RecordFold, Segment, ended
 from traintel.settings import ResumeMode
 from traintel.state import NonFinite, RunState
 
@@ -50,9 +50,7 @@ class Continuation:
         """The segments before this one; one that never ended was killed (we hold its lock)."""
         if self.before is None:
             return []
-        return [{**s, "status": s["status"] or "crashed",
-                 "duration_s": s["duration_s"] if s["duration_s"] is not None else
-                 (s["end_ts"] or s["start_ts"]) - s["start_ts"]} for s in self.before.segments]
+        return [ended(dict(s)) for s in self.before.segments]  # type: ignore[arg-type]
 
     def carried(self, identity: RunIdentity) -> RunIdentity:
         """The identity with what the record said before: every segment's tags, and the group

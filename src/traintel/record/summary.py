@@ -322,6 +322,19 @@ class RunAbout(TypedDict):
     group: str | None
 
 
+def ended(segment: Segment) -> Segment:
+    """A segment another one followed (or whose lock a resumed run holds) that never wrote
+    its run_end was killed: ``crashed``, lasting from its start to its last line. One rule
+    for summary.json and ``traintel logs summary`` (a killed segment said ``running`` there,
+    and its gap to the next one counted in the duration)."""
+    if segment["status"] is None:
+        segment["status"] = "crashed"
+    if segment["duration_s"] is None:
+        segment["duration_s"] = (segment["end_ts"] or segment["start_ts"]) - segment[
+            "start_ts"]
+    return segment
+
+
 class RecordFold:
     """What summary.json says, folded from a record's lines (one rank's): step figures, segments,
     evaluations, errors, events, milestones, non-finite values, configuration, tags. A resumed
@@ -393,6 +406,7 @@ class RecordFold:
     def _start(self, line: RawLine) -> None:
         if self.segments:
             self.figures.new_segment()
+            ended(self.segments[-1])
         elif type(line.get("initial_step")) is int:
             self.figures.begin_after(line["initial_step"])
         if isinstance(line.get("loss_key"), str):  # declared: traintel.init(loss=...)
