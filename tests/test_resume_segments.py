@@ -56,3 +56,29 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
                            str(run.dir)], capture_output=True, text=True, check=True,
                           env=ENV).stdout
     assert "running" not in text and "crashed" in text
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_resuming_from_an_older_checkpoint_counts_each_step_once(tmp_path, quiet_run,
+                                                                  declared):
+    """Killed after step 49, resumed from the step-40 checkpoint: steps 41..49 are done again.
+    Each step counts once (100, not 109), losses too; the first record's lines stay, marked
+    by a ``superseded`` event; logs summary says what summary.json says."""
+    killed_after(tmp_path, 49)
+    options = {"initial_step": 40} if declared else {}
+    with quiet_run(run_id="r", resume=True, total_steps=100, **options) as run:
+        for step in range(41, 101):
+            run.log(step=step, loss=1.0 / step, samples=4)
+    written = json.loads((run.dir / "summary.json").read_text())
+    assert written["steps"] == 100 and written["samples"] == 400
+    assert written["loss"]["count"] == 100
+    assert written["loss"]["mean"] == pytest.approx(sum(1.0 / s for s in range(1, 101)) / 100)
+    from conftest import read_lines
+    lines = read_lines(run.dir)
+    assert len(lines.of("step")) == 109  # nothing rewritten: the record keeps every line
+    (event,) = [e for e in lines.of("event") if e["event"] == "superseded"]
+    assert (event["fields"]["after_step"], event["fields"]["through_step"]) == (40, 49)
+    shown = logs_summary(run.dir)
+    assert (shown["steps"], shown["samples"], shown["loss"]) == (
+        100, 400, written["loss"])
+    assert run.state.samples >= 400  # live counters never go back

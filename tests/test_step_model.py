@@ -221,8 +221,9 @@ def test_segments_count_from_where_the_last_one_ended():
     assert figures.steps == 41
     assert figures.active_s() == pytest.approx(21 + 10)  # not the gap between segments
     figures.new_segment()
-    figures.add(900.0, 135, 1.0, None, None)  # rewound to a checkpoint: one step
-    assert figures.steps == 42
+    figures.add(900.0, 135, 1.0, None, None)  # rewound to a checkpoint after step 134:
+    assert figures.steps == 41 - 6 + 1  # steps 135..140 are superseded, counted once
+    assert figures.superseded == 6
 
 
 def test_commit_false_values_join_the_step_they_lead_to_as_wandb_merges_them(quiet_run):

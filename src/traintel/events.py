@@ -233,6 +233,14 @@ class EventRecorder:
                                  "%s (the record keeps both; config.json has the history)",
                                  identity.id, ", ".join(changed))
             self.config(config, "resume", changed, identity.dir)
+            last = next((s["last_step"] for s in reversed(before.segments)
+                         if s["last_step"] is not None), None)
+            if initial_step is not None and last is not None and initial_step < last:
+                self.own_event("superseded", logging.INFO, {
+                    "after_step": initial_step, "through_step": last, "step": initial_step},
+                    text=f"resumed after step {initial_step}: the record's steps "
+                         f"{initial_step + 1}..{last} are superseded (counted once, their "
+                         "lines kept)")
         _run_log.info("run %s (%s/%s) recording to %s%s", identity.id, identity.project,
                       identity.name, identity.dir,
                       f" (segment {continuation.segment})" if before is not None else "")

@@ -85,8 +85,8 @@ class Run(StepMethods):
         state.total_steps = settings.total_steps
         continuation.restore(state)
         before = continuation.before
-        #: the step this segment's steps begin after: the record's last, or the loop's own
-        initial_step = state.step if before else settings.initial_step
+        #: steps begin after initial_step (on resume: an older checkpoint) or the record's last
+        initial_step = n if (n := settings.initial_step) is not None or not before else state.step
         if initial_step is not None:
             state.step = initial_step
         writer = self._writer = RecordWriter(
@@ -129,7 +129,7 @@ class Run(StepMethods):
         instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
         self.counter, self.gauge = instruments.counter, instruments.gauge
         self.histogram, self.timer = instruments.histogram, instruments.timer
-        self.summary = RunSummaryValues(state.summary)  # traintel.usersummary
+        self.summary = RunSummaryValues(state.summary)
         self.define_metric = self.summary.define  # W&B's define_metric(name, summary="max")
         self._finished = False
         self._lock = threading.Lock()

@@ -419,6 +419,12 @@ class StepRecorder:
             covers = 1
         elif last is None:
             base = self._base
+            if base is not None and step <= base:  # resumed from an older checkpoint
+                self._events.own_event("superseded", logging.INFO, {
+                    "after_step": step - 1, "through_step": base, "step": step},
+                    text=f"resumed at step {step}: the record's steps {step}..{base} are "
+                         "superseded (counted once, their lines kept)")
+                base = self._base = step - 1
             covers = step - base if base is not None and step > base else 1
         elif step > last:
             covers = step - last

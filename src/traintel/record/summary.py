@@ -5,12 +5,18 @@ them, so the two always agree.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 from traintel.stats import RunningStats, Statistics
 from traintel.state import RunState, find_loss, nonfinite_text
 from traintel.record.format import END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind, RawLine, RunStatus
+
+
+#: step lines a fold keeps to take back what a resumed run supersedes (a checkpoint this many
+#: logged steps back or nearer is exact; an older one takes back what is kept)
+HISTORY = 50_000
 
 
 class LossFigures(TypedDict):
@@ -67,7 +73,7 @@ class StepFigures:
     __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "last_step", "loss",
                  "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
                  "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start",
-                 "_covers", "loss_key")
+                 "_covers", "loss_key", "_history", "superseded")
 
     def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
         self.steps = 0
@@ -98,6 +104,12 @@ class StepFigures:
         #: the name of the loss: declared (the run_start's ``loss_key``), else the first of
         #: ``LOSS_NAMES`` a step line holds, as the run itself picks it (``RunState.is_loss``)
         self.loss_key: str | None = None
+        #: the recent step lines (step, steps, samples, tokens, finite loss), to take back
+        #: the ones a resumed run supersedes (it went back to an older checkpoint)
+        self._history: deque[tuple[int, int, int, int, float | None]] = deque(
+            maxlen=HISTORY)
+        #: steps counted once and then superseded by a resumed run's going back
+        self.superseded = 0
 
     def begin_after(self, step: int) -> None:
         """The run's first segment starts after step ``step`` (its ``initial_step``)."""
@@ -117,6 +129,9 @@ class StepFigures:
         last = self.last_step
         if last is None:
             base = self._base
+            if base is not None and step <= base and self._history:
+                self.supersede(step - 1)  # a resumed run went back to an older checkpoint
+                base = self._base
             covers = step - base if base is not None and step > base else 1
         else:
             covers = step - last if step > last else 1
@@ -140,8 +155,28 @@ class StepFigures:
             if data_wait_s is not None:
                 self.data_wait += data_wait_s
                 self.waited += step_s
-        if metrics:
-            self._fold(step, covers, counted, metrics)
+        folded = self._fold(step, covers, counted, metrics) if metrics else None
+        self._history.append((step, covers, *(folded or (0, 0, None))))
+
+    def supersede(self, after: int) -> None:
+        """A resumed run goes on from step ``after`` (an older checkpoint than the record's
+        last step): the steps after it, counted once already, are taken back (steps,
+        samples, tokens, losses), so that each step counts once. The record keeps their lines
+        (a ``superseded`` event says which); live counters are not taken back."""
+        base = self._base
+        if base is None or after >= base:
+            return
+        history = self._history
+        while history and history[-1][0] > after:
+            step, covers, samples, tokens, loss = history.pop()
+            undone = min(covers, step - after)
+            self.steps -= undone
+            self.superseded += undone
+            self.samples -= samples * undone // covers if covers else 0
+            self.tokens -= tokens * undone // covers if covers else 0
+            if loss is not None:
+                self.loss.remove(loss)
+        self._base = after
 
     def join(self, line: Mapping[str, Any]) -> None:
         """A ``values`` line that holds ``commit=False`` values (``uncommitted``) for the step
@@ -152,8 +187,11 @@ class StepFigures:
                 line.get("step") == step):
             self._fold(step, self._covers, True, metrics)
 
-    def _fold(self, step: int, covers: int, counted: bool, metrics: Metrics) -> None:
+    def _fold(self, step: int, covers: int, counted: bool,
+              metrics: Metrics) -> tuple[int, int, float | None]:
+        """Fold a line's values; returns what it added: samples, tokens, its finite loss."""
         timed = self._timed
+        finite: float | None = None
         key = self.loss_key
         if key is None:
             key = self.loss_key = find_loss(metrics)
@@ -162,6 +200,7 @@ class StepFigures:
             self.final_loss = loss
             if type(loss) is float or type(loss) is int:
                 self.loss.add(loss)
+                finite = loss
             elif type(loss) is str:  # NaN and infinities are written as text
                 self.nonfinite_loss += 1
                 if self.first_nonfinite_step is None:
@@ -176,6 +215,7 @@ class StepFigures:
             self.tokens += tokens
             if counted:
                 timed[2] += tokens
+        return samples or 0, tokens or 0, finite
 
     def active_s(self) -> float:
         """Seconds of training: each segment from the start of its first timed step to the end
@@ -409,6 +449,8 @@ class RecordFold:
             ended(self.segments[-1])
         elif type(line.get("initial_step")) is int:
             self.figures.begin_after(line["initial_step"])
+        if self.segments and type(line.get("initial_step")) is int:
+            self.figures.supersede(line["initial_step"])  # resumed from an older checkpoint
         if isinstance(line.get("loss_key"), str):  # declared: traintel.init(loss=...)
             self.figures.loss_key = line["loss_key"]
         if not self.start:

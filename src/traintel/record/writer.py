@@ -267,6 +267,10 @@ class RecordWriter:
                     line = item.line
                     if "uncommitted" in line and line.get("type") == "values":
                         figures.join(line)
+                    elif line.get("type") == "run_start" and line.get("segment", 1) != 1:
+                        after = line.get("initial_step")
+                        if type(after) is int:
+                            figures.supersede(after)  # resumed from an older checkpoint
                     if line.get("type") in HEAD_TYPES and len(self._head) < len(HEAD_TYPES):
                         self._head.append(encode(line))
                 chunk = encode(line)
