@@ -127,11 +127,18 @@ class EventRecorder:
             self.flush_soon()
         return line
 
-    def check_finite(self, loss: SupportsFloat) -> float:
+    def check_finite(self, loss: SupportsFloat, step: int | None = None) -> float:
+        """``run.check_finite``: a non-finite loss is counted as a logged one is (the
+        ``nonfinite_loss`` event, ``traintel_nonfinite_loss_total``), recorded as an error of
+        the operation ``check_finite`` and raised. ``step``: the step under way (the one
+        ``halt_on_nonfinite`` would name for the same batch), else the next one."""
         value = to_number("run.check_finite", "loss", loss)
         if not math.isfinite(value):
-            exc = NonFiniteLossError(f"loss is {nonfinite_text(value)} at step {self.state.step}")
-            self.error(exc, context={"loss": nonfinite_text(value)})
+            text = nonfinite_text(value)
+            step = self.state.step + 1 if step is None else step
+            self.nonfinite(self.state.loss_key or "loss", text, step)
+            exc = NonFiniteLossError(f"loss is {text} at step {step}")
+            self.error(exc, context={"loss": text, "step": step}, operation="check_finite")
             raise exc
         return float(value)
 

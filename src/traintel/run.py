@@ -186,7 +186,7 @@ class Run(StepMethods):
 
     def check_finite(self, loss: SupportsFloat) -> float:
         """Raise ``NonFiniteLossError`` (recorded) if ``loss`` is NaN/Inf; return it as float."""
-        return self._events.check_finite(loss)
+        return self._events.check_finite(loss, self._steps.under_way())
 
     # -- custom instruments (bound at start: ``run.counter("skipped")``), the model, loggers -----
     counter: Callable[[str], Counter]

@@ -346,6 +346,10 @@ class StepRecorder:
                 self._pending = None
             self.close()
 
+    def under_way(self) -> int:
+        """The number of the step under way: the open one's, else the one after the last."""
+        return self._pending_step if self._pending_step is not None else self.state.step + 1
+
     def seal(self, run_id: str) -> Callable[..., None]:
         """The run's end: a step logged but not yet closed is written (:meth:`close`), then every
         way to a new step (``log``, ``run.track``) raises instead of queueing for a writer that

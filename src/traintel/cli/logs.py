@@ -186,6 +186,7 @@ def _print_summary(s: dict[str, Any]) -> None:
              for k, v in s["nonfinite"].items() if k != "loss"]
     rows += [(f"eval {k}", f"last {num(v['last'])}, best {num(v['best'])}"
               + (f" at step {v['best_step']} ({v['mode']})" if v["best"] is not None else
+                 f" (no finite value; {v['mode']})" if v.get("mode") else
                  " (no direction: pass goals=)"))
              for k, v in s["eval"].items()]
     rows += [("unreadable", s["unreadable"])] if s["unreadable"] else []
