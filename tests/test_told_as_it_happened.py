@@ -36,3 +36,18 @@ def test_an_all_nan_eval_metric_with_a_direction_is_not_asked_for_goals(quiet_ru
     shown = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary",
                             str(run.dir)], capture_output=True, text=True, check=True).stdout
     assert "no finite value" in shown and "pass goals=" not in shown
+
+
+def test_logs_metrics_filter_names_the_kinds_a_run_has(quiet_run):
+    from click.testing import CliRunner
+
+    from traintel.cli.logs import logs
+
+    with quiet_run() as run:
+        run.log(loss=1.0)
+        with run.span("save"):
+            pass
+    said = CliRunner().invoke(logs, ["metrics", str(run.dir), "--filter", "timers"]).output
+    assert "No timers recorded" in said and "operation" in said
+    shown = CliRunner().invoke(logs, ["metrics", str(run.dir), "--filter", "operations"]).output
+    assert "save" in shown

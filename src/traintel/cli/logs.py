@@ -32,7 +32,8 @@ from traintel.cli.output import table
 _COLOURS = {"debug": "bright_black", "info": None, "warning": "yellow", "error": "red",
             "critical": "bright_red"}
 FC = TypeVar("FC", bound=Callable[..., object])
-_KINDS = {"timers": "timer", "counters": "counter", "gauges": "gauge", "histograms": "histogram"}
+_KINDS = {"timers": "timer", "operations": "operation", "counters": "counter", "gauges": "gauge",
+          "histograms": "histogram"}
 
 
 def _format(*choices: str, default: str = "text") -> Callable[[FC], FC]:
@@ -297,11 +298,16 @@ def metrics(target: str, kind: str | None, fmt: str) -> None:
     Read from the instrument lines a run writes when it ends.
     """
     records = Records(target)
-    instruments = analysis.Instruments(_KINDS.get(kind) if kind else None)
-    analysis.scan(records, instruments)
-    found = instruments.result()
+    every = analysis.Instruments()
+    analysis.scan(records, every)
+    found = [i for i in every.result() if not kind or i["kind"] == _KINDS[kind]]
     if fmt == "json":
         _json(found)
+    elif not found and kind and every.found:
+        kinds = sorted({str(i["kind"]) for i in every.result()})
+        click.echo(f"No {kind} recorded; the run has instruments of other kinds: "
+                   f"{', '.join(kinds)} (--filter {' or '.join(k + 's' for k in kinds)}; "
+                   f"spans and run.operation are operations).")
     elif not found:
         click.echo("No instruments recorded (they are written when the run ends).")
     else:
