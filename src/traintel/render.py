@@ -96,6 +96,11 @@ def describe(r: RawLine) -> str:
     if kind == "step":
         return (f"step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))} "
                 f"step_s={num(r.get('step_s'))}")
+    if kind == "values":
+        joined = r.get("uncommitted")
+        return (f"values step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))}"
+                + (f" (uncommitted: {', '.join(map(str, joined))})"
+                   if isinstance(joined, list) and joined else ""))
     if kind == "eval":
         best = [k for k, v in (r.get("is_best") or {}).items() if v]
         return (f"eval step {r.get('step')} {pairs(r.get('metrics'))}"
