@@ -140,7 +140,7 @@ CASES = [  # provoke, error type, severity, operation
     pytest.param(_undecodable_text, "data", "medium", None, id="decode"),
     pytest.param(_shape_mismatch, "data", "medium", "forward", id="shape"),
     pytest.param(_dtype_mismatch, "data", "medium", None, id="dtype"),
-    pytest.param(_nan_loss, "nonfinite_loss", "high", None, id="nonfinite_loss"),
+    pytest.param(_nan_loss, "nonfinite_loss", "high", "check_finite", id="nonfinite_loss"),
     pytest.param(_missing_config_key, "config", "medium", "load_config", id="config"),
     pytest.param(_wrong_checkpoint, "model_loading", "high", None, id="model_loading"),
     pytest.param(_unwritable_checkpoint, "checkpoint_io", "high", "save_checkpoint",
@@ -176,7 +176,7 @@ def test_a_real_failure_is_classified_and_reaches_every_output(provoke, error_ty
 
     spans = {span.name: span for span in telemetry.spans.get_finished_spans()}
     # run.span makes a span of its own; run.track's loader errors land on the run's span
-    failed = spans["training_run" if operation in (None, "data_loading") else operation]
+    failed = spans["training_run" if operation in (None, "data_loading", "check_finite") else operation]
     assert not failed.status.is_ok
     (event,) = [e for e in failed.events if e.name == "exception"]
     assert event.attributes["error_type"] == error_type

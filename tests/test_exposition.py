@@ -56,6 +56,7 @@ def everything(tmp_path_factory, quiet):
     run.error(ValueError("corrupt sample"), operation="data_loading")
     run.counter("skipped").inc()
     run.gauge("queue").set(3)
+    run.summary["best_accuracy"] = 0.9
     run.histogram("seq_len", buckets=[64, 128, 256]).observe(100)
     with run.timer("forward"):
         pass

@@ -35,6 +35,9 @@ def test_times_are_local_to_the_second() -> None:
      "step 3 epoch 0 loss=0.5123 step_s=0.25"),
     ({"type": "eval", "step": 10, "metrics": {"acc": 0.9}, "is_best": {"acc": True}},
      "eval step 10 acc=0.9 (best acc)"),
+    ({"type": "values", "step": 24, "epoch": 1, "metrics": {"train_acc": 0.5},
+      "uncommitted": ["train_acc"]},  # issue 29: was the raw dict
+     "values step 24 epoch 1 train_acc=0.5 (uncommitted: train_acc)"),
     ({"type": "error", "error_type": "oom", "severity": "critical", "operation": "forward",
       "exc_type": "OutOfMemoryError", "message": "CUDA out of memory"},
      "oom (critical) in forward: OutOfMemoryError: CUDA out of memory"),

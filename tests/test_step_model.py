@@ -221,5 +221,50 @@ def test_segments_count_from_where_the_last_one_ended():
     assert figures.steps == 41
     assert figures.active_s() == pytest.approx(21 + 10)  # not the gap between segments
     figures.new_segment()
-    figures.add(900.0, 135, 1.0, None, None)  # rewound to a checkpoint: one step
-    assert figures.steps == 42
+    figures.add(900.0, 135, 1.0, None, None)  # rewound to a checkpoint after step 134:
+    assert figures.steps == 41 - 6 + 1  # steps 135..140 are superseded, counted once
+    assert figures.superseded == 6
+
+
+def test_commit_false_values_join_the_step_they_lead_to_as_wandb_merges_them(quiet_run):
+    """W&B's habit (finding 1 of issue 29): eval at step=n, the train step's values with
+    commit=False, then run.log(..., step=n): every value lands at step n, each step once, and
+    no phantom step at the end; the lines say which values were uncommitted."""
+    with quiet_run() as run:
+        for i in range(1, 73):
+            if i % 24 == 0:
+                run.log({"eval/loss": 2.0 / i}, step=i)
+            run.log({"train/loss": 1.0 / i, "train/lr": 0.1}, commit=False)
+            run.log({"samples": 8}, step=i)
+        run.log({"late": 1.0}, commit=False)  # nothing commits it: it joins step 72
+    lines = read_lines(run.dir)
+    steps = lines.of("step")
+    assert [s["step"] for s in steps] == list(range(1, 73))
+    assert run.summary["steps"] == 72 and run.summary["samples"] == 72 * 8
+    by_step = {s["step"]: dict(s["metrics"]) for s in steps}
+    for v in lines.of("values"):
+        by_step[v["step"]].update(v["metrics"])
+    assert all(by_step[i]["train/loss"] == 1.0 / i for i in range(1, 73))
+    assert by_step[24]["eval/loss"] == 2.0 / 24 and by_step[72]["late"] == 1.0
+    # a step the eval wrote first: the train values join it as a values line, marked
+    (joined,) = [v for v in lines.of("values") if v["step"] == 24]
+    assert joined["uncommitted"] == ["train/loss", "train/lr"]
+    assert steps[0]["uncommitted"] == ["train/loss", "train/lr"]
+    assert "uncommitted" not in steps[0]["metrics"]
+    end = lines.of("values")[-1]
+    assert (end["step"], end["metrics"], end["uncommitted"]) == (72, {"late": 1.0}, ["late"])
+    # the train loss of a step the eval wrote first counts as that step's
+    loss = run.summary["loss"]
+    assert (loss["key"], loss["count"], loss["final"]) == ("train/loss", 72, 1.0 / 72)
+    # the same step named again is W&B's way to add to it: no warning
+    assert not [line for line in lines.of("log") if "already written" in line["message"]]
+
+
+def test_commit_false_then_a_plain_commit_marks_only_uncommitted_keys(quiet_run):
+    with quiet_run() as run:
+        run.log(loss=1.0, commit=False)
+        run.log(loss=0.9, lr=0.1)  # committed: its loss replaces the uncommitted one
+        run.log(acc=0.5)
+    steps = steps_of(run)
+    assert steps[0]["metrics"] == {"loss": 0.9, "lr": 0.1} and "uncommitted" not in steps[0]
+    assert "uncommitted" not in steps[1]

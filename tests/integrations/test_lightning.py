@@ -102,8 +102,11 @@ def test_the_checkpoint_directory_is_named_by_the_run_id(tmp_path, quiet):
     lightning_fit(tmp_path, logger=logger)
     run = logger.run
     logger.finish()
-    (saved,) = [e["fields"]["path"] for e in read_lines(run.dir).of("event", "checkpoint")
-                if e["fields"].get("path")][-1:]
+    checkpoints = read_lines(run.dir).of("event", "checkpoint")
+    # one event per save, with its path (issue 29 finding 11: the logger wrote two, one blank)
+    assert checkpoints and all(e["fields"].get("path") for e in checkpoints)
+    assert len({e["fields"]["path"] for e in checkpoints}) == len(checkpoints)
+    saved = checkpoints[-1]["fields"]["path"]
     assert Path(saved).is_file()
     assert Path(saved).parent == tmp_path / "pl" / "traintel" / run.id / "checkpoints"
 

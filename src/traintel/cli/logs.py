@@ -34,7 +34,8 @@ from traintel.cli.output import table
 _COLOURS = {"debug": "bright_black", "info": None, "warning": "yellow", "error": "red",
             "critical": "bright_red"}
 FC = TypeVar("FC", bound=Callable[..., object])
-_KINDS = {"timers": "timer", "counters": "counter", "gauges": "gauge", "histograms": "histogram"}
+_KINDS = {"timers": "timer", "operations": "operation", "counters": "counter", "gauges": "gauge",
+          "histograms": "histogram"}
 
 
 def _format(*choices: str, default: str = "text") -> Callable[[FC], FC]:
@@ -188,6 +189,7 @@ def _print_summary(s: dict[str, Any]) -> None:
              for k, v in s["nonfinite"].items() if k != "loss"]
     rows += [(f"eval {k}", f"last {num(v['last'])}, best {num(v['best'])}"
               + (f" at step {v['best_step']} ({v['mode']})" if v["best"] is not None else
+                 f" (no finite value; {v['mode']})" if v.get("mode") else
                  " (no direction: pass goals=)"))
              for k, v in s["eval"].items()]
     rows += [("unreadable", s["unreadable"])] if s["unreadable"] else []
@@ -298,11 +300,16 @@ def metrics(target: str, kind: str | None, fmt: str) -> None:
     Read from the instrument lines a run writes when it ends.
     """
     records = Records(target)
-    instruments = analysis.Instruments(_KINDS.get(kind) if kind else None)
-    analysis.scan(records, instruments)
-    found = instruments.result()
+    every = analysis.Instruments()
+    analysis.scan(records, every)
+    found = [i for i in every.result() if not kind or i["kind"] == _KINDS[kind]]
     if fmt == "json":
         _json(found)
+    elif not found and kind and every.found:
+        kinds = sorted({str(i["kind"]) for i in every.result()})
+        click.echo(f"No {kind} recorded; the run has instruments of other kinds: "
+                   f"{', '.join(kinds)} (--filter {' or '.join(k + 's' for k in kinds)}; "
+                   f"spans and run.operation are operations).")
     elif not found:
         click.echo("No instruments recorded (they are written when the run ends).")
     else:

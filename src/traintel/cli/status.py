@@ -67,7 +67,7 @@ def _rank_status(directory: Path) -> dict[str, Any]:
     return {"run": start.get("run", directory.name), "project": start.get("project"),
             "name": start.get("name"), "status": status, "group": start.get("group"),
             "tags": list(dict.fromkeys(tags)), "step": step.get("step"), "steps": None,
-            "epoch": step.get("epoch"), "loss": (step.get("metrics") or {}).get("loss"),
+            "epoch": step.get("epoch"), "loss": _loss_of(step.get("metrics")),
             "errors": count_type(records, "error"), "updated": updated,
             "unreadable": records.problems(), **({"page": page} if page else {})}
 
@@ -264,3 +264,13 @@ def debug(state: str, url: str) -> None:
         raise click.ClickException(f"{url}/debug answered HTTP {response.status}: "
                                    f"{response.body.decode(errors='replace')}")
     click.echo(f"debug logging {'on' if response.json()['enabled'] else 'off'}")
+
+
+def _loss_of(metrics: object) -> object:
+    """The loss of a step line by its name (``traintel.core.state.LOSS_NAMES``)."""
+    from traintel.core.state import find_loss
+
+    if not isinstance(metrics, dict):
+        return None
+    key = find_loss(metrics)
+    return None if key is None else metrics[key]

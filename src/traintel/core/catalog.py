@@ -118,6 +118,8 @@ METRICS: tuple[Metric, ...] = (
        "Time spent in the loop body (forward, backward, optimizer)."),
     _m("traintel_metric", "gauge", "", "Latest value of a user metric passed to run.log().",
        ("metric",)),
+    _m("traintel_summary_value", "gauge", "",
+       "A number the run kept in run.summary (W&B's run.summary), by key.", ("key",)),
     # Every value between two exports, not only the latest: `metric` is the run.log key (loss,
     # lr, grad_norm or a user metric). Min and max cover the values logged since the previous
     # export; the counts are cumulative (per interval: increase()).

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from traintel.core.catalog import LOGGED_NAME_FOR_KEY, METRIC_FOR_KEY
@@ -25,8 +25,23 @@ COUNTED_KEYS = ("samples", "tokens")
 #: the name under which a run.log key is counted and windowed (``metric`` label of the
 #: traintel_logged_* series): aliases of one catalog metric share one name
 LOGGED_NAME = {key: name for key, name in LOGGED_NAME_FOR_KEY.items() if key != name}
-#: run.log keys that are the training loss (summary figures, non-finite loss counts, halting)
-LOSS_KEYS = ("loss",)
+#: the names the training loss goes by, as users and frameworks write them (W&B and HF
+#: ``train/loss``, Lightning's ``train_loss``, Keras' ``loss``, TensorBoard's ``loss/train``).
+#: One rule for users and integrations: the first of these a run logs in a step is its loss
+#: (summary figures, progress, ``traintel_loss``, non-finite loss counts, halting), unless
+#: ``traintel.init(loss=...)`` declared another name.
+LOSS_NAMES = ("loss", "train/loss", "train_loss", "training_loss", "loss/train", "train.loss",
+              "training/loss", "train/loss_step")
+LOSS_KEYS = LOSS_NAMES
+_LOSS_SET = frozenset(LOSS_NAMES)
+
+
+def find_loss(metrics: Mapping[str, object]) -> str | None:
+    """The first key of ``metrics`` that names a training loss (:data:`LOSS_NAMES`), else None.
+    Costs one C-level set check when there is none (readers fold millions of lines)."""
+    if _LOSS_SET.isdisjoint(metrics):
+        return None
+    return next(key for key in metrics if key in _LOSS_SET)
 
 
 class NonFinite:
@@ -55,11 +70,17 @@ class RunState:
         "tokens", "data_wait_total", "compute_total", "nonfinite_losses", "nonfinite",
         "last_step_ts", "latest", "user_keys", "eval_latest", "eval_best", "eval_best_step",
         "goals", "events", "errors", "counters", "gauges", "total_steps", "rates", "readings",
-        "queue_depth", "dropped", "logged", "export_failures", "export_error",
+        "queue_depth", "dropped", "logged", "export_failures", "export_error", "loss_key",
+        "summary",
     )
 
     def __init__(self) -> None:
         self.status: RunStatus = "running"
+        #: the name of the training loss among the logged values (``is_loss``), None until a
+        #: step logs one or ``traintel.init(loss=...)`` names it
+        self.loss_key: str | None = None
+        #: the numbers of ``run.summary`` (``traintel_summary_value``)
+        self.summary: dict[str, float] = {}
         self.start_ts = time.time()
         self.epoch = 0
         #: epochs that ended (``run.epochs``, ``run.end_epoch``)
@@ -107,6 +128,18 @@ class RunState:
         if not self.total_steps:
             return None
         return min(1.0, self.step / self.total_steps)
+
+    def latest_loss(self) -> float | None:
+        """The training loss as last logged, NaN included (by its name while no step said)."""
+        key = self.loss_key or find_loss(self.latest)
+        return None if key is None else self.latest.get(key)
+
+    def is_loss(self, key: str) -> bool:
+        """Whether ``key`` is this run's training loss: the declared name, else the first of
+        :data:`LOSS_NAMES` logged (this call may be the first)."""
+        if self.loss_key is None and key in _LOSS_SET:
+            self.loss_key = key
+        return key == self.loss_key
 
     def eta_seconds(self) -> float | None:
         """Seconds to the planned end at the recent step rate; until the record writer has

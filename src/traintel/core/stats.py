@@ -64,6 +64,18 @@ class RunningStats:
             if slot < self._cap:
                 self._sample[slot] = value
 
+    def remove(self, value: float) -> None:
+        """Take back a value added before (a step a resumed run superseded): count, total,
+        mean and deviation as if it had never come; min, max and the sample keep it."""
+        if self.count <= 1:
+            self.count, self.total, self._mean, self._m2 = 0, 0.0, 0.0, 0.0
+            return
+        mean = (self._mean * self.count - value) / (self.count - 1)
+        self._m2 = max(0.0, self._m2 - (value - self._mean) * (value - mean))
+        self._mean = mean
+        self.count -= 1
+        self.total -= value
+
     @property
     def mean(self) -> float | None:
         return self._mean if self.count else None

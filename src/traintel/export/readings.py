@@ -106,6 +106,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_data_wait_seconds_total": _value(lambda s: s.data_wait_total),
         "traintel_compute_seconds_total": _value(lambda s: s.compute_total),
         "traintel_metric": _user_metrics,
+        "traintel_summary_value": _by("key", lambda s: s.summary),
         "traintel_eval_value": _by("metric", lambda s: s.eval_latest),
         "traintel_eval_best": _by("metric", lambda s: s.eval_best),
         "traintel_user_total": _by("metric", lambda s: s.counters),
@@ -122,7 +123,9 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
     }
     from traintel.core.catalog import METRICS
     for metric in METRICS:
-        if metric.keys:  # the latest value of the run.log keys the catalog names
+        if metric.keys == ("loss",):  # the loss goes by many names (or the declared one)
+            table[metric.name] = _value(RunState.latest_loss)
+        elif metric.keys:  # the latest value of the run.log keys the catalog names
             table[metric.name] = _latest(metric.keys)
         elif metric.group in ("gpu", "cuda", "system") and metric.kind != "histogram":
             # hardware metrics: whatever the samplers reported

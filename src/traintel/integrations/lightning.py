@@ -144,7 +144,9 @@ class _LoopRecorder(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         run = self.owner.run
-        if run is not None and trainer.is_global_zero:
+        if run is not None and trainer.is_global_zero and not isinstance(self.owner, Logger):
+            # a TraintelLogger records the save in after_save_checkpoint, with its path: one
+            # checkpoint event per save
             self.owner.flush()
             run.event("checkpoint", step=trainer.global_step)
 

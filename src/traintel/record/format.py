@@ -95,6 +95,8 @@ class RunStartLine(_Stamped, RunTelemetry):
     #: the step this segment's steps begin after (``initial_step=``; on resume the record's last
     #: step), None when unknown: then its first step line counts once
     initial_step: int | None
+    #: ``traintel.init(loss=...)``: the name of the training loss, None: by its name
+    loss_key: str | None
     segment: int
     resumed: bool
     tags: list[str]
@@ -117,7 +119,12 @@ class ConfigLine(_Stamped):
     changed: list[str]
 
 
-class StepLine(_Stamped):
+class _Joined(TypedDict, total=False):
+    #: the keys that came from ``run.log(..., commit=False)`` calls (absent when none)
+    uncommitted: list[str]
+
+
+class StepLine(_Stamped, _Joined):
     type: Literal["step"]
     step: int
     epoch: int
@@ -126,7 +133,7 @@ class StepLine(_Stamped):
     metrics: Metrics
 
 
-class ValuesLine(_Stamped):
+class ValuesLine(_Stamped, _Joined):
     """Values that are not a step: ``run.log_values`` (epoch-level figures) and values logged
     for a step already written. They neither count nor time a step."""
 
@@ -188,6 +195,8 @@ class ErrorLine(_Stamped):
 class _LogFields(TypedDict, total=False):
     #: the ``extra`` a component log call passed (secrets scrubbed)
     fields: dict[str, Any]
+    #: the step a line of the user's own loggers was logged at (``capture_logs``)
+    step: int
 
 
 class LogLine(_Stamped, _LogFields):

@@ -219,6 +219,21 @@ class Pipeline(logging.Handler):
         setattr(record, RECORD_ATTR, line)
         self._to_file(record)
 
+    def foreign(self, record: logging.LogRecord, step: int) -> None:
+        """A record of the user's own loggers (``traintel.run.userlogs``): a ``log`` line at
+        ``step``, to every sink but the console (the user's own handlers print it)."""
+        try:
+            made = log_line(record)
+            made["step"] = step
+            line = cast(EventDict, made)
+            for process in self.processors:
+                line = process(line, record)
+            for sink in list(self.sinks):
+                if type(sink) is not Console:
+                    sink(line, record)
+        except Exception:  # logging must never raise into training
+            self.handleError(record)
+
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
 

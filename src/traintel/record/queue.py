@@ -24,6 +24,9 @@ class Step(NamedTuple):
     step_s: float | None
     data_wait_s: float | None
     metrics: Metrics
+    #: keys logged with ``commit=False``: the hot path builds the six fields above; a step with
+    #: such values has this seventh (the writer checks ``len``)
+    uncommitted: tuple[str, ...] = ()
 
 
 class Line(NamedTuple):

@@ -5,15 +5,24 @@ them, so the two always agree.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 from traintel.core.stats import RunningStats, Statistics
 from traintel.core.state import RunState, nonfinite_text
+from traintel.core.state import RunState, find_loss, nonfinite_text
 from traintel.record.format import END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind, RawLine, RunStatus
 
 
+#: step lines a fold keeps to take back what a resumed run supersedes (a checkpoint this many
+#: logged steps back or nearer is exact; an older one takes back what is kept)
+HISTORY = 50_000
+
+
 class LossFigures(TypedDict):
+    #: the name the loss was logged under (``train/loss``, ...; see ``LOSS_NAMES``)
+    key: str | None
     """The training loss. ``final`` is the last value logged, as logged: ``"nan"``, ``"inf"`` or
     ``"-inf"`` when it was not finite (``last_finite`` is the last finite one); the statistics
     cover finite values only, ``nonfinite`` counts the others, from ``first_nonfinite_step``."""
@@ -64,7 +73,8 @@ class StepFigures:
 
     __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "last_step", "loss",
                  "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
-                 "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start")
+                 "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start",
+                 "_covers", "loss_key", "_history", "superseded")
 
     def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
         self.steps = 0
@@ -90,6 +100,17 @@ class StepFigures:
         self._timed = [0, 0, 0]
         self._active_before = 0.0
         self._segment_start: float | None = None
+        #: how many steps the last step line stood for
+        self._covers = 1
+        #: the name of the loss: declared (the run_start's ``loss_key``), else the first of
+        #: ``LOSS_NAMES`` a step line holds, as the run itself picks it (``RunState.is_loss``)
+        self.loss_key: str | None = None
+        #: the recent step lines (step, steps, samples, tokens, finite loss), to take back
+        #: the ones a resumed run supersedes (it went back to an older checkpoint)
+        self._history: deque[tuple[int, int, int, int, float | None]] = deque(
+            maxlen=HISTORY)
+        #: steps counted once and then superseded by a resumed run's going back
+        self.superseded = 0
 
     def begin_after(self, step: int) -> None:
         """The run's first segment starts after step ``step`` (its ``initial_step``)."""
@@ -109,10 +130,14 @@ class StepFigures:
         last = self.last_step
         if last is None:
             base = self._base
+            if base is not None and step <= base and self._history:
+                self.supersede(step - 1)  # a resumed run went back to an older checkpoint
+                base = self._base
             covers = step - base if base is not None and step > base else 1
         else:
             covers = step - last if step > last else 1
         self.last_step = step
+        self._covers = covers
         self.steps += covers
         timed = self._timed
         if self._segment_start is None:
@@ -131,13 +156,52 @@ class StepFigures:
             if data_wait_s is not None:
                 self.data_wait += data_wait_s
                 self.waited += step_s
-        if not metrics:
+        folded = self._fold(step, covers, counted, metrics) if metrics else None
+        self._history.append((step, covers, *(folded or (0, 0, None))))
+
+    def supersede(self, after: int) -> None:
+        """A resumed run goes on from step ``after`` (an older checkpoint than the record's
+        last step): the steps after it, counted once already, are taken back (steps,
+        samples, tokens, losses), so that each step counts once. The record keeps their lines
+        (a ``superseded`` event says which); live counters are not taken back."""
+        base = self._base
+        if base is None or after >= base:
             return
-        loss = metrics.get("loss")
+        history = self._history
+        while history and history[-1][0] > after:
+            step, covers, samples, tokens, loss = history.pop()
+            undone = min(covers, step - after)
+            self.steps -= undone
+            self.superseded += undone
+            self.samples -= samples * undone // covers if covers else 0
+            self.tokens -= tokens * undone // covers if covers else 0
+            if loss is not None:
+                self.loss.remove(loss)
+        self._base = after
+
+    def join(self, line: Mapping[str, Any]) -> None:
+        """A ``values`` line that holds ``commit=False`` values (``uncommitted``) for the step
+        just written: they were that step's (W&B merges them into it), so its loss, samples and
+        tokens count as the step's. Any other values line neither counts nor times a step."""
+        metrics, step = line.get("metrics"), self.last_step
+        if line.get("uncommitted") and type(metrics) is dict and step is not None and (
+                line.get("step") == step):
+            self._fold(step, self._covers, True, metrics)
+
+    def _fold(self, step: int, covers: int, counted: bool,
+              metrics: Metrics) -> tuple[int, int, float | None]:
+        """Fold a line's values; returns what it added: samples, tokens, its finite loss."""
+        timed = self._timed
+        finite: float | None = None
+        key = self.loss_key
+        if key is None:
+            key = self.loss_key = find_loss(metrics)
+        loss = None if key is None else metrics.get(key)
         if loss is not None:
             self.final_loss = loss
             if type(loss) is float or type(loss) is int:
                 self.loss.add(loss)
+                finite = loss
             elif type(loss) is str:  # NaN and infinities are written as text
                 self.nonfinite_loss += 1
                 if self.first_nonfinite_step is None:
@@ -152,6 +216,7 @@ class StepFigures:
             self.tokens += tokens
             if counted:
                 timed[2] += tokens
+        return samples or 0, tokens or 0, finite
 
     def active_s(self) -> float:
         """Seconds of training: each segment from the start of its first timed step to the end
@@ -170,7 +235,7 @@ class StepFigures:
     def loss_figures(self) -> LossFigures:
         loss = self.loss
         counted = loss.count > 0
-        return {"final": self.final_loss, "last_finite": loss.last,
+        return {"key": self.loss_key, "final": self.final_loss, "last_finite": loss.last,
                 "best": loss.min if counted else None,
                 "min": loss.min if counted else None, "max": loss.max if counted else None,
                 "mean": loss.mean, "std": loss.std, "count": loss.count,
@@ -244,7 +309,12 @@ class InstrumentFigures(Statistics):
     kind: InstrumentKind
 
 
-class RunSummary(TypedDict):
+class _UserFigures(TypedDict, total=False):
+    #: ``run.summary``: the user's own figures and the defined metrics (absent when none)
+    summary: dict[str, Any]
+
+
+class RunSummary(_UserFigures):
     """summary.json (docs/record-format.md)."""
 
     run: str
@@ -293,6 +363,19 @@ class RunAbout(TypedDict):
     group: str | None
 
 
+def ended(segment: Segment) -> Segment:
+    """A segment another one followed (or whose lock a resumed run holds) that never wrote
+    its run_end was killed: ``crashed``, lasting from its start to its last line. One rule
+    for summary.json and ``traintel logs summary`` (a killed segment said ``running`` there,
+    and its gap to the next one counted in the duration)."""
+    if segment["status"] is None:
+        segment["status"] = "crashed"
+    if segment["duration_s"] is None:
+        segment["duration_s"] = (segment["end_ts"] or segment["start_ts"]) - segment[
+            "start_ts"]
+    return segment
+
+
 class RecordFold:
     """What summary.json says, folded from a record's lines (one rank's): step figures, segments,
     evaluations, errors, events, milestones, non-finite values, configuration, tags. A resumed
@@ -327,6 +410,8 @@ class RecordFold:
         elif kind == "values":
             if type(line.get("metrics")) is dict:
                 self._last.update(line["metrics"])
+                if "uncommitted" in line:
+                    self.figures.join(line)
         elif kind == "eval":
             self._eval(line)
         elif kind == "run_start":
@@ -362,8 +447,13 @@ class RecordFold:
     def _start(self, line: RawLine) -> None:
         if self.segments:
             self.figures.new_segment()
+            ended(self.segments[-1])
         elif type(line.get("initial_step")) is int:
             self.figures.begin_after(line["initial_step"])
+        if self.segments and type(line.get("initial_step")) is int:
+            self.figures.supersede(line["initial_step"])  # resumed from an older checkpoint
+        if isinstance(line.get("loss_key"), str):  # declared: traintel.init(loss=...)
+            self.figures.loss_key = line["loss_key"]
         if not self.start:
             self.start = line
         self.last_start = line

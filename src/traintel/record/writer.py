@@ -251,7 +251,8 @@ class RecordWriter:
             item = queue.popleft()
             try:
                 if type(item) is Step:
-                    ts, step, epoch, step_s, data_wait_s, metrics = item
+                    ts, step, epoch, step_s, data_wait_s, metrics = (
+                        item if len(item) == 6 else item[:6])
                     if tensors.waiting:  # accelerator tensors become numbers here, in order
                         tensors.resolve(metrics, step)
                     figures.add(ts, step, step_s, data_wait_s, metrics)
@@ -263,6 +264,8 @@ class RecordWriter:
                         "ts": ts, "type": "step", "level": "info", "run": identity["run"],
                         "rank": identity["rank"], "step": step, "epoch": epoch,
                         "step_s": step_s, "data_wait_s": data_wait_s, "metrics": metrics}
+                    if len(item) > 6:  # values from commit=False calls (Step.uncommitted)
+                        step_line["uncommitted"] = list(item[6])
                     line: Mapping[str, object] = step_line
                 elif type(item) is Call:
                     item.fn(*item.args)
@@ -273,6 +276,12 @@ class RecordWriter:
                 else:
                     assert type(item) is Line
                     line = item.line
+                    if "uncommitted" in line and line.get("type") == "values":
+                        figures.join(line)
+                    elif line.get("type") == "run_start" and line.get("segment", 1) != 1:
+                        after = line.get("initial_step")
+                        if type(after) is int:
+                            figures.supersede(after)  # resumed from an older checkpoint
                     if line.get("type") in HEAD_TYPES and len(self._head) < len(HEAD_TYPES):
                         self._head.append(encode(line))
                 chunk = encode(line)

@@ -24,6 +24,7 @@ from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rank_directories
 from traintel.record.summary import RecordFold, Segment, StepFigures
 from traintel.reports.render import describe
+from traintel.core.state import find_loss
 
 _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 
@@ -287,6 +288,8 @@ class Series:
 
     def __init__(self) -> None:
         self.title = ""
+        #: the loss's name: declared in a run_start, else the first of LOSS_NAMES a step holds
+        self.loss_key: str | None = None
         self._restart(None)
 
     def _restart(self, rank: int | None) -> None:
@@ -304,6 +307,8 @@ class Series:
         if kind == "run_start" and not self.title:
             run, name = r.get("run"), r.get("name")
             self.title = f"{name} ({run})" if name and name != run else str(run or "")
+        if kind == "run_start" and isinstance(r.get("loss_key"), str):
+            self.loss_key = r["loss_key"]
         if kind not in ("step", "eval"):
             return
         rank, step = r.get("rank", 0), r.get("step")
@@ -324,7 +329,9 @@ class Series:
         step_s = r.get("step_s")
         if not self.loss and not self.rate and metrics.get("samples"):
             self.rate_unit = "samples/s"  # decided by the first step: one unit per plot
-        loss = metrics.get("loss")
+        if self.loss_key is None:
+            self.loss_key = find_loss(metrics)
+        loss = metrics.get(self.loss_key) if self.loss_key else None
         if type(loss) is float or type(loss) is int:
             self.loss.append((step, loss))
         elif type(loss) is str:  # NaN and infinities are written as text

@@ -96,6 +96,11 @@ def describe(r: RawLine) -> str:
     if kind == "step":
         return (f"step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))} "
                 f"step_s={num(r.get('step_s'))}")
+    if kind == "values":
+        joined = r.get("uncommitted")
+        return (f"values step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))}"
+                + (f" (uncommitted: {', '.join(map(str, joined))})"
+                   if isinstance(joined, list) and joined else ""))
     if kind == "eval":
         best = [k for k, v in (r.get("is_best") or {}).items() if v]
         return (f"eval step {r.get('step')} {pairs(r.get('metrics'))}"
@@ -356,7 +361,7 @@ def progress_text(state: RunState, total_epochs: int | None) -> str:
     parts = [epoch_text(state, total_epochs), f"step {state.step}{steps}{percent}"]
     if rate:
         parts.append(f"{rate:.1f} steps/s")
-    loss = state.latest.get("loss")
+    loss = state.latest_loss()
     if loss is not None:
         parts.append(f"loss {num(loss)}")
     if state.total_steps:

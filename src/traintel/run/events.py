@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast, TYPE_CHECKING, SupportsFloat
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 from traintel.core.errors import NonFiniteLossError, classify, format_traceback, operation_of
 from traintel.run.identity import RunIdentity
@@ -28,6 +29,7 @@ from traintel.samplers.base import SamplerEvent
 from traintel.run.tracing import RunSpans
 from traintel.core.state import LOSS_KEYS, NonFinite, RunState, nonfinite_text
 from traintel.core.validate import MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown, to_number
+from traintel.core.state import NonFinite, RunState, nonfinite_text
 from traintel.version import __version__
 
 if TYPE_CHECKING:
@@ -127,11 +129,18 @@ class EventRecorder:
             self.flush_soon()
         return line
 
-    def check_finite(self, loss: SupportsFloat) -> float:
+    def check_finite(self, loss: SupportsFloat, step: int | None = None) -> float:
+        """``run.check_finite``: a non-finite loss is counted as a logged one is (the
+        ``nonfinite_loss`` event, ``traintel_nonfinite_loss_total``), recorded as an error of
+        the operation ``check_finite`` and raised. ``step``: the step under way (the one
+        ``halt_on_nonfinite`` would name for the same batch), else the next one."""
         value = to_number("run.check_finite", "loss", loss)
         if not math.isfinite(value):
-            exc = NonFiniteLossError(f"loss is {nonfinite_text(value)} at step {self.state.step}")
-            self.error(exc, context={"loss": nonfinite_text(value)})
+            text = nonfinite_text(value)
+            step = self.state.step + 1 if step is None else step
+            self.nonfinite(self.state.loss_key or "loss", text, step)
+            exc = NonFiniteLossError(f"loss is {text} at step {step}")
+            self.error(exc, context={"loss": text, "step": step}, operation="check_finite")
             raise exc
         return float(value)
 
@@ -152,13 +161,14 @@ class EventRecorder:
         step for the rest of its life). Never an exception."""
         state = self.state
         seen = state.nonfinite.get(metric)
-        if metric in LOSS_KEYS:
+        loss = state.is_loss(metric)
+        if loss:
             state.nonfinite_losses += 1
         if seen is None:
             seen = state.nonfinite[metric] = NonFinite(step)
             seen.count = 1
             seen.next_report = time.time() + NONFINITE_REPORT_S
-            self.own_event(_nonfinite_event(metric), logging.WARNING, {
+            self.own_event("nonfinite_loss" if loss else "nonfinite_value", logging.WARNING, {
                 "metric": metric, "value": text, "step": step, "first": True},
                 text=f"{metric} is {text} at step {step}: the first non-finite {metric} "
                      f"(later ones are counted, reported every {NONFINITE_REPORT_S:.0f} s)")
@@ -178,8 +188,9 @@ class EventRecorder:
                 self._report_nonfinite(metric, seen, now)
 
     def _report_nonfinite(self, metric: str, seen: NonFinite, now: float) -> None:
-        self.own_event(_nonfinite_event(metric), logging.WARNING, {
-            "metric": metric, "count": seen.unreported, "total": seen.count,
+        self.own_event(
+            "nonfinite_loss" if self.state.is_loss(metric) else "nonfinite_value",
+            logging.WARNING, {"metric": metric, "count": seen.unreported, "total": seen.count,
             "first_step": seen.first_step, "step": seen.last_step},
             text=f"{metric} was non-finite {seen.unreported} more time(s), {seen.count} since "
                  f"step {seen.first_step} (the last at step {seen.last_step})")
@@ -204,7 +215,7 @@ class EventRecorder:
 
     def run_start(self, identity: RunIdentity, config: RunConfig, continuation: Continuation,
                   total_epochs: int | None, telemetry: RunTelemetry,
-                  initial_step: int | None = None) -> None:
+                  initial_step: int | None = None, loss_key: str | None = None) -> None:
         """A segment's first lines (who, where, what version, which segment, what its telemetry
         did; the configuration, with the keys that changed since the record's last) and
         config.json."""
@@ -215,7 +226,8 @@ class EventRecorder:
             "pid": os.getpid(), "world_size": identity.world_size,
             "local_rank": identity.local_rank, "traintel_version": __version__,
             "total_epochs": total_epochs, "total_steps": self.state.total_steps,
-            "initial_step": initial_step, "segment": continuation.segment,
+            "initial_step": initial_step, "loss_key": loss_key,
+            "segment": continuation.segment,
             "resumed": continuation.resumed,
             "tags": list(identity.tags), "notes": identity.notes, "group": identity.group,
             "export": telemetry["export"], "export_interval_s": telemetry["export_interval_s"],
@@ -230,6 +242,14 @@ class EventRecorder:
                                  "%s (the record keeps both; config.json has the history)",
                                  identity.id, ", ".join(changed))
             self.config(config, "resume", changed, identity.dir)
+            last = next((s["last_step"] for s in reversed(before.segments)
+                         if s["last_step"] is not None), None)
+            if initial_step is not None and last is not None and initial_step < last:
+                self.own_event("superseded", logging.INFO, {
+                    "after_step": initial_step, "through_step": last, "step": initial_step},
+                    text=f"resumed after step {initial_step}: the record's steps "
+                         f"{initial_step + 1}..{last} are superseded (counted once, their "
+                         "lines kept)")
         _run_log.info("run %s (%s/%s) recording to %s%s", identity.id, identity.project,
                       identity.name, identity.dir,
                       f" (segment {continuation.segment})" if before is not None else "")
@@ -257,7 +277,8 @@ class EventRecorder:
             "history": [*(history if isinstance(history, list) else []), entry]}, quiet=True)
 
     def run_end(self, status: EndStatus, writer: RecordWriter, about: RunAbout,
-                continuation: Continuation) -> RunSummary:
+                continuation: Continuation,
+                user: Callable[[], dict[str, Any]] | None = None) -> RunSummary:
         """The segment's last lines (each custom instrument summarised, then ``run_end``),
         summary.json from what the writer folded, then the record written to its end.
 
@@ -291,9 +312,14 @@ class EventRecorder:
         path = writer.directory / "summary.json"
         write_json(path, summary)
         lost = writer.close()
+        kept = user() if user is not None else {}
+        if kept:  # run.summary: its defined metrics are read from the whole record
+            summary["summary"] = kept
         if lost:
             summary["record"]["dropped"] = state.dropped
+        if lost or kept:
             write_json(path, summary)
+        if lost:
             _run_log.warning("run %s: %d line(s) of the record could not be written (counted "
                              "in summary.json's record.dropped)", about["run"], lost)
         return summary
@@ -332,10 +358,6 @@ _DECIDED = {"user_handler": "your handler decides what happens (run.stop_request
             "ignored": "ignored (SIG_IGN); run.stop_requested is set",
             "loop": "run.stop_requested is set; the loop decides (sigterm='flag')",
             "traintel": "finishing the run (preempted) and exiting with 143"}
-
-
-def _nonfinite_event(metric: str) -> str:
-    return "nonfinite_loss" if metric in LOSS_KEYS else "nonfinite_value"
 
 
 class _EventText:

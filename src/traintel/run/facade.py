@@ -1,10 +1,7 @@
 """The run: a façade that wires the parts and owns the lifecycle (start, ``with``, finish).
 
-Each part has its module and gets what it needs, not the run: the step model (``steps``), spans
-(``spans``), events and errors (``events``), evaluations (``evals``), instruments, process hooks
-and signals (``hooks``), continuing a record (``resume``), the record and its event pipeline
-(``record``), export, samplers, the status endpoint.
-"""
+Each part has its module in ``traintel.run`` and gets what it needs, not the run (steps, tracing,
+events, evals, instruments, hooks, resume), as do the record, export, samplers and outlets."""
 
 from __future__ import annotations
 
@@ -31,17 +28,19 @@ from traintel.run.progress import ProgressDisplay
 from traintel.record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
 from traintel.record.job import write_job_summary
 from traintel.record.pipeline import Pipeline
-from traintel.record.summary import RunSummary, StepFigures
+from traintel.record.summary import StepFigures
 from traintel.record.writer import RecordWriter
 from traintel.run.resume import Continuation, open_record
 from traintel.run.config import ConfigView, RunConfig
+from traintel.run.userlogs import for_run as user_logs
+from traintel.run.usersummary import RunSummaryValues
 from traintel.samplers import start_sampling
 from traintel.run.settings import Settings
 from traintel.run.tracing import RunSpans, Span
 from traintel.core.state import RunState
 from traintel.run.steps import StepMethods, StepRecorder
 from traintel.core.validate import NameBudget, check_choice
-from traintel.run.sweeps import early_end
+from traintel.run.sweeps import end_status
 
 if TYPE_CHECKING:
     import torch
@@ -84,14 +83,15 @@ class Run(StepMethods):
         state.total_steps = settings.total_steps
         continuation.restore(state)
         before = continuation.before
-        #: the step this segment's steps begin after: the record's last, or the loop's own
-        initial_step = state.step if before else settings.initial_step
+        #: steps begin after initial_step (on resume: an older checkpoint) or the record's last
+        initial_step = n if (n := settings.initial_step) is not None or not before else state.step
         if initial_step is not None:
             state.step = initial_step
         writer = self._writer = RecordWriter(
             self.dir, state, identity.record_fields, flush_interval=settings.flush_interval,
             max_bytes=settings.max_record_bytes, shutdown_s=settings.shutdown_timeout,
             figures=before.figures if before else StepFigures(initial_step=initial_step))
+        state.loss_key = writer.figures.loss_key = settings.loss or writer.figures.loss_key
         export = self.export = RunExport.start(state, self.labels, identity.info,
                                                settings.export_mode, writer.note, sinks_override)
         writer.listeners.append(export.histograms.observe)
@@ -108,7 +108,8 @@ class Run(StepMethods):
         console = console_handler(self.progress.console) if settings.console_logs else None
         self.pipeline = Pipeline.for_run(writer.queue, self.redactor, identity.record_fields,
                                          spans.active, self.otlp, console)
-        self._logging = LoggerTree(self.pipeline, settings.log_level, console)
+        self._logging = LoggerTree(self.pipeline, settings.log_level, console,
+                                   user_logs(settings, self.pipeline, state, self.error))
         self._logging.install()
         self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id,
                                      budget=self.names, flush_soon=writer.flush_soon)
@@ -126,11 +127,13 @@ class Run(StepMethods):
         instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
         self.counter, self.gauge = instruments.counter, instruments.gauge
         self.histogram, self.timer = instruments.histogram, instruments.timer
-        self.summary: RunSummary | None = None
+        self.summary = RunSummaryValues(state.summary)
+        self.define_metric = self.summary.define  # W&B's define_metric(name, summary="max")
         self._finished = False
         self._lock = threading.Lock()
         self._events.run_start(identity, config, continuation, settings.total_epochs,
-                               export.telemetry(settings.log_level), initial_step)
+                               export.telemetry(settings.log_level), initial_step,
+                               settings.loss)
         self.outlets = Outlets.start(self, identity, settings, state.start_ts)  # HTTP, Grafana
         self.server: StatusServer | None = self.outlets.server
         self.samplers = start_sampling(
@@ -181,7 +184,7 @@ class Run(StepMethods):
 
     def check_finite(self, loss: SupportsFloat) -> float:
         """Raise ``NonFiniteLossError`` (recorded) if ``loss`` is NaN/Inf; return it as float."""
-        return self._events.check_finite(loss)
+        return self._events.check_finite(loss, self._steps.under_way())
 
     # -- custom instruments (bound at start: ``run.counter("skipped")``), the model, loggers -----
     counter: Callable[[str], Counter]
@@ -252,19 +255,20 @@ class Run(StepMethods):
         self.end_epoch()
         self.spans.finish(status, state.step)
         config = self.config.current
-        self.summary = self._events.run_end(status, self._writer, self.identity.about(
-            config.hash), self._continuation)
+        summary = self._events.run_end(status, self._writer, self.identity.about(
+            config.hash), self._continuation, lambda: self.summary.for_json(self.dir))
+        self.summary.final = summary
         if self.world_size > 1:  # the job's figures over every rank that has ended so far
             write_job_summary(self.dir.parent)
         if status == "failed":
             from traintel.reports.diagnostics import snapshot, write_crash_report
 
-            write_crash_report(self.dir, snapshot(self.status_dict(), self.summary,
+            write_crash_report(self.dir, snapshot(self.status_dict(), summary,
                                                   config.values, state, self.errors),
                                self.redactor)
         if self.otlp is not None:  # cut short when a signal waits: it asked to end now
             self.otlp.shutdown(0.2 if self._hooks.deferred else self.settings.shutdown_timeout)
-            self._events.after_export(self.summary, state, self.dir)
+            self._events.after_export(summary, state, self.dir)
         self.outlets.stop()
         self._logging.restore()
         self._hooks.remove(keep_excepthook=status in ("failed", "interrupted"))
@@ -282,15 +286,12 @@ class Run(StepMethods):
         (an exit after SIGTERM), interrupted (Ctrl-C, an exit code), else failed."""
         if self._finished:
             return
-        if (early := early_end(exc)) is not None:  # a search ended the trial (traintel.run.sweeps)
-            self.event(f"trial_{early}", reason=str(exc)[:500] or type(exc).__name__)
-            return self.finish(early)
-        if isinstance(exc, SystemExit) and (exc.code in (0, None) or self.stop_requested):
-            self.finish()
-            return
-        self.error(exc)
-        self.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit))
-                    else "failed")
+        status = end_status(exc, self.stop_requested)  # traintel.run.sweeps
+        if status in ("pruned", "stopped"):  # a search ended the trial: no error
+            self.event(f"trial_{status}", reason=str(exc)[:500] or type(exc).__name__)
+        elif status is not None:
+            self.error(exc)
+        self.finish(status)
 
     def _forked(self) -> None:
         """In a forked child: this run belongs to the parent; the child never finishes it."""

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from traintel.run.userlogs import UserLogs
+
 ROOT = "traintel"
 
 
@@ -25,8 +27,10 @@ class LoggerTree:
     debug mode."""
 
     def __init__(self, pipeline: logging.Handler, level: str,
-                 console: logging.Handler | None) -> None:
+                 console: logging.Handler | None, user: UserLogs | None = None) -> None:
         self.pipeline = pipeline
+        #: the user's own loggers' lines, taken into the record too (``traintel.run.userlogs``)
+        self.user = user
         self.level = level
         self.console = console
         self._saved: tuple[int, bool, list[logging.Handler]] | None = None
@@ -37,8 +41,12 @@ class LoggerTree:
         root.handlers = [self.pipeline]
         root.setLevel(self.level)
         root.propagate = False
+        if self.user is not None:
+            self.user.install()
 
     def restore(self) -> None:
+        if self.user is not None:
+            self.user.uninstall()
         if self._saved is not None:
             root = logging.getLogger(ROOT)
             root.setLevel(self._saved[0])

@@ -61,7 +61,7 @@ class ProgressDisplay:
         state = self.state
         if self._bar is not None and self._task is not None:
             rate = state.rates.get("steps_per_second")
-            loss = state.latest.get("loss")
+            loss = state.latest_loss()
             info = " ".join(x for x in (epoch_text(state, self.total_epochs),
                                         f"{rate:.1f} it/s" if rate else "",
                                         f"loss {num(loss)}" if loss is not None else "") if x)

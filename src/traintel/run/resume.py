@@ -25,6 +25,8 @@ from traintel.record.reader import Records, rotation_set
 from traintel.record.summary import RecordFold, Segment
 from traintel.run.settings import ResumeMode
 from traintel.core.state import LOSS_KEYS, NonFinite, RunState
+from traintel.record.summary import RecordFold, Segment, ended
+from traintel.core.state import NonFinite, RunState
 
 log = logging.getLogger("traintel.run")
 
@@ -50,9 +52,7 @@ class Continuation:
         """The segments before this one; one that never ended was killed (we hold its lock)."""
         if self.before is None:
             return []
-        return [{**s, "status": s["status"] or "crashed",
-                 "duration_s": s["duration_s"] if s["duration_s"] is not None else
-                 (s["end_ts"] or s["start_ts"]) - s["start_ts"]} for s in self.before.segments]
+        return [ended(dict(s)) for s in self.before.segments]  # type: ignore[arg-type]
 
     def carried(self, identity: RunIdentity) -> RunIdentity:
         """The identity with what the record said before: every segment's tags, and the group
@@ -91,10 +91,12 @@ class Continuation:
         state.latest.update({key: float(value) for key, value in before.metrics.items()})
         state.errors.update(before.errors)
         state.events.update(before.events)
+        if state.loss_key is None:
+            state.loss_key = before.figures.loss_key
         for key, seen in before.nonfinite.items():
             restored = state.nonfinite[key] = NonFinite(seen["first_step"])
             restored.count, restored.last_step = seen["count"], seen["last_step"]
-            if key in LOSS_KEYS:
+            if state.is_loss(key):
                 state.nonfinite_losses += seen["count"]
 
 

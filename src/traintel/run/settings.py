@@ -120,7 +120,18 @@ class Settings:
         {}, "Which way each eval metric improves, e.g. `{'bleu': 'max'}` (default: from the "
             "metric's name; unknown names get no best).")
     halt_on_nonfinite: bool = _option(
-        False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf `loss`.")
+        False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf loss.")
+    capture_logs: bool = _option(
+        True, "Take the script's own `logging` lines into the record and OTLP logs: WARNING "
+              "and above from every logger, INFO from `__main__` and `log_loggers` (the user's "
+              "handlers are left as they are).")
+    log_loggers: list[str] = _option(
+        [], "More loggers (and their children) whose INFO lines reach the record, e.g. "
+            "`['mytrainer']`.")
+    loss: str | None = _option(
+        None, "The name of the training loss among the values `run.log` gets (summary, "
+              "progress, `traintel_loss`, non-finite handling); default: the first of `loss`, "
+              "`train/loss`, `train_loss`, `training_loss`, `loss/train`, ... a step logs.")
     grafana_annotations: bool = _option(
         False, "Mark run events as annotations in the Grafana at GRAFANA_URL (token in "
                "GRAFANA_TOKEN; the `traintel[grafana]` extra), posted off the training thread.",
@@ -158,7 +169,7 @@ class Settings:
         if self.sample_interval != 0:
             _seconds("sample_interval", self.sample_interval, 0.01, 3600.0, "(0 turns sampling off)")
         for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals",
-                    "halt_on_nonfinite", "tensorboard"):
+                    "halt_on_nonfinite", "tensorboard", "capture_logs"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"traintel.init: {key} must be True or False, got "
                                 f"{shown(getattr(self, key))}")
@@ -181,6 +192,13 @@ class Settings:
                                        len(self.notes) > 10_000):
             raise TypeError(f"traintel.init: notes must be a string of at most 10,000 "
                             f"characters, got {shown(self.notes)}")
+        if not isinstance(self.log_loggers, list) or not all(
+                isinstance(n, str) and n for n in self.log_loggers):
+            raise TypeError(f"traintel.init: log_loggers must be a list of logger names, e.g. "
+                            f"['mytrainer'], got {shown(self.log_loggers)}")
+        if self.loss is not None and (not isinstance(self.loss, str) or not self.loss):
+            raise TypeError(f"traintel.init: loss must be the name the loss is logged under, "
+                            f"e.g. loss='train/loss', got {shown(self.loss)}")
         if not isinstance(self.goals, dict):
             raise TypeError(f"traintel.init: goals must be a dict like {{'bleu': 'max'}}, got "
                             f"{shown(self.goals)}")
@@ -246,6 +264,9 @@ class InitOptions(TypedDict, total=False):
     group: str | None
     goals: dict[str, Goal] | None
     halt_on_nonfinite: bool | None
+    loss: str | None
+    capture_logs: bool | None
+    log_loggers: list[str] | None
     grafana_annotations: bool | None
     tensorboard: bool | None
 

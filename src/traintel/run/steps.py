@@ -52,6 +52,7 @@ from traintel.run.tracing import RunSpans
 from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, nonfinite_text
 from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
 from traintel.record.tensors import Deferred, defer, resolve
+from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_NAMES, RunState, nonfinite_text
 
 T = TypeVar("T")
 
@@ -97,6 +98,11 @@ class StepRecorder:
         #: the open step's values (logged with commit=False, or inside run.track) and number
         self._pending: dict[str, Any] | None = None
         self._pending_step: int | None = None
+        #: keys of the open step that came from a ``commit=False`` call (W&B's habit: the step
+        #: they lead to says so in its line, ``uncommitted``)
+        self._uncommitted: set[str] = set()
+        #: how many steps the last step written stood for
+        self._covers = 1
         #: the last step written in this segment (None before the first)
         self._last: int | None = None
         #: the last step of the record before this segment (a resumed run), else None
@@ -106,7 +112,8 @@ class StepRecorder:
         #: ``run.log``; None until then
         self._numbered: bool | None = None
         self.in_track = False
-        self._seen_keys: set[str] = set(KNOWN_KEYS) | set(COUNTED_KEYS)
+        #: keys whose first sighting was handled (``loss`` among them once a step logged it)
+        self._seen_keys: set[str] = (set(KNOWN_KEYS) | set(COUNTED_KEYS)) - set(LOSS_NAMES)
         self._warned_repeat = False
         self._next_check = 0
         self._next_refresh = 0.0
@@ -179,13 +186,29 @@ class StepRecorder:
         if step is not None:
             last, open_step = self._last, self._pending_step
             if last is not None and step <= last or open_step is not None and step < open_step:
-                self._repeated(step, metrics)  # not after what is written or open: no step
+                # not after what is written or open: no step. Values logged with commit=False
+                # and no number lead to this step (W&B merges them into it): they join it here
+                keys: set[str] = set()
+                if open_step is None and self._pending is not None:
+                    merged, self._pending = self._pending, None
+                    merged.update(metrics)
+                    keys, self._uncommitted = self._uncommitted.difference(metrics), set()
+                    if not commit:
+                        keys.update(metrics)
+                    metrics = merged
+                elif not commit:
+                    keys.update(metrics)
+                if keys and step == last:  # the step's own values: counted as its (join)
+                    self._count_joined(metrics)
+                self._repeated(step, metrics, tuple(sorted(keys)))
                 if halt:
                     self._halt_now(metrics, step)
                 return
             if open_step is not None and open_step < step:
                 self.close()  # a later step: the open one ends first
             self._pending_step = step
+        if not commit:
+            self._uncommitted.update(metrics)
         pending = self._pending
         if pending is None:
             pending = self._pending = metrics
@@ -197,7 +220,9 @@ class StepRecorder:
         if commit:
             self._pending = None
             number, self._pending_step = self._pending_step, None
-            self._end_step(number, step_s, None, pending, time.time())
+            self._end_step(number, step_s, None, pending, time.time(),
+                           uncommitted=self._take_uncommitted(metrics) if self._uncommitted
+                           else ())
         if halt:
             self._halt_now(metrics, step)
 
@@ -335,11 +360,23 @@ class StepRecorder:
                 self._pending = None
             self.close()
 
+    def under_way(self) -> int:
+        """The number of the step under way: the open one's, else the one after the last."""
+        return self._pending_step if self._pending_step is not None else self.state.step + 1
+
     def seal(self, run_id: str) -> Callable[..., None]:
         """The run's end: a step logged but not yet closed is written (:meth:`close`), then every
         way to a new step (``log``, ``run.track``) raises instead of queueing for a writer that
         is gone. Costs the hot path nothing: it swaps the queue's ``append`` the step calls
-        anyway. Returns the refusing ``log``."""
+        anyway. Returns the refusing ``log``.
+
+        Values logged with ``commit=False`` and no step number that no later call committed
+        join the last step written (a ``values`` line marked ``uncommitted``), as W&B keeps them
+        in the step under way: the end of the run is no step of its own. A run that wrote no
+        step yet makes them its step."""
+        if self._pending is not None and self._pending_step is None and self._last is not None:
+            metrics, self._pending = self._pending, None
+            self._write_values(self._last, metrics, self._take_uncommitted(()))
         self.close()
 
         def refuse(*args: object, **kwargs: object) -> None:
@@ -359,11 +396,32 @@ class StepRecorder:
         if self._pending is not None:
             metrics, number = self._pending, self._pending_step
             self._pending = self._pending_step = None
-            self._end_step(number, None, None, metrics, time.time())
+            self._end_step(number, None, None, metrics, time.time(),
+                           uncommitted=self._take_uncommitted(()))
+
+    def _count_joined(self, metrics: dict[str, Any]) -> None:
+        """Samples and tokens of values that join the step just written (``StepFigures.join``
+        folds them the same way into the record's figures)."""
+        state, covers = self.state, self._covers
+        samples = metrics.get("samples")
+        if samples is not None and samples.__class__ is not str:
+            state.samples += samples * covers
+        tokens = metrics.get("tokens")
+        if tokens is not None and tokens.__class__ is not str:
+            state.tokens += tokens * covers
+
+    def _take_uncommitted(self, committed: Iterable[str]) -> tuple[str, ...]:
+        """The keys of the step being written that came from ``commit=False`` calls (less those
+        the committing call logged again), sorted; the open step's set starts afresh."""
+        keys = self._uncommitted
+        if not keys:
+            return ()
+        self._uncommitted = set()
+        return tuple(sorted(keys.difference(committed)))
 
     def _end_step(self, step: int | None, step_s: float | None, data_wait_s: float | None,
                   metrics: dict[str, Any], now: float, span_s: float | None = None,
-                  span_wait_s: float | None = None) -> bool:
+                  span_wait_s: float | None = None, uncommitted: tuple[str, ...] = ()) -> bool:
         """Write step ``step`` (None: the next number); True if it was written. A number not
         after the last step written is no new step: its values are kept as a ``values`` line.
 
@@ -379,12 +437,18 @@ class StepRecorder:
             covers = 1
         elif last is None:
             base = self._base
+            if base is not None and step <= base:  # resumed from an older checkpoint
+                self._events.own_event("superseded", logging.INFO, {
+                    "after_step": step - 1, "through_step": base, "step": step},
+                    text=f"resumed at step {step}: the record's steps {step}..{base} are "
+                         "superseded (counted once, their lines kept)")
+                base = self._base = step - 1
             covers = step - base if base is not None and step > base else 1
         elif step > last:
             covers = step - last
         else:
             if metrics:
-                self._repeated(step, metrics)
+                self._repeated(step, metrics, uncommitted)
             return False
         if span_s is not None:
             step_s = span_s / covers
@@ -392,6 +456,7 @@ class StepRecorder:
         elif step_s is None and last is not None and state.last_step_ts is not None:
             step_s = (now - state.last_step_ts) / covers
         self._last = state.step = step
+        self._covers = covers
         state.steps_taken += covers
         state.last_step_ts = now
         if metrics:
@@ -401,25 +466,33 @@ class StepRecorder:
             tokens = metrics.get("tokens")
             if tokens is not None and tokens.__class__ is not str:
                 state.tokens += tokens * covers
-        self._append(_new(Step, (now, step, state.epoch, step_s, data_wait_s, metrics)))
+        self._append(_new(Step, (now, step, state.epoch, step_s, data_wait_s, metrics,
+                                 uncommitted) if uncommitted else
+                          (now, step, state.epoch, step_s, data_wait_s, metrics)))
         if step >= self._next_check or now >= self._next_refresh:
             self._periodic(step, now, step_s)
         return True
 
-    def _repeated(self, step: int, metrics: dict[str, Any]) -> None:
-        """Values for a step already written: a values line, and one warning per run."""
-        if not self._warned_repeat and not self.in_track:
+    def _repeated(self, step: int, metrics: dict[str, Any],
+                  uncommitted: tuple[str, ...] = ()) -> None:
+        """Values for a step already written: a values line, and one warning per run when the
+        loop went back (the step just written again is W&B's way of adding to a step: no
+        warning)."""
+        if not self._warned_repeat and not self.in_track and step != self._last:
             self._warned_repeat = True
             log.warning("run.log: step %d was already written (the last step is %d); its "
                         "values are kept as a values line, not a second step. Steps only go "
                         "forward: log later values with a later step, or with "
                         "run.log_values()", step, self._last)
-        self._write_values(step, metrics)
+        self._write_values(step, metrics, uncommitted)
 
-    def _write_values(self, step: int, metrics: dict[str, Any]) -> None:
+    def _write_values(self, step: int, metrics: dict[str, Any],
+                      uncommitted: tuple[str, ...] = ()) -> None:
         resolve(metrics, step)  # a rare line: an accelerator tensor in it is read here
         line: ValuesLine = {"ts": time.time(), "type": "values", "level": "info", "step": step,
                             "epoch": self.state.epoch, "metrics": metrics}
+        if uncommitted:
+            line["uncommitted"] = list(uncommitted)
         self._pipeline.write(line)
 
     # -- rare per-step work, scheduled by _next_check / _next_refresh ----------------------
@@ -460,9 +533,17 @@ class StepRecorder:
         self._reschedule()
 
     def _new_key(self, what: str, key: str) -> None:
+        state = self.state
+        if state.loss_key is None and key in LOSS_NAMES:
+            if what == "run.log":
+                state.loss_key = key  # the first loss name a step logs is the loss
+            # else (run.log_values: an epoch figure) it stays unseen: a step may still log it
+        else:
+            self._seen_keys.add(key)
+        if key in KNOWN_KEYS:
+            return  # a catalog metric of its own: no name of the budget, no user key
         self._budget.admit(what, "metrics", key, "Log per-item values with run.histogram()")
-        self.state.user_keys.add(key)
-        self._seen_keys.add(key)
+        state.user_keys.add(key)
 
     def _flag_nonfinite(self, values: dict[str, Any], step: int | None) -> bool:
         """NaN/Inf values: written as text (JSON has none), counted, flagged with rate-limited
@@ -475,13 +556,13 @@ class StepRecorder:
             if type(value) is not Deferred and value - value != 0:
                 values[key] = nonfinite_text(value)
                 self._events.nonfinite(key, values[key], step)
-                halt = halt or self._halt and key in LOSS_KEYS
+                halt = halt or self._halt and self.state.is_loss(key)
         return halt
 
     def _halt_now(self, values: dict[str, Any], step: int | None) -> None:
         """``halt_on_nonfinite``: the step with the non-finite loss is written, then the
         error is recorded and raised."""
-        key = next(k for k in LOSS_KEYS if values.get(k).__class__ is str)
+        key = next(k for k in values if values[k].__class__ is str and self.state.is_loss(k))
         self.close()
         self._events.halt_nonfinite(key, values[key], self.state.step if step is None else step)
 

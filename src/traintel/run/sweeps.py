@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from traintel.record.format import EndStatus
+
 EarlyEnd = Literal["pruned", "stopped"]
 
 #: the files of Ray's session whose sys.exit(0) is a scheduler stopping the trial
@@ -34,3 +36,15 @@ def early_end(exc: BaseException) -> EarlyEnd | None:
         if raised_in is not None and _RAY_SESSION.search(raised_in):
             return "stopped"
     return None
+
+
+def end_status(exc: BaseException, stop_requested: bool) -> EndStatus | None:
+    """How an exception that escaped the run ends it: ``pruned`` or ``stopped`` (a search ended
+    the trial), None for an exit with code 0 or one after SIGTERM (``finish`` decides: finished
+    or preempted), ``interrupted`` for Ctrl-C and other exit codes, else ``failed``."""
+    early = early_end(exc)
+    if early is not None:
+        return early
+    if isinstance(exc, SystemExit) and (exc.code in (0, None) or stop_requested):
+        return None
+    return "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"

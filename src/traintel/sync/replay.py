@@ -27,6 +27,7 @@ from traintel.record.format import END_STATUSES, RawLine
 from traintel.record.summary import RecordFold, StepFigures
 from traintel.run.resume import Continuation
 from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
+from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, RateWindow, RunState, find_loss
 
 #: catalog groups whose metrics the record cannot rebuild, and why
 NOT_IN_RECORD: dict[str, str] = {
@@ -114,6 +115,8 @@ class Replay:
         step_s = optional_number(line.get("step_s"))
         data_wait_s = optional_number(line.get("data_wait_s"))
         values = _values(metrics)
+        if state.loss_key is None:
+            state.loss_key = find_loss(metrics)
         last = self.last
         if last is None:
             covers = step - self.base if self.base is not None and step > self.base else 1
@@ -154,7 +157,7 @@ class Replay:
         for key, value in values.items():
             if key not in KNOWN_KEYS and key not in COUNTED_KEYS:
                 state.user_keys.add(key)
-            if key in LOSS_KEYS and not math.isfinite(value):
+            if not math.isfinite(value) and state.is_loss(key):
                 state.nonfinite_losses += 1
         state.latest.update(values)
 

@@ -1,0 +1,53 @@
+"""Small findings of issue 29, each as a user meets it: ``run.check_finite`` inside ``run.track``
+names the step ``halt_on_nonfinite`` names and counts the loss (7); an all-NaN eval metric with a
+known direction gets no "pass goals=" hint (12)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from traintel.core.errors import NonFiniteLossError
+
+from conftest import read_lines
+
+
+def test_check_finite_inside_track_names_the_step_under_way_and_counts_it(quiet_run):
+    with pytest.raises(NonFiniteLossError, match="loss is inf at step 7"):
+        with quiet_run() as run:
+            for i, _ in enumerate(run.track(range(10)), start=1):
+                loss = run.check_finite(float("inf") if i == 7 else 1.0)
+                run.log(loss=loss)
+    (error,) = read_lines(run.dir).of("error")
+    assert (error["operation"], error["context"]["step"]) == ("check_finite", 7)
+    assert run.state.nonfinite_losses == 1  # traintel_nonfinite_loss_total
+    assert run.summary["nonfinite"]["loss"]["count"] == 1
+    assert run.summary["nonfinite"]["loss"]["first_step"] == 7
+
+
+def test_an_all_nan_eval_metric_with_a_direction_is_not_asked_for_goals(quiet_run):
+    with quiet_run() as run:
+        run.log(loss=1.0)
+        run.log_eval(val_loss=float("nan"))
+        run.log_eval(val_loss=float("nan"))
+    assert run.summary["eval"]["val_loss"]["mode"] == "min"
+    shown = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary",
+                            str(run.dir)], capture_output=True, text=True, check=True).stdout
+    assert "no finite value" in shown and "pass goals=" not in shown
+
+
+def test_logs_metrics_filter_names_the_kinds_a_run_has(quiet_run):
+    from click.testing import CliRunner
+
+    from traintel.cli.logs import logs
+
+    with quiet_run() as run:
+        run.log(loss=1.0)
+        with run.span("save"):
+            pass
+    said = CliRunner().invoke(logs, ["metrics", str(run.dir), "--filter", "timers"]).output
+    assert "No timers recorded" in said and "operation" in said
+    shown = CliRunner().invoke(logs, ["metrics", str(run.dir), "--filter", "operations"]).output
+    assert "save" in shown
