@@ -29,6 +29,11 @@ from traintel import env
 from traintel.validate import clean_text
 
 REDACTED = "[REDACTED]"
+#: what stands for a value nested deeper than MAX_DEPTH in :meth:`Redactor.deep`
+TOO_DEEP = "[nested too deep]"
+#: how deep :meth:`Redactor.deep` goes: deeper than any field a run records in practice, and
+#: well within Python's recursion limit whatever a crafted record line nests
+MAX_DEPTH = 64
 #: known secret values shorter than this are too likely to occur by chance in ordinary text
 _MIN_SECRET_LEN = 6
 
@@ -226,14 +231,18 @@ class Redactor:
         # password=VALUE, "api_key": "VALUE", Authorization: VALUE
         return _pairs(text) if any(word in low for word in _SECRETISH) else text
 
-    def deep(self, value: Any) -> Any:
+    def deep(self, value: Any, depth: int = 0) -> Any:
         """``value`` with every string redacted, values under secret keys replaced, and the
-        value after a secret ``--flag`` in a list (an argv) replaced."""
+        value after a secret ``--flag`` in a list (an argv) replaced. What is nested deeper than
+        MAX_DEPTH (a crafted record line 500 deep) is replaced by a note: never a
+        ``RecursionError``, never an unredacted leaf."""
         if isinstance(value, str):
             return self.text(value)
+        if depth >= MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):
+            return TOO_DEEP
         if isinstance(value, Mapping):
-            return {self.text(str(k)): REDACTED if _holds_secret(k, v) else self.deep(v)
-                    for k, v in value.items()}
+            return {self.text(str(k)): REDACTED if _holds_secret(k, v) else
+                    self.deep(v, depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             out: list[Any] = []
             hide_next = False
@@ -244,7 +253,7 @@ class Redactor:
                     continue
                 hide_next = isinstance(item, str) and bool(_FLAG.fullmatch(item)) and \
                     is_secret_key(item)
-                out.append(self.deep(item))
+                out.append(self.deep(item, depth + 1))
             return out
         return value
 

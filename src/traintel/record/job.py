@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
+from traintel.record import safe
 from traintel.record.files import read_json, write_json
 from traintel.record.format import RecordStatus
 from traintel.record.summary import Throughput
@@ -111,7 +112,7 @@ def write_job_summary(run_dir: Path) -> JobSummary | None:
     a lock shared by the ranks of this host (an unlocked filesystem: the last writer wins)."""
     lock_path = run_dir / ".summary.lock"
     try:
-        handle = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        handle = safe.open_lock(lock_path)  # not a planted link or directory
     except OSError as exc:
         log.warning("traintel could not write the job summary in %s: %s", run_dir, exc)
         return None
