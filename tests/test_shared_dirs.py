@@ -176,10 +176,7 @@ def _record(shared: Path, run_id: str = "r") -> Path:
 def _sync(*args: str, limit_mb: int = 2048) -> subprocess.CompletedProcess[str]:
     """``traintel sync`` as a user runs it, with its address space capped: a sync that tries
     to allocate without bound fails here instead of taking the machine."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
-    return subprocess.run([sys.executable, "-m", "traintel.cli", "sync", *args],
-                          capture_output=True, text=True, timeout=120, preexec_fn=cap)
+    return _capped(f"from traintel.cli import main\nmain({['sync', *args]!r})", limit_mb)
 
 
 def test_sync_does_not_write_its_cursor_through_a_planted_tmp_link(shared, victim):
@@ -195,17 +192,29 @@ def test_sync_does_not_write_its_cursor_through_a_planted_tmp_link(shared, victi
     assert Cursor(run_dir, "f" * 32, "http://collector:4318/v1/metrics").peek().logs == 10
 
 
+def _capped(code: str, limit_mb: int = 1024) -> subprocess.CompletedProcess[str]:
+    """Python code in a child whose address space is capped: what would read without end fails
+    there, not on the machine."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, preexec_fn=cap)
+
+
 def test_a_cursor_linked_to_dev_zero_is_refused(shared):
     run_dir = _record(shared)
     as_other("ln", "-s", "/dev/zero", str(run_dir / "sync-cursor.json"))
-    with pytest.raises(CursorError, match="sync-cursor.json: a symbolic link; traintel does "
-                                          "not follow it"):
-        Cursor(run_dir, "f" * 32, "t").open()
+    opening = ("from pathlib import Path\nfrom traintel.sync.cursor import Cursor, CursorError\n"
+               f"try:\n    Cursor(Path({str(run_dir)!r}), 'f' * 32, 't').open()\n"
+               "except CursorError as exc:\n    print(exc)\n")
+    proc = _capped(opening)
+    assert "sync-cursor.json: a symbolic link; traintel does not follow it" in proc.stdout, \
+        proc.stderr[-1000:]
     (run_dir / "sync-cursor.json").unlink()
     (run_dir / "sync-cursor.json.lock").unlink()
-    os.mkfifo(run_dir / "sync-cursor.json.lock")
-    with pytest.raises(CursorError, match="a FIFO where traintel keeps a file"):
-        Cursor(run_dir, "f" * 32, "t").open()
+    as_other("mkfifo", "-m", "0666", str(run_dir / "sync-cursor.json.lock"))
+    proc = _capped(opening)
+    assert "a FIFO where traintel keeps a file" in proc.stdout, proc.stderr[-1000:]
 
 
 def test_sync_of_a_record_that_is_a_fifo_does_not_hang(shared):
