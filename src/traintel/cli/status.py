@@ -125,7 +125,7 @@ def _live(url: str) -> dict[str, Any]:
 @click.option("--group", metavar="GROUP", help="Only runs of this group.")
 @click.option("--status", "statuses", multiple=True, metavar="STATUS",
               help="Only runs in this status (running, finished, failed, preempted, "
-                   "interrupted, crashed, stale; repeat for several).")
+                   "interrupted, crashed, stale, empty; repeat for several).")
 @click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",

@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import (ConsoleMetricExporter, MetricExpor
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from traintel import env, extras
+from traintel.redact import redact_sdk_logs
 
 log = logging.getLogger("traintel.export")
 
@@ -172,6 +173,7 @@ def exporters(signal: Signal, session: Any = None) -> list[Any]:
 
 
 def _make(signal: Signal, name: str, session: Any = None) -> Any:
+    redact_sdk_logs()  # the SDK prints a header it cannot parse, credentials and all
     variable = EXPORTERS[signal].name
     if name == "otlp":
         transport = protocol(signal)
@@ -211,6 +213,7 @@ def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
     """``signal``'s OTLP/HTTP exporter as a live run makes it: the timeout from the variables'
     milliseconds, a session that keeps its CA file; ``endpoint`` and ``timeout`` (seconds)
     replace the variables' (``traintel sync --endpoint`` and its probe)."""
+    redact_sdk_logs()
     return _otlp_class("http/protobuf", signal)(
         endpoint=endpoint, timeout=timeout or timeout_s(signal),
         session=session or (session_keeping_its_ca() if _certificate(signal) else None))

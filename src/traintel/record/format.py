@@ -31,7 +31,7 @@ END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "preempted", "fi
 #: ``running``, ``crashed`` (its process is gone without saying how: SIGKILL, the OOM killer, a
 #: lost node) or ``stale`` (no line for a long time, from a process this host cannot check)
 RecordStatus = Literal["running", "finished", "failed", "preempted", "interrupted", "crashed",
-                       "stale"]
+                       "stale", "empty"]
 
 #: the direction of an eval metric for best-so-far
 Goal = Literal["min", "max"]

@@ -29,6 +29,7 @@ log = logging.getLogger("traintel.record")
 JOB_SUMMARY = "summary.json"
 #: worst first: the job's status is its worst rank's
 _STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
+                                           "empty",
                                            "stale", "running", "finished")
 
 
