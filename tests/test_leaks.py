@@ -163,3 +163,48 @@ def test_a_cli_usage_error_does_not_print_url_credentials(tmp_path):
     result = CliRunner().invoke(main, ["status", "--url",
                                        "http://me:An0therS3cret@127.0.0.1:9"])
     assert "An0therS3cret" not in result.output
+
+
+# -- 18: one odd tag must not break /metrics -------------------------------------------------
+def test_a_tag_from_non_utf8_argv_does_not_break_either_exposition(tmp_path):
+    import urllib.request
+
+    import traintel
+
+    tag = os.fsdecode(b"exp-\xff\xfe")  # what Python makes of a non-UTF-8 argv: lone surrogates
+    run = traintel.init(project="t", dir=str(tmp_path), tags=["ok", tag], group=tag,
+                        http_port=0, **QUIET)
+    try:
+        run.log(loss=0.5)
+        assert run.server is not None
+        for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+            request = urllib.request.Request(f"http://127.0.0.1:{run.server.port}/metrics",
+                                             headers={"Accept": accept})
+            body = urllib.request.urlopen(request, timeout=10).read().decode()
+            assert 'tags="ok,exp-\\\\udcff\\\\udcfe"' in body, accept
+            assert "traintel_loss" in body or "loss" in body
+    finally:
+        run.finish()
+
+
+# -- 19: the sidecar listens on loopback only ------------------------------------------------
+def test_the_sidecar_collector_binds_its_telemetry_and_health_to_loopback():
+    """In sidecar mode the collector runs inside the training pod: its own metrics (8888) and
+    health check (13133) must not listen beyond the pod, as the template says of OTLP."""
+    import yaml
+    from deploy_tools import KUBERNETES, REPO, run, tool
+
+    chart = REPO / "deploy/helm/traintel"
+    out = run(tool("helm"), "template", "traintel", str(chart), "--namespace", "observability",
+              "--kube-version", KUBERNETES[1].lstrip("v"), "-f",
+              str(chart / "ci" / "sidecar-values.yaml")).stdout
+    crs = {d["spec"]["mode"]: d["spec"]["config"] for d in yaml.safe_load_all(out)
+           if d and d["kind"] == "OpenTelemetryCollector"}
+    sidecar = crs["sidecar"]
+    assert sidecar["extensions"]["health_check"]["endpoint"] == "127.0.0.1:13133"
+    (reader,) = sidecar["service"]["telemetry"]["metrics"]["readers"]
+    assert reader["pull"]["exporter"]["prometheus"]["host"] == "127.0.0.1"
+    assert sidecar["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "127.0.0.1:4318"
+    gateway = next(config for mode, config in crs.items() if mode not in ("sidecar",))
+    (reader,) = gateway["service"]["telemetry"]["metrics"]["readers"]
+    assert reader["pull"]["exporter"]["prometheus"]["host"] == "0.0.0.0"  # scraped in-cluster
