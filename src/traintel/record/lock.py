@@ -90,9 +90,12 @@ class RecordLock:
                 f"traintel.init: run {run_id!r} is being recorded by a live process "
                 f"({holder}) in {self.path.parent}; one record has one writer. Stop that "
                 "process, or give this one another run_id (or dir)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        try:  # who holds it, for a refusal's message; a full disk leaves it unsaid, still held
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        except OSError:
+            pass
         self._fd = fd
         reset_in_child(self._after_fork_in_child)
         return self
