@@ -37,8 +37,8 @@ PROBE_TIMEOUT = 3.0
 def _joined(base: str, path: str) -> str:
     """``--endpoint``'s URL with the signal's path appended to its path, before any query
     (``http://c:4318/?tenant=a`` -> ``http://c:4318/v1/metrics?tenant=a``)."""
-    parts = urlsplit(base)
-    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{path}"))
+    scheme, netloc, base_path, query, fragment = urlsplit(base)
+    return urlunsplit((scheme, netloc, f"{base_path.rstrip('/')}/{path}", query, fragment))
 
 
 def _headers(signal: Signal) -> str | None:
