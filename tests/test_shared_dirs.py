@@ -33,6 +33,7 @@ from traintel.sync.cursor import Cursor, CursorError
 from traintel.sync.timeline import MAX_POINTS, metric_times
 
 from conftest import QUIET
+from reliability_log import record
 
 OTHER = 65534
 SETPRIV = shutil.which("setpriv")
@@ -108,6 +109,14 @@ def test_a_planted_summary_tmp_link_is_not_written_through(shared, victim):
     summary = run_dir / "summary.json"
     assert stat.S_ISREG(os.lstat(summary).st_mode)  # not the planted link, renamed into place
     assert orjson.loads(summary.read_bytes())["status"] == "finished"
+    record("planted links in a pre-made run directory (as uid 65534): summary.json.tmp, "
+           "config.json.tmp, crash-report.json.tmp -> the user's file; .lock -> the user's file; "
+           ".lock a directory; the run directory another user's or a link",
+           "nothing written through a link; the lock never silently off; another user's "
+           "directory refused for writing",
+           f"victim file unchanged ({victim.stat().st_size} bytes); summary.json a regular file "
+           "(renamed from a random O_EXCL temporary); each planted .lock and foreign directory "
+           "refuses init with RecordRefused naming it (tests/test_shared_dirs.py)")
 
 
 def test_a_lock_that_is_a_directory_does_not_silently_disable_locking(shared):
@@ -201,6 +210,11 @@ def _capped(code: str, limit_mb: int = 1024) -> subprocess.CompletedProcess[str]
                           timeout=120, preexec_fn=cap)
 
 
+def _peak_child_mb() -> float:
+    """The largest resident set of any child waited for so far, in MB (Linux: KiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def test_a_cursor_linked_to_dev_zero_is_refused(shared):
     run_dir = _record(shared)
     as_other("ln", "-s", "/dev/zero", str(run_dir / "sync-cursor.json"))
@@ -222,8 +236,16 @@ def test_sync_of_a_record_that_is_a_fifo_does_not_hang(shared):
     as_other("mkfifo", "-m", "0666", str(run_dir / "events.jsonl"))
     started = time.monotonic()
     proc = _sync("--dry-run", "--endpoint", "http://127.0.0.1:9", str(run_dir))
-    assert time.monotonic() - started < 60
+    took = time.monotonic() - started
+    assert took < 60
     assert "a FIFO where traintel keeps a file" in proc.stderr
+    record("traintel sync over planted files (as uid 65534): events.jsonl a FIFO, "
+           "sync-cursor.json -> /dev/zero, sync-cursor.json.tmp -> the user's file, a symlinked "
+           "run directory",
+           "no hang, no unbounded read, no write through a link, no other user's run sent",
+           f"FIFO passed over with a note in {took:.1f} s (hung forever before); /dev/zero "
+           "cursor refused under a 1 GiB address-space cap (MemoryError before); victim file "
+           "unchanged; the linked run not listed, named alone refused (exit 1)")
 
 
 def test_sync_does_not_follow_a_planted_run_directory_link(shared, tmp_path):
@@ -270,9 +292,16 @@ def _crafted(shared: Path, *lines: dict[str, object]) -> Path:
 @pytest.mark.parametrize("at", [1e13, 1e300])
 def test_an_export_far_in_the_future_does_not_exhaust_memory(shared, at):
     run_dir = _crafted(shared, {"type": "export", "signal": "metrics", "ok": False, "at": at})
+    started = time.monotonic()
     proc = _sync("--dry-run", "--endpoint", "http://127.0.0.1:9", str(run_dir), limit_mb=1024)
+    took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "would send" in proc.stdout
+    record(f'traintel sync of a record with an export note "at": {at:g}',
+           "memory bounded whatever the times in a record",
+           f"dry run in {took:.1f} s under a 1 GiB address-space cap, peak child RSS "
+           f"{_peak_child_mb():.0f} MB (before: {(at - time.time()) / 15:.1e} points asked "
+           "for, MemoryError)")
 
 
 def test_a_field_nested_500_deep_does_not_crash_sync(shared):
@@ -284,6 +313,9 @@ def test_a_field_nested_500_deep_does_not_crash_sync(shared):
     proc = _sync("--dry-run", "--endpoint", "http://127.0.0.1:9", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RecursionError" not in proc.stderr
+    record("traintel sync of an event field nested 500 deep", "no RecursionError; the line sent",
+           f"exit 0; redact.deep stops at {MAX_DEPTH} levels with {TOO_DEEP!r} (RecursionError "
+           "in redact.deep before)")
 
 
 nested = st.recursive(st.text(max_size=8) | st.integers() | st.none(),
