@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import traintel
 from traintel.cli import main
@@ -192,3 +194,17 @@ def test_the_systemd_unit_keeps_a_directory_with_odd_characters_whole(tmp_path, 
                                                                "traintel-stack.service")],
                                capture_output=True, text=True, timeout=60)
         assert "Invalid" not in check.stderr and "bad" not in check.stderr.lower(), check.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(st.characters(codec="utf-8", exclude_characters="/\x00\n\r",
+                                  exclude_categories=["Cs", "Cc"]), min_size=1, max_size=20)
+       .filter(lambda n: n not in (".", "..")))
+def test_any_directory_name_comes_back_whole_from_the_unit(tmp_path, name):
+    project = tmp_path / "d" / name
+    unit = files.systemd_unit((files.root() / files.UNIT_SOURCE).read_text(), project)
+    (command,) = [line.split("=", 1)[1] for line in unit.splitlines()
+                  if line.startswith("ExecStart=")]
+    argv = [arg.replace("%%", "\0").replace("$$", "$").replace("\0", "%")
+            for arg in shlex.split(command)]
+    assert argv[argv.index("--configs") + 1] == str(project)

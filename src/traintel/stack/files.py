@@ -134,6 +134,9 @@ def env_text(example: str, password: str) -> str:
 def systemd_unit(template: str, directory: Path) -> str:
     """The example unit, pointed at this project and this installation's interpreter: it runs
     ``python -m traintel stack up --foreground --configs DIR`` from ``directory``."""
+    if any(c in str(directory) for c in "\n\r"):
+        raise StackFilesError(f"{str(directory)!r} has a line break in its name: a systemd unit "
+                              "cannot name it; init another directory")
     command = " ".join([_exec_arg(sys.executable), "-m", "traintel", "stack", "up",
                         "--foreground", "--configs", _exec_arg(str(directory)),
                         "--run-dir", "%h/.local/state/traintel/stack"])
