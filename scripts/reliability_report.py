@@ -38,6 +38,9 @@ STATIC = """
 | hostile record lines through every `traintel logs`/`report`/`status` command (hypothesis) | tests/adversarial/test_adv_records.py |
 | compose ports bound to 127.0.0.1, no default Grafana password | tests/test_prometheus_rules.py |
 | status endpoint loopback-only by default; debug refused from other addresses | tests/test_server.py |
+| each planted case of a shared run directory as a second user (uid 65534) plants it: links, FIFOs, /dev/zero, directories where files belong, files and directories of another user | tests/test_shared_dirs.py |
+| secrets the redactor learns (PGPASSWORD, SSHPASS, KAGGLE_KEY, a config key `pw`, OTLP header values, a token in prose) and URL credentials in `grafana push` and every CLI error; one surrogate-escaped tag against both /metrics expositions; the chart's sidecar on loopback | tests/test_leaks.py |
+| the small misuses: timer/span exits without enter, `error(context=[...])`, `log(commit="no")`, `track(None)`, a span attribute whose `__str__` raises, port and host variables out of range, a full disk at init (16 KiB tmpfs), `stack init` over links and into a DIR with a space or `%` | tests/test_small_ones.py |
 """
 
 

@@ -37,6 +37,9 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except MissingExtra as missing:
             raise click.ClickException(str(missing)) from None
+        except click.ClickException as error:  # every command's error: no URL credentials
+            setattr(error, "message", _redacted(error.message))  # its class keeps its exit code
+            raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if _available(name))
@@ -47,6 +50,14 @@ class LazyGroup(click.Group):
         module, attribute = COMMANDS[name].split(":")
         command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
+
+
+def _redacted(text: str) -> str:
+    """A command's error with URL credentials (``user:password@``, a signed query), known secrets
+    and secret-shaped values redacted, as everything traintel writes."""
+    from traintel.core.redact import Redactor
+
+    return Redactor.for_environment().text(text)
 
 
 def _available(name: str) -> bool:

@@ -48,15 +48,20 @@ def push(url: str | None, prometheus_url: str | None, loki_url: str | None,
         variable = _URLS[source["uid"]]
         bodies.append(pushing.datasource_body(
             source, given.get(source["uid"]) or variable.get() or str(variable.default)))
+    from traintel.core.redact import Redactor
+
+    redactor = Redactor.for_environment()
     try:
         api = pushing.connect(target)
-        result = pushing.push(api, dashboards, bodies, say=click.echo)
+        result = pushing.push(api, dashboards, bodies,
+                              say=lambda line: click.echo(redactor.text(line)))
     except pushing.GrafanaError as error:
         raise click.ClickException(str(error)) from None
     except Exception as error:  # grafana-client's and the HTTP library's errors
-        raise click.ClickException(_explain(target, error)) from None
-    click.echo(f"traintel grafana: {len(result.created)} created, {len(result.updated)} "
-               f"updated, {len(result.unchanged)} unchanged at {target} (folder traintel)")
+        raise click.ClickException(redactor.text(_explain(target, error))) from None
+    click.echo(redactor.text(
+        f"traintel grafana: {len(result.created)} created, {len(result.updated)} updated, "
+        f"{len(result.unchanged)} unchanged at {target} (folder traintel)"))
 
 
 def _explain(url: str, error: Exception) -> str:

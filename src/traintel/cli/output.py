@@ -11,7 +11,8 @@ from traintel.reports.render import text_table
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
     """A Rich table on a terminal, turned on its side when too wide for it; aligned plain text
-    otherwise. Blank column names: no header."""
+    otherwise. Blank column names: no header; a missing cell is blank."""
+    rows = [["" if c is None else str(c) for c in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.measure import Measurement

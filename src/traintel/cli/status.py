@@ -17,7 +17,8 @@ import click
 import orjson
 
 from traintel.core import env
-from traintel.reports.analysis import STATUS_ORDER, run_status, worst
+from traintel.record.job import STATUS_ORDER
+from traintel.reports.analysis import run_status, worst
 from traintel.cli.output import table
 from traintel.reports.doctor import fetch
 from traintel.record.files import encode, read_json
@@ -138,7 +139,7 @@ def _live(url: str) -> dict[str, Any]:
 @click.option("--group", metavar="GROUP", help="Only runs of this group.")
 @click.option("--status", "statuses", multiple=True, metavar="STATUS",
               help="Only runs in this status (running, finished, failed, preempted, "
-                   "interrupted, pruned, stopped, crashed, stale; repeat for several).")
+                   "interrupted, pruned, stopped, crashed, stale, empty; repeat for several).")
 @click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
               help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",

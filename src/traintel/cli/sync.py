@@ -91,6 +91,7 @@ def sync(runs: tuple[str, ...], endpoint: str | None, dry_run: bool, resend: boo
     work: Sync | None = None
     failure: str | None = None
     interrupted = False
+    cursor_kept = True
     started = time.monotonic()
     try:
         if not dry_run:
@@ -100,17 +101,24 @@ def sync(runs: tuple[str, ...], endpoint: str | None, dry_run: bool, resend: boo
             work.run()
     except Interrupted:
         interrupted = True
-    except (SyncError, CursorError) as exc:
+    except SyncError as exc:
         failure = str(exc)
+    except CursorError as exc:  # a full disk, a refused file: the cursor was NOT written
+        failure = str(exc)
+        cursor_kept = False
     finally:
         target.close()
     if work is not None:
         _report(work.outcomes, dry_run, time.monotonic() - started, target.bytes_sent)
     if failure:
         click.echo(f"traintel sync: {failure}", err=True)
-        if work is not None and not dry_run:
+        if work is not None and not dry_run and cursor_kept:
             click.echo("what the collector acknowledged is in the cursor: the same command "
                        "sends the rest", err=True)
+        elif work is not None and not dry_run:
+            click.echo("the cursor was not updated: the same command, once it can be written, "
+                       "sends again what the collector took since its last update (a backend "
+                       "drops or keeps repeats as docs/offline.md says)", err=True)
         sys.exit(1)
     if interrupted:
         click.echo("traintel sync: interrupted; what the collector acknowledged is in the "

@@ -243,6 +243,20 @@ OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE = Variable(
 OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE = Variable(
     "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "export", "The log records' CA file.",
     "OTEL_EXPORTER_OTLP_CERTIFICATE")
+OTEL_EXPORTER_OTLP_HEADERS = Variable(
+    "OTEL_EXPORTER_OTLP_HEADERS", "export",
+    "Headers of every OTLP request (`name=value,...`, values URL-encoded), read by the SDK; "
+    "traintel redacts their values everywhere it writes and keys `traintel sync`'s cursor by a "
+    "hash of them (two tenants behind one URL keep two cursors).")
+OTEL_EXPORTER_OTLP_TRACES_HEADERS = Variable(
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "export", "The spans' OTLP headers.",
+    "OTEL_EXPORTER_OTLP_HEADERS")
+OTEL_EXPORTER_OTLP_METRICS_HEADERS = Variable(
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS", "export", "The metrics' OTLP headers.",
+    "OTEL_EXPORTER_OTLP_HEADERS")
+OTEL_EXPORTER_OTLP_LOGS_HEADERS = Variable(
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS", "export", "The log records' OTLP headers.",
+    "OTEL_EXPORTER_OTLP_HEADERS")
 OTEL_EXPORTER_PROMETHEUS_HOST = Variable(
     "OTEL_EXPORTER_PROMETHEUS_HOST", "export",
     "With OTEL_METRICS_EXPORTER=prometheus: the address /metrics binds (loopback unless "

@@ -21,7 +21,9 @@ always one every sink can write.
 from __future__ import annotations
 
 import functools
+import logging
 import re
+from urllib.parse import unquote
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Union
 
@@ -29,6 +31,11 @@ from traintel.core import env
 from traintel.core.validate import clean_text
 
 REDACTED = "[REDACTED]"
+#: what stands for a value nested deeper than MAX_DEPTH in :meth:`Redactor.deep`
+TOO_DEEP = "[nested too deep]"
+#: how deep :meth:`Redactor.deep` goes: deeper than any field a run records in practice, and
+#: well within Python's recursion limit whatever a crafted record line nests
+MAX_DEPTH = 64
 #: known secret values shorter than this are too likely to occur by chance in ordinary text
 _MIN_SECRET_LEN = 6
 
@@ -40,7 +47,9 @@ _SECRET_WORDS = frozenset({
     "password", "passwd", "pwd", "passphrase", "passcode", "secret", "secrets", "credential",
     "credentials", "creds", "apikey", "jwt", "pat", "auth", "authorization", "bearer", "cookie",
     "cookies", "dsn", "privatekey", "secretkey", "accesskey", "webhook", "sessionid",
-    "accesstoken", "authtoken", "refreshtoken", "xsrf", "csrf"})
+    "accesstoken", "authtoken", "refreshtoken", "xsrf", "csrf",
+    # whole names of well-known variables that hold one (libpq, sshpass, MySQL)
+    "pgpassword", "sshpass", "mysqlpwd"})
 #: names ending in these describe a secret without holding one (``password_file``, ``secret_name``)
 _NOT_A_VALUE = frozenset({
     "path", "file", "files", "dir", "directory", "name", "names", "length", "len", "size", "min",
@@ -65,7 +74,7 @@ _KEY_WORDS = frozenset({
     "mistral", "groq", "replicate", "stripe", "google", "gcp", "gcs", "azure", "datadog", "dd",
     "sentry", "slack", "github", "gitlab", "pinecone", "sendgrid", "twilio", "admin", "root",
     "consumer", "developer", "shared", "symmetric", "cipher", "crypto", "kms", "jwt", "token",
-    "write", "x"})
+    "write", "x", "kaggle"})
 
 
 @functools.lru_cache(maxsize=4096)
@@ -87,7 +96,7 @@ def is_secret_key(key: str) -> bool:
         return before not in _TOKENIZER_WORDS
     if last == "key":
         return before in _KEY_WORDS
-    return last == "pass"
+    return last in ("pass", "pw")  # ``db_pass``, a config's ``pw``
 
 
 # -- secrets by the shape of a value in text --------------------------------------------------
@@ -144,6 +153,8 @@ _TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "hf_",
 #: words of secret names, searched with ``in`` (lower case) before the pair patterns run
 _SECRETISH = ("pass", "pwd", "secret", "token", "key", "auth", "cred", "cookie", "jwt", "pat",
               "dsn", "session", "webhook", "csrf", "xsrf", "bearer")
+#: words that introduce a secret in prose, searched with ``in`` (lower case) first
+_PROSE_WORDS = ("token", "password", "passphrase", "passwd", "secret", "key")
 Replacement = Union[str, Callable[[re.Match[str]], str]]
 #: (when to look, what, its replacement): each pattern runs only on text that has what it needs,
 #: so that ordinary text costs a few substring searches
@@ -181,6 +192,12 @@ _SHAPES: tuple[tuple[Callable[[str, str], bool], re.Pattern[str], Replacement], 
                 r"x-goog-signature|x-goog-credential|signature|sig|token|access_token|id_token|"
                 r"refresh_token|api_key|apikey|key|password|secret|client_secret|code)=)"
                 r"[^&\s#\"']+"), _keep_group_1),
+    # a secret introduced in prose: "with token abc123def456", "the password is hunter2hunter2"
+    (lambda t, low: any(word in low for word in _PROSE_WORDS),
+     re.compile(r"(?i)(\b(?:token|password|passphrase|passwd|secret|api[ _-]?key|access[ _-]?key)"
+                r"(?:\s+(?:is|was|of)\b)?(?:\s*[:=]\s*|\s+)[\"'`]?)"
+                r"(?=[A-Za-z0-9_\-.+/]*[0-9])(?=[A-Za-z0-9_\-.+/]*[A-Za-z])"
+                r"[A-Za-z0-9_\-.+/]{8,}"), _keep_group_1),
     # --hf-token VALUE, --password=VALUE
     (lambda t, low: "-" in t and any(word in low for word in _SECRETISH),
      re.compile(r"--?(?P<key>[A-Za-z][\w-]*)(?:=|[ \t]+)(?!-)" + _VALUE), _flag),
@@ -226,14 +243,18 @@ class Redactor:
         # password=VALUE, "api_key": "VALUE", Authorization: VALUE
         return _pairs(text) if any(word in low for word in _SECRETISH) else text
 
-    def deep(self, value: Any) -> Any:
+    def deep(self, value: Any, depth: int = 0) -> Any:
         """``value`` with every string redacted, values under secret keys replaced, and the
-        value after a secret ``--flag`` in a list (an argv) replaced."""
+        value after a secret ``--flag`` in a list (an argv) replaced. What is nested deeper than
+        MAX_DEPTH (a crafted record line 500 deep) is replaced by a note: never a
+        ``RecursionError``, never an unredacted leaf."""
         if isinstance(value, str):
             return self.text(value)
+        if depth >= MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):
+            return TOO_DEEP
         if isinstance(value, Mapping):
-            return {self.text(str(k)): REDACTED if _holds_secret(k, v) else self.deep(v)
-                    for k, v in value.items()}
+            return {self.text(str(k)): REDACTED if _holds_secret(k, v) else
+                    self.deep(v, depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             out: list[Any] = []
             hide_next = False
@@ -244,7 +265,7 @@ class Redactor:
                     continue
                 hide_next = isinstance(item, str) and bool(_FLAG.fullmatch(item)) and \
                     is_secret_key(item)
-                out.append(self.deep(item))
+                out.append(self.deep(item, depth + 1))
             return out
         return value
 
@@ -285,4 +306,74 @@ def secret_values(config: Any, environ: Mapping[str, str] | None = None) -> set[
     walk(config)
     environment = env.snapshot() if environ is None else dict(environ)
     walk({k: v for k, v in environment.items() if k not in _NOT_SECRET_VARIABLES})
+    for name, value in environment.items():
+        if _HEADERS_VARIABLE.fullmatch(name):
+            found.update(header_values(value))
     return found
+
+
+#: OTEL_EXPORTER_OTLP_HEADERS and its per-signal forms: every value is a credential or a tenant
+#: (``x-honeycomb-team=KEY``, ``Authorization=Basic ...``, ``X-Scope-OrgID=...``)
+_HEADERS_VARIABLE = re.compile(r"OTEL_EXPORTER_OTLP_(?:(?:TRACES|METRICS|LOGS)_)?HEADERS")
+
+
+_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "negotiate"})
+
+
+def header_values(text: str) -> set[str]:
+    """The values of an OTLP headers variable (``name=value,name=value``), as written and
+    URL-decoded, and each of their words (a value that wrapped onto a new line, ``Basic`` and its
+    credentials), for the redactor to replace wherever they appear."""
+    found: set[str] = set()
+    for item in text.split(","):
+        _, separator, value = item.partition("=")
+        if not separator:
+            continue
+        for form in {value, unquote(value)}:
+            for piece in [form.strip(), *form.split()]:
+                if len(piece) >= _MIN_SECRET_LEN and piece.lower() not in _SCHEMES:
+                    found.add(clean_text(piece))
+    return found
+
+
+# -- the OpenTelemetry SDK's own log records ---------------------------------------------------
+#: the SDK's logger that prints a header it cannot parse, credentials and all
+_HEADER_LOGGER = "opentelemetry.util.re"
+
+
+class SdkLogRedactor(logging.Filter):
+    """Passes the OpenTelemetry SDK's own log records through the redactor before any handler
+    sees them. The SDK prints an ``OTEL_EXPORTER_OTLP_HEADERS`` entry it cannot parse whole
+    (``Header format invalid! ...: Authorization=Basic MTIz...``, as when a base64 value wraps
+    onto a new line): of such an entry only the header's name is kept, and the line names the
+    variable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            if record.name == _HEADER_LOGGER and record.args and \
+                    isinstance(record.args, tuple) and isinstance(record.args[0], str):
+                name = record.args[0].partition("=")[0].strip()[:100]
+                record.args = (f"{name}={REDACTED} (in OTEL_EXPORTER_OTLP_HEADERS or its "
+                               "per-signal form: URL-encode the value, with no line breaks)",)
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted: its arguments are not printed
+            record.msg, record.args = f"{record.msg!s:.200} (arguments withheld)", None
+            return True
+        record.msg, record.args = Redactor.for_environment().text(message), None
+        return True
+
+
+_sdk_redacted: set[str] = set()
+
+
+def redact_sdk_logs() -> None:
+    """Install :class:`SdkLogRedactor` on the SDK's header parser and on every OpenTelemetry
+    logger made so far (a logger's filters see only its own records, so each is named): called
+    before exporters are made, which is when the SDK parses the headers."""
+    names = {_HEADER_LOGGER, *(name for name in logging.root.manager.loggerDict
+                                if name.startswith("opentelemetry"))}
+    for name in names - _sdk_redacted:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, SdkLogRedactor) for f in logger.filters):
+            logger.addFilter(SdkLogRedactor())
+        _sdk_redacted.add(name)

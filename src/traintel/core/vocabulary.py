@@ -27,7 +27,7 @@ END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "preempted", "st
 #: ``running``, ``crashed`` (its process is gone without saying how: SIGKILL, the OOM killer, a
 #: lost node) or ``stale`` (no line for a long time, from a process this host cannot check)
 RecordStatus = Literal["running", "finished", "failed", "preempted", "interrupted", "crashed",
-                       "stale", "pruned", "stopped"]
+                       "stale", "pruned", "stopped", "empty"]
 
 #: the direction of an eval metric for best-so-far
 Goal = Literal["min", "max"]

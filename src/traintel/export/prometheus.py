@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from traintel.core.catalog import METRICS
 from traintel.core.state import RunState
+from traintel.core.validate import clean_text
 from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 
@@ -52,7 +53,7 @@ class RunCollector(Collector):
                     for bound, count in zip([*series.bounds, float("inf")], series.counts):
                         running += count
                         buckets.append((_le(bound), running))
-                    label = [series.label or ""] if metric.labels else []
+                    label = [clean_text(series.label or "")] if metric.labels else []
                     histogram.add_metric(base_values + label, buckets, series.sum)
                 if found:
                     yield histogram
@@ -64,8 +65,8 @@ class RunCollector(Collector):
                         else self.table[metric.name](self.state))
             for value, extra in readings:
                 found = True
-                family.add_metric(base_values + [extra.get(n, "") for n in names[len(base_names):]],
-                                  value)
+                family.add_metric(base_values + [clean_text(extra.get(n, ""))
+                                                 for n in names[len(base_names):]], value)
             if found:
                 yield family
 

@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, Sp
 
 from traintel.core import env, extras
 from traintel.core import discovery
+from traintel.core.redact import redact_sdk_logs
 
 log = logging.getLogger("traintel.export")
 
@@ -205,6 +206,7 @@ def _empty_means_unset() -> None:
 
 
 def _make(signal: Signal, name: str, session: Any = None) -> Any:
+    redact_sdk_logs()  # the SDK prints a header it cannot parse, credentials and all
     variable = EXPORTERS[signal].name
     _empty_means_unset()
     if name == "otlp":
@@ -248,6 +250,7 @@ def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
     replace the variables' (``traintel sync --endpoint`` and its probe). With no endpoint
     variable set, a running native stack's collector is the endpoint (``traintel stack up
     --free-ports`` may have put it anywhere)."""
+    redact_sdk_logs()
     if endpoint is None and _unset(signal) and discovery.otlp_http_base():
         endpoint = http_url(signal)
     return _otlp_class("http/protobuf", signal)(

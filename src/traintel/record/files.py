@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from traintel.core.validate import json_safe
+from traintel.record import safe
 
 log = logging.getLogger("traintel.record")
+#: the most a JSON document beside a record may hold (a summary of thousands of names is a few
+#: MB; a sync cursor of many segments less): a link to /dev/zero or a huge file is not read
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 def encode(value: Any, *, sort_keys: bool = False, indent: bool = False) -> bytes:
@@ -44,12 +47,12 @@ def _json_default(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any, quiet: bool = False) -> bool:
-    """Write ``path`` atomically (temp file + rename); a failure is a warning, not an error."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``path`` atomically (a temporary file created exclusively under a random name, then
+    renamed: ``traintel.record.safe``), so that a link planted in a shared run directory is
+    replaced, never written through; a failure is a warning, not an error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(encode(data, indent=True))
-        os.replace(tmp, path)
+        safe.replace(path, encode(data, indent=True))
         return True
     except OSError as exc:
         if not quiet:
@@ -61,7 +64,19 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object file's content (config.json, summary.json, crash-report.json), or None when
     it is missing, unreadable, torn, nested beyond reason or not an object."""
     try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        return read_json_checked(path)
+    except OSError:
+        return None
+
+
+def read_json_checked(path: Path) -> dict[str, Any] | None:
+    """:func:`read_json`, but a file traintel refuses to read (a link, a FIFO, a device, a
+    directory, over MAX_JSON_BYTES: ``traintel.record.safe.UnsafePath``) or cannot read raises
+    its ``OSError``; None when it is missing, torn or not an object."""
+    try:
+        value = json.loads(safe.read_bytes(path, MAX_JSON_BYTES))
+    except FileNotFoundError:
+        return None
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
+from traintel.record import safe
 from traintel.record.files import read_json, write_json
 from traintel.record.format import RecordStatus
 from traintel.record.summary import Throughput
@@ -27,8 +28,9 @@ log = logging.getLogger("traintel.record")
 #: the job's summary, in the run's directory above the ranks' records
 JOB_SUMMARY = "summary.json"
 #: worst first: the job's status is its worst rank's
-_STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
-                                           "stale", "running", "stopped", "pruned", "finished")
+STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
+                                          "empty", "stale", "running", "stopped", "pruned",
+                                          "finished")
 
 
 class RankFigures(TypedDict):
@@ -86,7 +88,7 @@ def job_summary(ranks: Mapping[int, Mapping[str, Any]]) -> JobSummary:
     return {"run": str(first.get("run")), "project": str(first.get("project")),
             "name": str(first.get("name")), "world_size": world_size,
             "ranks": sorted(ranks), "complete": len(ranks) >= world_size,
-            "status": next((s for s in _STATUS_ORDER if s in statuses), "running"),
+            "status": next((s for s in STATUS_ORDER if s in statuses), "running"),
             "steps": max(f["steps"] for f in by_rank.values()),
             "samples": sum(f["samples"] for f in by_rank.values()),
             "tokens": sum(f["tokens"] for f in by_rank.values()),
@@ -111,7 +113,7 @@ def write_job_summary(run_dir: Path) -> JobSummary | None:
     a lock shared by the ranks of this host (an unlocked filesystem: the last writer wins)."""
     lock_path = run_dir / ".summary.lock"
     try:
-        handle = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        handle = safe.open_lock(lock_path)  # not a planted link or directory
     except OSError as exc:
         log.warning("traintel could not write the job summary in %s: %s", run_dir, exc)
         return None

@@ -25,6 +25,7 @@ from typing import IO
 import orjson
 
 from traintel.core import env
+from traintel.record import safe
 from traintel.record.format import EVENTS_FILE, LEVELS, MAX_LINE_BYTES, RawLine
 
 _ROTATED = re.compile(r"events\.jsonl\.(\d+)$")
@@ -84,7 +85,7 @@ def first_record(records: Records) -> RawLine | None:
 def _first_line(files: list[Path]) -> RawLine | None:
     for file in files:
         try:
-            with open(file, "rb") as f:
+            with safe.open_read(file) as f:
                 line = f.readline(1 << 16)
         except OSError:
             continue
@@ -105,7 +106,7 @@ def count_type(records: Records, kind: str) -> int:
     for files in records.streams:
         for file in files:
             try:
-                with open(file, "rb") as f:
+                with safe.open_read(file) as f:
                     rest = b""
                     while block := f.read(_BLOCK):
                         data = rest + block
@@ -124,8 +125,8 @@ def rank_dirs(path: Path) -> list[Path]:
     """The ``rank-N`` directories of a multi-process run, by rank."""
     if not path.is_dir():
         return []
-    ranks = [(int(m.group(1)), p) for p in path.iterdir()
-             if (m := _RANK.match(p.name)) and p.is_dir()]
+    ranks = [(int(m.group(1)), p) for p in path.iterdir()  # a link is not followed
+             if (m := _RANK.match(p.name)) and p.is_dir() and not p.is_symlink()]
     return [p for _, p in sorted(ranks)]
 
 
@@ -217,7 +218,7 @@ class Records:
         one that cannot be read (a directory, a symlink loop, no permission) too, counted."""
         for file in files:
             try:
-                with open(file, "rb") as f:
+                with safe.open_read(file) as f:
                     yield from self.parse(bounded_lines(f))
             except FileNotFoundError:
                 continue
@@ -399,8 +400,13 @@ def positioned(files: Iterable[Path], start: int = 0) -> Iterator[tuple[int, int
     base = 0
     for path in files:
         try:
-            file = open(path, "rb")
+            file = safe.open_read(path)
         except FileNotFoundError:
+            continue
+        except OSError as exc:  # a link, a FIFO, a device (record.safe), no permission
+            if path not in _SAID:
+                _SAID.add(path)
+                log.warning("traintel: %s is passed over: %s", path, exc.strerror or exc)
             continue
         with file:
             size = os.fstat(file.fileno()).st_size
@@ -421,6 +427,10 @@ def positioned(files: Iterable[Path], start: int = 0) -> Iterator[tuple[int, int
                     line = None
                 yield begin, base + at, line if type(line) is dict else None
             base += max(size, at)  # the live file may have grown while it was read
+
+
+#: files :func:`positioned` could not read, said once each (a sync reads a record twice)
+_SAID: set[Path] = set()
 
 
 def _ts(record: RawLine) -> float:
@@ -455,7 +465,7 @@ def _reversed_lines(file: Path, end: int | None = None) -> Iterator[bytes | None
     """The lines of a file before ``end`` (default: its end) from last to first, reading blocks
     backwards. A line that spans blocks is kept as its pieces and joined once, so a long line
     costs one copy (not one per block); one over MAX_LINE_BYTES stands as None."""
-    with open(file, "rb") as f:
+    with safe.open_read(file) as f:
         pos = f.seek(0, os.SEEK_END) if end is None else end
         tail: list[bytes] = []  # the pieces of the line being read, last piece first
         tail_size = 0
@@ -536,7 +546,7 @@ class Follower:
         """Open the live file (None while it does not exist)."""
         self._rest = b""
         try:
-            file = self._file = open(self.path, "rb")
+            file = self._file = safe.open_read(self.path)
         except FileNotFoundError:
             self._file = None
             self._from_start = True  # whatever appears later is new
@@ -548,7 +558,7 @@ class Follower:
 
     def _moved(self, file: IO[bytes]) -> bool:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return False  # between the writer's rename and create
         return st.st_ino != self._inode or st.st_size < file.tell()

@@ -33,6 +33,7 @@ from typing import IO, Literal, Union
 from traintel.core.forks import reset_in_child
 from traintel.core.state import RateWindow, RunState
 from traintel.core.stats import RunningStats
+from traintel.record import safe
 from traintel.record.files import encode
 from traintel.record.format import (
     EVENTS_FILE,
@@ -462,8 +463,9 @@ class RecordWriter:
     def _open(self) -> IO[bytes] | None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            file = self._file = open(self.path, "ab", buffering=0)
-            self._size = file.tell()
+            # not through a link, not into a FIFO or another user's file (record.safe)
+            file = self._file = safe.open_append(self.path)
+            self._size = file.seek(0, os.SEEK_END)
             return file
         except OSError as exc:
             self._fail(exc)
@@ -504,6 +506,6 @@ class RecordWriter:
         os.replace(self.path, self.directory / f"{EVENTS_FILE}.1")
         self._in_rotated += self._in_file
         self._in_file = 0
-        new = self._file = open(self.path, "ab", buffering=0)
+        new = self._file = safe.open_append(self.path)
         self._size = 0
         return new

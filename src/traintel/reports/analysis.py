@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from traintel.record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
-from traintel.record.job import job_throughput
+from traintel.record.job import STATUS_ORDER, job_throughput
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rank_directories
 from traintel.record.summary import RecordFold, Segment, StepFigures
@@ -50,9 +50,6 @@ def level_at_least(record: RawLine, level: str) -> bool:
 
 #: a record that has not grown for this long, from a process this host cannot check, is stale
 STALE_S = 600
-#: every status a reader reports, worst first: a multi-rank run's is its worst rank's
-STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
-                                          "stale", "running", "stopped", "pruned", "finished")
 
 
 def run_status(ended: object, directory: Path | None, start: RawLine,
@@ -62,10 +59,14 @@ def run_status(ended: object, directory: Path | None, start: RawLine,
     ``preempted``, ``interrupted``, ``failed``), else ``running`` while a live process holds the
     record's lock, ``crashed`` once none does (SIGKILL, the OOM killer, a lost node). A record
     without a lock file (older, or a filesystem without locks) is asked of its process when it
-    ran on this host, else it is ``stale`` when it has not grown for ``STALE_S``."""
+    ran on this host, else it is ``stale`` when it has not grown for ``STALE_S``. A record no
+    live process holds and without a readable ``run_start`` (an empty ``events.jsonl``, one of
+    garbage) is ``empty``: nothing says a run ever started there."""
     held = RecordLock.is_held(directory) if directory is not None else None
     if ended in END_STATUSES and not held:
         return ended
+    if not held and start.get("type") != "run_start":
+        return "empty"
     if held is not None:
         return "running" if held else "crashed"
     pid, host = start.get("pid"), start.get("host")

@@ -149,7 +149,9 @@ def line(r: RawLine) -> str:
 
 # -- tables ------------------------------------------------------------------------------------
 def text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Aligned plain text; blank column names: no header."""
+    """Aligned plain text; blank column names: no header. A missing cell (a field the reader
+    dropped from a malformed line, ``level: ["error"]``) is blank."""
+    rows = [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(c) for c in column) for column in zip(columns, *rows)]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n"
                    for row in ([list(columns)] if any(columns) else []) + [list(r) for r in rows])

@@ -30,6 +30,7 @@ from traintel.run.tracing import RunSpans
 from traintel.core.state import LOSS_KEYS, NonFinite, RunState, nonfinite_text
 from traintel.core.validate import MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown, to_number
 from traintel.core.state import NonFinite, RunState, nonfinite_text
+from traintel.core.misuse import printable, warn_once
 from traintel.version import __version__
 
 if TYPE_CHECKING:
@@ -95,11 +96,20 @@ class EventRecorder:
         if severity is not None:
             check_choice("run.error: severity", severity, SEVERITIES)
         if operation is not None:
-            operation = clean_text(str(operation))[:MAX_NAME_LENGTH]
+            if not isinstance(operation, str):
+                warn_once(f"error.operation.{type(operation).__name__}",
+                          f"run.error(operation=...) takes the operation's name as a str, got "
+                          f"{type(operation).__name__}; recorded as its text")
+            operation = clean_text(printable(operation))[:MAX_NAME_LENGTH]
         else:
             operation = operation_of(exc)
         kind = classify(exc, operation)
         severity = severity or kind.severity
+        if context is not None and not isinstance(context, Mapping):
+            warn_once(f"error.context.{type(context).__name__}",
+                      f"run.error(context=...) takes a dict of details, got "
+                      f"{type(context).__name__}; recorded as context={{'value': ...}}")
+            context = {"value": context}
         details = dict(context or {})
         if kind.error_type == "oom":
             from traintel.samplers.cuda import oom_details

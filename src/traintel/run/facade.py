@@ -1,6 +1,6 @@
 """The run: a façade that wires the parts and owns the lifecycle (start, ``with``, finish).
 
-Each part has its module in ``traintel.run`` and gets what it needs, not the run (steps, tracing,
+Each part has its module in ``traintel.run.facade`` and gets what it needs, not the run (steps, tracing,
 events, evals, instruments, hooks, resume), as do the record, export, samplers and outlets."""
 
 from __future__ import annotations

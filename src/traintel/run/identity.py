@@ -14,6 +14,7 @@ from traintel.core.redact import Redactor
 from traintel.run.settings import Settings, hostname
 from traintel.core.state import RunState, nonfinite_text
 from traintel.core.validate import check_run_id
+from traintel.core.validate import check_run_id, clean_text
 
 
 class NonFiniteStatus(TypedDict):
@@ -84,14 +85,18 @@ class RunIdentity:
 
     @property
     def labels(self) -> dict[str, str]:
-        """The labels of every series: project, run, rank."""
-        return {"project": self.project, "run": self.id, "rank": str(self.rank)}
+        """The labels of every series: project, run, rank (encodable: a name from non-UTF-8
+        argv would break every scrape)."""
+        return {"project": clean_text(self.project), "run": clean_text(self.id),
+                "rank": str(self.rank)}
 
     @property
     def info(self) -> dict[str, str]:
-        """What ``traintel_run_info`` says besides the labels (tags comma-joined)."""
-        return {"run_name": self.name, "host": self.host, "world_size": str(self.world_size),
-                "group": self.group or "", "tags": ",".join(self.tags)}
+        """What ``traintel_run_info`` says besides the labels (tags comma-joined), encodable:
+        one tag with a lone surrogate (from non-UTF-8 argv) closed every /metrics scrape."""
+        return {key: clean_text(value) for key, value in {
+            "run_name": self.name, "host": self.host, "world_size": str(self.world_size),
+            "group": self.group or "", "tags": ",".join(self.tags)}.items()}
 
     def about(self, config_hash: str) -> RunAbout:
         """What summary.json says about the run itself."""

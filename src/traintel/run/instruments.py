@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
 from typing import Literal, Protocol, TypeVar
 
+from traintel.core.misuse import warn_once
 from traintel.record.format import ObservationKind
 from traintel.record.queue import Observe, RecordQueue
 from traintel.core.state import RunState
@@ -112,6 +113,10 @@ class Timer(Histogram, ContextDecorator):
         return self
 
     def __exit__(self, *exc: object) -> Literal[False]:
+        if not self._starts:
+            warn_once(f"timer.exit.{self.name}", f"timer {self.name!r} was exited without being "
+                      "entered; nothing observed (use `with run.timer(name):`)")
+            return False
         elapsed = time.perf_counter() - self._starts.pop()
         self._queue.append(Observe("timer", self.name, elapsed))
         return False

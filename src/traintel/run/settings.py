@@ -9,6 +9,7 @@ checkers. Environment variables are read through ``traintel.core.env``.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -206,6 +207,14 @@ class Settings:
                                       str(self.log_level).upper(), _LOG_LEVELS)
         if not isinstance(self.dir, (str, os.PathLike)) or not str(self.dir):
             raise TypeError(f"traintel.init: dir must be a path, got {shown(self.dir)}")
+        if self.http_host not in _LOOPBACK and not self.allow_remote_http and \
+                self.http_host == env.OTEL_EXPORTER_PROMETHEUS_HOST.get():
+            logging.getLogger("traintel").warning(
+                "traintel.init: environment variable OTEL_EXPORTER_PROMETHEUS_HOST=%s would expose "
+                "the run's status and debug controls beyond this machine: /metrics binds "
+                "127.0.0.1. Pass allow_remote_http=True to traintel.init if you mean it",
+                self.http_host)
+            self.http_host = "127.0.0.1"
         if self.http_host not in _LOOPBACK and not self.allow_remote_http:
             raise ValueError(
                 f"traintel.init: http_host={self.http_host!r} would expose the run's status and "
@@ -297,7 +306,9 @@ def _from_environment() -> dict[str, Any]:
         if variable is None or variable.get() is None:
             continue
         if option.name == "http_port":
-            out[option.name] = variable.integer()
+            port = _port(variable)
+            if port is not None:
+                out[option.name] = port
         elif option.name == "sample_interval":
             out[option.name] = variable.real()
         elif option.name in _CHOICES:
@@ -310,10 +321,23 @@ def _from_environment() -> dict[str, Any]:
     if "http_port" not in out and "prometheus" in [
             name.strip().lower() for name in (env.OTEL_METRICS_EXPORTER.get() or "").split(",")]:
         # the specification's Prometheus exporter is traintel's own /metrics (the pull path)
-        out["http_port"] = env.OTEL_EXPORTER_PROMETHEUS_PORT.integer() or 9464
+        port = _port(env.OTEL_EXPORTER_PROMETHEUS_PORT)
+        out["http_port"] = 9464 if port is None else port
         host = env.OTEL_EXPORTER_PROMETHEUS_HOST.get() or "localhost"
         out["http_host"] = "127.0.0.1" if host == "localhost" else host
     return out
+
+
+def _port(variable: env.Variable) -> int | None:
+    """A port from ``variable``; one out of range is the variable's mistake, said naming it (not
+    an ``init`` argument the user never passed), and left out."""
+    port = variable.integer()
+    if port is not None and not 0 <= port <= 65535:
+        logging.getLogger("traintel").warning(
+            "traintel.init: environment variable %s=%s is not a port (0 to 65535; 0: any free "
+            "port); it is ignored", variable.name, port)
+        return None
+    return port
 
 
 #: (rank, local rank, world size) as each launcher publishes them, first match wins

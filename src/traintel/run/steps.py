@@ -45,6 +45,8 @@ from typing import Any, SupportsFloat, TypeVar
 from traintel.run.events import EventRecorder, ended
 from traintel.run.progress import MILESTONES, REFRESH_S, ProgressDisplay
 from traintel.record.format import EpochLine, ValuesLine
+from traintel.core.misuse import printable, warn_once
+from traintel.record.format import ValuesLine
 from traintel.record.pipeline import Pipeline
 from traintel.record.queue import RecordQueue, Step
 from traintel.reports.render import progress_text
@@ -141,6 +143,11 @@ class StepRecorder:
         step. Non-finite values are recorded as they are and flagged, never raised (unless
         ``halt_on_nonfinite``). See the module docstring for the whole step model.
         """
+        if not isinstance(commit, bool):
+            warn_once(f"log.commit.{type(commit).__name__}",
+                      f"run.log(commit=...) takes True or False, got {printable(commit)[:40]!r}; "
+                      "the step is committed (pass commit=False to keep it open)")
+            commit = True
         if values is not None:
             metrics = _merged(values, metrics)
         if not metrics:
@@ -253,6 +260,9 @@ class StepRecorder:
 
     def track(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
         """Iterate over batches, timing data wait vs compute; each batch is a step."""
+        if not isinstance(iterable, Iterable) and not hasattr(iterable, "__getitem__"):
+            raise TypeError(f"run.track(iterable): expects what a for loop takes (a DataLoader, "
+                            f"range(n), a list), got {type(iterable).__name__}")
         if total is None:
             try:
                 total = len(iterable)  # type: ignore[arg-type]  # any iterable; TypeError if none

@@ -9,7 +9,7 @@ the current epoch, else to the run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ContextDecorator
 from types import TracebackType
 from typing import Literal
@@ -19,6 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from traintel.core.misuse import printable, warn_once
 from traintel.record.format import EndStatus
 from traintel.record.queue import Call, Observe, RecordQueue
 from traintel.core.redact import Redactor
@@ -96,7 +97,33 @@ class RunSpans:
         """A user's span: its name is an operation label, admitted by the run's name budget; its
         attributes are exported, redacted."""
         self._names.admit("run.span", "spans", name, "Put varying parts in attributes")
-        return Span(self, self._queue, name, self._redactor.deep(attributes), on_error)
+        return Span(self, self._queue, name, self._redactor.deep(_attributes(name, attributes)),
+                    on_error)
+
+
+_ATTRIBUTE_TYPES = (str, bool, int, float)
+
+
+def _attributes(span: str, attributes: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
+    """Attributes the SDK takes: its types as they are, sequences of them, anything else as its
+    text (the SDK would call ``__str__`` later, on the span's start, where one that raises
+    escaped into the training loop), said once per span and key."""
+    out: dict[str, AttributeValue] = {}
+    for key, value in attributes.items():
+        if isinstance(value, (*_ATTRIBUTE_TYPES, bytes, Mapping)) or (
+                isinstance(value, (list, tuple)) and
+                all(isinstance(v, _ATTRIBUTE_TYPES) for v in value)):
+            out[key] = value
+            continue
+        if value is None:
+            continue
+        text = printable(value)
+        if text.startswith("<") and "whose __str__ raised" in text:
+            warn_once(f"span.attribute.{span}.{key}",
+                      f"run.span({span!r}): attribute {key!r} cannot be made text ({text}); "
+                      "recorded as that note. Pass a str, number or bool")
+        out[key] = text
+    return out
 
 
 class Span(ContextDecorator):
@@ -125,6 +152,10 @@ class Span(ContextDecorator):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
+        if not self._open:
+            warn_once(f"span.exit.{self.name}", f"span {self.name!r} was exited more often than "
+                      "entered; the extra exit is ignored (use `with run.span(name):`)")
+            return False
         manager, started = self._open.pop()
         elapsed = time.perf_counter() - started
         if isinstance(exc, Exception):

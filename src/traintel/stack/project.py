@@ -193,6 +193,12 @@ def init(directory: Path, *, force: bool = False,
         raise StackFilesError(
             f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
             "changes, or pass --force to replace them with this traintel's")
+    links = [rel for rel in [*planned, ".env"] if (directory / rel).is_symlink()]
+    if links:  # a dangling one would be written through, outside DIR; .env's would hold the password
+        raise StackFilesError(
+            f"{directory} has symbolic links where traintel writes files ({', '.join(links)}): "
+            "traintel stack init does not write through links; remove them, or init another "
+            "directory")
     for rel, content in planned.items():
         target = directory / rel
         if target.is_file() and target.read_bytes() == content:
@@ -260,16 +266,31 @@ def env_text(example: str, password: str) -> str:
 def systemd_unit(template: str, directory: Path) -> str:
     """The example unit, pointed at this project and this installation's interpreter: it runs
     ``python -m traintel stack up --foreground --configs DIR`` from ``directory``."""
-    command = (f"{sys.executable} -m traintel stack up --foreground --configs {directory} "
-               "--run-dir %h/.local/state/traintel/stack")
-    text = re.sub(r"(?m)^WorkingDirectory=.*$", f"WorkingDirectory={directory}", template)
+    if any(c in str(directory) for c in "\n\r"):
+        raise StackFilesError(f"{str(directory)!r} has a line break in its name: a systemd unit "
+                              "cannot name it; init another directory")
+    command = " ".join([_exec_arg(sys.executable), "-m", "traintel", "stack", "up",
+                        "--foreground", "--configs", _exec_arg(str(directory)),
+                        "--run-dir", "%h/.local/state/traintel/stack"])
+    working = str(directory).replace("%", "%%")  # the whole value is the path: no quoting
+    text = re.sub(r"(?m)^WorkingDirectory=.*$", lambda _: f"WorkingDirectory={working}", template)
     # the project's .env (Grafana's password, the alert receivers' URLs), as compose reads it
-    text = re.sub(r"(?m)^EnvironmentFile=.*$", f"EnvironmentFile=-{directory}/.env", text)
-    return re.sub(r"(?m)^ExecStart=.*$", f"ExecStart={command}", text)
+    text = re.sub(r"(?m)^EnvironmentFile=.*$", lambda _: f"EnvironmentFile=-{working}/.env", text)
+    return re.sub(r"(?m)^ExecStart=.*$", lambda _: f"ExecStart={command}", text)
+
+
+def _exec_arg(text: str) -> str:
+    """One ``ExecStart=`` argument as systemd reads it: ``%`` specifiers and ``$`` variables
+    escaped (a DIR named ``50%h`` must not become the home directory), quoted when it holds a
+    space, a quote or a backslash (``My Stack`` is one argument, not two)."""
+    text = text.replace("%", "%%").replace("$", "$$")
+    if any(c in text for c in " \t\"'\\"):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def _write_private(path: Path, text: str) -> None:
     """Create ``path`` readable by its owner only (it holds a password)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(text)

@@ -4,8 +4,9 @@ One record (one rank's ``events.jsonl`` and its rotations) has one cursor file; 
 per target (the collector's endpoints), so that syncing to a second stack sends everything
 again. An entry says, per signal, what the target acknowledged: for logs and spans the byte
 offset (in the record's files read oldest first) past the last line it took, for metrics the
-time of the last point, per segment. It is written atomically (a temporary file renamed over
-it) after every acknowledged batch, so an interrupted sync resumes where the collector stopped
+time of the last point, per segment. It is written atomically (a temporary file of a random name,
+created exclusively, renamed over it: a link planted in a shared directory is never written
+through) after every acknowledged batch, so an interrupted sync resumes where the collector stopped
 acknowledging, and a repeated one sends nothing twice. A record that was replaced (its first
 line differs) starts again from the beginning.
 
@@ -24,7 +25,8 @@ from typing import IO, Any
 
 import orjson
 
-from traintel.record.files import encode, read_json
+from traintel.record import safe
+from traintel.record.files import encode, read_json, read_json_checked
 from traintel.record.format import RawLine
 
 CURSOR_FILE = "sync-cursor.json"
@@ -72,8 +74,8 @@ class Cursor:
     def open(self) -> Cursor:
         """Lock the cursor and read it; a clear :class:`CursorError` when neither works."""
         lock = self.path.with_name(self.path.name + ".lock")
-        try:
-            self._lock = open(lock, "ab")
+        try:  # not through a link, not in another user's directory (record.safe)
+            self._lock = os.fdopen(safe.open_lock(lock), "r+b")
         except OSError as exc:
             raise CursorError(f"cannot keep a sync cursor beside the record ({lock}: "
                               f"{exc.strerror or exc}); copy the run to a writable place "
@@ -85,7 +87,12 @@ class Cursor:
             self._lock = None
             raise CursorError(f"another traintel sync is sending {self.path.parent} "
                               "(its lock is held); wait for it to finish") from None
-        saved = read_json(self.path)
+        try:
+            saved = read_json_checked(self.path)
+        except OSError as exc:
+            self.close()
+            raise CursorError(f"cannot read the sync cursor {self.path}: "
+                              f"{exc.strerror or exc}") from None
         self._targets = dict(saved.get("targets", {})) if isinstance(saved, dict) and \
             isinstance(saved.get("targets"), dict) else {}
         entry = self._targets.get(self.target)
@@ -109,10 +116,9 @@ class Cursor:
         """Write the position atomically (temporary file, then rename)."""
         self._targets[self.target] = {"fingerprint": self.fingerprint, "updated": time.time(),
                                       "position": self.position.as_json()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_bytes(encode({"version": 1, "targets": self._targets}, indent=True))
-            os.replace(tmp, self.path)
+        try:  # a temporary file of a random name, made exclusively (record.safe)
+            safe.replace(self.path, encode({"version": 1, "targets": self._targets},
+                                           indent=True))
         except OSError as exc:
             raise CursorError(f"cannot write the sync cursor {self.path}: "
                               f"{exc.strerror or exc}") from None

@@ -10,7 +10,9 @@ counted, as every reader of records does.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +21,10 @@ from pathlib import Path
 from typing import TypeGuard
 
 from traintel.record.format import RawLine
+from traintel.record.safe import is_link, owner_problem
 from traintel.record.reader import RecordNotFound, find_run, is_run, positioned, streams
+
+log = logging.getLogger("traintel.sync")
 
 #: record lines a live run sends as OTLP logs: ``log`` lines always, the others at or above the
 #: run's log level (below it they reach the record alone)
@@ -142,7 +147,7 @@ def _note(segment: Segment, line: RawLine) -> None:
     signal, ok, delivered = line.get("signal"), line.get("ok") is True, line.get("delivered")
     if signal == "metrics":
         at = line.get("at")
-        if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+        if plausible(at, segment.start_ts):  # "at": 1e13 would ask for billions of points
             segment.exports.append((float(at), ok))
     elif ok and isinstance(delivered, list):
         if signal == "logs":
@@ -163,14 +168,35 @@ def find_records(targets: list[str]) -> tuple[list[Record], list[str]]:
         except RecordNotFound as exc:
             missing.append(str(exc))
             continue
+        if is_link(path):  # a shared directory's planted link: another user's run, or a cursor
+            missing.append(f"{path} is a symbolic link: not followed; name the directory it "
+                           "points to if it is yours")
+            continue
         if is_run(path):
             runs = [path]
         elif path.is_dir():
-            runs = sorted(p for p in path.iterdir() if p.is_dir() and is_run(p))
+            entries = sorted(path.iterdir())
+            links = [p for p in entries if is_link(p)]
+            if links:
+                log.warning("traintel sync: %d symbolic link(s) in %s not followed: %s",
+                            len(links), path, ", ".join(p.name for p in links[:5]))
+            runs = [p for p in entries if p.is_dir() and not is_link(p) and is_run(p)]
         else:
             runs = []
         found = [Record(files) for run in runs for files in streams(run)]
         if not found:
             missing.append(f"no run record at {path}")
+        for record in found:
+            problem = _not_owned(record.directory)
+            if problem:
+                log.warning("traintel sync: %s is %s: its files are read as they are, and no "
+                            "cursor is kept beside them", record.directory, problem)
         records += found
     return records, missing
+
+
+def _not_owned(directory: Path) -> str | None:
+    try:
+        return owner_problem(os.lstat(directory))
+    except OSError:
+        return None

@@ -13,13 +13,16 @@ so before anything is read.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from traintel.core import env
 from traintel.export import selection
 from traintel.export.selection import PATHS
 from traintel.export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
@@ -29,6 +32,19 @@ from traintel.core.redact import Redactor
 _SUCCESS = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
 #: seconds the probe waits for each signal's endpoint
 PROBE_TIMEOUT = 3.0
+
+
+def _joined(base: str, path: str) -> str:
+    """``--endpoint``'s URL with the signal's path appended to its path, before any query
+    (``http://c:4318/?tenant=a`` -> ``http://c:4318/v1/metrics?tenant=a``)."""
+    scheme, netloc, base_path, query, fragment = urlsplit(base)
+    return urlunsplit((scheme, netloc, f"{base_path.rstrip('/')}/{path}", query, fragment))
+
+
+def _headers(signal: Signal) -> str | None:
+    """The OTLP headers variable that applies to ``signal`` (its own, else the general one)."""
+    own = env.variable(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS").get()
+    return own if own is not None else env.OTEL_EXPORTER_OTLP_HEADERS.get()
 
 
 class SyncError(RuntimeError):
@@ -71,7 +87,7 @@ class Target:
                             "(--endpoint http://collector:4318)")
         #: each signal's URL (``--endpoint``, else the OTEL_* variables as the SDK reads them)
         self.urls: dict[Signal, str] = {
-            signal: f"{base}/{path}" if base else selection.http_url(signal)
+            signal: _joined(base, path) if base else selection.http_url(signal)
             for signal, path in PATHS.items()}
         #: traintel's session of each signal, unless the user's credential provider gives one
         #: (its requests are then neither counted nor explained beyond the SDK's words)
@@ -85,7 +101,15 @@ class Target:
         """What names this target in a cursor: its URLs with any credentials in them (a
         password, a signed query) redacted, as everywhere a URL is written."""
         redactor = Redactor()
-        return " ".join(redactor.text(self.urls[signal]) for signal in PATHS)
+        key = " ".join(redactor.text(self.urls[signal]) for signal in PATHS)
+        # two tenants behind one URL (X-Scope-OrgID, a token in the URL) are two targets: what
+        # the redaction hid, and the headers, are kept as a hash
+        hidden = [self.urls[signal] for signal in PATHS] + [
+            f"{signal}:{value}" for signal in PATHS if (value := _headers(signal))]
+        if key != " ".join(hidden):
+            digest = hashlib.sha256("\n".join(hidden).encode(errors="surrogateescape"))
+            key += f" #{digest.hexdigest()[:16]}"
+        return key
 
     @property
     def bytes_sent(self) -> int:

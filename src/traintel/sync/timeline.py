@@ -31,6 +31,8 @@ NUDGE = 0.002
 #: points of one segment at most (a month at the default 15 s is 173,000; a sync collects about
 #: 1,000 a second): beyond, the cadence widens
 MAX_POINTS = 200_000
+#: how long after a segment's last line a noted export is believed
+AFTER_LAST_S = 86400.0
 
 
 def metric_times(mode: str | None, interval: float, start: float, last: float,
@@ -47,12 +49,18 @@ def metric_times(mode: str | None, interval: float, start: float, last: float,
         interval = 15.0
     if not (math.isfinite(start) and math.isfinite(last)) or last < start:
         return []
-    interval = max(interval, (last - start) / MAX_POINTS)
+    # an export is believed from the segment's start to a day after its last line (a host's
+    # clock can be off; a crafted "at": 1e13 cannot ask for billions of points)
+    known = sorted((at, ok) for at, ok in exports
+                   if math.isfinite(at) and start <= at <= last + AFTER_LAST_S)
+    # the grid spans the lines and every export noted: whatever times a record holds, at most
+    # MAX_POINTS points are made (plus one per export)
+    end = max(last, known[-1][0]) if known else last
+    interval = max(interval, (end - start) / MAX_POINTS)
     if mode in ("offline", "disabled"):
         return _milliseconds([*_grid(start + interval, interval, last), last])
     times: list[float] = []
     anchor = start
-    known = sorted((at, ok) for at, ok in exports if math.isfinite(at) and at >= start)
     for at, ok in known:
         if at - anchor > 2.5 * interval:  # exports the record does not note: fill midway
             times += _grid(anchor + interval / 2, interval, at - interval / 2)

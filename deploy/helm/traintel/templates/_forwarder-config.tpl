@@ -57,7 +57,7 @@ exporters:
   {{- end }}
 extensions:
   health_check:
-    endpoint: 0.0.0.0:13133
+    endpoint: {{ .listen }}:13133
 service:
   extensions: [health_check]
   {{- include "traintel.collectorTelemetry" . | nindent 2 }}

@@ -87,7 +87,8 @@ observability:
 {{- end }}
 {{- end -}}
 
-{{/* The collector's own telemetry: metrics on 8888 named as the alerts expect. */}}
+{{/* The collector's own telemetry: metrics on 8888 named as the alerts expect; on the
+     forwarder's address (127.0.0.1 in a training pod's sidecar: nothing listens beyond the pod). */}}
 {{- define "traintel.collectorTelemetry" -}}
 telemetry:
   logs:
@@ -98,7 +99,7 @@ telemetry:
       - pull:
           exporter:
             prometheus:
-              host: 0.0.0.0
+              host: {{ .listen | default "0.0.0.0" }}
               port: 8888
               without_type_suffix: true
               without_units: true
