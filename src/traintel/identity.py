@@ -90,7 +90,7 @@ class RunIdentity:
     @property
     def info(self) -> dict[str, str]:
         """What ``traintel_run_info`` says besides the labels (tags comma-joined)."""
-        return {"run_name": self.name, "host": self.host, "world_size": str(self.world_size),
+        return {"run_name": self.name, "hostname": self.host, "world_size": str(self.world_size),
                 "group": self.group or "", "tags": ",".join(self.tags)}
 
     def about(self, config_hash: str) -> RunAbout:
