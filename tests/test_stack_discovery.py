@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -109,7 +110,14 @@ def test_demo_exports_to_the_stack_it_finds(found, tmp_path):
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"collector listening at {found.endpoints['otlp_http']}" in done.stderr
-    assert found.endpoints["prometheus"] in done.stderr
+    # the native Prometheus has no web UI: the demo links its API, never /query
+    assert f"{found.endpoints['prometheus']}/api/v1/query?query=traintel_loss" in done.stderr
+    assert "/query?g0" not in done.stderr
+    # the dashboard URL on one line of the redirected log (rich wraps at 80 columns there)
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("dashboards: ")]
+    assert re.fullmatch(r"dashboards: http://\S+/d/traintel-training-overview\?var-project=demo"
+                        r"&var-run=\d{8}-\d{6}-[0-9a-f]+", line), line
+    assert len(line) > 80
 
 
 @pytest.mark.stack
@@ -124,6 +132,7 @@ def test_stack_up_free_ports_in_the_default_run_dir_then_doctor_passes(tmp_path,
                         capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        assert "no web UI" in up.stdout  # and nothing links to one
         for _ in range(30):
             doctor = subprocess.run([*traintel, "doctor", "--format", "json", "--run-dir",
                                      str(tmp_path / "runs")], env=env, capture_output=True,

@@ -64,6 +64,15 @@ def stack_urls(endpoint: str) -> dict[str, str]:
             for name, value in given.items()}
 
 
+def native_stack(endpoint: str) -> bool:
+    """Whether ``endpoint`` is the collector of a running native stack (``traintel stack up``),
+    whose Prometheus and Alertmanager serve their APIs but no web UI."""
+    from traintel.stack import discovery
+
+    native = discovery.running() or {}
+    return bool(native) and _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
+
+
 def _host_port(url: str) -> tuple[str, int | None]:
     parsed = urlparse(url)
     host = parsed.hostname or ""

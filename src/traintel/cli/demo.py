@@ -43,7 +43,8 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     extras.require("traintel demo", "torch")
     from rich.console import Console
 
-    from traintel.demo import DemoConfig, collector_endpoint, collector_listening, stack_urls, train
+    from traintel.demo import (DemoConfig, collector_endpoint, collector_listening, native_stack,
+                               stack_urls, train)
     from traintel.redact import Redactor
 
     console = Console(stderr=True)
@@ -52,12 +53,17 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     if duration is None:
         duration = DEFAULT_DURATION_S if exporting else 0.0
     urls = stack_urls(endpoint)
+    endpoint_url = endpoint
     endpoint = Redactor.for_environment().text(endpoint)  # it may carry credentials
     if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
                       f"and traces over about {duration:.0f}s (--duration to change)[/green]")
+        # a native stack's Prometheus has no web UI (traintel stack up says why): its API
+        prometheus = (f"{urls['prometheus']}/api/v1/query?query=traintel_loss"
+                      if native_stack(endpoint_url) else
+                      f"{urls['prometheus']}/query?g0.expr=traintel_loss")
         console.print(f"watch it: Grafana {urls['grafana']}/d/traintel-training-overview  "
-                      f"Prometheus {urls['prometheus']}/query?g0.expr=traintel_loss")
+                      f"Prometheus {prometheus}", soft_wrap=True)
     else:
         console.print(f"[yellow]no collector at {endpoint}: local record only (start the "
                       "stack with `traintel stack init` and `docker compose up -d`, or "
@@ -83,5 +89,6 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
                   f"{summary['throughput']['samples_per_s']:.0f} samples/s")
     console.print(f"record: {run.dir}  (try `traintel logs summary {run.dir}`)")
     if exporting:
+        # one line however narrow the terminal or log: a wrapped URL cannot be copied
         console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview"
-                      f"?var-project={project}&var-run={run.id}")
+                      f"?var-project={project}&var-run={run.id}", soft_wrap=True)

@@ -20,6 +20,12 @@ from traintel.stack.components import COMPONENTS
 from traintel.stack.native import (ORDER, NativeStack, StackError, default_ports,
                                    default_run_dir, free_ports)
 
+#: what ``up`` says of the web UIs: the native builds have none (docs/native-stack.md)
+NO_UI = ("note: natively, Prometheus and Alertmanager serve their APIs but no web UI (their UI "
+         "assets come from an npm build that release images embed and `traintel stack install` "
+         "does not do): see alerts with `traintel status` or `traintel stack status`, query "
+         "PROMETHEUS/api/v1/query?query=..., or point a Grafana at Prometheus")
+
 _RUN_DIR = click.option(
     "--run-dir",
     type=click.Path(path_type=Path),
@@ -149,6 +155,7 @@ def up(run_dir: Path | None, configs: Path | None, free_ports_: bool, foreground
         raise click.ClickException(str(error)) from None
     for name, url in native.endpoints.items():
         click.echo(f"  {name:<30} {url}")
+    click.echo(NO_UI)
     if not foreground:
         click.echo(f"stop with: traintel stack down --run-dir {native.run_dir}")
         return
