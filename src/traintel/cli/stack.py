@@ -208,7 +208,8 @@ def status(run_dir: Path | None) -> None:
         up_text = "ready" if state["ready"] else ("starting" if state["pid"] else "down")
         pid = state["pid"] or "-"
         click.echo(f"{name:<13} {up_text:<8} {version:<8} {state['url']}  pid={pid}")
-    click.echo("endpoints (also in {}):".format(run_dir / "stack.json"))
+    click.echo("endpoints" + (f" (also in {run_dir / 'stack.json'}):"
+                              if (run_dir / "stack.json").exists() else ":"))
     for name, url in native.endpoints.items():
         click.echo(f"  {name:<30} {url}")
     if native.pid("prometheus") or native.pid("alertmanager"):
