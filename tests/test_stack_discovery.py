@@ -64,6 +64,9 @@ def test_the_running_stack_is_found_in_a_non_default_run_dir(found):
     assert selection.http_url("metrics") == f"{found.endpoints['otlp_http']}/v1/metrics"
     exporter = selection.otlp_http("traces")
     assert exporter._endpoint == f"{found.endpoints['otlp_http']}/v1/traces"
+    from traintel.sync.target import Target
+
+    assert Target().urls["logs"] == f"{found.endpoints['otlp_http']}/v1/logs"  # traintel sync
 
 
 @pytest.mark.stack
