@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from traintel.cli import main
@@ -113,9 +114,12 @@ def test_demo_exports_to_the_stack_it_finds(found, tmp_path):
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"collector listening at {found.endpoints['otlp_http']}" in done.stderr
-    # the native Prometheus has no web UI: the demo links its API, never /query
-    assert f"{found.endpoints['prometheus']}/api/v1/query?query=traintel_loss" in done.stderr
-    assert "/query?g0" not in done.stderr
+    # the demo links Prometheus's UI only where the native one serves it; else its API
+    if found.prometheus_ui:
+        assert f"{found.endpoints['prometheus']}/query?g0.expr=traintel_loss" in done.stderr
+    else:
+        assert f"{found.endpoints['prometheus']}/api/v1/query?query=traintel_loss" in done.stderr
+        assert "/query?g0" not in done.stderr
     # the dashboard URL on one line of the redirected log (rich wraps at 80 columns there)
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("dashboards: ")]
     assert re.fullmatch(r"dashboards: http://\S+/d/traintel-training-overview\?var-project=demo"
@@ -135,7 +139,7 @@ def test_stack_up_free_ports_in_the_default_run_dir_then_doctor_passes(tmp_path,
                         capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "no web UI" in up.stdout  # and nothing links to one
+        assert "Alertmanager serves its API but no web UI" in up.stdout  # nothing links to it
         for _ in range(30):
             doctor = subprocess.run([*traintel, "doctor", "--format", "json", "--run-dir",
                                      str(tmp_path / "runs")], env=env, capture_output=True,
@@ -150,3 +154,27 @@ def test_stack_up_free_ports_in_the_default_run_dir_then_doctor_passes(tmp_path,
     finally:
         subprocess.run([*traintel, "stack", "down"], env=env, timeout=120)
     assert Path(tmp_path / "stack" / "stack.json").exists()
+
+
+@pytest.mark.stack
+def test_the_native_prometheus_serves_its_web_ui(found):
+    """Built from Prometheus's own sources by `traintel stack install` (pnpm, as its Makefile
+    does) and served as compose's image serves it: the pages and every asset they load."""
+    from traintel.stack import install
+
+    if not found.prometheus_ui:
+        pytest.skip(f"Prometheus's web UI was not built: {install.build_prometheus_ui()}")
+    base = found.endpoints["prometheus"]
+    for page in ("/query", "/alerts", "/targets", "/"):
+        response = requests.get(f"{base}{page}", timeout=10)
+        assert response.status_code == 200, page
+        assert '<div id="root">' in response.text, page
+    html = requests.get(f"{base}/query", timeout=10).text
+    assets = re.findall(r'(?:src|href)="\./([^"]+)"', html)
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        response = requests.get(f"{base}/{asset}", timeout=10)
+        assert response.status_code == 200 and response.content, asset
+    state = json.loads((found.run_dir / "stack.json").read_text())
+    assert state["ui"] == {"prometheus": True, "alertmanager": False}
+    assert discovery.web_ui("prometheus") and not discovery.web_ui("alertmanager")

@@ -64,13 +64,14 @@ def stack_urls(endpoint: str) -> dict[str, str]:
             for name, value in given.items()}
 
 
-def native_stack(endpoint: str) -> bool:
-    """Whether ``endpoint`` is the collector of a running native stack (``traintel stack up``),
-    whose Prometheus and Alertmanager serve their APIs but no web UI."""
+def without_prometheus_ui(endpoint: str) -> bool:
+    """Whether ``endpoint`` is the collector of a running native stack (``traintel stack up``)
+    whose Prometheus serves its API but no web UI (``stack install`` could not build it)."""
     from traintel.stack import discovery
 
     native = discovery.running() or {}
-    return bool(native) and _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
+    return (bool(native) and _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
+            and not discovery.web_ui("prometheus"))
 
 
 def _host_port(url: str) -> tuple[str, int | None]:

@@ -43,8 +43,8 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     extras.require("traintel demo", "torch")
     from rich.console import Console
 
-    from traintel.demo import (DemoConfig, collector_endpoint, collector_listening, native_stack,
-                               stack_urls, train)
+    from traintel.demo import (DemoConfig, collector_endpoint, collector_listening, stack_urls,
+                               train, without_prometheus_ui)
     from traintel.redact import Redactor
 
     console = Console(stderr=True)
@@ -58,9 +58,9 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
                       f"and traces over about {duration:.0f}s (--duration to change)[/green]")
-        # a native stack's Prometheus has no web UI (traintel stack up says why): its API
+        # a native stack's Prometheus without its web UI (traintel stack up says why): its API
         prometheus = (f"{urls['prometheus']}/api/v1/query?query=traintel_loss"
-                      if native_stack(endpoint_url) else
+                      if without_prometheus_ui(endpoint_url) else
                       f"{urls['prometheus']}/query?g0.expr=traintel_loss")
         console.print(f"watch it: Grafana {urls['grafana']}/d/traintel-training-overview  "
                       f"Prometheus {prometheus}", soft_wrap=True)

@@ -20,11 +20,12 @@ from traintel.stack.components import COMPONENTS
 from traintel.stack.native import (ORDER, NativeStack, StackError, default_ports,
                                    default_run_dir, free_ports)
 
-#: what ``up`` says of the web UIs: the native builds have none (docs/native-stack.md)
-NO_UI = ("note: natively, Prometheus and Alertmanager serve their APIs but no web UI (their UI "
-         "assets come from an npm build that release images embed and `traintel stack install` "
-         "does not do): see alerts with `traintel status` or `traintel stack status`, query "
-         "PROMETHEUS/api/v1/query?query=..., or point a Grafana at Prometheus")
+#: what ``up`` says of the web UIs natively (docs/native-stack.md)
+NO_UI = ("note: natively, {which} {verb} {their} API but no web UI ({why}): see alerts with "
+         "`traintel status` or `traintel stack status`{query}")
+WHY_NO_UI = {
+    "prometheus": "`traintel stack install` could not build it from its sources: see its log",
+    "alertmanager": "its UI is Elm, whose compiler comes only from GitHub, out of reach here"}
 
 _RUN_DIR = click.option(
     "--run-dir",
@@ -155,7 +156,14 @@ def up(run_dir: Path | None, configs: Path | None, free_ports_: bool, foreground
         raise click.ClickException(str(error)) from None
     for name, url in native.endpoints.items():
         click.echo(f"  {name:<30} {url}")
-    click.echo(NO_UI)
+    without = [name for name in ("prometheus", "alertmanager")
+               if name == "alertmanager" or not native.prometheus_ui]
+    click.echo(NO_UI.format(
+        which=" and ".join(n.capitalize() for n in without),
+        verb="serve" if len(without) > 1 else "serves", their="their" if len(without) > 1 else "its",
+        why="; ".join(f"{n.capitalize()}: {WHY_NO_UI[n]}" for n in without),
+        query=(", query Prometheus's /api/v1/query" if "prometheus" in without else
+               f", or Prometheus's UI at {native.endpoints['prometheus']}/alerts")))
     if not foreground:
         click.echo(f"stop with: traintel stack down --run-dir {native.run_dir}")
         return
