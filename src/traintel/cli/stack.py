@@ -25,7 +25,8 @@ NO_UI = ("note: natively, {which} {verb} {their} API but no web UI ({why}): see 
          "`traintel status` or `traintel stack status`{query}")
 WHY_NO_UI = {
     "prometheus": "`traintel stack install` could not build it from its sources: see its log",
-    "alertmanager": "its UI is Elm, whose compiler comes only from GitHub, out of reach here"}
+    "alertmanager": "its UI is Elm: the compiler is on npm, but Elm's packages come only from "
+                    "package.elm-lang.org and GitHub, out of reach here"}
 
 _RUN_DIR = click.option(
     "--run-dir",

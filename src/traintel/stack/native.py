@@ -185,8 +185,8 @@ class NativeStack:
     @property
     def prometheus_ui(self) -> bool:
         """Whether Prometheus serves its web UI here (``stack install`` built it from its
-        sources). Alertmanager never does natively: its UI is Elm, whose compiler comes only
-        from GitHub's releases, out of reach here."""
+        sources). Alertmanager never does natively: its UI is Elm, and Elm's packages come only
+        from package.elm-lang.org and GitHub, out of reach here (the compiler is on npm)."""
         return (install.prometheus_ui_dir() / "mantine-ui" / "index.html").is_file()
 
     def tap_file(self, signal_name: str) -> Path:
