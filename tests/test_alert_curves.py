@@ -1,7 +1,8 @@
 """Rules that do not cry wolf: the training alerts against realistic, noisy curves.
 
 Each case is a curve a person would recognise (a loss falling fast at the start, a noisy
-plateau, one spike, a real divergence; a steady throughput with one slow minute, a halving), sampled
+plateau, one spike, a real divergence; a steady throughput with one slow minute, a halving; a
+loader blocked once or for good; a rank slow for five minutes or for good), sampled
 every 15 s as traintel exports, with seeded noise. promtool runs the committed rules over it and
 reports, through Prometheus's own ``ALERTS`` series, whether the alert was ever pending or
 firing. Quiet curves must never reach pending: a page that is only held back by its ``for:`` is
@@ -158,3 +159,77 @@ def test_throughput_dropped_on(curve: str, tmp_path: Path) -> None:
         assert states.get("firing", 0) >= 1, states
     else:
         assert "firing" not in states, f"{curve}: ThroughputDropped went {states} (minutes)"
+
+
+def _cumulative(increments: list[float]) -> list[float]:
+    total, out = 0.0, []
+    for increment in increments:
+        total += increment
+        out.append(round(total, 4))
+    return out
+
+
+def _data_wait(fraction: Callable[[float], float], minutes: float = 90) -> dict[str, list[float]]:
+    """The two loop-time counters of one rank whose share of time spent waiting for data is
+    ``fraction(t)`` (minutes), with 20 % noise on each 15 s interval."""
+    waits = [min(1.0, f) * STEP_S for f in _noisy(minutes, fraction, 0.2, seed=3)]
+    return {f"traintel_data_wait_seconds_total{{{RUN}}}": _cumulative(waits),
+            f"traintel_compute_seconds_total{{{RUN}}}": _cumulative([STEP_S - w for w in waits])}
+
+
+#: curve name -> (counters, whether DataWaitDominating may page)
+DATA_WAIT_CURVES: dict[str, tuple[dict[str, list[float]], bool]] = {
+    "a healthy loader: 8 % waiting": (_data_wait(lambda t: 0.08), False),
+    "a checkpoint blocks the loader for 3 minutes": (
+        _data_wait(lambda t: 0.9 if 40 <= t < 43 else 0.08), False),
+    "a 10-minute slow storage patch at 50 %": (
+        _data_wait(lambda t: 0.5 if 40 <= t < 50 else 0.08), False),
+    "input-bound for good: 55 % waiting after 30 minutes": (
+        _data_wait(lambda t: 0.55 if t >= 30 else 0.08), True),
+}
+
+
+@pytest.mark.parametrize("curve", list(DATA_WAIT_CURVES))
+def test_data_wait_dominating_on(curve: str, tmp_path: Path) -> None:
+    series, pages = DATA_WAIT_CURVES[curve]
+    states = _states("DataWaitDominating", series, tmp_path)
+    if pages:
+        assert states.get("firing", 0) >= 1, states
+    else:
+        assert "firing" not in states, f"{curve}: DataWaitDominating went {states} (minutes)"
+
+
+def _ranks(slow: Callable[[float], float], minutes: float = 60) -> dict[str, list[float]]:
+    """Step-time counters of four ranks at ~0.5 s a step with 10 % noise each; rank 3's step
+    time is multiplied by ``slow(t)``."""
+    series = {}
+    for rank in range(4):
+        labels = f'project="p",run="r",rank="{rank}",job="traintel",instance="r/{rank}"'
+        factor = slow if rank == 3 else (lambda t: 1.0)
+        step_s = _noisy(minutes, lambda t, f=factor: 0.5 * f(t), 0.1, seed=10 + rank)
+        steps = [STEP_S / s for s in step_s]
+        series[f"traintel_step_duration_seconds_count{{{labels}}}"] = _cumulative(steps)
+        series[f"traintel_step_duration_seconds_sum{{{labels}}}"] = _cumulative(
+            [STEP_S] * len(steps))
+    return series
+
+
+#: curve name -> (counters, whether StragglerRank may page)
+STRAGGLER_CURVES: dict[str, tuple[dict[str, list[float]], bool]] = {
+    "four balanced ranks with 10 % noise": (_ranks(lambda t: 1.0), False),
+    "rank 3 always 10 % slower (a slower card)": (_ranks(lambda t: 1.1), False),
+    "rank 3 stalls 5 minutes at 2x (a garbage collection, a slow checkpoint)": (
+        _ranks(lambda t: 2.0 if 20 <= t < 25 else 1.0), False),
+    "rank 3 at 1.6x from minute 20 (a throttled GPU)": (
+        _ranks(lambda t: 1.6 if t >= 20 else 1.0), True),
+}
+
+
+@pytest.mark.parametrize("curve", list(STRAGGLER_CURVES))
+def test_straggler_rank_on(curve: str, tmp_path: Path) -> None:
+    series, pages = STRAGGLER_CURVES[curve]
+    states = _states("StragglerRank", series, tmp_path)
+    if pages:
+        assert states.get("firing", 0) >= 1, states
+    else:
+        assert "firing" not in states, f"{curve}: StragglerRank went {states} (minutes)"

@@ -26,12 +26,14 @@ def test_prometheus_naming(metric):
     if metric.unit:
         stem = metric.name.removesuffix("_total")
         assert stem.endswith(UNIT_SUFFIX[metric.unit]), (metric.name, metric.unit)
+    if metric.name.endswith("_per_second"):  # a rate says its unit, in the docs at least
+        assert (metric.unit or metric.doc_unit).endswith("/s"), metric.name
     assert metric.description.endswith(".")
     assert not set(metric.labels) & set(catalog.BASE_LABELS)
 
 
 def test_every_metric_has_a_reader_or_is_added_per_export():
-    table = readers({"run_name": "n", "host": "h", "world_size": "1"})
+    table = readers({"run_name": "n", "hostname": "h", "world_size": "1"})
     for metric in catalog.METRICS:
         added_per_export = metric.kind == "histogram" or metric.name in WINDOWED
         assert (metric.name in table) != added_per_export, metric.name
@@ -77,7 +79,7 @@ def test_every_metric_names_its_semantic_convention_or_none():
     conventions = _semantic_conventions()
     assert len(conventions) > 200 and "process.cpu.utilization" in conventions
     # Prometheus kinds an OTel instrument may become
-    kinds = {"counter": {"counter"}, "gauge": {"gauge", "updowncounter"},
+    kinds = {"counter": {"counter"}, "gauge": {"gauge"}, "updowncounter": {"updowncounter"},
              "histogram": {"histogram"}}
     for metric in catalog.METRICS:
         assert metric.semconv, metric.name

@@ -109,6 +109,11 @@ def test_values_in_prometheus_match_the_local_record(stack, demo):
     assert _scalar(stack, f"traintel_step_duration_seconds_count{{{run}}}") == summary["steps"]
     labels = promql(stack, f"traintel_loss{{{run}}}")[0]["metric"]
     assert {labels["project"], labels["rank"]} == {"e2e", "0"}
+    # the rate gauges and UpDownCounters keep their catalog names
+    assert _scalar(stack, f"traintel_samples_per_second{{{run}}}") > 0
+    assert _scalar(stack, f"traintel_host_memory_used_bytes{{{run}}}") > 0
+    info = promql(stack, f"traintel_run_info{{{run}}}")[0]["metric"]
+    assert info["hostname"] and "host" not in info  # one host label: the GPU series' too
 
 
 def _script_run(stack, tmp_path: Path, name: str, body: str) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from traintel.cli import main
@@ -63,6 +65,9 @@ def test_the_running_stack_is_found_in_a_non_default_run_dir(found):
     assert selection.http_url("metrics") == f"{found.endpoints['otlp_http']}/v1/metrics"
     exporter = selection.otlp_http("traces")
     assert exporter._endpoint == f"{found.endpoints['otlp_http']}/v1/traces"
+    from traintel.sync.target import Target
+
+    assert Target().urls["logs"] == f"{found.endpoints['otlp_http']}/v1/logs"  # traintel sync
 
 
 @pytest.mark.stack
@@ -109,7 +114,17 @@ def test_demo_exports_to_the_stack_it_finds(found, tmp_path):
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"collector listening at {found.endpoints['otlp_http']}" in done.stderr
-    assert found.endpoints["prometheus"] in done.stderr
+    # the demo links Prometheus's UI only where the native one serves it; else its API
+    if found.prometheus_ui:
+        assert f"{found.endpoints['prometheus']}/query?g0.expr=traintel_loss" in done.stderr
+    else:
+        assert f"{found.endpoints['prometheus']}/api/v1/query?query=traintel_loss" in done.stderr
+        assert "/query?g0" not in done.stderr
+    # a native stack serves no Grafana: no dashboard link (a page that is not there); each URL
+    # printed stays on one line of the redirected log (rich wraps at 80 columns there)
+    assert "dashboards: " not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("Prometheus: ")]
+    assert re.fullmatch(r"Prometheus: http://127\.0\.0\.1:\d+/\S+traintel_loss", line), line
 
 
 @pytest.mark.stack
@@ -124,6 +139,7 @@ def test_stack_up_free_ports_in_the_default_run_dir_then_doctor_passes(tmp_path,
                         capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        assert "Alertmanager serves its API but no web UI" in up.stdout  # nothing links to it
         for _ in range(30):
             doctor = subprocess.run([*traintel, "doctor", "--format", "json", "--run-dir",
                                      str(tmp_path / "runs")], env=env, capture_output=True,
@@ -138,3 +154,27 @@ def test_stack_up_free_ports_in_the_default_run_dir_then_doctor_passes(tmp_path,
     finally:
         subprocess.run([*traintel, "stack", "down"], env=env, timeout=120)
     assert Path(tmp_path / "stack" / "stack.json").exists()
+
+
+@pytest.mark.stack
+def test_the_native_prometheus_serves_its_web_ui(found):
+    """Built from Prometheus's own sources by `traintel stack install` (pnpm, as its Makefile
+    does) and served as compose's image serves it: the pages and every asset they load."""
+    from traintel.stack import install
+
+    if not found.prometheus_ui:
+        pytest.skip(f"Prometheus's web UI was not built: {install.build_prometheus_ui()}")
+    base = found.endpoints["prometheus"]
+    for page in ("/query", "/alerts", "/targets", "/"):
+        response = requests.get(f"{base}{page}", timeout=10)
+        assert response.status_code == 200, page
+        assert '<div id="root">' in response.text, page
+    html = requests.get(f"{base}/query", timeout=10).text
+    assets = re.findall(r'(?:src|href)="\./([^"]+)"', html)
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        response = requests.get(f"{base}/{asset}", timeout=10)
+        assert response.status_code == 200 and response.content, asset
+    state = json.loads((found.run_dir / "stack.json").read_text())
+    assert state["ui"] == {"prometheus": True, "alertmanager": False}
+    assert discovery.web_ui("prometheus") and not discovery.web_ui("alertmanager")

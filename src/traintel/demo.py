@@ -65,6 +65,16 @@ def stack_urls(endpoint: str) -> dict[str, str]:
             for name, value in given.items()}
 
 
+def without_prometheus_ui(endpoint: str) -> bool:
+    """Whether ``endpoint`` is the collector of a running native stack (``traintel stack up``)
+    whose Prometheus serves its API but no web UI (``stack install`` could not build it)."""
+    from traintel.core import discovery
+
+    native = discovery.running() or {}
+    return (bool(native) and _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
+            and not discovery.web_ui("prometheus"))
+
+
 def _host_port(url: str) -> tuple[str, int | None]:
     parsed = urlparse(url)
     host = parsed.hostname or ""

@@ -44,7 +44,8 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     extras.require("traintel demo", "torch")
     from rich.console import Console
 
-    from traintel.demo import DemoConfig, collector_endpoint, collector_listening, stack_urls, train
+    from traintel.demo import (DemoConfig, collector_endpoint, collector_listening, stack_urls,
+                               train, without_prometheus_ui)
     from traintel.core.redact import Redactor
 
     console = Console(stderr=True)
@@ -54,12 +55,19 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
         duration = DEFAULT_DURATION_S if exporting else 0.0
     urls = stack_urls(endpoint)
     grafana = exporting and _serves_grafana(urls["grafana"])
+    endpoint_url = endpoint
     endpoint = Redactor.for_environment().text(endpoint)  # it may carry credentials
     if exporting:
         console.print(f"[green]collector listening at {endpoint}: exporting metrics, logs "
                       f"and traces over about {duration:.0f}s (--duration to change)[/green]")
         if grafana:  # a native stack serves no Grafana: no link to a page that is not there
-            console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview")
+            console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview",
+                          soft_wrap=True)
+        # a native stack's Prometheus without its web UI (traintel stack up says why): its API
+        prometheus = (f"{urls['prometheus']}/api/v1/query?query=traintel_loss"
+                      if without_prometheus_ui(endpoint_url) else
+                      f"{urls['prometheus']}/query?g0.expr=traintel_loss")
+        console.print(f"Prometheus: {prometheus}", soft_wrap=True)
     else:
         console.print(f"[yellow]no collector at {endpoint}: local record only (start the "
                       "stack with `traintel stack init` and `docker compose up -d`, or "
@@ -86,7 +94,7 @@ def demo(epochs: int, steps_per_epoch: int, batch_size: int, duration: float | N
     console.print(f"record: {run.dir}  (try `traintel logs summary {run.dir}`)")
     if grafana:
         console.print(f"dashboards: {urls['grafana']}/d/traintel-training-overview"
-                      f"?var-project={project}&var-run={run.id}")
+                      f"?var-project={project}&var-run={run.id}", soft_wrap=True)
 
 
 def _serves_grafana(url: str) -> bool:

@@ -20,6 +20,14 @@ from traintel.stack.components import COMPONENTS
 from traintel.stack.native import (ORDER, NativeStack, StackError, default_ports,
                                    default_run_dir, free_ports)
 
+#: what ``up`` says of the web UIs natively (docs/native-stack.md)
+NO_UI = ("note: natively, {which} {verb} {their} API but no web UI ({why}): see alerts with "
+         "`traintel status` or `traintel stack status`{query}")
+WHY_NO_UI = {
+    "prometheus": "`traintel stack install` could not build it from its sources: see its log",
+    "alertmanager": "its UI is Elm: the compiler is on npm, but Elm's packages come only from "
+                    "package.elm-lang.org and GitHub, out of reach here"}
+
 _RUN_DIR = click.option(
     "--run-dir",
     type=click.Path(path_type=Path),
@@ -148,6 +156,14 @@ def up(run_dir: Path | None, configs: Path | None, free_ports_: bool, foreground
         native.down()
         raise click.ClickException(str(error)) from None
     _started(native)
+    without = [name for name in ("prometheus", "alertmanager")
+               if name == "alertmanager" or not native.prometheus_ui]
+    click.echo(NO_UI.format(
+        which=" and ".join(n.capitalize() for n in without),
+        verb="serve" if len(without) > 1 else "serves", their="their" if len(without) > 1 else "its",
+        why="; ".join(f"{n.capitalize()}: {WHY_NO_UI[n]}" for n in without),
+        query=(", query Prometheus's /api/v1/query" if "prometheus" in without else
+               f", or Prometheus's UI at {native.endpoints['prometheus']}/alerts")))
     if not foreground:
         click.echo(f"stop with: traintel stack down --run-dir {native.run_dir}")
         return
@@ -173,7 +189,8 @@ def _started(native: NativeStack) -> None:
     for name, url in native.endpoints.items():
         program = _SERVED_BY.get(name, name)
         if native.pid(program):
-            click.echo(f"  {name:<30} {url}{_API.get(name, '')}")
+            api = "" if name == "prometheus" and native.prometheus_ui else _API.get(name, "")
+            click.echo(f"  {name:<30} {url}{api}")
         elif sink and program in native.sink_covers:
             click.echo(f"  {name:<30} {url}  (traintel's sink stands in: it keeps what arrives)")
     click.echo(f"export OTEL_EXPORTER_OTLP_ENDPOINT={native.endpoints['otlp_http']}")
@@ -227,7 +244,8 @@ def status(run_dir: Path | None) -> None:
         up_text = "ready" if state["ready"] else ("starting" if state["pid"] else "down")
         pid = state["pid"] or "-"
         click.echo(f"{name:<13} {up_text:<8} {version:<8} {state['url']}  pid={pid}")
-    click.echo("endpoints (also in {}):".format(run_dir / "stack.json"))
+    click.echo("endpoints" + (f" (also in {run_dir / 'stack.json'}):"
+                              if (run_dir / "stack.json").exists() else ":"))
     for name, url in native.endpoints.items():
         click.echo(f"  {name:<30} {url}")
     if native.pid("prometheus") or native.pid("alertmanager"):

@@ -46,7 +46,8 @@ def max_age(text: str) -> float | None:
 @click.option("--endpoint", metavar="URL",
               help="The collector's OTLP/HTTP base URL, e.g. http://collector:4318. Default: "
                    "OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables, read as a live "
-                   "run reads them; else http://localhost:4318.")
+                   "run reads them; else a running native stack's collector (traintel stack "
+                   "up); else http://localhost:4318.")
 @click.option("--dry-run", is_flag=True,
               help="Say what would be sent, and what would not and why; send nothing.")
 @click.option("--all", "resend", is_flag=True,

@@ -19,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["counter", "gauge", "histogram"]
+#: "updowncounter": a value that goes up and down and adds up across series (memory in use, a
+#: filesystem's size), as the semantic conventions name it: an OTel (observable) UpDownCounter,
+#: a Prometheus gauge
+Kind = Literal["counter", "gauge", "updowncounter", "histogram"]
 
 #: Labels on every series traintel emits.
 BASE_LABELS: tuple[str, ...] = ("project", "run", "rank")
@@ -60,6 +63,8 @@ class Metric:
     #: after (``lr``, ``learning_rate``): the one declaration the state, the exporters, the
     #: integrations and the capacity calculator derive their tables from
     keys: tuple[str, ...] = ()
+    #: the unit docs/metrics.md shows where ``unit`` must stay empty (see the rate gauges)
+    doc_unit: str = ""
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -84,7 +89,8 @@ def _mig(name: str, kind: Kind, unit: str, description: str, *, dcgm: str,
 METRICS: tuple[Metric, ...] = (
     # --- run lifecycle and progress ---
     _m("traintel_run_info", "gauge", "", "Always 1; labels describe the run (`tags` "
-       "comma-joined).", ("run_name", "host", "world_size", "group", "tags"), "run"),
+       "comma-joined). `hostname` as on the GPU series (dcgm-exporter's `Hostname`).",
+       ("run_name", "hostname", "world_size", "group", "tags"), "run"),
     _m("traintel_run_status", "gauge", "",
        "1 for the run's current status, 0 for the others (a Prometheus state set).",
        ("status",), "run"),
@@ -101,9 +107,17 @@ METRICS: tuple[Metric, ...] = (
     _m("traintel_steps_total", "counter", "", "Training steps completed."),
     _m("traintel_samples_total", "counter", "", "Samples processed."),
     _m("traintel_tokens_total", "counter", "", "Tokens processed."),
-    _m("traintel_steps_per_second", "gauge", "", "Step rate over the recent window."),
-    _m("traintel_samples_per_second", "gauge", "", "Sample throughput over the recent window."),
-    _m("traintel_tokens_per_second", "gauge", "", "Token throughput over the recent window."),
+    # The rate as the run sees it, at once and without a query (the progress line, /status, the
+    # throughput alert); over time, rate() of the counters is the exact figure: the recording
+    # rules traintel:<steps|samples|tokens>_per_second:rate2m. Their OTel unit stays empty: with
+    # "{step}/s" the collector's Prometheus translation (0.159) names them ..._per_second_per_second
+    # (measured with the native stack); ``doc_unit`` gives the unit in docs/metrics.md.
+    Metric("traintel_steps_per_second", "gauge", "", "Step rate over the recent window (for "
+           "graphs: rate(traintel_steps_total[2m])).", doc_unit="{step}/s"),
+    Metric("traintel_samples_per_second", "gauge", "", "Sample throughput over the recent window "
+           "(for graphs: rate(traintel_samples_total[2m])).", doc_unit="{sample}/s"),
+    Metric("traintel_tokens_per_second", "gauge", "", "Token throughput over the recent window "
+           "(for graphs: rate(traintel_tokens_total[2m])).", doc_unit="{token}/s"),
     _m("traintel_loss", "gauge", "", "Latest finite training loss.", keys=("loss",)),
     _m("traintel_learning_rate", "gauge", "", "Latest learning rate.",
        keys=("lr", "learning_rate")),
@@ -157,9 +171,11 @@ METRICS: tuple[Metric, ...] = (
     _gpu("traintel_gpu_info", "gauge", "",
          "Always 1 for each whole GPU this process uses: the device to join dcgm-exporter "
          "series with (traintel:gpu_run:info).", ("driver_version",), dcgm="none"),
-    _gpu("traintel_gpu_memory_used_bytes", "gauge", "By", "GPU framebuffer memory in use.",
+    _gpu("traintel_gpu_memory_used_bytes", "updowncounter", "By",
+         "GPU framebuffer memory in use.",
          dcgm="DCGM_FI_DEV_FB_USED (MiB)", semconv="hw.gpu.memory.usage"),
-    _gpu("traintel_gpu_memory_total_bytes", "gauge", "By", "GPU framebuffer memory size.",
+    _gpu("traintel_gpu_memory_total_bytes", "updowncounter", "By",
+         "GPU framebuffer memory size.",
          dcgm="DCGM_FI_DEV_FB_TOTAL (MiB)", semconv="hw.gpu.memory.limit"),
     _gpu("traintel_gpu_utilization_ratio", "gauge", "1",
          "Fraction of time a kernel ran on the GPU, 0-1 (not how many SMs were busy).",
@@ -213,7 +229,8 @@ METRICS: tuple[Metric, ...] = (
          dcgm="DCGM_FI_DEV_PCIE_REPLAY_COUNTER", semconv="hw.errors"),
     _gpu("traintel_gpu_nvlink_bytes_total", "counter", "By",
          "NVLink data bytes over all links (protocol overhead excluded).", ("direction",),
-         dcgm="DCGM_FI_PROF_NVLINK_TX_BYTES, DCGM_FI_PROF_NVLINK_RX_BYTES (rates)"),
+         dcgm="DCGM_FI_PROF_NVLINK_TX_BYTES, DCGM_FI_PROF_NVLINK_RX_BYTES (rates)",
+         semconv="hw.gpu.io"),
     _gpu("traintel_gpu_nvlink_errors_total", "counter", "",
          "NVLink errors over all links, by type (crc_flit, crc_data, replay, recovery).",
          ("type",), dcgm="DCGM_FI_DEV_NVLINK_{CRC_FLIT,CRC_DATA,REPLAY,RECOVERY}"
@@ -238,10 +255,11 @@ METRICS: tuple[Metric, ...] = (
          "Always 1 for each MIG instance this process uses (DCGM's join: "
          "traintel:gpu_run:info).",
          dcgm="none"),
-    _mig("traintel_gpu_mig_memory_used_bytes", "gauge", "By",
+    _mig("traintel_gpu_mig_memory_used_bytes", "updowncounter", "By",
          "Memory in use in the MIG instance.", dcgm="DCGM_FI_DEV_FB_USED (MiB)",
          semconv="hw.gpu.memory.usage"),
-    _mig("traintel_gpu_mig_memory_total_bytes", "gauge", "By", "Memory of the MIG instance.",
+    _mig("traintel_gpu_mig_memory_total_bytes", "updowncounter", "By",
+         "Memory of the MIG instance.",
          dcgm="DCGM_FI_DEV_FB_TOTAL (MiB)", semconv="hw.gpu.memory.limit"),
     _mig("traintel_gpu_mig_engine_active_ratio", "gauge", "1",
          "Fraction of time the instance's engine was active, 0-1 (NVML GPM, Hopper+).",
@@ -263,18 +281,21 @@ METRICS: tuple[Metric, ...] = (
     _m("traintel_process_cpu_utilization_ratio", "gauge", "1",
        "Training process CPU time over elapsed time and the CPUs it may run on, 0-1.", (),
        "system", "process.cpu.utilization"),
-    _m("traintel_process_memory_rss_bytes", "gauge", "By", "Training process resident memory.", (),
+    _m("traintel_process_memory_rss_bytes", "updowncounter", "By",
+       "Training process resident memory.", (),
        "system", "process.memory.usage"),
     _m("traintel_host_cpu_utilization_ratio", "gauge", "1", "Host CPU use, 0-1.", (), "system",
        "system.cpu.utilization"),
-    _m("traintel_host_memory_used_bytes", "gauge", "By", "Host memory in use.", (), "system",
+    _m("traintel_host_memory_used_bytes", "updowncounter", "By", "Host memory in use.", (),
+       "system",
        "system.memory.usage"),
-    _m("traintel_host_memory_total_bytes", "gauge", "By", "Host memory size.", (), "system",
+    _m("traintel_host_memory_total_bytes", "updowncounter", "By", "Host memory size.", (),
+       "system",
        "system.memory.limit"),
-    _m("traintel_disk_used_bytes", "gauge", "By",
+    _m("traintel_disk_used_bytes", "updowncounter", "By",
        "Used space on the filesystem holding the run directory.", (), "system",
        "system.filesystem.usage"),
-    _m("traintel_disk_total_bytes", "gauge", "By",
+    _m("traintel_disk_total_bytes", "updowncounter", "By",
        "Size of the filesystem holding the run directory.", (), "system",
        "system.filesystem.limit"),
     _m("traintel_dataloader_workers", "gauge", "", "Live data-loader worker processes.", (),
@@ -339,7 +360,8 @@ def render_markdown() -> str:
                   "|---|---|---|---|---|---|" + ("---|" if gpu else "")]
         for m in metrics:
             labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
-            row = (f"| `{m.name}` | {m.kind} | {m.unit or '-'} | {labels} | {m.description} | "
+            unit = m.unit or (f"{m.doc_unit} (OTel: none)" if m.doc_unit else "-")
+            row = (f"| `{m.name}` | {m.kind} | {unit} | {labels} | {m.description} | "
                    f"{_code(m.semconv)} |")
             lines.append(row + (f" {_code(m.dcgm or 'none')} |" if gpu else ""))
         lines.append("")

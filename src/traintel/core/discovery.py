@@ -61,6 +61,18 @@ def running(directory: Path | None = None) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in endpoints.items() if str(k).split("_")[0] not in skipped}
 
 
+def web_ui(name: str, directory: Path | None = None) -> bool:
+    """Whether the running native stack's ``name`` (prometheus, alertmanager) serves its web UI
+    (natively Prometheus's only where ``stack install`` built it; Alertmanager's never)."""
+    if running(directory) is None:
+        return False
+    where = Path(directory) if directory is not None else run_dir()
+    try:
+        return bool(json.loads((where / "stack.json").read_text()).get("ui", {}).get(name))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def endpoint(name: str, given: str | None = None, directory: Path | None = None) -> str:
     """The URL of ``name`` (a key of :data:`COMPOSE`): ``given`` (the user's), else the running
     native stack's, else compose's."""

@@ -42,7 +42,7 @@ class RunExport:
             sinks = Sinks.otlp() if mode == "otlp" else Sinks() if mode == "offline" else None
         histograms = Histograms()
         collector = RunCollector(state, labels, run_info, histograms)
-        resource = resource_for(labels, run_info["run_name"], run_info["host"])
+        resource = resource_for(labels, run_info["run_name"], run_info["hostname"])
         return cls(histograms, collector, registry_for(collector),
                    start_export(sinks, state, labels, run_info, histograms, resource, note),
                    resource, mode)

@@ -238,8 +238,9 @@ class RunMetrics:
         for metric in METRICS:
             if metric.kind == "histogram" or metric.name in WINDOWED:
                 continue  # added to each collection: see ``added``
-            create = (meter.create_observable_counter if metric.kind == "counter"
-                      else meter.create_observable_gauge)
+            create = {"counter": meter.create_observable_counter,
+                      "updowncounter": meter.create_observable_up_down_counter,
+                      }.get(metric.kind, meter.create_observable_gauge)
             create(metric.name, callbacks=[self._callback(table[metric.name])], unit=metric.unit,
                    description=metric.description)
 

@@ -31,6 +31,7 @@ class RunCollector(Collector):
         names from it, so that ``/metrics?name[]=...`` finds this collector."""
         for metric in METRICS:
             kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+                    "updowncounter": GaugeMetricFamily,  # Prometheus has no other kind for it
                     "histogram": HistogramMetricFamily}[metric.kind]
             yield kind(metric.name, metric.description, labels=list(metric.all_labels))
 

@@ -95,7 +95,7 @@ class RunIdentity:
         """What ``traintel_run_info`` says besides the labels (tags comma-joined), encodable:
         one tag with a lone surrogate (from non-UTF-8 argv) closed every /metrics scrape."""
         return {key: clean_text(value) for key, value in {
-            "run_name": self.name, "host": self.host, "world_size": str(self.world_size),
+            "run_name": self.name, "hostname": self.host, "world_size": str(self.world_size),
             "group": self.group or "", "tags": ",".join(self.tags)}.items()}
 
     def about(self, config_hash: str) -> RunAbout:

@@ -649,7 +649,7 @@ def run_comparison() -> dict[str, Any]:
         [
             ("Runs", [
                 _table("Runs",
-                       _prom(f"max by (project, run, run_name, host, world_size) "
+                       _prom(f"max by (project, run, run_name, hostname, world_size) "
                              f"(traintel_run_info{{{RUNS}}})", table=True),
                        description="Run name, host and world size of each selected run."),
                 _stat("Runs by status", "none",

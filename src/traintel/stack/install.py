@@ -134,7 +134,70 @@ def install(
                     continue
             status[component.name] = _provide(component, key, say)
             _write_status(status)
+        if ("prometheus" in table and status.get("prometheus", {}).get("ok")
+                and (not names or "prometheus" in names)):
+            why = build_prometheus_ui(say, retry=retry)
+            if why:
+                say(f"stack: Prometheus's web UI not built ({why.splitlines()[0]}); its API "
+                    "works; `traintel stack install --retry` tries again")
     return status
+
+
+#: the pnpm that builds Prometheus's web UI (its sources are a pnpm workspace with a lock file)
+PNPM = "pnpm@10.34.9"
+
+
+def prometheus_ui_dir() -> Path:
+    """Prometheus's web UI assets built from its module's sources (``web/ui/static``); ``stack
+    up`` serves them (a Prometheus built without ``builtinassets`` reads ``./web/ui/static``
+    from its working directory, which is ``<run dir>/prometheus``)."""
+    return bin_root() / f"prometheus-ui-{COMPONENTS['prometheus'].version}" / "static"
+
+
+def build_prometheus_ui(say: Callable[[str], None] = print, retry: bool = False) -> str | None:
+    """Build Prometheus's web UI (mantine-ui) as its Makefile does: ``pnpm install
+    --frozen-lockfile`` (no dependency install scripts: pnpm 10's default) and ``build_ui.sh
+    --mantine-ui``, from npm, once per version. Returns None when the UI is there, else why
+    not (also kept in a ``failed`` file, so that only ``--retry`` builds again)."""
+    dest = prometheus_ui_dir()
+    failed = dest.parent / "failed"
+    if (dest / "mantine-ui" / "index.html").is_file():
+        return None
+    if failed.is_file() and not retry:
+        return failed.read_text()
+    component = COMPONENTS["prometheus"]
+    log = bin_root() / "logs" / f"prometheus-ui-{component.version}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bin_root() / f".tmp-prometheus-ui-{component.version}"
+    say(f"stack: building Prometheus's web UI {component.version} (pnpm; log {log})")
+    try:
+        if not shutil.which("npx"):
+            raise BuildError("`npx` is not on PATH (Node.js >= 20 with npm is needed)")
+        shutil.rmtree(tmp, ignore_errors=True)
+        source = module_dir("github.com/prometheus/prometheus", component.module_version)
+        shutil.copytree(source / "web" / "ui", tmp)
+        subprocess.run(["chmod", "-R", "u+w", str(tmp)], check=True)
+        shim = tmp / ".traintel-bin"
+        shim.mkdir()
+        (shim / "pnpm").write_text(f'#!/bin/sh\nexec npx -y {PNPM} "$@"\n')
+        (shim / "pnpm").chmod(0o755)
+        env = {"PATH": f"{shim}:{os.environ.get('PATH', '')}",
+               "npm_config_cache": str(cache_dir() / "npm"),
+               "npm_config_update_notifier": "false"}
+        log.write_text("")
+        _run(["npx", "-y", PNPM, "install", "--frozen-lockfile"], log, cwd=tmp, env=env)
+        _run(["bash", "build_ui.sh", "--mantine-ui"], log, cwd=tmp, env=env)
+        shutil.rmtree(dest.parent, ignore_errors=True)
+        dest.parent.mkdir(parents=True)
+        (tmp / "static").rename(dest)
+    except (BuildError, OSError, subprocess.SubprocessError) as error:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(str(error))
+        return str(error)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"stack: Prometheus's web UI built into {dest}")
+    return None
 
 
 def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict[str, Any]:

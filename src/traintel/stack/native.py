@@ -189,6 +189,13 @@ class NativeStack:
             "grafana": self.url("grafana", "http"),
         }
 
+    @property
+    def prometheus_ui(self) -> bool:
+        """Whether Prometheus serves its web UI here (``stack install`` built it from its
+        sources). Alertmanager never does natively: its UI is Elm, and Elm's packages come only
+        from package.elm-lang.org and GitHub, out of reach here (the compiler is on npm)."""
+        return (install.prometheus_ui_dir() / "mantine-ui" / "index.html").is_file()
+
     def tap_file(self, signal_name: str) -> Path:
         """Where the tap writes ``traces``, ``metrics`` or ``logs`` (OTLP JSON lines)."""
         return self.run_dir / "otelcol" / f"tap-{signal_name}.json"
@@ -330,6 +337,7 @@ class NativeStack:
             "endpoints": self.endpoints,
             "unavailable": self.unavailable,
             "configs": str(self.configs),
+            "ui": {"prometheus": self.prometheus_ui, "alertmanager": False},
         }
         (self.run_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
@@ -462,6 +470,12 @@ class NativeStack:
         ]
         if not install.load_status().get("prometheus", {}).get("version", "").startswith("2."):
             argv.append("--web.enable-otlp-receiver")
+        # Its web UI, when `stack install` built it: read from ./web/ui/static of the working
+        # directory (this one) by a Prometheus built without embedded assets
+        link = out.parent / "web" / "ui" / "static"
+        if self.prometheus_ui and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(install.prometheus_ui_dir(), target_is_directory=True)
         return argv
 
     def _adapt_alertmanager(self, config: dict[str, Any], source: Path, out: Path) -> list[str]:

@@ -101,7 +101,8 @@ def receiver_yaml(receivers: Receivers) -> str:
     """The ``receivers:`` section of alertmanager.yml for ``receivers``: URLs are read from files
     (``url_file``, ``api_url_file``), which compose makes from .env (:func:`override_yaml`)."""
     lines = ["receivers:", "  - name: team",
-             "    # Written by `traintel stack init`. The webhook URLs are secrets: they are in .env",
+             "    # Written by `traintel stack init`. The webhook URLs are secrets: they are in "
+             ".env",
              f"    # and reach Alertmanager as files in {SECRETS_DIR}/ (made by compose from",
              f"    # {OVERRIDE}, and by `traintel stack up` natively)."]
     if receivers.webhook:
@@ -131,9 +132,11 @@ def receiver_yaml(receivers: Receivers) -> str:
 def override_yaml(receivers: Receivers) -> str:
     """A compose override handing Alertmanager the receivers' secrets from .env as files."""
     names = sorted(receivers.secrets)
-    lines = ["# Written by `traintel stack init`: Alertmanager reads the alert receivers' URLs from",
+    lines = ["# Written by `traintel stack init`: Alertmanager reads the alert receivers' URLs "
+             "from",
              f"# files in {SECRETS_DIR}/, which compose makes from the variables in .env (so that",
-             "# alertmanager.yml holds no secret). Compose reads this file with docker-compose.yml.",
+             "# alertmanager.yml holds no secret). Compose reads this file with "
+             "docker-compose.yml.",
              "services:", "  alertmanager:", "    secrets:",
              *(f"      - {name}" for name in names), "secrets:"]
     for name in names:

@@ -136,7 +136,7 @@ class SegmentWalk:
         self.leave_out = NEARLY if segment.mode not in ("offline", "disabled") else frozenset()
         labels, run_info = identity_of(start, record.directory)
         self.resource = payload.resource(start, redactor) or resource_for(
-            labels, run_info["run_name"], run_info["host"])
+            labels, run_info["run_name"], run_info["hostname"])
         self.scope = payload.scope(start)
         self.reader = InMemoryMetricReader()
         self.metrics = RunMetrics(self.replay.state, labels, run_info, self.replay.histograms,
