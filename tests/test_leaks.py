@@ -277,6 +277,10 @@ def test_a_full_disk_during_sync_does_not_claim_the_cursor_was_written(tmp_path,
         assert "cannot write the sync cursor" in proc.stderr
         assert "the cursor was not updated" in proc.stderr
         assert "is in the cursor" not in proc.stderr
+        record("disk full during traintel sync (256 KiB tmpfs, the real collector taking the "
+               "batches)", "the sync stops saying the cursor was not written",
+               "exit 1; 'cannot write the sync cursor ... No space left on device' and 'the cursor "
+               "was not updated' (before: 'what the collector acknowledged is in the cursor')")
     finally:
         process.terminate()
         process.wait(timeout=30)
