@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import orjson
@@ -217,3 +218,70 @@ def test_the_sidecar_collector_binds_its_telemetry_and_health_to_loopback():
     gateway = next(config for mode, config in crs.items() if mode not in ("sidecar",))
     (reader,) = gateway["service"]["telemetry"]["metrics"]["readers"]
     assert reader["pull"]["exporter"]["prometheus"]["host"] == "0.0.0.0"  # scraped in-cluster
+
+
+# -- 14: a full disk during sync is not a written cursor ---------------------------------------
+def test_a_full_disk_during_sync_does_not_claim_the_cursor_was_written(tmp_path, quiet):
+    """The real collector (our build) takes the batches; the record lives on a real full file
+    system (a 256 KiB tmpfs, filled after the run: root only)."""
+    import socket
+
+    import traintel
+    from traintel.stack import install
+
+    collector = install.binary("otelcol")
+    if collector is None:
+        pytest.skip("the collector is not built here (traintel stack install)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "collector.yaml"
+    config.write_text(textwrap.dedent(f"""
+        receivers:
+          otlp: {{protocols: {{http: {{endpoint: "127.0.0.1:{port}"}}}}}}
+        exporters:
+          debug: {{verbosity: basic}}
+        service:
+          telemetry: {{metrics: {{level: none}}}}
+          pipelines:
+            metrics: {{receivers: [otlp], exporters: [debug]}}
+            logs: {{receivers: [otlp], exporters: [debug]}}
+            traces: {{receivers: [otlp], exporters: [debug]}}
+    """))
+    process = subprocess.Popen([str(collector), "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = traintel.init(project="t", dir=str(disk), mode="offline",
+                            **{**quiet, "otlp": None})
+        for step in range(20):
+            run.log(loss=1.0 / (step + 1))
+        run.event("checkpoint", level="warning")
+        run.finish()
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'fill'}", "bs=4k", "count=1000"],
+                       capture_output=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as check:
+                if check.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        proc = subprocess.run([sys.executable, "-m", "traintel.cli", "sync", "--endpoint",
+                               f"http://127.0.0.1:{port}", str(run.dir)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "cannot write the sync cursor" in proc.stderr
+        assert "the cursor was not updated" in proc.stderr
+        assert "is in the cursor" not in proc.stderr
+        record("disk full during traintel sync (256 KiB tmpfs, the real collector taking the "
+               "batches)", "the sync stops saying the cursor was not written",
+               "exit 1; 'cannot write the sync cursor ... No space left on device' and 'the cursor "
+               "was not updated' (before: 'what the collector acknowledged is in the cursor')")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -346,3 +346,82 @@ times = st.floats(allow_nan=True, allow_infinity=True)
 def test_metric_times_are_bounded_whatever_the_times(start, span, interval, exports, mode):
     ms = metric_times(mode, interval, start, start + span, exports)
     assert len(ms) <= MAX_POINTS + len(exports) + 2
+
+
+# -- every kind of planted path against every way traintel opens one (hypothesis) -------------
+KINDS = ["missing", "regular", "other-users-file", "directory", "fifo", "link-to-victim",
+         "dangling-link", "link-to-dir", "link-to-dev-zero"]
+
+
+def _plant(path: Path, kind: str, victim: Path) -> None:
+    if kind == "regular":
+        path.write_bytes(b"{}")
+    elif kind == "other-users-file":
+        path.write_bytes(b"{}")
+        os.chown(path, OTHER, OTHER)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "link-to-victim":
+        path.symlink_to(victim)
+    elif kind == "dangling-link":
+        path.symlink_to(victim.parent / "nowhere")
+    elif kind == "link-to-dir":
+        path.symlink_to(victim.parent)
+    elif kind == "link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(KINDS),
+       how=st.sampled_from(["read", "append", "replace", "lock", "read_json", "write_json"]))
+def test_no_planted_path_is_written_through_or_hangs(kind, how):
+    from traintel.record import safe
+    from traintel.record.files import read_json, write_json
+
+    root = Path(tempfile.mkdtemp(prefix="traintel-planted-"))
+    try:
+        victim = root / "victim"
+        victim.write_bytes(b"precious")
+        directory = root / "run"
+        directory.mkdir()
+        path = directory / "summary.json"
+        _plant(path, kind, victim)
+        outcome: object
+        try:
+            if how == "read":
+                with safe.open_read(path) as file:
+                    outcome = file.read(100)
+            elif how == "append":
+                with safe.open_append(path) as file:
+                    outcome = file.write(b"x")
+            elif how == "replace":
+                outcome = safe.replace(path, b"new")
+            elif how == "lock":
+                os.close(safe.open_lock(path))
+                outcome = "locked"
+            elif how == "read_json":
+                outcome = read_json(path)
+            else:
+                outcome = write_json(path, {"a": 1}, quiet=True)
+        except FileNotFoundError:
+            outcome = "missing"
+        except safe.UnsafePath as exc:
+            outcome = exc
+            assert exc.filename == str(path) and exc.strerror
+        assert victim.read_bytes() == b"precious"
+        assert not (root / "nowhere").exists()
+        fine = kind in ("missing", "regular") or (
+            kind == "other-users-file" and how in ("read", "read_json"))
+        if how in ("replace", "write_json") and kind in ("link-to-victim", "dangling-link",
+                                                         "link-to-dir", "link-to-dev-zero",
+                                                         "other-users-file", "fifo"):
+            fine = True  # renamed over: the planted entry is replaced, nothing written through
+        if not fine:
+            assert isinstance(outcome, safe.UnsafePath) or outcome in (None, False), (kind, how,
+                                                                                    outcome)
+        if how in ("replace", "write_json") and fine and kind != "missing":
+            assert stat.S_ISREG(os.lstat(path).st_mode)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

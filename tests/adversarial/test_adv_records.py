@@ -114,7 +114,8 @@ def hostile_runs(tmp_path, monkeypatch):
 def test_listings_go_on_past_bad_runs(hostile_runs):
     code, output = _cli("status", "--all")
     assert code == 0 and "Traceback" not in output
-    assert "events-dir: could not read events.jsonl (Is a directory)" in output
+    assert "events-dir: could not read events.jsonl (a directory where traintel keeps a file" \
+        in output
     listed = CliRunner().invoke(main, ["status", "--all", "--format", "json"])
     assert {Path(r["dir"]).name for r in orjson.loads(listed.stdout)} == {
         "a-good", "ts-out-of-range", "metric-dict", "wrong-types", "events-dir", "bad-summary",

@@ -189,7 +189,12 @@ def replace(path: Path, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
-            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+            try:
+                os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+            except OSError as exc:  # a directory in its place (EISDIR, ENOTEMPTY, EEXIST)
+                if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    raise _refuse(path, "a directory where traintel keeps a file") from None
+                raise
         except BaseException:
             try:
                 os.unlink(temporary, dir_fd=directory)

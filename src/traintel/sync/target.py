@@ -41,6 +41,14 @@ def _joined(base: str, path: str) -> str:
     return urlunsplit((scheme, netloc, f"{base_path.rstrip('/')}/{path}", query, fragment))
 
 
+def _without_password(url: str) -> str:
+    scheme, netloc, path, query, fragment = urlsplit(url)
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.split(':', 1)[0]}:@{host}"
+    return urlunsplit((scheme, netloc, path, query, fragment))
+
+
 def _headers(signal: Signal) -> str | None:
     """The OTLP headers variable that applies to ``signal`` (its own, else the general one)."""
     own = env.variable(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS").get()
@@ -103,10 +111,12 @@ class Target:
         redactor = Redactor()
         key = " ".join(redactor.text(self.urls[signal]) for signal in PATHS)
         # two tenants behind one URL (X-Scope-OrgID, a token in the URL) are two targets: what
-        # the redaction hid, and the headers, are kept as a hash
-        hidden = [self.urls[signal] for signal in PATHS] + [
-            f"{signal}:{value}" for signal in PATHS if (value := _headers(signal))]
-        if key != " ".join(hidden):
+        # the redaction hid, and the headers, are kept as a hash; a URL's password is not (a
+        # rotated password is the same tenant: its user name, kept in the key, says which)
+        urls = " ".join(_without_password(self.urls[signal]) for signal in PATHS)
+        headers = [f"{signal}:{value}" for signal in PATHS if (value := _headers(signal))]
+        if headers or redactor.text(urls) != urls:
+            hidden = [urls, *headers]
             digest = hashlib.sha256("\n".join(hidden).encode(errors="surrogateescape"))
             key += f" #{digest.hexdigest()[:16]}"
         return key
