@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import traintel
 from traintel.cli import main
-from traintel.stack import project as files  # the tests name their directory `project`
+from traintel.stack import project as stack_files  # the tests name their directory `project`
 
 from conftest import QUIET, read_lines
 
@@ -159,9 +159,9 @@ def test_stack_init_over_a_dangling_env_link_names_it(tmp_path):
     project = tmp_path / "stack"
     project.mkdir()
     (project / ".env").symlink_to(tmp_path / "elsewhere.env")
-    with pytest.raises(project.StackFilesError, match=r"symbolic links where traintel writes "
+    with pytest.raises(stack_files.StackFilesError, match=r"symbolic links where traintel writes "
                                                     r"files \(\.env\)"):
-        project.init(project)
+        stack_files.init(project)
     assert not (tmp_path / "elsewhere.env").exists()
 
 
@@ -170,15 +170,15 @@ def test_stack_init_does_not_write_through_a_dangling_project_file_link(tmp_path
     project.mkdir()
     outside = tmp_path / "outside.yml"
     (project / "docker-compose.yml").symlink_to(outside)
-    with pytest.raises(project.StackFilesError, match="docker-compose.yml"):
-        project.init(project, force=True)
+    with pytest.raises(stack_files.StackFilesError, match="docker-compose.yml"):
+        stack_files.init(project, force=True)
     assert not outside.exists()
 
 
 @pytest.mark.parametrize("name", ["my stack", "50%h", "cost $HOME", 'quote"d'])
 def test_the_systemd_unit_keeps_a_directory_with_odd_characters_whole(tmp_path, name):
     project = tmp_path / name
-    project.init(project)
+    stack_files.init(project)
     unit = (project / "traintel-stack.service").read_text()
     (working,) = [line.split("=", 1)[1] for line in unit.splitlines()
                   if line.startswith("WorkingDirectory=")]
@@ -202,7 +202,7 @@ def test_the_systemd_unit_keeps_a_directory_with_odd_characters_whole(tmp_path, 
        .filter(lambda n: n not in (".", "..")))
 def test_any_directory_name_comes_back_whole_from_the_unit(tmp_path, name):
     project = tmp_path / "d" / name
-    unit = project.systemd_unit((project.root() / project.UNIT_SOURCE).read_text(), project)
+    unit = stack_files.systemd_unit((stack_files.root() / stack_files.UNIT_SOURCE).read_text(), project)
     (command,) = [line.split("=", 1)[1] for line in unit.splitlines()
                   if line.startswith("ExecStart=")]
     argv = [arg.replace("%%", "\0").replace("$$", "$").replace("\0", "%")
