@@ -49,6 +49,8 @@ class LiveStatus(TypedDict):
     errors: dict[str, int]
     #: record lines that could not be written
     record_dropped: int
+    #: inputs refused by reason (``traintel.refusals``)
+    refused: dict[str, int]
     export: ExportFigures
     dir: str
     started: float
@@ -120,6 +122,7 @@ class RunIdentity:
                               for k, n in list(state.nonfinite.items())},
                 "eval_best": dict(state.eval_best),
                 "errors": {f"{t}/{s}": n for (t, s), n in state.errors.items()},
-                "record_dropped": state.dropped, "export": export_figures(state),
+                "record_dropped": state.dropped, "refused": dict(state.refused),
+                "export": export_figures(state),
                 "dir": str(self.dir), "started": state.start_ts})
         return status

@@ -121,6 +121,10 @@ class Settings:
             "metric's name; unknown names get no best).")
     halt_on_nonfinite: bool = _option(
         False, "Stop the run with `NonFiniteLossError` at the first NaN/Inf `loss`.")
+    strict: bool = _option(
+        False, "Raise what a run refuses (a value that is not a number, a name beyond the rules "
+               "or the budget, ...) instead of warning once and counting it: for your own "
+               "tests. `traintel.testing.capture()` runs are strict.")
     grafana_annotations: bool = _option(
         False, "Mark run events as annotations in the Grafana at GRAFANA_URL (token in "
                "GRAFANA_TOKEN; the `traintel[grafana]` extra), posted off the training thread.",
@@ -154,7 +158,7 @@ class Settings:
         if self.sample_interval != 0:
             _seconds("sample_interval", self.sample_interval, 0.01, 3600.0, "(0 turns sampling off)")
         for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals",
-                    "halt_on_nonfinite"):
+                    "halt_on_nonfinite", "strict"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"traintel.init: {key} must be True or False, got "
                                 f"{shown(getattr(self, key))}")
@@ -242,6 +246,7 @@ class InitOptions(TypedDict, total=False):
     group: str | None
     goals: dict[str, Goal] | None
     halt_on_nonfinite: bool | None
+    strict: bool | None
     grafana_annotations: bool | None
 
 

@@ -122,6 +122,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_record_dropped_total": _value(lambda s: s.dropped),
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
         "traintel_export_failures_total": _by("signal", lambda s: s.export_failures),
+        "traintel_refused_total": _by("reason", lambda s: s.refused),
     }
     from traintel.catalog import METRICS  # hardware metrics: whatever the samplers reported
     for metric in METRICS:

@@ -273,6 +273,8 @@ class RunSummary(TypedDict):
     throughput: Throughput
     step_time: StepTime
     errors: ErrorCounts
+    #: inputs refused by reason (``traintel.refusals``), this segment's
+    refused: dict[str, int]
     instruments: dict[str, InstrumentFigures]
     record: RecordHealth
     export: ExportFigures
@@ -484,6 +486,7 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
                       for key, seen in state.nonfinite.items()},
         "eval": evals, "throughput": figures.throughput(), "step_time": figures.step_times(),
         "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type},
+        "refused": dict(state.refused),
         "instruments": dict(instruments),
         "record": {"lines": lines, "dropped": state.dropped},
         "export": export_figures(state),
