@@ -76,7 +76,7 @@ def test_strict_runs_and_capture_raise_what_runs_refuse(quiet_run):
             run.log(loss="low")
     with capture():
         with quiet_run() as run:
-            with pytest.raises(ValueError, match="samples=-1 is refused"):
+            with pytest.raises(ValueError, match="'samples' = -1 is refused"):
                 run.log(loss=1.0, samples=-1)
 
 

@@ -516,7 +516,7 @@ class StepRecorder:
         that the counters never go down (an OpenMetrics counter that decreases is invalid)."""
         del metrics[key]
         self._refusals.refuse("run.log", key, ValueError(
-            f"run.log: {key}={shown(value)} is refused: {key} is a count per step, a "
+            f"run.log: {key!r} = {shown(value)} is refused: {key} is a count per step, a "
             f"non-negative number; pass len(batch) (or the batch's {key}), not a difference"),
             "count", f"{key} is left out of the step")
 

@@ -68,7 +68,7 @@ def test_a_circular_config_is_recorded_with_the_cycle_named(tmp_path, quiet_run)
 
 
 def test_step_and_epoch_arguments_are_checked(tmp_path, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         with pytest.raises(TypeError, match=r"run.begin_epoch: epoch must be a non-negative "
                                             r"integer \(int, NumPy integer or 0-d integer "
                                             r"tensor\), got NoneType None"):
@@ -89,7 +89,7 @@ def test_step_and_epoch_arguments_are_checked(tmp_path, quiet_run):
 
 
 def test_a_meta_device_tensor_is_refused_naming_the_key(tmp_path, recorded, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         with pytest.raises(TypeError, match="run.log: 'loss' could not be read as a number "
                                             r"\((NotImplementedError|RuntimeError)"):
             run.log(loss=torch.tensor(1.0, device="meta"))
@@ -98,7 +98,7 @@ def test_a_meta_device_tensor_is_refused_naming_the_key(tmp_path, recorded, quie
 
 
 def test_five_thousand_character_names_are_refused_briefly(tmp_path, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         for call in (lambda n: run.log(**{n: 1.0}), lambda n: run.event(n),
                      lambda n: run.span(n), lambda n: run.counter(n),
                      lambda n: run.log_eval(**{n: 1.0})):
@@ -109,7 +109,7 @@ def test_five_thousand_character_names_are_refused_briefly(tmp_path, quiet_run):
 
 
 def test_instruments_take_numpy_and_torch_numbers_as_run_log_does(tmp_path, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         run.counter("skipped").inc(np.float32(1))
         run.counter("skipped").inc(torch.tensor(2))
         run.gauge("queue").set(np.int64(7))
