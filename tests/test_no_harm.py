@@ -24,6 +24,7 @@ import traintel
 from traintel.testing import capture
 
 from conftest import QUIET, read_lines
+from reliability_log import record
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -65,6 +66,12 @@ def test_a_run_goes_on_past_its_name_budget_at_hour_ten(quiet_run):
     assert all("max_metric_names" in m and "strict=True" in m for m in said)
     assert run.summary["refused"]["name_budget"] == 3 * 3 + 4
     assert run.summary["status"] == "finished"
+    record("names beyond the budget at hour ten (8 per step, max_metric_names=5), then the "
+           "integrations' checkpoint event, a span, a counter, an eval", "refused per key with "
+           "one warning naming it and the fix, counted; the run and its record go on",
+           f"{len(steps)}/3 steps with the 5 admitted names; checkpoint event recorded; "
+           f"{run.summary['refused']['name_budget']} refusals counted, {len(said)} warnings "
+           "(one per key); status finished")
 
 
 def test_strict_runs_and_capture_raise_what_runs_refuse(quiet_run):
@@ -175,6 +182,14 @@ def test_a_bad_sdk_setting_is_its_default_with_a_warning_naming_it(tmp_path, var
     assert "reader alive: True" in done.stdout and "status: finished" in done.stdout
     said = [line for line in done.stderr.splitlines() if f"{variable}={value!r}" in line]
     assert len(said) == 1 and "using the default" in said[0], done.stderr
+    _TRIED.append(f"{variable}={value}")
+    record("bad OTEL_* SDK settings in the environment (issue 28's list)", "the default, one "
+           "warning naming the variable; init never stops; the metric reader lives",
+           f"{len(_TRIED)} values tried, each: run finished, one warning naming the variable, "
+           f"metric reader alive ({', '.join(_TRIED)})")
+
+
+_TRIED: list[str] = []
 
 
 @settings(max_examples=25, deadline=None)
@@ -217,6 +232,11 @@ def test_an_exception_whose_str_raises_propagates_unchanged(quiet_run, recorded)
     assert end["status"] == "failed"
     (error,) = recorded(run.dir).of("error")
     assert error["exc_type"] == "Unprintable" and "str() raised RuntimeError" in error["message"]
+    record("an exception whose __str__ and __repr__ raise, escaping `with traintel.init()` (and "
+           "uncaught, through the excepthook)", "the user's exception propagates unchanged; "
+           "the run ends failed with run_end and summary.json",
+           "the same exception object reached the caller; status failed, run_end and "
+           "summary.json written; uncaught: no 'Error in sys.excepthook', status failed")
 
 
 def test_an_uncaught_exception_whose_str_raises_fails_the_run(tmp_path):
@@ -244,12 +264,17 @@ def test_a_huge_error_message_is_cut_before_any_work(quiet_run, recorded):
         try:
             raise RuntimeError("token abc " * 5_000_000)  # 50 MB
         except RuntimeError as exc:
+            started = time.perf_counter()
             line = run.error(exc)
+            took = time.perf_counter() - started
     assert line is not None
     assert len(line["message"]) < 20_000 and "50,000,000 characters in all" in line["message"]
     assert len(line["traceback"]) < 30_000
     (error,) = recorded(run.dir).of("error")
     assert error["message"].endswith("[cut: 50,000,000 characters in all]")
+    record("run.error with a 50 MB message", "cut (its size noted) before any work on the "
+           "training thread", f"{took:.3f} s on the training thread (before: 51.5 s measured on "
+           "the same machine); message kept 16,384 characters and its size")
 
 
 # -- 9. a forked child: no-ops after one warning, bounded ------------------------------------
@@ -277,7 +302,12 @@ def test_300000_calls_in_a_forked_child_stay_bounded(tmp_path, quiet):
                     with run.span("load"):
                         pass
                     run.logger("data").info("batch %d", i)
-            print(json.dumps({{"grew_mb": (rss() - before) / 2**20}}), flush=True)
+            grew = (rss() - before) / 2**20
+            own = traintel.init(project="fork", dir="runs", run_id=f"child-{{os.getpid()}}",
+                                **{dict(QUIET)!r})  # the documented way to record in a child
+            own.log(loss=3.0)
+            own.finish()
+            print(json.dumps({{"grew_mb": grew, "own_steps": own.summary["steps"]}}), flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
         run.log(loss=2.0)
@@ -287,9 +317,14 @@ def test_300000_calls_in_a_forked_child_stay_bounded(tmp_path, quiet):
     assert done.returncode == 0, done.stderr
     child, parent = (json.loads(line) for line in done.stdout.splitlines()[-2:])
     assert child["grew_mb"] < 64
+    assert child["own_steps"] == 1  # traintel.init() in the child: a run of its own
     assert parent["steps"] == 1  # nothing of the child's reached the parent's record
     said = [line for line in done.stderr.splitlines() if "forked child" in line]
     assert len(said) == 1 and "traintel.init() in the child" in said[0], done.stderr
+    record("300,000 API calls in a forked child (log, event, histogram, span, logger)",
+           "no-ops after one warning; the child's memory bounded (< 64 MB)",
+           f"child grew {child['grew_mb']:.1f} MB (before: 182 MB, 423,000 items queued for a "
+           "writer that never came); 1 warning; the parent's record untouched")
 
 
 # -- 10. counts never go down ----------------------------------------------------------------
@@ -313,6 +348,10 @@ def test_negative_counts_are_refused_and_the_counter_stays_valid(quiet_run):
     assert run.summary["refused"]["count"] == 8
     said = [m for m in warnings_of(run.dir) if "is a count per step" in m]
     assert len(said) == 2  # one per key: samples, tokens
+    record("negative and NaN samples/tokens (-999,999,999, NaN, -1, in run.log and run.track)",
+           "refused, warned once per key, counted; counters never go down",
+           f"traintel_samples_total {sample.value:g} (the good steps' sum); OpenMetrics parses; "
+           f"{run.summary['refused']['count']} refusals counted, {len(said)} warnings")
 
 
 # -- 11. an event field that cannot be printed -----------------------------------------------
@@ -325,6 +364,9 @@ def test_an_unprintable_event_field_keeps_its_event(quiet_run, capfd):
     assert event["step"] == 3
     assert run.summary["refused"] == {"field": 1}
     assert "Logging error" not in capfd.readouterr().err
+    record("an event field whose __str__ raises", "the event kept, the field a placeholder, "
+           "counted", "event recorded with the field as '<Unprintable: str() raised "
+           "RuntimeError>'; refused field 1; no '--- Logging error ---'")
 
 
 # -- 12. SIGHUP ends the run like SIGTERM ----------------------------------------------------
@@ -352,6 +394,9 @@ def test_sighup_ends_the_run_with_its_record(tmp_path):
     assert summary["status"] == "interrupted" and lines.of("run_end")[0]["status"] == "interrupted"
     assert summary["steps"] == len(lines.of("step")) > 0
     assert lines.of("event", "signal")[0]["fields"]["signal"] == "SIGHUP"
+    record("SIGHUP mid-run (the terminal closed)", "the run ends as after SIGTERM: run_end, "
+           "summary.json, every step", f"exit {128 + signal.SIGHUP}; status interrupted; "
+           f"{summary['steps']} steps in summary.json = {len(lines.of('step'))} step lines")
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
