@@ -38,6 +38,8 @@ STATIC = """
 | hostile record lines through every `traintel logs`/`report`/`status` command (hypothesis) | tests/adversarial/test_adv_records.py |
 | compose ports bound to 127.0.0.1, no default Grafana password | tests/test_prometheus_rules.py |
 | status endpoint loopback-only by default; debug refused from other addresses | tests/test_server.py |
+| a Trainer logging 300 per-layer names (beyond the 256-name budget), with checkpoints: it trains to the end, the names beyond refused once each and counted | tests/integrations/test_huggingface.py::test_300_per_layer_names_never_stop_a_trainer_run |
+| bad `TRAINTEL_*` values (a port of 70000, `80a`, a negative interval, an unknown mode): the default, one warning naming the variable | tests/test_settings.py::test_a_bad_environment_value_is_its_default_with_a_warning_naming_it |
 """
 
 
