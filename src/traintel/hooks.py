@@ -107,6 +107,13 @@ class ProcessHooks:
         """Who decides what SIGTERM does now."""
         return self._decider(signal.SIGTERM)
 
+    def end_status(self) -> Literal["finished", "preempted", "interrupted"]:
+        """A run's status when nothing else says: ``preempted`` after SIGTERM, ``interrupted``
+        after SIGHUP (the terminal closed), else ``finished``."""
+        if self.stop_signal is None:
+            return "finished"
+        return "preempted" if self.stop_signal == "SIGTERM" else "interrupted"
+
     def _decider(self, signum: int) -> Decider:
         """Who decides what ``signum`` (SIGTERM, SIGHUP) does now."""
         previous = (self._adopted if signum == signal.SIGTERM else None) or \

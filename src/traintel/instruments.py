@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
 from typing import Literal, Protocol, TypeVar, cast
 
+from traintel.forks import reset_in_child
 from traintel.record.format import ObservationKind
 from traintel.record.queue import Observe, RecordQueue
 from traintel.refusals import Refusals, raise_it
@@ -149,6 +150,7 @@ class Instruments:
         #: tells the exported histograms a histogram's own bounds (before its first value)
         self._define_buckets = define_buckets
         self._made: dict[str, Counter | Gauge | Histogram | Timer] = {}
+        reset_in_child(self._after_fork_in_child)
 
     def counter(self, name: str) -> Counter:
         found = self._get(Counter, name)
@@ -195,7 +197,7 @@ class Instruments:
             return Timer(cast(RecordQueue, _Nowhere()), name, self._refuse)
         return self._add(Timer(self._queue, name, self._refuse))
 
-    def detach(self, discard: Callable[[object], None]) -> None:
+    def _after_fork_in_child(self) -> None:
         """In a forked child: what every instrument queues goes nowhere (counters and gauges
         only set numbers in the child's copy of the state)."""
         self._queue = cast(RecordQueue, _Nowhere())

@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from traintel.forks import reset_in_child
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -37,6 +39,8 @@ class LoggerTree:
         root.handlers = [self.pipeline]
         root.setLevel(self.level)
         root.propagate = False
+        # in a forked child traintel's logs go where the child sends them, not to the record
+        reset_in_child(self.restore)
 
     def restore(self) -> None:
         if self._saved is not None:

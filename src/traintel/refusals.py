@@ -23,7 +23,7 @@ import logging
 from typing import Literal, NoReturn
 
 from traintel.state import RunState
-from traintel.validate import BadName, BadNameType, NameBudgetFull
+from traintel.validate import BadName, BadNameType, NameBudget, NameBudgetFull
 
 log = logging.getLogger("traintel.run")
 
@@ -83,6 +83,15 @@ class Refusals:
         except Exception:
             text = f"{what}: {type(error).__name__}"
         log.warning("%s. (%s; the run goes on; %s)", text.rstrip("."), then, STRICT_HINT)
+
+
+    def admit(self, budget: NameBudget, what: str, kind: str, name: str, instead: str) -> str:
+        """``name`` admitted by the run's name ``budget``, or (refused) ``instead``."""
+        try:
+            return budget.admit(what, kind, name)
+        except (TypeError, ValueError) as error:
+            self.refuse(what, name, error, then=f"{instead!r} is used instead")
+            return instead
 
 
 def raise_it(what: str, key: object, error: Exception, reason: Reason | None = None,

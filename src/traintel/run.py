@@ -8,12 +8,12 @@ and signals (``hooks``), continuing a record (``resume``), the record and its ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, SupportsFloat, TypeVar
+from typing import TYPE_CHECKING, Literal, SupportsFloat
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
@@ -23,6 +23,7 @@ from traintel.evals import Evaluations
 from traintel.events import EventRecorder
 from traintel.export import RunExport
 from traintel.export.otlp import Sinks
+from traintel.forks import ignore_in_child
 from traintel.hooks import ProcessHooks
 from traintel.identity import LiveStatus, RunIdentity
 from traintel.instruments import Counter, Gauge, Histogram, HistogramMaker, Instruments, Timer
@@ -50,12 +51,10 @@ if TYPE_CHECKING:
     from traintel.server import StatusServer
     from traintel.watch import Watch
 
-#: set by traintel.testing to capture telemetry in memory instead of exporting it
+#: set by traintel.testing: telemetry captured in memory, not exported; runs raise what they
+#: would refuse (``strict=True``)
 sinks_override: Sinks | None = None
-#: set by traintel.testing: runs raise what they would refuse (``strict=True``)
 strict_override = False
-log = logging.getLogger("traintel.run")
-T = TypeVar("T")
 
 
 class Run(StepMethods):
@@ -86,7 +85,6 @@ class Run(StepMethods):
         self.seed = config.seed
         self.redactor = config.redactor  # the one redaction of all this run writes or exports
         self.state = state = RunState()
-        #: inputs that cannot be recorded: warned once per key and counted (or raised: strict)
         self.refusals = refusals = Refusals(state, settings.strict or strict_override)
         state.total_steps = settings.total_steps
         continuation.restore(state)
@@ -117,24 +115,21 @@ class Run(StepMethods):
                                          spans.active, self.otlp, console)
         self._logging = LoggerTree(self.pipeline, settings.log_level, console)
         self._logging.install()
-        self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id,
-                                     budget=self.names, flush_soon=writer.flush_soon,
-                                     refusals=refusals)
+        self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id, budget=self.names,
+                                     flush_soon=writer.flush_soon, refusals=refusals)
         self._evals = Evaluations(state, self._events, settings.goals)
         self.errors: list[ErrorLine] = self._events.errors
         self._steps = StepRecorder(
             state, writer.queue, spans=spans, events=self._events, pipeline=self.pipeline,
             progress=self.progress, flush_soon=writer.flush_soon,
             total_epochs=settings.total_epochs, planned_steps=settings.total_steps,
-            step_span_every=settings.step_span_every, budget=self.names,
-            halt_on_nonfinite=settings.halt_on_nonfinite,
-            milestones_done=before.milestones if before else (),
-            resumed_at=initial_step, refusals=refusals)
+            step_span_every=settings.step_span_every, budget=self.names, refusals=refusals,
+            halt_on_nonfinite=settings.halt_on_nonfinite, resumed_at=initial_step,
+            milestones_done=before.milestones if before else ())
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
-        instruments = self._instruments = Instruments(
-            state, writer.queue, self.names, export.histograms.define, refusals)
-        self.counter, self.gauge = instruments.counter, instruments.gauge
-        self.histogram, self.timer = instruments.histogram, instruments.timer
+        made = Instruments(state, writer.queue, self.names, export.histograms.define, refusals)
+        self.counter, self.gauge = made.counter, made.gauge
+        self.histogram, self.timer = made.histogram, made.timer
         self.summary: RunSummary | None = None
         self._finished = False
         self._lock = threading.Lock()
@@ -162,8 +157,7 @@ class Run(StepMethods):
 
     @property
     def stop_requested(self) -> bool:
-        """Whether SIGTERM (preemption, a time limit) or SIGHUP (the terminal closed) asked the
-        run to stop: checkpoint, stop."""
+        """Whether SIGTERM (preemption, a time limit) or SIGHUP asked the run to stop."""
         return self._hooks.stop_signal is not None
 
     # -- evaluation, spans, events, errors --------------------------------------------------------
@@ -207,12 +201,7 @@ class Run(StepMethods):
 
     def logger(self, component: str) -> logging.Logger:
         """A logger (``traintel.data``) whose records reach the record, console and Loki."""
-        try:
-            name = self.names.admit("run.logger", "loggers", component)
-        except (TypeError, ValueError) as error:
-            self.refusals.refuse("run.logger", component, error,
-                                 then=f"its records go to the logger {ROOT}.other")
-            name = "other"
+        name = self.refusals.admit(self.names, "run.logger", "loggers", component, "other")
         return logging.getLogger(f"{ROOT}.{name}")
 
     # -- status and debugging ---------------------------------------------------------------------
@@ -242,8 +231,7 @@ class Run(StepMethods):
     def finish(self, status: EndStatus | None = None) -> None:
         """End the run: summary.json, the record to its last line, the last export (within
         shutdown_timeout). SIGTERM and SIGINT wait until it is done (``hooks``). The status is
-        ``preempted`` after SIGTERM, ``interrupted`` after SIGHUP, else ``finished``, unless
-        given."""
+        ``preempted`` after SIGTERM, ``interrupted`` after SIGHUP, else ``finished``."""
         check_choice("run.finish: status", status, (None, *END_STATUSES))
         with self._lock:
             if self._finished:
@@ -251,9 +239,7 @@ class Run(StepMethods):
             self._finished = True
         with self._hooks.deferring():
             try:
-                stopped = self._hooks.stop_signal
-                self._finish(status or ("finished" if stopped is None else "preempted"
-                                        if stopped == "SIGTERM" else "interrupted"))
+                self._finish(status or self._hooks.end_status())
             finally:  # even when the end went wrong: the record and the process are free
                 self._continuation.release()
                 live.ended(self)
@@ -302,48 +288,12 @@ class Run(StepMethods):
         if isinstance(exc, SystemExit) and (exc.code in (0, None) or self.stop_requested):
             self.finish()
             return
-        try:  # the user's exception is on its way up: nothing of ours may replace it
+        with contextlib.suppress(Exception):  # the user's exception is on its way: never ours
             self.error(exc)
-        except Exception:
-            log.warning("traintel: the exception that ended run %s could not be recorded",
-                        self.id, exc_info=True)
-        self.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit))
-                    else "failed")
+        self.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed")
 
     def _forked(self) -> None:
-        """In a forked child: this run belongs to the parent; the child never finishes it, and
-        nothing the child records is kept (the writer, the export and the samplers are the
-        parent's). So every way into the record is cut here, and the run's recording calls
-        become no-ops that say so once: 1.2 M calls in a child used to queue 1 M items (411 MB)
-        for a writer that never came, silently. A child that wants a record of its own calls
-        ``traintel.init()`` (this run is no longer live in it)."""
+        """In a forked child: the parent's run, never finished nor recorded into here (forks)."""
         self._finished = True
         live.ended(self)
-        discard = _discard
-        self._steps.detach(discard)
-        self.pipeline.file = lambda line, record: None
-        self.pipeline.sinks = [self.pipeline.file]
-        self.spans.detach(discard)
-        self._instruments.detach(discard)
-        self._logging.restore()  # traintel's logs in the child go where the child sends them
-        said: list[bool] = []
-        run_id, parent = self.id, os.getppid()
-
-        def ignored(*args: object, **kwargs: object) -> None:
-            if not said:
-                said.append(True)
-                log.warning("traintel: run %s belongs to the parent process (pid %s); calls "
-                            "in this forked child (pid %s) are ignored. Call traintel.init() "
-                            "in the child for a run of its own", run_id, parent, os.getpid())
-
-        def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
-            ignored()
-            return iter(iterable)
-
-        for name in ("log", "log_values", "log_eval", "event", "error"):
-            setattr(self, name, ignored)
-        self.track = track  # type: ignore[method-assign]  # the loop still runs, unrecorded
-
-
-def _discard(item: object) -> None:
-    """Where a forked child's record items go."""
+        ignore_in_child(self, self.id)

@@ -19,6 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from traintel.forks import discard, reset_in_child
 from traintel.record.format import EndStatus
 from traintel.record.queue import Call, Observe, RecordQueue
 from traintel.redact import Redactor
@@ -44,10 +45,11 @@ class RunSpans:
         self._run_context = trace.set_span_in_context(self.run)
         self.epoch: trace.Span | None = None
         self._epoch_context: Context | None = None
+        reset_in_child(self._after_fork_in_child)
 
-    def detach(self, discard: Callable[[object], None]) -> None:
-        """In a forked child: what the spans queue goes to ``discard``."""
-        self._queue = cast(RecordQueue, _Discarding(discard))
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: what the spans queue goes nowhere (the writer is the parent's)."""
+        self._queue = cast(RecordQueue, _Discarding())
 
     def parent(self) -> Context:
         """Where spans without a parent of their own go: the current epoch, else the run."""
@@ -181,5 +183,4 @@ class RefusedSpan(Span):
 class _Discarding:
     """A queue that keeps nothing (a forked child's)."""
 
-    def __init__(self, discard: Callable[[object], None]) -> None:
-        self.append = discard
+    append = staticmethod(discard)

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, SupportsFloat, TypeVar, cast
 
 from traintel.events import EventRecorder, ended
+from traintel.forks import discard, reset_in_child
 from traintel.progress import MILESTONES, REFRESH_S, ProgressDisplay
 from traintel.record.format import ValuesLine
 from traintel.record.pipeline import Pipeline
@@ -115,6 +116,7 @@ class StepRecorder:
         #: warnings, noticing a replaced signal handler)
         self.periodic: list[Callable[[float], None]] = [events.periodic]
         self._reschedule()
+        reset_in_child(self._after_fork_in_child)
 
     # -- the hot path ----------------------------------------------------------------------
     def log(self, values: Mapping[str, SupportsFloat] | None = None, /, step: int | None = None,
@@ -370,8 +372,8 @@ class StepRecorder:
         self._append = refuse
         return refuse
 
-    def detach(self, discard: Callable[[object], None]) -> None:
-        """In a forked child: steps go to ``discard``, never to the parent's record queue."""
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: steps go nowhere, never to the parent's record queue."""
         self._append = discard
         self._queue = cast(RecordQueue, _Detached())
 

@@ -103,8 +103,9 @@ def processor_options(queue: env.Variable, batch: env.Variable, delay: env.Varia
               min(default_batch, queue_size))
         batch_size = min(default_batch, queue_size)
     return {"max_queue_size": queue_size, "max_export_batch_size": batch_size,
-            "schedule_delay_millis": int(milliseconds(delay, default_delay)),
-            "export_timeout_millis": int(milliseconds(timeout, 30_000))}
+            # whole milliseconds, at least 1: the SDK refuses 0 (and 0.5 would become 0)
+            "schedule_delay_millis": max(1, int(milliseconds(delay, default_delay))),
+            "export_timeout_millis": max(1, int(milliseconds(timeout, 30_000)))}
 
 
 def span_processor_options() -> ProcessorOptions:

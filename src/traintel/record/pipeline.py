@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import trace
 
+from traintel.forks import reset_in_child
 from traintel.redact import Redactor
 from traintel.record.format import EventDict, Level
 from traintel.record.queue import Line, RecordQueue
@@ -168,6 +169,13 @@ class Pipeline(logging.Handler):
         self.processors = list(processors)
         self.file = file
         self.sinks: list[Sink] = [file, *sinks]
+        reset_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child nothing reaches the record, OTLP or the console: the run and its
+        writer are the parent's."""
+        self.file = lambda line, record: None
+        self.sinks = [self.file]
 
     @classmethod
     def for_run(cls, queue: RecordQueue, redactor: Redactor, identity: Mapping[str, object],
