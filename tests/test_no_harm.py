@@ -210,6 +210,10 @@ def test_any_processor_setting_gives_settings_the_sdk_takes(value):
 
 # -- 3. the user's exception is theirs, whatever its __str__ does ----------------------------
 class Unprintable(Exception):
+    @property
+    def args(self) -> tuple[object, ...]:  # type: ignore[override]
+        raise RuntimeError("args is broken")
+
     def __str__(self) -> str:
         raise RuntimeError("__str__ is broken")
 
@@ -232,7 +236,7 @@ def test_an_exception_whose_str_raises_propagates_unchanged(quiet_run, recorded)
     assert end["status"] == "failed"
     (error,) = recorded(run.dir).of("error")
     assert error["exc_type"] == "Unprintable" and "str() raised RuntimeError" in error["message"]
-    record("an exception whose __str__ and __repr__ raise, escaping `with traintel.init()` (and "
+    record("an exception whose __str__, __repr__ and args raise, escaping `with traintel.init()` (and "
            "uncaught, through the excepthook)", "the user's exception propagates unchanged; "
            "the run ends failed with run_end and summary.json",
            "the same exception object reached the caller; status failed, run_end and "
