@@ -42,12 +42,17 @@ def test_settings_are_refused_with_the_range_and_the_fix(tmp_path, options, mess
     assert not list(tmp_path.iterdir())  # nothing was written for a refused run
 
 
-def test_a_launcher_run_id_that_is_a_path_is_refused(tmp_path, monkeypatch, quiet):
+def test_a_launcher_run_id_that_is_a_path_is_refused(tmp_path, monkeypatch, quiet, caplog):
+    """Refused as a directory name, and (settings from the environment never stop a run) the
+    process records under a new id of its own, with a warning naming the variables."""
     monkeypatch.setenv("TRAINTEL_RUN_ID", "../../outside")
-    with pytest.raises(ValueError, match="the launcher's run id .* '../../outside' is not a "
-                                         "valid run id"):
-        traintel.init(project="p", dir=str(tmp_path / "runs"), **quiet)
+    with traintel.init(project="p", dir=str(tmp_path / "runs"), **quiet) as run:
+        run.log(loss=1.0)
     assert not (tmp_path / "outside").exists()
+    assert run.dir.parent == tmp_path / "runs" and run.id != "../../outside"
+    assert run.summary["steps"] == 1
+    assert any("the launcher's run id" in r.getMessage() and "'../../outside' is not a valid "
+               "run id" in r.getMessage() and run.id in r.getMessage() for r in caplog.records)
 
 
 def test_a_circular_config_is_recorded_with_the_cycle_named(tmp_path, quiet_run):
