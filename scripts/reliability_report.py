@@ -41,6 +41,8 @@ STATIC = """
 | each planted case of a shared run directory as a second user (uid 65534) plants it: links, FIFOs, /dev/zero, directories where files belong, files and directories of another user | tests/test_shared_dirs.py |
 | secrets the redactor learns (PGPASSWORD, SSHPASS, KAGGLE_KEY, a config key `pw`, OTLP header values, a token in prose) and URL credentials in `grafana push` and every CLI error; one surrogate-escaped tag against both /metrics expositions; the chart's sidecar on loopback | tests/test_leaks.py |
 | the small misuses: timer/span exits without enter, `error(context=[...])`, `log(commit="no")`, `track(None)`, a span attribute whose `__str__` raises, port and host variables out of range, a full disk at init (16 KiB tmpfs), `stack init` over links and into a DIR with a space or `%` | tests/test_small_ones.py |
+| a Trainer logging 300 per-layer names (beyond the 256-name budget), with checkpoints: it trains to the end, the names beyond refused once each and counted | tests/integrations/test_huggingface.py::test_300_per_layer_names_never_stop_a_trainer_run |
+| bad `TRAINTEL_*` values (a port of 70000, `80a`, a negative interval, an unknown mode): the default, one warning naming the variable | tests/test_settings.py::test_a_bad_environment_value_is_its_default_with_a_warning_naming_it |
 """
 
 

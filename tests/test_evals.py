@@ -47,7 +47,7 @@ def test_unknown_metrics_get_no_best_and_one_line_asking_for_goals(quiet_run):
 
 
 def test_goals_from_init_and_from_log_eval(quiet_run):
-    with quiet_run(goals={"score": "max"}) as run:
+    with quiet_run(goals={"score": "max"}, strict=True) as run:
         run.log(step=10, loss=1.0)
         assert run.log_eval(score=1.0, val_time=5.0, goals={"val_time": "min"}) == {
             "score": True, "val_time": True}

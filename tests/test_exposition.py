@@ -51,6 +51,7 @@ def everything(tmp_path_factory, quiet):
     for _ in run.track(range(5)):
         run.log(loss=0.5, lr=0.1, grad_norm=1.0, samples=8, tokens=64, accuracy=0.9)
     run.log(loss=float("nan"))
+    run.log(loss=0.5, samples=-8)  # refused, counted (traintel_refused_total), not raised
     run.log_eval(val_loss=0.25)
     run.event("checkpoint", path="ckpt")
     run.error(ValueError("corrupt sample"), operation="data_loading")
@@ -146,7 +147,7 @@ def test_a_user_histogram_keeps_its_own_buckets_on_both_paths(quiet_run):
 
 
 def test_histogram_buckets_are_checked_at_the_door(quiet_run):
-    with quiet_run(otlp=False) as run:
+    with quiet_run(otlp=False, strict=True) as run:
         run.histogram("ok", buckets=(1, 2.5))
         with pytest.raises(ValueError, match="already has buckets"):
             run.histogram("ok", buckets=[1, 3])

@@ -96,7 +96,7 @@ def test_atexit_finishes_a_run_left_open(tmp_path):
 
 
 def test_log_accepts_python_numpy_and_torch_scalars(quiet_run, recorded):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         run.log(loss=torch.tensor(0.25), lr=np.float32(0.5), grad_norm=np.float64(2.0),
                 samples=np.int64(8), flag=True)
         with pytest.raises(ValueError, match="'loss' is a tensor/array of shape"):
@@ -124,7 +124,7 @@ def test_nonfinite_loss_is_counted_flagged_and_kept_out_of_averages(quiet_run, r
     assert loss["final"] == "inf" and loss["last_finite"] == 3.0
 
 
-def test_nonfinite_counts_are_flagged_not_counted(quiet_run, recorded):
+def test_nonfinite_counts_are_refused_not_counted(quiet_run, recorded):
     with quiet_run() as run:
         run.log(loss=1.0, samples=32, tokens=100)
         run.log(loss=1.0, samples=float("nan"), tokens=float("inf"))
@@ -132,7 +132,8 @@ def test_nonfinite_counts_are_flagged_not_counted(quiet_run, recorded):
     assert run.state.samples == run.summary["samples"] == 64
     assert run.state.tokens == run.summary["tokens"] == 200
     steps = recorded(run.dir).of("step")
-    assert steps[1]["metrics"]["samples"] == "nan" and steps[1]["metrics"]["tokens"] == "inf"
+    assert steps[1]["metrics"] == {"loss": 1.0}  # no count: left out of the step, and said
+    assert run.summary["refused"] == {"count": 2}
 
 
 def test_track_splits_data_wait_from_compute(quiet_run, recorded):
@@ -215,7 +216,7 @@ def test_custom_instruments_summarised_with_percentiles(quiet_run, recorded):
 
 
 def test_instrument_input_is_validated(quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         with pytest.raises(ValueError, match="counters only go up"):
             run.counter("c").inc(-1)
         with pytest.raises(TypeError, match="must be a number"):
@@ -270,7 +271,7 @@ def test_total_steps_learned_from_loader_length(quiet_run):
 
 
 def test_metric_name_cardinality_is_bounded(quiet_run):
-    with quiet_run(max_metric_names=5) as run:
+    with quiet_run(max_metric_names=5, strict=True) as run:
         for i in range(5):
             run.log(**{f"m{i}": 1.0})
         with pytest.raises(ValueError, match="'m5' would be name number 6 of this run; the limit "
@@ -285,13 +286,13 @@ def test_metric_name_cardinality_is_bounded(quiet_run):
 
 
 def test_log_needs_a_metric(quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         with pytest.raises(ValueError, match="needs at least one metric"):
             run.log()
 
 
 def test_explicit_steps_outside_track(quiet_run, recorded):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         run.log(step=10, loss=1.0)
         run.log(loss=2.0)
         with pytest.raises(ValueError, match="step must be a non-negative integer"):
@@ -313,7 +314,7 @@ def test_component_loggers_reach_the_record_with_trace_ids(quiet_run, recorded):
 
 
 def test_events_carry_their_name_and_fields(quiet_run, recorded):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         run.event("early_stopping", patience=5, metric_name="val_loss")
         with pytest.raises(ValueError, match="level must be"):
             run.event("x", level="loud")

@@ -24,7 +24,7 @@ def steps_of(run) -> list[dict]:
 
 
 def test_a_dict_and_keywords_and_slashes_in_names(quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         run.log({"train/loss": 0.5, "eval.top1": 0.25}, lr=0.1)
         with pytest.raises(TypeError, match=r"first argument is a dict of metrics, e\.g\. "
                                             r"run\.log\(\{'loss': 0\.5\}, step=10\).*pass the "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from traintel.core import env as _env
 from traintel.integrations import registration as _registration
 from traintel.version import __version__
 
@@ -37,6 +38,7 @@ def init(project: str | None = None, name: str | None = None, config: ConfigInpu
     """Start a run. Every option, its default and its environment variable:
     ``docs/configuration.md`` (from ``traintel.run.settings.Settings``); unknown options are refused
     with the closest valid name. ``OTEL_*`` variables configure export."""
+    _env.keep_sdk_importable()  # the environment may have changed since `import traintel`
     from traintel.run.facade import Run
     from traintel.run.settings import settings_from
 
@@ -58,6 +60,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'traintel' has no attribute {name!r}")
 
 
+#: before anything imports the OpenTelemetry SDK: a bad value it reads at import never stops a run
+_env.keep_sdk_importable()
 #: TrainingArguments(report_to="traintel") works in any process that imported traintel
 _registration.install()
 

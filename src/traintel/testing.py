@@ -68,20 +68,22 @@ class Telemetry:
 
 @contextmanager
 def capture() -> Iterator[Telemetry]:
-    """Runs created inside send metrics, spans and logs to memory instead of OTLP.
+    """Runs created inside send metrics, spans and logs to memory instead of OTLP, and are
+    strict (``traintel.init(strict=True)``): what a run would refuse with a warning raises.
 
     Metrics are snapshotted when a run finishes (and whenever ``Telemetry.collect`` is called),
     through the same export path as OTLP, histograms included.
     """
     telemetry = Telemetry()
-    previous = run_module.sinks_override
+    previous, was_strict = run_module.sinks_override, run_module.strict_override
+    run_module.strict_override = True  # a user's test fails on what a run would only refuse
     run_module.sinks_override = Sinks(
         metric_exporter=_Snapshots(telemetry), metric_interval_ms=math.inf,  # on demand only
         span_exporter=telemetry.spans, log_exporter=telemetry.logs)
     try:
         yield telemetry
     finally:
-        run_module.sinks_override = previous
+        run_module.sinks_override, run_module.strict_override = previous, was_strict
 
 
 class _Snapshots(MetricExporter):

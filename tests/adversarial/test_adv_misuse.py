@@ -42,12 +42,17 @@ def test_settings_are_refused_with_the_range_and_the_fix(tmp_path, options, mess
     assert not list(tmp_path.iterdir())  # nothing was written for a refused run
 
 
-def test_a_launcher_run_id_that_is_a_path_is_refused(tmp_path, monkeypatch, quiet):
+def test_a_launcher_run_id_that_is_a_path_is_refused(tmp_path, monkeypatch, quiet, caplog):
+    """Refused as a directory name, and (settings from the environment never stop a run) the
+    process records under a new id of its own, with a warning naming the variables."""
     monkeypatch.setenv("TRAINTEL_RUN_ID", "../../outside")
-    with pytest.raises(ValueError, match="the launcher's run id .* '../../outside' is not a "
-                                         "valid run id"):
-        traintel.init(project="p", dir=str(tmp_path / "runs"), **quiet)
+    with traintel.init(project="p", dir=str(tmp_path / "runs"), **quiet) as run:
+        run.log(loss=1.0)
     assert not (tmp_path / "outside").exists()
+    assert run.dir.parent == tmp_path / "runs" and run.id != "../../outside"
+    assert run.summary["steps"] == 1
+    assert any("the launcher's run id" in r.getMessage() and "'../../outside' is not a valid "
+               "run id" in r.getMessage() and run.id in r.getMessage() for r in caplog.records)
 
 
 def test_a_circular_config_is_recorded_with_the_cycle_named(tmp_path, quiet_run):
@@ -68,7 +73,7 @@ def test_a_circular_config_is_recorded_with_the_cycle_named(tmp_path, quiet_run)
 
 
 def test_step_and_epoch_arguments_are_checked(tmp_path, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         with pytest.raises(TypeError, match=r"run.begin_epoch: epoch must be a non-negative "
                                             r"integer \(int, NumPy integer or 0-d integer "
                                             r"tensor\), got NoneType None"):
@@ -89,7 +94,7 @@ def test_step_and_epoch_arguments_are_checked(tmp_path, quiet_run):
 
 
 def test_a_meta_device_tensor_is_refused_naming_the_key(tmp_path, recorded, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         with pytest.raises(TypeError, match="run.log: 'loss' could not be read as a number "
                                             r"\((NotImplementedError|RuntimeError)"):
             run.log(loss=torch.tensor(1.0, device="meta"))
@@ -98,7 +103,7 @@ def test_a_meta_device_tensor_is_refused_naming_the_key(tmp_path, recorded, quie
 
 
 def test_five_thousand_character_names_are_refused_briefly(tmp_path, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         for call in (lambda n: run.log(**{n: 1.0}), lambda n: run.event(n),
                      lambda n: run.span(n), lambda n: run.counter(n),
                      lambda n: run.log_eval(**{n: 1.0})):
@@ -109,7 +114,7 @@ def test_five_thousand_character_names_are_refused_briefly(tmp_path, quiet_run):
 
 
 def test_instruments_take_numpy_and_torch_numbers_as_run_log_does(tmp_path, quiet_run):
-    with quiet_run() as run:
+    with quiet_run(strict=True) as run:
         run.counter("skipped").inc(np.float32(1))
         run.counter("skipped").inc(torch.tensor(2))
         run.gauge("queue").set(np.int64(7))

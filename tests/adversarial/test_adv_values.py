@@ -61,7 +61,7 @@ keys = st.sampled_from(["loss", "lr", "grad_norm", "samples", "tokens", "acc", "
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, quiet, recorded):
     run = traintel.init(project="adversarial", dir=str(tmp_path_factory.mktemp("values")),
-                        **{**quiet, "max_metric_names": 100_000}, http_port=0)
+                        **{**quiet, "max_metric_names": 100_000}, http_port=0, strict=True)
     yield run
     run.finish()
     assert run.summary["record"]["dropped"] == 0
@@ -176,7 +176,7 @@ def test_the_names_of_every_api_share_one_budget(tmp_path, quiet):
     """3,000 distinct names through log_eval, span, event and error used to pass, 72,784 series on
     /metrics; now the first 50 of them across every API are admitted and the rest refused."""
     with traintel.init(project="budget", dir=str(tmp_path), **quiet, max_metric_names=50,
-                       http_port=0) as run:
+                       http_port=0, strict=True) as run:
         admitted = refused = 0
         for i in range(3000):
             api = ("log_eval", "span", "event", "counter")[i % 4]
@@ -246,7 +246,8 @@ def test_integers_beyond_int64_are_exported_as_floats(tmp_path, value, expected,
 def test_a_number_beyond_float64_is_refused_naming_the_key_and_loses_nothing(tmp_path, quiet, recorded):
     """run.log(loss=10**400) used to throw away the writer's whole batch (run_start and config
     included), break every /metrics scrape and OTLP export, and make finish() raise."""
-    with traintel.init(project="huge", dir=str(tmp_path), **quiet, http_port=0) as run:
+    with traintel.init(project="huge", dir=str(tmp_path), **quiet, http_port=0,
+                       strict=True) as run:
         run.log(loss=1.0)
         with pytest.raises(ValueError, match="'loss' is an integer of 1329 bits, beyond float64"):
             run.log(loss=10**400)

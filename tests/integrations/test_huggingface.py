@@ -168,3 +168,38 @@ def test_report_to_joins_the_users_run(tmp_path: Path, quiet) -> None:
     assert framework["fields"]["config"]["training_args"]["logging_steps"] == 5
     assert run.summary["steps"] == 20
     assert set(run.summary["eval"]) == {"eval_loss", "test_accuracy"}
+
+
+def test_300_per_layer_names_never_stop_a_trainer_run(tmp_path: Path, quiet) -> None:
+    """Issue 28, finding 1: a model logging more names than the run's budget (per-layer norms)
+    crashed the training (`'layer256/grad_norm' would be name number 257`), and the checkpoint
+    event raised once the budget was full. Now the names beyond it are refused, each said once
+    and counted, and the training and its record go on."""
+    from transformers import Trainer
+
+    from traintel.integrations.huggingface import TraintelCallback
+
+    class PerLayerNorms(Trainer):  # as a user adds per-layer figures to the Trainer's logs
+        def log(self, logs: dict[str, float], *args: object, **kwargs: object) -> None:
+            if "loss" in logs:
+                logs.update({f"layer{i}/grad_norm": float(i) for i in range(300)})
+            super().log(logs, *args, **kwargs)
+
+    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **quiet)
+    base = hf_trainer(tmp_path, [callback])
+    trainer = PerLayerNorms(model=base.model, args=base.args, train_dataset=base.train_dataset,
+                            eval_dataset=base.eval_dataset, callbacks=[callback])
+    trainer.train()
+    run = callback.run
+    callback.finish()
+    lines, summary = read_lines(run.dir), json.loads((run.dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 20
+    logged = [s["metrics"] for s in lines.of("step") if "loss" in s["metrics"]]
+    assert len(logged) == 4 and all("layer0/grad_norm" in m for m in logged)
+    assert all("layer299/grad_norm" not in m for m in logged)
+    assert [e["step"] for e in lines.of("event", "checkpoint")] == [10, 20]
+    refused = [line["message"] for line in lines.of("log")
+               if "would be name number" in line["message"]]
+    assert len(refused) == len(set(refused)) and any("'layer299/grad_norm'" in m
+                                                     for m in refused)
+    assert summary["refused"]["name_budget"] > 0

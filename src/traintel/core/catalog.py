@@ -304,6 +304,10 @@ METRICS: tuple[Metric, ...] = (
     _m("traintel_record_dropped_total", "counter", "",
        "Record lines that could not be written (disk full, unwritable or deleted directory).",
        (), "telemetry"),
+    _m("traintel_refused_total", "counter", "",
+       "Inputs a run refused and went on without (a value that is no number, a name beyond the "
+       "rules or the budget, a negative count, an unprintable field), by reason.",
+       ("reason",), "telemetry"),
     _m("traintel_export_failures_total", "counter", "",
        "OTLP exports that failed (refused, no answer, throttled by Retry-After, rejected).",
        ("signal",), "telemetry"),

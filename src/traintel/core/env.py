@@ -85,6 +85,25 @@ class Variable:
         return (self.get() or "").strip().lower() == "true"
 
 
+def keep_sdk_importable() -> None:
+    """opentelemetry-sdk reads ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` when its trace module is
+    first imported, and a value that is no whole number (``abc``, ``-1``) made that import, and so
+    ``traintel.init``, fail. Settings from the environment never stop a run: such a value is
+    replaced by its default (128) in this process before any import of the SDK, with one warning
+    naming the variable (``import traintel`` calls this)."""
+    name = "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"
+    text = os.environ.get(name)
+    if text is None or text.strip().lower() == "unset" or (text.strip().isdigit()
+                                                          and text.strip().isascii()):
+        return
+    os.environ[name] = "128"
+    import logging
+
+    logging.getLogger("traintel.export").warning(
+        "traintel: %s=%r is refused: it must be a non-negative whole number (or 'unset'); "
+        "using the default (128) and going on", name, text)
+
+
 def variable(name: str) -> Variable:
     """The registered variable ``name`` (a KeyError for one that is not: register it below)."""
     return BY_NAME[name]
@@ -177,6 +196,42 @@ OTEL_BLRP_MAX_EXPORT_BATCH_SIZE = Variable(
 OTEL_BLRP_MAX_QUEUE_SIZE = Variable(
     "OTEL_BLRP_MAX_QUEUE_SIZE", "export",
     "Log records queued for export; set, the SDK's defaults apply to the batch size too.", "2048")
+OTEL_BSP_SCHEDULE_DELAY = Variable(
+    "OTEL_BSP_SCHEDULE_DELAY", "export", "Milliseconds between span exports.", "5000")
+OTEL_BSP_EXPORT_TIMEOUT = Variable(
+    "OTEL_BSP_EXPORT_TIMEOUT", "export", "Milliseconds a span export may take.", "30000")
+OTEL_BLRP_SCHEDULE_DELAY = Variable(
+    "OTEL_BLRP_SCHEDULE_DELAY", "export", "Milliseconds between log record exports.", "1000")
+OTEL_BLRP_EXPORT_TIMEOUT = Variable(
+    "OTEL_BLRP_EXPORT_TIMEOUT", "export", "Milliseconds a log record export may take.", "30000")
+OTEL_METRIC_EXPORT_TIMEOUT = Variable(
+    "OTEL_METRIC_EXPORT_TIMEOUT", "export", "Milliseconds a metric export may take.", "30000")
+OTEL_ATTRIBUTE_COUNT_LIMIT = Variable(
+    "OTEL_ATTRIBUTE_COUNT_LIMIT", "export",
+    "Attributes kept per span, span event, link and log record (the per-kind limits below "
+    "win).", "128")
+OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT = Variable(
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "export",
+    "Characters kept of an attribute's value (`unset`: no limit).", "no limit")
+OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT = Variable(
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "export", "Attributes kept per span.", "128")
+OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT = Variable(
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "export",
+    "Characters kept of a span attribute's value.", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+OTEL_SPAN_EVENT_COUNT_LIMIT = Variable(
+    "OTEL_SPAN_EVENT_COUNT_LIMIT", "export", "Events kept per span.", "128")
+OTEL_SPAN_LINK_COUNT_LIMIT = Variable(
+    "OTEL_SPAN_LINK_COUNT_LIMIT", "export", "Links kept per span.", "128")
+OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT = Variable(
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "export", "Attributes kept per span event.", "128")
+OTEL_LINK_ATTRIBUTE_COUNT_LIMIT = Variable(
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "export", "Attributes kept per span link.", "128")
+OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT = Variable(
+    "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "export", "Attributes kept per log record.",
+    "OTEL_ATTRIBUTE_COUNT_LIMIT")
+OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT = Variable(
+    "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT", "export",
+    "Characters kept of a log record attribute's value.", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
 OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER = Variable(
     "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "export",
     "An entry point giving the OTLP/HTTP exporters an authenticated `requests.Session`; set "

@@ -10,10 +10,16 @@ and keeps the resets in its own table, which an object leaves when it dies: a re
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+#: a run's recording calls, no-ops in a forked child
+RECORDING = ("log", "log_values", "log_eval", "event", "error")
 
 _lock = threading.Lock()
 #: the live objects' resets, in registration order; an entry leaves when its object dies
@@ -50,3 +56,32 @@ def reset_in_child(method: Callable[[], None]) -> None:
 def pending() -> int:
     """How many live objects have a reset registered (for tests)."""
     return len(_resets)
+
+
+def ignore_in_child(run: object, run_id: str) -> None:
+    """In a forked child, ``run``'s recording calls (:data:`RECORDING`, ``track``) become
+    no-ops that say so once: the run is the parent's, and what the child records would never be
+    written (1.2 M calls used to queue 1 M items, 411 MB, silently). ``run.track`` still yields
+    every batch. A child that wants a record calls ``traintel.init()`` for a run of its own."""
+    said: list[bool] = []
+    parent = os.getppid()
+
+    def ignored(*args: object, **kwargs: object) -> None:
+        if not said:
+            said.append(True)
+            logging.getLogger("traintel.run").warning(
+                "traintel: run %s belongs to the parent process (pid %s); calls in this forked "
+                "child (pid %s) are ignored. Call traintel.init() in the child for a run of its "
+                "own", run_id, parent, os.getpid())
+
+    def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
+        ignored()
+        return iter(iterable)
+
+    for name in RECORDING:
+        setattr(run, name, ignored)
+    setattr(run, "track", track)
+
+
+def discard(item: object) -> None:
+    """Where a forked child's record items go: nowhere (the writer is the parent's)."""

@@ -71,7 +71,7 @@ class RunState:
         "last_step_ts", "latest", "user_keys", "eval_latest", "eval_best", "eval_best_step",
         "goals", "events", "errors", "counters", "gauges", "total_steps", "rates", "readings",
         "queue_depth", "dropped", "logged", "export_failures", "export_error", "loss_key",
-        "summary",
+        "summary", "refused",
     )
 
     def __init__(self) -> None:
@@ -123,6 +123,8 @@ class RunState:
         #: failed OTLP exports by signal (metrics, traces, logs), and the last reason
         self.export_failures: dict[str, int] = {}
         self.export_error: str | None = None
+        #: inputs refused by reason (``traintel.core.refusals``): the run went on without them
+        self.refused: dict[str, int] = {}
 
     def progress(self) -> float | None:
         if not self.total_steps:

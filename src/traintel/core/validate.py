@@ -60,12 +60,24 @@ def shown(value: object, limit: int = 60) -> str:
 
 
 # -- names ------------------------------------------------------------------------------------
+class BadName(ValueError):
+    """A name outside :data:`NAME_RULE` (``traintel_refused_total{reason="name"}``)."""
+
+
+class BadNameType(TypeError):
+    """A name that is not a string (``traintel_refused_total{reason="name"}``)."""
+
+
+class NameBudgetFull(ValueError):
+    """A new name beyond the run's ``max_metric_names`` (``reason="name_budget"``)."""
+
+
 def check_name(what: str, name: object) -> str:
     """``name`` if it follows :data:`NAME_RULE`; else a ValueError with the reason and, where one
     exists, the nearest valid name."""
     if not isinstance(name, str):
-        raise TypeError(f"{what}: names are strings ({NAME_RULE}); got {type(name).__name__} "
-                        f"{shown(name)}")
+        raise BadNameType(f"{what}: names are strings ({NAME_RULE}); got "
+                          f"{type(name).__name__} {shown(name)}")
     if NAME_PATTERN.fullmatch(name):
         return name
     if not name:
@@ -80,7 +92,7 @@ def check_name(what: str, name: object) -> str:
     fix = f"; e.g. {suggestion!r}" if suggestion else ""
     # a 5,000-character name is not repeated whole: its start says which one it is
     named = repr(name) if len(name) <= 4 * MAX_NAME_LENGTH else shown(name, 2 * MAX_NAME_LENGTH)
-    raise ValueError(f"{what}: name {named} is refused: {reason}. A name is {NAME_RULE}{fix}")
+    raise BadName(f"{what}: name {named} is refused: {reason}. A name is {NAME_RULE}{fix}")
 
 
 def suggest_name(name: str) -> str | None:
@@ -326,7 +338,7 @@ class NameBudget:
         check_name(what, name)
         if self.used >= self.limit:
             counts = ", ".join(f"{k} {len(v)}" for k, v in sorted(self._names.items()) if v)
-            raise ValueError(
+            raise NameBudgetFull(
                 f"{what}: {name!r} would be name number {self.used + 1} of this run; the "
                 f"limit is {self.limit} names in all ({counts}), because each is a series on "
                 f"every export path. {hint}, or raise traintel.init(max_metric_names=...) if "

@@ -36,6 +36,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from traintel.core import env
+from traintel.export import sdk_settings
 from traintel.version import __version__
 from traintel.core.catalog import BY_NAME, METRICS
 from traintel.core.redact import Redactor
@@ -49,10 +50,8 @@ from traintel.export.readings import WINDOWED, Histograms, Reader, readers, wind
 
 log = logging.getLogger("traintel.export")
 
-#: Spans and log records per export request (the SDK's default is 512). Encoding a batch holds
-#: the interpreter lock from start to end: with a span every step, 512 at a time made a paced loop
-#: late by up to 23 ms, 32 at a time kept it on time (benchmarks/stalls.py).
-EXPORT_BATCH = 32
+#: spans and log records per export request (see ``traintel.export.sdk_settings``)
+EXPORT_BATCH = sdk_settings.EXPORT_BATCH
 
 #: a record line's level as OTLP severity (number, text)
 _SEVERITY: dict[str, tuple[SeverityNumber, str]] = {
@@ -85,8 +84,9 @@ class Sinks:
     def otlp(cls) -> Sinks:
         from traintel.export import selection as chosen
 
-        # the SDK's default of 60 s is too coarse for step curves and stall alerts
-        interval = None if env.OTEL_METRIC_EXPORT_INTERVAL.get() else DEFAULT_INTERVAL_S * 1000
+        # the SDK's default of 60 s is too coarse for step curves and stall alerts; a bad
+        # value is the default, warned (the SDK raised at 0, its thread died at 1e15)
+        interval = sdk_settings.metric_interval_ms()
         # a session of traintel's for each OTLP/HTTP exporter (failure reasons, Retry-After,
         # cut at shutdown), unless the user gives the SDK a credential provider of their own
         sessions = {signal: ExportSession() for signal in chosen.SIGNALS
@@ -108,8 +108,7 @@ DEFAULT_INTERVAL_S = 15.0
 
 def metric_interval_s() -> float:
     """Seconds between metric exports: ``OTEL_METRIC_EXPORT_INTERVAL`` (ms), else 15."""
-    interval = env.OTEL_METRIC_EXPORT_INTERVAL.real()
-    return interval / 1000 if interval and interval > 0 else DEFAULT_INTERVAL_S
+    return sdk_settings.metric_interval_ms() / 1000
 
 
 class HistogramsExporter(MetricExporter):
@@ -532,26 +531,29 @@ class OtlpExport:
                 ExportGate("metrics", health, sinks.sessions.get("metrics")), self.notes)
             metrics = RunMetrics(state, labels, run_info, histograms, resource,
                                  PeriodicExportingMetricReader(
-                                     exporter, export_interval_millis=sinks.metric_interval_ms))
+                                     exporter, export_interval_millis=(
+                                         sinks.metric_interval_ms or sdk_settings.milliseconds(
+                                             env.OTEL_METRIC_EXPORT_INTERVAL, 60_000.0)),
+                                     export_timeout_millis=sdk_settings.metric_timeout_ms()))
             exporter.added = metrics.added
             self.meter_provider = metrics.provider
             self._providers.append(self.meter_provider)
-        self.tracer_provider = RunTracerProvider(resource)  # its at-fork reset is the process's
+        # the SDK's settings checked by traintel: a bad OTEL_* value never stops a run
+        self.tracer_provider = RunTracerProvider(resource, sdk_settings.span_limits())
         if sinks.span_exporter is not None:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(
                 NotedSpanExporter(GatedSpanExporter(sinks.span_exporter, ExportGate(
                     "traces", health, sinks.sessions.get("traces"))), self.notes),
-                max_export_batch_size=_export_batch(
-                env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BSP_MAX_QUEUE_SIZE)))
+                **sdk_settings.span_processor_options()))
         self._providers.append(self.tracer_provider)
         self.tracer = self.tracer_provider.get_tracer("traintel", __version__)
         if sinks.log_exporter is not None:
-            logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+            logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False,
+                                             log_record_limits=sdk_settings.log_limits())
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(
                 NotedLogExporter(GatedLogExporter(sinks.log_exporter, ExportGate(
                     "logs", health, sinks.sessions.get("logs"))), self.notes),
-                max_export_batch_size=_export_batch(
-                env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, env.OTEL_BLRP_MAX_QUEUE_SIZE)))
+                **sdk_settings.log_processor_options()))
             self._providers.append(logger_provider)
             self._logger = logger_provider.get_logger("traintel", __version__)
         reset_in_child(self._after_fork_in_child)
@@ -631,9 +633,3 @@ def _attribute_ok(value: Any) -> bool:
                                                  for v in value))
 
 
-def _export_batch(*settings: env.Variable) -> int | None:
-    """``EXPORT_BATCH``, unless the user set the processor's batch or queue size: then None, and
-    the SDK applies the user's settings and its own checks."""
-    if any(variable.get() for variable in settings):
-        return None
-    return EXPORT_BATCH

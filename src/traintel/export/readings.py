@@ -120,6 +120,7 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_record_dropped_total": _value(lambda s: s.dropped),
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
         "traintel_export_failures_total": _by("signal", lambda s: s.export_failures),
+        "traintel_refused_total": _by("reason", lambda s: s.refused),
     }
     from traintel.core.catalog import METRICS
     for metric in METRICS:

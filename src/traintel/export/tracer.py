@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace import (SpanLimits, SpanProcessor, SynchronousMulti
                                      Tracer, TracerProvider)
 from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
 
+from traintel.export.sdk_settings import span_limits
+
 _lock = threading.Lock()
 _process: TracerProvider | None = None
 
@@ -29,7 +31,8 @@ def process_provider() -> TracerProvider:
     global _process
     with _lock:
         if _process is None:
-            _process = TracerProvider(shutdown_on_exit=False)
+            # span limits as traintel checked them: the SDK's own reading raises on a bad value
+            _process = TracerProvider(shutdown_on_exit=False, span_limits=span_limits())
         return _process
 
 
@@ -37,8 +40,9 @@ class RunTracerProvider(trace.TracerProvider):
     """The tracer provider of one run: ``add_span_processor``, ``force_flush`` and
     ``shutdown`` as the SDK's, for this run's spans only."""
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self, resource: Resource, span_limits: SpanLimits) -> None:
         self.resource = resource
+        self._span_limits = span_limits  # checked by traintel: a bad OTEL_* value never raises
         self._processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
         self._tracers: dict[tuple[str, str], trace.Tracer] = {}
 
@@ -57,7 +61,7 @@ class RunTracerProvider(trace.TracerProvider):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 info = InstrumentationInfo(key[0], key[1], schema_url)
             tracer = Tracer(process.sampler, self.resource, self._processor,
-                            process.id_generator, info, SpanLimits(),
+                            process.id_generator, info, self._span_limits,
                             InstrumentationScope(key[0], key[1], schema_url))
         self._tracers[key] = tracer
         return tracer

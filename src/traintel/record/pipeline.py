@@ -27,6 +27,8 @@ from opentelemetry import trace
 
 from traintel.core.redact import Redactor
 from traintel.record.format import EventDict, Level, LogLine, RecordLine
+from traintel.core.forks import reset_in_child
+from traintel.record.format import EventDict, Level
 from traintel.record.queue import Line, RecordQueue
 from traintel.record.span_lines import Write
 
@@ -180,6 +182,13 @@ class Pipeline(logging.Handler):
         self.processors = list(processors)
         self.file = file
         self.sinks: list[Sink] = [file, *sinks]
+        reset_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child nothing reaches the record, OTLP or the console: the run and its
+        writer are the parent's."""
+        self.file = lambda line, record: None
+        self.sinks = [self.file]
 
     @classmethod
     def for_run(cls, queue: RecordQueue, redactor: Redactor, identity: Mapping[str, object],

@@ -343,6 +343,8 @@ class RunSummary(_UserFigures):
     throughput: Throughput
     step_time: StepTime
     errors: ErrorCounts
+    #: inputs refused by reason (``traintel.core.refusals``), this segment's
+    refused: dict[str, int]
     instruments: dict[str, InstrumentFigures]
     record: RecordHealth
     export: ExportFigures
@@ -574,6 +576,7 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
                       for key, seen in state.nonfinite.items()},
         "eval": evals, "throughput": figures.throughput(), "step_time": figures.step_times(),
         "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type},
+        "refused": dict(state.refused),
         "instruments": dict(instruments),
         "record": {"lines": lines, "dropped": state.dropped},
         "export": export_figures(state),

@@ -70,19 +70,37 @@ class Evaluations:
             metrics: Mapping[str, SupportsFloat]) -> dict[str, bool]:
         """Record eval metrics at ``step`` (default: the current step); ``{name: is_best}``."""
         self.events.check_live("run.log_eval")
+        refuse = self.events.refusals.refuse
         if not metrics:
-            raise ValueError("run.log_eval() needs at least one metric, e.g. val_loss=0.3")
+            refuse("run.log_eval", "()", ValueError(
+                "run.log_eval() needs at least one metric, e.g. val_loss=0.3"), "call",
+                "the call is dropped")
+            return {}
         state = self.state
-        state.goals.update(check_goals("run.log_eval", goals))
-        at = state.step if step is None else check_step("run.log_eval", step)
-        for name in metrics:
-            self.events.budget.admit("run.log_eval", "evals", name, "Log per-item values with "
-                                     "run.histogram()")
+        try:
+            state.goals.update(check_goals("run.log_eval", goals))
+        except (TypeError, ValueError) as error:
+            refuse("run.log_eval", "goals", error, then="goals= is ignored")
+        try:
+            at = state.step if step is None else check_step("run.log_eval", step)
+        except (TypeError, ValueError) as error:
+            refuse("run.log_eval", "step", error, then="the call is dropped")
+            return {}
+        numbers: dict[str, float | int] = {}
+        for name, raw in metrics.items():
+            try:
+                self.events.budget.admit("run.log_eval", "evals", name, "Log per-item values "
+                                         "with run.histogram()")
+                numbers[name] = raw if type(raw) is float else to_number("run.log_eval", name,
+                                                                          raw)
+            except (TypeError, ValueError) as error:
+                refuse("run.log_eval", name, error, then=f"{shown(name)} is left out")
+        if not numbers:
+            return {}
         is_best: dict[str, bool] = {}
         written: dict[str, float | int | str] = {}
         modes: dict[str, Goal | None] = {}
-        for name, raw in metrics.items():
-            value = raw if type(raw) is float else to_number("run.log_eval", name, raw)
+        for name, value in numbers.items():
             goal = modes[name] = self._goal(name)
             state.eval_latest[name] = value
             is_best[name] = False

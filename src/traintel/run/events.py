@@ -8,6 +8,8 @@ from.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 import os
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 
 from traintel.core.errors import NonFiniteLossError, classify, format_traceback, operation_of
 from traintel.run.identity import RunIdentity
+from traintel.core.errors import NonFiniteLossError, classify, exception_text, format_traceback, operation_of
 from traintel.record.files import read_json, write_json
 from traintel.record.format import LEVELS, SEVERITIES, ConfigLine, ConfigReason, EndStatus, ErrorLine, EventLine, InstrumentLine, Level, MilestoneLine, RunEndLine, RunStartLine, RunTelemetry, Severity
 from traintel.record.pipeline import Pipeline
@@ -31,6 +34,8 @@ from traintel.core.state import LOSS_KEYS, NonFinite, RunState, nonfinite_text
 from traintel.core.validate import MAX_NAME_LENGTH, NameBudget, check_choice, check_step, clean_text, shown, to_number
 from traintel.core.state import NonFinite, RunState, nonfinite_text
 from traintel.core.misuse import printable, warn_once
+from traintel.core.refusals import Refusals
+from traintel.core.validate import MAX_NAME_LENGTH, NameBudget, NameBudgetFull, check_choice, check_step, clean_text, shown, to_number
 from traintel.version import __version__
 
 if TYPE_CHECKING:
@@ -50,8 +55,10 @@ MAX_KEPT_ERRORS = 1000
 
 class EventRecorder:
     def __init__(self, state: RunState, pipeline: Pipeline, spans: RunSpans, *, run_id: str,
-                 budget: NameBudget, flush_soon: Callable[[], None]) -> None:
+                 budget: NameBudget, flush_soon: Callable[[], None],
+                 refusals: Refusals | None = None) -> None:
         self.state = state
+        self.refusals = refusals or Refusals(state, strict=True)
         self.pipeline = pipeline
         self.spans = spans
         self.run_id = run_id
@@ -69,32 +76,94 @@ class EventRecorder:
               ) -> None:
         """``run.event``: a user's event, its name in the run's name budget."""
         self.check_live("run.event")
-        levelno = _LEVELNO[check_choice("run.event: level", level, LEVELS)]
-        self.budget.admit("run.event", "events", name, "Put varying parts in fields, not in the "
-                          "name")
-        self.own_event(name, levelno, fields)
+        refuse = self.refusals.refuse
+        try:
+            levelno = _LEVELNO[check_choice("run.event: level", level, LEVELS)]
+        except ValueError as error:
+            refuse("run.event", "level", error, then="the event is recorded at level 'info'")
+            levelno = logging.INFO
+        counted = True
+        try:
+            self.budget.admit("run.event", "events", name, "Put varying parts in fields, not "
+                              "in the name")
+        except NameBudgetFull as error:  # recorded all the same: only its count is a series
+            refuse("run.event", name, error, then="the event is recorded, not counted by name "
+                   "in traintel_events_total")
+            counted = False
+        except (TypeError, ValueError) as error:
+            refuse("run.event", name, error, then="the event is dropped")
+            return
+        self.own_event(name, levelno, fields, counted=counted)
 
     def own_event(self, name: str, levelno: int, fields: dict[str, object] | None,
-                  text: str | None = None) -> None:
+                  text: str | None = None, counted: bool = True) -> None:
         """An event of the user's or of traintel's own (those names are not in the budget); its
-        text for people is ``text``, else ``name key=value ...``."""
+        text for people is ``text``, else ``name key=value ...``. ``counted``: in
+        ``traintel_events_total`` by name."""
         fields = dict(fields or {})
-        step = check_step("run.event", fields.pop("step", self.state.step))
+        step = fields.pop("step", self.state.step)
+        if type(step) is not int or step < 0:
+            try:
+                step = check_step("run.event", step)
+            except (TypeError, ValueError) as error:
+                self.refusals.refuse("run.event", "step", error,
+                                     then="the event is recorded at the current step")
+                step = self.state.step
+        for key, value in fields.items():
+            if type(value) not in _PLAIN:
+                fields[key] = self._printable(name, key, value)
         line: EventLine = {"type": "event", "event": name, "fields": fields, "step": step,
                            "epoch": self.state.epoch}
         # composed when the pipeline reads it, after its Redact processor redacted the fields
-        self.emit(_events_log, levelno, text or _EventText(line), line, event=name)
+        self.emit(_events_log, levelno, text or _EventText(line), line,
+                  event=name if counted else None)
 
+    def _printable(self, event: str, key: str, value: object) -> object:
+        """``value`` if it can be written as text; else a placeholder that names its type,
+        refused and counted (an object whose ``__str__`` raises used to lose its whole event)."""
+        try:
+            str(value)
+            return value
+        except Exception as failed:
+            placeholder = f"<{type(value).__name__}: str() raised {type(failed).__name__}>"
+            self.refusals.refuse("run.event", key, ValueError(
+                f"run.event {event!r}: field {key!r} cannot be written as text (its __str__ "
+                f"raised {type(failed).__name__}); give the field a value that prints"),
+                "field", f"the field is recorded as {placeholder!r}")
+            return placeholder
+
+
+    def ended_by(self, exc: BaseException, status: str | None) -> None:
+        """What an exception that ends the run leaves in the record: a search's early end as an
+        event (``trial_pruned``, ``trial_stopped``), a failure or interruption as an error; never
+        an exception of its own (the user's is on its way)."""
+        with contextlib.suppress(Exception):
+            if status in ("pruned", "stopped"):
+                self.event(f"trial_{status}", "info", {"reason": printable(exc)[:500]})
+            elif status is not None:
+                self.error(exc)
 
     def error(self, exc: BaseException, context: Mapping[str, object] | None = None,
               operation: str | None = None, severity: Severity | None = None
               ) -> ErrorLine | None:
+        refuse = self.refusals.refuse
         if not isinstance(exc, BaseException):
-            raise TypeError(f"run.error expects an exception, got {type(exc).__name__}")
-        if getattr(exc, "_traintel_recorded", None) == self.run_id:
-            return None  # already recorded (re-raised through another span or the with block)
+            refuse("run.error", "exc", TypeError(
+                f"run.error expects an exception, got {type(exc).__name__} {shown(exc)}; pass "
+                "the exception you caught (`except Exception as exc: run.error(exc)`)"),
+                then="nothing is recorded")
+            return None
+        try:
+            if getattr(exc, "_traintel_recorded", None) == self.run_id:
+                return None  # already recorded (re-raised through another span or the block)
+        except Exception:  # an exception class whose attribute lookup fails
+            pass
         if severity is not None:
-            check_choice("run.error: severity", severity, SEVERITIES)
+            try:
+                check_choice("run.error: severity", severity, SEVERITIES)
+            except ValueError as error:
+                refuse("run.error", "severity", error, then="the classification's is used")
+                severity = None
         if operation is not None:
             if not isinstance(operation, str):
                 warn_once(f"error.operation.{type(operation).__name__}",
@@ -103,7 +172,9 @@ class EventRecorder:
             operation = clean_text(printable(operation))[:MAX_NAME_LENGTH]
         else:
             operation = operation_of(exc)
-        kind = classify(exc, operation)
+        # the message cut before any work: classification and redaction read it on this thread
+        message = exception_text(exc)
+        kind = classify(exc, operation, message)
         severity = severity or kind.severity
         if context is not None and not isinstance(context, Mapping):
             warn_once(f"error.context.{type(context).__name__}",
@@ -119,21 +190,21 @@ class EventRecorder:
         line: ErrorLine = {
             "type": "error", "level": "critical" if severity == "critical" else "error",
             "error_type": kind.error_type, "severity": severity, "exc_type": type(exc).__name__,
-            "message": str(exc), "operation": operation, "traceback": format_traceback(exc),
+            "message": message, "operation": operation, "traceback": format_traceback(exc),
             "context": details, "hints": list(kind.hints), "step": state.step,
             "epoch": state.epoch}
         key = (kind.error_type, severity)
         state.errors[key] = state.errors.get(key, 0) + 1
         self.emit(_errors_log, logging.CRITICAL if severity == "critical" else logging.ERROR,
                    f"{kind.error_type} ({severity}) in {operation or 'training'}: "
-                   f"{type(exc).__name__}: {exc}", line)
+                   f"{type(exc).__name__}: {message}", line)
         # after the pipeline: its Redact processor has redacted the message and traceback in place
         self.spans.mark_error(exc, kind.error_type, line["message"], line["traceback"])
         if len(self.errors) < MAX_KEPT_ERRORS:
             self.errors.append(line)
         try:
             exc._traintel_recorded = self.run_id  # type: ignore[attr-defined]  # our marker
-        except AttributeError:
+        except Exception:  # __slots__, a __setattr__ of the user's that refuses
             pass
         if kind.error_type != "interrupted":
             self.flush_soon()
@@ -367,7 +438,8 @@ def ended(what: str, run_id: str) -> str:
 _DECIDED = {"user_handler": "your handler decides what happens (run.stop_requested is set)",
             "ignored": "ignored (SIG_IGN); run.stop_requested is set",
             "loop": "run.stop_requested is set; the loop decides (sigterm='flag')",
-            "traintel": "finishing the run (preempted) and exiting with 143"}
+            "traintel": "finishing the run and exiting (143 after SIGTERM: preempted; 129 after "
+                        "SIGHUP: interrupted)"}
 
 
 class _EventText:
@@ -381,5 +453,18 @@ class _EventText:
         self.line = line
 
     def __str__(self) -> str:
-        detail = " ".join(f"{k}={v}" for k, v in self.line["fields"].items())
+        detail = " ".join(_pair(k, v) for k, v in self.line["fields"].items())
         return f"{self.line['event']} {detail}".strip()
+
+
+#: field values written as they are (anything else is checked for text first)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _pair(key: str, value: object) -> str:
+    """``key=value`` for an event's text; a value whose text fails (nested in a list) by its
+    type, so that the line is never lost to a ``--- Logging error ---``."""
+    try:
+        return f"{key}={value}"
+    except Exception:
+        return f"{key}=<{type(value).__name__}>"

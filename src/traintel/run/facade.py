@@ -25,6 +25,8 @@ from traintel.run.instruments import Counter, Gauge, Histogram, HistogramMaker, 
 from traintel.run.logger import ROOT, LoggerTree, console_handler
 from traintel.run.outlets import Outlets
 from traintel.run.progress import ProgressDisplay
+from traintel.core.forks import ignore_in_child
+from traintel.core.refusals import Refusals
 from traintel.record.format import END_STATUSES, EndStatus, ErrorLine, Goal, Level, Severity
 from traintel.record.job import write_job_summary
 from traintel.record.pipeline import Pipeline
@@ -48,8 +50,10 @@ if TYPE_CHECKING:
     from traintel.export.server import StatusServer
     from traintel.run.watch import Watch
 
-#: set by traintel.testing to capture telemetry in memory instead of exporting it
+#: set by traintel.testing: telemetry captured in memory, not exported; runs raise what they
+#: would refuse (``strict=True``)
 sinks_override: Sinks | None = None
+strict_override = False
 
 
 class Run(StepMethods):
@@ -80,6 +84,7 @@ class Run(StepMethods):
         self.seed = config.seed
         self.redactor = config.redactor  # the one redaction of all this run writes or exports
         self.state = state = RunState()
+        self.refusals = refusals = Refusals(state, settings.strict or strict_override)
         state.total_steps = settings.total_steps
         continuation.restore(state)
         before = continuation.before
@@ -104,29 +109,28 @@ class Run(StepMethods):
         writer.start()
         self.names = NameBudget(settings.max_metric_names)  # of every API that takes a name
         self.spans = spans = RunSpans(self.tracer, {**self.labels, "run_name": self.name},
-                                      writer.queue, self.names, self.redactor)
+                                      writer.queue, self.names, self.redactor, refusals)
         console = console_handler(self.progress.console) if settings.console_logs else None
         self.pipeline = Pipeline.for_run(writer.queue, self.redactor, identity.record_fields,
                                          spans.active, self.otlp, console)
         self._logging = LoggerTree(self.pipeline, settings.log_level, console,
                                    user_logs(settings, self.pipeline, state, self.error))
         self._logging.install()
-        self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id,
-                                     budget=self.names, flush_soon=writer.flush_soon)
+        self._events = EventRecorder(state, self.pipeline, spans, run_id=self.id, budget=self.names,
+                                     flush_soon=writer.flush_soon, refusals=refusals)
         self._evals = Evaluations(state, self._events, settings.goals)
         self.errors: list[ErrorLine] = self._events.errors
         self._steps = StepRecorder(
             state, writer.queue, spans=spans, events=self._events, pipeline=self.pipeline,
             progress=self.progress, flush_soon=writer.flush_soon,
             total_epochs=settings.total_epochs, planned_steps=settings.total_steps,
-            step_span_every=settings.step_span_every, budget=self.names,
-            halt_on_nonfinite=settings.halt_on_nonfinite,
-            milestones_done=before.milestones if before else (),
-            resumed_at=initial_step)
+            step_span_every=settings.step_span_every, budget=self.names, refusals=refusals,
+            halt_on_nonfinite=settings.halt_on_nonfinite, resumed_at=initial_step,
+            milestones_done=before.milestones if before else ())
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less
-        instruments = Instruments(state, writer.queue, self.names, export.histograms.define)
-        self.counter, self.gauge = instruments.counter, instruments.gauge
-        self.histogram, self.timer = instruments.histogram, instruments.timer
+        made = Instruments(state, writer.queue, self.names, export.histograms.define, refusals)
+        self.counter, self.gauge = made.counter, made.gauge
+        self.histogram, self.timer = made.histogram, made.timer
         self.summary = RunSummaryValues(state.summary)
         self.define_metric = self.summary.define  # W&B's define_metric(name, summary="max")
         self._finished = False
@@ -156,7 +160,7 @@ class Run(StepMethods):
 
     @property
     def stop_requested(self) -> bool:
-        """Whether SIGTERM (preemption, a time limit) asked the run to stop: checkpoint, stop."""
+        """Whether SIGTERM (preemption, a time limit) or SIGHUP asked the run to stop."""
         return self._hooks.stop_signal is not None
 
     # -- evaluation, spans, events, errors --------------------------------------------------------
@@ -200,7 +204,8 @@ class Run(StepMethods):
 
     def logger(self, component: str) -> logging.Logger:
         """A logger (``traintel.data``) whose records reach the record, console and Loki."""
-        return logging.getLogger(f"{ROOT}.{self.names.admit('run.logger', 'loggers', component)}")
+        name = self.refusals.admit(self.names, "run.logger", "loggers", component, "other")
+        return logging.getLogger(f"{ROOT}.{name}")
 
     # -- status and debugging ---------------------------------------------------------------------
     def status_dict(self) -> LiveStatus:
@@ -231,7 +236,7 @@ class Run(StepMethods):
     def finish(self, status: EndStatus | None = None) -> None:
         """End the run: summary.json, the record to its last line, the last export (within
         shutdown_timeout). SIGTERM and SIGINT wait until it is done (``hooks``). The status is
-        ``preempted`` after SIGTERM, else ``finished``, unless given."""
+        ``preempted`` after SIGTERM, ``interrupted`` after SIGHUP, else ``finished``."""
         check_choice("run.finish: status", status, (None, *END_STATUSES))
         with self._lock:
             if self._finished:
@@ -239,7 +244,7 @@ class Run(StepMethods):
             self._finished = True
         with self._hooks.deferring():
             try:
-                self._finish(status or ("preempted" if self.stop_requested else "finished"))
+                self._finish(status or self._hooks.end_status())
             finally:  # even when the end went wrong: the record and the process are free
                 self._continuation.release()
                 live.ended(self)
@@ -287,13 +292,11 @@ class Run(StepMethods):
         if self._finished:
             return
         status = end_status(exc, self.stop_requested)  # traintel.run.sweeps
-        if status in ("pruned", "stopped"):  # a search ended the trial: no error
-            self.event(f"trial_{status}", reason=str(exc)[:500] or type(exc).__name__)
-        elif status is not None:
-            self.error(exc)
+        self._events.ended_by(exc, status)
         self.finish(status)
 
     def _forked(self) -> None:
-        """In a forked child: this run belongs to the parent; the child never finishes it."""
+        """In a forked child: the parent's run, never finished nor recorded into here (forks)."""
         self._finished = True
         live.ended(self)
+        ignore_in_child(self, self.id)

@@ -75,6 +75,10 @@ class ProcessHooks:
         if not self._signals or threading.current_thread() is not threading.main_thread():
             return
         handlers: dict[int, SignalHandler | int] = {signal.SIGTERM: self._sigterm}
+        # SIGHUP (the terminal closed, an ssh session dropped) ends the run as SIGTERM does,
+        # with its record and summary; under nohup (SIG_IGN) it stays ignored
+        if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            handlers[signal.SIGHUP] = self._sigterm
         if hasattr(signal, "SIGUSR1"):
             handlers[signal.SIGUSR1] = self._sigusr1
         if hasattr(signal, "SIGXFSZ"):
@@ -101,7 +105,19 @@ class ProcessHooks:
     @property
     def sigterm_decider(self) -> Decider:
         """Who decides what SIGTERM does now."""
-        previous = self._adopted or self._previous_signals.get(signal.SIGTERM)
+        return self._decider(signal.SIGTERM)
+
+    def end_status(self) -> Literal["finished", "preempted", "interrupted"]:
+        """A run's status when nothing else says: ``preempted`` after SIGTERM, ``interrupted``
+        after SIGHUP (the terminal closed), else ``finished``."""
+        if self.stop_signal is None:
+            return "finished"
+        return "preempted" if self.stop_signal == "SIGTERM" else "interrupted"
+
+    def _decider(self, signum: int) -> Decider:
+        """Who decides what ``signum`` (SIGTERM, SIGHUP) does now."""
+        previous = (self._adopted if signum == signal.SIGTERM else None) or \
+            self._previous_signals.get(signum)
         if callable(previous):
             return "user_handler"
         if previous == signal.SIG_IGN:
@@ -172,8 +188,9 @@ class ProcessHooks:
         self._in_sigterm = True
         try:
             self.stop_signal = signal.Signals(signum).name
-            self._on_signal(self.stop_signal, self.sigterm_decider)
-            self._decide(signum, frame, self._adopted or installed_over)
+            self._on_signal(self.stop_signal, self._decider(signum))
+            adopted = self._adopted if signum == signal.SIGTERM else None
+            self._decide(signum, frame, adopted or installed_over)
         finally:
             self._in_sigterm = False
 
@@ -191,7 +208,10 @@ class ProcessHooks:
         """Record the exception, then print it as Python would, redacted: the default hook
         would print secrets from the message or the traceback's source lines. A hook someone
         else installed (IPython, an error reporter) is called as it was."""
-        self._on_uncaught(exc)
+        try:  # recording must never stand between the exception and its traceback
+            self._on_uncaught(exc)
+        except Exception:
+            pass
         if self._removed and sys.excepthook == self._excepthook:
             sys.excepthook = self._previous_excepthook  # kept for this one exception only
         if self._previous_excepthook is not sys.__excepthook__:

@@ -3,6 +3,7 @@ resource attributes every exported series and signal carries."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -50,6 +51,8 @@ class LiveStatus(TypedDict):
     errors: dict[str, int]
     #: record lines that could not be written
     record_dropped: int
+    #: inputs refused by reason (``traintel.core.refusals``)
+    refused: dict[str, int]
     export: ExportFigures
     dir: str
     started: float
@@ -73,9 +76,7 @@ class RunIdentity:
     @classmethod
     def from_settings(cls, settings: Settings) -> RunIdentity:
         world_size = settings.world_size or 1
-        run_id = settings.run_id or check_run_id(
-            "the launcher's run id (TRAINTEL_RUN_ID, TORCHELASTIC_RUN_ID or SLURM_JOB_ID)",
-            agree_run_id(new_run_id(), world_size))
+        run_id = settings.run_id or _launchers_run_id(world_size)
         rank = settings.rank or 0
         base = Path(settings.dir) / run_id
         return cls(id=run_id, project=settings.project, name=settings.name or run_id, rank=rank,
@@ -125,6 +126,22 @@ class RunIdentity:
                               for k, n in list(state.nonfinite.items())},
                 "eval_best": dict(state.eval_best),
                 "errors": {f"{t}/{s}": n for (t, s), n in state.errors.items()},
-                "record_dropped": state.dropped, "export": export_figures(state),
+                "record_dropped": state.dropped, "refused": dict(state.refused),
+                "export": export_figures(state),
                 "dir": str(self.dir), "started": state.start_ts})
         return status
+
+
+def _launchers_run_id(world_size: int) -> str:
+    """The run id the launcher shares (TRAINTEL_RUN_ID, TORCHELASTIC_RUN_ID, SLURM_JOB_ID), else
+    a new one. One that is not a run id (a path: ``../../outside``) never names a directory, and
+    never stops the run either: settings from the environment are refused with a warning naming
+    them, and this process records under a new id of its own."""
+    what = "the launcher's run id (TRAINTEL_RUN_ID, TORCHELASTIC_RUN_ID or SLURM_JOB_ID)"
+    try:
+        return check_run_id(what, agree_run_id(new_run_id(), world_size))
+    except (TypeError, ValueError) as error:
+        run_id = new_run_id()
+        logging.getLogger("traintel.run").warning(
+            "traintel: %s; it is ignored, and this process records as run %s", error, run_id)
+        return run_id

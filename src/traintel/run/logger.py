@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from traintel.core.forks import reset_in_child
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -43,6 +45,8 @@ class LoggerTree:
         root.propagate = False
         if self.user is not None:
             self.user.install()
+        # in a forked child traintel's logs go where the child sends them, not to the record
+        reset_in_child(self.restore)
 
     def restore(self) -> None:
         if self.user is not None:

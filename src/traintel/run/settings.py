@@ -19,6 +19,7 @@ from traintel.core import env
 from traintel.record.format import ExportMode, Goal
 from traintel.core.validate import check_choice, check_label, check_run_id, check_tags, shown
 
+log = logging.getLogger("traintel.run")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -133,6 +134,10 @@ class Settings:
         None, "The name of the training loss among the values `run.log` gets (summary, "
               "progress, `traintel_loss`, non-finite handling); default: the first of `loss`, "
               "`train/loss`, `train_loss`, `training_loss`, `loss/train`, ... a step logs.")
+    strict: bool = _option(
+        False, "Raise what a run refuses (a value that is not a number, a name beyond the rules "
+               "or the budget, ...) instead of warning once and counting it: for your own "
+               "tests. `traintel.testing.capture()` runs are strict.")
     grafana_annotations: bool = _option(
         False, "Mark run events as annotations in the Grafana at GRAFANA_URL (token in "
                "GRAFANA_TOKEN; the `traintel[grafana]` extra), posted off the training thread.",
@@ -170,7 +175,7 @@ class Settings:
         if self.sample_interval != 0:
             _seconds("sample_interval", self.sample_interval, 0.01, 3600.0, "(0 turns sampling off)")
         for key in ("allow_remote_http", "all_gpus", "console_logs", "handle_signals",
-                    "halt_on_nonfinite", "tensorboard", "capture_logs"):
+                    "halt_on_nonfinite", "tensorboard", "capture_logs", "strict"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"traintel.init: {key} must be True or False, got "
                                 f"{shown(getattr(self, key))}")
@@ -276,6 +281,7 @@ class InitOptions(TypedDict, total=False):
     loss: str | None
     capture_logs: bool | None
     log_loggers: list[str] | None
+    strict: bool | None
     grafana_annotations: bool | None
     tensorboard: bool | None
 
@@ -290,8 +296,30 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"traintel.init got an unknown keyword argument {key!r}{hint} "
                             f"Valid arguments: {', '.join(sorted(known))}")
-    merged = _from_environment() | {k: v for k, v in kwargs.items() if v is not None}
-    return Settings(**merged)
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    sources: dict[str, str] = {}
+    chosen = {k: v for k, v in _from_environment(sources).items() if k not in given}
+    if chosen:
+        # settings from the environment never stop a run: each is checked with the arguments
+        # given (whose own errors are the caller's), and a bad one is its default, warned
+        Settings(**given)
+        for key in list(chosen):
+            try:
+                Settings(**given, **{key: chosen[key]})
+            except (TypeError, ValueError) as error:
+                name, value = sources.get(key, key), chosen.pop(key)
+                text = env.BY_NAME[name].get() if name in env.BY_NAME else None
+                # the reason speaks of the variable, not of an argument the user never passed
+                _ignore(name, text or str(value), str(error).replace(key, "the value"))
+    return Settings(**given, **chosen)
+
+
+def _ignore(variable: str, text: str, why: str) -> None:
+    """A bad value of an environment variable: its default applies, with one warning naming
+    the variable (and no ``traintel.init`` argument, which the user never passed)."""
+    why = why.replace("traintel.init: ", "").replace(f"environment variable {variable}=", "")
+    log.warning("traintel: environment variable %s=%r is ignored (%s); using the default",
+                variable, text, why.rstrip("."))
 
 
 #: the options whose variable names one of a few values (any case, as OTel reads enumerations)
@@ -299,45 +327,44 @@ _CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "progress": PROGRESS_MODE
                                         "log_level": _LOG_LEVELS}
 
 
-def _from_environment() -> dict[str, Any]:
+def _from_environment(sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Options from the environment; ``sources`` gets the variable of each. A value that cannot
+    be read is left out (its default applies), with a warning naming the variable."""
     out: dict[str, Any] = {}
+    sources = {} if sources is None else sources
     for option in fields(Settings):
         variable: env.Variable | None = option.metadata.get("env")
         if variable is None or variable.get() is None:
             continue
-        if option.name == "http_port":
-            port = _port(variable)
-            if port is not None:
-                out[option.name] = port
-        elif option.name == "sample_interval":
-            out[option.name] = variable.real()
-        elif option.name in _CHOICES:
-            out[option.name] = variable.choice(_CHOICES[option.name])
-        elif option.name == "grafana_annotations":
-            out[option.name] = variable.is_true()
-        else:
-            out[option.name] = variable.get()
+        sources[option.name] = variable.name
+        try:
+            if option.name == "http_port":
+                out[option.name] = variable.integer()
+            elif option.name == "sample_interval":
+                out[option.name] = variable.real()
+            elif option.name in _CHOICES:
+                out[option.name] = variable.choice(_CHOICES[option.name])
+            elif option.name == "grafana_annotations":
+                out[option.name] = variable.is_true()
+            else:
+                out[option.name] = variable.get()
+        except ValueError as error:
+            _ignore(variable.name, variable.get() or "", str(error))
     out.update(_distributed_environment())
     if "http_port" not in out and "prometheus" in [
             name.strip().lower() for name in (env.OTEL_METRICS_EXPORTER.get() or "").split(",")]:
         # the specification's Prometheus exporter is traintel's own /metrics (the pull path)
-        port = _port(env.OTEL_EXPORTER_PROMETHEUS_PORT)
-        out["http_port"] = 9464 if port is None else port
+        try:
+            out["http_port"] = env.OTEL_EXPORTER_PROMETHEUS_PORT.integer() or 9464
+            sources["http_port"] = env.OTEL_EXPORTER_PROMETHEUS_PORT.name
+        except ValueError as error:
+            _ignore(env.OTEL_EXPORTER_PROMETHEUS_PORT.name,
+                    env.OTEL_EXPORTER_PROMETHEUS_PORT.get() or "", str(error))
+            out["http_port"] = 9464
         host = env.OTEL_EXPORTER_PROMETHEUS_HOST.get() or "localhost"
         out["http_host"] = "127.0.0.1" if host == "localhost" else host
+        sources["http_host"] = env.OTEL_EXPORTER_PROMETHEUS_HOST.name
     return out
-
-
-def _port(variable: env.Variable) -> int | None:
-    """A port from ``variable``; one out of range is the variable's mistake, said naming it (not
-    an ``init`` argument the user never passed), and left out."""
-    port = variable.integer()
-    if port is not None and not 0 <= port <= 65535:
-        logging.getLogger("traintel").warning(
-            "traintel.init: environment variable %s=%s is not a port (0 to 65535; 0: any free "
-            "port); it is ignored", variable.name, port)
-        return None
-    return port
 
 
 #: (rank, local rank, world size) as each launcher publishes them, first match wins

@@ -55,6 +55,11 @@ from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, n
 from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
 from traintel.record.tensors import Deferred, defer, resolve
 from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_NAMES, RunState, nonfinite_text
+from typing import Any, SupportsFloat, TypeVar, cast
+
+from traintel.core.forks import discard, reset_in_child
+from traintel.core.refusals import Refusals
+from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, shown, to_number
 
 T = TypeVar("T")
 
@@ -78,8 +83,10 @@ class StepRecorder:
                  flush_soon: Callable[[], None], total_epochs: int | None,
                  planned_steps: int | None, step_span_every: int, budget: NameBudget,
                  halt_on_nonfinite: bool = False, milestones_done: Iterable[int] = (),
-                 resumed_at: int | None = None) -> None:
+                 resumed_at: int | None = None, refusals: Refusals | None = None) -> None:
         self.state = state
+        #: inputs that cannot be recorded: warned and counted, the run goes on (or raised)
+        self._refusals = refusals or Refusals(state, strict=True)
         self._queue = queue
         self._append = queue.append
         self._spans = spans
@@ -127,6 +134,7 @@ class StepRecorder:
         #: warnings, noticing a replaced signal handler)
         self.periodic: list[Callable[[float], None]] = [events.periodic]
         self._reschedule()
+        reset_in_child(self._after_fork_in_child)
 
     # -- the hot path ----------------------------------------------------------------------
     def log(self, values: Mapping[str, SupportsFloat] | None = None, /, step: int | None = None,
@@ -149,30 +157,47 @@ class StepRecorder:
                       "the step is committed (pass commit=False to keep it open)")
             commit = True
         if values is not None:
-            metrics = _merged(values, metrics)
+            try:
+                metrics = _merged(values, metrics)
+            except TypeError as error:
+                self._refusals.refuse("run.log", "values", error, "call", "the call is dropped")
+                return
         if not metrics:
-            raise ValueError("run.log() needs at least one metric, e.g. run.log(loss=0.5) or "
-                             "run.log({'train/loss': 0.5})")
+            self._refusals.refuse("run.log", "()", ValueError(
+                "run.log() needs at least one metric, e.g. run.log(loss=0.5) or "
+                "run.log({'train/loss': 0.5})"), "call", "the call is dropped")
+            return
         nonfinite = deferred = False
         seen = self._seen_keys
         numbers: dict[str, Any] = metrics
-        for key, value in numbers.items():
-            cls = type(value)
-            if cls is not float and (cls is not int or not INT64_MIN <= value <= INT64_MAX):
-                later = self._defer(key, value) if self._defer is not None else None
-                if later is None:
-                    value = numbers[key] = to_number("run.log", key, value)
-                else:  # an accelerator tensor: read by the writer, no sync (record.tensors)
-                    numbers[key] = later
-                    deferred = True
-                    value = 0.0
-            if value - value != 0:
-                nonfinite = True
-            if key not in seen:
-                self._new_key("run.log", key)
+        try:
+            for key, value in numbers.items():
+                cls = type(value)
+                if cls is not float and (cls is not int or not INT64_MIN <= value <= INT64_MAX):
+                    later = self._defer(key, value) if self._defer is not None else None
+                    if later is None:
+                        value = numbers[key] = to_number("run.log", key, value)
+                    else:  # an accelerator tensor: read by the writer, no sync (record.tensors)
+                        numbers[key] = later
+                        deferred = True
+                        value = 0.0
+                if value - value != 0:
+                    nonfinite = True
+                if key not in seen:
+                    self._new_key("run.log", key)
+        except (TypeError, ValueError):  # a key or value refused: the rest is recorded
+            numbers = metrics = self._sift("run.log", metrics)
+            if not numbers:
+                return
+            nonfinite = any(type(value) is not Deferred and value - value != 0
+                            for value in numbers.values())
         if step is not None:
             if type(step) is not int or not 0 <= step <= INT64_MAX:
-                step = check_step("run.log", step)
+                try:
+                    step = check_step("run.log", step)
+                except (TypeError, ValueError) as error:
+                    self._refusals.refuse("run.log", "step", error, then="the call is dropped")
+                    return
             self._numbered = True
         elif commit and self._numbered is None:
             self._numbered = False
@@ -222,8 +247,12 @@ class StepRecorder:
         else:
             pending.update(metrics)
         if step_s is not None:
-            step_s = _duration(step_s)
-            self.state.compute_total += step_s
+            try:
+                step_s = _duration(step_s)
+                self.state.compute_total += step_s
+            except ValueError as error:
+                self._refusals.refuse("run.log", "step_s", error, then="step_s is ignored")
+                step_s = None
         if commit:
             self._pending = None
             number, self._pending_step = self._pending_step, None
@@ -239,19 +268,25 @@ class StepRecorder:
         written): a ``values`` line at ``step`` (default: the current one) that neither counts
         nor times a step. Names, numbers and non-finite values as in ``run.log``."""
         self._events.check_live("run.log_values")
+        refuse = self._refusals.refuse
         if values is not None:
-            metrics = _merged(values, metrics)
-        if not metrics:
-            raise ValueError("run.log_values() needs at least one value, e.g. "
-                             "run.log_values(train_acc=0.9)")
-        numbers: dict[str, Any] = metrics
-        for key, value in numbers.items():
-            if type(value) is not float and (type(value) is not int
-                                             or not INT64_MIN <= value <= INT64_MAX):
-                numbers[key] = to_number("run.log_values", key, value)
-            if key not in self._seen_keys:
-                self._new_key("run.log_values", key)
-        number = self.state.step if step is None else check_step("run.log_values", step)
+            try:
+                metrics = _merged(values, metrics, "run.log_values")
+            except TypeError as error:
+                refuse("run.log_values", "values", error, "call", "the call is dropped")
+                return
+        numbers: dict[str, Any] = self._sift("run.log_values", metrics)
+        if not numbers:
+            if not metrics:
+                refuse("run.log_values", "()", ValueError(
+                    "run.log_values() needs at least one value, e.g. "
+                    "run.log_values(train_acc=0.9)"), "call", "the call is dropped")
+            return
+        try:
+            number = self.state.step if step is None else check_step("run.log_values", step)
+        except (TypeError, ValueError) as error:
+            refuse("run.log_values", "step", error, then="the call is dropped")
+            return
         self.state.latest.update(numbers)
         halt = any(v - v != 0 for v in numbers.values()) and self._flag_nonfinite(numbers, number)
         self._write_values(number, numbers)
@@ -340,11 +375,17 @@ class StepRecorder:
                 now = state.last_step_ts = now_()
                 if metrics:
                     samples = metrics.get("samples")
-                    if samples is not None and samples.__class__ is not str:  # str: NaN
-                        state.samples += samples
+                    if samples is not None:
+                        if samples >= 0:  # NaN is refused before (_flag_nonfinite)
+                            state.samples += samples
+                        else:
+                            self._refuse_count(metrics, "samples", samples)
                     tokens = metrics.get("tokens")
-                    if tokens is not None and tokens.__class__ is not str:
-                        state.tokens += tokens
+                    if tokens is not None:
+                        if tokens >= 0:
+                            state.tokens += tokens
+                        else:
+                            self._refuse_count(metrics, "tokens", tokens)
                 else:
                     metrics = {}
                 append(new(step_item, (now, step, state.epoch, done - started, wait, metrics)))
@@ -394,6 +435,11 @@ class StepRecorder:
 
         self._append = refuse
         return refuse
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: steps go nowhere, never to the parent's record queue."""
+        self._append = discard
+        self._queue = cast(RecordQueue, _Detached())
 
     def _release(self, held: list[tuple[float, float, float]]) -> None:
         """Batches held back, each a step of its own (the loop does not number its steps)."""
@@ -471,11 +517,17 @@ class StepRecorder:
         state.last_step_ts = now
         if metrics:
             samples = metrics.get("samples")
-            if samples is not None and samples.__class__ is not str:  # str: non-finite
-                state.samples += samples * covers
+            if samples is not None:
+                if samples >= 0:  # NaN is refused before (_flag_nonfinite)
+                    state.samples += samples * covers
+                else:
+                    self._refuse_count(metrics, "samples", samples)
             tokens = metrics.get("tokens")
             if tokens is not None and tokens.__class__ is not str:
-                state.tokens += tokens * covers
+                if tokens >= 0:
+                    state.tokens += tokens * covers
+                else:
+                    self._refuse_count(metrics, "tokens", tokens)
         self._append(_new(Step, (now, step, state.epoch, step_s, data_wait_s, metrics,
                                  uncommitted) if uncommitted else
                           (now, step, state.epoch, step_s, data_wait_s, metrics)))
@@ -538,22 +590,51 @@ class StepRecorder:
 
     def set_total_steps(self, total: int) -> None:
         if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
-            raise ValueError(f"run.set_total_steps: total must be a positive int, got {total!r}")
+            self._refusals.refuse("run.set_total_steps", "total", ValueError(
+                f"run.set_total_steps: total must be a positive int, got {shown(total)}"),
+                then="the planned steps are unchanged")
+            return
         self.state.total_steps = total
         self._reschedule()
 
+    def _sift(self, what: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The values of ``metrics`` that can be recorded, each checked alone; each refused one
+        is left out (warned once, counted; raised when strict). The rare path of ``log``."""
+        kept: dict[str, Any] = {}
+        for key, value in metrics.items():
+            try:
+                if type(value) is not float and type(value) is not Deferred and (
+                        type(value) is not int or not INT64_MIN <= value <= INT64_MAX):
+                    value = to_number(what, key, value)
+                if key not in self._seen_keys:
+                    self._new_key(what, key)
+            except (TypeError, ValueError) as error:
+                self._refusals.refuse(what, key, error, then=f"{shown(key)} is left out")
+                continue
+            kept[key] = value
+        return kept
+
+    def _refuse_count(self, metrics: dict[str, Any], key: str, value: object) -> None:
+        """``samples`` or ``tokens`` that is no count (negative, NaN): left out of the step, so
+        that the counters never go down (an OpenMetrics counter that decreases is invalid)."""
+        del metrics[key]
+        self._refusals.refuse("run.log", key, ValueError(
+            f"run.log: {key!r} = {shown(value)} is refused: {key} is a count per step, a "
+            f"non-negative number; pass len(batch) (or the batch's {key}), not a difference"),
+            "count", f"{key} is left out of the step")
+
     def _new_key(self, what: str, key: str) -> None:
         state = self.state
+        if key not in KNOWN_KEYS:  # a catalog metric of its own is no name of the budget
+            # admitted first: a name the budget refuses is never seen (a retry refuses it too)
+            self._budget.admit(what, "metrics", key, "Log per-item values with run.histogram()")
+            state.user_keys.add(key)
         if state.loss_key is None and key in LOSS_NAMES:
             if what == "run.log":
                 state.loss_key = key  # the first loss name a step logs is the loss
             # else (run.log_values: an epoch figure) it stays unseen: a step may still log it
         else:
             self._seen_keys.add(key)
-        if key in KNOWN_KEYS:
-            return  # a catalog metric of its own: no name of the budget, no user key
-        self._budget.admit(what, "metrics", key, "Log per-item values with run.histogram()")
-        state.user_keys.add(key)
 
     def _flag_nonfinite(self, values: dict[str, Any], step: int | None) -> bool:
         """NaN/Inf values: written as text (JSON has none), counted, flagged with rate-limited
@@ -564,6 +645,9 @@ class StepRecorder:
         halt = False
         for key, value in list(values.items()):
             if type(value) is not Deferred and value - value != 0:
+                if key in COUNTED_KEYS:  # no count: never summed, never a text in its place
+                    self._refuse_count(values, key, value)
+                    continue
                 values[key] = nonfinite_text(value)
                 self._events.nonfinite(key, values[key], step)
                 halt = halt or self._halt and self.state.is_loss(key)
@@ -592,10 +676,15 @@ class StepRecorder:
                 self.end_epoch()
 
     def begin_epoch(self, epoch: int) -> None:
-        number = check_step("run.begin_epoch", epoch, "epoch")
+        try:
+            number = check_step("run.begin_epoch", epoch, "epoch")
+        except (TypeError, ValueError) as error:  # a framework's odd epoch: not a reason to stop
+            self._refusals.refuse("run.begin_epoch", "epoch", error,
+                                  then="the epoch goes on as it was")
+            return
         self.end_epoch()  # a loop that only says where epochs begin: the open one ends here
         self.state.epoch = number
-        self._spans.begin_epoch(epoch)
+        self._spans.begin_epoch(number)
         self._epoch_started = time.perf_counter()
         self._epoch_first_step = self.state.steps_taken
 
@@ -612,12 +701,16 @@ class StepRecorder:
         self._pipeline.write(line)
 
 
-def _merged(values: object, metrics: dict[str, Any]) -> dict[str, Any]:
+class _Detached(list[object]):
+    """The record queue of a forked child's steps: always empty (its length is read)."""
+
+
+def _merged(values: object, metrics: dict[str, Any], what: str = "run.log") -> dict[str, Any]:
     """The dict form and the keywords together (a copy: the caller's dict is left alone)."""
     if not isinstance(values, Mapping):
-        raise TypeError(f"run.log: the first argument is a dict of metrics, e.g. "
-                        f"run.log({{'loss': 0.5}}, step=10); got {type(values).__name__} "
-                        f"{values!r}" + ("; pass the step as step=..."
+        raise TypeError(f"{what}: the first argument is a dict of metrics, e.g. "
+                        f"{what}({{'loss': 0.5}}, step=10); got {type(values).__name__} "
+                        f"{shown(values)}" + ("; pass the step as step=..."
                                          if isinstance(values, int) else ""))
     merged = dict(values)
     merged.update(metrics)

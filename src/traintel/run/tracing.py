@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ContextDecorator
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -24,17 +24,21 @@ from traintel.record.format import EndStatus
 from traintel.record.queue import Call, Observe, RecordQueue
 from traintel.core.redact import Redactor
 from traintel.core.validate import NameBudget
+from traintel.core.forks import discard, reset_in_child
+from traintel.core.refusals import Refusals
 
 #: called with an exception that escaped a user span, and the span's name (the operation)
-OnError = Callable[[Exception, str], object]
+OnError = Callable[[Exception, "str | None"], object]
 
 
 class RunSpans:
     """The run's and the epochs' spans, and what other parts need of them."""
 
     def __init__(self, tracer: trace.Tracer, attributes: dict[str, AttributeValue],
-                 queue: RecordQueue, names: NameBudget, redactor: Redactor) -> None:
+                 queue: RecordQueue, names: NameBudget, redactor: Redactor,
+                 refusals: Refusals | None = None) -> None:
         self.tracer = tracer
+        self._refusals = refusals or Refusals(strict=True)
         self._queue = queue
         self._names = names
         self._redactor = redactor
@@ -42,6 +46,11 @@ class RunSpans:
         self._run_context = trace.set_span_in_context(self.run)
         self.epoch: trace.Span | None = None
         self._epoch_context: Context | None = None
+        reset_in_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: what the spans queue goes nowhere (the writer is the parent's)."""
+        self._queue = cast(RecordQueue, _Discarding())
 
     def parent(self) -> Context:
         """Where spans without a parent of their own go: the current epoch, else the run."""
@@ -63,6 +72,10 @@ class RunSpans:
             self.epoch.end()
         self.epoch = self._epoch_context = None
 
+    def observe(self, item: Observe) -> None:
+        """A span's duration, for the record writer (the operation histogram)."""
+        self._queue.append(item)
+
     def step(self, start: float, end: float, step: int, epoch: int) -> None:
         """A ``train_step`` span from the step's own times, made on the record writer's thread."""
         self._queue.append(Call(self._step_span, (start, end, step, epoch, self.parent())))
@@ -79,10 +92,17 @@ class RunSpans:
         """An exception event and an error status on the caller's span, the epoch's and the
         run's, with traintel's scrubbed text in place of the SDK's raw one."""
         spans = (trace.get_current_span(), self.epoch, self.run)
+        # the SDK's record_exception would format the traceback again with the whole message
+        # (0.6 s per MB) and call str(exc) itself (which may raise): the event it makes, from
+        # the text already cut and redacted
+        kind = type(exc)
+        attributes: dict[str, AttributeValue] = {
+            "exception.type": kind.__name__ if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}",
+            "exception.message": message, "exception.stacktrace": traceback,
+            "exception.escaped": "False", "error_type": error_type}
         for span in {id(s): s for s in spans if s is not None and s.is_recording()}.values():
-            span.record_exception(exc, attributes={
-                "error_type": error_type, "exception.message": message,
-                "exception.stacktrace": traceback})
+            span.add_event("exception", attributes)
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {type(exc).__name__}"))
 
     def finish(self, status: EndStatus, steps: int) -> None:
@@ -96,9 +116,21 @@ class RunSpans:
     def span(self, name: str, attributes: dict[str, AttributeValue], on_error: OnError) -> Span:
         """A user's span: its name is an operation label, admitted by the run's name budget; its
         attributes are exported, redacted."""
-        self._names.admit("run.span", "spans", name, "Put varying parts in attributes")
-        return Span(self, self._queue, name, self._redactor.deep(_attributes(name, attributes)),
-                    on_error)
+        try:
+            self._names.admit("run.span", "spans", name, "Put varying parts in attributes")
+        except (TypeError, ValueError) as error:  # a bad name, or one beyond the budget
+            self._refusals.refuse("run.span", name, error, then="the block runs untimed, its "
+                                  "errors still recorded")
+            return RefusedSpan(self, "refused", {}, on_error)
+        try:
+            kept = self._redactor.deep(_attributes(name, attributes))
+        except Exception as failed:  # an attribute whose text fails
+            self._refusals.refuse("run.span", name, ValueError(
+                f"run.span {name!r}: its attributes cannot be written as text "
+                f"({type(failed).__name__}); pass numbers, strings or booleans"), "field",
+                "the span has no attributes")
+            kept = {}
+        return Span(self, name, kept, on_error)
 
 
 _ATTRIBUTE_TYPES = (str, bool, int, float)
@@ -130,10 +162,9 @@ class Span(ContextDecorator):
     """``with run.span("checkpoint"):`` or ``@run.span("checkpoint")``: a span around the block,
     its duration observed as an operation, an exception recorded as a classified error."""
 
-    def __init__(self, spans: RunSpans, queue: RecordQueue, name: str,
-                 attributes: dict[str, AttributeValue], on_error: OnError) -> None:
-        self._spans = spans
-        self._queue = queue
+    def __init__(self, spans: RunSpans, name: str, attributes: dict[str, AttributeValue],
+                 on_error: OnError) -> None:
+        self._spans = spans  # its queue: the run's (nowhere in a forked child)
         self.name = name
         self.attributes = attributes
         self._on_error = on_error
@@ -160,6 +191,26 @@ class Span(ContextDecorator):
         elapsed = time.perf_counter() - started
         if isinstance(exc, Exception):
             self._on_error(exc, self.name)
-        self._queue.append(Observe("operation", self.name, elapsed))
+        self._spans.observe(Observe("operation", self.name, elapsed))
         manager.__exit__(exc_type, exc, tb)
         return False
+
+
+class RefusedSpan(Span):
+    """What ``run.span`` returns for a name it refused: the block runs as it would, untimed and
+    without a span (its name would be a new series); an exception in it is still recorded."""
+
+    def __enter__(self) -> trace.Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        if isinstance(exc, Exception):
+            self._on_error(exc, None)
+        return False
+
+
+class _Discarding:
+    """A queue that keeps nothing (a forked child's)."""
+
+    append = staticmethod(discard)
