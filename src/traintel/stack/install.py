@@ -182,6 +182,8 @@ def build_prometheus_ui(say: Callable[[str], None] = print, retry: bool = False)
         (shim / "pnpm").chmod(0o755)
         env = {"PATH": f"{shim}:{environment.snapshot().get('PATH', '')}",
                "npm_config_cache": str(cache_dir() / "npm"),
+               # pnpm's package store (~400 MB) inside the build directory, removed with it
+               "npm_config_store_dir": str(tmp / ".pnpm-store"),
                "npm_config_update_notifier": "false"}
         log.write_text("")
         _run(["npx", "-y", PNPM, "install", "--frozen-lockfile"], log, cwd=tmp, env=env)
