@@ -181,8 +181,10 @@ def build_prometheus_ui(say: Callable[[str], None] = print, retry: bool = False)
         shim.mkdir()
         (shim / "pnpm").write_text(f'#!/bin/sh\nexec npx -y {PNPM} "$@"\n')
         (shim / "pnpm").chmod(0o755)
-        env = {"PATH": f"{shim}:{os.environ.get('PATH', '')}",
+        env = {"PATH": f"{shim}:{environment.snapshot().get('PATH', '')}",
                "npm_config_cache": str(cache_dir() / "npm"),
+               # pnpm's package store (~400 MB) inside the build directory, removed with it
+               "npm_config_store_dir": str(tmp / ".pnpm-store"),
                "npm_config_update_notifier": "false"}
         log.write_text("")
         _run(["npx", "-y", PNPM, "install", "--frozen-lockfile"], log, cwd=tmp, env=env)
