@@ -60,7 +60,7 @@ EXPECTED = [
     "float",
     "TypedDict(traintel.record.format.ErrorLine",
     "TypedDict(traintel.identity.LiveStatus",
-    "TypedDict(traintel.record.summary.RunSummary",
+    "traintel.usersummary.RunSummaryValues",
     "traintel.testing.Telemetry",
     "str",
 ]
