@@ -138,12 +138,13 @@ def test_watch(quiet_run):
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with quiet_run() as run:
-        run.watch(model)
+        watched = run.watch(model)
         for _ in run.track(range(2)):
             model(torch.randn(3, 4)).sum().backward()
             optimizer.step()
             optimizer.zero_grad()
             run.log(loss=1.0)
+    watched.remove()  # the global optimizer hook (a finished run's removes itself: issue 34)
     steps = read_lines(run.dir).of("step")
     assert all(s["metrics"]["grad_norm"] > 0 for s in steps)
 

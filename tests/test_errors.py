@@ -292,7 +292,7 @@ def test_sigterm_preempts_a_real_run_in_a_subprocess(tmp_path, recorded):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["steps"] >= 20
-    assert summary["errors"] == {"total": 0, "by_type": {}}  # a preemption is no error
+    assert summary["errors"] == {"total": 0, "by_type": {}, "first": None}  # no error
     lines = recorded(run_dir)
     (line,) = lines.of("event", "signal")
     assert line["level"] == "warning" and line["fields"]["signal"] == "SIGTERM"

@@ -67,3 +67,30 @@ def test_the_documented_job_summary_is_what_is_written() -> None:
     names = {name.split(".")[0] for row in re.findall(r"^\| (.*?) \|", table, re.M)
              for name in re.findall(r"`([^`]+)`", row)}
     assert names == set(get_type_hints(JobSummary))
+
+
+def test_the_first_failing_rank_is_named_root_cause(tmp_path: Path, quiet) -> None:
+    """Issue 29 finding 10: rank 1 raises, then rank 0 fails on the collective it no longer
+    answers; both are failed with one error each, and the job names rank 1 as torchrun's
+    "Root Cause" does, in summary.json and in traintel logs summary."""
+    import traintel
+
+    for rank, error in ((1, ValueError("corrupt sample in shard 7")),
+                        (0, RuntimeError("Connection closed by peer [127.0.0.1]:29500"))):
+        with pytest.raises(type(error)):
+            with traintel.init(project="job", dir=str(tmp_path), run_id="job-2", rank=rank,
+                               world_size=2, **quiet) as run:
+                for step in range(1, 4):
+                    run.log(step=step, loss=1.0)
+                raise error
+    job = json.loads((tmp_path / "job-2" / "summary.json").read_text())
+    assert job["status"] == "failed" and job["errors"] == 2
+    cause = job["root_cause"]
+    assert (cause["rank"], cause["exc_type"], cause["step"]) == (1, "ValueError", 3)
+    shown = summarize(Records(tmp_path / "job-2"))
+    assert shown["root_cause"]["rank"] == 1 and shown["root_cause"]["ts"] == cause["ts"]
+    from click.testing import CliRunner
+
+    from traintel.cli.logs import logs
+    text = CliRunner().invoke(logs, ["summary", str(tmp_path / "job-2")]).output
+    assert "root cause" in text and "rank 1" in text

@@ -85,7 +85,7 @@ def test_summary_json_has_what_the_record_format_documents() -> None:
     segment = {"segment": 1, "start_ts": state.start_ts, "end_ts": state.start_ts + 2,
                "duration_s": 2.0, "status": "failed", "steps": 1, "last_step": 1}
     summary = build_summary(about, state, figures, 12, [], state.start_ts + 2, [segment], 2)
-    assert summary["errors"] == {"total": 4, "by_type": {"oom": 3, "data": 1}}
+    assert summary["errors"] == {"total": 4, "by_type": {"oom": 3, "data": 1}, "first": None}
     assert summary["eval"] == {"val_loss": {"last": 0.4, "best": 0.3, "best_step": 7,
                                             "mode": "min"}}
     assert (summary["epochs"], summary["epoch"], summary["duration_s"], summary["record"]) == (

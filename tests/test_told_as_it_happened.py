@@ -51,3 +51,21 @@ def test_logs_metrics_filter_names_the_kinds_a_run_has(quiet_run):
     assert "No timers recorded" in said and "operation" in said
     shown = CliRunner().invoke(logs, ["metrics", str(run.dir), "--filter", "operations"]).output
     assert "save" in shown
+
+
+def test_an_epoch_cut_by_an_exception_is_not_counted_as_ended(quiet_run):
+    """Issue 29 finding 9: an epoch the run ended inside (an exception) counted as ended."""
+    with pytest.raises(RuntimeError):
+        with quiet_run() as run:
+            for epoch in run.epochs(3):
+                for i in run.track(range(4)):
+                    run.log(loss=1.0)
+                    if epoch == 1 and i == 2:
+                        raise RuntimeError("data shard missing")
+    epochs = read_lines(run.dir).of("epoch")
+    assert [(e["epoch"], e["cut"]) for e in epochs] == [(0, False), (1, True)]
+    assert run.summary["epochs"] == 1
+    shown = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary", "--format",
+                            "json", str(run.dir)], capture_output=True, text=True, check=True)
+    import json
+    assert json.loads(shown.stdout)["epochs"] == 1

@@ -60,7 +60,7 @@ EXPECTED = [
     "float",
     "TypedDict(traintel.record.format.ErrorLine",
     "TypedDict(traintel.run.identity.LiveStatus",
-    "TypedDict(traintel.record.summary.RunSummary",
+    "traintel.run.usersummary.RunSummaryValues",
     "traintel.testing.Telemetry",
     "str",
 ]

@@ -58,3 +58,7 @@ def test_one_log_per_epoch_counts_every_step_and_sorts_the_evaluation(tmp_path, 
     # the run started before the first step: the first line at step 12 stands for 12 steps
     assert (summary["steps"], summary["last_step"], summary["status"]) == (24, 24, "finished")
     assert summary["eval"]["perplexity"]["mode"] == "min"
+    # the loop's epochs, from the "epoch" it logs (issue 29 finding 8: epochs were 0)
+    assert [(e["epoch"], e["steps"], e["cut"]) for e in lines.of("epoch")] == [
+        (0, 12, False), (1, 12, False)]
+    assert (summary["epochs"], summary["epoch"]) == (2, 1)

@@ -203,3 +203,33 @@ def test_300_per_layer_names_never_stop_a_trainer_run(tmp_path: Path, quiet) -> 
     assert len(refused) == len(set(refused)) and any("'layer299/grad_norm'" in m
                                                      for m in refused)
     assert summary["refused"]["name_budget"] > 0
+
+
+def test_early_stopping_is_an_event_and_the_best_models_evaluation_says_its_step(
+        tmp_path: Path, quiet) -> None:
+    """Issue 29 finding 9: a run stopped by EarlyStoppingCallback said nothing of why, and the
+    final evaluate() of the reloaded best model read as the last model's."""
+    from transformers import EarlyStoppingCallback
+
+    from traintel.integrations.huggingface import TraintelCallback
+
+    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **quiet)
+    trainer = hf_trainer(tmp_path, [callback, EarlyStoppingCallback(early_stopping_patience=1,
+                                                                    early_stopping_threshold=10.0)],
+                         max_steps=60, load_best_model_at_end=True,
+                         metric_for_best_model="eval_loss", greater_is_better=False)
+    trainer.train()
+    trainer.evaluate()
+    run = callback.run
+    callback.finish()
+    state = trainer.state
+    assert state.global_step < 60  # stopped early: the threshold makes no eval an improvement
+    lines = read_lines(run.dir)
+    (stopped,) = lines.of("event", "early_stopping")
+    fields = stopped["fields"]
+    assert stopped["step"] == state.global_step and fields["planned_steps"] == 60
+    assert (fields["metric"], fields["patience"]) == ("eval_loss", 1)
+    assert fields["best_metric"] == state.best_metric
+    assert fields["best_step"] == int(state.best_model_checkpoint.rsplit("-", 1)[1]) == 10
+    (tagged,) = lines.of("event", "best_model_evaluated")
+    assert tagged["fields"]["model_step"] == 10 and tagged["step"] == state.global_step == 20

@@ -173,6 +173,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("levels", _counts(s["by_level"]) or "-"),
         ("errors", f"{s['errors']} ({_counts(s['errors_by_type'])})" if s["errors_by_type"]
          else str(s["errors"])),
+        *([("root cause", f"rank {s['root_cause']['rank']}: {s['root_cause']['error_type']} "
+                          f"({s['root_cause']['exc_type']}) at step {s['root_cause']['step']}, "
+                          "the first error of the job")] if s.get("root_cause") else []),
         ("warnings", str(s["warnings"])),
         ("steps", f"{num(s['steps'])}" + (f" (last step {num(s['last_step'])})"
                                           if s["last_step"] is not None else "")

@@ -71,7 +71,7 @@ class RunState:
         "last_step_ts", "latest", "user_keys", "eval_latest", "eval_best", "eval_best_step",
         "goals", "events", "errors", "counters", "gauges", "total_steps", "rates", "readings",
         "queue_depth", "dropped", "logged", "export_failures", "export_error", "loss_key",
-        "summary", "refused",
+        "summary", "refused", "first_error",
     )
 
     def __init__(self) -> None:
@@ -81,6 +81,9 @@ class RunState:
         self.loss_key: str | None = None
         #: the numbers of ``run.summary`` (``traintel_summary_value``)
         self.summary: dict[str, float] = {}
+        #: the run's first error (ts, error_type, exc_type, step): a job's root cause is the
+        #: rank whose first error came first
+        self.first_error: dict[str, Any] | None = None
         self.start_ts = time.time()
         self.epoch = 0
         #: epochs that ended (``run.epochs``, ``run.end_epoch``)

@@ -65,6 +65,8 @@ class TraintelTracker(GeneralTracker, Integration):
         GeneralTracker.__init__(self)
         Integration.__init__(self, project, name, **init_options)
         self._config: dict[str, Any] = {}
+        #: the epoch the loop's reports named last (``accelerator.log({"epoch": e, ...})``)
+        self._epoch: int | None = None
 
     @property
     def tracker(self) -> Run | None:
@@ -87,6 +89,13 @@ class TraintelTracker(GeneralTracker, Integration):
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         run = self.run or self._open({})
         at = step if step is not None else run.state.step + 1
+        epoch = values.get("epoch")
+        if (isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch >= 0
+                and int(epoch) == epoch and int(epoch) != self._epoch):
+            # the loop's epoch (run_*_no_trainer log it once an epoch, others every step): a
+            # new number begins that epoch, which ends the one before (issue 29: epochs were 0)
+            self._epoch = int(epoch)
+            run.begin_epoch(self._epoch)
         report = split(values, train_marks_evals=True)
         if report.steps:
             self.step(at, report.steps, flush=True)

@@ -82,6 +82,7 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
     # -- lifecycle ------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
+        self._trained = False  # until on_train_end: evaluations are of the model as it trains
         resumed = _checkpoint_run_id(state, type(self).__name__) if state.global_step else None
         resumed = resumed or (self.run_id if state.global_step else None)
         options: dict[str, Any] = {"run_id": resumed, "resume": True} if resumed else {}
@@ -111,6 +112,19 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
     def on_train_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:
         self.flush()  # the run stays open: evaluate() and predict() come next
+        self._trained = True
+        run = self.run
+        if (run is not None and state.is_world_process_zero and control.should_training_stop
+                and state.max_steps and state.global_step < state.max_steps):
+            # a callback stopped the training before its planned end (EarlyStoppingCallback):
+            # said, with what it watched and where the best was
+            stopper = (state.stateful_callbacks or {}).get("EarlyStoppingCallback") or {}
+            patience = (stopper.get("args") or {}).get("early_stopping_patience")
+            run.event("early_stopping" if stopper else "training_stopped", level="warning",
+                      step=state.global_step, planned_steps=state.max_steps,
+                      metric=args.metric_for_best_model, best_metric=state.best_metric,
+                      best_step=_checkpoint_step(state.best_model_checkpoint),
+                      patience=patience)
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kwargs: Any) -> None:
@@ -179,6 +193,13 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
         if self.run is None:
             self._open(args, state, model)
         report = split(metrics or {})
+        best = _checkpoint_step(state.best_model_checkpoint)
+        if (getattr(self, "_trained", False) and args.load_best_model_at_end and best is not None
+                and self.run is not None and state.is_world_process_zero):
+            # after train(): the Trainer reloaded the best checkpoint, so these figures are of
+            # the model of step `best`, not of the last step
+            self.run.event("best_model_evaluated", step=state.global_step, model_step=best,
+                           checkpoint=state.best_model_checkpoint)
         self.evaluate(state.global_step, {**report.steps, **report.evals},
                       main_process=state.is_world_process_zero)
         self._last_callback = time.perf_counter()
@@ -195,6 +216,13 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
             run.event("checkpoint", step=state.global_step, duration_s=round(took, 3),
                       path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
         self._last_callback = time.perf_counter()
+
+
+def _checkpoint_step(path: str | None) -> int | None:
+    """The step of a Trainer checkpoint directory (``.../checkpoint-35``), else None."""
+    name = os.path.basename(os.path.normpath(path)) if path else ""
+    number = name.rpartition("-")[2]
+    return int(number) if name.startswith("checkpoint-") and number.isdigit() else None
 
 
 def _checkpoint_run_id(state: TrainerState, name: str) -> str | None:

@@ -161,6 +161,8 @@ class EpochLine(_Stamped):
     step: int
     steps: int
     duration_s: float
+    #: the run ended inside it (an exception, a signal): the epoch did not end
+    cut: bool
 
 
 class EventLine(_Stamped):

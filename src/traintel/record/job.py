@@ -59,6 +59,9 @@ class JobSummary(TypedDict):
     tokens: int
     throughput: Throughput
     errors: int
+    #: the rank whose first error came first, as torchrun's "Root Cause" names it, with that
+    #: error (``ts``, ``error_type``, ``exc_type``, ``step``); None when no rank failed
+    root_cause: dict[str, Any] | None
     by_rank: dict[str, RankFigures]
 
 
@@ -94,7 +97,20 @@ def job_summary(ranks: Mapping[int, Mapping[str, Any]]) -> JobSummary:
             "tokens": sum(f["tokens"] for f in by_rank.values()),
             "throughput": job_throughput({int(r): f["throughput"] for r, f in by_rank.items()}),
             "errors": sum(f["errors"] for f in by_rank.values()),
+            "root_cause": root_cause({rank: (s.get("errors") or {}).get("first")
+                                      for rank, s in ranks.items()}),
             "by_rank": by_rank}
+
+
+def root_cause(first_errors: Mapping[int, object]) -> dict[str, Any] | None:
+    """The rank whose first error came first (the others' often follow from it: a collective
+    that timed out, a peer that went away), with that error; None when none has one."""
+    found = [(first["ts"], rank, first) for rank, first in first_errors.items()
+             if isinstance(first, Mapping) and isinstance(first.get("ts"), (int, float))]
+    if not found:
+        return None
+    _, rank, first = min(found, key=lambda item: (item[0], item[1]))
+    return {"rank": rank, **first}
 
 
 def _throughput(value: object) -> Throughput:

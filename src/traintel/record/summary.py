@@ -266,9 +266,18 @@ class EvalFigures(TypedDict):
     mode: Goal | None
 
 
+class FirstError(TypedDict):
+    ts: float
+    error_type: str
+    exc_type: str
+    step: int | None
+
+
 class ErrorCounts(TypedDict):
     total: int
     by_type: dict[str, int]
+    #: the first error of the run (a job's root cause is its rank whose first came first)
+    first: FirstError | None
 
 
 class RecordHealth(TypedDict):
@@ -391,6 +400,7 @@ class RecordFold:
         #: the last value of every key of step and values lines, as read (``metrics``)
         self._last: dict[str, Any] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        self.first_error: FirstError | None = None
         self.events: dict[str, int] = {}
         self.milestones: set[int] = set()
         self.nonfinite: dict[str, NonFiniteFigures] = {}
@@ -432,6 +442,12 @@ class RecordFold:
         elif kind == "error":
             key = (str(line.get("error_type") or "other"), str(line.get("severity") or "medium"))
             self.errors[key] = self.errors.get(key, 0) + 1
+            ts = line.get("ts")
+            if self.first_error is None and (type(ts) is float or type(ts) is int):
+                step = line.get("step")
+                self.first_error = {"ts": float(ts), "error_type": key[0],
+                                    "exc_type": str(line.get("exc_type")),
+                                    "step": step if type(step) is int else None}
         elif kind == "event" and isinstance(line.get("event"), str):
             name = line["event"]
             self.events[name] = self.events.get(name, 0) + 1
@@ -440,7 +456,7 @@ class RecordFold:
         elif kind == "milestone" and isinstance(line.get("percent"), int):
             self.milestones.add(line["percent"])
         elif kind == "epoch":
-            self.epochs += 1
+            self.epochs += line.get("cut") is not True  # one the run ended inside: no epoch
             if isinstance(line.get("epoch"), int):
                 self.epoch = line["epoch"]
         elif kind == "config" and isinstance(line.get("config"), dict):
@@ -575,7 +591,8 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
                             "last_step": seen.last_step}
                       for key, seen in state.nonfinite.items()},
         "eval": evals, "throughput": figures.throughput(), "step_time": figures.step_times(),
-        "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type},
+        "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type,
+                   "first": state.first_error},  # type: ignore[typeddict-item]
         "refused": dict(state.refused),
         "instruments": dict(instruments),
         "record": {"lines": lines, "dropped": state.dropped},

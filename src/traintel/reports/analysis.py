@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from traintel.record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
 from traintel.record.job import STATUS_ORDER, job_throughput
+from traintel.record.job import job_throughput, root_cause
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rank_directories
 from traintel.record.summary import RecordFold, Segment, StepFigures
@@ -183,6 +184,9 @@ class Summary:
             "errors": self.by_type.get("error", 0),
             "warnings": by_level.get("warning", 0),
             "errors_by_type": self.errors_by_type,
+            # the rank whose first error came first (record.job.root_cause, as summary.json)
+            "root_cause": root_cause({rank: f.first_error for rank, f in self.ranks.items()})
+            if len(self.ranks) > 1 else None,
             "epochs": fold.epochs, "epoch": fold.epoch,
             "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
             "last_step": figures.last_step if figures.steps else None,

@@ -187,14 +187,18 @@ class EventRecorder:
 
             details.update(oom_details(exc) or {})
         state = self.state
+        now = time.time()
         line: ErrorLine = {
-            "type": "error", "level": "critical" if severity == "critical" else "error",
+            "ts": now, "type": "error", "level": "critical" if severity == "critical" else "error",
             "error_type": kind.error_type, "severity": severity, "exc_type": type(exc).__name__,
             "message": message, "operation": operation, "traceback": format_traceback(exc),
             "context": details, "hints": list(kind.hints), "step": state.step,
             "epoch": state.epoch}
         key = (kind.error_type, severity)
         state.errors[key] = state.errors.get(key, 0) + 1
+        if state.first_error is None:
+            state.first_error = {"ts": now, "error_type": kind.error_type,
+                                 "exc_type": type(exc).__name__, "step": state.step}
         self.emit(_errors_log, logging.CRITICAL if severity == "critical" else logging.ERROR,
                    f"{kind.error_type} ({severity}) in {operation or 'training'}: "
                    f"{type(exc).__name__}: {message}", line)

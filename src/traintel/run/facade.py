@@ -257,7 +257,7 @@ class Run(StepMethods):
         self.progress.stop()
         if self.samplers is not None:
             self.samplers.stop()
-        self.end_epoch()
+        self._steps.end_epoch(cut=status != "finished")  # an epoch the run ended inside
         self.spans.finish(status, state.step)
         config = self.config.current
         summary = self._events.run_end(status, self._writer, self.identity.about(

@@ -90,6 +90,7 @@ class Continuation:
         # the last value of each key, as summary.json says it over every segment ("nan" as text)
         state.latest.update({key: float(value) for key, value in before.metrics.items()})
         state.errors.update(before.errors)
+        state.first_error = state.first_error or dict(before.first_error or {}) or None
         state.events.update(before.events)
         if state.loss_key is None:
             state.loss_key = before.figures.loss_key

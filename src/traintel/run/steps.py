@@ -672,8 +672,12 @@ class StepRecorder:
             self.begin_epoch(epoch)
             try:
                 yield epoch
-            finally:
-                self.end_epoch()
+            except GeneratorExit:
+                # left by a break or by an exception, which look alike from here: the epoch
+                # stays open, and what comes next ends it (the next epoch, the end of the run:
+                # cut when the run failed, was interrupted or preempted)
+                return
+            self.end_epoch()
 
     def begin_epoch(self, epoch: int) -> None:
         try:
@@ -688,16 +692,18 @@ class StepRecorder:
         self._epoch_started = time.perf_counter()
         self._epoch_first_step = self.state.steps_taken
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, cut: bool = False) -> None:
+        """The open epoch's end; ``cut``: the run ends inside it (not counted as ended)."""
         if self._spans.epoch is None:
             return
         state = self.state
         steps = state.steps_taken - self._epoch_first_step
-        state.epochs_ended += 1
+        if not cut:
+            state.epochs_ended += 1
         self._spans.end_epoch(steps)
         line: EpochLine = {"ts": time.time(), "type": "epoch", "level": "info",
                            "epoch": state.epoch, "step": state.step, "steps": steps,
-                           "duration_s": time.perf_counter() - self._epoch_started}
+                           "duration_s": time.perf_counter() - self._epoch_started, "cut": cut}
         self._pipeline.write(line)
 
 

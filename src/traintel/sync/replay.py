@@ -93,7 +93,7 @@ class Replay:
             key = (text(line.get("error_type")), text(line.get("severity")))
             self.state.errors[key] = self.state.errors.get(key, 0) + 1
         elif kind == "epoch":
-            self.state.epochs_ended += 1
+            self.state.epochs_ended += line.get("cut") is not True
         elif kind == "run_end":
             status = line.get("status")
             if status not in END_STATUSES:
