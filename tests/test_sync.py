@@ -32,7 +32,7 @@ from traintel.sync.plan import Options, identity_of
 from traintel.sync.replay import NEARLY, NOT_IN_RECORD, REBUILT, Replay
 from traintel.sync.source import LOGGED_TYPES, Record, find_records
 from traintel.sync.target import SyncError, Target
-from traintel.sync.timeline import NUDGE, metric_times
+from traintel.sync.timeline import LAG, NUDGE, metric_times
 from traintel.testing import capture
 
 from conftest import read_lines
@@ -194,22 +194,38 @@ def test_an_offline_segment_gets_the_live_cadence_and_its_last_line():
 def test_points_go_just_after_failed_exports_and_midway_where_the_record_is_silent():
     exports = [(115.0, True), (130.0, False), (145.0, False), (160.5, True)]
     times = metric_times("otlp", 15, 100.0, 160.0, exports)
-    assert times[0] >= 130002 and times[1] >= 145002 and len(times) == 2
-    assert all(t - at * 1000 <= 3 for t, (at, _) in zip(times, exports[1:]))
+    assert times[0] >= 130002 and times[1] >= 145002 and len(times) == 3
+    assert all(t - at * 1000 <= 3 for t, (at, _) in zip(times, exports[1:3]))
+    # the next delivered export holds at least as much once LAG has passed: a point then
+    assert times[2] == (160.5 - LAG) * 1000
     # the last delivered export was before the end: the rest is unknown, filled midway
     assert metric_times("otlp", 15, 100.0, 160.0, [(115.0, True), (130.0, True)]) == [
         137500, 152500, 160000]
     # a record with no notes (older traintel): midway between the live ticks, then the end
     assert metric_times(None, 15, 100.0, 160.0, []) == [107500, 122500, 137500, 152500, 160000]
     # --all: after every export
-    assert len(metric_times("otlp", 15, 100.0, 160.0, exports, resend=True)) == 4
+    assert len(metric_times("otlp", 15, 100.0, 160.0, exports, resend=True)) == 5
+
+
+def test_an_outage_gets_the_live_cadence_though_failing_exports_came_seldom():
+    # 5 s interval; each failed export spent 7 s retrying before the next collection
+    exports = [(105.0, True), (110.0, False), (122.0, False), (134.0, True), (139.0, True)]
+    times = [t / 1000 for t in metric_times("otlp", 5, 100.0, 139.0, exports)]
+    assert times == [110.002, 115.0, 120.0, 122.002, 127.0, 132.0, 134.0 - LAG]
+    live = [at for at, ok in exports if ok]
+    samples = sorted(times + live)
+    assert max(b - a for a, b in zip(samples, samples[1:])) <= 5 + 0.01
+    assert not set(times) & set(live)
+    # points before a delivered export keep LAG away from it (its counts lag the record)
+    assert all(not 0 < at - t < LAG for t in times for at in live)
 
 
 def test_points_are_whole_distinct_milliseconds_never_on_a_live_sample():
     at = 1_800_000_000.123456
     times = metric_times("otlp", 15, at - 20, at, [(at, False)])
-    assert times == [math.ceil((at + NUDGE) * 1000)]
-    assert times[0] > math.floor(at * 1000) + 1
+    # the run's first interval (nothing delivered in it), then just after the failed export
+    assert times == [math.ceil((at - 5) * 1000), math.ceil((at + NUDGE) * 1000)]
+    assert times[1] > math.floor(at * 1000) + 1
     dense = metric_times("offline", 0.0004, 100.0, 100.01, [])
     assert dense == sorted(set(dense))
 

@@ -8,10 +8,16 @@ reset to Prometheus, and ``rate()`` turns it into a spike. Three rules follow.
   a point every ``export_interval_s`` from its start, and one at its last line.
 - A segment that exported live notes every export's outcome (``export`` lines). A point goes
   just after each failed export (:data:`NUDGE`, so never on a live sample's millisecond, which
-  would be a duplicate with another value and make Prometheus refuse the whole write). Its
-  state holds every line up to then, and the next live export, one interval later, holds at
-  least as much: the sequence stays monotonic, while the live export's histograms and counts
-  lag the training thread by up to a record flush (a second).
+  would be a duplicate with another value and make Prometheus refuse the whole write), and the
+  time around a failed export gets the cadence the run would have had: from the export before
+  it to the export after it, a point every ``export_interval_s``. A failing export spends
+  seconds retrying before the next collection, so during an outage the run collects less often
+  than its interval; one point per failed export left most of an outage's windows empty. A
+  point holds every line up to its time, and a live export after it holds at least as much
+  once it is :data:`LAG` later (the live export's histograms and counts lag the training
+  thread by up to a record flush, a second): points stay that far before a delivered export,
+  and one goes exactly there, so no window of the interval's length is left empty and the
+  sequence stays monotonic.
 - Where the record does not say (after the last noted export, or a record written before
   export notes existed) a point goes midway between the live export's ticks, as far as
   possible from any live sample, and one at the segment's last line.
@@ -28,6 +34,10 @@ from collections.abc import Iterable
 #: after a failed export, the sync's point: past the live sample's millisecond, whatever the
 #: float rounding of its time
 NUDGE = 0.002
+#: seconds a sync's point keeps before a delivered live export: the live export's counts and
+#: histograms are fed by the record writer, up to a flush (``flush_interval``, 1 s) and the
+#: writing of it behind
+LAG = 1.25
 #: points of one segment at most (a month at the default 15 s is 173,000; a sync collects about
 #: 1,000 a second): beyond, the cadence widens
 MAX_POINTS = 200_000
@@ -53,12 +63,21 @@ def metric_times(mode: str | None, interval: float, start: float, last: float,
     times: list[float] = []
     anchor = start
     known = sorted((at, ok) for at, ok in exports if math.isfinite(at) and at >= start)
+    before_ok = True  # the export before this one was delivered (or there was none)
     for at, ok in known:
-        if at - anchor > 2.5 * interval:  # exports the record does not note: fill midway
+        if not (ok and before_ok):
+            # around a failed export: the live cadence, from the export before it to the one
+            # after it, and up to LAG before that one when it was delivered
+            end = at - (LAG if ok else NUDGE)
+            grid = _grid(anchor + interval, interval, end)
+            times += grid
+            if ok and end > (grid[-1] if grid else anchor) + NUDGE:
+                times.append(end)
+        elif at - anchor > 2.5 * interval:  # exports the record does not note: fill midway
             times += _grid(anchor + interval / 2, interval, at - interval / 2)
         if resend or not ok:
             times.append(at + NUDGE)
-        anchor = at
+        anchor, before_ok = at, ok
     if not (known and known[-1][0] >= last):  # no export after the last line: unknown
         times += _grid(anchor + interval / 2, interval, last)
         times.append(last)
