@@ -93,6 +93,8 @@ class Run(StepMethods):
             figures=before.figures if before else StepFigures(initial_step=initial_step))
         export = self.export = RunExport.start(state, self.labels, identity.info,
                                                settings.export_mode, writer.note, sinks_override)
+        if continuation.cumulative is not None:  # the step-duration histogram goes on too
+            continuation.cumulative.restore_histograms(export.histograms)
         writer.listeners.append(export.histograms.observe)
         self.registry, self.otlp = export.registry, export.otlp
         self.tracer = self.otlp.tracer if self.otlp else trace.NoOpTracer()

@@ -25,7 +25,7 @@ from traintel.catalog import METRICS, get
 from traintel.export.readings import Histograms
 from traintel.record.format import END_STATUSES, RawLine
 from traintel.record.summary import RecordFold, StepFigures
-from traintel.resume import Continuation
+from traintel.resume import Continuation, Cumulative
 from traintel.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
 
 #: catalog groups whose metrics the record cannot rebuild, and why
@@ -56,12 +56,14 @@ class Replay:
     ``before`` is what the record held before the segment (a resumed run): the state starts
     from it as the resumed process's did (``traintel.resume.Continuation.restore``)."""
 
-    def __init__(self, start: RawLine, before: RecordFold | None = None) -> None:
+    def __init__(self, start: RawLine, before: RecordFold | None = None,
+                 cumulative: Cumulative | None = None) -> None:
         self.state = state = RunState()
         state.start_ts = number(start.get("ts"))
         total = start.get("total_steps")
         state.total_steps = total if isinstance(total, int) and total > 0 else None
-        Continuation(before=before).restore(state)
+        self.histograms = Histograms()
+        Continuation(before=before, cumulative=cumulative).restore(state, self.histograms)
         #: the last step number this segment wrote; the number its first step counts from
         #: (``StepRecorder``'s base: a resumed run's last step, else the loop's ``initial_step``)
         self.last: int | None = None
@@ -70,7 +72,6 @@ class Replay:
             initial if type(initial) is int and initial >= 0 else None)
         if self.base is not None:
             state.step = self.base
-        self.histograms = Histograms()
         #: what the record writer folds for its rates
         self.figures = StepFigures(percentiles=False, initial_step=self.base)
         self.rates = RateWindow()
