@@ -220,6 +220,16 @@ def test_an_outage_gets_the_live_cadence_though_failing_exports_came_seldom():
     assert all(not 0 < at - t < LAG for t in times for at in live)
 
 
+def test_an_export_delivered_late_leaves_an_outage_that_gets_the_live_cadence_too():
+    # the collector died during the export at 110: it retried until the collector was back,
+    # got through (delivered), and the run collected next at 122.5
+    exports = [(105.0, True), (110.0, True), (122.5, True), (127.5, True)]
+    times = [t / 1000 for t in metric_times("otlp", 5, 100.0, 127.5, exports)]
+    assert times == [115.0, 120.0, 122.5 - LAG]
+    assert metric_times("otlp", 5, 100.0, 112.0, [(105.0, True), (112.0, True)]) == [], \
+        "an export a little late (within LATE intervals) is no outage"
+
+
 def test_points_are_whole_distinct_milliseconds_never_on_a_live_sample():
     at = 1_800_000_000.123456
     times = metric_times("otlp", 15, at - 20, at, [(at, False)])

@@ -10,9 +10,11 @@ reset to Prometheus, and ``rate()`` turns it into a spike. Three rules follow.
   just after each failed export (:data:`NUDGE`, so never on a live sample's millisecond, which
   would be a duplicate with another value and make Prometheus refuse the whole write), and the
   time around a failed export gets the cadence the run would have had: from the export before
-  it to the export after it, a point every ``export_interval_s``. A failing export spends
-  seconds retrying before the next collection, so during an outage the run collects less often
-  than its interval; one point per failed export left most of an outage's windows empty. A
+  it to the export after it, a point every ``export_interval_s``; so does the time between two
+  exports further apart than :data:`LATE` intervals (an export that retried until the
+  collector came back, delivered late). A failing export spends seconds retrying before the
+  next collection, so during an outage the run collects less often than its interval; one
+  point per failed export left most of an outage's windows empty. A
   point holds every line up to its time, and a live export after it holds at least as much
   once it is :data:`LAG` later (the live export's histograms and counts lag the training
   thread by up to a record flush, a second): points stay that far before a delivered export,
@@ -20,7 +22,9 @@ reset to Prometheus, and ``rate()`` turns it into a spike. Three rules follow.
   sequence stays monotonic.
 - Where the record does not say (after the last noted export, or a record written before
   export notes existed) a point goes midway between the live export's ticks, as far as
-  possible from any live sample, and one at the segment's last line.
+  possible from any live sample, and one at the segment's last line. (The live reader collects
+  only once its previous export has returned, so between two noted exports there is no live
+  sample the record does not note.)
 
 Times are whole milliseconds (Prometheus's resolution), increasing, and the same on every sync
 of the same record: a repeated sync sends identical samples, which Prometheus ignores.
@@ -38,6 +42,9 @@ NUDGE = 0.002
 #: histograms are fed by the record writer, up to a flush (``flush_interval``, 1 s) and the
 #: writing of it behind
 LAG = 1.25
+#: two noted exports further apart than this many intervals: the first was late (it retried
+#: while the collector was away, then got through), and the time between is an outage too
+LATE = 1.5
 #: points of one segment at most (a month at the default 15 s is 173,000; a sync collects about
 #: 1,000 a second): beyond, the cadence widens
 MAX_POINTS = 200_000
@@ -65,16 +72,15 @@ def metric_times(mode: str | None, interval: float, start: float, last: float,
     known = sorted((at, ok) for at, ok in exports if math.isfinite(at) and at >= start)
     before_ok = True  # the export before this one was delivered (or there was none)
     for at, ok in known:
-        if not (ok and before_ok):
-            # around a failed export: the live cadence, from the export before it to the one
-            # after it, and up to LAG before that one when it was delivered
+        if not (ok and before_ok) or at - anchor > LATE * interval:
+            # around a failed export, or a late one (it retried for seconds before it got
+            # through): the live cadence, from the export before to this one, and up to LAG
+            # before this one when it was delivered
             end = at - (LAG if ok else NUDGE)
             grid = _grid(anchor + interval, interval, end)
             times += grid
             if ok and end > (grid[-1] if grid else anchor) + NUDGE:
                 times.append(end)
-        elif at - anchor > 2.5 * interval:  # exports the record does not note: fill midway
-            times += _grid(anchor + interval / 2, interval, at - interval / 2)
         if resend or not ok:
             times.append(at + NUDGE)
         anchor, before_ok = at, ok
