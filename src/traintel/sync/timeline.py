@@ -19,7 +19,9 @@ reset to Prometheus, and ``rate()`` turns it into a spike. Three rules follow.
   once it is :data:`LAG` later (the live export's histograms and counts lag the training
   thread by up to a record flush, a second): points stay that far before a delivered export,
   and one goes exactly there, so no window of the interval's length is left empty and the
-  sequence stays monotonic.
+  sequence stays monotonic. A collector killed without warning may have lost what it had
+  acknowledged just before (:data:`SUSPECT_S`): the delivered exports in the seconds before a
+  failed one get a point just after them too.
 - Where the record does not say (after the last noted export, or a record written before
   export notes existed) a point goes midway between the live export's ticks, as far as
   possible from any live sample, and one at the segment's last line. (The live reader collects
@@ -45,6 +47,11 @@ LAG = 1.25
 #: two noted exports further apart than this many intervals: the first was late (it retried
 #: while the collector was away, then got through), and the time between is an outage too
 LATE = 1.5
+#: seconds before a failed export in which a delivered one may still have been lost: a
+#: collector killed without warning loses what it acknowledged but had not yet written (the
+#: shipped config batches for 1 s and reads its write-ahead log every 5 s); a point just after
+#: each such export is harmless when it did arrive (a moment later, holding at least as much)
+SUSPECT_S = 10.0
 #: points of one segment at most (a month at the default 15 s is 173,000; a sync collects about
 #: 1,000 a second): beyond, the cadence widens
 MAX_POINTS = 200_000
@@ -71,7 +78,15 @@ def metric_times(mode: str | None, interval: float, start: float, last: float,
     anchor = start
     known = sorted((at, ok) for at, ok in exports if math.isfinite(at) and at >= start)
     before_ok = True  # the export before this one was delivered (or there was none)
-    for at, ok in known:
+    #: delivered exports a collector that vanished right after may have lost (SUSPECT_S)
+    suspects = {a for a, b in zip(known, known[1:]) if a[1] and not b[1]}
+    for index, (at, ok) in enumerate(known):
+        if (at, ok) in suspects and not resend:
+            failed_at = known[index + 1][0]
+            back = index
+            while back >= 0 and known[back][1] and failed_at - known[back][0] <= SUSPECT_S:
+                times.append(known[back][0] + NUDGE)
+                back -= 1
         if not (ok and before_ok) or at - anchor > LATE * interval:
             # around a failed export, or a late one (it retried for seconds before it got
             # through): the live cadence, from the export before to this one, and up to LAG
