@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test typecheck bench generate manifests
+.PHONY: demo test typecheck bench soak generate manifests
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -17,6 +17,12 @@ typecheck:
 ## Side-by-side benchmarks (writes benchmarks/results/*.json).
 bench:
 	@TRAINTEL_EXTRAS=dev,bench scripts/venv.sh python -m benchmarks $(ARGS)
+
+## Soak (not part of `make test`): ranks against the native stack while the collector and
+## Prometheus are killed and a rank is preempted, then the record checked against Prometheus
+## (benchmarks/soak.py; writes benchmarks/results/soak.json). Longer: make soak ARGS="--minutes 30"
+soak:
+	@scripts/venv.sh python -m benchmarks.soak $(ARGS)
 
 ## Regenerate every generated file from its one source (scripts/generate.py lists them: rules,
 ## dashboards, docs/metrics.md, docs/configuration.md, docs/scaling.md's tables); a test fails

@@ -113,14 +113,16 @@ def test_the_private_read_check_finds_reads(tmp_path: Path) -> None:
         "run._writer"]
 
 
-#: the façade's size in statements, not lines: ruff format lays out calls one argument a line, so
-#: a line count measured the formatter (300 lines of the hand-wrapped code were ~208 statements)
+#: the façade's size in statements (bare annotations, which declare, not counted), not lines: ruff
+#: format lays out a call one argument a line, so a line count measured the formatter (300 lines
+#: of the hand-wrapped code were ~208 statements)
 FACADE_STATEMENTS = 210
 
 
 def test_run_stays_a_thin_facade() -> None:
     tree = ast.parse((SRC / "run" / "facade.py").read_text())
-    statements = sum(isinstance(node, ast.stmt) for node in ast.walk(tree))
+    statements = sum(isinstance(node, ast.stmt) and not (
+        isinstance(node, ast.AnnAssign) and node.value is None) for node in ast.walk(tree))
     assert statements <= FACADE_STATEMENTS, \
         f"run/facade.py has {statements} statements: give the new work a part of its own"
 

@@ -32,7 +32,7 @@ from traintel.sync.plan import Options, identity_of
 from traintel.sync.replay import NEARLY, NOT_IN_RECORD, REBUILT, Replay
 from traintel.sync.source import LOGGED_TYPES, Record, find_records
 from traintel.sync.target import SyncError, Target
-from traintel.sync.timeline import NUDGE, metric_times
+from traintel.sync.timeline import LAG, NUDGE, SUSPECT_S, metric_times
 from traintel.testing import capture
 
 from conftest import read_lines
@@ -194,22 +194,59 @@ def test_an_offline_segment_gets_the_live_cadence_and_its_last_line():
 def test_points_go_just_after_failed_exports_and_midway_where_the_record_is_silent():
     exports = [(115.0, True), (130.0, False), (145.0, False), (160.5, True)]
     times = metric_times("otlp", 15, 100.0, 160.0, exports)
-    assert times[0] >= 130002 and times[1] >= 145002 and len(times) == 2
-    assert all(t - at * 1000 <= 3 for t, (at, _) in zip(times, exports[1:]))
+    assert times[0] >= 130002 and times[1] >= 145002 and len(times) == 3
+    assert all(t - at * 1000 <= 3 for t, (at, _) in zip(times, exports[1:3]))
+    # the next delivered export holds at least as much once LAG has passed: a point then
+    assert times[2] == (160.5 - LAG) * 1000
     # the last delivered export was before the end: the rest is unknown, filled midway
     assert metric_times("otlp", 15, 100.0, 160.0, [(115.0, True), (130.0, True)]) == [
         137500, 152500, 160000]
     # a record with no notes (older traintel): midway between the live ticks, then the end
     assert metric_times(None, 15, 100.0, 160.0, []) == [107500, 122500, 137500, 152500, 160000]
     # --all: after every export
-    assert len(metric_times("otlp", 15, 100.0, 160.0, exports, resend=True)) == 4
+    assert len(metric_times("otlp", 15, 100.0, 160.0, exports, resend=True)) == 5
+
+
+def test_an_outage_gets_the_live_cadence_though_failing_exports_came_seldom():
+    # 5 s interval; each failed export spent 7 s retrying before the next collection
+    exports = [(105.0, True), (110.0, False), (122.0, False), (134.0, True), (139.0, True)]
+    times = [t / 1000 for t in metric_times("otlp", 5, 100.0, 139.0, exports)]
+    assert times == [105.002, 110.002, 115.0, 120.0, 122.002, 127.0, 132.0, 134.0 - LAG]
+    live = [at for at, ok in exports if ok]
+    samples = sorted(times + live)
+    assert max(b - a for a, b in zip(samples, samples[1:])) <= 5 + 0.01
+    assert not set(times) & set(live)
+    # points before a delivered export keep LAG away from it (its counts lag the record)
+    assert all(not 0 < at - t < LAG for t in times for at in live)
+
+
+def test_exports_delivered_just_before_a_collector_vanished_get_a_point_after_them():
+    # acknowledged at 100 and 105, then the collector was gone: a collector killed without
+    # warning may have lost them (its batch, its write-ahead log not yet read)
+    exports = [(95.0, True), (100.0, True), (105.0, True), (110.0, False), (115.0, True)]
+    times = metric_times("otlp", 5, 90.0, 115.0, exports)
+    assert times == [math.ceil((at + NUDGE) * 1000) for at in (100, 105, 110)] + [
+        (115 - LAG) * 1000]
+    assert [t for t in metric_times("otlp", 5, 90.0, 115.0, exports, resend=True)
+            if t < 105_000] == [95002, 100002], "--all: after every export, once"
+
+
+def test_an_export_delivered_late_leaves_an_outage_that_gets_the_live_cadence_too():
+    # the collector died during the export at 110: it retried until the collector was back,
+    # got through (delivered), and the run collected next at 122.5
+    exports = [(105.0, True), (110.0, True), (122.5, True), (127.5, True)]
+    times = [t / 1000 for t in metric_times("otlp", 5, 100.0, 127.5, exports)]
+    assert times == [115.0, 120.0, 122.5 - LAG]
+    assert metric_times("otlp", 5, 100.0, 112.0, [(105.0, True), (112.0, True)]) == [], \
+        "an export a little late (within LATE intervals) is no outage"
 
 
 def test_points_are_whole_distinct_milliseconds_never_on_a_live_sample():
     at = 1_800_000_000.123456
     times = metric_times("otlp", 15, at - 20, at, [(at, False)])
-    assert times == [math.ceil((at + NUDGE) * 1000)]
-    assert times[0] > math.floor(at * 1000) + 1
+    # the run's first interval (nothing delivered in it), then just after the failed export
+    assert times == [math.ceil((at - 5) * 1000), math.ceil((at + NUDGE) * 1000)]
+    assert times[1] > math.floor(at * 1000) + 1
     dense = metric_times("offline", 0.0004, 100.0, 100.01, [])
     assert dense == sorted(set(dense))
 
@@ -340,10 +377,14 @@ def test_what_the_live_export_delivered_is_not_sent_again(quiet_run, tmp_path, m
     synced = [s.context.span_id for batch in got["traces"].got for s in batch]
     assert synced and not live_spans & set(synced)
     assert len(live_spans) + len(synced) == len(lines.of("span"))
-    failed = sorted(n["at"] for n in notes if n["signal"] == "metrics" and not n["ok"])
+    metric_notes = sorted((n["at"], n["ok"]) for n in notes if n["signal"] == "metrics")
+    failed = [at for at, ok in metric_notes if not ok]
+    # and the delivered exports just before the collector went away (it may have lost them)
+    suspect = [at for at, ok in metric_notes if ok and any(
+        0 < f - at <= SUSPECT_S for f in failed) and at < min(failed)]
     times = sorted({t for values in sent_points(got["metrics"]).values() for t, _ in values})
-    assert failed and len(times) == len(failed)
-    for at, sent in zip(failed, times):
+    assert failed and suspect and len(times) == len(failed) + len(suspect)
+    for at, sent in zip(sorted(failed + suspect), times):
         assert 0 < sent / 1e9 - at < 0.004, "a point just after each failed export"
 
 

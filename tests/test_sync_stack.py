@@ -27,6 +27,7 @@ import pytest
 
 from conftest import read_lines
 from stack_fixture import eventually, promql
+from traintel.sync.timeline import LAG
 
 pytestmark = pytest.mark.stack
 
@@ -294,6 +295,16 @@ def test_a_run_whose_collector_was_down_for_its_middle_third_has_no_gap(stack, t
     gaps = [b - a for (a, _), (b, _) in zip(steps, steps[1:])]
     notes = sorted(n["at"] for n in exports)
     assert max(gaps) <= max(b - a for a, b in zip(notes, notes[1:])) * 1000 + 10
+    # Every window of the outage has a sample, at the cadence the run would have had: from the
+    # last delivered export before the first failure to the first delivered one after the last
+    # (a failing export retries for seconds, so the run itself collected far less often).
+    outage = (max(n["at"] for n in exports if n["ok"] and n["at"] < min(failed)),
+              min(n["at"] for n in exports if n["ok"] and n["at"] > max(failed)))
+    inside = [ms for ms, _ in steps if outage[0] * 1000 - 100 <= ms <= outage[1] * 1000]
+    window = max(1.0, LAG) * 1000  # the export interval; LAG before a delivered export
+    assert max(b - a for a, b in zip(inside, inside[1:])) <= window + 10
+    assert max(b - a for a, b in zip(failed, failed[1:])) > 1.5, \
+        "failed exports came at the live cadence: the test proves nothing"
     for metric in COUNTERS:
         resets = promql(stack, f'resets({metric}{{run="{run_id}"}}[1d])')
         assert resets and float(resets[0]["value"][1]) == 0, f"{metric} went down"

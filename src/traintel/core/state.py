@@ -226,6 +226,11 @@ class IntervalStats:
 
         return take
 
+    def counted(self) -> dict[str, list[int]]:
+        """A copy of the counts: a resumed segment's state starts from the record's."""
+        with self._lock:
+            return {key: list(count) for key, count in self.counts.items()}
+
     def fold(self, metrics: dict[str, Any]) -> None:
         """One step's run.log values; non-finite ones arrive as text ("nan", "inf")."""
         with self._lock:

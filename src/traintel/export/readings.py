@@ -193,6 +193,15 @@ class Histograms:
             elif value > figures[2]:
                 figures[2] = value
 
+    def carry(self, other: Histograms) -> None:
+        """Start from a copy of ``other``'s series (a resumed segment goes on from the
+        record's: ``traintel.run.resume.Cumulative``)."""
+        with other._lock:
+            series = {key: (bounds, list(counts), list(figures))
+                      for key, (bounds, counts, figures) in other.series.items()}
+        with self._lock:
+            self.series.update(series)
+
     def snapshot(self) -> list[HistogramSeries]:
         with self._lock:
             return [HistogramSeries(metric, label, bounds, list(counts), *figures)

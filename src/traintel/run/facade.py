@@ -99,6 +99,7 @@ class Run(StepMethods):
         state.loss_key = writer.figures.loss_key = settings.loss or writer.figures.loss_key
         export = self.export = RunExport.start(state, self.labels, identity.info,
                                                settings.export_mode, writer.note, sinks_override)
+        continuation.carry(export.histograms)  # the step-duration histogram goes on too
         writer.listeners.append(export.histograms.observe)
         self.registry, self.otlp = export.registry, export.otlp
         self.tracer = self.otlp.tracer if self.otlp else trace.NoOpTracer()

@@ -16,9 +16,12 @@ purpose (launchers reuse ids: a requeued SLURM job has the same one).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from traintel.run.identity import RunIdentity
+from traintel.export.readings import Histograms
 from traintel.record.format import EVENTS_FILE
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rotation_set
@@ -27,8 +30,119 @@ from traintel.run.settings import ResumeMode
 from traintel.core.state import LOSS_KEYS, NonFinite, RunState
 from traintel.record.summary import RecordFold, Segment, ended
 from traintel.core.state import NonFinite, RunState
+from traintel.core.state import LOSS_KEYS, IntervalStats, NonFinite, RunState
 
 log = logging.getLogger("traintel.run")
+
+#: a carried sum is rounded up by this part of itself: the record holds each step line's mean
+#: data wait and compute time over the steps it stands for, and a carried total a rounding error
+#: below the one the killed process last exported would read as a counter reset
+ROUND_UP = 1e-9
+
+
+class Cumulative:
+    """The cumulative series a process accumulates beyond what :class:`RecordFold` holds,
+    folded from the record's lines exactly as the live process accumulated them: the values
+    logged per key (``traintel_logged_values_total``, ``..._nonfinite_total``), evaluations and
+    best evaluations (``traintel_events_total{event="eval"|"best_eval"}``), the step-duration
+    histogram, data-wait and compute seconds, failed live exports by signal, and user counters
+    whose totals the record holds (a segment that ended wrote them; a killed one could not).
+
+    The rule (docs/record-format.md): on resume every cumulative series continues from the
+    previous segment's value under the same labels, so that no exported counter goes down
+    across a segment. ``traintel sync`` folds the same lines the same way (``sync.plan``), so
+    the points it sends for a resumed segment equal the live ones.
+    """
+
+    def __init__(self) -> None:
+        self.logged = IntervalStats()
+        self.histograms = Histograms()
+        self.events: dict[str, int] = {}
+        self.data_wait = 0.0
+        self.compute = 0.0
+        self.counters: dict[str, float] = {}
+        #: failed live exports by signal (``export`` lines)
+        self.export_failures: dict[str, int] = {}
+        #: the step the current segment's steps count from, and its last step line's
+        self._base: int | None = None
+        self._last: int | None = None
+        #: no step line yet in the current segment
+        self._fresh = True
+        self._segments = 0
+
+    def add(self, line: dict[str, Any]) -> None:
+        kind = line.get("type")
+        if kind == "step":
+            self._step(line)
+        elif kind == "eval":
+            self._count("eval")
+            is_best = line.get("is_best")
+            if isinstance(is_best, dict) and any(v is True for v in is_best.values()):
+                self._count("best_eval")
+        elif kind == "run_start":
+            self._segments += 1
+            initial = line.get("initial_step")
+            if self._segments > 1:  # a resumed segment counts from the record's last step
+                self._base = self._last if self._last is not None else 0
+            else:
+                self._base = initial if type(initial) is int and initial >= 0 else None
+            self._fresh = True
+        elif kind == "export" and line.get("ok") is False and isinstance(line.get("signal"), str):
+            signal = line["signal"]
+            self.export_failures[signal] = self.export_failures.get(signal, 0) + 1
+        elif kind == "instrument" and line.get("kind") == "counter":
+            name, total = line.get("name"), line.get("total")
+            total = _finite(total)
+            if isinstance(name, str) and total is not None:
+                self.counters[name] = max(self.counters.get(name, 0.0), total)
+
+    def _step(self, line: dict[str, Any]) -> None:
+        """What ``sync.replay.Replay._step`` (and the live process) does with a step line."""
+        step, metrics = line.get("step"), line.get("metrics")
+        if type(step) is not int or step < 0:
+            return
+        step_s, data_wait_s = _finite(line.get("step_s")), _finite(line.get("data_wait_s"))
+        if self._fresh:
+            covers = step - self._base if self._base is not None and step > self._base else 1
+            self._fresh = False
+        else:
+            covers = step - self._last if self._last is not None and step > self._last else 1
+        self._last = step
+        if step_s is not None and data_wait_s is not None:
+            self.data_wait += data_wait_s * covers
+            self.compute += (step_s - data_wait_s) * covers
+        elif step_s is not None:
+            self.compute += step_s * covers
+        if isinstance(metrics, dict):
+            self.logged.fold(metrics)
+        if step_s is not None:
+            self.histograms.observe("step", None, step_s)
+
+    def _count(self, event: str) -> None:
+        self.events[event] = self.events.get(event, 0) + 1
+
+    def restore(self, state: RunState) -> None:
+        """Start ``state`` from these totals (copies: the fold may go on)."""
+        state.logged.counts.update(self.logged.counted())
+        for event, count in self.events.items():
+            state.events[event] = state.events.get(event, 0) + count
+        state.data_wait_total += self.data_wait * (1 + ROUND_UP)
+        state.compute_total += self.compute * (1 + ROUND_UP)
+        for name, total in self.counters.items():
+            state.counters[name] = max(state.counters.get(name, 0.0), total)
+        for signal, failures in self.export_failures.items():
+            state.export_failures[signal] = state.export_failures.get(signal, 0) + failures
+
+    def restore_histograms(self, histograms: Histograms) -> None:
+        """Start the exported histograms from these (before any observation of the segment)."""
+        histograms.carry(self.histograms)
+
+
+def _finite(value: object) -> float | None:
+    """A finite number of a line as a float, else None."""
+    if (type(value) is float or type(value) is int) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 
@@ -46,6 +160,8 @@ class Continuation:
     lock: RecordLock | None = field(default=None, repr=False)
     #: the steps the record held before this segment
     steps_before: int = 0
+    #: the cumulative series the record's lines add up to (None: a new record)
+    cumulative: Cumulative | None = None
 
     @property
     def segments(self) -> list[Segment]:
@@ -68,11 +184,21 @@ class Continuation:
         if self.lock is not None:
             self.lock.release()
 
-    def restore(self, state: RunState) -> None:
-        """The run state as the record left it: step axis, counts, bests, errors, events."""
+    def carry(self, histograms: Histograms) -> None:
+        """The step-duration histogram goes on from the record, as every counter does."""
+        if self.cumulative is not None:
+            self.cumulative.restore_histograms(histograms)
+
+    def restore(self, state: RunState, histograms: Histograms | None = None) -> None:
+        """The run state as the record left it: step axis, counts, bests, errors, events, and
+        every cumulative series (:class:`Cumulative`)."""
         before = self.before
         if before is None:
             return
+        if self.cumulative is not None:
+            self.cumulative.restore(state)
+            if histograms is not None:
+                self.cumulative.restore_histograms(histograms)
         figures = before.figures
         state.step = next((s["last_step"] for s in reversed(before.segments)
                            if s["last_step"] is not None), 0)
@@ -119,10 +245,13 @@ def open_record(identity: RunIdentity, resume: ResumeMode) -> Continuation:
                 f"resume={resume!r}; pass another run_id for a new run, or resume=True to "
                 "continue it")
         before = RecordFold()
+        cumulative = Cumulative()
         records = Records(identity.dir)
         for line in records:
             before.add(line)
-        continuation = Continuation(len(before.segments) + 1, resume is not None, before, lock)
+            cumulative.add(line)
+        continuation = Continuation(len(before.segments) + 1, resume is not None, before, lock,
+                                    cumulative=cumulative)
         if resume is None:
             log.warning("traintel.init: run %s already has a record in %s (%d segment(s), last "
                         "step %s): continuing it as segment %d. Pass resume=True to continue a "

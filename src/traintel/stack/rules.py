@@ -103,6 +103,14 @@ class Config:
     #: Prometheus scrape jobs of the stack's own programs
     stack_jobs: tuple[str, ...] = ("otel-collector", "prometheus", "alertmanager", "loki", "tempo")
     component_down_for: str = "5m"
+    #: restarts of one stack program within the window: a crash loop that a restart policy (or
+    #: an operator) hides from StackComponentDown, whose ``for`` starts again at every restart
+    component_restarts: int = 3
+    component_restart_window: str = "15m"
+    #: OTLP exports of one signal that one rank of a run failed within the window (the SDK has
+    #: already retried each; every failed one left a gap in the live view until `traintel sync`)
+    export_failure_count: int = 3
+    export_failure_window: str = "15m"
     #: failed notification attempts over all attempts, per integration
     notification_failure_ratio: float = 0.0
     notification_failure_window: str = "5m"
@@ -221,6 +229,7 @@ def alerts(c: Config) -> list[Group]:
                f"max by ({RUN}) (traintel_run_status{{status=\"running\"}}) == 1")
     w = RATE_WINDOW
     xids = f"xid=~\"{'|'.join(map(str, c.gpu_xid_reset_codes))}\""
+    jobs = f"job=~\"{'|'.join(c.stack_jobs)}\""
     return [
         Group("traintel-runs", [
             Rule("TrainingRunStalled",
@@ -437,6 +446,47 @@ def alerts(c: Config) -> list[Group]:
                  "{{ $labels.job }} ({{ $labels.instance }}) is down",
                  f"Prometheus could not scrape it for {_duration_words(c.component_down_for)}; "
                  "see `docker compose logs {{ $labels.job }}` or `traintel stack status`."),
+            Rule("StackComponentRestarting",
+                 f"max by (job, instance) (\n"
+                 f"  changes(process_start_time_seconds{{{jobs}}}[{c.component_restart_window}])\n"
+                 f"  or label_replace(resets(otelcol_process_uptime{{{jobs}}}"
+                 f"[{c.component_restart_window}]), \"restarts_from\", \"uptime\", \"\", \"\")\n"
+                 f"  or label_replace(floor(changes(up{{{jobs}}}[{c.component_restart_window}]) / 2),"
+                 f" \"restarts_from\", \"up\", \"\", \"\")\n"
+                 f") >= {c.component_restarts}",
+                 "Restarts counted three ways, the largest wins: a new process start time (Go "
+                 "programs: Prometheus, Alertmanager, Loki, Tempo), the collector's uptime counter "
+                 "starting again (it exports no process_start_time_seconds), and down-up "
+                 "transitions of `up` (a program killed and restarted between two scrapes shows "
+                 "only in the first two). No `for`: the window is the duration.",
+                 "", "warning",
+                 "{{ $labels.job }} ({{ $labels.instance }}) keeps restarting",
+                 f"{{{{ $value }}}} restarts in the last "
+                 f"{_duration_words(c.component_restart_window)} (alert from "
+                 f"{c.component_restarts}): a crash loop. While it is down, runs' live "
+                 "telemetry is lost or delayed (their local records are complete; `traintel "
+                 "sync` fills the gaps). See `docker compose logs {{ $labels.job }}` or "
+                 "`traintel stack status`."),
+            Rule("RunExportsFailing",
+                 f"sum by ({RUN}, signal) (increase(traintel_export_failures_total"
+                 f"[{c.export_failure_window}])) > {c.export_failure_count}\nor\n"
+                 f"sum by ({RUN}, signal) (traintel_export_failures_total unless "
+                 f"traintel_export_failures_total offset {c.export_failure_window}) > "
+                 f"{c.export_failure_count}",
+                 "The runs' own count of OTLP exports that failed after the SDK's retries: the "
+                 "only witness of a collector that flaps or refuses data, since the collector's "
+                 "own send-failure counters stay at zero when the collector itself is what is "
+                 "down. Counted once the run reaches a collector again (the counter is "
+                 "cumulative); the second line catches a counter whose first sample is already "
+                 "above the threshold (a run that started during an outage).",
+                 "", "warning",
+                 "Run {{ $labels.run }} rank {{ $labels.rank }} fails to export "
+                 "{{ $labels.signal }}",
+                 f"More than {c.export_failure_count} failed {{{{ $labels.signal }}}} exports in "
+                 f"{_duration_words(c.export_failure_window)}: the collector was unreachable, "
+                 "refused or throttled them, and dashboards and alerts miss what they carried "
+                 "(the local record has it: `traintel sync` sends it). "
+                 "`traintel status` shows the last export error."),
             Rule("AlertmanagerNotificationsFailing",
                  "sum by (job, instance, integration) (rate(alertmanager_notifications_failed_total"
                  f"[{c.notification_failure_window}]))\n/\n"

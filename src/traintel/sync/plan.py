@@ -26,6 +26,7 @@ from traintel.run.identity import RunIdentity
 from traintel.record.format import RawLine, Signal
 from traintel.record.summary import RecordFold
 from traintel.core.redact import Redactor
+from traintel.run.resume import Cumulative
 from traintel.sync import payload
 from traintel.sync.cursor import Position
 from traintel.sync.replay import NEARLY, BadLine, Replay
@@ -103,16 +104,19 @@ def batches(record: Record, position: Position, options: Options, tally: Tally,
     ends = [s.offset for s in record.segments[1:]] + [None]
     #: the record's lines so far: a resumed process (a later segment) starts from them
     fold = RecordFold(percentiles=False)
+    #: the cumulative series the live process carried on from the record (``resume``)
+    cumulative = Cumulative()
     for index, (segment, end) in enumerate(zip(record.segments, ends)):
         try:
             walk = SegmentWalk(record, segment, position, options, tally, redactor, cutoff,
-                               fold, resumed=index > 0)
+                               fold, resumed=index > 0, cumulative=cumulative)
         except BadLine:  # a run_start without an identity (counted by the scan)
             for begin, _stop, line in record.lines(segment.offset):
                 if end is not None and begin >= end:
                     break
                 if line is not None:
                     fold.add(line)
+                    cumulative.add(line)
             continue
         try:
             yield from walk.batches(end)
@@ -125,11 +129,13 @@ class SegmentWalk:
 
     def __init__(self, record: Record, segment: Segment, position: Position, options: Options,
                  tally: Tally, redactor: Redactor, cutoff: float, fold: RecordFold,
-                 resumed: bool) -> None:
+                 resumed: bool, cumulative: Cumulative | None = None) -> None:
         self.record, self.segment, self.position = record, segment, position
         self.options, self.tally, self.redactor, self.cutoff = options, tally, redactor, cutoff
         start = segment.start
-        self.replay = Replay(start, fold if resumed else None)
+        self.replay = Replay(start, fold if resumed else None,
+                             cumulative if resumed else None)
+        self.cumulative = cumulative
         #: the whole record so far (every segment's lines): the next segment starts from it
         self.fold = fold
         #: counters left out where live samples are (``replay.NEARLY``)
@@ -165,6 +171,8 @@ class SegmentWalk:
             if line is None or line.get("type") == "export":
                 continue  # unreadable lines are counted by the scan
             self.fold.add(line)
+            if self.cumulative is not None:
+                self.cumulative.add(line)
             ts = line.get("ts")
             if not plausible(ts, self.segment.start_ts):
                 continue  # counted by the scan

@@ -28,6 +28,7 @@ from traintel.record.summary import RecordFold, StepFigures
 from traintel.run.resume import Continuation
 from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
 from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, RateWindow, RunState, find_loss
+from traintel.run.resume import Continuation, Cumulative
 
 #: catalog groups whose metrics the record cannot rebuild, and why
 NOT_IN_RECORD: dict[str, str] = {
@@ -57,12 +58,14 @@ class Replay:
     ``before`` is what the record held before the segment (a resumed run): the state starts
     from it as the resumed process's did (``traintel.run.resume.Continuation.restore``)."""
 
-    def __init__(self, start: RawLine, before: RecordFold | None = None) -> None:
+    def __init__(self, start: RawLine, before: RecordFold | None = None,
+                 cumulative: Cumulative | None = None) -> None:
         self.state = state = RunState()
         state.start_ts = number(start.get("ts"))
         total = start.get("total_steps")
         state.total_steps = total if isinstance(total, int) and total > 0 else None
-        Continuation(before=before).restore(state)
+        self.histograms = Histograms()
+        Continuation(before=before, cumulative=cumulative).restore(state, self.histograms)
         #: the last step number this segment wrote; the number its first step counts from
         #: (``StepRecorder``'s base: a resumed run's last step, else the loop's ``initial_step``)
         self.last: int | None = None
@@ -71,7 +74,6 @@ class Replay:
             initial if type(initial) is int and initial >= 0 else None)
         if self.base is not None:
             state.step = self.base
-        self.histograms = Histograms()
         #: what the record writer folds for its rates
         self.figures = StepFigures(percentiles=False, initial_step=self.base)
         self.rates = RateWindow()

@@ -8,13 +8,25 @@ reset to Prometheus, and ``rate()`` turns it into a spike. Three rules follow.
   a point every ``export_interval_s`` from its start, and one at its last line.
 - A segment that exported live notes every export's outcome (``export`` lines). A point goes
   just after each failed export (:data:`NUDGE`, so never on a live sample's millisecond, which
-  would be a duplicate with another value and make Prometheus refuse the whole write). Its
-  state holds every line up to then, and the next live export, one interval later, holds at
-  least as much: the sequence stays monotonic, while the live export's histograms and counts
-  lag the training thread by up to a record flush (a second).
+  would be a duplicate with another value and make Prometheus refuse the whole write), and the
+  time around a failed export gets the cadence the run would have had: from the export before
+  it to the export after it, a point every ``export_interval_s``; so does the time between two
+  exports further apart than :data:`LATE` intervals (an export that retried until the
+  collector came back, delivered late). A failing export spends seconds retrying before the
+  next collection, so during an outage the run collects less often than its interval; one
+  point per failed export left most of an outage's windows empty. A
+  point holds every line up to its time, and a live export after it holds at least as much
+  once it is :data:`LAG` later (the live export's histograms and counts lag the training
+  thread by up to a record flush, a second): points stay that far before a delivered export,
+  and one goes exactly there, so no window of the interval's length is left empty and the
+  sequence stays monotonic. A collector killed without warning may have lost what it had
+  acknowledged just before (:data:`SUSPECT_S`): the delivered exports in the seconds before a
+  failed one get a point just after them too.
 - Where the record does not say (after the last noted export, or a record written before
   export notes existed) a point goes midway between the live export's ticks, as far as
-  possible from any live sample, and one at the segment's last line.
+  possible from any live sample, and one at the segment's last line. (The live reader collects
+  only once its previous export has returned, so between two noted exports there is no live
+  sample the record does not note.)
 
 Times are whole milliseconds (Prometheus's resolution), increasing, and the same on every sync
 of the same record: a repeated sync sends identical samples, which Prometheus ignores.
@@ -28,6 +40,18 @@ from collections.abc import Iterable
 #: after a failed export, the sync's point: past the live sample's millisecond, whatever the
 #: float rounding of its time
 NUDGE = 0.002
+#: seconds a sync's point keeps before a delivered live export: the live export's counts and
+#: histograms are fed by the record writer, up to a flush (``flush_interval``, 1 s) and the
+#: writing of it behind
+LAG = 1.25
+#: two noted exports further apart than this many intervals: the first was late (it retried
+#: while the collector was away, then got through), and the time between is an outage too
+LATE = 1.5
+#: seconds before a failed export in which a delivered one may still have been lost: a
+#: collector killed without warning loses what it acknowledged but had not yet written (the
+#: shipped config batches for 1 s and reads its write-ahead log every 5 s); a point just after
+#: each such export is harmless when it did arrive (a moment later, holding at least as much)
+SUSPECT_S = 10.0
 #: points of one segment at most (a month at the default 15 s is 173,000; a sync collects about
 #: 1,000 a second): beyond, the cadence widens
 MAX_POINTS = 200_000
@@ -61,12 +85,28 @@ def metric_times(mode: str | None, interval: float, start: float, last: float,
         return _milliseconds([*_grid(start + interval, interval, last), last])
     times: list[float] = []
     anchor = start
-    for at, ok in known:
-        if at - anchor > 2.5 * interval:  # exports the record does not note: fill midway
-            times += _grid(anchor + interval / 2, interval, at - interval / 2)
+    before_ok = True  # the export before this one was delivered (or there was none)
+    #: delivered exports a collector that vanished right after may have lost (SUSPECT_S)
+    suspects = {a for a, b in zip(known, known[1:]) if a[1] and not b[1]}
+    for index, (at, ok) in enumerate(known):
+        if (at, ok) in suspects and not resend:
+            failed_at = known[index + 1][0]
+            back = index
+            while back >= 0 and known[back][1] and failed_at - known[back][0] <= SUSPECT_S:
+                times.append(known[back][0] + NUDGE)
+                back -= 1
+        if not (ok and before_ok) or at - anchor > LATE * interval:
+            # around a failed export, or a late one (it retried for seconds before it got
+            # through): the live cadence, from the export before to this one, and up to LAG
+            # before this one when it was delivered
+            end = at - (LAG if ok else NUDGE)
+            grid = _grid(anchor + interval, interval, end)
+            times += grid
+            if ok and end > (grid[-1] if grid else anchor) + NUDGE:
+                times.append(end)
         if resend or not ok:
             times.append(at + NUDGE)
-        anchor = at
+        anchor, before_ok = at, ok
     if not (known and known[-1][0] >= last):  # no export after the last line: unknown
         times += _grid(anchor + interval / 2, interval, last)
         times.append(last)
