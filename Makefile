@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine and are cached
 # under ~/.cache/traintel/ so a warm machine pays once.
-.PHONY: demo test typecheck bench dashboards rules manifests
+.PHONY: demo test typecheck bench dashboards rules manifests generate
 
 ## An instrumented demo training run (small PyTorch model, synthetic data, CPU).
 demo:
@@ -30,3 +30,9 @@ rules:
 ## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"
 manifests:
 	@scripts/venv.sh python scripts/render_manifests.py $(ARGS)
+
+## Regenerate the files derived from others: the Helm chart's rules, dashboards and collector
+## tiers and the SLURM node collector (from otel-collector/config.yaml), the collector version
+## pins (from src/traintel/stack/components.py). tests/test_collector_pipeline.py fails when stale.
+generate:
+	@scripts/venv.sh python -m traintel.stack.deploy $(ARGS)

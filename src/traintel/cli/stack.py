@@ -41,10 +41,25 @@ def stack() -> None:
                 default="traintel-stack")
 @click.option("--force", is_flag=True,
               help="replace files you changed (an existing .env is always kept)")
-def init(directory: Path, force: bool) -> None:
+@click.option("--helm", "helm", is_flag=True,
+              help="write the Helm chart for Kubernetes into DIRECTORY instead (docs/kubernetes.md)")
+def init(directory: Path, force: bool, helm: bool) -> None:
     """Write a ready compose project into DIRECTORY (default ./traintel-stack): the compose file,
     every config, the alert rules and their tests, the dashboards and Grafana's provisioning, a
-    systemd unit for the native stack, and a .env with a generated Grafana admin password."""
+    systemd unit for the native stack, and a .env with a generated Grafana admin password.
+    With --helm, write traintel's Helm chart there instead."""
+    if helm:
+        try:
+            chart = files.init_chart(directory, force=force)
+        except files.StackFilesError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"traintel stack: Helm chart written to {chart.directory} "
+                   f"({len(chart.written)} files"
+                   + (f", {len(chart.unchanged)} already up to date" if chart.unchanged else "")
+                   + ")")
+        click.echo(f"next: helm install traintel {chart.directory} --namespace observability "
+                   "--create-namespace (docs/kubernetes.md)")
+        return
     try:
         result = files.init(directory, force=force)
     except files.StackFilesError as error:
