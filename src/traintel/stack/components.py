@@ -265,6 +265,40 @@ DEPLOY_TOOLS: dict[str, Component] = {
                     "stack/go/compose-check/main.go"),
         ),
         Component(
+            # A real Kubernetes API server for the tests that apply the chart and the job
+            # examples (tests/kube_fixture.py): kube-apiserver v1.36.3 and the etcd v3.6.8 it
+            # requires, through our wrapper module (Kubernetes' go.mod replaces its staging
+            # modules with local paths, which `go install` refuses). Apache-2.0 both.
+            name="kube",
+            version="1.36.3",
+            method="go-wrapper",
+            binaries=("kube-apiserver", "etcd"),
+            image="",
+            ports={},
+            required=False,
+            packages=("k8s.io/kubernetes/cmd/kube-apiserver", "./etcd"),
+            module_version="v1.36.3",
+            wrapper="stack/go/kube",
+            inputs=("stack/go/kube/go.mod", "stack/go/kube/go.sum", "stack/go/kube/etcd/main.go"),
+        ),
+        Component(
+            # The Prometheus Operator, run against that API server with --kubeconfig
+            # (tests/test_kube_cluster.py). v0.85.0: the Go proxy refuses the pkg/client module
+            # of later releases (stack/go/prometheus-operator/go.mod says which).
+            name="prometheus-operator",
+            version="0.85.0",
+            method="go-wrapper",
+            binaries=("operator",),
+            image="",
+            ports={},
+            required=False,
+            packages=("github.com/prometheus-operator/prometheus-operator/cmd/operator",),
+            module_version="v0.85.0",
+            wrapper="stack/go/prometheus-operator",
+            inputs=("stack/go/prometheus-operator/go.mod", "stack/go/prometheus-operator/go.sum"),
+            version_var="github.com/prometheus/common/version.Version",
+        ),
+        Component(
             name="shellcheck",
             version="0.9.0",
             method="apt",
