@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from deploy_tools import KUBERNETES, REPO, crds, kubeconform, run, tool
+from traintel.cli import main
 from traintel.stack import install
 
 CHART = REPO / "deploy/helm/traintel"
@@ -387,9 +389,6 @@ def test_helm_package_gives_a_self_contained_chart(tmp_path: Path) -> None:
 
 
 def test_stack_init_helm_writes_the_chart(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from traintel.cli import main
     result = CliRunner().invoke(main, ["stack", "init", "--helm", str(tmp_path / "chart")])
     assert result.exit_code == 0, result.output
     written = sorted(str(p.relative_to(tmp_path / "chart"))

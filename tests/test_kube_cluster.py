@@ -10,9 +10,9 @@ CEL rules, defaulting and admission run as on a cluster. Nothing is scheduled (n
 The Prometheus Operator (built from its Go module, v0.85.0: see stack/go/prometheus-operator)
 then runs against that server with ``--kubeconfig`` and a ``Prometheus`` resource that selects as
 a default kube-prometheus-stack does; the test reads the rule files and scrape configuration it
-generates. The OpenTelemetry Operator is not run (its Go module's dependencies are not all served
-here), so the collectors' own ServiceMonitors, which it would create from
-``observability.metrics``, are checked as the chart asks for them (tests/test_helm.py).
+generates. The OpenTelemetry Operator (v0.148.0, webhooks off) runs beside it and makes the
+collectors' workloads and self-monitoring monitors, so every monitor the Prometheus would scrape
+is the real operators' output.
 """
 
 from __future__ import annotations
@@ -58,12 +58,13 @@ def render(namespace: str, *args: str) -> list[dict[str, Any]]:
 def cluster(kube: Kube) -> Kube:
     """The API server with every pinned CRD installed (all of the Prometheus Operator's, since
     the operator watches them all)."""
-    module, version, _ = CRD_SOURCES["prometheus-operator"]
-    folder = _module(module, version) / "example/prometheus-operator-crd"
     everything = {c["metadata"]["name"]: c for c in crds()}
-    for path in sorted(folder.glob("*.yaml")):
-        crd = yaml.load(path.read_text(), Loader=_CRDLoader)
-        everything.setdefault(crd["metadata"]["name"], crd)
+    for source, folder in (("prometheus-operator", "example/prometheus-operator-crd"),
+                           ("opentelemetry-operator", "config/crd/bases")):
+        module, version, _ = CRD_SOURCES[source]
+        for path in sorted((_module(module, version) / folder).glob("*.yaml")):
+            crd = yaml.load(path.read_text(), Loader=_CRDLoader)
+            everything.setdefault(crd["metadata"]["name"], crd)
     kube.install_crds(list(everything.values()))
     return kube
 
@@ -188,9 +189,52 @@ def operator(cluster: Kube, tmp_path_factory: pytest.TempPathFactory
         print(log.read_text(errors="replace")[-3000:])
 
 
-def _generated(cluster: Kube, name: str, operator: subprocess.Popen[bytes],
+@pytest.fixture(scope="module")
+def otel_operator(cluster: Kube, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[subprocess.Popen[bytes]]:
+    """The OpenTelemetry Operator v0.148.0, outside a cluster (KUBECONFIG), webhooks off (no
+    certificate manager here): it reconciles the chart's collectors into workloads, Services and
+    the self-monitoring ServiceMonitors/PodMonitors."""
+    status = install.install(["opentelemetry-operator"], say=lambda _: None, table=DEPLOY_TOOLS)
+    binary = install.binary("opentelemetry-operator")
+    if binary is None:
+        pytest.skip("the OpenTelemetry Operator could not be built: "
+                    + status.get("opentelemetry-operator", {}).get("reason", "unknown reason"))
+    log = tmp_path_factory.mktemp("otel-operator") / "operator.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([
+            str(binary), "--enable-webhooks=false",
+            f"--metrics-addr=127.0.0.1:{_free_port()}",
+            f"--health-probe-addr=127.0.0.1:{_free_port()}",
+        ], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+        print(log.read_text(errors="replace")[-3000:])
+
+
+def _monitors(cluster: Kube, namespace: str, operator: subprocess.Popen[bytes],
+              at_least: int, timeout: float = 120) -> list[dict[str, Any]]:
+    """The ServiceMonitors and PodMonitors in ``namespace``, once there are ``at_least``."""
+    deadline = time.monotonic() + timeout
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        assert operator.poll() is None, f"the OpenTelemetry Operator exited {operator.returncode}"
+        found = [m for plural in ("servicemonitors", "podmonitors") for m in cluster.get(
+            f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}")["items"]]
+        if len(found) >= at_least:
+            return found
+        time.sleep(1)
+    raise TimeoutError(f"{len(found)} monitors in {namespace}, expected {at_least}: "
+                       f"{[m['metadata']['name'] for m in found]}")
+
+
+def _generated(cluster: Kube, name: str, operator: subprocess.Popen[bytes], jobs: set[str],
                timeout: float = 120) -> tuple[dict[str, Any], str]:
-    """(the scrape configuration, every generated rule file's text) of Prometheus ``name``."""
+    """(the scrape configuration, every generated rule file's text) of Prometheus ``name``, once
+    the configuration has the scrape ``jobs``."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -202,23 +246,42 @@ def _generated(cluster: Kube, name: str, operator: subprocess.Popen[bytes],
             maps = cluster.get("/api/v1/namespaces/monitoring/configmaps?labelSelector="
                                f"prometheus-name%3D{name}")["items"]
             rules = "".join(text for cm in maps for text in (cm.get("data") or {}).values())
-            jobs = [job["job_name"] for job in config.get("scrape_configs") or []]
-            if rules and any("traintel-agent-metrics" in job for job in jobs):
+            found = {job["job_name"] for job in config.get("scrape_configs") or []}
+            if rules and jobs <= found:
                 return config, rules
+            last = AssertionError(f"jobs missing: {sorted(jobs - found)}")
         except (KubeError, KeyError) as error:
             last = error
         time.sleep(1)
     raise TimeoutError(f"the operator generated no configuration for {name} ({last})")
 
 
-def test_the_operator_loads_every_rule_and_monitor_of_the_defaults(
-        cluster: Kube, operator: subprocess.Popen[bytes]) -> None:
+def test_the_operators_load_every_rule_and_monitor_of_the_defaults(
+        cluster: Kube, operator: subprocess.Popen[bytes],
+        otel_operator: subprocess.Popen[bytes]) -> None:
     cluster.namespace("monitoring")
     cluster.apply(KPS_PROMETHEUS)
-    apply_profile(cluster, "observability")
+    applied = apply_profile(cluster, "observability")
     # a release labelled for another Prometheus: must not be selected
     apply_profile(cluster, "other-team", "--set", "prometheusRelease=other-stack")
-    config, rules_text = _generated(cluster, f"{KPS}-prometheus", operator)
+    collectors = [d for d in applied if d["kind"] == "OpenTelemetryCollector"]
+    # the chart's agents' PodMonitor, and one self-monitoring monitor per collector at least
+    monitors = _monitors(cluster, "observability", otel_operator, 1 + len(collectors))
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"].get("release") == KPS, monitor["metadata"]
+    # the agents' pods serve the training metrics where the PodMonitor looks
+    agent = cluster.get("/apis/apps/v1/namespaces/observability/daemonsets/"
+                        "traintel-agent-collector")
+    ports = {(p.get("name"), p["containerPort"]) for c in agent["spec"]["template"]["spec"][
+        "containers"] for p in c.get("ports", [])}
+    assert ("prom-export", 8889) in ports, ports
+    expected = {
+        f"{'serviceMonitor' if m['kind'] == 'ServiceMonitor' else 'podMonitor'}/observability/"
+        f"{m['metadata']['name']}/{i}"
+        for m in monitors
+        for i in range(len(m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints")))}
+    assert "podMonitor/observability/traintel-agent-metrics/0" in expected
+    config, rules_text = _generated(cluster, f"{KPS}-prometheus", operator, expected)
     loaded = [rule for group in yaml.safe_load_all(rules_text) if group
               for g in group["groups"] for rule in g["rules"]]
     source = [rule for path in sorted((REPO / "prometheus/rules").glob("*.yml"))
@@ -231,7 +294,7 @@ def test_the_operator_loads_every_rule_and_monitor_of_the_defaults(
         assert by_name[rule.get("alert") or rule["record"]]["expr"].strip() == (
             rule["expr"].strip())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert "podMonitor/observability/traintel-agent-metrics/0" in jobs
+    assert expected <= set(jobs), "every traintel monitor is scraped"
     assert not [j for j in jobs if "other-team" in j]
     job = jobs["podMonitor/observability/traintel-agent-metrics/0"]
     assert job["honor_labels"] is True
