@@ -331,6 +331,10 @@ DEPLOY_TOOLS: dict[str, Component] = {
             module_version="v0.42.4",
             wrapper="stack/go/thanos",
             inputs=("stack/go/thanos/go.mod", "stack/go/thanos/go.sum"),
+            # as Thanos' release build (.promu.yml): its zero-copy label conversions assume
+            # Prometheus's slice labels; without the tag Query and Receive panic on the first
+            # label set they exchange
+            build_tags="slicelabels",
             version_var="github.com/prometheus/common/version.Version",
         ),
         Component(

@@ -4,7 +4,7 @@
 // `go install github.com/thanos-io/thanos/cmd/thanos@v0.42.4` is refused because Thanos' go.mod
 // has a replace block; a main module of ours may carry it, so this one requires Thanos and
 // repeats that block. v0.42.4, not v0.42.5: the latter declares go 1.26.10, newer than the Go here.
-//   go build -o bin/ github.com/thanos-io/thanos/cmd/thanos
+//   go build -tags slicelabels -o bin/ github.com/thanos-io/thanos/cmd/thanos
 module github.com/traintel/traintel/stack/go/thanos
 
 go 1.26.0
