@@ -34,3 +34,9 @@ generate:
 ## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"
 manifests:
 	@scripts/venv.sh python scripts/render_manifests.py $(ARGS)
+
+## Regenerate the files derived from others: the Helm chart's rules, dashboards and collector
+## tiers and the SLURM node collector (from otel-collector/config.yaml), the collector version
+## pins (from src/traintel/stack/components.py). tests/test_collector_pipeline.py fails when stale.
+generate:
+	@scripts/venv.sh python -m traintel.stack.deploy $(ARGS)

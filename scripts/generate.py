@@ -7,6 +7,9 @@
     docs/metrics.md               traintel.core.catalog
     docs/configuration.md         traintel.run.settings and traintel.core.env
     docs/scaling.md               the capacity table and the sizing rows (traintel.stack.capacity)
+    deploy/helm/traintel/...      the chart's rules, dashboards and collector tiers, and
+    deploy/slurm/...              the SLURM node collector, from the files above and
+                                  otel-collector/config.yaml (traintel.stack.deploy)
 
 Add a generated file here, not as a Makefile target of its own.
 """
@@ -24,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from traintel.core import catalog  # noqa: E402  (the checkout's sources, first on the path)
 from traintel.run import settings  # noqa: E402
-from traintel.stack import capacity, dashboards, rules  # noqa: E402
+from traintel.stack import capacity, dashboards, deploy, rules  # noqa: E402
 
 
 def _scaling(text: str) -> str:
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(path.relative_to(ROOT).as_posix())
             if not args.check:
                 path.write_text(wanted, encoding="utf-8")
+    # then what is made from those as written: the chart's copies, its collector tiers
+    stale += deploy.stale(ROOT) if args.check else deploy.write(ROOT)
     if args.check and stale:
         print("stale generated files (run `make generate`):\n  " + "\n  ".join(stale))
         return 1

@@ -16,6 +16,7 @@ import traintel
 from traintel.core import catalog
 
 from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
+from kube_fixture import kube  # noqa: F401  (one real kube-apiserver per test run)
 
 import reliability_log  # noqa: E402
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from deploy_tools import KUBERNETES, REPO, crds, kubeconform, run, tool
+from traintel.cli import main
 from traintel.stack import install
 
 CHART = REPO / "deploy/helm/traintel"
@@ -57,8 +59,8 @@ def objects(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
     return [d for d in docs if kind is None or d["kind"] == kind]
 
 
-def test_three_profiles_exist() -> None:
-    assert set(PROFILES) >= {"kube-prometheus-stack", "standalone", "sidecar"}
+def test_the_profiles_exist() -> None:
+    assert set(PROFILES) >= {"defaults", "kube-prometheus-stack", "standalone", "sidecar"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -295,14 +297,105 @@ def test_credentials_come_from_secrets_only(rendered: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    (["--set", "collector.agentMode=node"], "agentMode must be daemonset or sidecar"),
-    (["--set", "collector.remoteWrite.endpoint="], "collector.remoteWrite.endpoint is required"),
+    # refused by values.schema.json, naming the key
+    (["--set", "collector.agentMode=node"], "at '/collector/agentMode'"),
+    (["--set", "collector.metricsMode=remoteWrite"], "collector.remoteWrite.endpoint is required"),
+    (["--set", "collector.agentMode=sidecar"],
+     "collector.metricsMode scrape needs collector.agentMode daemonset"),
     (["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
-     "secretName is required"),
+     "secretName"),
 ])
 def test_bad_values_fail_with_the_key_named(values: list[str], message: str) -> None:
     result = render(*values, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+# --- a default kube-prometheus-stack -------------------------------------------------------------
+
+#: what a default kube-prometheus-stack install's Prometheus selects on (its chart's
+#: ruleSelector/podMonitorSelector/serviceMonitorSelector with *SelectorNilUsesHelmValues true)
+KPS_SELECTOR = {"release": "kube-prometheus-stack"}
+
+
+def test_the_defaults_are_picked_up_by_a_default_kube_prometheus_stack(
+        rendered: dict[str, Path]) -> None:
+    """Every rule and monitor carries the release label; metrics are scraped from the agents,
+    since that Prometheus has no remote-write receiver by default; nothing is remote-written."""
+    docs = objects(rendered["defaults"])
+    for doc in docs:
+        if doc["kind"] in ("PrometheusRule", "PodMonitor", "ServiceMonitor"):
+            assert KPS_SELECTOR.items() <= doc["metadata"]["labels"].items(), doc["metadata"]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("PrometheusRule", "traintel") in kinds
+    assert ("PodMonitor", "traintel-agent-metrics") in kinds
+    collectors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "OpenTelemetryCollector"}
+    for cr in collectors.values():
+        # the operator's own ServiceMonitors/PodMonitors for the collectors' metrics (8888)
+        assert KPS_SELECTOR.items() <= cr["spec"]["observability"]["metrics"][
+            "extraLabels"].items()
+        assert "prometheus_remote_write" not in cr["spec"]["config"]["exporters"]
+    agent = collectors["traintel-agent"]
+    assert agent["spec"]["config"]["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
+    assert agent["spec"]["config"]["service"]["pipelines"]["metrics"]["exporters"] == [
+        "prometheus"]
+    assert {"name": "prom-export", "port": 8889, "protocol": "TCP"} in agent["spec"]["ports"]
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "prom-export"
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == (
+        "observability.traintel-agent")
+
+
+def test_the_release_label_follows_prometheus_release() -> None:
+    out = render("--set", "prometheusRelease=monitoring-stack").stdout
+    labels = [d["metadata"]["labels"] for d in yaml.safe_load_all(out)
+              if d and d["kind"] in ("PrometheusRule", "PodMonitor")]
+    assert labels and all(label["release"] == "monitoring-stack" for label in labels)
+    out = render("--set", "prometheusRelease=").stdout
+    assert not [d for d in yaml.safe_load_all(out) if d and "release" in d["metadata"].get(
+        "labels", {})]
+
+
+# --- a publishable chart ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("values", "key"), [
+    (["--set", "collector.gateway.replicas=two"], "replicas"),
+    (["--set-string", "prometheusRule.enabled=yes"], "enabled"),
+    (["--set", "collector.remoteWrit.endpoint=http://x"], "remoteWrit"),
+    (["--set", "dashbords.enabled=false"], "dashbords"),
+    (["--set", "collector.metricsMode=push"], "metricsMode"),
+    (["--set", "collector.agent.goMemLimit=400M"], "goMemLimit"),
+    (["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
+     "headersFromSecrets"),
+])
+def test_the_schema_refuses_wrong_types_and_unknown_keys(values: list[str], key: str) -> None:
+    for command in (["template", "traintel"], ["lint", "--strict"]):
+        result = run(tool("helm"), *command, str(CHART), *values, check=False)
+        assert result.returncode != 0, (command, values)
+        output = result.stdout + result.stderr
+        assert "schema" in output and key in output, output
+
+
+def test_helm_package_gives_a_self_contained_chart(tmp_path: Path) -> None:
+    """No links, the generated files inside: the packaged chart renders every alert rule."""
+    assert not [p for p in CHART.rglob("*") if p.is_symlink()]
+    run(tool("helm"), "package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("traintel-*.tgz")
+    out = run(tool("helm"), "template", "traintel", str(archive), "--namespace", "observability",
+              "--kube-version", KUBE_VERSION).stdout
+    rules = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "PrometheusRule")
+    assert _unprefixed(rules["spec"]["groups"], "") == _source_groups()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert archive.name == f"traintel-{chart['version']}.tgz"
+
+
+def test_stack_init_helm_writes_the_chart(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["stack", "init", "--helm", str(tmp_path / "chart")])
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(tmp_path / "chart"))
+                     for p in (tmp_path / "chart").rglob("*") if p.is_file())
+    expected = sorted(str(p.relative_to(CHART)) for p in CHART.rglob("*") if p.is_file())
+    assert written == expected
+    run(tool("helm"), "lint", "--strict", str(tmp_path / "chart"), "--kube-version", KUBE_VERSION)
 
 
 def test_plain_manifests_command_renders_what_helm_does(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from traintel.stack.components import COMPONENTS
 REPO = Path(__file__).resolve().parents[1]
 #: the repository's top-level stack files, as git tracks them: every one must be in the wheel
 STACK_PATHS = ("docker-compose.yml", ".env.example", "otel-collector", "prometheus",
-               "alertmanager", "loki", "tempo", "grafana", "deploy/systemd", "stack/sink",
+               "alertmanager", "loki", "tempo", "grafana", "deploy/systemd", "deploy/helm", "stack/sink",
                "stack/go/prometheus", "tools/logql")
 BUNDLE = "traintel/stack/bundle/"
 

@@ -58,15 +58,29 @@ def stack() -> None:
               help="the mail relay for --email")
 @click.option("--email-from", default="traintel-alertmanager@localhost", show_default=True,
               metavar="ADDR", help="the sender for --email")
+@click.option("--helm", "helm", is_flag=True,
+              help="write the Helm chart for Kubernetes into DIRECTORY instead (docs/kubernetes.md)")
 def init(directory: Path, force: bool, slack_webhook: str | None, webhook: str | None,
-         email: str | None, smtp_smarthost: str, email_from: str) -> None:
+         email: str | None, smtp_smarthost: str, email_from: str, helm: bool) -> None:
     """Write a ready compose project into DIRECTORY (default ./traintel-stack): the compose file,
     every config, the alert rules and their tests, the dashboards and Grafana's provisioning, a
     systemd unit for the native stack, and a .env with a generated Grafana admin password.
 
     Alerts go nowhere until a receiver is set: --slack-webhook, --webhook and --email write
     Alertmanager's `team` receiver (URLs go into .env; compose and `stack up` hand them to
-    Alertmanager as files)."""
+    Alertmanager as files). With --helm, write traintel's Helm chart there instead."""
+    if helm:
+        try:
+            chart = project.init_chart(directory, force=force)
+        except project.StackFilesError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"traintel stack: Helm chart written to {chart.directory} "
+                   f"({len(chart.written)} files"
+                   + (f", {len(chart.unchanged)} already up to date" if chart.unchanged else "")
+                   + ")")
+        click.echo(f"next: helm install traintel {chart.directory} --namespace observability "
+                   "--create-namespace (docs/kubernetes.md)")
+        return
     for url in (slack_webhook, webhook):
         if url is not None and not url.startswith(("https://", "http://")):
             raise click.BadParameter(f"{url!r} is not an http(s) URL")

@@ -265,6 +265,79 @@ DEPLOY_TOOLS: dict[str, Component] = {
                     "stack/go/compose-check/main.go"),
         ),
         Component(
+            # A real Kubernetes API server for the tests that apply the chart and the job
+            # examples (tests/kube_fixture.py): kube-apiserver v1.36.3 and the etcd v3.6.8 it
+            # requires, through our wrapper module (Kubernetes' go.mod replaces its staging
+            # modules with local paths, which `go install` refuses). Apache-2.0 both.
+            name="kube",
+            version="1.36.3",
+            method="go-wrapper",
+            binaries=("kube-apiserver", "etcd"),
+            image="",
+            ports={},
+            required=False,
+            packages=("k8s.io/kubernetes/cmd/kube-apiserver", "./etcd"),
+            module_version="v1.36.3",
+            wrapper="stack/go/kube",
+            inputs=("stack/go/kube/go.mod", "stack/go/kube/go.sum", "stack/go/kube/etcd/main.go"),
+        ),
+        Component(
+            # The Prometheus Operator, run against that API server with --kubeconfig
+            # (tests/test_kube_cluster.py). v0.85.0: the Go proxy refuses the pkg/client module
+            # of later releases (stack/go/prometheus-operator/go.mod says which).
+            name="prometheus-operator",
+            version="0.85.0",
+            method="go-wrapper",
+            binaries=("operator",),
+            image="",
+            ports={},
+            required=False,
+            packages=("github.com/prometheus-operator/prometheus-operator/cmd/operator",),
+            module_version="v0.85.0",
+            wrapper="stack/go/prometheus-operator",
+            inputs=("stack/go/prometheus-operator/go.mod", "stack/go/prometheus-operator/go.sum"),
+            version_var="github.com/prometheus/common/version.Version",
+        ),
+        Component(
+            # The OpenTelemetry Operator, run against that API server (tests/test_kube_cluster.py)
+            # to make the collectors' workloads and self-monitoring ServiceMonitors from the
+            # chart's OpenTelemetryCollector resources. Apache-2.0.
+            name="opentelemetry-operator",
+            version="0.148.0",
+            method="go-wrapper",
+            binaries=("opentelemetry-operator",),
+            image="",
+            ports={},
+            required=False,
+            packages=("github.com/open-telemetry/opentelemetry-operator",),
+            module_version="v0.148.0",
+            wrapper="stack/go/opentelemetry-operator",
+            inputs=("stack/go/opentelemetry-operator/go.mod",
+                    "stack/go/opentelemetry-operator/go.sum"),
+            version_var="github.com/open-telemetry/opentelemetry-operator/internal/version.version",
+        ),
+        Component(
+            # Thanos (Apache-2.0): Receive in a hashring, Query and Ruler, for the test that
+            # writes a run into a clustered TSDB (tests/test_thanos.py); a wrapper module repeats
+            # its go.mod's replace block, which `go install` refuses.
+            name="thanos",
+            version="0.42.4",
+            method="go-wrapper",
+            binaries=("thanos",),
+            image="",
+            ports={},
+            required=False,
+            packages=("github.com/thanos-io/thanos/cmd/thanos",),
+            module_version="v0.42.4",
+            wrapper="stack/go/thanos",
+            inputs=("stack/go/thanos/go.mod", "stack/go/thanos/go.sum"),
+            # as Thanos' release build (.promu.yml): its zero-copy label conversions assume
+            # Prometheus's slice labels; without the tag Query and Receive panic on the first
+            # label set they exchange
+            build_tags="slicelabels",
+            version_var="github.com/prometheus/common/version.Version",
+        ),
+        Component(
             name="shellcheck",
             version="0.9.0",
             method="apt",

@@ -42,6 +42,8 @@ PROJECT: tuple[str, ...] = (
     "grafana/provisioning/*/*.yaml",
     "grafana/dashboards/*.json",
 )
+#: the Helm chart (``traintel stack init --helm DIR``): every file under it, none a link
+CHART = "deploy/helm/traintel"
 #: the systemd unit for the native stack, and where ``init`` writes it (pointed at the project)
 UNIT_SOURCE = "deploy/systemd/traintel-stack.service"
 UNIT = "traintel-stack.service"
@@ -254,6 +256,39 @@ def read_env(path: Path) -> dict[str, str]:
         if sep and key and not key.startswith("#"):
             found[key.strip()] = value.strip().strip("'\"")
     return found
+
+
+def init_chart(directory: Path, *, force: bool = False) -> InitResult:
+    """Write the Helm chart (:data:`CHART`) into ``directory``, ready for ``helm install NAME
+    DIR`` or ``helm package DIR``: the chart is self-contained (its rules, dashboards and
+    collector pipeline are generated files inside it), so this is a plain copy. A file that exists
+    with other content is an error naming it, unless ``force``."""
+    source = root() / CHART
+    if not (source / "Chart.yaml").is_file():
+        raise StackFilesError(f"traintel's Helm chart is missing from {source}: reinstall traintel")
+    directory = directory.resolve()
+    planned = {str(path.relative_to(source)): path.read_bytes()
+               for path in sorted(source.rglob("*"))
+               if path.is_file() and not path.is_symlink()}
+    conflicts = [rel for rel, content in planned.items()
+                 if (directory / rel).is_file() and (directory / rel).read_bytes() != content]
+    if conflicts and not force:
+        raise StackFilesError(
+            f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
+            "changes, or pass --force to replace them with this traintel's")
+    written: list[str] = []
+    unchanged: list[str] = []
+    for rel, content in planned.items():
+        target = directory / rel
+        if target.is_file() and not target.is_symlink() and target.read_bytes() == content:
+            unchanged.append(rel)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()  # never write through a link
+        target.write_bytes(content)
+        written.append(rel)
+    return InitResult(directory, written, unchanged, None)
 
 
 def env_text(example: str, password: str) -> str:

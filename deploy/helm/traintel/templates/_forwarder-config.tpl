@@ -7,6 +7,9 @@
      Call with (dict "root" $ "listen" "0.0.0.0"). */}}
 {{- define "traintel.forwarderConfig" -}}
 {{- $c := .root.Values.collector -}}
+{{- $p := .root.Files.Get "files/collector/forwarder.yaml" | fromYaml -}}
+{{- $gateway := include "traintel.gatewayRendered" .root -}}
+{{- $scrape := eq $c.metricsMode "scrape" -}}
 receivers:
   otlp:
     protocols:
@@ -14,29 +17,20 @@ receivers:
         endpoint: {{ .listen }}:4317
       http:
         endpoint: {{ .listen }}:4318
+# processors, connectors and their order: files/collector/forwarder.yaml, generated from
+# otel-collector/config.yaml (`make generate`).
 processors:
-  # First in every pipeline: refuse data (the SDK retries) rather than run out of memory.
-  memory_limiter:
-    check_interval: 1s
-    limit_percentage: 80
-    spike_limit_percentage: 25
-  batch:
-    timeout: 1s
-    send_batch_size: 2048
+  {{- toYaml $p.processors | nindent 2 }}
 connectors:
-  # As in otel-collector/config.yaml: calls and a duration histogram per run, rank and span name.
-  span_metrics:
-    namespace: traces.span.metrics
-    histogram:
-      unit: s
-      explicit:
-        buckets: [1ms, 5ms, 10ms, 50ms, 100ms, 250ms, 500ms, 1s, 2500ms, 5s, 10s, 30s, 1m, 2m, 5m, 10m]
-    dimensions:
-      - name: project
-      - name: run
-      - name: rank
-    metrics_flush_interval: 15s
+  {{- toYaml $p.connectors | nindent 2 }}
 exporters:
+  {{- if $scrape }}
+  # Served on 8889 for the PodMonitor (collector.metricsMode: scrape): each rank's series come
+  # through its own node's agent, so exactly one target serves them.
+  prometheus:
+    {{- toYaml $p.exporters.prometheus | nindent 4 }}
+  {{- end }}
+  {{- if $gateway }}
   otlp_grpc/gateway:
     endpoint: {{ include "traintel.gatewayEndpoint" .root }}
     tls:
@@ -47,6 +41,7 @@ exporters:
     retry_on_failure:
       enabled: true
       max_elapsed_time: 10m
+  {{- end }}
   {{- if not $c.loki.enabled }}
   # Logs are not stored (collector.loki.enabled is false): count them here and drop them, so that
   # the runs' exporters are not answered with errors.
@@ -63,15 +58,15 @@ service:
   {{- include "traintel.collectorTelemetry" . | nindent 2 }}
   pipelines:
     metrics:
-      receivers: [otlp, span_metrics]
-      processors: [memory_limiter, batch]
-      exporters: [otlp_grpc/gateway]
+      receivers: {{ toJson $p.pipelines.metrics.receivers }}
+      processors: {{ toJson $p.pipelines.metrics.processors }}
+      exporters: [{{ if $scrape }}prometheus{{ else }}otlp_grpc/gateway{{ end }}]
     logs:
       receivers: [otlp]
-      processors: [memory_limiter, batch]
+      processors: {{ toJson $p.pipelines.logs.processors }}
       exporters: [{{ if $c.loki.enabled }}otlp_grpc/gateway{{ else }}debug/drop{{ end }}]
     traces:
       receivers: [otlp]
-      processors: [memory_limiter, batch]
+      processors: {{ toJson $p.pipelines.traces.processors }}
       exporters: [span_metrics{{ if $c.traces.enabled }}, otlp_grpc/gateway{{ end }}]
 {{- end -}}

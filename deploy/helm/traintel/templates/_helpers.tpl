@@ -80,9 +80,10 @@ networkPolicy:
 observability:
   metrics:
     enableMetrics: true
-    {{- with .Values.collector.selfMonitoring.labels }}
+    {{- $labels := include "traintel.selectedLabels" (dict "root" . "labels" .Values.collector.selfMonitoring.labels) }}
+    {{- if $labels }}
     extraLabels:
-      {{- toYaml . | nindent 6 }}
+      {{- $labels | nindent 6 }}
     {{- end }}
 {{- end }}
 {{- end -}}
@@ -103,4 +104,25 @@ telemetry:
               port: 8888
               without_type_suffix: true
               without_units: true
+{{- end -}}
+
+{{/* "true" when the gateway has something to do: remote write, logs to Loki or traces to Tempo
+     (with collector.metricsMode scrape and neither Loki nor traces, the agents do it all). */}}
+{{- define "traintel.gatewayRendered" -}}
+{{- $c := .Values.collector -}}
+{{- if and $c.enabled $c.gateway.enabled (or (eq $c.metricsMode "remoteWrite") $c.loki.enabled $c.traces.enabled) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The labels the Prometheus Operator's selectors match: `release: <prometheusRelease>`
+     (kube-prometheus-stack's default selector) and the object's own extra labels. Call with
+     (dict "root" $ "labels" <extra labels>). */}}
+{{- define "traintel.selectedLabels" -}}
+{{- with .root.Values.prometheusRelease }}
+release: {{ . | quote }}
+{{- end }}
+{{- with .labels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
