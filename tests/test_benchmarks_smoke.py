@@ -28,6 +28,8 @@ pytestmark = pytest.mark.slow
 EXPECTED = {
     "step_cost": ("modes", "titles", "plan", "skipped"),
     "stalls": ("scenarios", "rate_hz", "late_threshold_ms", "busy_threshold_ms"),
+    "job": ("jobs", "rate_hz", "steps_per_round"),
+    "gil_profile": ("phases", "effective_rate_hz", "samples"),
     "shutdown": ("scenarios", "shutdown_timeout_s"),
     "real_loop": ("overhead_pct", "step_ms", "batch", "collector", "metrics_server"),
     "memory": ("variants", "steps", "collector"),
