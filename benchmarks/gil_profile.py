@@ -10,6 +10,11 @@ the deepest frame that says what the work is (encoding, the HTTP request, the SD
 traintel's own additions, ...). The GIL a phase holds per export is its samples over the
 effective sampling rate (all samples over the run's length: a loaded machine samples slower than
 asked) over the number of exports.
+
+py-spy reads the interpreter's *last* holder of the GIL: a thread that released it to sleep or to
+wait for a socket stays named until another takes it, so the training thread's sleeps count as
+its own and a phase waiting on the network counts as holding. The figures are upper bounds on
+what each phase holds; their order is what the profile tells.
 """
 
 from __future__ import annotations
@@ -108,13 +113,14 @@ def render(result: dict[str, Any]) -> list[str]:
     lines = ["| phase | GIL samples | share | GIL held per export |", "|---|---|---|---|"]
     for name, row in result["phases"].items():
         per = "" if not name.startswith(("metrics", "spans", "logs")) \
-            else f"{row['gil_ms_per_export']:.2f} ms"
+            else f"<= {row['gil_ms_per_export']:.2f} ms"
         lines.append(f"| {name} | {row['samples']} | {100 * row['share']:.1f} % | {per} |")
     return lines + ["", f"py-spy --gil at {result['requested_rate_hz']} Hz asked, "
                         f"{result['effective_rate_hz']:.0f} Hz had; the paced loop of `stalls` for "
                         f"{result['seconds']:g} s with a span every step and everything exported "
                         f"every {result['interval_ms']} ms to {result['collector']}. Spans' and "
-                        "logs' figures are per export interval (a batch every interval)."]
+                        "logs' figures are per export interval (a batch every interval). py-spy names the "
+                        "GIL's last holder (a sleeping or waiting thread included): upper bounds."]
 
 
 BENCHMARK = harness.Benchmark(
