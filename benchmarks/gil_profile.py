@@ -61,9 +61,13 @@ def _phase(frames: list[str]) -> str:
         return "no thread (GIL free)"
     if not frames[0].startswith("Thread._bootstrap"):
         return "training loop (main thread)"
+    # the thread's target: the frame after threading's own (Thread.run, _bootstrap_inner)
+    own = [f for f in frames if not f.startswith(("Thread.", "threading", "<frozen"))]
+    target = own[0] if own else ""
     text = ";".join(frames)
     for thread, phase, marks in PHASES:
-        if thread in text and any(mark in text for mark in marks):
+        if thread in (text if target.startswith("BatchProcessor") else target) and \
+                any(mark in text for mark in marks):
             return phase
     return "other threads"
 
