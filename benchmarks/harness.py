@@ -38,6 +38,9 @@ class Benchmark:
     run: Callable[..., dict[str, Any]]
     #: Markdown lines for SUMMARY.md from a result
     render: Callable[[dict[str, Any]], list[str]]
+    #: a missed target fails ``python -m benchmarks`` (exit status 1): for figures measured
+    #: against a control in the same run, whose noise the target already allows for
+    gate: bool = False
 
 
 class Skipped(Exception):
@@ -139,6 +142,8 @@ def collector(kind: str) -> Iterator[tuple[str, str]]:
 
     - ``unreachable``: a port bound but never listening (every connection refused at once);
     - ``slow``: a stand-in for a slow collector that answers each export after ``SLOW_S``;
+    - ``blackhole``: a port that accepts connections (the kernel's backlog) and never reads nor
+      answers: every export waits for its timeout;
     - ``sink``: a fast local sink that answers at once;
     - ``healthy``: the native stack's collector when it is built, else the sink.
     """
@@ -148,6 +153,12 @@ def collector(kind: str) -> Iterator[tuple[str, str]]:
             sock.bind(("127.0.0.1", 0))
             yield (f"http://127.0.0.1:{sock.getsockname()[1]}",
                    "a closed port (bound, never listening: connections refused)")
+        elif kind == "blackhole":
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(4096)
+            yield (f"http://127.0.0.1:{sock.getsockname()[1]}",
+                   "a black hole (listening, never accepting nor answering: exports time out)")
         elif kind == "slow":
             yield (_sink(stack, SLOW_S),
                    f"stand-in for a slow collector: stdlib http.server in a child process that "

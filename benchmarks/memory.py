@@ -9,7 +9,10 @@ Three variants, each in its own process:
 - ``tight``: defaults (a span every 100 steps), as fast as the loop goes: the record writer's
   queue grows whenever steps come faster than the writer turns them into lines;
 - ``tight_span_every_step``: a span every step, so the span queue is full all the time;
-- ``paced_1khz``: defaults, 1 ms sleep between steps (a fast but real training loop).
+- ``paced_1khz``: defaults, 1 ms sleep between steps (a fast but real training loop);
+- ``control``: the tight loop without traintel (the same 8 values made each step): what the
+  interpreter itself grows by, so that traintel's share is the difference (target: under
+  ``OVER_CONTROL_MB`` for the tight loop over 100,000 steps).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from typing import Any
 from benchmarks import harness
 
 TARGET_MB = 50.0
+OVER_CONTROL_MB = 32.0
 EXPORT_INTERVAL_MS = 1000
 MB = 1024 * 1024
 #: variant -> (step_span_every, sleep between steps in seconds)
-VARIANTS = {"tight": (100, 0.0), "tight_span_every_step": (1, 0.0), "paced_1khz": (100, 0.001)}
+VARIANTS = {"tight": (100, 0.0), "tight_span_every_step": (1, 0.0), "paced_1khz": (100, 0.001),
+            "control": (0, 0.0)}
 
 
 def grow(steps: int, warmup: int, settle_s: float, step_span_every: int,
@@ -33,6 +38,8 @@ def grow(steps: int, warmup: int, settle_s: float, step_span_every: int,
     import psutil
 
     rss = psutil.Process().memory_info
+    if not step_span_every:
+        return _control(steps, warmup, settle_s, rss)
     with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp:
         run = harness.traintel_run(tmp, otlp=True, step_span_every=step_span_every)
         batches = run.track(itertools.count())
@@ -65,6 +72,28 @@ def grow(steps: int, warmup: int, settle_s: float, step_span_every: int,
             "record_dropped": dropped}
 
 
+def _control(steps: int, warmup: int, settle_s: float, rss: Any) -> dict[str, Any]:
+    """The same loop and values without traintel."""
+    kept = None
+    for i in range(warmup):
+        kept = harness.step_values(i)
+    time.sleep(settle_s)
+    before = peak = rss().rss
+    started = time.perf_counter()
+    for i in range(steps):
+        kept = harness.step_values(i)
+        if i % 1000 == 0:
+            peak = max(peak, rss().rss)
+    loop_s = time.perf_counter() - started
+    time.sleep(settle_s)
+    after = rss().rss
+    del kept
+    return {"rss_before_mb": before / MB, "rss_after_mb": after / MB,
+            "rss_peak_mb": max(peak, after) / MB, "growth_mb": (after - before) / MB,
+            "peak_growth_mb": (max(peak, after) - before) / MB, "loop_s": loop_s,
+            "writer_caught_up_s": 0.0, "record_queue_after": 0, "record_dropped": 0}
+
+
 def run(steps: int, warmup: int = 1000, settle_s: float = 3.0,
         variants: list[str] | None = None) -> dict[str, Any]:
     table = {}
@@ -81,7 +110,12 @@ def run(steps: int, warmup: int = 1000, settle_s: float = 3.0,
             "targets": [harness.target(f"{name}: RSS growth over {steps} steps < "
                                        f"{TARGET_MB:g} MB", row["growth_mb"],
                                        row["growth_mb"] < TARGET_MB)
-                        for name, row in table.items()]}
+                        for name, row in table.items() if name != "control"]
+            + [harness.target(f"{name}: RSS growth over the control's < {OVER_CONTROL_MB:g} MB",
+                              row["growth_mb"] - table["control"]["growth_mb"],
+                              row["growth_mb"] - table["control"]["growth_mb"] < OVER_CONTROL_MB)
+               for name, row in table.items()
+               if name.startswith("tight") and "control" in table]}
 
 
 def render(result: dict[str, Any]) -> list[str]:
@@ -99,7 +133,8 @@ BENCHMARK = harness.Benchmark(
     name="memory",
     title="Memory growth with the collector unreachable",
     profiles={"full": {"steps": 100_000}, "quick": {"steps": 30_000},
-              "tiny": {"steps": 200, "warmup": 10, "settle_s": 0.1, "variants": ["tight"]}},
+              "tiny": {"steps": 200, "warmup": 10, "settle_s": 0.1,
+                       "variants": ["tight", "control"]}},
     run=run,
     render=render,
 )

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
-    collector_load, curve_export, external, harness, memory, real_loop, shutdown, stalls,
+    collector_load, curve_export, external, gil_profile, harness, job, memory, real_loop, shutdown, stalls,
     step_cost, sync_throughput,
 )
 
 RESULTS = Path(__file__).parent / "results"
 BENCHMARKS: dict[str, harness.Benchmark] = {b.name: b for b in (
-    step_cost.BENCHMARK, stalls.BENCHMARK, shutdown.BENCHMARK, real_loop.BENCHMARK,
+    step_cost.BENCHMARK, stalls.BENCHMARK, job.BENCHMARK, gil_profile.BENCHMARK, shutdown.BENCHMARK, real_loop.BENCHMARK,
     memory.BENCHMARK, external.SAMPLER_COST, external.LOGS_SUMMARY, collector_load.BENCHMARK,
     curve_export.BENCHMARK, sync_throughput.BENCHMARK)}
 
@@ -98,5 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(BENCHMARKS)}")
-    run(args.names or list(BENCHMARKS), args.profile, args.out)
+    results = run(args.names or list(BENCHMARKS), args.profile, args.out)
     print(f"wrote {args.out / 'SUMMARY.md'}", file=sys.stderr)
+    missed = [f"{name}: {t['target']} (measured {t['measured']})"
+              for name, result in results.items() if BENCHMARKS[name].gate
+              for t in result.get("targets", []) if not t["met"]]
+    if missed and args.profile != "tiny":  # tiny sizes measure nothing
+        print("missed (these fail make bench):\n  " + "\n  ".join(missed), file=sys.stderr)
+        sys.exit(1)

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.slow
 EXPECTED = {
     "step_cost": ("modes", "titles", "plan", "skipped"),
     "stalls": ("scenarios", "rate_hz", "late_threshold_ms", "busy_threshold_ms"),
+    "job": ("jobs", "rate_hz", "steps_per_round"),
+    "gil_profile": ("phases", "effective_rate_hz", "samples"),
     "shutdown": ("scenarios", "shutdown_timeout_s"),
     "real_loop": ("overhead_pct", "step_ms", "batch", "collector", "metrics_server"),
     "memory": ("variants", "steps", "collector"),
@@ -73,6 +75,9 @@ def test_registry_covers_every_benchmark():
 def test_result_file(results, name):
     if name == "logs_summary" and not shutil.which("jq"):
         pytest.skip("jq is not installed: logs_summary needs it as its baseline")
+    if name == "gil_profile" and not (shutil.which("py-spy")
+                                      or (Path(sys.executable).parent / "py-spy").exists()):
+        pytest.skip("py-spy is not installed (the bench extra): gil_profile samples with it")
     result = json.loads((results / f"{name}.json").read_text())
     assert {"benchmark", "profile", "environment", *EXPECTED[name]} <= set(result)
     assert len(result["environment"]["loadavg"]) == 3

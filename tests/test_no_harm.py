@@ -173,7 +173,7 @@ def test_a_bad_sdk_setting_is_its_default_with_a_warning_naming_it(tmp_path, var
             run.log(loss=1.0)
         with run.span("save"):
             run.event("checkpoint", note="x" * 300)
-        readers = [t for t in threading.enumerate() if t.name == "OtelPeriodicExportingMetricReader"]
+        readers = [t for t in threading.enumerate() if t.name == "traintel-metric-reader"]
         print("reader alive:", all(t.is_alive() for t in readers) and len(readers) == 1)
         run.finish()
         print("status:", run.summary["status"])

@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics import Histogram as OtelHistogram
 from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram,
                                               HistogramDataPoint, Metric, MetricExporter,
                                               MetricExportResult, MetricReader, MetricsData,
-                                              NumberDataPoint, PeriodicExportingMetricReader,
+                                              NumberDataPoint,
                                               ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -46,6 +46,7 @@ from traintel.record.format import ExportLine
 from traintel.record.span_lines import RecordSpans, Write
 from traintel.core.state import RunState
 from traintel.export.health import ExportGate, ExportHealth, ExportSession, GatedLogExporter, GatedSpanExporter, Signal, quiet_sdk_export_lines
+from traintel.export.aligned import AlignedMetricReader
 from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 
 log = logging.getLogger("traintel.export")
@@ -529,13 +530,15 @@ class OtlpExport:
             exporter = self._metric_exporter = HistogramsExporter(
                 sinks.metric_exporter,
                 ExportGate("metrics", health, sinks.sessions.get("metrics")), self.notes)
-            metrics = RunMetrics(state, labels, run_info, histograms, resource,
-                                 PeriodicExportingMetricReader(
-                                     exporter, export_interval_millis=(
-                                         sinks.metric_interval_ms or sdk_settings.milliseconds(
-                                             env.OTEL_METRIC_EXPORT_INTERVAL, 60_000.0)),
-                                     export_timeout_millis=sdk_settings.metric_timeout_ms()))
+            # collected at the same wall-clock boundaries on every rank (export/aligned.py); the
+            # interval and timeout as traintel checked them (a bad OTEL_* value is its default)
+            reader = AlignedMetricReader(exporter, sinks.metric_interval_ms
+                                         if sinks.metric_interval_ms is not None
+                                         else metric_interval_s() * 1000,
+                                         sdk_settings.metric_timeout_ms())
+            metrics = RunMetrics(state, labels, run_info, histograms, resource, reader)
             exporter.added = metrics.added
+            reader.start()
             self.meter_provider = metrics.provider
             self._providers.append(self.meter_provider)
         # the SDK's settings checked by traintel: a bad OTEL_* value never stops a run
