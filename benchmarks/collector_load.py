@@ -44,12 +44,30 @@ from typing import Any
 from benchmarks import harness
 
 PROFILES = {
-    "full": {"ranks": 3000, "interval_s": 5.0, "seconds": 90.0, "senders": 2, "log_batches": 2,
-             "collector_limit_mib": 4096},
-    "quick": {"ranks": 1000, "interval_s": 5.0, "seconds": 40.0, "senders": 1, "log_batches": 4,
-              "collector_limit_mib": 4096},
-    "tiny": {"ranks": 4, "interval_s": 1.0, "seconds": 4.0, "senders": 1, "log_batches": 1,
-             "collector_limit_mib": None},
+    "full": {
+        "ranks": 3000,
+        "interval_s": 5.0,
+        "seconds": 90.0,
+        "senders": 2,
+        "log_batches": 2,
+        "collector_limit_mib": 4096,
+    },
+    "quick": {
+        "ranks": 1000,
+        "interval_s": 5.0,
+        "seconds": 40.0,
+        "senders": 1,
+        "log_batches": 4,
+        "collector_limit_mib": 4096,
+    },
+    "tiny": {
+        "ranks": 4,
+        "interval_s": 1.0,
+        "seconds": 4.0,
+        "senders": 1,
+        "log_batches": 1,
+        "collector_limit_mib": None,
+    },
 }
 #: rounds before the measurement window opens (series creation, queues filling)
 WARMUP_ROUNDS = 3
@@ -76,6 +94,7 @@ service:
 
 # --- the load -----------------------------------------------------------------------------------
 
+
 def capture_template(directory: str) -> tuple[bytes, bytes, dict[str, int]]:
     """One rank's OTLP metric export and log batch, from a real run, as the exporters encode them."""
     from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
@@ -91,8 +110,13 @@ def capture_template(directory: str) -> tuple[bytes, bytes, dict[str, int]]:
                     run.log(**harness.step_values(epoch * 100 + i))
                     requests_seen.inc()
                 run.log_eval(val_loss=1.0 / (epoch + 1), val_accuracy=0.5 + epoch / 10)
-                for name in ("checkpoint_saved", "lr_decayed", "data_shard_done", "resumed",
-                             "early_stop_check"):
+                for name in (
+                    "checkpoint_saved",
+                    "lr_decayed",
+                    "data_shard_done",
+                    "resumed",
+                    "early_stop_check",
+                ):
                     run.event(name, epoch=epoch)
                 with run.span("checkpoint"):
                     time.sleep(0.01)
@@ -109,9 +133,14 @@ def _for_rank(request: Any, run_id: str, rank: int) -> Any:
     """A copy of one rank's request as rank ``rank`` of job ``run_id`` would send it."""
     copy = type(request)()
     copy.CopyFrom(request)
-    values = {"rank": str(rank), "run": run_id, "host.name": f"node-{rank // 8:04d}",
-              "host": f"node-{rank // 8:04d}", "service.instance.id": f"{run_id}/{rank}",
-              "traintel.run_name": run_id}
+    values = {
+        "rank": str(rank),
+        "run": run_id,
+        "host.name": f"node-{rank // 8:04d}",
+        "host": f"node-{rank // 8:04d}",
+        "service.instance.id": f"{run_id}/{rank}",
+        "traintel.run_name": run_id,
+    }
     for attributes in _attribute_lists(copy):
         for attribute in attributes:
             if attribute.key in values:
@@ -120,11 +149,11 @@ def _for_rank(request: Any, run_id: str, rank: int) -> Any:
 
 
 def _attribute_lists(request: Any):
-    groups = getattr(request, "resource_metrics", None) or getattr(request, "resource_logs")
+    groups = getattr(request, "resource_metrics", None) or request.resource_logs
     for group in groups:
         yield group.resource.attributes
-        for scope in getattr(group, "scope_metrics", None) or getattr(group, "scope_logs"):
-            for item in getattr(scope, "metrics", None) or getattr(scope, "log_records"):
+        for scope in getattr(group, "scope_metrics", None) or group.scope_logs:
+            for item in getattr(scope, "metrics", None) or scope.log_records:
                 if hasattr(item, "attributes"):
                     yield item.attributes
                 else:
@@ -138,7 +167,9 @@ _TIME_MARK = 0x7EADBEEF0BADF00D
 _VALUE_MARK = 1.0e-300
 
 
-def _patchable(request: Any, signal: str) -> tuple[bytes, list[int], list[tuple[int, float, float]]]:
+def _patchable(
+    request: Any, signal: str
+) -> tuple[bytes, list[int], list[tuple[int, float, float]]]:
     """The request's bytes, where its timestamps are, and where its moving values are with their
     start and increment per round. Timestamps (fixed64) and double values have fixed widths in
     protobuf, so a sender overwrites them in place each round instead of encoding again: the
@@ -163,8 +194,11 @@ def _patchable(request: Any, signal: str) -> tuple[bytes, list[int], list[tuple[
                     record.time_unix_nano = record.observed_time_unix_nano = _TIME_MARK
     body = request.SerializeToString()
     times = _find_all(body, struct.pack("<Q", _TIME_MARK))
-    values = [(offset, start, step) for mark, start, step in moving
-              for offset in _find_all(body, struct.pack("<d", mark))]
+    values = [
+        (offset, start, step)
+        for mark, start, step in moving
+        for offset in _find_all(body, struct.pack("<d", mark))
+    ]
     return body, times, values
 
 
@@ -176,8 +210,18 @@ def _find_all(body: bytes, needle: bytes) -> list[int]:
     return found
 
 
-def sender(endpoint: str, signal: str, template: bytes, run_id: str, ranks: range,
-           interval_s: float, start: float, deadline: float, batches: int, out: Any) -> None:
+def sender(
+    endpoint: str,
+    signal: str,
+    template: bytes,
+    run_id: str,
+    ranks: range,
+    interval_s: float,
+    start: float,
+    deadline: float,
+    batches: int,
+    out: Any,
+) -> None:
     """Sends every rank's export once per round until ``deadline`` (a monotonic time), over one
     keep-alive connection."""
     import http.client
@@ -217,8 +261,9 @@ def sender(endpoint: str, signal: str, template: bytes, run_id: str, ranks: rang
                 struct.pack_into("<d", patched, offset, first + step * round_no)
             for _ in range(batches):
                 try:
-                    connection.request("POST", f"/v1/{signal}", body=bytes(patched),
-                                       headers=headers)
+                    connection.request(
+                        "POST", f"/v1/{signal}", body=bytes(patched), headers=headers
+                    )
                     response = connection.getresponse()
                     response.read()
                     ok = response.status == 200
@@ -267,6 +312,7 @@ def _raised_limit(limit_mib: int, directory: Path) -> Path:
 
 # --- what the programs did ----------------------------------------------------------------------
 
+
 def _cpu_seconds(pid: int) -> float:
     import psutil
 
@@ -284,16 +330,24 @@ def _sockets(pid: int, port: int) -> dict[str, int] | None:
     """local address -> bytes sent, for each TCP connection of process ``pid`` to
     127.0.0.1:``port`` (``ss -ti``: the kernel's per-socket counters); None without ``ss``."""
     try:
-        listing = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True,
-                                 text=True, timeout=30, check=True).stdout
+        listing = subprocess.run(
+            ["ss", "-tinpH", "state", "established"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     found, current = {}, None
     for line in listing.splitlines():
         if not line.startswith((" ", "\t")):  # a socket; its details follow on the next line
             fields = line.split()
-            current = (fields[2] if len(fields) >= 5 and fields[3] == f"127.0.0.1:{port}"
-                       and f"pid={pid}," in line else None)
+            current = (
+                fields[2]
+                if len(fields) >= 5 and fields[3] == f"127.0.0.1:{port}" and f"pid={pid}," in line
+                else None
+            )
         elif current:
             match = re.search(r"bytes_sent:(\d+)", line)
             found[current] = int(match.group(1)) if match else 0
@@ -322,7 +376,8 @@ class _SentBytes:
             now = _sockets(self.pid, self.port) or {}
             self.total = (self.total or 0) + sum(
                 sent - last.get(local, 0) if sent >= last.get(local, 0) else sent
-                for local, sent in now.items())
+                for local, sent in now.items()
+            )
             last = now
 
     def stop(self) -> int | None:
@@ -357,8 +412,9 @@ def snapshot(stack: Any) -> dict[str, Any]:
         "series": prometheus.get("prometheus_tsdb_head_series", 0.0),
         "heap_inuse": prometheus.get("go_memstats_heap_inuse_bytes", 0.0),
         "collector_heap": collector.get("otelcol_process_runtime_heap_alloc_bytes", 0.0),
-        "wal_written": collector.get("otelcol_exporter_prometheusremotewrite_wal_bytes_written",
-                                     0.0),
+        "wal_written": collector.get(
+            "otelcol_exporter_prometheusremotewrite_wal_bytes_written", 0.0
+        ),
         "wal_read": collector.get("otelcol_exporter_prometheusremotewrite_wal_bytes_read", 0.0),
         "points_in": collector.get("otelcol_receiver_accepted_metric_points", 0.0),
         "points_refused": collector.get("otelcol_receiver_refused_metric_points", 0.0),
@@ -378,17 +434,41 @@ def _machine_cpu_seconds() -> float:
     return times.user + times.system + getattr(times, "irq", 0) + getattr(times, "softirq", 0)
 
 
-def _phase(stack: Any, signal: str, template: bytes, run_id: str, ranks: int, interval_s: float,
-           seconds: float, senders: int, batches: int) -> dict[str, Any]:
+def _phase(
+    stack: Any,
+    signal: str,
+    template: bytes,
+    run_id: str,
+    ranks: int,
+    interval_s: float,
+    seconds: float,
+    senders: int,
+    batches: int,
+) -> dict[str, Any]:
     """Run one phase; returns its rates over the window after the warm-up rounds."""
     queue: Any = multiprocessing.get_context("spawn").Queue()
     start = time.monotonic() + 2.0  # the senders build their requests first
     deadline = start + seconds
     shares = [range(i, ranks, senders) for i in range(senders)]
-    procs = [multiprocessing.get_context("spawn").Process(
-        target=sender, args=(stack.endpoints["otlp_http"], signal, template, run_id, share,
-                             interval_s, start, deadline, batches, queue), daemon=True)
-        for share in shares]
+    procs = [
+        multiprocessing.get_context("spawn").Process(
+            target=sender,
+            args=(
+                stack.endpoints["otlp_http"],
+                signal,
+                template,
+                run_id,
+                share,
+                interval_s,
+                start,
+                deadline,
+                batches,
+                queue,
+            ),
+            daemon=True,
+        )
+        for share in shares
+    ]
     for proc in procs:
         proc.start()
     time.sleep(max(0.0, start + min(WARMUP_ROUNDS * interval_s, seconds / 3) - time.monotonic()))
@@ -417,26 +497,30 @@ def _phase(stack: Any, signal: str, template: bytes, run_id: str, ranks: int, in
         samples_s = (after["samples"] - before["samples"]) / elapsed
         wal_s = (after["wal_written"] - before["wal_written"]) / elapsed
         remote_write_s = (remote_write_bytes or 0) / elapsed
-        result.update({
-            "samples_per_s": round(samples_s, 1),
-            "otlp_points_per_s": round((after["points_in"] - before["points_in"]) / elapsed, 1),
-            "points_refused": after["points_refused"] - before["points_refused"],
-            "points_send_failed": after["points_failed"] - before["points_failed"],
-            "collector_samples_per_core_s": _per(samples_s, cores["otelcol"]),
-            # what the collector sent to Prometheus (remote-write requests, HTTP included), and
-            # what its remote-write WAL wrote to disk
-            "remote_write_bytes_per_s": round(remote_write_s),
-            "remote_write_bytes_per_sample": _per(remote_write_s, samples_s),
-            "wal_bytes_per_sample": _per(wal_s, samples_s),
-            "prometheus_samples_per_core_s": _per(samples_s, cores["prometheus"]),
-        })
+        result.update(
+            {
+                "samples_per_s": round(samples_s, 1),
+                "otlp_points_per_s": round((after["points_in"] - before["points_in"]) / elapsed, 1),
+                "points_refused": after["points_refused"] - before["points_refused"],
+                "points_send_failed": after["points_failed"] - before["points_failed"],
+                "collector_samples_per_core_s": _per(samples_s, cores["otelcol"]),
+                # what the collector sent to Prometheus (remote-write requests, HTTP included), and
+                # what its remote-write WAL wrote to disk
+                "remote_write_bytes_per_s": round(remote_write_s),
+                "remote_write_bytes_per_sample": _per(remote_write_s, samples_s),
+                "wal_bytes_per_sample": _per(wal_s, samples_s),
+                "prometheus_samples_per_core_s": _per(samples_s, cores["prometheus"]),
+            }
+        )
     else:
         logs_s = (after["logs_out"] - before["logs_out"]) / elapsed
-        result.update({
-            "log_records_per_s": round(logs_s, 1),
-            "log_records_refused": after["logs_refused"] - before["logs_refused"],
-            "collector_log_records_per_core_s": _per(logs_s, cores["otelcol"]),
-        })
+        result.update(
+            {
+                "log_records_per_s": round(logs_s, 1),
+                "log_records_refused": after["logs_refused"] - before["logs_refused"],
+                "collector_log_records_per_core_s": _per(logs_s, cores["otelcol"]),
+            }
+        )
     return result
 
 
@@ -450,8 +534,14 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def run(ranks: int, interval_s: float, seconds: float, senders: int, log_batches: int,
-        collector_limit_mib: int | None) -> dict[str, Any]:
+def run(
+    ranks: int,
+    interval_s: float,
+    seconds: float,
+    senders: int,
+    log_batches: int,
+    collector_limit_mib: int | None,
+) -> dict[str, Any]:
     from traintel.stack import install, native
 
     for name in ("otelcol", "prometheus", "alertmanager"):
@@ -465,16 +555,29 @@ def run(ranks: int, interval_s: float, seconds: float, senders: int, log_batches
         loki_config = Path(tmp) / "loki-standin.yaml"
         loki_config.write_text(LOKI_STANDIN.format(port=ports["loki"]["http"]))
         with (Path(tmp) / "loki-standin.log").open("w") as loki_log:
-            loki = subprocess.Popen([str(install.binary("otelcol")), "--config", str(loki_config)],
-                                    stdout=loki_log, stderr=subprocess.STDOUT)
+            loki = subprocess.Popen(
+                [str(install.binary("otelcol")), "--config", str(loki_config)],
+                stdout=loki_log,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 stack.up()
                 baseline = snapshot(stack)
                 run_id = f"load-{os.getpid()}"
-                metric_phase = _phase(stack, "metrics", metrics, run_id, ranks, interval_s, seconds,
-                                      senders, 1)
-                log_phase = _phase(stack, "logs", logs, run_id, ranks, interval_s,
-                                   max(seconds / 2, min(seconds, 4.0)), senders, log_batches)
+                metric_phase = _phase(
+                    stack, "metrics", metrics, run_id, ranks, interval_s, seconds, senders, 1
+                )
+                log_phase = _phase(
+                    stack,
+                    "logs",
+                    logs,
+                    run_id,
+                    ranks,
+                    interval_s,
+                    max(seconds / 2, min(seconds, 4.0)),
+                    senders,
+                    log_batches,
+                )
             finally:
                 stack.down()
                 loki.terminate()
@@ -482,20 +585,24 @@ def run(ranks: int, interval_s: float, seconds: float, senders: int, log_batches
     end = metric_phase.pop("after")
     log_phase.pop("after")
     series = end["series"] - baseline["series"]
-    memory = {name: _per(end["rss"][name] - baseline["rss"][name], series)
-              for name in end["rss"]}
+    memory = {name: _per(end["rss"][name] - baseline["rss"][name], series) for name in end["rss"]}
     return {
-        "ranks": ranks, "interval_s": interval_s, "seconds": seconds, "senders": senders,
-        "log_batches": log_batches, "collector_limit_mib": collector_limit_mib, **shape,
+        "ranks": ranks,
+        "interval_s": interval_s,
+        "seconds": seconds,
+        "senders": senders,
+        "log_batches": log_batches,
+        "collector_limit_mib": collector_limit_mib,
+        **shape,
         "template_bytes": {"metrics": len(metrics), "logs": len(logs)},
         "series_per_rank": round(series / ranks, 1),
         "active_series": int(series),
-        "bytes_per_series": {"prometheus_rss": memory["prometheus"],
-                             "prometheus_heap_inuse": _per(
-                                 end["heap_inuse"] - baseline["heap_inuse"], series),
-                             "collector_rss": memory["otelcol"],
-                             "collector_heap": _per(
-                                 end["collector_heap"] - baseline["collector_heap"], series)},
+        "bytes_per_series": {
+            "prometheus_rss": memory["prometheus"],
+            "prometheus_heap_inuse": _per(end["heap_inuse"] - baseline["heap_inuse"], series),
+            "collector_rss": memory["otelcol"],
+            "collector_heap": _per(end["collector_heap"] - baseline["collector_heap"], series),
+        },
         "rss_mb": {name: round(end["rss"][name] / 2**20, 1) for name in end["rss"]},
         "metrics": metric_phase,
         "logs": log_phase,
@@ -508,8 +615,11 @@ def render(result: dict[str, Any]) -> list[str]:
         f"{result['ranks']} ranks x {result['series_per_rank']} series each "
         f"({result['active_series']} active series), one export per rank every "
         f"{result['interval_s']:g} s, {result['senders']} sender processes; collector "
-        + (f"memory_limiter raised to {result['collector_limit_mib']} MiB."
-           if result.get("collector_limit_mib") else "configuration as in the repository."),
+        + (
+            f"memory_limiter raised to {result['collector_limit_mib']} MiB."
+            if result.get("collector_limit_mib")
+            else "configuration as in the repository."
+        ),
         "",
         "| signal | rate | collector per core | Prometheus per core | cores used "
         "(collector / Prometheus) | refused |",
@@ -538,8 +648,12 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 BENCHMARK = harness.Benchmark(
-    name="collector_load", title="Collector and Prometheus capacity", profiles=PROFILES,
-    run=run, render=render)
+    name="collector_load",
+    title="Collector and Prometheus capacity",
+    profiles=PROFILES,
+    run=run,
+    render=render,
+)
 
 
 def main() -> None:
@@ -549,12 +663,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=PROFILES["full"]["seconds"])
     parser.add_argument("--senders", type=int, default=PROFILES["full"]["senders"])
     parser.add_argument("--log-batches", type=int, default=PROFILES["full"]["log_batches"])
-    parser.add_argument("--collector-limit-mib", type=int,
-                        default=PROFILES["full"]["collector_limit_mib"],
-                        help="raise the collector's memory_limiter (0: the repository's value)")
+    parser.add_argument(
+        "--collector-limit-mib",
+        type=int,
+        default=PROFILES["full"]["collector_limit_mib"],
+        help="raise the collector's memory_limiter (0: the repository's value)",
+    )
     args = parser.parse_args()
-    result = run(args.ranks, args.interval, args.seconds, args.senders, args.log_batches,
-                 args.collector_limit_mib or None)
+    result = run(
+        args.ranks,
+        args.interval,
+        args.seconds,
+        args.senders,
+        args.log_batches,
+        args.collector_limit_mib or None,
+    )
     print(json.dumps(result, indent=2))
     print("\n".join(render(result)))
 

@@ -26,19 +26,49 @@ INTERVAL_S = 15.0
 
 def _metrics(points: dict[str, list[tuple[float, int, dict[str, str]]]]) -> Any:
     """MetricsData with one gauge per name: (value, time_unix_nano, attributes) points."""
-    from opentelemetry.sdk.metrics.export import (Gauge, Metric, MetricsData, NumberDataPoint,
-                                                  ResourceMetrics, ScopeMetrics)
+    from opentelemetry.sdk.metrics.export import (
+        Gauge,
+        Metric,
+        MetricsData,
+        NumberDataPoint,
+        ResourceMetrics,
+        ScopeMetrics,
+    )
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    metrics = [Metric(name=name, description="", unit="", data=Gauge(data_points=[
-        NumberDataPoint(attributes=attributes, start_time_unix_nano=0, time_unix_nano=ts,
-                        value=value) for value, ts, attributes in series]))
-        for name, series in points.items()]
-    return MetricsData(resource_metrics=[ResourceMetrics(
-        resource=Resource.create({"service.name": "bench"}), schema_url="",
-        scope_metrics=[ScopeMetrics(scope=InstrumentationScope("traintel"), metrics=metrics,
-                                    schema_url="")])])
+    metrics = [
+        Metric(
+            name=name,
+            description="",
+            unit="",
+            data=Gauge(
+                data_points=[
+                    NumberDataPoint(
+                        attributes=attributes,
+                        start_time_unix_nano=0,
+                        time_unix_nano=ts,
+                        value=value,
+                    )
+                    for value, ts, attributes in series
+                ]
+            ),
+        )
+        for name, series in points.items()
+    ]
+    return MetricsData(
+        resource_metrics=[
+            ResourceMetrics(
+                resource=Resource.create({"service.name": "bench"}),
+                schema_url="",
+                scope_metrics=[
+                    ScopeMetrics(
+                        scope=InstrumentationScope("traintel"), metrics=metrics, schema_url=""
+                    )
+                ],
+            )
+        ]
+    )
 
 
 def _encode(data: Any) -> int:
@@ -56,8 +86,9 @@ def _timed(fn, repeats: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def run(rates: tuple[float, ...] = (1, 10, 100, 1000), repeats: int = 5,
-        fold_steps: int = 20_000) -> dict[str, Any]:
+def run(
+    rates: tuple[float, ...] = (1, 10, 100, 1000), repeats: int = 5, fold_steps: int = 20_000
+) -> dict[str, Any]:
     from traintel.core.state import IntervalStats
 
     base = {"project": "bench", "run": "r1", "rank": "0"}
@@ -78,27 +109,44 @@ def run(rates: tuple[float, ...] = (1, 10, 100, 1000), repeats: int = 5,
                 "traintel_logged_max": [(hi, now, labelled[k]) for k, (_, hi) in window.items()],
                 "traintel_logged_values_total": [(steps, now, labelled[k]) for k in KEYS],
                 "traintel_logged_nonfinite_total": [(0, now, labelled[k]) for k in KEYS],
-                "traintel_metric": [(values[-1][k], now, labelled[k]) for k in KEYS]}
+                "traintel_metric": [(values[-1][k], now, labelled[k]) for k in KEYS],
+            }
             return _encode(_metrics(points))
 
         step_ns = int(INTERVAL_S * 1e9 / steps)
 
         def per_step_export() -> int:
-            points = {"traintel_metric": [(v[k], now + i * step_ns, labelled[k])
-                                          for i, v in enumerate(values) for k in KEYS]}
+            points = {
+                "traintel_metric": [
+                    (v[k], now + i * step_ns, labelled[k])
+                    for i, v in enumerate(values)
+                    for k in KEYS
+                ]
+            }
             return _encode(_metrics(points))
 
         stats_s, stats_bytes = _timed(stats_export, repeats)
         # the per-step window of one interval is built from the values here, so the two are
         # compared on the same work: building the points and encoding them
         per_step_s, per_step_bytes = _timed(per_step_export, max(1, repeats // (1 + steps // 5000)))
-        rows.append({"steps_per_s": rate, "steps_per_export": steps,
-                     "stats": {"points": 5 * len(KEYS), "export_ms": stats_s * 1e3,
-                               "bytes": stats_bytes,
-                               "prometheus_samples_per_s": 5 * len(KEYS) / INTERVAL_S},
-                     "per_step": {"points": steps * len(KEYS), "export_ms": per_step_s * 1e3,
-                                  "bytes": per_step_bytes,
-                                  "prometheus_samples_per_s": steps * len(KEYS) / INTERVAL_S}})
+        rows.append(
+            {
+                "steps_per_s": rate,
+                "steps_per_export": steps,
+                "stats": {
+                    "points": 5 * len(KEYS),
+                    "export_ms": stats_s * 1e3,
+                    "bytes": stats_bytes,
+                    "prometheus_samples_per_s": 5 * len(KEYS) / INTERVAL_S,
+                },
+                "per_step": {
+                    "points": steps * len(KEYS),
+                    "export_ms": per_step_s * 1e3,
+                    "bytes": per_step_bytes,
+                    "prometheus_samples_per_s": steps * len(KEYS) / INTERVAL_S,
+                },
+            }
+        )
 
     stats = IntervalStats()
     take = stats.reader()
@@ -113,33 +161,47 @@ def run(rates: tuple[float, ...] = (1, 10, 100, 1000), repeats: int = 5,
     for i in range(fold_steps):
         kept.append((i, step))  # what per-step points must keep until the export takes them
     keep_us = (time.perf_counter() - started) / fold_steps * 1e6
-    return {"keys": list(KEYS), "interval_s": INTERVAL_S, "rows": rows,
-            "writer_us_per_step": {"stats_fold": fold_us, "per_step_keep": keep_us}}
+    return {
+        "keys": list(KEYS),
+        "interval_s": INTERVAL_S,
+        "rows": rows,
+        "writer_us_per_step": {"stats_fold": fold_us, "per_step_keep": keep_us},
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
-    lines = ["| steps/s | points per export: stats / per step | encode ms per export: stats / "
-             "per step | bytes: stats / per step | Prometheus samples/s: stats / per step |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| steps/s | points per export: stats / per step | encode ms per export: stats / "
+        "per step | bytes: stats / per step | Prometheus samples/s: stats / per step |",
+        "|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         s, p = row["stats"], row["per_step"]
-        lines.append(f"| {row['steps_per_s']:g} | {s['points']} / {p['points']} | "
-                     f"{s['export_ms']:.2f} / {p['export_ms']:.2f} | {s['bytes']} / "
-                     f"{p['bytes']} | {s['prometheus_samples_per_s']:.1f} / "
-                     f"{p['prometheus_samples_per_s']:.1f} |")
+        lines.append(
+            f"| {row['steps_per_s']:g} | {s['points']} / {p['points']} | "
+            f"{s['export_ms']:.2f} / {p['export_ms']:.2f} | {s['bytes']} / "
+            f"{p['bytes']} | {s['prometheus_samples_per_s']:.1f} / "
+            f"{p['prometheus_samples_per_s']:.1f} |"
+        )
     writer = result["writer_us_per_step"]
-    lines += ["", f"{len(result['keys'])} keys per step, one export every "
-              f"{result['interval_s']:g} s. Record writer per step (off the training thread): "
-              f"folding into the windows {writer['stats_fold']:.2f} µs, keeping the step for "
-              f"per-step points {writer['per_step_keep']:.2f} µs."]
+    lines += [
+        "",
+        f"{len(result['keys'])} keys per step, one export every "
+        f"{result['interval_s']:g} s. Record writer per step (off the training thread): "
+        f"folding into the windows {writer['stats_fold']:.2f} µs, keeping the step for "
+        f"per-step points {writer['per_step_keep']:.2f} µs.",
+    ]
     return lines
 
 
 BENCHMARK = harness.Benchmark(
     name="curve_export",
     title="Every value between two exports: per-interval statistics against per-step points",
-    profiles={"full": {"repeats": 7}, "quick": {"repeats": 3},
-              "tiny": {"rates": (1, 10), "repeats": 1, "fold_steps": 100}},
+    profiles={
+        "full": {"repeats": 7},
+        "quick": {"repeats": 3},
+        "tiny": {"rates": (1, 10), "repeats": 1, "fold_steps": 100},
+    },
     run=run,
     render=render,
 )

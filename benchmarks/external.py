@@ -29,20 +29,31 @@ def sampler_cost(seconds: float, interval: float) -> dict[str, Any]:
             _main(bench, ["--seconds", str(seconds), "--interval", str(interval)])
         result = json.loads(path.read_text())
     pct = result["real"]["pct_of_one_core"]
-    return {**result, "targets": [harness.target(
-        f"sampler thread < {result['target_pct_of_one_core']:g} % of one core "
-        f"(at {interval:g} s)", pct, pct < result["target_pct_of_one_core"])]}
+    return {
+        **result,
+        "targets": [
+            harness.target(
+                f"sampler thread < {result['target_pct_of_one_core']:g} % of one core "
+                f"(at {interval:g} s)",
+                pct,
+                pct < result["target_pct_of_one_core"],
+            )
+        ],
+    }
 
 
 def render_sampler_cost(result: dict[str, Any]) -> list[str]:
     real, scaled = result["real"], result["scaled"]
-    return ["| samplers | readings | sample wall (median / max) | CPU, real | CPU, scaled |",
-            "|---|---|---|---|---|",
-            f"| {', '.join(result['samplers'])} | {result['readings_per_sample']} | "
-            f"{result['sample_wall_ms_median']:.2f} / {result['sample_wall_ms_max']:.2f} ms | "
-            f"{real['pct_of_one_core']:.3f} % of a core ({real['batches']} samples at "
-            f"{real['interval_s']:g} s) | {scaled['pct_of_one_core']:.3f} % |",
-            "", _render_nvml(result.get("nvml") or {"skipped": "not measured"})]
+    return [
+        "| samplers | readings | sample wall (median / max) | CPU, real | CPU, scaled |",
+        "|---|---|---|---|---|",
+        f"| {', '.join(result['samplers'])} | {result['readings_per_sample']} | "
+        f"{result['sample_wall_ms_median']:.2f} / {result['sample_wall_ms_max']:.2f} ms | "
+        f"{real['pct_of_one_core']:.3f} % of a core ({real['batches']} samples at "
+        f"{real['interval_s']:g} s) | {scaled['pct_of_one_core']:.3f} % |",
+        "",
+        _render_nvml(result.get("nvml") or {"skipped": "not measured"}),
+    ]
 
 
 def _render_nvml(nvml: dict[str, Any]) -> str:
@@ -50,8 +61,11 @@ def _render_nvml(nvml: dict[str, Any]) -> str:
         return f"NVML fields: {nvml['skipped']}."
     costs = {**nvml["fields"], "xid_poll": nvml["xid_poll"]}
     return f"NVML fields on {nvml['gpu']} (median ms wall / CPU): " + "; ".join(
-        f"{name} {cost}" if isinstance(cost, str) else
-        f"{name} {cost['wall_ms']:.3f} / {cost['cpu_ms']:.3f}" for name, cost in costs.items())
+        f"{name} {cost}"
+        if isinstance(cost, str)
+        else f"{name} {cost['wall_ms']:.3f} / {cost['cpu_ms']:.3f}"
+        for name, cost in costs.items()
+    )
 
 
 def logs_summary(size_mb: int) -> dict[str, Any]:
@@ -66,19 +80,23 @@ def logs_summary(size_mb: int) -> dict[str, Any]:
 
 
 def render_logs_summary(result: dict[str, Any]) -> list[str]:
-    return ["| record | traintel CLI | in process | jq (best) | jq / traintel |",
-            "|---|---|---|---|---|",
-            f"| {result['size_mib']} MiB, {result['lines']:,} lines | "
-            f"{result['traintel_cli_s']:.2f} s | {result['traintel_in_process_s']:.2f} s | "
-            f"{result['jq_best_s']:.2f} s | {result['ratio_jq_over_traintel_cli']}x |"]
+    return [
+        "| record | traintel CLI | in process | jq (best) | jq / traintel |",
+        "|---|---|---|---|---|",
+        f"| {result['size_mib']} MiB, {result['lines']:,} lines | "
+        f"{result['traintel_cli_s']:.2f} s | {result['traintel_in_process_s']:.2f} s | "
+        f"{result['jq_best_s']:.2f} s | {result['ratio_jq_over_traintel_cli']}x |",
+    ]
 
 
 SAMPLER_COST = harness.Benchmark(
     name="sampler_cost",
     title="Sampler thread CPU (benchmarks/sampler_cost.py)",
-    profiles={"full": {"seconds": 60.0, "interval": 5.0},
-              "quick": {"seconds": 11.0, "interval": 5.0},
-              "tiny": {"seconds": 0.5, "interval": 0.1}},
+    profiles={
+        "full": {"seconds": 60.0, "interval": 5.0},
+        "quick": {"seconds": 11.0, "interval": 5.0},
+        "tiny": {"seconds": 0.5, "interval": 0.1},
+    },
     run=sampler_cost,
     render=render_sampler_cost,
 )

@@ -36,21 +36,36 @@ RATE_HZ = 500
 #: match names the sample's phase
 PHASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("_tick", "metrics: protobuf encoding", ("_encode", "SerializeToString")),
-    ("_tick", "metrics: HTTP request", ("ExportSession", "urllib3", "requests", "niquests",
-                                        "socket", "getaddrinfo")),
-    ("_tick", "metrics: traintel's additions (histograms, windows, notes)",
-     ("RunMetrics", "HistogramsExporter", "ExportNotes", "window")),
+    (
+        "_tick",
+        "metrics: HTTP request",
+        ("ExportSession", "urllib3", "requests", "niquests", "socket", "getaddrinfo"),
+    ),
+    (
+        "_tick",
+        "metrics: traintel's additions (histograms, windows, notes)",
+        ("RunMetrics", "HistogramsExporter", "ExportNotes", "window"),
+    ),
     ("_tick", "metrics: reading the state (callbacks)", ("_callback", "readings")),
-    ("_tick", "metrics: the SDK's aggregation", ("collect", "_hash_attributes", "Exemplar",
-                                                   "aggregat")),
+    (
+        "_tick",
+        "metrics: the SDK's aggregation",
+        ("collect", "_hash_attributes", "Exemplar", "aggregat"),
+    ),
     ("_tick", "metrics: scheduling", ("",)),
     ("Span", "spans: protobuf encoding", ("_encode", "SerializeToString")),
-    ("Span", "spans: HTTP request", ("ExportSession", "urllib3", "requests", "niquests",
-                                     "socket", "getaddrinfo")),
+    (
+        "Span",
+        "spans: HTTP request",
+        ("ExportSession", "urllib3", "requests", "niquests", "socket", "getaddrinfo"),
+    ),
     ("Span", "spans: other", ("",)),
     ("Log", "logs: protobuf encoding", ("_encode", "SerializeToString")),
-    ("Log", "logs: HTTP request", ("ExportSession", "urllib3", "requests", "niquests", "socket",
-                                   "getaddrinfo")),
+    (
+        "Log",
+        "logs: HTTP request",
+        ("ExportSession", "urllib3", "requests", "niquests", "socket", "getaddrinfo"),
+    ),
     ("Log", "logs: other", ("",)),
     ("RecordWriter", "record writer", ("",)),
 ]
@@ -66,8 +81,9 @@ def _phase(frames: list[str]) -> str:
     target = own[0] if own else ""
     text = ";".join(frames)
     for thread, phase, marks in PHASES:
-        if thread in (text if target.startswith("BatchProcessor") else target) and \
-                any(mark in text for mark in marks):
+        if thread in (text if target.startswith("BatchProcessor") else target) and any(
+            mark in text for mark in marks
+        ):
             return phase
     return "other threads"
 
@@ -87,14 +103,37 @@ def run(seconds: float, interval_ms: int = 200) -> dict[str, Any]:
         raise harness.Skipped("py-spy is not installed (pip install 'traintel[bench]')")
     with harness.collector("sink") as (url, what), tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw.txt")
-        env = {**os.environ, **harness.otlp_env(url, interval_ms),
-               "OTEL_BLRP_SCHEDULE_DELAY": str(interval_ms)}
+        env = {
+            **os.environ,
+            **harness.otlp_env(url, interval_ms),
+            "OTEL_BLRP_SCHEDULE_DELAY": str(interval_ms),
+        }
         started = time.monotonic()
         done = subprocess.run(
-            [spy, "record", "--gil", "--idle", "-r", str(RATE_HZ), "-f", "raw", "-o", raw, "--",
-             sys.executable, "-m", "benchmarks.child", "benchmarks.gil_profile:loop",
-             json.dumps({"seconds": seconds, "interval_ms": interval_ms})],
-            cwd=harness.REPO, env=env, capture_output=True, text=True, timeout=300 + seconds * 4)
+            [
+                spy,
+                "record",
+                "--gil",
+                "--idle",
+                "-r",
+                str(RATE_HZ),
+                "-f",
+                "raw",
+                "-o",
+                raw,
+                "--",
+                sys.executable,
+                "-m",
+                "benchmarks.child",
+                "benchmarks.gil_profile:loop",
+                json.dumps({"seconds": seconds, "interval_ms": interval_ms}),
+            ],
+            cwd=harness.REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300 + seconds * 4,
+        )
         elapsed = time.monotonic() - started
         if done.returncode != 0 or not os.path.exists(raw):
             raise harness.Skipped(f"py-spy could not profile here: {done.stderr.strip()[-300:]}")
@@ -106,32 +145,45 @@ def run(seconds: float, interval_ms: int = 200) -> dict[str, Any]:
     total = sum(samples.values())
     rate = total / elapsed
     exports = seconds * 1000 / interval_ms
-    phases = {name: {"samples": n, "share": n / total,
-                     "gil_ms_per_export": n / rate * 1e3 / exports}
-              for name, n in samples.most_common()}
-    return {"seconds": seconds, "interval_ms": interval_ms, "requested_rate_hz": RATE_HZ,
-            "effective_rate_hz": rate, "samples": total, "collector": what, "phases": phases}
+    phases = {
+        name: {"samples": n, "share": n / total, "gil_ms_per_export": n / rate * 1e3 / exports}
+        for name, n in samples.most_common()
+    }
+    return {
+        "seconds": seconds,
+        "interval_ms": interval_ms,
+        "requested_rate_hz": RATE_HZ,
+        "effective_rate_hz": rate,
+        "samples": total,
+        "collector": what,
+        "phases": phases,
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
     lines = ["| phase | GIL samples | share | GIL held per export |", "|---|---|---|---|"]
     for name, row in result["phases"].items():
-        per = "" if not name.startswith(("metrics", "spans", "logs")) \
+        per = (
+            ""
+            if not name.startswith(("metrics", "spans", "logs"))
             else f"<= {row['gil_ms_per_export']:.2f} ms"
+        )
         lines.append(f"| {name} | {row['samples']} | {100 * row['share']:.1f} % | {per} |")
-    return lines + ["", f"py-spy --gil at {result['requested_rate_hz']} Hz asked, "
-                        f"{result['effective_rate_hz']:.0f} Hz had; the paced loop of `stalls` for "
-                        f"{result['seconds']:g} s with a span every step and everything exported "
-                        f"every {result['interval_ms']} ms to {result['collector']}. Spans' and "
-                        "logs' figures are per export interval (a batch every interval). py-spy names the "
-                        "GIL's last holder (a sleeping or waiting thread included): upper bounds."]
+    return lines + [
+        "",
+        f"py-spy --gil at {result['requested_rate_hz']} Hz asked, "
+        f"{result['effective_rate_hz']:.0f} Hz had; the paced loop of `stalls` for "
+        f"{result['seconds']:g} s with a span every step and everything exported "
+        f"every {result['interval_ms']} ms to {result['collector']}. Spans' and "
+        "logs' figures are per export interval (a batch every interval). py-spy names the "
+        "GIL's last holder (a sleeping or waiting thread included): upper bounds.",
+    ]
 
 
 BENCHMARK = harness.Benchmark(
     name="gil_profile",
     title="Where background work holds the interpreter (py-spy --gil)",
-    profiles={"full": {"seconds": 60.0}, "quick": {"seconds": 15.0},
-              "tiny": {"seconds": 1.0}},
+    profiles={"full": {"seconds": 60.0}, "quick": {"seconds": 15.0}, "tiny": {"seconds": 1.0}},
     run=run,
     render=render,
 )

@@ -52,8 +52,12 @@ def loadavg() -> list[float]:
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "loadavg": loadavg()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg": loadavg(),
+    }
 
 
 def interleaved(names: Iterable[str], rounds: int) -> Iterator[tuple[int, str]]:
@@ -73,8 +77,13 @@ def quantile(values: Iterable[float], q: float) -> float:
 
 def spread(values: Iterable[float]) -> dict[str, float]:
     values = list(values)
-    return {"median": quantile(values, 0.5), "p25": quantile(values, 0.25),
-            "p75": quantile(values, 0.75), "min": min(values), "max": max(values)}
+    return {
+        "median": quantile(values, 0.5),
+        "p25": quantile(values, 0.25),
+        "p75": quantile(values, 0.75),
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def target(description: str, measured: float, met: bool) -> dict[str, Any]:
@@ -84,17 +93,30 @@ def target(description: str, measured: float, met: bool) -> dict[str, Any]:
 def step_values(i: int) -> dict[str, float | int]:
     """The 8 metrics every benchmark logs per step: 5 that traintel knows and 3 user keys.
     New float objects each call, as a training loop produces."""
-    return {"loss": 2.0 / (1.0 + i * 1e-3), "lr": 3e-4, "grad_norm": 1.0 + (i % 7) * 0.1,
-            "samples": 32, "tokens": 32 * 512, "accuracy": i % 100 / 100.0,
-            "aux_loss": 0.01 * (i % 13), "clip_frac": (i % 11) / 11.0}
+    return {
+        "loss": 2.0 / (1.0 + i * 1e-3),
+        "lr": 3e-4,
+        "grad_norm": 1.0 + (i % 7) * 0.1,
+        "samples": 32,
+        "tokens": 32 * 512,
+        "accuracy": i % 100 / 100.0,
+        "aux_loss": 0.01 * (i % 13),
+        "clip_frac": (i % 11) / 11.0,
+    }
 
 
 def traintel_run(directory: Path | str, **options: Any):
     """A traintel run as the benchmarks use it: no progress display, no console logging."""
     import traintel
 
-    return traintel.init(project="bench", name="bench", progress="off", console_logs=False,
-                         dir=str(directory), **options)
+    return traintel.init(
+        project="bench",
+        name="bench",
+        progress="off",
+        console_logs=False,
+        dir=str(directory),
+        **options,
+    )
 
 
 @contextmanager
@@ -116,20 +138,28 @@ def otlp_env(endpoint: str, export_interval_ms: int | None) -> dict[str, str]:
     defaults)."""
     if export_interval_ms is None:
         return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_METRIC_EXPORT_INTERVAL": str(export_interval_ms),
-            "OTEL_BSP_SCHEDULE_DELAY": str(export_interval_ms)}
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": str(export_interval_ms),
+        "OTEL_BSP_SCHEDULE_DELAY": str(export_interval_ms),
+    }
 
 
-def in_child(function: str, env: dict[str, str] | None = None, timeout: float = 600.0,
-             **kwargs: Any) -> dict[str, Any]:
+def in_child(
+    function: str, env: dict[str, str] | None = None, timeout: float = 600.0, **kwargs: Any
+) -> dict[str, Any]:
     """``module:function(**kwargs)`` in a fresh interpreter (its own SDK state and threads).
 
     Returns what the function returned, plus ``exited_at``: ``time.monotonic()`` here when the
     child had exited (the monotonic clock is shared by processes on Linux)."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.child", function, json.dumps(kwargs)],
-                          cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.child", function, json.dumps(kwargs)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     exited_at = time.monotonic()
     if proc.returncode != 0:
         raise RuntimeError(f"{function} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -151,18 +181,24 @@ def collector(kind: str) -> Iterator[tuple[str, str]]:
         if kind == "unreachable":
             sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-            yield (f"http://127.0.0.1:{sock.getsockname()[1]}",
-                   "a closed port (bound, never listening: connections refused)")
+            yield (
+                f"http://127.0.0.1:{sock.getsockname()[1]}",
+                "a closed port (bound, never listening: connections refused)",
+            )
         elif kind == "blackhole":
             sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
             sock.listen(4096)
-            yield (f"http://127.0.0.1:{sock.getsockname()[1]}",
-                   "a black hole (listening, never accepting nor answering: exports time out)")
+            yield (
+                f"http://127.0.0.1:{sock.getsockname()[1]}",
+                "a black hole (listening, never accepting nor answering: exports time out)",
+            )
         elif kind == "slow":
-            yield (_sink(stack, SLOW_S),
-                   f"stand-in for a slow collector: stdlib http.server in a child process that "
-                   f"reads each OTLP POST and answers 200 after {SLOW_S:g} s")
+            yield (
+                _sink(stack, SLOW_S),
+                f"stand-in for a slow collector: stdlib http.server in a child process that "
+                f"reads each OTLP POST and answers 200 after {SLOW_S:g} s",
+            )
         elif kind == "sink":
             yield _sink(stack, 0.0), SINK
         elif kind == "healthy":
@@ -195,8 +231,9 @@ def _native_collector(stack: ExitStack) -> str:
     reason = install.missing_reason("otelcol")
     if reason:
         raise native.StackError(reason)
-    running = native.NativeStack(Path(stack.enter_context(tempfile.TemporaryDirectory())),
-                                 ports=native.free_ports())
+    running = native.NativeStack(
+        Path(stack.enter_context(tempfile.TemporaryDirectory())), ports=native.free_ports()
+    )
     stack.callback(running.down)
     running.up(names=("otelcol",))
     return running.endpoints["otlp_http"]
@@ -208,8 +245,12 @@ def _sink(stack: ExitStack, delay_s: float) -> str:
 
 
 def _spawn(stack: ExitStack, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.outside", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.outside", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     stack.callback(_end, proc)
     return proc
 

@@ -35,13 +35,24 @@ from benchmarks import harness
 EXPORT_INTERVAL_MS = 1000
 #: scenario -> (traintel on, collector kind or None, stressed, collections at a random phase)
 SCENARIOS: dict[str, tuple[bool, str | None, bool, bool]] = {
-    "control": (False, None, False, False), "defaults": (True, "healthy", False, False),
+    "control": (False, None, False, False),
+    "defaults": (True, "healthy", False, False),
     "stress": (True, "blackhole", True, False),
-    "stress_unaligned": (True, "blackhole", True, True)}
+    "stress_unaligned": (True, "blackhole", True, True),
+}
 
 
-def rank_loop(rank: int, world: int, port: int, steps: int, rate_hz: float, work_ms: float,
-              observe: bool, stress: bool, unaligned: bool) -> dict[str, Any]:
+def rank_loop(
+    rank: int,
+    world: int,
+    port: int,
+    steps: int,
+    rate_hz: float,
+    work_ms: float,
+    observe: bool,
+    stress: bool,
+    unaligned: bool,
+) -> dict[str, Any]:
     """One rank (runs in its own process): the paced, all-reducing loop. Rank 0 returns every
     step's time in ms and the loop's wall time."""
     import random
@@ -56,13 +67,17 @@ def rank_loop(rank: int, world: int, port: int, steps: int, rate_hz: float, work
         phase = random.Random(os.getpid()).uniform(0, EXPORT_INTERVAL_MS / 1000)
         boundary = aligned.next_boundary
         aligned.next_boundary = lambda now, interval: boundary(now - phase, interval) + phase
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     period, work, clock = 1.0 / rate_hz, work_ms / 1e3, time.perf_counter
     tensor = torch.zeros(1)
     with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp:
-        run = harness.traintel_run(tmp, otlp=True, step_span_every=1 if stress else 100) \
-            if observe else None
+        run = (
+            harness.traintel_run(tmp, otlp=True, step_span_every=1 if stress else 100)
+            if observe
+            else None
+        )
         batches = run.track(range(steps)) if run else range(steps)
         dist.all_reduce(tensor)  # every rank ready
         step_ms = []
@@ -96,13 +111,31 @@ def job(world: int, env: dict[str, str], timeout: float, **kwargs: Any) -> dict[
     port = _free_port()
     procs = []
     for rank in range(world):
-        rank_env = {**os.environ, **env, "RANK": str(rank), "WORLD_SIZE": str(world),
-                    "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.child", "benchmarks.job:rank_loop",
-             json.dumps({"rank": rank, "world": world, "port": port, **kwargs})],
-            cwd=harness.REPO, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+        rank_env = {
+            **os.environ,
+            **env,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.child",
+                    "benchmarks.job:rank_loop",
+                    json.dumps({"rank": rank, "world": world, "port": port, **kwargs}),
+                ],
+                cwd=harness.REPO,
+                env=rank_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for proc in procs:
@@ -118,8 +151,14 @@ def job(world: int, env: dict[str, str], timeout: float, **kwargs: Any) -> dict[
     return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 
-def run(seconds: float, rounds: int, ranks: list[int], rate_hz: float = 100.0,
-        work_ms: float = 1.0, scenarios: list[str] | None = None) -> dict[str, Any]:
+def run(
+    seconds: float,
+    rounds: int,
+    ranks: list[int],
+    rate_hz: float = 100.0,
+    work_ms: float = 1.0,
+    scenarios: list[str] | None = None,
+) -> dict[str, Any]:
     """``seconds`` of steps per scenario and world size in all, split over ``rounds``."""
     names = scenarios or list(SCENARIOS)
     steps = max(10, int(seconds / rounds * rate_hz))
@@ -129,65 +168,103 @@ def run(seconds: float, rounds: int, ranks: list[int], rate_hz: float = 100.0,
         for _, name in harness.interleaved(names, rounds):
             observe, kind, stress, unaligned = SCENARIOS[name]
             with harness.collector(kind) if kind else nullcontext(("", "none")) as (url, what):
-                env = harness.otlp_env(url, EXPORT_INTERVAL_MS if stress else None) \
-                    if kind else {}
-                out = job(world, env, timeout=120 + 10 * seconds, steps=steps, rate_hz=rate_hz,
-                          work_ms=work_ms, observe=observe, stress=stress, unaligned=unaligned)
+                env = harness.otlp_env(url, EXPORT_INTERVAL_MS if stress else None) if kind else {}
+                out = job(
+                    world,
+                    env,
+                    timeout=120 + 10 * seconds,
+                    steps=steps,
+                    rate_hz=rate_hz,
+                    work_ms=work_ms,
+                    observe=observe,
+                    stress=stress,
+                    unaligned=unaligned,
+                )
             rows[name]["step_ms"] += out["step_ms"]
             rows[name]["wall_s"].append(out["wall_s"])
             rows[name]["collector"] = what
         control_wall = sum(rows["control"]["wall_s"]) if "control" in rows else None
-        noise = (max(rows["control"]["wall_s"]) / min(rows["control"]["wall_s"]) - 1) \
-            if "control" in rows else None
+        noise = (
+            (max(rows["control"]["wall_s"]) / min(rows["control"]["wall_s"]) - 1)
+            if "control" in rows
+            else None
+        )
         for name, row in rows.items():
             times = row.pop("step_ms")
             table[f"{world}/{name}"] = {
-                "ranks": world, "scenario": name, "collector": row["collector"],
-                "steps": len(times), "p50_ms": harness.quantile(times, 0.5),
-                "p99_ms": harness.quantile(times, 0.99), "max_ms": max(times),
+                "ranks": world,
+                "scenario": name,
+                "collector": row["collector"],
+                "steps": len(times),
+                "p50_ms": harness.quantile(times, 0.5),
+                "p99_ms": harness.quantile(times, 0.99),
+                "max_ms": max(times),
                 "wall_s": row["wall_s"],
                 "slowdown": sum(row["wall_s"]) / control_wall - 1 if control_wall else None,
-                "control_noise": noise}
+                "control_noise": noise,
+            }
     targets = []
     for key, row in table.items():
         if row["scenario"] == "defaults" and row["slowdown"] is not None:
             allowed = max(0.01, row["control_noise"] or 0.0)
-            targets.append(harness.target(
-                f"{row['ranks']} ranks, defaults: job slowdown <= max(1 %, control's run-to-run "
-                f"spread {100 * (row['control_noise'] or 0):.1f} %)", row["slowdown"],
-                row["slowdown"] <= allowed))
-    return {"seconds": seconds, "rounds": rounds, "rate_hz": rate_hz, "work_ms": work_ms,
-            "steps_per_round": steps, "export_interval_ms": EXPORT_INTERVAL_MS, "jobs": table,
-            "targets": targets}
+            targets.append(
+                harness.target(
+                    f"{row['ranks']} ranks, defaults: job slowdown <= max(1 %, control's run-to-run "
+                    f"spread {100 * (row['control_noise'] or 0):.1f} %)",
+                    row["slowdown"],
+                    row["slowdown"] <= allowed,
+                )
+            )
+    return {
+        "seconds": seconds,
+        "rounds": rounds,
+        "rate_hz": rate_hz,
+        "work_ms": work_ms,
+        "steps_per_round": steps,
+        "export_interval_ms": EXPORT_INTERVAL_MS,
+        "jobs": table,
+        "targets": targets,
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
-    lines = ["| ranks | scenario | steps (rank 0) | step p50 | p99 | max | total slowdown | "
-             "collector |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ranks | scenario | steps (rank 0) | step p50 | p99 | max | total slowdown | collector |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in result["jobs"].values():
         slowdown = "" if row["slowdown"] is None else f"{100 * row['slowdown']:+.1f} %"
-        lines.append(f"| {row['ranks']} | {row['scenario']} | {row['steps']} | "
-                     f"{row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['max_ms']:.1f} ms | "
-                     f"{slowdown} | {row['collector']} |")
-    noise = {row["ranks"]: row["control_noise"] for row in result["jobs"].values()
-             if row["control_noise"] is not None}
-    return lines + ["", f"{result['rate_hz']:g} steps/s, {result['work_ms']:g} ms of GIL-holding "
-                        f"work per step on every rank, a gloo all_reduce of one float per step; "
-                        f"{result['steps_per_round']} steps per job, {result['rounds']} "
-                        f"interleaved rounds. Slowdown: the scenario's wall time over the "
-                        f"control's, same rounds; the control's own spread between rounds: "
-                        + ", ".join(f"{100 * v:.1f} % at {k} ranks" for k, v in noise.items())
-                        + f". Stress: a span every step, export every "
-                        f"{result['export_interval_ms']} ms."]
+        lines.append(
+            f"| {row['ranks']} | {row['scenario']} | {row['steps']} | "
+            f"{row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['max_ms']:.1f} ms | "
+            f"{slowdown} | {row['collector']} |"
+        )
+    noise = {
+        row["ranks"]: row["control_noise"]
+        for row in result["jobs"].values()
+        if row["control_noise"] is not None
+    }
+    return lines + [
+        "",
+        f"{result['rate_hz']:g} steps/s, {result['work_ms']:g} ms of GIL-holding "
+        f"work per step on every rank, a gloo all_reduce of one float per step; "
+        f"{result['steps_per_round']} steps per job, {result['rounds']} "
+        f"interleaved rounds. Slowdown: the scenario's wall time over the "
+        f"control's, same rounds; the control's own spread between rounds: "
+        + ", ".join(f"{100 * v:.1f} % at {k} ranks" for k, v in noise.items())
+        + f". Stress: a span every step, export every "
+        f"{result['export_interval_ms']} ms.",
+    ]
 
 
 BENCHMARK = harness.Benchmark(
     name="job",
     title="A synchronous job: N ranks meeting at a gloo all_reduce every step (100 steps/s)",
-    profiles={"full": {"seconds": 60.0, "rounds": 4, "ranks": [2, 4, 8]},
-              "quick": {"seconds": 10.0, "rounds": 2, "ranks": [2, 4, 8]},
-              "tiny": {"seconds": 0.2, "rounds": 1, "ranks": [2],
-                       "scenarios": ["control", "stress"]}},
+    profiles={
+        "full": {"seconds": 60.0, "rounds": 4, "ranks": [2, 4, 8]},
+        "quick": {"seconds": 10.0, "rounds": 2, "ranks": [2, 4, 8]},
+        "tiny": {"seconds": 0.2, "rounds": 1, "ranks": [2], "scenarios": ["control", "stress"]},
+    },
     run=run,
     render=render,
 )

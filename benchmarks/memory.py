@@ -29,12 +29,17 @@ OVER_CONTROL_MB = 32.0
 EXPORT_INTERVAL_MS = 1000
 MB = 1024 * 1024
 #: variant -> (step_span_every, sleep between steps in seconds)
-VARIANTS = {"tight": (100, 0.0), "tight_span_every_step": (1, 0.0), "paced_1khz": (100, 0.001),
-            "control": (0, 0.0)}
+VARIANTS = {
+    "tight": (100, 0.0),
+    "tight_span_every_step": (1, 0.0),
+    "paced_1khz": (100, 0.001),
+    "control": (0, 0.0),
+}
 
 
-def grow(steps: int, warmup: int, settle_s: float, step_span_every: int,
-         pace_s: float) -> dict[str, Any]:
+def grow(
+    steps: int, warmup: int, settle_s: float, step_span_every: int, pace_s: float
+) -> dict[str, Any]:
     import psutil
 
     rss = psutil.Process().memory_info
@@ -66,10 +71,17 @@ def grow(steps: int, warmup: int, settle_s: float, step_span_every: int,
         peak = max(peak, after)
         queued, dropped = run.state.queue_depth, run.state.dropped
         run.finish()
-    return {"rss_before_mb": before / MB, "rss_after_mb": after / MB, "rss_peak_mb": peak / MB,
-            "growth_mb": (after - before) / MB, "peak_growth_mb": (peak - before) / MB,
-            "loop_s": loop_s, "writer_caught_up_s": caught_up_s, "record_queue_after": queued,
-            "record_dropped": dropped}
+    return {
+        "rss_before_mb": before / MB,
+        "rss_after_mb": after / MB,
+        "rss_peak_mb": peak / MB,
+        "growth_mb": (after - before) / MB,
+        "peak_growth_mb": (peak - before) / MB,
+        "loop_s": loop_s,
+        "writer_caught_up_s": caught_up_s,
+        "record_queue_after": queued,
+        "record_dropped": dropped,
+    }
 
 
 def _control(steps: int, warmup: int, settle_s: float, rss: Any) -> dict[str, Any]:
@@ -88,53 +100,88 @@ def _control(steps: int, warmup: int, settle_s: float, rss: Any) -> dict[str, An
     time.sleep(settle_s)
     after = rss().rss
     del kept
-    return {"rss_before_mb": before / MB, "rss_after_mb": after / MB,
-            "rss_peak_mb": max(peak, after) / MB, "growth_mb": (after - before) / MB,
-            "peak_growth_mb": (max(peak, after) - before) / MB, "loop_s": loop_s,
-            "writer_caught_up_s": 0.0, "record_queue_after": 0, "record_dropped": 0}
+    return {
+        "rss_before_mb": before / MB,
+        "rss_after_mb": after / MB,
+        "rss_peak_mb": max(peak, after) / MB,
+        "growth_mb": (after - before) / MB,
+        "peak_growth_mb": (max(peak, after) - before) / MB,
+        "loop_s": loop_s,
+        "writer_caught_up_s": 0.0,
+        "record_queue_after": 0,
+        "record_dropped": 0,
+    }
 
 
-def run(steps: int, warmup: int = 1000, settle_s: float = 3.0,
-        variants: list[str] | None = None) -> dict[str, Any]:
+def run(
+    steps: int, warmup: int = 1000, settle_s: float = 3.0, variants: list[str] | None = None
+) -> dict[str, Any]:
     table = {}
     with harness.collector("unreachable") as (url, behind):
         for name in variants or VARIANTS:
             span_every, pace_s = VARIANTS[name]
-            out = harness.in_child("benchmarks.memory:grow",
-                                   env=harness.otlp_env(url, EXPORT_INTERVAL_MS), steps=steps,
-                                   warmup=warmup, settle_s=settle_s,
-                                   step_span_every=span_every, pace_s=pace_s)
+            out = harness.in_child(
+                "benchmarks.memory:grow",
+                env=harness.otlp_env(url, EXPORT_INTERVAL_MS),
+                steps=steps,
+                warmup=warmup,
+                settle_s=settle_s,
+                step_span_every=span_every,
+                pace_s=pace_s,
+            )
             table[name] = {key: value for key, value in out.items() if key != "exited_at"}
-    return {"steps": steps, "collector": behind, "export_interval_ms": EXPORT_INTERVAL_MS,
-            "variants": table,
-            "targets": [harness.target(f"{name}: RSS growth over {steps} steps < "
-                                       f"{TARGET_MB:g} MB", row["growth_mb"],
-                                       row["growth_mb"] < TARGET_MB)
-                        for name, row in table.items() if name != "control"]
-            + [harness.target(f"{name}: RSS growth over the control's < {OVER_CONTROL_MB:g} MB",
-                              row["growth_mb"] - table["control"]["growth_mb"],
-                              row["growth_mb"] - table["control"]["growth_mb"] < OVER_CONTROL_MB)
-               for name, row in table.items()
-               if name.startswith("tight") and "control" in table]}
+    return {
+        "steps": steps,
+        "collector": behind,
+        "export_interval_ms": EXPORT_INTERVAL_MS,
+        "variants": table,
+        "targets": [
+            harness.target(
+                f"{name}: RSS growth over {steps} steps < {TARGET_MB:g} MB",
+                row["growth_mb"],
+                row["growth_mb"] < TARGET_MB,
+            )
+            for name, row in table.items()
+            if name != "control"
+        ]
+        + [
+            harness.target(
+                f"{name}: RSS growth over the control's < {OVER_CONTROL_MB:g} MB",
+                row["growth_mb"] - table["control"]["growth_mb"],
+                row["growth_mb"] - table["control"]["growth_mb"] < OVER_CONTROL_MB,
+            )
+            for name, row in table.items()
+            if name.startswith("tight") and "control" in table
+        ],
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
-    lines = ["| variant | RSS before | after | growth | peak growth | loop | writer caught up "
-             "after |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | RSS before | after | growth | peak growth | loop | writer caught up after |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in result["variants"].items():
-        lines.append(f"| {name} | {row['rss_before_mb']:.1f} MB | {row['rss_after_mb']:.1f} MB | "
-                     f"{row['growth_mb']:+.1f} MB | {row['peak_growth_mb']:+.1f} MB | "
-                     f"{row['loop_s']:.1f} s | {row['writer_caught_up_s']:.1f} s |")
-    return lines + ["", f"{result['steps']} steps per variant; OTLP to {result['collector']}, "
-                        f"export every {result['export_interval_ms']} ms."]
+        lines.append(
+            f"| {name} | {row['rss_before_mb']:.1f} MB | {row['rss_after_mb']:.1f} MB | "
+            f"{row['growth_mb']:+.1f} MB | {row['peak_growth_mb']:+.1f} MB | "
+            f"{row['loop_s']:.1f} s | {row['writer_caught_up_s']:.1f} s |"
+        )
+    return lines + [
+        "",
+        f"{result['steps']} steps per variant; OTLP to {result['collector']}, "
+        f"export every {result['export_interval_ms']} ms.",
+    ]
 
 
 BENCHMARK = harness.Benchmark(
     name="memory",
     title="Memory growth with the collector unreachable",
-    profiles={"full": {"steps": 100_000}, "quick": {"steps": 30_000},
-              "tiny": {"steps": 200, "warmup": 10, "settle_s": 0.1,
-                       "variants": ["tight", "control"]}},
+    profiles={
+        "full": {"steps": 100_000},
+        "quick": {"steps": 30_000},
+        "tiny": {"steps": 200, "warmup": 10, "settle_s": 0.1, "variants": ["tight", "control"]},
+    },
     run=run,
     render=render,
 )

@@ -35,8 +35,11 @@ EXPORT_INTERVAL_MS = 5000
 SCRAPE_EVERY_S = 5.0
 TARGET_PCT = 1.0
 MODES = ("bare", "traintel")
-CLOCKS = {"wall": time.perf_counter, "cpu_process": time.process_time,
-          "cpu_main_thread": time.thread_time}
+CLOCKS = {
+    "wall": time.perf_counter,
+    "cpu_process": time.process_time,
+    "cpu_main_thread": time.thread_time,
+}
 
 
 def trainer(batch: int) -> Callable[[], tuple[float, float]]:
@@ -45,8 +48,9 @@ def trainer(batch: int) -> Callable[[], tuple[float, float]]:
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                          nn.Linear(512, 10))
+    model = nn.Sequential(
+        nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(batch, 256), torch.randint(0, 10, (batch,))
 
@@ -57,6 +61,7 @@ def trainer(batch: int) -> Callable[[], tuple[float, float]]:
         norm = nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         return loss.item(), norm.item()
+
     return step
 
 
@@ -74,8 +79,9 @@ def calibrate(step_ms: float) -> int:
     return batch
 
 
-def train(step: Callable[[], tuple[float, float]], steps: int, batch: int,
-          run=None) -> dict[str, float]:
+def train(
+    step: Callable[[], tuple[float, float]], steps: int, batch: int, run=None
+) -> dict[str, float]:
     """Mean ms per step on each clock over ``steps`` steps, recorded with ``run`` when given;
     ``outside_step`` is the wall time spent around the model step (batches and recording)."""
     clock = time.perf_counter
@@ -89,8 +95,16 @@ def train(step: Callable[[], tuple[float, float]], steps: int, batch: int,
         loss, norm = step()
         after = clock()
         if run:
-            run.log(loss=loss, lr=0.01, grad_norm=norm, samples=batch, tokens=batch * 256,
-                    accuracy=0.5, aux_loss=0.01, clip_frac=0.1)
+            run.log(
+                loss=loss,
+                lr=0.01,
+                grad_norm=norm,
+                samples=batch,
+                tokens=batch * 256,
+                accuracy=0.5,
+                aux_loss=0.01,
+                clip_frac=0.1,
+            )
         outside += middle - before + clock() - after
     result = {name: (read() - start[name]) * 1e3 / steps for name, read in CLOCKS.items()}
     return {**result, "outside_step": outside * 1e3 / steps}
@@ -98,8 +112,10 @@ def train(step: Callable[[], tuple[float, float]], steps: int, batch: int,
 
 def accounted(bare: dict[str, float], ours: dict[str, float]) -> float:
     """Direct cost in % of the bare step: extra time around the step plus other threads' CPU."""
+
     def others(r: dict[str, float]) -> float:
         return r["cpu_process"] - r["cpu_main_thread"]
+
     extra = ours["outside_step"] - bare["outside_step"] + others(ours) - others(bare)
     return extra / bare["cpu_main_thread"] * 100
 
@@ -121,22 +137,26 @@ def observed(stack: ExitStack, directory: Path):
     return run
 
 
-def run(steps: int, rounds: int, step_ms: float = 10.0, warmup: int = 50,
-        collector: str = "healthy") -> dict[str, Any]:
+def run(
+    steps: int, rounds: int, step_ms: float = 10.0, warmup: int = 50, collector: str = "healthy"
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
     batch = calibrate(step_ms)
     step = trainer(batch)
     per_step: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-    with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp, \
-            harness.collector(collector) as (url, behind), \
-            harness.environment(**harness.otlp_env(url, EXPORT_INTERVAL_MS)):
+    with (
+        tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp,
+        harness.collector(collector) as (url, behind),
+        harness.environment(**harness.otlp_env(url, EXPORT_INTERVAL_MS)),
+    ):
 
         def session(mode: str, n: int) -> dict[str, float]:
             with ExitStack() as stack:
-                run = observed(stack, Path(tempfile.mkdtemp(dir=tmp))) \
-                    if mode == "traintel" else None
+                run = (
+                    observed(stack, Path(tempfile.mkdtemp(dir=tmp))) if mode == "traintel" else None
+                )
                 return train(step, n, batch, run)
 
         for mode in MODES:  # first-run costs (imports, allocator) out of the way
@@ -144,53 +164,83 @@ def run(steps: int, rounds: int, step_ms: float = 10.0, warmup: int = 50,
         for _, mode in harness.interleaved(MODES, rounds):
             per_step[mode].append(session(mode, steps))
     pairs = list(zip(per_step["bare"], per_step["traintel"]))
-    overhead = {clock: [(ours[clock] - bare[clock]) / bare[clock] * 100 for bare, ours in pairs]
-                for clock in CLOCKS}
+    overhead = {
+        clock: [(ours[clock] - bare[clock]) / bare[clock] * 100 for bare, ours in pairs]
+        for clock in CLOCKS
+    }
     overhead["accounted"] = [accounted(bare, ours) for bare, ours in pairs]
     summary = {name: harness.spread(values) for name, values in overhead.items()}
-    metrics_server = ("traintel (http_port=0)" if importlib.util.find_spec("traintel.export.server")
-                      else "stand-in: prometheus_client.start_http_server on run.registry "
-                           "(traintel.export.server not present)")
-    return {"batch": batch, "steps": steps, "rounds": rounds, "step_ms_target": step_ms,
-            "step_ms": {mode: {clock: harness.spread(r[clock] for r in each)
-                               for clock in [*CLOCKS, "outside_step"]}
-                        for mode, each in per_step.items()},
-            "overhead_pct_each": overhead, "overhead_pct": summary,
-            "collector": behind, "metrics_server": metrics_server,
-            "export_interval_ms": EXPORT_INTERVAL_MS, "scrape_every_s": SCRAPE_EVERY_S,
-            "targets": [harness.target(f"overhead < {TARGET_PCT:g} % at a ~{step_ms:g} ms step "
-                                       f"({name}, median of paired rounds)",
-                                       summary[name]["median"],
-                                       summary[name]["median"] < TARGET_PCT)
-                        for name in ("cpu_process", "accounted")]}
+    metrics_server = (
+        "traintel (http_port=0)"
+        if importlib.util.find_spec("traintel.export.server")
+        else "stand-in: prometheus_client.start_http_server on run.registry "
+        "(traintel.export.server not present)"
+    )
+    return {
+        "batch": batch,
+        "steps": steps,
+        "rounds": rounds,
+        "step_ms_target": step_ms,
+        "step_ms": {
+            mode: {
+                clock: harness.spread(r[clock] for r in each) for clock in [*CLOCKS, "outside_step"]
+            }
+            for mode, each in per_step.items()
+        },
+        "overhead_pct_each": overhead,
+        "overhead_pct": summary,
+        "collector": behind,
+        "metrics_server": metrics_server,
+        "export_interval_ms": EXPORT_INTERVAL_MS,
+        "scrape_every_s": SCRAPE_EVERY_S,
+        "targets": [
+            harness.target(
+                f"overhead < {TARGET_PCT:g} % at a ~{step_ms:g} ms step "
+                f"({name}, median of paired rounds)",
+                summary[name]["median"],
+                summary[name]["median"] < TARGET_PCT,
+            )
+            for name in ("cpu_process", "accounted")
+        ],
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
-    lines = ["| measure | bare, ms/step | traintel, ms/step | overhead, median of paired rounds "
-             "| IQR |", "|---|---|---|---|---|"]
+    lines = [
+        "| measure | bare, ms/step | traintel, ms/step | overhead, median of paired rounds | IQR |",
+        "|---|---|---|---|---|",
+    ]
     for name, pct in result["overhead_pct"].items():
         if name in result["step_ms"]["bare"]:
             bare, ours = (f"{result['step_ms'][mode][name]['median']:.3f}" for mode in MODES)
         else:
             bare, ours = "", ""
-        lines.append(f"| {name} | {bare} | {ours} | {pct['median']:+.2f} % | "
-                     f"{pct['p25']:+.2f} to {pct['p75']:+.2f} % |")
+        lines.append(
+            f"| {name} | {bare} | {ours} | {pct['median']:+.2f} % | "
+            f"{pct['p25']:+.2f} to {pct['p75']:+.2f} % |"
+        )
     outside = result["step_ms"]
-    return lines + ["", f"{result['rounds']} interleaved rounds of {result['steps']} steps "
-                        f"each, batch {result['batch']}; OTLP to {result['collector']}, export "
-                        f"every {result['export_interval_ms']} ms; /metrics: "
-                        f"{result['metrics_server']}, scraped every "
-                        f"{result['scrape_every_s']:g} s. Around the model step (batches and "
-                        f"recording): {outside['bare']['outside_step']['median'] * 1e3:.1f} µs "
-                        f"bare, {outside['traintel']['outside_step']['median'] * 1e3:.1f} µs "
-                        "with traintel."]
+    return lines + [
+        "",
+        f"{result['rounds']} interleaved rounds of {result['steps']} steps "
+        f"each, batch {result['batch']}; OTLP to {result['collector']}, export "
+        f"every {result['export_interval_ms']} ms; /metrics: "
+        f"{result['metrics_server']}, scraped every "
+        f"{result['scrape_every_s']:g} s. Around the model step (batches and "
+        f"recording): {outside['bare']['outside_step']['median'] * 1e3:.1f} µs "
+        f"bare, {outside['traintel']['outside_step']['median'] * 1e3:.1f} µs "
+        "with traintel.",
+    ]
 
 
 BENCHMARK = harness.Benchmark(
     name="real_loop",
     title="Overhead on a real (small, CPU) training loop",
-    profiles={"full": {"steps": 1000, "rounds": 10}, "quick": {"steps": 300, "rounds": 4},
-              "tiny": {"steps": 5, "rounds": 1, "step_ms": 2.0, "warmup": 2, "collector": "sink"}},
+    profiles={
+        "full": {"steps": 1000, "rounds": 10},
+        "quick": {"steps": 300, "rounds": 4},
+        "tiny": {"steps": 5, "rounds": 1, "step_ms": 2.0, "warmup": 2, "collector": "sink"},
+    },
     run=run,
     render=render,
 )

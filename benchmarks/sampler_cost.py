@@ -66,9 +66,11 @@ def nvml_costs(samplers: list, rounds: int = 20) -> dict:
 
     fields = {}
     for name, read in device.fields.items():
+
         def call(read=read):
             device.values = None  # a field-values field pays for the shared call here
             read(nvml.nvml, device)
+
         fields[name] = timed(call)
     return {"gpu": device.title, "fields": fields, "xid_poll": timed(nvml.watcher.poll)}
 
@@ -85,8 +87,13 @@ def thread_cpu(run_dir: str, interval_s: float, seconds: float) -> dict:
     time.sleep(seconds)
     thread.stop()
     (wall0, cpu0), (wall1, cpu1) = marks[0], marks[-1]
-    return {"interval_s": interval_s, "batches": len(marks), "wall_s": wall1 - wall0,
-            "thread_cpu_s": cpu1 - cpu0, "first_batch_cpu_s": cpu0}
+    return {
+        "interval_s": interval_s,
+        "batches": len(marks),
+        "wall_s": wall1 - wall0,
+        "thread_cpu_s": cpu1 - cpu0,
+        "first_batch_cpu_s": cpu0,
+    }
 
 
 def main() -> None:
@@ -125,32 +132,49 @@ def main() -> None:
         "readings_per_sample": counts[-1],
         "sample_wall_ms_median": statistics.median(walls) * 1e3,
         "sample_wall_ms_max": max(walls) * 1e3,
-        "real": {**real, "cpu_s_per_min": per_min_real,
-                 "pct_of_one_core": per_min_real / 60 * 100},
-        "scaled": {**scaled, "cpu_s_per_sample": per_sample,
-                   "cpu_s_per_min_extrapolated": per_min_scaled,
-                   "pct_of_one_core": per_min_scaled / 60 * 100},
+        "real": {**real, "cpu_s_per_min": per_min_real, "pct_of_one_core": per_min_real / 60 * 100},
+        "scaled": {
+            **scaled,
+            "cpu_s_per_sample": per_sample,
+            "cpu_s_per_min_extrapolated": per_min_scaled,
+            "pct_of_one_core": per_min_scaled / 60 * 100,
+        },
         "target_pct_of_one_core": TARGET_PCT,
         "nvml": nvml,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"samplers: {', '.join(names)}; {counts[-1]} readings per sample; sample wall "
-          f"{result['sample_wall_ms_median']:.2f} ms median, "
-          f"{result['sample_wall_ms_max']:.2f} ms max")
-    print(f"real ({real['wall_s']:.0f} s at {args.interval:g} s, {real['batches']} batches): "
-          f"{per_min_real * 1e3:.1f} ms CPU per minute = {result['real']['pct_of_one_core']:.4f} % "
-          "of one core")
-    print(f"scaled ({scaled['batches']} batches at 50 ms): {per_sample * 1e3:.3f} ms CPU per "
-          f"sample -> {per_min_scaled * 1e3:.1f} ms per minute = "
-          f"{result['scaled']['pct_of_one_core']:.4f} % of one core (target < {TARGET_PCT} %)")
+    print(
+        f"samplers: {', '.join(names)}; {counts[-1]} readings per sample; sample wall "
+        f"{result['sample_wall_ms_median']:.2f} ms median, "
+        f"{result['sample_wall_ms_max']:.2f} ms max"
+    )
+    print(
+        f"real ({real['wall_s']:.0f} s at {args.interval:g} s, {real['batches']} batches): "
+        f"{per_min_real * 1e3:.1f} ms CPU per minute = {result['real']['pct_of_one_core']:.4f} % "
+        "of one core"
+    )
+    print(
+        f"scaled ({scaled['batches']} batches at 50 ms): {per_sample * 1e3:.3f} ms CPU per "
+        f"sample -> {per_min_scaled * 1e3:.1f} ms per minute = "
+        f"{result['scaled']['pct_of_one_core']:.4f} % of one core (target < {TARGET_PCT} %)"
+    )
     if "fields" in nvml:
         print(f"NVML on {nvml['gpu']} (median ms wall / CPU):")
         for name, cost in {**nvml["fields"], "xid_poll": nvml["xid_poll"]}.items():
-            print(f"  {name}: " + (cost if isinstance(cost, str) else
-                                   f"{cost['wall_ms']:.3f} / {cost['cpu_ms']:.3f}"))
+            print(
+                f"  {name}: "
+                + (
+                    cost
+                    if isinstance(cost, str)
+                    else f"{cost['wall_ms']:.3f} / {cost['cpu_ms']:.3f}"
+                )
+            )
     else:
         print(f"NVML: {nvml['skipped']}")
     print(f"wrote {RESULTS}")

@@ -40,6 +40,7 @@ def traintel_exit(seconds: float) -> dict[str, float]:
         def record(i: int) -> None:
             next(batches)
             run.log(**harness.step_values(i))
+
         _paced(seconds, record)
         called = time.monotonic()
         run.finish()
@@ -58,8 +59,9 @@ def otel_sdk_exit(seconds: float) -> dict[str, float]:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(MeterProvider(
-        metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]))
+    metrics.set_meter_provider(
+        MeterProvider(metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())])
+    )
     tracer = trace.get_tracer("bench")
     meter = metrics.get_meter("bench")
     gauges = {key: meter.create_gauge(f"bench_{key}") for key in harness.step_values(0)}
@@ -68,6 +70,7 @@ def otel_sdk_exit(seconds: float) -> dict[str, float]:
         with tracer.start_as_current_span("train_step", attributes={"step": i}):
             for key, value in harness.step_values(i).items():
                 gauges[key].set(value, {"run": "r1"})
+
     _paced(seconds, record)
     now = time.monotonic()
     return {"called": now, "returned": now}  # the SDK shuts down in atexit, after this
@@ -81,41 +84,71 @@ def run(repeats: int, seconds: float, scenarios: list[str] | None = None) -> dic
     for _, name in harness.interleaved(names, repeats):
         function, kind = SCENARIOS[name]
         with harness.collector(kind) as (url, what):
-            out = harness.in_child(function, env=harness.otlp_env(url, EXPORT_INTERVAL_MS),
-                                   timeout=120, seconds=seconds)
+            out = harness.in_child(
+                function,
+                env=harness.otlp_env(url, EXPORT_INTERVAL_MS),
+                timeout=120,
+                seconds=seconds,
+            )
         behind[name] = what
         exit_s[name].append(out["exited_at"] - out["called"])
         finish_s[name].append(out["returned"] - out["called"])
-    table = {name: {"collector": behind[name], "exit_s": exit_s[name],
-                    "exit_s_max": max(exit_s[name]), "finish_s": finish_s[name],
-                    "finish_s_max": max(finish_s[name])}
-             for name in names}
-    return {"repeats": repeats, "seconds_of_steps": seconds, "shutdown_timeout_s": TARGET_S,
-            "scenarios": table,
-            "targets": [harness.target(f"{name}: finish() to exit <= {TARGET_S:g} s (worst of "
-                                       f"{repeats})", row["exit_s_max"],
-                                       row["exit_s_max"] <= TARGET_S)
-                        for name, row in table.items() if name.startswith("traintel")]}
+    table = {
+        name: {
+            "collector": behind[name],
+            "exit_s": exit_s[name],
+            "exit_s_max": max(exit_s[name]),
+            "finish_s": finish_s[name],
+            "finish_s_max": max(finish_s[name]),
+        }
+        for name in names
+    }
+    return {
+        "repeats": repeats,
+        "seconds_of_steps": seconds,
+        "shutdown_timeout_s": TARGET_S,
+        "scenarios": table,
+        "targets": [
+            harness.target(
+                f"{name}: finish() to exit <= {TARGET_S:g} s (worst of {repeats})",
+                row["exit_s_max"],
+                row["exit_s_max"] <= TARGET_S,
+            )
+            for name, row in table.items()
+            if name.startswith("traintel")
+        ],
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
-    lines = ["| scenario | finish() to exit, each | worst | of which finish() itself, each | "
-             "collector |", "|---|---|---|---|---|"]
+    lines = [
+        "| scenario | finish() to exit, each | worst | of which finish() itself, each | "
+        "collector |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in result["scenarios"].items():
-        lines.append(f"| {name} | {', '.join(f'{s:.2f}' for s in row['exit_s'])} s | "
-                     f"{row['exit_s_max']:.2f} s | "
-                     f"{', '.join(f'{s:.2f}' for s in row['finish_s'])} s | {row['collector']} |")
-    return lines + ["", f"Default `shutdown_timeout` ({result['shutdown_timeout_s']:g} s); "
-                        f"{result['seconds_of_steps']:g} s of steps before finishing; wall time "
-                        "from just before `finish()` to the parent seeing the child exit. "
-                        "`otel_sdk_unreachable`: the plain SDK, from the last step to exit."]
+        lines.append(
+            f"| {name} | {', '.join(f'{s:.2f}' for s in row['exit_s'])} s | "
+            f"{row['exit_s_max']:.2f} s | "
+            f"{', '.join(f'{s:.2f}' for s in row['finish_s'])} s | {row['collector']} |"
+        )
+    return lines + [
+        "",
+        f"Default `shutdown_timeout` ({result['shutdown_timeout_s']:g} s); "
+        f"{result['seconds_of_steps']:g} s of steps before finishing; wall time "
+        "from just before `finish()` to the parent seeing the child exit. "
+        "`otel_sdk_unreachable`: the plain SDK, from the last step to exit.",
+    ]
 
 
 BENCHMARK = harness.Benchmark(
     name="shutdown",
     title="Shutdown with the collector unreachable or slow",
-    profiles={"full": {"repeats": 3, "seconds": 3.0}, "quick": {"repeats": 1, "seconds": 2.0},
-              "tiny": {"repeats": 1, "seconds": 0.2, "scenarios": ["traintel_slow"]}},
+    profiles={
+        "full": {"repeats": 3, "seconds": 3.0},
+        "quick": {"repeats": 1, "seconds": 2.0},
+        "tiny": {"repeats": 1, "seconds": 0.2, "scenarios": ["traintel_slow"]},
+    },
     run=run,
     render=render,
 )

@@ -42,11 +42,16 @@ BUSY_MS = 1.0
 EXPORT_INTERVAL_MS = 1000
 #: scenario -> (traintel on, collector kind or None for no export, stressed export)
 SCENARIOS: dict[str, tuple[bool, str | None, bool]] = {
-    "bare": (False, None, False), "control": (True, None, True),
-    "unreachable": (True, "unreachable", True), "slow": (True, "slow", True),
-    "healthy": (True, "healthy", True), "healthy_defaults": (True, "healthy", False),
-    "blackhole": (True, "blackhole", True), "blackhole_defaults": (True, "blackhole", False),
-    "pages": (True, None, True)}
+    "bare": (False, None, False),
+    "control": (True, None, True),
+    "unreachable": (True, "unreachable", True),
+    "slow": (True, "slow", True),
+    "healthy": (True, "healthy", True),
+    "healthy_defaults": (True, "healthy", False),
+    "blackhole": (True, "blackhole", True),
+    "blackhole_defaults": (True, "blackhole", False),
+    "pages": (True, None, True),
+}
 #: the gate (``make bench`` fails beyond it), against ``bare`` in the same run: late steps per 30 s
 #: at most the bare loop's + LATE_ALLOWED, worst lateness at most its + WORST_ALLOWED_MS (the
 #: issue's targets on a quiet machine), or + the bare loop's own spread between rounds where that
@@ -68,19 +73,42 @@ for t in threads: t.join()
 """
 
 
-def loop(seconds: float, rate_hz: float, work_ms: float, observe: bool, otlp: bool,
-         step_span_every: int, pages: int = 0) -> dict:
+def loop(
+    seconds: float,
+    rate_hz: float,
+    work_ms: float,
+    observe: bool,
+    otlp: bool,
+    step_span_every: int,
+    pages: int = 0,
+) -> dict:
     """The paced loop (runs in a child process): for every step, how late it started and the
     CPU the process's other threads used since the previous step, both in ms."""
     period, work = 1.0 / rate_hz, work_ms / 1e3
-    clock, sleep, process_cpu, main_cpu = (time.perf_counter, time.sleep, time.process_time,
-                                           time.thread_time)
+    clock, sleep, process_cpu, main_cpu = (
+        time.perf_counter,
+        time.sleep,
+        time.process_time,
+        time.thread_time,
+    )
     with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp:
-        run = harness.traintel_run(tmp, otlp=otlp, step_span_every=step_span_every,
-                                   **({"http_port": 0} if pages else {})) if observe else None
-        readers = subprocess.Popen([sys.executable, "-c", _READER,
-                                    f"{run.server.url}events?record=1", str(pages)]) \
-            if pages and run and run.server else None
+        run = (
+            harness.traintel_run(
+                tmp,
+                otlp=otlp,
+                step_span_every=step_span_every,
+                **({"http_port": 0} if pages else {}),
+            )
+            if observe
+            else None
+        )
+        readers = (
+            subprocess.Popen(
+                [sys.executable, "-c", _READER, f"{run.server.url}events?record=1", str(pages)]
+            )
+            if pages and run and run.server
+            else None
+        )
         if readers:
             time.sleep(1.0)  # the pages are open before the loop starts
         batches = run.track(itertools.count()) if run else itertools.count()
@@ -108,27 +136,43 @@ def loop(seconds: float, rate_hz: float, work_ms: float, observe: bool, otlp: bo
     return {"late_ms": late_ms, "others_ms": others_ms}
 
 
-def run(seconds: float, rounds: int, rate_hz: float = 100.0, work_ms: float = 2.0,
-        scenarios: list[str] | None = None) -> dict[str, Any]:
+def run(
+    seconds: float,
+    rounds: int,
+    rate_hz: float = 100.0,
+    work_ms: float = 2.0,
+    scenarios: list[str] | None = None,
+) -> dict[str, Any]:
     """``seconds`` per scenario in all, split over ``rounds`` interleaved rounds."""
     names = scenarios or list(SCENARIOS)
     table: dict[str, dict[str, Any]] = {
-        name: {"steps": 0, "late": [], "late_while_ours_ran": [], "worst_ms": 0.0,
-               "worst_per_round_ms": []}
-        for name in names}
+        name: {
+            "steps": 0,
+            "late": [],
+            "late_while_ours_ran": [],
+            "worst_ms": 0.0,
+            "worst_per_round_ms": [],
+        }
+        for name in names
+    }
     for _, name in harness.interleaved(names, rounds):
         observe, kind, stress = SCENARIOS[name]
         with harness.collector(kind) if kind else nullcontext(("", "no export")) as (url, what):
             env = harness.otlp_env(url, EXPORT_INTERVAL_MS if stress else None) if kind else {}
-            out = harness.in_child("benchmarks.stalls:loop", env=env, seconds=seconds / rounds,
-                                   rate_hz=rate_hz, work_ms=work_ms, observe=observe,
-                                   otlp=bool(kind), step_span_every=1 if stress else 100,
-                                   pages=PAGES.get(name, 0))
-        late = [(ms, other) for ms, other in zip(out["late_ms"], out["others_ms"])
-                if ms > LATE_MS]
+            out = harness.in_child(
+                "benchmarks.stalls:loop",
+                env=env,
+                seconds=seconds / rounds,
+                rate_hz=rate_hz,
+                work_ms=work_ms,
+                observe=observe,
+                otlp=bool(kind),
+                step_span_every=1 if stress else 100,
+                pages=PAGES.get(name, 0),
+            )
+        late = [(ms, other) for ms, other in zip(out["late_ms"], out["others_ms"]) if ms > LATE_MS]
         row = table[name]
-        row["collector"] = f"no export; {PAGES[name]} live pages open" if name in PAGES \
-            else what
+        row["collector"] = f"no export; {PAGES[name]} live pages open" if name in PAGES else what
         row["steps"] += len(out["late_ms"])
         row["late"].append(len(late))
         row["late_while_ours_ran"].append(sum(1 for _, other in late if other >= BUSY_MS))
@@ -146,44 +190,70 @@ def run(seconds: float, rounds: int, rate_hz: float = 100.0, work_ms: float = 2.
         worst = bare["worst_ms"] + max(WORST_ALLOWED_MS, worst_noise)
         for name, row in table.items():
             if SCENARIOS[name][1] or name in PAGES:
-                targets.append(harness.target(
-                    f"{name}: steps > {LATE_MS:g} ms late per 30 s <= bare + "
-                    f"max({LATE_ALLOWED:g}, bare's spread) ({late:.1f})", row["late_per_30s"],
-                    row["late_per_30s"] <= late))
-                targets.append(harness.target(
-                    f"{name}: worst lateness <= bare + max({WORST_ALLOWED_MS:g} ms, bare's "
-                    f"spread) ({worst:.1f} ms)",
-                    row["worst_ms"], row["worst_ms"] <= worst))
-    return {"seconds": seconds, "rounds": rounds, "rate_hz": rate_hz, "work_ms": work_ms,
-            "late_threshold_ms": LATE_MS, "busy_threshold_ms": BUSY_MS,
-            "export_interval_ms": EXPORT_INTERVAL_MS, "scenarios": table, "targets": targets}
+                targets.append(
+                    harness.target(
+                        f"{name}: steps > {LATE_MS:g} ms late per 30 s <= bare + "
+                        f"max({LATE_ALLOWED:g}, bare's spread) ({late:.1f})",
+                        row["late_per_30s"],
+                        row["late_per_30s"] <= late,
+                    )
+                )
+                targets.append(
+                    harness.target(
+                        f"{name}: worst lateness <= bare + max({WORST_ALLOWED_MS:g} ms, bare's "
+                        f"spread) ({worst:.1f} ms)",
+                        row["worst_ms"],
+                        row["worst_ms"] <= worst,
+                    )
+                )
+    return {
+        "seconds": seconds,
+        "rounds": rounds,
+        "rate_hz": rate_hz,
+        "work_ms": work_ms,
+        "late_threshold_ms": LATE_MS,
+        "busy_threshold_ms": BUSY_MS,
+        "export_interval_ms": EXPORT_INTERVAL_MS,
+        "scenarios": table,
+        "targets": targets,
+    }
 
 
 def render(result: dict[str, Any]) -> list[str]:
-    lines = [f"| scenario | steps | late > {result['late_threshold_ms']:g} ms per 30 s (per round) "
-             f"| of which our threads ran >= {result['busy_threshold_ms']:g} ms | worst | "
-             "collector |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| scenario | steps | late > {result['late_threshold_ms']:g} ms per 30 s (per round) "
+        f"| of which our threads ran >= {result['busy_threshold_ms']:g} ms | worst | "
+        "collector |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in result["scenarios"].items():
-        lines.append(f"| {name} | {row['steps']} | {row['late_per_30s']:.1f} "
-                     f"({', '.join(map(str, row['late']))}) | "
-                     f"{row['late_while_ours_ran_per_30s']:.1f} "
-                     f"({', '.join(map(str, row['late_while_ours_ran']))}) | "
-                     f"{row['worst_ms']:.1f} ms | {row['collector']} |")
-    return lines + ["", f"{result['rate_hz']:g} steps/s for {result['seconds']:g} s per scenario "
-                        f"({result['rounds']} interleaved rounds, a fresh process each), "
-                        f"{result['work_ms']:g} ms of GIL-holding work per step. Stressed "
-                        f"scenarios: a span every step, export every "
-                        f"{result['export_interval_ms']} ms; healthy_defaults: a span every 100 "
-                        "steps, default export intervals."]
+        lines.append(
+            f"| {name} | {row['steps']} | {row['late_per_30s']:.1f} "
+            f"({', '.join(map(str, row['late']))}) | "
+            f"{row['late_while_ours_ran_per_30s']:.1f} "
+            f"({', '.join(map(str, row['late_while_ours_ran']))}) | "
+            f"{row['worst_ms']:.1f} ms | {row['collector']} |"
+        )
+    return lines + [
+        "",
+        f"{result['rate_hz']:g} steps/s for {result['seconds']:g} s per scenario "
+        f"({result['rounds']} interleaved rounds, a fresh process each), "
+        f"{result['work_ms']:g} ms of GIL-holding work per step. Stressed "
+        f"scenarios: a span every step, export every "
+        f"{result['export_interval_ms']} ms; healthy_defaults: a span every 100 "
+        "steps, default export intervals.",
+    ]
 
 
 BENCHMARK = harness.Benchmark(
     name="stalls",
     title="Stalls of a paced loop (100 steps/s) while exporting",
     # full: 120 s per scenario, since 30 s totals were at the machine's noise level (0-2)
-    profiles={"full": {"seconds": 120.0, "rounds": 8}, "quick": {"seconds": 10.0, "rounds": 2},
-              "tiny": {"seconds": 0.3, "rounds": 1,
-                       "scenarios": ["bare", "control", "unreachable"]}},
+    profiles={
+        "full": {"seconds": 120.0, "rounds": 8},
+        "quick": {"seconds": 10.0, "rounds": 2},
+        "tiny": {"seconds": 0.3, "rounds": 1, "scenarios": ["bare", "control", "unreachable"]},
+    },
     run=run,
     render=render,
     gate=True,

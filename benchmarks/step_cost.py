@@ -62,6 +62,7 @@ def traintel_case(stack: ExitStack, directory: Path) -> Step:
     def step(values: dict[str, Any]) -> None:
         next(batches)
         log(**values)
+
     return step
 
 
@@ -69,8 +70,10 @@ def _prometheus_gauges() -> list:
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
-    return [Gauge(f"bench_{key}", key, list(LABELS), registry=registry)
-            for key in harness.step_values(0)]
+    return [
+        Gauge(f"bench_{key}", key, list(LABELS), registry=registry)
+        for key in harness.step_values(0)
+    ]
 
 
 def prometheus_prebound(stack: ExitStack, directory: Path) -> Step:
@@ -79,6 +82,7 @@ def prometheus_prebound(stack: ExitStack, directory: Path) -> Step:
     def step(values: dict[str, Any]) -> None:
         for child, value in zip(children, values.values()):
             child.set(value)
+
     return step
 
 
@@ -89,6 +93,7 @@ def prometheus_labels(stack: ExitStack, directory: Path) -> Step:
     def step(values: dict[str, Any]) -> None:
         for gauge, value in zip(gauges, values.values()):
             gauge.labels(project, run, rank).set(value)
+
     return step
 
 
@@ -104,6 +109,7 @@ def otel_gauges(stack: ExitStack, directory: Path) -> Step:
     def step(values: dict[str, Any]) -> None:
         for gauge, value in zip(gauges, values.values()):
             gauge.set(value, LABELS)
+
     return step
 
 
@@ -123,13 +129,21 @@ def otel_span(stack: ExitStack, directory: Path) -> Step:
 
     def step(values: dict[str, Any]) -> None:
         tracer.start_span("train_step", attributes={"step": next(counter), "epoch": 0}).end()
+
     return step
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": record.created, "level": record.levelname,
-                           "message": record.getMessage(), **LABELS, **record.metrics})
+        return json.dumps(
+            {
+                "ts": record.created,
+                "level": record.levelname,
+                "message": record.getMessage(),
+                **LABELS,
+                **record.metrics,
+            }
+        )
 
 
 def logging_json(stack: ExitStack, directory: Path) -> Step:
@@ -150,8 +164,12 @@ def wandb_offline(stack: ExitStack, directory: Path) -> Step:
 
     directory.mkdir(parents=True)
     with harness.environment(WANDB_SILENT="true"):
-        run = wandb.init(mode="offline", dir=str(directory), project="bench",
-                         settings=wandb.Settings(console="off"))
+        run = wandb.init(
+            mode="offline",
+            dir=str(directory),
+            project="bench",
+            settings=wandb.Settings(console="off"),
+        )
     stack.callback(run.finish)
     return run.log
 
@@ -182,30 +200,35 @@ def tensorboard(stack: ExitStack, directory: Path) -> Step:
         i = next(counter)
         for key, value in values.items():
             add_scalar(key, value, i)
+
     return step
 
 
 CASES: dict[str, Case] = {
     "floor": Case("empty step (timer and call floor)", floor),
-    TRAINTEL: Case("**traintel** `run.log` (8 metrics) in `run.track`, everything on",
-                   traintel_case),
+    TRAINTEL: Case(
+        "**traintel** `run.log` (8 metrics) in `run.track`, everything on", traintel_case
+    ),
     BASELINE: Case("prometheus-client Gauge, children pre-bound, `.set` x8", prometheus_prebound),
-    "prometheus_labels": Case("prometheus-client `.labels(...).set` x8 every call",
-                              prometheus_labels),
-    "otel_gauges": Case("OTel SDK synchronous Gauge `.set` x8 (attributes each call)",
-                        otel_gauges),
+    "prometheus_labels": Case(
+        "prometheus-client `.labels(...).set` x8 every call", prometheus_labels
+    ),
+    "otel_gauges": Case("OTel SDK synchronous Gauge `.set` x8 (attributes each call)", otel_gauges),
     "otel_span": Case("one OTel span start/end (2 attributes), batch processor", otel_span),
     "logging_json": Case("stdlib logging + JSON formatter to a file", logging_json),
     "wandb": Case("wandb `run.log` offline", wandb_offline, needs="wandb"),
-    "mlflow": Case("mlflow `log_metrics`, file store, `synchronous=False`", mlflow_async,
-                   needs="mlflow"),
-    "tensorboard": Case("TensorBoard `add_scalar` x8 (torch SummaryWriter)", tensorboard,
-                        needs="tensorboard"),
+    "mlflow": Case(
+        "mlflow `log_metrics`, file store, `synchronous=False`", mlflow_async, needs="mlflow"
+    ),
+    "tensorboard": Case(
+        "TensorBoard `add_scalar` x8 (torch SummaryWriter)", tensorboard, needs="tensorboard"
+    ),
 }
 
 
-def time_steps(steps: dict[str, Step], values: list[dict[str, Any]], rounds: int, warmup: int,
-               pace_s: float) -> dict[str, list[int]]:
+def time_steps(
+    steps: dict[str, Step], values: list[dict[str, Any]], rounds: int, warmup: int, pace_s: float
+) -> dict[str, list[int]]:
     """Nanoseconds of each step of each case, over interleaved rounds."""
     for step in steps.values():
         for v in values[:warmup]:
@@ -227,11 +250,15 @@ def summarize(samples: dict[str, list[int]], rounds: int) -> dict[str, dict[str,
     table = {}
     for name, ns in samples.items():
         per_round = len(ns) // rounds
-        table[name] = {"median_us": harness.quantile(ns, 0.5) / 1e3,
-                       "p99_us": harness.quantile(ns, 0.99) / 1e3,
-                       "round_medians_us": [harness.quantile(ns[r * per_round:(r + 1) * per_round],
-                                                             0.5) / 1e3 for r in range(rounds)],
-                       "steps": len(ns)}
+        table[name] = {
+            "median_us": harness.quantile(ns, 0.5) / 1e3,
+            "p99_us": harness.quantile(ns, 0.99) / 1e3,
+            "round_medians_us": [
+                harness.quantile(ns[r * per_round : (r + 1) * per_round], 0.5) / 1e3
+                for r in range(rounds)
+            ],
+            "steps": len(ns),
+        }
     base = table.get(BASELINE)
     for row in table.values():
         if base:
@@ -240,27 +267,44 @@ def summarize(samples: dict[str, list[int]], rounds: int) -> dict[str, dict[str,
     return table
 
 
-def run(tight_rounds: int, tight_steps: int, paced_rounds: int, paced_steps: int, warmup: int,
-        pace_s: float = 0.001, cases: list[str] | None = None) -> dict[str, Any]:
+def run(
+    tight_rounds: int,
+    tight_steps: int,
+    paced_rounds: int,
+    paced_steps: int,
+    warmup: int,
+    pace_s: float = 0.001,
+    cases: list[str] | None = None,
+) -> dict[str, Any]:
     names = cases or list(CASES)
-    skipped = {name: f"{CASES[name].needs} is not installed (it comes with the bench extra: "
-                     "`make bench`)"
-               for name in names if CASES[name].needs
-               and importlib.util.find_spec(CASES[name].needs) is None}
+    skipped = {
+        name: f"{CASES[name].needs} is not installed (it comes with the bench extra: `make bench`)"
+        for name in names
+        if CASES[name].needs and importlib.util.find_spec(CASES[name].needs) is None
+    }
     plan = {"tight": (tight_rounds, tight_steps, 0.0), "paced": (paced_rounds, paced_steps, pace_s)}
     values = [harness.step_values(i) for i in range(max(tight_steps, paced_steps, warmup))]
     modes = {}
     with tempfile.TemporaryDirectory(prefix="traintel-bench-") as tmp, ExitStack() as stack:
-        steps = {name: CASES[name].setup(stack, Path(tmp) / name)
-                 for name in names if name not in skipped}
+        steps = {
+            name: CASES[name].setup(stack, Path(tmp) / name)
+            for name in names
+            if name not in skipped
+        }
         for mode, (rounds, n, pace) in plan.items():
             modes[mode] = summarize(time_steps(steps, values[:n], rounds, warmup, pace), rounds)
-    return {"titles": {name: CASES[name].title for name in names},
-            "plan": {mode: {"rounds": r, "steps_per_round": n, "pace_s": p}
-                     for mode, (r, n, p) in plan.items()},
-            "pacing": "time.sleep between steps (outside the timed region)",
-            "baseline": BASELINE, "modes": modes, "skipped": skipped,
-            "targets": targets(modes)}
+    return {
+        "titles": {name: CASES[name].title for name in names},
+        "plan": {
+            mode: {"rounds": r, "steps_per_round": n, "pace_s": p}
+            for mode, (r, n, p) in plan.items()
+        },
+        "pacing": "time.sleep between steps (outside the timed region)",
+        "baseline": BASELINE,
+        "modes": modes,
+        "skipped": skipped,
+        "targets": targets(modes),
+    }
 
 
 def targets(modes: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -271,34 +315,52 @@ def targets(modes: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
             continue
         if BASELINE in table:
             ratio = ours["x_baseline_median"]
-            out.append(harness.target(f"{mode}: traintel <= 1.5x prometheus-client pre-bound "
-                                      "(median)", ratio, ratio <= 1.5))
+            out.append(
+                harness.target(
+                    f"{mode}: traintel <= 1.5x prometheus-client pre-bound (median)",
+                    ratio,
+                    ratio <= 1.5,
+                )
+            )
         for other, factor in (("otel_gauges", 10), ("wandb", 50)):
             if other in table:
                 ratio = table[other]["median_us"] / ours["median_us"]
-                out.append(harness.target(f"{mode}: traintel >= {factor}x cheaper than "
-                                          f"{other} (median)", ratio, ratio >= factor))
+                out.append(
+                    harness.target(
+                        f"{mode}: traintel >= {factor}x cheaper than {other} (median)",
+                        ratio,
+                        ratio >= factor,
+                    )
+                )
     return out
 
 
 def render(result: dict[str, Any]) -> list[str]:
     tight, paced = result["modes"]["tight"], result["modes"]["paced"]
-    lines = ["| method | tight median | tight p99 | x prom | paced median | paced p99 | x prom |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | tight median | tight p99 | x prom | paced median | paced p99 | x prom |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, title in result["titles"].items():
         if name not in tight:
             continue
         cells = [title]
         for row in (tight[name], paced[name]):
-            cells += [_us(row["median_us"]), _us(row["p99_us"]),
-                      f"{row.get('x_baseline_median', float('nan')):.2f}x"]
+            cells += [
+                _us(row["median_us"]),
+                _us(row["p99_us"]),
+                f"{row.get('x_baseline_median', float('nan')):.2f}x",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     plan = result["plan"]
-    lines += ["", f"Tight: {plan['tight']['rounds']} rounds x {plan['tight']['steps_per_round']} "
-              f"steps; paced: {plan['paced']['rounds']} rounds x "
-              f"{plan['paced']['steps_per_round']} steps, {result['pacing']} "
-              f"({plan['paced']['pace_s'] * 1e3:g} ms). x prom: median (per-step) over the "
-              "prometheus-client pre-bound median."]
+    lines += [
+        "",
+        f"Tight: {plan['tight']['rounds']} rounds x {plan['tight']['steps_per_round']} "
+        f"steps; paced: {plan['paced']['rounds']} rounds x "
+        f"{plan['paced']['steps_per_round']} steps, {result['pacing']} "
+        f"({plan['paced']['pace_s'] * 1e3:g} ms). x prom: median (per-step) over the "
+        "prometheus-client pre-bound median.",
+    ]
     lines += [f"Skipped: {name}: {why}" for name, why in result["skipped"].items()]
     return lines
 
@@ -311,12 +373,27 @@ BENCHMARK = harness.Benchmark(
     name="step_cost",
     title="Per-step recording cost (8 metrics), side by side in one process",
     profiles={
-        "full": {"tight_rounds": 10, "tight_steps": 2000, "paced_rounds": 5, "paced_steps": 600,
-                 "warmup": 300},
-        "quick": {"tight_rounds": 4, "tight_steps": 500, "paced_rounds": 3, "paced_steps": 200,
-                  "warmup": 100},
-        "tiny": {"tight_rounds": 1, "tight_steps": 20, "paced_rounds": 1, "paced_steps": 5,
-                 "warmup": 2},
+        "full": {
+            "tight_rounds": 10,
+            "tight_steps": 2000,
+            "paced_rounds": 5,
+            "paced_steps": 600,
+            "warmup": 300,
+        },
+        "quick": {
+            "tight_rounds": 4,
+            "tight_steps": 500,
+            "paced_rounds": 3,
+            "paced_steps": 200,
+            "warmup": 100,
+        },
+        "tiny": {
+            "tight_rounds": 1,
+            "tight_steps": 20,
+            "paced_rounds": 1,
+            "paced_steps": 5,
+            "warmup": 2,
+        },
     },
     run=run,
     render=render,

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,9 +78,14 @@ def measure(trials: int = 30, steps: int = 20) -> dict[str, object]:
                     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = stack.endpoints["otlp_http"]
                 elif variant == "no_collector":
                     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{_refused_port()}"
-                done = subprocess.run([sys.executable, "-c", CHILD, variant, str(trials),
-                                       str(steps)], env=env, capture_output=True, text=True,
-                                      timeout=600, check=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", CHILD, variant, str(trials), str(steps)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    check=True,
+                )
                 results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         finally:
             if stack is not None:

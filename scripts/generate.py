@@ -33,22 +33,33 @@ from traintel.stack import capacity, dashboards, deploy, rules  # noqa: E402
 def _scaling(text: str) -> str:
     """docs/scaling.md with its generated parts replaced: the capacity table between its markers,
     and the sizing table's series and samples/s rows."""
-    text = re.sub(r"(<!-- capacity-table -->\n).*?(\n<!-- /capacity-table -->)",
-                  lambda m: m.group(1) + capacity.render_table() + m.group(2), text, flags=re.S)
-    return re.sub(r"^\| active series \(catalog \+ span metrics \+ recording rules\) \|.*\n"
-                  r"\| samples/s \|.*$", lambda m: capacity.render_sizing_rows(), text,
-                  count=1, flags=re.M)
+    text = re.sub(
+        r"(<!-- capacity-table -->\n).*?(\n<!-- /capacity-table -->)",
+        lambda m: m.group(1) + capacity.render_table() + m.group(2),
+        text,
+        flags=re.S,
+    )
+    return re.sub(
+        r"^\| active series \(catalog \+ span metrics \+ recording rules\) \|.*\n"
+        r"\| samples/s \|.*$",
+        lambda m: capacity.render_sizing_rows(),
+        text,
+        count=1,
+        flags=re.M,
+    )
 
 
 def outputs() -> dict[Path, Callable[[str], str]]:
     """Each generated file and how to make it from its current text."""
     made: dict[Path, Callable[[str], str]] = {}
     for name in rules.FILES:
-        made[ROOT / "prometheus" / "rules" / f"{name}.yml"] = \
-            lambda _, name=name: rules.render(name)
+        made[ROOT / "prometheus" / "rules" / f"{name}.yml"] = lambda _, name=name: rules.render(
+            name
+        )
     for name, data in dashboards.build().items():
-        made[ROOT / "grafana" / "dashboards" / f"{name}.json"] = \
-            lambda _, data=data: dashboards.render(data)
+        made[ROOT / "grafana" / "dashboards" / f"{name}.json"] = lambda _, data=data: (
+            dashboards.render(data)
+        )
     made[ROOT / "docs" / "metrics.md"] = lambda _: catalog.render_markdown()
     made[ROOT / "docs" / "configuration.md"] = lambda _: settings.render_markdown()
     made[ROOT / "docs" / "scaling.md"] = _scaling
@@ -57,8 +68,9 @@ def outputs() -> dict[Path, Callable[[str], str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; fail naming every stale file")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; fail naming every stale file"
+    )
     args = parser.parse_args(argv)
     stale = []
     for path, make in outputs().items():

@@ -40,7 +40,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - node.level + 1]
+                anchor = anchor[: len(anchor) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
@@ -102,8 +102,10 @@ def main() -> int:
     else:
         for name in sorted(edges):
             print(f"{name}: {', '.join(sorted(edges[name])) or '-'}")
-        print(f"\n{len(edges)} modules, {sum(map(len, edges.values()))} imports, "
-              f"{len(found)} cycle(s)")
+        print(
+            f"\n{len(edges)} modules, {sum(map(len, edges.values()))} imports, "
+            f"{len(found)} cycle(s)"
+        )
         for component in found:
             print("cycle: " + " <-> ".join(component))
     return 1 if found else 0

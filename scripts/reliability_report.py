@@ -52,52 +52,78 @@ def soak_section() -> str:
     if not source.exists():
         return ""
     d = json.loads(source.read_text())
-    faults = "; ".join(f"{f['fault']} at +{f['at_s']} s for {f['down_s']:.0f} s"
-                       for f in d["faults"])
+    faults = "; ".join(
+        f"{f['fault']} at +{f['at_s']} s for {f['down_s']:.0f} s" for f in d["faults"]
+    )
     ranks = d["ranks_detail"].values()
     quiet, busy = d["step_time_quiet"], d["step_time_during_faults"]
     rows = [
         ("faults", faults),
-        ("record vs Prometheus, final values", f"steps, samples and tokens equal on "
-         f"{sum(r['equal'] for r in ranks)} of {len(d['ranks_detail'])} ranks "
-         f"({', '.join(str(int(r['record']['traintel_steps_total'])) for r in ranks)} steps)"),
-        ("counters", f"{d['counter_series_checked']} counter series, "
-         f"{len(d['counter_decreases'])} with a decrease (a rank preempted and resumed "
-         "included)"),
-        ("values at their steps", f"{d['loss_samples_compared']} loss samples compared with "
-         f"the record at the step Prometheus has at the same time, "
-         f"{d['loss_samples_mismatched']} different"),
-        ("gaps after `traintel sync`", f"worst {d['worst_gap_inside_collector_outages_s']} s "
-         f"inside collector outages, {d['worst_gap_outside_collector_outages_s']} s elsewhere "
-         f"({d['export_interval_s']:g} s export interval; allowed "
-         f"{d['gap_allowed_s']:g} s, the live reader's own cadence); "
-         f"{d['unexplained_gaps']} longer"),
-        ("alerts", f"fired: {', '.join(d['alerts_fired']) or 'none'}; pending only: "
-         f"{', '.join(d['alerts_pending_only']) or 'none'}"),
-        ("step time, quiet", f"p50 {quiet['p50_ms']} ms, p95 {quiet['p95_ms']} ms, "
-         f"p99 {quiet['p99_ms']} ms, max {quiet['max_ms']} ms ({quiet['n']} steps)"),
-        ("step time, during faults", f"p50 {busy['p50_ms']} ms, p95 {busy['p95_ms']} ms, "
-         f"p99 {busy['p99_ms']} ms, max {busy['max_ms']} ms ({busy['n']} steps)"),
-        ("memory growth (RSS, 200th step to last)", ", ".join(
-            f"{k}: {v:+.1f} MB" for k, v in d["memory_growth_mb"].items())),
-        ("checks", ", ".join(f"{k}: {'ok' if ok else 'FAILED'}" for k, ok in
-                             d["checks"].items())),
+        (
+            "record vs Prometheus, final values",
+            f"steps, samples and tokens equal on "
+            f"{sum(r['equal'] for r in ranks)} of {len(d['ranks_detail'])} ranks "
+            f"({', '.join(str(int(r['record']['traintel_steps_total'])) for r in ranks)} steps)",
+        ),
+        (
+            "counters",
+            f"{d['counter_series_checked']} counter series, "
+            f"{len(d['counter_decreases'])} with a decrease (a rank preempted and resumed "
+            "included)",
+        ),
+        (
+            "values at their steps",
+            f"{d['loss_samples_compared']} loss samples compared with "
+            f"the record at the step Prometheus has at the same time, "
+            f"{d['loss_samples_mismatched']} different",
+        ),
+        (
+            "gaps after `traintel sync`",
+            f"worst {d['worst_gap_inside_collector_outages_s']} s "
+            f"inside collector outages, {d['worst_gap_outside_collector_outages_s']} s elsewhere "
+            f"({d['export_interval_s']:g} s export interval; allowed "
+            f"{d['gap_allowed_s']:g} s, the live reader's own cadence); "
+            f"{d['unexplained_gaps']} longer",
+        ),
+        (
+            "alerts",
+            f"fired: {', '.join(d['alerts_fired']) or 'none'}; pending only: "
+            f"{', '.join(d['alerts_pending_only']) or 'none'}",
+        ),
+        (
+            "step time, quiet",
+            f"p50 {quiet['p50_ms']} ms, p95 {quiet['p95_ms']} ms, "
+            f"p99 {quiet['p99_ms']} ms, max {quiet['max_ms']} ms ({quiet['n']} steps)",
+        ),
+        (
+            "step time, during faults",
+            f"p50 {busy['p50_ms']} ms, p95 {busy['p95_ms']} ms, "
+            f"p99 {busy['p99_ms']} ms, max {busy['max_ms']} ms ({busy['n']} steps)",
+        ),
+        (
+            "memory growth (RSS, 200th step to last)",
+            ", ".join(f"{k}: {v:+.1f} MB" for k, v in d["memory_growth_mb"].items()),
+        ),
+        ("checks", ", ".join(f"{k}: {'ok' if ok else 'FAILED'}" for k, ok in d["checks"].items())),
     ]
     table = "".join(f"| {k} | {v} |\n" for k, v in rows)
-    return (f"""
+    return (
+        f"""
 ## Soak (`make soak`)
 
-{d['ranks']} ranks of one run at {d['pace_steps_per_s']:g} steps/s (a 50 ms sleep per step) for
-{d['minutes']:g} minutes against the native stack (the repository's configs and rules, 15 s
+{d["ranks"]} ranks of one run at {d["pace_steps_per_s"]:g} steps/s (a 50 ms sleep per step) for
+{d["minutes"]:g} minutes against the native stack (the repository's configs and rules, 15 s
 scrapes), with faults injected for real, then `traintel sync` and the record checked against
 Prometheus (benchmarks/soak.py; `make soak ARGS="--minutes 30"` for longer). Last run on
-{d['machine']}: the project's machine, whose 2 cores other agents' builds and tests share, so
+{d["machine"]}: the project's machine, whose 2 cores other agents' builds and tests share, so
 timings are noisy; compare the quiet and the faulty rows with each other, not with another
 machine.
 
 | what | measured |
 |---|---|
-""" + table)
+"""
+        + table
+    )
 
 
 def main() -> int:

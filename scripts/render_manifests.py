@@ -25,8 +25,9 @@ KUBE_VERSION = "1.36.3"
 
 def helm() -> str:
     """The helm binary, built first if needed."""
-    status = install.install(["helm"], say=lambda line: print(line, file=sys.stderr),
-                             table=DEPLOY_TOOLS)
+    status = install.install(
+        ["helm"], say=lambda line: print(line, file=sys.stderr), table=DEPLOY_TOOLS
+    )
     found = install.binary("helm")
     if found is None:
         sys.exit(f"helm could not be built: {status['helm']['reason']}")
@@ -35,18 +36,37 @@ def helm() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--values", "-f", action="append", default=[],
-                        help="a values file (repeatable); e.g. one of deploy/helm/traintel/ci/")
+    parser.add_argument(
+        "--values",
+        "-f",
+        action="append",
+        default=[],
+        help="a values file (repeatable); e.g. one of deploy/helm/traintel/ci/",
+    )
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE, as helm --set")
     parser.add_argument("--release", default="traintel", help="release name (default traintel)")
-    parser.add_argument("--namespace", default="observability",
-                        help="namespace of the collectors and rules (default observability)")
-    parser.add_argument("--kube-version", default=KUBE_VERSION,
-                        help=f"the cluster's Kubernetes version (default {KUBE_VERSION})")
+    parser.add_argument(
+        "--namespace",
+        default="observability",
+        help="namespace of the collectors and rules (default observability)",
+    )
+    parser.add_argument(
+        "--kube-version",
+        default=KUBE_VERSION,
+        help=f"the cluster's Kubernetes version (default {KUBE_VERSION})",
+    )
     parser.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
     args = parser.parse_args(argv)
-    command = [helm(), "template", args.release, str(CHART), "--namespace", args.namespace,
-               "--kube-version", args.kube_version]
+    command = [
+        helm(),
+        "template",
+        args.release,
+        str(CHART),
+        "--namespace",
+        args.namespace,
+        "--kube-version",
+        args.kube_version,
+    ]
     for path in args.values:
         command += ["-f", path]
     for pair in args.set:

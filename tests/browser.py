@@ -16,8 +16,10 @@ import pytest
 
 #: the names Chromium goes by on PATH (Debian: chromium; others: chromium-browser, chrome)
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-INSTALL = ("no Chromium on PATH: `apt-get install chromium` (Debian/Ubuntu; scripts/test.sh does "
-           "it when run as root) or put chromium on PATH")
+INSTALL = (
+    "no Chromium on PATH: `apt-get install chromium` (Debian/Ubuntu; scripts/test.sh does "
+    "it when run as root) or put chromium on PATH"
+)
 
 
 def chromium() -> str | None:
@@ -27,8 +29,9 @@ def chromium() -> str | None:
 def shots_dir() -> Path:
     """Where screenshots are kept: $TRAINTEL_TEST_SHOTS, else a folder under the system's temp
     directory (printed by the tests that write there)."""
-    folder = Path(os.environ.get("TRAINTEL_TEST_SHOTS") or
-                  Path(tempfile.gettempdir()) / "traintel-test-shots")
+    folder = Path(
+        os.environ.get("TRAINTEL_TEST_SHOTS") or Path(tempfile.gettempdir()) / "traintel-test-shots"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -40,11 +43,15 @@ def browser() -> Iterator[Any]:
     if executable is None:
         pytest.skip(INSTALL)
     playwright_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is missing: pip install 'traintel[dev]'")
+        "playwright.sync_api", reason="Playwright is missing: pip install 'traintel[dev]'"
+    )
     with playwright_api.sync_playwright() as p:
         # root (CI, containers) needs --no-sandbox; the pages are our own, on loopback
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
         try:
             yield browser
         finally:

@@ -12,13 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-import traintel
-from traintel.core import catalog
-
-from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
-from kube_fixture import kube  # noqa: F401  (one real kube-apiserver per test run)
-
 import reliability_log  # noqa: E402
+import traintel
+from kube_fixture import kube  # noqa: F401  (one real kube-apiserver per test run)
+from stack_fixture import *  # noqa: F403  (the `stack` fixture and its skip hook)
+from traintel.core import catalog
 
 # A native stack the developer runs in the default run directory (`traintel stack up`) would be
 # found by every run, sync and doctor of the suite (traintel.core.discovery): tests see none
@@ -27,8 +25,13 @@ if "TRAINTEL_STACK_DIR" not in os.environ:
     os.environ["TRAINTEL_STACK_DIR"] = tempfile.mkdtemp(prefix="traintel-test-no-stack-")
 
 #: init options for runs that show, sample and export nothing, and write their record quickly
-QUIET = {"progress": "off", "console_logs": False, "sample_interval": 0, "otlp": False,
-         "flush_interval": 0.05}
+QUIET = {
+    "progress": "off",
+    "console_logs": False,
+    "sample_interval": 0,
+    "otlp": False,
+    "flush_interval": 0.05,
+}
 
 
 class Lines(list):  # type: ignore[type-arg]  # a plain list of record lines, with a filter
@@ -36,15 +39,21 @@ class Lines(list):  # type: ignore[type-arg]  # a plain list of record lines, wi
 
     def of(self, kind: str, event: str | None = None) -> list[dict[str, Any]]:
         """The lines of one type (and, for events, one event name)."""
-        return [line for line in self if line["type"] == kind and
-                (event is None or line.get("event") == event)]
+        return [
+            line
+            for line in self
+            if line["type"] == kind and (event is None or line.get("event") == event)
+        ]
 
 
 def read_lines(run_dir: Path) -> Lines:
     """Every line of the record in ``run_dir``, rotated files first; a torn line fails the test."""
     files = sorted(Path(run_dir).glob("events.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
-    return Lines(orjson.loads(raw) for path in [*files, Path(run_dir) / "events.jsonl"]
-                 for raw in path.read_bytes().splitlines())
+    return Lines(
+        orjson.loads(raw)
+        for path in [*files, Path(run_dir) / "events.jsonl"]
+        for raw in path.read_bytes().splitlines()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +68,7 @@ def quiet_run(tmp_path: Path, quiet: dict[str, Any]) -> Callable[..., traintel.R
 
     def start(**options: Any) -> traintel.Run:
         return traintel.init(**{"project": "test", "dir": str(tmp_path), **quiet, **options})
+
     return start
 
 
@@ -73,6 +83,7 @@ def assert_catalog() -> Callable[[list[tuple[str, float, dict[str, str]]]], None
             metric = catalog.BY_NAME[name]
             assert set(labels) == set(metric.all_labels) - set(catalog.BASE_LABELS), name
             assert isinstance(value, float) and all(isinstance(v, str) for v in labels.values())
+
     return check
 
 

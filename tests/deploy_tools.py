@@ -38,16 +38,24 @@ KUBERNETES = ("k8s.io/kubernetes", "v1.36.3")
 #: CRDs, by the operator release that publishes them: (module, version, CRD files in it).
 CRD_SOURCES = {
     "prometheus-operator": (
-        "github.com/prometheus-operator/prometheus-operator", "v0.94.1",
-        ("example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
-         "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
-         "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml")),
+        "github.com/prometheus-operator/prometheus-operator",
+        "v0.94.1",
+        (
+            "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+            "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
+            "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+        ),
+    ),
     "opentelemetry-operator": (
-        "github.com/open-telemetry/opentelemetry-operator", "v0.148.0",
-        ("config/crd/bases/opentelemetry.io_opentelemetrycollectors.yaml",)),
+        "github.com/open-telemetry/opentelemetry-operator",
+        "v0.148.0",
+        ("config/crd/bases/opentelemetry.io_opentelemetrycollectors.yaml",),
+    ),
     "training-operator": (
-        "github.com/kubeflow/training-operator", "v1.9.2",
-        ("manifests/base/crds/kubeflow.org_pytorchjobs.yaml",)),
+        "github.com/kubeflow/training-operator",
+        "v1.9.2",
+        ("manifests/base/crds/kubeflow.org_pytorchjobs.yaml",),
+    ),
 }
 
 
@@ -57,8 +65,10 @@ def tool(name: str) -> str:
     status = install.install([name], say=lambda _: None, table=DEPLOY_TOOLS)
     found = install.binary(name)
     if found is None:
-        pytest.skip(f"{name} {DEPLOY_TOOLS[name].version} could not be built: "
-                    f"{status.get(name, {}).get('reason', 'unknown reason')}")
+        pytest.skip(
+            f"{name} {DEPLOY_TOOLS[name].version} could not be built: "
+            f"{status.get(name, {}).get('reason', 'unknown reason')}"
+        )
     return str(found)
 
 
@@ -66,7 +76,8 @@ def run(*argv: str, cwd: Path = REPO, check: bool = True) -> subprocess.Complete
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=cwd)
     if check:
         assert result.returncode == 0, (
-            f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+            f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -74,17 +85,22 @@ def run(*argv: str, cwd: Path = REPO, check: bool = True) -> subprocess.Complete
 def crds() -> tuple[dict, ...]:
     """Every pinned CRD, parsed (read-only: shared between tests)."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return tuple(yaml.load((_module(module, version) / path).read_text(), Loader=loader)
-                 for module, version, paths in CRD_SOURCES.values() for path in paths)
+    return tuple(
+        yaml.load((_module(module, version) / path).read_text(), Loader=loader)
+        for module, version, paths in CRD_SOURCES.values()
+        for path in paths
+    )
 
 
 def schema_dir() -> Path:
     """kubeconform schemas (``<dir>/<group>/<kind>_<version>.json``, core kinds under ``v1/``) for
     the pinned Kubernetes API and CRDs, generated once into the cache (keyed by the pins and this
     module's code)."""
-    key = hashlib.sha256(repr((KUBERNETES, CRD_SOURCES)).encode()
-                         + inspect.getsource(_strict).encode()
-                         + inspect.getsource(_write_openapi_kinds).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        repr((KUBERNETES, CRD_SOURCES)).encode()
+        + inspect.getsource(_strict).encode()
+        + inspect.getsource(_write_openapi_kinds).encode()
+    ).hexdigest()[:12]
     out = install.cache_dir() / "kubeconform-schemas" / key
     if (out / ".complete").exists():
         return out
@@ -98,14 +114,16 @@ def schema_dir() -> Path:
         _write_openapi_kinds(schemas, tmp)
         object_meta = object_meta or _closure(
             {name: _strict(_refs(schema)) for name, schema in schemas.items()},
-            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        )
     for crd in crds():
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
             schema = _strict(version["schema"]["openAPIV3Schema"])
             # The API server validates a custom resource's metadata as any object's: so do we.
             schema["properties"]["metadata"] = {
-                "$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+                "$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+            }
             schema["definitions"] = object_meta
             _dump(tmp / group / f"{kind.lower()}_{version['name']}.json", schema)
     (tmp / ".complete").touch()
@@ -117,13 +135,26 @@ def schema_dir() -> Path:
 def kubeconform(paths: list[Path]) -> subprocess.CompletedProcess:
     """kubeconform over ``paths`` (files or folders): strict, every kind must have a schema."""
     # kubeconform's .Group is the part of apiVersion before the slash: "v1" for the core group.
-    location = str(schema_dir()) + "/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
-    return run(tool("kubeconform"), "-strict", "-summary", "-output", "json",
-               "-kubernetes-version", KUBERNETES[1].lstrip("v"),
-               "-schema-location", location, *map(str, paths), check=False)
+    location = (
+        str(schema_dir()) + "/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
+    )
+    return run(
+        tool("kubeconform"),
+        "-strict",
+        "-summary",
+        "-output",
+        "json",
+        "-kubernetes-version",
+        KUBERNETES[1].lstrip("v"),
+        "-schema-location",
+        location,
+        *map(str, paths),
+        check=False,
+    )
 
 
 # --- the conversion -----------------------------------------------------------------------------
+
 
 def _module(module: str, version: str) -> Path:
     if not shutil.which("go"):
@@ -141,7 +172,9 @@ def _write_openapi_kinds(schemas: dict[str, Any], out: Path) -> None:
     for name, schema in schemas.items():
         for gvk in schema.get("x-kubernetes-group-version-kind", []):
             if name.startswith("io.k8s.apimachinery.pkg.apis.meta.v1.") and gvk["kind"] in (
-                    "DeleteOptions", "WatchEvent"):
+                "DeleteOptions",
+                "WatchEvent",
+            ):
                 continue  # listed under every group; not objects that manifests hold
             root = dict(converted[name])
             root["definitions"] = _closure(converted, name)
@@ -165,7 +198,8 @@ def _referenced(node: Any) -> list[str]:
     if isinstance(node, dict):
         ref = node.get("$ref")
         return ([ref.rsplit("/", 1)[1]] if isinstance(ref, str) else []) + [
-            r for v in node.values() for r in _referenced(v)]
+            r for v in node.values() for r in _referenced(v)
+        ]
     if isinstance(node, list):
         return [r for v in node for r in _referenced(v)]
     return []
@@ -174,9 +208,14 @@ def _referenced(node: Any) -> list[str]:
 def _refs(node: Any) -> Any:
     """OpenAPI's ``#/components/schemas/X`` as ``#/definitions/X``."""
     if isinstance(node, dict):
-        return {k: (v.replace("#/components/schemas/", "#/definitions/")
-                    if k == "$ref" and isinstance(v, str) else _refs(v))
-                for k, v in node.items()}
+        return {
+            k: (
+                v.replace("#/components/schemas/", "#/definitions/")
+                if k == "$ref" and isinstance(v, str)
+                else _refs(v)
+            )
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_refs(v) for v in node]
     return node
@@ -202,8 +241,11 @@ def _strict(node: Any) -> Any:
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if node.get("nullable") and isinstance(node.get("type"), str):
         out["type"] = [node["type"], "null"]
-    if ("properties" in node and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 

@@ -36,8 +36,9 @@ def main() -> None:
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
     rank = dist.get_rank()
-    with traintel.init(project=args.project, progress="off", sample_interval=0,
-                       console_logs=False) as run:
+    with traintel.init(
+        project=args.project, progress="off", sample_interval=0, console_logs=False
+    ) as run:
         if rank == args.hang_rank:
             time.sleep(args.timeout + 30)  # alive but never joins: the others time out
         grad = torch.ones(1000)

@@ -163,8 +163,9 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle):
         if isinstance(self.device(handle), tuple):
-            return self._read("memory", handle, type("Mem", (), {"used": 3 * GiB,
-                                                                 "total": 10 * GiB}))
+            return self._read(
+                "memory", handle, type("Mem", (), {"used": 3 * GiB, "total": 10 * GiB})
+            )
         return self._read("memory", handle, type("Mem", (), {"used": 2 * GiB, "total": 80 * GiB}))
 
     def nvmlDeviceGetUtilizationRates(self, handle):
@@ -195,13 +196,14 @@ class FakeNvml:
         return self._read("throttle", handle, self.throttle)
 
     def nvmlDeviceGetTotalEccErrors(self, handle, error_type, counter):
-        assert (error_type, counter) == (real.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                                         real.NVML_VOLATILE_ECC)
+        assert (error_type, counter) == (
+            real.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+            real.NVML_VOLATILE_ECC,
+        )
         return self._read("ecc", handle, 0)
 
     def nvmlDeviceGetPcieThroughput(self, handle, counter):
-        return self._read("pcie", handle,
-                          1000 if counter == real.NVML_PCIE_UTIL_TX_BYTES else 2000)
+        return self._read("pcie", handle, 1000 if counter == real.NVML_PCIE_UTIL_TX_BYTES else 2000)
 
     # --- field values ---------------------------------------------------------------------
 
@@ -212,8 +214,10 @@ class FakeNvml:
         for slot, asked in zip(values, field_ids):
             field_id, scope = asked if isinstance(asked, tuple) else (asked, 0)
             slot.fieldId, slot.scopeId = field_id, scope
-            if field_id in (real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
-                            real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX):
+            if field_id in (
+                real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+            ):
                 assert scope == 0xFFFFFFFF, "throughput must be asked for all links"
             slot.nvmlReturn = self.field_errors.get((device, field_id), real.NVML_SUCCESS)
             if field_id == real.NVML_FI_DEV_MEMORY_TEMP:
@@ -228,8 +232,9 @@ class FakeNvml:
 
     def nvmlDeviceGetSupportedEventTypes(self, handle):
         everything = real.nvmlEventTypeAll
-        return everything if self.xid_supported else \
-            everything & ~real.nvmlEventTypeXidCriticalError
+        return (
+            everything if self.xid_supported else everything & ~real.nvmlEventTypeXidCriticalError
+        )
 
     def nvmlEventSetCreate(self):
         self.event_sets += 1
@@ -290,10 +295,11 @@ class FakeNvml:
         assert query.version == real.NVML_GPM_METRICS_GET_VERSION
         first = self.gpm_samples[_address(query.sample1)]
         second = self.gpm_samples[_address(query.sample2)]
-        assert first is not None and second is not None and first < second, \
+        assert first is not None and second is not None and first < second, (
             "GPM metrics need an older and a newer sample"
+        )
         self.gpm_queries.append((first, second))
-        for slot in query.metrics[:query.numMetrics]:
+        for slot in query.metrics[: query.numMetrics]:
             slot.nvmlReturn = self.field_errors.get(("gpm", slot.metricId), real.NVML_SUCCESS)
             slot.value = GPM_VALUES[slot.metricId]
         return query

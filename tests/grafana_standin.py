@@ -24,10 +24,21 @@ ROUTES: dict[tuple[str, str], dict[str, type | tuple[type, ...]] | None] = {
     ("GET", r"/api/folders/(?P<uid>[\w-]+)"): None,
     ("POST", r"/api/folders"): {"title": str, "uid": str},
     ("GET", r"/api/datasources/uid/(?P<uid>[\w-]+)"): None,
-    ("POST", r"/api/datasources"): {"name": str, "type": str, "access": str, "url": str,
-                                    "uid": str, "jsonData": dict},
-    ("PUT", r"/api/datasources/uid/(?P<uid>[\w-]+)"): {"name": str, "type": str, "access": str,
-                                                       "url": str, "jsonData": dict},
+    ("POST", r"/api/datasources"): {
+        "name": str,
+        "type": str,
+        "access": str,
+        "url": str,
+        "uid": str,
+        "jsonData": dict,
+    },
+    ("PUT", r"/api/datasources/uid/(?P<uid>[\w-]+)"): {
+        "name": str,
+        "type": str,
+        "access": str,
+        "url": str,
+        "jsonData": dict,
+    },
     ("GET", r"/api/dashboards/uid/(?P<uid>[\w-]+)"): None,
     ("POST", r"/api/dashboards/db"): {"dashboard": dict, "folderUid": str, "overwrite": bool},
     ("POST", r"/api/annotations"): {"time": int, "tags": list, "text": str},
@@ -96,19 +107,30 @@ class GrafanaStandIn:
         if route is None:
             self.violations.append(f"{method} {path}: no such endpoint in the API traintel uses")
             return self._send(request, 404, {"message": "Not found"})
-        if path != "/api/health" and \
-                request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._send(request, 401, {"message": "Invalid API key",
-                                             "messageId": "api-key.invalid",
-                                             "statusCode": 401, "traceID": ""})
+        if path != "/api/health" and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._send(
+                request,
+                401,
+                {
+                    "message": "Invalid API key",
+                    "messageId": "api-key.invalid",
+                    "statusCode": 401,
+                    "traceID": "",
+                },
+            )
         shape = ROUTES[route]
         if shape is None and body is not None:
             self.violations.append(f"{method} {path}: a body where none belongs")
         for key, kind in (shape or {}).items():
-            if not isinstance(body, dict) or not isinstance(body.get(key), kind) or \
-                    isinstance(body.get(key), bool) and kind is int:
+            if (
+                not isinstance(body, dict)
+                or not isinstance(body.get(key), kind)
+                or isinstance(body.get(key), bool)
+                and kind is int
+            ):
                 self.violations.append(
-                    f"{method} {path}: {key} must be {kind}, body {body!r}"[:300])
+                    f"{method} {path}: {key} must be {kind}, body {body!r}"[:300]
+                )
         uid = re.fullmatch(route[1], path).groupdict().get("uid")  # type: ignore[union-attr]
         handler = getattr(self, "_" + route[1].split("/")[2] + "_" + method.lower())
         code, answer = handler(uid, body or {})
@@ -125,8 +147,13 @@ class GrafanaStandIn:
     def _folders_post(self, uid: None, body: dict) -> tuple[int, dict]:
         if body["uid"] in self.folders:
             return 409, {"message": "a folder with the same uid already exists"}
-        folder = {"id": len(self.folders) + 1, "uid": body["uid"], "title": body["title"],
-                  "url": f"/dashboards/f/{body['uid']}/", "version": 1}
+        folder = {
+            "id": len(self.folders) + 1,
+            "uid": body["uid"],
+            "title": body["title"],
+            "url": f"/dashboards/f/{body['uid']}/",
+            "version": 1,
+        }
         self.folders[body["uid"]] = folder
         return 200, folder
 
@@ -138,19 +165,36 @@ class GrafanaStandIn:
     def _datasources_post(self, uid: None, body: dict) -> tuple[int, dict]:
         if any(d["name"] == body["name"] for d in self.datasources.values()):
             return 409, {"message": "data source with the same name already exists"}
-        stored = {"id": len(self.datasources) + 1, "orgId": 1, "readOnly": False,
-                  "isDefault": False, "version": 1, **body}
+        stored = {
+            "id": len(self.datasources) + 1,
+            "orgId": 1,
+            "readOnly": False,
+            "isDefault": False,
+            "version": 1,
+            **body,
+        }
         self.datasources[body["uid"]] = stored
-        return 200, {"datasource": stored, "id": stored["id"], "message": "Datasource added",
-                     "name": body["name"]}
+        return 200, {
+            "datasource": stored,
+            "id": stored["id"],
+            "message": "Datasource added",
+            "name": body["name"],
+        }
 
     def _datasources_put(self, uid: str, body: dict) -> tuple[int, dict]:
         if uid not in self.datasources:
             return 404, {"message": "Data source not found"}
-        stored = self.datasources[uid] = {**self.datasources[uid], **body,
-                                          "version": self.datasources[uid]["version"] + 1}
-        return 200, {"datasource": stored, "id": stored["id"], "message": "Datasource updated",
-                     "name": stored["name"]}
+        stored = self.datasources[uid] = {
+            **self.datasources[uid],
+            **body,
+            "version": self.datasources[uid]["version"] + 1,
+        }
+        return 200, {
+            "datasource": stored,
+            "id": stored["id"],
+            "message": "Datasource updated",
+            "name": stored["name"],
+        }
 
     def _dashboards_get(self, uid: str, body: dict) -> tuple[int, dict]:
         if uid not in self.dashboards:
@@ -166,16 +210,28 @@ class GrafanaStandIn:
             return 400, {"message": "folder not found"}
         existing = self.dashboards.get(dashboard["uid"])
         if existing and not body["overwrite"]:
-            return 412, {"message": "The dashboard has been changed by someone else",
-                         "status": "version-mismatch"}
+            return 412, {
+                "message": "The dashboard has been changed by someone else",
+                "status": "version-mismatch",
+            }
         version = existing["dashboard"]["version"] + 1 if existing else 1
         stored_id = existing["dashboard"]["id"] if existing else len(self.dashboards) + 1
         self.dashboards[dashboard["uid"]] = {
             "dashboard": {**dashboard, "id": stored_id, "version": version},
-            "meta": {"folderUid": body["folderUid"], "slug": dashboard["uid"],
-                     "url": f"/d/{dashboard['uid']}"}}
-        return 200, {"id": stored_id, "uid": dashboard["uid"], "url": f"/d/{dashboard['uid']}",
-                     "status": "success", "version": version, "slug": dashboard["uid"]}
+            "meta": {
+                "folderUid": body["folderUid"],
+                "slug": dashboard["uid"],
+                "url": f"/d/{dashboard['uid']}",
+            },
+        }
+        return 200, {
+            "id": stored_id,
+            "uid": dashboard["uid"],
+            "url": f"/d/{dashboard['uid']}",
+            "status": "success",
+            "version": version,
+            "slug": dashboard["uid"],
+        }
 
     def _annotations_post(self, uid: None, body: dict) -> tuple[int, dict]:
         self.annotations_open.wait(30)

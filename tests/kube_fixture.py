@@ -61,17 +61,60 @@ def make_credentials(directory: Path) -> dict[str, Path | str]:
     """A CA, a serving certificate for 127.0.0.1/localhost, a service-account key pair and a
     token file naming one cluster-admin user (group system:masters)."""
     d = directory
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=traintel-test-ca", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=traintel-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
     (d / "san.cnf").write_text(
         "[req]\ndistinguished_name=dn\n[dn]\n[ext]\n"
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
-        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-             "-keyout", "server.key", "-out", "server.csr", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-extensions", "ext",
-             "-out", "server.crt", cwd=d)
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-extensions",
+        "ext",
+        "-out",
+        "server.crt",
+        cwd=d,
+    )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
     token = secrets.token_hex(24)
@@ -97,13 +140,24 @@ class Kube:
         self._context = ssl.create_default_context(cafile=str(self.ca))
 
     # --- plain requests ---------------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> Any:
-        data = None if body is None else (
-            body if isinstance(body, bytes) else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": content_type,
-            "Accept": "application/json"})
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        data = (
+            None
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": content_type,
+                "Accept": "application/json",
+            },
+        )
         try:
             with urllib.request.urlopen(req, context=self._context, timeout=60) as response:
                 raw = response.read()
@@ -128,10 +182,13 @@ class Kube:
             for item in self.get(base)["resources"]:
                 if "/" not in item["name"]:
                     self._resources[(api_version, item["kind"])] = (
-                        item["name"], bool(item["namespaced"]))
+                        item["name"],
+                        bool(item["namespaced"]),
+                    )
         if key not in self._resources:
-            raise KubeError(404, {"message": f"the server has no {kind} in {api_version}"},
-                            "discovery")
+            raise KubeError(
+                404, {"message": f"the server has no {kind} in {api_version}"}, "discovery"
+            )
         plural, namespaced = self._resources[key]
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         return base, plural, namespaced
@@ -143,16 +200,20 @@ class Kube:
             return f"{base}/namespaces/{meta.get('namespace') or 'default'}/{plural}/{meta['name']}"
         return f"{base}/{plural}/{meta['name']}"
 
-    def apply(self, obj: dict[str, Any], manager: str = "traintel-tests",
-              dry_run: bool = False) -> dict[str, Any]:
+    def apply(
+        self, obj: dict[str, Any], manager: str = "traintel-tests", dry_run: bool = False
+    ) -> dict[str, Any]:
         """Server-side apply (``kubectl apply --server-side``): validation, CEL rules, defaulting
         and admission run; returns the object as stored."""
         query = {"fieldManager": manager, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
         result: dict[str, Any] = self.request(
-            "PATCH", self.path(obj) + "?" + urllib.parse.urlencode(query),
-            json.dumps(obj).encode(), content_type="application/apply-patch+yaml")
+            "PATCH",
+            self.path(obj) + "?" + urllib.parse.urlencode(query),
+            json.dumps(obj).encode(),
+            content_type="application/apply-patch+yaml",
+        )
         return result
 
     def apply_all(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -167,11 +228,15 @@ class Kube:
             self.apply(crd)
         deadline = time.monotonic() + 60
         for crd in crds:
-            path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+            path = (
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+            )
             while True:
                 status = self.get(path).get("status", {})
-                if any(c["type"] == "Established" and c["status"] == "True"
-                       for c in status.get("conditions", [])):
+                if any(
+                    c["type"] == "Established" and c["status"] == "True"
+                    for c in status.get("conditions", [])
+                ):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {crd['metadata']['name']} not established: {status}")
@@ -179,16 +244,23 @@ class Kube:
         self._resources.clear()
 
 
-def _wait_ready(url: str, token: str, ca: Path, procs: list[subprocess.Popen[bytes]],
-                logs: Path, timeout: float = 180) -> None:
+def _wait_ready(
+    url: str,
+    token: str,
+    ca: Path,
+    procs: list[subprocess.Popen[bytes]],
+    logs: Path,
+    timeout: float = 180,
+) -> None:
     context = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}; see {logs}:\n"
-                                   + _tail(logs))
+                raise RuntimeError(
+                    f"{proc.args[0]} exited {proc.returncode}; see {logs}:\n" + _tail(logs)
+                )
         req = urllib.request.Request(url + "/readyz", headers={"Authorization": f"Bearer {token}"})
         try:
             with urllib.request.urlopen(req, context=context, timeout=5) as response:
@@ -197,13 +269,17 @@ def _wait_ready(url: str, token: str, ca: Path, procs: list[subprocess.Popen[byt
         except (urllib.error.URLError, OSError) as error:
             last = str(error)
         time.sleep(0.5)
-    raise TimeoutError(f"kube-apiserver not ready in {timeout:.0f}s ({last}); see {logs}:\n"
-                       + _tail(logs))
+    raise TimeoutError(
+        f"kube-apiserver not ready in {timeout:.0f}s ({last}); see {logs}:\n" + _tail(logs)
+    )
 
 
 def _tail(logs: Path) -> str:
-    return "\n".join(f"{p.name}: {line}" for p in sorted(logs.glob("*.log"))
-                     for line in p.read_text(errors="replace").splitlines()[-15:])
+    return "\n".join(
+        f"{p.name}: {line}"
+        for p in sorted(logs.glob("*.log"))
+        for line in p.read_text(errors="replace").splitlines()[-15:]
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -221,8 +297,10 @@ def programs() -> dict[str, Path]:
     status = install.install(["kube"], say=lambda _: None, table=DEPLOY_TOOLS)
     found = {b: install.binary("kube", b) for b in DEPLOY_TOOLS["kube"].binaries}
     if not all(found.values()):
-        pytest.skip(f"kube-apiserver/etcd ({DEPLOY_TOOLS['kube'].version}) could not be built: "
-                    f"{status.get('kube', {}).get('reason', 'unknown reason')}")
+        pytest.skip(
+            f"kube-apiserver/etcd ({DEPLOY_TOOLS['kube'].version}) could not be built: "
+            f"{status.get('kube', {}).get('reason', 'unknown reason')}"
+        )
     return {name: path for name, path in found.items() if path}
 
 
@@ -240,46 +318,81 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with (logs / "etcd.log").open("wb") as out:
-            procs.append(subprocess.Popen([
-                str(binaries["etcd"]), "--name", "traintel-test", "--data-dir", str(root / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-                "--initial-cluster", f"traintel-test=http://127.0.0.1:{etcd_peer}",
-                "--listen-metrics-urls", f"http://127.0.0.1:{_free_port()}",
-                # a test's data: no fsync per write (much faster on a busy disk)
-                "--unsafe-no-fsync", "--log-level", "warn",
-            ], stdout=out, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(binaries["etcd"]),
+                        "--name",
+                        "traintel-test",
+                        "--data-dir",
+                        str(root / "etcd"),
+                        "--listen-client-urls",
+                        f"http://127.0.0.1:{etcd_client}",
+                        "--advertise-client-urls",
+                        f"http://127.0.0.1:{etcd_client}",
+                        "--listen-peer-urls",
+                        f"http://127.0.0.1:{etcd_peer}",
+                        "--initial-advertise-peer-urls",
+                        f"http://127.0.0.1:{etcd_peer}",
+                        "--initial-cluster",
+                        f"traintel-test=http://127.0.0.1:{etcd_peer}",
+                        "--listen-metrics-urls",
+                        f"http://127.0.0.1:{_free_port()}",
+                        # a test's data: no fsync per write (much faster on a busy disk)
+                        "--unsafe-no-fsync",
+                        "--log-level",
+                        "warn",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         with (logs / "kube-apiserver.log").open("wb") as out:
-            procs.append(subprocess.Popen([
-                str(binaries["kube-apiserver"]),
-                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-                f"--secure-port={api_port}",
-                f"--tls-cert-file={root / 'server.crt'}",
-                f"--tls-private-key-file={root / 'server.key'}",
-                f"--token-auth-file={root / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={root / 'sa.pub'}",
-                f"--service-account-signing-key-file={root / 'sa.key'}",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                # Nothing serves the aggregated APIs or runs controllers here.
-                "--enable-aggregator-routing=false",
-                "--v=1",
-            ], stdout=out, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(binaries["kube-apiserver"]),
+                        f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                        "--bind-address=127.0.0.1",
+                        "--advertise-address=127.0.0.1",
+                        f"--secure-port={api_port}",
+                        f"--tls-cert-file={root / 'server.crt'}",
+                        f"--tls-private-key-file={root / 'server.key'}",
+                        f"--token-auth-file={root / 'tokens.csv'}",
+                        "--authorization-mode=RBAC",
+                        "--service-account-issuer=https://kubernetes.default.svc",
+                        f"--service-account-key-file={root / 'sa.pub'}",
+                        f"--service-account-signing-key-file={root / 'sa.key'}",
+                        "--service-cluster-ip-range=10.96.0.0/16",
+                        # Nothing serves the aggregated APIs or runs controllers here.
+                        "--enable-aggregator-routing=false",
+                        "--v=1",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         url = f"https://127.0.0.1:{api_port}"
         token, ca = str(creds["token"]), Path(creds["ca"])
         _wait_ready(url, token, ca, procs, logs)
         kubeconfig = root / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": url,
-                                                      "certificate-authority": str(ca)}}],
-            "users": [{"name": "admin", "user": {"token": token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-        }))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "test",
+                    "clusters": [
+                        {
+                            "name": "test",
+                            "cluster": {"server": url, "certificate-authority": str(ca)},
+                        }
+                    ],
+                    "users": [{"name": "admin", "user": {"token": token}}],
+                    "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+                }
+            )
+        )
         kubeconfig.chmod(0o600)
         yield Kube(url=url, token=token, ca=ca, kubeconfig=kubeconfig, logs=logs)
     finally:

@@ -27,32 +27,59 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Loki 3.7.6, "Default labels for OpenTelemetry" (docs/sources/get-started/labels/_index.md at
 #: tag v3.7.6): the resource attributes stored as index labels, dots replaced by underscores.
-DOCUMENTED_INDEX_ATTRIBUTES = frozenset({
-    "cloud.availability_zone", "cloud.region", "container.name", "deployment.environment.name",
-    "k8s.cluster.name", "k8s.container.name", "k8s.cronjob.name", "k8s.daemonset.name",
-    "k8s.deployment.name", "k8s.job.name", "k8s.namespace.name", "k8s.pod.name",
-    "k8s.replicaset.name", "k8s.statefulset.name", "service.instance.id", "service.name",
-    "service.namespace",
-})
+DOCUMENTED_INDEX_ATTRIBUTES = frozenset(
+    {
+        "cloud.availability_zone",
+        "cloud.region",
+        "container.name",
+        "deployment.environment.name",
+        "k8s.cluster.name",
+        "k8s.container.name",
+        "k8s.cronjob.name",
+        "k8s.daemonset.name",
+        "k8s.deployment.name",
+        "k8s.job.name",
+        "k8s.namespace.name",
+        "k8s.pod.name",
+        "k8s.replicaset.name",
+        "k8s.statefulset.name",
+        "service.instance.id",
+        "service.name",
+        "service.namespace",
+    }
+)
 #: The same release's code (pkg/loghttp/push/otlp_config.go) also indexes the older
 #: ``deployment.environment``, which the page omits: counted too, since Loki does it.
 CODE_ONLY_INDEX_ATTRIBUTES = frozenset({"deployment.environment"})
 
 #: Fields of a log record that Loki 3.7 stores as structured metadata (pkg/loghttp/push/otlp.go),
 #: by their OTLP JSON name; scope name and version come from the scope.
-RECORD_FIELDS = {"severityText": "severity_text", "severityNumber": "severity_number",
-                 "traceId": "trace_id", "spanId": "span_id", "flags": "flags",
-                 "observedTimeUnixNano": "observed_timestamp",
-                 "droppedAttributesCount": "dropped_attributes_count"}
+RECORD_FIELDS = {
+    "severityText": "severity_text",
+    "severityNumber": "severity_number",
+    "traceId": "trace_id",
+    "spanId": "span_id",
+    "flags": "flags",
+    "observedTimeUnixNano": "observed_timestamp",
+    "droppedAttributesCount": "dropped_attributes_count",
+}
 
 
 def our_index_attributes() -> frozenset[str]:
     """Resource attributes loki/loki.yaml adds as index labels (``otlp_config``)."""
     config = yaml.safe_load((REPO / "loki/loki.yaml").read_text())
-    rules = (config.get("limits_config", {}).get("otlp_config", {})
-             .get("resource_attributes", {}).get("attributes_config", []))
-    return frozenset(a for rule in rules if rule.get("action") == "index_label"
-                     for a in rule.get("attributes", []))
+    rules = (
+        config.get("limits_config", {})
+        .get("otlp_config", {})
+        .get("resource_attributes", {})
+        .get("attributes_config", [])
+    )
+    return frozenset(
+        a
+        for rule in rules
+        if rule.get("action") == "index_label"
+        for a in rule.get("attributes", [])
+    )
 
 
 INDEX_ATTRIBUTES = DOCUMENTED_INDEX_ATTRIBUTES | CODE_ONLY_INDEX_ATTRIBUTES | our_index_attributes()
@@ -81,7 +108,7 @@ class Entry:
 
 
 def _value(value: dict) -> str:
-    (kind, raw), = value.items() if value else (("stringValue", ""),)
+    ((kind, raw),) = value.items() if value else (("stringValue", ""),)
     if kind in ("arrayValue", "kvlistValue"):
         return json.dumps(raw, separators=(",", ":"))
     if kind == "boolValue":
@@ -104,11 +131,18 @@ def entries(sink_file: Path) -> list[Entry]:
             base = {label_name(k): v for k, v in resource.items() if k not in INDEX_ATTRIBUTES}
             for scope_logs in resource_logs.get("scopeLogs", []):
                 scope = scope_logs.get("scope", {})
-                scoped = {**base, **{f"scope_{k}": scope[k] for k in ("name", "version")
-                                     if scope.get(k)}}
+                scoped = {
+                    **base,
+                    **{f"scope_{k}": scope[k] for k in ("name", "version") if scope.get(k)},
+                }
                 for record in scope_logs.get("logRecords", []):
-                    metadata = {**scoped, **{label_name(k): v for k, v in
-                                             _attributes(record.get("attributes")).items()}}
+                    metadata = {
+                        **scoped,
+                        **{
+                            label_name(k): v
+                            for k, v in _attributes(record.get("attributes")).items()
+                        },
+                    }
                     for field, name in RECORD_FIELDS.items():
                         if record.get(field) not in (None, "", 0):
                             metadata[name] = str(record[field])
@@ -123,9 +157,14 @@ def parse(queries: list[str]) -> list[dict]:
         pytest.skip(reason)
     if not shutil.which("node"):
         pytest.skip("node is not on PATH (Node.js runs the LogQL grammar)")
-    result = subprocess.run(["node", str(install.binary("logql", "check.mjs"))],
-                            input=json.dumps(queries), capture_output=True, text=True,
-                            timeout=60, check=True)
+    result = subprocess.run(
+        ["node", str(install.binary("logql", "check.mjs"))],
+        input=json.dumps(queries),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 
@@ -162,8 +201,9 @@ def selects(parsed: dict, entry: Entry) -> bool:
     for stage in parsed["stages"]:
         if "label" in stage and not _tree(stage["label"], entry.fields):
             return False
-        if "line" in stage and not all(_line(f["op"], f["value"], entry.line)
-                                       for f in stage["line"]):
+        if "line" in stage and not all(
+            _line(f["op"], f["value"], entry.line) for f in stage["line"]
+        ):
             return False
         if "other" in stage:
             raise AssertionError(f"a pipeline stage this model cannot evaluate: {stage}")

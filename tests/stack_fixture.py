@@ -71,8 +71,9 @@ def eventually(probe, timeout: float = 90.0, interval: float = 1.0, what: str = 
 
 def promql(stack: native.NativeStack, expr: str) -> list[dict]:
     """An instant query against the stack's Prometheus; a failed query fails the test."""
-    response = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query",
-                            params={"query": expr}, timeout=10)
+    response = requests.get(
+        f"{stack.endpoints['prometheus']}/api/v1/query", params={"query": expr}, timeout=10
+    )
     body = response.json()
     assert body["status"] == "success", (expr, body)
     return body["data"]["result"]

@@ -51,20 +51,35 @@ def _collection_times(stdout: str) -> list[float]:
         for resource in export.get("resource_metrics", []):
             for scope in resource["scope_metrics"]:
                 for metric in scope["metrics"]:
-                    times.update(p["time_unix_nano"] / 1e9 for p in metric["data"]["data_points"]
-                                 if p.get("start_time_unix_nano") is None)  # a gauge's
+                    times.update(
+                        p["time_unix_nano"] / 1e9
+                        for p in metric["data"]["data_points"]
+                        if p.get("start_time_unix_nano") is None
+                    )  # a gauge's
     return sorted(times)
 
 
 def test_three_processes_collect_at_the_same_boundaries(tmp_path: Path) -> None:
-    env = {**os.environ, "OTEL_METRICS_EXPORTER": "console", "OTEL_TRACES_EXPORTER": "none",
-           "OTEL_LOGS_EXPORTER": "none", "OTEL_METRIC_EXPORT_INTERVAL": str(INTERVAL_MS)}
+    env = {
+        **os.environ,
+        "OTEL_METRICS_EXPORTER": "console",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_METRIC_EXPORT_INTERVAL": str(INTERVAL_MS),
+    }
     stop = tmp_path / "stop"
     # stdout to files: a pipe's buffer would fill and hold the exporters
     files = [(tmp_path / f"{rank}.out").open("w") for rank in range(3)]
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(stop), str(rank),
-                                  str(tmp_path / str(rank))], env=env, stdout=files[rank],
-                                 stderr=subprocess.PIPE, text=True) for rank in range(3)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(stop), str(rank), str(tmp_path / str(rank))],
+            env=env,
+            stdout=files[rank],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(3)
+    ]
     for child in children:
         assert child.stderr is not None
         while (line := child.stderr.readline()) and line.strip() != "READY":

@@ -14,20 +14,36 @@ from hypothesis import strategies as st
 import traintel
 from traintel.record.reader import Records
 
-
 keys = st.text(min_size=1, max_size=40)
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
-                    st.text(max_size=200), st.binary(max_size=50))
-nested = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=20), inner, max_size=5)),
-    max_leaves=20)
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=200),
+    st.binary(max_size=50),
+)
+nested = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=20), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _run(tmp_path_factory, recorded, quiet, **options):
-    run = traintel.init(project="fuzz", dir=str(tmp_path_factory.mktemp("fuzz")), **quiet,
-                        max_metric_names=10_000, reinit="create_new", **options)
+    run = traintel.init(
+        project="fuzz",
+        dir=str(tmp_path_factory.mktemp("fuzz")),
+        **quiet,
+        max_metric_names=10_000,
+        reinit="create_new",
+        **options,
+    )
     yield run
     run.finish()
     for line in recorded(run.dir):  # every line written under fuzzing parses
@@ -60,22 +76,33 @@ def test_log_records_or_refuses_naming_the_key(run, values):
 
 
 @SETTINGS
-@given(values=st.dictionaries(keys, st.one_of(scalars, nested), min_size=1, max_size=8),
-       step=st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=5)))
+@given(
+    values=st.dictionaries(keys, st.one_of(scalars, nested), min_size=1, max_size=8),
+    step=st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=5)),
+)
 def test_log_never_raises_in_a_run_and_counts_what_it_refuses(lenient, values, step):
     """The no-raise rule at run.log's door: each key is recorded or refused and counted."""
     refused = sum(lenient.state.refused.values())
     lenient.log(values, step=step)
-    kept = [key for key, value in values.items() if key in lenient.state.latest
-            and isinstance(value, (bool, int, float))]
+    kept = [
+        key
+        for key, value in values.items()
+        if key in lenient.state.latest and isinstance(value, (bool, int, float))
+    ]
     assert kept or sum(lenient.state.refused.values()) > refused
 
 
 @SETTINGS
-@given(name=st.text(max_size=120), fields=st.dictionaries(st.text(min_size=1, max_size=30)
-                                                          .filter(lambda k: k.isidentifier()
-                                                                  and k not in ("level", "name")),
-                                                          nested, max_size=6))
+@given(
+    name=st.text(max_size=120),
+    fields=st.dictionaries(
+        st.text(min_size=1, max_size=30).filter(
+            lambda k: k.isidentifier() and k not in ("level", "name")
+        ),
+        nested,
+        max_size=6,
+    ),
+)
 def test_event_records_or_refuses(run, name, fields):
     try:
         run.event(name, **fields)

@@ -35,11 +35,24 @@ EXPECTED = {
     "memory": ("variants", "steps", "collector"),
     "sampler_cost": ("real", "scaled", "samplers"),
     "logs_summary": ("traintel_cli_s", "jq_best_s", "ratio_jq_over_traintel_cli"),
-    "collector_load": ("ranks", "series_per_rank", "active_series", "bytes_per_series", "metrics",
-                       "logs"),
+    "collector_load": (
+        "ranks",
+        "series_per_rank",
+        "active_series",
+        "bytes_per_series",
+        "metrics",
+        "logs",
+    ),
     "curve_export": ("keys", "interval_s", "rows", "writer_us_per_step"),
-    "sync_throughput": ("steps", "record_lines", "points", "log_records", "spans",
-                        "lines_per_s", "points_per_s"),
+    "sync_throughput": (
+        "steps",
+        "record_lines",
+        "points",
+        "log_records",
+        "spans",
+        "lines_per_s",
+        "points_per_s",
+    ),
 }
 ANCHORS = [name for name, case in step_cost.CASES.items() if case.needs]
 
@@ -75,8 +88,9 @@ def test_registry_covers_every_benchmark():
 def test_result_file(results, name):
     if name == "logs_summary" and not shutil.which("jq"):
         pytest.skip("jq is not installed: logs_summary needs it as its baseline")
-    if name == "gil_profile" and not (shutil.which("py-spy")
-                                      or (Path(sys.executable).parent / "py-spy").exists()):
+    if name == "gil_profile" and not (
+        shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()
+    ):
         pytest.skip("py-spy is not installed (the bench extra): gil_profile samples with it")
     result = json.loads((results / f"{name}.json").read_text())
     assert {"benchmark", "profile", "environment", *EXPECTED[name]} <= set(result)
@@ -99,8 +113,10 @@ def test_step_cost_rows(results):
 def test_anchor_comparison(results, name):
     package = step_cost.CASES[name].needs
     if importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} is not installed: the comparison needs the bench extra "
-                    "(`make bench` creates that environment)")
+        pytest.skip(
+            f"{package} is not installed: the comparison needs the bench extra "
+            "(`make bench` creates that environment)"
+        )
     result = json.loads((results / "step_cost.json").read_text())
     assert name not in result["skipped"]
     for mode in step_cost.MODES:
@@ -123,7 +139,9 @@ def test_collector_load_measured_what_it_sent(results):
     metrics, logs = result["metrics"], result["logs"]
     assert result["series_per_rank"] > 20 and metrics["requests_refused"] == 0
     assert metrics["samples_per_s"] > 0 and logs["log_records_per_s"] > 0
-    for per_core in (metrics["collector_samples_per_core_s"],
-                     metrics["prometheus_samples_per_core_s"],
-                     logs["collector_log_records_per_core_s"]):
+    for per_core in (
+        metrics["collector_samples_per_core_s"],
+        metrics["prometheus_samples_per_core_s"],
+        logs["collector_log_records_per_core_s"],
+    ):
         assert per_core is None or per_core > 0

@@ -17,12 +17,20 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path, quiet) -> None:
-    workload = capacity.Workload(user_metrics=2, eval_metrics=1, counters=1, gauges=1,
-                                 histograms=1, timers=1, operations=1, error_kinds=1,
-                                 system=False, otlp=False,
-                                 events=4)  # milestone, eval, best_eval, checkpoint
-    with traintel.init(project="cap", dir=str(tmp_path), total_steps=4,
-                       **quiet) as run:
+    workload = capacity.Workload(
+        user_metrics=2,
+        eval_metrics=1,
+        counters=1,
+        gauges=1,
+        histograms=1,
+        timers=1,
+        operations=1,
+        error_kinds=1,
+        system=False,
+        otlp=False,
+        events=4,
+    )  # milestone, eval, best_eval, checkpoint
+    with traintel.init(project="cap", dir=str(tmp_path), total_steps=4, **quiet) as run:
         for _ in run.track(range(4)):
             run.log(loss=0.5, lr=0.1, grad_norm=1.0, samples=2, tokens=10, acc=0.5, f1=0.4)
             run.flush()  # rates (and so the ETA) need the record writer to have run
@@ -35,11 +43,16 @@ def test_capacity_counts_the_series_of_a_real_run(tmp_path: Path, quiet) -> None
         run.event("checkpoint")
         run.error(ValueError("bad value"))
         run.flush()
-        exposed = {family.name: len(family.samples) for family in
-                   text_string_to_metric_families(generate_latest(run.registry).decode())}
+        exposed = {
+            family.name: len(family.samples)
+            for family in text_string_to_metric_families(generate_latest(run.registry).decode())
+        }
     # prometheus-client drops the _total suffix from counter family names
-    expected = {name.removesuffix("_total"): n
-                for name, n in capacity.series_by_metric(workload).items() if n}
+    expected = {
+        name.removesuffix("_total"): n
+        for name, n in capacity.series_by_metric(workload).items()
+        if n
+    }
     assert exposed == expected
 
 

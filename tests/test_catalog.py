@@ -12,8 +12,16 @@ from traintel.core import catalog
 from traintel.export.readings import WINDOWED, readers
 
 ROOT = Path(__file__).resolve().parents[1]
-UNIT_SUFFIX = {"s": "_seconds", "By": "_bytes", "W": "_watts", "J": "_joules",
-               "Cel": "_celsius", "Hz": "_hertz", "1": "_ratio", "By/s": "_bytes_per_second"}
+UNIT_SUFFIX = {
+    "s": "_seconds",
+    "By": "_bytes",
+    "W": "_watts",
+    "J": "_joules",
+    "Cel": "_celsius",
+    "Hz": "_hertz",
+    "1": "_ratio",
+    "By/s": "_bytes_per_second",
+}
 
 
 @pytest.mark.parametrize("metric", catalog.METRICS, ids=lambda m: m.name)
@@ -65,8 +73,12 @@ def _semantic_conventions() -> dict[str, tuple[str, str]]:
             module = importlib.import_module(f"{package.__name__}.{info.name}")
             body = ast.parse(inspect.getsource(module)).body
             for node, after in zip(body, body[1:]):
-                if isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant) \
-                        and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                if (
+                    isinstance(node, ast.AnnAssign)
+                    and isinstance(node.value, ast.Constant)
+                    and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)
+                ):
                     doc = str(after.value.value)
                     kind = re.search(r"^Instrument: (\w+)$", doc, re.MULTILINE)
                     unit = re.search(r"^Unit: (\S+)$", doc, re.MULTILINE)
@@ -79,8 +91,12 @@ def test_every_metric_names_its_semantic_convention_or_none():
     conventions = _semantic_conventions()
     assert len(conventions) > 200 and "process.cpu.utilization" in conventions
     # Prometheus kinds an OTel instrument may become
-    kinds = {"counter": {"counter"}, "gauge": {"gauge"}, "updowncounter": {"updowncounter"},
-             "histogram": {"histogram"}}
+    kinds = {
+        "counter": {"counter"},
+        "gauge": {"gauge"},
+        "updowncounter": {"updowncounter"},
+        "histogram": {"histogram"},
+    }
     for metric in catalog.METRICS:
         assert metric.semconv, metric.name
         if metric.group == "gpu":
@@ -92,8 +108,12 @@ def test_every_metric_names_its_semantic_convention_or_none():
         assert kind in kinds[metric.kind], (metric.name, metric.semconv, kind)
         # dimensionless: "" here, "1" or an annotation such as "{error}" there
         dimensionless = {"", "1"} | ({unit} if unit.startswith("{") else set())
-        assert metric.unit == unit or {metric.unit, unit} <= dimensionless, \
-            (metric.name, metric.unit, metric.semconv, unit)
+        assert metric.unit == unit or {metric.unit, unit} <= dimensionless, (
+            metric.name,
+            metric.unit,
+            metric.semconv,
+            unit,
+        )
 
 
 def test_no_metric_name_carries_its_type():
@@ -117,8 +137,9 @@ def test_the_tables_of_logged_keys_derive_from_the_catalog(monkeypatch) -> None:
     assert base.KNOWN == {key: m.keys[0] for m in with_keys for key in m.keys}
     assert capacity.LOGGED_BUILTIN_KEYS == tuple(m.keys[0] for m in with_keys)
     # a new per-step metric, declared once, is read from the state by the exporters
-    new = catalog.Metric("traintel_weight_norm", "gauge", "", "Latest weight norm.",
-                         keys=("weight_norm",))
+    new = catalog.Metric(
+        "traintel_weight_norm", "gauge", "", "Latest weight norm.", keys=("weight_norm",)
+    )
     monkeypatch.setattr(catalog, "METRICS", (*catalog.METRICS, dataclasses.replace(new)))
     run_state = state.RunState()
     run_state.latest["weight_norm"] = 3.5

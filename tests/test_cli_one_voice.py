@@ -11,16 +11,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from traintel.reports import analysis, render
 from traintel.cli import main
-from traintel.record.reader import Records
 from traintel.core.state import RunState
+from traintel.record.reader import Records
+from traintel.reports import analysis, render
 
 ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
@@ -37,10 +36,12 @@ def voices(target: str) -> list[tuple[str, str, int, int | None]]:
     summary = cli("logs", "summary", target)
     errors = cli("logs", "errors", target)
     report = cli("logs", "report", target)["summary"]
-    return [("status", status["status"], status["errors"], None),
-            ("logs summary", summary["status"], summary["errors"], summary["warnings"]),
-            ("logs errors", errors["status"], errors["errors"], errors["warnings"]),
-            ("logs report", report["status"], report["errors"], report["warnings"])]
+    return [
+        ("status", status["status"], status["errors"], None),
+        ("logs summary", summary["status"], summary["errors"], summary["warnings"]),
+        ("logs errors", errors["status"], errors["errors"], errors["warnings"]),
+        ("logs report", report["status"], report["errors"], report["warnings"]),
+    ]
 
 
 def agree(target: str) -> tuple[str, int, int]:
@@ -91,12 +92,22 @@ def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_r
             os.kill(os.getpid(), signal.SIGKILL)
         sys.stdin.read()
     """)
-    killed = subprocess.run([sys.executable, "-c", script, "killed"], env=ENV, timeout=60,
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", script, "killed"],
+        env=ENV,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL
     assert agree("killed") == ("crashed", 0, 0)
-    live = subprocess.Popen([sys.executable, "-c", script, "live"], env=ENV, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    live = subprocess.Popen(
+        [sys.executable, "-c", script, "live"],
+        env=ENV,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         assert live.stdout.readline().strip() == "ready"
         assert agree("live") == ("running", 0, 0)
@@ -107,9 +118,10 @@ def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_r
 
 def test_runs_are_found_by_id_name_or_path_and_filtered(runs, quiet_run):
     for run_id, name, tags, group, status in (
-            ("r1", "resnet", ["base"], "sweep", "finished"),
-            ("r2", "resnet", ["base", "lr"], "sweep", "failed"),
-            ("r3", "vit", [], None, "finished")):
+        ("r1", "resnet", ["base"], "sweep", "finished"),
+        ("r2", "resnet", ["base", "lr"], "sweep", "failed"),
+        ("r3", "vit", [], None, "finished"),
+    ):
         with quiet_run(run_id=run_id, name=name, tags=tags, group=group) as run:
             run.log(loss=1.0)
             run.finish(status)
@@ -132,8 +144,7 @@ def test_runs_are_found_by_id_name_or_path_and_filtered(runs, quiet_run):
     assert "base,lr" in table and "failed" in table
 
 
-def test_plots_draw_sparse_series_mark_nonfinite_steps_and_evals_and_name_the_run(
-        runs, quiet_run):
+def test_plots_draw_sparse_series_mark_nonfinite_steps_and_evals_and_name_the_run(runs, quiet_run):
     with quiet_run(run_id="sparse", name="gpt-small") as run:
         for step in range(0, 5001, 500):
             run.log(step=step, loss=float("nan") if step >= 4000 else 5.0 / (step + 1))

@@ -23,8 +23,13 @@ SOURCE = yaml.safe_load((REPO / "otel-collector/config.yaml").read_text())
 #: what a tier may change of a source processor, and why (the rest must be the source's)
 OVERRIDES = {
     # in a pod: a share of the container's memory limit, not the native collector's MiB
-    "memory_limiter": {"check_interval", "limit_mib", "spike_limit_mib", "limit_percentage",
-                       "spike_limit_percentage"},
+    "memory_limiter": {
+        "check_interval",
+        "limit_mib",
+        "spike_limit_mib",
+        "limit_percentage",
+        "spike_limit_percentage",
+    },
     # the first tier carries one node's ranks: smaller batches
     "batch": {"send_batch_size"},
 }
@@ -33,11 +38,23 @@ PROFILES = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").gl
 
 def collectors(profile: str) -> dict[str, dict[str, Any]]:
     """name -> config of every OpenTelemetryCollector the chart renders for ``profile``."""
-    out = run(tool("helm"), "template", "traintel", str(CHART), "--namespace", "observability",
-              "--kube-version", KUBERNETES[1].lstrip("v"),
-              "-f", str(CHART / "ci" / f"{profile}-values.yaml")).stdout
-    return {d["metadata"]["name"]: d for d in yaml.safe_load_all(out)
-            if d and d["kind"] == "OpenTelemetryCollector"}
+    out = run(
+        tool("helm"),
+        "template",
+        "traintel",
+        str(CHART),
+        "--namespace",
+        "observability",
+        "--kube-version",
+        KUBERNETES[1].lstrip("v"),
+        "-f",
+        str(CHART / "ci" / f"{profile}-values.yaml"),
+    ).stdout
+    return {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] == "OpenTelemetryCollector"
+    }
 
 
 def test_the_generated_files_are_current() -> None:
@@ -62,8 +79,9 @@ def test_every_tier_runs_the_sources_processors(profile: str) -> None:
             for component, settings in config.get(kind, {}).items():
                 source = SOURCE[kind][component]
                 allowed = OVERRIDES.get(component, set())
-                differ = {k for k in set(source) | set(settings)
-                          if source.get(k) != settings.get(k)}
+                differ = {
+                    k for k in set(source) | set(settings) if source.get(k) != settings.get(k)
+                }
                 assert differ <= allowed, (profile, name, component, differ)
         for signal, pipeline in config["service"]["pipelines"].items():
             order = SOURCE["service"]["pipelines"][signal]["processors"]
@@ -72,8 +90,10 @@ def test_every_tier_runs_the_sources_processors(profile: str) -> None:
             assert config["connectors"]["span_metrics"] == SOURCE["connectors"]["span_metrics"]
             assert config["connectors"]["span_metrics"]["exemplars"]["enabled"] is True
         if "otlp_http/loki" in config["exporters"]:
-            assert config["service"]["pipelines"]["logs"]["processors"] == (
-                SOURCE["service"]["pipelines"]["logs"]["processors"])
+            assert (
+                config["service"]["pipelines"]["logs"]["processors"]
+                == (SOURCE["service"]["pipelines"]["logs"]["processors"])
+            )
             assert "transform/loki_limits" in config["service"]["pipelines"]["logs"]["processors"]
 
 
@@ -82,8 +102,11 @@ def test_the_slurm_node_collector_is_the_sources_forwarder() -> None:
     assert node["processors"]["memory_limiter"] == SOURCE["processors"]["memory_limiter"]
     assert node["processors"]["batch"]["timeout"] == SOURCE["processors"]["batch"]["timeout"]
     for signal, pipeline in node["service"]["pipelines"].items():
-        assert pipeline["processors"] == [p for p in SOURCE["service"]["pipelines"][signal][
-            "processors"] if p in node["processors"]]
+        assert pipeline["processors"] == [
+            p
+            for p in SOURCE["service"]["pipelines"][signal]["processors"]
+            if p in node["processors"]
+        ]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -100,8 +123,13 @@ def test_the_collector_version_is_the_one_in_components(profile: str) -> None:
 
 
 def _copy_sources(root: Path) -> None:
-    for rel in ("otel-collector/config.yaml", "prometheus/rules", "grafana/dashboards",
-                "deploy/slurm", "deploy/helm/traintel"):
+    for rel in (
+        "otel-collector/config.yaml",
+        "prometheus/rules",
+        "grafana/dashboards",
+        "deploy/slurm",
+        "deploy/helm/traintel",
+    ):
         source, target = REPO / rel, root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
@@ -120,10 +148,13 @@ def test_a_source_change_or_a_hand_edit_makes_them_stale(tmp_path: Path) -> None
     (tmp_path / deploy.SOURCE).write_text(yaml.safe_dump(source))
     assert set(deploy.stale(tmp_path)) == {
         f"{deploy.CHART}/files/collector/gateway.yaml",
-        f"{deploy.CHART}/files/collector/forwarder.yaml", deploy.SLURM_NODE}
+        f"{deploy.CHART}/files/collector/forwarder.yaml",
+        deploy.SLURM_NODE,
+    }
     deploy.write(tmp_path)
-    forwarder = yaml.safe_load((tmp_path / deploy.CHART / "files/collector/forwarder.yaml")
-                               .read_text())
+    forwarder = yaml.safe_load(
+        (tmp_path / deploy.CHART / "files/collector/forwarder.yaml").read_text()
+    )
     assert forwarder["connectors"]["span_metrics"]["exemplars"]["enabled"] is False
     assert forwarder["processors"]["batch"]["timeout"] == "2s"
     assert deploy.stale(tmp_path) == []

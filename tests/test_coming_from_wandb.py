@@ -25,17 +25,29 @@ def test_every_row_names_a_test_here():
 
 
 def test_init_arguments(quiet_run):
-    with quiet_run(name="bert-base", config={"lr": 3e-5, "batch_size": 32}, tags=["baseline"],
-                   notes="first try", group="sweep-1") as run:
+    with quiet_run(
+        name="bert-base",
+        config={"lr": 3e-5, "batch_size": 32},
+        tags=["baseline"],
+        notes="first try",
+        group="sweep-1",
+    ) as run:
         run.log(loss=1.0)
-    start, = read_lines(run.dir).of("run_start")
+    (start,) = read_lines(run.dir).of("run_start")
     assert (start["name"], start["tags"], start["notes"], start["group"]) == (
-        "bert-base", ["baseline"], "first try", "sweep-1")
-    config, = read_lines(run.dir).of("config")
+        "bert-base",
+        ["baseline"],
+        "first try",
+        "sweep-1",
+    )
+    (config,) = read_lines(run.dir).of("config")
     assert config["config"] == {"lr": 3e-5, "batch_size": 32}
     summary = json.loads((run.dir / "summary.json").read_text())
-    assert (summary["tags"], summary["notes"], summary["group"]) == (["baseline"], "first try",
-                                                                    "sweep-1")
+    assert (summary["tags"], summary["notes"], summary["group"]) == (
+        ["baseline"],
+        "first try",
+        "sweep-1",
+    )
 
 
 def test_resume(quiet_run):
@@ -59,9 +71,20 @@ def test_offline_then_sync(quiet_run):
         for i in range(1, 4):
             run.log(loss=1.0 / i, step=i)
     assert [s["step"] for s in read_lines(run.dir).of("step")] == [1, 2, 3]
-    said = subprocess.run([sys.executable, "-m", "traintel.cli", "sync", "--dry-run",
-                           "--endpoint", "http://127.0.0.1:9", str(run.dir)],
-                          capture_output=True, text=True)
+    said = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "traintel.cli",
+            "sync",
+            "--dry-run",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            str(run.dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert said.returncode == 0, said.stderr
     assert "would send" in said.stdout + said.stderr
 
@@ -71,7 +94,11 @@ def test_log_and_the_loss_by_its_name(quiet_run):
         for i in range(1, 5):
             run.log({"train/loss": 1.0 / i})
     assert [s["metrics"]["train/loss"] for s in read_lines(run.dir).of("step")] == [
-        1.0, 0.5, 1 / 3, 0.25]
+        1.0,
+        0.5,
+        1 / 3,
+        0.25,
+    ]
     assert (run.summary["loss"]["key"], run.summary["loss"]["final"]) == ("train/loss", 0.25)
 
 
@@ -96,7 +123,8 @@ def test_commit_false(quiet_run):
     lines = read_lines(run.dir)
     steps = lines.of("step")
     assert [(s["step"], s["metrics"], s["uncommitted"]) for s in steps] == [
-        (i, {"train/lr": 0.1, "train/loss": 1.0 / i}, ["train/lr"]) for i in range(1, 4)]
+        (i, {"train/lr": 0.1, "train/loss": 1.0 / i}, ["train/lr"]) for i in range(1, 4)
+    ]
     (end,) = lines.of("values")
     assert (end["step"], end["uncommitted"]) == (3, ["grad_norm"])
 
@@ -131,7 +159,10 @@ def test_alert(quiet_run):
         run.event("alert", level="warning", title="Low accuracy", text="acc 0.2 < 0.5")
     (alert,) = [e for e in read_lines(run.dir).of("event") if e["event"] == "alert"]
     assert (alert["level"], alert["fields"]["title"], alert["fields"]["text"]) == (
-        "warning", "Low accuracy", "acc 0.2 < 0.5")
+        "warning",
+        "Low accuracy",
+        "acc 0.2 < 0.5",
+    )
 
 
 def test_watch(quiet_run):
@@ -155,5 +186,4 @@ def test_finish_exit_code(quiet_run, exit_code, status):
     run.log(loss=1.0)
     run.finish() if exit_code == 0 else run.finish(status="failed")
     (end,) = read_lines(run.dir).of("run_end")
-    assert end["status"] == status == json.loads(
-        (run.dir / "summary.json").read_text())["status"]
+    assert end["status"] == status == json.loads((run.dir / "summary.json").read_text())["status"]

@@ -15,16 +15,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from traintel.reports.analysis import Series, summarize
-from traintel.record.reader import Records
-
 from conftest import read_lines
+from traintel.record.reader import Records
+from traintel.reports.analysis import Series, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "corpus"
@@ -35,17 +33,28 @@ LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
 
 def environment(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_IDS}
-    env.update({"TRAINTEL_DIR": str(tmp_path / "runs"), "OTEL_SDK_DISABLED": "true",
-                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])})
+    env.update(
+        {
+            "TRAINTEL_DIR": str(tmp_path / "runs"),
+            "OTEL_SDK_DISABLED": "true",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]),
+        }
+    )
     return env
 
 
-def run(tmp_path: Path, script: str, *args: str, launcher: tuple[str, ...] = (),
-        timeout: float = 300) -> list[dict[str, Any]]:
+def run(
+    tmp_path: Path, script: str, *args: str, launcher: tuple[str, ...] = (), timeout: float = 300
+) -> list[dict[str, Any]]:
     """Run a corpus script in ``tmp_path``; the JSON lines it printed (one per process)."""
-    done = subprocess.run([*(launcher or (sys.executable,)), str(CORPUS / script), *args],
-                          cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [*(launcher or (sys.executable,)), str(CORPUS / script), *args],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return [found for line in done.stdout.splitlines() if (found := _json(line)) is not None]
 
@@ -56,8 +65,14 @@ def _json(line: str) -> dict[str, Any] | None:
         found = json.loads(line)
     except ValueError:
         return None
-    return found if isinstance(found, dict) and "run_dir" in found or \
-        isinstance(found, dict) and "global_step" in found else None
+    return (
+        found
+        if isinstance(found, dict)
+        and "run_dir" in found
+        or isinstance(found, dict)
+        and "global_step" in found
+        else None
+    )
 
 
 def summary_of(run_dir: str | Path) -> dict[str, Any]:
@@ -66,8 +81,13 @@ def summary_of(run_dir: str | Path) -> dict[str, Any]:
 
 def cli(tmp_path: Path, *args: str) -> Any:
     """What `traintel ARGS --format json` prints, parsed."""
-    done = subprocess.run([sys.executable, "-m", "traintel.cli", *args, "--format", "json"],
-                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", *args, "--format", "json"],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
@@ -89,8 +109,11 @@ def test_the_corpus_cites_its_sources() -> None:
     assert len(scripts) >= 8
     for script in scripts:
         first = script.read_text().splitlines()[0]
-        assert re.match(r"# Source: https://github\.com/[\w.-]+/[\w.-]+/blob/[0-9a-f]{40}/\S+ "
-                        r"(\S.* )?\((BSD-3-Clause|MIT|Apache-2\.0)", first), script.name
+        assert re.match(
+            r"# Source: https://github\.com/[\w.-]+/[\w.-]+/blob/[0-9a-f]{40}/\S+ "
+            r"(\S.* )?\((BSD-3-Clause|MIT|Apache-2\.0)",
+            first,
+        ), script.name
 
 
 def test_pytorch_examples_mnist(tmp_path: Path) -> None:
@@ -125,14 +148,16 @@ def test_pytorch_examples_word_language_model(tmp_path: Path) -> None:
     summary, losses = summary_of(measured["run_dir"]), by_step(measured["losses"])
     # numbered from 1 with initial_step=0: the first log, at batch 5, stands for 6 batches
     assert (summary["steps"], summary["last_step"]) == (measured["batches"],) * 2
-    assert {s["step"]: s["metrics"]["loss"] for s in
-            read_lines(Path(measured["run_dir"])).of("step")} == losses
+    assert {
+        s["step"]: s["metrics"]["loss"] for s in read_lines(Path(measured["run_dir"])).of("step")
+    } == losses
     assert summary["loss"]["best"] == min(losses.values())
     assert summary["eval"]["val_loss"]["best"] == measured["best_val_loss"]
     assert summary["eval"]["test_loss"]["last"] == measured["test_loss"]
     assert summary["eval"]["val_ppl"]["mode"] == "min"
     assert summary["throughput"]["tokens_per_s"] == pytest.approx(
-        own_rate(measured["log_times"]), rel=0.1)
+        own_rate(measured["log_times"]), rel=0.1
+    )
 
 
 def test_nanogpt(tmp_path: Path) -> None:
@@ -149,16 +174,22 @@ def test_nanogpt(tmp_path: Path) -> None:
     assert summary["loss"]["final"] == losses[iterations - 1]
     evals = by_step(measured["evals"])
     best_step = min(evals, key=evals.get)
-    assert summary["eval"]["val/loss"] == {"last": evals[max(evals)], "best": evals[best_step],
-                                           "best_step": best_step, "mode": "min"}
+    assert summary["eval"]["val/loss"] == {
+        "last": evals[max(evals)],
+        "best": evals[best_step],
+        "best_step": best_step,
+        "mode": "min",
+    }
     assert evals[best_step] == pytest.approx(measured["best_val_loss"])
     # log_eval says whether each evaluation is the best so far
     assert by_step(measured["best"]) == {
-        step: evals[step] == min(evals[s] for s in evals if s <= step) for step in evals}
+        step: evals[step] == min(evals[s] for s in evals if s <= step) for step in evals
+    }
     tokens_rate = own_rate(measured["log_times"])
     assert summary["throughput"]["tokens_per_s"] == pytest.approx(tokens_rate, rel=0.1)
     assert summary["throughput"]["steps_per_s"] == pytest.approx(
-        tokens_rate / tokens_per_iter, rel=0.1)
+        tokens_rate / tokens_per_iter, rel=0.1
+    )
 
     half = measured["status_at_half"]
     assert (half["step"], half["steps"], half["total_steps"]) == (120, 121, 240)
@@ -169,55 +200,91 @@ def test_nanogpt(tmp_path: Path) -> None:
     assert half["eta_s"] == pytest.approx((240 - 120) * (times[120] - times[0]) / 120, rel=0.1)
     end = measured["status"]
     assert (end["step"], end["steps"]) == (240, 241)
-    assert end["rates"]["steps_per_second"] == pytest.approx(
-        tokens_rate / tokens_per_iter, rel=0.1)
+    assert end["rates"]["steps_per_second"] == pytest.approx(tokens_rate / tokens_per_iter, rel=0.1)
 
     shown = cli(tmp_path, "logs", "summary", measured["run_dir"])
-    assert (shown["steps"], shown["last_step"], shown["tokens"]) == \
-        (241, 240, iterations * tokens_per_iter)
+    assert (shown["steps"], shown["last_step"], shown["tokens"]) == (
+        241,
+        240,
+        iterations * tokens_per_iter,
+    )
     assert shown["throughput"]["steps_per_s"] == pytest.approx(
-        tokens_rate / tokens_per_iter, rel=0.1)
+        tokens_rate / tokens_per_iter, rel=0.1
+    )
     assert shown["loss"]["final"] == losses[240]
     assert shown["eval"]["val/loss"] == summary["eval"]["val/loss"]
 
 
 @pytest.mark.slow
 def test_huggingface_run_glue_with_its_defaults_resumed_evaluated_and_plotted(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """`--report_to traintel` after `import traintel`; the Trainer's defaults (a loss every 500
     steps, a checkpoint every 500 steps and at the end); evaluate() and predict() after
     training in the same run; the job started again resumes from the last checkpoint and
     continues the run."""
-    arguments = ["--output_dir", str(tmp_path / "out"), "--do_train", "--do_eval", "--do_predict",
-                 "--report_to", "traintel", "--use_cpu", "--disable_tqdm", "true"]
+    arguments = [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--do_train",
+        "--do_eval",
+        "--do_predict",
+        "--report_to",
+        "traintel",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+    ]
     (first,) = run(tmp_path, "run_glue.py", *arguments, "--max_steps", "600")
     (second,) = run(tmp_path, "run_glue.py", *arguments, "--max_steps", "1100")
     assert second["resumed_from"].endswith("checkpoint-600")
     (run_dir,) = (tmp_path / "runs").iterdir()  # one run: the resumed job continued it
     summary, lines = summary_of(run_dir), read_lines(run_dir)
-    assert [(s["status"], s["steps"]) for s in summary["segments"]] == [("finished", 600),
-                                                                       ("finished", 500)]
+    assert [(s["status"], s["steps"]) for s in summary["segments"]] == [
+        ("finished", 600),
+        ("finished", 500),
+    ]
     assert (summary["steps"], summary["last_step"], summary["samples"]) == (1100, 1100, 8800)
     logged = {h["step"]: h["loss"] for h in second["log_history"] if "loss" in h}
-    assert {s["step"]: s["metrics"]["loss"] for s in lines.of("step")
-            if "loss" in s["metrics"]} == logged == {500: logged[500], 1000: logged[1000]}
+    assert (
+        {s["step"]: s["metrics"]["loss"] for s in lines.of("step") if "loss" in s["metrics"]}
+        == logged
+        == {500: logged[500], 1000: logged[1000]}
+    )
     assert (summary["loss"]["final"], summary["loss"]["count"]) == (logged[1000], 2)
-    evals = {(e["step"], name): value for e in lines.of("eval")
-             for name, value in e["metrics"].items()}
+    evals = {
+        (e["step"], name): value for e in lines.of("eval") for name, value in e["metrics"].items()
+    }
     for step, figures in ((600, first), (1100, second)):
         for name in ("eval_loss", "eval_accuracy", "predict_loss", "predict_accuracy"):
             metrics = figures["eval" if name.startswith("eval") else "predict"]
             assert evals[(step, name)] == metrics[name]
-    assert summary["eval"]["eval_loss"]["best"] == min(first["eval"]["eval_loss"],
-                                                       second["eval"]["eval_loss"])
-    trainer_rate = (600 + 500) * 8 / (first["train"]["train_runtime"] +
-                                      second["train"]["train_runtime"])
+    assert summary["eval"]["eval_loss"]["best"] == min(
+        first["eval"]["eval_loss"], second["eval"]["eval_loss"]
+    )
+    trainer_rate = (
+        (600 + 500) * 8 / (first["train"]["train_runtime"] + second["train"]["train_runtime"])
+    )
     assert summary["throughput"]["samples_per_s"] == pytest.approx(trainer_rate, rel=0.1)
 
     # the loss logged every 500 steps still plots: two points, drawn with markers
-    done = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "report", str(run_dir),
-                           "--plot", "--output", str(tmp_path / "report.md")],
-                          env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "traintel.cli",
+            "logs",
+            "report",
+            str(run_dir),
+            "--plot",
+            "--output",
+            str(tmp_path / "report.md"),
+        ],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (plot,) = tmp_path.glob("*loss.png")
     assert plot.stat().st_size > 0
@@ -234,11 +301,13 @@ def test_accelerate_tracking_example(tmp_path: Path) -> None:
     assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 3, 2)
     assert [s["metrics"] for s in lines.of("step")] == [{"loss": e["train_loss"]} for e in logged]
     assert [e["metrics"] for e in lines.of("eval")] == [
-        {"accuracy": e["accuracy"], "f1": e["f1"]} for e in logged]
+        {"accuracy": e["accuracy"], "f1": e["f1"]} for e in logged
+    ]
     assert summary["eval"]["f1"]["best"] == max(e["f1"] for e in logged)
     times = measured["log_times"]
     assert summary["throughput"]["steps_per_s"] == pytest.approx(
-        (len(times) - 1) / (times[-1] - times[0]), rel=0.1)
+        (len(times) - 1) / (times[-1] - times[0]), rel=0.1
+    )
 
 
 @pytest.mark.parametrize("integration", ["logger", "callback"])
@@ -248,23 +317,29 @@ def test_lightning_readme_autoencoder(tmp_path: Path, integration: str) -> None:
     (measured,) = run(tmp_path, "lightning_autoencoder.py", "--traintel", integration)
     summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
     computed, steps = measured["train"], lines.of("step")
-    assert (summary["status"], summary["steps"]) == ("finished", measured["global_step"]) == \
-        ("finished", 80)
+    assert (
+        (summary["status"], summary["steps"])
+        == ("finished", measured["global_step"])
+        == ("finished", 80)
+    )
     assert all(s["metrics"]["samples"] == 16 for s in steps)
     assert [s["metrics"]["lr"] for s in steps] == [1e-3] * 40 + [5e-4] * 40  # as each step used
     if integration == "callback":  # the loss training_step returned, unscaled, every step
         assert [s["metrics"]["loss"] for s in steps] == [
-            (computed[i] + computed[i + 1]) / 2 for i in range(0, 160, 2)]
+            (computed[i] + computed[i + 1]) / 2 for i in range(0, 160, 2)
+        ]
     else:  # what the module logged, every log_every_n_steps: the step's last micro-batch
-        assert {s["step"]: s["metrics"]["loss"] for s in steps if "loss" in s["metrics"]} == \
-            {50: pytest.approx(computed[99])}
+        assert {s["step"]: s["metrics"]["loss"] for s in steps if "loss" in s["metrics"]} == {
+            50: pytest.approx(computed[99])
+        }
         checkpoint = lines.of("event", "checkpoint")[-1]["fields"]["path"]
         assert Path(checkpoint).parent.parent.name == Path(measured["run_dir"]).name
     val = {}
     for step, loss in measured["val"]:
         val.setdefault(step, []).append(loss)
     assert {e["step"]: e["metrics"]["val_loss"] for e in lines.of("eval")} == {
-        step: pytest.approx(sum(v) / len(v)) for step, v in val.items()}
+        step: pytest.approx(sum(v) / len(v)) for step, v in val.items()
+    }
 
 
 @pytest.mark.slow
@@ -272,10 +347,22 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
     """torchrun --standalone --nproc_per_node 2 (gloo): the documented run id form on both
     ranks (torchrun's made-up UUID is not it), each rank's steps, and the job's throughput
     summed over the ranks in summary.json and the command line."""
-    measured = run(tmp_path, "ddp_torchrun.py", "3", "1", "--snapshot_path",
-                   str(tmp_path / "snapshot.pt"),
-                   launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node=2"), timeout=300)
+    measured = run(
+        tmp_path,
+        "ddp_torchrun.py",
+        "3",
+        "1",
+        "--snapshot_path",
+        str(tmp_path / "snapshot.pt"),
+        launcher=(
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+        ),
+        timeout=300,
+    )
     ranks = {m["rank"]: m for m in measured}
     assert sorted(ranks) == [0, 1]
     (run_id,) = {m["run_id"] for m in measured}
@@ -283,11 +370,15 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
     rates = {}
     for rank, m in ranks.items():
         summary = summary_of(m["run_dir"])
-        assert (summary["status"], summary["steps"], summary["samples"]) == \
-            ("finished", m["batches"], m["samples"])
+        assert (summary["status"], summary["steps"], summary["samples"]) == (
+            "finished",
+            m["batches"],
+            m["samples"],
+        )
         assert summary["loss"]["final"] == m["losses"][-1]
-        rates[rank] = (m["samples"] - m["first_batch_samples"]) / \
-            (m["last_batch_end"] - m["first_batch_end"])
+        rates[rank] = (m["samples"] - m["first_batch_samples"]) / (
+            m["last_batch_end"] - m["first_batch_end"]
+        )
         assert summary["throughput"]["samples_per_s"] == pytest.approx(rates[rank], rel=0.1)
     job = summary_of(tmp_path / "runs" / run_id)
     assert (job["ranks"], job["complete"], job["status"]) == ([0, 1], True, "finished")
@@ -295,7 +386,8 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
     assert job["throughput"]["samples_per_s"] == pytest.approx(sum(rates.values()), rel=0.1)
     shown = cli(tmp_path, "logs", "summary", str(tmp_path / "runs" / run_id))
     assert shown["throughput"]["samples_per_s"] == pytest.approx(
-        job["throughput"]["samples_per_s"], rel=0.01)
+        job["throughput"]["samples_per_s"], rel=0.01
+    )
     assert set(shown["throughput_by_rank"]) == {"0", "1"}
 
 
@@ -304,8 +396,14 @@ def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> Non
     requeued job starts with --resume and continues the same run to the end: two segments, every
     step once, the epochs and the script's per-epoch training averages across the requeue."""
     script = [sys.executable, "-u", str(CORPUS / "imagenet_preemptible.py")]
-    first = subprocess.Popen(script, cwd=tmp_path, env=environment(tmp_path),
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = subprocess.Popen(
+        script,
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     output = []
     for line in first.stdout:  # type: ignore[union-attr]
         output.append(line)
@@ -318,13 +416,12 @@ def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> Non
     assert (preempted["status"], preempted["steps"]) == ("preempted", 40)  # every step recorded
     (second,) = run(tmp_path, "imagenet_preemptible.py", "--resume", "checkpoint.pth.tar")
     summary, lines = summary_of(second["run_dir"]), read_lines(Path(second["run_dir"]))
-    assert [(s["segment"], s["resumed"]) for s in lines.of("run_start")] == [(1, False),
-                                                                           (2, True)]
+    assert [(s["segment"], s["resumed"]) for s in lines.of("run_start")] == [(1, False), (2, True)]
     assert [e["status"] for e in lines.of("run_end")] == ["preempted", "finished"]
-    assert [(s["segment"], s["status"], s["steps"], s["last_step"])
-            for s in summary["segments"]] == [(1, "preempted", 40, 40), (2, "finished", 40, 80)]
-    assert summary["duration_s"] == pytest.approx(sum(s["duration_s"]
-                                                      for s in summary["segments"]))
+    assert [
+        (s["segment"], s["status"], s["steps"], s["last_step"]) for s in summary["segments"]
+    ] == [(1, "preempted", 40, 40), (2, "finished", 40, 80)]
+    assert summary["duration_s"] == pytest.approx(sum(s["duration_s"] for s in summary["segments"]))
     assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 80, 80)
     (sigterm,) = lines.of("event", "signal")
     assert sigterm["fields"] == {"signal": "SIGTERM", "decided_by": "loop"}
@@ -335,8 +432,12 @@ def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> Non
     assert summary["loss"]["count"] == 80  # the loss figures cover both segments
     # the epochs, numbered by the script from 0, and each epoch's training averages as a values
     # line (no step), across the requeue
-    assert [(e["epoch"], e["steps"]) for e in lines.of("epoch")] == [(0, 20), (1, 20), (2, 20),
-                                                                     (3, 20)]
+    assert [(e["epoch"], e["steps"]) for e in lines.of("epoch")] == [
+        (0, 20),
+        (1, 20),
+        (2, 20),
+        (3, 20),
+    ]
     train = {**by_step(stopped["train"]), **by_step(second["train"])}
     assert [(v["epoch"], v["metrics"]) for v in lines.of("values")] == sorted(train.items())
     acc1 = {**by_step(stopped["acc1"]), **by_step(second["acc1"])}

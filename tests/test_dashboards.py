@@ -25,23 +25,36 @@ COLLECTOR_METRICS = {
     f"otelcol_exporter_{what}_{signal}"
     for what in ("send_failed", "enqueue_failed", "sent")
     for signal in ("metric_points", "log_records", "spans")
-} | {"otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity",
-     "otelcol_process_uptime"}  # StackComponentRestarting (test_stack_native checks the name)
+} | {
+    "otelcol_exporter_queue_size",
+    "otelcol_exporter_queue_capacity",
+    "otelcol_process_uptime",
+}  # StackComponentRestarting (test_stack_native checks the name)
 
 #: What the collector's spanmetrics connector makes of traces (namespace traces.span.metrics).
 SPAN_METRICS = {"traces_span_metrics_calls_total"} | {
-    f"traces_span_metrics_duration_seconds_{part}" for part in ("bucket", "sum", "count")}
+    f"traces_span_metrics_duration_seconds_{part}" for part in ("bucket", "sum", "count")
+}
 
 #: A metric name in PromQL: traintel's, recording rules (traintel:...:...) and the collector's.
 METRIC_NAME = re.compile(
-    r'(?<![\w:"])(traintel:\w+:\w+|traintel_\w+|otelcol_\w+|traces_span_metrics_\w+)')
+    r'(?<![\w:"])(traintel:\w+:\w+|traintel_\w+|otelcol_\w+|traces_span_metrics_\w+)'
+)
 #: Label names in matchers and in by/on/without/group_left/group_right clauses.
 MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"")
 GROUPING = re.compile(r"\b(?:by|on|without|group_left|group_right)\s*\(([^)]*)\)")
 #: Labels Prometheus, the collector and Alertmanager add, besides the catalog's (`integration`:
 #: Alertmanager's notification metrics, read by AlertmanagerNotificationsFailing).
-OTHER_LABELS = {"job", "instance", "le", "exporter", "data_type", "__name__", "span_name",
-                "integration"}
+OTHER_LABELS = {
+    "job",
+    "instance",
+    "le",
+    "exporter",
+    "data_type",
+    "__name__",
+    "span_name",
+    "integration",
+}
 #: dcgm-exporter's spelling of the GPU labels: its series, and traintel:gpu_run:info that joins them
 OTHER_LABELS |= set(rules.DCGM_SPELLING.values())
 
@@ -50,8 +63,12 @@ QUERIES = dashboards.queries(BOARDS)
 
 
 def _rules() -> list[dict]:
-    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
-            for rule in group["rules"]]
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def _promql() -> list[str]:
@@ -62,15 +79,17 @@ def test_committed_dashboards_are_generated_from_code() -> None:
     committed = {p.stem: p.read_text() for p in dashboards.DEFAULT_DIR.glob("*.json")}
     assert sorted(committed) == sorted(BOARDS), "run `make generate`"
     for name, data in BOARDS.items():
-        assert committed[name] == dashboards.render(data), \
+        assert committed[name] == dashboards.render(data), (
             f"grafana/dashboards/{name}.json is stale: run `make generate`"
+        )
 
 
 def test_dashboards_are_at_the_schema_version_of_the_pinned_grafana() -> None:
     """Grafana 13.2 (docker-compose.yml) reads classic dashboard JSON up to schemaVersion 42."""
     assert "grafana/grafana:13.2." in (REPO / "docker-compose.yml").read_text()
-    assert {data["schemaVersion"] for data in BOARDS.values()} == {dashboards.SCHEMA_VERSION} \
-        == {42}
+    assert (
+        {data["schemaVersion"] for data in BOARDS.values()} == {dashboards.SCHEMA_VERSION} == {42}
+    )
 
 
 def test_metric_names_exist() -> None:
@@ -94,7 +113,8 @@ def test_label_names_exist() -> None:
 
 def test_every_datasource_is_provisioned() -> None:
     provisioned = yaml.safe_load(
-        (REPO / "grafana/provisioning/datasources/datasources.yaml").read_text())["datasources"]
+        (REPO / "grafana/provisioning/datasources/datasources.yaml").read_text()
+    )["datasources"]
     uids = {source["uid"] for source in provisioned}
     for name, data in BOARDS.items():
         for panel in data["panels"]:
@@ -118,11 +138,14 @@ def test_every_panel_has_a_query_and_a_unique_id() -> None:
 
 def test_expand_fills_variables_like_grafana() -> None:
     expr = 'rate(x{run=~"$run", rank=~"${rank}"}[$__rate_interval]) |~ "$search"'
-    assert dashboards.expand(expr, {"run": "r1"}) == \
-        f'rate(x{{run=~"r1", rank=~".*"}}[{dashboards.BUILTINS["__rate_interval"]}]) |~ ""'
+    assert (
+        dashboards.expand(expr, {"run": "r1"})
+        == f'rate(x{{run=~"r1", rank=~".*"}}[{dashboards.BUILTINS["__rate_interval"]}]) |~ ""'
+    )
 
 
 # --- against the real programs ------------------------------------------------------------------
+
 
 def _get(url: str, **params: str) -> dict:
     with urllib.request.urlopen(f"{url}?{urllib.parse.urlencode(params)}", timeout=30) as reply:
@@ -130,25 +153,35 @@ def _get(url: str, **params: str) -> dict:
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("query", [q for q in QUERIES if q.datasource == "prometheus"],
-                         ids=lambda q: f"{q.dashboard}:{q.kind}:{q.title}")
+@pytest.mark.parametrize(
+    "query",
+    [q for q in QUERIES if q.datasource == "prometheus"],
+    ids=lambda q: f"{q.dashboard}:{q.kind}:{q.title}",
+)
 def test_prometheus_accepts_query(stack: NativeStack, query: dashboards.Query) -> None:
     base = stack.endpoints["prometheus"]
     if query.kind == "variable":
         selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)", query.expr).groups()
-        reply = _get(f"{base}/api/v1/label/{label}/values",
-                     **{"match[]": dashboards.expand(selector)})
+        reply = _get(
+            f"{base}/api/v1/label/{label}/values", **{"match[]": dashboards.expand(selector)}
+        )
     else:
         reply = _get(f"{base}/api/v1/query", query=dashboards.expand(query.expr))
     assert reply["status"] == "success"
 
 
 @pytest.mark.stack("loki")
-@pytest.mark.parametrize("query", [q for q in QUERIES if q.datasource == "loki"],
-                         ids=lambda q: f"{q.dashboard}:{q.kind}:{q.title}")
+@pytest.mark.parametrize(
+    "query",
+    [q for q in QUERIES if q.datasource == "loki"],
+    ids=lambda q: f"{q.dashboard}:{q.kind}:{q.title}",
+)
 def test_loki_accepts_query(stack: NativeStack, query: dashboards.Query) -> None:
-    reply = _get(f"{stack.endpoints['loki']}/loki/api/v1/query_range",
-                 query=dashboards.expand(query.expr), limit="10")
+    reply = _get(
+        f"{stack.endpoints['loki']}/loki/api/v1/query_range",
+        query=dashboards.expand(query.expr),
+        limit="10",
+    )
     assert reply["status"] == "success"
 
 
@@ -161,5 +194,7 @@ def test_collector_exposes_its_metrics_as_the_rules_expect(stack: NativeStack) -
     assert {"otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity"} <= set(types)
     counters = {name for name, kind in types.items() if kind == "counter"}
     assert "otelcol_process_uptime" in counters, sorted(counters)  # not ..._seconds_total
-    sent = {n for n in counters if re.match(r"otelcol_exporter_(sent|send_failed|enqueue_failed)_", n)}
+    sent = {
+        n for n in counters if re.match(r"otelcol_exporter_(sent|send_failed|enqueue_failed)_", n)
+    }
     assert sent <= COLLECTOR_METRICS, sent - COLLECTOR_METRICS

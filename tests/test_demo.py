@@ -48,12 +48,23 @@ def test_the_urls_are_composes_unless_a_native_stack_runs(tmp_path, monkeypatch)
     monkeypatch.setenv("TRAINTEL_STACK_DIR", str(tmp_path))
     for name in ("TRAINTEL_PROMETHEUS_URL", "TRAINTEL_GRAFANA_URL", "TRAINTEL_ALERTMANAGER_URL"):
         monkeypatch.delenv(name, raising=False)
-    compose = {"prometheus": "http://127.0.0.1:9090", "grafana": "http://127.0.0.1:3000",
-               "alertmanager": "http://127.0.0.1:9093"}
+    compose = {
+        "prometheus": "http://127.0.0.1:9090",
+        "grafana": "http://127.0.0.1:3000",
+        "alertmanager": "http://127.0.0.1:9093",
+    }
     assert demo.stack_urls("http://localhost:4318") == compose
-    (tmp_path / "stack.json").write_text(json.dumps({"endpoints": {
-        "otlp_http": "http://127.0.0.1:41318", "prometheus": "http://127.0.0.1:49090",
-        "grafana": "http://127.0.0.1:43000"}}))
+    (tmp_path / "stack.json").write_text(
+        json.dumps(
+            {
+                "endpoints": {
+                    "otlp_http": "http://127.0.0.1:41318",
+                    "prometheus": "http://127.0.0.1:49090",
+                    "grafana": "http://127.0.0.1:43000",
+                }
+            }
+        )
+    )
     assert demo.stack_urls("http://127.0.0.1:41318") == compose
     monkeypatch.setenv("TRAINTEL_GRAFANA_URL", "https://grafana.example")
     assert demo.stack_urls("http://127.0.0.1:4318")["grafana"] == "https://grafana.example"
@@ -63,11 +74,18 @@ def test_the_demo_leaves_no_checkpoint_directory_in_tmp(tmp_path, monkeypatch, q
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     import tempfile
+
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    run = demo.train(demo.DemoConfig(epochs=2, steps_per_epoch=3, batch_size=8),
-                     dir=str(tmp_path / "runs"), **quiet)
+    run = demo.train(
+        demo.DemoConfig(epochs=2, steps_per_epoch=3, batch_size=8),
+        dir=str(tmp_path / "runs"),
+        **quiet,
+    )
     assert run.summary is not None
-    checkpoints = [line for line in (run.dir / "events.jsonl").read_text().splitlines()
-                   if '"checkpoint"' in line]
+    checkpoints = [
+        line
+        for line in (run.dir / "events.jsonl").read_text().splitlines()
+        if '"checkpoint"' in line
+    ]
     assert checkpoints  # it did write them, in its own temporary directory
     assert list((tmp_path / "tmp").glob("traintel-demo-ckpt-*")) == []

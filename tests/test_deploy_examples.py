@@ -44,6 +44,7 @@ def manifests(name: str) -> list[dict[str, Any]]:
 
 # --- validation -------------------------------------------------------------------------------
 
+
 def test_kubernetes_examples_validate_against_the_api_and_the_kubeflow_crd() -> None:
     files = sorted(EXAMPLES.glob("*.yaml"))
     result = kubeconform(files)
@@ -60,12 +61,18 @@ def test_examples_send_to_the_agent_service_the_chart_creates() -> None:
         for container in _containers(manifests(name)):
             env = {e["name"]: e.get("value") for e in container["env"]}
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
-                "http://traintel-agent-collector.observability.svc:4318")
+                "http://traintel-agent-collector.observability.svc:4318"
+            )
 
 
 def test_sbatch_script_passes_shellcheck() -> None:
-    result = run(tool("shellcheck"), "--shell=bash", "--severity=style",
-                 str(SLURM / "train.sbatch"), check=False)
+    result = run(
+        tool("shellcheck"),
+        "--shell=bash",
+        "--severity=style",
+        str(SLURM / "train.sbatch"),
+        check=False,
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -75,14 +82,22 @@ def test_slurm_collector_configs_validate(config: str) -> None:
     if otelcol is None:
         pytest.skip(install.missing_reason("otelcol") or "the collector is not installed")
     result = subprocess.run(
-        [str(otelcol), "validate", "--config", str(SLURM / config)], capture_output=True,
-        text=True, timeout=60, env={**os.environ, "TRAINTEL_GATEWAY": "gateway.site:4317",
-                                    "TRAINTEL_RELAY_LISTEN": "10.1.0.5:14317"})
+        [str(otelcol), "validate", "--config", str(SLURM / config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "TRAINTEL_GATEWAY": "gateway.site:4317",
+            "TRAINTEL_RELAY_LISTEN": "10.1.0.5:14317",
+        },
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "deprecated" not in output.lower(), output
 
 
 # --- the kubelet's view -----------------------------------------------------------------------
+
 
 def _containers(docs: list[dict]) -> list[dict]:
     found = []
@@ -98,8 +113,11 @@ def _containers(docs: list[dict]) -> list[dict]:
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: defined variables are replaced, $$ is a literal $, anything
     else is left as written."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
 
 
 def container_env(container: dict, fields: dict[str, str], added: list[dict]) -> dict[str, str]:
@@ -116,25 +134,42 @@ def container_env(container: dict, fields: dict[str, str], added: list[dict]) ->
 
 
 def pod_fields(name: str, namespace: str, node: str, labels: dict[str, str]) -> dict[str, str]:
-    fields = {"metadata.name": name, "metadata.namespace": namespace, "spec.nodeName": node,
-              "metadata.uid": str(uuid.uuid4())}
+    fields = {
+        "metadata.name": name,
+        "metadata.namespace": namespace,
+        "spec.nodeName": node,
+        "metadata.uid": str(uuid.uuid4()),
+    }
     fields.update({f"metadata.labels['{k}']": v for k, v in labels.items()})
     return fields
 
 
-def launch(pods: list[tuple[list[str], dict[str, str]]], tmp_path: Path,
-           stack) -> list[subprocess.CompletedProcess]:
+def launch(
+    pods: list[tuple[list[str], dict[str, str]]], tmp_path: Path, stack
+) -> list[subprocess.CompletedProcess]:
     """Start every pod's command at once (they rendezvous with each other) and wait for all."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in LAUNCHER_IDS and not k.startswith(("OTEL_", "TRAINTEL_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCHER_IDS and not k.startswith(("OTEL_", "TRAINTEL_"))
+    }
     base["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
     procs = []
     for i, (argv, env) in enumerate(pods):
-        env = {**base, **env, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
-               "OTEL_METRIC_EXPORT_INTERVAL": "1000", "TRAINTEL_DIR": str(tmp_path / "runs")}
+        env = {
+            **base,
+            **env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            "TRAINTEL_DIR": str(tmp_path / "runs"),
+        }
         log = (tmp_path / f"pod-{i}.log").open("w")
-        procs.append((subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT),
-                      tmp_path / f"pod-{i}.log"))
+        procs.append(
+            (
+                subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT),
+                tmp_path / f"pod-{i}.log",
+            )
+        )
     results = []
     for proc, log in procs:
         try:
@@ -142,8 +177,9 @@ def launch(pods: list[tuple[list[str], dict[str, str]]], tmp_path: Path,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode,
-                                                   log.read_text()[-4000:], ""))
+        results.append(
+            subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text()[-4000:], "")
+        )
     return results
 
 
@@ -166,15 +202,16 @@ def resource_attributes(stack, run_id: str) -> dict[str, dict[str, str]]:
         return found
     for line in tap.read_text().splitlines():
         for resource in json.loads(line).get("resourceMetrics", []):
-            attributes = {a["key"]: next(iter(a["value"].values()))
-                          for a in resource["resource"].get("attributes", [])}
+            attributes = {
+                a["key"]: next(iter(a["value"].values()))
+                for a in resource["resource"].get("attributes", [])
+            }
             if str(attributes.get("service.instance.id", "")).startswith(f"{run_id}/"):
                 found[attributes["service.instance.id"]] = attributes
     return found
 
 
-def check_run(tmp_path: Path, stack, results, run_id: str,
-              world: int) -> dict[str, dict[str, str]]:
+def check_run(tmp_path: Path, stack, results, run_id: str, world: int) -> dict[str, dict[str, str]]:
     """Ranks 0..world-1 each recorded under ``run_id``; their resource attributes reached the
     collector and Prometheus's target_info. Returns the attributes per rank."""
     for result in results:
@@ -185,11 +222,20 @@ def check_run(tmp_path: Path, stack, results, run_id: str,
         assert directory == run_id
         (start,) = [line for line in lines if line["type"] == "run_start"]
         assert (start["run"], start["rank"], start["world_size"]) == (run_id, rank, world)
-    attributes = eventually(lambda: (lambda found: found if len(found) == world else None)(
-        resource_attributes(stack, run_id)), 60, what=f"resource attributes of {world} ranks")
+    attributes = eventually(
+        lambda: (lambda found: found if len(found) == world else None)(
+            resource_attributes(stack, run_id)
+        ),
+        60,
+        what=f"resource attributes of {world} ranks",
+    )
+
     def target_info() -> list[dict] | None:
-        found = [s for s in promql(stack, 'target_info{job="traintel"}')
-                 if s["metric"]["instance"].startswith(f"{run_id}/")]
+        found = [
+            s
+            for s in promql(stack, 'target_info{job="traintel"}')
+            if s["metric"]["instance"].startswith(f"{run_id}/")
+        ]
         return found if len(found) == world else None
 
     info = eventually(target_info, 60, what="target_info of every rank")
@@ -204,10 +250,12 @@ def check_run(tmp_path: Path, stack, results, run_id: str,
 
 # --- Kubernetes Indexed Job ---------------------------------------------------------------------
 
+
 @pytest.mark.stack
 @pytest.mark.slow
 def test_indexed_job_environment_gives_ranks_one_run_id_and_pod_attributes(
-        stack, tmp_path: Path) -> None:
+    stack, tmp_path: Path
+) -> None:
     docs = manifests("torchrun-indexed-job.yaml")
     job = next(d for d in docs if d["kind"] == "Job")
     (container,) = job["spec"]["template"]["spec"]["containers"]
@@ -218,20 +266,31 @@ def test_indexed_job_environment_gives_ranks_one_run_id_and_pod_attributes(
         if var["value"] is None:
             del var["value"]
     port = str(free_port())
-    container["args"] = [a.replace("--master-port=29500", f"--master-port={port}")
-                         for a in container["args"]]
+    container["args"] = [
+        a.replace("--master-port=29500", f"--master-port={port}") for a in container["args"]
+    ]
     job_uid = str(uuid.uuid4())
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     nodes = int(job["spec"]["completions"])
     pods, expected = [], []
     for index in range(nodes):
-        labels = {"batch.kubernetes.io/job-name": name,
-                  "batch.kubernetes.io/controller-uid": job_uid,
-                  "batch.kubernetes.io/job-completion-index": str(index)}
+        labels = {
+            "batch.kubernetes.io/job-name": name,
+            "batch.kubernetes.io/controller-uid": job_uid,
+            "batch.kubernetes.io/job-completion-index": str(index),
+        }
         fields = pod_fields(f"{name}-{index}-x7k2p", namespace, f"gpu-node-{index}", labels)
         # The Job controller appends JOB_COMPLETION_INDEX (pkg/controller/job in Kubernetes 1.36).
-        added = [{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.labels['batch.kubernetes.io/job-completion-index']"}}}]
+        added = [
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": "metadata.labels['batch.kubernetes.io/job-completion-index']"
+                    }
+                },
+            }
+        ]
         env = container_env(container, fields, added)
         pods.append((torchrun_argv(container, env, ["--steps", "5", "--sync"]), env))
         expected.append(fields)
@@ -249,6 +308,7 @@ def test_indexed_job_environment_gives_ranks_one_run_id_and_pod_attributes(
 
 # --- Kubeflow PyTorchJob ------------------------------------------------------------------------
 
+
 def operator_env(job: dict, replica_type: str, index: int, container: dict) -> list[dict]:
     """What the training operator v1.9.2 appends to the container's env (pkg/controller.v1/
     pytorch/envvar.go and master.go): PYTHONUNBUFFERED, the master's address and port, world size,
@@ -261,9 +321,16 @@ def operator_env(job: dict, replica_type: str, index: int, container: dict) -> l
     port = next(p["containerPort"] for p in master["ports"] if p["name"] == "pytorchjob-port")
     address = f"{job['metadata']['name']}-master-0"
     rank = index + (1 if replica_type == "worker" else 0)
-    added = [("PYTHONUNBUFFERED", "1"), ("MASTER_PORT", port), ("PET_MASTER_PORT", port),
-             ("MASTER_ADDR", address), ("PET_MASTER_ADDR", address), ("WORLD_SIZE", world),
-             ("RANK", rank), ("PET_NODE_RANK", rank)]
+    added = [
+        ("PYTHONUNBUFFERED", "1"),
+        ("MASTER_PORT", port),
+        ("PET_MASTER_PORT", port),
+        ("MASTER_ADDR", address),
+        ("PET_MASTER_ADDR", address),
+        ("WORLD_SIZE", world),
+        ("RANK", rank),
+        ("PET_NODE_RANK", rank),
+    ]
     if nproc is not None:
         added.append(("PET_NPROC_PER_NODE", nproc))
     added.append(("PET_NNODES", replicas))
@@ -273,7 +340,8 @@ def operator_env(job: dict, replica_type: str, index: int, container: dict) -> l
 @pytest.mark.stack
 @pytest.mark.slow
 def test_pytorchjob_environment_gives_ranks_one_run_id_and_pod_attributes(
-        stack, tmp_path: Path) -> None:
+    stack, tmp_path: Path
+) -> None:
     (job,) = manifests("pytorchjob.yaml")
     job = json.loads(json.dumps(job))
     job["spec"]["nprocPerNode"] = "1"  # see LOCAL
@@ -287,12 +355,16 @@ def test_pytorchjob_environment_gives_ranks_one_run_id_and_pod_attributes(
         (container,) = spec["template"]["spec"]["containers"]
         for index in range(int(spec["replicas"])):
             kind = replica_type.lower()
-            labels = {"training.kubeflow.org/job-name": name,
-                      "training.kubeflow.org/replica-type": kind,
-                      "training.kubeflow.org/replica-index": str(index)}
+            labels = {
+                "training.kubeflow.org/job-name": name,
+                "training.kubeflow.org/replica-type": kind,
+                "training.kubeflow.org/replica-index": str(index),
+            }
             fields = pod_fields(f"{name}-{kind}-{index}", namespace, f"gpu-node-{kind}", labels)
-            added = [{**v, "value": "127.0.0.1"} if v["name"].endswith("MASTER_ADDR") else v
-                     for v in operator_env(job, kind, index, container)]
+            added = [
+                {**v, "value": "127.0.0.1"} if v["name"].endswith("MASTER_ADDR") else v
+                for v in operator_env(job, kind, index, container)
+            ]
             env = container_env(container, fields, added)
             pods.append((torchrun_argv(container, env, ["--steps", "5", "--sync"]), env))
             expected.append(fields)
@@ -342,22 +414,39 @@ def slurm_job(tmp_path: Path, stack, nodes: int, gpus: int, env: dict[str, str])
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
     job_id = str(4_000_000 + os.getpid() % 100_000)
-    base = {k: v for k, v in os.environ.items()
-            if k not in LAUNCHER_IDS and not k.startswith(("OTEL_", "TRAINTEL_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCHER_IDS and not k.startswith(("OTEL_", "TRAINTEL_"))
+    }
     environment = {
-        **base, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        **base,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
         # what sbatch sets for the batch script
-        "SLURM_JOB_ID": job_id, "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_CLUSTER_NAME": "test",
-        "SLURM_JOB_NODELIST": ",".join(["localhost"] * nodes), "SLURM_SUBMIT_DIR": str(REPO),
-        "SLURM_CPUS_PER_TASK": "1", "SLURM_STEPS": str(tmp_path / "steps"),
-        "GPUS_PER_NODE": str(gpus), "RDZV_PORT": str(free_port()),
-        "TRAINTEL_DIR": str(tmp_path / "runs"), "OTEL_METRIC_EXPORT_INTERVAL": "1000", **env}
-    result = subprocess.run(["bash", str(SLURM / "train.sbatch"), str(SCRIPT), "--steps", "5",
-                             "--sync"], env=environment, capture_output=True, text=True,
-                            timeout=240)
-    return job_id, subprocess.CompletedProcess(result.args, result.returncode,
-                                               (result.stdout + result.stderr)[-4000:], "")
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_CLUSTER_NAME": "test",
+        "SLURM_JOB_NODELIST": ",".join(["localhost"] * nodes),
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_CPUS_PER_TASK": "1",
+        "SLURM_STEPS": str(tmp_path / "steps"),
+        "GPUS_PER_NODE": str(gpus),
+        "RDZV_PORT": str(free_port()),
+        "TRAINTEL_DIR": str(tmp_path / "runs"),
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", str(SLURM / "train.sbatch"), str(SCRIPT), "--steps", "5", "--sync"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return job_id, subprocess.CompletedProcess(
+        result.args, result.returncode, (result.stdout + result.stderr)[-4000:], ""
+    )
 
 
 @pytest.mark.stack
@@ -366,10 +455,19 @@ def test_sbatch_with_a_node_collector_gives_ranks_one_run_id(stack, tmp_path: Pa
     """One node, two ranks, the per-node collector forwarding to the test stack's collector."""
     otelcol = install.binary("otelcol")
     ports = {name: str(free_port()) for name in ("GRPC", "HTTP", "HEALTH")}
-    job_id, result = slurm_job(tmp_path, stack, nodes=1, gpus=2, env={
-        "TRAINTEL_OTELCOL": str(otelcol), "TRAINTEL_GATEWAY": stack.endpoints["otlp_grpc"],
-        "TRAINTEL_NODE_OTLP_GRPC_PORT": ports["GRPC"],
-        "TRAINTEL_NODE_OTLP_HTTP_PORT": ports["HTTP"], "TRAINTEL_NODE_HEALTH_PORT": ports["HEALTH"]})
+    job_id, result = slurm_job(
+        tmp_path,
+        stack,
+        nodes=1,
+        gpus=2,
+        env={
+            "TRAINTEL_OTELCOL": str(otelcol),
+            "TRAINTEL_GATEWAY": stack.endpoints["otlp_grpc"],
+            "TRAINTEL_NODE_OTLP_GRPC_PORT": ports["GRPC"],
+            "TRAINTEL_NODE_OTLP_HTTP_PORT": ports["HTTP"],
+            "TRAINTEL_NODE_HEALTH_PORT": ports["HEALTH"],
+        },
+    )
     attributes = check_run(tmp_path, stack, [result], f"slurm-{job_id}", 2)
     for attrs in attributes.values():
         assert attrs["slurm.job.id"] == job_id and attrs["slurm.cluster.name"] == "test"
@@ -379,6 +477,14 @@ def test_sbatch_with_a_node_collector_gives_ranks_one_run_id(stack, tmp_path: Pa
 @pytest.mark.slow
 def test_sbatch_with_a_site_collector_across_two_nodes(stack, tmp_path: Path) -> None:
     """Two nodes of one rank each, rendezvous over c10d, ranks sending to a site collector."""
-    job_id, result = slurm_job(tmp_path, stack, nodes=2, gpus=1, env={
-        "TRAINTEL_COLLECTOR": "site", "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"]})
+    job_id, result = slurm_job(
+        tmp_path,
+        stack,
+        nodes=2,
+        gpus=1,
+        env={
+            "TRAINTEL_COLLECTOR": "site",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+        },
+    )
     check_run(tmp_path, stack, [result], f"slurm-{job_id}", 2)

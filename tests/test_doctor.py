@@ -6,7 +6,6 @@ stack the developer runs on the default ports does not change the results.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -17,18 +16,26 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from stack_fixture import require
 
+from stack_fixture import require
 from traintel.cli import main
 from traintel.stack.native import free_port
 
 
-
 def _nothing() -> dict[str, str]:
     """An endpoint option for every service, each a port nobody listens on."""
-    urls = {name: f"http://127.0.0.1:{free_port()}" for name in
-            ("collector", "collector-health", "prometheus", "alertmanager", "loki", "tempo",
-             "grafana")}
+    urls = {
+        name: f"http://127.0.0.1:{free_port()}"
+        for name in (
+            "collector",
+            "collector-health",
+            "prometheus",
+            "alertmanager",
+            "loki",
+            "tempo",
+            "grafana",
+        )
+    }
     urls["collector-health"] += "/"
     return urls
 
@@ -50,9 +57,18 @@ def test_doctor_with_nothing_running_fails_and_says_why(tmp_path):
     code, checks = _doctor(_nothing(), "--run-dir", str(tmp_path / "runs"))
     assert code == 1
     assert _statuses(checks) | {"gpus": "-"} == {
-        "collector otlp": "fail", "collector health": "fail", "prometheus": "fail",
-        "prometheus scraping": "fail", "alertmanager": "fail", "loki": "warn", "tempo": "warn",
-        "grafana": "warn", "run directory": "pass", "clock": "warn", "gpus": "-"}
+        "collector otlp": "fail",
+        "collector health": "fail",
+        "prometheus": "fail",
+        "prometheus scraping": "fail",
+        "alertmanager": "fail",
+        "loki": "warn",
+        "tempo": "warn",
+        "grafana": "warn",
+        "run directory": "pass",
+        "clock": "warn",
+        "gpus": "-",
+    }
     assert "Connection refused" in checks["collector otlp"]["detail"]
     assert "traintel stack up" in checks["prometheus"]["detail"]
     assert checks["gpus"]["status"] == ("pass" if torch.cuda.is_available() else "warn")
@@ -119,15 +135,21 @@ def test_grafana_health(tmp_path, healthy, status):
 
 # -- the real stack ------------------------------------------------------------------------
 
+
 def _stack_urls(stack) -> dict[str, str]:
     """The stack's URLs; Grafana's, and Loki's where the sink (not Loki) listens on its port,
     are ports where nothing answers, as on a host without them."""
     e = stack.endpoints
     nowhere = {name: f"http://127.0.0.1:{free_port()}" for name in ("loki", "grafana")}
-    return {"collector": e["otlp_http"], "collector-health": e["collector_health"],
-            "prometheus": e["prometheus"], "alertmanager": e["alertmanager"],
-            "loki": nowhere["loki"] if "loki" in stack.sink_covers else e["loki"],
-            "tempo": e["tempo"], "grafana": nowhere["grafana"]}
+    return {
+        "collector": e["otlp_http"],
+        "collector-health": e["collector_health"],
+        "prometheus": e["prometheus"],
+        "alertmanager": e["alertmanager"],
+        "loki": nowhere["loki"] if "loki" in stack.sink_covers else e["loki"],
+        "tempo": e["tempo"],
+        "grafana": nowhere["grafana"],
+    }
 
 
 def _until_scraping(stack, tmp_path) -> tuple[int, dict[str, dict]]:
@@ -144,8 +166,15 @@ def _until_scraping(stack, tmp_path) -> tuple[int, dict[str, dict]]:
 def test_doctor_passes_against_the_running_stack(stack, tmp_path):
     code, checks = _until_scraping(stack, tmp_path)
     statuses = _statuses(checks)
-    for name in ("collector otlp", "collector health", "prometheus", "prometheus scraping",
-                 "alertmanager", "run directory", "clock"):
+    for name in (
+        "collector otlp",
+        "collector health",
+        "prometheus",
+        "prometheus scraping",
+        "alertmanager",
+        "run directory",
+        "clock",
+    ):
         assert statuses[name] == "pass", checks[name]
     for optional in ("loki", "tempo"):
         assert statuses[optional] == ("warn" if optional in stack.unavailable else "pass")
@@ -154,9 +183,10 @@ def test_doctor_passes_against_the_running_stack(stack, tmp_path):
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("program, check", [("otelcol", "collector otlp"),
-                                            ("prometheus", "prometheus"),
-                                            ("alertmanager", "alertmanager")])
+@pytest.mark.parametrize(
+    "program, check",
+    [("otelcol", "collector otlp"), ("prometheus", "prometheus"), ("alertmanager", "alertmanager")],
+)
 def test_doctor_fails_when_one_program_is_stopped(stack, tmp_path, program, check):
     stack.stop(program)
     try:
@@ -189,10 +219,13 @@ def test_no_driver_is_said_as_the_run_says_it_not_as_a_missing_package():
 
     if driver_present():
         pytest.skip("NVML's library is installed here")
-    code = ("import sys; sys.modules['pynvml'] = None\n"  # as if nvidia-ml-py were not installed
-            "from traintel.reports.doctor import gpus_visible; print(gpus_visible().detail)")
-    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout
+    code = (
+        "import sys; sys.modules['pynvml'] = None\n"  # as if nvidia-ml-py were not installed
+        "from traintel.reports.doctor import gpus_visible; print(gpus_visible().detail)"
+    )
+    said = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert said.startswith("no NVIDIA driver")
     assert "nvidia-ml-py" not in said
     assert gpus_visible().status == "warn"

@@ -18,11 +18,10 @@ import pytest
 import requests
 import yaml
 
-from traintel.core import catalog
-from traintel.stack import dashboards, rules
-
 import loki_model
 from stack_fixture import eventually, promql, require
+from traintel.core import catalog
+from traintel.stack import dashboards, rules
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +32,15 @@ GPU_ONLY_LOGS = 'event="gpu_xid"'
 
 
 def _demo_env(stack, tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_BSP_SCHEDULE_DELAY": "500",
-            "OTEL_BLRP_SCHEDULE_DELAY": "500", "TRAINTEL_DIR": str(tmp_path),
-            "TRAINTEL_PROGRESS": "lines"}
+    return {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+        "OTEL_BLRP_SCHEDULE_DELAY": "500",
+        "TRAINTEL_DIR": str(tmp_path),
+        "TRAINTEL_PROGRESS": "lines",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,9 @@ def fast_rules(stack, tmp_path_factory):
     os.kill(stack.pid("prometheus"), signal.SIGHUP)
 
     def loaded():
-        groups = requests.get(f"{stack.endpoints['prometheus']}/api/v1/rules",
-                              timeout=5).json()["data"]["groups"]
+        groups = requests.get(f"{stack.endpoints['prometheus']}/api/v1/rules", timeout=5).json()[
+            "data"
+        ]["groups"]
         return any(g["name"] == "test-fast" for g in groups)
 
     eventually(loaded, 30, what="Prometheus to load the test rule file")
@@ -70,11 +75,37 @@ def demo(stack, fast_rules, tmp_path_factory):
     """One real demo run (CLI, subprocess) exporting to the native stack."""
     runs = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "2",
-         "--steps-per-epoch", "40", "--batch-size", "16", "--project", "e2e", "--name", "proof",
-         "--nan-at-step", "10", "--error-at-step", "15", "--step-sleep", "0.05",
-         "--sample-interval", "1"],
-        env=_demo_env(stack, runs), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "traintel.cli",
+            "demo",
+            "--duration",
+            "0",
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "40",
+            "--batch-size",
+            "16",
+            "--project",
+            "e2e",
+            "--name",
+            "proof",
+            "--nan-at-step",
+            "10",
+            "--error-at-step",
+            "15",
+            "--step-sleep",
+            "0.05",
+            "--sample-interval",
+            "1",
+        ],
+        env=_demo_env(stack, runs),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(runs.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -103,7 +134,8 @@ def test_values_in_prometheus_match_the_local_record(stack, demo):
     assert _scalar(stack, f"traintel_loss{{{run}}}") == pytest.approx(summary["loss"]["final"])
     assert _scalar(stack, f"traintel_nonfinite_loss_total{{{run}}}") == 1
     assert _scalar(stack, f'traintel_eval_best{{{run},metric="val_loss"}}') == pytest.approx(
-        summary["eval"]["val_loss"]["best"])
+        summary["eval"]["val_loss"]["best"]
+    )
     assert _scalar(stack, f'traintel_run_status{{{run},status="finished"}}') == 1
     assert _scalar(stack, f'traintel_errors_total{{{run},error_type="data"}}') == 1
     assert _scalar(stack, f"traintel_step_duration_seconds_count{{{run}}}") == summary["steps"]
@@ -118,11 +150,18 @@ def test_values_in_prometheus_match_the_local_record(stack, demo):
 
 def _script_run(stack, tmp_path: Path, name: str, body: str) -> str:
     """A small training script exporting to the stack (1 s export interval); its run id."""
-    script = ("import traintel\n"
-              f"run = traintel.init(project='e2e', name={name!r}, progress='off', "
-              "sample_interval=0)\n" + body + "run.finish()\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=_demo_env(stack, tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    script = (
+        "import traintel\n"
+        f"run = traintel.init(project='e2e', name={name!r}, progress='off', "
+        "sample_interval=0)\n" + body + "run.finish()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_demo_env(stack, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return next(p.name for p in tmp_path.iterdir() if (p / "summary.json").exists())
 
@@ -131,19 +170,27 @@ def test_a_spike_and_a_nan_between_two_exports_reach_prometheus(stack, tmp_path)
     """Within one export interval: a loss spike and a NaN, then back to normal. The latest
     value alone (traintel_loss) never shows either; the interval's max and the non-finite
     count do, in the real Prometheus."""
-    run_id = _script_run(stack, tmp_path, "spike", (
-        "import time\n"
-        "for i in range(20):\n"
-        "    run.log(loss=1.0 + i / 100)\n"
-        "    time.sleep(0.1)\n"
-        "for loss in (1.0, 100.0, float('nan'), 1.0):\n"  # microseconds apart
-        "    run.log(loss=loss)\n"
-        "time.sleep(2)\n"))
+    run_id = _script_run(
+        stack,
+        tmp_path,
+        "spike",
+        (
+            "import time\n"
+            "for i in range(20):\n"
+            "    run.log(loss=1.0 + i / 100)\n"
+            "    time.sleep(0.1)\n"
+            "for loss in (1.0, 100.0, float('nan'), 1.0):\n"  # microseconds apart
+            "    run.log(loss=loss)\n"
+            "time.sleep(2)\n"
+        ),
+    )
     selector = f'{{run="{run_id}", metric="loss"}}'
     # the last export counts all 24 values; exports arrive in order (the collector's WAL), so
     # once it is in Prometheus every earlier window is too
-    eventually(lambda: promql(stack, f"traintel_logged_values_total{selector} == 24"),
-               what="the run's last export in Prometheus")
+    eventually(
+        lambda: promql(stack, f"traintel_logged_values_total{selector} == 24"),
+        what="the run's last export in Prometheus",
+    )
     spike = promql(stack, f"max_over_time(traintel_logged_max{selector}[10m])")
     assert float(spike[0]["value"][1]) == 100.0
     nans = promql(stack, f"traintel_logged_nonfinite_total{selector}")
@@ -158,25 +205,37 @@ def two_runs(stack, tmp_path_factory):
     """Two runs whose losses differ at every step, for the by-step panels."""
     ids = []
     for name, scale in (("by-step-a", 1.0), ("by-step-b", 2.0)):
-        ids.append(_script_run(stack, tmp_path_factory.mktemp(name), name, (
-            "import time\n"
-            "for i in range(1, 61):\n"
-            f"    run.log(loss={scale} / i, lr=0.01, grad_norm={scale})\n"
-            "    if i % 20 == 0:\n"
-            f"        run.log_eval(val_loss={scale} / i)\n"
-            "    time.sleep(0.1)\n")))
+        ids.append(
+            _script_run(
+                stack,
+                tmp_path_factory.mktemp(name),
+                name,
+                (
+                    "import time\n"
+                    "for i in range(1, 61):\n"
+                    f"    run.log(loss={scale} / i, lr=0.01, grad_norm={scale})\n"
+                    "    if i % 20 == 0:\n"
+                    f"        run.log_eval(val_loss={scale} / i)\n"
+                    "    time.sleep(0.1)\n"
+                ),
+            )
+        )
     for run_id in ids:  # both runs' final exports are in before any panel is queried
-        eventually(lambda: promql(stack, f'traintel_steps_total{{run="{run_id}"}} == 60'),
-                   what=f"run {run_id}'s last step in Prometheus")
+        eventually(
+            lambda: promql(stack, f'traintel_steps_total{{run="{run_id}"}} == 60'),
+            what=f"run {run_id}'s last step in Prometheus",
+        )
     return ids
 
 
 def _range(stack, expr: str, seconds: int = 600, end: int | None = None) -> list[dict]:
     """A range query at 1 s resolution ending at ``end`` (whole seconds: one grid for all)."""
     end = end or int(time.time())
-    body = requests.get(f"{stack.endpoints['prometheus']}/api/v1/query_range",
-                        params={"query": expr, "start": end - seconds, "end": end, "step": "1s"},
-                        timeout=30).json()
+    body = requests.get(
+        f"{stack.endpoints['prometheus']}/api/v1/query_range",
+        params={"query": expr, "start": end - seconds, "end": end, "step": "1s"},
+        timeout=30,
+    ).json()
     assert body["status"] == "success", (expr, body)
     return body["data"]["result"]
 
@@ -187,16 +246,23 @@ def test_by_step_panels_return_the_step_axis_and_the_values_for_two_runs(stack, 
     every run gets a rising step axis from 1 to its last step, with a value at each step."""
     board = dashboards.load()["run-comparison"]
     panels = [p for p in board["panels"] if p["type"] == "xychart"]
-    assert {p["title"] for p in panels} >= {"Loss by step", "Learning rate by step",
-                                           "Gradient norm by step", "Eval metrics by step"}
+    assert {p["title"] for p in panels} >= {
+        "Loss by step",
+        "Learning rate by step",
+        "Gradient norm by step",
+        "Eval metrics by step",
+    }
     values = {"project": "e2e", "run": "|".join(two_runs)}
     for panel in panels:
         by = panel["transformations"][-1]["options"]["fields"]
         tables = []
         for target in panel["targets"]:
             assert target["format"] == "table" and target["range"]
-            eventually(lambda: _range(stack, dashboards.expand(target["expr"], values)), 60,
-                       what=f"{panel['title']}: {target['refId']}")
+            eventually(
+                lambda: _range(stack, dashboards.expand(target["expr"], values)),
+                60,
+                what=f"{panel['title']}: {target['refId']}",
+            )
         end = int(time.time())  # every query of the panel on the same time grid, as Grafana does
         for target in panel["targets"]:
             rows = {}
@@ -207,19 +273,26 @@ def test_by_step_panels_return_the_step_axis_and_the_values_for_two_runs(stack, 
             tables.append(rows)
         steps, *curves = tables
         for run_id in two_runs:
-            joined = sorted((ts, steps[(ts, key)], [c.get((ts, key)) for c in curves])
-                            for (ts, key) in steps if key[0] == run_id)
+            joined = sorted(
+                (ts, steps[(ts, key)], [c.get((ts, key)) for c in curves])
+                for (ts, key) in steps
+                if key[0] == run_id
+            )
             joined = [row for row in joined if all(v is not None for v in row[2])]
             assert len(joined) >= 3, f"{panel['title']}: {run_id} has {len(joined)} points"
             axis = [step for _, step, _ in joined]
             assert axis == sorted(axis) and axis[-1] == 60, (panel["title"], axis[-5:])
             assert all(v == v for _, _, vs in joined for v in vs)  # no NaN on the curve
-    loss = dashboards.expand(next(p for p in panels if p["title"] == "Loss by step")
-                             ["targets"][1]["expr"], {**values, "smooth": "1s"})
+    loss = dashboards.expand(
+        next(p for p in panels if p["title"] == "Loss by step")["targets"][1]["expr"],
+        {**values, "smooth": "1s"},
+    )
     final = {s["metric"]["run"]: float(s["values"][-1][1]) for s in _range(stack, loss)}
     # the last export's loss (an average with the one before when both fall in one second)
-    assert final == {two_runs[0]: pytest.approx(1 / 60, rel=0.05),
-                     two_runs[1]: pytest.approx(2 / 60, rel=0.05)}
+    assert final == {
+        two_runs[0]: pytest.approx(1 / 60, rel=0.05),
+        two_runs[1]: pytest.approx(2 / 60, rel=0.05),
+    }
 
 
 def _recording_rules() -> dict[str, str]:
@@ -260,7 +333,9 @@ def test_every_dashboard_prometheus_query_returns_data_for_the_run(stack, demo):
             assert match, query
             response = requests.get(
                 f"{stack.endpoints['prometheus']}/api/v1/label/{match[2]}/values",
-                params={"match[]": match[1]}, timeout=10).json()
+                params={"match[]": match[1]},
+                timeout=10,
+            ).json()
             result = response["data"]
         elif _expected_empty(expr):
             result = promql(stack, expr)
@@ -276,9 +351,12 @@ def test_every_dashboard_prometheus_query_returns_data_for_the_run(stack, demo):
 
 def test_every_recording_rule_returns_data_for_the_run(stack, demo):
     summary, _ = demo
-    missing = [name for name, rule in _recording_rules().items()
-               if not _expected_empty(rule)
-               and _data_or_none(stack, f'{name}{{run="{summary["run"]}"}}') is None]
+    missing = [
+        name
+        for name, rule in _recording_rules().items()
+        if not _expected_empty(rule)
+        and _data_or_none(stack, f'{name}{{run="{summary["run"]}"}}') is None
+    ]
     assert not missing, f"recording rules without data for the run: {missing}"
 
 
@@ -286,22 +364,35 @@ def test_every_recording_rule_returns_data_for_the_run(stack, demo):
 def crashed(stack, tmp_path_factory):
     """A run that fails, for the panels that show crashes."""
     runs = tmp_path_factory.mktemp("crash")
-    script = ("import traintel\n"
-              "run = traintel.init(project='e2e', name='crash', progress='off', "
-              "sample_interval=0)\n"
-              "run.log(loss=1.0)\n"
-              "raise RuntimeError('boom')\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=_demo_env(stack, runs),
-                          capture_output=True, text=True, timeout=120)
+    script = (
+        "import traintel\n"
+        "run = traintel.init(project='e2e', name='crash', progress='off', "
+        "sample_interval=0)\n"
+        "run.log(loss=1.0)\n"
+        "raise RuntimeError('boom')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_demo_env(stack, runs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
     return next(runs.iterdir()).name
 
 
 def _loki(stack, expr: str) -> list:
-    response = requests.get(f"{stack.endpoints['loki']}/loki/api/v1/query_range",
-                            params={"query": expr, "start": int((time.time() - 3600) * 1e9),
-                                    "end": int(time.time() * 1e9), "limit": 1000},
-                            timeout=20).json()
+    response = requests.get(
+        f"{stack.endpoints['loki']}/loki/api/v1/query_range",
+        params={
+            "query": expr,
+            "start": int((time.time() - 3600) * 1e9),
+            "end": int(time.time() * 1e9),
+            "limit": 1000,
+        },
+        timeout=20,
+    ).json()
     assert response["status"] == "success", (expr, response)
     return response["data"]["result"]
 
@@ -339,13 +430,17 @@ def test_every_loki_query_selects_the_runs_logs_as_loki_would_store_them(stack, 
     summary, _ = demo
     runs = {summary["run"], crashed}
     values = {"project": "e2e", "run": "|".join(sorted(runs)), "runs": "|".join(sorted(runs))}
-    queries = [(q, dashboards.expand(q.expr, values)) for q in dashboards.queries()
-               if q.datasource == "loki" and q.kind != "variable"]
+    queries = [
+        (q, dashboards.expand(q.expr, values))
+        for q in dashboards.queries()
+        if q.datasource == "loki" and q.kind != "variable"
+    ]
     parsed = loki_model.parse([expr for _, expr in queries])
 
     def arrived():
-        entries = [e for e in loki_model.entries(stack.sink_file("logs"))
-                   if e.labels.get("run") in runs]
+        entries = [
+            e for e in loki_model.entries(stack.sink_file("logs")) if e.labels.get("run") in runs
+        ]
         ended = {e.labels["run"] for e in entries if e.metadata.get("type") == "run_end"}
         return entries if ended == runs else None
 
@@ -369,25 +464,53 @@ def test_every_loki_query_selects_the_runs_logs_as_loki_would_store_them(stack, 
 
 def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "1",
-         "--steps-per-epoch", "50", "--batch-size", "16", "--project", "e2e", "--name", "stall",
-         "--pause-at-step", "5", "--pause-seconds", "120", "--sample-interval", "1"],
-        env=_demo_env(stack, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "traintel.cli",
+            "demo",
+            "--duration",
+            "0",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "50",
+            "--batch-size",
+            "16",
+            "--project",
+            "e2e",
+            "--name",
+            "stall",
+            "--pause-at-step",
+            "5",
+            "--pause-seconds",
+            "120",
+            "--sample-interval",
+            "1",
+        ],
+        env=_demo_env(stack, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         run_dir = eventually(lambda: next(tmp_path.iterdir(), None), 60, what="the run dir")
         run_id = run_dir.name
 
         def alert():
-            alerts = requests.get(f"{stack.endpoints['alertmanager']}/api/v2/alerts",
-                                  params={"filter": f'run="{run_id}"'}, timeout=5).json()
+            alerts = requests.get(
+                f"{stack.endpoints['alertmanager']}/api/v2/alerts",
+                params={"filter": f'run="{run_id}"'},
+                timeout=5,
+            ).json()
             return [a for a in alerts if a["labels"]["alertname"] == "TrainingRunStalled"]
 
         fired = eventually(alert, 90, what="TrainingRunStalled in Alertmanager")
         labels = fired[0]["labels"]
         assert labels["severity"] == "critical" and labels["project"] == "e2e"
-        assert fired[0]["annotations"]["runbook_url"] == rules.runbook_url(rules.Config(),
-                                                                     "TrainingRunStalled")
+        assert fired[0]["annotations"]["runbook_url"] == rules.runbook_url(
+            rules.Config(), "TrainingRunStalled"
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -398,11 +521,32 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
 def test_the_demo_without_a_collector_keeps_a_full_record_and_tries_no_export(tmp_path):
     """No stack needed: the collector's port is closed, so the demo records locally only."""
     result = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "1",
-         "--steps-per-epoch", "20", "--batch-size", "8", "--sample-interval", "0"],
-        env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-             "TRAINTEL_DIR": str(tmp_path), "TRAINTEL_PROGRESS": "lines"},
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "traintel.cli",
+            "demo",
+            "--duration",
+            "0",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "20",
+            "--batch-size",
+            "8",
+            "--sample-interval",
+            "0",
+        ],
+        env={
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+            "TRAINTEL_DIR": str(tmp_path),
+            "TRAINTEL_PROGRESS": "lines",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no collector at http://127.0.0.1:9: local record only" in result.stderr
     assert "telemetry export" not in result.stderr, result.stderr  # no failures, no wait

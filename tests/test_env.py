@@ -26,30 +26,45 @@ def _environment_reads(path: Path) -> list[str]:
     where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Attribute) and node.attr in ENVIRON and \
-                isinstance(node.value, ast.Name) and node.value.id == "os":
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ENVIRON
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        ):
             found.append(f"{where}:{node.lineno}: os.{node.attr}")
-        elif isinstance(node, ast.ImportFrom) and node.module == "os" and \
-                {a.name for a in node.names} & ENVIRON:
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and {a.name for a in node.names} & ENVIRON
+        ):
             found.append(f"{where}:{node.lineno}: from os import ...")
-        elif isinstance(node, ast.keyword) and node.arg == "envvar" and \
-                isinstance(node.value, ast.Constant):
+        elif (
+            isinstance(node, ast.keyword)
+            and node.arg == "envvar"
+            and isinstance(node.value, ast.Constant)
+        ):
             found.append(f"{where}:{node.lineno}: envvar={node.value.value!r}")
     return sorted(found, key=lambda read: int(read.split(":")[1]))
 
 
 def test_only_the_registry_reads_the_environment() -> None:
     stray = [read for path in _sources() for read in _environment_reads(path)]
-    assert stray == [], "read variables through traintel.core.env (add them there):\n" + \
-        "\n".join(stray)
+    assert stray == [], "read variables through traintel.core.env (add them there):\n" + "\n".join(
+        stray
+    )
 
 
 def test_the_stray_read_check_finds_reads(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("import os\nfrom os import getenv\nos.environ.get('X')\n"
-                      "option(envvar='TRAINTEL_X')\n")
+    sample.write_text(
+        "import os\nfrom os import getenv\nos.environ.get('X')\noption(envvar='TRAINTEL_X')\n"
+    )
     assert [line.split(": ", 1)[1] for line in _environment_reads(sample)] == [
-        "from os import ...", "os.environ", "envvar='TRAINTEL_X'"]
+        "from os import ...",
+        "os.environ",
+        "envvar='TRAINTEL_X'",
+    ]
 
 
 def test_every_traintel_variable_the_code_or_scripts_name_is_registered() -> None:
@@ -73,8 +88,9 @@ def test_names_are_unique_and_documented() -> None:
 
 def test_configuration_doc_is_generated_from_the_registry() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text()
-    assert committed == settings.render_markdown(), \
+    assert committed == settings.render_markdown(), (
         "run `traintel docs configuration > docs/configuration.md`"
+    )
     for variable in env.VARIABLES:
         assert f"`{variable.name}`" in committed
 

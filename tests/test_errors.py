@@ -109,8 +109,13 @@ def _lost_rank(run):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                                         world_size=2, timeout=datetime.timedelta(seconds=1))
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=1),
+    )
 
 
 def _bug(run):
@@ -135,16 +140,22 @@ def _reap_data_loader_workers():
 
 CASES = [  # provoke, error type, severity, operation
     pytest.param(_loader_worker_fails, "data", "medium", "data_loading", id="data_loader"),
-    pytest.param(_dataset_refuses_a_sample, "data", "medium", "data_loading",
-                 id="dataset_in_a_framework_loop"),
+    pytest.param(
+        _dataset_refuses_a_sample,
+        "data",
+        "medium",
+        "data_loading",
+        id="dataset_in_a_framework_loop",
+    ),
     pytest.param(_undecodable_text, "data", "medium", None, id="decode"),
     pytest.param(_shape_mismatch, "data", "medium", "forward", id="shape"),
     pytest.param(_dtype_mismatch, "data", "medium", None, id="dtype"),
     pytest.param(_nan_loss, "nonfinite_loss", "high", "check_finite", id="nonfinite_loss"),
     pytest.param(_missing_config_key, "config", "medium", "load_config", id="config"),
     pytest.param(_wrong_checkpoint, "model_loading", "high", None, id="model_loading"),
-    pytest.param(_unwritable_checkpoint, "checkpoint_io", "high", "save_checkpoint",
-                 id="checkpoint_io"),
+    pytest.param(
+        _unwritable_checkpoint, "checkpoint_io", "high", "save_checkpoint", id="checkpoint_io"
+    ),
     pytest.param(_connection_refused, "network", "medium", None, id="network"),
     pytest.param(_lost_rank, "distributed", "high", None, id="distributed"),
     pytest.param(_bug, "other", "medium", None, id="other"),
@@ -154,8 +165,9 @@ CASES = [  # provoke, error type, severity, operation
 
 
 @pytest.mark.parametrize("provoke, error_type, severity, operation", CASES)
-def test_a_real_failure_is_classified_and_reaches_every_output(provoke, error_type, severity,
-                                                                operation, quiet_run, recorded):
+def test_a_real_failure_is_classified_and_reaches_every_output(
+    provoke, error_type, severity, operation, quiet_run, recorded
+):
     with capture() as telemetry:
         with pytest.raises(Exception) as raised:
             with quiet_run(config={"lr": 0.1, "api_key": "sk-very-secret-123"}) as run:
@@ -164,19 +176,24 @@ def test_a_real_failure_is_classified_and_reaches_every_output(provoke, error_ty
     assert run.state.status == "failed"
 
     (line,) = recorded(run.dir).of("error")
-    assert (line["error_type"], line["severity"], line["operation"]) == \
-        (error_type, severity, operation)
+    assert (line["error_type"], line["severity"], line["operation"]) == (
+        error_type,
+        severity,
+        operation,
+    )
     assert line["exc_type"] == type(raised.value).__name__
     assert line["hints"] == list(HINTS[error_type])
     assert type(raised.value).__name__ in line["traceback"]
 
     assert telemetry.metric("traintel_errors_total") == [1]
-    (attributes, _), = telemetry.points("traintel_errors_total")
+    ((attributes, _),) = telemetry.points("traintel_errors_total")
     assert (attributes["error_type"], attributes["severity"]) == (error_type, severity)
 
     spans = {span.name: span for span in telemetry.spans.get_finished_spans()}
     # run.span makes a span of its own; run.track's loader errors land on the run's span
-    failed = spans["training_run" if operation in (None, "data_loading", "check_finite") else operation]
+    failed = spans[
+        "training_run" if operation in (None, "data_loading", "check_finite") else operation
+    ]
     assert not failed.status.is_ok
     (event,) = [e for e in failed.events if e.name == "exception"]
     assert event.attributes["error_type"] == error_type
@@ -212,7 +229,8 @@ def test_an_oom_in_the_loop_is_recorded_with_its_details_and_re_raised(quiet_run
     oom = torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
         "of which 1.06 GiB is free. Of the allocated memory 76.02 GiB is allocated by PyTorch, "
-        "and 1.20 GiB is reserved by PyTorch but unallocated.")
+        "and 1.20 GiB is reserved by PyTorch but unallocated."
+    )
     with pytest.raises(torch.OutOfMemoryError) as raised:
         with quiet_run() as run:
             for _ in run.track(range(3)):
@@ -226,24 +244,38 @@ def test_an_oom_in_the_loop_is_recorded_with_its_details_and_re_raised(quiet_run
     assert line["hints"] == list(HINTS["oom"])
     context = line["context"]
     assert (context["requested_bytes"], context["device"]) == (20 * 1024**3, 0)
-    assert set(context) >= {"capacity_bytes", "free_bytes", "allocated_bytes", "reserved_bytes",
-                            "reserved_unallocated_bytes", "peak_allocated_since_start_bytes",
-                            "num_alloc_retries", "num_ooms", "memory_summary"}
+    assert set(context) >= {
+        "capacity_bytes",
+        "free_bytes",
+        "allocated_bytes",
+        "reserved_bytes",
+        "reserved_unallocated_bytes",
+        "peak_allocated_since_start_bytes",
+        "num_alloc_retries",
+        "num_ooms",
+        "memory_summary",
+    }
     assert any("expandable_segments" in hint for hint in context["hints"])
     crash = json.loads((run.dir / "crash-report.json").read_text())
     assert [e["error_type"] for e in crash["errors"]] == ["oom"]
 
 
-@pytest.mark.parametrize("message, error_type", [
-    # what failures that cannot be provoked on one CPU machine say, word for word
-    ("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)", "oom"),
-    ("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, "
-     "OpType=ALLREDUCE) ran for 600000 milliseconds before timing out.", "distributed"),
-    ("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error", "distributed"),
-    ("CUDA error: device-side assert triggered", "cuda"),
-    ("CUDA error: an illegal memory access was encountered", "cuda"),
-    ("DataLoader worker (pid(s) 4242) exited unexpectedly", "data"),
-])
+@pytest.mark.parametrize(
+    "message, error_type",
+    [
+        # what failures that cannot be provoked on one CPU machine say, word for word
+        ("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)", "oom"),
+        (
+            "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, "
+            "OpType=ALLREDUCE) ran for 600000 milliseconds before timing out.",
+            "distributed",
+        ),
+        ("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error", "distributed"),
+        ("CUDA error: device-side assert triggered", "cuda"),
+        ("CUDA error: an illegal memory access was encountered", "cuda"),
+        ("DataLoader worker (pid(s) 4242) exited unexpectedly", "data"),
+    ],
+)
 def test_messages_of_failures_that_need_hardware(message, error_type):
     assert classify(RuntimeError(message)).error_type == error_type
 
@@ -257,7 +289,9 @@ def ctrl_c_raises():
     signal.signal(signal.SIGINT, previous)
 
 
-def test_keyboard_interrupt_is_interrupted_without_a_crash_report(quiet_run, recorded, ctrl_c_raises):
+def test_keyboard_interrupt_is_interrupted_without_a_crash_report(
+    quiet_run, recorded, ctrl_c_raises
+):
     with capture() as telemetry:
         with pytest.raises(KeyboardInterrupt):
             with quiet_run() as run:
@@ -267,7 +301,7 @@ def test_keyboard_interrupt_is_interrupted_without_a_crash_report(quiet_run, rec
     assert (line["error_type"], line["severity"]) == ("interrupted", "low")
     assert json.loads((run.dir / "summary.json").read_text())["status"] == "interrupted"
     assert not (run.dir / "crash-report.json").exists()
-    (attributes, _), = telemetry.points("traintel_errors_total")
+    ((attributes, _),) = telemetry.points("traintel_errors_total")
     assert attributes["error_type"] == "interrupted"
     run_span = next(s for s in telemetry.spans.get_finished_spans() if s.name == "training_run")
     assert not run_span.status.is_ok and run_span.attributes["status"] == "interrupted"
@@ -284,8 +318,9 @@ def test_sigterm_preempts_a_real_run_in_a_subprocess(tmp_path, recorded):
                     print(run.dir, flush=True)
                 time.sleep(0.002)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     run_dir = Path(proc.stdout.readline().strip())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stderr.read()
@@ -308,8 +343,14 @@ def test_crash_report_has_every_section(quiet_run):
             run.error(ValueError("a first, handled problem"))
             1 / 0
     crash = json.loads((run.dir / "crash-report.json").read_text())
-    assert set(crash["versions"]) >= {"python", "traintel", "torch", "torch_cuda",
-                                      "nvidia_driver", "cuda_driver"}
+    assert set(crash["versions"]) >= {
+        "python",
+        "traintel",
+        "torch",
+        "torch_cuda",
+        "nvidia_driver",
+        "cuda_driver",
+    }
     assert crash["versions"]["torch"] == torch.__version__
     assert crash["host"]["hostname"] == socket.gethostname()
     assert isinstance(crash["gpus"], list)
@@ -343,8 +384,15 @@ def test_report_command_for_a_run_directory_and_for_this_machine(tmp_path, quiet
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert text.startswith("# traintel report ")
-    for heading in ("## Run", "## Versions", "## GPUs", "## Config", "## Errors (1)",
-                    "ZeroDivisionError", "## Last "):
+    for heading in (
+        "## Run",
+        "## Versions",
+        "## GPUs",
+        "## Config",
+        "## Errors (1)",
+        "ZeroDivisionError",
+        "## Last ",
+    ):
         assert heading in text
 
     machine = json.loads(runner.invoke(main, ["report"]).output)

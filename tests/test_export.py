@@ -10,16 +10,14 @@ import time
 
 import pytest
 from opentelemetry.sdk.metrics.export import AggregationTemporality
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.exposition import generate_latest
-
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from traintel.core import catalog
-from traintel.run import facade as run_module
 from traintel.export.otlp import EXPORT_BATCH, Sinks
+from traintel.run import facade as run_module
 from traintel.testing import capture
-
 
 
 def _prometheus_samples(run) -> dict[tuple[str, tuple], float]:
@@ -49,23 +47,30 @@ def test_a_value_logged_once_appears_on_both_paths(quiet_run):
             prom = _prometheus_samples(run)
     base = {"project": "test", "run": run.id, "rank": "0"}
     key = tuple(sorted(base.items()))
-    expected = {"traintel_loss": 0.1, "traintel_learning_rate": 0.01, "traintel_grad_norm": 3.0,
-                "traintel_steps_total": 10.0, "traintel_samples_total": 160.0,
-                "traintel_tokens_total": 640.0}
+    expected = {
+        "traintel_loss": 0.1,
+        "traintel_learning_rate": 0.01,
+        "traintel_grad_norm": 3.0,
+        "traintel_steps_total": 10.0,
+        "traintel_samples_total": 160.0,
+        "traintel_tokens_total": 640.0,
+    }
     for name, value in expected.items():
         otel = telemetry.points(name)
         assert [(attrs, point.value) for attrs, point in otel] == [(base, pytest.approx(value))]
         assert prom[(name, key)] == pytest.approx(value)
     custom = tuple(sorted({**base, "metric": "custom"}.items()))
     assert prom[("traintel_metric", custom)] == 7.0
-    assert [p.value for a, p in telemetry.points("traintel_metric") if a["metric"] == "custom"] \
-        == [7.0]
+    assert [p.value for a, p in telemetry.points("traintel_metric") if a["metric"] == "custom"] == [
+        7.0
+    ]
     eval_key = tuple(sorted({**base, "metric": "val_loss"}.items()))
     assert prom[("traintel_eval_best", eval_key)] == 0.3
     assert prom[("traintel_step_duration_seconds_count", key)] == 10
     steps = telemetry.points("traintel_step_duration_seconds")
     assert steps[0][1].count == 10 and steps[0][1].sum == pytest.approx(
-        prom[("traintel_step_duration_seconds_sum", key)])
+        prom[("traintel_step_duration_seconds_sum", key)]
+    )
     assert prom[("traintel_run_status", tuple(sorted({**base, "status": "running"}.items())))] == 1
 
 
@@ -86,13 +91,25 @@ def test_every_value_between_two_exports_is_represented_on_both_paths(quiet_run)
             scraped = _prometheus_samples(run)
             assert telemetry.metric("traintel_loss") == [0.8]  # the latest: no trace of either
             assert _window(telemetry, "traintel_logged_max") == {
-                "loss": 100.0, "lr": 0.1, "custom": 2.0}
+                "loss": 100.0,
+                "lr": 0.1,
+                "custom": 2.0,
+            }
             assert _window(telemetry, "traintel_logged_min") == {
-                "loss": 0.8, "lr": 0.1, "custom": 0.8}
+                "loss": 0.8,
+                "lr": 0.1,
+                "custom": 0.8,
+            }
             assert _window(telemetry, "traintel_logged_nonfinite_total") == {
-                "loss": 1, "lr": 0, "custom": 1}
+                "loss": 1,
+                "lr": 0,
+                "custom": 1,
+            }
             assert _window(telemetry, "traintel_logged_values_total") == {
-                "loss": 5, "lr": 5, "custom": 5}
+                "loss": 5,
+                "lr": 5,
+                "custom": 5,
+            }
             base = {"project": "test", "run": run.id, "rank": "0"}
 
             def key(metric: str) -> tuple:
@@ -123,30 +140,39 @@ def test_otlp_histograms_carry_the_same_buckets_as_prometheus(quiet_run):
             prom = _prometheus_samples(run)
             telemetry.collect()
     base = {"project": "test", "run": run.id, "rank": "0"}
-    for name, extra in [("traintel_step_duration_seconds", {}),
-                        ("traintel_operation_duration_seconds", {"operation": "save"}),
-                        ("traintel_user_observations", {"metric": "seq_len"})]:
-        (attributes, point), = telemetry.points(name)
+    for name, extra in [
+        ("traintel_step_duration_seconds", {}),
+        ("traintel_operation_duration_seconds", {"operation": "save"}),
+        ("traintel_user_observations", {"metric": "seq_len"}),
+    ]:
+        ((attributes, point),) = telemetry.points(name)
         assert attributes == {**base, **extra}
         labels = {**base, **extra}
-        buckets = sorted((float(dict(key)["le"]), value) for (series, key), value in prom.items()
-                         if series == name + "_bucket" and
-                         {k: v for k, v in key if k != "le"} == labels)
+        buckets = sorted(
+            (float(dict(key)["le"]), value)
+            for (series, key), value in prom.items()
+            if series == name + "_bucket" and {k: v for k, v in key if k != "le"} == labels
+        )
         assert [bound for bound, _ in buckets[:-1]] == list(point.explicit_bounds)
-        cumulative = [sum(point.bucket_counts[:i + 1]) for i in range(len(point.bucket_counts))]
+        cumulative = [sum(point.bucket_counts[: i + 1]) for i in range(len(point.bucket_counts))]
         assert cumulative == [count for _, count in buckets], name
         key = tuple(sorted(labels.items()))
         assert point.count == prom[(name + "_count", key)]
         assert point.sum == prom[(name + "_sum", key)]
         assert point.min <= point.sum / point.count <= point.max
-    (_, seq_len), = telemetry.points("traintel_user_observations")
+    ((_, seq_len),) = telemetry.points("traintel_user_observations")
     assert (seq_len.count, seq_len.min, seq_len.max) == (2, 12.0, 20000.0)
     assert seq_len.bucket_counts[-1] == 1
-    (_, save), = telemetry.points("traintel_operation_duration_seconds")
+    ((_, save),) = telemetry.points("traintel_operation_duration_seconds")
     assert save.min >= 0.002 and save.max >= 0.2 and save.count == 3
-    metric = next(m for d in telemetry._collected for rm in d.resource_metrics
-                  for sm in rm.scope_metrics for m in sm.metrics
-                  if m.name == "traintel_step_duration_seconds")
+    metric = next(
+        m
+        for d in telemetry._collected
+        for rm in d.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "traintel_step_duration_seconds"
+    )
     assert metric.data.aggregation_temporality == AggregationTemporality.CUMULATIVE
     assert metric.unit == catalog.BY_NAME[metric.name].unit
 
@@ -159,16 +185,21 @@ def test_every_exported_name_is_in_the_catalog(quiet_run):
             run.flush()
             telemetry.collect()
             prom = _prometheus_samples(run)
-    otel_names = {metric.name
-                  for data in telemetry._collected for rm in data.resource_metrics
-                  for sm in rm.scope_metrics for metric in sm.metrics}
+    otel_names = {
+        metric.name
+        for data in telemetry._collected
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
     assert otel_names <= set(catalog.BY_NAME)
     assert "traintel_process_memory_rss_bytes" in otel_names  # from the system sampler
     series = {name for name, _ in prom}
     allowed = {n for m in catalog.METRICS for n in catalog.prometheus_series_names(m)}
     assert series <= allowed | {n + "_total" for n in allowed} | {
-        n.removesuffix("_total") + "_created" for n in allowed}
-    for (name, labels) in prom:
+        n.removesuffix("_total") + "_created" for n in allowed
+    }
+    for name, labels in prom:
         label_names = {k for k, _ in labels}
         assert {"project", "run", "rank"} <= label_names, name
 
@@ -178,8 +209,15 @@ def test_final_status_is_exported_at_shutdown(quiet_run):
         with quiet_run(otlp=None) as run:
             run.log(loss=1.0)
     statuses = {a["status"]: p.value for a, p in telemetry.points("traintel_run_status")}
-    assert statuses == {"running": 0, "finished": 1, "failed": 0, "preempted": 0,
-                        "interrupted": 0, "pruned": 0, "stopped": 0}
+    assert statuses == {
+        "running": 0,
+        "finished": 1,
+        "failed": 0,
+        "preempted": 0,
+        "interrupted": 0,
+        "pruned": 0,
+        "stopped": 0,
+    }
 
 
 def test_spans_run_epoch_sampled_steps_and_user_spans(quiet_run):
@@ -222,8 +260,10 @@ def test_exception_in_span_sets_status_records_event_and_error(quiet_run):
     span = next(s for s in telemetry.spans.get_finished_spans() if s.name == "checkpoint")
     assert span.status.status_code is StatusCode.ERROR
     assert any(e.name == "exception" for e in span.events)
-    errors = {(a["error_type"], a["severity"]): p.value
-              for a, p in telemetry.points("traintel_errors_total")}
+    errors = {
+        (a["error_type"], a["severity"]): p.value
+        for a, p in telemetry.points("traintel_errors_total")
+    }
     assert errors == {("checkpoint_io", "high"): 1}
     assert run.errors[0]["operation"] == "checkpoint"
 
@@ -268,10 +308,12 @@ class _Batches(InMemorySpanExporter):
         return super().export(spans)
 
 
-@pytest.mark.parametrize("env, largest", [({}, EXPORT_BATCH),
-                                          ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 100)])
-def test_spans_are_exported_in_small_batches_unless_the_user_says(monkeypatch, env,
-                                                                  largest, quiet_run):
+@pytest.mark.parametrize(
+    "env, largest", [({}, EXPORT_BATCH), ({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"}, 100)]
+)
+def test_spans_are_exported_in_small_batches_unless_the_user_says(
+    monkeypatch, env, largest, quiet_run
+):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     batches = _Batches()

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from fake_nvml import FakeNvml
 import traintel
+from fake_nvml import FakeNvml
 from traintel.core.catalog import METRICS
 from traintel.stack import install
 from traintel.testing import capture
@@ -30,8 +30,10 @@ def _get(url: str, **headers: str) -> tuple[dict[str, str], bytes]:
 
 
 def _families(text: str) -> set[str]:
-    return {f"{f.name}_total" if f.type == "counter" else f.name
-            for f in text_string_to_metric_families(text)}
+    return {
+        f"{f.name}_total" if f.type == "counter" else f.name
+        for f in text_string_to_metric_families(text)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,19 @@ def everything(tmp_path_factory, quiet):
     # export to a closed port, so that failed exports are counted (traintel_export_failures_total)
     patch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     patch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
-    run = traintel.init(**{**quiet, "project": "test", "http_port": 0, "total_steps": 100,
-                           "dir": str(tmp_path_factory.mktemp("run")), "otlp": True,
-                           "shutdown_timeout": 0.5, "sample_interval": 0.05, "all_gpus": True})
+    run = traintel.init(
+        **{
+            **quiet,
+            "project": "test",
+            "http_port": 0,
+            "total_steps": 100,
+            "dir": str(tmp_path_factory.mktemp("run")),
+            "otlp": True,
+            "shutdown_timeout": 0.5,
+            "sample_interval": 0.05,
+            "all_gpus": True,
+        }
+    )
     for _ in run.track(range(5)):
         run.log(loss=0.5, lr=0.1, grad_norm=1.0, samples=8, tokens=64, accuracy=0.9)
     run.log(loss=float("nan"))
@@ -94,16 +106,18 @@ def test_promtool_check_metrics_passes(everything):
     run.flush()
     _, body = _get(url)
     assert _families(body.decode()) == {m.name for m in METRICS}
-    done = subprocess.run([str(promtool), "check", "metrics"], input=body, capture_output=True,
-                          timeout=60)
+    done = subprocess.run(
+        [str(promtool), "check", "metrics"], input=body, capture_output=True, timeout=60
+    )
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
     assert done.stdout + done.stderr == b""  # no lint finding at all
 
 
 def test_openmetrics_and_gzip_are_negotiated_as_prometheus_client_does(everything):
     _, url, _ = everything
-    headers, body = _get(url, Accept="application/openmetrics-text; version=1.0.0",
-                         **{"Accept-Encoding": "gzip"})
+    headers, body = _get(
+        url, Accept="application/openmetrics-text; version=1.0.0", **{"Accept-Encoding": "gzip"}
+    )
     assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
     assert headers["Content-Encoding"] == "gzip"
     text = gzip.decompress(body).decode()
@@ -132,16 +146,25 @@ def test_a_user_histogram_keeps_its_own_buckets_on_both_paths(quiet_run):
             run.flush()
             _, body = _get(f"http://127.0.0.1:{run.server.port}/metrics")
             telemetry.collect()
-    buckets = {(s.labels["metric"], s.labels["le"]): s.value
-               for f in text_string_to_metric_families(body.decode())
-               if f.name == "traintel_user_observations" for s in f.samples
-               if s.name.endswith("_bucket")}
+    buckets = {
+        (s.labels["metric"], s.labels["le"]): s.value
+        for f in text_string_to_metric_families(body.decode())
+        if f.name == "traintel_user_observations"
+        for s in f.samples
+        if s.name.endswith("_bucket")
+    }
     assert {le: v for (m, le), v in buckets.items() if m == "seq_len"} == {
-        "64.0": 0, "128.0": 2, "256.0": 2, "512.0": 3, "+Inf": 4}
+        "64.0": 0,
+        "128.0": 2,
+        "256.0": 2,
+        "512.0": 3,
+        "+Inf": 4,
+    }
     # without buckets of its own: OpenTelemetry's default bounds, 7 lands in le="10.0"
     assert buckets[("plain", "5.0")] == 0 and buckets[("plain", "10.0")] == 1
-    points = {attrs["metric"]: point for attrs, point in
-              telemetry.points("traintel_user_observations")}
+    points = {
+        attrs["metric"]: point for attrs, point in telemetry.points("traintel_user_observations")
+    }
     assert list(points["seq_len"].explicit_bounds) == [64.0, 128.0, 256.0, 512.0]
     assert list(points["seq_len"].bucket_counts) == [0, 2, 0, 1, 1]
 
@@ -162,9 +185,23 @@ def test_histogram_buckets_are_checked_at_the_door(quiet_run):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans(), st.text(),
-    st.none()), max_size=70)))
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(),
+        st.lists(
+            st.one_of(
+                st.floats(allow_nan=True, allow_infinity=True),
+                st.integers(),
+                st.booleans(),
+                st.text(),
+                st.none(),
+            ),
+            max_size=70,
+        ),
+    )
+)
 def test_garbage_buckets_are_refused_or_well_formed(garbage):
     from traintel.run.instruments import MAX_BUCKETS, check_buckets
 

@@ -22,12 +22,10 @@ import pytest
 import requests
 import yaml
 
-from traintel.stack import rules
-from traintel.stack import native
-from traintel.stack import project as files
-
 from reliability_log import record
 from stack_fixture import REQUIRED, eventually
+from traintel.stack import native, rules
+from traintel.stack import project as files
 
 pytestmark = pytest.mark.stack
 
@@ -60,8 +58,9 @@ def fast_stack(tmp_path_factory: pytest.TempPathFactory):
     config = yaml.safe_load(prometheus_yml.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     prometheus_yml.write_text(yaml.safe_dump(config, sort_keys=False))
-    running = native.NativeStack(tmp_path_factory.mktemp("stack"), ports=native.free_ports(),
-                                 sink=True, configs=configs)
+    running = native.NativeStack(
+        tmp_path_factory.mktemp("stack"), ports=native.free_ports(), sink=True, configs=configs
+    )
     try:
         running.up(names=(*REQUIRED, native.SINK.name))
         yield running
@@ -80,17 +79,32 @@ def _states(stack: native.NativeStack, name: str) -> set[str]:
 
 def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
     stack = fast_stack
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
-           "OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
-           "TRAINTEL_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN, str(time.time() + 150)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
+        "TRAINTEL_DIR": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAIN, str(time.time() + 150)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: dict[str, set[str]] = {"StackComponentDown": set(), "TelemetryPipelineFailing": set()}
     started = time.monotonic()
     try:
-        eventually(lambda: requests.get(f"{stack.endpoints['prometheus']}/api/v1/query", params={
-            "query": 'traintel_steps_total{run!=""}'}, timeout=10).json()["data"]["result"],
-            60, what="the run's first steps in Prometheus")
+        eventually(
+            lambda: requests.get(
+                f"{stack.endpoints['prometheus']}/api/v1/query",
+                params={"query": 'traintel_steps_total{run!=""}'},
+                timeout=10,
+            ).json()["data"]["result"],
+            60,
+            what="the run's first steps in Prometheus",
+        )
         for _ in range(KILLS):
             pid = stack.pid("otelcol")
             assert pid, "the collector runs"
@@ -102,22 +116,33 @@ def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
             for name in seen:
                 seen[name] |= _states(stack, name)
         restarting = eventually(
-            lambda: [a for a in _alerts(stack) if a["labels"]["alertname"] ==
-                     "StackComponentRestarting" and a["state"] == "firing"],
-            60, what="StackComponentRestarting firing")
+            lambda: [
+                a
+                for a in _alerts(stack)
+                if a["labels"]["alertname"] == "StackComponentRestarting" and a["state"] == "firing"
+            ],
+            60,
+            what="StackComponentRestarting firing",
+        )
         assert {a["labels"]["job"] for a in restarting} == {"otel-collector"}
         assert float(restarting[0]["value"]) >= FAST.component_restarts
         fired_after = time.monotonic() - started
         exports = eventually(
-            lambda: [a for a in _alerts(stack) if a["labels"]["alertname"] ==
-                     "RunExportsFailing" and a["state"] == "firing"],
-            60, what="RunExportsFailing firing once the run reaches the collector again")
+            lambda: [
+                a
+                for a in _alerts(stack)
+                if a["labels"]["alertname"] == "RunExportsFailing" and a["state"] == "firing"
+            ],
+            60,
+            what="RunExportsFailing firing once the run reaches the collector again",
+        )
         assert {a["labels"]["rank"] for a in exports} == {"0"}
         assert "metrics" in {a["labels"]["signal"] for a in exports}
 
         def in_alertmanager() -> set[str]:
-            got = requests.get(f"{stack.endpoints['alertmanager']}/api/v2/alerts",
-                               timeout=10).json()
+            got = requests.get(
+                f"{stack.endpoints['alertmanager']}/api/v2/alerts", timeout=10
+            ).json()
             names = {a["labels"]["alertname"] for a in got}
             return names if {"StackComponentRestarting", "RunExportsFailing"} <= names else set()
 
@@ -131,11 +156,13 @@ def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
     # TelemetryPipelineFailing reads the collector's own counters, which a dead collector does
     # not move: neither can fire for a flapping collector; StackComponentRestarting is the one.
     assert "firing" not in seen["StackComponentDown"]
-    record("collector killed 5 times (SIGKILL) while a run trains",
-           "StackComponentRestarting and RunExportsFailing fire and reach Alertmanager",
-           f"{KILLS} kills, {DOWN_S:.0f} s down each; StackComponentRestarting firing "
-           f"{fired_after:.0f} s after the run's first steps (2-minute window, 1 s scrapes); "
-           f"RunExportsFailing firing for signals {sorted({a['labels']['signal'] for a in exports})}; "
-           f"StackComponentDown seen {sorted(seen['StackComponentDown']) or ['inactive']}, "
-           f"TelemetryPipelineFailing seen "
-           f"{sorted(seen['TelemetryPipelineFailing']) or ['inactive']}")
+    record(
+        "collector killed 5 times (SIGKILL) while a run trains",
+        "StackComponentRestarting and RunExportsFailing fire and reach Alertmanager",
+        f"{KILLS} kills, {DOWN_S:.0f} s down each; StackComponentRestarting firing "
+        f"{fired_after:.0f} s after the run's first steps (2-minute window, 1 s scrapes); "
+        f"RunExportsFailing firing for signals {sorted({a['labels']['signal'] for a in exports})}; "
+        f"StackComponentDown seen {sorted(seen['StackComponentDown']) or ['inactive']}, "
+        f"TelemetryPipelineFailing seen "
+        f"{sorted(seen['TelemetryPipelineFailing']) or ['inactive']}",
+    )

@@ -13,7 +13,6 @@ import pytest
 import traintel
 from traintel.testing import capture
 
-
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
@@ -40,8 +39,9 @@ def _in_child(check) -> dict:
 def test_a_forked_child_leaves_the_parents_run_alone(tmp_path, recorded, quiet):
     excepthook = sys.excepthook
     with capture() as telemetry:
-        with traintel.init(project="forks", dir=str(tmp_path),
-                           **{**quiet, "otlp": None, "sample_interval": 60}) as run:
+        with traintel.init(
+            project="forks", dir=str(tmp_path), **{**quiet, "otlp": None, "sample_interval": 60}
+        ) as run:
             run.log(loss=1.0)
             run.flush()
             size = (run.dir / "events.jsonl").stat().st_size
@@ -53,16 +53,23 @@ def test_a_forked_child_leaves_the_parents_run_alone(tmp_path, recorded, quiet):
                 run.flush()
                 run.otlp.meter_provider.force_flush()  # exports nothing from here
                 run.finish()  # the parent's to finish: nothing happens
-                return {"record_grew": (run.dir / "events.jsonl").stat().st_size != size,
-                        "exported": len(telemetry._collected) != snapshots,
-                        "finished_it": run.state.status != "running",
-                        "current": traintel.current_run() is not None,
-                        "sampling": bool(run.samplers.samplers),
-                        "hooked": sys.excepthook is not excepthook}
+                return {
+                    "record_grew": (run.dir / "events.jsonl").stat().st_size != size,
+                    "exported": len(telemetry._collected) != snapshots,
+                    "finished_it": run.state.status != "running",
+                    "current": traintel.current_run() is not None,
+                    "sampling": bool(run.samplers.samplers),
+                    "hooked": sys.excepthook is not excepthook,
+                }
 
-            assert _in_child(child) == {"record_grew": False, "exported": False,
-                                        "finished_it": False, "current": False,
-                                        "sampling": False, "hooked": False}
+            assert _in_child(child) == {
+                "record_grew": False,
+                "exported": False,
+                "finished_it": False,
+                "current": False,
+                "sampling": False,
+                "hooked": False,
+            }
             run.log(loss=3.0)
     steps = recorded(run.dir).of("step")
     assert [s["metrics"]["loss"] for s in steps] == [1.0, 3.0]

@@ -27,8 +27,9 @@ def test_every_generated_file_is_current(capsys: pytest.CaptureFixture[str]) -> 
     assert generate.main(["--check"]) == 0, capsys.readouterr().out
 
 
-def test_the_check_names_a_stale_file(monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_check_names_a_stale_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from traintel.core import catalog
 
     monkeypatch.setattr(catalog, "render_markdown", lambda: "# a catalog edited by hand\n")
@@ -38,9 +39,11 @@ def test_the_check_names_a_stale_file(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_it_covers_every_file_that_says_it_is_generated() -> None:
-    said = {path.relative_to(ROOT).as_posix()
-            for pattern in ("docs/*.md", "prometheus/rules/*.yml")
-            for path in ROOT.glob(pattern)
-            if "GENERATED" in path.read_text()[:600] or "do not edit" in path.read_text()[:600]}
+    said = {
+        path.relative_to(ROOT).as_posix()
+        for pattern in ("docs/*.md", "prometheus/rules/*.yml")
+        for path in ROOT.glob(pattern)
+        if "GENERATED" in path.read_text()[:600] or "do not edit" in path.read_text()[:600]
+    }
     made = {path.relative_to(ROOT).as_posix() for path in generate.outputs()}
     assert said <= made, f"generated but not made by scripts/generate.py: {said - made}"

@@ -51,9 +51,11 @@ def _gpu0_readings(torch, sampler):
     mine = {u for u in gpus if uuid and u.endswith(uuid)} or gpus
     assert len(mine) == 1, gpus
     naming = set(catalog.GPU_LABELS) | {"driver_version"}
-    return {(name, next((v for k, v in labels.items() if k not in naming), None)): value
-            for name, value, labels in readings
-            if labels["uuid"] in mine and "gpu_i_id" not in labels}
+    return {
+        (name, next((v for k, v in labels.items() if k not in naming), None)): value
+        for name, value, labels in readings
+        if labels["uuid"] in mine and "gpu_i_id" not in labels
+    }
 
 
 def test_nvml_values_plausible(torch):
@@ -69,8 +71,9 @@ def test_nvml_values_plausible(torch):
         after = _gpu0_readings(torch, sampler)
     finally:
         sampler.close()
-    print(json.dumps({f"{n}{'{' + k + '}' if k else ''}": v for (n, k), v in after.items()},
-                     indent=1))
+    print(
+        json.dumps({f"{n}{'{' + k + '}' if k else ''}": v for (n, k), v in after.items()}, indent=1)
+    )
     used = "traintel_gpu_memory_used_bytes", None
     total = after["traintel_gpu_memory_total_bytes", None]
     assert after[used] - before[used] >= 0.9 * GiB
@@ -79,8 +82,11 @@ def test_nvml_values_plausible(torch):
     assert abs(total - torch_total) <= max(GiB, 0.02 * torch_total), (total, torch_total)
     assert 0 <= after["traintel_gpu_utilization_ratio", None] <= 1
     assert 0 <= after["traintel_gpu_memory_controller_utilization_ratio", None] <= 1
-    assert 10 < after["traintel_gpu_power_watts", None] <= after[
-        "traintel_gpu_power_limit_watts", None] * 1.2
+    assert (
+        10
+        < after["traintel_gpu_power_watts", None]
+        <= after["traintel_gpu_power_limit_watts", None] * 1.2
+    )
     assert 10 < after["traintel_gpu_temperature_celsius", None] < 100
     assert 1e8 < after["traintel_gpu_sm_clock_hertz", None] < 4e9
     names = {name for name, _ in after}
@@ -98,8 +104,9 @@ def test_allocator_figures_match_torch(torch):
     assert got["traintel_cuda_memory_allocated_bytes"] == torch.cuda.memory_allocated(0)
     assert got["traintel_cuda_memory_reserved_bytes"] == torch.cuda.memory_reserved(0)
     assert got["traintel_cuda_memory_peak_allocated_bytes"] >= torch.cuda.memory_allocated(0)
-    assert got["traintel_cuda_memory_reserved_unallocated_bytes"] == \
-        torch.cuda.memory_reserved(0) - torch.cuda.memory_allocated(0)
+    assert got["traintel_cuda_memory_reserved_unallocated_bytes"] == torch.cuda.memory_reserved(
+        0
+    ) - torch.cuda.memory_allocated(0)
     for name, _, labels in readings:
         assert set(labels) == set(catalog.BY_NAME[name].labels)
     del block
@@ -155,8 +162,9 @@ def test_added_fields_plausible_under_load(torch):
         assert sampler.events() == []  # no Xid is expected on a healthy GPU
     finally:
         sampler.close()
-    print(json.dumps({f"{n}{'{' + k + '}' if k else ''}": v for (n, k), v in got.items()},
-                     indent=1))
+    print(
+        json.dumps({f"{n}{'{' + k + '}' if k else ''}": v for (n, k), v in got.items()}, indent=1)
+    )
     print("not reported by this GPU or driver:", json.dumps(notes, indent=1))
     print("Xid events watched:", xid_watched)
     labels = {k: v for k, v in devices[0].labels.items()}
@@ -169,8 +177,10 @@ def test_added_fields_plausible_under_load(torch):
     if ("traintel_gpu_memory_temperature_celsius", None) in got:
         assert 10 < got["traintel_gpu_memory_temperature_celsius", None] < 110
     for name, key in got:
-        if name.endswith("_total") or name in ("traintel_gpu_row_remap_pending",
-                                                "traintel_gpu_row_remap_failed"):
+        if name.endswith("_total") or name in (
+            "traintel_gpu_row_remap_pending",
+            "traintel_gpu_row_remap_failed",
+        ):
             assert got[name, key] >= 0, (name, key)
     if ("traintel_gpu_recovery_action", None) in got:
         assert got["traintel_gpu_recovery_action", None] in (0, 1, 2, 3, 4)
@@ -192,8 +202,9 @@ def test_mig_instances_where_the_gpu_is_in_mig_mode(torch):
         modes = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             try:
-                modes.append(pynvml.nvmlDeviceGetMigMode(
-                    pynvml.nvmlDeviceGetHandleByIndex(index))[0])
+                modes.append(
+                    pynvml.nvmlDeviceGetMigMode(pynvml.nvmlDeviceGetHandleByIndex(index))[0]
+                )
             except pynvml.NVMLError:
                 modes.append(None)
     finally:
@@ -209,8 +220,11 @@ def test_mig_instances_where_the_gpu_is_in_mig_mode(torch):
         sampler.close()
     mig = [(n, v, labels) for n, v, labels in readings if "gpu_i_id" in labels]
     print(json.dumps(mig, indent=1))
-    assert {n for n, _, _ in mig} >= {"traintel_gpu_mig_info", "traintel_gpu_mig_memory_used_bytes",
-                                      "traintel_gpu_mig_memory_total_bytes"}
+    assert {n for n, _, _ in mig} >= {
+        "traintel_gpu_mig_info",
+        "traintel_gpu_mig_memory_used_bytes",
+        "traintel_gpu_mig_memory_total_bytes",
+    }
 
 
 def test_cost_of_each_nvml_field(torch):
@@ -234,8 +248,9 @@ def test_cost_of_each_nvml_field(torch):
                     times = [str(exc)]
                     break
                 times.append(time.perf_counter() - start)
-            costs[name] = times[0] if isinstance(times[0], str) else \
-                round(statistics.median(times) * 1e3, 3)
+            costs[name] = (
+                times[0] if isinstance(times[0], str) else round(statistics.median(times) * 1e3, 3)
+            )
         whole = []
         for _ in range(20):
             start, cpu = time.perf_counter(), time.thread_time()
@@ -244,5 +259,7 @@ def test_cost_of_each_nvml_field(torch):
     finally:
         sampler.close()
     print("median ms per field (or why it is not read):", json.dumps(costs, indent=1))
-    print(f"one whole sample: {statistics.median(w for w, _ in whole) * 1e3:.2f} ms wall, "
-          f"{statistics.median(c for _, c in whole) * 1e3:.2f} ms CPU (median of 20)")
+    print(
+        f"one whole sample: {statistics.median(w for w, _ in whole) * 1e3:.2f} ms wall, "
+        f"{statistics.median(c for _, c in whole) * 1e3:.2f} ms CPU (median of 20)"
+    )

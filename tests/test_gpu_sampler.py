@@ -13,16 +13,21 @@ import pynvml as real_nvml
 import pytest
 
 import traintel
+from fake_nvml import GPM_VALUES, NAME, UUIDS, FakeNvml, GiB
 from traintel.core import catalog
 from traintel.samplers import SamplerThread
 from traintel.samplers.base import SamplerEvent
-from traintel.samplers.gpu import (FIELDS, MAX_FIELD_FAILURES, THROTTLE_REASONS, decode_throttle,
-                                   gpu_sampler, select_gpus)
+from traintel.samplers.gpu import (
+    FIELDS,
+    MAX_FIELD_FAILURES,
+    THROTTLE_REASONS,
+    decode_throttle,
+    gpu_sampler,
+    select_gpus,
+)
 from traintel.samplers.nvml_fields import FIELD_VALUES
 from traintel.samplers.xid import NEEDS_RESET, XIDS, describe, level
 from traintel.testing import capture
-
-from fake_nvml import GPM_VALUES, NAME, UUIDS, FakeNvml, GiB
 
 GPU_METRICS = {m.name for m in catalog.METRICS if m.group == "gpu"}
 MIG_METRICS = {name for name in GPU_METRICS if name.startswith("traintel_gpu_mig_")}
@@ -65,8 +70,12 @@ def test_every_field_units_labels_and_catalog(nvml, assert_catalog):
     assert {labels["gpu"] for _, _, labels in readings} == {"0", "1", "2", "3"}
     labels = readings[0][2]
     assert {k: labels[k] for k in catalog.GPU_LABELS} == {
-        "gpu": "0", "uuid": UUIDS[0], "model_name": NAME, "pci_bus_id": "00000000:18:00.0",
-        "hostname": socket.gethostname()}
+        "gpu": "0",
+        "uuid": UUIDS[0],
+        "model_name": NAME,
+        "pci_bus_id": "00000000:18:00.0",
+        "hostname": socket.gethostname(),
+    }
     got = by_name(readings)
     assert got == {
         ("traintel_gpu_info", None): 1.0,
@@ -81,8 +90,10 @@ def test_every_field_units_labels_and_catalog(nvml, assert_catalog):
         ("traintel_gpu_memory_temperature_celsius", None): 52.0,
         ("traintel_gpu_sm_clock_hertz", None): 1.98e9,
         ("traintel_gpu_memory_clock_hertz", None): 2.619e9,
-        **{("traintel_gpu_throttled", reason): float(reason == "sw_power_cap")
-           for reason in [*THROTTLE_REASONS.values(), "other"]},
+        **{
+            ("traintel_gpu_throttled", reason): float(reason == "sw_power_cap")
+            for reason in [*THROTTLE_REASONS.values(), "other"]
+        },
         ("traintel_gpu_ecc_errors_uncorrected_total", None): 0.0,
         ("traintel_gpu_remapped_rows_total", "correctable"): 2.0,
         ("traintel_gpu_remapped_rows_total", "uncorrectable"): 1.0,
@@ -133,8 +144,10 @@ def test_every_gpu_metric_names_its_dcgm_field_and_semantic_convention():
 
 def test_unsupported_field_dropped_for_that_gpu_only_with_one_note(nvml, caplog):
     # NVML stand-in: no GPU here.
-    nvml.errors = {(1, "power"): real_nvml.NVML_ERROR_NOT_SUPPORTED,
-                   (1, "ecc"): real_nvml.NVML_ERROR_NO_PERMISSION}
+    nvml.errors = {
+        (1, "power"): real_nvml.NVML_ERROR_NOT_SUPPORTED,
+        (1, "ecc"): real_nvml.NVML_ERROR_NO_PERMISSION,
+    }
     nvml.field_errors = {(1, real_nvml.NVML_FI_DEV_MEMORY_TEMP): real_nvml.NVML_ERROR_NOT_SUPPORTED}
     sampler = gpu_sampler(local_rank=None)
     with caplog.at_level(logging.INFO, "traintel.samplers"):
@@ -152,28 +165,38 @@ def test_unsupported_field_dropped_for_that_gpu_only_with_one_note(nvml, caplog)
     assert nvml.calls["temperature"] == 4 * 3
     assert info_lines(caplog) == [
         f"GPU 1 ({NAME}, {UUIDS[1]}): not reported by this GPU or driver: power (Not Supported), "
-        "ecc (Insufficient Permissions), memory_temperature (Not Supported)"]
+        "ecc (Insufficient Permissions), memory_temperature (Not Supported)"
+    ]
 
 
 def test_no_gpm_no_nvlink_no_xid_events_each_noted_once(nvml, caplog):
     # NVML stand-in: no GPU here. A PCIe card before Hopper, in a container without event rights.
     nvml.gpm_supported = False
     nvml.xid_supported = False
-    nvml.field_errors = {(0, getattr(real_nvml, value.field_id)): real_nvml.NVML_ERROR_NOT_SUPPORTED
-                         for name, values in FIELD_VALUES.items() if name.startswith("nvlink")
-                         for value in values}
+    nvml.field_errors = {
+        (0, getattr(real_nvml, value.field_id)): real_nvml.NVML_ERROR_NOT_SUPPORTED
+        for name, values in FIELD_VALUES.items()
+        if name.startswith("nvlink")
+        for value in values
+    }
     with caplog.at_level(logging.INFO, "traintel.samplers"):
         sampler = gpu_sampler(local_rank=0)
         for _ in range(3):
             readings = sampler.sample()
     got = {name for name, _ in by_name(readings)}
-    assert not got & {"traintel_gpu_nvlink_bytes_total", "traintel_gpu_nvlink_errors_total",
-                      "traintel_gpu_sm_active_ratio", "traintel_gpu_tensor_active_ratio"}
+    assert not got & {
+        "traintel_gpu_nvlink_bytes_total",
+        "traintel_gpu_nvlink_errors_total",
+        "traintel_gpu_sm_active_ratio",
+        "traintel_gpu_tensor_active_ratio",
+    }
     assert "traintel_gpu_memory_temperature_celsius" in got
     assert nvml.calls["gpm_support"] == 1 and nvml.event_sets == 0
     (note,) = info_lines(caplog)
-    assert note.startswith(f"GPU 0 ({NAME}, {UUIDS[0]}): not reported by this GPU or driver: "
-                           "xid_events (Not Supported), nvlink_bytes (Not Supported), ")
+    assert note.startswith(
+        f"GPU 0 ({NAME}, {UUIDS[0]}): not reported by this GPU or driver: "
+        "xid_events (Not Supported), nvlink_bytes (Not Supported), "
+    )
     assert note.endswith("activity (Not Supported)")
 
 
@@ -218,8 +241,10 @@ def test_passing_failure_skips_one_sample_and_repeated_ones_drop_the_field(nvml,
     with caplog.at_level(logging.INFO, "traintel.samplers"):
         for _ in range(MAX_FIELD_FAILURES + 2):
             sampler.sample()
-    assert info_lines(caplog) == [f"GPU 0 ({NAME}, {UUIDS[0]}): temperature failed 3 times in a "
-                                  "row (Unknown Error): no longer read"]
+    assert info_lines(caplog) == [
+        f"GPU 0 ({NAME}, {UUIDS[0]}): temperature failed 3 times in a "
+        "row (Unknown Error): no longer read"
+    ]
     calls = nvml.calls["temperature"]
     nvml.errors = {}
     assert ("traintel_gpu_temperature_celsius", None) not in by_name(sampler.sample())
@@ -239,7 +264,9 @@ def test_passing_failure_skips_one_sample_and_repeated_ones_drop_the_field(nvml,
 def test_a_field_value_timing_out_is_a_passing_failure(nvml):
     # NVML stand-in: no GPU here.
     sampler = gpu_sampler(local_rank=0)
-    nvml.field_errors = {(0, real_nvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER): real_nvml.NVML_ERROR_TIMEOUT}
+    nvml.field_errors = {
+        (0, real_nvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER): real_nvml.NVML_ERROR_TIMEOUT
+    }
     got = by_name(sampler.sample())
     assert ("traintel_gpu_pcie_replays_total", None) not in got
     assert ("traintel_gpu_memory_temperature_celsius", None) in got
@@ -255,8 +282,9 @@ def test_a_lost_gpu_is_one_warning_and_no_longer_sampled(nvml, caplog, how):
     if how == "read":
         nvml.errors = {(2, "utilization"): real_nvml.NVML_ERROR_GPU_IS_LOST}
     else:
-        nvml.field_errors = {(2, real_nvml.NVML_FI_DEV_MEMORY_TEMP):
-                             real_nvml.NVML_ERROR_GPU_IS_LOST}
+        nvml.field_errors = {
+            (2, real_nvml.NVML_FI_DEV_MEMORY_TEMP): real_nvml.NVML_ERROR_GPU_IS_LOST
+        }
     with caplog.at_level(logging.WARNING, "traintel.samplers"):
         first = sampler.sample()
         calls = dict(nvml.calls)
@@ -289,13 +317,27 @@ def test_xid_events_code_meaning_level_and_counter(nvml):
     events = sampler.events()
     assert sampler.events() == []  # handed over once
     labels = {k: v for k, v in by_labels(readings, "1").items() if k in catalog.GPU_LABELS}
-    assert events[0] == SamplerEvent("gpu_xid", "critical", {
-        "xid": 79, "meaning": "GPU has fallen off the bus", "action": "RESTART_BM",
-        "mnemonic": "ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS", **labels})
-    assert [(e.fields["xid"], e.level) for e in events] == \
-        [(79, "critical"), (13, "error"), (13, "error"), (999, "error")]
-    assert events[3].fields["meaning"] == \
-        "Xid 999 is not in traintel's table: see NVIDIA's Xid catalog"
+    assert events[0] == SamplerEvent(
+        "gpu_xid",
+        "critical",
+        {
+            "xid": 79,
+            "meaning": "GPU has fallen off the bus",
+            "action": "RESTART_BM",
+            "mnemonic": "ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS",
+            **labels,
+        },
+    )
+    assert [(e.fields["xid"], e.level) for e in events] == [
+        (79, "critical"),
+        (13, "error"),
+        (13, "error"),
+        (999, "error"),
+    ]
+    assert (
+        events[3].fields["meaning"]
+        == "Xid 999 is not in traintel's table: see NVIDIA's Xid catalog"
+    )
     assert by_name(readings, "1")[("traintel_gpu_xid_errors_total", "13")] == 2.0
     assert by_name(readings, "1")[("traintel_gpu_xid_errors_total", "79")] == 1.0
     assert by_name(readings, "3")[("traintel_gpu_xid_errors_total", "999")] == 1.0
@@ -338,8 +380,10 @@ def test_xid_polling_that_keeps_failing_stops_with_one_note(nvml, caplog):
             readings = sampler.sample()
     assert nvml.calls["event_wait"] == MAX_FIELD_FAILURES and nvml.event_sets == 0
     assert by_name(readings)[("traintel_gpu_power_watts", None)] == 300.0
-    assert info_lines(caplog) == ["NVML Xid events failed 3 times in a row (Unknown Error): Xid "
-                                  "errors are no longer watched; see `dmesg | grep -i xid`"]
+    assert info_lines(caplog) == [
+        "NVML Xid events failed 3 times in a row (Unknown Error): Xid "
+        "errors are no longer watched; see `dmesg | grep -i xid`"
+    ]
 
 
 def test_xid_table():
@@ -358,8 +402,9 @@ def test_xid_table():
 def test_xid_reaches_the_record_the_logs_and_the_counter(nvml, tmp_path, quiet, recorded):
     # NVML stand-in: no GPU here; the rest is a real run.
     with capture() as telemetry:
-        with traintel.init(project="t", dir=str(tmp_path),
-                           **{**quiet, "otlp": True, "sample_interval": 0.02}) as run:
+        with traintel.init(
+            project="t", dir=str(tmp_path), **{**quiet, "otlp": True, "sample_interval": 0.02}
+        ) as run:
             nvml.xid(0, 79)
             deadline = time.monotonic() + 10
             while not run.state.events.get("gpu_xid") and time.monotonic() < deadline:
@@ -370,11 +415,15 @@ def test_xid_reaches_the_record_the_logs_and_the_counter(nvml, tmp_path, quiet, 
     assert line["fields"]["xid"] == 79 and line["fields"]["uuid"] == UUIDS[0]
     assert line["fields"]["meaning"] == "GPU has fallen off the bus"
     (log,) = [r for r in telemetry.log_records() if "gpu_xid" in str(r.body)]
-    assert str(log.body).startswith("gpu_xid xid=79 meaning=GPU has fallen off the bus "
-                                    "action=RESTART_BM")
+    assert str(log.body).startswith(
+        "gpu_xid xid=79 meaning=GPU has fallen off the bus action=RESTART_BM"
+    )
     assert log.severity_text == "CRITICAL"
-    (count,) = [p.value for attrs, p in telemetry.points("traintel_gpu_xid_errors_total")
-                if attrs["xid"] == "79"]
+    (count,) = [
+        p.value
+        for attrs, p in telemetry.points("traintel_gpu_xid_errors_total")
+        if attrs["xid"] == "79"
+    ]
     assert count == 1
 
 
@@ -388,8 +437,10 @@ def test_gpm_measures_between_consecutive_samples(nvml):
     assert ("traintel_gpu_tensor_active_ratio", None) not in first  # one sample: no interval
     for _ in range(3):
         got = by_name(sampler.sample())
-        assert got[("traintel_gpu_tensor_active_ratio", None)] == \
-            GPM_VALUES[real_nvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL] / 100
+        assert (
+            got[("traintel_gpu_tensor_active_ratio", None)]
+            == GPM_VALUES[real_nvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL] / 100
+        )
     assert nvml.gpm_queries == [(1, 2), (2, 3), (3, 4)]  # each interval once, oldest first
     assert len(nvml.gpm_samples) == 2
     sampler.close()
@@ -398,16 +449,19 @@ def test_gpm_measures_between_consecutive_samples(nvml):
 
 def test_a_gpm_metric_the_gpu_refuses_is_dropped_with_a_note(nvml, caplog):
     # NVML stand-in: no GPU here.
-    nvml.field_errors = {("gpm", real_nvml.NVML_GPM_METRIC_SM_OCCUPANCY):
-                         real_nvml.NVML_ERROR_NOT_SUPPORTED}
+    nvml.field_errors = {
+        ("gpm", real_nvml.NVML_GPM_METRIC_SM_OCCUPANCY): real_nvml.NVML_ERROR_NOT_SUPPORTED
+    }
     sampler = gpu_sampler(local_rank=0)
     with caplog.at_level(logging.INFO, "traintel.samplers"):
         for _ in range(3):
             got = by_name(sampler.sample())
     assert ("traintel_gpu_sm_occupancy_ratio", None) not in got
     assert ("traintel_gpu_sm_active_ratio", None) in got
-    assert info_lines(caplog) == [f"GPU 0 ({NAME}, {UUIDS[0]}): GPM does not measure "
-                                  "traintel_gpu_sm_occupancy_ratio (NVML return 3) here"]
+    assert info_lines(caplog) == [
+        f"GPU 0 ({NAME}, {UUIDS[0]}): GPM does not measure "
+        "traintel_gpu_sm_occupancy_ratio (NVML return 3) here"
+    ]
 
 
 def test_bindings_without_gpm_drop_activity(nvml, monkeypatch):
@@ -424,8 +478,11 @@ def test_bindings_without_gpm_drop_activity(nvml, monkeypatch):
 
 
 def mig_labels(readings):
-    return {(name, labels["gpu_i_id"]): value for name, value, labels in readings
-            if "gpu_i_id" in labels}
+    return {
+        (name, labels["gpu_i_id"]): value
+        for name, value, labels in readings
+        if "gpu_i_id" in labels
+    }
 
 
 def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog, assert_catalog):
@@ -442,7 +499,8 @@ def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog, assert_cata
         ("traintel_gpu_mig_info", "5"): 1.0,
         ("traintel_gpu_mig_memory_used_bytes", "5"): 3 * GiB,
         ("traintel_gpu_mig_memory_total_bytes", "5"): 10 * GiB,
-        ("traintel_gpu_mig_engine_active_ratio", "5"): 0.9}
+        ("traintel_gpu_mig_engine_active_ratio", "5"): 0.9,
+    }
     instance = next(labels for _, _, labels in readings if "gpu_i_id" in labels)
     assert instance["gpu_i_profile"] == "1g.10gb" and instance["uuid"] == UUIDS[1]
     gpu = by_name(readings, "1")  # the instance's GPU, for what only the whole GPU has
@@ -451,9 +509,13 @@ def test_a_mig_instance_in_cuda_visible_devices(monkeypatch, caplog, assert_cata
     assert ("traintel_gpu_utilization_ratio", None) not in gpu
     assert {labels["gpu"] for _, _, labels in readings} == {"1"}
     assert fake.calls["gpm_mig_sample"] == 2
-    assert any(line.startswith(f"GPU 1 ({NAME}, {UUIDS[1]}): not reported by this GPU or "
-                               "driver: utilization (Not Supported)")
-               for line in info_lines(caplog))
+    assert any(
+        line.startswith(
+            f"GPU 1 ({NAME}, {UUIDS[1]}): not reported by this GPU or "
+            "driver: utilization (Not Supported)"
+        )
+        for line in info_lines(caplog)
+    )
 
 
 def test_every_mig_instance_of_a_mig_gpu_without_cuda_visible_devices(monkeypatch):
@@ -462,8 +524,10 @@ def test_every_mig_instance_of_a_mig_gpu_without_cuda_visible_devices(monkeypatc
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     readings = gpu_sampler(local_rank=None).sample()
-    assert {key for key in mig_labels(readings) if key[0] == "traintel_gpu_mig_info"} == \
-        {("traintel_gpu_mig_info", "3"), ("traintel_gpu_mig_info", "5")}
+    assert {key for key in mig_labels(readings) if key[0] == "traintel_gpu_mig_info"} == {
+        ("traintel_gpu_mig_info", "3"),
+        ("traintel_gpu_mig_info", "5"),
+    }
     assert ("traintel_gpu_info", None) in by_name(readings, "0")
     assert ("traintel_gpu_info", None) not in by_name(readings, "1")
 
@@ -473,26 +537,29 @@ def test_every_mig_instance_of_a_mig_gpu_without_cuda_visible_devices(monkeypatc
 MIGS = {"MIG-1a2b3c4d-0000": 1, "MIG-1a2b9999-0000": 1, "MIG-77778888-0000": 3}
 
 
-@pytest.mark.parametrize("visible, local_rank, expected", [
-    (None, None, [0, 1, 2, 3]),
-    ("2,0", None, [2, 0]),
-    ("", None, []),
-    ("-1", None, []),
-    ("1,7,2", None, [1]),  # as in CUDA, an entry naming no GPU ends the list
-    ("GPU-cccc3333-0000", None, [2]),
-    ("GPU-dddd,bbbb2222", None, [3, 1]),  # unique prefixes, with or without GPU-
-    ("GPU-", None, []),  # ambiguous prefix
-    ("MIG-77778888-0000,3", None, ["MIG-77778888-0000", 3]),
-    ("MIG-1a2b3c", None, ["MIG-1a2b3c4d-0000"]),  # a unique prefix
-    ("MIG-1a2b,0", None, []),  # ambiguous: ends the list
-    ("MIG-GPU-aaaa1111-0000/1/0", None, []),  # the pre-R470 form names no instance now
-    ("0,MIG-1a2b9999-0000", 1, ["MIG-1a2b9999-0000"]),  # the rank's device is an instance
-    (" 1 , 3 ", None, [1, 3]),
-    (None, 2, [2]),
-    ("3,1", 1, [1]),  # the local_rank-th visible GPU, as cuda:<local_rank>
-    ("3", 1, [3]),  # one visible GPU: it is this rank's whatever the rank
-    (None, 9, [0, 1, 2, 3]),  # rank beyond the visible GPUs: report them all
-])
+@pytest.mark.parametrize(
+    "visible, local_rank, expected",
+    [
+        (None, None, [0, 1, 2, 3]),
+        ("2,0", None, [2, 0]),
+        ("", None, []),
+        ("-1", None, []),
+        ("1,7,2", None, [1]),  # as in CUDA, an entry naming no GPU ends the list
+        ("GPU-cccc3333-0000", None, [2]),
+        ("GPU-dddd,bbbb2222", None, [3, 1]),  # unique prefixes, with or without GPU-
+        ("GPU-", None, []),  # ambiguous prefix
+        ("MIG-77778888-0000,3", None, ["MIG-77778888-0000", 3]),
+        ("MIG-1a2b3c", None, ["MIG-1a2b3c4d-0000"]),  # a unique prefix
+        ("MIG-1a2b,0", None, []),  # ambiguous: ends the list
+        ("MIG-GPU-aaaa1111-0000/1/0", None, []),  # the pre-R470 form names no instance now
+        ("0,MIG-1a2b9999-0000", 1, ["MIG-1a2b9999-0000"]),  # the rank's device is an instance
+        (" 1 , 3 ", None, [1, 3]),
+        (None, 2, [2]),
+        ("3,1", 1, [1]),  # the local_rank-th visible GPU, as cuda:<local_rank>
+        ("3", 1, [3]),  # one visible GPU: it is this rank's whatever the rank
+        (None, 9, [0, 1, 2, 3]),  # rank beyond the visible GPUs: report them all
+    ],
+)
 def test_select_gpus(visible, local_rank, expected):
     assert select_gpus(UUIDS, visible, local_rank, migs=MIGS) == expected
 
@@ -527,8 +594,9 @@ def test_no_nvml_library_is_one_info_line(caplog):
         pytest.skip("an NVIDIA driver is present here")
     with caplog.at_level(logging.INFO, "traintel.samplers"):
         assert gpu_sampler(local_rank=None) is None
-    assert [r.getMessage() for r in caplog.records] == \
-        ["no NVIDIA driver: GPU metrics off (NVML Shared Library Not Found)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "no NVIDIA driver: GPU metrics off (NVML Shared Library Not Found)"
+    ]
 
 
 def test_nvidia_ml_py_missing_is_one_info_line(monkeypatch, caplog):

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from grafana_standin import GrafanaStandIn
-from traintel.export import grafana
 from traintel.cli import main
+from traintel.export import grafana
 from traintel.stack import project
 
 TOKEN = "glsa_standin_token_0123456789"
@@ -28,8 +28,11 @@ def standin():
 
 
 def _push(standin: GrafanaStandIn, token: str = TOKEN, *options: str):
-    return CliRunner().invoke(main, ["grafana", "push", "--url", standin.url, *options],
-                              env={"GRAFANA_TOKEN": token, "GRAFANA_URL": ""})
+    return CliRunner().invoke(
+        main,
+        ["grafana", "push", "--url", standin.url, *options],
+        env={"GRAFANA_TOKEN": token, "GRAFANA_URL": ""},
+    )
 
 
 def test_push_imports_dashboards_and_data_sources_and_a_second_push_changes_nothing(standin):
@@ -40,8 +43,9 @@ def test_push_imports_dashboards_and_data_sources_and_a_second_push_changes_noth
     for stored in standin.dashboards.values():
         assert stored["meta"]["folderUid"] == "traintel"
         mine = next(b for b in boards.values() if b["uid"] == stored["dashboard"]["uid"])
-        assert {k: v for k, v in stored["dashboard"].items() if k not in ("id", "version")} == \
-            {k: v for k, v in mine.items() if k not in ("id", "version")}
+        assert {k: v for k, v in stored["dashboard"].items() if k not in ("id", "version")} == {
+            k: v for k, v in mine.items() if k not in ("id", "version")
+        }
     assert set(standin.datasources) == {"prometheus", "loki", "tempo"}
     assert standin.datasources["prometheus"]["url"] == "http://prom.example:9090"
     assert standin.datasources["prometheus"]["name"] == "traintel Prometheus"
@@ -57,7 +61,7 @@ def test_push_imports_dashboards_and_data_sources_and_a_second_push_changes_noth
 
     third = _push(standin, TOKEN, "--prometheus-url", "http://prom2.example:9090")
     assert third.exit_code == 0, third.output
-    assert standin.writes()[len(writes):] == [("PUT", "/api/datasources/uid/prometheus")]
+    assert standin.writes()[len(writes) :] == [("PUT", "/api/datasources/uid/prometheus")]
     assert TOKEN not in first.output + second.output + third.output
 
 
@@ -77,24 +81,31 @@ def test_no_token_and_no_token_flag(standin):
 
 
 def test_an_unreachable_grafana_is_a_clear_error():
-    result = CliRunner().invoke(main, ["grafana", "push", "--url", "http://127.0.0.1:9"],
-                                env={"GRAFANA_TOKEN": TOKEN})
+    result = CliRunner().invoke(
+        main, ["grafana", "push", "--url", "http://127.0.0.1:9"], env={"GRAFANA_TOKEN": TOKEN}
+    )
     assert result.exit_code == 1
     assert "cannot reach Grafana at http://127.0.0.1:9" in result.output
 
 
 def test_grafana_push_without_grafana_client_names_the_extra():
-    code = ("import sys; sys.modules['grafana_client'] = None\n"
-            "from traintel.cli import main\n"
-            "main(['grafana', 'push', '--url', 'http://127.0.0.1:9'], prog_name='traintel')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "GRAFANA_TOKEN": TOKEN})
+    code = (
+        "import sys; sys.modules['grafana_client'] = None\n"
+        "from traintel.cli import main\n"
+        "main(['grafana', 'push', '--url', 'http://127.0.0.1:9'], prog_name='traintel')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GRAFANA_TOKEN": TOKEN},
+    )
     assert done.returncode == 1
     assert "pip install 'traintel[grafana]'" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_run_events_become_annotations_off_the_training_thread(standin, quiet_run,
-                                                                 monkeypatch):
+def test_run_events_become_annotations_off_the_training_thread(standin, quiet_run, monkeypatch):
     monkeypatch.setenv("GRAFANA_URL", standin.url)
     monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
     standin.annotations_open.clear()  # a Grafana that does not answer yet
@@ -128,13 +139,16 @@ def test_a_failed_run_is_a_failure_annotation(standin, quiet_run, monkeypatch):
     assert [a["tags"][-1] for a in standin.annotations][-1] == "failure"
 
 
-def test_annotations_without_grafana_settings_are_one_warning(quiet_run, recorded,
-                                                               monkeypatch):
+def test_annotations_without_grafana_settings_are_one_warning(quiet_run, recorded, monkeypatch):
     monkeypatch.delenv("GRAFANA_URL", raising=False)
     with quiet_run(grafana_annotations=True) as run:
         run.log(loss=1.0)
-    warnings = [line for line in recorded(run.dir) if line["level"] == "warning"
-                and "Grafana annotations are off: set GRAFANA_URL" in str(line.get("message"))]
+    warnings = [
+        line
+        for line in recorded(run.dir)
+        if line["level"] == "warning"
+        and "Grafana annotations are off: set GRAFANA_URL" in str(line.get("message"))
+    ]
     assert len(warnings) == 1, recorded(run.dir)
     assert run.outlets.annotations is None
 
@@ -142,8 +156,12 @@ def test_annotations_without_grafana_settings_are_one_warning(quiet_run, recorde
 def test_the_dashboards_show_grafanas_traintel_annotations():
     boards = grafana.load_dashboards(project.root() / "grafana/dashboards")
     for board in boards.values():
-        layers = [a for a in board["annotations"]["list"]
-                  if a.get("datasource", {}).get("type") == "grafana"]
+        layers = [
+            a
+            for a in board["annotations"]["list"]
+            if a.get("datasource", {}).get("type") == "grafana"
+        ]
         assert layers, board["title"]
         assert json.dumps(layers[0]["target"]) == json.dumps(
-            {"limit": 100, "matchAny": False, "tags": ["traintel"], "type": "tags"})
+            {"limit": 100, "matchAny": False, "tags": ["traintel"], "type": "tags"}
+        )

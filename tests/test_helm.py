@@ -35,8 +35,18 @@ KUBE_VERSION = KUBERNETES[1].lstrip("v")
 
 
 def render(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(tool("helm"), "template", "traintel", str(CHART), "--namespace", "observability",
-               "--kube-version", KUBE_VERSION, *args, check=check)
+    return run(
+        tool("helm"),
+        "template",
+        "traintel",
+        str(CHART),
+        "--namespace",
+        "observability",
+        "--kube-version",
+        KUBE_VERSION,
+        *args,
+        check=check,
+    )
 
 
 def values_file(profile: str) -> str:
@@ -65,14 +75,23 @@ def test_the_profiles_exist() -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_helm_lint(profile: str) -> None:
-    result = run(tool("helm"), "lint", "--strict", str(CHART), "-f", values_file(profile),
-                 "--kube-version", KUBE_VERSION)
+    result = run(
+        tool("helm"),
+        "lint",
+        "--strict",
+        str(CHART),
+        "-f",
+        values_file(profile),
+        "--kube-version",
+        KUBE_VERSION,
+    )
     assert "0 chart(s) failed" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_object_validates_against_the_api_and_crd_schemas(
-        rendered: dict[str, Path], profile: str) -> None:
+    rendered: dict[str, Path], profile: str
+) -> None:
     result = kubeconform([rendered[profile]])
     summary = json.loads(result.stdout)["summary"]
     assert result.returncode == 0 and summary["invalid"] == summary["errors"] == 0, result.stdout
@@ -80,8 +99,9 @@ def test_every_object_validates_against_the_api_and_crd_schemas(
     assert summary["valid"] == len(objects(rendered[profile]))
 
 
-def test_the_validator_rejects_what_a_cluster_would(rendered: dict[str, Path],
-                                                     tmp_path: Path) -> None:
+def test_the_validator_rejects_what_a_cluster_would(
+    rendered: dict[str, Path], tmp_path: Path
+) -> None:
     """The same schemas catch a misspelt CRD field, a wrong type and an unknown core field."""
     docs = objects(rendered["kube-prometheus-stack"])
     broken = []
@@ -102,26 +122,38 @@ def test_the_validator_rejects_what_a_cluster_would(rendered: dict[str, Path],
 
 
 def test_the_pinned_crds_have_the_versions_the_chart_uses() -> None:
-    served = {(crd["spec"]["group"], crd["spec"]["names"]["kind"], v["name"])
-              for crd in crds() for v in crd["spec"]["versions"] if v["served"]}
-    for used in (("monitoring.coreos.com", "PrometheusRule", "v1"),
-                 ("monitoring.coreos.com", "PodMonitor", "v1"),
-                 ("opentelemetry.io", "OpenTelemetryCollector", "v1beta1"),
-                 ("kubeflow.org", "PyTorchJob", "v1")):
+    served = {
+        (crd["spec"]["group"], crd["spec"]["names"]["kind"], v["name"])
+        for crd in crds()
+        for v in crd["spec"]["versions"]
+        if v["served"]
+    }
+    for used in (
+        ("monitoring.coreos.com", "PrometheusRule", "v1"),
+        ("monitoring.coreos.com", "PodMonitor", "v1"),
+        ("opentelemetry.io", "OpenTelemetryCollector", "v1beta1"),
+        ("kubeflow.org", "PyTorchJob", "v1"),
+    ):
         assert used in served
 
 
 # --- the rules --------------------------------------------------------------------------------
 
+
 def _source_groups() -> list[dict]:
-    return [g for path in sorted((REPO / "prometheus/rules").glob("*.yml"))
-            for g in yaml.safe_load(path.read_text())["groups"]]
+    return [
+        g
+        for path in sorted((REPO / "prometheus/rules").glob("*.yml"))
+        for g in yaml.safe_load(path.read_text())["groups"]
+    ]
 
 
 def _chart_rule_sets(path: Path) -> list[tuple[str, list[dict]]]:
     """(where, groups) of every rule set in the rendered manifests."""
-    sets = [(f"PrometheusRule {d['metadata']['name']}", d["spec"]["groups"])
-            for d in objects(path, "PrometheusRule")]
+    sets = [
+        (f"PrometheusRule {d['metadata']['name']}", d["spec"]["groups"])
+        for d in objects(path, "PrometheusRule")
+    ]
     for d in objects(path, "ConfigMap"):
         for key, text in d.get("data", {}).items():
             if key.endswith("rules.yaml"):
@@ -131,8 +163,11 @@ def _chart_rule_sets(path: Path) -> list[tuple[str, list[dict]]]:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_chart_rules_are_the_repository_rules(rendered: dict[str, Path], profile: str) -> None:
-    base = yaml.safe_load(Path(values_file(profile)).read_text()).get(
-        "prometheusRule", {}).get("runbookBaseURL", "")
+    base = (
+        yaml.safe_load(Path(values_file(profile)).read_text())
+        .get("prometheusRule", {})
+        .get("runbookBaseURL", "")
+    )
     sets = _chart_rule_sets(rendered[profile])
     assert sets, f"{profile} renders no rules"
     for _, groups in sets:
@@ -141,13 +176,17 @@ def test_chart_rules_are_the_repository_rules(rendered: dict[str, Path], profile
 
 def _rebased(url: str, base: str) -> str:
     """A runbook link as the chart renders it with ``runbookBaseURL`` = ``base``."""
-    return base + url[url.index("docs/runbooks.md#"):] if base else url
+    return base + url[url.index("docs/runbooks.md#") :] if base else url
 
 
 def _unprefixed(groups: list[dict], base: str) -> list[dict]:
     """``groups`` with the runbook links put back as the repository's rules have them."""
-    source = {rule["alert"]: rule["annotations"]["runbook_url"]
-              for group in _source_groups() for rule in group["rules"] if "alert" in rule}
+    source = {
+        rule["alert"]: rule["annotations"]["runbook_url"]
+        for group in _source_groups()
+        for rule in group["rules"]
+        if "alert" in rule
+    }
     for group in groups:
         for rule in group["rules"]:
             url = rule.get("annotations", {}).get("runbook_url")
@@ -158,15 +197,19 @@ def _unprefixed(groups: list[dict], base: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_chart_rules_pass_the_promtool_unit_tests(rendered: dict[str, Path], profile: str,
-                                                  tmp_path: Path) -> None:
+def test_chart_rules_pass_the_promtool_unit_tests(
+    rendered: dict[str, Path], profile: str, tmp_path: Path
+) -> None:
     """prometheus/tests/*.yml, pointed at the rules as the chart renders them (runbook links with
     the profile's base URL)."""
     promtool = install.binary("prometheus", "promtool")
     if promtool is None:
         pytest.skip(install.missing_reason("prometheus") or "promtool is not installed")
-    base = yaml.safe_load(Path(values_file(profile)).read_text()).get(
-        "prometheusRule", {}).get("runbookBaseURL", "")
+    base = (
+        yaml.safe_load(Path(values_file(profile)).read_text())
+        .get("prometheusRule", {})
+        .get("runbookBaseURL", "")
+    )
     for i, (where, groups) in enumerate(_chart_rule_sets(rendered[profile])):
         rules = tmp_path / f"rules-{i}.yml"
         rules.write_text(yaml.safe_dump({"groups": groups}))
@@ -198,7 +241,8 @@ STRICT_GATES = "exporter.prometheusremotewritexporter.removeTopLevelHTTPSettings
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_collector_configs_validate_with_collector_0_159(
-        rendered: dict[str, Path], profile: str, tmp_path: Path) -> None:
+    rendered: dict[str, Path], profile: str, tmp_path: Path
+) -> None:
     otelcol = install.binary("otelcol")
     if otelcol is None:
         pytest.skip(install.missing_reason("otelcol") or "the collector is not installed")
@@ -207,10 +251,13 @@ def test_collector_configs_validate_with_collector_0_159(
     for cr in collectors:
         config = tmp_path / f"{cr['metadata']['name']}-{cr['metadata']['namespace']}.yaml"
         config.write_text(yaml.safe_dump(cr["spec"]["config"]))
-        result = subprocess.run([str(otelcol), "validate", "--config", str(config),
-                                 f"--feature-gates={STRICT_GATES}"],
-                                capture_output=True, text=True, timeout=60,
-                                env={**os.environ, **SECRET_ENV})
+        result = subprocess.run(
+            [str(otelcol), "validate", "--config", str(config), f"--feature-gates={STRICT_GATES}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **SECRET_ENV},
+        )
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"{cr['metadata']['name']}:\n{output}"
         assert "deprecated" not in output.lower(), output
@@ -244,16 +291,21 @@ def test_tiers_connect(rendered: dict[str, Path]) -> None:
 
 
 def test_sidecar_crs_use_no_field_the_operator_refuses_for_sidecars(
-        rendered: dict[str, Path]) -> None:
+    rendered: dict[str, Path],
+) -> None:
     """The CRD's CEL rules (x-kubernetes-validations, which kubeconform does not evaluate):
     a sidecar has no tolerations, priorityClassName, affinity or additionalContainers."""
     crd = next(c for c in crds() if c["spec"]["names"]["kind"] == "OpenTelemetryCollector")
-    spec = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")[
-        "schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"][
+        "openAPIV3Schema"
+    ]["properties"]["spec"]
     refused = set(re.findall(r"attribute '(\w+)'", json.dumps(spec["x-kubernetes-validations"])))
     assert refused == {"tolerations", "priorityClassName", "affinity", "additionalContainers"}
-    sidecars = [cr for cr in objects(rendered["sidecar"], "OpenTelemetryCollector")
-                if cr["spec"]["mode"] == "sidecar"]
+    sidecars = [
+        cr
+        for cr in objects(rendered["sidecar"], "OpenTelemetryCollector")
+        if cr["spec"]["mode"] == "sidecar"
+    ]
     assert sidecars
     for cr in sidecars:
         assert not refused & set(cr["spec"])
@@ -261,14 +313,16 @@ def test_sidecar_crs_use_no_field_the_operator_refuses_for_sidecars(
 
 # --- the dashboards ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_dashboards_are_the_repository_dashboards_byte_for_byte(
-        rendered: dict[str, Path], profile: str) -> None:
+    rendered: dict[str, Path], profile: str
+) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["dashboards"]
     shipped = {}
     for cm in objects(rendered[profile], "ConfigMap"):
         if cm["metadata"].get("labels", {}).get(values["label"]) == values["labelValue"]:
-            (name, text), = cm["data"].items()
+            ((name, text),) = cm["data"].items()
             shipped[name] = text + "\n"
     expected = {p.name: p.read_text() for p in (REPO / "grafana/dashboards").glob("*.json")}
     assert shipped == expected
@@ -276,35 +330,55 @@ def test_dashboards_are_the_repository_dashboards_byte_for_byte(
 
 # --- values: secrets, errors ------------------------------------------------------------------
 
+
 def test_credentials_come_from_secrets_only(rendered: dict[str, Path]) -> None:
     standalone = objects(rendered["standalone"])
     assert not [d for d in standalone if d["kind"] == "Secret"]
-    gateway = next(d for d in standalone if d["kind"] == "OpenTelemetryCollector"
-                   and d["metadata"]["name"] == "traintel-gateway")
+    gateway = next(
+        d
+        for d in standalone
+        if d["kind"] == "OpenTelemetryCollector" and d["metadata"]["name"] == "traintel-gateway"
+    )
     env = {e["name"]: e for e in gateway["spec"]["env"]}
     assert env["TRAINTEL_REMOTE_WRITE_HEADER_0"]["valueFrom"]["secretKeyRef"] == {
-        "name": "mimir-credentials", "key": "authorization"}
+        "name": "mimir-credentials",
+        "key": "authorization",
+    }
     headers = gateway["spec"]["config"]["exporters"]["prometheus_remote_write"]["http"]["headers"]
-    assert headers == {"X-Scope-OrgID": "ml-training",
-                       "Authorization": "${env:TRAINTEL_REMOTE_WRITE_HEADER_0}"}
-    secretish = re.compile(r"(password|passwd|token|secret|api_?key|credential)s?\s*:",
-                           re.IGNORECASE)
+    assert headers == {
+        "X-Scope-OrgID": "ml-training",
+        "Authorization": "${env:TRAINTEL_REMOTE_WRITE_HEADER_0}",
+    }
+    secretish = re.compile(
+        r"(password|passwd|token|secret|api_?key|credential)s?\s*:", re.IGNORECASE
+    )
     for values in [CHART / "values.yaml", *(CHART / "ci").glob("*.yaml")]:
         for line in values.read_text().splitlines():
             code = line.split("#", 1)[0]
             assert not secretish.search(code) or "secretName" in code or "Secret" in code, (
-                f"{values.name}: {line.strip()!r} looks like a credential in values")
+                f"{values.name}: {line.strip()!r} looks like a credential in values"
+            )
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    # refused by values.schema.json, naming the key
-    (["--set", "collector.agentMode=node"], "at '/collector/agentMode'"),
-    (["--set", "collector.metricsMode=remoteWrite"], "collector.remoteWrite.endpoint is required"),
-    (["--set", "collector.agentMode=sidecar"],
-     "collector.metricsMode scrape needs collector.agentMode daemonset"),
-    (["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
-     "secretName"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # refused by values.schema.json, naming the key
+        (["--set", "collector.agentMode=node"], "at '/collector/agentMode'"),
+        (
+            ["--set", "collector.metricsMode=remoteWrite"],
+            "collector.remoteWrite.endpoint is required",
+        ),
+        (
+            ["--set", "collector.agentMode=sidecar"],
+            "collector.metricsMode scrape needs collector.agentMode daemonset",
+        ),
+        (
+            ["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
+            "secretName",
+        ),
+    ],
+)
 def test_bad_values_fail_with_the_key_named(values: list[str], message: str) -> None:
     result = render(*values, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
@@ -318,7 +392,8 @@ KPS_SELECTOR = {"release": "kube-prometheus-stack"}
 
 
 def test_the_defaults_are_picked_up_by_a_default_kube_prometheus_stack(
-        rendered: dict[str, Path]) -> None:
+    rendered: dict[str, Path],
+) -> None:
     """Every rule and monitor carries the release label; metrics are scraped from the agents,
     since that Prometheus has no remote-write receiver by default; nothing is remote-written."""
     docs = objects(rendered["defaults"])
@@ -331,42 +406,51 @@ def test_the_defaults_are_picked_up_by_a_default_kube_prometheus_stack(
     collectors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "OpenTelemetryCollector"}
     for cr in collectors.values():
         # the operator's own ServiceMonitors/PodMonitors for the collectors' metrics (8888)
-        assert KPS_SELECTOR.items() <= cr["spec"]["observability"]["metrics"][
-            "extraLabels"].items()
+        assert KPS_SELECTOR.items() <= cr["spec"]["observability"]["metrics"]["extraLabels"].items()
         assert "prometheus_remote_write" not in cr["spec"]["config"]["exporters"]
     agent = collectors["traintel-agent"]
     assert agent["spec"]["config"]["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
-    assert agent["spec"]["config"]["service"]["pipelines"]["metrics"]["exporters"] == [
-        "prometheus"]
+    assert agent["spec"]["config"]["service"]["pipelines"]["metrics"]["exporters"] == ["prometheus"]
     assert {"name": "prom-export", "port": 8889, "protocol": "TCP"} in agent["spec"]["ports"]
     monitor = next(d for d in docs if d["kind"] == "PodMonitor")
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "prom-export"
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == (
-        "observability.traintel-agent")
+        "observability.traintel-agent"
+    )
 
 
 def test_the_release_label_follows_prometheus_release() -> None:
     out = render("--set", "prometheusRelease=monitoring-stack").stdout
-    labels = [d["metadata"]["labels"] for d in yaml.safe_load_all(out)
-              if d and d["kind"] in ("PrometheusRule", "PodMonitor")]
+    labels = [
+        d["metadata"]["labels"]
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] in ("PrometheusRule", "PodMonitor")
+    ]
     assert labels and all(label["release"] == "monitoring-stack" for label in labels)
     out = render("--set", "prometheusRelease=").stdout
-    assert not [d for d in yaml.safe_load_all(out) if d and "release" in d["metadata"].get(
-        "labels", {})]
+    assert not [
+        d for d in yaml.safe_load_all(out) if d and "release" in d["metadata"].get("labels", {})
+    ]
 
 
 # --- a publishable chart ----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("values", "key"), [
-    (["--set", "collector.gateway.replicas=two"], "replicas"),
-    (["--set-string", "prometheusRule.enabled=yes"], "enabled"),
-    (["--set", "collector.remoteWrit.endpoint=http://x"], "remoteWrit"),
-    (["--set", "dashbords.enabled=false"], "dashbords"),
-    (["--set", "collector.metricsMode=push"], "metricsMode"),
-    (["--set", "collector.agent.goMemLimit=400M"], "goMemLimit"),
-    (["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
-     "headersFromSecrets"),
-])
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        (["--set", "collector.gateway.replicas=two"], "replicas"),
+        (["--set-string", "prometheusRule.enabled=yes"], "enabled"),
+        (["--set", "collector.remoteWrit.endpoint=http://x"], "remoteWrit"),
+        (["--set", "dashbords.enabled=false"], "dashbords"),
+        (["--set", "collector.metricsMode=push"], "metricsMode"),
+        (["--set", "collector.agent.goMemLimit=400M"], "goMemLimit"),
+        (
+            ["--set", "collector.remoteWrite.headersFromSecrets[0].header=Authorization"],
+            "headersFromSecrets",
+        ),
+    ],
+)
 def test_the_schema_refuses_wrong_types_and_unknown_keys(values: list[str], key: str) -> None:
     for command in (["template", "traintel"], ["lint", "--strict"]):
         result = run(tool("helm"), *command, str(CHART), *values, check=False)
@@ -380,8 +464,16 @@ def test_helm_package_gives_a_self_contained_chart(tmp_path: Path) -> None:
     assert not [p for p in CHART.rglob("*") if p.is_symlink()]
     run(tool("helm"), "package", str(CHART), "--destination", str(tmp_path))
     (archive,) = tmp_path.glob("traintel-*.tgz")
-    out = run(tool("helm"), "template", "traintel", str(archive), "--namespace", "observability",
-              "--kube-version", KUBE_VERSION).stdout
+    out = run(
+        tool("helm"),
+        "template",
+        "traintel",
+        str(archive),
+        "--namespace",
+        "observability",
+        "--kube-version",
+        KUBE_VERSION,
+    ).stdout
     rules = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "PrometheusRule")
     assert _unprefixed(rules["spec"]["groups"], "") == _source_groups()
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -391,8 +483,11 @@ def test_helm_package_gives_a_self_contained_chart(tmp_path: Path) -> None:
 def test_stack_init_helm_writes_the_chart(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["stack", "init", "--helm", str(tmp_path / "chart")])
     assert result.exit_code == 0, result.output
-    written = sorted(str(p.relative_to(tmp_path / "chart"))
-                     for p in (tmp_path / "chart").rglob("*") if p.is_file())
+    written = sorted(
+        str(p.relative_to(tmp_path / "chart"))
+        for p in (tmp_path / "chart").rglob("*")
+        if p.is_file()
+    )
     expected = sorted(str(p.relative_to(CHART)) for p in CHART.rglob("*") if p.is_file())
     assert written == expected
     run(tool("helm"), "lint", "--strict", str(tmp_path / "chart"), "--kube-version", KUBE_VERSION)
@@ -401,6 +496,14 @@ def test_stack_init_helm_writes_the_chart(tmp_path: Path) -> None:
 def test_plain_manifests_command_renders_what_helm_does(tmp_path: Path) -> None:
     """`make manifests` (scripts/render_manifests.py) for teams without Helm."""
     out = tmp_path / "standalone.yaml"
-    run("python", str(REPO / "scripts/render_manifests.py"), "--values",
-        values_file("standalone"), "--namespace", "observability", "--output", str(out))
+    run(
+        "python",
+        str(REPO / "scripts/render_manifests.py"),
+        "--values",
+        values_file("standalone"),
+        "--namespace",
+        "observability",
+        "--output",
+        str(out),
+    )
     assert out.read_text() == render("-f", values_file("standalone")).stdout

@@ -8,10 +8,10 @@ from collections import deque
 
 import pytest
 
-from traintel.run.instruments import Counter, Instruments, Timer
-from traintel.record.queue import Observe
 from traintel.core.state import RunState
 from traintel.core.validate import NameBudget
+from traintel.record.queue import Observe
+from traintel.run.instruments import Counter, Instruments, Timer
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,8 +48,17 @@ _CRDLoader.add_constructor("tag:yaml.org,2002:value", yaml.SafeLoader.construct_
 
 
 def render(namespace: str, *args: str) -> list[dict[str, Any]]:
-    out = run(tool("helm"), "template", "traintel", str(CHART), "--namespace", namespace,
-              "--kube-version", KUBERNETES[1].lstrip("v"), *args).stdout
+    out = run(
+        tool("helm"),
+        "template",
+        "traintel",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBERNETES[1].lstrip("v"),
+        *args,
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -59,8 +67,10 @@ def cluster(kube: Kube) -> Kube:
     """The API server with every pinned CRD installed (all of the Prometheus Operator's, since
     the operator watches them all)."""
     everything = {c["metadata"]["name"]: c for c in crds()}
-    for source, folder in (("prometheus-operator", "example/prometheus-operator-crd"),
-                           ("opentelemetry-operator", "config/crd/bases")):
+    for source, folder in (
+        ("prometheus-operator", "example/prometheus-operator-crd"),
+        ("opentelemetry-operator", "config/crd/bases"),
+    ):
         module, version, _ = CRD_SOURCES[source]
         for path in sorted((_module(module, version) / folder).glob("*.yaml")):
             crd = yaml.load(path.read_text(), Loader=_CRDLoader)
@@ -86,17 +96,24 @@ def test_every_profile_applies_to_a_real_api_server(cluster: Kube, profile: str)
         assert got["metadata"]["uid"] and got["kind"] == sent["kind"]
         # what the server pruned (a field the schema does not know) would be lost silently
         assert _subset(sent.get("spec", sent.get("data")), got.get("spec", got.get("data"))), (
-            profile, sent["kind"], sent["metadata"]["name"])
+            profile,
+            sent["kind"],
+            sent["metadata"]["name"],
+        )
 
 
 def _subset(sent: Any, got: Any) -> bool:
     """Whether everything in ``sent`` is in ``got`` (which may have defaults added)."""
     if isinstance(sent, dict):
-        return isinstance(got, dict) and all(k in got and _subset(v, got[k])
-                                             for k, v in sent.items())
+        return isinstance(got, dict) and all(
+            k in got and _subset(v, got[k]) for k, v in sent.items()
+        )
     if isinstance(sent, list):
-        return isinstance(got, list) and len(sent) == len(got) and all(
-            _subset(a, b) for a, b in zip(sent, got))
+        return (
+            isinstance(got, list)
+            and len(sent) == len(got)
+            and all(_subset(a, b) for a, b in zip(sent, got))
+        )
     return sent == got or str(sent) == str(got)
 
 
@@ -104,14 +121,20 @@ def test_the_api_server_refuses_what_the_crds_refuse(cluster: Kube) -> None:
     """The check can fail: a CEL rule (no tolerations on a sidecar), an enum and a type."""
     namespace = "traintel-refused"
     cluster.namespace(namespace)
-    sidecar = next(d for d in render(namespace, "-f", str(CHART / "ci/sidecar-values.yaml"))
-                   if d["kind"] == "OpenTelemetryCollector" and d["spec"]["mode"] == "sidecar")
+    sidecar = next(
+        d
+        for d in render(namespace, "-f", str(CHART / "ci/sidecar-values.yaml"))
+        if d["kind"] == "OpenTelemetryCollector" and d["spec"]["mode"] == "sidecar"
+    )
     sidecar["spec"]["tolerations"] = [{"operator": "Exists"}]
     with pytest.raises(KubeError) as refused:
         cluster.apply(sidecar, dry_run=True)
     assert refused.value.status == 422 and "tolerations" in str(refused.value)
-    gateway = next(d for d in render(namespace) if d["kind"] == "OpenTelemetryCollector"
-                   and d["spec"]["mode"] == "deployment")
+    gateway = next(
+        d
+        for d in render(namespace)
+        if d["kind"] == "OpenTelemetryCollector" and d["spec"]["mode"] == "deployment"
+    )
     gateway["spec"]["mode"] = "cronjob"
     with pytest.raises(KubeError) as refused:
         cluster.apply(gateway, dry_run=True)
@@ -125,8 +148,12 @@ def test_the_api_server_refuses_what_the_crds_refuse(cluster: Kube) -> None:
 
 
 def test_the_job_examples_apply_with_defaults(cluster: Kube) -> None:
-    docs = [d for path in sorted((REPO / "deploy/kubernetes").glob("*.yaml"))
-            for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [
+        d
+        for path in sorted((REPO / "deploy/kubernetes").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    ]
     for ns in {d["metadata"].get("namespace", "default") for d in docs}:
         cluster.namespace(ns)
     stored = {d["kind"]: d for d in cluster.apply_all(docs)}
@@ -146,9 +173,13 @@ def test_the_job_examples_apply_with_defaults(cluster: Kube) -> None:
 #: a Prometheus as kube-prometheus-stack's chart creates it by default: rules and monitors
 #: selected by its release label, in every namespace
 KPS_PROMETHEUS = {
-    "apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
-    "metadata": {"name": f"{KPS}-prometheus", "namespace": "monitoring",
-                 "labels": {"release": KPS}},
+    "apiVersion": "monitoring.coreos.com/v1",
+    "kind": "Prometheus",
+    "metadata": {
+        "name": f"{KPS}-prometheus",
+        "namespace": "monitoring",
+        "labels": {"release": KPS},
+    },
     "spec": {
         "replicas": 1,
         "serviceAccountName": f"{KPS}-prometheus",
@@ -168,20 +199,29 @@ KPS_PROMETHEUS = {
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Kube, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[subprocess.Popen[bytes]]:
+def operator(
+    cluster: Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     status = install.install(["prometheus-operator"], say=lambda _: None, table=DEPLOY_TOOLS)
     binary = install.binary("prometheus-operator")
     if binary is None:
-        pytest.skip("the Prometheus Operator could not be built: "
-                    + status.get("prometheus-operator", {}).get("reason", "unknown reason"))
+        pytest.skip(
+            "the Prometheus Operator could not be built: "
+            + status.get("prometheus-operator", {}).get("reason", "unknown reason")
+        )
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     with log.open("wb") as out:
         # outside a cluster: the kubeconfig named by KUBECONFIG (this release has no flag for it)
-        proc = subprocess.Popen([
-            str(binary), f"--web.listen-address=127.0.0.1:{_free_port()}", "--log-level=info",
-        ], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--web.listen-address=127.0.0.1:{_free_port()}",
+                "--log-level=info",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        )
     try:
         yield proc
     finally:
@@ -190,24 +230,32 @@ def operator(cluster: Kube, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def otel_operator(cluster: Kube, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[subprocess.Popen[bytes]]:
+def otel_operator(
+    cluster: Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     """The OpenTelemetry Operator v0.148.0, outside a cluster (KUBECONFIG), webhooks off (no
     certificate manager here): it reconciles the chart's collectors into workloads, Services and
     the self-monitoring ServiceMonitors/PodMonitors."""
     status = install.install(["opentelemetry-operator"], say=lambda _: None, table=DEPLOY_TOOLS)
     binary = install.binary("opentelemetry-operator")
     if binary is None:
-        pytest.skip("the OpenTelemetry Operator could not be built: "
-                    + status.get("opentelemetry-operator", {}).get("reason", "unknown reason"))
+        pytest.skip(
+            "the OpenTelemetry Operator could not be built: "
+            + status.get("opentelemetry-operator", {}).get("reason", "unknown reason")
+        )
     log = tmp_path_factory.mktemp("otel-operator") / "operator.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([
-            str(binary), "--enable-webhooks=false",
-            f"--metrics-addr=127.0.0.1:{_free_port()}",
-            f"--health-probe-addr=127.0.0.1:{_free_port()}",
-        ], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--enable-webhooks=false",
+                f"--metrics-addr=127.0.0.1:{_free_port()}",
+                f"--health-probe-addr=127.0.0.1:{_free_port()}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        )
     try:
         yield proc
     finally:
@@ -215,24 +263,41 @@ def otel_operator(cluster: Kube, tmp_path_factory: pytest.TempPathFactory
         print(log.read_text(errors="replace")[-3000:])
 
 
-def _monitors(cluster: Kube, namespace: str, operator: subprocess.Popen[bytes],
-              at_least: int, timeout: float = 120) -> list[dict[str, Any]]:
+def _monitors(
+    cluster: Kube,
+    namespace: str,
+    operator: subprocess.Popen[bytes],
+    at_least: int,
+    timeout: float = 120,
+) -> list[dict[str, Any]]:
     """The ServiceMonitors and PodMonitors in ``namespace``, once there are ``at_least``."""
     deadline = time.monotonic() + timeout
     found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         assert operator.poll() is None, f"the OpenTelemetry Operator exited {operator.returncode}"
-        found = [m for plural in ("servicemonitors", "podmonitors") for m in cluster.get(
-            f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}")["items"]]
+        found = [
+            m
+            for plural in ("servicemonitors", "podmonitors")
+            for m in cluster.get(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}")[
+                "items"
+            ]
+        ]
         if len(found) >= at_least:
             return found
         time.sleep(1)
-    raise TimeoutError(f"{len(found)} monitors in {namespace}, expected {at_least}: "
-                       f"{[m['metadata']['name'] for m in found]}")
+    raise TimeoutError(
+        f"{len(found)} monitors in {namespace}, expected {at_least}: "
+        f"{[m['metadata']['name'] for m in found]}"
+    )
 
 
-def _generated(cluster: Kube, name: str, operator: subprocess.Popen[bytes], jobs: set[str],
-               timeout: float = 120) -> tuple[dict[str, Any], str]:
+def _generated(
+    cluster: Kube,
+    name: str,
+    operator: subprocess.Popen[bytes],
+    jobs: set[str],
+    timeout: float = 120,
+) -> tuple[dict[str, Any], str]:
     """(the scrape configuration, every generated rule file's text) of Prometheus ``name``, once
     the configuration has the scrape ``jobs``."""
     deadline = time.monotonic() + timeout
@@ -241,10 +306,12 @@ def _generated(cluster: Kube, name: str, operator: subprocess.Popen[bytes], jobs
         assert operator.poll() is None, f"the operator exited {operator.returncode}"
         try:
             secret = cluster.get(f"/api/v1/namespaces/monitoring/secrets/prometheus-{name}")
-            config = yaml.safe_load(gzip.decompress(base64.b64decode(
-                secret["data"]["prometheus.yaml.gz"])))
-            maps = cluster.get("/api/v1/namespaces/monitoring/configmaps?labelSelector="
-                               f"prometheus-name%3D{name}")["items"]
+            config = yaml.safe_load(
+                gzip.decompress(base64.b64decode(secret["data"]["prometheus.yaml.gz"]))
+            )
+            maps = cluster.get(
+                f"/api/v1/namespaces/monitoring/configmaps?labelSelector=prometheus-name%3D{name}"
+            )["items"]
             rules = "".join(text for cm in maps for text in (cm.get("data") or {}).values())
             found = {job["job_name"] for job in config.get("scrape_configs") or []}
             if rules and jobs <= found:
@@ -257,8 +324,8 @@ def _generated(cluster: Kube, name: str, operator: subprocess.Popen[bytes], jobs
 
 
 def test_the_operators_load_every_rule_and_monitor_of_the_defaults(
-        cluster: Kube, operator: subprocess.Popen[bytes],
-        otel_operator: subprocess.Popen[bytes]) -> None:
+    cluster: Kube, operator: subprocess.Popen[bytes], otel_operator: subprocess.Popen[bytes]
+) -> None:
     cluster.namespace("monitoring")
     cluster.apply(KPS_PROMETHEUS)
     applied = apply_profile(cluster, "observability")
@@ -270,29 +337,45 @@ def test_the_operators_load_every_rule_and_monitor_of_the_defaults(
     for monitor in monitors:
         assert monitor["metadata"]["labels"].get("release") == KPS, monitor["metadata"]
     # the agents' pods serve the training metrics where the PodMonitor looks
-    agent = cluster.get("/apis/apps/v1/namespaces/observability/daemonsets/"
-                        "traintel-agent-collector")
-    ports = {(p.get("name"), p["containerPort"]) for c in agent["spec"]["template"]["spec"][
-        "containers"] for p in c.get("ports", [])}
+    agent = cluster.get(
+        "/apis/apps/v1/namespaces/observability/daemonsets/traintel-agent-collector"
+    )
+    ports = {
+        (p.get("name"), p["containerPort"])
+        for c in agent["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
     assert ("prom-export", 8889) in ports, ports
     expected = {
         f"{'serviceMonitor' if m['kind'] == 'ServiceMonitor' else 'podMonitor'}/observability/"
         f"{m['metadata']['name']}/{i}"
         for m in monitors
-        for i in range(len(m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints")))}
+        for i in range(len(m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints")))
+    }
     assert "podMonitor/observability/traintel-agent-metrics/0" in expected
     config, rules_text = _generated(cluster, f"{KPS}-prometheus", operator, expected)
-    loaded = [rule for group in yaml.safe_load_all(rules_text) if group
-              for g in group["groups"] for rule in g["rules"]]
-    source = [rule for path in sorted((REPO / "prometheus/rules").glob("*.yml"))
-              for g in yaml.safe_load(path.read_text())["groups"] for rule in g["rules"]]
+    loaded = [
+        rule
+        for group in yaml.safe_load_all(rules_text)
+        if group
+        for g in group["groups"]
+        for rule in g["rules"]
+    ]
+    source = [
+        rule
+        for path in sorted((REPO / "prometheus/rules").glob("*.yml"))
+        for g in yaml.safe_load(path.read_text())["groups"]
+        for rule in g["rules"]
+    ]
     names = sorted(r.get("alert") or r["record"] for r in loaded)
     assert names == sorted(r.get("alert") or r["record"] for r in source), (
-        "every traintel alert and recording rule, once (not other-team's)")
+        "every traintel alert and recording rule, once (not other-team's)"
+    )
     by_name = {r.get("alert") or r["record"]: r for r in loaded}
     for rule in source:
         assert by_name[rule.get("alert") or rule["record"]]["expr"].strip() == (
-            rule["expr"].strip())
+            rule["expr"].strip()
+        )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert expected <= set(jobs), "every traintel monitor is scraped"
     assert not [j for j in jobs if "other-team" in j]

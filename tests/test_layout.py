@@ -16,8 +16,9 @@ SRC = ROOT / "src" / "traintel"
 
 
 def _import_graph():
-    spec = importlib.util.spec_from_file_location("import_graph",
-                                                  ROOT / "scripts" / "import_graph.py")
+    spec = importlib.util.spec_from_file_location(
+        "import_graph", ROOT / "scripts" / "import_graph.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -28,8 +29,10 @@ import_graph = _import_graph()
 EDGES = import_graph.graph()
 #: private attributes of other libraries read on purpose, with the reason
 FOREIGN_PRIVATE = {
-    ("export/otlp.py", "_preferred_temporality"):
-        "the OTel SDK has no public accessor; its own PeriodicExportingMetricReader reads it",
+    (
+        "export/otlp.py",
+        "_preferred_temporality",
+    ): "the OTel SDK has no public accessor; its own PeriodicExportingMetricReader reads it",
     ("export/otlp.py", "_preferred_aggregation"): "as _preferred_temporality",
     ("export/selection.py", "_preferred_temporality"): "as in export/otlp.py",
     ("export/selection.py", "_preferred_aggregation"): "as in export/otlp.py",
@@ -43,7 +46,8 @@ def test_the_import_graph_has_no_cycle() -> None:
 
 def test_the_cycle_finder_finds_cycles() -> None:
     assert import_graph.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
-        ["a", "b", "c"]]
+        ["a", "b", "c"]
+    ]
     assert import_graph.cycles({"a": {"b"}, "b": set()}) == []
 
 
@@ -52,24 +56,32 @@ def test_a_lazy_import_is_an_edge_too(tmp_path: Path) -> None:
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "a.py").write_text("def f():\n    from . import b\n")
-    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                  "    from .a import f\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n"
+    )
     assert import_graph.cycles(import_graph.graph(tmp_path)) == [["traintel.a", "traintel.b"]]
 
 
 def test_the_core_never_imports_the_command_line() -> None:
-    upward = {(module, target) for module, targets in EDGES.items() for target in targets
-              if not module.startswith(("traintel.cli", "traintel.__main__"))
-              and target.startswith("traintel.cli")}
+    upward = {
+        (module, target)
+        for module, targets in EDGES.items()
+        for target in targets
+        if not module.startswith(("traintel.cli", "traintel.__main__"))
+        and target.startswith("traintel.cli")
+    }
     assert upward == set()
 
 
 def test_import_traintel_stays_cheap() -> None:
-    code = ("import sys, traintel\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'opentelemetry', 'torch', 'rich', 'prometheus_client', 'orjson', 'psutil'}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
+    code = (
+        "import sys, traintel\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'opentelemetry', 'torch', 'rich', 'prometheus_client', 'orjson', 'psutil'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout.strip() == "[]"
 
 
@@ -91,26 +103,36 @@ def _private_reads(path: Path, where: str) -> list[str]:
     own = _defined(tree)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
-                not node.attr.startswith("__") and node.attr not in own and \
-                not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")) and \
-                (where, node.attr) not in FOREIGN_PRIVATE:
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr not in own
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            and (where, node.attr) not in FOREIGN_PRIVATE
+        ):
             found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
     return found
 
 
 def test_no_module_reads_another_modules_private_attributes() -> None:
-    found = [read for path in sorted(SRC.rglob("*.py"))
-             for read in _private_reads(path, path.relative_to(SRC).as_posix())]
+    found = [
+        read
+        for path in sorted(SRC.rglob("*.py"))
+        for read in _private_reads(path, path.relative_to(SRC).as_posix())
+    ]
     assert found == [], "use (or add) a public name instead:\n" + "\n".join(found)
 
 
 def test_the_private_read_check_finds_reads(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("class A:\n    def f(self, run):\n        self._mine = 1\n"
-                      "        return run._writer, other._mine, self._x\n")
+    sample.write_text(
+        "class A:\n    def f(self, run):\n        self._mine = 1\n"
+        "        return run._writer, other._mine, self._x\n"
+    )
     assert [line.split(": ", 1)[1] for line in _private_reads(sample, "sample.py")] == [
-        "run._writer"]
+        "run._writer"
+    ]
 
 
 #: the façade's size in statements (bare annotations, which declare, not counted), not lines: ruff
@@ -121,10 +143,13 @@ FACADE_STATEMENTS = 210
 
 def test_run_stays_a_thin_facade() -> None:
     tree = ast.parse((SRC / "run" / "facade.py").read_text())
-    statements = sum(isinstance(node, ast.stmt) and not (
-        isinstance(node, ast.AnnAssign) and node.value is None) for node in ast.walk(tree))
-    assert statements <= FACADE_STATEMENTS, \
+    statements = sum(
+        isinstance(node, ast.stmt) and not (isinstance(node, ast.AnnAssign) and node.value is None)
+        for node in ast.walk(tree)
+    )
+    assert statements <= FACADE_STATEMENTS, (
         f"run/facade.py has {statements} statements: give the new work a part of its own"
+    )
 
 
 #: the layers, bottom first: a module may import its own package and the layers below it, never
@@ -159,8 +184,9 @@ def _against_the_layers(edges: dict[str, set[str]]) -> list[str]:
         for target in sorted(targets):
             target_depth, target_package = _layer_of(target)
             upward = target_depth > depth
-            sideways = (target_depth == depth and target_package != package
-                        and depth != len(LAYERS) - 1)
+            sideways = (
+                target_depth == depth and target_package != package and depth != len(LAYERS) - 1
+            )
             if upward or sideways:
                 found.append(f"{module} -> {target}")
     return found
@@ -171,18 +197,23 @@ def test_no_import_runs_back_up_a_layer() -> None:
 
 
 def test_the_layer_check_finds_an_upward_and_a_sideways_import() -> None:
-    edges = {"traintel.core.state": {"traintel.record.format"},
-             "traintel.reports.render": {"traintel.core.stats"},
-             "traintel.sync.plan": {"traintel.stack.rules"}}
-    assert _against_the_layers(edges) == ["traintel.core.state -> traintel.record.format",
-                                          "traintel.sync.plan -> traintel.stack.rules"]
+    edges = {
+        "traintel.core.state": {"traintel.record.format"},
+        "traintel.reports.render": {"traintel.core.stats"},
+        "traintel.sync.plan": {"traintel.stack.rules"},
+    }
+    assert _against_the_layers(edges) == [
+        "traintel.core.state -> traintel.record.format",
+        "traintel.sync.plan -> traintel.stack.rules",
+    ]
 
 
 def test_at_most_ten_modules_at_the_top() -> None:
     top = sorted(path.name for path in SRC.glob("*.py"))
     assert len(top) <= MAX_TOP_LEVEL, f"move some of these into a layer's package: {top}"
-    packages = {path.name for path in SRC.iterdir()
-                if path.is_dir() and (path / "__init__.py").exists()}
+    packages = {
+        path.name for path in SRC.iterdir() if path.is_dir() and (path / "__init__.py").exists()
+    }
     assert packages <= set().union(*LAYERS), "add the new package to LAYERS"
 
 
@@ -197,8 +228,9 @@ def test_the_readme_layout_names_every_module() -> None:
     for path in SRC.rglob("*.py"):
         relative = path.relative_to(SRC)
         if path.name == "__init__.py":
-            expected.add(f"{relative.parent.as_posix()}/" if relative.parent.parts
-                         else "__init__.py")
+            expected.add(
+                f"{relative.parent.as_posix()}/" if relative.parent.parts else "__init__.py"
+            )
         else:
             expected.add(relative.as_posix())
     assert expected - named == set(), "add these to README.md's Layout section"
@@ -215,13 +247,21 @@ def test_every_public_call_a_user_makes_has_a_docstring() -> None:
     from traintel.run import facade, instruments
 
     owners: list[type] = [facade.Run, testing.Telemetry]
-    owners += [cls for _, cls in inspect.getmembers(instruments, inspect.isclass)
-               if cls.__module__ == instruments.__name__ and not cls.__name__.startswith("_")]
-    missing = [f"traintel.{name}" for name in ("init", "current_run")
-               if not getattr(traintel, name).__doc__]
-    missing += [f"testing.{name}" for name, fn in inspect.getmembers(testing, inspect.isfunction)
-                if fn.__module__ == testing.__name__ and not name.startswith("_")
-                and not fn.__doc__]
+    owners += [
+        cls
+        for _, cls in inspect.getmembers(instruments, inspect.isclass)
+        if cls.__module__ == instruments.__name__ and not cls.__name__.startswith("_")
+    ]
+    missing = [
+        f"traintel.{name}"
+        for name in ("init", "current_run")
+        if not getattr(traintel, name).__doc__
+    ]
+    missing += [
+        f"testing.{name}"
+        for name, fn in inspect.getmembers(testing, inspect.isfunction)
+        if fn.__module__ == testing.__name__ and not name.startswith("_") and not fn.__doc__
+    ]
     for owner in owners:
         if not owner.__doc__:
             missing.append(owner.__qualname__)

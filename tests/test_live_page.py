@@ -17,10 +17,11 @@ from browser import browser, page, shots_dir  # noqa: F401  (fixtures)
 from conftest import read_lines
 from traintel.export import page as live_page
 
+
 def _train(run: Any, steps: int, start: int = 0) -> None:
     """Steps as a loop logs them in ``run.track`` (timed, with data wait), an eval every 40."""
     for i in run.track(range(start, start + steps)):
-        run.log(loss=2.0 / (1 + i) + 0.01 * (i % 7), lr=0.1 * 0.99 ** i, samples=64)
+        run.log(loss=2.0 / (1 + i) + 0.01 * (i % 7), lr=0.1 * 0.99**i, samples=64)
         if (i + 1) % 40 == 0:
             run.log_eval(val_loss=1.0 / (1 + i) + 0.05 * ((i // 40) % 2), accuracy=i / 1000)
 
@@ -58,8 +59,10 @@ def test_the_live_page_shows_every_step_of_the_record_and_follows_the_run(quiet_
         run.flush()
         page.goto(run.server.url)
         steps = read_lines(run.dir).of("step")
-        page.wait_for_function(f"() => document.getElementById('steps-count').textContent "
-                               f"== '{len(steps)}'", timeout=20_000)
+        page.wait_for_function(
+            f"() => document.getElementById('steps-count').textContent == '{len(steps)}'",
+            timeout=20_000,
+        )
         page.wait_for_function("() => window.traintelPage.charts.loss.plot", timeout=10_000)
         shown = _shown(page)
         assert shown["steps"] == len(steps) == 200
@@ -71,8 +74,7 @@ def test_the_live_page_shows_every_step_of_the_record_and_follows_the_run(quiet_
         assert shown["lastLoss"] == _fmt(page, steps[-1]["metrics"]["loss"])
         evals = read_lines(run.dir).of("eval")
         assert shown["best"]["val_loss"] == _fmt(page, evals[-1]["best"]["val_loss"])
-        assert shown["best"]["val_loss"] == _fmt(page, min(e["metrics"]["val_loss"]
-                                                           for e in evals))
+        assert shown["best"]["val_loss"] == _fmt(page, min(e["metrics"]["val_loss"] for e in evals))
         assert "checkpoint_saved" in page.inner_text("#events")
         assert page.inner_text("#step") == str(run.state.step)
 
@@ -80,18 +82,21 @@ def test_the_live_page_shows_every_step_of_the_record_and_follows_the_run(quiet_
         page.evaluate("() => { window.notReloaded = true; }")
         _train(run, 60, start=200)
         run.flush()
-        page.wait_for_function("() => document.getElementById('steps-count').textContent "
-                               "== '260'", timeout=20_000)
+        page.wait_for_function(
+            "() => document.getElementById('steps-count').textContent == '260'", timeout=20_000
+        )
         shown = _shown(page)
         assert page.evaluate("() => window.notReloaded") is True
         steps = read_lines(run.dir).of("step")
-        page.wait_for_function("() => window.traintelPage.charts.loss.plot.data[0].length == 260",
-                               timeout=10_000)
+        page.wait_for_function(
+            "() => window.traintelPage.charts.loss.plot.data[0].length == 260", timeout=10_000
+        )
         shown = _shown(page)
         assert shown["loss"][0] == [s["step"] for s in steps]
         assert shown["loss"][1] == pytest.approx([s["metrics"]["loss"] for s in steps])
-        page.wait_for_function("() => document.getElementById('step').textContent == '260'",
-                               timeout=10_000)
+        page.wait_for_function(
+            "() => document.getElementById('step').textContent == '260'", timeout=10_000
+        )
         assert "offline" in page.inner_text("#export")  # the quiet run exports nothing
         shot = shots_dir() / "live-page.png"
         page.screenshot(path=str(shot), full_page=True)
@@ -99,8 +104,9 @@ def test_the_live_page_shows_every_step_of_the_record_and_follows_the_run(quiet_
     finally:
         run.finish()
     # the run ended: the page keeps what it showed and says how the run ended
-    page.wait_for_function("() => document.getElementById('status').textContent == 'finished'",
-                           timeout=20_000)
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent == 'finished'", timeout=20_000
+    )
     assert _shown(page)["steps"] == 260
 
 
@@ -147,8 +153,10 @@ def test_the_page_reports_an_error_with_its_class_and_hint(quiet_run, page):
         text = page.inner_text("#errors")
         assert error is not None and error["error_type"] in text
         assert error["hints"] and error["hints"][0] in text
-        page.wait_for_function("() => document.getElementById('logs').textContent"
-                               ".includes('bad sample')", timeout=20_000)
+        page.wait_for_function(
+            "() => document.getElementById('logs').textContent.includes('bad sample')",
+            timeout=20_000,
+        )
         assert MARKUP in page.inner_text("#events") and MARKUP in page.inner_text("#logs")
         assert page.evaluate("() => window.pwned") is None
 
@@ -204,8 +212,9 @@ def test_the_debug_toggle_works_and_another_site_cannot_flip_it(quiet_run, page,
         assert _get(url + "debug") == {"enabled": False}
 
         page.goto(url)
-        page.wait_for_function("() => document.getElementById('debug').textContent == 'off'",
-                               timeout=20_000)
+        page.wait_for_function(
+            "() => document.getElementById('debug').textContent == 'off'", timeout=20_000
+        )
         page.click("#debug")
         page.wait_for_function("() => document.getElementById('debug').textContent == 'on'")
         assert run.debug is True and _get(url + "debug") == {"enabled": True}
@@ -259,4 +268,3 @@ def test_links_name_only_what_is_configured(monkeypatch):
     assert "prometheus" not in live_page.links()
     monkeypatch.setenv("TRAINTEL_PROMETHEUS_URL", "http://admin:hunter2@prom.example:9090")
     assert "hunter2" not in live_page.links()["prometheus"]
-

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from traintel.stack import dashboards
 from loki_model import INDEX_LABELS, label_name, parse
+from traintel.stack import dashboards
 
 REPO = Path(__file__).resolve().parents[1]
 #: a trace id where Grafana would put ${__trace.traceId}
@@ -30,13 +30,15 @@ def shipped_queries() -> dict[str, str]:
         blocks = re.findall(r"```logql\n(.*?)```", path.read_text(), re.DOTALL)
         for n, line in enumerate(line for b in blocks for line in b.splitlines() if line.strip()):
             out[f"{path.relative_to(REPO)} #{n + 1}"] = line
-    sources = yaml.safe_load((REPO / "grafana/provisioning/datasources/datasources.yaml")
-                             .read_text())["datasources"]
+    sources = yaml.safe_load(
+        (REPO / "grafana/provisioning/datasources/datasources.yaml").read_text()
+    )["datasources"]
     for source in sources:
         query = source.get("jsonData", {}).get("tracesToLogsV2", {}).get("query")
         if query:  # `$$` is provisioning's escaped `$`
-            out[f"datasources.yaml: {source['name']} traces to logs"] = (
-                query.replace("$$", "$").replace("${__trace.traceId}", TRACE_ID))
+            out[f"datasources.yaml: {source['name']} traces to logs"] = query.replace(
+                "$$", "$"
+            ).replace("${__trace.traceId}", TRACE_ID)
     return out
 
 
@@ -65,13 +67,15 @@ def test_stream_selector_uses_only_index_labels(parsed, where: str) -> None:
     used = {m["label"] for m in parsed[where]["matchers"] if m["in"] == "selector"}
     assert used <= INDEX_LABELS, (
         f"{sorted(used - INDEX_LABELS)} are not index labels in Loki (structured metadata is "
-        "filtered after the selector: `| name=\"value\"`)")
+        'filtered after the selector: `| name="value"`)'
+    )
 
 
 def test_the_checks_can_fail() -> None:
     """A broken query reports an error; a structured-metadata field in a selector is caught."""
-    broken, on_metadata = parse(['{service_name="traintel" | run="x"',
-                                 '{service_name="traintel", rank="0"}'])
+    broken, on_metadata = parse(
+        ['{service_name="traintel" | run="x"', '{service_name="traintel", rank="0"}']
+    )
     assert broken["errors"]
     assert {m["label"] for m in on_metadata["matchers"]} - INDEX_LABELS == {"rank"}
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from records_factory import T0, RecordWriter, write_run
 
-from traintel.reports import analysis, render
+from records_factory import T0, RecordWriter, write_run
 from traintel.cli.logs import logs
 from traintel.record.reader import Records
+from traintel.reports import analysis, render
 
 TRAINTEL = str(Path(sys.executable).with_name("traintel"))  # the installed entry point
 
@@ -43,16 +43,21 @@ def as_json(result) -> object:
 def step_lines(run: Path) -> list[dict]:
     files = sorted(run.glob("events.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
     files.append(run / "events.jsonl")
-    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()
-             if line.endswith("}")]
+    lines = [
+        json.loads(line) for f in files for line in f.read_text().splitlines() if line.endswith("}")
+    ]
     return [r for r in lines if r["type"] == "step"]
 
 
 # --- reading ---------------------------------------------------------------------------------
 
+
 def test_rotated_files_are_read_oldest_first_and_a_torn_line_is_counted(runs):
     assert sorted(p.name for p in (runs / "run-a").iterdir()) == [
-        "events.jsonl", "events.jsonl.1", "events.jsonl.2"]
+        "events.jsonl",
+        "events.jsonl.1",
+        "events.jsonl.2",
+    ]
     records = Records(runs / "run-a")
     steps = [r["step"] for r in records if r["type"] == "step"]
     assert steps == list(range(1, 21))
@@ -67,6 +72,7 @@ def test_ranks_are_merged_in_time_order(runs):
 
 # --- summary ---------------------------------------------------------------------------------
 
+
 def test_summary_json(runs):
     s = as_json(invoke("summary", runs / "run-a", "--format", "json"))
     assert s["events"] == 31 and s["skipped_lines"] == 1
@@ -75,14 +81,19 @@ def test_summary_json(runs):
     assert (s["errors"], s["warnings"], s["errors_by_type"]) == (1, 1, {"oom": 1})
     assert (s["steps"], s["epochs"], s["status"], s["ranks"]) == (20, 1, "finished", [0])
     assert (s["loss"]["final"], s["loss"]["best"], s["loss"]["nonfinite"]) == (
-        pytest.approx(1.0), pytest.approx(1.0), 0)
+        pytest.approx(1.0),
+        pytest.approx(1.0),
+        0,
+    )
     steps = step_lines(runs / "run-a")
     elapsed = steps[-1]["ts"] - steps[0]["ts"] + steps[0]["step_s"]
     assert s["throughput"]["steps_per_s"] == pytest.approx(20 / elapsed)
     assert s["throughput"]["samples_per_s"] == pytest.approx(20 * 32 / elapsed)
     assert s["duration_s"] == pytest.approx(s["end_ts"] - T0)
     assert (s["eval"]["val_loss"]["last"], s["eval"]["val_loss"]["best"]) == (
-        pytest.approx(0.5), pytest.approx(0.5))
+        pytest.approx(0.5),
+        pytest.approx(0.5),
+    )
 
 
 def test_summary_text_reports_skipped_lines_without_a_traceback(runs):
@@ -116,6 +127,7 @@ def test_a_missing_run_is_a_clean_error(runs, monkeypatch):
 
 # --- errors, grep, metrics ---------------------------------------------------------------------
 
+
 def test_errors_grouped_and_verbose(runs):
     result = invoke("errors", runs / "run-a")
     assert result.exit_code == 0
@@ -143,8 +155,9 @@ def test_grep_filters(runs):
     assert [json.loads(line)["type"] for line in errors] == ["error"]
     steps = step_lines(run)
     since, until = (render.iso(steps[i]["ts"]).replace(" ", "T") for i in (1, 3))
-    window = invoke("grep", ".", run, "--event", "step", "--since", since, "--until", until,
-                    "--format", "json")
+    window = invoke(
+        "grep", ".", run, "--event", "step", "--since", since, "--until", until, "--format", "json"
+    )
     assert [json.loads(line)["step"] for line in window.stdout.splitlines()] == [2, 3, 4]
     assert invoke("grep", ".", run, "--since", "10m").exit_code == 1  # the run is from 2023
     assert invoke("grep", "no such text", run).exit_code == 1
@@ -155,20 +168,34 @@ def test_grep_filters(runs):
 def test_metrics(runs):
     found = as_json(invoke("metrics", runs / "run-a", "--filter", "timers", "--format", "json"))
     assert [(i["name"], i["kind"], i["count"], i["p95"]) for i in found] == [
-        ("data_load", "timer", 20, 0.18)]
+        ("data_load", "timer", 20, 0.18)
+    ]
     table = invoke("metrics", runs / "run-a").stdout.splitlines()
     assert table[0].split() == [
-        "name", "kind", "count", "total", "mean", "p50", "p95", "p99", "min", "max"]
+        "name",
+        "kind",
+        "count",
+        "total",
+        "mean",
+        "p50",
+        "p95",
+        "p99",
+        "min",
+        "max",
+    ]
     assert [line.split()[0] for line in table[1:]] == ["batches", "data_load"]
 
 
 # --- compare -----------------------------------------------------------------------------------
 
+
 def test_compare_shows_only_differing_config(runs, tmp_path):
     rows = as_json(invoke("compare", runs / "run-a", runs / "run-b", "--format", "json"))
     assert [k for k in rows[0] if k.startswith("config.")] == ["config.lr"]
     assert [(r["run"], r["config.lr"], r["errors"]) for r in rows] == [
-        ("run-a", 0.001, 1), ("run-b", 0.01, 0)]
+        ("run-a", 0.001, 1),
+        ("run-b", 0.01, 0),
+    ]
     assert rows[0]["steps"] == 20 and rows[0]["loss_best"] == pytest.approx(1.0)
     out = tmp_path / "cmp.csv"
     assert invoke("compare", runs, "--format", "csv", "--output", out).exit_code == 0
@@ -198,12 +225,15 @@ def test_every_output_option_writes_its_file(runs, tmp_path, command):
 
 # --- tail, monitor ------------------------------------------------------------------------------
 
+
 def test_tail_shows_the_last_records(runs):
     lines = invoke("tail", runs / "run-a", "-n", 3, "--format", "json").stdout.splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["instrument", "instrument", "run_end"]
     lines = invoke("tail", runs / "multi", "-n", 2, "--format", "json").stdout.splitlines()
     assert [(json.loads(line)["type"], json.loads(line)["rank"]) for line in lines] == [
-        ("run_end", 0), ("run_end", 1)]
+        ("run_end", 0),
+        ("run_end", 1),
+    ]
 
 
 def write_live(directory: Path, delay: float, error_at: int | None = None) -> threading.Thread:
@@ -240,8 +270,11 @@ def test_tail_follow_waits_for_the_run_and_survives_rotation(tmp_path):
     rotations."""
     run, out, err = tmp_path / "live", tmp_path / "tail.out", tmp_path / "tail.err"
     with open(out, "wb") as sink, open(err, "wb") as notes:
-        proc = subprocess.Popen([TRAINTEL, "logs", "tail", "-f", "--format", "json", str(run)],
-                                stdout=sink, stderr=notes)
+        proc = subprocess.Popen(
+            [TRAINTEL, "logs", "tail", "-f", "--format", "json", str(run)],
+            stdout=sink,
+            stderr=notes,
+        )
         try:
             wait_for(lambda: b"waiting for" in err.read_bytes())
             writer = write_live(run, delay=0.2)
@@ -275,10 +308,13 @@ def test_monitor_ends_with_the_run(runs):
     assert loud.exit_code == 0
     alerts = [json.loads(line) for line in loud.stdout.splitlines()]
     assert [(a["alert"], a["record"]["rank"], a["record"]["step"]) for a in alerts] == [
-        (rule, 0, 20), (rule, 1, 20)]
+        (rule, 0, 20),
+        (rule, 1, 20),
+    ]
 
 
 # --- report -------------------------------------------------------------------------------------
+
 
 def test_report_markdown_and_plots(runs, tmp_path):
     out = tmp_path / "out" / "report.md"
@@ -286,8 +322,15 @@ def test_report_markdown_and_plots(runs, tmp_path):
     result = invoke("report", runs / "run-a", "--output", out, "--plot")
     assert result.exit_code == 0, result.output
     text = out.read_text()
-    for heading in ("# Run report: tiny", "## Overview", "## Errors and warnings", "## Performance",
-                    "### Instruments", "![loss](report-loss.png)", "![memory](report-memory.png)"):
+    for heading in (
+        "# Run report: tiny",
+        "## Overview",
+        "## Errors and warnings",
+        "## Performance",
+        "### Instruments",
+        "![loss](report-loss.png)",
+        "![memory](report-memory.png)",
+    ):
         assert heading in text
     assert "| unreadable lines skipped | 1 |" in text and "CUDA out of memory" in text
     from matplotlib.image import imread
@@ -304,8 +347,11 @@ def test_plot_figures_have_the_right_axes(runs):
     figs = render.figures(series)
     axes = {name: fig.axes[0] for name, fig in figs.items()}
     assert {n: (a.get_xlabel(), a.get_ylabel()) for n, a in axes.items()} == {
-        "loss": ("step", "loss"), "eval": ("step", "value"), "throughput": ("step", "samples/s"),
-        "memory": ("step", "memory")}
+        "loss": ("step", "loss"),
+        "eval": ("step", "value"),
+        "throughput": ("step", "samples/s"),
+        "memory": ("step", "memory"),
+    }
     (loss,) = axes["loss"].get_lines()
     assert list(loss.get_xdata()) == list(range(1, 21))  # rank 0 only
     assert loss.get_ydata()[-1] == pytest.approx(1.0)
@@ -315,14 +361,20 @@ def test_plot_figures_have_the_right_axes(runs):
 
 def test_the_cli_stays_light(runs):
     """A real invocation that must not pay for OpenTelemetry, torch or matplotlib."""
-    code = ("import sys; from traintel.cli import main\n"
-            "try: main(['logs', 'summary', sys.argv[1], '--format', 'json'])\n"
-            "except SystemExit: pass\n"
-            "heavy = {m.split('.')[0] for m in sys.modules}\n"
-            "heavy &= {'opentelemetry', 'torch', 'matplotlib'}\n"
-            "print(sorted(heavy), file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code, str(runs / "run-b")], capture_output=True,
-                          text=True, timeout=60)
+    code = (
+        "import sys; from traintel.cli import main\n"
+        "try: main(['logs', 'summary', sys.argv[1], '--format', 'json'])\n"
+        "except SystemExit: pass\n"
+        "heavy = {m.split('.')[0] for m in sys.modules}\n"
+        "heavy &= {'opentelemetry', 'torch', 'matplotlib'}\n"
+        "print(sorted(heavy), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(runs / "run-b")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"] == 20
     assert done.stderr.strip() == "[]"
@@ -330,22 +382,45 @@ def test_the_cli_stays_light(runs):
 
 # --- real runs: records written by traintel.init in short training loops ----------------------
 
-QUIET = {"otlp": False, "sample_interval": 0, "progress": "off", "console_logs": False,
-         "handle_signals": False, "flush_interval": 0.02}
+QUIET = {
+    "otlp": False,
+    "sample_interval": 0,
+    "progress": "off",
+    "console_logs": False,
+    "handle_signals": False,
+    "flush_interval": 0.02,
+}
 
 
-def train(directory: str, run_id: str, lr: float = 0.1, steps: int = 20, rank: int = 0,
-          world_size: int = 1, step_sleep: float = 0.005, max_record_bytes: int = 4096,
-          fail: bool = True) -> None:
+def train(
+    directory: str,
+    run_id: str,
+    lr: float = 0.1,
+    steps: int = 20,
+    rank: int = 0,
+    world_size: int = 1,
+    step_sleep: float = 0.005,
+    max_record_bytes: int = 4096,
+    fail: bool = True,
+) -> None:
     """A short real training loop: two epochs, a timer, evals, a checkpoint, optionally an OOM.
 
     Small ``max_record_bytes`` and a pause per step make the writer flush and rotate for real.
     """
     import traintel
 
-    with traintel.init(project="real", name=f"lr{lr}", config={"lr": lr, "batch_size": 8},
-                       dir=directory, run_id=run_id, rank=rank, world_size=world_size,
-                       total_epochs=2, max_record_bytes=max_record_bytes, **QUIET) as run:
+    with traintel.init(
+        project="real",
+        name=f"lr{lr}",
+        config={"lr": lr, "batch_size": 8},
+        dir=directory,
+        run_id=run_id,
+        rank=rank,
+        world_size=world_size,
+        total_epochs=2,
+        max_record_bytes=max_record_bytes,
+        **QUIET,
+    ) as run:
         load = run.timer("data_load")
         for epoch in run.epochs():
             for i in run.track(range(steps // 2)):
@@ -379,7 +454,11 @@ def test_real_summary_agrees_with_the_core(real):
         ours = as_json(invoke("summary", real / run, "--format", "json"))
         core = json.loads((real / run / "summary.json").read_text())
         assert (ours["status"], ours["steps"], ours["epochs"], ours["samples"]) == (
-            core["status"], core["steps"], core["epochs"], core["samples"])
+            core["status"],
+            core["steps"],
+            core["epochs"],
+            core["samples"],
+        )
         assert ours["loss"]["final"] == pytest.approx(core["loss"]["final"])
         assert ours["loss"]["best"] == pytest.approx(core["loss"]["best"])
         assert ours["throughput"]["steps_per_s"] == pytest.approx(core["throughput"]["steps_per_s"])
@@ -430,12 +509,16 @@ def test_real_live_run_followed_through_rotation(tmp_path):
     """A training process writes and rotates while ``tail -f`` (another process) and
     ``monitor`` follow it; monitor starts before the run has made its directory."""
     run, out = tmp_path / "live", tmp_path / "tail.out"
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"from test_logs_cli import train; train({str(tmp_path)!r}, 'live', steps=60, "
-            f"step_sleep=0.02, max_record_bytes=2048)")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"from test_logs_cli import train; train({str(tmp_path)!r}, 'live', steps=60, "
+        f"step_sleep=0.02, max_record_bytes=2048)"
+    )
     with open(out, "wb") as sink:
-        tail = subprocess.Popen([TRAINTEL, "logs", "tail", "-f", "-n", "1000", "--format", "json",
-                                 str(run)], stdout=sink)
+        tail = subprocess.Popen(
+            [TRAINTEL, "logs", "tail", "-f", "-n", "1000", "--format", "json", str(run)],
+            stdout=sink,
+        )
         trainer = subprocess.Popen([sys.executable, "-c", code])
         try:
             monitor = invoke("monitor", run, "--alert-on", "oom", "--exit-on-alert")

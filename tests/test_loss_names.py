@@ -12,28 +12,42 @@ import sys
 
 import pytest
 
+from conftest import read_lines
 from traintel.core.errors import NonFiniteLossError
 from traintel.export.readings import readers
 from traintel.reports.render import progress_text
 
-from conftest import read_lines
-
 
 def logs_summary(run_dir) -> dict:
-    return json.loads(subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run_dir), "--format",
-         "json"], capture_output=True, text=True, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "traintel.cli",
+                "logs",
+                "summary",
+                str(run_dir),
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
 
 
-@pytest.mark.parametrize("name", ["loss", "train/loss", "train_loss", "training_loss",
-                                  "loss/train"])
+@pytest.mark.parametrize(
+    "name", ["loss", "train/loss", "train_loss", "training_loss", "loss/train"]
+)
 def test_the_loss_is_recognised_by_the_names_users_use(quiet_run, name):
     with quiet_run(total_steps=20) as run:
         for i in range(1, 21):
             run.log({name: 1.0 / i, "eval_loss": 5.0, "lr": 0.1}, step=i)
         run.flush()
         shown = progress_text(run.state, None)
-        (exported, _), = readers({})["traintel_loss"](run.state)
+        ((exported, _),) = readers({})["traintel_loss"](run.state)
     loss = run.summary["loss"]
     assert (loss["key"], loss["final"], loss["count"]) == (name, 1 / 20, 20)
     assert loss["best"] == 1 / 20 and loss["max"] == 1.0
@@ -45,16 +59,19 @@ def test_a_nonfinite_train_loss_is_counted_and_halts(quiet_run):
     with pytest.raises(NonFiniteLossError, match="train/loss is nan at step 4"):
         with quiet_run(halt_on_nonfinite=True) as run:
             for i in range(1, 10):
-                run.log({"train/loss": float("nan") if i == 4 else 1.0,
-                         "val/acc": float("nan")}, step=i)
+                run.log(
+                    {"train/loss": float("nan") if i == 4 else 1.0, "val/acc": float("nan")}, step=i
+                )
     assert run.state.nonfinite_losses == 1  # traintel_nonfinite_loss_total: val/acc is no loss
-    (readout, _), = readers({})["traintel_nonfinite_loss_total"](run.state)
+    ((readout, _),) = readers({})["traintel_nonfinite_loss_total"](run.state)
     assert readout == 1
     lines = read_lines(run.dir)
     assert [s["step"] for s in lines.of("step")] == [1, 2, 3, 4]
     events = {e["event"] for e in lines.of("event")}
     assert {"nonfinite_loss", "nonfinite_value"} <= events
-    assert run.summary["loss"]["nonfinite"] == 1 and run.summary["loss"]["first_nonfinite_step"] == 4
+    assert (
+        run.summary["loss"]["nonfinite"] == 1 and run.summary["loss"]["first_nonfinite_step"] == 4
+    )
 
 
 def test_a_declared_loss_name_wins_over_the_names(quiet_run):

@@ -39,7 +39,8 @@ def test_memory_and_objects_stay_flat_over_a_thousand_runs(tmp_path, quiet) -> N
 
 
 def test_a_sweep_with_its_collector_down_warns_once_and_counts_every_trial(
-        tmp_path, quiet, monkeypatch, caplog) -> None:
+    tmp_path, quiet, monkeypatch, caplog
+) -> None:
     """No collector listens on the port (a real refused connection, nothing stands in): the
     first trial finds it down and says so; the next ones neither wait for it again nor warn
     again (each waited 1.4 s and warned twice), yet every trial counts its failed exports."""
@@ -56,8 +57,9 @@ def test_a_sweep_with_its_collector_down_warns_once_and_counts_every_trial(
     try:
         summaries = []
         for trial in range(30):
-            with traintel.init(project="down", dir=str(tmp_path), group="sweep",
-                               **{**quiet, "otlp": True}) as run:
+            with traintel.init(
+                project="down", dir=str(tmp_path), group="sweep", **{**quiet, "otlp": True}
+            ) as run:
                 run.log(loss=1.0 / (trial + 1))
             summaries.append(run.summary)
     finally:
@@ -71,8 +73,9 @@ def test_a_sweep_with_its_collector_down_warns_once_and_counts_every_trial(
         assert summary is not None and sum(summary["export"]["failures"].values()) >= 1
 
 
-def test_a_hung_collector_is_waited_for_by_the_first_trial_only(tmp_path, quiet, monkeypatch,
-                                                                 caplog) -> None:
+def test_a_hung_collector_is_waited_for_by_the_first_trial_only(
+    tmp_path, quiet, monkeypatch, caplog
+) -> None:
     """A collector that accepts connections and never answers (a real listening socket that
     reads nothing): the first trial's end cuts its export after shutdown_timeout; the next
     trials know it is down and neither wait nor warn again."""
@@ -90,8 +93,12 @@ def test_a_hung_collector_is_waited_for_by_the_first_trial_only(tmp_path, quiet,
     try:
         reasons = []
         for trial in range(4):
-            with traintel.init(project="hung", dir=str(tmp_path), group="sweep",
-                               **{**quiet, "otlp": True, "shutdown_timeout": 0.5}) as run:
+            with traintel.init(
+                project="hung",
+                dir=str(tmp_path),
+                group="sweep",
+                **{**quiet, "otlp": True, "shutdown_timeout": 0.5},
+            ) as run:
                 run.log(loss=1.0)
             reasons.append(run.summary["export"]["last_error"] or "")
     finally:

@@ -20,25 +20,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 
-import traintel
-from traintel.testing import capture
-
 from conftest import QUIET, read_lines
 from reliability_log import record
+from traintel.testing import capture
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def warnings_of(run_dir: Path) -> list[str]:
     """traintel's own warnings in a run's record."""
-    return [line["message"] for line in read_lines(run_dir).of("log")
-            if line["level"] == "warning"]
+    return [line["message"] for line in read_lines(run_dir).of("log") if line["level"] == "warning"]
 
 
 def python(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": SRC, **env}, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": SRC, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # -- 1. names over the budget, bad values and fields: refused, said once, counted ------------
@@ -60,18 +62,27 @@ def test_a_run_goes_on_past_its_name_budget_at_hour_ten(quiet_run):
     assert best == {}  # refused: no best claimed
     said = [m for m in warnings_of(run.dir) if "would be name number" in m]
     # one warning per key, each naming the key and the fix, however often it came
-    for key in ("layer5/grad_norm", "layer7/grad_norm", "checkpoint", "save", "skipped",
-                "val_loss"):
+    for key in (
+        "layer5/grad_norm",
+        "layer7/grad_norm",
+        "checkpoint",
+        "save",
+        "skipped",
+        "val_loss",
+    ):
         assert len([m for m in said if repr(key) in m]) == 1, key
     assert all("max_metric_names" in m and "strict=True" in m for m in said)
     assert run.summary["refused"]["name_budget"] == 3 * 3 + 4
     assert run.summary["status"] == "finished"
-    record("names beyond the budget at hour ten (8 per step, max_metric_names=5), then the "
-           "integrations' checkpoint event, a span, a counter, an eval", "refused per key with "
-           "one warning naming it and the fix, counted; the run and its record go on",
-           f"{len(steps)}/3 steps with the 5 admitted names; checkpoint event recorded; "
-           f"{run.summary['refused']['name_budget']} refusals counted, {len(said)} warnings "
-           "(one per key); status finished")
+    record(
+        "names beyond the budget at hour ten (8 per step, max_metric_names=5), then the "
+        "integrations' checkpoint event, a span, a counter, an eval",
+        "refused per key with "
+        "one warning naming it and the fix, counted; the run and its record go on",
+        f"{len(steps)}/3 steps with the 5 admitted names; checkpoint event recorded; "
+        f"{run.summary['refused']['name_budget']} refusals counted, {len(said)} warnings "
+        "(one per key); status finished",
+    )
 
 
 def test_strict_runs_and_capture_raise_what_runs_refuse(quiet_run):
@@ -109,7 +120,14 @@ def test_bad_input_to_every_recording_call_is_refused_not_raised(quiet_run):
         run.begin_epoch(-1)
     refused = run.summary["refused"]
     assert sum(refused.values()) >= 16 and set(refused) <= {
-        "name", "name_budget", "type", "value", "count", "field", "call"}
+        "name",
+        "name_budget",
+        "type",
+        "value",
+        "count",
+        "field",
+        "call",
+    }
     assert run.summary["status"] == "finished" and run.summary["steps"] == 1
 
 
@@ -120,19 +138,27 @@ def test_refusals_are_on_status_and_metrics(quiet_run):
         status = json.loads(urllib.request.urlopen(f"{base}/status", timeout=5).read())
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
     assert status["refused"] == {"type": 1}
-    assert 'traintel_refused_total{' in metrics and 'reason="type"' in metrics
+    assert "traintel_refused_total{" in metrics and 'reason="type"' in metrics
 
 
 names = st.text(max_size=30)
-values = st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=5), st.none(),
-                   st.lists(st.floats(), max_size=2))
+values = st.one_of(
+    st.floats(allow_nan=True),
+    st.integers(),
+    st.text(max_size=5),
+    st.none(),
+    st.lists(st.floats(), max_size=2),
+)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=names, fields=st.dictionaries(st.sampled_from(["a", "b", "step", "level"]), values,
-                                          max_size=3),
-       value=values)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=names,
+    fields=st.dictionaries(st.sampled_from(["a", "b", "step", "level"]), values, max_size=3),
+    value=values,
+)
 def test_no_recording_call_raises_whatever_it_is_given(quiet_run, name, fields, value):
     """Hypothesis at the public doors whose input grew: names, values, fields, steps."""
     run = quiet_run(max_metric_names=3, reinit="create_new")
@@ -152,12 +178,19 @@ def test_no_recording_call_raises_whatever_it_is_given(quiet_run, name, fields, 
 
 
 # -- 2. settings from the environment never stop a run ---------------------------------------
-GARBAGE = [("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "99999"), ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
-           ("OTEL_BLRP_MAX_QUEUE_SIZE", "0"), ("OTEL_BSP_MAX_QUEUE_SIZE", "-1"),
-           ("OTEL_METRIC_EXPORT_INTERVAL", "0"), ("OTEL_METRIC_EXPORT_INTERVAL", "-1"),
-           ("OTEL_METRIC_EXPORT_INTERVAL", "1e15"), ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-1"),
-           ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "abc"), ("OTEL_BLRP_EXPORT_TIMEOUT", "nan"),
-           ("OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "1.5")]
+GARBAGE = [
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "99999"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+    ("OTEL_BLRP_MAX_QUEUE_SIZE", "0"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "-1"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "-1"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "1e15"),
+    ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-1"),
+    ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "abc"),
+    ("OTEL_BLRP_EXPORT_TIMEOUT", "nan"),
+    ("OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "1.5"),
+]
 
 
 @pytest.mark.parametrize("variable, value", GARBAGE)
@@ -165,7 +198,8 @@ def test_a_bad_sdk_setting_is_its_default_with_a_warning_naming_it(tmp_path, var
     """Finding 2: each of these stopped traintel.init with the SDK's error (mostly not naming
     the variable); 1e15 killed the metric reader's thread. A real process, so that the SDK is
     imported under the variable as a user's job imports it."""
-    done = python(f"""
+    done = python(
+        """
         import threading, traintel
         run = traintel.init(project="env", dir="runs", progress="off", sample_interval=0,
                             console_logs=False, otlp=True, shutdown_timeout=0.2)
@@ -177,16 +211,21 @@ def test_a_bad_sdk_setting_is_its_default_with_a_warning_naming_it(tmp_path, var
         print("reader alive:", all(t.is_alive() for t in readers) and len(readers) == 1)
         run.finish()
         print("status:", run.summary["status"])
-    """, tmp_path, **{variable: value, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    """,
+        tmp_path,
+        **{variable: value, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+    )
     assert done.returncode == 0, done.stderr
     assert "reader alive: True" in done.stdout and "status: finished" in done.stdout
     said = [line for line in done.stderr.splitlines() if f"{variable}={value!r}" in line]
     assert len(said) == 1 and "using the default" in said[0], done.stderr
     _TRIED.append(f"{variable}={value}")
-    record("bad OTEL_* SDK settings in the environment (issue 28's list)", "the default, one "
-           "warning naming the variable; init never stops; the metric reader lives",
-           f"{len(_TRIED)} values tried, each: run finished, one warning naming the variable, "
-           f"metric reader alive ({', '.join(_TRIED)})")
+    record(
+        "bad OTEL_* SDK settings in the environment (issue 28's list)",
+        "the default, one warning naming the variable; init never stops; the metric reader lives",
+        f"{len(_TRIED)} values tried, each: run finished, one warning naming the variable, "
+        f"metric reader alive ({', '.join(_TRIED)})",
+    )
 
 
 _TRIED: list[str] = []
@@ -236,17 +275,21 @@ def test_an_exception_whose_str_raises_propagates_unchanged(quiet_run, recorded)
     assert end["status"] == "failed"
     (error,) = recorded(run.dir).of("error")
     assert error["exc_type"] == "Unprintable" and "str() raised RuntimeError" in error["message"]
-    record("an exception whose __str__, __repr__ and args raise, escaping `with traintel.init()` (and "
-           "uncaught, through the excepthook)", "the user's exception propagates unchanged; "
-           "the run ends failed with run_end and summary.json",
-           "the same exception object reached the caller; status failed, run_end and "
-           "summary.json written; uncaught: no 'Error in sys.excepthook', status failed")
+    record(
+        "an exception whose __str__, __repr__ and args raise, escaping `with traintel.init()` (and "
+        "uncaught, through the excepthook)",
+        "the user's exception propagates unchanged; "
+        "the run ends failed with run_end and summary.json",
+        "the same exception object reached the caller; status failed, run_end and "
+        "summary.json written; uncaught: no 'Error in sys.excepthook', status failed",
+    )
 
 
 def test_an_uncaught_exception_whose_str_raises_fails_the_run(tmp_path):
     """Uncaught, the excepthook failed ('Error in sys.excepthook') and the run was recorded as
     finished."""
-    done = python("""
+    done = python(
+        """
         import traintel
         class Unprintable(Exception):
             def __str__(self): raise RuntimeError("broken")
@@ -254,7 +297,9 @@ def test_an_uncaught_exception_whose_str_raises_fails_the_run(tmp_path):
                             console_logs=False, otlp=False)
         run.log(loss=1.0)
         raise Unprintable()
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert done.returncode == 1
     assert "Error in sys.excepthook" not in done.stderr and "Unprintable" in done.stderr
     (summary,) = (tmp_path / "runs").glob("*/summary.json")
@@ -276,9 +321,12 @@ def test_a_huge_error_message_is_cut_before_any_work(quiet_run, recorded):
     assert len(line["traceback"]) < 30_000
     (error,) = recorded(run.dir).of("error")
     assert error["message"].endswith("[cut: 50,000,000 characters in all]")
-    record("run.error with a 50 MB message", "cut (its size noted) before any work on the "
-           "training thread", f"{took:.3f} s on the training thread (before: 51.5 s measured on "
-           "the same machine); message kept 16,384 characters and its size")
+    record(
+        "run.error with a 50 MB message",
+        "cut (its size noted) before any work on the training thread",
+        f"{took:.3f} s on the training thread (before: 51.5 s measured on "
+        "the same machine); message kept 16,384 characters and its size",
+    )
 
 
 # -- 9. a forked child: no-ops after one warning, bounded ------------------------------------
@@ -286,7 +334,8 @@ def test_a_huge_error_message_is_cut_before_any_work(quiet_run, recorded):
 def test_300000_calls_in_a_forked_child_stay_bounded(tmp_path, quiet):
     """Finding 9: every call in a forked child was queued for a writer that never came (1.2 M
     calls: 1 M queued, 411 MB), silently."""
-    done = python(f"""
+    done = python(
+        f"""
         import json, os, traintel
         run = traintel.init(project="fork", dir="runs", **{dict(QUIET)!r})
         seq_len = run.histogram("seq_len")
@@ -317,7 +366,9 @@ def test_300000_calls_in_a_forked_child_stay_bounded(tmp_path, quiet):
         run.log(loss=2.0)
         run.finish()
         print(json.dumps({{"steps": run.summary["steps"]}}))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     child, parent = (json.loads(line) for line in done.stdout.splitlines()[-2:])
     assert child["grew_mb"] < 64
@@ -325,10 +376,12 @@ def test_300000_calls_in_a_forked_child_stay_bounded(tmp_path, quiet):
     assert parent["steps"] == 1  # nothing of the child's reached the parent's record
     said = [line for line in done.stderr.splitlines() if "forked child" in line]
     assert len(said) == 1 and "traintel.init() in the child" in said[0], done.stderr
-    record("300,000 API calls in a forked child (log, event, histogram, span, logger)",
-           "no-ops after one warning; the child's memory bounded (< 64 MB)",
-           f"child grew {child['grew_mb']:.1f} MB (before: 182 MB, 423,000 items queued for a "
-           "writer that never came); 1 warning; the parent's record untouched")
+    record(
+        "300,000 API calls in a forked child (log, event, histogram, span, logger)",
+        "no-ops after one warning; the child's memory bounded (< 64 MB)",
+        f"child grew {child['grew_mb']:.1f} MB (before: 182 MB, 423,000 items queued for a "
+        "writer that never came); 1 warning; the parent's record untouched",
+    )
 
 
 # -- 10. counts never go down ----------------------------------------------------------------
@@ -342,8 +395,9 @@ def test_negative_counts_are_refused_and_the_counter_stays_valid(quiet_run):
             run.log(loss=1.0, samples=bad, tokens=bad)
         for _ in run.track(range(2)):
             run.log(loss=1.0, samples=-5)
-        request = urllib.request.Request(url, headers={
-            "Accept": "application/openmetrics-text; version=1.0.0"})
+        request = urllib.request.Request(
+            url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
         text = urllib.request.urlopen(request, timeout=5).read().decode()
     families = {f.name: f for f in om_families(text)}  # parses: the exposition is valid
     (sample,) = [s for s in families["traintel_samples"].samples if s.name.endswith("_total")]
@@ -352,10 +406,12 @@ def test_negative_counts_are_refused_and_the_counter_stays_valid(quiet_run):
     assert run.summary["refused"]["count"] == 8
     said = [m for m in warnings_of(run.dir) if "is a count per step" in m]
     assert len(said) == 2  # one per key: samples, tokens
-    record("negative and NaN samples/tokens (-999,999,999, NaN, -1, in run.log and run.track)",
-           "refused, warned once per key, counted; counters never go down",
-           f"traintel_samples_total {sample.value:g} (the good steps' sum); OpenMetrics parses; "
-           f"{run.summary['refused']['count']} refusals counted, {len(said)} warnings")
+    record(
+        "negative and NaN samples/tokens (-999,999,999, NaN, -1, in run.log and run.track)",
+        "refused, warned once per key, counted; counters never go down",
+        f"traintel_samples_total {sample.value:g} (the good steps' sum); OpenMetrics parses; "
+        f"{run.summary['refused']['count']} refusals counted, {len(said)} warnings",
+    )
 
 
 # -- 11. an event field that cannot be printed -----------------------------------------------
@@ -368,9 +424,12 @@ def test_an_unprintable_event_field_keeps_its_event(quiet_run, capfd):
     assert event["step"] == 3
     assert run.summary["refused"] == {"field": 1}
     assert "Logging error" not in capfd.readouterr().err
-    record("an event field whose __str__ raises", "the event kept, the field a placeholder, "
-           "counted", "event recorded with the field as '<Unprintable: str() raised "
-           "RuntimeError>'; refused field 1; no '--- Logging error ---'")
+    record(
+        "an event field whose __str__ raises",
+        "the event kept, the field a placeholder, counted",
+        "event recorded with the field as '<Unprintable: str() raised "
+        "RuntimeError>'; refused field 1; no '--- Logging error ---'",
+    )
 
 
 # -- 12. SIGHUP ends the run like SIGTERM ----------------------------------------------------
@@ -378,7 +437,11 @@ def test_an_unprintable_event_field_keeps_its_event(quiet_run, capfd):
 def test_sighup_ends_the_run_with_its_record(tmp_path):
     """Finding 12: closing the terminal ended the process with 195 of 290 steps, no run_end and
     no summary."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import time, traintel
         run = traintel.init(project="hup", dir="runs", progress="off", sample_interval=0,
                             console_logs=False, otlp=False)
@@ -386,8 +449,14 @@ def test_sighup_ends_the_run_with_its_record(tmp_path):
         for step in range(100_000):
             run.log(loss=1.0)
             time.sleep(0.001)
-    """)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "started"
     time.sleep(0.3)
     proc.send_signal(signal.SIGHUP)
@@ -398,14 +467,18 @@ def test_sighup_ends_the_run_with_its_record(tmp_path):
     assert summary["status"] == "interrupted" and lines.of("run_end")[0]["status"] == "interrupted"
     assert summary["steps"] == len(lines.of("step")) > 0
     assert lines.of("event", "signal")[0]["fields"]["signal"] == "SIGHUP"
-    record("SIGHUP mid-run (the terminal closed)", "the run ends as after SIGTERM: run_end, "
-           "summary.json, every step", f"exit {128 + signal.SIGHUP}; status interrupted; "
-           f"{summary['steps']} steps in summary.json = {len(lines.of('step'))} step lines")
+    record(
+        "SIGHUP mid-run (the terminal closed)",
+        "the run ends as after SIGTERM: run_end, summary.json, every step",
+        f"exit {128 + signal.SIGHUP}; status interrupted; "
+        f"{summary['steps']} steps in summary.json = {len(lines.of('step'))} step lines",
+    )
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
 def test_sighup_stays_ignored_under_nohup(tmp_path):
-    done = python("""
+    done = python(
+        """
         import os, signal, traintel
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
         run = traintel.init(project="hup", dir="runs", progress="off", sample_interval=0,
@@ -415,7 +488,7 @@ def test_sighup_stays_ignored_under_nohup(tmp_path):
         print("stop requested:", run.stop_requested)
         run.finish()
         print("status:", run.summary["status"])
-    """, tmp_path)
-    assert "stop requested: False" in done.stdout and "status: finished" in done.stdout, \
-        done.stderr
-
+    """,
+        tmp_path,
+    )
+    assert "stop requested: False" in done.stdout and "status: finished" in done.stdout, done.stderr

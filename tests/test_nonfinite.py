@@ -13,10 +13,9 @@ import urllib.request
 
 import pytest
 
+from conftest import read_lines
 from traintel.core.errors import NonFiniteLossError
 from traintel.reports.render import progress_text
-
-from conftest import read_lines
 
 
 def test_a_diverged_run_shows_nan_everywhere_not_its_last_finite_loss(quiet_run):
@@ -34,11 +33,25 @@ def test_a_diverged_run_shows_nan_everywhere_not_its_last_finite_loss(quiet_run)
     loss = run.summary["loss"]
     assert loss["final"] == "nan" and loss["last_finite"] == pytest.approx(1 / 11)
     assert loss["nonfinite"] == 39 and loss["first_nonfinite_step"] == 12
-    assert run.summary["nonfinite"] == {"loss": {"count": 39, "first_step": 12,
-                                                 "last_step": 50}}
-    shown = json.loads(subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir), "--format",
-         "json"], capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert run.summary["nonfinite"] == {"loss": {"count": 39, "first_step": 12, "last_step": 50}}
+    shown = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "traintel.cli",
+                "logs",
+                "summary",
+                str(run.dir),
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
     assert shown["loss"]["final"] == "nan" and shown["loss"]["first_nonfinite_step"] == 12
     assert shown["nonfinite"]["loss"]["count"] == 39
 
@@ -54,8 +67,10 @@ def test_nonfinite_warnings_are_the_first_then_a_count(quiet_run, monkeypatch):
                 run.log_values(probe=1.0)  # nothing to report for a values line alone
     warnings = [(e["event"], e["fields"]) for e in read_lines(run.dir).of("event")]
     assert warnings[0] == ("nonfinite_loss", {"metric": "loss", "value": "nan", "first": True})
-    assert warnings[1] == ("nonfinite_value", {"metric": "grad_norm", "value": "inf",
-                                               "first": True})
+    assert warnings[1] == (
+        "nonfinite_value",
+        {"metric": "grad_norm", "value": "inf", "first": True},
+    )
     # then counts, never a line per step: at most one per metric per report interval, and the
     # rest at the end
     counts = [fields for _, fields in warnings[2:]]
@@ -77,8 +92,10 @@ def test_the_console_says_at_which_step_the_first_nonfinite_loss_came(quiet_run,
 
 
 def test_halt_on_nonfinite_stops_at_the_first_nonfinite_loss(quiet_run):
-    with pytest.raises(NonFiniteLossError, match="loss is nan at step 4; the run stops at the "
-                                                 "first non-finite loss"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match="loss is nan at step 4; the run stops at the first non-finite loss",
+    ):
         with quiet_run(halt_on_nonfinite=True) as run:
             for step in range(1, 10):
                 run.log(loss=float("nan") if step == 4 else 1.0, grad_norm=float("nan"))

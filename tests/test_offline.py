@@ -12,10 +12,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import traintel
-from traintel.run import facade as run_module
 from traintel.export.otlp import log_record
+from traintel.run import facade as run_module
 from traintel.testing import capture
-
 
 
 class Listener:
@@ -64,14 +63,16 @@ def _train(run: traintel.Run) -> None:
         pass
 
 
-def test_offline_run_records_every_span_with_ids_and_exports_nothing(quiet_run, recorded,
-                                                                    monkeypatch):
+def test_offline_run_records_every_span_with_ids_and_exports_nothing(
+    quiet_run, recorded, monkeypatch
+):
     listener = Listener()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", listener.url)
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
     try:
-        with quiet_run(otlp=None, mode="offline", step_span_every=2,
-                       config={"api_key": "supersecret-123"}) as run:
+        with quiet_run(
+            otlp=None, mode="offline", step_span_every=2, config={"api_key": "supersecret-123"}
+        ) as run:
             _train(run)
     finally:
         listener.close()
@@ -88,7 +89,12 @@ def test_offline_run_records_every_span_with_ids_and_exports_nothing(quiet_run, 
     for span in spans.values():
         by_name.setdefault(span["name"], []).append(span)
     assert {n: len(v) for n, v in by_name.items()} == {
-        "training_run": 1, "epoch": 2, "train_step": 4, "checkpoint": 2, "eval_shard": 1}
+        "training_run": 1,
+        "epoch": 2,
+        "train_step": 4,
+        "checkpoint": 2,
+        "eval_shard": 1,
+    }
     root = by_name["training_run"][0]
     assert root["parent_span_id"] is None and root["attributes"]["status"] == "finished"
     assert len({s["trace_id"] for s in spans.values()}) == 1, "one trace per run"
@@ -109,8 +115,9 @@ def test_offline_run_records_every_span_with_ids_and_exports_nothing(quiet_run, 
     assert all(line["trace_id"] == root["trace_id"] for line in stamped)
 
 
-def test_mode_comes_from_the_environment_and_contradictions_are_refused(quiet_run, recorded,
-                                                                       monkeypatch):
+def test_mode_comes_from_the_environment_and_contradictions_are_refused(
+    quiet_run, recorded, monkeypatch
+):
     monkeypatch.setenv("TRAINTEL_MODE", "offline")
     with quiet_run(otlp=None) as run:
         assert run.settings.export_mode == "offline"
@@ -157,15 +164,31 @@ def test_a_live_run_notes_what_each_export_delivered(quiet_run, recorded):
     delivered_logs = [ts for n in notes if n["signal"] == "logs" for ts in n["delivered"]]
     sent = {record.timestamp: record for record in telemetry.log_records()}
     assert sorted(delivered_logs) == sorted(sent)
-    rebuilt = {int(line["ts"] * 1e9): log_record(line) for line in lines
-               if int(line["ts"] * 1e9) in sent and line["type"] != "span"}
+    rebuilt = {
+        int(line["ts"] * 1e9): log_record(line)
+        for line in lines
+        if int(line["ts"] * 1e9) in sent and line["type"] != "span"
+    }
     assert set(rebuilt) == set(sent)
     for ts, live in sent.items():
         again = rebuilt[ts]
-        assert (again.body, again.severity_text, again.severity_number, again.trace_id,
-                again.span_id, again.event_name, again.observed_timestamp) == (
-            live.body, live.severity_text, live.severity_number, live.trace_id, live.span_id,
-            live.event_name, live.observed_timestamp)
+        assert (
+            again.body,
+            again.severity_text,
+            again.severity_number,
+            again.trace_id,
+            again.span_id,
+            again.event_name,
+            again.observed_timestamp,
+        ) == (
+            live.body,
+            live.severity_text,
+            live.severity_number,
+            live.trace_id,
+            live.span_id,
+            live.event_name,
+            live.observed_timestamp,
+        )
         assert dict(again.attributes or {}) == dict(live.attributes or {})
 
 

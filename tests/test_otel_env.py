@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_fixture import eventually
 
+from stack_fixture import eventually
 from traintel.export import selection
 from traintel.export.otlp import Sinks
 from traintel.stack import install
@@ -38,9 +38,9 @@ with traintel.init(project="otel", dir=sys.argv[1], sample_interval=0, progress=
     run.logger("probe").warning("probe " + "x" * int(sys.argv[2]))
 """
 
-pytestmark = pytest.mark.skipif(install.binary("otelcol") is None,
-                                reason=install.missing_reason("otelcol") or "no collector")
-
+pytestmark = pytest.mark.skipif(
+    install.binary("otelcol") is None, reason=install.missing_reason("otelcol") or "no collector"
+)
 
 
 class Probe:
@@ -54,28 +54,51 @@ class Probe:
         if tls:
             receiver["tls"] = tls
         config = {
-            "receivers": {"otlp": {"protocols": {
-                "grpc": {**receiver, "endpoint": f"127.0.0.1:{self.grpc}"},
-                "http": {**receiver, "endpoint": f"127.0.0.1:{self.http}"}}}},
-            "processors": {"resource/headers": {"attributes": [
-                {"key": "probe.header", "from_context": "metadata.x-traintel-probe",
-                 "action": "upsert"}]}},
-            "exporters": {f"file/{signal}": {"path": str(self.file(signal)),
-                                             "flush_interval": "100ms"}
-                          for signal in selection.SIGNALS},
+            "receivers": {
+                "otlp": {
+                    "protocols": {
+                        "grpc": {**receiver, "endpoint": f"127.0.0.1:{self.grpc}"},
+                        "http": {**receiver, "endpoint": f"127.0.0.1:{self.http}"},
+                    }
+                }
+            },
+            "processors": {
+                "resource/headers": {
+                    "attributes": [
+                        {
+                            "key": "probe.header",
+                            "from_context": "metadata.x-traintel-probe",
+                            "action": "upsert",
+                        }
+                    ]
+                }
+            },
+            "exporters": {
+                f"file/{signal}": {"path": str(self.file(signal)), "flush_interval": "100ms"}
+                for signal in selection.SIGNALS
+            },
             "extensions": {"health_check": {"endpoint": f"127.0.0.1:{self.health}"}},
             "service": {
                 "extensions": ["health_check"],
                 "telemetry": {"metrics": {"level": "none"}},
-                "pipelines": {signal: {"receivers": ["otlp"], "processors": ["resource/headers"],
-                                       "exporters": [f"file/{signal}"]}
-                              for signal in selection.SIGNALS}},
+                "pipelines": {
+                    signal: {
+                        "receivers": ["otlp"],
+                        "processors": ["resource/headers"],
+                        "exporters": [f"file/{signal}"],
+                    }
+                    for signal in selection.SIGNALS
+                },
+            },
         }
         path = self.dir / "probe.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = (self.dir / "probe.log").open("w")
-        self.proc = subprocess.Popen([str(install.binary("otelcol")), "--config", str(path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(install.binary("otelcol")), "--config", str(path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         eventually(self._ready, 30, 0.2, "the probe collector to start")
 
     def _ready(self) -> bool:
@@ -96,8 +119,10 @@ class Probe:
             return out
         for line in lines:
             for resource in json.loads(line).get(key[signal], []):
-                attrs = {a["key"]: next(iter(a["value"].values()))
-                         for a in resource["resource"].get("attributes", [])}
+                attrs = {
+                    a["key"]: next(iter(a["value"].values()))
+                    for a in resource["resource"].get("attributes", [])
+                }
                 out.append({"attributes": attrs, "body": resource})
         return out
 
@@ -114,11 +139,17 @@ def probe(tmp_path: Path) -> Iterator[Probe]:
     found.close()
 
 
-def _run(tmp_path: Path, env: dict[str, str],
-         message_bytes: int = 10) -> subprocess.CompletedProcess:
+def _run(
+    tmp_path: Path, env: dict[str, str], message_bytes: int = 10
+) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    done = subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "runs"), str(message_bytes)],
-                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(tmp_path / "runs"), str(message_bytes)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -130,8 +161,11 @@ def _endpoint(probe: Probe, protocol: str, scheme: str = "http") -> str:
 
 def _to(probe: Probe, protocol: str, **more: str) -> dict[str, str]:
     """The variables of an export to ``probe`` over ``protocol``, and ``more``."""
-    return {"OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(probe, protocol), **more}
+    return {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(probe, protocol),
+        **more,
+    }
 
 
 def _signal_path(protocol: str, signal: str) -> str:
@@ -141,13 +175,21 @@ def _signal_path(protocol: str, signal: str) -> str:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_protocol_endpoint_and_headers_general_and_per_signal(probe, tmp_path, protocol):
-    done = _run(tmp_path, _to(probe, protocol,
-                              OTEL_EXPORTER_OTLP_HEADERS="x-traintel-probe=general",
-                              OTEL_EXPORTER_OTLP_TRACES_HEADERS="x-traintel-probe=traces-only"))
+    done = _run(
+        tmp_path,
+        _to(
+            probe,
+            protocol,
+            OTEL_EXPORTER_OTLP_HEADERS="x-traintel-probe=general",
+            OTEL_EXPORTER_OTLP_TRACES_HEADERS="x-traintel-probe=traces-only",
+        ),
+    )
     for signal in selection.SIGNALS:
         eventually(lambda: probe.received(signal), 20, 0.2, f"{signal} over {protocol}")
-    headers = {signal: {r["attributes"].get("probe.header") for r in probe.received(signal)}
-               for signal in selection.SIGNALS}
+    headers = {
+        signal: {r["attributes"].get("probe.header") for r in probe.received(signal)}
+        for signal in selection.SIGNALS
+    }
     assert headers == {"traces": {"traces-only"}, "metrics": {"general"}, "logs": {"general"}}
     assert all(r["attributes"]["project"] == "otel" for r in probe.received("metrics"))
     assert "traintel:" not in done.stderr  # no configuration warning
@@ -159,15 +201,23 @@ def test_per_signal_protocol_and_endpoint(tmp_path, protocol):
     other = PROTOCOLS[1 - PROTOCOLS.index(protocol)]
     metrics_probe, rest_probe = Probe(tmp_path / "m"), Probe(tmp_path / "r")
     try:
-        _run(tmp_path, {
-            "OTEL_EXPORTER_OTLP_PROTOCOL": other,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(rest_probe, other),
-            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": protocol,
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT":
-                _endpoint(metrics_probe, protocol) + _signal_path(protocol, "metrics")})
+        _run(
+            tmp_path,
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": other,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(rest_probe, other),
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": protocol,
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": _endpoint(metrics_probe, protocol)
+                + _signal_path(protocol, "metrics"),
+            },
+        )
         eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
-        eventually(lambda: rest_probe.received("traces") and rest_probe.received("logs"), 20,
-                   0.2, "traces and logs")
+        eventually(
+            lambda: rest_probe.received("traces") and rest_probe.received("logs"),
+            20,
+            0.2,
+            "traces and logs",
+        )
         assert not rest_probe.received("metrics")
         assert not metrics_probe.received("traces") and not metrics_probe.received("logs")
     finally:
@@ -182,29 +232,44 @@ def test_a_sync_reads_the_variables_a_live_run_reads(tmp_path):
     try:
         variables = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(rest_probe, "http/protobuf"),
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT":
-                _endpoint(metrics_probe, "http/protobuf") + "/v1/metrics",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": _endpoint(metrics_probe, "http/protobuf")
+            + "/v1/metrics",
             "OTEL_EXPORTER_OTLP_HEADERS": "x-traintel-probe=general",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-traintel-probe=traces-only",
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "5000"}
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "5000",
+        }
         _run(tmp_path, {**variables, "TRAINTEL_MODE": "offline"})
         time.sleep(0.5)
-        assert not any(probe.received(signal) for probe in (metrics_probe, rest_probe)
-                       for signal in selection.SIGNALS), "an offline run exported"
+        assert not any(
+            probe.received(signal)
+            for probe in (metrics_probe, rest_probe)
+            for signal in selection.SIGNALS
+        ), "an offline run exported"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        done = subprocess.run([sys.executable, "-m", "traintel.cli", "sync",
-                               str(tmp_path / "runs")], env={**clean, **variables},
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "traintel.cli", "sync", str(tmp_path / "runs")],
+            env={**clean, **variables},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
-        eventually(lambda: rest_probe.received("traces") and rest_probe.received("logs"), 20,
-                   0.2, "traces and logs")
+        eventually(
+            lambda: rest_probe.received("traces") and rest_probe.received("logs"),
+            20,
+            0.2,
+            "traces and logs",
+        )
         assert not rest_probe.received("metrics") and not metrics_probe.received("logs")
-        headers = {signal: {r["attributes"].get("probe.header")
-                            for r in (metrics_probe if signal == "metrics" else rest_probe)
-                            .received(signal)} for signal in selection.SIGNALS}
-        assert headers == {"traces": {"traces-only"}, "metrics": {"general"},
-                           "logs": {"general"}}
+        headers = {
+            signal: {
+                r["attributes"].get("probe.header")
+                for r in (metrics_probe if signal == "metrics" else rest_probe).received(signal)
+            }
+            for signal in selection.SIGNALS
+        }
+        assert headers == {"traces": {"traces-only"}, "metrics": {"general"}, "logs": {"general"}}
     finally:
         metrics_probe.close()
         rest_probe.close()
@@ -212,8 +277,9 @@ def test_a_sync_reads_the_variables_a_live_run_reads(tmp_path):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_exporter_selection_none_and_console(probe, tmp_path, protocol):
-    done = _run(tmp_path, _to(probe, protocol, OTEL_TRACES_EXPORTER="none",
-                              OTEL_LOGS_EXPORTER="console"))
+    done = _run(
+        tmp_path, _to(probe, protocol, OTEL_TRACES_EXPORTER="none", OTEL_LOGS_EXPORTER="console")
+    )
     eventually(lambda: probe.received("metrics"), 20, 0.2, "metrics")
     time.sleep(1.0)  # the file exporter flushes every 100 ms: anything sent has landed
     assert probe.received("traces") == [] and probe.received("logs") == []
@@ -230,7 +296,7 @@ def _json_blocks(text: str) -> list[str]:
         elif char == "}":
             depth -= 1
             if depth == 0:
-                blocks.append(text[start:i + 1])
+                blocks.append(text[start : i + 1])
     return blocks
 
 
@@ -251,8 +317,7 @@ class ByteCounter:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False),
-                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
         try:
@@ -273,12 +338,17 @@ class ByteCounter:
 def test_compression_gzip_shrinks_what_goes_on_the_wire(probe, tmp_path, protocol):
     relay = ByteCounter(probe.grpc if protocol == "grpc" else probe.http)
     try:
-        _run(tmp_path, {
-            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{relay.port}",
-            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
-            "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
-            message_bytes=500_000)
+        _run(
+            tmp_path,
+            {
+                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{relay.port}",
+                "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+                "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_METRICS_EXPORTER": "none",
+            },
+            message_bytes=500_000,
+        )
         logs = eventually(lambda: probe.received("logs"), 20, 0.2, "logs")
     finally:
         relay.close()
@@ -294,8 +364,7 @@ def test_timeout_is_in_milliseconds(tmp_path, monkeypatch, protocol):
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
-                       f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "500")
     assert selection.timeout_s("traces") == 0.5 and selection.timeout_s("logs") == 60.0
@@ -317,22 +386,63 @@ def test_timeout_is_in_milliseconds(tmp_path, monkeypatch, protocol):
 def _certificates(directory: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
     directory.mkdir(exist_ok=True)
-    paths = {name: directory / f"{name}.pem" for name in
-             ("ca", "ca-key", "server", "server-key", "client", "client-key")}
+    paths = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "ca-key", "server", "server-key", "client", "client-key")
+    }
 
     def openssl(*argv: str) -> None:
         subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=directory)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=probe-ca",
-            "-keyout", str(paths["ca-key"]), "-out", str(paths["ca"]))
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"),
-                            ("client", "extendedKeyUsage=clientAuth")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", str(paths[f"{name}-key"]), "-out", f"{name}.csr")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=probe-ca",
+        "-keyout",
+        str(paths["ca-key"]),
+        "-out",
+        str(paths["ca"]),
+    )
+    for name, extension in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(paths[f"{name}-key"]),
+            "-out",
+            f"{name}.csr",
+        )
         (directory / f"{name}.ext").write_text(extension + "\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", str(paths["ca"]),
-                "-CAkey", str(paths["ca-key"]), "-CAcreateserial", "-days", "2",
-                "-extfile", f"{name}.ext", "-out", str(paths[name]))
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            str(paths["ca"]),
+            "-CAkey",
+            str(paths["ca-key"]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            str(paths[name]),
+        )
     return paths
 
 
@@ -345,20 +455,34 @@ def test_certificates_server_and_client(tmp_path, protocol):
     import certifi
 
     pem = _certificates(tmp_path / "pki")
-    secure = Probe(tmp_path / "tls", tls={"cert_file": str(pem["server"]),
-                                          "key_file": str(pem["server-key"]),
-                                          "client_ca_file": str(pem["ca"])})
-    base = {"OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(secure, protocol, "https"),
-            "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pem["ca"]),
-            "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none",
-            "REQUESTS_CA_BUNDLE": certifi.where()}
+    secure = Probe(
+        tmp_path / "tls",
+        tls={
+            "cert_file": str(pem["server"]),
+            "key_file": str(pem["server-key"]),
+            "client_ca_file": str(pem["ca"]),
+        },
+    )
+    base = {
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": _endpoint(secure, protocol, "https"),
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pem["ca"]),
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "REQUESTS_CA_BUNDLE": certifi.where(),
+    }
     try:
         _run(tmp_path, base)  # no client certificate: the server refuses
         time.sleep(1.0)
         assert secure.received("metrics") == []
-        _run(tmp_path, {**base, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pem["client"]),
-                        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(pem["client-key"])})
+        _run(
+            tmp_path,
+            {
+                **base,
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pem["client"]),
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(pem["client-key"]),
+            },
+        )
         eventually(lambda: secure.received("metrics"), 20, 0.2, "metrics over mutual TLS")
     finally:
         secure.close()
@@ -366,17 +490,27 @@ def test_certificates_server_and_client(tmp_path, protocol):
 
 def test_prometheus_as_metrics_exporter_serves_traintels_own_metrics(tmp_path):
     port = free_port()
-    code = ("import sys, time, urllib.request, traintel\n"
-            "with traintel.init(project='p', dir=sys.argv[1], sample_interval=0, progress='off',"
-            " console_logs=False) as run:\n"
-            "    run.log(loss=1.0)\n"
-            f"    print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())")
+    code = (
+        "import sys, time, urllib.request, traintel\n"
+        "with traintel.init(project='p', dir=sys.argv[1], sample_interval=0, progress='off',"
+        " console_logs=False) as run:\n"
+        "    run.log(loss=1.0)\n"
+        f"    print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRAINTEL_"))}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                          text=True, timeout=60,
-                          env={**clean, "OTEL_METRICS_EXPORTER": "prometheus",
-                               "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
-                               "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **clean,
+            "OTEL_METRICS_EXPORTER": "prometheus",
+            "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+        },
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "traintel_loss{" in done.stdout
 
@@ -406,8 +540,11 @@ def test_grpc_without_its_extra_names_it(monkeypatch, caplog):
 
 
 def test_unset_means_otlp_over_http_protobuf(monkeypatch):
-    for variable in (*selection.EXPORTERS.values(), *selection.PROTOCOLS.values(),
-                     *selection.TIMEOUTS.values()):
+    for variable in (
+        *selection.EXPORTERS.values(),
+        *selection.PROTOCOLS.values(),
+        *selection.TIMEOUTS.values(),
+    ):
         monkeypatch.delenv(variable.name, raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TIMEOUT", raising=False)
@@ -415,7 +552,8 @@ def test_unset_means_otlp_over_http_protobuf(monkeypatch):
     assert {s: [type(e).__module__ for e in found] for s, found in made.items()} == {
         "traces": ["opentelemetry.exporter.otlp.proto.http.trace_exporter"],
         "metrics": ["opentelemetry.exporter.otlp.proto.http.metric_exporter"],
-        "logs": ["opentelemetry.exporter.otlp.proto.http._log_exporter"]}
+        "logs": ["opentelemetry.exporter.otlp.proto.http._log_exporter"],
+    }
     for found in made.values():
         for exporter in found:
             exporter.shutdown()
@@ -423,22 +561,36 @@ def test_unset_means_otlp_over_http_protobuf(monkeypatch):
 
 def _metric_points(probe: Probe, name: str) -> list[tuple[int, dict]]:
     """(aggregation temporality, data point) of every point of histogram ``name`` received."""
-    return [(metric["histogram"]["aggregationTemporality"], point)
-            for resource in probe.received("metrics")
-            for scope in resource["body"].get("scopeMetrics", [])
-            for metric in scope.get("metrics", []) if metric["name"] == name
-            for point in metric["histogram"]["dataPoints"]]
+    return [
+        (metric["histogram"]["aggregationTemporality"], point)
+        for resource in probe.received("metrics")
+        for scope in resource["body"].get("scopeMetrics", [])
+        for metric in scope.get("metrics", [])
+        if metric["name"] == name
+        for point in metric["histogram"]["dataPoints"]
+    ]
 
 
 @pytest.mark.parametrize("preference, temporality", [("delta", 1), ("", 2), ("cumulative", 2)])
 def test_histograms_follow_the_temporality_preference(probe, tmp_path, preference, temporality):
     """Delta (1) under ``delta``, as the specification's table says for histograms; cumulative
     (2) otherwise. An empty value is unset: the default, without the SDK's 'Invalid value'."""
-    done = _run(tmp_path, _to(probe, "http/protobuf", OTEL_METRIC_EXPORT_INTERVAL="100",
-                              OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=preference,
-                              OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=""))
-    points = eventually(lambda: _metric_points(probe, "traintel_step_duration_seconds"), 30,
-                        0.2, "the step-time histogram")
+    done = _run(
+        tmp_path,
+        _to(
+            probe,
+            "http/protobuf",
+            OTEL_METRIC_EXPORT_INTERVAL="100",
+            OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=preference,
+            OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION="",
+        ),
+    )
+    points = eventually(
+        lambda: _metric_points(probe, "traintel_step_duration_seconds"),
+        30,
+        0.2,
+        "the step-time histogram",
+    )
     assert {t for t, _ in points} == {temporality}
     counts = [int(point["count"]) for _, point in points]
     if temporality == 1:  # each point holds its interval only: together, the three steps
@@ -450,24 +602,34 @@ def test_histograms_follow_the_temporality_preference(probe, tmp_path, preferenc
 
 def _resource_and_labels(probe: Probe) -> tuple[dict, dict]:
     resource = eventually(lambda: probe.received("metrics"), 30, 0.2, "metrics")[0]
-    point = next(p for scope in resource["body"]["scopeMetrics"] for m in scope["metrics"]
-                 if m["name"] == "traintel_steps_total" for p in m["sum"]["dataPoints"])
+    point = next(
+        p
+        for scope in resource["body"]["scopeMetrics"]
+        for m in scope["metrics"]
+        if m["name"] == "traintel_steps_total"
+        for p in m["sum"]["dataPoints"]
+    )
     labels = {a["key"]: next(iter(a["value"].values())) for a in point["attributes"]}
     return resource["attributes"], labels
 
 
 def test_a_malformed_resource_attributes_value_is_discarded_whole(probe, tmp_path):
-    done = _run(tmp_path, _to(probe, "http/protobuf",
-                              OTEL_RESOURCE_ATTRIBUTES="team=vision,no-equals-sign"))
+    done = _run(
+        tmp_path, _to(probe, "http/protobuf", OTEL_RESOURCE_ATTRIBUTES="team=vision,no-equals-sign")
+    )
     resource, _ = _resource_and_labels(probe)
     assert "team" not in resource
-    assert "OTEL_RESOURCE_ATTRIBUTES: 'no-equals-sign' is no key=value pair: the whole value " \
-           "is discarded" in done.stderr
+    assert (
+        "OTEL_RESOURCE_ATTRIBUTES: 'no-equals-sign' is no key=value pair: the whole value "
+        "is discarded" in done.stderr
+    )
 
 
 def test_the_runs_own_labels_win_on_the_resource_as_on_the_points(probe, tmp_path):
-    done = _run(tmp_path, _to(probe, "http/protobuf",
-                              OTEL_RESOURCE_ATTRIBUTES="project=other,team=vision%2Cnlp"))
+    done = _run(
+        tmp_path,
+        _to(probe, "http/protobuf", OTEL_RESOURCE_ATTRIBUTES="project=other,team=vision%2Cnlp"),
+    )
     resource, labels = _resource_and_labels(probe)
     assert resource["project"] == labels["project"] == "otel"
     assert resource["team"] == "vision,nlp"  # percent-decoded, as the specification says

@@ -10,18 +10,27 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from traintel.export.otlp import flat_attributes
-from traintel.record.pipeline import (RECORD_ATTR, Console, Identity, Pipeline, Redact, TraceIds,
-                                      log_line, stamp)
 from traintel.core.redact import Redactor
+from traintel.export.otlp import flat_attributes
 from traintel.export.server import EventHub
+from traintel.record.pipeline import (
+    RECORD_ATTR,
+    Console,
+    Identity,
+    Pipeline,
+    Redact,
+    TraceIds,
+    log_line,
+    stamp,
+)
 
 Lines = list[dict[str, Any]]
 
 
 def _record(text: str = "hello", level: int = logging.INFO, **extra: Any) -> logging.LogRecord:
     return logging.getLogger("traintel.test").makeRecord(
-        "traintel.test", level, "f.py", 1, text, (), None, extra=extra)
+        "traintel.test", level, "f.py", 1, text, (), None, extra=extra
+    )
 
 
 @pytest.fixture
@@ -32,9 +41,10 @@ def lines() -> Lines:
 @pytest.fixture
 def logger(lines: Lines):
     """A `traintel.pipeline-test` logger tree whose one handler is a pipeline writing to `lines`."""
-    pipeline = Pipeline([Redact(Redactor({"s3cr3t-value"})), stamp,
-                         Identity({"run": "r", "rank": 0})],
-                        file=lambda line, record: lines.append(line))
+    pipeline = Pipeline(
+        [Redact(Redactor({"s3cr3t-value"})), stamp, Identity({"run": "r", "rank": 0})],
+        file=lambda line, record: lines.append(line),
+    )
     root = logging.getLogger("traintel.pipeline-test")
     root.handlers, root.propagate, root.level = [pipeline], False, logging.INFO
     yield root.getChild("events")
@@ -44,7 +54,11 @@ def logger(lines: Lines):
 def test_stamp_takes_time_level_and_text_from_the_log_record() -> None:
     record = _record("text for people", logging.WARNING)
     assert stamp({"type": "event"}, record) == {
-        "type": "event", "ts": record.created, "level": "warning", "message": "text for people"}
+        "type": "event",
+        "ts": record.created,
+        "level": "warning",
+        "message": "text for people",
+    }
     kept = stamp({"type": "error", "message": "the exception's own", "level": "critical"}, record)
     assert (kept["message"], kept["level"]) == ("the exception's own", "critical")
 
@@ -52,11 +66,20 @@ def test_stamp_takes_time_level_and_text_from_the_log_record() -> None:
 def test_redact_redacts_text_fields_and_the_records_own_text() -> None:
     record = _record("uses s3cr3t-value")
     line = Redact(Redactor({"s3cr3t-value"}))(
-        {"message": "s3cr3t-value!", "traceback": "at s3cr3t-value", "fields": {
-            "token": "abc", "note": "s3cr3t-value"}, "context": {"password": 1}}, record)
-    assert line == {"message": "[REDACTED]!", "traceback": "at [REDACTED]",
-                    "fields": {"token": "[REDACTED]", "note": "[REDACTED]"},
-                    "context": {"password": "[REDACTED]"}}
+        {
+            "message": "s3cr3t-value!",
+            "traceback": "at s3cr3t-value",
+            "fields": {"token": "abc", "note": "s3cr3t-value"},
+            "context": {"password": 1},
+        },
+        record,
+    )
+    assert line == {
+        "message": "[REDACTED]!",
+        "traceback": "at [REDACTED]",
+        "fields": {"token": "[REDACTED]", "note": "[REDACTED]"},
+        "context": {"password": "[REDACTED]"},
+    }
     assert record.getMessage() == "uses [REDACTED]"
 
 
@@ -73,8 +96,9 @@ def test_identity_and_trace_ids() -> None:
     assert TraceIds()({}, _record()) == {"trace_id": None, "span_id": None}
 
 
-def test_a_run_line_reaches_every_sink_and_below_the_level_only_the_record(logger,
-                                                                          lines: Lines) -> None:
+def test_a_run_line_reaches_every_sink_and_below_the_level_only_the_record(
+    logger, lines: Lines
+) -> None:
     pipeline = logger.parent.handlers[0]
     heard: Lines = []
     pipeline.add_sink(lambda line, record: heard.append(line))
@@ -82,7 +106,10 @@ def test_a_run_line_reaches_every_sink_and_below_the_level_only_the_record(logge
     pipeline.submit(logger, logging.DEBUG, "quiet", {"type": "event"})
     pipeline.write({"type": "epoch"})
     assert [(line["type"], line.get("message"), line["run"]) for line in lines] == [
-        ("eval", "eval at step 1", "r"), ("event", "quiet", "r"), ("epoch", None, "r")]
+        ("eval", "eval at step 1", "r"),
+        ("event", "quiet", "r"),
+        ("epoch", None, "r"),
+    ]
     assert [line["type"] for line in heard] == ["eval"]
 
 
@@ -127,6 +154,15 @@ def test_the_event_stream_carries_run_lines_not_component_logs() -> None:
 
 
 def test_flat_attributes_for_otlp() -> None:
-    assert flat_attributes({"message": "m", "ts": 1.0, "run": "r", "rank": 0, "type": "event",
-                            "fields": {"a": 1}, "trace_id": None, "step": 3}) == {
-        "type": "event", "fields": '{"a":1}', "step": 3}
+    assert flat_attributes(
+        {
+            "message": "m",
+            "ts": 1.0,
+            "run": "r",
+            "rank": 0,
+            "type": "event",
+            "fields": {"a": 1},
+            "trace_id": None,
+            "step": 3,
+        }
+    ) == {"type": "event", "fields": '{"a":1}', "step": 3}

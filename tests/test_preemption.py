@@ -56,8 +56,13 @@ def test_the_loops_own_sigterm_handler_decides_and_the_signal_is_recorded(tmp_pa
                 run.finish()
                 sys.exit(0)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()  # the handler's exit, not the signal's
@@ -86,8 +91,13 @@ def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
                     print("ready", run.dir, flush=True)
             print("stopping at", step, flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
@@ -110,14 +120,20 @@ BACKLOG = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGINT"], ["SIGTERM", "SIGTERM"],
-                                     ["SIGINT", "SIGTERM"]])
+@pytest.mark.parametrize(
+    "signals", [["SIGTERM"], ["SIGINT"], ["SIGTERM", "SIGTERM"], ["SIGINT", "SIGTERM"]]
+)
 def test_signals_during_finish_keep_the_summary_and_every_queued_step(tmp_path, signals):
     """200,000 steps still queued when finish() starts (the writer sleeps an hour between
     flushes): the signals arrive while it writes them."""
     steps = 200_000
-    proc = subprocess.Popen([sys.executable, "-c", BACKLOG, str(tmp_path), str(steps)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BACKLOG, str(tmp_path), str(steps)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     assert proc.stdout.readline().strip() == "finishing", proc.stderr.read()
     time.sleep(0.05)
     for name in signals:
@@ -146,8 +162,13 @@ def test_a_second_sigterm_while_a_preempted_run_ends_keeps_everything(tmp_path):
             if step == 150_000:
                 print("ready", run.dir, flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)  # finishes the run: a large backlog to write
     time.sleep(0.2)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from traintel.stack import rules
-from traintel.stack import install
+from traintel.stack import install, rules
 from traintel.stack.components import COMPONENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +30,9 @@ DEBIAN = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}
 def _tool(component: str, name: str) -> str:
     found = install.binary(component, name) or shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} not found: run `traintel stack install` or "
-                    f"`apt-get install {DEBIAN[name]}`")
+        pytest.skip(
+            f"{name} not found: run `traintel stack install` or `apt-get install {DEBIAN[name]}`"
+        )
     return str(found)
 
 
@@ -44,12 +44,17 @@ def _run(*argv: str) -> str:
 
 
 def _alerts() -> list[dict]:
-    return [rule for path in RULE_FILES
-            for group in yaml.safe_load(path.read_text())["groups"]
-            for rule in group["rules"] if "alert" in rule]
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
 
 
 # --- the tools ----------------------------------------------------------------------------------
+
 
 def test_promtool_check_config() -> None:
     _run(_tool("prometheus", "promtool"), "check", "config", "prometheus/prometheus.yml")
@@ -67,8 +72,12 @@ def test_promtool_lints_the_rules() -> None:
     """cloudflare/pint cannot be had here (the Go module proxy refuses github.com/cloudflare/pint,
     403), so the linter is promtool's own: every check, any finding fails."""
     promtool = _tool("prometheus", "promtool")
-    if "--lint" not in subprocess.run([promtool, "check", "rules", "--help"], capture_output=True,
-                                      text=True).stdout:
+    if (
+        "--lint"
+        not in subprocess.run(
+            [promtool, "check", "rules", "--help"], capture_output=True, text=True
+        ).stdout
+    ):
         pytest.skip(f"{promtool} has no --lint (Debian's 2.42 fallback)")
     _run(promtool, "check", "rules", "--lint=all", "--lint-fatal", *map(str, RULE_FILES))
 
@@ -78,6 +87,7 @@ def test_amtool_check_config() -> None:
 
 
 # --- alerts are complete ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("alert", _alerts(), ids=lambda a: a["alert"])
 def test_alert_has_severity_summary_description_and_runbook(alert: dict) -> None:
@@ -104,6 +114,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 # --- rules as data -----------------------------------------------------------------------------
 
+
 def test_committed_rules_are_rendered_from_the_config() -> None:
     for name in rules.FILES:
         committed = (REPO / f"prometheus/rules/{name}.yml").read_text()
@@ -112,11 +123,19 @@ def test_committed_rules_are_rendered_from_the_config() -> None:
 
 
 def test_thresholds_and_durations_come_from_the_config() -> None:
-    config = rules.Config(stall_seconds=60, stall_for="0s", divergence_factor=3,
-                          gpu_temperature_celsius=80, error_count=2, error_window="1m")
-    by_name = {rule["alert"]: rule
-               for group in yaml.safe_load(rules.render("alerts", config))["groups"]
-               for rule in group["rules"]}
+    config = rules.Config(
+        stall_seconds=60,
+        stall_for="0s",
+        divergence_factor=3,
+        gpu_temperature_celsius=80,
+        error_count=2,
+        error_window="1m",
+    )
+    by_name = {
+        rule["alert"]: rule
+        for group in yaml.safe_load(rules.render("alerts", config))["groups"]
+        for rule in group["rules"]
+    }
     assert re.search(r"\) > 60\n", by_name["TrainingRunStalled"]["expr"])
     assert by_name["TrainingRunStalled"]["for"] == "0s"
     assert "> 3 * min by" in by_name["LossDiverging"]["expr"]
@@ -127,8 +146,18 @@ def test_thresholds_and_durations_come_from_the_config() -> None:
 
 
 def test_the_runbook_base_is_configurable_and_must_be_absolute(tmp_path: Path) -> None:
-    assert rules.main(["--runbook-url-base", "https://wiki.example.com/ml/runbooks",
-                       "--stall-seconds", "1800", str(tmp_path)]) == 0
+    assert (
+        rules.main(
+            [
+                "--runbook-url-base",
+                "https://wiki.example.com/ml/runbooks",
+                "--stall-seconds",
+                "1800",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     alerts = yaml.safe_load((tmp_path / "alerts.yml").read_text())["groups"]
     urls = {r["annotations"]["runbook_url"] for g in alerts for r in g["rules"]}
     assert "https://wiki.example.com/ml/runbooks#trainingrunstalled" in urls
@@ -139,6 +168,7 @@ def test_the_runbook_base_is_configurable_and_must_be_absolute(tmp_path: Path) -
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------
+
 
 def _services() -> dict[str, dict]:
     return COMPOSE["services"]
@@ -165,8 +195,9 @@ def test_images_are_pinned_to_the_component_versions() -> None:
         image = service["image"]
         repository, _, tag = image.partition(":")
         assert tag and tag != "latest", f"{name}: image {image} is not pinned"
-        assert by_repository[repository] == image, \
+        assert by_repository[repository] == image, (
             f"{name}: {image}, but components.py says {by_repository[repository]}"
+        )
     images = {s["image"] for s in _services().values()}
     assert {c.image for c in COMPONENTS.values() if c.image} <= images
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
-PRELUDE = '''
+PRELUDE = """
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -48,16 +48,26 @@ def evaluate():
 
 def save(model):
     torch.save(model.state_dict(), "model.pt")
-'''
+"""
 
 
 def test_the_quick_start_runs_as_written_and_records_what_it_says(tmp_path):
     block = re.search(r"## Quick start\n\n```python\n(.*?)```", README, re.S).group(1)
     (tmp_path / "quick_start.py").write_text(PRELUDE + "\n" + block)
-    env = {**os.environ, "TRAINTEL_DIR": str(tmp_path / "runs"), "TRAINTEL_PROGRESS": "off",
-           "OTEL_SDK_DISABLED": "true"}
-    done = subprocess.run([sys.executable, "quick_start.py"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "TRAINTEL_DIR": str(tmp_path / "runs"),
+        "TRAINTEL_PROGRESS": "off",
+        "OTEL_SDK_DISABLED": "true",
+    }
+    done = subprocess.run(
+        [sys.executable, "quick_start.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (run_dir,) = list((tmp_path / "runs").glob("*"))
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -67,7 +77,7 @@ def test_the_quick_start_runs_as_written_and_records_what_it_says(tmp_path):
     accuracy = [v["metrics"]["train_acc"] for v in lines if v["type"] == "values"]
     assert len(accuracy) == 10 and all(0 <= a <= 1 for a in accuracy)
     rates = [s["metrics"]["lr"] for s in lines if s["type"] == "step"]
-    assert rates[0] == 0.1 and rates[-1] == 0.1 * 0.5 ** 9  # the scheduler stepped each epoch
+    assert rates[0] == 0.1 and rates[-1] == 0.1 * 0.5**9  # the scheduler stepped each epoch
     assert summary["loss"]["count"] == 200
     assert len([e for e in lines if e["type"] == "eval"]) == 10
     assert (tmp_path / "model.pt").is_file()

@@ -22,9 +22,13 @@ LOOPS = Path(__file__).parent / "loops"
 
 def run_loop(name: str, tmp_path: Path) -> tuple[dict[str, Any], Path]:
     """Run ``tests/loops/<name>``; what it measured and its run directory."""
-    done = subprocess.run([sys.executable, str(LOOPS / name), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OTEL_SDK_DISABLED": "true"})
+    done = subprocess.run(
+        [sys.executable, str(LOOPS / name), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OTEL_SDK_DISABLED": "true"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("MEASURED ")]
     measured = json.loads(line.removeprefix("MEASURED "))
@@ -32,8 +36,12 @@ def run_loop(name: str, tmp_path: Path) -> tuple[dict[str, Any], Path]:
 
 
 def cli(*args: str) -> Any:
-    done = subprocess.run([sys.executable, "-m", "traintel.cli", *args, "--format", "json"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", *args, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -42,8 +50,7 @@ def by_step(values: dict[str, Any]) -> dict[int, Any]:
     return {int(step): value for step, value in values.items()}
 
 
-def test_gradient_accumulation_over_run_track_with_the_loops_step_numbers(
-        tmp_path: Path) -> None:
+def test_gradient_accumulation_over_run_track_with_the_loops_step_numbers(tmp_path: Path) -> None:
     measured, run_dir = run_loop("accelerate_style.py", tmp_path)
     completed = measured["completed_steps"]
     rate = completed / measured["seconds"]

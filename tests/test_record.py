@@ -14,13 +14,13 @@ from traintel.demo import DemoConfig, train
 from traintel.testing import capture
 
 
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, quiet):
     run_dir = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(epochs=2, steps_per_epoch=25, batch_size=16, nan_at_step=7)
-    return train(cfg, dir=str(run_dir), **{k: v for k, v in quiet.items() if k != "otlp"},
-                 otlp=False)
+    return train(
+        cfg, dir=str(run_dir), **{k: v for k, v in quiet.items() if k != "otlp"}, otlp=False
+    )
 
 
 def test_demo_record_has_every_step(demo_run, recorded):
@@ -29,8 +29,16 @@ def test_demo_record_has_every_step(demo_run, recorded):
     assert [s["step"] for s in steps] == list(range(1, 51))
     assert all(s["step_s"] > 0 and s["data_wait_s"] >= 0 for s in steps)
     assert {t for line in lines for t in [line["type"]]} >= {
-        "run_start", "config", "step", "eval", "epoch", "event", "milestone", "instrument",
-        "run_end"}
+        "run_start",
+        "config",
+        "step",
+        "eval",
+        "epoch",
+        "event",
+        "milestone",
+        "instrument",
+        "run_end",
+    }
     config = json.loads((demo_run.dir / "config.json").read_text())
     assert config["seed"] == 0 and config["config"]["epochs"] == 2
     assert config["config_hash"].startswith("sha256:")
@@ -81,8 +89,16 @@ def test_secrets_never_reach_the_record(monkeypatch, quiet_run):
     written = "".join(p.read_text() for p in run.dir.iterdir())
     assert (run.dir / "crash-report.json").exists()
     exported = repr([(r.body, dict(r.attributes or {})) for r in telemetry.log_records()]) + repr(
-        [(s.name, dict(s.attributes), [(e.name, dict(e.attributes)) for e in s.events],
-          s.status.description) for s in telemetry.spans.get_finished_spans()])
+        [
+            (
+                s.name,
+                dict(s.attributes),
+                [(e.name, dict(e.attributes)) for e in s.events],
+                s.status.description,
+            )
+            for s in telemetry.spans.get_finished_spans()
+        ]
+    )
     assert "auth failed for" in exported and "connecting with" in exported
     for secret in ("hunter2hunter2", "hf_abcdefghij", "env-secret-value-123"):
         assert secret not in written
@@ -110,9 +126,11 @@ def test_rotation_keeps_every_line(quiet_run, recorded):
     assert [s["step"] for s in steps] == list(range(1, 1501))
 
 
-@pytest.mark.skipif(os.geteuid() == 0,
-                    reason="root ignores directory permissions; the RLIMIT_FSIZE test covers "
-                           "write failures for root")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root ignores directory permissions; the RLIMIT_FSIZE test covers "
+    "write failures for root",
+)
 def test_unwritable_directory_warns_once_and_training_continues(tmp_path, caplog, quiet_run):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
@@ -141,8 +159,9 @@ def test_file_size_limit_warns_once_and_training_continues(tmp_path, recorded):
         run.finish()
         print(json.dumps({{"steps": run.state.step, "dropped": run.state.dropped}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["steps"] == 3000 and result["dropped"] > 0

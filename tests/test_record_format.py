@@ -9,9 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from traintel.testing import capture
-
 from conftest import read_lines
+from traintel.testing import capture
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "record-format.md").read_text()
 #: fields every line may have, described in the text above the tables
@@ -38,14 +37,24 @@ def a_record_using_everything(quiet_run) -> tuple[list[dict[str, Any]], Path]:
 
 def _everything(quiet_run) -> tuple[list[dict[str, Any]], Path]:
     for segment in (1, 2):
-        with quiet_run(run_id="all", resume=True, config={"lr": 0.1 * segment},
-                       tags=["doc"], notes="every feature", group="docs",
-                       total_steps=8) as run:
+        with quiet_run(
+            run_id="all",
+            resume=True,
+            config={"lr": 0.1 * segment},
+            tags=["doc"],
+            notes="every feature",
+            group="docs",
+            total_steps=8,
+        ) as run:
             run.config.update({f"added_{segment}": True})
             for epoch in run.epochs(2, start=segment - 1):
                 for _ in run.track(range(2)):
-                    run.log(loss=float("nan") if segment == 2 else 1.0, samples=2, tokens=8,
-                            **{"train/acc": 0.5})
+                    run.log(
+                        loss=float("nan") if segment == 2 else 1.0,
+                        samples=2,
+                        tokens=8,
+                        **{"train/acc": 0.5},
+                    )
                 run.log_values(train_acc=0.5)
                 run.log_eval(val_loss=0.5, score=1.0)
             run.event("checkpoint", path="x.pt")
@@ -73,8 +82,9 @@ def test_every_documented_field_is_written_and_every_written_field_documented(qu
         for field in documented:
             assert any(field in line for line in of_kind), f"{kind}.{field} is never written"
         extra = STATISTICS if kind == "instrument" else set()
-        assert written - COMMON - extra <= documented, f"{kind}: undocumented " \
-                                                       f"{written - COMMON - extra - documented}"
+        assert written - COMMON - extra <= documented, (
+            f"{kind}: undocumented {written - COMMON - extra - documented}"
+        )
 
     config = json.loads((run_dir / "config.json").read_text())
     assert set(config) == set(tables["config.json"])
@@ -91,8 +101,7 @@ def test_every_documented_field_is_written_and_every_written_field_documented(qu
     top = {path.split(".")[0] for path in tables["summary.json"]}
     assert set(summary) == top
     segment_fields = re.search(r"each segment: (.*?) \|", DOC).group(1)
-    assert set(summary["segments"][0]) == set(re.findall(r"`(\w+)`", segment_fields)) - {
-        "crashed"}
+    assert set(summary["segments"][0]) == set(re.findall(r"`(\w+)`", segment_fields)) - {"crashed"}
 
 
 def test_every_line_written_is_its_record_format_type(quiet_run):
@@ -112,6 +121,8 @@ def test_every_line_written_is_its_record_format_type(quiet_run):
     for line in lines:
         line_type = by_type[line["type"]]
         declared = line_type.__required_keys__ | line_type.__optional_keys__
-        assert line_type.__required_keys__ - {"ts", "level", "run", "rank"} <= set(line), \
-            (line["type"], line_type.__required_keys__ - set(line))
+        assert line_type.__required_keys__ - {"ts", "level", "run", "rank"} <= set(line), (
+            line["type"],
+            line_type.__required_keys__ - set(line),
+        )
         assert set(line) <= declared, (line["type"], set(line) - declared)

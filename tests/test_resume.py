@@ -9,17 +9,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 import traintel
-from traintel.reports.analysis import summarize
+from conftest import read_lines
 from traintel.record.lock import RecordLocked
 from traintel.record.reader import Records
+from traintel.reports.analysis import summarize
 from traintel.testing import capture
-
-from conftest import read_lines
 
 ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
@@ -33,10 +31,24 @@ def segment(quiet_run, steps, first=1, **options):
 
 
 def test_resume_continues_one_record_with_a_summary_over_every_segment(quiet_run):
-    segment(quiet_run, 20, config={"lr": 0.1, "batch": 8}, total_steps=40, tags=["base"],
-            group="sweep-1", notes="first try")
-    run = segment(quiet_run, 20, first=21, config={"lr": 0.05, "batch": 8}, total_steps=40,
-                  resume=True, tags=["lr-halved"])
+    segment(
+        quiet_run,
+        20,
+        config={"lr": 0.1, "batch": 8},
+        total_steps=40,
+        tags=["base"],
+        group="sweep-1",
+        notes="first try",
+    )
+    run = segment(
+        quiet_run,
+        20,
+        first=21,
+        config={"lr": 0.05, "batch": 8},
+        total_steps=40,
+        resume=True,
+        tags=["lr-halved"],
+    )
     lines = read_lines(run.dir)
     assert [s["segment"] for s in lines.of("run_start")] == [1, 2]
     assert [s["step"] for s in lines.of("step")] == list(range(1, 41))
@@ -50,7 +62,9 @@ def test_resume_continues_one_record_with_a_summary_over_every_segment(quiet_run
     summary = run.summary
     assert (summary["steps"], summary["last_step"], summary["samples"]) == (40, 40, 160)
     assert [(s["segment"], s["status"], s["steps"]) for s in summary["segments"]] == [
-        (1, "finished", 20), (2, "finished", 20)]
+        (1, "finished", 20),
+        (2, "finished", 20),
+    ]
     assert summary["loss"]["count"] == 40 and summary["loss"]["best"] == 1 / 40
     assert summary["eval"]["val_loss"]["best"] == 1 / 41  # best over both segments
     assert summary["tags"] == ["base", "lr-halved"]
@@ -74,11 +88,14 @@ def test_the_last_value_of_every_key_is_in_the_summary_over_every_segment(quiet_
 def test_an_existing_id_without_resume_warns_and_continues(quiet_run, caplog):
     segment(quiet_run, 3)
     run = segment(quiet_run, 3, first=4)
-    (warning,) = [r.getMessage() for r in caplog.records if "already has a record" in
-                  r.getMessage()]
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "already has a record" in r.getMessage()
+    ]
     assert "continuing it as segment 2" in warning and "resume=True" in warning
-    assert [(s["segment"], s["resumed"]) for s in read_lines(run.dir).of("run_start")] \
-        == [(1, False), (2, False)]  # the record says it was not asked for
+    assert [(s["segment"], s["resumed"]) for s in read_lines(run.dir).of("run_start")] == [
+        (1, False),
+        (2, False),
+    ]  # the record says it was not asked for
     assert run.summary["steps"] == 6
 
 
@@ -88,8 +105,10 @@ def test_resume_never_and_must(quiet_run):
     segment(quiet_run, 2)
     with pytest.raises(FileExistsError, match="already has a record .* resume='never'"):
         quiet_run(run_id="r", resume="never")
-    with pytest.raises(ValueError, match="resume must be one of True, False, 'allow', 'must', "
-                                         "'never', None; got 'yes'"):
+    with pytest.raises(
+        ValueError,
+        match="resume must be one of True, False, 'allow', 'must', 'never', None; got 'yes'",
+    ):
         quiet_run(run_id="r2", resume="yes")
     run = segment(quiet_run, 2, first=3, resume="must")
     assert run.summary["steps"] == 4
@@ -107,11 +126,15 @@ def test_a_killed_segment_is_crashed_and_the_next_one_goes_on(tmp_path, quiet_ru
         run.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode == \
-        -signal.SIGKILL
+    assert (
+        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
+        == -signal.SIGKILL
+    )
     run = segment(quiet_run, 5, first=11, resume=True)
     assert [(s["status"], s["steps"]) for s in run.summary["segments"]] == [
-        ("crashed", 10), ("finished", 5)]
+        ("crashed", 10),
+        ("finished", 5),
+    ]
     assert run.summary["steps"] == 15
 
 
@@ -124,12 +147,20 @@ def test_two_live_processes_cannot_record_one_run(tmp_path, quiet_run):
         sys.stdin.read()
         run.finish()
     """)
-    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(RecordLocked, match=rf"run 'r' is being recorded by a live process "
-                                               rf"\(pid {holder.pid} on "):
+        with pytest.raises(
+            RecordLocked,
+            match=rf"run 'r' is being recorded by a live process "
+            rf"\(pid {holder.pid} on ",
+        ):
             quiet_run(run_id="r", resume=True)
     finally:
         holder.communicate("", timeout=60)
@@ -143,8 +174,9 @@ def test_one_live_run_per_process_unless_asked(quiet_run):
     first.log(loss=1.0)
     second = quiet_run()
     assert first.finished and traintel.current_run() is second
-    (warning,) = [line for line in read_lines(first.dir).of("log")
-                  if "still live" in line["message"]]
+    (warning,) = [
+        line for line in read_lines(first.dir).of("log") if "still live" in line["message"]
+    ]
     assert "reinit='create_new' keeps both" in warning["message"]
     third = quiet_run(reinit="create_new")
     assert not second.finished and traintel.current_run() is third
@@ -160,13 +192,18 @@ def test_config_extended_after_init(quiet_run):
         hash_before = run.config_hash
         run.config.update({"dataset": "wikitext", "api_key": "sk-abcdefghijklmnop"})
         run.config["epochs"] = 3
-        with pytest.raises(ValueError, match="'lr' already recorded with another value; pass "
-                                             "allow_change=True"):
+        with pytest.raises(
+            ValueError, match="'lr' already recorded with another value; pass allow_change=True"
+        ):
             run.config.update(lr=0.2)
         run.config.update(lr=0.2, allow_change=True)
         run.logger("x").info("using sk-abcdefghijklmnop")
-    assert dict(run.config) == {"lr": 0.2, "dataset": "wikitext", "api_key": "[REDACTED]",
-                                "epochs": 3}
+    assert dict(run.config) == {
+        "lr": 0.2,
+        "dataset": "wikitext",
+        "api_key": "[REDACTED]",
+        "epochs": 3,
+    }
     assert run.config_hash != hash_before and run.summary["config_hash"] == run.config_hash
     lines = read_lines(run.dir)
     updates = [c for c in lines.of("config") if c["reason"] == "update"]
@@ -182,20 +219,25 @@ def test_config_extended_after_init(quiet_run):
 
 def test_tags_notes_and_group_are_recorded_and_exported(quiet_run):
     with capture() as telemetry:
-        with quiet_run(otlp=None, tags=["baseline", "v2"], notes="lr sweep, 3e-4",
-                       group="sweep-7") as run:
+        with quiet_run(
+            otlp=None, tags=["baseline", "v2"], notes="lr sweep, 3e-4", group="sweep-7"
+        ) as run:
             run.log(loss=1.0)
             telemetry.collect()
-            (labels, _), = telemetry.points("traintel_run_info")
+            ((labels, _),) = telemetry.points("traintel_run_info")
             status = run.status_dict()
     assert labels["tags"] == "baseline,v2" and labels["group"] == "sweep-7"
     assert status["tags"] == ["baseline", "v2"] and status["group"] == "sweep-7"
     (start,) = read_lines(run.dir).of("run_start")
-    assert (start["tags"], start["notes"], start["group"]) == (["baseline", "v2"],
-                                                               "lr sweep, 3e-4", "sweep-7")
+    assert (start["tags"], start["notes"], start["group"]) == (
+        ["baseline", "v2"],
+        "lr sweep, 3e-4",
+        "sweep-7",
+    )
     assert run.summary["tags"] == ["baseline", "v2"]
-    with pytest.raises(ValueError, match="tag 'a,b' is refused; a tag is 1-64 characters "
-                                         "without commas"):
+    with pytest.raises(
+        ValueError, match="tag 'a,b' is refused; a tag is 1-64 characters without commas"
+    ):
         quiet_run(tags=["a,b"])
     with pytest.raises(TypeError, match="tags is a list of strings"):
         quiet_run(tags="baseline")

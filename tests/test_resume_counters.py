@@ -40,23 +40,41 @@ SEGMENT = textwrap.dedent("""\
     """)
 
 #: the counter series a run exports (histograms by their _count, _sum and _bucket series)
-COUNTERS = ("traintel_steps_total", "traintel_samples_total", "traintel_tokens_total",
-            "traintel_logged_values_total", "traintel_logged_nonfinite_total",
-            "traintel_events_total", "traintel_data_wait_seconds_total",
-            "traintel_compute_seconds_total", "traintel_step_duration_seconds_count",
-            "traintel_step_duration_seconds_sum", "traintel_step_duration_seconds_bucket",
-            "traintel_export_failures_total")
+COUNTERS = (
+    "traintel_steps_total",
+    "traintel_samples_total",
+    "traintel_tokens_total",
+    "traintel_logged_values_total",
+    "traintel_logged_nonfinite_total",
+    "traintel_events_total",
+    "traintel_data_wait_seconds_total",
+    "traintel_compute_seconds_total",
+    "traintel_step_duration_seconds_count",
+    "traintel_step_duration_seconds_sum",
+    "traintel_step_duration_seconds_bucket",
+    "traintel_export_failures_total",
+)
 
 
 def test_every_counter_goes_on_across_a_kill_and_a_resume(stack, tmp_path):
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
-           "OTEL_METRIC_EXPORT_INTERVAL": "500", "TRAINTEL_DIR": str(tmp_path)}
-    killed = subprocess.run([sys.executable, "-c", SEGMENT, "kill"], env=env, timeout=120,
-                            capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "TRAINTEL_DIR": str(tmp_path),
+    }
+    killed = subprocess.run(
+        [sys.executable, "-c", SEGMENT, "kill"],
+        env=env,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     time.sleep(1.5)  # the resumed process's first export comes after Prometheus has the last
-    resumed = subprocess.run([sys.executable, "-c", SEGMENT, "end"], env=env, timeout=120,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-c", SEGMENT, "end"], env=env, timeout=120, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     run_dir = next(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -67,8 +85,13 @@ def test_every_counter_goes_on_across_a_kill_and_a_resume(stack, tmp_path):
     def final() -> dict | None:
         got = promql(stack, f'traintel_logged_values_total{{run="{run_id}",metric="loss"}}')
         events = promql(stack, f'traintel_events_total{{run="{run_id}",event="eval"}}')
-        return (got and events and float(got[0]["value"][1]) == 80
-                and float(events[0]["value"][1]) == evals and {"got": got})
+        return (
+            got
+            and events
+            and float(got[0]["value"][1]) == 80
+            and float(events[0]["value"][1]) == evals
+            and {"got": got}
+        )
 
     eventually(final, 60, what="the resumed segment's last export in Prometheus")
     checked = 0
@@ -80,10 +103,13 @@ def test_every_counter_goes_on_across_a_kill_and_a_resume(stack, tmp_path):
             checked += 1
     assert checked >= 12, checked
     # the series a resume restarted from zero before every counter was carried on
-    for name, labels in (("traintel_logged_values_total", 'metric="acc"'),
-                         ("traintel_events_total", 'event="best_eval"'),
-                         ("traintel_step_duration_seconds_count", "")):
+    for name, labels in (
+        ("traintel_logged_values_total", 'metric="acc"'),
+        ("traintel_events_total", 'event="best_eval"'),
+        ("traintel_step_duration_seconds_count", ""),
+    ):
         [one] = promql(stack, f'{name}{{run="{run_id}"{"," + labels if labels else ""}}}[1h]')
         times = [float(t) for t, _ in one["values"]]
-        assert times[0] < summary["segments"][1]["start_ts"] < times[-1], \
+        assert times[0] < summary["segments"][1]["start_ts"] < times[-1], (
             f"{name}: samples from both segments"
+        )

@@ -21,7 +21,6 @@ import torch
 import traintel
 
 
-
 def test_with_block_finishes_and_records_lifecycle(quiet_run, recorded):
     with quiet_run(name="lifecycle", total_epochs=2) as run:
         assert run.state.status == "running"
@@ -87,25 +86,32 @@ def test_sigterm_without_a_handler_finishes_preempted_and_exits_143(tmp_path, re
 
 
 def test_atexit_finishes_a_run_left_open(tmp_path):
-    script = (f"import traintel; r = traintel.init(project='t', dir={str(tmp_path)!r}, "
-              "progress='off', otlp=False, sample_interval=0, console_logs=False); "
-              "r.log(loss=1.0); print(r.dir)")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
+    script = (
+        f"import traintel; r = traintel.init(project='t', dir={str(tmp_path)!r}, "
+        "progress='off', otlp=False, sample_interval=0, console_logs=False); "
+        "r.log(loss=1.0); print(r.dir)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
     assert json.loads(open(os.path.join(out, "summary.json")).read())["status"] == "finished"
 
 
 def test_log_accepts_python_numpy_and_torch_scalars(quiet_run, recorded):
     with quiet_run(strict=True) as run:
-        run.log(loss=torch.tensor(0.25), lr=np.float32(0.5), grad_norm=np.float64(2.0),
-                samples=np.int64(8), flag=True)
+        run.log(
+            loss=torch.tensor(0.25),
+            lr=np.float32(0.5),
+            grad_norm=np.float64(2.0),
+            samples=np.int64(8),
+            flag=True,
+        )
         with pytest.raises(ValueError, match="'loss' is a tensor/array of shape"):
             run.log(loss=torch.ones(3))
         with pytest.raises(TypeError, match="'note' must be a number"):
             run.log(note="hello")
     step = recorded(run.dir).of("step")[0]
-    assert step["metrics"] == {"loss": 0.25, "lr": 0.5, "grad_norm": 2.0, "samples": 8,
-                               "flag": 1}
+    assert step["metrics"] == {"loss": 0.25, "lr": 0.5, "grad_norm": 2.0, "samples": 8, "flag": 1}
 
 
 def test_nonfinite_loss_is_counted_flagged_and_kept_out_of_averages(quiet_run, recorded):
@@ -182,8 +188,12 @@ def test_eval_best_tracking_min_for_losses_max_otherwise(quiet_run, recorded):
     assert run.state.eval_best == {"val_loss": 0.8, "accuracy": 0.5, "bleu": 10.0}
     evals = recorded(run.dir).of("eval")
     assert evals[1]["is_best"] == {"val_loss": True, "accuracy": False}
-    assert run.summary["eval"]["val_loss"] == {"last": 0.9, "best": 0.8, "best_step": 0,
-                                               "mode": "min"}
+    assert run.summary["eval"]["val_loss"] == {
+        "last": 0.9,
+        "best": 0.8,
+        "best_step": 0,
+        "mode": "min",
+    }
 
 
 def test_custom_instruments_summarised_with_percentiles(quiet_run, recorded):
@@ -274,13 +284,21 @@ def test_metric_name_cardinality_is_bounded(quiet_run):
     with quiet_run(max_metric_names=5, strict=True) as run:
         for i in range(5):
             run.log(**{f"m{i}": 1.0})
-        with pytest.raises(ValueError, match="'m5' would be name number 6 of this run; the limit "
-                                             r"is 5 names in all \(metrics 5\)"):
+        with pytest.raises(
+            ValueError,
+            match="'m5' would be name number 6 of this run; the limit "
+            r"is 5 names in all \(metrics 5\)",
+        ):
             run.log(m5=1.0)
         run.log(m4=2.0)  # a name already admitted costs nothing
         # one budget for every API that takes a name
-        for call in (lambda: run.event("e"), lambda: run.log_eval(acc=1.0),
-                     lambda: run.span("s"), lambda: run.counter("c"), lambda: run.logger("l")):
+        for call in (
+            lambda: run.event("e"),
+            lambda: run.log_eval(acc=1.0),
+            lambda: run.span("s"),
+            lambda: run.counter("c"),
+            lambda: run.logger("l"),
+        ):
             with pytest.raises(ValueError, match="would be name number 6"):
                 call()
 
@@ -325,8 +343,11 @@ def test_events_carry_their_name_and_fields(quiet_run, recorded):
 
 def test_finish_is_idempotent_and_validates_status(quiet_run):
     run = quiet_run()
-    with pytest.raises(ValueError, match="status must be one of None, 'failed', 'interrupted', "
-                                         "'preempted', 'stopped', 'pruned', 'finished'"):
+    with pytest.raises(
+        ValueError,
+        match="status must be one of None, 'failed', 'interrupted', "
+        "'preempted', 'stopped', 'pruned', 'finished'",
+    ):
         run.finish("done")
     run.finish()
     run.finish()

@@ -9,9 +9,8 @@ import json
 import numpy as np
 import torch
 
-from traintel.export.readings import readers
-
 from conftest import read_lines
+from traintel.export.readings import readers
 
 
 def test_run_summary_is_a_mapping_users_write_into(quiet_run):
@@ -26,15 +25,24 @@ def test_run_summary_is_a_mapping_users_write_into(quiet_run):
         run.summary.update({"epochs_done": np.int64(3), "note": "ok", "curve": [1.0, 0.5]})
         run.summary["bad"] = object()  # refused with a warning, never raised
         assert run.summary["note"] == "ok" and "bad" not in run.summary
-        exported = dict((labels["key"], value) for value, labels in
-                        readers({})["traintel_summary_value"](run.state))
+        exported = dict(
+            (labels["key"], value)
+            for value, labels in readers({})["traintel_summary_value"](run.state)
+        )
         assert exported == {"best_val_acc": 0.8999999761581421, "epochs_done": 3.0}
     kept = json.loads((run.dir / "summary.json").read_text())["summary"]
-    assert kept == {"best_val_acc": 0.8999999761581421, "epochs_done": 3, "note": "ok",
-                    "curve": [1.0, 0.5], "val/acc": {"max": 0.9},
-                    "train/loss": {"min": 0.2}, "lr": {"last": 0.5}}
-    (warning,) = [line for line in read_lines(run.dir).of("log")
-                  if "run.summary['bad']" in line["message"]]
+    assert kept == {
+        "best_val_acc": 0.8999999761581421,
+        "epochs_done": 3,
+        "note": "ok",
+        "curve": [1.0, 0.5],
+        "val/acc": {"max": 0.9},
+        "train/loss": {"min": 0.2},
+        "lr": {"last": 0.5},
+    }
+    (warning,) = [
+        line for line in read_lines(run.dir).of("log") if "run.summary['bad']" in line["message"]
+    ]
     assert warning["level"] == "warning"
     # after the end the mapping also reads the computed summary, the user's keys first
     assert run.summary["steps"] == 5 and run.summary["note"] == "ok"

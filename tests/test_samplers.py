@@ -13,7 +13,7 @@ import pytest
 
 from traintel.core import catalog
 from traintel.samplers import LOCK_WAIT_S, MAX_FAILURES, SamplerThread, default_samplers
-from traintel.samplers.cuda import CudaSampler, cuda_sampler, oom_details, readings_from_stats
+from traintel.samplers.cuda import cuda_sampler, oom_details, readings_from_stats
 from traintel.samplers.system import SystemSampler
 
 GiB = 1024**3
@@ -64,8 +64,10 @@ def test_failing_sampler_logged_once_disabled_after_n_thread_survives(caplog):
     assert bad.calls == MAX_FAILURES and bad.closed
     assert good.calls >= MAX_FAILURES + 5 and all(batches)
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["traintel sampler 'failing' failed (logged once)",
-                        "traintel sampler 'failing' failed 3 times in a row: disabled for this run"]
+    assert messages == [
+        "traintel sampler 'failing' failed (logged once)",
+        "traintel sampler 'failing' failed 3 times in a row: disabled for this run",
+    ]
     assert caplog.records[0].exc_info is not None
 
 
@@ -93,8 +95,9 @@ def test_callback_failure_logged_once_and_thread_goes_on(caplog):
         alive = thread._thread.is_alive()
         thread.stop()
     assert len(calls) >= 5 and alive
-    assert [r.getMessage() for r in caplog.records] == \
-        ["traintel sampler callback failed (logged once)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "traintel sampler callback failed (logged once)"
+    ]
 
 
 def test_stop_returns_at_once_and_closes_samplers():
@@ -149,22 +152,33 @@ def test_system_sampler_plausible_real_values(tmp_path, assert_catalog):
     got = {name: value for name, value, _ in readings}
     assert 0 < got["traintel_process_cpu_utilization_ratio"] <= 1  # over the usable CPUs
     assert 0 <= got["traintel_host_cpu_utilization_ratio"] <= 1
-    assert 10 * 1024**2 < got["traintel_process_memory_rss_bytes"] < got[
-        "traintel_host_memory_total_bytes"]
+    assert (
+        10 * 1024**2
+        < got["traintel_process_memory_rss_bytes"]
+        < got["traintel_host_memory_total_bytes"]
+    )
     assert 0 < got["traintel_host_memory_used_bytes"] <= got["traintel_host_memory_total_bytes"]
     assert 0 < got["traintel_disk_used_bytes"] <= got["traintel_disk_total_bytes"]
     assert got["traintel_dataloader_workers"] >= 1
-    assert {name for name, _, _ in readings} == \
-        {m.name for m in catalog.METRICS if m.group == "system"}
-    assert {n: v for n, v, _ in sampler.sample()}["traintel_dataloader_workers"] == \
-        got["traintel_dataloader_workers"] - 1
+    assert {name for name, _, _ in readings} == {
+        m.name for m in catalog.METRICS if m.group == "system"
+    }
+    assert {n: v for n, v, _ in sampler.sample()}["traintel_dataloader_workers"] == got[
+        "traintel_dataloader_workers"
+    ] - 1
 
 
 # --- CUDA allocator (real torch, no GPU) ----------------------------------------------------
 
+
 def test_allocator_readings_from_stats(assert_catalog):
-    stats = {"allocated_bytes.all.current": 3 * GiB, "reserved_bytes.all.current": 4 * GiB,
-             "allocated_bytes.all.peak": 5 * GiB, "num_alloc_retries": 2, "num_ooms": 1}
+    stats = {
+        "allocated_bytes.all.current": 3 * GiB,
+        "reserved_bytes.all.current": 4 * GiB,
+        "allocated_bytes.all.peak": 5 * GiB,
+        "num_alloc_retries": 2,
+        "num_ooms": 1,
+    }
     readings = readings_from_stats(1, stats, peak=6 * GiB)
     assert_catalog(readings)
     got = {name: value for name, value, _ in readings}
@@ -192,8 +206,10 @@ def test_cuda_sampler_is_silent_and_side_effect_free_until_cuda_is_initialised()
 
 
 def test_cuda_sampler_without_torch_imported_does_not_import_it():
-    code = ("import sys; from traintel.samplers.cuda import CudaSampler; "
-            "assert CudaSampler().sample() == []; assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from traintel.samplers.cuda import CudaSampler; "
+        "assert CudaSampler().sample() == []; assert 'torch' not in sys.modules"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
@@ -221,9 +237,15 @@ def test_oom_details_from_message_without_a_cuda_device():
     assert any("empty_cache" in hint for hint in details["hints"])
 
 
-@pytest.mark.parametrize("size, expected", [
-    ("512 bytes", 512), ("2.00 MiB", 2 * 1024**2), ("1.50 KiB", 1536), ("0.50 GiB", GiB // 2),
-])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ("512 bytes", 512),
+        ("2.00 MiB", 2 * 1024**2),
+        ("1.50 KiB", 1536),
+        ("0.50 GiB", GiB // 2),
+    ],
+)
 def test_oom_requested_size_units(size, expected):
     message = f"CUDA out of memory. Tried to allocate {size}. GPU 0 has a total capacity of"
     assert oom_details(RuntimeError(message))["requested_bytes"] == expected

@@ -23,8 +23,8 @@ import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from traintel.core.catalog import METRICS
 from traintel.cli import main
+from traintel.core.catalog import METRICS
 from traintel.export.server import StatusServer
 
 
@@ -118,13 +118,21 @@ def test_status_healthz_and_metrics(quiet_run):
         response = _until(scrape)
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         catalog = {m.name: m for m in METRICS}
-        families = {f"{f.name}_total" if f.type == "counter" else f.name: f
-                    for f in text_string_to_metric_families(response.text)}
+        families = {
+            f"{f.name}_total" if f.type == "counter" else f.name: f
+            for f in text_string_to_metric_families(response.text)
+        }
         assert set(families) <= set(catalog)
-        assert {"traintel_run_info", "traintel_steps_total", "traintel_loss",
-                "traintel_learning_rate", "traintel_samples_total", "traintel_eval_best",
-                "traintel_operation_duration_seconds", "traintel_run_progress_ratio"} <= \
-            set(families)
+        assert {
+            "traintel_run_info",
+            "traintel_steps_total",
+            "traintel_loss",
+            "traintel_learning_rate",
+            "traintel_samples_total",
+            "traintel_eval_best",
+            "traintel_operation_duration_seconds",
+            "traintel_run_progress_ratio",
+        } <= set(families)
         for name, family in families.items():
             assert family.documentation == catalog[name].description
         assert requests.get(f"{url}/nope", timeout=5).status_code == 404
@@ -139,14 +147,20 @@ def test_debug_toggles_over_http(quiet_run, recorded):
         assert requests.put(url, json={"enabled": False}, timeout=5).json() == {"enabled": False}
         assert not run.debug
         assert requests.post(url, json={"enabled": "yes"}, timeout=5).status_code == 400
-        assert requests.post(url, data=b"not json", timeout=5,
-                             headers={"Content-Type": "application/json"}).status_code == 400
+        assert (
+            requests.post(
+                url, data=b"not json", timeout=5, headers={"Content-Type": "application/json"}
+            ).status_code
+            == 400
+        )
         assert requests.post(url, data=b'{"enabled": true}', timeout=5).status_code == 415
         assert requests.post(f"{_url(run)}/status", json={}, timeout=5).status_code == 404
     events = recorded(run.dir).of("event")
-    assert [(e["fields"]["enabled"], e["fields"]["source"]) for e in events
-            if e["event"] == "debug_mode"] == [(True, "http from 127.0.0.1"),
-                                               (False, "http from 127.0.0.1")]
+    assert [
+        (e["fields"]["enabled"], e["fields"]["source"])
+        for e in events
+        if e["event"] == "debug_mode"
+    ] == [(True, "http from 127.0.0.1"), (False, "http from 127.0.0.1")]
 
 
 def test_sigusr1_toggles_debug_in_a_running_process(tmp_path, recorded):
@@ -170,8 +184,11 @@ def test_sigusr1_toggles_debug_in_a_running_process(tmp_path, recorded):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     events = recorded(Path(run_dir)).of("event")
-    assert [(e["fields"]["enabled"], e["fields"]["source"]) for e in events
-            if e["event"] == "debug_mode"] == [(True, "SIGUSR1")]
+    assert [
+        (e["fields"]["enabled"], e["fields"]["source"])
+        for e in events
+        if e["event"] == "debug_mode"
+    ] == [(True, "SIGUSR1")]
 
 
 def _non_loopback_ipv4() -> str | None:
@@ -193,8 +210,10 @@ def test_remote_bind_needs_consent_and_remote_clients_cannot_switch_debug(quiet_
         assert requests.get(f"{remote}/status", timeout=5).json()["run"] == run.id
         refused = requests.post(f"{remote}/debug", json={"enabled": True}, timeout=5)
         assert refused.status_code == 403 and not run.debug
-        assert requests.post(f"{_url(run)}/debug", json={"enabled": True},
-                             timeout=5).status_code == 200
+        assert (
+            requests.post(f"{_url(run)}/debug", json={"enabled": True}, timeout=5).status_code
+            == 200
+        )
         assert run.debug
 
 
@@ -258,8 +277,9 @@ def test_status_and_debug_commands(tmp_path, monkeypatch, quiet_run, recorded):
         result = runner.invoke(main, ["status", "--all"])
         assert result.exit_code == 0 and "finished" in result.output and "running" in result.output
 
-        assert runner.invoke(main, ["debug", "on", "--url", url]).output.strip() == \
-            "debug logging on"
+        assert (
+            runner.invoke(main, ["debug", "on", "--url", url]).output.strip() == "debug logging on"
+        )
         assert live.debug
         assert runner.invoke(main, ["debug", "off", "--url", url]).exit_code == 0
         assert not live.debug
@@ -268,9 +288,11 @@ def test_status_and_debug_commands(tmp_path, monkeypatch, quiet_run, recorded):
 
 
 def test_status_of_a_killed_run_is_crashed(tmp_path):
-    script = (f"import traintel, time; r = traintel.init(project='t', dir={str(tmp_path)!r}, "
-              "progress='off', otlp=False, sample_interval=0, console_logs=False, "
-              "flush_interval=0.05); r.log(loss=1.0); print(r.dir, flush=True); time.sleep(60)")
+    script = (
+        f"import traintel, time; r = traintel.init(project='t', dir={str(tmp_path)!r}, "
+        "progress='off', otlp=False, sample_interval=0, console_logs=False, "
+        "flush_interval=0.05); r.log(loss=1.0); print(r.dir, flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     run_dir = proc.stdout.readline().strip()
     time.sleep(0.3)  # one flush

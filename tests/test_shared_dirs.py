@@ -27,25 +27,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import traintel
-from traintel.record.lock import RecordLocked, RecordRefused
+from conftest import QUIET
+from reliability_log import record
 from traintel.core.redact import MAX_DEPTH, TOO_DEEP, Redactor
+from traintel.record.lock import RecordLocked, RecordRefused
 from traintel.sync.cursor import Cursor, CursorError
 from traintel.sync.timeline import MAX_POINTS, metric_times
 
-from conftest import QUIET
-from reliability_log import record
-
 OTHER = 65534
 SETPRIV = shutil.which("setpriv")
-pytestmark = pytest.mark.skipif(SETPRIV is None or not hasattr(os, "geteuid"),
-                                reason="needs setpriv (util-linux) to act as a second user")
+pytestmark = pytest.mark.skipif(
+    SETPRIV is None or not hasattr(os, "geteuid"),
+    reason="needs setpriv (util-linux) to act as a second user",
+)
 
 
 def as_other(*command: str) -> None:
     """Run ``command`` as uid/gid 65534: what a second user of the cluster can do."""
     assert SETPRIV is not None
-    subprocess.run([SETPRIV, f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups",
-                    *command], check=True, timeout=30)
+    subprocess.run(
+        [SETPRIV, f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups", *command],
+        check=True,
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -91,8 +95,11 @@ def test_a_planted_lock_link_is_refused_not_truncated(shared, victim):
     run_dir = premade_run(shared)
     as_other("ln", "-s", str(victim), str(run_dir / ".lock"))
     planted_by_other(run_dir / ".lock")
-    with pytest.raises(RecordRefused, match=r"\.lock is a symbolic link; traintel does not "
-                                            r"follow it"):
+    with pytest.raises(
+        RecordRefused,
+        match=r"\.lock is a symbolic link; traintel does not "
+        r"follow it",
+    ):
         start(shared)
     assert victim.read_text() == "the user's own file\n"
 
@@ -109,22 +116,27 @@ def test_a_planted_summary_tmp_link_is_not_written_through(shared, victim):
     summary = run_dir / "summary.json"
     assert stat.S_ISREG(os.lstat(summary).st_mode)  # not the planted link, renamed into place
     assert orjson.loads(summary.read_bytes())["status"] == "finished"
-    record("planted links in a pre-made run directory (as uid 65534): summary.json.tmp, "
-           "config.json.tmp, crash-report.json.tmp -> the user's file; .lock -> the user's file; "
-           ".lock a directory; the run directory another user's or a link",
-           "nothing written through a link; the lock never silently off; another user's "
-           "directory refused for writing",
-           f"victim file unchanged ({victim.stat().st_size} bytes); summary.json a regular file "
-           "(renamed from a random O_EXCL temporary); each planted .lock and foreign directory "
-           "refuses init with RecordRefused naming it (tests/test_shared_dirs.py)")
+    record(
+        "planted links in a pre-made run directory (as uid 65534): summary.json.tmp, "
+        "config.json.tmp, crash-report.json.tmp -> the user's file; .lock -> the user's file; "
+        ".lock a directory; the run directory another user's or a link",
+        "nothing written through a link; the lock never silently off; another user's "
+        "directory refused for writing",
+        f"victim file unchanged ({victim.stat().st_size} bytes); summary.json a regular file "
+        "(renamed from a random O_EXCL temporary); each planted .lock and foreign directory "
+        "refuses init with RecordRefused naming it (tests/test_shared_dirs.py)",
+    )
 
 
 def test_a_lock_that_is_a_directory_does_not_silently_disable_locking(shared):
     run_dir = premade_run(shared)
     as_other("mkdir", str(run_dir / ".lock"))
     planted_by_other(run_dir / ".lock")
-    with pytest.raises(RecordRefused, match=r"\.lock is a directory where traintel keeps a "
-                                            r"file"):
+    with pytest.raises(
+        RecordRefused,
+        match=r"\.lock is a directory where traintel keeps a "
+        r"file",
+    ):
         start(shared)
 
 
@@ -204,10 +216,13 @@ def test_sync_does_not_write_its_cursor_through_a_planted_tmp_link(shared, victi
 def _capped(code: str, limit_mb: int = 1024) -> subprocess.CompletedProcess[str]:
     """Python code in a child whose address space is capped: what would read without end fails
     there, not on the machine."""
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, preexec_fn=cap)
+
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, preexec_fn=cap
+    )
 
 
 def _peak_child_mb() -> float:
@@ -218,12 +233,15 @@ def _peak_child_mb() -> float:
 def test_a_cursor_linked_to_dev_zero_is_refused(shared):
     run_dir = _record(shared)
     as_other("ln", "-s", "/dev/zero", str(run_dir / "sync-cursor.json"))
-    opening = ("from pathlib import Path\nfrom traintel.sync.cursor import Cursor, CursorError\n"
-               f"try:\n    Cursor(Path({str(run_dir)!r}), 'f' * 32, 't').open()\n"
-               "except CursorError as exc:\n    print(exc)\n")
+    opening = (
+        "from pathlib import Path\nfrom traintel.sync.cursor import Cursor, CursorError\n"
+        f"try:\n    Cursor(Path({str(run_dir)!r}), 'f' * 32, 't').open()\n"
+        "except CursorError as exc:\n    print(exc)\n"
+    )
     proc = _capped(opening)
-    assert "sync-cursor.json: a symbolic link; traintel does not follow it" in proc.stdout, \
+    assert "sync-cursor.json: a symbolic link; traintel does not follow it" in proc.stdout, (
         proc.stderr[-1000:]
+    )
     (run_dir / "sync-cursor.json").unlink()
     (run_dir / "sync-cursor.json.lock").unlink()
     as_other("mkfifo", "-m", "0666", str(run_dir / "sync-cursor.json.lock"))
@@ -239,13 +257,15 @@ def test_sync_of_a_record_that_is_a_fifo_does_not_hang(shared):
     took = time.monotonic() - started
     assert took < 60
     assert "a FIFO where traintel keeps a file" in proc.stderr
-    record("traintel sync over planted files (as uid 65534): events.jsonl a FIFO, "
-           "sync-cursor.json -> /dev/zero, sync-cursor.json.tmp -> the user's file, a symlinked "
-           "run directory",
-           "no hang, no unbounded read, no write through a link, no other user's run sent",
-           f"FIFO passed over with a note in {took:.1f} s (hung forever before); /dev/zero "
-           "cursor refused under a 1 GiB address-space cap (MemoryError before); victim file "
-           "unchanged; the linked run not listed, named alone refused (exit 1)")
+    record(
+        "traintel sync over planted files (as uid 65534): events.jsonl a FIFO, "
+        "sync-cursor.json -> /dev/zero, sync-cursor.json.tmp -> the user's file, a symlinked "
+        "run directory",
+        "no hang, no unbounded read, no write through a link, no other user's run sent",
+        f"FIFO passed over with a note in {took:.1f} s (hung forever before); /dev/zero "
+        "cursor refused under a 1 GiB address-space cap (MemoryError before); victim file "
+        "unchanged; the linked run not listed, named alone refused (exit 1)",
+    )
 
 
 def test_sync_does_not_follow_a_planted_run_directory_link(shared, tmp_path):
@@ -297,30 +317,47 @@ def test_an_export_far_in_the_future_does_not_exhaust_memory(shared, at):
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "would send" in proc.stdout
-    record(f'traintel sync of a record with an export note "at": {at:g}',
-           "memory bounded whatever the times in a record",
-           f"dry run in {took:.1f} s under a 1 GiB address-space cap, peak child RSS "
-           f"{_peak_child_mb():.0f} MB (before: {(at - time.time()) / 15:.1e} points asked "
-           "for, MemoryError)")
+    record(
+        f'traintel sync of a record with an export note "at": {at:g}',
+        "memory bounded whatever the times in a record",
+        f"dry run in {took:.1f} s under a 1 GiB address-space cap, peak child RSS "
+        f"{_peak_child_mb():.0f} MB (before: {(at - time.time()) / 15:.1e} points asked "
+        "for, MemoryError)",
+    )
 
 
 def test_a_field_nested_500_deep_does_not_crash_sync(shared):
     deep: object = "leaf password=hunter2hunter2"
     for _ in range(500):
         deep = {"x": deep}
-    run_dir = _crafted(shared, {"type": "event", "level": "warning", "event": "deep",
-                                "step": 1, "fields": {"nested": deep}})
+    run_dir = _crafted(
+        shared,
+        {
+            "type": "event",
+            "level": "warning",
+            "event": "deep",
+            "step": 1,
+            "fields": {"nested": deep},
+        },
+    )
     proc = _sync("--dry-run", "--endpoint", "http://127.0.0.1:9", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RecursionError" not in proc.stderr
-    record("traintel sync of an event field nested 500 deep", "no RecursionError; the line sent",
-           f"exit 0; redact.deep stops at {MAX_DEPTH} levels with {TOO_DEEP!r} (RecursionError "
-           "in redact.deep before)")
+    record(
+        "traintel sync of an event field nested 500 deep",
+        "no RecursionError; the line sent",
+        f"exit 0; redact.deep stops at {MAX_DEPTH} levels with {TOO_DEEP!r} (RecursionError "
+        "in redact.deep before)",
+    )
 
 
-nested = st.recursive(st.text(max_size=8) | st.integers() | st.none(),
-                      lambda inner: st.lists(inner, max_size=3) |
-                      st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=30)
+nested = st.recursive(
+    st.text(max_size=8) | st.integers() | st.none(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -340,17 +377,30 @@ times = st.floats(allow_nan=True, allow_infinity=True)
 
 
 @settings(max_examples=200, deadline=None)
-@given(start=st.floats(1e9, 2e9), span=st.floats(0, 1e8), interval=times,
-       exports=st.lists(st.tuples(times, st.booleans()), max_size=20),
-       mode=st.sampled_from([None, "otlp", "offline"]))
+@given(
+    start=st.floats(1e9, 2e9),
+    span=st.floats(0, 1e8),
+    interval=times,
+    exports=st.lists(st.tuples(times, st.booleans()), max_size=20),
+    mode=st.sampled_from([None, "otlp", "offline"]),
+)
 def test_metric_times_are_bounded_whatever_the_times(start, span, interval, exports, mode):
     ms = metric_times(mode, interval, start, start + span, exports)
     assert len(ms) <= MAX_POINTS + len(exports) + 2
 
 
 # -- every kind of planted path against every way traintel opens one (hypothesis) -------------
-KINDS = ["missing", "regular", "other-users-file", "directory", "fifo", "link-to-victim",
-         "dangling-link", "link-to-dir", "link-to-dev-zero"]
+KINDS = [
+    "missing",
+    "regular",
+    "other-users-file",
+    "directory",
+    "fifo",
+    "link-to-victim",
+    "dangling-link",
+    "link-to-dir",
+    "link-to-dev-zero",
+]
 
 
 def _plant(path: Path, kind: str, victim: Path) -> None:
@@ -374,8 +424,10 @@ def _plant(path: Path, kind: str, victim: Path) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(kind=st.sampled_from(KINDS),
-       how=st.sampled_from(["read", "append", "replace", "lock", "read_json", "write_json"]))
+@given(
+    kind=st.sampled_from(KINDS),
+    how=st.sampled_from(["read", "append", "replace", "lock", "read_json", "write_json"]),
+)
 def test_no_planted_path_is_written_through_or_hangs(kind, how):
     from traintel.record import safe
     from traintel.record.files import read_json, write_json
@@ -413,14 +465,23 @@ def test_no_planted_path_is_written_through_or_hangs(kind, how):
         assert victim.read_bytes() == b"precious"
         assert not (root / "nowhere").exists()
         fine = kind in ("missing", "regular") or (
-            kind == "other-users-file" and how in ("read", "read_json"))
-        if how in ("replace", "write_json") and kind in ("link-to-victim", "dangling-link",
-                                                         "link-to-dir", "link-to-dev-zero",
-                                                         "other-users-file", "fifo"):
+            kind == "other-users-file" and how in ("read", "read_json")
+        )
+        if how in ("replace", "write_json") and kind in (
+            "link-to-victim",
+            "dangling-link",
+            "link-to-dir",
+            "link-to-dev-zero",
+            "other-users-file",
+            "fifo",
+        ):
             fine = True  # renamed over: the planted entry is replaced, nothing written through
         if not fine:
-            assert isinstance(outcome, safe.UnsafePath) or outcome in (None, False), (kind, how,
-                                                                                    outcome)
+            assert isinstance(outcome, safe.UnsafePath) or outcome in (None, False), (
+                kind,
+                how,
+                outcome,
+            )
         if how in ("replace", "write_json") and fine and kind != "missing":
             assert stat.S_ISREG(os.lstat(path).st_mode)
     finally:

@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import traintel
+from conftest import QUIET, read_lines
 from traintel.cli import main
 from traintel.stack import project as stack_files  # the tests name their directory `project`
-
-from conftest import QUIET, read_lines
 
 
 class Unprintable:
@@ -78,8 +77,11 @@ def test_log_commit_that_is_not_a_bool_is_said(run, caplog):
 
 
 def test_track_none_names_the_argument(run):
-    with pytest.raises(TypeError, match=r"run.track\(iterable\): expects what a for loop takes "
-                                        r".* got NoneType"):
+    with pytest.raises(
+        TypeError,
+        match=r"run.track\(iterable\): expects what a for loop takes "
+        r".* got NoneType",
+    ):
         run.track(None)
 
 
@@ -99,14 +101,16 @@ def test_logs_errors_verbose_on_a_line_with_a_level_list(tmp_path):
         f'{{"ts": {now}, "type": "run_start", "level": "info", "run": "r", "rank": 0}}\n'
         f'{{"ts": {now}, "type": "error", "level": ["error"], "error_type": "data", '
         '"severity": "error", "exc_type": "E", "message": "m", "traceback": "tb", '
-        '"context": {}, "hints": [], "step": 1, "run": "r", "rank": 0}\n')
+        '"context": {}, "hints": [], "step": 1, "run": "r", "rank": 0}\n'
+    )
     result = CliRunner().invoke(main, ["logs", "errors", "-v", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert "1 level not a level" in result.output
 
 
-def _init_in_child(tmp_path: Path, console: bool = False,
-                   **environ: str) -> subprocess.CompletedProcess[str]:
+def _init_in_child(
+    tmp_path: Path, console: bool = False, **environ: str
+) -> subprocess.CompletedProcess[str]:
     script = textwrap.dedent(f"""
         import traintel
         run = traintel.init(project="t", dir={str(tmp_path)!r}, progress="off",
@@ -114,8 +118,13 @@ def _init_in_child(tmp_path: Path, console: bool = False,
         print("port", run.server.port if run.server else None)
         run.finish()
     """)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **environ})
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **environ},
+    )
 
 
 def test_an_out_of_range_port_variable_is_named_and_ignored(tmp_path):
@@ -126,12 +135,14 @@ def test_an_out_of_range_port_variable_is_named_and_ignored(tmp_path):
 
 
 def test_a_remote_prometheus_host_variable_is_named_and_loopback_kept(tmp_path):
-    proc = _init_in_child(tmp_path, OTEL_METRICS_EXPORTER="prometheus",
-                          OTEL_EXPORTER_PROMETHEUS_HOST="0.0.0.0",
-                          OTEL_EXPORTER_PROMETHEUS_PORT="0")
+    proc = _init_in_child(
+        tmp_path,
+        OTEL_METRICS_EXPORTER="prometheus",
+        OTEL_EXPORTER_PROMETHEUS_HOST="0.0.0.0",
+        OTEL_EXPORTER_PROMETHEUS_PORT="0",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "environment variable OTEL_EXPORTER_PROMETHEUS_HOST=0.0.0.0 would expose" in \
-        proc.stderr
+    assert "environment variable OTEL_EXPORTER_PROMETHEUS_HOST=0.0.0.0 would expose" in proc.stderr
     assert "http_host=" not in proc.stderr
 
 
@@ -139,13 +150,18 @@ def test_a_full_disk_at_init_is_a_warning_not_a_traceback(tmp_path):
     """A real full file system: a 16 KiB tmpfs, filled (root only: mount)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
-            capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'fill'}", "bs=1k", "count=64"],
-                       capture_output=True)
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={disk / 'fill'}", "bs=1k", "count=64"], capture_output=True
+        )
         proc = _init_in_child(disk / "runs", console=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
@@ -159,8 +175,11 @@ def test_stack_init_over_a_dangling_env_link_names_it(tmp_path):
     project = tmp_path / "stack"
     project.mkdir()
     (project / ".env").symlink_to(tmp_path / "elsewhere.env")
-    with pytest.raises(stack_files.StackFilesError, match=r"symbolic links where traintel writes "
-                                                    r"files \(\.env\)"):
+    with pytest.raises(
+        stack_files.StackFilesError,
+        match=r"symbolic links where traintel writes "
+        r"files \(\.env\)",
+    ):
         stack_files.init(project)
     assert not (tmp_path / "elsewhere.env").exists()
 
@@ -180,31 +199,51 @@ def test_the_systemd_unit_keeps_a_directory_with_odd_characters_whole(tmp_path, 
     project = tmp_path / name
     stack_files.init(project)
     unit = (project / "traintel-stack.service").read_text()
-    (working,) = [line.split("=", 1)[1] for line in unit.splitlines()
-                  if line.startswith("WorkingDirectory=")]
-    (command,) = [line.split("=", 1)[1] for line in unit.splitlines()
-                  if line.startswith("ExecStart=")]
+    (working,) = [
+        line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("WorkingDirectory=")
+    ]
+    (command,) = [
+        line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")
+    ]
     assert working.replace("%%", "%") == str(project)
-    argv = [arg.replace("%%", "\0").replace("$$", "$").replace("\0", "%")
-            for arg in shlex.split(command)]
+    argv = [
+        arg.replace("%%", "\0").replace("$$", "$").replace("\0", "%")
+        for arg in shlex.split(command)
+    ]
     assert argv[argv.index("--configs") + 1] == str(project)
     assert "%h" not in working.replace("%%", "")
     if shutil.which("systemd-analyze"):
-        check = subprocess.run(["systemd-analyze", "verify", str(project /
-                                                               "traintel-stack.service")],
-                               capture_output=True, text=True, timeout=60)
+        check = subprocess.run(
+            ["systemd-analyze", "verify", str(project / "traintel-stack.service")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "Invalid" not in check.stderr and "bad" not in check.stderr.lower(), check.stderr
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.text(st.characters(codec="utf-8", exclude_characters="/\x00\n\r",
-                                  exclude_categories=["Cs", "Cc"]), min_size=1, max_size=20)
-       .filter(lambda n: n not in (".", "..")))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.text(
+        st.characters(
+            codec="utf-8", exclude_characters="/\x00\n\r", exclude_categories=["Cs", "Cc"]
+        ),
+        min_size=1,
+        max_size=20,
+    ).filter(lambda n: n not in (".", ".."))
+)
 def test_any_directory_name_comes_back_whole_from_the_unit(tmp_path, name):
     project = tmp_path / "d" / name
-    unit = stack_files.systemd_unit((stack_files.root() / stack_files.UNIT_SOURCE).read_text(), project)
-    (command,) = [line.split("=", 1)[1] for line in unit.splitlines()
-                  if line.startswith("ExecStart=")]
-    argv = [arg.replace("%%", "\0").replace("$$", "$").replace("\0", "%")
-            for arg in shlex.split(command)]
+    unit = stack_files.systemd_unit(
+        (stack_files.root() / stack_files.UNIT_SOURCE).read_text(), project
+    )
+    (command,) = [
+        line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")
+    ]
+    argv = [
+        arg.replace("%%", "\0").replace("$$", "$").replace("\0", "%")
+        for arg in shlex.split(command)
+    ]
     assert argv[argv.index("--configs") + 1] == str(project)

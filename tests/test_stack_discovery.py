@@ -21,16 +21,23 @@ import requests
 from click.testing import CliRunner
 
 from traintel.cli import main
-from traintel.export import selection
 from traintel.core import discovery
+from traintel.export import selection
 from traintel.stack.native import NativeStack
 
 #: every variable through which a user gives an endpoint: none is set in these tests
-URL_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-                 "TRAINTEL_COLLECTOR_HEALTH_URL", "TRAINTEL_PROMETHEUS_URL",
-                 "TRAINTEL_ALERTMANAGER_URL", "TRAINTEL_LOKI_URL", "TRAINTEL_TEMPO_URL",
-                 "TRAINTEL_GRAFANA_URL")
+URL_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "TRAINTEL_COLLECTOR_HEALTH_URL",
+    "TRAINTEL_PROMETHEUS_URL",
+    "TRAINTEL_ALERTMANAGER_URL",
+    "TRAINTEL_LOKI_URL",
+    "TRAINTEL_TEMPO_URL",
+    "TRAINTEL_GRAFANA_URL",
+)
 
 
 @pytest.fixture
@@ -48,8 +55,11 @@ def test_no_stack_json_or_a_stopped_stack_means_compose(tmp_path, monkeypatch):
     assert discovery.endpoint("prometheus") == "http://127.0.0.1:9090"
     # stack.json outlives `stack down`; a pid file naming a process that is not our binary
     (tmp_path / "otelcol").mkdir()
-    (tmp_path / "stack.json").write_text(json.dumps(
-        {"endpoints": {"otlp_http": "http://127.0.0.1:1", "prometheus": "http://127.0.0.1:2"}}))
+    (tmp_path / "stack.json").write_text(
+        json.dumps(
+            {"endpoints": {"otlp_http": "http://127.0.0.1:1", "prometheus": "http://127.0.0.1:2"}}
+        )
+    )
     (tmp_path / "otelcol" / "otelcol.pid").write_text(f"{os.getpid()}\n/no/such/otelcol\n")
     assert discovery.running() is None
     assert discovery.endpoint("otlp_http") == "http://127.0.0.1:4318"
@@ -58,8 +68,9 @@ def test_no_stack_json_or_a_stopped_stack_means_compose(tmp_path, monkeypatch):
 
 @pytest.mark.stack
 def test_the_running_stack_is_found_in_a_non_default_run_dir(found):
-    assert discovery.running() == {k: v for k, v in found.endpoints.items()
-                                   if k.split("_")[0] not in found.unavailable}
+    assert discovery.running() == {
+        k: v for k, v in found.endpoints.items() if k.split("_")[0] not in found.unavailable
+    }
     assert found.endpoints["otlp_http"] != "http://127.0.0.1:4318"  # --free-ports
     # traintel.init and traintel sync: the stack's collector unless a variable says otherwise
     assert selection.http_url("metrics") == f"{found.endpoints['otlp_http']}/v1/metrics"
@@ -80,16 +91,23 @@ def test_a_variable_still_wins_over_the_running_stack(found, monkeypatch):
 @pytest.mark.stack
 def test_doctor_finds_the_stack_and_its_collector_health_port(found, tmp_path):
     for _ in range(30):  # a fresh Prometheus finds its targets within seconds
-        result = CliRunner().invoke(main, ["doctor", "--format", "json", "--run-dir",
-                                           str(tmp_path)])
+        result = CliRunner().invoke(
+            main, ["doctor", "--format", "json", "--run-dir", str(tmp_path)]
+        )
         checks = {c["name"]: c for c in json.loads(result.output)["checks"]}
         if checks["prometheus scraping"]["status"] == "pass":
             break
         time.sleep(2)
     assert checks["collector health"]["target"].startswith(found.endpoints["collector_health"])
     assert ":13133" not in checks["collector health"]["target"]
-    for name in ("collector otlp", "collector health", "prometheus", "prometheus scraping",
-                 "alertmanager", "clock"):
+    for name in (
+        "collector otlp",
+        "collector health",
+        "prometheus",
+        "prometheus scraping",
+        "alertmanager",
+        "clock",
+    ):
         assert checks[name]["status"] == "pass", checks[name]
     assert checks["prometheus"]["target"].startswith(found.endpoints["prometheus"])
     assert result.exit_code == 0, result.output
@@ -109,9 +127,28 @@ def test_demo_exports_to_the_stack_it_finds(found, tmp_path):
     pytest.importorskip("torch")
     env = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
     done = subprocess.run(
-        [sys.executable, "-m", "traintel", "demo", "--epochs", "1", "--steps-per-epoch", "5",
-         "--duration", "0", "--dir", str(tmp_path / "runs"), "--sample-interval", "60"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "traintel",
+            "demo",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "5",
+            "--duration",
+            "0",
+            "--dir",
+            str(tmp_path / "runs"),
+            "--sample-interval",
+            "60",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert f"collector listening at {found.endpoints['otlp_http']}" in done.stderr
     # the demo links Prometheus's UI only where the native one serves it; else its API
@@ -135,15 +172,24 @@ def test_stack_up_free_ports_in_the_default_run_dir_then_doctor_passes(tmp_path,
     env = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
     env["TRAINTEL_STACK_DIR"] = str(tmp_path / "stack")
     traintel = [sys.executable, "-m", "traintel"]
-    up = subprocess.run([*traintel, "stack", "up", "--free-ports"], env=env,
-                        capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [*traintel, "stack", "up", "--free-ports"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Alertmanager serves its API but no web UI" in up.stdout  # nothing links to it
         for _ in range(30):
-            doctor = subprocess.run([*traintel, "doctor", "--format", "json", "--run-dir",
-                                     str(tmp_path / "runs")], env=env, capture_output=True,
-                                    text=True, timeout=120)
+            doctor = subprocess.run(
+                [*traintel, "doctor", "--format", "json", "--run-dir", str(tmp_path / "runs")],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
             if checks["prometheus scraping"]["status"] == "pass":
                 break

@@ -48,8 +48,9 @@ def fallback_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.slow
-def test_debian_packages_stand_in_and_run_the_stack(fallback_cache: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_debian_packages_stand_in_and_run_the_stack(
+    fallback_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     said: list[str] = []
     status = install.install(list(FALLBACK), say=said.append)
     for name in FALLBACK:
@@ -57,10 +58,12 @@ def test_debian_packages_stand_in_and_run_the_stack(fallback_cache: Path,
         assert entry["ok"] and entry["source"] == "apt", entry
         assert entry["reason"] == f"{name}: Go build refused by this test"
         assert entry["version"] != COMPONENTS[name].version  # the skew is recorded...
-        assert any(f"{name} ready" in line and f"not {COMPONENTS[name].version}" in line
-                   for line in said), said  # ...and said
-        shown = subprocess.run([str(install.binary(name)), "--version"], capture_output=True,
-                               text=True, timeout=30)
+        assert any(
+            f"{name} ready" in line and f"not {COMPONENTS[name].version}" in line for line in said
+        ), said  # ...and said
+        shown = subprocess.run(
+            [str(install.binary(name)), "--version"], capture_output=True, text=True, timeout=30
+        )
         assert entry["version"] in shown.stdout + shown.stderr
 
     stack = native.NativeStack(fallback_cache / "stack", ports=native.free_ports())
@@ -76,20 +79,31 @@ def test_debian_packages_stand_in_and_run_the_stack(fallback_cache: Path,
         def alertmanager_found():
             answer = requests.get(f"{prometheus}/api/v1/alertmanagers", timeout=5).json()
             return answer["data"]["activeAlertmanagers"]
+
         (found,) = eventually(alertmanager_found, 30, what="Prometheus finding Alertmanager")
         assert found["url"].startswith(stack.endpoints["alertmanager"])
 
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", stack.endpoints["otlp_http"])
         monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "1000")
-        with traintel.init(project="fallback", dir=str(fallback_cache / "runs"), otlp=True,
-                           progress="off", console_logs=False, sample_interval=0) as run:
+        with traintel.init(
+            project="fallback",
+            dir=str(fallback_cache / "runs"),
+            otlp=True,
+            progress="off",
+            console_logs=False,
+            sample_interval=0,
+        ) as run:
             for _ in run.track(range(25)):
                 run.log(loss=0.5, samples=4)
 
         def steps():
-            result = requests.get(f"{prometheus}/api/v1/query", timeout=5, params={
-                "query": f'traintel_steps_total{{run="{run.id}"}}'}).json()["data"]["result"]
+            result = requests.get(
+                f"{prometheus}/api/v1/query",
+                timeout=5,
+                params={"query": f'traintel_steps_total{{run="{run.id}"}}'},
+            ).json()["data"]["result"]
             return [float(series["value"][1]) for series in result]
+
         assert eventually(lambda: steps() == [25.0], 60, what="25 steps in Debian's Prometheus")
     finally:
         stack.down()

@@ -25,9 +25,22 @@ AGPL_MODULE = re.compile(r"github\.com/grafana/(loki|tempo|grafana)(?![\w.-])")
 #: Everything that downloads or builds: the installer, the Go wrapper modules, the collector's
 #: builder manifest, the sink's config, the npm tool manifests, the Makefile, scripts and CI.
 BUILD_FILES = sorted(
-    {p for pattern in ("src/traintel/stack/**/*.py", "stack/**/*", "tools/**/*", "scripts/*",
-                       ".ci/*", "Makefile", "pyproject.toml", "otel-collector/builder-config.yaml")
-     for p in REPO.glob(pattern) if p.is_file() and "node_modules" not in p.parts})
+    {
+        p
+        for pattern in (
+            "src/traintel/stack/**/*.py",
+            "stack/**/*",
+            "tools/**/*",
+            "scripts/*",
+            ".ci/*",
+            "Makefile",
+            "pyproject.toml",
+            "otel-collector/builder-config.yaml",
+        )
+        for p in REPO.glob(pattern)
+        if p.is_file() and "node_modules" not in p.parts
+    }
+)
 
 OPTIONAL = ("loki", "tempo", "grafana")
 
@@ -54,11 +67,13 @@ def test_the_installer_builds_none_of_loki_tempo_grafana() -> None:
         assert component.method == "none" and not component.packages and not component.module
         assert "AGPL" in component.unavailable and component.bin_env in component.unavailable
     built = [c for c in COMPONENTS.values() if c.method != "none"]
-    assert built and not [c.name for c in built
-                          if AGPL_MODULE.search(" ".join([*c.packages, c.module, c.wrapper]))]
+    assert built and not [
+        c.name for c in built if AGPL_MODULE.search(" ".join([*c.packages, c.module, c.wrapper]))
+    ]
 
 
 # --- binaries the user supplies --------------------------------------------------------------------
+
 
 @pytest.fixture
 def bare(tmp_path, monkeypatch):
@@ -66,9 +81,14 @@ def bare(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINTEL_CACHE", str(tmp_path / "cache"))
     for name in OPTIONAL:
         monkeypatch.delenv(COMPONENTS[name].bin_env, raising=False)
-    monkeypatch.setenv("PATH", os.pathsep.join(
-        d for d in os.environ["PATH"].split(os.pathsep)
-        if not any((Path(d) / n).exists() for n in OPTIONAL)))
+    monkeypatch.setenv(
+        "PATH",
+        os.pathsep.join(
+            d
+            for d in os.environ["PATH"].split(os.pathsep)
+            if not any((Path(d) / n).exists() for n in OPTIONAL)
+        ),
+    )
     return tmp_path
 
 
@@ -98,8 +118,12 @@ def test_a_binary_named_by_its_variable_is_used_and_its_version_recorded(bare, m
     monkeypatch.setenv("TRAINTEL_LOKI_BIN", str(loki))
     assert install.binary("loki") == loki and install.missing_reason("loki") is None
     entry = install.install(["loki"], say=lambda _: None)["loki"]
-    assert (entry["ok"], entry["source"], entry["version"], entry["path"]) == \
-        (True, "user", "3.7.6", str(loki))
+    assert (entry["ok"], entry["source"], entry["version"], entry["path"]) == (
+        True,
+        "user",
+        "3.7.6",
+        str(loki),
+    )
     argv, _, _ = native.NativeStack(bare / "run").render("loki")
     assert argv[0] == str(loki)
 
@@ -118,9 +142,13 @@ def test_a_binary_on_path_is_found_and_a_bad_variable_is_named(bare, monkeypatch
 
 
 def test_stack_status_lists_the_skipped_programs_with_their_reasons(bare) -> None:
-    result = subprocess.run([sys.executable, "-m", "traintel.cli", "stack", "status",
-                             "--run-dir", str(bare / "run")],
-                            capture_output=True, text=True, timeout=60, env=os.environ)
+    result = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "stack", "status", "--run-dir", str(bare / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
     assert result.returncode == 0, result.stderr
     for name in OPTIONAL:
         line = next(line for line in result.stdout.splitlines() if line.startswith(name))

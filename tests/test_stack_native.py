@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
-from stack_fixture import eventually, require
 
+from stack_fixture import eventually, require
 from traintel.stack import install
 from traintel.stack.components import COMPONENTS
 from traintel.stack.native import NativeStack, StackError
@@ -158,6 +157,7 @@ def test_traces_reach_tempo(stack: NativeStack) -> None:
 
 # --- Loki's and Tempo's endpoints, served by the sink (a second collector) ----------------------
 
+
 def require_sink(stack: NativeStack, program: str) -> None:
     """Skip unless the sink stands in for ``program`` (a real Loki/Tempo takes its place)."""
     if program not in stack.sink_covers:
@@ -167,12 +167,17 @@ def require_sink(stack: NativeStack, program: str) -> None:
 def _sink_records(stack: NativeStack, signal_name: str) -> list[tuple[dict, dict]]:
     """(resource attributes, record) for every log record or span the sink received."""
     path, out = stack.sink_file(signal_name), []
-    kind, scopes, items = (("resourceLogs", "scopeLogs", "logRecords") if signal_name == "logs"
-                           else ("resourceSpans", "scopeSpans", "spans"))
+    kind, scopes, items = (
+        ("resourceLogs", "scopeLogs", "logRecords")
+        if signal_name == "logs"
+        else ("resourceSpans", "scopeSpans", "spans")
+    )
     for line in path.read_text().splitlines() if path.exists() else []:
         for resource in json.loads(line)[kind]:
-            attributes = {a["key"]: next(iter(a["value"].values()))
-                          for a in resource["resource"].get("attributes", [])}
+            attributes = {
+                a["key"]: next(iter(a["value"].values()))
+                for a in resource["resource"].get("attributes", [])
+            }
             out += [(attributes, item) for scope in resource[scopes] for item in scope[items]]
     return out
 
@@ -191,13 +196,24 @@ def _emit_log(stack: NativeStack, test_id: str, trace_id: int | None = None, **e
     )
     context = None
     if trace_id is not None:
-        span = trace.NonRecordingSpan(trace.SpanContext(
-            trace_id, 0x1234567890ABCDEF, is_remote=False,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED)))
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id,
+                0x1234567890ABCDEF,
+                is_remote=False,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+        )
         context = trace.set_span_in_context(span)
-    provider.get_logger("traintel.tests").emit(LogRecord(
-        body=f"stack test {test_id}", severity_number=SeverityNumber.WARN, severity_text="WARNING",
-        attributes={"run": test_id, "type": "log", **extra}, context=context))
+    provider.get_logger("traintel.tests").emit(
+        LogRecord(
+            body=f"stack test {test_id}",
+            severity_number=SeverityNumber.WARN,
+            severity_text="WARNING",
+            attributes={"run": test_id, "type": "log", **extra},
+            context=context,
+        )
+    )
     provider.force_flush()
     provider.shutdown()
 
@@ -210,8 +226,11 @@ def test_logs_reach_lokis_otlp_endpoint_with_resource_and_trace_id(stack: Native
     _emit_log(stack, test_id, trace_id, traceback="x" * 40_000)
 
     def received():
-        return [(r, rec) for r, rec in _sink_records(stack, "logs")
-                if rec["body"].get("stringValue") == f"stack test {test_id}"]
+        return [
+            (r, rec)
+            for r, rec in _sink_records(stack, "logs")
+            if rec["body"].get("stringValue") == f"stack test {test_id}"
+        ]
 
     ((resource, record),) = eventually(received, 60, what="the log record at Loki's endpoint")
     assert resource["service.name"] == SERVICE and resource["service.instance.id"] == test_id
@@ -240,8 +259,12 @@ def test_spans_reach_tempos_otlp_receiver(stack: NativeStack) -> None:
 
 def _queued(stack: NativeStack, exporter: str) -> float:
     text = requests.get(f"{stack.endpoints['collector_metrics']}/metrics", timeout=5).text
-    found = re.findall(rf'^otelcol_exporter_queue_size{{[^}}]*exporter="{re.escape(exporter)}"'
-                       r"[^}]*} (\S+)$", text, re.MULTILINE)
+    found = re.findall(
+        rf'^otelcol_exporter_queue_size{{[^}}]*exporter="{re.escape(exporter)}"'
+        r"[^}]*} (\S+)$",
+        text,
+        re.MULTILINE,
+    )
     return sum(map(float, found))
 
 
@@ -256,21 +279,38 @@ def test_logs_and_spans_survive_a_backend_outage_and_a_collector_restart(stack: 
     try:
         _emit_log(stack, test_id)
         trace_id = _send_span(stack, test_id)
-        eventually(lambda: _queued(stack, "otlp_http/loki") >= 1
-                   and _queued(stack, "otlp_grpc/tempo") >= 1, 60,
-                   what="the log record and the span queued for the absent backends")
+        eventually(
+            lambda: (
+                _queued(stack, "otlp_http/loki") >= 1 and _queued(stack, "otlp_grpc/tempo") >= 1
+            ),
+            60,
+            what="the log record and the span queued for the absent backends",
+        )
         stack.stop("otelcol")  # the queue must outlive the collector: it is on disk
         stack.start("otelcol")
-        assert not [r for r in _sink_records(stack, "logs")
-                    if r[1]["body"].get("stringValue") == f"stack test {test_id}"]
+        assert not [
+            r
+            for r in _sink_records(stack, "logs")
+            if r[1]["body"].get("stringValue") == f"stack test {test_id}"
+        ]
     finally:
         stack.start("sink")
-    logs = eventually(lambda: [r for r in _sink_records(stack, "logs")
-                               if r[1]["body"].get("stringValue") == f"stack test {test_id}"],
-                      150, interval=2, what="the queued log record after the restarts")
-    spans = eventually(lambda: [s for s in _sink_records(stack, "traces")
-                                if s[1]["traceId"] == trace_id],
-                       150, interval=2, what="the queued span after the restarts")
+    logs = eventually(
+        lambda: [
+            r
+            for r in _sink_records(stack, "logs")
+            if r[1]["body"].get("stringValue") == f"stack test {test_id}"
+        ],
+        150,
+        interval=2,
+        what="the queued log record after the restarts",
+    )
+    spans = eventually(
+        lambda: [s for s in _sink_records(stack, "traces") if s[1]["traceId"] == trace_id],
+        150,
+        interval=2,
+        what="the queued span after the restarts",
+    )
     assert len(logs) == 1 and len(spans) == 1  # delivered once, not lost and not doubled
 
 
@@ -283,8 +323,9 @@ def test_one_program_stops_and_starts_again(stack: NativeStack) -> None:
     assert stack.ready("alertmanager")
 
 
-@pytest.mark.parametrize("name", ["otelcol", "prometheus", "alertmanager", "loki", "tempo",
-                                  "grafana", "sink"])
+@pytest.mark.parametrize(
+    "name", ["otelcol", "prometheus", "alertmanager", "loki", "tempo", "grafana", "sink"]
+)
 def test_rendered_configs_name_only_this_host(name: str, tmp_path: Path) -> None:
     """Compose service names and bind-all addresses are gone; container paths point here."""
     try:
@@ -295,8 +336,9 @@ def test_rendered_configs_name_only_this_host(name: str, tmp_path: Path) -> None
     hosts = {h for c in COMPONENTS.values() for h in c.hosts}
     assert not [h for h in hosts if re.search(rf"(^|[\s/\"']){re.escape(h)}:\d", text, re.M)]
     assert "0.0.0.0" not in text
-    assert not [p for p in ("/etc/", "/var/lib/", "/var/tempo", " /loki", " /prometheus")
-                if p in text]
+    assert not [
+        p for p in ("/etc/", "/var/lib/", "/var/tempo", " /loki", " /prometheus") if p in text
+    ]
 
 
 def _shipped(pattern: str) -> list[Path]:

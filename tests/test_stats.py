@@ -26,12 +26,18 @@ def test_moments_and_percentiles_are_exact_within_the_reservoir(values: list[flo
     assert summary["total"] == pytest.approx(math.fsum(values), abs=1e-6)
     assert summary["mean"] == pytest.approx(statistics.fmean(values), abs=1e-6)
     assert summary["std"] == pytest.approx(statistics.pstdev(values), abs=1e-3)
-    assert (summary["min"], summary["max"], summary["last"]) == (min(values), max(values),
-                                                                 values[-1])
+    assert (summary["min"], summary["max"], summary["last"]) == (
+        min(values),
+        max(values),
+        values[-1],
+    )
     ordered = sorted(values)
-    assert summary["p50"] == pytest.approx(statistics.quantiles(ordered, n=100,
-                                                               method="inclusive")[49]
-                                           if len(ordered) > 1 else ordered[0], abs=1e-6)
+    assert summary["p50"] == pytest.approx(
+        statistics.quantiles(ordered, n=100, method="inclusive")[49]
+        if len(ordered) > 1
+        else ordered[0],
+        abs=1e-6,
+    )
 
 
 def test_quantile_interpolates_linearly() -> None:
@@ -58,7 +64,13 @@ def test_without_a_reservoir_only_the_moments_are_kept() -> None:
     for value in (1.0, 2.0, 6.0):
         stats.add(value)
     assert stats.quantiles() == {}
-    assert stats.summary() == {"count": 3, "total": 9.0, "mean": 3.0,
-                               "std": pytest.approx(math.sqrt(14 / 3)), "min": 1.0, "max": 6.0,
-                               "last": 6.0}
+    assert stats.summary() == {
+        "count": 3,
+        "total": 9.0,
+        "mean": 3.0,
+        "std": pytest.approx(math.sqrt(14 / 3)),
+        "min": 1.0,
+        "max": 6.0,
+        "last": 6.0,
+    }
     assert RunningStats().summary() == {"count": 0} and RunningStats().mean is None

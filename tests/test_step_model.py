@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from traintel.reports.analysis import Summary, scan
+from conftest import read_lines
 from traintel.record.reader import Records
 from traintel.record.summary import StepFigures
-
-from conftest import read_lines
+from traintel.reports.analysis import Summary, scan
 
 
 def steps_of(run) -> list[dict]:
@@ -26,9 +25,12 @@ def steps_of(run) -> list[dict]:
 def test_a_dict_and_keywords_and_slashes_in_names(quiet_run):
     with quiet_run(strict=True) as run:
         run.log({"train/loss": 0.5, "eval.top1": 0.25}, lr=0.1)
-        with pytest.raises(TypeError, match=r"first argument is a dict of metrics, e\.g\. "
-                                            r"run\.log\(\{'loss': 0\.5\}, step=10\).*pass the "
-                                            "step as step="):
+        with pytest.raises(
+            TypeError,
+            match=r"first argument is a dict of metrics, e\.g\. "
+            r"run\.log\(\{'loss': 0\.5\}, step=10\).*pass the "
+            "step as step=",
+        ):
             run.log(5, loss=1.0)
         with pytest.raises(ValueError, match="name 'train loss' is refused"):
             run.log({"train loss": 1.0})
@@ -54,8 +56,11 @@ def test_commit_false_adds_values_to_the_open_step(quiet_run):
         run.log(loss=0.8, step=6, commit=False)
         run.log(loss=0.7, step=7)  # a later step: step 6 ends first
     assert [(s["step"], s["metrics"]) for s in steps_of(run)] == [
-        (1, {"loss": 1.0, "grad_norm": 2.0, "lr": 0.1}), (5, {"loss": 0.9, "acc": 0.5}),
-        (6, {"loss": 0.8}), (7, {"loss": 0.7})]
+        (1, {"loss": 1.0, "grad_norm": 2.0, "lr": 0.1}),
+        (5, {"loss": 0.9, "acc": 0.5}),
+        (6, {"loss": 0.8}),
+        (7, {"loss": 0.7}),
+    ]
 
 
 def test_values_for_a_step_already_written_make_no_second_step(quiet_run):
@@ -66,7 +71,9 @@ def test_values_for_a_step_already_written_make_no_second_step(quiet_run):
     lines = read_lines(run.dir)
     assert [s["step"] for s in lines.of("step")] == [10]
     assert [(v["step"], v["metrics"]) for v in lines.of("values")] == [
-        (10, {"val_acc": 0.5}), (3, {"late": 1.0})]
+        (10, {"val_acc": 0.5}),
+        (3, {"late": 1.0}),
+    ]
     (warning,) = [line for line in lines.of("log") if "already written" in line["message"]]
     assert warning["level"] == "warning" and "run.log_values()" in warning["message"]
     assert run.summary["steps"] == 1 and run.summary["last_step"] == 10
@@ -81,7 +88,9 @@ def test_log_values_neither_counts_nor_times_a_step(quiet_run):
     lines = read_lines(run.dir)
     assert len(lines.of("step")) == 6 and run.summary["steps"] == 6
     assert [(v["step"], v["epoch"], v["metrics"]) for v in lines.of("values")] == [
-        (3, 0, {"train_acc": 0.5}), (6, 1, {"train_acc": 0.6})]
+        (3, 0, {"train_acc": 0.5}),
+        (6, 1, {"train_acc": 0.6}),
+    ]
     assert [e["steps"] for e in lines.of("epoch")] == [3, 3]
     assert (run.summary["epochs"], run.summary["epoch"]) == (2, 1)
     with pytest.raises(RuntimeError, match="run.log_values: run .* has finished"):
@@ -205,8 +214,11 @@ def test_beginning_an_epoch_ends_the_open_one(quiet_run):
             run.begin_epoch(epoch)
             run.log(loss=1.0)
             run.log(loss=0.5)
-    assert [(e["epoch"], e["steps"]) for e in read_lines(run.dir).of("epoch")] == \
-        [(1, 2), (2, 2), (3, 2)]
+    assert [(e["epoch"], e["steps"]) for e in read_lines(run.dir).of("epoch")] == [
+        (1, 2),
+        (2, 2),
+        (3, 2),
+    ]
     assert run.summary["epochs"] == 3
 
 

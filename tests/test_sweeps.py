@@ -15,8 +15,9 @@ from traintel.testing import capture
 optuna = pytest.importorskip("optuna")
 
 
-def test_trial_pruned_inside_with_run_ends_it_pruned_with_no_error(tmp_path, quiet,
-                                                                    recorded) -> None:
+def test_trial_pruned_inside_with_run_ends_it_pruned_with_no_error(
+    tmp_path, quiet, recorded
+) -> None:
     """Optuna's usual pattern, without the integration: ``raise optuna.TrialPruned()``."""
     with capture() as telemetry:
         with pytest.raises(optuna.TrialPruned):
@@ -30,8 +31,9 @@ def test_trial_pruned_inside_with_run_ends_it_pruned_with_no_error(tmp_path, qui
     assert lines.of("error") == []
     assert lines.of("event", "trial_pruned")[0]["fields"]["reason"] == "pruned at step 1"
     assert lines.of("run_end")[-1]["status"] == "pruned"
-    states = {attrs["status"]: point.value
-              for attrs, point in telemetry.points("traintel_run_status")}
+    states = {
+        attrs["status"]: point.value for attrs, point in telemetry.points("traintel_run_status")
+    }
     assert states["pruned"] == 1 and states["failed"] == 0  # RunFailed keys on failed
 
 

@@ -18,14 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.sdk.metrics.export import (HistogramDataPoint, InMemoryMetricReader,
-                                              MetricExportResult, MetricsData)
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    MetricExportResult,
+    MetricsData,
+)
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 import traintel
+from conftest import read_lines
 from traintel.core import catalog
-from traintel.export.otlp import RunMetrics, with_added
 from traintel.core.redact import Redactor
+from traintel.export.otlp import RunMetrics, with_added
 from traintel.sync import payload
 from traintel.sync.deliver import Interrupted, Sync
 from traintel.sync.plan import Options, identity_of
@@ -35,13 +40,16 @@ from traintel.sync.target import SyncError, Target
 from traintel.sync.timeline import LAG, NUDGE, SUSPECT_S, metric_times
 from traintel.testing import capture
 
-from conftest import read_lines
-
 #: rates and the ETA come from a sliding window the writer feeds per flush, not per line: a
 #: replay gets close, not equal; min/max are per export window (each path takes its own)
-APPROXIMATE = {"traintel_steps_per_second", "traintel_samples_per_second",
-               "traintel_tokens_per_second", "traintel_run_eta_seconds", "traintel_logged_min",
-               "traintel_logged_max"}
+APPROXIMATE = {
+    "traintel_steps_per_second",
+    "traintel_samples_per_second",
+    "traintel_tokens_per_second",
+    "traintel_run_eta_seconds",
+    "traintel_logged_min",
+    "traintel_logged_max",
+}
 
 
 class Memory:
@@ -63,13 +71,17 @@ class Memory:
 
 
 def memory_target() -> tuple[Target, dict[str, Memory]]:
-    exporters = {"metrics": Memory(MetricExportResult.SUCCESS),
-                 "logs": Memory(LogRecordExportResult.SUCCESS),
-                 "traces": Memory(SpanExportResult.SUCCESS)}
+    exporters = {
+        "metrics": Memory(MetricExportResult.SUCCESS),
+        "logs": Memory(LogRecordExportResult.SUCCESS),
+        "traces": Memory(SpanExportResult.SUCCESS),
+    }
     return Target("http://collector.invalid:4318", exporters=exporters), exporters  # type: ignore[arg-type]
 
 
-def sent_points(exporter: Memory) -> dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, Any]]]:
+def sent_points(
+    exporter: Memory,
+) -> dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, Any]]]:
     """(metric, labels) -> [(time ns, value)] of everything a memory exporter got."""
     series: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, Any]]] = {}
     for data in exporter.got:
@@ -78,8 +90,11 @@ def sent_points(exporter: Memory) -> dict[tuple[str, frozenset[tuple[str, str]]]
                 for metric in scope.metrics:
                     for point in metric.data.data_points:
                         key = (metric.name, frozenset(dict(point.attributes).items()))
-                        value = (point.count, point.sum, tuple(point.bucket_counts)) \
-                            if isinstance(point, HistogramDataPoint) else point.value
+                        value = (
+                            (point.count, point.sum, tuple(point.bucket_counts))
+                            if isinstance(point, HistogramDataPoint)
+                            else point.value
+                        )
                         series.setdefault(key, []).append((point.time_unix_nano, value))
     return series
 
@@ -90,8 +105,11 @@ def snapshot(data: MetricsData) -> dict[tuple[str, frozenset[tuple[str, str]]], 
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 for point in metric.data.data_points:
-                    value = (point.count, point.sum, tuple(point.bucket_counts)) \
-                        if isinstance(point, HistogramDataPoint) else point.value
+                    value = (
+                        (point.count, point.sum, tuple(point.bucket_counts))
+                        if isinstance(point, HistogramDataPoint)
+                        else point.value
+                    )
                     out[(metric.name, frozenset(dict(point.attributes).items()))] = value
     return out
 
@@ -102,8 +120,14 @@ def train(run: traintel.Run, sleep: float = 0.0) -> None:
     an error, milestones (total_steps), epochs."""
     for epoch in run.epochs(2):
         for i in run.track(range(10)):
-            run.log(loss=1.0 / (i + 1) if i != 3 else float("nan"), lr=0.1 * (epoch + 1),
-                    grad_norm=2.0, samples=8, tokens=1024, acc=0.5 + i / 100)
+            run.log(
+                loss=1.0 / (i + 1) if i != 3 else float("nan"),
+                lr=0.1 * (epoch + 1),
+                grad_norm=2.0,
+                samples=8,
+                tokens=1024,
+                acc=0.5 + i / 100,
+            )
             if sleep:
                 time.sleep(sleep)
         run.log(loss=0.5, step_s=0.02, extra_key=3)
@@ -121,8 +145,14 @@ def replayed(run_dir: Path) -> MetricsData:
     start = segment.start
     labels, run_info = identity_of(start, record.directory)
     reader = InMemoryMetricReader()
-    metrics = RunMetrics(replay.state, labels, run_info, replay.histograms,
-                         payload.resource(start, Redactor()), reader)
+    metrics = RunMetrics(
+        replay.state,
+        labels,
+        run_info,
+        replay.histograms,
+        payload.resource(start, Redactor()),
+        reader,
+    )
     for _begin, _end, line in record.lines():
         if line is not None and line.get("type") != "export":
             replay.apply(line)
@@ -134,8 +164,12 @@ def test_every_catalog_group_is_rebuilt_or_said_not_to_be():
     groups = {metric.group for metric in catalog.METRICS}
     assert groups - set(NOT_IN_RECORD), "no catalog metric would be synced"
     assert set(NOT_IN_RECORD) <= groups, "NOT_IN_RECORD names a group the catalog lost"
-    assert {"traintel_steps_total", "traintel_loss", "traintel_eval_value",
-            "traintel_errors_total"} <= REBUILT
+    assert {
+        "traintel_steps_total",
+        "traintel_loss",
+        "traintel_eval_value",
+        "traintel_errors_total",
+    } <= REBUILT
 
 
 def test_the_replayed_state_exports_what_the_live_run_exported(quiet_run, tmp_path):
@@ -148,9 +182,13 @@ def test_the_replayed_state_exports_what_the_live_run_exported(quiet_run, tmp_pa
     live = snapshot(telemetry._collected[-1])
     again = snapshot(replayed(run.dir))
     names = {name for name, _ in live}
-    assert {"traintel_data_wait_seconds_total", "traintel_step_duration_seconds",
-            "traintel_logged_nonfinite_total", "traintel_events_total",
-            "traintel_run_progress_ratio"} <= names
+    assert {
+        "traintel_data_wait_seconds_total",
+        "traintel_step_duration_seconds",
+        "traintel_logged_nonfinite_total",
+        "traintel_events_total",
+        "traintel_run_progress_ratio",
+    } <= names
     compared = 0
     for key, value in live.items():
         name = key[0]
@@ -200,7 +238,10 @@ def test_points_go_just_after_failed_exports_and_midway_where_the_record_is_sile
     assert times[2] == (160.5 - LAG) * 1000
     # the last delivered export was before the end: the rest is unknown, filled midway
     assert metric_times("otlp", 15, 100.0, 160.0, [(115.0, True), (130.0, True)]) == [
-        137500, 152500, 160000]
+        137500,
+        152500,
+        160000,
+    ]
     # a record with no notes (older traintel): midway between the live ticks, then the end
     assert metric_times(None, 15, 100.0, 160.0, []) == [107500, 122500, 137500, 152500, 160000]
     # --all: after every export
@@ -226,9 +267,11 @@ def test_exports_delivered_just_before_a_collector_vanished_get_a_point_after_th
     exports = [(95.0, True), (100.0, True), (105.0, True), (110.0, False), (115.0, True)]
     times = metric_times("otlp", 5, 90.0, 115.0, exports)
     assert times == [math.ceil((at + NUDGE) * 1000) for at in (100, 105, 110)] + [
-        (115 - LAG) * 1000]
-    assert [t for t in metric_times("otlp", 5, 90.0, 115.0, exports, resend=True)
-            if t < 105_000] == [95002, 100002], "--all: after every export, once"
+        (115 - LAG) * 1000
+    ]
+    assert [
+        t for t in metric_times("otlp", 5, 90.0, 115.0, exports, resend=True) if t < 105_000
+    ] == [95002, 100002], "--all: after every export, once"
 
 
 def test_an_export_delivered_late_leaves_an_outage_that_gets_the_live_cadence_too():
@@ -237,8 +280,9 @@ def test_an_export_delivered_late_leaves_an_outage_that_gets_the_live_cadence_to
     exports = [(105.0, True), (110.0, True), (122.5, True), (127.5, True)]
     times = [t / 1000 for t in metric_times("otlp", 5, 100.0, 127.5, exports)]
     assert times == [115.0, 120.0, 122.5 - LAG]
-    assert metric_times("otlp", 5, 100.0, 112.0, [(105.0, True), (112.0, True)]) == [], \
+    assert metric_times("otlp", 5, 100.0, 112.0, [(105.0, True), (112.0, True)]) == [], (
         "an export a little late (within LATE intervals) is no outage"
+    )
 
 
 def test_points_are_whole_distinct_milliseconds_never_on_a_live_sample():
@@ -252,8 +296,9 @@ def test_points_are_whole_distinct_milliseconds_never_on_a_live_sample():
 
 
 # -- sending ---------------------------------------------------------------------------------
-def _offline_run(quiet_run, monkeypatch, steps: int = 30, sleep: float = 0.01,
-                 **options: Any) -> traintel.Run:
+def _offline_run(
+    quiet_run, monkeypatch, steps: int = 30, sleep: float = 0.01, **options: Any
+) -> traintel.Run:
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")  # a point every 50 ms
     with quiet_run(otlp=None, mode="offline", step_span_every=3, **options) as run:
         for i in run.track(range(steps)):
@@ -266,8 +311,11 @@ def _offline_run(quiet_run, monkeypatch, steps: int = 30, sleep: float = 0.01,
 
 
 def _loggable(lines: list[dict]) -> list[int]:
-    return sorted(int(line["ts"] * 1e9) for line in lines if line["type"] in LOGGED_TYPES
-                  and line.get("level") != "debug")
+    return sorted(
+        int(line["ts"] * 1e9)
+        for line in lines
+        if line["type"] in LOGGED_TYPES and line.get("level") != "debug"
+    )
 
 
 def test_a_sync_sends_everything_once_and_a_repeat_sends_nothing(quiet_run, tmp_path, monkeypatch):
@@ -280,8 +328,9 @@ def test_a_sync_sends_everything_once_and_a_repeat_sends_nothing(quiet_run, tmp_
     assert logs == _loggable(lines)
     spans = [format(s.context.span_id, "016x") for batch in got["traces"].got for s in batch]
     assert sorted(spans) == sorted(s["span_id"] for s in lines.of("span"))
-    steps = sent_points(got["metrics"])[("traintel_steps_total", frozenset(
-        {"project": "test", "run": run.id, "rank": "0"}.items()))]
+    steps = sent_points(got["metrics"])[
+        ("traintel_steps_total", frozenset({"project": "test", "run": run.id, "rank": "0"}.items()))
+    ]
     start = lines[0]["ts"]
     step_ts = [line["ts"] for line in lines.of("step")]
     assert len(steps) >= 5, "an offline run gets a point per export interval"
@@ -293,7 +342,9 @@ def test_a_sync_sends_everything_once_and_a_repeat_sends_nothing(quiet_run, tmp_
     target, again = memory_target()
     outcome = Sync(find_records([str(run.dir)])[0], target, Options(max_age=None)).run()[0]
     assert not any(exporter.got for exporter in again.values())
-    assert outcome.tally.before["logs"] == len(logs) and outcome.tally.before["traces"] == len(spans)
+    assert outcome.tally.before["logs"] == len(logs) and outcome.tally.before["traces"] == len(
+        spans
+    )
 
 
 def test_the_cursor_names_its_target_without_credentials(quiet_run, monkeypatch):
@@ -304,8 +355,10 @@ def test_the_cursor_names_its_target_without_credentials(quiet_run, monkeypatch)
     run = _offline_run(quiet_run, monkeypatch)
     memory = memory_target()[1]
     for password in ("hunter2-first", "hunter2-second"):
-        target = Target(f"https://alice:{password}@collector.invalid:4318/otlp?api-key="
-                        "sk-hunter2-0123456789", exporters=memory)  # type: ignore[arg-type]
+        target = Target(
+            f"https://alice:{password}@collector.invalid:4318/otlp?api-key=sk-hunter2-0123456789",
+            exporters=memory,
+        )  # type: ignore[arg-type]
         Sync(find_records([str(run.dir)])[0], target, Options(max_age=None)).run()
     cursor = (run.dir / "sync-cursor.json").read_text()
     assert "hunter2" not in cursor
@@ -313,8 +366,9 @@ def test_the_cursor_names_its_target_without_credentials(quiet_run, monkeypatch)
     assert sum(len(batch) for batch in memory["logs"].got) == len(_loggable(read_lines(run.dir)))
 
 
-def test_an_interrupted_sync_resumes_where_the_collector_stopped_acknowledging(quiet_run, tmp_path,
-                                                                             monkeypatch):
+def test_an_interrupted_sync_resumes_where_the_collector_stopped_acknowledging(
+    quiet_run, tmp_path, monkeypatch
+):
     run = _offline_run(quiet_run, monkeypatch)
     options = Options(max_age=None, batch={"logs": 2, "traces": 2, "metrics": 40})
     target, first = memory_target()
@@ -334,11 +388,19 @@ def test_an_interrupted_sync_resumes_where_the_collector_stopped_acknowledging(q
     rest["logs"].refuse = False
     Sync(find_records([str(run.dir)])[0], target, options).run()
     lines = read_lines(run.dir)
-    logs = sorted(r.log_record.timestamp for exporter in (first["logs"], rest["logs"])
-                  for batch in exporter.got for r in batch)
+    logs = sorted(
+        r.log_record.timestamp
+        for exporter in (first["logs"], rest["logs"])
+        for batch in exporter.got
+        for r in batch
+    )
     assert logs == _loggable(lines), "every log line exactly once"
-    spans = [s.context.span_id for exporter in (first["traces"], rest["traces"])
-             for batch in exporter.got for s in batch]
+    spans = [
+        s.context.span_id
+        for exporter in (first["traces"], rest["traces"])
+        for batch in exporter.got
+        for s in batch
+    ]
     assert len(spans) == len(set(spans)) == len(lines.of("span"))
     points = {**sent_points(first["metrics"])}
     for key, values in sent_points(rest["metrics"]).items():
@@ -380,8 +442,11 @@ def test_what_the_live_export_delivered_is_not_sent_again(quiet_run, tmp_path, m
     metric_notes = sorted((n["at"], n["ok"]) for n in notes if n["signal"] == "metrics")
     failed = [at for at, ok in metric_notes if not ok]
     # and the delivered exports just before the collector went away (it may have lost them)
-    suspect = [at for at, ok in metric_notes if ok and any(
-        0 < f - at <= SUSPECT_S for f in failed) and at < min(failed)]
+    suspect = [
+        at
+        for at, ok in metric_notes
+        if ok and any(0 < f - at <= SUSPECT_S for f in failed) and at < min(failed)
+    ]
     times = sorted({t for values in sent_points(got["metrics"]).values() for t, _ in values})
     assert failed and suspect and len(times) == len(failed) + len(suspect)
     for at, sent in zip(sorted(failed + suspect), times):
@@ -396,14 +461,17 @@ class Refusing:
 
         self.on = False
         sinks = run_module.sinks_override
-        for exporter, failure in ((sinks.metric_exporter, MetricExportResult.FAILURE),
-                                  (sinks.span_exporter, SpanExportResult.FAILURE),
-                                  (sinks.log_exporter, LogRecordExportResult.FAILURE)):
+        for exporter, failure in (
+            (sinks.metric_exporter, MetricExportResult.FAILURE),
+            (sinks.span_exporter, SpanExportResult.FAILURE),
+            (sinks.log_exporter, LogRecordExportResult.FAILURE),
+        ):
             exporter.export = self._guard(exporter.export, failure)
 
     def _guard(self, export: Any, failure: Any) -> Any:
         def guarded(items: Any, *args: Any, **kwargs: Any) -> Any:
             return failure if self.on else export(items, *args, **kwargs)
+
         return guarded
 
 
@@ -412,14 +480,38 @@ def test_what_is_sent_is_scrubbed_again(tmp_path):
     secret-looking key: the synced log attributes say [REDACTED]."""
     run_dir = tmp_path / "r1"
     run_dir.mkdir()
-    start = {"ts": 1.0e9 + time.time() % 1, "type": "run_start", "level": "info", "run": "r1",
-             "rank": 0, "project": "p", "name": "r1", "host": "h", "pid": 1, "world_size": 1,
-             "local_rank": None, "traintel_version": "0.0", "total_epochs": None,
-             "total_steps": None, "export": "offline", "export_interval_s": 15.0,
-             "log_level": "INFO", "resource": {"service.name": "traintel"}}
-    event = {"ts": start["ts"] + 1, "type": "event", "level": "info", "run": "r1", "rank": 0,
-             "event": "login", "fields": {"api_key": "sk-verysecretvalue"}, "step": 0,
-             "epoch": 0, "message": "login"}
+    start = {
+        "ts": 1.0e9 + time.time() % 1,
+        "type": "run_start",
+        "level": "info",
+        "run": "r1",
+        "rank": 0,
+        "project": "p",
+        "name": "r1",
+        "host": "h",
+        "pid": 1,
+        "world_size": 1,
+        "local_rank": None,
+        "traintel_version": "0.0",
+        "total_epochs": None,
+        "total_steps": None,
+        "export": "offline",
+        "export_interval_s": 15.0,
+        "log_level": "INFO",
+        "resource": {"service.name": "traintel"},
+    }
+    event = {
+        "ts": start["ts"] + 1,
+        "type": "event",
+        "level": "info",
+        "run": "r1",
+        "rank": 0,
+        "event": "login",
+        "fields": {"api_key": "sk-verysecretvalue"},
+        "step": 0,
+        "epoch": 0,
+        "message": "login",
+    }
     (run_dir / "events.jsonl").write_bytes(b"\n".join(map(orjson.dumps, (start, event))) + b"\n")
     target, got = memory_target()
     Sync(find_records([str(run_dir)])[0], target, Options(max_age=None)).run()
@@ -436,32 +528,96 @@ def test_too_old_data_is_counted_and_left_out(quiet_run, tmp_path, monkeypatch):
 
 
 # -- garbage ---------------------------------------------------------------------------------
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=3) |
-                     st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
-_KEYS = ["ts", "type", "level", "run", "rank", "step", "epoch", "metrics", "step_s",
-         "data_wait_s", "event", "fields", "best", "is_best", "error_type", "severity",
-         "status", "trace_id", "span_id", "parent_span_id", "start_ns", "end_ns", "name",
-         "attributes", "events", "signal", "ok", "at", "delivered", "message", "project",
-         "resource", "export", "export_interval_s", "log_level", "traintel_version"]
-_TYPES = ["run_start", "step", "eval", "event", "milestone", "error", "log", "span", "export",
-          "run_end", "epoch", "config", "instrument", "nonsense"]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_KEYS = [
+    "ts",
+    "type",
+    "level",
+    "run",
+    "rank",
+    "step",
+    "epoch",
+    "metrics",
+    "step_s",
+    "data_wait_s",
+    "event",
+    "fields",
+    "best",
+    "is_best",
+    "error_type",
+    "severity",
+    "status",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "start_ns",
+    "end_ns",
+    "name",
+    "attributes",
+    "events",
+    "signal",
+    "ok",
+    "at",
+    "delivered",
+    "message",
+    "project",
+    "resource",
+    "export",
+    "export_interval_s",
+    "log_level",
+    "traintel_version",
+]
+_TYPES = [
+    "run_start",
+    "step",
+    "eval",
+    "event",
+    "milestone",
+    "error",
+    "log",
+    "span",
+    "export",
+    "run_end",
+    "epoch",
+    "config",
+    "instrument",
+    "nonsense",
+]
 _LINE = st.one_of(
-    st.fixed_dictionaries({"type": st.sampled_from(_TYPES)},
-                          optional={key: _JSON for key in _KEYS if key != "type"}),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(_TYPES)}, optional={key: _JSON for key in _KEYS if key != "type"}
+    ),
     _JSON.map(lambda value: value),
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(lines=st.lists(_LINE, max_size=25), junk=st.lists(st.binary(max_size=40), max_size=3))
 def test_garbage_records_never_crash_a_sync(tmp_path_factory, lines, junk):
     """Whatever a crashed, foreign or hostile writer left: bad lines are skipped and counted,
     the rest is sent (to memory here), nothing raises."""
     run_dir = tmp_path_factory.mktemp("garbage")
-    start = {"ts": time.time() - 5, "type": "run_start", "run": "g", "rank": 0, "project": "p",
-             "name": "g", "host": "h", "world_size": 1, "export": "offline"}
+    start = {
+        "ts": time.time() - 5,
+        "type": "run_start",
+        "run": "g",
+        "rank": 0,
+        "project": "p",
+        "name": "g",
+        "host": "h",
+        "world_size": 1,
+        "export": "offline",
+    }
     encoded = [orjson.dumps(start)]
     for line in lines:
         try:
@@ -472,15 +628,20 @@ def test_garbage_records_never_crash_a_sync(tmp_path_factory, lines, junk):
     (run_dir / "events.jsonl").write_bytes(b"\n".join(encoded) + b"\n")
     for dry_run in (True, False):
         target, _ = memory_target()
-        outcomes = Sync(find_records([str(run_dir)])[0], target, Options(max_age=None),
-                        dry_run=dry_run).run()
+        outcomes = Sync(
+            find_records([str(run_dir)])[0], target, Options(max_age=None), dry_run=dry_run
+        ).run()
         assert outcomes[0].tally.bad >= 0
 
 
 # -- the command line ------------------------------------------------------------------------
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "traintel.cli", "sync", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "sync", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_dry_run_says_what_would_be_sent_and_sends_nothing(quiet_run, tmp_path, monkeypatch):
@@ -500,8 +661,15 @@ def test_progress_says_what_was_read_and_sent(monkeypatch, capsys, terminal):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     monkeypatch.setattr(command, "PLAIN_EVERY", 0.0)
     with command._progress(2_000_000) as show:
-        show(Progress(total=2_000_000, read=1_000_000, bytes_sent=3_000_000, record="run-1",
-                      sent={"metrics": 1200, "logs": 340, "traces": 5}))
+        show(
+            Progress(
+                total=2_000_000,
+                read=1_000_000,
+                bytes_sent=3_000_000,
+                record="run-1",
+                sent={"metrics": 1200, "logs": 340, "traces": 5},
+            )
+        )
     said = " ".join(capsys.readouterr().err.split())
     assert "run-1" in said and "1,200 points, 340 log lines, 5 spans, 3 MB sent" in said
     assert ("1.0/2.0" in said) if terminal else ("50% read" in said), said
@@ -540,8 +708,9 @@ def test_a_credential_provider_gives_the_session_as_for_a_live_run(monkeypatch):
         def load(self) -> type[Theirs]:
             return Theirs
 
-    monkeypatch.setattr(common, "entry_points",
-                        lambda group, name: [EntryPoint()] if name == "vault" else [])
+    monkeypatch.setattr(
+        common, "entry_points", lambda group, name: [EntryPoint()] if name == "vault" else []
+    )
     monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER", "vault")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")  # milliseconds: no long retries
     target = Target("http://127.0.0.1:9")
@@ -591,8 +760,14 @@ def test_a_resumed_run_is_replayed_segment_by_segment(quiet_run):
 def test_every_rank_and_every_rotated_file_is_sent_once(quiet_run, monkeypatch):
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
     for rank in (0, 1):
-        with quiet_run(otlp=None, mode="offline", run_id="ranks", rank=rank, world_size=2,
-                       max_record_bytes=2048) as run:
+        with quiet_run(
+            otlp=None,
+            mode="offline",
+            run_id="ranks",
+            rank=rank,
+            world_size=2,
+            max_record_bytes=2048,
+        ) as run:
             for i in run.track(range(30)):
                 run.log(loss=1.0, samples=1)
                 run.event("tick", i=i, rank=rank)
@@ -615,8 +790,9 @@ def test_a_record_that_grows_and_rotates_between_syncs_is_sent_once(quiet_run):
     is new, once (offsets count across the rotated files, oldest first)."""
     sent: list[int] = []
     for segment in (1, 2):
-        with quiet_run(otlp=None, mode="offline", run_id="grows", resume=True,
-                       max_record_bytes=4096) as run:
+        with quiet_run(
+            otlp=None, mode="offline", run_id="grows", resume=True, max_record_bytes=4096
+        ) as run:
             for i in run.track(range(40)):
                 run.log(loss=1.0)
                 run.event("tick", i=i, segment=segment)

@@ -26,8 +26,12 @@ pytest.importorskip("tensorboard", reason="pip install 'traintel[tensorboard]'")
 from traintel.cli import main  # noqa: E402
 from traintel.export.tensorboard import hparams  # noqa: E402
 
-CONFIG = {"lr": 0.05, "optimizer": {"name": "adamw", "betas": [0.9, 0.99]}, "amp": True,
-          "batch_size": 64}
+CONFIG = {
+    "lr": 0.05,
+    "optimizer": {"name": "adamw", "betas": [0.9, 0.99]},
+    "amp": True,
+    "batch_size": 64,
+}
 
 
 def _run(quiet_run: Any, name: str, steps: int, lr: float) -> Path:
@@ -48,8 +52,9 @@ def _free_port() -> int:
 
 
 def _get(url: str, data: bytes | None = None) -> Any:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}
-                                     if data else {})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"} if data else {}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -62,9 +67,25 @@ def test_tensorboard_serves_every_step_and_the_hparams_table(quiet_run, tmp_path
     logdir, port = tmp_path / "tb", _free_port()
     env = {**os.environ, "TRAINTEL_DIR": str(tmp_path)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "traintel", "tensorboard", str(long), str(short), "--logdir",
-         str(logdir), "--serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "traintel",
+            "tensorboard",
+            str(long),
+            str(short),
+            "--logdir",
+            str(logdir),
+            "--serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -77,30 +98,53 @@ def test_tensorboard_serves_every_step_and_the_hparams_table(quiet_run, tmp_path
                 pass
             time.sleep(0.5)
         assert len(runs) == 2, runs
-        for run_dir, run_name in ((long, next(r for r in runs if "/long-" in r)),
-                                  (short, next(r for r in runs if "/short-" in r))):
+        for run_dir, run_name in (
+            (long, next(r for r in runs if "/long-" in r)),
+            (short, next(r for r in runs if "/short-" in r)),
+        ):
             steps = read_lines(run_dir).of("step")
             query = urllib.parse.urlencode({"run": run_name, "tag": "loss"})
-            points = _until(lambda: _get(f"{base}/data/plugin/scalars/scalars?{query}"),
-                            len(steps))
+            points = _until(lambda: _get(f"{base}/data/plugin/scalars/scalars?{query}"), len(steps))
             assert [p[1] for p in points] == [s["step"] for s in steps]
             assert [p[2] for p in points] == pytest.approx([s["metrics"]["loss"] for s in steps])
             assert points[-1][0] == pytest.approx(steps[-1]["ts"])
             tags = _get(f"{base}/data/plugin/scalars/tags")[run_name]
-            assert {"loss", "lr", "eval/val_loss", "best/eval/val_loss", "train_acc",
-                    "traintel/step_s", "traintel/data_wait_s"} <= set(tags)
+            assert {
+                "loss",
+                "lr",
+                "eval/val_loss",
+                "best/eval/val_loss",
+                "train_acc",
+                "traintel/step_s",
+                "traintel/data_wait_s",
+            } <= set(tags)
 
-        experiment = _get(f"{base}/data/plugin/hparams/experiment",
-                          json.dumps({"experimentName": ""}).encode())
+        experiment = _get(
+            f"{base}/data/plugin/hparams/experiment", json.dumps({"experimentName": ""}).encode()
+        )
         names = {h["name"] for h in experiment["hparamInfos"]}
         assert set(hparams(CONFIG)) <= names
         assert {"lr", "optimizer.name", "amp", "batch_size"} <= names
         metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"loss", "best/eval/val_loss"} <= metrics
-        groups = _get(f"{base}/data/plugin/hparams/session_groups", json.dumps({
-            "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
-            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                "STATUS_RUNNING"], "aggregationType": "AGGREGATION_AVG"}).encode())
+        groups = _get(
+            f"{base}/data/plugin/hparams/session_groups",
+            json.dumps(
+                {
+                    "experimentName": "",
+                    "startIndex": 0,
+                    "sliceSize": 100,
+                    "colParams": [],
+                    "allowedStatuses": [
+                        "STATUS_UNKNOWN",
+                        "STATUS_SUCCESS",
+                        "STATUS_FAILURE",
+                        "STATUS_RUNNING",
+                    ],
+                    "aggregationType": "AGGREGATION_AVG",
+                }
+            ).encode(),
+        )
         by_run = {g["name"]: g for g in groups["sessionGroups"]}
         long_name = next(r for r in runs if "/long-" in r)
         assert by_run[long_name]["hparams"]["lr"] == 0.05
@@ -117,9 +161,10 @@ def test_tensorboard_serves_every_step_and_the_hparams_table(quiet_run, tmp_path
         page.goto(f"{base}/#timeseries")
         page.wait_for_selector("text=eval/val_loss", timeout=60_000)
         run_name = next(r for r in runs if "/long-" in r)
-        fetched = page.evaluate("async (q) => (await (await fetch("
-                                "'/data/plugin/scalars/scalars?' + q)).json()).length",
-                                urllib.parse.urlencode({"run": run_name, "tag": "loss"}))
+        fetched = page.evaluate(
+            "async (q) => (await (await fetch('/data/plugin/scalars/scalars?' + q)).json()).length",
+            urllib.parse.urlencode({"run": run_name, "tag": "loss"}),
+        )
         assert fetched == 1500
         page.screenshot(path=str(shots_dir() / "tensorboard-scalars.png"), full_page=True)
         print(f"screenshots: {shots_dir()}")
@@ -174,7 +219,11 @@ def test_a_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
 
 def test_hparams_flatten_the_config():
     assert hparams({"a": {"b": 1, "c": "x"}, "d": True, "e": [1, 2], "f": None}) == {
-        "a.b": 1.0, "a.c": "x", "d": True, "e": "[1, 2]"}
+        "a.b": 1.0,
+        "a.c": "x",
+        "d": True,
+        "e": "[1, 2]",
+    }
     assert hparams({}) == {}
 
 
@@ -207,7 +256,8 @@ def test_a_live_run_writes_its_event_files_as_it_goes(quiet_run):
     steps = read_lines(run.dir).of("step")
     assert [e.step for e in _scalars(logdir, "loss")] == [s["step"] for s in steps]
     assert [e.value for e in _scalars(logdir, "loss")] == pytest.approx(
-        [s["metrics"]["loss"] for s in steps])
+        [s["metrics"]["loss"] for s in steps]
+    )
     assert [e.value for e in _scalars(logdir, "best/eval/val_loss")] == [0.5]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -216,8 +266,7 @@ def test_a_live_run_writes_its_event_files_as_it_goes(quiet_run):
     acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
     acc.Reload()
     contents = acc.PluginTagToContent(metadata.PLUGIN_NAME)
-    start = metadata.parse_session_start_info_plugin_data(
-        contents[metadata.SESSION_START_INFO_TAG])
+    start = metadata.parse_session_start_info_plugin_data(contents[metadata.SESSION_START_INFO_TAG])
     assert start.hparams["optimizer.name"].string_value == "adamw"
     end = metadata.parse_session_end_info_plugin_data(contents[metadata.SESSION_END_INFO_TAG])
     assert end.status == 1  # STATUS_SUCCESS
@@ -229,8 +278,11 @@ def test_a_live_run_without_tensorboard_warns_once_and_goes_on(quiet_run, monkey
     monkeypatch.setattr(extras, "missing", lambda extra, module=None: "tensorboard")
     with quiet_run(name="no-tb", tensorboard=True) as run:
         run.log(loss=1.0)
-    warnings = [line["message"] for line in read_lines(run.dir).of("log")
-                if line["level"] == "warning" and "tensorboard" in line["message"]]
+    warnings = [
+        line["message"]
+        for line in read_lines(run.dir).of("log")
+        if line["level"] == "warning" and "tensorboard" in line["message"]
+    ]
     assert len(warnings) == 1 and "pip install 'traintel[tensorboard]'" in warnings[0]
     assert not (Path(run.dir) / "tensorboard").exists()
     assert run.summary is not None and run.summary["status"] == "finished"
@@ -240,8 +292,7 @@ def test_one_tensorboard_run_per_rank(quiet_run, tmp_path):
     """A job of two ranks: one TensorBoard run per rank, each with that rank's steps."""
     run_id = "20261207-120000-abc123"
     for rank in (0, 1):
-        with quiet_run(name="job", run_id=run_id, rank=rank, local_rank=rank,
-                       world_size=2) as run:
+        with quiet_run(name="job", run_id=run_id, rank=rank, local_rank=rank, world_size=2) as run:
             for i in run.track(range(10 + rank)):
                 run.log(loss=float(rank * 100 + i))
     job = Path(run.dir).parent
@@ -251,5 +302,4 @@ def test_one_tensorboard_run_per_rank(quiet_run, tmp_path):
         logdir = tmp_path / "tb" / "test" / f"job-{run_id}" / f"rank-{rank}"
         steps = read_lines(job / f"rank-{rank}").of("step")
         assert len(steps) == 10 + rank
-        assert [e.value for e in _scalars(logdir, "loss")] == [s["metrics"]["loss"]
-                                                               for s in steps]
+        assert [e.value for e in _scalars(logdir, "loss")] == [s["metrics"]["loss"] for s in steps]

@@ -71,8 +71,9 @@ def fake_cuda(monkeypatch):
     yield
 
 
-def test_accelerator_tensors_arrive_in_step_order_without_a_sync(tmp_path, quiet, recorded,
-                                                                  fake_cuda) -> None:
+def test_accelerator_tensors_arrive_in_step_order_without_a_sync(
+    tmp_path, quiet, recorded, fake_cuda
+) -> None:
     with traintel.init(project="t", dir=str(tmp_path), **quiet) as run:
         for i in range(300):
             run.log(loss=FakeCudaTensor(float(i)), lr=0.1, acc=FakeCudaTensor(i / 1000))
@@ -88,14 +89,15 @@ def test_accelerator_tensors_arrive_in_step_order_without_a_sync(tmp_path, quiet
     steps = recorded(run.dir).of("step")
     assert [s["metrics"]["loss"] for s in steps] == [float(i) for i in range(310)]
     assert [s["metrics"].get("acc") for s in steps[:300]] == pytest.approx(
-        [torch.tensor(i / 1000).item() for i in range(300)])
+        [torch.tensor(i / 1000).item() for i in range(300)]
+    )
     assert run.summary["loss"]["final"] == 309.0
     assert run.state.latest["loss"] == 309.0
 
 
-def test_a_tensor_that_requires_grad_is_detached_and_its_graph_let_go(tmp_path, quiet,
-                                                                      recorded,
-                                                                      fake_cuda) -> None:
+def test_a_tensor_that_requires_grad_is_detached_and_its_graph_let_go(
+    tmp_path, quiet, recorded, fake_cuda
+) -> None:
     with traintel.init(project="t", dir=str(tmp_path), **{**quiet, "flush_interval": 60}) as run:
         loss = FakeCudaTensor(2.5, requires_grad=True)
         gone = weakref.ref(loss)
@@ -106,8 +108,9 @@ def test_a_tensor_that_requires_grad_is_detached_and_its_graph_let_go(tmp_path, 
     assert recorded(run.dir).of("step")[0]["metrics"]["loss"] == 2.5
 
 
-def test_a_non_finite_accelerator_value_is_flagged_when_read(tmp_path, quiet, recorded,
-                                                            fake_cuda) -> None:
+def test_a_non_finite_accelerator_value_is_flagged_when_read(
+    tmp_path, quiet, recorded, fake_cuda
+) -> None:
     with traintel.init(project="t", dir=str(tmp_path), **quiet) as run:
         run.log(loss=FakeCudaTensor(float("nan")))
         run.log(loss=FakeCudaTensor(1.0))
@@ -119,8 +122,7 @@ def test_a_non_finite_accelerator_value_is_flagged_when_read(tmp_path, quiet, re
 
 def test_halt_on_nonfinite_reads_at_once(tmp_path, quiet, fake_cuda) -> None:
     with pytest.raises(Exception):
-        with traintel.init(project="t", dir=str(tmp_path), halt_on_nonfinite=True,
-                           **quiet) as run:
+        with traintel.init(project="t", dir=str(tmp_path), halt_on_nonfinite=True, **quiet) as run:
             run.log(loss=FakeCudaTensor(float("inf")))
     assert FakeCudaTensor.syncs == 1 and run.summary["status"] == "failed"
 

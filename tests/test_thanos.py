@@ -32,8 +32,7 @@ import yaml
 from deploy_tools import REPO
 from kube_fixture import _free_port
 from stack_fixture import eventually
-from traintel.stack import dashboards
-from traintel.stack import install
+from traintel.stack import dashboards, install
 from traintel.stack.components import DEPLOY_TOOLS
 
 pytestmark = pytest.mark.slow
@@ -50,8 +49,9 @@ class Proc:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -77,7 +77,8 @@ def _ready(url: str, proc: Proc, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.proc and proc.proc.poll() is None, (
-            f"{proc.argv[0]} exited:\n{proc.log.read_text(errors='replace')[-3000:]}")
+            f"{proc.argv[0]} exited:\n{proc.log.read_text(errors='replace')[-3000:]}"
+        )
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
@@ -102,16 +103,20 @@ def _binaries() -> dict[str, Path]:
     return found
 
 
-def _collector_config(prometheus_write: str, receive_write: str, otlp_port: int,
-                      data: Path) -> dict[str, Any]:
+def _collector_config(
+    prometheus_write: str, receive_write: str, otlp_port: int, data: Path
+) -> dict[str, Any]:
     """otel-collector/config.yaml's metrics path (processors, span metrics) with two remote
     writes: to Prometheus and to the Receive hashring (any of its members routes by hash)."""
     source = yaml.safe_load((REPO / "otel-collector/config.yaml").read_text())
     exporter = source["exporters"]["prometheus_remote_write"]
 
     def remote(endpoint: str, wal: str) -> dict[str, Any]:
-        return {**exporter, "http": {**exporter["http"], "endpoint": endpoint},
-                "wal": {**exporter["wal"], "directory": str(data / wal)}}
+        return {
+            **exporter,
+            "http": {**exporter["http"], "endpoint": endpoint},
+            "wal": {**exporter["wal"], "directory": str(data / wal)},
+        }
 
     return {
         "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"127.0.0.1:{otlp_port}"}}}},
@@ -127,14 +132,24 @@ def _collector_config(prometheus_write: str, receive_write: str, otlp_port: int,
             "extensions": ["health_check"],
             "telemetry": {"metrics": {"level": "none"}},
             "pipelines": {
-                "metrics": {"receivers": ["otlp", "span_metrics"],
-                            "processors": ["memory_limiter", "batch"],
-                            "exporters": ["prometheus_remote_write/prometheus",
-                                          "prometheus_remote_write/thanos"]},
-                "traces": {"receivers": ["otlp"], "processors": ["memory_limiter", "batch"],
-                           "exporters": ["span_metrics"]},
-                "logs": {"receivers": ["otlp"], "processors": ["memory_limiter", "batch"],
-                         "exporters": ["debug"]},
+                "metrics": {
+                    "receivers": ["otlp", "span_metrics"],
+                    "processors": ["memory_limiter", "batch"],
+                    "exporters": [
+                        "prometheus_remote_write/prometheus",
+                        "prometheus_remote_write/thanos",
+                    ],
+                },
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["memory_limiter", "batch"],
+                    "exporters": ["span_metrics"],
+                },
+                "logs": {
+                    "receivers": ["otlp"],
+                    "processors": ["memory_limiter", "batch"],
+                    "exporters": ["debug"],
+                },
             },
         },
     }
@@ -148,80 +163,123 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     procs: dict[str, Proc] = {}
     grpc = [_free_port() for _ in range(3)]
     hashring = root / "hashring.json"
-    hashring.write_text(json.dumps([{"hashring": "default",
-                                     "endpoints": [f"127.0.0.1:{g}" for g in grpc]}]))
+    hashring.write_text(
+        json.dumps([{"hashring": "default", "endpoints": [f"127.0.0.1:{g}" for g in grpc]}])
+    )
     receivers = []
     try:
         for i, g in enumerate(grpc):
             http, write = _free_port(), _free_port()
-            receiver = Proc([
-                str(bins["thanos"]), "receive", f"--tsdb.path={root / f'receive-{i}'}",
-                f"--grpc-address=127.0.0.1:{g}", f"--http-address=127.0.0.1:{http}",
-                f"--remote-write.address=127.0.0.1:{write}",
-                # replication between receivers (Cap'n Proto): on loopback too
-                f"--receive.capnproto-address=127.0.0.1:{_free_port()}",
-                f"--receive.local-endpoint=127.0.0.1:{g}",
-                f"--receive.hashrings-file={hashring}", "--receive.replication-factor=2",
-                f'--label=receive_replica="{i}"', "--tsdb.retention=1d",
-                # as docs/kubernetes.md tells users and the stack's Prometheus has: concurrent
-                # remote-write requests and `traintel sync` arrive out of order
-                "--tsdb.out-of-order.time-window=7d",
-            ], root / f"receive-{i}.log")
+            receiver = Proc(
+                [
+                    str(bins["thanos"]),
+                    "receive",
+                    f"--tsdb.path={root / f'receive-{i}'}",
+                    f"--grpc-address=127.0.0.1:{g}",
+                    f"--http-address=127.0.0.1:{http}",
+                    f"--remote-write.address=127.0.0.1:{write}",
+                    # replication between receivers (Cap'n Proto): on loopback too
+                    f"--receive.capnproto-address=127.0.0.1:{_free_port()}",
+                    f"--receive.local-endpoint=127.0.0.1:{g}",
+                    f"--receive.hashrings-file={hashring}",
+                    "--receive.replication-factor=2",
+                    f'--label=receive_replica="{i}"',
+                    "--tsdb.retention=1d",
+                    # as docs/kubernetes.md tells users and the stack's Prometheus has: concurrent
+                    # remote-write requests and `traintel sync` arrive out of order
+                    "--tsdb.out-of-order.time-window=7d",
+                ],
+                root / f"receive-{i}.log",
+            )
             receiver.start()
             procs[f"receive-{i}"] = receiver
             receivers.append(receiver)
             _ready(f"http://127.0.0.1:{http}/-/ready", receiver)
             receiver.write = write  # type: ignore[attr-defined]
         query_http, ruler_http, ruler_grpc = _free_port(), _free_port(), _free_port()
-        query = Proc([
-            str(bins["thanos"]), "query", f"--http-address=127.0.0.1:{query_http}",
-            f"--grpc-address=127.0.0.1:{_free_port()}",
-            *[f"--endpoint=127.0.0.1:{g}" for g in grpc],
-            # the Ruler's recorded series and ALERTS (it starts after Query, which retries)
-            f"--endpoint=127.0.0.1:{ruler_grpc}",
-            "--query.replica-label=receive_replica",
-        ], root / "query.log")
+        query = Proc(
+            [
+                str(bins["thanos"]),
+                "query",
+                f"--http-address=127.0.0.1:{query_http}",
+                f"--grpc-address=127.0.0.1:{_free_port()}",
+                *[f"--endpoint=127.0.0.1:{g}" for g in grpc],
+                # the Ruler's recorded series and ALERTS (it starts after Query, which retries)
+                f"--endpoint=127.0.0.1:{ruler_grpc}",
+                "--query.replica-label=receive_replica",
+            ],
+            root / "query.log",
+        )
         query.start()
         procs["query"] = query
         _ready(f"http://127.0.0.1:{query_http}/-/ready", query)
-        ruler = Proc([
-            str(bins["thanos"]), "rule", f"--data-dir={root / 'ruler'}",
-            f"--http-address=127.0.0.1:{ruler_http}", f"--grpc-address=127.0.0.1:{ruler_grpc}",
-            f"--query=127.0.0.1:{query_http}", "--eval-interval=5s", '--label=ruler="1"',
-            *[f"--rule-file={r}" for r in rules],
-        ], root / "ruler.log")
+        ruler = Proc(
+            [
+                str(bins["thanos"]),
+                "rule",
+                f"--data-dir={root / 'ruler'}",
+                f"--http-address=127.0.0.1:{ruler_http}",
+                f"--grpc-address=127.0.0.1:{ruler_grpc}",
+                f"--query=127.0.0.1:{query_http}",
+                "--eval-interval=5s",
+                '--label=ruler="1"',
+                *[f"--rule-file={r}" for r in rules],
+            ],
+            root / "ruler.log",
+        )
         ruler.start()
         procs["ruler"] = ruler
         _ready(f"http://127.0.0.1:{ruler_http}/-/ready", ruler)
         prom_port = _free_port()
         # the stack's prometheus.yml (its out-of-order window), rules every 5 s, no scraping
         source = yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())
-        (root / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {**source["global"], "evaluation_interval": "5s"},
-            "storage": source["storage"], "rule_files": rules}))
-        prometheus = Proc([
-            str(bins["prometheus"]), f"--config.file={root / 'prometheus.yml'}",
-            f"--storage.tsdb.path={root / 'prometheus'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}", "--web.enable-remote-write-receiver",
-        ], root / "prometheus.log")
+        (root / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {**source["global"], "evaluation_interval": "5s"},
+                    "storage": source["storage"],
+                    "rule_files": rules,
+                }
+            )
+        )
+        prometheus = Proc(
+            [
+                str(bins["prometheus"]),
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={root / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--web.enable-remote-write-receiver",
+            ],
+            root / "prometheus.log",
+        )
         prometheus.start()
         procs["prometheus"] = prometheus
         _ready(f"http://127.0.0.1:{prom_port}/-/ready", prometheus)
         otlp = _free_port()
         config = root / "collector.yaml"
-        config.write_text(yaml.safe_dump(_collector_config(
-            f"http://127.0.0.1:{prom_port}/api/v1/write",
-            f"http://127.0.0.1:{receivers[0].write}/api/v1/receive",  # type: ignore[attr-defined]
-            otlp, root)))
+        config.write_text(
+            yaml.safe_dump(
+                _collector_config(
+                    f"http://127.0.0.1:{prom_port}/api/v1/write",
+                    f"http://127.0.0.1:{receivers[0].write}/api/v1/receive",  # type: ignore[attr-defined]
+                    otlp,
+                    root,
+                )
+            )
+        )
         collector = Proc([str(bins["otelcol"]), "--config", str(config)], root / "collector.log")
         collector.start()
         procs["collector"] = collector
         time.sleep(1)
         assert collector.proc and collector.proc.poll() is None, collector.log.read_text()
-        yield Stores(prometheus=f"http://127.0.0.1:{prom_port}",
-                     query=f"http://127.0.0.1:{query_http}",
-                     ruler=f"http://127.0.0.1:{ruler_http}",
-                     collector_otlp=f"http://127.0.0.1:{otlp}", receivers=receivers, procs=procs)
+        yield Stores(
+            prometheus=f"http://127.0.0.1:{prom_port}",
+            query=f"http://127.0.0.1:{query_http}",
+            ruler=f"http://127.0.0.1:{ruler_http}",
+            collector_otlp=f"http://127.0.0.1:{otlp}",
+            receivers=receivers,
+            procs=procs,
+        )
     finally:
         for proc in reversed(list(procs.values())):
             proc.stop()
@@ -238,8 +296,12 @@ def _instant(base: str, expr: str, at: float) -> list[dict[str, Any]]:
 
 
 def _by_labels(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
-    return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in THANOS_ONLY)):
-            float(r["value"][1]) for r in result}
+    return {
+        tuple(sorted((k, v) for k, v in r["metric"].items() if k not in THANOS_ONLY)): float(
+            r["value"][1]
+        )
+        for r in result
+    }
 
 
 @pytest.fixture(scope="module")
@@ -247,16 +309,51 @@ def demo(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     """A demo run exporting to the collector; one Receive is killed while it runs and started
     again after it."""
     runs = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": stores.collector_otlp,
-           "OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_BSP_SCHEDULE_DELAY": "500",
-           "TRAINTEL_DIR": str(runs), "TRAINTEL_PROGRESS": "off"}
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stores.collector_otlp,
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+        "TRAINTEL_DIR": str(runs),
+        "TRAINTEL_PROGRESS": "off",
+    }
     run = subprocess.Popen(
-        [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", "--epochs", "2",
-         "--steps-per-epoch", "40", "--batch-size", "16", "--project", "thanos", "--name",
-         "hashring", "--nan-at-step", "10", "--error-at-step", "15", "--step-sleep", "0.2",
-         "--sample-interval", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    eventually(lambda: _instant(stores.prometheus, 'traintel_steps_total{project="thanos"}',
-                                time.time()), 120, interval=0.5, what="the run's first steps")
+        [
+            sys.executable,
+            "-m",
+            "traintel.cli",
+            "demo",
+            "--duration",
+            "0",
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "40",
+            "--batch-size",
+            "16",
+            "--project",
+            "thanos",
+            "--name",
+            "hashring",
+            "--nan-at-step",
+            "10",
+            "--error-at-step",
+            "15",
+            "--step-sleep",
+            "0.2",
+            "--sample-interval",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    eventually(
+        lambda: _instant(stores.prometheus, 'traintel_steps_total{project="thanos"}', time.time()),
+        120,
+        interval=0.5,
+        what="the run's first steps",
+    )
     victim = stores.receivers[1]
     victim.stop(signal.SIGKILL)
     time.sleep(6)
@@ -277,8 +374,11 @@ def demo(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 def _promql() -> list[tuple[str, str]]:
     """(where, PromQL) of every dashboard panel/annotation query and every rule."""
-    out = [(f"{q.dashboard}: {q.title}", q.expr) for q in dashboards.queries()
-           if q.datasource == "prometheus" and q.kind != "variable"]
+    out = [
+        (f"{q.dashboard}: {q.title}", q.expr)
+        for q in dashboards.queries()
+        if q.datasource == "prometheus" and q.kind != "variable"
+    ]
     for path in sorted((REPO / "prometheus/rules").glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
@@ -303,14 +403,17 @@ def _compare(stores: Stores, variables: dict[str, str]) -> tuple[list[Any], int]
         if set(want) != set(got):
             differ.append((where, query, want, got))
         elif not EVALUATED.search(query) and any(
-                abs(want[k] - got[k]) > 1e-9 * max(1.0, abs(want[k]))
-                for k in want if want[k] == want[k]):  # NaN on both sides is equal
+            abs(want[k] - got[k]) > 1e-9 * max(1.0, abs(want[k]))
+            for k in want
+            if want[k] == want[k]
+        ):  # NaN on both sides is equal
             differ.append((where, query, want, got))
     return differ, nonempty
 
 
-def test_every_query_gives_the_same_answer_through_thanos(stores: Stores,
-                                                          demo: dict[str, Any]) -> None:
+def test_every_query_gives_the_same_answer_through_thanos(
+    stores: Stores, demo: dict[str, Any]
+) -> None:
     """Raw series: the same values at the same instant; series the rules compute (recorded,
     ALERTS): the same series once both evaluators have run over the finished run."""
     variables = {"project": "thanos", "run": demo["run"]}
@@ -335,9 +438,12 @@ def test_a_killed_receive_lost_no_sample(stores: Stores, demo: dict[str, Any]) -
     at = time.time()
 
     def samples(base: str) -> dict[tuple[tuple[str, str], ...], list[tuple[float, str]]]:
-        return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in THANOS_ONLY)):
-                [(float(ts), value) for ts, value in r["values"]]
-                for r in _instant(base, expr, at)}
+        return {
+            tuple(sorted((k, v) for k, v in r["metric"].items() if k not in THANOS_ONLY)): [
+                (float(ts), value) for ts, value in r["values"]
+            ]
+            for r in _instant(base, expr, at)
+        }
 
     want, got = samples(stores.prometheus), samples(stores.query)
     assert len(want) > 20 and sum(map(len, want.values())) > 200
@@ -346,30 +452,45 @@ def test_a_killed_receive_lost_no_sample(stores: Stores, demo: dict[str, Any]) -
     assert not missing, f"samples missing through Thanos: {missing}"
 
 
-def test_the_ruler_evaluates_every_rule_through_query(stores: Stores,
-                                                      demo: dict[str, Any]) -> None:
+def test_the_ruler_evaluates_every_rule_through_query(stores: Stores, demo: dict[str, Any]) -> None:
     def evaluated() -> list[dict[str, Any]]:
-        groups = requests.get(f"{stores.ruler}/api/v1/rules", timeout=10).json()["data"][
-            "groups"]
+        groups = requests.get(f"{stores.ruler}/api/v1/rules", timeout=10).json()["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        return rules if rules and all(r.get("lastEvaluation", "").startswith("20")
-                                      and not r["lastEvaluation"].startswith("0001")
-                                      for r in rules) else []
+        return (
+            rules
+            if rules
+            and all(
+                r.get("lastEvaluation", "").startswith("20")
+                and not r["lastEvaluation"].startswith("0001")
+                for r in rules
+            )
+            else []
+        )
 
     rules = eventually(evaluated, 60, what="the Ruler to evaluate every rule")
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
-    expected = sum(len(g["rules"]) for p in sorted((REPO / "prometheus/rules").glob("*.yml"))
-                   for g in yaml.safe_load(p.read_text())["groups"])
+    expected = sum(
+        len(g["rules"])
+        for p in sorted((REPO / "prometheus/rules").glob("*.yml"))
+        for g in yaml.safe_load(p.read_text())["groups"]
+    )
     assert len(rules) == expected
 
     def alerts(base: str) -> set[tuple[str, str]]:
         # the rules API (Prometheus's, which the Ruler serves too) lists each rule's alerts
         body = requests.get(f"{base}/api/v1/rules", params={"type": "alert"}, timeout=10).json()
         assert body.get("status") == "success", (base, body)
-        return {(a["labels"]["alertname"], a["state"]) for g in body["data"]["groups"]
-                for r in g["rules"] for a in r.get("alerts") or []
-                if a["labels"].get("run") == demo["run"]}
+        return {
+            (a["labels"]["alertname"], a["state"])
+            for g in body["data"]["groups"]
+            for r in g["rules"]
+            for a in r.get("alerts") or []
+            if a["labels"].get("run") == demo["run"]
+        }
 
     # both evaluate every 5 s over the same samples: the same alerts, in the same state
-    eventually(lambda: alerts(stores.prometheus) and alerts(stores.prometheus) == alerts(
-        stores.ruler), 60, what="the Ruler's alerts to be Prometheus's")
+    eventually(
+        lambda: alerts(stores.prometheus) and alerts(stores.prometheus) == alerts(stores.ruler),
+        60,
+        what="the Ruler's alerts to be Prometheus's",
+    )

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from traintel.core.errors import NonFiniteLossError
-
 from conftest import read_lines
+from traintel.core.errors import NonFiniteLossError
 
 
 def test_check_finite_inside_track_names_the_step_under_way_and_counts_it(quiet_run):
@@ -33,8 +32,12 @@ def test_an_all_nan_eval_metric_with_a_direction_is_not_asked_for_goals(quiet_ru
         run.log_eval(val_loss=float("nan"))
         run.log_eval(val_loss=float("nan"))
     assert run.summary["eval"]["val_loss"]["mode"] == "min"
-    shown = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary",
-                            str(run.dir)], capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "no finite value" in shown and "pass goals=" not in shown
 
 
@@ -65,7 +68,12 @@ def test_an_epoch_cut_by_an_exception_is_not_counted_as_ended(quiet_run):
     epochs = read_lines(run.dir).of("epoch")
     assert [(e["epoch"], e["cut"]) for e in epochs] == [(0, False), (1, True)]
     assert run.summary["epochs"] == 1
-    shown = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "summary", "--format",
-                            "json", str(run.dir)], capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "summary", "--format", "json", str(run.dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
+
     assert json.loads(shown.stdout)["epochs"] == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import traintel
     from traintel.testing import capture
 
@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent('''
     with capture() as telemetry:
         reveal_type(telemetry)
     reveal_type(traintel.__version__)
-''')
+""")
 
 #: what each reveal_type shows (a TypedDict by its name: mypy prints its fields after it)
 EXPECTED = [
@@ -70,16 +70,37 @@ def test_the_public_api_types_as_what_it_returns(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--disallow-any-expr", "--no-incremental",
-         "--follow-imports", "silent", "--config-file", "", str(script)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-             "MYPYPATH": str(ROOT / "src")})
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--disallow-any-expr",
+            "--no-incremental",
+            "--follow-imports",
+            "silent",
+            "--config-file",
+            "",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            "MYPYPATH": str(ROOT / "src"),
+        },
+    )
     revealed = re.findall(r'Revealed type is "([^"]+)"', done.stdout)
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert errors == [], done.stdout
-    assert len(revealed) == len(EXPECTED), f"mypy exited {done.returncode}:\n{done.stdout}" \
-        f"\n{done.stderr[-3000:]}"
+    assert len(revealed) == len(EXPECTED), (
+        f"mypy exited {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}"
+    )
     for shown, expected in zip(revealed, EXPECTED):
-        assert shown == expected or expected.startswith("TypedDict(") and \
-            shown.startswith(expected + ","), (shown[:200], expected)
+        assert (
+            shown == expected
+            or expected.startswith("TypedDict(")
+            and shown.startswith(expected + ",")
+        ), (shown[:200], expected)

@@ -13,8 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from conftest import read_lines
 
 SCRIPT = """
@@ -43,16 +41,21 @@ log.info("after the run")
 def run_script(tmp_path: Path, setup: str = "", options: str = "") -> tuple[str, Path]:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.format(setup=textwrap.dedent(setup), options=options))
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     (run_dir,) = list((tmp_path / "runs").glob("*"))
     return done.stderr, run_dir
 
 
 def user_lines(run_dir: Path) -> list[dict]:
-    return [line for line in read_lines(run_dir).of("log")
-            if not line["logger"].startswith("traintel")]
+    return [
+        line for line in read_lines(run_dir).of("log") if not line["logger"].startswith("traintel")
+    ]
 
 
 def test_without_logging_configured(tmp_path):
@@ -61,7 +64,9 @@ def test_without_logging_configured(tmp_path):
     stderr, run_dir = run_script(tmp_path)
     lines = user_lines(run_dir)
     assert [(line["logger"], line["level"], line["message"]) for line in lines] == [
-        ("__main__", "info", "starting epoch 1"), ("somelib", "warning", "library warning")]
+        ("__main__", "info", "starting epoch 1"),
+        ("somelib", "warning", "library warning"),
+    ]
     assert all(line["step"] == 5 and line["run"] for line in lines)
     # logger.exception: the exception recorded as run.error records one, with its logger
     (error,) = read_lines(run_dir).of("error")
@@ -72,8 +77,12 @@ def test_without_logging_configured(tmp_path):
     assert stderr.count("library warning") == 1 and stderr.count("batch failed") == 1, stderr
     assert "starting epoch" not in stderr and "library noise" not in stderr
     assert "after the run" not in json.dumps(read_lines(run_dir))
-    shown = subprocess.run([sys.executable, "-m", "traintel.cli", "logs", "errors", "--format",
-                            "json", str(run_dir)], capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "errors", "--format", "json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(shown.stdout)["errors"] == 1
 
 
@@ -81,19 +90,29 @@ def test_with_the_users_handler_at_info(tmp_path):
     """basicConfig(level=INFO): the user's handler prints every line once, as before; the
     record takes the script's lines, a named logger's, and no library INFO."""
     stderr, run_dir = run_script(
-        tmp_path, setup="logging.basicConfig(level=logging.INFO, format='USER %(message)s')",
-        options=", log_loggers=['mytrainer']")
+        tmp_path,
+        setup="logging.basicConfig(level=logging.INFO, format='USER %(message)s')",
+        options=", log_loggers=['mytrainer']",
+    )
     messages = [line["message"].splitlines()[0] for line in user_lines(run_dir)]
     assert messages == ["starting epoch 1", "library warning", "shard 3 read"]
-    for text in ("starting epoch 1", "library noise", "library warning", "shard 3 read",
-                 "batch failed", "after the run"):
+    for text in (
+        "starting epoch 1",
+        "library noise",
+        "library warning",
+        "shard 3 read",
+        "batch failed",
+        "after the run",
+    ):
         assert stderr.count(f"USER {text}") == 1, text
 
 
 def test_named_loggers_below_the_users_level_are_taken_but_not_printed(tmp_path):
     stderr, run_dir = run_script(
-        tmp_path, setup="logging.basicConfig(format='USER %(message)s')",
-        options=", log_loggers=['mytrainer']")
+        tmp_path,
+        setup="logging.basicConfig(format='USER %(message)s')",
+        options=", log_loggers=['mytrainer']",
+    )
     messages = [line["message"].splitlines()[0] for line in user_lines(run_dir)]
     assert "shard 3 read" in messages and "starting epoch 1" in messages
     assert "USER shard 3 read" not in stderr and "USER starting epoch" not in stderr

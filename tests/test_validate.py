@@ -12,19 +12,23 @@ from hypothesis import strategies as st
 from traintel.core.validate import NAME_PATTERN, check_name, check_step, suggest_name, to_number
 
 
-@pytest.mark.parametrize("name", ["loss", "train/loss", "eval.top1", "val/acc@1", "_x",
-                                  "lr-warmup", "a:b", "x" * 100])
+@pytest.mark.parametrize(
+    "name", ["loss", "train/loss", "eval.top1", "val/acc@1", "_x", "lr-warmup", "a:b", "x" * 100]
+)
 def test_names_with_slashes_and_dots_are_accepted(name):
     assert check_name("run.log", name) == name
 
 
-@pytest.mark.parametrize(("name", "reason", "suggestion"), [
-    ("bad name", "' ' is not allowed", "bad_name"),
-    ("1st", "it starts with '1'", "_1st"),
-    ("", "it is empty", None),
-    ("x" * 101, "it is 101 characters long", "x" * 100),
-    ("loss%", "'%' is not allowed", "loss_"),
-])
+@pytest.mark.parametrize(
+    ("name", "reason", "suggestion"),
+    [
+        ("bad name", "' ' is not allowed", "bad_name"),
+        ("1st", "it starts with '1'", "_1st"),
+        ("", "it is empty", None),
+        ("x" * 101, "it is 101 characters long", "x" * 100),
+        ("loss%", "'%' is not allowed", "loss_"),
+    ],
+)
 def test_a_refused_name_says_why_and_what_would_do(name, reason, suggestion):
     with pytest.raises(ValueError) as refused:
         check_name("run.log", name)
@@ -51,32 +55,47 @@ def test_integer_like_steps_are_steps(step):
     assert number == 7 and type(number) is int
 
 
-@pytest.mark.parametrize(("step", "error", "text"), [
-    (True, TypeError, "non-negative integer"),
-    (7.0, TypeError, r"pass int\(step\)"),
-    (torch.tensor(7.5), TypeError, "0-d integer tensor"),
-    ("7", TypeError, "got str"),
-    (-1, ValueError, "got -1"),
-])
+@pytest.mark.parametrize(
+    ("step", "error", "text"),
+    [
+        (True, TypeError, "non-negative integer"),
+        (7.0, TypeError, r"pass int\(step\)"),
+        (torch.tensor(7.5), TypeError, "0-d integer tensor"),
+        ("7", TypeError, "got str"),
+        (-1, ValueError, "got -1"),
+    ],
+)
 def test_other_steps_are_refused_with_the_accepted_form(step, error, text):
     with pytest.raises(error, match=text):
         check_step("run.log", step)
 
 
-@pytest.mark.parametrize("value, expected", [
-    (True, 1), (np.float32(0.5), 0.5), (np.int64(7), 7.0), (torch.tensor(2.5), 2.5),
-    (torch.tensor(3), 3), (np.array(4.0), 4.0)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (True, 1),
+        (np.float32(0.5), 0.5),
+        (np.int64(7), 7.0),
+        (torch.tensor(2.5), 2.5),
+        (torch.tensor(3), 3),
+        (np.array(4.0), 4.0),
+    ],
+)
 def test_numbers_from_python_numpy_and_torch(value, expected) -> None:
     got = to_number("run.log", "x", value)
     assert got == expected and type(got) in (int, float)
 
 
-@pytest.mark.parametrize("value, error, message", [
-    ("1.0", TypeError, "'x' must be a number"),
-    (None, TypeError, "got NoneType"),
-    (torch.ones(2), ValueError, r"tensor/array of shape \(2,\); log a scalar"),
-    (np.zeros((2, 2)), ValueError, r"shape \(2, 2\)"),
-    (1 + 2j, TypeError, "must be a number")])
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        ("1.0", TypeError, "'x' must be a number"),
+        (None, TypeError, "got NoneType"),
+        (torch.ones(2), ValueError, r"tensor/array of shape \(2,\); log a scalar"),
+        (np.zeros((2, 2)), ValueError, r"shape \(2, 2\)"),
+        (1 + 2j, TypeError, "must be a number"),
+    ],
+)
 def test_anything_else_is_refused_naming_the_key(value, error, message) -> None:
     with pytest.raises(error, match=message):
         to_number("run.log", "x", value)

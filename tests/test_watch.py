@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import traintel
-from traintel.testing import capture
 from traintel.run.watch import watch
+from traintel.testing import capture
 
 
 @pytest.fixture
@@ -17,13 +17,15 @@ def options(quiet):
 
 
 def point(telemetry, name: str, **labels: str) -> float:
-    (value,) = [p.value for attrs, p in telemetry.points(name)
-                if all(attrs.get(k) == v for k, v in labels.items())]
+    (value,) = [
+        p.value
+        for attrs, p in telemetry.points(name)
+        if all(attrs.get(k) == v for k, v in labels.items())
+    ]
     return value
 
 
-def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path, options,
-                                                                recorded) -> None:
+def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path, options, recorded) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     model[0].bias.requires_grad_(False)
@@ -37,8 +39,11 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path, options
             for _ in run.track(range(3)):
                 optimizer.zero_grad()
                 model(torch.randn(4, 8)).pow(2).mean().backward()
-                expected.append(torch.nn.utils.get_total_norm(
-                    [p.grad for p in model.parameters() if p.grad is not None]).item())
+                expected.append(
+                    torch.nn.utils.get_total_norm(
+                        [p.grad for p in model.parameters() if p.grad is not None]
+                    ).item()
+                )
                 optimizer.step()
                 other(torch.randn(1, 2)).sum().backward()
                 other_optimizer.step()  # not the watched model's: ignored
@@ -48,13 +53,18 @@ def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path, options
 
     lines = recorded(run.dir)
     (event,) = lines.of("event", "model_parameters")
-    assert event["fields"] == {"model": "Sequential", "parameters": total,
-                               "trainable": total - 16, "bytes": total * 4}
+    assert event["fields"] == {
+        "model": "Sequential",
+        "parameters": total,
+        "trainable": total - 16,
+        "bytes": total * 4,
+    }
     norms = [s["metrics"]["grad_norm"] for s in lines.of("step")]
     assert norms == pytest.approx(expected)
     assert telemetry.metric("traintel_grad_norm") == [pytest.approx(expected[-1])]
-    assert point(telemetry, "traintel_user_value", metric="model_trainable_parameters") == \
-        total - 16
+    assert (
+        point(telemetry, "traintel_user_value", metric="model_trainable_parameters") == total - 16
+    )
     # the run is over: the hook takes itself out at the next step
     optimizer.step()
     assert watched._handle is None
@@ -81,8 +91,11 @@ def test_thirty_watched_runs_in_one_process_all_train(tmp_path, quiet, recorded)
     shared = torch.nn.Linear(8, 1)
     runs = []
     for trial in range(30):
-        model = shared if trial % 3 == 0 else torch.nn.Sequential(
-            torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        model = (
+            shared
+            if trial % 3 == 0
+            else torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        )
         optimizer = kinds[trial % len(kinds)](model.parameters(), lr=0.01)
         with traintel.init(project="sweep", dir=str(tmp_path), group="watched", **quiet) as run:
             run.watch(model)
@@ -125,7 +138,8 @@ def test_a_rerun_notebook_cell_with_watch_trains(tmp_path, quiet, recorded) -> N
 
 
 def test_a_run_ended_from_inside_an_optimizer_step_leaves_the_next_run_training(
-        tmp_path, quiet, recorded) -> None:
+    tmp_path, quiet, recorded
+) -> None:
     """The end of a run can come from inside torch's hook iteration (a user's own global hook
     here): taking hooks out there must not break that step or the next run's."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -144,8 +158,7 @@ def test_a_run_ended_from_inside_an_optimizer_step_leaves_the_next_run_training(
     with traintel.init(project="inside", dir=str(tmp_path), **quiet) as second:
         second.watch(model)
         _train(second, model, optimizer)
-    assert [s["metrics"]["grad_norm"] > 0 for s in recorded(second.dir).of("step")] == \
-        [True] * 3
+    assert [s["metrics"]["grad_norm"] > 0 for s in recorded(second.dir).of("step")] == [True] * 3
 
 
 def test_watch_names_the_compiled_models_own_class(tmp_path, quiet, recorded) -> None:
@@ -156,8 +169,9 @@ def test_watch_names_the_compiled_models_own_class(tmp_path, quiet, recorded) ->
     assert event["fields"]["model"] == "Sequential"
 
 
-def test_torch_compile_sees_no_graph_break_from_a_run_logged_outside(tmp_path, quiet,
-                                                                     recorded) -> None:
+def test_torch_compile_sees_no_graph_break_from_a_run_logged_outside(
+    tmp_path, quiet, recorded
+) -> None:
     """What the README says of torch.compile: with run.watch and run.log outside the compiled
     function, one graph and no break; run.log inside it breaks the graph (values still right).
     The eager backend: dynamo's tracing is what is checked, no compiler needed."""

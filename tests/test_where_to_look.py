@@ -13,10 +13,16 @@ import pytest
 import requests
 
 
-def _traintel(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "traintel", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+def _traintel(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "traintel", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.stack
@@ -27,8 +33,11 @@ def test_stack_up_prints_only_what_it_started_and_the_endpoint_to_set(tmp_path: 
         assert up.returncode == 0, up.stderr
         printed = dict(re.findall(r"^  (\w+)\s+(\S+)", up.stdout, re.M))
         assert {"otlp_http", "prometheus", "alertmanager"} <= set(printed)
-        api = {"prometheus": "/api/v1/status/buildinfo", "alertmanager": "/api/v2/status",
-               "collector_health": "/"}
+        api = {
+            "prometheus": "/api/v1/status/buildinfo",
+            "alertmanager": "/api/v2/status",
+            "collector_health": "/",
+        }
         for name, path in api.items():  # what is printed answers where the line says
             assert requests.get(printed[name] + path, timeout=5).ok, name
         # the native Prometheus serves its web UI when `traintel stack install` could build it
@@ -41,10 +50,22 @@ def test_stack_up_prints_only_what_it_started_and_the_endpoint_to_set(tmp_path: 
         exports = re.findall(r"^export OTEL_EXPORTER_OTLP_ENDPOINT=(\S+)$", up.stdout, re.M)
         assert exports == [printed["otlp_http"]]
 
-        demo = _traintel("demo", "--epochs", "1", "--steps-per-epoch", "5", "--batch-size", "8",
-                         "--duration", "0", "--sample-interval", "0", "--dir",
-                         str(tmp_path / "runs"), env={"OTEL_EXPORTER_OTLP_ENDPOINT": exports[0],
-                                                      "TRAINTEL_PROGRESS": "off"})
+        demo = _traintel(
+            "demo",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "5",
+            "--batch-size",
+            "8",
+            "--duration",
+            "0",
+            "--sample-interval",
+            "0",
+            "--dir",
+            str(tmp_path / "runs"),
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": exports[0], "TRAINTEL_PROGRESS": "off"},
+        )
         assert demo.returncode == 0, demo.stderr
         assert re.search(r"^live page: http://127\.0\.0\.1:\d+/$", demo.stderr, re.M)
         if not ui:

@@ -1,12 +1,12 @@
 """traintel: OpenTelemetry-native observability for ML training.
 
-    import traintel
-    with traintel.init(project="cifar", name="resnet18", config=cfg, total_epochs=10) as run:
-        for epoch in run.epochs():
-            for batch in run.track(loader):
-                loss = train_step(batch)
-                run.log(loss=loss, lr=lr, samples=len(batch))
-            run.log_eval(val_loss=evaluate())
+import traintel
+with traintel.init(project="cifar", name="resnet18", config=cfg, total_epochs=10) as run:
+    for epoch in run.epochs():
+        for batch in run.track(loader):
+            loss = train_step(batch)
+            run.log(loss=loss, lr=lr, samples=len(batch))
+        run.log_eval(val_loss=evaluate())
 """
 
 from __future__ import annotations
@@ -20,21 +20,24 @@ from traintel.version import __version__
 if TYPE_CHECKING:  # types only: `import traintel` stays cheap for the command line
     import argparse
     from collections.abc import Mapping
-    from typing import Union
+    from typing import TypeAlias
 
     from _typeshed import DataclassInstance
-    from typing_extensions import TypeAlias, Unpack
+    from typing_extensions import Unpack
 
     from traintel.run.facade import Run
     from traintel.run.settings import InitOptions
 
     #: what ``config=`` accepts: a mapping, a dataclass instance or parsed arguments
-    ConfigInput: TypeAlias = Union[Mapping[str, object], DataclassInstance, argparse.Namespace,
-                                   None]
+    ConfigInput: TypeAlias = Mapping[str, object] | DataclassInstance | argparse.Namespace | None
 
 
-def init(project: str | None = None, name: str | None = None, config: ConfigInput = None,
-         **options: Unpack[InitOptions]) -> Run:
+def init(
+    project: str | None = None,
+    name: str | None = None,
+    config: ConfigInput = None,
+    **options: Unpack[InitOptions],
+) -> Run:
     """Start a run. Every option, its default and its environment variable:
     ``docs/configuration.md`` (from ``traintel.run.settings.Settings``); unknown options are refused
     with the closest valid name. ``OTEL_*`` variables configure export."""

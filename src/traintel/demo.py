@@ -56,13 +56,17 @@ def stack_urls(endpoint: str) -> dict[str, str]:
     the running native stack's when ``endpoint`` is its collector, else compose's."""
     from traintel.core import discovery
 
-    given = {"prometheus": env.TRAINTEL_PROMETHEUS_URL.get(),
-             "alertmanager": env.TRAINTEL_ALERTMANAGER_URL.get(),
-             "grafana": env.TRAINTEL_GRAFANA_URL.get()}
+    given = {
+        "prometheus": env.TRAINTEL_PROMETHEUS_URL.get(),
+        "alertmanager": env.TRAINTEL_ALERTMANAGER_URL.get(),
+        "grafana": env.TRAINTEL_GRAFANA_URL.get(),
+    }
     native = discovery.running() or {}
     ours = _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
-    return {name: value or (native.get(name) if ours else None) or discovery.COMPOSE[name]
-            for name, value in given.items()}
+    return {
+        name: value or (native.get(name) if ours else None) or discovery.COMPOSE[name]
+        for name, value in given.items()
+    }
 
 
 def without_prometheus_ui(endpoint: str) -> bool:
@@ -71,8 +75,11 @@ def without_prometheus_ui(endpoint: str) -> bool:
     from traintel.core import discovery
 
     native = discovery.running() or {}
-    return (bool(native) and _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
-            and not discovery.web_ui("prometheus"))
+    return (
+        bool(native)
+        and _host_port(native.get("otlp_http", "")) == _host_port(endpoint)
+        and not discovery.web_ui("prometheus")
+    )
 
 
 def _host_port(url: str) -> tuple[str, int | None]:
@@ -86,8 +93,9 @@ def collector_listening(endpoint: str, timeout: float = 0.5) -> bool:
 
     parsed = urlparse(endpoint)
     try:
-        with socket.create_connection((parsed.hostname or "localhost", parsed.port or 4318),
-                                      timeout=timeout):
+        with socket.create_connection(
+            (parsed.hostname or "localhost", parsed.port or 4318), timeout=timeout
+        ):
             return True
     except OSError:
         return False
@@ -111,8 +119,9 @@ class Pace:
         self.next = max(self.next, now) + self.interval
 
 
-def train(cfg: DemoConfig, on_start: Callable[[str], None] | None = None,
-          **init_options: Any) -> traintel.Run:
+def train(
+    cfg: DemoConfig, on_start: Callable[[str], None] | None = None, **init_options: Any
+) -> traintel.Run:
     """The demo's training; ``on_start`` gets the live page's address (with ``http_port``)."""
     import torch
     from torch import nn
@@ -126,22 +135,34 @@ def train(cfg: DemoConfig, on_start: Callable[[str], None] | None = None,
     val_y = (val_x @ weights).argmax(dim=1)
     dataset = torch.utils.data.TensorDataset(data_x, data_y)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
-    model = nn.Sequential(nn.Linear(features, cfg.hidden), nn.ReLU(),
-                          nn.Linear(cfg.hidden, classes))
+    model = nn.Sequential(
+        nn.Linear(features, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, classes)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
-                                                    total_steps=cfg.epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader)
+    )
     loss_fn = nn.CrossEntropyLoss()
-    options = {"project": "demo", "name": "mlp-synthetic", "total_epochs": cfg.epochs,
-               **init_options}
+    options = {
+        "project": "demo",
+        "name": "mlp-synthetic",
+        "total_epochs": cfg.epochs,
+        **init_options,
+    }
     # the checkpoints are the demo's own: removed when it ends (a demo leaves only its record)
-    with tempfile.TemporaryDirectory(prefix="traintel-demo-ckpt-") as checkpoint_dir, \
-            traintel.init(config=asdict(cfg), **options) as run:
+    with (
+        tempfile.TemporaryDirectory(prefix="traintel-demo-ckpt-") as checkpoint_dir,
+        traintel.init(config=asdict(cfg), **options) as run,
+    ):
         if on_start is not None and run.server is not None:
             on_start(run.server.url)
         data_log = run.logger("data")
-        data_log.info("synthetic dataset: %d samples, %d features, %d classes",
-                      len(dataset), features, classes)
+        data_log.info(
+            "synthetic dataset: %d samples, %d features, %d classes",
+            len(dataset),
+            features,
+            classes,
+        )
         forward = run.timer("forward_backward")
         pace = Pace(cfg.duration_s, cfg.epochs * len(loader))
         for epoch in run.epochs():
@@ -164,15 +185,21 @@ def train(cfg: DemoConfig, on_start: Callable[[str], None] | None = None,
                 if cfg.nan_at_step == step:
                     loss = torch.tensor(float("nan"))
                 if cfg.pause_at_step == step and cfg.pause_s:
-                    run.logger("model").warning("pausing %.0fs at step %d (demo stall)",
-                                                cfg.pause_s, step)
+                    run.logger("model").warning(
+                        "pausing %.0fs at step %d (demo stall)", cfg.pause_s, step
+                    )
                     time.sleep(cfg.pause_s)
                 if cfg.step_sleep_s:
                     time.sleep(cfg.step_sleep_s)
                 pace.wait()
-                run.log(loss=loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                        samples=len(x), tokens=len(x) * features,
-                        batch_accuracy=(logits.argmax(dim=1) == y).float().mean())
+                run.log(
+                    loss=loss,
+                    lr=scheduler.get_last_lr()[0],
+                    grad_norm=grad_norm,
+                    samples=len(x),
+                    tokens=len(x) * features,
+                    batch_accuracy=(logits.argmax(dim=1) == y).float().mean(),
+                )
             with run.span("eval", epoch=epoch):
                 model.eval()
                 with torch.no_grad():

@@ -1,10 +1,10 @@
 """Helpers for users' own tests: capture what a run emits in memory.
 
-    from traintel.testing import capture
-    with capture() as telemetry:
-        with traintel.init(project="t", progress="off") as run:
-            run.log(loss=1.0)
-    assert telemetry.metric("traintel_loss") == [1.0]
+from traintel.testing import capture
+with capture() as telemetry:
+    with traintel.init(project="t", progress="off") as run:
+        run.log(loss=1.0)
+assert telemetry.metric("traintel_loss") == [1.0]
 """
 
 from __future__ import annotations
@@ -15,16 +15,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry._logs import LogRecord
-from opentelemetry.util.types import AttributeValue
-from opentelemetry.sdk.metrics.export import (DataPointT, MetricExporter, MetricExportResult,
-                                              MetricsData, NumberDataPoint)
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+from opentelemetry.sdk.metrics.export import (
+    DataPointT,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AttributeValue
 
 from traintel import current_run
-from traintel.run import facade as run_module
 from traintel.export.otlp import Sinks
+from traintel.run import facade as run_module
 
 
 @dataclass
@@ -43,19 +48,21 @@ class Telemetry:
     def points(self, name: str) -> list[tuple[dict[str, AttributeValue], DataPointT]]:
         """(attributes, point) of every data point of ``name`` in the latest snapshot."""
         for data in reversed(self._collected):
-            found = [(dict(point.attributes or {}), point)
-                     for resource in data.resource_metrics
-                     for scope in resource.scope_metrics
-                     for metric in scope.metrics if metric.name == name
-                     for point in metric.data.data_points]
+            found = [
+                (dict(point.attributes or {}), point)
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                if metric.name == name
+                for point in metric.data.data_points
+            ]
             if found:
                 return found
         return []
 
     def metric(self, name: str) -> list[float]:
         """The values of a counter's or gauge's data points in the latest snapshot."""
-        return [point.value for _, point in self.points(name)
-                if isinstance(point, NumberDataPoint)]
+        return [point.value for _, point in self.points(name) if isinstance(point, NumberDataPoint)]
 
     def span_names(self) -> list[str]:
         """The names of the spans that ended, oldest first."""
@@ -78,8 +85,11 @@ def capture() -> Iterator[Telemetry]:
     previous, was_strict = run_module.sinks_override, run_module.strict_override
     run_module.strict_override = True  # a user's test fails on what a run would only refuse
     run_module.sinks_override = Sinks(
-        metric_exporter=_Snapshots(telemetry), metric_interval_ms=math.inf,  # on demand only
-        span_exporter=telemetry.spans, log_exporter=telemetry.logs)
+        metric_exporter=_Snapshots(telemetry),
+        metric_interval_ms=math.inf,  # on demand only
+        span_exporter=telemetry.spans,
+        log_exporter=telemetry.logs,
+    )
     try:
         yield telemetry
     finally:
@@ -93,8 +103,9 @@ class _Snapshots(MetricExporter):
         super().__init__()
         self._telemetry = telemetry
 
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-               **kwargs: Any) -> MetricExportResult:
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
         self._telemetry._collected.append(metrics_data)
         return MetricExportResult.SUCCESS
 

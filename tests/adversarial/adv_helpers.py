@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
-
 from secrets_corpus import SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,26 +18,44 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def script_env(**extra: str) -> dict[str, str]:
     """The environment of a training script: this checkout's sources first."""
-    environ = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}"
-               f"{os.environ.get('PYTHONPATH', '')}"}
+    environ = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     environ.update(extra)
     return environ
 
 
-def run_script(code: str, *, env: dict[str, str] | None = None, timeout: float = 120,
-               args: Iterable[str] = (), **popen: object) -> subprocess.CompletedProcess[str]:
+def run_script(
+    code: str,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    args: Iterable[str] = (),
+    **popen: object,
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` (dedented) as a training script in its own Python process."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=env or script_env(), **popen)  # type: ignore[call-overload]
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or script_env(),
+        **popen,
+    )  # type: ignore[call-overload]
 
 
-def start_script(code: str, *, env: dict[str, str] | None = None,
-                 args: Iterable[str] = ()) -> subprocess.Popen[str]:
+def start_script(
+    code: str, *, env: dict[str, str] | None = None, args: Iterable[str] = ()
+) -> subprocess.Popen[str]:
     """Start ``code`` as a training script; its stdout and stderr are pipes."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env or script_env())
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or script_env(),
+    )
 
 
 def leaks(text: str | bytes, secrets: Iterable[str] = SECRETS) -> list[str]:

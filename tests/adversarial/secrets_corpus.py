@@ -28,16 +28,17 @@ HF_TOKEN = "hf_" + "QmZxWvUtSrQpOnMlKjIhGfEdCbAz123456"
 OPENAI_KEY = "sk-proj-" + "Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa"
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SLACK_TOKEN = "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
-JWT = ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
-       "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 GITLAB_TOKEN = "glpat-" + "aB3dE6gH9jK2mN5pQ8sT"
 URL_PASSWORD = "url-pw-Tg7Hj2Kl9"
 URL_WITH_CREDENTIALS = f"https://alice:{URL_PASSWORD}@collector.example.com:4318"
 BEARER = "bearer-abc.def.ghi-123456"
 BASIC = "dXNlcjpwYXNzd29yZC0xMjM="
 AMZ_SIGNATURE = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
-SIGNED_URL = ("https://bucket.s3.amazonaws.com/ckpt.pt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-              f"&X-Amz-Date=20261130T000000Z&X-Amz-Signature={AMZ_SIGNATURE}")
+SIGNED_URL = (
+    "https://bucket.s3.amazonaws.com/ckpt.pt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    f"&X-Amz-Date=20261130T000000Z&X-Amz-Signature={AMZ_SIGNATURE}"
+)
 ARGV_TOKEN = "argv-token-Pp0Oo9Ii8"
 ARGV = ["train.py", "--lr", "3e-4", "--hf-token", ARGV_TOKEN, f"--wandb-api-key={HF_TOKEN}"]
 PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
@@ -62,21 +63,57 @@ SECRET_TEXTS = [
 ]
 
 #: every secret string that must never be written or exported
-SECRETS = sorted({v for v in SECRET_CONFIG.values() if isinstance(v, str)} | {
-    "dsn-pw-77aa", GITHUB_TOKEN, HF_TOKEN, OPENAI_KEY, AWS_KEY_ID, SLACK_TOKEN, JWT,
-    GITLAB_TOKEN, URL_PASSWORD, BEARER, BASIC, AMZ_SIGNATURE, ARGV_TOKEN, PEM_BODY,
-    "plain-pw-Xy12"})
+SECRETS = sorted(
+    {v for v in SECRET_CONFIG.values() if isinstance(v, str)}
+    | {
+        "dsn-pw-77aa",
+        GITHUB_TOKEN,
+        HF_TOKEN,
+        OPENAI_KEY,
+        AWS_KEY_ID,
+        SLACK_TOKEN,
+        JWT,
+        GITLAB_TOKEN,
+        URL_PASSWORD,
+        BEARER,
+        BASIC,
+        AMZ_SIGNATURE,
+        ARGV_TOKEN,
+        PEM_BODY,
+        "plain-pw-Xy12",
+    }
+)
 
 # -- look-alikes: keys and text that must survive ----------------------------------------------
 LOOK_ALIKE_CONFIG = {
-    "sort_key": "val_loss", "pad_token": "<pad>", "pad_token_id": 0, "eos_token": "</s>",
-    "bos_token": "<s>", "mask_token": "[MASK]", "rng_key": 42, "prng_key": 7,
-    "num_tokens": 1_000_000, "max_tokens": 2048, "max_new_tokens": 256,
-    "tokens_per_second": 1234.5, "token_budget": 4096, "tokenizer_name": "gpt2",
-    "key_dim": 64, "cache_key": "layer-norm-cache", "primary_key": "run_id",
-    "password_min_length": 12, "secret_name": "training-credentials", "author": "Ada Lovelace",
-    "num_passes": 3, "keyboard": "us", "auth_method": "oidc", "monkey_patch": True,
-    "key": "embed.weight", "passes": 2, "bypass_cache": False, "compass": "north",
+    "sort_key": "val_loss",
+    "pad_token": "<pad>",
+    "pad_token_id": 0,
+    "eos_token": "</s>",
+    "bos_token": "<s>",
+    "mask_token": "[MASK]",
+    "rng_key": 42,
+    "prng_key": 7,
+    "num_tokens": 1_000_000,
+    "max_tokens": 2048,
+    "max_new_tokens": 256,
+    "tokens_per_second": 1234.5,
+    "token_budget": 4096,
+    "tokenizer_name": "gpt2",
+    "key_dim": 64,
+    "cache_key": "layer-norm-cache",
+    "primary_key": "run_id",
+    "password_min_length": 12,
+    "secret_name": "training-credentials",
+    "author": "Ada Lovelace",
+    "num_passes": 3,
+    "keyboard": "us",
+    "auth_method": "oidc",
+    "monkey_patch": True,
+    "key": "embed.weight",
+    "passes": 2,
+    "bypass_cache": False,
+    "compass": "north",
     "data_url": "https://huggingface.co/datasets/tiny_shakespeare",
 }
 LOOK_ALIKE_TEXTS = [

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from adv_helpers import script_env, start_script, step_numbers
+
 from reliability_log import record
 
 
@@ -100,10 +100,16 @@ print(json.dumps({"finish_s": finish_s, "status": status["export"], "dir": str(r
 CASES = {
     "refused": ({}, None, "cannot connect to 127.0.0.1"),
     "hung": ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, ("hang",), "no answer from 127.0.0.1"),
-    "429 with Retry-After": ({}, ("answer", 429, {"Retry-After": "120"}),
-                             "answered HTTP 429 Too Many Requests, Retry-After 120 s"),
-    "503 with Retry-After": ({}, ("answer", 503, {"Retry-After": "120"}),
-                             "answered HTTP 503 Service Unavailable, Retry-After 120 s"),
+    "429 with Retry-After": (
+        {},
+        ("answer", 429, {"Retry-After": "120"}),
+        "answered HTTP 429 Too Many Requests, Retry-After 120 s",
+    ),
+    "503 with Retry-After": (
+        {},
+        ("answer", 503, {"Retry-After": "120"}),
+        "answered HTTP 503 Service Unavailable, Retry-After 120 s",
+    ),
     "400 rejected": ({}, ("answer", 400, {}), "answered HTTP 400 Bad Request"),
 }
 
@@ -113,11 +119,16 @@ def test_every_kind_of_export_failure_is_counted_and_said_once(tmp_path, case):
     environ, server_args, reason = CASES[case]
     server = Misbehaving(*server_args) if server_args else None
     endpoint = server.url if server else "http://127.0.0.1:9"  # nothing listens on port 9
-    env = script_env(**{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                        "OTEL_METRIC_EXPORT_INTERVAL": "300", "OTEL_BSP_SCHEDULE_DELAY": "200",
-                        "OTEL_BLRP_SCHEDULE_DELAY": "200",
-                        "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",  # milliseconds, as specified
-                        **environ})
+    env = script_env(
+        **{
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",  # milliseconds, as specified
+            **environ,
+        }
+    )
     try:
         started = time.monotonic()
         proc = start_script(EXPORT_SCRIPT, env=env, args=[str(tmp_path)])
@@ -144,14 +155,18 @@ def test_every_kind_of_export_failure_is_counted_and_said_once(tmp_path, case):
     assert step_numbers(Path(result["dir"])) == list(range(1, 151))
     if case == "429 with Retry-After":  # honoured: no request while the collector said wait
         assert server is not None and server.requests <= 6, server.requests
-    record(f"collector {case} (a local stand-in server; the real collector cannot be made "
-           "to misbehave on demand)" if server else "collector refuses connections",
-           "one rate-limited warning with the reason; a counter on /metrics, /status and the "
-           "summary; finish() within shutdown_timeout; no export thread left",
-           f"1 warning ({reason}); {failures} failed exports by /status, "
-           f"{sum(summary['export']['failures'].values())} in summary.json; finish() "
-           f"{result['finish_s']:.2f} s (bound 1 s); 150/150 steps; 0 export threads after "
-           f"finish; process wall {wall:.1f} s")
+    record(
+        f"collector {case} (a local stand-in server; the real collector cannot be made "
+        "to misbehave on demand)"
+        if server
+        else "collector refuses connections",
+        "one rate-limited warning with the reason; a counter on /metrics, /status and the "
+        "summary; finish() within shutdown_timeout; no export thread left",
+        f"1 warning ({reason}); {failures} failed exports by /status, "
+        f"{sum(summary['export']['failures'].values())} in summary.json; finish() "
+        f"{result['finish_s']:.2f} s (bound 1 s); 150/150 steps; 0 export threads after "
+        f"finish; process wall {wall:.1f} s",
+    )
 
 
 # -- the run directory deleted under a running writer ----------------------------------------
@@ -190,16 +205,20 @@ def test_a_deleted_run_directory_is_noticed_and_the_loss_counted(tmp_path):
     assert [line["type"] for line in lines[:3]] == ["run_start", "config", "event"]
     gap = lines[2]
     assert gap["event"] == "record_gap" and gap["fields"] == {
-        "lost_lines": lines_before, "reason": "the run directory was deleted"}
+        "lost_lines": lines_before,
+        "reason": "the run directory was deleted",
+    }
     assert step_numbers(run_dir) == list(range(41, 101))  # exactly the steps after the deletion
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     assert summary["record"]["dropped"] == result["dropped"] == lines_before
     assert summary["steps"] == 100
     assert f"{lines_before} lines written before were lost" in err
-    record("run directory deleted mid-run (real process)",
-           "noticed at the next flush; the loss counted and said; the record starts again",
-           f"{lines_before} lines lost (40 steps), said in a record_gap line, a warning and "
-           f"summary.json (dropped {summary['record']['dropped']}); steps 41-100 kept, 60/60")
+    record(
+        "run directory deleted mid-run (real process)",
+        "noticed at the next flush; the loss counted and said; the record starts again",
+        f"{lines_before} lines lost (40 steps), said in a record_gap line, a warning and "
+        f"summary.json (dropped {summary['record']['dropped']}); steps 41-100 kept, 60/60",
+    )
 
 
 # -- a full disk, on a small tmpfs ---------------------------------------------------------------
@@ -225,11 +244,16 @@ def small_disk(tmp_path):
     test_record.py's RLIMIT_FSIZE test covers a file-size limit)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the RLIMIT_FSIZE test "
-                    "in tests/test_record.py stands in for a full disk")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip()}); the RLIMIT_FSIZE test "
+            "in tests/test_record.py stands in for a full disk"
+        )
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -271,10 +295,12 @@ def test_a_disk_freed_mid_run_loses_nothing(small_disk, tmp_path):
     assert step_numbers(run_dir) == list(range(1, result["steps"] + 1))  # every step, in order
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     assert summary["record"]["dropped"] == 0 and summary["steps"] == result["steps"]
-    record("disk full mid-run, then freed (1 MiB tmpfs, real process)",
-           "lines wait in memory; written once the disk has room; nothing lost",
-           f"{result['steps']}/{result['steps']} steps in the record, in order; dropped 0; "
-           "one warning when full, one when writable again")
+    record(
+        "disk full mid-run, then freed (1 MiB tmpfs, real process)",
+        "lines wait in memory; written once the disk has room; nothing lost",
+        f"{result['steps']}/{result['steps']} steps in the record, in order; dropped 0; "
+        "one warning when full, one when writable again",
+    )
 
 
 def test_a_disk_full_to_the_end_says_exactly_what_it_lost(small_disk, tmp_path):
@@ -295,29 +321,40 @@ def test_a_disk_full_to_the_end_says_exactly_what_it_lost(small_disk, tmp_path):
     assert written + result["dropped"] == result["lines"]  # every line kept or counted
     assert f"{result['dropped']} run record lines could not be written" in err
     assert time.monotonic() - started < 30
-    record("disk full to the end (1 MiB tmpfs, real process)",
-           "finish() retries within shutdown_timeout, then counts and says what it lost",
-           f"{len(kept)} of {result['steps']} steps kept (a contiguous prefix); {written} lines "
-           f"written + {result['dropped']} counted as lost = {result['lines']} lines")
+    record(
+        "disk full to the end (1 MiB tmpfs, real process)",
+        "finish() retries within shutdown_timeout, then counts and says what it lost",
+        f"{len(kept)} of {result['steps']} steps kept (a contiguous prefix); {written} lines "
+        f"written + {result['dropped']} counted as lost = {result['lines']} lines",
+    )
 
 
 # -- a closed stdout ------------------------------------------------------------------------------
 def test_a_closed_stdout_does_not_stop_training(tmp_path):
     """``python train.py | head -1``: the progress line's reader goes away."""
-    code = ("import traintel, time\n"
-            f"run = traintel.init(project='p', dir={str(tmp_path)!r}, progress='lines', "
-            "progress_interval=0, otlp=False, sample_interval=0, total_steps=200)\n"
-            "for i in range(200):\n    run.log(loss=1.0)\n    time.sleep(0.002)\n"
-            "run.finish()\n")
+    code = (
+        "import traintel, time\n"
+        f"run = traintel.init(project='p', dir={str(tmp_path)!r}, progress='lines', "
+        "progress_interval=0, otlp=False, sample_interval=0, total_steps=200)\n"
+        "for i in range(200):\n    run.log(loss=1.0)\n    time.sleep(0.002)\n"
+        "run.finish()\n"
+    )
     env = script_env()
-    pipeline = subprocess.run(f"{os.environ.get('PYTHON', 'python')} -c \"$CODE\" | head -1",
-                              shell=True, capture_output=True, text=True, timeout=120,
-                              env={**env, "CODE": code,
-                                   "PATH": f"{Path(os.sys.executable).parent}:{env['PATH']}"})
+    pipeline = subprocess.run(
+        f'{os.environ.get("PYTHON", "python")} -c "$CODE" | head -1',
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "CODE": code, "PATH": f"{Path(os.sys.executable).parent}:{env['PATH']}"},
+    )
     assert pipeline.stdout.startswith("[traintel]")
     run_dir = next(tmp_path.iterdir())
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     assert summary["status"] == "finished" and summary["steps"] == 200
     assert step_numbers(run_dir) == list(range(1, 201))
-    record("stdout closed (`train.py | head -1`)", "training goes on; the run finishes",
-           "200/200 steps; status finished; progress lines stop quietly")
+    record(
+        "stdout closed (`train.py | head -1`)",
+        "training goes on; the run finishes",
+        "200/200 steps; status finished; progress lines stop quietly",
+    )

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from adv_helpers import run_script, script_env, step_numbers
+
 from reliability_log import record
 from stack_fixture import eventually
 
@@ -54,9 +54,12 @@ def _points(tap: bytes, run_id: str, name: str) -> list[tuple[int, float]]:
                     if metric["name"] != name:
                         continue
                     for point in (metric.get("sum") or metric.get("gauge") or {}).get(
-                            "dataPoints", []):
-                        labels = {a["key"]: next(iter(a["value"].values()))
-                                  for a in point.get("attributes", [])}
+                        "dataPoints", []
+                    ):
+                        labels = {
+                            a["key"]: next(iter(a["value"].values()))
+                            for a in point.get("attributes", [])
+                        }
                         if labels.get("run") == run_id:
                             value = point.get("asDouble", point.get("asInt"))
                             points.append((int(point["timeUnixNano"]), float(value)))
@@ -65,9 +68,12 @@ def _points(tap: bytes, run_id: str, name: str) -> list[tuple[int, float]]:
 
 @pytest.mark.stack
 def test_forked_workers_export_nothing_to_the_real_collector(stack, tmp_path):
-    env = script_env(OTEL_EXPORTER_OTLP_ENDPOINT=stack.endpoints["otlp_http"],
-                     OTEL_METRIC_EXPORT_INTERVAL="150", OTEL_BSP_SCHEDULE_DELAY="100",
-                     OTEL_BLRP_SCHEDULE_DELAY="100")
+    env = script_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=stack.endpoints["otlp_http"],
+        OTEL_METRIC_EXPORT_INTERVAL="150",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        OTEL_BLRP_SCHEDULE_DELAY="100",
+    )
     proc = run_script(SCRIPT, env=env, args=[str(tmp_path)], timeout=300)
     assert proc.returncode == 0, proc.stderr
     run_id = proc.stdout.strip().splitlines()[-1]
@@ -80,12 +86,20 @@ def test_forked_workers_export_nothing_to_the_real_collector(stack, tmp_path):
     taps, steps = eventually(received, 60, what="the run's final step count at the collector")
     values = [v for _, v in sorted(steps)]
     assert values == sorted(values), values  # a worker's frozen count would jump backwards
-    ours = [line for line in taps["traces"].splitlines() + taps["logs"].splitlines()
-            if run_id.encode() in line]
-    assert ours and not [line for line in ours if b"worker_span" in line
-                         or b"from_worker" in line or b"from worker" in line]
+    ours = [
+        line
+        for line in taps["traces"].splitlines() + taps["logs"].splitlines()
+        if run_id.encode() in line
+    ]
+    assert ours and not [
+        line
+        for line in ours
+        if b"worker_span" in line or b"from_worker" in line or b"from worker" in line
+    ]
     assert step_numbers(tmp_path / run_id) == list(range(1, 43))
-    record("forked DataLoader workers (2 per epoch, 2 epochs) whose dataset calls the run",
-           "workers export nothing (real collector) and write nothing to the record",
-           f"{len(values)} exported points of traintel_steps_total, never decreasing, last 42; "
-           "0 worker spans, events or logs at the collector or in the record; 42/42 steps")
+    record(
+        "forked DataLoader workers (2 per epoch, 2 epochs) whose dataset calls the run",
+        "workers export nothing (real collector) and write nothing to the record",
+        f"{len(values)} exported points of traintel_steps_total, never decreasing, last 42; "
+        "0 worker spans, events or logs at the collector or in the record; 42/42 steps",
+    )

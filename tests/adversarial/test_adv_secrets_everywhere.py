@@ -11,10 +11,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from adv_helpers import ROOT, files_under, leaks, run_script, script_env
-from reliability_log import record
 from secrets_corpus import LOOK_ALIKE_CONFIG, OPENAI_KEY, SECRET_CONFIG, URL_PASSWORD
+
+from reliability_log import record
 from stack_fixture import eventually
 
 SCRIPT = """
@@ -44,38 +44,59 @@ print(run.id, flush=True)
 raise RuntimeError(f"fatal: {SECRET_TEXTS[1]} while pushing to {URL_WITH_CREDENTIALS}")
 """
 
-CLI = [["logs", "summary", "{run}"], ["logs", "summary", "{run}", "--format", "json"],
-       ["logs", "errors", "{run}", "-v"], ["logs", "errors", "{run}", "--format", "json"],
-       ["logs", "grep", ".", "{run}"], ["logs", "tail", "{run}", "-n", "200"],
-       ["logs", "tail", "{run}", "-n", "200", "--format", "json"], ["logs", "report", "{run}"],
-       ["logs", "metrics", "{run}"], ["report", "{run}"], ["report", "{run}", "--format", "md"],
-       ["status", "{run}"], ["report"]]
+CLI = [
+    ["logs", "summary", "{run}"],
+    ["logs", "summary", "{run}", "--format", "json"],
+    ["logs", "errors", "{run}", "-v"],
+    ["logs", "errors", "{run}", "--format", "json"],
+    ["logs", "grep", ".", "{run}"],
+    ["logs", "tail", "{run}", "-n", "200"],
+    ["logs", "tail", "{run}", "-n", "200", "--format", "json"],
+    ["logs", "report", "{run}"],
+    ["logs", "metrics", "{run}"],
+    ["report", "{run}"],
+    ["report", "{run}", "--format", "md"],
+    ["status", "{run}"],
+    ["report"],
+]
 
 
 def _traintel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "traintel.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "traintel.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 @pytest.mark.stack
 def test_no_secret_reaches_any_output_channel(stack, tmp_path):
     collector = stack.endpoints["otlp_http"]
     scheme, rest = collector.split("://", 1)
-    env = script_env(**{
-        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{Path(__file__).parent}",
-        # credentials in the collector's URL, secrets in the environment and the resource
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"{scheme}://alice:{URL_PASSWORD}@{rest}",
-        "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment=adversarial,team.api_key={OPENAI_KEY}",
-        "HF_TOKEN": "hfvalue-Kq3mZ8xP2", "WANDB_API_KEY": "openai-value-r4T7yU1",
-        "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_BLRP_SCHEDULE_DELAY": "200", "TRAINTEL_DIR": str(tmp_path)})
+    env = script_env(
+        **{
+            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{Path(__file__).parent}",
+            # credentials in the collector's URL, secrets in the environment and the resource
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"{scheme}://alice:{URL_PASSWORD}@{rest}",
+            "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment=adversarial,team.api_key={OPENAI_KEY}",
+            "HF_TOKEN": "hfvalue-Kq3mZ8xP2",
+            "WANDB_API_KEY": "openai-value-r4T7yU1",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            "TRAINTEL_DIR": str(tmp_path),
+        }
+    )
     proc = run_script(SCRIPT, env=env, args=[str(tmp_path)])
     assert proc.returncode == 1 and "RuntimeError: fatal" in proc.stderr, proc.stderr
     run_id = proc.stdout.strip().splitlines()[-1]
     run_dir = tmp_path / run_id
     channels: dict[str, str | bytes] = {"stdout": proc.stdout, "stderr": proc.stderr}
-    channels.update({f"file {p.relative_to(tmp_path)}": data
-                     for p, data in files_under(run_dir).items()})
+    channels.update(
+        {f"file {p.relative_to(tmp_path)}": data for p, data in files_under(run_dir).items()}
+    )
     assert (run_dir / "crash-report.json").exists()
     for command in CLI:
         args = [a.format(run=run_id) for a in command]
@@ -84,8 +105,10 @@ def test_no_secret_reaches_any_output_channel(stack, tmp_path):
         channels[f"traintel {' '.join(args)}"] = done.stdout + done.stderr
 
     def exported() -> dict[str, bytes] | None:
-        taps = {s: stack.tap_file(s).read_bytes() if stack.tap_file(s).exists() else b""
-                for s in ("logs", "traces", "metrics")}
+        taps = {
+            s: stack.tap_file(s).read_bytes() if stack.tap_file(s).exists() else b""
+            for s in ("logs", "traces", "metrics")
+        }
         ours = [run_id.encode() in taps[s] for s in taps]
         return taps if all(ours) else None
 
@@ -96,9 +119,11 @@ def test_no_secret_reaches_any_output_channel(stack, tmp_path):
     config = orjson.loads((run_dir / "config.json").read_bytes())["config"]
     assert {k: config[k] for k in LOOK_ALIKE_CONFIG} == LOOK_ALIKE_CONFIG
     assert set(SECRET_CONFIG) <= set(config)
-    record("secrets corpus (27 secrets: config keys, token formats, URL credentials, bearer/basic"
-           " auth, signed URLs, --hf-token argv, PEM keys, env) through a real failing run",
-           "no secret in any output channel; look-alikes (sort_key, pad_token, rng_key...) kept",
-           f"0 secrets in {len(channels)} channels: {len(files_under(run_dir))} files, stdout, "
-           f"stderr (console, progress, excepthook), {len(CLI)} CLI outputs, OTLP logs, traces "
-           f"and metrics at the collector; {len(LOOK_ALIKE_CONFIG)} look-alikes intact")
+    record(
+        "secrets corpus (27 secrets: config keys, token formats, URL credentials, bearer/basic"
+        " auth, signed URLs, --hf-token argv, PEM keys, env) through a real failing run",
+        "no secret in any output channel; look-alikes (sort_key, pad_token, rng_key...) kept",
+        f"0 secrets in {len(channels)} channels: {len(files_under(run_dir))} files, stdout, "
+        f"stderr (console, progress, excepthook), {len(CLI)} CLI outputs, OTLP logs, traces "
+        f"and metrics at the collector; {len(LOOK_ALIKE_CONFIG)} look-alikes intact",
+    )

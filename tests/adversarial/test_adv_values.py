@@ -17,16 +17,36 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 
 import traintel
+from reliability_log import record
 from traintel.core.validate import INT64_MAX, INT64_MIN, MAX_NAME_LENGTH
 
-from reliability_log import record
-
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
-NUMPY_TYPES = [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
-               np.uint8, np.uint16, np.uint32, np.uint64, np.bool_]
-TORCH_TYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32,
-               torch.int64, torch.uint8, torch.bool]
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+NUMPY_TYPES = [
+    np.float16,
+    np.float32,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+]
+TORCH_TYPES = [
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+]
 
 
 def _numpy(draw_value: float | int, kind: type) -> object:
@@ -46,22 +66,37 @@ def _tensor(value: float | int, dtype: torch.dtype) -> object:
 
 #: every kind of number a training loop holds, at every size (integers of any size)
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-    st.builds(_numpy, st.one_of(st.integers(-(2**64), 2**64), st.floats()),
-              st.sampled_from(NUMPY_TYPES)),
-    st.builds(_tensor, st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats()),
-              st.sampled_from(TORCH_TYPES)),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.builds(
+        _numpy, st.one_of(st.integers(-(2**64), 2**64), st.floats()), st.sampled_from(NUMPY_TYPES)
+    ),
+    st.builds(
+        _tensor,
+        st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats()),
+        st.sampled_from(TORCH_TYPES),
+    ),
     st.builds(Fraction, st.integers(), st.integers(min_value=1)),
     st.builds(Decimal, st.integers()),
-    st.just(10**400), st.just(2**64), st.just(2**63), st.just(-(2**63) - 1))
+    st.just(10**400),
+    st.just(2**64),
+    st.just(2**63),
+    st.just(-(2**63) - 1),
+)
 keys = st.sampled_from(["loss", "lr", "grad_norm", "samples", "tokens", "acc", "train/loss"])
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, quiet, recorded):
-    run = traintel.init(project="adversarial", dir=str(tmp_path_factory.mktemp("values")),
-                        **{**quiet, "max_metric_names": 100_000}, http_port=0, strict=True)
+    run = traintel.init(
+        project="adversarial",
+        dir=str(tmp_path_factory.mktemp("values")),
+        **{**quiet, "max_metric_names": 100_000},
+        http_port=0,
+        strict=True,
+    )
     yield run
     run.finish()
     assert run.summary["record"]["dropped"] == 0
@@ -110,26 +145,42 @@ def test_instruments_take_what_run_log_takes(run, value, kind):
     _still_serves(run)
 
 
-names = st.one_of(st.text(max_size=40), st.text(min_size=90, max_size=130),
-                  st.from_regex(r"[A-Za-z_][A-Za-z0-9_./:-]{0,30}", fullmatch=True),
-                  st.just("x" * 5000), st.just("bad\udcffname"))
+names = st.one_of(
+    st.text(max_size=40),
+    st.text(min_size=90, max_size=130),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_./:-]{0,30}", fullmatch=True),
+    st.just("x" * 5000),
+    st.just("bad\udcffname"),
+)
 
 
 @SETTINGS
-@given(name=names, api=st.sampled_from(["log", "log_eval", "event", "span", "counter", "gauge",
-                                        "histogram", "timer", "logger"]))
+@given(
+    name=names,
+    api=st.sampled_from(
+        ["log", "log_eval", "event", "span", "counter", "gauge", "histogram", "timer", "logger"]
+    ),
+)
 def test_every_name_taking_api_applies_the_same_rules(run, name, api):
-    calls = {"log": lambda: run.log(**{name: 1.0}), "log_eval": lambda: run.log_eval(**{name: 1.0}),
-             "event": lambda: run.event(name), "span": lambda: run.span(name).__enter__(),
-             "logger": lambda: run.logger(name)}
+    calls = {
+        "log": lambda: run.log(**{name: 1.0}),
+        "log_eval": lambda: run.log_eval(**{name: 1.0}),
+        "event": lambda: run.event(name),
+        "span": lambda: run.span(name).__enter__(),
+        "logger": lambda: run.logger(name),
+    }
     call = calls.get(api, lambda: getattr(run, api)(name))
-    valid = 0 < len(name) <= MAX_NAME_LENGTH and name.isascii() and (
-        name[0].isalpha() or name[0] == "_") and all(c.isalnum() or c in "_./:@-" for c in name)
+    valid = (
+        0 < len(name) <= MAX_NAME_LENGTH
+        and name.isascii()
+        and (name[0].isalpha() or name[0] == "_")
+        and all(c.isalnum() or c in "_./:@-" for c in name)
+    )
     try:
         span = call()
     except (TypeError, ValueError) as exc:
         assert not valid, exc
-        assert (repr(name) in str(exc) or f"{len(name)} characters" in str(exc)), str(exc)
+        assert repr(name) in str(exc) or f"{len(name)} characters" in str(exc), str(exc)
         assert len(str(exc)) < 1000  # a 5,000-character name is not repeated whole
     else:
         assert valid, name
@@ -139,9 +190,10 @@ def test_every_name_taking_api_applies_the_same_rules(run, name, api):
 
 
 @SETTINGS
-@given(severity=st.one_of(st.sampled_from(["critical", "high", "medium", "low"]), st.text()),
-       level=st.one_of(st.sampled_from(["debug", "info", "warning", "error", "critical"]),
-                       st.text()))
+@given(
+    severity=st.one_of(st.sampled_from(["critical", "high", "medium", "low"]), st.text()),
+    level=st.one_of(st.sampled_from(["debug", "info", "warning", "error", "critical"]), st.text()),
+)
 def test_enumerations_are_enumerations(run, severity, level):
     try:
         run.error(ValueError("x"), severity=severity)
@@ -157,12 +209,28 @@ def test_enumerations_are_enumerations(run, severity, level):
 
 
 @SETTINGS
-@given(fields=st.dictionaries(st.from_regex(r"[a-z]{1,8}", fullmatch=True), st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),
-              st.just("\udcff\udc80"), st.just(10**400), st.binary(max_size=20)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=30), max_size=5))
+@given(
+    fields=st.dictionaries(
+        st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+        st.recursive(
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(),
+                st.floats(),
+                st.text(),
+                st.just("\udcff\udc80"),
+                st.just(10**400),
+                st.binary(max_size=20),
+            ),
+            lambda inner: st.one_of(
+                st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+            ),
+            max_leaves=30,
+        ),
+        max_size=5,
+    )
+)
 def test_free_form_fields_never_cost_their_line(run, fields):
     fields.pop("level", None)
     fields.pop("step", None)
@@ -175,8 +243,9 @@ def test_free_form_fields_never_cost_their_line(run, fields):
 def test_the_names_of_every_api_share_one_budget(tmp_path, quiet):
     """3,000 distinct names through log_eval, span, event and error used to pass, 72,784 series on
     /metrics; now the first 50 of them across every API are admitted and the rest refused."""
-    with traintel.init(project="budget", dir=str(tmp_path), **quiet, max_metric_names=50,
-                       http_port=0, strict=True) as run:
+    with traintel.init(
+        project="budget", dir=str(tmp_path), **quiet, max_metric_names=50, http_port=0, strict=True
+    ) as run:
         admitted = refused = 0
         for i in range(3000):
             api = ("log_eval", "span", "event", "counter")[i % 4]
@@ -198,22 +267,33 @@ def test_the_names_of_every_api_share_one_budget(tmp_path, quiet):
                 run.error(RuntimeError("x"), operation=f"op{i}", severity="low")
             except ValueError:
                 pytest.fail("an error is always recorded")
-        series = [line for line in generate_latest(run.registry).decode().splitlines()
-                  if line and not line.startswith("#")]
+        series = [
+            line
+            for line in generate_latest(run.registry).decode().splitlines()
+            if line and not line.startswith("#")
+        ]
     assert admitted == 50 and refused == 2950
     assert len(series) < 1000, len(series)
-    record("3,000 distinct names through log_eval, span, event, counter; 3,000 error operations",
-           "one name budget for every API; errors always recorded",
-           f"{admitted} admitted, {refused} refused with the limit named; {len(series)} series "
-           "on /metrics (before: 72,784)")
+    record(
+        "3,000 distinct names through log_eval, span, event, counter; 3,000 error operations",
+        "one name budget for every API; errors always recorded",
+        f"{admitted} admitted, {refused} refused with the limit named; {len(series)} series "
+        "on /metrics (before: 72,784)",
+    )
 
 
 def test_surrogates_are_escaped_once_for_every_sink(tmp_path, quiet, recorded):
     """Text decoded from non-UTF-8 bytes (file names, argv, environment) reaches the record,
     config.json, /status and /metrics as text every encoder takes."""
     odd = b"/data/caf\xe9/shard-\xff.bin".decode("utf-8", "surrogateescape")
-    with traintel.init(project="proj-\udcff", name=odd[-12:], dir=str(tmp_path), **quiet,
-                       config={"path": odd, odd: 1}, http_port=0) as run:
+    with traintel.init(
+        project="proj-\udcff",
+        name=odd[-12:],
+        dir=str(tmp_path),
+        **quiet,
+        config={"path": odd, odd: 1},
+        http_port=0,
+    ) as run:
         run.log(loss=1.0)
         run.event("opened", path=odd)
         _still_serves(run)
@@ -225,29 +305,44 @@ def test_surrogates_are_escaped_once_for_every_sink(tmp_path, quiet, recorded):
     assert 'project="proj-\\\\udcff"' in metrics
     events = [line for line in recorded(run.dir) if line.get("event") == "opened"]
     assert events[0]["fields"]["path"] == config["path"]
-    record("surrogate-escaped text in project, name, config, event fields",
-           "escaped once at the door; record, config.json, /status, /metrics all encode",
-           f"{len(raw)} bytes written, all UTF-8; config path {config['path']!r}")
+    record(
+        "surrogate-escaped text in project, name, config, event fields",
+        "escaped once at the door; record, config.json, /status, /metrics all encode",
+        f"{len(raw)} bytes written, all UTF-8; config path {config['path']!r}",
+    )
 
 
-@pytest.mark.parametrize("value, expected", [
-    (2**63, float(2**63)), (2**64, float(2**64)), (-(2**63) - 1, float(-(2**63) - 1)),
-    (np.uint64(2**64 - 1), float(2**64 - 1)), (2**63 - 1, 2**63 - 1)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (2**63, float(2**63)),
+        (2**64, float(2**64)),
+        (-(2**63) - 1, float(-(2**63) - 1)),
+        (np.uint64(2**64 - 1), float(2**64 - 1)),
+        (2**63 - 1, 2**63 - 1),
+    ],
+)
 def test_integers_beyond_int64_are_exported_as_floats(tmp_path, value, expected, quiet):
     with traintel.init(project="ints", dir=str(tmp_path), **quiet, http_port=0) as run:
         run.log(big=value)
-        assert run.state.latest["big"] == expected and type(run.state.latest["big"]) is type(expected)
-        scraped = [line for line in generate_latest(run.registry).decode().splitlines()
-                   if line.startswith("traintel_metric{")]
+        assert run.state.latest["big"] == expected and type(run.state.latest["big"]) is type(
+            expected
+        )
+        scraped = [
+            line
+            for line in generate_latest(run.registry).decode().splitlines()
+            if line.startswith("traintel_metric{")
+        ]
         assert float(scraped[0].rsplit(" ", 1)[1]) == pytest.approx(float(expected))
         _still_serves(run)
 
 
-def test_a_number_beyond_float64_is_refused_naming_the_key_and_loses_nothing(tmp_path, quiet, recorded):
+def test_a_number_beyond_float64_is_refused_naming_the_key_and_loses_nothing(
+    tmp_path, quiet, recorded
+):
     """run.log(loss=10**400) used to throw away the writer's whole batch (run_start and config
     included), break every /metrics scrape and OTLP export, and make finish() raise."""
-    with traintel.init(project="huge", dir=str(tmp_path), **quiet, http_port=0,
-                       strict=True) as run:
+    with traintel.init(project="huge", dir=str(tmp_path), **quiet, http_port=0, strict=True) as run:
         run.log(loss=1.0)
         with pytest.raises(ValueError, match="'loss' is an integer of 1329 bits, beyond float64"):
             run.log(loss=10**400)
@@ -257,6 +352,9 @@ def test_a_number_beyond_float64_is_refused_naming_the_key_and_loses_nothing(tmp
     assert [line["type"] for line in lines][:2] == ["run_start", "config"]
     assert [s["metrics"]["loss"] for s in lines if s["type"] == "step"] == [1.0, 2.0]
     assert run.summary["record"]["dropped"] == 0 and math.isfinite(run.summary["loss"]["mean"])
-    record("run.log(loss=10**400)", "refused with the key named; nothing else lost",
-           "ValueError naming 'loss'; run_start, config and both good steps kept; dropped 0; "
-           "/status and /metrics serve")
+    record(
+        "run.log(loss=10**400)",
+        "refused with the key named; nothing else lost",
+        "ValueError naming 'loss'; run_start, config and both good steps kept; dropped 0; "
+        "/status and /metrics serve",
+    )

@@ -101,20 +101,39 @@ class Driver:
 
 
 # -- Hugging Face Trainer -------------------------------------------------------------------
-def _hf_train(integration: Any, tmp_path: Path, fail: str | None = None, bar: bool = False,
-              trainer: Any = None) -> Any:
+def _hf_train(
+    integration: Any,
+    tmp_path: Path,
+    fail: str | None = None,
+    bar: bool = False,
+    trainer: Any = None,
+) -> Any:
     from transformers import Trainer, TrainingArguments
 
     if trainer is None:
         train_set, eval_set = _datasets(fail)
         args = TrainingArguments(
-            output_dir=str(tmp_path / "hf"), per_device_train_batch_size=BATCH,
-            per_device_eval_batch_size=BATCH, num_train_epochs=EPOCHS, logging_steps=1,
-            eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True,
-            disable_tqdm=not bar, dataloader_num_workers=0, learning_rate=0.05,
-            lr_scheduler_type="constant")
-        trainer = Trainer(model=_model(fail), args=args, train_dataset=train_set,
-                          eval_dataset=eval_set, callbacks=[integration])
+            output_dir=str(tmp_path / "hf"),
+            per_device_train_batch_size=BATCH,
+            per_device_eval_batch_size=BATCH,
+            num_train_epochs=EPOCHS,
+            logging_steps=1,
+            eval_strategy="epoch",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=not bar,
+            dataloader_num_workers=0,
+            learning_rate=0.05,
+            lr_scheduler_type="constant",
+        )
+        trainer = Trainer(
+            model=_model(fail),
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            callbacks=[integration],
+        )
     trainer.train()
     return trainer
 
@@ -151,21 +170,30 @@ def _lightning_module(fail: str | None) -> Any:
 
 
 def _lightning_train(where: str) -> Callable[..., Any]:
-    def train(integration: Any, tmp_path: Path, fail: str | None = None, bar: bool = False
-              ) -> Any:
+    def train(integration: Any, tmp_path: Path, fail: str | None = None, bar: bool = False) -> Any:
         import lightning as L
 
         train_set, eval_set = _datasets(fail)
-        slot = {"logger": integration} if where == "logger" else \
-            {"logger": False, "callbacks": [integration]}
-        trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", enable_progress_bar=bar,
-                            enable_model_summary=False, log_every_n_steps=1,
-                            default_root_dir=str(tmp_path / "pl"), num_sanity_val_steps=0,
-                            **slot)
+        slot = (
+            {"logger": integration}
+            if where == "logger"
+            else {"logger": False, "callbacks": [integration]}
+        )
+        trainer = L.Trainer(
+            max_epochs=EPOCHS,
+            accelerator="cpu",
+            enable_progress_bar=bar,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            default_root_dir=str(tmp_path / "pl"),
+            num_sanity_val_steps=0,
+            **slot,
+        )
         module = _lightning_module(fail)
         val = DataLoader(eval_set, batch_size=BATCH)
         trainer.fit(module, DataLoader(train_set, batch_size=BATCH), val)
         return trainer, module, val
+
     return train
 
 
@@ -179,12 +207,14 @@ def _lightning_make(kind: str) -> Callable[..., Any]:
         from traintel.integrations import lightning
 
         return getattr(lightning, kind)(**options)
+
     return make
 
 
 # -- Accelerate -----------------------------------------------------------------------------
-def _accelerate_train(integration: Any, tmp_path: Path, fail: str | None = None,
-                      bar: bool = False) -> Any:
+def _accelerate_train(
+    integration: Any, tmp_path: Path, fail: str | None = None, bar: bool = False
+) -> Any:
     """The shape of the ``*_no_trainer.py`` examples: a loss logged each step, an evaluation
     logged at each epoch's end, ``end_training`` left to the caller."""
     from accelerate import Accelerator
@@ -196,7 +226,8 @@ def _accelerate_train(integration: Any, tmp_path: Path, fail: str | None = None,
     train_loader = DataLoader(train_set, batch_size=BATCH)
     eval_loader = DataLoader(eval_set, batch_size=BATCH)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader)
+        model, optimizer, train_loader, eval_loader
+    )
     accelerator.init_trackers("contract", config={"lr": 0.05, "epochs": EPOCHS})
     completed_steps = 0
     for epoch in range(EPOCHS):
@@ -208,8 +239,10 @@ def _accelerate_train(integration: Any, tmp_path: Path, fail: str | None = None,
             optimizer.zero_grad()
             completed_steps += 1
             mae = (out["logits"] - batch["labels"]).abs().mean().item()
-            accelerator.log({"train_loss": out["loss"].item(), "train/mae": mae,
-                             "epoch": epoch}, step=completed_steps)
+            accelerator.log(
+                {"train_loss": out["loss"].item(), "train/mae": mae, "epoch": epoch},
+                step=completed_steps,
+            )
         _accelerate_eval(accelerator, model, eval_loader, completed_steps)
     return accelerator, model, eval_loader, completed_steps
 
@@ -233,14 +266,36 @@ def _accelerate_make(**options: Any) -> Any:
 
 
 DRIVERS = [
-    Driver("huggingface", _hf_make, _hf_train,  # the Trainer logs none of the module's own
-           lambda trainer: trainer.evaluate(), sees_failures=False, records_logged=False),
-    Driver("lightning-logger", _lightning_make("TraintelLogger"), _lightning_train("logger"),
-           _lightning_evaluate, same_run_next_time="a Lightning logger is one version (one "
-           "run), as Lightning's own loggers are: a new job takes a new logger"),
-    Driver("lightning-callback", _lightning_make("TraintelCallback"),  # they stay with the
-           _lightning_train("callback"), _lightning_evaluate, records_logged=False),  # logger
-    Driver("accelerate", _accelerate_make, _accelerate_train, _accelerate_evaluate,
-           same_run_next_time="a tracker's run ends at accelerator.end_training()",
-           draws_bar=False, sees_failures=False),
+    Driver(
+        "huggingface",
+        _hf_make,
+        _hf_train,  # the Trainer logs none of the module's own
+        lambda trainer: trainer.evaluate(),
+        sees_failures=False,
+        records_logged=False,
+    ),
+    Driver(
+        "lightning-logger",
+        _lightning_make("TraintelLogger"),
+        _lightning_train("logger"),
+        _lightning_evaluate,
+        same_run_next_time="a Lightning logger is one version (one "
+        "run), as Lightning's own loggers are: a new job takes a new logger",
+    ),
+    Driver(
+        "lightning-callback",
+        _lightning_make("TraintelCallback"),  # they stay with the
+        _lightning_train("callback"),
+        _lightning_evaluate,
+        records_logged=False,
+    ),  # logger
+    Driver(
+        "accelerate",
+        _accelerate_make,
+        _accelerate_train,
+        _accelerate_evaluate,
+        same_run_next_time="a tracker's run ends at accelerator.end_training()",
+        draws_bar=False,
+        sees_failures=False,
+    ),
 ]

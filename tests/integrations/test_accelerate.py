@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import torch
+from drivers import no_run_left_open  # noqa: F401
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import read_lines
-from drivers import no_run_left_open  # noqa: F401
 
 
 def test_one_log_per_epoch_counts_every_step_and_sorts_the_evaluation(tmp_path, quiet):
@@ -39,9 +39,15 @@ def test_one_log_per_epoch_counts_every_step_and_sorts_the_evaluation(tmp_path, 
             completed_steps += 1
             total_loss += loss.item()
         eval_loss = total_loss / len(loader) * 1.1
-        logged.append({"perplexity": 2.0 ** eval_loss, "eval_loss": eval_loss,
-                       "train_loss": total_loss / len(loader), "epoch": epoch,
-                       "step": completed_steps})
+        logged.append(
+            {
+                "perplexity": 2.0**eval_loss,
+                "eval_loss": eval_loss,
+                "train_loss": total_loss / len(loader),
+                "epoch": epoch,
+                "step": completed_steps,
+            }
+        )
         accelerator.log(logged[-1], step=completed_steps)
     run = tracker.run
     accelerator.end_training()
@@ -50,15 +56,20 @@ def test_one_log_per_epoch_counts_every_step_and_sorts_the_evaluation(tmp_path, 
     lines = read_lines(run.dir)
     assert lines.of("config")[0]["config"] == {"learning_rate": 0.05, "num_train_epochs": 2}
     assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
-        (12, {"loss": logged[0]["train_loss"]}), (24, {"loss": logged[1]["train_loss"]})]
+        (12, {"loss": logged[0]["train_loss"]}),
+        (24, {"loss": logged[1]["train_loss"]}),
+    ]
     assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
         (12, {"perplexity": logged[0]["perplexity"], "eval_loss": logged[0]["eval_loss"]}),
-        (24, {"perplexity": logged[1]["perplexity"], "eval_loss": logged[1]["eval_loss"]})]
+        (24, {"perplexity": logged[1]["perplexity"], "eval_loss": logged[1]["eval_loss"]}),
+    ]
     summary = json.loads((run.dir / "summary.json").read_text())
     # the run started before the first step: the first line at step 12 stands for 12 steps
     assert (summary["steps"], summary["last_step"], summary["status"]) == (24, 24, "finished")
     assert summary["eval"]["perplexity"]["mode"] == "min"
     # the loop's epochs, from the "epoch" it logs (issue 29 finding 8: epochs were 0)
     assert [(e["epoch"], e["steps"], e["cut"]) for e in lines.of("epoch")] == [
-        (0, 12, False), (1, 12, False)]
+        (0, 12, False),
+        (1, 12, False),
+    ]
     assert (summary["epochs"], summary["epoch"]) == (2, 1)

@@ -13,19 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from drivers import DRIVERS, EVAL_STEPS, STEPS, Driver, no_run_left_open  # noqa: F401
 
 import traintel
-from traintel.integrations.base import record_name, split
-
 from conftest import read_lines
-from drivers import DRIVERS, EVAL_STEPS, STEPS, Driver, no_run_left_open  # noqa: F401
+from traintel.integrations.base import record_name, split
 
 pytestmark = pytest.mark.parametrize("driver", DRIVERS, ids=[d.name for d in DRIVERS])
 
 
 def make(driver: Driver, tmp_path: Path, quiet: dict, **options):
-    return driver.make(**{"project": "contract", "dir": str(tmp_path / "runs"), **quiet,
-                          **options})
+    return driver.make(**{"project": "contract", "dir": str(tmp_path / "runs"), **quiet, **options})
 
 
 def run_dirs(tmp_path: Path) -> list[Path]:
@@ -106,8 +104,7 @@ def test_a_datasets_error_is_a_data_error(driver, tmp_path, quiet):
     (directory,) = run_dirs(tmp_path)
     (error,) = read_lines(directory).of("error")
     assert (error["error_type"], error["operation"]) == ("data", "data_loading")
-    assert json.loads((directory / "summary.json").read_text())["errors"]["by_type"] == \
-        {"data": 1}
+    assert json.loads((directory / "summary.json").read_text())["errors"]["by_type"] == {"data": 1}
 
 
 def test_the_next_training_job_is_a_new_run(driver, tmp_path, quiet):
@@ -116,8 +113,9 @@ def test_the_next_training_job_is_a_new_run(driver, tmp_path, quiet):
     integration = make(driver, tmp_path, quiet)
     trained = driver.train(integration, tmp_path)
     first = integration.run
-    driver.train(integration, tmp_path, **({"trainer": trained} if driver.name ==
-                                           "huggingface" else {}))
+    driver.train(
+        integration, tmp_path, **({"trainer": trained} if driver.name == "huggingface" else {})
+    )
     assert first.finished and integration.run is not first
     integration.finish()
     assert len(run_dirs(tmp_path)) == 2
@@ -144,11 +142,29 @@ def test_names_are_mapped_one_way_for_every_integration(driver, tmp_path, quiet)
 
 def test_the_one_mapping(driver):
     """The rules every integration applies to a report, whatever its framework."""
-    assert [record_name(n) for n in ("train_loss", "train/loss", "loss", "learning_rate",
-                                     "train/mae", "val/mae", "eval.top1", "val acc")] == \
-        ["loss", "loss", "loss", "lr", "train/mae", "val/mae", "eval.top1", "val_acc"]
-    report = split({"train_loss_step": 1.0, "train_loss_epoch": 0.9, "val/mae": 0.5,
-                    "epoch": 3, "train_runtime": 10.0, "note": "text"})
+    assert [
+        record_name(n)
+        for n in (
+            "train_loss",
+            "train/loss",
+            "loss",
+            "learning_rate",
+            "train/mae",
+            "val/mae",
+            "eval.top1",
+            "val acc",
+        )
+    ] == ["loss", "loss", "loss", "lr", "train/mae", "val/mae", "eval.top1", "val_acc"]
+    report = split(
+        {
+            "train_loss_step": 1.0,
+            "train_loss_epoch": 0.9,
+            "val/mae": 0.5,
+            "epoch": 3,
+            "train_runtime": 10.0,
+            "note": "text",
+        }
+    )
     assert report == ({"loss": 1.0}, {"val/mae": 0.5}, {"train_loss_epoch": 0.9})
     # Accelerate's *_no_trainer end-of-epoch call: perplexity comes with eval_loss
     report = split({"perplexity": 9.5, "eval_loss": 2.25, "train_loss": 2.5, "step": 48})

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from drivers import no_run_left_open  # noqa: F401
 from torch.utils.data import Dataset
 
 import traintel
-from traintel.testing import capture
-
 from conftest import read_lines
-from drivers import no_run_left_open  # noqa: F401
+from traintel.testing import capture
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -38,32 +37,50 @@ class Tokens(Dataset):
 
 
 def hf_trainer(tmp_path: Path, callbacks=None, **args):
-    from transformers import (BertConfig, BertForSequenceClassification, Trainer,
-                              TrainingArguments)
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
     arguments = TrainingArguments(
-        output_dir=str(tmp_path / "out"), logging_steps=5, eval_strategy="steps",
-        eval_steps=10, save_steps=10, use_cpu=True, per_device_train_batch_size=4,
-        **{"max_steps": 20, "report_to": [], "disable_tqdm": True, **args})
-    return Trainer(model=model, args=arguments, train_dataset=Tokens(64, 0),
-                   eval_dataset=Tokens(16, 1), callbacks=callbacks)
+        output_dir=str(tmp_path / "out"),
+        logging_steps=5,
+        eval_strategy="steps",
+        eval_steps=10,
+        save_steps=10,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        **{"max_steps": 20, "report_to": [], "disable_tqdm": True, **args},
+    )
+    return Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=Tokens(64, 0),
+        eval_dataset=Tokens(16, 1),
+        callbacks=callbacks,
+    )
 
 
 def point(telemetry, name: str, **labels: str) -> float:
-    (value,) = [p.value for attrs, p in telemetry.points(name)
-                if all(attrs.get(k) == v for k, v in labels.items())]
+    (value,) = [
+        p.value
+        for attrs, p in telemetry.points(name)
+        if all(attrs.get(k) == v for k, v in labels.items())
+    ]
     return value
 
 
 def test_a_trainer_run_is_recorded_completely(tmp_path: Path, quiet) -> None:
     from traintel.integrations.huggingface import TraintelCallback
 
-    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"),
-                                **{**quiet, "otlp": None})
+    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **{**quiet, "otlp": None})
     with capture() as telemetry:
         trainer = hf_trainer(tmp_path, [callback], include_num_input_tokens_seen="all")
         trainer.train()
@@ -81,7 +98,10 @@ def test_a_trainer_run_is_recorded_completely(tmp_path: Path, quiet) -> None:
     assert {s["epoch"] for s in steps} == {0, 1}  # 16 batches per epoch
     evals = lines.of("eval")
     assert [(e["step"], sorted(e["metrics"])) for e in evals] == [
-        (10, ["eval_loss"]), (20, ["eval_loss"]), (20, ["test_loss"])]
+        (10, ["eval_loss"]),
+        (20, ["eval_loss"]),
+        (20, ["test_loss"]),
+    ]
     checkpoints = lines.of("event", "checkpoint")
     assert [c["step"] for c in checkpoints] == [10, 20]
     assert all(Path(c["fields"]["path"]).is_dir() for c in checkpoints)
@@ -101,8 +121,10 @@ def test_a_trainer_run_is_recorded_completely(tmp_path: Path, quiet) -> None:
     assert telemetry.metric("traintel_steps_total") == [20]
     assert telemetry.metric("traintel_samples_total") == [80]
     assert telemetry.metric("traintel_loss") == [logged[20]["loss"]]
-    assert point(telemetry, "traintel_eval_value", metric="eval_loss") == \
-        evals[1]["metrics"]["eval_loss"]
+    assert (
+        point(telemetry, "traintel_eval_value", metric="eval_loss")
+        == evals[1]["metrics"]["eval_loss"]
+    )
     assert point(telemetry, "traintel_events_total", event="checkpoint") == 2
     assert telemetry.span_names().count("epoch") == 2
 
@@ -120,8 +142,9 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path: Path, quiet) -> None
     assert state["stateful_callbacks"]["TraintelCallback"]["attributes"]["run_id"] == run_id
 
     second = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **quiet)
-    hf_trainer(tmp_path, [second]).train(resume_from_checkpoint=str(tmp_path / "out" /
-                                                                    "checkpoint-10"))
+    hf_trainer(tmp_path, [second]).train(
+        resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-10")
+    )
     assert second.run.id == run_id
     second.finish()
     lines = read_lines(tmp_path / "runs" / run_id)
@@ -135,10 +158,12 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path: Path, quiet) -> None
 def test_report_to_traintel_needs_nothing_but_an_import(tmp_path: Path, order: str) -> None:
     """transformers looks report_to names up in a module dict; `import traintel` adds
     "traintel" whether transformers' integrations are imported before or after it."""
-    imports = ("import traintel\nfrom transformers import Trainer, TrainingArguments\n"
-               if order == "traintel first" else
-               "from transformers import Trainer, TrainingArguments\n"
-               "import transformers.integrations.integration_utils\nimport traintel\n")
+    imports = (
+        "import traintel\nfrom transformers import Trainer, TrainingArguments\n"
+        if order == "traintel first"
+        else "from transformers import Trainer, TrainingArguments\n"
+        "import transformers.integrations.integration_utils\nimport traintel\n"
+    )
     script = imports + textwrap.dedent(f"""
         import torch
         args = TrainingArguments(output_dir={str(tmp_path / "out")!r}, report_to="traintel",
@@ -146,8 +171,13 @@ def test_report_to_traintel_needs_nothing_but_an_import(tmp_path: Path, order: s
         trainer = Trainer(model=torch.nn.Linear(2, 2), args=args)
         print(sorted(type(c).__name__ for c in trainer.callback_handler.callbacks))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(SRC)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "TraintelCallback" in done.stdout.splitlines()[-1]
 
@@ -187,8 +217,13 @@ def test_300_per_layer_names_never_stop_a_trainer_run(tmp_path: Path, quiet) -> 
 
     callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **quiet)
     base = hf_trainer(tmp_path, [callback])
-    trainer = PerLayerNorms(model=base.model, args=base.args, train_dataset=base.train_dataset,
-                            eval_dataset=base.eval_dataset, callbacks=[callback])
+    trainer = PerLayerNorms(
+        model=base.model,
+        args=base.args,
+        train_dataset=base.train_dataset,
+        eval_dataset=base.eval_dataset,
+        callbacks=[callback],
+    )
     trainer.train()
     run = callback.run
     callback.finish()
@@ -198,15 +233,16 @@ def test_300_per_layer_names_never_stop_a_trainer_run(tmp_path: Path, quiet) -> 
     assert len(logged) == 4 and all("layer0/grad_norm" in m for m in logged)
     assert all("layer299/grad_norm" not in m for m in logged)
     assert [e["step"] for e in lines.of("event", "checkpoint")] == [10, 20]
-    refused = [line["message"] for line in lines.of("log")
-               if "would be name number" in line["message"]]
-    assert len(refused) == len(set(refused)) and any("'layer299/grad_norm'" in m
-                                                     for m in refused)
+    refused = [
+        line["message"] for line in lines.of("log") if "would be name number" in line["message"]
+    ]
+    assert len(refused) == len(set(refused)) and any("'layer299/grad_norm'" in m for m in refused)
     assert summary["refused"]["name_budget"] > 0
 
 
 def test_early_stopping_is_an_event_and_the_best_models_evaluation_says_its_step(
-        tmp_path: Path, quiet) -> None:
+    tmp_path: Path, quiet
+) -> None:
     """Issue 29 finding 9: a run stopped by EarlyStoppingCallback said nothing of why, and the
     final evaluate() of the reloaded best model read as the last model's."""
     from transformers import EarlyStoppingCallback
@@ -214,10 +250,14 @@ def test_early_stopping_is_an_event_and_the_best_models_evaluation_says_its_step
     from traintel.integrations.huggingface import TraintelCallback
 
     callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **quiet)
-    trainer = hf_trainer(tmp_path, [callback, EarlyStoppingCallback(early_stopping_patience=1,
-                                                                    early_stopping_threshold=10.0)],
-                         max_steps=60, load_best_model_at_end=True,
-                         metric_for_best_model="eval_loss", greater_is_better=False)
+    trainer = hf_trainer(
+        tmp_path,
+        [callback, EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=10.0)],
+        max_steps=60,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+    )
     trainer.train()
     trainer.evaluate()
     run = callback.run

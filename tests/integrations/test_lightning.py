@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from drivers import no_run_left_open  # noqa: F401
 from torch.utils.data import DataLoader, TensorDataset
 
-from traintel.testing import capture
-
 from conftest import read_lines
-from drivers import no_run_left_open  # noqa: F401
+from traintel.testing import capture
 
 
 def lightning_fit(tmp_path: Path, **trainer_args):
@@ -50,17 +49,27 @@ def lightning_fit(tmp_path: Path, **trainer_args):
 
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
-    trainer = L.Trainer(**{"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False,
-                           "enable_model_summary": False,
-                           "default_root_dir": str(tmp_path / "pl"), **trainer_args})
+    trainer = L.Trainer(
+        **{
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path / "pl"),
+            **trainer_args,
+        }
+    )
     module = Regression()
     trainer.fit(module, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
     return trainer, module, DataLoader(data, batch_size=8)
 
 
 def point(telemetry, name: str, **labels: str) -> float:
-    (value,) = [p.value for attrs, p in telemetry.points(name)
-                if all(attrs.get(k) == v for k, v in labels.items())]
+    (value,) = [
+        p.value
+        for attrs, p in telemetry.points(name)
+        if all(attrs.get(k) == v for k, v in labels.items())
+    ]
     return value
 
 
@@ -83,16 +92,21 @@ def test_the_logger_records_what_the_module_logs_and_what_the_loop_knows(tmp_pat
     assert all("train/abs_error" in s["metrics"] for s in steps)  # as named
     assert run.summary["samples"] == 64 and run.summary["step_time"]["mean_s"] > 0
     assert [(e["step"], list(e["metrics"])) for e in lines.of("eval")] == [
-        (4, ["val_loss"]), (8, ["val_loss"]), (8, ["test_loss"])]
+        (4, ["val_loss"]),
+        (8, ["val_loss"]),
+        (8, ["test_loss"]),
+    ]
     assert lines.of("config")[0]["config"]["hparams"] == {"lr": 0.05}
     # the per-epoch aggregate: a values line, in the summary and exported
     epoch_means = [v["metrics"]["train_loss_epoch"] for v in lines.of("values")]
-    assert epoch_means == pytest.approx([sum(module.computed[:4]) / 4,
-                                         sum(module.computed[4:]) / 4])
+    assert epoch_means == pytest.approx(
+        [sum(module.computed[:4]) / 4, sum(module.computed[4:]) / 4]
+    )
     assert run.summary["metrics"]["train_loss_epoch"] == epoch_means[-1]
     assert point(telemetry, "traintel_metric", metric="train_loss_epoch") == epoch_means[-1]
-    assert point(telemetry, "traintel_eval_best", metric="val_loss") == \
-        min(e["metrics"]["val_loss"] for e in lines.of("eval") if "val_loss" in e["metrics"])
+    assert point(telemetry, "traintel_eval_best", metric="val_loss") == min(
+        e["metrics"]["val_loss"] for e in lines.of("eval") if "val_loss" in e["metrics"]
+    )
 
 
 def test_the_checkpoint_directory_is_named_by_the_run_id(tmp_path, quiet):
@@ -111,22 +125,23 @@ def test_the_checkpoint_directory_is_named_by_the_run_id(tmp_path, quiet):
     assert Path(saved).parent == tmp_path / "pl" / "traintel" / run.id / "checkpoints"
 
 
-def test_the_callback_records_the_loss_the_module_computed_under_accumulation(tmp_path,
-                                                                               quiet):
+def test_the_callback_records_the_loss_the_module_computed_under_accumulation(tmp_path, quiet):
     """Lightning divides training_step's loss by accumulate_grad_batches before the callback
     sees it; the record has the module's own loss, the mean over the step's micro-batches."""
     from traintel.integrations.lightning import TraintelCallback
 
     callback = TraintelCallback(project="pl", dir=str(tmp_path / "runs"), **quiet)
-    trainer, module, _ = lightning_fit(tmp_path, logger=False, accumulate_grad_batches=2,
-                                       callbacks=[callback])
+    trainer, module, _ = lightning_fit(
+        tmp_path, logger=False, accumulate_grad_batches=2, callbacks=[callback]
+    )
     run = callback.run
     callback.finish()
     steps = read_lines(run.dir).of("step")
     assert [s["step"] for s in steps] == [1, 2, 3, 4]  # 8 batches, 2 per optimizer step
     computed = module.computed
     assert [s["metrics"]["loss"] for s in steps] == [
-        (computed[i] + computed[i + 1]) / 2 for i in range(0, 8, 2)]
+        (computed[i] + computed[i + 1]) / 2 for i in range(0, 8, 2)
+    ]
     assert all(s["metrics"]["samples"] == 16 for s in steps)
     assert run.summary["loss"]["final"] == (computed[6] + computed[7]) / 2
 
@@ -135,8 +150,11 @@ def test_logger_and_callback_together_are_refused(tmp_path, quiet):
     from traintel.integrations.lightning import TraintelCallback, TraintelLogger
 
     with pytest.raises(ValueError, match="not both"):
-        lightning_fit(tmp_path, logger=TraintelLogger(dir=str(tmp_path / "runs"), **quiet),
-                      callbacks=[TraintelCallback(dir=str(tmp_path / "runs"), **quiet)])
+        lightning_fit(
+            tmp_path,
+            logger=TraintelLogger(dir=str(tmp_path / "runs"), **quiet),
+            callbacks=[TraintelCallback(dir=str(tmp_path / "runs"), **quiet)],
+        )
 
 
 def test_a_crash_report_names_the_exception_under_the_logger(tmp_path, quiet):

@@ -11,10 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import QUIET, read_lines
 from traintel.cli import main as cli
 from traintel.integrations.optuna import trial_run
-
-from conftest import QUIET, read_lines
 
 optuna = pytest.importorskip("optuna")
 
@@ -24,8 +23,11 @@ def _study(tmp_path, n_trials: int = 12, failing: int | None = None, direction="
     pruner, trial ``failing`` raises."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name="lr-study", direction=direction, sampler=optuna.samplers.TPESampler(seed=0),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+        study_name="lr-study",
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=0),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
     runs = {}
 
     def objective(trial):
@@ -80,8 +82,7 @@ def test_pruned_trials_end_pruned_and_the_rest_carry_their_objective(tmp_path) -
             assert summary["errors"]["total"] == 1
 
 
-def test_status_all_counts_pruned_apart_and_compare_ranks_the_study(tmp_path,
-                                                                    monkeypatch) -> None:
+def test_status_all_counts_pruned_apart_and_compare_ranks_the_study(tmp_path, monkeypatch) -> None:
     study, runs = _study(tmp_path, failing=5)
     monkeypatch.setenv("TRAINTEL_DIR", str(tmp_path))
     states = [t.state.name for t in study.trials]
@@ -90,17 +91,24 @@ def test_status_all_counts_pruned_apart_and_compare_ranks_the_study(tmp_path,
     pruned, complete = states.count("PRUNED"), states.count("COMPLETE")
     assert f"{len(states)} runs: 1 failed, {pruned} pruned, {complete} finished" in result.output
 
-    listed = json.loads(CliRunner().invoke(cli, ["status", "--all", "--status", "pruned",
-                                                 "--format", "json"]).output)
+    listed = json.loads(
+        CliRunner()
+        .invoke(cli, ["status", "--all", "--status", "pruned", "--format", "json"])
+        .output
+    )
     assert len(listed) == pruned
 
-    ranked = json.loads(CliRunner().invoke(
-        cli, ["logs", "compare", "--group", "lr-study", "--format", "json"]).output)
+    ranked = json.loads(
+        CliRunner()
+        .invoke(cli, ["logs", "compare", "--group", "lr-study", "--format", "json"])
+        .output
+    )
     assert len(ranked) == len(states)
     finished = [r for r in ranked if r["status"] == "finished"]
     assert [r["rank"] for r in finished] == list(range(1, complete + 1))
     assert [r["objective"] for r in finished] == sorted(
-        t.value for t in study.trials if t.state.name == "COMPLETE")
+        t.value for t in study.trials if t.state.name == "COMPLETE"
+    )
     assert finished[0]["objective"] == pytest.approx(study.best_value)
     assert all(r["rank"] is None for r in ranked[complete:])  # pruned and failed follow
     assert CliRunner().invoke(cli, ["logs", "compare", "--group", "other"]).exit_code != 0
@@ -109,6 +117,9 @@ def test_status_all_counts_pruned_apart_and_compare_ranks_the_study(tmp_path,
 def test_a_maximized_study_ranks_the_largest_first(tmp_path, monkeypatch) -> None:
     study, _ = _study(tmp_path, n_trials=6, direction="maximize")
     monkeypatch.setenv("TRAINTEL_DIR", str(tmp_path))
-    ranked = json.loads(CliRunner().invoke(
-        cli, ["logs", "compare", "--group", "lr-study", "--format", "json"]).output)
+    ranked = json.loads(
+        CliRunner()
+        .invoke(cli, ["logs", "compare", "--group", "lr-study", "--format", "json"])
+        .output
+    )
     assert ranked[0]["objective"] == pytest.approx(study.best_value)

@@ -33,15 +33,24 @@ max_train_steps = 45  # 2 epochs of 24 optimizer steps, stopped early at 45
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # a small model: more threads only contend on a loaded machine
-dataset = TensorDataset(torch.randn(96 * per_device_train_batch_size, 32),
-                        torch.randn(96 * per_device_train_batch_size, 1))
+dataset = TensorDataset(
+    torch.randn(96 * per_device_train_batch_size, 32),
+    torch.randn(96 * per_device_train_batch_size, 1),
+)
 train_dataloader = DataLoader(dataset, batch_size=per_device_train_batch_size, shuffle=True)
 model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 1))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 lr_scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.1, max_train_steps)
 
-run = traintel.init(project="loops", name="accelerate-style", dir=out_dir, progress="off",
-                    total_steps=max_train_steps, sample_interval=0, flush_interval=0.2)
+run = traintel.init(
+    project="loops",
+    name="accelerate-style",
+    dir=out_dir,
+    progress="off",
+    total_steps=max_train_steps,
+    sample_interval=0,
+    flush_interval=0.2,
+)
 measured = {"losses": {}, "batches": 0}
 completed_steps = 0
 started = time.time()
@@ -62,9 +71,14 @@ for epoch in range(num_train_epochs):
             optimizer.zero_grad()
             completed_steps += 1
             loss_value = loss.item() * gradient_accumulation_steps
-            run.log({"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
-                     "samples": per_device_train_batch_size * gradient_accumulation_steps},
-                    step=completed_steps)
+            run.log(
+                {
+                    "train_loss": loss_value,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "samples": per_device_train_batch_size * gradient_accumulation_steps,
+                },
+                step=completed_steps,
+            )
             measured["losses"][completed_steps] = loss_value
         if completed_steps >= max_train_steps:
             break

@@ -38,7 +38,8 @@ class LazyGroup(click.Group):
         except MissingExtra as missing:
             raise click.ClickException(str(missing)) from None
         except click.ClickException as error:  # every command's error: no URL credentials
-            setattr(error, "message", _redacted(error.message))  # its class keeps its exit code
+            # the class keeps its exit code; click's stubs mark message Final, the text is ours
+            error.message = _redacted(error.message)  # type: ignore[misc]
             raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:

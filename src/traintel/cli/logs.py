@@ -20,27 +20,40 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from traintel.reports import analysis, render
+from traintel.cli.output import table
 from traintel.core import extras
 from traintel.record.format import LEVELS, RawLine
-from traintel.record.reader import (Records, RecordNotFound, find_run, is_run, last_records,
-                                    runs_dir)
+from traintel.record.reader import RecordNotFound, Records, find_run, is_run, last_records, runs_dir
 from traintel.record.reader import follow as follow_records
-
+from traintel.reports import analysis, render
 from traintel.reports.render import describe, duration, iso, num
 
-from traintel.cli.output import table
-
-_COLOURS = {"debug": "bright_black", "info": None, "warning": "yellow", "error": "red",
-            "critical": "bright_red"}
+_COLOURS = {
+    "debug": "bright_black",
+    "info": None,
+    "warning": "yellow",
+    "error": "red",
+    "critical": "bright_red",
+}
 FC = TypeVar("FC", bound=Callable[..., object])
-_KINDS = {"timers": "timer", "operations": "operation", "counters": "counter", "gauges": "gauge",
-          "histograms": "histogram"}
+_KINDS = {
+    "timers": "timer",
+    "operations": "operation",
+    "counters": "counter",
+    "gauges": "gauge",
+    "histograms": "histogram",
+}
 
 
 def _format(*choices: str, default: str = "text") -> Callable[[FC], FC]:
-    return click.option("--format", "fmt", type=click.Choice(choices), default=default,
-                        show_default=True, help="Output format; json is for scripts.")
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help="Output format; json is for scripts.",
+    )
 
 
 _text_or_json = _format("text", "json")
@@ -97,9 +110,11 @@ def _line(record: RawLine, prefix: str = "") -> None:
     """One record as ``time level [rank] text``, the level coloured on a terminal."""
     level = record.get("level") or "info"
     rank = f" rank {record['rank']}" if record.get("rank") else ""
-    click.echo(f"{prefix}{iso(record.get('ts'))} "
-               f"{click.style(level.upper().ljust(8), fg=_COLOURS.get(level))}{rank} "
-               f"{record.get('type')}: {describe(record)}")
+    click.echo(
+        f"{prefix}{iso(record.get('ts'))} "
+        f"{click.style(level.upper().ljust(8), fg=_COLOURS.get(level))}{rank} "
+        f"{record.get('type')}: {describe(record)}"
+    )
 
 
 class _Group(click.Group):
@@ -158,11 +173,24 @@ def _print_summary(s: dict[str, Any]) -> None:
     loss, rate = s["loss"], s["throughput"]
     segments = s["segments"]
     rows = [
-        ("run", s["run"] or "-"), ("name", s["name"] or "-"), ("record", s["path"]),
+        ("run", s["run"] or "-"),
+        ("name", s["name"] or "-"),
+        ("record", s["path"]),
         ("status", s["status"]),
-        *((("segments", f"{len(segments)}: " + ", ".join(
-            f"{seg['status'] or 'running'} ({num(seg['steps'])} steps)" for seg in segments)),)
-          if len(segments) > 1 else ()),
+        *(
+            (
+                (
+                    "segments",
+                    f"{len(segments)}: "
+                    + ", ".join(
+                        f"{seg['status'] or 'running'} ({num(seg['steps'])} steps)"
+                        for seg in segments
+                    ),
+                ),
+            )
+            if len(segments) > 1
+            else ()
+        ),
         *((("tags", ", ".join(s["tags"])),) if s["tags"] else ()),
         *((("group", s["group"]),) if s["group"] else ()),
         *((("notes", s["notes"]),) if s["notes"] else ()),
@@ -171,30 +199,67 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("duration", duration(s["duration_s"])),
         ("events", f"{num(s['events'])} ({_counts(s['by_type'])})"),
         ("levels", _counts(s["by_level"]) or "-"),
-        ("errors", f"{s['errors']} ({_counts(s['errors_by_type'])})" if s["errors_by_type"]
-         else str(s["errors"])),
-        *([("root cause", f"rank {s['root_cause']['rank']}: {s['root_cause']['error_type']} "
-                          f"({s['root_cause']['exc_type']}) at step {s['root_cause']['step']}, "
-                          "the first error of the job")] if s.get("root_cause") else []),
+        (
+            "errors",
+            f"{s['errors']} ({_counts(s['errors_by_type'])})"
+            if s["errors_by_type"]
+            else str(s["errors"]),
+        ),
+        *(
+            [
+                (
+                    "root cause",
+                    f"rank {s['root_cause']['rank']}: {s['root_cause']['error_type']} "
+                    f"({s['root_cause']['exc_type']}) at step {s['root_cause']['step']}, "
+                    "the first error of the job",
+                )
+            ]
+            if s.get("root_cause")
+            else []
+        ),
         ("warnings", str(s["warnings"])),
-        ("steps", f"{num(s['steps'])}" + (f" (last step {num(s['last_step'])})"
-                                          if s["last_step"] is not None else "")
-         + (f" in {s['epochs']} epoch(s)" if s["epochs"] else "")),
+        (
+            "steps",
+            f"{num(s['steps'])}"
+            + (f" (last step {num(s['last_step'])})" if s["last_step"] is not None else "")
+            + (f" in {s['epochs']} epoch(s)" if s["epochs"] else ""),
+        ),
         ("loss", _loss(loss)),
-        ("throughput" + (f" (job: {len(s['ranks'])} ranks)" if len(s["ranks"]) > 1 else ""),
-         _rates(rate)),
-        *((f"  rank {rank}", _rates(rates)) for rank, rates in s["throughput_by_rank"].items()
-          if len(s["ranks"]) > 1),
-        ("step time", f"mean {num(s['step_time_mean_s'])}s" if s["step_time_mean_s"] is not None
-         else "not measured"),
+        (
+            "throughput" + (f" (job: {len(s['ranks'])} ranks)" if len(s["ranks"]) > 1 else ""),
+            _rates(rate),
+        ),
+        *(
+            (f"  rank {rank}", _rates(rates))
+            for rank, rates in s["throughput_by_rank"].items()
+            if len(s["ranks"]) > 1
+        ),
+        (
+            "step time",
+            f"mean {num(s['step_time_mean_s'])}s"
+            if s["step_time_mean_s"] is not None
+            else "not measured",
+        ),
     ]
-    rows += [(f"non-finite {k}", f"{v['count']} from step {v['first_step']} to {v['last_step']}")
-             for k, v in s["nonfinite"].items() if k != "loss"]
-    rows += [(f"eval {k}", f"last {num(v['last'])}, best {num(v['best'])}"
-              + (f" at step {v['best_step']} ({v['mode']})" if v["best"] is not None else
-                 f" (no finite value; {v['mode']})" if v.get("mode") else
-                 " (no direction: pass goals=)"))
-             for k, v in s["eval"].items()]
+    rows += [
+        (f"non-finite {k}", f"{v['count']} from step {v['first_step']} to {v['last_step']}")
+        for k, v in s["nonfinite"].items()
+        if k != "loss"
+    ]
+    rows += [
+        (
+            f"eval {k}",
+            f"last {num(v['last'])}, best {num(v['best'])}"
+            + (
+                f" at step {v['best_step']} ({v['mode']})"
+                if v["best"] is not None
+                else f" (no finite value; {v['mode']})"
+                if v.get("mode")
+                else " (no direction: pass goals=)"
+            ),
+        )
+        for k, v in s["eval"].items()
+    ]
     rows += [("unreadable", s["unreadable"])] if s["unreadable"] else []
     table(["", ""], [list(r) for r in rows], title=f"Run {s['run'] or s['path']}")
 
@@ -203,8 +268,10 @@ def _loss(loss: dict[str, Any]) -> str:
     """The loss as logged, its best, and where it stopped being finite."""
     text = f"final {num(loss['final'])}, best {num(loss['best'])}"
     if loss["nonfinite"]:
-        text += (f", {loss['nonfinite']} non-finite from step {loss['first_nonfinite_step']}"
-                 f" (last finite {num(loss['last_finite'])})")
+        text += (
+            f", {loss['nonfinite']} non-finite from step {loss['first_nonfinite_step']}"
+            f" (last finite {num(loss['last_finite'])})"
+        )
     return text
 
 
@@ -230,14 +297,28 @@ def errors(target: str, verbose: bool, fmt: str) -> None:
     if fmt == "json":
         _json({**counts, **result, "skipped_lines": records.bad})
         return
-    click.echo(f"Run {counts['run'] or records.path}: {counts['status']}, "
-               f"{counts['errors']} error(s), {counts['warnings']} warning(s)")
+    click.echo(
+        f"Run {counts['run'] or records.path}: {counts['status']}, "
+        f"{counts['errors']} error(s), {counts['warnings']} warning(s)"
+    )
     if not result["records"]:
         click.echo("No errors or warnings.")
     else:
-        table(["level", "type", "kind", "count", "first", "last"],
-               [[g["level"], g["type"], g["kind"], str(g["count"]), iso(g["first_ts"]),
-                 iso(g["last_ts"])] for g in result["groups"]], title="By kind")
+        table(
+            ["level", "type", "kind", "count", "first", "last"],
+            [
+                [
+                    g["level"],
+                    g["type"],
+                    g["kind"],
+                    str(g["count"]),
+                    iso(g["first_ts"]),
+                    iso(g["last_ts"]),
+                ]
+                for g in result["groups"]
+            ],
+            title="By kind",
+        )
         click.echo()
         for r in result["records"]:
             _line(r)
@@ -265,14 +346,26 @@ def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @logs.command()
 @click.argument("pattern")
 @click.argument("target", metavar="RUN")
-@click.option("--event", "events", multiple=True, metavar="E",
-              help="Only records of this type (step, error, log...) or event name (checkpoint...).")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    metavar="E",
+    help="Only records of this type (step, error, log...) or event name (checkpoint...).",
+)
 @click.option("--level", type=click.Choice(LEVELS), help="Only this level and above.")
 @click.option("--since", callback=_time, metavar="T", help="ISO time, Unix seconds or age (10m).")
 @click.option("--until", callback=_time, metavar="T", help="ISO time, Unix seconds or age (10m).")
 @_text_or_json
-def grep(pattern: str, target: str, events: tuple[str, ...], level: str | None,
-         since: float | None, until: float | None, fmt: str) -> None:
+def grep(
+    pattern: str,
+    target: str,
+    events: tuple[str, ...],
+    level: str | None,
+    since: float | None,
+    until: float | None,
+    fmt: str,
+) -> None:
     """Search records by regex, type, level and time.
 
     PATTERN is matched against each record as key=value text (nested keys dotted, e.g.
@@ -294,8 +387,9 @@ def grep(pattern: str, target: str, events: tuple[str, ...], level: str | None,
 
 @logs.command()
 @click.argument("target", metavar="RUN")
-@click.option("--filter", "kind", type=click.Choice(list(_KINDS)),
-              help="Only one kind of instrument.")
+@click.option(
+    "--filter", "kind", type=click.Choice(list(_KINDS)), help="Only one kind of instrument."
+)
 @_text_or_json
 def metrics(target: str, kind: str | None, fmt: str) -> None:
     """Custom instruments: count, total, mean, percentiles.
@@ -310,34 +404,54 @@ def metrics(target: str, kind: str | None, fmt: str) -> None:
         _json(found)
     elif not found and kind and every.found:
         kinds = sorted({str(i["kind"]) for i in every.result()})
-        click.echo(f"No {kind} recorded; the run has instruments of other kinds: "
-                   f"{', '.join(kinds)} (--filter {' or '.join(k + 's' for k in kinds)}; "
-                   f"spans and run.operation are operations).")
+        click.echo(
+            f"No {kind} recorded; the run has instruments of other kinds: "
+            f"{', '.join(kinds)} (--filter {' or '.join(k + 's' for k in kinds)}; "
+            f"spans and run.operation are operations)."
+        )
     elif not found:
         click.echo("No instruments recorded (they are written when the run ends).")
     else:
         stats = ["count", "total", "mean", "p50", "p95", "p99", "min", "max"]
         ranked = len({i["rank"] for i in found}) > 1
-        table((["rank"] if ranked else []) + ["name", "kind"] + stats,
-               [([str(i["rank"])] if ranked else []) + [str(i["name"]), str(i["kind"])]
-                + [num(i[k]) for k in stats] for i in found])
+        table(
+            (["rank"] if ranked else []) + ["name", "kind"] + stats,
+            [
+                ([str(i["rank"])] if ranked else [])
+                + [str(i["name"]), str(i["kind"])]
+                + [num(i[k]) for k in stats]
+                for i in found
+            ],
+        )
     _report_skipped(records)
 
 
 @logs.command()
 @click.argument("targets", metavar="RUN...|DIR", nargs=-1)
-@click.option("--group", metavar="GROUP",
-              help="The runs of this group (a sweep, a study): under DIR, else $TRAINTEL_DIR or "
-                   "./traintel-runs; ranked by --by.")
-@click.option("--by", "by", metavar="METRIC",
-              help="Rank by this eval metric's last value, best first, in its direction "
-                   "(default with --group: objective, as traintel.integrations.optuna records "
-                   "it). Finished runs are ranked; pruned, stopped and failed ones follow.")
+@click.option(
+    "--group",
+    metavar="GROUP",
+    help="The runs of this group (a sweep, a study): under DIR, else $TRAINTEL_DIR or "
+    "./traintel-runs; ranked by --by.",
+)
+@click.option(
+    "--by",
+    "by",
+    metavar="METRIC",
+    help="Rank by this eval metric's last value, best first, in its direction "
+    "(default with --group: objective, as traintel.integrations.optuna records "
+    "it). Finished runs are ranked; pruned, stopped and failed ones follow.",
+)
 @_format("table", "csv", "json", default="table")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write here instead of standard output.")
-def compare(targets: tuple[str, ...], group: str | None, by: str | None, fmt: str,
-            output: Path | None) -> None:
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output.",
+)
+def compare(
+    targets: tuple[str, ...], group: str | None, by: str | None, fmt: str, output: Path | None
+) -> None:
     """Compare runs side by side.
 
     One row per run: the config keys that differ between runs, final and best metrics, steps,
@@ -369,7 +483,8 @@ def compare(targets: tuple[str, ...], group: str | None, by: str | None, fmt: st
             recorded = sorted({name for s in summaries for name in s["eval"]})
             raise click.ClickException(
                 f"no run recorded the eval metric {metric!r} (run.log_eval); rank by one they "
-                f"did: {', '.join(f'--by {n}' for n in recorded) or '--by NAME'}")
+                f"did: {', '.join(f'--by {n}' for n in recorded) or '--by NAME'}"
+            )
         rows = analysis.rank_by(summaries, rows, metric)
     if fmt == "json":
         text = _dumps(rows)
@@ -389,10 +504,16 @@ def compare(targets: tuple[str, ...], group: str | None, by: str | None, fmt: st
 
 @logs.command()
 @click.argument("target", metavar="RUN")
-@click.option("--lines", "-n", default=10, show_default=True,
-              help="How many recent records to show.")
-@click.option("--follow", "-f", "keep_following", is_flag=True,
-              help="Keep printing new records as they are written (through rotation).")
+@click.option(
+    "--lines", "-n", default=10, show_default=True, help="How many recent records to show."
+)
+@click.option(
+    "--follow",
+    "-f",
+    "keep_following",
+    is_flag=True,
+    help="Keep printing new records as they are written (through rotation).",
+)
 @_text_or_json
 def tail(target: str, lines: int, keep_following: bool, fmt: str) -> None:
     """Last records of a run; --follow for new ones.
@@ -412,9 +533,14 @@ def tail(target: str, lines: int, keep_following: bool, fmt: str) -> None:
 
 @logs.command()
 @click.argument("target", metavar="RUN")
-@click.option("--alert-on", "rules", multiple=True, required=True, metavar="LEVEL|REGEX",
-              help="A level (alert at it and above) or a regex over the record's key=value text. "
-                   "Repeatable.")
+@click.option(
+    "--alert-on",
+    "rules",
+    multiple=True,
+    required=True,
+    metavar="LEVEL|REGEX",
+    help="A level (alert at it and above) or a regex over the record's key=value text. Repeatable.",
+)
 @click.option("--exit-on-alert", is_flag=True, help="Exit with status 1 at the first alert.")
 @_text_or_json
 def monitor(target: str, rules: tuple[str, ...], exit_on_alert: bool, fmt: str) -> None:
@@ -451,10 +577,17 @@ def monitor(target: str, rules: tuple[str, ...], exit_on_alert: bool, fmt: str) 
 
 @logs.command()
 @click.argument("target", metavar="RUN")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report here (default: standard output).")
-@click.option("--plot", is_flag=True,
-              help="Also write PNG plots of loss, throughput and memory next to the report.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here (default: standard output).",
+)
+@click.option(
+    "--plot",
+    is_flag=True,
+    help="Also write PNG plots of loss, throughput and memory next to the report.",
+)
 @_format("markdown", "json", default="markdown")
 def report(target: str, output: Path | None, plot: bool, fmt: str) -> None:
     """Markdown report with errors, performance and plots.
@@ -477,12 +610,22 @@ def report(target: str, output: Path | None, plot: bool, fmt: str) -> None:
         prefix = f"{output.stem}-" if output else f"{summary['run'] or 'report'}-"
         plots = render.save_figures(figures, directory, prefix)
     if fmt == "json":
-        result = {"summary": summary, "step_time": step_time,
-                  "errors": problems.result()["groups"], "instruments": instruments.result(),
-                  "plots": {name: str(path) for name, path in plots.items()}}
+        result = {
+            "summary": summary,
+            "step_time": step_time,
+            "errors": problems.result()["groups"],
+            "instruments": instruments.result(),
+            "plots": {name: str(path) for name, path in plots.items()},
+        }
         text = _dumps(result)
     else:
-        text = render.run_report(summary, problems.result(), instruments.result(), step_time,
-                                 plots, base=output.parent if output else Path.cwd())
+        text = render.run_report(
+            summary,
+            problems.result(),
+            instruments.result(),
+            step_time,
+            plots,
+            base=output.parent if output else Path.cwd(),
+        )
     _emit(text, output, *plots.values())
     _report_skipped(records)

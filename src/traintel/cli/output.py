@@ -34,4 +34,5 @@ def table(columns: list[str], rows: list[list[str]], title: str | None = None) -
 def _transposed(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
     """One column per row, headed by its first cell (a run's name, say)."""
     return [columns[0], *(row[0] for row in rows)], [
-        [name, *(row[i] for row in rows)] for i, name in enumerate(columns) if i]
+        [name, *(row[i] for row in rows)] for i, name in enumerate(columns) if i
+    ]

@@ -6,18 +6,28 @@ from pathlib import Path
 
 import click
 
-from traintel.reports.diagnostics import build_report
 from traintel.record.files import encode
 from traintel.record.reader import RecordNotFound, find_run
+from traintel.reports.diagnostics import build_report
 from traintel.reports.render import diagnostic_report
 
 
 @click.command()
 @click.argument("target", metavar="[RUN_DIR]", required=False)
-@click.option("--format", "fmt", type=click.Choice(["json", "md"]), default="json",
-              show_default=True, help="md: Markdown for an issue or a post-mortem.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write here instead of standard output.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "md"]),
+    default="json",
+    show_default=True,
+    help="md: Markdown for an issue or a post-mortem.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output.",
+)
 def report(target: str | None, fmt: str, output: Path | None) -> None:
     """Versions, host, GPUs, memory and environment; with RUN_DIR (a directory or run id) also
     the run's config, summary, every error and the last events.

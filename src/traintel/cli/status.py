@@ -16,16 +16,24 @@ from typing import Any
 import click
 import orjson
 
-from traintel.core import env
-from traintel.record.job import STATUS_ORDER
-from traintel.reports.analysis import run_status, worst
 from traintel.cli.output import table
-from traintel.reports.doctor import fetch
+from traintel.core import env
 from traintel.record.files import encode, read_json
 from traintel.record.format import RawLine
-from traintel.record.reader import (Records, RecordNotFound, count_type, find_run,
-                                    first_record, is_run, last_records, rank_directories,
-                                    runs_dir)
+from traintel.record.job import STATUS_ORDER
+from traintel.record.reader import (
+    RecordNotFound,
+    Records,
+    count_type,
+    find_run,
+    first_record,
+    is_run,
+    last_records,
+    rank_directories,
+    runs_dir,
+)
+from traintel.reports.analysis import run_status, worst
+from traintel.reports.doctor import fetch
 from traintel.reports.render import duration, iso, num
 
 #: how much of a live run's record is read for its latest step
@@ -39,38 +47,62 @@ def local_status(path: Path) -> dict[str, Any]:
     if not ranks:
         raise RecordNotFound(f"no run record in {path}")
     first = ranks[0]
-    return {**first, "status": worst(r["status"] for r in ranks),
-            "errors": sum(r["errors"] if isinstance(r["errors"], int) else 0 for r in ranks),
-            "unreadable": "; ".join(r["unreadable"] for r in ranks if r.get("unreadable")) or None,
-            "dir": str(path)}
+    return {
+        **first,
+        "status": worst(r["status"] for r in ranks),
+        "errors": sum(r["errors"] if isinstance(r["errors"], int) else 0 for r in ranks),
+        "unreadable": "; ".join(r["unreadable"] for r in ranks if r.get("unreadable")) or None,
+        "dir": str(path),
+    }
 
 
 def _rank_status(directory: Path) -> dict[str, Any]:
     records = Records(directory, waiting=True)
     recent = last_records(records, TAIL_LINES)
     marks = [r for r in recent if r.get("type") in ("run_start", "run_end")]
-    start: RawLine = next((r for r in reversed(marks) if r["type"] == "run_start"), {}) or \
-        first_record(records) or {}
+    start: RawLine = (
+        next((r for r in reversed(marks) if r["type"] == "run_start"), {})
+        or first_record(records)
+        or {}
+    )
     ended = marks[-1].get("status") if marks and marks[-1]["type"] == "run_end" else None
     updated = recent[-1].get("ts") if recent else None
     status = run_status(ended, directory, start, updated)
     summary = read_json(directory / "summary.json") if ended else None
     if summary is not None:  # the run ended: what it says of every segment (each field looked at)
-        return {"run": summary.get("run"), "project": summary.get("project"),
-                "name": summary.get("name"), "status": status, "group": summary.get("group"),
-                "tags": _tags(summary.get("tags")), "step": summary.get("last_step"),
-                "steps": summary.get("steps"), "epoch": summary.get("epoch"),
-                "loss": _inner(summary, "loss", "final"),
-                "errors": _inner(summary, "errors", "total"), "updated": summary.get("end_ts")}
+        return {
+            "run": summary.get("run"),
+            "project": summary.get("project"),
+            "name": summary.get("name"),
+            "status": status,
+            "group": summary.get("group"),
+            "tags": _tags(summary.get("tags")),
+            "step": summary.get("last_step"),
+            "steps": summary.get("steps"),
+            "epoch": summary.get("epoch"),
+            "loss": _inner(summary, "loss", "final"),
+            "errors": _inner(summary, "errors", "total"),
+            "updated": summary.get("end_ts"),
+        }
     step: RawLine = next((r for r in reversed(recent) if r.get("type") == "step"), {})
     page = _page(directory) if status == "running" else None
     tags = [*_tags((first_record(records) or {}).get("tags")), *_tags(start.get("tags"))]
-    return {"run": start.get("run", directory.name), "project": start.get("project"),
-            "name": start.get("name"), "status": status, "group": start.get("group"),
-            "tags": list(dict.fromkeys(tags)), "step": step.get("step"), "steps": None,
-            "epoch": step.get("epoch"), "loss": _loss_of(step.get("metrics")),
-            "errors": count_type(records, "error"), "updated": updated,
-            "unreadable": records.problems(), **({"page": page} if page else {})}
+    return {
+        "run": start.get("run", directory.name),
+        "project": start.get("project"),
+        "name": start.get("name"),
+        "status": status,
+        "group": start.get("group"),
+        "tags": list(dict.fromkeys(tags)),
+        "step": step.get("step"),
+        "steps": None,
+        "epoch": step.get("epoch"),
+        "loss": _loss_of(step.get("metrics")),
+        "errors": count_type(records, "error"),
+        "updated": updated,
+        "unreadable": records.problems(),
+        **({"page": page} if page else {}),
+    }
 
 
 def _page(directory: Path) -> str | None:
@@ -126,43 +158,81 @@ def _live(url: str) -> dict[str, Any]:
         status: dict[str, Any] = response.json()
         return status
     except OSError as exc:
-        raise click.ClickException(f"no run answers at {url} ({exc}); is it running with "
-                                   "traintel.init(http_port=...)?") from None
+        raise click.ClickException(
+            f"no run answers at {url} ({exc}); is it running with traintel.init(http_port=...)?"
+        ) from None
 
 
 @click.command()
 @click.argument("target", metavar="[RUN]", required=False)
-@click.option("--all", "all_runs", is_flag=True,
-              help="Every run under $TRAINTEL_DIR or ./traintel-runs.")
-@click.option("--tag", "tags", multiple=True, metavar="TAG",
-              help="Only runs with this tag (repeat: all of them).")
+@click.option(
+    "--all", "all_runs", is_flag=True, help="Every run under $TRAINTEL_DIR or ./traintel-runs."
+)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only runs with this tag (repeat: all of them).",
+)
 @click.option("--group", metavar="GROUP", help="Only runs of this group.")
-@click.option("--status", "statuses", multiple=True, metavar="STATUS",
-              help="Only runs in this status (running, finished, failed, preempted, "
-                   "interrupted, pruned, stopped, crashed, stale, empty; repeat for several).")
-@click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name,
-              help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
-@click.option("--alerts/--no-alerts", "show_alerts", default=True, show_default=True,
-              help="Also the pending and firing alerts, from Prometheus and Alertmanager "
-                   "(TRAINTEL_PROMETHEUS_URL / TRAINTEL_ALERTMANAGER_URL, else the running "
-                   "native stack's, else compose's); the table only.")
-@click.option("--open", "open_page", is_flag=True,
-              help="Print the run's live page address (a run with http_port) and open it in "
-                   "a browser when there is one.")
-def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str | None,
-           statuses: tuple[str, ...], url: str | None, fmt: str, show_alerts: bool,
-           open_page: bool) -> None:
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help="Only runs in this status (running, finished, failed, preempted, "
+    "interrupted, pruned, stopped, crashed, stale, empty; repeat for several).",
+)
+@click.option(
+    "--url",
+    metavar="URL",
+    envvar=env.TRAINTEL_URL.name,
+    help="A live run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--alerts/--no-alerts",
+    "show_alerts",
+    default=True,
+    show_default=True,
+    help="Also the pending and firing alerts, from Prometheus and Alertmanager "
+    "(TRAINTEL_PROMETHEUS_URL / TRAINTEL_ALERTMANAGER_URL, else the running "
+    "native stack's, else compose's); the table only.",
+)
+@click.option(
+    "--open",
+    "open_page",
+    is_flag=True,
+    help="Print the run's live page address (a run with http_port) and open it in "
+    "a browser when there is one.",
+)
+def status(
+    target: str | None,
+    all_runs: bool,
+    tags: tuple[str, ...],
+    group: str | None,
+    statuses: tuple[str, ...],
+    url: str | None,
+    fmt: str,
+    show_alerts: bool,
+    open_page: bool,
+) -> None:
     """Status of a run (RUN: a directory, a run id or a run name; default: the latest), of every
     run (--all, filtered by --tag, --group, --status), or of a live run's endpoint (--url);
     then what is alerting."""
     if url:
         results: Any = {**_live(url), "page": url.rstrip("/") + "/"}
     elif all_runs or tags or group or statuses:
-        results = [r for r in _statuses(_all_runs(runs_dir()))
-                   if set(tags) <= set(r["tags"]) and group in (None, r["group"])
-                   and (not statuses or r["status"] in statuses)]
+        results = [
+            r
+            for r in _statuses(_all_runs(runs_dir()))
+            if set(tags) <= set(r["tags"])
+            and group in (None, r["group"])
+            and (not statuses or r["status"] in statuses)
+        ]
     else:
         try:
             path = find_run(target) if target else _all_runs(runs_dir())[-1]
@@ -180,10 +250,23 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
     if fmt == "json":
         click.echo(encode(results, indent=True).decode())
     elif isinstance(results, list):
-        table(["run", "name", "status", "step", "epoch", "loss", "errors", "tags", "updated"],
-               [[str(r["run"]), str(r["name"] or "-"), str(r["status"]), num(r["step"]),
-                 num(r["epoch"]), num(r["loss"]), num(r["errors"]),
-                 ",".join(r["tags"]) or "-", iso(r["updated"])] for r in results])
+        table(
+            ["run", "name", "status", "step", "epoch", "loss", "errors", "tags", "updated"],
+            [
+                [
+                    str(r["run"]),
+                    str(r["name"] or "-"),
+                    str(r["status"]),
+                    num(r["step"]),
+                    num(r["epoch"]),
+                    num(r["loss"]),
+                    num(r["errors"]),
+                    ",".join(r["tags"]) or "-",
+                    iso(r["updated"]),
+                ]
+                for r in results
+            ],
+        )
         if len(results) > 1:  # a sweep's pruned trials counted apart from its failures
             click.echo(tally(r["status"] for r in results))
     else:
@@ -196,12 +279,14 @@ def status(target: str | None, all_runs: bool, tags: tuple[str, ...], group: str
 def _alerts() -> None:
     """The stack's pending and firing alerts; nothing when no Prometheus or Alertmanager
     answers (a run without a stack is normal)."""
-    from traintel.stack import alerts
     from traintel.core import discovery
+    from traintel.stack import alerts
 
-    found = alerts.active(discovery.endpoint("prometheus", env.TRAINTEL_PROMETHEUS_URL.get()),
-                          discovery.endpoint("alertmanager",
-                                             env.TRAINTEL_ALERTMANAGER_URL.get()), timeout=2.0)
+    found = alerts.active(
+        discovery.endpoint("prometheus", env.TRAINTEL_PROMETHEUS_URL.get()),
+        discovery.endpoint("alertmanager", env.TRAINTEL_ALERTMANAGER_URL.get()),
+        timeout=2.0,
+    )
     if len(found.problems) == 2 and not found.alerts:
         return
     click.echo("alerts:")
@@ -215,11 +300,14 @@ def _open(results: Any) -> None:
     import sys
     import webbrowser
 
-    pages = [r["page"] for r in (results if isinstance(results, list) else [results])
-             if r.get("page")]
+    pages = [
+        r["page"] for r in (results if isinstance(results, list) else [results]) if r.get("page")
+    ]
     if not pages:
-        raise click.ClickException("no live page: the run is not running, or was started "
-                                   "without traintel.init(http_port=...)")
+        raise click.ClickException(
+            "no live page: the run is not running, or was started "
+            "without traintel.init(http_port=...)"
+        )
     for page in pages:
         click.echo(page)
         if sys.stdout.isatty():
@@ -248,22 +336,31 @@ def _cell(key: str, value: Any) -> str:
 
 @click.command()
 @click.argument("state", type=click.Choice(["on", "off"]))
-@click.option("--url", metavar="URL", envvar=env.TRAINTEL_URL.name, required=True,
-              help="The run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).")
+@click.option(
+    "--url",
+    metavar="URL",
+    envvar=env.TRAINTEL_URL.name,
+    required=True,
+    help="The run's endpoint, http://127.0.0.1:PORT (env TRAINTEL_URL).",
+)
 def debug(state: str, url: str) -> None:
     """Switch a live run's traintel logging to DEBUG (on) or back (off).
 
     Only from the run's own machine; `kill -USR1 PID` toggles it too.
     """
     try:
-        response = fetch(f"{url.rstrip('/')}/debug", "POST",
-                         orjson.dumps({"enabled": state == "on"}),
-                         {"Content-Type": "application/json"})
+        response = fetch(
+            f"{url.rstrip('/')}/debug",
+            "POST",
+            orjson.dumps({"enabled": state == "on"}),
+            {"Content-Type": "application/json"},
+        )
     except OSError as exc:
         raise click.ClickException(f"no run answers at {url} ({exc})") from None
     if response.status != 200:
-        raise click.ClickException(f"{url}/debug answered HTTP {response.status}: "
-                                   f"{response.body.decode(errors='replace')}")
+        raise click.ClickException(
+            f"{url}/debug answered HTTP {response.status}: {response.body.decode(errors='replace')}"
+        )
     click.echo(f"debug logging {'on' if response.json()['enabled'] else 'off'}")
 
 

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from traintel.reports.render import num
-
 from traintel.cli.output import table
+from traintel.reports.render import num
 
 if TYPE_CHECKING:
     from traintel.sync.deliver import Outcome, Progress
@@ -36,31 +35,59 @@ def max_age(text: str) -> float | None:
     """``36h``, ``7d``, ``90m``, ``600`` (seconds); ``0``: no limit."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if not match:
-        raise click.BadParameter(f"{text!r} is not a duration such as 36h, 7d or 0 (no limit)",
-                                 param_hint="--max-age")
+        raise click.BadParameter(
+            f"{text!r} is not a duration such as 36h, 7d or 0 (no limit)", param_hint="--max-age"
+        )
     return float(match.group(1)) * _SECONDS[match.group(2) or "s"] or None
 
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@click.option("--endpoint", metavar="URL",
-              help="The collector's OTLP/HTTP base URL, e.g. http://collector:4318. Default: "
-                   "OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables, read as a live "
-                   "run reads them; else a running native stack's collector (traintel stack "
-                   "up); else http://localhost:4318.")
-@click.option("--dry-run", is_flag=True,
-              help="Say what would be sent, and what would not and why; send nothing.")
-@click.option("--all", "resend", is_flag=True,
-              help="Send also what the run's live export delivered. Metrics are safe to send "
-                   "again; logs and spans then arrive twice where it did.")
-@click.option("--max-age", "age", default="7d", show_default=True, metavar="DURATION",
-              help="Send nothing older. The shipped stack takes 7 days (Prometheus's "
-                   "out-of-order window, Loki's reject_old_samples_max_age): raise both before "
-                   "raising this. 0: no limit.")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=512, show_default=True,
-              help="Log lines and spans per request (metric points: 8 times as many).")
-def sync(runs: tuple[str, ...], endpoint: str | None, dry_run: bool, resend: bool,
-         age: str, batch_size: int) -> None:
+@click.option(
+    "--endpoint",
+    metavar="URL",
+    help="The collector's OTLP/HTTP base URL, e.g. http://collector:4318. Default: "
+    "OTEL_EXPORTER_OTLP_ENDPOINT and the per-signal variables, read as a live "
+    "run reads them; else a running native stack's collector (traintel stack "
+    "up); else http://localhost:4318.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would be sent, and what would not and why; send nothing.",
+)
+@click.option(
+    "--all",
+    "resend",
+    is_flag=True,
+    help="Send also what the run's live export delivered. Metrics are safe to send "
+    "again; logs and spans then arrive twice where it did.",
+)
+@click.option(
+    "--max-age",
+    "age",
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    help="Send nothing older. The shipped stack takes 7 days (Prometheus's "
+    "out-of-order window, Loki's reject_old_samples_max_age): raise both before "
+    "raising this. 0: no limit.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=512,
+    show_default=True,
+    help="Log lines and spans per request (metric points: 8 times as many).",
+)
+def sync(
+    runs: tuple[str, ...],
+    endpoint: str | None,
+    dry_run: bool,
+    resend: bool,
+    age: str,
+    batch_size: int,
+) -> None:
     """Send run records to an OpenTelemetry collector over OTLP/HTTP: metrics at their
     original times, with the names, labels and per-interval statistics a live run exports;
     logs with their times and trace ids; spans with their ids.
@@ -76,8 +103,11 @@ def sync(runs: tuple[str, ...], endpoint: str | None, dry_run: bool, resend: boo
     from traintel.sync.source import find_records
     from traintel.sync.target import SyncError, Target
 
-    options = Options(resend=resend, max_age=max_age(age), batch={
-        "logs": batch_size, "traces": batch_size, "metrics": 8 * batch_size})
+    options = Options(
+        resend=resend,
+        max_age=max_age(age),
+        batch={"logs": batch_size, "traces": batch_size, "metrics": 8 * batch_size},
+    )
     records, missing = find_records(list(runs))
     for reason in missing:
         click.echo(f"traintel sync: {reason}", err=True)
@@ -114,16 +144,24 @@ def sync(runs: tuple[str, ...], endpoint: str | None, dry_run: bool, resend: boo
     if failure:
         click.echo(f"traintel sync: {failure}", err=True)
         if work is not None and not dry_run and cursor_kept:
-            click.echo("what the collector acknowledged is in the cursor: the same command "
-                       "sends the rest", err=True)
+            click.echo(
+                "what the collector acknowledged is in the cursor: the same command sends the rest",
+                err=True,
+            )
         elif work is not None and not dry_run:
-            click.echo("the cursor was not updated: the same command, once it can be written, "
-                       "sends again what the collector took since its last update (a backend "
-                       "drops or keeps repeats as docs/offline.md says)", err=True)
+            click.echo(
+                "the cursor was not updated: the same command, once it can be written, "
+                "sends again what the collector took since its last update (a backend "
+                "drops or keeps repeats as docs/offline.md says)",
+                err=True,
+            )
         sys.exit(1)
     if interrupted:
-        click.echo("traintel sync: interrupted; what the collector acknowledged is in the "
-                   "cursor: the same command sends the rest", err=True)
+        click.echo(
+            "traintel sync: interrupted; what the collector acknowledged is in the "
+            "cursor: the same command sends the rest",
+            err=True,
+        )
         sys.exit(130)
     if missing:
         sys.exit(1)
@@ -143,8 +181,10 @@ class _CtrlC:
         if self.asked:
             raise KeyboardInterrupt
         self.asked = True
-        click.echo("\ntraintel sync: stopping after the batch in flight (Ctrl-C again to stop "
-                   "now)", err=True)
+        click.echo(
+            "\ntraintel sync: stopping after the batch in flight (Ctrl-C again to stop now)",
+            err=True,
+        )
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -166,29 +206,50 @@ def _progress(total: int) -> Iterator[Callable[[Progress], None]]:
             now = time.monotonic()
             if now - last[0] >= PLAIN_EVERY:
                 last[0] = now
-                click.echo(f"traintel sync: {progress.record}: {_sent(progress.sent)}, "
-                           f"{num(progress.bytes_sent / 1e6)} MB sent, "
-                           f"{100 * progress.read / max(1, total):.0f}% read", err=True)
+                click.echo(
+                    f"traintel sync: {progress.record}: {_sent(progress.sent)}, "
+                    f"{num(progress.bytes_sent / 1e6)} MB sent, "
+                    f"{100 * progress.read / max(1, total):.0f}% read",
+                    err=True,
+                )
+
         yield plain
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import Progress as Bar
 
-    with Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-             TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[sent]}"),
-             console=Console(stderr=True), transient=False) as bar:
+    with Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[sent]}"),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task("sync", total=total, sent="")
 
         def rich(progress: Progress) -> None:
-            bar.update(task, completed=progress.read, description=progress.record,
-                       sent=f"{_sent(progress.sent)}, {num(progress.bytes_sent / 1e6)} MB sent")
+            bar.update(
+                task,
+                completed=progress.read,
+                description=progress.record,
+                sent=f"{_sent(progress.sent)}, {num(progress.bytes_sent / 1e6)} MB sent",
+            )
+
         yield rich
 
 
 def _sent(sent: dict[str, int]) -> str:
-    return (f"{sent['metrics']:,} points, {sent['logs']:,} log lines, "
-            f"{sent['traces']:,} spans")
+    return f"{sent['metrics']:,} points, {sent['logs']:,} log lines, {sent['traces']:,} spans"
 
 
 def _size(files: list[Path]) -> int:
@@ -201,22 +262,38 @@ def _report(outcomes: list[Outcome], dry_run: bool, seconds: float, sent_bytes: 
     rows = []
     for outcome in outcomes:
         tally = outcome.tally
-        for signal_name, label in (("metrics", "points"), ("logs", "log lines"),
-                                   ("traces", "spans")):
-            rows.append([outcome.record.name, label, f"{tally.sent[signal_name]:,}",
-                         f"{tally.live[signal_name]:,}", f"{tally.before[signal_name]:,}",
-                         f"{tally.too_old[signal_name]:,}"])
+        for signal_name, label in (
+            ("metrics", "points"),
+            ("logs", "log lines"),
+            ("traces", "spans"),
+        ):
+            rows.append(
+                [
+                    outcome.record.name,
+                    label,
+                    f"{tally.sent[signal_name]:,}",
+                    f"{tally.live[signal_name]:,}",
+                    f"{tally.before[signal_name]:,}",
+                    f"{tally.too_old[signal_name]:,}",
+                ]
+            )
     table(["record", "what", verb, "delivered live", "synced before", "too old"], rows)
     for outcome in outcomes:
         if outcome.tally.bad:
-            click.echo(f"note: {outcome.record.name}: skipped {outcome.tally.bad} unreadable "
-                       "line(s)", err=True)
+            click.echo(
+                f"note: {outcome.record.name}: skipped {outcome.tally.bad} unreadable line(s)",
+                err=True,
+            )
         for note in outcome.notes:
             click.echo(f"note: {outcome.record.name}: {note}", err=True)
     if any(sum(o.tally.too_old.values()) for o in outcomes):
-        click.echo("note: what is older than --max-age was not sent: the stack would refuse it "
-                   "(docs/offline.md says how to accept older data)", err=True)
+        click.echo(
+            "note: what is older than --max-age was not sent: the stack would refuse it "
+            "(docs/offline.md says how to accept older data)",
+            err=True,
+        )
     if not dry_run:
         total = sum(sum(o.tally.sent.values()) for o in outcomes)
-        click.echo(f"traintel sync: {total:,} items, {sent_bytes / 1e6:.2f} MB in "
-                   f"{seconds:.1f}s", err=True)
+        click.echo(
+            f"traintel sync: {total:,} items, {sent_bytes / 1e6:.2f} MB in {seconds:.1f}s", err=True
+        )

@@ -20,12 +20,21 @@ KEEP_TEXTS = 100_000
 
 @click.command()
 @click.argument("runs", metavar="[RUN]...", nargs=-1)
-@click.option("--logdir", type=click.Path(file_okay=False, path_type=Path),
-              default=DEFAULT_LOGDIR, show_default=True,
-              help="Where the event files go (one TensorBoard run per traintel run and rank).")
+@click.option(
+    "--logdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_LOGDIR,
+    show_default=True,
+    help="Where the event files go (one TensorBoard run per traintel run and rank).",
+)
 @click.option("--serve", is_flag=True, help="Then start TensorBoard on 127.0.0.1 over --logdir.")
-@click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
-              help="TensorBoard's port with --serve.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=6006,
+    show_default=True,
+    help="TensorBoard's port with --serve.",
+)
 def tensorboard(runs: tuple[str, ...], logdir: Path, serve: bool, port: int) -> None:
     """Write TensorBoard event files from run records: every logged step's metrics, evals,
     epoch-level values, events and errors as text, the config in the HParams table.
@@ -37,16 +46,22 @@ def tensorboard(runs: tuple[str, ...], logdir: Path, serve: bool, port: int) -> 
     from traintel.export.tensorboard import write_runs
 
     try:
-        paths = [find_run(r) for r in runs] if runs else sorted(
-            p for p in runs_dir().iterdir() if p.is_dir() and is_run(p)) \
-            if runs_dir().is_dir() else []
+        paths = (
+            [find_run(r) for r in runs]
+            if runs
+            else sorted(p for p in runs_dir().iterdir() if p.is_dir() and is_run(p))
+            if runs_dir().is_dir()
+            else []
+        )
     except RecordNotFound as exc:
         raise click.ClickException(str(exc)) from None
     if not paths:
         raise click.ClickException(f"no runs in {runs_dir()}; name one (a directory, id or name)")
     for written in write_runs(paths, logdir):
-        click.echo(f"{written.run}: {written.steps} steps, {written.scalars} scalars, "
-                   f"{written.texts} texts, {len(written.hparams)} hyperparameters")
+        click.echo(
+            f"{written.run}: {written.steps} steps, {written.scalars} scalars, "
+            f"{written.texts} texts, {len(written.hparams)} hyperparameters"
+        )
     click.echo(f"event files in {logdir}")
     if not serve:
         click.echo(f"look: traintel tensorboard --serve ... or tensorboard --logdir {logdir}")
@@ -56,8 +71,21 @@ def tensorboard(runs: tuple[str, ...], logdir: Path, serve: bool, port: int) -> 
         # TensorBoard's own entry point; loopback only, as every endpoint of traintel; every
         # point kept (by default it samples 1,000 per scalar tag: a long run's curve thinned;
         # its "0 keeps all" kept none in 2.21, tried)
-        subprocess.run([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-                        "--host", "127.0.0.1", "--port", str(port),
-                        "--samples_per_plugin", f"scalars={KEEP_POINTS},text={KEEP_TEXTS}"], check=False)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(logdir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--samples_per_plugin",
+                f"scalars={KEEP_POINTS},text={KEEP_TEXTS}",
+            ],
+            check=False,
+        )
     except KeyboardInterrupt:
         pass

@@ -72,8 +72,10 @@ HINTS: dict[ErrorType, tuple[str, ...]] = {
         "The run was stopped by a signal or Ctrl-C; resume from the last checkpoint.",
         "On a cluster, SIGTERM usually means preemption or a time limit: checkpoint more often.",
     ),
-    "other": ("Read the traceback; `traintel report RUN --format md` collects the context for "
-              "a bug report.",),
+    "other": (
+        "Read the traceback; `traintel report RUN --format md` collects the context for "
+        "a bug report.",
+    ),
 }
 
 #: (error type, severity, exception type names, message pattern, operation pattern); all given
@@ -82,39 +84,95 @@ _RULES: tuple[tuple[ErrorType, Severity, tuple[str, ...], str | None, str | None
     ("interrupted", "low", ("KeyboardInterrupt", "RunInterrupted", "SystemExit"), None, None),
     ("oom", "critical", ("OutOfMemoryError", "MemoryError"), None, None),
     ("oom", "critical", (), r"out of memory|CUBLAS_STATUS_ALLOC_FAILED", None),
-    ("distributed", "high", ("DistBackendError", "DistError", "DistStoreError",
-                             "DistNetworkError"), None, None),
-    ("distributed", "high", (), r"\bNCCL\b|\bgloo\b|ProcessGroup|collective operation timeout|"
-                                r"Watchdog caught", None),
+    (
+        "distributed",
+        "high",
+        ("DistBackendError", "DistError", "DistStoreError", "DistNetworkError"),
+        None,
+        None,
+    ),
+    (
+        "distributed",
+        "high",
+        (),
+        r"\bNCCL\b|\bgloo\b|ProcessGroup|collective operation timeout|"
+        r"Watchdog caught",
+        None,
+    ),
     ("cuda", "critical", ("AcceleratorError", "CudaError"), None, None),
-    ("cuda", "critical", (), r"CUDA error|device-side assert|cuDNN|CUBLAS|illegal memory access",
-     None),
+    (
+        "cuda",
+        "critical",
+        (),
+        r"CUDA error|device-side assert|cuDNN|CUBLAS|illegal memory access",
+        None,
+    ),
     ("nonfinite_loss", "high", ("NonFiniteLossError",), None, None),
     ("nonfinite_loss", "high", (), r"\b(loss|gradient)s?\b.*\b(nan|inf)\b|non-?finite", None),
-    ("model_loading", "high", (), r"state_dict|Missing key\(s\)|Unexpected key\(s\)|"
-                                  r"from_pretrained|size mismatch for", None),
+    (
+        "model_loading",
+        "high",
+        (),
+        r"state_dict|Missing key\(s\)|Unexpected key\(s\)|"
+        r"from_pretrained|size mismatch for",
+        None,
+    ),
     # the operation says most about what failed: run.track reports "data_loading"
     ("checkpoint_io", "high", (), None, r"checkpoint|ckpt|save|restore|resume"),
     ("data", "medium", (), None, r"data|batch|loader|collate|preprocess|augment"),
     ("model_loading", "high", (), None, r"model.*load|load.*model|pretrained|weights"),
     ("config", "medium", (), None, r"config|setup|args|hparams"),
-    ("checkpoint_io", "high", (), r"PytorchStream(Reader|Writer)|Weights only load failed|"
-                                  r"Parent directory .* does not exist", None),
-    ("checkpoint_io", "high", ("OSError", "PicklingError", "UnpicklingError"),
-     r"checkpoint|ckpt|\.(pt|pth|safetensors)\b", None),
-    ("data", "medium", ("UnicodeDecodeError", "UnidentifiedImageError", "DecodeError"), None,
-     None),
-    ("data", "medium", (), r"DataLoader worker|shapes cannot be multiplied|must have the same "
-                           r"dtype|must match the size of tensor|Expected input batch_size|"
-                           r"is invalid for input of size|expected scalar type|"
-                           r"Expected .*(dtype|shape|size|channels)|Dimension out of range", None),
+    (
+        "checkpoint_io",
+        "high",
+        (),
+        r"PytorchStream(Reader|Writer)|Weights only load failed|"
+        r"Parent directory .* does not exist",
+        None,
+    ),
+    (
+        "checkpoint_io",
+        "high",
+        ("OSError", "PicklingError", "UnpicklingError"),
+        r"checkpoint|ckpt|\.(pt|pth|safetensors)\b",
+        None,
+    ),
+    ("data", "medium", ("UnicodeDecodeError", "UnidentifiedImageError", "DecodeError"), None, None),
+    (
+        "data",
+        "medium",
+        (),
+        r"DataLoader worker|shapes cannot be multiplied|must have the same "
+        r"dtype|must match the size of tensor|Expected input batch_size|"
+        r"is invalid for input of size|expected scalar type|"
+        r"Expected .*(dtype|shape|size|channels)|Dimension out of range",
+        None,
+    ),
     # a bare timeout in training is almost always a collective waiting for a lost rank
     ("distributed", "high", ("TimeoutError",), None, None),
-    ("network", "medium", ("ConnectionError", "HTTPError", "URLError", "SSLError", "gaierror",
-                           "ProxyError", "Timeout"), None, None),
+    (
+        "network",
+        "medium",
+        (
+            "ConnectionError",
+            "HTTPError",
+            "URLError",
+            "SSLError",
+            "gaierror",
+            "ProxyError",
+            "Timeout",
+        ),
+        None,
+        None,
+    ),
     ("config", "medium", ("ConfigError", "ConfigurationError", "ValidationError"), None, None),
-    ("config", "medium", ("ValueError", "TypeError", "KeyError"), r"config|hyperparam|argument",
-     None),
+    (
+        "config",
+        "medium",
+        ("ValueError", "TypeError", "KeyError"),
+        r"config|hyperparam|argument",
+        None,
+    ),
 )
 
 
@@ -122,8 +180,9 @@ def _type_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
-def classify(exc: BaseException, operation: str | None = None,
-             text: str | None = None) -> Classification:
+def classify(
+    exc: BaseException, operation: str | None = None, text: str | None = None
+) -> Classification:
     """``text``: the exception's message as recorded (:func:`exception_text`), else read here."""
     names = _type_names(exc)
     message = f"{type(exc).__name__}: {exception_text(exc) if text is None else text}"
@@ -182,8 +241,7 @@ def cut(text: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}... [cut: {len(text):,} characters in all]"
 
 
-def format_traceback(exc: BaseException, limit: int = 50,
-                     message_limit: int = MAX_MESSAGE) -> str:
+def format_traceback(exc: BaseException, limit: int = 50, message_limit: int = MAX_MESSAGE) -> str:
     """The traceback as Python prints it, with each message of the chain cut to
     ``message_limit`` characters (a huge message is otherwise repeated in full); never raises."""
     try:
@@ -203,8 +261,11 @@ def _cut_messages(formatted: tb.TracebackException, limit: int, seen: set[int]) 
     text = getattr(formatted, "_str", None)
     if isinstance(text, str) and len(text) > limit:
         formatted._str = cut(text, limit)  # type: ignore[attr-defined]  # see above
-    for other in (formatted.__cause__, formatted.__context__,
-                  *(getattr(formatted, "exceptions", None) or ())):
+    for other in (
+        formatted.__cause__,
+        formatted.__context__,
+        *(getattr(formatted, "exceptions", None) or ()),
+    ):
         if other is not None:
             _cut_messages(other, limit, seen)
 

@@ -20,8 +20,10 @@ EXTRAS: dict[Extra, tuple[tuple[str, ...], str]] = {
     "gpu": (("pynvml",), "nvidia-ml-py"),
     "integrations": (("transformers", "lightning", "accelerate"), "the training frameworks"),
     "plots": (("matplotlib",), "matplotlib"),
-    "grpc": (("opentelemetry.exporter.otlp.proto.grpc",),
-             "the OTLP/gRPC exporter (opentelemetry-exporter-otlp-proto-grpc)"),
+    "grpc": (
+        ("opentelemetry.exporter.otlp.proto.grpc",),
+        "the OTLP/gRPC exporter (opentelemetry-exporter-otlp-proto-grpc)",
+    ),
     "grafana": (("grafana_client",), "grafana-client"),
     "tensorboard": (("tensorboard",), "TensorBoard"),
 }

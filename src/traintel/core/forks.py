@@ -72,15 +72,18 @@ def ignore_in_child(run: object, run_id: str) -> None:
             logging.getLogger("traintel.run").warning(
                 "traintel: run %s belongs to the parent process (pid %s); calls in this forked "
                 "child (pid %s) are ignored. Call traintel.init() in the child for a run of its "
-                "own", run_id, parent, os.getpid())
+                "own",
+                run_id,
+                parent,
+                os.getpid(),
+            )
 
     def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
         ignored()
         return iter(iterable)
 
-    for name in RECORDING:
-        setattr(run, name, ignored)
-    setattr(run, "track", track)
+    for name in (*RECORDING, "track"):
+        setattr(run, name, track if name == "track" else ignored)
 
 
 def discard(item: object) -> None:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from urllib.parse import unquote
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
+from urllib.parse import unquote
 
 from traintel.core import env
 from traintel.core.validate import clean_text
@@ -40,41 +40,240 @@ MAX_DEPTH = 64
 _MIN_SECRET_LEN = 6
 
 # -- secret keys, by whole tokens -------------------------------------------------------------
-_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|"
-                    r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
+_SPLIT = re.compile(
+    r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|"
+    r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])"
+)
 #: a name with one of these tokens anywhere holds a secret (unless it ends in a _NOT_A_VALUE word)
-_SECRET_WORDS = frozenset({
-    "password", "passwd", "pwd", "passphrase", "passcode", "secret", "secrets", "credential",
-    "credentials", "creds", "apikey", "jwt", "pat", "auth", "authorization", "bearer", "cookie",
-    "cookies", "dsn", "privatekey", "secretkey", "accesskey", "webhook", "sessionid",
-    "accesstoken", "authtoken", "refreshtoken", "xsrf", "csrf",
-    # whole names of well-known variables that hold one (libpq, sshpass, MySQL)
-    "pgpassword", "sshpass", "mysqlpwd"})
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "passcode",
+        "secret",
+        "secrets",
+        "credential",
+        "credentials",
+        "creds",
+        "apikey",
+        "jwt",
+        "pat",
+        "auth",
+        "authorization",
+        "bearer",
+        "cookie",
+        "cookies",
+        "dsn",
+        "privatekey",
+        "secretkey",
+        "accesskey",
+        "webhook",
+        "sessionid",
+        "accesstoken",
+        "authtoken",
+        "refreshtoken",
+        "xsrf",
+        "csrf",
+        # whole names of well-known variables that hold one (libpq, sshpass, MySQL)
+        "pgpassword",
+        "sshpass",
+        "mysqlpwd",
+    }
+)
 #: names ending in these describe a secret without holding one (``password_file``, ``secret_name``)
-_NOT_A_VALUE = frozenset({
-    "path", "file", "files", "dir", "directory", "name", "names", "length", "len", "size", "min",
-    "max", "count", "num", "type", "kind", "mode", "enabled", "enable", "required", "policy",
-    "sock", "socket", "provider", "method", "version", "format", "env", "var", "id", "ids",
-    "scheme", "header", "headers", "field", "fields", "prefix", "url_template"})
+_NOT_A_VALUE = frozenset(
+    {
+        "path",
+        "file",
+        "files",
+        "dir",
+        "directory",
+        "name",
+        "names",
+        "length",
+        "len",
+        "size",
+        "min",
+        "max",
+        "count",
+        "num",
+        "type",
+        "kind",
+        "mode",
+        "enabled",
+        "enable",
+        "required",
+        "policy",
+        "sock",
+        "socket",
+        "provider",
+        "method",
+        "version",
+        "format",
+        "env",
+        "var",
+        "id",
+        "ids",
+        "scheme",
+        "header",
+        "headers",
+        "field",
+        "fields",
+        "prefix",
+        "url_template",
+    }
+)
 #: ``<word>_token`` is a tokenizer's token (``pad_token``), not a credential, for these words
-_TOKENIZER_WORDS = frozenset({
-    "pad", "bos", "eos", "unk", "mask", "sep", "cls", "start", "end", "begin", "special",
-    "additional", "eot", "eom", "sot", "image", "img", "audio", "video", "vision", "boi", "eoi",
-    "new", "first", "last", "next", "prev", "previous", "max", "min", "num", "n", "total", "per",
-    "avg", "mean", "count", "input", "output", "decoder", "encoder", "prompt", "system",
-    "assistant", "tool", "thinking", "placeholder", "dummy", "fill", "fim", "middle", "prefix",
-    "suffix", "pause", "think", "bot", "answer", "query", "doc", "word", "subword", "char", "byte",
-    "context", "stop", "eod", "bod", "default", "generation", "vocab", "label", "target"})
+_TOKENIZER_WORDS = frozenset(
+    {
+        "pad",
+        "bos",
+        "eos",
+        "unk",
+        "mask",
+        "sep",
+        "cls",
+        "start",
+        "end",
+        "begin",
+        "special",
+        "additional",
+        "eot",
+        "eom",
+        "sot",
+        "image",
+        "img",
+        "audio",
+        "video",
+        "vision",
+        "boi",
+        "eoi",
+        "new",
+        "first",
+        "last",
+        "next",
+        "prev",
+        "previous",
+        "max",
+        "min",
+        "num",
+        "n",
+        "total",
+        "per",
+        "avg",
+        "mean",
+        "count",
+        "input",
+        "output",
+        "decoder",
+        "encoder",
+        "prompt",
+        "system",
+        "assistant",
+        "tool",
+        "thinking",
+        "placeholder",
+        "dummy",
+        "fill",
+        "fim",
+        "middle",
+        "prefix",
+        "suffix",
+        "pause",
+        "think",
+        "bot",
+        "answer",
+        "query",
+        "doc",
+        "word",
+        "subword",
+        "char",
+        "byte",
+        "context",
+        "stop",
+        "eod",
+        "bod",
+        "default",
+        "generation",
+        "vocab",
+        "label",
+        "target",
+    }
+)
 #: ``<word>_key`` is a credential for these words (``api_key``, ``secret_key``), not ``sort_key``
-_KEY_WORDS = frozenset({
-    "api", "access", "secret", "private", "ssh", "encryption", "encrypt", "signing", "sign",
-    "license", "licence", "account", "master", "client", "app", "auth", "sas", "storage",
-    "subscription", "service", "deploy", "deployment", "gpg", "pgp", "hmac", "session", "aws",
-    "openai", "anthropic", "wandb", "hf", "huggingface", "comet", "neptune", "mlflow", "cohere",
-    "mistral", "groq", "replicate", "stripe", "google", "gcp", "gcs", "azure", "datadog", "dd",
-    "sentry", "slack", "github", "gitlab", "pinecone", "sendgrid", "twilio", "admin", "root",
-    "consumer", "developer", "shared", "symmetric", "cipher", "crypto", "kms", "jwt", "token",
-    "write", "x", "kaggle"})
+_KEY_WORDS = frozenset(
+    {
+        "api",
+        "access",
+        "secret",
+        "private",
+        "ssh",
+        "encryption",
+        "encrypt",
+        "signing",
+        "sign",
+        "license",
+        "licence",
+        "account",
+        "master",
+        "client",
+        "app",
+        "auth",
+        "sas",
+        "storage",
+        "subscription",
+        "service",
+        "deploy",
+        "deployment",
+        "gpg",
+        "pgp",
+        "hmac",
+        "session",
+        "aws",
+        "openai",
+        "anthropic",
+        "wandb",
+        "hf",
+        "huggingface",
+        "comet",
+        "neptune",
+        "mlflow",
+        "cohere",
+        "mistral",
+        "groq",
+        "replicate",
+        "stripe",
+        "google",
+        "gcp",
+        "gcs",
+        "azure",
+        "datadog",
+        "dd",
+        "sentry",
+        "slack",
+        "github",
+        "gitlab",
+        "pinecone",
+        "sendgrid",
+        "twilio",
+        "admin",
+        "root",
+        "consumer",
+        "developer",
+        "shared",
+        "symmetric",
+        "cipher",
+        "crypto",
+        "kms",
+        "jwt",
+        "token",
+        "write",
+        "x",
+        "kaggle",
+    }
+)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,7 +330,7 @@ def _pairs(text: str) -> str:
         value = match.group("value")
         if begin < end and REDACTED not in value and is_secret_key(text[begin:end]):
             quote = value[0] if value[:1] in ("'", '"') else ""
-            out += [text[done:match.start("value")], quote, REDACTED, quote]
+            out += [text[done : match.start("value")], quote, REDACTED, quote]
             done = start = match.end()
         else:
             start = match.start() + 1
@@ -143,64 +342,141 @@ def _hide_value(match: re.Match[str], key: str) -> str:
     if not key or REDACTED in value or not is_secret_key(key):
         return match.group(0)
     quote = value[0] if value[:1] in ("'", '"') else ""
-    return match.group(0)[:match.start("value") - match.start()] + f"{quote}{REDACTED}{quote}"
+    return match.group(0)[: match.start("value") - match.start()] + f"{quote}{REDACTED}{quote}"
 
 
 _VALUE = r"""(?P<value>\[REDACTED\]|"[^"\n]*"|'[^'\n]*'|[^\s"',;&)}\]]+)"""
 #: beginnings of the token formats below, searched with ``in`` before any regex runs
-_TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "hf_", "sk-", "AKIA",
-                   "ASIA", "xox", "glpat-", "AIza", "k_live_", "npm_", "pypi-", "eyJ")
+_TOKEN_PREFIXES = (
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "hf_",
+    "sk-",
+    "AKIA",
+    "ASIA",
+    "xox",
+    "glpat-",
+    "AIza",
+    "k_live_",
+    "npm_",
+    "pypi-",
+    "eyJ",
+)
 #: words of secret names, searched with ``in`` (lower case) before the pair patterns run
-_SECRETISH = ("pass", "pwd", "secret", "token", "key", "auth", "cred", "cookie", "jwt", "pat",
-              "dsn", "session", "webhook", "csrf", "xsrf", "bearer")
+_SECRETISH = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "cred",
+    "cookie",
+    "jwt",
+    "pat",
+    "dsn",
+    "session",
+    "webhook",
+    "csrf",
+    "xsrf",
+    "bearer",
+)
 #: words that introduce a secret in prose, searched with ``in`` (lower case) first
 _PROSE_WORDS = ("token", "password", "passphrase", "passwd", "secret", "key")
-Replacement = Union[str, Callable[[re.Match[str]], str]]
+Replacement = str | Callable[[re.Match[str]], str]
 #: (when to look, what, its replacement): each pattern runs only on text that has what it needs,
 #: so that ordinary text costs a few substring searches
 _SHAPES: tuple[tuple[Callable[[str, str], bool], re.Pattern[str], Replacement], ...] = (
     # PEM private keys, whole blocks
-    (lambda t, low: "PRIVATE KEY-----" in t,
-     re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE "
-                r"KEY-----|\Z)", re.S), REDACTED),
+    (
+        lambda t, low: "PRIVATE KEY-----" in t,
+        re.compile(
+            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE "
+            r"KEY-----|\Z)",
+            re.S,
+        ),
+        REDACTED,
+    ),
     # credentials in URLs: scheme://user:password@host, scheme://long-token@host
-    (lambda t, low: "://" in t and "@" in t,
-     re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:@/?#]*:)[^\s@/?#]+(?=@)"), _keep_group_1),
-    (lambda t, low: "://" in t and "@" in t,
-     re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s:@/?#]{16,}(?=@)"), _keep_group_1),
+    (
+        lambda t, low: "://" in t and "@" in t,
+        re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:@/?#]*:)[^\s@/?#]+(?=@)"),
+        _keep_group_1,
+    ),
+    (
+        lambda t, low: "://" in t and "@" in t,
+        re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s:@/?#]{16,}(?=@)"),
+        _keep_group_1,
+    ),
     # Authorization headers, bearer and basic credentials
-    (lambda t, low: "authorization" in low,
-     re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest|"
-                r"negotiate)\s+)?)[^\s\"',;]+"), _keep_group_1),
-    (lambda t, low: "bearer" in low,
-     re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/]{8,}=*"), _keep_group_1),
-    (lambda t, low: "Basic " in t,
-     re.compile(r"(\bBasic\s+)[A-Za-z0-9+/]{8,}={0,2}"), _keep_group_1),
+    (
+        lambda t, low: "authorization" in low,
+        re.compile(
+            r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest|"
+            r"negotiate)\s+)?)[^\s\"',;]+"
+        ),
+        _keep_group_1,
+    ),
+    (
+        lambda t, low: "bearer" in low,
+        re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/]{8,}=*"),
+        _keep_group_1,
+    ),
+    (
+        lambda t, low: "Basic " in t,
+        re.compile(r"(\bBasic\s+)[A-Za-z0-9+/]{8,}={0,2}"),
+        _keep_group_1,
+    ),
     # well-known token formats
-    (lambda t, low: any(prefix in t for prefix in _TOKEN_PREFIXES),
-     re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|"
-                r"hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|"
-                r"xox[abposr]-[A-Za-z0-9\-]{10,}|glpat-[A-Za-z0-9_\-]{20,}|"
-                r"AIza[0-9A-Za-z_\-]{35}|[rs]k_live_[0-9A-Za-z]{20,}|npm_[A-Za-z0-9]{36}|"
-                r"pypi-[A-Za-z0-9_\-]{50,}|"
-                r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})"), REDACTED),
-    (lambda t, low: "hooks.slack.com" in t,
-     re.compile(r"(https://hooks\.slack\.com/services/)[A-Za-z0-9/]+"), _keep_group_1),
+    (
+        lambda t, low: any(prefix in t for prefix in _TOKEN_PREFIXES),
+        re.compile(
+            r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|"
+            r"hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|"
+            r"xox[abposr]-[A-Za-z0-9\-]{10,}|glpat-[A-Za-z0-9_\-]{20,}|"
+            r"AIza[0-9A-Za-z_\-]{35}|[rs]k_live_[0-9A-Za-z]{20,}|npm_[A-Za-z0-9]{36}|"
+            r"pypi-[A-Za-z0-9_\-]{50,}|"
+            r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})"
+        ),
+        REDACTED,
+    ),
+    (
+        lambda t, low: "hooks.slack.com" in t,
+        re.compile(r"(https://hooks\.slack\.com/services/)[A-Za-z0-9/]+"),
+        _keep_group_1,
+    ),
     # signature and token parameters of signed URLs
-    (lambda t, low: "?" in t and "=" in t,
-     re.compile(r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|"
-                r"x-goog-signature|x-goog-credential|signature|sig|token|access_token|id_token|"
-                r"refresh_token|api_key|apikey|key|password|secret|client_secret|code)=)"
-                r"[^&\s#\"']+"), _keep_group_1),
+    (
+        lambda t, low: "?" in t and "=" in t,
+        re.compile(
+            r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|"
+            r"x-goog-signature|x-goog-credential|signature|sig|token|access_token|id_token|"
+            r"refresh_token|api_key|apikey|key|password|secret|client_secret|code)=)"
+            r"[^&\s#\"']+"
+        ),
+        _keep_group_1,
+    ),
     # a secret introduced in prose: "with token abc123def456", "the password is hunter2hunter2"
-    (lambda t, low: any(word in low for word in _PROSE_WORDS),
-     re.compile(r"(?i)(\b(?:token|password|passphrase|passwd|secret|api[ _-]?key|access[ _-]?key)"
-                r"(?:\s+(?:is|was|of)\b)?(?:\s*[:=]\s*|\s+)[\"'`]?)"
-                r"(?=[A-Za-z0-9_\-.+/]*[0-9])(?=[A-Za-z0-9_\-.+/]*[A-Za-z])"
-                r"[A-Za-z0-9_\-.+/]{8,}"), _keep_group_1),
+    (
+        lambda t, low: any(word in low for word in _PROSE_WORDS),
+        re.compile(
+            r"(?i)(\b(?:token|password|passphrase|passwd|secret|api[ _-]?key|access[ _-]?key)"
+            r"(?:\s+(?:is|was|of)\b)?(?:\s*[:=]\s*|\s+)[\"'`]?)"
+            r"(?=[A-Za-z0-9_\-.+/]*[0-9])(?=[A-Za-z0-9_\-.+/]*[A-Za-z])"
+            r"[A-Za-z0-9_\-.+/]{8,}"
+        ),
+        _keep_group_1,
+    ),
     # --hf-token VALUE, --password=VALUE
-    (lambda t, low: "-" in t and any(word in low for word in _SECRETISH),
-     re.compile(r"--?(?P<key>[A-Za-z][\w-]*)(?:=|[ \t]+)(?!-)" + _VALUE), _flag),
+    (
+        lambda t, low: "-" in t and any(word in low for word in _SECRETISH),
+        re.compile(r"--?(?P<key>[A-Za-z][\w-]*)(?:=|[ \t]+)(?!-)" + _VALUE),
+        _flag,
+    ),
 )
 _SEPARATOR = re.compile(r"[\"']?[ \t]*[:=][ \t]*" + _VALUE)
 _FLAG = re.compile(r"--?[A-Za-z][\w-]*")
@@ -253,8 +529,10 @@ class Redactor:
         if depth >= MAX_DEPTH and isinstance(value, (Mapping, list, tuple)):
             return TOO_DEEP
         if isinstance(value, Mapping):
-            return {self.text(str(k)): REDACTED if _holds_secret(k, v) else
-                    self.deep(v, depth + 1) for k, v in value.items()}
+            return {
+                self.text(str(k)): REDACTED if _holds_secret(k, v) else self.deep(v, depth + 1)
+                for k, v in value.items()
+            }
         if isinstance(value, (list, tuple)):
             out: list[Any] = []
             hide_next = False
@@ -263,16 +541,21 @@ class Redactor:
                     out.append(REDACTED)
                     hide_next = False
                     continue
-                hide_next = isinstance(item, str) and bool(_FLAG.fullmatch(item)) and \
-                    is_secret_key(item)
+                hide_next = (
+                    isinstance(item, str) and bool(_FLAG.fullmatch(item)) and is_secret_key(item)
+                )
                 out.append(self.deep(item, depth + 1))
             return out
         return value
 
 
 def _holds_secret(key: object, value: object) -> bool:
-    return is_secret_key(str(key)) and value is not None and value != "" and \
-        not isinstance(value, bool)
+    return (
+        is_secret_key(str(key))
+        and value is not None
+        and value != ""
+        and not isinstance(value, bool)
+    )
 
 
 #: environment variables whose names look secret but are not (a shell's working directories)
@@ -298,8 +581,12 @@ def secret_values(config: Any, environ: Mapping[str, str] | None = None) -> set[
                 walk(v)
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
-                if isinstance(v, str) and _FLAG.fullmatch(v) and is_secret_key(v) and \
-                        i + 1 < len(value):
+                if (
+                    isinstance(v, str)
+                    and _FLAG.fullmatch(v)
+                    and is_secret_key(v)
+                    and i + 1 < len(value)
+                ):
                     keep(value[i + 1])
                 walk(v)
 
@@ -350,11 +637,17 @@ class SdkLogRedactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
-            if record.name == _HEADER_LOGGER and record.args and \
-                    isinstance(record.args, tuple) and isinstance(record.args[0], str):
+            if (
+                record.name == _HEADER_LOGGER
+                and record.args
+                and isinstance(record.args, tuple)
+                and isinstance(record.args[0], str)
+            ):
                 name = record.args[0].partition("=")[0].strip()[:100]
-                record.args = (f"{name}={REDACTED} (in OTEL_EXPORTER_OTLP_HEADERS or its "
-                               "per-signal form: URL-encode the value, with no line breaks)",)
+                record.args = (
+                    f"{name}={REDACTED} (in OTEL_EXPORTER_OTLP_HEADERS or its "
+                    "per-signal form: URL-encode the value, with no line breaks)",
+                )
             message = record.getMessage()
         except Exception:  # a record that cannot be formatted: its arguments are not printed
             record.msg, record.args = f"{record.msg!s:.200} (arguments withheld)", None
@@ -370,8 +663,10 @@ def redact_sdk_logs() -> None:
     """Install :class:`SdkLogRedactor` on the SDK's header parser and on every OpenTelemetry
     logger made so far (a logger's filters see only its own records, so each is named): called
     before exporters are made, which is when the SDK parses the headers."""
-    names = {_HEADER_LOGGER, *(name for name in logging.root.manager.loggerDict
-                                if name.startswith("opentelemetry"))}
+    names = {
+        _HEADER_LOGGER,
+        *(name for name in logging.root.manager.loggerDict if name.startswith("opentelemetry")),
+    }
     for name in names - _sdk_redacted:
         logger = logging.getLogger(name)
         if not any(isinstance(f, SdkLogRedactor) for f in logger.filters):

@@ -54,8 +54,14 @@ class Refusals:
         self._warned: set[tuple[str, str]] = set()
         self._said_more = False
 
-    def refuse(self, what: str, key: object, error: Exception, reason: Reason | None = None,
-               then: str = "refused") -> None:
+    def refuse(
+        self,
+        what: str,
+        key: object,
+        error: Exception,
+        reason: Reason | None = None,
+        then: str = "refused",
+    ) -> None:
         """``error`` (which names ``key`` and the fix) refused: raised when strict, else
         counted and said once for ``(what, key)``. ``then``: what happened instead."""
         if self.strict:
@@ -73,9 +79,12 @@ class Refusals:
         if len(self._warned) >= MAX_WARNED:
             if not self._said_more:
                 self._said_more = True
-                log.warning("traintel: more than %d different inputs were refused; further "
-                            "refusals are counted (summary.json 'refused', "
-                            "traintel_refused_total), not said", MAX_WARNED)
+                log.warning(
+                    "traintel: more than %d different inputs were refused; further "
+                    "refusals are counted (summary.json 'refused', "
+                    "traintel_refused_total), not said",
+                    MAX_WARNED,
+                )
             return
         self._warned.add(mark)
         try:
@@ -83,7 +92,6 @@ class Refusals:
         except Exception:
             text = f"{what}: {type(error).__name__}"
         log.warning("%s. (%s; the run goes on; %s)", text.rstrip("."), then, STRICT_HINT)
-
 
     def admit(self, budget: NameBudget, what: str, kind: str, name: str, instead: str) -> str:
         """``name`` admitted by the run's name ``budget``, or (refused) ``instead``."""
@@ -94,7 +102,8 @@ class Refusals:
             return instead
 
 
-def raise_it(what: str, key: object, error: Exception, reason: Reason | None = None,
-             then: str = "") -> NoReturn:
+def raise_it(
+    what: str, key: object, error: Exception, reason: Reason | None = None, then: str = ""
+) -> NoReturn:
     """A refusal outside a run (an instrument made by hand in a test): the error, raised."""
     raise error

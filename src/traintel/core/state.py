@@ -30,8 +30,16 @@ LOGGED_NAME = {key: name for key, name in LOGGED_NAME_FOR_KEY.items() if key != 
 #: One rule for users and integrations: the first of these a run logs in a step is its loss
 #: (summary figures, progress, ``traintel_loss``, non-finite loss counts, halting), unless
 #: ``traintel.init(loss=...)`` declared another name.
-LOSS_NAMES = ("loss", "train/loss", "train_loss", "training_loss", "loss/train", "train.loss",
-              "training/loss", "train/loss_step")
+LOSS_NAMES = (
+    "loss",
+    "train/loss",
+    "train_loss",
+    "training_loss",
+    "loss/train",
+    "train.loss",
+    "training/loss",
+    "train/loss_step",
+)
 LOSS_KEYS = LOSS_NAMES
 _LOSS_SET = frozenset(LOSS_NAMES)
 
@@ -66,12 +74,41 @@ class RunState:
     """Everything the exporters and the progress display read. Written by the training thread."""
 
     __slots__ = (
-        "status", "start_ts", "epoch", "epochs_ended", "step", "steps_taken", "samples",
-        "tokens", "data_wait_total", "compute_total", "nonfinite_losses", "nonfinite",
-        "last_step_ts", "latest", "user_keys", "eval_latest", "eval_best", "eval_best_step",
-        "goals", "events", "errors", "counters", "gauges", "total_steps", "rates", "readings",
-        "queue_depth", "dropped", "logged", "export_failures", "export_error", "loss_key",
-        "summary", "refused", "first_error",
+        "status",
+        "start_ts",
+        "epoch",
+        "epochs_ended",
+        "step",
+        "steps_taken",
+        "samples",
+        "tokens",
+        "data_wait_total",
+        "compute_total",
+        "nonfinite_losses",
+        "nonfinite",
+        "last_step_ts",
+        "latest",
+        "user_keys",
+        "eval_latest",
+        "eval_best",
+        "eval_best_step",
+        "goals",
+        "events",
+        "errors",
+        "counters",
+        "gauges",
+        "total_steps",
+        "rates",
+        "readings",
+        "queue_depth",
+        "dropped",
+        "logged",
+        "export_failures",
+        "export_error",
+        "loss_key",
+        "summary",
+        "refused",
+        "first_error",
     )
 
     def __init__(self) -> None:
@@ -190,7 +227,6 @@ class RateWindow:
                 except OverflowError:  # counts beyond float64: no rate to say
                     pass
         return rates
-
 
 
 class IntervalStats:

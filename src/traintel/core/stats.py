@@ -31,8 +31,7 @@ class RunningStats:
     sample (no percentiles) where only the moments are wanted.
     """
 
-    __slots__ = ("count", "total", "_mean", "_m2", "min", "max", "last", "_sample", "_cap",
-                 "_rng")
+    __slots__ = ("count", "total", "_mean", "_m2", "min", "max", "last", "_sample", "_cap", "_rng")
 
     def __init__(self, reservoir: int = 20_000) -> None:
         self.count = 0
@@ -92,8 +91,15 @@ class RunningStats:
     def summary(self) -> Statistics:
         if not self.count:
             return {"count": 0}
-        out: Statistics = {"count": self.count, "total": self.total, "mean": self._mean,
-                           "std": self.std, "min": self.min, "max": self.max, "last": self.last}
+        out: Statistics = {
+            "count": self.count,
+            "total": self.total,
+            "mean": self._mean,
+            "std": self.std,
+            "min": self.min,
+            "max": self.max,
+            "last": self.last,
+        }
         quantiles = self.quantiles()
         if quantiles:
             out["p50"], out["p95"], out["p99"] = quantiles[50], quantiles[95], quantiles[99]

@@ -43,8 +43,10 @@ MAX_DEPTH = 32
 
 #: the grammar of every name a user gives traintel
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/@-]{0,99}")
-NAME_RULE = ("1-100 characters of letters, digits, '_', '.', '/', ':', '@' or '-', starting with "
-             "a letter or '_'")
+NAME_RULE = (
+    "1-100 characters of letters, digits, '_', '.', '/', ':', '@' or '-', starting with "
+    "a letter or '_'"
+)
 _OUTSIDE = re.compile(r"[^A-Za-z0-9_.:/@-]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _C = TypeVar("_C")
@@ -76,8 +78,9 @@ def check_name(what: str, name: object) -> str:
     """``name`` if it follows :data:`NAME_RULE`; else a ValueError with the reason and, where one
     exists, the nearest valid name."""
     if not isinstance(name, str):
-        raise BadNameType(f"{what}: names are strings ({NAME_RULE}); got "
-                          f"{type(name).__name__} {shown(name)}")
+        raise BadNameType(
+            f"{what}: names are strings ({NAME_RULE}); got {type(name).__name__} {shown(name)}"
+        )
     if NAME_PATTERN.fullmatch(name):
         return name
     if not name:
@@ -112,13 +115,16 @@ def check_step(what: str, step: object, noun: str = "step") -> int:
     try:
         number = operator.index(step)  # type: ignore[arg-type]  # TypeError is the answer
     except (TypeError, ValueError, RuntimeError):  # a float tensor says RuntimeError
-        raise TypeError(f"{what}: {noun} must be a non-negative integer (int, NumPy integer or "
-                        f"0-d integer tensor), got {type(step).__name__} {shown(step)}"
-                        + (f"; pass int({noun}) if it is a whole number"
-                           if isinstance(step, float) else "")) from None
+        raise TypeError(
+            f"{what}: {noun} must be a non-negative integer (int, NumPy integer or "
+            f"0-d integer tensor), got {type(step).__name__} {shown(step)}"
+            + (f"; pass int({noun}) if it is a whole number" if isinstance(step, float) else "")
+        ) from None
     if not 0 <= number <= INT64_MAX:
-        raise ValueError(f"{what}: {noun} must be a non-negative integer (at most 2**63 - 1), "
-                         f"got {shown(number)}")
+        raise ValueError(
+            f"{what}: {noun} must be a non-negative integer (at most 2**63 - 1), "
+            f"got {shown(number)}"
+        )
     return number
 
 
@@ -132,8 +138,10 @@ def check_tags(what: str, tags: object) -> list[str]:
     if tags is None:
         return []
     if isinstance(tags, str) or not hasattr(tags, "__iter__"):
-        raise TypeError(f"{what}: tags is a list of strings, e.g. tags=['baseline', 'lr-sweep']; "
-                        f"got {type(tags).__name__} {tags!r}")
+        raise TypeError(
+            f"{what}: tags is a list of strings, e.g. tags=['baseline', 'lr-sweep']; "
+            f"got {type(tags).__name__} {tags!r}"
+        )
     out: list[str] = []
     for tag in tags:
         if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag) or not tag.strip():
@@ -168,11 +176,15 @@ def check_label(what: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise TypeError(f"{what} must be a non-empty string, got {shown(value)}")
     if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is {len(value)} characters; keep it to {MAX_NAME_LENGTH} (it "
-                         "becomes a label on every series)")
+        raise ValueError(
+            f"{what} is {len(value)} characters; keep it to {MAX_NAME_LENGTH} (it "
+            "becomes a label on every series)"
+        )
     if _CONTROL.search(value):
-        raise ValueError(f"{what} {shown(value)} contains control characters (newline, tab, "
-                         "NUL...); they break label values and log lines: remove them")
+        raise ValueError(
+            f"{what} {shown(value)} contains control characters (newline, tab, "
+            "NUL...); they break label values and log lines: remove them"
+        )
     return clean_text(value)
 
 
@@ -185,9 +197,11 @@ def check_run_id(what: str, run_id: object) -> str:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError(f"{what} must be a non-empty string, got {shown(run_id)}")
     if len(run_id) > MAX_NAME_LENGTH or not _RUN_ID.fullmatch(run_id):
-        raise ValueError(f"{what} {shown(run_id)} is not a valid run id: use 1-{MAX_NAME_LENGTH}"
-                         " letters, digits, '_', '.' or '-', starting with a letter or digit "
-                         "(it names the record's directory, so it cannot be a path)")
+        raise ValueError(
+            f"{what} {shown(run_id)} is not a valid run id: use 1-{MAX_NAME_LENGTH}"
+            " letters, digits, '_', '.' or '-', starting with a letter or digit "
+            "(it names the record's directory, so it cannot be a path)"
+        )
     return run_id
 
 
@@ -208,8 +222,9 @@ def to_number(what: str, key: str, value: Any) -> float | int:
         try:
             return float(value)
         except (OverflowError, ValueError) as exc:
-            raise ValueError(f"{what}: {key!r} = {shown(value)} is beyond float64's range "
-                             f"({exc})") from None
+            raise ValueError(
+                f"{what}: {key!r} = {shown(value)} is beyond float64's range ({exc})"
+            ) from None
     item = getattr(value, "item", None)
     if item is not None and callable(item):
         try:
@@ -217,19 +232,25 @@ def to_number(what: str, key: str, value: Any) -> float | int:
             size = numel() if callable(numel) else getattr(value, "size", 1)
             if size != 1:
                 shape = tuple(getattr(value, "shape", ()))
-                raise ValueError(f"{what}: {key!r} is a tensor/array of shape {shape}; log a "
-                                 f"scalar (e.g. {key}=value.mean().item())")
+                raise ValueError(
+                    f"{what}: {key!r} is a tensor/array of shape {shape}; log a "
+                    f"scalar (e.g. {key}=value.mean().item())"
+                )
             result = item()
         except ValueError:
             raise
         except Exception as exc:  # a meta-device tensor, a freed buffer...
-            raise TypeError(f"{what}: {key!r} could not be read as a number "
-                            f"({type(exc).__name__}: {str(exc)[:200]}); pass a number or a "
-                            "0-d tensor on a real device") from None
+            raise TypeError(
+                f"{what}: {key!r} could not be read as a number "
+                f"({type(exc).__name__}: {str(exc)[:200]}); pass a number or a "
+                "0-d tensor on a real device"
+            ) from None
         if isinstance(result, (int, float)):
             return to_number(what, key, result) if type(result) is not float else result
-    raise TypeError(f"{what}: {key!r} must be a number (int, float, NumPy scalar or 0-d "
-                    f"tensor), got {type(value).__name__}; log text with run.event() instead")
+    raise TypeError(
+        f"{what}: {key!r} must be a number (int, float, NumPy scalar or 0-d "
+        f"tensor), got {type(value).__name__}; log text with run.event() instead"
+    )
 
 
 def _fit_int(what: str, key: str, value: int) -> int | float:
@@ -238,8 +259,10 @@ def _fit_int(what: str, key: str, value: int) -> int | float:
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"{what}: {key!r} is an integer of {value.bit_length()} bits, beyond "
-                         "float64's range; log a float (or its logarithm)") from None
+        raise ValueError(
+            f"{what}: {key!r} is an integer of {value.bit_length()} bits, beyond "
+            "float64's range; log a float (or its logarithm)"
+        ) from None
 
 
 def finite_number(what: str, key: str, value: Any) -> float:
@@ -255,8 +278,9 @@ def check_choice(what: str, value: _C, choices: Iterable[_C]) -> _C:
     """One value of an enumeration (a severity, a level, a goal), or an error listing them."""
     allowed = tuple(choices)
     if value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; got "
-                         f"{shown(value)}")
+        raise ValueError(
+            f"{what} must be one of {', '.join(map(repr, allowed))}; got {shown(value)}"
+        )
     return value
 
 
@@ -281,7 +305,9 @@ def _safe(value: Any, depth: int, seen: set[int]) -> Any:
     if isinstance(value, int):
         if INT64_MIN <= value <= INT64_MAX:
             return value
-        return str(value) if value.bit_length() < 4000 else f"<integer of {value.bit_length()} bits>"
+        return (
+            str(value) if value.bit_length() < 4000 else f"<integer of {value.bit_length()} bits>"
+        )
     if isinstance(value, float):
         return value if math.isfinite(value) else nonfinite_text(value)
     if isinstance(value, (bytes, bytearray)):
@@ -326,8 +352,13 @@ class NameBudget:
         self.used = 0
         self._names: dict[str, set[str]] = {}
 
-    def admit(self, what: str, kind: str, name: str,
-              hint: str = "Put varying parts in fields, not in names") -> str:
+    def admit(
+        self,
+        what: str,
+        kind: str,
+        name: str,
+        hint: str = "Put varying parts in fields, not in names",
+    ) -> str:
         """``name`` of ``kind``, admitted (checked against the name rules when new), or refused
         with ``hint`` (what to do instead)."""
         names = self._names.get(kind)
@@ -342,7 +373,8 @@ class NameBudget:
                 f"{what}: {name!r} would be name number {self.used + 1} of this run; the "
                 f"limit is {self.limit} names in all ({counts}), because each is a series on "
                 f"every export path. {hint}, or raise traintel.init(max_metric_names=...) if "
-                "you really need more")
+                "you really need more"
+            )
         names.add(name)
         self.used += 1
         return name

@@ -9,25 +9,49 @@ from __future__ import annotations
 
 from typing import Literal
 
-RunStatus = Literal["running", "finished", "failed", "preempted", "interrupted", "pruned",
-                    "stopped"]
+RunStatus = Literal[
+    "running", "finished", "failed", "preempted", "interrupted", "pruned", "stopped"
+]
 #: how a run ends: ``preempted`` after SIGTERM (a scheduler's preemption or time limit, the
 #: signal a resumable run expects), ``interrupted`` by Ctrl-C or an exit code, ``failed`` by an
 #: exception, ``pruned`` / ``stopped`` by a hyperparameter search that ended the trial early
 #: (Optuna's ``TrialPruned``, Ray Tune's stop: ``traintel.run.sweeps``; no failure), else ``finished``
 EndStatus = Literal["finished", "failed", "preempted", "interrupted", "pruned", "stopped"]
 #: every status, in the order the ``traintel_run_status`` state set exports them
-STATUSES: tuple[RunStatus, ...] = ("running", "finished", "failed", "preempted", "interrupted",
-                                   "pruned", "stopped")
+STATUSES: tuple[RunStatus, ...] = (
+    "running",
+    "finished",
+    "failed",
+    "preempted",
+    "interrupted",
+    "pruned",
+    "stopped",
+)
 #: the statuses a run ends with, worst first (a multi-rank run's status is its worst rank's)
-END_STATUSES: tuple[EndStatus, ...] = ("failed", "interrupted", "preempted", "stopped", "pruned",
-                                       "finished")
+END_STATUSES: tuple[EndStatus, ...] = (
+    "failed",
+    "interrupted",
+    "preempted",
+    "stopped",
+    "pruned",
+    "finished",
+)
 
 #: what a reader says of a run from its record (one vocabulary for every command): how it ended,
 #: ``running``, ``crashed`` (its process is gone without saying how: SIGKILL, the OOM killer, a
 #: lost node) or ``stale`` (no line for a long time, from a process this host cannot check)
-RecordStatus = Literal["running", "finished", "failed", "preempted", "interrupted", "crashed",
-                       "stale", "pruned", "stopped", "empty"]
+RecordStatus = Literal[
+    "running",
+    "finished",
+    "failed",
+    "preempted",
+    "interrupted",
+    "crashed",
+    "stale",
+    "pruned",
+    "stopped",
+    "empty",
+]
 
 #: the direction of an eval metric for best-so-far
 Goal = Literal["min", "max"]
@@ -37,8 +61,19 @@ LEVELS: tuple[Level, ...] = ("debug", "info", "warning", "error", "critical")
 
 Severity = Literal["critical", "high", "medium", "low"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
-ErrorType = Literal["oom", "cuda", "distributed", "nonfinite_loss", "data", "config",
-                    "model_loading", "network", "checkpoint_io", "interrupted", "other"]
+ErrorType = Literal[
+    "oom",
+    "cuda",
+    "distributed",
+    "nonfinite_loss",
+    "data",
+    "config",
+    "model_loading",
+    "network",
+    "checkpoint_io",
+    "interrupted",
+    "other",
+]
 
 InstrumentKind = Literal["counter", "gauge", "histogram", "timer", "operation"]
 #: the kinds of observation the record writer folds (and exports as histograms)

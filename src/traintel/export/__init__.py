@@ -9,11 +9,18 @@ from dataclasses import dataclass
 from opentelemetry.sdk.resources import Resource
 from prometheus_client.registry import CollectorRegistry
 
-from traintel.record.format import ExportMode, RunTelemetry
 from traintel.core.state import RunState
-from traintel.export.otlp import Note, OtlpExport, Sinks, metric_interval_s, resource_for, start_export
+from traintel.export.otlp import (
+    Note,
+    OtlpExport,
+    Sinks,
+    metric_interval_s,
+    resource_for,
+    start_export,
+)
 from traintel.export.prometheus import RunCollector, registry_for
 from traintel.export.readings import Histograms
+from traintel.record.format import ExportMode, RunTelemetry
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,15 @@ class RunExport:
     mode: ExportMode
 
     @classmethod
-    def start(cls, state: RunState, labels: dict[str, str], run_info: dict[str, str],
-              mode: ExportMode, note: Note, sinks: Sinks | None = None) -> RunExport:
+    def start(
+        cls,
+        state: RunState,
+        labels: dict[str, str],
+        run_info: dict[str, str],
+        mode: ExportMode,
+        note: Note,
+        sinks: Sinks | None = None,
+    ) -> RunExport:
         """The export paths for ``mode``: OTLP exporters configured by ``OTEL_*`` for ``otlp``,
         spans without export for ``offline``, no OpenTelemetry for ``disabled``; ``sinks``
         (``traintel.testing``'s in-memory exporters) win over ``mode``. ``note`` writes each
@@ -43,11 +57,20 @@ class RunExport:
         histograms = Histograms()
         collector = RunCollector(state, labels, run_info, histograms)
         resource = resource_for(labels, run_info["run_name"], run_info["hostname"])
-        return cls(histograms, collector, registry_for(collector),
-                   start_export(sinks, state, labels, run_info, histograms, resource, note),
-                   resource, mode)
+        return cls(
+            histograms,
+            collector,
+            registry_for(collector),
+            start_export(sinks, state, labels, run_info, histograms, resource, note),
+            resource,
+            mode,
+        )
 
     def telemetry(self, log_level: str) -> RunTelemetry:
         """What the run's ``run_start`` line says of its telemetry."""
-        return {"export": self.mode, "export_interval_s": metric_interval_s(),
-                "log_level": log_level, "resource": dict(self.resource.attributes)}
+        return {
+            "export": self.mode,
+            "export_interval_s": metric_interval_s(),
+            "log_level": log_level,
+            "resource": dict(self.resource.attributes),
+        }

@@ -45,10 +45,12 @@ class AlignedMetricReader(PeriodicExportingMetricReader):
     would warn). A forked child does not restart the thread: traintel exports nothing from a
     child (its copy of the run's state is frozen, ``traintel.export.health``)."""
 
-    def __init__(self, exporter: MetricExporter, interval_ms: float,
-                 timeout_ms: float | None = None) -> None:
-        super().__init__(exporter, export_interval_millis=math.inf,
-                         export_timeout_millis=timeout_ms)
+    def __init__(
+        self, exporter: MetricExporter, interval_ms: float, timeout_ms: float | None = None
+    ) -> None:
+        super().__init__(
+            exporter, export_interval_millis=math.inf, export_timeout_millis=timeout_ms
+        )
         self.interval_s = interval_ms / 1000
         #: the SDK's reading of ``OTEL_METRIC_EXPORT_TIMEOUT`` when ``timeout_ms`` is None
         self.timeout_ms: float = self._export_timeout_millis
@@ -61,8 +63,9 @@ class AlignedMetricReader(PeriodicExportingMetricReader):
     def start(self) -> None:
         """Start collecting at the boundaries (once)."""
         if self._thread is None and math.isfinite(self.interval_s) and self.interval_s > 0:
-            self._thread = threading.Thread(target=self._tick, daemon=True,
-                                            name="traintel-metric-reader")
+            self._thread = threading.Thread(
+                target=self._tick, daemon=True, name="traintel-metric-reader"
+            )
             self._thread.start()
 
     def _tick(self) -> None:
@@ -80,9 +83,11 @@ class AlignedMetricReader(PeriodicExportingMetricReader):
         try:
             self.collect(timeout_millis=self.timeout_ms)
         except MetricsTimeoutError:
-            log.warning("traintel: metric collection timed out%s", "" if final else
-                        f"; the next is at the next multiple of {self.interval_s:g} s",
-                        exc_info=True)
+            log.warning(
+                "traintel: metric collection timed out%s",
+                "" if final else f"; the next is at the next multiple of {self.interval_s:g} s",
+                exc_info=True,
+            )
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop the schedule (after the last collection), then the exporter."""

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from traintel.core import env, extras
 from traintel.export.grafana import ANNOTATION_TAG, GrafanaClient, GrafanaError, connect
@@ -45,18 +45,23 @@ def annotation_for(line: EventDict, run_tags: list[str]) -> Annotation | None:
     text = ""
     if kind == "run_end":
         status = str(line.get("status"))
-        kind, text = ("failure" if status == "failed" else "end",
-                      f"run {status} after {line.get('steps')} steps")
+        kind, text = (
+            "failure" if status == "failed" else "end",
+            f"run {status} after {line.get('steps')} steps",
+        )
     elif kind == "error":
-        text = (f"{line.get('severity')} {line.get('error_type')}: "
-                f"{str(line.get('message', ''))[:200]}")
+        text = (
+            f"{line.get('severity')} {line.get('error_type')}: {str(line.get('message', ''))[:200]}"
+        )
     elif kind == "eval":
         best = [name for name, is_best in dict(line.get("is_best") or {}).items() if is_best]
         if not best:
             return None
         metrics = dict(line.get("metrics") or {})
-        kind, text = "best_eval", "best " + ", ".join(f"{name}={metrics.get(name)}"
-                                                      for name in best)
+        kind, text = (
+            "best_eval",
+            "best " + ", ".join(f"{name}={metrics.get(name)}" for name in best),
+        )
     elif kind == "event" and line.get("event") == "checkpoint":
         fields = dict(line.get("fields") or {})
         kind, text = "checkpoint", f"checkpoint {fields.get('path', '')}".strip()
@@ -70,8 +75,13 @@ def annotation_for(line: EventDict, run_tags: list[str]) -> Annotation | None:
 class GrafanaAnnotations:
     """The sink and its posting thread; :meth:`close` flushes within a time bound."""
 
-    def __init__(self, api: GrafanaClient, run_tags: list[str], pipeline: Pipeline | None = None,
-                 timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        api: GrafanaClient,
+        run_tags: list[str],
+        pipeline: Pipeline | None = None,
+        timeout: float = 2.0,
+    ) -> None:
         self.api = api
         self.run_tags = run_tags
         self.pipeline = pipeline
@@ -81,12 +91,18 @@ class GrafanaAnnotations:
         self.failed = 0
         self._wake = threading.Event()
         self._closing = False
-        self._thread = threading.Thread(target=self._loop, name="traintel-grafana",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="traintel-grafana", daemon=True)
 
     @classmethod
-    def start(cls, pipeline: Pipeline, project: str, run_id: str, name: str,
-              start_ts: float, timeout: float) -> GrafanaAnnotations | None:
+    def start(
+        cls,
+        pipeline: Pipeline,
+        project: str,
+        run_id: str,
+        name: str,
+        start_ts: float,
+        timeout: float,
+    ) -> GrafanaAnnotations | None:
         """The run's sink, posting from now on (its start first), or None and one warning when
         it cannot be; ``timeout``: how long :meth:`stop` may take."""
         url = env.GRAFANA_URL.get()
@@ -97,10 +113,14 @@ class GrafanaAnnotations:
         except (GrafanaError, extras.MissingExtra) as error:
             log.warning("traintel: Grafana annotations are off: %s", error)
             return None
-        sink = cls(api, [ANNOTATION_TAG, f"project:{project}", f"run:{run_id}"], pipeline,
-                   timeout)
-        sink.queue.append(Annotation(time=int(start_ts * 1000), tags=[*sink.run_tags, "start"],
-                                     text=f"run {name} started"))
+        sink = cls(api, [ANNOTATION_TAG, f"project:{project}", f"run:{run_id}"], pipeline, timeout)
+        sink.queue.append(
+            Annotation(
+                time=int(start_ts * 1000),
+                tags=[*sink.run_tags, "start"],
+                text=f"run {name} started",
+            )
+        )
         pipeline.add_sink(sink)
         sink._thread.start()
         return sink
@@ -123,14 +143,18 @@ class GrafanaAnnotations:
 
     def _post(self, annotation: Annotation) -> None:
         try:
-            self.api.annotations.add_annotation(time_from=annotation["time"],
-                                                tags=annotation["tags"], text=annotation["text"])
+            self.api.annotations.add_annotation(
+                time_from=annotation["time"], tags=annotation["tags"], text=annotation["text"]
+            )
             self.posted += 1
         except Exception as error:  # Grafana down, refusing, slow: never the run's problem
             self.failed += 1
             if self.failed == 1:
-                log.warning("traintel: Grafana annotation failed (%s); later failures are "
-                            "counted, not logged", error)
+                log.warning(
+                    "traintel: Grafana annotation failed (%s); later failures are "
+                    "counted, not logged",
+                    error,
+                )
 
     def stop(self) -> None:
         """Post what is queued (the run's end included) within the timeout, then stop."""

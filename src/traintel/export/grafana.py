@@ -49,9 +49,11 @@ def connect(url: str, token: str | None = None, timeout: float = 10.0) -> Grafan
 
     token = token or env.GRAFANA_TOKEN.get()
     if not token:
-        raise GrafanaError("set GRAFANA_TOKEN to a Grafana service account token (Editor role "
-                           "for dashboards and annotations, Admin for data sources); it is read "
-                           "from the environment, never from the command line")
+        raise GrafanaError(
+            "set GRAFANA_TOKEN to a Grafana service account token (Editor role "
+            "for dashboards and annotations, Admin for data sources); it is read "
+            "from the environment, never from the command line"
+        )
     return GrafanaApi.from_url(url, credential=token, timeout=timeout)
 
 
@@ -62,16 +64,24 @@ class PushResult:
     unchanged: list[str] = field(default_factory=list)
 
 
-def datasources_needed(dashboards: Mapping[str, Mapping[str, Any]],
-                       provisioned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def datasources_needed(
+    dashboards: Mapping[str, Mapping[str, Any]], provisioned: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The provisioned data sources that the dashboards refer to, and those their links lead
     to (exemplars and derived fields to Tempo, Tempo's logs to Loki), in provisioning order."""
     by_uid = {source["uid"]: source for source in provisioned}
-    wanted = {found["uid"] for found in _dicts(dashboards, "datasource")
-              if isinstance(found, dict) and found.get("uid") in by_uid}
+    wanted = {
+        found["uid"]
+        for found in _dicts(dashboards, "datasource")
+        if isinstance(found, dict) and found.get("uid") in by_uid
+    }
     while True:
-        linked = {uid for source in wanted for uid in _dicts(by_uid[source], "datasourceUid")
-                  if uid in by_uid}
+        linked = {
+            uid
+            for source in wanted
+            for uid in _dicts(by_uid[source], "datasourceUid")
+            if uid in by_uid
+        }
         if linked <= wanted:
             return [source for source in provisioned if source["uid"] in wanted]
         wanted |= linked
@@ -80,8 +90,10 @@ def datasources_needed(dashboards: Mapping[str, Mapping[str, Any]],
 def _dicts(value: Any, key: str) -> list[Any]:
     """Every value under ``key`` anywhere in nested dicts and lists."""
     if isinstance(value, Mapping):
-        return [*([value[key]] if key in value else []),
-                *(found for item in value.values() for found in _dicts(item, key))]
+        return [
+            *([value[key]] if key in value else []),
+            *(found for item in value.values() for found in _dicts(item, key)),
+        ]
     if isinstance(value, list):
         return [found for item in value for found in _dicts(item, key)]
     return []
@@ -90,16 +102,25 @@ def _dicts(value: Any, key: str) -> list[Any]:
 def datasource_body(source: Mapping[str, Any], url: str) -> dict[str, Any]:
     """A provisioned data source as Grafana's API takes it: named ``traintel <Name>``, at ``url``,
     never the default one of someone else's Grafana; provisioning's ``$$`` is a literal ``$``."""
-    body = {"uid": source["uid"], "name": f"traintel {source['name']}", "type": source["type"],
-            "access": source.get("access", "proxy"), "url": url, "basicAuth": False,
-            "jsonData": source.get("jsonData") or {}}
+    body = {
+        "uid": source["uid"],
+        "name": f"traintel {source['name']}",
+        "type": source["type"],
+        "access": source.get("access", "proxy"),
+        "url": url,
+        "basicAuth": False,
+        "jsonData": source.get("jsonData") or {},
+    }
     unescaped: dict[str, Any] = json.loads(json.dumps(body).replace("$$", "$"))
     return unescaped
 
 
-def push(api: GrafanaClient, dashboards: Mapping[str, Mapping[str, Any]],
-         datasources: list[dict[str, Any]], say: Callable[[str], None] = lambda _: None,
-         ) -> PushResult:
+def push(
+    api: GrafanaClient,
+    dashboards: Mapping[str, Mapping[str, Any]],
+    datasources: list[dict[str, Any]],
+    say: Callable[[str], None] = lambda _: None,
+) -> PushResult:
     """Folder, data sources and dashboards into Grafana, changing only what differs."""
     result = PushResult()
 
@@ -128,13 +149,21 @@ def push(api: GrafanaClient, dashboards: Mapping[str, Mapping[str, Any]],
     for name, dashboard in dashboards.items():
         what = f"dashboard {dashboard['title']}"
         stored = _found(api.dashboard.get_dashboard, dashboard["uid"])
-        if stored is not None and _same(stored.get("dashboard") or {}, dashboard) and \
-                (stored.get("meta") or {}).get("folderUid") == FOLDER_UID:
+        if (
+            stored is not None
+            and _same(stored.get("dashboard") or {}, dashboard)
+            and (stored.get("meta") or {}).get("folderUid") == FOLDER_UID
+        ):
             done(result.unchanged, what)
             continue
-        api.dashboard.update_dashboard({
-            "dashboard": {**dashboard, "id": None}, "folderUid": FOLDER_UID, "overwrite": True,
-            "message": f"traintel {__version__}: {name}"})
+        api.dashboard.update_dashboard(
+            {
+                "dashboard": {**dashboard, "id": None},
+                "folderUid": FOLDER_UID,
+                "overwrite": True,
+                "message": f"traintel {__version__}: {name}",
+            }
+        )
         if stored is None:
             done(result.created, what, "imported")
         else:
@@ -157,13 +186,13 @@ def _found(get: Callable[[str], Any], uid: str) -> Any:
 def _same(stored: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:
     def clean(dashboard: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in dashboard.items() if k not in _GRAFANA_OWNED}
+
     return clean(stored) == clean(ours)
 
 
 def load_dashboards(directory: Path) -> dict[str, dict[str, Any]]:
     """The dashboards' JSON files (``grafana/dashboards/*.json``) by file stem."""
-    return {path.stem: json.loads(path.read_text())
-            for path in sorted(directory.glob("*.json"))}
+    return {path.stem: json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))}
 
 
 def load_datasources(path: Path) -> list[dict[str, Any]]:

@@ -87,9 +87,10 @@ def known_down(where: str, ending: bool = False) -> float | None:
     in which it is not tried again; None when it may be tried. ``ending``: for the last export
     of a run, one refused connection is enough (the SDK would retry it for the rest of the
     run's shutdown timeout, with nothing to gain: the record keeps everything)."""
-    since = time.monotonic() - max(_down.get(where, -float("inf")),
-                                   _refused.get(where, -float("inf")) if ending
-                                   else -float("inf"))
+    since = time.monotonic() - max(
+        _down.get(where, -float("inf")),
+        _refused.get(where, -float("inf")) if ending else -float("inf"),
+    )
     return since if since < DOWN_RECHECK_S else None
 
 
@@ -115,19 +116,24 @@ class ExportSession(requests.Session):
         self.mount("http://", self._adapter)
         self.mount("https://", self._adapter)
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,
-                **kwargs: Any) -> requests.Response:
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         where = self.where = _where(url)
         self.known_down = self.unreachable = False
         since = known_down(where, self.ending)
         if since is not None:
             self.known_down = True
-            self.reason = (f"{_causes.get(where, f'cannot connect to {where}')}; not tried "
-                           f"again by this process for {DOWN_RECHECK_S - since:.0f} s")
+            self.reason = (
+                f"{_causes.get(where, f'cannot connect to {where}')}; not tried "
+                f"again by this process for {DOWN_RECHECK_S - since:.0f} s"
+            )
             raise CollectorDown(self.reason)
         if self._cut:  # the run has ended: no new connection (the SDK retries once at once)
-            self.reason = (f"no answer from {where} before the run's end cut the export (a hung "
-                           "or overloaded collector)")
+            self.reason = (
+                f"no answer from {where} before the run's end cut the export (a hung "
+                "or overloaded collector)"
+            )
             raise requests.ConnectionError(self.reason)
         wait = self._wait_until - time.monotonic()
         if wait > 0:
@@ -137,17 +143,24 @@ class ExportSession(requests.Session):
             response = super().request(method, url, *args, **kwargs)
         except requests.Timeout:
             self.unreachable = True
-            self.reason = (f"no answer from {where} within {kwargs.get('timeout') or '?'} s "
-                           "(a hung or overloaded collector)")
+            self.reason = (
+                f"no answer from {where} within {kwargs.get('timeout') or '?'} s "
+                "(a hung or overloaded collector)"
+            )
             _refused[where], _causes[where] = time.monotonic(), self.reason
             raise
         except requests.ConnectionError as exc:
             # refused, or in flight until the run's end cut it (a hung collector): either way
             # the next run of this process does not wait for it again
             self.unreachable = True
-            self.reason = (f"no answer from {where} before the run's end cut the export (a hung "
-                           "or overloaded collector)") if self._cut else \
-                f"cannot connect to {where} ({_cause(exc)})"
+            self.reason = (
+                (
+                    f"no answer from {where} before the run's end cut the export (a hung "
+                    "or overloaded collector)"
+                )
+                if self._cut
+                else f"cannot connect to {where} ({_cause(exc)})"
+            )
             _refused[where], _causes[where] = time.monotonic(), self.reason
             raise
         _down.pop(where, None)  # it answered
@@ -164,14 +177,16 @@ class ExportSession(requests.Session):
             self._throttled_by = self.reason
         return response
 
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
-                                   cert: Any) -> Any:
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
         """As requests merges, but the CA file the exporter set (OTEL_EXPORTER_OTLP_CERTIFICATE)
         is not replaced by REQUESTS_CA_BUNDLE (``traintel.export.selection``)."""
         from traintel.export.selection import keep_own_ca
 
-        return keep_own_ca(self, super().merge_environment_settings(
-            url, proxies, stream, verify, cert), verify)
+        return keep_own_ca(
+            self, super().merge_environment_settings(url, proxies, stream, verify, cert), verify
+        )
 
     def export_failed(self) -> bool:
         """An export through this session failed (the SDK's retries spent): if for want of a
@@ -207,7 +222,8 @@ class _TrackingAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": _tracked(HTTPConnectionPool, HTTPConnection, self),
-            "https": _tracked(HTTPSConnectionPool, HTTPSConnection, self)}
+            "https": _tracked(HTTPSConnectionPool, HTTPSConnection, self),
+        }
 
     def made(self, sock: socket.socket | None) -> None:
         if sock is not None:
@@ -228,8 +244,9 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
-def _tracked(pool: type[HTTPConnectionPool], connection: type[HTTPConnection],
-             adapter: _TrackingAdapter) -> type[HTTPConnectionPool]:
+def _tracked(
+    pool: type[HTTPConnectionPool], connection: type[HTTPConnection], adapter: _TrackingAdapter
+) -> type[HTTPConnectionPool]:
     def connect(self: HTTPConnection) -> None:
         connection.connect(self)
         adapter.made(getattr(self, "sock", None))
@@ -295,18 +312,24 @@ class ExportHealth:
                 return
             since, self._unsaid, self._warned_at = self._unsaid, 0, now
         total = sum(state.export_failures.values())
-        log.warning("traintel: OTLP export of %s failed: %s. %d export(s) failed in this run "
-                    "so far%s; the local record is complete. Check the collector with "
-                    "`traintel doctor`", signal, reason, total,
-                    f" ({since} since the last warning)" if since else "")
+        log.warning(
+            "traintel: OTLP export of %s failed: %s. %d export(s) failed in this run "
+            "so far%s; the local record is complete. Check the collector with "
+            "`traintel doctor`",
+            signal,
+            reason,
+            total,
+            f" ({since} since the last warning)" if since else "",
+        )
 
 
 class ExportGate:
     """In front of one signal's exporter: closed in a forked child; failures counted with their
     reason (the session's, else the SDK's last log line, else the exception)."""
 
-    def __init__(self, signal: Signal, health: ExportHealth,
-                 session: ExportSession | None = None) -> None:
+    def __init__(
+        self, signal: Signal, health: ExportHealth, session: ExportSession | None = None
+    ) -> None:
         self.signal = signal
         self.health = health
         self.session = session
@@ -325,12 +348,14 @@ class ExportGate:
         try:
             result = export()
         except Exception as exc:  # an exporter may raise; the SDK's processors log it raw
-            self.health.failed(self.signal, self._reason() or f"{type(exc).__name__}: {exc}",
-                               self._say())
+            self.health.failed(
+                self.signal, self._reason() or f"{type(exc).__name__}: {exc}", self._say()
+            )
             return failure
         if result != success:
-            self.health.failed(self.signal, self._reason() or "the exporter reported failure",
-                               self._say())
+            self.health.failed(
+                self.signal, self._reason() or "the exporter reported failure", self._say()
+            )
         return result
 
     def _say(self) -> bool:
@@ -348,8 +373,9 @@ class GatedSpanExporter(SpanExporter):
         self.gate = gate
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.gate.run(lambda: self.exporter.export(spans), SpanExportResult.SUCCESS,
-                             SpanExportResult.FAILURE)
+        return self.gate.run(
+            lambda: self.exporter.export(spans), SpanExportResult.SUCCESS, SpanExportResult.FAILURE
+        )
 
     def shutdown(self) -> None:
         self.exporter.shutdown()
@@ -364,8 +390,11 @@ class GatedLogExporter(LogRecordExporter):
         self.gate = gate
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        return self.gate.run(lambda: self.exporter.export(batch), LogRecordExportResult.SUCCESS,
-                             LogRecordExportResult.FAILURE)
+        return self.gate.run(
+            lambda: self.exporter.export(batch),
+            LogRecordExportResult.SUCCESS,
+            LogRecordExportResult.FAILURE,
+        )
 
     def shutdown(self) -> None:
         self.exporter.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped

@@ -19,35 +19,53 @@ from opentelemetry import trace
 from opentelemetry._logs import Logger, LogRecord, SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
-from opentelemetry.sdk._logs.export import (BatchLogRecordProcessor, LogRecordExporter,
-                                            LogRecordExportResult)
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics import Histogram as OtelHistogram
-from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram,
-                                              HistogramDataPoint, Metric, MetricExporter,
-                                              MetricExportResult, MetricReader, MetricsData,
-                                              NumberDataPoint,
-                                              ScopeMetrics)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    ScopeMetrics,
+)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from traintel.core import env
-from traintel.export import sdk_settings
-from traintel.version import __version__
 from traintel.core.catalog import BY_NAME, METRICS
-from traintel.core.redact import Redactor
 from traintel.core.forks import reset_in_child
+from traintel.core.redact import Redactor
+from traintel.core.state import RunState
+from traintel.export import sdk_settings
+from traintel.export.aligned import AlignedMetricReader
+from traintel.export.health import (
+    ExportGate,
+    ExportHealth,
+    ExportSession,
+    GatedLogExporter,
+    GatedSpanExporter,
+    Signal,
+    quiet_sdk_export_lines,
+)
+from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
 from traintel.export.tracer import RunTracerProvider
 from traintel.record.format import ExportLine
 from traintel.record.span_lines import RecordSpans, Write
-from traintel.core.state import RunState
-from traintel.export.health import ExportGate, ExportHealth, ExportSession, GatedLogExporter, GatedSpanExporter, Signal, quiet_sdk_export_lines
-from traintel.export.aligned import AlignedMetricReader
-from traintel.export.readings import WINDOWED, Histograms, Reader, readers, window_readings
+from traintel.version import __version__
 
 log = logging.getLogger("traintel.export")
 
@@ -56,9 +74,12 @@ EXPORT_BATCH = sdk_settings.EXPORT_BATCH
 
 #: a record line's level as OTLP severity (number, text)
 _SEVERITY: dict[str, tuple[SeverityNumber, str]] = {
-    "debug": (SeverityNumber.DEBUG, "DEBUG"), "info": (SeverityNumber.INFO, "INFO"),
-    "warning": (SeverityNumber.WARN, "WARNING"), "error": (SeverityNumber.ERROR, "ERROR"),
-    "critical": (SeverityNumber.FATAL, "CRITICAL")}
+    "debug": (SeverityNumber.DEBUG, "DEBUG"),
+    "info": (SeverityNumber.INFO, "INFO"),
+    "warning": (SeverityNumber.WARN, "WARNING"),
+    "error": (SeverityNumber.ERROR, "ERROR"),
+    "critical": (SeverityNumber.FATAL, "CRITICAL"),
+}
 #: a record line's fields that are not log attributes: the body, the timestamp and the run's
 #: identity (already resource attributes)
 _NOT_ATTRIBUTES = {"message", "ts", "run", "rank", "project"}
@@ -90,17 +111,24 @@ class Sinks:
         interval = sdk_settings.metric_interval_ms()
         # a session of traintel's for each OTLP/HTTP exporter (failure reasons, Retry-After,
         # cut at shutdown), unless the user gives the SDK a credential provider of their own
-        sessions = {signal: ExportSession() for signal in chosen.SIGNALS
-                    if chosen.over_http(signal) and not chosen.users_session(signal)}
+        sessions = {
+            signal: ExportSession()
+            for signal in chosen.SIGNALS
+            if chosen.over_http(signal) and not chosen.users_session(signal)
+        }
         return cls(
-            metric_exporter=chosen.combined(chosen.exporters("metrics", sessions.get("metrics")),
-                                            chosen.FanOutMetricExporter),
+            metric_exporter=chosen.combined(
+                chosen.exporters("metrics", sessions.get("metrics")), chosen.FanOutMetricExporter
+            ),
             metric_interval_ms=interval,
-            span_exporter=chosen.combined(chosen.exporters("traces", sessions.get("traces")),
-                                          chosen.FanOutSpanExporter),
-            log_exporter=chosen.combined(chosen.exporters("logs", sessions.get("logs")),
-                                         chosen.FanOutLogExporter),
-            sessions=sessions)
+            span_exporter=chosen.combined(
+                chosen.exporters("traces", sessions.get("traces")), chosen.FanOutSpanExporter
+            ),
+            log_exporter=chosen.combined(
+                chosen.exporters("logs", sessions.get("logs")), chosen.FanOutLogExporter
+            ),
+            sessions=sessions,
+        )
 
 
 #: seconds between metric exports unless OTEL_METRIC_EXPORT_INTERVAL says otherwise
@@ -125,12 +153,19 @@ class HistogramsExporter(MetricExporter):
     point holds what was observed since the previous export, as the specification says.
     """
 
-    def __init__(self, exporter: MetricExporter, gate: ExportGate,
-                 notes: ExportNotes | None = None) -> None:
-        super().__init__(preferred_temporality=exporter._preferred_temporality,
-                         preferred_aggregation=exporter._preferred_aggregation)
-        self.delta = DeltaHistograms() if (exporter._preferred_temporality or {}).get(
-            OtelHistogram) == AggregationTemporality.DELTA else None
+    def __init__(
+        self, exporter: MetricExporter, gate: ExportGate, notes: ExportNotes | None = None
+    ) -> None:
+        super().__init__(
+            preferred_temporality=exporter._preferred_temporality,
+            preferred_aggregation=exporter._preferred_aggregation,
+        )
+        self.delta = (
+            DeltaHistograms()
+            if (exporter._preferred_temporality or {}).get(OtelHistogram)
+            == AggregationTemporality.DELTA
+            else None
+        )
         self.exporter = exporter
         #: what each export adds (``RunMetrics.added``), set once the instruments exist
         self.added: Callable[[int], list[Metric]] = lambda now_ns: []
@@ -138,16 +173,23 @@ class HistogramsExporter(MetricExporter):
         self.gate = gate
         self.notes = notes or ExportNotes()
 
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-               **kwargs: Any) -> MetricExportResult:
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
         added = self.added(time.time_ns())
         data = with_added(metrics_data, self.delta(added) if self.delta else added)
-        result = self.gate.run(lambda: self.exporter.export(
-            data, timeout_millis=timeout_millis, **kwargs),
-            MetricExportResult.SUCCESS, MetricExportResult.FAILURE)
+        result = self.gate.run(
+            lambda: self.exporter.export(data, timeout_millis=timeout_millis, **kwargs),
+            MetricExportResult.SUCCESS,
+            MetricExportResult.FAILURE,
+        )
         count, latest = _points(data)
-        self.notes("metrics", result is MetricExportResult.SUCCESS, count,
-                   at=latest / 1e9 if latest else None)
+        self.notes(
+            "metrics",
+            result is MetricExportResult.SUCCESS,
+            count,
+            at=latest / 1e9 if latest else None,
+        )
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -173,11 +215,20 @@ class DeltaHistograms:
             if not isinstance(metric.data, Histogram):
                 out.append(metric)
                 continue
-            points = [p for p in map(lambda point: self._delta(metric.name, point),
-                                     metric.data.data_points) if p is not None]
+            points = [
+                p
+                for p in map(lambda point: self._delta(metric.name, point), metric.data.data_points)
+                if p is not None
+            ]
             if points:
-                out.append(replace(metric, data=Histogram(
-                    data_points=points, aggregation_temporality=AggregationTemporality.DELTA)))
+                out.append(
+                    replace(
+                        metric,
+                        data=Histogram(
+                            data_points=points, aggregation_temporality=AggregationTemporality.DELTA
+                        ),
+                    )
+                )
         return out
 
     def _delta(self, name: str, point: HistogramDataPoint) -> HistogramDataPoint | None:
@@ -189,12 +240,15 @@ class DeltaHistograms:
         count = point.count - last.count
         if count <= 0:
             return None
-        return replace(point, start_time_unix_nano=last.time_unix_nano, count=count,
-                       sum=point.sum - last.sum,
-                       bucket_counts=[a - b for a, b in zip(point.bucket_counts,
-                                                            last.bucket_counts)],
-                       min=point.min if point.min < last.min else None,  # type: ignore[arg-type]
-                       max=point.max if point.max > last.max else None)  # type: ignore[arg-type]
+        return replace(
+            point,
+            start_time_unix_nano=last.time_unix_nano,
+            count=count,
+            sum=point.sum - last.sum,
+            bucket_counts=[a - b for a, b in zip(point.bucket_counts, last.bucket_counts)],
+            min=point.min if point.min < last.min else None,  # type: ignore[arg-type]
+            max=point.max if point.max > last.max else None,  # type: ignore[arg-type]
+        )
 
 
 def with_added(data: MetricsData, added: list[Metric]) -> MetricsData:
@@ -208,8 +262,11 @@ def with_added(data: MetricsData, added: list[Metric]) -> MetricsData:
             scopes[i] = replace(scope, metrics=[*scope.metrics, *added])
             break
     else:
-        scopes.append(ScopeMetrics(scope=InstrumentationScope("traintel", __version__),
-                                   metrics=added, schema_url=""))
+        scopes.append(
+            ScopeMetrics(
+                scope=InstrumentationScope("traintel", __version__), metrics=added, schema_url=""
+            )
+        )
     return replace(data, resource_metrics=[replace(resource, scope_metrics=scopes), *others])
 
 
@@ -220,9 +277,16 @@ class RunMetrics:
     sync``'s collects at the record's times, over a state it replays from the record: one code
     for both, so a synced point is what the live export would have sent."""
 
-    def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
-                 histograms: Histograms, resource: Resource, reader: MetricReader,
-                 version: str = __version__) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        labels: dict[str, str],
+        run_info: dict[str, str],
+        histograms: Histograms,
+        resource: Resource,
+        reader: MetricReader,
+        version: str = __version__,
+    ) -> None:
         self.state = state
         self.labels = labels
         self.histograms = histograms
@@ -230,19 +294,27 @@ class RunMetrics:
         #: a window of its own: min/max of the values logged since the previous collection
         self._take_window = state.logged.reader()
         # no exemplars: observable instruments have none, and looking costs a sync's replay
-        self.provider = MeterProvider(resource=resource, metric_readers=[reader],
-                                      shutdown_on_exit=False,
-                                      exemplar_filter=AlwaysOffExemplarFilter())
+        self.provider = MeterProvider(
+            resource=resource,
+            metric_readers=[reader],
+            shutdown_on_exit=False,
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
         meter = self.provider.get_meter("traintel", version)
         table = readers(run_info)
         for metric in METRICS:
             if metric.kind == "histogram" or metric.name in WINDOWED:
                 continue  # added to each collection: see ``added``
-            create = {"counter": meter.create_observable_counter,
-                      "updowncounter": meter.create_observable_up_down_counter,
-                      }.get(metric.kind, meter.create_observable_gauge)
-            create(metric.name, callbacks=[self._callback(table[metric.name])], unit=metric.unit,
-                   description=metric.description)
+            create = {
+                "counter": meter.create_observable_counter,
+                "updowncounter": meter.create_observable_up_down_counter,
+            }.get(metric.kind, meter.create_observable_gauge)
+            create(
+                metric.name,
+                callbacks=[self._callback(table[metric.name])],
+                unit=metric.unit,
+                description=metric.description,
+            )
 
     def added(self, now_ns: int) -> list[Metric]:
         """The histograms' cumulative points and the min/max of each run.log key since the
@@ -265,17 +337,31 @@ class RunMetrics:
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(value, attributes(extra)) for value, extra in reader(state)]
+
         return observe
 
     def _window_metrics(self, now_ns: int) -> list[Metric]:
         """Min and max of each run.log key since the previous collection, as gauges."""
-        return [Metric(name=name, description=BY_NAME[name].description, unit=BY_NAME[name].unit,
-                       data=Gauge(data_points=[
-                           NumberDataPoint(attributes=self._attributes(extra),
-                                           start_time_unix_nano=0, time_unix_nano=now_ns,
-                                           value=value)
-                           for value, extra in readings]))
-                for name, readings in window_readings(self._take_window()).items() if readings]
+        return [
+            Metric(
+                name=name,
+                description=BY_NAME[name].description,
+                unit=BY_NAME[name].unit,
+                data=Gauge(
+                    data_points=[
+                        NumberDataPoint(
+                            attributes=self._attributes(extra),
+                            start_time_unix_nano=0,
+                            time_unix_nano=now_ns,
+                            value=value,
+                        )
+                        for value, extra in readings
+                    ]
+                ),
+            )
+            for name, readings in window_readings(self._take_window()).items()
+            if readings
+        ]
 
     def _histogram_metrics(self, now_ns: int) -> list[Metric]:
         """The histograms' cumulative points, one ``Metric`` per catalog histogram."""
@@ -284,16 +370,31 @@ class RunMetrics:
         for series in self.histograms.snapshot():
             label_names = BY_NAME[series.metric].labels
             extra = {label_names[0]: series.label or ""} if label_names else {}
-            points.setdefault(series.metric, []).append(HistogramDataPoint(
-                attributes=self._attributes(extra), start_time_unix_nano=start,
-                time_unix_nano=now_ns, count=sum(series.counts), sum=series.sum,
-                bucket_counts=series.counts, explicit_bounds=series.bounds, min=series.min,
-                max=series.max))
-        return [Metric(name=name, description=BY_NAME[name].description,
-                       unit=BY_NAME[name].unit,
-                       data=Histogram(data_points=data_points,
-                                      aggregation_temporality=AggregationTemporality.CUMULATIVE))
-                for name, data_points in points.items()]
+            points.setdefault(series.metric, []).append(
+                HistogramDataPoint(
+                    attributes=self._attributes(extra),
+                    start_time_unix_nano=start,
+                    time_unix_nano=now_ns,
+                    count=sum(series.counts),
+                    sum=series.sum,
+                    bucket_counts=series.counts,
+                    explicit_bounds=series.bounds,
+                    min=series.min,
+                    max=series.max,
+                )
+            )
+        return [
+            Metric(
+                name=name,
+                description=BY_NAME[name].description,
+                unit=BY_NAME[name].unit,
+                data=Histogram(
+                    data_points=data_points,
+                    aggregation_temporality=AggregationTemporality.CUMULATIVE,
+                ),
+            )
+            for name, data_points in points.items()
+        ]
 
 
 #: writes an ``export`` line to the record, during the run or after it ended
@@ -309,14 +410,29 @@ class ExportNotes:
     def __init__(self, write: Note | None = None) -> None:
         self.write = write
 
-    def __call__(self, signal: Signal, ok: bool, count: int, at: float | None = None,
-                 delivered: list[int] | list[str] | None = None) -> None:
+    def __call__(
+        self,
+        signal: Signal,
+        ok: bool,
+        count: int,
+        at: float | None = None,
+        delivered: list[int] | list[str] | None = None,
+    ) -> None:
         write = self.write
         if write is None:
             return
-        line: ExportLine = {"ts": time.time(), "type": "export", "level": "debug",
-                            "trace_id": None, "span_id": None, "signal": signal, "ok": ok,
-                            "count": count, "at": at, "delivered": delivered or []}
+        line: ExportLine = {
+            "ts": time.time(),
+            "type": "export",
+            "level": "debug",
+            "trace_id": None,
+            "span_id": None,
+            "signal": signal,
+            "ok": ok,
+            "count": count,
+            "at": at,
+            "delivered": delivered or [],
+        }
         try:
             write(line)
         except Exception:  # noting must never break an export thread
@@ -327,8 +443,14 @@ class _Noted:
     """An exporter wrapped so that every outcome is noted, with the keys of what was
     delivered (``key`` of each item)."""
 
-    def __init__(self, exporter: Any, notes: ExportNotes, signal: Signal, success: Any,
-                 key: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        exporter: Any,
+        notes: ExportNotes,
+        signal: Signal,
+        success: Any,
+        key: Callable[[Any], Any],
+    ) -> None:
         self.exporter = exporter
         self.notes = notes
         self._signal, self._success, self._key = signal, success, key
@@ -339,8 +461,12 @@ class _Noted:
             result = self.exporter.export(items, *args, **kwargs)
         finally:
             ok = result is self._success
-            self.notes(self._signal, ok, len(items),
-                       delivered=[self._key(item) for item in items] if ok else [])
+            self.notes(
+                self._signal,
+                ok,
+                len(items),
+                delivered=[self._key(item) for item in items] if ok else [],
+            )
         return result
 
     def shutdown(self) -> None:
@@ -355,16 +481,26 @@ class NotedSpanExporter(_Noted, SpanExporter):  # type: ignore[misc]
     """A span exporter whose every outcome is noted (the ids of the spans delivered)."""
 
     def __init__(self, exporter: SpanExporter, notes: ExportNotes) -> None:
-        super().__init__(exporter, notes, "traces", SpanExportResult.SUCCESS,
-                         lambda span: format(span.context.span_id, "016x"))
+        super().__init__(
+            exporter,
+            notes,
+            "traces",
+            SpanExportResult.SUCCESS,
+            lambda span: format(span.context.span_id, "016x"),
+        )
 
 
 class NotedLogExporter(_Noted, LogRecordExporter):  # type: ignore[misc]
     """A log exporter whose every outcome is noted (the timestamps of the records delivered)."""
 
     def __init__(self, exporter: LogRecordExporter, notes: ExportNotes) -> None:
-        super().__init__(exporter, notes, "logs", LogRecordExportResult.SUCCESS,
-                         lambda entry: entry.log_record.timestamp or 0)
+        super().__init__(
+            exporter,
+            notes,
+            "logs",
+            LogRecordExportResult.SUCCESS,
+            lambda entry: entry.log_record.timestamp or 0,
+        )
 
 
 def _points(data: MetricsData) -> tuple[int, int]:
@@ -385,12 +521,19 @@ def log_record(line: Mapping[str, Any]) -> LogRecord:
     fields as attributes, and the trace and span the line names."""
     ts = int(line["ts"] * 1e9)
     severity, text = _SEVERITY.get(str(line.get("level")), _SEVERITY["info"])
-    attributes = {key: value for key, value in flat_attributes(line).items()
-                  if _attribute_ok(value)}
-    return LogRecord(timestamp=ts, observed_timestamp=ts, context=_trace_context(line),
-                     severity_number=severity, severity_text=text,
-                     body=str(line.get("message") or ""), attributes=attributes,
-                     event_name=attributes.get("event"))
+    attributes = {
+        key: value for key, value in flat_attributes(line).items() if _attribute_ok(value)
+    }
+    return LogRecord(
+        timestamp=ts,
+        observed_timestamp=ts,
+        context=_trace_context(line),
+        severity_number=severity,
+        severity_text=text,
+        body=str(line.get("message") or ""),
+        attributes=attributes,
+        event_name=attributes.get("event"),
+    )
 
 
 def flat_attributes(line: Mapping[str, Any]) -> dict[str, Any]:
@@ -412,16 +555,23 @@ def _trace_context(line: Mapping[str, Any]) -> Context | None:
     if not isinstance(trace_id, str) or not isinstance(span_id, str):
         return None
     try:
-        context = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False,
-                              trace_flags=_SAMPLED)
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=_SAMPLED
+        )
     except ValueError:
         return None
     return trace.set_span_in_context(NonRecordingSpan(context)) if context.is_valid else None
 
 
-def start_export(sinks: Sinks | None, state: RunState, labels: dict[str, str],
-                 run_info: dict[str, str], histograms: Histograms, resource: Resource,
-                 note: Note | None = None) -> OtlpExport | None:
+def start_export(
+    sinks: Sinks | None,
+    state: RunState,
+    labels: dict[str, str],
+    run_info: dict[str, str],
+    histograms: Histograms,
+    resource: Resource,
+    note: Note | None = None,
+) -> OtlpExport | None:
     """The run's export to ``sinks`` (None: no OpenTelemetry at all; empty sinks: spans made
     and recorded, nothing exported), the SDK's retry chatter quieted."""
     if sinks is None:
@@ -440,18 +590,25 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
     sets wins over traintel's (``service.name``, ``host.name``, ``service.instance.id``), as the
     SDK lets OTEL_* win over its defaults. A malformed OTEL_RESOURCE_ATTRIBUTES is discarded
     whole, with a warning, as the specification says (the SDK keeps the well-formed pairs)."""
-    ours = {"service.name": "traintel", "service.version": __version__,
-            "service.instance.id": f"{labels['run']}/{labels['rank']}", "host.name": host,
-            "traintel.run_name": run_name, **labels}
+    ours = {
+        "service.name": "traintel",
+        "service.version": __version__,
+        "service.instance.id": f"{labels['run']}/{labels['rank']}",
+        "host.name": host,
+        "traintel.run_name": run_name,
+        **labels,
+    }
     detected = dict(Resource.create({}).attributes)
     if str(detected.get("service.name", "")).startswith("unknown_service"):
         del detected["service.name"]
     text = env.OTEL_RESOURCE_ATTRIBUTES.get() or ""
     pairs, malformed = resource_attribute_pairs(text)
     if malformed:
-        _warn_once(f"OTEL_RESOURCE_ATTRIBUTES: {malformed}: the whole value is discarded, as the "
-                   "OpenTelemetry specification says (write key=value pairs separated by commas, "
-                   "with ',', '=' and '%' in values percent-encoded)")
+        _warn_once(
+            f"OTEL_RESOURCE_ATTRIBUTES: {malformed}: the whole value is discarded, as the "
+            "OpenTelemetry specification says (write key=value pairs separated by commas, "
+            "with ',', '=' and '%' in values percent-encoded)"
+        )
         for key, value in pairs.items():  # what the SDK took of it (OTEL_SERVICE_NAME's differs)
             if detected.get(key) == value:
                 del detected[key]
@@ -460,9 +617,11 @@ def resource_for(labels: dict[str, str], run_name: str, host: str) -> Resource:
         detected.pop("service.instance.id", None)  # the SDK's random one; ours names run/rank
     clashing = sorted(key for key in labels if key in detected and detected[key] != labels[key])
     if clashing:
-        _warn_once(f"OTEL_RESOURCE_ATTRIBUTES sets {', '.join(clashing)}, which label every data "
-                   "point and come from traintel.init (project=, or TRAINTEL_PROJECT): "
-                   "traintel's are kept on the resource too, so that both agree")
+        _warn_once(
+            f"OTEL_RESOURCE_ATTRIBUTES sets {', '.join(clashing)}, which label every data "
+            "point and come from traintel.init (project=, or TRAINTEL_PROJECT): "
+            "traintel's are kept on the resource too, so that both agree"
+        )
         for key in clashing:
             del detected[key]
     # OTEL_RESOURCE_ATTRIBUTES is the user's text: it goes out with every signal, redacted
@@ -509,15 +668,25 @@ class OtlpExport:
     copy of the state is the parent's at the fork, frozen, so the child exports nothing of it
     (the same series from several processes would contradict each other)."""
 
-    def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
-                 resource: Resource, sinks: Sinks, histograms: Histograms,
-                 note: Note | None = None) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        labels: dict[str, str],
+        run_info: dict[str, str],
+        resource: Resource,
+        sinks: Sinks,
+        histograms: Histograms,
+        note: Note | None = None,
+    ) -> None:
         self.state = state
         self.labels = labels
         self.histograms = histograms
         self._providers: list[Any] = []
-        self._exporters = [e for e in (sinks.metric_exporter, sinks.span_exporter,
-                                       sinks.log_exporter) if e is not None]
+        self._exporters = [
+            e
+            for e in (sinks.metric_exporter, sinks.span_exporter, sinks.log_exporter)
+            if e is not None
+        ]
         self._sessions = list(sinks.sessions.values())
         health = ExportHealth(state)
         self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -529,13 +698,18 @@ class OtlpExport:
         if sinks.metric_exporter is not None:
             exporter = self._metric_exporter = HistogramsExporter(
                 sinks.metric_exporter,
-                ExportGate("metrics", health, sinks.sessions.get("metrics")), self.notes)
+                ExportGate("metrics", health, sinks.sessions.get("metrics")),
+                self.notes,
+            )
             # collected at the same wall-clock boundaries on every rank (export/aligned.py); the
             # interval and timeout as traintel checked them (a bad OTEL_* value is its default)
-            reader = AlignedMetricReader(exporter, sinks.metric_interval_ms
-                                         if sinks.metric_interval_ms is not None
-                                         else metric_interval_s() * 1000,
-                                         sdk_settings.metric_timeout_ms())
+            reader = AlignedMetricReader(
+                exporter,
+                sinks.metric_interval_ms
+                if sinks.metric_interval_ms is not None
+                else metric_interval_s() * 1000,
+                sdk_settings.metric_timeout_ms(),
+            )
             metrics = RunMetrics(state, labels, run_info, histograms, resource, reader)
             exporter.added = metrics.added
             reader.start()
@@ -544,19 +718,38 @@ class OtlpExport:
         # the SDK's settings checked by traintel: a bad OTEL_* value never stops a run
         self.tracer_provider = RunTracerProvider(resource, sdk_settings.span_limits())
         if sinks.span_exporter is not None:
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(
-                NotedSpanExporter(GatedSpanExporter(sinks.span_exporter, ExportGate(
-                    "traces", health, sinks.sessions.get("traces"))), self.notes),
-                **sdk_settings.span_processor_options()))
+            self.tracer_provider.add_span_processor(
+                BatchSpanProcessor(
+                    NotedSpanExporter(
+                        GatedSpanExporter(
+                            sinks.span_exporter,
+                            ExportGate("traces", health, sinks.sessions.get("traces")),
+                        ),
+                        self.notes,
+                    ),
+                    **sdk_settings.span_processor_options(),
+                )
+            )
         self._providers.append(self.tracer_provider)
         self.tracer = self.tracer_provider.get_tracer("traintel", __version__)
         if sinks.log_exporter is not None:
-            logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False,
-                                             log_record_limits=sdk_settings.log_limits())
-            logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-                NotedLogExporter(GatedLogExporter(sinks.log_exporter, ExportGate(
-                    "logs", health, sinks.sessions.get("logs"))), self.notes),
-                **sdk_settings.log_processor_options()))
+            logger_provider = LoggerProvider(
+                resource=resource,
+                shutdown_on_exit=False,
+                log_record_limits=sdk_settings.log_limits(),
+            )
+            logger_provider.add_log_record_processor(
+                BatchLogRecordProcessor(
+                    NotedLogExporter(
+                        GatedLogExporter(
+                            sinks.log_exporter,
+                            ExportGate("logs", health, sinks.sessions.get("logs")),
+                        ),
+                        self.notes,
+                    ),
+                    **sdk_settings.log_processor_options(),
+                )
+            )
             self._providers.append(logger_provider)
             self._logger = logger_provider.get_logger("traintel", __version__)
         reset_in_child(self._after_fork_in_child)
@@ -623,16 +816,18 @@ class OtlpExport:
                 except Exception:
                     log.debug("exporter shutdown failed", exc_info=True)
             worker.join(max(0.0, deadline - time.monotonic()))
-            log.warning("traintel: telemetry export did not finish within %.1fs (collector "
-                        "unreachable or slow); unsent data is dropped, the local record is "
-                        "complete", time.monotonic() - started)
+            log.warning(
+                "traintel: telemetry export did not finish within %.1fs (collector "
+                "unreachable or slow); unsent data is dropped, the local record is "
+                "complete",
+                time.monotonic() - started,
+            )
         self._providers = []
         return done
 
 
 def _attribute_ok(value: Any) -> bool:
     return isinstance(value, (str, bool, int, float)) or (
-        isinstance(value, (list, tuple)) and all(isinstance(v, (str, bool, int, float))
-                                                 for v in value))
-
-
+        isinstance(value, (list, tuple))
+        and all(isinstance(v, (str, bool, int, float)) for v in value)
+    )

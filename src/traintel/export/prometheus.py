@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from traintel.core.catalog import METRICS
@@ -17,8 +21,13 @@ from traintel.export.readings import WINDOWED, Histograms, Reader, readers, wind
 class RunCollector(Collector):
     """Every catalog metric of one run, in the names and labels the OTLP path produces."""
 
-    def __init__(self, state: RunState, labels: dict[str, str], run_info: dict[str, str],
-                 histograms: Histograms) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        labels: dict[str, str],
+        run_info: dict[str, str],
+        histograms: Histograms,
+    ) -> None:
         self.state = state
         self.labels = labels
         self.table: dict[str, Reader] = readers(run_info)
@@ -30,9 +39,12 @@ class RunCollector(Collector):
         """Every family this collector may yield, without samples: the registry learns the
         names from it, so that ``/metrics?name[]=...`` finds this collector."""
         for metric in METRICS:
-            kind = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
-                    "updowncounter": GaugeMetricFamily,  # Prometheus has no other kind for it
-                    "histogram": HistogramMetricFamily}[metric.kind]
+            kind = {
+                "counter": CounterMetricFamily,
+                "gauge": GaugeMetricFamily,
+                "updowncounter": GaugeMetricFamily,  # Prometheus has no other kind for it
+                "histogram": HistogramMetricFamily,
+            }[metric.kind]
             yield kind(metric.name, metric.description, labels=list(metric.all_labels))
 
     def collect(self) -> Iterator[Metric]:
@@ -60,14 +72,20 @@ class RunCollector(Collector):
                     yield histogram
                 continue
             family = (CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
-                metric.name, metric.description, labels=names)
+                metric.name, metric.description, labels=names
+            )
             found = False
-            readings = (windowed[metric.name] if metric.name in WINDOWED
-                        else self.table[metric.name](self.state))
+            readings = (
+                windowed[metric.name]
+                if metric.name in WINDOWED
+                else self.table[metric.name](self.state)
+            )
             for value, extra in readings:
                 found = True
-                family.add_metric(base_values + [clean_text(extra.get(n, ""))
-                                                 for n in names[len(base_names):]], value)
+                family.add_metric(
+                    base_values + [clean_text(extra.get(n, "")) for n in names[len(base_names) :]],
+                    value,
+                )
             if found:
                 yield family
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 from traintel.core.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS
-from traintel.record.format import STATUSES
 from traintel.core.state import RunState
+from traintel.record.format import STATUSES
 
 Reading = tuple[float, dict[str, str]]
 Reader = Callable[[RunState], Iterator[Reading]]
@@ -27,17 +27,20 @@ def _value(getter: Callable[[RunState], float | None]) -> Reader:
         value = getter(state)
         if value is not None:
             yield float(value), NO_LABELS
+
     return read
 
 
 def _latest(keys: tuple[str, ...]) -> Reader:
     """The latest value logged under the first of ``keys`` (a metric's name and its aliases)
     the run has logged."""
+
     def read(state: RunState) -> Iterator[Reading]:
         for alias in keys:
             if alias in state.latest:
                 yield state.latest[alias], NO_LABELS
                 return
+
     return read
 
 
@@ -45,6 +48,7 @@ def _by(label: str, mapping: Callable[[RunState], Mapping[str, float]]) -> Reade
     def read(state: RunState) -> Iterator[Reading]:
         for key, value in list(mapping(state).items()):
             yield value, {label: key}
+
     return read
 
 
@@ -70,6 +74,7 @@ def _hardware(name: str) -> Reader:
         for (metric, labels), value in list(state.readings.items()):
             if metric == name:
                 yield value, dict(labels)
+
     return read
 
 
@@ -81,8 +86,10 @@ WINDOWED = {"traintel_logged_min": 0, "traintel_logged_max": 1}
 
 def window_readings(window: dict[str, tuple[float, float]]) -> dict[str, list[Reading]]:
     """The WINDOWED gauges' readings from one taken window (``IntervalStats.reader()()``)."""
-    return {name: [(bounds[i], {"metric": key}) for key, bounds in window.items()]
-            for name, i in WINDOWED.items()}
+    return {
+        name: [(bounds[i], {"metric": key}) for key, bounds in window.items()]
+        for name, i in WINDOWED.items()
+    }
 
 
 def readers(run_info: dict[str, str]) -> dict[str, Reader]:
@@ -113,16 +120,19 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_user_value": _by("metric", lambda s: s.gauges),
         "traintel_events_total": _by("event", lambda s: s.events),
         "traintel_errors_total": _errors,
-        "traintel_logged_values_total": _by("metric", lambda s: {
-            key: counts[0] for key, counts in list(s.logged.counts.items())}),
-        "traintel_logged_nonfinite_total": _by("metric", lambda s: {
-            key: counts[1] for key, counts in list(s.logged.counts.items())}),
+        "traintel_logged_values_total": _by(
+            "metric", lambda s: {key: counts[0] for key, counts in list(s.logged.counts.items())}
+        ),
+        "traintel_logged_nonfinite_total": _by(
+            "metric", lambda s: {key: counts[1] for key, counts in list(s.logged.counts.items())}
+        ),
         "traintel_record_dropped_total": _value(lambda s: s.dropped),
         "traintel_record_queue_depth": _value(lambda s: s.queue_depth),
         "traintel_export_failures_total": _by("signal", lambda s: s.export_failures),
         "traintel_refused_total": _by("reason", lambda s: s.refused),
     }
     from traintel.core.catalog import METRICS
+
     for metric in METRICS:
         if metric.keys == ("loss",):  # the loss goes by many names (or the declared one)
             table[metric.name] = _value(RunState.latest_loss)
@@ -135,15 +145,21 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
 
 
 #: histogram metric fed by each kind of observation the record writer reports
-HISTOGRAM_FOR = {"step": "traintel_step_duration_seconds",
-                 "histogram": "traintel_user_observations",
-                 "timer": "traintel_user_timer_seconds",
-                 "operation": "traintel_operation_duration_seconds"}
+HISTOGRAM_FOR = {
+    "step": "traintel_step_duration_seconds",
+    "histogram": "traintel_user_observations",
+    "timer": "traintel_user_timer_seconds",
+    "operation": "traintel_operation_duration_seconds",
+}
 #: bucket bounds of each kind unless the user gave a histogram its own: durations in seconds, and
 #: for ``run.histogram`` (sequence lengths, batch sizes, anything) the OpenTelemetry SDK's
 #: default explicit bounds, the ecosystem's general-purpose choice
-DEFAULT_BOUNDS = {"step": DURATION_BUCKETS, "histogram": DEFAULT_HISTOGRAM_BUCKETS,
-                  "timer": DURATION_BUCKETS, "operation": DURATION_BUCKETS}
+DEFAULT_BOUNDS = {
+    "step": DURATION_BUCKETS,
+    "histogram": DEFAULT_HISTOGRAM_BUCKETS,
+    "timer": DURATION_BUCKETS,
+    "operation": DURATION_BUCKETS,
+}
 
 
 class HistogramSeries(NamedTuple):
@@ -167,8 +183,9 @@ class Histograms:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         #: (metric, label value or None) -> bounds, [bucket counts..., +Inf count], [sum, min, max]
-        self.series: dict[tuple[str, str | None],
-                          tuple[tuple[float, ...], list[int], list[float]]] = {}
+        self.series: dict[
+            tuple[str, str | None], tuple[tuple[float, ...], list[int], list[float]]
+        ] = {}
         #: bounds given before the first observation, by (metric, label value)
         self._defined: dict[tuple[str, str | None], tuple[float, ...]] = {}
 
@@ -183,8 +200,7 @@ class Histograms:
             entry = self.series.get(key)
             if entry is None:
                 bounds = self._defined.get(key) or DEFAULT_BOUNDS[kind]
-                entry = self.series[key] = (bounds, [0] * (len(bounds) + 1),
-                                            [0.0, value, value])
+                entry = self.series[key] = (bounds, [0] * (len(bounds) + 1), [0.0, value, value])
             entry[1][bisect.bisect_left(entry[0], value)] += 1
             figures = entry[2]
             figures[0] += value
@@ -197,12 +213,16 @@ class Histograms:
         """Start from a copy of ``other``'s series (a resumed segment goes on from the
         record's: ``traintel.run.resume.Cumulative``)."""
         with other._lock:
-            series = {key: (bounds, list(counts), list(figures))
-                      for key, (bounds, counts, figures) in other.series.items()}
+            series = {
+                key: (bounds, list(counts), list(figures))
+                for key, (bounds, counts, figures) in other.series.items()
+            }
         with self._lock:
             self.series.update(series)
 
     def snapshot(self) -> list[HistogramSeries]:
         with self._lock:
-            return [HistogramSeries(metric, label, bounds, list(counts), *figures)
-                    for (metric, label), (bounds, counts, figures) in self.series.items()]
+            return [
+                HistogramSeries(metric, label, bounds, list(counts), *figures)
+                for (metric, label), (bounds, counts, figures) in self.series.items()
+            ]

@@ -52,8 +52,9 @@ class ProcessorOptions(TypedDict):
 
 
 def _warn(variable: env.Variable, text: str, rule: str, default: object) -> None:
-    message = (f"{variable.name}={text!r} is refused: {rule}; using the default "
-               f"({default}) and going on")
+    message = (
+        f"{variable.name}={text!r} is refused: {rule}; using the default ({default}) and going on"
+    )
     if message not in _warned:  # once per process: every run would repeat it
         _warned.add(message)
         log.warning("traintel: %s", message)
@@ -84,14 +85,23 @@ def milliseconds(variable: env.Variable, default: float) -> float:
     except ValueError:
         value = math.nan
     if not 0 < value <= MAX_MS:  # NaN too
-        _warn(variable, text, f"it must be a number of milliseconds above 0, at most {MAX_MS:,} "
-              "(a day)", default)
+        _warn(
+            variable,
+            text,
+            f"it must be a number of milliseconds above 0, at most {MAX_MS:,} (a day)",
+            default,
+        )
         return default
     return value
 
 
-def processor_options(queue: env.Variable, batch: env.Variable, delay: env.Variable,
-                      timeout: env.Variable, default_delay: int) -> ProcessorOptions:
+def processor_options(
+    queue: env.Variable,
+    batch: env.Variable,
+    delay: env.Variable,
+    timeout: env.Variable,
+    default_delay: int,
+) -> ProcessorOptions:
     """A batch processor's keyword arguments. The batch is :data:`EXPORT_BATCH` unless set, or
     unless the queue is set (then the SDK's default, within the queue), and never above the
     queue: the SDK refused that combination."""
@@ -99,23 +109,40 @@ def processor_options(queue: env.Variable, batch: env.Variable, delay: env.Varia
     default_batch = EXPORT_BATCH if queue.get() is None else min(SDK_BATCH, queue_size)
     batch_size = whole(batch, default_batch, 1, MAX_ITEMS)
     if batch_size > queue_size:
-        _warn(batch, str(batch_size), f"it is more than the queue ({queue.name}={queue_size})",
-              min(default_batch, queue_size))
+        _warn(
+            batch,
+            str(batch_size),
+            f"it is more than the queue ({queue.name}={queue_size})",
+            min(default_batch, queue_size),
+        )
         batch_size = min(default_batch, queue_size)
-    return {"max_queue_size": queue_size, "max_export_batch_size": batch_size,
-            # whole milliseconds, at least 1: the SDK refuses 0 (and 0.5 would become 0)
-            "schedule_delay_millis": max(1, int(milliseconds(delay, default_delay))),
-            "export_timeout_millis": max(1, int(milliseconds(timeout, 30_000)))}
+    return {
+        "max_queue_size": queue_size,
+        "max_export_batch_size": batch_size,
+        # whole milliseconds, at least 1: the SDK refuses 0 (and 0.5 would become 0)
+        "schedule_delay_millis": max(1, int(milliseconds(delay, default_delay))),
+        "export_timeout_millis": max(1, int(milliseconds(timeout, 30_000))),
+    }
 
 
 def span_processor_options() -> ProcessorOptions:
-    return processor_options(env.OTEL_BSP_MAX_QUEUE_SIZE, env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
-                             env.OTEL_BSP_SCHEDULE_DELAY, env.OTEL_BSP_EXPORT_TIMEOUT, 5_000)
+    return processor_options(
+        env.OTEL_BSP_MAX_QUEUE_SIZE,
+        env.OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+        env.OTEL_BSP_SCHEDULE_DELAY,
+        env.OTEL_BSP_EXPORT_TIMEOUT,
+        5_000,
+    )
 
 
 def log_processor_options() -> ProcessorOptions:
-    return processor_options(env.OTEL_BLRP_MAX_QUEUE_SIZE, env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE,
-                             env.OTEL_BLRP_SCHEDULE_DELAY, env.OTEL_BLRP_EXPORT_TIMEOUT, 1_000)
+    return processor_options(
+        env.OTEL_BLRP_MAX_QUEUE_SIZE,
+        env.OTEL_BLRP_MAX_EXPORT_BATCH_SIZE,
+        env.OTEL_BLRP_SCHEDULE_DELAY,
+        env.OTEL_BLRP_EXPORT_TIMEOUT,
+        1_000,
+    )
 
 
 def metric_interval_ms() -> float:
@@ -133,8 +160,12 @@ def _limit(variable: env.Variable, replacement: int | None) -> int | None:
     text = variable.get()
     if text is None or _valid_limit(text):
         return None
-    _warn(variable, text, "it must be a non-negative whole number (or 'unset')",
-          "no limit" if replacement in (None, SpanLimits.UNSET) else replacement)
+    _warn(
+        variable,
+        text,
+        "it must be a non-negative whole number (or 'unset')",
+        "no limit" if replacement in (None, SpanLimits.UNSET) else replacement,
+    )
     return SpanLimits.UNSET if replacement is None else replacement
 
 
@@ -164,7 +195,8 @@ def span_limits() -> SpanLimits:
         max_events=_limit(env.OTEL_SPAN_EVENT_COUNT_LIMIT, 128),
         max_links=_limit(env.OTEL_SPAN_LINK_COUNT_LIMIT, 128),
         max_event_attributes=_limit(env.OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT, count),
-        max_link_attributes=_limit(env.OTEL_LINK_ATTRIBUTE_COUNT_LIMIT, count))
+        max_link_attributes=_limit(env.OTEL_LINK_ATTRIBUTE_COUNT_LIMIT, count),
+    )
 
 
 def log_limits() -> LogRecordLimits:
@@ -175,5 +207,7 @@ def log_limits() -> LogRecordLimits:
         max_attributes=_limit(env.OTEL_ATTRIBUTE_COUNT_LIMIT, 128),
         max_attribute_length=_limit(env.OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, None),
         max_log_record_attributes=_limit(env.OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT, count),
-        max_log_record_attribute_length=_limit(env.OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT,
-                                               length))
+        max_log_record_attribute_length=_limit(
+            env.OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT, length
+        ),
+    )

@@ -31,14 +31,20 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-from opentelemetry.sdk._logs.export import (ConsoleLogRecordExporter, LogRecordExporter,
-                                            LogRecordExportResult)
-from opentelemetry.sdk.metrics.export import (ConsoleMetricExporter, MetricExporter,
-                                              MetricExportResult, MetricsData)
+from opentelemetry.sdk._logs.export import (
+    ConsoleLogRecordExporter,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
-from traintel.core import env, extras
-from traintel.core import discovery
+from traintel.core import discovery, env, extras
 from traintel.core.redact import redact_sdk_logs
 
 log = logging.getLogger("traintel.export")
@@ -48,13 +54,16 @@ SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
 
 #: the variable choosing each signal's exporters
 EXPORTERS: dict[Signal, env.Variable] = {
-    "traces": env.OTEL_TRACES_EXPORTER, "metrics": env.OTEL_METRICS_EXPORTER,
-    "logs": env.OTEL_LOGS_EXPORTER}
+    "traces": env.OTEL_TRACES_EXPORTER,
+    "metrics": env.OTEL_METRICS_EXPORTER,
+    "logs": env.OTEL_LOGS_EXPORTER,
+}
 #: the per-signal endpoint variables (over OTEL_EXPORTER_OTLP_ENDPOINT), full URLs
 ENDPOINTS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
     "metrics": env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
-    "logs": env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT}
+    "logs": env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT,
+}
 #: the path of each signal under an OTLP/HTTP base URL, as the specification gives it
 PATHS: dict[Signal, str] = {"metrics": "v1/metrics", "logs": "v1/logs", "traces": "v1/traces"}
 #: the specification's default OTLP/HTTP base URL
@@ -63,23 +72,27 @@ DEFAULT_HTTP_BASE = "http://localhost:4318"
 PROTOCOLS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
     "metrics": env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
-    "logs": env.OTEL_EXPORTER_OTLP_LOGS_PROTOCOL}
+    "logs": env.OTEL_EXPORTER_OTLP_LOGS_PROTOCOL,
+}
 #: the per-signal CA file variables (over OTEL_EXPORTER_OTLP_CERTIFICATE)
 CERTIFICATES: dict[Signal, env.Variable] = {
     "traces": env.OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
     "metrics": env.OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE,
-    "logs": env.OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE}
+    "logs": env.OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE,
+}
 #: the per-signal timeout variables (over OTEL_EXPORTER_OTLP_TIMEOUT), in milliseconds
 TIMEOUTS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
     "metrics": env.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
-    "logs": env.OTEL_EXPORTER_OTLP_LOGS_TIMEOUT}
+    "logs": env.OTEL_EXPORTER_OTLP_LOGS_TIMEOUT,
+}
 #: the SDK's per-signal credential-provider variables (over the general one): a requests session
 #: of the user's own, from an entry point, for the OTLP/HTTP exporter
 CREDENTIAL_PROVIDERS: dict[Signal, env.Variable] = {
     "traces": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
     "metrics": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER,
-    "logs": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER}
+    "logs": env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER,
+}
 PROTOCOL_NAMES = ("http/protobuf", "grpc")
 #: the specification's default OTLP timeout
 DEFAULT_TIMEOUT_MS = 10_000.0
@@ -88,17 +101,20 @@ DEFAULT_TIMEOUT_MS = 10_000.0
 _OTLP: dict[str, dict[Signal, tuple[str, str]]] = {
     "http/protobuf": {
         "traces": ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
-        "metrics": ("opentelemetry.exporter.otlp.proto.http.metric_exporter",
-                    "OTLPMetricExporter"),
-        "logs": ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter")},
+        "metrics": ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter"),
+        "logs": ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter"),
+    },
     "grpc": {
         "traces": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
-        "metrics": ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
-                    "OTLPMetricExporter"),
-        "logs": ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter")},
+        "metrics": ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
+        "logs": ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter"),
+    },
 }
-_CONSOLE: dict[Signal, type] = {"traces": ConsoleSpanExporter, "metrics": ConsoleMetricExporter,
-                                "logs": ConsoleLogRecordExporter}
+_CONSOLE: dict[Signal, type] = {
+    "traces": ConsoleSpanExporter,
+    "metrics": ConsoleMetricExporter,
+    "logs": ConsoleLogRecordExporter,
+}
 
 
 def exporter_names(signal: Signal) -> list[str]:
@@ -110,8 +126,10 @@ def exporter_names(signal: Signal) -> list[str]:
     if names == ["none"]:
         return []
     if "none" in names:
-        _warn(f"{EXPORTERS[signal].name}={text!r}: 'none' means no exporter and cannot be "
-              "combined with others; ignoring it")
+        _warn(
+            f"{EXPORTERS[signal].name}={text!r}: 'none' means no exporter and cannot be "
+            "combined with others; ignoring it"
+        )
     return list(dict.fromkeys(name for name in names if name != "none"))
 
 
@@ -131,8 +149,9 @@ def http_url(signal: Signal) -> str:
     own = ENDPOINTS[signal].get()
     if own:
         return own
-    base = (env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or discovery.otlp_http_base()
-            or DEFAULT_HTTP_BASE).rstrip("/")
+    base = (
+        env.OTEL_EXPORTER_OTLP_ENDPOINT.get() or discovery.otlp_http_base() or DEFAULT_HTTP_BASE
+    ).rstrip("/")
     return f"{base}/{PATHS[signal]}"
 
 
@@ -152,16 +171,20 @@ def timeout_s(signal: Signal) -> float:
         if value is not None:
             if value > 0:
                 return value / 1000
-            _warn(f"{variable.name}={value:g} must be a positive number of milliseconds; "
-                  "using the next setting")
+            _warn(
+                f"{variable.name}={value:g} must be a positive number of milliseconds; "
+                "using the next setting"
+            )
     return DEFAULT_TIMEOUT_MS / 1000
 
 
 def users_session(signal: Signal) -> bool:
     """Whether the user gives ``signal``'s OTLP/HTTP exporter a session of their own (a
     credential provider): the SDK then makes it, and traintel's session stands aside."""
-    return bool(env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get()
-                or CREDENTIAL_PROVIDERS[signal].get())
+    return bool(
+        env.OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.get()
+        or CREDENTIAL_PROVIDERS[signal].get()
+    )
 
 
 def over_http(signal: Signal) -> bool:
@@ -188,13 +211,18 @@ class EmptyMeansUnset(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not (str(record.msg).startswith("Invalid value for %s: %s")
-                    and len(args) >= 2 and not str(args[1]).strip())
+        return not (
+            str(record.msg).startswith("Invalid value for %s: %s")
+            and len(args) >= 2
+            and not str(args[1]).strip()
+        )
 
 
 #: the SDK loggers that read OTEL_* variables when an exporter is made
-_SDK_VARIABLE_LOGGERS = ("opentelemetry.exporter.otlp.common._aggregation",
-                         "opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder")
+_SDK_VARIABLE_LOGGERS = (
+    "opentelemetry.exporter.otlp.common._aggregation",
+    "opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder",
+)
 _EMPTY_MEANS_UNSET = EmptyMeansUnset()
 
 
@@ -212,9 +240,11 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
     if name == "otlp":
         transport = protocol(signal)
         if transport not in PROTOCOL_NAMES:
-            _warn(f"{PROTOCOLS[signal].name} / OTEL_EXPORTER_OTLP_PROTOCOL={transport!r}: "
-                  f"opentelemetry-python supports {' and '.join(PROTOCOL_NAMES)}; no {signal} "
-                  "are exported")
+            _warn(
+                f"{PROTOCOLS[signal].name} / OTEL_EXPORTER_OTLP_PROTOCOL={transport!r}: "
+                f"opentelemetry-python supports {' and '.join(PROTOCOL_NAMES)}; no {signal} "
+                "are exported"
+            )
             return None
         if transport == "grpc":
             try:
@@ -232,9 +262,11 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
         return None  # the pull path: traintel's own /metrics (settings read the port)
     found = entry_points(group=f"opentelemetry_{signal}_exporter", name=name)
     if not found:
-        _warn(f"{variable}: no exporter {name!r} is installed (known: otlp, console, none"
-              f"{', prometheus' if signal == 'metrics' else ''}; others come from packages that "
-              "register one, as opentelemetry-exporter-zipkin does)")
+        _warn(
+            f"{variable}: no exporter {name!r} is installed (known: otlp, console, none"
+            f"{', prometheus' if signal == 'metrics' else ''}; others come from packages that "
+            "register one, as opentelemetry-exporter-zipkin does)"
+        )
         return None
     try:
         return next(iter(found)).load()()
@@ -243,8 +275,9 @@ def _make(signal: Signal, name: str, session: Any = None) -> Any:
         return None
 
 
-def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
-              timeout: float | None = None) -> Any:
+def otlp_http(
+    signal: Signal, session: Any = None, endpoint: str | None = None, timeout: float | None = None
+) -> Any:
     """``signal``'s OTLP/HTTP exporter as a live run makes it: the timeout from the variables'
     milliseconds, a session that keeps its CA file; ``endpoint`` and ``timeout`` (seconds)
     replace the variables' (``traintel sync --endpoint`` and its probe). With no endpoint
@@ -254,8 +287,10 @@ def otlp_http(signal: Signal, session: Any = None, endpoint: str | None = None,
     if endpoint is None and _unset(signal) and discovery.otlp_http_base():
         endpoint = http_url(signal)
     return _otlp_class("http/protobuf", signal)(
-        endpoint=endpoint, timeout=timeout or timeout_s(signal),
-        session=session or (session_keeping_its_ca() if _certificate(signal) else None))
+        endpoint=endpoint,
+        timeout=timeout or timeout_s(signal),
+        session=session or (session_keeping_its_ca() if _certificate(signal) else None),
+    )
 
 
 def _otlp_class(transport: str, signal: Signal) -> Any:
@@ -273,10 +308,12 @@ def session_keeping_its_ca() -> Any:
     import requests
 
     class Session(requests.Session):
-        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
-                                       cert: Any) -> Any:
-            return keep_own_ca(self, super().merge_environment_settings(
-                url, proxies, stream, verify, cert), verify)
+        def merge_environment_settings(
+            self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+        ) -> Any:
+            return keep_own_ca(
+                self, super().merge_environment_settings(url, proxies, stream, verify, cert), verify
+            )
 
     return Session()
 
@@ -307,8 +344,11 @@ class FanOutSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         results = [exporter.export(spans) for exporter in self.exporters]
-        return (SpanExportResult.SUCCESS if all(r == SpanExportResult.SUCCESS for r in results)
-                else SpanExportResult.FAILURE)
+        return (
+            SpanExportResult.SUCCESS
+            if all(r == SpanExportResult.SUCCESS for r in results)
+            else SpanExportResult.FAILURE
+        )
 
     def shutdown(self) -> None:
         for exporter in self.exporters:
@@ -326,9 +366,11 @@ class FanOutLogExporter(LogRecordExporter):
 
     def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
         results = [exporter.export(batch) for exporter in self.exporters]
-        return (LogRecordExportResult.SUCCESS
-                if all(r == LogRecordExportResult.SUCCESS for r in results)
-                else LogRecordExportResult.FAILURE)
+        return (
+            LogRecordExportResult.SUCCESS
+            if all(r == LogRecordExportResult.SUCCESS for r in results)
+            else LogRecordExportResult.FAILURE
+        )
 
     def shutdown(self) -> None:
         for exporter in self.exporters:
@@ -343,21 +385,29 @@ class FanOutMetricExporter(MetricExporter):
 
     def __init__(self, exporters: Sequence[MetricExporter]) -> None:
         first = exporters[0]
-        super().__init__(preferred_temporality=first._preferred_temporality,
-                         preferred_aggregation=first._preferred_aggregation)
+        super().__init__(
+            preferred_temporality=first._preferred_temporality,
+            preferred_aggregation=first._preferred_aggregation,
+        )
         self.exporters = list(exporters)
 
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-               **kwargs: Any) -> MetricExportResult:
-        results = [exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-                   for exporter in self.exporters]
-        return (MetricExportResult.SUCCESS
-                if all(r == MetricExportResult.SUCCESS for r in results)
-                else MetricExportResult.FAILURE)
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        results = [
+            exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            for exporter in self.exporters
+        ]
+        return (
+            MetricExportResult.SUCCESS
+            if all(r == MetricExportResult.SUCCESS for r in results)
+            else MetricExportResult.FAILURE
+        )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return all(exporter.force_flush(timeout_millis=timeout_millis)
-                   for exporter in self.exporters)
+        return all(
+            exporter.force_flush(timeout_millis=timeout_millis) for exporter in self.exporters
+        )
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         for exporter in self.exporters:

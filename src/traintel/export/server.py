@@ -20,8 +20,8 @@ import socket
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -131,8 +131,12 @@ class _Server(ThreadingHTTPServer):
         self.requests: dict[threading.Thread, socket.socket] = {}
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self._serve, args=(request, client_address),
-                                  name="traintel-http-request", daemon=True)
+        thread = threading.Thread(
+            target=self._serve,
+            args=(request, client_address),
+            name="traintel-http-request",
+            daemon=True,
+        )
         self.requests[thread] = request
         thread.start()
 
@@ -189,14 +193,19 @@ class StatusServer:
         self._server.check_host = _is_loopback_host(host)
         self.port: int = self._server.server_address[1]
         self._wake, self._waker = socket.socketpair()
-        self._thread = threading.Thread(target=self._server.serve_until_woken,
-                                        args=(self._wake,), name="traintel-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_until_woken,
+            args=(self._wake,),
+            name="traintel-http",
+            daemon=True,
+        )
 
     def start(self) -> StatusServer:
         self.run.pipeline.add_sink(self.hub)
         self._thread.start()
-        write_json(Path(self.run.dir) / page.PAGE_FILE, {"url": self.url, "pid": os.getpid()},
-                   quiet=True)
+        write_json(
+            Path(self.run.dir) / page.PAGE_FILE, {"url": self.url, "pid": os.getpid()}, quiet=True
+        )
         log.info("live page on %s (/metrics /healthz /status /events)", self.url)
         return self
 
@@ -240,11 +249,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _host_refused(self) -> bool:
         """A Host header that does not name this machine's loopback: answered 421."""
         host = self.headers.get("Host")
-        if not self.server.check_host or host is None or _host_name(host) in LOOPBACK_NAMES \
-                or _host_name(host).endswith(".localhost"):
+        if (
+            not self.server.check_host
+            or host is None
+            or _host_name(host) in LOOPBACK_NAMES
+            or _host_name(host).endswith(".localhost")
+        ):
             return False
-        self._json(421, {"error": "this endpoint answers requests for localhost, 127.0.0.1 or "
-                                  "[::1] only (the Host header names another server)"})
+        self._json(
+            421,
+            {
+                "error": "this endpoint answers requests for localhost, 127.0.0.1 or "
+                "[::1] only (the Host header names another server)"
+            },
+        )
         return True
 
     def do_GET(self) -> None:
@@ -253,9 +271,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         file = page.page_file(path)
         if file is not None:
-            self._send(200, *file, headers={"Content-Security-Policy": page.CSP,
-                                            "X-Frame-Options": "DENY",
-                                            "Referrer-Policy": "no-referrer"})
+            self._send(
+                200,
+                *file,
+                headers={
+                    "Content-Security-Policy": page.CSP,
+                    "X-Frame-Options": "DENY",
+                    "Referrer-Policy": "no-referrer",
+                },
+            )
         elif path == "/page.json":
             self._json(200, {"links": page.links(), "debug": self.run.debug, "run": self.run.id})
         elif path == "/metrics":
@@ -308,8 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 415, {"error": "send Content-Type: application/json"}
         origin = self.headers.get("Origin")
         host = self.headers.get("Host")
-        if origin is not None and (host is None or origin.rstrip("/") not in (
-                f"http://{host}", f"https://{host}")):
+        if origin is not None and (
+            host is None or origin.rstrip("/") not in (f"http://{host}", f"https://{host}")
+        ):
             return 403, {"error": "cross-origin requests cannot change this run"}
         return None
 
@@ -413,8 +438,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, data: Any) -> None:
         self._send(code, _dumps(data), "application/json")
 
-    def _send(self, code: int, body: bytes, content_type: str,
-              encoding: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        encoding: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         if encoding:
@@ -438,7 +469,7 @@ def _host_name(host: str) -> str:
     """The name of a Host header without its port (``[::1]:8080`` -> ``::1``), lower case."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 

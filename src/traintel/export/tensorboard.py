@@ -68,8 +68,10 @@ def write_rank(directory: Path, logdir: Path, rank: int | None) -> Written:
     lines = list(Records(directory))
     start = next((line for line in lines if line.get("type") == "run_start"), {})
     run_id = str(start.get("run") or directory.name)
-    name = f"{_safe(start.get('project') or 'traintel')}/{_safe(start.get('name') or run_id)}" \
-           f"-{_safe(run_id)}" + (f"/rank-{rank}" if rank is not None else "")
+    name = (
+        f"{_safe(start.get('project') or 'traintel')}/{_safe(start.get('name') or run_id)}"
+        f"-{_safe(run_id)}" + (f"/rank-{rank}" if rank is not None else "")
+    )
     target = logdir / name
     target.mkdir(parents=True, exist_ok=True)
     for old in target.iterdir():  # a second export replaces the first
@@ -109,7 +111,8 @@ class Converter:
         return self._event_pb2.Event(
             wall_time=float(ts) if isinstance(ts, (int, float)) else self.last_ts,
             step=step if isinstance(step, int) else 0,
-            summary=self._summary_pb2.Summary(value=list(values)))
+            summary=self._summary_pb2.Summary(value=list(values)),
+        )
 
     def scalar(self, tag: str, value: object) -> Any | None:
         number = _number(value)
@@ -128,26 +131,37 @@ class Converter:
         if isinstance(ts, (int, float)):
             self.last_ts = float(ts)
             self.first_ts = self.last_ts if self.first_ts is None else self.first_ts
-        metrics: dict[str, Any] = line["metrics"] if isinstance(line.get("metrics"),
-                                                                dict) else {}
+        metrics: dict[str, Any] = line["metrics"] if isinstance(line.get("metrics"), dict) else {}
         if kind == "step":
             self.written.steps += 1
-            yield from self.scalars(ts, step, {
-                **metrics, "traintel/step_s": line.get("step_s"),
-                "traintel/data_wait_s": line.get("data_wait_s")})
+            yield from self.scalars(
+                ts,
+                step,
+                {
+                    **metrics,
+                    "traintel/step_s": line.get("step_s"),
+                    "traintel/data_wait_s": line.get("data_wait_s"),
+                },
+            )
         elif kind == "values":
             yield from self.scalars(ts, step, metrics)
         elif kind == "eval":
             yield from self.scalars(ts, step, {f"eval/{k}": v for k, v in metrics.items()})
             best, best_step = line.get("best"), line.get("best_step")
-            for key, value in (best.items() if isinstance(best, dict) else ()):
+            for key, value in best.items() if isinstance(best, dict) else ():
                 at = best_step.get(key) if isinstance(best_step, dict) else None
                 if _number(value) is not None and isinstance(at, int):
                     self.best[key] = (float(str(value)), at)
         elif kind == "epoch":
-            yield from self.scalars(ts, step, {"epoch/duration_s": line.get("duration_s"),
-                                               "epoch/steps": line.get("steps"),
-                                               "epoch/epoch": line.get("epoch")})
+            yield from self.scalars(
+                ts,
+                step,
+                {
+                    "epoch/duration_s": line.get("duration_s"),
+                    "epoch/steps": line.get("steps"),
+                    "epoch/epoch": line.get("epoch"),
+                },
+            )
         elif kind == "config" and isinstance(line.get("config"), dict) and not self.started:
             self.started = True  # the configuration the run started with
             self.written.hparams = hparams(line["config"])
@@ -198,7 +212,9 @@ def _plugin_event(tag: str, data: Any, ts: float) -> Any:
 
     summary_metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()))
+            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
+        )
+    )
     value = summary_pb2.Summary.Value(tag=tag, metadata=summary_metadata)
     return event_pb2.Event(wall_time=ts, summary=summary_pb2.Summary(value=[value]))
 
@@ -216,29 +232,45 @@ def _session_start(values: Mapping[str, object], ts: float, group: str) -> Any:
             info.hparams[key].number_value = value
         else:
             info.hparams[key].string_value = str(value)
-    return _plugin_event(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(
-        session_start_info=info, version=metadata.PLUGIN_DATA_VERSION), ts)
+    return _plugin_event(
+        metadata.SESSION_START_INFO_TAG,
+        plugin_data_pb2.HParamsPluginData(
+            session_start_info=info, version=metadata.PLUGIN_DATA_VERSION
+        ),
+        ts,
+    )
 
 
 def _session_end(status: str, ts: float) -> Any:
     """How the run ended, as the HParams plugin's session status."""
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    name = {"finished": "STATUS_SUCCESS", "running": "STATUS_RUNNING",
-            "failed": "STATUS_FAILURE"}.get(status, "STATUS_ABORTED")
+    name = {
+        "finished": "STATUS_SUCCESS",
+        "running": "STATUS_RUNNING",
+        "failed": "STATUS_FAILURE",
+    }.get(status, "STATUS_ABORTED")
     info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(name), end_time_secs=ts)
-    return _plugin_event(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
-        session_end_info=info, version=metadata.PLUGIN_DATA_VERSION), ts)
+    return _plugin_event(
+        metadata.SESSION_END_INFO_TAG,
+        plugin_data_pb2.HParamsPluginData(
+            session_end_info=info, version=metadata.PLUGIN_DATA_VERSION
+        ),
+        ts,
+    )
 
 
 def _text(tag: str, text: str) -> Any:
     from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
-                                    string_val=[text[:TEXT_CHARS].encode()],
-                                    tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        string_val=[text[:TEXT_CHARS].encode()],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+    )
     summary_metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")
+    )
     return summary_pb2.Summary.Value(tag=tag, metadata=summary_metadata, tensor=tensor)
 
 
@@ -246,12 +278,13 @@ def _describe(line: RawLine) -> str:
     kind = line.get("type")
     if kind == "error":
         hints = "".join(f"\n- hint: {h}" for h in line.get("hints") or [])
-        return (f"**{line.get('error_type')}/{line.get('severity')}** {line.get('exc_type')}: "
-                f"{line.get('message', '')}{hints}")
+        return (
+            f"**{line.get('error_type')}/{line.get('severity')}** {line.get('exc_type')}: "
+            f"{line.get('message', '')}{hints}"
+        )
     if kind == "event":
         fields = line.get("fields") or {}
-        extra = ", ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(
-            fields, dict) else ""
+        extra = ", ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(fields, dict) else ""
         return f"**{line.get('event')}** {extra}".rstrip()
     if kind == "milestone":
         return f"**{line.get('percent')}%** at step {line.get('step')}"
@@ -294,15 +327,16 @@ class LiveWriter:
         self.written = Written(f"{project}/{name}-{run_id}", self.logdir)
         self._tail = RecordTail.open(directory)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="traintel-tensorboard",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="traintel-tensorboard", daemon=True)
 
     @classmethod
     def start(cls, directory: Path, project: str, name: str, run_id: str) -> LiveWriter | None:
         """The writer, running; None (and one warning naming the extra) without TensorBoard."""
         if extras.missing("tensorboard") is not None:
-            log.warning("%s; the run goes on without it",
-                        extras.hint("traintel.init(tensorboard=True)", "tensorboard"))
+            log.warning(
+                "%s; the run goes on without it",
+                extras.hint("traintel.init(tensorboard=True)", "tensorboard"),
+            )
             return None
         writer = cls(Path(directory), project, name, run_id)
         writer._thread.start()
@@ -335,9 +369,13 @@ class LiveWriter:
                 writer.close()
                 self._tail.close()
         except Exception as exc:  # telemetry never ends a run: one warning, then nothing
-            log.warning("traintel: TensorBoard event files stopped (%s: %s); the record keeps "
-                        "everything: `traintel tensorboard %s` writes them later",
-                        type(exc).__name__, exc, self.directory)
+            log.warning(
+                "traintel: TensorBoard event files stopped (%s: %s); the record keeps "
+                "everything: `traintel tensorboard %s` writes them later",
+                type(exc).__name__,
+                exc,
+                self.directory,
+            )
 
     def _drain(self) -> Iterator[RawLine]:
         while lines := self._tail.poll():

@@ -15,8 +15,13 @@ import warnings
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import (SpanLimits, SpanProcessor, SynchronousMultiSpanProcessor,
-                                     Tracer, TracerProvider)
+from opentelemetry.sdk.trace import (
+    SpanLimits,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+    Tracer,
+    TracerProvider,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
 
 from traintel.export.sdk_settings import span_limits
@@ -46,10 +51,13 @@ class RunTracerProvider(trace.TracerProvider):
         self._processor = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
         self._tracers: dict[tuple[str, str], trace.Tracer] = {}
 
-    def get_tracer(self, instrumenting_module_name: str,
-                   instrumenting_library_version: str | None = None,
-                   schema_url: str | None = None,
-                   attributes: object = None) -> trace.Tracer:
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: object = None,
+    ) -> trace.Tracer:
         key = (instrumenting_module_name, instrumenting_library_version or "")
         if key in self._tracers:
             return self._tracers[key]
@@ -60,9 +68,15 @@ class RunTracerProvider(trace.TracerProvider):
             with warnings.catch_warnings():  # the SDK's Tracer still takes the deprecated info
                 warnings.simplefilter("ignore", DeprecationWarning)
                 info = InstrumentationInfo(key[0], key[1], schema_url)
-            tracer = Tracer(process.sampler, self.resource, self._processor,
-                            process.id_generator, info, self._span_limits,
-                            InstrumentationScope(key[0], key[1], schema_url))
+            tracer = Tracer(
+                process.sampler,
+                self.resource,
+                self._processor,
+                process.id_generator,
+                info,
+                self._span_limits,
+                InstrumentationScope(key[0], key[1], schema_url),
+            )
         self._tracers[key] = tracer
         return tracer
 

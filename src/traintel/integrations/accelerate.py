@@ -41,8 +41,8 @@ require("traintel.integrations.accelerate", "integrations", "accelerate")
 # after the check that names the extra
 from accelerate.tracking import GeneralTracker, on_main_process  # noqa: E402
 
-from traintel.run.distributed import launcher_run_id, new_run_id  # noqa: E402
 from traintel.integrations.base import Integration, split  # noqa: E402
+from traintel.run.distributed import launcher_run_id, new_run_id  # noqa: E402
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -60,8 +60,12 @@ class TraintelTracker(GeneralTracker, Integration):
     main_process_only = True
     source = "accelerate"
 
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        **init_options: Unpack[InitOptions],
+    ) -> None:
         GeneralTracker.__init__(self)
         Integration.__init__(self, project, name, **init_options)
         self._config: dict[str, Any] = {}
@@ -90,8 +94,13 @@ class TraintelTracker(GeneralTracker, Integration):
         run = self.run or self._open({})
         at = step if step is not None else run.state.step + 1
         epoch = values.get("epoch")
-        if (isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch >= 0
-                and int(epoch) == epoch and int(epoch) != self._epoch):
+        if (
+            isinstance(epoch, (int, float))
+            and not isinstance(epoch, bool)
+            and epoch >= 0
+            and int(epoch) == epoch
+            and int(epoch) != self._epoch
+        ):
             # the loop's epoch (run_*_no_trainer log it once an epoch, others every step): a
             # new number begins that epoch, which ends the one before (issue 29: epochs were 0)
             self._epoch = int(epoch)

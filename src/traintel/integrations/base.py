@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from traintel.core import env
 from traintel.core.catalog import LOGGED_NAME_FOR_KEY
-from traintel.run.live import newest
 from traintel.core.validate import NAME_PATTERN, suggest_name
+from traintel.run.live import newest
 from traintel.run.sweeps import early_end
 
 if TYPE_CHECKING:
@@ -87,17 +87,21 @@ def split(report: Mapping[str, Any], train_marks_evals: bool = False) -> Split:
     evaluations in its other names (Accelerate's one ``accelerator.log`` per epoch with
     ``train_loss``, ``accuracy`` and ``f1``); for a framework without a call of its own for
     evaluations."""
-    numbers = {key: float(value) for key, value in report.items()
-               if key not in LOOP_KEYS and not key.endswith(LOOP_SUFFIXES)
-               and _is_number(value)}
-    evaluating = any(_EVAL.match(key) or (train_marks_evals and _TRAIN.match(key))
-                     for key in numbers)
+    numbers = {
+        key: float(value)
+        for key, value in report.items()
+        if key not in LOOP_KEYS and not key.endswith(LOOP_SUFFIXES) and _is_number(value)
+    }
+    evaluating = any(
+        _EVAL.match(key) or (train_marks_evals and _TRAIN.match(key)) for key in numbers
+    )
     out = Split({}, {}, {})
     for key, value in numbers.items():
         if key.endswith("_epoch") and not _EVAL.match(key):
             out.epoch[record_name(key)] = value
-        elif _EVAL.match(key) or (evaluating and not _TRAIN.match(key)
-                                  and record_name(key) not in KNOWN.values()):
+        elif _EVAL.match(key) or (
+            evaluating and not _TRAIN.match(key) and record_name(key) not in KNOWN.values()
+        ):
             out.evals[record_name(key)] = value
         else:
             out.steps[record_name(key.removesuffix("_step"))] = value
@@ -162,8 +166,12 @@ class Integration:
     #: any integration starts the next training job
     opened: ClassVar[weakref.WeakSet[Run]] = weakref.WeakSet()
 
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        **init_options: Unpack[InitOptions],
+    ) -> None:
         self.init_options: dict[str, Any] = {"project": project, "name": name, **init_options}
         #: whether this integration started its run (then it also finishes it)
         self.created = False
@@ -178,9 +186,16 @@ class Integration:
             self._buffer = buffer = None
         return buffer.run if buffer is not None else None
 
-    def open_run(self, config: Mapping[str, Any], *, total_steps: int | None = None,
-                 framework_bar: bool = False, initial_step: int | None = None,
-                 new_job: bool = False, **options: Any) -> Run:
+    def open_run(
+        self,
+        config: Mapping[str, Any],
+        *,
+        total_steps: int | None = None,
+        framework_bar: bool = False,
+        initial_step: int | None = None,
+        new_job: bool = False,
+        **options: Any,
+    ) -> Run:
         """The run to record into: the one already open, unless ``new_job`` (the framework
         starts training again) and it is a run this integration started and that has taken
         steps: then that one is finished and a new one begins. A run the user started is
@@ -191,8 +206,13 @@ class Integration:
         other."""
         run = self.run
         wanted = options.get("run_id")
-        if run is not None and new_job and self.created and wanted != run.id and \
-                (run.state.steps_taken or wanted is not None):
+        if (
+            run is not None
+            and new_job
+            and self.created
+            and wanted != run.id
+            and (run.state.steps_taken or wanted is not None)
+        ):
             self.finish()  # the framework trains again: the last job's run ends
             run = None
         if run is None:
@@ -211,9 +231,14 @@ class Integration:
             self._buffer = StepBuffer(run)
         return run
 
-    def _join_or_start(self, config: Mapping[str, Any], total_steps: int | None,
-                       framework_bar: bool, initial_step: int | None,
-                       options: Mapping[str, Any]) -> Run:
+    def _join_or_start(
+        self,
+        config: Mapping[str, Any],
+        total_steps: int | None,
+        framework_bar: bool,
+        initial_step: int | None,
+        options: Mapping[str, Any],
+    ) -> Run:
         from traintel.run.facade import Run
         from traintel.run.settings import settings_from
 
@@ -234,12 +259,16 @@ class Integration:
         self.created = True
         Integration.opened.add(run)
         if quiet_bar:
-            log.info("%s shows its own progress bar, so traintel's is off (progress='lines' or "
-                     "TRAINTEL_PROGRESS=lines adds traintel's progress lines)", self.source)
+            log.info(
+                "%s shows its own progress bar, so traintel's is off (progress='lines' or "
+                "TRAINTEL_PROGRESS=lines adds traintel's progress lines)",
+                self.source,
+            )
         return run
 
-    def step(self, step: int, values: Mapping[str, Any], step_s: float | None = None,
-             flush: bool = False) -> None:
+    def step(
+        self, step: int, values: Mapping[str, Any], step_s: float | None = None, flush: bool = False
+    ) -> None:
         """Values of training step ``step``, merged with the step's other reports into one
         line (written at the next step, an evaluation or the end; now with ``flush``)."""
         buffer = self._buffer
@@ -282,8 +311,9 @@ class Integration:
             return
         run.error(exc)
         if self.created:
-            run.finish("interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit))
-                       else "failed")
+            run.finish(
+                "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+            )
         self._buffer = None
 
     def flush(self) -> None:

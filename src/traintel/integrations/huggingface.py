@@ -60,8 +60,12 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
 
     source = "transformers"
 
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        **init_options: Unpack[InitOptions],
+    ) -> None:
         Integration.__init__(self, project, name, **init_options)
         #: the run a checkpoint's trainer_state.json named (set by the Trainer when it restores
         #: callback states, ``restore_callback_states_from_checkpoint=True``)
@@ -75,13 +79,22 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
         """What the Trainer writes into each checkpoint's ``trainer_state.json``: the run id,
         so that ``resume_from_checkpoint`` continues the run (``ExportableState``)."""
         run = self.run
-        return {"args": {k: v for k, v in self.init_options.items()
-                         if isinstance(v, (str, int, float, bool))},
-                "attributes": {"run_id": run.id if run is not None else self.run_id}}
+        return {
+            "args": {
+                k: v for k, v in self.init_options.items() if isinstance(v, (str, int, float, bool))
+            },
+            "attributes": {"run_id": run.id if run is not None else self.run_id},
+        }
 
     # -- lifecycle ------------------------------------------------------------------------
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
         self._trained = False  # until on_train_end: evaluations are of the model as it trains
         resumed = _checkpoint_run_id(state, type(self).__name__) if state.global_step else None
         resumed = resumed or (self.run_id if state.global_step else None)
@@ -91,62 +104,91 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
         self._samples_per_step = batch * args.gradient_accumulation_steps
         self._tokens_seen = state.num_input_tokens_seen
 
-    def _open(self, args: TrainingArguments, state: TrainerState, model: Any,
-              new_job: bool = False, **options: Any) -> None:
+    def _open(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        model: Any,
+        new_job: bool = False,
+        **options: Any,
+    ) -> None:
         config: dict[str, Any] = {"training_args": args.to_dict()}
         model_config = getattr(model, "config", None)
         if model_config is not None and hasattr(model_config, "to_dict"):
             config["model_config"] = model_config.to_dict()
-        if self.init_options.get("name") is None and args.run_name and \
-                args.run_name != args.output_dir:
+        if (
+            self.init_options.get("name") is None
+            and args.run_name
+            and args.run_name != args.output_dir
+        ):
             options["name"] = args.run_name
         if self.init_options.get("project") is None and getattr(args, "project", None):
             from traintel.core import env
 
             if not env.TRAINTEL_PROJECT.get():
                 options["project"] = args.project  # TrainingArguments(project=...), 5.x
-        self.open_run(config, total_steps=state.max_steps or None,
-                      framework_bar=not args.disable_tqdm, initial_step=state.global_step,
-                      new_job=new_job, **options)
+        self.open_run(
+            config,
+            total_steps=state.max_steps or None,
+            framework_bar=not args.disable_tqdm,
+            initial_step=state.global_step,
+            new_job=new_job,
+            **options,
+        )
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState,
-                     control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.flush()  # the run stays open: evaluate() and predict() come next
         self._trained = True
         run = self.run
-        if (run is not None and state.is_world_process_zero and control.should_training_stop
-                and state.max_steps and state.global_step < state.max_steps):
+        if (
+            run is not None
+            and state.is_world_process_zero
+            and control.should_training_stop
+            and state.max_steps
+            and state.global_step < state.max_steps
+        ):
             # a callback stopped the training before its planned end (EarlyStoppingCallback):
             # said, with what it watched and where the best was
             stopper = (state.stateful_callbacks or {}).get("EarlyStoppingCallback") or {}
             patience = (stopper.get("args") or {}).get("early_stopping_patience")
-            run.event("early_stopping" if stopper else "training_stopped", level="warning",
-                      step=state.global_step, planned_steps=state.max_steps,
-                      metric=args.metric_for_best_model, best_metric=state.best_metric,
-                      best_step=_checkpoint_step(state.best_model_checkpoint),
-                      patience=patience)
+            run.event(
+                "early_stopping" if stopper else "training_stopped",
+                level="warning",
+                step=state.global_step,
+                planned_steps=state.max_steps,
+                metric=args.metric_for_best_model,
+                best_metric=state.best_metric,
+                best_step=_checkpoint_step(state.best_model_checkpoint),
+                patience=patience,
+            )
 
-    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, **kwargs: Any) -> None:
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         run = self.run
         if run is not None:
             run.begin_epoch(math.floor((state.epoch or 0) + 1e-6))
 
-    def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
-                     control: TrainerControl, **kwargs: Any) -> None:
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         run = self.run
         if run is not None:
             self.flush()
             run.end_epoch()
 
     # -- steps ----------------------------------------------------------------------------
-    def on_step_begin(self, args: TrainingArguments, state: TrainerState,
-                      control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._step_started is None:  # the first micro-batch of this optimizer step
             self._step_started = time.perf_counter()
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState,
-                    control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.run is None:
             return
         step_s = None if self._step_started is None else time.perf_counter() - self._step_started
@@ -160,52 +202,91 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
         self.step(state.global_step, values, step_s, flush=not control.should_log)
         self._last_callback = time.perf_counter()
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         run = self.run
         if run is None or not logs:
             return
         if any(key in logs for key in _SUMMARY_KEYS):
             self.flush()
             if state.is_world_process_zero:
-                run.event("trainer_summary", level="info",
-                          **{k: v for k, v in logs.items() if isinstance(v, (int, float))})
+                run.event(
+                    "trainer_summary",
+                    level="info",
+                    **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+                )
             return
         report = split({k: v for k, v in logs.items() if not k.startswith("eval_")})
         self.step(state.global_step, report.steps, flush=True)  # evals arrive in on_evaluate
         self._last_callback = time.perf_counter()
 
     # -- evaluation, prediction and checkpoints --------------------------------------------
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    metrics: dict[str, float] | None = None, model: Any = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
         self._evaluated(args, state, model, metrics)
 
-    def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                   metrics: dict[str, float] | None = None, model: Any = None,
-                   **kwargs: Any) -> None:
+    def on_predict(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
         self._evaluated(args, state, model, metrics)
 
-    def _evaluated(self, args: TrainingArguments, state: TrainerState, model: Any,
-                   metrics: Mapping[str, Any] | None) -> None:
+    def _evaluated(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        model: Any,
+        metrics: Mapping[str, Any] | None,
+    ) -> None:
         """``evaluate()``/``predict()`` metrics at the step they were taken at: in the training
         job's run, or a run of their own when no training came first."""
         if self.run is None:
             self._open(args, state, model)
         report = split(metrics or {})
         best = _checkpoint_step(state.best_model_checkpoint)
-        if (getattr(self, "_trained", False) and args.load_best_model_at_end and best is not None
-                and self.run is not None and state.is_world_process_zero):
+        if (
+            getattr(self, "_trained", False)
+            and args.load_best_model_at_end
+            and best is not None
+            and self.run is not None
+            and state.is_world_process_zero
+        ):
             # after train(): the Trainer reloaded the best checkpoint, so these figures are of
             # the model of step `best`, not of the last step
-            self.run.event("best_model_evaluated", step=state.global_step, model_step=best,
-                           checkpoint=state.best_model_checkpoint)
-        self.evaluate(state.global_step, {**report.steps, **report.evals},
-                      main_process=state.is_world_process_zero)
+            self.run.event(
+                "best_model_evaluated",
+                step=state.global_step,
+                model_step=best,
+                checkpoint=state.best_model_checkpoint,
+            )
+        self.evaluate(
+            state.global_step,
+            {**report.steps, **report.evals},
+            main_process=state.is_world_process_zero,
+        )
         self._last_callback = time.perf_counter()
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         run = self.run
         if run is None:
             return
@@ -213,8 +294,12 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):
         # the Trainer saves right before this call and right after the previous one
         took = time.perf_counter() - self._last_callback
         if state.is_world_process_zero:
-            run.event("checkpoint", step=state.global_step, duration_s=round(took, 3),
-                      path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+            run.event(
+                "checkpoint",
+                step=state.global_step,
+                duration_s=round(took, 3),
+                path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
+            )
         self._last_callback = time.perf_counter()
 
 

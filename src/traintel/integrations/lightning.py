@@ -47,8 +47,8 @@ from lightning.pytorch import Callback  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
 from lightning.pytorch.utilities.data import extract_batch_size  # noqa: E402
 
-from traintel.run.distributed import agree_run_id, launcher_run_id, new_run_id  # noqa: E402
 from traintel.integrations.base import Integration, split  # noqa: E402
+from traintel.run.distributed import agree_run_id, launcher_run_id, new_run_id  # noqa: E402
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -56,12 +56,19 @@ if TYPE_CHECKING:
 
     from traintel.run.settings import InitOptions
 
+
 def _config(trainer: Trainer, hparams: Mapping[str, Any]) -> dict[str, Any]:
-    return {"hparams": dict(hparams),
-            "trainer": {"max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
-                        "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                        "precision": str(trainer.precision), "world_size": trainer.world_size,
-                        "log_every_n_steps": trainer.log_every_n_steps}}
+    return {
+        "hparams": dict(hparams),
+        "trainer": {
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "precision": str(trainer.precision),
+            "world_size": trainer.world_size,
+            "log_every_n_steps": trainer.log_every_n_steps,
+        },
+    }
 
 
 def _planned_steps(trainer: Trainer) -> int | None:
@@ -95,8 +102,9 @@ class _LoopRecorder(Callback):
             self.owner.flush()
             run.end_epoch()
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._last_step is None:
             self._last_step = trainer.global_step
         if self._step_started is None:  # the first micro-batch of this optimizer step
@@ -104,8 +112,9 @@ class _LoopRecorder(Callback):
             if trainer.optimizers and trainer.optimizers[0].param_groups:
                 self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.owner.run is None:
             return
         self._samples += extract_batch_size(batch)
@@ -138,11 +147,11 @@ class _LoopRecorder(Callback):
 
     def _evaluated(self, trainer: Trainer) -> None:
         report = split(trainer.callback_metrics)
-        self.owner.evaluate(trainer.global_step, report.evals,
-                            main_process=trainer.is_global_zero)
+        self.owner.evaluate(trainer.global_step, report.evals, main_process=trainer.is_global_zero)
 
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         run = self.owner.run
         if run is not None and trainer.is_global_zero and not isinstance(self.owner, Logger):
             # a TraintelLogger records the save in after_save_checkpoint, with its path: one
@@ -150,8 +159,9 @@ class _LoopRecorder(Callback):
             self.owner.flush()
             run.event("checkpoint", step=trainer.global_step)
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
         self.owner.failed(exception)
 
 
@@ -161,8 +171,12 @@ class TraintelLogger(Logger, Integration):
 
     source = "lightning"
 
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        **init_options: Unpack[InitOptions],
+    ) -> None:
         Logger.__init__(self)
         Integration.__init__(self, project, name, **init_options)
         self._hparams: dict[str, Any] = {}
@@ -185,8 +199,7 @@ class TraintelLogger(Logger, Integration):
         if run is not None:
             return run.id
         if self._chosen_id is None:
-            self._chosen_id = self.init_options.get("run_id") or launcher_run_id() or \
-                new_run_id()
+            self._chosen_id = self.init_options.get("run_id") or launcher_run_id() or new_run_id()
         return self._chosen_id
 
     def _start(self, trainer: Trainer | None) -> None:
@@ -195,12 +208,14 @@ class TraintelLogger(Logger, Integration):
             self.open_run({"hparams": self._hparams})
             return
         fitting = trainer.state.fn == "fit"
-        run_id = self.init_options.get("run_id") or agree_run_id(self.version,
-                                                                 trainer.world_size)
-        self.open_run(_config(trainer, self._hparams),
-                      total_steps=_planned_steps(trainer) if fitting else None,
-                      framework_bar=trainer.progress_bar_callback is not None,
-                      initial_step=trainer.global_step, run_id=run_id)
+        run_id = self.init_options.get("run_id") or agree_run_id(self.version, trainer.world_size)
+        self.open_run(
+            _config(trainer, self._hparams),
+            total_steps=_planned_steps(trainer) if fitting else None,
+            framework_bar=trainer.progress_bar_callback is not None,
+            initial_step=trainer.global_step,
+            run_id=run_id,
+        )
         if not any(isinstance(c, _LoopRecorder) and c.owner is self for c in trainer.callbacks):
             trainer.callbacks.append(_LoopRecorder(self, losses=False))
 
@@ -232,8 +247,11 @@ class TraintelLogger(Logger, Integration):
             return
         # the global step after the optimizer step; Lightning passes the steps before it during
         # fit and after it in validate/test, so its own number is off by one in one of them
-        at = trainer.global_step if trainer is not None else \
-            (run.state.step + 1 if step is None else step + 1)
+        at = (
+            trainer.global_step
+            if trainer is not None
+            else (run.state.step + 1 if step is None else step + 1)
+        )
         report = split(metrics)
         if report.evals:
             self.evaluate(at, report.evals, main_process=run.rank == 0)
@@ -269,15 +287,21 @@ class TraintelCallback(_LoopRecorder, Integration):
 
     source = "lightning"
 
-    def __init__(self, project: str | None = None, name: str | None = None,
-                 **init_options: Unpack[InitOptions]) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        **init_options: Unpack[InitOptions],
+    ) -> None:
         _LoopRecorder.__init__(self, self, losses=True)
         Integration.__init__(self, project, name, **init_options)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if any(isinstance(logger, TraintelLogger) for logger in trainer.loggers):
-            raise ValueError("traintel: use TraintelLogger or TraintelCallback, not both (each "
-                             "would record the same steps)")
+            raise ValueError(
+                "traintel: use TraintelLogger or TraintelCallback, not both (each "
+                "would record the same steps)"
+            )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._open(trainer, pl_module, fitting=True)
@@ -291,18 +315,22 @@ class TraintelCallback(_LoopRecorder, Integration):
             self._open(trainer, pl_module, fitting=False)
 
     def _open(self, trainer: Trainer, pl_module: LightningModule, fitting: bool) -> None:
-        self.open_run(_config(trainer, pl_module.hparams),
-                      total_steps=_planned_steps(trainer) if fitting else None,
-                      framework_bar=trainer.progress_bar_callback is not None,
-                      initial_step=trainer.global_step, new_job=fitting)
+        self.open_run(
+            _config(trainer, pl_module.hparams),
+            total_steps=_planned_steps(trainer) if fitting else None,
+            framework_bar=trainer.progress_bar_callback is not None,
+            initial_step=trainer.global_step,
+            new_job=fitting,
+        )
         self._last_step = trainer.global_step
 
 
 def _saved_path(checkpoint_callback: Any) -> str | None:
     """The file ModelCheckpoint just wrote (it keeps it in a private attribute; read it softly so
     a Lightning change cannot break a save)."""
-    return getattr(checkpoint_callback, "_last_checkpoint_saved", None) or \
-        getattr(checkpoint_callback, "best_model_path", None)
+    return getattr(checkpoint_callback, "_last_checkpoint_saved", None) or getattr(
+        checkpoint_callback, "best_model_path", None
+    )
 
 
 __all__ = ["TraintelCallback", "TraintelLogger"]

@@ -72,8 +72,13 @@ class TrialRun:
         return value
 
 
-def trial_run(trial: Any, project: str | None = None, *, config: Mapping[str, Any] | None = None,
-              **options: Any) -> TrialRun:
+def trial_run(
+    trial: Any,
+    project: str | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> TrialRun:
     """Start the run of Optuna ``trial`` (see the module's docstring); ``options`` go to
     ``traintel.init`` (``group`` and ``name`` default to the study's and ``trial-N``)."""
     from traintel.run.facade import Run

@@ -47,8 +47,9 @@ def _quietly(then: Callable[[ModuleType], None], module: ModuleType) -> None:
     try:
         then(module)
     except Exception as exc:  # noqa: BLE001  (any failure: report_to alone stops working)
-        log.debug("traintel: could not register report_to='traintel' with %s: %r",
-                  module.__name__, exc)
+        log.debug(
+            "traintel: could not register report_to='traintel' with %s: %r", module.__name__, exc
+        )
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
@@ -59,8 +60,9 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         self.name = name
         self.then = then
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != self.name:
             return None
         if self in sys.meta_path:

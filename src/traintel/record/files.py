@@ -25,8 +25,11 @@ def encode(value: Any, *, sort_keys: bool = False, indent: bool = False) -> byte
     64 bits, text with lone surrogates, nesting deeper than 255, a circular reference) is made
     JSON-safe by :func:`traintel.core.validate.json_safe` and encoded again, so that one odd value
     costs that value, not its line."""
-    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0) | (
-        orjson.OPT_INDENT_2 if indent else 0)
+    option = (
+        orjson.OPT_NON_STR_KEYS
+        | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+        | (orjson.OPT_INDENT_2 if indent else 0)
+    )
     try:
         return orjson.dumps(value, option=option, default=_json_default)
     except (TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError

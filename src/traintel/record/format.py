@@ -7,26 +7,57 @@ writer may have left), which readers check key by key.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict, Union
+from typing import Any, Literal, TypedDict
 
 from traintel.core.stats import Statistics
+from traintel.core.vocabulary import (
+    END_STATUSES as END_STATUSES,
+)
+from traintel.core.vocabulary import (
+    LEVELS as LEVELS,
+)
+from traintel.core.vocabulary import (
+    SEVERITIES as SEVERITIES,
+)
+from traintel.core.vocabulary import (
+    STATUSES as STATUSES,
+)
+from traintel.core.vocabulary import (
+    EndStatus as EndStatus,
+)
+from traintel.core.vocabulary import (
+    ErrorType as ErrorType,
+)
+from traintel.core.vocabulary import (
+    ExportMode as ExportMode,
+)
+from traintel.core.vocabulary import (
+    Goal as Goal,
+)
+from traintel.core.vocabulary import (
+    InstrumentKind as InstrumentKind,
+)
+from traintel.core.vocabulary import (
+    Level as Level,
+)
+from traintel.core.vocabulary import (
+    ObservationKind as ObservationKind,
+)
+from traintel.core.vocabulary import (
+    RecordStatus as RecordStatus,
+)
+
 # the shared vocabulary, re-exported: readers and writers of the record import it from here
 from traintel.core.vocabulary import (
     RunStatus as RunStatus,
-    EndStatus as EndStatus,
-    STATUSES as STATUSES,
-    END_STATUSES as END_STATUSES,
-    RecordStatus as RecordStatus,
-    Goal as Goal,
-    Level as Level,
-    LEVELS as LEVELS,
+)
+from traintel.core.vocabulary import (
     Severity as Severity,
-    SEVERITIES as SEVERITIES,
-    ErrorType as ErrorType,
-    InstrumentKind as InstrumentKind,
-    ObservationKind as ObservationKind,
-    ExportMode as ExportMode,
+)
+from traintel.core.vocabulary import (
     Signal as Signal,
+)
+from traintel.core.vocabulary import (
     SpanStatus as SpanStatus,
 )
 
@@ -37,7 +68,7 @@ EVENTS_FILE = "events.jsonl"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
 #: a step's metrics: numbers, and "nan"/"inf"/"-inf" text for non-finite values (JSON has none)
-Metrics = dict[str, Union[float, int, str]]
+Metrics = dict[str, float | int | str]
 #: a line as read back from a file: whatever is there, checked by its readers
 RawLine = dict[str, Any]
 #: a line while the event pipeline's processors work on it (structlog's ``EventDict``)
@@ -259,6 +290,19 @@ class RunEndLine(_Stamped):
     last_step: int
 
 
-RecordLine = Union[RunStartLine, ConfigLine, StepLine, ValuesLine, EvalLine, EpochLine,
-                   EventLine, MilestoneLine, ErrorLine, LogLine, InstrumentLine, SpanLine,
-                   ExportLine, RunEndLine]
+RecordLine = (
+    RunStartLine
+    | ConfigLine
+    | StepLine
+    | ValuesLine
+    | EvalLine
+    | EpochLine
+    | EventLine
+    | MilestoneLine
+    | ErrorLine
+    | LogLine
+    | InstrumentLine
+    | SpanLine
+    | ExportLine
+    | RunEndLine
+)

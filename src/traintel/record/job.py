@@ -28,9 +28,18 @@ log = logging.getLogger("traintel.record")
 #: the job's summary, in the run's directory above the ranks' records
 JOB_SUMMARY = "summary.json"
 #: worst first: the job's status is its worst rank's
-STATUS_ORDER: tuple[RecordStatus, ...] = ("failed", "crashed", "interrupted", "preempted",
-                                          "empty", "stale", "running", "stopped", "pruned",
-                                          "finished")
+STATUS_ORDER: tuple[RecordStatus, ...] = (
+    "failed",
+    "crashed",
+    "interrupted",
+    "preempted",
+    "empty",
+    "stale",
+    "running",
+    "stopped",
+    "pruned",
+    "finished",
+)
 
 
 class RankFigures(TypedDict):
@@ -71,9 +80,11 @@ def job_throughput(by_rank: Mapping[int, Throughput]) -> Throughput:
     steps = [t["steps_per_s"] for t in by_rank.values() if t["steps_per_s"] is not None]
     samples = [t["samples_per_s"] for t in by_rank.values() if t["samples_per_s"] is not None]
     tokens = [t["tokens_per_s"] for t in by_rank.values() if t["tokens_per_s"] is not None]
-    return {"steps_per_s": sum(steps) / len(steps) if steps else None,
-            "samples_per_s": sum(samples) if samples else None,
-            "tokens_per_s": sum(tokens) if tokens else None}
+    return {
+        "steps_per_s": sum(steps) / len(steps) if steps else None,
+        "samples_per_s": sum(samples) if samples else None,
+        "tokens_per_s": sum(tokens) if tokens else None,
+    }
 
 
 def job_summary(ranks: Mapping[int, Mapping[str, Any]]) -> JobSummary:
@@ -81,32 +92,46 @@ def job_summary(ranks: Mapping[int, Mapping[str, Any]]) -> JobSummary:
     first = ranks[min(ranks)]
     world_size = int(first.get("world_size") or len(ranks))
     by_rank: dict[str, RankFigures] = {
-        str(rank): {"status": str(s.get("status")), "steps": int(s.get("steps") or 0),
-                    "samples": int(s.get("samples") or 0), "tokens": int(s.get("tokens") or 0),
-                    "throughput": _throughput(s.get("throughput")),
-                    "step_time_mean_s": (s.get("step_time") or {}).get("mean_s"),
-                    "errors": int((s.get("errors") or {}).get("total") or 0)}
-        for rank, s in sorted(ranks.items())}
+        str(rank): {
+            "status": str(s.get("status")),
+            "steps": int(s.get("steps") or 0),
+            "samples": int(s.get("samples") or 0),
+            "tokens": int(s.get("tokens") or 0),
+            "throughput": _throughput(s.get("throughput")),
+            "step_time_mean_s": (s.get("step_time") or {}).get("mean_s"),
+            "errors": int((s.get("errors") or {}).get("total") or 0),
+        }
+        for rank, s in sorted(ranks.items())
+    }
     statuses = {figures["status"] for figures in by_rank.values()}
-    return {"run": str(first.get("run")), "project": str(first.get("project")),
-            "name": str(first.get("name")), "world_size": world_size,
-            "ranks": sorted(ranks), "complete": len(ranks) >= world_size,
-            "status": next((s for s in STATUS_ORDER if s in statuses), "running"),
-            "steps": max(f["steps"] for f in by_rank.values()),
-            "samples": sum(f["samples"] for f in by_rank.values()),
-            "tokens": sum(f["tokens"] for f in by_rank.values()),
-            "throughput": job_throughput({int(r): f["throughput"] for r, f in by_rank.items()}),
-            "errors": sum(f["errors"] for f in by_rank.values()),
-            "root_cause": root_cause({rank: (s.get("errors") or {}).get("first")
-                                      for rank, s in ranks.items()}),
-            "by_rank": by_rank}
+    return {
+        "run": str(first.get("run")),
+        "project": str(first.get("project")),
+        "name": str(first.get("name")),
+        "world_size": world_size,
+        "ranks": sorted(ranks),
+        "complete": len(ranks) >= world_size,
+        "status": next((s for s in STATUS_ORDER if s in statuses), "running"),
+        "steps": max(f["steps"] for f in by_rank.values()),
+        "samples": sum(f["samples"] for f in by_rank.values()),
+        "tokens": sum(f["tokens"] for f in by_rank.values()),
+        "throughput": job_throughput({int(r): f["throughput"] for r, f in by_rank.items()}),
+        "errors": sum(f["errors"] for f in by_rank.values()),
+        "root_cause": root_cause(
+            {rank: (s.get("errors") or {}).get("first") for rank, s in ranks.items()}
+        ),
+        "by_rank": by_rank,
+    }
 
 
 def root_cause(first_errors: Mapping[int, object]) -> dict[str, Any] | None:
     """The rank whose first error came first (the others' often follow from it: a collective
     that timed out, a peer that went away), with that error; None when none has one."""
-    found = [(first["ts"], rank, first) for rank, first in first_errors.items()
-             if isinstance(first, Mapping) and isinstance(first.get("ts"), (int, float))]
+    found = [
+        (first["ts"], rank, first)
+        for rank, first in first_errors.items()
+        if isinstance(first, Mapping) and isinstance(first.get("ts"), (int, float))
+    ]
     if not found:
         return None
     _, rank, first = min(found, key=lambda item: (item[0], item[1]))
@@ -120,8 +145,11 @@ def _throughput(value: object) -> Throughput:
         found = rates.get(key)
         return float(found) if isinstance(found, (int, float)) else None
 
-    return {"steps_per_s": rate("steps_per_s"), "samples_per_s": rate("samples_per_s"),
-            "tokens_per_s": rate("tokens_per_s")}
+    return {
+        "steps_per_s": rate("steps_per_s"),
+        "samples_per_s": rate("samples_per_s"),
+        "tokens_per_s": rate("tokens_per_s"),
+    }
 
 
 def write_job_summary(run_dir: Path) -> JobSummary | None:

@@ -63,13 +63,15 @@ class RecordLock:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             if safe.is_link(directory):  # mkdir(exist_ok) accepts a link to a directory
-                raise safe.UnsafePath(0, "a symbolic link where the record directory belongs",
-                                      str(directory))
+                raise safe.UnsafePath(
+                    0, "a symbolic link where the record directory belongs", str(directory)
+                )
             fd = safe.open_lock(self.path)
         except safe.UnsafePath as exc:
             raise RecordRefused(
                 f"traintel.init: refusing to record run {run_id!r}: {exc.filename} is "
-                f"{exc.strerror}") from None
+                f"{exc.strerror}"
+            ) from None
         except OSError:
             return self
         deadline = time.monotonic() + ACQUIRE_S
@@ -89,11 +91,15 @@ class RecordLock:
             raise RecordLocked(
                 f"traintel.init: run {run_id!r} is being recorded by a live process "
                 f"({holder}) in {self.path.parent}; one record has one writer. Stop that "
-                "process, or give this one another run_id (or dir)") from None
+                "process, or give this one another run_id (or dir)"
+            ) from None
         try:  # who holds it, for a refusal's message; a full disk leaves it unsaid, still held
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            os.write(
+                fd,
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+            )
         except OSError:
             pass
         self._fd = fd
@@ -145,8 +151,12 @@ def _holder_alive(fd: int) -> bool:
     """Where ``flock`` is not supported: whether the process the lock file names lives on this
     host (one on another host, or a file that names none, cannot be checked: not held)."""
     words = _holder(fd).split()
-    if len(words) < 4 or words[0] != "pid" or not words[1].isdigit() or \
-            words[3] != socket.gethostname():
+    if (
+        len(words) < 4
+        or words[0] != "pid"
+        or not words[1].isdigit()
+        or words[3] != socket.gethostname()
+    ):
         return False
     pid = int(words[1])
     if pid == os.getpid():

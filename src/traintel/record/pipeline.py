@@ -25,16 +25,14 @@ from typing import Any, Protocol, cast
 
 from opentelemetry import trace
 
+from traintel.core.forks import reset_in_child
 from traintel.core.redact import Redactor
 from traintel.record.format import EventDict, Level, LogLine, RecordLine
-from traintel.core.forks import reset_in_child
-from traintel.record.format import EventDict, Level
 from traintel.record.queue import Line, RecordQueue
 from traintel.record.span_lines import Write
 
 #: LogRecord attribute carrying a run's own line (events, errors, milestones, evals)
 RECORD_ATTR = "traintel_record"
-
 
 
 class LogExport(Protocol):
@@ -54,12 +52,20 @@ Sink = Callable[[EventDict, logging.LogRecord], None]
 #: the span a line belongs to when the caller has none (the epoch's, else the run's)
 FallbackSpan = Callable[[], "trace.Span | None"]
 
-_LEVELS: dict[int, Level] = {logging.DEBUG: "debug", logging.INFO: "info",
-                             logging.WARNING: "warning", logging.ERROR: "error",
-                             logging.CRITICAL: "critical"}
+_LEVELS: dict[int, Level] = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
 #: attributes every LogRecord has: anything else a log call passed (``extra=``) is a field
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "taskName", RECORD_ATTR}
+    "message",
+    "asctime",
+    "taskName",
+    RECORD_ATTR,
+}
 _FORMATTER = logging.Formatter()
 
 
@@ -80,8 +86,23 @@ class Redact:
     the same safe line; and the log record's own text and exception, which the console prints."""
 
     #: keys whose values traintel sets itself from validated names and enumerations
-    TRUSTED = frozenset({"ts", "type", "level", "run", "rank", "event", "logger", "error_type",
-                         "severity", "step", "epoch", "trace_id", "span_id"})
+    TRUSTED = frozenset(
+        {
+            "ts",
+            "type",
+            "level",
+            "run",
+            "rank",
+            "event",
+            "logger",
+            "error_type",
+            "severity",
+            "step",
+            "epoch",
+            "trace_id",
+            "span_id",
+        }
+    )
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
@@ -163,8 +184,7 @@ def log_line(record: logging.LogRecord) -> LogLine:
     message = record.getMessage()
     if record.exc_info:
         message += "\n" + _FORMATTER.formatException(record.exc_info)
-    line: LogLine = {"ts": record.created, "type": "log", "logger": record.name,
-                     "message": message}
+    line: LogLine = {"ts": record.created, "type": "log", "logger": record.name, "message": message}
     fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
     if fields:
         line["fields"] = fields
@@ -176,8 +196,9 @@ class Pipeline(logging.Handler):
     ``traintel`` logger tree while a run is active; ``file`` (the record) is the first sink and
     the only one of lines below the log level."""
 
-    def __init__(self, processors: Sequence[Processor], file: Sink,
-                 sinks: Sequence[Sink] = ()) -> None:
+    def __init__(
+        self, processors: Sequence[Processor], file: Sink, sinks: Sequence[Sink] = ()
+    ) -> None:
         super().__init__(logging.DEBUG)
         self.processors = list(processors)
         self.file = file
@@ -191,9 +212,15 @@ class Pipeline(logging.Handler):
         self.sinks = [self.file]
 
     @classmethod
-    def for_run(cls, queue: RecordQueue, redactor: Redactor, identity: Mapping[str, object],
-                active_span: FallbackSpan, otlp: LogExport | None = None,
-                console: logging.Handler | None = None) -> Pipeline:
+    def for_run(
+        cls,
+        queue: RecordQueue,
+        redactor: Redactor,
+        identity: Mapping[str, object],
+        active_span: FallbackSpan,
+        otlp: LogExport | None = None,
+        console: logging.Handler | None = None,
+    ) -> Pipeline:
         """A run's pipeline: Redact, stamp, Identity, TraceIds; then the record (queued for the
         writer), OTLP logs and the console where the run has them. Its record-only door takes
         every span the run ends too (``OtlpExport.record_spans``)."""
@@ -203,19 +230,24 @@ class Pipeline(logging.Handler):
             sinks.append(OtlpLogs(otlp))
         if console is not None:
             sinks.append(Console(console))
-        pipeline = cls([Redact(redactor), stamp, Identity(identity), TraceIds(active_span)],
-                       file=lambda line, record: append(Line(line)), sinks=sinks)
+        pipeline = cls(
+            [Redact(redactor), stamp, Identity(identity), TraceIds(active_span)],
+            file=lambda line, record: append(Line(line)),
+            sinks=sinks,
+        )
         if otlp is not None:
             otlp.record_spans(pipeline.write, redactor)
         return pipeline
 
-    def submit(self, logger: logging.Logger, level: int, text: object,
-               line: Mapping[str, object]) -> None:
+    def submit(
+        self, logger: logging.Logger, level: int, text: object, line: Mapping[str, object]
+    ) -> None:
         """One of the run's own lines (a ``RecordLine``), with the text people read (any object,
         turned into text when read): through stdlib logging when ``logger`` takes ``level``
         (then every sink), else to the record alone."""
-        record = logger.makeRecord(logger.name, level, "traintel", 0, text, (), None,
-                                   extra={RECORD_ATTR: line})
+        record = logger.makeRecord(
+            logger.name, level, "traintel", 0, text, (), None, extra={RECORD_ATTR: line}
+        )
         if logger.isEnabledFor(level):
             logger.handle(record)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from traintel.record.format import Metrics, ObservationKind
 
@@ -51,6 +51,6 @@ class Call(NamedTuple):
     args: tuple[Any, ...]
 
 
-Item = Union[Step, Line, Observe, Call]
+Item = Step | Line | Observe | Call
 #: the queue between the training thread and the record writer
 RecordQueue = deque[Item]

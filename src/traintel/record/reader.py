@@ -55,12 +55,17 @@ def find_run(target: str | os.PathLike[str]) -> Path:
     named = runs_named(str(target))
     if named:
         if len(named) > 1:
-            log.warning("%d runs are named %r; the latest is %s (give a run id or a path for "
-                        "another: %s)", len(named), str(target), named[-1].name,
-                        ", ".join(p.name for p in named[:-1]))
+            log.warning(
+                "%d runs are named %r; the latest is %s (give a run id or a path for another: %s)",
+                len(named),
+                str(target),
+                named[-1].name,
+                ", ".join(p.name for p in named[:-1]),
+            )
         return named[-1]
-    raise RecordNotFound(f"no run record at {path}, and no run with the id or name "
-                         f"{str(target)!r} in {runs_dir()}")
+    raise RecordNotFound(
+        f"no run record at {path}, and no run with the id or name {str(target)!r} in {runs_dir()}"
+    )
 
 
 def runs_named(name: str) -> list[Path]:
@@ -111,7 +116,7 @@ def count_type(records: Records, kind: str) -> int:
                     while block := f.read(_BLOCK):
                         data = rest + block
                         count += data.count(needle)
-                        rest = data[1 - len(needle):]  # a match split between two blocks
+                        rest = data[1 - len(needle) :]  # a match split between two blocks
             except OSError:
                 continue
     return count
@@ -125,8 +130,11 @@ def rank_dirs(path: Path) -> list[Path]:
     """The ``rank-N`` directories of a multi-process run, by rank."""
     if not path.is_dir():
         return []
-    ranks = [(int(m.group(1)), p) for p in path.iterdir()  # a link is not followed
-             if (m := _RANK.match(p.name)) and p.is_dir() and not p.is_symlink()]
+    ranks = [
+        (int(m.group(1)), p)
+        for p in path.iterdir()  # a link is not followed
+        if (m := _RANK.match(p.name)) and p.is_dir() and not p.is_symlink()
+    ]
     return [p for _, p in sorted(ranks)]
 
 
@@ -142,8 +150,9 @@ def rotation_set(current: Path) -> list[Path]:
     """``events.jsonl.N`` down to ``.1`` then ``events.jsonl``: oldest lines first."""
     if not current.parent.is_dir():
         return []
-    rotated = [(int(m.group(1)), p) for p in current.parent.iterdir()
-               if (m := _ROTATED.match(p.name))]
+    rotated = [
+        (int(m.group(1)), p) for p in current.parent.iterdir() if (m := _ROTATED.match(p.name))
+    ]
     files = [p for _, p in sorted(rotated, reverse=True)]
     return files + [current] if current.exists() else files
 
@@ -191,13 +200,18 @@ class Records:
 
     def problems(self) -> str | None:
         """What could not be read, in one line, or None when everything could."""
-        parts = [f"could not read {', '.join(f'{name} ({why})' for name, why in files)}"
-                 for files in [self.unreadable.items()] if self.unreadable]
+        parts = [
+            f"could not read {', '.join(f'{name} ({why})' for name, why in files)}"
+            for files in [self.unreadable.items()]
+            if self.unreadable
+        ]
         if self.skipped:
             parts.append(f"skipped {self.bad} line(s) ({_reasons(self.skipped)})")
         if self.fixed:
-            parts.append(f"left out {sum(self.fixed.values())} field(s) of the wrong type "
-                         f"({_reasons(self.fixed)})")
+            parts.append(
+                f"left out {sum(self.fixed.values())} field(s) of the wrong type "
+                f"({_reasons(self.fixed)})"
+            )
         return "; ".join(parts) or None
 
     def skip(self, reason: str) -> None:
@@ -246,12 +260,17 @@ class Records:
             # anything else takes the full check
             get = record.get
             ts, metrics = get("ts"), get("metrics")
-            if ts.__class__ is float and 0.0 <= ts <= MAX_TS and get("type") == "step" \
-                    and get("level") == "info" and (get("step").__class__, get(
-                        "epoch").__class__, get("rank", 0).__class__) == _THREE_INTS \
-                    and get("step_s").__class__ in _SECONDS_CLASSES \
-                    and metrics.__class__ is dict \
-                    and _NUMBER_CLASSES.issuperset(map(type, metrics.values())):
+            if (
+                ts.__class__ is float
+                and 0.0 <= ts <= MAX_TS
+                and get("type") == "step"
+                and get("level") == "info"
+                and (get("step").__class__, get("epoch").__class__, get("rank", 0).__class__)
+                == _THREE_INTS
+                and get("step_s").__class__ in _SECONDS_CLASSES
+                and metrics.__class__ is dict
+                and _NUMBER_CLASSES.issuperset(map(type, metrics.values()))
+            ):
                 yield record
             elif self._checked(record):
                 yield record
@@ -276,8 +295,13 @@ class Records:
             values = record.get(key)
             if values is not None:
                 for name, value in list(values.items()):
-                    if not (_number(value) or type(value) is str and value in _NONFINITE_TEXT
-                            or value is None and key == "best"):
+                    if not (
+                        _number(value)
+                        or type(value) is str
+                        and value in _NONFINITE_TEXT
+                        or value is None
+                        and key == "best"
+                    ):
                         del values[name]
                         self._fix(f"{key} value not a number")
         return True
@@ -331,36 +355,64 @@ def _deeper(value: object, limit: int) -> bool:
         if depth > limit:
             return True
         children = item.values() if type(item) is dict else item if type(item) is list else ()
-        stack.extend((child, depth + 1) for child in children
-                     if type(child) is dict or type(child) is list)
+        stack.extend(
+            (child, depth + 1) for child in children if type(child) is dict or type(child) is list
+        )
     return False
 
 
 #: what each known field of a record line must be (``docs/record-format.md``), as a check and
 #: the words for a field that fails it
 FIELD_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "ts": (_time, "a time"), "level": (lambda v: type(v) is str and v in _LEVELS, "a level"),
-    **{key: (_count, "a count") for key in (
-        "rank", "step", "epoch", "steps", "percent", "pid", "world_size", "count")},
-    **{key: (lambda v: v is None or _count(v), "a count") for key in (
-        "local_rank", "total_steps", "total_epochs")},
-    **{key: (_seconds, "seconds") for key in (
-        "step_s", "data_wait_s", "duration_s", "elapsed_s", "eta_s")},
-    **{key: (lambda v: v is None or _number(v), "a number") for key in (
-        "total", "mean", "min", "max", "p50", "p95", "p99", "last", "std")},
-    **{key: (_text, "text") for key in (
-        "run", "message", "traceback", "exc_type", "error_type", "severity", "logger", "event",
-        "name", "project", "host", "status", "kind", "traintel_version", "config_hash")},
+    "ts": (_time, "a time"),
+    "level": (lambda v: type(v) is str and v in _LEVELS, "a level"),
+    **{
+        key: (_count, "a count")
+        for key in ("rank", "step", "epoch", "steps", "percent", "pid", "world_size", "count")
+    },
+    **{
+        key: (lambda v: v is None or _count(v), "a count")
+        for key in ("local_rank", "total_steps", "total_epochs")
+    },
+    **{
+        key: (_seconds, "seconds")
+        for key in ("step_s", "data_wait_s", "duration_s", "elapsed_s", "eta_s")
+    },
+    **{
+        key: (lambda v: v is None or _number(v), "a number")
+        for key in ("total", "mean", "min", "max", "p50", "p95", "p99", "last", "std")
+    },
+    **{
+        key: (_text, "text")
+        for key in (
+            "run",
+            "message",
+            "traceback",
+            "exc_type",
+            "error_type",
+            "severity",
+            "logger",
+            "event",
+            "name",
+            "project",
+            "host",
+            "status",
+            "kind",
+            "traintel_version",
+            "config_hash",
+        )
+    },
     "operation": (lambda v: v is None or _text(v), "text"),
     "hints": (lambda v: type(v) is list and all(type(h) is str for h in v), "a list of text"),
-    **{key: (_mapping, "a mapping") for key in (
-        "metrics", "best", "is_best", "fields", "context", "config")},
+    **{
+        key: (_mapping, "a mapping")
+        for key in ("metrics", "best", "is_best", "fields", "context", "config")
+    },
 }
 
 
 def _reasons(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(),
-                                                               key=lambda kv: -kv[1]))
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def bounded_lines(file: IO[bytes]) -> Iterator[bytes | None]:
@@ -571,14 +623,14 @@ class Follower:
         if self._inode not in inodes:
             return [], []
         i = inodes.index(self._inode)
-        return files[:i], [p for p in files[i + 1:] if p != self.path]
+        return files[:i], [p for p in files[i + 1 :] if p != self.path]
 
     def _complete(self, data: bytes) -> list[RawLine]:
         if self._overlong:  # the rest of a line over MAX_LINE_BYTES: read past, not kept
             end = data.find(b"\n")
             if end < 0:
                 return []
-            data, self._overlong = data[end + 1:], False
+            data, self._overlong = data[end + 1 :], False
             self.records.skip(_OVERLONG)
         complete, _, self._rest = (self._rest + data).rpartition(b"\n")
         if len(self._rest) > MAX_LINE_BYTES:

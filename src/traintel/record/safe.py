@@ -57,9 +57,13 @@ def _what(mode: int) -> str:
 
 
 def _refuse(path: Path, what: str, code: int = errno.EINVAL) -> UnsafePath:
-    return UnsafePath(code, f"{what}; traintel does not follow it, read it or write through "
-                            "it (someone else may have put it there): remove it, or use "
-                            "another run directory", str(path))
+    return UnsafePath(
+        code,
+        f"{what}; traintel does not follow it, read it or write through "
+        "it (someone else may have put it there): remove it, or use "
+        "another run directory",
+        str(path),
+    )
 
 
 def _link_error(exc: OSError, path: Path) -> OSError:
@@ -102,9 +106,12 @@ def open_dir(directory: Path, *, owned: bool = False) -> int:
         problem = owner_problem(os.fstat(fd))
         if problem:
             os.close(fd)
-            raise UnsafePath(errno.EPERM, f"{problem}: traintel writes only into a run "
-                             "directory of its own user; give this run another run_id or dir",
-                             str(directory))
+            raise UnsafePath(
+                errno.EPERM,
+                f"{problem}: traintel writes only into a run "
+                "directory of its own user; give this run another run_id or dir",
+                str(directory),
+            )
     return fd
 
 
@@ -133,8 +140,9 @@ def open_fd(path: Path, flags: int, mode: int = 0o644, *, owned: bool = False) -
     directory = open_dir(path.parent, owned=owned)
     try:
         try:
-            fd = os.open(path.name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode,
-                         dir_fd=directory)
+            fd = os.open(
+                path.name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode, dir_fd=directory
+            )
         except OSError as exc:
             raise _link_error(exc, path) from None
     finally:
@@ -167,12 +175,18 @@ def read_bytes(path: Path, limit: int) -> bytes:
     with open_read(path) as file:
         size = os.fstat(file.fileno()).st_size
         if size > limit:
-            raise UnsafePath(errno.EFBIG, f"{size} bytes, more than the {limit} traintel reads "
-                             "in a file of this kind", str(path))
+            raise UnsafePath(
+                errno.EFBIG,
+                f"{size} bytes, more than the {limit} traintel reads in a file of this kind",
+                str(path),
+            )
         data = file.read(limit + 1)
     if len(data) > limit:
-        raise UnsafePath(errno.EFBIG, f"more than the {limit} bytes traintel reads in a file "
-                         "of this kind", str(path))
+        raise UnsafePath(
+            errno.EFBIG,
+            f"more than the {limit} bytes traintel reads in a file of this kind",
+            str(path),
+        )
     return data
 
 
@@ -184,8 +198,12 @@ def replace(path: Path, data: bytes) -> None:
     directory = open_dir(path.parent, owned=True)
     temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                     0o644, dir_fd=directory)
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+            0o644,
+            dir_fd=directory,
+        )
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)

@@ -52,22 +52,37 @@ def span_line(span: ReadableSpan, scrubber: Redactor) -> SpanLine | None:
     if context is None or span.start_time is None or span.end_time is None:
         return None
     status_code = cast(SpanStatus, span.status.status_code.name.lower())  # unset, ok, error
-    events: list[SpanEvent] = [{"name": event.name, "time_ns": event.timestamp,
-                                "attributes": _scrubbed(event.attributes, scrubber)}
-                               for event in span.events]
-    return {"ts": span.end_time / 1e9, "type": "span", "level": "debug",
-            "trace_id": format(context.trace_id, "032x"),
-            "span_id": format(context.span_id, "016x"), "name": span.name,
-            "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
-            "kind": span.kind.name.lower(), "start_ns": span.start_time,
-            "end_ns": span.end_time, "status": status_code,
-            "status_message": span.status.description,
-            "attributes": _scrubbed(span.attributes, scrubber), "events": events}
+    events: list[SpanEvent] = [
+        {
+            "name": event.name,
+            "time_ns": event.timestamp,
+            "attributes": _scrubbed(event.attributes, scrubber),
+        }
+        for event in span.events
+    ]
+    return {
+        "ts": span.end_time / 1e9,
+        "type": "span",
+        "level": "debug",
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "name": span.name,
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "kind": span.kind.name.lower(),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": status_code,
+        "status_message": span.status.description,
+        "attributes": _scrubbed(span.attributes, scrubber),
+        "events": events,
+    }
 
 
 def _scrubbed(attributes: Mapping[str, Any] | None, scrubber: Redactor) -> dict[str, Any]:
     """Attributes as JSON-ready values (sequences as lists), secrets scrubbed."""
-    plain = {key: list(value) if isinstance(value, tuple) else value
-             for key, value in (attributes or {}).items()}
+    plain = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in (attributes or {}).items()
+    }
     scrubbed: dict[str, Any] = scrubber.deep(plain)
     return scrubbed

@@ -9,11 +9,18 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
-from traintel.core.stats import RunningStats, Statistics
-from traintel.core.state import RunState, nonfinite_text
 from traintel.core.state import RunState, find_loss, nonfinite_text
-from traintel.record.format import END_STATUSES, EndStatus, Goal, InstrumentKind, Metrics, ObservationKind, RawLine, RunStatus
-
+from traintel.core.stats import RunningStats, Statistics
+from traintel.record.format import (
+    END_STATUSES,
+    EndStatus,
+    Goal,
+    InstrumentKind,
+    Metrics,
+    ObservationKind,
+    RawLine,
+    RunStatus,
+)
 
 #: step lines a fold keeps to take back what a resumed run supersedes (a checkpoint this many
 #: logged steps back or nearer is exact; an older one takes back what is kept)
@@ -71,10 +78,29 @@ class StepFigures:
     out, so a foreign or torn record never raises.
     """
 
-    __slots__ = ("steps", "samples", "tokens", "first_ts", "last_ts", "last_step", "loss",
-                 "final_loss", "nonfinite_loss", "first_nonfinite_step", "step_time",
-                 "data_wait", "waited", "_base", "_timed", "_active_before", "_segment_start",
-                 "_covers", "loss_key", "_history", "superseded")
+    __slots__ = (
+        "steps",
+        "samples",
+        "tokens",
+        "first_ts",
+        "last_ts",
+        "last_step",
+        "loss",
+        "final_loss",
+        "nonfinite_loss",
+        "first_nonfinite_step",
+        "step_time",
+        "data_wait",
+        "waited",
+        "_base",
+        "_timed",
+        "_active_before",
+        "_segment_start",
+        "_covers",
+        "loss_key",
+        "_history",
+        "superseded",
+    )
 
     def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
         self.steps = 0
@@ -107,8 +133,7 @@ class StepFigures:
         self.loss_key: str | None = None
         #: the recent step lines (step, steps, samples, tokens, finite loss), to take back
         #: the ones a resumed run supersedes (it went back to an older checkpoint)
-        self._history: deque[tuple[int, int, int, int, float | None]] = deque(
-            maxlen=HISTORY)
+        self._history: deque[tuple[int, int, int, int, float | None]] = deque(maxlen=HISTORY)
         #: steps counted once and then superseded by a resumed run's going back
         self.superseded = 0
 
@@ -125,8 +150,14 @@ class StepFigures:
             self._base = self.last_step
         self.last_step = None
 
-    def add(self, ts: float, step: int, step_s: float | None, data_wait_s: float | None,
-            metrics: Metrics | None) -> None:
+    def add(
+        self,
+        ts: float,
+        step: int,
+        step_s: float | None,
+        data_wait_s: float | None,
+        metrics: Metrics | None,
+    ) -> None:
         last = self.last_step
         if last is None:
             base = self._base
@@ -184,12 +215,17 @@ class StepFigures:
         just written: they were that step's (W&B merges them into it), so its loss, samples and
         tokens count as the step's. Any other values line neither counts nor times a step."""
         metrics, step = line.get("metrics"), self.last_step
-        if line.get("uncommitted") and type(metrics) is dict and step is not None and (
-                line.get("step") == step):
+        if (
+            line.get("uncommitted")
+            and type(metrics) is dict
+            and step is not None
+            and (line.get("step") == step)
+        ):
             self._fold(step, self._covers, True, metrics)
 
-    def _fold(self, step: int, covers: int, counted: bool,
-              metrics: Metrics) -> tuple[int, int, float | None]:
+    def _fold(
+        self, step: int, covers: int, counted: bool, metrics: Metrics
+    ) -> tuple[int, int, float | None]:
         """Fold a line's values; returns what it added: samples, tokens, its finite loss."""
         timed = self._timed
         finite: float | None = None
@@ -235,25 +271,38 @@ class StepFigures:
     def loss_figures(self) -> LossFigures:
         loss = self.loss
         counted = loss.count > 0
-        return {"key": self.loss_key, "final": self.final_loss, "last_finite": loss.last,
-                "best": loss.min if counted else None,
-                "min": loss.min if counted else None, "max": loss.max if counted else None,
-                "mean": loss.mean, "std": loss.std, "count": loss.count,
-                "nonfinite": self.nonfinite_loss,
-                "first_nonfinite_step": self.first_nonfinite_step}
+        return {
+            "key": self.loss_key,
+            "final": self.final_loss,
+            "last_finite": loss.last,
+            "best": loss.min if counted else None,
+            "min": loss.min if counted else None,
+            "max": loss.max if counted else None,
+            "mean": loss.mean,
+            "std": loss.std,
+            "count": loss.count,
+            "nonfinite": self.nonfinite_loss,
+            "first_nonfinite_step": self.first_nonfinite_step,
+        }
 
     def throughput(self) -> Throughput:
         steps, samples, tokens = self._timed
-        return {"steps_per_s": self.per_second(steps),
-                "samples_per_s": self.per_second(samples),
-                "tokens_per_s": self.per_second(tokens)}
+        return {
+            "steps_per_s": self.per_second(steps),
+            "samples_per_s": self.per_second(samples),
+            "tokens_per_s": self.per_second(tokens),
+        }
 
     def step_times(self) -> StepTime:
         times = self.step_time
         quantiles = times.quantiles() if times.count else {}
-        return {"mean_s": times.mean, "p50_s": quantiles.get(50), "p95_s": quantiles.get(95),
-                "p99_s": quantiles.get(99),
-                "data_wait_fraction": self.data_wait / self.waited if self.waited else None}
+        return {
+            "mean_s": times.mean,
+            "p50_s": quantiles.get(50),
+            "p95_s": quantiles.get(95),
+            "p99_s": quantiles.get(99),
+            "data_wait_fraction": self.data_wait / self.waited if self.waited else None,
+        }
 
 
 class EvalFigures(TypedDict):
@@ -382,8 +431,7 @@ def ended(segment: Segment) -> Segment:
     if segment["status"] is None:
         segment["status"] = "crashed"
     if segment["duration_s"] is None:
-        segment["duration_s"] = (segment["end_ts"] or segment["start_ts"]) - segment[
-            "start_ts"]
+        segment["duration_s"] = (segment["end_ts"] or segment["start_ts"]) - segment["start_ts"]
     return segment
 
 
@@ -445,9 +493,12 @@ class RecordFold:
             ts = line.get("ts")
             if self.first_error is None and (type(ts) is float or type(ts) is int):
                 step = line.get("step")
-                self.first_error = {"ts": float(ts), "error_type": key[0],
-                                    "exc_type": str(line.get("exc_type")),
-                                    "step": step if type(step) is int else None}
+                self.first_error = {
+                    "ts": float(ts),
+                    "error_type": key[0],
+                    "exc_type": str(line.get("exc_type")),
+                    "step": step if type(step) is int else None,
+                }
         elif kind == "event" and isinstance(line.get("event"), str):
             name = line["event"]
             self.events[name] = self.events.get(name, 0) + 1
@@ -476,9 +527,17 @@ class RecordFold:
             self.start = line
         self.last_start = line
         ts = _number(line.get("ts")) or 0.0
-        self.segments.append({"segment": len(self.segments) + 1, "start_ts": ts, "end_ts": ts,
-                              "duration_s": None, "status": None, "steps": 0,
-                              "last_step": None})
+        self.segments.append(
+            {
+                "segment": len(self.segments) + 1,
+                "start_ts": ts,
+                "end_ts": ts,
+                "duration_s": None,
+                "status": None,
+                "steps": 0,
+                "last_step": None,
+            }
+        )
         tags = line.get("tags")
         if isinstance(tags, list):
             self.tags += [t for t in tags if isinstance(t, str) and t not in self.tags]
@@ -496,8 +555,9 @@ class RecordFold:
             self._last.update(metrics)  # one C-level update per line: readers fold millions
         figures = self.figures
         before = figures.steps
-        figures.add(ts, step, _number(line.get("step_s")), _number(line.get("data_wait_s")),
-                    metrics)
+        figures.add(
+            ts, step, _number(line.get("step_s")), _number(line.get("data_wait_s")), metrics
+        )
         if isinstance(line.get("epoch"), int):
             self.epoch = line["epoch"] if self.epoch is None else max(self.epoch, line["epoch"])
         if self.segments:
@@ -509,8 +569,11 @@ class RecordFold:
     def metrics(self) -> dict[str, float | str]:
         """The last value of every key of the step and values lines, as written (a number, or
         ``"nan"``/``"inf"`` text); anything else a foreign line held is left out."""
-        return {key: value for key, value in self._last.items()
-                if type(value) is float or type(value) is int or type(value) is str}
+        return {
+            key: value
+            for key, value in self._last.items()
+            if type(value) is float or type(value) is int or type(value) is str
+        }
 
     def _nonfinite(self, line: RawLine) -> None:
         """Non-finite values by metric, from their warnings: the first of a metric, then counts
@@ -538,10 +601,17 @@ class RecordFold:
             self.evals[name] = {
                 "last": value if isinstance(value, (int, float, str)) else None,
                 "best": _number(best.get(name)) if type(best) is dict else None,
-                "best_step": (best_step.get(name) if type(best_step) is dict
-                              and type(best_step.get(name)) is int else None),
-                "mode": (modes.get(name) if type(modes) is dict
-                         and modes.get(name) in ("min", "max") else None)}
+                "best_step": (
+                    best_step.get(name)
+                    if type(best_step) is dict and type(best_step.get(name)) is int
+                    else None
+                ),
+                "mode": (
+                    modes.get(name)
+                    if type(modes) is dict and modes.get(name) in ("min", "max")
+                    else None
+                ),
+            }
 
 
 def _count(value: object, covers: int) -> int:
@@ -560,9 +630,16 @@ def _number(value: object) -> float | None:
     return float(value) if type(value) is float or type(value) is int else None
 
 
-def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines: int,
-                  instruments: list[tuple[str, InstrumentFigures]], end_ts: float,
-                  segments: list[Segment], epochs: int) -> RunSummary:
+def build_summary(
+    about: RunAbout,
+    state: RunState,
+    figures: StepFigures,
+    lines: int,
+    instruments: list[tuple[str, InstrumentFigures]],
+    end_ts: float,
+    segments: list[Segment],
+    epochs: int,
+) -> RunSummary:
     """summary.json from the figures the record writer folded line by line (a resumed run's
     from its whole record), so that they equal what a reader recomputes from events.jsonl;
     evaluations, errors and non-finite counts from the run state (restored on resume)."""
@@ -570,29 +647,52 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
     for (error_type, _severity), count in state.errors.items():
         errors_by_type[error_type] = errors_by_type.get(error_type, 0) + count
     evals: dict[str, EvalFigures] = {
-        name: {"last": nonfinite_text(last) if last - last != 0 else last,
-               "best": state.eval_best.get(name), "best_step": state.eval_best_step.get(name),
-               "mode": state.goals.get(name)}
-        for name, last in state.eval_latest.items()}
+        name: {
+            "last": nonfinite_text(last) if last - last != 0 else last,
+            "best": state.eval_best.get(name),
+            "best_step": state.eval_best_step.get(name),
+            "mode": state.goals.get(name),
+        }
+        for name, last in state.eval_latest.items()
+    }
     start_ts = segments[0]["start_ts"] if segments else state.start_ts
     return {
-        "run": about["run"], "project": about["project"], "name": about["name"],
-        "rank": about["rank"], "world_size": about["world_size"], "status": state.status,
-        "tags": about["tags"], "notes": about["notes"], "group": about["group"],
-        "start_ts": start_ts, "end_ts": end_ts,
+        "run": about["run"],
+        "project": about["project"],
+        "name": about["name"],
+        "rank": about["rank"],
+        "world_size": about["world_size"],
+        "status": state.status,
+        "tags": about["tags"],
+        "notes": about["notes"],
+        "group": about["group"],
+        "start_ts": start_ts,
+        "end_ts": end_ts,
         "duration_s": sum(s["duration_s"] or 0.0 for s in segments),
         "segments": segments,
-        "steps": figures.steps, "last_step": state.step if figures.steps else None,
-        "epoch": state.epoch if epochs else None, "epochs": epochs,
-        "samples": figures.samples, "tokens": figures.tokens, "loss": figures.loss_figures(),
-        "metrics": {key: nonfinite_text(value) if value - value != 0 else value
-                    for key, value in state.latest.items()},
-        "nonfinite": {key: {"count": seen.count, "first_step": seen.first_step,
-                            "last_step": seen.last_step}
-                      for key, seen in state.nonfinite.items()},
-        "eval": evals, "throughput": figures.throughput(), "step_time": figures.step_times(),
-        "errors": {"total": sum(errors_by_type.values()), "by_type": errors_by_type,
-                   "first": state.first_error},  # type: ignore[typeddict-item]
+        "steps": figures.steps,
+        "last_step": state.step if figures.steps else None,
+        "epoch": state.epoch if epochs else None,
+        "epochs": epochs,
+        "samples": figures.samples,
+        "tokens": figures.tokens,
+        "loss": figures.loss_figures(),
+        "metrics": {
+            key: nonfinite_text(value) if value - value != 0 else value
+            for key, value in state.latest.items()
+        },
+        "nonfinite": {
+            key: {"count": seen.count, "first_step": seen.first_step, "last_step": seen.last_step}
+            for key, seen in state.nonfinite.items()
+        },
+        "eval": evals,
+        "throughput": figures.throughput(),
+        "step_time": figures.step_times(),
+        "errors": {
+            "total": sum(errors_by_type.values()),
+            "by_type": errors_by_type,
+            "first": state.first_error,  # type: ignore[typeddict-item]
+        },
         "refused": dict(state.refused),
         "instruments": dict(instruments),
         "record": {"lines": lines, "dropped": state.dropped},
@@ -601,14 +701,17 @@ def build_summary(about: RunAbout, state: RunState, figures: StepFigures, lines:
     }
 
 
-def instrument_summaries(observations: Mapping[tuple[ObservationKind, str], RunningStats],
-                         counters: Mapping[str, float],
-                         gauges: Mapping[str, float]) -> list[tuple[str, InstrumentFigures]]:
+def instrument_summaries(
+    observations: Mapping[tuple[ObservationKind, str], RunningStats],
+    counters: Mapping[str, float],
+    gauges: Mapping[str, float],
+) -> list[tuple[str, InstrumentFigures]]:
     """Every custom instrument by name, summarised once for both the record's ``instrument``
     lines and summary.json: histograms, timers and operations from the writer's observations
     (p50/p95/p99), counters by their total, gauges by their last value."""
     entries: list[tuple[str, InstrumentFigures]] = [
-        (name, {"kind": kind, **stats.summary()}) for (kind, name), stats in observations.items()]
+        (name, {"kind": kind, **stats.summary()}) for (kind, name), stats in observations.items()
+    ]
     entries += [(name, {"kind": "counter", "total": value}) for name, value in counters.items()]
     entries += [(name, {"kind": "gauge", "last": value}) for name, value in gauges.items()]
     return entries

@@ -43,9 +43,14 @@ class Deferred:
 
     __slots__ = ("key", "host", "event", "on_nonfinite", "latest")
 
-    def __init__(self, key: str, host: Any, event: Any,
-                 on_nonfinite: Callable[[str, str, int], None],
-                 latest: MutableMapping[str, Any]) -> None:
+    def __init__(
+        self,
+        key: str,
+        host: Any,
+        event: Any,
+        on_nonfinite: Callable[[str, str, int], None],
+        latest: MutableMapping[str, Any],
+    ) -> None:
         self.key, self.host, self.event = key, host, event
         self.on_nonfinite, self.latest = on_nonfinite, latest
 
@@ -62,8 +67,12 @@ class Deferred:
         return value
 
 
-def defer(key: str, value: Any, on_nonfinite: Callable[[str, str, int], None],
-          latest: MutableMapping[str, Any]) -> Deferred | None:
+def defer(
+    key: str,
+    value: Any,
+    on_nonfinite: Callable[[str, str, int], None],
+    latest: MutableMapping[str, Any],
+) -> Deferred | None:
     """A :class:`Deferred` for a one-element tensor on an accelerator; None for anything else
     (converted at once by the caller, as before)."""
     global waiting
@@ -92,6 +101,11 @@ def resolve(metrics: MutableMapping[str, Any], step: int) -> None:
                 metrics[key] = value.resolve(step)
             except Exception as exc:  # a failed device: the value is lost, the step is kept
                 metrics[key] = "nan"
-                log.warning("traintel: the value of %r at step %d could not be read from its "
-                            "device (%s: %s); recorded as nan", key, step, type(exc).__name__,
-                            exc)
+                log.warning(
+                    "traintel: the value of %r at step %d could not be read from its "
+                    "device (%s: %s); recorded as nan",
+                    key,
+                    step,
+                    type(exc).__name__,
+                    exc,
+                )

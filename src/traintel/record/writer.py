@@ -28,12 +28,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Literal, Union
+from typing import IO, Literal
 
 from traintel.core.forks import reset_in_child
 from traintel.core.state import RateWindow, RunState
 from traintel.core.stats import RunningStats
-from traintel.record import safe
+from traintel.record import safe, tensors
 from traintel.record.files import encode
 from traintel.record.format import (
     EVENTS_FILE,
@@ -43,7 +43,6 @@ from traintel.record.format import (
     StepLine,
     Whose,
 )
-from traintel.record import tensors
 from traintel.record.queue import Call, Line, Observe, RecordQueue, Step
 from traintel.record.summary import StepFigures
 
@@ -55,12 +54,17 @@ DRAIN_BATCH = 4096
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: the record's first lines, written again at the top of a run directory made anew
 HEAD_TYPES = ("run_start", "config")
-_REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EFBIG: "the file size limit was hit", errno.EACCES: "permission denied",
-            errno.EROFS: "read-only filesystem", errno.ENOTDIR: "a path part is not a directory"}
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit was hit",
+    errno.EACCES: "permission denied",
+    errno.EROFS: "read-only filesystem",
+    errno.ENOTDIR: "a path part is not a directory",
+}
 
 #: what a listener hears about: a step's duration, or an instrument's observation
-Heard = Union[Literal["step"], ObservationKind]
+Heard = Literal["step"] | ObservationKind
 #: a listener gets ("step", None, step_seconds) for each timed step and (kind, name, value) for
 #: each histogram, timer or operation observation, on the writer thread
 Listener = Callable[[Heard, "str | None", float], None]
@@ -70,10 +74,18 @@ class RecordWriter:
     """Drains the queue into ``events.jsonl``; ``identity`` (run id, rank) goes on step lines,
     which are built here (the event pipeline puts it on every other line)."""
 
-    def __init__(self, directory: Path, state: RunState, identity: Whose, *,
-                 flush_interval: float = 1.0, max_bytes: int = 256 * 1024 * 1024,
-                 shutdown_s: float = 2.0, rates: RateWindow | None = None,
-                 figures: StepFigures | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        state: RunState,
+        identity: Whose,
+        *,
+        flush_interval: float = 1.0,
+        max_bytes: int = 256 * 1024 * 1024,
+        shutdown_s: float = 2.0,
+        rates: RateWindow | None = None,
+        figures: StepFigures | None = None,
+    ) -> None:
         self.directory = directory
         self.path = directory / EVENTS_FILE
         self.state = state
@@ -176,7 +188,7 @@ class RecordWriter:
         with self._lock:
             unwritten, self._unwritten = self._unwritten, []
             for start in range(0, len(unwritten), DRAIN_BATCH):
-                self._write(unwritten[start:start + DRAIN_BATCH])
+                self._write(unwritten[start : start + DRAIN_BATCH])
         self._drain()
         deadline = time.monotonic() + self.shutdown_s
         while self._pending and time.monotonic() < deadline:
@@ -188,9 +200,13 @@ class RecordWriter:
                 self._pending.clear()
                 self._pending_bytes = 0
                 self._count_lost(lost)
-                log.warning("traintel: %d run record lines could not be written before the run "
-                            "ended (%s); they are lost, and counted in summary.json's "
-                            "record.dropped", lost, self._outage[1] if self._outage else "I/O error")
+                log.warning(
+                    "traintel: %d run record lines could not be written before the run "
+                    "ended (%s); they are lost, and counted in summary.json's "
+                    "record.dropped",
+                    lost,
+                    self._outage[1] if self._outage else "I/O error",
+                )
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -253,7 +269,8 @@ class RecordWriter:
             try:
                 if type(item) is Step:
                     ts, step, epoch, step_s, data_wait_s, metrics = (
-                        item if len(item) == 6 else item[:6])
+                        item if len(item) == 6 else item[:6]
+                    )
                     if tensors.waiting:  # accelerator tensors become numbers here, in order
                         tensors.resolve(metrics, step)
                     figures.add(ts, step, step_s, data_wait_s, metrics)
@@ -262,9 +279,17 @@ class RecordWriter:
                         for listener in self.listeners:
                             listener("step", None, step_s)
                     step_line: StepLine = {
-                        "ts": ts, "type": "step", "level": "info", "run": identity["run"],
-                        "rank": identity["rank"], "step": step, "epoch": epoch,
-                        "step_s": step_s, "data_wait_s": data_wait_s, "metrics": metrics}
+                        "ts": ts,
+                        "type": "step",
+                        "level": "info",
+                        "run": identity["run"],
+                        "rank": identity["rank"],
+                        "step": step,
+                        "epoch": epoch,
+                        "step_s": step_s,
+                        "data_wait_s": data_wait_s,
+                        "metrics": metrics,
+                    }
                     if len(item) > 6:  # values from commit=False calls (Step.uncommitted)
                         step_line["uncommitted"] = list(item[6])
                     line: Mapping[str, object] = step_line
@@ -287,13 +312,19 @@ class RecordWriter:
                         self._head.append(encode(line))
                 chunk = encode(line)
                 if len(chunk) > MAX_LINE_BYTES:
-                    chunk = self._dropped_line(item, f"the line is {len(chunk)} bytes, over "
-                                                     f"the {MAX_LINE_BYTES}-byte limit")
+                    chunk = self._dropped_line(
+                        item,
+                        f"the line is {len(chunk)} bytes, over the {MAX_LINE_BYTES}-byte limit",
+                    )
             except Exception as exc:  # one bad item never costs its batch
                 if type(item) in (Call, Observe):
-                    self._warn_once("item", "traintel: the record writer skipped work it "
-                                    "could not do (%s: %s); continuing", type(exc).__name__,
-                                    exc)
+                    self._warn_once(
+                        "item",
+                        "traintel: the record writer skipped work it "
+                        "could not do (%s: %s); continuing",
+                        type(exc).__name__,
+                        exc,
+                    )
                     continue
                 chunk = self._dropped_line(item, f"{type(exc).__name__}: {exc}")
             chunks.append(chunk)
@@ -307,16 +338,28 @@ class RecordWriter:
         """The line that stands for one that could not be written, saying what it was."""
         self.state.dropped += 1
         line = getattr(item, "line", None)
-        what = {"type": "step", "step": item[1]} if type(item) is Step else {
-            "type": line.get("type"), "event": line.get("event")} if isinstance(line, Mapping) \
+        what = (
+            {"type": "step", "step": item[1]}
+            if type(item) is Step
+            else {"type": line.get("type"), "event": line.get("event")}
+            if isinstance(line, Mapping)
             else {"type": type(item).__name__}
+        )
         return encode(self._event_line("record_line_dropped", {**what, "reason": reason[:500]}))
 
     def _event_line(self, event: str, fields: dict[str, object]) -> EventLine:
         """An error-level event line the writer itself writes about the record."""
-        return {"ts": time.time(), "type": "event", "level": "error",
-                "run": self.identity["run"], "rank": self.identity["rank"], "event": event,
-                "step": self.state.step, "epoch": self.state.epoch, "fields": fields}
+        return {
+            "ts": time.time(),
+            "type": "event",
+            "level": "error",
+            "run": self.identity["run"],
+            "rank": self.identity["rank"],
+            "event": event,
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "fields": fields,
+        }
 
     def _observe(self, kind: ObservationKind, name: str, value: float) -> None:
         stats = self.observations.get((kind, name))
@@ -348,8 +391,13 @@ class RecordWriter:
         if directory_gone:
             self._in_rotated = 0
         self._count_lost(lost, what)
-        log.warning("traintel: %s while the run was recording; %d lines written before were "
-                    "lost with it. The record goes on in %s", what, lost, self.directory)
+        log.warning(
+            "traintel: %s while the run was recording; %d lines written before were "
+            "lost with it. The record goes on in %s",
+            what,
+            lost,
+            self.directory,
+        )
         restart = [*self._head, self._gap_line()]
         self._pending.extendleft(reversed(restart))
         self._pending_bytes += sum(len(c) + 1 for c in restart)
@@ -382,13 +430,19 @@ class RecordWriter:
             since, reason = self._outage
             self._outage = None
             self._warned.discard("outage")
-            log.warning("traintel: the run record is writable again after %.1fs (%s before)",
-                        time.monotonic() - since, reason)
+            log.warning(
+                "traintel: the run record is writable again after %.1fs (%s before)",
+                time.monotonic() - since,
+                reason,
+            )
 
     def _gap_line(self) -> bytes:
         """The line that says how many lines are missing before it, and why."""
-        line = encode(self._event_line("record_gap", {"lost_lines": self._gap_lost,
-                                                      "reason": "; ".join(self._gap_reasons)}))
+        line = encode(
+            self._event_line(
+                "record_gap", {"lost_lines": self._gap_lost, "reason": "; ".join(self._gap_reasons)}
+            )
+        )
         self._gap_lost = 0
         self._gap_reasons = []
         return line
@@ -483,11 +537,17 @@ class RecordWriter:
             except OSError:
                 pass
             self._file = None
-        self._warn_once("outage", "traintel cannot write the run record %s (%s: %s); training "
-                        "and telemetry export continue. Lines wait in memory (up to %d MiB) "
-                        "and are written when it can be written again; what does not fit is "
-                        "counted as dropped", self.path, reason, exc.strerror or exc,
-                        MAX_PENDING_BYTES >> 20)
+        self._warn_once(
+            "outage",
+            "traintel cannot write the run record %s (%s: %s); training "
+            "and telemetry export continue. Lines wait in memory (up to %d MiB) "
+            "and are written when it can be written again; what does not fit is "
+            "counted as dropped",
+            self.path,
+            reason,
+            exc.strerror or exc,
+            MAX_PENDING_BYTES >> 20,
+        )
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -498,11 +558,18 @@ class RecordWriter:
         """events.jsonl -> events.jsonl.1 -> .2 ...: nothing is deleted."""
         file.close()
         self._file = None
-        existing = sorted((int(p.suffix[1:]) for p in self.directory.glob(f"{EVENTS_FILE}.*")
-                           if p.suffix[1:].isdigit()), reverse=True)
+        existing = sorted(
+            (
+                int(p.suffix[1:])
+                for p in self.directory.glob(f"{EVENTS_FILE}.*")
+                if p.suffix[1:].isdigit()
+            ),
+            reverse=True,
+        )
         for n in existing:
-            os.replace(self.directory / f"{EVENTS_FILE}.{n}",
-                       self.directory / f"{EVENTS_FILE}.{n + 1}")
+            os.replace(
+                self.directory / f"{EVENTS_FILE}.{n}", self.directory / f"{EVENTS_FILE}.{n + 1}"
+            )
         os.replace(self.path, self.directory / f"{EVENTS_FILE}.1")
         self._in_rotated += self._in_file
         self._in_file = 0

@@ -10,7 +10,6 @@ summary.json, so the two agree.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import socket
 import time
@@ -18,14 +17,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from traintel.core.state import find_loss
 from traintel.record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
-from traintel.record.job import STATUS_ORDER, job_throughput
-from traintel.record.job import job_throughput, root_cause
+from traintel.record.job import STATUS_ORDER, job_throughput, root_cause
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rank_directories
 from traintel.record.summary import RecordFold, Segment, StepFigures
 from traintel.reports.render import describe
-from traintel.core.state import find_loss
 
 _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 
@@ -33,8 +31,7 @@ _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
 class Collector(Protocol):
     """One aggregate over records: fed every record in turn, asked for its result at the end."""
 
-    def add(self, record: RawLine) -> None:
-        ...
+    def add(self, record: RawLine) -> None: ...
 
 
 def scan(records: Iterable[RawLine], *collectors: Collector) -> None:
@@ -53,8 +50,13 @@ def level_at_least(record: RawLine, level: str) -> bool:
 STALE_S = 600
 
 
-def run_status(ended: object, directory: Path | None, start: RawLine,
-               last_ts: float | None, now: float | None = None) -> RecordStatus:
+def run_status(
+    ended: object,
+    directory: Path | None,
+    start: RawLine,
+    last_ts: float | None,
+    now: float | None = None,
+) -> RecordStatus:
     """How a run's latest segment stands, in the one vocabulary of every command (``status``,
     ``logs summary``, ``logs errors``, ``report``): as its ``run_end`` says (``finished``,
     ``preempted``, ``interrupted``, ``failed``), else ``running`` while a live process holds the
@@ -87,8 +89,10 @@ def _alive(pid: int, started: object) -> bool:
     import psutil  # only here: `traintel logs` starts without it
 
     try:  # a process started after the run did has the run's pid by reuse
-        return psutil.Process(pid).create_time() <= (started if isinstance(
-            started, (int, float)) else 0.0) + 1
+        return (
+            psutil.Process(pid).create_time()
+            <= (started if isinstance(started, (int, float)) else 0.0) + 1
+        )
     except psutil.Error:
         return False
 
@@ -149,15 +153,26 @@ class Summary:
         figures = self.figures()
         times = figures.step_times()
         longest = figures.step_time.max
-        return {"mean": times["mean_s"], "p50": times["p50_s"], "p95": times["p95_s"],
-                "p99": times["p99_s"], "max": longest if figures.step_time.count else None}
+        return {
+            "mean": times["mean_s"],
+            "p50": times["p50_s"],
+            "p95": times["p95_s"],
+            "p99": times["p99_s"],
+            "max": longest if figures.step_time.count else None,
+        }
 
     def status(self, directories: Mapping[int, Path] | None = None) -> RecordStatus:
         """The run's status (``run_status``): its worst rank's. ``directories``: each rank's
         record directory, whose lock says whether a process still writes it."""
-        return worst(run_status(f.segments[-1]["status"] if f.segments else None,
-                                (directories or {}).get(rank), f.last_start, self.end_ts)
-                     for rank, f in self.ranks.items())
+        return worst(
+            run_status(
+                f.segments[-1]["status"] if f.segments else None,
+                (directories or {}).get(rank),
+                f.last_start,
+                self.end_ts,
+            )
+            for rank, f in self.ranks.items()
+        )
 
     def result(self, directories: Mapping[int, Path] | None = None) -> dict[str, Any]:
         fold = self.fold()
@@ -166,15 +181,21 @@ class Summary:
         by_level = self.by_level
         durations = [_duration(f.segments) for f in self.ranks.values()]
         return {
-            "run": self.info.get("run"), "project": self.info.get("project"),
-            "name": self.info.get("name"), "host": self.info.get("host"),
-            "tags": fold.tags, "group": fold.group, "notes": fold.notes,
+            "run": self.info.get("run"),
+            "project": self.info.get("project"),
+            "name": self.info.get("name"),
+            "host": self.info.get("host"),
+            "tags": fold.tags,
+            "group": fold.group,
+            "notes": fold.notes,
             "ranks": sorted(self.ranks),
             "status": self.status(directories),
-            "start_ts": self.start_ts, "end_ts": self.end_ts,
+            "start_ts": self.start_ts,
+            "end_ts": self.end_ts,
             # the longest rank's: its segments added up (the gaps between them not counted)
-            "duration_s": max((d for d in durations if d is not None),
-                              default=_span(self.start_ts, self.end_ts)),
+            "duration_s": max(
+                (d for d in durations if d is not None), default=_span(self.start_ts, self.end_ts)
+            ),
             "segments": fold.segments,
             "events": self.events,
             "by_type": dict(sorted(self.by_type.items(), key=lambda kv: -kv[1])),
@@ -186,17 +207,24 @@ class Summary:
             "errors_by_type": self.errors_by_type,
             # the rank whose first error came first (record.job.root_cause, as summary.json)
             "root_cause": root_cause({rank: f.first_error for rank, f in self.ranks.items()})
-            if len(self.ranks) > 1 else None,
-            "epochs": fold.epochs, "epoch": fold.epoch,
+            if len(self.ranks) > 1
+            else None,
+            "epochs": fold.epochs,
+            "epoch": fold.epoch,
             "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
             "last_step": figures.last_step if figures.steps else None,
-            "samples": figures.samples, "tokens": figures.tokens,
-            "loss": loss, "metrics": fold.metrics, "nonfinite": fold.nonfinite,
+            "samples": figures.samples,
+            "tokens": figures.tokens,
+            "loss": loss,
+            "metrics": fold.metrics,
+            "nonfinite": fold.nonfinite,
             # the job's: samples and tokens per second summed over the ranks (record.job)
-            "throughput": job_throughput({rank: f.figures.throughput()
-                                          for rank, f in self.ranks.items()}),
-            "throughput_by_rank": {str(rank): f.figures.throughput()
-                                   for rank, f in sorted(self.ranks.items())},
+            "throughput": job_throughput(
+                {rank: f.figures.throughput() for rank, f in self.ranks.items()}
+            ),
+            "throughput_by_rank": {
+                str(rank): f.figures.throughput() for rank, f in sorted(self.ranks.items())
+            },
             "step_time_mean_s": figures.step_times()["mean_s"],
             "eval": fold.evals,
             "config": fold.config,
@@ -210,8 +238,9 @@ def _span(start: float | None, end: float | None) -> float | None:
 def _duration(segments: list[Segment]) -> float | None:
     """A rank's segments added up, or None while one of them has not ended."""
     durations = [s["duration_s"] for s in segments]
-    return sum(d for d in durations if d is not None) if durations and None not in durations \
-        else None
+    return (
+        sum(d for d in durations if d is not None) if durations and None not in durations else None
+    )
 
 
 def _seconds(value: object) -> float | None:
@@ -224,14 +253,19 @@ def _rank(r: RawLine) -> int:
     return rank if type(rank) is int else 0
 
 
-def summarize(records: Records, *others: Collector, summary: Summary | None = None
-              ) -> dict[str, Any]:
+def summarize(
+    records: Records, *others: Collector, summary: Summary | None = None
+) -> dict[str, Any]:
     """:class:`Summary` of :class:`traintel.record.reader.Records`, with where it came from and how
     many lines could not be read; ``others`` are collectors fed in the same pass."""
     summary = summary or Summary()
     scan(records, summary, *others)
-    return {"path": str(records.path), **summary.result(rank_directories(records.path)),
-            "skipped_lines": records.bad, "unreadable": records.problems()}
+    return {
+        "path": str(records.path),
+        **summary.result(rank_directories(records.path)),
+        "skipped_lines": records.bad,
+        "unreadable": records.problems(),
+    }
 
 
 class Problems:
@@ -251,8 +285,14 @@ class Problems:
             key = (r.get("type"), _problem_kind(r))
             group = groups.get(key)
             if group is None:
-                group = groups[key] = {"type": key[0], "kind": key[1], "level": r.get("level"),
-                                       "count": 0, "first_ts": r.get("ts"), "message": describe(r)}
+                group = groups[key] = {
+                    "type": key[0],
+                    "kind": key[1],
+                    "level": r.get("level"),
+                    "count": 0,
+                    "first_ts": r.get("ts"),
+                    "message": describe(r),
+                }
             group["count"] += 1
             group["last_ts"] = r.get("ts")
             if _RANK.get(str(r.get("level")), 0) > _RANK.get(group["level"], 0):
@@ -277,8 +317,20 @@ class Instruments:
             self.found[(r.get("rank", 0), r.get("name"))] = r
 
     def result(self) -> list[dict[str, Any]]:
-        keys = ("rank", "kind", "name", "count", "total", "mean", "p50", "p95", "p99", "min", "max",
-                "last")
+        keys = (
+            "rank",
+            "kind",
+            "name",
+            "count",
+            "total",
+            "mean",
+            "p50",
+            "p95",
+            "p99",
+            "min",
+            "max",
+            "last",
+        )
         ordered = sorted(self.found.items(), key=lambda item: (item[0][0], str(item[0][1])))
         return [{k: r.get(k) for k in keys} for _, r in ordered]
 
@@ -358,9 +410,14 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
-def grep(records: Iterable[RawLine], pattern: str, events: Iterable[str] = (),
-         level: str | None = None, since: float | None = None,
-         until: float | None = None) -> Iterator[RawLine]:
+def grep(
+    records: Iterable[RawLine],
+    pattern: str,
+    events: Iterable[str] = (),
+    level: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Iterator[RawLine]:
     """Records whose ``key=value`` text (all fields but the time, nested keys dotted) matches the
     regex, narrowed by record type or event name, minimum level and time window."""
     regex = re.compile(pattern)
@@ -422,10 +479,16 @@ def compare(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for s, config in zip(summaries, configs):
         row = {"run": s["run"] or Path(s["path"]).name, "status": s["status"]}
         row.update({f"config.{k}": config.get(k) for k in differing})
-        row.update({"steps": s["steps"], "duration_s": s["duration_s"],
-                    "steps_per_s": s["throughput"]["steps_per_s"],
-                    "samples_per_s": s["throughput"]["samples_per_s"],
-                    "loss_final": s["loss"]["final"], "loss_best": s["loss"]["best"]})
+        row.update(
+            {
+                "steps": s["steps"],
+                "duration_s": s["duration_s"],
+                "steps_per_s": s["throughput"]["steps_per_s"],
+                "samples_per_s": s["throughput"]["samples_per_s"],
+                "loss_final": s["loss"]["final"],
+                "loss_best": s["loss"]["best"],
+            }
+        )
         for name in eval_names:
             stats = s["eval"].get(name, {})
             row[f"{name}_last"], row[f"{name}_best"] = stats.get("last"), stats.get("best")
@@ -434,8 +497,9 @@ def compare(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def rank_by(summaries: list[dict[str, Any]], rows: list[dict[str, Any]],
-            metric: str) -> list[dict[str, Any]]:
+def rank_by(
+    summaries: list[dict[str, Any]], rows: list[dict[str, Any]], metric: str
+) -> list[dict[str, Any]]:
     """``compare``'s rows ranked by eval ``metric``'s last value in its direction (a sweep's
     objective), best first: finished runs get ``rank`` 1..n; pruned, stopped, failed or
     running ones follow, unranked (their value is an intermediate one), best first as well."""
@@ -446,13 +510,17 @@ def rank_by(summaries: list[dict[str, Any]], rows: list[dict[str, Any]],
 
     modes = {s["eval"][metric].get("mode") for s in summaries if metric in s["eval"]}
     sign = -1.0 if modes == {"max"} else 1.0
-    order = sorted(range(len(rows)), key=lambda i: (
-        summaries[i]["status"] != "finished", value(summaries[i]) is None,
-        sign * (value(summaries[i]) or 0.0)))
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: (
+            summaries[i]["status"] != "finished",
+            value(summaries[i]) is None,
+            sign * (value(summaries[i]) or 0.0),
+        ),
+    )
     ranked, place = [], 0
     for i in order:
         done = summaries[i]["status"] == "finished" and value(summaries[i]) is not None
         place += done
-        ranked.append({"rank": place if done else None, metric: value(summaries[i]),
-                       **rows[i]})
+        ranked.append({"rank": place if done else None, metric: value(summaries[i]), **rows[i]})
     return ranked

@@ -19,25 +19,37 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from traintel.core import catalog, env
-from traintel.version import __version__
-from traintel.record.reader import Records, RecordNotFound, last_records, rank_dirs
-from traintel.record.files import read_json, write_json
 from traintel.core.redact import Redactor
 from traintel.core.state import RunState
+from traintel.record.files import read_json, write_json
+from traintel.record.reader import RecordNotFound, Records, last_records, rank_dirs
+from traintel.version import __version__
 
 LAST_EVENTS = 50
 #: environment variables that explain GPU, distributed and export behaviour (secret-looking
 #: names among them are redacted all the same)
 _ENV_PREFIXES = ("CUDA_", "NCCL_", "PYTORCH_", "TORCH_", "TRAINTEL_", "OMP_NUM_THREADS")
-_ENV_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_JOB_ID",
-              "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME")
+_ENV_NAMES = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "SLURM_JOB_ID",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+)
 
 
 def versions() -> dict[str, Any]:
     """Python, traintel, torch, CUDA and driver versions. torch is not imported for this: its
     installed version is read from package metadata when the program has not imported it."""
-    out: dict[str, Any] = {"python": sys.version.split()[0], "traintel": __version__,
-                           "platform": platform.platform()}
+    out: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "traintel": __version__,
+        "platform": platform.platform(),
+    }
     torch = sys.modules.get("torch")
     if torch is not None:
         out["torch"] = getattr(torch, "__version__", None)
@@ -66,15 +78,25 @@ def versions() -> dict[str, Any]:
 
 
 def host() -> dict[str, Any]:
-    return {"hostname": socket.gethostname(), "pid": os.getpid(), "cpus": os.cpu_count(),
-            "python_executable": sys.executable, "cwd": os.getcwd()}
+    return {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "cpus": os.cpu_count(),
+        "python_executable": sys.executable,
+        "cwd": os.getcwd(),
+    }
 
 
 def environment() -> dict[str, str]:
     """The variables that explain GPU, distributed and export behaviour (redacted with the rest
     of the report)."""
-    return dict(sorted((k, v) for k, v in env.snapshot().items()
-                       if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES))
+    return dict(
+        sorted(
+            (k, v)
+            for k, v in env.snapshot().items()
+            if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES
+        )
+    )
 
 
 def memory_state() -> dict[str, Any]:
@@ -83,15 +105,22 @@ def memory_state() -> dict[str, Any]:
     import psutil
 
     virtual = psutil.virtual_memory()
-    out: dict[str, Any] = {"process_rss_bytes": psutil.Process().memory_info().rss,
-                           "host_total_bytes": virtual.total,
-                           "host_available_bytes": virtual.available}
+    out: dict[str, Any] = {
+        "process_rss_bytes": psutil.Process().memory_info().rss,
+        "host_total_bytes": virtual.total,
+        "host_available_bytes": virtual.available,
+    }
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
-        out["cuda"] = [{"device": i, "allocated_bytes": torch.cuda.memory_allocated(i),
-                        "reserved_bytes": torch.cuda.memory_reserved(i),
-                        "peak_allocated_bytes": torch.cuda.max_memory_allocated(i)}
-                       for i in range(torch.cuda.device_count())]
+        out["cuda"] = [
+            {
+                "device": i,
+                "allocated_bytes": torch.cuda.memory_allocated(i),
+                "reserved_bytes": torch.cuda.memory_reserved(i),
+                "peak_allocated_bytes": torch.cuda.max_memory_allocated(i),
+            }
+            for i in range(torch.cuda.device_count())
+        ]
     return out
 
 
@@ -109,9 +138,15 @@ def gpus() -> list[dict[str, Any]]:
     by_gpu: dict[str, dict[str, Any]] = {}
     naming = set(catalog.GPU_LABELS)
     for name, value, labels in readings:
-        entry = by_gpu.setdefault(labels.get("gpu", "?"), {
-            "index": labels.get("gpu"), "uuid": labels.get("uuid"),
-            "name": labels.get("model_name"), "pci_bus_id": labels.get("pci_bus_id")})
+        entry = by_gpu.setdefault(
+            labels.get("gpu", "?"),
+            {
+                "index": labels.get("gpu"),
+                "uuid": labels.get("uuid"),
+                "name": labels.get("model_name"),
+                "pci_bus_id": labels.get("pci_bus_id"),
+            },
+        )
         if name == "traintel_gpu_info":
             entry["driver_version"] = labels.get("driver_version")
             continue
@@ -130,17 +165,29 @@ class LiveSnapshot(TypedDict):
     errors: Sequence[Mapping[str, object]]
 
 
-def snapshot(status: Mapping[str, object], summary: Mapping[str, object] | None,
-             config: Mapping[str, object], state: RunState,
-             errors: Sequence[Mapping[str, object]]) -> LiveSnapshot:
+def snapshot(
+    status: Mapping[str, object],
+    summary: Mapping[str, object] | None,
+    config: Mapping[str, object],
+    state: RunState,
+    errors: Sequence[Mapping[str, object]],
+) -> LiveSnapshot:
     """A live run's status, summary, config, latest hardware readings and errors."""
-    return {"run": status, "summary": summary, "config": config, "errors": errors,
-            "readings": [{"name": name, "labels": dict(labels), "value": value}
-                         for (name, labels), value in list(state.readings.items())]}
+    return {
+        "run": status,
+        "summary": summary,
+        "config": config,
+        "errors": errors,
+        "readings": [
+            {"name": name, "labels": dict(labels), "value": value}
+            for (name, labels), value in list(state.readings.items())
+        ],
+    }
 
 
-def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None,
-                 redactor: Redactor | None = None) -> dict[str, Any]:
+def build_report(
+    live: LiveSnapshot | None = None, run_dir: Path | None = None, redactor: Redactor | None = None
+) -> dict[str, Any]:
     """A diagnostic report for a live run (with its directory), a run's directory, or (neither)
     this machine, redacted whole by ``redactor`` (the run's; by default one that knows the
     environment's secrets).
@@ -149,9 +196,14 @@ def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None,
     ``run`` (its run_start line) says where the run itself ran.
     """
     report: dict[str, Any] = {
-        "report_id": str(uuid.uuid4()), "created": time.time(), "versions": _safe(versions),
-        "host": _safe(host), "environment": _safe(environment), "gpus": _safe(gpus),
-        "memory": _safe(memory_state)}
+        "report_id": str(uuid.uuid4()),
+        "created": time.time(),
+        "versions": _safe(versions),
+        "host": _safe(host),
+        "environment": _safe(environment),
+        "gpus": _safe(gpus),
+        "memory": _safe(memory_state),
+    }
     if live is not None:
         report.update(live)
     elif run_dir is not None:
@@ -166,9 +218,12 @@ def build_report(live: LiveSnapshot | None = None, run_dir: Path | None = None,
 def _from_directory(run_dir: Path) -> dict[str, Any]:
     """Run, summary, config and every error from what a run left on disk."""
     meta = (rank_dirs(run_dir) or [run_dir])[0]
-    out: dict[str, Any] = {"run": None, "summary": read_json(meta / "summary.json"),
-                           "config": (read_json(meta / "config.json") or {}).get("config"),
-                           "errors": []}
+    out: dict[str, Any] = {
+        "run": None,
+        "summary": read_json(meta / "summary.json"),
+        "config": (read_json(meta / "config.json") or {}).get("config"),
+        "errors": [],
+    }
     try:
         records = Records(run_dir)
     except RecordNotFound:

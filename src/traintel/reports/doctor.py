@@ -16,18 +16,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 #: the compose stack's endpoints on this machine
 DEFAULTS: dict[str, str] = {
-    "collector": "http://127.0.0.1:4318", "prometheus": "http://127.0.0.1:9090",
-    "loki": "http://127.0.0.1:3100", "tempo": "http://127.0.0.1:3200",
-    "alertmanager": "http://127.0.0.1:9093", "grafana": "http://127.0.0.1:3000",
+    "collector": "http://127.0.0.1:4318",
+    "prometheus": "http://127.0.0.1:9090",
+    "loki": "http://127.0.0.1:3100",
+    "tempo": "http://127.0.0.1:3200",
+    "alertmanager": "http://127.0.0.1:9093",
+    "grafana": "http://127.0.0.1:3000",
 }
 #: the port of the collector's health_check extension
 COLLECTOR_HEALTH_PORT = 13133
@@ -58,8 +62,13 @@ class Response:
         return json.loads(self.body)
 
 
-def fetch(url: str, method: str = "GET", body: bytes | None = None,
-          headers: dict[str, str] | None = None, timeout: float = 3.0) -> Response:
+def fetch(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 3.0,
+) -> Response:
     """One HTTP request; an error status is a response, an unreachable server raises OSError."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -84,8 +93,10 @@ class Endpoints:
     def health_urls(self) -> tuple[str, ...]:
         if self.collector_health:
             return self.collector_health
-        return tuple(f"{urlsplit(c).scheme or 'http'}://{urlsplit(c).hostname}:"
-                     f"{COLLECTOR_HEALTH_PORT}/" for c in self.collectors)
+        return tuple(
+            f"{urlsplit(c).scheme or 'http'}://{urlsplit(c).hostname}:{COLLECTOR_HEALTH_PORT}/"
+            for c in self.collectors
+        )
 
 
 def run_checks(endpoints: Endpoints, timeout: float = 3.0) -> list[Check]:
@@ -109,11 +120,14 @@ def run_checks(endpoints: Endpoints, timeout: float = 3.0) -> list[Check]:
 
 
 def as_json(checks: list[Check]) -> dict[str, Any]:
-    return {"ok": not any(c.status == "fail" for c in checks),
-            "checks": [asdict(c) for c in checks]}
+    return {
+        "ok": not any(c.status == "fail" for c in checks),
+        "checks": [asdict(c) for c in checks],
+    }
 
 
 # -- the checks ----------------------------------------------------------------------------
+
 
 def collector_otlp(url: str, timeout: float = 3.0) -> Check:
     """An empty OTLP/HTTP trace export: the collector must accept it with 200."""
@@ -121,24 +135,39 @@ def collector_otlp(url: str, timeout: float = 3.0) -> Check:
     try:
         response = fetch(target, "POST", b"", {"Content-Type": "application/x-protobuf"}, timeout)
     except OSError as error:
-        return Check("collector otlp", "fail", f"unreachable ({_reason(error)}): runs keep their "
-                     f"local record but export nothing; {_START_HINT}", target)
+        return Check(
+            "collector otlp",
+            "fail",
+            f"unreachable ({_reason(error)}): runs keep their "
+            f"local record but export nothing; {_START_HINT}",
+            target,
+        )
     if response.status == 200:
         return Check("collector otlp", "pass", "accepts OTLP/HTTP", target)
-    return Check("collector otlp", "fail", f"answered HTTP {response.status} to an OTLP export "
-                 "(is this the collector's OTLP/HTTP port, usually 4318?)", target)
+    return Check(
+        "collector otlp",
+        "fail",
+        f"answered HTTP {response.status} to an OTLP export "
+        "(is this the collector's OTLP/HTTP port, usually 4318?)",
+        target,
+    )
 
 
 def collector_health(url: str, timeout: float = 3.0) -> Check:
     try:
         response = fetch(url, timeout=timeout)
     except OSError as error:
-        return Check("collector health", "fail", f"health_check extension unreachable "
-                     f"({_reason(error)})", url)
+        return Check(
+            "collector health",
+            "fail",
+            f"health_check extension unreachable ({_reason(error)})",
+            url,
+        )
     if response.status == 200:
         return Check("collector health", "pass", _text(response) or "healthy", url)
-    return Check("collector health", "fail", f"unhealthy: HTTP {response.status} "
-                 f"{_text(response)}", url)
+    return Check(
+        "collector health", "fail", f"unhealthy: HTTP {response.status} {_text(response)}", url
+    )
 
 
 def ready(name: str, url: str, timeout: float = 3.0, optional: bool = False) -> Check:
@@ -146,8 +175,12 @@ def ready(name: str, url: str, timeout: float = 3.0, optional: bool = False) -> 
         response = fetch(url, timeout=timeout)
     except OSError as error:
         if optional:
-            return Check(name, "warn", f"not running ({_reason(error)}); optional, but its "
-                         "signal is not stored", url)
+            return Check(
+                name,
+                "warn",
+                f"not running ({_reason(error)}); optional, but its signal is not stored",
+                url,
+            )
         return Check(name, "fail", f"unreachable ({_reason(error)}); {_START_HINT}", url)
     if response.status == 200:
         return Check(name, "pass", "ready", url)
@@ -160,22 +193,36 @@ def prometheus_scraping(url: str, timeout: float = 3.0) -> Check:
         response = fetch(target, timeout=timeout)
         targets = response.json()["data"]["activeTargets"]
     except OSError as error:
-        return Check("prometheus scraping", "fail", f"Prometheus unreachable ({_reason(error)})",
-                     target)
+        return Check(
+            "prometheus scraping", "fail", f"Prometheus unreachable ({_reason(error)})", target
+        )
     except (ValueError, KeyError, TypeError):
-        return Check("prometheus scraping", "fail", f"unexpected answer (HTTP "
-                     f"{response.status}): is this Prometheus?", target)
+        return Check(
+            "prometheus scraping",
+            "fail",
+            f"unexpected answer (HTTP {response.status}): is this Prometheus?",
+            target,
+        )
     up = [t for t in targets if t.get("health") == "up"]
     if up:
-        return Check("prometheus scraping", "pass", f"{len(up)} of {len(targets)} targets up",
-                     target)
+        return Check(
+            "prometheus scraping", "pass", f"{len(up)} of {len(targets)} targets up", target
+        )
     if not targets:
-        return Check("prometheus scraping", "fail", "no active scrape targets (a Prometheus "
-                     "that just started finds them within seconds)", target)
+        return Check(
+            "prometheus scraping",
+            "fail",
+            "no active scrape targets (a Prometheus that just started finds them within seconds)",
+            target,
+        )
     down = targets[0]
-    return Check("prometheus scraping", "fail", f"0 of {len(targets)} targets up; "
-                 f"{down.get('scrapeUrl')}: {down.get('lastError') or down.get('health')}",
-                 target)
+    return Check(
+        "prometheus scraping",
+        "fail",
+        f"0 of {len(targets)} targets up; "
+        f"{down.get('scrapeUrl')}: {down.get('lastError') or down.get('health')}",
+        target,
+    )
 
 
 def grafana(url: str, timeout: float = 3.0) -> Check:
@@ -183,16 +230,19 @@ def grafana(url: str, timeout: float = 3.0) -> Check:
     try:
         response = fetch(target, timeout=timeout)
     except OSError as error:
-        return Check("grafana", "warn", f"not running ({_reason(error)}); optional, but there "
-                     "are no dashboards", target)
+        return Check(
+            "grafana",
+            "warn",
+            f"not running ({_reason(error)}); optional, but there are no dashboards",
+            target,
+        )
     try:
         database = response.json().get("database")
     except (ValueError, AttributeError):
         database = None
     if response.status == 200 and database == "ok":
         return Check("grafana", "pass", "healthy (database ok)", target)
-    return Check("grafana", "fail", f"unhealthy: HTTP {response.status} {_text(response)}",
-                 target)
+    return Check("grafana", "fail", f"unhealthy: HTTP {response.status} {_text(response)}", target)
 
 
 def run_directory(path: Path) -> Check:
@@ -204,8 +254,9 @@ def run_directory(path: Path) -> Check:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        return Check("run directory", "fail", f"{existing} is not writable ({error.strerror})",
-                     str(path))
+        return Check(
+            "run directory", "fail", f"{existing} is not writable ({error.strerror})", str(path)
+        )
     free = shutil.disk_usage(existing).free
     detail = f"writable, {free / (1 << 30):.1f} GiB free at {existing}"
     if free < FAIL_FREE_BYTES:
@@ -224,20 +275,28 @@ def gpus_visible() -> Check:
         import pynvml
     except ImportError:
         if not driver_present():  # as the run says it: the bindings would not help here
-            return Check("gpus", "warn", "no NVIDIA driver: no GPU metrics (CPU training is "
-                         "fine)")
-        return Check("gpus", "warn", "nvidia-ml-py is not installed: no GPU metrics "
-                     "(pip install 'traintel[gpu]')")
+            return Check("gpus", "warn", "no NVIDIA driver: no GPU metrics (CPU training is fine)")
+        return Check(
+            "gpus",
+            "warn",
+            "nvidia-ml-py is not installed: no GPU metrics (pip install 'traintel[gpu]')",
+        )
     try:
         pynvml.nvmlInit()
     except Exception as error:
         if os.path.exists("/dev/nvidia0"):
-            return Check("gpus", "fail", f"/dev/nvidia0 exists but NVML fails ({error}): "
-                         "driver/library mismatch? try `nvidia-smi`")
+            return Check(
+                "gpus",
+                "fail",
+                f"/dev/nvidia0 exists but NVML fails ({error}): "
+                "driver/library mismatch? try `nvidia-smi`",
+            )
         return Check("gpus", "warn", f"no NVIDIA GPU or driver ({error}): no GPU metrics")
     try:
-        names = [_str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
-                 for i in range(pynvml.nvmlDeviceGetCount())]
+        names = [
+            _str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+            for i in range(pynvml.nvmlDeviceGetCount())
+        ]
         driver = _str(pynvml.nvmlSystemGetDriverVersion())
     finally:
         pynvml.nvmlShutdown()
@@ -254,9 +313,13 @@ def clock(prometheus: str, timeout: float = 3.0) -> Check:
     try:
         server = float(fetch(target, timeout=timeout).json()["data"]["result"][0])
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-        return Check("clock", "warn", f"could not compare with Prometheus "
-                     f"({_reason(error) if isinstance(error, OSError) else 'no answer'})",
-                     target)
+        return Check(
+            "clock",
+            "warn",
+            f"could not compare with Prometheus "
+            f"({_reason(error) if isinstance(error, OSError) else 'no answer'})",
+            target,
+        )
     skew = (before + time.time()) / 2 - server
     detail = f"{skew:+.2f} s from Prometheus's clock"
     if abs(skew) > FAIL_SKEW_S:
@@ -267,6 +330,7 @@ def clock(prometheus: str, timeout: float = 3.0) -> Check:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
 
 def _base(url: str) -> str:
     return url.rstrip("/")

@@ -34,6 +34,7 @@ class PlotSeries(Protocol):
     memory: dict[str, list[tuple[int, float]]]
     evals: dict[str, list[tuple[int, float]]]
 
+
 #: fields every record line has: left out when a line is described by its other fields
 _COMMON = ("ts", "type", "level", "run", "rank")
 
@@ -58,8 +59,11 @@ def num(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int) and abs(value) >= 10**30:  # str() of a 4,300-digit int raises
-        return f"{'-' if value < 0 else ''}2**{value.bit_length() - 1}+" if \
-            value.bit_length() > 1000 else f"{float(value):.4g}"
+        return (
+            f"{'-' if value < 0 else ''}2**{value.bit_length() - 1}+"
+            if value.bit_length() > 1000
+            else f"{float(value):.4g}"
+        )
     if isinstance(value, int) or value.is_integer() and abs(value) < 1e15:
         return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
     return f"{value:.4g}"
@@ -69,8 +73,11 @@ def duration(seconds: float | None, unknown: str = "-") -> str:
     """``5.0s``, ``2m05s``, ``1h02m05s``; ``unknown`` for None."""
     if seconds is None:
         return unknown
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
-            not 0 <= seconds < 1e15:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 <= seconds < 1e15
+    ):
         return "?"
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -94,20 +101,27 @@ def describe(r: RawLine) -> str:
     """One line saying what a record is about, without its time, level or run."""
     kind = r.get("type")
     if kind == "step":
-        return (f"step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))} "
-                f"step_s={num(r.get('step_s'))}")
+        return (
+            f"step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))} "
+            f"step_s={num(r.get('step_s'))}"
+        )
     if kind == "values":
         joined = r.get("uncommitted")
-        return (f"values step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))}"
-                + (f" (uncommitted: {', '.join(map(str, joined))})"
-                   if isinstance(joined, list) and joined else ""))
+        return f"values step {r.get('step')} epoch {r.get('epoch')} {pairs(r.get('metrics'))}" + (
+            f" (uncommitted: {', '.join(map(str, joined))})"
+            if isinstance(joined, list) and joined
+            else ""
+        )
     if kind == "eval":
         best = [k for k, v in (r.get("is_best") or {}).items() if v]
-        return (f"eval step {r.get('step')} {pairs(r.get('metrics'))}"
-                + (f" (best {', '.join(best)})" if best else ""))
+        return f"eval step {r.get('step')} {pairs(r.get('metrics'))}" + (
+            f" (best {', '.join(best)})" if best else ""
+        )
     if kind == "epoch":
-        return (f"epoch {r.get('epoch')} done: {r.get('steps')} steps in "
-                f"{duration(r.get('duration_s'))}")
+        return (
+            f"epoch {r.get('epoch')} done: {r.get('steps')} steps in "
+            f"{duration(r.get('duration_s'))}"
+        )
     if kind == "event":
         return f"{r.get('event')} {pairs(r.get('fields'))}".rstrip()
     if kind == "milestone":
@@ -121,24 +135,29 @@ def describe(r: RawLine) -> str:
     if kind == "log":
         return f"[{r.get('logger')}] {r.get('message')} {pairs(r.get('fields'))}".rstrip()
     if kind == "instrument":
-        return (f"{r.get('kind')} {r.get('name')} count={num(r.get('count'))} "
-                f"mean={num(r.get('mean'))}")
+        return (
+            f"{r.get('kind')} {r.get('name')} count={num(r.get('count'))} mean={num(r.get('mean'))}"
+        )
     if kind == "run_start":
-        return (f"run {r.get('run')} started: {r.get('project')}/{r.get('name')} "
-                f"on {r.get('host')}, world size {r.get('world_size')}")
+        return (
+            f"run {r.get('run')} started: {r.get('project')}/{r.get('name')} "
+            f"on {r.get('host')}, world size {r.get('world_size')}"
+        )
     if kind == "run_end":
-        return (f"run {r.get('status')} after {duration(r.get('duration_s'))}, "
-                f"{r.get('steps')} steps")
+        return (
+            f"run {r.get('status')} after {duration(r.get('duration_s'))}, {r.get('steps')} steps"
+        )
     if kind == "config":
         return f"config {r.get('config_hash')} seed={r.get('seed')}"
     if kind == "span":
         start, end = r.get("start_ns"), r.get("end_ns")
         took = (end - start) / 1e9 if isinstance(start, int) and isinstance(end, int) else None
-        return (f"span {r.get('name')} {duration(took)} {r.get('status')} "
-                f"span_id={r.get('span_id')}")
+        return f"span {r.get('name')} {duration(took)} {r.get('status')} span_id={r.get('span_id')}"
     if kind == "export":
-        return (f"{r.get('signal')} export {'delivered' if r.get('ok') else 'failed'}: "
-                f"{r.get('count')} item(s)")
+        return (
+            f"{r.get('signal')} export {'delivered' if r.get('ok') else 'failed'}: "
+            f"{r.get('count')} item(s)"
+        )
     return " ".join(f"{k}={v}" for k, v in r.items() if k not in _COMMON)
 
 
@@ -153,15 +172,18 @@ def text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     dropped from a malformed line, ``level: ["error"]``) is blank."""
     rows = [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(c) for c in column) for column in zip(columns, *rows)]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n"
-                   for row in ([list(columns)] if any(columns) else []) + [list(r) for r in rows])
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n"
+        for row in ([list(columns)] if any(columns) else []) + [list(r) for r in rows]
+    )
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     """A Markdown table's lines; blank column names make a header-less key/value table."""
     header = "| " + " | ".join(columns) + " |" if any(columns) else "|" + " |" * len(columns)
     return [header, "|" + "---|" * len(columns)] + [
-        "| " + " | ".join(cell("-" if v is None else str(v)) for v in row) + " |" for row in rows]
+        "| " + " | ".join(cell("-" if v is None else str(v)) for v in row) + " |" for row in rows
+    ]
 
 
 def _section(title: str, values: Mapping[str, object], level: str = "##") -> list[str]:
@@ -173,9 +195,13 @@ def _section(title: str, values: Mapping[str, object], level: str = "##") -> lis
 
 def _error(error: Mapping[str, Any]) -> list[str]:
     """One error in full: time, type, severity and exception, its message, hints, traceback."""
-    lines = ["", f"### {iso(error.get('ts'))} {error.get('error_type')} "
-                 f"({error.get('severity')}): {error.get('exc_type')}", "",
-             cell(str(error.get("message")))]
+    lines = [
+        "",
+        f"### {iso(error.get('ts'))} {error.get('error_type')} "
+        f"({error.get('severity')}): {error.get('exc_type')}",
+        "",
+        cell(str(error.get("message"))),
+    ]
     lines += [f"- {hint}" for hint in error.get("hints") or []]
     if error.get("traceback"):
         lines += ["", "```", str(error["traceback"]).rstrip(), "```"]
@@ -183,40 +209,86 @@ def _error(error: Mapping[str, Any]) -> list[str]:
 
 
 # -- reports -----------------------------------------------------------------------------------
-def run_report(summary: Mapping[str, Any], problems: Mapping[str, Any],
-               instruments: Sequence[Mapping[str, Any]], step_time: Mapping[str, float | None],
-               plots: Mapping[str, Path] | None = None, base: Path | None = None) -> str:
+def run_report(
+    summary: Mapping[str, Any],
+    problems: Mapping[str, Any],
+    instruments: Sequence[Mapping[str, Any]],
+    step_time: Mapping[str, float | None],
+    plots: Mapping[str, Path] | None = None,
+    base: Path | None = None,
+) -> str:
     """``traintel logs report``: overview, errors (the first of each kind in full) and
     performance in Markdown; plot paths are made relative to ``base`` (the report's directory)."""
     s = summary
     title = s["name"] or s["run"] or Path(s["path"]).name
     lines = [f"# Run report: {title}"]
     loss = s["loss"]
-    lines += _section("Overview", {
-        "run": s["run"], "project": s["project"], "status": s["status"],
-        "segments": ", ".join(f"{seg['status'] or 'running'} ({num(seg['steps'])} steps)"
-                              for seg in s["segments"]) or "-",
-        "tags": ", ".join(s["tags"]) or "-", "group": s["group"] or "-",
-        "ranks": ", ".join(map(str, s["ranks"])) or "-", "host": s["host"],
-        "start": iso(s["start_ts"]), "end": iso(s["end_ts"]),
-        "duration": duration(s["duration_s"]), "steps": num(s["steps"]),
-        "last step": num(s["last_step"]), "epochs": num(s["epochs"]),
-        "final loss": num(loss["final"]), "best loss": num(loss["best"]),
-        "non-finite losses": num(loss["nonfinite"]) + (
-            f", from step {loss['first_nonfinite_step']}" if loss["nonfinite"] else ""),
-        "errors": num(s["errors"]), "warnings": num(s["warnings"]),
-        "events": num(s["events"]), "unreadable lines skipped": num(s["skipped_lines"])})
+    lines += _section(
+        "Overview",
+        {
+            "run": s["run"],
+            "project": s["project"],
+            "status": s["status"],
+            "segments": ", ".join(
+                f"{seg['status'] or 'running'} ({num(seg['steps'])} steps)" for seg in s["segments"]
+            )
+            or "-",
+            "tags": ", ".join(s["tags"]) or "-",
+            "group": s["group"] or "-",
+            "ranks": ", ".join(map(str, s["ranks"])) or "-",
+            "host": s["host"],
+            "start": iso(s["start_ts"]),
+            "end": iso(s["end_ts"]),
+            "duration": duration(s["duration_s"]),
+            "steps": num(s["steps"]),
+            "last step": num(s["last_step"]),
+            "epochs": num(s["epochs"]),
+            "final loss": num(loss["final"]),
+            "best loss": num(loss["best"]),
+            "non-finite losses": num(loss["nonfinite"])
+            + (f", from step {loss['first_nonfinite_step']}" if loss["nonfinite"] else ""),
+            "errors": num(s["errors"]),
+            "warnings": num(s["warnings"]),
+            "events": num(s["events"]),
+            "unreadable lines skipped": num(s["skipped_lines"]),
+        },
+    )
     if s["eval"]:
-        lines += ["", "### Evaluation", "", *markdown_table(
-            ["metric", "last", "best", "at step", "direction"],
-            [[k, num(v["last"]), num(v["best"]), num(v["best_step"]),
-              v["mode"] or "unknown: pass goals="] for k, v in s["eval"].items()])]
+        lines += [
+            "",
+            "### Evaluation",
+            "",
+            *markdown_table(
+                ["metric", "last", "best", "at step", "direction"],
+                [
+                    [
+                        k,
+                        num(v["last"]),
+                        num(v["best"]),
+                        num(v["best_step"]),
+                        v["mode"] or "unknown: pass goals=",
+                    ]
+                    for k, v in s["eval"].items()
+                ],
+            ),
+        ]
     lines += ["", "## Errors and warnings", ""]
     if problems["groups"]:
         lines += markdown_table(
             ["level", "type", "kind", "count", "first", "last", "example"],
-            [[g["level"], g["type"], g["kind"], g["count"], iso(g["first_ts"]),
-              iso(g["last_ts"]), g["message"]] for g in problems["groups"]])
+            [
+                [
+                    g["level"],
+                    g["type"],
+                    g["kind"],
+                    g["count"],
+                    iso(g["first_ts"]),
+                    iso(g["last_ts"]),
+                    g["message"],
+                ]
+                for g in problems["groups"]
+            ],
+        )
         shown = set()
         for r in problems["records"]:
             kind = r.get("error_type")
@@ -226,17 +298,34 @@ def run_report(summary: Mapping[str, Any], problems: Mapping[str, Any],
     else:
         lines.append("None.")
     t = s["throughput"]
-    lines += _section("Performance", {
-        "steps/s": num(t["steps_per_s"]), "samples/s": num(t["samples_per_s"]),
-        "tokens/s": num(t["tokens_per_s"]),
-        **{f"step time {k} (s)": num(step_time[k]) if step_time[k] is not None
-           else "not measured" for k in ("mean", "p50", "p95", "p99", "max")}})
+    lines += _section(
+        "Performance",
+        {
+            "steps/s": num(t["steps_per_s"]),
+            "samples/s": num(t["samples_per_s"]),
+            "tokens/s": num(t["tokens_per_s"]),
+            **{
+                f"step time {k} (s)": num(step_time[k])
+                if step_time[k] is not None
+                else "not measured"
+                for k in ("mean", "p50", "p95", "p99", "max")
+            },
+        },
+    )
     if instruments:
         stats = ("count", "total", "mean", "p50", "p95", "p99", "min", "max")
-        lines += ["", "### Instruments", "", *markdown_table(
-            ["name", "kind", *stats],
-            [[str(i["name"]), str(i["kind"]), *(num(i[k]) for k in stats)]
-             for i in instruments])]
+        lines += [
+            "",
+            "### Instruments",
+            "",
+            *markdown_table(
+                ["name", "kind", *stats],
+                [
+                    [str(i["name"]), str(i["kind"]), *(num(i[k]) for k in stats)]
+                    for i in instruments
+                ],
+            ),
+        ]
     for name, plot in (plots or {}).items():
         shown_path = plot.relative_to(base) if base and plot.is_relative_to(base) else plot
         lines += ["", f"![{name}]({shown_path.as_posix()})"]
@@ -249,32 +338,48 @@ def diagnostic_report(report: Mapping[str, Any]) -> str:
     run = report.get("run") or {}
     summary = report.get("summary") or {}
     if "run_dir" in report:
-        lines += _section("Run", {
-            "run": run.get("run") or summary.get("run"),
-            "project": run.get("project") or summary.get("project"),
-            "name": run.get("name") or summary.get("name"),
-            "status": run.get("status") or summary.get("status")
-            or "no summary (still running, or killed)",
-            "host": run.get("host"), "steps": run.get("step", summary.get("steps")),
-            "directory": report["run_dir"]})
+        lines += _section(
+            "Run",
+            {
+                "run": run.get("run") or summary.get("run"),
+                "project": run.get("project") or summary.get("project"),
+                "name": run.get("name") or summary.get("name"),
+                "status": run.get("status")
+                or summary.get("status")
+                or "no summary (still running, or killed)",
+                "host": run.get("host"),
+                "steps": run.get("step", summary.get("steps")),
+                "directory": report["run_dir"],
+            },
+        )
     lines += _section("Versions", report["versions"])
     lines += _section("Host", report["host"])
     gpu_list = report["gpus"]
     lines += ["", "## GPUs", ""]
     if isinstance(gpu_list, list) and gpu_list:
-        lines += [f"- GPU {g.get('index')}: {g.get('name')} ({g.get('uuid')}), " + ", ".join(
-            f"{k}={num(v)}" for k, v in g.items() if k not in ("index", "name", "uuid"))
-            for g in gpu_list]
+        lines += [
+            f"- GPU {g.get('index')}: {g.get('name')} ({g.get('uuid')}), "
+            + ", ".join(f"{k}={num(v)}" for k, v in g.items() if k not in ("index", "name", "uuid"))
+            for g in gpu_list
+        ]
     else:
         lines.append("None." if gpu_list == [] else str(gpu_list))
     lines += _section("Memory", {k: v for k, v in report["memory"].items() if k != "cuda"})
     for device in report["memory"].get("cuda", []):
-        lines.append(f"- CUDA device {device['device']}: " + ", ".join(
-            f"{k}={num(v)}" for k, v in device.items() if k != "device"))
+        lines.append(
+            f"- CUDA device {device['device']}: "
+            + ", ".join(f"{k}={num(v)}" for k, v in device.items() if k != "device")
+        )
     lines += _section("Environment", report["environment"])
     if report.get("config") is not None:
-        lines += ["", "## Config", "", "```json",
-                  json.dumps(report["config"], indent=2, default=str), "```"]
+        lines += [
+            "",
+            "## Config",
+            "",
+            "```json",
+            json.dumps(report["config"], indent=2, default=str),
+            "```",
+        ]
     if "errors" in report:
         lines += ["", f"## Errors ({len(report['errors'])})"]
         if not report["errors"]:
@@ -308,8 +413,15 @@ def figures(series: PlotSeries) -> dict[str, Figure]:
         return fig, ax
 
     def draw(ax: Any, points: Sequence[tuple[int, float]], label: str, **style: Any) -> None:
-        ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1, label=label,
-                marker="o" if len(points) <= 200 else None, markersize=3, **style)
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            linewidth=1,
+            label=label,
+            marker="o" if len(points) <= 200 else None,
+            markersize=3,
+            **style,
+        )
 
     out = {}
     if series.loss or series.nonfinite:
@@ -317,8 +429,13 @@ def figures(series: PlotSeries) -> dict[str, Figure]:
         if series.loss:
             draw(ax, series.loss, "loss")
         for index, step in enumerate(series.nonfinite):
-            ax.axvline(step, color="red", alpha=0.3, linewidth=1,
-                       label=f"non-finite loss ({len(series.nonfinite)})" if index == 0 else None)
+            ax.axvline(
+                step,
+                color="red",
+                alpha=0.3,
+                linewidth=1,
+                label=f"non-finite loss ({len(series.nonfinite)})" if index == 0 else None,
+            )
         ax.legend()
     if series.evals:
         out["eval"], ax = figure("value", "Evaluation")
@@ -336,8 +453,7 @@ def figures(series: PlotSeries) -> dict[str, Figure]:
     return out
 
 
-def save_figures(figs: Mapping[str, Figure], directory: Path, prefix: str = ""
-                 ) -> dict[str, Path]:
+def save_figures(figs: Mapping[str, Figure], directory: Path, prefix: str = "") -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = {name: directory / f"{prefix}{name}.png" for name in figs}
     for name, fig in figs.items():

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from traintel.record.files import encode
 from traintel.core.redact import Redactor, secret_values
 from traintel.core.validate import json_safe
+from traintel.record.files import encode
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,12 @@ class RunConfig:
         plain = normalise(config)
         redactor = Redactor.for_config(plain)
         values: dict[str, Any] = redactor.deep(plain)
-        return cls(values=values, hash=_hash(values),
-                   seed=seed if seed is not None else _seed_from(values), redactor=redactor)
+        return cls(
+            values=values,
+            hash=_hash(values),
+            seed=seed if seed is not None else _seed_from(values),
+            redactor=redactor,
+        )
 
     def extended(self, more: object, allow_change: bool = False) -> tuple[RunConfig, list[str]]:
         """This configuration with ``more`` added (its secrets join the redactor), and the keys
@@ -42,12 +46,16 @@ class RunConfig:
         added: dict[str, Any] = self.redactor.deep(plain)
         changed = [k for k, v in added.items() if k in self.values and self.values[k] != v]
         if changed and not allow_change:
-            raise ValueError(f"run.config.update: {', '.join(map(repr, changed))} already "
-                             "recorded with another value; pass allow_change=True to change a "
-                             "recorded value (the record keeps both)")
+            raise ValueError(
+                f"run.config.update: {', '.join(map(repr, changed))} already "
+                "recorded with another value; pass allow_change=True to change a "
+                "recorded value (the record keeps both)"
+            )
         values = {**self.values, **added}
-        return (RunConfig(values, _hash(values), self.seed, self.redactor),
-                [k for k, v in added.items() if self.values.get(k, _MISSING) != v])
+        return (
+            RunConfig(values, _hash(values), self.seed, self.redactor),
+            [k for k, v in added.items() if self.values.get(k, _MISSING) != v],
+        )
 
 
 _MISSING = object()
@@ -60,8 +68,9 @@ def _hash(values: dict[str, Any]) -> str:
 def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     """The dotted keys (``optimizer.lr``) that were added, removed or changed."""
     old, new = dict(_flat(before)), dict(_flat(after))
-    return sorted(key for key in old.keys() | new.keys()
-                  if old.get(key, _MISSING) != new.get(key, _MISSING))
+    return sorted(
+        key for key in old.keys() | new.keys() if old.get(key, _MISSING) != new.get(key, _MISSING)
+    )
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -78,8 +87,9 @@ class ConfigView(Mapping[str, Any]):
     W&B). Each change is a ``config`` line naming the keys and a ``config_update`` event, and
     config.json gets the new configuration and a history entry; the run's config hash follows."""
 
-    def __init__(self, config: RunConfig,
-                 on_change: Callable[[RunConfig, list[str]], None]) -> None:
+    def __init__(
+        self, config: RunConfig, on_change: Callable[[RunConfig, list[str]], None]
+    ) -> None:
         self.current = config
         self._on_change = on_change
 
@@ -95,8 +105,7 @@ class ConfigView(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"ConfigView({self.current.values!r})"
 
-    def update(self, values: object = None, /, allow_change: bool = False,
-               **more: Any) -> None:
+    def update(self, values: object = None, /, allow_change: bool = False, **more: Any) -> None:
         """Add keys (a dict, dataclass or argparse.Namespace, and/or keywords); changing a
         recorded value needs ``allow_change=True``."""
         merged = {**normalise(values), **more}
@@ -117,10 +126,14 @@ def normalise(config: object) -> dict[str, Any]:
     error for what cannot be a configuration."""
     if config is None:
         return {}
-    if not (isinstance(config, (Mapping, argparse.Namespace)) or (
-            dataclasses.is_dataclass(config) and not isinstance(config, type))):
-        raise TypeError(f"traintel.init: config must be a dict, a dataclass instance or an "
-                        f"argparse.Namespace, got {type(config).__name__}")
+    if not (
+        isinstance(config, (Mapping, argparse.Namespace))
+        or (dataclasses.is_dataclass(config) and not isinstance(config, type))
+    ):
+        raise TypeError(
+            f"traintel.init: config must be a dict, a dataclass instance or an "
+            f"argparse.Namespace, got {type(config).__name__}"
+        )
     values: dict[str, Any] = json_safe(config)
     return values
 

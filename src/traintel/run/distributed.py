@@ -33,8 +33,11 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 def new_run_id(started: float | None = None, suffix: str | None = None) -> str:
     """A run id that sorts by start time: ``20261130-094108-6dc28f``."""
-    return (time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + "-" +
-            (suffix or secrets.token_hex(3)))
+    return (
+        time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+        + "-"
+        + (suffix or secrets.token_hex(3))
+    )
 
 
 def launcher_run_id() -> str | None:
@@ -77,9 +80,12 @@ def agree_run_id(candidate: str, world_size: int = 1) -> str:
         dist.broadcast_object_list(box, src=0)
         return box[0]
     if world_size > 1:
-        log.warning("traintel: %d ranks but no shared run id: each rank records under its own id. "
-                    "Call torch.distributed.init_process_group() before traintel.init(), or set "
-                    "TRAINTEL_RUN_ID (torchrun: --rdzv-id; SLURM sets it)", world_size)
+        log.warning(
+            "traintel: %d ranks but no shared run id: each rank records under its own id. "
+            "Call torch.distributed.init_process_group() before traintel.init(), or set "
+            "TRAINTEL_RUN_ID (torchrun: --rdzv-id; SLURM sets it)",
+            world_size,
+        )
     return candidate
 
 

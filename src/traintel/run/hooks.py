@@ -42,11 +42,18 @@ SigtermMode = Literal["exit", "flag"]
 
 
 class ProcessHooks:
-    def __init__(self, *, on_signal: Callable[[str, Decider], None],
-                 on_sigusr1: Callable[[], None], on_uncaught: Callable[[BaseException], None],
-                 on_exit: Callable[[], None], on_fork_child: Callable[[], None],
-                 redact: Callable[[str], str], signals: bool = True,
-                 sigterm: SigtermMode = "exit") -> None:
+    def __init__(
+        self,
+        *,
+        on_signal: Callable[[str, Decider], None],
+        on_sigusr1: Callable[[], None],
+        on_uncaught: Callable[[BaseException], None],
+        on_exit: Callable[[], None],
+        on_fork_child: Callable[[], None],
+        redact: Callable[[str], str],
+        signals: bool = True,
+        sigterm: SigtermMode = "exit",
+    ) -> None:
         self._on_signal = on_signal
         self._redact = redact
         self._removed = False
@@ -93,8 +100,10 @@ class ProcessHooks:
         """A Python SIGTERM handler installed after the run started replaced ours: wrap it, so
         that the signal is recorded and the user's handler still decides (called every second
         or so from the training loop's rare path)."""
-        if signal.SIGTERM not in self._previous_signals or \
-                threading.current_thread() is not threading.main_thread():
+        if (
+            signal.SIGTERM not in self._previous_signals
+            or threading.current_thread() is not threading.main_thread()
+        ):
             return
         current = signal.getsignal(signal.SIGTERM)
         if current == self._sigterm or not callable(current):
@@ -116,8 +125,9 @@ class ProcessHooks:
 
     def _decider(self, signum: int) -> Decider:
         """Who decides what ``signum`` (SIGTERM, SIGHUP) does now."""
-        previous = (self._adopted if signum == signal.SIGTERM else None) or \
-            self._previous_signals.get(signum)
+        previous = (
+            self._adopted if signum == signal.SIGTERM else None
+        ) or self._previous_signals.get(signum)
         if callable(previous):
             return "user_handler"
         if previous == signal.SIG_IGN:
@@ -203,8 +213,9 @@ class ProcessHooks:
     def _sigusr1(self, signum: int, frame: FrameType | None) -> None:
         self._on_sigusr1()
 
-    def _excepthook(self, exc_type: type[BaseException], exc: BaseException,
-                    tb: TracebackType | None) -> None:
+    def _excepthook(
+        self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
         """Record the exception, then print it as Python would, redacted: the default hook
         would print secrets from the message or the traceback's source lines. A hook someone
         else installed (IPython, an error reporter) is called as it was."""

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from traintel.run.distributed import agree_run_id, new_run_id
+from traintel.core.redact import Redactor
+from traintel.core.state import RunState, nonfinite_text
+from traintel.core.validate import check_run_id, clean_text
 from traintel.record.format import RunStatus, Whose
 from traintel.record.summary import ExportFigures, RunAbout, export_figures
-from traintel.core.redact import Redactor
+from traintel.run.distributed import agree_run_id, new_run_id
 from traintel.run.settings import Settings, hostname
-from traintel.core.state import RunState, nonfinite_text
-from traintel.core.validate import check_run_id
-from traintel.core.validate import check_run_id, clean_text
 
 
 class NonFiniteStatus(TypedDict):
@@ -79,56 +78,106 @@ class RunIdentity:
         run_id = settings.run_id or _launchers_run_id(world_size)
         rank = settings.rank or 0
         base = Path(settings.dir) / run_id
-        return cls(id=run_id, project=settings.project, name=settings.name or run_id, rank=rank,
-                   local_rank=settings.local_rank, world_size=world_size, host=hostname(),
-                   dir=base / f"rank-{rank}" if world_size > 1 else base,
-                   tags=tuple(settings.tags), group=settings.group, notes=settings.notes)
+        return cls(
+            id=run_id,
+            project=settings.project,
+            name=settings.name or run_id,
+            rank=rank,
+            local_rank=settings.local_rank,
+            world_size=world_size,
+            host=hostname(),
+            dir=base / f"rank-{rank}" if world_size > 1 else base,
+            tags=tuple(settings.tags),
+            group=settings.group,
+            notes=settings.notes,
+        )
 
     @property
     def labels(self) -> dict[str, str]:
         """The labels of every series: project, run, rank (encodable: a name from non-UTF-8
         argv would break every scrape)."""
-        return {"project": clean_text(self.project), "run": clean_text(self.id),
-                "rank": str(self.rank)}
+        return {
+            "project": clean_text(self.project),
+            "run": clean_text(self.id),
+            "rank": str(self.rank),
+        }
 
     @property
     def info(self) -> dict[str, str]:
         """What ``traintel_run_info`` says besides the labels (tags comma-joined), encodable:
         one tag with a lone surrogate (from non-UTF-8 argv) closed every /metrics scrape."""
-        return {key: clean_text(value) for key, value in {
-            "run_name": self.name, "hostname": self.host, "world_size": str(self.world_size),
-            "group": self.group or "", "tags": ",".join(self.tags)}.items()}
+        return {
+            key: clean_text(value)
+            for key, value in {
+                "run_name": self.name,
+                "hostname": self.host,
+                "world_size": str(self.world_size),
+                "group": self.group or "",
+                "tags": ",".join(self.tags),
+            }.items()
+        }
 
     def about(self, config_hash: str) -> RunAbout:
         """What summary.json says about the run itself."""
-        return {"run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
-                "world_size": self.world_size, "config_hash": config_hash,
-                "tags": list(self.tags), "notes": self.notes, "group": self.group}
+        return {
+            "run": self.id,
+            "project": self.project,
+            "name": self.name,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "config_hash": config_hash,
+            "tags": list(self.tags),
+            "notes": self.notes,
+            "group": self.group,
+        }
 
     @property
     def record_fields(self) -> Whose:
         """What every record line says about whose it is."""
         return {"run": self.id, "rank": self.rank}
 
-    def status(self, state: RunState, total_epochs: int | None, redactor: Redactor,
-               stop_requested: bool = False) -> LiveStatus:
+    def status(
+        self,
+        state: RunState,
+        total_epochs: int | None,
+        redactor: Redactor,
+        stop_requested: bool = False,
+    ) -> LiveStatus:
         """The run now, from its state, redacted as every exit is."""
-        status: LiveStatus = redactor.deep({"run": self.id, "project": self.project, "name": self.name, "rank": self.rank,
-                "status": state.status, "stop_requested": stop_requested,
-                "tags": list(self.tags), "group": self.group, "epoch": state.epoch,
-                "total_epochs": total_epochs, "step": state.step, "steps": state.steps_taken,
-                "total_steps": state.total_steps, "progress": state.progress(),
-                "eta_s": state.eta_seconds(), "rates": dict(state.rates),
-                "latest": {k: v if v - v == 0 else nonfinite_text(v)
-                           for k, v in list(state.latest.items())},
-                "nonfinite": {k: {"count": n.count, "first_step": n.first_step,
-                                  "last_step": n.last_step}
-                              for k, n in list(state.nonfinite.items())},
+        status: LiveStatus = redactor.deep(
+            {
+                "run": self.id,
+                "project": self.project,
+                "name": self.name,
+                "rank": self.rank,
+                "status": state.status,
+                "stop_requested": stop_requested,
+                "tags": list(self.tags),
+                "group": self.group,
+                "epoch": state.epoch,
+                "total_epochs": total_epochs,
+                "step": state.step,
+                "steps": state.steps_taken,
+                "total_steps": state.total_steps,
+                "progress": state.progress(),
+                "eta_s": state.eta_seconds(),
+                "rates": dict(state.rates),
+                "latest": {
+                    k: v if v - v == 0 else nonfinite_text(v) for k, v in list(state.latest.items())
+                },
+                "nonfinite": {
+                    k: {"count": n.count, "first_step": n.first_step, "last_step": n.last_step}
+                    for k, n in list(state.nonfinite.items())
+                },
                 "eval_best": dict(state.eval_best),
                 "errors": {f"{t}/{s}": n for (t, s), n in state.errors.items()},
-                "record_dropped": state.dropped, "refused": dict(state.refused),
+                "record_dropped": state.dropped,
+                "refused": dict(state.refused),
                 "export": export_figures(state),
-                "dir": str(self.dir), "started": state.start_ts})
+                "dir": str(self.dir),
+                "started": state.start_ts,
+            }
+        )
         return status
 
 
@@ -143,5 +192,6 @@ def _launchers_run_id(world_size: int) -> str:
     except (TypeError, ValueError) as error:
         run_id = new_run_id()
         logging.getLogger("traintel.run").warning(
-            "traintel: %s; it is ignored, and this process records as run %s", error, run_id)
+            "traintel: %s; it is ignored, and this process records as run %s", error, run_id
+        )
         return run_id

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from contextlib import ContextDecorator
 from typing import Literal, Protocol, TypeVar, cast
 
+from traintel.core.forks import reset_in_child
 from traintel.core.misuse import warn_once
-from traintel.record.format import ObservationKind
-from traintel.record.queue import Observe, RecordQueue
+from traintel.core.refusals import Refusals, raise_it
 from traintel.core.state import RunState
 from traintel.core.validate import NameBudget, finite_number
-from traintel.core.forks import reset_in_child
-from traintel.core.refusals import Refusals, raise_it
+from traintel.record.format import ObservationKind
+from traintel.record.queue import Observe, RecordQueue
 
 #: what an instrument does with a value it cannot take (``Refusals.refuse``; default: raise)
 Refuse = Callable[..., None]
@@ -41,8 +41,10 @@ class Counter:
         try:
             amount = finite_number("counter", self.name, amount)
             if amount < 0:
-                raise ValueError(f"counter {self.name!r}: counters only go up; got {amount}. "
-                                 "Use run.gauge() for values that go down.")
+                raise ValueError(
+                    f"counter {self.name!r}: counters only go up; got {amount}. "
+                    "Use run.gauge() for values that go down."
+                )
         except (TypeError, ValueError) as error:
             self._refuse(f"counter {self.name}", "amount", error, then="the counter is unchanged")
             return
@@ -77,12 +79,15 @@ MAX_BUCKETS = 64
 def check_buckets(name: str, buckets: object) -> tuple[float, ...]:
     """Bucket upper bounds as given to ``run.histogram``: finite, increasing, 1-64 of them."""
     if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
-        raise TypeError(f"histogram {name!r}: buckets must be a list of numbers, got "
-                        f"{type(buckets).__name__} {buckets!r}")
+        raise TypeError(
+            f"histogram {name!r}: buckets must be a list of numbers, got "
+            f"{type(buckets).__name__} {buckets!r}"
+        )
     bounds = tuple(finite_number("histogram bucket", name, bound) for bound in buckets)
     if not 1 <= len(bounds) <= MAX_BUCKETS:
-        raise ValueError(f"histogram {name!r}: give 1 to {MAX_BUCKETS} bucket bounds, got "
-                         f"{len(bounds)}")
+        raise ValueError(
+            f"histogram {name!r}: give 1 to {MAX_BUCKETS} bucket bounds, got {len(bounds)}"
+        )
     if any(lower >= upper for lower, upper in zip(bounds, bounds[1:])):
         raise ValueError(f"histogram {name!r}: bucket bounds must increase, got {list(bounds)}")
     return bounds
@@ -94,8 +99,13 @@ class Histogram:
 
     kind: ObservationKind = "histogram"
 
-    def __init__(self, queue: RecordQueue, name: str,
-                 buckets: tuple[float, ...] | None = None, refuse: Refuse = raise_it) -> None:
+    def __init__(
+        self,
+        queue: RecordQueue,
+        name: str,
+        buckets: tuple[float, ...] | None = None,
+        refuse: Refuse = raise_it,
+    ) -> None:
         self.name = name
         self.buckets = buckets
         self._queue = queue
@@ -107,8 +117,9 @@ class Histogram:
         try:
             number = finite_number(self.kind, self.name, value)
         except (TypeError, ValueError) as error:
-            self._refuse(f"{self.kind} {self.name}", "value", error,
-                         then="the value is not observed")
+            self._refuse(
+                f"{self.kind} {self.name}", "value", error, then="the value is not observed"
+            )
             return
         self._queue.append(Observe(self.kind, self.name, number))
 
@@ -134,8 +145,11 @@ class Timer(Histogram, ContextDecorator):
 
     def __exit__(self, *exc: object) -> Literal[False]:
         if not self._starts:
-            warn_once(f"timer.exit.{self.name}", f"timer {self.name!r} was exited without being "
-                      "entered; nothing observed (use `with run.timer(name):`)")
+            warn_once(
+                f"timer.exit.{self.name}",
+                f"timer {self.name!r} was exited without being "
+                "entered; nothing observed (use `with run.timer(name):`)",
+            )
             return False
         elapsed = time.perf_counter() - self._starts.pop()
         self._queue.append(Observe("timer", self.name, elapsed))
@@ -149,9 +163,14 @@ class Instruments:
     """A run's custom instruments by kind and name, each name admitted by the run's name budget
     (each is a series on every export path)."""
 
-    def __init__(self, state: RunState, queue: RecordQueue, budget: NameBudget,
-                 define_buckets: Callable[[str, str, tuple[float, ...]], None] = lambda *_: None,
-                 refusals: Refusals | None = None) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        queue: RecordQueue,
+        budget: NameBudget,
+        define_buckets: Callable[[str, str, tuple[float, ...]], None] = lambda *_: None,
+        refusals: Refusals | None = None,
+    ) -> None:
         self._state = state
         #: names and values refused: warned, counted, the run goes on (default: raised)
         self._refuse: Refuse = refusals.refuse if refusals is not None else raise_it
@@ -190,10 +209,16 @@ class Instruments:
         found = self._get(Histogram, name)
         if found is not None:
             if bounds is not None and bounds != found.buckets:
-                self._refuse("run.histogram", name, ValueError(
-                    f"histogram {name!r} already has buckets "
-                    f"{list(found.buckets or ()) or 'by default'}; a histogram keeps the "
-                    "buckets it was made with"), then="it keeps them")
+                self._refuse(
+                    "run.histogram",
+                    name,
+                    ValueError(
+                        f"histogram {name!r} already has buckets "
+                        f"{list(found.buckets or ()) or 'by default'}; a histogram keeps the "
+                        "buckets it was made with"
+                    ),
+                    then="it keeps them",
+                )
             return found
         if not self._admit(Histogram, name):
             return Histogram(cast(RecordQueue, _Nowhere()), name, refuse=self._refuse)
@@ -230,8 +255,12 @@ class Instruments:
         instrument that records nowhere (the caller's code runs as it would)."""
         what = f"run.{kind.__name__.lower()}"
         try:
-            self._budget.admit(what, f"{kind.__name__.lower()}s", name,
-                               "Reuse instruments instead of creating one per item")
+            self._budget.admit(
+                what,
+                f"{kind.__name__.lower()}s",
+                name,
+                "Reuse instruments instead of creating one per item",
+            )
         except (TypeError, ValueError) as error:
             self._refuse(what, name, error, then="it records nothing")
             return False

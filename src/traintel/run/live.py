@@ -39,7 +39,6 @@ def newest() -> LiveRun | None:
     return _live[-1] if _live else None
 
 
-
 def make_room(reinit: ReinitMode) -> None:
     """Before a new run starts: finish the live ones unless ``reinit`` keeps them."""
     for gone in [run for run in _live if run.finished]:  # its finish() failed on the way
@@ -47,8 +46,11 @@ def make_room(reinit: ReinitMode) -> None:
     if reinit == "create_new":
         return
     for previous in list(_live):
-        log.warning("traintel.init: run %s is still live in this process; finishing it before "
-                    "starting a new one (reinit='create_new' keeps both)", previous.id)
+        log.warning(
+            "traintel.init: run %s is still live in this process; finishing it before "
+            "starting a new one (reinit='create_new' keeps both)",
+            previous.id,
+        )
         previous.finish()
 
 

@@ -28,8 +28,13 @@ class LoggerTree:
     back when the run ends. ``console`` is the pipeline's console handler, whose level follows
     debug mode."""
 
-    def __init__(self, pipeline: logging.Handler, level: str,
-                 console: logging.Handler | None, user: UserLogs | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: logging.Handler,
+        level: str,
+        console: logging.Handler | None,
+        user: UserLogs | None = None,
+    ) -> None:
         self.pipeline = pipeline
         #: the user's own loggers' lines, taken into the record too (``traintel.run.userlogs``)
         self.user = user
@@ -79,12 +84,14 @@ def console_handler(console: Console | None = None) -> logging.Handler:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(console=console or Console(stderr=True),
-                                               show_path=False, markup=False,
-                                               rich_tracebacks=False)
+        handler: logging.Handler = RichHandler(
+            console=console or Console(stderr=True),
+            show_path=False,
+            markup=False,
+            rich_tracebacks=False,
+        )
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     return handler

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from traintel.export.annotations import GrafanaAnnotations
-    from traintel.run.identity import RunIdentity
     from traintel.export.server import ServedRun, StatusServer
-    from traintel.run.settings import Settings
     from traintel.export.tensorboard import LiveWriter
+    from traintel.run.identity import RunIdentity
+    from traintel.run.settings import Settings
 
 
 @dataclass
@@ -22,8 +22,9 @@ class Outlets:
     tensorboard: LiveWriter | None = None
 
     @classmethod
-    def start(cls, run: ServedRun, identity: RunIdentity, settings: Settings,
-              start_ts: float) -> Outlets:
+    def start(
+        cls, run: ServedRun, identity: RunIdentity, settings: Settings, start_ts: float
+    ) -> Outlets:
         outlets = cls()
         if settings.http_port is not None:
             from traintel.export.server import StatusServer
@@ -33,13 +34,19 @@ class Outlets:
             from traintel.export.annotations import GrafanaAnnotations
 
             outlets.annotations = GrafanaAnnotations.start(
-                run.pipeline, identity.project, identity.id, identity.name, start_ts,
-                settings.shutdown_timeout)
+                run.pipeline,
+                identity.project,
+                identity.id,
+                identity.name,
+                start_ts,
+                settings.shutdown_timeout,
+            )
         if settings.tensorboard:
             from traintel.export.tensorboard import LiveWriter
 
-            outlets.tensorboard = LiveWriter.start(run.dir, identity.project, identity.name,
-                                                   identity.id)
+            outlets.tensorboard = LiveWriter.start(
+                run.dir, identity.project, identity.name, identity.id
+            )
         return outlets
 
     def stop(self) -> None:

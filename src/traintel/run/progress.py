@@ -10,8 +10,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from traintel.reports.render import epoch_text, num, progress_text
 from traintel.core.state import RunState
+from traintel.reports.render import epoch_text, num, progress_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,8 +22,16 @@ REFRESH_S = 0.1
 
 
 class ProgressDisplay:
-    def __init__(self, state: RunState, *, mode: str, title: str, total_epochs: int | None,
-                 interval: float, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        *,
+        mode: str,
+        title: str,
+        total_epochs: int | None,
+        interval: float,
+        stream: TextIO | None = None,
+    ) -> None:
         self.state = state
         self.total_epochs = total_epochs
         self.interval = interval
@@ -46,14 +54,27 @@ class ProgressDisplay:
     def start(self) -> None:
         if self.mode != "bar":
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                             TaskProgressColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                             TimeRemainingColumn(),
-                             console=self.console, refresh_per_second=4)
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            refresh_per_second=4,
+        )
         self._task = self._bar.add_task(self.title, total=self.state.total_steps, info="")
         self._bar.start()
 
@@ -62,9 +83,15 @@ class ProgressDisplay:
         if self._bar is not None and self._task is not None:
             rate = state.rates.get("steps_per_second")
             loss = state.latest_loss()
-            info = " ".join(x for x in (epoch_text(state, self.total_epochs),
-                                        f"{rate:.1f} it/s" if rate else "",
-                                        f"loss {num(loss)}" if loss is not None else "") if x)
+            info = " ".join(
+                x
+                for x in (
+                    epoch_text(state, self.total_epochs),
+                    f"{rate:.1f} it/s" if rate else "",
+                    f"loss {num(loss)}" if loss is not None else "",
+                )
+                if x
+            )
             self._bar.update(self._task, completed=state.step, total=state.total_steps, info=info)
         elif self.mode == "lines":
             now = time.monotonic()

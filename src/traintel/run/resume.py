@@ -20,17 +20,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from traintel.run.identity import RunIdentity
+from traintel.core.state import IntervalStats, NonFinite, RunState
 from traintel.export.readings import Histograms
 from traintel.record.format import EVENTS_FILE
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rotation_set
-from traintel.record.summary import RecordFold, Segment
-from traintel.run.settings import ResumeMode
-from traintel.core.state import LOSS_KEYS, NonFinite, RunState
 from traintel.record.summary import RecordFold, Segment, ended
-from traintel.core.state import NonFinite, RunState
-from traintel.core.state import LOSS_KEYS, IntervalStats, NonFinite, RunState
+from traintel.run.identity import RunIdentity
+from traintel.run.settings import ResumeMode
 
 log = logging.getLogger("traintel.run")
 
@@ -145,7 +142,6 @@ def _finite(value: object) -> float | None:
     return None
 
 
-
 @dataclass
 class Continuation:
     """Where this process's segment stands in its run's record."""
@@ -176,8 +172,12 @@ class Continuation:
         before = self.before
         if before is None:
             return identity
-        return replace(identity, tags=tuple(dict.fromkeys((*before.tags, *identity.tags))),
-                       group=identity.group or before.group, notes=identity.notes or before.notes)
+        return replace(
+            identity,
+            tags=tuple(dict.fromkeys((*before.tags, *identity.tags))),
+            group=identity.group or before.group,
+            notes=identity.notes or before.notes,
+        )
 
     def release(self) -> None:
         """Give the record back (the run ended, or failed to start)."""
@@ -200,10 +200,14 @@ class Continuation:
             if histograms is not None:
                 self.cumulative.restore_histograms(histograms)
         figures = before.figures
-        state.step = next((s["last_step"] for s in reversed(before.segments)
-                           if s["last_step"] is not None), 0)
-        state.steps_taken, state.samples, state.tokens = (figures.steps, figures.samples,
-                                                          figures.tokens)
+        state.step = next(
+            (s["last_step"] for s in reversed(before.segments) if s["last_step"] is not None), 0
+        )
+        state.steps_taken, state.samples, state.tokens = (
+            figures.steps,
+            figures.samples,
+            figures.tokens,
+        )
         self.steps_before = figures.steps
         state.epoch = before.epoch or 0
         state.epochs_ended = before.epochs
@@ -237,27 +241,35 @@ def open_record(identity: RunIdentity, resume: ResumeMode) -> Continuation:
             if resume == "must":
                 raise FileNotFoundError(
                     f"traintel.init: resume='must' but run {identity.id!r} has no record in "
-                    f"{identity.dir}; check run_id and dir, or pass resume=True to start it")
+                    f"{identity.dir}; check run_id and dir, or pass resume=True to start it"
+                )
             return Continuation(lock=lock)
         if resume in (False, "never"):
             raise FileExistsError(
                 f"traintel.init: run {identity.id!r} already has a record in {identity.dir} and "
                 f"resume={resume!r}; pass another run_id for a new run, or resume=True to "
-                "continue it")
+                "continue it"
+            )
         before = RecordFold()
         cumulative = Cumulative()
         records = Records(identity.dir)
         for line in records:
             before.add(line)
             cumulative.add(line)
-        continuation = Continuation(len(before.segments) + 1, resume is not None, before, lock,
-                                    cumulative=cumulative)
+        continuation = Continuation(
+            len(before.segments) + 1, resume is not None, before, lock, cumulative=cumulative
+        )
         if resume is None:
-            log.warning("traintel.init: run %s already has a record in %s (%d segment(s), last "
-                        "step %s): continuing it as segment %d. Pass resume=True to continue a "
-                        "run on purpose, or another run_id for a new one", identity.id,
-                        identity.dir, len(before.segments), _last_step(before),
-                        continuation.segment)
+            log.warning(
+                "traintel.init: run %s already has a record in %s (%d segment(s), last "
+                "step %s): continuing it as segment %d. Pass resume=True to continue a "
+                "run on purpose, or another run_id for a new one",
+                identity.id,
+                identity.dir,
+                len(before.segments),
+                _last_step(before),
+                continuation.segment,
+            )
         return continuation
     except BaseException:
         lock.release()
@@ -265,5 +277,6 @@ def open_record(identity: RunIdentity, resume: ResumeMode) -> Continuation:
 
 
 def _last_step(fold: RecordFold) -> int | None:
-    return next((s["last_step"] for s in reversed(fold.segments) if s["last_step"] is not None),
-                None)
+    return next(
+        (s["last_step"] for s in reversed(fold.segments) if s["last_step"] is not None), None
+    )

@@ -40,26 +40,27 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any, SupportsFloat, TypeVar
-
-from traintel.run.events import EventRecorder, ended
-from traintel.run.progress import MILESTONES, REFRESH_S, ProgressDisplay
-from traintel.record.format import EpochLine, ValuesLine
-from traintel.core.misuse import printable, warn_once
-from traintel.record.format import ValuesLine
-from traintel.record.pipeline import Pipeline
-from traintel.record.queue import RecordQueue, Step
-from traintel.reports.render import progress_text
-from traintel.run.tracing import RunSpans
-from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RunState, nonfinite_text
-from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, to_number
-from traintel.record.tensors import Deferred, defer, resolve
-from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_NAMES, RunState, nonfinite_text
 from typing import Any, SupportsFloat, TypeVar, cast
 
 from traintel.core.forks import discard, reset_in_child
+from traintel.core.misuse import printable, warn_once
 from traintel.core.refusals import Refusals
+from traintel.core.state import (
+    COUNTED_KEYS,
+    KNOWN_KEYS,
+    LOSS_NAMES,
+    RunState,
+    nonfinite_text,
+)
 from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, shown, to_number
+from traintel.record.format import EpochLine, ValuesLine
+from traintel.record.pipeline import Pipeline
+from traintel.record.queue import RecordQueue, Step
+from traintel.record.tensors import Deferred, defer, resolve
+from traintel.reports.render import progress_text
+from traintel.run.events import EventRecorder, ended
+from traintel.run.progress import MILESTONES, REFRESH_S, ProgressDisplay
+from traintel.run.tracing import RunSpans
 
 T = TypeVar("T")
 
@@ -78,12 +79,25 @@ class StepRecorder:
     """Steps and epochs of one run. ``log`` and ``track`` are handed to users as they are (the
     run binds them), so they are the functions a training loop calls."""
 
-    def __init__(self, state: RunState, queue: RecordQueue, *, spans: RunSpans,
-                 events: EventRecorder, pipeline: Pipeline, progress: ProgressDisplay,
-                 flush_soon: Callable[[], None], total_epochs: int | None,
-                 planned_steps: int | None, step_span_every: int, budget: NameBudget,
-                 halt_on_nonfinite: bool = False, milestones_done: Iterable[int] = (),
-                 resumed_at: int | None = None, refusals: Refusals | None = None) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        queue: RecordQueue,
+        *,
+        spans: RunSpans,
+        events: EventRecorder,
+        pipeline: Pipeline,
+        progress: ProgressDisplay,
+        flush_soon: Callable[[], None],
+        total_epochs: int | None,
+        planned_steps: int | None,
+        step_span_every: int,
+        budget: NameBudget,
+        halt_on_nonfinite: bool = False,
+        milestones_done: Iterable[int] = (),
+        resumed_at: int | None = None,
+        refusals: Refusals | None = None,
+    ) -> None:
         self.state = state
         #: inputs that cannot be recorded: warned and counted, the run goes on (or raised)
         self._refusals = refusals or Refusals(state, strict=True)
@@ -102,8 +116,11 @@ class StepRecorder:
         self._halt = halt_on_nonfinite
         #: 0-d accelerator tensors read off the training thread, unless a non-finite loss must
         #: halt at once (record.tensors)
-        self._defer: Callable[[str, Any], Deferred | None] | None = None if halt_on_nonfinite \
+        self._defer: Callable[[str, Any], Deferred | None] | None = (
+            None
+            if halt_on_nonfinite
             else partial(defer, on_nonfinite=events.nonfinite, latest=state.latest)
+        )
         #: the open step's values (logged with commit=False, or inside run.track) and number
         self._pending: dict[str, Any] | None = None
         self._pending_step: int | None = None
@@ -137,9 +154,16 @@ class StepRecorder:
         reset_in_child(self._after_fork_in_child)
 
     # -- the hot path ----------------------------------------------------------------------
-    def log(self, values: Mapping[str, SupportsFloat] | None = None, /, step: int | None = None,
-            *, commit: bool = True, step_s: float | None = None,
-            **metrics: SupportsFloat) -> None:
+    def log(
+        self,
+        values: Mapping[str, SupportsFloat] | None = None,
+        /,
+        step: int | None = None,
+        *,
+        commit: bool = True,
+        step_s: float | None = None,
+        **metrics: SupportsFloat,
+    ) -> None:
         """Record metrics of a step: ``run.log(loss=l, lr=lr)`` or
         ``run.log({"train/loss": l}, step=iter_num)``.
 
@@ -152,9 +176,11 @@ class StepRecorder:
         ``halt_on_nonfinite``). See the module docstring for the whole step model.
         """
         if not isinstance(commit, bool):
-            warn_once(f"log.commit.{type(commit).__name__}",
-                      f"run.log(commit=...) takes True or False, got {printable(commit)[:40]!r}; "
-                      "the step is committed (pass commit=False to keep it open)")
+            warn_once(
+                f"log.commit.{type(commit).__name__}",
+                f"run.log(commit=...) takes True or False, got {printable(commit)[:40]!r}; "
+                "the step is committed (pass commit=False to keep it open)",
+            )
             commit = True
         if values is not None:
             try:
@@ -163,9 +189,16 @@ class StepRecorder:
                 self._refusals.refuse("run.log", "values", error, "call", "the call is dropped")
                 return
         if not metrics:
-            self._refusals.refuse("run.log", "()", ValueError(
-                "run.log() needs at least one metric, e.g. run.log(loss=0.5) or "
-                "run.log({'train/loss': 0.5})"), "call", "the call is dropped")
+            self._refusals.refuse(
+                "run.log",
+                "()",
+                ValueError(
+                    "run.log() needs at least one metric, e.g. run.log(loss=0.5) or "
+                    "run.log({'train/loss': 0.5})"
+                ),
+                "call",
+                "the call is dropped",
+            )
             return
         nonfinite = deferred = False
         seen = self._seen_keys
@@ -189,8 +222,9 @@ class StepRecorder:
             numbers = metrics = self._sift("run.log", metrics)
             if not numbers:
                 return
-            nonfinite = any(type(value) is not Deferred and value - value != 0
-                            for value in numbers.values())
+            nonfinite = any(
+                type(value) is not Deferred and value - value != 0 for value in numbers.values()
+            )
         if step is not None:
             if type(step) is not int or not 0 <= step <= INT64_MAX:
                 try:
@@ -201,8 +235,11 @@ class StepRecorder:
             self._numbered = True
         elif commit and self._numbered is None:
             self._numbered = False
-        self.state.latest.update(numbers if not deferred else {
-            k: v for k, v in numbers.items() if type(v) is not Deferred})
+        self.state.latest.update(
+            numbers
+            if not deferred
+            else {k: v for k, v in numbers.items() if type(v) is not Deferred}
+        )
         halt = nonfinite and self._flag_nonfinite(numbers, step)
         if self.in_track:
             if step is not None:
@@ -256,14 +293,24 @@ class StepRecorder:
         if commit:
             self._pending = None
             number, self._pending_step = self._pending_step, None
-            self._end_step(number, step_s, None, pending, time.time(),
-                           uncommitted=self._take_uncommitted(metrics) if self._uncommitted
-                           else ())
+            self._end_step(
+                number,
+                step_s,
+                None,
+                pending,
+                time.time(),
+                uncommitted=self._take_uncommitted(metrics) if self._uncommitted else (),
+            )
         if halt:
             self._halt_now(metrics, step)
 
-    def log_values(self, values: Mapping[str, SupportsFloat] | None = None, /,
-                   step: int | None = None, **metrics: SupportsFloat) -> None:
+    def log_values(
+        self,
+        values: Mapping[str, SupportsFloat] | None = None,
+        /,
+        step: int | None = None,
+        **metrics: SupportsFloat,
+    ) -> None:
         """Values that are not a training step (epoch-level figures, values for a step already
         written): a ``values`` line at ``step`` (default: the current one) that neither counts
         nor times a step. Names, numbers and non-finite values as in ``run.log``."""
@@ -278,9 +325,16 @@ class StepRecorder:
         numbers: dict[str, Any] = self._sift("run.log_values", metrics)
         if not numbers:
             if not metrics:
-                refuse("run.log_values", "()", ValueError(
-                    "run.log_values() needs at least one value, e.g. "
-                    "run.log_values(train_acc=0.9)"), "call", "the call is dropped")
+                refuse(
+                    "run.log_values",
+                    "()",
+                    ValueError(
+                        "run.log_values() needs at least one value, e.g. "
+                        "run.log_values(train_acc=0.9)"
+                    ),
+                    "call",
+                    "the call is dropped",
+                )
             return
         try:
             number = self.state.step if step is None else check_step("run.log_values", step)
@@ -296,8 +350,10 @@ class StepRecorder:
     def track(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
         """Iterate over batches, timing data wait vs compute; each batch is a step."""
         if not isinstance(iterable, Iterable) and not hasattr(iterable, "__getitem__"):
-            raise TypeError(f"run.track(iterable): expects what a for loop takes (a DataLoader, "
-                            f"range(n), a list), got {type(iterable).__name__}")
+            raise TypeError(
+                f"run.track(iterable): expects what a for loop takes (a DataLoader, "
+                f"range(n), a list), got {type(iterable).__name__}"
+            )
         if total is None:
             try:
                 total = len(iterable)  # type: ignore[arg-type]  # any iterable; TypeError if none
@@ -364,8 +420,9 @@ class StepRecorder:
                     started = done
                     if number is not None:
                         self._pending = self._pending_step = None
-                        if self._end_step(number, None, None, metrics or {}, now_(), carried,
-                                          carried_wait):
+                        if self._end_step(
+                            number, None, None, metrics or {}, now_(), carried, carried_wait
+                        ):
                             carried = carried_wait = 0.0
                     continue
                 self._pending = None
@@ -394,14 +451,24 @@ class StepRecorder:
                 started = done
         finally:
             self.in_track = False
-            if in_batch and self._pending is not None and (
-                    self._pending_step is not None or self._numbered is False):
+            if (
+                in_batch
+                and self._pending is not None
+                and (self._pending_step is not None or self._numbered is False)
+            ):
                 # the loop left inside a batch that logged (a `break` after run.log): the batch
                 # is its step, timed up to now
                 number, metrics = self._pending_step, self._pending
                 self._pending = self._pending_step = None
-                self._end_step(number, None, None, metrics, now_(), carried + perf() - started,
-                               carried_wait + fetched - started)
+                self._end_step(
+                    number,
+                    None,
+                    None,
+                    metrics,
+                    now_(),
+                    carried + perf() - started,
+                    carried_wait + fetched - started,
+                )
             if held:  # a loop that never called run.log: every batch is a step
                 self._numbered = False
                 self._release(held)
@@ -443,8 +510,8 @@ class StepRecorder:
 
     def _release(self, held: list[tuple[float, float, float]]) -> None:
         """Batches held back, each a step of its own (the loop does not number its steps)."""
-        for ended, seconds, waited in held:
-            self._end_step(None, seconds, waited, {}, ended)
+        for at, seconds, waited in held:
+            self._end_step(None, seconds, waited, {}, at)
         held.clear()
 
     def close(self) -> None:
@@ -452,8 +519,9 @@ class StepRecorder:
         if self._pending is not None:
             metrics, number = self._pending, self._pending_step
             self._pending = self._pending_step = None
-            self._end_step(number, None, None, metrics, time.time(),
-                           uncommitted=self._take_uncommitted(()))
+            self._end_step(
+                number, None, None, metrics, time.time(), uncommitted=self._take_uncommitted(())
+            )
 
     def _count_joined(self, metrics: dict[str, Any]) -> None:
         """Samples and tokens of values that join the step just written (``StepFigures.join``
@@ -475,9 +543,17 @@ class StepRecorder:
         self._uncommitted = set()
         return tuple(sorted(keys.difference(committed)))
 
-    def _end_step(self, step: int | None, step_s: float | None, data_wait_s: float | None,
-                  metrics: dict[str, Any], now: float, span_s: float | None = None,
-                  span_wait_s: float | None = None, uncommitted: tuple[str, ...] = ()) -> bool:
+    def _end_step(
+        self,
+        step: int | None,
+        step_s: float | None,
+        data_wait_s: float | None,
+        metrics: dict[str, Any],
+        now: float,
+        span_s: float | None = None,
+        span_wait_s: float | None = None,
+        uncommitted: tuple[str, ...] = (),
+    ) -> bool:
         """Write step ``step`` (None: the next number); True if it was written. A number not
         after the last step written is no new step: its values are kept as a ``values`` line.
 
@@ -494,10 +570,13 @@ class StepRecorder:
         elif last is None:
             base = self._base
             if base is not None and step <= base:  # resumed from an older checkpoint
-                self._events.own_event("superseded", logging.INFO, {
-                    "after_step": step - 1, "through_step": base, "step": step},
+                self._events.own_event(
+                    "superseded",
+                    logging.INFO,
+                    {"after_step": step - 1, "through_step": base, "step": step},
                     text=f"resumed at step {step}: the record's steps {step}..{base} are "
-                         "superseded (counted once, their lines kept)")
+                    "superseded (counted once, their lines kept)",
+                )
                 base = self._base = step - 1
             covers = step - base if base is not None and step > base else 1
         elif step > last:
@@ -528,31 +607,48 @@ class StepRecorder:
                     state.tokens += tokens * covers
                 else:
                     self._refuse_count(metrics, "tokens", tokens)
-        self._append(_new(Step, (now, step, state.epoch, step_s, data_wait_s, metrics,
-                                 uncommitted) if uncommitted else
-                          (now, step, state.epoch, step_s, data_wait_s, metrics)))
+        self._append(
+            _new(
+                Step,
+                (now, step, state.epoch, step_s, data_wait_s, metrics, uncommitted)
+                if uncommitted
+                else (now, step, state.epoch, step_s, data_wait_s, metrics),
+            )
+        )
         if step >= self._next_check or now >= self._next_refresh:
             self._periodic(step, now, step_s)
         return True
 
-    def _repeated(self, step: int, metrics: dict[str, Any],
-                  uncommitted: tuple[str, ...] = ()) -> None:
+    def _repeated(
+        self, step: int, metrics: dict[str, Any], uncommitted: tuple[str, ...] = ()
+    ) -> None:
         """Values for a step already written: a values line, and one warning per run when the
         loop went back (the step just written again is W&B's way of adding to a step: no
         warning)."""
         if not self._warned_repeat and not self.in_track and step != self._last:
             self._warned_repeat = True
-            log.warning("run.log: step %d was already written (the last step is %d); its "
-                        "values are kept as a values line, not a second step. Steps only go "
-                        "forward: log later values with a later step, or with "
-                        "run.log_values()", step, self._last)
+            log.warning(
+                "run.log: step %d was already written (the last step is %d); its "
+                "values are kept as a values line, not a second step. Steps only go "
+                "forward: log later values with a later step, or with "
+                "run.log_values()",
+                step,
+                self._last,
+            )
         self._write_values(step, metrics, uncommitted)
 
-    def _write_values(self, step: int, metrics: dict[str, Any],
-                      uncommitted: tuple[str, ...] = ()) -> None:
+    def _write_values(
+        self, step: int, metrics: dict[str, Any], uncommitted: tuple[str, ...] = ()
+    ) -> None:
         resolve(metrics, step)  # a rare line: an accelerator tensor in it is read here
-        line: ValuesLine = {"ts": time.time(), "type": "values", "level": "info", "step": step,
-                            "epoch": self.state.epoch, "metrics": metrics}
+        line: ValuesLine = {
+            "ts": time.time(),
+            "type": "values",
+            "level": "info",
+            "step": step,
+            "epoch": self.state.epoch,
+            "metrics": metrics,
+        }
         if uncommitted:
             line["uncommitted"] = list(uncommitted)
         self._pipeline.write(line)
@@ -590,9 +686,14 @@ class StepRecorder:
 
     def set_total_steps(self, total: int) -> None:
         if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
-            self._refusals.refuse("run.set_total_steps", "total", ValueError(
-                f"run.set_total_steps: total must be a positive int, got {shown(total)}"),
-                then="the planned steps are unchanged")
+            self._refusals.refuse(
+                "run.set_total_steps",
+                "total",
+                ValueError(
+                    f"run.set_total_steps: total must be a positive int, got {shown(total)}"
+                ),
+                then="the planned steps are unchanged",
+            )
             return
         self.state.total_steps = total
         self._reschedule()
@@ -603,8 +704,11 @@ class StepRecorder:
         kept: dict[str, Any] = {}
         for key, value in metrics.items():
             try:
-                if type(value) is not float and type(value) is not Deferred and (
-                        type(value) is not int or not INT64_MIN <= value <= INT64_MAX):
+                if (
+                    type(value) is not float
+                    and type(value) is not Deferred
+                    and (type(value) is not int or not INT64_MIN <= value <= INT64_MAX)
+                ):
                     value = to_number(what, key, value)
                 if key not in self._seen_keys:
                     self._new_key(what, key)
@@ -618,10 +722,16 @@ class StepRecorder:
         """``samples`` or ``tokens`` that is no count (negative, NaN): left out of the step, so
         that the counters never go down (an OpenMetrics counter that decreases is invalid)."""
         del metrics[key]
-        self._refusals.refuse("run.log", key, ValueError(
-            f"run.log: {key!r} = {shown(value)} is refused: {key} is a count per step, a "
-            f"non-negative number; pass len(batch) (or the batch's {key}), not a difference"),
-            "count", f"{key} is left out of the step")
+        self._refusals.refuse(
+            "run.log",
+            key,
+            ValueError(
+                f"run.log: {key!r} = {shown(value)} is refused: {key} is a count per step, a "
+                f"non-negative number; pass len(batch) (or the batch's {key}), not a difference"
+            ),
+            "count",
+            f"{key} is left out of the step",
+        )
 
     def _new_key(self, what: str, key: str) -> None:
         state = self.state
@@ -668,7 +778,7 @@ class StepRecorder:
                 raise ValueError("run.epochs: n must be at least 1 (or None: total_epochs)")
             self.total_epochs = self._progress.total_epochs = n
         total = self.total_epochs
-        for epoch in (range(start, total) if total else itertools.count(start)):
+        for epoch in range(start, total) if total else itertools.count(start):
             self.begin_epoch(epoch)
             try:
                 yield epoch
@@ -683,8 +793,9 @@ class StepRecorder:
         try:
             number = check_step("run.begin_epoch", epoch, "epoch")
         except (TypeError, ValueError) as error:  # a framework's odd epoch: not a reason to stop
-            self._refusals.refuse("run.begin_epoch", "epoch", error,
-                                  then="the epoch goes on as it was")
+            self._refusals.refuse(
+                "run.begin_epoch", "epoch", error, then="the epoch goes on as it was"
+            )
             return
         self.end_epoch()  # a loop that only says where epochs begin: the open one ends here
         self.state.epoch = number
@@ -701,9 +812,16 @@ class StepRecorder:
         if not cut:
             state.epochs_ended += 1
         self._spans.end_epoch(steps)
-        line: EpochLine = {"ts": time.time(), "type": "epoch", "level": "info",
-                           "epoch": state.epoch, "step": state.step, "steps": steps,
-                           "duration_s": time.perf_counter() - self._epoch_started, "cut": cut}
+        line: EpochLine = {
+            "ts": time.time(),
+            "type": "epoch",
+            "level": "info",
+            "epoch": state.epoch,
+            "step": state.step,
+            "steps": steps,
+            "duration_s": time.perf_counter() - self._epoch_started,
+            "cut": cut,
+        }
         self._pipeline.write(line)
 
 
@@ -714,10 +832,11 @@ class _Detached(list[object]):
 def _merged(values: object, metrics: dict[str, Any], what: str = "run.log") -> dict[str, Any]:
     """The dict form and the keywords together (a copy: the caller's dict is left alone)."""
     if not isinstance(values, Mapping):
-        raise TypeError(f"{what}: the first argument is a dict of metrics, e.g. "
-                        f"{what}({{'loss': 0.5}}, step=10); got {type(values).__name__} "
-                        f"{shown(values)}" + ("; pass the step as step=..."
-                                         if isinstance(values, int) else ""))
+        raise TypeError(
+            f"{what}: the first argument is a dict of metrics, e.g. "
+            f"{what}({{'loss': 0.5}}, step=10); got {type(values).__name__} "
+            f"{shown(values)}" + ("; pass the step as step=..." if isinstance(values, int) else "")
+        )
     merged = dict(values)
     merged.update(metrics)
     return merged
@@ -735,9 +854,16 @@ class StepMethods:
 
     _steps: StepRecorder
 
-    def log(self, values: Mapping[str, SupportsFloat] | None = None, /, step: int | None = None,
-            *, commit: bool = True, step_s: float | None = None,
-            **metrics: SupportsFloat) -> None:
+    def log(
+        self,
+        values: Mapping[str, SupportsFloat] | None = None,
+        /,
+        step: int | None = None,
+        *,
+        commit: bool = True,
+        step_s: float | None = None,
+        **metrics: SupportsFloat,
+    ) -> None:
         """Record a step's metrics: ``run.log(loss=l, lr=lr)``,
         ``run.log({"train/loss": l}, step=iter_num)``.
 
@@ -750,8 +876,13 @@ class StepMethods:
         NumPy scalars, 0-d tensors; NaN/Inf are recorded as they are and flagged."""
         self._steps.log(values, step, commit=commit, step_s=step_s, **metrics)
 
-    def log_values(self, values: Mapping[str, SupportsFloat] | None = None, /,
-                   step: int | None = None, **metrics: SupportsFloat) -> None:
+    def log_values(
+        self,
+        values: Mapping[str, SupportsFloat] | None = None,
+        /,
+        step: int | None = None,
+        **metrics: SupportsFloat,
+    ) -> None:
         """Values that are not a training step (epoch-level figures: ``train_acc``, ...): a
         ``values`` line at ``step`` (default: the current one), neither counted nor timed."""
         self._steps.log_values(values, step, **metrics)

@@ -19,13 +19,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from traintel.core.forks import discard, reset_in_child
 from traintel.core.misuse import printable, warn_once
+from traintel.core.redact import Redactor
+from traintel.core.refusals import Refusals
+from traintel.core.validate import NameBudget
 from traintel.record.format import EndStatus
 from traintel.record.queue import Call, Observe, RecordQueue
-from traintel.core.redact import Redactor
-from traintel.core.validate import NameBudget
-from traintel.core.forks import discard, reset_in_child
-from traintel.core.refusals import Refusals
 
 #: called with an exception that escaped a user span, and the span's name (the operation)
 OnError = Callable[[Exception, "str | None"], object]
@@ -34,9 +34,15 @@ OnError = Callable[[Exception, "str | None"], object]
 class RunSpans:
     """The run's and the epochs' spans, and what other parts need of them."""
 
-    def __init__(self, tracer: trace.Tracer, attributes: dict[str, AttributeValue],
-                 queue: RecordQueue, names: NameBudget, redactor: Redactor,
-                 refusals: Refusals | None = None) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        attributes: dict[str, AttributeValue],
+        queue: RecordQueue,
+        names: NameBudget,
+        redactor: Redactor,
+        refusals: Refusals | None = None,
+    ) -> None:
         self.tracer = tracer
         self._refusals = refusals or Refusals(strict=True)
         self._queue = queue
@@ -62,8 +68,9 @@ class RunSpans:
 
     # -- epochs and steps ------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
-        self.epoch = self.tracer.start_span("epoch", context=self._run_context,
-                                            attributes={"epoch": epoch})
+        self.epoch = self.tracer.start_span(
+            "epoch", context=self._run_context, attributes={"epoch": epoch}
+        )
         self._epoch_context = trace.set_span_in_context(self.epoch)
 
     def end_epoch(self, steps: int) -> None:
@@ -80,15 +87,17 @@ class RunSpans:
         """A ``train_step`` span from the step's own times, made on the record writer's thread."""
         self._queue.append(Call(self._step_span, (start, end, step, epoch, self.parent())))
 
-    def _step_span(self, start: float, end: float, step: int, epoch: int,
-                   parent: Context) -> None:
-        span = self.tracer.start_span("train_step", context=parent, start_time=int(start * 1e9),
-                                      attributes={"step": step, "epoch": epoch})
+    def _step_span(self, start: float, end: float, step: int, epoch: int, parent: Context) -> None:
+        span = self.tracer.start_span(
+            "train_step",
+            context=parent,
+            start_time=int(start * 1e9),
+            attributes={"step": step, "epoch": epoch},
+        )
         span.end(end_time=int(end * 1e9))
 
     # -- errors and the end ----------------------------------------------------------------
-    def mark_error(self, exc: BaseException, error_type: str, message: str,
-                   traceback: str) -> None:
+    def mark_error(self, exc: BaseException, error_type: str, message: str, traceback: str) -> None:
         """An exception event and an error status on the caller's span, the epoch's and the
         run's, with traintel's scrubbed text in place of the SDK's raw one."""
         spans = (trace.get_current_span(), self.epoch, self.run)
@@ -97,10 +106,14 @@ class RunSpans:
         # the text already cut and redacted
         kind = type(exc)
         attributes: dict[str, AttributeValue] = {
-            "exception.type": kind.__name__ if kind.__module__ == "builtins"
+            "exception.type": kind.__name__
+            if kind.__module__ == "builtins"
             else f"{kind.__module__}.{kind.__qualname__}",
-            "exception.message": message, "exception.stacktrace": traceback,
-            "exception.escaped": "False", "error_type": error_type}
+            "exception.message": message,
+            "exception.stacktrace": traceback,
+            "exception.escaped": "False",
+            "error_type": error_type,
+        }
         for span in {id(s): s for s in spans if s is not None and s.is_recording()}.values():
             span.add_event("exception", attributes)
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {type(exc).__name__}"))
@@ -119,16 +132,23 @@ class RunSpans:
         try:
             self._names.admit("run.span", "spans", name, "Put varying parts in attributes")
         except (TypeError, ValueError) as error:  # a bad name, or one beyond the budget
-            self._refusals.refuse("run.span", name, error, then="the block runs untimed, its "
-                                  "errors still recorded")
+            self._refusals.refuse(
+                "run.span", name, error, then="the block runs untimed, its errors still recorded"
+            )
             return RefusedSpan(self, "refused", {}, on_error)
         try:
             kept = self._redactor.deep(_attributes(name, attributes))
         except Exception as failed:  # an attribute whose text fails
-            self._refusals.refuse("run.span", name, ValueError(
-                f"run.span {name!r}: its attributes cannot be written as text "
-                f"({type(failed).__name__}); pass numbers, strings or booleans"), "field",
-                "the span has no attributes")
+            self._refusals.refuse(
+                "run.span",
+                name,
+                ValueError(
+                    f"run.span {name!r}: its attributes cannot be written as text "
+                    f"({type(failed).__name__}); pass numbers, strings or booleans"
+                ),
+                "field",
+                "the span has no attributes",
+            )
             kept = {}
         return Span(self, name, kept, on_error)
 
@@ -143,17 +163,19 @@ def _attributes(span: str, attributes: dict[str, AttributeValue]) -> dict[str, A
     out: dict[str, AttributeValue] = {}
     for key, value in attributes.items():
         if isinstance(value, (*_ATTRIBUTE_TYPES, bytes, Mapping)) or (
-                isinstance(value, (list, tuple)) and
-                all(isinstance(v, _ATTRIBUTE_TYPES) for v in value)):
+            isinstance(value, (list, tuple)) and all(isinstance(v, _ATTRIBUTE_TYPES) for v in value)
+        ):
             out[key] = value
             continue
         if value is None:
             continue
         text = printable(value)
         if text.startswith("<") and "whose __str__ raised" in text:
-            warn_once(f"span.attribute.{span}.{key}",
-                      f"run.span({span!r}): attribute {key!r} cannot be made text ({text}); "
-                      "recorded as that note. Pass a str, number or bool")
+            warn_once(
+                f"span.attribute.{span}.{key}",
+                f"run.span({span!r}): attribute {key!r} cannot be made text ({text}); "
+                "recorded as that note. Pass a str, number or bool",
+            )
         out[key] = text
     return out
 
@@ -162,8 +184,9 @@ class Span(ContextDecorator):
     """``with run.span("checkpoint"):`` or ``@run.span("checkpoint")``: a span around the block,
     its duration observed as an operation, an exception recorded as a classified error."""
 
-    def __init__(self, spans: RunSpans, name: str, attributes: dict[str, AttributeValue],
-                 on_error: OnError) -> None:
+    def __init__(
+        self, spans: RunSpans, name: str, attributes: dict[str, AttributeValue], on_error: OnError
+    ) -> None:
         self._spans = spans  # its queue: the run's (nowhere in a forked child)
         self.name = name
         self.attributes = attributes
@@ -175,17 +198,28 @@ class Span(ContextDecorator):
         spans = self._spans
         parent = None if trace.get_current_span().is_recording() else spans.parent()
         manager = spans.tracer.start_as_current_span(
-            self.name, context=parent, attributes=self.attributes, record_exception=False,
-            set_status_on_exception=False)
+            self.name,
+            context=parent,
+            attributes=self.attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
         span = manager.__enter__()
         self._open.append((manager, time.perf_counter()))
         return span
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         if not self._open:
-            warn_once(f"span.exit.{self.name}", f"span {self.name!r} was exited more often than "
-                      "entered; the extra exit is ignored (use `with run.span(name):`)")
+            warn_once(
+                f"span.exit.{self.name}",
+                f"span {self.name!r} was exited more often than "
+                "entered; the extra exit is ignored (use `with run.span(name):`)",
+            )
             return False
         manager, started = self._open.pop()
         elapsed = time.perf_counter() - started
@@ -203,8 +237,12 @@ class RefusedSpan(Span):
     def __enter__(self) -> trace.Span:
         return trace.INVALID_SPAN
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         if isinstance(exc, Exception):
             self._on_error(exc, None)
         return False

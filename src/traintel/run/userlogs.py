@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from traintel.core.state import RunState
     from traintel.record.pipeline import Pipeline
     from traintel.run.settings import Settings
-    from traintel.core.state import RunState
 
 #: the script's own logger, whatever file it is
 MAIN = "__main__"
@@ -42,8 +42,9 @@ class UserLogs(logging.Handler):
     """Installed on the root logger (and as a filter on the script's loggers) during a run;
     ``record`` gets each record taken, once."""
 
-    def __init__(self, record: Callable[[logging.LogRecord], None],
-                 names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, record: Callable[[logging.LogRecord], None], names: Sequence[str] = ()
+    ) -> None:
         super().__init__(logging.INFO)
         self._record = record
         self.names = (MAIN, *names)
@@ -53,17 +54,22 @@ class UserLogs(logging.Handler):
     # -- the root handler: what the user's configuration lets through -----------------------
     def emit(self, record: logging.LogRecord) -> None:
         name = record.name
-        if not any(name == own or name.startswith(own + ".") for own in OWN) and (
-                record.levelno >= logging.WARNING or self._scripts(name)) and not getattr(
-                _inside, "taking", False):
+        if (
+            not any(name == own or name.startswith(own + ".") for own in OWN)
+            and (record.levelno >= logging.WARNING or self._scripts(name))
+            and not getattr(_inside, "taking", False)
+        ):
             _inside.taking = True  # a line logged while one is taken is not taken again
             try:
                 self._record(record)
             finally:
                 _inside.taking = False
         last = logging.lastResort
-        if last is not None and record.levelno >= last.level and not _other_handlers(
-                record.name, self):
+        if (
+            last is not None
+            and record.levelno >= last.level
+            and not _other_handlers(record.name, self)
+        ):
             # no handler of the user's would have printed it: Python's last resort prints
             # warnings to stderr then, and this handler must not take that away
             last.handle(record)
@@ -130,8 +136,12 @@ def _other_handlers(name: str, mine: logging.Handler) -> bool:
     return False
 
 
-def for_run(settings: Settings, pipeline: Pipeline, state: RunState,
-            error: Callable[[BaseException, dict[str, object]], object]) -> UserLogs | None:
+def for_run(
+    settings: Settings,
+    pipeline: Pipeline,
+    state: RunState,
+    error: Callable[[BaseException, dict[str, object]], object],
+) -> UserLogs | None:
     """The run's capture of the user's logging (``capture_logs``, ``log_loggers``), or None.
     ``logger.exception(...)`` (an ERROR with an exception) is recorded as ``run.error`` records
     an exception, classified and counted (summary.json, ``traintel logs errors``), with the

@@ -51,8 +51,12 @@ class RunSummaryValues(MutableMapping[str, Any]):
             return
         kept = _json_value(value)
         if kept is _REFUSED:
-            log.warning("run.summary[%r]: %s is no number, text or list of them; not kept "
-                        "(pass float(x) or str(x))", key, type(value).__name__)
+            log.warning(
+                "run.summary[%r]: %s is no number, text or list of them; not kept "
+                "(pass float(x) or str(x))",
+                key,
+                type(value).__name__,
+            )
             return
         self._values[key] = kept
         if type(kept) is float or type(kept) is int:
@@ -79,8 +83,12 @@ class RunSummaryValues(MutableMapping[str, Any]):
         """``run.define_metric``: summary.json's ``summary`` keeps the ``min``, ``max`` or
         ``last`` value of ``name`` (from step, values and eval lines)."""
         if summary not in GOALS:
-            log.warning("run.define_metric(%r): summary must be one of %s, got %r; not kept",
-                        name, ", ".join(GOALS), summary)
+            log.warning(
+                "run.define_metric(%r): summary must be one of %s, got %r; not kept",
+                name,
+                ", ".join(GOALS),
+                summary,
+            )
             return
         self.goals[name] = summary
 
@@ -129,8 +137,9 @@ def _defined(record_dir: Path, goals: Mapping[str, SummaryGoal]) -> dict[str, An
                 continue
             last[name] = value
             if type(value) is float or type(value) is int:
-                if name not in best or (value < best[name] if goal == "min"
-                                        else value > best[name]):
+                if name not in best or (
+                    value < best[name] if goal == "min" else value > best[name]
+                ):
                     best[name] = value
     out: dict[str, Any] = {}
     for name, goal in goals.items():

@@ -24,8 +24,8 @@ is timing, or the one the loop's next ``run.log`` ends), never a step of its own
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat
 
 from traintel.run import live
@@ -33,9 +33,9 @@ from traintel.run import live
 if TYPE_CHECKING:
     import torch
 
-    from traintel.run.instruments import Gauge
-    from traintel.record.format import Level
     from traintel.core.state import RunState
+    from traintel.record.format import Level
+    from traintel.run.instruments import Gauge
 
 
 class Watched(Protocol):
@@ -54,9 +54,16 @@ class Watched(Protocol):
 
     def gauge(self, name: str) -> Gauge: ...
 
-    def log(self, values: Mapping[str, SupportsFloat] | None = ..., /, step: int | None = ...,
-            *, commit: bool = ..., step_s: float | None = ...,
-            **metrics: SupportsFloat) -> None: ...
+    def log(
+        self,
+        values: Mapping[str, SupportsFloat] | None = ...,
+        /,
+        step: int | None = ...,
+        *,
+        commit: bool = ...,
+        step_s: float | None = ...,
+        **metrics: SupportsFloat,
+    ) -> None: ...
 
 
 @dataclass
@@ -83,11 +90,18 @@ def watch(run: Watched, model: torch.nn.Module, grad_norm: bool = True) -> Watch
 
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    watched = Watch(parameters=sum(p.numel() for p in params),
-                    trainable=sum(p.numel() for p in trainable),
-                    bytes=sum(p.numel() * p.element_size() for p in params))
-    run.event("model_parameters", model=model_class(model), parameters=watched.parameters,
-              trainable=watched.trainable, bytes=watched.bytes)
+    watched = Watch(
+        parameters=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for p in trainable),
+        bytes=sum(p.numel() * p.element_size() for p in params),
+    )
+    run.event(
+        "model_parameters",
+        model=model_class(model),
+        parameters=watched.parameters,
+        trainable=watched.trainable,
+        bytes=watched.bytes,
+    )
     run.gauge("model_parameters").set(watched.parameters)
     run.gauge("model_trainable_parameters").set(watched.trainable)
     run.gauge("model_parameter_bytes").set(watched.bytes)
@@ -132,8 +146,7 @@ def model_class(model: object) -> str:
     DDP/FSDP-style wrappers that keep the model as ``module``), not the wrapper's."""
     for _ in range(4):
         inner = getattr(model, "_orig_mod", None)
-        if inner is None and type(model).__name__ in ("DistributedDataParallel",
-                                                       "DataParallel"):
+        if inner is None and type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
             inner = getattr(model, "module", None)
         if inner is None:
             break

@@ -17,6 +17,9 @@ from collections.abc import Callable, Sequence
 from traintel.core.forks import reset_in_child
 from traintel.samplers.base import EventSource, Sample, Sampler, SamplerEvent
 
+#: the samplers' own logger (the default of ``SamplerThread``'s)
+_LOG = logging.getLogger("traintel.samplers")
+
 #: Consecutive failures after which a sampler is switched off for the rest of the run.
 MAX_FAILURES = 3
 #: Longest sample_now waits for a sample already under way on the thread.
@@ -31,7 +34,7 @@ class SamplerThread:
         samplers: Sequence[Sampler],
         interval_s: float = 5.0,
         on_readings: Callable[[list[Sample]], None] = lambda readings: None,
-        logger: logging.Logger = logging.getLogger("traintel.samplers"),
+        logger: logging.Logger = _LOG,
         on_events: Callable[[list[SamplerEvent]], None] = lambda events: None,
     ) -> None:
         self.samplers = list(samplers)
@@ -97,11 +100,15 @@ class SamplerThread:
         self._failures[key] += 1
         if key not in self._logged:
             self._logged.add(key)
-            self.log.warning("traintel sampler %r failed (logged once)", sampler.name,
-                             exc_info=True)
+            self.log.warning(
+                "traintel sampler %r failed (logged once)", sampler.name, exc_info=True
+            )
         if self._failures[key] >= MAX_FAILURES:
-            self.log.warning("traintel sampler %r failed %d times in a row: disabled for this run",
-                             sampler.name, MAX_FAILURES)
+            self.log.warning(
+                "traintel sampler %r failed %d times in a row: disabled for this run",
+                sampler.name,
+                MAX_FAILURES,
+            )
             self.samplers.remove(sampler)
             self._close(sampler)
 
@@ -123,16 +130,22 @@ class SamplerThread:
             except Exception:
                 if id(self) not in self._logged:
                     self._logged.add(id(self))
-                    self.log.warning("traintel sampler callback failed (logged once)",
-                                     exc_info=True)
+                    self.log.warning(
+                        "traintel sampler callback failed (logged once)", exc_info=True
+                    )
             if self._stop.wait(self.interval_s):
                 return
 
 
-def start_sampling(readings: dict[tuple[str, tuple[tuple[str, str], ...]], float], run_dir: str,
-                   interval_s: float, *, local_rank: int | None, all_gpus: bool = False,
-                   on_events: Callable[[list[SamplerEvent]], None] = lambda events: None,
-                   ) -> SamplerThread:
+def start_sampling(
+    readings: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    run_dir: str,
+    interval_s: float,
+    *,
+    local_rank: int | None,
+    all_gpus: bool = False,
+    on_events: Callable[[list[SamplerEvent]], None] = lambda events: None,
+) -> SamplerThread:
     """A started sampler thread of the default samplers, keeping the latest value of each
     (metric, labels) in ``readings`` (the run state's, read by the exporters) and handing
     events (an Xid error) to ``on_events``."""
@@ -141,14 +154,19 @@ def start_sampling(readings: dict[tuple[str, tuple[tuple[str, str], ...]], float
         for name, value, labels in batch:
             readings[(name, tuple(sorted(labels.items())))] = value
 
-    thread = SamplerThread(default_samplers(run_dir, local_rank=local_rank, all_gpus=all_gpus),
-                           interval_s=interval_s, on_readings=store, on_events=on_events)
+    thread = SamplerThread(
+        default_samplers(run_dir, local_rank=local_rank, all_gpus=all_gpus),
+        interval_s=interval_s,
+        on_readings=store,
+        on_events=on_events,
+    )
     thread.start()
     return thread
 
 
-def default_samplers(run_dir: str, *, local_rank: int | None,
-                     all_gpus: bool = False) -> list[Sampler]:
+def default_samplers(
+    run_dir: str, *, local_rank: int | None, all_gpus: bool = False
+) -> list[Sampler]:
     """System, NVML and CUDA-allocator samplers, leaving out those this machine cannot run."""
     from traintel.samplers.cuda import cuda_sampler
     from traintel.samplers.gpu import gpu_sampler
@@ -161,5 +179,13 @@ def default_samplers(run_dir: str, *, local_rank: int | None,
     return samplers
 
 
-__all__ = ["LOCK_WAIT_S", "MAX_FAILURES", "Sample", "Sampler", "SamplerEvent", "SamplerThread",
-           "default_samplers", "start_sampling"]
+__all__ = [
+    "LOCK_WAIT_S",
+    "MAX_FAILURES",
+    "Sample",
+    "Sampler",
+    "SamplerEvent",
+    "SamplerThread",
+    "default_samplers",
+    "start_sampling",
+]

@@ -31,8 +31,7 @@ class Sampler(Protocol):
         """Current readings; may raise (the thread handles it)."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -126,8 +126,9 @@ def _find_oom(exc: BaseException) -> BaseException | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if (oom_type is not None and isinstance(current, oom_type)) or \
-                "CUDA out of memory" in str(current):
+        if (oom_type is not None and isinstance(current, oom_type)) or "CUDA out of memory" in str(
+            current
+        ):
             return current
         current = current.__cause__ or current.__context__
     return None
@@ -145,10 +146,18 @@ def _device_figures(device: int | None) -> dict[str, Any]:
         device = _try(torch.cuda.current_device)
     figures: dict[str, Any] = {"device": device}
     if not ready or device is None:
-        return {**figures, "capacity_bytes": None, "free_bytes": None, "allocated_bytes": None,
-                "reserved_bytes": None, "reserved_unallocated_bytes": None,
-                "peak_allocated_since_start_bytes": None, "num_alloc_retries": None,
-                "num_ooms": None, "memory_summary": None}
+        return {
+            **figures,
+            "capacity_bytes": None,
+            "free_bytes": None,
+            "allocated_bytes": None,
+            "reserved_bytes": None,
+            "reserved_unallocated_bytes": None,
+            "peak_allocated_since_start_bytes": None,
+            "num_alloc_retries": None,
+            "num_ooms": None,
+            "memory_summary": None,
+        }
     cuda = torch.cuda
     stats = _try(lambda: cuda.memory_stats(device)) or {}
     allocated = stats.get("allocated_bytes.all.current")
@@ -161,7 +170,8 @@ def _device_figures(device: int | None) -> dict[str, Any]:
         "free_bytes": free_total[0] if free_total else None,
         "allocated_bytes": allocated,
         "reserved_bytes": reserved,
-        "reserved_unallocated_bytes": None if reserved is None or allocated is None
+        "reserved_unallocated_bytes": None
+        if reserved is None or allocated is None
         else reserved - allocated,
         "peak_allocated_since_start_bytes": stats.get("allocated_bytes.all.peak"),
         "num_alloc_retries": stats.get("num_alloc_retries"),

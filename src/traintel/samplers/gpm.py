@@ -35,20 +35,28 @@ class GpmReader:
     FUNCTION_NOT_FOUND where the bindings or the driver are too old.
     """
 
-    def __init__(self, nvml: Any, handle: Any, metrics: dict[str, str],
-                 gpu_instance: int | None = None) -> None:
+    def __init__(
+        self, nvml: Any, handle: Any, metrics: dict[str, str], gpu_instance: int | None = None
+    ) -> None:
         self.nvml = nvml
         self.handle = handle
         self.gpu_instance = gpu_instance
-        if not all(hasattr(nvml, name) for name in ("nvmlGpmQueryDeviceSupport",
-                                                    "nvmlGpmSampleAlloc", "nvmlGpmMetricsGet",
-                                                    "c_nvmlGpmMetricsGet_t")):
+        if not all(
+            hasattr(nvml, name)
+            for name in (
+                "nvmlGpmQueryDeviceSupport",
+                "nvmlGpmSampleAlloc",
+                "nvmlGpmMetricsGet",
+                "c_nvmlGpmMetricsGet_t",
+            )
+        ):
             raise nvml.NVMLError(nvml.NVML_ERROR_FUNCTION_NOT_FOUND)
         if not nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice:
             raise nvml.NVMLError(nvml.NVML_ERROR_NOT_SUPPORTED)
         #: catalog metric -> GPM metric id, for the metrics this GPU answers
-        self.metrics = {metric: getattr(nvml, name) for metric, name in metrics.items()
-                        if hasattr(nvml, name)}
+        self.metrics = {
+            metric: getattr(nvml, name) for metric, name in metrics.items() if hasattr(nvml, name)
+        }
         #: metrics NVML refused for this GPU (not asked again), with its return code
         self.refused: dict[str, int] = {}
         self.samples: list[Any] = []

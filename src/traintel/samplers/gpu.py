@@ -24,6 +24,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,14 @@ from traintel.samplers.xid import NO_INSTANCE, XidWatcher, describe, level
 log = logging.getLogger("traintel.samplers")
 
 #: NVML errors meaning "this GPU or driver will never give this field" (names from nvml.h).
-UNSUPPORTED_ERRORS = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION",
-                      "NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT",
-                      "NVML_ERROR_ARGUMENT_VERSION_MISMATCH", "NVML_ERROR_DEPRECATED")
+UNSUPPORTED_ERRORS = (
+    "NVML_ERROR_NOT_SUPPORTED",
+    "NVML_ERROR_NO_PERMISSION",
+    "NVML_ERROR_FUNCTION_NOT_FOUND",
+    "NVML_ERROR_INVALID_ARGUMENT",
+    "NVML_ERROR_ARGUMENT_VERSION_MISMATCH",
+    "NVML_ERROR_DEPRECATED",
+)
 #: NVML errors meaning the GPU itself is gone until it is reset.
 LOST_ERRORS = ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED", "NVML_ERROR_GPU_NOT_FOUND")
 #: Passing failures of one field in a row after which it is dropped for the rest of the run.
@@ -72,8 +78,13 @@ def decode_throttle(mask: int) -> dict[str, float]:
 Choice = int | str
 
 
-def select_gpus(uuids: list[str], visible: str | None, local_rank: int | None,
-                all_gpus: bool = False, migs: dict[str, int] | None = None) -> list[Choice]:
+def select_gpus(
+    uuids: list[str],
+    visible: str | None,
+    local_rank: int | None,
+    all_gpus: bool = False,
+    migs: dict[str, int] | None = None,
+) -> list[Choice]:
     """The devices this process uses: NVML indexes of whole GPUs, UUIDs of MIG instances.
 
     ``uuids`` are the NVML UUIDs by NVML index; ``migs`` the MIG instances' UUIDs with their
@@ -90,8 +101,9 @@ def select_gpus(uuids: list[str], visible: str | None, local_rank: int | None,
         for entry in (e.strip() for e in visible.split(",")):
             if not entry:
                 continue
-            found = _resolve_mig(entry, migs) if entry.startswith("MIG-") else \
-                _resolve(entry, uuids)
+            found = (
+                _resolve_mig(entry, migs) if entry.startswith("MIG-") else _resolve(entry, uuids)
+            )
             if found is None:
                 break
             if found not in chosen:
@@ -141,8 +153,10 @@ class _Device:
     def title(self) -> str:
         if self.parent is None:
             return f"GPU {self.index} ({self.labels['model_name']}, {self.labels['uuid']})"
-        return (f"GPU {self.index} MIG instance {self.labels['gpu_i_id']} "
-                f"({self.labels['gpu_i_profile']})")
+        return (
+            f"GPU {self.index} MIG instance {self.labels['gpu_i_id']} "
+            f"({self.labels['gpu_i_profile']})"
+        )
 
 
 #: reads one field of a device: (catalog metric, value, extra labels) tuples
@@ -151,31 +165,47 @@ FieldReader = Callable[[Any, _Device], list[Sample]]
 
 def _memory(nvml: Any, device: _Device) -> list[Sample]:
     info = nvml.nvmlDeviceGetMemoryInfo(device.handle)
-    return [("traintel_gpu_memory_used_bytes", info.used, {}),
-            ("traintel_gpu_memory_total_bytes", info.total, {})]
+    return [
+        ("traintel_gpu_memory_used_bytes", info.used, {}),
+        ("traintel_gpu_memory_total_bytes", info.total, {}),
+    ]
 
 
 def _utilization(nvml: Any, device: _Device) -> list[Sample]:
     rates = nvml.nvmlDeviceGetUtilizationRates(device.handle)  # percent
-    return [("traintel_gpu_utilization_ratio", rates.gpu / 100.0, {}),
-            ("traintel_gpu_memory_controller_utilization_ratio", rates.memory / 100.0, {})]
+    return [
+        ("traintel_gpu_utilization_ratio", rates.gpu / 100.0, {}),
+        ("traintel_gpu_memory_controller_utilization_ratio", rates.memory / 100.0, {}),
+    ]
 
 
 def _throttle(nvml: Any, device: _Device) -> list[Sample]:
     # The "event" name replaced the deprecated "throttle" one (driver 535); same bits.
-    read = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-        nvml.nvmlDeviceGetCurrentClocksThrottleReasons
-    return [("traintel_gpu_throttled", active, {"reason": reason})
-            for reason, active in decode_throttle(read(device.handle)).items()]
+    read = (
+        getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+    )
+    return [
+        ("traintel_gpu_throttled", active, {"reason": reason})
+        for reason, active in decode_throttle(read(device.handle)).items()
+    ]
 
 
 def _pcie(nvml: Any, device: _Device) -> list[Sample]:
     # NVML reports KB/s (read as KiB/s, as nvidia-smi does), averaged over a 20 ms window.
     read = nvml.nvmlDeviceGetPcieThroughput
-    return [("traintel_gpu_pcie_bytes_per_second",
-             read(device.handle, nvml.NVML_PCIE_UTIL_TX_BYTES) * 1024.0, {"direction": "tx"}),
-            ("traintel_gpu_pcie_bytes_per_second",
-             read(device.handle, nvml.NVML_PCIE_UTIL_RX_BYTES) * 1024.0, {"direction": "rx"})]
+    return [
+        (
+            "traintel_gpu_pcie_bytes_per_second",
+            read(device.handle, nvml.NVML_PCIE_UTIL_TX_BYTES) * 1024.0,
+            {"direction": "tx"},
+        ),
+        (
+            "traintel_gpu_pcie_bytes_per_second",
+            read(device.handle, nvml.NVML_PCIE_UTIL_RX_BYTES) * 1024.0,
+            {"direction": "rx"},
+        ),
+    ]
 
 
 def _scalar(metric: str, read: Callable[[Any, Any], float]) -> FieldReader:
@@ -184,6 +214,7 @@ def _scalar(metric: str, read: Callable[[Any, Any], float]) -> FieldReader:
 
 def _field_values(name: str) -> FieldReader:
     """A reader of one FIELD_VALUES entry, from the device's one batch call of this sample."""
+
     def read(nvml: Any, device: _Device) -> list[Sample]:
         try:
             keys = [key(nvml, value) for value in FIELD_VALUES[name]]
@@ -203,6 +234,7 @@ def _field_values(name: str) -> FieldReader:
                 raise nvml.NVMLError(code)
             out.append((value.metric, number * value.scale, value.labels))
         return out
+
     return read
 
 
@@ -219,6 +251,7 @@ def _batch(nvml: Any, device: _Device) -> list[Key]:
 
 def _activity(metrics: dict[str, str]) -> FieldReader:
     """GPM activity of a GPU or MIG instance (its reader is made on first use)."""
+
     def read(nvml: Any, device: _Device) -> list[Sample]:
         if device.gpm is None:
             if device.parent is None:
@@ -226,6 +259,7 @@ def _activity(metrics: dict[str, str]) -> FieldReader:
             else:
                 device.gpm = GpmReader(nvml, device.parent.handle, metrics, device.gpu_instance)
         return [(metric, value, {}) for metric, value in device.gpm.read()]
+
     return read
 
 
@@ -233,22 +267,37 @@ def _activity(metrics: dict[str, str]) -> FieldReader:
 FIELDS: dict[str, FieldReader] = {
     "memory": _memory,
     "utilization": _utilization,
-    "power": _scalar("traintel_gpu_power_watts",  # mW
-                     lambda n, h: n.nvmlDeviceGetPowerUsage(h) / 1000.0),
-    "power_limit": _scalar("traintel_gpu_power_limit_watts",  # mW
-                           lambda n, h: n.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0),
-    "energy": _scalar("traintel_gpu_energy_joules_total",  # mJ
-                      lambda n, h: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0),
-    "temperature": _scalar("traintel_gpu_temperature_celsius",
-                           lambda n, h: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
-    "sm_clock": _scalar("traintel_gpu_sm_clock_hertz",  # MHz
-                        lambda n, h: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM) * 1e6),
-    "memory_clock": _scalar("traintel_gpu_memory_clock_hertz",  # MHz
-                            lambda n, h: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM) * 1e6),
+    "power": _scalar(
+        "traintel_gpu_power_watts",  # mW
+        lambda n, h: n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+    ),
+    "power_limit": _scalar(
+        "traintel_gpu_power_limit_watts",  # mW
+        lambda n, h: n.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+    ),
+    "energy": _scalar(
+        "traintel_gpu_energy_joules_total",  # mJ
+        lambda n, h: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0,
+    ),
+    "temperature": _scalar(
+        "traintel_gpu_temperature_celsius",
+        lambda n, h: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+    ),
+    "sm_clock": _scalar(
+        "traintel_gpu_sm_clock_hertz",  # MHz
+        lambda n, h: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM) * 1e6,
+    ),
+    "memory_clock": _scalar(
+        "traintel_gpu_memory_clock_hertz",  # MHz
+        lambda n, h: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM) * 1e6,
+    ),
     "throttle": _throttle,
-    "ecc": _scalar("traintel_gpu_ecc_errors_uncorrected_total",
-                   lambda n, h: n.nvmlDeviceGetTotalEccErrors(
-                       h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_VOLATILE_ECC)),
+    "ecc": _scalar(
+        "traintel_gpu_ecc_errors_uncorrected_total",
+        lambda n, h: n.nvmlDeviceGetTotalEccErrors(
+            h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_VOLATILE_ECC
+        ),
+    ),
     "pcie": _pcie,
     **{name: _field_values(name) for name in FIELD_VALUES},
     "activity": _activity(ACTIVITY),
@@ -259,7 +308,8 @@ FIELDS: dict[str, FieldReader] = {
 MIG_FIELDS: dict[str, FieldReader] = {
     "memory": lambda nvml, device: [
         (metric.replace("traintel_gpu_", "traintel_gpu_mig_"), value, labels)
-        for metric, value, labels in _memory(nvml, device)],
+        for metric, value, labels in _memory(nvml, device)
+    ],
     "activity": _activity(MIG_ACTIVITY),
 }
 
@@ -329,22 +379,35 @@ class NvmlSampler:
                 self._xid_failures += 1
                 if self._xid_failures >= MAX_FIELD_FAILURES:
                     self.watcher.close()
-                    log.info("NVML Xid events failed %d times in a row (%s): Xid errors are no "
-                             "longer watched; see `dmesg | grep -i xid`", self._xid_failures, exc)
+                    log.info(
+                        "NVML Xid events failed %d times in a row (%s): Xid errors are no "
+                        "longer watched; see `dmesg | grep -i xid`",
+                        self._xid_failures,
+                        exc,
+                    )
             else:
                 self._xid_failures = 0
             for index, code, instance in found:
                 self.xids[index, code] += 1
                 xid = describe(code)
                 fields: dict[str, str | int | float] = {
-                    "xid": code, "meaning": xid.meaning, "action": xid.action,
-                    "mnemonic": xid.mnemonic, **self._xid_labels[index]}
+                    "xid": code,
+                    "meaning": xid.meaning,
+                    "action": xid.action,
+                    "mnemonic": xid.mnemonic,
+                    **self._xid_labels[index],
+                }
                 if instance != NO_INSTANCE:
                     fields["gpu_i_id"] = str(instance)
                 self._events.append(SamplerEvent("gpu_xid", level(xid), fields))
-        return [("traintel_gpu_xid_errors_total", float(count),
-                 {**self._xid_labels[index], "xid": str(code)})
-                for (index, code), count in self.xids.items()]
+        return [
+            (
+                "traintel_gpu_xid_errors_total",
+                float(count),
+                {**self._xid_labels[index], "xid": str(code)},
+            )
+            for (index, code), count in self.xids.items()
+        ]
 
     def _failed(self, device: _Device, name: str, exc: Exception) -> bool:
         """Note a failed read; False when the whole GPU is lost and was taken off the list."""
@@ -356,10 +419,14 @@ class NvmlSampler:
             for lost in gone:
                 self._close_device(lost)
             seen = sorted({xid for (index, xid) in self.xids if index == gpu.index})
-            log.warning("%s is lost to NVML (%s): its telemetry stops.%s Look for Xid errors in "
-                        "the kernel log (`dmesg | grep -i xid`) and at `nvidia-smi`; the GPU "
-                        "needs a reset or the node a drain", gpu.title, exc,
-                        f" Xid seen: {', '.join(map(str, seen))}." if seen else "")
+            log.warning(
+                "%s is lost to NVML (%s): its telemetry stops.%s Look for Xid errors in "
+                "the kernel log (`dmesg | grep -i xid`) and at `nvidia-smi`; the GPU "
+                "needs a reset or the node a drain",
+                gpu.title,
+                exc,
+                f" Xid seen: {', '.join(map(str, seen))}." if seen else "",
+            )
             return False
         failures = device.failures[name] = device.failures.get(name, 0) + 1
         if code in self._unsupported:
@@ -367,22 +434,33 @@ class NvmlSampler:
             device.unsupported[name] = str(exc)
         elif failures >= MAX_FIELD_FAILURES:
             device.dropped.add(name)
-            log.info("%s: %s failed %d times in a row (%s): no longer read", device.title, name,
-                     failures, exc)
+            log.info(
+                "%s: %s failed %d times in a row (%s): no longer read",
+                device.title,
+                name,
+                failures,
+                exc,
+            )
         return True
 
     def _note_unsupported(self) -> None:
         """One info line per device for the fields its GPU or driver does not give."""
         for device in self.devices:
             if len(device.unsupported) > device.noted:
-                fields = list(device.unsupported.items())[device.noted:]
+                fields = list(device.unsupported.items())[device.noted :]
                 device.noted = len(device.unsupported)
-                log.info("%s: not reported by this GPU or driver: %s", device.title,
-                         ", ".join(f"{name} ({why})" for name, why in fields))
+                log.info(
+                    "%s: not reported by this GPU or driver: %s",
+                    device.title,
+                    ", ".join(f"{name} ({why})" for name, why in fields),
+                )
             if device.gpm is not None and device.gpm.refused:
                 refused, device.gpm.refused = device.gpm.refused, {}
-                log.info("%s: GPM does not measure %s here", device.title,
-                         ", ".join(f"{m} (NVML return {c})" for m, c in refused.items()))
+                log.info(
+                    "%s: GPM does not measure %s here",
+                    device.title,
+                    ", ".join(f"{m} (NVML return {c})" for m, c in refused.items()),
+                )
 
     def _close_device(self, device: _Device) -> None:
         if device.gpm is not None:
@@ -420,12 +498,17 @@ def gpu_sampler(*, local_rank: int | None, all_gpus: bool = False) -> NvmlSample
         _shutdown(pynvml)
         return None
     if not devices:
-        log.info("no NVIDIA GPU for this process (%d on the host, CUDA_VISIBLE_DEVICES=%r): "
-                 "GPU metrics off", pynvml.nvmlDeviceGetCount(), env.CUDA_VISIBLE_DEVICES.raw())
+        log.info(
+            "no NVIDIA GPU for this process (%d on the host, CUDA_VISIBLE_DEVICES=%r): "
+            "GPU metrics off",
+            pynvml.nvmlDeviceGetCount(),
+            env.CUDA_VISIBLE_DEVICES.raw(),
+        )
         _shutdown(pynvml)
         return None
-    return NvmlSampler(pynvml, devices, _optional(lambda: _text(
-        pynvml.nvmlSystemGetDriverVersion()), ""))
+    return NvmlSampler(
+        pynvml, devices, _optional(lambda: _text(pynvml.nvmlSystemGetDriverVersion()), "")
+    )
 
 
 #: whether the missing-bindings hint was given in this process (once is enough)
@@ -466,21 +549,32 @@ def _devices(nvml: Any, local_rank: int | None, all_gpus: bool) -> list[_Device]
     host = socket.gethostname()
     devices = []
     for index in sorted(whole | {migs[uuid] for uuid in wanted}):
-        labels = {"gpu": str(index), "uuid": uuids[index],
-                  "model_name": _text(nvml.nvmlDeviceGetName(handles[index])),
-                  "pci_bus_id": _optional(lambda: _text(
-                      nvml.nvmlDeviceGetPciInfo(handles[index]).busId), "unknown"),
-                  "hostname": host}
+        labels = {
+            "gpu": str(index),
+            "uuid": uuids[index],
+            "model_name": _text(nvml.nvmlDeviceGetName(handles[index])),
+            "pci_bus_id": _optional(partial(_bus_id, nvml, handles[index]), "unknown"),
+            "hostname": host,
+        }
         # a GPU in MIG mode is used through its instances, never whole
         used_whole = index in whole and not instances[index]
-        gpu = _Device(index, handles[index], labels, FIELDS,
-                      info="traintel_gpu_info" if used_whole else None)
+        gpu = _Device(
+            index, handles[index], labels, FIELDS, info="traintel_gpu_info" if used_whole else None
+        )
         devices.append(gpu)
         for uuid, handle, gpu_instance, profile in instances[index]:
             if uuid in wanted:
-                devices.append(_Device(index, handle, {**labels, "gpu_i_id": str(gpu_instance),
-                                                       "gpu_i_profile": profile},
-                                       MIG_FIELDS, "traintel_gpu_mig_info", gpu, gpu_instance))
+                devices.append(
+                    _Device(
+                        index,
+                        handle,
+                        {**labels, "gpu_i_id": str(gpu_instance), "gpu_i_profile": profile},
+                        MIG_FIELDS,
+                        "traintel_gpu_mig_info",
+                        gpu,
+                        gpu_instance,
+                    )
+                )
     return devices
 
 
@@ -500,9 +594,14 @@ def _mig_instances(nvml: Any, handle: Any) -> list[tuple[str, Any, int, str]]:
         except nvml.NVMLError:  # NOT_FOUND: an empty slot
             continue
         name = _text(nvml.nvmlDeviceGetName(mig))  # "NVIDIA A100-SXM4-40GB MIG 1g.5gb"
-        found.append((_text(nvml.nvmlDeviceGetUUID(mig)), mig,
-                      int(nvml.nvmlDeviceGetGpuInstanceId(mig)),
-                      name.rsplit(" MIG ", 1)[1] if " MIG " in name else "unknown"))
+        found.append(
+            (
+                _text(nvml.nvmlDeviceGetUUID(mig)),
+                mig,
+                int(nvml.nvmlDeviceGetGpuInstanceId(mig)),
+                name.rsplit(" MIG ", 1)[1] if " MIG " in name else "unknown",
+            )
+        )
     return found
 
 
@@ -522,3 +621,8 @@ def _shutdown(nvml: Any) -> None:
         nvml.nvmlShutdown()
     except Exception:
         pass
+
+
+def _bus_id(nvml: Any, handle: Any) -> str:
+    """A device's PCI bus id (``00000000:3B:00.0``), as DCGM names it."""
+    return _text(nvml.nvmlDeviceGetPciInfo(handle).busId)

@@ -11,8 +11,11 @@ import psutil
 from traintel.samplers.base import Sample
 
 #: Child processes that are multiprocessing or torch.compile helpers, not data-loader workers.
-_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
-            "torch._inductor.compile_worker")
+_HELPERS = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "torch._inductor.compile_worker",
+)
 
 
 class SystemSampler:
@@ -49,8 +52,13 @@ class SystemSampler:
             ("traintel_dataloader_workers", float(self._workers()), {}),
         ]
         if now > then:  # process.cpu.utilization: over the CPUs this process may run on
-            readings.append(("traintel_process_cpu_utilization_ratio",
-                             (busy - busy_then) / (now - then) / _usable_cpus(), {}))
+            readings.append(
+                (
+                    "traintel_process_cpu_utilization_ratio",
+                    (busy - busy_then) / (now - then) / _usable_cpus(),
+                    {},
+                )
+            )
         if host_total > 0:
             readings.append(("traintel_host_cpu_utilization_ratio", host_busy / host_total, {}))
         return readings

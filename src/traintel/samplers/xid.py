@@ -38,65 +38,133 @@ _MEDIA = "Video or JPEG engine exception"
 
 XIDS: dict[int, Xid] = {
     8: Xid("ROBUST_CHANNEL_FIFO_ERROR_IDLE_TIMEOUT", "GPU stopped processing", "RESTART_APP"),
-    11: Xid("ROBUST_CHANNEL_GR_ERROR_MISSING_HW", "Invalid or corrupted push buffer stream",
-            "RESTART_APP"),
-    13: Xid("ROBUST_CHANNEL_GR_EXCEPTION", "Graphics engine exception: usually a kernel's "
-            "out-of-range access (an application error)", "RESTART_APP"),
-    25: Xid("ROBUST_CHANNEL_GR_ILLEGAL_NOTIFY", "Invalid or illegal push buffer stream",
-            "RESTART_APP"),
-    31: Xid("ROBUST_CHANNEL_FIFO_ERROR_MMU_ERR_FLT", "GPU memory page fault: an illegal memory "
-            "access by a kernel (usually an application error)", "RESTART_APP"),
-    32: Xid("ROBUST_CHANNEL_PBDMA_ERROR", "Invalid or corrupted push buffer stream (PBDMA)",
-            "RESTART_APP"),
+    11: Xid(
+        "ROBUST_CHANNEL_GR_ERROR_MISSING_HW",
+        "Invalid or corrupted push buffer stream",
+        "RESTART_APP",
+    ),
+    13: Xid(
+        "ROBUST_CHANNEL_GR_EXCEPTION",
+        "Graphics engine exception: usually a kernel's out-of-range access (an application error)",
+        "RESTART_APP",
+    ),
+    25: Xid(
+        "ROBUST_CHANNEL_GR_ILLEGAL_NOTIFY", "Invalid or illegal push buffer stream", "RESTART_APP"
+    ),
+    31: Xid(
+        "ROBUST_CHANNEL_FIFO_ERROR_MMU_ERR_FLT",
+        "GPU memory page fault: an illegal memory "
+        "access by a kernel (usually an application error)",
+        "RESTART_APP",
+    ),
+    32: Xid(
+        "ROBUST_CHANNEL_PBDMA_ERROR",
+        "Invalid or corrupted push buffer stream (PBDMA)",
+        "RESTART_APP",
+    ),
     37: Xid("ROBUST_CHANNEL_FECS_ERR_UNIMP_FIRMWARE_METHOD", "Driver firmware error", "IGNORE"),
-    38: Xid("ROBUST_CHANNEL_FECS_ERR_WATCHDOG_TIMEOUT", "Driver firmware watchdog timeout",
-            "IGNORE"),
-    43: Xid("ROBUST_CHANNEL_RESETCHANNEL_VERIF_ERROR", "GPU stopped processing the channel of a "
-            "faulting application; other applications go on", "IGNORE"),
-    44: Xid("ROBUST_CHANNEL_GR_FAULT_DURING_CTXSW", "Graphics engine fault during a context "
-            "switch", "IGNORE"),
-    45: Xid("ROBUST_CHANNEL_PREEMPTIVE_REMOVAL", "Preemptive cleanup after an earlier error or a "
-            "killed process", "WORKFLOW_XID_45"),
-    46: Xid("ROBUST_CHANNEL_GPU_TIMEOUT_ERROR", "GPU stopped processing (GPU timeout)",
-            "RESET_GPU", True),
-    48: Xid("ROBUST_CHANNEL_GPU_ECC_DBE", "Double-bit (uncorrectable) ECC error: the GPU needs a "
-            "reset to retire or remap the memory", "WORKFLOW_XID_48", True),
-    54: Xid("SILENT_RUNNING_PWR_REDUCED_CLOCKING", "Clocks reduced for power: auxiliary power "
-            "may be missing", "CHECK_MECHANICALS"),
+    38: Xid(
+        "ROBUST_CHANNEL_FECS_ERR_WATCHDOG_TIMEOUT", "Driver firmware watchdog timeout", "IGNORE"
+    ),
+    43: Xid(
+        "ROBUST_CHANNEL_RESETCHANNEL_VERIF_ERROR",
+        "GPU stopped processing the channel of a faulting application; other applications go on",
+        "IGNORE",
+    ),
+    44: Xid(
+        "ROBUST_CHANNEL_GR_FAULT_DURING_CTXSW",
+        "Graphics engine fault during a context switch",
+        "IGNORE",
+    ),
+    45: Xid(
+        "ROBUST_CHANNEL_PREEMPTIVE_REMOVAL",
+        "Preemptive cleanup after an earlier error or a killed process",
+        "WORKFLOW_XID_45",
+    ),
+    46: Xid(
+        "ROBUST_CHANNEL_GPU_TIMEOUT_ERROR",
+        "GPU stopped processing (GPU timeout)",
+        "RESET_GPU",
+        True,
+    ),
+    48: Xid(
+        "ROBUST_CHANNEL_GPU_ECC_DBE",
+        "Double-bit (uncorrectable) ECC error: the GPU needs a reset to retire or remap the memory",
+        "WORKFLOW_XID_48",
+        True,
+    ),
+    54: Xid(
+        "SILENT_RUNNING_PWR_REDUCED_CLOCKING",
+        "Clocks reduced for power: auxiliary power may be missing",
+        "CHECK_MECHANICALS",
+    ),
     60: Xid("ROBUST_CHANNEL_SEC2_ERROR", "SEC2 engine exception", "RESTART_APP"),
-    61: Xid("PMU_BREAKPOINT", "Internal micro-controller breakpoint or warning",
-            "CONTACT_SUPPORT"),
+    61: Xid("PMU_BREAKPOINT", "Internal micro-controller breakpoint or warning", "CONTACT_SUPPORT"),
     62: Xid("PMU_HALT_ERROR", "Internal micro-controller halted", "RESET_GPU", True),
-    63: Xid("INFOROM_DRAM_RETIREMENT_EVENT", "ECC page retirement or row remapping recorded "
-            "(applied at the next GPU reset)", "IGNORE"),
-    64: Xid("INFOROM_DRAM_RETIREMENT_FAILURE", "ECC page retirement or row remapping failed",
-            "RESET_GPU", True),
+    63: Xid(
+        "INFOROM_DRAM_RETIREMENT_EVENT",
+        "ECC page retirement or row remapping recorded (applied at the next GPU reset)",
+        "IGNORE",
+    ),
+    64: Xid(
+        "INFOROM_DRAM_RETIREMENT_FAILURE",
+        "ECC page retirement or row remapping failed",
+        "RESET_GPU",
+        True,
+    ),
     69: Xid("ROBUST_CHANNEL_GR_CLASS_ERROR", "Graphics engine class error", "RESTART_APP"),
-    74: Xid("NVLINK_ERROR", "NVLink error: links to other GPUs are down or degraded",
-            "WORKFLOW_NVLINK_ERR", True),
-    79: Xid("ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS", "GPU has fallen off the bus",
-            "RESTART_BM", True),
+    74: Xid(
+        "NVLINK_ERROR",
+        "NVLink error: links to other GPUs are down or degraded",
+        "WORKFLOW_NVLINK_ERR",
+        True,
+    ),
+    79: Xid(
+        "ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS",
+        "GPU has fallen off the bus",
+        "RESTART_BM",
+        True,
+    ),
     80: Xid("PBDMA_PUSHBUFFER_CRC_MISMATCH", "Corrupted data sent to the GPU", "RESTART_APP"),
     92: Xid("EXCESSIVE_SBE_INTERRUPTS", "High single-bit ECC error rate", "IGNORE"),
     93: Xid("INFOROM_ERASE_LIMIT_EXCEEDED", "InfoROM wear limit exceeded (non-fatal)", "IGNORE"),
-    94: Xid("ROBUST_CHANNEL_CONTAINED_ERROR", "Contained ECC error: only the application using "
-            "the memory is hit", "RESTART_APP"),
-    95: Xid("ROBUST_CHANNEL_UNCONTAINED_ERROR", "Uncontained ECC error: every application on the "
-            "GPU is hit", "RESET_GPU", True),
+    94: Xid(
+        "ROBUST_CHANNEL_CONTAINED_ERROR",
+        "Contained ECC error: only the application using the memory is hit",
+        "RESTART_APP",
+    ),
+    95: Xid(
+        "ROBUST_CHANNEL_UNCONTAINED_ERROR",
+        "Uncontained ECC error: every application on the GPU is hit",
+        "RESET_GPU",
+        True,
+    ),
     109: Xid("ROBUST_CHANNEL_CTXSW_TIMEOUT_ERROR", "Context switch timeout", "RESET_GPU", True),
     110: Xid("SEC_FAULT_ERROR", "Security fault", "RESET_GPU", True),
-    119: Xid("GSP_RPC_TIMEOUT", "GSP firmware did not answer the driver (RPC timeout)",
-             "RESET_GPU", True),
+    119: Xid(
+        "GSP_RPC_TIMEOUT", "GSP firmware did not answer the driver (RPC timeout)", "RESET_GPU", True
+    ),
     120: Xid("GSP_ERROR", "GSP firmware error", "RESET_GPU", True),
     121: Xid("C2C_ERROR", "C2C (Grace-Hopper chip-to-chip) link error, corrected", "IGNORE"),
     136: Xid("ALI_TRAINING_FAIL", "NVLink link training failed", "RESET_GPU", True),
-    140: Xid("UNRECOVERABLE_ECC_ERROR_ESCAPE", "Uncorrectable ECC error escaped containment",
-             "RESET_GPU", True),
+    140: Xid(
+        "UNRECOVERABLE_ECC_ERROR_ESCAPE",
+        "Uncorrectable ECC error escaped containment",
+        "RESET_GPU",
+        True,
+    ),
     143: Xid("GPU_INIT_ERROR", "GPU initialisation failed", "RESET_GPU", True),
-    151: Xid("ROBUST_CHANNEL_KEY_ROTATION_ERROR", "Confidential-computing key rotation error",
-             "RESTART_VM", True),
-    154: Xid("GPU_RECOVERY_ACTION_CHANGED", "GPU recovery action changed: see "
-             "traintel_gpu_recovery_action and the Xid logged with it", "WORKFLOW_XID_154"),
+    151: Xid(
+        "ROBUST_CHANNEL_KEY_ROTATION_ERROR",
+        "Confidential-computing key rotation error",
+        "RESTART_VM",
+        True,
+    ),
+    154: Xid(
+        "GPU_RECOVERY_ACTION_CHANGED",
+        "GPU recovery action changed: see traintel_gpu_recovery_action and the Xid logged with it",
+        "WORKFLOW_XID_154",
+    ),
     155: Xid("NVLINK_SW_DEFINED_ERROR", "NVLink software-defined error", "RESET_GPU", True),
     156: Xid("RESOURCE_RETIREMENT_EVENT", "GPU resource retirement event", "RESET_GPU", True),
     157: Xid("RESOURCE_RETIREMENT_FAILURE", "GPU resource retirement failure", "IGNORE"),
@@ -105,20 +173,45 @@ XIDS: dict[int, Xid] = {
     160: Xid("CHANNEL_RETIREMENT_EVENT", "Channel retirement event", "RESTART_BM", True),
     161: Xid("CHANNEL_RETIREMENT_FAILURE", "Channel retirement failure", "IGNORE"),
 }
-XIDS.update({code: Xid(f"ROBUST_CHANNEL_CE{n}_ERROR", _COPY_ENGINE, "RESTART_APP")
-             for n, code in enumerate((39, 40, 41, 70, 71, 72, 75, 76, 77, 85, *range(126, 136)))})
-XIDS.update({code: Xid(f"NVLINK_{unit}_ERROR", "NVLink (fifth generation) fabric error",
-                       "WORKFLOW_NVLINK5_ERR", True)
-             for code, unit in zip(range(144, 151),
-                                   ("SAW", "RLW", "TLW", "TREX", "NVLPW_CTRL", "NETIR", "MSE"))})
-XIDS.update({code: Xid(mnemonic, _MEDIA, "RESTART_APP") for code, mnemonic in {
-    68: "ROBUST_CHANNEL_NVDEC0_ERROR", 82: "ROBUST_CHANNEL_NVJPG0_ERROR",
-    83: "ROBUST_CHANNEL_NVDEC1_ERROR", 84: "ROBUST_CHANNEL_NVDEC2_ERROR",
-    86: "ROBUST_CHANNEL_OFA0_ERROR", 88: "ROBUST_CHANNEL_NVDEC3_ERROR",
-    89: "ROBUST_CHANNEL_NVDEC4_ERROR", 139: "ROBUST_CHANNEL_OFA1_ERROR",
-    **{code: f"ROBUST_CHANNEL_NVDEC{n}_ERROR" for n, code in ((5, 96), (6, 97), (7, 98))},
-    **{code: f"ROBUST_CHANNEL_NVJPG{n}_ERROR" for n, code in enumerate(range(99, 106), start=1)},
-}.items()})
+XIDS.update(
+    {
+        code: Xid(f"ROBUST_CHANNEL_CE{n}_ERROR", _COPY_ENGINE, "RESTART_APP")
+        for n, code in enumerate((39, 40, 41, 70, 71, 72, 75, 76, 77, 85, *range(126, 136)))
+    }
+)
+XIDS.update(
+    {
+        code: Xid(
+            f"NVLINK_{unit}_ERROR",
+            "NVLink (fifth generation) fabric error",
+            "WORKFLOW_NVLINK5_ERR",
+            True,
+        )
+        for code, unit in zip(
+            range(144, 151), ("SAW", "RLW", "TLW", "TREX", "NVLPW_CTRL", "NETIR", "MSE")
+        )
+    }
+)
+XIDS.update(
+    {
+        code: Xid(mnemonic, _MEDIA, "RESTART_APP")
+        for code, mnemonic in {
+            68: "ROBUST_CHANNEL_NVDEC0_ERROR",
+            82: "ROBUST_CHANNEL_NVJPG0_ERROR",
+            83: "ROBUST_CHANNEL_NVDEC1_ERROR",
+            84: "ROBUST_CHANNEL_NVDEC2_ERROR",
+            86: "ROBUST_CHANNEL_OFA0_ERROR",
+            88: "ROBUST_CHANNEL_NVDEC3_ERROR",
+            89: "ROBUST_CHANNEL_NVDEC4_ERROR",
+            139: "ROBUST_CHANNEL_OFA1_ERROR",
+            **{code: f"ROBUST_CHANNEL_NVDEC{n}_ERROR" for n, code in ((5, 96), (6, 97), (7, 98))},
+            **{
+                code: f"ROBUST_CHANNEL_NVJPG{n}_ERROR"
+                for n, code in enumerate(range(99, 106), start=1)
+            },
+        }.items()
+    }
+)
 
 #: Codes meaning the GPU is lost or must be reset (or the node rebooted): the alert's default.
 NEEDS_RESET: tuple[int, ...] = tuple(sorted(code for code, xid in XIDS.items() if xid.needs_reset))
@@ -126,8 +219,9 @@ NEEDS_RESET: tuple[int, ...] = tuple(sorted(code for code, xid in XIDS.items() i
 
 def describe(code: int) -> Xid:
     """The table's entry for ``code``, or one saying where to look it up."""
-    return XIDS.get(code) or Xid("UNKNOWN", f"Xid {code} is not in traintel's table: see "
-                                 "NVIDIA's Xid catalog", "UNKNOWN")
+    return XIDS.get(code) or Xid(
+        "UNKNOWN", f"Xid {code} is not in traintel's table: see NVIDIA's Xid catalog", "UNKNOWN"
+    )
 
 
 def level(xid: Xid) -> Level:

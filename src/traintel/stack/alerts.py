@@ -58,16 +58,29 @@ def active(prometheus: str, alertmanager: str, timeout: float = 2.0) -> Alerts:
     for rule in rules:
         labels = {str(k): str(v) for k, v in (rule.get("labels") or {}).items()}
         # Alertmanager's copy has Prometheus's external labels too: it holds ours as a subset
-        manager = next((a for a in unmatched if _key(labels) <= _key(a.get("labels") or {})),
-                       None)
+        manager = next((a for a in unmatched if _key(labels) <= _key(a.get("labels") or {})), None)
         if manager is not None:
             unmatched.remove(manager)
-        alerts.append(_alert(labels, rule.get("state", ""), rule.get("annotations") or {},
-                             rule.get("activeAt", ""), manager))
+        alerts.append(
+            _alert(
+                labels,
+                rule.get("state", ""),
+                rule.get("annotations") or {},
+                rule.get("activeAt", ""),
+                manager,
+            )
+        )
     for manager in unmatched:  # from another Prometheus, or already resolved here
         labels = {str(k): str(v) for k, v in (manager.get("labels") or {}).items()}
-        alerts.append(_alert(labels, "firing", manager.get("annotations") or {},
-                             manager.get("startsAt", ""), manager))
+        alerts.append(
+            _alert(
+                labels,
+                "firing",
+                manager.get("annotations") or {},
+                manager.get("startsAt", ""),
+                manager,
+            )
+        )
     order = {"firing": 0, "suppressed": 1, "pending": 2}
     alerts.sort(key=lambda a: (order.get(a.state, 3), a.name, sorted(a.labels.items())))
     return Alerts(alerts, problems)
@@ -77,28 +90,41 @@ def lines(found: Alerts) -> list[str]:
     """One line per alert, then the problems: what both commands print."""
     out = []
     for alert in found.alerts:
-        where = " ".join(f"{k}={alert.labels[k]}" for k in ("project", "run", "rank")
-                         if alert.labels.get(k))
+        where = " ".join(
+            f"{k}={alert.labels[k]}" for k in ("project", "run", "rank") if alert.labels.get(k)
+        )
         sent = f" -> {', '.join(alert.receivers)}" if alert.receivers else ""
-        out.append(f"{alert.state:<10} {alert.severity:<8} {alert.name:<28} {where}"
-                   f"  since {alert.since[:19] or '-'}{sent}: {alert.summary}")
+        out.append(
+            f"{alert.state:<10} {alert.severity:<8} {alert.name:<28} {where}"
+            f"  since {alert.since[:19] or '-'}{sent}: {alert.summary}"
+        )
     if not found.alerts and not found.problems:
         out.append("no alert is pending or firing")
     out.extend(f"could not ask {problem}" for problem in found.problems)
     return out
 
 
-def _alert(labels: dict[str, str], state: str, annotations: dict[str, Any], since: str,
-           manager: dict[str, Any] | None) -> Alert:
+def _alert(
+    labels: dict[str, str],
+    state: str,
+    annotations: dict[str, Any],
+    since: str,
+    manager: dict[str, Any] | None,
+) -> Alert:
     receivers: tuple[str, ...] = ()
     if manager is not None:
         receivers = tuple(str(r.get("name")) for r in manager.get("receivers") or [])
         if (manager.get("status") or {}).get("state") == "suppressed":
             state = "suppressed"
-    return Alert(name=labels.get("alertname", "?"), state=state,
-                 severity=labels.get("severity", "-"), labels=labels,
-                 summary=str(annotations.get("summary", "")), since=str(since),
-                 receivers=receivers)
+    return Alert(
+        name=labels.get("alertname", "?"),
+        state=state,
+        severity=labels.get("severity", "-"),
+        labels=labels,
+        summary=str(annotations.get("summary", "")),
+        since=str(since),
+        receivers=receivers,
+    )
 
 
 def _key(labels: dict[str, Any]) -> set[tuple[str, str]]:

@@ -8,7 +8,7 @@ series. ``docs/scaling.md`` tabulates these functions (a test keeps the table eq
 
 from __future__ import annotations
 
-from dataclasses import replace, dataclass
+from dataclasses import dataclass, replace
 
 from traintel.core.catalog import DEFAULT_HISTOGRAM_BUCKETS, DURATION_BUCKETS, METRICS, Metric
 from traintel.record.format import STATUSES
@@ -57,35 +57,55 @@ def _label_values(metric: Metric, label: str, w: Workload) -> int:
     another label, such as gpu_uuid for gpu, count 1)."""
     # the traintel_logged_* series: every run.log key, loss, lr and grad_norm included
     logged = w.user_metrics + len(LOGGED_BUILTIN_KEYS)
-    by_metric = {"traintel_metric": w.user_metrics, "traintel_eval_value": w.eval_metrics,
-                 "traintel_logged_min": logged, "traintel_logged_max": logged,
-                 "traintel_logged_values_total": logged, "traintel_logged_nonfinite_total": logged,
-                 "traintel_eval_best": w.eval_metrics, "traintel_user_total": w.counters,
-                 "traintel_user_value": w.gauges, "traintel_user_observations": w.histograms,
-                 "traintel_user_timer_seconds": w.timers}
+    by_metric = {
+        "traintel_metric": w.user_metrics,
+        "traintel_eval_value": w.eval_metrics,
+        "traintel_logged_min": logged,
+        "traintel_logged_max": logged,
+        "traintel_logged_values_total": logged,
+        "traintel_logged_nonfinite_total": logged,
+        "traintel_eval_best": w.eval_metrics,
+        "traintel_user_total": w.counters,
+        "traintel_user_value": w.gauges,
+        "traintel_user_observations": w.histograms,
+        "traintel_user_timer_seconds": w.timers,
+    }
     if label == "metric":
         return by_metric[metric.name]
-    return {"status": len(STATUSES), "gpu": w.gpus_per_rank,
-            "reason": len(THROTTLE_REASONS) + 1,  # + "other"
-            "direction": 2, "device": 1 if w.gpus_per_rank else 0,
-            "operation": w.operations, "event": w.events, "error_type": w.error_kinds,
-            "signal": 3 if w.otlp else 0}.get(label, 1)
+    return {
+        "status": len(STATUSES),
+        "gpu": w.gpus_per_rank,
+        "reason": len(THROTTLE_REASONS) + 1,  # + "other"
+        "direction": 2,
+        "device": 1 if w.gpus_per_rank else 0,
+        "operation": w.operations,
+        "event": w.events,
+        "error_type": w.error_kinds,
+        "signal": 3 if w.otlp else 0,
+    }.get(label, 1)
 
 
 def series_by_metric(w: Workload) -> dict[str, int]:
     """Series per catalog metric for one rank (zero for metrics this workload never emits)."""
     counts = {}
     for metric in METRICS:
-        if metric.group in ("gpu", "cuda") and not w.gpus_per_rank or \
-                metric.group == "system" and not w.system:
+        if (
+            metric.group in ("gpu", "cuda")
+            and not w.gpus_per_rank
+            or metric.group == "system"
+            and not w.system
+        ):
             counts[metric.name] = 0
             continue
         n = 1
         for label in metric.labels:
             n *= _label_values(metric, label, w)
         if metric.kind == "histogram":  # user histograms: the default buckets (their own vary)
-            bounds = (DEFAULT_HISTOGRAM_BUCKETS if metric.name == "traintel_user_observations"
-                      else DURATION_BUCKETS)
+            bounds = (
+                DEFAULT_HISTOGRAM_BUCKETS
+                if metric.name == "traintel_user_observations"
+                else DURATION_BUCKETS
+            )
             n *= len(bounds) + 1 + 2  # buckets, +Inf, _sum, _count
         counts[metric.name] = n
     return counts
@@ -104,8 +124,9 @@ def spanmetrics_series_per_run(w: Workload) -> int:
     return w.ranks * (BUILTIN_SPANS + w.operations) * per_name
 
 
-def log_records_per_run(w: Workload, evals: int = 0, checkpoints: int = 0,
-                        milestones: bool = True, other: int = 0) -> int:
+def log_records_per_run(
+    w: Workload, evals: int = 0, checkpoints: int = 0, milestones: bool = True, other: int = 0
+) -> int:
     """Log records the run sends to Loki: each rank's start and end lines and milestones, plus
     evaluations and checkpoints, which the integrations record on rank 0 only, plus ``other``
     (user events, errors, log lines). Step values never become log records."""
@@ -113,8 +134,9 @@ def log_records_per_run(w: Workload, evals: int = 0, checkpoints: int = 0,
     return w.ranks * per_rank + evals + checkpoints + other
 
 
-def spans_per_run(w: Workload, steps: int, epochs: int = 1, step_span_every: int = 100,
-                  operation_calls: int = 0) -> int:
+def spans_per_run(
+    w: Workload, steps: int, epochs: int = 1, step_span_every: int = 100, operation_calls: int = 0
+) -> int:
     """Spans the run sends to Tempo: per rank one run span, one per epoch, one every
     ``step_span_every`` steps and one per ``run.span`` call."""
     sampled = steps // step_span_every if step_span_every else 0
@@ -128,28 +150,76 @@ def samples_per_second(w: Workload, export_interval_s: float = 60.0) -> float:
 
 #: the workloads docs/scaling.md tabulates: (description, workload)
 TABLE: tuple[tuple[str, Workload], ...] = (
-    ("laptop, CPU, 1 process", Workload(user_metrics=4, eval_metrics=2, operations=2, events=5,
-                                        error_kinds=1)),
-    ("1 node, 1 GPU", Workload(gpus_per_rank=1, user_metrics=4, eval_metrics=2, operations=2,
-                               events=5, error_kinds=1)),
-    ("1 node, 8 GPUs (8 ranks)", Workload(ranks=8, gpus_per_rank=1, user_metrics=4,
-                                          eval_metrics=2, operations=2, events=5, error_kinds=1)),
-    ("8 nodes, 64 GPUs", Workload(ranks=64, gpus_per_rank=1, user_metrics=4, eval_metrics=2,
-                                  operations=2, events=5, error_kinds=1)),
-    ("64 nodes, 512 GPUs", Workload(ranks=512, gpus_per_rank=1, user_metrics=4, eval_metrics=2,
-                                    operations=2, events=5, error_kinds=1)),
-    ("64 nodes, 512 GPUs, 50 user metrics",
-     Workload(ranks=512, gpus_per_rank=1, user_metrics=50, eval_metrics=10, operations=10,
-              events=10, error_kinds=3)),
+    (
+        "laptop, CPU, 1 process",
+        Workload(user_metrics=4, eval_metrics=2, operations=2, events=5, error_kinds=1),
+    ),
+    (
+        "1 node, 1 GPU",
+        Workload(
+            gpus_per_rank=1, user_metrics=4, eval_metrics=2, operations=2, events=5, error_kinds=1
+        ),
+    ),
+    (
+        "1 node, 8 GPUs (8 ranks)",
+        Workload(
+            ranks=8,
+            gpus_per_rank=1,
+            user_metrics=4,
+            eval_metrics=2,
+            operations=2,
+            events=5,
+            error_kinds=1,
+        ),
+    ),
+    (
+        "8 nodes, 64 GPUs",
+        Workload(
+            ranks=64,
+            gpus_per_rank=1,
+            user_metrics=4,
+            eval_metrics=2,
+            operations=2,
+            events=5,
+            error_kinds=1,
+        ),
+    ),
+    (
+        "64 nodes, 512 GPUs",
+        Workload(
+            ranks=512,
+            gpus_per_rank=1,
+            user_metrics=4,
+            eval_metrics=2,
+            operations=2,
+            events=5,
+            error_kinds=1,
+        ),
+    ),
+    (
+        "64 nodes, 512 GPUs, 50 user metrics",
+        Workload(
+            ranks=512,
+            gpus_per_rank=1,
+            user_metrics=50,
+            eval_metrics=10,
+            operations=10,
+            events=10,
+            error_kinds=3,
+        ),
+    ),
 )
 
 
-def render_table(steps: int = 100_000, epochs: int = 10, evals: int = 100,
-                 checkpoints: int = 20) -> str:
+def render_table(
+    steps: int = 100_000, epochs: int = 10, evals: int = 100, checkpoints: int = 20
+) -> str:
     """The markdown table in docs/scaling.md."""
-    lines = ["| workload | ranks | series per rank | series per run | + spanmetrics series "
-             "| samples/s at 60 s | samples/s at 15 s | log records per run | spans per run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | ranks | series per rank | series per run | + spanmetrics series "
+        "| samples/s at 60 s | samples/s at 15 s | log records per run | spans per run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for description, w in TABLE:
         per_rank = sum(series_by_metric(w).values())
         lines.append(
@@ -157,7 +227,8 @@ def render_table(steps: int = 100_000, epochs: int = 10, evals: int = 100,
             f"| {spanmetrics_series_per_run(w):,} | {samples_per_second(w, 60):,.0f} "
             f"| {samples_per_second(w, 15):,.0f} "
             f"| {log_records_per_run(w, evals, checkpoints):,} "
-            f"| {spans_per_run(w, steps, epochs):,} |")
+            f"| {spans_per_run(w, steps, epochs):,} |"
+        )
     return "\n".join(lines)
 
 
@@ -180,14 +251,19 @@ def sizing_series(gpus: int, export_interval_s: float = 15.0) -> tuple[int, int,
 def render_sizing_rows() -> str:
     """The two derived rows of docs/scaling.md's sizing table (series and samples/s), rounded as
     the table shows them: to 1,000 series and 100 samples/s."""
+
     def rounded(n: float, to: int) -> str:
         return f"{int(round(n / to) * to):,}"
 
     series, samples = [], []
     for gpus in SIZED_GPUS:
         catalog, spans, rules, per_second = sizing_series(gpus)
-        series.append(f"{rounded(catalog, 1000)} + {rounded(spans, 1000)} + {rounded(rules, 1000)}"
-                      f" = {rounded(catalog + spans + rules, 1000)}")
+        series.append(
+            f"{rounded(catalog, 1000)} + {rounded(spans, 1000)} + {rounded(rules, 1000)}"
+            f" = {rounded(catalog + spans + rules, 1000)}"
+        )
         samples.append(rounded(per_second, 100))
-    return (f"| active series (catalog + span metrics + recording rules) | {series[0]} | "
-            f"{series[1]} |\n| samples/s | {samples[0]} | {samples[1]} |")
+    return (
+        f"| active series (catalog + span metrics + recording rules) | {series[0]} | "
+        f"{series[1]} |\n| samples/s | {samples[0]} | {samples[1]} |"
+    )

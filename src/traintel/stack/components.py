@@ -207,8 +207,11 @@ COMPONENTS: dict[str, Component] = {
             ports={},
             required=False,
             wrapper="tools/logql",
-            inputs=("tools/logql/package.json", "tools/logql/package-lock.json",
-                    "tools/logql/check.mjs"),
+            inputs=(
+                "tools/logql/package.json",
+                "tools/logql/package-lock.json",
+                "tools/logql/check.mjs",
+            ),
         ),
     )
 }
@@ -261,8 +264,11 @@ DEPLOY_TOOLS: dict[str, Component] = {
             packages=(".",),
             module_version="v2.16.2",
             wrapper="stack/go/compose-check",
-            inputs=("stack/go/compose-check/go.mod", "stack/go/compose-check/go.sum",
-                    "stack/go/compose-check/main.go"),
+            inputs=(
+                "stack/go/compose-check/go.mod",
+                "stack/go/compose-check/go.sum",
+                "stack/go/compose-check/main.go",
+            ),
         ),
         Component(
             # A real Kubernetes API server for the tests that apply the chart and the job
@@ -312,8 +318,10 @@ DEPLOY_TOOLS: dict[str, Component] = {
             packages=("github.com/open-telemetry/opentelemetry-operator",),
             module_version="v0.148.0",
             wrapper="stack/go/opentelemetry-operator",
-            inputs=("stack/go/opentelemetry-operator/go.mod",
-                    "stack/go/opentelemetry-operator/go.sum"),
+            inputs=(
+                "stack/go/opentelemetry-operator/go.mod",
+                "stack/go/opentelemetry-operator/go.sum",
+            ),
             version_var="github.com/open-telemetry/opentelemetry-operator/internal/version.version",
         ),
         Component(

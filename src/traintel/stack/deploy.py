@@ -39,7 +39,10 @@ SLURM_NODE = "deploy/slurm/otelcol-node.yaml"
 #: (file, pattern whose group 1 is the collector version) for every place that names it
 VERSION_PINS: tuple[tuple[str, str], ...] = (
     (f"{CHART}/values.yaml", r"image: otel/opentelemetry-collector-contrib:(\S+)"),
-    (f"{CHART}/Chart.yaml", r"traintel\.dev/collector-image: otel/opentelemetry-collector-contrib:(\S+)"),
+    (
+        f"{CHART}/Chart.yaml",
+        r"traintel\.dev/collector-image: otel/opentelemetry-collector-contrib:(\S+)",
+    ),
     ("deploy/slurm/train.sbatch", r"\.cache/traintel/bin/otelcol-([0-9.]+)/"),
 )
 
@@ -101,8 +104,11 @@ def forwarder(src: dict[str, Any]) -> dict[str, Any]:
         "memory_limiter": dict(CONTAINER_MEMORY_LIMITER),
         "batch": {**src["processors"]["batch"], "send_batch_size": FIRST_TIER_BATCH},
     }
-    metrics_receivers = [r for r in src["service"]["pipelines"]["metrics"]["receivers"]
-                         if r == "otlp" or r in src["connectors"]]
+    metrics_receivers = [
+        r
+        for r in src["service"]["pipelines"]["metrics"]["receivers"]
+        if r == "otlp" or r in src["connectors"]
+    ]
     return {
         "processors": processors,
         "connectors": copy.deepcopy(src["connectors"]),
@@ -110,8 +116,10 @@ def forwarder(src: dict[str, Any]) -> dict[str, Any]:
         # does for a Prometheus that scrapes (kube-prometheus-stack's receives no remote write).
         "exporters": {"prometheus": copy.deepcopy(src["exporters"]["prometheus"])},
         "pipelines": {
-            "metrics": {"receivers": metrics_receivers,
-                        "processors": _processor_order(src, "metrics", set(processors))},
+            "metrics": {
+                "receivers": metrics_receivers,
+                "processors": _processor_order(src, "metrics", set(processors)),
+            },
             "logs": {"processors": _processor_order(src, "logs", set(processors))},
             "traces": {"processors": _processor_order(src, "traces", set(processors))},
         },
@@ -146,8 +154,10 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _list(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
-    flat = (all(isinstance(i, (str, int, float)) for i in items)
-            and sum(len(str(i)) + 2 for i in items) < 90)
+    flat = (
+        all(isinstance(i, (str, int, float)) for i in items)
+        and sum(len(str(i)) + 2 for i in items) < 90
+    )
     return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flat)
 
 
@@ -193,16 +203,21 @@ def stale(root: Path | None = None) -> list[str]:
     there (a link, or a copy whose source is gone), as relative paths."""
     base = root or project.root()
     want = rendered(base)
-    found = [rel for rel, content in want.items()
-             if _linked(base, rel) or not (base / rel).is_file()
-             or (base / rel).read_bytes() != content]
+    found = [
+        rel
+        for rel, content in want.items()
+        if _linked(base, rel) or not (base / rel).is_file() or (base / rel).read_bytes() != content
+    ]
     for _, folder in CHART_COPIES:
         target = base / CHART / folder
         if target.is_symlink():
             found.append(f"{CHART}/{folder}")
         elif target.is_dir():
-            found += [f"{CHART}/{folder}/{p.name}" for p in target.iterdir()
-                      if f"{CHART}/{folder}/{p.name}" not in want]
+            found += [
+                f"{CHART}/{folder}/{p.name}"
+                for p in target.iterdir()
+                if f"{CHART}/{folder}/{p.name}" not in want
+            ]
     return sorted(set(found))
 
 
@@ -234,10 +249,15 @@ def write(root: Path | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m traintel.stack.deploy",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true",
-                        help="list stale generated files and exit 1 if there are any")
+    parser = argparse.ArgumentParser(
+        prog="python -m traintel.stack.deploy",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="list stale generated files and exit 1 if there are any",
+    )
     args = parser.parse_args(argv)
     if args.check:
         found = stale()

@@ -94,8 +94,7 @@ def missing_reason(component: str) -> str | None:
     spec = _spec(component)
     named = (environment.variable(spec.bin_env).get() or "") if spec.bin_env else ""
     if named:
-        return (f"{component}: {spec.bin_env}={named} is not an executable file "
-                f"({spec.unavailable})")
+        return f"{component}: {spec.bin_env}={named} is not an executable file ({spec.unavailable})"
     entry = load_status().get(component)
     if spec.method == "none":
         return f"{component} {spec.version} is not available: {spec.unavailable}"
@@ -134,12 +133,17 @@ def install(
                     continue
             status[component.name] = _provide(component, key, say)
             _write_status(status)
-        if ("prometheus" in table and status.get("prometheus", {}).get("ok")
-                and (not names or "prometheus" in names)):
+        if (
+            "prometheus" in table
+            and status.get("prometheus", {}).get("ok")
+            and (not names or "prometheus" in names)
+        ):
             why = build_prometheus_ui(say, retry=retry)
             if why:
-                say(f"stack: Prometheus's web UI not built ({why.splitlines()[0]}); its API "
-                    "works; `traintel stack install --retry` tries again")
+                say(
+                    f"stack: Prometheus's web UI not built ({why.splitlines()[0]}); its API "
+                    "works; `traintel stack install --retry` tries again"
+                )
     return status
 
 
@@ -181,11 +185,13 @@ def build_prometheus_ui(say: Callable[[str], None] = print, retry: bool = False)
         shim.mkdir()
         (shim / "pnpm").write_text(f'#!/bin/sh\nexec npx -y {PNPM} "$@"\n')
         (shim / "pnpm").chmod(0o755)
-        env = {"PATH": f"{shim}:{environment.snapshot().get('PATH', '')}",
-               "npm_config_cache": str(cache_dir() / "npm"),
-               # pnpm's package store (~400 MB) inside the build directory, removed with it
-               "npm_config_store_dir": str(tmp / ".pnpm-store"),
-               "npm_config_update_notifier": "false"}
+        env = {
+            "PATH": f"{shim}:{environment.snapshot().get('PATH', '')}",
+            "npm_config_cache": str(cache_dir() / "npm"),
+            # pnpm's package store (~400 MB) inside the build directory, removed with it
+            "npm_config_store_dir": str(tmp / ".pnpm-store"),
+            "npm_config_update_notifier": "false",
+        }
         log.write_text("")
         _run(["npx", "-y", PNPM, "install", "--frozen-lockfile"], log, cwd=tmp, env=env)
         _run(["bash", "build_ui.sh", "--mantine-ui"], log, cwd=tmp, env=env)
@@ -222,8 +228,9 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
             return entry
         version = _reported_version(supplied) or "unknown"
         skew = "" if version == component.version else f", not {component.version}"
-        entry.update(ok=True, dir=str(supplied.parent), source="user", version=version,
-                     path=str(supplied))
+        entry.update(
+            ok=True, dir=str(supplied.parent), source="user", version=version, path=str(supplied)
+        )
         say(f"stack: {component.name}: using your binary {supplied} (version {version}{skew})")
         return entry
     dest = bin_root() / component.key
@@ -266,8 +273,7 @@ def _provide(component: Component, key: str, say: Callable[[str], None]) -> dict
 def _reported_version(path: Path) -> str:
     """``X.Y.Z`` from ``<binary> --version`` (Loki, Tempo and Grafana all print one), or ""."""
     try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return ""
     found = re.search(r"version\s+v?(\d+\.\d+\.\d+)", out.stdout + out.stderr)
@@ -321,8 +327,12 @@ def _npm_install(component: Component, dest: Path, log: Path) -> None:
     for rel in component.inputs:
         shutil.copy2(project.root() / rel, tmp / Path(rel).name)
     log.write_text("")
-    _run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], log, cwd=tmp,
-         env={"npm_config_cache": str(cache_dir() / "npm"), "npm_config_update_notifier": "false"})
+    _run(
+        ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+        log,
+        cwd=tmp,
+        env={"npm_config_cache": str(cache_dir() / "npm"), "npm_config_update_notifier": "false"},
+    )
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 

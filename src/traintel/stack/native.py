@@ -236,8 +236,10 @@ class NativeStack:
                 continue
             self.start(name, timeout=timeout)
             if name == SINK.name:
-                say(f"{name}: standing in for {' and '.join(self.sink_covers)} "
-                    f"(files in {self.sink_file('logs').parent})")
+                say(
+                    f"{name}: standing in for {' and '.join(self.sink_covers)} "
+                    f"(files in {self.sink_file('logs').parent})"
+                )
             else:
                 say(f"{name}: ready at {self.url(name)}")
         self._save_state()
@@ -323,9 +325,13 @@ class NativeStack:
         """The stack a previous ``up`` started in ``run_dir`` (its ports come from stack.json)."""
         state = json.loads((Path(run_dir) / "stack.json").read_text())
         ports = {**default_ports(), **state["ports"]}  # a stack.json of an older version
-        return cls(run_dir=run_dir, ports=ports, tap=state.get("tap", False),
-                   sink=state.get("sink", False),
-                   configs=Path(state.get("configs") or project.root()))
+        return cls(
+            run_dir=run_dir,
+            ports=ports,
+            tap=state.get("tap", False),
+            sink=state.get("sink", False),
+            configs=Path(state.get("configs") or project.root()),
+        )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -348,11 +354,15 @@ class NativeStack:
         if not self._config_path(name):
             return f"config not yet written: {' or '.join(CONFIGS[name])}"
         if name == "grafana" and not environment.GRAFANA_ADMIN_PASSWORD.get():
-            return ("grafana: set GRAFANA_ADMIN_PASSWORD (and optionally GRAFANA_ADMIN_USER), as "
-                    "in .env for compose: traintel never starts Grafana with a default password")
+            return (
+                "grafana: set GRAFANA_ADMIN_PASSWORD (and optionally GRAFANA_ADMIN_USER), as "
+                "in .env for compose: traintel never starts Grafana with a default password"
+            )
         return None
 
-    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    def _wait_ready(
+        self, name: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -375,13 +385,19 @@ class NativeStack:
         compose = self._compose_service(name)
         mounts = self._mounts(name, compose)
         config = self._rewrite(yaml.safe_load(source.read_text()) or {}, name, mounts)
-        env = {k: self._rewrite(_interpolate(v), name, mounts)
-               for k, v in _compose_env(compose).items()}
+        env = {
+            k: self._rewrite(_interpolate(v), name, mounts)
+            for k, v in _compose_env(compose).items()
+        }
         out = work / f"rendered-{source.name}"
         adapters = {
-            "otelcol": self._adapt_otelcol, "prometheus": self._adapt_prometheus,
-            "alertmanager": self._adapt_alertmanager, "loki": self._adapt_loki,
-            "sink": self._adapt_sink, "tempo": self._adapt_tempo, "grafana": self._adapt_grafana,
+            "otelcol": self._adapt_otelcol,
+            "prometheus": self._adapt_prometheus,
+            "alertmanager": self._adapt_alertmanager,
+            "loki": self._adapt_loki,
+            "sink": self._adapt_sink,
+            "tempo": self._adapt_tempo,
+            "grafana": self._adapt_grafana,
         }
         adapted = adapters[name](config, source, out)
         argv, more_env = adapted if isinstance(adapted, tuple) else (adapted, {})
@@ -465,8 +481,11 @@ class NativeStack:
             "--web.enable-lifecycle",
             "--enable-feature=exemplar-storage",
             # How much the TSDB keeps, exactly as compose says (time and size).
-            *(flag for flag in self._compose_service("prometheus").get("command") or []
-              if str(flag).startswith("--storage.tsdb.retention.")),
+            *(
+                flag
+                for flag in self._compose_service("prometheus").get("command") or []
+                if str(flag).startswith("--storage.tsdb.retention.")
+            ),
         ]
         if not install.load_status().get("prometheus", {}).get("version", "").startswith("2."):
             argv.append("--web.enable-otlp-receiver")
@@ -499,16 +518,22 @@ class NativeStack:
         if not isinstance(value, dict):
             return value
         for key, item in value.items():
-            if (isinstance(item, str) and str(key).endswith("_file")
-                    and item.startswith(project.SECRETS_DIR + "/")):
+            if (
+                isinstance(item, str)
+                and str(key).endswith("_file")
+                and item.startswith(project.SECRETS_DIR + "/")
+            ):
                 name = item.rsplit("/", 1)[1]
                 variable = name.upper()
-                secret = (environment.snapshot().get(variable)
-                          or project.read_env(self.configs / ".env").get(variable))
+                secret = environment.snapshot().get(variable) or project.read_env(
+                    self.configs / ".env"
+                ).get(variable)
                 if not secret:
-                    raise StackError(f"alertmanager: {key} names the secret {name}: set "
-                                     f"{variable} in {self.configs / '.env'} (as `traintel stack "
-                                     "init` does) or in the environment")
+                    raise StackError(
+                        f"alertmanager: {key} names the secret {name}: set "
+                        f"{variable} in {self.configs / '.env'} (as `traintel stack "
+                        "init` does) or in the environment"
+                    )
                 directory.mkdir(mode=0o700, exist_ok=True)
                 path = directory / name
                 path.unlink(missing_ok=True)
@@ -572,9 +597,18 @@ class NativeStack:
         mounts = self._mounts("grafana", self._compose_service("grafana"))
         for kind, data in (
             ("datasources", config),
-            ("dashboards", self._rewrite(yaml.safe_load(
-                (self.configs / "grafana/provisioning/dashboards/dashboards.yaml").read_text()),
-                "grafana", mounts)),
+            (
+                "dashboards",
+                self._rewrite(
+                    yaml.safe_load(
+                        (
+                            self.configs / "grafana/provisioning/dashboards/dashboards.yaml"
+                        ).read_text()
+                    ),
+                    "grafana",
+                    mounts,
+                ),
+            ),
         ):
             (provisioning / kind).mkdir(parents=True, exist_ok=True)
             (provisioning / kind / f"{kind}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -599,8 +633,9 @@ class NativeStack:
     def _compose_service(self, name: str) -> dict[str, Any]:
         """The docker-compose.yml service of a program ({} when there is no compose file)."""
         try:
-            services = (yaml.safe_load((self.configs / "docker-compose.yml").read_text())
-                        or {}).get("services") or {}
+            services = (
+                yaml.safe_load((self.configs / "docker-compose.yml").read_text()) or {}
+            ).get("services") or {}
         except OSError:
             return {}
         spec = PROGRAMS[name]
@@ -666,8 +701,6 @@ class NativeStack:
             if default == port:
                 return self.ports[name][port_name]
         return None
-
-
 
 
 def _compose_env(service: dict[str, Any]) -> dict[str, str]:

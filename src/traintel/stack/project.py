@@ -61,14 +61,19 @@ def root() -> Path:
     raise StackFilesError(
         f"traintel's stack files are missing (looked in {BUNDLE} and {CHECKOUT}): reinstall "
         "traintel from a wheel (`pip install --force-reinstall traintel`), or run it from a "
-        "checkout")
+        "checkout"
+    )
 
 
 def project_files(source: Path | None = None) -> list[str]:
     """The relative paths of :data:`PROJECT` under ``source`` (default :func:`root`), sorted."""
     base = source or root()
-    found = {str(path.relative_to(base)) for pattern in PROJECT for path in base.glob(pattern)
-             if path.is_file()}
+    found = {
+        str(path.relative_to(base))
+        for pattern in PROJECT
+        for path in base.glob(pattern)
+        if path.is_file()
+    }
     return sorted(found)
 
 
@@ -81,6 +86,7 @@ OVERRIDE = "docker-compose.override.yml"
 @dataclass(frozen=True)
 class Receivers:
     """Where alerts go (``traintel stack init --slack-webhook / --email / --webhook``)."""
+
     slack_webhook: str | None = None
     webhook: str | None = None
     email: str | None = None
@@ -91,8 +97,10 @@ class Receivers:
     @property
     def secrets(self) -> dict[str, str]:
         """compose secret name -> value; each is in .env as the name upper-cased."""
-        found = {"alertmanager_slack_webhook_url": self.slack_webhook,
-                 "alertmanager_webhook_url": self.webhook}
+        found = {
+            "alertmanager_slack_webhook_url": self.slack_webhook,
+            "alertmanager_webhook_url": self.webhook,
+        }
         return {name: value for name, value in found.items() if value}
 
     def __bool__(self) -> bool:
@@ -102,45 +110,56 @@ class Receivers:
 def receiver_yaml(receivers: Receivers) -> str:
     """The ``receivers:`` section of alertmanager.yml for ``receivers``: URLs are read from files
     (``url_file``, ``api_url_file``), which compose makes from .env (:func:`override_yaml`)."""
-    lines = ["receivers:", "  - name: team",
-             "    # Written by `traintel stack init`. The webhook URLs are secrets: they are in "
-             ".env",
-             f"    # and reach Alertmanager as files in {SECRETS_DIR}/ (made by compose from",
-             f"    # {OVERRIDE}, and by `traintel stack up` natively)."]
+    lines = [
+        "receivers:",
+        "  - name: team",
+        "    # Written by `traintel stack init`. The webhook URLs are secrets: they are in .env",
+        f"    # and reach Alertmanager as files in {SECRETS_DIR}/ (made by compose from",
+        f"    # {OVERRIDE}, and by `traintel stack up` natively).",
+    ]
     if receivers.webhook:
-        lines += ["    webhook_configs:",
-                  f"      - url_file: {SECRETS_DIR}/alertmanager_webhook_url",
-                  "        send_resolved: true"]
+        lines += [
+            "    webhook_configs:",
+            f"      - url_file: {SECRETS_DIR}/alertmanager_webhook_url",
+            "        send_resolved: true",
+        ]
     if receivers.slack_webhook:
-        lines += ["    slack_configs:",
-                  f"      - api_url_file: {SECRETS_DIR}/alertmanager_slack_webhook_url",
-                  "        send_resolved: true",
-                  "        title: '{{ .CommonLabels.severity | toUpper }}: "
-                  "{{ .CommonAnnotations.summary }}'",
-                  "        text: '{{ range .Alerts }}{{ .Annotations.description }}"
-                  "{{ \"\\n\" }}{{ end }}'"]
+        lines += [
+            "    slack_configs:",
+            f"      - api_url_file: {SECRETS_DIR}/alertmanager_slack_webhook_url",
+            "        send_resolved: true",
+            "        title: '{{ .CommonLabels.severity | toUpper }}: "
+            "{{ .CommonAnnotations.summary }}'",
+            "        text: '{{ range .Alerts }}{{ .Annotations.description }}"
+            '{{ "\\n" }}{{ end }}\'',
+        ]
     if receivers.email:
         local = receivers.smarthost.split(":")[0] in ("localhost", "127.0.0.1")
-        lines += ["    email_configs:",
-                  f"      - to: {_quoted(receivers.email)}",
-                  f"        from: {_quoted(receivers.email_from)}",
-                  f"        smarthost: {_quoted(receivers.smarthost)}",
-                  # a local relay on port 25 rarely offers STARTTLS; anything else must
-                  f"        require_tls: {'false' if local else 'true'}",
-                  "        send_resolved: true"]
+        lines += [
+            "    email_configs:",
+            f"      - to: {_quoted(receivers.email)}",
+            f"        from: {_quoted(receivers.email_from)}",
+            f"        smarthost: {_quoted(receivers.smarthost)}",
+            # a local relay on port 25 rarely offers STARTTLS; anything else must
+            f"        require_tls: {'false' if local else 'true'}",
+            "        send_resolved: true",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def override_yaml(receivers: Receivers) -> str:
     """A compose override handing Alertmanager the receivers' secrets from .env as files."""
     names = sorted(receivers.secrets)
-    lines = ["# Written by `traintel stack init`: Alertmanager reads the alert receivers' URLs "
-             "from",
-             f"# files in {SECRETS_DIR}/, which compose makes from the variables in .env (so that",
-             "# alertmanager.yml holds no secret). Compose reads this file with "
-             "docker-compose.yml.",
-             "services:", "  alertmanager:", "    secrets:",
-             *(f"      - {name}" for name in names), "secrets:"]
+    lines = [
+        "# Written by `traintel stack init`: Alertmanager reads the alert receivers' URLs from",
+        f"# files in {SECRETS_DIR}/, which compose makes from the variables in .env (so that",
+        "# alertmanager.yml holds no secret). Compose reads this file with docker-compose.yml.",
+        "services:",
+        "  alertmanager:",
+        "    secrets:",
+        *(f"      - {name}" for name in names),
+        "secrets:",
+    ]
     for name in names:
         lines += [f"  {name}:", f"    environment: {name.upper()}"]
     return "\n".join(lines) + "\n"
@@ -168,8 +187,7 @@ class InitResult:
     password: str | None
 
 
-def init(directory: Path, *, force: bool = False,
-         receivers: Receivers = Receivers()) -> InitResult:
+def init(directory: Path, *, force: bool = False, receivers: Receivers = Receivers()) -> InitResult:
     """Write a compose project into ``directory``: :data:`PROJECT`, a ``.env`` and a unit.
 
     With ``receivers``, alertmanager.yml's ``team`` receiver sends there; the secret URLs go
@@ -192,18 +210,25 @@ def init(directory: Path, *, force: bool = False,
             planned[OVERRIDE] = override_yaml(receivers).encode()
     if not (directory / ".gitignore").exists():  # .env holds passwords; never replace the user's
         planned[".gitignore"] = b"# written by `traintel stack init`: .env holds passwords\n.env\n"
-    conflicts = [rel for rel, content in planned.items()
-                 if (directory / rel).is_file() and (directory / rel).read_bytes() != content]
+    conflicts = [
+        rel
+        for rel, content in planned.items()
+        if (directory / rel).is_file() and (directory / rel).read_bytes() != content
+    ]
     if conflicts and not force:
         raise StackFilesError(
             f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
-            "changes, or pass --force to replace them with this traintel's")
+            "changes, or pass --force to replace them with this traintel's"
+        )
     links = [rel for rel in [*planned, ".env"] if (directory / rel).is_symlink()]
-    if links:  # a dangling one would be written through, outside DIR; .env's would hold the password
+    if (
+        links
+    ):  # a dangling one would be written through, outside DIR; .env's would hold the password
         raise StackFilesError(
             f"{directory} has symbolic links where traintel writes files ({', '.join(links)}): "
             "traintel stack init does not write through links; remove them, or init another "
-            "directory")
+            "directory"
+        )
     for rel, content in planned.items():
         target = directory / rel
         if target.is_file() and target.read_bytes() == content:
@@ -267,15 +292,21 @@ def init_chart(directory: Path, *, force: bool = False) -> InitResult:
     if not (source / "Chart.yaml").is_file():
         raise StackFilesError(f"traintel's Helm chart is missing from {source}: reinstall traintel")
     directory = directory.resolve()
-    planned = {str(path.relative_to(source)): path.read_bytes()
-               for path in sorted(source.rglob("*"))
-               if path.is_file() and not path.is_symlink()}
-    conflicts = [rel for rel, content in planned.items()
-                 if (directory / rel).is_file() and (directory / rel).read_bytes() != content]
+    planned = {
+        str(path.relative_to(source)): path.read_bytes()
+        for path in sorted(source.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+    conflicts = [
+        rel
+        for rel, content in planned.items()
+        if (directory / rel).is_file() and (directory / rel).read_bytes() != content
+    ]
     if conflicts and not force:
         raise StackFilesError(
             f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
-            "changes, or pass --force to replace them with this traintel's")
+            "changes, or pass --force to replace them with this traintel's"
+        )
     written: list[str] = []
     unchanged: list[str] = []
     for rel, content in planned.items():
@@ -293,23 +324,39 @@ def init_chart(directory: Path, *, force: bool = False) -> InitResult:
 
 def env_text(example: str, password: str) -> str:
     """``.env.example`` with the Grafana admin password filled in."""
-    text, count = re.subn(r"(?m)^GRAFANA_ADMIN_PASSWORD=.*$",
-                          f"GRAFANA_ADMIN_PASSWORD={password}", example)
+    text, count = re.subn(
+        r"(?m)^GRAFANA_ADMIN_PASSWORD=.*$", f"GRAFANA_ADMIN_PASSWORD={password}", example
+    )
     if count != 1:
         raise StackFilesError(".env.example has no GRAFANA_ADMIN_PASSWORD= line to fill in")
-    return ("# Written by `traintel stack init` with a generated password; keep this file private "
-            "(mode 600).\n" + text)
+    return (
+        "# Written by `traintel stack init` with a generated password; keep this file private "
+        "(mode 600).\n" + text
+    )
 
 
 def systemd_unit(template: str, directory: Path) -> str:
     """The example unit, pointed at this project and this installation's interpreter: it runs
     ``python -m traintel stack up --foreground --configs DIR`` from ``directory``."""
     if any(c in str(directory) for c in "\n\r"):
-        raise StackFilesError(f"{str(directory)!r} has a line break in its name: a systemd unit "
-                              "cannot name it; init another directory")
-    command = " ".join([_exec_arg(sys.executable), "-m", "traintel", "stack", "up",
-                        "--foreground", "--configs", _exec_arg(str(directory)),
-                        "--run-dir", "%h/.local/state/traintel/stack"])
+        raise StackFilesError(
+            f"{str(directory)!r} has a line break in its name: a systemd unit "
+            "cannot name it; init another directory"
+        )
+    command = " ".join(
+        [
+            _exec_arg(sys.executable),
+            "-m",
+            "traintel",
+            "stack",
+            "up",
+            "--foreground",
+            "--configs",
+            _exec_arg(str(directory)),
+            "--run-dir",
+            "%h/.local/state/traintel/stack",
+        ]
+    )
     working = str(directory).replace("%", "%%")  # the whole value is the path: no quoting
     text = re.sub(r"(?m)^WorkingDirectory=.*$", lambda _: f"WorkingDirectory={working}", template)
     # the project's .env (Grafana's password, the alert receivers' URLs), as compose reads it

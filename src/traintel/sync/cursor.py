@@ -53,9 +53,13 @@ class Position:
         if not isinstance(value, dict):
             return cls()
         metrics = value.get("metrics")
-        return cls(_offset(value.get("logs")), _offset(value.get("traces")),
-                   {str(k): v for k, v in metrics.items() if _offset(v)}
-                   if isinstance(metrics, dict) else {})
+        return cls(
+            _offset(value.get("logs")),
+            _offset(value.get("traces")),
+            {str(k): v for k, v in metrics.items() if _offset(v)}
+            if isinstance(metrics, dict)
+            else {},
+        )
 
 
 class Cursor:
@@ -77,24 +81,32 @@ class Cursor:
         try:  # not through a link, not in another user's directory (record.safe)
             self._lock = os.fdopen(safe.open_lock(lock), "r+b")
         except OSError as exc:
-            raise CursorError(f"cannot keep a sync cursor beside the record ({lock}: "
-                              f"{exc.strerror or exc}); copy the run to a writable place "
-                              "and sync the copy") from None
+            raise CursorError(
+                f"cannot keep a sync cursor beside the record ({lock}: "
+                f"{exc.strerror or exc}); copy the run to a writable place "
+                "and sync the copy"
+            ) from None
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock.close()
             self._lock = None
-            raise CursorError(f"another traintel sync is sending {self.path.parent} "
-                              "(its lock is held); wait for it to finish") from None
+            raise CursorError(
+                f"another traintel sync is sending {self.path.parent} "
+                "(its lock is held); wait for it to finish"
+            ) from None
         try:
             saved = read_json_checked(self.path)
         except OSError as exc:
             self.close()
-            raise CursorError(f"cannot read the sync cursor {self.path}: "
-                              f"{exc.strerror or exc}") from None
-        self._targets = dict(saved.get("targets", {})) if isinstance(saved, dict) and \
-            isinstance(saved.get("targets"), dict) else {}
+            raise CursorError(
+                f"cannot read the sync cursor {self.path}: {exc.strerror or exc}"
+            ) from None
+        self._targets = (
+            dict(saved.get("targets", {}))
+            if isinstance(saved, dict) and isinstance(saved.get("targets"), dict)
+            else {}
+        )
         entry = self._targets.get(self.target)
         if isinstance(entry, dict):
             if entry.get("fingerprint") == self.fingerprint:
@@ -114,14 +126,17 @@ class Cursor:
 
     def save(self) -> None:
         """Write the position atomically (temporary file, then rename)."""
-        self._targets[self.target] = {"fingerprint": self.fingerprint, "updated": time.time(),
-                                      "position": self.position.as_json()}
+        self._targets[self.target] = {
+            "fingerprint": self.fingerprint,
+            "updated": time.time(),
+            "position": self.position.as_json(),
+        }
         try:  # a temporary file of a random name, made exclusively (record.safe)
-            safe.replace(self.path, encode({"version": 1, "targets": self._targets},
-                                           indent=True))
+            safe.replace(self.path, encode({"version": 1, "targets": self._targets}, indent=True))
         except OSError as exc:
-            raise CursorError(f"cannot write the sync cursor {self.path}: "
-                              f"{exc.strerror or exc}") from None
+            raise CursorError(
+                f"cannot write the sync cursor {self.path}: {exc.strerror or exc}"
+            ) from None
 
     def close(self) -> None:
         if self._lock is not None:
@@ -131,8 +146,9 @@ class Cursor:
 
 def fingerprint(first: RawLine) -> str:
     """What identifies a record: its first ``run_start`` line."""
-    return hashlib.sha256(orjson.dumps(first, option=orjson.OPT_SORT_KEYS,
-                                       default=str)).hexdigest()[:32]
+    return hashlib.sha256(
+        orjson.dumps(first, option=orjson.OPT_SORT_KEYS, default=str)
+    ).hexdigest()[:32]
 
 
 def _offset(value: Any) -> int:

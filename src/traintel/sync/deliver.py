@@ -45,10 +45,16 @@ class Sync:
     """Sends ``records`` to ``target``; a dry run counts what would be sent and writes
     nothing."""
 
-    def __init__(self, records: list[Record], target: Target, options: Options, *,
-                 dry_run: bool = False,
-                 on_progress: Callable[[Progress], None] = lambda progress: None,
-                 stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        target: Target,
+        options: Options,
+        *,
+        dry_run: bool = False,
+        on_progress: Callable[[Progress], None] = lambda progress: None,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.records = records
         self.target = target
         self.options = options
@@ -85,17 +91,19 @@ class Sync:
         if any(segment.mode is None for segment in record.segments):
             outcome.notes.append(
                 "written before records noted what the live export delivered: all of it is "
-                "sent, and where that run exported live its logs and spans arrive twice")
-        cursor = Cursor(record.directory, fingerprint(record.segments[0].start),
-                        self.target.key)
+                "sent, and where that run exported live its logs and spans arrive twice"
+            )
+        cursor = Cursor(record.directory, fingerprint(record.segments[0].start), self.target.key)
         position: Position
         if self.dry_run:
             position = cursor.peek()
         else:
             position = cursor.open().position
             if cursor.reset:
-                outcome.notes.append("the record is not the one synced here before (its first "
-                                     "line differs): sending all of it")
+                outcome.notes.append(
+                    "the record is not the one synced here before (its first "
+                    "line differs): sending all of it"
+                )
         try:
             for batch in batches(record, position, self.options, outcome.tally, self.redactor):
                 if self.stop():

@@ -14,16 +14,24 @@ from dataclasses import replace
 from typing import Any
 
 from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk.metrics.export import (AggregationTemporality, Gauge, Histogram, Metric,
-                                              MetricsData, ResourceMetrics, ScopeMetrics, Sum)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    Metric,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from traintel.core.redact import Redactor
 from traintel.export.otlp import log_record
 from traintel.record.format import RawLine
-from traintel.core.redact import Redactor
 from traintel.sync.replay import REBUILT, BadLine, number, text
 
 CUMULATIVE = AggregationTemporality.CUMULATIVE
@@ -43,26 +51,27 @@ def resource(start: RawLine, redactor: Redactor) -> Resource | None:
     attributes = start.get("resource")
     if not isinstance(attributes, dict) or not attributes:
         return None
-    return Resource({str(k): v for k, v in redactor.deep(attributes).items()
-                     if _attribute_ok(v)})
+    return Resource({str(k): v for k, v in redactor.deep(attributes).items() if _attribute_ok(v)})
 
 
-def log(line: RawLine, where: Resource, of: InstrumentationScope,
-        redactor: Redactor) -> ReadableLogRecord:
+def log(
+    line: RawLine, where: Resource, of: InstrumentationScope, redactor: Redactor
+) -> ReadableLogRecord:
     """A record line as the OTLP log record the live export made of it."""
     number(line.get("ts"))
     clean = redactor.deep(dict(line))
-    return ReadableLogRecord(log_record=log_record(clean), resource=where,
-                             instrumentation_scope=of)
+    return ReadableLogRecord(log_record=log_record(clean), resource=where, instrumentation_scope=of)
 
 
-def span(line: RawLine, where: Resource, of: InstrumentationScope,
-         redactor: Redactor) -> ReadableSpan:
+def span(
+    line: RawLine, where: Resource, of: InstrumentationScope, redactor: Redactor
+) -> ReadableSpan:
     """A ``span`` line as the span the live export sent: its ids, times, status, events."""
     trace_id, span_id = _hex(line.get("trace_id"), 32), _hex(line.get("span_id"), 16)
     parent_id = line.get("parent_span_id")
-    parent = None if parent_id is None else SpanContext(trace_id, _hex(parent_id, 16), False,
-                                                        _SAMPLED)
+    parent = (
+        None if parent_id is None else SpanContext(trace_id, _hex(parent_id, 16), False, _SAMPLED)
+    )
     start, end = _nanos(line.get("start_ns")), _nanos(line.get("end_ns"))
     if end < start:
         raise BadLine("span ends before it starts")
@@ -73,19 +82,35 @@ def span(line: RawLine, where: Resource, of: InstrumentationScope,
         raise BadLine("span events")
     return ReadableSpan(
         name=text(line.get("name")),
-        context=SpanContext(trace_id, span_id, False, _SAMPLED), parent=parent,
-        resource=where, attributes=_attributes(line.get("attributes"), redactor),
-        events=[Event(text(event.get("name")), _attributes(event.get("attributes"), redactor),
-                      _nanos(event.get("time_ns"))) for event in events
-                if isinstance(event, dict)],
+        context=SpanContext(trace_id, span_id, False, _SAMPLED),
+        parent=parent,
+        resource=where,
+        attributes=_attributes(line.get("attributes"), redactor),
+        events=[
+            Event(
+                text(event.get("name")),
+                _attributes(event.get("attributes"), redactor),
+                _nanos(event.get("time_ns")),
+            )
+            for event in events
+            if isinstance(event, dict)
+        ],
         kind=_KINDS.get(str(line.get("kind")), SpanKind.INTERNAL),
-        status=Status(status, redactor.text(message) if isinstance(message, str) and
-                      status is StatusCode.ERROR else None),
-        start_time=start, end_time=end, instrumentation_scope=of)
+        status=Status(
+            status,
+            redactor.text(message)
+            if isinstance(message, str) and status is StatusCode.ERROR
+            else None,
+        ),
+        start_time=start,
+        end_time=end,
+        instrumentation_scope=of,
+    )
 
 
-def retimed(data: MetricsData, time_ns: int, start_ns: int,
-            leave_out: frozenset[str] = frozenset()) -> MetricsData:
+def retimed(
+    data: MetricsData, time_ns: int, start_ns: int, leave_out: frozenset[str] = frozenset()
+) -> MetricsData:
     """The live export's points as of ``time_ns``: every point at that time, cumulative ones
     counted from the segment's start, and only the metrics the record can rebuild (but
     ``leave_out``)."""
@@ -93,9 +118,13 @@ def retimed(data: MetricsData, time_ns: int, start_ns: int,
     for resource_metrics in data.resource_metrics:
         scopes = []
         for scope_metrics in resource_metrics.scope_metrics:
-            metrics = [_retimed(metric, time_ns, start_ns) for metric in scope_metrics.metrics
-                       if metric.name in REBUILT and metric.name not in leave_out and
-                       metric.data.data_points]
+            metrics = [
+                _retimed(metric, time_ns, start_ns)
+                for metric in scope_metrics.metrics
+                if metric.name in REBUILT
+                and metric.name not in leave_out
+                and metric.data.data_points
+            ]
             if metrics:
                 scopes.append(replace(scope_metrics, metrics=metrics))
         if scopes:
@@ -107,17 +136,43 @@ def _retimed(metric: Metric, time_ns: int, start_ns: int) -> Metric:
     data = metric.data
     if isinstance(data, Sum):
         start = start_ns if data.aggregation_temporality is CUMULATIVE else None
-        return replace(metric, data=replace(data, data_points=[
-            replace(p, time_unix_nano=time_ns, start_time_unix_nano=start or
-                    p.start_time_unix_nano) for p in data.data_points]))
+        return replace(
+            metric,
+            data=replace(
+                data,
+                data_points=[
+                    replace(
+                        p,
+                        time_unix_nano=time_ns,
+                        start_time_unix_nano=start or p.start_time_unix_nano,
+                    )
+                    for p in data.data_points
+                ],
+            ),
+        )
     if isinstance(data, Histogram):
         start = start_ns if data.aggregation_temporality is CUMULATIVE else None
-        return replace(metric, data=replace(data, data_points=[
-            replace(p, time_unix_nano=time_ns, start_time_unix_nano=start or
-                    p.start_time_unix_nano) for p in data.data_points]))
+        return replace(
+            metric,
+            data=replace(
+                data,
+                data_points=[
+                    replace(
+                        p,
+                        time_unix_nano=time_ns,
+                        start_time_unix_nano=start or p.start_time_unix_nano,
+                    )
+                    for p in data.data_points
+                ],
+            ),
+        )
     if isinstance(data, Gauge):
-        return replace(metric, data=replace(data, data_points=[
-            replace(p, time_unix_nano=time_ns) for p in data.data_points]))
+        return replace(
+            metric,
+            data=replace(
+                data, data_points=[replace(p, time_unix_nano=time_ns) for p in data.data_points]
+            ),
+        )
     return metric
 
 
@@ -136,19 +191,34 @@ def merged(datas: Iterable[MetricsData]) -> MetricsData:
                         metrics[metric.name] = metric
                         continue
                     same: Any = known.data  # the same kind: one name, one instrument
-                    metrics[metric.name] = replace(known, data=replace(same, data_points=[
-                        *same.data_points, *metric.data.data_points]))
-    return MetricsData(resource_metrics=[
-        ResourceMetrics(resource=resource, schema_url="", scope_metrics=[
-            ScopeMetrics(scope=scope, metrics=list(metrics.values()), schema_url="")
-            for scope, metrics in scopes.items()])
-        for resource, scopes in by_resource.items()])
+                    metrics[metric.name] = replace(
+                        known,
+                        data=replace(
+                            same, data_points=[*same.data_points, *metric.data.data_points]
+                        ),
+                    )
+    return MetricsData(
+        resource_metrics=[
+            ResourceMetrics(
+                resource=resource,
+                schema_url="",
+                scope_metrics=[
+                    ScopeMetrics(scope=scope, metrics=list(metrics.values()), schema_url="")
+                    for scope, metrics in scopes.items()
+                ],
+            )
+            for resource, scopes in by_resource.items()
+        ]
+    )
 
 
 def points(data: MetricsData) -> int:
-    return sum(len(metric.data.data_points) for resource_metrics in data.resource_metrics
-               for scope_metrics in resource_metrics.scope_metrics
-               for metric in scope_metrics.metrics)
+    return sum(
+        len(metric.data.data_points)
+        for resource_metrics in data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+    )
 
 
 def _attributes(value: Any, redactor: Redactor) -> dict[str, Any]:

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
-from opentelemetry.sdk.resources import Resource
 
+from traintel.core.redact import Redactor
 from traintel.export.otlp import RunMetrics, resource_for, with_added
-from traintel.run.identity import RunIdentity
 from traintel.record.format import RawLine, Signal
 from traintel.record.summary import RecordFold
-from traintel.core.redact import Redactor
+from traintel.run.identity import RunIdentity
 from traintel.run.resume import Cumulative
 from traintel.sync import payload
 from traintel.sync.cursor import Position
@@ -85,8 +84,9 @@ class Batch:
 
     def acknowledged(self, position: Position) -> None:
         if self.signal == "metrics":
-            position.metrics[self.segment] = max(position.metrics.get(self.segment, 0),
-                                                 self.position)
+            position.metrics[self.segment] = max(
+                position.metrics.get(self.segment, 0), self.position
+            )
         elif self.signal == "logs":
             position.logs = max(position.logs, self.position)
         else:
@@ -96,11 +96,11 @@ class Batch:
         return payload.merged(self.items) if self.signal == "metrics" else self.items
 
 
-def batches(record: Record, position: Position, options: Options, tally: Tally,
-            redactor: Redactor) -> Iterator[Batch]:
+def batches(
+    record: Record, position: Position, options: Options, tally: Tally, redactor: Redactor
+) -> Iterator[Batch]:
     """The record's batches, segment by segment, in record order per signal."""
-    cutoff = -math.inf if options.max_age is None else \
-        time.time() - options.max_age + AGE_MARGIN
+    cutoff = -math.inf if options.max_age is None else time.time() - options.max_age + AGE_MARGIN
     ends = [s.offset for s in record.segments[1:]] + [None]
     #: the record's lines so far: a resumed process (a later segment) starts from them
     fold = RecordFold(percentiles=False)
@@ -108,8 +108,18 @@ def batches(record: Record, position: Position, options: Options, tally: Tally,
     cumulative = Cumulative()
     for index, (segment, end) in enumerate(zip(record.segments, ends)):
         try:
-            walk = SegmentWalk(record, segment, position, options, tally, redactor, cutoff,
-                               fold, resumed=index > 0, cumulative=cumulative)
+            walk = SegmentWalk(
+                record,
+                segment,
+                position,
+                options,
+                tally,
+                redactor,
+                cutoff,
+                fold,
+                resumed=index > 0,
+                cumulative=cumulative,
+            )
         except BadLine:  # a run_start without an identity (counted by the scan)
             for begin, _stop, line in record.lines(segment.offset):
                 if end is not None and begin >= end:
@@ -127,14 +137,23 @@ def batches(record: Record, position: Position, options: Options, tally: Tally,
 class SegmentWalk:
     """One segment's lines replayed, its points collected, its items gathered in batches."""
 
-    def __init__(self, record: Record, segment: Segment, position: Position, options: Options,
-                 tally: Tally, redactor: Redactor, cutoff: float, fold: RecordFold,
-                 resumed: bool, cumulative: Cumulative | None = None) -> None:
+    def __init__(
+        self,
+        record: Record,
+        segment: Segment,
+        position: Position,
+        options: Options,
+        tally: Tally,
+        redactor: Redactor,
+        cutoff: float,
+        fold: RecordFold,
+        resumed: bool,
+        cumulative: Cumulative | None = None,
+    ) -> None:
         self.record, self.segment, self.position = record, segment, position
         self.options, self.tally, self.redactor, self.cutoff = options, tally, redactor, cutoff
         start = segment.start
-        self.replay = Replay(start, fold if resumed else None,
-                             cumulative if resumed else None)
+        self.replay = Replay(start, fold if resumed else None, cumulative if resumed else None)
         self.cumulative = cumulative
         #: the whole record so far (every segment's lines): the next segment starts from it
         self.fold = fold
@@ -142,14 +161,28 @@ class SegmentWalk:
         self.leave_out = NEARLY if segment.mode not in ("offline", "disabled") else frozenset()
         labels, run_info = identity_of(start, record.directory)
         self.resource = payload.resource(start, redactor) or resource_for(
-            labels, run_info["run_name"], run_info["hostname"])
+            labels, run_info["run_name"], run_info["hostname"]
+        )
         self.scope = payload.scope(start)
         self.reader = InMemoryMetricReader()
-        self.metrics = RunMetrics(self.replay.state, labels, run_info, self.replay.histograms,
-                                  self.resource, self.reader, self.scope.version or "")
+        self.metrics = RunMetrics(
+            self.replay.state,
+            labels,
+            run_info,
+            self.replay.histograms,
+            self.resource,
+            self.reader,
+            self.scope.version or "",
+        )
         self.key = str(segment.offset)
-        self.times = metric_times(segment.mode, segment.interval, segment.start_ts,
-                                  segment.last_ts, segment.exports, options.resend)
+        self.times = metric_times(
+            segment.mode,
+            segment.interval,
+            segment.start_ts,
+            segment.last_ts,
+            segment.exports,
+            options.resend,
+        )
         self.synced_ms = position.metrics.get(self.key, 0)
         self.start_ns = int(self.replay.state.start_ts * 1e9)
         self.pending: dict[Signal, list[Any]] = {"metrics": [], "logs": [], "traces": []}
@@ -255,17 +288,27 @@ class SegmentWalk:
 def identity_of(start: RawLine, directory: Path) -> tuple[dict[str, str], dict[str, str]]:
     """The labels and run info of a segment's series, as the live run's identity gave them."""
     run, rank, project = start.get("run"), start.get("rank"), start.get("project")
-    if not isinstance(run, str) or not isinstance(project, str) or \
-            isinstance(rank, bool) or not isinstance(rank, int):
+    if (
+        not isinstance(run, str)
+        or not isinstance(project, str)
+        or isinstance(rank, bool)
+        or not isinstance(rank, int)
+    ):
         raise BadLine("run_start identity")
     name, host, world = start.get("name"), start.get("host"), start.get("world_size")
     tags, group = start.get("tags"), start.get("group")
     identity = RunIdentity(
-        id=run, project=project, name=name if isinstance(name, str) else run, rank=rank,
-        local_rank=None, world_size=world if isinstance(world, int) else 1,
-        host=host if isinstance(host, str) else "", dir=directory,
+        id=run,
+        project=project,
+        name=name if isinstance(name, str) else run,
+        rank=rank,
+        local_rank=None,
+        world_size=world if isinstance(world, int) else 1,
+        host=host if isinstance(host, str) else "",
+        dir=directory,
         tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
-        group=group if isinstance(group, str) else None)
+        group=group if isinstance(group, str) else None,
+    )
     return identity.labels, identity.info
 
 

@@ -22,12 +22,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from traintel.core.catalog import METRICS, get
+from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, RateWindow, RunState, find_loss
 from traintel.export.readings import Histograms
 from traintel.record.format import END_STATUSES, RawLine
 from traintel.record.summary import RecordFold, StepFigures
-from traintel.run.resume import Continuation
-from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, LOSS_KEYS, RateWindow, RunState
-from traintel.core.state import COUNTED_KEYS, KNOWN_KEYS, RateWindow, RunState, find_loss
 from traintel.run.resume import Continuation, Cumulative
 
 #: catalog groups whose metrics the record cannot rebuild, and why
@@ -44,8 +42,10 @@ REBUILT: frozenset[str] = frozenset(m.name for m in METRICS if m.group not in NO
 #: and compute time, a step line holds their mean over the steps it stands for. A sync sends
 #: them for runs that exported nothing; between a live run's samples a counter a rounding error
 #: too high would read as a reset, so there they are left out (``rate()`` spans the gap)
-NEARLY: frozenset[str] = frozenset(get(name).name for name in (
-    "traintel_data_wait_seconds_total", "traintel_compute_seconds_total"))
+NEARLY: frozenset[str] = frozenset(
+    get(name).name
+    for name in ("traintel_data_wait_seconds_total", "traintel_compute_seconds_total")
+)
 
 
 class BadLine(ValueError):
@@ -58,8 +58,9 @@ class Replay:
     ``before`` is what the record held before the segment (a resumed run): the state starts
     from it as the resumed process's did (``traintel.run.resume.Continuation.restore``)."""
 
-    def __init__(self, start: RawLine, before: RecordFold | None = None,
-                 cumulative: Cumulative | None = None) -> None:
+    def __init__(
+        self, start: RawLine, before: RecordFold | None = None, cumulative: Cumulative | None = None
+    ) -> None:
         self.state = state = RunState()
         state.start_ts = number(start.get("ts"))
         total = start.get("total_steps")
@@ -70,8 +71,11 @@ class Replay:
         #: (``StepRecorder``'s base: a resumed run's last step, else the loop's ``initial_step``)
         self.last: int | None = None
         initial = start.get("initial_step")
-        self.base = state.step if before is not None else (
-            initial if type(initial) is int and initial >= 0 else None)
+        self.base = (
+            state.step
+            if before is not None
+            else (initial if type(initial) is int and initial >= 0 else None)
+        )
         if self.base is not None:
             state.step = self.base
         #: what the record writer folds for its rates
@@ -150,8 +154,7 @@ class Replay:
             self.rates.add(figures.last_ts, figures.steps, figures.samples, figures.tokens)
             state.rates = self.rates.rates()
 
-    def _values(self, metrics: Mapping[str, Any],
-                values: dict[str, float] | None = None) -> None:
+    def _values(self, metrics: Mapping[str, Any], values: dict[str, float] | None = None) -> None:
         """Values logged (a step's or a ``values`` line's): the latest of each key, as logged
         (NaN stays NaN); non-finite losses counted; new keys among the user's."""
         values = _values(metrics) if values is None else values
@@ -165,8 +168,9 @@ class Replay:
 
     def _eval(self, line: RawLine) -> None:
         """What ``run.log_eval`` did: latest and best values, the eval (and best) counts."""
-        metrics, best, best_step, is_best, modes = (mapping(line.get(key)) for key in (
-            "metrics", "best", "best_step", "is_best", "mode"))
+        metrics, best, best_step, is_best, modes = (
+            mapping(line.get(key)) for key in ("metrics", "best", "best_step", "is_best", "mode")
+        )
         latest = _values(metrics)
         bests = {name: number(value) for name, value in best.items() if value is not None}
         steps = {name: value for name, value in best_step.items() if isinstance(value, int)}
@@ -174,8 +178,9 @@ class Replay:
         state.eval_latest.update(latest)
         state.eval_best.update(bests)
         state.eval_best_step.update(steps)
-        state.goals.update({name: mode for name, mode in modes.items()
-                            if mode in ("min", "max", None)})
+        state.goals.update(
+            {name: mode for name, mode in modes.items() if mode in ("min", "max", None)}
+        )
         self._count("eval")
         if any(value is True for value in is_best.values()):
             self._count("best_eval")

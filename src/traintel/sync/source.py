@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TypeGuard
 
 from traintel.record.format import RawLine
-from traintel.record.safe import is_link, owner_problem
 from traintel.record.reader import RecordNotFound, find_run, is_run, positioned, streams
+from traintel.record.safe import is_link, owner_problem
 
 log = logging.getLogger("traintel.sync")
 
@@ -72,8 +72,12 @@ class Segment:
     @property
     def interval(self) -> float:
         value = self.start.get("export_interval_s")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             return 15.0
         return float(value)
 
@@ -152,7 +156,8 @@ def _note(segment: Segment, line: RawLine) -> None:
     elif ok and isinstance(delivered, list):
         if signal == "logs":
             segment.delivered_logs.update(
-                v for v in delivered if isinstance(v, int) and not isinstance(v, bool))
+                v for v in delivered if isinstance(v, int) and not isinstance(v, bool)
+            )
         elif signal == "traces":
             segment.delivered_spans.update(v for v in delivered if isinstance(v, str))
 
@@ -169,8 +174,10 @@ def find_records(targets: list[str]) -> tuple[list[Record], list[str]]:
             missing.append(str(exc))
             continue
         if is_link(path):  # a shared directory's planted link: another user's run, or a cursor
-            missing.append(f"{path} is a symbolic link: not followed; name the directory it "
-                           "points to if it is yours")
+            missing.append(
+                f"{path} is a symbolic link: not followed; name the directory it "
+                "points to if it is yours"
+            )
             continue
         if is_run(path):
             runs = [path]
@@ -178,8 +185,12 @@ def find_records(targets: list[str]) -> tuple[list[Record], list[str]]:
             entries = sorted(path.iterdir())
             links = [p for p in entries if is_link(p)]
             if links:
-                log.warning("traintel sync: %d symbolic link(s) in %s not followed: %s",
-                            len(links), path, ", ".join(p.name for p in links[:5]))
+                log.warning(
+                    "traintel sync: %d symbolic link(s) in %s not followed: %s",
+                    len(links),
+                    path,
+                    ", ".join(p.name for p in links[:5]),
+                )
             runs = [p for p in entries if p.is_dir() and not is_link(p) and is_run(p)]
         else:
             runs = []
@@ -189,8 +200,12 @@ def find_records(targets: list[str]) -> tuple[list[Record], list[str]]:
         for record in found:
             problem = _not_owned(record.directory)
             if problem:
-                log.warning("traintel sync: %s is %s: its files are read as they are, and no "
-                            "cursor is kept beside them", record.directory, problem)
+                log.warning(
+                    "traintel sync: %s is %s: its files are read as they are, and no "
+                    "cursor is kept beside them",
+                    record.directory,
+                    problem,
+                )
         records += found
     return records, missing
 

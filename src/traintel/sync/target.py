@@ -23,11 +23,11 @@ from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from traintel.core import env
-from traintel.export import selection
-from traintel.export.selection import PATHS
-from traintel.export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
-from traintel.record.format import Signal
 from traintel.core.redact import Redactor
+from traintel.export import selection
+from traintel.export.health import SDK_MESSAGES, ExportSession, quiet_sdk_export_lines
+from traintel.export.selection import PATHS
+from traintel.record.format import Signal
 
 _SUCCESS = (MetricExportResult.SUCCESS, LogRecordExportResult.SUCCESS, SpanExportResult.SUCCESS)
 #: seconds the probe waits for each signal's endpoint
@@ -68,8 +68,9 @@ class SyncSession(ExportSession):
         self.bytes_sent = 0
         self.said = ""
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,
-                **kwargs: Any) -> requests.Response:
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         response = super().request(method, url, *args, **kwargs)
         if response.status_code < 400:
             body = kwargs.get("data")
@@ -83,24 +84,29 @@ class SyncSession(ExportSession):
 class Target:
     """A collector's OTLP/HTTP endpoints and the exporters that send to them."""
 
-    def __init__(self, endpoint: str | None = None,
-                 exporters: dict[Signal, Any] | None = None) -> None:
+    def __init__(
+        self, endpoint: str | None = None, exporters: dict[Signal, Any] | None = None
+    ) -> None:
         """``exporters`` replace the OTLP/HTTP ones (tests send to memory)."""
         base = (endpoint or "").rstrip("/")
         self._explicit = bool(base)
         grpc = [signal for signal in PATHS if selection.protocol(signal) == "grpc"]
         if grpc and not base and exporters is None:
-            raise SyncError(f"OTEL_EXPORTER_OTLP_PROTOCOL says grpc for {', '.join(grpc)}: "
-                            "traintel sync speaks OTLP/HTTP; pass the collector's HTTP endpoint "
-                            "(--endpoint http://collector:4318)")
+            raise SyncError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL says grpc for {', '.join(grpc)}: "
+                "traintel sync speaks OTLP/HTTP; pass the collector's HTTP endpoint "
+                "(--endpoint http://collector:4318)"
+            )
         #: each signal's URL (``--endpoint``, else the OTEL_* variables as the SDK reads them)
         self.urls: dict[Signal, str] = {
             signal: _joined(base, path) if base else selection.http_url(signal)
-            for signal, path in PATHS.items()}
+            for signal, path in PATHS.items()
+        }
         #: traintel's session of each signal, unless the user's credential provider gives one
         #: (its requests are then neither counted nor explained beyond the SDK's words)
         self.sessions: dict[Signal, SyncSession] = {
-            signal: SyncSession() for signal in PATHS if not selection.users_session(signal)}
+            signal: SyncSession() for signal in PATHS if not selection.users_session(signal)
+        }
         quiet_sdk_export_lines()  # the SDK's per-attempt lines: a sync says failures once
         self._exporters = exporters or self._make(timeout=None)
 
@@ -131,8 +137,11 @@ class Target:
         quick = self._make(timeout=PROBE_TIMEOUT)
         try:
             for signal, exporter in quick.items():
-                self._send(signal, exporter,
-                           MetricsData(resource_metrics=[]) if signal == "metrics" else [])
+                self._send(
+                    signal,
+                    exporter,
+                    MetricsData(resource_metrics=[]) if signal == "metrics" else [],
+                )
         finally:
             for exporter in quick.values():
                 exporter.shutdown()
@@ -150,10 +159,15 @@ class Target:
     def _make(self, timeout: float | None) -> dict[Signal, Any]:
         """The exporters a live run makes (``traintel.export.selection``), on this target's
         sessions; with ``--endpoint`` at its URLs, else at those the SDK reads from OTEL_*."""
-        return {signal: selection.otlp_http(signal, self.sessions.get(signal),
-                                            self.urls[signal] if self._explicit else None,
-                                            timeout)
-                for signal in PATHS}
+        return {
+            signal: selection.otlp_http(
+                signal,
+                self.sessions.get(signal),
+                self.urls[signal] if self._explicit else None,
+                timeout,
+            )
+            for signal in PATHS
+        }
 
     def _send(self, signal: Signal, exporter: Any, items: Any) -> None:
         session = self.sessions.get(signal)
@@ -162,11 +176,15 @@ class Target:
         SDK_MESSAGES.pop(signal, None)
         if exporter.export(items) in _SUCCESS:
             return
-        reason = (session and session.reason) or SDK_MESSAGES.get(signal) or \
-            "the exporter reported failure"
+        reason = (
+            (session and session.reason)
+            or SDK_MESSAGES.get(signal)
+            or "the exporter reported failure"
+        )
         if session is not None and session.said:
             raise SyncError(f"the collector refused the {signal}: {reason}: {session.said}")
-        raise SyncError(f"the collector did not take the {signal}: {reason}. Is it running "
-                        "(`traintel stack status`)? Point traintel sync at it with --endpoint "
-                        "or OTEL_EXPORTER_OTLP_ENDPOINT")
-
+        raise SyncError(
+            f"the collector did not take the {signal}: {reason}. Is it running "
+            "(`traintel stack status`)? Point traintel sync at it with --endpoint "
+            "or OTEL_EXPORTER_OTLP_ENDPOINT"
+        )

@@ -59,8 +59,14 @@ MAX_POINTS = 200_000
 AFTER_LAST_S = 86400.0
 
 
-def metric_times(mode: str | None, interval: float, start: float, last: float,
-                 exports: Iterable[tuple[float, bool]], resend: bool = False) -> list[int]:
+def metric_times(
+    mode: str | None,
+    interval: float,
+    start: float,
+    last: float,
+    exports: Iterable[tuple[float, bool]],
+    resend: bool = False,
+) -> list[int]:
     """The times (Unix milliseconds) at which a sync sends one segment's metrics.
 
     ``mode``: the segment's ``run_start`` ``export`` (None for records before it was written);
@@ -75,8 +81,9 @@ def metric_times(mode: str | None, interval: float, start: float, last: float,
         return []
     # an export is believed from the segment's start to a day after its last line (a host's
     # clock can be off; a crafted "at": 1e13 cannot ask for billions of points)
-    known = sorted((at, ok) for at, ok in exports
-                   if math.isfinite(at) and start <= at <= last + AFTER_LAST_S)
+    known = sorted(
+        (at, ok) for at, ok in exports if math.isfinite(at) and start <= at <= last + AFTER_LAST_S
+    )
     # the grid spans the lines and every export noted: whatever times a record holds, at most
     # MAX_POINTS points are made (plus one per export)
     end = max(last, known[-1][0]) if known else last

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from traintel.core import env
+from traintel.core.redact import Redactor
 from traintel.record.format import EVENTS_FILE, RawLine
 from traintel.record.reader import Follower, Records
-from traintel.core.redact import Redactor
 
 #: the file in the run's directory that tells `traintel status` where its live page is (written
 #: when the endpoint starts, removed when it stops)
@@ -37,12 +37,28 @@ FILES: dict[str, tuple[str, str]] = {
 }
 #: the page loads nothing but its own files, and no other site may frame it (the debug toggle
 #: must not be clickjacked)
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-       "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
-       "form-action 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
 #: the record lines the page shows (spans and instrument figures are not drawn)
-PAGE_TYPES = frozenset({"run_start", "config", "step", "values", "eval", "epoch", "event",
-                        "milestone", "error", "log", "export", "run_end"})
+PAGE_TYPES = frozenset(
+    {
+        "run_start",
+        "config",
+        "step",
+        "values",
+        "eval",
+        "epoch",
+        "event",
+        "milestone",
+        "error",
+        "log",
+        "export",
+        "run_end",
+    }
+)
 #: the most lines one ``record`` event carries (a long backlog goes in several)
 BATCH = 5000
 #: an error's traceback as the page gets it: its last characters (the record keeps it whole)
@@ -69,8 +85,10 @@ def links() -> dict[str, str]:
     out = {}
     grafana = env.TRAINTEL_GRAFANA_URL.get() or env.GRAFANA_URL.get()
     prometheus = env.TRAINTEL_PROMETHEUS_URL.get()
-    for name, url, page in (("grafana", grafana, "/dashboards"),
-                            ("prometheus", prometheus, "/graph")):
+    for name, url, page in (
+        ("grafana", grafana, "/dashboards"),
+        ("prometheus", prometheus, "/graph"),
+    ):
         if url and url.lower().startswith(("http://", "https://")):  # never javascript: ...
             out[name] = Redactor.for_environment().text(url.rstrip("/")) + page
     return out
@@ -84,8 +102,10 @@ def slim(line: RawLine) -> RawLine | None:
     if kind == "error" and isinstance(line.get("traceback"), str):
         return {**line, "traceback": line["traceback"][-TRACEBACK_CHARS:]}
     if kind == "step":  # the hot line: only what is drawn
-        return {k: line.get(k) for k in ("type", "ts", "step", "epoch", "step_s", "data_wait_s",
-                                         "metrics")}
+        return {
+            k: line.get(k)
+            for k in ("type", "ts", "step", "epoch", "step_s", "data_wait_s", "metrics")
+        }
     return line
 
 
@@ -103,8 +123,9 @@ class RecordTail:
         records = Records(directory, waiting=True)
         files = records.streams[0]
         current = files[0].parent / EVENTS_FILE
-        return cls(records, Follower(current, records, from_start=True),
-                   [f for f in files if f != current])
+        return cls(
+            records, Follower(current, records, from_start=True), [f for f in files if f != current]
+        )
 
     def poll(self) -> list[RawLine]:
         """The lines written since the last poll (at most about BATCH), slimmed for the page."""
