@@ -14,6 +14,6 @@ if [ "$#" -eq 0 ]; then
   python -m mypy
   # tests of one module stay on one worker (its module fixtures start once); the workers share
   # the machine's cores with the programs the tests start
-  exec python -m pytest -n "${TRAINTEL_TEST_WORKERS:-3}" --dist loadscope
+  exec python -m pytest -n "${PYTEST_XDIST_AUTO_NUM_WORKERS:-3}" --dist loadscope
 fi
 exec python -m pytest "$@"

@@ -50,6 +50,10 @@ class Workload:
     otlp: bool = True
     #: the psutil sampler runs (sample_interval > 0)
     system: bool = True
+    #: distinct refusal reasons seen (``traintel_refused_total``: none in a healthy run)
+    refusal_reasons: int = 0
+    #: keys written into ``run.summary`` (``traintel_summary_value``)
+    summary_keys: int = 0
 
 
 def _label_values(metric: Metric, label: str, w: Workload) -> int:
@@ -72,6 +76,10 @@ def _label_values(metric: Metric, label: str, w: Workload) -> int:
     }
     if label == "metric":
         return by_metric[metric.name]
+    if metric.name == "traintel_refused_total":  # its reason is a refusal's, not a GPU's
+        return w.refusal_reasons
+    if metric.name == "traintel_summary_value":
+        return w.summary_keys
     return {
         "status": len(STATUSES),
         "gpu": w.gpus_per_rank,
