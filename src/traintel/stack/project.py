@@ -210,16 +210,7 @@ def init(directory: Path, *, force: bool = False, receivers: Receivers = Receive
             planned[OVERRIDE] = override_yaml(receivers).encode()
     if not (directory / ".gitignore").exists():  # .env holds passwords; never replace the user's
         planned[".gitignore"] = b"# written by `traintel stack init`: .env holds passwords\n.env\n"
-    conflicts = [
-        rel
-        for rel, content in planned.items()
-        if (directory / rel).is_file() and (directory / rel).read_bytes() != content
-    ]
-    if conflicts and not force:
-        raise StackFilesError(
-            f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
-            "changes, or pass --force to replace them with this traintel's"
-        )
+    _refuse_conflicts(directory, planned, force)
     links = [rel for rel in [*planned, ".env"] if (directory / rel).is_symlink()]
     if (
         links
@@ -297,16 +288,7 @@ def init_chart(directory: Path, *, force: bool = False) -> InitResult:
         for path in sorted(source.rglob("*"))
         if path.is_file() and not path.is_symlink()
     }
-    conflicts = [
-        rel
-        for rel, content in planned.items()
-        if (directory / rel).is_file() and (directory / rel).read_bytes() != content
-    ]
-    if conflicts and not force:
-        raise StackFilesError(
-            f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
-            "changes, or pass --force to replace them with this traintel's"
-        )
+    _refuse_conflicts(directory, planned, force)
     written: list[str] = []
     unchanged: list[str] = []
     for rel, content in planned.items():
@@ -320,6 +302,21 @@ def init_chart(directory: Path, *, force: bool = False) -> InitResult:
         target.write_bytes(content)
         written.append(rel)
     return InitResult(directory, written, unchanged, None)
+
+
+def _refuse_conflicts(directory: Path, planned: dict[str, bytes], force: bool) -> None:
+    """A file ``init`` would write that exists with other content (the user's edit) is kept:
+    an error naming each, unless ``force``."""
+    conflicts = [
+        rel
+        for rel, content in planned.items()
+        if (directory / rel).is_file() and (directory / rel).read_bytes() != content
+    ]
+    if conflicts and not force:
+        raise StackFilesError(
+            f"{directory} already has other versions of {', '.join(conflicts)}: keep your "
+            "changes, or pass --force to replace them with this traintel's"
+        )
 
 
 def env_text(example: str, password: str) -> str:
