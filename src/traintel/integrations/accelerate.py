@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from traintel.run.settings import InitOptions
 
 
-class TraintelTracker(GeneralTracker, Integration):
+class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the framework is Any to mypy: pyproject.toml does not follow it
     """An Accelerate tracker that records into a traintel run. Keyword arguments go to
     ``traintel.init`` (``project``, ``name``, ``dir``, ``run_id``, ...)."""
 
@@ -77,19 +77,19 @@ class TraintelTracker(GeneralTracker, Integration):
         """The traintel run (Accelerate's ``get_tracker("traintel", unwrap=True)``)."""
         return self.run
 
-    @on_main_process
+    @on_main_process  # type: ignore[untyped-decorator]  # Accelerate's decorator is untyped to mypy
     def start(self) -> None:
         """Accelerate's ``init_trackers``: the run starts with the configuration, which comes
         next (``store_init_configuration``), or at the first ``log`` without one."""
 
-    @on_main_process
+    @on_main_process  # type: ignore[untyped-decorator]  # Accelerate's decorator is untyped to mypy
     def store_init_configuration(self, values: dict[str, Any]) -> None:
         if self.run is None:
             self._open(values)
         else:
             self.run.config.update(dict(values))
 
-    @on_main_process
+    @on_main_process  # type: ignore[untyped-decorator]  # Accelerate's decorator is untyped to mypy
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         run = self.run or self._open({})
         at = step if step is not None else run.state.step + 1
@@ -119,7 +119,7 @@ class TraintelTracker(GeneralTracker, Integration):
         run_id = self.init_options.get("run_id") or launcher_run_id() or new_run_id()
         return self.open_run(config, initial_step=0, run_id=run_id)
 
-    @on_main_process
+    @on_main_process  # type: ignore[untyped-decorator]  # Accelerate's decorator is untyped to mypy
     def finish(self, status: Any = None) -> None:
         """Accelerate's ``end_training``: a run the tracker started ends."""
         Integration.finish(self, status)

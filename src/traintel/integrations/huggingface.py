@@ -54,7 +54,7 @@ ExportableState: type = getattr(trainer_callback, "ExportableState", object)
 _SUMMARY_KEYS = ("train_loss", "total_flos")
 
 
-class TraintelCallback(TrainerCallback, ExportableState, Integration):
+class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: ignore[misc]  # the framework is Any to mypy: pyproject.toml does not follow it
     """Records a Trainer's training job with traintel. Keyword arguments go to
     ``traintel.init`` when the callback starts the run (``project``, ``name``, ``dir``, ...)."""
 

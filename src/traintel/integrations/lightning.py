@@ -76,7 +76,7 @@ def _planned_steps(trainer: Trainer) -> int | None:
     return int(total) if total != float("inf") else None
 
 
-class _LoopRecorder(Callback):
+class _LoopRecorder(Callback):  # type: ignore[misc]  # the framework is Any to mypy: pyproject.toml does not follow it
     """What Lightning's loop knows, for an integration: steps with samples, lr and step time,
     epochs, failures, checkpoints, and (``losses=True``) the loss ``training_step`` returned
     and the validation and test metrics. Both the callback and the logger use it."""
@@ -165,7 +165,7 @@ class _LoopRecorder(Callback):
         self.owner.failed(exception)
 
 
-class TraintelLogger(Logger, Integration):
+class TraintelLogger(Logger, Integration):  # type: ignore[misc]  # the framework is Any to mypy: pyproject.toml does not follow it
     """Lightning's logger slot. Keyword arguments go to ``traintel.init`` when it starts the
     run (``project``, ``name``, ``dir``, ...)."""
 
