@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -445,3 +446,86 @@ def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> Non
     assert {e["step"]: e["metrics"]["acc1"] for e in lines.of("eval")} == acc1
     assert summary["eval"]["acc1"]["best"] == second["best_acc1"] == max(acc1.values())
     assert summary["errors"]["total"] == 0
+
+
+def recorded_steps(run_dir: Path) -> list[int]:
+    """The step lines the record holds on disk now (written every flush_interval, 1 s)."""
+    record = run_dir / "events.jsonl"
+    if not record.exists():
+        return []
+    return [
+        line["step"]
+        for text in record.read_text().splitlines()
+        if text.endswith("}") and (line := json.loads(text))["type"] == "step"
+    ]
+
+
+def test_pytorch_examples_imagenet_killed_and_resumed_from_an_older_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """kill -9 once the record holds step 200 of 800, then the job resumes from an older
+    checkpoint: the test set aside the one written when epoch 1 began (the script overwrites
+    checkpoint.pth.tar every epoch; a user keeps an older one when the latest is suspect). The
+    record's steps after it are superseded (a `superseded` event, their lines kept) and the
+    summary counts each of the 800 steps once, its losses too; `traintel logs summary` agrees."""
+    script = [sys.executable, "-u", str(CORPUS / "imagenet_preemptible.py"), "--epochs", "40"]
+    first = subprocess.Popen(
+        script,
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    run_dir = tmp_path / "runs" / "imagenet-job"
+    for line in first.stdout:  # type: ignore[union-attr]
+        if line.startswith("Epoch: [1][ 1/20]"):  # a checkpoint is written: set it aside
+            (tmp_path / "checkpoint.pth.tar").rename(tmp_path / "older.pth.tar")
+        if (tmp_path / "older.pth.tar").exists() and max(recorded_steps(run_dir), default=0) >= 200:
+            first.kill()  # SIGKILL: no handler, no finish; the record holds its last flush
+            break
+    assert first.wait(timeout=120) == -signal.SIGKILL
+    killed = read_lines(run_dir).of("step")
+    recorded = [s["step"] for s in killed]
+    assert recorded == list(range(1, len(recorded) + 1)) and 200 <= recorded[-1] < 800
+    (second,) = run(
+        tmp_path, "imagenet_preemptible.py", "--epochs", "40", "--resume", "older.pth.tar"
+    )
+    assert Path(second["run_dir"]) == run_dir  # the same job: the same run, resumed
+    # where the older checkpoint goes on from: epoch 1's start, later if the test read late
+    after = min(by_step(second["losses"])) - 1
+    assert after % 20 == 0 and 20 <= after < recorded[-1]
+    summary, lines = summary_of(run_dir), read_lines(run_dir)
+    assert [(s["segment"], s["resumed"]) for s in lines.of("run_start")] == [(1, False), (2, True)]
+    (superseded,) = lines.of("event", "superseded")
+    assert (superseded["fields"]["after_step"], superseded["fields"]["through_step"]) == (
+        after,
+        recorded[-1],
+    )
+    # every line stays in the record: the killed segment's steps, then the resumed one's
+    assert [s["step"] for s in lines.of("step")] == recorded + list(range(after + 1, 801))
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", 800, 800)
+    assert summary["samples"] == 800 * 32
+    # the losses that count: the killed segment's up to the checkpoint, then the resumed job's
+    losses = {s["step"]: s["metrics"]["loss"] for s in killed if s["step"] <= after}
+    losses.update(by_step(second["losses"]))
+    assert sorted(losses) == list(range(1, 801))
+    assert summary["loss"]["count"] == 800
+    assert summary["loss"]["final"] == losses[800]
+    assert summary["loss"]["mean"] == pytest.approx(statistics.fmean(losses.values()))
+    assert summary["loss"]["std"] == pytest.approx(statistics.pstdev(losses.values()))
+    # the extremes are not taken back (docs/record-format.md lists what is): the best loss is
+    # the best any recorded line saw, superseded ones included
+    everything = [s["metrics"]["loss"] for s in lines.of("step")]
+    assert summary["loss"]["best"] == min(everything) <= min(losses.values())
+    assert [(s["segment"], s["status"]) for s in summary["segments"]] == [
+        (1, "crashed"),
+        (2, "finished"),
+    ]
+    assert summary["errors"]["total"] == 0
+    # not checked: the loss's extremes (above), epochs (the summary counts the superseded segment's ended epochs too) and
+    # evaluations at superseded steps (still in the eval figures)
+
+    shown = cli(tmp_path, "logs", "summary", str(run_dir))
+    assert (shown["steps"], shown["last_step"], shown["samples"]) == (800, 800, 800 * 32)
+    assert shown["loss"] == summary["loss"]
