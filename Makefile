@@ -25,8 +25,8 @@ soak:
 	@scripts/venv.sh python -m benchmarks.soak $(ARGS)
 
 ## Regenerate every generated file from its one source (scripts/generate.py lists them: rules,
-## dashboards, docs/metrics.md, docs/configuration.md, docs/scaling.md's tables); a test fails
-## when one is stale.
+## dashboards, docs/metrics.md, docs/configuration.md, docs/scaling.md's tables, the Helm chart's
+## copies and collector tiers, the SLURM node collector); a test fails when one is stale.
 generate:
 	@scripts/venv.sh python scripts/generate.py
 
@@ -34,9 +34,3 @@ generate:
 ## make manifests ARGS="--values deploy/helm/traintel/ci/standalone-values.yaml --output traintel.yaml"
 manifests:
 	@scripts/venv.sh python scripts/render_manifests.py $(ARGS)
-
-## Regenerate the files derived from others: the Helm chart's rules, dashboards and collector
-## tiers and the SLURM node collector (from otel-collector/config.yaml), the collector version
-## pins (from src/traintel/stack/components.py). tests/test_collector_pipeline.py fails when stale.
-generate:
-	@scripts/venv.sh python -m traintel.stack.deploy $(ARGS)

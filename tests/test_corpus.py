@@ -523,9 +523,13 @@ def test_pytorch_examples_imagenet_killed_and_resumed_from_an_older_checkpoint(
         (2, "finished"),
     ]
     assert summary["errors"]["total"] == 0
-    # not checked: the loss's extremes (above), epochs (the summary counts the superseded segment's ended epochs too) and
-    # evaluations at superseded steps (still in the eval figures)
+    # each epoch once: those the killed segment ended after the checkpoint are taken back (51
+    # were counted before: the killed segment's 12 and the resumed job's 39)
+    assert summary["epochs"] == 40
+    # not checked: the loss's extremes (above) and evaluations at superseded steps (still in the
+    # eval figures)
 
     shown = cli(tmp_path, "logs", "summary", str(run_dir))
     assert (shown["steps"], shown["last_step"], shown["samples"]) == (800, 800, 800 * 32)
+    assert shown["epochs"] == 40
     assert shown["loss"] == summary["loss"]

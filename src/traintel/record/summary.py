@@ -100,6 +100,8 @@ class StepFigures:
         "loss_key",
         "_history",
         "superseded",
+        "epochs",
+        "_epoch_ends",
     )
 
     def __init__(self, percentiles: bool = True, initial_step: int | None = None) -> None:
@@ -136,6 +138,10 @@ class StepFigures:
         self._history: deque[tuple[int, int, int, int, float | None]] = deque(maxlen=HISTORY)
         #: steps counted once and then superseded by a resumed run's going back
         self.superseded = 0
+        #: epochs that ended (a cut one is none), and the steps the recent ones ended at: a
+        #: resumed run that goes back takes back the epochs after its checkpoint too
+        self.epochs = 0
+        self._epoch_ends: deque[int] = deque(maxlen=HISTORY)
 
     def begin_after(self, step: int) -> None:
         """The run's first segment starts after step ``step`` (its ``initial_step``)."""
@@ -190,11 +196,23 @@ class StepFigures:
         folded = self._fold(step, covers, counted, metrics) if metrics else None
         self._history.append((step, covers, *(folded or (0, 0, None))))
 
+    def epoch_ended(self, line: Mapping[str, Any]) -> None:
+        """An ``epoch`` line: one more epoch, unless the run ended inside it (``cut``)."""
+        if line.get("cut") is True:
+            return
+        self.epochs += 1
+        if type(line.get("step")) is int:
+            self._epoch_ends.append(line["step"])
+
     def supersede(self, after: int) -> None:
         """A resumed run goes on from step ``after`` (an older checkpoint than the record's
         last step): the steps after it, counted once already, are taken back (steps,
         samples, tokens, losses), so that each step counts once. The record keeps their lines
         (a ``superseded`` event says which); live counters are not taken back."""
+        ends = self._epoch_ends
+        while ends and ends[-1] > after:  # epochs that ended after the checkpoint: taken back
+            ends.pop()
+            self.epochs -= 1
         base = self._base
         if base is None or after >= base:
             return
@@ -461,7 +479,11 @@ class RecordFold:
         #: the latest segment's run_start line
         self.last_start: RawLine = {}
         self.epoch: int | None = None
-        self.epochs = 0
+
+    @property
+    def epochs(self) -> int:
+        """Epochs that ended, each once (a resumed run's going back takes some back)."""
+        return self.figures.epochs
 
     def add(self, line: RawLine) -> None:
         kind = line.get("type")
@@ -507,7 +529,7 @@ class RecordFold:
         elif kind == "milestone" and isinstance(line.get("percent"), int):
             self.milestones.add(line["percent"])
         elif kind == "epoch":
-            self.epochs += line.get("cut") is not True  # one the run ended inside: no epoch
+            self.figures.epoch_ended(line)
             if isinstance(line.get("epoch"), int):
                 self.epoch = line["epoch"]
         elif kind == "config" and isinstance(line.get("config"), dict):

@@ -304,6 +304,8 @@ class RecordWriter:
                     line = item.line
                     if "uncommitted" in line and line.get("type") == "values":
                         figures.join(line)
+                    elif line.get("type") == "epoch":
+                        figures.epoch_ended(line)  # counted as summary.json and readers count it
                     elif line.get("type") == "run_start" and line.get("segment", 1) != 1:
                         after = line.get("initial_step")
                         if type(after) is int:

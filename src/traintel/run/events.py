@@ -590,7 +590,7 @@ class EventRecorder:
             instruments,
             now,
             [*segments, this],
-            state.epochs_ended,
+            writer.figures.epochs,  # each epoch once: a resume from an older checkpoint took some back
         )
         path = writer.directory / "summary.json"
         write_json(path, summary)
