@@ -144,3 +144,14 @@ def test_the_tables_of_logged_keys_derive_from_the_catalog(monkeypatch) -> None:
     run_state = state.RunState()
     run_state.latest["weight_norm"] = 3.5
     assert list(readings.readers({})["traintel_weight_norm"](run_state)) == [(3.5, {})]
+
+
+def test_first_error_timestamp_is_exported_once_the_run_has_an_error():
+    """RunFailed names the job's root cause from this gauge (bottomk over the job's ranks)."""
+    from traintel.core.state import RunState
+
+    read = readers({})["traintel_first_error_timestamp_seconds"]
+    run_state = RunState()
+    assert list(read(run_state)) == []
+    run_state.first_error = {"ts": 1700000000.5, "error_type": "oom", "exc_type": "E", "step": 3}
+    assert list(read(run_state)) == [(1700000000.5, {})]

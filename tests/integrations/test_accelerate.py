@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from drivers import no_run_left_open  # noqa: F401
 from torch.utils.data import DataLoader, TensorDataset
@@ -73,3 +74,57 @@ def test_one_log_per_epoch_counts_every_step_and_sorts_the_evaluation(tmp_path, 
         (1, 12, False),
     ]
     assert (summary["epochs"], summary["epoch"]) == (2, 1)
+
+
+@pytest.mark.parametrize("every", [4, 5])
+def test_the_epoch_mean_loss_stays_apart_from_the_step_losses(tmp_path, quiet, every):
+    """Issue 29 finding 8: run_glue_no_trainer's end-of-epoch ``train_loss`` (the epoch's mean)
+    landed in the loss curve as a step loss, or as a values line when a step line at that step
+    was written already (logging every 4 steps of 12, not every 5), so ``loss.final`` and
+    ``metrics.loss`` differed. Now it is an epoch-level value, ``train_loss_epoch``, either way."""
+    from accelerate import Accelerator
+
+    from traintel.integrations.accelerate import TraintelTracker
+
+    tracker = TraintelTracker(project="glue", dir=str(tmp_path / "runs"), **quiet)
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(TensorDataset(torch.randn(48, 4), torch.randn(48, 1)), batch_size=4)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.init_trackers("glue", config={"num_train_epochs": 2})
+    completed_steps, step_losses, means = 0, [], []
+    for epoch in range(2):
+        total_loss = 0.0
+        for x, y in loader:
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            completed_steps += 1
+            total_loss += loss.item()
+            if completed_steps % every == 0:
+                step_losses.append((completed_steps, loss.item()))
+                accelerator.log({"train_loss": loss.item()}, step=completed_steps)
+        means.append(total_loss / len(loader))
+        accelerator.log(
+            {"accuracy": 0.5 + epoch / 10, "train_loss": means[-1], "epoch": epoch},
+            step=completed_steps,
+        )
+    run = tracker.run
+    accelerator.end_training()
+
+    lines = read_lines(run.dir)
+    assert [(s["step"], s["metrics"]["loss"]) for s in lines.of("step")] == step_losses
+    assert [v["metrics"] for v in lines.of("values")] == [{"train_loss_epoch": m} for m in means]
+    assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
+        (12, {"accuracy": 0.5}),
+        (24, {"accuracy": 0.6}),
+    ]
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary["loss"]["final"] == summary["metrics"]["loss"] == step_losses[-1][1]
+    assert summary["metrics"]["train_loss_epoch"] == means[-1]
+    # the step lines are the loop's own step reports: every 5 steps, the last is step 20
+    last = step_losses[-1][0]
+    assert (summary["steps"], summary["last_step"], summary["epochs"]) == (last, last, 2)

@@ -273,3 +273,10 @@ def test_early_stopping_is_an_event_and_the_best_models_evaluation_says_its_step
     assert fields["best_step"] == int(state.best_model_checkpoint.rsplit("-", 1)[1]) == 10
     (tagged,) = lines.of("event", "best_model_evaluated")
     assert tagged["fields"]["model_step"] == 10 and tagged["step"] == state.global_step == 20
+    # the epoch as HF reports it (1.25: 20 steps of 16 a epoch), not a count of epochs begun
+    # or ended; the epoch the stop cut short is not counted as ended
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert 1 < state.epoch < 2
+    assert summary["summary"]["epoch"] == state.epoch == state.log_history[-1]["epoch"]
+    assert summary["epochs"] == 1
+    assert [line["cut"] for line in lines.of("epoch")] == [False, True]

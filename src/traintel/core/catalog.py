@@ -178,6 +178,15 @@ METRICS: tuple[Metric, ...] = (
         (),
         "run",
     ),
+    _m(
+        "traintel_first_error_timestamp_seconds",
+        "gauge",
+        "s",
+        "Unix time of the run's first error: the rank with the earliest is the job's root cause "
+        "(named by RunFailed).",
+        (),
+        "run",
+    ),
     # --- per-step training metrics ---
     _m("traintel_steps_total", "counter", "", "Training steps completed."),
     _m("traintel_samples_total", "counter", "", "Samples processed."),

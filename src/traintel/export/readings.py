@@ -103,6 +103,9 @@ def readers(run_info: dict[str, str]) -> dict[str, Reader]:
         "traintel_run_steps_planned": _value(lambda s: s.total_steps),
         "traintel_epoch": _value(lambda s: s.epoch),
         "traintel_last_step_timestamp_seconds": _value(lambda s: s.last_step_ts),
+        "traintel_first_error_timestamp_seconds": _value(
+            lambda s: s.first_error["ts"] if s.first_error else None
+        ),
         "traintel_steps_total": _value(lambda s: s.step),
         "traintel_samples_total": _value(lambda s: s.samples),
         "traintel_tokens_total": _value(lambda s: s.tokens),

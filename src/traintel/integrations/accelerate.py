@@ -41,7 +41,13 @@ require("traintel.integrations.accelerate", "integrations", "accelerate")
 # after the check that names the extra
 from accelerate.tracking import GeneralTracker, on_main_process  # noqa: E402
 
-from traintel.integrations.base import Integration, split  # noqa: E402
+from traintel.core.state import find_loss  # noqa: E402
+from traintel.integrations.base import (  # noqa: E402
+    LOOP_KEYS,
+    Integration,
+    record_name,
+    split,
+)
 from traintel.run.distributed import launcher_run_id, new_run_id  # noqa: E402
 
 if TYPE_CHECKING:
@@ -71,6 +77,9 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
         self._config: dict[str, Any] = {}
         #: the epoch the loop's reports named last (``accelerator.log({"epoch": e, ...})``)
         self._epoch: int | None = None
+        #: whether the epoch-end call's loss is the loop's step loss (its only one), decided at
+        #: the first such call: None until then
+        self._epoch_loss_is_step: bool | None = None
 
     @property
     def tracker(self) -> Run | None:
@@ -106,6 +115,17 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
             self._epoch = int(epoch)
             run.begin_epoch(self._epoch)
         report = split(values, train_marks_evals=True)
+        if report.evals and "loss" in report.steps:
+            # an end-of-epoch call (run_glue_no_trainer's): its train_loss is the epoch's mean.
+            # Where the loop logs its step losses too, that mean is an epoch-level value of its
+            # own name (Lightning's ``train_loss_epoch``), never a point of the step loss curve
+            # (issue 29: loss.final and metrics.loss differed); where it is the loop's only
+            # loss (Accelerate's tracking.py), it stays the step's loss.
+            if self._epoch_loss_is_step is None:
+                self._epoch_loss_is_step = find_loss(run.state.latest) is None
+            if not self._epoch_loss_is_step:
+                name = next(k for k in values if k not in LOOP_KEYS and record_name(k) == "loss")
+                report.epoch[f"{name.removesuffix('_step')}_epoch"] = report.steps.pop("loss")
         if report.steps:
             self.step(at, report.steps, flush=True)
         if report.evals:

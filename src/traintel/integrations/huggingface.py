@@ -142,6 +142,11 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: 
         self.flush()  # the run stays open: evaluate() and predict() come next
         self._trained = True
         run = self.run
+        if run is not None and state.epoch is not None:
+            # the epoch as HF reports it (2.25 for a run stopped a quarter into its third
+            # epoch, as in its train() metrics and log_history), where `epochs` counts the
+            # epochs that ended
+            run.summary["epoch"] = state.epoch
         if (
             run is not None
             and state.is_world_process_zero
@@ -177,7 +182,10 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: 
         run = self.run
         if run is not None:
             self.flush()
-            run.end_epoch()
+            # HF ends the epoch a callback stopped inside too (EarlyStoppingCallback): that
+            # one is cut, not ended (its epoch is fractional: 2.25)
+            epoch = state.epoch or 0.0
+            run.end_epoch(cut=abs(epoch - round(epoch)) > 1e-6)
 
     # -- steps ----------------------------------------------------------------------------
     def on_step_begin(

@@ -901,9 +901,10 @@ class StepMethods:
         """Start epoch ``epoch`` (for frameworks that report epochs by callback)."""
         self._steps.begin_epoch(epoch)
 
-    def end_epoch(self) -> None:
-        """End the current epoch: its span and its record line."""
-        self._steps.end_epoch()
+    def end_epoch(self, cut: bool = False) -> None:
+        """End the current epoch: its span and its record line; ``cut``: the loop stopped
+        inside it (early stopping), so it is not counted among the epochs that ended."""
+        self._steps.end_epoch(cut)
 
     def set_total_steps(self, total: int) -> None:
         """The planned number of steps on the loop's step axis (progress, ETA, milestones)."""

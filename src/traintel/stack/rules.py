@@ -299,7 +299,14 @@ def alerts(c: Config) -> list[Group]:
                     "critical",
                     "Run {{ $labels.run }} rank {{ $labels.rank }} failed",
                     "The run ended with an exception; `traintel logs errors {{ $labels.run }} -v` "
-                    "shows it with hints.",
+                    "shows it with hints."
+                    # The job's root cause, as torchrun's "Root Cause": the rank of this run whose
+                    # first error came first (a peer's failure makes the others fail after it).
+                    # Absent (no sentence) where no rank exported its first error.
+                    "{{ with query (printf "
+                    '"bottomk(1, traintel_first_error_timestamp_seconds{project=%q,run=%q})" '
+                    "$labels.project $labels.run) }}{{ range . }} The job's first failure "
+                    "(root cause): rank {{ .Labels.rank }}.{{ end }}{{ end }}",
                 ),
                 Rule(
                     "RunStoppedReporting",
