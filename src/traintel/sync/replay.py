@@ -98,6 +98,17 @@ class Replay:
         elif kind == "error":
             key = (text(line.get("error_type")), text(line.get("severity")))
             self.state.errors[key] = self.state.errors.get(key, 0) + 1
+            ts = line.get("ts")
+            if self.state.first_error is None and isinstance(ts, (float, int)):
+                # as the live run kept it (traintel_first_error_timestamp_seconds, RunFailed's
+                # root cause): its time, kind and step
+                step = line.get("step")
+                self.state.first_error = {
+                    "ts": float(ts),
+                    "error_type": key[0],
+                    "exc_type": text(line.get("exc_type")),
+                    "step": step if type(step) is int else None,
+                }
         elif kind == "epoch":
             self.state.epochs_ended += line.get("cut") is not True
         elif kind == "run_end":
