@@ -245,7 +245,10 @@ def test_a_live_run_writes_its_event_files_as_it_goes(quiet_run):
             run.log(loss=1.0 / (1 + i))
         run.flush()
         deadline = time.monotonic() + 30
-        while len(_scalars(logdir, "loss")) < 50 and time.monotonic() < deadline:
+        # the writer thread makes the directory with its first event file
+        while (not logdir.is_dir() or len(_scalars(logdir, "loss")) < 50) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.5)
         assert len(_scalars(logdir, "loss")) == 50  # before the run ends
         for i in run.track(range(50, 80)):
