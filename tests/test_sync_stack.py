@@ -254,6 +254,13 @@ def test_an_offline_run_reaches_the_logs_and_traces_backends(stack, offline):
 
 def test_a_repeated_sync_sends_nothing_again(stack, offline):
     run_id, run_dir, lines, _ = offline
+    # the first sync's points must all have landed before they are counted (run alone, this
+    # test would read them while the collector still forwards them)
+    eventually(
+        lambda: (s := _samples(stack, "traintel_steps_total", run_id)) and s[-1][1] == 80,
+        what="the first sync's last step count",
+    )
+    time.sleep(6)  # the collector's batches and remote-write interval: anything still on its way
     before = _samples(stack, "traintel_steps_total", run_id)
     _sync(stack, str(run_dir))
     time.sleep(6)  # the collector's batches and remote-write interval
