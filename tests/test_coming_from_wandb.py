@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import traintel
 from conftest import read_lines
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "coming-from-wandb.md").read_text()
@@ -32,6 +33,7 @@ def test_init_arguments(quiet_run):
         notes="first try",
         group="sweep-1",
     ) as run:
+        assert traintel.current_run() is run  # wandb.run
         run.log(loss=1.0)
     (start,) = read_lines(run.dir).of("run_start")
     assert (start["name"], start["tags"], start["notes"], start["group"]) == (
@@ -127,6 +129,62 @@ def test_commit_false(quiet_run):
     ]
     (end,) = lines.of("values")
     assert (end["step"], end["uncommitted"]) == (3, ["grad_norm"])
+
+
+def test_empty_log_commits(quiet_run):
+    """ConvNeXt's W&B logger ends an epoch with `wandb.log({})`: the values logged with
+    commit=False before it are that step's, not the next batch's."""
+    with quiet_run() as run:
+        run.log({"train/loss": 1.0})
+        run.log({"epoch": 0}, commit=False)
+        run.log({})  # commits the open values
+        run.log()  # nothing open: refused, the run goes on
+        run.log({"train/loss": 0.5})
+    lines = read_lines(run.dir)
+    assert [(s["step"], s["metrics"], s.get("uncommitted")) for s in lines.of("step")] == [
+        (1, {"train/loss": 1.0}, None),
+        (2, {"epoch": 0}, ["epoch"]),
+        (3, {"train/loss": 0.5}, None),
+    ]
+    assert not lines.of("values")
+
+
+def test_define_metric_step_metric(quiet_run):
+    """W&B's second axis: `define_metric("batch/*", step_metric="batch/step")` with
+    `wandb.log({..., "batch/step": it})` becomes `step=it`; epoch-axis values `log_values`. A
+    literal port of the call is ignored with one warning, not a TypeError."""
+    with quiet_run() as run:
+        run.define_metric("batch/*", step_metric="batch/step")  # as ported: ignored
+        run.define_metric("val/acc", step_metric="epoch", summary="max")
+        for it in range(4):
+            run.log({"batch/loss": 1.0 / (it + 1)}, commit=False)
+            run.log({"batch/step": it}, step=it)
+            if it % 2 == 1:
+                run.log_values({"epoch": it // 2, "val/acc": 0.5 + it / 10})
+    lines = read_lines(run.dir)
+    assert [s["step"] for s in lines.of("step")] == [0, 1, 2, 3]
+    assert [(v["step"], v["metrics"]) for v in lines.of("values")] == [
+        (1, {"epoch": 0, "val/acc": 0.6}),
+        (3, {"epoch": 1, "val/acc": 0.8}),
+    ]
+    assert run.summary["steps"] == 4
+    assert json.loads((run.dir / "summary.json").read_text())["summary"] == {
+        "val/acc": {"max": 0.8}
+    }
+    said = [e["message"] for e in lines.of("log") if "step_metric=" in e["message"]]
+    assert len(said) == 2 and "step=it" in said[0]
+
+
+def test_metric_names(quiet_run):
+    """W&B takes any text as a name; traintel's are OpenTelemetry instrument names: a space is
+    refused with the name to use instead, the call's other values kept."""
+    with quiet_run() as run:
+        run.log({"Global Train/loss": 1.0, "lr": 0.1})
+        run.log({"Global_Train/loss": 0.5, "lr": 0.1})
+    steps = read_lines(run.dir).of("step")
+    assert [s["metrics"] for s in steps] == [{"lr": 0.1}, {"Global_Train/loss": 0.5, "lr": 0.1}]
+    (refused,) = [e for e in read_lines(run.dir).of("log") if "Global Train/loss" in e["message"]]
+    assert "'Global_Train/loss'" in refused["message"]
 
 
 def test_config_update(quiet_run):
