@@ -187,6 +187,19 @@ def test_metric_names(quiet_run):
     assert "'Global_Train/loss'" in refused["message"]
 
 
+def test_a_refused_name_keeps_the_commit(quiet_run):
+    """A literal port whose committing call logs only refused names still ends its step: the
+    values logged with commit=False before it are that step's, not the next one's."""
+    with quiet_run() as run:
+        for it in range(3):
+            run.log({"batch/loss": 1.0 / (it + 1)}, commit=False)
+            run.log({"Batch Wise/step": it}, step=it)
+    steps = read_lines(run.dir).of("step")
+    assert [(s["step"], s["metrics"]) for s in steps] == [
+        (it, {"batch/loss": 1.0 / (it + 1)}) for it in range(3)
+    ]
+
+
 def test_config_update(quiet_run):
     with quiet_run(config={"lr": 0.1}) as run:
         run.config.update({"epochs": 3})

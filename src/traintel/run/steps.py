@@ -222,8 +222,8 @@ class StepRecorder:
                     self._new_key("run.log", key)
         except (TypeError, ValueError):  # a key or value refused: the rest is recorded
             numbers = metrics = self._sift("run.log", metrics)
-            if not numbers:
-                return
+            if not numbers and (not commit or self._pending is None or self.in_track):
+                return  # (a call left with nothing still commits values logged before it)
             nonfinite = any(
                 type(value) is not Deferred and value - value != 0 for value in numbers.values()
             )
