@@ -187,6 +187,11 @@ def test_metric_names(quiet_run):
     assert "'Global_Train/loss'" in refused["message"]
 
 
+def test_a_loss_name_that_would_be_refused_is_said_at_init(quiet_run):
+    with pytest.raises(ValueError, match="'Rank-0_Batch_Wise/train_loss'"):
+        quiet_run(loss="Rank-0 Batch Wise/train_loss")
+
+
 def test_a_refused_name_keeps_the_commit(quiet_run):
     """A literal port whose committing call logs only refused names still ends its step: the
     values logged with commit=False before it are that step's, not the next one's."""
