@@ -590,3 +590,10 @@ def test_convnext_ported_from_wandb(tmp_path: Path) -> None:
     assert summary["summary"] == {"n_parameters": measured["n_parameters"]}
     (config,) = lines.of("config")
     assert config["config"] == measured["config"]
+
+    shown = cli(tmp_path, "logs", "summary", str(run_dir))
+    assert (shown["steps"], shown["last_step"], shown["loss"]) == (
+        summary["steps"],
+        summary["last_step"],
+        summary["loss"],
+    )
