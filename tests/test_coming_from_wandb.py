@@ -3,6 +3,7 @@ the record checked for what the table says lands there."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -44,6 +45,10 @@ def test_init_arguments(quiet_run):
     )
     (config,) = read_lines(run.dir).of("config")
     assert config["config"] == {"lr": 3e-5, "batch_size": 32}
+    with quiet_run(config=argparse.Namespace(lr=0.1, epochs=3)) as parsed:  # config=args
+        parsed.log(loss=1.0)
+    (config,) = read_lines(parsed.dir).of("config")
+    assert config["config"] == {"lr": 0.1, "epochs": 3}
     summary = json.loads((run.dir / "summary.json").read_text())
     assert (summary["tags"], summary["notes"], summary["group"]) == (
         ["baseline"],
@@ -263,3 +268,23 @@ def test_finish_exit_code(quiet_run, exit_code, status):
     run.finish() if exit_code == 0 else run.finish(status="failed")
     (end,) = read_lines(run.dir).of("run_end")
     assert end["status"] == status == json.loads((run.dir / "summary.json").read_text())["status"]
+
+
+def test_finish_exit_code_with_no_finish_call(tmp_path, quiet):
+    """A W&B script that never calls `wandb.finish()`: the run ends at the interpreter's exit,
+    its status by the exit (a clean one: `finished`)."""
+    script = (
+        "import traintel\n"
+        f"run = traintel.init(project='p', dir={str(tmp_path)!r}, **{quiet!r})\n"
+        "run.log(loss=1.0)\n"
+        "print(run.dir)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    (end,) = read_lines(run_dir).of("run_end")
+    assert (
+        end["status"] == "finished" == json.loads((run_dir / "summary.json").read_text())["status"]
+    )

@@ -19,7 +19,7 @@
 #       metric=...)" and "wandb.log({"val/acc": a}, step=n) for evaluation")
 #   wandb.summary['n_parameters'] = n                      -> run.summary['n_parameters'] = n
 #       (row "wandb.run.summary[...]")
-#   no wandb.finish(): W&B finishes the run at exit; traintel does too (row "wandb.finish()")
+#   no wandb.finish(): W&B finishes the run at exit; traintel does too (row "no wandb.finish()")
 # Adapted, besides: random images (no ImageNet; 10 classes, 32x32), the CPU, a ConvNeXt of one
 # block per stage with dims 8-64, 3 epochs of 8 steps (batch 16), a cosine schedule with one
 # warm-up epoch; no timm (its create_model, accuracy and MetricLogger give way to the model, a
