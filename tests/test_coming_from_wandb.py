@@ -3,6 +3,7 @@ the record checked for what the table says lands there."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import traintel
 from conftest import read_lines
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "coming-from-wandb.md").read_text()
@@ -32,6 +34,7 @@ def test_init_arguments(quiet_run):
         notes="first try",
         group="sweep-1",
     ) as run:
+        assert traintel.current_run() is run  # wandb.run
         run.log(loss=1.0)
     (start,) = read_lines(run.dir).of("run_start")
     assert (start["name"], start["tags"], start["notes"], start["group"]) == (
@@ -42,6 +45,10 @@ def test_init_arguments(quiet_run):
     )
     (config,) = read_lines(run.dir).of("config")
     assert config["config"] == {"lr": 3e-5, "batch_size": 32}
+    with quiet_run(config=argparse.Namespace(lr=0.1, epochs=3)) as parsed:  # config=args
+        parsed.log(loss=1.0)
+    (config,) = read_lines(parsed.dir).of("config")
+    assert config["config"] == {"lr": 0.1, "epochs": 3}
     summary = json.loads((run.dir / "summary.json").read_text())
     assert (summary["tags"], summary["notes"], summary["group"]) == (
         ["baseline"],
@@ -129,6 +136,80 @@ def test_commit_false(quiet_run):
     assert (end["step"], end["uncommitted"]) == (3, ["grad_norm"])
 
 
+def test_empty_log_commits(quiet_run):
+    """ConvNeXt's W&B logger ends an epoch with `wandb.log({})`: the values logged with
+    commit=False before it are that step's, not the next batch's."""
+    with quiet_run() as run:
+        run.log({"train/loss": 1.0})
+        run.log({"epoch": 0}, commit=False)
+        run.log({})  # commits the open values
+        run.log()  # nothing open: refused, the run goes on
+        run.log({"train/loss": 0.5})
+    lines = read_lines(run.dir)
+    assert [(s["step"], s["metrics"], s.get("uncommitted")) for s in lines.of("step")] == [
+        (1, {"train/loss": 1.0}, None),
+        (2, {"epoch": 0}, ["epoch"]),
+        (3, {"train/loss": 0.5}, None),
+    ]
+    assert not lines.of("values")
+
+
+def test_define_metric_step_metric(quiet_run):
+    """W&B's second axis: `define_metric("batch/*", step_metric="batch/step")` with
+    `wandb.log({..., "batch/step": it})` becomes `step=it`; epoch-axis values `log_values`. A
+    literal port of the call is ignored with one warning, not a TypeError."""
+    with quiet_run() as run:
+        run.define_metric("batch/*", step_metric="batch/step")  # as ported: ignored
+        run.define_metric("val/acc", step_metric="epoch", summary="max")
+        for it in range(4):
+            run.log({"batch/loss": 1.0 / (it + 1)}, commit=False)
+            run.log({"batch/step": it}, step=it)
+            if it % 2 == 1:
+                run.log_values({"epoch": it // 2, "val/acc": 0.5 + it / 10})
+    lines = read_lines(run.dir)
+    assert [s["step"] for s in lines.of("step")] == [0, 1, 2, 3]
+    assert [(v["step"], v["metrics"]) for v in lines.of("values")] == [
+        (1, {"epoch": 0, "val/acc": 0.6}),
+        (3, {"epoch": 1, "val/acc": 0.8}),
+    ]
+    assert run.summary["steps"] == 4
+    assert json.loads((run.dir / "summary.json").read_text())["summary"] == {
+        "val/acc": {"max": 0.8}
+    }
+    said = [e["message"] for e in lines.of("log") if "step_metric=" in e["message"]]
+    assert len(said) == 2 and "step=it" in said[0]
+
+
+def test_metric_names(quiet_run):
+    """W&B takes any text as a name; traintel's are OpenTelemetry instrument names: a space is
+    refused with the name to use instead, the call's other values kept."""
+    with quiet_run() as run:
+        run.log({"Global Train/loss": 1.0, "lr": 0.1})
+        run.log({"Global_Train/loss": 0.5, "lr": 0.1})
+    steps = read_lines(run.dir).of("step")
+    assert [s["metrics"] for s in steps] == [{"lr": 0.1}, {"Global_Train/loss": 0.5, "lr": 0.1}]
+    (refused,) = [e for e in read_lines(run.dir).of("log") if "Global Train/loss" in e["message"]]
+    assert "'Global_Train/loss'" in refused["message"]
+
+
+def test_a_loss_name_that_would_be_refused_is_said_at_init(quiet_run):
+    with pytest.raises(ValueError, match="'Rank-0_Batch_Wise/train_loss'"):
+        quiet_run(loss="Rank-0 Batch Wise/train_loss")
+
+
+def test_a_refused_name_keeps_the_commit(quiet_run):
+    """A literal port whose committing call logs only refused names still ends its step: the
+    values logged with commit=False before it are that step's, not the next one's."""
+    with quiet_run() as run:
+        for it in range(3):
+            run.log({"batch/loss": 1.0 / (it + 1)}, commit=False)
+            run.log({"Batch Wise/step": it}, step=it)
+    steps = read_lines(run.dir).of("step")
+    assert [(s["step"], s["metrics"]) for s in steps] == [
+        (it, {"batch/loss": 1.0 / (it + 1)}) for it in range(3)
+    ]
+
+
 def test_config_update(quiet_run):
     with quiet_run(config={"lr": 0.1}) as run:
         run.config.update({"epochs": 3})
@@ -187,3 +268,23 @@ def test_finish_exit_code(quiet_run, exit_code, status):
     run.finish() if exit_code == 0 else run.finish(status="failed")
     (end,) = read_lines(run.dir).of("run_end")
     assert end["status"] == status == json.loads((run.dir / "summary.json").read_text())["status"]
+
+
+def test_finish_exit_code_with_no_finish_call(tmp_path, quiet):
+    """A W&B script that never calls `wandb.finish()`: the run ends at the interpreter's exit,
+    its status by the exit (a clean one: `finished`)."""
+    script = (
+        "import traintel\n"
+        f"run = traintel.init(project='p', dir={str(tmp_path)!r}, **{quiet!r})\n"
+        "run.log(loss=1.0)\n"
+        "print(run.dir)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    (end,) = read_lines(run_dir).of("run_end")
+    assert (
+        end["status"] == "finished" == json.loads((run_dir / "summary.json").read_text())["status"]
+    )

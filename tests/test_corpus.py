@@ -533,3 +533,67 @@ def test_pytorch_examples_imagenet_killed_and_resumed_from_an_older_checkpoint(
     assert (shown["steps"], shown["last_step"], shown["samples"]) == (800, 800, 800 * 32)
     assert shown["epochs"] == 40
     assert shown["loss"] == summary["loss"]
+
+
+def test_convnext_ported_from_wandb(tmp_path: Path) -> None:
+    """ConvNeXt's W&B-instrumented script, ported by docs/coming-from-wandb.md alone: the record
+    holds every value the script logged, on the step it logged it for, and nothing more."""
+    (measured,) = run(tmp_path, "convnext_wandb.py")
+    run_dir = Path(measured["run_dir"])
+    summary, lines = summary_of(run_dir), read_lines(run_dir)
+    logged = by_step(measured["logged"])
+    iterations = measured["iterations"]
+    # one step per iteration, numbered by the loop's counter: the epochs' commits make none
+    assert sorted(logged) == list(range(iterations)) == [s["step"] for s in lines.of("step")]
+    assert (summary["status"], summary["steps"], summary["last_step"]) == (
+        "finished",
+        iterations,
+        iterations - 1,
+    )
+    # each batch's commit=False values joined the step their commit named, and say so
+    steps = lines.of("step")
+    assert {s["step"]: s["metrics"] for s in steps} == logged
+    assert {s["step"]: s["uncommitted"] for s in steps} == by_step(measured["uncommitted"])
+    assert not [v for v in lines.of("values") if "uncommitted" in v]
+    # the loss by its declared name
+    losses = {step: values["Rank-0_Batch_Wise/train_loss"] for step, values in logged.items()}
+    assert summary["loss"]["key"] == "Rank-0_Batch_Wise/train_loss"
+    assert (summary["loss"]["final"], summary["loss"]["best"]) == (
+        losses[iterations - 1],
+        min(losses.values()),
+    )
+    assert summary["loss"]["count"] == iterations
+    # each epoch's figures at the epoch's last step: training ones as values, tests as an eval
+    epochs = measured["epochs"]
+    values: dict[int, dict[str, Any]] = {}
+    for line in lines.of("values"):
+        values.setdefault(line["step"], {}).update(line["metrics"])
+    assert values == {
+        e["step"]: {
+            "epoch": e["epoch"],
+            **{f"Global_Train/{k}": v for k, v in e.items() if k.startswith("train_")},
+        }
+        for e in epochs
+    }
+    tests = {
+        e["step"]: {f"Global_Test/{k}": v for k, v in e.items() if "test" in k} for e in epochs
+    }
+    assert {e["step"]: e["metrics"] for e in lines.of("eval")} == tests
+    acc1 = {step: t["Global_Test/test_acc1"] for step, t in tests.items()}
+    assert summary["eval"]["Global_Test/test_acc1"]["mode"] == "max"
+    assert summary["eval"]["Global_Test/test_acc1"]["best"] == measured["max_accuracy"]
+    assert summary["eval"]["Global_Test/test_acc1"]["best_step"] == max(acc1, key=acc1.get)
+    test_loss = {step: t["Global_Test/test_loss"] for step, t in tests.items()}
+    assert summary["eval"]["Global_Test/test_loss"]["mode"] == "min"
+    assert summary["eval"]["Global_Test/test_loss"]["best"] == min(test_loss.values())
+    # wandb.summary, config=args
+    assert summary["summary"] == {"n_parameters": measured["n_parameters"]}
+    (config,) = lines.of("config")
+    assert config["config"] == measured["config"]
+
+    shown = cli(tmp_path, "logs", "summary", str(run_dir))
+    assert (shown["steps"], shown["last_step"], shown["loss"]) == (
+        summary["steps"],
+        summary["last_step"],
+        summary["loss"],
+    )

@@ -16,7 +16,14 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 from traintel.core import env
-from traintel.core.validate import check_choice, check_label, check_run_id, check_tags, shown
+from traintel.core.validate import (
+    check_choice,
+    check_label,
+    check_name,
+    check_run_id,
+    check_tags,
+    shown,
+)
 from traintel.record.format import ExportMode, Goal
 
 log = logging.getLogger("traintel.run")
@@ -296,6 +303,8 @@ class Settings:
                 f"traintel.init: loss must be the name the loss is logged under, "
                 f"e.g. loss='train/loss', got {shown(self.loss)}"
             )
+        if self.loss is not None:  # a name run.log would refuse could never be the loss
+            check_name("traintel.init: loss", self.loss)
         if not isinstance(self.goals, dict):
             raise TypeError(
                 f"traintel.init: goals must be a dict like {{'bleu': 'max'}}, got "

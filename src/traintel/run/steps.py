@@ -188,13 +188,15 @@ class StepRecorder:
             except TypeError as error:
                 self._refusals.refuse("run.log", "values", error, "call", "the call is dropped")
                 return
-        if not metrics:
+        if not metrics and (not commit or self._pending is None or self.in_track):
+            # ``run.log()`` with values logged with commit=False open commits them, as
+            # ``wandb.log({})`` does (a W&B loop's way to end a step); with none, it is refused
             self._refusals.refuse(
                 "run.log",
                 "()",
                 ValueError(
                     "run.log() needs at least one metric, e.g. run.log(loss=0.5) or "
-                    "run.log({'train/loss': 0.5})"
+                    "run.log({'train/loss': 0.5}), or values logged with commit=False to commit"
                 ),
                 "call",
                 "the call is dropped",
@@ -220,8 +222,8 @@ class StepRecorder:
                     self._new_key("run.log", key)
         except (TypeError, ValueError):  # a key or value refused: the rest is recorded
             numbers = metrics = self._sift("run.log", metrics)
-            if not numbers:
-                return
+            if not numbers and (not commit or self._pending is None or self.in_track):
+                return  # (a call left with nothing still commits values logged before it)
             nonfinite = any(
                 type(value) is not Deferred and value - value != 0 for value in numbers.values()
             )

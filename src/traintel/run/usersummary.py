@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
+from traintel.core.misuse import warn_once
 from traintel.core.state import nonfinite_text
 
 log = logging.getLogger("traintel.summary")
@@ -79,9 +80,28 @@ class RunSummaryValues(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         return f"RunSummaryValues({dict(self)!r})"
 
-    def define(self, name: str, summary: SummaryGoal = "last") -> None:
+    def define(
+        self, name: str, summary: SummaryGoal | None = None, *, step_metric: str | None = None
+    ) -> None:
         """``run.define_metric``: summary.json's ``summary`` keeps the ``min``, ``max`` or
-        ``last`` value of ``name`` (from step, values and eval lines)."""
+        ``last`` value of ``name`` (from step, values and eval lines); ``last`` when no goal is
+        given, unless the call only names a ``step_metric``.
+
+        ``step_metric=`` (W&B's other axis for a metric) is accepted so that a ported call does
+        not stop the run, and ignored with one warning: a run has one step axis, the loop's own
+        counter, passed as ``run.log(..., step=it)``; values on an epoch axis go to
+        ``run.log_values`` (docs/coming-from-wandb.md)."""
+        if step_metric is not None:
+            warn_once(
+                f"define_metric.step_metric.{step_metric}",
+                f"run.define_metric({name!r}, step_metric={step_metric!r}) is ignored: a run "
+                "has one step axis; pass the loop's counter as run.log(..., step=it), and "
+                "epoch-level values with run.log_values(...) (docs/coming-from-wandb.md)",
+            )
+            if summary is None:
+                return
+        if summary is None:
+            summary = "last"
         if summary not in GOALS:
             log.warning(
                 "run.define_metric(%r): summary must be one of %s, got %r; not kept",
