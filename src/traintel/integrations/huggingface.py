@@ -169,7 +169,7 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: 
                 planned_steps=state.max_steps,
                 metric=_eval_key(args.metric_for_best_model),
                 best_metric=state.best_metric,
-                best_step=_checkpoint_step(state.best_model_checkpoint),
+                best_step=_best_step(state),
                 patience=patience,
             )
 
@@ -313,6 +313,16 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: 
                 path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
             )
         self._last_callback = time.perf_counter()
+
+
+def _best_step(state: TrainerState) -> int | None:
+    """The step of the best evaluation as the Trainer keeps it (``best_global_step``, where the
+    Trainer has it), also where no checkpoint of it exists to reload (saved every 500 steps,
+    evaluated every 10); else the step of the best checkpoint."""
+    step = getattr(state, "best_global_step", None)
+    if type(step) is int and step > 0:
+        return step
+    return _checkpoint_step(state.best_model_checkpoint)
 
 
 def _eval_key(metric: str | None) -> str | None:
