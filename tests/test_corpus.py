@@ -295,6 +295,119 @@ def test_huggingface_run_glue_with_its_defaults_resumed_evaluated_and_plotted(
     assert series.loss == [(500, logged[500]), (1000, logged[1000])]
 
 
+@pytest.mark.parametrize("strategy", ["epoch", "steps"])
+def test_autotrain_text_classification_stopped_early(tmp_path: Path, strategy: str) -> None:
+    """AutoTrain's text classifier as its users run it (a training_config.json, `log` its
+    report_to): EarlyStoppingCallback stops the run past its best evaluation, with
+    load_best_model_at_end, and the model card's evaluate() scores the model after training.
+    Its default evaluates and saves every epoch: the best checkpoint is reloaded and the stop
+    falls on an epoch's end. Its "steps" choice evaluates every logging step (10) and saves
+    every 500 steps: the stop cuts an epoch, and no checkpoint of the best exists, so the Trainer
+    keeps the last model. The record says each as the Trainer does: its log_history step for
+    step, the stop with what it watched, the final evaluation tagged with the step of the model
+    it scored where that model was reloaded, the epoch as trainer.state.epoch."""
+    config = {
+        "data_path": "project/autotrain-data",
+        "model": "base-model",  # make_local_inputs writes a tiny BERT there
+        "project_name": "project",
+        "train_split": "train",
+        "valid_split": "validation",
+        "text_column": "autotrain_text",
+        "target_column": "autotrain_label",
+        "lr": 2e-3,
+        "epochs": 20,
+        "max_seq_length": 16,
+        "early_stopping_patience": 2,
+        "log": "traintel",
+        "eval_strategy": strategy,
+        # autotrain's default (-1) logs every int(0.2 * 48 / 8) = 1 step
+        "logging_steps": -1 if strategy == "epoch" else 10,
+    }  # the rest are autotrain's defaults: batch 8, warmup 0.1, threshold 0.01
+    (tmp_path / "training_config.json").write_text(json.dumps(config))
+    (hf,) = run(tmp_path, "autotrain_text_classification.py", "--training_config",
+                "training_config.json")  # fmt: skip
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary, lines = summary_of(run_dir), read_lines(run_dir)
+    history, stop, best = hf["log_history"], hf["global_step"], hf["best_global_step"]
+    every = 16 if strategy == "epoch" else 10  # 128 samples in batches of 8: 16 steps an epoch
+    # the script's own story: stopped by the callback, before its 20 epochs, past its best
+    assert hf["should_training_stop"] and best < stop < hf["max_steps"] == 20 * 16
+
+    # every step the Trainer logged, as it did, and a step line for every step
+    logged = {h["step"]: (h["loss"], h["learning_rate"], h["grad_norm"]) for h in history
+              if "loss" in h}  # fmt: skip
+    steps = lines.of("step")
+    assert {s["step"]: (s["metrics"]["loss"], s["metrics"]["lr"], s["metrics"]["grad_norm"])
+            for s in steps if "loss" in s["metrics"]} == logged  # fmt: skip
+    assert sorted(logged) == list(range(every if strategy == "steps" else 1, stop + 1,
+                                        every if strategy == "steps" else 1))  # fmt: skip
+    assert [s["step"] for s in steps] == list(range(1, stop + 1))
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", stop, stop)
+    assert summary["samples"] == 8 * stop
+    assert (summary["loss"]["final"], summary["loss"]["count"]) == (logged[stop][0], len(logged))
+    (closing,) = [h for h in history if "train_loss" in h]
+    (told,) = lines.of("event", "trainer_summary")
+    assert told["fields"]["train_loss"] == closing["train_loss"]
+
+    # every evaluation at its step with the Trainer's figures (runtimes left out)
+    def figures(h: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in h.items() if k.startswith("eval_") and "_per_second" not in k
+                and k != "eval_runtime"}  # fmt: skip
+
+    evaluated = [h for h in history if "eval_loss" in h]
+    evals = lines.of("eval")
+    assert [(e["step"], e["metrics"]) for e in evals] == [
+        (h["step"], figures(h)) for h in evaluated
+    ]
+    assert [h["step"] for h in evaluated[:-1]] == list(range(every, stop + 1, every))
+    assert summary["eval"]["eval_loss"]["best"] == hf["best_metric"]
+    assert summary["eval"]["eval_loss"]["best_step"] == best
+
+    # the stop: an event with what the callback watched, its patience and the best step, and
+    # summary.json says why a finished run ended short of its planned steps
+    (stopped,) = lines.of("event", "early_stopping")
+    assert stopped["step"] == stop
+    assert stopped["fields"] == {
+        "planned_steps": hf["max_steps"],
+        "metric": "eval_loss",  # HF's metric_for_best_model "loss", read as eval_loss
+        "best_metric": hf["best_metric"],
+        "best_step": best,  # also where no checkpoint of it was saved
+        "patience": hf["early_stopping_patience"],
+    }
+    assert hf["early_stopping_patience"] == 2
+    assert hf["metric_for_best_model"] == "loss" and "eval_loss" in evals[0]["metrics"]
+    assert summary["summary"]["stopped_by"] == "early_stopping"
+    assert [(s["status"], s["steps"]) for s in summary["segments"]] == [("finished", stop)]
+
+    # the model card's evaluate() after train(), at the step the run stopped at
+    final = evaluated[-1]
+    assert final["step"] == stop and evals[-1]["metrics"] == figures(final)
+    if strategy == "epoch":
+        # of the best checkpoint, reloaded: tagged with its step just before its eval line
+        (tagged,) = lines.of("event", "best_model_evaluated")
+        assert (tagged["step"], tagged["fields"]) == (
+            stop,
+            {"model_step": best, "checkpoint": hf["best_model_checkpoint"]},
+        )
+        assert hf["best_model_checkpoint"].endswith(f"checkpoint-{best}")
+        assert final["eval_loss"] == hf["best_metric"]  # the same model, scored again
+        kinds = [line.get("event", line["type"]) for line in lines]
+        assert kinds[kinds.index("best_model_evaluated") :].count("eval") == 1
+    else:
+        # no checkpoint before step 500: nothing reloaded, the last model scored, no tag
+        assert hf["best_model_checkpoint"] is None and not lines.of("event", "best_model_evaluated")
+        assert final["eval_loss"] == evaluated[-2]["eval_loss"] != hf["best_metric"]
+
+    # epochs as HF counts them: trainer.state.epoch; the epochs that ended, and the one the stop
+    # cut (per-epoch evaluation stops at an epoch's end: none is cut)
+    assert summary["summary"]["epoch"] == hf["epoch"] == history[-1]["epoch"] == stop / 16
+    ended = int(hf["epoch"])
+    assert summary["epochs"] == ended
+    cut = [True] if hf["epoch"] > ended else []
+    assert [line["cut"] for line in lines.of("epoch")] == [False] * ended + cut
+    assert bool(cut) == (strategy == "steps")
+
+
 def test_accelerate_tracking_example(tmp_path: Path) -> None:
     (measured,) = run(tmp_path, "accelerate_tracking.py", "--cpu", "--with_tracking")
     logged = measured["logged"]

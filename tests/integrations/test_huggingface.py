@@ -280,3 +280,27 @@ def test_early_stopping_is_an_event_and_the_best_models_evaluation_says_its_step
     assert summary["summary"]["epoch"] == state.epoch == state.log_history[-1]["epoch"]
     assert summary["epochs"] == 1
     assert [line["cut"] for line in lines.of("epoch")] == [False, True]
+
+
+def test_two_early_stopping_callbacks_and_the_default_metric(tmp_path: Path, quiet) -> None:
+    """HF keeps the states of two callbacks of one class as a list (``TrainerState``): reading
+    it as one state raised out of on_train_end and failed a training that had stopped well. The
+    stop is said from the first one's state, and the default ``metric_for_best_model``
+    ("loss") is named as the Trainer reads it, ``eval_loss``: the name of the eval series."""
+    from transformers import EarlyStoppingCallback
+
+    from traintel.integrations.huggingface import TraintelCallback
+
+    callback = TraintelCallback(project="hf", dir=str(tmp_path / "runs"), **quiet)
+    stoppers = [EarlyStoppingCallback(1, 10.0), EarlyStoppingCallback(3, 10.0)]
+    trainer = hf_trainer(tmp_path, [callback, *stoppers], max_steps=60, load_best_model_at_end=True)
+    trainer.train()
+    run = callback.run
+    callback.finish()
+    assert trainer.args.metric_for_best_model == "loss" and trainer.state.global_step == 20
+    lines = read_lines(run.dir)
+    (stopped,) = lines.of("event", "early_stopping")
+    assert (stopped["fields"]["metric"], stopped["fields"]["patience"]) == ("eval_loss", 1)
+    assert all("eval_loss" in line["metrics"] for line in lines.of("eval"))
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert (summary["status"], summary["summary"]["stopped_by"]) == ("finished", "early_stopping")

@@ -155,17 +155,21 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: 
             and state.global_step < state.max_steps
         ):
             # a callback stopped the training before its planned end (EarlyStoppingCallback):
-            # said, with what it watched and where the best was
+            # said, with what it watched and where the best was, and kept in summary.json
             stopper = (state.stateful_callbacks or {}).get("EarlyStoppingCallback") or {}
+            if isinstance(stopper, list):  # several of them: the first one's (as HF restores)
+                stopper = stopper[0] if stopper and isinstance(stopper[0], dict) else {}
             patience = (stopper.get("args") or {}).get("early_stopping_patience")
+            stopped = "early_stopping" if stopper else "training_stopped"
+            run.summary["stopped_by"] = stopped
             run.event(
-                "early_stopping" if stopper else "training_stopped",
+                stopped,
                 level="warning",
                 step=state.global_step,
                 planned_steps=state.max_steps,
-                metric=args.metric_for_best_model,
+                metric=_eval_key(args.metric_for_best_model),
                 best_metric=state.best_metric,
-                best_step=_checkpoint_step(state.best_model_checkpoint),
+                best_step=_best_step(state),
                 patience=patience,
             )
 
@@ -309,6 +313,24 @@ class TraintelCallback(TrainerCallback, ExportableState, Integration):  # type: 
                 path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"),
             )
         self._last_callback = time.perf_counter()
+
+
+def _best_step(state: TrainerState) -> int | None:
+    """The step of the best evaluation as the Trainer keeps it (``best_global_step``, where the
+    Trainer has it), also where no checkpoint of it exists to reload (saved every 500 steps,
+    evaluated every 10); else the step of the best checkpoint."""
+    step = getattr(state, "best_global_step", None)
+    if type(step) is int and step > 0:
+        return step
+    return _checkpoint_step(state.best_model_checkpoint)
+
+
+def _eval_key(metric: str | None) -> str | None:
+    """The key the Trainer and EarlyStoppingCallback read ``metric_for_best_model`` as
+    (``"loss"`` is ``eval_loss``): the name the eval lines have."""
+    if not metric or metric.startswith("eval_"):
+        return metric
+    return f"eval_{metric}"
 
 
 def _checkpoint_step(path: str | None) -> int | None:
