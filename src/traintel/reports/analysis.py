@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from traintel.core.state import find_loss
+from traintel.record.files import read_json
 from traintel.record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
 from traintel.record.job import STATUS_ORDER, job_throughput, root_cause
 from traintel.record.lock import RecordLock
@@ -212,6 +213,8 @@ class Summary:
             "epochs": fold.epochs,
             "epoch": fold.epoch,
             "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
+            # counted once, then taken back by a resume from an older checkpoint (summary.json's)
+            "superseded": figures.superseded,
             "last_step": figures.last_step if figures.steps else None,
             "samples": figures.samples,
             "tokens": figures.tokens,
@@ -228,7 +231,19 @@ class Summary:
             "step_time_mean_s": figures.step_times()["mean_s"],
             "eval": fold.evals,
             "config": fold.config,
+            "summary": user_summary(
+                (directories or {}).get(min(self.ranks)) if self.ranks else None
+            ),
         }
+
+
+def user_summary(directory: Path | None) -> dict[str, Any]:
+    """``run.summary`` (the user's own figures and the defined metrics' bests) as summary.json
+    keeps them: the record does not hold them, the run writes them there as a segment ends.
+    Empty when there is none (a run still running, or killed before its end)."""
+    kept = read_json(directory / "summary.json") if directory is not None else None
+    user = kept.get("summary") if kept is not None else None
+    return user if isinstance(user, dict) else {}
 
 
 def _span(start: float | None, end: float | None) -> float | None:
