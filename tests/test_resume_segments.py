@@ -204,3 +204,19 @@ def test_a_superseded_steps_extremes_final_and_evals_are_taken_back(tmp_path, qu
     ).stdout
     assert "9 superseded" in text
     assert "summary acc" in text and "max 0.44" in text and "resumed" in text
+
+
+def test_a_killed_run_not_yet_resumed_shows_its_segment_crashed(tmp_path):
+    """The last segment killed and not resumed (yet): logs summary's JSON says its segment
+    ``crashed`` (it said null), lasting from its start to its last line, as summary.json will
+    say it once the run resumes."""
+    killed_after(tmp_path, 12)
+    run_dir = tmp_path / "r"
+    shown = logs_summary(run_dir)
+    (segment,) = shown["segments"]
+    lines = read_lines(run_dir)
+    last_ts = max(line["ts"] for line in lines if "ts" in line)
+    assert (shown["status"], segment["status"], segment["steps"]) == ("crashed", "crashed", 12)
+    assert segment["duration_s"] == pytest.approx(segment["end_ts"] - segment["start_ts"])
+    assert segment["end_ts"] == lines.of("step")[-1]["ts"] <= last_ts
+    assert shown["duration_s"] == segment["duration_s"]
