@@ -215,16 +215,24 @@ class StepFigures:
                 self.data_wait += data_wait_s
                 self.waited += step_s
         loss = self.loss
-        before = (
-            loss.min,
-            loss.max,
-            loss.last,
-            self.final_loss,
-            self.nonfinite_loss,
-            self.first_nonfinite_step,
-        )
+        low, high, last_finite, final = loss.min, loss.max, loss.last, self.final_loss
+        nonfinite, first_nonfinite = self.nonfinite_loss, self.first_nonfinite_step
         samples, tokens, finite = self._fold(step, covers, counted, metrics) if metrics else _NONE
-        self._history.append((step, covers, samples, tokens, finite, *before))
+        self._history.append(
+            (
+                step,
+                covers,
+                samples,
+                tokens,
+                finite,
+                low,
+                high,
+                last_finite,
+                final,
+                nonfinite,
+                first_nonfinite,
+            )
+        )
 
     def epoch_ended(self, line: Mapping[str, Any]) -> None:
         """An ``epoch`` line: one more epoch, unless the run ended inside it (``cut``)."""
