@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import traintel.record.summary as summary_module
 from traintel.core.state import RunState
 from traintel.core.stats import RunningStats
 from traintel.record.summary import (
@@ -290,3 +291,18 @@ def test_a_record_resumed_from_an_older_checkpoint_sums_up_as_if_it_never_went_f
     assert loss == expected
     assert resumed.evals == alone.evals
     assert resumed.defined.result() == alone.defined.result()
+
+
+def test_going_back_beyond_the_kept_lines_takes_back_what_is_kept(monkeypatch) -> None:
+    """The bound (``HISTORY`` step lines): a checkpoint older than the kept lines takes back
+    those kept; the older superseded lines stay counted, and the loss figures are the ones
+    that stood before the oldest kept line."""
+    monkeypatch.setattr(summary_module, "HISTORY", 5)
+    figures = StepFigures()
+    for step in range(1, 11):
+        figures.add(float(step), step, 1.0, None, {"loss": float(step), "samples": 2})
+    figures.new_segment()
+    figures.add(20.0, 3, 1.0, None, {"loss": 0.5, "samples": 2})  # back to the step-2 checkpoint
+    assert (figures.superseded, figures.steps, figures.samples) == (5, 5 + 1, 2 * 6)
+    loss = figures.loss_figures()
+    assert (loss["min"], loss["max"], loss["final"], loss["count"]) == (0.5, 5.0, 0.5, 6)
