@@ -15,6 +15,8 @@ import torch
 
 import traintel
 from conftest import read_lines
+from traintel.record.reader import Records
+from traintel.reports.analysis import summarize
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "coming-from-wandb.md").read_text()
 
@@ -232,6 +234,8 @@ def test_summary_and_define_metric(quiet_run):
     assert summary["summary"] == {"best_acc": 0.8, "val/acc": {"max": 0.8}}
     assert summary["eval"]["val/acc"]["best"] == 0.8
     assert summary["eval"]["val/acc"]["best_step"] == 2
+    # traintel logs summary shows them (its JSON is this dict)
+    assert summarize(Records(run.dir))["summary"] == summary["summary"]
 
 
 def test_alert(quiet_run):

@@ -580,7 +580,9 @@ def test_pytorch_examples_imagenet_killed_and_resumed_from_an_older_checkpoint(
     checkpoint: the test set aside the one written when epoch 1 began (the script overwrites
     checkpoint.pth.tar every epoch; a user keeps an older one when the latest is suspect). The
     record's steps after it are superseded (a `superseded` event, their lines kept) and the
-    summary counts each of the 800 steps once, its losses too; `traintel logs summary` agrees."""
+    summary counts each of the 800 steps once: its samples, epochs, losses (their extremes and
+    final too) and evaluations (the best is the script's own best_acc1); `traintel logs
+    summary` agrees, the killed segment `crashed` in both, the same duration."""
     script = [sys.executable, "-u", str(CORPUS / "imagenet_preemptible.py"), "--epochs", "40"]
     first = subprocess.Popen(
         script,
@@ -624,13 +626,29 @@ def test_pytorch_examples_imagenet_killed_and_resumed_from_an_older_checkpoint(
     losses.update(by_step(second["losses"]))
     assert sorted(losses) == list(range(1, 801))
     assert summary["loss"]["count"] == 800
-    assert summary["loss"]["final"] == losses[800]
+    assert summary["loss"]["final"] == summary["loss"]["last_finite"] == losses[800]
     assert summary["loss"]["mean"] == pytest.approx(statistics.fmean(losses.values()))
     assert summary["loss"]["std"] == pytest.approx(statistics.pstdev(losses.values()))
-    # the extremes are not taken back (docs/record-format.md lists what is): the best loss is
-    # the best any recorded line saw, superseded ones included
-    everything = [s["metrics"]["loss"] for s in lines.of("step")]
-    assert summary["loss"]["best"] == min(everything) <= min(losses.values())
+    # the extremes too: the superseded lines' losses do not count
+    assert summary["loss"]["best"] == summary["loss"]["min"] == min(losses.values())
+    assert summary["loss"]["max"] == max(losses.values())
+    assert summary["superseded"] == recorded[-1] - after
+    # evaluations: the killed segment's after the checkpoint do not count; the best is the
+    # script's own best_acc1 (the older checkpoint's, then the resumed job's)
+    restart = next(
+        i for i, line in enumerate(lines) if line["type"] == "run_start" and line["segment"] == 2
+    )
+    killed_acc1 = {e["step"]: e["metrics"]["acc1"] for e in lines[:restart] if e["type"] == "eval"}
+    assert max(killed_acc1) > after  # the killed segment evaluated after the checkpoint
+    kept = {s: v for s, v in killed_acc1.items() if s <= after} | by_step(second["acc1"])
+    best_step = max(kept, key=lambda s: (kept[s], -s))
+    assert summary["eval"]["acc1"] == {
+        "last": kept[800],
+        "best": second["best_acc1"],
+        "best_step": best_step,
+        "mode": "max",
+    }
+    assert kept[best_step] == second["best_acc1"]
     assert [(s["segment"], s["status"]) for s in summary["segments"]] == [
         (1, "crashed"),
         (2, "finished"),
@@ -639,13 +657,17 @@ def test_pytorch_examples_imagenet_killed_and_resumed_from_an_older_checkpoint(
     # each epoch once: those the killed segment ended after the checkpoint are taken back (51
     # were counted before: the killed segment's 12 and the resumed job's 39)
     assert summary["epochs"] == 40
-    # not checked: the loss's extremes (above) and evaluations at superseded steps (still in the
-    # eval figures)
 
     shown = cli(tmp_path, "logs", "summary", str(run_dir))
     assert (shown["steps"], shown["last_step"], shown["samples"]) == (800, 800, 800 * 32)
     assert shown["epochs"] == 40
     assert shown["loss"] == summary["loss"]
+    assert (shown["superseded"], shown["eval"]) == (summary["superseded"], summary["eval"])
+    assert [(s["segment"], s["status"]) for s in shown["segments"]] == [
+        (1, "crashed"),
+        (2, "finished"),
+    ]
+    assert shown["duration_s"] == pytest.approx(summary["duration_s"], abs=0.05)
 
 
 def test_convnext_ported_from_wandb(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+
+from conftest import read_lines
 
 ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
@@ -106,3 +109,114 @@ def test_resuming_from_an_older_checkpoint_counts_each_step_once(tmp_path, quiet
     shown = logs_summary(run.dir)
     assert (shown["steps"], shown["samples"], shown["loss"]) == (100, 400, written["loss"])
     assert run.state.samples >= 400  # live counters never go back
+
+
+def killed_with(tmp_path, body: str) -> None:
+    """A first segment that runs ``body`` (``run`` in scope) and is killed (-9) after it."""
+    script = (
+        textwrap.dedent("""
+        import os, signal, traintel
+        run = traintel.init(project="t", dir={dir!r}, run_id="r", progress="off",
+                            sample_interval=0, console_logs=False, flush_interval=0.05)
+    """).format(dir=str(tmp_path))
+        + textwrap.dedent(body)
+        + textwrap.dedent("""
+        run.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
+        == -signal.SIGKILL
+    )
+
+
+#: the killed segment: steps 1..49, an eval every 3 steps; its superseded steps (41..49) hold
+#: the run's extremes (a spike, the lowest loss, a NaN), the best eval and a defined metric's
+#: best, so that any of them left counted shows in the summary
+FIRST = """
+for step in range(1, 50):
+    loss = {45: 100.0, 46: float("nan"), 47: 0.001}.get(step, 1.0 / step)
+    run.log(step=step, loss=loss, samples=4, acc=0.99 if step == 48 else step / 100)
+    if step % 3 == 0:
+        run.log_eval(val_acc=0.99 if step == 45 else step / 100, goals={"val_acc": "max"})
+"""
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_superseded_steps_extremes_final_and_evals_are_taken_back(tmp_path, quiet_run, declared):
+    """Resumed from the step-40 checkpoint and stopped at step 44, before the killed segment's
+    steps 45..49 come again: the summary says what steps 1..44, each once, say. The loss's
+    min, max, best, final and non-finite count, the evaluations' last and best (and whether a
+    resumed eval is a best) and a defined metric's best leave out the superseded steps, in
+    summary.json and in ``traintel logs summary``; both say how many steps were superseded,
+    and logs summary shows ``run.summary``."""
+    killed_with(tmp_path, FIRST)
+    options = {"initial_step": 40} if declared else {}
+    with quiet_run(run_id="r", resume=True, **options) as run:
+        run.define_metric("acc", summary="max")
+        run.summary["note"] = "resumed"
+        run.summary["best_val_acc"] = 0.5
+        for step in range(41, 45):
+            run.log(step=step, loss=2.0 / step, samples=4, acc=step / 100)
+            if step % 3 == 0:
+                run.log_eval(val_acc=step / 100)
+    written = json.loads((run.dir / "summary.json").read_text())
+    counted = [1.0 / s for s in range(1, 41)] + [2.0 / s for s in range(41, 45)]
+    assert (written["steps"], written["superseded"], written["samples"]) == (44, 9, 44 * 4)
+    assert written["loss"] == {
+        "key": "loss",
+        "final": 2.0 / 44,
+        "last_finite": 2.0 / 44,
+        "best": min(counted),
+        "min": min(counted),
+        "max": max(counted),
+        "mean": pytest.approx(sum(counted) / 44),
+        "std": pytest.approx(statistics.pstdev(counted)),
+        "count": 44,
+        "nonfinite": 0,
+        "first_nonfinite_step": None,
+    }
+    assert written["eval"]["val_acc"] == {
+        "last": 0.42,
+        "best": 0.42,  # the superseded 0.99 at step 45 is no best
+        "best_step": 42,
+        "mode": "max",
+    }
+    *_, resumed_eval = [e for e in read_lines(run.dir).of("eval") if e["step"] == 42]
+    assert resumed_eval["is_best"] == {"val_acc": True}  # 0.42 beats what counts: 0.39
+    assert written["summary"] == {
+        "note": "resumed",
+        "best_val_acc": 0.5,
+        "acc": {"max": 0.44},  # the superseded 0.99 at step 48 does not count
+    }
+    shown = logs_summary(run.dir)
+    assert (shown["steps"], shown["superseded"]) == (44, 9)
+    assert shown["loss"] == written["loss"]
+    assert shown["eval"] == written["eval"]
+    assert shown["summary"] == written["summary"]
+    text = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=ENV,
+    ).stdout
+    assert "9 superseded" in text
+    assert "summary acc" in text and "max 0.44" in text and "resumed" in text
+
+
+def test_a_killed_run_not_yet_resumed_shows_its_segment_crashed(tmp_path):
+    """The last segment killed and not resumed (yet): logs summary's JSON says its segment
+    ``crashed`` (it said null), lasting from its start to its last line, as summary.json will
+    say it once the run resumes."""
+    killed_after(tmp_path, 12)
+    run_dir = tmp_path / "r"
+    shown = logs_summary(run_dir)
+    (segment,) = shown["segments"]
+    lines = read_lines(run_dir)
+    last_ts = max(line["ts"] for line in lines if "ts" in line)
+    assert (shown["status"], segment["status"], segment["steps"]) == ("crashed", "crashed", 12)
+    assert segment["duration_s"] == pytest.approx(segment["end_ts"] - segment["start_ts"])
+    assert segment["end_ts"] == lines.of("step")[-1]["ts"] <= last_ts
+    assert shown["duration_s"] == segment["duration_s"]

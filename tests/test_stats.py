@@ -74,3 +74,32 @@ def test_without_a_reservoir_only_the_moments_are_kept() -> None:
         "last": 6.0,
     }
     assert RunningStats().summary() == {"count": 0} and RunningStats().mean is None
+
+
+@given(st.lists(finite, min_size=1, max_size=100), st.data())
+def test_values_taken_back_leave_what_the_kept_ones_make(values: list[float], data) -> None:
+    """A resumed run's superseded steps: ``remove`` the last values and ``restore_extremes``
+    as they stood before them, and every figure is the one the kept values make alone."""
+    kept = data.draw(st.integers(min_value=0, max_value=len(values)))
+    stats = RunningStats(reservoir=0)
+    before = None
+    for i, value in enumerate(values):
+        if i == kept:
+            before = (stats.min, stats.max, stats.last)
+        stats.add(value)
+    for value in reversed(values[kept:]):
+        stats.remove(value)
+    if before is not None:
+        stats.restore_extremes(*before)
+    alone = RunningStats(reservoir=0)
+    for value in values[:kept]:
+        alone.add(value)
+    assert stats.count == alone.count
+    assert (stats.min, stats.max, stats.last) == (alone.min, alone.max, alone.last)
+    if kept:
+        # the moments are worked back in floating point: within rounding of the largest value
+        scale = max(abs(v) for v in values) + 1.0
+        assert stats.mean == pytest.approx(alone.mean, abs=1e-9 * scale)
+        assert stats.std**2 == pytest.approx(alone.std**2, abs=1e-9 * scale**2)
+    else:
+        assert (stats.mean, stats.std, stats.summary()) == (None, None, {"count": 0})

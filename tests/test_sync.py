@@ -757,6 +757,44 @@ def test_a_resumed_run_is_replayed_segment_by_segment(quiet_run):
         assert last.get(key) == live[key], f"{key[0]} {dict(key[1])}"
 
 
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_resume_from_an_older_checkpoint_is_replayed_as_it_ran(quiet_run, declared):
+    """The second process goes back to step 4 of the first's 12 (``initial_step=4``, or its
+    first step says so) and logs every third step: the sync sends what it exported, the
+    evaluations after step 4 taken back (its best is no superseded one), and no counter
+    ever goes down."""
+    with quiet_run(otlp=None, run_id="back", resume=True) as run:
+        for step in range(1, 13):
+            run.log(step=step, loss=1.0 / step, samples=4, step_s=0.01)
+            if step % 4 == 0:
+                run.log_eval(val_acc=0.9 if step == 8 else step / 100, goals={"val_acc": "max"})
+    options = {"initial_step": 4} if declared else {}
+    with capture() as telemetry:
+        with quiet_run(otlp=None, run_id="back", resume=True, **options) as run:
+            for step in range(7, 17, 3):
+                run.log(step=step, loss=2.0 / step, samples=4, step_s=0.01)
+                run.log_eval(val_acc=step / 100)
+    live = snapshot(telemetry._collected[-1])
+    target, got = memory_target()
+    Sync(find_records([str(run.dir)])[0], target, Options(max_age=None, resend=True)).run()
+    series = sent_points(got["metrics"])
+    labels = frozenset({"project": "test", "run": "back", "rank": "0"}.items())
+    best = frozenset({**dict(labels), "metric": "val_acc"}.items())
+    assert live[("traintel_eval_best", best)] == 0.16  # 0.9 at step 8 was superseded
+    last = {key: values[-1][1] for key, values in series.items()}
+    exact = REBUILT - APPROXIMATE - NEARLY
+    compared = [key for key in live if key[0] in exact]
+    assert ("traintel_steps_total", labels) in compared and ("traintel_eval_best", best) in compared
+    for key in compared:
+        assert last.get(key) == live[key], (
+            f"{key[0]} {dict(key[1])}: {last.get(key)} != {live[key]}"
+        )
+    for (name, _labels), values in series.items():
+        if name.endswith("_total"):
+            points = [value for _, value in values]
+            assert points == sorted(points), f"{name} went down"
+
+
 def test_every_rank_and_every_rotated_file_is_sent_once(quiet_run, monkeypatch):
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
     for rank in (0, 1):

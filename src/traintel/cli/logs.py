@@ -222,7 +222,12 @@ def _print_summary(s: dict[str, Any]) -> None:
             "steps",
             f"{num(s['steps'])}"
             + (f" (last step {num(s['last_step'])})" if s["last_step"] is not None else "")
-            + (f" in {s['epochs']} epoch(s)" if s["epochs"] else ""),
+            + (f" in {s['epochs']} epoch(s)" if s["epochs"] else "")
+            + (
+                f"; {num(s['superseded'])} superseded (resumed from an older checkpoint)"
+                if s.get("superseded")
+                else ""
+            ),
         ),
         ("loss", _loss(loss)),
         (
@@ -260,8 +265,21 @@ def _print_summary(s: dict[str, Any]) -> None:
         )
         for k, v in s["eval"].items()
     ]
+    rows += [(f"summary {k}", _kept(v)) for k, v in (s.get("summary") or {}).items()]
     rows += [("unreadable", s["unreadable"])] if s["unreadable"] else []
     table(["", ""], [list(r) for r in rows], title=f"Run {s['run'] or s['path']}")
+
+
+def _kept(value: Any) -> str:
+    """A ``run.summary`` value: a number as numbers are shown, a defined metric's
+    ``{"max": 0.93}`` as ``max 0.93``, anything else as JSON."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((goal, figure),) = value.items()
+        if goal in ("min", "max", "last"):
+            return f"{goal} {num(figure)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return num(value)
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _loss(loss: dict[str, Any]) -> str:

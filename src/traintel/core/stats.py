@@ -65,15 +65,27 @@ class RunningStats:
 
     def remove(self, value: float) -> None:
         """Take back a value added before (a step a resumed run superseded): count, total,
-        mean and deviation as if it had never come; min, max and the sample keep it."""
+        mean and deviation as if it had never come. min, max and ``last`` cannot be worked
+        back from the moments: the caller that kept them from before puts them back with
+        :meth:`restore_extremes`; the percentile sample keeps the value."""
         if self.count <= 1:
             self.count, self.total, self._mean, self._m2 = 0, 0.0, 0.0, 0.0
+            return
+        if self.count == 2:  # one left: no deviation at all (no rounding residue of one)
+            self.count, self._m2 = 1, 0.0
+            self.total -= value
+            self._mean = 2 * self._mean - value
             return
         mean = (self._mean * self.count - value) / (self.count - 1)
         self._m2 = max(0.0, self._m2 - (value - self._mean) * (value - mean))
         self._mean = mean
         self.count -= 1
         self.total -= value
+
+    def restore_extremes(self, low: float, high: float, last: float | None) -> None:
+        """Put back min, max and last as they were before the values :meth:`remove` took
+        back were added (``inf``, ``-inf`` and None: before any value)."""
+        self.min, self.max, self.last = low, high, last
 
     @property
     def mean(self) -> float | None:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from traintel.core.state import find_loss
+from traintel.record.files import read_json
 from traintel.record.format import END_STATUSES, LEVELS, RawLine, RecordStatus
 from traintel.record.job import STATUS_ORDER, job_throughput, root_cause
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rank_directories
-from traintel.record.summary import RecordFold, Segment, StepFigures
+from traintel.record.summary import RecordFold, Segment, StepFigures, ended
 from traintel.reports.render import describe
 
 _RANK: dict[str, int] = {name: i for i, name in enumerate(LEVELS)}
@@ -161,25 +162,40 @@ class Summary:
             "max": longest if figures.step_time.count else None,
         }
 
-    def status(self, directories: Mapping[int, Path] | None = None) -> RecordStatus:
-        """The run's status (``run_status``): its worst rank's. ``directories``: each rank's
-        record directory, whose lock says whether a process still writes it."""
-        return worst(
-            run_status(
+    def statuses(self, directories: Mapping[int, Path] | None = None) -> dict[int, RecordStatus]:
+        """Each rank's status (``run_status``). ``directories``: each rank's record directory,
+        whose lock says whether a process still writes it."""
+        return {
+            rank: run_status(
                 f.segments[-1]["status"] if f.segments else None,
                 (directories or {}).get(rank),
                 f.last_start,
                 self.end_ts,
             )
             for rank, f in self.ranks.items()
-        )
+        }
+
+    def status(self, directories: Mapping[int, Path] | None = None) -> RecordStatus:
+        """The run's status: its worst rank's."""
+        return worst(self.statuses(directories).values())
+
+    def segments(self, rank: int, status: RecordStatus) -> list[Segment]:
+        """A rank's segments; its last one ``crashed``, lasting to its last line, when no
+        process holds the record and none wrote its end (``ended``: the rule summary.json
+        and a resumed run apply to a killed segment)."""
+        segments = self.ranks[rank].segments
+        if status == "crashed" and segments and segments[-1]["status"] is None:
+            return [*segments[:-1], ended(Segment(**segments[-1]))]
+        return segments
 
     def result(self, directories: Mapping[int, Path] | None = None) -> dict[str, Any]:
         fold = self.fold()
         figures = fold.figures
         loss = figures.loss_figures()
         by_level = self.by_level
-        durations = [_duration(f.segments) for f in self.ranks.values()]
+        statuses = self.statuses(directories)
+        segments = {rank: self.segments(rank, status) for rank, status in statuses.items()}
+        durations = [_duration(s) for s in segments.values()]
         return {
             "run": self.info.get("run"),
             "project": self.info.get("project"),
@@ -189,14 +205,14 @@ class Summary:
             "group": fold.group,
             "notes": fold.notes,
             "ranks": sorted(self.ranks),
-            "status": self.status(directories),
+            "status": worst(statuses.values()),
             "start_ts": self.start_ts,
             "end_ts": self.end_ts,
             # the longest rank's: its segments added up (the gaps between them not counted)
             "duration_s": max(
                 (d for d in durations if d is not None), default=_span(self.start_ts, self.end_ts)
             ),
-            "segments": fold.segments,
+            "segments": segments[min(self.ranks)] if self.ranks else [],
             "events": self.events,
             "by_type": dict(sorted(self.by_type.items(), key=lambda kv: -kv[1])),
             "by_level": {k: by_level[k] for k in LEVELS if k in by_level},
@@ -212,6 +228,8 @@ class Summary:
             "epochs": fold.epochs,
             "epoch": fold.epoch,
             "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
+            # counted once, then taken back by a resume from an older checkpoint (summary.json's)
+            "superseded": figures.superseded,
             "last_step": figures.last_step if figures.steps else None,
             "samples": figures.samples,
             "tokens": figures.tokens,
@@ -228,7 +246,19 @@ class Summary:
             "step_time_mean_s": figures.step_times()["mean_s"],
             "eval": fold.evals,
             "config": fold.config,
+            "summary": user_summary(
+                (directories or {}).get(min(self.ranks)) if self.ranks else None
+            ),
         }
+
+
+def user_summary(directory: Path | None) -> dict[str, Any]:
+    """``run.summary`` (the user's own figures and the defined metrics' bests) as summary.json
+    keeps them: the record does not hold them, the run writes them there as a segment ends.
+    Empty when there is none (a run still running, or killed before its end)."""
+    kept = read_json(directory / "summary.json") if directory is not None else None
+    user = kept.get("summary") if kept is not None else None
+    return user if isinstance(user, dict) else {}
 
 
 def _span(start: float | None, end: float | None) -> float | None:

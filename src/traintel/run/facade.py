@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, SupportsFloat
 
@@ -89,7 +90,7 @@ class Run(StepMethods):
         self.state = state = RunState()
         self.refusals = refusals = Refusals(state, settings.strict or strict_override)
         state.total_steps = settings.total_steps
-        continuation.restore(state)
+        continuation.restore(state, initial_step=settings.initial_step)
         before = continuation.before
         #: steps begin after initial_step (on resume: an older checkpoint) or the record's last
         initial_step = n if (n := settings.initial_step) is not None or not before else state.step
@@ -166,6 +167,7 @@ class Run(StepMethods):
             refusals=refusals,
             halt_on_nonfinite=settings.halt_on_nonfinite,
             resumed_at=initial_step,
+            on_supersede=partial(continuation.rewind, state),
             milestones_done=before.milestones if before else (),
         )
         self.log = self._steps.log  # type: ignore[method-assign]  # hot path: one call less

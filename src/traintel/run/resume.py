@@ -25,9 +25,12 @@ from traintel.export.readings import Histograms
 from traintel.record.format import EVENTS_FILE
 from traintel.record.lock import RecordLock
 from traintel.record.reader import Records, rotation_set
-from traintel.record.summary import RecordFold, Segment, ended
+from traintel.record.summary import EvalFigures, RecordFold, Segment, ended
 from traintel.run.identity import RunIdentity
 from traintel.run.settings import ResumeMode
+
+#: how the record writes a value that is not finite
+NONFINITE_TEXT = frozenset({"nan", "inf", "-inf"})
 
 log = logging.getLogger("traintel.run")
 
@@ -189,9 +192,15 @@ class Continuation:
         if self.cumulative is not None:
             self.cumulative.restore_histograms(histograms)
 
-    def restore(self, state: RunState, histograms: Histograms | None = None) -> None:
+    def restore(
+        self,
+        state: RunState,
+        histograms: Histograms | None = None,
+        initial_step: int | None = None,
+    ) -> None:
         """The run state as the record left it: step axis, counts, bests, errors, events, and
-        every cumulative series (:class:`Cumulative`)."""
+        every cumulative series (:class:`Cumulative`). ``initial_step``: where this segment
+        goes on from (an older checkpoint: the evaluations after it do not count)."""
         before = self.before
         if before is None:
             return
@@ -211,12 +220,7 @@ class Continuation:
         self.steps_before = figures.steps
         state.epoch = before.epoch or 0
         state.epochs_ended = before.epochs
-        for name, figures_of in before.evals.items():
-            state.goals[name] = figures_of["mode"]
-            if figures_of["best"] is not None and figures_of["mode"] is not None:
-                state.eval_best[name] = figures_of["best"]
-                if figures_of["best_step"] is not None:
-                    state.eval_best_step[name] = figures_of["best_step"]
+        self._evals(state, before.evals if initial_step is None else before.evals_at(initial_step))
         # the last value of each key, as summary.json says it over every segment ("nan" as text)
         state.latest.update({key: float(value) for key, value in before.metrics.items()})
         state.errors.update(before.errors)
@@ -229,6 +233,35 @@ class Continuation:
             restored.count, restored.last_step = seen["count"], seen["last_step"]
             if state.is_loss(key):
                 state.nonfinite_losses += seen["count"]
+
+    def rewind(self, state: RunState, after: int) -> None:
+        """This segment went back to step ``after`` (its first step is not after the record's
+        last): the evaluations the record held after it no longer count, nor those this
+        process logged before its first step (they stand at the record's last step).
+        Counters (``traintel_events_total{event="eval"}``) are not taken back."""
+        if self.before is not None:
+            self._evals(state, self.before.evals_at(after))
+
+    @staticmethod
+    def _evals(state: RunState, evals: dict[str, EvalFigures]) -> None:
+        """The evaluations' latest and best values as the record says them (their directions
+        stay: they are no values of a step). New dicts, each put in place at once: the
+        exporters read them from their own threads."""
+        latest: dict[str, float] = {}
+        best: dict[str, float] = {}
+        best_step: dict[str, int] = {}
+        for name, figures_of in evals.items():
+            state.goals.setdefault(name, figures_of["mode"])
+            last = figures_of["last"]
+            if type(last) is float or type(last) is int:
+                latest[name] = last
+            elif isinstance(last, str) and last in NONFINITE_TEXT:
+                latest[name] = float(last)
+            if figures_of["best"] is not None and figures_of["mode"] is not None:
+                best[name] = figures_of["best"]
+                if figures_of["best_step"] is not None:
+                    best_step[name] = figures_of["best_step"]
+        state.eval_latest, state.eval_best, state.eval_best_step = latest, best, best_step
 
 
 def open_record(identity: RunIdentity, resume: ResumeMode) -> Continuation:

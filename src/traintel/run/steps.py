@@ -97,6 +97,7 @@ class StepRecorder:
         milestones_done: Iterable[int] = (),
         resumed_at: int | None = None,
         refusals: Refusals | None = None,
+        on_supersede: Callable[[int], None] | None = None,
     ) -> None:
         self.state = state
         #: inputs that cannot be recorded: warned and counted, the run goes on (or raised)
@@ -133,6 +134,9 @@ class StepRecorder:
         self._last: int | None = None
         #: the last step of the record before this segment (a resumed run), else None
         self._base = resumed_at
+        #: called with the step a resumed run went back to (its evaluations after it are
+        #: taken back: ``Continuation.rewind``)
+        self._on_supersede = on_supersede
         #: whether the loop numbers its steps (``step=``; then run.track counts the batches it
         #: did not number into the next numbered step), decided by its first committing
         #: ``run.log``; None until then
@@ -580,6 +584,8 @@ class StepRecorder:
                     "superseded (counted once, their lines kept)",
                 )
                 base = self._base = step - 1
+                if self._on_supersede is not None:
+                    self._on_supersede(base)
             covers = step - base if base is not None and step > base else 1
         elif step > last:
             covers = step - last

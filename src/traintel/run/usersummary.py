@@ -17,14 +17,16 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from traintel.core.misuse import warn_once
 from traintel.core.state import nonfinite_text
+from traintel.record.summary import DefinedGoal
 
 log = logging.getLogger("traintel.summary")
 
-SummaryGoal = Literal["min", "max", "last"]
+#: what ``run.define_metric`` keeps of a metric (one declaration: the record's fold takes it)
+SummaryGoal = DefinedGoal
 GOALS: tuple[SummaryGoal, ...] = ("min", "max", "last")
 
 
@@ -143,26 +145,14 @@ def _json_value(value: Any) -> Any:
 
 
 def _defined(record_dir: Path, goals: Mapping[str, SummaryGoal]) -> dict[str, Any]:
+    """Each defined metric's best or last value, folded from the record as summary.json's
+    figures are (``RecordFold``): the values of steps a resumed run superseded (it went back
+    to an older checkpoint) do not count."""
     from traintel.record.reader import Records
+    from traintel.record.summary import RecordFold
 
-    best: dict[str, float] = {}
-    last: dict[str, float | str] = {}
+    fold = RecordFold(percentiles=False, defined=goals)
     for line in Records(record_dir):
-        metrics = line.get("metrics")
-        if line.get("type") not in ("step", "values", "eval") or type(metrics) is not dict:
-            continue
-        for name, goal in goals.items():
-            value = metrics.get(name)
-            if value is None:
-                continue
-            last[name] = value
-            if type(value) is float or type(value) is int:
-                if name not in best or (
-                    value < best[name] if goal == "min" else value > best[name]
-                ):
-                    best[name] = value
-    out: dict[str, Any] = {}
-    for name, goal in goals.items():
-        value = last.get(name) if goal == "last" else best.get(name)
-        out[name] = {goal: value}
-    return out
+        fold.add(line)
+    assert fold.defined is not None
+    return dict(fold.defined.result())

@@ -66,16 +66,17 @@ class Replay:
         total = start.get("total_steps")
         state.total_steps = total if isinstance(total, int) and total > 0 else None
         self.histograms = Histograms()
-        Continuation(before=before, cumulative=cumulative).restore(state, self.histograms)
-        #: the last step number this segment wrote; the number its first step counts from
-        #: (``StepRecorder``'s base: a resumed run's last step, else the loop's ``initial_step``)
-        self.last: int | None = None
         initial = start.get("initial_step")
-        self.base = (
-            state.step
-            if before is not None
-            else (initial if type(initial) is int and initial >= 0 else None)
-        )
+        if type(initial) is not int or initial < 0:
+            initial = None
+        #: what the record held before the segment; a resumed run that went back to an older
+        #: checkpoint takes back the evaluations after it, as the live process did
+        self.continuation = Continuation(before=before, cumulative=cumulative)
+        self.continuation.restore(state, self.histograms, initial)
+        #: the last step number this segment wrote; the number its first step counts from
+        #: (``StepRecorder``'s base: the loop's ``initial_step``, else a resumed run's last step)
+        self.last: int | None = None
+        self.base = initial if initial is not None or before is None else state.step
         if self.base is not None:
             state.step = self.base
         #: what the record writer folds for its rates
@@ -136,6 +137,9 @@ class Replay:
             state.loss_key = find_loss(metrics)
         last = self.last
         if last is None:
+            if self.base is not None and step <= self.base and self.continuation.before is not None:
+                self.base = step - 1  # went back to an older checkpoint (StepRecorder._end_step)
+                self.continuation.rewind(state, self.base)
             covers = step - self.base if self.base is not None and step > self.base else 1
         else:
             covers = step - last if step > last else 1
