@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from conftest import read_lines
+from stack_fixture import eventually, promql
 from traintel.record.reader import Records
 from traintel.reports.analysis import Series, summarize
 
@@ -391,6 +393,162 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
         job["throughput"]["samples_per_s"], rel=0.01
     )
     assert set(shown["throughput_by_rank"]) == {"0", "1"}
+
+
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+def failing_rank_job(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The DDP tutorial under torchrun with one bad record (--corrupt_sample): the sample, the
+    rank and batch PyTorch's DistributedSampler gives it to (epoch 0, the tutorial's default
+    shuffle), torchrun's exit status and its report, parsed: {rank: (exit code, exception)},
+    the root cause's rank first."""
+    import torch.utils.data  # the sampler the script uses, to know where the bad record goes
+
+    rank, batch, batch_size = 1, 8, 32
+    order = list(torch.utils.data.DistributedSampler(range(2048), num_replicas=2, rank=rank))
+    sample = order[batch * batch_size]  # the first record of rank 1's ninth batch
+    done = subprocess.run(
+        [
+            *TORCHRUN,
+            str(CORPUS / "ddp_torchrun.py"),
+            "3",
+            "1",
+            "--snapshot_path",
+            str(tmp_path / "snapshot.pt"),
+            "--corrupt_sample",
+            str(sample),
+        ],
+        cwd=tmp_path,
+        env={**environment(tmp_path), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # torchrun's ChildFailedError: "Failures:" then "Root Cause (first observed failure):", each
+    # entry a "rank : N (local_rank: N)", an "exitcode : C ..." and the traceback that @record
+    # wrote, whose last line is the exception
+    report = done.stderr[done.stderr.rindex("Failures:") :]
+    failures, root = report.split("Root Cause (first observed failure):")
+    entries = {}
+    for entry in re.split(r"\n\[\d+\]:\n", failures + root)[1:]:
+        found = re.search(r"rank\s+: (\d+) \(local_rank", entry)
+        code = re.search(r"exitcode\s+: (-?\d+)", entry)
+        assert found and code, entry
+        exception = [line.strip() for line in entry.splitlines() if line.strip(" =-")][-1]
+        entries[int(found[1])] = (int(code[1]), exception)
+    (root_rank,) = {int(r) for r in re.findall(r"rank\s+: (\d+) \(local_rank", root)}
+    return {
+        "returncode": done.returncode,
+        "rank": rank,
+        "batch": batch,
+        "torchrun": entries,
+        "torchrun_root": root_rank,
+        "job": next((tmp_path / "runs").iterdir()),
+        "stderr": done.stderr,
+    }
+
+
+@pytest.mark.slow
+def test_pytorch_ddp_tutorial_one_rank_fails_and_the_root_cause_is_torchruns(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 meets a bad record (a data error in default_collate), its peer's allreduce fails
+    when rank 1's process goes away (gloo: "Connection closed by peer"), then torchrun's elastic
+    agent stops it with SIGTERM. Each rank's record keeps the error that rank raised; the job's
+    summary.json and `traintel logs summary` name as root cause the rank and exception that
+    torchrun's own "Root Cause" names."""
+    job = failing_rank_job(tmp_path)
+    assert job["returncode"] == 1, job["stderr"][-3000:]
+    assert job["torchrun_root"] == job["rank"] == 1
+    ranks = {rank: summary_of(job["job"] / f"rank-{rank}") for rank in (0, 1)}
+    errors = {rank: read_lines(job["job"] / f"rank-{rank}").of("error") for rank in (0, 1)}
+    # rank 1: failed with the data error, after the batches before the bad one
+    failing, (error,) = ranks[1], errors[1]
+    code, exception = job["torchrun"][1]
+    assert code == 1 and exception.startswith("RuntimeError: stack expects each tensor")
+    assert (failing["status"], failing["steps"]) == ("failed", job["batch"])
+    assert f"{error['exc_type']}: {error['message']}" == exception
+    assert (error["error_type"], error["step"]) == ("data", job["batch"])
+    assert failing["errors"]["first"] == {
+        "ts": error["ts"],
+        "error_type": "data",
+        "exc_type": "RuntimeError",
+        "step": job["batch"],
+    }
+    # rank 0: what torchrun reports of it (its error file, then SIGTERM: exit code -15) is what
+    # its record says: it failed in the collective the lost peer left hanging
+    code, exception = job["torchrun"][0]
+    (peer_error,) = errors[0]
+    assert code == -15 and "Connection closed by peer" in exception
+    assert ranks[0]["status"] == "failed"
+    assert f"{peer_error['exc_type']}: {peer_error['message']}" == exception
+    assert peer_error["error_type"] == "distributed" and peer_error["ts"] > error["ts"]
+    # the job: rank 1 is the root cause, in summary.json and in logs summary, text and JSON
+    summary = summary_of(job["job"])
+    assert (summary["status"], summary["errors"]) == ("failed", 2)
+    assert summary["root_cause"] == {"rank": 1, **failing["errors"]["first"]}
+    shown = cli(tmp_path, "logs", "summary", str(job["job"]))
+    assert shown["root_cause"] == summary["root_cause"]
+    text = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(job["job"])],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert re.search(rf"root cause\s+rank 1: data \(RuntimeError\) at step {job['batch']}", text)
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+def test_the_failing_rank_job_through_the_stack_names_torchruns_root_cause(
+    stack, tmp_path: Path
+) -> None:
+    """The same job exporting to the real collector and Prometheus with the repository's rules:
+    each rank's traintel_first_error_timestamp_seconds is the time of the error its record
+    kept, and RunFailed fires for both ranks, each naming rank 1, torchrun's root cause."""
+    job = failing_rank_job(
+        tmp_path,
+        {
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        },
+    )
+    assert job["returncode"] == 1 and job["torchrun_root"] == 1, job["stderr"][-3000:]
+    run_id, project = job["job"].name, "ddp-tutorial"
+    kept = {
+        rank: summary_of(job["job"] / f"rank-{rank}")["errors"]["first"]["ts"] for rank in (0, 1)
+    }
+
+    def both_ranks() -> list[dict[str, Any]] | None:
+        series = promql(
+            stack, f'traintel_first_error_timestamp_seconds{{project="{project}",run="{run_id}"}}'
+        )
+        return series if len(series) == 2 else None
+
+    exported = eventually(both_ranks, 60, what="the first-error gauge of both ranks")
+    assert {int(s["metric"]["rank"]): float(s["value"][1]) for s in exported} == {
+        rank: pytest.approx(ts, abs=1e-3) for rank, ts in kept.items()
+    }
+
+    def fired() -> list[dict[str, Any]] | None:
+        alerts = requests.get(f"{stack.endpoints['prometheus']}/api/v1/alerts", timeout=5).json()
+        found = [
+            a
+            for a in alerts["data"]["alerts"]
+            if a["labels"]["alertname"] == "RunFailed" and a["labels"].get("run") == run_id
+        ]
+        return found if len(found) == 2 else None
+
+    alerts = eventually(fired, 90, 2, what="RunFailed for both ranks")  # rules run every 15 s
+    assert sorted(a["labels"]["rank"] for a in alerts) == ["0", "1"]
+    for alert in alerts:
+        assert alert["annotations"]["description"].endswith(
+            "The job's first failure (root cause): rank 1."
+        ), alert
 
 
 def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> None:
