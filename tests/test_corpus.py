@@ -314,6 +314,69 @@ def test_accelerate_tracking_example(tmp_path: Path) -> None:
     )
 
 
+def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Path) -> None:
+    """transformers' run_glue_no_trainer.py with --with_tracking, traintel's tracker beside
+    Accelerate's TensorBoard one: its one accelerator.log per epoch carries the metric as a dict
+    ({"glue": {"accuracy": ...}}), the epoch's mean train_loss, the epoch and completed_steps.
+    With gradient accumulation as the script counts it (17 optimizer steps an epoch of 32
+    batches, training cut at max_train_steps = 48 inside the third epoch), the record has the
+    script's steps, epochs, losses and evaluations, and the same figures at the same steps as
+    TensorBoard's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (measured,) = run(
+        tmp_path,
+        "run_glue_no_trainer.py",
+        "--with_tracking",
+        "--report_to",
+        "tensorboard",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--seed",
+        "42",
+        "--learning_rate",
+        "1e-3",
+        "--gradient_accumulation_steps",
+        "2",
+    )
+    logged, steps = measured["logged"], measured["completed_steps"]
+    assert (steps, measured["epochs_run"], len(logged)) == (48, 3, 3)
+    assert [e["step"] for e in logged] == [17, 34, 48]  # the script's own count
+    summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", steps, steps)
+    # the epochs it ran, each with the optimizer steps it took (the last one cut by
+    # max_train_steps, as the script's loop breaks: still an epoch the script ended)
+    assert [(e["epoch"], e["steps"], e["cut"]) for e in lines.of("epoch")] == [
+        (0, 17, False),
+        (1, 17, False),
+        (2, 14, False),
+    ]
+    assert (summary["epochs"], summary["epoch"]) == (measured["epochs_run"], 2)
+    # the epoch's mean train_loss is the loop's only loss: the loss curve, at the epoch's end
+    # (docs/accelerate.md), as TensorBoard draws it; the metric an evaluation at the same step
+    assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
+        (e["step"], {"loss": e["train_loss"]}) for e in logged
+    ]
+    assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
+        (e["step"], {"glue/accuracy": e["glue"]["accuracy"]}) for e in logged
+    ]
+    assert lines.of("values") == []
+    assert summary["loss"]["final"] == summary["metrics"]["loss"] == logged[-1]["train_loss"]
+    assert summary["loss"]["count"] == 3
+    assert summary["eval"]["glue/accuracy"]["best"] == max(e["glue"]["accuracy"] for e in logged)
+    # Accelerate's own TensorBoard tracker, from the same calls (float32 in event files)
+    board = tmp_path / "out" / "glue_no_trainer"
+    scalars = EventAccumulator(str(board)).Reload()
+    metric = EventAccumulator(str(board / "glue_accuracy")).Reload()
+    assert [(e.step, e.value) for e in scalars.Scalars("train_loss")] == [
+        (s["step"], pytest.approx(s["metrics"]["loss"], rel=1e-6)) for s in lines.of("step")
+    ]
+    assert [(e.step, e.value) for e in metric.Scalars("glue")] == [
+        (e["step"], pytest.approx(e["metrics"]["glue/accuracy"], rel=1e-6))
+        for e in lines.of("eval")
+    ]
+
+
 @pytest.mark.parametrize("integration", ["logger", "callback"])
 def test_lightning_readme_autoencoder(tmp_path: Path, integration: str) -> None:
     """Validation, a StepLR scheduler, accumulate_grad_batches=2 and the default

@@ -128,3 +128,41 @@ def test_the_epoch_mean_loss_stays_apart_from_the_step_losses(tmp_path, quiet, e
     # the step lines are the loop's own step reports: every 5 steps, the last is step 20
     last = step_losses[-1][0]
     assert (summary["steps"], summary["last_step"], summary["epochs"]) == (last, last, 2)
+
+
+def test_a_dict_of_metrics_is_recorded_under_its_names(tmp_path, quiet):
+    """Accelerate's ``log`` takes a dict of names to numbers as a value (TensorBoard's tracker
+    writes it with ``add_scalars``), and run_glue_no_trainer.py logs its metric so:
+    ``{"glue": {"accuracy": ...}, "train_loss": ...}``. Issue 29: the evaluation was left out
+    as a non-number; now it is ``glue/accuracy``, an evaluation beside the epoch's loss."""
+    from accelerate import Accelerator
+
+    from traintel.integrations.accelerate import TraintelTracker
+
+    tracker = TraintelTracker(project="glue", dir=str(tmp_path / "runs"), **quiet)
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers("glue_no_trainer", config={"num_train_epochs": 2})
+    for epoch, (accuracy, f1) in enumerate([(0.5, 0.25), (0.75, 0.5)]):
+        accelerator.log(
+            {
+                "glue": {"accuracy": accuracy, "f1": f1, "name": "mrpc"},
+                "train_loss": 0.7 - epoch / 10,
+                "epoch": epoch,
+                "step": 8 * (epoch + 1),
+            },
+            step=8 * (epoch + 1),
+        )
+    run = tracker.run
+    accelerator.end_training()
+
+    lines = read_lines(run.dir)
+    assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
+        (8, {"glue/accuracy": 0.5, "glue/f1": 0.25}),
+        (16, {"glue/accuracy": 0.75, "glue/f1": 0.5}),
+    ]
+    assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
+        (8, {"loss": 0.7}),
+        (16, {"loss": 0.6}),
+    ]
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary["eval"]["glue/accuracy"]["best"] == 0.75

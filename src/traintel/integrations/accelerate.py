@@ -18,7 +18,9 @@ Ranks as Accelerate has them: a tracker works on the main process only
 (``main_process_only``, as every Accelerate tracker), and ``accelerator.log`` is called there
 only, so the run is the main process's; its run id is taken without talking to the other ranks
 (the launcher's, else a new one). Each ``accelerator.log(values, step=n)`` is a step line at step
-``n`` (values for a step already written become a ``values`` line), its evaluation metrics an
+``n`` (values for a step already written become a ``values`` line; a value that is a dict of
+numbers, ``{"glue": {"accuracy": ...}}``, is one value per inner name, ``glue/accuracy``), its
+evaluation metrics an
 ``eval`` line at the same step, sorted by name as every integration does
 (``traintel.integrations.base.split``); Accelerate has no call of its own for evaluations, so a
 call that names its training values ``train_*`` holds evaluations in its other names: in the
@@ -101,6 +103,7 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
     @on_main_process  # type: ignore[untyped-decorator]  # Accelerate's decorator is untyped to mypy
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         run = self.run or self._open({})
+        values = flatten(values)
         at = step if step is not None else run.state.step + 1
         epoch = values.get("epoch")
         if (
@@ -143,3 +146,20 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
     def finish(self, status: Any = None) -> None:
         """Accelerate's ``end_training``: a run the tracker started ends."""
         Integration.finish(self, status)
+
+
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A value that is a dict of names to numbers (Accelerate's ``log`` takes them: TensorBoard's
+    tracker writes them with ``add_scalars``) as one value per inner name, ``outer/inner``:
+    run_glue_no_trainer.py logs its metric so, ``{"glue": {"accuracy": 0.8}}``, which was left
+    out as a non-number (issue 29: its evaluations were missing from the record)."""
+    if not any(isinstance(value, Mapping) for value in values.values()):
+        return dict(values)
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            for inner, number in flatten(value).items():
+                flat[f"{key}/{inner}"] = number
+        else:
+            flat[key] = value
+    return flat
