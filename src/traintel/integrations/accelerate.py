@@ -106,18 +106,24 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
         values = flatten(values)
         at = step if step is not None else run.state.step + 1
         epoch = values.get("epoch")
-        if (
-            isinstance(epoch, (int, float))
+        report = split(values, train_marks_evals=True)
+        new_epoch = (
+            int(epoch)
+            if isinstance(epoch, (int, float))
             and not isinstance(epoch, bool)
             and epoch >= 0
             and int(epoch) == epoch
             and int(epoch) != self._epoch
-        ):
-            # the loop's epoch (run_*_no_trainer log it once an epoch, others every step): a
-            # new number begins that epoch, which ends the one before (issue 29: epochs were 0)
-            self._epoch = int(epoch)
-            run.begin_epoch(self._epoch)
-        report = split(values, train_marks_evals=True)
+            else None
+        )
+        if new_epoch is not None:
+            # the loop's epoch (issue 29: epochs were 0). Logged every step, a new number
+            # begins that epoch and ends the one before; logged once an epoch, with its
+            # evaluation at its end (the run_*_no_trainer examples, tracking.py), it is the
+            # number of the epoch that ends here, which began where the last one ended: begun
+            # so, it ends after this call's lines (its steps and time, not the next epoch's)
+            self._epoch = new_epoch
+            run.begin_epoch(new_epoch, since_last_end=bool(report.evals))
         if report.evals and "loss" in report.steps:
             # an end-of-epoch call (run_glue_no_trainer's): its train_loss is the epoch's mean.
             # Where the loop logs its step losses too, that mean is an epoch-level value of its
@@ -135,6 +141,8 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
             self.evaluate(at, report.evals)
         if report.epoch:
             self.values(at, report.epoch)
+        if new_epoch is not None and report.evals:
+            run.end_epoch()
 
     def _open(self, config: Mapping[str, Any]) -> Run:
         # only the main process records: its run id is taken without a collective, which the
