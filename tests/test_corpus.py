@@ -562,6 +562,18 @@ def test_pytorch_ddp_tutorial_one_rank_fails_and_the_root_cause_is_torchruns(
         check=True,
     ).stdout
     assert re.search(rf"root cause\s+rank 1: data \(RuntimeError\) at step {job['batch']}", text)
+    # `traintel logs errors` of the job names the rank of each error, rank 0 too
+    listed = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "errors", str(job["job"])],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert re.findall(r"ERROR\s+(rank \d+ error: \w+)", listed) == [
+        "rank 1 error: data",
+        "rank 0 error: distributed",
+    ]
 
 
 @pytest.mark.slow
