@@ -319,7 +319,7 @@ def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Pa
     Accelerate's TensorBoard one: its one accelerator.log per epoch carries the metric as a dict
     ({"glue": {"accuracy": ...}}), the epoch's mean train_loss, the epoch and completed_steps.
     With gradient accumulation as the script counts it (17 optimizer steps an epoch of 32
-    batches, training cut at max_train_steps = 48 inside the third epoch), the record has the
+    batches, training cut at max_train_steps = 64 inside the fourth epoch), the record has the
     script's steps, epochs, losses and evaluations, and the same figures at the same steps as
     TensorBoard's event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -335,13 +335,15 @@ def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Pa
         "--seed",
         "42",
         "--learning_rate",
-        "1e-3",
+        "3e-3",
+        "--num_train_epochs",
+        "4",
         "--gradient_accumulation_steps",
         "2",
     )
     logged, steps = measured["logged"], measured["completed_steps"]
-    assert (steps, measured["epochs_run"], len(logged)) == (48, 3, 3)
-    assert [e["step"] for e in logged] == [17, 34, 48]  # the script's own count
+    assert (steps, measured["epochs_run"], len(logged)) == (64, 4, 4)
+    assert [e["step"] for e in logged] == [17, 34, 51, 64]  # the script's own count
     summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
     assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", steps, steps)
     # the epochs it ran, each with the optimizer steps it took (the last one cut by
@@ -349,9 +351,10 @@ def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Pa
     assert [(e["epoch"], e["steps"], e["cut"]) for e in lines.of("epoch")] == [
         (0, 17, False),
         (1, 17, False),
-        (2, 14, False),
+        (2, 17, False),
+        (3, 13, False),
     ]
-    assert (summary["epochs"], summary["epoch"]) == (measured["epochs_run"], 2)
+    assert (summary["epochs"], summary["epoch"]) == (measured["epochs_run"], 3)
     # the epoch's mean train_loss is the loop's only loss: the loss curve, at the epoch's end
     # (docs/accelerate.md), as TensorBoard draws it; the metric an evaluation at the same step
     assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
@@ -361,9 +364,20 @@ def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Pa
         (e["step"], {"glue/accuracy": e["glue"]["accuracy"]}) for e in logged
     ]
     assert lines.of("values") == []
+    assert lines.of("config")[0]["config"] == measured["config"]  # init_trackers' vars(args)
+    times = measured["log_times"]  # the steps between the first and the last call, over time
+    assert summary["throughput"]["steps_per_s"] == pytest.approx(
+        (steps - logged[0]["step"]) / (times[-1] - times[0]), rel=0.1
+    )
     assert summary["loss"]["final"] == summary["metrics"]["loss"] == logged[-1]["train_loss"]
-    assert summary["loss"]["count"] == 3
-    assert summary["eval"]["glue/accuracy"]["best"] == max(e["glue"]["accuracy"] for e in logged)
+    assert summary["loss"]["count"] == 4
+    accuracy = [e["glue"]["accuracy"] for e in logged]
+    best = summary["eval"]["glue/accuracy"]
+    assert (best["best"], best["best_step"]) == (
+        max(accuracy),
+        logged[accuracy.index(max(accuracy))]["step"],
+    )
+    assert len(set(accuracy)) > 1  # it learned: the best is not the first by default
     # Accelerate's own TensorBoard tracker, from the same calls (float32 in event files)
     board = tmp_path / "out" / "glue_no_trainer"
     scalars = EventAccumulator(str(board)).Reload()

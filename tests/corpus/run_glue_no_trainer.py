@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import time  # traintel: the script's own throughput
 
 import torch
 from accelerate import Accelerator
@@ -345,7 +346,8 @@ def main():
     progress_bar = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
     completed_steps = 0
     starting_epoch = 0
-    figures = {"logged": [], "epochs_run": 0}  # traintel: the script's own figures
+    figures = {"logged": [], "log_times": [], "epochs_run": 0}  # traintel: the script's own figures
+    figures["config"] = dict(experiment_config) if args.with_tracking else None  # traintel
 
     # update the progress_bar if load from checkpoint
     progress_bar.update(completed_steps)
@@ -414,6 +416,7 @@ def main():
                 step=completed_steps,
             )
             figures["logged"].append(logged)  # traintel
+            figures["log_times"].append(time.time())  # traintel
         figures["epochs_run"] += 1  # traintel
 
         if args.checkpointing_steps == "epoch":
