@@ -592,7 +592,7 @@ def test_pytorch_ddp_tutorial_one_rank_fails_and_the_root_cause_is_torchruns(
 
 @pytest.mark.slow
 @pytest.mark.stack
-def test_the_failing_rank_job_through_the_stack_names_torchruns_root_cause(
+def test_pytorch_ddp_one_rank_fails_through_the_stack_runfailed_names_the_root_cause(
     stack, tmp_path: Path
 ) -> None:
     """The same job exporting to the real collector and Prometheus with the repository's rules:
