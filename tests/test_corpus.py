@@ -32,6 +32,8 @@ CORPUS = ROOT / "tests" / "corpus"
 #: the run ids traintel makes (docs/distributed.md): start time and six hex digits
 RUN_ID_FORM = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+#: torchrun as the DDP tutorial runs it: two processes on this host
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
@@ -314,24 +316,29 @@ def test_accelerate_tracking_example(tmp_path: Path) -> None:
     )
 
 
-def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_transformers_run_glue_no_trainer_with_accelerates_trackers(
+    tmp_path: Path, processes: int
+) -> None:
     """transformers' run_glue_no_trainer.py with --with_tracking, traintel's tracker beside
     Accelerate's TensorBoard one: its one accelerator.log per epoch carries the metric as a dict
     ({"glue": {"accuracy": ...}}), the epoch's mean train_loss, the epoch and completed_steps.
     With gradient accumulation as the script counts it (17 optimizer steps an epoch of 32
-    batches, training cut at max_train_steps = 64 inside the fourth epoch), the record has the
-    script's steps, epochs, losses and evaluations, and the same figures at the same steps as
-    TensorBoard's event files."""
+    batches on one process, 9 of 16 on each of two, training cut at max_train_steps inside the
+    fourth epoch), the record has the script's steps, epochs, losses and evaluations, and the
+    same figures at the same steps as TensorBoard's event files. On two processes (torchrun,
+    gloo: what `accelerate launch` starts on CPUs) the main process alone records."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (measured,) = run(
+    # Accelerate 1.x's end_training destroys the process group, and the published script then
+    # waits for everyone before saving to --output_dir: on two processes it runs without one
+    # (and so without TensorBoard, which writes there)
+    board = ("--report_to", "tensorboard", "--output_dir", str(tmp_path / "out"))
+    printed = run(
         tmp_path,
         "run_glue_no_trainer.py",
         "--with_tracking",
-        "--report_to",
-        "tensorboard",
-        "--output_dir",
-        str(tmp_path / "out"),
+        *(board if processes == 1 else ()),
         "--seed",
         "42",
         "--learning_rate",
@@ -340,19 +347,26 @@ def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Pa
         "4",
         "--gradient_accumulation_steps",
         "2",
+        launcher=TORCHRUN[:-1] + (f"--nproc_per_node={processes}",) if processes > 1 else (),
     )
+    assert sorted(m["process_index"] for m in printed) == list(range(processes))
+    (measured,) = [m for m in printed if m["run_dir"] is not None]
+    assert measured["process_index"] == 0
+    assert len(list((tmp_path / "runs").glob("**/events.jsonl"))) == 1
+    per_epoch = {1: 17, 2: 9}[processes]
     logged, steps = measured["logged"], measured["completed_steps"]
-    assert (steps, measured["epochs_run"], len(logged)) == (64, 4, 4)
-    assert [e["step"] for e in logged] == [17, 34, 51, 64]  # the script's own count
+    assert (steps, measured["epochs_run"], len(logged)) == (measured["max_train_steps"], 4, 4)
+    # the script's own count: per_epoch steps an epoch, the last cut at max_train_steps
+    assert [e["step"] for e in logged] == [per_epoch, 2 * per_epoch, 3 * per_epoch, steps]
     summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
     assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", steps, steps)
     # the epochs it ran, each with the optimizer steps it took (the last one cut by
     # max_train_steps, as the script's loop breaks: still an epoch the script ended)
     assert [(e["epoch"], e["steps"], e["cut"]) for e in lines.of("epoch")] == [
-        (0, 17, False),
-        (1, 17, False),
-        (2, 17, False),
-        (3, 13, False),
+        (0, per_epoch, False),
+        (1, per_epoch, False),
+        (2, per_epoch, False),
+        (3, steps - 3 * per_epoch, False),
     ]
     assert (summary["epochs"], summary["epoch"]) == (measured["epochs_run"], 3)
     # the epoch's mean train_loss is the loop's only loss: the loss curve, at the epoch's end
@@ -378,10 +392,12 @@ def test_transformers_run_glue_no_trainer_with_accelerates_trackers(tmp_path: Pa
         logged[accuracy.index(max(accuracy))]["step"],
     )
     assert len(set(accuracy)) > 1  # it learned: the best is not the first by default
+    if processes > 1:
+        return
     # Accelerate's own TensorBoard tracker, from the same calls (float32 in event files)
-    board = tmp_path / "out" / "glue_no_trainer"
-    scalars = EventAccumulator(str(board)).Reload()
-    metric = EventAccumulator(str(board / "glue_accuracy")).Reload()
+    events = tmp_path / "out" / "glue_no_trainer"
+    scalars = EventAccumulator(str(events)).Reload()
+    metric = EventAccumulator(str(events / "glue_accuracy")).Reload()
     assert [(e.step, e.value) for e in scalars.Scalars("train_loss")] == [
         (s["step"], pytest.approx(s["metrics"]["loss"], rel=1e-6)) for s in lines.of("step")
     ]
@@ -470,9 +486,6 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
         job["throughput"]["samples_per_s"], rel=0.01
     )
     assert set(shown["throughput_by_rank"]) == {"0", "1"}
-
-
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 
 
 def failing_rank_job(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -426,6 +426,7 @@ def main():
             accelerator.save_state(output_dir)
 
     run = accelerator.get_tracker("traintel", unwrap=True) if args.with_tracking else None  # traintel
+    run_dir = str(run.dir) if run is not None and accelerator.is_main_process else None  # traintel
     if args.with_tracking:
         accelerator.end_training()
 
@@ -444,7 +445,8 @@ def main():
             json.dump(all_results, f)
 
     figures.update(completed_steps=completed_steps, max_train_steps=args.max_train_steps,  # traintel
-                   num_train_epochs=args.num_train_epochs, run_dir=str(run.dir) if run else None)
+                   num_train_epochs=args.num_train_epochs, run_dir=run_dir,
+                   process_index=accelerator.process_index)
     print(json.dumps(figures))  # traintel: the script's own figures, last
 
 
