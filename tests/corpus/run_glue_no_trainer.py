@@ -6,8 +6,10 @@
 # (tokenizers, no hub), the model a tiny BERT from a config, `evaluate`'s accuracy computed inline
 # (an object with its add_batch/compute), CPU; the Hub (push_to_hub, hub_*), trust_remote_code,
 # ignore_mismatched_sizes, send_example_telemetry, check_min_version/require_version, the resume
-# branch, the regression branch (float labels) and MNLI's mismatched evaluation are left out. The trackers are traintel's and the --report_to ones, passed as
-# Accelerate takes a custom tracker: an instance in log_with ("# traintel"). The last line prints
+# branch, the regression branch (float labels) and MNLI's mismatched evaluation are left out;
+# --report_to defaults to "none", not "all" (whatever is installed here). The trackers are
+# traintel's and the --report_to ones, passed as Accelerate takes a custom tracker: an instance
+# in log_with ("# traintel"). The last line prints
 # the figures the script computed (what it logged each epoch, completed_steps, the epochs it ran),
 # as JSON. Everything else is the published loop: gradient accumulation as it counts it, the end
 # of training at max_train_steps, one accelerator.log per epoch.
