@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from conftest import read_lines
+from stack_fixture import eventually, promql
 from traintel.record.reader import Records
 from traintel.reports.analysis import Series, summarize
 
@@ -30,6 +32,8 @@ CORPUS = ROOT / "tests" / "corpus"
 #: the run ids traintel makes (docs/distributed.md): start time and six hex digits
 RUN_ID_FORM = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 LAUNCHER_IDS = ("TRAINTEL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+#: torchrun as the DDP tutorial runs it: two processes on this host
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
@@ -425,6 +429,97 @@ def test_accelerate_tracking_example(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_transformers_run_glue_no_trainer_with_accelerates_trackers(
+    tmp_path: Path, processes: int
+) -> None:
+    """transformers' run_glue_no_trainer.py with --with_tracking, traintel's tracker beside
+    Accelerate's TensorBoard one: its one accelerator.log per epoch carries the metric as a dict
+    ({"glue": {"accuracy": ...}}), the epoch's mean train_loss, the epoch and completed_steps.
+    With gradient accumulation as the script counts it (17 optimizer steps an epoch of 32
+    batches on one process, 9 of 16 on each of two, training cut at max_train_steps inside the
+    fourth epoch), the record has the script's steps, epochs, losses and evaluations, and the
+    same figures at the same steps as TensorBoard's event files. On two processes (torchrun,
+    gloo: what `accelerate launch` starts on CPUs) the main process alone records."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # Accelerate 1.x's end_training destroys the process group, and the published script then
+    # waits for everyone before saving to --output_dir: on two processes it runs without one
+    # (and so without TensorBoard, which writes there)
+    board = ("--report_to", "tensorboard", "--output_dir", str(tmp_path / "out"))
+    printed = run(
+        tmp_path,
+        "run_glue_no_trainer.py",
+        "--with_tracking",
+        *(board if processes == 1 else ()),
+        "--seed",
+        "42",
+        "--learning_rate",
+        "3e-3",
+        "--num_train_epochs",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        launcher=TORCHRUN[:-1] + (f"--nproc_per_node={processes}",) if processes > 1 else (),
+    )
+    assert sorted(m["process_index"] for m in printed) == list(range(processes))
+    (measured,) = [m for m in printed if m["run_dir"] is not None]
+    assert measured["process_index"] == 0
+    assert len(list((tmp_path / "runs").glob("**/events.jsonl"))) == 1
+    per_epoch = {1: 17, 2: 9}[processes]
+    logged, steps = measured["logged"], measured["completed_steps"]
+    assert (steps, measured["epochs_run"], len(logged)) == (measured["max_train_steps"], 4, 4)
+    # the script's own count: per_epoch steps an epoch, the last cut at max_train_steps
+    assert [e["step"] for e in logged] == [per_epoch, 2 * per_epoch, 3 * per_epoch, steps]
+    summary, lines = summary_of(measured["run_dir"]), read_lines(Path(measured["run_dir"]))
+    assert (summary["status"], summary["steps"], summary["last_step"]) == ("finished", steps, steps)
+    # the epochs it ran, each with the optimizer steps it took (the last one cut by
+    # max_train_steps, as the script's loop breaks: still an epoch the script ended)
+    assert [(e["epoch"], e["steps"], e["cut"]) for e in lines.of("epoch")] == [
+        (0, per_epoch, False),
+        (1, per_epoch, False),
+        (2, per_epoch, False),
+        (3, steps - 3 * per_epoch, False),
+    ]
+    assert (summary["epochs"], summary["epoch"]) == (measured["epochs_run"], 3)
+    # the epoch's mean train_loss is the loop's only loss: the loss curve, at the epoch's end
+    # (docs/accelerate.md), as TensorBoard draws it; the metric an evaluation at the same step
+    assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
+        (e["step"], {"loss": e["train_loss"]}) for e in logged
+    ]
+    assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
+        (e["step"], {"glue/accuracy": e["glue"]["accuracy"]}) for e in logged
+    ]
+    assert lines.of("values") == []
+    assert lines.of("config")[0]["config"] == measured["config"]  # init_trackers' vars(args)
+    times = measured["log_times"]  # the steps between the first and the last call, over time
+    assert summary["throughput"]["steps_per_s"] == pytest.approx(
+        (steps - logged[0]["step"]) / (times[-1] - times[0]), rel=0.1
+    )
+    assert summary["loss"]["final"] == summary["metrics"]["loss"] == logged[-1]["train_loss"]
+    assert summary["loss"]["count"] == 4
+    accuracy = [e["glue"]["accuracy"] for e in logged]
+    best = summary["eval"]["glue/accuracy"]
+    assert (best["best"], best["best_step"]) == (
+        max(accuracy),
+        logged[accuracy.index(max(accuracy))]["step"],
+    )
+    assert len(set(accuracy)) > 1  # it learned: the best is not the first by default
+    if processes > 1:
+        return
+    # Accelerate's own TensorBoard tracker, from the same calls (float32 in event files)
+    events = tmp_path / "out" / "glue_no_trainer"
+    scalars = EventAccumulator(str(events)).Reload()
+    metric = EventAccumulator(str(events / "glue_accuracy")).Reload()
+    assert [(e.step, e.value) for e in scalars.Scalars("train_loss")] == [
+        (s["step"], pytest.approx(s["metrics"]["loss"], rel=1e-6)) for s in lines.of("step")
+    ]
+    assert [(e.step, e.value) for e in metric.Scalars("glue")] == [
+        (e["step"], pytest.approx(e["metrics"]["glue/accuracy"], rel=1e-6))
+        for e in lines.of("eval")
+    ]
+
+
 @pytest.mark.parametrize("integration", ["logger", "callback"])
 def test_lightning_readme_autoencoder(tmp_path: Path, integration: str) -> None:
     """Validation, a StepLR scheduler, accumulate_grad_batches=2 and the default
@@ -504,6 +599,171 @@ def test_pytorch_ddp_tutorial_under_torchrun(tmp_path: Path) -> None:
         job["throughput"]["samples_per_s"], rel=0.01
     )
     assert set(shown["throughput_by_rank"]) == {"0", "1"}
+
+
+def failing_rank_job(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The DDP tutorial under torchrun with one bad record (--corrupt_sample): the sample, the
+    rank and batch PyTorch's DistributedSampler gives it to (epoch 0, the tutorial's default
+    shuffle), torchrun's exit status and its report, parsed: {rank: (exit code, exception)},
+    the root cause's rank first."""
+    import torch.utils.data  # the sampler the script uses, to know where the bad record goes
+
+    rank, batch, batch_size = 1, 8, 32
+    order = list(torch.utils.data.DistributedSampler(range(2048), num_replicas=2, rank=rank))
+    sample = order[batch * batch_size]  # the first record of rank 1's ninth batch
+    done = subprocess.run(
+        [
+            *TORCHRUN,
+            str(CORPUS / "ddp_torchrun.py"),
+            "3",
+            "1",
+            "--snapshot_path",
+            str(tmp_path / "snapshot.pt"),
+            "--corrupt_sample",
+            str(sample),
+        ],
+        cwd=tmp_path,
+        env={**environment(tmp_path), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # torchrun's ChildFailedError: "Failures:" then "Root Cause (first observed failure):", each
+    # entry a "rank : N (local_rank: N)", an "exitcode : C ..." and the traceback that @record
+    # wrote, whose last line is the exception
+    report = done.stderr[done.stderr.rindex("Failures:") :]
+    failures, root = report.split("Root Cause (first observed failure):")
+    entries = {}
+    for entry in re.split(r"\n\[\d+\]:\n", failures + root)[1:]:
+        found = re.search(r"rank\s+: (\d+) \(local_rank", entry)
+        code = re.search(r"exitcode\s+: (-?\d+)", entry)
+        assert found and code, entry
+        exception = [line.strip() for line in entry.splitlines() if line.strip(" =-")][-1]
+        entries[int(found[1])] = (int(code[1]), exception)
+    (root_rank,) = {int(r) for r in re.findall(r"rank\s+: (\d+) \(local_rank", root)}
+    return {
+        "returncode": done.returncode,
+        "rank": rank,
+        "batch": batch,
+        "torchrun": entries,
+        "torchrun_root": root_rank,
+        "job": next((tmp_path / "runs").iterdir()),
+        "stderr": done.stderr,
+    }
+
+
+@pytest.mark.slow
+def test_pytorch_ddp_tutorial_one_rank_fails_and_the_root_cause_is_torchruns(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 meets a bad record (a data error in default_collate), its peer's allreduce fails
+    when rank 1's process goes away (gloo: "Connection closed by peer"), then torchrun's elastic
+    agent stops it with SIGTERM. Each rank's record keeps the error that rank raised; the job's
+    summary.json and `traintel logs summary` name as root cause the rank and exception that
+    torchrun's own "Root Cause" names."""
+    job = failing_rank_job(tmp_path)
+    assert job["returncode"] == 1, job["stderr"][-3000:]
+    assert job["torchrun_root"] == job["rank"] == 1
+    ranks = {rank: summary_of(job["job"] / f"rank-{rank}") for rank in (0, 1)}
+    errors = {rank: read_lines(job["job"] / f"rank-{rank}").of("error") for rank in (0, 1)}
+    # rank 1: failed with the data error, after the batches before the bad one
+    failing, (error,) = ranks[1], errors[1]
+    code, exception = job["torchrun"][1]
+    assert code == 1 and exception.startswith("RuntimeError: stack expects each tensor")
+    assert (failing["status"], failing["steps"]) == ("failed", job["batch"])
+    assert f"{error['exc_type']}: {error['message']}" == exception
+    assert (error["error_type"], error["step"]) == ("data", job["batch"])
+    assert failing["errors"]["first"] == {
+        "ts": error["ts"],
+        "error_type": "data",
+        "exc_type": "RuntimeError",
+        "step": job["batch"],
+    }
+    # rank 0: what torchrun reports of it (its error file, then SIGTERM: exit code -15) is what
+    # its record says: it failed in the collective the lost peer left hanging
+    code, exception = job["torchrun"][0]
+    (peer_error,) = errors[0]
+    assert code == -15 and "Connection closed by peer" in exception
+    assert ranks[0]["status"] == "failed"
+    assert f"{peer_error['exc_type']}: {peer_error['message']}" == exception
+    assert peer_error["error_type"] == "distributed" and peer_error["ts"] > error["ts"]
+    # the job: rank 1 is the root cause, in summary.json and in logs summary, text and JSON
+    summary = summary_of(job["job"])
+    assert (summary["status"], summary["errors"]) == ("failed", 2)
+    assert summary["root_cause"] == {"rank": 1, **failing["errors"]["first"]}
+    shown = cli(tmp_path, "logs", "summary", str(job["job"]))
+    assert shown["root_cause"] == summary["root_cause"]
+    text = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(job["job"])],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert re.search(rf"root cause\s+rank 1: data \(RuntimeError\) at step {job['batch']}", text)
+    # `traintel logs errors` of the job names the rank of each error, rank 0 too
+    listed = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "errors", str(job["job"])],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert re.findall(r"ERROR\s+(rank \d+ error: \w+)", listed) == [
+        "rank 1 error: data",
+        "rank 0 error: distributed",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+def test_pytorch_ddp_one_rank_fails_through_the_stack_runfailed_names_the_root_cause(
+    stack, tmp_path: Path
+) -> None:
+    """The same job exporting to the real collector and Prometheus with the repository's rules:
+    each rank's traintel_first_error_timestamp_seconds is the time of the error its record
+    kept, and RunFailed fires for both ranks, each naming rank 1, torchrun's root cause."""
+    job = failing_rank_job(
+        tmp_path,
+        {
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        },
+    )
+    assert job["returncode"] == 1 and job["torchrun_root"] == 1, job["stderr"][-3000:]
+    run_id, project = job["job"].name, "ddp-tutorial"
+    kept = {
+        rank: summary_of(job["job"] / f"rank-{rank}")["errors"]["first"]["ts"] for rank in (0, 1)
+    }
+
+    def both_ranks() -> list[dict[str, Any]] | None:
+        series = promql(
+            stack, f'traintel_first_error_timestamp_seconds{{project="{project}",run="{run_id}"}}'
+        )
+        return series if len(series) == 2 else None
+
+    exported = eventually(both_ranks, 60, what="the first-error gauge of both ranks")
+    assert {int(s["metric"]["rank"]): float(s["value"][1]) for s in exported} == {
+        rank: pytest.approx(ts, abs=1e-3) for rank, ts in kept.items()
+    }
+
+    def fired() -> list[dict[str, Any]] | None:
+        alerts = requests.get(f"{stack.endpoints['prometheus']}/api/v1/alerts", timeout=5).json()
+        found = [
+            a
+            for a in alerts["data"]["alerts"]
+            if a["labels"]["alertname"] == "RunFailed" and a["labels"].get("run") == run_id
+        ]
+        return found if len(found) == 2 else None
+
+    alerts = eventually(fired, 90, 2, what="RunFailed for both ranks")  # rules run every 15 s
+    assert sorted(a["labels"]["rank"] for a in alerts) == ["0", "1"]
+    for alert in alerts:
+        assert alert["annotations"]["description"].endswith(
+            "The job's first failure (root cause): rank 1."
+        ), alert
 
 
 def test_pytorch_examples_imagenet_preempted_and_requeued(tmp_path: Path) -> None:

@@ -3,6 +3,11 @@
 # identically 0 for the tutorial's one-output model; the snapshot under --snapshot_path; "#
 # traintel" marks the lines a user adds; the last line prints the figures each rank measured
 # itself, as JSON. Run as the tutorial says: torchrun --standalone --nproc_per_node=2 ...
+# Adapted for a job whose one rank fails: --corrupt_sample N gives sample N 19 features instead of
+# 20 (a bad record), so that default_collate's torch.stack raises on the rank the
+# DistributedSampler gives it to (N % world size), at its batch N // world size // batch size;
+# main is wrapped in torchrun's @record, as its docs recommend, so that its "Root Cause" names
+# the exception (without it, only an exit code).
 import json  # traintel: the script's own figures, printed last
 import time  # traintel: the script's own throughput
 
@@ -14,15 +19,18 @@ import torch.multiprocessing as mp
 from torch.utils.data.distributed import DistributedSampler
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.distributed import init_process_group, destroy_process_group
+from torch.distributed.elastic.multiprocessing.errors import record  # adapted: --corrupt_sample
 import os
 
 import traintel  # traintel
 
 
 class MyTrainDataset(Dataset):  # from datautils.py
-    def __init__(self, size):
+    def __init__(self, size, corrupt_sample=None):
         self.size = size
         self.data = [(torch.rand(20), torch.rand(1)) for _ in range(size)]
+        if corrupt_sample is not None:  # adapted: one bad record
+            self.data[corrupt_sample] = (torch.rand(19), torch.rand(1))
 
     def __len__(self):
         return self.size
@@ -104,8 +112,8 @@ class Trainer:
                           "run_dir": str(self.run.dir), **self.measured}))  # traintel
 
 
-def load_train_objs():
-    train_set = MyTrainDataset(2048)  # load your dataset
+def load_train_objs(corrupt_sample=None):
+    train_set = MyTrainDataset(2048, corrupt_sample)  # load your dataset
     model = torch.nn.Linear(20, 1)  # load your model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     return train_set, model, optimizer
@@ -121,10 +129,12 @@ def prepare_dataloader(dataset: Dataset, batch_size: int):
     )
 
 
-def main(save_every: int, total_epochs: int, batch_size: int, snapshot_path: str = "snapshot.pt"):
+@record  # adapted: torchrun's Root Cause names the exception
+def main(save_every: int, total_epochs: int, batch_size: int, snapshot_path: str = "snapshot.pt",
+         corrupt_sample=None):
     ddp_setup()
     torch.set_num_threads(1)  # adapted: two ranks on a small CPU
-    dataset, model, optimizer = load_train_objs()
+    dataset, model, optimizer = load_train_objs(corrupt_sample)
     train_data = prepare_dataloader(dataset, batch_size)
     trainer = Trainer(model, train_data, optimizer, save_every, snapshot_path)
     trainer.train(total_epochs)
@@ -138,6 +148,7 @@ if __name__ == "__main__":
     parser.add_argument('save_every', type=int, help='How often to save a snapshot')
     parser.add_argument('--batch_size', default=32, type=int, help='Input batch size on each device (default: 32)')
     parser.add_argument('--snapshot_path', default='snapshot.pt')  # adapted
+    parser.add_argument('--corrupt_sample', type=int)  # adapted: a job whose one rank fails
     args = parser.parse_args()
 
-    main(args.save_every, args.total_epochs, args.batch_size, args.snapshot_path)
+    main(args.save_every, args.total_epochs, args.batch_size, args.snapshot_path, args.corrupt_sample)

@@ -128,3 +128,84 @@ def test_the_epoch_mean_loss_stays_apart_from_the_step_losses(tmp_path, quiet, e
     # the step lines are the loop's own step reports: every 5 steps, the last is step 20
     last = step_losses[-1][0]
     assert (summary["steps"], summary["last_step"], summary["epochs"]) == (last, last, 2)
+
+
+def test_a_dict_of_metrics_is_recorded_under_its_names(tmp_path, quiet):
+    """Accelerate's ``log`` takes a dict of names to numbers as a value (TensorBoard's tracker
+    writes it with ``add_scalars``), and run_glue_no_trainer.py logs its metric so:
+    ``{"glue": {"accuracy": ...}, "train_loss": ...}``. Issue 29: the evaluation was left out
+    as a non-number; now it is ``glue/accuracy``, an evaluation beside the epoch's loss."""
+    from accelerate import Accelerator
+
+    from traintel.integrations.accelerate import TraintelTracker
+
+    tracker = TraintelTracker(project="glue", dir=str(tmp_path / "runs"), **quiet)
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers("glue_no_trainer", config={"num_train_epochs": 2})
+    for epoch, (accuracy, f1) in enumerate([(0.5, 0.25), (0.75, 0.5)]):
+        accelerator.log(
+            {
+                "glue": {"accuracy": accuracy, "f1": f1, "name": "mrpc"},
+                "train_loss": 0.7 - epoch / 10,
+                "epoch": epoch,
+                "step": 8 * (epoch + 1),
+            },
+            step=8 * (epoch + 1),
+        )
+    run = tracker.run
+    accelerator.end_training()
+
+    lines = read_lines(run.dir)
+    assert [(e["step"], e["metrics"]) for e in lines.of("eval")] == [
+        (8, {"glue/accuracy": 0.5, "glue/f1": 0.25}),
+        (16, {"glue/accuracy": 0.75, "glue/f1": 0.5}),
+    ]
+    assert [(s["step"], s["metrics"]) for s in lines.of("step")] == [
+        (8, {"loss": 0.7}),
+        (16, {"loss": 0.6}),
+    ]
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary["eval"]["glue/accuracy"]["best"] == 0.75
+
+
+def test_an_epoch_said_at_its_end_has_its_own_steps_and_time(tmp_path, quiet):
+    """Issue 29: the *_no_trainer examples name an epoch only in the call at its end, so
+    epoch 0's line began there and ran through epoch 1: each epoch line had the next epoch's
+    time (the last one's about 0 s) and the epoch's span likewise. Epoch 0 here waits 1 s,
+    epoch 1 does not: the lines and the epoch spans say so."""
+    import time
+
+    from accelerate import Accelerator
+
+    from traintel.integrations.accelerate import TraintelTracker
+    from traintel.testing import capture
+
+    with capture() as telemetry:
+        tracker = TraintelTracker(project="glue", dir=str(tmp_path / "runs"), **quiet)
+        accelerator = Accelerator(cpu=True, log_with=tracker)
+        accelerator.init_trackers("glue_no_trainer", config={})
+        completed_steps, took = 0, []
+        for epoch in range(2):
+            began = time.perf_counter()
+            for _ in range(5 if epoch == 0 else 7):
+                completed_steps += 1
+                if epoch == 0:
+                    time.sleep(0.2)
+            took.append(time.perf_counter() - began)
+            accelerator.log(
+                {"glue": {"accuracy": 0.5}, "train_loss": 0.7, "epoch": epoch},
+                step=completed_steps,
+            )
+        run = tracker.run
+        accelerator.end_training()
+
+    epochs = read_lines(run.dir).of("epoch")
+    assert [(e["epoch"], e["step"], e["steps"], e["cut"]) for e in epochs] == [
+        (0, 5, 5, False),
+        (1, 12, 7, False),
+    ]
+    assert epochs[0]["duration_s"] >= took[0] >= 1.0 > epochs[1]["duration_s"] >= took[1]
+    spans = [s for s in telemetry.spans.get_finished_spans() if s.name == "epoch"]
+    assert [(s.attributes["epoch"], s.attributes["steps"]) for s in spans] == [(0, 5), (1, 7)]
+    span_s = [(s.end_time - s.start_time) / 1e9 for s in spans]
+    assert span_s[0] >= took[0] >= 1.0 > span_s[1] >= took[1]

@@ -106,10 +106,13 @@ def _note_waiting(records: Records) -> None:
         click.echo(f"waiting for {', '.join(map(str, waiting))} to appear", err=True)
 
 
-def _line(record: RawLine, prefix: str = "") -> None:
-    """One record as ``time level [rank] text``, the level coloured on a terminal."""
+def _line(record: RawLine, prefix: str = "", job: bool = False) -> None:
+    """One record as ``time level [rank] text``, the level coloured on a terminal. ``job``: the
+    lines come from several ranks, so rank 0's are named too (a failed job's peer errors are
+    told apart from the root cause's); a single process's lines name only a rank above 0."""
     level = record.get("level") or "info"
-    rank = f" rank {record['rank']}" if record.get("rank") else ""
+    named = record.get("rank") if job else record.get("rank") or None
+    rank = f" rank {named}" if type(named) is int else ""
     click.echo(
         f"{prefix}{iso(record.get('ts'))} "
         f"{click.style(level.upper().ljust(8), fg=_COLOURS.get(level))}{rank} "
@@ -339,7 +342,7 @@ def errors(target: str, verbose: bool, fmt: str) -> None:
         )
         click.echo()
         for r in result["records"]:
-            _line(r)
+            _line(r, job=len(records.streams) > 1)
             if verbose:
                 _details(r)
     _report_skipped(records)
@@ -397,7 +400,7 @@ def grep(
     found = 0
     for r in analysis.grep(records, pattern, events, level, since, until):
         found += 1
-        _json_line(r) if fmt == "json" else _line(r)
+        _json_line(r) if fmt == "json" else _line(r, job=len(records.streams) > 1)
     _report_skipped(records)
     if not found:
         sys.exit(1)

@@ -18,7 +18,9 @@ Ranks as Accelerate has them: a tracker works on the main process only
 (``main_process_only``, as every Accelerate tracker), and ``accelerator.log`` is called there
 only, so the run is the main process's; its run id is taken without talking to the other ranks
 (the launcher's, else a new one). Each ``accelerator.log(values, step=n)`` is a step line at step
-``n`` (values for a step already written become a ``values`` line), its evaluation metrics an
+``n`` (values for a step already written become a ``values`` line; a value that is a dict of
+numbers, ``{"glue": {"accuracy": ...}}``, is one value per inner name, ``glue/accuracy``), its
+evaluation metrics an
 ``eval`` line at the same step, sorted by name as every integration does
 (``traintel.integrations.base.split``); Accelerate has no call of its own for evaluations, so a
 call that names its training values ``train_*`` holds evaluations in its other names: in the
@@ -101,20 +103,27 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
     @on_main_process  # type: ignore[untyped-decorator]  # Accelerate's decorator is untyped to mypy
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
         run = self.run or self._open({})
+        values = flatten(values)
         at = step if step is not None else run.state.step + 1
         epoch = values.get("epoch")
-        if (
-            isinstance(epoch, (int, float))
+        report = split(values, train_marks_evals=True)
+        new_epoch = (
+            int(epoch)
+            if isinstance(epoch, (int, float))
             and not isinstance(epoch, bool)
             and epoch >= 0
             and int(epoch) == epoch
             and int(epoch) != self._epoch
-        ):
-            # the loop's epoch (run_*_no_trainer log it once an epoch, others every step): a
-            # new number begins that epoch, which ends the one before (issue 29: epochs were 0)
-            self._epoch = int(epoch)
-            run.begin_epoch(self._epoch)
-        report = split(values, train_marks_evals=True)
+            else None
+        )
+        if new_epoch is not None:
+            # the loop's epoch (issue 29: epochs were 0). Logged every step, a new number
+            # begins that epoch and ends the one before; logged once an epoch, with its
+            # evaluation at its end (the run_*_no_trainer examples, tracking.py), it is the
+            # number of the epoch that ends here, which began where the last one ended: begun
+            # so, it ends after this call's lines (its steps and time, not the next epoch's)
+            self._epoch = new_epoch
+            run.begin_epoch(new_epoch, since_last_end=bool(report.evals))
         if report.evals and "loss" in report.steps:
             # an end-of-epoch call (run_glue_no_trainer's): its train_loss is the epoch's mean.
             # Where the loop logs its step losses too, that mean is an epoch-level value of its
@@ -132,6 +141,8 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
             self.evaluate(at, report.evals)
         if report.epoch:
             self.values(at, report.epoch)
+        if new_epoch is not None and report.evals:
+            run.end_epoch()
 
     def _open(self, config: Mapping[str, Any]) -> Run:
         # only the main process records: its run id is taken without a collective, which the
@@ -143,3 +154,20 @@ class TraintelTracker(GeneralTracker, Integration):  # type: ignore[misc]  # the
     def finish(self, status: Any = None) -> None:
         """Accelerate's ``end_training``: a run the tracker started ends."""
         Integration.finish(self, status)
+
+
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A value that is a dict of names to numbers (Accelerate's ``log`` takes them: TensorBoard's
+    tracker writes them with ``add_scalars``) as one value per inner name, ``outer/inner``:
+    run_glue_no_trainer.py logs its metric so, ``{"glue": {"accuracy": 0.8}}``, which was left
+    out as a non-number (issue 29: its evaluations were missing from the record)."""
+    if not any(isinstance(value, Mapping) for value in values.values()):
+        return dict(values)
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            for inner, number in flatten(value).items():
+                flat[f"{key}/{inner}"] = number
+        else:
+            flat[key] = value
+    return flat

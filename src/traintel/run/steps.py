@@ -151,6 +151,9 @@ class StepRecorder:
         self._milestones = [m for m in MILESTONES if m not in set(milestones_done)]
         self._epoch_started = 0.0
         self._epoch_first_step = 0
+        #: where the last epoch ended, else where the run began (perf_counter, wall time,
+        #: steps_taken): where an epoch said only at its end began (``since_last_end``)
+        self._last_end = (time.perf_counter(), time.time(), state.steps_taken)
         #: called with the time every REFRESH_S or so while steps are logged (rate-limited
         #: warnings, noticing a replaced signal handler)
         self.periodic: list[Callable[[float], None]] = [events.periodic]
@@ -797,7 +800,7 @@ class StepRecorder:
                 return
             self.end_epoch()
 
-    def begin_epoch(self, epoch: int) -> None:
+    def begin_epoch(self, epoch: int, since_last_end: bool = False) -> None:
         try:
             number = check_step("run.begin_epoch", epoch, "epoch")
         except (TypeError, ValueError) as error:  # a framework's odd epoch: not a reason to stop
@@ -807,9 +810,13 @@ class StepRecorder:
             return
         self.end_epoch()  # a loop that only says where epochs begin: the open one ends here
         self.state.epoch = number
-        self._spans.begin_epoch(number)
-        self._epoch_started = time.perf_counter()
-        self._epoch_first_step = self.state.steps_taken
+        if since_last_end:  # said at its end: it began where the last one ended
+            self._epoch_started, began, self._epoch_first_step = self._last_end
+            self._spans.begin_epoch(number, began)
+        else:
+            self._spans.begin_epoch(number)
+            self._epoch_started = time.perf_counter()
+            self._epoch_first_step = self.state.steps_taken
 
     def end_epoch(self, cut: bool = False) -> None:
         """The open epoch's end; ``cut``: the run ends inside it (not counted as ended)."""
@@ -831,6 +838,7 @@ class StepRecorder:
             "cut": cut,
         }
         self._pipeline.write(line)
+        self._last_end = (time.perf_counter(), line["ts"], state.steps_taken)
 
 
 class _Detached(list[object]):
@@ -905,9 +913,12 @@ class StepMethods:
         forever if neither is known); each is recorded with the loop's own number."""
         return self._steps.epochs(n, start)
 
-    def begin_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (for frameworks that report epochs by callback)."""
-        self._steps.begin_epoch(epoch)
+    def begin_epoch(self, epoch: int, since_last_end: bool = False) -> None:
+        """Start epoch ``epoch`` (for frameworks that report epochs by callback).
+        ``since_last_end``: the epoch began where the last one ended (else where the run began),
+        for a loop that says an epoch's number only at its end (the ``*_no_trainer.py``
+        examples' one ``accelerator.log`` per epoch): begin it so, then end it."""
+        self._steps.begin_epoch(epoch, since_last_end)
 
     def end_epoch(self, cut: bool = False) -> None:
         """End the current epoch: its span and its record line; ``cut``: the loop stopped

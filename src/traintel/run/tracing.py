@@ -67,9 +67,13 @@ class RunSpans:
         return self.epoch or self.run
 
     # -- epochs and steps ------------------------------------------------------------------
-    def begin_epoch(self, epoch: int) -> None:
+    def begin_epoch(self, epoch: int, began: float | None = None) -> None:
+        """``began``: the epoch's start (Unix time) when it is said after it began."""
         self.epoch = self.tracer.start_span(
-            "epoch", context=self._run_context, attributes={"epoch": epoch}
+            "epoch",
+            context=self._run_context,
+            attributes={"epoch": epoch},
+            start_time=None if began is None else int(began * 1e9),
         )
         self._epoch_context = trace.set_span_in_context(self.epoch)
 
