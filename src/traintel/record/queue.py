@@ -89,3 +89,5 @@ MAX_WAIT_S = 0.05
 #: queued items beyond which the newest are dropped: only a writer that is stuck lets the queue
 #: grow past the high-water mark (about 60 MB at 8 values a step)
 QUEUE_LIMIT = 100_000
+#: ready-made lines (events, errors, warnings) kept where the queue's newest steps are dropped
+KEPT_LINES = 64

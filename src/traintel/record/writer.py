@@ -44,6 +44,7 @@ from traintel.record.format import (
     Whose,
 )
 from traintel.record.queue import (
+    KEPT_LINES,
     MAX_WAIT_S,
     QUEUE_HIGH_WATER,
     QUEUE_LIMIT,
@@ -60,8 +61,6 @@ log = logging.getLogger("traintel.record")
 
 #: lines serialized and written per system call at most
 DRAIN_BATCH = 4096
-#: ready-made lines (events, errors, warnings) kept where the queue's newest steps are dropped
-KEPT_LINES = 64
 #: lines kept in memory while the record cannot be written (a full disk), oldest dropped first
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: the record's first lines, written again at the top of a run directory made anew
