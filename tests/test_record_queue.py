@@ -49,13 +49,28 @@ def test_a_stuck_writer_drops_the_newest_steps_counted_warned_once_and_marked(
     limit = 3 * QUEUE_HIGH_WATER
     monkeypatch.setattr(writer_module, "QUEUE_LIMIT", limit)
     steps = limit + 5 * CHECK_EVERY + 100
+    sleeps: list[float] = []
+
+    class Clock:  # the writer module's time, its sleeps counted
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
     with quiet_run() as run:
         writer = run._writer
         writer.flush()  # run_start and config written before the writer is held
         with writer._lock:
-            for i in range(steps):
-                run.log(**step_values(i))
+            with monkeypatch.context() as patched:
+                patched.setattr(writer_module, "time", Clock())
+                for i in range(steps):
+                    run.log(**step_values(i))
             assert len(writer.queue) <= limit + CHECK_EVERY
+    # one wait's sleeps (MAX_WAIT_S of 1 ms sleeps), not one wait per check over the mark
+    # (there were about 70 such checks)
+    assert 0 < len(sleeps) <= writer_module.MAX_WAIT_S / 0.001 + 1
     lines = recorded(run.dir)
     # said once, in the record as on the console (traintel's logger goes to both)
     warned = [line for line in lines.of("log") if "fell" in line["message"]]
