@@ -6,8 +6,9 @@ reads RSS, logs ``steps`` more (RSS read every 1000 steps for the peak), then wa
 record writer has caught up (its queue empty; at least ``settle_s``) and reads RSS again.
 Three variants, each in its own process:
 
-- ``tight``: defaults (a span every 100 steps), as fast as the loop goes: the record writer's
-  queue grows whenever steps come faster than the writer turns them into lines;
+- ``tight``: defaults (a span every 100 steps), as fast as the loop goes: steps come faster
+  than the writer turns them into lines, so the record queue fills to its high-water mark and
+  the loop waits for the writer from there (``traintel.record.queue``);
 - ``tight_span_every_step``: a span every step, so the span queue is full all the time;
 - ``paced_1khz``: defaults, 1 ms sleep between steps (a fast but real training loop);
 - ``control``: the tight loop without traintel (the same 8 values made each step): what the

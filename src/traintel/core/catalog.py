@@ -720,7 +720,8 @@ METRICS: tuple[Metric, ...] = (
         "traintel_record_dropped_total",
         "counter",
         "",
-        "Record lines that could not be written (disk full, unwritable or deleted directory).",
+        "Record lines that could not be written (disk full, unwritable or deleted directory, "
+        "or steps past the record queue's limit when the writer fell behind).",
         (),
         "telemetry",
     ),

@@ -31,9 +31,13 @@ def encode(value: Any, *, sort_keys: bool = False, indent: bool = False) -> byte
         | (orjson.OPT_INDENT_2 if indent else 0)
     )
     try:
-        return orjson.dumps(value, option=option, default=_json_default)
+        encoded = orjson.dumps(value, option=option, default=_json_default)
     except (TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError
-        return orjson.dumps(json_safe(value), option=option)
+        encoded = orjson.dumps(json_safe(value), option=option)
+    # orjson (3.12 on) hands back its whole buffer: a 300-byte step line holds 4 KiB. The record
+    # writer keeps lines a while (a batch of thousands, lines waiting for a full disk), where
+    # that was 16 MiB a batch and memory the allocator kept; an exact copy costs ~0.1 µs
+    return bytes(memoryview(encoded))
 
 
 def _json_default(value: Any) -> Any:

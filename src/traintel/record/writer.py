@@ -43,7 +43,18 @@ from traintel.record.format import (
     StepLine,
     Whose,
 )
-from traintel.record.queue import Call, Line, Observe, RecordQueue, Step
+from traintel.record.queue import (
+    KEPT_LINES,
+    MAX_WAIT_S,
+    QUEUE_HIGH_WATER,
+    QUEUE_LIMIT,
+    Call,
+    Dropped,
+    Line,
+    Observe,
+    RecordQueue,
+    Step,
+)
 from traintel.record.summary import StepFigures
 
 log = logging.getLogger("traintel.record")
@@ -123,6 +134,8 @@ class RecordWriter:
         self._gap_reasons: list[str] = []
         self._warned: set[str] = set()
         self._forked = False
+        #: the queue's first item when a wait for room (make_room) saw the writer take nothing
+        self._stuck_on: object = None
         self._wake = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()  # one drain at a time (thread or final flush)
@@ -153,6 +166,69 @@ class RecordWriter:
 
     def flush_soon(self) -> None:
         self._wake.set()
+
+    def make_room(self) -> None:
+        """The queue's bound (``traintel.record.queue``), called by the step path every
+        ``CHECK_EVERY`` steps: past ``QUEUE_HIGH_WATER`` items, wake the writer and wait until
+        it has brought the queue back under the mark, at most ``MAX_WAIT_S``. A writer that
+        took nothing in a whole wait is stuck (its oldest item is still first): steps wait no
+        more until it takes that one, and past ``QUEUE_LIMIT`` the newest items are dropped,
+        counted and said."""
+        queue = self.queue
+        if len(queue) <= QUEUE_HIGH_WATER:
+            return
+        self._wake.set()
+        head = queue[0]  # thousands queued: the writer cannot empty it meanwhile
+        if head is not self._stuck_on and self._thread.is_alive() and not self._stopping:
+            deadline = time.monotonic() + MAX_WAIT_S
+            sleep = time.sleep
+            # each sleep hands the interpreter to the writer (for a switch interval, 5 ms,
+            # before this thread gets it back); polling asks nothing of the writer's loop
+            while len(queue) > QUEUE_HIGH_WATER and time.monotonic() < deadline:
+                sleep(0.001)
+            self._stuck_on = head if queue and queue[0] is head else None
+        if len(queue) > QUEUE_LIMIT:
+            self._drop_newest()
+
+    def _drop_newest(self) -> None:
+        """Drop the steps past QUEUE_LIMIT, newest first, and leave one :class:`Dropped` in
+        their place (taking up the count of an earlier one it meets). Ready-made lines (events,
+        errors, traintel's own warning about this) are kept, up to KEPT_LINES, and go after
+        it. The writer counts the dropped lines when it reaches the marker, on its own thread
+        (``state.dropped`` has one writer at a time)."""
+        queue = self.queue
+        lines = others = 0
+        kept: list[Line] = []
+        while len(queue) > QUEUE_LIMIT:
+            item = queue.pop()
+            if type(item) is Dropped:
+                lines += item.lines
+                others += item.others
+            elif type(item) is Line and len(kept) < KEPT_LINES:
+                kept.append(item)
+            elif type(item) in (Step, Line):
+                lines += 1
+            else:
+                others += 1
+        queue.append(
+            Dropped(
+                lines,
+                others,
+                f"the record queue was full ({QUEUE_LIMIT} items): the writer fell behind "
+                "(a slow or hung filesystem?)",
+            )
+        )
+        queue.extend(reversed(kept))
+        self._warn_once(
+            "queue_full",
+            "traintel: the run record's writer fell %d items behind (is the filesystem of "
+            "%s slow or hung?); newer steps are dropped until it catches up, counted in "
+            "summary.json's record.dropped and traintel_record_dropped_total and said by a "
+            "record_gap line where they were. Training goes on; put the run directory on a "
+            "local disk (traintel.init(dir=...)) to keep every step",
+            QUEUE_LIMIT,
+            self.directory,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -299,6 +375,14 @@ class RecordWriter:
                 elif type(item) is Observe:
                     self._observe(*item)
                     continue
+                elif type(item) is Dropped:  # steps the queue had no room for (make_room)
+                    self.state.dropped += item.lines
+                    reason = item.reason
+                    if item.others:
+                        reason += f"; {item.others} observations and span calls with them"
+                    line = self._event_line(
+                        "record_gap", {"lost_lines": item.lines, "reason": reason}
+                    )
                 else:
                     assert type(item) is Line
                     line = item.line

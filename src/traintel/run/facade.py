@@ -159,7 +159,7 @@ class Run(StepMethods):
             events=self._events,
             pipeline=self.pipeline,
             progress=self.progress,
-            flush_soon=writer.flush_soon,
+            make_room=writer.make_room,
             total_epochs=settings.total_epochs,
             planned_steps=settings.total_steps,
             step_span_every=settings.step_span_every,

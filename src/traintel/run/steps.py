@@ -36,7 +36,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
@@ -55,7 +54,7 @@ from traintel.core.state import (
 from traintel.core.validate import INT64_MAX, INT64_MIN, NameBudget, check_step, shown, to_number
 from traintel.record.format import EpochLine, ValuesLine
 from traintel.record.pipeline import Pipeline
-from traintel.record.queue import RecordQueue, Step
+from traintel.record.queue import CHECK_EVERY, QUEUE_HIGH_WATER, RecordQueue, Step
 from traintel.record.tensors import Deferred, defer, resolve
 from traintel.reports.render import progress_text
 from traintel.run.events import EventRecorder, ended
@@ -64,8 +63,6 @@ from traintel.run.tracing import RunSpans
 
 T = TypeVar("T")
 
-#: queued record items above which the writer is woken at once
-QUEUE_HIGH_WATER = 50_000
 #: run.track holds batches back until the loop's first run.log says whether it numbers its
 #: steps, at most this many or for this long
 HOLD_BATCHES, HOLD_S = 100, 1.0
@@ -88,7 +85,7 @@ class StepRecorder:
         events: EventRecorder,
         pipeline: Pipeline,
         progress: ProgressDisplay,
-        flush_soon: Callable[[], None],
+        make_room: Callable[[], None],
         total_epochs: int | None,
         planned_steps: int | None,
         step_span_every: int,
@@ -108,7 +105,8 @@ class StepRecorder:
         self._events = events
         self._pipeline = pipeline
         self._progress = progress
-        self._flush_soon = flush_soon
+        #: the record queue's bound: waits for the writer past its high-water mark
+        self._make_room = make_room
         self.total_epochs = total_epochs
         #: the total_steps the user gave (then run.track does not work it out)
         self._planned_steps = planned_steps
@@ -669,7 +667,7 @@ class StepRecorder:
         if self._span_every and step >= self._next_span and step_s is not None:
             self._spans.step(now - step_s, now, step, self.state.epoch)
         if len(self._queue) > QUEUE_HIGH_WATER:
-            self._flush_soon()  # a loop outpacing the writer: don't wait for the timer
+            self._make_room()  # a loop outpacing the writer waits for it (record.queue)
         total = self.state.total_steps
         while total and self._milestones and step >= math.ceil(total * self._milestones[0] / 100):
             self._milestone(self._milestones.pop(0))
@@ -682,14 +680,14 @@ class StepRecorder:
 
     def _reschedule(self) -> None:
         step = self.state.step
-        candidates = []
+        candidates = [(step // CHECK_EVERY + 1) * CHECK_EVERY]  # a look at the record queue
         if self._span_every:
             self._next_span = (step // self._span_every + 1) * self._span_every
             candidates.append(self._next_span)
         total = self.state.total_steps
         if total and self._milestones:
             candidates.append(math.ceil(total * self._milestones[0] / 100))
-        self._next_check = min(candidates) if candidates else sys.maxsize
+        self._next_check = min(candidates)
 
     def _milestone(self, percent: int) -> None:
         self._progress.line(f"{percent}% reached: {progress_text(self.state, self.total_epochs)}")
