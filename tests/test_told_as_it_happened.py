@@ -21,6 +21,8 @@ def test_check_finite_inside_track_names_the_step_under_way_and_counts_it(quiet_
                 run.log(loss=loss)
     (error,) = read_lines(run.dir).of("error")
     assert (error["operation"], error["context"]["step"]) == ("check_finite", 7)
+    # the line's own step and the run's first error name it too, not step 6 (the last written)
+    assert error["step"] == run.summary["errors"]["first"]["step"] == 7
     assert run.state.nonfinite_losses == 1  # traintel_nonfinite_loss_total
     assert run.summary["nonfinite"]["loss"]["count"] == 1
     assert run.summary["nonfinite"]["loss"]["first_step"] == 7

@@ -217,7 +217,11 @@ class EventRecorder:
         context: Mapping[str, object] | None = None,
         operation: str | None = None,
         severity: Severity | None = None,
+        *,
+        step: int | None = None,
     ) -> ErrorLine | None:
+        """An ``error`` line for ``exc``, classified. ``step``: the step it belongs to when that
+        is not the last one written (``check_finite`` names the step under way)."""
         refuse = self.refusals.refuse
         if not isinstance(exc, BaseException):
             refuse(
@@ -281,7 +285,7 @@ class EventRecorder:
             "traceback": format_traceback(exc),
             "context": details,
             "hints": list(kind.hints),
-            "step": state.step,
+            "step": state.step if step is None else step,
             "epoch": state.epoch,
         }
         key = (kind.error_type, severity)
@@ -291,7 +295,7 @@ class EventRecorder:
                 "ts": now,
                 "error_type": kind.error_type,
                 "exc_type": type(exc).__name__,
-                "step": state.step,
+                "step": line["step"],
             }
         self.emit(
             _errors_log,
@@ -323,7 +327,9 @@ class EventRecorder:
             step = self.state.step + 1 if step is None else step
             self.nonfinite(self.state.loss_key or "loss", text, step)
             exc = NonFiniteLossError(f"loss is {text} at step {step}")
-            self.error(exc, context={"loss": text, "step": step}, operation="check_finite")
+            self.error(
+                exc, context={"loss": text, "step": step}, operation="check_finite", step=step
+            )
             raise exc
         return float(value)
 
