@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -210,3 +212,36 @@ def test_torch_compile_sees_no_graph_break_from_a_run_logged_outside(
     steps = recorded(run.dir).of("step")
     assert [s["metrics"]["loss"] for s in steps] == pytest.approx(logged)
     assert all(s["metrics"].get("grad_norm", 1) > 0 for s in steps[:3])
+
+
+def test_under_clipping_the_norm_is_the_applied_one_and_the_loops_pre_clip_value_wins(
+    tmp_path, options, recorded
+) -> None:
+    """Issue 29 finding 14, as the README says it: ``run.watch`` reads the gradients the optimizer
+    applies, so under ``clip_grad_norm_(..., 1.0)`` its ``grad_norm`` is 1.0 (after clipping);
+    the norm before clipping is what ``clip_grad_norm_`` returns, and logged by the loop as
+    ``grad_norm`` it is the step's value, in the record and exported, not the clipped one."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before: list[float] = []
+    with capture() as telemetry:
+        with traintel.init(project="watch", dir=str(tmp_path), **options) as run:
+            run.watch(model)
+            for i in run.track(range(4)):
+                optimizer.zero_grad()
+                (model(torch.randn(8, 16)) * 100).pow(2).mean().backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                if i < 2:
+                    run.log(loss=1.0)  # watch's value only: the norm after clipping
+                else:
+                    before.append(norm.item())
+                    run.log(loss=1.0, grad_norm=norm)  # the README's way to the norm before it
+    assert min(before) > 100  # the gradients were clipped hard
+    norms = [s["metrics"]["grad_norm"] for s in recorded(run.dir).of("step")]
+    assert norms[:2] == pytest.approx([1.0, 1.0], rel=1e-5)
+    assert norms[2:] == pytest.approx(before)
+    assert telemetry.metric("traintel_grad_norm") == [pytest.approx(before[-1])]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "after any clipping" in readme  # said where users look
