@@ -76,6 +76,8 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
     ]
     assert shown["duration_s"] == pytest.approx(written["duration_s"], abs=0.05)
     assert written["duration_s"] < written["end_ts"] - written["start_ts"] - 0.9  # no gap
+    # no epoch ended (the loop counts none): both say null, not 0 from the step lines' epoch
+    assert (shown["epoch"], shown["epochs"]) == (written["epoch"], written["epochs"]) == (None, 0)
     text = subprocess.run(
         [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
         capture_output=True,

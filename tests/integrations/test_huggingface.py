@@ -279,6 +279,7 @@ def test_early_stopping_is_an_event_and_the_best_models_evaluation_says_its_step
     assert 1 < state.epoch < 2
     assert summary["summary"]["epoch"] == state.epoch == state.log_history[-1]["epoch"]
     assert summary["epochs"] == 1
+    assert summary["epoch"] == 1  # the epoch it was in, from 0: docs/record-format.md's three
     assert [line["cut"] for line in lines.of("epoch")] == [False, True]
 
 

@@ -226,7 +226,8 @@ class Summary:
             if len(self.ranks) > 1
             else None,
             "epochs": fold.epochs,
-            "epoch": fold.epoch,
+            # as summary.json says it (record.summary.build_summary): null until an epoch ended
+            "epoch": fold.epoch if fold.epochs else None,
             "steps": max((f.figures.steps for f in self.ranks.values()), default=0),
             # counted once, then taken back by a resume from an older checkpoint (summary.json's)
             "superseded": figures.superseded,
