@@ -112,3 +112,24 @@ def test_halt_on_nonfinite_inside_track(quiet_run):
             for batch in run.track(range(10)):
                 run.log(loss=float("inf") if batch == 5 else 1.0)
     assert [s["metrics"]["loss"] for s in read_lines(run.dir).of("step")][-1] == "inf"
+
+
+def test_a_nonfinite_loss_is_not_handed_to_the_otel_sdk(tmp_path, quiet, caplog):
+    """Found auditing issue 29 (finding 2's NaN under ``train/loss``): the observable gauges
+    handed the SDK the NaN loss, which it drops with a warning on the console at every export
+    ("Callback returned a non-finite value nan for instrument traintel_loss"), twice (the loss and
+    ``traintel_metric``) for as long as the run stays diverged. The NaN is counted by
+    ``traintel_nonfinite_loss_total`` and ``traintel_logged_nonfinite_total`` instead; the
+    gauges keep their finite series."""
+    import traintel
+    from traintel.testing import capture
+
+    with caplog.at_level("WARNING"), capture() as telemetry:
+        with traintel.init(project="t", dir=str(tmp_path), **{**quiet, "otlp": None}) as run:
+            run.log({"train/loss": 0.5, "acc": 0.1})
+            run.log({"train/loss": float("nan"), "acc": float("inf")})
+            telemetry.collect()
+    said = [r.getMessage() for r in caplog.records if "non-finite value" in r.getMessage()]
+    assert said == []
+    assert telemetry.metric("traintel_nonfinite_loss_total")[-1] == 1
+    assert all(math.isfinite(v) for v in telemetry.metric("traintel_metric"))

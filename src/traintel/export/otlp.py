@@ -336,7 +336,13 @@ class RunMetrics:
         attributes = self._attributes
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(value, attributes(extra)) for value, extra in reader(state)]
+            # a NaN or infinite reading (a diverged loss) is not a point: the SDK would drop it
+            # with a console warning at every export; the non-finite counters say it instead
+            return [
+                Observation(value, attributes(extra))
+                for value, extra in reader(state)
+                if value - value == 0
+            ]
 
         return observe
 
