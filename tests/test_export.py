@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import read_lines
 from traintel.core import catalog
 from traintel.export.otlp import EXPORT_BATCH, Sinks
 from traintel.run import facade as run_module
@@ -340,3 +341,16 @@ def test_shutdown_with_unreachable_collector_is_bounded(monkeypatch, caplog, qui
     run.finish()
     assert run.summary["steps"] == 1
     assert run.otlp._providers == []
+
+
+def test_the_run_spans_steps_are_the_steps_taken_as_run_end_and_summary_say(quiet_run):
+    """Found auditing issue 29: a loop numbering its steps from 0 (``step=i``) took 8 steps, as
+    run_end and summary.json say, while the ``training_run`` span said 7 (the last step's
+    number)."""
+    with capture() as telemetry:
+        with quiet_run(otlp=None) as run:
+            for i in range(8):
+                run.log({"train/loss": 1.0}, step=i)
+    root = next(s for s in telemetry.spans.get_finished_spans() if s.name == "training_run")
+    (end,) = read_lines(run.dir).of("run_end")
+    assert dict(root.attributes)["steps"] == end["steps"] == run.summary["steps"] == 8

@@ -329,7 +329,8 @@ class Run(StepMethods):
         if self.samplers is not None:
             self.samplers.stop()
         self._steps.end_epoch(cut=status != "finished")  # an epoch the run ended inside
-        self.spans.finish(status, state.step)
+        # the steps this segment took, as its run_end line says (not the last step's number)
+        self.spans.finish(status, state.steps_taken - self._continuation.steps_before)
         config = self.config.current
         summary = self._events.run_end(
             status,
