@@ -121,6 +121,13 @@ def test_log_with_step(quiet_run):
     assert [(v["step"], v["metrics"]) for v in lines.of("values")] == [(40, {"val/loss": 0.5})]
     assert not [line for line in lines.of("log") if line["level"] == "warning"]
     assert run.summary["steps"] == 41
+    # a loop counting from 1 that logs every 10: the first line counts once unless the run
+    # says where its steps start, as the table's row says
+    for options, steps in (({}, 91), ({"initial_step": 0}, 100)):
+        with quiet_run(**options) as run:
+            for i in range(10, 101, 10):
+                run.log({"train/loss": 1.0, "samples": 32}, step=i)
+        assert (run.summary["steps"], run.summary["samples"]) == (steps, steps * 32)
 
 
 def test_commit_false(quiet_run):
