@@ -9,7 +9,10 @@ Fault tests stop and start single programs with ``stack.stop(name)`` / ``stack.s
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -77,3 +80,40 @@ def promql(stack: native.NativeStack, expr: str) -> list[dict]:
     body = response.json()
     assert body["status"] == "success", (expr, body)
     return body["data"]["result"]
+
+
+#: the demo run the stack proofs train (end to end, Thanos, sync): two epochs of 40 steps of 16
+#: samples, a NaN loss at step 10 and a data error at step 15, samplers every second
+PROOF_RUN = (
+    "--epochs",
+    "2",
+    "--steps-per-epoch",
+    "40",
+    "--batch-size",
+    "16",
+    "--nan-at-step",
+    "10",
+    "--error-at-step",
+    "15",
+    "--sample-interval",
+    "1",
+)
+
+
+def demo_command(*options: str) -> list[str]:
+    """``traintel demo`` as a child process, its steps not padded to a wall-clock duration."""
+    return [sys.executable, "-m", "traintel.cli", "demo", "--duration", "0", *options]
+
+
+def demo_env(otlp_endpoint: str, runs: Path, progress: str = "lines") -> dict[str, str]:
+    """The environment of a run exporting to the collector at ``otlp_endpoint`` every second
+    (spans and logs every 0.5 s) and recording under ``runs``."""
+    return {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+        "OTEL_BLRP_SCHEDULE_DELAY": "500",
+        "TRAINTEL_DIR": str(runs),
+        "TRAINTEL_PROGRESS": progress,
+    }

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from stack_fixture import eventually
+from stack_fixture import demo_command, eventually
 from traintel.cli import main
 from traintel.stack import install
 from traintel.stack.native import NativeStack, StackError, free_ports
@@ -148,13 +148,7 @@ def test_a_nan_loss_reaches_the_webhook_and_traintel_status(tmp_path):
             TRAINTEL_PROGRESS="off",
         )
         demo = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel",
-                "demo",
-                "--duration",
-                "0",
+            demo_command(
                 "--epochs",
                 "1",
                 "--steps-per-epoch",
@@ -165,7 +159,7 @@ def test_a_nan_loss_reaches_the_webhook_and_traintel_status(tmp_path):
                 "0.05",
                 "--sample-interval",
                 "1",
-            ],
+            ),
             env=env,
             capture_output=True,
             text=True,

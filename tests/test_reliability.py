@@ -20,8 +20,7 @@ import requests
 import loki_model
 import traintel
 from reliability_log import record
-from stack_fixture import eventually, promql, require
-from test_end_to_end import _demo_env
+from stack_fixture import demo_command, demo_env, eventually, promql, require
 from traintel.testing import capture
 
 #: a step this much slower than the loop's own pace means export blocked training
@@ -61,20 +60,8 @@ def test_collector_down_from_the_start(tmp_path, monkeypatch, recorded, quiet):
 
 def _run_demo(stack, tmp_path, *args):
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "traintel.cli",
-            "demo",
-            "--duration",
-            "0",
-            "--project",
-            "faults",
-            "--sample-interval",
-            "1",
-            *args,
-        ],
-        env=_demo_env(stack, tmp_path),
+        demo_command("--project", "faults", "--sample-interval", "1", *args),
+        env=demo_env(stack.endpoints["otlp_http"], tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -14,11 +14,9 @@ collector's retries bring every sample in, none is lost.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ import yaml
 
 from deploy_tools import REPO
 from kube_fixture import _free_port
-from stack_fixture import eventually
+from stack_fixture import PROOF_RUN, demo_command, demo_env, eventually
 from traintel.stack import dashboards, install
 from traintel.stack.components import DEPLOY_TOOLS
 
@@ -309,42 +307,11 @@ def demo(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     """A demo run exporting to the collector; one Receive is killed while it runs and started
     again after it."""
     runs = tmp_path_factory.mktemp("runs")
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": stores.collector_otlp,
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-        "OTEL_BSP_SCHEDULE_DELAY": "500",
-        "TRAINTEL_DIR": str(runs),
-        "TRAINTEL_PROGRESS": "off",
-    }
     run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "traintel.cli",
-            "demo",
-            "--duration",
-            "0",
-            "--epochs",
-            "2",
-            "--steps-per-epoch",
-            "40",
-            "--batch-size",
-            "16",
-            "--project",
-            "thanos",
-            "--name",
-            "hashring",
-            "--nan-at-step",
-            "10",
-            "--error-at-step",
-            "15",
-            "--step-sleep",
-            "0.2",
-            "--sample-interval",
-            "1",
-        ],
-        env=env,
+        demo_command(
+            *PROOF_RUN, "--project", "thanos", "--name", "hashring", "--step-sleep", "0.2"
+        ),
+        env=demo_env(stores.collector_otlp, runs, progress="off"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
