@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +57,25 @@ def read_lines(run_dir: Path) -> Lines:
         for path in [*files, Path(run_dir) / "events.jsonl"]
         for raw in path.read_bytes().splitlines()
     )
+
+
+def logs_summary(run_dir: Path, *options: str, env: dict[str, str] | None = None) -> str:
+    """What ``traintel logs summary RUN_DIR [options]`` prints, run as users run it (a child
+    process); a non-zero exit fails the test with the command's stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run_dir), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def logs_summary_json(run_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``traintel logs summary RUN_DIR --format json``, parsed."""
+    return json.loads(logs_summary(run_dir, "--format", "json", env=env))  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import read_lines
+from conftest import logs_summary, logs_summary_json, read_lines
 
 ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
@@ -37,27 +37,6 @@ def killed_after(tmp_path, last_step: int) -> None:
     )
 
 
-def logs_summary(run_dir) -> dict:
-    return json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel.cli",
-                "logs",
-                "summary",
-                str(run_dir),
-                "--format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=ENV,
-        ).stdout
-    )
-
-
 def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path, quiet_run):
     killed_after(tmp_path, 39)
     time.sleep(1.0)  # the gap between the segments: no training in it
@@ -65,7 +44,7 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
         for step in range(40, 61):
             run.log(step=step, loss=1.0 / step, samples=4)
     written = json.loads((run.dir / "summary.json").read_text())
-    shown = logs_summary(run.dir)
+    shown = logs_summary_json(run.dir, env=ENV)
     assert [(s["status"], s["steps"]) for s in written["segments"]] == [
         ("crashed", 39),
         ("finished", 21),
@@ -76,13 +55,7 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
     ]
     assert shown["duration_s"] == pytest.approx(written["duration_s"], abs=0.05)
     assert written["duration_s"] < written["end_ts"] - written["start_ts"] - 0.9  # no gap
-    text = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=ENV,
-    ).stdout
+    text = logs_summary(run.dir, env=ENV)
     assert "running" not in text and "crashed" in text
 
 
@@ -100,13 +73,11 @@ def test_resuming_from_an_older_checkpoint_counts_each_step_once(tmp_path, quiet
     assert written["steps"] == 100 and written["samples"] == 400
     assert written["loss"]["count"] == 100
     assert written["loss"]["mean"] == pytest.approx(sum(1.0 / s for s in range(1, 101)) / 100)
-    from conftest import read_lines
-
     lines = read_lines(run.dir)
     assert len(lines.of("step")) == 109  # nothing rewritten: the record keeps every line
     (event,) = [e for e in lines.of("event") if e["event"] == "superseded"]
     assert (event["fields"]["after_step"], event["fields"]["through_step"]) == (40, 49)
-    shown = logs_summary(run.dir)
+    shown = logs_summary_json(run.dir, env=ENV)
     assert (shown["steps"], shown["samples"], shown["loss"]) == (100, 400, written["loss"])
     assert run.state.samples >= 400  # live counters never go back
 
@@ -190,18 +161,12 @@ def test_a_superseded_steps_extremes_final_and_evals_are_taken_back(tmp_path, qu
         "best_val_acc": 0.5,
         "acc": {"max": 0.44},  # the superseded 0.99 at step 48 does not count
     }
-    shown = logs_summary(run.dir)
+    shown = logs_summary_json(run.dir, env=ENV)
     assert (shown["steps"], shown["superseded"]) == (44, 9)
     assert shown["loss"] == written["loss"]
     assert shown["eval"] == written["eval"]
     assert shown["summary"] == written["summary"]
-    text = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=ENV,
-    ).stdout
+    text = logs_summary(run.dir, env=ENV)
     assert "9 superseded" in text
     assert "summary acc" in text and "max 0.44" in text and "resumed" in text
 
@@ -212,7 +177,7 @@ def test_a_killed_run_not_yet_resumed_shows_its_segment_crashed(tmp_path):
     say it once the run resumes."""
     killed_after(tmp_path, 12)
     run_dir = tmp_path / "r"
-    shown = logs_summary(run_dir)
+    shown = logs_summary_json(run_dir, env=ENV)
     (segment,) = shown["segments"]
     lines = read_lines(run_dir)
     last_ts = max(line["ts"] for line in lines if "ts" in line)
