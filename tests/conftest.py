@@ -27,6 +27,16 @@ from traintel.core import catalog
 if "TRAINTEL_STACK_DIR" not in os.environ:
     os.environ["TRAINTEL_STACK_DIR"] = tempfile.mkdtemp(prefix="traintel-test-no-stack-")
 
+#: the environment of the training scripts tests start as child processes: no OpenTelemetry, no
+#: progress display, no samplers (the variables a user would set; ``console_logs`` and
+#: ``flush_interval`` have none, so the scripts still pass those to ``traintel.init``)
+SCRIPT_ENV = {
+    **os.environ,
+    "OTEL_SDK_DISABLED": "true",
+    "TRAINTEL_PROGRESS": "off",
+    "TRAINTEL_SAMPLE_INTERVAL": "0",
+}
+
 #: init options for runs that show, sample and export nothing, and write their record quickly
 QUIET = {
     "progress": "off",
@@ -75,7 +85,8 @@ def logs_summary(run_dir: Path, *options: str, env: dict[str, str] | None = None
 
 def logs_summary_json(run_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``traintel logs summary RUN_DIR --format json``, parsed."""
-    return json.loads(logs_summary(run_dir, "--format", "json", env=env))  # type: ignore[no-any-return]
+    shown: dict[str, Any] = json.loads(logs_summary(run_dir, "--format", "json", env=env))
+    return shown
 
 
 @pytest.fixture(scope="session")

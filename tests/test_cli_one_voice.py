@@ -6,7 +6,6 @@ evaluations, and name the run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,12 +15,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from conftest import SCRIPT_ENV
 from traintel.cli import main
 from traintel.core.state import RunState
 from traintel.record.reader import Records
 from traintel.reports import analysis, render
-
-ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
 
 def cli(*args: str) -> Any:
@@ -83,8 +81,8 @@ def test_every_command_says_the_same_of_a_preempted_then_resumed_run(runs, quiet
 def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_run):
     script = textwrap.dedent(f"""
         import os, signal, sys, traintel
-        run = traintel.init(project="t", dir={str(runs)!r}, run_id=sys.argv[1], progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={str(runs)!r}, run_id=sys.argv[1],
+                            console_logs=False, flush_interval=0.05)
         run.log(loss=1.0)
         run.flush()
         print("ready", flush=True)
@@ -94,7 +92,7 @@ def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_r
     """)
     killed = subprocess.run(
         [sys.executable, "-c", script, "killed"],
-        env=ENV,
+        env=SCRIPT_ENV,
         timeout=60,
         capture_output=True,
         text=True,
@@ -103,7 +101,7 @@ def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_r
     assert agree("killed") == ("crashed", 0, 0)
     live = subprocess.Popen(
         [sys.executable, "-c", script, "live"],
-        env=ENV,
+        env=SCRIPT_ENV,
         text=True,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -5,7 +5,6 @@ summary.json say the same of its segments (the killed one ``crashed`` in both) a
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -15,16 +14,14 @@ import time
 
 import pytest
 
-from conftest import logs_summary, logs_summary_json, read_lines
-
-ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
+from conftest import SCRIPT_ENV, logs_summary, logs_summary_json, read_lines
 
 
 def killed_after(tmp_path, last_step: int) -> None:
     script = textwrap.dedent(f"""
         import os, signal, time, traintel
-        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r",
+                            console_logs=False, flush_interval=0.05)
         for step in range(1, {last_step} + 1):
             run.log(step=step, loss=1.0 / step, samples=4)
             time.sleep(0.01)
@@ -32,7 +29,7 @@ def killed_after(tmp_path, last_step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert (
-        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
+        subprocess.run([sys.executable, "-c", script], env=SCRIPT_ENV, timeout=60).returncode
         == -signal.SIGKILL
     )
 
@@ -44,7 +41,7 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
         for step in range(40, 61):
             run.log(step=step, loss=1.0 / step, samples=4)
     written = json.loads((run.dir / "summary.json").read_text())
-    shown = logs_summary_json(run.dir, env=ENV)
+    shown = logs_summary_json(run.dir, env=SCRIPT_ENV)
     assert [(s["status"], s["steps"]) for s in written["segments"]] == [
         ("crashed", 39),
         ("finished", 21),
@@ -55,7 +52,7 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
     ]
     assert shown["duration_s"] == pytest.approx(written["duration_s"], abs=0.05)
     assert written["duration_s"] < written["end_ts"] - written["start_ts"] - 0.9  # no gap
-    text = logs_summary(run.dir, env=ENV)
+    text = logs_summary(run.dir, env=SCRIPT_ENV)
     assert "running" not in text and "crashed" in text
 
 
@@ -77,7 +74,7 @@ def test_resuming_from_an_older_checkpoint_counts_each_step_once(tmp_path, quiet
     assert len(lines.of("step")) == 109  # nothing rewritten: the record keeps every line
     (event,) = [e for e in lines.of("event") if e["event"] == "superseded"]
     assert (event["fields"]["after_step"], event["fields"]["through_step"]) == (40, 49)
-    shown = logs_summary_json(run.dir, env=ENV)
+    shown = logs_summary_json(run.dir, env=SCRIPT_ENV)
     assert (shown["steps"], shown["samples"], shown["loss"]) == (100, 400, written["loss"])
     assert run.state.samples >= 400  # live counters never go back
 
@@ -87,8 +84,8 @@ def killed_with(tmp_path, body: str) -> None:
     script = (
         textwrap.dedent("""
         import os, signal, traintel
-        run = traintel.init(project="t", dir={dir!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={dir!r}, run_id="r",
+                            console_logs=False, flush_interval=0.05)
     """).format(dir=str(tmp_path))
         + textwrap.dedent(body)
         + textwrap.dedent("""
@@ -97,7 +94,7 @@ def killed_with(tmp_path, body: str) -> None:
     """)
     )
     assert (
-        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
+        subprocess.run([sys.executable, "-c", script], env=SCRIPT_ENV, timeout=60).returncode
         == -signal.SIGKILL
     )
 
@@ -161,12 +158,12 @@ def test_a_superseded_steps_extremes_final_and_evals_are_taken_back(tmp_path, qu
         "best_val_acc": 0.5,
         "acc": {"max": 0.44},  # the superseded 0.99 at step 48 does not count
     }
-    shown = logs_summary_json(run.dir, env=ENV)
+    shown = logs_summary_json(run.dir, env=SCRIPT_ENV)
     assert (shown["steps"], shown["superseded"]) == (44, 9)
     assert shown["loss"] == written["loss"]
     assert shown["eval"] == written["eval"]
     assert shown["summary"] == written["summary"]
-    text = logs_summary(run.dir, env=ENV)
+    text = logs_summary(run.dir, env=SCRIPT_ENV)
     assert "9 superseded" in text
     assert "summary acc" in text and "max 0.44" in text and "resumed" in text
 
@@ -177,7 +174,7 @@ def test_a_killed_run_not_yet_resumed_shows_its_segment_crashed(tmp_path):
     say it once the run resumes."""
     killed_after(tmp_path, 12)
     run_dir = tmp_path / "r"
-    shown = logs_summary_json(run_dir, env=ENV)
+    shown = logs_summary_json(run_dir, env=SCRIPT_ENV)
     (segment,) = shown["segments"]
     lines = read_lines(run_dir)
     last_ts = max(line["ts"] for line in lines if "ts" in line)
