@@ -72,14 +72,23 @@ def eventually(probe, timeout: float = 90.0, interval: float = 1.0, what: str = 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: last {last!r}")
 
 
+def prometheus_query(base: str, expr: str, timeout: float = 30, **params: str) -> list[dict]:
+    """An instant query against the Prometheus HTTP API at ``base`` (a Prometheus, Thanos Query)
+    with further ``params`` (``time``, ``dedup``): the result's series, a scalar as one series
+    without labels; a failed query fails the test."""
+    body = requests.get(
+        f"{base}/api/v1/query", params={"query": expr, **params}, timeout=timeout
+    ).json()
+    assert body["status"] == "success", (base, expr, body)
+    data = body["data"]
+    if data["resultType"] in ("scalar", "string"):
+        return [{"metric": {}, "value": data["result"]}]
+    return data["result"]
+
+
 def promql(stack: native.NativeStack, expr: str) -> list[dict]:
-    """An instant query against the stack's Prometheus; a failed query fails the test."""
-    response = requests.get(
-        f"{stack.endpoints['prometheus']}/api/v1/query", params={"query": expr}, timeout=10
-    )
-    body = response.json()
-    assert body["status"] == "success", (expr, body)
-    return body["data"]["result"]
+    """An instant query against the stack's Prometheus, now; a failed query fails the test."""
+    return prometheus_query(stack.endpoints["prometheus"], expr, timeout=10)
 
 
 #: the demo run the stack proofs train (end to end, Thanos, sync): two epochs of 40 steps of 16

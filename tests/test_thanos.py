@@ -29,7 +29,7 @@ import yaml
 
 from deploy_tools import REPO
 from kube_fixture import _free_port
-from stack_fixture import PROOF_RUN, demo_command, demo_env, eventually
+from stack_fixture import PROOF_RUN, demo_command, demo_env, eventually, prometheus_query
 from traintel.stack import dashboards, install
 from traintel.stack.components import DEPLOY_TOOLS
 
@@ -286,11 +286,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
 def _instant(base: str, expr: str, at: float) -> list[dict[str, Any]]:
     # dedup (Thanos Query's default, said here): one series of the two replicas; Prometheus
     # ignores the parameter
-    params = {"query": expr, "time": f"{at:.3f}", "dedup": "true"}
-    body = requests.get(f"{base}/api/v1/query", params=params, timeout=30).json()
-    assert body["status"] == "success", (base, expr, body)
-    result = body["data"]["result"]
-    return result if isinstance(result, list) else [{"metric": {}, "value": result}]
+    return prometheus_query(base, expr, time=f"{at:.3f}", dedup="true")
 
 
 def _by_labels(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
