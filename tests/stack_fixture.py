@@ -21,6 +21,16 @@ from traintel.stack import install, native
 
 #: what every stack test needs; Loki and Tempo are asked for per test
 REQUIRED = ("otelcol", "prometheus", "alertmanager")
+#: the checks of ``traintel doctor`` that pass against the running stack (once Prometheus has
+#: scraped its targets)
+DOCTOR_PASSES = (
+    "collector otlp",
+    "collector health",
+    "prometheus",
+    "prometheus scraping",
+    "alertmanager",
+    "clock",
+)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
