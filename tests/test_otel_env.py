@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kube_fixture import make_ca, make_certificate
 from stack_fixture import eventually
 from traintel.export import selection
 from traintel.export.otlp import Sinks
@@ -391,57 +392,19 @@ def _certificates(directory: Path) -> dict[str, Path]:
         for name in ("ca", "ca-key", "server", "server-key", "client", "client-key")
     }
 
-    def openssl(*argv: str) -> None:
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=directory)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=probe-ca",
-        "-keyout",
-        str(paths["ca-key"]),
-        "-out",
-        str(paths["ca"]),
-    )
+    make_ca(directory, "probe-ca", paths["ca-key"], paths["ca"])
     for name, extension in (
         ("server", "subjectAltName=IP:127.0.0.1"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            str(paths[f"{name}-key"]),
-            "-out",
-            f"{name}.csr",
-        )
-        (directory / f"{name}.ext").write_text(extension + "\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            str(paths["ca"]),
-            "-CAkey",
-            str(paths["ca-key"]),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            str(paths[name]),
+        make_certificate(
+            directory,
+            name,
+            extension + "\n",
+            paths[f"{name}-key"],
+            paths[name],
+            paths["ca"],
+            paths["ca-key"],
         )
     return paths
 
