@@ -16,8 +16,13 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from traintel.stack import install, native
+
+REPO = Path(__file__).resolve().parents[1]
+#: the rule files Prometheus loads, as committed (``make generate`` writes them)
+RULE_FILES = sorted((REPO / "prometheus/rules").glob("*.yml"))
 
 #: what every stack test needs; Loki and Tempo are asked for per test
 REQUIRED = ("otelcol", "prometheus", "alertmanager")
@@ -136,3 +141,13 @@ def demo_env(otlp_endpoint: str, runs: Path, progress: str = "lines") -> dict[st
         "TRAINTEL_DIR": str(runs),
         "TRAINTEL_PROGRESS": progress,
     }
+
+
+def committed_rules() -> list[dict]:
+    """Every rule of the committed rule files, recording and alerting, file by file."""
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]

@@ -19,7 +19,15 @@ import requests
 import yaml
 
 import loki_model
-from stack_fixture import PROOF_RUN, demo_command, demo_env, eventually, promql, require
+from stack_fixture import (
+    PROOF_RUN,
+    committed_rules,
+    demo_command,
+    demo_env,
+    eventually,
+    promql,
+    require,
+)
 from traintel.core import catalog
 from traintel.stack import dashboards, rules
 
@@ -265,8 +273,7 @@ def test_by_step_panels_return_the_step_axis_and_the_values_for_two_runs(stack, 
 
 
 def _recording_rules() -> dict[str, str]:
-    rules = yaml.safe_load((ROOT / "prometheus/rules/recording.yml").read_text())
-    return {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    return {r["record"]: r["expr"] for r in committed_rules() if "record" in r}
 
 
 def _expected_empty(expr: str) -> bool:

@@ -29,7 +29,15 @@ import yaml
 
 from deploy_tools import REPO
 from kube_fixture import _free_port
-from stack_fixture import PROOF_RUN, demo_command, demo_env, eventually, prometheus_query
+from stack_fixture import (
+    PROOF_RUN,
+    RULE_FILES,
+    committed_rules,
+    demo_command,
+    demo_env,
+    eventually,
+    prometheus_query,
+)
 from traintel.stack import dashboards, install
 from traintel.stack.components import DEPLOY_TOOLS
 
@@ -157,7 +165,7 @@ def _collector_config(
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     bins = _binaries()
     root = tmp_path_factory.mktemp("thanos")
-    rules = sorted(str(p) for p in (REPO / "prometheus/rules").glob("*.yml"))
+    rules = [str(p) for p in RULE_FILES]
     procs: dict[str, Proc] = {}
     grpc = [_free_port() for _ in range(3)]
     hashring = root / "hashring.json"
@@ -342,10 +350,8 @@ def _promql() -> list[tuple[str, str]]:
         for q in dashboards.queries()
         if q.datasource == "prometheus" and q.kind != "variable"
     ]
-    for path in sorted((REPO / "prometheus/rules").glob("*.yml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                out.append((f"rule {rule.get('alert') or rule['record']}", rule["expr"]))
+    for rule in committed_rules():
+        out.append((f"rule {rule.get('alert') or rule['record']}", rule["expr"]))
     return out
 
 
@@ -432,12 +438,7 @@ def test_the_ruler_evaluates_every_rule_through_query(stores: Stores, demo: dict
 
     rules = eventually(evaluated, 60, what="the Ruler to evaluate every rule")
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
-    expected = sum(
-        len(g["rules"])
-        for p in sorted((REPO / "prometheus/rules").glob("*.yml"))
-        for g in yaml.safe_load(p.read_text())["groups"]
-    )
-    assert len(rules) == expected
+    assert len(rules) == len(committed_rules())
 
     def alerts(base: str) -> set[tuple[str, str]]:
         # the rules API (Prometheus's, which the Ruler serves too) lists each rule's alerts
