@@ -196,6 +196,17 @@ def test_protocol_endpoint_and_headers_general_and_per_signal(probe, tmp_path, p
     assert "traintel:" not in done.stderr  # no configuration warning
 
 
+def _split_arrived(metrics_probe: Probe, rest_probe: Probe) -> None:
+    """Wait for metrics at the one collector, traces and logs at the other."""
+    eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
+    eventually(
+        lambda: rest_probe.received("traces") and rest_probe.received("logs"),
+        20,
+        0.2,
+        "traces and logs",
+    )
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_per_signal_protocol_and_endpoint(tmp_path, protocol):
     """Metrics over one protocol to one collector, traces and logs over the other to another."""
@@ -212,13 +223,7 @@ def test_per_signal_protocol_and_endpoint(tmp_path, protocol):
                 + _signal_path(protocol, "metrics"),
             },
         )
-        eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
-        eventually(
-            lambda: rest_probe.received("traces") and rest_probe.received("logs"),
-            20,
-            0.2,
-            "traces and logs",
-        )
+        _split_arrived(metrics_probe, rest_probe)
         assert not rest_probe.received("metrics")
         assert not metrics_probe.received("traces") and not metrics_probe.received("logs")
     finally:
@@ -255,13 +260,7 @@ def test_a_sync_reads_the_variables_a_live_run_reads(tmp_path):
             timeout=120,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
-        eventually(
-            lambda: rest_probe.received("traces") and rest_probe.received("logs"),
-            20,
-            0.2,
-            "traces and logs",
-        )
+        _split_arrived(metrics_probe, rest_probe)
         assert not rest_probe.received("metrics") and not metrics_probe.received("logs")
         headers = {
             signal: {
