@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,58 @@ from traintel.core import catalog
 if "TRAINTEL_STACK_DIR" not in os.environ:
     os.environ["TRAINTEL_STACK_DIR"] = tempfile.mkdtemp(prefix="traintel-test-no-stack-")
 
-#: the environment of the training scripts tests start as child processes: no OpenTelemetry, no
-#: progress display, no samplers (the variables a user would set; ``console_logs`` and
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment of a training script: this checkout's sources first."""
+    environ = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    environ.update(extra)
+    return environ
+
+
+#: the environment of training scripts that show, sample and export nothing: no OpenTelemetry,
+#: no progress display, no samplers (the variables a user would set; ``console_logs`` and
 #: ``flush_interval`` have none, so the scripts still pass those to ``traintel.init``)
-SCRIPT_ENV = {
-    **os.environ,
-    "OTEL_SDK_DISABLED": "true",
-    "TRAINTEL_PROGRESS": "off",
-    "TRAINTEL_SAMPLE_INTERVAL": "0",
-}
+SCRIPT_ENV = script_env(
+    OTEL_SDK_DISABLED="true", TRAINTEL_PROGRESS="off", TRAINTEL_SAMPLE_INTERVAL="0"
+)
+
+
+def run_script(
+    code: str,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    args: Iterable[str] = (),
+    **popen: object,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) as a training script in its own Python process."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or script_env(),
+        **popen,
+    )  # type: ignore[call-overload]
+
+
+def start_script(
+    code: str, *, env: dict[str, str] | None = None, args: Iterable[str] = (), **popen: object
+) -> subprocess.Popen[str]:
+    """Start ``code`` (dedented) as a training script; its stdout and stderr are pipes unless
+    ``popen`` says otherwise."""
+    return subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen},
+        text=True,
+        env=env or script_env(),
+    )
+
 
 #: init options for runs that show, sample and export nothing, and write their record quickly
 QUIET = {

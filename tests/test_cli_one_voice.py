@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import textwrap
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import SCRIPT_ENV
+from conftest import SCRIPT_ENV, run_script, start_script
 from traintel.cli import main
 from traintel.core.state import RunState
 from traintel.record.reader import Records
@@ -90,22 +89,10 @@ def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_r
             os.kill(os.getpid(), signal.SIGKILL)
         sys.stdin.read()
     """)
-    killed = subprocess.run(
-        [sys.executable, "-c", script, "killed"],
-        env=SCRIPT_ENV,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    )
+    killed = run_script(script, env=SCRIPT_ENV, timeout=60, args=["killed"])
     assert killed.returncode == -signal.SIGKILL
     assert agree("killed") == ("crashed", 0, 0)
-    live = subprocess.Popen(
-        [sys.executable, "-c", script, "live"],
-        env=SCRIPT_ENV,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    live = start_script(script, env=SCRIPT_ENV, args=["live"], stdin=subprocess.PIPE, stderr=None)
     try:
         assert live.stdout.readline().strip() == "ready"
         assert agree("live") == ("running", 0, 0)

@@ -8,29 +8,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPT_ENV, read_lines
+from conftest import SCRIPT_ENV, read_lines, start_script
 
 
 def events_named(lines, name):
     return [e for e in lines.of("event") if e["event"] == name]
-
-
-def _start(script: str, *args: str) -> subprocess.Popen[str]:
-    """``python -c script args`` in the quiet script environment, its output piped as text."""
-    return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=SCRIPT_ENV,
-    )
 
 
 def _started(proc: subprocess.Popen) -> str:
@@ -63,7 +51,7 @@ def test_the_loops_own_sigterm_handler_decides_and_the_signal_is_recorded(tmp_pa
                 run.finish()
                 sys.exit(0)
     """)
-    proc = _start(script)
+    proc = start_script(script, env=SCRIPT_ENV)
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()  # the handler's exit, not the signal's
@@ -92,7 +80,7 @@ def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
                     print("ready", run.dir, flush=True)
             print("stopping at", step, flush=True)
     """)
-    proc = _start(script)
+    proc = start_script(script, env=SCRIPT_ENV)
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
@@ -122,7 +110,7 @@ def test_signals_during_finish_keep_the_summary_and_every_queued_step(tmp_path, 
     """200,000 steps still queued when finish() starts (the writer sleeps an hour between
     flushes): the signals arrive while it writes them."""
     steps = 200_000
-    proc = _start(BACKLOG, str(tmp_path), str(steps))
+    proc = start_script(BACKLOG, env=SCRIPT_ENV, args=[str(tmp_path), str(steps)])
     assert proc.stdout.readline().strip() == "finishing", proc.stderr.read()
     time.sleep(0.05)
     for name in signals:
@@ -151,7 +139,7 @@ def test_a_second_sigterm_while_a_preempted_run_ends_keeps_everything(tmp_path):
             if step == 150_000:
                 print("ready", run.dir, flush=True)
     """)
-    proc = _start(script)
+    proc = start_script(script, env=SCRIPT_ENV)
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)  # finishes the run: a large backlog to write
     time.sleep(0.2)

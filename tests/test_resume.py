@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import traintel
-from conftest import SCRIPT_ENV, read_lines
+from conftest import SCRIPT_ENV, read_lines, run_script, start_script
 from traintel.record.lock import RecordLocked
 from traintel.record.reader import Records
 from traintel.reports.analysis import summarize
@@ -123,10 +122,7 @@ def test_a_killed_segment_is_crashed_and_the_next_one_goes_on(tmp_path, quiet_ru
         run.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert (
-        subprocess.run([sys.executable, "-c", script], env=SCRIPT_ENV, timeout=60).returncode
-        == -signal.SIGKILL
-    )
+    assert run_script(script, env=SCRIPT_ENV, timeout=60).returncode == -signal.SIGKILL
     run = segment(quiet_run, 5, first=11, resume=True)
     assert [(s["status"], s["steps"]) for s in run.summary["segments"]] == [
         ("crashed", 10),
@@ -143,13 +139,7 @@ def test_two_live_processes_cannot_record_one_run(tmp_path, quiet_run):
         sys.stdin.read()
         run.finish()
     """)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=SCRIPT_ENV,
-    )
+    holder = start_script(script, env=SCRIPT_ENV, stdin=subprocess.PIPE, stderr=None)
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(

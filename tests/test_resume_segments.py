@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import signal
 import statistics
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-from conftest import SCRIPT_ENV, logs_summary, logs_summary_json, read_lines
+from conftest import SCRIPT_ENV, logs_summary, logs_summary_json, read_lines, run_script
 
 
 def killed_after(tmp_path, last_step: int) -> None:
@@ -28,10 +26,7 @@ def killed_after(tmp_path, last_step: int) -> None:
         run.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert (
-        subprocess.run([sys.executable, "-c", script], env=SCRIPT_ENV, timeout=60).returncode
-        == -signal.SIGKILL
-    )
+    assert run_script(script, env=SCRIPT_ENV, timeout=60).returncode == -signal.SIGKILL
 
 
 def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path, quiet_run):
@@ -93,10 +88,7 @@ def killed_with(tmp_path, body: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     )
-    assert (
-        subprocess.run([sys.executable, "-c", script], env=SCRIPT_ENV, timeout=60).returncode
-        == -signal.SIGKILL
-    )
+    assert run_script(script, env=SCRIPT_ENV, timeout=60).returncode == -signal.SIGKILL
 
 
 #: the killed segment: steps 1..49, an eval every 3 steps; its superseded steps (41..49) hold
