@@ -10,6 +10,7 @@ Fault tests stop and start single programs with ``stack.stop(name)`` / ``stack.s
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -151,3 +152,15 @@ def committed_rules() -> list[dict]:
         for group in yaml.safe_load(path.read_text())["groups"]
         for rule in group["rules"]
     ]
+
+
+def evaluate_every_second(stack: native.NativeStack, *rule_files: Path) -> None:
+    """Have the running Prometheus evaluate its rules, and ``rule_files`` beside them, every
+    second rather than every 15 s: its rendered config is edited, then reloaded (SIGHUP)."""
+    path = stack.run_dir / "prometheus" / "rendered-prometheus.yml"
+    config = yaml.safe_load(path.read_text())
+    config["global"]["evaluation_interval"] = "1s"
+    if rule_files:
+        config["rule_files"] = [*config.get("rule_files", []), *map(str, rule_files)]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.kill(stack.pid("prometheus"), signal.SIGHUP)

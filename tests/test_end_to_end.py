@@ -24,6 +24,7 @@ from stack_fixture import (
     committed_rules,
     demo_command,
     demo_env,
+    evaluate_every_second,
     eventually,
     promql,
     require,
@@ -49,12 +50,7 @@ def fast_rules(stack, tmp_path_factory):
     stalled = next(r for g in groups for r in g["rules"] if r.get("alert") == "TrainingRunStalled")
     rule_file = tmp_path_factory.mktemp("rules") / "fast-stall.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "test-fast", "rules": [stalled]}]}))
-    config_path = stack.run_dir / "prometheus" / "rendered-prometheus.yml"
-    config = yaml.safe_load(config_path.read_text())
-    config["global"]["evaluation_interval"] = "1s"
-    config["rule_files"] = [*config.get("rule_files", []), str(rule_file)]
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.kill(stack.pid("prometheus"), signal.SIGHUP)
+    evaluate_every_second(stack, rule_file)
 
     def loaded():
         groups = requests.get(f"{stack.endpoints['prometheus']}/api/v1/rules", timeout=5).json()[

@@ -21,7 +21,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from stack_fixture import DOCTOR_PASSES, eventually
+from stack_fixture import DOCTOR_PASSES, demo_command, eventually
 from traintel.cli import main
 from traintel.core import discovery
 from traintel.export import selection
@@ -124,22 +124,16 @@ def test_demo_exports_to_the_stack_it_finds(found, tmp_path):
     pytest.importorskip("torch")
     env = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "traintel",
-            "demo",
+        demo_command(
             "--epochs",
             "1",
             "--steps-per-epoch",
             "5",
-            "--duration",
-            "0",
             "--dir",
             str(tmp_path / "runs"),
             "--sample-interval",
             "60",
-        ],
+        ),
         env=env,
         capture_output=True,
         text=True,

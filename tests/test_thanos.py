@@ -94,6 +94,14 @@ def _ready(url: str, proc: Proc, timeout: float = 120) -> None:
     raise TimeoutError(f"{url} not ready:\n{proc.log.read_text(errors='replace')[-3000:]}")
 
 
+def _launch(procs: dict[str, Proc], name: str, proc: Proc, http_port: int) -> None:
+    """Start ``proc``, keep it in ``procs`` (stopped in reverse order at the end) and wait until
+    its /-/ready answers."""
+    proc.start()
+    procs[name] = proc
+    _ready(f"http://127.0.0.1:{http_port}/-/ready", proc)
+
+
 def _binaries() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for name, table in (("thanos", DEPLOY_TOOLS), ("prometheus", None), ("otelcol", None)):
@@ -197,10 +205,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
                 ],
                 root / f"receive-{i}.log",
             )
-            receiver.start()
-            procs[f"receive-{i}"] = receiver
+            _launch(procs, f"receive-{i}", receiver, http)
             receivers.append(receiver)
-            _ready(f"http://127.0.0.1:{http}/-/ready", receiver)
             receiver.write = write  # type: ignore[attr-defined]
         query_http, ruler_http, ruler_grpc = _free_port(), _free_port(), _free_port()
         query = Proc(
@@ -216,9 +222,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             ],
             root / "query.log",
         )
-        query.start()
-        procs["query"] = query
-        _ready(f"http://127.0.0.1:{query_http}/-/ready", query)
+        _launch(procs, "query", query, query_http)
         ruler = Proc(
             [
                 str(bins["thanos"]),
@@ -233,9 +237,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             ],
             root / "ruler.log",
         )
-        ruler.start()
-        procs["ruler"] = ruler
-        _ready(f"http://127.0.0.1:{ruler_http}/-/ready", ruler)
+        _launch(procs, "ruler", ruler, ruler_http)
         prom_port = _free_port()
         # the stack's prometheus.yml (its out-of-order window), rules every 5 s, no scraping
         source = yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())
@@ -258,9 +260,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             ],
             root / "prometheus.log",
         )
-        prometheus.start()
-        procs["prometheus"] = prometheus
-        _ready(f"http://127.0.0.1:{prom_port}/-/ready", prometheus)
+        _launch(procs, "prometheus", prometheus, prom_port)
         otlp = _free_port()
         config = root / "collector.yaml"
         config.write_text(
