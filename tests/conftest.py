@@ -113,16 +113,25 @@ def read_lines(run_dir: Path) -> Lines:
     )
 
 
+def traintel_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, **run: Any
+) -> subprocess.CompletedProcess[str]:
+    """``traintel ARGS`` as users run it: a child process (``python -m traintel.cli``), its
+    output captured as text."""
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "traintel.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **run,
+    )
+
+
 def logs_summary(run_dir: Path, *options: str, env: dict[str, str] | None = None) -> str:
     """What ``traintel logs summary RUN_DIR [options]`` prints, run as users run it (a child
     process); a non-zero exit fails the test with the command's stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run_dir), *options],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    proc = traintel_cli("logs", "summary", str(run_dir), *options, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

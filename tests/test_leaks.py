@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET
+from conftest import QUIET, traintel_cli
 from reliability_log import record
 from traintel.cli import main
 from traintel.core.redact import REDACTED, Redactor, secret_values
@@ -313,20 +313,7 @@ def test_a_full_disk_during_sync_does_not_claim_the_cursor_was_written(tmp_path,
                 if check.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.2)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel.cli",
-                "sync",
-                "--endpoint",
-                f"http://127.0.0.1:{port}",
-                str(run.dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = traintel_cli("sync", "--endpoint", f"http://127.0.0.1:{port}", str(run.dir))
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "cannot write the sync cursor" in proc.stderr
         assert "the cursor was not updated" in proc.stderr

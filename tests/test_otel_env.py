@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import traintel_cli
 from kube_fixture import make_ca, make_certificate
 from stack_fixture import eventually
 from traintel.export import selection
@@ -252,13 +253,7 @@ def test_a_sync_reads_the_variables_a_live_run_reads(tmp_path):
             for signal in selection.SIGNALS
         ), "an offline run exported"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        done = subprocess.run(
-            [sys.executable, "-m", "traintel.cli", "sync", str(tmp_path / "runs")],
-            env={**clean, **variables},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = traintel_cli("sync", str(tmp_path / "runs"), env={**clean, **variables})
         assert done.returncode == 0, done.stderr[-3000:]
         _split_arrived(metrics_probe, rest_probe)
         assert not rest_probe.received("metrics") and not metrics_probe.received("logs")
