@@ -142,6 +142,17 @@ def logs_summary_json(run_dir: Path, env: dict[str, str] | None = None) -> dict[
     return shown
 
 
+def point(telemetry: Any, name: str, **labels: str) -> float:
+    """The one exported point of metric ``name`` with these labels, from
+    ``traintel.testing.capture()``; none or several fail the test."""
+    (value,) = [
+        p.value
+        for attrs, p in telemetry.points(name)
+        if all(attrs.get(k) == v for k, v in labels.items())
+    ]
+    return value  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="session")
 def quiet() -> dict[str, Any]:
     """``traintel.init`` options for a run that shows, samples and exports nothing."""
