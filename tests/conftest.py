@@ -1,5 +1,6 @@
-"""Shared fixtures and hooks: quiet runs and their records (here), the native stack
-(``stack_fixture``), and what the reliability tests measured (``reliability_log``)."""
+"""Shared fixtures and hooks: quiet runs, their records, training scripts and the command line run
+as child processes (here), the native stack (``stack_fixture``), and what the reliability tests
+measured (``reliability_log``)."""
 
 from __future__ import annotations
 
