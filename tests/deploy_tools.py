@@ -81,6 +81,33 @@ def run(*argv: str, cwd: Path = REPO, check: bool = True) -> subprocess.Complete
     return result
 
 
+#: the Helm chart the repository ships
+CHART = REPO / "deploy/helm/traintel"
+
+
+def helm_template(*args: str, namespace: str = "observability") -> list[dict[str, Any]]:
+    """The chart's documents as ``helm template`` renders them for the pinned Kubernetes
+    version, with ``args`` (values files, ``--set``)."""
+    out = run(
+        tool("helm"),
+        "template",
+        "traintel",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBERNETES[1].lstrip("v"),
+        *args,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def chart_collectors(profile: str) -> list[dict[str, Any]]:
+    """The OpenTelemetryCollector resources the chart renders with its ``ci/PROFILE-values.yaml``."""
+    documents = helm_template("-f", str(CHART / "ci" / f"{profile}-values.yaml"))
+    return [d for d in documents if d["kind"] == "OpenTelemetryCollector"]
+
+
 @functools.cache
 def crds() -> tuple[dict, ...]:
     """Every pinned CRD, parsed (read-only: shared between tests)."""

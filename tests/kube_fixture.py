@@ -57,10 +57,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_credentials(directory: Path) -> dict[str, Path | str]:
-    """A CA, a serving certificate for 127.0.0.1/localhost, a service-account key pair and a
-    token file naming one cluster-admin user (group system:masters)."""
-    d = directory
+def make_ca(directory: Path, name: str, key: Path, cert: Path) -> None:
+    """A throw-away certificate authority named ``name``, valid for two days (openssl)."""
     _openssl(
         "req",
         "-x509",
@@ -70,50 +68,71 @@ def make_credentials(directory: Path) -> dict[str, Path | str]:
         "-days",
         "2",
         "-subj",
-        "/CN=traintel-test-ca",
+        f"/CN={name}",
         "-keyout",
-        "ca.key",
+        str(key),
         "-out",
-        "ca.crt",
-        cwd=d,
+        str(cert),
+        cwd=directory,
     )
-    (d / "san.cnf").write_text(
-        "[req]\ndistinguished_name=dn\n[dn]\n[ext]\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
-        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-    )
+
+
+def make_certificate(
+    directory: Path, name: str, extensions: str, key: Path, cert: Path, ca: Path, ca_key: Path
+) -> None:
+    """A key and a certificate for ``name`` signed by the CA ``ca``/``ca_key``, valid for two
+    days, with these X.509v3 ``extensions`` (lines of an openssl config section)."""
+    csr, ext = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+    ext.write_text("[ext]\n" + extensions)
     _openssl(
         "req",
         "-newkey",
         "rsa:2048",
         "-nodes",
         "-subj",
-        "/CN=kube-apiserver",
+        f"/CN={name}",
         "-keyout",
-        "server.key",
+        str(key),
         "-out",
-        "server.csr",
-        cwd=d,
+        str(csr),
+        cwd=directory,
     )
     _openssl(
         "x509",
         "-req",
         "-in",
-        "server.csr",
+        str(csr),
         "-CA",
-        "ca.crt",
+        str(ca),
         "-CAkey",
-        "ca.key",
+        str(ca_key),
         "-CAcreateserial",
         "-days",
         "2",
         "-extfile",
-        "san.cnf",
+        str(ext),
         "-extensions",
         "ext",
         "-out",
-        "server.crt",
-        cwd=d,
+        str(cert),
+        cwd=directory,
+    )
+
+
+def make_credentials(directory: Path) -> dict[str, Path | str]:
+    """A CA, a serving certificate for 127.0.0.1/localhost, a service-account key pair and a
+    token file naming one cluster-admin user (group system:masters)."""
+    d = directory
+    make_ca(d, "traintel-test-ca", d / "ca.key", d / "ca.crt")
+    make_certificate(
+        d,
+        "kube-apiserver",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        d / "server.key",
+        d / "server.crt",
+        d / "ca.crt",
+        d / "ca.key",
     )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)

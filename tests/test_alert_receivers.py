@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from stack_fixture import eventually
+from stack_fixture import demo_command, evaluate_every_second, eventually
 from traintel.cli import main
 from traintel.stack import install
 from traintel.stack.native import NativeStack, StackError, free_ports
@@ -133,12 +132,7 @@ def test_a_nan_loss_reaches_the_webhook_and_traintel_status(tmp_path):
         assert "T0-secret-token" not in rendered  # the URL is read from a private file
         secret = native.run_dir / "alertmanager" / "secrets" / "alertmanager_webhook_url"
         assert secret.read_text() == url and stat.S_IMODE(secret.stat().st_mode) == 0o600
-        # evaluate rules every second rather than every 15 s (SIGHUP reloads)
-        config_path = native.run_dir / "prometheus" / "rendered-prometheus.yml"
-        config = yaml.safe_load(config_path.read_text())
-        config["global"]["evaluation_interval"] = "1s"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.kill(native.pid("prometheus"), signal.SIGHUP)
+        evaluate_every_second(native)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
         env.update(
@@ -148,13 +142,7 @@ def test_a_nan_loss_reaches_the_webhook_and_traintel_status(tmp_path):
             TRAINTEL_PROGRESS="off",
         )
         demo = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel",
-                "demo",
-                "--duration",
-                "0",
+            demo_command(
                 "--epochs",
                 "1",
                 "--steps-per-epoch",
@@ -165,7 +153,7 @@ def test_a_nan_loss_reaches_the_webhook_and_traintel_status(tmp_path):
                 "0.05",
                 "--sample-interval",
                 "1",
-            ],
+            ),
             env=env,
             capture_output=True,
             text=True,

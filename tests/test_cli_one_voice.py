@@ -6,22 +6,19 @@ evaluations, and name the run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import SCRIPT_ENV, run_script, start_script
 from traintel.cli import main
 from traintel.core.state import RunState
 from traintel.record.reader import Records
 from traintel.reports import analysis, render
-
-ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
 
 def cli(*args: str) -> Any:
@@ -83,8 +80,8 @@ def test_every_command_says_the_same_of_a_preempted_then_resumed_run(runs, quiet
 def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_run):
     script = textwrap.dedent(f"""
         import os, signal, sys, traintel
-        run = traintel.init(project="t", dir={str(runs)!r}, run_id=sys.argv[1], progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={str(runs)!r}, run_id=sys.argv[1],
+                            console_logs=False, flush_interval=0.05)
         run.log(loss=1.0)
         run.flush()
         print("ready", flush=True)
@@ -92,22 +89,10 @@ def test_a_killed_run_is_crashed_and_a_live_one_running_everywhere(runs, quiet_r
             os.kill(os.getpid(), signal.SIGKILL)
         sys.stdin.read()
     """)
-    killed = subprocess.run(
-        [sys.executable, "-c", script, "killed"],
-        env=ENV,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    )
+    killed = run_script(script, env=SCRIPT_ENV, timeout=60, args=["killed"])
     assert killed.returncode == -signal.SIGKILL
     assert agree("killed") == ("crashed", 0, 0)
-    live = subprocess.Popen(
-        [sys.executable, "-c", script, "live"],
-        env=ENV,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    live = start_script(script, env=SCRIPT_ENV, args=["live"], stdin=subprocess.PIPE, stderr=None)
     try:
         assert live.stdout.readline().strip() == "ready"
         assert agree("live") == ("running", 0, 0)

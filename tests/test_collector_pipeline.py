@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy_tools import KUBERNETES, REPO, run, tool
+from deploy_tools import CHART, REPO, chart_collectors
 from traintel.stack import deploy
 from traintel.stack.components import COMPONENTS, OTELCOL_VERSION
 
-CHART = REPO / "deploy/helm/traintel"
 SOURCE = yaml.safe_load((REPO / "otel-collector/config.yaml").read_text())
 #: what a tier may change of a source processor, and why (the rest must be the source's)
 OVERRIDES = {
@@ -38,23 +37,7 @@ PROFILES = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").gl
 
 def collectors(profile: str) -> dict[str, dict[str, Any]]:
     """name -> config of every OpenTelemetryCollector the chart renders for ``profile``."""
-    out = run(
-        tool("helm"),
-        "template",
-        "traintel",
-        str(CHART),
-        "--namespace",
-        "observability",
-        "--kube-version",
-        KUBERNETES[1].lstrip("v"),
-        "-f",
-        str(CHART / "ci" / f"{profile}-values.yaml"),
-    ).stdout
-    return {
-        d["metadata"]["name"]: d
-        for d in yaml.safe_load_all(out)
-        if d and d["kind"] == "OpenTelemetryCollector"
-    }
+    return {d["metadata"]["name"]: d for d in chart_collectors(profile)}
 
 
 def test_the_generated_files_are_current() -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stack_fixture import committed_rules
 from traintel.core import catalog
 from traintel.stack import dashboards, rules
 from traintel.stack.native import NativeStack
 
 REPO = Path(__file__).resolve().parents[1]
-RULE_FILES = sorted((REPO / "prometheus/rules").glob("*.yml"))
 
 #: The collector's own metrics the rules read, as collector v0.159.0 exposes them on :8888 with
 #: the reader of otel-collector/config.yaml: the OTel instrument names, no `_total` suffix.
@@ -62,17 +62,10 @@ BOARDS = dashboards.build()
 QUERIES = dashboards.queries(BOARDS)
 
 
-def _rules() -> list[dict]:
-    return [
-        rule
-        for path in RULE_FILES
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-    ]
-
-
 def _promql() -> list[str]:
-    return [q.expr for q in QUERIES if q.datasource == "prometheus"] + [r["expr"] for r in _rules()]
+    return [q.expr for q in QUERIES if q.datasource == "prometheus"] + [
+        r["expr"] for r in committed_rules()
+    ]
 
 
 def test_committed_dashboards_are_generated_from_code() -> None:
@@ -94,7 +87,7 @@ def test_dashboards_are_at_the_schema_version_of_the_pinned_grafana() -> None:
 
 def test_metric_names_exist() -> None:
     known = {name for metric in catalog.METRICS for name in catalog.prometheus_series_names(metric)}
-    known |= {rule["record"] for rule in _rules() if "record" in rule}
+    known |= {rule["record"] for rule in committed_rules() if "record" in rule}
     known |= COLLECTOR_METRICS | SPAN_METRICS
     unknown = {name for expr in _promql() for name in METRIC_NAME.findall(expr)} - known
     assert unknown == set(), "not in traintel.core.catalog, the recording rules or the collector's"

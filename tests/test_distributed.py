@@ -20,6 +20,7 @@ import torch.distributed as dist
 import yaml
 
 import traintel
+from conftest import read_lines
 from stack_fixture import eventually, promql
 from traintel.core.errors import classify
 from traintel.run.distributed import agree_run_id, launcher_run_id
@@ -62,8 +63,10 @@ def rank_records(tmp_path: Path) -> dict[int, tuple[str, list[dict]]]:
     """rank -> (run id from the directory, events.jsonl lines)."""
     found = {}
     for events in sorted((tmp_path / "runs").glob("*/rank-*/events.jsonl")):
-        lines = [json.loads(line) for line in events.read_text().splitlines()]
-        found[int(events.parent.name.removeprefix("rank-"))] = (events.parent.parent.name, lines)
+        found[int(events.parent.name.removeprefix("rank-"))] = (
+            events.parent.parent.name,
+            read_lines(events.parent),
+        )
     return found
 
 

@@ -19,7 +19,16 @@ import requests
 import yaml
 
 import loki_model
-from stack_fixture import eventually, promql, require
+from stack_fixture import (
+    PROOF_RUN,
+    committed_rules,
+    demo_command,
+    demo_env,
+    evaluate_every_second,
+    eventually,
+    promql,
+    require,
+)
 from traintel.core import catalog
 from traintel.stack import dashboards, rules
 
@@ -29,18 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_ONLY = {m.name for m in catalog.METRICS if m.group in ("gpu", "cuda")}
 #: log lines only a GPU produces (the NVML sampler's Xid events)
 GPU_ONLY_LOGS = 'event="gpu_xid"'
-
-
-def _demo_env(stack, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.endpoints["otlp_http"],
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-        "OTEL_BSP_SCHEDULE_DELAY": "500",
-        "OTEL_BLRP_SCHEDULE_DELAY": "500",
-        "TRAINTEL_DIR": str(tmp_path),
-        "TRAINTEL_PROGRESS": "lines",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +50,7 @@ def fast_rules(stack, tmp_path_factory):
     stalled = next(r for g in groups for r in g["rules"] if r.get("alert") == "TrainingRunStalled")
     rule_file = tmp_path_factory.mktemp("rules") / "fast-stall.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "test-fast", "rules": [stalled]}]}))
-    config_path = stack.run_dir / "prometheus" / "rendered-prometheus.yml"
-    config = yaml.safe_load(config_path.read_text())
-    config["global"]["evaluation_interval"] = "1s"
-    config["rule_files"] = [*config.get("rule_files", []), str(rule_file)]
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.kill(stack.pid("prometheus"), signal.SIGHUP)
+    evaluate_every_second(stack, rule_file)
 
     def loaded():
         groups = requests.get(f"{stack.endpoints['prometheus']}/api/v1/rules", timeout=5).json()[
@@ -75,33 +67,8 @@ def demo(stack, fast_rules, tmp_path_factory):
     """One real demo run (CLI, subprocess) exporting to the native stack."""
     runs = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "traintel.cli",
-            "demo",
-            "--duration",
-            "0",
-            "--epochs",
-            "2",
-            "--steps-per-epoch",
-            "40",
-            "--batch-size",
-            "16",
-            "--project",
-            "e2e",
-            "--name",
-            "proof",
-            "--nan-at-step",
-            "10",
-            "--error-at-step",
-            "15",
-            "--step-sleep",
-            "0.05",
-            "--sample-interval",
-            "1",
-        ],
-        env=_demo_env(stack, runs),
+        demo_command(*PROOF_RUN, "--project", "e2e", "--name", "proof", "--step-sleep", "0.05"),
+        env=demo_env(stack.endpoints["otlp_http"], runs),
         capture_output=True,
         text=True,
         timeout=300,
@@ -148,20 +115,26 @@ def test_values_in_prometheus_match_the_local_record(stack, demo):
     assert info["hostname"] and "host" not in info  # one host label: the GPU series' too
 
 
-def _script_run(stack, tmp_path: Path, name: str, body: str) -> str:
-    """A small training script exporting to the stack (1 s export interval); its run id."""
+def _script(stack, runs: Path, name: str, body: str) -> subprocess.CompletedProcess[str]:
+    """A small training script (a run named ``name``, then ``body``) exporting to the stack
+    (1 s export interval) and recording under ``runs``, run to its end."""
     script = (
         "import traintel\n"
         f"run = traintel.init(project='e2e', name={name!r}, progress='off', "
-        "sample_interval=0)\n" + body + "run.finish()\n"
+        "sample_interval=0)\n" + body
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script],
-        env=_demo_env(stack, tmp_path),
+        env=demo_env(stack.endpoints["otlp_http"], runs),
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _script_run(stack, tmp_path: Path, name: str, body: str) -> str:
+    """A small training script exporting to the stack, finishing its run; its run id."""
+    proc = _script(stack, tmp_path, name, body + "run.finish()\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return next(p.name for p in tmp_path.iterdir() if (p / "summary.json").exists())
 
@@ -296,8 +269,7 @@ def test_by_step_panels_return_the_step_axis_and_the_values_for_two_runs(stack, 
 
 
 def _recording_rules() -> dict[str, str]:
-    rules = yaml.safe_load((ROOT / "prometheus/rules/recording.yml").read_text())
-    return {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    return {r["record"]: r["expr"] for r in committed_rules() if "record" in r}
 
 
 def _expected_empty(expr: str) -> bool:
@@ -364,20 +336,7 @@ def test_every_recording_rule_returns_data_for_the_run(stack, demo):
 def crashed(stack, tmp_path_factory):
     """A run that fails, for the panels that show crashes."""
     runs = tmp_path_factory.mktemp("crash")
-    script = (
-        "import traintel\n"
-        "run = traintel.init(project='e2e', name='crash', progress='off', "
-        "sample_interval=0)\n"
-        "run.log(loss=1.0)\n"
-        "raise RuntimeError('boom')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_demo_env(stack, runs),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _script(stack, runs, "crash", "run.log(loss=1.0)\nraise RuntimeError('boom')\n")
     assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
     return next(runs.iterdir()).name
 
@@ -464,13 +423,7 @@ def test_every_loki_query_selects_the_runs_logs_as_loki_would_store_them(stack, 
 
 def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_path):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "traintel.cli",
-            "demo",
-            "--duration",
-            "0",
+        demo_command(
             "--epochs",
             "1",
             "--steps-per-epoch",
@@ -487,8 +440,8 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
             "120",
             "--sample-interval",
             "1",
-        ],
-        env=_demo_env(stack, tmp_path),
+        ),
+        env=demo_env(stack.endpoints["otlp_http"], tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -521,13 +474,7 @@ def test_a_stalled_run_fires_the_alert_in_alertmanager(stack, fast_rules, tmp_pa
 def test_the_demo_without_a_collector_keeps_a_full_record_and_tries_no_export(tmp_path):
     """No stack needed: the collector's port is closed, so the demo records locally only."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "traintel.cli",
-            "demo",
-            "--duration",
-            "0",
+        demo_command(
             "--epochs",
             "1",
             "--steps-per-epoch",
@@ -536,7 +483,7 @@ def test_the_demo_without_a_collector_keeps_a_full_record_and_tries_no_export(tm
             "8",
             "--sample-interval",
             "0",
-        ],
+        ),
         env={
             **os.environ,
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",

@@ -23,7 +23,7 @@ import requests
 import yaml
 
 from reliability_log import record
-from stack_fixture import REQUIRED, eventually
+from stack_fixture import REQUIRED, eventually, promql
 from traintel.stack import native, rules
 from traintel.stack import project as files
 
@@ -77,6 +77,13 @@ def _states(stack: native.NativeStack, name: str) -> set[str]:
     return {a["state"] for a in _alerts(stack) if a["labels"]["alertname"] == name}
 
 
+def _firing(stack: native.NativeStack, name: str) -> list[dict]:
+    """The alerts named ``name`` that Prometheus has firing now."""
+    return [
+        a for a in _alerts(stack) if a["labels"]["alertname"] == name and a["state"] == "firing"
+    ]
+
+
 def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
     stack = fast_stack
     env = {
@@ -97,11 +104,7 @@ def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
     started = time.monotonic()
     try:
         eventually(
-            lambda: requests.get(
-                f"{stack.endpoints['prometheus']}/api/v1/query",
-                params={"query": 'traintel_steps_total{run!=""}'},
-                timeout=10,
-            ).json()["data"]["result"],
+            lambda: promql(stack, 'traintel_steps_total{run!=""}'),
             60,
             what="the run's first steps in Prometheus",
         )
@@ -116,11 +119,7 @@ def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
             for name in seen:
                 seen[name] |= _states(stack, name)
         restarting = eventually(
-            lambda: [
-                a
-                for a in _alerts(stack)
-                if a["labels"]["alertname"] == "StackComponentRestarting" and a["state"] == "firing"
-            ],
+            lambda: _firing(stack, "StackComponentRestarting"),
             60,
             what="StackComponentRestarting firing",
         )
@@ -128,11 +127,7 @@ def test_a_collector_killed_five_times_fires_an_alert(fast_stack, tmp_path):
         assert float(restarting[0]["value"]) >= FAST.component_restarts
         fired_after = time.monotonic() - started
         exports = eventually(
-            lambda: [
-                a
-                for a in _alerts(stack)
-                if a["labels"]["alertname"] == "RunExportsFailing" and a["state"] == "firing"
-            ],
+            lambda: _firing(stack, "RunExportsFailing"),
             60,
             what="RunExportsFailing firing once the run reaches the collector again",
         )

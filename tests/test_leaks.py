@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import QUIET
+from conftest import QUIET, traintel_cli
 from reliability_log import record
 from traintel.cli import main
 from traintel.core.redact import REDACTED, Redactor, secret_values
@@ -240,28 +240,9 @@ def test_a_tag_from_non_utf8_argv_does_not_break_either_exposition(tmp_path):
 def test_the_sidecar_collector_binds_its_telemetry_and_health_to_loopback():
     """In sidecar mode the collector runs inside the training pod: its own metrics (8888) and
     health check (13133) must not listen beyond the pod, as the template says of OTLP."""
-    import yaml
+    from deploy_tools import chart_collectors
 
-    from deploy_tools import KUBERNETES, REPO, run, tool
-
-    chart = REPO / "deploy/helm/traintel"
-    out = run(
-        tool("helm"),
-        "template",
-        "traintel",
-        str(chart),
-        "--namespace",
-        "observability",
-        "--kube-version",
-        KUBERNETES[1].lstrip("v"),
-        "-f",
-        str(chart / "ci" / "sidecar-values.yaml"),
-    ).stdout
-    crs = {
-        d["spec"]["mode"]: d["spec"]["config"]
-        for d in yaml.safe_load_all(out)
-        if d and d["kind"] == "OpenTelemetryCollector"
-    }
+    crs = {d["spec"]["mode"]: d["spec"]["config"] for d in chart_collectors("sidecar")}
     sidecar = crs["sidecar"]
     assert sidecar["extensions"]["health_check"]["endpoint"] == "127.0.0.1:13133"
     (reader,) = sidecar["service"]["telemetry"]["metrics"]["readers"]
@@ -332,20 +313,7 @@ def test_a_full_disk_during_sync_does_not_claim_the_cursor_was_written(tmp_path,
                 if check.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.2)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel.cli",
-                "sync",
-                "--endpoint",
-                f"http://127.0.0.1:{port}",
-                str(run.dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = traintel_cli("sync", "--endpoint", f"http://127.0.0.1:{port}", str(run.dir))
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "cannot write the sync cursor" in proc.stderr
         assert "the cursor was not updated" in proc.stderr

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from records_factory import T0, RecordWriter, write_run
+from stack_fixture import eventually
 from traintel.cli.logs import logs
 from traintel.record.reader import Records
 from traintel.reports import analysis, render
@@ -258,12 +259,6 @@ def write_live(directory: Path, delay: float, error_at: int | None = None) -> th
     return thread
 
 
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 @pytest.mark.timeout(60)
 def test_tail_follow_waits_for_the_run_and_survives_rotation(tmp_path):
     """A real ``traintel`` process, started before the run exists, follows it through three
@@ -276,9 +271,9 @@ def test_tail_follow_waits_for_the_run_and_survives_rotation(tmp_path):
             stderr=notes,
         )
         try:
-            wait_for(lambda: b"waiting for" in err.read_bytes())
+            eventually(lambda: b"waiting for" in err.read_bytes(), 30, 0.05, "'waiting for'")
             writer = write_live(run, delay=0.2)
-            wait_for(lambda: b"run_end" in out.read_bytes())
+            eventually(lambda: b"run_end" in out.read_bytes(), 30, 0.05, "the run_end line")
             writer.join()
         finally:
             proc.terminate()
@@ -523,7 +518,7 @@ def test_real_live_run_followed_through_rotation(tmp_path):
         try:
             monitor = invoke("monitor", run, "--alert-on", "oom", "--exit-on-alert")
             assert trainer.wait(60) == 0
-            wait_for(lambda: b"run_end" in out.read_bytes())
+            eventually(lambda: b"run_end" in out.read_bytes(), 30, 0.05, "the run_end line")
         finally:
             trainer.kill()
             tail.terminate()

@@ -6,36 +6,12 @@ and ``halt_on_nonfinite``, the same in ``traintel logs summary`` as in summary.j
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from conftest import read_lines
+from conftest import logs_summary_json, read_lines
 from traintel.core.errors import NonFiniteLossError
 from traintel.export.readings import readers
 from traintel.reports.render import progress_text
-
-
-def logs_summary(run_dir) -> dict:
-    return json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel.cli",
-                "logs",
-                "summary",
-                str(run_dir),
-                "--format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
 
 
 @pytest.mark.parametrize(
@@ -52,7 +28,7 @@ def test_the_loss_is_recognised_by_the_names_users_use(quiet_run, name):
     assert (loss["key"], loss["final"], loss["count"]) == (name, 1 / 20, 20)
     assert loss["best"] == 1 / 20 and loss["max"] == 1.0
     assert "loss 0.05" in shown and exported == 1 / 20
-    assert logs_summary(run.dir)["loss"] == loss
+    assert logs_summary_json(run.dir)["loss"] == loss
 
 
 def test_a_nonfinite_train_loss_is_counted_and_halts(quiet_run):
@@ -81,7 +57,7 @@ def test_a_declared_loss_name_wins_over_the_names(quiet_run):
     lines = read_lines(run.dir)
     assert lines.of("run_start")[0]["loss_key"] == "objective"
     assert (run.summary["loss"]["key"], run.summary["loss"]["final"]) == ("objective", 0.4)
-    assert logs_summary(run.dir)["loss"]["final"] == 0.4
+    assert logs_summary_json(run.dir)["loss"]["final"] == 0.4
 
 
 def test_a_declared_loss_name_must_be_a_name(quiet_run):

@@ -7,13 +7,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from conftest import read_lines
+from conftest import logs_summary_json, read_lines
 from traintel.core.errors import NonFiniteLossError
 from traintel.reports.render import progress_text
 
@@ -34,24 +33,7 @@ def test_a_diverged_run_shows_nan_everywhere_not_its_last_finite_loss(quiet_run)
     assert loss["final"] == "nan" and loss["last_finite"] == pytest.approx(1 / 11)
     assert loss["nonfinite"] == 39 and loss["first_nonfinite_step"] == 12
     assert run.summary["nonfinite"] == {"loss": {"count": 39, "first_step": 12, "last_step": 50}}
-    shown = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel.cli",
-                "logs",
-                "summary",
-                str(run.dir),
-                "--format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
+    shown = logs_summary_json(run.dir)
     assert shown["loss"]["final"] == "nan" and shown["loss"]["first_nonfinite_step"] == 12
     assert shown["nonfinite"]["loss"]["count"] == 39
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import traintel_cli
+from kube_fixture import make_ca, make_certificate
 from stack_fixture import eventually
 from traintel.export import selection
 from traintel.export.otlp import Sinks
@@ -195,6 +197,17 @@ def test_protocol_endpoint_and_headers_general_and_per_signal(probe, tmp_path, p
     assert "traintel:" not in done.stderr  # no configuration warning
 
 
+def _split_arrived(metrics_probe: Probe, rest_probe: Probe) -> None:
+    """Wait for metrics at the one collector, traces and logs at the other."""
+    eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
+    eventually(
+        lambda: rest_probe.received("traces") and rest_probe.received("logs"),
+        20,
+        0.2,
+        "traces and logs",
+    )
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_per_signal_protocol_and_endpoint(tmp_path, protocol):
     """Metrics over one protocol to one collector, traces and logs over the other to another."""
@@ -211,13 +224,7 @@ def test_per_signal_protocol_and_endpoint(tmp_path, protocol):
                 + _signal_path(protocol, "metrics"),
             },
         )
-        eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
-        eventually(
-            lambda: rest_probe.received("traces") and rest_probe.received("logs"),
-            20,
-            0.2,
-            "traces and logs",
-        )
+        _split_arrived(metrics_probe, rest_probe)
         assert not rest_probe.received("metrics")
         assert not metrics_probe.received("traces") and not metrics_probe.received("logs")
     finally:
@@ -246,21 +253,9 @@ def test_a_sync_reads_the_variables_a_live_run_reads(tmp_path):
             for signal in selection.SIGNALS
         ), "an offline run exported"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        done = subprocess.run(
-            [sys.executable, "-m", "traintel.cli", "sync", str(tmp_path / "runs")],
-            env={**clean, **variables},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = traintel_cli("sync", str(tmp_path / "runs"), env={**clean, **variables})
         assert done.returncode == 0, done.stderr[-3000:]
-        eventually(lambda: metrics_probe.received("metrics"), 20, 0.2, "metrics")
-        eventually(
-            lambda: rest_probe.received("traces") and rest_probe.received("logs"),
-            20,
-            0.2,
-            "traces and logs",
-        )
+        _split_arrived(metrics_probe, rest_probe)
         assert not rest_probe.received("metrics") and not metrics_probe.received("logs")
         headers = {
             signal: {
@@ -391,57 +386,19 @@ def _certificates(directory: Path) -> dict[str, Path]:
         for name in ("ca", "ca-key", "server", "server-key", "client", "client-key")
     }
 
-    def openssl(*argv: str) -> None:
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=directory)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=probe-ca",
-        "-keyout",
-        str(paths["ca-key"]),
-        "-out",
-        str(paths["ca"]),
-    )
+    make_ca(directory, "probe-ca", paths["ca-key"], paths["ca"])
     for name, extension in (
         ("server", "subjectAltName=IP:127.0.0.1"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            str(paths[f"{name}-key"]),
-            "-out",
-            f"{name}.csr",
-        )
-        (directory / f"{name}.ext").write_text(extension + "\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            str(paths["ca"]),
-            "-CAkey",
-            str(paths["ca-key"]),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            str(paths[name]),
+        make_certificate(
+            directory,
+            name,
+            extension + "\n",
+            paths[f"{name}-key"],
+            paths[name],
+            paths["ca"],
+            paths["ca-key"],
         )
     return paths
 

@@ -6,19 +6,15 @@ queued step."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import read_lines
-
-ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
+from conftest import SCRIPT_ENV, read_lines, start_script
 
 
 def events_named(lines, name):
@@ -43,8 +39,7 @@ def test_the_loops_own_sigterm_handler_decides_and_the_signal_is_recorded(tmp_pa
         stop = []
         {handler if installed == "before_init" else ""}
         import traintel
-        run = traintel.init(project="t", dir={str(tmp_path)!r}, progress="off",
-                            sample_interval=0, console_logs=False)
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, console_logs=False)
         {handler if installed == "after_init" else ""}
         for step in range(1, 100000):
             run.log(step=step, loss=1.0)
@@ -56,13 +51,7 @@ def test_the_loops_own_sigterm_handler_decides_and_the_signal_is_recorded(tmp_pa
                 run.finish()
                 sys.exit(0)
     """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    proc = start_script(script, env=SCRIPT_ENV)
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()  # the handler's exit, not the signal's
@@ -80,8 +69,8 @@ def test_the_loops_own_sigterm_handler_decides_and_the_signal_is_recorded(tmp_pa
 def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
     script = textwrap.dedent(f"""
         import time, traintel
-        with traintel.init(project="t", dir={str(tmp_path)!r}, progress="off",
-                           sample_interval=0, console_logs=False, sigterm="flag") as run:
+        with traintel.init(project="t", dir={str(tmp_path)!r},
+                           console_logs=False, sigterm="flag") as run:
             step = 0
             while not run.stop_requested:
                 step += 1
@@ -91,13 +80,7 @@ def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
                     print("ready", run.dir, flush=True)
             print("stopping at", step, flush=True)
     """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    proc = start_script(script, env=SCRIPT_ENV)
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
@@ -110,8 +93,8 @@ def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
 
 BACKLOG = textwrap.dedent("""
     import sys, traintel
-    run = traintel.init(project="b", dir=sys.argv[1], run_id="b1", progress="off",
-                        sample_interval=0, console_logs=False, flush_interval=3600)
+    run = traintel.init(project="b", dir=sys.argv[1], run_id="b1",
+                        console_logs=False, flush_interval=3600)
     for _ in range(int(sys.argv[2])):
         run.log(loss=1.0, lr=0.1, samples=8)
     print("finishing", flush=True)
@@ -127,13 +110,7 @@ def test_signals_during_finish_keep_the_summary_and_every_queued_step(tmp_path, 
     """200,000 steps still queued when finish() starts (the writer sleeps an hour between
     flushes): the signals arrive while it writes them."""
     steps = 200_000
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BACKLOG, str(tmp_path), str(steps)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    proc = start_script(BACKLOG, env=SCRIPT_ENV, args=[str(tmp_path), str(steps)])
     assert proc.stdout.readline().strip() == "finishing", proc.stderr.read()
     time.sleep(0.05)
     for name in signals:
@@ -155,20 +132,14 @@ def test_signals_during_finish_keep_the_summary_and_every_queued_step(tmp_path, 
 def test_a_second_sigterm_while_a_preempted_run_ends_keeps_everything(tmp_path):
     script = textwrap.dedent(f"""
         import traintel
-        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=3600)
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r",
+                            console_logs=False, flush_interval=3600)
         for step in range(10**9):
             run.log(loss=1.0)
             if step == 150_000:
                 print("ready", run.dir, flush=True)
     """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    proc = start_script(script, env=SCRIPT_ENV)
     run_dir = Path(_started(proc))
     proc.send_signal(signal.SIGTERM)  # finishes the run: a large backlog to write
     time.sleep(0.2)

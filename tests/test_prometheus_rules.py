@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stack_fixture import RULE_FILES, committed_rules
 from traintel.stack import install, rules
 from traintel.stack.components import COMPONENTS
 
 REPO = Path(__file__).resolve().parents[1]
-RULE_FILES = sorted((REPO / "prometheus/rules").glob("*.yml"))
 RULE_TESTS = sorted((REPO / "prometheus/tests").glob("*.yml"))
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
@@ -44,13 +44,7 @@ def _run(*argv: str) -> str:
 
 
 def _alerts() -> list[dict]:
-    return [
-        rule
-        for path in RULE_FILES
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-        if "alert" in rule
-    ]
+    return [rule for rule in committed_rules() if "alert" in rule]
 
 
 # --- the tools ----------------------------------------------------------------------------------

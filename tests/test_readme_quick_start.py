@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import read_lines
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 PRELUDE = """
@@ -73,7 +75,7 @@ def test_the_quick_start_runs_as_written_and_records_what_it_says(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["epochs"]) == ("finished", 10)
     assert summary["steps"] == 10 * 20 and summary["samples"] == 10 * 640  # 6,400, not 400
-    lines = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    lines = read_lines(run_dir)
     accuracy = [v["metrics"]["train_acc"] for v in lines if v["type"] == "values"]
     assert len(accuracy) == 10 and all(0 <= a <= 1 for a in accuracy)
     rates = [s["metrics"]["lr"] for s in lines if s["type"] == "step"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import read_lines
+from conftest import read_lines, traintel_cli
 
 LOOPS = Path(__file__).parent / "loops"
 
@@ -36,12 +36,7 @@ def run_loop(name: str, tmp_path: Path) -> tuple[dict[str, Any], Path]:
 
 
 def cli(*args: str) -> Any:
-    done = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", *args, "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = traintel_cli(*args, "--format", "json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -4,22 +4,18 @@ group, and the configuration extended after init."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import traintel
-from conftest import read_lines
+from conftest import SCRIPT_ENV, read_lines, run_script, start_script
 from traintel.record.lock import RecordLocked
 from traintel.record.reader import Records
 from traintel.reports.analysis import summarize
 from traintel.testing import capture
-
-ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
 
 
 def segment(quiet_run, steps, first=1, **options):
@@ -119,17 +115,14 @@ def test_resume_never_and_must(quiet_run):
 def test_a_killed_segment_is_crashed_and_the_next_one_goes_on(tmp_path, quiet_run):
     script = textwrap.dedent(f"""
         import os, signal, traintel
-        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r",
+                            console_logs=False, flush_interval=0.05)
         for step in range(1, 11):
             run.log(step=step, loss=1.0)
         run.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert (
-        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
-        == -signal.SIGKILL
-    )
+    assert run_script(script, env=SCRIPT_ENV, timeout=60).returncode == -signal.SIGKILL
     run = segment(quiet_run, 5, first=11, resume=True)
     assert [(s["status"], s["steps"]) for s in run.summary["segments"]] == [
         ("crashed", 10),
@@ -141,19 +134,12 @@ def test_a_killed_segment_is_crashed_and_the_next_one_goes_on(tmp_path, quiet_ru
 def test_two_live_processes_cannot_record_one_run(tmp_path, quiet_run):
     script = textwrap.dedent(f"""
         import sys, traintel
-        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False)
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", console_logs=False)
         print("ready", flush=True)
         sys.stdin.read()
         run.finish()
     """)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    holder = start_script(script, env=SCRIPT_ENV, stdin=subprocess.PIPE, stderr=None)
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(

@@ -5,57 +5,28 @@ summary.json say the same of its segments (the killed one ``crashed`` in both) a
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-from conftest import read_lines
-
-ENV = {**os.environ, "OTEL_SDK_DISABLED": "true"}
+from conftest import SCRIPT_ENV, logs_summary, logs_summary_json, read_lines, run_script
 
 
 def killed_after(tmp_path, last_step: int) -> None:
     script = textwrap.dedent(f"""
         import os, signal, time, traintel
-        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={str(tmp_path)!r}, run_id="r",
+                            console_logs=False, flush_interval=0.05)
         for step in range(1, {last_step} + 1):
             run.log(step=step, loss=1.0 / step, samples=4)
             time.sleep(0.01)
         run.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    assert (
-        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
-        == -signal.SIGKILL
-    )
-
-
-def logs_summary(run_dir) -> dict:
-    return json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "traintel.cli",
-                "logs",
-                "summary",
-                str(run_dir),
-                "--format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=ENV,
-        ).stdout
-    )
+    assert run_script(script, env=SCRIPT_ENV, timeout=60).returncode == -signal.SIGKILL
 
 
 def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path, quiet_run):
@@ -65,7 +36,7 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
         for step in range(40, 61):
             run.log(step=step, loss=1.0 / step, samples=4)
     written = json.loads((run.dir / "summary.json").read_text())
-    shown = logs_summary(run.dir)
+    shown = logs_summary_json(run.dir, env=SCRIPT_ENV)
     assert [(s["status"], s["steps"]) for s in written["segments"]] == [
         ("crashed", 39),
         ("finished", 21),
@@ -78,13 +49,7 @@ def test_logs_summary_and_summary_json_agree_after_a_kill_and_a_resume(tmp_path,
     assert written["duration_s"] < written["end_ts"] - written["start_ts"] - 0.9  # no gap
     # no epoch ended (the loop counts none): both say null, not 0 from the step lines' epoch
     assert (shown["epoch"], shown["epochs"]) == (written["epoch"], written["epochs"]) == (None, 0)
-    text = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=ENV,
-    ).stdout
+    text = logs_summary(run.dir, env=SCRIPT_ENV)
     assert "running" not in text and "crashed" in text
 
 
@@ -102,13 +67,11 @@ def test_resuming_from_an_older_checkpoint_counts_each_step_once(tmp_path, quiet
     assert written["steps"] == 100 and written["samples"] == 400
     assert written["loss"]["count"] == 100
     assert written["loss"]["mean"] == pytest.approx(sum(1.0 / s for s in range(1, 101)) / 100)
-    from conftest import read_lines
-
     lines = read_lines(run.dir)
     assert len(lines.of("step")) == 109  # nothing rewritten: the record keeps every line
     (event,) = [e for e in lines.of("event") if e["event"] == "superseded"]
     assert (event["fields"]["after_step"], event["fields"]["through_step"]) == (40, 49)
-    shown = logs_summary(run.dir)
+    shown = logs_summary_json(run.dir, env=SCRIPT_ENV)
     assert (shown["steps"], shown["samples"], shown["loss"]) == (100, 400, written["loss"])
     assert run.state.samples >= 400  # live counters never go back
 
@@ -118,8 +81,8 @@ def killed_with(tmp_path, body: str) -> None:
     script = (
         textwrap.dedent("""
         import os, signal, traintel
-        run = traintel.init(project="t", dir={dir!r}, run_id="r", progress="off",
-                            sample_interval=0, console_logs=False, flush_interval=0.05)
+        run = traintel.init(project="t", dir={dir!r}, run_id="r",
+                            console_logs=False, flush_interval=0.05)
     """).format(dir=str(tmp_path))
         + textwrap.dedent(body)
         + textwrap.dedent("""
@@ -127,10 +90,7 @@ def killed_with(tmp_path, body: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     )
-    assert (
-        subprocess.run([sys.executable, "-c", script], env=ENV, timeout=60).returncode
-        == -signal.SIGKILL
-    )
+    assert run_script(script, env=SCRIPT_ENV, timeout=60).returncode == -signal.SIGKILL
 
 
 #: the killed segment: steps 1..49, an eval every 3 steps; its superseded steps (41..49) hold
@@ -192,18 +152,12 @@ def test_a_superseded_steps_extremes_final_and_evals_are_taken_back(tmp_path, qu
         "best_val_acc": 0.5,
         "acc": {"max": 0.44},  # the superseded 0.99 at step 48 does not count
     }
-    shown = logs_summary(run.dir)
+    shown = logs_summary_json(run.dir, env=SCRIPT_ENV)
     assert (shown["steps"], shown["superseded"]) == (44, 9)
     assert shown["loss"] == written["loss"]
     assert shown["eval"] == written["eval"]
     assert shown["summary"] == written["summary"]
-    text = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=ENV,
-    ).stdout
+    text = logs_summary(run.dir, env=SCRIPT_ENV)
     assert "9 superseded" in text
     assert "summary acc" in text and "max 0.44" in text and "resumed" in text
 
@@ -214,7 +168,7 @@ def test_a_killed_run_not_yet_resumed_shows_its_segment_crashed(tmp_path):
     say it once the run resumes."""
     killed_after(tmp_path, 12)
     run_dir = tmp_path / "r"
-    shown = logs_summary(run_dir)
+    shown = logs_summary_json(run_dir, env=SCRIPT_ENV)
     (segment,) = shown["segments"]
     lines = read_lines(run_dir)
     last_ts = max(line["ts"] for line in lines if "ts" in line)

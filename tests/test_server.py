@@ -23,19 +23,10 @@ import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from stack_fixture import eventually
 from traintel.cli import main
 from traintel.core.catalog import METRICS
 from traintel.export.server import StatusServer
-
-
-def _until(fetch, timeout: float = 10.0):
-    """Poll until ``fetch`` returns something truthy (the record writer works on its own
-    thread, so histograms and record lines appear within a flush interval)."""
-    deadline = time.monotonic() + timeout
-    while not (result := fetch()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return result
 
 
 def _url(run) -> str:
@@ -115,7 +106,8 @@ def test_status_healthz_and_metrics(quiet_run):
             response = requests.get(f"{url}/metrics", timeout=5)
             return response if "traintel_operation_duration_seconds" in response.text else None
 
-        response = _until(scrape)
+        # the record writer works on its own thread: histograms appear within a flush interval
+        response = eventually(scrape, 10, 0.05, "the operation histogram on /metrics")
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         catalog = {m.name: m for m in METRICS}
         families = {
@@ -179,7 +171,7 @@ def test_sigusr1_toggles_debug_in_a_running_process(tmp_path, recorded):
         url = f"http://127.0.0.1:{port}/debug"
         assert requests.get(url, timeout=5).json() == {"enabled": False}
         proc.send_signal(signal.SIGUSR1)
-        _until(lambda: requests.get(url, timeout=5).json()["enabled"])
+        eventually(lambda: requests.get(url, timeout=5).json()["enabled"], 10, 0.05, "debug on")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -259,7 +251,7 @@ def test_status_and_debug_commands(tmp_path, monkeypatch, quiet_run, recorded):
         for _ in live.track(range(3)):
             live.log(loss=0.25)
         url = _url(live)
-        _until(lambda: len(recorded(live.dir).of("step")) == 3)
+        eventually(lambda: len(recorded(live.dir).of("step")) == 3, 10, 0.05, "3 step lines")
 
         result = runner.invoke(main, ["status", "--url", url, "--format", "json"])
         assert result.exit_code == 0, result.output

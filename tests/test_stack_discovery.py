@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from click.testing import CliRunner
 
+from stack_fixture import DOCTOR_PASSES, demo_command, eventually
 from traintel.cli import main
 from traintel.core import discovery
 from traintel.export import selection
@@ -90,24 +92,19 @@ def test_a_variable_still_wins_over_the_running_stack(found, monkeypatch):
 
 @pytest.mark.stack
 def test_doctor_finds_the_stack_and_its_collector_health_port(found, tmp_path):
-    for _ in range(30):  # a fresh Prometheus finds its targets within seconds
+
+    def scraping() -> tuple[Any, dict[str, dict]] | None:
         result = CliRunner().invoke(
             main, ["doctor", "--format", "json", "--run-dir", str(tmp_path)]
         )
         checks = {c["name"]: c for c in json.loads(result.output)["checks"]}
-        if checks["prometheus scraping"]["status"] == "pass":
-            break
-        time.sleep(2)
+        return (result, checks) if checks["prometheus scraping"]["status"] == "pass" else None
+
+    # a fresh Prometheus finds its targets within seconds
+    result, checks = eventually(scraping, 90, 2, "doctor's 'prometheus scraping' to pass")
     assert checks["collector health"]["target"].startswith(found.endpoints["collector_health"])
     assert ":13133" not in checks["collector health"]["target"]
-    for name in (
-        "collector otlp",
-        "collector health",
-        "prometheus",
-        "prometheus scraping",
-        "alertmanager",
-        "clock",
-    ):
+    for name in DOCTOR_PASSES:
         assert checks[name]["status"] == "pass", checks[name]
     assert checks["prometheus"]["target"].startswith(found.endpoints["prometheus"])
     assert result.exit_code == 0, result.output
@@ -127,22 +124,16 @@ def test_demo_exports_to_the_stack_it_finds(found, tmp_path):
     pytest.importorskip("torch")
     env = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "traintel",
-            "demo",
+        demo_command(
             "--epochs",
             "1",
             "--steps-per-epoch",
             "5",
-            "--duration",
-            "0",
             "--dir",
             str(tmp_path / "runs"),
             "--sample-interval",
             "60",
-        ],
+        ),
         env=env,
         capture_output=True,
         text=True,

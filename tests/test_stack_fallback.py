@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 import traintel
-from stack_fixture import eventually
+from stack_fixture import committed_rules, eventually
 from traintel.stack import install, native
 from traintel.stack.components import COMPONENTS
 
@@ -72,9 +71,8 @@ def test_debian_packages_stand_in_and_run_the_stack(
         prometheus = stack.endpoints["prometheus"]
 
         groups = requests.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
-        shipped = yaml.safe_load((ROOT / "prometheus/rules/alerts.yml").read_text())["groups"]
         alerts = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
-        assert alerts == {r["alert"] for g in shipped for r in g["rules"] if "alert" in r}
+        assert alerts == {r["alert"] for r in committed_rules() if "alert" in r}
 
         def alertmanager_found():
             answer = requests.get(f"{prometheus}/api/v1/alertmanagers", timeout=5).json()

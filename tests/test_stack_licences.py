@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import traintel_cli
 from traintel.stack import install, native
 from traintel.stack.components import COMPONENTS
 
@@ -142,13 +141,7 @@ def test_a_binary_on_path_is_found_and_a_bad_variable_is_named(bare, monkeypatch
 
 
 def test_stack_status_lists_the_skipped_programs_with_their_reasons(bare) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "stack", "status", "--run-dir", str(bare / "run")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
+    result = traintel_cli("stack", "status", "--run-dir", str(bare / "run"), timeout=60)
     assert result.returncode == 0, result.stderr
     for name in OPTIONAL:
         line = next(line for line in result.stdout.splitlines() if line.startswith(name))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stack_fixture import eventually, require
+from stack_fixture import eventually, promql, require
 from traintel.stack import install
 from traintel.stack.components import COMPONENTS
 from traintel.stack.native import NativeStack, StackError
@@ -56,15 +56,11 @@ def test_metrics_reach_prometheus_by_remote_write(stack: NativeStack) -> None:
     provider.force_flush()
     provider.shutdown()
 
-    def query():
-        response = requests.get(
-            f"{stack.endpoints['prometheus']}/api/v1/query",
-            params={"query": f'{{__name__=~"traintel_stack_test_steps.*", run="{test_id}"}}'},
-            timeout=5,
-        )
-        return response.json()["data"]["result"]
-
-    (series,) = eventually(query, 60, what="the counter in Prometheus")
+    (series,) = eventually(
+        lambda: promql(stack, f'{{__name__=~"traintel_stack_test_steps.*", run="{test_id}"}}'),
+        60,
+        what="the counter in Prometheus",
+    )
     assert float(series["value"][1]) == 7
     assert series["metric"]["project"] == "stacktest"
 

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from browser import browser, page, shots_dir  # noqa: F401  (fixtures)
 from conftest import read_lines
+from stack_fixture import eventually
 
 pytest.importorskip("tensorboard", reason="pip install 'traintel[tensorboard]'")
 
@@ -104,7 +105,13 @@ def test_tensorboard_serves_every_step_and_the_hparams_table(quiet_run, tmp_path
         ):
             steps = read_lines(run_dir).of("step")
             query = urllib.parse.urlencode({"run": run_name, "tag": "loss"})
-            points = _until(lambda: _get(f"{base}/data/plugin/scalars/scalars?{query}"), len(steps))
+
+            def loaded(query: str = query, count: int = len(steps)) -> Any:
+                """TensorBoard loads event files in the background: every point, or None."""
+                got = _get(f"{base}/data/plugin/scalars/scalars?{query}")
+                return got if len(got) >= count else None
+
+            points = eventually(loaded, 30, 0.5, f"{len(steps)} points of {run_name}")
             assert [p[1] for p in points] == [s["step"] for s in steps]
             assert [p[2] for p in points] == pytest.approx([s["metrics"]["loss"] for s in steps])
             assert points[-1][0] == pytest.approx(steps[-1]["ts"])
@@ -175,16 +182,6 @@ def test_tensorboard_serves_every_step_and_the_hparams_table(quiet_run, tmp_path
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-
-
-def _until(fetch: Any, count: int, timeout: float = 30.0) -> Any:
-    """TensorBoard loads event files in the background: ask until every point is there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fetch()
-        if len(got) >= count or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
 
 
 def test_writing_again_replaces_the_event_files(quiet_run, tmp_path):

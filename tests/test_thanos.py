@@ -14,11 +14,9 @@ collector's retries bring every sample in, none is lost.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,15 @@ import yaml
 
 from deploy_tools import REPO
 from kube_fixture import _free_port
-from stack_fixture import eventually
+from stack_fixture import (
+    PROOF_RUN,
+    RULE_FILES,
+    committed_rules,
+    demo_command,
+    demo_env,
+    eventually,
+    prometheus_query,
+)
 from traintel.stack import dashboards, install
 from traintel.stack.components import DEPLOY_TOOLS
 
@@ -86,6 +92,14 @@ def _ready(url: str, proc: Proc, timeout: float = 120) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready:\n{proc.log.read_text(errors='replace')[-3000:]}")
+
+
+def _launch(procs: dict[str, Proc], name: str, proc: Proc, http_port: int) -> None:
+    """Start ``proc``, keep it in ``procs`` (stopped in reverse order at the end) and wait until
+    its /-/ready answers."""
+    proc.start()
+    procs[name] = proc
+    _ready(f"http://127.0.0.1:{http_port}/-/ready", proc)
 
 
 def _binaries() -> dict[str, Path]:
@@ -159,7 +173,7 @@ def _collector_config(
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     bins = _binaries()
     root = tmp_path_factory.mktemp("thanos")
-    rules = sorted(str(p) for p in (REPO / "prometheus/rules").glob("*.yml"))
+    rules = [str(p) for p in RULE_FILES]
     procs: dict[str, Proc] = {}
     grpc = [_free_port() for _ in range(3)]
     hashring = root / "hashring.json"
@@ -191,10 +205,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
                 ],
                 root / f"receive-{i}.log",
             )
-            receiver.start()
-            procs[f"receive-{i}"] = receiver
+            _launch(procs, f"receive-{i}", receiver, http)
             receivers.append(receiver)
-            _ready(f"http://127.0.0.1:{http}/-/ready", receiver)
             receiver.write = write  # type: ignore[attr-defined]
         query_http, ruler_http, ruler_grpc = _free_port(), _free_port(), _free_port()
         query = Proc(
@@ -210,9 +222,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             ],
             root / "query.log",
         )
-        query.start()
-        procs["query"] = query
-        _ready(f"http://127.0.0.1:{query_http}/-/ready", query)
+        _launch(procs, "query", query, query_http)
         ruler = Proc(
             [
                 str(bins["thanos"]),
@@ -227,9 +237,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             ],
             root / "ruler.log",
         )
-        ruler.start()
-        procs["ruler"] = ruler
-        _ready(f"http://127.0.0.1:{ruler_http}/-/ready", ruler)
+        _launch(procs, "ruler", ruler, ruler_http)
         prom_port = _free_port()
         # the stack's prometheus.yml (its out-of-order window), rules every 5 s, no scraping
         source = yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())
@@ -252,9 +260,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
             ],
             root / "prometheus.log",
         )
-        prometheus.start()
-        procs["prometheus"] = prometheus
-        _ready(f"http://127.0.0.1:{prom_port}/-/ready", prometheus)
+        _launch(procs, "prometheus", prometheus, prom_port)
         otlp = _free_port()
         config = root / "collector.yaml"
         config.write_text(
@@ -288,11 +294,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
 def _instant(base: str, expr: str, at: float) -> list[dict[str, Any]]:
     # dedup (Thanos Query's default, said here): one series of the two replicas; Prometheus
     # ignores the parameter
-    params = {"query": expr, "time": f"{at:.3f}", "dedup": "true"}
-    body = requests.get(f"{base}/api/v1/query", params=params, timeout=30).json()
-    assert body["status"] == "success", (base, expr, body)
-    result = body["data"]["result"]
-    return result if isinstance(result, list) else [{"metric": {}, "value": result}]
+    return prometheus_query(base, expr, time=f"{at:.3f}", dedup="true")
 
 
 def _by_labels(result: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], float]:
@@ -309,42 +311,11 @@ def demo(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     """A demo run exporting to the collector; one Receive is killed while it runs and started
     again after it."""
     runs = tmp_path_factory.mktemp("runs")
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": stores.collector_otlp,
-        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-        "OTEL_BSP_SCHEDULE_DELAY": "500",
-        "TRAINTEL_DIR": str(runs),
-        "TRAINTEL_PROGRESS": "off",
-    }
     run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "traintel.cli",
-            "demo",
-            "--duration",
-            "0",
-            "--epochs",
-            "2",
-            "--steps-per-epoch",
-            "40",
-            "--batch-size",
-            "16",
-            "--project",
-            "thanos",
-            "--name",
-            "hashring",
-            "--nan-at-step",
-            "10",
-            "--error-at-step",
-            "15",
-            "--step-sleep",
-            "0.2",
-            "--sample-interval",
-            "1",
-        ],
-        env=env,
+        demo_command(
+            *PROOF_RUN, "--project", "thanos", "--name", "hashring", "--step-sleep", "0.2"
+        ),
+        env=demo_env(stores.collector_otlp, runs, progress="off"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -379,10 +350,8 @@ def _promql() -> list[tuple[str, str]]:
         for q in dashboards.queries()
         if q.datasource == "prometheus" and q.kind != "variable"
     ]
-    for path in sorted((REPO / "prometheus/rules").glob("*.yml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                out.append((f"rule {rule.get('alert') or rule['record']}", rule["expr"]))
+    for rule in committed_rules():
+        out.append((f"rule {rule.get('alert') or rule['record']}", rule["expr"]))
     return out
 
 
@@ -469,12 +438,7 @@ def test_the_ruler_evaluates_every_rule_through_query(stores: Stores, demo: dict
 
     rules = eventually(evaluated, 60, what="the Ruler to evaluate every rule")
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
-    expected = sum(
-        len(g["rules"])
-        for p in sorted((REPO / "prometheus/rules").glob("*.yml"))
-        for g in yaml.safe_load(p.read_text())["groups"]
-    )
-    assert len(rules) == expected
+    assert len(rules) == len(committed_rules())
 
     def alerts(base: str) -> set[tuple[str, str]]:
         # the rules API (Prometheus's, which the Ruler serves too) lists each rule's alerts

@@ -4,12 +4,9 @@ known direction gets no "pass goals=" hint (12)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import read_lines
+from conftest import logs_summary, logs_summary_json, read_lines
 from traintel.core.errors import NonFiniteLossError
 
 
@@ -34,12 +31,7 @@ def test_an_all_nan_eval_metric_with_a_direction_is_not_asked_for_goals(quiet_ru
         run.log_eval(val_loss=float("nan"))
         run.log_eval(val_loss=float("nan"))
     assert run.summary["eval"]["val_loss"]["mode"] == "min"
-    shown = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", str(run.dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    shown = logs_summary(run.dir)
     assert "no finite value" in shown and "pass goals=" not in shown
 
 
@@ -70,12 +62,4 @@ def test_an_epoch_cut_by_an_exception_is_not_counted_as_ended(quiet_run):
     epochs = read_lines(run.dir).of("epoch")
     assert [(e["epoch"], e["cut"]) for e in epochs] == [(0, False), (1, True)]
     assert run.summary["epochs"] == 1
-    shown = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "summary", "--format", "json", str(run.dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    import json
-
-    assert json.loads(shown.stdout)["epochs"] == 1
+    assert logs_summary_json(run.dir)["epochs"] == 1

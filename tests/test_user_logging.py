@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import read_lines
+from conftest import read_lines, traintel_cli
 
 SCRIPT = """
 import logging, sys
@@ -77,12 +77,7 @@ def test_without_logging_configured(tmp_path):
     assert stderr.count("library warning") == 1 and stderr.count("batch failed") == 1, stderr
     assert "starting epoch" not in stderr and "library noise" not in stderr
     assert "after the run" not in json.dumps(read_lines(run_dir))
-    shown = subprocess.run(
-        [sys.executable, "-m", "traintel.cli", "logs", "errors", "--format", "json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    shown = traintel_cli("logs", "errors", "--format", "json", str(run_dir), check=True)
     assert json.loads(shown.stdout)["errors"] == 1
 
 

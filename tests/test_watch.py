@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import traintel
+from conftest import point
 from traintel.run.watch import watch
 from traintel.testing import capture
 
@@ -16,15 +17,6 @@ from traintel.testing import capture
 def options(quiet):
     """Quiet runs that still export: capture() takes what the run sends."""
     return {**quiet, "otlp": None}
-
-
-def point(telemetry, name: str, **labels: str) -> float:
-    (value,) = [
-        p.value
-        for attrs, p in telemetry.points(name)
-        if all(attrs.get(k) == v for k, v in labels.items())
-    ]
-    return value
 
 
 def test_watch_records_size_and_the_gradient_norm_of_each_step(tmp_path, options, recorded) -> None:

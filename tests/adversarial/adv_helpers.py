@@ -1,61 +1,15 @@
-"""What the adversarial tests share: a training script run as a real process, and the grep of
-any text for the secrets of the corpus."""
+"""What the adversarial tests share: a training script run as a real process (the suite's runners,
+from conftest), the grep of any text for the secrets of the corpus, and the steps of a record."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
 from secrets_corpus import SECRETS
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def script_env(**extra: str) -> dict[str, str]:
-    """The environment of a training script: this checkout's sources first."""
-    environ = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    environ.update(extra)
-    return environ
-
-
-def run_script(
-    code: str,
-    *,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    args: Iterable[str] = (),
-    **popen: object,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` (dedented) as a training script in its own Python process."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or script_env(),
-        **popen,
-    )  # type: ignore[call-overload]
-
-
-def start_script(
-    code: str, *, env: dict[str, str] | None = None, args: Iterable[str] = ()
-) -> subprocess.Popen[str]:
-    """Start ``code`` as a training script; its stdout and stderr are pipes."""
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env or script_env(),
-    )
+from conftest import ROOT, run_script, script_env, start_script  # noqa: F401  (the tests' names)
 
 
 def leaks(text: str | bytes, secrets: Iterable[str] = SECRETS) -> list[str]:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from adv_helpers import script_env, start_script, step_numbers
 
+from conftest import read_lines
 from reliability_log import record
 
 
@@ -201,7 +202,7 @@ def test_a_deleted_run_directory_is_noticed_and_the_loss_counted(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    lines = [orjson.loads(raw) for raw in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    lines = read_lines(run_dir)
     assert [line["type"] for line in lines[:3]] == ["run_start", "config", "event"]
     gap = lines[2]
     assert gap["event"] == "record_gap" and gap["fields"] == {

@@ -5,8 +5,6 @@ exception), the command line's output, and the OTLP payloads the real collector 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -14,6 +12,7 @@ import pytest
 from adv_helpers import ROOT, files_under, leaks, run_script, script_env
 from secrets_corpus import LOOK_ALIKE_CONFIG, OPENAI_KEY, SECRET_CONFIG, URL_PASSWORD
 
+from conftest import traintel_cli
 from reliability_log import record
 from stack_fixture import eventually
 
@@ -61,16 +60,6 @@ CLI = [
 ]
 
 
-def _traintel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "traintel.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 @pytest.mark.stack
 def test_no_secret_reaches_any_output_channel(stack, tmp_path):
     collector = stack.endpoints["otlp_http"]
@@ -100,7 +89,7 @@ def test_no_secret_reaches_any_output_channel(stack, tmp_path):
     assert (run_dir / "crash-report.json").exists()
     for command in CLI:
         args = [a.format(run=run_id) for a in command]
-        done = _traintel(*args, env=env)
+        done = traintel_cli(*args, env=env)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
         channels[f"traintel {' '.join(args)}"] = done.stdout + done.stderr
 
