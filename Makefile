@@ -8,7 +8,7 @@ demo:
 
 ## The whole test suite: installs the native stack programs (once), then runs pytest.
 test:
-	@scripts/venv.sh scripts/test.sh $(ARGS)
+	@scripts/test.sh $(ARGS)
 
 ## mypy over src/ (also part of `make test`).
 typecheck:

@@ -403,20 +403,29 @@ def test_the_defaults_are_picked_up_by_a_default_kube_prometheus_stack(
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("PrometheusRule", "traintel") in kinds
     assert ("PodMonitor", "traintel-agent-metrics") in kinds
+    assert ("PodMonitor", "traintel-collectors") in kinds
     collectors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "OpenTelemetryCollector"}
     for cr in collectors.values():
-        # the operator's own ServiceMonitors/PodMonitors for the collectors' metrics (8888)
-        assert KPS_SELECTOR.items() <= cr["spec"]["observability"]["metrics"]["extraLabels"].items()
         assert "prometheus_remote_write" not in cr["spec"]["config"]["exporters"]
     agent = collectors["traintel-agent"]
     assert agent["spec"]["config"]["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
     assert agent["spec"]["config"]["service"]["pipelines"]["metrics"]["exporters"] == ["prometheus"]
     assert {"name": "prom-export", "port": 8889, "protocol": "TCP"} in agent["spec"]["ports"]
-    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    monitor = next(d for d in docs if d["metadata"]["name"] == "traintel-agent-metrics")
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "prom-export"
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == (
         "observability.traintel-agent"
     )
+
+
+def test_no_collector_asks_the_operator_for_monitors(rendered: dict[str, Path]) -> None:
+    """The chart renders the collectors' monitors itself: the OpenTelemetry Operator's
+    (spec.observability.metrics.enableMetrics) would also scrape the agents' exporter port named
+    "prometheus", which traintel-agent-metrics scrapes, storing every training series twice."""
+    for profile, path in rendered.items():
+        for cr in objects(path, "OpenTelemetryCollector"):
+            metrics = cr["spec"].get("observability", {}).get("metrics", {})
+            assert not metrics.get("enableMetrics"), (profile, cr["metadata"]["name"])
 
 
 def test_the_release_label_follows_prometheus_release() -> None:

@@ -305,26 +305,6 @@ DEPLOY_TOOLS: dict[str, Component] = {
             version_var="github.com/prometheus/common/version.Version",
         ),
         Component(
-            # The OpenTelemetry Operator, run against that API server (tests/test_kube_cluster.py)
-            # to make the collectors' workloads and self-monitoring ServiceMonitors from the
-            # chart's OpenTelemetryCollector resources. Apache-2.0.
-            name="opentelemetry-operator",
-            version="0.148.0",
-            method="go-wrapper",
-            binaries=("opentelemetry-operator",),
-            image="",
-            ports={},
-            required=False,
-            packages=("github.com/open-telemetry/opentelemetry-operator",),
-            module_version="v0.148.0",
-            wrapper="stack/go/opentelemetry-operator",
-            inputs=(
-                "stack/go/opentelemetry-operator/go.mod",
-                "stack/go/opentelemetry-operator/go.sum",
-            ),
-            version_var="github.com/open-telemetry/opentelemetry-operator/internal/version.version",
-        ),
-        Component(
             # Thanos (Apache-2.0): Receive in a hashring, Query and Ruler, for the test that
             # writes a run into a clustered TSDB (tests/test_thanos.py); a wrapper module repeats
             # its go.mod's replace block, which `go install` refuses.

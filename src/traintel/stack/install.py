@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from traintel.core import env as environment
 from traintel.stack import project
 from traintel.stack.components import COMPONENTS, DEPLOY_TOOLS, Component
@@ -117,7 +115,7 @@ def install(
 
     Never raises for a failed build: the failure is recorded with its reason."""
     bin_root().mkdir(parents=True, exist_ok=True)
-    with _lock(bin_root() / ".lock"):
+    with _lock(bin_root() / ".lock", say):
         status = load_status()
         for component in table.values():
             if names and component.name not in names:
@@ -379,15 +377,22 @@ def _build_collector(component: Component, out: Path, log: Path) -> None:
             cwd=out,
             env={"GOBIN": str(builder_dir)},
         )
-    manifest = yaml.safe_load((project.root() / component.manifest).read_text())
     source = out / "src"
-    manifest["dist"]["output_path"] = str(source)
+    # The manifest with its output path replaced as text: the installer imports nothing outside
+    # the standard library, so that `make test` can build while pip installs the environment.
+    manifest, found = re.subn(
+        r"(?m)^(\s+output_path:).*$",
+        lambda m: f"{m.group(1)} {json.dumps(str(source))}",
+        (project.root() / component.manifest).read_text(),
+    )
+    if found != 1:
+        raise BuildError(f"{component.manifest} has {found} output_path lines, not one")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=out, delete=False) as f:
-        yaml.safe_dump(manifest, f)
+        f.write(manifest)
     # Strict versioning: fail when a module would drag in another release instead of building
     # a mixed-version collector.
     _run([str(builder), "--skip-strict-versioning=false", "--config", f.name], log, cwd=out)
-    name = manifest["dist"]["name"]
+    name = component.binaries[0]  # the manifest's dist.name
     (source / name).rename(out / name)
     shutil.rmtree(source)
     os.unlink(f.name)
@@ -399,7 +404,17 @@ def _apt_install(component: Component, log: Path) -> dict[str, Any]:
         raise BuildError("needs root and apt-get")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     _run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *component.apt],
+        # waits for dpkg's lock rather than failing while another apt-get runs (make test's
+        # Chromium install beside the background build)
+        [
+            "apt-get",
+            "-o",
+            "DPkg::Lock::Timeout=600",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            *component.apt,
+        ],
         log,
         env=env,
         retry_with=["apt-get", "update"],
@@ -504,8 +519,16 @@ def _write_status(status: dict[str, dict[str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """One installer at a time per machine: parallel test runs share the cache."""
+def _lock(path: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """One installer at a time per machine: parallel test runs share the cache, and `make test`
+    builds in the background while pip installs (scripts/build_programs.py)."""
     with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(
+                f"stack: waiting for another install into {path.parent} (make test's background "
+                f"build logs to {path.parent / 'logs' / 'make-test-build.log'})"
+            )
+            fcntl.flock(f, fcntl.LOCK_EX)
         yield

@@ -24,10 +24,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* The pod selector labels the OpenTelemetry Operator puts on a collector's pods
      (internal/manifests/manifestutils SelectorLabels): instance is "<namespace>.<cr name>". */}}
 {{- define "traintel.collectorSelector" -}}
+{{ include "traintel.operatorLabels" . }}
+app.kubernetes.io/instance: {{ include "traintel.collectorInstance" . }}
+{{- end -}}
+
+{{/* The selector labels every collector's pods share, whichever CR they come from. */}}
+{{- define "traintel.operatorLabels" -}}
 app.kubernetes.io/managed-by: opentelemetry-operator
 app.kubernetes.io/part-of: opentelemetry
 app.kubernetes.io/component: opentelemetry-collector
-app.kubernetes.io/instance: {{ printf "%s.%s" .namespace .name | trunc 63 }}
+{{- end -}}
+
+{{/* The operator's instance label of a CR's pods. Call with (dict "namespace" .. "name" ..). */}}
+{{- define "traintel.collectorInstance" -}}
+{{- printf "%s.%s" .namespace .name | trunc 63 -}}
 {{- end -}}
 
 {{/* The gateway's OTLP/gRPC address (the operator's Service is "<cr name>-collector"). */}}
@@ -73,19 +83,6 @@ networkPolicy:
   # The chart's own NetworkPolicy (templates/networkpolicy.yaml) is narrower than the operator's,
   # which admits every source on the collector's ports.
   enabled: false
-{{- end -}}
-
-{{- define "traintel.observability" -}}
-{{- if .Values.collector.selfMonitoring.enabled }}
-observability:
-  metrics:
-    enableMetrics: true
-    {{- $labels := include "traintel.selectedLabels" (dict "root" . "labels" .Values.collector.selfMonitoring.labels) }}
-    {{- if $labels }}
-    extraLabels:
-      {{- $labels | nindent 6 }}
-    {{- end }}
-{{- end }}
 {{- end -}}
 
 {{/* The collector's own telemetry: metrics on 8888 named as the alerts expect; on the
