@@ -61,11 +61,13 @@ def test_the_writer_thread_steps_aside_between_slices_and_loses_nothing(
     tmp_path, monkeypatch, recorded
 ):
     """On its own thread the writer sleeps YIELD_S after each slice but the last (a thread
-    waiting for the interpreter takes it then), and every line still arrives in order."""
+    waiting for the interpreter takes it then) once fewer than DRAIN_BATCH items wait (a larger
+    backlog is a loop outpacing it: it takes turns by the switch interval there), and every line
+    still arrives in order."""
     monkeypatch.setattr(writer, "SLICE_S", 0.0)
     w = _writer(tmp_path)
     seen: list[int] = []
-    _backlog(w, 2000, 500, seen)
+    _backlog(w, 5000, 1000, seen)
     pauses: list[float] = []
     sleep = time.sleep
 
@@ -82,8 +84,9 @@ def test_the_writer_thread_steps_aside_between_slices_and_loses_nothing(
         sleep(0.01)
     w.close()
     assert not w.queue
-    assert seen == [501, 1002, 1503, 2004]
-    # 2,000 steps and 4 x (line, observation, look): a slice each, a pause after all but the last
-    assert pauses == [writer.YIELD_S] * (2000 + 12 - 1)
+    assert seen == [1001, 2002, 3003, 4004, 5005]
+    # 5,015 items, a slice each: a pause after each slice that left 1 to DRAIN_BATCH - 1 waiting
+    assert len(w.queue) == 0 and 5015 > writer.DRAIN_BATCH
+    assert pauses == [writer.YIELD_S] * (writer.DRAIN_BATCH - 1)
     steps = [line["step"] for line in recorded(tmp_path) if line["type"] == "step"]
-    assert steps == list(range(1, 2001))
+    assert steps == list(range(1, 5001))

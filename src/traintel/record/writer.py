@@ -60,7 +60,11 @@ DRAIN_BATCH = 4096
 SLICE_S = 0.001
 #: how long the writer thread sleeps between slices: a thread waiting for the interpreter takes it
 #: then. ``sleep(0)`` releases it too, but the writer takes it back before the woken thread runs
-#: (and the waiter's 5 ms clock starts again); a tenth of a millisecond leaves time to wake
+#: (and the waiter's 5 ms clock starts again); a tenth of a millisecond leaves time to wake.
+#: Only while fewer than DRAIN_BATCH items wait: a larger backlog is a loop outpacing the writer
+#: (a tight loop holds the interpreter all the time), where stepping aside would leave the writer
+#: a slice per switch interval and the backlog would grow; there it takes turns by the switch
+#: interval, as before
 YIELD_S = 0.0001
 #: lines kept in memory while the record cannot be written (a full disk), oldest dropped first
 MAX_PENDING_BYTES = 64 * 1024 * 1024
@@ -250,8 +254,8 @@ class RecordWriter:
     def _drain(self) -> None:
         """Write everything queued, in slices of at most DRAIN_BATCH lines and SLICE_S of work,
         so a backlog (a tight loop outpacing the disk) never becomes one giant buffer nor one
-        long hold of the interpreter. On the writer thread, it sleeps YIELD_S between slices (a
-        flush on the caller's thread, at a crash, does not). Once per drain, the live file is
+        long hold of the interpreter. On the writer thread, it sleeps YIELD_S between slices
+        while it keeps up (a flush on the caller's thread, at a crash, does not). Once per drain, the live file is
         checked: deleted under us, its lines are gone and the record starts again."""
         if self._forked:
             return
@@ -259,7 +263,7 @@ class RecordWriter:
             self._check_file()
         step_aside = threading.current_thread() is self._thread
         while self._drain_batch():
-            if step_aside:
+            if step_aside and len(self.queue) < DRAIN_BATCH:
                 time.sleep(YIELD_S)
 
     def _drain_batch(self) -> bool:
