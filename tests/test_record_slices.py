@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from traintel.core.state import RunState
 from traintel.record import writer
 from traintel.record.queue import Call, Line, Observe, Step
@@ -55,6 +57,8 @@ def test_a_backlog_is_written_slice_by_slice_in_order(tmp_path, monkeypatch, rec
     assert marks == [(101 * k - 1, f"mark {100 * k}") for k in (1, 2, 3)]
     assert w.observations[("timer", "probe")].count == 3
     assert w.figures.steps == 300 and w.state.dropped == 0
+    # the rate window still sees the steps (a point per 0.1 s of steps, and one at the end)
+    assert w.state.rates == {"steps_per_second": pytest.approx(1.0)}
 
 
 def test_the_writer_thread_steps_aside_between_slices_and_loses_nothing(

@@ -66,6 +66,10 @@ SLICE_S = 0.001
 #: a slice per switch interval and the backlog would grow; there it takes turns by the switch
 #: interval, as before
 YIELD_S = 0.0001
+#: seconds of steps between the points of the rate window (``state.rates``) within a drain: a
+#: point per slice would be up to a thousand a second in a tight loop, tens of thousands in the
+#: 30 s window; a drain that empties the queue always adds its point
+RATE_EVERY_S = 0.1
 #: lines kept in memory while the record cannot be written (a full disk), oldest dropped first
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: the record's first lines, written again at the top of a run directory made anew
@@ -121,6 +125,7 @@ class RecordWriter:
         self.lines = 0
         self.listeners: list[Listener] = []
         self.rates = rates or RateWindow()
+        self._rated_ts = -float("inf")  # the step time of the rate window's latest point
         self._file: IO[bytes] | None = None
         self._size = 0
         #: complete lines in the live file, and in the directory's rotated files
@@ -357,8 +362,10 @@ class RecordWriter:
                 chunk = self._dropped_line(item, f"{type(exc).__name__}: {exc}")
             chunks.append(chunk)
         self.lines += len(chunks)
-        if figures.last_ts is not None:
-            self.rates.add(figures.last_ts, figures.steps, figures.samples, figures.tokens)
+        last = figures.last_ts
+        if last is not None and (not queue or last - self._rated_ts >= RATE_EVERY_S):
+            self._rated_ts = last
+            self.rates.add(last, figures.steps, figures.samples, figures.tokens)
             self.state.rates = self.rates.rates()
         return chunks
 
