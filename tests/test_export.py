@@ -354,3 +354,25 @@ def test_the_run_spans_steps_are_the_steps_taken_as_run_end_and_summary_say(quie
     root = next(s for s in telemetry.spans.get_finished_spans() if s.name == "training_run")
     (end,) = read_lines(run.dir).of("run_end")
     assert dict(root.attributes)["steps"] == end["steps"] == run.summary["steps"] == 8
+
+
+def test_the_http_stack_imports_what_it_imports_lazily_when_the_run_starts():
+    """The first export would import them on an exporter's thread, holding the interpreter for
+    10-20 ms (a late training step per run); in a fresh interpreter they come with the session,
+    made when the run starts."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from traintel.export.health import LAZY_IMPORTS, ExportSession\n"
+        "before = set(sys.modules)\n"
+        "ExportSession()\n"
+        "print(json.dumps(sorted(set(LAZY_IMPORTS) & (set(sys.modules) - before))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert {"netrc", "shlex"} <= set(json.loads(done.stdout))

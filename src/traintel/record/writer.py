@@ -1,11 +1,13 @@
 """The local run record: ``events.jsonl`` written by one background thread.
 
 The training thread appends typed items (``traintel.record.queue``) to a deque; this thread wakes
-every ``flush_interval`` seconds, turns them into JSON lines, writes them with one system call,
-rotates by size, and folds each step into the figures that become ``summary.json``
-(``StepFigures``, the same fold ``traintel logs summary`` runs on what it reads). At the end of a
-run the queue is folded first (:meth:`RecordWriter.fold`), so that summary.json can be written
-before the last lines are (:meth:`RecordWriter.close`).
+every ``flush_interval`` seconds, turns them into JSON lines in slices of at most ``SLICE_S`` of
+work, writes each slice with one system call and steps aside between slices (``YIELD_S``), so
+that the training thread never waits on it for a switch interval; rotates by size, and folds
+each step into the figures that become ``summary.json`` (``StepFigures``, the same fold
+``traintel logs summary`` runs on what it reads). At the end of a run the queue is folded first
+(:meth:`RecordWriter.fold`), so that summary.json can be written before the last lines are
+(:meth:`RecordWriter.close`).
 
 Nothing is lost without a word. A value no encoder takes costs its line, which is replaced by a
 ``record_line_dropped`` line saying what it was. A disk that is full or unwritable costs one
@@ -61,6 +63,24 @@ log = logging.getLogger("traintel.record")
 
 #: lines serialized and written per system call at most
 DRAIN_BATCH = 4096
+#: the most work (seconds) one slice of a drain does before it is written and the writer steps
+#: aside. Folding an item is Python code that holds the interpreter: a span every step made a
+#: drain of 100 steps hold it for 6-7 ms (0.03-0.07 ms per step span), longer than the switch
+#: interval (5 ms), so a training thread waking from its sleep then waited 5 ms for a forced
+#: switch: late steps in the stall benchmark even with export off
+SLICE_S = 0.001
+#: how long the writer thread sleeps between slices: a thread waiting for the interpreter takes it
+#: then. ``sleep(0)`` releases it too, but the writer takes it back before the woken thread runs
+#: (and the waiter's 5 ms clock starts again); a tenth of a millisecond leaves time to wake.
+#: Only while fewer than DRAIN_BATCH items wait: a larger backlog is a loop outpacing the writer
+#: (a tight loop holds the interpreter all the time), where stepping aside would leave the writer
+#: a slice per switch interval and the backlog would grow; there it takes turns by the switch
+#: interval, as before
+YIELD_S = 0.0001
+#: seconds of steps between the points of the rate window (``state.rates``) within a drain: a
+#: point per slice would be up to a thousand a second in a tight loop, tens of thousands in the
+#: 30 s window; a drain that empties the queue always adds its point
+RATE_EVERY_S = 0.1
 #: lines kept in memory while the record cannot be written (a full disk), oldest dropped first
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: the record's first lines, written again at the top of a run directory made anew
@@ -116,6 +136,7 @@ class RecordWriter:
         self.lines = 0
         self.listeners: list[Listener] = []
         self.rates = rates or RateWindow()
+        self._rated_ts = -float("inf")  # the step time of the rate window's latest point
         self._file: IO[bytes] | None = None
         self._size = 0
         #: complete lines in the live file, and in the directory's rotated files
@@ -312,35 +333,45 @@ class RecordWriter:
                 log.exception("traintel record writer failed; continuing")
 
     def _drain(self) -> None:
-        """Write everything queued, in batches of at most DRAIN_BATCH lines so a backlog (a
-        tight loop outpacing the disk) never becomes one giant buffer. Once per drain, the live
-        file is checked: deleted under us, its lines are gone and the record starts again."""
+        """Write everything queued, in slices of at most DRAIN_BATCH lines and SLICE_S of work,
+        so a backlog (a tight loop outpacing the disk) never becomes one giant buffer nor one
+        long hold of the interpreter. On the writer thread, it sleeps YIELD_S between slices
+        while it keeps up (a flush on the caller's thread, at a crash, does not). Once per drain, the live file is
+        checked: deleted under us, its lines are gone and the record starts again."""
         if self._forked:
             return
         with self._lock:
             self._check_file()
+        step_aside = threading.current_thread() is self._thread
         while self._drain_batch():
-            pass
+            if step_aside and len(self.queue) < DRAIN_BATCH:
+                time.sleep(YIELD_S)
 
     def _drain_batch(self) -> bool:
-        """Write up to DRAIN_BATCH queued items; True if more are waiting."""
+        """Write one slice of the queue (up to DRAIN_BATCH items, SLICE_S of work), in order;
+        True if more are waiting."""
         with self._lock:
             queue = self.queue
             self.state.queue_depth = len(queue)
             if not queue and not self._pending:
                 return False
-            self._write(self._fold_batch(DRAIN_BATCH))
+            self._write(self._fold_batch(DRAIN_BATCH, time.perf_counter() + SLICE_S))
             return bool(queue)
 
-    def _fold_batch(self, most: int) -> list[bytes]:
-        """Take up to ``most`` queued items: fold steps into the figures and observations into
-        their statistics, run calls, and serialize the lines (the caller holds the lock)."""
+    def _fold_batch(self, most: int, until: float | None = None) -> list[bytes]:
+        """Take up to ``most`` queued items, oldest first, stopping after the one that ends at
+        or after ``until`` (``time.perf_counter``) when given: fold steps into the figures and
+        observations into their statistics, run calls, and serialize the lines (the caller holds
+        the lock). At least one item is taken, so a slice always makes progress."""
         queue = self.queue
         chunks: list[bytes] = []
         figures = self.figures
         logged = self.state.logged  # min/max/counts of every value, for the exporters
         identity = self.identity
-        for _ in range(min(len(queue), most)):
+        clock = time.perf_counter
+        for taken in range(min(len(queue), most)):
+            if taken and until is not None and clock() >= until:
+                break
             item = queue.popleft()
             try:
                 if type(item) is Step:
@@ -415,8 +446,10 @@ class RecordWriter:
                 chunk = self._dropped_line(item, f"{type(exc).__name__}: {exc}")
             chunks.append(chunk)
         self.lines += len(chunks)
-        if figures.last_ts is not None:
-            self.rates.add(figures.last_ts, figures.steps, figures.samples, figures.tokens)
+        last = figures.last_ts
+        if last is not None and (not queue or last - self._rated_ts >= RATE_EVERY_S):
+            self._rated_ts = last
+            self.rates.add(last, figures.steps, figures.samples, figures.tokens)
             self.state.rates = self.rates.rates()
         return chunks
 
