@@ -15,6 +15,7 @@ nothing is ever scheduled. That is what applying a chart checks.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import shutil
 import socket
@@ -48,9 +49,20 @@ class KubeError(Exception):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, below the kernel's ephemeral range, for a program started later:
+    until it binds the port, no outgoing connection can take it as its source port, as one from
+    the ephemeral range can (a Thanos receiver dialing its peers took the port set aside for the
+    next receiver in the hashring, which then failed with 'address already in use')."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port below {low}")
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -260,12 +260,18 @@ def test_by_step_panels_return_the_step_axis_and_the_values_for_two_runs(stack, 
         next(p for p in panels if p["title"] == "Loss by step")["targets"][1]["expr"],
         {**values, "smooth": "1s"},
     )
-    final = {s["metric"]["run"]: float(s["values"][-1][1]) for s in _range(stack, loss)}
-    # the last export's loss (an average with the one before when both fall in one second)
-    assert final == {
-        two_runs[0]: pytest.approx(1 / 60, rel=0.05),
-        two_runs[1]: pytest.approx(2 / 60, rel=0.05),
-    }
+    last = {s["metric"]["run"]: s["values"][-1] for s in _range(stack, loss)}
+    assert set(last) == set(two_runs)
+    for run_id, scale in zip(two_runs, (1.0, 2.0)):
+        (raw,) = promql(stack, f'traintel_loss{{run="{run_id}"}}[1d]')
+        samples = [(float(t), float(v)) for t, v in raw["values"]]
+        assert samples[-1][1] == pytest.approx(scale / 60)  # the last export: the last step's
+        # the panel's last point: the last export's loss, averaged with the one before where both
+        # fall in its one-second window (the final export follows the last periodic one by < 1 s)
+        at, shown = float(last[run_id][0]), float(last[run_id][1])
+        window = [v for t, v in samples if at - 1 < t <= at]
+        assert window and window[-1] == samples[-1][1], (at, samples[-3:])
+        assert shown == pytest.approx(sum(window) / len(window))
 
 
 def _recording_rules() -> dict[str, str]:

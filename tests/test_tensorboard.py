@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ pytest.importorskip("tensorboard", reason="pip install 'traintel[tensorboard]'")
 
 from traintel.cli import main  # noqa: E402
 from traintel.export.tensorboard import hparams  # noqa: E402
+from traintel.stack.native import free_port
 
 CONFIG = {
     "lr": 0.05,
@@ -46,12 +46,6 @@ def _run(quiet_run: Any, name: str, steps: int, lr: float) -> Path:
     return Path(run.dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str, data: bytes | None = None) -> Any:
     request = urllib.request.Request(
         url, data=data, headers={"Content-Type": "application/json"} if data else {}
@@ -65,7 +59,7 @@ def test_tensorboard_serves_every_step_and_the_hparams_table(quiet_run, tmp_path
     by the command a user runs; TensorBoard's own API and its page show them."""
     long = _run(quiet_run, "long", 1500, 0.05)
     short = _run(quiet_run, "short", 120, 0.01)
-    logdir, port = tmp_path / "tb", _free_port()
+    logdir, port = tmp_path / "tb", free_port()
     env = {**os.environ, "TRAINTEL_DIR": str(tmp_path)}
     server = subprocess.Popen(
         [
