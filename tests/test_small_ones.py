@@ -70,6 +70,16 @@ def test_error_with_a_list_context_or_a_number_operation_is_recorded_and_said(ru
     assert errors[1]["operation"] == "123"
 
 
+def test_each_run_of_a_process_says_its_misuses_in_its_own_record(tmp_path):
+    """The warning was once per process: the second run of a sweep (or the next test on the
+    same worker) made the same mistake and its record never said so."""
+    for trial in range(2):
+        with traintel.init(project="t", dir=str(tmp_path / str(trial)), **QUIET) as run:
+            run.error(ValueError("bad batch"), context=[1, 2])
+        logs = [line["message"] for line in read_lines(run.dir).of("log")]
+        assert any("run.error(context=...) takes a dict" in m for m in logs), (trial, logs)
+
+
 def test_log_commit_that_is_not_a_bool_is_said(run, caplog):
     with caplog.at_level(logging.WARNING, "traintel"):
         run.log({"loss": 1.0}, commit="no")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsFloat, cast
 
+from traintel.core import misuse
 from traintel.core.errors import (
     NonFiniteLossError,
     classify,
@@ -103,6 +104,7 @@ class EventRecorder:
     ) -> None:
         self.state = state
         self.refusals = refusals or Refusals(state, strict=True)
+        misuse.forget()  # one recorder per run: the run's own record says its misuses
         self.pipeline = pipeline
         self.spans = spans
         self.run_id = run_id
