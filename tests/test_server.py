@@ -26,16 +26,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from stack_fixture import eventually
 from traintel.cli import main
 from traintel.core.catalog import METRICS
-from traintel.export.server import StatusServer
+from traintel.export import page
+from traintel.export.server import Progress, StatusServer
 
 
 def _url(run) -> str:
     return f"http://127.0.0.1:{run.server.port}"
 
 
-def _read_events(url: str, out: list[tuple[str, dict]], connected: threading.Event) -> None:
+def _read_events(
+    url: str, out: list[tuple[str, dict]], connected: threading.Event, query: str = ""
+) -> None:
     """Collect (event, data) pairs from an SSE stream until the server ends it."""
-    with requests.get(f"{url}/events", stream=True, timeout=30) as response:
+    with requests.get(f"{url}/events{query}", stream=True, timeout=30) as response:
         assert response.headers["Content-Type"] == "text/event-stream"
         connected.set()
         name = None
@@ -56,11 +59,11 @@ def _train(run) -> None:
     run.error(ValueError("corrupt sample 17 skipped"), operation="data_loading")
 
 
-def _follow_events(run) -> tuple[threading.Thread, list[tuple[str, dict]]]:
+def _follow_events(run, query: str = "") -> tuple[threading.Thread, list[tuple[str, dict]]]:
     """A real HTTP client reading the run's /events stream on a thread, once connected."""
     events: list[tuple[str, dict]] = []
     connected = threading.Event()
-    reader = threading.Thread(target=_read_events, args=(_url(run), events, connected))
+    reader = threading.Thread(target=_read_events, args=(_url(run), events, connected, query))
     reader.start()
     assert connected.wait(10)
     return reader, events
@@ -86,6 +89,61 @@ def test_events_stream_progress_milestones_and_errors_while_training(quiet_run):
     (error,) = [d for n, d in events if n == "error"]
     assert (error["error_type"], error["exc_type"]) == ("data", "ValueError")
     assert kinds[-1] == "run_end" and events[-1][1]["status"] == "finished"
+
+
+def test_live_pages_share_the_record_reading_and_each_gets_every_line_in_order(quiet_run):
+    """Three live pages (``/events?record=1``) on one run: each gets every line of the record from
+    its first, in order, the same batches as the others, and the readings and progress snapshots
+    are made once for all of them, not once per page."""
+    run = quiet_run(http_port=0)
+    pages = [_follow_events(run, "?record=1") for _ in range(3)]
+    _train(run)
+    time.sleep(2.5)  # the writer flushes every second; progress at least twice
+    run.finish()
+    for reader, _ in pages:
+        reader.join(10)
+        assert not reader.is_alive(), "the stream must end when the run finishes"
+
+    tail = page.RecordTail.open(run.dir)  # the record read on its own, no sharing
+    expected = [line for lines in iter(tail.poll, []) for line in lines]
+    tail.close()
+    assert [line["type"] for line in expected].count("step") == 20
+    batches = [[d for n, d in events if n == "record"] for _, events in pages]
+    assert batches[0] == batches[1] == batches[2]
+    assert [line for batch in batches[0] for line in batch] == expected
+    assert run.server.shared_reads.taken >= len(batches[0])  # read once, taken by the others
+    progress = [[d for n, d in events if n == "progress"] for _, events in pages]
+    assert all(len(p) >= 2 and p[-1]["run"] == run.id and "debug" in p[-1] for p in progress)
+    assert run.server.progress.made <= max(map(len, progress)) + 1  # not once per page
+
+
+def test_progress_snapshot_is_made_once_per_interval(quiet_run):
+    with quiet_run(http_port=0) as run:
+        progress = Progress(run, every_s=3600.0)
+        first = progress.body()
+        run.log(loss=1.0)
+        assert [progress.body(), progress.body()] == [first, first] and progress.made == 1
+        assert json.loads(first)["run"] == run.id
+        assert progress.next_due() > time.monotonic()
+        progress.every_s = 1e-9  # every call a new interval: a new snapshot
+        progress.body()
+        assert progress.made == 2
+
+
+def test_record_tails_at_one_place_share_a_reading_and_others_read_their_own(quiet_run):
+    with quiet_run() as run:
+        for _ in run.track(range(30)):
+            run.log(loss=0.5)
+    alone = page.RecordTail.open(run.dir)
+    expected = alone.poll_encoded()
+    assert expected is not None and alone.poll_encoded() is None
+    shared = page.SharedReads()
+    first, second = page.RecordTail.open(run.dir), page.RecordTail.open(run.dir)
+    assert first.poll_encoded(shared) == expected and shared.taken == 0
+    assert second.poll_encoded(shared) == expected and shared.taken == 1
+    assert first.poll_encoded(shared) is None and second.poll_encoded(shared) is None
+    for tail in (alone, first, second):
+        tail.close()
 
 
 def test_status_healthz_and_metrics(quiet_run):

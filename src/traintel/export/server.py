@@ -56,11 +56,15 @@ RECORD_POLL_S = 0.5
 
 
 class Subscription:
-    """One /events client: a bounded queue (oldest dropped) and a wake-up flag."""
+    """One /events client: a bounded queue (oldest dropped) and a wake-up flag. A live page's
+    stream (``record``) reads the record instead: it gets no lines and is woken only when the
+    hub closes (woken for every line, ten pages made ten threads take the interpreter after every
+    step, and the training thread set ten flags per line)."""
 
-    def __init__(self, size: int = QUEUE_SIZE) -> None:
+    def __init__(self, size: int = QUEUE_SIZE, record: bool = False) -> None:
         self.lines: deque[dict[str, Any]] = deque(maxlen=size)
         self.wake = threading.Event()
+        self.record = record
 
 
 class ServedRun(Protocol):
@@ -97,14 +101,15 @@ class EventHub:
         if line.get("type") == "log":
             return
         for subscriber in list(self.subscribers):
-            subscriber.lines.append(line)
-            subscriber.wake.set()
+            if not subscriber.record:
+                subscriber.lines.append(line)
+                subscriber.wake.set()
 
-    def subscribe(self) -> Subscription | None:
+    def subscribe(self, record: bool = False) -> Subscription | None:
         """A new subscription, or None when MAX_SUBSCRIBERS streams are open already."""
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
             return None
-        subscription = Subscription()
+        subscription = Subscription(record=record)
         self.subscribers.add(subscription)
         return subscription
 
@@ -117,6 +122,33 @@ class EventHub:
             subscriber.wake.set()
 
 
+class Progress:
+    """The live page's progress snapshot, made once per PROGRESS_EVERY_S for all its streams
+    (``status_dict`` redacts the whole status: ten pages made it ten times a second). The
+    streams ask at the same boundaries (multiples of the interval on the monotonic clock), so a
+    snapshot is at most one interval old, as each stream's own was."""
+
+    def __init__(self, run: ServedRun, every_s: float = PROGRESS_EVERY_S) -> None:
+        self.run, self.every_s = run, every_s
+        self.made = 0  #: snapshots made (for tests)
+        self._lock = threading.Lock()
+        self._tick: int | None = None
+        self._body = b""
+
+    def body(self) -> bytes:
+        """The snapshot of this interval, encoded, made by the first stream to ask."""
+        tick = int(time.monotonic() // self.every_s)
+        with self._lock:
+            if tick != self._tick:
+                self._body = _dumps({**self.run.status_dict(), "debug": self.run.debug})
+                self._tick, self.made = tick, self.made + 1
+            return self._body
+
+    def next_due(self) -> float:
+        """When the next snapshot is due (monotonic seconds)."""
+        return (time.monotonic() // self.every_s + 1) * self.every_s
+
+
 class _Server(ThreadingHTTPServer):
     """Request threads are daemons, so an open /events stream never keeps Python from exiting,
     yet ``server_close`` ends and joins them (the standard mixin joins only non-daemons)."""
@@ -125,6 +157,9 @@ class _Server(ThreadingHTTPServer):
     hub: EventHub
     #: whether Host headers are checked (a loopback bind; allow_remote_http binds are not)
     check_host: bool
+    #: what the live page's streams share
+    progress: Progress
+    shared_reads: page.SharedReads
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -191,6 +226,8 @@ class StatusServer:
         self._server = server_class((host, port), _Handler)
         self._server.run, self._server.hub = run, self.hub
         self._server.check_host = _is_loopback_host(host)
+        self.progress, self.shared_reads = Progress(run), page.SharedReads()
+        self._server.progress, self._server.shared_reads = self.progress, self.shared_reads
         self.port: int = self._server.server_address[1]
         self._wake, self._waker = socket.socketpair()
         self._thread = threading.Thread(
@@ -374,11 +411,12 @@ class _Handler(BaseHTTPRequestHandler):
         """Server-sent events: record lines as they happen, a progress snapshot every second;
         with ``?record=1`` (the live page) the record's lines from its first, in ``record``
         events (lists of lines), instead of the hub's."""
-        subscription = self.hub.subscribe()
+        record = parse_qs(urlsplit(self.path).query).get("record") == ["1"]
+        subscription = self.hub.subscribe(record)
         if subscription is None:
             self._json(503, {"error": f"{MAX_SUBSCRIBERS} /events streams are open already"})
             return
-        if parse_qs(urlsplit(self.path).query).get("record") == ["1"]:
+        if record:
             try:
                 self._record_events(subscription)
             finally:
@@ -402,24 +440,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.unsubscribe(subscription)
 
     def _record_events(self, subscription: Subscription) -> None:
-        """The live page's stream: the record read on this thread, never the training one."""
+        """The live page's stream: the record read on this thread, never the training one. The
+        streams share their work (``Progress``, ``page.SharedReads``): with ten pages open, ten
+        threads woke after each record flush and read, parsed and encoded the same lines ten
+        times, holding the interpreter from the training thread (10-13 ms late steps in
+        ``benchmarks/stalls.py``'s ``pages``)."""
         tail = page.RecordTail.open(Path(self.run.dir))
+        shared = self.server.shared_reads
         try:
             self._stream_headers()
             next_progress = 0.0
             while not self.hub.closed:
                 if time.monotonic() >= next_progress:
-                    self._event("progress", {**self.run.status_dict(), "debug": self.run.debug})
-                    next_progress = time.monotonic() + PROGRESS_EVERY_S
-                lines = tail.poll()
-                if lines:
-                    self._event("record", lines)
+                    self._send_event("progress", self.server.progress.body())
+                    next_progress = self.server.progress.next_due()
+                body = tail.poll_encoded(shared)
+                if body is not None:
+                    self._send_event("record", body)
+                    time.sleep(0)  # a long backlog: let the training thread in between batches
                     continue
-                subscription.lines.clear()  # the hub's copies: the record has them all
-                subscription.wake.wait(RECORD_POLL_S)
+                subscription.wake.wait(
+                    max(0.0, min(RECORD_POLL_S, next_progress - time.monotonic()))
+                )
                 subscription.wake.clear()
-            for lines in iter(tail.poll, []):  # the run's last lines, once it has ended
-                self._event("record", lines)
+            while (body := tail.poll_encoded()) is not None:  # the run's last lines, once ended
+                self._send_event("record", body)
         except OSError:  # the client went away
             pass
         finally:
@@ -432,7 +477,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _event(self, name: str, data: Any) -> None:
-        self.wfile.write(b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n")
+        self._send_event(name, _dumps(data))
+
+    def _send_event(self, name: str, body: bytes) -> None:
+        self.wfile.write(b"event: " + name.encode() + b"\ndata: " + body + b"\n\n")
         self.wfile.flush()
 
     def _json(self, code: int, data: Any) -> None:

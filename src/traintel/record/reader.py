@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import orjson
 
@@ -544,6 +544,16 @@ def _joined(start: bytes, tail: list[bytes], tail_size: int) -> bytes | None:
     return start + b"".join(reversed(tail)) if tail else start
 
 
+class Mark(NamedTuple):
+    """A :class:`Follower`'s place: the file (inode), the offset read to, the partial last line
+    read so far and whether it is a line over MAX_LINE_BYTES being skipped."""
+
+    inode: int
+    offset: int
+    rest: bytes
+    overlong: bool
+
+
 class Follower:
     """New lines appended to one ``events.jsonl``, surviving rotation and truncation.
 
@@ -589,6 +599,22 @@ class Follower:
         self._from_start = True
         self._open()
         return out
+
+    def mark(self) -> Mark | None:
+        """Where this follower stands in the file open now (None before it is open): two followers
+        of one file at one mark read the same lines next, so one may take the other's reading
+        (``go_to``) instead of doing it again (the live page's streams share their work so)."""
+        if self._file is None or self._late:
+            return None
+        return Mark(self._inode or 0, self._file.tell(), self._rest, self._overlong)
+
+    def go_to(self, mark: Mark) -> None:
+        """Stand where a follower of the same file stood (its ``mark()``), as if it had read the
+        lines between: only within the file open now (the same inode), else nothing changes."""
+        if self._file is None or self._late or mark.inode != self._inode:
+            return
+        self._file.seek(mark.offset)
+        self._rest, self._overlong = mark.rest, mark.overlong
 
     def close(self) -> None:
         if self._file is not None:

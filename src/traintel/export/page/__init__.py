@@ -14,6 +14,8 @@ thread pays nothing for an open page; what the page shows is what the record hol
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,8 +23,9 @@ from typing import Any
 
 from traintel.core import env
 from traintel.core.redact import Redactor
+from traintel.record.files import encode
 from traintel.record.format import EVENTS_FILE, RawLine
-from traintel.record.reader import Follower, Records
+from traintel.record.reader import Follower, Mark, Records
 
 #: the file in the run's directory that tells `traintel status` where its live page is (written
 #: when the endpoint starts, removed when it stops)
@@ -61,6 +64,8 @@ PAGE_TYPES = frozenset(
 )
 #: the most lines one ``record`` event carries (a long backlog goes in several)
 BATCH = 5000
+#: readings one :class:`SharedReads` keeps (streams at most this many places apart share them)
+SHARED_READS = 4
 #: an error's traceback as the page gets it: its last characters (the record keeps it whole)
 TRACEBACK_CHARS = 4000
 
@@ -139,8 +144,44 @@ class RecordTail:
             out += _slimmed(lines)
         return out
 
+    def poll_encoded(self, shared: SharedReads | None = None) -> bytes | None:
+        """``poll()``'s lines as one JSON array (None when there are none). With ``shared``, a
+        tail that stands where another stood takes that one's reading instead of reading, parsing,
+        slimming and encoding the same lines again: ten pages open on one run cost one reading
+        per record flush, not ten (each held the interpreter from the training thread). A tail
+        still reading the rotated files, or crossing a rotation, reads on its own."""
+        if shared is None or self.backlog:
+            lines = self.poll()
+            return encode(lines) if lines else None
+        with shared.lock:
+            before = self.follower.mark()
+            if before is not None:
+                done = shared.readings.get(before)
+                if done is not None:
+                    self.follower.go_to(done[0])
+                    shared.taken += 1
+                    return done[1]
+            lines = self.poll()
+            body = encode(lines) if lines else None
+            end = self.follower.mark()
+            if before is not None and end is not None and end.inode == before.inode and body:
+                shared.readings[before] = (end, body)
+                while len(shared.readings) > SHARED_READS:
+                    shared.readings.popitem(last=False)
+            return body
+
     def close(self) -> None:
         self.follower.close()
+
+
+class SharedReads:
+    """The last readings of a run's record by :class:`RecordTail` s, by the place they started
+    from: the streams of one endpoint share one (see ``RecordTail.poll_encoded``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.readings: OrderedDict[Mark, tuple[Mark, bytes]] = OrderedDict()
+        self.taken = 0  #: readings taken instead of read again (for tests)
 
 
 def _slimmed(lines: Any) -> list[RawLine]:
