@@ -93,6 +93,10 @@ def test_sigterm_flag_leaves_the_decision_to_the_loop(tmp_path):
 
 BACKLOG = textwrap.dedent("""
     import sys, traintel
+    # the queue's bound (record/queue.py) keeps a loop within 8,192 items of the writer: lifted,
+    # so that finish() has the whole backlog to write while the signals arrive
+    import traintel.record.writer as writer, traintel.run.steps as steps
+    writer.QUEUE_HIGH_WATER = writer.QUEUE_LIMIT = steps.QUEUE_HIGH_WATER = 10**9
     run = traintel.init(project="b", dir=sys.argv[1], run_id="b1",
                         console_logs=False, flush_interval=3600)
     for _ in range(int(sys.argv[2])):
