@@ -35,14 +35,13 @@ from urllib.request import urlopen
 import pytest
 import yaml
 
-from deploy_tools import CRD_SOURCES, KUBERNETES, REPO, _module, crds, run, tool
+from deploy_tools import CHART, CRD_SOURCES, REPO, _module, crds, helm_template
 from kube_fixture import Kube, KubeError, _free_port, _stop
 from traintel.stack import install
 from traintel.stack.components import DEPLOY_TOOLS
 
 pytestmark = pytest.mark.slow
 
-CHART = REPO / "deploy/helm/traintel"
 PROFILES = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
 KPS = "kube-prometheus-stack"
 
@@ -52,21 +51,6 @@ class _CRDLoader(yaml.SafeLoader):
 
 
 _CRDLoader.add_constructor("tag:yaml.org,2002:value", yaml.SafeLoader.construct_yaml_str)
-
-
-def render(namespace: str, *args: str) -> list[dict[str, Any]]:
-    out = run(
-        tool("helm"),
-        "template",
-        "traintel",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        KUBERNETES[1].lstrip("v"),
-        *args,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +71,7 @@ def cluster(kube: Kube) -> Kube:
 
 
 def apply_profile(cluster: Kube, namespace: str, *args: str) -> list[dict[str, Any]]:
-    docs = render(namespace, *args)
+    docs = helm_template(*args, namespace=namespace)
     for ns in {namespace} | {d["metadata"].get("namespace") for d in docs} - {None}:
         cluster.namespace(ns)
     return cluster.apply_all(docs)
@@ -96,7 +80,7 @@ def apply_profile(cluster: Kube, namespace: str, *args: str) -> list[dict[str, A
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_applies_to_a_real_api_server(cluster: Kube, profile: str) -> None:
     namespace = f"traintel-{profile}"
-    docs = render(namespace, "-f", str(CHART / "ci" / f"{profile}-values.yaml"))
+    docs = helm_template("-f", str(CHART / "ci" / f"{profile}-values.yaml"), namespace=namespace)
     stored = apply_profile(cluster, namespace, "-f", str(CHART / "ci" / f"{profile}-values.yaml"))
     assert len(stored) == len(docs)
     for sent, got in zip(docs, stored):
@@ -130,7 +114,7 @@ def test_the_api_server_refuses_what_the_crds_refuse(cluster: Kube) -> None:
     cluster.namespace(namespace)
     sidecar = next(
         d
-        for d in render(namespace, "-f", str(CHART / "ci/sidecar-values.yaml"))
+        for d in helm_template("-f", str(CHART / "ci/sidecar-values.yaml"), namespace=namespace)
         if d["kind"] == "OpenTelemetryCollector" and d["spec"]["mode"] == "sidecar"
     )
     sidecar["spec"]["tolerations"] = [{"operator": "Exists"}]
@@ -139,14 +123,14 @@ def test_the_api_server_refuses_what_the_crds_refuse(cluster: Kube) -> None:
     assert refused.value.status == 422 and "tolerations" in str(refused.value)
     gateway = next(
         d
-        for d in render(namespace)
+        for d in helm_template(namespace=namespace)
         if d["kind"] == "OpenTelemetryCollector" and d["spec"]["mode"] == "deployment"
     )
     gateway["spec"]["mode"] = "cronjob"
     with pytest.raises(KubeError) as refused:
         cluster.apply(gateway, dry_run=True)
     assert refused.value.status == 422 and "spec.mode" in str(refused.value)
-    rule = next(d for d in render(namespace) if d["kind"] == "PrometheusRule")
+    rule = next(d for d in helm_template(namespace=namespace) if d["kind"] == "PrometheusRule")
     rule["spec"]["groups"][0]["interval"] = 30  # a duration string
     with pytest.raises(KubeError) as refused:
         cluster.apply(rule, dry_run=True)
